@@ -1,0 +1,109 @@
+/*
+ * Reference CPU backend: plain, obviously-correct C. GEMM rows are split
+ * into fixed blocks handed to the core's thread pool; each element of C is
+ * reduced over K in a fixed order, so results never depend on threads.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../lib/internal.h"
+#include "peft/backend.h"
+
+typedef struct cpu_ctx {
+    peft_backend_host host;
+} cpu_ctx;
+
+static int cpu_init(void **ctx, const peft_backend_host *host)
+{
+    cpu_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return peft__fail(PEFT_ENOMEM, "cpu backend: out of memory");
+    c->host = *host;
+    *ctx = c;
+    return PEFT_OK;
+}
+
+static void cpu_free(void *ctx) { free(ctx); }
+
+struct gemm_args {
+    int ta, tb;
+    int64_t m, n, k, lda, ldb, ldc;
+    float alpha, beta;
+    const float *a, *b;
+    float *c;
+};
+
+#define ROWS 8
+
+static float dot(const float *x, const float *y, int64_t n)
+{
+    float s[8] = {0};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++)
+            s[j] += x[i + j] * y[i + j];
+    float t = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+    for (; i < n; i++)
+        t += x[i] * y[i];
+    return t;
+}
+
+static float dot_strided(const float *x, int64_t sx, const float *y, int64_t sy, int64_t n)
+{
+    float t = 0;
+    for (int64_t i = 0; i < n; i++)
+        t += x[i * sx] * y[i * sy];
+    return t;
+}
+
+static void gemm_task(void *vp, int32_t task)
+{
+    const struct gemm_args *g = vp;
+    int64_t i0 = (int64_t)task * ROWS, i1 = i0 + ROWS < g->m ? i0 + ROWS : g->m;
+    for (int64_t i = i0; i < i1; i++) {
+        float *c = g->c + i * g->ldc;
+        if (g->beta == 0.0f)
+            memset(c, 0, (size_t)g->n * sizeof *c);
+        else if (g->beta != 1.0f)
+            for (int64_t j = 0; j < g->n; j++)
+                c[j] *= g->beta;
+        if (!g->tb) {
+            /* C[i,:] += alpha * op(A)[i,p] * B[p,:] */
+            for (int64_t p = 0; p < g->k; p++) {
+                float av = g->alpha * (g->ta ? g->a[p * g->lda + i] : g->a[i * g->lda + p]);
+                const float *b = g->b + p * g->ldb;
+                for (int64_t j = 0; j < g->n; j++)
+                    c[j] += av * b[j];
+            }
+        } else if (!g->ta) {
+            /* C[i,j] += alpha * A[i,:] . B[j,:] */
+            const float *a = g->a + i * g->lda;
+            for (int64_t j = 0; j < g->n; j++)
+                c[j] += g->alpha * dot(a, g->b + j * g->ldb, g->k);
+        } else {
+            for (int64_t j = 0; j < g->n; j++)
+                c[j] += g->alpha * dot_strided(g->a + i, g->lda, g->b + j * g->ldb, 1, g->k);
+        }
+    }
+}
+
+static void cpu_gemm(void *ctx, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
+                     const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
+                     int64_t ldc)
+{
+    cpu_ctx *cc = ctx;
+    struct gemm_args g = {ta, tb, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c};
+    int32_t tasks = (int32_t)((m + ROWS - 1) / ROWS);
+    cc->host.parallel_for(cc->host.pool, tasks, gemm_task, &g);
+}
+
+static const peft_backend cpu_backend = {
+    .abi_version = PEFT_BACKEND_ABI_VERSION,
+    .struct_size = sizeof(peft_backend),
+    .name = "cpu",
+    .init = cpu_init,
+    .free = cpu_free,
+    .gemm = cpu_gemm,
+};
+
+const peft_backend *peft__backend_cpu(void) { return &cpu_backend; }

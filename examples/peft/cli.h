@@ -1,0 +1,53 @@
+/* The `peft` command-line tool: shared helpers. Uses only the public API. */
+#ifndef PEFT_CLI_H
+#define PEFT_CLI_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <peft/peft.h>
+
+/* Command-line options: --name value pairs and --switches. */
+typedef struct cli_args {
+    int argc;
+    char **argv;
+    unsigned char *used;
+} cli_args;
+
+int args_init(cli_args *a, int argc, char **argv);
+void args_free(cli_args *a);
+const char *arg_str(cli_args *a, const char *name, const char *def);
+int arg_flag(cli_args *a, const char *name);
+/* Parse numbers; on a malformed value print an error and return -1. */
+int arg_long(cli_args *a, const char *name, long def, long *out);
+int arg_double(cli_args *a, const char *name, double def, double *out);
+/* Report any option nobody asked for; returns -1 if there is one. */
+int args_check_unused(cli_args *a);
+
+/* Token files: flat uint32 little-endian ids. */
+typedef struct tokens {
+    int32_t *ids;
+    size_t n;
+} tokens;
+int tokens_load(tokens *t, const char *path, int vocab);
+void tokens_free(tokens *t);
+
+/* LoRA options from --rank --alpha --targets --layers --dropout --rslora --init --seed */
+int lora_from_args(cli_args *a, peft_lora_options *o);
+int parse_targets(const char *s, uint32_t *out);
+void targets_string(uint32_t t, char *buf, size_t n);
+
+/* Mean loss over non-overlapping windows of T tokens [w0, w1) in batches of B. */
+int eval_windows(peft_model *m, const tokens *t, int T, int B, size_t w0, size_t w1,
+                 double *loss, uint64_t *count);
+
+int fail_lib(const char *what, int code); /* prints the library's message, returns 1 */
+double now_seconds(void);
+
+int cmd_train(int argc, char **argv);
+int cmd_eval(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_init_model(int argc, char **argv);
+int cmd_synth(int argc, char **argv);
+
+#endif

@@ -1,0 +1,99 @@
+/* peft info --model PATH [--adapter DIR] [--rank R --targets T --layers L ...] */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+static const char info_help[] =
+    "usage: peft info --model DIR [--adapter DIR] [--rank R] [--alpha A] [--targets LIST]\n"
+    "                 [--layers SPEC] [--json]\n"
+    "Prints the model's architecture and shapes and, for the given LoRA configuration\n"
+    "(or the adapter's), the exact trainable-parameter count per module kind.\n";
+
+int cmd_info(int argc, char **argv)
+{
+    cli_args a;
+    if (args_init(&a, argc, argv))
+        return 1;
+    if (arg_flag(&a, "--help")) {
+        fputs(info_help, stdout);
+        args_free(&a);
+        return 0;
+    }
+    int rc = 1;
+    peft_model *m = NULL;
+    const char *model = arg_str(&a, "--model", NULL), *adapter = arg_str(&a, "--adapter", NULL);
+    int json = arg_flag(&a, "--json");
+    peft_lora_options o;
+    if (lora_from_args(&a, &o) || args_check_unused(&a))
+        goto done;
+    if (!model) {
+        fputs(info_help, stderr);
+        goto done;
+    }
+    peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
+    oo.n_threads = 1;
+    int code = peft_model_open(&m, model, &oo);
+    if (code) {
+        rc = fail_lib("open", code);
+        goto done;
+    }
+    peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+    peft_model_get_info(m, &in);
+    printf("model          %s\n", model);
+    printf("architecture   %s\n", in.architecture);
+    printf("weights        %s\n", in.weights_dtype);
+    printf("layers         %d\n", in.n_layers);
+    printf("hidden         %d\n", in.hidden_size);
+    printf("intermediate   %d\n", in.intermediate_size);
+    printf("heads          %d (kv %d, head_dim %d)\n", in.n_heads, in.n_kv_heads, in.head_dim);
+    printf("vocab          %d%s\n", in.vocab_size, in.tied_embeddings ? " (tied embeddings)" : "");
+    printf("parameters     %llu\n", (unsigned long long)in.n_params);
+    printf("rms_norm_eps   %g, rope_theta %g\n", in.rms_norm_eps, in.rope_theta);
+    if (adapter) {
+        if ((code = peft_load_adapter(m, adapter))) {
+            rc = fail_lib("adapter", code);
+            goto done;
+        }
+        peft_model_get_info(m, &in);
+        printf("adapter        %s: %llu trainable parameters (%.4f%% of the base)\n", adapter,
+               (unsigned long long)in.n_trainable, 100.0 * (double)in.n_trainable / (double)in.n_params);
+    } else {
+        char tbuf[64];
+        targets_string(o.targets, tbuf, sizeof tbuf);
+        printf("\nLoRA r=%d alpha=%g targets=%s layers=%s%s\n", o.rank, o.alpha, tbuf,
+               o.layers ? o.layers : "all", o.use_rslora ? " rslora" : "");
+        printf("  %-10s %14s\n", "module", "trainable");
+        uint64_t total = 0;
+        static const char *names[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+        for (int k = 0; k < 7; k++) {
+            if (!(o.targets & (1u << k)))
+                continue;
+            peft_lora_options one = o;
+            one.targets = 1u << k;
+            uint64_t n;
+            if ((code = peft_count_lora(&n, m, &one))) {
+                rc = fail_lib("count", code);
+                goto done;
+            }
+            printf("  %-10s %14llu\n", names[k], (unsigned long long)n);
+            total += n;
+        }
+        printf("  %-10s %14llu  (%.4f%% of the base, %.2f MiB as F32 + %.2f MiB AdamW state)\n", "total",
+               (unsigned long long)total, 100.0 * (double)total / (double)in.n_params,
+               (double)total * 4 / 1048576.0, (double)total * 8 / 1048576.0);
+        in.n_trainable = total;
+    }
+    if (json)
+        printf("{\"architecture\": \"%s\", \"layers\": %d, \"hidden\": %d, \"intermediate\": %d, "
+               "\"heads\": %d, \"kv_heads\": %d, \"head_dim\": %d, \"vocab\": %d, \"tied\": %s, "
+               "\"params\": %llu, \"trainable\": %llu, \"weights_dtype\": \"%s\"}\n",
+               in.architecture, in.n_layers, in.hidden_size, in.intermediate_size, in.n_heads,
+               in.n_kv_heads, in.head_dim, in.vocab_size, in.tied_embeddings ? "true" : "false",
+               (unsigned long long)in.n_params, (unsigned long long)in.n_trainable, in.weights_dtype);
+    rc = 0;
+done:
+    peft_model_close(&m);
+    args_free(&a);
+    return rc;
+}

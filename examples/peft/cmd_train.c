@@ -1,0 +1,315 @@
+/* peft train: the host-owned data loop around peft_step. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cli.h"
+
+static const char train_help[] =
+    "usage: peft train --model DIR --data FILE --out DIR [options]\n"
+    "data:     --seq T (128) --batch B (4) --steps N | --epochs E  --holdout F (0)\n"
+    "          --eval-data FILE  --eval-every N (0: start and end only)  --eval-windows N (all)\n"
+    "LoRA:     --rank R (8) --alpha A (2R) --targets all-linear|q,k,v,o,gate,up,down (q,v)\n"
+    "          --layers all|N,M|N-M|first:N|last:N|every:K  --dropout P (0) --rslora\n"
+    "          --init kaiming|gaussian  --init-adapter DIR (resume from a saved adapter)\n"
+    "optimizer:--lr LR (2e-4) --weight-decay W (0) --beta1 --beta2 --eps --grad-clip C (1.0)\n"
+    "          --accum K (1) --warmup N (0) --schedule constant|linear|cosine (constant)\n"
+    "          --min-lr-ratio R (0)\n"
+    "run:      --seed S (0) --threads N (all CPUs) --backend cpu|blis --save-every N (0)\n"
+    "          --log-every N --json --quiet\n"
+    "FILE holds uint32 little-endian token ids; it is cut into non-overlapping windows of\n"
+    "T tokens, shuffled with the seed every epoch. With --holdout F the last fraction F of\n"
+    "the windows is kept out of training and used for evaluation.\n";
+
+static uint64_t mix(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+static void shuffle(size_t *v, size_t n, uint64_t seed)
+{
+    for (size_t i = 0; i < n; i++)
+        v[i] = i;
+    uint64_t s = seed;
+    for (size_t i = n; i > 1; i--) {
+        s = mix(s);
+        size_t j = (size_t)(s % i);
+        size_t t = v[i - 1];
+        v[i - 1] = v[j];
+        v[j] = t;
+    }
+}
+
+static void fmt_time(char *buf, size_t n, double s)
+{
+    if (!(s >= 0) || s > 1e7)
+        snprintf(buf, n, "--:--");
+    else if (s >= 3600)
+        snprintf(buf, n, "%d:%02d:%02d", (int)s / 3600, (int)s / 60 % 60, (int)s % 60);
+    else
+        snprintf(buf, n, "%02d:%02d", (int)s / 60, (int)s % 60);
+}
+
+struct opt_flag {
+    const char *flag;
+    int key;
+    double def;
+};
+
+int cmd_train(int argc, char **argv)
+{
+    cli_args a;
+    if (args_init(&a, argc, argv))
+        return 1;
+    if (arg_flag(&a, "--help")) {
+        fputs(train_help, stdout);
+        args_free(&a);
+        return 0;
+    }
+    int rc = 1, code;
+    peft_model *m = NULL;
+    tokens train = {0}, evald = {0};
+    size_t *order = NULL;
+    int32_t *buf = NULL;
+    const char *model = arg_str(&a, "--model", NULL), *data = arg_str(&a, "--data", NULL);
+    const char *out = arg_str(&a, "--out", NULL), *eval_data = arg_str(&a, "--eval-data", NULL);
+    const char *init_adapter = arg_str(&a, "--init-adapter", NULL), *backend = arg_str(&a, "--backend", NULL);
+    const char *schedule = arg_str(&a, "--schedule", "constant");
+    int json = arg_flag(&a, "--json"), quiet = arg_flag(&a, "--quiet");
+    long seq, batch, steps, threads, eval_every, max_eval_w, log_every, save_every;
+    double epochs, holdout;
+    peft_lora_options lo;
+    const struct opt_flag flags[] = {
+        {"--lr", PEFT_OPT_LR, 2e-4},           {"--weight-decay", PEFT_OPT_WEIGHT_DECAY, 0},
+        {"--beta1", PEFT_OPT_BETA1, 0.9},      {"--beta2", PEFT_OPT_BETA2, 0.999},
+        {"--eps", PEFT_OPT_EPS, 1e-8},         {"--grad-clip", PEFT_OPT_GRAD_CLIP, 1.0},
+        {"--accum", PEFT_OPT_ACCUM_STEPS, 1},  {"--warmup", PEFT_OPT_WARMUP_STEPS, 0},
+        {"--min-lr-ratio", PEFT_OPT_MIN_LR_RATIO, 0},
+    };
+    double fv[sizeof flags / sizeof flags[0]];
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
+        if (arg_double(&a, flags[i].flag, flags[i].def, &fv[i]))
+            goto done;
+    if (arg_long(&a, "--seq", 128, &seq) || arg_long(&a, "--batch", 4, &batch) ||
+        arg_long(&a, "--steps", 0, &steps) || arg_double(&a, "--epochs", 0, &epochs) ||
+        arg_long(&a, "--threads", 0, &threads) || arg_long(&a, "--eval-every", 0, &eval_every) ||
+        arg_long(&a, "--eval-windows", 0, &max_eval_w) || arg_long(&a, "--log-every", 0, &log_every) ||
+        arg_long(&a, "--save-every", 0, &save_every) || arg_double(&a, "--holdout", 0, &holdout) ||
+        lora_from_args(&a, &lo) || !schedule || args_check_unused(&a))
+        goto done;
+    if (!model || !data || !out) {
+        fputs(train_help, stderr);
+        goto done;
+    }
+    int sched;
+    if (!strcmp(schedule, "constant"))
+        sched = PEFT_SCHEDULE_CONSTANT;
+    else if (!strcmp(schedule, "linear"))
+        sched = PEFT_SCHEDULE_LINEAR;
+    else if (!strcmp(schedule, "cosine"))
+        sched = PEFT_SCHEDULE_COSINE;
+    else {
+        fprintf(stderr, "peft train: --schedule must be constant, linear or cosine\n");
+        goto done;
+    }
+    if (seq < 2 || batch < 1 || holdout < 0 || holdout >= 1) {
+        fprintf(stderr, "peft train: need --seq >= 2, --batch >= 1, 0 <= --holdout < 1\n");
+        goto done;
+    }
+
+    peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
+    oo.n_threads = (int32_t)threads;
+    oo.backend = backend;
+    if ((code = peft_model_open(&m, model, &oo))) {
+        rc = fail_lib("open", code);
+        goto done;
+    }
+    peft_model_info info = {.version = PEFT_MODEL_INFO_VERSION};
+    peft_model_get_info(m, &info);
+    if (tokens_load(&train, data, info.vocab_size))
+        goto done;
+    size_t nw = train.n / (size_t)seq, n_eval_w = 0, eval_w0 = 0;
+    const tokens *ev = NULL;
+    if (eval_data) {
+        if (tokens_load(&evald, eval_data, info.vocab_size))
+            goto done;
+        ev = &evald;
+        n_eval_w = evald.n / (size_t)seq;
+    } else if (holdout > 0) {
+        n_eval_w = (size_t)(holdout * (double)nw);
+        if (n_eval_w == 0)
+            n_eval_w = 1;
+        if (n_eval_w >= nw) {
+            fprintf(stderr, "peft train: --holdout leaves no training windows\n");
+            goto done;
+        }
+        nw -= n_eval_w;
+        eval_w0 = nw;
+        ev = &train;
+    }
+    if (max_eval_w > 0 && (size_t)max_eval_w < n_eval_w)
+        n_eval_w = (size_t)max_eval_w;
+    if (nw == 0) {
+        fprintf(stderr, "peft train: %s has fewer than %ld tokens (one window)\n", data, seq);
+        goto done;
+    }
+    if ((size_t)batch > nw)
+        batch = (long)nw;
+    long accum = (long)fv[6];
+    if (steps <= 0) {
+        if (epochs <= 0)
+            steps = 100;
+        else
+            steps = (long)ceil(epochs * (double)nw / (double)(batch * (accum > 0 ? accum : 1)));
+    }
+
+    if (init_adapter) {
+        if ((code = peft_load_adapter(m, init_adapter))) {
+            rc = fail_lib("init-adapter", code);
+            goto done;
+        }
+    } else if ((code = peft_attach_lora(m, &lo, NULL))) {
+        rc = fail_lib("attach", code);
+        goto done;
+    }
+    for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)
+        if ((code = peft_opt_set(m, flags[i].key, fv[i]))) {
+            rc = fail_lib(flags[i].flag, code);
+            goto done;
+        }
+    if ((code = peft_opt_set(m, PEFT_OPT_SCHEDULE, sched)) ||
+        (code = peft_opt_set(m, PEFT_OPT_TOTAL_STEPS, (double)steps))) {
+        rc = fail_lib("optimizer", code);
+        goto done;
+    }
+    peft_model_get_info(m, &info);
+    if (!quiet)
+        fprintf(stderr, "peft train: %s, %llu trainable parameters (%.3f%%), %zu training windows of %ld, "
+                        "%ld steps x %ld x %ld, %d threads\n",
+                model, (unsigned long long)info.n_trainable,
+                100.0 * (double)info.n_trainable / (double)info.n_params, nw, seq, steps, accum, batch,
+                info.n_threads);
+
+    double eval_before = NAN, eval_after = NAN;
+    uint64_t ecount;
+    if (ev && n_eval_w > 0) {
+        if ((code = eval_windows(m, ev, (int)seq, (int)batch, eval_w0, eval_w0 + n_eval_w, &eval_before, &ecount))) {
+            rc = fail_lib("eval", code);
+            goto done;
+        }
+        if (!quiet)
+            fprintf(stderr, "eval before: loss %.4f (ppl %.3f) over %llu tokens\n", eval_before,
+                    exp(eval_before), (unsigned long long)ecount);
+    }
+
+    order = malloc(nw * sizeof *order);
+    buf = malloc((size_t)batch * (size_t)seq * sizeof *buf);
+    if (!order || !buf) {
+        fprintf(stderr, "peft train: out of memory\n");
+        goto done;
+    }
+    int tty = isatty(2);
+    if (log_every <= 0)
+        log_every = steps >= 20 ? steps / 20 : 1;
+    uint64_t seed = lo.seed, trained_tokens = 0;
+    size_t pos = nw;
+    long epoch = -1, bad = 0;
+    double t0 = now_seconds(), last_loss = NAN;
+    for (long step = 0; step < steps; step++) {
+        peft_step_result r = PEFT_STEP_RESULT_INIT;
+        double step_loss = 0;
+        uint64_t step_tokens = 0;
+        for (long micro = 0; micro < accum; micro++) {
+            for (long b = 0; b < batch; b++) {
+                if (pos >= nw) {
+                    epoch++;
+                    shuffle(order, nw, mix(seed ^ (uint64_t)epoch * 0x5851f42d4c957f2dull));
+                    pos = 0;
+                }
+                memcpy(buf + b * seq, train.ids + order[pos++] * (size_t)seq, (size_t)seq * sizeof *buf);
+            }
+            peft_batch pb = PEFT_BATCH_INIT;
+            pb.tokens = buf;
+            pb.n_seq = (int32_t)batch;
+            pb.seq_len = (int32_t)seq;
+            code = peft_step(m, &pb, &r);
+            if (code == PEFT_ENUMERIC) {
+                fprintf(stderr, "\npeft train: step %ld: %s; skipped\n", step + 1, peft_last_error());
+                if (++bad >= 5) {
+                    fprintf(stderr, "peft train: 5 consecutive non-finite steps, stopping\n");
+                    goto done;
+                }
+                break;
+            }
+            if (code) {
+                rc = fail_lib("step", code);
+                goto done;
+            }
+            bad = 0;
+            step_loss += r.loss * (double)r.tokens;
+            step_tokens += r.tokens;
+        }
+        trained_tokens += (uint64_t)(batch * seq * accum);
+        last_loss = step_tokens ? step_loss / (double)step_tokens : NAN;
+        double el = now_seconds() - t0, tps = (double)trained_tokens / el;
+        char eta[32];
+        fmt_time(eta, sizeof eta, el / (double)(step + 1) * (double)(steps - step - 1));
+        if (!quiet && (tty || (step + 1) % log_every == 0 || step + 1 == steps))
+            fprintf(stderr, "%sstep %ld/%ld  loss %.4f  lr %.2e  gnorm %.3f  %.0f tok/s  ETA %s%s",
+                    tty ? "\r" : "", step + 1, steps, last_loss, r.lr, r.grad_norm, tps, eta,
+                    tty ? "   " : "\n");
+        if (ev && n_eval_w > 0 && eval_every > 0 && (step + 1) % eval_every == 0 && step + 1 < steps) {
+            double el2;
+            if ((code = eval_windows(m, ev, (int)seq, (int)batch, eval_w0, eval_w0 + n_eval_w, &el2, &ecount))) {
+                rc = fail_lib("eval", code);
+                goto done;
+            }
+            if (!quiet)
+                fprintf(stderr, "%seval step %ld: loss %.4f (ppl %.3f)\n", tty ? "\n" : "", step + 1, el2, exp(el2));
+        }
+        if (save_every > 0 && (step + 1) % save_every == 0 && (code = peft_save_adapter(m, out, NULL))) {
+            rc = fail_lib("save", code);
+            goto done;
+        }
+    }
+    double secs = now_seconds() - t0;
+    if (!quiet && tty)
+        fputc('\n', stderr);
+    if (ev && n_eval_w > 0) {
+        if ((code = eval_windows(m, ev, (int)seq, (int)batch, eval_w0, eval_w0 + n_eval_w, &eval_after, &ecount))) {
+            rc = fail_lib("eval", code);
+            goto done;
+        }
+        if (!quiet)
+            fprintf(stderr, "eval after:  loss %.4f (ppl %.3f)\n", eval_after, exp(eval_after));
+    }
+    if ((code = peft_save_adapter(m, out, NULL))) {
+        rc = fail_lib("save", code);
+        goto done;
+    }
+    if (!quiet)
+        fprintf(stderr, "saved adapter to %s (%.1f s, %.0f tokens/s)\n", out, secs, (double)trained_tokens / secs);
+    if (json) {
+        printf("{\"loss\": %.6f, \"tokens\": %llu, \"tokens_per_s\": %.1f, \"steps\": %ld, "
+               "\"seconds\": %.3f, \"trainable_params\": %llu",
+               last_loss, (unsigned long long)trained_tokens, (double)trained_tokens / secs, steps, secs,
+               (unsigned long long)info.n_trainable);
+        if (!isnan(eval_before))
+            printf(", \"eval_loss_before\": %.6f, \"eval_loss_after\": %.6f", eval_before, eval_after);
+        printf(", \"out\": \"%s\"}\n", out);
+    }
+    rc = 0;
+done:
+    free(order);
+    free(buf);
+    tokens_free(&train);
+    tokens_free(&evald);
+    peft_model_close(&m);
+    args_free(&a);
+    return rc;
+}

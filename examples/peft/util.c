@@ -1,0 +1,263 @@
+/* Argument parsing, token files, evaluation loop. */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cli.h"
+
+int args_init(cli_args *a, int argc, char **argv)
+{
+    a->argc = argc;
+    a->argv = argv;
+    a->used = calloc((size_t)argc + 1, 1);
+    return a->used ? 0 : -1;
+}
+
+void args_free(cli_args *a) { free(a->used); }
+
+static int find(cli_args *a, const char *name)
+{
+    for (int i = 0; i < a->argc; i++)
+        if (strcmp(a->argv[i], name) == 0)
+            return i;
+    return -1;
+}
+
+const char *arg_str(cli_args *a, const char *name, const char *def)
+{
+    int i = find(a, name);
+    if (i < 0)
+        return def;
+    a->used[i] = 1;
+    if (i + 1 >= a->argc) {
+        fprintf(stderr, "peft: %s needs a value\n", name);
+        return NULL;
+    }
+    a->used[i + 1] = 1;
+    return a->argv[i + 1];
+}
+
+int arg_flag(cli_args *a, const char *name)
+{
+    int i = find(a, name);
+    if (i < 0)
+        return 0;
+    a->used[i] = 1;
+    return 1;
+}
+
+int arg_long(cli_args *a, const char *name, long def, long *out)
+{
+    int i = find(a, name);
+    *out = def;
+    if (i < 0)
+        return 0;
+    const char *s = arg_str(a, name, NULL);
+    if (!s)
+        return -1;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s) {
+        fprintf(stderr, "peft: %s: '%s' is not an integer\n", name, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int arg_double(cli_args *a, const char *name, double def, double *out)
+{
+    int i = find(a, name);
+    *out = def;
+    if (i < 0)
+        return 0;
+    const char *s = arg_str(a, name, NULL);
+    if (!s)
+        return -1;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || *end || end == s) {
+        fprintf(stderr, "peft: %s: '%s' is not a number\n", name, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int args_check_unused(cli_args *a)
+{
+    for (int i = 0; i < a->argc; i++)
+        if (!a->used[i]) {
+            fprintf(stderr, "peft: unknown argument '%s'\n", a->argv[i]);
+            return -1;
+        }
+    return 0;
+}
+
+int tokens_load(tokens *t, const char *path, int vocab)
+{
+    t->ids = NULL;
+    t->n = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "peft: %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    if (fseek(f, 0, SEEK_END) != 0) {
+        fclose(f);
+        fprintf(stderr, "peft: %s: cannot seek\n", path);
+        return -1;
+    }
+    long size = ftell(f);
+    rewind(f);
+    if (size < 0 || size % 4 != 0) {
+        fclose(f);
+        fprintf(stderr, "peft: %s: size %ld is not a multiple of 4 (expected uint32 token ids)\n", path, size);
+        return -1;
+    }
+    size_t n = (size_t)size / 4;
+    uint8_t *raw = malloc(n * 4 + 1);
+    t->ids = malloc((n ? n : 1) * sizeof *t->ids);
+    if (!raw || !t->ids || fread(raw, 4, n, f) != n) {
+        fclose(f);
+        free(raw);
+        tokens_free(t);
+        fprintf(stderr, "peft: %s: read failed\n", path);
+        return -1;
+    }
+    fclose(f);
+    for (size_t i = 0; i < n; i++) {
+        uint32_t v = (uint32_t)raw[4 * i] | (uint32_t)raw[4 * i + 1] << 8 |
+                     (uint32_t)raw[4 * i + 2] << 16 | (uint32_t)raw[4 * i + 3] << 24;
+        if (vocab > 0 && v >= (uint32_t)vocab) {
+            fprintf(stderr, "peft: %s: token %u at index %zu is outside the model's vocabulary (%d)\n",
+                    path, v, i, vocab);
+            free(raw);
+            tokens_free(t);
+            return -1;
+        }
+        t->ids[i] = (int32_t)v;
+    }
+    free(raw);
+    t->n = n;
+    return 0;
+}
+
+void tokens_free(tokens *t)
+{
+    free(t->ids);
+    t->ids = NULL;
+    t->n = 0;
+}
+
+static const char *const target_names[] = {"q", "k", "v", "o", "gate", "up", "down"};
+
+int parse_targets(const char *s, uint32_t *out)
+{
+    *out = 0;
+    if (strcmp(s, "all-linear") == 0 || strcmp(s, "all") == 0) {
+        *out = PEFT_TARGET_ALL_LINEAR;
+        return 0;
+    }
+    char *copy = strdup(s);
+    if (!copy)
+        return -1;
+    for (char *tok = strtok(copy, ","); tok; tok = strtok(NULL, ",")) {
+        size_t len = strlen(tok);
+        if (len > 5 && strcmp(tok + len - 5, "_proj") == 0)
+            tok[len - 5] = '\0';
+        int found = -1;
+        for (int k = 0; k < 7; k++)
+            if (strcmp(tok, target_names[k]) == 0)
+                found = k;
+        if (found < 0) {
+            fprintf(stderr, "peft: --targets: unknown module '%s' (q,k,v,o,gate,up,down or all-linear)\n", tok);
+            free(copy);
+            return -1;
+        }
+        *out |= 1u << found;
+    }
+    free(copy);
+    return *out ? 0 : -1;
+}
+
+void targets_string(uint32_t t, char *buf, size_t n)
+{
+    size_t used = 0;
+    buf[0] = '\0';
+    for (int k = 0; k < 7; k++)
+        if (t & (1u << k))
+            used += (size_t)snprintf(buf + used, used < n ? n - used : 0, "%s%s", used ? "," : "",
+                                     target_names[k]);
+}
+
+int lora_from_args(cli_args *a, peft_lora_options *o)
+{
+    long rank, seed;
+    double alpha, dropout;
+    peft_lora_options d = PEFT_LORA_OPTIONS_INIT;
+    *o = d;
+    if (arg_long(a, "--rank", 8, &rank) || arg_double(a, "--alpha", -1, &alpha) ||
+        arg_double(a, "--dropout", 0.0, &dropout) || arg_long(a, "--seed", 0, &seed))
+        return -1;
+    const char *targets = arg_str(a, "--targets", "q,v");
+    const char *init = arg_str(a, "--init", "kaiming");
+    if (!targets || !init || parse_targets(targets, &o->targets))
+        return -1;
+    o->layers = arg_str(a, "--layers", NULL);
+    o->rank = (int32_t)rank;
+    o->alpha = alpha > 0 ? (float)alpha : (float)(2 * rank);
+    o->dropout = (float)dropout;
+    o->use_rslora = arg_flag(a, "--rslora");
+    o->seed = (uint64_t)seed;
+    if (strcmp(init, "kaiming") == 0)
+        o->init = PEFT_INIT_KAIMING;
+    else if (strcmp(init, "gaussian") == 0)
+        o->init = PEFT_INIT_GAUSSIAN;
+    else {
+        fprintf(stderr, "peft: --init: '%s' is not kaiming or gaussian\n", init);
+        return -1;
+    }
+    return 0;
+}
+
+int eval_windows(peft_model *m, const tokens *t, int T, int B, size_t w0, size_t w1, double *loss,
+                 uint64_t *count)
+{
+    double sum = 0;
+    uint64_t n = 0;
+    for (size_t w = w0; w < w1; w += (size_t)B) {
+        int nb = (int)(w1 - w < (size_t)B ? w1 - w : (size_t)B);
+        peft_batch b = PEFT_BATCH_INIT;
+        b.tokens = t->ids + w * (size_t)T;
+        b.n_seq = nb;
+        b.seq_len = T;
+        peft_eval_result r = PEFT_EVAL_RESULT_INIT;
+        int code = peft_eval(m, &b, &r);
+        if (code)
+            return code;
+        sum += r.loss_sum;
+        n += r.tokens;
+    }
+    *loss = n ? sum / (double)n : 0.0;
+    *count = n;
+    return 0;
+}
+
+int fail_lib(const char *what, int code)
+{
+    fprintf(stderr, "peft: %s: %s (%s)\n", what, peft_last_error(), peft_strerror(code));
+    return 1;
+}
+
+double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}

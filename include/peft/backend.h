@@ -1,0 +1,60 @@
+/*
+ * libpeft tensor backend interface (for backend implementers).
+ *
+ * A backend is a table of function pointers. The table is append-only:
+ * `abi_version` and `struct_size` tell the core which slots exist. Every
+ * slot takes the backend's `void *ctx` first. Optional slots may be NULL;
+ * the core then uses its reference implementation.
+ *
+ * All matrices are row-major float32.
+ */
+#ifndef PEFT_BACKEND_H
+#define PEFT_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define PEFT_BACKEND_ABI_VERSION 1
+
+/* Services the core offers to a backend. */
+typedef struct peft_backend_host {
+    uint32_t struct_size;
+    int32_t n_threads;
+    void *pool;
+    /* Run fn(arg, i) for i in [0, n) on the core's thread pool; returns when all are done.
+       Task i always runs on the same worker for the same n (deterministic partition). */
+    void (*parallel_for)(void *pool, int32_t n, void (*fn)(void *arg, int32_t i), void *arg);
+} peft_backend_host;
+
+typedef struct peft_backend {
+    uint32_t abi_version; /* PEFT_BACKEND_ABI_VERSION */
+    uint32_t struct_size; /* sizeof(peft_backend) of the implementer */
+    const char *name;
+
+    /* Create the backend context. Returns 0 or a negative PEFT_E* code. Required. */
+    int (*init)(void **ctx, const peft_backend_host *host);
+    /* Free the context. Required. */
+    void (*free)(void *ctx);
+
+    /*
+     * C = alpha * op(A) * op(B) + beta * C. Required.
+     *   op(A) is M x K: A is (M, K) with lda >= K if !trans_a, else (K, M) with lda >= M.
+     *   op(B) is K x N: B is (K, N) with ldb >= N if !trans_b, else (N, K) with ldb >= K.
+     *   C is (M, N) with ldc >= N. beta == 0 means C is not read.
+     * Results must not depend on the thread count (each element of C is
+     * reduced over K in a fixed order).
+     */
+    void (*gemm)(void *ctx, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
+                 float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
+                 float beta, float *c, int64_t ldc);
+} peft_backend;
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PEFT_BACKEND_H */

@@ -1,0 +1,276 @@
+/*
+ * libpeft — parameter-efficient fine-tuning of transformer LLMs on the CPU.
+ *
+ * Public API. Conventions:
+ *  - opaque handles; out-parameters first; every function returns an int
+ *    status: 0 (PEFT_OK) or a negative PEFT_E* code (pinned forever);
+ *  - after a failure, peft_last_error() returns a message with context for
+ *    the calling thread;
+ *  - options structs start with `uint32_t version`; initialise them with the
+ *    *_INIT macro or the *_init() function; NULL means defaults; fields are
+ *    only ever appended;
+ *  - nothing in the library aborts or exits.
+ */
+#ifndef PEFT_PEFT_H
+#define PEFT_PEFT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "peft/version.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define PEFT_API
+#elif defined(__GNUC__)
+#define PEFT_API __attribute__((visibility("default")))
+#else
+#define PEFT_API
+#endif
+
+/* ---- status codes (pinned: values never change) ----------------------- */
+
+enum peft_status {
+    PEFT_OK = 0,
+    PEFT_EINVAL = -1,       /* invalid argument */
+    PEFT_ENOMEM = -2,       /* allocation failed */
+    PEFT_EIO = -3,          /* read/write/open failure, full disk */
+    PEFT_EFORMAT = -4,      /* malformed file */
+    PEFT_EUNSUPPORTED = -5, /* valid but unsupported (dtype, architecture) */
+    PEFT_ESHAPE = -6,       /* shapes disagree */
+    PEFT_ENOTFOUND = -7,    /* file or tensor missing */
+    PEFT_ESTATE = -8,       /* call not valid in the current state */
+    PEFT_ENUMERIC = -9,     /* NaN or Inf in loss or gradients */
+    PEFT_EBACKEND = -10     /* backend failure */
+};
+
+/* Static description of a status code; never NULL. */
+PEFT_API const char *peft_strerror(int status);
+/* Message of the last failure on the calling thread ("" if none). */
+PEFT_API const char *peft_last_error(void);
+/* Library version "MAJOR.MINOR.PATCH" at run time. */
+PEFT_API const char *peft_version(void);
+/* PEFT_VERSION_NUMBER of the library at run time. */
+PEFT_API uint32_t peft_version_number(void);
+
+/* ---- model ------------------------------------------------------------- */
+
+typedef struct peft_model peft_model;
+
+typedef struct peft_open_options {
+    uint32_t version;
+    int32_t n_threads;   /* <= 0: number of online CPUs */
+    const char *backend; /* NULL: default ("cpu"); "cpu", "blis" */
+} peft_open_options;
+
+#define PEFT_OPEN_OPTIONS_VERSION 1
+#define PEFT_OPEN_OPTIONS_INIT {PEFT_OPEN_OPTIONS_VERSION, 0, NULL}
+PEFT_API int peft_open_options_init(peft_open_options *opts, uint32_t version);
+
+/*
+ * Open a Hugging Face model directory (config.json + model.safetensors or
+ * model.safetensors.index.json shards; F32, F16 or BF16 weights).
+ * The base weights are frozen. *out is NULL on failure.
+ */
+PEFT_API int peft_model_open(peft_model **out, const char *path,
+                             const peft_open_options *opts);
+/* Free a model and everything attached; sets *model to NULL. NULL is a no-op. */
+PEFT_API void peft_model_close(peft_model **model);
+
+typedef struct peft_model_info {
+    uint32_t version;
+    char architecture[32]; /* e.g. "llama" */
+    int32_t n_layers;
+    int32_t hidden_size;
+    int32_t intermediate_size;
+    int32_t n_heads;
+    int32_t n_kv_heads;
+    int32_t head_dim;
+    int32_t vocab_size;
+    int32_t tied_embeddings;
+    uint64_t n_params;     /* frozen base parameters */
+    uint64_t n_trainable;  /* trainable parameters attached now */
+    float rms_norm_eps;
+    float rope_theta;
+    char backend[16];      /* backend in use */
+    int32_t n_threads;
+    char weights_dtype[8]; /* dtype of the linear weights on disk: "F32", "F16", "BF16", "mixed" */
+} peft_model_info;
+
+#define PEFT_MODEL_INFO_VERSION 1
+/* info->version must be set by the caller (PEFT_MODEL_INFO_VERSION). */
+PEFT_API int peft_model_get_info(const peft_model *model, peft_model_info *info);
+
+/* ---- LoRA -------------------------------------------------------------- */
+
+/* Target module bits. */
+enum peft_target {
+    PEFT_TARGET_Q = 1u << 0,
+    PEFT_TARGET_K = 1u << 1,
+    PEFT_TARGET_V = 1u << 2,
+    PEFT_TARGET_O = 1u << 3,
+    PEFT_TARGET_GATE = 1u << 4,
+    PEFT_TARGET_UP = 1u << 5,
+    PEFT_TARGET_DOWN = 1u << 6,
+    PEFT_TARGET_ALL_LINEAR = 0x7fu
+};
+
+enum peft_init {
+    PEFT_INIT_KAIMING = 0,  /* PEFT default: A kaiming-uniform, B = 0 */
+    PEFT_INIT_GAUSSIAN = 1  /* A ~ N(0, 1/r), B = 0 */
+};
+
+typedef struct peft_lora_options {
+    uint32_t version;
+    uint32_t targets;   /* PEFT_TARGET_* bits */
+    const char *layers; /* NULL or "all"; "0,3,5"; "2-7"; "first:N"; "last:N";
+                           "every:K"; items may be combined with commas */
+    int32_t rank;
+    float alpha;
+    int32_t use_rslora; /* scale alpha/sqrt(r) instead of alpha/r */
+    float dropout;      /* on the LoRA input, training only */
+    int32_t init;       /* PEFT_INIT_* */
+    uint64_t seed;
+} peft_lora_options;
+
+#define PEFT_LORA_OPTIONS_VERSION 1
+#define PEFT_LORA_OPTIONS_INIT                                                 \
+    {PEFT_LORA_OPTIONS_VERSION, PEFT_TARGET_Q | PEFT_TARGET_V, NULL, 8, 16.0f, \
+     0, 0.0f, PEFT_INIT_KAIMING, 0}
+PEFT_API int peft_lora_options_init(peft_lora_options *opts, uint32_t version);
+
+/*
+ * Attach LoRA adapters to the model. At most one attachment per model for now.
+ * n_trainable (may be NULL) receives the exact number of trainable parameters.
+ */
+PEFT_API int peft_attach_lora(peft_model *model, const peft_lora_options *opts,
+                              uint64_t *n_trainable);
+/* Count trainable parameters of a configuration without attaching it. */
+PEFT_API int peft_count_lora(uint64_t *n_trainable, const peft_model *model,
+                             const peft_lora_options *opts);
+/* Remove the attachment (no-op if none). */
+PEFT_API int peft_detach(peft_model *model);
+
+/* ---- training ---------------------------------------------------------- */
+
+/* Keyed optimizer settings (zstd style). All values are doubles. */
+enum peft_opt {
+    PEFT_OPT_LR = 1,            /* peak learning rate, default 1e-4 */
+    PEFT_OPT_BETA1 = 2,         /* default 0.9 */
+    PEFT_OPT_BETA2 = 3,         /* default 0.999 */
+    PEFT_OPT_EPS = 4,           /* default 1e-8 */
+    PEFT_OPT_WEIGHT_DECAY = 5,  /* decoupled (AdamW), default 0 */
+    PEFT_OPT_GRAD_CLIP = 6,     /* max global L2 norm; 0 = off (default) */
+    PEFT_OPT_ACCUM_STEPS = 7,   /* micro-batches per update, default 1 */
+    PEFT_OPT_WARMUP_STEPS = 8,  /* linear warmup updates, default 0 */
+    PEFT_OPT_TOTAL_STEPS = 9,   /* updates for the decay schedule, default 0 */
+    PEFT_OPT_SCHEDULE = 10,     /* PEFT_SCHEDULE_*, default constant */
+    PEFT_OPT_MIN_LR_RATIO = 11  /* floor of the decay, fraction of LR, default 0 */
+};
+
+enum peft_schedule {
+    PEFT_SCHEDULE_CONSTANT = 0,
+    PEFT_SCHEDULE_LINEAR = 1,
+    PEFT_SCHEDULE_COSINE = 2
+};
+
+PEFT_API int peft_opt_set(peft_model *model, int key, double value);
+PEFT_API int peft_opt_get(const peft_model *model, int key, double *value);
+PEFT_API int peft_opt_bounds(int key, double *lower, double *upper);
+
+typedef struct peft_batch {
+    uint32_t version;
+    const int32_t *tokens; /* n_seq * seq_len token ids, row-major */
+    const int32_t *labels; /* NULL: labels = tokens; else n_seq * seq_len, -100 = ignored */
+    int32_t n_seq;         /* B */
+    int32_t seq_len;       /* T; position t is trained to predict labels[t+1] */
+} peft_batch;
+
+#define PEFT_BATCH_VERSION 1
+#define PEFT_BATCH_INIT {PEFT_BATCH_VERSION, NULL, NULL, 0, 0}
+
+typedef struct peft_step_result {
+    uint32_t version;
+    double loss;       /* mean cross-entropy over counted tokens of this batch */
+    double grad_norm;  /* global L2 norm before clipping (only when updated) */
+    uint64_t tokens;   /* counted (labelled) tokens of this batch */
+    double lr;         /* learning rate used for the update (when updated) */
+    int32_t updated;   /* 1 if this call applied an optimizer update */
+    int64_t step;      /* optimizer updates done so far */
+} peft_step_result;
+
+#define PEFT_STEP_RESULT_VERSION 1
+#define PEFT_STEP_RESULT_INIT {PEFT_STEP_RESULT_VERSION, 0, 0, 0, 0, 0, 0}
+
+/*
+ * Forward + backward + (every PEFT_OPT_ACCUM_STEPS-th call) AdamW update.
+ * Gradients are accumulated as sums over tokens and divided by the total
+ * counted-token count of the accumulated micro-batches at the update, so
+ * accumulation equals one big batch exactly. res may be NULL.
+ */
+PEFT_API int peft_step(peft_model *model, const peft_batch *batch,
+                       peft_step_result *res);
+
+/* The two halves of peft_step, for hosts doing data-parallel training. */
+/* Forward + backward; adds d(sum of token losses)/d(params) into the gradient buffer. */
+PEFT_API int peft_forward_backward(peft_model *model, const peft_batch *batch,
+                                   peft_step_result *res);
+/* The flat gradient buffer (n floats, same order as the parameter block). */
+PEFT_API int peft_grad_buffer(float **grads, size_t *n, peft_model *model);
+/* The flat trainable-parameter block (to broadcast an initial adapter). */
+PEFT_API int peft_param_buffer(float **params, size_t *n, peft_model *model);
+/*
+ * Apply one optimizer update with the buffered gradients divided by
+ * token_count (0: the count accumulated by peft_forward_backward on this
+ * handle), then zero the gradient buffer.
+ */
+PEFT_API int peft_apply_update(peft_model *model, double token_count,
+                               peft_step_result *res);
+/* Zero the gradient buffer and the accumulated token count. */
+PEFT_API int peft_zero_grad(peft_model *model);
+
+typedef struct peft_eval_result {
+    uint32_t version;
+    double loss_sum;  /* sum of token cross-entropies (nats) */
+    uint64_t tokens;  /* counted tokens */
+} peft_eval_result;
+
+#define PEFT_EVAL_RESULT_VERSION 1
+#define PEFT_EVAL_RESULT_INIT {PEFT_EVAL_RESULT_VERSION, 0, 0}
+
+/* Loss of a batch with the adapters applied (no dropout), nothing updated. */
+PEFT_API int peft_eval(peft_model *model, const peft_batch *batch,
+                       peft_eval_result *res);
+
+/* ---- adapter files ----------------------------------------------------- */
+
+typedef struct peft_save_options {
+    uint32_t version;
+    const char *base_model_name_or_path; /* NULL: the path the model was opened from */
+} peft_save_options;
+
+#define PEFT_SAVE_OPTIONS_VERSION 1
+#define PEFT_SAVE_OPTIONS_INIT {PEFT_SAVE_OPTIONS_VERSION, NULL}
+
+/*
+ * Save the attached adapter as a Hugging Face PEFT directory
+ * (adapter_model.safetensors + adapter_config.json), creating the directory
+ * if needed. Each file is written atomically (temp file, fsync, rename).
+ */
+PEFT_API int peft_save_adapter(peft_model *model, const char *dir,
+                               const peft_save_options *opts);
+/*
+ * Load a Hugging Face PEFT LoRA adapter directory: attaches it with its
+ * adapter_config.json settings when nothing is attached, or overwrites the
+ * weights of a matching attachment.
+ */
+PEFT_API int peft_load_adapter(peft_model *model, const char *dir);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PEFT_PEFT_H */

@@ -1,0 +1,404 @@
+/*
+ * Hugging Face PEFT LoRA adapters: adapter_model.safetensors (F32 tensors,
+ * metadata {"format":"pt"}) + adapter_config.json (sorted keys, indent 2).
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fsutil.h"
+#include "json.h"
+#include "model.h"
+#include "safetensors.h"
+
+/* ---- small JSON writer for the config ---- */
+
+struct jw {
+    char *s;
+    size_t n, cap;
+    int oom;
+};
+
+static void jw_put(struct jw *w, const char *fmt, ...) PEFT_PRINTF(2, 3);
+
+#include <stdarg.h>
+static void jw_put(struct jw *w, const char *fmt, ...)
+{
+    if (w->oom)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int k = vsnprintf(w->s ? w->s + w->n : NULL, w->s ? w->cap - w->n : 0, fmt, ap);
+        va_end(ap);
+        if (k < 0) {
+            w->oom = 1;
+            return;
+        }
+        if (w->s && w->n + (size_t)k < w->cap) {
+            w->n += (size_t)k;
+            return;
+        }
+        size_t cap = w->cap ? w->cap * 2 : 1024;
+        while (cap < w->n + (size_t)k + 1)
+            cap *= 2;
+        char *ns = realloc(w->s, cap);
+        if (!ns) {
+            w->oom = 1;
+            return;
+        }
+        w->s = ns;
+        w->cap = cap;
+    }
+}
+
+/* JSON string with escapes (input is the caller's UTF-8). */
+static void jw_str(struct jw *w, const char *s)
+{
+    jw_put(w, "\"");
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            jw_put(w, "\\%c", c);
+        else if (c < 0x20)
+            jw_put(w, "\\u%04x", c);
+        else
+            jw_put(w, "%c", c);
+    }
+    jw_put(w, "\"");
+}
+
+/* Shortest decimal that reads back as the same float, Python-style ("0.0", "0.05"). */
+static void jw_float(struct jw *w, float v)
+{
+    char buf[48];
+    for (int prec = 1; prec <= 9; prec++) {
+        snprintf(buf, sizeof buf, "%.*g", prec, (double)v);
+        if (strtof(buf, NULL) == v)
+            break;
+    }
+    if (!strpbrk(buf, ".eEn"))
+        strcat(buf, ".0");
+    jw_put(w, "%s", buf);
+}
+
+static void jw_number(struct jw *w, float v)
+{
+    if (v == floorf(v) && fabsf(v) < 1e9f)
+        jw_put(w, "%lld", (long long)v);
+    else
+        jw_float(w, v);
+}
+
+static int write_config(const peft_model *m, const char *path, const char *base_name)
+{
+    const lora_state *l = m->lora;
+    struct jw w = {0};
+    int all_layers = 1;
+    for (int i = 0; i < m->cfg.n_layers; i++)
+        all_layers &= l->layer_on[i];
+    jw_put(&w, "{\n  \"alpha_pattern\": {},\n  \"base_model_name_or_path\": ");
+    jw_str(&w, base_name);
+    jw_put(&w, ",\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"inference_mode\": true,\n");
+    jw_put(&w, "  \"init_lora_weights\": %s,\n", l->init == PEFT_INIT_GAUSSIAN ? "\"gaussian\"" : "true");
+    jw_put(&w, "  \"layers_pattern\": null,\n  \"layers_to_transform\": ");
+    if (all_layers) {
+        jw_put(&w, "null");
+    } else {
+        jw_put(&w, "[");
+        int first = 1;
+        for (int i = 0; i < m->cfg.n_layers; i++)
+            if (l->layer_on[i]) {
+                jw_put(&w, "%s\n    %d", first ? "" : ",", i);
+                first = 0;
+            }
+        jw_put(&w, "\n  ]");
+    }
+    jw_put(&w, ",\n  \"lora_alpha\": ");
+    jw_number(&w, l->alpha);
+    jw_put(&w, ",\n  \"lora_dropout\": ");
+    jw_float(&w, l->dropout);
+    jw_put(&w, ",\n  \"modules_to_save\": null,\n  \"peft_type\": \"LORA\",\n  \"r\": %d,\n", l->rank);
+    jw_put(&w, "  \"rank_pattern\": {},\n  \"revision\": null,\n  \"target_modules\": [");
+    int first = 1;
+    for (int k = 0; k < PEFT_MOD_COUNT; k++)
+        if (l->targets & (1u << k)) {
+            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__module_names[k]);
+            first = 0;
+        }
+    jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\",\n  \"use_dora\": false,\n");
+    jw_put(&w, "  \"use_rslora\": %s\n}", l->use_rslora ? "true" : "false");
+    if (w.oom) {
+        free(w.s);
+        return peft__fail(PEFT_ENOMEM, "%s: out of memory", path);
+    }
+    int code = peft__write_atomic(path, w.s, w.n);
+    free(w.s);
+    return code;
+}
+
+int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *opts)
+{
+    if (!m || !dir)
+        return peft__fail(PEFT_EINVAL, "peft_save_adapter: NULL argument");
+    if (opts && (opts->version == 0 || opts->version > PEFT_SAVE_OPTIONS_VERSION))
+        return peft__fail(PEFT_EINVAL, "peft_save_adapter: unknown options version %u", opts->version);
+    if (!m->lora)
+        return peft__fail(PEFT_ESTATE, "peft_save_adapter: no adapter attached");
+    const lora_state *l = m->lora;
+    for (size_t i = 0; i < l->n_params; i++)
+        if (!isfinite(l->params[i]))
+            return peft__fail(PEFT_ENUMERIC, "peft_save_adapter: adapter holds NaN/Inf; not saved");
+    int code = peft__mkdirs(dir);
+    if (code)
+        return code;
+    st_out_tensor *ts = calloc((size_t)l->n_modules * 2, sizeof *ts);
+    char *names = malloc((size_t)l->n_modules * 2 * 128);
+    char *st_path = peft__path_join(dir, "adapter_model.safetensors");
+    char *cfg_path = peft__path_join(dir, "adapter_config.json");
+    if (!ts || !names || !st_path || !cfg_path) {
+        code = peft__fail(PEFT_ENOMEM, "peft_save_adapter: out of memory");
+        goto done;
+    }
+    for (int i = 0; i < l->n_modules; i++) {
+        const lora_module *md = &l->mods[i];
+        for (int b = 0; b < 2; b++) {
+            st_out_tensor *t = &ts[2 * i + b];
+            t->name = peft__module_key(names + (size_t)(2 * i + b) * 128, 128, md->layer, md->kind, b);
+            t->n_dims = 2;
+            t->shape[0] = b ? md->out : md->r;
+            t->shape[1] = b ? md->r : md->in;
+            t->data = l->params + (b ? md->off_b : md->off_a);
+        }
+    }
+    const char *mk[] = {"format"}, *mv[] = {"pt"};
+    code = st_write(st_path, ts, (size_t)l->n_modules * 2, mk, mv, 1);
+    if (!code) {
+        const char *base = opts && opts->base_model_name_or_path ? opts->base_model_name_or_path : m->path;
+        code = write_config(m, cfg_path, base);
+    }
+done:
+    free(ts);
+    free(names);
+    free(st_path);
+    free(cfg_path);
+    return code;
+}
+
+/* ---- loading ---- */
+
+static int kind_of(const char *name)
+{
+    for (int k = 0; k < PEFT_MOD_COUNT; k++)
+        if (strcmp(name, peft__module_names[k]) == 0)
+            return k;
+    return -1;
+}
+
+static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, const char *path)
+{
+    char *text;
+    size_t len;
+    int code = peft__read_file(&text, &len, path, 1u << 20);
+    if (code)
+        return code;
+    json_doc *doc;
+    code = json_parse(&doc, text, len, path);
+    free(text);
+    if (code)
+        return code;
+    const json_value *root = json_root(doc);
+    const json_value *v;
+#define FAIL(c, ...)                                                                               \
+    do {                                                                                           \
+        code = peft__fail(c, __VA_ARGS__);                                                         \
+        goto done;                                                                                 \
+    } while (0)
+    if (root->type != JSON_OBJECT)
+        FAIL(PEFT_EFORMAT, "%s: not a JSON object", path);
+    v = json_get(root, "peft_type");
+    if (!v || v->type != JSON_STRING)
+        FAIL(PEFT_EFORMAT, "%s: missing \"peft_type\"", path);
+    if (strcmp(v->string, "LORA") != 0)
+        FAIL(PEFT_EUNSUPPORTED, "%s: peft_type \"%s\" is not supported yet (LORA)", path, v->string);
+    v = json_get(root, "r");
+    if (!v || v->type != JSON_NUMBER || !v->is_integer || v->number < 1 || v->number > 65536)
+        FAIL(PEFT_EFORMAT, "%s: \"r\" must be an integer in 1..65536", path);
+    o->rank = (int)v->number;
+    v = json_get(root, "lora_alpha");
+    o->alpha = (float)o->rank;
+    if (v && v->type == JSON_NUMBER)
+        o->alpha = (float)v->number;
+    else if (v && v->type != JSON_NULL)
+        FAIL(PEFT_EFORMAT, "%s: \"lora_alpha\" is not a number", path);
+    v = json_get(root, "lora_dropout");
+    if (v && v->type == JSON_NUMBER)
+        o->dropout = (float)v->number;
+    v = json_get(root, "use_rslora");
+    o->use_rslora = v && v->type == JSON_BOOL && v->boolean;
+    v = json_get(root, "use_dora");
+    if (v && v->type == JSON_BOOL && v->boolean)
+        FAIL(PEFT_EUNSUPPORTED, "%s: DoRA (use_dora) is not supported yet", path);
+    v = json_get(root, "bias");
+    if (v && v->type == JSON_STRING && strcmp(v->string, "none") != 0)
+        FAIL(PEFT_EUNSUPPORTED, "%s: bias \"%s\" is not supported yet", path, v->string);
+    v = json_get(root, "modules_to_save");
+    if (v && v->type == JSON_ARRAY && v->length > 0)
+        FAIL(PEFT_EUNSUPPORTED, "%s: modules_to_save is not supported yet", path);
+    const char *patterns[] = {"rank_pattern", "alpha_pattern"};
+    for (int i = 0; i < 2; i++) {
+        v = json_get(root, patterns[i]);
+        if (v && v->type == JSON_OBJECT && v->length > 0)
+            FAIL(PEFT_EUNSUPPORTED, "%s: %s is not supported yet", path, patterns[i]);
+    }
+    v = json_get(root, "fan_in_fan_out");
+    if (v && v->type == JSON_BOOL && v->boolean)
+        FAIL(PEFT_EUNSUPPORTED, "%s: fan_in_fan_out is not used by Llama models", path);
+    v = json_get(root, "init_lora_weights");
+    o->init = v && v->type == JSON_STRING && strcmp(v->string, "gaussian") == 0 ? PEFT_INIT_GAUSSIAN
+                                                                                : PEFT_INIT_KAIMING;
+    v = json_get(root, "target_modules");
+    o->targets = 0;
+    if (v && v->type == JSON_STRING && strcmp(v->string, "all-linear") == 0) {
+        o->targets = PEFT_TARGET_ALL_LINEAR;
+    } else if (v && v->type == JSON_ARRAY && v->length > 0) {
+        for (size_t i = 0; i < v->length; i++) {
+            const json_value *it = &v->items[i];
+            int k = it->type == JSON_STRING ? kind_of(it->string) : -1;
+            if (k < 0)
+                FAIL(PEFT_EUNSUPPORTED, "%s: target module \"%s\" is not supported yet (q_proj, k_proj, "
+                     "v_proj, o_proj, gate_proj, up_proj, down_proj)",
+                     path, it->type == JSON_STRING ? it->string : "?");
+            o->targets |= 1u << k;
+        }
+    } else {
+        FAIL(PEFT_EUNSUPPORTED, "%s: \"target_modules\" must be a list of module names or \"all-linear\"", path);
+    }
+    v = json_get(root, "layers_to_transform");
+    layers[0] = '\0';
+    if (v && v->type == JSON_NUMBER && v->is_integer && v->number >= 0) {
+        snprintf(layers, layers_cap, "%d", (int)v->number);
+    } else if (v && v->type == JSON_ARRAY) {
+        size_t n = 0;
+        for (size_t i = 0; i < v->length; i++) {
+            const json_value *it = &v->items[i];
+            if (it->type != JSON_NUMBER || !it->is_integer || it->number < 0 || it->number > 1e6)
+                FAIL(PEFT_EFORMAT, "%s: bad entry in layers_to_transform", path);
+            int k = snprintf(layers + n, layers_cap - n, "%s%d", n ? "," : "", (int)it->number);
+            if (k < 0 || (size_t)k >= layers_cap - n)
+                FAIL(PEFT_EFORMAT, "%s: layers_to_transform too long", path);
+            n += (size_t)k;
+        }
+    } else if (v && v->type != JSON_NULL) {
+        FAIL(PEFT_EFORMAT, "%s: bad layers_to_transform", path);
+    }
+    o->layers = layers[0] ? layers : NULL;
+#undef FAIL
+done:
+    json_free(doc);
+    return code;
+}
+
+static int same_layout(const lora_state *a, const lora_state *b)
+{
+    if (a->n_modules != b->n_modules)
+        return 0;
+    for (int i = 0; i < a->n_modules; i++) {
+        const lora_module *x = &a->mods[i], *y = &b->mods[i];
+        if (x->layer != y->layer || x->kind != y->kind || x->r != y->r)
+            return 0;
+    }
+    return 1;
+}
+
+int peft_load_adapter(peft_model *m, const char *dir)
+{
+    if (!m || !dir)
+        return peft__fail(PEFT_EINVAL, "peft_load_adapter: NULL argument");
+    char *cfg_path = peft__path_join(dir, "adapter_config.json");
+    char *st_path = peft__path_join(dir, "adapter_model.safetensors");
+    st_file *f = NULL;
+    int code = PEFT_OK;
+    lora_state *saved = m->lora;
+    int attached_here = 0;
+    if (!cfg_path || !st_path) {
+        code = peft__fail(PEFT_ENOMEM, "out of memory");
+        goto done;
+    }
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    char layers[8192];
+    if ((code = read_config(&o, layers, sizeof layers, cfg_path)))
+        goto done;
+    if ((code = st_open(&f, st_path)))
+        goto done;
+    /* build the attachment the file describes */
+    m->lora = NULL;
+    if ((code = peft_attach_lora(m, &o, NULL))) {
+        code = peft__context(code, cfg_path);
+        m->lora = saved;
+        goto done;
+    }
+    attached_here = 1;
+    lora_state *l = m->lora;
+    if (saved && !same_layout(saved, l)) {
+        code = peft__fail(PEFT_ESHAPE, "%s: adapter layout (targets, layers, rank) differs from the attached one",
+                          dir);
+        goto done;
+    }
+    for (int i = 0; i < l->n_modules; i++) {
+        const lora_module *md = &l->mods[i];
+        for (int b = 0; b < 2; b++) {
+            char key[160];
+            peft__module_key(key, sizeof key, md->layer, md->kind, b);
+            const st_tensor *t = st_find(f, key);
+            if (!t) {
+                code = peft__fail(PEFT_ENOTFOUND, "%s: tensor '%s' is missing (adapter for another model?)",
+                                  st_path, key);
+                goto done;
+            }
+            int64_t d0 = b ? md->out : md->r, d1 = b ? md->r : md->in;
+            if (t->n_dims != 2 || t->shape[0] != d0 || t->shape[1] != d1) {
+                code = peft__fail(PEFT_ESHAPE, "%s: tensor '%s' has shape [%lld, %lld], expected [%lld, %lld]",
+                                  st_path, key, t->n_dims > 0 ? (long long)t->shape[0] : -1LL,
+                                  t->n_dims > 1 ? (long long)t->shape[1] : -1LL, (long long)d0,
+                                  (long long)d1);
+                goto done;
+            }
+            if ((code = st_read_f32(f, t, l->params + (b ? md->off_b : md->off_a), (uint64_t)(d0 * d1))))
+                goto done;
+        }
+    }
+    if (f->n_tensors != (size_t)l->n_modules * 2) {
+        for (size_t i = 0; i < f->n_tensors; i++) {
+            int ok = 0;
+            for (int j = 0; j < l->n_modules && !ok; j++) {
+                char ka[160], kb[160];
+                peft__module_key(ka, sizeof ka, l->mods[j].layer, l->mods[j].kind, 0);
+                peft__module_key(kb, sizeof kb, l->mods[j].layer, l->mods[j].kind, 1);
+                ok = !strcmp(ka, f->tensors[i].name) || !strcmp(kb, f->tensors[i].name);
+            }
+            if (!ok) {
+                code = peft__fail(PEFT_EFORMAT, "%s: unexpected tensor '%s' (not described by adapter_config.json)",
+                                  st_path, f->tensors[i].name);
+                goto done;
+            }
+        }
+    }
+    for (size_t i = 0; i < l->n_params; i++)
+        if (!isfinite(l->params[i])) {
+            code = peft__fail(PEFT_ENUMERIC, "%s: adapter weights contain NaN or Inf", st_path);
+            goto done;
+        }
+done:
+    if (code && attached_here) {
+        peft__lora_free(m->lora);
+        m->lora = saved;
+    } else if (!code && attached_here && saved) {
+        peft__lora_free(saved);
+    }
+    st_close(f);
+    free(cfg_path);
+    free(st_path);
+    return code;
+}

@@ -1,0 +1,119 @@
+/* Hugging Face config.json -> peft_config. Llama family; clear errors otherwise. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+#include "json.h"
+
+static int get_int(const json_value *root, const char *key, int *out, int required, const char *what)
+{
+    const json_value *v = json_get(root, key);
+    if (!v || v->type == JSON_NULL) {
+        if (required)
+            return peft__fail(PEFT_EFORMAT, "%s: missing \"%s\"", what, key);
+        return 1;
+    }
+    if (v->type != JSON_NUMBER || !v->is_integer || v->number < 0 || v->number > 1e9)
+        return peft__fail(PEFT_EFORMAT, "%s: \"%s\" is not a valid non-negative integer", what, key);
+    *out = (int)v->number;
+    return 0;
+}
+
+static int get_float(const json_value *root, const char *key, float *out, const char *what)
+{
+    const json_value *v = json_get(root, key);
+    if (!v || v->type == JSON_NULL)
+        return 1;
+    if (v->type != JSON_NUMBER)
+        return peft__fail(PEFT_EFORMAT, "%s: \"%s\" is not a number", what, key);
+    *out = (float)v->number;
+    return 0;
+}
+
+int peft__config_parse(peft_config *cfg, const char *text, size_t len, const char *what)
+{
+    memset(cfg, 0, sizeof *cfg);
+    json_doc *doc;
+    int code = json_parse(&doc, text, len, what);
+    if (code)
+        return code;
+    const json_value *root = json_root(doc);
+    if (root->type != JSON_OBJECT) {
+        json_free(doc);
+        return peft__fail(PEFT_EFORMAT, "%s: not a JSON object", what);
+    }
+    const json_value *mt = json_get(root, "model_type");
+    const char *arch = mt && mt->type == JSON_STRING ? mt->string : NULL;
+    if (!arch) {
+        json_free(doc);
+        return peft__fail(PEFT_EFORMAT, "%s: missing \"model_type\"", what);
+    }
+    if (strcmp(arch, "llama") != 0) {
+        code = peft__fail(PEFT_EUNSUPPORTED,
+                          "%s: architecture \"%s\" is not supported (supported: llama, which "
+                          "covers Llama 2, SmolLM, TinyLlama)",
+                          what, arch);
+        json_free(doc);
+        return code;
+    }
+    snprintf(cfg->architecture, sizeof cfg->architecture, "%s", arch);
+    if ((code = get_int(root, "hidden_size", &cfg->dim, 1, what)) < 0 ||
+        (code = get_int(root, "intermediate_size", &cfg->ffn_dim, 1, what)) < 0 ||
+        (code = get_int(root, "num_hidden_layers", &cfg->n_layers, 1, what)) < 0 ||
+        (code = get_int(root, "num_attention_heads", &cfg->n_heads, 1, what)) < 0 ||
+        (code = get_int(root, "vocab_size", &cfg->vocab, 1, what)) < 0) {
+        json_free(doc);
+        return code;
+    }
+    cfg->n_kv_heads = cfg->n_heads;
+    cfg->head_dim = cfg->n_heads ? cfg->dim / cfg->n_heads : 0;
+    cfg->eps = 1e-6f;
+    cfg->rope_theta = 10000.0f;
+    cfg->bos_id = 1;
+    cfg->eos_id = 2;
+    if ((code = get_int(root, "num_key_value_heads", &cfg->n_kv_heads, 0, what)) < 0 ||
+        (code = get_int(root, "head_dim", &cfg->head_dim, 0, what)) < 0 ||
+        (code = get_int(root, "bos_token_id", &cfg->bos_id, 0, what)) < 0 ||
+        (code = get_int(root, "eos_token_id", &cfg->eos_id, 0, what)) < 0 ||
+        (code = get_float(root, "rms_norm_eps", &cfg->eps, what)) < 0 ||
+        (code = get_float(root, "rope_theta", &cfg->rope_theta, what)) < 0) {
+        json_free(doc);
+        return code;
+    }
+    const json_value *tie = json_get(root, "tie_word_embeddings");
+    cfg->tied = tie && tie->type == JSON_BOOL ? tie->boolean : 0;
+    const json_value *rs = json_get(root, "rope_scaling");
+    const json_value *ab = json_get(root, "attention_bias");
+    const json_value *mb = json_get(root, "mlp_bias");
+    const json_value *act = json_get(root, "hidden_act");
+    if (rs && rs->type != JSON_NULL)
+        code = peft__fail(PEFT_EUNSUPPORTED, "%s: \"rope_scaling\" is not supported yet", what);
+    else if ((ab && ab->type == JSON_BOOL && ab->boolean) || (mb && mb->type == JSON_BOOL && mb->boolean))
+        code = peft__fail(PEFT_EUNSUPPORTED, "%s: linear biases are not supported yet", what);
+    else if (act && (act->type != JSON_STRING || strcmp(act->string, "silu") != 0))
+        code = peft__fail(PEFT_EUNSUPPORTED, "%s: \"hidden_act\" must be \"silu\"", what);
+    json_free(doc);
+    if (code < 0)
+        return code;
+    return peft__config_validate(cfg, what);
+}
+
+int peft__config_validate(const peft_config *c, const char *what)
+{
+    if (c->dim <= 0 || c->ffn_dim <= 0 || c->n_layers <= 0 || c->n_heads <= 0 ||
+        c->n_kv_heads <= 0 || c->head_dim <= 0 || c->vocab <= 0)
+        return peft__fail(PEFT_EFORMAT, "%s: dimensions must be positive", what);
+    if (c->n_layers > 4096 || c->dim > 1 << 17 || c->ffn_dim > 1 << 20 || c->vocab > 1 << 24 ||
+        c->n_heads > 4096 || c->head_dim > 4096)
+        return peft__fail(PEFT_EFORMAT, "%s: dimensions out of range", what);
+    if (c->n_heads % c->n_kv_heads != 0)
+        return peft__fail(PEFT_EFORMAT,
+                          "%s: num_attention_heads (%d) is not a multiple of num_key_value_heads (%d)",
+                          what, c->n_heads, c->n_kv_heads);
+    if (c->head_dim % 2 != 0)
+        return peft__fail(PEFT_EFORMAT, "%s: head_dim (%d) must be even for RoPE", what, c->head_dim);
+    if (!(c->eps > 0.0f) || !isfinite(c->eps) || !(c->rope_theta > 0.0f) || !isfinite(c->rope_theta))
+        return peft__fail(PEFT_EFORMAT, "%s: rms_norm_eps and rope_theta must be positive", what);
+    return PEFT_OK;
+}

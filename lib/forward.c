@@ -1,0 +1,256 @@
+/*
+ * The whole model: forward through the frozen base with adapters, the
+ * cross-entropy loss, and (training) backward into the adapter gradients.
+ * Backward stops at the lowest adapted layer.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "lora_linear.h"
+#include "model.h"
+#include "ops/ops.h"
+
+/* The LoRA branch of (layer, kind), or NULL. */
+static const lora_view *view_of(peft_model *m, lora_view *lv, int layer, int kind, int train)
+{
+    lora_state *l = m->lora;
+    if (!l)
+        return NULL;
+    int idx = l->index[layer * PEFT_MOD_COUNT + kind];
+    if (idx < 0)
+        return NULL;
+    const lora_module *md = &l->mods[idx];
+    lv->A = l->params + md->off_a;
+    lv->B = l->params + md->off_b;
+    lv->dA = l->grads + md->off_a;
+    lv->dB = l->grads + md->off_b;
+    lv->r = md->r;
+    lv->scale = md->scale;
+    lv->dropout = train ? l->dropout : 0.0f;
+    lv->dropout_seed = peft__hash64(l->seed ^ peft__hash64(m->dropout_calls * 1000003u + (uint64_t)idx));
+    return lv;
+}
+
+static float *xa_of(peft_model *m, int layer, int kind)
+{
+    lora_state *l = m->lora;
+    if (!l)
+        return NULL;
+    int idx = l->index[layer * PEFT_MOD_COUNT + kind];
+    if (idx < 0)
+        return NULL;
+    size_t N = (size_t)m->ws.n_seq * m->ws.seq_len;
+    return m->ws.xa + (size_t)idx * N * (size_t)l->rank;
+}
+
+static void add_inplace(float *y, const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        y[i] += x[i];
+}
+
+static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out, layer_acts *a,
+                          int train)
+{
+    const peft_config *c = &m->cfg;
+    workspace *ws = &m->ws;
+    const peft_layer_weights *w = &m->layers[l];
+    int B = ws->n_seq, T = ws->seq_len, D = c->dim, F = c->ffn_dim;
+    int Hq = c->n_heads * c->head_dim, Hk = c->n_kv_heads * c->head_dim;
+    int64_t N = (int64_t)B * T;
+    lora_view lv;
+    rmsnorm_forward(m->pool, a->xn1, a->rstd1, x_in, w->attn_norm, N, D, c->eps);
+    linear_forward(m, a->q, a->xn1, w->w[PEFT_MOD_Q], N, D, Hq, view_of(m, &lv, l, PEFT_MOD_Q, train),
+                   xa_of(m, l, PEFT_MOD_Q), ws->tmp);
+    linear_forward(m, a->k, a->xn1, w->w[PEFT_MOD_K], N, D, Hk, view_of(m, &lv, l, PEFT_MOD_K, train),
+                   xa_of(m, l, PEFT_MOD_K), ws->tmp);
+    linear_forward(m, a->v, a->xn1, w->w[PEFT_MOD_V], N, D, Hk, view_of(m, &lv, l, PEFT_MOD_V, train),
+                   xa_of(m, l, PEFT_MOD_V), ws->tmp);
+    rope_forward(m->pool, a->q, ws->rope_cos, ws->rope_sin, B, T, c->n_heads, c->head_dim);
+    rope_forward(m->pool, a->k, ws->rope_cos, ws->rope_sin, B, T, c->n_kv_heads, c->head_dim);
+    attention_forward(m->pool, a->att, a->lse, ws->att_scratch, a->q, a->k, a->v, B, T, c->n_heads,
+                      c->n_kv_heads, c->head_dim);
+    linear_forward(m, a->h, a->att, w->w[PEFT_MOD_O], N, Hq, D, view_of(m, &lv, l, PEFT_MOD_O, train),
+                   xa_of(m, l, PEFT_MOD_O), ws->tmp);
+    add_inplace(a->h, x_in, (size_t)N * D);
+    rmsnorm_forward(m->pool, a->xn2, a->rstd2, a->h, w->ffn_norm, N, D, c->eps);
+    linear_forward(m, a->g, a->xn2, w->w[PEFT_MOD_GATE], N, D, F,
+                   view_of(m, &lv, l, PEFT_MOD_GATE, train), xa_of(m, l, PEFT_MOD_GATE), ws->tmp);
+    linear_forward(m, a->u, a->xn2, w->w[PEFT_MOD_UP], N, D, F, view_of(m, &lv, l, PEFT_MOD_UP, train),
+                   xa_of(m, l, PEFT_MOD_UP), ws->tmp);
+    swiglu_forward(m->pool, ws->act, a->g, a->u, N, F);
+    linear_forward(m, x_out, ws->act, w->w[PEFT_MOD_DOWN], N, F, D,
+                   view_of(m, &lv, l, PEFT_MOD_DOWN, train), xa_of(m, l, PEFT_MOD_DOWN), ws->tmp);
+    add_inplace(x_out, a->h, (size_t)N * D);
+}
+
+static int has_kind(peft_model *m, int l, int k0, int k1)
+{
+    for (int k = k0; k <= k1; k++)
+        if (m->lora->index[l * PEFT_MOD_COUNT + k] >= 0)
+            return 1;
+    return 0;
+}
+
+/* ws->dx holds d(loss)/d(layer output); on return, d/d(layer input) unless l is the lowest. */
+static void layer_backward(peft_model *m, int l)
+{
+    const peft_config *c = &m->cfg;
+    workspace *ws = &m->ws;
+    layer_acts *a = &ws->acts[l];
+    const peft_layer_weights *w = &m->layers[l];
+    int B = ws->n_seq, T = ws->seq_len, D = c->dim, F = c->ffn_dim;
+    int Hq = c->n_heads * c->head_dim, Hk = c->n_kv_heads * c->head_dim;
+    int64_t N = (int64_t)B * T;
+    int below = l > m->lora->lowest_layer;  /* gradient needed below this layer */
+    int attn = below || has_kind(m, l, PEFT_MOD_Q, PEFT_MOD_O);
+    int qkv = below || has_kind(m, l, PEFT_MOD_Q, PEFT_MOD_V);
+    lora_view lv;
+
+    /* MLP: x_out = h + down(silu(g) * u) */
+    swiglu_forward(m->pool, ws->act, a->g, a->u, N, F);
+    linear_backward(m, ws->dact, 0.0f, ws->dx, ws->act, w->w[PEFT_MOD_DOWN], N, F, D,
+                    view_of(m, &lv, l, PEFT_MOD_DOWN, 1), xa_of(m, l, PEFT_MOD_DOWN), ws->dxa, ws->tmp);
+    swiglu_backward(m->pool, ws->dg, ws->du, ws->dact, a->g, a->u, N, F);
+    linear_backward(m, attn ? ws->dxn : NULL, 0.0f, ws->dg, a->xn2, w->w[PEFT_MOD_GATE], N, D, F,
+                    view_of(m, &lv, l, PEFT_MOD_GATE, 1), xa_of(m, l, PEFT_MOD_GATE), ws->dxa, ws->tmp);
+    linear_backward(m, attn ? ws->dxn : NULL, 1.0f, ws->du, a->xn2, w->w[PEFT_MOD_UP], N, D, F,
+                    view_of(m, &lv, l, PEFT_MOD_UP, 1), xa_of(m, l, PEFT_MOD_UP), ws->dxa, ws->tmp);
+    if (!attn)
+        return;
+    rmsnorm_backward(m->pool, ws->dx, ws->dxn, a->h, w->ffn_norm, a->rstd2, N, D);
+
+    /* attention: h = x_in + o(attn(q, k, v)) */
+    linear_backward(m, qkv ? ws->datt : NULL, 0.0f, ws->dx, a->att, w->w[PEFT_MOD_O], N, Hq, D,
+                    view_of(m, &lv, l, PEFT_MOD_O, 1), xa_of(m, l, PEFT_MOD_O), ws->dxa, ws->tmp);
+    if (!qkv)
+        return;
+    attention_backward(m->pool, ws->dq, ws->dk, ws->dv, ws->datt, a->q, a->k, a->v, a->att, a->lse, B,
+                       T, c->n_heads, c->n_kv_heads, c->head_dim);
+    rope_backward(m->pool, ws->dq, ws->rope_cos, ws->rope_sin, B, T, c->n_heads, c->head_dim);
+    rope_backward(m->pool, ws->dk, ws->rope_cos, ws->rope_sin, B, T, c->n_kv_heads, c->head_dim);
+    float *dxn = below ? ws->dxn : NULL;
+    linear_backward(m, dxn, 0.0f, ws->dq, a->xn1, w->w[PEFT_MOD_Q], N, D, Hq,
+                    view_of(m, &lv, l, PEFT_MOD_Q, 1), xa_of(m, l, PEFT_MOD_Q), ws->dxa, ws->tmp);
+    linear_backward(m, dxn, 1.0f, ws->dk, a->xn1, w->w[PEFT_MOD_K], N, D, Hk,
+                    view_of(m, &lv, l, PEFT_MOD_K, 1), xa_of(m, l, PEFT_MOD_K), ws->dxa, ws->tmp);
+    linear_backward(m, dxn, 1.0f, ws->dv, a->xn1, w->w[PEFT_MOD_V], N, D, Hk,
+                    view_of(m, &lv, l, PEFT_MOD_V, 1), xa_of(m, l, PEFT_MOD_V), ws->dxa, ws->tmp);
+    if (below)
+        rmsnorm_backward(m->pool, ws->dx, ws->dxn, a->x_in, w->attn_norm, a->rstd1, N, D);
+}
+
+struct xent_args {
+    float *logits, *row_loss;
+    const int32_t *labels;
+    int V, train;
+};
+
+static void xent_task(void *vp, int32_t i)
+{
+    const struct xent_args *a = vp;
+    float *row = a->logits + (int64_t)i * a->V;
+    int label = a->labels[i];
+    if (label < 0) {
+        a->row_loss[i] = 0.0f;
+        if (a->train)
+            memset(row, 0, (size_t)a->V * sizeof *row);
+        return;
+    }
+    a->row_loss[i] = (float)xent_row(a->train ? row : NULL, row, a->V, label, 1.0f);
+}
+
+static int check_batch(const peft_model *m, const peft_batch *b)
+{
+    if (!b)
+        return peft__fail(PEFT_EINVAL, "batch is NULL");
+    if (b->version == 0 || b->version > PEFT_BATCH_VERSION)
+        return peft__fail(PEFT_EINVAL, "batch: unknown version %u", b->version);
+    if (!b->tokens || b->n_seq <= 0 || b->seq_len <= 0)
+        return peft__fail(PEFT_EINVAL, "batch: need tokens, n_seq > 0 and seq_len > 0");
+    if ((int64_t)b->n_seq * b->seq_len > (1 << 24))
+        return peft__fail(PEFT_EINVAL, "batch: n_seq * seq_len too large");
+    int64_t n = (int64_t)b->n_seq * b->seq_len;
+    for (int64_t i = 0; i < n; i++) {
+        if (b->tokens[i] < 0 || b->tokens[i] >= m->cfg.vocab)
+            return peft__fail(PEFT_EINVAL, "batch: token %d at index %lld is outside the vocabulary (0..%d)",
+                              b->tokens[i], (long long)i, m->cfg.vocab - 1);
+        if (b->labels && b->labels[i] != -100 && (b->labels[i] < 0 || b->labels[i] >= m->cfg.vocab))
+            return peft__fail(PEFT_EINVAL, "batch: label %d at index %lld is neither -100 nor a token id",
+                              b->labels[i], (long long)i);
+    }
+    return PEFT_OK;
+}
+
+int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_sum, uint64_t *tokens)
+{
+    int code = check_batch(m, batch);
+    if (code)
+        return code;
+    if (train && !m->lora)
+        return peft__fail(PEFT_ESTATE, "no adapter attached: nothing to train");
+    const peft_config *c = &m->cfg;
+    int B = batch->n_seq, T = batch->seq_len, D = c->dim, V = c->vocab;
+    int64_t N = (int64_t)B * T;
+    if ((code = peft__workspace_ensure(m, B, T, train)))
+        return code;
+    workspace *ws = &m->ws;
+    rope_tables(ws->rope_cos, ws->rope_sin, T, c->head_dim, c->rope_theta);
+
+    /* labels: row b*T+t predicts labels[b*T+t+1] */
+    const int32_t *lab = batch->labels ? batch->labels : batch->tokens;
+    uint64_t count = 0;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            int32_t y = t + 1 < T ? lab[(int64_t)b * T + t + 1] : -100;
+            ws->labels[(int64_t)b * T + t] = y;
+            count += y >= 0;
+        }
+
+    /* embeddings */
+    float *x = train ? ws->acts[0].x_in : ws->res[0];
+    for (int64_t i = 0; i < N; i++)
+        memcpy(x + i * D, m->embed + (int64_t)batch->tokens[i] * D, (size_t)D * sizeof(float));
+
+    for (int l = 0; l < c->n_layers; l++) {
+        float *out;
+        layer_acts *a;
+        if (train) {
+            a = &ws->acts[l];
+            out = l + 1 < c->n_layers ? ws->acts[l + 1].x_in : ws->x_final;
+        } else {
+            a = &ws->acts[0];
+            out = l + 1 < c->n_layers ? ws->res[(l + 1) & 1] : ws->x_final;
+        }
+        layer_forward(m, l, x, out, a, train);
+        x = out;
+    }
+    rmsnorm_forward(m->pool, ws->xnf, ws->rstdf, ws->x_final, m->final_norm, N, D, c->eps);
+
+    /* loss (and d logits -> d xnf) in row chunks: the N x V logits never exist at once */
+    double sum = 0;
+    struct xent_args xa = {ws->logits, NULL, NULL, V, train};
+    for (int64_t r0 = 0; r0 < N; r0 += XENT_CHUNK) {
+        int64_t rows = N - r0 < XENT_CHUNK ? N - r0 : XENT_CHUNK;
+        peft__gemm(m, 0, 1, rows, V, D, 1.0f, ws->xnf + r0 * D, D, m->lm_head, D, 0.0f, ws->logits, V);
+        xa.row_loss = ws->row_loss + r0;
+        xa.labels = ws->labels + r0;
+        peft__pool_for(m->pool, (int32_t)rows, xent_task, &xa);
+        if (train)
+            peft__gemm(m, 0, 0, rows, D, V, 1.0f, ws->logits, V, m->lm_head, D, 0.0f, ws->dxn + r0 * D, D);
+    }
+    for (int64_t i = 0; i < N; i++)
+        sum += ws->row_loss[i];
+    *loss_sum = sum;
+    *tokens = count;
+    if (!train)
+        return PEFT_OK;
+
+    /* backward */
+    memset(ws->dx, 0, (size_t)N * D * sizeof(float));
+    rmsnorm_backward(m->pool, ws->dx, ws->dxn, ws->x_final, m->final_norm, ws->rstdf, N, D);
+    for (int l = c->n_layers - 1; l >= m->lora->lowest_layer; l--)
+        layer_backward(m, l);
+    m->dropout_calls++;
+    return PEFT_OK;
+}

@@ -1,0 +1,88 @@
+/* Internal declarations shared by the core's files. Not installed. */
+#ifndef PEFT_INTERNAL_H
+#define PEFT_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "peft/backend.h"
+#include "peft/peft.h"
+
+#if defined(__GNUC__)
+#define PEFT_PRINTF(a, b) __attribute__((format(printf, a, b)))
+#else
+#define PEFT_PRINTF(a, b)
+#endif
+
+/* error.c: record a message for the calling thread and return code. */
+int peft__fail(int code, const char *fmt, ...) PEFT_PRINTF(2, 3);
+/* Prefix the current message with "prefix: " (keeps the code). */
+int peft__context(int code, const char *prefix);
+void peft__clear_error(void);
+
+/* Overflow-checked size arithmetic: return false on overflow. */
+static inline bool peft__mul_size(size_t a, size_t b, size_t *out)
+{
+    if (a != 0 && b > SIZE_MAX / a)
+        return false;
+    *out = a * b;
+    return true;
+}
+
+/* alloc.c: allocation helpers (64-byte aligned, zeroed). NULL on failure. */
+void *peft__calloc(size_t n, size_t size);
+void *peft__alloc_floats(size_t n);
+void peft__free(void *p);
+
+/* threadpool.c */
+typedef struct peft_pool peft_pool;
+int peft__pool_create(peft_pool **out, int n_threads);
+void peft__pool_destroy(peft_pool *pool);
+int peft__pool_threads(const peft_pool *pool);
+void peft__pool_for(void *pool, int32_t n, void (*fn)(void *arg, int32_t i), void *arg);
+
+/* rng.c: splitmix64-seeded xoshiro256** */
+typedef struct peft_rng {
+    uint64_t s[4];
+} peft_rng;
+void peft__rng_seed(peft_rng *rng, uint64_t seed);
+uint64_t peft__rng_next(peft_rng *rng);
+double peft__rng_uniform(peft_rng *rng);  /* [0, 1) */
+double peft__rng_normal(peft_rng *rng);   /* N(0, 1) */
+uint64_t peft__hash64(uint64_t x);
+
+/* fp.c: conversions */
+float peft__f16_to_f32(uint16_t h);
+float peft__bf16_to_f32(uint16_t h);
+
+/* backends */
+const peft_backend *peft__backend_cpu(void);
+const peft_backend *peft__backend_blis(void); /* NULL when not built */
+
+/* The module kinds a LoRA can target inside a decoder layer. */
+enum peft_module_kind {
+    PEFT_MOD_Q = 0,
+    PEFT_MOD_K,
+    PEFT_MOD_V,
+    PEFT_MOD_O,
+    PEFT_MOD_GATE,
+    PEFT_MOD_UP,
+    PEFT_MOD_DOWN,
+    PEFT_MOD_COUNT
+};
+extern const char *const peft__module_names[PEFT_MOD_COUNT]; /* "q_proj", ... */
+extern const char *const peft__module_parents[PEFT_MOD_COUNT]; /* "self_attn", "mlp" */
+
+/* config.c */
+typedef struct peft_config {
+    char architecture[32];
+    int n_layers, dim, ffn_dim, n_heads, n_kv_heads, head_dim, vocab;
+    int tied;
+    float eps, rope_theta;
+    int bos_id, eos_id;
+} peft_config;
+int peft__config_parse(peft_config *cfg, const char *json, size_t len, const char *what);
+int peft__config_validate(const peft_config *cfg, const char *what);
+
+#endif /* PEFT_INTERNAL_H */

@@ -1,0 +1,33 @@
+/* A small, strict JSON reader (RFC 8259) for config and header files. */
+#ifndef PEFT_JSON_H
+#define PEFT_JSON_H
+
+#include <stddef.h>
+
+enum json_type { JSON_NULL, JSON_BOOL, JSON_NUMBER, JSON_STRING, JSON_ARRAY, JSON_OBJECT };
+
+typedef struct json_value json_value;
+struct json_value {
+    enum json_type type;
+    int boolean;
+    double number;
+    int is_integer;     /* number written without fraction or exponent */
+    const char *string; /* NUL-terminated UTF-8 (strings) */
+    size_t length;      /* string bytes, or item count (arrays, objects) */
+    json_value *items;  /* array items or object values */
+    const char **keys;  /* object keys, in file order */
+};
+
+typedef struct json_doc json_doc;
+
+#define JSON_MAX_DEPTH 64
+
+/* Parse text[0..len). On failure returns a PEFT_E* code with a message naming `what`. */
+int json_parse(json_doc **out, const char *text, size_t len, const char *what);
+const json_value *json_root(const json_doc *doc);
+void json_free(json_doc *doc);
+
+/* Member of an object (last one wins is not allowed: duplicates are rejected at parse). */
+const json_value *json_get(const json_value *obj, const char *key);
+
+#endif

@@ -1,0 +1,286 @@
+/* Attaching LoRA: which modules, parameter layout, initialisation, counts. */
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model.h"
+
+int peft_lora_options_init(peft_lora_options *opts, uint32_t version)
+{
+    if (!opts || version == 0 || version > PEFT_LORA_OPTIONS_VERSION)
+        return peft__fail(PEFT_EINVAL, "peft_lora_options_init: bad arguments");
+    peft_lora_options d = PEFT_LORA_OPTIONS_INIT;
+    *opts = d;
+    opts->version = version;
+    return PEFT_OK;
+}
+
+static int parse_uint(const char **s, long *out)
+{
+    if (!isdigit((unsigned char)**s))
+        return -1;
+    char *end;
+    long v = strtol(*s, &end, 10);
+    if (v < 0 || v > 1000000)
+        return -1;
+    *s = end;
+    *out = v;
+    return 0;
+}
+
+/* Layer selection: "all" | items separated by ','; item = N | N-M | first:N | last:N | every:K */
+int peft__layers_parse(uint8_t *on, int n, const char *spec)
+{
+    memset(on, 0, (size_t)n);
+    if (!spec || !*spec || strcmp(spec, "all") == 0) {
+        memset(on, 1, (size_t)n);
+        return PEFT_OK;
+    }
+    const char *s = spec;
+    while (*s) {
+        long a, b;
+        if (strncmp(s, "first:", 6) == 0 || strncmp(s, "last:", 5) == 0 ||
+            strncmp(s, "every:", 6) == 0) {
+            char kind = s[0];
+            s = strchr(s, ':') + 1;
+            if (parse_uint(&s, &a) || (kind == 'e' && a == 0))
+                goto bad;
+            for (int l = 0; l < n; l++)
+                if ((kind == 'f' && l < a) || (kind == 'l' && l >= n - a) || (kind == 'e' && l % a == 0))
+                    on[l] = 1;
+        } else {
+            if (parse_uint(&s, &a))
+                goto bad;
+            b = a;
+            if (*s == '-') {
+                s++;
+                if (parse_uint(&s, &b) || b < a)
+                    goto bad;
+            }
+            if (b >= n)
+                return peft__fail(PEFT_EINVAL, "layers \"%s\": layer %ld out of range (model has %d layers)",
+                                  spec, b, n);
+            for (long l = a; l <= b; l++)
+                on[l] = 1;
+        }
+        if (*s == ',')
+            s++;
+        else if (*s)
+            goto bad;
+    }
+    for (int l = 0; l < n; l++)
+        if (on[l])
+            return PEFT_OK;
+    return peft__fail(PEFT_EINVAL, "layers \"%s\" selects no layer", spec);
+bad:
+    return peft__fail(PEFT_EINVAL,
+                      "layers \"%s\": expected all, N, N-M, first:N, last:N or every:K, comma-separated",
+                      spec);
+}
+
+const char *peft__module_key(char *buf, size_t n, int layer, int kind, int is_b)
+{
+    snprintf(buf, n, "base_model.model.model.layers.%d.%s.%s.lora_%c.weight", layer,
+             peft__module_parents[kind], peft__module_names[kind], is_b ? 'B' : 'A');
+    return buf;
+}
+
+void peft__lora_free(lora_state *l)
+{
+    if (!l)
+        return;
+    free(l->layer_on);
+    free(l->mods);
+    free(l->index);
+    peft__free(l->params);
+    peft__free(l->grads);
+    peft__free(l->m);
+    peft__free(l->v);
+    free(l);
+}
+
+static void module_dims(const peft_config *c, int kind, int *in, int *out)
+{
+    int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
+    switch (kind) {
+    case PEFT_MOD_Q: *in = c->dim; *out = qd; break;
+    case PEFT_MOD_K:
+    case PEFT_MOD_V: *in = c->dim; *out = kvd; break;
+    case PEFT_MOD_O: *in = qd; *out = c->dim; break;
+    case PEFT_MOD_GATE:
+    case PEFT_MOD_UP: *in = c->dim; *out = c->ffn_dim; break;
+    default: *in = c->ffn_dim; *out = c->dim; break;
+    }
+}
+
+static int check_options(const peft_model *m, const peft_lora_options *o)
+{
+    if (!m || !o)
+        return peft__fail(PEFT_EINVAL, "LoRA: NULL argument");
+    if (o->version == 0 || o->version > PEFT_LORA_OPTIONS_VERSION)
+        return peft__fail(PEFT_EINVAL, "LoRA: unknown options version %u", o->version);
+    if (o->targets == 0 || (o->targets & ~(uint32_t)PEFT_TARGET_ALL_LINEAR))
+        return peft__fail(PEFT_EINVAL, "LoRA: targets must be a non-empty set of PEFT_TARGET_* bits");
+    if (o->rank <= 0 || o->rank > 65536)
+        return peft__fail(PEFT_EINVAL, "LoRA: rank %d out of range (1..65536)", o->rank);
+    if (!isfinite(o->alpha) || o->alpha <= 0)
+        return peft__fail(PEFT_EINVAL, "LoRA: alpha must be positive and finite");
+    if (!(o->dropout >= 0.0f && o->dropout < 1.0f))
+        return peft__fail(PEFT_EINVAL, "LoRA: dropout must be in [0, 1)");
+    if (o->init != PEFT_INIT_KAIMING && o->init != PEFT_INIT_GAUSSIAN)
+        return peft__fail(PEFT_EINVAL, "LoRA: unknown init %d", o->init);
+    return PEFT_OK;
+}
+
+static int build(lora_state **out, const peft_model *m, const peft_lora_options *o, int allocate)
+{
+    *out = NULL;
+    int code = check_options(m, o);
+    if (code)
+        return code;
+    const peft_config *c = &m->cfg;
+    lora_state *l = calloc(1, sizeof *l);
+    if (!l || !(l->layer_on = calloc((size_t)c->n_layers, 1)) ||
+        !(l->index = malloc((size_t)c->n_layers * PEFT_MOD_COUNT * sizeof *l->index)) ||
+        !(l->mods = calloc((size_t)c->n_layers * PEFT_MOD_COUNT, sizeof *l->mods))) {
+        peft__lora_free(l);
+        return peft__fail(PEFT_ENOMEM, "LoRA: out of memory");
+    }
+    if ((code = peft__layers_parse(l->layer_on, c->n_layers, o->layers))) {
+        peft__lora_free(l);
+        return code;
+    }
+    l->targets = o->targets;
+    l->rank = o->rank;
+    l->alpha = o->alpha;
+    l->dropout = o->dropout;
+    l->use_rslora = o->use_rslora != 0;
+    l->init = o->init;
+    l->seed = o->seed;
+    l->lowest_layer = c->n_layers;
+    float scale = l->use_rslora ? o->alpha / sqrtf((float)o->rank) : o->alpha / (float)o->rank;
+    size_t off = 0;
+    for (int layer = 0; layer < c->n_layers; layer++) {
+        for (int k = 0; k < PEFT_MOD_COUNT; k++) {
+            l->index[layer * PEFT_MOD_COUNT + k] = -1;
+            if (!l->layer_on[layer] || !(o->targets & (1u << k)))
+                continue;
+            lora_module *md = &l->mods[l->n_modules];
+            md->layer = layer;
+            md->kind = k;
+            md->r = o->rank;
+            module_dims(c, k, &md->in, &md->out);
+            md->alpha = o->alpha;
+            md->scale = scale;
+            md->off_a = off;
+            off += (size_t)md->r * (size_t)md->in;
+            md->off_b = off;
+            off += (size_t)md->out * (size_t)md->r;
+            l->index[layer * PEFT_MOD_COUNT + k] = l->n_modules++;
+            if (layer < l->lowest_layer)
+                l->lowest_layer = layer;
+        }
+    }
+    l->n_params = off;
+    if (allocate) {
+        l->params = peft__alloc_floats(off);
+        l->grads = peft__alloc_floats(off);
+        l->m = peft__alloc_floats(off);
+        l->v = peft__alloc_floats(off);
+        if (!l->params || !l->grads || !l->m || !l->v) {
+            peft__lora_free(l);
+            return peft__fail(PEFT_ENOMEM, "LoRA: out of memory for %zu parameters", off);
+        }
+    }
+    *out = l;
+    return PEFT_OK;
+}
+
+/* PEFT init: A kaiming-uniform (bound 1/sqrt(in)) or N(0, 1/r) std 1/r; B = 0.
+   Each module draws from its own stream (seed, layer, kind), so results do not
+   depend on which other modules are attached. */
+static void init_params(lora_state *l)
+{
+    for (int i = 0; i < l->n_modules; i++) {
+        const lora_module *md = &l->mods[i];
+        peft_rng rng;
+        peft__rng_seed(&rng, l->seed ^ peft__hash64(((uint64_t)md->layer << 8) | (uint64_t)md->kind));
+        float *a = l->params + md->off_a;
+        size_t na = (size_t)md->r * (size_t)md->in;
+        if (l->init == PEFT_INIT_GAUSSIAN) {
+            double sd = 1.0 / md->r;
+            for (size_t j = 0; j < na; j++)
+                a[j] = (float)(sd * peft__rng_normal(&rng));
+        } else {
+            double bound = 1.0 / sqrt((double)md->in);
+            for (size_t j = 0; j < na; j++)
+                a[j] = (float)((2.0 * peft__rng_uniform(&rng) - 1.0) * bound);
+        }
+        memset(l->params + md->off_b, 0, (size_t)md->out * (size_t)md->r * sizeof(float));
+    }
+}
+
+int peft_count_lora(uint64_t *n_trainable, const peft_model *m, const peft_lora_options *o)
+{
+    if (!n_trainable)
+        return peft__fail(PEFT_EINVAL, "peft_count_lora: n_trainable is NULL");
+    lora_state *l;
+    int code = build(&l, m, o, 0);
+    if (code)
+        return code;
+    *n_trainable = l->n_params;
+    peft__lora_free(l);
+    return PEFT_OK;
+}
+
+int peft_attach_lora(peft_model *m, const peft_lora_options *o, uint64_t *n_trainable)
+{
+    if (m && m->lora)
+        return peft__fail(PEFT_ESTATE, "peft_attach_lora: an adapter is already attached (peft_detach first)");
+    lora_state *l;
+    int code = build(&l, m, o, 1);
+    if (code)
+        return code;
+    init_params(l);
+    m->lora = l;
+    m->step = 0;
+    m->micro = 0;
+    m->accum_tokens = 0;
+    m->dropout_calls = 0;
+    if (n_trainable)
+        *n_trainable = l->n_params;
+    return PEFT_OK;
+}
+
+int peft_detach(peft_model *m)
+{
+    if (!m)
+        return peft__fail(PEFT_EINVAL, "peft_detach: model is NULL");
+    peft__lora_free(m->lora);
+    m->lora = NULL;
+    return PEFT_OK;
+}
+
+int peft_grad_buffer(float **grads, size_t *n, peft_model *m)
+{
+    if (!grads || !n || !m)
+        return peft__fail(PEFT_EINVAL, "peft_grad_buffer: NULL argument");
+    if (!m->lora)
+        return peft__fail(PEFT_ESTATE, "peft_grad_buffer: no adapter attached");
+    *grads = m->lora->grads;
+    *n = m->lora->n_params;
+    return PEFT_OK;
+}
+
+int peft_param_buffer(float **params, size_t *n, peft_model *m)
+{
+    if (!params || !n || !m)
+        return peft__fail(PEFT_EINVAL, "peft_param_buffer: NULL argument");
+    if (!m->lora)
+        return peft__fail(PEFT_ESTATE, "peft_param_buffer: no adapter attached");
+    *params = m->lora->params;
+    *n = m->lora->n_params;
+    return PEFT_OK;
+}

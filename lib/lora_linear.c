@@ -1,0 +1,84 @@
+/*
+ * Linear layer with an optional LoRA branch, forward and backward:
+ *   y = x W^T + s * (d(x) A^T) B^T,  d = inverted dropout (training only)
+ * x (N,in), W (out,in) frozen, A (r,in), B (out,r).
+ */
+#include "lora_linear.h"
+
+#include "ops/ops.h"
+
+struct drop_args {
+    float *dst;
+    const float *src;
+    int64_t n;
+    uint64_t seed;
+    float p;
+    int accumulate;
+};
+
+#define DROP_CHUNK 4096
+
+static void drop_task(void *vp, int32_t t)
+{
+    const struct drop_args *a = vp;
+    int64_t i0 = (int64_t)t * DROP_CHUNK, i1 = i0 + DROP_CHUNK < a->n ? i0 + DROP_CHUNK : a->n;
+    for (int64_t i = i0; i < i1; i++) {
+        float v = a->src[i] * dropout_scale(a->seed, (uint64_t)i, a->p);
+        a->dst[i] = a->accumulate ? a->dst[i] + v : v;
+    }
+}
+
+static void apply_dropout(peft_model *m, float *dst, const float *src, int64_t n, uint64_t seed,
+                          float p, int accumulate)
+{
+    struct drop_args a = {dst, src, n, seed, p, accumulate};
+    peft__pool_for(m->pool, (int32_t)((n + DROP_CHUNK - 1) / DROP_CHUNK), drop_task, &a);
+}
+
+// y (N,out) <- x (N,in), W (out,in); xa (N,r) saved for backward; tmp (N,in) scratch
+void linear_forward(peft_model *m, float *y, const float *x, const float *W, int64_t N, int in,
+                    int out, const lora_view *lv, float *xa, float *tmp)
+{
+    peft__gemm(m, 0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
+    if (!lv)
+        return;
+    const float *xd = x;
+    if (lv->dropout > 0.0f) {
+        apply_dropout(m, tmp, x, N * in, lv->dropout_seed, lv->dropout, 0);
+        xd = tmp;
+    }
+    peft__gemm(m, 0, 1, N, lv->r, in, 1.0f, xd, in, lv->A, in, 0.0f, xa, lv->r);
+    peft__gemm(m, 0, 1, N, out, lv->r, lv->scale, xa, lv->r, lv->B, lv->r, 1.0f, y, out);
+}
+
+/*
+ * dx (N,in) = (beta_dx ? dx : 0) + dy W + s * d'(dxa A)   (skipped if dx == NULL)
+ * dB (out,r) += s * dy^T xa;  dxa = dy B;  dA (r,in) += s * dxa^T d(x)
+ * dxa (N,r), tmp (N,in) are scratch.
+ */
+void linear_backward(peft_model *m, float *dx, float beta_dx, const float *dy, const float *x,
+                     const float *W, int64_t N, int in, int out, const lora_view *lv,
+                     const float *xa, float *dxa, float *tmp)
+{
+    if (dx)
+        peft__gemm(m, 0, 0, N, in, out, 1.0f, dy, out, W, in, beta_dx, dx, in);
+    if (!lv)
+        return;
+    int r = lv->r;
+    peft__gemm(m, 1, 0, out, r, N, lv->scale, dy, out, xa, r, 1.0f, lv->dB, r);
+    peft__gemm(m, 0, 0, N, r, out, 1.0f, dy, out, lv->B, r, 0.0f, dxa, r);
+    const float *xd = x;
+    if (lv->dropout > 0.0f) {
+        apply_dropout(m, tmp, x, N * in, lv->dropout_seed, lv->dropout, 0);
+        xd = tmp;
+    }
+    peft__gemm(m, 1, 0, r, in, N, lv->scale, dxa, r, xd, in, 1.0f, lv->dA, in);
+    if (!dx)
+        return;
+    if (lv->dropout > 0.0f) {
+        peft__gemm(m, 0, 0, N, in, r, lv->scale, dxa, r, lv->A, in, 0.0f, tmp, in);
+        apply_dropout(m, dx, tmp, N * in, lv->dropout_seed, lv->dropout, 1);
+    } else {
+        peft__gemm(m, 0, 0, N, in, r, lv->scale, dxa, r, lv->A, in, 1.0f, dx, in);
+    }
+}

@@ -1,0 +1,341 @@
+/* Opening a Hugging Face model directory; the model handle's life cycle. */
+#define _POSIX_C_SOURCE 200809L
+#include "model.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fsutil.h"
+#include "json.h"
+
+const char *const peft__module_names[PEFT_MOD_COUNT] = {"q_proj",    "k_proj",  "v_proj",
+                                                        "o_proj",    "gate_proj", "up_proj",
+                                                        "down_proj"};
+const char *const peft__module_parents[PEFT_MOD_COUNT] = {"self_attn", "self_attn", "self_attn",
+                                                          "self_attn", "mlp",       "mlp",
+                                                          "mlp"};
+
+int peft_open_options_init(peft_open_options *opts, uint32_t version)
+{
+    if (!opts || version == 0 || version > PEFT_OPEN_OPTIONS_VERSION)
+        return peft__fail(PEFT_EINVAL, "peft_open_options_init: bad arguments");
+    peft_open_options d = PEFT_OPEN_OPTIONS_INIT;
+    *opts = d;
+    opts->version = version;
+    return PEFT_OK;
+}
+
+static int add_owned(peft_model *m, float *p)
+{
+    if (m->n_owned == m->cap_owned) {
+        int cap = m->cap_owned ? 2 * m->cap_owned : 64;
+        float **n = realloc(m->owned, (size_t)cap * sizeof *n);
+        if (!n)
+            return -1;
+        m->owned = n;
+        m->cap_owned = cap;
+    }
+    m->owned[m->n_owned++] = p;
+    return 0;
+}
+
+/* Find a tensor across the open shards, check its shape, return float32 data. */
+static int load_tensor(peft_model *m, const float **out, const char *name, int64_t d0, int64_t d1)
+{
+    const st_tensor *t = NULL;
+    const st_file *f = NULL;
+    for (int i = 0; i < m->n_files && !t; i++) {
+        t = st_find(m->files[i], name);
+        f = m->files[i];
+    }
+    if (!t)
+        return peft__fail(PEFT_ENOTFOUND, "%s: tensor '%s' not found", m->path, name);
+    int nd = d1 > 0 ? 2 : 1;
+    if (t->n_dims != nd || t->shape[0] != d0 || (nd == 2 && t->shape[1] != d1)) {
+        char got[96] = "", *p = got;
+        for (int i = 0; i < t->n_dims && p < got + sizeof got - 24; i++)
+            p += snprintf(p, 24, i ? ", %lld" : "%lld", (long long)t->shape[i]);
+        if (nd == 2)
+            return peft__fail(PEFT_ESHAPE, "%s: tensor '%s' has shape [%s], config.json implies [%lld, %lld]",
+                              f->path, name, got, (long long)d0, (long long)d1);
+        return peft__fail(PEFT_ESHAPE, "%s: tensor '%s' has shape [%s], config.json implies [%lld]",
+                          f->path, name, got, (long long)d0);
+    }
+    if (d1 > 0 && strcmp(name, "model.embed_tokens.weight") != 0) {
+        const char *dt = st_dtype_name(t->dtype);
+        if (!m->weights_dtype[0])
+            snprintf(m->weights_dtype, sizeof m->weights_dtype, "%s", dt);
+        else if (strcmp(m->weights_dtype, dt) != 0)
+            snprintf(m->weights_dtype, sizeof m->weights_dtype, "mixed");
+    }
+    const float *in_place = st_f32_in_place(f, t);
+    if (in_place) {
+        *out = in_place;
+        return PEFT_OK;
+    }
+    float *buf = peft__alloc_floats(t->n_elems);
+    if (!buf || add_owned(m, buf)) {
+        peft__free(buf);
+        return peft__fail(PEFT_ENOMEM, "%s: out of memory converting '%s'", f->path, name);
+    }
+    int code = st_read_f32(f, t, buf, t->n_elems);
+    if (code)
+        return code;
+    *out = buf;
+    return PEFT_OK;
+}
+
+static int open_shards(peft_model *m)
+{
+    char *single = peft__path_join(m->path, "model.safetensors");
+    char *index = peft__path_join(m->path, "model.safetensors.index.json");
+    int code = PEFT_OK;
+    struct stat sb;
+    json_doc *doc = NULL;
+    if (!single || !index) {
+        code = peft__fail(PEFT_ENOMEM, "out of memory");
+        goto done;
+    }
+    if (stat(single, &sb) == 0) {
+        m->files = calloc(1, sizeof *m->files);
+        if (!m->files) {
+            code = peft__fail(PEFT_ENOMEM, "out of memory");
+            goto done;
+        }
+        code = st_open(&m->files[0], single);
+        if (!code)
+            m->n_files = 1;
+        goto done;
+    }
+    char *text;
+    size_t len;
+    code = peft__read_file(&text, &len, index, 64u << 20);
+    if (code == PEFT_ENOTFOUND) {
+        code = peft__fail(PEFT_ENOTFOUND, "%s: neither model.safetensors nor model.safetensors.index.json found",
+                          m->path);
+        goto done;
+    }
+    if (code)
+        goto done;
+    code = json_parse(&doc, text, len, index);
+    free(text);
+    if (code)
+        goto done;
+    const json_value *wm = json_get(json_root(doc), "weight_map");
+    if (!wm || wm->type != JSON_OBJECT || wm->length == 0) {
+        code = peft__fail(PEFT_EFORMAT, "%s: missing \"weight_map\"", index);
+        goto done;
+    }
+    m->files = calloc(wm->length, sizeof *m->files);
+    if (!m->files) {
+        code = peft__fail(PEFT_ENOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < wm->length; i++) {
+        const json_value *v = &wm->items[i];
+        if (v->type != JSON_STRING || strchr(v->string, '/') || strcmp(v->string, "..") == 0) {
+            code = peft__fail(PEFT_EFORMAT, "%s: bad shard name for '%s'", index, wm->keys[i]);
+            goto done;
+        }
+        int seen = 0;
+        for (size_t j = 0; j < i && !seen; j++)
+            seen = strcmp(wm->items[j].string, v->string) == 0;
+        if (seen)
+            continue;
+        char *p = peft__path_join(m->path, v->string);
+        if (!p) {
+            code = peft__fail(PEFT_ENOMEM, "out of memory");
+            goto done;
+        }
+        code = st_open(&m->files[m->n_files], p);
+        free(p);
+        if (code)
+            goto done;
+        m->n_files++;
+    }
+done:
+    json_free(doc);
+    free(single);
+    free(index);
+    return code;
+}
+
+static int load_weights(peft_model *m)
+{
+    const peft_config *c = &m->cfg;
+    char name[160];
+    int code;
+    int64_t qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
+    if ((code = load_tensor(m, &m->embed, "model.embed_tokens.weight", c->vocab, c->dim)) ||
+        (code = load_tensor(m, &m->final_norm, "model.norm.weight", c->dim, 0)))
+        return code;
+    /* lm_head: tied when the config says so or the tensor is absent */
+    int has_head = 0;
+    for (int i = 0; i < m->n_files; i++)
+        has_head |= st_find(m->files[i], "lm_head.weight") != NULL;
+    if (c->tied || !has_head) {
+        m->lm_head = m->embed;
+        m->cfg.tied = 1;
+    } else if ((code = load_tensor(m, &m->lm_head, "lm_head.weight", c->vocab, c->dim))) {
+        return code;
+    }
+    m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
+    if (!m->layers)
+        return peft__fail(PEFT_ENOMEM, "out of memory");
+    const int64_t shp[PEFT_MOD_COUNT][2] = {{qd, c->dim},         {kvd, c->dim},
+                                            {kvd, c->dim},        {c->dim, qd},
+                                            {c->ffn_dim, c->dim}, {c->ffn_dim, c->dim},
+                                            {c->dim, c->ffn_dim}};
+    for (int l = 0; l < c->n_layers; l++) {
+        peft_layer_weights *w = &m->layers[l];
+        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
+        if ((code = load_tensor(m, &w->attn_norm, name, c->dim, 0)))
+            return code;
+        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
+        if ((code = load_tensor(m, &w->ffn_norm, name, c->dim, 0)))
+            return code;
+        for (int k = 0; k < PEFT_MOD_COUNT; k++) {
+            snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, peft__module_parents[k],
+                     peft__module_names[k]);
+            if ((code = load_tensor(m, &w->w[k], name, shp[k][0], shp[k][1])))
+                return code;
+        }
+    }
+    uint64_t per_layer = 2ull * c->dim + (uint64_t)c->dim * (uint64_t)(2 * qd + 2 * kvd) +
+                         3ull * (uint64_t)c->dim * (uint64_t)c->ffn_dim;
+    m->n_params = (uint64_t)c->vocab * c->dim * (m->lm_head == m->embed ? 1 : 2) + c->dim +
+                  per_layer * (uint64_t)c->n_layers;
+    return PEFT_OK;
+}
+
+static int pick_backend(peft_model *m, const char *name)
+{
+    if (!name || strcmp(name, "cpu") == 0) {
+        m->be = peft__backend_cpu();
+    } else if (strcmp(name, "blis") == 0) {
+        m->be = peft__backend_blis();
+        if (!m->be)
+            return peft__fail(PEFT_EUNSUPPORTED, "backend 'blis' was not built into this libpeft "
+                                                 "(configure with -Dblis=enabled)");
+    } else {
+        return peft__fail(PEFT_EINVAL, "unknown backend '%s' (available: cpu%s)", name,
+                          peft__backend_blis() ? ", blis" : "");
+    }
+    m->host.struct_size = sizeof m->host;
+    m->host.n_threads = m->n_threads;
+    m->host.pool = m->pool;
+    m->host.parallel_for = peft__pool_for;
+    int code = m->be->init(&m->be_ctx, &m->host);
+    if (code)
+        return code < 0 ? code : PEFT_EBACKEND;
+    return PEFT_OK;
+}
+
+int peft_model_open(peft_model **out, const char *path, const peft_open_options *opts)
+{
+    if (!out)
+        return peft__fail(PEFT_EINVAL, "peft_model_open: out is NULL");
+    *out = NULL;
+    if (!path)
+        return peft__fail(PEFT_EINVAL, "peft_model_open: path is NULL");
+    peft_open_options o = PEFT_OPEN_OPTIONS_INIT;
+    if (opts) {
+        if (opts->version == 0 || opts->version > PEFT_OPEN_OPTIONS_VERSION)
+            return peft__fail(PEFT_EINVAL, "peft_model_open: unknown options version %u", opts->version);
+        o = *opts;
+    }
+    peft__clear_error();
+    peft_model *m = calloc(1, sizeof *m);
+    if (!m || !(m->path = strdup(path))) {
+        free(m);
+        return peft__fail(PEFT_ENOMEM, "out of memory");
+    }
+    char *cfg_path = peft__path_join(path, "config.json");
+    char *text = NULL;
+    size_t len;
+    int code = cfg_path ? peft__read_file(&text, &len, cfg_path, 16u << 20)
+                        : peft__fail(PEFT_ENOMEM, "out of memory");
+    if (!code)
+        code = peft__config_parse(&m->cfg, text, len, cfg_path);
+    free(text);
+    free(cfg_path);
+    if (!code)
+        code = open_shards(m);
+    if (!code)
+        code = load_weights(m);
+    if (!code) {
+        int nt = o.n_threads;
+        if (nt <= 0) {
+            long n = sysconf(_SC_NPROCESSORS_ONLN);
+            nt = n > 0 ? (int)n : 1;
+        }
+        if (nt > 256)
+            nt = 256;
+        m->n_threads = nt;
+        code = peft__pool_create(&m->pool, nt);
+    }
+    if (!code)
+        code = pick_backend(m, o.backend);
+    if (code) {
+        peft_model_close(&m);
+        return code;
+    }
+    peft__opt_defaults(m);
+    *out = m;
+    return PEFT_OK;
+}
+
+
+
+void peft_model_close(peft_model **pm)
+{
+    if (!pm || !*pm)
+        return;
+    peft_model *m = *pm;
+    if (m->be && m->be_ctx)
+        m->be->free(m->be_ctx);
+    peft__pool_destroy(m->pool);
+    peft__lora_free(m->lora);
+    peft__workspace_free(&m->ws);
+    for (int i = 0; i < m->n_owned; i++)
+        peft__free(m->owned[i]);
+    free(m->owned);
+    for (int i = 0; i < m->n_files; i++)
+        st_close(m->files[i]);
+    free(m->files);
+    free(m->layers);
+    free(m->path);
+    free(m);
+    *pm = NULL;
+}
+
+int peft_model_get_info(const peft_model *m, peft_model_info *info)
+{
+    if (!m || !info)
+        return peft__fail(PEFT_EINVAL, "peft_model_get_info: NULL argument");
+    if (info->version == 0 || info->version > PEFT_MODEL_INFO_VERSION)
+        return peft__fail(PEFT_EINVAL, "peft_model_get_info: unknown info version %u", info->version);
+    uint32_t v = info->version;
+    memset(info, 0, sizeof *info);
+    info->version = v;
+    snprintf(info->architecture, sizeof info->architecture, "%s", m->cfg.architecture);
+    info->n_layers = m->cfg.n_layers;
+    info->hidden_size = m->cfg.dim;
+    info->intermediate_size = m->cfg.ffn_dim;
+    info->n_heads = m->cfg.n_heads;
+    info->n_kv_heads = m->cfg.n_kv_heads;
+    info->head_dim = m->cfg.head_dim;
+    info->vocab_size = m->cfg.vocab;
+    info->tied_embeddings = m->cfg.tied;
+    info->n_params = m->n_params;
+    info->n_trainable = m->lora ? m->lora->n_params : 0;
+    info->rms_norm_eps = m->cfg.eps;
+    info->rope_theta = m->cfg.rope_theta;
+    snprintf(info->backend, sizeof info->backend, "%s", m->be->name);
+    info->n_threads = m->n_threads;
+    snprintf(info->weights_dtype, sizeof info->weights_dtype, "%s", m->weights_dtype);
+    return PEFT_OK;
+}

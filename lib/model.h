@@ -1,0 +1,118 @@
+/* The model handle and the training state it owns. */
+#ifndef PEFT_MODEL_H
+#define PEFT_MODEL_H
+
+#include "internal.h"
+#include "safetensors.h"
+
+typedef struct peft_layer_weights {
+    const float *attn_norm, *ffn_norm;
+    const float *w[PEFT_MOD_COUNT]; /* q, k, v, o, gate, up, down: (out, in) row-major */
+} peft_layer_weights;
+
+/* One LoRA module: y += scale * B (A x), A (r, in), B (out, r). */
+typedef struct lora_module {
+    int layer, kind, in, out, r;
+    float alpha, scale;
+    size_t off_a, off_b; /* offsets into the parameter block */
+} lora_module;
+
+typedef struct lora_state {
+    uint32_t targets;
+    int rank;
+    float alpha, dropout;
+    int use_rslora, init;
+    uint64_t seed;
+    uint8_t *layer_on;  /* n_layers flags */
+    int n_modules;
+    lora_module *mods;
+    int *index;         /* n_layers * PEFT_MOD_COUNT module index or -1 */
+    int lowest_layer;   /* backward stops here */
+    size_t n_params;
+    float *params, *grads, *m, *v;
+} lora_state;
+
+/* Activations of one decoder layer kept for backward (N = B*T rows). */
+typedef struct layer_acts {
+    float *x_in;        /* (N, D) layer input */
+    float *xn1, *rstd1; /* (N, D), (N) */
+    float *q, *k, *v;   /* (N, H*hd), (N, Hkv*hd) x2, after RoPE */
+    float *att, *lse;   /* (N, H*hd), (B, H, T) */
+    float *h;           /* (N, D) after attention residual */
+    float *xn2, *rstd2;
+    float *g, *u;       /* (N, F) */
+} layer_acts;
+
+typedef struct workspace {
+    int n_seq, seq_len, n_layers_stored;
+    size_t bytes;
+    layer_acts *acts;
+    float *res[2];       /* residual ping-pong for eval */
+    float *x_final, *xnf, *rstdf;
+    float *xa;           /* n_modules * N * r LoRA intermediates */
+    float *act, *dx, *dxn, *dq, *dk, *dv, *datt, *dact, *dg, *du, *tmp, *dxa;
+    float *logits, *row_loss, *att_scratch;
+    float *rope_cos, *rope_sin; /* (T, hd/2) */
+    int32_t *labels;            /* (N) label of each row's prediction, -100 = none */
+    size_t lora_floats;
+    int has_grads;
+    void *block;
+} workspace;
+
+struct peft_model {
+    char *path;
+    peft_config cfg;
+    st_file **files;
+    int n_files;
+    float **owned;
+    int n_owned, cap_owned;
+    const float *embed, *final_norm, *lm_head;
+    peft_layer_weights *layers;
+    uint64_t n_params;
+    char weights_dtype[8];
+
+    peft_pool *pool;
+    int n_threads;
+    const peft_backend *be;
+    void *be_ctx;
+    peft_backend_host host;
+
+    lora_state *lora;
+    workspace ws;
+
+    /* optimizer */
+    double lr, beta1, beta2, eps, weight_decay, grad_clip, min_lr_ratio;
+    int accum_steps, warmup_steps, total_steps, schedule;
+    int64_t step;       /* updates done */
+    int micro;          /* micro-batches accumulated since the last update */
+    double accum_tokens;
+    uint64_t dropout_calls;
+};
+
+/* lora.c */
+int peft__layers_parse(uint8_t *on, int n_layers, const char *spec);
+const char *peft__module_key(char *buf, size_t n, int layer, int kind, int is_b);
+
+/* forward.c */
+int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_sum,
+              uint64_t *tokens);
+
+/* optim.c */
+void peft__opt_defaults(peft_model *m);
+int peft__opt_apply(peft_model *m, double token_count, peft_step_result *res);
+
+/* exec helpers */
+static inline void peft__gemm(peft_model *m, int ta, int tb, int64_t M, int64_t N, int64_t K,
+                              float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
+                              float beta, float *c, int64_t ldc)
+{
+    m->be->gemm(m->be_ctx, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+void peft__workspace_free(workspace *ws);
+int peft__workspace_ensure(peft_model *m, int B, int T, int train);
+void peft__lora_free(lora_state *l);
+
+#define XENT_CHUNK 64
+
+#endif

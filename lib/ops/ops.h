@@ -1,0 +1,50 @@
+/*
+ * Forward/backward pairs of the model's operations (llm.c style: outputs,
+ * then inputs, then sizes; a shape comment on each). Backward functions
+ * accumulate (+=) into their gradient outputs unless stated otherwise.
+ * `pool` is the model's thread pool (NULL: run on the calling thread).
+ */
+#ifndef PEFT_OPS_H
+#define PEFT_OPS_H
+
+#include <stdint.h>
+
+/* out (N,D), rstd (N) <- x (N,D), w (D) */
+void rmsnorm_forward(void *pool, float *out, float *rstd, const float *x, const float *w,
+                     int64_t N, int D, float eps);
+/* dx (N,D) += d/dx of rmsnorm given dout (N,D) */
+void rmsnorm_backward(void *pool, float *dx, const float *dout, const float *x, const float *w,
+                      const float *rstd, int64_t N, int D);
+
+/* RoPE tables cos/sin (T, hd/2), HF rotate-half convention */
+void rope_tables(float *cos_t, float *sin_t, int T, int hd, float theta);
+/* x (B*T, n_heads*hd) rotated in place; row b*T+t is at position t */
+void rope_forward(void *pool, float *x, const float *cos_t, const float *sin_t, int B, int T,
+                  int n_heads, int hd);
+/* dx rotated back in place (the transpose of rope_forward) */
+void rope_backward(void *pool, float *dx, const float *cos_t, const float *sin_t, int B, int T,
+                   int n_heads, int hd);
+
+/* Causal GQA attention, scale 1/sqrt(hd).
+   out (B*T, H*hd), lse (B,H,T) <- q (B*T, H*hd), k, v (B*T, Hkv*hd); scratch (B,H,T) */
+void attention_forward(void *pool, float *out, float *lse, float *scratch, const float *q,
+                       const float *k, const float *v, int B, int T, int H, int Hkv, int hd);
+/* dq, dk, dv are overwritten (not accumulated); scores are recomputed from lse. */
+void attention_backward(void *pool, float *dq, float *dk, float *dv, const float *dout,
+                        const float *q, const float *k, const float *v, const float *out,
+                        const float *lse, int B, int T, int H, int Hkv, int hd);
+
+/* act (N,F) = silu(g) * u */
+void swiglu_forward(void *pool, float *act, const float *g, const float *u, int64_t N, int F);
+/* dg, du (N,F) overwritten from dact */
+void swiglu_backward(void *pool, float *dg, float *du, const float *dact, const float *g,
+                     const float *u, int64_t N, int F);
+
+/* Cross-entropy of one row of logits (V): returns logsumexp - logits[label];
+   if dlogits != NULL writes softmax - onehot(label) scaled by `scale`. */
+double xent_row(float *dlogits, const float *logits, int V, int label, float scale);
+
+/* Inverted dropout mask value for element idx of a call: 0 or 1/(1-p). */
+float dropout_scale(uint64_t seed, uint64_t idx, float p);
+
+#endif

@@ -1,0 +1,50 @@
+/* SwiGLU: act = silu(g) * u, silu(g) = g * sigmoid(g). */
+#include <math.h>
+
+#include "../internal.h"
+#include "ops.h"
+
+struct swiglu_args {
+    float *act, *dg, *du;
+    const float *g, *u, *dact;
+    int64_t n;
+};
+
+#define SW_CHUNK 4096
+
+static void fwd_task(void *vp, int32_t task)
+{
+    const struct swiglu_args *a = vp;
+    int64_t i0 = (int64_t)task * SW_CHUNK, i1 = i0 + SW_CHUNK < a->n ? i0 + SW_CHUNK : a->n;
+    for (int64_t i = i0; i < i1; i++) {
+        float g = a->g[i];
+        a->act[i] = g / (1.0f + expf(-g)) * a->u[i];
+    }
+}
+
+// act (N,F) <- g (N,F), u (N,F)
+void swiglu_forward(void *pool, float *act, const float *g, const float *u, int64_t N, int F)
+{
+    struct swiglu_args a = {.act = act, .g = g, .u = u, .n = N * F};
+    peft__pool_for(pool, (int32_t)((a.n + SW_CHUNK - 1) / SW_CHUNK), fwd_task, &a);
+}
+
+static void bwd_task(void *vp, int32_t task)
+{
+    const struct swiglu_args *a = vp;
+    int64_t i0 = (int64_t)task * SW_CHUNK, i1 = i0 + SW_CHUNK < a->n ? i0 + SW_CHUNK : a->n;
+    for (int64_t i = i0; i < i1; i++) {
+        float g = a->g[i], sg = 1.0f / (1.0f + expf(-g));
+        float silu = g * sg;
+        a->du[i] = a->dact[i] * silu;
+        a->dg[i] = a->dact[i] * a->u[i] * sg * (1.0f + g * (1.0f - sg));
+    }
+}
+
+// dg, du (N,F) overwritten
+void swiglu_backward(void *pool, float *dg, float *du, const float *dact, const float *g,
+                     const float *u, int64_t N, int F)
+{
+    struct swiglu_args a = {.dg = dg, .du = du, .g = g, .u = u, .dact = dact, .n = N * F};
+    peft__pool_for(pool, (int32_t)((a.n + SW_CHUNK - 1) / SW_CHUNK), bwd_task, &a);
+}

@@ -1,0 +1,160 @@
+/* AdamW over the flat parameter block, learning-rate schedules, clipping, settings. */
+#include <math.h>
+#include <string.h>
+
+#include "model.h"
+
+void peft__opt_defaults(peft_model *m)
+{
+    m->lr = 1e-4;
+    m->beta1 = 0.9;
+    m->beta2 = 0.999;
+    m->eps = 1e-8;
+    m->weight_decay = 0.0;
+    m->grad_clip = 0.0;
+    m->accum_steps = 1;
+    m->warmup_steps = 0;
+    m->total_steps = 0;
+    m->schedule = PEFT_SCHEDULE_CONSTANT;
+    m->min_lr_ratio = 0.0;
+}
+
+static const struct {
+    int key;
+    double lo, hi;
+} bounds[] = {
+    {PEFT_OPT_LR, 0.0, 10.0},           {PEFT_OPT_BETA1, 0.0, 0.999999},
+    {PEFT_OPT_BETA2, 0.0, 0.99999999},  {PEFT_OPT_EPS, 0.0, 1.0},
+    {PEFT_OPT_WEIGHT_DECAY, 0.0, 10.0}, {PEFT_OPT_GRAD_CLIP, 0.0, 1e9},
+    {PEFT_OPT_ACCUM_STEPS, 1, 1 << 20}, {PEFT_OPT_WARMUP_STEPS, 0, 1 << 30},
+    {PEFT_OPT_TOTAL_STEPS, 0, 1 << 30}, {PEFT_OPT_SCHEDULE, 0, 2},
+    {PEFT_OPT_MIN_LR_RATIO, 0.0, 1.0},
+};
+
+int peft_opt_bounds(int key, double *lo, double *hi)
+{
+    for (size_t i = 0; i < sizeof bounds / sizeof bounds[0]; i++)
+        if (bounds[i].key == key) {
+            if (lo)
+                *lo = bounds[i].lo;
+            if (hi)
+                *hi = bounds[i].hi;
+            return PEFT_OK;
+        }
+    return peft__fail(PEFT_EINVAL, "unknown optimizer setting %d", key);
+}
+
+static int is_integer_key(int key)
+{
+    return key == PEFT_OPT_ACCUM_STEPS || key == PEFT_OPT_WARMUP_STEPS ||
+           key == PEFT_OPT_TOTAL_STEPS || key == PEFT_OPT_SCHEDULE;
+}
+
+int peft_opt_set(peft_model *m, int key, double v)
+{
+    double lo, hi;
+    if (!m)
+        return peft__fail(PEFT_EINVAL, "peft_opt_set: model is NULL");
+    int code = peft_opt_bounds(key, &lo, &hi);
+    if (code)
+        return code;
+    if (!isfinite(v) || v < lo || v > hi || (is_integer_key(key) && v != floor(v)))
+        return peft__fail(PEFT_EINVAL, "optimizer setting %d: value %g outside [%g, %g]%s", key, v, lo,
+                          hi, is_integer_key(key) ? " or not an integer" : "");
+    if (key == PEFT_OPT_ACCUM_STEPS && m->micro != 0)
+        return peft__fail(PEFT_ESTATE, "cannot change accumulation in the middle of an accumulation");
+    switch (key) {
+    case PEFT_OPT_LR: m->lr = v; break;
+    case PEFT_OPT_BETA1: m->beta1 = v; break;
+    case PEFT_OPT_BETA2: m->beta2 = v; break;
+    case PEFT_OPT_EPS: m->eps = v; break;
+    case PEFT_OPT_WEIGHT_DECAY: m->weight_decay = v; break;
+    case PEFT_OPT_GRAD_CLIP: m->grad_clip = v; break;
+    case PEFT_OPT_ACCUM_STEPS: m->accum_steps = (int)v; break;
+    case PEFT_OPT_WARMUP_STEPS: m->warmup_steps = (int)v; break;
+    case PEFT_OPT_TOTAL_STEPS: m->total_steps = (int)v; break;
+    case PEFT_OPT_SCHEDULE: m->schedule = (int)v; break;
+    case PEFT_OPT_MIN_LR_RATIO: m->min_lr_ratio = v; break;
+    }
+    return PEFT_OK;
+}
+
+int peft_opt_get(const peft_model *m, int key, double *v)
+{
+    if (!m || !v)
+        return peft__fail(PEFT_EINVAL, "peft_opt_get: NULL argument");
+    switch (key) {
+    case PEFT_OPT_LR: *v = m->lr; break;
+    case PEFT_OPT_BETA1: *v = m->beta1; break;
+    case PEFT_OPT_BETA2: *v = m->beta2; break;
+    case PEFT_OPT_EPS: *v = m->eps; break;
+    case PEFT_OPT_WEIGHT_DECAY: *v = m->weight_decay; break;
+    case PEFT_OPT_GRAD_CLIP: *v = m->grad_clip; break;
+    case PEFT_OPT_ACCUM_STEPS: *v = m->accum_steps; break;
+    case PEFT_OPT_WARMUP_STEPS: *v = m->warmup_steps; break;
+    case PEFT_OPT_TOTAL_STEPS: *v = m->total_steps; break;
+    case PEFT_OPT_SCHEDULE: *v = m->schedule; break;
+    case PEFT_OPT_MIN_LR_RATIO: *v = m->min_lr_ratio; break;
+    default: return peft__fail(PEFT_EINVAL, "unknown optimizer setting %d", key);
+    }
+    return PEFT_OK;
+}
+
+/* Learning rate of update number t (0-based): linear warmup over warmup_steps
+   (t+1)/warmup, then constant, linear or cosine decay to min_lr_ratio at total_steps. */
+static double lr_at(const peft_model *m, int64_t t)
+{
+    if (t < m->warmup_steps)
+        return m->lr * (double)(t + 1) / m->warmup_steps;
+    if (m->schedule == PEFT_SCHEDULE_CONSTANT || m->total_steps <= m->warmup_steps)
+        return m->lr;
+    double p = (double)(t - m->warmup_steps) / (double)(m->total_steps - m->warmup_steps);
+    if (p > 1)
+        p = 1;
+    double f = m->schedule == PEFT_SCHEDULE_LINEAR ? 1.0 - p : 0.5 * (1.0 + cos(M_PI * p));
+    return m->lr * (m->min_lr_ratio + (1.0 - m->min_lr_ratio) * f);
+}
+
+int peft__opt_apply(peft_model *m, double token_count, peft_step_result *res)
+{
+    lora_state *l = m->lora;
+    size_t n = l->n_params;
+    float *g = l->grads, *p = l->params, *mm = l->m, *vv = l->v;
+    double inv = token_count > 0 ? 1.0 / token_count : 0.0;
+    double ss = 0;
+    for (size_t i = 0; i < n; i++) {
+        double gi = g[i] * inv;
+        ss += gi * gi;
+    }
+    double norm = sqrt(ss);
+    if (!isfinite(norm)) {
+        memset(g, 0, n * sizeof *g);
+        return peft__fail(PEFT_ENUMERIC, "gradient norm is not finite; update skipped, parameters unchanged");
+    }
+    double clip = 1.0;
+    if (m->grad_clip > 0 && norm > m->grad_clip)
+        clip = m->grad_clip / (norm + 1e-6);
+    float gs = (float)(inv * clip);
+    int64_t t = m->step + 1;
+    double lr = lr_at(m, m->step);
+    double bc1 = 1.0 - pow(m->beta1, (double)t), bc2 = 1.0 - pow(m->beta2, (double)t);
+    float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
+    float b1 = (float)m->beta1, b2 = (float)m->beta2, eps = (float)m->eps;
+    float decay = (float)(1.0 - lr * m->weight_decay);
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i] * gs;
+        mm[i] = b1 * mm[i] + (1.0f - b1) * gi;
+        vv[i] = b2 * vv[i] + (1.0f - b2) * gi * gi;
+        float denom = sqrtf(vv[i]) / bc2_sqrt + eps;
+        p[i] = p[i] * decay - step_size * mm[i] / denom;
+    }
+    memset(g, 0, n * sizeof *g);
+    m->step = t;
+    if (res) {
+        res->grad_norm = norm;
+        res->lr = lr;
+        res->updated = 1;
+        res->step = t;
+    }
+    return PEFT_OK;
+}
