@@ -4,7 +4,7 @@
 #include "../internal.h"
 #include "ops.h"
 
-// logits (V); dlogits (V) = scale * (softmax(logits) - onehot(label))
+// logits (V); dlogits (V) = scale * (softmax(logits) - onehot(label)); may alias logits
 double xent_row(float *dlogits, const float *logits, int V, int label, float scale)
 {
     float mx = logits[0];
@@ -14,12 +14,13 @@ double xent_row(float *dlogits, const float *logits, int V, int label, float sca
     for (int i = 0; i < V; i++)
         sum += exp((double)logits[i] - mx);
     double lse = mx + log(sum);
+    double loss = lse - logits[label]; /* before dlogits, which may alias logits */
     if (dlogits) {
         for (int i = 0; i < V; i++)
             dlogits[i] = scale * (float)exp((double)logits[i] - lse);
         dlogits[label] -= scale;
     }
-    return lse - logits[label];
+    return loss;
 }
 
 float dropout_scale(uint64_t seed, uint64_t idx, float p)

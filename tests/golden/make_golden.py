@@ -1,0 +1,242 @@
+#!/usr/bin/python3
+"""Generate the PyTorch golden files the C tests compare against.
+
+Run with Debian's python3-torch:  /usr/bin/python3 tests/golden/make_golden.py
+It writes tests/data/tiny/ (a small random Llama in Hugging Face format) and, per
+case, an initial PEFT LoRA adapter plus the float64 reference of one training step:
+loss, gradients of every adapter tensor, the adapter after one AdamW step (with
+clipping and weight decay) and the loss after it. The model here is written from
+the Hugging Face LlamaForCausalLM equations (DESIGN.md section 3), in float64.
+When ../shared is present the same code is checked against its reference figures.
+"""
+import json
+import math
+import os
+import struct
+import sys
+
+import torch
+
+torch.set_default_dtype(torch.float64)
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "..", "data", "tiny")
+SHARED = os.path.join(HERE, "..", "..", "..", "shared")
+MODS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PARENT = {m: ("self_attn" if m in MODS[:4] else "mlp") for m in MODS}
+
+
+# ---- safetensors (F32) without the safetensors package ----
+def st_write(path, tensors, metadata=None):
+    names = sorted(tensors)
+    header, off, blobs = {}, 0, []
+    for n in names:
+        t = tensors[n].detach().to(torch.float32).contiguous()
+        b = t.numpy().tobytes()
+        header[n] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
+        off += len(b)
+        blobs.append(b)
+    if metadata:
+        header["__metadata__"] = metadata
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+def st_read(path):
+    import numpy as np
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        h = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for k, v in h.items():
+        if k == "__metadata__":
+            continue
+        a, b = v["data_offsets"]
+        assert v["dtype"] == "F32"
+        arr = np.frombuffer(data[a:b], dtype=np.float32).reshape(v["shape"])
+        out[k] = torch.tensor(arr.copy(), dtype=torch.float64)
+    return out
+
+
+# ---- the model ----
+class Cfg:
+    def __init__(self, d):
+        self.D = d["hidden_size"]
+        self.F = d["intermediate_size"]
+        self.L = d["num_hidden_layers"]
+        self.H = d["num_attention_heads"]
+        self.Hkv = d.get("num_key_value_heads", self.H)
+        self.hd = d.get("head_dim", self.D // self.H)
+        self.V = d["vocab_size"]
+        self.eps = d.get("rms_norm_eps", 1e-6)
+        self.theta = d.get("rope_theta", 10000.0)
+        self.tied = d.get("tie_word_embeddings", False)
+
+
+def rmsnorm(x, w, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def rope(x, T, hd, theta):
+    inv = 1.0 / (theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd))
+    fr = torch.outer(torch.arange(T, dtype=torch.float64), inv)
+    emb = torch.cat([fr, fr], -1)
+    cos, sin = emb.cos()[None, :, None, :], emb.sin()[None, :, None, :]
+    x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+    rot = torch.cat([-x2, x1], -1)
+    return x * cos + rot * sin
+
+
+def key(l, m, ab):
+    return f"base_model.model.model.layers.{l}.{PARENT[m]}.{m}.lora_{ab}.weight"
+
+
+def forward(c, W, tokens, labels, lora, scale):
+    B, T = tokens.shape
+    x = W["model.embed_tokens.weight"][tokens]
+
+    def lin(l, m, inp):
+        y = inp @ W[f"model.layers.{l}.{PARENT[m]}.{m}.weight"].T
+        ka = key(l, m, "A")
+        if ka in lora:
+            y = y + scale * (inp @ lora[ka].T) @ lora[key(l, m, "B")].T
+        return y
+
+    mask = torch.full((T, T), float("-inf")).triu(1)
+    for l in range(c.L):
+        p = f"model.layers.{l}."
+        xn = rmsnorm(x, W[p + "input_layernorm.weight"], c.eps)
+        q = lin(l, "q_proj", xn).view(B, T, c.H, c.hd)
+        k = lin(l, "k_proj", xn).view(B, T, c.Hkv, c.hd)
+        v = lin(l, "v_proj", xn).view(B, T, c.Hkv, c.hd)
+        q, k = rope(q, T, c.hd, c.theta), rope(k, T, c.hd, c.theta)
+        rep = c.H // c.Hkv
+        k = k.repeat_interleave(rep, dim=2)
+        v = v.repeat_interleave(rep, dim=2)
+        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
+        s = q @ k.transpose(-1, -2) / math.sqrt(c.hd) + mask
+        a = (s.softmax(-1) @ v).transpose(1, 2).reshape(B, T, c.H * c.hd)
+        h = x + lin(l, "o_proj", a)
+        z = rmsnorm(h, W[p + "post_attention_layernorm.weight"], c.eps)
+        g, u = lin(l, "gate_proj", z), lin(l, "up_proj", z)
+        x = h + lin(l, "down_proj", torch.nn.functional.silu(g) * u)
+    x = rmsnorm(x, W["model.norm.weight"], c.eps)
+    head = W["model.embed_tokens.weight"] if c.tied or "lm_head.weight" not in W else W["lm_head.weight"]
+    logits = x @ head.T
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, c.V), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="mean")
+
+
+def one_step(c, W, tokens, labels, lora0, scale, lr, wd, clip, betas=(0.9, 0.999), eps=1e-8):
+    lora = {k: v.clone().requires_grad_(True) for k, v in lora0.items()}
+    loss = forward(c, W, tokens, labels, lora, scale)
+    loss.backward()
+    grads = {k: v.grad.clone() for k, v in lora.items()}
+    gnorm = math.sqrt(sum(float((g ** 2).sum()) for g in grads.values()))
+    opt = torch.optim.AdamW(list(lora.values()), lr=lr, betas=betas, eps=eps, weight_decay=wd)
+    if clip > 0:
+        torch.nn.utils.clip_grad_norm_(list(lora.values()), clip)
+    opt.step()
+    with torch.no_grad():
+        after = {k: v.detach().clone() for k, v in lora.items()}
+        loss2 = forward(c, W, tokens, labels, after, scale)
+    return float(loss), gnorm, grads, after, float(loss2)
+
+
+def make_tiny():
+    g = torch.Generator().manual_seed(1234)
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32,
+           "intermediate_size": 40, "num_hidden_layers": 3, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "head_dim": 8, "vocab_size": 48, "rms_norm_eps": 1e-5,
+           "rope_theta": 10000.0, "tie_word_embeddings": False, "hidden_act": "silu",
+           "bos_token_id": 1, "eos_token_id": 2}
+    c = Cfg(cfg)
+    W = {"model.embed_tokens.weight": torch.randn(c.V, c.D, generator=g) * 0.5,
+         "model.norm.weight": 1 + 0.1 * torch.randn(c.D, generator=g),
+         "lm_head.weight": torch.randn(c.V, c.D, generator=g) * 0.3}
+    dims = {"q_proj": (c.H * c.hd, c.D), "k_proj": (c.Hkv * c.hd, c.D), "v_proj": (c.Hkv * c.hd, c.D),
+            "o_proj": (c.D, c.H * c.hd), "gate_proj": (c.F, c.D), "up_proj": (c.F, c.D), "down_proj": (c.D, c.F)}
+    for l in range(c.L):
+        W[f"model.layers.{l}.input_layernorm.weight"] = 1 + 0.1 * torch.randn(c.D, generator=g)
+        W[f"model.layers.{l}.post_attention_layernorm.weight"] = 1 + 0.1 * torch.randn(c.D, generator=g)
+        for m in MODS:
+            o, i = dims[m]
+            W[f"model.layers.{l}.{PARENT[m]}.{m}.weight"] = torch.randn(o, i, generator=g) / math.sqrt(i)
+    # round the weights to float32 so the file and the reference hold the same numbers
+    W = {k: v.to(torch.float32).to(torch.float64) for k, v in W.items()}
+    return cfg, c, W, dims
+
+
+CASES = [
+    # name, targets, layers (None = all), r, alpha, rslora, lr, wd, clip
+    ("all_linear", MODS, None, 4, 8.0, False, 1e-2, 0.0, 0.0),
+    ("qv_down_last_rslora", ["q_proj", "v_proj", "down_proj"], [2], 2, 4.0, True, 5e-3, 0.1, 0.05),
+]
+
+
+def main():
+    os.makedirs(OUT, exist_ok=True)
+    cfg, c, W, dims = make_tiny()
+    with open(os.path.join(OUT, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    st_write(os.path.join(OUT, "model.safetensors"), W, {"format": "pt"})
+    g = torch.Generator().manual_seed(99)
+    B, T = 2, 12
+    tokens = torch.randint(0, c.V, (B, T), generator=g)
+    labels = tokens.clone()
+    labels[0, :4] = -100  # a masked prompt
+    labels[1, 7] = -100
+    for name, targets, layers, r, alpha, rslora, lr, wd, clip in CASES:
+        lora = {}
+        for l in range(c.L):
+            if layers is not None and l not in layers:
+                continue
+            for m in targets:
+                o, i = dims[m]
+                lora[key(l, m, "A")] = (torch.rand(r, i, generator=g) * 2 - 1) / math.sqrt(i)
+                lora[key(l, m, "B")] = torch.randn(o, r, generator=g) * 0.1
+        lora = {k: v.to(torch.float32).to(torch.float64) for k, v in lora.items()}
+        scale = alpha / math.sqrt(r) if rslora else alpha / r
+        loss, gnorm, grads, after, loss2 = one_step(c, W, tokens, labels, lora, scale, lr, wd, clip)
+        d = os.path.join(OUT, name)
+        os.makedirs(os.path.join(d, "adapter"), exist_ok=True)
+        st_write(os.path.join(d, "adapter", "adapter_model.safetensors"), lora, {"format": "pt"})
+        acfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha,
+                "lora_dropout": 0.0, "target_modules": targets, "bias": "none", "use_rslora": rslora,
+                "layers_to_transform": layers, "init_lora_weights": True, "base_model_name_or_path": "tiny"}
+        with open(os.path.join(d, "adapter", "adapter_config.json"), "w") as f:
+            json.dump(acfg, f, indent=2, sort_keys=True)
+        st_write(os.path.join(d, "grads.safetensors"), grads)
+        st_write(os.path.join(d, "after.safetensors"), after)
+        with open(os.path.join(d, "expected.json"), "w") as f:
+            json.dump({"tokens": tokens.flatten().tolist(), "labels": labels.flatten().tolist(),
+                       "n_seq": B, "seq_len": T, "lr": lr, "weight_decay": wd, "grad_clip": clip,
+                       "loss": loss, "grad_norm": gnorm, "loss_after": loss2}, f, indent=1)
+        print(f"{name}: loss {loss:.6f} grad_norm {gnorm:.6f} loss_after {loss2:.6f}")
+
+    # self-check of this reference model against ../shared (written with HF transformers)
+    sdir = os.path.join(SHARED, "models", "stories260K")
+    if os.path.isdir(sdir):
+        import numpy as np
+        with open(os.path.join(sdir, "config.json")) as f:
+            sc = Cfg(json.load(f))
+        SW = st_read(os.path.join(sdir, "model.safetensors"))
+        toks = np.fromfile(os.path.join(SHARED, "data", "tinystories_sample.stories260K.u32.bin"), dtype="<u4")
+        t = torch.tensor(toks[:4 * 64].astype("int64")).view(4, 64)
+        ref = st_read(os.path.join(sdir, "reference", "ref_adapter", "adapter_model.safetensors"))
+        loss = forward(sc, SW, t, t, ref, 8.0 / 4)
+        one = forward(sc, SW, t[:1, :].new_tensor(toks[:128].astype("int64")).view(1, 128),
+                      t.new_tensor(toks[:128].astype("int64")).view(1, 128), {}, 1.0)
+        print(f"shared check: batch loss {float(loss):.6f} (reference 1.862228), "
+              f"first-128 base loss {float(one):.6f} (reference 1.431879)")
+        assert abs(float(loss) - 1.8622275590896606) < 1e-6
+        assert abs(float(one) - 1.431879) < 1e-5
+
+
+if __name__ == "__main__":
+    sys.exit(main())

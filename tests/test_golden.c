@@ -1,0 +1,326 @@
+/*
+ * Golden values: the committed PyTorch references (tests/data/tiny, made by
+ * tests/golden/make_golden.py) and the reference figures of ../shared.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../lib/json.h"
+#include "../lib/safetensors.h"
+#include "harness.h"
+#include "peft/peft.h"
+
+static char *data_path(const char *rel)
+{
+    static char buf[8][4096];
+    static int k;
+    k = (k + 1) % 8;
+    const char *d = getenv("PEFT_TEST_DATA");
+    snprintf(buf[k], sizeof buf[k], "%s/%s", d ? d : SOURCE_ROOT "/tests/data", rel);
+    return buf[k];
+}
+
+static json_doc *load_json(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    static char text[1 << 16];
+    size_t n = fread(text, 1, sizeof text, f);
+    fclose(f);
+    json_doc *d = NULL;
+    json_parse(&d, text, n, path);
+    return d;
+}
+
+static double jnum(const json_doc *d, const char *k)
+{
+    const json_value *v = json_get(json_root(d), k);
+    return v && v->type == JSON_NUMBER ? v->number : NAN;
+}
+
+/* Compare a flat parameter/gradient block with a safetensors file of PEFT keys, in the
+   library's parameter order (that of the saved adapter: modules sorted by layer, kind). */
+static double max_rel_err(const float *x, double xscale, const char *st_path, const char *adapter_st)
+{
+    st_file *ref, *layout;
+    if (st_open(&ref, st_path) || st_open(&layout, adapter_st))
+        return INFINITY;
+    double worst = 0;
+    /* the library's parameter block order: layer-major, then q,k,v,o,gate,up,down, A then B */
+    static const char *kinds[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
+    size_t off = 0;
+    for (int l = 0; l < 64; l++)
+        for (int k = 0; k < 7; k++)
+            for (int b = 0; b < 2; b++) {
+                char key[160];
+                snprintf(key, sizeof key, "base_model.model.model.layers.%d.%s.lora_%c.weight", l, kinds[k], b ? 'B' : 'A');
+                const st_tensor *t = st_find(ref, key);
+                if (!t)
+                    continue;
+                float *r = malloc(t->n_elems * sizeof *r);
+                st_read_f32(ref, t, r, t->n_elems);
+                double mx = 0, err = 0;
+                for (uint64_t i = 0; i < t->n_elems; i++) {
+                    mx = fmax(mx, fabs(r[i]));
+                    err = fmax(err, fabs(x[off + i] * xscale - r[i]));
+                }
+                worst = fmax(worst, err / fmax(mx, 1e-12));
+                off += t->n_elems;
+                free(r);
+            }
+    st_close(ref);
+    st_close(layout);
+    return worst;
+}
+
+static void step_case(const char *name, int threads)
+{
+    char rel[256];
+    snprintf(rel, sizeof rel, "tiny/%s/expected.json", name);
+    json_doc *e = load_json(data_path(rel));
+    CHECK(e != NULL);
+    if (!e)
+        return;
+    const json_value *tv = json_get(json_root(e), "tokens"), *lv = json_get(json_root(e), "labels");
+    int B = (int)jnum(e, "n_seq"), T = (int)jnum(e, "seq_len");
+    int32_t tok[256], lab[256];
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (int32_t)tv->items[i].number;
+        lab[i] = (int32_t)lv->items[i].number;
+    }
+    peft_model *m;
+    peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
+    oo.n_threads = threads;
+    CHECK_OK(peft_model_open(&m, data_path("tiny"), &oo));
+    snprintf(rel, sizeof rel, "tiny/%s/adapter", name);
+    CHECK_OK(peft_load_adapter(m, data_path(rel)));
+    peft_batch b = {PEFT_BATCH_VERSION, tok, lab, B, T};
+    peft_step_result r = PEFT_STEP_RESULT_INIT;
+    CHECK_OK(peft_forward_backward(m, &b, &r));
+    CHECK_CLOSE(r.loss, jnum(e, "loss"), 1e-5);
+    float *g, *p;
+    size_t n;
+    CHECK_OK(peft_grad_buffer(&g, &n, m));
+    char a_st[512], g_st[512], af_st[512];
+    snprintf(rel, sizeof rel, "tiny/%s/adapter/adapter_model.safetensors", name);
+    snprintf(a_st, sizeof a_st, "%s", data_path(rel));
+    snprintf(rel, sizeof rel, "tiny/%s/grads.safetensors", name);
+    snprintf(g_st, sizeof g_st, "%s", data_path(rel));
+    snprintf(rel, sizeof rel, "tiny/%s/after.safetensors", name);
+    snprintf(af_st, sizeof af_st, "%s", data_path(rel));
+    double gerr = max_rel_err(g, 1.0 / (double)r.tokens, g_st, a_st);
+    CHECK_MSG(gerr < 1e-3, "%s: gradient relative error %g", name, gerr);
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, jnum(e, "lr")));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_WEIGHT_DECAY, jnum(e, "weight_decay")));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_GRAD_CLIP, jnum(e, "grad_clip")));
+    CHECK_OK(peft_apply_update(m, 0, &r));
+    CHECK_CLOSE(r.grad_norm, jnum(e, "grad_norm"), 1e-4);
+    CHECK_OK(peft_param_buffer(&p, &n, m));
+    double perr = max_rel_err(p, 1.0, af_st, a_st);
+    CHECK_MSG(perr < 1e-4, "%s: parameters after AdamW: relative error %g", name, perr);
+    peft_eval_result er = PEFT_EVAL_RESULT_INIT;
+    CHECK_OK(peft_eval(m, &b, &er));
+    CHECK_CLOSE(er.loss_sum / (double)er.tokens, jnum(e, "loss_after"), 1e-5);
+    peft_model_close(&m);
+    json_free(e);
+}
+
+TEST(torch_step_all_linear) { step_case("all_linear", 2); }
+TEST(torch_step_last_layer_rslora_clip_decay) { step_case("qv_down_last_rslora", 1); }
+
+/* Whole model, finite differences w.r.t. every adapter tensor (sampled entries). */
+TEST(model_gradcheck)
+{
+    peft_model *m;
+    CHECK_OK(peft_model_open(&m, data_path("tiny"), NULL));
+    CHECK_OK(peft_load_adapter(m, data_path("tiny/all_linear/adapter")));
+    int32_t tok[2 * 10];
+    for (int i = 0; i < 20; i++)
+        tok[i] = (i * 7 + 3) % 48;
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 10};
+    peft_step_result r = PEFT_STEP_RESULT_INIT;
+    CHECK_OK(peft_forward_backward(m, &b, &r));
+    float *g, *p;
+    size_t n;
+    CHECK_OK(peft_grad_buffer(&g, &n, m));
+    CHECK_OK(peft_param_buffer(&p, &n, m));
+    float *ga = malloc(n * sizeof *ga);
+    memcpy(ga, g, n * sizeof *ga);
+    double gmax = 0;
+    for (size_t i = 0; i < n; i++)
+        gmax = fmax(gmax, fabs(ga[i]));
+    int bad = 0, checked = 0;
+    for (size_t i = 0; i < n; i += n / 97 + 1) {
+        float save = p[i], h = 1e-2f;
+        peft_eval_result ep = PEFT_EVAL_RESULT_INIT, em = PEFT_EVAL_RESULT_INIT;
+        p[i] = save + h;
+        peft_eval(m, &b, &ep);
+        p[i] = save - h;
+        peft_eval(m, &b, &em);
+        p[i] = save;
+        double num = (ep.loss_sum - em.loss_sum) / (2.0 * h);
+        checked++;
+        if (fabs(num - ga[i]) > 2e-3 * gmax + 2e-2 * fabs(num)) {
+            if (bad++ < 5)
+                fprintf(stderr, "param %zu: analytic %.6g numeric %.6g\n", i, ga[i], num);
+        }
+    }
+    CHECK(checked > 90);
+    CHECK(bad == 0);
+    free(ga);
+    peft_model_close(&m);
+}
+
+/* ---- ../shared reference figures ---- */
+
+static int32_t *load_tokens(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long sz = ftell(f);
+    rewind(f);
+    uint32_t *u = malloc((size_t)sz);
+    *n = fread(u, 4, (size_t)sz / 4, f);
+    fclose(f);
+    return (int32_t *)u;
+}
+
+static double eval_file(peft_model *m, const char *path, int T, uint64_t *count)
+{
+    size_t n;
+    int32_t *t = load_tokens(path, &n);
+    if (!t)
+        return NAN;
+    double sum = 0;
+    uint64_t c = 0;
+    size_t nw = n / (size_t)T;
+    for (size_t w = 0; w < nw; w += 16) {
+        int nb = (int)(nw - w < 16 ? nw - w : 16);
+        peft_batch b = {PEFT_BATCH_VERSION, t + w * (size_t)T, NULL, nb, T};
+        peft_eval_result r = PEFT_EVAL_RESULT_INIT;
+        if (peft_eval(m, &b, &r)) {
+            free(t);
+            return NAN;
+        }
+        sum += r.loss_sum;
+        c += r.tokens;
+    }
+    free(t);
+    *count = c;
+    return sum / (double)c;
+}
+
+static char *sp(const char *rel)
+{
+    static char buf[8][8300];
+    static int k;
+    k = (k + 1) % 8;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", shared_dir(), rel);
+    return buf[k];
+}
+
+TEST(shared_base_and_adapter_losses)
+{
+    if (!shared_dir())
+        SKIP("../shared not present");
+    peft_model *m;
+    CHECK_OK(peft_model_open(&m, sp("models/stories260K"), NULL));
+    uint64_t c;
+    CHECK_CLOSE(eval_file(m, sp("data/tinystories_sample.stories260K.u32.bin"), 128, &c), 1.92598189127761, 1e-4);
+    CHECK(c == 98044);
+    CHECK_CLOSE(eval_file(m, sp("data/kjv_genesis.stories260K.u32.bin"), 128, &c), 4.188473392151952, 1e-4);
+    size_t n;
+    int32_t *t = load_tokens(sp("data/tinystories_sample.stories260K.u32.bin"), &n);
+    peft_batch b = {PEFT_BATCH_VERSION, t, NULL, 1, 128};
+    peft_eval_result r = PEFT_EVAL_RESULT_INIT;
+    CHECK_OK(peft_eval(m, &b, &r));
+    CHECK_CLOSE(r.loss_sum / (double)r.tokens, 1.431879, 1e-5);
+    free(t);
+    CHECK_OK(peft_load_adapter(m, sp("models/stories260K/reference/ref_adapter")));
+    CHECK_CLOSE(eval_file(m, sp("data/tinystories_sample.stories260K.u32.bin"), 128, &c), 2.2692893137731547, 1e-4);
+    CHECK_CLOSE(eval_file(m, sp("data/kjv_genesis.stories260K.u32.bin"), 128, &c), 4.309582568060442, 1e-4);
+    peft_model_close(&m);
+}
+
+TEST(shared_training_step)
+{
+    if (!shared_dir())
+        SKIP("../shared not present");
+    peft_model *m;
+    CHECK_OK(peft_model_open(&m, sp("models/stories260K"), NULL));
+    const char *ad = sp("models/stories260K/reference/ref_adapter");
+    CHECK_OK(peft_load_adapter(m, ad));
+    size_t n;
+    int32_t *t = load_tokens(sp("data/tinystories_sample.stories260K.u32.bin"), &n);
+    peft_batch b = {PEFT_BATCH_VERSION, t, NULL, 4, 64};
+    peft_step_result r = PEFT_STEP_RESULT_INIT;
+    CHECK_OK(peft_forward_backward(m, &b, &r));
+    CHECK_CLOSE(r.loss, 1.8622275590896606, 1e-4);
+    float *g, *p;
+    CHECK_OK(peft_grad_buffer(&g, &n, m));
+    char a_st[4096];
+    snprintf(a_st, sizeof a_st, "%s/adapter_model.safetensors", ad);
+    double gerr = max_rel_err(g, 1.0 / (double)r.tokens, sp("models/stories260K/reference/ref_grads.safetensors"), a_st);
+    CHECK_MSG(gerr < 1e-3, "gradient relative error %g", gerr);
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-2));
+    CHECK_OK(peft_apply_update(m, 0, &r));
+    CHECK_CLOSE(r.grad_norm, 2.226066531247846, 1e-3);
+    CHECK_OK(peft_param_buffer(&p, &n, m));
+    double perr = max_rel_err(p, 1.0, sp("models/stories260K/reference/ref_adapter_step1/adapter_model.safetensors"), a_st);
+    CHECK_MSG(perr < 1e-3, "parameters after the step: relative error %g", perr);
+    peft_eval_result er = PEFT_EVAL_RESULT_INIT;
+    CHECK_OK(peft_eval(m, &b, &er));
+    CHECK_CLOSE(er.loss_sum / (double)er.tokens, 1.1507164239883423, 1e-4);
+    free(t);
+    peft_model_close(&m);
+}
+
+static unsigned char *slurp(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long sz = ftell(f);
+    rewind(f);
+    unsigned char *b = malloc((size_t)sz + 1);
+    *n = fread(b, 1, (size_t)sz, f);
+    fclose(f);
+    return b;
+}
+
+TEST(shared_adapter_resave_byte_exact)
+{
+    if (!shared_dir())
+        SKIP("../shared not present");
+    peft_model *m;
+    CHECK_OK(peft_model_open(&m, sp("models/stories260K"), NULL));
+    CHECK_OK(peft_load_adapter(m, sp("models/stories260K/reference/ref_adapter")));
+    char dir[] = "/tmp/peft-resave-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    CHECK_OK(peft_save_adapter(m, dir, NULL));
+    char out[4096];
+    snprintf(out, sizeof out, "%s/adapter_model.safetensors", dir);
+    size_t n1 = 0, n2 = 0;
+    unsigned char *a = slurp(out, &n1), *b = slurp(sp("models/stories260K/reference/ref_adapter/adapter_model.safetensors"), &n2);
+    CHECK(a && b && n1 == n2 && memcmp(a, b, n1) == 0);
+    free(a);
+    free(b);
+    remove(out);
+    snprintf(out, sizeof out, "%s/adapter_config.json", dir);
+    remove(out);
+    remove(dir);
+    peft_model_close(&m);
+}
+
+static const struct h_case cases[] = {
+    CASE(torch_step_all_linear), CASE(torch_step_last_layer_rslora_clip_decay), CASE(model_gradcheck),
+    CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
+};
+TEST_MAIN(cases)

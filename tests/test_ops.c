@@ -1,0 +1,329 @@
+/* Finite-difference checks of every forward/backward pair, and backends vs the reference. */
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "../lib/internal.h"
+#include "../lib/lora_linear.h"
+#include "../lib/model.h"
+#include "../lib/ops/ops.h"
+#include "harness.h"
+
+static uint64_t rs = 12345;
+static float frand(void)
+{
+    rs = rs * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((double)(rs >> 11) * 0x1.0p-53 * 2.0 - 1.0);
+}
+static void fill(float *x, size_t n, float scale)
+{
+    for (size_t i = 0; i < n; i++)
+        x[i] = scale * frand();
+}
+static double dotd(const float *a, const float *b, size_t n)
+{
+    double s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += (double)a[i] * b[i];
+    return s;
+}
+static float maxabs(const float *a, size_t n)
+{
+    float m = 0;
+    for (size_t i = 0; i < n; i++)
+        m = fmaxf(m, fabsf(a[i]));
+    return m;
+}
+
+typedef double (*loss_fn)(void *ctx);
+
+/* Compare analytic gradient of L w.r.t. p[0..n) with central differences. */
+static int fd_check(const char *what, float *p, size_t n, const float *grad, loss_fn f, void *ctx,
+                    float h, double rtol)
+{
+    double atol = 1e-3 * fmax(maxabs(grad, n), 1e-6);
+    int bad = 0;
+    size_t stride = n > 64 ? n / 64 : 1;
+    for (size_t i = 0; i < n; i += stride) {
+        float save = p[i];
+        p[i] = save + h;
+        double lp = f(ctx);
+        p[i] = save - h;
+        double lm = f(ctx);
+        p[i] = save;
+        double num = (lp - lm) / (2.0 * h);
+        if (fabs(num - grad[i]) > atol + rtol * fabs(num)) {
+            if (bad < 5)
+                fprintf(stderr, "%s[%zu]: analytic %.7g numeric %.7g\n", what, i, grad[i], num);
+            bad++;
+        }
+    }
+    return bad;
+}
+
+/* ---- rmsnorm ---- */
+enum { RN = 3, RD = 16 };
+struct rms_ctx {
+    float x[RN * RD], w[RD], out[RN * RD], rstd[RN], dout[RN * RD];
+};
+static double rms_loss(void *vp)
+{
+    struct rms_ctx *c = vp;
+    rmsnorm_forward(NULL, c->out, c->rstd, c->x, c->w, RN, RD, 1e-5f);
+    return dotd(c->out, c->dout, RN * RD);
+}
+TEST(rmsnorm)
+{
+    struct rms_ctx c;
+    fill(c.x, RN * RD, 1.0f);
+    fill(c.w, RD, 1.0f);
+    fill(c.dout, RN * RD, 1.0f);
+    float dx[RN * RD] = {0};
+    rms_loss(&c);
+    rmsnorm_backward(NULL, dx, c.dout, c.x, c.w, c.rstd, RN, RD);
+    CHECK(fd_check("rmsnorm dx", c.x, RN * RD, dx, rms_loss, &c, 1e-2f, 1e-2) == 0);
+    /* backward accumulates */
+    rms_loss(&c); /* the checks left rstd at a perturbed point */
+    float dx2[RN * RD];
+    for (int i = 0; i < RN * RD; i++)
+        dx2[i] = 1.0f;
+    rmsnorm_backward(NULL, dx2, c.dout, c.x, c.w, c.rstd, RN, RD);
+    for (int i = 0; i < RN * RD; i++)
+        CHECK_CLOSE(dx2[i], dx[i] + 1.0f, 1e-6);
+}
+
+/* ---- rope ---- */
+enum { QB = 2, QT = 5, QH = 3, QHD = 8 };
+struct rope_ctx {
+    float x[QB * QT * QH * QHD], y[QB * QT * QH * QHD], dout[QB * QT * QH * QHD];
+    float c[QT * QHD / 2], s[QT * QHD / 2];
+};
+static double rope_loss(void *vp)
+{
+    struct rope_ctx *c = vp;
+    memcpy(c->y, c->x, sizeof c->x);
+    rope_forward(NULL, c->y, c->c, c->s, QB, QT, QH, QHD);
+    return dotd(c->y, c->dout, sizeof c->x / sizeof(float));
+}
+TEST(rope)
+{
+    struct rope_ctx c;
+    size_t n = sizeof c.x / sizeof(float);
+    rope_tables(c.c, c.s, QT, QHD, 10000.0f);
+    fill(c.x, n, 1.0f);
+    fill(c.dout, n, 1.0f);
+    float dx[sizeof c.x / sizeof(float)];
+    memcpy(dx, c.dout, sizeof dx);
+    rope_backward(NULL, dx, c.c, c.s, QB, QT, QH, QHD);
+    CHECK(fd_check("rope dx", c.x, n, dx, rope_loss, &c, 1e-2f, 1e-3) == 0);
+    /* position 0 is the identity; pair (i, i+hd/2) at position 1 rotates by angle theta^(-2i/hd) */
+    rope_loss(&c);
+    for (int i = 0; i < QH * QHD; i++)
+        CHECK_CLOSE(c.y[i], c.x[i], 1e-7);
+    const float *x1 = c.x + QH * QHD, *y1 = c.y + QH * QHD;
+    for (int i = 0; i < QHD / 2; i++) {
+        double ang = pow(10000.0, -2.0 * i / QHD);
+        CHECK_CLOSE(y1[i], x1[i] * cos(ang) - x1[i + QHD / 2] * sin(ang), 1e-6);
+    }
+}
+
+/* ---- attention ---- */
+enum { AB = 2, AT = 6, AH = 4, AHK = 2, AD = 4 };
+struct att_ctx {
+    float q[AB * AT * AH * AD], k[AB * AT * AHK * AD], v[AB * AT * AHK * AD];
+    float out[AB * AT * AH * AD], lse[AB * AH * AT], scratch[AB * AH * AT], dout[AB * AT * AH * AD];
+};
+static double att_loss(void *vp)
+{
+    struct att_ctx *c = vp;
+    attention_forward(NULL, c->out, c->lse, c->scratch, c->q, c->k, c->v, AB, AT, AH, AHK, AD);
+    return dotd(c->out, c->dout, sizeof c->out / sizeof(float));
+}
+TEST(attention_gqa)
+{
+    struct att_ctx c;
+    fill(c.q, sizeof c.q / 4, 1.0f);
+    fill(c.k, sizeof c.k / 4, 1.0f);
+    fill(c.v, sizeof c.v / 4, 1.0f);
+    fill(c.dout, sizeof c.dout / 4, 1.0f);
+    float dq[sizeof c.q / 4], dk[sizeof c.k / 4], dv[sizeof c.v / 4];
+    att_loss(&c);
+    attention_backward(NULL, dq, dk, dv, c.dout, c.q, c.k, c.v, c.out, c.lse, AB, AT, AH, AHK, AD);
+    CHECK(fd_check("attention dq", c.q, sizeof c.q / 4, dq, att_loss, &c, 1e-2f, 1e-2) == 0);
+    CHECK(fd_check("attention dk", c.k, sizeof c.k / 4, dk, att_loss, &c, 1e-2f, 1e-2) == 0);
+    CHECK(fd_check("attention dv", c.v, sizeof c.v / 4, dv, att_loss, &c, 1e-2f, 1e-2) == 0);
+    /* causality: the first position attends only to itself, so its output is v[0] of its kv head */
+    for (int h = 0; h < AH; h++)
+        for (int d = 0; d < AD; d++)
+            CHECK_CLOSE(c.out[h * AD + d], c.v[(h / (AH / AHK)) * AD + d], 1e-6);
+}
+
+/* ---- swiglu ---- */
+enum { SN = 40 };
+struct sw_ctx {
+    float g[SN], u[SN], act[SN], dout[SN];
+};
+static double sw_loss(void *vp)
+{
+    struct sw_ctx *c = vp;
+    swiglu_forward(NULL, c->act, c->g, c->u, 1, SN);
+    return dotd(c->act, c->dout, SN);
+}
+TEST(swiglu)
+{
+    struct sw_ctx c;
+    fill(c.g, SN, 3.0f);
+    fill(c.u, SN, 1.0f);
+    fill(c.dout, SN, 1.0f);
+    float dg[SN], du[SN];
+    swiglu_backward(NULL, dg, du, c.dout, c.g, c.u, 1, SN);
+    CHECK(fd_check("swiglu dg", c.g, SN, dg, sw_loss, &c, 1e-2f, 1e-2) == 0);
+    CHECK(fd_check("swiglu du", c.u, SN, du, sw_loss, &c, 1e-2f, 1e-3) == 0);
+}
+
+/* ---- cross-entropy ---- */
+enum { XV = 37 };
+struct xe_ctx {
+    float logits[XV];
+};
+static double xe_loss(void *vp) { return xent_row(NULL, ((struct xe_ctx *)vp)->logits, XV, 5, 1.0f); }
+TEST(cross_entropy)
+{
+    struct xe_ctx c;
+    fill(c.logits, XV, 4.0f);
+    float d[XV];
+    double l = xent_row(d, c.logits, XV, 5, 1.0f);
+    double lse = 0;
+    for (int i = 0; i < XV; i++)
+        lse += exp(c.logits[i]);
+    CHECK_CLOSE(l, log(lse) - c.logits[5], 1e-6);
+    CHECK(fd_check("xent dlogits", c.logits, XV, d, xe_loss, &c, 1e-2f, 1e-2) == 0);
+    /* huge logits stay finite */
+    for (int i = 0; i < XV; i++)
+        c.logits[i] = 1e4f * (float)i;
+    CHECK(isfinite(xent_row(d, c.logits, XV, 5, 1.0f)));
+}
+
+/* ---- linear with LoRA (and dropout) through the CPU backend ---- */
+enum { LN = 7, LIN = 12, LOUT = 9, LR = 3 };
+struct lin_ctx {
+    peft_model m;
+    float x[LN * LIN], W[LOUT * LIN], A[LR * LIN], B[LOUT * LR], y[LN * LOUT], dout[LN * LOUT];
+    float xa[LN * LR], tmp[LN * LIN];
+    lora_view lv;
+};
+static double lin_loss(void *vp)
+{
+    struct lin_ctx *c = vp;
+    linear_forward(&c->m, c->y, c->x, c->W, LN, LIN, LOUT, &c->lv, c->xa, c->tmp);
+    return dotd(c->y, c->dout, LN * LOUT);
+}
+static void lin_case(float dropout)
+{
+    static struct lin_ctx c;
+    memset(&c, 0, sizeof c);
+    c.m.be = peft__backend_cpu();
+    peft_backend_host host = {sizeof host, 1, NULL, peft__pool_for};
+    CHECK_OK(c.m.be->init(&c.m.be_ctx, &host));
+    fill(c.x, sizeof c.x / 4, 1.0f);
+    fill(c.W, sizeof c.W / 4, 0.5f);
+    fill(c.A, sizeof c.A / 4, 0.5f);
+    fill(c.B, sizeof c.B / 4, 0.5f);
+    fill(c.dout, sizeof c.dout / 4, 1.0f);
+    float dA[LR * LIN] = {0}, dB[LOUT * LR] = {0}, dx[LN * LIN], dxa[LN * LR];
+    c.lv = (lora_view){c.A, c.B, dA, dB, LR, 0.75f, dropout, 42};
+    lin_loss(&c);
+    linear_backward(&c.m, dx, 0.0f, c.dout, c.x, c.W, LN, LIN, LOUT, &c.lv, c.xa, dxa, c.tmp);
+    CHECK(fd_check("lora dx", c.x, sizeof c.x / 4, dx, lin_loss, &c, 1e-2f, 1e-2) == 0);
+    CHECK(fd_check("lora dA", c.A, sizeof c.A / 4, dA, lin_loss, &c, 1e-2f, 1e-2) == 0);
+    CHECK(fd_check("lora dB", c.B, sizeof c.B / 4, dB, lin_loss, &c, 1e-2f, 1e-2) == 0);
+    c.m.be->free(c.m.be_ctx);
+}
+TEST(lora_linear) { lin_case(0.0f); }
+TEST(lora_linear_dropout) { lin_case(0.3f); }
+
+TEST(dropout_mask)
+{
+    /* inverted dropout: kept fraction ~ 1-p, kept value 1/(1-p), deterministic */
+    int kept = 0;
+    for (uint64_t i = 0; i < 20000; i++) {
+        float s = dropout_scale(7, i, 0.25f);
+        CHECK(s == 0.0f || fabsf(s - 1.0f / 0.75f) < 1e-6f);
+        kept += s != 0.0f;
+        CHECK(s == dropout_scale(7, i, 0.25f));
+    }
+    CHECK(kept > 14700 && kept < 15300);
+}
+
+/* ---- every backend against a naive double-precision GEMM ---- */
+static void naive(int ta, int tb, int M, int N, int K, float alpha, const float *a, int lda,
+                  const float *b, int ldb, float beta, float *c, int ldc)
+{
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double s = 0;
+            for (int p = 0; p < K; p++)
+                s += (double)(ta ? a[p * lda + i] : a[i * lda + p]) * (tb ? b[j * ldb + p] : b[p * ldb + j]);
+            c[i * ldc + j] = (float)(alpha * s + (beta == 0.0f ? 0.0 : beta * c[i * ldc + j]));
+        }
+}
+
+static void check_backend(const peft_backend *be, int threads)
+{
+    peft_pool *pool;
+    CHECK_OK(peft__pool_create(&pool, threads));
+    peft_backend_host host = {sizeof host, threads, pool, peft__pool_for};
+    void *ctx;
+    CHECK_OK(be->init(&ctx, &host));
+    CHECK(be->abi_version == PEFT_BACKEND_ABI_VERSION && be->struct_size <= sizeof(peft_backend));
+    const int shapes[][3] = {{1, 1, 1}, {17, 13, 29}, {64, 8, 200}, {8, 70, 5}, {33, 65, 1}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++)
+                for (int bi = 0; bi < 3; bi++) {
+                    int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+                    int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
+                    float beta = bi == 0 ? 0.0f : bi == 1 ? 1.0f : -0.5f, alpha = 0.7f;
+                    size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb, nc = (size_t)M * ldc;
+                    float *a = malloc(na * 4), *b = malloc(nb * 4), *c1 = malloc(nc * 4), *c2 = malloc(nc * 4);
+                    fill(a, na, 1.0f);
+                    fill(b, nb, 1.0f);
+                    fill(c1, nc, 1.0f);
+                    if (beta == 0.0f)
+                        for (size_t i = 0; i < nc; i++)
+                            c1[i] = NAN; /* beta == 0 must not read C */
+                    memcpy(c2, c1, nc * 4);
+                    be->gemm(ctx, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c1, ldc);
+                    naive(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c2, ldc);
+                    int bad = 0;
+                    for (int i = 0; i < M; i++)
+                        for (int j = 0; j < N; j++)
+                            bad += !(fabsf(c1[i * ldc + j] - c2[i * ldc + j]) <= 1e-4f * (1.0f + sqrtf((float)K)));
+                    CHECK_MSG(bad == 0, "%s gemm ta=%d tb=%d M=%d N=%d K=%d beta=%g: %d wrong", be->name, ta, tb, M, N,
+                              K, beta, bad);
+                    free(a), free(b), free(c1), free(c2);
+                }
+    be->free(ctx);
+    peft__pool_destroy(pool);
+}
+
+TEST(backend_cpu_gemm)
+{
+    check_backend(peft__backend_cpu(), 1);
+    check_backend(peft__backend_cpu(), 3);
+}
+
+TEST(backend_blis_gemm)
+{
+    if (!peft__backend_blis())
+        SKIP("BLIS backend not built");
+    check_backend(peft__backend_blis(), 1);
+    check_backend(peft__backend_blis(), 2);
+}
+
+static const struct h_case cases[] = {
+    CASE(rmsnorm),     CASE(rope),         CASE(attention_gqa),       CASE(swiglu),
+    CASE(cross_entropy), CASE(lora_linear), CASE(lora_linear_dropout), CASE(dropout_mask),
+    CASE(backend_cpu_gemm), CASE(backend_blis_gemm),
+};
+TEST_MAIN(cases)
