@@ -1,0 +1,529 @@
+/* The public API as a host sees it: only peft/peft.h. */
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "peft/peft.h"
+
+static const char *tiny(void)
+{
+    static char buf[4096];
+    const char *d = getenv("PEFT_TEST_DATA");
+    snprintf(buf, sizeof buf, "%s/tiny", d ? d : SOURCE_ROOT "/tests/data");
+    return buf;
+}
+
+static peft_model *open_tiny(int threads)
+{
+    peft_model *m = NULL;
+    peft_open_options o = PEFT_OPEN_OPTIONS_INIT;
+    o.n_threads = threads;
+    CHECK_OK(peft_model_open(&m, tiny(), &o));
+    return m;
+}
+
+static void make_batch(int32_t *tok, int n, uint32_t seed)
+{
+    for (int i = 0; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        tok[i] = (int32_t)((seed >> 8) % 48);
+    }
+}
+
+static char *mktmp(void)
+{
+    static char dirs[8][64];
+    static int k;
+    k = (k + 1) % 8;
+    snprintf(dirs[k], sizeof dirs[k], "/tmp/peft-api-XXXXXX");
+    return mkdtemp(dirs[k]);
+}
+
+TEST(errors_and_versions)
+{
+    peft_model *m = (peft_model *)1;
+    CHECK(peft_model_open(NULL, tiny(), NULL) == PEFT_EINVAL);
+    CHECK(peft_model_open(&m, NULL, NULL) == PEFT_EINVAL && m == NULL);
+    CHECK(peft_model_open(&m, "/nonexistent/model", NULL) == PEFT_ENOTFOUND && m == NULL);
+    CHECK(strstr(peft_last_error(), "/nonexistent/model/config.json") != NULL);
+    peft_open_options o = PEFT_OPEN_OPTIONS_INIT;
+    o.version = 99;
+    CHECK(peft_model_open(&m, tiny(), &o) == PEFT_EINVAL);
+    o.version = PEFT_OPEN_OPTIONS_VERSION;
+    o.backend = "nope";
+    CHECK(peft_model_open(&m, tiny(), &o) == PEFT_EINVAL && m == NULL);
+    CHECK(strstr(peft_last_error(), "unknown backend 'nope'"));
+    for (int c = 0; c >= -10; c--)
+        CHECK(strlen(peft_strerror(c)) > 0 && strcmp(peft_strerror(c), "unknown status") != 0);
+    CHECK(strcmp(peft_strerror(-1000), "unknown status") == 0);
+    CHECK(strcmp(peft_version(), PEFT_VERSION_STRING) == 0);
+    CHECK(peft_version_number() == PEFT_VERSION_NUMBER);
+    peft_model_close(NULL);
+    peft_model *null_model = NULL;
+    peft_model_close(&null_model);
+    peft_lora_options lo;
+    CHECK(peft_lora_options_init(&lo, 0) == PEFT_EINVAL);
+    CHECK_OK(peft_lora_options_init(&lo, PEFT_LORA_OPTIONS_VERSION));
+    CHECK(lo.rank == 8 && lo.targets == (PEFT_TARGET_Q | PEFT_TARGET_V));
+}
+
+static void *other_thread(void *arg)
+{
+    (void)arg;
+    return (void *)(strlen(peft_last_error()) == 0 ? (intptr_t)1 : (intptr_t)0);
+}
+
+TEST(last_error_is_per_thread)
+{
+    peft_model *m;
+    CHECK(peft_model_open(&m, "/nonexistent", NULL) != 0);
+    CHECK(strlen(peft_last_error()) > 0);
+    pthread_t t;
+    void *clean;
+    pthread_create(&t, NULL, other_thread, NULL);
+    pthread_join(t, &clean);
+    CHECK(clean == (void *)1);
+}
+
+TEST(info_and_exact_counts)
+{
+    peft_model *m = open_tiny(1);
+    peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+    CHECK_OK(peft_model_get_info(m, &in));
+    CHECK(strcmp(in.architecture, "llama") == 0 && in.n_layers == 3 && in.hidden_size == 32 &&
+          in.intermediate_size == 40 && in.n_heads == 4 && in.n_kv_heads == 2 && in.head_dim == 8 &&
+          in.vocab_size == 48 && !in.tied_embeddings && strcmp(in.weights_dtype, "F32") == 0);
+    uint64_t per_layer = 2 * 32 + 32 * (32 + 16 + 16) + 32 * 32 + 3 * 32 * 40;
+    CHECK(in.n_params == 2ull * 48 * 32 + 32 + 3 * per_layer);
+    /* r * (in + out) per module */
+    const int io[7][2] = {{32, 32}, {32, 16}, {32, 16}, {32, 32}, {32, 40}, {32, 40}, {40, 32}};
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    for (uint32_t t = 1; t <= PEFT_TARGET_ALL_LINEAR; t++) {
+        o.targets = t;
+        o.rank = 3;
+        uint64_t expect = 0, got;
+        for (int k = 0; k < 7; k++)
+            if (t & (1u << k))
+                expect += 3ull * (io[k][0] + io[k][1]) * 3;
+        CHECK_OK(peft_count_lora(&got, m, &o));
+        CHECK_MSG(got == expect, "targets %u: %llu != %llu", t, (unsigned long long)got, (unsigned long long)expect);
+    }
+    const struct {
+        const char *spec;
+        int layers;
+    } specs[] = {{"all", 3}, {NULL, 3}, {"last:1", 1}, {"first:2", 2}, {"0,2", 2}, {"1-2", 2}, {"every:2", 2},
+                 {"0,last:1", 2}, {"last:9", 3}};
+    o.targets = PEFT_TARGET_Q;
+    o.rank = 1;
+    for (size_t i = 0; i < sizeof specs / sizeof specs[0]; i++) {
+        o.layers = specs[i].spec;
+        uint64_t got;
+        CHECK_OK(peft_count_lora(&got, m, &o));
+        CHECK_MSG(got == (uint64_t)specs[i].layers * 64, "layers '%s': %llu", specs[i].spec ? specs[i].spec : "NULL",
+                  (unsigned long long)got);
+    }
+    const char *bad[] = {"3", "x", "first:0", "1-0", "every:0", "0,,1", "-1", "1-"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        o.layers = bad[i];
+        uint64_t got;
+        CHECK_MSG(peft_count_lora(&got, m, &o) == PEFT_EINVAL, "layers '%s' accepted", bad[i]);
+    }
+    o.layers = NULL;
+    o.rank = 0;
+    uint64_t got;
+    CHECK(peft_count_lora(&got, m, &o) == PEFT_EINVAL);
+    o.rank = 4;
+    o.targets = 0;
+    CHECK(peft_count_lora(&got, m, &o) == PEFT_EINVAL);
+    o.targets = PEFT_TARGET_ALL_LINEAR;
+    uint64_t attached;
+    CHECK_OK(peft_attach_lora(m, &o, &attached));
+    CHECK(attached == 1760ull * 3);
+    CHECK(peft_attach_lora(m, &o, NULL) == PEFT_ESTATE);
+    CHECK_OK(peft_model_get_info(m, &in));
+    CHECK(in.n_trainable == attached);
+    CHECK_OK(peft_detach(m));
+    peft_model_close(&m);
+    CHECK(m == NULL);
+}
+
+/* Train n steps from a fresh attachment; return the parameters (malloc'ed). */
+static float *train_run(int threads, int steps, int accum, int batch_split, float dropout, size_t *n_out)
+{
+    peft_model *m = open_tiny(threads);
+    if (!m)
+        return NULL;
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_ALL_LINEAR;
+    o.rank = 4;
+    o.seed = 7;
+    o.dropout = dropout;
+    o.init = PEFT_INIT_GAUSSIAN;
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-2));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_ACCUM_STEPS, accum));
+    int32_t tok[4 * 16];
+    for (int s = 0; s < steps; s++) {
+        make_batch(tok, 4 * 16, (uint32_t)s);
+        if (batch_split) {
+            for (int h = 0; h < 2; h++) {
+                peft_batch b = {PEFT_BATCH_VERSION, tok + h * 32, NULL, 2, 16};
+                peft_step_result r = PEFT_STEP_RESULT_INIT;
+                CHECK_OK(peft_step(m, &b, &r));
+                CHECK(r.updated == (h == 1));
+            }
+        } else {
+            peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 4, 16};
+            CHECK_OK(peft_step(m, &b, NULL));
+        }
+    }
+    float *p;
+    size_t n;
+    CHECK_OK(peft_param_buffer(&p, &n, m));
+    float *copy = malloc(n * sizeof *copy);
+    memcpy(copy, p, n * sizeof *copy);
+    *n_out = n;
+    peft_model_close(&m);
+    return copy;
+}
+
+TEST(determinism_and_thread_invariance)
+{
+    size_t n1, n2, n3;
+    float *a = train_run(1, 5, 1, 0, 0.1f, &n1), *b = train_run(1, 5, 1, 0, 0.1f, &n2),
+          *c = train_run(3, 5, 1, 0, 0.1f, &n3);
+    CHECK(a && b && c && n1 == n2 && n1 == n3);
+    CHECK(memcmp(a, b, n1 * sizeof *a) == 0); /* same seed, same data: bit-identical */
+    CHECK(memcmp(a, c, n1 * sizeof *a) == 0); /* and independent of the thread count */
+    free(a), free(b), free(c);
+}
+
+TEST(gradient_accumulation_equals_big_batch)
+{
+    size_t n1, n2;
+    float *a = train_run(2, 4, 1, 0, 0.0f, &n1), *b = train_run(2, 4, 2, 1, 0.0f, &n2);
+    CHECK(a && b && n1 == n2);
+    double worst = 0;
+    for (size_t i = 0; i < n1; i++)
+        worst = fmax(worst, fabs(a[i] - b[i]));
+    CHECK_MSG(worst < 1e-5, "max difference %g", worst);
+    free(a), free(b);
+}
+
+TEST(split_step_equals_step)
+{
+    peft_model *m1 = open_tiny(2), *m2 = open_tiny(2);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.init = PEFT_INIT_GAUSSIAN;
+    CHECK_OK(peft_attach_lora(m1, &o, NULL));
+    CHECK_OK(peft_attach_lora(m2, &o, NULL));
+    int32_t tok[3 * 10];
+    make_batch(tok, 30, 5);
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 3, 10};
+    peft_step_result r1 = PEFT_STEP_RESULT_INIT, r2 = PEFT_STEP_RESULT_INIT;
+    CHECK_OK(peft_step(m1, &b, &r1));
+    CHECK_OK(peft_forward_backward(m2, &b, &r2));
+    CHECK(r2.tokens == 27 && r2.updated == 0);
+    float *g;
+    size_t n;
+    CHECK_OK(peft_grad_buffer(&g, &n, m2));
+    /* a host all-reduce would sum here; scale by 2 and pass twice the count: same update */
+    for (size_t i = 0; i < n; i++)
+        g[i] *= 2.0f;
+    CHECK_OK(peft_apply_update(m2, 2.0 * (double)r2.tokens, &r2));
+    CHECK(r1.updated && r2.updated && r1.step == 1 && r2.step == 1);
+    CHECK_CLOSE(r1.grad_norm, r2.grad_norm, 1e-6);
+    float *p1, *p2;
+    CHECK_OK(peft_param_buffer(&p1, &n, m1));
+    CHECK_OK(peft_param_buffer(&p2, &n, m2));
+    double worst = 0;
+    for (size_t i = 0; i < n; i++)
+        worst = fmax(worst, fabs(p1[i] - p2[i]));
+    CHECK(worst < 1e-7);
+    for (size_t i = 0; i < n; i++)
+        CHECK(g[i] == 0.0f); /* zeroed after the update */
+    peft_model_close(&m1);
+    peft_model_close(&m2);
+}
+
+TEST(label_mask)
+{
+    peft_model *m = open_tiny(1);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    int32_t tok[2 * 8], lab[2 * 8];
+    make_batch(tok, 16, 3);
+    for (int i = 0; i < 16; i++)
+        lab[i] = -100;
+    peft_batch b = {PEFT_BATCH_VERSION, tok, lab, 2, 8};
+    peft_step_result r = PEFT_STEP_RESULT_INIT;
+    CHECK_OK(peft_forward_backward(m, &b, &r));
+    CHECK(r.tokens == 0 && r.loss == 0.0);
+    memcpy(lab, tok, sizeof lab);
+    lab[3] = lab[4] = -100; /* labels of positions 2 and 3 */
+    peft_eval_result e1 = PEFT_EVAL_RESULT_INIT, e2 = PEFT_EVAL_RESULT_INIT;
+    CHECK_OK(peft_eval(m, &b, &e1));
+    CHECK(e1.tokens == 12);
+    b.labels = NULL;
+    CHECK_OK(peft_eval(m, &b, &e2));
+    CHECK(e2.tokens == 14 && e2.loss_sum > e1.loss_sum);
+    tok[5] = 48;
+    CHECK(peft_eval(m, &b, &e2) == PEFT_EINVAL);
+    CHECK(strstr(peft_last_error(), "outside the vocabulary"));
+    tok[5] = 1;
+    lab[0] = -5;
+    b.labels = lab;
+    CHECK(peft_eval(m, &b, &e2) == PEFT_EINVAL);
+    b.tokens = NULL;
+    CHECK(peft_eval(m, &b, &e2) == PEFT_EINVAL);
+    peft_model_close(&m);
+}
+
+TEST(state_errors)
+{
+    peft_model *m = open_tiny(1);
+    int32_t tok[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 1, 8};
+    CHECK(peft_step(m, &b, NULL) == PEFT_ESTATE);
+    CHECK(peft_save_adapter(m, "/tmp/x", NULL) == PEFT_ESTATE);
+    float *p;
+    size_t n;
+    CHECK(peft_param_buffer(&p, &n, m) == PEFT_ESTATE);
+    /* eval works without an adapter: the base model */
+    peft_eval_result e = PEFT_EVAL_RESULT_INIT;
+    CHECK_OK(peft_eval(m, &b, &e));
+    CHECK(e.tokens == 7 && e.loss_sum > 0);
+    CHECK(peft_opt_set(m, PEFT_OPT_LR, -1) == PEFT_EINVAL);
+    CHECK(peft_opt_set(m, PEFT_OPT_ACCUM_STEPS, 1.5) == PEFT_EINVAL);
+    CHECK(peft_opt_set(m, 999, 1) == PEFT_EINVAL);
+    double v, lo, hi;
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_WEIGHT_DECAY, 0.25));
+    CHECK_OK(peft_opt_get(m, PEFT_OPT_WEIGHT_DECAY, &v));
+    CHECK(v == 0.25);
+    CHECK_OK(peft_opt_bounds(PEFT_OPT_BETA1, &lo, &hi));
+    CHECK(lo == 0 && hi < 1);
+    peft_model_close(&m);
+}
+
+TEST(non_finite_loss_is_refused)
+{
+    peft_model *m = open_tiny(1);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    float *p;
+    size_t n;
+    CHECK_OK(peft_param_buffer(&p, &n, m));
+    p[0] = NAN;
+    int32_t tok[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 1, 8};
+    peft_step_result r = PEFT_STEP_RESULT_INIT;
+    CHECK(peft_step(m, &b, &r) == PEFT_ENUMERIC);
+    CHECK(r.updated == 0 && r.step == 0);
+    CHECK(isnan(p[0]) && p[1] == p[1]); /* nothing was updated */
+    char *d = mktmp();
+    CHECK(peft_save_adapter(m, d, NULL) == PEFT_ENUMERIC);
+    peft_model_close(&m);
+    rmdir(d);
+}
+
+static double eval_loss(peft_model *m)
+{
+    int32_t tok[2 * 16];
+    make_batch(tok, 32, 77);
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16};
+    peft_eval_result e = PEFT_EVAL_RESULT_INIT;
+    CHECK_OK(peft_eval(m, &b, &e));
+    return e.loss_sum / (double)e.tokens;
+}
+
+static char *read_text(const char *dir, const char *name, size_t *len)
+{
+    char p[512];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    FILE *f = fopen(p, "rb");
+    if (!f)
+        return NULL;
+    char *buf = malloc(1 << 20);
+    *len = fread(buf, 1, (1 << 20) - 1, f);
+    buf[*len] = 0;
+    fclose(f);
+    return buf;
+}
+
+TEST(save_load_round_trip)
+{
+    peft_model *m = open_tiny(2);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_Q | PEFT_TARGET_K | PEFT_TARGET_DOWN;
+    o.layers = "1-2";
+    o.rank = 3;
+    o.alpha = 5.5f;
+    o.use_rslora = 1;
+    o.init = PEFT_INIT_GAUSSIAN;
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-2));
+    int32_t tok[4 * 16];
+    for (int s = 0; s < 3; s++) {
+        make_batch(tok, 64, (uint32_t)s + 10);
+        peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 4, 16};
+        CHECK_OK(peft_step(m, &b, NULL));
+    }
+    double before = eval_loss(m);
+    char *d = mktmp();
+    peft_save_options so = PEFT_SAVE_OPTIONS_INIT;
+    so.base_model_name_or_path = "org/tiny \"quoted\"";
+    CHECK_OK(peft_save_adapter(m, d, &so));
+    size_t len;
+    char *cfg = read_text(d, "adapter_config.json", &len);
+    CHECK(cfg != NULL);
+    if (cfg) {
+        const char *expect[] = {"\"peft_type\": \"LORA\"", "\"task_type\": \"CAUSAL_LM\"", "\"r\": 3",
+                                "\"lora_alpha\": 5.5", "\"use_rslora\": true", "\"use_dora\": false",
+                                "\"init_lora_weights\": \"gaussian\"", "\"inference_mode\": true",
+                                "\"layers_to_transform\": [\n    1,\n    2\n  ]", "\"rank_pattern\": {}",
+                                "\"base_model_name_or_path\": \"org/tiny \\\"quoted\\\"\"",
+                                "\"target_modules\": [\n    \"q_proj\",\n    \"k_proj\",\n    \"down_proj\"\n  ]"};
+        for (size_t i = 0; i < sizeof expect / sizeof expect[0]; i++)
+            CHECK_MSG(strstr(cfg, expect[i]) != NULL, "missing %s in\n%s", expect[i], cfg);
+        /* keys sorted */
+        CHECK(strstr(cfg, "\"alpha_pattern\"") < strstr(cfg, "\"bias\"") &&
+              strstr(cfg, "\"task_type\"") < strstr(cfg, "\"use_dora\""));
+        free(cfg);
+    }
+    peft_model *m2 = open_tiny(1);
+    CHECK_OK(peft_load_adapter(m2, d));
+    CHECK(eval_loss(m2) == before); /* bit-identical */
+    peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+    peft_model_get_info(m2, &in);
+    CHECK(in.n_trainable == 3ull * 2 * ((32 + 32) + (32 + 16) + (40 + 32)));
+    /* loading into a matching attachment overwrites its weights */
+    CHECK_OK(peft_load_adapter(m2, d));
+    CHECK(eval_loss(m2) == before);
+    peft_model_close(&m2);
+    peft_model_close(&m);
+}
+
+TEST(load_adapter_errors)
+{
+    peft_model *m = open_tiny(1);
+    CHECK(peft_load_adapter(m, "/nonexistent-adapter") == PEFT_ENOTFOUND);
+    /* a config whose rank disagrees with the tensors */
+    char *d = mktmp();
+    char src[4096], dst[4096];
+    const char *td = getenv("PEFT_TEST_DATA");
+    snprintf(src, sizeof src, "cp %s/tiny/all_linear/adapter/adapter_model.safetensors %s/", td ? td : SOURCE_ROOT "/tests/data", d);
+    CHECK(system(src) == 0);
+    snprintf(dst, sizeof dst, "%s/adapter_config.json", d);
+    FILE *f = fopen(dst, "w");
+    fputs("{\"peft_type\": \"LORA\", \"r\": 8, \"lora_alpha\": 16, \"target_modules\": [\"q_proj\", \"k_proj\", "
+          "\"v_proj\", \"o_proj\", \"gate_proj\", \"up_proj\", \"down_proj\"]}", f);
+    fclose(f);
+    CHECK(peft_load_adapter(m, d) == PEFT_ESHAPE);
+    CHECK(strstr(peft_last_error(), "lora_A.weight' has shape [4, 32], expected [8, 32]"));
+    /* fewer targets than the file holds: unexpected tensors */
+    f = fopen(dst, "w");
+    fputs("{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, \"target_modules\": [\"q_proj\"]}", f);
+    fclose(f);
+    CHECK(peft_load_adapter(m, d) == PEFT_EFORMAT);
+    CHECK(strstr(peft_last_error(), "unexpected tensor"));
+    f = fopen(dst, "w");
+    fputs("{\"peft_type\": \"IA3\", \"target_modules\": [\"q_proj\"]}", f);
+    fclose(f);
+    CHECK(peft_load_adapter(m, d) == PEFT_EUNSUPPORTED);
+    f = fopen(dst, "w");
+    fputs("{\"peft_type\": \"LORA\", \"r\": 4, \"target_modules\": [\"q_proj\"], \"layers_to_transform\": [7]}", f);
+    fclose(f);
+    CHECK(peft_load_adapter(m, d) == PEFT_EINVAL);
+    CHECK(strstr(peft_last_error(), "out of range"));
+    f = fopen(dst, "w");
+    fputs("{\"peft_type\": \"LORA\", \"r\": 4,", f);
+    fclose(f);
+    CHECK(peft_load_adapter(m, d) == PEFT_EFORMAT);
+    /* after all the failures nothing is attached */
+    peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+    peft_model_get_info(m, &in);
+    CHECK(in.n_trainable == 0);
+    peft_model_close(&m);
+}
+
+TEST(save_is_atomic_on_write_failure)
+{
+    peft_model *m = open_tiny(1);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_ALL_LINEAR;
+    o.rank = 16;
+    o.init = PEFT_INIT_GAUSSIAN;
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    char *d = mktmp();
+    CHECK_OK(peft_save_adapter(m, d, NULL));
+    size_t l1 = 0, l2 = 0;
+    char *before = read_text(d, "adapter_model.safetensors", &l1);
+    float *p;
+    size_t n;
+    CHECK_OK(peft_param_buffer(&p, &n, m));
+    for (size_t i = 0; i < n; i++)
+        p[i] += 1.0f;
+    /* a file-size limit makes the write fail part-way (like a full disk) */
+    struct rlimit old, lim;
+    getrlimit(RLIMIT_FSIZE, &old);
+    signal(SIGXFSZ, SIG_IGN);
+    lim = old;
+    lim.rlim_cur = 4096;
+    setrlimit(RLIMIT_FSIZE, &lim);
+    int rc = peft_save_adapter(m, d, NULL);
+    setrlimit(RLIMIT_FSIZE, &old);
+    CHECK(rc == PEFT_EIO);
+    CHECK(strstr(peft_last_error(), "previous file left intact"));
+    char *after = read_text(d, "adapter_model.safetensors", &l2);
+    CHECK(before && after && l1 == l2 && memcmp(before, after, l1) == 0);
+    /* no temporary files left behind */
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "test $(ls %s | wc -l) -eq 2", d);
+    CHECK(system(cmd) == 0);
+    free(before);
+    free(after);
+    peft_model_close(&m);
+}
+
+TEST(training_lowers_loss)
+{
+    peft_model *m = open_tiny(2);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_ALL_LINEAR;
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 2e-2));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_WARMUP_STEPS, 3));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_TOTAL_STEPS, 40));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_SCHEDULE, PEFT_SCHEDULE_COSINE));
+    int32_t tok[4 * 16];
+    make_batch(tok, 64, 1234);
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 4, 16};
+    peft_step_result r = PEFT_STEP_RESULT_INIT;
+    double first = 0, last = 0;
+    for (int s = 0; s < 40; s++) {
+        CHECK_OK(peft_step(m, &b, &r));
+        if (s == 0) {
+            first = r.loss;
+            CHECK_CLOSE(r.lr, 2e-2 / 3, 1e-9); /* warmup */
+        }
+        last = r.loss;
+    }
+    CHECK_CLOSE(r.lr, 2e-2 * 0.5 * (1 + cos(M_PI * 36.0 / 37.0)), 1e-9);
+    CHECK_MSG(last < 0.5 * first, "loss %g -> %g", first, last);
+    peft_model_close(&m);
+}
+
+static const struct h_case cases[] = {
+    CASE(errors_and_versions), CASE(last_error_is_per_thread), CASE(info_and_exact_counts),
+    CASE(determinism_and_thread_invariance), CASE(gradient_accumulation_equals_big_batch),
+    CASE(split_step_equals_step), CASE(label_mask), CASE(state_errors), CASE(non_finite_loss_is_refused),
+    CASE(save_load_round_trip), CASE(load_adapter_errors), CASE(save_is_atomic_on_write_failure),
+    CASE(training_lowers_loss),
+};
+TEST_MAIN(cases)

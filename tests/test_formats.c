@@ -1,0 +1,239 @@
+/* JSON and safetensors: round trips and malformed/hostile inputs. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../lib/internal.h"
+#include "../lib/fsutil.h"
+#include "../lib/json.h"
+#include "../lib/safetensors.h"
+#include "harness.h"
+
+static int parse(const char *s)
+{
+    json_doc *d = NULL;
+    int rc = json_parse(&d, s, strlen(s), "test");
+    json_free(d);
+    return rc;
+}
+
+TEST(json_valid)
+{
+    json_doc *d;
+    const char *s = "{\"a\": [1, -2.5e3, true, false, null, \"x\\u00e9\\ud83d\\ude00\\n\"], \"b\": {}}";
+    CHECK_OK(json_parse(&d, s, strlen(s), "t"));
+    const json_value *a = json_get(json_root(d), "a");
+    CHECK(a && a->type == JSON_ARRAY && a->length == 6);
+    CHECK(a->items[0].is_integer && a->items[0].number == 1);
+    CHECK(!a->items[1].is_integer && a->items[1].number == -2500);
+    CHECK(a->items[2].boolean == 1 && a->items[4].type == JSON_NULL);
+    CHECK(strcmp(a->items[5].string, "x\xc3\xa9\xf0\x9f\x98\x80\n") == 0);
+    CHECK(json_get(json_root(d), "b")->type == JSON_OBJECT);
+    CHECK(json_get(json_root(d), "missing") == NULL);
+    json_free(d);
+}
+
+TEST(json_malformed)
+{
+    const char *bad[] = {
+        "", "{", "[1,]", "{\"a\":1,}", "{\"a\" 1}", "[01]", "[1.]", "[.5]", "[1e]", "\"abc",
+        "\"\\x\"", "\"\\ud800\"", "\"\\udc00x\"", "[\"\x01\"]", "tru", "nul", "{} {}", "[1] x",
+        "{\"a\":1,\"a\":2}", "\"\xff\"", "\"\xc0\xaf\"", "\"\xed\xa0\x80\"", "\"\\u0000\"", "[1e999]",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        int rc = parse(bad[i]);
+        CHECK_MSG(rc == PEFT_EFORMAT, "case %zu (%s) gave %d", i, bad[i], rc);
+    }
+    CHECK(strstr(peft_last_error(), "test: invalid JSON at byte") != NULL);
+}
+
+TEST(json_deep_nesting)
+{
+    char *s = malloc(200001);
+    memset(s, '[', 100000);
+    memset(s + 100000, ']', 100000);
+    s[200000] = 0;
+    CHECK(parse(s) == PEFT_EFORMAT);
+    CHECK(strstr(peft_last_error(), "nesting too deep") != NULL);
+    s[JSON_MAX_DEPTH - 1] = 0; /* exactly at the limit minus one: fine */
+    char ok[2 * JSON_MAX_DEPTH + 1];
+    memset(ok, '[', JSON_MAX_DEPTH - 1);
+    memset(ok + JSON_MAX_DEPTH - 1, ']', JSON_MAX_DEPTH - 1);
+    ok[2 * JSON_MAX_DEPTH - 2] = 0;
+    CHECK(parse(ok) == 0);
+    free(s);
+}
+
+/* ---- safetensors ---- */
+
+static char tmpdir[64];
+
+static const char *tmp(const char *name)
+{
+    static char buf[4][256];
+    static int k;
+    if (!tmpdir[0]) {
+        snprintf(tmpdir, sizeof tmpdir, "/tmp/peft-fmt-XXXXXX");
+        if (!mkdtemp(tmpdir))
+            return NULL;
+    }
+    k = (k + 1) % 4;
+    snprintf(buf[k], sizeof buf[k], "%s/%s", tmpdir, name);
+    return buf[k];
+}
+
+static void write_raw(const char *path, const char *header, const void *data, size_t n)
+{
+    FILE *f = fopen(path, "wb");
+    uint64_t hl = strlen(header);
+    unsigned char lb[8];
+    for (int i = 0; i < 8; i++)
+        lb[i] = (unsigned char)(hl >> (8 * i));
+    fwrite(lb, 1, 8, f);
+    fwrite(header, 1, hl, f);
+    if (n)
+        fwrite(data, 1, n, f);
+    fclose(f);
+}
+
+TEST(safetensors_round_trip)
+{
+    float a[6] = {1, 2, 3, 4, 5, 6}, b[3] = {-1, 0.5f, 1e-30f};
+    st_out_tensor ts[2] = {{"z.weight", 2, {2, 3}, a}, {"a.bias", 1, {3}, b}};
+    const char *k[] = {"format"}, *v[] = {"pt"};
+    const char *p = tmp("rt.safetensors");
+    CHECK_OK(st_write(p, ts, 2, k, v, 1));
+    st_file *f;
+    CHECK_OK(st_open(&f, p));
+    CHECK(f->n_tensors == 2);
+    const st_tensor *t = st_find(f, "z.weight");
+    CHECK(t && t->n_dims == 2 && t->shape[0] == 2 && t->shape[1] == 3 && t->dtype == ST_F32);
+    float r[6];
+    CHECK_OK(st_read_f32(f, t, r, 6));
+    CHECK(memcmp(r, a, sizeof a) == 0);
+    t = st_find(f, "a.bias");
+    CHECK_OK(st_read_f32(f, t, r, 3));
+    CHECK(memcmp(r, b, sizeof b) == 0);
+    CHECK(f->metadata && strcmp(json_get(f->metadata, "format")->string, "pt") == 0);
+    /* the header is padded to a multiple of 8 and sorted by name */
+    CHECK((f->data - (const uint8_t *)f->map) % 8 == 0);
+    CHECK(strstr((const char *)f->map + 8, "\"a.bias\"") < strstr((const char *)f->map + 8, "\"z.weight\""));
+    st_close(f);
+}
+
+TEST(safetensors_half_types)
+{
+    /* F16: 1.0 = 0x3c00, -2.0 = 0xc000, 2^-24 (subnormal) = 0x0001; BF16: 1.0 = 0x3f80 */
+    uint16_t h[3] = {0x3c00, 0xc000, 0x0001}, bf[2] = {0x3f80, 0xc0a0};
+    unsigned char d[10];
+    memcpy(d, h, 6);
+    memcpy(d + 6, bf, 4);
+    write_raw(tmp("half.safetensors"),
+              "{\"h\":{\"dtype\":\"F16\",\"shape\":[3],\"data_offsets\":[0,6]},"
+              "\"b\":{\"dtype\":\"BF16\",\"shape\":[2],\"data_offsets\":[6,10]}}",
+              d, 10);
+    st_file *f;
+    CHECK_OK(st_open(&f, tmp("half.safetensors")));
+    float r[3];
+    CHECK_OK(st_read_f32(f, st_find(f, "h"), r, 3));
+    CHECK(r[0] == 1.0f && r[1] == -2.0f && r[2] == ldexpf(1.0f, -24));
+    CHECK_OK(st_read_f32(f, st_find(f, "b"), r, 2));
+    CHECK(r[0] == 1.0f && r[1] == -5.0f);
+    st_close(f);
+}
+
+static int open_rc(const char *header, size_t data_bytes)
+{
+    static unsigned char zeros[4096];
+    write_raw(tmp("bad.safetensors"), header, zeros, data_bytes);
+    st_file *f = NULL;
+    int rc = st_open(&f, tmp("bad.safetensors"));
+    st_close(f);
+    return rc;
+}
+
+TEST(safetensors_malformed)
+{
+    struct {
+        const char *header;
+        size_t data;
+        int code;
+        const char *msg;
+    } cases[] = {
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 4, PEFT_EFORMAT, "past end of file"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 12, PEFT_EFORMAT, "trailing bytes"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 8, PEFT_EFORMAT, "shape x dtype"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}", 16, PEFT_EFORMAT, "leave a hole"},
+        {"{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+         "\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 8, PEFT_EFORMAT, "overlap"},
+        {"{\"t\":{\"dtype\":\"Q4\",\"shape\":[2],\"data_offsets\":[0,8]}}", 8, PEFT_EUNSUPPORTED, "unknown dtype"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,4294967296],\"data_offsets\":[0,8]}}", 8,
+         PEFT_EFORMAT, "overflows"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,8]}}", 8, PEFT_EFORMAT, "bad shape"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,0]}}", 8, PEFT_EFORMAT, "bad data_offsets"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[2]}}", 8, PEFT_EFORMAT, "bad data_offsets"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},"
+         "\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[8,16]}}", 16, PEFT_EFORMAT, "duplicate key"},
+        {"[1,2]", 0, PEFT_EFORMAT, "not a JSON object"},
+        {"{\"__metadata__\":{\"format\":1}}", 0, PEFT_EFORMAT, "not a string"},
+        {"{\"t\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]", 8, PEFT_EFORMAT, "invalid JSON"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int rc = open_rc(cases[i].header, cases[i].data);
+        CHECK_MSG(rc == cases[i].code && strstr(peft_last_error(), cases[i].msg),
+                  "case %zu: rc %d, message '%s'", i, rc, peft_last_error());
+    }
+}
+
+TEST(safetensors_truncated_and_huge_header)
+{
+    FILE *f = fopen(tmp("short.safetensors"), "wb");
+    fwrite("\x10\x00\x00", 1, 3, f);
+    fclose(f);
+    st_file *s = NULL;
+    CHECK(st_open(&s, tmp("short.safetensors")) == PEFT_EFORMAT);
+    CHECK(strstr(peft_last_error(), "truncated"));
+    /* header length past the end */
+    f = fopen(tmp("past.safetensors"), "wb");
+    fwrite("\x00\x01\x00\x00\x00\x00\x00\x00{}", 1, 10, f);
+    fclose(f);
+    CHECK(st_open(&s, tmp("past.safetensors")) == PEFT_EFORMAT);
+    CHECK(strstr(peft_last_error(), "past the end"));
+    /* absurd header length */
+    f = fopen(tmp("huge.safetensors"), "wb");
+    fwrite("\xff\xff\xff\xff\xff\xff\xff\xff{}", 1, 10, f);
+    fclose(f);
+    CHECK(st_open(&s, tmp("huge.safetensors")) == PEFT_EFORMAT);
+    CHECK(strstr(peft_last_error(), "exceeds the limit"));
+    CHECK(st_open(&s, tmp("does-not-exist")) == PEFT_ENOTFOUND);
+    CHECK(s == NULL);
+}
+
+/* Every truncation of a valid file is rejected cleanly. */
+TEST(safetensors_every_truncation)
+{
+    float a[4] = {1, 2, 3, 4};
+    st_out_tensor ts[1] = {{"w", 2, {2, 2}, a}};
+    const char *p = tmp("full.safetensors");
+    CHECK_OK(st_write(p, ts, 1, NULL, NULL, 0));
+    size_t n;
+    char *buf;
+    CHECK_OK(peft__read_file(&buf, &n, p, 1 << 20));
+    for (size_t len = 0; len < n; len++) {
+        FILE *f = fopen(tmp("cut.safetensors"), "wb");
+        fwrite(buf, 1, len, f);
+        fclose(f);
+        st_file *s = NULL;
+        int rc = st_open(&s, tmp("cut.safetensors"));
+        CHECK_MSG(rc == PEFT_EFORMAT && s == NULL, "length %zu: rc %d", len, rc);
+    }
+    free(buf);
+}
+
+static const struct h_case cases[] = {
+    CASE(json_valid), CASE(json_malformed), CASE(json_deep_nesting), CASE(safetensors_round_trip),
+    CASE(safetensors_half_types), CASE(safetensors_malformed), CASE(safetensors_truncated_and_huge_header),
+    CASE(safetensors_every_truncation),
+};
+TEST_MAIN(cases)
