@@ -1,0 +1,99 @@
+#!/bin/sh
+# The `peft` tool as scripts drive it. Usage: test_cli.sh PEFT_BINARY CASE
+# Exit 0 pass, 1 fail, 77 skip.
+set -u
+PEFT=$1
+CASE=$2
+SRC=$(cd "$(dirname "$0")/.." && pwd)
+SHARED=${PEFT_SHARED:-$SRC/../shared}
+T=$(mktemp -d /tmp/peft-cli-XXXXXX)
+trap 'rm -rf "$T"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+# json FILE EXPR: evaluate a Python expression over the last line's JSON object `j`
+json() { python3 -c "import json,sys; j=json.loads(open('$1').read().strip().splitlines()[-1]); sys.exit(0 if ($2) else 1)"; }
+
+setup_tiny() {
+    "$PEFT" init-model --out "$T/model" --hidden 48 --layers 2 --heads 4 --kv-heads 2 --ffn 96 --vocab 64 --seed 3 "$@" >/dev/null || fail "init-model"
+    "$PEFT" synth --out "$T/data.bin" --vocab 64 --tokens 20000 --doc-len 32 --seed 5 >/dev/null || fail "synth"
+}
+
+case "$CASE" in
+train_learns_synthetic)
+    setup_tiny --untied
+    "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/ad" --holdout 0.1 --steps 80 --batch 8 --seq 32 \
+        --rank 8 --alpha 16 --lr 1e-2 --targets all-linear --seed 1 --threads 2 --json >"$T/out.json" 2>"$T/err" || { cat "$T/err"; fail "train"; }
+    cat "$T/out.json"
+    json "$T/out.json" "j['loss'] > 0 and j['tokens'] == 80*8*32 and j['tokens_per_s'] > 0 and j['steps'] == 80" || fail "json fields"
+    json "$T/out.json" "j['eval_loss_after'] < 0.5 * j['eval_loss_before']" || fail "held-out loss did not drop enough"
+    test -f "$T/ad/adapter_model.safetensors" -a -f "$T/ad/adapter_config.json" || fail "adapter files"
+    "$PEFT" eval --model "$T/model" --data "$T/data.bin" --seq 32 --json >"$T/base.json" || fail "eval base"
+    "$PEFT" eval --model "$T/model" --adapter "$T/ad" --data "$T/data.bin" --seq 32 --json >"$T/ad.json" || fail "eval adapter"
+    python3 -c "import json; a=json.loads(open('$T/base.json').read().splitlines()[-1]); b=json.loads(open('$T/ad.json').read().splitlines()[-1]); assert b['loss'] < 0.5*a['loss'], (a, b); assert a['tokens'] == b['tokens'] == (20000//32)*31" || fail "eval with adapter"
+    ;;
+deterministic_and_thread_independent)
+    setup_tiny --dtype bf16
+    for run in a b; do
+        "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/$run" --steps 6 --batch 4 --seq 32 --rank 4 \
+            --targets q,v,down --layers last:1 --dropout 0.1 --seed 9 --threads 1 --quiet || fail "train $run"
+    done
+    "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/c" --steps 6 --batch 4 --seq 32 --rank 4 \
+        --targets q,v,down --layers last:1 --dropout 0.1 --seed 9 --threads 2 --quiet || fail "train c"
+    "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/d" --steps 6 --batch 4 --seq 32 --rank 4 \
+        --targets q,v,down --layers last:1 --dropout 0.1 --seed 10 --threads 2 --quiet || fail "train d"
+    cmp "$T/a/adapter_model.safetensors" "$T/b/adapter_model.safetensors" || fail "same seed differs"
+    cmp "$T/a/adapter_model.safetensors" "$T/c/adapter_model.safetensors" || fail "thread count changes the result"
+    cmp -s "$T/a/adapter_model.safetensors" "$T/d/adapter_model.safetensors" && fail "seed has no effect"
+    grep -q '"layers_to_transform": \[' "$T/a/adapter_config.json" || fail "layers_to_transform"
+    ;;
+resume_from_adapter)
+    setup_tiny
+    "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/a" --steps 30 --batch 8 --seq 32 --lr 1e-2 --rank 4 \
+        --targets all-linear --quiet --json >"$T/a.json" || fail "train"
+    "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/b" --init-adapter "$T/a" --steps 30 --batch 8 --seq 32 \
+        --lr 1e-2 --quiet --json >"$T/b.json" || fail "resume"
+    python3 -c "import json; a=json.loads(open('$T/a.json').read().splitlines()[-1]); b=json.loads(open('$T/b.json').read().splitlines()[-1]); assert b['loss'] < a['loss'], (a, b)" || fail "resumed training did not continue"
+    ;;
+info_counts)
+    setup_tiny
+    "$PEFT" info --model "$T/model" --rank 4 --targets q,k,v,o --layers first:1 --json >"$T/info" || fail "info"
+    cat "$T/info"
+    # q: 4*(48+48), k, v: 4*(48+24), o: 4*(48+48) for one layer
+    json "$T/info" "j['trainable'] == 4*(96+72+72+96) and j['layers'] == 2 and j['hidden'] == 48 and j['kv_heads'] == 2" || fail "counts"
+    grep -q "q_proj" "$T/info" || fail "table"
+    "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/a" --steps 1 --batch 2 --seq 16 --quiet || fail "train"
+    "$PEFT" info --model "$T/model" --adapter "$T/a" >"$T/info2" || fail "info --adapter"
+    grep -q "trainable parameters" "$T/info2" || fail "adapter count"
+    ;;
+errors_exit_nonzero)
+    setup_tiny
+    "$PEFT" eval --model "$T/nope" --data "$T/data.bin" --seq 16 2>"$T/e1" && fail "missing model accepted"
+    grep -q "config.json" "$T/e1" || fail "message for a missing model"
+    "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/x" --targets q,zz 2>"$T/e2" && fail "bad targets accepted"
+    grep -q "unknown module 'zz'" "$T/e2" || fail "message for bad targets"
+    "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/x" --bogus 1 2>"$T/e3" && fail "unknown flag accepted"
+    printf 'abc' >"$T/odd.bin"
+    "$PEFT" eval --model "$T/model" --data "$T/odd.bin" --seq 16 2>"$T/e4" && fail "odd-sized token file accepted"
+    grep -q "multiple of 4" "$T/e4" || fail "message for odd token file"
+    printf '\377\377\0\0' >"$T/big.bin"
+    "$PEFT" eval --model "$T/model" --data "$T/big.bin" --seq 1 2>/dev/null && fail "seq 1 accepted"
+    "$PEFT" eval --model "$T/model" --data "$T/big.bin" --seq 2 2>"$T/e5" && fail "out-of-vocabulary token accepted"
+    grep -q "outside the model's vocabulary" "$T/e5" || fail "message for a bad token"
+    "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/x" --layers 9 2>"$T/e6" && fail "bad layers accepted"
+    grep -q "out of range" "$T/e6" || fail "message for bad layers"
+    "$PEFT" frobnicate 2>/dev/null && fail "unknown command accepted"
+    true
+    ;;
+genesis_heldout_loss_drops)
+    [ -f "$SHARED/models/stories260K/config.json" ] || { echo "SKIP: ../shared not present"; exit 77; }
+    "$PEFT" train --model "$SHARED/models/stories260K" --data "$SHARED/data/kjv_genesis.stories260K.u32.bin" \
+        --out "$T/gen" --holdout 0.1 --steps 150 --batch 8 --seq 128 --rank 8 --alpha 16 --lr 3e-3 \
+        --targets all-linear --schedule cosine --warmup 10 --seed 1 --json >"$T/g.json" 2>"$T/err" || { cat "$T/err"; fail "train"; }
+    cat "$T/g.json"
+    json "$T/g.json" "j['eval_loss_before'] > 4.0 and j['eval_loss_after'] < j['eval_loss_before'] - 1.5" || fail "Genesis held-out loss did not drop clearly"
+    ;;
+*)
+    echo "unknown case $CASE" >&2
+    exit 1
+    ;;
+esac
+echo "ok $CASE"
