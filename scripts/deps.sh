@@ -1,0 +1,20 @@
+#!/bin/sh
+# Install what building and testing libpeft needs on Debian (bookworm or later),
+# only when something is missing. Run as root, or with sudo available.
+set -eu
+need=""
+command -v meson >/dev/null 2>&1 || need="$need meson"
+command -v ninja >/dev/null 2>&1 || need="$need ninja-build"
+command -v cc >/dev/null 2>&1 || need="$need gcc libc6-dev"
+command -v c++ >/dev/null 2>&1 || need="$need g++"
+command -v pkg-config >/dev/null 2>&1 || need="$need pkg-config"
+command -v python3 >/dev/null 2>&1 || need="$need python3"
+command -v nm >/dev/null 2>&1 || need="$need binutils"
+[ -z "$need" ] && exit 0
+echo "scripts/deps.sh: installing:$need" >&2
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $need
