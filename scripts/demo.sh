@@ -12,7 +12,7 @@ ninja -C build >/dev/null
 PEFT=./build/examples/peft
 OUT=${OUT:-out/demo}
 mkdir -p "$OUT"
-SHARED=../shared
+SHARED=${SHARED:-../shared}
 if [ -z "${MODEL:-}" ] && [ -f "$SHARED/models/stories260K/config.json" ]; then
     MODEL=$SHARED/models/stories260K
     DATA=$SHARED/data/kjv_genesis.stories260K.u32.bin
