@@ -173,8 +173,8 @@ int cmd_init_model(int argc, char **argv)
         size_t cnt = (size_t)w[i].d0 * (size_t)(w[i].d1 ? w[i].d1 : 1);
         for (size_t j = 0; j < cnt; j++) {
             /* std 1/sqrt(fan_in) keeps signals alive through a random model (0.02, the HF
-               default, leaves a small model's residual stream all embedding); embeddings N(0,1) */
-            double sd = i == 0 ? 1.0 : 1.0 / sqrt((double)w[i].d1);
+               default, leaves a small model's residual stream all embedding); untied embeddings N(0,1) */
+            double sd = i == 0 && untied ? 1.0 : 1.0 / sqrt((double)w[i].d1);
             float v = w[i].norm ? 1.0f : (float)(sd * rng_normal(&s));
             if (esize == 4) {
                 fwrite(&v, 4, 1, f);
