@@ -175,6 +175,187 @@ TEST(model_gradcheck)
     peft_model_close(&m);
 }
 
+/* ---- sharded checkpoints and half-precision weights ---- */
+
+static double tiny_eval(const char *dir, char *dtype_out)
+{
+    peft_model *m;
+    if (peft_model_open(&m, dir, NULL)) {
+        fprintf(stderr, "open %s: %s\n", dir, peft_last_error());
+        return NAN;
+    }
+    int32_t tok[3 * 16];
+    for (int i = 0; i < 48; i++)
+        tok[i] = (i * 13 + 5) % 48;
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 3, 16};
+    peft_eval_result r = PEFT_EVAL_RESULT_INIT;
+    double loss = peft_eval(m, &b, &r) ? NAN : r.loss_sum / (double)r.tokens;
+    peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+    peft_model_get_info(m, &in);
+    if (dtype_out)
+        strcpy(dtype_out, in.weights_dtype);
+    peft_model_close(&m);
+    return loss;
+}
+
+static void copy_config(const char *dir)
+{
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "cp %s %s/", data_path("tiny/config.json"), dir);
+    CHECK(system(cmd) == 0);
+}
+
+static uint16_t f32_to_half(float f, int bf16)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if (bf16)
+        return (uint16_t)((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
+    uint32_t sign = (x >> 16) & 0x8000u;
+    int e = (int)((x >> 23) & 0xff) - 112;
+    uint32_t man = x & 0x7fffffu;
+    if (e <= 0)
+        return (uint16_t)sign; /* the tiny model has no values this small */
+    uint32_t h = ((uint32_t)e << 10) | (man >> 13);
+    if ((man & 0x1fffu) > 0x1000u || ((man & 0x1fffu) == 0x1000u && (h & 1u)))
+        h++;
+    return (uint16_t)(sign | h);
+}
+
+TEST(sharded_and_half_precision_models)
+{
+    char ref_dtype[8], dtype[8];
+    double ref = tiny_eval(data_path("tiny"), ref_dtype);
+    CHECK(isfinite(ref) && strcmp(ref_dtype, "F32") == 0);
+    st_file *f;
+    CHECK_OK(st_open(&f, data_path("tiny/model.safetensors")));
+    if (!f)
+        return;
+    char dir[] = "/tmp/peft-shard-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    copy_config(dir);
+    /* two shards, split by tensor index, with an index file */
+    st_out_tensor *ts = calloc(f->n_tensors, sizeof *ts);
+    float **bufs = calloc(f->n_tensors, sizeof *bufs);
+    for (size_t i = 0; i < f->n_tensors; i++) {
+        const st_tensor *t = &f->tensors[i];
+        bufs[i] = malloc(t->n_elems * sizeof(float));
+        st_read_f32(f, t, bufs[i], t->n_elems);
+        ts[i].name = t->name;
+        ts[i].n_dims = t->n_dims;
+        for (int d = 0; d < t->n_dims; d++)
+            ts[i].shape[d] = t->shape[d];
+        ts[i].data = bufs[i];
+    }
+    size_t half = f->n_tensors / 2;
+    char p1[256], p2[256], idx[256];
+    snprintf(p1, sizeof p1, "%s/model-00001-of-00002.safetensors", dir);
+    snprintf(p2, sizeof p2, "%s/model-00002-of-00002.safetensors", dir);
+    CHECK_OK(st_write(p1, ts, half, NULL, NULL, 0));
+    CHECK_OK(st_write(p2, ts + half, f->n_tensors - half, NULL, NULL, 0));
+    snprintf(idx, sizeof idx, "%s/model.safetensors.index.json", dir);
+    FILE *o = fopen(idx, "w");
+    fprintf(o, "{\"metadata\": {\"total_size\": 0}, \"weight_map\": {");
+    for (size_t i = 0; i < f->n_tensors; i++)
+        fprintf(o, "%s\"%s\": \"model-0000%d-of-00002.safetensors\"", i ? ", " : "", ts[i].name, i < half ? 1 : 2);
+    fprintf(o, "}}");
+    fclose(o);
+    double sharded = tiny_eval(dir, NULL);
+    CHECK(sharded == ref); /* bit-identical */
+    /* a shard that is missing: a clear error naming it */
+    remove(p2);
+    peft_model *m = NULL;
+    CHECK(peft_model_open(&m, dir, NULL) == PEFT_ENOTFOUND && strstr(peft_last_error(), "model-00002-of-00002"));
+    remove(p1);
+    remove(idx);
+    /* F16 and BF16 copies of the same weights */
+    for (int bf = 0; bf < 2; bf++) {
+        char path[256], hdr[16384];
+        snprintf(path, sizeof path, "%s/model.safetensors", dir);
+        size_t hl = 0, off = 0;
+        hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "{");
+        for (size_t i = 0; i < f->n_tensors; i++) {
+            const st_tensor *t = &f->tensors[i];
+            hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%lld%s", i ? "," : "",
+                                   t->name, bf ? "BF16" : "F16", (long long)t->shape[0], t->n_dims == 2 ? "," : "");
+            if (t->n_dims == 2)
+                hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "%lld", (long long)t->shape[1]);
+            hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "],\"data_offsets\":[%zu,%zu]}", off, off + t->n_elems * 2);
+            off += t->n_elems * 2;
+        }
+        hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "}");
+        o = fopen(path, "wb");
+        uint64_t hl64 = hl;
+        fwrite(&hl64, 8, 1, o);
+        fwrite(hdr, 1, hl, o);
+        for (size_t i = 0; i < f->n_tensors; i++)
+            for (uint64_t j = 0; j < f->tensors[i].n_elems; j++) {
+                uint16_t h = f32_to_half(bufs[i][j], bf);
+                fwrite(&h, 2, 1, o);
+            }
+        fclose(o);
+        double l = tiny_eval(dir, dtype);
+        CHECK_MSG(fabs(l - ref) < (bf ? 2e-2 : 2e-3) * ref, "%s loss %g vs F32 %g", bf ? "BF16" : "F16", l, ref);
+        CHECK(strcmp(dtype, bf ? "BF16" : "F16") == 0);
+        remove(path);
+    }
+    char cfg[256];
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    remove(cfg);
+    remove(dir);
+    for (size_t i = 0; i < f->n_tensors; i++)
+        free(bufs[i]);
+    free(bufs);
+    free(ts);
+    st_close(f);
+}
+
+static int open_with_config(const char *dir, const char *config)
+{
+    char p[256];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    FILE *o = fopen(p, "w");
+    fputs(config, o);
+    fclose(o);
+    peft_model *m = NULL;
+    int rc = peft_model_open(&m, dir, NULL);
+    peft_model_close(&m);
+    return rc;
+}
+
+TEST(config_errors)
+{
+    char dir[] = "/tmp/peft-cfg-XXXXXX", cmd[1024];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(cmd, sizeof cmd, "ln -s %s %s/model.safetensors", data_path("tiny/model.safetensors"), dir);
+    CHECK(system(cmd) == 0);
+    const char *base = "\"hidden_size\": 32, \"intermediate_size\": 40, \"num_hidden_layers\": 3, "
+                       "\"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"vocab_size\": 48";
+    char cfg[1024];
+    snprintf(cfg, sizeof cfg, "{\"model_type\": \"llama\", %s}", base);
+    CHECK(open_with_config(dir, cfg) == 0);
+    snprintf(cfg, sizeof cfg, "{\"model_type\": \"gpt2\", %s}", base);
+    CHECK(open_with_config(dir, cfg) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "\"gpt2\""));
+    CHECK(open_with_config(dir, "{\"model_type\": \"llama\", \"hidden_size\": 32}") == PEFT_EFORMAT &&
+          strstr(peft_last_error(), "intermediate_size"));
+    snprintf(cfg, sizeof cfg, "{\"model_type\": \"llama\", \"hidden_size\": 32, \"intermediate_size\": 41, "
+             "\"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"vocab_size\": 48}");
+    CHECK(open_with_config(dir, cfg) == PEFT_ESHAPE &&
+          strstr(peft_last_error(), "tensor 'model.layers.0.mlp.gate_proj.weight' has shape [40, 32], config.json implies [41, 32]"));
+    snprintf(cfg, sizeof cfg, "{\"model_type\": \"llama\", %s, \"num_hidden_layers\": 4}", base);
+    CHECK(open_with_config(dir, cfg) == PEFT_EFORMAT); /* duplicate key */
+    snprintf(cfg, sizeof cfg, "{\"model_type\": \"llama\", \"hidden_size\": 32, \"intermediate_size\": 40, "
+             "\"num_hidden_layers\": 4, \"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"vocab_size\": 48}");
+    CHECK(open_with_config(dir, cfg) == PEFT_ENOTFOUND && strstr(peft_last_error(), "model.layers.3."));
+    snprintf(cfg, sizeof cfg, "{\"model_type\": \"llama\", \"hidden_size\": 32, \"intermediate_size\": 40, "
+             "\"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"num_key_value_heads\": 3, \"vocab_size\": 48}");
+    CHECK(open_with_config(dir, cfg) == PEFT_EFORMAT && strstr(peft_last_error(), "multiple"));
+    snprintf(cfg, sizeof cfg, "{\"model_type\": \"llama\", %s, \"rope_scaling\": {\"type\": \"llama3\"}}", base);
+    CHECK(open_with_config(dir, cfg) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "rope_scaling"));
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+}
+
 /* ---- ../shared reference figures ---- */
 
 static int32_t *load_tokens(const char *path, size_t *n)
@@ -322,5 +503,6 @@ TEST(shared_adapter_resave_byte_exact)
 static const struct h_case cases[] = {
     CASE(torch_step_all_linear), CASE(torch_step_last_layer_rslora_clip_decay), CASE(model_gradcheck),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
+    CASE(sharded_and_half_precision_models), CASE(config_errors),
 };
 TEST_MAIN(cases)

@@ -1,0 +1,35 @@
+#!/bin/sh
+# meson install into a staging prefix, then build the C example (and the same file as
+# C++) against the *installed* library with pkg-config, run it, and check the files.
+# Usage: test_install.sh BUILD_DIR SRC_ROOT
+set -u
+BUILD=$1
+SRC=$2
+T=$(mktemp -d /tmp/peft-inst-XXXXXX)
+trap 'rm -rf "$T"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+meson install -C "$BUILD" --destdir "$T/stage" --no-rebuild >"$T/install.log" 2>&1 || { cat "$T/install.log"; fail "meson install"; }
+pc=$(find "$T/stage" -name peft.pc | head -1)
+[ -n "$pc" ] || fail "no peft.pc installed"
+lib=$(find "$T/stage" -name 'libpeft.so.0' | head -1)
+[ -n "$lib" ] || fail "no libpeft.so.0 (soname) installed"
+find "$T/stage" -name 'libpeft.a' | grep -q . || fail "no static library"
+find "$T/stage" -name 'libpeft.so' | grep -q . || fail "no development symlink"
+for h in peft.h backend.h version.h; do find "$T/stage" -path "*include/peft/$h" | grep -q . || fail "header $h"; done
+find "$T/stage" -path '*bin/peft' | grep -q . || fail "peft tool not installed"
+soname=$(readelf -d "$lib" | sed -n 's/.*SONAME.*\[\(.*\)\]/\1/p')
+[ "$soname" = "libpeft.so.0" ] || fail "soname is '$soname'"
+export PKG_CONFIG_PATH="$(dirname "$pc")" PKG_CONFIG_SYSROOT_DIR="$T/stage"
+flags=$(pkg-config --cflags --libs peft) || fail "pkg-config"
+cc -std=c11 -Wall -Werror -o "$T/minimal" "$SRC/examples/c/minimal.c" $flags || fail "C build against the installed library"
+cp "$SRC/examples/c/minimal.c" "$T/minimal.cpp"
+c++ -std=c++11 -Wall -o "$T/minimal_cpp" "$T/minimal.cpp" $flags || fail "C++ build against the installed library"
+cc -static-libgcc -o "$T/minimal_static" "$SRC/examples/c/minimal.c" $(pkg-config --cflags peft) "$(dirname "$lib")/libpeft.a" -lm -pthread || fail "static link"
+export LD_LIBRARY_PATH="$(dirname "$lib")"
+ldd "$T/minimal" | grep -q "$(dirname "$lib")/libpeft.so.0" || fail "example does not use the installed library"
+"$T/stage/usr/local/bin/peft" synth --out "$T/tok.bin" --vocab 48 --tokens 4096 --doc-len 32 >/dev/null 2>&1 ||
+    "$(find "$T/stage" -path '*bin/peft')" synth --out "$T/tok.bin" --vocab 48 --tokens 4096 --doc-len 32 >/dev/null || fail "synth"
+for exe in minimal minimal_cpp minimal_static; do
+    "$T/$exe" "$SRC/tests/data/tiny" "$T/tok.bin" "$T/ad_$exe" 40 || fail "$exe run"
+done
+echo "ok: installed, pkg-config works, C/C++/static examples train and reload"
