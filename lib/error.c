@@ -21,6 +21,7 @@ const char *peft_strerror(int status)
     case PEFT_ESTATE: return "invalid state";
     case PEFT_ENUMERIC: return "non-finite number";
     case PEFT_EBACKEND: return "backend failure";
+    case PEFT_ERANGE: return "buffer too small";
     default: return "unknown status";
     }
 }

@@ -11,10 +11,10 @@
 #include "ops/ops.h"
 
 /* The LoRA branch of (layer, kind), or NULL. */
-static const lora_view *view_of(peft_model *m, lora_view *lv, int layer, int kind, int train)
+const lora_view *peft__view_of(peft_model *m, lora_view *lv, int layer, int kind, int train)
 {
     lora_state *l = m->lora;
-    if (!l)
+    if (!l || m->adapter_off)
         return NULL;
     int idx = l->index[layer * PEFT_MOD_COUNT + kind];
     if (idx < 0)
@@ -60,27 +60,27 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
     int64_t N = (int64_t)B * T;
     lora_view lv;
     rmsnorm_forward(m->pool, a->xn1, a->rstd1, x_in, w->attn_norm, N, D, c->eps);
-    linear_forward(m, a->q, a->xn1, w->w[PEFT_MOD_Q], N, D, Hq, view_of(m, &lv, l, PEFT_MOD_Q, train),
+    linear_forward(m, a->q, a->xn1, w->w[PEFT_MOD_Q], N, D, Hq, peft__view_of(m, &lv, l, PEFT_MOD_Q, train),
                    xa_of(m, l, PEFT_MOD_Q), ws->tmp);
-    linear_forward(m, a->k, a->xn1, w->w[PEFT_MOD_K], N, D, Hk, view_of(m, &lv, l, PEFT_MOD_K, train),
+    linear_forward(m, a->k, a->xn1, w->w[PEFT_MOD_K], N, D, Hk, peft__view_of(m, &lv, l, PEFT_MOD_K, train),
                    xa_of(m, l, PEFT_MOD_K), ws->tmp);
-    linear_forward(m, a->v, a->xn1, w->w[PEFT_MOD_V], N, D, Hk, view_of(m, &lv, l, PEFT_MOD_V, train),
+    linear_forward(m, a->v, a->xn1, w->w[PEFT_MOD_V], N, D, Hk, peft__view_of(m, &lv, l, PEFT_MOD_V, train),
                    xa_of(m, l, PEFT_MOD_V), ws->tmp);
     rope_forward(m->pool, a->q, ws->rope_cos, ws->rope_sin, B, T, c->n_heads, c->head_dim);
     rope_forward(m->pool, a->k, ws->rope_cos, ws->rope_sin, B, T, c->n_kv_heads, c->head_dim);
     attention_forward(m->pool, a->att, a->lse, ws->att_scratch, a->q, a->k, a->v, B, T, c->n_heads,
                       c->n_kv_heads, c->head_dim);
-    linear_forward(m, a->h, a->att, w->w[PEFT_MOD_O], N, Hq, D, view_of(m, &lv, l, PEFT_MOD_O, train),
+    linear_forward(m, a->h, a->att, w->w[PEFT_MOD_O], N, Hq, D, peft__view_of(m, &lv, l, PEFT_MOD_O, train),
                    xa_of(m, l, PEFT_MOD_O), ws->tmp);
     add_inplace(a->h, x_in, (size_t)N * D);
     rmsnorm_forward(m->pool, a->xn2, a->rstd2, a->h, w->ffn_norm, N, D, c->eps);
     linear_forward(m, a->g, a->xn2, w->w[PEFT_MOD_GATE], N, D, F,
-                   view_of(m, &lv, l, PEFT_MOD_GATE, train), xa_of(m, l, PEFT_MOD_GATE), ws->tmp);
-    linear_forward(m, a->u, a->xn2, w->w[PEFT_MOD_UP], N, D, F, view_of(m, &lv, l, PEFT_MOD_UP, train),
+                   peft__view_of(m, &lv, l, PEFT_MOD_GATE, train), xa_of(m, l, PEFT_MOD_GATE), ws->tmp);
+    linear_forward(m, a->u, a->xn2, w->w[PEFT_MOD_UP], N, D, F, peft__view_of(m, &lv, l, PEFT_MOD_UP, train),
                    xa_of(m, l, PEFT_MOD_UP), ws->tmp);
     swiglu_forward(m->pool, ws->act, a->g, a->u, N, F);
     linear_forward(m, x_out, ws->act, w->w[PEFT_MOD_DOWN], N, F, D,
-                   view_of(m, &lv, l, PEFT_MOD_DOWN, train), xa_of(m, l, PEFT_MOD_DOWN), ws->tmp);
+                   peft__view_of(m, &lv, l, PEFT_MOD_DOWN, train), xa_of(m, l, PEFT_MOD_DOWN), ws->tmp);
     add_inplace(x_out, a->h, (size_t)N * D);
 }
 
@@ -110,19 +110,19 @@ static void layer_backward(peft_model *m, int l)
     /* MLP: x_out = h + down(silu(g) * u) */
     swiglu_forward(m->pool, ws->act, a->g, a->u, N, F);
     linear_backward(m, ws->dact, 0.0f, ws->dx, ws->act, w->w[PEFT_MOD_DOWN], N, F, D,
-                    view_of(m, &lv, l, PEFT_MOD_DOWN, 1), xa_of(m, l, PEFT_MOD_DOWN), ws->dxa, ws->tmp);
+                    peft__view_of(m, &lv, l, PEFT_MOD_DOWN, 1), xa_of(m, l, PEFT_MOD_DOWN), ws->dxa, ws->tmp);
     swiglu_backward(m->pool, ws->dg, ws->du, ws->dact, a->g, a->u, N, F);
     linear_backward(m, attn ? ws->dxn : NULL, 0.0f, ws->dg, a->xn2, w->w[PEFT_MOD_GATE], N, D, F,
-                    view_of(m, &lv, l, PEFT_MOD_GATE, 1), xa_of(m, l, PEFT_MOD_GATE), ws->dxa, ws->tmp);
+                    peft__view_of(m, &lv, l, PEFT_MOD_GATE, 1), xa_of(m, l, PEFT_MOD_GATE), ws->dxa, ws->tmp);
     linear_backward(m, attn ? ws->dxn : NULL, 1.0f, ws->du, a->xn2, w->w[PEFT_MOD_UP], N, D, F,
-                    view_of(m, &lv, l, PEFT_MOD_UP, 1), xa_of(m, l, PEFT_MOD_UP), ws->dxa, ws->tmp);
+                    peft__view_of(m, &lv, l, PEFT_MOD_UP, 1), xa_of(m, l, PEFT_MOD_UP), ws->dxa, ws->tmp);
     if (!attn)
         return;
     rmsnorm_backward(m->pool, ws->dx, ws->dxn, a->h, w->ffn_norm, a->rstd2, N, D);
 
     /* attention: h = x_in + o(attn(q, k, v)) */
     linear_backward(m, qkv ? ws->datt : NULL, 0.0f, ws->dx, a->att, w->w[PEFT_MOD_O], N, Hq, D,
-                    view_of(m, &lv, l, PEFT_MOD_O, 1), xa_of(m, l, PEFT_MOD_O), ws->dxa, ws->tmp);
+                    peft__view_of(m, &lv, l, PEFT_MOD_O, 1), xa_of(m, l, PEFT_MOD_O), ws->dxa, ws->tmp);
     if (!qkv)
         return;
     attention_backward(m->pool, ws->dq, ws->dk, ws->dv, ws->datt, a->q, a->k, a->v, a->att, a->lse, B,
@@ -131,11 +131,11 @@ static void layer_backward(peft_model *m, int l)
     rope_backward(m->pool, ws->dk, ws->rope_cos, ws->rope_sin, B, T, c->n_kv_heads, c->head_dim);
     float *dxn = below ? ws->dxn : NULL;
     linear_backward(m, dxn, 0.0f, ws->dq, a->xn1, w->w[PEFT_MOD_Q], N, D, Hq,
-                    view_of(m, &lv, l, PEFT_MOD_Q, 1), xa_of(m, l, PEFT_MOD_Q), ws->dxa, ws->tmp);
+                    peft__view_of(m, &lv, l, PEFT_MOD_Q, 1), xa_of(m, l, PEFT_MOD_Q), ws->dxa, ws->tmp);
     linear_backward(m, dxn, 1.0f, ws->dk, a->xn1, w->w[PEFT_MOD_K], N, D, Hk,
-                    view_of(m, &lv, l, PEFT_MOD_K, 1), xa_of(m, l, PEFT_MOD_K), ws->dxa, ws->tmp);
+                    peft__view_of(m, &lv, l, PEFT_MOD_K, 1), xa_of(m, l, PEFT_MOD_K), ws->dxa, ws->tmp);
     linear_backward(m, dxn, 1.0f, ws->dv, a->xn1, w->w[PEFT_MOD_V], N, D, Hk,
-                    view_of(m, &lv, l, PEFT_MOD_V, 1), xa_of(m, l, PEFT_MOD_V), ws->dxa, ws->tmp);
+                    peft__view_of(m, &lv, l, PEFT_MOD_V, 1), xa_of(m, l, PEFT_MOD_V), ws->dxa, ws->tmp);
     if (below)
         rmsnorm_backward(m->pool, ws->dx, ws->dxn, a->x_in, w->attn_norm, a->rstd1, N, D);
 }
@@ -189,6 +189,8 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
         return code;
     if (train && !m->lora)
         return peft__fail(PEFT_ESTATE, "no adapter attached: nothing to train");
+    if (train && m->adapter_off)
+        return peft__fail(PEFT_ESTATE, "the adapter is disabled (peft_adapter_enable): nothing to train");
     const peft_config *c = &m->cfg;
     int B = batch->n_seq, T = batch->seq_len, D = c->dim, V = c->vocab;
     int64_t N = (int64_t)B * T;

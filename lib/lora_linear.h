@@ -18,4 +18,7 @@ void linear_backward(peft_model *m, float *dx, float beta_dx, const float *dy, c
                      const float *W, int64_t N, int in, int out, const lora_view *lv,
                      const float *xa, float *dxa, float *tmp);
 
+/* The LoRA branch of (layer, kind) of the model's attachment, or NULL (forward.c). */
+const lora_view *peft__view_of(peft_model *m, lora_view *lv, int layer, int kind, int train);
+
 #endif

@@ -87,6 +87,7 @@ struct peft_model {
     int micro;          /* micro-batches accumulated since the last update */
     double accum_tokens;
     uint64_t dropout_calls;
+    int adapter_off;    /* peft_adapter_enable(m, 0) */
 };
 
 /* lora.c */

@@ -27,10 +27,20 @@ int args_check_unused(cli_args *a);
 /* Token files: flat uint32 little-endian ids. */
 typedef struct tokens {
     int32_t *ids;
+    int32_t *labels; /* NULL: labels = ids; -100 = not trained on */
     size_t n;
+    int padded;      /* one document per window */
 } tokens;
 int tokens_load(tokens *t, const char *path, int vocab);
 void tokens_free(tokens *t);
+
+/* Text data (.txt, .jsonl) is tokenized; anything else is a uint32 token file. */
+typedef struct data_options {
+    const peft_tokenizer *tokenizer; /* NULL: only token files */
+    const char *split;               /* "paragraph" (default) or "line" for .txt */
+    int vocab, seq, pad, eos;        /* pad: one document per window of seq tokens */
+} data_options;
+int data_load(tokens *t, const char *path, const data_options *o);
 
 /* LoRA options from --rank --alpha --targets --layers --dropout --rslora --init --seed */
 int lora_from_args(cli_args *a, peft_lora_options *o);
@@ -40,6 +50,10 @@ void targets_string(uint32_t t, char *buf, size_t n);
 /* Mean loss over non-overlapping windows of T tokens [w0, w1) in batches of B. */
 int eval_windows(peft_model *m, const tokens *t, int T, int B, size_t w0, size_t w1,
                  double *loss, uint64_t *count);
+/* Data flags shared by train and eval: --tokenizer --doc-split --pad --eos. tok_out gets the
+   tokenizer (model directory's if present), to close by the caller. */
+int data_from_args(cli_args *a, const char *model_dir, int vocab, int seq, data_options *o,
+                   peft_tokenizer **tok_out);
 
 int fail_lib(const char *what, int code); /* prints the library's message, returns 1 */
 double now_seconds(void);
@@ -49,5 +63,7 @@ int cmd_eval(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_init_model(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
+int cmd_generate(int argc, char **argv);
+int cmd_tokenize(int argc, char **argv);
 
 #endif

@@ -8,7 +8,8 @@
 static const char eval_help[] =
     "usage: peft eval --model DIR [--adapter DIR] --data FILE --seq T [--batch B]\n"
     "                 [--max-windows N] [--threads N] [--backend NAME] [--json]\n"
-    "Splits FILE (uint32 token ids) into non-overlapping windows of T tokens (the\n"
+    "                 [--tokenizer PATH] [--doc-split paragraph|line] [--pad] [--eos]\n"
+    "FILE is .txt, .jsonl or uint32 token ids (see peft train --help). Splits it into non-overlapping windows of T tokens (the\n"
     "partial tail is dropped) and prints the mean next-token loss and perplexity.\n";
 
 int cmd_eval(int argc, char **argv)
@@ -24,13 +25,14 @@ int cmd_eval(int argc, char **argv)
     int rc = 1;
     peft_model *m = NULL;
     tokens t = {0};
+    peft_tokenizer *tok = NULL;
+    data_options dopt;
     long seq, batch, threads, maxw;
     const char *model = arg_str(&a, "--model", NULL), *adapter = arg_str(&a, "--adapter", NULL);
     const char *data = arg_str(&a, "--data", NULL), *backend = arg_str(&a, "--backend", NULL);
     int json = arg_flag(&a, "--json");
     if (arg_long(&a, "--seq", 128, &seq) || arg_long(&a, "--batch", 8, &batch) ||
-        arg_long(&a, "--threads", 0, &threads) || arg_long(&a, "--max-windows", 0, &maxw) ||
-        args_check_unused(&a))
+        arg_long(&a, "--threads", 0, &threads) || arg_long(&a, "--max-windows", 0, &maxw))
         goto done;
     if (!model || !data) {
         fputs(eval_help, stderr);
@@ -54,7 +56,8 @@ int cmd_eval(int argc, char **argv)
     }
     peft_model_info info = {.version = PEFT_MODEL_INFO_VERSION};
     peft_model_get_info(m, &info);
-    if (tokens_load(&t, data, info.vocab_size))
+    if (data_from_args(&a, model, info.vocab_size, (int)seq, &dopt, &tok) || args_check_unused(&a) ||
+        data_load(&t, data, &dopt))
         goto done;
     size_t nw = t.n / (size_t)seq;
     if (maxw > 0 && (size_t)maxw < nw)
@@ -79,6 +82,7 @@ int cmd_eval(int argc, char **argv)
     rc = 0;
 done:
     tokens_free(&t);
+    peft_tokenizer_close(&tok);
     peft_model_close(&m);
     args_free(&a);
     return rc;

@@ -17,10 +17,13 @@ static const char train_help[] =
     "optimizer:--lr LR (2e-4) --weight-decay W (0) --beta1 --beta2 --eps --grad-clip C (1.0)\n"
     "          --accum K (1) --warmup N (0) --schedule constant|linear|cosine (constant)\n"
     "          --min-lr-ratio R (0)\n"
+    "text:     --tokenizer PATH (the model's)  --doc-split paragraph|line  --pad  --eos\n"
     "run:      --seed S (0) --threads N (all CPUs) --backend cpu|blis --save-every N (0)\n"
     "          --log-every N --json --quiet\n"
-    "FILE holds uint32 little-endian token ids; it is cut into non-overlapping windows of\n"
-    "T tokens, shuffled with the seed every epoch. With --holdout F the last fraction F of\n"
+    "FILE is .txt (one document per paragraph or line, BOS as the tokenizer says), .jsonl\n"
+    "({\"text\"} or {\"prompt\", \"completion\"}, loss masked on the prompt) or uint32\n"
+    "little-endian token ids. Documents are packed and cut into non-overlapping windows of\n"
+    "T tokens (--pad: one document per window, padded), shuffled with the seed every epoch. With --holdout F the last fraction F of\n"
     "the windows is kept out of training and used for evaluation.\n";
 
 static uint64_t mix(uint64_t x)
@@ -75,7 +78,9 @@ int cmd_train(int argc, char **argv)
     peft_model *m = NULL;
     tokens train = {0}, evald = {0};
     size_t *order = NULL;
-    int32_t *buf = NULL;
+    int32_t *buf = NULL, *lbuf = NULL;
+    peft_tokenizer *tok = NULL;
+    data_options dopt;
     const char *model = arg_str(&a, "--model", NULL), *data = arg_str(&a, "--data", NULL);
     const char *out = arg_str(&a, "--out", NULL), *eval_data = arg_str(&a, "--eval-data", NULL);
     const char *init_adapter = arg_str(&a, "--init-adapter", NULL), *backend = arg_str(&a, "--backend", NULL);
@@ -100,7 +105,7 @@ int cmd_train(int argc, char **argv)
         arg_long(&a, "--threads", 0, &threads) || arg_long(&a, "--eval-every", 0, &eval_every) ||
         arg_long(&a, "--eval-windows", 0, &max_eval_w) || arg_long(&a, "--log-every", 0, &log_every) ||
         arg_long(&a, "--save-every", 0, &save_every) || arg_double(&a, "--holdout", 0, &holdout) ||
-        lora_from_args(&a, &lo) || !schedule || args_check_unused(&a))
+        lora_from_args(&a, &lo) || !schedule)
         goto done;
     if (!model || !data || !out) {
         fputs(train_help, stderr);
@@ -131,12 +136,13 @@ int cmd_train(int argc, char **argv)
     }
     peft_model_info info = {.version = PEFT_MODEL_INFO_VERSION};
     peft_model_get_info(m, &info);
-    if (tokens_load(&train, data, info.vocab_size))
+    if (data_from_args(&a, model, info.vocab_size, (int)seq, &dopt, &tok) || args_check_unused(&a) ||
+        data_load(&train, data, &dopt))
         goto done;
     size_t nw = train.n / (size_t)seq, n_eval_w = 0, eval_w0 = 0;
     const tokens *ev = NULL;
     if (eval_data) {
-        if (tokens_load(&evald, eval_data, info.vocab_size))
+        if (data_load(&evald, eval_data, &dopt))
             goto done;
         ev = &evald;
         n_eval_w = evald.n / (size_t)seq;
@@ -209,7 +215,8 @@ int cmd_train(int argc, char **argv)
 
     order = malloc(nw * sizeof *order);
     buf = malloc((size_t)batch * (size_t)seq * sizeof *buf);
-    if (!order || !buf) {
+    lbuf = malloc((size_t)batch * (size_t)seq * sizeof *lbuf);
+    if (!order || !buf || !lbuf) {
         fprintf(stderr, "peft train: out of memory\n");
         goto done;
     }
@@ -231,10 +238,14 @@ int cmd_train(int argc, char **argv)
                     shuffle(order, nw, mix(seed ^ (uint64_t)epoch * 0x5851f42d4c957f2dull));
                     pos = 0;
                 }
-                memcpy(buf + b * seq, train.ids + order[pos++] * (size_t)seq, (size_t)seq * sizeof *buf);
+                size_t w = order[pos++];
+                memcpy(buf + b * seq, train.ids + w * (size_t)seq, (size_t)seq * sizeof *buf);
+                if (train.labels)
+                    memcpy(lbuf + b * seq, train.labels + w * (size_t)seq, (size_t)seq * sizeof *lbuf);
             }
             peft_batch pb = PEFT_BATCH_INIT;
             pb.tokens = buf;
+            pb.labels = train.labels ? lbuf : NULL;
             pb.n_seq = (int32_t)batch;
             pb.seq_len = (int32_t)seq;
             code = peft_step(m, &pb, &r);
@@ -307,6 +318,8 @@ int cmd_train(int argc, char **argv)
 done:
     free(order);
     free(buf);
+    free(lbuf);
+    peft_tokenizer_close(&tok);
     tokens_free(&train);
     tokens_free(&evald);
     peft_model_close(&m);

@@ -13,6 +13,8 @@ static void usage(FILE *f)
             "  train       fine-tune a LoRA adapter on a token file\n"
             "  eval        mean loss and perplexity of a model (+ adapter) on a token file\n"
             "  info        what a model or adapter directory holds; trainable-parameter counts\n"
+            "  generate    continue a prompt (greedy or sampled), with or without an adapter\n"
+            "  tokenize    text to token ids (a uint32 file or a list)\n"
             "  init-model  write a small randomly initialised Llama model directory\n"
             "  synth       write a synthetic token file with a learnable pattern\n"
             "  version     print the library version\n"
@@ -33,6 +35,10 @@ int main(int argc, char **argv)
         return cmd_eval(argc - 2, argv + 2);
     if (!strcmp(cmd, "info"))
         return cmd_info(argc - 2, argv + 2);
+    if (!strcmp(cmd, "generate"))
+        return cmd_generate(argc - 2, argv + 2);
+    if (!strcmp(cmd, "tokenize"))
+        return cmd_tokenize(argc - 2, argv + 2);
     if (!strcmp(cmd, "init-model"))
         return cmd_init_model(argc - 2, argv + 2);
     if (!strcmp(cmd, "synth"))

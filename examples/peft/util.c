@@ -101,8 +101,9 @@ int args_check_unused(cli_args *a)
 
 int tokens_load(tokens *t, const char *path, int vocab)
 {
-    t->ids = NULL;
+    t->ids = t->labels = NULL;
     t->n = 0;
+    t->padded = 0;
     FILE *f = fopen(path, "rb");
     if (!f) {
         fprintf(stderr, "peft: %s: %s\n", path, strerror(errno));
@@ -151,8 +152,32 @@ int tokens_load(tokens *t, const char *path, int vocab)
 void tokens_free(tokens *t)
 {
     free(t->ids);
-    t->ids = NULL;
+    free(t->labels);
+    t->ids = t->labels = NULL;
     t->n = 0;
+}
+
+int data_from_args(cli_args *a, const char *model_dir, int vocab, int seq, data_options *o,
+                   peft_tokenizer **tok_out)
+{
+    *tok_out = NULL;
+    const char *tp = arg_str(a, "--tokenizer", NULL);
+    o->split = arg_str(a, "--doc-split", "paragraph");
+    o->pad = arg_flag(a, "--pad");
+    o->eos = arg_flag(a, "--eos");
+    o->vocab = vocab;
+    o->seq = seq;
+    o->tokenizer = NULL;
+    if (!o->split || (strcmp(o->split, "paragraph") && strcmp(o->split, "line"))) {
+        fprintf(stderr, "peft: --doc-split must be paragraph or line\n");
+        return -1;
+    }
+    /* the tokenizer is optional for token files: open it quietly when it is there */
+    int rc = peft_tokenizer_open(tok_out, tp ? tp : model_dir);
+    if (rc && tp)
+        return fail_lib("tokenizer", rc), -1;
+    o->tokenizer = *tok_out;
+    return 0;
 }
 
 static const char *const target_names[] = {"q", "k", "v", "o", "gate", "up", "down"};
@@ -235,6 +260,7 @@ int eval_windows(peft_model *m, const tokens *t, int T, int B, size_t w0, size_t
         int nb = (int)(w1 - w < (size_t)B ? w1 - w : (size_t)B);
         peft_batch b = PEFT_BATCH_INIT;
         b.tokens = t->ids + w * (size_t)T;
+        b.labels = t->labels ? t->labels + w * (size_t)T : NULL;
         b.n_seq = nb;
         b.seq_len = T;
         peft_eval_result r = PEFT_EVAL_RESULT_INIT;

@@ -44,7 +44,8 @@ enum peft_status {
     PEFT_ENOTFOUND = -7,    /* file or tensor missing */
     PEFT_ESTATE = -8,       /* call not valid in the current state */
     PEFT_ENUMERIC = -9,     /* NaN or Inf in loss or gradients */
-    PEFT_EBACKEND = -10     /* backend failure */
+    PEFT_EBACKEND = -10,    /* backend failure */
+    PEFT_ERANGE = -11       /* output buffer too small (the needed size is reported) */
 };
 
 /* Static description of a status code; never NULL. */
@@ -268,6 +269,69 @@ PEFT_API int peft_save_adapter(peft_model *model, const char *dir,
  * weights of a matching attachment.
  */
 PEFT_API int peft_load_adapter(peft_model *model, const char *dir);
+
+/* Turn the attached adapter off (0) or on (1) without detaching it: the base
+   model alone is evaluated and generated from while it is off. */
+PEFT_API int peft_adapter_enable(peft_model *model, int32_t enabled);
+
+/* ---- inference sessions (KV cache) -------------------------------------- */
+
+typedef struct peft_session peft_session;
+
+/* A session caches keys and values for up to max_len positions. The model must
+   outlive it; do not train the model while a session of it runs a feed. */
+PEFT_API int peft_session_create(peft_session **out, peft_model *model, int32_t max_len);
+PEFT_API void peft_session_free(peft_session **session);
+/* Forget all positions. */
+PEFT_API int peft_session_reset(peft_session *session);
+/* Positions filled so far. */
+PEFT_API int32_t peft_session_length(const peft_session *session);
+/*
+ * Append n tokens at the next positions; if logits is not NULL, write the
+ * vocab_size next-token logits after the last one. The adapter state
+ * (peft_adapter_enable) in force during each feed is used.
+ */
+PEFT_API int peft_session_feed(peft_session *session, const int32_t *tokens, int32_t n, float *logits);
+
+/* ---- tokenizers --------------------------------------------------------- */
+
+typedef struct peft_tokenizer peft_tokenizer;
+
+/* Open a Hugging Face tokenizer.json (or a directory holding one; its
+   tokenizer_config.json sets add_bos_token/add_eos_token). SentencePiece-style
+   BPE with byte fallback is supported; byte-level BPE is reported as unsupported. */
+PEFT_API int peft_tokenizer_open(peft_tokenizer **out, const char *path);
+PEFT_API void peft_tokenizer_close(peft_tokenizer **tokenizer);
+
+enum peft_tokenize_flags {
+    PEFT_TOKENIZE_DEFAULT = 0,     /* BOS/EOS as the tokenizer's settings say */
+    PEFT_TOKENIZE_BOS = 1,         /* force a leading BOS */
+    PEFT_TOKENIZE_NO_BOS = 2,      /* never add BOS */
+    PEFT_TOKENIZE_EOS = 4,         /* append EOS */
+    PEFT_TOKENIZE_NO_SPECIAL = 8   /* do not match special tokens written in the text */
+};
+
+/* Encode UTF-8 text. *n_out receives the number of ids; if it exceeds cap the call
+   fails with PEFT_ERANGE (call with cap 0 to size the buffer). */
+PEFT_API int peft_tokenize(const peft_tokenizer *tokenizer, const char *text, size_t len, int32_t flags,
+                           int32_t *ids, size_t cap, size_t *n_out);
+
+enum peft_detokenize_flags {
+    PEFT_DETOKENIZE_DEFAULT = 0,   /* skip special tokens, strip as the decoder says */
+    PEFT_DETOKENIZE_SPECIAL = 1,   /* keep special tokens' text */
+    PEFT_DETOKENIZE_NO_STRIP = 2   /* keep the leading space of the first piece */
+};
+
+/* Decode ids to UTF-8; *len_out receives the length (without the NUL written
+   when it fits); PEFT_ERANGE when it does not fit (cap 0 sizes the buffer). */
+PEFT_API int peft_detokenize(const peft_tokenizer *tokenizer, const int32_t *ids, size_t n, int32_t flags,
+                             char *buf, size_t cap, size_t *len_out);
+
+PEFT_API int32_t peft_tokenizer_vocab_size(const peft_tokenizer *tokenizer);
+
+enum peft_special_token { PEFT_TOKEN_BOS = 0, PEFT_TOKEN_EOS = 1, PEFT_TOKEN_UNK = 2 };
+/* Id of a special token, or -1. */
+PEFT_API int32_t peft_tokenizer_special(const peft_tokenizer *tokenizer, int32_t which);
 
 #ifdef __cplusplus
 }

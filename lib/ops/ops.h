@@ -25,6 +25,9 @@ void rope_forward(void *pool, float *x, const float *cos_t, const float *sin_t, 
 void rope_backward(void *pool, float *dx, const float *cos_t, const float *sin_t, int B, int T,
                    int n_heads, int hd);
 
+/* x (n_heads*hd) of one position rotated in place */
+void rope_at(float *x, int n_heads, int hd, int pos, float theta);
+
 /* Causal GQA attention, scale 1/sqrt(hd).
    out (B*T, H*hd), lse (B,H,T) <- q (B*T, H*hd), k, v (B*T, Hkv*hd); scratch (B,H,T) */
 void attention_forward(void *pool, float *out, float *lse, float *scratch, const float *q,

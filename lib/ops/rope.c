@@ -55,3 +55,19 @@ void rope_backward(void *pool, float *dx, const float *cos_t, const float *sin_t
     struct rope_args a = {dx, cos_t, sin_t, T, n_heads, hd, -1.0f};
     peft__pool_for(pool, B * T, rope_task, &a);
 }
+
+// x (n_heads*hd) at position pos, in place (inference with a KV cache)
+void rope_at(float *x, int n_heads, int hd, int pos, float theta)
+{
+    int half = hd / 2;
+    for (int i = 0; i < half; i++) {
+        double inv = pow((double)theta, -2.0 * i / hd);
+        float c = (float)cos(pos * inv), s = (float)sin(pos * inv);
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + (int64_t)h * hd;
+            float x0 = v[i], x1 = v[i + half];
+            v[i] = x0 * c - x1 * s;
+            v[i + half] = x1 * c + x0 * s;
+        }
+    }
+}

@@ -1,0 +1,179 @@
+/*
+ * Inference sessions: one position at a time with a KV cache, adapters applied
+ * (unless disabled). Used for generation; the training path is forward.c.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lora_linear.h"
+#include "model.h"
+#include "ops/ops.h"
+
+struct peft_session {
+    peft_model *m;
+    int32_t max_len, pos;
+    float *kc, *vc; /* (L, max_len, Hkv*hd) */
+    float *x, *xn, *q, *k, *v, *att, *h, *g, *u, *act, *tmp, *xa, *scores;
+    float *block;
+    int rank; /* LoRA rank the scratch was sized for */
+};
+
+int peft_adapter_enable(peft_model *m, int32_t enabled)
+{
+    if (!m)
+        return peft__fail(PEFT_EINVAL, "peft_adapter_enable: model is NULL");
+    if (!m->lora)
+        return peft__fail(PEFT_ESTATE, "peft_adapter_enable: no adapter attached");
+    m->adapter_off = !enabled;
+    return PEFT_OK;
+}
+
+int peft_session_create(peft_session **out, peft_model *m, int32_t max_len)
+{
+    if (!out || !m)
+        return peft__fail(PEFT_EINVAL, "peft_session_create: NULL argument");
+    *out = NULL;
+    if (max_len <= 0 || max_len > (1 << 20))
+        return peft__fail(PEFT_EINVAL, "peft_session_create: max_len %d out of range", max_len);
+    const peft_config *c = &m->cfg;
+    size_t kvd = (size_t)c->n_kv_heads * c->head_dim, qd = (size_t)c->n_heads * c->head_dim;
+    size_t D = (size_t)c->dim, F = (size_t)c->ffn_dim, big = D > qd ? D : qd;
+    big = big > F ? big : F;
+    size_t cache = (size_t)c->n_layers * (size_t)max_len * kvd;
+    size_t maxr = m->lora ? (size_t)m->lora->rank : 1;
+    size_t sizes[] = {cache, cache, D, D, qd, kvd, kvd, qd, D, F, F, F, big, maxr, (size_t)max_len};
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+        total += (sizes[i] + 15) & ~(size_t)15;
+    peft_session *s = calloc(1, sizeof *s);
+    float *block = s ? peft__alloc_floats(total) : NULL;
+    if (!block) {
+        free(s);
+        return peft__fail(PEFT_ENOMEM, "peft_session_create: cannot allocate %zu MiB", total * 4 >> 20);
+    }
+    float **ptrs[] = {&s->kc, &s->vc, &s->x, &s->xn, &s->q, &s->k, &s->v, &s->att, &s->h, &s->g,
+                      &s->u, &s->act, &s->tmp, &s->xa, &s->scores};
+    size_t off = 0;
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        *ptrs[i] = block + off;
+        off += (sizes[i] + 15) & ~(size_t)15;
+    }
+    s->block = block;
+    s->m = m;
+    s->max_len = max_len;
+    s->rank = (int)maxr;
+    *out = s;
+    return PEFT_OK;
+}
+
+void peft_session_free(peft_session **ps)
+{
+    if (!ps || !*ps)
+        return;
+    peft__free((*ps)->block);
+    free(*ps);
+    *ps = NULL;
+}
+
+int peft_session_reset(peft_session *s)
+{
+    if (!s)
+        return peft__fail(PEFT_EINVAL, "peft_session_reset: session is NULL");
+    s->pos = 0;
+    return PEFT_OK;
+}
+
+int32_t peft_session_length(const peft_session *s) { return s ? s->pos : 0; }
+
+static const lora_view *view(peft_session *s, lora_view *lv, int l, int kind)
+{
+    return peft__view_of(s->m, lv, l, kind, 0);
+}
+
+static void feed_one(peft_session *s, int32_t tok)
+{
+    peft_model *m = s->m;
+    const peft_config *c = &m->cfg;
+    int D = c->dim, F = c->ffn_dim, hd = c->head_dim, H = c->n_heads, Hk = c->n_kv_heads;
+    int qd = H * hd, kvd = Hk * hd, pos = s->pos;
+    float scale = 1.0f / sqrtf((float)hd);
+    lora_view lv;
+    memcpy(s->x, m->embed + (int64_t)tok * D, (size_t)D * sizeof(float));
+    for (int l = 0; l < c->n_layers; l++) {
+        const peft_layer_weights *w = &m->layers[l];
+        float rstd;
+        float *kc = s->kc + ((size_t)l * s->max_len) * kvd, *vc = s->vc + ((size_t)l * s->max_len) * kvd;
+        rmsnorm_forward(NULL, s->xn, &rstd, s->x, w->attn_norm, 1, D, c->eps);
+        linear_forward(m, s->q, s->xn, w->w[PEFT_MOD_Q], 1, D, qd, view(s, &lv, l, PEFT_MOD_Q), s->xa, s->tmp);
+        linear_forward(m, kc + (size_t)pos * kvd, s->xn, w->w[PEFT_MOD_K], 1, D, kvd, view(s, &lv, l, PEFT_MOD_K),
+                       s->xa, s->tmp);
+        linear_forward(m, vc + (size_t)pos * kvd, s->xn, w->w[PEFT_MOD_V], 1, D, kvd, view(s, &lv, l, PEFT_MOD_V),
+                       s->xa, s->tmp);
+        rope_at(s->q, H, hd, pos, c->rope_theta);
+        rope_at(kc + (size_t)pos * kvd, Hk, hd, pos, c->rope_theta);
+        for (int h = 0; h < H; h++) {
+            int g = h / (H / Hk);
+            const float *qh = s->q + h * hd;
+            float mx = -INFINITY;
+            for (int j = 0; j <= pos; j++) {
+                const float *kj = kc + (size_t)j * kvd + g * hd;
+                float d = 0;
+                for (int e = 0; e < hd; e++)
+                    d += qh[e] * kj[e];
+                s->scores[j] = d * scale;
+                mx = s->scores[j] > mx ? s->scores[j] : mx;
+            }
+            float sum = 0;
+            for (int j = 0; j <= pos; j++) {
+                s->scores[j] = expf(s->scores[j] - mx);
+                sum += s->scores[j];
+            }
+            float *o = s->att + h * hd;
+            memset(o, 0, (size_t)hd * sizeof *o);
+            for (int j = 0; j <= pos; j++) {
+                const float *vj = vc + (size_t)j * kvd + g * hd;
+                float p = s->scores[j] / sum;
+                for (int e = 0; e < hd; e++)
+                    o[e] += p * vj[e];
+            }
+        }
+        linear_forward(m, s->h, s->att, w->w[PEFT_MOD_O], 1, qd, D, view(s, &lv, l, PEFT_MOD_O), s->xa, s->tmp);
+        for (int i = 0; i < D; i++)
+            s->h[i] += s->x[i];
+        rmsnorm_forward(NULL, s->xn, &rstd, s->h, w->ffn_norm, 1, D, c->eps);
+        linear_forward(m, s->g, s->xn, w->w[PEFT_MOD_GATE], 1, D, F, view(s, &lv, l, PEFT_MOD_GATE), s->xa, s->tmp);
+        linear_forward(m, s->u, s->xn, w->w[PEFT_MOD_UP], 1, D, F, view(s, &lv, l, PEFT_MOD_UP), s->xa, s->tmp);
+        swiglu_forward(NULL, s->act, s->g, s->u, 1, F);
+        linear_forward(m, s->x, s->act, w->w[PEFT_MOD_DOWN], 1, F, D, view(s, &lv, l, PEFT_MOD_DOWN), s->xa, s->tmp);
+        for (int i = 0; i < D; i++)
+            s->x[i] += s->h[i];
+    }
+    s->pos++;
+}
+
+int peft_session_feed(peft_session *s, const int32_t *tokens, int32_t n, float *logits)
+{
+    if (!s || (!tokens && n > 0) || n < 0)
+        return peft__fail(PEFT_EINVAL, "peft_session_feed: bad arguments");
+    peft_model *m = s->m;
+    if (m->lora && (size_t)m->lora->rank > (size_t)s->rank)
+        return peft__fail(PEFT_ESTATE, "peft_session_feed: the adapter changed since the session was created");
+    if (n > s->max_len - s->pos)
+        return peft__fail(PEFT_ERANGE, "peft_session_feed: %d more positions exceed the session's %d", n,
+                          s->max_len);
+    for (int32_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab)
+            return peft__fail(PEFT_EINVAL, "peft_session_feed: token %d outside the vocabulary", tokens[i]);
+    for (int32_t i = 0; i < n; i++)
+        feed_one(s, tokens[i]);
+    if (logits) {
+        if (s->pos == 0)
+            return peft__fail(PEFT_ESTATE, "peft_session_feed: no position to predict from");
+        float rstd;
+        rmsnorm_forward(NULL, s->xn, &rstd, s->x, m->final_norm, 1, m->cfg.dim, m->cfg.eps);
+        peft__gemm(m, 0, 1, 1, m->cfg.vocab, m->cfg.dim, 1.0f, s->xn, m->cfg.dim, m->lm_head, m->cfg.dim, 0.0f,
+                   logits, m->cfg.vocab);
+    }
+    return PEFT_OK;
+}

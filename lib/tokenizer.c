@@ -1,0 +1,567 @@
+/*
+ * Hugging Face tokenizer.json: BPE models in the SentencePiece style (Llama 2,
+ * TinyLlama, Mistral, stories260K): "▁" for spaces (Prepend + Replace normalizers
+ * or a Metaspace pre-tokenizer), merges applied by rank, byte fallback for
+ * characters outside the vocabulary, added/special tokens matched verbatim.
+ * Byte-level BPE (GPT-2 style) is reported as unsupported.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "fsutil.h"
+#include "hashmap.h"
+#include "internal.h"
+#include "json.h"
+
+#define SPACE_MARK "\xe2\x96\x81" /* U+2581 "▁" */
+
+typedef struct added_token {
+    const char *content;
+    size_t len;
+    int32_t id;
+    int special;
+} added_token;
+
+struct peft_tokenizer {
+    json_doc *doc;
+    int32_t n_vocab;
+    const char **pieces;
+    uint32_t *piece_len;
+    uint8_t *is_special;
+    str_map vocab;
+    u64_map merges; /* (left << 32 | right) -> (rank, merged id) */
+    int byte_fallback, fuse_unk;
+    int32_t byte_id[256];
+    int32_t unk_id, bos_id, eos_id;
+    int add_bos, add_eos;
+    int prepend;        /* prepend "▁" to the text (first segment only when prepend_first) */
+    int prepend_first;
+    int replace_space;  /* " " -> "▁" */
+    int strip_leading;  /* decoder strips this many leading spaces */
+    added_token *added;
+    int n_added;
+};
+
+static int32_t piece_id(const peft_tokenizer *t, const char *s, size_t n) { return str_map_get(&t->vocab, s, n); }
+
+static int parse_normalizer(peft_tokenizer *t, const json_value *n, const char *path)
+{
+    if (!n || n->type == JSON_NULL)
+        return PEFT_OK;
+    const json_value *type = json_get(n, "type");
+    if (!type || type->type != JSON_STRING)
+        return peft__fail(PEFT_EFORMAT, "%s: normalizer without a type", path);
+    if (!strcmp(type->string, "Sequence")) {
+        const json_value *list = json_get(n, "normalizers");
+        if (!list || list->type != JSON_ARRAY)
+            return peft__fail(PEFT_EFORMAT, "%s: Sequence normalizer without a list", path);
+        for (size_t i = 0; i < list->length; i++) {
+            int rc = parse_normalizer(t, &list->items[i], path);
+            if (rc)
+                return rc;
+        }
+        return PEFT_OK;
+    }
+    if (!strcmp(type->string, "Prepend")) {
+        const json_value *p = json_get(n, "prepend");
+        if (!p || p->type != JSON_STRING || strcmp(p->string, SPACE_MARK) != 0)
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: Prepend normalizer with another string than \"\\u2581\"", path);
+        t->prepend = 1;
+        return PEFT_OK;
+    }
+    if (!strcmp(type->string, "Replace")) {
+        const json_value *pat = json_get(n, "pattern"), *c = json_get(n, "content");
+        const json_value *s = pat ? json_get(pat, "String") : NULL;
+        if (!s || s->type != JSON_STRING || strcmp(s->string, " ") || !c || c->type != JSON_STRING ||
+            strcmp(c->string, SPACE_MARK))
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: only the Replace normalizer \" \" -> \"\\u2581\" is supported", path);
+        t->replace_space = 1;
+        return PEFT_OK;
+    }
+    if (!strcmp(type->string, "NFC") || !strcmp(type->string, "NFKC"))
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: %s normalization is not supported yet", path, type->string);
+    return peft__fail(PEFT_EUNSUPPORTED, "%s: normalizer \"%s\" is not supported yet", path, type->string);
+}
+
+static int parse_pretokenizer(peft_tokenizer *t, const json_value *p, const char *path)
+{
+    if (!p || p->type == JSON_NULL)
+        return PEFT_OK;
+    const json_value *type = json_get(p, "type");
+    if (!type || type->type != JSON_STRING)
+        return peft__fail(PEFT_EFORMAT, "%s: pre_tokenizer without a type", path);
+    if (!strcmp(type->string, "Metaspace")) {
+        const json_value *split = json_get(p, "split"), *scheme = json_get(p, "prepend_scheme"),
+                         *add = json_get(p, "add_prefix_space");
+        if (split && split->type == JSON_BOOL && split->boolean)
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: Metaspace with split=true is not supported yet", path);
+        t->replace_space = 1;
+        if (scheme && scheme->type == JSON_STRING) {
+            t->prepend = strcmp(scheme->string, "never") != 0;
+            t->prepend_first = strcmp(scheme->string, "first") == 0;
+        } else {
+            t->prepend = !(add && add->type == JSON_BOOL && !add->boolean);
+        }
+        return PEFT_OK;
+    }
+    if (!strcmp(type->string, "ByteLevel") || !strcmp(type->string, "Sequence"))
+        return peft__fail(PEFT_EUNSUPPORTED,
+                          "%s: byte-level BPE tokenizers (GPT-2 style pre-tokenizer \"%s\") are not supported yet",
+                          path, type->string);
+    return peft__fail(PEFT_EUNSUPPORTED, "%s: pre_tokenizer \"%s\" is not supported yet", path, type->string);
+}
+
+static int parse_decoder(peft_tokenizer *t, const json_value *d)
+{
+    if (!d || d->type == JSON_NULL)
+        return PEFT_OK;
+    const json_value *type = json_get(d, "type");
+    if (!type || type->type != JSON_STRING)
+        return PEFT_OK;
+    if (!strcmp(type->string, "Sequence")) {
+        const json_value *list = json_get(d, "decoders");
+        for (size_t i = 0; list && list->type == JSON_ARRAY && i < list->length; i++)
+            parse_decoder(t, &list->items[i]);
+    } else if (!strcmp(type->string, "Strip")) {
+        const json_value *start = json_get(d, "start");
+        if (start && start->type == JSON_NUMBER)
+            t->strip_leading = (int)start->number;
+    } else if (!strcmp(type->string, "Metaspace")) {
+        t->strip_leading = 1;
+    }
+    return PEFT_OK;
+}
+
+static int read_special(const char *dir, peft_tokenizer *t)
+{
+    /* tokenizer_config.json beside tokenizer.json: add_bos_token / add_eos_token */
+    char *p = peft__path_join(dir, "tokenizer_config.json");
+    if (!p)
+        return peft__fail(PEFT_ENOMEM, "out of memory");
+    char *text;
+    size_t len;
+    int rc = peft__read_file(&text, &len, p, 16u << 20);
+    if (rc == PEFT_ENOTFOUND) {
+        free(p);
+        peft__clear_error();
+        return PEFT_OK;
+    }
+    if (rc) {
+        free(p);
+        return rc;
+    }
+    json_doc *doc;
+    rc = json_parse(&doc, text, len, p);
+    free(text);
+    free(p);
+    if (rc)
+        return rc;
+    const json_value *v = json_get(json_root(doc), "add_bos_token");
+    if (v && v->type == JSON_BOOL)
+        t->add_bos = v->boolean;
+    v = json_get(json_root(doc), "add_eos_token");
+    if (v && v->type == JSON_BOOL)
+        t->add_eos = v->boolean;
+    json_free(doc);
+    return PEFT_OK;
+}
+
+static int load(peft_tokenizer *t, const char *path)
+{
+    char *text;
+    size_t len;
+    int rc = peft__read_file(&text, &len, path, 512u << 20);
+    if (rc)
+        return rc;
+    rc = json_parse(&t->doc, text, len, path);
+    free(text);
+    if (rc)
+        return rc;
+    const json_value *root = json_root(t->doc), *model = json_get(root, "model");
+    if (!model || model->type != JSON_OBJECT)
+        return peft__fail(PEFT_EFORMAT, "%s: missing \"model\"", path);
+    const json_value *type = json_get(model, "type");
+    if (type && (type->type != JSON_STRING || strcmp(type->string, "BPE") != 0))
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: tokenizer model \"%s\" is not supported (BPE)", path,
+                          type->type == JSON_STRING ? type->string : "?");
+    const json_value *vocab = json_get(model, "vocab"), *merges = json_get(model, "merges");
+    if (!vocab || vocab->type != JSON_OBJECT || !merges || merges->type != JSON_ARRAY)
+        return peft__fail(PEFT_EFORMAT, "%s: BPE model without vocab or merges", path);
+    const json_value *bf = json_get(model, "byte_fallback"), *fu = json_get(model, "fuse_unk");
+    t->byte_fallback = bf && bf->type == JSON_BOOL && bf->boolean;
+    t->fuse_unk = fu && fu->type == JSON_BOOL && fu->boolean;
+    /* vocabulary: ids must be dense 0..n-1 (added tokens may extend it) */
+    const json_value *added = json_get(root, "added_tokens");
+    size_t n_added = added && added->type == JSON_ARRAY ? added->length : 0;
+    int32_t max_id = -1;
+    for (size_t i = 0; i < vocab->length; i++) {
+        const json_value *v = &vocab->items[i];
+        if (v->type != JSON_NUMBER || !v->is_integer || v->number < 0 || v->number >= (1 << 24))
+            return peft__fail(PEFT_EFORMAT, "%s: vocab entry '%s' has a bad id", path, vocab->keys[i]);
+        if ((int32_t)v->number > max_id)
+            max_id = (int32_t)v->number;
+    }
+    for (size_t i = 0; i < n_added; i++) {
+        const json_value *id = json_get(&added->items[i], "id");
+        if (!id || id->type != JSON_NUMBER || !id->is_integer || id->number < 0 || id->number >= (1 << 24))
+            return peft__fail(PEFT_EFORMAT, "%s: added token %zu has a bad id", path, i);
+        if ((int32_t)id->number > max_id)
+            max_id = (int32_t)id->number;
+    }
+    t->n_vocab = max_id + 1;
+    t->pieces = calloc((size_t)t->n_vocab, sizeof *t->pieces);
+    t->piece_len = calloc((size_t)t->n_vocab, sizeof *t->piece_len);
+    t->is_special = calloc((size_t)t->n_vocab, 1);
+    t->added = calloc(n_added ? n_added : 1, sizeof *t->added);
+    if (!t->pieces || !t->piece_len || !t->is_special || !t->added || str_map_init(&t->vocab, vocab->length + n_added) ||
+        u64_map_init(&t->merges, merges->length))
+        return peft__fail(PEFT_ENOMEM, "%s: out of memory", path);
+    for (size_t i = 0; i < vocab->length; i++) {
+        int32_t id = (int32_t)vocab->items[i].number;
+        t->pieces[id] = vocab->keys[i];
+        t->piece_len[id] = (uint32_t)strlen(vocab->keys[i]);
+        if (str_map_put(&t->vocab, vocab->keys[i], t->piece_len[id], id))
+            return peft__fail(PEFT_ENOMEM, "%s: out of memory", path);
+    }
+    for (size_t i = 0; i < n_added; i++) {
+        const json_value *a = &added->items[i], *c = json_get(a, "content"), *sp = json_get(a, "special");
+        if (!c || c->type != JSON_STRING || c->length == 0)
+            return peft__fail(PEFT_EFORMAT, "%s: added token %zu without content", path, i);
+        added_token *at = &t->added[t->n_added++];
+        at->content = c->string;
+        at->len = c->length;
+        at->id = (int32_t)json_get(a, "id")->number;
+        at->special = sp && sp->type == JSON_BOOL && sp->boolean;
+        t->pieces[at->id] = c->string;
+        t->piece_len[at->id] = (uint32_t)c->length;
+        t->is_special[at->id] = (uint8_t)at->special;
+    }
+    for (int32_t i = 0; i < t->n_vocab; i++)
+        if (!t->pieces[i])
+            return peft__fail(PEFT_EFORMAT, "%s: token id %d has no piece (ids must be dense)", path, i);
+    /* merges: "a b" strings or ["a", "b"] pairs; rank = position */
+    for (size_t i = 0; i < merges->length; i++) {
+        const json_value *mv = &merges->items[i];
+        const char *a, *b;
+        size_t la, lb;
+        char buf[1024];
+        if (mv->type == JSON_STRING) {
+            const char *sp = strchr(mv->string, ' ');
+            if (!sp || strchr(sp + 1, ' ') || mv->length >= sizeof buf)
+                return peft__fail(PEFT_EFORMAT, "%s: merge %zu is not \"left right\"", path, i);
+            memcpy(buf, mv->string, mv->length + 1);
+            a = buf;
+            la = (size_t)(sp - mv->string);
+            b = buf + la + 1;
+            lb = mv->length - la - 1;
+        } else if (mv->type == JSON_ARRAY && mv->length == 2 && mv->items[0].type == JSON_STRING &&
+                   mv->items[1].type == JSON_STRING) {
+            a = mv->items[0].string;
+            la = mv->items[0].length;
+            b = mv->items[1].string;
+            lb = mv->items[1].length;
+        } else {
+            return peft__fail(PEFT_EFORMAT, "%s: merge %zu is malformed", path, i);
+        }
+        int32_t ia = piece_id(t, a, la), ib = piece_id(t, b, lb);
+        char joined[2048];
+        if (la + lb >= sizeof joined)
+            return peft__fail(PEFT_EFORMAT, "%s: merge %zu too long", path, i);
+        memcpy(joined, a, la);
+        memcpy(joined + la, b, lb);
+        int32_t im = piece_id(t, joined, la + lb);
+        if (ia < 0 || ib < 0 || im < 0)
+            return peft__fail(PEFT_EFORMAT, "%s: merge %zu uses a piece outside the vocabulary", path, i);
+        uint64_t key = (uint64_t)ia << 32 | (uint32_t)ib;
+        int32_t r0, m0;
+        if (!u64_map_get(&t->merges, key, &r0, &m0) && u64_map_put(&t->merges, key, (int32_t)i, im))
+            return peft__fail(PEFT_ENOMEM, "%s: out of memory", path);
+    }
+    for (int i = 0; i < 256; i++) {
+        char p[8];
+        snprintf(p, sizeof p, "<0x%02X>", i);
+        t->byte_id[i] = piece_id(t, p, 6);
+        if (t->byte_fallback && t->byte_id[i] < 0)
+            return peft__fail(PEFT_EFORMAT, "%s: byte_fallback without the piece %s", path, p);
+    }
+    const json_value *unk = json_get(model, "unk_token");
+    t->unk_id = unk && unk->type == JSON_STRING ? piece_id(t, unk->string, unk->length) : -1;
+    t->bos_id = piece_id(t, "<s>", 3);
+    t->eos_id = piece_id(t, "</s>", 4);
+    t->add_bos = t->bos_id >= 0;
+    if ((rc = parse_normalizer(t, json_get(root, "normalizer"), path)) ||
+        (rc = parse_pretokenizer(t, json_get(root, "pre_tokenizer"), path)))
+        return rc;
+    parse_decoder(t, json_get(root, "decoder"));
+    return PEFT_OK;
+}
+
+void peft_tokenizer_close(peft_tokenizer **pt)
+{
+    if (!pt || !*pt)
+        return;
+    peft_tokenizer *t = *pt;
+    json_free(t->doc);
+    free(t->pieces);
+    free(t->piece_len);
+    free(t->is_special);
+    free(t->added);
+    str_map_free(&t->vocab);
+    u64_map_free(&t->merges);
+    free(t);
+    *pt = NULL;
+}
+
+int peft_tokenizer_open(peft_tokenizer **out, const char *path)
+{
+    if (!out || !path)
+        return peft__fail(PEFT_EINVAL, "peft_tokenizer_open: NULL argument");
+    *out = NULL;
+    struct stat sb;
+    char *file = NULL, *dir = NULL;
+    if (stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        file = peft__path_join(path, "tokenizer.json");
+        dir = strdup(path);
+    } else {
+        file = strdup(path);
+        dir = strdup(path);
+        if (dir) {
+            char *slash = strrchr(dir, '/');
+            if (slash)
+                *slash = '\0';
+            else
+                strcpy(dir, ".");
+        }
+    }
+    peft_tokenizer *t = calloc(1, sizeof *t);
+    int rc = !file || !dir || !t ? peft__fail(PEFT_ENOMEM, "out of memory") : load(t, file);
+    if (!rc)
+        rc = read_special(dir, t);
+    free(file);
+    free(dir);
+    if (rc) {
+        peft_tokenizer_close(&t);
+        return rc;
+    }
+    *out = t;
+    return PEFT_OK;
+}
+
+/* ---- encoding ---- */
+
+typedef struct tok_out {
+    int32_t *ids;
+    size_t cap, n;
+} tok_out;
+
+static void emit(tok_out *o, int32_t id)
+{
+    if (o->n < o->cap)
+        o->ids[o->n] = id;
+    o->n++;
+}
+
+static size_t utf8_len(unsigned char c)
+{
+    return c < 0x80 ? 1 : c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+}
+
+/* BPE over one normalized segment. sym/next are scratch arrays of the segment's length. */
+static int bpe_segment(const peft_tokenizer *t, const char *s, size_t n, tok_out *o)
+{
+    int32_t *sym = malloc((n + 1) * sizeof *sym);
+    int32_t *nxt = malloc((n + 1) * sizeof *nxt);
+    if (!sym || !nxt) {
+        free(sym);
+        free(nxt);
+        return peft__fail(PEFT_ENOMEM, "tokenizer: out of memory");
+    }
+    /* initial symbols: characters in the vocabulary, else their bytes (or unk) */
+    int32_t count = 0;
+    for (size_t i = 0; i < n;) {
+        size_t cl = utf8_len((unsigned char)s[i]);
+        if (i + cl > n)
+            cl = n - i;
+        int32_t id = piece_id(t, s + i, cl);
+        if (id >= 0) {
+            sym[count++] = id;
+        } else if (t->byte_fallback) {
+            for (size_t b = 0; b < cl; b++)
+                sym[count++] = t->byte_id[(unsigned char)s[i + b]];
+        } else if (t->unk_id >= 0) {
+            if (!(t->fuse_unk && count > 0 && sym[count - 1] == t->unk_id))
+                sym[count++] = t->unk_id;
+        }
+        i += cl;
+    }
+    for (int32_t i = 0; i < count; i++)
+        nxt[i] = i + 1 < count ? i + 1 : -1;
+    /* repeatedly merge the adjacent pair of lowest rank (leftmost on ties) */
+    int32_t head = count ? 0 : -1;
+    for (;;) {
+        int32_t best = -1, best_rank = INT32_MAX, best_id = -1;
+        for (int32_t i = head; i >= 0 && nxt[i] >= 0; i = nxt[i]) {
+            int32_t rank, merged;
+            uint64_t key = (uint64_t)sym[i] << 32 | (uint32_t)sym[nxt[i]];
+            if (u64_map_get(&t->merges, key, &rank, &merged) && rank < best_rank) {
+                best = i;
+                best_rank = rank;
+                best_id = merged;
+            }
+        }
+        if (best < 0)
+            break;
+        sym[best] = best_id;
+        nxt[best] = nxt[nxt[best]];
+    }
+    for (int32_t i = head; i >= 0; i = nxt[i])
+        emit(o, sym[i]);
+    free(sym);
+    free(nxt);
+    return PEFT_OK;
+}
+
+/* Normalize (spaces -> "▁", optional leading "▁") and run BPE on one plain segment. */
+static int encode_plain(const peft_tokenizer *t, const char *s, size_t n, int first, tok_out *o)
+{
+    if (n == 0)
+        return PEFT_OK;
+    size_t extra = 0;
+    for (size_t i = 0; i < n; i++)
+        extra += s[i] == ' ';
+    char *buf = malloc(n + 2 * extra + 4);
+    if (!buf)
+        return peft__fail(PEFT_ENOMEM, "tokenizer: out of memory");
+    size_t k = 0;
+    if (t->prepend && (first || !t->prepend_first)) {
+        memcpy(buf, SPACE_MARK, 3);
+        k = 3;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == ' ' && t->replace_space) {
+            memcpy(buf + k, SPACE_MARK, 3);
+            k += 3;
+        } else {
+            buf[k++] = s[i];
+        }
+    }
+    int rc = bpe_segment(t, buf, k, o);
+    free(buf);
+    return rc;
+}
+
+int peft_tokenize(const peft_tokenizer *t, const char *text, size_t len, int32_t flags, int32_t *ids,
+                  size_t cap, size_t *n_out)
+{
+    if (!t || (!text && len) || !n_out || (!ids && cap))
+        return peft__fail(PEFT_EINVAL, "peft_tokenize: NULL argument");
+    tok_out o = {ids, cap, 0};
+    int add_bos = (flags & PEFT_TOKENIZE_NO_BOS) ? 0 : (flags & PEFT_TOKENIZE_BOS) ? 1 : t->add_bos;
+    int add_eos = (flags & PEFT_TOKENIZE_EOS) ? 1 : t->add_eos;
+    if (add_bos && t->bos_id >= 0)
+        emit(&o, t->bos_id);
+    int parse_special = !(flags & PEFT_TOKENIZE_NO_SPECIAL);
+    size_t start = 0, i = 0;
+    int first = 1, rc;
+    while (i < len) {
+        const added_token *hit = NULL;
+        if (parse_special)
+            for (int a = 0; a < t->n_added; a++) {
+                const added_token *at = &t->added[a];
+                if (at->len <= len - i && memcmp(text + i, at->content, at->len) == 0 && (!hit || at->len > hit->len))
+                    hit = at;
+            }
+        if (!hit) {
+            i++;
+            continue;
+        }
+        if ((rc = encode_plain(t, text + start, i - start, first, &o)))
+            return rc;
+        first = first && i == start;
+        emit(&o, hit->id);
+        i += hit->len;
+        start = i;
+    }
+    if ((rc = encode_plain(t, text + start, len - start, first, &o)))
+        return rc;
+    if (add_eos && t->eos_id >= 0)
+        emit(&o, t->eos_id);
+    *n_out = o.n;
+    if (o.n > cap)
+        return peft__fail(PEFT_ERANGE, "peft_tokenize: %zu ids do not fit in a buffer of %zu", o.n, cap);
+    return PEFT_OK;
+}
+
+/* ---- decoding ---- */
+
+static int hexval(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+int peft_detokenize(const peft_tokenizer *t, const int32_t *ids, size_t n, int32_t flags, char *buf, size_t cap,
+                    size_t *len_out)
+{
+    if (!t || (!ids && n) || !len_out || (!buf && cap))
+        return peft__fail(PEFT_EINVAL, "peft_detokenize: NULL argument");
+    size_t k = 0;
+    int strip = (flags & PEFT_DETOKENIZE_NO_STRIP) ? 0 : t->strip_leading;
+    int keep_special = flags & PEFT_DETOKENIZE_SPECIAL;
+#define PUT(c)                                                                                     \
+    do {                                                                                           \
+        if (strip > 0 && k == 0 && (c) == ' ') {                                                   \
+            strip--;                                                                               \
+        } else {                                                                                   \
+            if (k < cap)                                                                           \
+                buf[k] = (char)(c);                                                                \
+            k++;                                                                                   \
+        }                                                                                          \
+    } while (0)
+    for (size_t i = 0; i < n; i++) {
+        int32_t id = ids[i];
+        if (id < 0 || id >= t->n_vocab)
+            return peft__fail(PEFT_EINVAL, "peft_detokenize: id %d outside the vocabulary (%d)", id, t->n_vocab);
+        if (t->is_special[id] && !keep_special)
+            continue;
+        const char *p = t->pieces[id];
+        size_t pl = t->piece_len[id];
+        if (t->byte_fallback && pl == 6 && p[0] == '<' && p[1] == '0' && p[2] == 'x' && p[5] == '>' &&
+            hexval(p[3]) >= 0 && hexval(p[4]) >= 0) {
+            int b = hexval(p[3]) * 16 + hexval(p[4]);
+            PUT(b);
+            continue;
+        }
+        for (size_t j = 0; j < pl; j++) {
+            if (t->replace_space && j + 3 <= pl && memcmp(p + j, SPACE_MARK, 3) == 0) {
+                PUT(' ');
+                j += 2;
+            } else {
+                PUT(p[j]);
+            }
+        }
+    }
+#undef PUT
+    *len_out = k;
+    if (k < cap)
+        buf[k] = '\0';
+    if (k >= cap && cap)
+        return peft__fail(PEFT_ERANGE, "peft_detokenize: %zu bytes do not fit in a buffer of %zu", k + 1, cap);
+    return PEFT_OK;
+}
+
+int32_t peft_tokenizer_vocab_size(const peft_tokenizer *t) { return t ? t->n_vocab : 0; }
+
+int32_t peft_tokenizer_special(const peft_tokenizer *t, int32_t which)
+{
+    if (!t)
+        return -1;
+    switch (which) {
+    case PEFT_TOKEN_BOS: return t->bos_id;
+    case PEFT_TOKEN_EOS: return t->eos_id;
+    case PEFT_TOKEN_UNK: return t->unk_id;
+    default: return -1;
+    }
+}
