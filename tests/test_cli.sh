@@ -91,6 +91,44 @@ genesis_heldout_loss_drops)
     cat "$T/g.json"
     json "$T/g.json" "j['eval_loss_before'] > 4.0 and j['eval_loss_after'] < j['eval_loss_before'] - 1.5" || fail "Genesis held-out loss did not drop clearly"
     ;;
+text_data_matches_token_files)
+    [ -f "$SHARED/models/stories260K/config.json" ] || { echo "SKIP: ../shared not present"; exit 77; }
+    M=$SHARED/models/stories260K
+    "$PEFT" tokenize --tokenizer "$M" --in "$SHARED/data/tinystories_sample.txt" --out "$T/ts.bin" 2>/dev/null || fail "tokenize txt"
+    cmp "$T/ts.bin" "$SHARED/data/tinystories_sample.stories260K.u32.bin" || fail "TinyStories ids differ from the reference"
+    "$PEFT" tokenize --tokenizer "$M" --in "$SHARED/data/kjv_genesis.txt" --doc-split line --out "$T/g.bin" 2>/dev/null || fail "tokenize lines"
+    cmp "$T/g.bin" "$SHARED/data/kjv_genesis.stories260K.u32.bin" || fail "Genesis ids differ from the reference"
+    # eval on the text file equals eval on the token file
+    "$PEFT" eval --model "$M" --data "$SHARED/data/kjv_genesis.txt" --doc-split line --seq 128 --max-windows 40 --json >"$T/a" || fail "eval txt"
+    "$PEFT" eval --model "$M" --data "$SHARED/data/kjv_genesis.stories260K.u32.bin" --seq 128 --max-windows 40 --json >"$T/b" || fail "eval bin"
+    [ "$(tail -1 "$T/a" | sed 's/"seconds.*//')" = "$(tail -1 "$T/b" | sed 's/"seconds.*//')" ] || fail "text and token-file evals differ"
+    ids=$("$PEFT" tokenize --tokenizer "$M" --text "Once upon a time")
+    [ "$ids" = "1 403 407 261 378" ] || fail "ids of a short text: $ids"
+    [ "$("$PEFT" tokenize --tokenizer "$M" --decode "$ids")" = "Once upon a time" ] || fail "decode"
+    ;;
+generate_greedy_reference)
+    [ -f "$SHARED/models/stories260K/config.json" ] || { echo "SKIP: ../shared not present"; exit 77; }
+    "$PEFT" generate --model "$SHARED/models/stories260K" --prompt "" --temperature 0 --max-tokens 60 --json >"$T/g" || fail "generate"
+    json "$T/g" "j['text'].startswith('Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high')" || { cat "$T/g"; fail "greedy text differs from the reference"; }
+    "$PEFT" generate --model "$SHARED/models/stories260K" --prompt "Once upon a time" --temperature 0.8 --top-k 40 --top-p 0.9 --seed 3 --max-tokens 30 --json >"$T/s1" || fail "sample"
+    "$PEFT" generate --model "$SHARED/models/stories260K" --prompt "Once upon a time" --temperature 0.8 --top-k 40 --top-p 0.9 --seed 3 --max-tokens 30 --json >"$T/s2" || fail "sample"
+    cmp "$T/s1" "$T/s2" || fail "sampling with a seed is not reproducible"
+    ;;
+instruction_tuning_exact_match)
+    [ -f "$SHARED/models/stories260K/config.json" ] || { echo "SKIP: ../shared not present"; exit 77; }
+    M=$SHARED/models/stories260K
+    D=$SRC/tests/data/instruct.jsonl
+    "$PEFT" eval --model "$M" --data "$D" --pad --seq 48 --exact-match --json >"$T/before" || fail "eval before"
+    "$PEFT" train --model "$M" --data "$D" --pad --seq 48 --out "$T/ad" --steps 100 --batch 4 --lr 3e-3 --rank 8 \
+        --targets all-linear --seed 0 --quiet || fail "train"
+    "$PEFT" eval --model "$M" --adapter "$T/ad" --data "$D" --pad --seq 48 --exact-match --json >"$T/after" || fail "eval after"
+    tail -1 "$T/before"; tail -1 "$T/after"
+    json "$T/before" "j['exact_match'] <= 0.1 and j['examples'] == 20" || fail "base model already answers"
+    json "$T/after" "j['exact_match'] >= 0.9" || fail "tuned model does not answer"
+    "$PEFT" generate --model "$M" --adapter "$T/ad" --prompt "Q: What does the cow say? A:" --temperature 0 --max-tokens 12 \
+        --compare --json >"$T/c" || fail "generate --compare"
+    json "$T/c" "j['text'].startswith(' The cow says moo.') and not j['text_without_adapter'].startswith(' The cow says moo.')" || fail "compare"
+    ;;
 *)
     echo "unknown case $CASE" >&2
     exit 1

@@ -50,6 +50,11 @@ void targets_string(uint32_t t, char *buf, size_t n);
 /* Mean loss over non-overlapping windows of T tokens [w0, w1) in batches of B. */
 int eval_windows(peft_model *m, const tokens *t, int T, int B, size_t w0, size_t w1,
                  double *loss, uint64_t *count);
+/* Padded prompt/completion windows: greedy-generate each completion (up to, not including,
+   a final EOS) and count exact matches. */
+int exact_match(peft_model *m, const tokens *t, int T, int32_t eos, size_t w0, size_t w1, size_t *hits,
+                size_t *asked);
+
 /* Data flags shared by train and eval: --tokenizer --doc-split --pad --eos. tok_out gets the
    tokenizer (model directory's if present), to close by the caller. */
 int data_from_args(cli_args *a, const char *model_dir, int vocab, int seq, data_options *o,

@@ -9,6 +9,8 @@ static const char eval_help[] =
     "usage: peft eval --model DIR [--adapter DIR] --data FILE --seq T [--batch B]\n"
     "                 [--max-windows N] [--threads N] [--backend NAME] [--json]\n"
     "                 [--tokenizer PATH] [--doc-split paragraph|line] [--pad] [--eos]\n"
+    "                 [--exact-match]  (prompt/completion JSONL with --pad: greedy answers\n"
+    "                                   compared with the completions)\n"
     "FILE is .txt, .jsonl or uint32 token ids (see peft train --help). Splits it into non-overlapping windows of T tokens (the\n"
     "partial tail is dropped) and prints the mean next-token loss and perplexity.\n";
 
@@ -30,7 +32,7 @@ int cmd_eval(int argc, char **argv)
     long seq, batch, threads, maxw;
     const char *model = arg_str(&a, "--model", NULL), *adapter = arg_str(&a, "--adapter", NULL);
     const char *data = arg_str(&a, "--data", NULL), *backend = arg_str(&a, "--backend", NULL);
-    int json = arg_flag(&a, "--json");
+    int json = arg_flag(&a, "--json"), exact = arg_flag(&a, "--exact-match");
     if (arg_long(&a, "--seq", 128, &seq) || arg_long(&a, "--batch", 8, &batch) ||
         arg_long(&a, "--threads", 0, &threads) || arg_long(&a, "--max-windows", 0, &maxw))
         goto done;
@@ -75,10 +77,26 @@ int cmd_eval(int argc, char **argv)
     double secs = now_seconds() - t0;
     printf("loss %.6f  ppl %.4f  tokens %llu  windows %zu  (%.1f tokens/s)\n", loss, exp(loss),
            (unsigned long long)count, nw, (double)nw * seq / secs);
-    if (json)
+    size_t hits = 0, asked = 0;
+    if (exact) {
+        if (!t.labels || !t.padded) {
+            fprintf(stderr, "peft eval: --exact-match needs prompt/completion JSONL data and --pad\n");
+            goto done;
+        }
+        if ((code = exact_match(m, &t, (int)seq, peft_tokenizer_special(tok, PEFT_TOKEN_EOS), 0, nw, &hits, &asked))) {
+            rc = fail_lib("exact-match", code);
+            goto done;
+        }
+        printf("exact match %zu / %zu (%.1f%%)\n", hits, asked, asked ? 100.0 * (double)hits / (double)asked : 0.0);
+    }
+    if (json) {
         printf("{\"loss\": %.8f, \"perplexity\": %.6f, \"tokens\": %llu, \"windows\": %zu, \"seq\": %ld, "
-               "\"seconds\": %.3f}\n",
+               "\"seconds\": %.3f",
                loss, exp(loss), (unsigned long long)count, nw, seq, secs);
+        if (exact)
+            printf(", \"exact_match\": %.6f, \"examples\": %zu", asked ? (double)hits / (double)asked : 0.0, asked);
+        printf("}\n");
+    }
     rc = 0;
 done:
     tokens_free(&t);

@@ -46,42 +46,43 @@ struct doc_ctx {
     size_t truncated;
 };
 
-/* Add one document: prompt part (masked) + rest. */
+/* Add one document. With a prompt, prompt + text is tokenized as one string and the
+   loss is masked on the first len(tokenize(prompt)) positions (as TRL does), so the
+   completion is tokenized in context. */
 static int add_doc(struct doc_ctx *c, const char *prompt, size_t plen, const char *text, size_t tlen, int eos)
 {
-    size_t n1 = 0, n2 = 0;
-    int32_t *a = NULL, *b = NULL;
+    size_t np = 0, n = 0;
+    int32_t *ids = NULL;
+    char *joined = NULL;
     int rc = 0;
     if (prompt) {
-        peft_tokenize(c->tok, prompt, plen, 0, NULL, 0, &n1);
-        a = malloc((n1 + 1) * sizeof *a);
-        if (!a || peft_tokenize(c->tok, prompt, plen, 0, a, n1, &n1))
-            rc = -1;
+        joined = malloc(plen + tlen + 1);
+        if (!joined)
+            return -1;
+        memcpy(joined, prompt, plen);
+        memcpy(joined + plen, text, tlen);
+        peft_tokenize(c->tok, prompt, plen, 0, NULL, 0, &np);
+        text = joined;
+        tlen += plen;
     }
-    int flags = (prompt ? PEFT_TOKENIZE_NO_BOS : 0) | (eos ? PEFT_TOKENIZE_EOS : 0);
-    if (!rc) {
-        peft_tokenize(c->tok, text, tlen, flags, NULL, 0, &n2);
-        b = malloc((n2 + 1) * sizeof *b);
-        if (!b || peft_tokenize(c->tok, text, tlen, flags, b, n2, &n2))
-            rc = -1;
-    }
-    if (!rc) {
-        size_t start = c->out->n, total = n1 + n2;
-        for (size_t i = 0; i < n1 && !rc; i++)
-            rc = push(c->out, &c->cap, a[i], -100);
-        for (size_t i = 0; i < n2 && !rc; i++)
-            rc = push(c->out, &c->cap, b[i], b[i]);
-        if (!rc && c->pad) {
-            if (total > (size_t)c->T) {
-                c->out->n = start + (size_t)c->T;
-                c->truncated++;
-            }
-            while (!rc && c->out->n < start + (size_t)c->T)
-                rc = push(c->out, &c->cap, c->pad_id, -100);
+    int flags = eos ? PEFT_TOKENIZE_EOS : 0;
+    peft_tokenize(c->tok, text, tlen, flags, NULL, 0, &n);
+    ids = malloc((n + 1) * sizeof *ids);
+    if (!ids || peft_tokenize(c->tok, text, tlen, flags, ids, n, &n))
+        rc = -1;
+    size_t start = c->out->n;
+    for (size_t i = 0; i < n && !rc; i++)
+        rc = push(c->out, &c->cap, ids[i], i < np ? -100 : ids[i]);
+    if (!rc && c->pad) {
+        if (n > (size_t)c->T) {
+            c->out->n = start + (size_t)c->T;
+            c->truncated++;
         }
+        while (!rc && c->out->n < start + (size_t)c->T)
+            rc = push(c->out, &c->cap, c->pad_id, -100);
     }
-    free(a);
-    free(b);
+    free(ids);
+    free(joined);
     if (rc)
         fprintf(stderr, "peft: tokenizing failed: %s\n", peft_last_error());
     return rc;

@@ -287,3 +287,46 @@ double now_seconds(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
+
+int exact_match(peft_model *m, const tokens *t, int T, int32_t eos, size_t w0, size_t w1, size_t *hits,
+                size_t *asked)
+{
+    peft_model_info info = {.version = PEFT_MODEL_INFO_VERSION};
+    peft_model_get_info(m, &info);
+    float *logits = malloc((size_t)info.vocab_size * sizeof *logits);
+    peft_session *s = NULL;
+    int rc = logits ? peft_session_create(&s, m, T) : PEFT_ENOMEM;
+    *hits = *asked = 0;
+    for (size_t w = w0; w < w1 && !rc; w++) {
+        const int32_t *ids = t->ids + w * (size_t)T, *lab = t->labels + w * (size_t)T;
+        int p = 0;
+        while (p < T && lab[p] == -100)
+            p++;
+        int e = p;
+        while (e < T && lab[e] != -100)
+            e++;
+        /* a trailing EOS is not part of the answer's text */
+        if (e > p && eos >= 0 && ids[e - 1] == eos)
+            e--;
+        if (p == 0 || e <= p)
+            continue;
+        (*asked)++;
+        peft_session_reset(s);
+        if ((rc = peft_session_feed(s, ids, p, logits)))
+            break;
+        int ok = 1;
+        for (int i = p; i < e && ok; i++) {
+            int32_t best = 0;
+            for (int v = 1; v < info.vocab_size; v++)
+                if (logits[v] > logits[best])
+                    best = v;
+            ok = best == ids[i];
+            if (ok && i + 1 < e)
+                rc = peft_session_feed(s, &best, 1, logits);
+        }
+        *hits += (size_t)ok;
+    }
+    peft_session_free(&s);
+    free(logits);
+    return rc;
+}

@@ -1,0 +1,248 @@
+/* Tokenizers, inference sessions and generation, through the public API. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "harness.h"
+#include "peft/peft.h"
+
+static const char *tdata(const char *rel)
+{
+    static char buf[4][4096];
+    static int k;
+    k = (k + 1) % 4;
+    const char *d = getenv("PEFT_TEST_DATA");
+    snprintf(buf[k], sizeof buf[k], "%s/%s", d ? d : SOURCE_ROOT "/tests/data", rel);
+    return buf[k];
+}
+
+static char *slurp(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    rewind(f);
+    char *s = malloc((size_t)n + 1);
+    s[fread(s, 1, (size_t)n, f)] = 0;
+    fclose(f);
+    return s;
+}
+
+/* A tiny reader for the golden file's {"text": "...", "ids": [...]} entries (JSON escapes). */
+static const char *next_case(const char *p, char *text, int32_t *ids, size_t *n)
+{
+    p = strstr(p, "\"text\": \"");
+    if (!p)
+        return NULL;
+    p += 9;
+    size_t k = 0;
+    while (*p != '"') {
+        if (*p == '\\') {
+            p++;
+            char e = *p++;
+            if (e == 'n') text[k++] = '\n';
+            else if (e == 't') text[k++] = '\t';
+            else text[k++] = e; /* the corpus uses only \n, \t, \", \\ */
+        } else {
+            text[k++] = *p++;
+        }
+    }
+    text[k] = 0;
+    p = strstr(p, "\"ids\": [") + 8;
+    *n = 0;
+    while (*p != ']') {
+        char *e;
+        ids[(*n)++] = (int32_t)strtol(p, &e, 10);
+        p = e;
+        while (*p == ',' || *p == ' ' || *p == '\n')
+            p++;
+    }
+    return p;
+}
+
+TEST(tokenizer_matches_sentencepiece)
+{
+    if (!shared_dir())
+        SKIP("../shared not present");
+    char path[4200];
+    snprintf(path, sizeof path, "%s/models/stories260K", shared_dir());
+    peft_tokenizer *t;
+    CHECK_OK(peft_tokenizer_open(&t, path));
+    if (!t)
+        return;
+    CHECK(peft_tokenizer_vocab_size(t) == 512 && peft_tokenizer_special(t, PEFT_TOKEN_BOS) == 1 &&
+          peft_tokenizer_special(t, PEFT_TOKEN_EOS) == 2 && peft_tokenizer_special(t, PEFT_TOKEN_UNK) == 0);
+    char *g = slurp(tdata("tokenizer_golden.json"));
+    CHECK(g != NULL);
+    static char text[4096], back[4096];
+    static int32_t want[2048], got[2048];
+    size_t nw, ng, cases = 0;
+    for (const char *p = g; p && (p = next_case(p, text, want, &nw)); cases++) {
+        CHECK_OK(peft_tokenize(t, text, strlen(text), PEFT_TOKENIZE_NO_BOS, got, 2048, &ng));
+        CHECK_MSG(ng == nw && memcmp(got, want, nw * sizeof *got) == 0, "ids differ for '%s'", text);
+        /* lossless round trip */
+        size_t len;
+        CHECK_OK(peft_detokenize(t, got, ng, 0, back, sizeof back, &len));
+        CHECK_MSG(len == strlen(text) && strcmp(back, text) == 0, "round trip of '%s' gave '%s'", text, back);
+    }
+    CHECK(cases >= 15);
+    free(g);
+    /* BOS by the tokenizer's settings (add_bos_token), EOS on request */
+    CHECK_OK(peft_tokenize(t, "Hello", 5, PEFT_TOKENIZE_DEFAULT | PEFT_TOKENIZE_EOS, got, 2048, &ng));
+    CHECK(ng >= 3 && got[0] == 1 && got[ng - 1] == 2);
+    /* special tokens written in the text are matched, unless asked not to */
+    CHECK_OK(peft_tokenize(t, "<s>Hi</s>", 9, PEFT_TOKENIZE_NO_BOS, got, 2048, &ng));
+    CHECK(got[0] == 1 && got[ng - 1] == 2);
+    size_t ng2;
+    CHECK_OK(peft_tokenize(t, "<s>Hi</s>", 9, PEFT_TOKENIZE_NO_BOS | PEFT_TOKENIZE_NO_SPECIAL, got, 2048, &ng2));
+    CHECK(ng2 > ng && got[0] != 1);
+    /* buffer sizing */
+    size_t need;
+    CHECK_OK(peft_tokenize(t, "Hello world", 11, 0, NULL, 0, &need) == PEFT_ERANGE ? 0 : 1);
+    CHECK(need > 2);
+    CHECK(peft_tokenize(t, "Hello world", 11, 0, got, 1, &need) == PEFT_ERANGE);
+    int32_t bad = 512;
+    size_t len;
+    CHECK(peft_detokenize(t, &bad, 1, 0, back, sizeof back, &len) == PEFT_EINVAL);
+    peft_tokenizer_close(&t);
+    CHECK(t == NULL);
+}
+
+static void write_file(const char *path, const char *s)
+{
+    FILE *f = fopen(path, "w");
+    fputs(s, f);
+    fclose(f);
+}
+
+TEST(tokenizer_unsupported_and_malformed)
+{
+    char dir[] = "/tmp/peft-tok-XXXXXX", p[256];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+    peft_tokenizer *t = NULL;
+    write_file(p, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": [\"a b\"]},"
+                  "\"pre_tokenizer\": {\"type\": \"ByteLevel\"}}");
+    CHECK(peft_tokenizer_open(&t, dir) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "byte-level"));
+    write_file(p, "{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}");
+    CHECK(peft_tokenizer_open(&t, p) == PEFT_EUNSUPPORTED);
+    write_file(p, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 5}, \"merges\": []}}");
+    CHECK(peft_tokenizer_open(&t, p) == PEFT_EFORMAT && strstr(peft_last_error(), "dense"));
+    write_file(p, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [\"a c\"]}}");
+    CHECK(peft_tokenizer_open(&t, p) == PEFT_EFORMAT && strstr(peft_last_error(), "outside the vocabulary"));
+    write_file(p, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0");
+    CHECK(peft_tokenizer_open(&t, p) == PEFT_EFORMAT);
+    /* a minimal valid BPE: merges by rank */
+    write_file(p, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"c\": 2, \"ab\": 3, \"bc\": 4, "
+                  "\"abc\": 5}, \"merges\": [[\"b\", \"c\"], [\"a\", \"b\"], [\"a\", \"bc\"]]}}");
+    CHECK_OK(peft_tokenizer_open(&t, p));
+    int32_t ids[8];
+    size_t n;
+    CHECK_OK(peft_tokenize(t, "abcab", 5, 0, ids, 8, &n));
+    CHECK(n == 2 && ids[0] == 5 && ids[1] == 3); /* "b c" (rank 0) before "a b", then "a bc" */
+    peft_tokenizer_close(&t);
+    CHECK(peft_tokenizer_open(&t, "/nonexistent/tok") == PEFT_ENOTFOUND);
+    remove(p);
+    rmdir(dir);
+}
+
+/* Feeding a session token by token gives the same losses as the batched forward. */
+static void session_vs_forward(int with_adapter)
+{
+    peft_model *m;
+    CHECK_OK(peft_model_open(&m, tdata("tiny"), NULL));
+    if (with_adapter)
+        CHECK_OK(peft_load_adapter(m, tdata("tiny/all_linear/adapter")));
+    int32_t tok[20];
+    for (int i = 0; i < 20; i++)
+        tok[i] = (i * 11 + 7) % 48;
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 1, 20};
+    peft_eval_result r = PEFT_EVAL_RESULT_INIT;
+    CHECK_OK(peft_eval(m, &b, &r));
+    peft_session *s;
+    CHECK_OK(peft_session_create(&s, m, 20));
+    float logits[48];
+    double sum = 0;
+    for (int i = 0; i + 1 < 20; i++) {
+        CHECK_OK(peft_session_feed(s, &tok[i], 1, logits));
+        double mx = logits[0], z = 0;
+        for (int v = 1; v < 48; v++)
+            mx = logits[v] > mx ? logits[v] : mx;
+        for (int v = 0; v < 48; v++)
+            z += exp(logits[v] - mx);
+        sum += mx + log(z) - logits[tok[i + 1]];
+    }
+    CHECK(peft_session_length(s) == 19);
+    CHECK_CLOSE(sum, r.loss_sum, 1e-5);
+    CHECK(peft_session_feed(s, tok, 2, NULL) == PEFT_ERANGE); /* 19 + 2 > 20 */
+    CHECK_OK(peft_session_reset(s));
+    CHECK(peft_session_length(s) == 0);
+    if (with_adapter) {
+        /* disabled adapter = the base model */
+        peft_model *base;
+        CHECK_OK(peft_model_open(&base, tdata("tiny"), NULL));
+        peft_eval_result rb = PEFT_EVAL_RESULT_INIT, rd = PEFT_EVAL_RESULT_INIT;
+        CHECK_OK(peft_eval(base, &b, &rb));
+        CHECK_OK(peft_adapter_enable(m, 0));
+        CHECK_OK(peft_eval(m, &b, &rd));
+        CHECK(rb.loss_sum == rd.loss_sum && rd.loss_sum != r.loss_sum);
+        CHECK(peft_step(m, &b, NULL) == PEFT_ESTATE);
+        CHECK_OK(peft_adapter_enable(m, 1));
+        peft_model_close(&base);
+    }
+    peft_session_free(&s);
+    CHECK(s == NULL);
+    peft_model_close(&m);
+}
+
+TEST(session_matches_forward_base) { session_vs_forward(0); }
+TEST(session_matches_forward_adapter) { session_vs_forward(1); }
+
+TEST(greedy_generation_matches_reference)
+{
+    if (!shared_dir())
+        SKIP("../shared not present");
+    char path[4200];
+    snprintf(path, sizeof path, "%s/models/stories260K", shared_dir());
+    peft_model *m;
+    peft_tokenizer *t;
+    CHECK_OK(peft_model_open(&m, path, NULL));
+    CHECK_OK(peft_tokenizer_open(&t, path));
+    if (!m || !t)
+        return;
+    peft_session *s;
+    CHECK_OK(peft_session_create(&s, m, 64));
+    int32_t ids[64] = {1};
+    float logits[512];
+    CHECK_OK(peft_session_feed(s, ids, 1, logits));
+    int n = 1;
+    while (n < 64) {
+        int32_t best = 0;
+        for (int v = 1; v < 512; v++)
+            if (logits[v] > logits[best])
+                best = v;
+        ids[n++] = best;
+        if (n < 64)
+            CHECK_OK(peft_session_feed(s, &best, 1, logits));
+    }
+    char text[1024];
+    size_t len;
+    CHECK_OK(peft_detokenize(t, ids, (size_t)n, 0, text, sizeof text, &len));
+    const char *ref = "Once upon a time, there was a little girl named Lily. She loved to play outside in the park. "
+                      "One day, she saw a big, red ball. She wanted to play with it, but it was too high.";
+    CHECK_MSG(strncmp(text, ref, strlen(text) < strlen(ref) ? strlen(text) : strlen(ref)) == 0 && len > 150,
+              "generated: %s", text);
+    peft_session_free(&s);
+    peft_tokenizer_close(&t);
+    peft_model_close(&m);
+}
+
+static const struct h_case cases[] = {
+    CASE(tokenizer_matches_sentencepiece), CASE(tokenizer_unsupported_and_malformed),
+    CASE(session_matches_forward_base), CASE(session_matches_forward_adapter),
+    CASE(greedy_generation_matches_reference),
+};
+TEST_MAIN(cases)
