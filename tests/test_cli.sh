@@ -10,7 +10,7 @@ T=$(mktemp -d /tmp/peft-cli-XXXXXX)
 trap 'rm -rf "$T"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 # json FILE EXPR: evaluate a Python expression over the last line's JSON object `j`
-json() { python3 -c "import json,sys; j=json.loads(open('$1').read().strip().splitlines()[-1]); sys.exit(0 if ($2) else 1)"; }
+json() { python3 -c "import json,sys; j=json.loads(open('$1', errors='replace').read().strip().splitlines()[-1]); sys.exit(0 if ($2) else 1)"; }
 
 setup_tiny() {
     "$PEFT" init-model --out "$T/model" --hidden 48 --layers 2 --heads 4 --kv-heads 2 --ffn 96 --vocab 64 --seed 3 "$@" >/dev/null || fail "init-model"

@@ -136,17 +136,39 @@ done:
     return rc;
 }
 
-static void json_string(const char *s)
+/* Length of a valid UTF-8 sequence at s, or 0. */
+static int utf8_valid(const unsigned char *s)
 {
+    int n = s[0] < 0x80 ? 1 : (s[0] & 0xe0) == 0xc0 && s[0] >= 0xc2 ? 2 : (s[0] & 0xf0) == 0xe0 ? 3
+          : (s[0] & 0xf8) == 0xf0 && s[0] <= 0xf4 ? 4 : 0;
+    for (int i = 1; i < n; i++)
+        if ((s[i] & 0xc0) != 0x80)
+            return 0;
+    return n;
+}
+
+/* JSON string; bytes that are not valid UTF-8 (a sampled byte token, say) become U+FFFD. */
+static void json_string(const char *str)
+{
+    const unsigned char *s = (const unsigned char *)str;
     putchar('"');
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            printf("\\%c", ch);
-        else if (ch < 0x20)
-            printf("\\u%04x", ch);
-        else
-            putchar(ch);
+    while (*s) {
+        int n = utf8_valid(s);
+        if (n == 0) {
+            fputs("\\ufffd", stdout);
+            s++;
+        } else if (n > 1) {
+            fwrite(s, 1, (size_t)n, stdout);
+            s += n;
+        } else {
+            if (*s == '"' || *s == '\\')
+                printf("\\%c", *s);
+            else if (*s < 0x20)
+                printf("\\u%04x", *s);
+            else
+                putchar(*s);
+            s++;
+        }
     }
     putchar('"');
 }
