@@ -369,15 +369,74 @@ static size_t utf8_len(unsigned char c)
     return c < 0x80 ? 1 : c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
 }
 
-/* BPE over one normalized segment. sym/next are scratch arrays of the segment's length. */
+/* Heap of candidate merges ordered by (rank, position): the lowest rank first,
+   the leftmost on ties, as Hugging Face's BPE does. Entries are checked lazily. */
+typedef struct merge_cand {
+    int32_t rank, pos, left_id, right_id;
+} merge_cand;
+
+static int cand_less(const merge_cand *a, const merge_cand *b)
+{
+    return a->rank < b->rank || (a->rank == b->rank && a->pos < b->pos);
+}
+
+static void heap_push(merge_cand *h, size_t *n, merge_cand c)
+{
+    size_t i = (*n)++;
+    while (i > 0) {
+        size_t p = (i - 1) / 2;
+        if (!cand_less(&c, &h[p]))
+            break;
+        h[i] = h[p];
+        i = p;
+    }
+    h[i] = c;
+}
+
+static merge_cand heap_pop(merge_cand *h, size_t *n)
+{
+    merge_cand top = h[0], last = h[--(*n)];
+    size_t i = 0;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        const merge_cand *best = &last;
+        if (l < *n && cand_less(&h[l], best))
+            m = l, best = &h[l];
+        if (r < *n && cand_less(&h[r], best))
+            m = r;
+        if (m == i)
+            break;
+        h[i] = h[m];
+        i = m;
+    }
+    if (*n)
+        h[i] = last;
+    return top;
+}
+
+static void consider(const peft_tokenizer *t, merge_cand *heap, size_t *nh, const int32_t *sym, int32_t i,
+                     int32_t j)
+{
+    if (i < 0 || j < 0)
+        return;
+    int32_t rank, merged;
+    if (u64_map_get(&t->merges, (uint64_t)sym[i] << 32 | (uint32_t)sym[j], &rank, &merged)) {
+        merge_cand c = {rank, i, sym[i], sym[j]};
+        heap_push(heap, nh, c);
+    }
+}
+
+/* BPE over one normalized segment: O(n log n). */
 static int bpe_segment(const peft_tokenizer *t, const char *s, size_t n, tok_out *o)
 {
     int32_t *sym = malloc((n + 1) * sizeof *sym);
     int32_t *nxt = malloc((n + 1) * sizeof *nxt);
-    if (!sym || !nxt) {
-        free(sym);
-        free(nxt);
-        return peft__fail(PEFT_ENOMEM, "tokenizer: out of memory");
+    int32_t *prv = malloc((n + 1) * sizeof *prv);
+    merge_cand *heap = malloc((2 * n + 2) * sizeof *heap);
+    int rc = PEFT_OK;
+    if (!sym || !nxt || !prv || !heap) {
+        rc = peft__fail(PEFT_ENOMEM, "tokenizer: out of memory");
+        goto done;
     }
     /* initial symbols: characters in the vocabulary, else their bytes (or unk) */
     int32_t count = 0;
@@ -397,31 +456,36 @@ static int bpe_segment(const peft_tokenizer *t, const char *s, size_t n, tok_out
         }
         i += cl;
     }
-    for (int32_t i = 0; i < count; i++)
+    size_t nh = 0;
+    for (int32_t i = 0; i < count; i++) {
         nxt[i] = i + 1 < count ? i + 1 : -1;
-    /* repeatedly merge the adjacent pair of lowest rank (leftmost on ties) */
-    int32_t head = count ? 0 : -1;
-    for (;;) {
-        int32_t best = -1, best_rank = INT32_MAX, best_id = -1;
-        for (int32_t i = head; i >= 0 && nxt[i] >= 0; i = nxt[i]) {
-            int32_t rank, merged;
-            uint64_t key = (uint64_t)sym[i] << 32 | (uint32_t)sym[nxt[i]];
-            if (u64_map_get(&t->merges, key, &rank, &merged) && rank < best_rank) {
-                best = i;
-                best_rank = rank;
-                best_id = merged;
-            }
-        }
-        if (best < 0)
-            break;
-        sym[best] = best_id;
-        nxt[best] = nxt[nxt[best]];
+        prv[i] = i - 1;
     }
-    for (int32_t i = head; i >= 0; i = nxt[i])
+    for (int32_t i = 0; i + 1 < count; i++)
+        consider(t, heap, &nh, sym, i, i + 1);
+    while (nh > 0) {
+        merge_cand c = heap_pop(heap, &nh);
+        int32_t i = c.pos, j = sym[i] == c.left_id && sym[i] >= 0 ? nxt[i] : -1;
+        if (j < 0 || sym[j] != c.right_id)
+            continue; /* stale */
+        int32_t rank, merged;
+        u64_map_get(&t->merges, (uint64_t)c.left_id << 32 | (uint32_t)c.right_id, &rank, &merged);
+        sym[i] = merged;
+        sym[j] = -1; /* dead */
+        nxt[i] = nxt[j];
+        if (nxt[j] >= 0)
+            prv[nxt[j]] = i;
+        consider(t, heap, &nh, sym, prv[i], i);
+        consider(t, heap, &nh, sym, i, nxt[i]);
+    }
+    for (int32_t i = count ? 0 : -1; i >= 0; i = nxt[i])
         emit(o, sym[i]);
+done:
     free(sym);
     free(nxt);
-    return PEFT_OK;
+    free(prv);
+    free(heap);
+    return rc;
 }
 
 /* Normalize (spaces -> "▁", optional leading "▁") and run BPE on one plain segment. */

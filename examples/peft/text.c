@@ -66,9 +66,17 @@ static int add_doc(struct doc_ctx *c, const char *prompt, size_t plen, const cha
         tlen += plen;
     }
     int flags = eos ? PEFT_TOKENIZE_EOS : 0;
-    peft_tokenize(c->tok, text, tlen, flags, NULL, 0, &n);
-    ids = malloc((n + 1) * sizeof *ids);
-    if (!ids || peft_tokenize(c->tok, text, tlen, flags, ids, n, &n))
+    /* usually at most one id per byte plus BOS and EOS: one pass; resize if not */
+    size_t cap = tlen + 3;
+    ids = malloc(cap * sizeof *ids);
+    int trc = ids ? peft_tokenize(c->tok, text, tlen, flags, ids, cap, &n) : PEFT_ENOMEM;
+    if (trc == PEFT_ERANGE) {
+        int32_t *bigger = realloc(ids, (n + 1) * sizeof *ids);
+        trc = bigger ? peft_tokenize(c->tok, text, tlen, flags, bigger, n + 1, &n) : PEFT_ENOMEM;
+        if (bigger)
+            ids = bigger;
+    }
+    if (trc)
         rc = -1;
     size_t start = c->out->n;
     for (size_t i = 0; i < n && !rc; i++)

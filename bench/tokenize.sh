@@ -1,0 +1,38 @@
+#!/bin/sh
+# Tokenizer throughput: libpeft (peft tokenize) vs SentencePiece (Debian's
+# python3-sentencepiece, C++ core) on the same text, one thread each, same run.
+#   sh bench/tokenize.sh [COPIES]   (default 50 copies of ../shared/data/tinystories_sample.txt)
+set -eu
+cd "$(dirname "$0")/.."
+SHARED=${SHARED:-../shared}
+N=${1:-50}
+T=$(mktemp -d /tmp/peft-bench-XXXXXX)
+trap 'rm -rf "$T"' EXIT
+[ -f build/build.ninja ] || meson setup build -Dbuildtype=release >/dev/null
+ninja -C build >/dev/null
+for i in $(seq 1 "$N"); do cat "$SHARED/data/tinystories_sample.txt"; echo; done >"$T/text.txt"
+MB=$(python3 -c "import os; print(os.path.getsize('$T/text.txt') / 1e6)")
+for run in 1 2 3; do
+    s=$(date +%s.%N)
+    ./build/examples/peft tokenize --tokenizer "$SHARED/models/stories260K" --in "$T/text.txt" --out "$T/ids.bin" 2>/dev/null
+    e=$(date +%s.%N)
+    echo "libpeft run $run: $(python3 -c "print(f'{$MB / ($e - $s):.1f}')") MB/s"
+done
+if /usr/bin/python3 -c "import sentencepiece" 2>/dev/null; then
+    /usr/bin/python3 - "$T/text.txt" "$SHARED/models/stories260K/tokenizer.model" "$T/ids.bin" <<'PY'
+import sys, time, array
+import sentencepiece as spm
+text, model, ours = sys.argv[1:4]
+sp = spm.SentencePieceProcessor(model_file=model)
+docs = [d.strip() for d in open(text, encoding="utf-8").read().split("\n\n") if d.strip()]
+mb = sum(len(d.encode()) for d in docs) / 1e6
+for run in (1, 2, 3):
+    t = time.perf_counter()
+    ids = [[1] + x for x in sp.encode(docs)]
+    dt = time.perf_counter() - t
+    print(f"sentencepiece run {run}: {mb / dt:.1f} MB/s")
+flat = array.array("I", [i for d in ids for i in d])
+mine = array.array("I"); mine.frombytes(open(ours, "rb").read())
+print("identical ids:", flat == mine)
+PY
+fi
