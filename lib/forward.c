@@ -66,9 +66,9 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
                    xa_of(m, l, PEFT_MOD_K), ws->tmp);
     linear_forward(m, a->v, a->xn1, w->w[PEFT_MOD_V], N, D, Hk, peft__view_of(m, &lv, l, PEFT_MOD_V, train),
                    xa_of(m, l, PEFT_MOD_V), ws->tmp);
-    rope_forward(m->pool, a->q, ws->rope_cos, ws->rope_sin, B, T, c->n_heads, c->head_dim);
-    rope_forward(m->pool, a->k, ws->rope_cos, ws->rope_sin, B, T, c->n_kv_heads, c->head_dim);
-    attention_forward(m->pool, a->att, a->lse, ws->att_scratch, a->q, a->k, a->v, B, T, c->n_heads,
+    rope_forward(m->pool, a->q, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_heads, c->head_dim);
+    rope_forward(m->pool, a->k, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_kv_heads, c->head_dim);
+    attention_forward(m->pool, a->att, a->lse, ws->att_scratch, a->q, a->k, a->v, ws->pos, B, T, c->n_heads,
                       c->n_kv_heads, c->head_dim);
     linear_forward(m, a->h, a->att, w->w[PEFT_MOD_O], N, Hq, D, peft__view_of(m, &lv, l, PEFT_MOD_O, train),
                    xa_of(m, l, PEFT_MOD_O), ws->tmp);
@@ -125,10 +125,10 @@ static void layer_backward(peft_model *m, int l)
                     peft__view_of(m, &lv, l, PEFT_MOD_O, 1), xa_of(m, l, PEFT_MOD_O), ws->dxa, ws->tmp);
     if (!qkv)
         return;
-    attention_backward(m->pool, ws->dq, ws->dk, ws->dv, ws->datt, a->q, a->k, a->v, a->att, a->lse, B,
+    attention_backward(m->pool, ws->dq, ws->dk, ws->dv, ws->datt, a->q, a->k, a->v, a->att, a->lse, ws->pos, B,
                        T, c->n_heads, c->n_kv_heads, c->head_dim);
-    rope_backward(m->pool, ws->dq, ws->rope_cos, ws->rope_sin, B, T, c->n_heads, c->head_dim);
-    rope_backward(m->pool, ws->dk, ws->rope_cos, ws->rope_sin, B, T, c->n_kv_heads, c->head_dim);
+    rope_backward(m->pool, ws->dq, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_heads, c->head_dim);
+    rope_backward(m->pool, ws->dk, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_kv_heads, c->head_dim);
     float *dxn = below ? ws->dxn : NULL;
     linear_backward(m, dxn, 0.0f, ws->dq, a->xn1, w->w[PEFT_MOD_Q], N, D, Hq,
                     peft__view_of(m, &lv, l, PEFT_MOD_Q, 1), xa_of(m, l, PEFT_MOD_Q), ws->dxa, ws->tmp);
@@ -199,13 +199,21 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
     workspace *ws = &m->ws;
     rope_tables(ws->rope_cos, ws->rope_sin, T, c->head_dim, c->rope_theta);
 
-    /* labels: row b*T+t predicts labels[b*T+t+1] */
+    /* positions: packed documents (seq_ids) restart at 0; row b*T+t predicts
+       labels[b*T+t+1] unless a new document starts there */
+    const int32_t *seg = batch->version >= 2 ? batch->seq_ids : NULL;
     const int32_t *lab = batch->labels ? batch->labels : batch->tokens;
     uint64_t count = 0;
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
-            int32_t y = t + 1 < T ? lab[(int64_t)b * T + t + 1] : -100;
-            ws->labels[(int64_t)b * T + t] = y;
+            int64_t r = (int64_t)b * T + t;
+            ws->pos[r] = t == 0 || (seg && seg[r] != seg[r - 1]) ? 0 : ws->pos[r - 1] + 1;
+        }
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            int64_t r = (int64_t)b * T + t;
+            int32_t y = t + 1 < T && ws->pos[r + 1] != 0 ? lab[r + 1] : -100;
+            ws->labels[r] = y;
             count += y >= 0;
         }
 

@@ -54,6 +54,7 @@ typedef struct workspace {
     float *logits, *row_loss, *att_scratch;
     float *rope_cos, *rope_sin; /* (T, hd/2) */
     int32_t *labels;            /* (N) label of each row's prediction, -100 = none */
+    int32_t *pos;               /* (N) position of each row inside its document */
     size_t lora_floats;
     int has_grads;
     void *block;

@@ -37,6 +37,7 @@ void peft__workspace_free(workspace *ws)
     peft__free(ws->block);
     free(ws->acts);
     free(ws->labels);
+    free(ws->pos);
     memset(ws, 0, sizeof *ws);
 }
 
@@ -132,8 +133,9 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
     }
     free(p.dyn);
     ws->labels = malloc(N * sizeof *ws->labels);
+    ws->pos = malloc(N * sizeof *ws->pos);
     ws->block = block;
-    if (!ws->labels) {
+    if (!ws->labels || !ws->pos) {
         peft__workspace_free(ws);
         return peft__fail(PEFT_ENOMEM, "workspace: out of memory");
     }

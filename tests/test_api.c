@@ -173,13 +173,13 @@ static float *train_run(int threads, int steps, int accum, int batch_split, floa
         make_batch(tok, 4 * 16, (uint32_t)s);
         if (batch_split) {
             for (int h = 0; h < 2; h++) {
-                peft_batch b = {PEFT_BATCH_VERSION, tok + h * 32, NULL, 2, 16};
+                peft_batch b = {PEFT_BATCH_VERSION, tok + h * 32, NULL, 2, 16, NULL};
                 peft_step_result r = PEFT_STEP_RESULT_INIT;
                 CHECK_OK(peft_step(m, &b, &r));
                 CHECK(r.updated == (h == 1));
             }
         } else {
-            peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 4, 16};
+            peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 4, 16, NULL};
             CHECK_OK(peft_step(m, &b, NULL));
         }
     }
@@ -225,7 +225,7 @@ TEST(split_step_equals_step)
     CHECK_OK(peft_attach_lora(m2, &o, NULL));
     int32_t tok[3 * 10];
     make_batch(tok, 30, 5);
-    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 3, 10};
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 3, 10, NULL};
     peft_step_result r1 = PEFT_STEP_RESULT_INIT, r2 = PEFT_STEP_RESULT_INIT;
     CHECK_OK(peft_step(m1, &b, &r1));
     CHECK_OK(peft_forward_backward(m2, &b, &r2));
@@ -261,7 +261,7 @@ TEST(label_mask)
     make_batch(tok, 16, 3);
     for (int i = 0; i < 16; i++)
         lab[i] = -100;
-    peft_batch b = {PEFT_BATCH_VERSION, tok, lab, 2, 8};
+    peft_batch b = {PEFT_BATCH_VERSION, tok, lab, 2, 8, NULL};
     peft_step_result r = PEFT_STEP_RESULT_INIT;
     CHECK_OK(peft_forward_backward(m, &b, &r));
     CHECK(r.tokens == 0 && r.loss == 0.0);
@@ -289,7 +289,7 @@ TEST(state_errors)
 {
     peft_model *m = open_tiny(1);
     int32_t tok[8] = {1, 2, 3, 4, 5, 6, 7, 8};
-    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 1, 8};
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 1, 8, NULL};
     CHECK(peft_step(m, &b, NULL) == PEFT_ESTATE);
     CHECK(peft_save_adapter(m, "/tmp/x", NULL) == PEFT_ESTATE);
     float *p;
@@ -321,7 +321,7 @@ TEST(non_finite_loss_is_refused)
     CHECK_OK(peft_param_buffer(&p, &n, m));
     p[0] = NAN;
     int32_t tok[8] = {1, 2, 3, 4, 5, 6, 7, 8};
-    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 1, 8};
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 1, 8, NULL};
     peft_step_result r = PEFT_STEP_RESULT_INIT;
     CHECK(peft_step(m, &b, &r) == PEFT_ENUMERIC);
     CHECK(r.updated == 0 && r.step == 0);
@@ -336,7 +336,7 @@ static double eval_loss(peft_model *m)
 {
     int32_t tok[2 * 16];
     make_batch(tok, 32, 77);
-    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16};
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
     peft_eval_result e = PEFT_EVAL_RESULT_INIT;
     CHECK_OK(peft_eval(m, &b, &e));
     return e.loss_sum / (double)e.tokens;
@@ -371,7 +371,7 @@ TEST(save_load_round_trip)
     int32_t tok[4 * 16];
     for (int s = 0; s < 3; s++) {
         make_batch(tok, 64, (uint32_t)s + 10);
-        peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 4, 16};
+        peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 4, 16, NULL};
         CHECK_OK(peft_step(m, &b, NULL));
     }
     double before = eval_loss(m);
@@ -503,7 +503,7 @@ TEST(training_lowers_loss)
     CHECK_OK(peft_opt_set(m, PEFT_OPT_SCHEDULE, PEFT_SCHEDULE_COSINE));
     int32_t tok[4 * 16];
     make_batch(tok, 64, 1234);
-    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 4, 16};
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 4, 16, NULL};
     peft_step_result r = PEFT_STEP_RESULT_INIT;
     double first = 0, last = 0;
     for (int s = 0; s < 40; s++) {
@@ -519,11 +519,67 @@ TEST(training_lowers_loss)
     peft_model_close(&m);
 }
 
+TEST(packed_documents_equal_separate_sequences)
+{
+    peft_model *m = open_tiny(2);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_ALL_LINEAR;
+    o.init = PEFT_INIT_GAUSSIAN;
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    /* make B nonzero so every path carries signal */
+    float *p, *g;
+    size_t n;
+    CHECK_OK(peft_param_buffer(&p, &n, m));
+    for (size_t i = 0; i < n; i++)
+        if (p[i] == 0.0f)
+            p[i] = 0.01f * (float)((i * 37) % 11) - 0.05f;
+    int32_t tok[16], seg[16];
+    make_batch(tok, 16, 99);
+    for (int i = 0; i < 16; i++)
+        seg[i] = i < 6 ? 7 : 3;
+    peft_batch packed = {PEFT_BATCH_VERSION, tok, NULL, 1, 16, seg};
+    peft_batch a = {PEFT_BATCH_VERSION, tok, NULL, 1, 6, NULL}, b = {PEFT_BATCH_VERSION, tok + 6, NULL, 1, 10, NULL};
+    peft_eval_result ep = PEFT_EVAL_RESULT_INIT, ea = PEFT_EVAL_RESULT_INIT, eb = PEFT_EVAL_RESULT_INIT;
+    CHECK_OK(peft_eval(m, &packed, &ep));
+    CHECK_OK(peft_eval(m, &a, &ea));
+    CHECK_OK(peft_eval(m, &b, &eb));
+    CHECK(ep.tokens == 14 && ea.tokens + eb.tokens == 14);
+    CHECK_CLOSE(ep.loss_sum, ea.loss_sum + eb.loss_sum, 1e-5);
+    /* gradients: packed == the two documents accumulated */
+    CHECK_OK(peft_forward_backward(m, &packed, NULL));
+    CHECK_OK(peft_grad_buffer(&g, &n, m));
+    float *gp = malloc(n * sizeof *gp);
+    memcpy(gp, g, n * sizeof *gp);
+    CHECK_OK(peft_zero_grad(m));
+    CHECK_OK(peft_forward_backward(m, &a, NULL));
+    CHECK_OK(peft_forward_backward(m, &b, NULL));
+    double worst = 0, mx = 0;
+    for (size_t i = 0; i < n; i++) {
+        worst = fmax(worst, fabs(gp[i] - g[i]));
+        mx = fmax(mx, fabs(g[i]));
+    }
+    CHECK_MSG(worst <= 1e-5 * fmax(mx, 1.0), "max gradient difference %g (scale %g)", worst, mx);
+    /* without seq_ids the two documents see each other: a different loss */
+    peft_batch plain = {PEFT_BATCH_VERSION, tok, NULL, 1, 16, NULL};
+    peft_eval_result e2 = PEFT_EVAL_RESULT_INIT;
+    CHECK_OK(peft_eval(m, &plain, &e2));
+    CHECK(e2.tokens == 15 && e2.loss_sum != ep.loss_sum);
+    /* a version-1 batch never reads seq_ids */
+    struct {
+        peft_batch b;
+    } v1 = {{1, tok, NULL, 1, 16, (const int32_t *)(uintptr_t)1}};
+    peft_eval_result e3 = PEFT_EVAL_RESULT_INIT;
+    CHECK_OK(peft_eval(m, &v1.b, &e3));
+    CHECK(e3.loss_sum == e2.loss_sum);
+    free(gp);
+    peft_model_close(&m);
+}
+
 static const struct h_case cases[] = {
     CASE(errors_and_versions), CASE(last_error_is_per_thread), CASE(info_and_exact_counts),
     CASE(determinism_and_thread_invariance), CASE(gradient_accumulation_equals_big_batch),
     CASE(split_step_equals_step), CASE(label_mask), CASE(state_errors), CASE(non_finite_loss_is_refused),
     CASE(save_load_round_trip), CASE(load_adapter_errors), CASE(save_is_atomic_on_write_failure),
-    CASE(training_lowers_loss),
+    CASE(training_lowers_loss), CASE(packed_documents_equal_separate_sequences),
 };
 TEST_MAIN(cases)

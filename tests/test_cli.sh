@@ -98,10 +98,17 @@ text_data_matches_token_files)
     cmp "$T/ts.bin" "$SHARED/data/tinystories_sample.stories260K.u32.bin" || fail "TinyStories ids differ from the reference"
     "$PEFT" tokenize --tokenizer "$M" --in "$SHARED/data/kjv_genesis.txt" --doc-split line --out "$T/g.bin" 2>/dev/null || fail "tokenize lines"
     cmp "$T/g.bin" "$SHARED/data/kjv_genesis.stories260K.u32.bin" || fail "Genesis ids differ from the reference"
-    # eval on the text file equals eval on the token file
-    "$PEFT" eval --model "$M" --data "$SHARED/data/kjv_genesis.txt" --doc-split line --seq 128 --max-windows 40 --json >"$T/a" || fail "eval txt"
-    "$PEFT" eval --model "$M" --data "$SHARED/data/kjv_genesis.stories260K.u32.bin" --seq 128 --max-windows 40 --json >"$T/b" || fail "eval bin"
-    [ "$(tail -1 "$T/a" | sed 's/"seconds.*//')" = "$(tail -1 "$T/b" | sed 's/"seconds.*//')" ] || fail "text and token-file evals differ"
+    # eval on the text file equals eval on the token file: with document boundaries
+    # (packed verses attend only within themselves) and without (--cross-doc)
+    same() { [ "$(tail -1 "$1" | sed 's/"seconds.*//')" = "$(tail -1 "$2" | sed 's/"seconds.*//')" ]; }
+    G=$SHARED/data/kjv_genesis
+    "$PEFT" eval --model "$M" --data "$G.txt" --doc-split line --seq 128 --max-windows 40 --json >"$T/a" || fail "eval txt"
+    "$PEFT" eval --model "$M" --data "$G.stories260K.u32.bin" --split-at-bos --seq 128 --max-windows 40 --json >"$T/b" || fail "eval bin"
+    same "$T/a" "$T/b" || fail "text and token-file evals differ (document boundaries)"
+    "$PEFT" eval --model "$M" --data "$G.txt" --doc-split line --cross-doc --seq 128 --max-windows 40 --json >"$T/c" || fail "eval txt"
+    "$PEFT" eval --model "$M" --data "$G.stories260K.u32.bin" --seq 128 --max-windows 40 --json >"$T/d" || fail "eval bin"
+    same "$T/c" "$T/d" || fail "text and token-file evals differ (no boundaries)"
+    same "$T/a" "$T/c" && fail "document boundaries change nothing"
     ids=$("$PEFT" tokenize --tokenizer "$M" --text "Once upon a time")
     [ "$ids" = "1 403 407 261 378" ] || fail "ids of a short text: $ids"
     [ "$("$PEFT" tokenize --tokenizer "$M" --decode "$ids")" = "Once upon a time" ] || fail "decode"

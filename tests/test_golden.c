@@ -98,7 +98,7 @@ static void step_case(const char *name, int threads)
     CHECK_OK(peft_model_open(&m, data_path("tiny"), &oo));
     snprintf(rel, sizeof rel, "tiny/%s/adapter", name);
     CHECK_OK(peft_load_adapter(m, data_path(rel)));
-    peft_batch b = {PEFT_BATCH_VERSION, tok, lab, B, T};
+    peft_batch b = {PEFT_BATCH_VERSION, tok, lab, B, T, NULL};
     peft_step_result r = PEFT_STEP_RESULT_INIT;
     CHECK_OK(peft_forward_backward(m, &b, &r));
     CHECK_CLOSE(r.loss, jnum(e, "loss"), 1e-5);
@@ -141,7 +141,7 @@ TEST(model_gradcheck)
     int32_t tok[2 * 10];
     for (int i = 0; i < 20; i++)
         tok[i] = (i * 7 + 3) % 48;
-    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 10};
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 10, NULL};
     peft_step_result r = PEFT_STEP_RESULT_INIT;
     CHECK_OK(peft_forward_backward(m, &b, &r));
     float *g, *p;
@@ -187,7 +187,7 @@ static double tiny_eval(const char *dir, char *dtype_out)
     int32_t tok[3 * 16];
     for (int i = 0; i < 48; i++)
         tok[i] = (i * 13 + 5) % 48;
-    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 3, 16};
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 3, 16, NULL};
     peft_eval_result r = PEFT_EVAL_RESULT_INIT;
     double loss = peft_eval(m, &b, &r) ? NAN : r.loss_sum / (double)r.tokens;
     peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
@@ -383,7 +383,7 @@ static double eval_file(peft_model *m, const char *path, int T, uint64_t *count)
     size_t nw = n / (size_t)T;
     for (size_t w = 0; w < nw; w += 16) {
         int nb = (int)(nw - w < 16 ? nw - w : 16);
-        peft_batch b = {PEFT_BATCH_VERSION, t + w * (size_t)T, NULL, nb, T};
+        peft_batch b = {PEFT_BATCH_VERSION, t + w * (size_t)T, NULL, nb, T, NULL};
         peft_eval_result r = PEFT_EVAL_RESULT_INIT;
         if (peft_eval(m, &b, &r)) {
             free(t);
@@ -418,7 +418,7 @@ TEST(shared_base_and_adapter_losses)
     CHECK_CLOSE(eval_file(m, sp("data/kjv_genesis.stories260K.u32.bin"), 128, &c), 4.188473392151952, 1e-4);
     size_t n;
     int32_t *t = load_tokens(sp("data/tinystories_sample.stories260K.u32.bin"), &n);
-    peft_batch b = {PEFT_BATCH_VERSION, t, NULL, 1, 128};
+    peft_batch b = {PEFT_BATCH_VERSION, t, NULL, 1, 128, NULL};
     peft_eval_result r = PEFT_EVAL_RESULT_INIT;
     CHECK_OK(peft_eval(m, &b, &r));
     CHECK_CLOSE(r.loss_sum / (double)r.tokens, 1.431879, 1e-5);
@@ -439,7 +439,7 @@ TEST(shared_training_step)
     CHECK_OK(peft_load_adapter(m, ad));
     size_t n;
     int32_t *t = load_tokens(sp("data/tinystories_sample.stories260K.u32.bin"), &n);
-    peft_batch b = {PEFT_BATCH_VERSION, t, NULL, 4, 64};
+    peft_batch b = {PEFT_BATCH_VERSION, t, NULL, 4, 64, NULL};
     peft_step_result r = PEFT_STEP_RESULT_INIT;
     CHECK_OK(peft_forward_backward(m, &b, &r));
     CHECK_CLOSE(r.loss, 1.8622275590896606, 1e-4);

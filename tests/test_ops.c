@@ -102,7 +102,7 @@ static double rope_loss(void *vp)
 {
     struct rope_ctx *c = vp;
     memcpy(c->y, c->x, sizeof c->x);
-    rope_forward(NULL, c->y, c->c, c->s, QB, QT, QH, QHD);
+    rope_forward(NULL, c->y, c->c, c->s, NULL, QB, QT, QH, QHD);
     return dotd(c->y, c->dout, sizeof c->x / sizeof(float));
 }
 TEST(rope)
@@ -114,7 +114,7 @@ TEST(rope)
     fill(c.dout, n, 1.0f);
     float dx[sizeof c.x / sizeof(float)];
     memcpy(dx, c.dout, sizeof dx);
-    rope_backward(NULL, dx, c.c, c.s, QB, QT, QH, QHD);
+    rope_backward(NULL, dx, c.c, c.s, NULL, QB, QT, QH, QHD);
     CHECK(fd_check("rope dx", c.x, n, dx, rope_loss, &c, 1e-2f, 1e-3) == 0);
     /* position 0 is the identity; pair (i, i+hd/2) at position 1 rotates by angle theta^(-2i/hd) */
     rope_loss(&c);
@@ -132,23 +132,25 @@ enum { AB = 2, AT = 6, AH = 4, AHK = 2, AD = 4 };
 struct att_ctx {
     float q[AB * AT * AH * AD], k[AB * AT * AHK * AD], v[AB * AT * AHK * AD];
     float out[AB * AT * AH * AD], lse[AB * AH * AT], scratch[AB * AH * AT], dout[AB * AT * AH * AD];
+    const int32_t *pos;
 };
 static double att_loss(void *vp)
 {
     struct att_ctx *c = vp;
-    attention_forward(NULL, c->out, c->lse, c->scratch, c->q, c->k, c->v, AB, AT, AH, AHK, AD);
+    attention_forward(NULL, c->out, c->lse, c->scratch, c->q, c->k, c->v, c->pos, AB, AT, AH, AHK, AD);
     return dotd(c->out, c->dout, sizeof c->out / sizeof(float));
 }
-TEST(attention_gqa)
+static void attention_case(const int32_t *pos)
 {
     struct att_ctx c;
+    c.pos = pos;
     fill(c.q, sizeof c.q / 4, 1.0f);
     fill(c.k, sizeof c.k / 4, 1.0f);
     fill(c.v, sizeof c.v / 4, 1.0f);
     fill(c.dout, sizeof c.dout / 4, 1.0f);
     float dq[sizeof c.q / 4], dk[sizeof c.k / 4], dv[sizeof c.v / 4];
     att_loss(&c);
-    attention_backward(NULL, dq, dk, dv, c.dout, c.q, c.k, c.v, c.out, c.lse, AB, AT, AH, AHK, AD);
+    attention_backward(NULL, dq, dk, dv, c.dout, c.q, c.k, c.v, c.out, c.lse, pos, AB, AT, AH, AHK, AD);
     CHECK(fd_check("attention dq", c.q, sizeof c.q / 4, dq, att_loss, &c, 1e-2f, 1e-2) == 0);
     CHECK(fd_check("attention dk", c.k, sizeof c.k / 4, dk, att_loss, &c, 1e-2f, 1e-2) == 0);
     CHECK(fd_check("attention dv", c.v, sizeof c.v / 4, dv, att_loss, &c, 1e-2f, 1e-2) == 0);
@@ -156,6 +158,21 @@ TEST(attention_gqa)
     for (int h = 0; h < AH; h++)
         for (int d = 0; d < AD; d++)
             CHECK_CLOSE(c.out[h * AD + d], c.v[(h / (AH / AHK)) * AD + d], 1e-6);
+    if (pos) /* a document's first row attends only to itself too */
+        for (int r = 1; r < AB * AT; r++)
+            if (pos[r] == 0)
+                for (int h = 0; h < AH; h++)
+                    for (int d = 0; d < AD; d++)
+                        CHECK_CLOSE(c.out[(r * AH + h) * AD + d], c.v[(r * AHK + h / (AH / AHK)) * AD + d], 1e-6);
+}
+
+TEST(attention_gqa) { attention_case(NULL); }
+
+TEST(attention_packed_documents)
+{
+    /* rows of each sequence: documents of 2 + 4 and 3 + 3 tokens */
+    static const int32_t pos[AB * AT] = {0, 1, 0, 1, 2, 3, 0, 1, 2, 0, 1, 2};
+    attention_case(pos);
 }
 
 /* ---- swiglu ---- */
@@ -322,7 +339,7 @@ TEST(backend_blis_gemm)
 }
 
 static const struct h_case cases[] = {
-    CASE(rmsnorm),     CASE(rope),         CASE(attention_gqa),       CASE(swiglu),
+    CASE(rmsnorm),     CASE(rope),         CASE(attention_gqa),   CASE(attention_packed_documents), CASE(swiglu),
     CASE(cross_entropy), CASE(lora_linear), CASE(lora_linear_dropout), CASE(dropout_mask),
     CASE(backend_cpu_gemm), CASE(backend_blis_gemm),
 };

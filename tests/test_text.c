@@ -159,7 +159,7 @@ static void session_vs_forward(int with_adapter)
     int32_t tok[20];
     for (int i = 0; i < 20; i++)
         tok[i] = (i * 11 + 7) % 48;
-    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 1, 20};
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 1, 20, NULL};
     peft_eval_result r = PEFT_EVAL_RESULT_INIT;
     CHECK_OK(peft_eval(m, &b, &r));
     peft_session *s;

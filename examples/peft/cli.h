@@ -28,6 +28,7 @@ int args_check_unused(cli_args *a);
 typedef struct tokens {
     int32_t *ids;
     int32_t *labels; /* NULL: labels = ids; -100 = not trained on */
+    int32_t *docs;   /* NULL, or the document index of every token (attention boundaries) */
     size_t n;
     int padded;      /* one document per window */
 } tokens;
@@ -39,6 +40,9 @@ typedef struct data_options {
     const peft_tokenizer *tokenizer; /* NULL: only token files */
     const char *split;               /* "paragraph" (default) or "line" for .txt */
     int vocab, seq, pad, eos;        /* pad: one document per window of seq tokens */
+    int cross_doc;                   /* packed documents attend to each other (no boundaries) */
+    int split_at_bos;                /* token files: a BOS starts a new document */
+    int32_t bos;
 } data_options;
 int data_load(tokens *t, const char *path, const data_options *o);
 

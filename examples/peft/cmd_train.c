@@ -18,6 +18,7 @@ static const char train_help[] =
     "          --accum K (1) --warmup N (0) --schedule constant|linear|cosine (constant)\n"
     "          --min-lr-ratio R (0)\n"
     "text:     --tokenizer PATH (the model's)  --doc-split paragraph|line  --pad  --eos\n"
+    "          --cross-doc (packed documents attend to each other)  --split-at-bos (token files)\n"
     "run:      --seed S (0) --threads N (all CPUs) --backend cpu|blis --save-every N (0)\n"
     "          --log-every N --json --quiet\n"
     "FILE is .txt (one document per paragraph or line, BOS as the tokenizer says), .jsonl\n"
@@ -78,7 +79,7 @@ int cmd_train(int argc, char **argv)
     peft_model *m = NULL;
     tokens train = {0}, evald = {0};
     size_t *order = NULL;
-    int32_t *buf = NULL, *lbuf = NULL;
+    int32_t *buf = NULL, *lbuf = NULL, *dbuf = NULL;
     peft_tokenizer *tok = NULL;
     data_options dopt;
     const char *model = arg_str(&a, "--model", NULL), *data = arg_str(&a, "--data", NULL);
@@ -216,7 +217,8 @@ int cmd_train(int argc, char **argv)
     order = malloc(nw * sizeof *order);
     buf = malloc((size_t)batch * (size_t)seq * sizeof *buf);
     lbuf = malloc((size_t)batch * (size_t)seq * sizeof *lbuf);
-    if (!order || !buf || !lbuf) {
+    dbuf = malloc((size_t)batch * (size_t)seq * sizeof *dbuf);
+    if (!order || !buf || !lbuf || !dbuf) {
         fprintf(stderr, "peft train: out of memory\n");
         goto done;
     }
@@ -242,10 +244,13 @@ int cmd_train(int argc, char **argv)
                 memcpy(buf + b * seq, train.ids + w * (size_t)seq, (size_t)seq * sizeof *buf);
                 if (train.labels)
                     memcpy(lbuf + b * seq, train.labels + w * (size_t)seq, (size_t)seq * sizeof *lbuf);
+                if (train.docs)
+                    memcpy(dbuf + b * seq, train.docs + w * (size_t)seq, (size_t)seq * sizeof *dbuf);
             }
             peft_batch pb = PEFT_BATCH_INIT;
             pb.tokens = buf;
             pb.labels = train.labels ? lbuf : NULL;
+            pb.seq_ids = train.docs ? dbuf : NULL;
             pb.n_seq = (int32_t)batch;
             pb.seq_len = (int32_t)seq;
             code = peft_step(m, &pb, &r);
@@ -319,6 +324,7 @@ done:
     free(order);
     free(buf);
     free(lbuf);
+    free(dbuf);
     peft_tokenizer_close(&tok);
     tokens_free(&train);
     tokens_free(&evald);

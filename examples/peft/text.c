@@ -17,11 +17,11 @@ static int ends_with(const char *s, const char *suf)
     return a >= b && strcmp(s + a - b, suf) == 0;
 }
 
-static int push(tokens *t, size_t *cap, int32_t id, int32_t label)
+static int push(tokens *t, size_t *cap, int32_t id, int32_t label, int32_t doc)
 {
     if (t->n == *cap) {
         size_t nc = *cap ? *cap * 2 : 4096;
-        int32_t *ni = realloc(t->ids, nc * sizeof *ni), *nl;
+        int32_t *ni = realloc(t->ids, nc * sizeof *ni), *nl, *nd;
         if (!ni)
             return -1;
         t->ids = ni;
@@ -29,10 +29,15 @@ static int push(tokens *t, size_t *cap, int32_t id, int32_t label)
         if (!nl)
             return -1;
         t->labels = nl;
+        nd = realloc(t->docs, nc * sizeof *nd);
+        if (!nd)
+            return -1;
+        t->docs = nd;
         *cap = nc;
     }
     t->ids[t->n] = id;
     t->labels[t->n] = label;
+    t->docs[t->n] = doc;
     t->n++;
     return 0;
 }
@@ -42,7 +47,7 @@ struct doc_ctx {
     tokens *out;
     size_t cap;
     int T, pad, any_mask;
-    int32_t pad_id;
+    int32_t pad_id, doc;
     size_t truncated;
 };
 
@@ -80,15 +85,16 @@ static int add_doc(struct doc_ctx *c, const char *prompt, size_t plen, const cha
         rc = -1;
     size_t start = c->out->n;
     for (size_t i = 0; i < n && !rc; i++)
-        rc = push(c->out, &c->cap, ids[i], i < np ? -100 : ids[i]);
+        rc = push(c->out, &c->cap, ids[i], i < np ? -100 : ids[i], c->doc);
     if (!rc && c->pad) {
         if (n > (size_t)c->T) {
             c->out->n = start + (size_t)c->T;
             c->truncated++;
         }
         while (!rc && c->out->n < start + (size_t)c->T)
-            rc = push(c->out, &c->cap, c->pad_id, -100);
+            rc = push(c->out, &c->cap, c->pad_id, -100, c->doc);
     }
+    c->doc++;
     free(ids);
     free(joined);
     if (rc)
@@ -165,12 +171,25 @@ static char *json_field(const char *line, const char *key)
 
 int data_load(tokens *t, const char *path, const data_options *o)
 {
-    t->ids = t->labels = NULL;
+    t->ids = t->labels = t->docs = NULL;
     t->n = 0;
     t->padded = 0;
     int is_txt = ends_with(path, ".txt"), is_jsonl = ends_with(path, ".jsonl");
-    if (!is_txt && !is_jsonl)
-        return tokens_load(t, path, o->vocab);
+    if (!is_txt && !is_jsonl) {
+        if (tokens_load(t, path, o->vocab))
+            return -1;
+        if (o->split_at_bos && t->n) {
+            t->docs = malloc(t->n * sizeof *t->docs);
+            if (!t->docs) {
+                tokens_free(t);
+                return -1;
+            }
+            int32_t d = 0;
+            for (size_t i = 0; i < t->n; i++)
+                t->docs[i] = d += (i > 0 && t->ids[i] == o->bos);
+        }
+        return 0;
+    }
     if (!o->tokenizer) {
         fprintf(stderr, "peft: %s is text, but no tokenizer was found (--tokenizer PATH)\n", path);
         return -1;
@@ -192,7 +211,7 @@ int data_load(tokens *t, const char *path, const data_options *o)
     }
     fclose(f);
     text[size] = '\0';
-    struct doc_ctx c = {o->tokenizer, t, 0, o->seq, o->pad, 0, 0, 0};
+    struct doc_ctx c = {o->tokenizer, t, 0, o->seq, o->pad, 0, 0, 0, 0};
     c.pad_id = peft_tokenizer_special(o->tokenizer, PEFT_TOKEN_EOS);
     if (c.pad_id < 0)
         c.pad_id = 0;
@@ -259,6 +278,10 @@ int data_load(tokens *t, const char *path, const data_options *o)
     if (!rc && t->n == 0) {
         fprintf(stderr, "peft: %s: no documents\n", path);
         rc = -1;
+    }
+    if (!rc && (o->cross_doc || o->pad)) {
+        free(t->docs); /* padded windows hold one document each already */
+        t->docs = NULL;
     }
     if (rc)
         tokens_free(t);

@@ -101,7 +101,7 @@ int args_check_unused(cli_args *a)
 
 int tokens_load(tokens *t, const char *path, int vocab)
 {
-    t->ids = t->labels = NULL;
+    t->ids = t->labels = t->docs = NULL;
     t->n = 0;
     t->padded = 0;
     FILE *f = fopen(path, "rb");
@@ -153,7 +153,8 @@ void tokens_free(tokens *t)
 {
     free(t->ids);
     free(t->labels);
-    t->ids = t->labels = NULL;
+    free(t->docs);
+    t->ids = t->labels = t->docs = NULL;
     t->n = 0;
 }
 
@@ -165,6 +166,8 @@ int data_from_args(cli_args *a, const char *model_dir, int vocab, int seq, data_
     o->split = arg_str(a, "--doc-split", "paragraph");
     o->pad = arg_flag(a, "--pad");
     o->eos = arg_flag(a, "--eos");
+    o->cross_doc = arg_flag(a, "--cross-doc");
+    o->split_at_bos = arg_flag(a, "--split-at-bos");
     o->vocab = vocab;
     o->seq = seq;
     o->tokenizer = NULL;
@@ -177,6 +180,7 @@ int data_from_args(cli_args *a, const char *model_dir, int vocab, int seq, data_
     if (rc && tp)
         return fail_lib("tokenizer", rc), -1;
     o->tokenizer = *tok_out;
+    o->bos = *tok_out ? peft_tokenizer_special(*tok_out, PEFT_TOKEN_BOS) : 1;
     return 0;
 }
 
@@ -261,6 +265,7 @@ int eval_windows(peft_model *m, const tokens *t, int T, int B, size_t w0, size_t
         peft_batch b = PEFT_BATCH_INIT;
         b.tokens = t->ids + w * (size_t)T;
         b.labels = t->labels ? t->labels + w * (size_t)T : NULL;
+        b.seq_ids = t->docs ? t->docs + w * (size_t)T : NULL;
         b.n_seq = nb;
         b.seq_len = T;
         peft_eval_result r = PEFT_EVAL_RESULT_INIT;

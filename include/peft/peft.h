@@ -188,10 +188,15 @@ typedef struct peft_batch {
     const int32_t *labels; /* NULL: labels = tokens; else n_seq * seq_len, -100 = ignored */
     int32_t n_seq;         /* B */
     int32_t seq_len;       /* T; position t is trained to predict labels[t+1] */
+    /* version 2: packed documents. NULL: each row is one sequence. Else n_seq * seq_len
+       document ids: where the id changes from one token to the next a new document starts;
+       tokens attend only within their document, positions (RoPE) restart at 0, and the last
+       token of a document predicts nothing. */
+    const int32_t *seq_ids;
 } peft_batch;
 
-#define PEFT_BATCH_VERSION 1
-#define PEFT_BATCH_INIT {PEFT_BATCH_VERSION, NULL, NULL, 0, 0}
+#define PEFT_BATCH_VERSION 2
+#define PEFT_BATCH_INIT {PEFT_BATCH_VERSION, NULL, NULL, 0, 0, NULL}
 
 typedef struct peft_step_result {
     uint32_t version;

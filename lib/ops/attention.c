@@ -12,6 +12,7 @@
 struct att_args {
     float *out, *lse, *dq, *dk, *dv, *scratch;
     const float *q, *k, *v, *dout, *o, *lse_in;
+    const int32_t *pos;
     int B, T, H, Hkv, hd;
 };
 
@@ -40,20 +41,21 @@ static void fwd_task(void *vp, int32_t task)
     float *p = a->scratch + (int64_t)task * T;
     for (int i = 0; i < T; i++) {
         const float *qi = a->q + ((int64_t)b * T + i) * qs + (int64_t)h * hd;
+        int j0 = a->pos ? i - a->pos[(int64_t)b * T + i] : 0;
         float mx = -INFINITY;
-        for (int j = 0; j <= i; j++) {
+        for (int j = j0; j <= i; j++) {
             p[j] = scale * dot(qi, a->k + ((int64_t)b * T + j) * ks + (int64_t)g * hd, hd);
             mx = p[j] > mx ? p[j] : mx;
         }
         float sum = 0;
-        for (int j = 0; j <= i; j++) {
+        for (int j = j0; j <= i; j++) {
             p[j] = expf(p[j] - mx);
             sum += p[j];
         }
         float inv = 1.0f / sum;
         float *oi = a->out + ((int64_t)b * T + i) * qs + (int64_t)h * hd;
         memset(oi, 0, (size_t)hd * sizeof *oi);
-        for (int j = 0; j <= i; j++) {
+        for (int j = j0; j <= i; j++) {
             const float *vj = a->v + ((int64_t)b * T + j) * ks + (int64_t)g * hd;
             float w = p[j] * inv;
             for (int d = 0; d < hd; d++)
@@ -65,9 +67,10 @@ static void fwd_task(void *vp, int32_t task)
 
 // out (B*T, H*hd), lse (B,H,T) <- q (B*T, H*hd), k, v (B*T, Hkv*hd); scratch (B,H,T)
 void attention_forward(void *pool, float *out, float *lse, float *scratch, const float *q,
-                       const float *k, const float *v, int B, int T, int H, int Hkv, int hd)
+                       const float *k, const float *v, const int32_t *pos, int B, int T, int H,
+                       int Hkv, int hd)
 {
-    struct att_args a = {.out = out, .lse = lse, .scratch = scratch, .q = q, .k = k, .v = v,
+    struct att_args a = {.out = out, .lse = lse, .scratch = scratch, .q = q, .k = k, .v = v, .pos = pos,
                          .B = B, .T = T, .H = H, .Hkv = Hkv, .hd = hd};
     peft__pool_for(pool, B * H, fwd_task, &a);
 }
@@ -91,7 +94,8 @@ static void bwd_task(void *vp, int32_t task)
             float lse = a->lse_in[((int64_t)b * a->H + h) * T + i];
             float D = dot(doi, oi, hd);
             memset(dqi, 0, (size_t)hd * sizeof *dqi);
-            for (int j = 0; j <= i; j++) {
+            int j0 = a->pos ? i - a->pos[(int64_t)b * T + i] : 0;
+            for (int j = j0; j <= i; j++) {
                 int64_t ko = ((int64_t)b * T + j) * ks + (int64_t)g * hd;
                 const float *kj = a->k + ko, *vj = a->v + ko;
                 float p = expf(scale * dot(qi, kj, hd) - lse);
@@ -110,9 +114,10 @@ static void bwd_task(void *vp, int32_t task)
 
 void attention_backward(void *pool, float *dq, float *dk, float *dv, const float *dout,
                         const float *q, const float *k, const float *v, const float *out,
-                        const float *lse, int B, int T, int H, int Hkv, int hd)
+                        const float *lse, const int32_t *pos, int B, int T, int H, int Hkv,
+                        int hd)
 {
-    struct att_args a = {.dq = dq, .dk = dk, .dv = dv, .dout = dout, .q = q, .k = k, .v = v,
+    struct att_args a = {.dq = dq, .dk = dk, .dv = dv, .dout = dout, .q = q, .k = k, .v = v, .pos = pos,
                          .o = out, .lse_in = lse, .B = B, .T = T, .H = H, .Hkv = Hkv, .hd = hd};
     peft__pool_for(pool, B * Hkv, bwd_task, &a);
 }

@@ -18,24 +18,27 @@ void rmsnorm_backward(void *pool, float *dx, const float *dout, const float *x, 
 
 /* RoPE tables cos/sin (T, hd/2), HF rotate-half convention */
 void rope_tables(float *cos_t, float *sin_t, int T, int hd, float theta);
-/* x (B*T, n_heads*hd) rotated in place; row b*T+t is at position t */
-void rope_forward(void *pool, float *x, const float *cos_t, const float *sin_t, int B, int T,
-                  int n_heads, int hd);
+/* x (B*T, n_heads*hd) rotated in place; row r is at position pos[r] (NULL: r % T) */
+void rope_forward(void *pool, float *x, const float *cos_t, const float *sin_t, const int32_t *pos,
+                  int B, int T, int n_heads, int hd);
 /* dx rotated back in place (the transpose of rope_forward) */
-void rope_backward(void *pool, float *dx, const float *cos_t, const float *sin_t, int B, int T,
-                   int n_heads, int hd);
+void rope_backward(void *pool, float *dx, const float *cos_t, const float *sin_t, const int32_t *pos,
+                   int B, int T, int n_heads, int hd);
 
 /* x (n_heads*hd) of one position rotated in place */
 void rope_at(float *x, int n_heads, int hd, int pos, float theta);
 
-/* Causal GQA attention, scale 1/sqrt(hd).
+/* Causal GQA attention, scale 1/sqrt(hd). Query row i of a sequence attends to rows
+   i - pos[i] .. i (its own document when sequences are packed; pos NULL: 0 .. i).
    out (B*T, H*hd), lse (B,H,T) <- q (B*T, H*hd), k, v (B*T, Hkv*hd); scratch (B,H,T) */
 void attention_forward(void *pool, float *out, float *lse, float *scratch, const float *q,
-                       const float *k, const float *v, int B, int T, int H, int Hkv, int hd);
+                       const float *k, const float *v, const int32_t *pos, int B, int T, int H,
+                       int Hkv, int hd);
 /* dq, dk, dv are overwritten (not accumulated); scores are recomputed from lse. */
 void attention_backward(void *pool, float *dq, float *dk, float *dv, const float *dout,
                         const float *q, const float *k, const float *v, const float *out,
-                        const float *lse, int B, int T, int H, int Hkv, int hd);
+                        const float *lse, const int32_t *pos, int B, int T, int H, int Hkv,
+                        int hd);
 
 /* act (N,F) = silu(g) * u */
 void swiglu_forward(void *pool, float *act, const float *g, const float *u, int64_t N, int F);

@@ -21,6 +21,7 @@ void rope_tables(float *cos_t, float *sin_t, int T, int hd, float theta)
 struct rope_args {
     float *x;
     const float *c, *s;
+    const int32_t *pos;
     int T, H, hd;
     float sign; /* +1 forward, -1 backward (inverse rotation) */
 };
@@ -28,7 +29,7 @@ struct rope_args {
 static void rope_task(void *vp, int32_t row)
 {
     const struct rope_args *a = vp;
-    int t = row % a->T, half = a->hd / 2;
+    int t = a->pos ? a->pos[row] : row % a->T, half = a->hd / 2;
     const float *c = a->c + (int64_t)t * half, *s = a->s + (int64_t)t * half;
     float *x = a->x + (int64_t)row * a->H * a->hd;
     for (int h = 0; h < a->H; h++, x += a->hd) {
@@ -40,19 +41,19 @@ static void rope_task(void *vp, int32_t row)
     }
 }
 
-// x (B*T, H*hd) in place
-void rope_forward(void *pool, float *x, const float *cos_t, const float *sin_t, int B, int T,
-                  int n_heads, int hd)
+// x (B*T, H*hd) in place; pos (B*T) or NULL
+void rope_forward(void *pool, float *x, const float *cos_t, const float *sin_t, const int32_t *pos,
+                  int B, int T, int n_heads, int hd)
 {
-    struct rope_args a = {x, cos_t, sin_t, T, n_heads, hd, 1.0f};
+    struct rope_args a = {x, cos_t, sin_t, pos, T, n_heads, hd, 1.0f};
     peft__pool_for(pool, B * T, rope_task, &a);
 }
 
 // dx (B*T, H*hd) in place: the rotation is orthogonal, its transpose is the inverse
-void rope_backward(void *pool, float *dx, const float *cos_t, const float *sin_t, int B, int T,
-                   int n_heads, int hd)
+void rope_backward(void *pool, float *dx, const float *cos_t, const float *sin_t, const int32_t *pos,
+                   int B, int T, int n_heads, int hd)
 {
-    struct rope_args a = {dx, cos_t, sin_t, T, n_heads, hd, -1.0f};
+    struct rope_args a = {dx, cos_t, sin_t, pos, T, n_heads, hd, -1.0f};
     peft__pool_for(pool, B * T, rope_task, &a);
 }
 
