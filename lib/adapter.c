@@ -316,6 +316,8 @@ int peft_load_adapter(peft_model *m, const char *dir)
 {
     if (!m || !dir)
         return peft__fail(PEFT_EINVAL, "peft_load_adapter: NULL argument");
+    if (m->merged)
+        return peft__fail(PEFT_ESTATE, "peft_load_adapter: an adapter is merged (peft_unmerge_adapter first)");
     char *cfg_path = peft__path_join(dir, "adapter_config.json");
     char *st_path = peft__path_join(dir, "adapter_model.safetensors");
     st_file *f = NULL;

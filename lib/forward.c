@@ -14,7 +14,7 @@
 const lora_view *peft__view_of(peft_model *m, lora_view *lv, int layer, int kind, int train)
 {
     lora_state *l = m->lora;
-    if (!l || m->adapter_off)
+    if (!l || m->adapter_off || m->merged)
         return NULL;
     int idx = l->index[layer * PEFT_MOD_COUNT + kind];
     if (idx < 0)
@@ -189,6 +189,8 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
         return code;
     if (train && !m->lora)
         return peft__fail(PEFT_ESTATE, "no adapter attached: nothing to train");
+    if (train && m->merged)
+        return peft__fail(PEFT_ESTATE, "the adapter is merged into the weights (peft_unmerge_adapter first)");
     if (train && m->adapter_off)
         return peft__fail(PEFT_ESTATE, "the adapter is disabled (peft_adapter_enable): nothing to train");
     const peft_config *c = &m->cfg;

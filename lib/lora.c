@@ -258,6 +258,8 @@ int peft_detach(peft_model *m)
 {
     if (!m)
         return peft__fail(PEFT_EINVAL, "peft_detach: model is NULL");
+    if (m->merged)
+        peft_unmerge_adapter(m);
     peft__lora_free(m->lora);
     m->lora = NULL;
     return PEFT_OK;

@@ -298,6 +298,8 @@ void peft_model_close(peft_model **pm)
     if (m->be && m->be_ctx)
         m->be->free(m->be_ctx);
     peft__pool_destroy(m->pool);
+    if (m->merged)
+        peft_unmerge_adapter(m);
     peft__lora_free(m->lora);
     peft__workspace_free(&m->ws);
     for (int i = 0; i < m->n_owned; i++)

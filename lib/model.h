@@ -8,6 +8,7 @@
 typedef struct peft_layer_weights {
     const float *attn_norm, *ffn_norm;
     const float *w[PEFT_MOD_COUNT]; /* q, k, v, o, gate, up, down: (out, in) row-major */
+    const float *w_base[PEFT_MOD_COUNT]; /* the unmerged weights while an adapter is merged */
 } peft_layer_weights;
 
 /* One LoRA module: y += scale * B (A x), A (r, in), B (out, r). */
@@ -89,6 +90,8 @@ struct peft_model {
     double accum_tokens;
     uint64_t dropout_calls;
     int adapter_off;    /* peft_adapter_enable(m, 0) */
+    int merged;         /* peft_merge_adapter: the adapter lives in merged weight copies */
+    float **merged_copies;
 };
 
 /* lora.c */

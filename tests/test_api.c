@@ -575,11 +575,60 @@ TEST(packed_documents_equal_separate_sequences)
     peft_model_close(&m);
 }
 
+TEST(merge_unmerge_and_export)
+{
+    peft_model *m = open_tiny(2), *base = open_tiny(1);
+    const char *td = getenv("PEFT_TEST_DATA");
+    char ad[4096];
+    snprintf(ad, sizeof ad, "%s/tiny/all_linear/adapter", td ? td : SOURCE_ROOT "/tests/data");
+    CHECK_OK(peft_load_adapter(m, ad));
+    double with = eval_loss(m), base_loss = eval_loss(base);
+    CHECK(with != base_loss);
+    CHECK_OK(peft_merge_adapter(m));
+    CHECK(peft_merge_adapter(m) == PEFT_ESTATE);
+    CHECK_CLOSE(eval_loss(m), with, 1e-5);
+    int32_t tok[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 1, 8, NULL};
+    CHECK(peft_step(m, &b, NULL) == PEFT_ESTATE);
+    CHECK(peft_load_adapter(m, ad) == PEFT_ESTATE);
+    /* generation through a session uses the merged weights */
+    peft_session *s;
+    float l1[48], l2[48];
+    CHECK_OK(peft_session_create(&s, m, 8));
+    CHECK_OK(peft_session_feed(s, tok, 8, l1));
+    CHECK_OK(peft_unmerge_adapter(m));
+    CHECK(peft_unmerge_adapter(m) == PEFT_ESTATE);
+    CHECK(eval_loss(m) == with); /* exact: the base weights are restored */
+    CHECK_OK(peft_session_reset(s));
+    CHECK_OK(peft_session_feed(s, tok, 8, l2));
+    for (int i = 0; i < 48; i++)
+        CHECK_CLOSE(l1[i], l2[i], 1e-4);
+    peft_session_free(&s);
+    /* export as a Hugging Face directory and reopen it */
+    char *d = mktmp();
+    CHECK_OK(peft_save_merged(m, d));
+    peft_model *mm;
+    CHECK_OK(peft_model_open(&mm, d, NULL));
+    CHECK_CLOSE(eval_loss(mm), with, 1e-5);
+    peft_model_close(&mm);
+    /* budget solver: all-linear on the tiny model costs 3 * 440 parameters per unit of rank */
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_ALL_LINEAR;
+    int32_t r;
+    CHECK_OK(peft_solve_rank(&r, m, &o, 5280));
+    CHECK(r == 4);
+    CHECK_OK(peft_solve_rank(&r, m, &o, 5279));
+    CHECK(r == 3);
+    CHECK(peft_solve_rank(&r, m, &o, 1319) == PEFT_ERANGE);
+    peft_model_close(&m);
+    peft_model_close(&base);
+}
+
 static const struct h_case cases[] = {
     CASE(errors_and_versions), CASE(last_error_is_per_thread), CASE(info_and_exact_counts),
     CASE(determinism_and_thread_invariance), CASE(gradient_accumulation_equals_big_batch),
     CASE(split_step_equals_step), CASE(label_mask), CASE(state_errors), CASE(non_finite_loss_is_refused),
     CASE(save_load_round_trip), CASE(load_adapter_errors), CASE(save_is_atomic_on_write_failure),
-    CASE(training_lowers_loss), CASE(packed_documents_equal_separate_sequences),
+    CASE(training_lowers_loss), CASE(packed_documents_equal_separate_sequences), CASE(merge_unmerge_and_export),
 };
 TEST_MAIN(cases)

@@ -63,6 +63,13 @@ info_counts)
     "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/a" --steps 1 --batch 2 --seq 16 --quiet || fail "train"
     "$PEFT" info --model "$T/model" --adapter "$T/a" >"$T/info2" || fail "info --adapter"
     grep -q "trainable parameters" "$T/info2" || fail "adapter count"
+    # budget solver: q,v on 2 layers costs 2 * ((48+48) + (48+24)) = 336 per unit of rank
+    "$PEFT" info --model "$T/model" --targets q,v --budget 3400 --json >"$T/b" || fail "budget"
+    json "$T/b" "j['rank'] == 10 and j['trainable'] == 3360" || fail "budget rank"
+    "$PEFT" merge --model "$T/model" --adapter "$T/a" --out "$T/merged" >/dev/null || fail "merge"
+    "$PEFT" eval --model "$T/merged" --data "$T/data.bin" --seq 16 --json >"$T/e1" || fail "eval merged"
+    "$PEFT" eval --model "$T/model" --adapter "$T/a" --data "$T/data.bin" --seq 16 --json >"$T/e2" || fail "eval adapter"
+    python3 -c "import json; a=json.loads(open('$T/e1').read().splitlines()[-1]); b=json.loads(open('$T/e2').read().splitlines()[-1]); assert abs(a['loss']-b['loss']) < 1e-4, (a, b)" || fail "merged model loss differs"
     ;;
 errors_exit_nonzero)
     setup_tiny

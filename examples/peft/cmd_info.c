@@ -6,9 +6,10 @@
 
 static const char info_help[] =
     "usage: peft info --model DIR [--adapter DIR] [--rank R] [--alpha A] [--targets LIST]\n"
-    "                 [--layers SPEC] [--json]\n"
+    "                 [--layers SPEC] [--budget N] [--json]\n"
     "Prints the model's architecture and shapes and, for the given LoRA configuration\n"
-    "(or the adapter's), the exact trainable-parameter count per module kind.\n";
+    "(or the adapter's), the exact trainable-parameter count per module kind.\n"
+    "--budget N solves the largest rank whose count fits N parameters.\n";
 
 int cmd_info(int argc, char **argv)
 {
@@ -24,8 +25,9 @@ int cmd_info(int argc, char **argv)
     peft_model *m = NULL;
     const char *model = arg_str(&a, "--model", NULL), *adapter = arg_str(&a, "--adapter", NULL);
     int json = arg_flag(&a, "--json");
+    long budget;
     peft_lora_options o;
-    if (lora_from_args(&a, &o) || args_check_unused(&a))
+    if (arg_long(&a, "--budget", 0, &budget) || lora_from_args(&a, &o) || args_check_unused(&a))
         goto done;
     if (!model) {
         fputs(info_help, stderr);
@@ -60,6 +62,16 @@ int cmd_info(int argc, char **argv)
                (unsigned long long)in.n_trainable, 100.0 * (double)in.n_trainable / (double)in.n_params);
     } else {
         char tbuf[64];
+        if (budget > 0) {
+            int32_t r;
+            if ((code = peft_solve_rank(&r, m, &o, (uint64_t)budget))) {
+                rc = fail_lib("budget", code);
+                goto done;
+            }
+            printf("\nbudget         %ld trainable parameters -> rank %d\n", budget, r);
+            o.rank = r;
+            o.alpha = 2.0f * (float)r;
+        }
         targets_string(o.targets, tbuf, sizeof tbuf);
         printf("\nLoRA r=%d alpha=%g targets=%s layers=%s%s\n", o.rank, o.alpha, tbuf,
                o.layers ? o.layers : "all", o.use_rslora ? " rslora" : "");
@@ -87,10 +99,43 @@ int cmd_info(int argc, char **argv)
     if (json)
         printf("{\"architecture\": \"%s\", \"layers\": %d, \"hidden\": %d, \"intermediate\": %d, "
                "\"heads\": %d, \"kv_heads\": %d, \"head_dim\": %d, \"vocab\": %d, \"tied\": %s, "
-               "\"params\": %llu, \"trainable\": %llu, \"weights_dtype\": \"%s\"}\n",
+               "\"params\": %llu, \"trainable\": %llu, \"weights_dtype\": \"%s\", \"rank\": %d}\n",
                in.architecture, in.n_layers, in.hidden_size, in.intermediate_size, in.n_heads,
                in.n_kv_heads, in.head_dim, in.vocab_size, in.tied_embeddings ? "true" : "false",
-               (unsigned long long)in.n_params, (unsigned long long)in.n_trainable, in.weights_dtype);
+               (unsigned long long)in.n_params, (unsigned long long)in.n_trainable, in.weights_dtype, o.rank);
+    rc = 0;
+done:
+    peft_model_close(&m);
+    args_free(&a);
+    return rc;
+}
+
+/* peft merge --model DIR --adapter DIR --out DIR */
+int cmd_merge(int argc, char **argv)
+{
+    cli_args a;
+    if (args_init(&a, argc, argv))
+        return 1;
+    int rc = 1, code;
+    peft_model *m = NULL;
+    const char *model = arg_str(&a, "--model", NULL), *adapter = arg_str(&a, "--adapter", NULL);
+    const char *out = arg_str(&a, "--out", NULL);
+    if (args_check_unused(&a))
+        goto done;
+    if (!model || !adapter || !out) {
+        fprintf(stderr, "usage: peft merge --model DIR --adapter DIR --out DIR\n"
+                        "Writes base + adapter as a Hugging Face model directory (F32 weights).\n");
+        goto done;
+    }
+    if ((code = peft_model_open(&m, model, NULL))) {
+        rc = fail_lib("open", code);
+        goto done;
+    }
+    if ((code = peft_load_adapter(m, adapter)) || (code = peft_save_merged(m, out))) {
+        rc = fail_lib("merge", code);
+        goto done;
+    }
+    printf("wrote %s (%s + %s)\n", out, model, adapter);
     rc = 0;
 done:
     peft_model_close(&m);

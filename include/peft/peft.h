@@ -279,6 +279,19 @@ PEFT_API int peft_load_adapter(peft_model *model, const char *dir);
    model alone is evaluated and generated from while it is off. */
 PEFT_API int peft_adapter_enable(peft_model *model, int32_t enabled);
 
+/* Merge the attached adapter into (copies of) the base weights: W' = W + s B A.
+   Evaluation and generation then run at base-model cost; training needs unmerging. */
+PEFT_API int peft_merge_adapter(peft_model *model);
+/* Restore the exact base weights (the adapter stays attached and active). */
+PEFT_API int peft_unmerge_adapter(peft_model *model);
+/* Write base + adapter as a Hugging Face model directory (config.json +
+   model.safetensors, F32), atomically, loadable like the original. */
+PEFT_API int peft_save_merged(peft_model *model, const char *dir);
+/* The largest LoRA rank whose trainable-parameter count fits the budget for the
+   configuration in opts (its rank is ignored); PEFT_ERANGE below rank 1. */
+PEFT_API int peft_solve_rank(int32_t *rank, const peft_model *model, const peft_lora_options *opts,
+                             uint64_t budget);
+
 /* ---- inference sessions (KV cache) -------------------------------------- */
 
 typedef struct peft_session peft_session;

@@ -1,0 +1,172 @@
+/*
+ * Merging a LoRA adapter into the base weights (W' = W + s B A) in memory, undoing
+ * it exactly, exporting the merged model as a Hugging Face directory, and solving
+ * the rank for a parameter budget.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fsutil.h"
+#include "model.h"
+#include "safetensors.h"
+
+/* W (out, in) + scale * B (out, r) A (r, in) into dst */
+static void merged_weight(peft_model *m, float *dst, const float *W, const lora_module *md)
+{
+    const lora_state *l = m->lora;
+    memcpy(dst, W, (size_t)md->out * (size_t)md->in * sizeof *dst);
+    peft__gemm(m, 0, 0, md->out, md->in, md->r, md->scale, l->params + md->off_b, md->r, l->params + md->off_a,
+               md->in, 1.0f, dst, md->in);
+}
+
+int peft_merge_adapter(peft_model *m)
+{
+    if (!m)
+        return peft__fail(PEFT_EINVAL, "peft_merge_adapter: model is NULL");
+    if (!m->lora)
+        return peft__fail(PEFT_ESTATE, "peft_merge_adapter: no adapter attached");
+    if (m->merged)
+        return peft__fail(PEFT_ESTATE, "peft_merge_adapter: already merged");
+    lora_state *l = m->lora;
+    float **copies = calloc((size_t)l->n_modules, sizeof *copies);
+    if (!copies)
+        return peft__fail(PEFT_ENOMEM, "peft_merge_adapter: out of memory");
+    for (int i = 0; i < l->n_modules; i++) {
+        const lora_module *md = &l->mods[i];
+        copies[i] = peft__alloc_floats((size_t)md->out * (size_t)md->in);
+        if (!copies[i]) {
+            for (int j = 0; j < i; j++)
+                peft__free(copies[j]);
+            free(copies);
+            return peft__fail(PEFT_ENOMEM, "peft_merge_adapter: out of memory for merged weights");
+        }
+        merged_weight(m, copies[i], m->layers[md->layer].w[md->kind], md);
+    }
+    for (int i = 0; i < l->n_modules; i++) {
+        const lora_module *md = &l->mods[i];
+        m->layers[md->layer].w_base[md->kind] = m->layers[md->layer].w[md->kind];
+        m->layers[md->layer].w[md->kind] = copies[i];
+    }
+    m->merged_copies = copies;
+    m->merged = 1;
+    return PEFT_OK;
+}
+
+int peft_unmerge_adapter(peft_model *m)
+{
+    if (!m)
+        return peft__fail(PEFT_EINVAL, "peft_unmerge_adapter: model is NULL");
+    if (!m->merged)
+        return peft__fail(PEFT_ESTATE, "peft_unmerge_adapter: nothing is merged");
+    lora_state *l = m->lora;
+    for (int i = 0; i < l->n_modules; i++) {
+        const lora_module *md = &l->mods[i];
+        m->layers[md->layer].w[md->kind] = m->layers[md->layer].w_base[md->kind];
+        peft__free(m->merged_copies[i]);
+    }
+    free(m->merged_copies);
+    m->merged_copies = NULL;
+    m->merged = 0;
+    return PEFT_OK;
+}
+
+int peft_save_merged(peft_model *m, const char *dir)
+{
+    if (!m || !dir)
+        return peft__fail(PEFT_EINVAL, "peft_save_merged: NULL argument");
+    const peft_config *c = &m->cfg;
+    int n_t = 2 + (m->lm_head != m->embed) + c->n_layers * 9, k = 0, code;
+    st_out_tensor *ts = calloc((size_t)n_t, sizeof *ts);
+    char *names = calloc((size_t)n_t, 96);
+    float **tmp = calloc((size_t)n_t, sizeof *tmp);
+    char *src_cfg = peft__path_join(m->path, "config.json"), *dst_cfg = NULL, *dst_st = NULL, *text = NULL;
+    size_t len;
+    if (!ts || !names || !tmp || !src_cfg) {
+        code = peft__fail(PEFT_ENOMEM, "peft_save_merged: out of memory");
+        goto done;
+    }
+#define ADD(nm, d0, d1, ptr)                                                                       \
+    do {                                                                                           \
+        snprintf(names + (size_t)k * 96, 96, "%s", nm);                                            \
+        ts[k].name = names + (size_t)k * 96;                                                       \
+        ts[k].n_dims = (d1) > 0 ? 2 : 1;                                                           \
+        ts[k].shape[0] = (d0);                                                                     \
+        ts[k].shape[1] = (d1);                                                                     \
+        ts[k].data = (ptr);                                                                        \
+        k++;                                                                                       \
+    } while (0)
+    ADD("model.embed_tokens.weight", c->vocab, c->dim, m->embed);
+    ADD("model.norm.weight", c->dim, 0, m->final_norm);
+    if (m->lm_head != m->embed)
+        ADD("lm_head.weight", c->vocab, c->dim, m->lm_head);
+    for (int l = 0; l < c->n_layers; l++) {
+        char nm[96];
+        const peft_layer_weights *w = &m->layers[l];
+        snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", l);
+        ADD(nm, c->dim, 0, w->attn_norm);
+        snprintf(nm, sizeof nm, "model.layers.%d.post_attention_layernorm.weight", l);
+        ADD(nm, c->dim, 0, w->ffn_norm);
+        for (int kind = 0; kind < PEFT_MOD_COUNT; kind++) {
+            int in, out;
+            int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
+            in = kind == PEFT_MOD_O ? qd : kind == PEFT_MOD_DOWN ? c->ffn_dim : c->dim;
+            out = kind == PEFT_MOD_Q ? qd : kind <= PEFT_MOD_V ? kvd : kind == PEFT_MOD_O || kind == PEFT_MOD_DOWN ? c->dim : c->ffn_dim;
+            snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.weight", l, peft__module_parents[kind], peft__module_names[kind]);
+            const float *W = w->w[kind];
+            int idx = m->lora && !m->merged && !m->adapter_off ? m->lora->index[l * PEFT_MOD_COUNT + kind] : -1;
+            if (idx >= 0) {
+                tmp[k] = peft__alloc_floats((size_t)out * (size_t)in);
+                if (!tmp[k]) {
+                    code = peft__fail(PEFT_ENOMEM, "peft_save_merged: out of memory");
+                    goto done;
+                }
+                merged_weight(m, tmp[k], W, &m->lora->mods[idx]);
+                W = tmp[k];
+            }
+            ADD(nm, out, in, W);
+        }
+    }
+#undef ADD
+    if ((code = peft__read_file(&text, &len, src_cfg, 16u << 20)) || (code = peft__mkdirs(dir)))
+        goto done;
+    dst_cfg = peft__path_join(dir, "config.json");
+    dst_st = peft__path_join(dir, "model.safetensors");
+    if (!dst_cfg || !dst_st) {
+        code = peft__fail(PEFT_ENOMEM, "peft_save_merged: out of memory");
+        goto done;
+    }
+    const char *mk[] = {"format"}, *mv[] = {"pt"};
+    if ((code = st_write(dst_st, ts, (size_t)k, mk, mv, 1)))
+        goto done;
+    code = peft__write_atomic(dst_cfg, text, len);
+done:
+    for (int i = 0; i < n_t && tmp; i++)
+        peft__free(tmp[i]);
+    free(tmp);
+    free(ts);
+    free(names);
+    free(src_cfg);
+    free(dst_cfg);
+    free(dst_st);
+    free(text);
+    return code;
+}
+
+int peft_solve_rank(int32_t *rank, const peft_model *m, const peft_lora_options *opts, uint64_t budget)
+{
+    if (!rank || !m || !opts)
+        return peft__fail(PEFT_EINVAL, "peft_solve_rank: NULL argument");
+    peft_lora_options o = *opts;
+    o.rank = 1;
+    uint64_t per_rank;
+    int code = peft_count_lora(&per_rank, m, &o);
+    if (code)
+        return code;
+    if (budget < per_rank)
+        return peft__fail(PEFT_ERANGE, "peft_solve_rank: a budget of %llu is below rank 1 (%llu parameters)",
+                          (unsigned long long)budget, (unsigned long long)per_rank);
+    uint64_t r = budget / per_rank;
+    *rank = r > 65536 ? 65536 : (int32_t)r;
+    return PEFT_OK;
+}
