@@ -127,7 +127,7 @@ static int write_config(const peft_model *m, const char *path, const char *base_
             jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__module_names[k]);
             first = 0;
         }
-    jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\",\n  \"use_dora\": false,\n");
+    jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\",\n  \"use_dora\": %s,\n", l->use_dora ? "true" : "false");
     jw_put(&w, "  \"use_rslora\": %s\n}", l->use_rslora ? "true" : "false");
     if (w.oom) {
         free(w.s);
@@ -153,8 +153,9 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
     int code = peft__mkdirs(dir);
     if (code)
         return code;
-    st_out_tensor *ts = calloc((size_t)l->n_modules * 2, sizeof *ts);
-    char *names = malloc((size_t)l->n_modules * 2 * 128);
+    int per = l->use_dora ? 3 : 2;
+    st_out_tensor *ts = calloc((size_t)l->n_modules * (size_t)per, sizeof *ts);
+    char *names = malloc((size_t)l->n_modules * (size_t)per * 128);
     char *st_path = peft__path_join(dir, "adapter_model.safetensors");
     char *cfg_path = peft__path_join(dir, "adapter_config.json");
     if (!ts || !names || !st_path || !cfg_path) {
@@ -163,9 +164,15 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
     }
     for (int i = 0; i < l->n_modules; i++) {
         const lora_module *md = &l->mods[i];
-        for (int b = 0; b < 2; b++) {
-            st_out_tensor *t = &ts[2 * i + b];
-            t->name = peft__module_key(names + (size_t)(2 * i + b) * 128, 128, md->layer, md->kind, b);
+        for (int b = 0; b < per; b++) {
+            st_out_tensor *t = &ts[per * i + b];
+            t->name = peft__module_key(names + (size_t)(per * i + b) * 128, 128, md->layer, md->kind, b);
+            if (b == 2) {
+                t->n_dims = 1;
+                t->shape[0] = md->out;
+                t->data = l->params + md->off_m;
+                continue;
+            }
             t->n_dims = 2;
             t->shape[0] = b ? md->out : md->r;
             t->shape[1] = b ? md->r : md->in;
@@ -173,7 +180,7 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
         }
     }
     const char *mk[] = {"format"}, *mv[] = {"pt"};
-    code = st_write(st_path, ts, (size_t)l->n_modules * 2, mk, mv, 1);
+    code = st_write(st_path, ts, (size_t)l->n_modules * (size_t)per, mk, mv, 1);
     if (!code) {
         const char *base = opts && opts->base_model_name_or_path ? opts->base_model_name_or_path : m->path;
         code = write_config(m, cfg_path, base);
@@ -238,8 +245,7 @@ static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, co
     v = json_get(root, "use_rslora");
     o->use_rslora = v && v->type == JSON_BOOL && v->boolean;
     v = json_get(root, "use_dora");
-    if (v && v->type == JSON_BOOL && v->boolean)
-        FAIL(PEFT_EUNSUPPORTED, "%s: DoRA (use_dora) is not supported yet", path);
+    o->use_dora = v && v->type == JSON_BOOL && v->boolean;
     v = json_get(root, "bias");
     if (v && v->type == JSON_STRING && strcmp(v->string, "none") != 0)
         FAIL(PEFT_EUNSUPPORTED, "%s: bias \"%s\" is not supported yet", path, v->string);
@@ -302,7 +308,7 @@ done:
 
 static int same_layout(const lora_state *a, const lora_state *b)
 {
-    if (a->n_modules != b->n_modules)
+    if (a->n_modules != b->n_modules || a->use_dora != b->use_dora)
         return 0;
     for (int i = 0; i < a->n_modules; i++) {
         const lora_module *x = &a->mods[i], *y = &b->mods[i];
@@ -348,9 +354,10 @@ int peft_load_adapter(peft_model *m, const char *dir)
                           dir);
         goto done;
     }
+    int per = l->use_dora ? 3 : 2;
     for (int i = 0; i < l->n_modules; i++) {
         const lora_module *md = &l->mods[i];
-        for (int b = 0; b < 2; b++) {
+        for (int b = 0; b < per; b++) {
             char key[160];
             peft__module_key(key, sizeof key, md->layer, md->kind, b);
             const st_tensor *t = st_find(f, key);
@@ -358,6 +365,15 @@ int peft_load_adapter(peft_model *m, const char *dir)
                 code = peft__fail(PEFT_ENOTFOUND, "%s: tensor '%s' is missing (adapter for another model?)",
                                   st_path, key);
                 goto done;
+            }
+            if (b == 2) {
+                if (t->n_dims != 1 || t->shape[0] != md->out) {
+                    code = peft__fail(PEFT_ESHAPE, "%s: tensor '%s' must have shape [%d]", st_path, key, md->out);
+                    goto done;
+                }
+                if ((code = st_read_f32(f, t, l->params + md->off_m, (uint64_t)md->out)))
+                    goto done;
+                continue;
             }
             int64_t d0 = b ? md->out : md->r, d1 = b ? md->r : md->in;
             if (t->n_dims != 2 || t->shape[0] != d0 || t->shape[1] != d1) {
@@ -371,15 +387,15 @@ int peft_load_adapter(peft_model *m, const char *dir)
                 goto done;
         }
     }
-    if (f->n_tensors != (size_t)l->n_modules * 2) {
+    if (f->n_tensors != (size_t)l->n_modules * (size_t)per) {
         for (size_t i = 0; i < f->n_tensors; i++) {
             int ok = 0;
-            for (int j = 0; j < l->n_modules && !ok; j++) {
-                char ka[160], kb[160];
-                peft__module_key(ka, sizeof ka, l->mods[j].layer, l->mods[j].kind, 0);
-                peft__module_key(kb, sizeof kb, l->mods[j].layer, l->mods[j].kind, 1);
-                ok = !strcmp(ka, f->tensors[i].name) || !strcmp(kb, f->tensors[i].name);
-            }
+            for (int j = 0; j < l->n_modules && !ok; j++)
+                for (int b = 0; b < per && !ok; b++) {
+                    char key[160];
+                    peft__module_key(key, sizeof key, l->mods[j].layer, l->mods[j].kind, b);
+                    ok = !strcmp(key, f->tensors[i].name);
+                }
             if (!ok) {
                 code = peft__fail(PEFT_EFORMAT, "%s: unexpected tensor '%s' (not described by adapter_config.json)",
                                   st_path, f->tensors[i].name);

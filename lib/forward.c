@@ -26,6 +26,16 @@ const lora_view *peft__view_of(peft_model *m, lora_view *lv, int layer, int kind
     lv->dB = l->grads + md->off_b;
     lv->r = md->r;
     lv->scale = md->scale;
+    lv->mag = NULL;
+    if (l->use_dora) {
+        size_t N = (size_t)m->ws.n_seq * m->ws.seq_len;
+        lv->mag = l->params + md->off_m;
+        lv->dmag = l->grads + md->off_m;
+        lv->norm = l->dora_norm + md->off_out;
+        lv->wtmp = l->dora_w;
+        lv->z = train ? m->ws.dora_z + N * md->off_out : NULL;
+        lv->dz = m->ws.dora_dz;
+    }
     lv->dropout = train ? l->dropout : 0.0f;
     lv->dropout_seed = peft__hash64(l->seed ^ peft__hash64(m->dropout_calls * 1000003u + (uint64_t)idx));
     return lv;

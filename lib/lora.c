@@ -80,10 +80,15 @@ bad:
                       spec);
 }
 
-const char *peft__module_key(char *buf, size_t n, int layer, int kind, int is_b)
+/* which: 0 lora_A, 1 lora_B, 2 DoRA magnitude */
+const char *peft__module_key(char *buf, size_t n, int layer, int kind, int which)
 {
-    snprintf(buf, n, "base_model.model.model.layers.%d.%s.%s.lora_%c.weight", layer,
-             peft__module_parents[kind], peft__module_names[kind], is_b ? 'B' : 'A');
+    if (which == 2)
+        snprintf(buf, n, "base_model.model.model.layers.%d.%s.%s.lora_magnitude_vector", layer,
+                 peft__module_parents[kind], peft__module_names[kind]);
+    else
+        snprintf(buf, n, "base_model.model.model.layers.%d.%s.%s.lora_%c.weight", layer,
+                 peft__module_parents[kind], peft__module_names[kind], which ? 'B' : 'A');
     return buf;
 }
 
@@ -98,6 +103,8 @@ void peft__lora_free(lora_state *l)
     peft__free(l->grads);
     peft__free(l->m);
     peft__free(l->v);
+    peft__free(l->dora_norm);
+    peft__free(l->dora_w);
     free(l);
 }
 
@@ -131,6 +138,8 @@ static int check_options(const peft_model *m, const peft_lora_options *o)
         return peft__fail(PEFT_EINVAL, "LoRA: dropout must be in [0, 1)");
     if (o->init != PEFT_INIT_KAIMING && o->init != PEFT_INIT_GAUSSIAN)
         return peft__fail(PEFT_EINVAL, "LoRA: unknown init %d", o->init);
+    if (o->version >= 2 && o->use_dora && o->dropout > 0.0f)
+        return peft__fail(PEFT_EUNSUPPORTED, "DoRA with LoRA dropout is not supported yet (use dropout 0)");
     return PEFT_OK;
 }
 
@@ -159,6 +168,7 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
     l->use_rslora = o->use_rslora != 0;
     l->init = o->init;
     l->seed = o->seed;
+    l->use_dora = o->version >= 2 && o->use_dora;
     l->lowest_layer = c->n_layers;
     float scale = l->use_rslora ? o->alpha / sqrtf((float)o->rank) : o->alpha / (float)o->rank;
     size_t off = 0;
@@ -178,6 +188,16 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
             off += (size_t)md->r * (size_t)md->in;
             md->off_b = off;
             off += (size_t)md->out * (size_t)md->r;
+            if (l->use_dora) {
+                md->off_m = off;
+                off += (size_t)md->out;
+            }
+            md->off_out = l->sum_out;
+            l->sum_out += (size_t)md->out;
+            if ((size_t)md->out > l->max_out)
+                l->max_out = (size_t)md->out;
+            if ((size_t)md->out * (size_t)md->in > l->max_w)
+                l->max_w = (size_t)md->out * (size_t)md->in;
             l->index[layer * PEFT_MOD_COUNT + k] = l->n_modules++;
             if (layer < l->lowest_layer)
                 l->lowest_layer = layer;
@@ -189,7 +209,11 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
         l->grads = peft__alloc_floats(off);
         l->m = peft__alloc_floats(off);
         l->v = peft__alloc_floats(off);
-        if (!l->params || !l->grads || !l->m || !l->v) {
+        if (l->use_dora) {
+            l->dora_norm = peft__alloc_floats(l->sum_out);
+            l->dora_w = peft__alloc_floats(l->max_w);
+        }
+        if (!l->params || !l->grads || !l->m || !l->v || (l->use_dora && (!l->dora_norm || !l->dora_w))) {
             peft__lora_free(l);
             return peft__fail(PEFT_ENOMEM, "LoRA: out of memory for %zu parameters", off);
         }
@@ -198,10 +222,10 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
     return PEFT_OK;
 }
 
-/* PEFT init: A kaiming-uniform (bound 1/sqrt(in)) or N(0, 1/r) std 1/r; B = 0.
-   Each module draws from its own stream (seed, layer, kind), so results do not
-   depend on which other modules are attached. */
-static void init_params(lora_state *l)
+/* PEFT init: A kaiming-uniform (bound 1/sqrt(in)) or N(0, 1/r) std 1/r; B = 0;
+   DoRA magnitude = the row norms of W. Each module draws from its own stream
+   (seed, layer, kind), so results do not depend on which other modules are attached. */
+static void init_params(lora_state *l, const peft_model *m)
 {
     for (int i = 0; i < l->n_modules; i++) {
         const lora_module *md = &l->mods[i];
@@ -219,6 +243,15 @@ static void init_params(lora_state *l)
                 a[j] = (float)((2.0 * peft__rng_uniform(&rng) - 1.0) * bound);
         }
         memset(l->params + md->off_b, 0, (size_t)md->out * (size_t)md->r * sizeof(float));
+        if (l->use_dora) {
+            const float *W = m->layers[md->layer].w[md->kind];
+            for (int o = 0; o < md->out; o++) {
+                double ss = 0;
+                for (int c = 0; c < md->in; c++)
+                    ss += (double)W[(int64_t)o * md->in + c] * W[(int64_t)o * md->in + c];
+                l->params[md->off_m + (size_t)o] = (float)sqrt(ss);
+            }
+        }
     }
 }
 
@@ -243,7 +276,7 @@ int peft_attach_lora(peft_model *m, const peft_lora_options *o, uint64_t *n_trai
     int code = build(&l, m, o, 1);
     if (code)
         return code;
-    init_params(l);
+    init_params(l, m);
     m->lora = l;
     m->step = 0;
     m->micro = 0;

@@ -5,6 +5,9 @@
  */
 #include "lora_linear.h"
 
+#include <math.h>
+#include <string.h>
+
 #include "ops/ops.h"
 
 struct drop_args {
@@ -35,6 +38,21 @@ static void apply_dropout(peft_model *m, float *dst, const float *src, int64_t n
     peft__pool_for(m->pool, (int32_t)((n + DROP_CHUNK - 1) / DROP_CHUNK), drop_task, &a);
 }
 
+/* DoRA: norm (out) = || W + s B A || per output row (over the input dimension) */
+static void dora_norms(peft_model *m, const lora_view *lv, const float *W, int in, int out)
+{
+    peft__gemm(m, 0, 0, out, in, lv->r, 1.0f, lv->B, lv->r, lv->A, in, 0.0f, lv->wtmp, in);
+    for (int o = 0; o < out; o++) {
+        const float *w = W + (int64_t)o * in, *ba = lv->wtmp + (int64_t)o * in;
+        double ss = 0;
+        for (int i = 0; i < in; i++) {
+            double v = (double)w[i] + (double)lv->scale * ba[i];
+            ss += v * v;
+        }
+        lv->norm[o] = (float)sqrt(ss);
+    }
+}
+
 // y (N,out) <- x (N,in), W (out,in); xa (N,r) saved for backward; tmp (N,in) scratch
 void linear_forward(peft_model *m, float *y, const float *x, const float *W, int64_t N, int in,
                     int out, const lora_view *lv, float *xa, float *tmp)
@@ -49,6 +67,14 @@ void linear_forward(peft_model *m, float *y, const float *x, const float *W, int
     }
     peft__gemm(m, 0, 1, N, lv->r, in, 1.0f, xd, in, lv->A, in, 0.0f, xa, lv->r);
     peft__gemm(m, 0, 1, N, out, lv->r, lv->scale, xa, lv->r, lv->B, lv->r, 1.0f, y, out);
+    if (!lv->mag)
+        return;
+    dora_norms(m, lv, W, in, out);
+    if (lv->z)
+        memcpy(lv->z, y, (size_t)N * out * sizeof *y);
+    for (int64_t t = 0; t < N; t++)
+        for (int o = 0; o < out; o++)
+            y[t * out + o] *= lv->mag[o] / lv->norm[o];
 }
 
 /*
@@ -60,6 +86,19 @@ void linear_backward(peft_model *m, float *dx, float beta_dx, const float *dy, c
                      const float *W, int64_t N, int in, int out, const lora_view *lv,
                      const float *xa, float *dxa, float *tmp)
 {
+    if (lv && lv->mag) {
+        /* y = g * z with g = mag / norm (norm constant): dmag += sum_t dy z / norm, dz = dy g */
+        for (int o = 0; o < out; o++) {
+            double s = 0;
+            for (int64_t t = 0; t < N; t++)
+                s += (double)dy[t * out + o] * lv->z[t * out + o];
+            lv->dmag[o] += (float)(s / lv->norm[o]);
+        }
+        for (int64_t t = 0; t < N; t++)
+            for (int o = 0; o < out; o++)
+                lv->dz[t * out + o] = dy[t * out + o] * (lv->mag[o] / lv->norm[o]);
+        dy = lv->dz;
+    }
     if (dx)
         peft__gemm(m, 0, 0, N, in, out, 1.0f, dy, out, W, in, beta_dx, dx, in);
     if (!lv)

@@ -10,6 +10,13 @@ typedef struct lora_view {
     int r;
     float scale, dropout;
     uint64_t dropout_seed;
+    /* DoRA (mag != NULL): y = mag / norm * (W x + s B A x), norm constant in backward */
+    const float *mag;   /* (out) */
+    float *dmag;        /* (out) gradient, accumulated */
+    float *norm;        /* (out) written by the forward */
+    float *wtmp;        /* (out, in) scratch */
+    float *z;           /* (N, out) pre-scale output kept for backward, or NULL */
+    float *dz;          /* (N, out) scratch for backward */
 } lora_view;
 
 void linear_forward(peft_model *m, float *y, const float *x, const float *W, int64_t N, int in,

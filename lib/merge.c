@@ -3,6 +3,7 @@
  * it exactly, exporting the merged model as a Hugging Face directory, and solving
  * the rank for a parameter budget.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,18 @@ static void merged_weight(peft_model *m, float *dst, const float *W, const lora_
     memcpy(dst, W, (size_t)md->out * (size_t)md->in * sizeof *dst);
     peft__gemm(m, 0, 0, md->out, md->in, md->r, md->scale, l->params + md->off_b, md->r, l->params + md->off_a,
                md->in, 1.0f, dst, md->in);
+    if (!l->use_dora)
+        return;
+    /* DoRA: rows scaled to the magnitude vector: m * (W + sBA) / ||W + sBA|| */
+    for (int o = 0; o < md->out; o++) {
+        float *row = dst + (int64_t)o * md->in;
+        double ss = 0;
+        for (int i = 0; i < md->in; i++)
+            ss += (double)row[i] * row[i];
+        float g = (float)(l->params[md->off_m + (size_t)o] / sqrt(ss));
+        for (int i = 0; i < md->in; i++)
+            row[i] *= g;
+    }
 }
 
 int peft_merge_adapter(peft_model *m)

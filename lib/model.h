@@ -16,13 +16,18 @@ typedef struct lora_module {
     int layer, kind, in, out, r;
     float alpha, scale;
     size_t off_a, off_b; /* offsets into the parameter block */
+    size_t off_m;        /* DoRA magnitude (out), when use_dora */
+    size_t off_out;      /* sum of `out` over the modules before this one */
 } lora_module;
 
 typedef struct lora_state {
     uint32_t targets;
     int rank;
     float alpha, dropout;
-    int use_rslora, init;
+    int use_rslora, init, use_dora;
+    float *dora_norm;   /* (sum of out) ||W + sBA|| per output row, recomputed each forward */
+    float *dora_w;      /* (max out * in) scratch */
+    size_t sum_out, max_out, max_w;
     uint64_t seed;
     uint8_t *layer_on;  /* n_layers flags */
     int n_modules;
@@ -57,6 +62,7 @@ typedef struct workspace {
     int32_t *labels;            /* (N) label of each row's prediction, -100 = none */
     int32_t *pos;               /* (N) position of each row inside its document */
     size_t lora_floats;
+    float *dora_z, *dora_dz; /* (N, sum of out) pre-scale outputs of DoRA modules; (N, max out) */
     int has_grads;
     void *block;
 } workspace;

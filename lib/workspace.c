@@ -52,6 +52,8 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
     size_t lora_floats = 0;
     if (m->lora)
         lora_floats = (size_t)m->lora->n_modules * (size_t)m->lora->rank;
+    if (m->lora && m->lora->use_dora)
+        lora_floats += m->lora->sum_out + 1; /* a DoRA attachment needs its own plan */
     if (ws->block && ws->n_seq == B && ws->seq_len == T && ws->n_layers_stored >= n_store &&
         ws->lora_floats == lora_floats && (ws->has_grads || !train))
         return PEFT_OK;
@@ -59,6 +61,7 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
     size_t N = (size_t)B * T, D = (size_t)c->dim, F = (size_t)c->ffn_dim;
     size_t Hq = (size_t)c->n_heads * c->head_dim, Hk = (size_t)c->n_kv_heads * c->head_dim;
     size_t r = m->lora ? (size_t)m->lora->rank : 1;
+    lora_floats = m->lora ? (size_t)m->lora->n_modules * (size_t)m->lora->rank : 0;
     ws->acts = calloc((size_t)n_store, sizeof *ws->acts);
     if (!ws->acts)
         return peft__fail(PEFT_ENOMEM, "workspace: out of memory");
@@ -85,6 +88,8 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
     want(&p, &ws->xnf, N * D);
     want(&p, &ws->rstdf, N);
     want(&p, &ws->xa, N * (lora_floats ? lora_floats : 1));
+    if (m->lora && m->lora->use_dora)
+        lora_floats += m->lora->sum_out + 1;
     want(&p, &ws->act, N * F);
     want(&p, &ws->att_scratch, N * (size_t)c->n_heads);
     want(&p, &ws->tmp, N * max3(D, Hq, F));
@@ -92,6 +97,10 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
     want(&p, &ws->row_loss, N);
     want(&p, &ws->rope_cos, (size_t)T * (size_t)c->head_dim / 2);
     want(&p, &ws->rope_sin, (size_t)T * (size_t)c->head_dim / 2);
+    if (m->lora && m->lora->use_dora && train) {
+        want(&p, &ws->dora_z, N * m->lora->sum_out);
+        want(&p, &ws->dora_dz, N * m->lora->max_out);
+    }
     if (train) {
         want(&p, &ws->dx, N * D);
         want(&p, &ws->dxn, N * D);

@@ -624,11 +624,74 @@ TEST(merge_unmerge_and_export)
     peft_model_close(&base);
 }
 
+TEST(dora_save_load_merge)
+{
+    peft_model *m = open_tiny(2);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_Q | PEFT_TARGET_V | PEFT_TARGET_DOWN;
+    o.rank = 4;
+    o.use_dora = 1;
+    uint64_t n_tr;
+    CHECK_OK(peft_attach_lora(m, &o, &n_tr));
+    /* A, B and one magnitude per output row: q (32+32), v (32+16), down (40+32) */
+    CHECK(n_tr == 3ull * (4 * (64 + 48 + 72) + 32 + 16 + 32));
+    double base = eval_loss(m);
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-2));
+    int32_t tok[4 * 16];
+    for (int s = 0; s < 5; s++) {
+        make_batch(tok, 64, (uint32_t)s + 40);
+        peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 4, 16, NULL};
+        CHECK_OK(peft_step(m, &b, NULL));
+    }
+    double trained = eval_loss(m);
+    CHECK(trained != base);
+    char *d = mktmp();
+    CHECK_OK(peft_save_adapter(m, d, NULL));
+    size_t len;
+    char *cfg = read_text(d, "adapter_config.json", &len);
+    CHECK(cfg && strstr(cfg, "\"use_dora\": true"));
+    free(cfg);
+    peft_model *m2 = open_tiny(1);
+    CHECK_OK(peft_load_adapter(m2, d));
+    CHECK(eval_loss(m2) == trained);
+    CHECK_OK(peft_merge_adapter(m2));
+    CHECK_CLOSE(eval_loss(m2), trained, 1e-5);
+    peft_model_close(&m2);
+    /* the magnitude gradient is exact (the norm does not depend on it): finite differences */
+    float *p, *g;
+    size_t n;
+    CHECK_OK(peft_zero_grad(m));
+    make_batch(tok, 64, 5);
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 4, 16, NULL};
+    CHECK_OK(peft_forward_backward(m, &b, NULL));
+    CHECK_OK(peft_param_buffer(&p, &n, m));
+    CHECK_OK(peft_grad_buffer(&g, &n, m));
+    /* the first module's magnitude follows its A (4 x 32) and B (32 x 4) */
+    size_t off_m = 4 * 32 + 32 * 4;
+    for (size_t i = off_m; i < off_m + 32; i += 5) {
+        float save = p[i], h = 1e-2f;
+        peft_eval_result ep = PEFT_EVAL_RESULT_INIT, em = PEFT_EVAL_RESULT_INIT;
+        p[i] = save + h;
+        peft_eval(m, &b, &ep);
+        p[i] = save - h;
+        peft_eval(m, &b, &em);
+        p[i] = save;
+        double num = (ep.loss_sum - em.loss_sum) / (2 * h);
+        CHECK_MSG(fabs(num - g[i]) <= 1e-3 + 2e-2 * fabs(num), "magnitude %zu: analytic %g numeric %g", i, g[i], num);
+    }
+    peft_model_close(&m);
+    o.dropout = 0.1f;
+    peft_model *m3 = open_tiny(1);
+    CHECK(peft_attach_lora(m3, &o, NULL) == PEFT_EUNSUPPORTED);
+    peft_model_close(&m3);
+}
+
 static const struct h_case cases[] = {
     CASE(errors_and_versions), CASE(last_error_is_per_thread), CASE(info_and_exact_counts),
     CASE(determinism_and_thread_invariance), CASE(gradient_accumulation_equals_big_batch),
     CASE(split_step_equals_step), CASE(label_mask), CASE(state_errors), CASE(non_finite_loss_is_refused),
     CASE(save_load_round_trip), CASE(load_adapter_errors), CASE(save_is_atomic_on_write_failure),
     CASE(training_lowers_loss), CASE(packed_documents_equal_separate_sequences), CASE(merge_unmerge_and_export),
+    CASE(dora_save_load_merge),
 };
 TEST_MAIN(cases)

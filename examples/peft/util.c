@@ -236,6 +236,16 @@ int lora_from_args(cli_args *a, peft_lora_options *o)
         return -1;
     const char *targets = arg_str(a, "--targets", "q,v");
     const char *init = arg_str(a, "--init", "kaiming");
+    const char *method = arg_str(a, "--method", "lora");
+    if (!method)
+        return -1;
+    if (!strcmp(method, "dora")) {
+        o->use_dora = 1;
+    } else if (strcmp(method, "lora") != 0) {
+        fprintf(stderr, "peft: --method %s is not available yet (lora, dora)\n", method);
+        return -1;
+    }
+    o->use_dora |= arg_flag(a, "--dora");
     if (!targets || !init || parse_targets(targets, &o->targets))
         return -1;
     o->layers = arg_str(a, "--layers", NULL);

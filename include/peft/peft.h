@@ -135,12 +135,14 @@ typedef struct peft_lora_options {
     float dropout;      /* on the LoRA input, training only */
     int32_t init;       /* PEFT_INIT_* */
     uint64_t seed;
+    /* version 2 */
+    int32_t use_dora;   /* DoRA: y = m * (W + sBA) x / ||W + sBA||_row, m trained (dropout 0) */
 } peft_lora_options;
 
-#define PEFT_LORA_OPTIONS_VERSION 1
+#define PEFT_LORA_OPTIONS_VERSION 2
 #define PEFT_LORA_OPTIONS_INIT                                                 \
     {PEFT_LORA_OPTIONS_VERSION, PEFT_TARGET_Q | PEFT_TARGET_V, NULL, 8, 16.0f, \
-     0, 0.0f, PEFT_INIT_KAIMING, 0}
+     0, 0.0f, PEFT_INIT_KAIMING, 0, 0}
 PEFT_API int peft_lora_options_init(peft_lora_options *opts, uint32_t version);
 
 /*

@@ -93,6 +93,8 @@ def rope(x, T, hd, theta):
 
 
 def key(l, m, ab):
+    if ab == "M":
+        return f"base_model.model.model.layers.{l}.{PARENT[m]}.{m}.lora_magnitude_vector"
     return f"base_model.model.model.layers.{l}.{PARENT[m]}.{m}.lora_{ab}.weight"
 
 
@@ -101,10 +103,17 @@ def forward(c, W, tokens, labels, lora, scale):
     x = W["model.embed_tokens.weight"][tokens]
 
     def lin(l, m, inp):
-        y = inp @ W[f"model.layers.{l}.{PARENT[m]}.{m}.weight"].T
+        Wm = W[f"model.layers.{l}.{PARENT[m]}.{m}.weight"]
+        y = inp @ Wm.T
         ka = key(l, m, "A")
         if ka in lora:
-            y = y + scale * (inp @ lora[ka].T) @ lora[key(l, m, "B")].T
+            A, Bm = lora[ka], lora[key(l, m, "B")]
+            y = y + scale * (inp @ A.T) @ Bm.T
+            km = key(l, m, "M")
+            if km in lora:
+                # PEFT DoRA: the row norm of W + sBA is detached (a constant in backward)
+                norm = (Wm + scale * Bm @ A).norm(dim=1).detach()
+                y = y * (lora[km] / norm)
         return y
 
     mask = torch.full((T, T), float("-inf")).triu(1)
@@ -173,9 +182,10 @@ def make_tiny():
 
 
 CASES = [
-    # name, targets, layers (None = all), r, alpha, rslora, lr, wd, clip
-    ("all_linear", MODS, None, 4, 8.0, False, 1e-2, 0.0, 0.0),
-    ("qv_down_last_rslora", ["q_proj", "v_proj", "down_proj"], [2], 2, 4.0, True, 5e-3, 0.1, 0.05),
+    # name, targets, layers (None = all), r, alpha, rslora, lr, wd, clip, dora
+    ("all_linear", MODS, None, 4, 8.0, False, 1e-2, 0.0, 0.0, False),
+    ("qv_down_last_rslora", ["q_proj", "v_proj", "down_proj"], [2], 2, 4.0, True, 5e-3, 0.1, 0.05, False),
+    ("dora_qkvo_up", ["q_proj", "k_proj", "v_proj", "o_proj", "up_proj"], [0, 2], 3, 6.0, False, 1e-2, 0.0, 0.0, True),
 ]
 
 
@@ -191,8 +201,9 @@ def main():
     labels = tokens.clone()
     labels[0, :4] = -100  # a masked prompt
     labels[1, 7] = -100
-    for name, targets, layers, r, alpha, rslora, lr, wd, clip in CASES:
+    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES:
         lora = {}
+        scale = alpha / math.sqrt(r) if rslora else alpha / r
         for l in range(c.L):
             if layers is not None and l not in layers:
                 continue
@@ -200,14 +211,18 @@ def main():
                 o, i = dims[m]
                 lora[key(l, m, "A")] = (torch.rand(r, i, generator=g) * 2 - 1) / math.sqrt(i)
                 lora[key(l, m, "B")] = torch.randn(o, r, generator=g) * 0.1
+                if dora:
+                    Wm = W[f"model.layers.{l}.{PARENT[m]}.{m}.weight"]
+                    base = (Wm + scale * lora[key(l, m, "B")] @ lora[key(l, m, "A")]).norm(dim=1)
+                    lora[key(l, m, "M")] = base * (1 + 0.2 * torch.randn(o, generator=g))
         lora = {k: v.to(torch.float32).to(torch.float64) for k, v in lora.items()}
-        scale = alpha / math.sqrt(r) if rslora else alpha / r
         loss, gnorm, grads, after, loss2 = one_step(c, W, tokens, labels, lora, scale, lr, wd, clip)
         d = os.path.join(OUT, name)
         os.makedirs(os.path.join(d, "adapter"), exist_ok=True)
         st_write(os.path.join(d, "adapter", "adapter_model.safetensors"), lora, {"format": "pt"})
         acfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha,
                 "lora_dropout": 0.0, "target_modules": targets, "bias": "none", "use_rslora": rslora,
+                "use_dora": dora,
                 "layers_to_transform": layers, "init_lora_weights": True, "base_model_name_or_path": "tiny"}
         with open(os.path.join(d, "adapter", "adapter_config.json"), "w") as f:
             json.dump(acfg, f, indent=2, sort_keys=True)
