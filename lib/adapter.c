@@ -91,6 +91,40 @@ static void jw_number(struct jw *w, float v)
         jw_float(w, v);
 }
 
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* "k=v,k=v" -> a JSON object with sorted keys (as PEFT writes it) */
+static void jw_pattern(struct jw *w, const char *pat, int integer)
+{
+    if (!pat) {
+        jw_put(w, "{}");
+        return;
+    }
+    char *copy = strdup(pat), *items[512];
+    int n = 0;
+    if (!copy) {
+        w->oom = 1;
+        return;
+    }
+    for (char *t = strtok(copy, ","); t && n < 512; t = strtok(NULL, ","))
+        items[n++] = t;
+    qsort(items, (size_t)n, sizeof *items, cmp_str);
+    jw_put(w, "{");
+    for (int i = 0; i < n; i++) {
+        char *eq = strchr(items[i], '=');
+        *eq = '\0';
+        jw_put(w, "%s\n    ", i ? "," : "");
+        jw_str(w, items[i]);
+        jw_put(w, ": ");
+        if (integer)
+            jw_put(w, "%d", atoi(eq + 1));
+        else
+            jw_number(w, strtof(eq + 1, NULL));
+    }
+    jw_put(w, "\n  }");
+    free(copy);
+}
+
 static int write_config(const peft_model *m, const char *path, const char *base_name)
 {
     const lora_state *l = m->lora;
@@ -98,7 +132,9 @@ static int write_config(const peft_model *m, const char *path, const char *base_
     int all_layers = 1;
     for (int i = 0; i < m->cfg.n_layers; i++)
         all_layers &= l->layer_on[i];
-    jw_put(&w, "{\n  \"alpha_pattern\": {},\n  \"base_model_name_or_path\": ");
+    jw_put(&w, "{\n  \"alpha_pattern\": ");
+    jw_pattern(&w, l->alpha_pattern, 0);
+    jw_put(&w, ",\n  \"base_model_name_or_path\": ");
     jw_str(&w, base_name);
     jw_put(&w, ",\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"inference_mode\": true,\n");
     jw_put(&w, "  \"init_lora_weights\": %s,\n", l->init == PEFT_INIT_GAUSSIAN ? "\"gaussian\"" : "true");
@@ -120,7 +156,9 @@ static int write_config(const peft_model *m, const char *path, const char *base_
     jw_put(&w, ",\n  \"lora_dropout\": ");
     jw_float(&w, l->dropout);
     jw_put(&w, ",\n  \"modules_to_save\": null,\n  \"peft_type\": \"LORA\",\n  \"r\": %d,\n", l->rank);
-    jw_put(&w, "  \"rank_pattern\": {},\n  \"revision\": null,\n  \"target_modules\": [");
+    jw_put(&w, "  \"rank_pattern\": ");
+    jw_pattern(&w, l->rank_pattern, 1);
+    jw_put(&w, ",\n  \"revision\": null,\n  \"target_modules\": [");
     int first = 1;
     for (int k = 0; k < PEFT_MOD_COUNT; k++)
         if (l->targets & (1u << k)) {
@@ -203,6 +241,26 @@ static int kind_of(const char *name)
     return -1;
 }
 
+/* A JSON object of numbers -> "key=value,..." (file order: the first match wins, as in PEFT). */
+static int pattern_from_json(const json_value *v, char *buf, size_t cap, const char *what, const char *path)
+{
+    buf[0] = '\0';
+    if (!v || v->type == JSON_NULL)
+        return PEFT_OK;
+    if (v->type != JSON_OBJECT)
+        return peft__fail(PEFT_EFORMAT, "%s: %s is not an object", path, what);
+    size_t n = 0;
+    for (size_t i = 0; i < v->length; i++) {
+        if (v->items[i].type != JSON_NUMBER || strchr(v->keys[i], ',') || strchr(v->keys[i], '='))
+            return peft__fail(PEFT_EFORMAT, "%s: bad %s entry '%s'", path, what, v->keys[i]);
+        int k = snprintf(buf + n, cap - n, "%s%s=%.9g", n ? "," : "", v->keys[i], v->items[i].number);
+        if (k < 0 || (size_t)k >= cap - n)
+            return peft__fail(PEFT_EFORMAT, "%s: %s too long", path, what);
+        n += (size_t)k;
+    }
+    return PEFT_OK;
+}
+
 static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, const char *path)
 {
     char *text;
@@ -252,12 +310,13 @@ static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, co
     v = json_get(root, "modules_to_save");
     if (v && v->type == JSON_ARRAY && v->length > 0)
         FAIL(PEFT_EUNSUPPORTED, "%s: modules_to_save is not supported yet", path);
-    const char *patterns[] = {"rank_pattern", "alpha_pattern"};
-    for (int i = 0; i < 2; i++) {
-        v = json_get(root, patterns[i]);
-        if (v && v->type == JSON_OBJECT && v->length > 0)
-            FAIL(PEFT_EUNSUPPORTED, "%s: %s is not supported yet", path, patterns[i]);
-    }
+    if ((code = pattern_from_json(json_get(root, "rank_pattern"), layers + layers_cap / 2, layers_cap / 4,
+                                  "rank_pattern", path)) ||
+        (code = pattern_from_json(json_get(root, "alpha_pattern"), layers + layers_cap / 2 + layers_cap / 4,
+                                  layers_cap / 4, "alpha_pattern", path)))
+        goto done;
+    o->rank_pattern = layers[layers_cap / 2] ? layers + layers_cap / 2 : NULL;
+    o->alpha_pattern = layers[layers_cap / 2 + layers_cap / 4] ? layers + layers_cap / 2 + layers_cap / 4 : NULL;
     v = json_get(root, "fan_in_fan_out");
     if (v && v->type == JSON_BOOL && v->boolean)
         FAIL(PEFT_EUNSUPPORTED, "%s: fan_in_fan_out is not used by Llama models", path);
@@ -291,8 +350,8 @@ static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, co
             const json_value *it = &v->items[i];
             if (it->type != JSON_NUMBER || !it->is_integer || it->number < 0 || it->number > 1e6)
                 FAIL(PEFT_EFORMAT, "%s: bad entry in layers_to_transform", path);
-            int k = snprintf(layers + n, layers_cap - n, "%s%d", n ? "," : "", (int)it->number);
-            if (k < 0 || (size_t)k >= layers_cap - n)
+            int k = snprintf(layers + n, layers_cap / 2 - n, "%s%d", n ? "," : "", (int)it->number);
+            if (k < 0 || (size_t)k >= layers_cap / 2 - n)
                 FAIL(PEFT_EFORMAT, "%s: layers_to_transform too long", path);
             n += (size_t)k;
         }
@@ -335,7 +394,7 @@ int peft_load_adapter(peft_model *m, const char *dir)
         goto done;
     }
     peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
-    char layers[8192];
+    char layers[32768]; /* layers spec | rank_pattern | alpha_pattern */
     if ((code = read_config(&o, layers, sizeof layers, cfg_path)))
         goto done;
     if ((code = st_open(&f, st_path)))

@@ -50,7 +50,7 @@ static float *xa_of(peft_model *m, int layer, int kind)
     if (idx < 0)
         return NULL;
     size_t N = (size_t)m->ws.n_seq * m->ws.seq_len;
-    return m->ws.xa + (size_t)idx * N * (size_t)l->rank;
+    return m->ws.xa + N * l->mods[idx].off_xa;
 }
 
 static void add_inplace(float *y, const float *x, size_t n)

@@ -41,7 +41,7 @@ int peft_session_create(peft_session **out, peft_model *m, int32_t max_len)
     size_t D = (size_t)c->dim, F = (size_t)c->ffn_dim, big = D > qd ? D : qd;
     big = big > F ? big : F;
     size_t cache = (size_t)c->n_layers * (size_t)max_len * kvd;
-    size_t maxr = m->lora ? (size_t)m->lora->rank : 1;
+    size_t maxr = m->lora ? (size_t)m->lora->max_rank : 1;
     size_t sizes[] = {cache, cache, D, D, qd, kvd, kvd, qd, D, F, F, F, big, maxr, (size_t)max_len};
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
@@ -157,7 +157,7 @@ int peft_session_feed(peft_session *s, const int32_t *tokens, int32_t n, float *
     if (!s || (!tokens && n > 0) || n < 0)
         return peft__fail(PEFT_EINVAL, "peft_session_feed: bad arguments");
     peft_model *m = s->m;
-    if (m->lora && (size_t)m->lora->rank > (size_t)s->rank)
+    if (m->lora && m->lora->max_rank > s->rank)
         return peft__fail(PEFT_ESTATE, "peft_session_feed: the adapter changed since the session was created");
     if (n > s->max_len - s->pos)
         return peft__fail(PEFT_ERANGE, "peft_session_feed: %d more positions exceed the session's %d", n,

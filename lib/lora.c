@@ -105,7 +105,52 @@ void peft__lora_free(lora_state *l)
     peft__free(l->v);
     peft__free(l->dora_norm);
     peft__free(l->dora_w);
+    free(l->rank_pattern);
+    free(l->alpha_pattern);
     free(l);
+}
+
+/* Validate a "key=value,..." pattern; values must be positive numbers (integers for ranks). */
+static int check_pattern(const char *pat, int integer, const char *what)
+{
+    if (!pat)
+        return PEFT_OK;
+    const char *s = pat;
+    while (*s) {
+        const char *eq = strchr(s, '='), *end = strchr(s, ',');
+        if (!end)
+            end = s + strlen(s);
+        if (!eq || eq > end || eq == s)
+            return peft__fail(PEFT_EINVAL, "%s \"%s\": expected KEY=VALUE items separated by commas", what, pat);
+        for (const char *c = s; c < eq; c++)
+            if (strchr("*+?()[]{}|^$\\", *c))
+                return peft__fail(PEFT_EUNSUPPORTED, "%s \"%s\": regular expressions are not supported in keys", what, pat);
+        char *num_end;
+        double v = strtod(eq + 1, &num_end);
+        if (num_end != end || !(v > 0) || (integer && (v != floor(v) || v > 65536)))
+            return peft__fail(PEFT_EINVAL, "%s \"%s\": bad value", what, pat);
+        s = *end ? end + 1 : end;
+    }
+    return PEFT_OK;
+}
+
+/* The value of the first key matching module `name`, or def. */
+static double pattern_value(const char *pat, const char *name, double def)
+{
+    if (!pat)
+        return def;
+    size_t nl = strlen(name);
+    const char *s = pat;
+    while (*s) {
+        const char *eq = strchr(s, '='), *end = strchr(s, ',');
+        if (!end)
+            end = s + strlen(s);
+        size_t kl = (size_t)(eq - s);
+        if (kl <= nl && memcmp(name + nl - kl, s, kl) == 0 && (kl == nl || name[nl - kl - 1] == '.'))
+            return strtod(eq + 1, NULL);
+        s = *end ? end + 1 : end;
+    }
+    return def;
 }
 
 static void module_dims(const peft_config *c, int kind, int *in, int *out)
@@ -140,6 +185,10 @@ static int check_options(const peft_model *m, const peft_lora_options *o)
         return peft__fail(PEFT_EINVAL, "LoRA: unknown init %d", o->init);
     if (o->version >= 2 && o->use_dora && o->dropout > 0.0f)
         return peft__fail(PEFT_EUNSUPPORTED, "DoRA with LoRA dropout is not supported yet (use dropout 0)");
+    int code;
+    if (o->version >= 2 && ((code = check_pattern(o->rank_pattern, 1, "rank_pattern")) ||
+                            (code = check_pattern(o->alpha_pattern, 0, "alpha_pattern"))))
+        return code;
     return PEFT_OK;
 }
 
@@ -170,7 +219,12 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
     l->seed = o->seed;
     l->use_dora = o->version >= 2 && o->use_dora;
     l->lowest_layer = c->n_layers;
-    float scale = l->use_rslora ? o->alpha / sqrtf((float)o->rank) : o->alpha / (float)o->rank;
+    const char *rpat = o->version >= 2 && o->rank_pattern && *o->rank_pattern ? o->rank_pattern : NULL;
+    const char *apat = o->version >= 2 && o->alpha_pattern && *o->alpha_pattern ? o->alpha_pattern : NULL;
+    if ((rpat && !(l->rank_pattern = strdup(rpat))) || (apat && !(l->alpha_pattern = strdup(apat)))) {
+        peft__lora_free(l);
+        return peft__fail(PEFT_ENOMEM, "LoRA: out of memory");
+    }
     size_t off = 0;
     for (int layer = 0; layer < c->n_layers; layer++) {
         for (int k = 0; k < PEFT_MOD_COUNT; k++) {
@@ -180,10 +234,16 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
             lora_module *md = &l->mods[l->n_modules];
             md->layer = layer;
             md->kind = k;
-            md->r = o->rank;
+            char name[96];
+            snprintf(name, sizeof name, "model.layers.%d.%s.%s", layer, peft__module_parents[k], peft__module_names[k]);
+            md->r = (int)pattern_value(rpat, name, o->rank);
+            md->alpha = (float)pattern_value(apat, name, o->alpha);
             module_dims(c, k, &md->in, &md->out);
-            md->alpha = o->alpha;
-            md->scale = scale;
+            md->scale = l->use_rslora ? md->alpha / sqrtf((float)md->r) : md->alpha / (float)md->r;
+            md->off_xa = l->sum_rank;
+            l->sum_rank += (size_t)md->r;
+            if (md->r > l->max_rank)
+                l->max_rank = md->r;
             md->off_a = off;
             off += (size_t)md->r * (size_t)md->in;
             md->off_b = off;

@@ -17,6 +17,7 @@ typedef struct lora_module {
     float alpha, scale;
     size_t off_a, off_b; /* offsets into the parameter block */
     size_t off_m;        /* DoRA magnitude (out), when use_dora */
+    size_t off_xa;       /* sum of `r` over the modules before this one */
     size_t off_out;      /* sum of `out` over the modules before this one */
 } lora_module;
 
@@ -25,6 +26,9 @@ typedef struct lora_state {
     int rank;
     float alpha, dropout;
     int use_rslora, init, use_dora;
+    int max_rank;
+    size_t sum_rank;
+    char *rank_pattern, *alpha_pattern; /* normalised copies ("key=value,..."), or NULL */
     float *dora_norm;   /* (sum of out) ||W + sBA|| per output row, recomputed each forward */
     float *dora_w;      /* (max out * in) scratch */
     size_t sum_out, max_out, max_w;

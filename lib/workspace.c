@@ -51,7 +51,7 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
     int n_store = train ? c->n_layers : 1;
     size_t lora_floats = 0;
     if (m->lora)
-        lora_floats = (size_t)m->lora->n_modules * (size_t)m->lora->rank;
+        lora_floats = m->lora->sum_rank;
     if (m->lora && m->lora->use_dora)
         lora_floats += m->lora->sum_out + 1; /* a DoRA attachment needs its own plan */
     if (ws->block && ws->n_seq == B && ws->seq_len == T && ws->n_layers_stored >= n_store &&
@@ -60,8 +60,8 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
     peft__workspace_free(ws);
     size_t N = (size_t)B * T, D = (size_t)c->dim, F = (size_t)c->ffn_dim;
     size_t Hq = (size_t)c->n_heads * c->head_dim, Hk = (size_t)c->n_kv_heads * c->head_dim;
-    size_t r = m->lora ? (size_t)m->lora->rank : 1;
-    lora_floats = m->lora ? (size_t)m->lora->n_modules * (size_t)m->lora->rank : 0;
+    size_t r = m->lora ? (size_t)m->lora->max_rank : 1;
+    lora_floats = m->lora ? m->lora->sum_rank : 0;
     ws->acts = calloc((size_t)n_store, sizeof *ws->acts);
     if (!ws->acts)
         return peft__fail(PEFT_ENOMEM, "workspace: out of memory");

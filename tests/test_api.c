@@ -686,12 +686,61 @@ TEST(dora_save_load_merge)
     peft_model_close(&m3);
 }
 
+TEST(rank_and_alpha_patterns)
+{
+    peft_model *m = open_tiny(1);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_Q | PEFT_TARGET_DOWN;
+    o.rank = 4;
+    o.alpha = 8;
+    o.init = PEFT_INIT_GAUSSIAN;
+    o.rank_pattern = "down_proj=2,layers.1.self_attn.q_proj=6";
+    o.alpha_pattern = "layers.2.mlp.down_proj=3.5";
+    uint64_t n;
+    CHECK_OK(peft_count_lora(&n, m, &o));
+    /* q: 4*(64) in layers 0 and 2, 6*64 in layer 1; down: 2*(40+32) in every layer */
+    CHECK(n == 4 * 64 * 2 + 6 * 64 + 3 * 2 * 72);
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    float *p;
+    size_t np;
+    CHECK_OK(peft_param_buffer(&p, &np, m));
+    for (size_t i = 0; i < np; i++)
+        if (p[i] == 0.0f)
+            p[i] = 0.02f * (float)((i * 7) % 5) - 0.04f;
+    double before = eval_loss(m);
+    char *d = mktmp();
+    CHECK_OK(peft_save_adapter(m, d, NULL));
+    size_t len;
+    char *cfg = read_text(d, "adapter_config.json", &len);
+    CHECK(cfg && strstr(cfg, "\"rank_pattern\": {\n    \"down_proj\": 2,\n    \"layers.1.self_attn.q_proj\": 6\n  }"));
+    CHECK(cfg && strstr(cfg, "\"alpha_pattern\": {\n    \"layers.2.mlp.down_proj\": 3.5\n  }"));
+    free(cfg);
+    peft_model *m2 = open_tiny(2);
+    CHECK_OK(peft_load_adapter(m2, d));
+    CHECK(eval_loss(m2) == before);
+    /* alpha matters: the same weights with another alpha_pattern give another loss */
+    peft_model_close(&m2);
+    o.alpha_pattern = NULL;
+    m2 = open_tiny(1);
+    CHECK_OK(peft_attach_lora(m2, &o, NULL));
+    float *p2;
+    CHECK_OK(peft_param_buffer(&p2, &np, m2));
+    memcpy(p2, p, np * sizeof *p);
+    CHECK(eval_loss(m2) != before);
+    peft_model_close(&m2);
+    o.rank_pattern = "q_proj=x";
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EINVAL);
+    o.rank_pattern = "q.*=3";
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EUNSUPPORTED);
+    peft_model_close(&m);
+}
+
 static const struct h_case cases[] = {
     CASE(errors_and_versions), CASE(last_error_is_per_thread), CASE(info_and_exact_counts),
     CASE(determinism_and_thread_invariance), CASE(gradient_accumulation_equals_big_batch),
     CASE(split_step_equals_step), CASE(label_mask), CASE(state_errors), CASE(non_finite_loss_is_refused),
     CASE(save_load_round_trip), CASE(load_adapter_errors), CASE(save_is_atomic_on_write_failure),
     CASE(training_lowers_loss), CASE(packed_documents_equal_separate_sequences), CASE(merge_unmerge_and_export),
-    CASE(dora_save_load_merge),
+    CASE(dora_save_load_merge), CASE(rank_and_alpha_patterns),
 };
 TEST_MAIN(cases)

@@ -248,7 +248,8 @@ static void lin_case(float dropout)
     fill(c.B, sizeof c.B / 4, 0.5f);
     fill(c.dout, sizeof c.dout / 4, 1.0f);
     float dA[LR * LIN] = {0}, dB[LOUT * LR] = {0}, dx[LN * LIN], dxa[LN * LR];
-    c.lv = (lora_view){c.A, c.B, dA, dB, LR, 0.75f, dropout, 42};
+    c.lv = (lora_view){.A = c.A, .B = c.B, .dA = dA, .dB = dB, .r = LR, .scale = 0.75f, .dropout = dropout,
+                       .dropout_seed = 42};
     lin_loss(&c);
     linear_backward(&c.m, dx, 0.0f, c.dout, c.x, c.W, LN, LIN, LOUT, &c.lv, c.xa, dxa, c.tmp);
     CHECK(fd_check("lora dx", c.x, sizeof c.x / 4, dx, lin_loss, &c, 1e-2f, 1e-2) == 0);

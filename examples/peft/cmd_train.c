@@ -13,6 +13,7 @@ static const char train_help[] =
     "          --eval-data FILE  --eval-every N (0: start and end only)  --eval-windows N (all)\n"
     "LoRA:     --method lora|dora (lora)  --rank R (8) --alpha A (2R)\n"
     "          --targets all-linear|q,k,v,o,gate,up,down (q,v)\n"
+    "          --rank-pattern KEY=R,...  --alpha-pattern KEY=A,...  (PEFT rank_pattern/alpha_pattern)\n"
     "          --layers all|N,M|N-M|first:N|last:N|every:K  --dropout P (0) --rslora\n"
     "          --init kaiming|gaussian  --init-adapter DIR (resume from a saved adapter)\n"
     "optimizer:--lr LR (2e-4) --weight-decay W (0) --beta1 --beta2 --eps --grad-clip C (1.0)\n"

@@ -246,6 +246,8 @@ int lora_from_args(cli_args *a, peft_lora_options *o)
         return -1;
     }
     o->use_dora |= arg_flag(a, "--dora");
+    o->rank_pattern = arg_str(a, "--rank-pattern", NULL);
+    o->alpha_pattern = arg_str(a, "--alpha-pattern", NULL);
     if (!targets || !init || parse_targets(targets, &o->targets))
         return -1;
     o->layers = arg_str(a, "--layers", NULL);

@@ -137,12 +137,17 @@ typedef struct peft_lora_options {
     uint64_t seed;
     /* version 2 */
     int32_t use_dora;   /* DoRA: y = m * (W + sBA) x / ||W + sBA||_row, m trained (dropout 0) */
+    /* Per-module rank and alpha, PEFT's rank_pattern / alpha_pattern: "KEY=VALUE,...";
+       KEY matches a module whose name ("model.layers.3.self_attn.q_proj") ends with
+       "." KEY (or is KEY); the first matching key wins. NULL: none. */
+    const char *rank_pattern;
+    const char *alpha_pattern;
 } peft_lora_options;
 
 #define PEFT_LORA_OPTIONS_VERSION 2
 #define PEFT_LORA_OPTIONS_INIT                                                 \
     {PEFT_LORA_OPTIONS_VERSION, PEFT_TARGET_Q | PEFT_TARGET_V, NULL, 8, 16.0f, \
-     0, 0.0f, PEFT_INIT_KAIMING, 0, 0}
+     0, 0.0f, PEFT_INIT_KAIMING, 0, 0, NULL, NULL}
 PEFT_API int peft_lora_options_init(peft_lora_options *opts, uint32_t version);
 
 /*
