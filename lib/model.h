@@ -93,7 +93,7 @@ struct peft_model {
     workspace ws;
 
     /* optimizer */
-    double lr, beta1, beta2, eps, weight_decay, grad_clip, min_lr_ratio;
+    double lr, beta1, beta2, eps, weight_decay, grad_clip, min_lr_ratio, loraplus_ratio;
     int accum_steps, warmup_steps, total_steps, schedule;
     int64_t step;       /* updates done */
     int micro;          /* micro-batches accumulated since the last update */

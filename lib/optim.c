@@ -17,6 +17,7 @@ void peft__opt_defaults(peft_model *m)
     m->total_steps = 0;
     m->schedule = PEFT_SCHEDULE_CONSTANT;
     m->min_lr_ratio = 0.0;
+    m->loraplus_ratio = 1.0;
 }
 
 static const struct {
@@ -28,7 +29,7 @@ static const struct {
     {PEFT_OPT_WEIGHT_DECAY, 0.0, 10.0}, {PEFT_OPT_GRAD_CLIP, 0.0, 1e9},
     {PEFT_OPT_ACCUM_STEPS, 1, 1 << 20}, {PEFT_OPT_WARMUP_STEPS, 0, 1 << 30},
     {PEFT_OPT_TOTAL_STEPS, 0, 1 << 30}, {PEFT_OPT_SCHEDULE, 0, 2},
-    {PEFT_OPT_MIN_LR_RATIO, 0.0, 1.0},
+    {PEFT_OPT_MIN_LR_RATIO, 0.0, 1.0},  {PEFT_OPT_LORAPLUS_RATIO, 0.0, 1e4},
 };
 
 int peft_opt_bounds(int key, double *lo, double *hi)
@@ -75,6 +76,7 @@ int peft_opt_set(peft_model *m, int key, double v)
     case PEFT_OPT_TOTAL_STEPS: m->total_steps = (int)v; break;
     case PEFT_OPT_SCHEDULE: m->schedule = (int)v; break;
     case PEFT_OPT_MIN_LR_RATIO: m->min_lr_ratio = v; break;
+    case PEFT_OPT_LORAPLUS_RATIO: m->loraplus_ratio = v; break;
     }
     return PEFT_OK;
 }
@@ -95,6 +97,7 @@ int peft_opt_get(const peft_model *m, int key, double *v)
     case PEFT_OPT_TOTAL_STEPS: *v = m->total_steps; break;
     case PEFT_OPT_SCHEDULE: *v = m->schedule; break;
     case PEFT_OPT_MIN_LR_RATIO: *v = m->min_lr_ratio; break;
+    case PEFT_OPT_LORAPLUS_RATIO: *v = m->loraplus_ratio; break;
     default: return peft__fail(PEFT_EINVAL, "unknown optimizer setting %d", key);
     }
     return PEFT_OK;
@@ -140,13 +143,26 @@ int peft__opt_apply(peft_model *m, double token_count, peft_step_result *res)
     double bc1 = 1.0 - pow(m->beta1, (double)t), bc2 = 1.0 - pow(m->beta2, (double)t);
     float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
     float b1 = (float)m->beta1, b2 = (float)m->beta2, eps = (float)m->eps;
-    float decay = (float)(1.0 - lr * m->weight_decay);
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i] * gs;
-        mm[i] = b1 * mm[i] + (1.0f - b1) * gi;
-        vv[i] = b2 * vv[i] + (1.0f - b2) * gi * gi;
-        float denom = sqrtf(vv[i]) / bc2_sqrt + eps;
-        p[i] = p[i] * decay - step_size * mm[i] / denom;
+    /* LoRA+: the B matrices learn at loraplus_ratio x the learning rate */
+    for (int k = 0; k < l->n_modules; k++) {
+        const lora_module *md = &l->mods[k];
+        size_t na = (size_t)md->r * (size_t)md->in, nb = (size_t)md->out * (size_t)md->r;
+        size_t nm = l->use_dora ? (size_t)md->out : 0;
+        struct {
+            size_t off, n;
+            double mult;
+        } seg[3] = {{md->off_a, na, 1.0}, {md->off_b, nb, m->loraplus_ratio}, {md->off_m, nm, 1.0}};
+        for (int s = 0; s < 3; s++) {
+            float ss_ = (float)(step_size * seg[s].mult);
+            float decay = (float)(1.0 - lr * seg[s].mult * m->weight_decay);
+            for (size_t i = seg[s].off; i < seg[s].off + seg[s].n; i++) {
+                float gi = g[i] * gs;
+                mm[i] = b1 * mm[i] + (1.0f - b1) * gi;
+                vv[i] = b2 * vv[i] + (1.0f - b2) * gi * gi;
+                float denom = sqrtf(vv[i]) / bc2_sqrt + eps;
+                p[i] = p[i] * decay - ss_ * mm[i] / denom;
+            }
+        }
     }
     memset(g, 0, n * sizeof *g);
     m->step = t;

@@ -735,12 +735,46 @@ TEST(rank_and_alpha_patterns)
     peft_model_close(&m);
 }
 
+/* LoRA+: with ratio k the first AdamW step moves B by k times what it moves A (both by ~lr). */
+TEST(loraplus_ratio)
+{
+    peft_model *m = open_tiny(1);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_Q;
+    o.layers = "0";
+    o.rank = 2;
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    float *p;
+    size_t n;
+    CHECK_OK(peft_param_buffer(&p, &n, m));
+    for (size_t i = 0; i < n; i++)
+        p[i] = 0.1f * (float)((int)(i % 7) - 3) + 0.05f; /* nonzero A and B: both get gradients */
+    float *before = malloc(n * sizeof *before);
+    memcpy(before, p, n * sizeof *before);
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-3));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LORAPLUS_RATIO, 16));
+    int32_t tok[32];
+    make_batch(tok, 32, 11);
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
+    CHECK_OK(peft_step(m, &b, NULL));
+    /* A is 2 x 32, B is 32 x 2; a first Adam step moves each entry by ~lr * sign(g) */
+    double ma = 0, mb = 0;
+    for (size_t i = 0; i < 64; i++)
+        ma = fmax(ma, fabs(p[i] - before[i]));
+    for (size_t i = 64; i < n; i++)
+        mb = fmax(mb, fabs(p[i] - before[i]));
+    CHECK_CLOSE(ma, 1e-3, 1e-3);
+    CHECK_CLOSE(mb, 16e-3, 1e-3);
+    free(before);
+    peft_model_close(&m);
+}
+
 static const struct h_case cases[] = {
     CASE(errors_and_versions), CASE(last_error_is_per_thread), CASE(info_and_exact_counts),
     CASE(determinism_and_thread_invariance), CASE(gradient_accumulation_equals_big_batch),
     CASE(split_step_equals_step), CASE(label_mask), CASE(state_errors), CASE(non_finite_loss_is_refused),
     CASE(save_load_round_trip), CASE(load_adapter_errors), CASE(save_is_atomic_on_write_failure),
     CASE(training_lowers_loss), CASE(packed_documents_equal_separate_sequences), CASE(merge_unmerge_and_export),
-    CASE(dora_save_load_merge), CASE(rank_and_alpha_patterns),
+    CASE(dora_save_load_merge), CASE(rank_and_alpha_patterns), CASE(loraplus_ratio),
 };
 TEST_MAIN(cases)

@@ -176,7 +176,8 @@ enum peft_opt {
     PEFT_OPT_WARMUP_STEPS = 8,  /* linear warmup updates, default 0 */
     PEFT_OPT_TOTAL_STEPS = 9,   /* updates for the decay schedule, default 0 */
     PEFT_OPT_SCHEDULE = 10,     /* PEFT_SCHEDULE_*, default constant */
-    PEFT_OPT_MIN_LR_RATIO = 11  /* floor of the decay, fraction of LR, default 0 */
+    PEFT_OPT_MIN_LR_RATIO = 11, /* floor of the decay, fraction of LR, default 0 */
+    PEFT_OPT_LORAPLUS_RATIO = 12 /* LoRA+: learning rate of B = ratio x LR, default 1 */
 };
 
 enum peft_schedule {
