@@ -7,10 +7,13 @@
 #include <string.h>
 
 #include "../../lib/internal.h"
+#include "gemm_fast.h"
 #include "peft/backend.h"
 
 typedef struct cpu_ctx {
     peft_backend_host host;
+    gemm_fast_buffers fast;
+    int reference; /* PEFT_CPU_REFERENCE=1: plain loops only */
 } cpu_ctx;
 
 static int cpu_init(void **ctx, const peft_backend_host *host)
@@ -19,11 +22,18 @@ static int cpu_init(void **ctx, const peft_backend_host *host)
     if (!c)
         return peft__fail(PEFT_ENOMEM, "cpu backend: out of memory");
     c->host = *host;
+    const char *ref = getenv("PEFT_CPU_REFERENCE");
+    c->reference = ref && *ref && strcmp(ref, "0") != 0;
     *ctx = c;
     return PEFT_OK;
 }
 
-static void cpu_free(void *ctx) { free(ctx); }
+static void cpu_free(void *ctx)
+{
+    cpu_ctx *c = ctx;
+    gemm_fast_free(&c->fast);
+    free(c);
+}
 
 struct gemm_args {
     int ta, tb;
@@ -92,6 +102,12 @@ static void cpu_gemm(void *ctx, int ta, int tb, int64_t m, int64_t n, int64_t k,
                      int64_t ldc)
 {
     cpu_ctx *cc = ctx;
+    /* the packed kernel pays off once there is enough work per packed panel */
+    if (!cc->reference && m >= 16 && n >= 16 && k >= 16) {
+        gemm_call gc = {ta, tb, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c};
+        if (gemm_fast(&gc, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
+            return;
+    }
     struct gemm_args g = {ta, tb, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c};
     int32_t tasks = (int32_t)((m + ROWS - 1) / ROWS);
     cc->host.parallel_for(cc->host.pool, tasks, gemm_task, &g);

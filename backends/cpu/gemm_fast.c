@@ -1,0 +1,165 @@
+/*
+ * Packed, register-blocked SGEMM for the CPU backend (the reference loops in
+ * cpu.c stay as the oracle and the small-matrix path).
+ *
+ * C (M,N) = alpha op(A) op(B) + beta C. op(B) is packed per (KC x NC) block into
+ * panels of NR columns; each task packs its MC rows of op(A) into panels of MR
+ * rows; a MR x NR micro-kernel accumulates a tile in registers over the KC block.
+ * Every element of C is reduced over K in the same order whatever the number of
+ * threads, so results never depend on the thread count. On x86-64 with GCC the
+ * micro-kernel is compiled for AVX-512, AVX2+FMA and baseline and chosen at run
+ * time (results then differ across those instruction sets by rounding only).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../../lib/internal.h"
+#include "gemm_fast.h"
+
+#define MR 8
+#define NR 16
+#define KC 256
+#define MC 64
+#define NC 1024
+
+typedef float v16 __attribute__((vector_size(64), aligned(4)));
+
+#if defined(__GNUC__) && !defined(__clang__)
+/* let the compiler fuse the micro-kernel's multiply-adds (ISO C mode turns it off) */
+#pragma GCC optimize("fp-contract=fast")
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+/* dispatch on CPU features (not models: "arch=" clones miss AMD processors) */
+#define KERNEL_CLONES __attribute__((target_clones("avx512f", "fma", "default")))
+#else
+#define KERNEL_CLONES
+#endif
+
+/* c (MR x NR tile of C, row stride ldc) += alpha * a (kc x MR, packed) * b (kc x NR, packed);
+   only rows < mr and columns < nr are written. */
+KERNEL_CLONES
+static void micro_kernel(int kc, const float *a, const float *b, float *c, int64_t ldc, float alpha, int mr,
+                         int nr)
+{
+    v16 acc[MR];
+    for (int i = 0; i < MR; i++)
+        acc[i] = (v16){0};
+    for (int p = 0; p < kc; p++) {
+        v16 bv;
+        memcpy(&bv, b + (int64_t)p * NR, sizeof bv);
+        const float *ap = a + (int64_t)p * MR;
+        for (int i = 0; i < MR; i++)
+            acc[i] += ap[i] * bv;
+    }
+    for (int i = 0; i < mr; i++) {
+        float *ci = c + (int64_t)i * ldc;
+        float t[NR];
+        memcpy(t, &acc[i], sizeof t);
+        for (int j = 0; j < nr; j++)
+            ci[j] += alpha * t[j];
+    }
+}
+
+struct fast_args {
+    const gemm_call *g;
+    int64_t k0, kc, n0, nc;
+    const float *bp;
+    float *ap_all;
+};
+
+static void row_task(void *vp, int32_t task)
+{
+    const struct fast_args *a = vp;
+    const gemm_call *g = a->g;
+    int64_t i0 = (int64_t)task * MC, mc = g->m - i0 < MC ? g->m - i0 : MC;
+    float *ap = a->ap_all + (int64_t)task * MC * KC;
+    /* pack op(A)[i0:i0+mc, k0:k0+kc] into MR-row panels, k-major, zero-padded */
+    for (int64_t ir = 0; ir < mc; ir += MR) {
+        float *dst = ap + ir * a->kc;
+        for (int64_t p = 0; p < a->kc; p++)
+            for (int i = 0; i < MR; i++) {
+                int64_t row = i0 + ir + i, col = a->k0 + p;
+                dst[p * MR + i] = ir + i < mc ? (g->ta ? g->a[col * g->lda + row] : g->a[row * g->lda + col]) : 0.0f;
+            }
+    }
+    for (int64_t jr = 0; jr < a->nc; jr += NR) {
+        const float *bpanel = a->bp + jr * a->kc;
+        int nr = (int)(a->nc - jr < NR ? a->nc - jr : NR);
+        for (int64_t ir = 0; ir < mc; ir += MR) {
+            int mr = (int)(mc - ir < MR ? mc - ir : MR);
+            micro_kernel((int)a->kc, ap + ir * a->kc, bpanel, g->c + (i0 + ir) * g->ldc + a->n0 + jr, g->ldc, g->alpha,
+                         mr, nr);
+        }
+    }
+}
+
+struct scale_args {
+    const gemm_call *g;
+};
+
+static void scale_task(void *vp, int32_t task)
+{
+    const gemm_call *g = ((const struct scale_args *)vp)->g;
+    int64_t i0 = (int64_t)task * MC, i1 = i0 + MC < g->m ? i0 + MC : g->m;
+    for (int64_t i = i0; i < i1; i++) {
+        float *c = g->c + i * g->ldc;
+        if (g->beta == 0.0f)
+            memset(c, 0, (size_t)g->n * sizeof *c);
+        else if (g->beta != 1.0f)
+            for (int64_t j = 0; j < g->n; j++)
+                c[j] *= g->beta;
+    }
+}
+
+int gemm_fast_reserve(gemm_fast_buffers *buf, int64_t m)
+{
+    int64_t tasks = (m + MC - 1) / MC;
+    size_t need_a = (size_t)tasks * MC * KC, need_b = (size_t)KC * NC;
+    if (need_a > buf->cap_a) {
+        peft__free(buf->a);
+        buf->a = peft__alloc_floats(need_a);
+        buf->cap_a = buf->a ? need_a : 0;
+    }
+    if (!buf->b) {
+        buf->b = peft__alloc_floats(need_b);
+    }
+    return buf->a && buf->b ? 0 : -1;
+}
+
+void gemm_fast_free(gemm_fast_buffers *buf)
+{
+    peft__free(buf->a);
+    peft__free(buf->b);
+    memset(buf, 0, sizeof *buf);
+}
+
+/* Returns 0 when done, -1 when buffers could not be allocated (the caller falls back). */
+int gemm_fast(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
+              void (*parallel_for)(void *, int32_t, void (*)(void *, int32_t), void *))
+{
+    if (gemm_fast_reserve(buf, g->m))
+        return -1;
+    int32_t tasks = (int32_t)((g->m + MC - 1) / MC);
+    struct scale_args sa = {g};
+    parallel_for(pool, tasks, scale_task, &sa);
+    for (int64_t n0 = 0; n0 < g->n; n0 += NC) {
+        int64_t nc = g->n - n0 < NC ? g->n - n0 : NC;
+        for (int64_t k0 = 0; k0 < g->k; k0 += KC) {
+            int64_t kc = g->k - k0 < KC ? g->k - k0 : KC;
+            /* pack op(B)[k0:k0+kc, n0:n0+nc] into NR-column panels, k-major, zero-padded */
+            for (int64_t jr = 0; jr < nc; jr += NR) {
+                float *dst = buf->b + jr * kc;
+                for (int64_t p = 0; p < kc; p++)
+                    for (int j = 0; j < NR; j++) {
+                        int64_t col = n0 + jr + j, row = k0 + p;
+                        dst[p * NR + j] = jr + j < nc ? (g->tb ? g->b[col * g->ldb + row] : g->b[row * g->ldb + col]) : 0.0f;
+                    }
+            }
+            struct fast_args fa = {g, k0, kc, n0, nc, buf->b, buf->a};
+            parallel_for(pool, tasks, row_task, &fa);
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,26 @@
+/* Packed SGEMM used by the CPU backend (see gemm_fast.c). */
+#ifndef PEFT_GEMM_FAST_H
+#define PEFT_GEMM_FAST_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct gemm_call {
+    int ta, tb;
+    int64_t m, n, k, lda, ldb, ldc;
+    float alpha, beta;
+    const float *a, *b;
+    float *c;
+} gemm_call;
+
+typedef struct gemm_fast_buffers {
+    float *a, *b;
+    size_t cap_a;
+} gemm_fast_buffers;
+
+int gemm_fast(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
+              void (*parallel_for)(void *, int32_t, void (*)(void *, int32_t), void *));
+int gemm_fast_reserve(gemm_fast_buffers *buf, int64_t m);
+void gemm_fast_free(gemm_fast_buffers *buf);
+
+#endif
