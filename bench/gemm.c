@@ -58,12 +58,22 @@ int main(int argc, char **argv)
         {0, 1, 1024, 16, 576, "LoRA     x A^T    1024x16x576"},
         {1, 0, 1536, 16, 1024, "LoRA     dy^T xa  1536x16x1024"},
     };
-    printf("threads %d: GFLOP/s, best of 5\n%-34s %10s %10s %7s\n", threads, "shape", "packed", "reference", "ratio");
+    const peft_backend *bl = peft__backend_blis();
+    void *blctx = NULL;
+    if (bl && bl->init(&blctx, &host))
+        bl = NULL;
+    printf("threads %d: GFLOP/s, best of 5\n%-34s %10s %10s %7s %10s\n", threads, "shape", "packed", "reference",
+           "ratio", bl ? "blis" : "");
     for (size_t q = 0; q < sizeof cs / sizeof cs[0]; q++) {
         double f = run(be, fast, cs[q].ta, cs[q].tb, cs[q].m, cs[q].n, cs[q].k, a, b, c);
         double r = run(be, ref, cs[q].ta, cs[q].tb, cs[q].m, cs[q].n, cs[q].k, a, b, c);
-        printf("%-34s %10.1f %10.1f %6.1fx\n", cs[q].what, f, r, f / r);
+        printf("%-34s %10.1f %10.1f %6.1fx", cs[q].what, f, r, f / r);
+        if (bl)
+            printf(" %10.1f", run(bl, blctx, cs[q].ta, cs[q].tb, cs[q].m, cs[q].n, cs[q].k, a, b, c));
+        printf("\n");
     }
+    if (bl)
+        bl->free(blctx);
     be->free(fast);
     be->free(ref);
     peft__pool_destroy(pool);

@@ -81,6 +81,8 @@ static double max_rel_err(const float *x, double xscale, const char *st_path, co
     return worst;
 }
 
+static const char *step_backend; /* NULL: the default backend */
+
 static void step_case(const char *name, int threads)
 {
     char rel[256];
@@ -99,7 +101,11 @@ static void step_case(const char *name, int threads)
     peft_model *m;
     peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
     oo.n_threads = threads;
+    oo.backend = step_backend;
     CHECK_OK(peft_model_open(&m, data_path("tiny"), &oo));
+    peft_model_info info = {.version = PEFT_MODEL_INFO_VERSION};
+    peft_model_get_info(m, &info);
+    CHECK(strcmp(info.backend, step_backend ? step_backend : "cpu") == 0);
     snprintf(rel, sizeof rel, "tiny/%s/adapter", name);
     CHECK_OK(peft_load_adapter(m, data_path(rel)));
     peft_batch b = {PEFT_BATCH_VERSION, tok, lab, B, T, NULL};
@@ -136,6 +142,23 @@ static void step_case(const char *name, int threads)
 TEST(torch_step_all_linear) { step_case("all_linear", 2); }
 TEST(torch_step_last_layer_rslora_clip_decay) { step_case("qv_down_last_rslora", 1); }
 TEST(torch_step_dora) { step_case("dora_qkvo_up", 2); }
+
+/* Every backend against the reference on a whole training step. */
+TEST(backend_blis_step)
+{
+    peft_model *m = NULL;
+    peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
+    oo.backend = "blis";
+    int rc = peft_model_open(&m, data_path("tiny"), &oo);
+    if (rc == PEFT_EUNSUPPORTED)
+        SKIP("BLIS backend not built");
+    CHECK_OK(rc);
+    peft_model_close(&m);
+    step_backend = "blis";
+    step_case("all_linear", 2);
+    step_case("dora_qkvo_up", 1);
+    step_backend = NULL;
+}
 
 /* Whole model, finite differences w.r.t. every adapter tensor (sampled entries). */
 TEST(model_gradcheck)
@@ -507,6 +530,7 @@ TEST(shared_adapter_resave_byte_exact)
 
 static const struct h_case cases[] = {
     CASE(torch_step_all_linear), CASE(torch_step_last_layer_rslora_clip_decay), CASE(torch_step_dora),
+    CASE(backend_blis_step),
     CASE(model_gradcheck),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
     CASE(sharded_and_half_precision_models), CASE(config_errors),
