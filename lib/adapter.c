@@ -176,6 +176,48 @@ static int write_config(const peft_model *m, const char *path, const char *base_
     return code;
 }
 
+static int write_config_ia3(const peft_model *m, const char *path, const char *base_name)
+{
+    const lora_state *l = m->lora;
+    struct jw w = {0};
+    int all_layers = 1, first = 1;
+    for (int i = 0; i < m->cfg.n_layers; i++)
+        all_layers &= l->layer_on[i];
+    jw_put(&w, "{\n  \"base_model_name_or_path\": ");
+    jw_str(&w, base_name);
+    jw_put(&w, ",\n  \"fan_in_fan_out\": false,\n  \"feedforward_modules\": [");
+    for (int k = 0; k < PEFT_MOD_COUNT; k++)
+        if (l->feedforward & (1u << k)) {
+            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__module_names[k]);
+            first = 0;
+        }
+    jw_put(&w, first ? "],\n" : "\n  ],\n");
+    jw_put(&w, "  \"inference_mode\": true,\n  \"init_ia3_weights\": true,\n  \"modules_to_save\": null,\n"
+               "  \"peft_type\": \"IA3\",\n  \"revision\": null,\n  \"target_modules\": [");
+    /* all layers: module names; a subset: full module paths, which PEFT matches exactly */
+    first = 1;
+    for (int i = 0; i < l->n_modules; i++) {
+        const lora_module *md = &l->mods[i];
+        if (all_layers) {
+            if (md->layer != 0)
+                continue;
+            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__module_names[md->kind]);
+        } else {
+            jw_put(&w, "%s\n    \"model.layers.%d.%s.%s\"", first ? "" : ",", md->layer,
+                   peft__module_parents[md->kind], peft__module_names[md->kind]);
+        }
+        first = 0;
+    }
+    jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\"\n}");
+    if (w.oom) {
+        free(w.s);
+        return peft__fail(PEFT_ENOMEM, "%s: out of memory", path);
+    }
+    int code = peft__write_atomic(path, w.s, w.n);
+    free(w.s);
+    return code;
+}
+
 int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *opts)
 {
     if (!m || !dir)
@@ -191,7 +233,8 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
     int code = peft__mkdirs(dir);
     if (code)
         return code;
-    int per = l->use_dora ? 3 : 2;
+    int ia3 = l->method == PEFT_METHOD_IA3;
+    int per = ia3 ? 1 : l->use_dora ? 3 : 2;
     st_out_tensor *ts = calloc((size_t)l->n_modules * (size_t)per, sizeof *ts);
     char *names = malloc((size_t)l->n_modules * (size_t)per * 128);
     char *st_path = peft__path_join(dir, "adapter_model.safetensors");
@@ -202,6 +245,15 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
     }
     for (int i = 0; i < l->n_modules; i++) {
         const lora_module *md = &l->mods[i];
+        if (ia3) {
+            st_out_tensor *t = &ts[i];
+            t->name = peft__module_key(names + (size_t)i * 128, 128, md->layer, md->kind, 3);
+            t->n_dims = 2;
+            t->shape[0] = md->ia3_ff ? 1 : md->out; /* PEFT: (1, in) feedforward, (out, 1) otherwise */
+            t->shape[1] = md->ia3_ff ? md->in : 1;
+            t->data = l->params + md->off_a;
+            continue;
+        }
         for (int b = 0; b < per; b++) {
             st_out_tensor *t = &ts[per * i + b];
             t->name = peft__module_key(names + (size_t)(per * i + b) * 128, 128, md->layer, md->kind, b);
@@ -221,7 +273,7 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
     code = st_write(st_path, ts, (size_t)l->n_modules * (size_t)per, mk, mv, 1);
     if (!code) {
         const char *base = opts && opts->base_model_name_or_path ? opts->base_model_name_or_path : m->path;
-        code = write_config(m, cfg_path, base);
+        code = ia3 ? write_config_ia3(m, cfg_path, base) : write_config(m, cfg_path, base);
     }
 done:
     free(ts);
@@ -286,7 +338,7 @@ static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, co
     if (!v || v->type != JSON_STRING)
         FAIL(PEFT_EFORMAT, "%s: missing \"peft_type\"", path);
     if (strcmp(v->string, "LORA") != 0)
-        FAIL(PEFT_EUNSUPPORTED, "%s: peft_type \"%s\" is not supported yet (LORA)", path, v->string);
+        FAIL(PEFT_EUNSUPPORTED, "%s: peft_type \"%s\" is not supported yet (LORA, IA3)", path, v->string);
     v = json_get(root, "r");
     if (!v || v->type != JSON_NUMBER || !v->is_integer || v->number < 1 || v->number > 65536)
         FAIL(PEFT_EFORMAT, "%s: \"r\" must be an integer in 1..65536", path);
@@ -365,9 +417,138 @@ done:
     return code;
 }
 
+/* Module names of target_modules / feedforward_modules: "k_proj" or "model.layers.N.self_attn.k_proj".
+   Sets bits of kinds, and layer flags when full paths are used. Returns -1 on an unknown name. */
+static int parse_module_name(const char *s, int *kind, int *layer)
+{
+    *layer = -1;
+    const char *name = s;
+    if (strncmp(s, "model.layers.", 13) == 0) {
+        char *end;
+        long l = strtol(s + 13, &end, 10);
+        if (end == s + 13 || *end != '.' || l < 0 || l > 1000000)
+            return -1;
+        *layer = (int)l;
+        name = strrchr(s, '.') + 1;
+    }
+    *kind = kind_of(name);
+    if (*kind < 0)
+        return -1;
+    if (*layer >= 0) { /* the parent must be right too */
+        char full[160];
+        snprintf(full, sizeof full, "model.layers.%d.%s.%s", *layer, peft__module_parents[*kind], name);
+        if (strcmp(full, s) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int read_config_ia3(const json_value *root, peft_ia3_options *o, char *layers, size_t cap, int n_layers,
+                           const char *path)
+{
+    const json_value *t = json_get(root, "target_modules"), *ff = json_get(root, "feedforward_modules");
+    if (!t || t->type != JSON_ARRAY || t->length == 0)
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: IA3 target_modules must be a list of module names", path);
+    uint8_t *on = calloc((size_t)n_layers, 1);
+    int any_full = 0, count = 0;
+    if (!on)
+        return peft__fail(PEFT_ENOMEM, "out of memory");
+    o->targets = 0;
+    o->feedforward = 0;
+    for (size_t i = 0; i < t->length; i++) {
+        int kind, layer;
+        if (t->items[i].type != JSON_STRING || parse_module_name(t->items[i].string, &kind, &layer) ||
+            layer >= n_layers) {
+            free(on);
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: IA3 target module \"%s\" is not supported", path,
+                              t->items[i].type == JSON_STRING ? t->items[i].string : "?");
+        }
+        o->targets |= 1u << kind;
+        if (layer >= 0) {
+            any_full = 1;
+            on[layer] = 1;
+            count++;
+        }
+    }
+    layers[0] = '\0';
+    if (any_full) {
+        int n_on = 0, nk = 0;
+        size_t n = 0;
+        for (int k = 0; k < PEFT_MOD_COUNT; k++)
+            nk += (o->targets >> k) & 1u;
+        for (int l = 0; l < n_layers; l++)
+            if (on[l]) {
+                n_on++;
+                n += (size_t)snprintf(layers + n, cap - n, "%s%d", n ? "," : "", l);
+            }
+        if (count != n_on * nk || (size_t)t->length != (size_t)count) {
+            free(on);
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: IA3 target_modules must name the same modules in every listed layer",
+                              path);
+        }
+    }
+    free(on);
+    o->layers = layers[0] ? layers : NULL;
+    for (size_t i = 0; ff && ff->type == JSON_ARRAY && i < ff->length; i++) {
+        int kind, layer;
+        if (ff->items[i].type != JSON_STRING || parse_module_name(ff->items[i].string, &kind, &layer))
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: IA3 feedforward module not supported", path);
+        o->feedforward |= 1u << kind;
+    }
+    o->feedforward &= o->targets;
+    return PEFT_OK;
+}
+
+static int load_ia3(peft_model *m, const char *dir, const json_value *root, const char *cfg_path, const char *st_path)
+{
+    peft_ia3_options o = PEFT_IA3_OPTIONS_INIT;
+    char layers[8192];
+    st_file *f = NULL;
+    lora_state *saved = m->lora;
+    int code = read_config_ia3(root, &o, layers, sizeof layers, m->cfg.n_layers, cfg_path);
+    if (!code)
+        code = st_open(&f, st_path);
+    if (code)
+        return code;
+    m->lora = NULL;
+    if ((code = peft_attach_ia3(m, &o, NULL))) {
+        m->lora = saved;
+        st_close(f);
+        return peft__context(code, cfg_path);
+    }
+    lora_state *l = m->lora;
+    for (int i = 0; i < l->n_modules && !code; i++) {
+        const lora_module *md = &l->mods[i];
+        char key[160];
+        peft__module_key(key, sizeof key, md->layer, md->kind, 3);
+        const st_tensor *t = st_find(f, key);
+        int64_t d0 = md->ia3_ff ? 1 : md->out, d1 = md->ia3_ff ? md->in : 1;
+        if (!t)
+            code = peft__fail(PEFT_ENOTFOUND, "%s: tensor '%s' is missing", st_path, key);
+        else if (t->n_dims != 2 || t->shape[0] != d0 || t->shape[1] != d1)
+            code = peft__fail(PEFT_ESHAPE, "%s: tensor '%s' must have shape [%lld, %lld]", st_path, key,
+                              (long long)d0, (long long)d1);
+        else
+            code = st_read_f32(f, t, l->params + md->off_a, (uint64_t)(d0 * d1));
+    }
+    if (!code && f->n_tensors != (size_t)l->n_modules)
+        code = peft__fail(PEFT_EFORMAT, "%s: %zu tensors, but adapter_config.json describes %d", st_path,
+                          f->n_tensors, l->n_modules);
+    if (!code && saved && (saved->method != PEFT_METHOD_IA3 || saved->n_params != l->n_params))
+        code = peft__fail(PEFT_ESHAPE, "%s: adapter layout differs from the attached one", dir);
+    st_close(f);
+    if (code) {
+        peft__lora_free(m->lora);
+        m->lora = saved;
+        return code;
+    }
+    peft__lora_free(saved);
+    return PEFT_OK;
+}
+
 static int same_layout(const lora_state *a, const lora_state *b)
 {
-    if (a->n_modules != b->n_modules || a->use_dora != b->use_dora)
+    if (a->n_modules != b->n_modules || a->use_dora != b->use_dora || a->method != b->method)
         return 0;
     for (int i = 0; i < a->n_modules; i++) {
         const lora_module *x = &a->mods[i], *y = &b->mods[i];
@@ -392,6 +573,25 @@ int peft_load_adapter(peft_model *m, const char *dir)
     if (!cfg_path || !st_path) {
         code = peft__fail(PEFT_ENOMEM, "out of memory");
         goto done;
+    }
+    {
+        /* IA3 adapters have their own reader */
+        char *text;
+        size_t len;
+        json_doc *doc = NULL;
+        if ((code = peft__read_file(&text, &len, cfg_path, 1u << 20)))
+            goto done;
+        code = json_parse(&doc, text, len, cfg_path);
+        free(text);
+        if (code)
+            goto done;
+        const json_value *pt = json_get(json_root(doc), "peft_type");
+        if (pt && pt->type == JSON_STRING && strcmp(pt->string, "IA3") == 0) {
+            code = load_ia3(m, dir, json_root(doc), cfg_path, st_path);
+            json_free(doc);
+            goto done;
+        }
+        json_free(doc);
     }
     peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
     char layers[32768]; /* layers spec | rank_pattern | alpha_pattern */

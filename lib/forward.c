@@ -20,6 +20,21 @@ const lora_view *peft__view_of(peft_model *m, lora_view *lv, int layer, int kind
     if (idx < 0)
         return NULL;
     const lora_module *md = &l->mods[idx];
+    lv->ia3 = NULL;
+    if (l->method == PEFT_METHOD_IA3) {
+        size_t N = (size_t)m->ws.n_seq * m->ws.seq_len;
+        lv->ia3 = l->params + md->off_a;
+        lv->dia3 = l->grads + md->off_a;
+        lv->ia3_ff = md->ia3_ff;
+        lv->z = train ? m->ws.dora_z + N * md->off_out : NULL;
+        lv->dz = m->ws.dora_dz;
+        lv->mag = NULL;
+        lv->A = lv->B = NULL;
+        lv->r = 0;
+        lv->scale = 0;
+        lv->dropout = 0;
+        return lv;
+    }
     lv->A = l->params + md->off_a;
     lv->B = l->params + md->off_b;
     lv->dA = l->grads + md->off_a;

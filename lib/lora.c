@@ -80,10 +80,13 @@ bad:
                       spec);
 }
 
-/* which: 0 lora_A, 1 lora_B, 2 DoRA magnitude */
+/* which: 0 lora_A, 1 lora_B, 2 DoRA magnitude, 3 IA3 vector */
 const char *peft__module_key(char *buf, size_t n, int layer, int kind, int which)
 {
-    if (which == 2)
+    if (which == 3)
+        snprintf(buf, n, "base_model.model.model.layers.%d.%s.%s.ia3_l", layer, peft__module_parents[kind],
+                 peft__module_names[kind]);
+    else if (which == 2)
         snprintf(buf, n, "base_model.model.model.layers.%d.%s.%s.lora_magnitude_vector", layer,
                  peft__module_parents[kind], peft__module_names[kind]);
     else
@@ -313,6 +316,101 @@ static void init_params(lora_state *l, const peft_model *m)
             }
         }
     }
+}
+
+/* IA3: one vector per target module, of its input size (feedforward) or output size. */
+static int build_ia3(lora_state **out, const peft_model *m, const peft_ia3_options *o, int allocate)
+{
+    *out = NULL;
+    if (!m || !o)
+        return peft__fail(PEFT_EINVAL, "IA3: NULL argument");
+    if (o->version == 0 || o->version > PEFT_IA3_OPTIONS_VERSION)
+        return peft__fail(PEFT_EINVAL, "IA3: unknown options version %u", o->version);
+    if (o->targets == 0 || (o->targets & ~(uint32_t)PEFT_TARGET_ALL_LINEAR) || (o->feedforward & ~o->targets))
+        return peft__fail(PEFT_EINVAL, "IA3: targets must be PEFT_TARGET_* bits and feedforward a subset of them");
+    const peft_config *c = &m->cfg;
+    lora_state *l = calloc(1, sizeof *l);
+    if (!l || !(l->layer_on = calloc((size_t)c->n_layers, 1)) ||
+        !(l->index = malloc((size_t)c->n_layers * PEFT_MOD_COUNT * sizeof *l->index)) ||
+        !(l->mods = calloc((size_t)c->n_layers * PEFT_MOD_COUNT, sizeof *l->mods))) {
+        peft__lora_free(l);
+        return peft__fail(PEFT_ENOMEM, "IA3: out of memory");
+    }
+    int code = peft__layers_parse(l->layer_on, c->n_layers, o->layers);
+    if (code) {
+        peft__lora_free(l);
+        return code;
+    }
+    l->method = PEFT_METHOD_IA3;
+    l->targets = o->targets;
+    l->feedforward = o->feedforward;
+    l->lowest_layer = c->n_layers;
+    size_t off = 0;
+    for (int layer = 0; layer < c->n_layers; layer++)
+        for (int k = 0; k < PEFT_MOD_COUNT; k++) {
+            l->index[layer * PEFT_MOD_COUNT + k] = -1;
+            if (!l->layer_on[layer] || !(o->targets & (1u << k)))
+                continue;
+            lora_module *md = &l->mods[l->n_modules];
+            md->layer = layer;
+            md->kind = k;
+            module_dims(c, k, &md->in, &md->out);
+            md->ia3_ff = (o->feedforward >> k) & 1u;
+            md->off_a = off;
+            off += (size_t)(md->ia3_ff ? md->in : md->out);
+            md->off_out = l->sum_out;
+            l->sum_out += (size_t)md->out;
+            if ((size_t)md->out > l->max_out)
+                l->max_out = (size_t)md->out;
+            l->index[layer * PEFT_MOD_COUNT + k] = l->n_modules++;
+            if (layer < l->lowest_layer)
+                l->lowest_layer = layer;
+        }
+    l->n_params = off;
+    if (allocate) {
+        l->params = peft__alloc_floats(off);
+        l->grads = peft__alloc_floats(off);
+        l->m = peft__alloc_floats(off);
+        l->v = peft__alloc_floats(off);
+        if (!l->params || !l->grads || !l->m || !l->v) {
+            peft__lora_free(l);
+            return peft__fail(PEFT_ENOMEM, "IA3: out of memory for %zu parameters", off);
+        }
+        for (size_t i = 0; i < off; i++)
+            l->params[i] = 1.0f; /* PEFT's init_ia3_weights */
+    }
+    *out = l;
+    return PEFT_OK;
+}
+
+int peft_count_ia3(uint64_t *n_trainable, const peft_model *m, const peft_ia3_options *o)
+{
+    if (!n_trainable)
+        return peft__fail(PEFT_EINVAL, "peft_count_ia3: n_trainable is NULL");
+    lora_state *l;
+    int code = build_ia3(&l, m, o, 0);
+    if (code)
+        return code;
+    *n_trainable = l->n_params;
+    peft__lora_free(l);
+    return PEFT_OK;
+}
+
+int peft_attach_ia3(peft_model *m, const peft_ia3_options *o, uint64_t *n_trainable)
+{
+    if (m && m->lora)
+        return peft__fail(PEFT_ESTATE, "peft_attach_ia3: an adapter is already attached (peft_detach first)");
+    lora_state *l;
+    int code = build_ia3(&l, m, o, 1);
+    if (code)
+        return code;
+    m->lora = l;
+    m->step = 0;
+    m->micro = 0;
+    m->accum_tokens = 0;
+    if (n_trainable)
+        *n_trainable = l->n_params;
+    return PEFT_OK;
 }
 
 int peft_count_lora(uint64_t *n_trainable, const peft_model *m, const peft_lora_options *o)

@@ -57,6 +57,22 @@ static void dora_norms(peft_model *m, const lora_view *lv, const float *W, int i
 void linear_forward(peft_model *m, float *y, const float *x, const float *W, int64_t N, int in,
                     int out, const lora_view *lv, float *xa, float *tmp)
 {
+    if (lv && lv->ia3) {
+        if (lv->ia3_ff) { /* y = W (x * l) */
+            for (int64_t t = 0; t < N; t++)
+                for (int i = 0; i < in; i++)
+                    tmp[t * in + i] = x[t * in + i] * lv->ia3[i];
+            peft__gemm(m, 0, 1, N, out, in, 1.0f, tmp, in, W, in, 0.0f, y, out);
+        } else { /* y = (W x) * l */
+            peft__gemm(m, 0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
+            if (lv->z)
+                memcpy(lv->z, y, (size_t)N * out * sizeof *y);
+            for (int64_t t = 0; t < N; t++)
+                for (int o = 0; o < out; o++)
+                    y[t * out + o] *= lv->ia3[o];
+        }
+        return;
+    }
     peft__gemm(m, 0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
     if (!lv)
         return;
@@ -86,6 +102,36 @@ void linear_backward(peft_model *m, float *dx, float beta_dx, const float *dy, c
                      const float *W, int64_t N, int in, int out, const lora_view *lv,
                      const float *xa, float *dxa, float *tmp)
 {
+    if (lv && lv->ia3 && lv->ia3_ff) {
+        /* y = W (x * l): d(x*l) = dy W; dl += sum_t d(x*l) * x; dx += d(x*l) * l */
+        peft__gemm(m, 0, 0, N, in, out, 1.0f, dy, out, W, in, 0.0f, tmp, in);
+        for (int i = 0; i < in; i++) {
+            double s = 0;
+            for (int64_t t = 0; t < N; t++)
+                s += (double)tmp[t * in + i] * x[t * in + i];
+            lv->dia3[i] += (float)s;
+        }
+        if (dx)
+            for (int64_t t = 0; t < N; t++)
+                for (int i = 0; i < in; i++)
+                    dx[t * in + i] = (beta_dx != 0.0f ? dx[t * in + i] : 0.0f) + tmp[t * in + i] * lv->ia3[i];
+        return;
+    }
+    if (lv && lv->ia3) {
+        /* y = z * l: dl += sum_t dy z; dz = dy * l; dx = dz W */
+        for (int o = 0; o < out; o++) {
+            double s = 0;
+            for (int64_t t = 0; t < N; t++)
+                s += (double)dy[t * out + o] * lv->z[t * out + o];
+            lv->dia3[o] += (float)s;
+        }
+        for (int64_t t = 0; t < N; t++)
+            for (int o = 0; o < out; o++)
+                lv->dz[t * out + o] = dy[t * out + o] * lv->ia3[o];
+        if (dx)
+            peft__gemm(m, 0, 0, N, in, out, 1.0f, lv->dz, out, W, in, beta_dx, dx, in);
+        return;
+    }
     if (lv && lv->mag) {
         /* y = g * z with g = mag / norm (norm constant): dmag += sum_t dy z / norm, dz = dy g */
         for (int o = 0; o < out; o++) {

@@ -17,6 +17,11 @@ typedef struct lora_view {
     float *wtmp;        /* (out, in) scratch */
     float *z;           /* (N, out) pre-scale output kept for backward, or NULL */
     float *dz;          /* (N, out) scratch for backward */
+    /* IA3 (ia3 != NULL, no A/B): output scaling y = (W x) * l, or with ia3_ff input
+       scaling y = W (x * l); z/dz as for DoRA, tmp holds x * l */
+    const float *ia3;
+    float *dia3;
+    int ia3_ff;
 } lora_view;
 
 void linear_forward(peft_model *m, float *y, const float *x, const float *W, int64_t N, int in,

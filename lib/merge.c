@@ -17,6 +17,13 @@ static void merged_weight(peft_model *m, float *dst, const float *W, const lora_
 {
     const lora_state *l = m->lora;
     memcpy(dst, W, (size_t)md->out * (size_t)md->in * sizeof *dst);
+    if (l->method == PEFT_METHOD_IA3) { /* scale W's columns (feedforward) or rows */
+        const float *s = l->params + md->off_a;
+        for (int o = 0; o < md->out; o++)
+            for (int i = 0; i < md->in; i++)
+                dst[(int64_t)o * md->in + i] *= md->ia3_ff ? s[i] : s[o];
+        return;
+    }
     peft__gemm(m, 0, 0, md->out, md->in, md->r, md->scale, l->params + md->off_b, md->r, l->params + md->off_a,
                md->in, 1.0f, dst, md->in);
     if (!l->use_dora)

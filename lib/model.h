@@ -18,10 +18,15 @@ typedef struct lora_module {
     size_t off_a, off_b; /* offsets into the parameter block */
     size_t off_m;        /* DoRA magnitude (out), when use_dora */
     size_t off_xa;       /* sum of `r` over the modules before this one */
+    int ia3_ff;          /* IA3: scales the input (in) rather than the output (out) */
     size_t off_out;      /* sum of `out` over the modules before this one */
 } lora_module;
 
+enum peft_method { PEFT_METHOD_LORA = 0, PEFT_METHOD_IA3 = 1 };
+
 typedef struct lora_state {
+    int method;           /* PEFT_METHOD_*: LoRA/DoRA modules (A, B[, m]) or IA3 vectors (off_a) */
+    uint32_t feedforward; /* IA3: kinds whose input is scaled */
     uint32_t targets;
     int rank;
     float alpha, dropout;

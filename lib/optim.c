@@ -152,6 +152,10 @@ int peft__opt_apply(peft_model *m, double token_count, peft_step_result *res)
             size_t off, n;
             double mult;
         } seg[3] = {{md->off_a, na, 1.0}, {md->off_b, nb, m->loraplus_ratio}, {md->off_m, nm, 1.0}};
+        if (l->method == PEFT_METHOD_IA3) { /* one scaling vector */
+            seg[0].n = (size_t)(md->ia3_ff ? md->in : md->out);
+            seg[1].n = seg[2].n = 0;
+        }
         for (int s = 0; s < 3; s++) {
             float ss_ = (float)(step_size * seg[s].mult);
             float decay = (float)(1.0 - lr * seg[s].mult * m->weight_decay);

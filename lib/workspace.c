@@ -52,7 +52,7 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
     size_t lora_floats = 0;
     if (m->lora)
         lora_floats = m->lora->sum_rank;
-    if (m->lora && m->lora->use_dora)
+    if (m->lora && (m->lora->use_dora || m->lora->method == PEFT_METHOD_IA3))
         lora_floats += m->lora->sum_out + 1; /* a DoRA attachment needs its own plan */
     if (ws->block && ws->n_seq == B && ws->seq_len == T && ws->n_layers_stored >= n_store &&
         ws->lora_floats == lora_floats && (ws->has_grads || !train))
@@ -88,7 +88,7 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
     want(&p, &ws->xnf, N * D);
     want(&p, &ws->rstdf, N);
     want(&p, &ws->xa, N * (lora_floats ? lora_floats : 1));
-    if (m->lora && m->lora->use_dora)
+    if (m->lora && (m->lora->use_dora || m->lora->method == PEFT_METHOD_IA3))
         lora_floats += m->lora->sum_out + 1;
     want(&p, &ws->act, N * F);
     want(&p, &ws->att_scratch, N * (size_t)c->n_heads);
@@ -97,7 +97,7 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
     want(&p, &ws->row_loss, N);
     want(&p, &ws->rope_cos, (size_t)T * (size_t)c->head_dim / 2);
     want(&p, &ws->rope_sin, (size_t)T * (size_t)c->head_dim / 2);
-    if (m->lora && m->lora->use_dora && train) {
+    if (m->lora && (m->lora->use_dora || m->lora->method == PEFT_METHOD_IA3) && train) {
         want(&p, &ws->dora_z, N * m->lora->sum_out);
         want(&p, &ws->dora_dz, N * m->lora->max_out);
     }

@@ -433,7 +433,7 @@ TEST(load_adapter_errors)
     CHECK(peft_load_adapter(m, d) == PEFT_EFORMAT);
     CHECK(strstr(peft_last_error(), "unexpected tensor"));
     f = fopen(dst, "w");
-    fputs("{\"peft_type\": \"IA3\", \"target_modules\": [\"q_proj\"]}", f);
+    fputs("{\"peft_type\": \"VERA\", \"target_modules\": [\"q_proj\"]}", f);
     fclose(f);
     CHECK(peft_load_adapter(m, d) == PEFT_EUNSUPPORTED);
     f = fopen(dst, "w");
@@ -769,12 +769,53 @@ TEST(loraplus_ratio)
     peft_model_close(&m);
 }
 
+TEST(ia3_save_load_merge)
+{
+    peft_model *m = open_tiny(2);
+    peft_ia3_options o = PEFT_IA3_OPTIONS_INIT;
+    o.layers = "1-2";
+    uint64_t n;
+    CHECK_OK(peft_count_ia3(&n, m, &o));
+    CHECK(n == 2ull * (16 + 16 + 40)); /* k, v outputs (16 each), down input (40), layers 1 and 2 */
+    double base = eval_loss(m);
+    CHECK_OK(peft_attach_ia3(m, &o, NULL));
+    CHECK(eval_loss(m) == base); /* ones: the identity */
+    CHECK(peft_attach_ia3(m, &o, NULL) == PEFT_ESTATE);
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 3e-2));
+    int32_t tok[4 * 16];
+    for (int s = 0; s < 5; s++) {
+        make_batch(tok, 64, (uint32_t)s + 70);
+        peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 4, 16, NULL};
+        CHECK_OK(peft_step(m, &b, NULL));
+    }
+    double trained = eval_loss(m);
+    CHECK(trained != base);
+    char *d = mktmp();
+    CHECK_OK(peft_save_adapter(m, d, NULL));
+    size_t len;
+    char *cfg = read_text(d, "adapter_config.json", &len);
+    CHECK(cfg && strstr(cfg, "\"peft_type\": \"IA3\"") && strstr(cfg, "\"model.layers.2.mlp.down_proj\"") &&
+          strstr(cfg, "\"feedforward_modules\": [\n    \"down_proj\"\n  ]"));
+    free(cfg);
+    peft_model *m2 = open_tiny(1);
+    CHECK_OK(peft_load_adapter(m2, d));
+    CHECK(eval_loss(m2) == trained);
+    CHECK_OK(peft_merge_adapter(m2));
+    CHECK_CLOSE(eval_loss(m2), trained, 1e-5);
+    peft_model_close(&m2);
+    peft_model_close(&m);
+    o.feedforward = PEFT_TARGET_Q; /* not a target */
+    m = open_tiny(1);
+    CHECK(peft_count_ia3(&n, m, &o) == PEFT_EINVAL);
+    peft_model_close(&m);
+}
+
 static const struct h_case cases[] = {
     CASE(errors_and_versions), CASE(last_error_is_per_thread), CASE(info_and_exact_counts),
     CASE(determinism_and_thread_invariance), CASE(gradient_accumulation_equals_big_batch),
     CASE(split_step_equals_step), CASE(label_mask), CASE(state_errors), CASE(non_finite_loss_is_refused),
     CASE(save_load_round_trip), CASE(load_adapter_errors), CASE(save_is_atomic_on_write_failure),
     CASE(training_lowers_loss), CASE(packed_documents_equal_separate_sequences), CASE(merge_unmerge_and_export),
-    CASE(dora_save_load_merge), CASE(rank_and_alpha_patterns), CASE(loraplus_ratio),
+    CASE(dora_save_load_merge), CASE(rank_and_alpha_patterns), CASE(loraplus_ratio), CASE(ia3_save_load_merge),
 };
 TEST_MAIN(cases)

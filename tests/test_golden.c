@@ -55,9 +55,11 @@ static double max_rel_err(const float *x, double xscale, const char *st_path, co
     size_t off = 0;
     for (int l = 0; l < 64; l++)
         for (int k = 0; k < 7; k++)
-            for (int b = 0; b < 3; b++) {
+            for (int b = 0; b < 4; b++) {
                 char key[160];
-                if (b == 2)
+                if (b == 3)
+                    snprintf(key, sizeof key, "base_model.model.model.layers.%d.%s.ia3_l", l, kinds[k]);
+                else if (b == 2)
                     snprintf(key, sizeof key, "base_model.model.model.layers.%d.%s.lora_magnitude_vector", l, kinds[k]);
                 else
                     snprintf(key, sizeof key, "base_model.model.model.layers.%d.%s.lora_%c.weight", l, kinds[k],
@@ -142,6 +144,7 @@ static void step_case(const char *name, int threads)
 TEST(torch_step_all_linear) { step_case("all_linear", 2); }
 TEST(torch_step_last_layer_rslora_clip_decay) { step_case("qv_down_last_rslora", 1); }
 TEST(torch_step_dora) { step_case("dora_qkvo_up", 2); }
+TEST(torch_step_ia3) { step_case("ia3_kv_down", 2); }
 
 /* Every backend against the reference on a whole training step. */
 TEST(backend_blis_step)
@@ -530,7 +533,7 @@ TEST(shared_adapter_resave_byte_exact)
 
 static const struct h_case cases[] = {
     CASE(torch_step_all_linear), CASE(torch_step_last_layer_rslora_clip_decay), CASE(torch_step_dora),
-    CASE(backend_blis_step),
+    CASE(backend_blis_step), CASE(torch_step_ia3),
     CASE(model_gradcheck),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
     CASE(sharded_and_half_precision_models), CASE(config_errors),

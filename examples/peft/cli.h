@@ -47,7 +47,8 @@ typedef struct data_options {
 int data_load(tokens *t, const char *path, const data_options *o);
 
 /* LoRA options from --rank --alpha --targets --layers --dropout --rslora --init --seed */
-int lora_from_args(cli_args *a, peft_lora_options *o);
+/* ia3 (may be NULL: IA3 refused) receives 1 and io the IA3 options with --method ia3. */
+int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options *io);
 int parse_targets(const char *s, uint32_t *out);
 void targets_string(uint32_t t, char *buf, size_t n);
 

@@ -27,7 +27,7 @@ int cmd_info(int argc, char **argv)
     int json = arg_flag(&a, "--json");
     long budget;
     peft_lora_options o;
-    if (arg_long(&a, "--budget", 0, &budget) || lora_from_args(&a, &o) || args_check_unused(&a))
+    if (arg_long(&a, "--budget", 0, &budget) || lora_from_args(&a, &o, NULL, NULL) || args_check_unused(&a))
         goto done;
     if (!model) {
         fputs(info_help, stderr);

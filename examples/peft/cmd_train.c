@@ -11,7 +11,8 @@ static const char train_help[] =
     "usage: peft train --model DIR --data FILE --out DIR [options]\n"
     "data:     --seq T (128) --batch B (4) --steps N | --epochs E  --holdout F (0)\n"
     "          --eval-data FILE  --eval-every N (0: start and end only)  --eval-windows N (all)\n"
-    "LoRA:     --method lora|dora (lora)  --rank R (8) --alpha A (2R)\n"
+    "adapter:  --method lora|dora|ia3 (lora)  --rank R (8) --alpha A (2R)\n"
+    "          --feedforward LIST (ia3: modules whose input is scaled; down)\n"
     "          --targets all-linear|q,k,v,o,gate,up,down (q,v)\n"
     "          --rank-pattern KEY=R,...  --alpha-pattern KEY=A,...  (PEFT rank_pattern/alpha_pattern)\n"
     "          --layers all|N,M|N-M|first:N|last:N|every:K  --dropout P (0) --rslora\n"
@@ -92,6 +93,8 @@ int cmd_train(int argc, char **argv)
     long seq, batch, steps, threads, eval_every, max_eval_w, log_every, save_every;
     double epochs, holdout;
     peft_lora_options lo;
+    peft_ia3_options io;
+    int use_ia3 = 0;
     const struct opt_flag flags[] = {
         {"--lr", PEFT_OPT_LR, 2e-4},           {"--weight-decay", PEFT_OPT_WEIGHT_DECAY, 0},
         {"--beta1", PEFT_OPT_BETA1, 0.9},      {"--beta2", PEFT_OPT_BETA2, 0.999},
@@ -108,7 +111,7 @@ int cmd_train(int argc, char **argv)
         arg_long(&a, "--threads", 0, &threads) || arg_long(&a, "--eval-every", 0, &eval_every) ||
         arg_long(&a, "--eval-windows", 0, &max_eval_w) || arg_long(&a, "--log-every", 0, &log_every) ||
         arg_long(&a, "--save-every", 0, &save_every) || arg_double(&a, "--holdout", 0, &holdout) ||
-        lora_from_args(&a, &lo) || !schedule)
+        lora_from_args(&a, &lo, &use_ia3, &io) || !schedule)
         goto done;
     if (!model || !data || !out) {
         fputs(train_help, stderr);
@@ -182,7 +185,7 @@ int cmd_train(int argc, char **argv)
             rc = fail_lib("init-adapter", code);
             goto done;
         }
-    } else if ((code = peft_attach_lora(m, &lo, NULL))) {
+    } else if (use_ia3 ? (code = peft_attach_ia3(m, &io, NULL)) : (code = peft_attach_lora(m, &lo, NULL))) {
         rc = fail_lib("attach", code);
         goto done;
     }

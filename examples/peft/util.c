@@ -225,8 +225,10 @@ void targets_string(uint32_t t, char *buf, size_t n)
                                      target_names[k]);
 }
 
-int lora_from_args(cli_args *a, peft_lora_options *o)
+int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options *io)
 {
+    if (ia3)
+        *ia3 = 0;
     long rank, seed;
     double alpha, dropout;
     peft_lora_options d = PEFT_LORA_OPTIONS_INIT;
@@ -239,10 +241,22 @@ int lora_from_args(cli_args *a, peft_lora_options *o)
     const char *method = arg_str(a, "--method", "lora");
     if (!method)
         return -1;
+    const char *ff = arg_str(a, "--feedforward", "down");
+    if (!ff)
+        return -1;
     if (!strcmp(method, "dora")) {
         o->use_dora = 1;
+    } else if (!strcmp(method, "ia3") && ia3) {
+        peft_ia3_options d3 = PEFT_IA3_OPTIONS_INIT;
+        *io = d3;
+        *ia3 = 1;
+        if (targets && strcmp(targets, "q,v") != 0 && parse_targets(targets, &io->targets))
+            return -1;
+        if (parse_targets(ff, &io->feedforward))
+            return -1;
+        io->feedforward &= io->targets;
     } else if (strcmp(method, "lora") != 0) {
-        fprintf(stderr, "peft: --method %s is not available yet (lora, dora)\n", method);
+        fprintf(stderr, "peft: --method %s is not available yet (lora, dora%s)\n", method, ia3 ? ", ia3" : "");
         return -1;
     }
     o->use_dora |= arg_flag(a, "--dora");
@@ -251,6 +265,8 @@ int lora_from_args(cli_args *a, peft_lora_options *o)
     if (!targets || !init || parse_targets(targets, &o->targets))
         return -1;
     o->layers = arg_str(a, "--layers", NULL);
+    if (ia3 && *ia3)
+        io->layers = o->layers;
     o->rank = (int32_t)rank;
     o->alpha = alpha > 0 ? (float)alpha : (float)(2 * rank);
     o->dropout = (float)dropout;

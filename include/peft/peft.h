@@ -150,6 +150,23 @@ typedef struct peft_lora_options {
      0, 0.0f, PEFT_INIT_KAIMING, 0, 0, NULL, NULL}
 PEFT_API int peft_lora_options_init(peft_lora_options *opts, uint32_t version);
 
+/* IA3 (Hugging Face PEFT peft_type "IA3"): learned scaling vectors, initialised to ones.
+   A target module's output is scaled per output feature, or, for the feedforward
+   modules, its input per input feature. One attachment (LoRA or IA3) per model. */
+typedef struct peft_ia3_options {
+    uint32_t version;
+    uint32_t targets;     /* PEFT_TARGET_* bits (PEFT's default for Llama: K | V | DOWN) */
+    uint32_t feedforward; /* the subset of targets whose input is scaled (default DOWN) */
+    const char *layers;   /* as for LoRA */
+} peft_ia3_options;
+
+#define PEFT_IA3_OPTIONS_VERSION 1
+#define PEFT_IA3_OPTIONS_INIT \
+    {PEFT_IA3_OPTIONS_VERSION, PEFT_TARGET_K | PEFT_TARGET_V | PEFT_TARGET_DOWN, PEFT_TARGET_DOWN, NULL}
+
+PEFT_API int peft_attach_ia3(peft_model *model, const peft_ia3_options *opts, uint64_t *n_trainable);
+PEFT_API int peft_count_ia3(uint64_t *n_trainable, const peft_model *model, const peft_ia3_options *opts);
+
 /*
  * Attach LoRA adapters to the model. At most one attachment per model for now.
  * n_trainable (may be NULL) receives the exact number of trainable parameters.

@@ -93,6 +93,8 @@ def rope(x, T, hd, theta):
 
 
 def key(l, m, ab):
+    if ab == "I":
+        return f"base_model.model.model.layers.{l}.{PARENT[m]}.{m}.ia3_l"
     if ab == "M":
         return f"base_model.model.model.layers.{l}.{PARENT[m]}.{m}.lora_magnitude_vector"
     return f"base_model.model.model.layers.{l}.{PARENT[m]}.{m}.lora_{ab}.weight"
@@ -104,6 +106,10 @@ def forward(c, W, tokens, labels, lora, scale):
 
     def lin(l, m, inp):
         Wm = W[f"model.layers.{l}.{PARENT[m]}.{m}.weight"]
+        ki = key(l, m, "I")
+        if ki in lora:  # IA3: (1, in) scales the input of feedforward modules, (out, 1) the output
+            vec = lora[ki]
+            return (inp * vec.view(-1)) @ Wm.T if vec.shape[0] == 1 else (inp @ Wm.T) * vec.view(-1)
         y = inp @ Wm.T
         ka = key(l, m, "A")
         if ka in lora:
@@ -189,6 +195,12 @@ CASES = [
 ]
 
 
+IA3_CASES = [
+    # IA3 on k, v (output scaling) and down (input scaling) of layers 1 and 2: rank 0 marks IA3
+    ("ia3_kv_down", ["k_proj", "v_proj", "down_proj"], [1, 2], 0, 0.0, False, 1e-2, 0.0, 0.0, False),
+]
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     cfg, c, W, dims = make_tiny()
@@ -201,7 +213,35 @@ def main():
     labels = tokens.clone()
     labels[0, :4] = -100  # a masked prompt
     labels[1, 7] = -100
-    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES:
+    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES + IA3_CASES:
+        if r == 0:  # IA3
+            lora = {}
+            for l in range(c.L):
+                if layers is not None and l not in layers:
+                    continue
+                for m in targets:
+                    o, i = dims[m]
+                    shape = (1, i) if m == "down_proj" else (o, 1)
+                    lora[key(l, m, "I")] = 1 + 0.3 * torch.randn(*shape, generator=g)
+            lora = {k: v.to(torch.float32).to(torch.float64) for k, v in lora.items()}
+            loss, gnorm, grads, after, loss2 = one_step(c, W, tokens, labels, lora, 1.0, lr, wd, clip)
+            d = os.path.join(OUT, name)
+            os.makedirs(os.path.join(d, "adapter"), exist_ok=True)
+            st_write(os.path.join(d, "adapter", "adapter_model.safetensors"), lora, {"format": "pt"})
+            tm = targets if layers is None else [f"model.layers.{l}.{PARENT[m]}.{m}" for l in layers for m in targets]
+            acfg = {"peft_type": "IA3", "task_type": "CAUSAL_LM", "target_modules": tm,
+                    "feedforward_modules": ["down_proj"], "fan_in_fan_out": False, "init_ia3_weights": True,
+                    "base_model_name_or_path": "tiny"}
+            with open(os.path.join(d, "adapter", "adapter_config.json"), "w") as f:
+                json.dump(acfg, f, indent=2, sort_keys=True)
+            st_write(os.path.join(d, "grads.safetensors"), grads)
+            st_write(os.path.join(d, "after.safetensors"), after)
+            with open(os.path.join(d, "expected.json"), "w") as f:
+                json.dump({"tokens": tokens.flatten().tolist(), "labels": labels.flatten().tolist(),
+                           "n_seq": B, "seq_len": T, "lr": lr, "weight_decay": wd, "grad_clip": clip,
+                           "loss": loss, "grad_norm": gnorm, "loss_after": loss2}, f, indent=1)
+            print(f"{name}: loss {loss:.6f} grad_norm {gnorm:.6f} loss_after {loss2:.6f}")
+            continue
         lora = {}
         scale = alpha / math.sqrt(r) if rslora else alpha / r
         for l in range(c.L):
