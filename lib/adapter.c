@@ -218,6 +218,165 @@ static int write_config_ia3(const peft_model *m, const char *path, const char *b
     return code;
 }
 
+/* ---- norm tuning (PEFT LN_TUNING) ---- */
+
+static const char *const norm_names[2] = {"input_layernorm", "post_attention_layernorm"};
+
+static void norm_key(char *buf, size_t n, int layer, int which, int n_layers)
+{
+    if (which == 2 || layer == n_layers)
+        snprintf(buf, n, "base_model.model.model.norm.ln_tuning_layers.weight");
+    else
+        snprintf(buf, n, "base_model.model.model.layers.%d.%s.ln_tuning_layers.weight", layer, norm_names[which]);
+}
+
+static int save_norms(peft_model *m, const char *st_path, const char *cfg_path, const char *base_name)
+{
+    const lora_state *l = m->lora;
+    int L = m->cfg.n_layers, n = 0, all_layers = 1, code;
+    for (int i = 0; i < L; i++)
+        all_layers &= l->layer_on[i];
+    st_out_tensor *ts = calloc((size_t)(2 * L + 1), sizeof *ts);
+    char *names = calloc((size_t)(2 * L + 1), 128);
+    struct jw w = {0};
+    if (!ts || !names) {
+        free(ts);
+        free(names);
+        return peft__fail(PEFT_ENOMEM, "out of memory");
+    }
+    jw_put(&w, "{\n  \"base_model_name_or_path\": ");
+    jw_str(&w, base_name);
+    jw_put(&w, ",\n  \"inference_mode\": true,\n  \"modules_to_save\": null,\n  \"peft_type\": \"LN_TUNING\",\n"
+               "  \"revision\": null,\n  \"target_modules\": [");
+    int first = 1;
+    for (int i = 0; i < 2 * L + 1; i++) {
+        int layer = i / 2, which = i == 2 * L ? 2 : i % 2;
+        if (l->norm_off[i] < 0)
+            continue;
+        norm_key(names + (size_t)n * 128, 128, layer, which, L);
+        ts[n].name = names + (size_t)n * 128;
+        ts[n].n_dims = 1;
+        ts[n].shape[0] = m->cfg.dim;
+        ts[n].data = l->params + l->norm_off[i];
+        n++;
+        if (which == 2)
+            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", all_layers ? "norm" : "model.norm");
+        else if (all_layers && layer == 0)
+            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", norm_names[which]);
+        else if (!all_layers)
+            jw_put(&w, "%s\n    \"model.layers.%d.%s\"", first ? "" : ",", layer, norm_names[which]);
+        else
+            continue;
+        first = 0;
+    }
+    jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\"\n}");
+    const char *mk[] = {"format"}, *mv[] = {"pt"};
+    code = w.oom ? peft__fail(PEFT_ENOMEM, "out of memory") : st_write(st_path, ts, (size_t)n, mk, mv, 1);
+    if (!code)
+        code = peft__write_atomic(cfg_path, w.s, w.n);
+    free(w.s);
+    free(ts);
+    free(names);
+    return code;
+}
+
+static int load_norms(peft_model *m, const json_value *root, const char *cfg_path, const char *st_path)
+{
+    const json_value *t = json_get(root, "target_modules");
+    int L = m->cfg.n_layers;
+    if (!t || t->type != JSON_ARRAY || t->length == 0)
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: LN_TUNING target_modules must be a list", cfg_path);
+    uint8_t *sel = calloc((size_t)(2 * L + 1), 1);
+    if (!sel)
+        return peft__fail(PEFT_ENOMEM, "out of memory");
+    for (size_t i = 0; i < t->length; i++) {
+        const char *s = t->items[i].type == JSON_STRING ? t->items[i].string : "";
+        int ok = 0;
+        if (!strcmp(s, "norm") || !strcmp(s, "model.norm")) {
+            sel[2 * L] = ok = 1;
+        } else {
+            for (int w = 0; w < 2 && !ok; w++)
+                if (!strcmp(s, norm_names[w])) {
+                    for (int l = 0; l < L; l++)
+                        sel[2 * l + w] = 1;
+                    ok = 1;
+                }
+            long layer;
+            char *end;
+            if (!ok && !strncmp(s, "model.layers.", 13) && (layer = strtol(s + 13, &end, 10)) >= 0 && end != s + 13 &&
+                *end == '.' && layer < L)
+                for (int w = 0; w < 2 && !ok; w++)
+                    if (!strcmp(end + 1, norm_names[w]))
+                        sel[2 * layer + w] = ok = 1;
+        }
+        if (!ok) {
+            free(sel);
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: LN_TUNING target module \"%s\" is not supported", cfg_path, s);
+        }
+    }
+    /* express the selection as options: same norms on every selected layer */
+    peft_norms_options o = PEFT_NORMS_OPTIONS_INIT;
+    o.norms = sel[2 * L] ? PEFT_NORM_FINAL : 0;
+    char layers[8192];
+    size_t n = 0;
+    int per_layer = -1, rect = 1;
+    layers[0] = '\0';
+    for (int l = 0; l < L; l++) {
+        int bits = sel[2 * l] | sel[2 * l + 1] << 1;
+        if (!bits)
+            continue;
+        if (per_layer >= 0 && bits != per_layer)
+            rect = 0;
+        per_layer = bits;
+        n += (size_t)snprintf(layers + n, sizeof layers - n, "%s%d", n ? "," : "", l);
+    }
+    free(sel);
+    if (!rect)
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: LN_TUNING must tune the same norms in every listed layer", cfg_path);
+    if (per_layer > 0) {
+        o.norms |= (uint32_t)per_layer;
+        o.layers = layers;
+    }
+    lora_state *saved = m->lora;
+    st_file *f = NULL;
+    int code = st_open(&f, st_path);
+    if (code)
+        return code;
+    m->lora = NULL;
+    if ((code = peft_attach_norms(m, &o, NULL))) {
+        m->lora = saved;
+        st_close(f);
+        return code;
+    }
+    lora_state *l = m->lora;
+    size_t count = 0;
+    for (int i = 0; i < 2 * L + 1 && !code; i++) {
+        if (l->norm_off[i] < 0)
+            continue;
+        char key[160];
+        norm_key(key, sizeof key, i / 2, i == 2 * L ? 2 : i % 2, L);
+        const st_tensor *st = st_find(f, key);
+        count++;
+        if (!st)
+            code = peft__fail(PEFT_ENOTFOUND, "%s: tensor '%s' is missing", st_path, key);
+        else if (st->n_dims != 1 || st->shape[0] != m->cfg.dim)
+            code = peft__fail(PEFT_ESHAPE, "%s: tensor '%s' must have shape [%d]", st_path, key, m->cfg.dim);
+        else
+            code = st_read_f32(f, st, l->params + l->norm_off[i], (uint64_t)m->cfg.dim);
+    }
+    if (!code && f->n_tensors != count)
+        code = peft__fail(PEFT_EFORMAT, "%s: %zu tensors, but adapter_config.json describes %zu", st_path, f->n_tensors,
+                          count);
+    st_close(f);
+    if (code) {
+        peft__lora_free(m->lora);
+        m->lora = saved;
+        return code;
+    }
+    peft__lora_free(saved);
+    return PEFT_OK;
+}
+
 int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *opts)
 {
     if (!m || !dir)
@@ -233,6 +392,17 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
     int code = peft__mkdirs(dir);
     if (code)
         return code;
+    if (l->method == PEFT_METHOD_NORMS) {
+        code = peft__mkdirs(dir);
+        char *sp = peft__path_join(dir, "adapter_model.safetensors"), *cp = peft__path_join(dir, "adapter_config.json");
+        if (!code)
+            code = sp && cp ? save_norms(m, sp, cp,
+                                         opts && opts->base_model_name_or_path ? opts->base_model_name_or_path : m->path)
+                            : peft__fail(PEFT_ENOMEM, "out of memory");
+        free(sp);
+        free(cp);
+        return code;
+    }
     int ia3 = l->method == PEFT_METHOD_IA3;
     int per = ia3 ? 1 : l->use_dora ? 3 : 2;
     st_out_tensor *ts = calloc((size_t)l->n_modules * (size_t)per, sizeof *ts);
@@ -338,7 +508,7 @@ static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, co
     if (!v || v->type != JSON_STRING)
         FAIL(PEFT_EFORMAT, "%s: missing \"peft_type\"", path);
     if (strcmp(v->string, "LORA") != 0)
-        FAIL(PEFT_EUNSUPPORTED, "%s: peft_type \"%s\" is not supported yet (LORA, IA3)", path, v->string);
+        FAIL(PEFT_EUNSUPPORTED, "%s: peft_type \"%s\" is not supported yet (LORA, IA3, LN_TUNING)", path, v->string);
     v = json_get(root, "r");
     if (!v || v->type != JSON_NUMBER || !v->is_integer || v->number < 1 || v->number > 65536)
         FAIL(PEFT_EFORMAT, "%s: \"r\" must be an integer in 1..65536", path);
@@ -588,6 +758,11 @@ int peft_load_adapter(peft_model *m, const char *dir)
         const json_value *pt = json_get(json_root(doc), "peft_type");
         if (pt && pt->type == JSON_STRING && strcmp(pt->string, "IA3") == 0) {
             code = load_ia3(m, dir, json_root(doc), cfg_path, st_path);
+            json_free(doc);
+            goto done;
+        }
+        if (pt && pt->type == JSON_STRING && strcmp(pt->string, "LN_TUNING") == 0) {
+            code = load_norms(m, json_root(doc), cfg_path, st_path);
             json_free(doc);
             goto done;
         }

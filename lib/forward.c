@@ -56,6 +56,28 @@ const lora_view *peft__view_of(peft_model *m, lora_view *lv, int layer, int kind
     return lv;
 }
 
+static int64_t norm_index(const peft_model *m, int layer, int which)
+{
+    const lora_state *l = m->lora;
+    if (!l || l->method != PEFT_METHOD_NORMS || m->adapter_off)
+        return -1;
+    return l->norm_off[which == 2 ? 2 * m->cfg.n_layers : 2 * layer + which];
+}
+
+const float *peft__norm_weight(const peft_model *m, int layer, int which)
+{
+    int64_t off = norm_index(m, layer, which);
+    if (off >= 0)
+        return m->lora->params + off;
+    return which == 2 ? m->final_norm : which == 0 ? m->layers[layer].attn_norm : m->layers[layer].ffn_norm;
+}
+
+float *peft__norm_grad(peft_model *m, int layer, int which)
+{
+    int64_t off = norm_index(m, layer, which);
+    return off >= 0 ? m->lora->grads + off : NULL;
+}
+
 static float *xa_of(peft_model *m, int layer, int kind)
 {
     lora_state *l = m->lora;
@@ -84,7 +106,7 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
     int Hq = c->n_heads * c->head_dim, Hk = c->n_kv_heads * c->head_dim;
     int64_t N = (int64_t)B * T;
     lora_view lv;
-    rmsnorm_forward(m->pool, a->xn1, a->rstd1, x_in, w->attn_norm, N, D, c->eps);
+    rmsnorm_forward(m->pool, a->xn1, a->rstd1, x_in, peft__norm_weight(m, l, 0), N, D, c->eps);
     linear_forward(m, a->q, a->xn1, w->w[PEFT_MOD_Q], N, D, Hq, peft__view_of(m, &lv, l, PEFT_MOD_Q, train),
                    xa_of(m, l, PEFT_MOD_Q), ws->tmp);
     linear_forward(m, a->k, a->xn1, w->w[PEFT_MOD_K], N, D, Hk, peft__view_of(m, &lv, l, PEFT_MOD_K, train),
@@ -98,7 +120,7 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
     linear_forward(m, a->h, a->att, w->w[PEFT_MOD_O], N, Hq, D, peft__view_of(m, &lv, l, PEFT_MOD_O, train),
                    xa_of(m, l, PEFT_MOD_O), ws->tmp);
     add_inplace(a->h, x_in, (size_t)N * D);
-    rmsnorm_forward(m->pool, a->xn2, a->rstd2, a->h, w->ffn_norm, N, D, c->eps);
+    rmsnorm_forward(m->pool, a->xn2, a->rstd2, a->h, peft__norm_weight(m, l, 1), N, D, c->eps);
     linear_forward(m, a->g, a->xn2, w->w[PEFT_MOD_GATE], N, D, F,
                    peft__view_of(m, &lv, l, PEFT_MOD_GATE, train), xa_of(m, l, PEFT_MOD_GATE), ws->tmp);
     linear_forward(m, a->u, a->xn2, w->w[PEFT_MOD_UP], N, D, F, peft__view_of(m, &lv, l, PEFT_MOD_UP, train),
@@ -128,8 +150,9 @@ static void layer_backward(peft_model *m, int l)
     int Hq = c->n_heads * c->head_dim, Hk = c->n_kv_heads * c->head_dim;
     int64_t N = (int64_t)B * T;
     int below = l > m->lora->lowest_layer;  /* gradient needed below this layer */
-    int attn = below || has_kind(m, l, PEFT_MOD_Q, PEFT_MOD_O);
-    int qkv = below || has_kind(m, l, PEFT_MOD_Q, PEFT_MOD_V);
+    float *dw1 = peft__norm_grad(m, l, 0), *dw2 = peft__norm_grad(m, l, 1);
+    int qkv = below || has_kind(m, l, PEFT_MOD_Q, PEFT_MOD_V) || dw1;
+    int attn = qkv || has_kind(m, l, PEFT_MOD_Q, PEFT_MOD_O) || dw2;
     lora_view lv;
 
     /* MLP: x_out = h + down(silu(g) * u) */
@@ -143,7 +166,9 @@ static void layer_backward(peft_model *m, int l)
                     peft__view_of(m, &lv, l, PEFT_MOD_UP, 1), xa_of(m, l, PEFT_MOD_UP), ws->dxa, ws->tmp);
     if (!attn)
         return;
-    rmsnorm_backward(m->pool, ws->dx, ws->dxn, a->h, w->ffn_norm, a->rstd2, N, D);
+    if (dw2)
+        rmsnorm_backward_w(dw2, ws->dxn, a->h, a->rstd2, N, D);
+    rmsnorm_backward(m->pool, ws->dx, ws->dxn, a->h, peft__norm_weight(m, l, 1), a->rstd2, N, D);
 
     /* attention: h = x_in + o(attn(q, k, v)) */
     linear_backward(m, qkv ? ws->datt : NULL, 0.0f, ws->dx, a->att, w->w[PEFT_MOD_O], N, Hq, D,
@@ -154,15 +179,17 @@ static void layer_backward(peft_model *m, int l)
                        T, c->n_heads, c->n_kv_heads, c->head_dim);
     rope_backward(m->pool, ws->dq, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_heads, c->head_dim);
     rope_backward(m->pool, ws->dk, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_kv_heads, c->head_dim);
-    float *dxn = below ? ws->dxn : NULL;
+    float *dxn = below || dw1 ? ws->dxn : NULL;
     linear_backward(m, dxn, 0.0f, ws->dq, a->xn1, w->w[PEFT_MOD_Q], N, D, Hq,
                     peft__view_of(m, &lv, l, PEFT_MOD_Q, 1), xa_of(m, l, PEFT_MOD_Q), ws->dxa, ws->tmp);
     linear_backward(m, dxn, 1.0f, ws->dk, a->xn1, w->w[PEFT_MOD_K], N, D, Hk,
                     peft__view_of(m, &lv, l, PEFT_MOD_K, 1), xa_of(m, l, PEFT_MOD_K), ws->dxa, ws->tmp);
     linear_backward(m, dxn, 1.0f, ws->dv, a->xn1, w->w[PEFT_MOD_V], N, D, Hk,
                     peft__view_of(m, &lv, l, PEFT_MOD_V, 1), xa_of(m, l, PEFT_MOD_V), ws->dxa, ws->tmp);
+    if (dw1)
+        rmsnorm_backward_w(dw1, ws->dxn, a->x_in, a->rstd1, N, D);
     if (below)
-        rmsnorm_backward(m->pool, ws->dx, ws->dxn, a->x_in, w->attn_norm, a->rstd1, N, D);
+        rmsnorm_backward(m->pool, ws->dx, ws->dxn, a->x_in, peft__norm_weight(m, l, 0), a->rstd1, N, D);
 }
 
 struct xent_args {
@@ -262,7 +289,7 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
         layer_forward(m, l, x, out, a, train);
         x = out;
     }
-    rmsnorm_forward(m->pool, ws->xnf, ws->rstdf, ws->x_final, m->final_norm, N, D, c->eps);
+    rmsnorm_forward(m->pool, ws->xnf, ws->rstdf, ws->x_final, peft__norm_weight(m, 0, 2), N, D, c->eps);
 
     /* loss (and d logits -> d xnf) in row chunks: the N x V logits never exist at once */
     double sum = 0;
@@ -285,7 +312,10 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
 
     /* backward */
     memset(ws->dx, 0, (size_t)N * D * sizeof(float));
-    rmsnorm_backward(m->pool, ws->dx, ws->dxn, ws->x_final, m->final_norm, ws->rstdf, N, D);
+    float *dwf = peft__norm_grad(m, 0, 2);
+    if (dwf)
+        rmsnorm_backward_w(dwf, ws->dxn, ws->x_final, ws->rstdf, N, D);
+    rmsnorm_backward(m->pool, ws->dx, ws->dxn, ws->x_final, peft__norm_weight(m, 0, 2), ws->rstdf, N, D);
     for (int l = c->n_layers - 1; l >= m->lora->lowest_layer; l--)
         layer_backward(m, l);
     m->dropout_calls++;

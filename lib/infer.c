@@ -104,7 +104,7 @@ static void feed_one(peft_session *s, int32_t tok)
         const peft_layer_weights *w = &m->layers[l];
         float rstd;
         float *kc = s->kc + ((size_t)l * s->max_len) * kvd, *vc = s->vc + ((size_t)l * s->max_len) * kvd;
-        rmsnorm_forward(NULL, s->xn, &rstd, s->x, w->attn_norm, 1, D, c->eps);
+        rmsnorm_forward(NULL, s->xn, &rstd, s->x, peft__norm_weight(m, l, 0), 1, D, c->eps);
         linear_forward(m, s->q, s->xn, w->w[PEFT_MOD_Q], 1, D, qd, view(s, &lv, l, PEFT_MOD_Q), s->xa, s->tmp);
         linear_forward(m, kc + (size_t)pos * kvd, s->xn, w->w[PEFT_MOD_K], 1, D, kvd, view(s, &lv, l, PEFT_MOD_K),
                        s->xa, s->tmp);
@@ -141,7 +141,7 @@ static void feed_one(peft_session *s, int32_t tok)
         linear_forward(m, s->h, s->att, w->w[PEFT_MOD_O], 1, qd, D, view(s, &lv, l, PEFT_MOD_O), s->xa, s->tmp);
         for (int i = 0; i < D; i++)
             s->h[i] += s->x[i];
-        rmsnorm_forward(NULL, s->xn, &rstd, s->h, w->ffn_norm, 1, D, c->eps);
+        rmsnorm_forward(NULL, s->xn, &rstd, s->h, peft__norm_weight(m, l, 1), 1, D, c->eps);
         linear_forward(m, s->g, s->xn, w->w[PEFT_MOD_GATE], 1, D, F, view(s, &lv, l, PEFT_MOD_GATE), s->xa, s->tmp);
         linear_forward(m, s->u, s->xn, w->w[PEFT_MOD_UP], 1, D, F, view(s, &lv, l, PEFT_MOD_UP), s->xa, s->tmp);
         swiglu_forward(NULL, s->act, s->g, s->u, 1, F);
@@ -171,7 +171,7 @@ int peft_session_feed(peft_session *s, const int32_t *tokens, int32_t n, float *
         if (s->pos == 0)
             return peft__fail(PEFT_ESTATE, "peft_session_feed: no position to predict from");
         float rstd;
-        rmsnorm_forward(NULL, s->xn, &rstd, s->x, m->final_norm, 1, m->cfg.dim, m->cfg.eps);
+        rmsnorm_forward(NULL, s->xn, &rstd, s->x, peft__norm_weight(m, 0, 2), 1, m->cfg.dim, m->cfg.eps);
         peft__gemm(m, 0, 1, 1, m->cfg.vocab, m->cfg.dim, 1.0f, s->xn, m->cfg.dim, m->lm_head, m->cfg.dim, 0.0f,
                    logits, m->cfg.vocab);
     }

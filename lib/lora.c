@@ -110,6 +110,7 @@ void peft__lora_free(lora_state *l)
     peft__free(l->dora_w);
     free(l->rank_pattern);
     free(l->alpha_pattern);
+    free(l->norm_off);
     free(l);
 }
 
@@ -402,6 +403,104 @@ int peft_attach_ia3(peft_model *m, const peft_ia3_options *o, uint64_t *n_traina
         return peft__fail(PEFT_ESTATE, "peft_attach_ia3: an adapter is already attached (peft_detach first)");
     lora_state *l;
     int code = build_ia3(&l, m, o, 1);
+    if (code)
+        return code;
+    m->lora = l;
+    m->step = 0;
+    m->micro = 0;
+    m->accum_tokens = 0;
+    if (n_trainable)
+        *n_trainable = l->n_params;
+    return PEFT_OK;
+}
+
+static int build_norms(lora_state **out, const peft_model *m, const peft_norms_options *o, int allocate)
+{
+    *out = NULL;
+    if (!m || !o)
+        return peft__fail(PEFT_EINVAL, "norm tuning: NULL argument");
+    if (o->version == 0 || o->version > PEFT_NORMS_OPTIONS_VERSION)
+        return peft__fail(PEFT_EINVAL, "norm tuning: unknown options version %u", o->version);
+    if (o->norms == 0 || (o->norms & ~(uint32_t)PEFT_NORM_ALL))
+        return peft__fail(PEFT_EINVAL, "norm tuning: norms must be a non-empty set of PEFT_NORM_* bits");
+    const peft_config *c = &m->cfg;
+    lora_state *l = calloc(1, sizeof *l);
+    if (!l || !(l->layer_on = calloc((size_t)c->n_layers, 1)) ||
+        !(l->index = malloc((size_t)c->n_layers * PEFT_MOD_COUNT * sizeof *l->index)) ||
+        !(l->norm_off = malloc(((size_t)c->n_layers * 2 + 1) * sizeof *l->norm_off))) {
+        peft__lora_free(l);
+        return peft__fail(PEFT_ENOMEM, "norm tuning: out of memory");
+    }
+    int code = peft__layers_parse(l->layer_on, c->n_layers, o->layers);
+    if (code) {
+        peft__lora_free(l);
+        return code;
+    }
+    l->method = PEFT_METHOD_NORMS;
+    l->targets = o->norms;
+    l->lowest_layer = c->n_layers;
+    for (int i = 0; i < c->n_layers * PEFT_MOD_COUNT; i++)
+        l->index[i] = -1;
+    size_t off = 0;
+    for (int layer = 0; layer < c->n_layers; layer++)
+        for (int w = 0; w < 2; w++) {
+            int on = l->layer_on[layer] && (o->norms & (1u << w));
+            l->norm_off[2 * layer + w] = on ? (int64_t)off : -1;
+            if (on) {
+                off += (size_t)c->dim;
+                if (layer < l->lowest_layer)
+                    l->lowest_layer = layer;
+            }
+        }
+    l->norm_off[2 * c->n_layers] = (o->norms & PEFT_NORM_FINAL) ? (int64_t)off : -1;
+    if (o->norms & PEFT_NORM_FINAL)
+        off += (size_t)c->dim;
+    l->n_params = off;
+    if (allocate) {
+        l->params = peft__alloc_floats(off);
+        l->grads = peft__alloc_floats(off);
+        l->m = peft__alloc_floats(off);
+        l->v = peft__alloc_floats(off);
+        if (!l->params || !l->grads || !l->m || !l->v) {
+            peft__lora_free(l);
+            return peft__fail(PEFT_ENOMEM, "norm tuning: out of memory");
+        }
+        /* start from the base model's weights */
+        for (int layer = 0; layer <= c->n_layers; layer++)
+            for (int w = 0; w < 2; w++) {
+                if (layer == c->n_layers && w == 1)
+                    break;
+                int64_t o2 = l->norm_off[layer == c->n_layers ? 2 * layer : 2 * layer + w];
+                const float *src = layer == c->n_layers ? m->final_norm
+                                   : w == 0             ? m->layers[layer].attn_norm
+                                                        : m->layers[layer].ffn_norm;
+                if (o2 >= 0)
+                    memcpy(l->params + o2, src, (size_t)c->dim * sizeof(float));
+            }
+    }
+    *out = l;
+    return PEFT_OK;
+}
+
+int peft_count_norms(uint64_t *n_trainable, const peft_model *m, const peft_norms_options *o)
+{
+    if (!n_trainable)
+        return peft__fail(PEFT_EINVAL, "peft_count_norms: n_trainable is NULL");
+    lora_state *l;
+    int code = build_norms(&l, m, o, 0);
+    if (code)
+        return code;
+    *n_trainable = l->n_params;
+    peft__lora_free(l);
+    return PEFT_OK;
+}
+
+int peft_attach_norms(peft_model *m, const peft_norms_options *o, uint64_t *n_trainable)
+{
+    if (m && m->lora)
+        return peft__fail(PEFT_ESTATE, "peft_attach_norms: an adapter is already attached (peft_detach first)");
+    lora_state *l;
+    int code = build_norms(&l, m, o, 1);
     if (code)
         return code;
     m->lora = l;

@@ -48,6 +48,9 @@ int peft_merge_adapter(peft_model *m)
         return peft__fail(PEFT_ESTATE, "peft_merge_adapter: no adapter attached");
     if (m->merged)
         return peft__fail(PEFT_ESTATE, "peft_merge_adapter: already merged");
+    if (m->lora->method == PEFT_METHOD_NORMS)
+        return peft__fail(PEFT_EUNSUPPORTED, "peft_merge_adapter: tuned norms are not merged in place; "
+                                             "peft_save_merged exports them");
     lora_state *l = m->lora;
     float **copies = calloc((size_t)l->n_modules, sizeof *copies);
     if (!copies)
@@ -117,16 +120,16 @@ int peft_save_merged(peft_model *m, const char *dir)
         k++;                                                                                       \
     } while (0)
     ADD("model.embed_tokens.weight", c->vocab, c->dim, m->embed);
-    ADD("model.norm.weight", c->dim, 0, m->final_norm);
+    ADD("model.norm.weight", c->dim, 0, peft__norm_weight(m, 0, 2));
     if (m->lm_head != m->embed)
         ADD("lm_head.weight", c->vocab, c->dim, m->lm_head);
     for (int l = 0; l < c->n_layers; l++) {
         char nm[96];
         const peft_layer_weights *w = &m->layers[l];
         snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", l);
-        ADD(nm, c->dim, 0, w->attn_norm);
+        ADD(nm, c->dim, 0, peft__norm_weight(m, l, 0));
         snprintf(nm, sizeof nm, "model.layers.%d.post_attention_layernorm.weight", l);
-        ADD(nm, c->dim, 0, w->ffn_norm);
+        ADD(nm, c->dim, 0, peft__norm_weight(m, l, 1));
         for (int kind = 0; kind < PEFT_MOD_COUNT; kind++) {
             int in, out;
             int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
@@ -134,7 +137,9 @@ int peft_save_merged(peft_model *m, const char *dir)
             out = kind == PEFT_MOD_Q ? qd : kind <= PEFT_MOD_V ? kvd : kind == PEFT_MOD_O || kind == PEFT_MOD_DOWN ? c->dim : c->ffn_dim;
             snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.weight", l, peft__module_parents[kind], peft__module_names[kind]);
             const float *W = w->w[kind];
-            int idx = m->lora && !m->merged && !m->adapter_off ? m->lora->index[l * PEFT_MOD_COUNT + kind] : -1;
+            int idx = m->lora && !m->merged && !m->adapter_off && m->lora->method != PEFT_METHOD_NORMS
+                          ? m->lora->index[l * PEFT_MOD_COUNT + kind]
+                          : -1;
             if (idx >= 0) {
                 tmp[k] = peft__alloc_floats((size_t)out * (size_t)in);
                 if (!tmp[k]) {

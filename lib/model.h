@@ -22,7 +22,7 @@ typedef struct lora_module {
     size_t off_out;      /* sum of `out` over the modules before this one */
 } lora_module;
 
-enum peft_method { PEFT_METHOD_LORA = 0, PEFT_METHOD_IA3 = 1 };
+enum peft_method { PEFT_METHOD_LORA = 0, PEFT_METHOD_IA3 = 1, PEFT_METHOD_NORMS = 2 };
 
 typedef struct lora_state {
     int method;           /* PEFT_METHOD_*: LoRA/DoRA modules (A, B[, m]) or IA3 vectors (off_a) */
@@ -43,6 +43,8 @@ typedef struct lora_state {
     lora_module *mods;
     int *index;         /* n_layers * PEFT_MOD_COUNT module index or -1 */
     int lowest_layer;   /* backward stops here */
+    int64_t *norm_off;  /* NORMS: (n_layers * 2 + 1) offsets of tuned RMSNorm weights or -1
+                           (input_layernorm, post_attention_layernorm per layer, then the final norm) */
     size_t n_params;
     float *params, *grads, *m, *v;
 } lora_state;
@@ -112,6 +114,11 @@ struct peft_model {
 /* lora.c */
 int peft__layers_parse(uint8_t *on, int n_layers, const char *spec);
 const char *peft__module_key(char *buf, size_t n, int layer, int kind, int is_b);
+
+/* forward.c: the RMSNorm weight in effect (which: 0 input, 1 post-attention, 2 final)
+   and its gradient (NULL when not tuned) */
+const float *peft__norm_weight(const peft_model *m, int layer, int which);
+float *peft__norm_grad(peft_model *m, int layer, int which);
 
 /* forward.c */
 int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_sum,

@@ -144,15 +144,21 @@ int peft__opt_apply(peft_model *m, double token_count, peft_step_result *res)
     float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
     float b1 = (float)m->beta1, b2 = (float)m->beta2, eps = (float)m->eps;
     /* LoRA+: the B matrices learn at loraplus_ratio x the learning rate */
-    for (int k = 0; k < l->n_modules; k++) {
-        const lora_module *md = &l->mods[k];
+    int n_groups = l->method == PEFT_METHOD_NORMS ? 1 : l->n_modules;
+    for (int k = 0; k < n_groups; k++) {
+        static const lora_module whole = {0};
+        const lora_module *md = l->method == PEFT_METHOD_NORMS ? &whole : &l->mods[k];
         size_t na = (size_t)md->r * (size_t)md->in, nb = (size_t)md->out * (size_t)md->r;
         size_t nm = l->use_dora ? (size_t)md->out : 0;
         struct {
             size_t off, n;
             double mult;
         } seg[3] = {{md->off_a, na, 1.0}, {md->off_b, nb, m->loraplus_ratio}, {md->off_m, nm, 1.0}};
-        if (l->method == PEFT_METHOD_IA3) { /* one scaling vector */
+        if (l->method == PEFT_METHOD_NORMS) { /* all norm weights: one group */
+            seg[0].off = 0;
+            seg[0].n = l->n_params;
+            seg[1].n = seg[2].n = 0;
+        } else if (l->method == PEFT_METHOD_IA3) { /* one scaling vector */
             seg[0].n = (size_t)(md->ia3_ff ? md->in : md->out);
             seg[1].n = seg[2].n = 0;
         }

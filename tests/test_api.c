@@ -810,6 +810,45 @@ TEST(ia3_save_load_merge)
     peft_model_close(&m);
 }
 
+TEST(norm_tuning_save_load_export)
+{
+    peft_model *m = open_tiny(2);
+    peft_norms_options o = PEFT_NORMS_OPTIONS_INIT;
+    o.layers = "last:1";
+    uint64_t n;
+    CHECK_OK(peft_count_norms(&n, m, &o));
+    CHECK(n == 3 * 32); /* two norms of layer 2 and the final norm */
+    double base = eval_loss(m);
+    CHECK_OK(peft_attach_norms(m, &o, NULL));
+    CHECK(eval_loss(m) == base); /* starts from the base weights */
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-2));
+    int32_t tok[4 * 16];
+    for (int s = 0; s < 5; s++) {
+        make_batch(tok, 64, (uint32_t)s + 90);
+        peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 4, 16, NULL};
+        CHECK_OK(peft_step(m, &b, NULL));
+    }
+    double trained = eval_loss(m);
+    CHECK(trained != base);
+    CHECK(peft_merge_adapter(m) == PEFT_EUNSUPPORTED);
+    char *d = mktmp(), *d2 = mktmp();
+    CHECK_OK(peft_save_adapter(m, d, NULL));
+    size_t len;
+    char *cfg = read_text(d, "adapter_config.json", &len);
+    CHECK(cfg && strstr(cfg, "\"LN_TUNING\"") && strstr(cfg, "\"model.layers.2.post_attention_layernorm\"") &&
+          strstr(cfg, "\"model.norm\""));
+    free(cfg);
+    peft_model *m2 = open_tiny(1);
+    CHECK_OK(peft_load_adapter(m2, d));
+    CHECK(eval_loss(m2) == trained);
+    peft_model_close(&m2);
+    CHECK_OK(peft_save_merged(m, d2));
+    CHECK_OK(peft_model_open(&m2, d2, NULL));
+    CHECK(eval_loss(m2) == trained);
+    peft_model_close(&m2);
+    peft_model_close(&m);
+}
+
 static const struct h_case cases[] = {
     CASE(errors_and_versions), CASE(last_error_is_per_thread), CASE(info_and_exact_counts),
     CASE(determinism_and_thread_invariance), CASE(gradient_accumulation_equals_big_batch),
@@ -817,5 +856,6 @@ static const struct h_case cases[] = {
     CASE(save_load_round_trip), CASE(load_adapter_errors), CASE(save_is_atomic_on_write_failure),
     CASE(training_lowers_loss), CASE(packed_documents_equal_separate_sequences), CASE(merge_unmerge_and_export),
     CASE(dora_save_load_merge), CASE(rank_and_alpha_patterns), CASE(loraplus_ratio), CASE(ia3_save_load_merge),
+    CASE(norm_tuning_save_load_export),
 };
 TEST_MAIN(cases)

@@ -78,6 +78,31 @@ static double max_rel_err(const float *x, double xscale, const char *st_path, co
                 off += t->n_elems;
                 free(r);
             }
+    /* LN tuning: per layer input then post-attention norm, then the final norm */
+    for (int l = 0; l <= 64; l++)
+        for (int w = 0; w < 2; w++) {
+            char key[160];
+            if (l == 64 && w == 1)
+                break;
+            if (l == 64)
+                snprintf(key, sizeof key, "base_model.model.model.norm.ln_tuning_layers.weight");
+            else
+                snprintf(key, sizeof key, "base_model.model.model.layers.%d.%s.ln_tuning_layers.weight", l,
+                         w ? "post_attention_layernorm" : "input_layernorm");
+            const st_tensor *t = st_find(ref, key);
+            if (!t)
+                continue;
+            float *r = malloc(t->n_elems * sizeof *r);
+            st_read_f32(ref, t, r, t->n_elems);
+            double mx = 0, err = 0;
+            for (uint64_t i = 0; i < t->n_elems; i++) {
+                mx = fmax(mx, fabs(r[i]));
+                err = fmax(err, fabs(x[off + i] * xscale - r[i]));
+            }
+            worst = fmax(worst, err / fmax(mx, 1e-12));
+            off += t->n_elems;
+            free(r);
+        }
     st_close(ref);
     st_close(layout);
     return worst;
@@ -145,6 +170,7 @@ TEST(torch_step_all_linear) { step_case("all_linear", 2); }
 TEST(torch_step_last_layer_rslora_clip_decay) { step_case("qv_down_last_rslora", 1); }
 TEST(torch_step_dora) { step_case("dora_qkvo_up", 2); }
 TEST(torch_step_ia3) { step_case("ia3_kv_down", 2); }
+TEST(torch_step_norms) { step_case("norms_last2_final", 2); }
 
 /* Every backend against the reference on a whole training step. */
 TEST(backend_blis_step)
@@ -533,7 +559,7 @@ TEST(shared_adapter_resave_byte_exact)
 
 static const struct h_case cases[] = {
     CASE(torch_step_all_linear), CASE(torch_step_last_layer_rslora_clip_decay), CASE(torch_step_dora),
-    CASE(backend_blis_step), CASE(torch_step_ia3),
+    CASE(backend_blis_step), CASE(torch_step_ia3), CASE(torch_step_norms),
     CASE(model_gradcheck),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
     CASE(sharded_and_half_precision_models), CASE(config_errors),

@@ -47,7 +47,8 @@ typedef struct data_options {
 int data_load(tokens *t, const char *path, const data_options *o);
 
 /* LoRA options from --rank --alpha --targets --layers --dropout --rslora --init --seed */
-/* ia3 (may be NULL: IA3 refused) receives 1 and io the IA3 options with --method ia3. */
+/* ia3 (may be NULL: IA3 and norms refused) receives 1 and io the IA3 options with
+   --method ia3, or 2 with --method norms (norm tuning of the layers in o->layers). */
 int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options *io);
 int parse_targets(const char *s, uint32_t *out);
 void targets_string(uint32_t t, char *buf, size_t n);

@@ -11,7 +11,7 @@ static const char train_help[] =
     "usage: peft train --model DIR --data FILE --out DIR [options]\n"
     "data:     --seq T (128) --batch B (4) --steps N | --epochs E  --holdout F (0)\n"
     "          --eval-data FILE  --eval-every N (0: start and end only)  --eval-windows N (all)\n"
-    "adapter:  --method lora|dora|ia3 (lora)  --rank R (8) --alpha A (2R)\n"
+    "adapter:  --method lora|dora|ia3|norms (lora)  --rank R (8) --alpha A (2R)\n"
     "          --feedforward LIST (ia3: modules whose input is scaled; down)\n"
     "          --targets all-linear|q,k,v,o,gate,up,down (q,v)\n"
     "          --rank-pattern KEY=R,...  --alpha-pattern KEY=A,...  (PEFT rank_pattern/alpha_pattern)\n"
@@ -183,6 +183,13 @@ int cmd_train(int argc, char **argv)
     if (init_adapter) {
         if ((code = peft_load_adapter(m, init_adapter))) {
             rc = fail_lib("init-adapter", code);
+            goto done;
+        }
+    } else if (use_ia3 == 2) {
+        peft_norms_options no = PEFT_NORMS_OPTIONS_INIT;
+        no.layers = lo.layers;
+        if ((code = peft_attach_norms(m, &no, NULL))) {
+            rc = fail_lib("attach", code);
             goto done;
         }
     } else if (use_ia3 ? (code = peft_attach_ia3(m, &io, NULL)) : (code = peft_attach_lora(m, &lo, NULL))) {

@@ -167,6 +167,26 @@ typedef struct peft_ia3_options {
 PEFT_API int peft_attach_ia3(peft_model *model, const peft_ia3_options *opts, uint64_t *n_trainable);
 PEFT_API int peft_count_ia3(uint64_t *n_trainable, const peft_model *model, const peft_ia3_options *opts);
 
+/* Norm tuning (PEFT peft_type "LN_TUNING"): the RMSNorm weights themselves are trained. */
+enum peft_norm {
+    PEFT_NORM_INPUT = 1u << 0,          /* input_layernorm of each selected layer */
+    PEFT_NORM_POST_ATTENTION = 1u << 1, /* post_attention_layernorm of each selected layer */
+    PEFT_NORM_FINAL = 1u << 2,          /* the final norm (model.norm) */
+    PEFT_NORM_ALL = 7u
+};
+
+typedef struct peft_norms_options {
+    uint32_t version;
+    uint32_t norms;     /* PEFT_NORM_* bits */
+    const char *layers; /* as for LoRA (the final norm does not depend on it) */
+} peft_norms_options;
+
+#define PEFT_NORMS_OPTIONS_VERSION 1
+#define PEFT_NORMS_OPTIONS_INIT {PEFT_NORMS_OPTIONS_VERSION, PEFT_NORM_ALL, NULL}
+
+PEFT_API int peft_attach_norms(peft_model *model, const peft_norms_options *opts, uint64_t *n_trainable);
+PEFT_API int peft_count_norms(uint64_t *n_trainable, const peft_model *model, const peft_norms_options *opts);
+
 /*
  * Attach LoRA adapters to the model. At most one attachment per model for now.
  * n_trainable (may be NULL) receives the exact number of trainable parameters.

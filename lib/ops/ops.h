@@ -16,6 +16,9 @@ void rmsnorm_forward(void *pool, float *out, float *rstd, const float *x, const 
 void rmsnorm_backward(void *pool, float *dx, const float *dout, const float *x, const float *w,
                       const float *rstd, int64_t N, int D);
 
+/* dw (D) += sum over rows of dout * x * rstd (the weight's gradient) */
+void rmsnorm_backward_w(float *dw, const float *dout, const float *x, const float *rstd, int64_t N, int D);
+
 /* RoPE tables cos/sin (T, hd/2), HF rotate-half convention */
 void rope_tables(float *cos_t, float *sin_t, int T, int hd, float theta);
 /* x (B*T, n_heads*hd) rotated in place; row r is at position pos[r] (NULL: r % T) */

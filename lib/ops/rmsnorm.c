@@ -63,3 +63,14 @@ void rmsnorm_backward(void *pool, float *dx, const float *dout, const float *x, 
     struct rms_args a = {.dx = dx, .dout = dout, .x = x, .w = w, .rstd_in = rstd, .N = N, .D = D};
     peft__pool_for(pool, (int32_t)((N + RMS_ROWS - 1) / RMS_ROWS), rms_bwd_task, &a);
 }
+
+// dw (D) += sum_t dout (N,D) * x (N,D) * rstd (N)
+void rmsnorm_backward_w(float *dw, const float *dout, const float *x, const float *rstd, int64_t N, int D)
+{
+    for (int i = 0; i < D; i++) {
+        double s = 0;
+        for (int64_t t = 0; t < N; t++)
+            s += (double)dout[t * D + i] * x[t * D + i] * rstd[t];
+        dw[i] += (float)s;
+    }
+}

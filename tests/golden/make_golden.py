@@ -100,9 +100,18 @@ def key(l, m, ab):
     return f"base_model.model.model.layers.{l}.{PARENT[m]}.{m}.lora_{ab}.weight"
 
 
+def norm_key(name):
+    # "model.layers.0.input_layernorm.weight" -> the LN_TUNING adapter key
+    return "base_model.model." + name[: -len(".weight")] + ".ln_tuning_layers.weight"
+
+
 def forward(c, W, tokens, labels, lora, scale):
     B, T = tokens.shape
     x = W["model.embed_tokens.weight"][tokens]
+    W = dict(W)
+    for k in list(W):
+        if norm_key(k) in lora:  # LN tuning: the trained norm weight replaces the base one
+            W[k] = lora[norm_key(k)]
 
     def lin(l, m, inp):
         Wm = W[f"model.layers.{l}.{PARENT[m]}.{m}.weight"]
@@ -195,6 +204,11 @@ CASES = [
 ]
 
 
+NORM_CASES = [
+    # LN tuning of both norms in layers 1 and 2 and the final norm: rank -1 marks it
+    ("norms_last2_final", [], [1, 2], -1, 0.0, False, 1e-2, 0.0, 0.0, False),
+]
+
 IA3_CASES = [
     # IA3 on k, v (output scaling) and down (input scaling) of layers 1 and 2: rank 0 marks IA3
     ("ia3_kv_down", ["k_proj", "v_proj", "down_proj"], [1, 2], 0, 0.0, False, 1e-2, 0.0, 0.0, False),
@@ -213,7 +227,30 @@ def main():
     labels = tokens.clone()
     labels[0, :4] = -100  # a masked prompt
     labels[1, 7] = -100
-    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES + IA3_CASES:
+    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES + IA3_CASES + NORM_CASES:
+        if r == -1:  # LN tuning
+            lora = {}
+            names = [f"model.layers.{l}.{n}.weight" for l in layers for n in ("input_layernorm", "post_attention_layernorm")]
+            for n in names + ["model.norm.weight"]:
+                lora[norm_key(n)] = W[n] * (1 + 0.1 * torch.randn(c.D, generator=g))
+            lora = {k: v.to(torch.float32).to(torch.float64) for k, v in lora.items()}
+            loss, gnorm, grads, after, loss2 = one_step(c, W, tokens, labels, lora, 1.0, lr, wd, clip)
+            d = os.path.join(OUT, name)
+            os.makedirs(os.path.join(d, "adapter"), exist_ok=True)
+            st_write(os.path.join(d, "adapter", "adapter_model.safetensors"), lora, {"format": "pt"})
+            tm = [n[: -len(".weight")] for n in names] + ["model.norm"]
+            acfg = {"peft_type": "LN_TUNING", "task_type": "CAUSAL_LM", "target_modules": tm,
+                    "base_model_name_or_path": "tiny"}
+            with open(os.path.join(d, "adapter", "adapter_config.json"), "w") as f:
+                json.dump(acfg, f, indent=2, sort_keys=True)
+            st_write(os.path.join(d, "grads.safetensors"), grads)
+            st_write(os.path.join(d, "after.safetensors"), after)
+            with open(os.path.join(d, "expected.json"), "w") as f:
+                json.dump({"tokens": tokens.flatten().tolist(), "labels": labels.flatten().tolist(),
+                           "n_seq": B, "seq_len": T, "lr": lr, "weight_decay": wd, "grad_clip": clip,
+                           "loss": loss, "grad_norm": gnorm, "loss_after": loss2}, f, indent=1)
+            print(f"{name}: loss {loss:.6f} grad_norm {gnorm:.6f} loss_after {loss2:.6f}")
+            continue
         if r == 0:  # IA3
             lora = {}
             for l in range(c.L):
