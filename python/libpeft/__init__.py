@@ -1,0 +1,380 @@
+"""libpeft for Python: a pure-Python ctypes binding (no compiled extension).
+
+    import libpeft
+    with libpeft.Model("path/to/hf-model", threads=2) as m:
+        m.attach_lora(targets="all-linear", rank=8, alpha=16)
+        m.set_optimizer(lr=1e-3)
+        for batch in batches:                # B x T token ids: lists, array('i') or NumPy
+            result = m.step(batch)           # result.loss, result.grad_norm, result.tokens
+        m.save_adapter("out/adapter")        # a Hugging Face PEFT adapter directory
+
+The shared library is found through $LIBPEFT_PATH, then the system's library path
+(``ctypes.util.find_library("peft")``), then a build tree beside this package.
+Every failing call raises libpeft.Error with the library's message.
+"""
+import array
+import ctypes
+import ctypes.util
+import os
+
+__all__ = ["Error", "Model", "StepResult", "Tokenizer", "version", "TARGETS"]
+
+# ---- the shared library -------------------------------------------------------------
+
+
+def _load():
+    cands = []
+    if os.environ.get("LIBPEFT_PATH"):
+        cands.append(os.environ["LIBPEFT_PATH"])
+    found = ctypes.util.find_library("peft")
+    if found:
+        cands.append(found)
+    here = os.path.dirname(os.path.abspath(__file__))
+    for build in ("build", "build-test"):
+        cands.append(os.path.join(here, "..", "..", build, "libpeft.so"))
+    errors = []
+    for c in cands:
+        try:
+            return ctypes.CDLL(c)
+        except OSError as e:
+            errors.append(f"{c}: {e}")
+    raise OSError("libpeft shared library not found (set LIBPEFT_PATH): " + "; ".join(errors))
+
+
+_lib = _load()
+_c_int, _c_u32, _c_i32, _c_u64, _c_i64 = ctypes.c_int, ctypes.c_uint32, ctypes.c_int32, ctypes.c_uint64, ctypes.c_int64
+_c_float, _c_double, _c_char_p, _c_void_p = ctypes.c_float, ctypes.c_double, ctypes.c_char_p, ctypes.c_void_p
+_i32p = ctypes.POINTER(_c_i32)
+
+# ---- structs: field for field as in peft/peft.h ----------------------------------------
+
+
+class _OpenOptions(ctypes.Structure):
+    _fields_ = [("version", _c_u32), ("n_threads", _c_i32), ("backend", _c_char_p)]
+
+
+class _LoraOptions(ctypes.Structure):
+    _fields_ = [("version", _c_u32), ("targets", _c_u32), ("layers", _c_char_p), ("rank", _c_i32),
+                ("alpha", _c_float), ("use_rslora", _c_i32), ("dropout", _c_float), ("init", _c_i32),
+                ("seed", _c_u64), ("use_dora", _c_i32), ("rank_pattern", _c_char_p), ("alpha_pattern", _c_char_p)]
+
+
+class _IA3Options(ctypes.Structure):
+    _fields_ = [("version", _c_u32), ("targets", _c_u32), ("feedforward", _c_u32), ("layers", _c_char_p)]
+
+
+class _NormsOptions(ctypes.Structure):
+    _fields_ = [("version", _c_u32), ("norms", _c_u32), ("layers", _c_char_p)]
+
+
+class _Batch(ctypes.Structure):
+    _fields_ = [("version", _c_u32), ("tokens", _i32p), ("labels", _i32p), ("n_seq", _c_i32),
+                ("seq_len", _c_i32), ("seq_ids", _i32p)]
+
+
+class _StepResult(ctypes.Structure):
+    _fields_ = [("version", _c_u32), ("loss", _c_double), ("grad_norm", _c_double), ("tokens", _c_u64),
+                ("lr", _c_double), ("updated", _c_i32), ("step", _c_i64)]
+
+
+class _EvalResult(ctypes.Structure):
+    _fields_ = [("version", _c_u32), ("loss_sum", _c_double), ("tokens", _c_u64)]
+
+
+class _ModelInfo(ctypes.Structure):
+    _fields_ = [("version", _c_u32), ("architecture", ctypes.c_char * 32), ("n_layers", _c_i32),
+                ("hidden_size", _c_i32), ("intermediate_size", _c_i32), ("n_heads", _c_i32),
+                ("n_kv_heads", _c_i32), ("head_dim", _c_i32), ("vocab_size", _c_i32),
+                ("tied_embeddings", _c_i32), ("n_params", _c_u64), ("n_trainable", _c_u64),
+                ("rms_norm_eps", _c_float), ("rope_theta", _c_float), ("backend", ctypes.c_char * 16),
+                ("n_threads", _c_i32), ("weights_dtype", ctypes.c_char * 8)]
+
+
+_P = ctypes.POINTER
+
+
+def _fn(name, restype, *argtypes):
+    f = getattr(_lib, name)
+    f.restype = restype
+    f.argtypes = list(argtypes)
+    return f
+
+
+_strerror = _fn("peft_strerror", _c_char_p, _c_int)
+_last_error = _fn("peft_last_error", _c_char_p)
+_version = _fn("peft_version", _c_char_p)
+_model_open = _fn("peft_model_open", _c_int, _P(_c_void_p), _c_char_p, _P(_OpenOptions))
+_model_close = _fn("peft_model_close", None, _P(_c_void_p))
+_get_info = _fn("peft_model_get_info", _c_int, _c_void_p, _P(_ModelInfo))
+_attach_lora = _fn("peft_attach_lora", _c_int, _c_void_p, _P(_LoraOptions), _P(_c_u64))
+_count_lora = _fn("peft_count_lora", _c_int, _P(_c_u64), _c_void_p, _P(_LoraOptions))
+_attach_ia3 = _fn("peft_attach_ia3", _c_int, _c_void_p, _P(_IA3Options), _P(_c_u64))
+_attach_norms = _fn("peft_attach_norms", _c_int, _c_void_p, _P(_NormsOptions), _P(_c_u64))
+_detach = _fn("peft_detach", _c_int, _c_void_p)
+_opt_set = _fn("peft_opt_set", _c_int, _c_void_p, _c_int, _c_double)
+_opt_get = _fn("peft_opt_get", _c_int, _c_void_p, _c_int, _P(_c_double))
+_step = _fn("peft_step", _c_int, _c_void_p, _P(_Batch), _P(_StepResult))
+_eval = _fn("peft_eval", _c_int, _c_void_p, _P(_Batch), _P(_EvalResult))
+_save = _fn("peft_save_adapter", _c_int, _c_void_p, _c_char_p, _c_void_p)
+_load_ad = _fn("peft_load_adapter", _c_int, _c_void_p, _c_char_p)
+_merge = _fn("peft_merge_adapter", _c_int, _c_void_p)
+_unmerge = _fn("peft_unmerge_adapter", _c_int, _c_void_p)
+_save_merged = _fn("peft_save_merged", _c_int, _c_void_p, _c_char_p)
+_enable = _fn("peft_adapter_enable", _c_int, _c_void_p, _c_i32)
+_tok_open = _fn("peft_tokenizer_open", _c_int, _P(_c_void_p), _c_char_p)
+_tok_close = _fn("peft_tokenizer_close", None, _P(_c_void_p))
+_tokenize = _fn("peft_tokenize", _c_int, _c_void_p, _c_char_p, ctypes.c_size_t, _c_i32, _i32p, ctypes.c_size_t,
+                _P(ctypes.c_size_t))
+_detokenize = _fn("peft_detokenize", _c_int, _c_void_p, _i32p, ctypes.c_size_t, _c_i32, _c_char_p,
+                  ctypes.c_size_t, _P(ctypes.c_size_t))
+
+TARGETS = {"q": 1, "k": 2, "v": 4, "o": 8, "gate": 16, "up": 32, "down": 64}
+_OPT = {"lr": 1, "beta1": 2, "beta2": 3, "eps": 4, "weight_decay": 5, "grad_clip": 6, "accum_steps": 7,
+        "warmup_steps": 8, "total_steps": 9, "schedule": 10, "min_lr_ratio": 11, "loraplus_ratio": 12}
+_SCHEDULES = {"constant": 0, "linear": 1, "cosine": 2}
+_ERANGE = -11
+
+
+class Error(Exception):
+    """A libpeft failure: .code is the PEFT_E* status, the message the library's."""
+
+    def __init__(self, code, message):
+        super().__init__(f"{message} ({_strerror(code).decode()})")
+        self.code = code
+
+
+def _check(rc):
+    if rc != 0:
+        raise Error(rc, _last_error().decode("utf-8", "replace"))
+
+
+def version():
+    return _version().decode()
+
+
+def _targets(spec):
+    if isinstance(spec, int):
+        return spec
+    if spec in ("all-linear", "all"):
+        return 0x7F
+    bits = 0
+    for name in spec.split(",") if isinstance(spec, str) else spec:
+        name = name.strip()
+        name = name[:-5] if name.endswith("_proj") else name
+        if name not in TARGETS:
+            raise ValueError(f"unknown target module {name!r}")
+        bits |= TARGETS[name]
+    return bits
+
+
+def _enc(s):
+    return None if s is None else s.encode()
+
+
+def _as_int32(data, what):
+    """(ctypes pointer, keep-alive object, n_seq, seq_len) without copying when possible."""
+    try:
+        import numpy as np
+    except ImportError:
+        np = None
+    if np is not None and isinstance(data, np.ndarray):
+        a = np.ascontiguousarray(data, dtype=np.int32)  # no copy for C-contiguous int32
+        if a.ndim == 1:
+            a = a.reshape(1, -1)
+        if a.ndim != 2:
+            raise ValueError(f"{what}: expected B x T token ids")
+        return a.ctypes.data_as(_i32p), a, a.shape[0], a.shape[1]
+    if isinstance(data, array.array) and data.typecode in ("i", "l") and data.itemsize == 4:
+        buf = (_c_i32 * len(data)).from_buffer(data)
+        return ctypes.cast(buf, _i32p), (data, buf), 1, len(data)
+    rows = [list(data)] if data and isinstance(list(data)[0], int) else [list(r) for r in data]
+    t = len(rows[0]) if rows else 0
+    if any(len(r) != t for r in rows) or t == 0:
+        raise ValueError(f"{what}: rows must be non-empty and of equal length")
+    flat = (_c_i32 * (len(rows) * t))(*[x for r in rows for x in r])
+    return ctypes.cast(flat, _i32p), flat, len(rows), t
+
+
+class StepResult:
+    def __init__(self, r):
+        self.loss, self.grad_norm, self.tokens = r.loss, r.grad_norm, r.tokens
+        self.lr, self.updated, self.step = r.lr, bool(r.updated), r.step
+
+    def __repr__(self):
+        return f"StepResult(loss={self.loss:.6f}, grad_norm={self.grad_norm:.4f}, tokens={self.tokens}, step={self.step})"
+
+
+class Model:
+    """A model opened from a Hugging Face directory; owns its handle (use `with`)."""
+
+    def __init__(self, path, threads=0, backend=None):
+        self._h = _c_void_p()
+        opts = _OpenOptions(1, threads, _enc(backend))
+        _check(_model_open(ctypes.byref(self._h), os.fspath(path).encode(), ctypes.byref(opts)))
+
+    def close(self):
+        if getattr(self, "_h", None):
+            _model_close(ctypes.byref(self._h))
+            self._h = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+    def _handle(self):
+        if not self._h:
+            raise Error(-8, "the model is closed")
+        return self._h
+
+    @property
+    def info(self):
+        i = _ModelInfo()
+        i.version = 1
+        _check(_get_info(self._handle(), ctypes.byref(i)))
+        return {f: (getattr(i, f).decode() if isinstance(getattr(i, f), bytes) else getattr(i, f))
+                for f, _ in _ModelInfo._fields_ if f != "version"}
+
+    @staticmethod
+    def _lora_options(targets, rank, alpha, layers, dropout, rslora, dora, init, seed, rank_pattern, alpha_pattern):
+        return _LoraOptions(2, _targets(targets), _enc(layers), rank, float(alpha if alpha is not None else 2 * rank),
+                            int(rslora), float(dropout), {"kaiming": 0, "gaussian": 1}[init], seed, int(dora),
+                            _enc(rank_pattern), _enc(alpha_pattern))
+
+    def attach_lora(self, targets="q,v", rank=8, alpha=None, layers=None, dropout=0.0, rslora=False, dora=False,
+                    init="kaiming", seed=0, rank_pattern=None, alpha_pattern=None):
+        """Attach LoRA (or DoRA with dora=True); returns the exact trainable-parameter count."""
+        o = self._lora_options(targets, rank, alpha, layers, dropout, rslora, dora, init, seed, rank_pattern,
+                               alpha_pattern)
+        n = _c_u64()
+        _check(_attach_lora(self._handle(), ctypes.byref(o), ctypes.byref(n)))
+        return n.value
+
+    def count_lora(self, targets="q,v", rank=8, layers=None, dora=False, rank_pattern=None):
+        o = self._lora_options(targets, rank, None, layers, 0.0, False, dora, "kaiming", 0, rank_pattern, None)
+        n = _c_u64()
+        _check(_count_lora(ctypes.byref(n), self._handle(), ctypes.byref(o)))
+        return n.value
+
+    def attach_ia3(self, targets="k,v,down", feedforward="down", layers=None):
+        o = _IA3Options(1, _targets(targets), _targets(feedforward), _enc(layers))
+        n = _c_u64()
+        _check(_attach_ia3(self._handle(), ctypes.byref(o), ctypes.byref(n)))
+        return n.value
+
+    def attach_norms(self, layers=None, input=True, post_attention=True, final=True):
+        o = _NormsOptions(1, int(input) | int(post_attention) << 1 | int(final) << 2, _enc(layers))
+        n = _c_u64()
+        _check(_attach_norms(self._handle(), ctypes.byref(o), ctypes.byref(n)))
+        return n.value
+
+    def detach(self):
+        _check(_detach(self._handle()))
+
+    def set_optimizer(self, **settings):
+        """lr, beta1, beta2, eps, weight_decay, grad_clip, accum_steps, warmup_steps, total_steps,
+        schedule ("constant", "linear", "cosine"), min_lr_ratio, loraplus_ratio."""
+        for k, v in settings.items():
+            if k not in _OPT:
+                raise ValueError(f"unknown optimizer setting {k!r}")
+            if k == "schedule" and isinstance(v, str):
+                v = _SCHEDULES[v]
+            _check(_opt_set(self._handle(), _OPT[k], float(v)))
+
+    def get_optimizer(self, key):
+        v = _c_double()
+        _check(_opt_get(self._handle(), _OPT[key], ctypes.byref(v)))
+        return v.value
+
+    def _batch(self, tokens, labels):
+        tp, keep_t, b, t = _as_int32(tokens, "tokens")
+        lp, keep_l = None, None
+        if labels is not None:
+            lp, keep_l, lb, lt = _as_int32(labels, "labels")
+            if (lb, lt) != (b, t):
+                raise ValueError("labels must have the shape of tokens")
+        return _Batch(2, tp, lp, b, t, None), (keep_t, keep_l)
+
+    def step(self, tokens, labels=None):
+        """Forward + backward + AdamW update (every accum_steps calls). labels: -100 = ignored."""
+        batch, keep = self._batch(tokens, labels)
+        r = _StepResult()
+        r.version = 1
+        _check(_step(self._handle(), ctypes.byref(batch), ctypes.byref(r)))
+        return StepResult(r)
+
+    def eval(self, tokens, labels=None):
+        """(summed loss in nats, counted tokens) of a batch, nothing updated."""
+        batch, keep = self._batch(tokens, labels)
+        r = _EvalResult()
+        r.version = 1
+        _check(_eval(self._handle(), ctypes.byref(batch), ctypes.byref(r)))
+        return r.loss_sum, r.tokens
+
+    def save_adapter(self, path):
+        _check(_save(self._handle(), os.fspath(path).encode(), None))
+
+    def load_adapter(self, path):
+        _check(_load_ad(self._handle(), os.fspath(path).encode()))
+
+    def merge(self):
+        _check(_merge(self._handle()))
+
+    def unmerge(self):
+        _check(_unmerge(self._handle()))
+
+    def save_merged(self, path):
+        _check(_save_merged(self._handle(), os.fspath(path).encode()))
+
+    def enable_adapter(self, enabled=True):
+        _check(_enable(self._handle(), int(enabled)))
+
+
+class Tokenizer:
+    """A Hugging Face tokenizer.json (or a model directory holding one)."""
+
+    def __init__(self, path):
+        self._h = _c_void_p()
+        _check(_tok_open(ctypes.byref(self._h), os.fspath(path).encode()))
+
+    def close(self):
+        if getattr(self, "_h", None):
+            _tok_close(ctypes.byref(self._h))
+            self._h = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+    def encode(self, text, bos=None, eos=False):
+        data = text.encode("utf-8")
+        flags = (0 if bos is None else 1 if bos else 2) | (4 if eos else 0)
+        n = ctypes.c_size_t()
+        cap = len(data) + 4
+        buf = (_c_i32 * cap)()
+        rc = _tokenize(self._h, data, len(data), flags, buf, cap, ctypes.byref(n))
+        if rc == _ERANGE:
+            cap = n.value
+            buf = (_c_i32 * cap)()
+            rc = _tokenize(self._h, data, len(data), flags, buf, cap, ctypes.byref(n))
+        _check(rc)
+        return list(buf[: n.value])
+
+    def decode(self, ids):
+        arr = (_c_i32 * len(ids))(*ids)
+        n = ctypes.c_size_t()
+        rc = _detokenize(self._h, arr, len(ids), 0, None, 0, ctypes.byref(n))
+        if rc not in (0, _ERANGE):
+            _check(rc)
+        out = ctypes.create_string_buffer(n.value + 1)
+        _check(_detokenize(self._h, arr, len(ids), 0, out, n.value + 1, ctypes.byref(n)))
+        return out.raw[: n.value].decode("utf-8", "replace")

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""Tests of the ctypes binding (plain python3; pytest not needed):
+   LIBPEFT_PATH=build/libpeft.so python3 python/test_libpeft.py [TEST]"""
+import array
+import os
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import libpeft  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TINY = os.path.join(os.environ.get("PEFT_TEST_DATA", os.path.join(HERE, "..", "tests", "data")), "tiny")
+SHARED = os.path.join(HERE, "..", "..", "shared")
+
+
+def batch(seed, b=4, t=16, v=48):
+    rows, x = [], seed
+    for _ in range(b):
+        row = []
+        for _ in range(t):
+            x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+            row.append(x % v)
+        rows.append(row)
+    return rows
+
+
+def test_train_save_load():
+    with libpeft.Model(TINY, threads=2) as m:
+        info = m.info
+        assert info["architecture"] == "llama" and info["n_layers"] == 3 and info["vocab_size"] == 48
+        assert m.count_lora(targets="all-linear", rank=4) == 5280
+        n = m.attach_lora(targets="all-linear", rank=4, alpha=8, init="gaussian", seed=1)
+        assert n == 5280 and m.info["n_trainable"] == 5280
+        m.set_optimizer(lr=2e-2, schedule="cosine", warmup_steps=2, total_steps=30)
+        assert abs(m.get_optimizer("lr") - 2e-2) < 1e-12
+        data = batch(5)
+        first = m.step(data)
+        for _ in range(29):
+            last = m.step(data)
+        assert last.loss < 0.6 * first.loss, (first, last)
+        assert last.step == 30 and last.updated and last.tokens == 4 * 15
+        s1, t1 = m.eval(data)
+        with tempfile.TemporaryDirectory() as d:
+            m.save_adapter(d)
+            assert sorted(os.listdir(d)) == ["adapter_config.json", "adapter_model.safetensors"]
+            with libpeft.Model(TINY) as m2:
+                m2.load_adapter(d)
+                s2, t2 = m2.eval(data)
+                assert (s1, t1) == (s2, t2)
+                m2.merge()
+                s3, _ = m2.eval(data)
+                assert abs(s3 - s1) < 1e-4 * abs(s1)
+
+
+def test_token_containers():
+    with libpeft.Model(TINY) as m:
+        rows = batch(9, b=2, t=12)
+        ref = m.eval(rows)
+        flat = array.array("i", rows[0])
+        one = m.eval(flat)
+        assert one == m.eval([rows[0]])
+        labels = [[-100] * 6 + r[6:] for r in rows]
+        masked = m.eval(rows, labels)
+        assert masked[1] == 2 * 6 and masked[0] < ref[0]  # positions 5..10 of each row predict labels 6..11
+        try:
+            import numpy as np
+        except ImportError:
+            return
+        a = np.array(rows, dtype=np.int32)
+        assert m.eval(a) == ref
+        assert m.eval(a.astype(np.int64)) == ref
+
+
+def test_errors():
+    try:
+        libpeft.Model("/nonexistent/model")
+    except libpeft.Error as e:
+        assert e.code == -7 and "config.json" in str(e), e
+    else:
+        raise AssertionError("no error")
+    with libpeft.Model(TINY) as m:
+        for bad in (lambda: m.step(batch(1)), lambda: m.eval([[1, 2, 48]]), lambda: m.set_optimizer(lr=-1)):
+            try:
+                bad()
+            except libpeft.Error as e:
+                assert e.code in (-1, -8), e
+            else:
+                raise AssertionError("no error")
+        try:
+            m.attach_lora(targets="q,nope")
+        except ValueError:
+            pass
+        else:
+            raise AssertionError("bad target accepted")
+
+
+def test_other_methods():
+    with libpeft.Model(TINY) as m:
+        assert m.attach_ia3(layers="1-2") == 2 * (16 + 16 + 40)
+        m.detach()
+        assert m.attach_norms(layers="last:1") == 3 * 32
+        m.detach()
+        assert m.attach_lora(targets="q,v", rank=2, dora=True) == 3 * (2 * (64 + 48) + 32 + 16)
+
+
+def test_tokenizer():
+    path = os.path.join(SHARED, "models", "stories260K")
+    if not os.path.isdir(path):
+        print("SKIP: ../shared not present")
+        return
+    with libpeft.Tokenizer(path) as t:
+        ids = t.encode("Once upon a time")
+        assert ids == [1, 403, 407, 261, 378], ids
+        assert t.decode(ids) == "Once upon a time"
+        text = "Unicode: café, 日本, 😀 and\nnewlines"
+        assert t.decode(t.encode(text)) == text
+
+
+TESTS = {k: v for k, v in globals().items() if k.startswith("test_")}
+
+if __name__ == "__main__":
+    names = sys.argv[1:] or list(TESTS)
+    failed = 0
+    for name in names:
+        try:
+            TESTS[name]()
+            print(f"ok   {name}")
+        except Exception as e:  # report and go on
+            failed += 1
+            print(f"FAIL {name}: {type(e).__name__}: {e}")
+    sys.exit(1 if failed else 0)
