@@ -56,6 +56,8 @@ int peft_opt_set(peft_model *m, int key, double v)
     double lo, hi;
     if (!m)
         return peft__fail(PEFT_EINVAL, "peft_opt_set: model is NULL");
+    if (key == PEFT_OPT_STEP)
+        return peft__fail(PEFT_EINVAL, "PEFT_OPT_STEP is read-only");
     int code = peft_opt_bounds(key, &lo, &hi);
     if (code)
         return code;
@@ -98,6 +100,7 @@ int peft_opt_get(const peft_model *m, int key, double *v)
     case PEFT_OPT_SCHEDULE: *v = m->schedule; break;
     case PEFT_OPT_MIN_LR_RATIO: *v = m->min_lr_ratio; break;
     case PEFT_OPT_LORAPLUS_RATIO: *v = m->loraplus_ratio; break;
+    case PEFT_OPT_STEP: *v = (double)m->step; break;
     default: return peft__fail(PEFT_EINVAL, "unknown optimizer setting %d", key);
     }
     return PEFT_OK;

@@ -849,6 +849,37 @@ TEST(norm_tuning_save_load_export)
     peft_model_close(&m);
 }
 
+TEST(checkpoint_torn_is_refused)
+{
+    peft_model *m = open_tiny(1);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    int32_t tok[32];
+    make_batch(tok, 32, 3);
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-2));
+    CHECK_OK(peft_step(m, &b, NULL));
+    char *d = mktmp();
+    CHECK_OK(peft_save_checkpoint(m, d));
+    peft_model *m2 = open_tiny(1);
+    CHECK_OK(peft_load_checkpoint(m2, d));
+    double st;
+    CHECK_OK(peft_opt_get(m2, PEFT_OPT_STEP, &st));
+    CHECK(st == 1);
+    CHECK(peft_opt_set(m2, PEFT_OPT_STEP, 5) == PEFT_EINVAL);
+    peft_model_close(&m2);
+    /* the adapter file from a later save, the optimizer state from the earlier one */
+    CHECK_OK(peft_step(m, &b, NULL));
+    CHECK_OK(peft_save_adapter(m, d, NULL));
+    m2 = open_tiny(1);
+    CHECK(peft_load_checkpoint(m2, d) == PEFT_EFORMAT && strstr(peft_last_error(), "other adapter weights"));
+    peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+    peft_model_get_info(m2, &in);
+    CHECK(in.n_trainable == 0); /* nothing half-restored */
+    peft_model_close(&m2);
+    peft_model_close(&m);
+}
+
 static const struct h_case cases[] = {
     CASE(errors_and_versions), CASE(last_error_is_per_thread), CASE(info_and_exact_counts),
     CASE(determinism_and_thread_invariance), CASE(gradient_accumulation_equals_big_batch),
@@ -856,6 +887,6 @@ static const struct h_case cases[] = {
     CASE(save_load_round_trip), CASE(load_adapter_errors), CASE(save_is_atomic_on_write_failure),
     CASE(training_lowers_loss), CASE(packed_documents_equal_separate_sequences), CASE(merge_unmerge_and_export),
     CASE(dora_save_load_merge), CASE(rank_and_alpha_patterns), CASE(loraplus_ratio), CASE(ia3_save_load_merge),
-    CASE(norm_tuning_save_load_export),
+    CASE(norm_tuning_save_load_export), CASE(checkpoint_torn_is_refused),
 };
 TEST_MAIN(cases)

@@ -98,6 +98,23 @@ genesis_heldout_loss_drops)
     cat "$T/g.json"
     json "$T/g.json" "j['eval_loss_before'] > 4.0 and j['eval_loss_after'] < j['eval_loss_before'] - 1.5" || fail "Genesis held-out loss did not drop clearly"
     ;;
+checkpoint_resume_after_sigkill)
+    setup_tiny
+    common="--model $T/model --data $T/data.bin --steps 10 --batch 4 --seq 32 --rank 4 --targets all-linear
+            --dropout 0.1 --lr 1e-2 --warmup 3 --schedule cosine --accum 2 --seed 4 --threads 2 --quiet"
+    # shellcheck disable=SC2086
+    "$PEFT" train $common --out "$T/straight" --checkpoint-every 5 || fail "straight run"
+    # shellcheck disable=SC2086
+    PEFT_TEST_KILL_AFTER_STEP=6 "$PEFT" train $common --out "$T/killed" --checkpoint-every 3
+    st=$?
+    [ "$st" -eq 137 ] || fail "the run was not killed (exit $st)"
+    test -f "$T/killed/optimizer.safetensors" || fail "no checkpoint before the kill"
+    # shellcheck disable=SC2086
+    "$PEFT" train $common --out "$T/killed" --checkpoint-every 3 --resume "$T/killed" 2>"$T/err" || { cat "$T/err"; fail "resume"; }
+    cmp "$T/straight/adapter_model.safetensors" "$T/killed/adapter_model.safetensors" || fail "resumed run differs from the uninterrupted one"
+    # a checkpoint directory is also a plain adapter
+    "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/x" --steps 1 --quiet --init-adapter "$T/killed" >/dev/null || fail "init-adapter from a checkpoint"
+    ;;
 text_data_matches_token_files)
     [ -f "$SHARED/models/stories260K/config.json" ] || { echo "SKIP: ../shared not present"; exit 77; }
     M=$SHARED/models/stories260K

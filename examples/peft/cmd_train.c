@@ -1,5 +1,6 @@
 /* peft train: the host-owned data loop around peft_step. */
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +24,7 @@ static const char train_help[] =
     "text:     --tokenizer PATH (the model's)  --doc-split paragraph|line  --pad  --eos\n"
     "          --cross-doc (packed documents attend to each other)  --split-at-bos (token files)\n"
     "run:      --seed S (0) --threads N (all CPUs) --backend cpu|blis --save-every N (0)\n"
+    "          --checkpoint-every N (adapter + optimizer state in --out)  --resume DIR (exactly)\n"
     "          --log-every N --json --quiet\n"
     "FILE is .txt (one document per paragraph or line, BOS as the tokenizer says), .jsonl\n"
     "({\"text\"} or {\"prompt\", \"completion\"}, loss masked on the prompt) or uint32\n"
@@ -90,7 +92,8 @@ int cmd_train(int argc, char **argv)
     const char *init_adapter = arg_str(&a, "--init-adapter", NULL), *backend = arg_str(&a, "--backend", NULL);
     const char *schedule = arg_str(&a, "--schedule", "constant");
     int json = arg_flag(&a, "--json"), quiet = arg_flag(&a, "--quiet");
-    long seq, batch, steps, threads, eval_every, max_eval_w, log_every, save_every;
+    long seq, batch, steps, threads, eval_every, max_eval_w, log_every, save_every, ckpt_every;
+    const char *resume = arg_str(&a, "--resume", NULL);
     double epochs, holdout;
     peft_lora_options lo;
     peft_ia3_options io;
@@ -110,7 +113,7 @@ int cmd_train(int argc, char **argv)
         arg_long(&a, "--steps", 0, &steps) || arg_double(&a, "--epochs", 0, &epochs) ||
         arg_long(&a, "--threads", 0, &threads) || arg_long(&a, "--eval-every", 0, &eval_every) ||
         arg_long(&a, "--eval-windows", 0, &max_eval_w) || arg_long(&a, "--log-every", 0, &log_every) ||
-        arg_long(&a, "--save-every", 0, &save_every) || arg_double(&a, "--holdout", 0, &holdout) ||
+        arg_long(&a, "--save-every", 0, &save_every) || arg_long(&a, "--checkpoint-every", 0, &ckpt_every) || arg_double(&a, "--holdout", 0, &holdout) ||
         lora_from_args(&a, &lo, &use_ia3, &io) || !schedule)
         goto done;
     if (!model || !data || !out) {
@@ -180,7 +183,17 @@ int cmd_train(int argc, char **argv)
             steps = (long)ceil(epochs * (double)nw / (double)(batch * (accum > 0 ? accum : 1)));
     }
 
-    if (init_adapter) {
+    long start_step = 0;
+    if (resume) {
+        double done_steps;
+        if ((code = peft_load_checkpoint(m, resume)) || (code = peft_opt_get(m, PEFT_OPT_STEP, &done_steps))) {
+            rc = fail_lib("resume", code);
+            goto done;
+        }
+        start_step = (long)done_steps;
+        if (!quiet)
+            fprintf(stderr, "peft train: resuming %s after step %ld\n", resume, start_step);
+    } else if (init_adapter) {
         if ((code = peft_load_adapter(m, init_adapter))) {
             rc = fail_lib("init-adapter", code);
             goto done;
@@ -241,7 +254,17 @@ int cmd_train(int argc, char **argv)
     size_t pos = nw;
     long epoch = -1, bad = 0;
     double t0 = now_seconds(), last_loss = NAN;
-    for (long step = 0; step < steps; step++) {
+    /* a resumed run replays the data order up to where the checkpoint was taken */
+    for (long i = 0; i < start_step * accum * batch; i++) {
+        if (pos >= nw) {
+            epoch++;
+            shuffle(order, nw, mix(seed ^ (uint64_t)epoch * 0x5851f42d4c957f2dull));
+            pos = 0;
+        }
+        pos++;
+    }
+    const char *kill_at = getenv("PEFT_TEST_KILL_AFTER_STEP"); /* crash test hook */
+    for (long step = start_step; step < steps; step++) {
         peft_step_result r = PEFT_STEP_RESULT_INIT;
         double step_loss = 0;
         uint64_t step_tokens = 0;
@@ -304,6 +327,12 @@ int cmd_train(int argc, char **argv)
             rc = fail_lib("save", code);
             goto done;
         }
+        if (ckpt_every > 0 && (step + 1) % ckpt_every == 0 && (code = peft_save_checkpoint(m, out))) {
+            rc = fail_lib("checkpoint", code);
+            goto done;
+        }
+        if (kill_at && step + 1 == atol(kill_at))
+            raise(SIGKILL);
     }
     double secs = now_seconds() - t0;
     if (!quiet && tty)
@@ -316,7 +345,7 @@ int cmd_train(int argc, char **argv)
         if (!quiet)
             fprintf(stderr, "eval after:  loss %.4f (ppl %.3f)\n", eval_after, exp(eval_after));
     }
-    if ((code = peft_save_adapter(m, out, NULL))) {
+    if ((code = ckpt_every > 0 ? peft_save_checkpoint(m, out) : peft_save_adapter(m, out, NULL))) {
         rc = fail_lib("save", code);
         goto done;
     }

@@ -214,7 +214,8 @@ enum peft_opt {
     PEFT_OPT_TOTAL_STEPS = 9,   /* updates for the decay schedule, default 0 */
     PEFT_OPT_SCHEDULE = 10,     /* PEFT_SCHEDULE_*, default constant */
     PEFT_OPT_MIN_LR_RATIO = 11, /* floor of the decay, fraction of LR, default 0 */
-    PEFT_OPT_LORAPLUS_RATIO = 12 /* LoRA+: learning rate of B = ratio x LR, default 1 */
+    PEFT_OPT_LORAPLUS_RATIO = 12, /* LoRA+: learning rate of B = ratio x LR, default 1 */
+    PEFT_OPT_STEP = 13            /* read-only: optimizer updates done (restored by checkpoints) */
 };
 
 enum peft_schedule {
@@ -336,6 +337,13 @@ PEFT_API int peft_save_merged(peft_model *model, const char *dir);
    configuration in opts (its rank is ignored); PEFT_ERANGE below rank 1. */
 PEFT_API int peft_solve_rank(int32_t *rank, const peft_model *model, const peft_lora_options *opts,
                              uint64_t budget);
+
+/* A training checkpoint: the adapter directory plus optimizer.safetensors (AdamW moments,
+   gradients accumulated so far, step counters), each file written atomically. Loading it
+   into a model with nothing attached resumes training exactly (same result as an
+   uninterrupted run); the optimizer settings are the host's to set again. */
+PEFT_API int peft_save_checkpoint(peft_model *model, const char *dir);
+PEFT_API int peft_load_checkpoint(peft_model *model, const char *dir);
 
 /* ---- inference sessions (KV cache) -------------------------------------- */
 
