@@ -115,6 +115,19 @@ checkpoint_resume_after_sigkill)
     # a checkpoint directory is also a plain adapter
     "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/x" --steps 1 --quiet --init-adapter "$T/killed" >/dev/null || fail "init-adapter from a checkpoint"
     ;;
+gguf_lora_export_matches_llama_cpp)
+    [ -f "$SHARED/models/stories260K/config.json" ] || { echo "SKIP: ../shared not present"; exit 77; }
+    M=$SHARED/models/stories260K
+    "$PEFT" convert --model "$M" --adapter "$M/reference/ref_adapter" --out "$T/ref.gguf" >/dev/null || fail "convert"
+    python3 "$SRC/tests/gguf_check.py" same-lora "$T/ref.gguf" "$M/reference/ref_adapter.gguf" || fail "differs from llama.cpp's conversion"
+    python3 "$SRC/tests/gguf_check.py" lora "$T/ref.gguf" || fail "structure"
+    # rsLoRA and DoRA-free training straight to GGUF
+    setup_tiny
+    "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/both" --steps 3 --batch 2 --seq 16 --rank 4 \
+        --rslora --targets all-linear --format both --quiet || fail "train --format both"
+    test -f "$T/both/adapter.gguf" -a -f "$T/both/adapter_model.safetensors" || fail "both formats"
+    python3 "$SRC/tests/gguf_check.py" lora "$T/both/adapter.gguf" || fail "structure (rslora)"
+    ;;
 text_data_matches_token_files)
     [ -f "$SHARED/models/stories260K/config.json" ] || { echo "SKIP: ../shared not present"; exit 77; }
     M=$SHARED/models/stories260K

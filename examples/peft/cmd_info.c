@@ -142,3 +142,38 @@ done:
     args_free(&a);
     return rc;
 }
+
+/* peft convert --model DIR --adapter DIR --out FILE.gguf */
+int cmd_convert(int argc, char **argv)
+{
+    cli_args a;
+    if (args_init(&a, argc, argv))
+        return 1;
+    int rc = 1, code;
+    peft_model *m = NULL;
+    const char *model = arg_str(&a, "--model", NULL), *adapter = arg_str(&a, "--adapter", NULL);
+    const char *out = arg_str(&a, "--out", NULL), *name = arg_str(&a, "--name", NULL);
+    if (args_check_unused(&a))
+        goto done;
+    if (!model || !adapter || !out) {
+        fprintf(stderr, "usage: peft convert --model DIR --adapter DIR --out FILE.gguf [--name NAME]\n"
+                        "Writes a Hugging Face PEFT LoRA adapter as a GGUF LoRA file for llama.cpp's --lora.\n");
+        goto done;
+    }
+    peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
+    oo.n_threads = 1;
+    if ((code = peft_model_open(&m, model, &oo))) {
+        rc = fail_lib("open", code);
+        goto done;
+    }
+    if ((code = peft_load_adapter(m, adapter)) || (code = peft_save_adapter_gguf(m, out, name))) {
+        rc = fail_lib("convert", code);
+        goto done;
+    }
+    printf("wrote %s\n", out);
+    rc = 0;
+done:
+    peft_model_close(&m);
+    args_free(&a);
+    return rc;
+}

@@ -1,6 +1,8 @@
 /* peft train: the host-owned data loop around peft_step. */
+#include <errno.h>
 #include <math.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +27,7 @@ static const char train_help[] =
     "          --cross-doc (packed documents attend to each other)  --split-at-bos (token files)\n"
     "run:      --seed S (0) --threads N (all CPUs) --backend cpu|blis --save-every N (0)\n"
     "          --checkpoint-every N (adapter + optimizer state in --out)  --resume DIR (exactly)\n"
+    "          --format peft|gguf|both (peft; gguf: OUT/adapter.gguf for llama.cpp --lora)\n"
     "          --log-every N --json --quiet\n"
     "FILE is .txt (one document per paragraph or line, BOS as the tokenizer says), .jsonl\n"
     "({\"text\"} or {\"prompt\", \"completion\"}, loss masked on the prompt) or uint32\n"
@@ -91,6 +94,7 @@ int cmd_train(int argc, char **argv)
     const char *out = arg_str(&a, "--out", NULL), *eval_data = arg_str(&a, "--eval-data", NULL);
     const char *init_adapter = arg_str(&a, "--init-adapter", NULL), *backend = arg_str(&a, "--backend", NULL);
     const char *schedule = arg_str(&a, "--schedule", "constant");
+    const char *format = arg_str(&a, "--format", "peft");
     int json = arg_flag(&a, "--json"), quiet = arg_flag(&a, "--quiet");
     long seq, batch, steps, threads, eval_every, max_eval_w, log_every, save_every, ckpt_every;
     const char *resume = arg_str(&a, "--resume", NULL);
@@ -118,6 +122,10 @@ int cmd_train(int argc, char **argv)
         goto done;
     if (!model || !data || !out) {
         fputs(train_help, stderr);
+        goto done;
+    }
+    if (!format || (strcmp(format, "peft") && strcmp(format, "gguf") && strcmp(format, "both"))) {
+        fprintf(stderr, "peft train: --format must be peft, gguf or both\n");
         goto done;
     }
     int sched;
@@ -345,9 +353,22 @@ int cmd_train(int argc, char **argv)
         if (!quiet)
             fprintf(stderr, "eval after:  loss %.4f (ppl %.3f)\n", eval_after, exp(eval_after));
     }
-    if ((code = ckpt_every > 0 ? peft_save_checkpoint(m, out) : peft_save_adapter(m, out, NULL))) {
+    if (strcmp(format, "gguf") != 0 &&
+        (code = ckpt_every > 0 ? peft_save_checkpoint(m, out) : peft_save_adapter(m, out, NULL))) {
         rc = fail_lib("save", code);
         goto done;
+    }
+    if (strcmp(format, "peft") != 0) {
+        char gpath[4096];
+        snprintf(gpath, sizeof gpath, "%s/adapter.gguf", out);
+        if (mkdir(out, 0755) != 0 && errno != EEXIST) {
+            fprintf(stderr, "peft train: cannot create %s\n", out);
+            goto done;
+        }
+        if ((code = peft_save_adapter_gguf(m, gpath, NULL))) {
+            rc = fail_lib("save gguf", code);
+            goto done;
+        }
     }
     if (!quiet)
         fprintf(stderr, "saved adapter to %s (%.1f s, %.0f tokens/s)\n", out, secs, (double)trained_tokens / secs);

@@ -338,6 +338,11 @@ PEFT_API int peft_save_merged(peft_model *model, const char *dir);
 PEFT_API int peft_solve_rank(int32_t *rank, const peft_model *model, const peft_lora_options *opts,
                              uint64_t budget);
 
+/* Save the attached LoRA adapter as a GGUF LoRA file that llama.cpp's --lora loads
+   (per-module alpha and rsLoRA folded into B, q/k rows in llama.cpp's RoPE order).
+   name: general.name (NULL: "libpeft adapter"). Written atomically. */
+PEFT_API int peft_save_adapter_gguf(peft_model *model, const char *path, const char *name);
+
 /* A training checkpoint: the adapter directory plus optimizer.safetensors (AdamW moments,
    gradients accumulated so far, step counters), each file written atomically. Loading it
    into a model with nothing attached resumes training exactly (same result as an
