@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -40,6 +41,24 @@ static int add_owned(peft_model *m, float *p)
     }
     m->owned[m->n_owned++] = p;
     return 0;
+}
+
+int peft__gguf_add_owned(peft_model *m, float *p) { return add_owned(m, p); }
+int peft__gguf_open(peft_model *m, const char *path);
+
+static int is_gguf_file(const char *path)
+{
+    struct stat sb;
+    if (stat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
+        return 0;
+    FILE *f = fopen(path, "rb");
+    char magic[4] = {0};
+    if (f) {
+        if (fread(magic, 1, 4, f) != 4)
+            magic[0] = 0;
+        fclose(f);
+    }
+    return memcmp(magic, "GGUF", 4) == 0;
 }
 
 /* Find a tensor across the open shards, check its shape, return float32 data. */
@@ -253,19 +272,23 @@ int peft_model_open(peft_model **out, const char *path, const peft_open_options 
         free(m);
         return peft__fail(PEFT_ENOMEM, "out of memory");
     }
-    char *cfg_path = peft__path_join(path, "config.json");
-    char *text = NULL;
-    size_t len;
-    int code = cfg_path ? peft__read_file(&text, &len, cfg_path, 16u << 20)
-                        : peft__fail(PEFT_ENOMEM, "out of memory");
-    if (!code)
-        code = peft__config_parse(&m->cfg, text, len, cfg_path);
-    free(text);
-    free(cfg_path);
-    if (!code)
-        code = open_shards(m);
-    if (!code)
-        code = load_weights(m);
+    int code;
+    if (is_gguf_file(path)) {
+        code = peft__gguf_open(m, path);
+    } else {
+        char *cfg_path = peft__path_join(path, "config.json");
+        char *text = NULL;
+        size_t len;
+        code = cfg_path ? peft__read_file(&text, &len, cfg_path, 16u << 20) : peft__fail(PEFT_ENOMEM, "out of memory");
+        if (!code)
+            code = peft__config_parse(&m->cfg, text, len, cfg_path);
+        free(text);
+        free(cfg_path);
+        if (!code)
+            code = open_shards(m);
+        if (!code)
+            code = load_weights(m);
+    }
     if (!code) {
         int nt = o.n_threads;
         if (nt <= 0) {
@@ -307,6 +330,8 @@ void peft_model_close(peft_model **pm)
     free(m->owned);
     for (int i = 0; i < m->n_files; i++)
         st_close(m->files[i]);
+    if (m->gguf_map)
+        munmap(m->gguf_map, m->gguf_size);
     free(m->files);
     free(m->layers);
     free(m->path);

@@ -89,6 +89,8 @@ struct peft_model {
     peft_layer_weights *layers;
     uint64_t n_params;
     char weights_dtype[8];
+    void *gguf_map;     /* a GGUF model file, mapped */
+    size_t gguf_size;
 
     peft_pool *pool;
     int n_threads;

@@ -231,9 +231,77 @@ TEST(safetensors_every_truncation)
     free(buf);
 }
 
+#include "peft/peft.h"
+
+static int open_gguf_bytes(const void *d, size_t n)
+{
+    FILE *f = fopen(tmp("bad.gguf"), "wb");
+    fwrite(d, 1, n, f);
+    fclose(f);
+    peft_model *m = NULL;
+    int rc = peft_model_open(&m, tmp("bad.gguf"), NULL);
+    peft_model_close(&m);
+    return rc;
+}
+
+TEST(gguf_hostile_headers)
+{
+    unsigned char h[64] = "GGUF";
+    uint32_t v = 3;
+    uint64_t big = 1ull << 60, zero = 0;
+    memcpy(h + 4, &v, 4);
+    memcpy(h + 8, &big, 8); /* absurd tensor count */
+    memcpy(h + 16, &zero, 8);
+    CHECK(open_gguf_bytes(h, 40) == PEFT_EFORMAT && strstr(peft_last_error(), "absurd counts"));
+    memcpy(h + 8, &zero, 8);
+    uint64_t one = 1, klen = 1ull << 50;
+    memcpy(h + 16, &one, 8); /* one key whose string length runs past the end */
+    memcpy(h + 24, &klen, 8);
+    CHECK(open_gguf_bytes(h, 40) == PEFT_EFORMAT && strstr(peft_last_error(), "truncated"));
+    v = 2;
+    memcpy(h + 4, &v, 4);
+    CHECK(open_gguf_bytes(h, 40) == PEFT_EUNSUPPORTED);
+    h[0] = 'X';
+    CHECK(open_gguf_bytes(h, 40) != 0); /* no magic: neither GGUF nor a model directory */
+    /* a key with an unknown value type */
+    unsigned char k[64] = "GGUF";
+    v = 3;
+    memcpy(k + 4, &v, 4);
+    memcpy(k + 8, &zero, 8);
+    memcpy(k + 16, &one, 8);
+    uint64_t kl = 1;
+    memcpy(k + 24, &kl, 8);
+    k[32] = 'a';
+    uint32_t bad_type = 77;
+    memcpy(k + 33, &bad_type, 4);
+    CHECK(open_gguf_bytes(k, 48) == PEFT_EFORMAT && strstr(peft_last_error(), "unknown value type"));
+}
+
+TEST(gguf_every_truncation)
+{
+    const char *s = shared_dir();
+    if (!s)
+        SKIP("../shared not present");
+    char path[4200];
+    snprintf(path, sizeof path, "%s/models/stories260K/stories260K-q8_0.gguf", s);
+    size_t n;
+    char *buf;
+    CHECK_OK(peft__read_file(&buf, &n, path, 16u << 20));
+    if (!buf)
+        return;
+    int crashes = 0;
+    for (size_t len = 0; len < n; len += len < 16000 ? 97 : 7919) {
+        int rc = open_gguf_bytes(buf, len);
+        crashes += rc == 0;
+    }
+    CHECK(crashes == 0); /* every truncation is an error, never a crash or a success */
+    CHECK(open_gguf_bytes(buf, n) == 0);
+    free(buf);
+}
+
 static const struct h_case cases[] = {
     CASE(json_valid), CASE(json_malformed), CASE(json_deep_nesting), CASE(safetensors_round_trip),
     CASE(safetensors_half_types), CASE(safetensors_malformed), CASE(safetensors_truncated_and_huge_header),
-    CASE(safetensors_every_truncation),
+    CASE(safetensors_every_truncation), CASE(gguf_hostile_headers), CASE(gguf_every_truncation),
 };
 TEST_MAIN(cases)

@@ -557,11 +557,51 @@ TEST(shared_adapter_resave_byte_exact)
     peft_model_close(&m);
 }
 
+TEST(shared_gguf_models)
+{
+    if (!shared_dir())
+        SKIP("../shared not present");
+    const struct {
+        const char *file, *dtype;
+        double tol; /* relative to the Hugging Face directory's loss */
+    } cs[] = {{"stories260K-f32.gguf", "F32", 1e-6}, {"stories260K-q8_0.gguf", "mixed", 0.01},
+              {"stories260K-q4_0.gguf", "mixed", 0.06}};
+    peft_model *hf;
+    CHECK_OK(peft_model_open(&hf, sp("models/stories260K"), NULL));
+    uint64_t c;
+    double ref = eval_file(hf, sp("data/kjv_genesis.stories260K.u32.bin"), 128, &c);
+    for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++) {
+        char rel[128];
+        snprintf(rel, sizeof rel, "models/stories260K/%s", cs[i].file);
+        peft_model *m;
+        CHECK_OK(peft_model_open(&m, sp(rel), NULL));
+        if (!m)
+            continue;
+        peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+        peft_model_get_info(m, &in);
+        CHECK(in.n_layers == 5 && in.n_kv_heads == 4 && in.vocab_size == 512 && in.tied_embeddings &&
+              in.n_params == 260032);
+        CHECK_MSG(strcmp(in.weights_dtype, cs[i].dtype) == 0, "%s: dtype %s", cs[i].file, in.weights_dtype);
+        double l = eval_file(m, sp("data/kjv_genesis.stories260K.u32.bin"), 128, &c);
+        CHECK_MSG(fabs(l - ref) <= cs[i].tol * ref, "%s: loss %.6f vs %.6f", cs[i].file, l, ref);
+        /* a PEFT adapter trained on the HF model applies to the GGUF one (q/k rows un-permuted) */
+        CHECK_OK(peft_load_adapter(m, sp("models/stories260K/reference/ref_adapter")));
+        CHECK_OK(peft_load_adapter(hf, sp("models/stories260K/reference/ref_adapter")));
+        double la = eval_file(m, sp("data/kjv_genesis.stories260K.u32.bin"), 128, &c);
+        double lh = eval_file(hf, sp("data/kjv_genesis.stories260K.u32.bin"), 128, &c);
+        CHECK_CLOSE(la, 4.309582568060442, cs[i].tol + 1e-4);
+        CHECK_MSG(fabs(la - lh) <= (cs[i].tol + 1e-6) * lh, "%s with adapter: %.6f vs %.6f", cs[i].file, la, lh);
+        CHECK_OK(peft_detach(hf));
+        peft_model_close(&m);
+    }
+    peft_model_close(&hf);
+}
+
 static const struct h_case cases[] = {
     CASE(torch_step_all_linear), CASE(torch_step_last_layer_rslora_clip_decay), CASE(torch_step_dora),
     CASE(backend_blis_step), CASE(torch_step_ia3), CASE(torch_step_norms),
     CASE(model_gradcheck),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
-    CASE(sharded_and_half_precision_models), CASE(config_errors),
+    CASE(sharded_and_half_precision_models), CASE(config_errors), CASE(shared_gguf_models),
 };
 TEST_MAIN(cases)

@@ -1,0 +1,422 @@
+/*
+ * GGUF v3 model files (llama.cpp): a validated reader for Llama-architecture
+ * models. Hostile input gets a clear error: counts, string lengths, dimensions and
+ * offsets are bounded by the file, shape products are overflow-checked, unknown
+ * value or tensor types are refused. Weights are dequantized to float32 at open
+ * (F32 stays memory-mapped); q/k rows are put back from llama.cpp's RoPE order
+ * into Hugging Face's (HF row j*hd/2 + i = GGUF row 2i + j, per head).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "model.h"
+
+enum { G_F32 = 0, G_F16 = 1, G_Q4_0 = 2, G_Q8_0 = 8, G_BF16 = 30 };
+
+typedef struct gg_tensor {
+    char name[96];
+    int n_dims;
+    uint64_t ne[4], n;
+    uint32_t type;
+    uint64_t offset;
+} gg_tensor;
+
+typedef struct gg_reader {
+    const uint8_t *d;
+    size_t size, pos;
+    const char *path;
+    int bad;
+} gg_reader;
+
+static int need(gg_reader *r, size_t n)
+{
+    if (r->bad || n > r->size - r->pos) {
+        if (!r->bad)
+            peft__fail(PEFT_EFORMAT, "%s: truncated at byte %zu", r->path, r->pos);
+        r->bad = 1;
+        return 0;
+    }
+    return 1;
+}
+
+static uint64_t rd(gg_reader *r, int bytes)
+{
+    uint64_t v = 0;
+    if (!need(r, (size_t)bytes))
+        return 0;
+    for (int i = bytes - 1; i >= 0; i--)
+        v = (v << 8) | r->d[r->pos + (size_t)i];
+    r->pos += (size_t)bytes;
+    return v;
+}
+
+/* a string: returns a pointer into the file and its length */
+static const char *rd_str(gg_reader *r, uint64_t *len)
+{
+    *len = rd(r, 8);
+    if (r->bad || !need(r, *len))
+        return NULL;
+    const char *s = (const char *)r->d + r->pos;
+    r->pos += *len;
+    return s;
+}
+
+static const int scalar_size[13] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+
+/* skip a value of type t (arrays of strings are walked; nesting is refused) */
+static void skip_value(gg_reader *r, uint32_t t, int depth)
+{
+    uint64_t len;
+    if (t == 8) {
+        rd_str(r, &len);
+    } else if (t == 9) {
+        uint32_t et = (uint32_t)rd(r, 4);
+        uint64_t n = rd(r, 8);
+        if (r->bad)
+            return;
+        if (depth > 0 || et == 9 || et > 12) {
+            peft__fail(PEFT_EFORMAT, "%s: bad array element type %u", r->path, et);
+            r->bad = 1;
+            return;
+        }
+        if (et == 8) {
+            for (uint64_t i = 0; i < n && !r->bad; i++)
+                rd_str(r, &len);
+        } else if (n > (r->size - r->pos) / (uint64_t)scalar_size[et]) {
+            peft__fail(PEFT_EFORMAT, "%s: array of %llu items runs past the end", r->path, (unsigned long long)n);
+            r->bad = 1;
+        } else {
+            r->pos += (size_t)n * (size_t)scalar_size[et];
+        }
+    } else if (t <= 12) {
+        need(r, (size_t)scalar_size[t]);
+        if (!r->bad)
+            r->pos += (size_t)scalar_size[t];
+    } else {
+        peft__fail(PEFT_EFORMAT, "%s: unknown value type %u", r->path, t);
+        r->bad = 1;
+    }
+}
+
+static int key_is(const char *k, uint64_t len, const char *want)
+{
+    return strlen(want) == len && memcmp(k, want, len) == 0;
+}
+
+static float f16(uint16_t h) { return peft__f16_to_f32(h); }
+
+/* dequantize n elements of type t at p into dst */
+static int dequant(float *dst, const uint8_t *p, uint64_t n, uint32_t t)
+{
+    switch (t) {
+    case G_F32: memcpy(dst, p, n * 4); return 0;
+    case G_F16:
+        for (uint64_t i = 0; i < n; i++)
+            dst[i] = f16((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+        return 0;
+    case G_BF16:
+        for (uint64_t i = 0; i < n; i++)
+            dst[i] = peft__bf16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+        return 0;
+    case G_Q8_0:
+        for (uint64_t b = 0; b < n / 32; b++, p += 34) {
+            float d = f16((uint16_t)(p[0] | p[1] << 8));
+            for (int j = 0; j < 32; j++)
+                dst[b * 32 + (uint64_t)j] = d * (float)(int8_t)p[2 + j];
+        }
+        return 0;
+    case G_Q4_0:
+        for (uint64_t b = 0; b < n / 32; b++, p += 18) {
+            float d = f16((uint16_t)(p[0] | p[1] << 8));
+            for (int j = 0; j < 16; j++) {
+                dst[b * 32 + (uint64_t)j] = (float)((p[2 + j] & 15) - 8) * d;
+                dst[b * 32 + (uint64_t)j + 16] = (float)((p[2 + j] >> 4) - 8) * d;
+            }
+        }
+        return 0;
+    default: return -1;
+    }
+}
+
+static uint64_t type_bytes(uint32_t t, uint64_t n)
+{
+    switch (t) {
+    case G_F32: return n * 4;
+    case G_F16:
+    case G_BF16: return n * 2;
+    case G_Q8_0: return n / 32 * 34;
+    case G_Q4_0: return n / 32 * 18;
+    default: return 0;
+    }
+}
+
+static const char *type_name(uint32_t t)
+{
+    switch (t) {
+    case G_F32: return "F32";
+    case G_F16: return "F16";
+    case G_BF16: return "BF16";
+    case G_Q8_0: return "Q8_0";
+    case G_Q4_0: return "Q4_0";
+    case 12: return "Q4_K";
+    case 14: return "Q6_K";
+    default: return "?";
+    }
+}
+
+int peft__gguf_open(peft_model *m, const char *path);
+int peft__gguf_add_owned(peft_model *m, float *p);
+
+static const gg_tensor *find(const gg_tensor *ts, uint64_t n, const char *name)
+{
+    for (uint64_t i = 0; i < n; i++)
+        if (strcmp(ts[i].name, name) == 0)
+            return &ts[i];
+    return NULL;
+}
+
+/* load tensor `name` (ne0 = in, ne1 = out) into float32; permute q/k rows for `heads` heads */
+static int load(peft_model *m, const float **out, const gg_tensor *ts, uint64_t nt, const uint8_t *data, const char *name,
+                uint64_t ne0, uint64_t ne1, int heads, const char *path)
+{
+    const gg_tensor *t = find(ts, nt, name);
+    if (!t)
+        return peft__fail(PEFT_ENOTFOUND, "%s: tensor '%s' not found", path, name);
+    if (t->ne[0] != ne0 || (ne1 ? t->n_dims != 2 || t->ne[1] != ne1 : t->n_dims != 1))
+        return peft__fail(PEFT_ESHAPE, "%s: tensor '%s' has the wrong shape for the metadata (ne0 %llu, expected %llu x %llu)",
+                          path, name, (unsigned long long)t->ne[0], (unsigned long long)ne0, (unsigned long long)ne1);
+    if (!type_bytes(t->type, 1) && t->type != G_Q8_0 && t->type != G_Q4_0)
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: tensor '%s' has ggml type %s (%u), not supported yet (F32, F16, BF16, Q8_0, Q4_0)",
+                          path, name, type_name(t->type), t->type);
+    if ((t->type == G_Q8_0 || t->type == G_Q4_0) && t->ne[0] % 32 != 0)
+        return peft__fail(PEFT_EFORMAT, "%s: tensor '%s': row length %llu is not a multiple of the block size", path, name,
+                          (unsigned long long)t->ne[0]);
+    const uint8_t *p = data + t->offset;
+    if (ne1) {
+        const char *dt = type_name(t->type);
+        if (!m->weights_dtype[0])
+            snprintf(m->weights_dtype, sizeof m->weights_dtype, "%s", dt);
+        else if (strcmp(m->weights_dtype, dt) != 0 && strcmp(name, "token_embd.weight") != 0)
+            snprintf(m->weights_dtype, sizeof m->weights_dtype, "mixed");
+    }
+    if (t->type == G_F32 && !heads && ((uintptr_t)p & 3u) == 0) {
+        *out = (const float *)(const void *)p;
+        return PEFT_OK;
+    }
+    float *buf = peft__alloc_floats(t->n);
+    if (!buf || peft__gguf_add_owned(m, buf)) {
+        peft__free(buf);
+        return peft__fail(PEFT_ENOMEM, "%s: out of memory for '%s'", path, name);
+    }
+    if (dequant(buf, p, t->n, t->type))
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: tensor '%s': type %u", path, name, t->type);
+    if (heads) { /* rows back to Hugging Face's rotate-half order */
+        uint64_t hd = ne1 / (uint64_t)heads, half = hd / 2;
+        float *tmp = malloc(t->n * sizeof *tmp);
+        if (!tmp)
+            return peft__fail(PEFT_ENOMEM, "out of memory");
+        memcpy(tmp, buf, t->n * sizeof *tmp);
+        for (uint64_t h = 0; h < (uint64_t)heads; h++)
+            for (uint64_t i = 0; i < half; i++)
+                for (uint64_t j = 0; j < 2; j++)
+                    memcpy(buf + (h * hd + j * half + i) * ne0, tmp + (h * hd + 2 * i + j) * ne0, ne0 * sizeof *buf);
+        free(tmp);
+    }
+    *out = buf;
+    return PEFT_OK;
+}
+
+int peft__gguf_open(peft_model *m, const char *path)
+{
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return peft__fail(errno == ENOENT ? PEFT_ENOTFOUND : PEFT_EIO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || sb.st_size < 24) {
+        close(fd);
+        return peft__fail(PEFT_EFORMAT, "%s: too small for GGUF", path);
+    }
+    void *map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED)
+        return peft__fail(PEFT_EIO, "%s: cannot map", path);
+    m->gguf_map = map;
+    m->gguf_size = (size_t)sb.st_size;
+    gg_reader r = {map, (size_t)sb.st_size, 0, path, 0};
+    if (memcmp(r.d, "GGUF", 4) != 0)
+        return peft__fail(PEFT_EFORMAT, "%s: not a GGUF file (bad magic)", path);
+    r.pos = 4;
+    uint32_t version = (uint32_t)rd(&r, 4);
+    uint64_t nt = rd(&r, 8), nkv = rd(&r, 8);
+    if (version != 3)
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: GGUF version %u (3 is supported)", path, version);
+    if (nt > r.size / 24 || nkv > r.size / 12)
+        return peft__fail(PEFT_EFORMAT, "%s: absurd counts (%llu tensors, %llu keys) for a %zu-byte file", path,
+                          (unsigned long long)nt, (unsigned long long)nkv, r.size);
+    peft_config *c = &m->cfg;
+    memset(c, 0, sizeof *c);
+    c->eps = 1e-5f;
+    c->rope_theta = 10000.0f;
+    c->bos_id = 1;
+    c->eos_id = 2;
+    uint64_t alignment = 32;
+    char arch[32] = "";
+    int key_len = 0;
+    for (uint64_t i = 0; i < nkv && !r.bad; i++) {
+        uint64_t kl;
+        const char *k = rd_str(&r, &kl);
+        uint32_t t = (uint32_t)rd(&r, 4);
+        if (r.bad)
+            break;
+        size_t vpos = r.pos;
+        int64_t iv = 0;
+        float fv = 0;
+        if (t == 4 || t == 5)
+            iv = t == 5 ? (int64_t)(int32_t)rd(&r, 4) : (int64_t)rd(&r, 4);
+        else if (t == 10 || t == 11)
+            iv = (int64_t)rd(&r, 8);
+        else if (t == 6) {
+            uint32_t u = (uint32_t)rd(&r, 4);
+            memcpy(&fv, &u, 4);
+        } else if (t == 8 && key_is(k, kl, "general.architecture")) {
+            uint64_t sl;
+            const char *s = rd_str(&r, &sl);
+            if (s && sl < sizeof arch) {
+                memcpy(arch, s, sl);
+                arch[sl] = '\0';
+            }
+        } else {
+            skip_value(&r, t, 0);
+        }
+        (void)vpos;
+        if (r.bad)
+            break;
+        if (key_is(k, kl, "general.alignment") && (t == 4 || t == 10))
+            alignment = (uint64_t)iv;
+        else if (key_is(k, kl, "llama.embedding_length"))
+            c->dim = (int)iv;
+        else if (key_is(k, kl, "llama.block_count"))
+            c->n_layers = (int)iv;
+        else if (key_is(k, kl, "llama.feed_forward_length"))
+            c->ffn_dim = (int)iv;
+        else if (key_is(k, kl, "llama.attention.head_count"))
+            c->n_heads = (int)iv;
+        else if (key_is(k, kl, "llama.attention.head_count_kv"))
+            c->n_kv_heads = (int)iv;
+        else if (key_is(k, kl, "llama.attention.key_length"))
+            key_len = (int)iv;
+        else if (key_is(k, kl, "llama.attention.layer_norm_rms_epsilon") && t == 6)
+            c->eps = fv;
+        else if (key_is(k, kl, "llama.rope.freq_base") && t == 6)
+            c->rope_theta = fv;
+        else if (key_is(k, kl, "llama.vocab_size"))
+            c->vocab = (int)iv;
+    }
+    if (r.bad)
+        return PEFT_EFORMAT;
+    if (strcmp(arch, "llama") != 0)
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: architecture \"%s\" is not supported (llama)", path, arch);
+    snprintf(c->architecture, sizeof c->architecture, "llama");
+    if (alignment == 0 || alignment > 65536 || (alignment & (alignment - 1)))
+        return peft__fail(PEFT_EFORMAT, "%s: bad general.alignment %llu", path, (unsigned long long)alignment);
+    gg_tensor *ts = calloc(nt ? nt : 1, sizeof *ts);
+    if (!ts)
+        return peft__fail(PEFT_ENOMEM, "out of memory");
+    int code = PEFT_OK;
+    for (uint64_t i = 0; i < nt && !code; i++) {
+        uint64_t nl;
+        const char *nm = rd_str(&r, &nl);
+        gg_tensor *t = &ts[i];
+        t->n_dims = (int)rd(&r, 4);
+        if (r.bad) {
+            code = PEFT_EFORMAT;
+            break;
+        }
+        if (nl >= sizeof t->name || t->n_dims < 1 || t->n_dims > 4) {
+            code = peft__fail(PEFT_EFORMAT, "%s: tensor %llu: bad name length or %d dimensions", path,
+                              (unsigned long long)i, t->n_dims);
+            break;
+        }
+        memcpy(t->name, nm, nl);
+        t->name[nl] = '\0';
+        t->n = 1;
+        for (int d = 0; d < t->n_dims; d++) {
+            t->ne[d] = rd(&r, 8);
+            if (t->ne[d] == 0 || t->ne[d] > (1ull << 40) || t->n > (1ull << 40) / t->ne[d]) {
+                code = peft__fail(PEFT_EFORMAT, "%s: tensor '%s': dimension out of range", path, t->name);
+                break;
+            }
+            t->n *= t->ne[d];
+        }
+        t->type = (uint32_t)rd(&r, 4);
+        t->offset = rd(&r, 8);
+        if (r.bad && !code)
+            code = PEFT_EFORMAT;
+    }
+    if (!code) {
+        uint64_t data_start = (r.pos + alignment - 1) / alignment * alignment;
+        const uint8_t *data = r.d + data_start;
+        uint64_t avail = data_start <= r.size ? r.size - data_start : 0;
+        for (uint64_t i = 0; i < nt && !code; i++) {
+            uint64_t bytes = type_bytes(ts[i].type, ts[i].n);
+            if (ts[i].offset % alignment || (bytes && (ts[i].offset > avail || bytes > avail - ts[i].offset)))
+                code = peft__fail(PEFT_EFORMAT, "%s: tensor '%s': data [%llu, +%llu) outside the file", path, ts[i].name,
+                                  (unsigned long long)ts[i].offset, (unsigned long long)bytes);
+        }
+        if (!code && !c->vocab) {
+            const gg_tensor *e = find(ts, nt, "token_embd.weight");
+            c->vocab = e && e->n_dims == 2 ? (int)e->ne[1] : 0;
+        }
+        if (!code) {
+            if (!c->n_kv_heads)
+                c->n_kv_heads = c->n_heads;
+            c->head_dim = key_len ? key_len : (c->n_heads ? c->dim / c->n_heads : 0);
+            c->tied = find(ts, nt, "output.weight") == NULL;
+            code = peft__config_validate(c, path);
+        }
+        if (!code) {
+            int64_t qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
+            code = load(m, &m->embed, ts, nt, data, "token_embd.weight", (uint64_t)c->dim, (uint64_t)c->vocab, 0, path);
+            if (!code)
+                code = load(m, &m->final_norm, ts, nt, data, "output_norm.weight", (uint64_t)c->dim, 0, 0, path);
+            if (!code)
+                code = c->tied ? (m->lm_head = m->embed, PEFT_OK)
+                               : load(m, &m->lm_head, ts, nt, data, "output.weight", (uint64_t)c->dim, (uint64_t)c->vocab,
+                                      0, path);
+            if (!code && !(m->layers = calloc((size_t)c->n_layers, sizeof *m->layers)))
+                code = peft__fail(PEFT_ENOMEM, "out of memory");
+            static const char *const gn[PEFT_MOD_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output",
+                                                           "ffn_gate", "ffn_up", "ffn_down"};
+            const int64_t shp[PEFT_MOD_COUNT][2] = {{c->dim, qd}, {c->dim, kvd}, {c->dim, kvd}, {qd, c->dim},
+                                                    {c->dim, c->ffn_dim}, {c->dim, c->ffn_dim}, {c->ffn_dim, c->dim}};
+            for (int l = 0; l < c->n_layers && !code; l++) {
+                char nm[96];
+                snprintf(nm, sizeof nm, "blk.%d.attn_norm.weight", l);
+                code = load(m, &m->layers[l].attn_norm, ts, nt, data, nm, (uint64_t)c->dim, 0, 0, path);
+                snprintf(nm, sizeof nm, "blk.%d.ffn_norm.weight", l);
+                if (!code)
+                    code = load(m, &m->layers[l].ffn_norm, ts, nt, data, nm, (uint64_t)c->dim, 0, 0, path);
+                for (int k = 0; k < PEFT_MOD_COUNT && !code; k++) {
+                    snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, gn[k]);
+                    int heads = k == PEFT_MOD_Q ? c->n_heads : k == PEFT_MOD_K ? c->n_kv_heads : 0;
+                    code = load(m, &m->layers[l].w[k], ts, nt, data, nm, (uint64_t)shp[k][0], (uint64_t)shp[k][1], heads,
+                                path);
+                }
+            }
+            if (!code) {
+                uint64_t per_layer = 2ull * c->dim + (uint64_t)c->dim * (uint64_t)(2 * qd + 2 * kvd) +
+                                     3ull * (uint64_t)c->dim * (uint64_t)c->ffn_dim;
+                m->n_params = (uint64_t)c->vocab * c->dim * (c->tied ? 1 : 2) + c->dim + per_layer * (uint64_t)c->n_layers;
+            }
+        }
+    }
+    free(ts);
+    return code;
+}
