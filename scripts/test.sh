@@ -1,9 +1,10 @@
 #!/bin/sh
 # The README's test command: install build dependencies if missing, build, run the
 # whole suite (release build, then an AddressSanitizer + UBSan build of all but the
-# 'slow' suite), and print
+# 'slow' and 'python' suites, then the libFuzzer harnesses), and print
 # one summary line "N passed, N failed, N skipped".
-#   PEFT_SANITIZE=0 skips the sanitizer pass.
+#   PEFT_SANITIZE=0 skips the sanitizer pass, PEFT_FUZZ=0 the fuzzers
+#   (PEFT_FUZZ_SECONDS per target, default 20).
 set -u
 cd "$(dirname "$0")/.."
 sh scripts/deps.sh || { echo "dependency installation failed"; exit 1; }
@@ -29,9 +30,20 @@ if [ "${PEFT_SANITIZE:-1}" != 0 ]; then
         run_suite build-asan "--no-suite slow --no-suite python" -Dbuildtype=debugoptimized -Db_sanitize=address,undefined || exit 1
 fi
 
-python3 - $builds <<'PY'
-import json, sys
-passed = failed = skipped = 0
+# libFuzzer harnesses (clang): every parser, a bounded time each; PEFT_FUZZ=0 skips
+fuzz_ok=0 fuzz_fail=0 fuzz_skip=0
+if [ "${PEFT_FUZZ:-1}" != 0 ]; then
+    sh tests/fuzz/run.sh "${PEFT_FUZZ_SECONDS:-20}" build-test/include >build-fuzz.log 2>&1
+    cat build-fuzz.log
+    fuzz_ok=$(grep -c '^fuzz .*: ok' build-fuzz.log)
+    fuzz_fail=$(grep -c '^fuzz .*: FAIL' build-fuzz.log)
+    fuzz_skip=$(grep -c '^fuzz .*: SKIP' build-fuzz.log)
+fi
+
+FUZZ_OK=$fuzz_ok FUZZ_FAIL=$fuzz_fail FUZZ_SKIP=$fuzz_skip python3 - $builds <<'PY'
+import json, os, sys
+passed, failed = int(os.environ["FUZZ_OK"]), int(os.environ["FUZZ_FAIL"])
+skipped = int(os.environ["FUZZ_SKIP"])
 for d in sys.argv[1:]:
     for line in open(f"{d}/meson-logs/testlog.json"):
         r = json.loads(line)["result"]
