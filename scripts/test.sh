@@ -30,6 +30,13 @@ if [ "${PEFT_SANITIZE:-1}" != 0 ]; then
         run_suite build-asan "--no-suite slow --no-suite python" -Dbuildtype=debugoptimized -Db_sanitize=address,undefined || exit 1
 fi
 
+# ThreadSanitizer: models in concurrent threads (the thread pool, per-thread errors)
+if [ "${PEFT_SANITIZE:-1}" != 0 ]; then
+    builds="$builds build-tsan"
+    TSAN_OPTIONS=halt_on_error=1 run_suite build-tsan "--suite threads" -Dbuildtype=debugoptimized \
+        -Db_sanitize=thread -Dblis=disabled || exit 1
+fi
+
 # libFuzzer harnesses (clang): every parser, a bounded time each; PEFT_FUZZ=0 skips
 fuzz_ok=0 fuzz_fail=0 fuzz_skip=0
 if [ "${PEFT_FUZZ:-1}" != 0 ]; then

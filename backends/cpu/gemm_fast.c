@@ -30,7 +30,8 @@ typedef float v16 __attribute__((vector_size(64), aligned(4)));
 #pragma GCC optimize("fp-contract=fast")
 #endif
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(__SANITIZE_THREAD__) /* TSan cannot run ifunc resolvers during relocation */
 /* dispatch on CPU features (not models: "arch=" clones miss AMD processors) */
 #define KERNEL_CLONES __attribute__((target_clones("avx512f", "fma", "default")))
 #else
