@@ -196,6 +196,31 @@ static int check_options(const peft_model *m, const peft_lora_options *o)
     return PEFT_OK;
 }
 
+/* Allocate the parameter, gradient and AdamW blocks of n floats. */
+static int alloc_blocks(lora_state *l, size_t n, const char *what)
+{
+    l->params = peft__alloc_floats(n);
+    l->grads = peft__alloc_floats(n);
+    l->m = peft__alloc_floats(n);
+    l->v = peft__alloc_floats(n);
+    if (!l->params || !l->grads || !l->m || !l->v)
+        return peft__fail(PEFT_ENOMEM, "%s: out of memory for %zu parameters", what, n);
+    return PEFT_OK;
+}
+
+/* Make l the model's attachment, with a fresh optimizer state. */
+static int install(peft_model *m, lora_state *l, uint64_t *n_trainable)
+{
+    m->lora = l;
+    m->step = 0;
+    m->micro = 0;
+    m->accum_tokens = 0;
+    m->dropout_calls = 0;
+    if (n_trainable)
+        *n_trainable = l->n_params;
+    return PEFT_OK;
+}
+
 static int build(lora_state **out, const peft_model *m, const peft_lora_options *o, int allocate)
 {
     *out = NULL;
@@ -269,17 +294,15 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
     }
     l->n_params = off;
     if (allocate) {
-        l->params = peft__alloc_floats(off);
-        l->grads = peft__alloc_floats(off);
-        l->m = peft__alloc_floats(off);
-        l->v = peft__alloc_floats(off);
         if (l->use_dora) {
             l->dora_norm = peft__alloc_floats(l->sum_out);
             l->dora_w = peft__alloc_floats(l->max_w);
         }
-        if (!l->params || !l->grads || !l->m || !l->v || (l->use_dora && (!l->dora_norm || !l->dora_w))) {
+        if ((code = alloc_blocks(l, off, "LoRA")) == PEFT_OK && l->use_dora && (!l->dora_norm || !l->dora_w))
+            code = peft__fail(PEFT_ENOMEM, "LoRA: out of memory");
+        if (code) {
             peft__lora_free(l);
-            return peft__fail(PEFT_ENOMEM, "LoRA: out of memory for %zu parameters", off);
+            return code;
         }
     }
     *out = l;
@@ -369,13 +392,9 @@ static int build_ia3(lora_state **out, const peft_model *m, const peft_ia3_optio
         }
     l->n_params = off;
     if (allocate) {
-        l->params = peft__alloc_floats(off);
-        l->grads = peft__alloc_floats(off);
-        l->m = peft__alloc_floats(off);
-        l->v = peft__alloc_floats(off);
-        if (!l->params || !l->grads || !l->m || !l->v) {
+        if ((code = alloc_blocks(l, off, "IA3"))) {
             peft__lora_free(l);
-            return peft__fail(PEFT_ENOMEM, "IA3: out of memory for %zu parameters", off);
+            return code;
         }
         for (size_t i = 0; i < off; i++)
             l->params[i] = 1.0f; /* PEFT's init_ia3_weights */
@@ -405,13 +424,7 @@ int peft_attach_ia3(peft_model *m, const peft_ia3_options *o, uint64_t *n_traina
     int code = build_ia3(&l, m, o, 1);
     if (code)
         return code;
-    m->lora = l;
-    m->step = 0;
-    m->micro = 0;
-    m->accum_tokens = 0;
-    if (n_trainable)
-        *n_trainable = l->n_params;
-    return PEFT_OK;
+    return install(m, l, n_trainable);
 }
 
 static int build_norms(lora_state **out, const peft_model *m, const peft_norms_options *o, int allocate)
@@ -457,13 +470,9 @@ static int build_norms(lora_state **out, const peft_model *m, const peft_norms_o
         off += (size_t)c->dim;
     l->n_params = off;
     if (allocate) {
-        l->params = peft__alloc_floats(off);
-        l->grads = peft__alloc_floats(off);
-        l->m = peft__alloc_floats(off);
-        l->v = peft__alloc_floats(off);
-        if (!l->params || !l->grads || !l->m || !l->v) {
+        if ((code = alloc_blocks(l, off, "norm tuning"))) {
             peft__lora_free(l);
-            return peft__fail(PEFT_ENOMEM, "norm tuning: out of memory");
+            return code;
         }
         /* start from the base model's weights */
         for (int layer = 0; layer <= c->n_layers; layer++)
@@ -503,13 +512,7 @@ int peft_attach_norms(peft_model *m, const peft_norms_options *o, uint64_t *n_tr
     int code = build_norms(&l, m, o, 1);
     if (code)
         return code;
-    m->lora = l;
-    m->step = 0;
-    m->micro = 0;
-    m->accum_tokens = 0;
-    if (n_trainable)
-        *n_trainable = l->n_params;
-    return PEFT_OK;
+    return install(m, l, n_trainable);
 }
 
 int peft_count_lora(uint64_t *n_trainable, const peft_model *m, const peft_lora_options *o)
@@ -534,14 +537,7 @@ int peft_attach_lora(peft_model *m, const peft_lora_options *o, uint64_t *n_trai
     if (code)
         return code;
     init_params(l, m);
-    m->lora = l;
-    m->step = 0;
-    m->micro = 0;
-    m->accum_tokens = 0;
-    m->dropout_calls = 0;
-    if (n_trainable)
-        *n_trainable = l->n_params;
-    return PEFT_OK;
+    return install(m, l, n_trainable);
 }
 
 int peft_detach(peft_model *m)
