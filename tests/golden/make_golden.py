@@ -215,6 +215,24 @@ IA3_CASES = [
 ]
 
 
+def write_case(name, lora, acfg, tokens, labels, lr, wd, clip, result):
+    """The initial adapter, the reference gradients, the adapter after the step, and the figures."""
+    loss, gnorm, grads, after, loss2 = result
+    B, T = tokens.shape
+    d = os.path.join(OUT, name)
+    os.makedirs(os.path.join(d, "adapter"), exist_ok=True)
+    st_write(os.path.join(d, "adapter", "adapter_model.safetensors"), lora, {"format": "pt"})
+    with open(os.path.join(d, "adapter", "adapter_config.json"), "w") as f:
+        json.dump(acfg, f, indent=2, sort_keys=True)
+    st_write(os.path.join(d, "grads.safetensors"), grads)
+    st_write(os.path.join(d, "after.safetensors"), after)
+    with open(os.path.join(d, "expected.json"), "w") as f:
+        json.dump({"tokens": tokens.flatten().tolist(), "labels": labels.flatten().tolist(),
+                   "n_seq": B, "seq_len": T, "lr": lr, "weight_decay": wd, "grad_clip": clip,
+                   "loss": loss, "grad_norm": gnorm, "loss_after": loss2}, f, indent=1)
+    print(f"{name}: loss {loss:.6f} grad_norm {gnorm:.6f} loss_after {loss2:.6f}")
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     cfg, c, W, dims = make_tiny()
@@ -234,22 +252,11 @@ def main():
             for n in names + ["model.norm.weight"]:
                 lora[norm_key(n)] = W[n] * (1 + 0.1 * torch.randn(c.D, generator=g))
             lora = {k: v.to(torch.float32).to(torch.float64) for k, v in lora.items()}
-            loss, gnorm, grads, after, loss2 = one_step(c, W, tokens, labels, lora, 1.0, lr, wd, clip)
-            d = os.path.join(OUT, name)
-            os.makedirs(os.path.join(d, "adapter"), exist_ok=True)
-            st_write(os.path.join(d, "adapter", "adapter_model.safetensors"), lora, {"format": "pt"})
             tm = [n[: -len(".weight")] for n in names] + ["model.norm"]
             acfg = {"peft_type": "LN_TUNING", "task_type": "CAUSAL_LM", "target_modules": tm,
                     "base_model_name_or_path": "tiny"}
-            with open(os.path.join(d, "adapter", "adapter_config.json"), "w") as f:
-                json.dump(acfg, f, indent=2, sort_keys=True)
-            st_write(os.path.join(d, "grads.safetensors"), grads)
-            st_write(os.path.join(d, "after.safetensors"), after)
-            with open(os.path.join(d, "expected.json"), "w") as f:
-                json.dump({"tokens": tokens.flatten().tolist(), "labels": labels.flatten().tolist(),
-                           "n_seq": B, "seq_len": T, "lr": lr, "weight_decay": wd, "grad_clip": clip,
-                           "loss": loss, "grad_norm": gnorm, "loss_after": loss2}, f, indent=1)
-            print(f"{name}: loss {loss:.6f} grad_norm {gnorm:.6f} loss_after {loss2:.6f}")
+            write_case(name, lora, acfg, tokens, labels, lr, wd, clip,
+                       one_step(c, W, tokens, labels, lora, 1.0, lr, wd, clip))
             continue
         if r == 0:  # IA3
             lora = {}
@@ -261,23 +268,12 @@ def main():
                     shape = (1, i) if m == "down_proj" else (o, 1)
                     lora[key(l, m, "I")] = 1 + 0.3 * torch.randn(*shape, generator=g)
             lora = {k: v.to(torch.float32).to(torch.float64) for k, v in lora.items()}
-            loss, gnorm, grads, after, loss2 = one_step(c, W, tokens, labels, lora, 1.0, lr, wd, clip)
-            d = os.path.join(OUT, name)
-            os.makedirs(os.path.join(d, "adapter"), exist_ok=True)
-            st_write(os.path.join(d, "adapter", "adapter_model.safetensors"), lora, {"format": "pt"})
             tm = targets if layers is None else [f"model.layers.{l}.{PARENT[m]}.{m}" for l in layers for m in targets]
             acfg = {"peft_type": "IA3", "task_type": "CAUSAL_LM", "target_modules": tm,
                     "feedforward_modules": ["down_proj"], "fan_in_fan_out": False, "init_ia3_weights": True,
                     "base_model_name_or_path": "tiny"}
-            with open(os.path.join(d, "adapter", "adapter_config.json"), "w") as f:
-                json.dump(acfg, f, indent=2, sort_keys=True)
-            st_write(os.path.join(d, "grads.safetensors"), grads)
-            st_write(os.path.join(d, "after.safetensors"), after)
-            with open(os.path.join(d, "expected.json"), "w") as f:
-                json.dump({"tokens": tokens.flatten().tolist(), "labels": labels.flatten().tolist(),
-                           "n_seq": B, "seq_len": T, "lr": lr, "weight_decay": wd, "grad_clip": clip,
-                           "loss": loss, "grad_norm": gnorm, "loss_after": loss2}, f, indent=1)
-            print(f"{name}: loss {loss:.6f} grad_norm {gnorm:.6f} loss_after {loss2:.6f}")
+            write_case(name, lora, acfg, tokens, labels, lr, wd, clip,
+                       one_step(c, W, tokens, labels, lora, 1.0, lr, wd, clip))
             continue
         lora = {}
         scale = alpha / math.sqrt(r) if rslora else alpha / r
@@ -293,23 +289,12 @@ def main():
                     base = (Wm + scale * lora[key(l, m, "B")] @ lora[key(l, m, "A")]).norm(dim=1)
                     lora[key(l, m, "M")] = base * (1 + 0.2 * torch.randn(o, generator=g))
         lora = {k: v.to(torch.float32).to(torch.float64) for k, v in lora.items()}
-        loss, gnorm, grads, after, loss2 = one_step(c, W, tokens, labels, lora, scale, lr, wd, clip)
-        d = os.path.join(OUT, name)
-        os.makedirs(os.path.join(d, "adapter"), exist_ok=True)
-        st_write(os.path.join(d, "adapter", "adapter_model.safetensors"), lora, {"format": "pt"})
         acfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha,
                 "lora_dropout": 0.0, "target_modules": targets, "bias": "none", "use_rslora": rslora,
                 "use_dora": dora,
                 "layers_to_transform": layers, "init_lora_weights": True, "base_model_name_or_path": "tiny"}
-        with open(os.path.join(d, "adapter", "adapter_config.json"), "w") as f:
-            json.dump(acfg, f, indent=2, sort_keys=True)
-        st_write(os.path.join(d, "grads.safetensors"), grads)
-        st_write(os.path.join(d, "after.safetensors"), after)
-        with open(os.path.join(d, "expected.json"), "w") as f:
-            json.dump({"tokens": tokens.flatten().tolist(), "labels": labels.flatten().tolist(),
-                       "n_seq": B, "seq_len": T, "lr": lr, "weight_decay": wd, "grad_clip": clip,
-                       "loss": loss, "grad_norm": gnorm, "loss_after": loss2}, f, indent=1)
-        print(f"{name}: loss {loss:.6f} grad_norm {gnorm:.6f} loss_after {loss2:.6f}")
+        write_case(name, lora, acfg, tokens, labels, lr, wd, clip,
+                   one_step(c, W, tokens, labels, lora, scale, lr, wd, clip))
 
     # self-check of this reference model against ../shared (written with HF transformers)
     sdir = os.path.join(SHARED, "models", "stories260K")
