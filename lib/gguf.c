@@ -420,3 +420,130 @@ int peft__gguf_open(peft_model *m, const char *path)
     free(ts);
     return code;
 }
+
+/* ---- the vocabulary (tokenizer.ggml.*) for SentencePiece-style ("llama") tokenizers ---- */
+
+void peft__gguf_vocab_free(gguf_vocab *v)
+{
+    for (int i = 0; v->tokens && i < v->n; i++)
+        free(v->tokens[i]);
+    free(v->tokens);
+    free(v->lens);
+    free(v->scores);
+    free(v->types);
+    memset(v, 0, sizeof *v);
+}
+
+int peft__gguf_vocab(gguf_vocab *v, const char *path)
+{
+    memset(v, 0, sizeof *v);
+    v->bos = v->eos = v->unk = -1;
+    v->add_bos = 1;
+    int fd = open(path, O_RDONLY);
+    if (fd < 0)
+        return peft__fail(errno == ENOENT ? PEFT_ENOTFOUND : PEFT_EIO, "%s: cannot open", path);
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || sb.st_size < 24) {
+        close(fd);
+        return peft__fail(PEFT_EFORMAT, "%s: too small for GGUF", path);
+    }
+    void *map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED)
+        return peft__fail(PEFT_EIO, "%s: cannot map", path);
+    gg_reader r = {map, (size_t)sb.st_size, 4, path, 0};
+    int code = PEFT_OK;
+    uint32_t version = (uint32_t)rd(&r, 4);
+    rd(&r, 8);
+    uint64_t nkv = rd(&r, 8);
+    if (memcmp(map, "GGUF", 4) != 0 || version != 3 || nkv > r.size / 12)
+        code = peft__fail(PEFT_EFORMAT, "%s: not a GGUF v3 file", path);
+    for (uint64_t i = 0; i < nkv && !code && !r.bad; i++) {
+        uint64_t kl;
+        const char *k = rd_str(&r, &kl);
+        uint32_t t = (uint32_t)rd(&r, 4);
+        if (r.bad)
+            break;
+        if (t == 8 && key_is(k, kl, "tokenizer.ggml.model")) {
+            uint64_t sl;
+            const char *s = rd_str(&r, &sl);
+            if (s && sl < sizeof v->model) {
+                memcpy(v->model, s, sl);
+                v->model[sl] = '\0';
+            }
+        } else if (t == 9 && (key_is(k, kl, "tokenizer.ggml.tokens") || key_is(k, kl, "tokenizer.ggml.scores") ||
+                              key_is(k, kl, "tokenizer.ggml.token_type"))) {
+            uint32_t et = (uint32_t)rd(&r, 4);
+            uint64_t n = rd(&r, 8);
+            if (r.bad || n == 0 || n > (1u << 24) || (v->n && (uint64_t)v->n != n)) {
+                code = peft__fail(PEFT_EFORMAT, "%s: bad vocabulary array", path);
+                break;
+            }
+            v->n = (int)n;
+            if (key_is(k, kl, "tokenizer.ggml.tokens") && et == 8) {
+                v->tokens = calloc(n, sizeof *v->tokens);
+                v->lens = calloc(n, sizeof *v->lens);
+                if (!v->tokens || !v->lens) {
+                    code = peft__fail(PEFT_ENOMEM, "out of memory");
+                    break;
+                }
+                for (uint64_t j = 0; j < n && !r.bad; j++) {
+                    uint64_t sl;
+                    const char *s = rd_str(&r, &sl);
+                    if (!s || sl > 1024 || !(v->tokens[j] = malloc(sl + 1))) {
+                        code = peft__fail(PEFT_EFORMAT, "%s: bad token %llu", path, (unsigned long long)j);
+                        break;
+                    }
+                    memcpy(v->tokens[j], s, sl);
+                    v->tokens[j][sl] = '\0';
+                    v->lens[j] = (uint32_t)sl;
+                }
+            } else if (key_is(k, kl, "tokenizer.ggml.scores") && et == 6) {
+                if (!(v->scores = malloc(n * sizeof *v->scores)) || !need(&r, n * 4)) {
+                    code = r.bad ? PEFT_EFORMAT : peft__fail(PEFT_ENOMEM, "out of memory");
+                    break;
+                }
+                memcpy(v->scores, r.d + r.pos, n * 4);
+                r.pos += n * 4;
+            } else if (key_is(k, kl, "tokenizer.ggml.token_type") && et == 5) {
+                if (!(v->types = malloc(n * sizeof *v->types)) || !need(&r, n * 4)) {
+                    code = r.bad ? PEFT_EFORMAT : peft__fail(PEFT_ENOMEM, "out of memory");
+                    break;
+                }
+                memcpy(v->types, r.d + r.pos, n * 4);
+                r.pos += n * 4;
+            } else {
+                code = peft__fail(PEFT_EFORMAT, "%s: vocabulary array of unexpected type %u", path, et);
+            }
+        } else if ((t == 4 || t == 5) && (key_is(k, kl, "tokenizer.ggml.bos_token_id") ||
+                                          key_is(k, kl, "tokenizer.ggml.eos_token_id") ||
+                                          key_is(k, kl, "tokenizer.ggml.unknown_token_id"))) {
+            int id = (int)rd(&r, 4);
+            if (key_is(k, kl, "tokenizer.ggml.bos_token_id"))
+                v->bos = id;
+            else if (key_is(k, kl, "tokenizer.ggml.eos_token_id"))
+                v->eos = id;
+            else
+                v->unk = id;
+        } else if (t == 7 && (key_is(k, kl, "tokenizer.ggml.add_bos_token") ||
+                              key_is(k, kl, "tokenizer.ggml.add_eos_token"))) {
+            int b = (int)rd(&r, 1);
+            if (key_is(k, kl, "tokenizer.ggml.add_bos_token"))
+                v->add_bos = b;
+            else
+                v->add_eos = b;
+        } else {
+            skip_value(&r, t, 0);
+        }
+    }
+    munmap(map, (size_t)sb.st_size);
+    if (!code && r.bad)
+        code = PEFT_EFORMAT;
+    if (!code && (!v->tokens || !v->scores))
+        code = peft__fail(PEFT_EFORMAT, "%s: no tokenizer.ggml.tokens/scores", path);
+    if (!code && strcmp(v->model, "llama") != 0)
+        code = peft__fail(PEFT_EUNSUPPORTED, "%s: tokenizer model \"%s\" is not supported yet (llama)", path, v->model);
+    if (code)
+        peft__gguf_vocab_free(v);
+    return code;
+}

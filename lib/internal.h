@@ -85,4 +85,17 @@ typedef struct peft_config {
 int peft__config_parse(peft_config *cfg, const char *json, size_t len, const char *what);
 int peft__config_validate(const peft_config *cfg, const char *what);
 
+/* gguf.c: the tokenizer.ggml.* vocabulary of a GGUF file */
+typedef struct gguf_vocab {
+    int n;
+    char **tokens;
+    uint32_t *lens;
+    float *scores;
+    int32_t *types; /* 1 normal, 2 unknown, 3 control, 6 byte (llama.cpp), or NULL */
+    int bos, eos, unk, add_bos, add_eos;
+    char model[16];
+} gguf_vocab;
+int peft__gguf_vocab(gguf_vocab *v, const char *path);
+void peft__gguf_vocab_free(gguf_vocab *v);
+
 #endif /* PEFT_INTERNAL_H */

@@ -113,6 +113,10 @@ struct peft_model {
     float **merged_copies;
 };
 
+/* gguf.c / model.c */
+int peft__gguf_open(peft_model *m, const char *path);
+int peft__gguf_add_owned(peft_model *m, float *p);
+
 /* lora.c */
 int peft__layers_parse(uint8_t *on, int n_layers, const char *spec);
 const char *peft__module_key(char *buf, size_t n, int layer, int kind, int is_b);

@@ -43,6 +43,10 @@ struct peft_tokenizer {
     int strip_leading;  /* decoder strips this many leading spaces */
     added_token *added;
     int n_added;
+    /* GGUF "llama" vocabularies: SentencePiece merges by score, not by a merge list */
+    int spm;
+    int32_t *score_rank; /* per id: rank of its score, highest first */
+    gguf_vocab gv;
 };
 
 static int32_t piece_id(const peft_tokenizer *t, const char *s, size_t n) { return str_map_get(&t->vocab, s, n); }
@@ -304,6 +308,8 @@ void peft_tokenizer_close(peft_tokenizer **pt)
     if (!pt || !*pt)
         return;
     peft_tokenizer *t = *pt;
+    peft__gguf_vocab_free(&t->gv);
+    free(t->score_rank);
     json_free(t->doc);
     free(t->pieces);
     free(t->piece_len);
@@ -313,6 +319,75 @@ void peft_tokenizer_close(peft_tokenizer **pt)
     u64_map_free(&t->merges);
     free(t);
     *pt = NULL;
+}
+
+static const float *rank_scores;
+
+static int cmp_score(const void *a, const void *b)
+{
+    float x = rank_scores[*(const int32_t *)a], y = rank_scores[*(const int32_t *)b];
+    return x > y ? -1 : x < y ? 1 : 0;
+}
+
+/* A SentencePiece-style vocabulary from a GGUF file (tokenizer.ggml.model "llama"). */
+static int load_gguf(peft_tokenizer *t, const char *path)
+{
+    int rc = peft__gguf_vocab(&t->gv, path);
+    if (rc)
+        return rc;
+    gguf_vocab *v = &t->gv;
+    t->n_vocab = v->n;
+    t->pieces = calloc((size_t)v->n, sizeof *t->pieces);
+    t->piece_len = calloc((size_t)v->n, sizeof *t->piece_len);
+    t->is_special = calloc((size_t)v->n, 1);
+    t->added = calloc((size_t)v->n, sizeof *t->added);
+    t->score_rank = malloc((size_t)v->n * sizeof *t->score_rank);
+    int32_t *order = malloc((size_t)v->n * sizeof *order);
+    if (!t->pieces || !t->piece_len || !t->is_special || !t->added || !t->score_rank || !order ||
+        str_map_init(&t->vocab, (size_t)v->n)) {
+        free(order);
+        return peft__fail(PEFT_ENOMEM, "%s: out of memory", path);
+    }
+    for (int i = 0; i < v->n; i++) {
+        t->pieces[i] = v->tokens[i];
+        t->piece_len[i] = v->lens[i];
+        int type = v->types ? v->types[i] : 1;
+        if (type == 3) { /* control tokens: matched in text like added special tokens */
+            t->is_special[i] = 1;
+            t->added[t->n_added++] = (added_token){v->tokens[i], v->lens[i], i, 1};
+        }
+        if (v->lens[i] && str_map_put(&t->vocab, v->tokens[i], v->lens[i], i)) {
+            free(order);
+            return peft__fail(PEFT_ENOMEM, "%s: out of memory", path);
+        }
+        order[i] = i;
+    }
+    rank_scores = v->scores; /* single-threaded use during open; equal scores share a rank */
+    qsort(order, (size_t)v->n, sizeof *order, cmp_score);
+    for (int i = 0, rank = 0; i < v->n; i++) {
+        if (i > 0 && v->scores[order[i]] != v->scores[order[i - 1]])
+            rank = i;
+        t->score_rank[order[i]] = rank;
+    }
+    free(order);
+    t->spm = 1;
+    t->byte_fallback = 1;
+    for (int i = 0; i < 256; i++) {
+        char p[8];
+        snprintf(p, sizeof p, "<0x%02X>", i);
+        t->byte_id[i] = piece_id(t, p, 6);
+        if (t->byte_id[i] < 0)
+            return peft__fail(PEFT_EFORMAT, "%s: the vocabulary has no byte piece %s", path, p);
+    }
+    t->unk_id = v->unk;
+    t->bos_id = v->bos;
+    t->eos_id = v->eos;
+    t->add_bos = v->add_bos;
+    t->add_eos = v->add_eos;
+    t->prepend = 1;
+    t->replace_space = 1;
+    t->strip_leading = 1;
+    return PEFT_OK;
 }
 
 int peft_tokenizer_open(peft_tokenizer **out, const char *path)
@@ -337,8 +412,16 @@ int peft_tokenizer_open(peft_tokenizer **out, const char *path)
         }
     }
     peft_tokenizer *t = calloc(1, sizeof *t);
-    int rc = !file || !dir || !t ? peft__fail(PEFT_ENOMEM, "out of memory") : load(t, file);
-    if (!rc)
+    char magic[4] = {0};
+    FILE *mf = file ? fopen(file, "rb") : NULL;
+    if (mf) {
+        if (fread(magic, 1, 4, mf) != 4)
+            magic[0] = 0;
+        fclose(mf);
+    }
+    int is_gguf = memcmp(magic, "GGUF", 4) == 0;
+    int rc = !file || !dir || !t ? peft__fail(PEFT_ENOMEM, "out of memory") : is_gguf ? load_gguf(t, file) : load(t, file);
+    if (!rc && !is_gguf)
         rc = read_special(dir, t);
     free(file);
     free(dir);
@@ -488,6 +571,76 @@ done:
     return rc;
 }
 
+/* SentencePiece merges (GGUF vocabularies): adjacent spans merge when their concatenation is
+   a piece, the highest-scoring piece first, the leftmost on ties (as llama.cpp); spans that end
+   up outside the vocabulary fall back to bytes. */
+static int spm_segment(const peft_tokenizer *t, const char *s, size_t n, tok_out *o)
+{
+    int32_t *start = malloc((n + 1) * sizeof *start), *len = malloc((n + 1) * sizeof *len);
+    int32_t *nxt = malloc((n + 1) * sizeof *nxt), *prv = malloc((n + 1) * sizeof *prv);
+    merge_cand *heap = malloc((2 * n + 2) * sizeof *heap);
+    int rc = PEFT_OK;
+    if (!start || !len || !nxt || !prv || !heap) {
+        rc = peft__fail(PEFT_ENOMEM, "tokenizer: out of memory");
+        goto done;
+    }
+    int32_t count = 0;
+    for (size_t i = 0; i < n;) {
+        size_t cl = utf8_len((unsigned char)s[i]);
+        if (i + cl > n)
+            cl = n - i;
+        start[count] = (int32_t)i;
+        len[count++] = (int32_t)cl;
+        i += cl;
+    }
+    for (int32_t i = 0; i < count; i++) {
+        nxt[i] = i + 1 < count ? i + 1 : -1;
+        prv[i] = i - 1;
+    }
+    size_t nh = 0;
+#define SPM_CONSIDER(a, b)                                                                         \
+    do {                                                                                           \
+        if ((a) >= 0 && (b) >= 0) {                                                                \
+            int32_t id = piece_id(t, s + start[a], (size_t)(len[a] + len[b]));                     \
+            if (id >= 0) {                                                                         \
+                merge_cand c_ = {t->score_rank[id], (a), len[a], len[b]};                          \
+                heap_push(heap, &nh, c_);                                                          \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
+    for (int32_t i = 0; i + 1 < count; i++)
+        SPM_CONSIDER(i, i + 1);
+    while (nh > 0) {
+        merge_cand c = heap_pop(heap, &nh);
+        int32_t i = c.pos, j = len[i] == c.left_id ? nxt[i] : -1;
+        if (j < 0 || len[j] != c.right_id)
+            continue; /* stale */
+        len[i] += len[j];
+        len[j] = 0;
+        nxt[i] = nxt[j];
+        if (nxt[j] >= 0)
+            prv[nxt[j]] = i;
+        SPM_CONSIDER(prv[i], i);
+        SPM_CONSIDER(i, nxt[i]);
+    }
+#undef SPM_CONSIDER
+    for (int32_t i = count ? 0 : -1; i >= 0; i = nxt[i]) {
+        int32_t id = piece_id(t, s + start[i], (size_t)len[i]);
+        if (id >= 0)
+            emit(o, id);
+        else
+            for (int32_t b = 0; b < len[i]; b++)
+                emit(o, t->byte_id[(unsigned char)s[start[i] + b]]);
+    }
+done:
+    free(start);
+    free(len);
+    free(nxt);
+    free(prv);
+    free(heap);
+    return rc;
+}
+
 /* Normalize (spaces -> "▁", optional leading "▁") and run BPE on one plain segment. */
 static int encode_plain(const peft_tokenizer *t, const char *s, size_t n, int first, tok_out *o)
 {
@@ -512,7 +665,7 @@ static int encode_plain(const peft_tokenizer *t, const char *s, size_t n, int fi
             buf[k++] = s[i];
         }
     }
-    int rc = bpe_segment(t, buf, k, o);
+    int rc = t->spm ? spm_segment(t, buf, k, o) : bpe_segment(t, buf, k, o);
     free(buf);
     return rc;
 }

@@ -146,6 +146,8 @@ text_data_matches_token_files)
     "$PEFT" eval --model "$M" --data "$G.stories260K.u32.bin" --seq 128 --max-windows 40 --json >"$T/d" || fail "eval bin"
     same "$T/c" "$T/d" || fail "text and token-file evals differ (no boundaries)"
     same "$T/a" "$T/c" && fail "document boundaries change nothing"
+    "$PEFT" tokenize --tokenizer "$M/stories260K-q4_0.gguf" --in "$SHARED/data/tinystories_sample.txt" --out "$T/tsg.bin" 2>/dev/null || fail "tokenize with a GGUF vocabulary"
+    cmp "$T/tsg.bin" "$SHARED/data/tinystories_sample.stories260K.u32.bin" || fail "GGUF vocabulary ids differ from the reference"
     ids=$("$PEFT" tokenize --tokenizer "$M" --text "Once upon a time")
     [ "$ids" = "1 403 407 261 378" ] || fail "ids of a short text: $ids"
     [ "$("$PEFT" tokenize --tokenizer "$M" --decode "$ids")" = "Once upon a time" ] || fail "decode"
@@ -154,6 +156,9 @@ generate_greedy_reference)
     [ -f "$SHARED/models/stories260K/config.json" ] || { echo "SKIP: ../shared not present"; exit 77; }
     "$PEFT" generate --model "$SHARED/models/stories260K" --prompt "" --temperature 0 --max-tokens 60 --json >"$T/g" || fail "generate"
     json "$T/g" "j['text'].startswith('Once upon a time, there was a little girl named Lily. She loved to play outside in the park. One day, she saw a big, red ball. She wanted to play with it, but it was too high')" || { cat "$T/g"; fail "greedy text differs from the reference"; }
+    # a GGUF file alone: its weights and its vocabulary
+    "$PEFT" generate --model "$SHARED/models/stories260K/stories260K-f32.gguf" --prompt "" --temperature 0 --max-tokens 60 --json >"$T/gg" || fail "generate from GGUF"
+    json "$T/gg" "j['text'].startswith('Once upon a time, there was a little girl named Lily.')" || { cat "$T/gg"; fail "GGUF greedy text"; }
     "$PEFT" generate --model "$SHARED/models/stories260K" --prompt "Once upon a time" --temperature 0.8 --top-k 40 --top-p 0.9 --seed 3 --max-tokens 30 --json >"$T/s1" || fail "sample"
     "$PEFT" generate --model "$SHARED/models/stories260K" --prompt "Once upon a time" --temperature 0.8 --top-k 40 --top-p 0.9 --seed 3 --max-tokens 30 --json >"$T/s2" || fail "sample"
     cmp "$T/s1" "$T/s2" || fail "sampling with a seed is not reproducible"

@@ -63,12 +63,10 @@ static const char *next_case(const char *p, char *text, int32_t *ids, size_t *n)
     return p;
 }
 
-TEST(tokenizer_matches_sentencepiece)
+static void sentencepiece_case(const char *rel)
 {
-    if (!shared_dir())
-        SKIP("../shared not present");
     char path[4200];
-    snprintf(path, sizeof path, "%s/models/stories260K", shared_dir());
+    snprintf(path, sizeof path, "%s/%s", shared_dir(), rel);
     peft_tokenizer *t;
     CHECK_OK(peft_tokenizer_open(&t, path));
     if (!t)
@@ -109,6 +107,20 @@ TEST(tokenizer_matches_sentencepiece)
     CHECK(peft_detokenize(t, &bad, 1, 0, back, sizeof back, &len) == PEFT_EINVAL);
     peft_tokenizer_close(&t);
     CHECK(t == NULL);
+}
+
+TEST(tokenizer_matches_sentencepiece)
+{
+    if (!shared_dir())
+        SKIP("../shared not present");
+    sentencepiece_case("models/stories260K"); /* tokenizer.json */
+}
+
+TEST(gguf_vocab_matches_sentencepiece)
+{
+    if (!shared_dir())
+        SKIP("../shared not present");
+    sentencepiece_case("models/stories260K/stories260K-q8_0.gguf"); /* tokenizer.ggml.* scores */
 }
 
 static void write_file(const char *path, const char *s)
@@ -241,7 +253,7 @@ TEST(greedy_generation_matches_reference)
 }
 
 static const struct h_case cases[] = {
-    CASE(tokenizer_matches_sentencepiece), CASE(tokenizer_unsupported_and_malformed),
+    CASE(tokenizer_matches_sentencepiece), CASE(gguf_vocab_matches_sentencepiece), CASE(tokenizer_unsupported_and_malformed),
     CASE(session_matches_forward_base), CASE(session_matches_forward_adapter),
     CASE(greedy_generation_matches_reference),
 };
