@@ -11,6 +11,7 @@ command -v pkg-config >/dev/null 2>&1 || need="$need pkg-config"
 command -v python3 >/dev/null 2>&1 || need="$need python3"
 command -v nm >/dev/null 2>&1 || need="$need binutils"
 command -v clang >/dev/null 2>&1 || need="$need clang"  # the libFuzzer harnesses
+command -v valgrind >/dev/null 2>&1 || need="$need valgrind"  # the CLI under memcheck
 # optional: BLIS for the blis backend (the build works without it)
 [ -e /usr/include/blis.h ] || [ -e /usr/include/x86_64-linux-gnu/blis.h ] || [ -n "${PEFT_NO_BLIS:-}" ] ||
     need="$need libblis-dev"

@@ -128,6 +128,16 @@ gguf_lora_export_matches_llama_cpp)
     test -f "$T/both/adapter.gguf" -a -f "$T/both/adapter_model.safetensors" || fail "both formats"
     python3 "$SRC/tests/gguf_check.py" lora "$T/both/adapter.gguf" || fail "structure (rslora)"
     ;;
+valgrind_train_eval)
+    command -v valgrind >/dev/null 2>&1 || { echo "SKIP: valgrind not installed"; exit 77; }
+    setup_tiny
+    vg="valgrind -q --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect"
+    $vg "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/vg" --steps 2 --batch 2 --seq 16 \
+        --targets all-linear --threads 2 --checkpoint-every 1 --quiet || fail "valgrind: train"
+    $vg "$PEFT" eval --model "$T/model" --adapter "$T/vg" --data "$T/data.bin" --seq 16 --max-windows 4 >/dev/null ||
+        fail "valgrind: eval"
+    $vg "$PEFT" info --model "$T/model" --budget 5000 --targets q,v >/dev/null || fail "valgrind: info"
+    ;;
 text_data_matches_token_files)
     [ -f "$SHARED/models/stories260K/config.json" ] || { echo "SKIP: ../shared not present"; exit 77; }
     M=$SHARED/models/stories260K
