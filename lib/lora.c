@@ -196,6 +196,29 @@ static int check_options(const peft_model *m, const peft_lora_options *o)
     return PEFT_OK;
 }
 
+/* A new attachment state: layer selection parsed, module index all -1, no module yet. */
+static int new_state(lora_state **out, const peft_config *c, const char *layers, const char *what)
+{
+    *out = NULL;
+    lora_state *l = calloc(1, sizeof *l);
+    if (!l || !(l->layer_on = calloc((size_t)c->n_layers, 1)) ||
+        !(l->index = malloc((size_t)c->n_layers * PEFT_MOD_COUNT * sizeof *l->index)) ||
+        !(l->mods = calloc((size_t)c->n_layers * PEFT_MOD_COUNT, sizeof *l->mods))) {
+        peft__lora_free(l);
+        return peft__fail(PEFT_ENOMEM, "%s: out of memory", what);
+    }
+    int code = peft__layers_parse(l->layer_on, c->n_layers, layers);
+    if (code) {
+        peft__lora_free(l);
+        return code;
+    }
+    for (int i = 0; i < c->n_layers * PEFT_MOD_COUNT; i++)
+        l->index[i] = -1;
+    l->lowest_layer = c->n_layers;
+    *out = l;
+    return PEFT_OK;
+}
+
 /* Allocate the parameter, gradient and AdamW blocks of n floats. */
 static int alloc_blocks(lora_state *l, size_t n, const char *what)
 {
@@ -228,17 +251,9 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
     if (code)
         return code;
     const peft_config *c = &m->cfg;
-    lora_state *l = calloc(1, sizeof *l);
-    if (!l || !(l->layer_on = calloc((size_t)c->n_layers, 1)) ||
-        !(l->index = malloc((size_t)c->n_layers * PEFT_MOD_COUNT * sizeof *l->index)) ||
-        !(l->mods = calloc((size_t)c->n_layers * PEFT_MOD_COUNT, sizeof *l->mods))) {
-        peft__lora_free(l);
-        return peft__fail(PEFT_ENOMEM, "LoRA: out of memory");
-    }
-    if ((code = peft__layers_parse(l->layer_on, c->n_layers, o->layers))) {
-        peft__lora_free(l);
+    lora_state *l;
+    if ((code = new_state(&l, c, o->layers, "LoRA")))
         return code;
-    }
     l->targets = o->targets;
     l->rank = o->rank;
     l->alpha = o->alpha;
@@ -247,7 +262,6 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
     l->init = o->init;
     l->seed = o->seed;
     l->use_dora = o->version >= 2 && o->use_dora;
-    l->lowest_layer = c->n_layers;
     const char *rpat = o->version >= 2 && o->rank_pattern && *o->rank_pattern ? o->rank_pattern : NULL;
     const char *apat = o->version >= 2 && o->alpha_pattern && *o->alpha_pattern ? o->alpha_pattern : NULL;
     if ((rpat && !(l->rank_pattern = strdup(rpat))) || (apat && !(l->alpha_pattern = strdup(apat)))) {
@@ -257,7 +271,6 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
     size_t off = 0;
     for (int layer = 0; layer < c->n_layers; layer++) {
         for (int k = 0; k < PEFT_MOD_COUNT; k++) {
-            l->index[layer * PEFT_MOD_COUNT + k] = -1;
             if (!l->layer_on[layer] || !(o->targets & (1u << k)))
                 continue;
             lora_module *md = &l->mods[l->n_modules];
@@ -353,26 +366,16 @@ static int build_ia3(lora_state **out, const peft_model *m, const peft_ia3_optio
     if (o->targets == 0 || (o->targets & ~(uint32_t)PEFT_TARGET_ALL_LINEAR) || (o->feedforward & ~o->targets))
         return peft__fail(PEFT_EINVAL, "IA3: targets must be PEFT_TARGET_* bits and feedforward a subset of them");
     const peft_config *c = &m->cfg;
-    lora_state *l = calloc(1, sizeof *l);
-    if (!l || !(l->layer_on = calloc((size_t)c->n_layers, 1)) ||
-        !(l->index = malloc((size_t)c->n_layers * PEFT_MOD_COUNT * sizeof *l->index)) ||
-        !(l->mods = calloc((size_t)c->n_layers * PEFT_MOD_COUNT, sizeof *l->mods))) {
-        peft__lora_free(l);
-        return peft__fail(PEFT_ENOMEM, "IA3: out of memory");
-    }
-    int code = peft__layers_parse(l->layer_on, c->n_layers, o->layers);
-    if (code) {
-        peft__lora_free(l);
+    lora_state *l;
+    int code = new_state(&l, c, o->layers, "IA3");
+    if (code)
         return code;
-    }
     l->method = PEFT_METHOD_IA3;
     l->targets = o->targets;
     l->feedforward = o->feedforward;
-    l->lowest_layer = c->n_layers;
     size_t off = 0;
     for (int layer = 0; layer < c->n_layers; layer++)
         for (int k = 0; k < PEFT_MOD_COUNT; k++) {
-            l->index[layer * PEFT_MOD_COUNT + k] = -1;
             if (!l->layer_on[layer] || !(o->targets & (1u << k)))
                 continue;
             lora_module *md = &l->mods[l->n_modules];
@@ -437,23 +440,16 @@ static int build_norms(lora_state **out, const peft_model *m, const peft_norms_o
     if (o->norms == 0 || (o->norms & ~(uint32_t)PEFT_NORM_ALL))
         return peft__fail(PEFT_EINVAL, "norm tuning: norms must be a non-empty set of PEFT_NORM_* bits");
     const peft_config *c = &m->cfg;
-    lora_state *l = calloc(1, sizeof *l);
-    if (!l || !(l->layer_on = calloc((size_t)c->n_layers, 1)) ||
-        !(l->index = malloc((size_t)c->n_layers * PEFT_MOD_COUNT * sizeof *l->index)) ||
-        !(l->norm_off = malloc(((size_t)c->n_layers * 2 + 1) * sizeof *l->norm_off))) {
+    lora_state *l;
+    int code = new_state(&l, c, o->layers, "norm tuning");
+    if (code)
+        return code;
+    if (!(l->norm_off = malloc(((size_t)c->n_layers * 2 + 1) * sizeof *l->norm_off))) {
         peft__lora_free(l);
         return peft__fail(PEFT_ENOMEM, "norm tuning: out of memory");
     }
-    int code = peft__layers_parse(l->layer_on, c->n_layers, o->layers);
-    if (code) {
-        peft__lora_free(l);
-        return code;
-    }
     l->method = PEFT_METHOD_NORMS;
     l->targets = o->norms;
-    l->lowest_layer = c->n_layers;
-    for (int i = 0; i < c->n_layers * PEFT_MOD_COUNT; i++)
-        l->index[i] = -1;
     size_t off = 0;
     for (int layer = 0; layer < c->n_layers; layer++)
         for (int w = 0; w < 2; w++) {
