@@ -218,6 +218,19 @@ static int write_config_ia3(const peft_model *m, const char *path, const char *b
     return code;
 }
 
+/* After loading into a new attachment: on success drop the previous one (saved),
+   on failure drop the new one and put the previous one back. */
+static int keep_or_restore(peft_model *m, lora_state *saved, int code)
+{
+    if (code) {
+        peft__lora_free(m->lora);
+        m->lora = saved;
+        return code;
+    }
+    peft__lora_free(saved);
+    return PEFT_OK;
+}
+
 /* ---- norm tuning (PEFT LN_TUNING) ---- */
 
 static const char *const norm_names[2] = {"input_layernorm", "post_attention_layernorm"};
@@ -368,13 +381,7 @@ static int load_norms(peft_model *m, const json_value *root, const char *cfg_pat
         code = peft__fail(PEFT_EFORMAT, "%s: %zu tensors, but adapter_config.json describes %zu", st_path, f->n_tensors,
                           count);
     st_close(f);
-    if (code) {
-        peft__lora_free(m->lora);
-        m->lora = saved;
-        return code;
-    }
-    peft__lora_free(saved);
-    return PEFT_OK;
+    return keep_or_restore(m, saved, code);
 }
 
 int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *opts)
@@ -707,13 +714,7 @@ static int load_ia3(peft_model *m, const char *dir, const json_value *root, cons
     if (!code && saved && (saved->method != PEFT_METHOD_IA3 || saved->n_params != l->n_params))
         code = peft__fail(PEFT_ESHAPE, "%s: adapter layout differs from the attached one", dir);
     st_close(f);
-    if (code) {
-        peft__lora_free(m->lora);
-        m->lora = saved;
-        return code;
-    }
-    peft__lora_free(saved);
-    return PEFT_OK;
+    return keep_or_restore(m, saved, code);
 }
 
 static int same_layout(const lora_state *a, const lora_state *b)
