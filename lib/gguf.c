@@ -233,7 +233,8 @@ static int load(peft_model *m, const float **out, const gg_tensor *ts, uint64_t 
     return PEFT_OK;
 }
 
-int peft__gguf_open(peft_model *m, const char *path)
+/* Map a whole GGUF file read-only. */
+static int map_gguf(void **map, size_t *size, const char *path)
 {
     int fd = open(path, O_RDONLY);
     if (fd < 0)
@@ -243,13 +244,22 @@ int peft__gguf_open(peft_model *m, const char *path)
         close(fd);
         return peft__fail(PEFT_EFORMAT, "%s: too small for GGUF", path);
     }
-    void *map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    *map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
-    if (map == MAP_FAILED)
+    if (*map == MAP_FAILED) {
+        *map = NULL;
         return peft__fail(PEFT_EIO, "%s: cannot map", path);
-    m->gguf_map = map;
-    m->gguf_size = (size_t)sb.st_size;
-    gg_reader r = {map, (size_t)sb.st_size, 0, path, 0};
+    }
+    *size = (size_t)sb.st_size;
+    return PEFT_OK;
+}
+
+int peft__gguf_open(peft_model *m, const char *path)
+{
+    int mc = map_gguf(&m->gguf_map, &m->gguf_size, path);
+    if (mc)
+        return mc;
+    gg_reader r = {m->gguf_map, m->gguf_size, 0, path, 0};
     if (memcmp(r.d, "GGUF", 4) != 0)
         return peft__fail(PEFT_EFORMAT, "%s: not a GGUF file (bad magic)", path);
     r.pos = 4;
@@ -439,19 +449,12 @@ int peft__gguf_vocab(gguf_vocab *v, const char *path)
     memset(v, 0, sizeof *v);
     v->bos = v->eos = v->unk = -1;
     v->add_bos = 1;
-    int fd = open(path, O_RDONLY);
-    if (fd < 0)
-        return peft__fail(errno == ENOENT ? PEFT_ENOTFOUND : PEFT_EIO, "%s: cannot open", path);
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || sb.st_size < 24) {
-        close(fd);
-        return peft__fail(PEFT_EFORMAT, "%s: too small for GGUF", path);
-    }
-    void *map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED)
-        return peft__fail(PEFT_EIO, "%s: cannot map", path);
-    gg_reader r = {map, (size_t)sb.st_size, 4, path, 0};
+    void *map;
+    size_t size;
+    int mc = map_gguf(&map, &size, path);
+    if (mc)
+        return mc;
+    gg_reader r = {map, size, 4, path, 0};
     int code = PEFT_OK;
     uint32_t version = (uint32_t)rd(&r, 4);
     rd(&r, 8);
@@ -536,7 +539,7 @@ int peft__gguf_vocab(gguf_vocab *v, const char *path)
             skip_value(&r, t, 0);
         }
     }
-    munmap(map, (size_t)sb.st_size);
+    munmap(map, size);
     if (!code && r.bad)
         code = PEFT_EFORMAT;
     if (!code && (!v->tokens || !v->scores))
