@@ -101,6 +101,17 @@ static int h_run(const struct h_case *cases, size_t n, int argc, char **argv)
 #define TEST_MAIN(table)                                                                           \
     int main(int argc, char **argv) { return h_run(table, sizeof table / sizeof table[0], argc, argv); }
 
+/* A path under the committed test data ($PEFT_TEST_DATA or tests/data); the last 8 results stay valid. */
+static inline const char *test_data(const char *rel)
+{
+    static char buf[8][4096];
+    static int k;
+    k = (k + 1) % 8;
+    const char *d = getenv("PEFT_TEST_DATA");
+    snprintf(buf[k], sizeof buf[k], "%s/%s", d ? d : SOURCE_ROOT "/tests/data", rel);
+    return buf[k];
+}
+
 /* Shared assets beside the checkout; NULL when absent. */
 static inline const char *shared_dir(void)
 {

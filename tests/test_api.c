@@ -11,20 +11,12 @@
 #include "harness.h"
 #include "peft/peft.h"
 
-static const char *tiny(void)
-{
-    static char buf[4096];
-    const char *d = getenv("PEFT_TEST_DATA");
-    snprintf(buf, sizeof buf, "%s/tiny", d ? d : SOURCE_ROOT "/tests/data");
-    return buf;
-}
-
 static peft_model *open_tiny(int threads)
 {
     peft_model *m = NULL;
     peft_open_options o = PEFT_OPEN_OPTIONS_INIT;
     o.n_threads = threads;
-    CHECK_OK(peft_model_open(&m, tiny(), &o));
+    CHECK_OK(peft_model_open(&m, test_data("tiny"), &o));
     return m;
 }
 
@@ -48,16 +40,16 @@ static char *mktmp(void)
 TEST(errors_and_versions)
 {
     peft_model *m = (peft_model *)1;
-    CHECK(peft_model_open(NULL, tiny(), NULL) == PEFT_EINVAL);
+    CHECK(peft_model_open(NULL, test_data("tiny"), NULL) == PEFT_EINVAL);
     CHECK(peft_model_open(&m, NULL, NULL) == PEFT_EINVAL && m == NULL);
     CHECK(peft_model_open(&m, "/nonexistent/model", NULL) == PEFT_ENOTFOUND && m == NULL);
     CHECK(strstr(peft_last_error(), "/nonexistent/model/config.json") != NULL);
     peft_open_options o = PEFT_OPEN_OPTIONS_INIT;
     o.version = 99;
-    CHECK(peft_model_open(&m, tiny(), &o) == PEFT_EINVAL);
+    CHECK(peft_model_open(&m, test_data("tiny"), &o) == PEFT_EINVAL);
     o.version = PEFT_OPEN_OPTIONS_VERSION;
     o.backend = "nope";
-    CHECK(peft_model_open(&m, tiny(), &o) == PEFT_EINVAL && m == NULL);
+    CHECK(peft_model_open(&m, test_data("tiny"), &o) == PEFT_EINVAL && m == NULL);
     CHECK(strstr(peft_last_error(), "unknown backend 'nope'"));
     for (int c = 0; c >= -10; c--)
         CHECK(strlen(peft_strerror(c)) > 0 && strcmp(peft_strerror(c), "unknown status") != 0);
@@ -416,8 +408,7 @@ TEST(load_adapter_errors)
     /* a config whose rank disagrees with the tensors */
     char *d = mktmp();
     char src[4096], dst[4096];
-    const char *td = getenv("PEFT_TEST_DATA");
-    snprintf(src, sizeof src, "cp %s/tiny/all_linear/adapter/adapter_model.safetensors %s/", td ? td : SOURCE_ROOT "/tests/data", d);
+    snprintf(src, sizeof src, "cp %s %s/", test_data("tiny/all_linear/adapter/adapter_model.safetensors"), d);
     CHECK(system(src) == 0);
     snprintf(dst, sizeof dst, "%s/adapter_config.json", d);
     FILE *f = fopen(dst, "w");
@@ -578,9 +569,7 @@ TEST(packed_documents_equal_separate_sequences)
 TEST(merge_unmerge_and_export)
 {
     peft_model *m = open_tiny(2), *base = open_tiny(1);
-    const char *td = getenv("PEFT_TEST_DATA");
-    char ad[4096];
-    snprintf(ad, sizeof ad, "%s/tiny/all_linear/adapter", td ? td : SOURCE_ROOT "/tests/data");
+    const char *ad = test_data("tiny/all_linear/adapter");
     CHECK_OK(peft_load_adapter(m, ad));
     double with = eval_loss(m), base_loss = eval_loss(base);
     CHECK(with != base_loss);

@@ -12,16 +12,6 @@
 #include "harness.h"
 #include "peft/peft.h"
 
-static char *data_path(const char *rel)
-{
-    static char buf[8][4096];
-    static int k;
-    k = (k + 1) % 8;
-    const char *d = getenv("PEFT_TEST_DATA");
-    snprintf(buf[k], sizeof buf[k], "%s/%s", d ? d : SOURCE_ROOT "/tests/data", rel);
-    return buf[k];
-}
-
 static json_doc *load_json(const char *path)
 {
     FILE *f = fopen(path, "rb");
@@ -114,7 +104,7 @@ static void step_case(const char *name, int threads)
 {
     char rel[256];
     snprintf(rel, sizeof rel, "tiny/%s/expected.json", name);
-    json_doc *e = load_json(data_path(rel));
+    json_doc *e = load_json(test_data(rel));
     CHECK(e != NULL);
     if (!e)
         return;
@@ -129,12 +119,12 @@ static void step_case(const char *name, int threads)
     peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
     oo.n_threads = threads;
     oo.backend = step_backend;
-    CHECK_OK(peft_model_open(&m, data_path("tiny"), &oo));
+    CHECK_OK(peft_model_open(&m, test_data("tiny"), &oo));
     peft_model_info info = {.version = PEFT_MODEL_INFO_VERSION};
     peft_model_get_info(m, &info);
     CHECK(strcmp(info.backend, step_backend ? step_backend : "cpu") == 0);
     snprintf(rel, sizeof rel, "tiny/%s/adapter", name);
-    CHECK_OK(peft_load_adapter(m, data_path(rel)));
+    CHECK_OK(peft_load_adapter(m, test_data(rel)));
     peft_batch b = {PEFT_BATCH_VERSION, tok, lab, B, T, NULL};
     peft_step_result r = PEFT_STEP_RESULT_INIT;
     CHECK_OK(peft_forward_backward(m, &b, &r));
@@ -144,11 +134,11 @@ static void step_case(const char *name, int threads)
     CHECK_OK(peft_grad_buffer(&g, &n, m));
     char a_st[512], g_st[512], af_st[512];
     snprintf(rel, sizeof rel, "tiny/%s/adapter/adapter_model.safetensors", name);
-    snprintf(a_st, sizeof a_st, "%s", data_path(rel));
+    snprintf(a_st, sizeof a_st, "%s", test_data(rel));
     snprintf(rel, sizeof rel, "tiny/%s/grads.safetensors", name);
-    snprintf(g_st, sizeof g_st, "%s", data_path(rel));
+    snprintf(g_st, sizeof g_st, "%s", test_data(rel));
     snprintf(rel, sizeof rel, "tiny/%s/after.safetensors", name);
-    snprintf(af_st, sizeof af_st, "%s", data_path(rel));
+    snprintf(af_st, sizeof af_st, "%s", test_data(rel));
     double gerr = max_rel_err(g, 1.0 / (double)r.tokens, g_st, a_st);
     CHECK_MSG(gerr < 1e-3, "%s: gradient relative error %g", name, gerr);
     CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, jnum(e, "lr")));
@@ -178,7 +168,7 @@ TEST(backend_blis_step)
     peft_model *m = NULL;
     peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
     oo.backend = "blis";
-    int rc = peft_model_open(&m, data_path("tiny"), &oo);
+    int rc = peft_model_open(&m, test_data("tiny"), &oo);
     if (rc == PEFT_EUNSUPPORTED)
         SKIP("BLIS backend not built");
     CHECK_OK(rc);
@@ -193,8 +183,8 @@ TEST(backend_blis_step)
 TEST(model_gradcheck)
 {
     peft_model *m;
-    CHECK_OK(peft_model_open(&m, data_path("tiny"), NULL));
-    CHECK_OK(peft_load_adapter(m, data_path("tiny/all_linear/adapter")));
+    CHECK_OK(peft_model_open(&m, test_data("tiny"), NULL));
+    CHECK_OK(peft_load_adapter(m, test_data("tiny/all_linear/adapter")));
     int32_t tok[2 * 10];
     for (int i = 0; i < 20; i++)
         tok[i] = (i * 7 + 3) % 48;
@@ -258,7 +248,7 @@ static double tiny_eval(const char *dir, char *dtype_out)
 static void copy_config(const char *dir)
 {
     char cmd[1024];
-    snprintf(cmd, sizeof cmd, "cp %s %s/", data_path("tiny/config.json"), dir);
+    snprintf(cmd, sizeof cmd, "cp %s %s/", test_data("tiny/config.json"), dir);
     CHECK(system(cmd) == 0);
 }
 
@@ -282,10 +272,10 @@ static uint16_t f32_to_half(float f, int bf16)
 TEST(sharded_and_half_precision_models)
 {
     char ref_dtype[8], dtype[8];
-    double ref = tiny_eval(data_path("tiny"), ref_dtype);
+    double ref = tiny_eval(test_data("tiny"), ref_dtype);
     CHECK(isfinite(ref) && strcmp(ref_dtype, "F32") == 0);
     st_file *f;
-    CHECK_OK(st_open(&f, data_path("tiny/model.safetensors")));
+    CHECK_OK(st_open(&f, test_data("tiny/model.safetensors")));
     if (!f)
         return;
     char dir[] = "/tmp/peft-shard-XXXXXX";
@@ -384,7 +374,7 @@ TEST(config_errors)
 {
     char dir[] = "/tmp/peft-cfg-XXXXXX", cmd[1024];
     CHECK(mkdtemp(dir) != NULL);
-    snprintf(cmd, sizeof cmd, "ln -s %s %s/model.safetensors", data_path("tiny/model.safetensors"), dir);
+    snprintf(cmd, sizeof cmd, "ln -s %s %s/model.safetensors", test_data("tiny/model.safetensors"), dir);
     CHECK(system(cmd) == 0);
     const char *base = "\"hidden_size\": 32, \"intermediate_size\": 40, \"num_hidden_layers\": 3, "
                        "\"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"vocab_size\": 48";

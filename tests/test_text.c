@@ -7,16 +7,6 @@
 #include "harness.h"
 #include "peft/peft.h"
 
-static const char *tdata(const char *rel)
-{
-    static char buf[4][4096];
-    static int k;
-    k = (k + 1) % 4;
-    const char *d = getenv("PEFT_TEST_DATA");
-    snprintf(buf[k], sizeof buf[k], "%s/%s", d ? d : SOURCE_ROOT "/tests/data", rel);
-    return buf[k];
-}
-
 static char *slurp(const char *path)
 {
     FILE *f = fopen(path, "rb");
@@ -73,7 +63,7 @@ static void sentencepiece_case(const char *rel)
         return;
     CHECK(peft_tokenizer_vocab_size(t) == 512 && peft_tokenizer_special(t, PEFT_TOKEN_BOS) == 1 &&
           peft_tokenizer_special(t, PEFT_TOKEN_EOS) == 2 && peft_tokenizer_special(t, PEFT_TOKEN_UNK) == 0);
-    char *g = slurp(tdata("tokenizer_golden.json"));
+    char *g = slurp(test_data("tokenizer_golden.json"));
     CHECK(g != NULL);
     static char text[4096], back[4096];
     static int32_t want[2048], got[2048];
@@ -165,9 +155,9 @@ TEST(tokenizer_unsupported_and_malformed)
 static void session_vs_forward(int with_adapter)
 {
     peft_model *m;
-    CHECK_OK(peft_model_open(&m, tdata("tiny"), NULL));
+    CHECK_OK(peft_model_open(&m, test_data("tiny"), NULL));
     if (with_adapter)
-        CHECK_OK(peft_load_adapter(m, tdata("tiny/all_linear/adapter")));
+        CHECK_OK(peft_load_adapter(m, test_data("tiny/all_linear/adapter")));
     int32_t tok[20];
     for (int i = 0; i < 20; i++)
         tok[i] = (i * 11 + 7) % 48;
@@ -195,7 +185,7 @@ static void session_vs_forward(int with_adapter)
     if (with_adapter) {
         /* disabled adapter = the base model */
         peft_model *base;
-        CHECK_OK(peft_model_open(&base, tdata("tiny"), NULL));
+        CHECK_OK(peft_model_open(&base, test_data("tiny"), NULL));
         peft_eval_result rb = PEFT_EVAL_RESULT_INIT, rd = PEFT_EVAL_RESULT_INIT;
         CHECK_OK(peft_eval(base, &b, &rb));
         CHECK_OK(peft_adapter_enable(m, 0));
