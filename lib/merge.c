@@ -183,15 +183,21 @@ int peft_solve_rank(int32_t *rank, const peft_model *m, const peft_lora_options 
     if (!rank || !m || !opts)
         return peft__fail(PEFT_EINVAL, "peft_solve_rank: NULL argument");
     peft_lora_options o = *opts;
+    /* the count is affine in the rank: DoRA adds a fixed magnitude vector per module, and
+       modules with a rank_pattern entry do not depend on it */
+    uint64_t one, two;
+    int code;
     o.rank = 1;
-    uint64_t per_rank;
-    int code = peft_count_lora(&per_rank, m, &o);
-    if (code)
+    if ((code = peft_count_lora(&one, m, &o)))
         return code;
-    if (budget < per_rank)
+    o.rank = 2;
+    if ((code = peft_count_lora(&two, m, &o)))
+        return code;
+    uint64_t per_rank = two - one, fixed = one - per_rank;
+    if (budget < one)
         return peft__fail(PEFT_ERANGE, "peft_solve_rank: a budget of %llu is below rank 1 (%llu parameters)",
-                          (unsigned long long)budget, (unsigned long long)per_rank);
-    uint64_t r = budget / per_rank;
+                          (unsigned long long)budget, (unsigned long long)one);
+    uint64_t r = per_rank ? (budget - fixed) / per_rank : 65536;
     *rank = r > 65536 ? 65536 : (int32_t)r;
     return PEFT_OK;
 }

@@ -609,6 +609,19 @@ TEST(merge_unmerge_and_export)
     CHECK_OK(peft_solve_rank(&r, m, &o, 5279));
     CHECK(r == 3);
     CHECK(peft_solve_rank(&r, m, &o, 1319) == PEFT_ERANGE);
+    /* DoRA: the magnitude vectors are a fixed cost on top of the rank */
+    o.use_dora = 1;
+    uint64_t n4, n5;
+    o.rank = 4;
+    CHECK_OK(peft_count_lora(&n4, m, &o));
+    o.rank = 5;
+    CHECK_OK(peft_count_lora(&n5, m, &o));
+    CHECK_OK(peft_solve_rank(&r, m, &o, n4));
+    CHECK(r == 4);
+    CHECK_OK(peft_solve_rank(&r, m, &o, n5 - 1));
+    CHECK(r == 4);
+    CHECK_OK(peft_solve_rank(&r, m, &o, n5));
+    CHECK(r == 5);
     peft_model_close(&m);
     peft_model_close(&base);
 }

@@ -188,6 +188,45 @@ instruction_tuning_exact_match)
         --compare --json >"$T/c" || fail "generate --compare"
     json "$T/c" "j['text'].startswith(' The cow says moo.') and not j['text_without_adapter'].startswith(' The cow says moo.')" || fail "compare"
     ;;
+sweep_budget_report_resume)
+    [ -f "$SHARED/models/stories260K/config.json" ] || { echo "SKIP: ../shared not present"; exit 77; }
+    M=$SHARED/models/stories260K
+    cat >"$T/configs.txt" <<'CFG'
+# name      flags as for peft train
+qv_hi_lr    --targets q,v --lr-ratio 3     # solved rank, three times the learning rate
+explode     --targets q,v --lr 1e9         # rejected by the optimizer: reported, the sweep goes on
+CFG
+    set -- sweep --model "$M" --train "$SHARED/data/kjv_genesis.txt" --forget "$SHARED/data/tinystories_sample.txt" \
+        --budget 12000 --out "$T/sw" --steps 6 --batch 4 --seq 64 --eval-windows 6 --seeds 2 --threads 2 \
+        --families attn_qv,attn_qkvo,mlp,late_half,norms,ia3,dora,vera --config "$T/configs.txt"
+    "$PEFT" "$@" --json >"$T/s1.json" 2>"$T/err1" || { cat "$T/err1"; fail "sweep"; }
+    cat "$T/err1"
+    python3 "$SRC/tests/sweep_check.py" "$T/s1.json" "$T/sw" 2 explode || fail "sweep outputs"
+    json "$T/s1.json" "[c['name'] for c in j['configs'] if c['status'] == 'not_measured'] == ['vera']" || fail "vera row"
+    json "$T/s1.json" "j['forget_loss_base'] > 0 and all(c['forgetting'] is not None for c in j['configs'] if c['status'] == 'ok')" || fail "forgetting"
+    grep -q '"rank_pattern"' "$T/sw/runs/attn_qv/seed0/adapter/adapter_config.json" || fail "solved ranks not in the adapter config"
+    # resume: finished runs are kept, a lost one is redone, the numbers are the same
+    rm "$T/sw/runs/mlp/seed1/result.txt"
+    "$PEFT" "$@" --json >"$T/s2.json" 2>"$T/err2" || { cat "$T/err2"; fail "resumed sweep"; }
+    [ "$(grep -c 'done before' "$T/err2")" -eq 17 ] || { cat "$T/err2"; fail "resume did not keep the finished runs"; }
+    python3 -c "
+import json
+a = json.loads(open('$T/s1.json').read().splitlines()[-1]); b = json.loads(open('$T/s2.json').read().splitlines()[-1])
+key = lambda j: {c['name']: (c['status'], c['eval_loss_after'], c['trainable_params']) for c in j['configs']}
+assert key(a) == key(b), (key(a), key(b))" || fail "resumed sweep differs"
+    # an interrupted sweep (SIGINT) continues where it stopped
+    rm -rf "$T/sw/runs/dora" "$T/sw/runs/ia3"
+    "$PEFT" "$@" >/dev/null 2>"$T/err3" &
+    pid=$!
+    while ! grep -q "dora" "$T/err3" && kill -0 $pid 2>/dev/null; do sleep 0.05; done
+    kill -INT $pid; wait $pid
+    sleep 0.2
+    "$PEFT" "$@" --json >"$T/s3.json" 2>"$T/err3b" || { cat "$T/err3b"; fail "sweep after SIGINT"; }
+    python3 "$SRC/tests/sweep_check.py" "$T/s3.json" "$T/sw" 2 explode || fail "sweep outputs after SIGINT"
+    # other settings in the same directory are refused
+    "$PEFT" "$@" --lr 2e-3 >/dev/null 2>"$T/err4" && fail "changed settings accepted"
+    grep -q "other settings" "$T/err4" || fail "message"
+    ;;
 *)
     echo "unknown case $CASE" >&2
     exit 1

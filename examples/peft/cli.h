@@ -46,6 +46,20 @@ typedef struct data_options {
 } data_options;
 int data_load(tokens *t, const char *path, const data_options *o);
 
+/* Training windows in a seeded random order, reshuffled every epoch. */
+typedef struct sampler {
+    size_t *order;
+    size_t nw, pos;
+    long epoch;
+    uint64_t seed;
+} sampler;
+int sampler_init(sampler *s, size_t n_windows, uint64_t seed);
+void sampler_free(sampler *s);
+/* The next window index. */
+size_t sampler_next(sampler *s);
+/* Copy the next B windows of T tokens (and labels/documents where t has them) into buffers. */
+void sampler_fill(sampler *s, const tokens *t, int T, int B, int32_t *ids, int32_t *labels, int32_t *docs);
+
 /* LoRA options from --rank --alpha --targets --layers --dropout --rslora --init --seed */
 /* ia3 (may be NULL: IA3 and norms refused) receives 1 and io the IA3 options with
    --method ia3, or 2 with --method norms (norm tuning of the layers in o->layers). */
@@ -72,6 +86,7 @@ double now_seconds(void);
 int cmd_train(int argc, char **argv);
 int cmd_eval(int argc, char **argv);
 int cmd_info(int argc, char **argv);
+int cmd_sweep(int argc, char **argv);
 int cmd_init_model(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 int cmd_generate(int argc, char **argv);

@@ -35,28 +35,6 @@ static const char train_help[] =
     "T tokens (--pad: one document per window, padded), shuffled with the seed every epoch. With --holdout F the last fraction F of\n"
     "the windows is kept out of training and used for evaluation.\n";
 
-static uint64_t mix(uint64_t x)
-{
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-
-static void shuffle(size_t *v, size_t n, uint64_t seed)
-{
-    for (size_t i = 0; i < n; i++)
-        v[i] = i;
-    uint64_t s = seed;
-    for (size_t i = n; i > 1; i--) {
-        s = mix(s);
-        size_t j = (size_t)(s % i);
-        size_t t = v[i - 1];
-        v[i - 1] = v[j];
-        v[j] = t;
-    }
-}
-
 static void fmt_time(char *buf, size_t n, double s)
 {
     if (!(s >= 0) || s > 1e7)
@@ -86,7 +64,7 @@ int cmd_train(int argc, char **argv)
     int rc = 1, code;
     peft_model *m = NULL;
     tokens train = {0}, evald = {0};
-    size_t *order = NULL;
+    sampler smp = {0};
     int32_t *buf = NULL, *lbuf = NULL, *dbuf = NULL;
     peft_tokenizer *tok = NULL;
     data_options dopt;
@@ -247,49 +225,29 @@ int cmd_train(int argc, char **argv)
                     exp(eval_before), (unsigned long long)ecount);
     }
 
-    order = malloc(nw * sizeof *order);
     buf = malloc((size_t)batch * (size_t)seq * sizeof *buf);
     lbuf = malloc((size_t)batch * (size_t)seq * sizeof *lbuf);
     dbuf = malloc((size_t)batch * (size_t)seq * sizeof *dbuf);
-    if (!order || !buf || !lbuf || !dbuf) {
+    if (sampler_init(&smp, nw, lo.seed) || !buf || !lbuf || !dbuf) {
         fprintf(stderr, "peft train: out of memory\n");
         goto done;
     }
     int tty = isatty(2);
     if (log_every <= 0)
         log_every = steps >= 20 ? steps / 20 : 1;
-    uint64_t seed = lo.seed, trained_tokens = 0;
-    size_t pos = nw;
-    long epoch = -1, bad = 0;
+    uint64_t trained_tokens = 0;
+    long bad = 0;
     double t0 = now_seconds(), last_loss = NAN;
     /* a resumed run replays the data order up to where the checkpoint was taken */
-    for (long i = 0; i < start_step * accum * batch; i++) {
-        if (pos >= nw) {
-            epoch++;
-            shuffle(order, nw, mix(seed ^ (uint64_t)epoch * 0x5851f42d4c957f2dull));
-            pos = 0;
-        }
-        pos++;
-    }
+    for (long i = 0; i < start_step * accum * batch; i++)
+        sampler_next(&smp);
     const char *kill_at = getenv("PEFT_TEST_KILL_AFTER_STEP"); /* crash test hook */
     for (long step = start_step; step < steps; step++) {
         peft_step_result r = PEFT_STEP_RESULT_INIT;
         double step_loss = 0;
         uint64_t step_tokens = 0;
         for (long micro = 0; micro < accum; micro++) {
-            for (long b = 0; b < batch; b++) {
-                if (pos >= nw) {
-                    epoch++;
-                    shuffle(order, nw, mix(seed ^ (uint64_t)epoch * 0x5851f42d4c957f2dull));
-                    pos = 0;
-                }
-                size_t w = order[pos++];
-                memcpy(buf + b * seq, train.ids + w * (size_t)seq, (size_t)seq * sizeof *buf);
-                if (train.labels)
-                    memcpy(lbuf + b * seq, train.labels + w * (size_t)seq, (size_t)seq * sizeof *lbuf);
-                if (train.docs)
-                    memcpy(dbuf + b * seq, train.docs + w * (size_t)seq, (size_t)seq * sizeof *dbuf);
-            }
+            sampler_fill(&smp, &train, (int)seq, (int)batch, buf, lbuf, dbuf);
             peft_batch pb = PEFT_BATCH_INIT;
             pb.tokens = buf;
             pb.labels = train.labels ? lbuf : NULL;
@@ -383,7 +341,7 @@ int cmd_train(int argc, char **argv)
     }
     rc = 0;
 done:
-    free(order);
+    sampler_free(&smp);
     free(buf);
     free(lbuf);
     free(dbuf);

@@ -12,6 +12,7 @@ static void usage(FILE *f)
             "commands:\n"
             "  train       fine-tune a LoRA adapter on a token file\n"
             "  eval        mean loss and perplexity of a model (+ adapter) on a token file\n"
+            "  sweep       train a family of configurations at one parameter budget; report\n"
             "  info        what a model or adapter directory holds; trainable-parameter counts\n"
             "  generate    continue a prompt (greedy or sampled), with or without an adapter\n"
             "  tokenize    text to token ids (a uint32 file or a list)\n"
@@ -35,6 +36,8 @@ int main(int argc, char **argv)
         return cmd_train(argc - 2, argv + 2);
     if (!strcmp(cmd, "eval"))
         return cmd_eval(argc - 2, argv + 2);
+    if (!strcmp(cmd, "sweep"))
+        return cmd_sweep(argc - 2, argv + 2);
     if (!strcmp(cmd, "info"))
         return cmd_info(argc - 2, argv + 2);
     if (!strcmp(cmd, "generate"))

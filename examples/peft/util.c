@@ -365,3 +365,58 @@ int exact_match(peft_model *m, const tokens *t, int T, int32_t eos, size_t w0, s
     free(logits);
     return rc;
 }
+
+static uint64_t mix(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+int sampler_init(sampler *s, size_t n_windows, uint64_t seed)
+{
+    s->order = malloc((n_windows ? n_windows : 1) * sizeof *s->order);
+    s->nw = n_windows;
+    s->pos = n_windows;
+    s->epoch = -1;
+    s->seed = seed;
+    return s->order ? 0 : -1;
+}
+
+void sampler_free(sampler *s)
+{
+    free(s->order);
+    s->order = NULL;
+}
+
+size_t sampler_next(sampler *s)
+{
+    if (s->pos >= s->nw) {
+        s->epoch++;
+        /* Fisher-Yates with a seed of its own per epoch */
+        uint64_t r = mix(s->seed ^ (uint64_t)s->epoch * 0x5851f42d4c957f2dull);
+        for (size_t i = 0; i < s->nw; i++)
+            s->order[i] = i;
+        for (size_t i = s->nw; i > 1; i--) {
+            r = mix(r);
+            size_t j = (size_t)(r % i), t = s->order[i - 1];
+            s->order[i - 1] = s->order[j];
+            s->order[j] = t;
+        }
+        s->pos = 0;
+    }
+    return s->order[s->pos++];
+}
+
+void sampler_fill(sampler *s, const tokens *t, int T, int B, int32_t *ids, int32_t *labels, int32_t *docs)
+{
+    for (int b = 0; b < B; b++) {
+        size_t w = sampler_next(s), n = (size_t)T;
+        memcpy(ids + (size_t)b * n, t->ids + w * n, n * sizeof *ids);
+        if (t->labels)
+            memcpy(labels + (size_t)b * n, t->labels + w * n, n * sizeof *labels);
+        if (t->docs)
+            memcpy(docs + (size_t)b * n, t->docs + w * n, n * sizeof *docs);
+    }
+}
