@@ -227,6 +227,28 @@ assert key(a) == key(b), (key(a), key(b))" || fail "resumed sweep differs"
     "$PEFT" "$@" --lr 2e-3 >/dev/null 2>"$T/err4" && fail "changed settings accepted"
     grep -q "other settings" "$T/err4" || fail "message"
     ;;
+sweep_readme_example)
+    # the README's sweep, and the conclusions the README draws from it
+    [ -f "$SHARED/models/stories260K/config.json" ] || { echo "SKIP: ../shared not present"; exit 77; }
+    M=$SHARED/models/stories260K
+    "$PEFT" sweep --model "$M" --train "$SHARED/data/kjv_genesis.txt" --forget "$SHARED/data/tinystories_sample.txt" \
+        --budget 20000 --out "$T/sw" --steps 100 --batch 8 --seq 64 --lr 2e-3 --schedule cosine --warmup 10 --seeds 2 \
+        --eval-windows 64 --threads 2 --json >"$T/s.json" 2>"$T/err" || { cat "$T/err"; fail "sweep"; }
+    cat "$T/err"
+    python3 "$SRC/tests/sweep_check.py" "$T/s.json" "$T/sw" 2 || fail "sweep outputs"
+    python3 -c "
+import json
+j = json.loads(open('$T/s.json').read().splitlines()[-1])
+c = {x['name']: x for x in j['configs']}
+better = lambda a, b: c[a]['eval_loss_after_max'] < c[b]['eval_loss_after_min']
+assert better('all_linear', 'attn_qv') and better('mlp', 'attn_qkvo'), 'all-linear and MLP beat attention'
+assert better('attn_qkvo', 'attn_qv'), 'q,k,v,o at a lower rank beats q,v'
+assert better('late_half', 'early_half'), 'late layers beat early ones'
+assert better('loraplus', 'all_linear'), 'LoRA+ learns fastest'
+assert c['loraplus']['forgetting'] > 2 * c['all_linear']['forgetting'], 'LoRA+ forgets most'
+assert c['norms']['forgetting'] < 0.2 * c['all_linear']['forgetting'], 'norm tuning forgets least'
+" || fail "a README conclusion does not hold"
+    ;;
 *)
     echo "unknown case $CASE" >&2
     exit 1
