@@ -125,6 +125,10 @@ static void jw_pattern(struct jw *w, const char *pat, int integer)
     free(copy);
 }
 
+/* PEFT's names of the embedding adapter (a ParameterDict: no ".weight") */
+#define EMBED_A_KEY "base_model.model.model.embed_tokens.lora_embedding_A"
+#define EMBED_B_KEY "base_model.model.model.embed_tokens.lora_embedding_B"
+
 static int write_config(const peft_model *m, const char *path, const char *base_name)
 {
     const lora_state *l = m->lora;
@@ -165,6 +169,8 @@ static int write_config(const peft_model *m, const char *path, const char *base_
             jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__module_names[k]);
             first = 0;
         }
+    if (l->embed_r > 0)
+        jw_put(&w, "%s\n    \"embed_tokens\"", first ? "" : ",");
     jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\",\n  \"use_dora\": %s,\n", l->use_dora ? "true" : "false");
     jw_put(&w, "  \"use_rslora\": %s\n}", l->use_rslora ? "true" : "false");
     if (w.oom) {
@@ -412,7 +418,8 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
     }
     int ia3 = l->method == PEFT_METHOD_IA3;
     int per = ia3 ? 1 : l->use_dora ? 3 : 2;
-    st_out_tensor *ts = calloc((size_t)l->n_modules * (size_t)per, sizeof *ts);
+    size_t n_ts = (size_t)l->n_modules * (size_t)per + (l->embed_r > 0 ? 2 : 0);
+    st_out_tensor *ts = calloc(n_ts, sizeof *ts);
     char *names = malloc((size_t)l->n_modules * (size_t)per * 128);
     char *st_path = peft__path_join(dir, "adapter_model.safetensors");
     char *cfg_path = peft__path_join(dir, "adapter_config.json");
@@ -446,8 +453,21 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
             t->data = l->params + (b ? md->off_b : md->off_a);
         }
     }
+    if (l->embed_r > 0) {
+        st_out_tensor *t = &ts[(size_t)l->n_modules * (size_t)per];
+        t[0].name = EMBED_A_KEY;
+        t[0].n_dims = 2;
+        t[0].shape[0] = l->embed_r;
+        t[0].shape[1] = m->cfg.vocab;
+        t[0].data = l->params + l->off_ea;
+        t[1].name = EMBED_B_KEY;
+        t[1].n_dims = 2;
+        t[1].shape[0] = m->cfg.dim;
+        t[1].shape[1] = l->embed_r;
+        t[1].data = l->params + l->off_eb;
+    }
     const char *mk[] = {"format"}, *mv[] = {"pt"};
-    code = st_write(st_path, ts, (size_t)l->n_modules * (size_t)per, mk, mv, 1);
+    code = st_write(st_path, ts, n_ts, mk, mv, 1);
     if (!code) {
         const char *base = opts && opts->base_model_name_or_path ? opts->base_model_name_or_path : m->path;
         code = ia3 ? write_config_ia3(m, cfg_path, base) : write_config(m, cfg_path, base);
@@ -559,10 +579,14 @@ static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, co
     } else if (v && v->type == JSON_ARRAY && v->length > 0) {
         for (size_t i = 0; i < v->length; i++) {
             const json_value *it = &v->items[i];
+            if (it->type == JSON_STRING && strcmp(it->string, "embed_tokens") == 0) {
+                o->targets |= PEFT_TARGET_EMBED;
+                continue;
+            }
             int k = it->type == JSON_STRING ? kind_of(it->string) : -1;
             if (k < 0)
                 FAIL(PEFT_EUNSUPPORTED, "%s: target module \"%s\" is not supported yet (q_proj, k_proj, "
-                     "v_proj, o_proj, gate_proj, up_proj, down_proj)",
+                     "v_proj, o_proj, gate_proj, up_proj, down_proj, embed_tokens)",
                      path, it->type == JSON_STRING ? it->string : "?");
             o->targets |= 1u << k;
         }
@@ -719,7 +743,8 @@ static int load_ia3(peft_model *m, const char *dir, const json_value *root, cons
 
 static int same_layout(const lora_state *a, const lora_state *b)
 {
-    if (a->n_modules != b->n_modules || a->use_dora != b->use_dora || a->method != b->method)
+    if (a->n_modules != b->n_modules || a->use_dora != b->use_dora || a->method != b->method ||
+        a->embed_r != b->embed_r)
         return 0;
     for (int i = 0; i < a->n_modules; i++) {
         const lora_module *x = &a->mods[i], *y = &b->mods[i];
@@ -822,9 +847,27 @@ int peft_load_adapter(peft_model *m, const char *dir)
                 goto done;
         }
     }
-    if (f->n_tensors != (size_t)l->n_modules * (size_t)per) {
+    if (l->embed_r > 0) {
+        const char *keys[2] = {EMBED_A_KEY, EMBED_B_KEY};
+        int64_t shp[2][2] = {{l->embed_r, m->cfg.vocab}, {m->cfg.dim, l->embed_r}};
+        for (int b = 0; b < 2; b++) {
+            const st_tensor *t = st_find(f, keys[b]);
+            if (!t) {
+                code = peft__fail(PEFT_ENOTFOUND, "%s: tensor '%s' is missing", st_path, keys[b]);
+                goto done;
+            }
+            if (t->n_dims != 2 || t->shape[0] != shp[b][0] || t->shape[1] != shp[b][1]) {
+                code = peft__fail(PEFT_ESHAPE, "%s: tensor '%s' must have shape [%lld, %lld]", st_path, keys[b],
+                                  (long long)shp[b][0], (long long)shp[b][1]);
+                goto done;
+            }
+            if ((code = st_read_f32(f, t, l->params + (b ? l->off_eb : l->off_ea), (uint64_t)(shp[b][0] * shp[b][1]))))
+                goto done;
+        }
+    }
+    if (f->n_tensors != (size_t)l->n_modules * (size_t)per + (l->embed_r > 0 ? 2 : 0)) {
         for (size_t i = 0; i < f->n_tensors; i++) {
-            int ok = 0;
+            int ok = l->embed_r > 0 && (!strcmp(f->tensors[i].name, EMBED_A_KEY) || !strcmp(f->tensors[i].name, EMBED_B_KEY));
             for (int j = 0; j < l->n_modules && !ok; j++)
                 for (int b = 0; b < per && !ok; b++) {
                     char key[160];

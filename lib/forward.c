@@ -56,6 +56,63 @@ const lora_view *peft__view_of(peft_model *m, lora_view *lv, int layer, int kind
     return lv;
 }
 
+/* The embedding adapter in effect, or NULL. */
+static const lora_state *embed_adapter(const peft_model *m)
+{
+    const lora_state *l = m->lora;
+    return l && l->embed_r > 0 && !m->adapter_off && !m->merged ? l : NULL;
+}
+
+/* x[i] = E[tok_i] + s B A[:, tok_i] (PEFT: embedding(x, A^T) @ B^T * scaling) */
+void peft__embed_tokens(peft_model *m, float *x, const int32_t *tokens, int64_t n)
+{
+    int D = m->cfg.dim, V = m->cfg.vocab;
+    const lora_state *l = embed_adapter(m);
+    for (int64_t i = 0; i < n; i++) {
+        float *xi = x + i * D;
+        memcpy(xi, m->embed + (int64_t)tokens[i] * D, (size_t)D * sizeof(float));
+        if (!l)
+            continue;
+        int r = l->embed_r;
+        const float *A = l->params + l->off_ea, *B = l->params + l->off_eb;
+        float a[256];
+        for (int k0 = 0; k0 < r; k0 += 256) { /* the token's column of A, scaled, in chunks */
+            int kn = r - k0 < 256 ? r - k0 : 256;
+            for (int k = 0; k < kn; k++)
+                a[k] = l->embed_scale * A[(int64_t)(k0 + k) * V + tokens[i]];
+            for (int d = 0; d < D; d++) {
+                const float *bd = B + (int64_t)d * r + k0;
+                float acc = 0;
+                for (int k = 0; k < kn; k++)
+                    acc += bd[k] * a[k];
+                xi[d] += acc;
+            }
+        }
+    }
+}
+
+/* dx (n, dim) = d(loss)/d(embedding output): dA[:, tok_i] += s B^T dx_i, dB += s dx_i A[:, tok_i]^T */
+static void embed_backward(peft_model *m, const float *dx, const int32_t *tokens, int64_t n)
+{
+    lora_state *l = m->lora;
+    int D = m->cfg.dim, V = m->cfg.vocab, r = l->embed_r;
+    const float *A = l->params + l->off_ea, *B = l->params + l->off_eb;
+    float *dA = l->grads + l->off_ea, *dB = l->grads + l->off_eb, s = l->embed_scale;
+    for (int64_t i = 0; i < n; i++) {
+        const float *g = dx + i * D;
+        int32_t t = tokens[i];
+        for (int k = 0; k < r; k++) {
+            float acc = 0, ak = s * A[(int64_t)k * V + t];
+            for (int d = 0; d < D; d++)
+                acc += B[(int64_t)d * r + k] * g[d];
+            dA[(int64_t)k * V + t] += s * acc;
+            if (ak != 0.0f)
+                for (int d = 0; d < D; d++)
+                    dB[(int64_t)d * r + k] += g[d] * ak;
+        }
+    }
+}
+
 static int64_t norm_index(const peft_model *m, int layer, int which)
 {
     const lora_state *l = m->lora;
@@ -273,8 +330,7 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
 
     /* embeddings */
     float *x = train ? ws->acts[0].x_in : ws->res[0];
-    for (int64_t i = 0; i < N; i++)
-        memcpy(x + i * D, m->embed + (int64_t)batch->tokens[i] * D, (size_t)D * sizeof(float));
+    peft__embed_tokens(m, x, batch->tokens, N);
 
     for (int l = 0; l < c->n_layers; l++) {
         float *out;
@@ -316,8 +372,10 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
     if (dwf)
         rmsnorm_backward_w(dwf, ws->dxn, ws->x_final, ws->rstdf, N, D);
     rmsnorm_backward(m->pool, ws->dx, ws->dxn, ws->x_final, peft__norm_weight(m, 0, 2), ws->rstdf, N, D);
-    for (int l = c->n_layers - 1; l >= m->lora->lowest_layer; l--)
+    for (int l = c->n_layers - 1; l >= (m->lora->lowest_layer > 0 ? m->lora->lowest_layer : 0); l--)
         layer_backward(m, l);
+    if (m->lora->embed_r > 0) /* ws->dx: d(loss)/d(layer 0 input) */
+        embed_backward(m, ws->dx, batch->tokens, N);
     m->dropout_calls++;
     return PEFT_OK;
 }

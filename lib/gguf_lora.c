@@ -75,6 +75,9 @@ int peft_save_adapter_gguf(peft_model *m, const char *path, const char *name)
     lora_state *l = m->lora;
     if (l->use_dora)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_adapter_gguf: llama.cpp's LoRA format has no DoRA magnitude");
+    if (l->embed_r > 0)
+        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_adapter_gguf: the embedding adapter is not exported to "
+                                             "GGUF yet (llama.cpp's converter handles only linear LoRA modules here)");
     const peft_config *c = &m->cfg;
     int n_t = l->n_modules * 2, code = PEFT_OK;
     struct gt *ts = calloc((size_t)n_t, sizeof *ts);

@@ -99,7 +99,7 @@ static void feed_one(peft_session *s, int32_t tok)
     int qd = H * hd, kvd = Hk * hd, pos = s->pos;
     float scale = 1.0f / sqrtf((float)hd);
     lora_view lv;
-    memcpy(s->x, m->embed + (int64_t)tok * D, (size_t)D * sizeof(float));
+    peft__embed_tokens(m, s->x, &tok, 1);
     for (int l = 0; l < c->n_layers; l++) {
         const peft_layer_weights *w = &m->layers[l];
         float rstd;

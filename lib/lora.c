@@ -177,8 +177,10 @@ static int check_options(const peft_model *m, const peft_lora_options *o)
         return peft__fail(PEFT_EINVAL, "LoRA: NULL argument");
     if (o->version == 0 || o->version > PEFT_LORA_OPTIONS_VERSION)
         return peft__fail(PEFT_EINVAL, "LoRA: unknown options version %u", o->version);
-    if (o->targets == 0 || (o->targets & ~(uint32_t)PEFT_TARGET_ALL_LINEAR))
+    if (o->targets == 0 || (o->targets & ~(uint32_t)(PEFT_TARGET_ALL_LINEAR | PEFT_TARGET_EMBED)))
         return peft__fail(PEFT_EINVAL, "LoRA: targets must be a non-empty set of PEFT_TARGET_* bits");
+    if ((o->targets & PEFT_TARGET_EMBED) && o->version >= 2 && o->use_dora)
+        return peft__fail(PEFT_EUNSUPPORTED, "DoRA on the embeddings is not supported (LoRA only)");
     if (o->rank <= 0 || o->rank > 65536)
         return peft__fail(PEFT_EINVAL, "LoRA: rank %d out of range (1..65536)", o->rank);
     if (!isfinite(o->alpha) || o->alpha <= 0)
@@ -305,6 +307,22 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
                 l->lowest_layer = layer;
         }
     }
+    if (o->targets & PEFT_TARGET_EMBED) {
+        for (int layer = 0; layer < c->n_layers; layer++)
+            if (!l->layer_on[layer]) {
+                peft__lora_free(l);
+                return peft__fail(PEFT_EUNSUPPORTED, "LoRA on the embeddings needs all layers: PEFT's "
+                                                     "layers_to_transform would drop embed_tokens");
+            }
+        l->embed_r = (int)pattern_value(rpat, "model.embed_tokens", o->rank);
+        l->embed_alpha = (float)pattern_value(apat, "model.embed_tokens", o->alpha);
+        l->embed_scale = l->use_rslora ? l->embed_alpha / sqrtf((float)l->embed_r) : l->embed_alpha / (float)l->embed_r;
+        l->off_ea = off;
+        off += (size_t)l->embed_r * (size_t)c->vocab;
+        l->off_eb = off;
+        off += (size_t)c->dim * (size_t)l->embed_r;
+        l->lowest_layer = -1;
+    }
     l->n_params = off;
     if (allocate) {
         if (l->use_dora) {
@@ -353,6 +371,19 @@ static void init_params(lora_state *l, const peft_model *m)
             }
         }
     }
+}
+
+/* PEFT's embedding init: A = 0, B ~ N(0, 1), from a stream of its own. */
+static void init_embed(lora_state *l, const peft_model *m)
+{
+    if (l->embed_r <= 0)
+        return;
+    peft_rng rng;
+    peft__rng_seed(&rng, l->seed ^ peft__hash64(0x656d626564ull)); /* "embed" */
+    memset(l->params + l->off_ea, 0, (size_t)l->embed_r * (size_t)m->cfg.vocab * sizeof(float));
+    float *b = l->params + l->off_eb;
+    for (size_t j = 0; j < (size_t)m->cfg.dim * (size_t)l->embed_r; j++)
+        b[j] = (float)peft__rng_normal(&rng);
 }
 
 /* IA3: one vector per target module, of its input size (feedforward) or output size. */
@@ -533,6 +564,7 @@ int peft_attach_lora(peft_model *m, const peft_lora_options *o, uint64_t *n_trai
     if (code)
         return code;
     init_params(l, m);
+    init_embed(l, m);
     return install(m, l, n_trainable);
 }
 

@@ -40,6 +40,16 @@ static void merged_weight(peft_model *m, float *dst, const float *W, const lora_
     }
 }
 
+/* E (vocab, dim) + scale * (B A)^T into dst: the embedding adapter merged */
+static void merged_embed(peft_model *m, float *dst, const float *E)
+{
+    const lora_state *l = m->lora;
+    const peft_config *c = &m->cfg;
+    memcpy(dst, E, (size_t)c->vocab * (size_t)c->dim * sizeof *dst);
+    peft__gemm(m, 1, 1, c->vocab, c->dim, l->embed_r, l->embed_scale, l->params + l->off_ea, c->vocab,
+               l->params + l->off_eb, l->embed_r, 1.0f, dst, c->dim);
+}
+
 int peft_merge_adapter(peft_model *m)
 {
     if (!m)
@@ -66,6 +76,21 @@ int peft_merge_adapter(peft_model *m)
         }
         merged_weight(m, copies[i], m->layers[md->layer].w[md->kind], md);
     }
+    float *emb = NULL;
+    if (l->embed_r > 0) {
+        /* the input lookup gets the merged copy; a tied lm_head keeps the base matrix, as
+           the unmerged adapter computes */
+        emb = peft__alloc_floats((size_t)m->cfg.vocab * (size_t)m->cfg.dim);
+        if (!emb) {
+            for (int j = 0; j < l->n_modules; j++)
+                peft__free(copies[j]);
+            free(copies);
+            return peft__fail(PEFT_ENOMEM, "peft_merge_adapter: out of memory for merged embeddings");
+        }
+        merged_embed(m, emb, m->embed);
+        m->embed_base = m->embed;
+        m->embed = emb;
+    }
     for (int i = 0; i < l->n_modules; i++) {
         const lora_module *md = &l->mods[i];
         m->layers[md->layer].w_base[md->kind] = m->layers[md->layer].w[md->kind];
@@ -88,6 +113,11 @@ int peft_unmerge_adapter(peft_model *m)
         m->layers[md->layer].w[md->kind] = m->layers[md->layer].w_base[md->kind];
         peft__free(m->merged_copies[i]);
     }
+    if (m->embed_base) {
+        peft__free((float *)m->embed);
+        m->embed = m->embed_base;
+        m->embed_base = NULL;
+    }
     free(m->merged_copies);
     m->merged_copies = NULL;
     m->merged = 0;
@@ -99,6 +129,10 @@ int peft_save_merged(peft_model *m, const char *dir)
     if (!m || !dir)
         return peft__fail(PEFT_EINVAL, "peft_save_merged: NULL argument");
     const peft_config *c = &m->cfg;
+    int embed_lora = m->lora && m->lora->embed_r > 0 && !m->adapter_off;
+    if (embed_lora && c->tied)
+        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: the model ties lm_head to the embeddings; merging "
+                                             "the embedding adapter would change lm_head too");
     int n_t = 2 + (m->lm_head != m->embed) + c->n_layers * 9, k = 0, code;
     st_out_tensor *ts = calloc((size_t)n_t, sizeof *ts);
     char *names = calloc((size_t)n_t, 96);
@@ -119,7 +153,17 @@ int peft_save_merged(peft_model *m, const char *dir)
         ts[k].data = (ptr);                                                                        \
         k++;                                                                                       \
     } while (0)
-    ADD("model.embed_tokens.weight", c->vocab, c->dim, m->embed);
+    if (embed_lora && !m->merged) {
+        tmp[k] = peft__alloc_floats((size_t)c->vocab * (size_t)c->dim);
+        if (!tmp[k]) {
+            code = peft__fail(PEFT_ENOMEM, "peft_save_merged: out of memory");
+            goto done;
+        }
+        merged_embed(m, tmp[k], m->embed);
+        ADD("model.embed_tokens.weight", c->vocab, c->dim, tmp[k]);
+    } else {
+        ADD("model.embed_tokens.weight", c->vocab, c->dim, m->embed);
+    }
     ADD("model.norm.weight", c->dim, 0, peft__norm_weight(m, 0, 2));
     if (m->lm_head != m->embed)
         ADD("lm_head.weight", c->vocab, c->dim, m->lm_head);

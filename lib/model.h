@@ -42,7 +42,10 @@ typedef struct lora_state {
     int n_modules;
     lora_module *mods;
     int *index;         /* n_layers * PEFT_MOD_COUNT module index or -1 */
-    int lowest_layer;   /* backward stops here */
+    int lowest_layer;   /* backward stops here (-1: down to the embeddings) */
+    int embed_r;        /* LoRA on the token embeddings: rank (0: none), A (r, vocab) at off_ea, */
+    float embed_alpha, embed_scale; /* B (dim, r) at off_eb */
+    size_t off_ea, off_eb;
     int64_t *norm_off;  /* NORMS: (n_layers * 2 + 1) offsets of tuned RMSNorm weights or -1
                            (input_layernorm, post_attention_layernorm per layer, then the final norm) */
     size_t n_params;
@@ -86,6 +89,7 @@ struct peft_model {
     float **owned;
     int n_owned, cap_owned;
     const float *embed, *final_norm, *lm_head;
+    const float *embed_base; /* the unmerged embeddings while an embedding adapter is merged */
     peft_layer_weights *layers;
     uint64_t n_params;
     char weights_dtype[8];
@@ -102,7 +106,7 @@ struct peft_model {
     workspace ws;
 
     /* optimizer */
-    double lr, beta1, beta2, eps, weight_decay, grad_clip, min_lr_ratio, loraplus_ratio;
+    double lr, beta1, beta2, eps, weight_decay, grad_clip, min_lr_ratio, loraplus_ratio, embed_lr_ratio;
     int accum_steps, warmup_steps, total_steps, schedule;
     int64_t step;       /* updates done */
     int micro;          /* micro-batches accumulated since the last update */
@@ -125,6 +129,9 @@ const char *peft__module_key(char *buf, size_t n, int layer, int kind, int is_b)
    and its gradient (NULL when not tuned) */
 const float *peft__norm_weight(const peft_model *m, int layer, int which);
 float *peft__norm_grad(peft_model *m, int layer, int which);
+
+/* forward.c: the embeddings of n tokens into x (n, dim), with the embedding adapter's delta */
+void peft__embed_tokens(peft_model *m, float *x, const int32_t *tokens, int64_t n);
 
 /* forward.c */
 int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_sum,

@@ -18,6 +18,7 @@ void peft__opt_defaults(peft_model *m)
     m->schedule = PEFT_SCHEDULE_CONSTANT;
     m->min_lr_ratio = 0.0;
     m->loraplus_ratio = 1.0;
+    m->embed_lr_ratio = 1.0;
 }
 
 static const struct {
@@ -30,6 +31,7 @@ static const struct {
     {PEFT_OPT_ACCUM_STEPS, 1, 1 << 20}, {PEFT_OPT_WARMUP_STEPS, 0, 1 << 30},
     {PEFT_OPT_TOTAL_STEPS, 0, 1 << 30}, {PEFT_OPT_SCHEDULE, 0, 2},
     {PEFT_OPT_MIN_LR_RATIO, 0.0, 1.0},  {PEFT_OPT_LORAPLUS_RATIO, 0.0, 1e4},
+    {PEFT_OPT_EMBED_LR_RATIO, 0.0, 1e4},
 };
 
 int peft_opt_bounds(int key, double *lo, double *hi)
@@ -79,6 +81,7 @@ int peft_opt_set(peft_model *m, int key, double v)
     case PEFT_OPT_SCHEDULE: m->schedule = (int)v; break;
     case PEFT_OPT_MIN_LR_RATIO: m->min_lr_ratio = v; break;
     case PEFT_OPT_LORAPLUS_RATIO: m->loraplus_ratio = v; break;
+    case PEFT_OPT_EMBED_LR_RATIO: m->embed_lr_ratio = v; break;
     }
     return PEFT_OK;
 }
@@ -100,6 +103,7 @@ int peft_opt_get(const peft_model *m, int key, double *v)
     case PEFT_OPT_SCHEDULE: *v = m->schedule; break;
     case PEFT_OPT_MIN_LR_RATIO: *v = m->min_lr_ratio; break;
     case PEFT_OPT_LORAPLUS_RATIO: *v = m->loraplus_ratio; break;
+    case PEFT_OPT_EMBED_LR_RATIO: *v = m->embed_lr_ratio; break;
     case PEFT_OPT_STEP: *v = (double)m->step; break;
     default: return peft__fail(PEFT_EINVAL, "unknown optimizer setting %d", key);
     }
@@ -119,6 +123,25 @@ static double lr_at(const peft_model *m, int64_t t)
         p = 1;
     double f = m->schedule == PEFT_SCHEDULE_LINEAR ? 1.0 - p : 0.5 * (1.0 + cos(M_PI * p));
     return m->lr * (m->min_lr_ratio + (1.0 - m->min_lr_ratio) * f);
+}
+
+struct adamw {
+    float *g, *p, *m, *v;
+    float gs, step_size, bc2_sqrt, b1, b2, eps;
+    double lr, weight_decay;
+};
+
+/* AdamW on params [off, off + n) at mult x the learning rate. */
+static void adamw_segment(const struct adamw *a, size_t off, size_t n, double mult)
+{
+    float ss = (float)(a->step_size * mult), decay = (float)(1.0 - a->lr * mult * a->weight_decay);
+    for (size_t i = off; i < off + n; i++) {
+        float gi = a->g[i] * a->gs;
+        a->m[i] = a->b1 * a->m[i] + (1.0f - a->b1) * gi;
+        a->v[i] = a->b2 * a->v[i] + (1.0f - a->b2) * gi * gi;
+        float denom = sqrtf(a->v[i]) / a->bc2_sqrt + a->eps;
+        a->p[i] = a->p[i] * decay - ss * a->m[i] / denom;
+    }
 }
 
 int peft__opt_apply(peft_model *m, double token_count, peft_step_result *res)
@@ -146,6 +169,7 @@ int peft__opt_apply(peft_model *m, double token_count, peft_step_result *res)
     double bc1 = 1.0 - pow(m->beta1, (double)t), bc2 = 1.0 - pow(m->beta2, (double)t);
     float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
     float b1 = (float)m->beta1, b2 = (float)m->beta2, eps = (float)m->eps;
+    struct adamw a = {g, p, mm, vv, gs, step_size, bc2_sqrt, b1, b2, eps, lr, m->weight_decay};
     /* LoRA+: the B matrices learn at loraplus_ratio x the learning rate */
     int n_groups = l->method == PEFT_METHOD_NORMS ? 1 : l->n_modules;
     for (int k = 0; k < n_groups; k++) {
@@ -153,30 +177,20 @@ int peft__opt_apply(peft_model *m, double token_count, peft_step_result *res)
         const lora_module *md = l->method == PEFT_METHOD_NORMS ? &whole : &l->mods[k];
         size_t na = (size_t)md->r * (size_t)md->in, nb = (size_t)md->out * (size_t)md->r;
         size_t nm = l->use_dora ? (size_t)md->out : 0;
-        struct {
-            size_t off, n;
-            double mult;
-        } seg[3] = {{md->off_a, na, 1.0}, {md->off_b, nb, m->loraplus_ratio}, {md->off_m, nm, 1.0}};
         if (l->method == PEFT_METHOD_NORMS) { /* all norm weights: one group */
-            seg[0].off = 0;
-            seg[0].n = l->n_params;
-            seg[1].n = seg[2].n = 0;
+            adamw_segment(&a, 0, l->n_params, 1.0);
         } else if (l->method == PEFT_METHOD_IA3) { /* one scaling vector */
-            seg[0].n = (size_t)(md->ia3_ff ? md->in : md->out);
-            seg[1].n = seg[2].n = 0;
-        }
-        for (int s = 0; s < 3; s++) {
-            float ss_ = (float)(step_size * seg[s].mult);
-            float decay = (float)(1.0 - lr * seg[s].mult * m->weight_decay);
-            for (size_t i = seg[s].off; i < seg[s].off + seg[s].n; i++) {
-                float gi = g[i] * gs;
-                mm[i] = b1 * mm[i] + (1.0f - b1) * gi;
-                vv[i] = b2 * vv[i] + (1.0f - b2) * gi * gi;
-                float denom = sqrtf(vv[i]) / bc2_sqrt + eps;
-                p[i] = p[i] * decay - ss_ * mm[i] / denom;
-            }
+            adamw_segment(&a, md->off_a, (size_t)(md->ia3_ff ? md->in : md->out), 1.0);
+        } else {
+            adamw_segment(&a, md->off_a, na, 1.0);
+            adamw_segment(&a, md->off_b, nb, m->loraplus_ratio);
+            adamw_segment(&a, md->off_m, nm, 1.0);
         }
     }
+    /* the embedding adapter (A then B, contiguous) at its own learning rate */
+    if (l->embed_r > 0)
+        adamw_segment(&a, l->off_ea, (size_t)l->embed_r * ((size_t)m->cfg.vocab + (size_t)m->cfg.dim),
+                      m->embed_lr_ratio);
     memset(g, 0, n * sizeof *g);
     m->step = t;
     if (res) {

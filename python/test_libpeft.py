@@ -102,6 +102,11 @@ def test_other_methods():
         assert m.attach_norms(layers="last:1") == 3 * 32
         m.detach()
         assert m.attach_lora(targets="q,v", rank=2, dora=True) == 3 * (2 * (64 + 48) + 32 + 16)
+        m.detach()
+        # LoRA on the embeddings too: A (2, vocab 48) and B (hidden 32, 2)
+        assert m.attach_lora(targets="all-linear,embed_tokens", rank=2) == 2 * 3 * 440 + 2 * (48 + 32)
+        m.set_optimizer(embed_lr_ratio=0.1)
+        assert abs(m.get_optimizer("embed_lr_ratio") - 0.1) < 1e-12
 
 
 def test_tokenizer():

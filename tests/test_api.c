@@ -882,6 +882,100 @@ TEST(checkpoint_torn_is_refused)
     peft_model_close(&m);
 }
 
+TEST(embed_lora_lifecycle)
+{
+    peft_model *m = open_tiny(2), *base = open_tiny(1);
+    peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+    peft_model_get_info(m, &in);
+    const int V = in.vocab_size, D = in.hidden_size, L = in.n_layers;
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_Q | PEFT_TARGET_EMBED;
+    o.rank = 2;
+    uint64_t n_tr, n_count;
+    CHECK_OK(peft_count_lora(&n_count, m, &o));
+    CHECK_OK(peft_attach_lora(m, &o, &n_tr));
+    CHECK(n_tr == n_count);
+    CHECK(n_tr == (uint64_t)L * 2 * (D + in.n_heads * in.head_dim) + 2ull * (V + D));
+    /* A = 0 at init (PEFT): the model is the base model */
+    CHECK(eval_loss(m) == eval_loss(base));
+    float *p;
+    size_t n;
+    CHECK_OK(peft_param_buffer(&p, &n, m));
+    for (size_t i = 0; i < n; i++)
+        p[i] = 0.1f * (float)((int)(i % 7) - 3) + 0.05f;
+    size_t e0 = n - 2 * (size_t)(V + D); /* the embedding adapter: A (2, V) then B (D, 2), last */
+    double with = eval_loss(m);
+    CHECK(with != eval_loss(base));
+    /* its own learning rate: ratio 0 freezes it, the q adapters move */
+    float *before = malloc(n * sizeof *before);
+    memcpy(before, p, n * sizeof *before);
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-3));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_EMBED_LR_RATIO, 0));
+    int32_t tok[32];
+    make_batch(tok, 32, 5);
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
+    CHECK_OK(peft_step(m, &b, NULL));
+    double mq = 0, me = 0;
+    for (size_t i = 0; i < e0; i++)
+        mq = fmax(mq, fabs(p[i] - before[i]));
+    for (size_t i = e0; i < n; i++)
+        me = fmax(me, fabs(p[i] - before[i]));
+    CHECK_CLOSE(mq, 1e-3, 1e-4);
+    CHECK(me == 0);
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_EMBED_LR_RATIO, 0.25));
+    memcpy(before, p, n * sizeof *before);
+    CHECK_OK(peft_step(m, &b, NULL));
+    me = 0;
+    for (size_t i = e0; i < n; i++)
+        me = fmax(me, fabs(p[i] - before[i]));
+    CHECK(me > 1e-4 && me < 0.3e-3);
+    free(before);
+    with = eval_loss(m);
+    /* save and load: the same function */
+    char *d = mktmp();
+    CHECK_OK(peft_save_adapter(m, d, NULL));
+    size_t len;
+    char *cfg = read_text(d, "adapter_config.json", &len);
+    CHECK(cfg && strstr(cfg, "\"embed_tokens\""));
+    free(cfg);
+    peft_model *m2 = open_tiny(1);
+    CHECK_OK(peft_load_adapter(m2, d));
+    CHECK(eval_loss(m2) == with);
+    peft_model_close(&m2);
+    /* sessions apply it too: merged and unmerged logits agree */
+    peft_session *s;
+    float l1[48], l2[48];
+    CHECK_OK(peft_session_create(&s, m, 8));
+    CHECK_OK(peft_session_feed(s, tok, 8, l1));
+    CHECK_OK(peft_merge_adapter(m));
+    CHECK_CLOSE(eval_loss(m), with, 1e-5);
+    CHECK_OK(peft_session_reset(s));
+    CHECK_OK(peft_session_feed(s, tok, 8, l2));
+    for (int i = 0; i < V && i < 48; i++)
+        CHECK_CLOSE(l1[i], l2[i], 1e-4);
+    CHECK_OK(peft_unmerge_adapter(m));
+    CHECK(eval_loss(m) == with);
+    peft_session_free(&s);
+    /* the merged export (the tiny model is untied) */
+    char *dm = mktmp();
+    CHECK_OK(peft_save_merged(m, dm));
+    peft_model *mm;
+    CHECK_OK(peft_model_open(&mm, dm, NULL));
+    CHECK_CLOSE(eval_loss(mm), with, 1e-5);
+    peft_model_close(&mm);
+    /* not expressible: GGUF export, DoRA on the embeddings, a layer subset (PEFT would drop it) */
+    char gp[128];
+    snprintf(gp, sizeof gp, "%s/a.gguf", d);
+    CHECK(peft_save_adapter_gguf(m, gp, NULL) == PEFT_EUNSUPPORTED);
+    o.use_dora = 1;
+    CHECK(peft_count_lora(&n_count, m, &o) == PEFT_EUNSUPPORTED);
+    o.use_dora = 0;
+    o.layers = "0";
+    CHECK(peft_count_lora(&n_count, m, &o) == PEFT_EUNSUPPORTED);
+    peft_model_close(&m);
+    peft_model_close(&base);
+}
+
 static const struct h_case cases[] = {
     CASE(errors_and_versions), CASE(last_error_is_per_thread), CASE(info_and_exact_counts),
     CASE(determinism_and_thread_invariance), CASE(gradient_accumulation_equals_big_batch),
@@ -889,6 +983,6 @@ static const struct h_case cases[] = {
     CASE(save_load_round_trip), CASE(load_adapter_errors), CASE(save_is_atomic_on_write_failure),
     CASE(training_lowers_loss), CASE(packed_documents_equal_separate_sequences), CASE(merge_unmerge_and_export),
     CASE(dora_save_load_merge), CASE(rank_and_alpha_patterns), CASE(loraplus_ratio), CASE(ia3_save_load_merge),
-    CASE(norm_tuning_save_load_export), CASE(checkpoint_torn_is_refused),
+    CASE(norm_tuning_save_load_export), CASE(checkpoint_torn_is_refused), CASE(embed_lora_lifecycle),
 };
 TEST_MAIN(cases)

@@ -68,6 +68,23 @@ static double max_rel_err(const float *x, double xscale, const char *st_path, co
                 off += t->n_elems;
                 free(r);
             }
+    /* the embedding adapter follows the linear modules: A (r, vocab), then B (dim, r) */
+    for (int b = 0; b < 2; b++) {
+        const st_tensor *t = st_find(ref, b ? "base_model.model.model.embed_tokens.lora_embedding_B"
+                                            : "base_model.model.model.embed_tokens.lora_embedding_A");
+        if (!t)
+            continue;
+        float *r = malloc(t->n_elems * sizeof *r);
+        st_read_f32(ref, t, r, t->n_elems);
+        double mx = 0, err = 0;
+        for (uint64_t i = 0; i < t->n_elems; i++) {
+            mx = fmax(mx, fabs(r[i]));
+            err = fmax(err, fabs(x[off + i] * xscale - r[i]));
+        }
+        worst = fmax(worst, err / fmax(mx, 1e-12));
+        off += t->n_elems;
+        free(r);
+    }
     /* LN tuning: per layer input then post-attention norm, then the final norm */
     for (int l = 0; l <= 64; l++)
         for (int w = 0; w < 2; w++) {
@@ -161,6 +178,7 @@ TEST(torch_step_last_layer_rslora_clip_decay) { step_case("qv_down_last_rslora",
 TEST(torch_step_dora) { step_case("dora_qkvo_up", 2); }
 TEST(torch_step_ia3) { step_case("ia3_kv_down", 2); }
 TEST(torch_step_norms) { step_case("norms_last2_final", 2); }
+TEST(torch_step_embed) { step_case("embed_qv", 2); }
 
 /* Every backend against the reference on a whole training step. */
 TEST(backend_blis_step)
@@ -180,11 +198,11 @@ TEST(backend_blis_step)
 }
 
 /* Whole model, finite differences w.r.t. every adapter tensor (sampled entries). */
-TEST(model_gradcheck)
+static void gradcheck(const char *adapter)
 {
     peft_model *m;
     CHECK_OK(peft_model_open(&m, test_data("tiny"), NULL));
-    CHECK_OK(peft_load_adapter(m, test_data("tiny/all_linear/adapter")));
+    CHECK_OK(peft_load_adapter(m, test_data(adapter)));
     int32_t tok[2 * 10];
     for (int i = 0; i < 20; i++)
         tok[i] = (i * 7 + 3) % 48;
@@ -221,6 +239,10 @@ TEST(model_gradcheck)
     free(ga);
     peft_model_close(&m);
 }
+
+TEST(model_gradcheck) { gradcheck("tiny/all_linear/adapter"); }
+/* the embedding adapter's gradient flows through every layer down to the lookup */
+TEST(model_gradcheck_embed) { gradcheck("tiny/embed_qv/adapter"); }
 
 /* ---- sharded checkpoints and half-precision weights ---- */
 
@@ -590,7 +612,7 @@ TEST(shared_gguf_models)
 static const struct h_case cases[] = {
     CASE(torch_step_all_linear), CASE(torch_step_last_layer_rslora_clip_decay), CASE(torch_step_dora),
     CASE(backend_blis_step), CASE(torch_step_ia3), CASE(torch_step_norms),
-    CASE(model_gradcheck),
+    CASE(model_gradcheck), CASE(model_gradcheck_embed), CASE(torch_step_embed),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
     CASE(sharded_and_half_precision_models), CASE(config_errors), CASE(shared_gguf_models),
 };

@@ -77,8 +77,9 @@ int cmd_info(int argc, char **argv)
                o.layers ? o.layers : "all", o.use_rslora ? " rslora" : "");
         printf("  %-10s %14s\n", "module", "trainable");
         uint64_t total = 0;
-        static const char *names[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-        for (int k = 0; k < 7; k++) {
+        static const char *names[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                                      "embed_tokens"};
+        for (int k = 0; k < 8; k++) {
             if (!(o.targets & (1u << k)))
                 continue;
             peft_lora_options one = o;

@@ -47,11 +47,13 @@ static const char sweep_help[] =
     "text:     --tokenizer PATH --doc-split paragraph|line --pad --eos --cross-doc\n"
     "run:      --threads N --backend cpu|blis --json --quiet\n"
     "families: attn_qv attn_qkv attn_qkvo mlp_gate mlp_up mlp_down mlp all_linear early_half\n"
-    "          late_half last_n norms ia3 dora loraplus (and, not yet available: embed_lora\n"
-    "          embed_rows vera loha lokr prompt)\n"
+    "          late_half last_n norms ia3 dora loraplus embed_lora (embeddings at 0.1 x LR)\n"
+    "          embed_lora_1x all_linear_embed (and, not yet available: embed_rows vera\n"
+    "          loha lokr prompt)\n"
     "--config FILE: one configuration per line, NAME then `peft train` adapter flags\n"
     "(--method --targets --layers --rank --alpha --rslora --dropout --init --feedforward\n"
-    "--rank-pattern --alpha-pattern --lr --lr-ratio --loraplus-ratio --weight-decay);\n"
+    "--rank-pattern --alpha-pattern --lr --lr-ratio --loraplus-ratio --embed-lr-ratio\n"
+    "--weight-decay);\n"
     "# starts a comment. Without --rank or --rank-pattern the rank is solved for the budget.\n";
 
 /* The built-in families. %H is half the layers, %N the --last count. */
@@ -73,7 +75,9 @@ static const struct family {
     {"ia3", "--method ia3 --targets k,v,down", NULL},
     {"dora", "--method dora --targets all-linear", NULL},
     {"loraplus", "--targets all-linear --loraplus-ratio 16", NULL},
-    {"embed_lora", "", "LoRA on the token embeddings is not implemented yet"},
+    {"embed_lora", "--targets embed --embed-lr-ratio 0.1", NULL},
+    {"embed_lora_1x", "--targets embed", NULL},
+    {"all_linear_embed", "--targets all-linear,embed --embed-lr-ratio 0.1", NULL},
     {"embed_rows", "", "training selected embedding rows (trainable_token_indices) is not implemented yet"},
     {"vera", "", "VeRA is not implemented yet"},
     {"loha", "", "LoHa is not implemented yet"},
@@ -157,6 +161,7 @@ static int cfg_parse(sweep_cfg *c, double sweep_lr)
     int rc = -1;
     if (arg_double(&a, "--lr", sweep_lr, &lr) || arg_double(&a, "--lr-ratio", 1.0, &ratio) ||
         arg_double(&a, "--loraplus-ratio", 1.0, &c->loraplus) || arg_double(&a, "--weight-decay", 0.0, &c->wd) ||
+        arg_double(&a, "--embed-lr-ratio", 1.0, &c->embed_lr) ||
         lora_from_args(&a, &c->lo, &c->kind, &c->io) || args_check_unused(&a)) {
         fprintf(stderr, "peft sweep: configuration %s: cannot use '%s'\n", c->name, c->flags);
         goto done;
@@ -243,7 +248,7 @@ static int solve_lora(sweep_cfg *c, const peft_model *m, const sweep *sw)
     uint64_t n0;
     if ((code = peft_count_lora(&n0, m, &c->lo)))
         return fail_lib(c->name, code), -1;
-    struct module_cost *mc = malloc((size_t)sw->n_layers * 7 * sizeof *mc);
+    struct module_cost *mc = malloc(((size_t)sw->n_layers * 7 + 1) * sizeof *mc);
     size_t nm = 0;
     if (!mc)
         return -1;
@@ -263,6 +268,18 @@ static int solve_lora(sweep_cfg *c, const peft_model *m, const sweep *sw)
             if (n1 > n0)
                 mc[nm++] = (struct module_cost){l, t, n1 - n0};
         }
+    if (c->lo.targets & PEFT_TARGET_EMBED) {
+        snprintf(key, sizeof key, "embed_tokens=%d", r + 1);
+        peft_lora_options one = c->lo;
+        one.rank_pattern = key;
+        uint64_t n1;
+        if ((code = peft_count_lora(&n1, m, &one))) {
+            free(mc);
+            return fail_lib(c->name, code), -1;
+        }
+        if (n1 > n0)
+            mc[nm++] = (struct module_cost){-1, 7, n1 - n0};
+    }
     qsort(mc, nm, sizeof *mc, by_cost);
     uint64_t left = sw->budget - n0;
     char *rp = NULL, *ap = NULL;
@@ -286,9 +303,13 @@ static int solve_lora(sweep_cfg *c, const peft_model *m, const sweep *sw)
         else
             continue;
         bumped++;
-        if (append(&rp, &rl, &rc, "%slayers.%d.%s=%d", rl ? "," : "", mc[i].layer, module_names[mc[i].target], r + 1) ||
-            (default_alpha &&
-             append(&ap, &al, &ac, "%slayers.%d.%s=%d", al ? "," : "", mc[i].layer, module_names[mc[i].target], 2 * (r + 1)))) {
+        char mod[96];
+        if (mc[i].target == 7)
+            snprintf(mod, sizeof mod, "embed_tokens");
+        else
+            snprintf(mod, sizeof mod, "layers.%d.%s", mc[i].layer, module_names[mc[i].target]);
+        if (append(&rp, &rl, &rc, "%s%s=%d", rl ? "," : "", mod, r + 1) ||
+            (default_alpha && append(&ap, &al, &ac, "%s%s=%d", al ? "," : "", mod, 2 * (r + 1)))) {
             free(mc);
             free(rp);
             free(ap);
@@ -340,9 +361,10 @@ static int cfg_plan(sweep_cfg *c, const peft_model *m, const sweep *sw)
     }
     char tb[64];
     targets_string(c->kind == KIND_IA3 ? c->io.targets : c->lo.targets, tb, sizeof tb);
-    snprintf(c->plan, sizeof c->plan, "%s targets=%s layers=%s rank=%d..%d alpha=%g params=%llu lr=%g loraplus=%g wd=%g",
+    snprintf(c->plan, sizeof c->plan,
+             "%s targets=%s layers=%s rank=%d..%d alpha=%g params=%llu lr=%g loraplus=%g wd=%g embed_lr=%g",
              c->method, c->kind == KIND_NORMS ? "norms" : tb, c->lo.layers ? c->lo.layers : "all", c->rank,
-             c->rank_hi, c->lo.alpha, (unsigned long long)c->params, c->lr, c->loraplus, c->wd);
+             c->rank_hi, c->lo.alpha, (unsigned long long)c->params, c->lr, c->loraplus, c->wd, c->embed_lr);
     return 0;
 }
 
@@ -679,7 +701,8 @@ static int child_train(const sweep *sw, const sweep_cfg *c, uint64_t seed, const
                 {PEFT_OPT_WARMUP_STEPS, (double)sw->warmup},
                 {PEFT_OPT_TOTAL_STEPS, (double)sw->steps},
                 {PEFT_OPT_SCHEDULE, sw->schedule},
-                {PEFT_OPT_LORAPLUS_RATIO, c->loraplus}};
+                {PEFT_OPT_LORAPLUS_RATIO, c->loraplus},
+                {PEFT_OPT_EMBED_LR_RATIO, c->embed_lr}};
     for (size_t i = 0; i < sizeof opts / sizeof opts[0]; i++)
         if ((code = peft_opt_set(m, opts[i].key, opts[i].v))) {
             snprintf(r->error, sizeof r->error, "optimizer: %s", peft_last_error());

@@ -16,13 +16,14 @@ static const char train_help[] =
     "          --eval-data FILE  --eval-every N (0: start and end only)  --eval-windows N (all)\n"
     "adapter:  --method lora|dora|ia3|norms (lora)  --rank R (8) --alpha A (2R)\n"
     "          --feedforward LIST (ia3: modules whose input is scaled; down)\n"
-    "          --targets all-linear|q,k,v,o,gate,up,down (q,v)\n"
+    "          --targets all-linear|q,k,v,o,gate,up,down,embed (q,v; embed: LoRA on the embeddings)\n"
     "          --rank-pattern KEY=R,...  --alpha-pattern KEY=A,...  (PEFT rank_pattern/alpha_pattern)\n"
     "          --layers all|N,M|N-M|first:N|last:N|every:K  --dropout P (0) --rslora\n"
     "          --init kaiming|gaussian  --init-adapter DIR (resume from a saved adapter)\n"
     "optimizer:--lr LR (2e-4) --weight-decay W (0) --beta1 --beta2 --eps --grad-clip C (1.0)\n"
     "          --accum K (1) --warmup N (0) --schedule constant|linear|cosine (constant)\n"
     "          --min-lr-ratio R (0)  --loraplus-ratio R (1; LoRA+: B learns at R x LR)\n"
+    "          --embed-lr-ratio R (1; the embedding adapter learns at R x LR)\n"
     "text:     --tokenizer PATH (the model's)  --doc-split paragraph|line  --pad  --eos\n"
     "          --cross-doc (packed documents attend to each other)  --split-at-bos (token files)\n"
     "run:      --seed S (0) --threads N (all CPUs) --backend cpu|blis --save-every N (0)\n"
@@ -86,6 +87,7 @@ int cmd_train(int argc, char **argv)
         {"--eps", PEFT_OPT_EPS, 1e-8},         {"--grad-clip", PEFT_OPT_GRAD_CLIP, 1.0},
         {"--accum", PEFT_OPT_ACCUM_STEPS, 1},  {"--warmup", PEFT_OPT_WARMUP_STEPS, 0},
         {"--min-lr-ratio", PEFT_OPT_MIN_LR_RATIO, 0}, {"--loraplus-ratio", PEFT_OPT_LORAPLUS_RATIO, 1},
+        {"--embed-lr-ratio", PEFT_OPT_EMBED_LR_RATIO, 1},
     };
     double fv[sizeof flags / sizeof flags[0]];
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)

@@ -25,7 +25,7 @@ typedef struct sweep_cfg {
     int rank, rank_hi;                  /* every module has rank or rank_hi (= rank + 1) */
     uint64_t params;
     double budget_err;                  /* (params - budget) / budget */
-    double lr, loraplus, wd;            /* per-configuration optimizer settings */
+    double lr, loraplus, wd, embed_lr;  /* per-configuration optimizer settings */
     char plan[640];                     /* the resolved configuration, stored with each run */
 } sweep_cfg;
 

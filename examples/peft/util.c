@@ -184,28 +184,30 @@ int data_from_args(cli_args *a, const char *model_dir, int vocab, int seq, data_
     return 0;
 }
 
-static const char *const target_names[] = {"q", "k", "v", "o", "gate", "up", "down"};
+static const char *const target_names[] = {"q", "k", "v", "o", "gate", "up", "down", "embed"};
 
 int parse_targets(const char *s, uint32_t *out)
 {
     *out = 0;
-    if (strcmp(s, "all-linear") == 0 || strcmp(s, "all") == 0) {
-        *out = PEFT_TARGET_ALL_LINEAR;
-        return 0;
-    }
     char *copy = strdup(s);
     if (!copy)
         return -1;
     for (char *tok = strtok(copy, ","); tok; tok = strtok(NULL, ",")) {
+        if (strcmp(tok, "all-linear") == 0 || strcmp(tok, "all") == 0) {
+            *out |= PEFT_TARGET_ALL_LINEAR;
+            continue;
+        }
         size_t len = strlen(tok);
         if (len > 5 && strcmp(tok + len - 5, "_proj") == 0)
             tok[len - 5] = '\0';
+        if (strcmp(tok, "embed_tokens") == 0)
+            tok[5] = '\0';
         int found = -1;
-        for (int k = 0; k < 7; k++)
+        for (int k = 0; k < 8; k++)
             if (strcmp(tok, target_names[k]) == 0)
                 found = k;
         if (found < 0) {
-            fprintf(stderr, "peft: --targets: unknown module '%s' (q,k,v,o,gate,up,down or all-linear)\n", tok);
+            fprintf(stderr, "peft: --targets: unknown module '%s' (q,k,v,o,gate,up,down,embed or all-linear)\n", tok);
             free(copy);
             return -1;
         }
@@ -219,7 +221,7 @@ void targets_string(uint32_t t, char *buf, size_t n)
 {
     size_t used = 0;
     buf[0] = '\0';
-    for (int k = 0; k < 7; k++)
+    for (int k = 0; k < 8; k++)
         if (t & (1u << k))
             used += (size_t)snprintf(buf + used, used < n ? n - used : 0, "%s%s", used ? "," : "",
                                      target_names[k]);

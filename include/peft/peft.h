@@ -118,7 +118,13 @@ enum peft_target {
     PEFT_TARGET_GATE = 1u << 4,
     PEFT_TARGET_UP = 1u << 5,
     PEFT_TARGET_DOWN = 1u << 6,
-    PEFT_TARGET_ALL_LINEAR = 0x7fu
+    PEFT_TARGET_ALL_LINEAR = 0x7fu,
+    /* LoRA on the token embeddings (PEFT's "embed_tokens": lora_embedding_A (r, vocab)
+       initialised to zeros, lora_embedding_B (hidden, r) to N(0, 1)); the delta applies to
+       the input lookup only, also when lm_head shares the embedding matrix, as in PEFT.
+       Not part of ALL_LINEAR; LoRA only (not DoRA); its rank and alpha are the options'
+       unless rank_pattern/alpha_pattern name "embed_tokens". */
+    PEFT_TARGET_EMBED = 1u << 7
 };
 
 enum peft_init {
@@ -217,7 +223,8 @@ enum peft_opt {
     PEFT_OPT_SCHEDULE = 10,     /* PEFT_SCHEDULE_*, default constant */
     PEFT_OPT_MIN_LR_RATIO = 11, /* floor of the decay, fraction of LR, default 0 */
     PEFT_OPT_LORAPLUS_RATIO = 12, /* LoRA+: learning rate of B = ratio x LR, default 1 */
-    PEFT_OPT_STEP = 13            /* read-only: optimizer updates done (restored by checkpoints) */
+    PEFT_OPT_STEP = 13,           /* read-only: optimizer updates done (restored by checkpoints) */
+    PEFT_OPT_EMBED_LR_RATIO = 14  /* learning rate of the embedding adapter = ratio x LR, default 1 */
 };
 
 enum peft_schedule {

@@ -128,9 +128,10 @@ _tokenize = _fn("peft_tokenize", _c_int, _c_void_p, _c_char_p, ctypes.c_size_t, 
 _detokenize = _fn("peft_detokenize", _c_int, _c_void_p, _i32p, ctypes.c_size_t, _c_i32, _c_char_p,
                   ctypes.c_size_t, _P(ctypes.c_size_t))
 
-TARGETS = {"q": 1, "k": 2, "v": 4, "o": 8, "gate": 16, "up": 32, "down": 64}
+TARGETS = {"q": 1, "k": 2, "v": 4, "o": 8, "gate": 16, "up": 32, "down": 64, "embed": 128}
 _OPT = {"lr": 1, "beta1": 2, "beta2": 3, "eps": 4, "weight_decay": 5, "grad_clip": 6, "accum_steps": 7,
-        "warmup_steps": 8, "total_steps": 9, "schedule": 10, "min_lr_ratio": 11, "loraplus_ratio": 12}
+        "warmup_steps": 8, "total_steps": 9, "schedule": 10, "min_lr_ratio": 11, "loraplus_ratio": 12,
+        "embed_lr_ratio": 14}
 _SCHEDULES = {"constant": 0, "linear": 1, "cosine": 2}
 _ERANGE = -11
 
@@ -155,12 +156,14 @@ def version():
 def _targets(spec):
     if isinstance(spec, int):
         return spec
-    if spec in ("all-linear", "all"):
-        return 0x7F
     bits = 0
     for name in spec.split(",") if isinstance(spec, str) else spec:
         name = name.strip()
+        if name in ("all-linear", "all"):
+            bits |= 0x7F
+            continue
         name = name[:-5] if name.endswith("_proj") else name
+        name = "embed" if name == "embed_tokens" else name
         if name not in TARGETS:
             raise ValueError(f"unknown target module {name!r}")
         bits |= TARGETS[name]
@@ -277,7 +280,7 @@ class Model:
 
     def set_optimizer(self, **settings):
         """lr, beta1, beta2, eps, weight_decay, grad_clip, accum_steps, warmup_steps, total_steps,
-        schedule ("constant", "linear", "cosine"), min_lr_ratio, loraplus_ratio."""
+        schedule ("constant", "linear", "cosine"), min_lr_ratio, loraplus_ratio, embed_lr_ratio."""
         for k, v in settings.items():
             if k not in _OPT:
                 raise ValueError(f"unknown optimizer setting {k!r}")

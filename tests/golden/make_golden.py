@@ -100,6 +100,10 @@ def key(l, m, ab):
     return f"base_model.model.model.layers.{l}.{PARENT[m]}.{m}.lora_{ab}.weight"
 
 
+EMBED_A = "base_model.model.model.embed_tokens.lora_embedding_A"
+EMBED_B = "base_model.model.model.embed_tokens.lora_embedding_B"
+
+
 def norm_key(name):
     # "model.layers.0.input_layernorm.weight" -> the LN_TUNING adapter key
     return "base_model.model." + name[: -len(".weight")] + ".ln_tuning_layers.weight"
@@ -108,6 +112,8 @@ def norm_key(name):
 def forward(c, W, tokens, labels, lora, scale):
     B, T = tokens.shape
     x = W["model.embed_tokens.weight"][tokens]
+    if EMBED_A in lora:  # PEFT: embedding(x, A^T) @ B^T * scaling, on the input lookup only
+        x = x + scale * lora[EMBED_A].T[tokens] @ lora[EMBED_B].T
     W = dict(W)
     for k in list(W):
         if norm_key(k) in lora:  # LN tuning: the trained norm weight replaces the base one
@@ -209,6 +215,11 @@ NORM_CASES = [
     ("norms_last2_final", [], [1, 2], -1, 0.0, False, 1e-2, 0.0, 0.0, False),
 ]
 
+EMBED_CASES = [
+    # LoRA on the token embeddings with q and v (iterated last: the other cases' draws stay put)
+    ("embed_qv", ["q_proj", "v_proj", "embed_tokens"], None, 3, 6.0, False, 1e-2, 0.0, 0.0, False),
+]
+
 IA3_CASES = [
     # IA3 on k, v (output scaling) and down (input scaling) of layers 1 and 2: rank 0 marks IA3
     ("ia3_kv_down", ["k_proj", "v_proj", "down_proj"], [1, 2], 0, 0.0, False, 1e-2, 0.0, 0.0, False),
@@ -245,7 +256,7 @@ def main():
     labels = tokens.clone()
     labels[0, :4] = -100  # a masked prompt
     labels[1, 7] = -100
-    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES + IA3_CASES + NORM_CASES:
+    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES + IA3_CASES + NORM_CASES + EMBED_CASES:
         if r == -1:  # LN tuning
             lora = {}
             names = [f"model.layers.{l}.{n}.weight" for l in layers for n in ("input_layernorm", "post_attention_layernorm")]
@@ -281,6 +292,8 @@ def main():
             if layers is not None and l not in layers:
                 continue
             for m in targets:
+                if m == "embed_tokens":
+                    continue
                 o, i = dims[m]
                 lora[key(l, m, "A")] = (torch.rand(r, i, generator=g) * 2 - 1) / math.sqrt(i)
                 lora[key(l, m, "B")] = torch.randn(o, r, generator=g) * 0.1
@@ -288,6 +301,9 @@ def main():
                     Wm = W[f"model.layers.{l}.{PARENT[m]}.{m}.weight"]
                     base = (Wm + scale * lora[key(l, m, "B")] @ lora[key(l, m, "A")]).norm(dim=1)
                     lora[key(l, m, "M")] = base * (1 + 0.2 * torch.randn(o, generator=g))
+        if "embed_tokens" in targets:  # non-zero A so that every gradient is exercised
+            lora[EMBED_A] = torch.randn(r, c.V, generator=g) * 0.3
+            lora[EMBED_B] = torch.randn(c.D, r, generator=g) * 0.3
         lora = {k: v.to(torch.float32).to(torch.float64) for k, v in lora.items()}
         acfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha,
                 "lora_dropout": 0.0, "target_modules": targets, "bias": "none", "use_rslora": rslora,
