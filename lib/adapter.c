@@ -390,6 +390,159 @@ static int load_norms(peft_model *m, const json_value *root, const char *cfg_pat
     return keep_or_restore(m, saved, code);
 }
 
+/* ---- VeRA (PEFT VERA) ---- */
+
+static int targets_and_layers(const json_value *root, uint32_t *targets, int embed_ok, char *layers, size_t cap,
+                              const char *path);
+
+#define VERA_A_KEY "base_model.vera_A"
+#define VERA_B_KEY "base_model.vera_B"
+
+static void vera_key(char *buf, size_t n, const lora_module *md, char which)
+{
+    snprintf(buf, n, "base_model.model.model.layers.%d.%s.%s.vera_lambda_%c", md->layer, peft__module_parents[md->kind],
+             peft__module_names[md->kind], which);
+}
+
+static int save_vera(peft_model *m, const char *st_path, const char *cfg_path, const char *base_name)
+{
+    const lora_state *l = m->lora;
+    size_t nt = (size_t)l->n_modules * 2 + 2;
+    st_out_tensor *ts = calloc(nt, sizeof *ts);
+    char *names = calloc(nt, 128);
+    struct jw w = {0};
+    int code, all_layers = 1, first = 1;
+    if (!ts || !names) {
+        free(ts);
+        free(names);
+        return peft__fail(PEFT_ENOMEM, "out of memory");
+    }
+    for (int i = 0; i < l->n_modules; i++) {
+        const lora_module *md = &l->mods[i];
+        for (int b = 0; b < 2; b++) {
+            st_out_tensor *t = &ts[2 * i + b];
+            vera_key(names + (size_t)(2 * i + b) * 128, 128, md, b ? 'b' : 'd');
+            t->name = names + (size_t)(2 * i + b) * 128;
+            t->n_dims = 1;
+            t->shape[0] = b ? md->out : md->r;
+            t->data = l->params + (b ? md->off_b : md->off_a);
+        }
+    }
+    ts[nt - 2] = (st_out_tensor){.name = VERA_A_KEY, .n_dims = 2, .shape = {l->rank, l->vera_in}, .data = l->vera_A};
+    ts[nt - 1] = (st_out_tensor){.name = VERA_B_KEY, .n_dims = 2, .shape = {l->vera_out, l->rank}, .data = l->vera_B};
+    for (int i = 0; i < m->cfg.n_layers; i++)
+        all_layers &= l->layer_on[i];
+    jw_put(&w, "{\n  \"base_model_name_or_path\": ");
+    jw_str(&w, base_name);
+    jw_put(&w, ",\n  \"bias\": \"none\",\n  \"d_initial\": ");
+    jw_float(&w, l->vera_d_initial);
+    jw_put(&w, ",\n  \"fan_in_fan_out\": false,\n  \"inference_mode\": true,\n  \"init_weights\": true,\n"
+               "  \"layers_pattern\": null,\n  \"layers_to_transform\": ");
+    if (all_layers) {
+        jw_put(&w, "null");
+    } else {
+        jw_put(&w, "[");
+        for (int i = 0; i < m->cfg.n_layers; i++)
+            if (l->layer_on[i]) {
+                jw_put(&w, "%s\n    %d", first ? "" : ",", i);
+                first = 0;
+            }
+        jw_put(&w, "\n  ]");
+    }
+    jw_put(&w, ",\n  \"modules_to_save\": null,\n  \"peft_type\": \"VERA\",\n  \"projection_prng_key\": %llu,\n"
+               "  \"r\": %d,\n  \"revision\": null,\n  \"save_projection\": true,\n  \"target_modules\": [",
+           (unsigned long long)l->seed, l->rank);
+    first = 1;
+    for (int k = 0; k < PEFT_MOD_COUNT; k++)
+        if (l->targets & (1u << k)) {
+            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__module_names[k]);
+            first = 0;
+        }
+    jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\",\n  \"vera_dropout\": ");
+    jw_float(&w, l->dropout);
+    jw_put(&w, "\n}");
+    const char *mk[] = {"format"}, *mv[] = {"pt"};
+    code = w.oom ? peft__fail(PEFT_ENOMEM, "out of memory") : st_write(st_path, ts, nt, mk, mv, 1);
+    if (!code)
+        code = peft__write_atomic(cfg_path, w.s, w.n);
+    free(w.s);
+    free(ts);
+    free(names);
+    return code;
+}
+
+/* Read a named F32-convertible tensor of the given shape (d1 0: one dimension). */
+static int read_shaped(st_file *f, const char *key, int64_t d0, int64_t d1, float *dst, const char *path)
+{
+    const st_tensor *t = st_find(f, key);
+    if (!t)
+        return peft__fail(PEFT_ENOTFOUND, "%s: tensor '%s' is missing", path, key);
+    if (t->n_dims != (d1 ? 2 : 1) || t->shape[0] != d0 || (d1 && t->shape[1] != d1))
+        return peft__fail(PEFT_ESHAPE, "%s: tensor '%s' must have shape [%lld%s%lld]", path, key, (long long)d0,
+                          d1 ? ", " : "", d1 ? (long long)d1 : 0LL);
+    return st_read_f32(f, t, dst, (uint64_t)(d0 * (d1 ? d1 : 1)));
+}
+
+static int load_vera(peft_model *m, const char *dir, const json_value *root, const char *cfg_path, const char *st_path)
+{
+    peft_vera_options o = PEFT_VERA_OPTIONS_INIT;
+    char layers[8192];
+    const json_value *v = json_get(root, "r");
+    if (!v || v->type != JSON_NUMBER || !v->is_integer || v->number < 1 || v->number > 65536)
+        return peft__fail(PEFT_EFORMAT, "%s: \"r\" must be an integer in 1..65536", cfg_path);
+    o.rank = (int32_t)v->number;
+    v = json_get(root, "save_projection");
+    if (v && v->type == JSON_BOOL && !v->boolean)
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: save_projection is false: the projections would have to be regenerated "
+                                             "from PyTorch's random generator, which libpeft does not reproduce", cfg_path);
+    if ((v = json_get(root, "d_initial")) && v->type == JSON_NUMBER)
+        o.d_initial = (float)v->number;
+    if ((v = json_get(root, "vera_dropout")) && v->type == JSON_NUMBER)
+        o.dropout = (float)v->number;
+    if ((v = json_get(root, "projection_prng_key")) && v->type == JSON_NUMBER && v->number >= 0)
+        o.seed = (uint64_t)v->number;
+    if ((v = json_get(root, "bias")) && v->type == JSON_STRING && strcmp(v->string, "none") != 0)
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: bias \"%s\" is not supported yet", cfg_path, v->string);
+    int code = targets_and_layers(root, &o.targets, 0, layers, sizeof layers, cfg_path);
+    if (code)
+        return code;
+    o.layers = layers[0] ? layers : NULL;
+    st_file *f = NULL;
+    if ((code = st_open(&f, st_path)))
+        return code;
+    lora_state *saved = m->lora;
+    m->lora = NULL;
+    if ((code = peft_attach_vera(m, &o, NULL))) {
+        m->lora = saved;
+        st_close(f);
+        return peft__context(code, cfg_path);
+    }
+    lora_state *l = m->lora;
+    char key[160];
+    for (int i = 0; i < l->n_modules && !code; i++) {
+        const lora_module *md = &l->mods[i];
+        vera_key(key, sizeof key, md, 'd');
+        code = read_shaped(f, key, md->r, 0, l->params + md->off_a, st_path);
+        vera_key(key, sizeof key, md, 'b');
+        if (!code)
+            code = read_shaped(f, key, md->out, 0, l->params + md->off_b, st_path);
+    }
+    if (!code)
+        code = read_shaped(f, VERA_A_KEY, l->rank, l->vera_in, l->vera_A, st_path);
+    if (!code)
+        code = read_shaped(f, VERA_B_KEY, l->vera_out, l->rank, l->vera_B, st_path);
+    if (!code && f->n_tensors != (size_t)l->n_modules * 2 + 2)
+        code = peft__fail(PEFT_EFORMAT, "%s: %zu tensors, but adapter_config.json describes %d", st_path, f->n_tensors,
+                          l->n_modules * 2 + 2);
+    for (size_t i = 0; !code && i < l->n_params; i++)
+        if (!isfinite(l->params[i]))
+            code = peft__fail(PEFT_ENUMERIC, "%s: adapter weights contain NaN or Inf", st_path);
+    if (!code && saved && (saved->method != PEFT_METHOD_VERA || saved->n_params != l->n_params))
+        code = peft__fail(PEFT_ESHAPE, "%s: adapter layout differs from the attached one", dir);
+    st_close(f);
+    return keep_or_restore(m, saved, code);
+}
+
 int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *opts)
 {
     if (!m || !dir)
@@ -405,13 +558,14 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
     int code = peft__mkdirs(dir);
     if (code)
         return code;
-    if (l->method == PEFT_METHOD_NORMS) {
+    if (l->method == PEFT_METHOD_NORMS || l->method == PEFT_METHOD_VERA) {
         code = peft__mkdirs(dir);
         char *sp = peft__path_join(dir, "adapter_model.safetensors"), *cp = peft__path_join(dir, "adapter_config.json");
+        const char *base = opts && opts->base_model_name_or_path ? opts->base_model_name_or_path : m->path;
         if (!code)
-            code = sp && cp ? save_norms(m, sp, cp,
-                                         opts && opts->base_model_name_or_path ? opts->base_model_name_or_path : m->path)
-                            : peft__fail(PEFT_ENOMEM, "out of memory");
+            code = !sp || !cp ? peft__fail(PEFT_ENOMEM, "out of memory")
+                   : l->method == PEFT_METHOD_VERA ? save_vera(m, sp, cp, base)
+                                                   : save_norms(m, sp, cp, base);
         free(sp);
         free(cp);
         return code;
@@ -510,6 +664,54 @@ static int pattern_from_json(const json_value *v, char *buf, size_t cap, const c
     return PEFT_OK;
 }
 
+/* target_modules (a list of module names, or "all-linear") and layers_to_transform (null, a
+   number or a list) of a LoRA or VeRA adapter_config.json; layers receives "N,M,..." or "". */
+static int targets_and_layers(const json_value *root, uint32_t *targets, int embed_ok, char *layers, size_t cap,
+                              const char *path)
+{
+    const json_value *v = json_get(root, "target_modules");
+    *targets = 0;
+    if (v && v->type == JSON_STRING && strcmp(v->string, "all-linear") == 0) {
+        *targets = PEFT_TARGET_ALL_LINEAR;
+    } else if (v && v->type == JSON_ARRAY && v->length > 0) {
+        for (size_t i = 0; i < v->length; i++) {
+            const json_value *it = &v->items[i];
+            if (embed_ok && it->type == JSON_STRING && strcmp(it->string, "embed_tokens") == 0) {
+                *targets |= PEFT_TARGET_EMBED;
+                continue;
+            }
+            int k = it->type == JSON_STRING ? kind_of(it->string) : -1;
+            if (k < 0)
+                return peft__fail(PEFT_EUNSUPPORTED, "%s: target module \"%s\" is not supported yet (q_proj, k_proj, "
+                                  "v_proj, o_proj, gate_proj, up_proj, down_proj%s)",
+                                  path, it->type == JSON_STRING ? it->string : "?", embed_ok ? ", embed_tokens" : "");
+            *targets |= 1u << k;
+        }
+    } else {
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: \"target_modules\" must be a list of module names or \"all-linear\"",
+                          path);
+    }
+    v = json_get(root, "layers_to_transform");
+    layers[0] = '\0';
+    if (v && v->type == JSON_NUMBER && v->is_integer && v->number >= 0 && v->number <= 1e6) {
+        snprintf(layers, cap, "%d", (int)v->number);
+    } else if (v && v->type == JSON_ARRAY) {
+        size_t n = 0;
+        for (size_t i = 0; i < v->length; i++) {
+            const json_value *it = &v->items[i];
+            if (it->type != JSON_NUMBER || !it->is_integer || it->number < 0 || it->number > 1e6)
+                return peft__fail(PEFT_EFORMAT, "%s: bad entry in layers_to_transform", path);
+            int k = snprintf(layers + n, cap - n, "%s%d", n ? "," : "", (int)it->number);
+            if (k < 0 || (size_t)k >= cap - n)
+                return peft__fail(PEFT_EFORMAT, "%s: layers_to_transform too long", path);
+            n += (size_t)k;
+        }
+    } else if (v && v->type != JSON_NULL) {
+        return peft__fail(PEFT_EFORMAT, "%s: bad layers_to_transform", path);
+    }
+    return PEFT_OK;
+}
+
 static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, const char *path)
 {
     char *text;
@@ -535,7 +737,7 @@ static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, co
     if (!v || v->type != JSON_STRING)
         FAIL(PEFT_EFORMAT, "%s: missing \"peft_type\"", path);
     if (strcmp(v->string, "LORA") != 0)
-        FAIL(PEFT_EUNSUPPORTED, "%s: peft_type \"%s\" is not supported yet (LORA, IA3, LN_TUNING)", path, v->string);
+        FAIL(PEFT_EUNSUPPORTED, "%s: peft_type \"%s\" is not supported yet (LORA, IA3, LN_TUNING, VERA)", path, v->string);
     v = json_get(root, "r");
     if (!v || v->type != JSON_NUMBER || !v->is_integer || v->number < 1 || v->number > 65536)
         FAIL(PEFT_EFORMAT, "%s: \"r\" must be an integer in 1..65536", path);
@@ -572,45 +774,8 @@ static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, co
     v = json_get(root, "init_lora_weights");
     o->init = v && v->type == JSON_STRING && strcmp(v->string, "gaussian") == 0 ? PEFT_INIT_GAUSSIAN
                                                                                 : PEFT_INIT_KAIMING;
-    v = json_get(root, "target_modules");
-    o->targets = 0;
-    if (v && v->type == JSON_STRING && strcmp(v->string, "all-linear") == 0) {
-        o->targets = PEFT_TARGET_ALL_LINEAR;
-    } else if (v && v->type == JSON_ARRAY && v->length > 0) {
-        for (size_t i = 0; i < v->length; i++) {
-            const json_value *it = &v->items[i];
-            if (it->type == JSON_STRING && strcmp(it->string, "embed_tokens") == 0) {
-                o->targets |= PEFT_TARGET_EMBED;
-                continue;
-            }
-            int k = it->type == JSON_STRING ? kind_of(it->string) : -1;
-            if (k < 0)
-                FAIL(PEFT_EUNSUPPORTED, "%s: target module \"%s\" is not supported yet (q_proj, k_proj, "
-                     "v_proj, o_proj, gate_proj, up_proj, down_proj, embed_tokens)",
-                     path, it->type == JSON_STRING ? it->string : "?");
-            o->targets |= 1u << k;
-        }
-    } else {
-        FAIL(PEFT_EUNSUPPORTED, "%s: \"target_modules\" must be a list of module names or \"all-linear\"", path);
-    }
-    v = json_get(root, "layers_to_transform");
-    layers[0] = '\0';
-    if (v && v->type == JSON_NUMBER && v->is_integer && v->number >= 0) {
-        snprintf(layers, layers_cap, "%d", (int)v->number);
-    } else if (v && v->type == JSON_ARRAY) {
-        size_t n = 0;
-        for (size_t i = 0; i < v->length; i++) {
-            const json_value *it = &v->items[i];
-            if (it->type != JSON_NUMBER || !it->is_integer || it->number < 0 || it->number > 1e6)
-                FAIL(PEFT_EFORMAT, "%s: bad entry in layers_to_transform", path);
-            int k = snprintf(layers + n, layers_cap / 2 - n, "%s%d", n ? "," : "", (int)it->number);
-            if (k < 0 || (size_t)k >= layers_cap / 2 - n)
-                FAIL(PEFT_EFORMAT, "%s: layers_to_transform too long", path);
-            n += (size_t)k;
-        }
-    } else if (v && v->type != JSON_NULL) {
-        FAIL(PEFT_EFORMAT, "%s: bad layers_to_transform", path);
-    }
+    if ((code = targets_and_layers(root, &o->targets, 1, layers, layers_cap / 2, path)))
+        goto done;
     o->layers = layers[0] ? layers : NULL;
 #undef FAIL
 done:
@@ -789,6 +954,11 @@ int peft_load_adapter(peft_model *m, const char *dir)
         }
         if (pt && pt->type == JSON_STRING && strcmp(pt->string, "LN_TUNING") == 0) {
             code = load_norms(m, json_root(doc), cfg_path, st_path);
+            json_free(doc);
+            goto done;
+        }
+        if (pt && pt->type == JSON_STRING && strcmp(pt->string, "VERA") == 0) {
+            code = load_vera(m, dir, json_root(doc), cfg_path, st_path);
             json_free(doc);
             goto done;
         }

@@ -21,6 +21,31 @@ const lora_view *peft__view_of(peft_model *m, lora_view *lv, int layer, int kind
         return NULL;
     const lora_module *md = &l->mods[idx];
     lv->ia3 = NULL;
+    lv->lda = 0;
+    lv->lam_b = NULL;
+    if (l->method == PEFT_METHOD_VERA) {
+        int r = md->r, out = md->out;
+        const float *lb = l->params + md->off_b, *ld = l->params + md->off_a;
+        for (int o = 0; o < out; o++)
+            for (int k = 0; k < r; k++)
+                l->vera_beff[(size_t)o * r + k] = lb[o] * l->vera_B[(size_t)o * r + k] * ld[k];
+        lv->A = l->vera_A;
+        lv->lda = l->vera_in;
+        lv->B = l->vera_beff;
+        lv->dA = NULL;
+        lv->dB = l->vera_m;
+        lv->vera_B = l->vera_B;
+        lv->lam_b = lb;
+        lv->lam_d = ld;
+        lv->dlam_b = l->grads + md->off_b;
+        lv->dlam_d = l->grads + md->off_a;
+        lv->r = r;
+        lv->scale = 1.0f;
+        lv->mag = NULL;
+        lv->dropout = train ? l->dropout : 0.0f;
+        lv->dropout_seed = peft__hash64(l->seed ^ peft__hash64(m->dropout_calls * 1000003u + (uint64_t)idx));
+        return lv;
+    }
     if (l->method == PEFT_METHOD_IA3) {
         size_t N = (size_t)m->ws.n_seq * m->ws.seq_len;
         lv->ia3 = l->params + md->off_a;

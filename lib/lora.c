@@ -111,6 +111,10 @@ void peft__lora_free(lora_state *l)
     free(l->rank_pattern);
     free(l->alpha_pattern);
     free(l->norm_off);
+    peft__free(l->vera_A);
+    peft__free(l->vera_B);
+    peft__free(l->vera_beff);
+    peft__free(l->vera_m);
     free(l);
 }
 
@@ -435,6 +439,119 @@ static int build_ia3(lora_state **out, const peft_model *m, const peft_ia3_optio
     }
     *out = l;
     return PEFT_OK;
+}
+
+/* VeRA: lambda_d (r) and lambda_b (out) per target module; projections sized to the largest
+   target module (PEFT's _find_dim). */
+static int build_vera(lora_state **out, const peft_model *m, const peft_vera_options *o, int allocate)
+{
+    *out = NULL;
+    if (!m || !o)
+        return peft__fail(PEFT_EINVAL, "VeRA: NULL argument");
+    if (o->version == 0 || o->version > PEFT_VERA_OPTIONS_VERSION)
+        return peft__fail(PEFT_EINVAL, "VeRA: unknown options version %u", o->version);
+    if (o->targets == 0 || (o->targets & ~(uint32_t)PEFT_TARGET_ALL_LINEAR))
+        return peft__fail(PEFT_EINVAL, "VeRA: targets must be a non-empty set of linear PEFT_TARGET_* bits");
+    if (o->rank <= 0 || o->rank > 65536)
+        return peft__fail(PEFT_EINVAL, "VeRA: rank %d out of range (1..65536)", o->rank);
+    if (!isfinite(o->d_initial) || !(o->dropout >= 0.0f && o->dropout < 1.0f))
+        return peft__fail(PEFT_EINVAL, "VeRA: d_initial must be finite and dropout in [0, 1)");
+    const peft_config *c = &m->cfg;
+    lora_state *l;
+    int code = new_state(&l, c, o->layers, "VeRA");
+    if (code)
+        return code;
+    l->method = PEFT_METHOD_VERA;
+    l->targets = o->targets;
+    l->rank = l->max_rank = o->rank;
+    l->dropout = o->dropout;
+    l->seed = o->seed;
+    l->vera_d_initial = o->d_initial;
+    size_t off = 0;
+    for (int layer = 0; layer < c->n_layers; layer++)
+        for (int k = 0; k < PEFT_MOD_COUNT; k++) {
+            if (!l->layer_on[layer] || !(o->targets & (1u << k)))
+                continue;
+            lora_module *md = &l->mods[l->n_modules];
+            md->layer = layer;
+            md->kind = k;
+            md->r = o->rank;
+            md->scale = 1.0f;
+            module_dims(c, k, &md->in, &md->out);
+            if (md->in > l->vera_in)
+                l->vera_in = md->in;
+            if (md->out > l->vera_out)
+                l->vera_out = md->out;
+            md->off_xa = l->sum_rank;
+            l->sum_rank += (size_t)md->r;
+            md->off_a = off;
+            off += (size_t)md->r;
+            md->off_b = off;
+            off += (size_t)md->out;
+            l->index[layer * PEFT_MOD_COUNT + k] = l->n_modules++;
+            if (layer < l->lowest_layer)
+                l->lowest_layer = layer;
+        }
+    l->n_params = off;
+    if (allocate) {
+        size_t r = (size_t)o->rank;
+        l->vera_A = peft__alloc_floats(r * (size_t)l->vera_in);
+        l->vera_B = peft__alloc_floats((size_t)l->vera_out * r);
+        l->vera_beff = peft__alloc_floats((size_t)l->vera_out * r);
+        l->vera_m = peft__alloc_floats((size_t)l->vera_out * r);
+        if ((code = alloc_blocks(l, off, "VeRA")) == PEFT_OK && (!l->vera_A || !l->vera_B || !l->vera_beff || !l->vera_m))
+            code = peft__fail(PEFT_ENOMEM, "VeRA: out of memory for the projections");
+        if (code) {
+            peft__lora_free(l);
+            return code;
+        }
+    }
+    *out = l;
+    return PEFT_OK;
+}
+
+/* PEFT's init: lambda_b = 0, lambda_d = d_initial; projections kaiming-uniform (fan in:
+   bound sqrt(6 / in) for A, sqrt(6 / rank) for B) from the seed. */
+static void init_vera(lora_state *l)
+{
+    for (int i = 0; i < l->n_modules; i++) {
+        const lora_module *md = &l->mods[i];
+        for (int k = 0; k < md->r; k++)
+            l->params[md->off_a + (size_t)k] = l->vera_d_initial;
+        memset(l->params + md->off_b, 0, (size_t)md->out * sizeof(float));
+    }
+    peft_rng rng;
+    peft__rng_seed(&rng, l->seed ^ peft__hash64(0x76657261ull)); /* "vera" */
+    double ba = sqrt(6.0 / l->vera_in), bb = sqrt(6.0 / l->rank);
+    for (size_t j = 0; j < (size_t)l->rank * (size_t)l->vera_in; j++)
+        l->vera_A[j] = (float)((2.0 * peft__rng_uniform(&rng) - 1.0) * ba);
+    for (size_t j = 0; j < (size_t)l->vera_out * (size_t)l->rank; j++)
+        l->vera_B[j] = (float)((2.0 * peft__rng_uniform(&rng) - 1.0) * bb);
+}
+
+int peft_count_vera(uint64_t *n_trainable, const peft_model *m, const peft_vera_options *o)
+{
+    if (!n_trainable)
+        return peft__fail(PEFT_EINVAL, "peft_count_vera: n_trainable is NULL");
+    lora_state *l;
+    int code = build_vera(&l, m, o, 0);
+    if (code)
+        return code;
+    *n_trainable = l->n_params;
+    peft__lora_free(l);
+    return PEFT_OK;
+}
+
+int peft_attach_vera(peft_model *m, const peft_vera_options *o, uint64_t *n_trainable)
+{
+    if (m && m->lora)
+        return peft__fail(PEFT_ESTATE, "peft_attach_vera: an adapter is already attached (peft_detach first)");
+    lora_state *l;
+    int code = build_vera(&l, m, o, 1);
+    if (code)
+        return code;
+    init_vera(l);
+    return install(m, l, n_trainable);
 }
 
 int peft_count_ia3(uint64_t *n_trainable, const peft_model *m, const peft_ia3_options *o)

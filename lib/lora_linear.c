@@ -81,7 +81,7 @@ void linear_forward(peft_model *m, float *y, const float *x, const float *W, int
         apply_dropout(m, tmp, x, N * in, lv->dropout_seed, lv->dropout, 0);
         xd = tmp;
     }
-    peft__gemm(m, 0, 1, N, lv->r, in, 1.0f, xd, in, lv->A, in, 0.0f, xa, lv->r);
+    peft__gemm(m, 0, 1, N, lv->r, in, 1.0f, xd, in, lv->A, lv->lda ? lv->lda : in, 0.0f, xa, lv->r);
     peft__gemm(m, 0, 1, N, out, lv->r, lv->scale, xa, lv->r, lv->B, lv->r, 1.0f, y, out);
     if (!lv->mag)
         return;
@@ -149,21 +149,41 @@ void linear_backward(peft_model *m, float *dx, float beta_dx, const float *dy, c
         peft__gemm(m, 0, 0, N, in, out, 1.0f, dy, out, W, in, beta_dx, dx, in);
     if (!lv)
         return;
-    int r = lv->r;
-    peft__gemm(m, 1, 0, out, r, N, lv->scale, dy, out, xa, r, 1.0f, lv->dB, r);
-    peft__gemm(m, 0, 0, N, r, out, 1.0f, dy, out, lv->B, r, 0.0f, dxa, r);
-    const float *xd = x;
-    if (lv->dropout > 0.0f) {
-        apply_dropout(m, tmp, x, N * in, lv->dropout_seed, lv->dropout, 0);
-        xd = tmp;
+    int r = lv->r, lda = lv->lda ? lv->lda : in;
+    if (lv->lam_b) {
+        /* VeRA: M = dy^T xa is the gradient of B_eff = lam_b * B * lam_d; chain it into the vectors */
+        peft__gemm(m, 1, 0, out, r, N, 1.0f, dy, out, xa, r, 0.0f, lv->dB, r);
+        for (int o = 0; o < out; o++) {
+            const float *mo = lv->dB + (int64_t)o * r, *bo = lv->vera_B + (int64_t)o * r;
+            double acc = 0;
+            for (int k = 0; k < r; k++)
+                acc += (double)mo[k] * bo[k] * lv->lam_d[k];
+            lv->dlam_b[o] += (float)acc;
+        }
+        for (int k = 0; k < r; k++) {
+            double acc = 0;
+            for (int o = 0; o < out; o++)
+                acc += (double)lv->dB[(int64_t)o * r + k] * lv->vera_B[(int64_t)o * r + k] * lv->lam_b[o];
+            lv->dlam_d[k] += (float)acc;
+        }
+    } else {
+        peft__gemm(m, 1, 0, out, r, N, lv->scale, dy, out, xa, r, 1.0f, lv->dB, r);
     }
-    peft__gemm(m, 1, 0, r, in, N, lv->scale, dxa, r, xd, in, 1.0f, lv->dA, in);
+    peft__gemm(m, 0, 0, N, r, out, 1.0f, dy, out, lv->B, r, 0.0f, dxa, r);
+    if (lv->dA) {
+        const float *xd = x;
+        if (lv->dropout > 0.0f) {
+            apply_dropout(m, tmp, x, N * in, lv->dropout_seed, lv->dropout, 0);
+            xd = tmp;
+        }
+        peft__gemm(m, 1, 0, r, in, N, lv->scale, dxa, r, xd, in, 1.0f, lv->dA, in);
+    }
     if (!dx)
         return;
     if (lv->dropout > 0.0f) {
-        peft__gemm(m, 0, 0, N, in, r, lv->scale, dxa, r, lv->A, in, 0.0f, tmp, in);
+        peft__gemm(m, 0, 0, N, in, r, lv->scale, dxa, r, lv->A, lda, 0.0f, tmp, in);
         apply_dropout(m, dx, tmp, N * in, lv->dropout_seed, lv->dropout, 1);
     } else {
-        peft__gemm(m, 0, 0, N, in, r, lv->scale, dxa, r, lv->A, in, 1.0f, dx, in);
+        peft__gemm(m, 0, 0, N, in, r, lv->scale, dxa, r, lv->A, lda, 1.0f, dx, in);
     }
 }

@@ -22,6 +22,13 @@ typedef struct lora_view {
     const float *ia3;
     float *dia3;
     int ia3_ff;
+    /* VeRA (lam_b != NULL): A is the shared projection with row stride lda, frozen (dA NULL);
+       B = B_eff = lam_b * B[:out] * lam_d (out, r), rebuilt by peft__view_of; dB points to a
+       scratch that linear_backward reduces into dlam_b and dlam_d */
+    int lda;               /* row stride of A (0: in) */
+    const float *vera_B;   /* B[:out] (out, r) */
+    const float *lam_b, *lam_d;
+    float *dlam_b, *dlam_d;
 } lora_view;
 
 void linear_forward(peft_model *m, float *y, const float *x, const float *W, int64_t N, int in,

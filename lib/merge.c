@@ -24,6 +24,15 @@ static void merged_weight(peft_model *m, float *dst, const float *W, const lora_
                 dst[(int64_t)o * md->in + i] *= md->ia3_ff ? s[i] : s[o];
         return;
     }
+    if (l->method == PEFT_METHOD_VERA) { /* + (lambda_b * B[:out] * lambda_d) A[:, :in] */
+        const float *lb = l->params + md->off_b, *ld = l->params + md->off_a;
+        for (int o = 0; o < md->out; o++)
+            for (int k = 0; k < md->r; k++)
+                l->vera_beff[(size_t)o * md->r + k] = lb[o] * l->vera_B[(size_t)o * md->r + k] * ld[k];
+        peft__gemm(m, 0, 0, md->out, md->in, md->r, 1.0f, l->vera_beff, md->r, l->vera_A, l->vera_in, 1.0f, dst,
+                   md->in);
+        return;
+    }
     peft__gemm(m, 0, 0, md->out, md->in, md->r, md->scale, l->params + md->off_b, md->r, l->params + md->off_a,
                md->in, 1.0f, dst, md->in);
     if (!l->use_dora)

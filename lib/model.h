@@ -22,7 +22,7 @@ typedef struct lora_module {
     size_t off_out;      /* sum of `out` over the modules before this one */
 } lora_module;
 
-enum peft_method { PEFT_METHOD_LORA = 0, PEFT_METHOD_IA3 = 1, PEFT_METHOD_NORMS = 2 };
+enum peft_method { PEFT_METHOD_LORA = 0, PEFT_METHOD_IA3 = 1, PEFT_METHOD_NORMS = 2, PEFT_METHOD_VERA = 3 };
 
 typedef struct lora_state {
     int method;           /* PEFT_METHOD_*: LoRA/DoRA modules (A, B[, m]) or IA3 vectors (off_a) */
@@ -43,6 +43,11 @@ typedef struct lora_state {
     lora_module *mods;
     int *index;         /* n_layers * PEFT_MOD_COUNT module index or -1 */
     int lowest_layer;   /* backward stops here (-1: down to the embeddings) */
+    /* VeRA: lambda_d (r) at off_a and lambda_b (out) at off_b per module; the frozen shared
+       projections A (rank, vera_in) and B (vera_out, rank); scratch for B_eff and its gradient */
+    float *vera_A, *vera_B, *vera_beff, *vera_m;
+    int vera_in, vera_out;
+    float vera_d_initial;
     int embed_r;        /* LoRA on the token embeddings: rank (0: none), A (r, vocab) at off_ea, */
     float embed_alpha, embed_scale; /* B (dim, r) at off_eb */
     size_t off_ea, off_eb;

@@ -198,17 +198,17 @@ explode     --targets q,v --lr 1e9         # rejected by the optimizer: reported
 CFG
     set -- sweep --model "$M" --train "$SHARED/data/kjv_genesis.txt" --forget "$SHARED/data/tinystories_sample.txt" \
         --budget 12000 --out "$T/sw" --steps 6 --batch 4 --seq 64 --eval-windows 6 --seeds 2 --threads 2 \
-        --families attn_qv,attn_qkvo,mlp,late_half,norms,ia3,dora,embed_lora,vera --config "$T/configs.txt"
+        --families attn_qv,attn_qkvo,mlp,late_half,norms,ia3,dora,embed_lora,vera,prompt --config "$T/configs.txt"
     "$PEFT" "$@" --json >"$T/s1.json" 2>"$T/err1" || { cat "$T/err1"; fail "sweep"; }
     cat "$T/err1"
     python3 "$SRC/tests/sweep_check.py" "$T/s1.json" "$T/sw" 2 explode || fail "sweep outputs"
-    json "$T/s1.json" "[c['name'] for c in j['configs'] if c['status'] == 'not_measured'] == ['vera']" || fail "vera row"
+    json "$T/s1.json" "[c['name'] for c in j['configs'] if c['status'] == 'not_measured'] == ['prompt']" || fail "prompt row"
     json "$T/s1.json" "j['forget_loss_base'] > 0 and all(c['forgetting'] is not None for c in j['configs'] if c['status'] == 'ok')" || fail "forgetting"
     grep -q '"rank_pattern"' "$T/sw/runs/attn_qv/seed0/adapter/adapter_config.json" || fail "solved ranks not in the adapter config"
     # resume: finished runs are kept, a lost one is redone, the numbers are the same
     rm "$T/sw/runs/mlp/seed1/result.txt"
     "$PEFT" "$@" --json >"$T/s2.json" 2>"$T/err2" || { cat "$T/err2"; fail "resumed sweep"; }
-    [ "$(grep -c 'done before' "$T/err2")" -eq 19 ] || { cat "$T/err2"; fail "resume did not keep the finished runs"; }
+    [ "$(grep -c 'done before' "$T/err2")" -eq 21 ] || { cat "$T/err2"; fail "resume did not keep the finished runs"; }
     python3 -c "
 import json
 a = json.loads(open('$T/s1.json').read().splitlines()[-1]); b = json.loads(open('$T/s2.json').read().splitlines()[-1])
@@ -226,6 +226,14 @@ assert key(a) == key(b), (key(a), key(b))" || fail "resumed sweep differs"
     # other settings in the same directory are refused
     "$PEFT" "$@" --lr 2e-3 >/dev/null 2>"$T/err4" && fail "changed settings accepted"
     grep -q "other settings" "$T/err4" || fail "message"
+    # several budgets: every family at each, one line per family in the chart
+    "$PEFT" sweep --model "$M" --train "$SHARED/data/kjv_genesis.txt" --budget 4000,12000 --out "$T/sw2" --steps 4 \
+        --batch 4 --seq 64 --eval-windows 4 --threads 2 --families attn_qv,mlp_down,embed_lora --json >"$T/b.json" 2>"$T/errb" \
+        || { cat "$T/errb"; fail "sweep over budgets"; }
+    python3 "$SRC/tests/sweep_check.py" "$T/b.json" "$T/sw2" 1 || fail "sweep over budgets: outputs"
+    json "$T/b.json" "j['budgets'] == [4000, 12000] and sorted(c['name'] for c in j['configs']) == sorted(f + '@' + str(b) for f in ('attn_qv', 'mlp_down', 'embed_lora') for b in (4000, 12000))" || fail "budget grid"
+    [ "$(grep -c '<polyline' "$T/sw2/chart.svg")" -eq 3 ] || fail "one line per family"
+    "$PEFT" sweep --model "$M" --train x --budget 5,5 --out "$T/sw3" 2>/dev/null && fail "a budget twice accepted"
     ;;
 sweep_readme_example)
     # the README's sweep, and the conclusions the README draws from it

@@ -32,11 +32,11 @@
 #include "sweep.h"
 
 static const char sweep_help[] =
-    "usage: peft sweep --model DIR --train FILE --eval FILE --budget N --out DIR [options]\n"
+    "usage: peft sweep --model DIR --train FILE --eval FILE --budget N[,N...] --out DIR [options]\n"
     "Trains every configuration at the same trainable-parameter budget (the LoRA rank solved per\n"
     "configuration, a few modules one rank higher so the count lands within 2%) for the same\n"
     "tokens, evaluates each on --eval and writes OUT/report.md, OUT/chart.svg, OUT/curves.svg\n"
-    "and OUT/metrics.jsonl.\n"
+    "and OUT/metrics.jsonl. Several budgets run every configuration at each (NAME@BUDGET).\n"
     "sweep:    --families all|none|NAME,... (all)  --config FILE (more configurations)\n"
     "          --seeds K (1) --seed S (0): seeds S..S+K-1   --last N (layers of last_n; L/4)\n"
     "          --forget FILE (loss before/after on the base model's own domain)\n"
@@ -48,12 +48,12 @@ static const char sweep_help[] =
     "run:      --threads N --backend cpu|blis --json --quiet\n"
     "families: attn_qv attn_qkv attn_qkvo mlp_gate mlp_up mlp_down mlp all_linear early_half\n"
     "          late_half last_n norms ia3 dora loraplus embed_lora (embeddings at 0.1 x LR)\n"
-    "          embed_lora_1x all_linear_embed (and, not yet available: embed_rows vera\n"
+    "          embed_lora_1x all_linear_embed vera (and, not yet available: embed_rows\n"
     "          loha lokr prompt)\n"
     "--config FILE: one configuration per line, NAME then `peft train` adapter flags\n"
     "(--method --targets --layers --rank --alpha --rslora --dropout --init --feedforward\n"
     "--rank-pattern --alpha-pattern --lr --lr-ratio --loraplus-ratio --embed-lr-ratio\n"
-    "--weight-decay);\n"
+    "--vera-d-initial --weight-decay);\n"
     "# starts a comment. Without --rank or --rank-pattern the rank is solved for the budget.\n";
 
 /* The built-in families. %H is half the layers, %N the --last count. */
@@ -79,7 +79,7 @@ static const struct family {
     {"embed_lora_1x", "--targets embed", NULL},
     {"all_linear_embed", "--targets all-linear,embed --embed-lr-ratio 0.1", NULL},
     {"embed_rows", "", "training selected embedding rows (trainable_token_indices) is not implemented yet"},
-    {"vera", "", "VeRA is not implemented yet"},
+    {"vera", "--method vera --targets all-linear --lr-ratio 10", NULL},
     {"loha", "", "LoHa is not implemented yet"},
     {"lokr", "", "LoKr is not implemented yet"},
     {"prompt", "", "prompt tuning is not implemented yet"},
@@ -90,7 +90,6 @@ typedef struct sweep {
     long steps, batch, seq, threads, warmup, eval_every, mem_limit;
     double lr, grad_clip;
     int schedule, quiet;
-    uint64_t budget;
     int n_layers;
     tokens train, evald, forget;
     const tokens *ev; /* evald or train (holdout) */
@@ -157,11 +156,11 @@ static int cfg_parse(sweep_cfg *c, double sweep_lr)
     cli_args a;
     if (split_flags(c, c->flags) || args_init(&a, c->argc, c->argv))
         return -1;
-    double lr, ratio;
+    double lr, ratio, vera_d;
     int rc = -1;
     if (arg_double(&a, "--lr", sweep_lr, &lr) || arg_double(&a, "--lr-ratio", 1.0, &ratio) ||
         arg_double(&a, "--loraplus-ratio", 1.0, &c->loraplus) || arg_double(&a, "--weight-decay", 0.0, &c->wd) ||
-        arg_double(&a, "--embed-lr-ratio", 1.0, &c->embed_lr) ||
+        arg_double(&a, "--embed-lr-ratio", 1.0, &c->embed_lr) || arg_double(&a, "--vera-d-initial", 0.1, &vera_d) ||
         lora_from_args(&a, &c->lo, &c->kind, &c->io) || args_check_unused(&a)) {
         fprintf(stderr, "peft sweep: configuration %s: cannot use '%s'\n", c->name, c->flags);
         goto done;
@@ -174,8 +173,13 @@ static int cfg_parse(sweep_cfg *c, double sweep_lr)
     peft_norms_options no = PEFT_NORMS_OPTIONS_INIT;
     c->no = no;
     c->no.layers = c->lo.layers;
+    vera_from_lora(&c->lo, vera_d, &c->vo);
     snprintf(c->method, sizeof c->method, "%s",
-             c->kind == KIND_IA3 ? "ia3" : c->kind == KIND_NORMS ? "norms" : c->lo.use_dora ? "dora" : "lora");
+             c->kind == KIND_IA3     ? "ia3"
+             : c->kind == KIND_NORMS ? "norms"
+             : c->kind == KIND_VERA  ? "vera"
+             : c->lo.use_dora        ? "dora"
+                                     : "lora");
     rc = 0;
 done:
     args_free(&a);
@@ -233,7 +237,7 @@ static int by_cost(const void *x, const void *y)
 static int solve_lora(sweep_cfg *c, const peft_model *m, const sweep *sw)
 {
     int32_t r;
-    int code = peft_solve_rank(&r, m, &c->lo, sw->budget);
+    int code = peft_solve_rank(&r, m, &c->lo, c->budget);
     if (code == PEFT_ERANGE) {
         c->available = 0;
         snprintf(c->note, sizeof c->note, "does not fit the budget: %s", peft_last_error());
@@ -281,7 +285,7 @@ static int solve_lora(sweep_cfg *c, const peft_model *m, const sweep *sw)
             mc[nm++] = (struct module_cost){-1, 7, n1 - n0};
     }
     qsort(mc, nm, sizeof *mc, by_cost);
-    uint64_t left = sw->budget - n0;
+    uint64_t left = c->budget - n0;
     char *rp = NULL, *ap = NULL;
     size_t rl = 0, rc = 0, al = 0, ac = 0;
     int bumped = 0;
@@ -294,7 +298,7 @@ static int solve_lora(sweep_cfg *c, const peft_model *m, const sweep *sw)
         else
             left -= mc[i].cost;
     uint64_t under = left;
-    left = sw->budget - n0;
+    left = c->budget - n0;
     for (size_t i = 0; i < nm; i++) {
         if (i == last_out && mc[i].cost - left < under)
             left = 0;
@@ -326,7 +330,7 @@ static int solve_lora(sweep_cfg *c, const peft_model *m, const sweep *sw)
     c->rank_hi = bumped ? r + 1 : r;
     if ((code = peft_count_lora(&c->params, m, &c->lo)))
         return fail_lib(c->name, code), -1;
-    c->budget_err = ((double)c->params - (double)sw->budget) / (double)sw->budget;
+    c->budget_err = ((double)c->params - (double)c->budget) / (double)c->budget;
     if (fabs(c->budget_err) > 0.02)
         snprintf(c->note, sizeof c->note,
                  "%+.1f%% off the budget: one more rank on the smallest module costs %llu parameters",
@@ -343,19 +347,48 @@ static int cfg_plan(sweep_cfg *c, const peft_model *m, const sweep *sw)
         if (code)
             return fail_lib(c->name, code), -1;
         c->rank = c->rank_hi = 0;
-        c->budget_err = ((double)c->params - (double)sw->budget) / (double)sw->budget;
+        c->budget_err = ((double)c->params - (double)c->budget) / (double)c->budget;
         if (fabs(c->budget_err) > 0.02)
             snprintf(c->note, sizeof c->note, "fixed size: %s has no rank; %llu parameters is %.1f%% of the budget",
                      c->kind == KIND_IA3 ? "IA3" : "norm tuning", (unsigned long long)c->params,
-                     100.0 * (double)c->params / (double)sw->budget);
+                     100.0 * (double)c->params / (double)c->budget);
+    } else if (c->kind == KIND_VERA) {
+        /* lambda_d is the rank's share: count(r) = fixed + per * r; the nearest rank */
+        uint64_t n1, n2;
+        if (!has_flag(c, "--rank")) {
+            c->vo.rank = 1;
+            if ((code = peft_count_vera(&n1, m, &c->vo)))
+                return fail_lib(c->name, code), -1;
+            c->vo.rank = 2;
+            if ((code = peft_count_vera(&n2, m, &c->vo)))
+                return fail_lib(c->name, code), -1;
+            uint64_t per = n2 - n1, fixed = n1 - per;
+            if (c->budget < n1) {
+                c->available = 0;
+                snprintf(c->note, sizeof c->note, "does not fit the budget: VeRA at rank 1 has %llu parameters",
+                         (unsigned long long)n1);
+                return 0;
+            }
+            uint64_t r = (c->budget - fixed) / per;
+            if (c->budget - (fixed + per * r) > fixed + per * (r + 1) - c->budget)
+                r++;
+            c->vo.rank = (int32_t)(r > 65536 ? 65536 : r);
+        }
+        if ((code = peft_count_vera(&c->params, m, &c->vo)))
+            return fail_lib(c->name, code), -1;
+        c->rank = c->rank_hi = c->vo.rank;
+        c->budget_err = ((double)c->params - (double)c->budget) / (double)c->budget;
+        if (fabs(c->budget_err) > 0.02)
+            snprintf(c->note, sizeof c->note, "%+.1f%% off the budget: %s", 100.0 * c->budget_err,
+                     has_flag(c, "--rank") ? "rank set by the configuration" : "one more rank costs one parameter per module");
     } else if (has_flag(c, "--rank") || c->lo.rank_pattern) {
         if ((code = peft_count_lora(&c->params, m, &c->lo)))
             return fail_lib(c->name, code), -1;
         c->rank = c->rank_hi = c->lo.rank;
-        c->budget_err = ((double)c->params - (double)sw->budget) / (double)sw->budget;
+        c->budget_err = ((double)c->params - (double)c->budget) / (double)c->budget;
         if (fabs(c->budget_err) > 0.02)
             snprintf(c->note, sizeof c->note, "rank set by the configuration: %llu parameters is %.1f%% of the budget",
-                     (unsigned long long)c->params, 100.0 * (double)c->params / (double)sw->budget);
+                     (unsigned long long)c->params, 100.0 * (double)c->params / (double)c->budget);
     } else if (solve_lora(c, m, sw)) {
         return -1;
     }
@@ -370,7 +403,7 @@ static int cfg_plan(sweep_cfg *c, const peft_model *m, const sweep *sw)
 
 static int valid_name(const char *s)
 {
-    if (!*s || strlen(s) >= 64)
+    if (!*s || strlen(s) >= 48)
         return 0;
     for (; *s; s++)
         if (!isalnum((unsigned char)*s) && *s != '_' && *s != '-' && *s != '.')
@@ -378,8 +411,14 @@ static int valid_name(const char *s)
     return 1;
 }
 
-static int add_cfg(sweep_cfg **cfg, int *n, const char *name, const char *flags, const char *unavailable, int user)
+static int add_cfg(sweep_cfg **cfg, int *n, const char *family, uint64_t budget, int several, const char *flags,
+                   const char *unavailable, int user)
 {
+    char name[96];
+    if (several)
+        snprintf(name, sizeof name, "%s@%llu", family, (unsigned long long)budget);
+    else
+        snprintf(name, sizeof name, "%s", family);
     for (int i = 0; i < *n; i++)
         if (!strcmp((*cfg)[i].name, name)) {
             fprintf(stderr, "peft sweep: configuration '%s' appears twice\n", name);
@@ -392,6 +431,8 @@ static int add_cfg(sweep_cfg **cfg, int *n, const char *name, const char *flags,
     sweep_cfg *c = &p[(*n)++];
     memset(c, 0, sizeof *c);
     snprintf(c->name, sizeof c->name, "%s", name);
+    snprintf(c->family, sizeof c->family, "%s", family);
+    c->budget = budget;
     snprintf(c->flags, sizeof c->flags, "%s", flags);
     c->user = user;
     c->available = unavailable == NULL;
@@ -404,7 +445,7 @@ static int add_cfg(sweep_cfg **cfg, int *n, const char *name, const char *flags,
     return 0;
 }
 
-static int load_config_file(sweep_cfg **cfg, int *n, const char *path)
+static int load_config_file(sweep_cfg **cfg, int *n, const char *path, const uint64_t *budgets, int n_budgets)
 {
     FILE *f = fopen(path, "r");
     if (!f) {
@@ -439,7 +480,8 @@ static int load_config_file(sweep_cfg **cfg, int *n, const char *path)
             rc = -1;
             break;
         }
-        rc = add_cfg(cfg, n, name, p, NULL, 1);
+        for (int b = 0; b < n_budgets && !rc; b++)
+            rc = add_cfg(cfg, n, name, budgets[b], n_budgets > 1, p, NULL, 1);
     }
     fclose(f);
     return rc;
@@ -685,8 +727,11 @@ static int child_train(const sweep *sw, const sweep_cfg *c, uint64_t seed, const
         snprintf(r->error, sizeof r->error, "open: %s", peft_last_error());
         goto done;
     }
+    peft_vera_options vo = c->vo;
+    vo.seed = seed;
     code = c->kind == KIND_IA3     ? peft_attach_ia3(m, &c->io, &r->params)
            : c->kind == KIND_NORMS ? peft_attach_norms(m, &c->no, &r->params)
+           : c->kind == KIND_VERA  ? peft_attach_vera(m, &vo, &r->params)
                                    : peft_attach_lora(m, &lo, &r->params);
     if (code) {
         snprintf(r->error, sizeof r->error, "attach: %s", peft_last_error());
@@ -997,9 +1042,28 @@ int cmd_sweep(int argc, char **argv)
     sw.schedule_name = arg_str(&a, "--schedule", "constant");
     int json = arg_flag(&a, "--json"), retry = arg_flag(&a, "--retry-failed");
     sw.quiet = arg_flag(&a, "--quiet");
-    long budget = 0, seeds = 0, seed0 = 0, last = 0, eval_windows_max = 0;
+    long seeds = 0, seed0 = 0, last = 0, eval_windows_max = 0;
     double holdout;
-    if (arg_long(&a, "--budget", 0, &budget) || arg_long(&a, "--steps", 100, &sw.steps) ||
+    const char *budget_arg = arg_str(&a, "--budget", NULL);
+    uint64_t budgets[16];
+    int n_budgets = 0;
+    for (const char *p = budget_arg; p && *p;) {
+        char *end;
+        errno = 0;
+        unsigned long long v = strtoull(p, &end, 10);
+        if (errno || end == p || v == 0 || v > (1ull << 50) || (*end && *end != ',') || n_budgets == 16) {
+            fprintf(stderr, "peft sweep: --budget: expected up to 16 positive integers separated by commas\n");
+            goto done;
+        }
+        for (int b = 0; b < n_budgets; b++)
+            if (budgets[b] == v) {
+                fprintf(stderr, "peft sweep: --budget: %llu appears twice\n", v);
+                goto done;
+            }
+        budgets[n_budgets++] = v;
+        p = *end ? end + 1 : end;
+    }
+    if (arg_long(&a, "--steps", 100, &sw.steps) ||
         arg_long(&a, "--batch", 8, &sw.batch) || arg_long(&a, "--seq", 128, &sw.seq) ||
         arg_double(&a, "--lr", 1e-3, &sw.lr) || arg_long(&a, "--warmup", 0, &sw.warmup) ||
         arg_double(&a, "--grad-clip", 1.0, &sw.grad_clip) || arg_double(&a, "--holdout", 0.1, &holdout) ||
@@ -1008,7 +1072,7 @@ int cmd_sweep(int argc, char **argv)
         arg_long(&a, "--threads", 0, &sw.threads) || arg_long(&a, "--mem-limit", 0, &sw.mem_limit) || !fam ||
         !sw.schedule_name)
         goto done;
-    if (!sw.model || !train || !sw.out || budget <= 0) {
+    if (!sw.model || !train || !sw.out || n_budgets == 0) {
         fputs(sweep_help, stderr);
         goto done;
     }
@@ -1028,7 +1092,6 @@ int cmd_sweep(int argc, char **argv)
         fprintf(stderr, "peft sweep: --schedule must be constant, linear or cosine\n");
         goto done;
     }
-    sw.budget = (uint64_t)budget;
 
     /* the model, for counting; the runs open their own */
     peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
@@ -1115,11 +1178,13 @@ int cmd_sweep(int argc, char **argv)
         if (!chosen)
             continue;
         char flags[512];
-        if (expand_family(flags, sizeof flags, families[k].flags, half, (int)last) ||
-            add_cfg(&cfg, &n_cfg, families[k].name, flags, families[k].unavailable, 0))
+        if (expand_family(flags, sizeof flags, families[k].flags, half, (int)last))
             goto done;
+        for (int b = 0; b < n_budgets; b++)
+            if (add_cfg(&cfg, &n_cfg, families[k].name, budgets[b], n_budgets > 1, flags, families[k].unavailable, 0))
+                goto done;
     }
-    if (config && load_config_file(&cfg, &n_cfg, config))
+    if (config && load_config_file(&cfg, &n_cfg, config, budgets, n_budgets))
         goto done;
     if (n_cfg == 0) {
         fprintf(stderr, "peft sweep: no configurations (--families none and no --config)\n");
@@ -1150,10 +1215,10 @@ int cmd_sweep(int argc, char **argv)
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
     int sl = snprintf(settings, sizeof settings,
-                      "model %s\ntrain %s\neval %s\nholdout %g\nforget %s\nbudget %llu\nsteps %ld\nbatch %ld\nseq %ld\n"
+                      "model %s\ntrain %s\neval %s\nholdout %g\nforget %s\nbudget %s\nsteps %ld\nbatch %ld\nseq %ld\n"
                       "lr %g\nschedule %s\nwarmup %ld\ngrad_clip %g\neval_windows %zu\nforget_windows %zu\n",
                       sw.model, train, eval ? eval : "-", eval ? 0.0 : holdout, forget ? forget : "-",
-                      (unsigned long long)sw.budget, sw.steps, sw.batch, sw.seq, sw.lr, sw.schedule_name, sw.warmup,
+                      budget_arg, sw.steps, sw.batch, sw.seq, sw.lr, sw.schedule_name, sw.warmup,
                       sw.grad_clip, sw.eval_w1 - sw.eval_w0, sw.n_forget_w);
     snprintf(path, sizeof path, "%s/sweep.txt", sw.out);
     char *old = read_text(path);
@@ -1172,9 +1237,9 @@ int cmd_sweep(int argc, char **argv)
     if (base_losses(&sw, &base_eval, &base_forget, &eval_tokens))
         goto done;
     if (!sw.quiet) {
-        fprintf(stderr, "peft sweep: budget %llu, %d configurations x %ld seeds, %ld steps x %ld x %ld tokens; "
+        fprintf(stderr, "peft sweep: budget %s, %d configurations x %ld seeds, %ld steps x %ld x %ld tokens; "
                         "base model: eval loss %.4f",
-                (unsigned long long)sw.budget, n_cfg, seeds, sw.steps, sw.batch, sw.seq, base_eval);
+                budget_arg, n_cfg, seeds, sw.steps, sw.batch, sw.seq, base_eval);
         if (forget)
             fprintf(stderr, ", forgetting-set loss %.4f", base_forget);
         fputc('\n', stderr);
@@ -1229,7 +1294,7 @@ int cmd_sweep(int argc, char **argv)
     }
 
     sweep_report rep = {.model = sw.model, .train = train, .eval = eval, .forget = forget, .out = sw.out,
-                        .budget = sw.budget, .tokens_per_run = (uint64_t)(sw.steps * sw.batch * sw.seq),
+                        .budget = budgets[0], .budgets = budget_arg, .n_budgets = n_budgets, .tokens_per_run = (uint64_t)(sw.steps * sw.batch * sw.seq),
                         .eval_tokens = eval_tokens, .steps = sw.steps, .batch = sw.batch, .seq = sw.seq,
                         .seeds = seeds, .seed0 = seed0, .lr = sw.lr, .base_eval = base_eval,
                         .base_forget = base_forget, .schedule = sw.schedule_name, .n_cfg = n_cfg, .cfg = cfg,

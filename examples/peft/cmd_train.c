@@ -14,7 +14,8 @@ static const char train_help[] =
     "usage: peft train --model DIR --data FILE --out DIR [options]\n"
     "data:     --seq T (128) --batch B (4) --steps N | --epochs E  --holdout F (0)\n"
     "          --eval-data FILE  --eval-every N (0: start and end only)  --eval-windows N (all)\n"
-    "adapter:  --method lora|dora|ia3|norms (lora)  --rank R (8) --alpha A (2R)\n"
+    "adapter:  --method lora|dora|ia3|norms|vera (lora)  --rank R (8; vera 256) --alpha A (2R)\n"
+    "          --vera-d-initial D (0.1: VeRA's lambda_d at init)\n"
     "          --feedforward LIST (ia3: modules whose input is scaled; down)\n"
     "          --targets all-linear|q,k,v,o,gate,up,down,embed (q,v; embed: LoRA on the embeddings)\n"
     "          --rank-pattern KEY=R,...  --alpha-pattern KEY=A,...  (PEFT rank_pattern/alpha_pattern)\n"
@@ -77,7 +78,7 @@ int cmd_train(int argc, char **argv)
     int json = arg_flag(&a, "--json"), quiet = arg_flag(&a, "--quiet");
     long seq, batch, steps, threads, eval_every, max_eval_w, log_every, save_every, ckpt_every;
     const char *resume = arg_str(&a, "--resume", NULL);
-    double epochs, holdout;
+    double epochs, holdout, vera_d;
     peft_lora_options lo;
     peft_ia3_options io;
     int use_ia3 = 0;
@@ -97,7 +98,7 @@ int cmd_train(int argc, char **argv)
         arg_long(&a, "--steps", 0, &steps) || arg_double(&a, "--epochs", 0, &epochs) ||
         arg_long(&a, "--threads", 0, &threads) || arg_long(&a, "--eval-every", 0, &eval_every) ||
         arg_long(&a, "--eval-windows", 0, &max_eval_w) || arg_long(&a, "--log-every", 0, &log_every) ||
-        arg_long(&a, "--save-every", 0, &save_every) || arg_long(&a, "--checkpoint-every", 0, &ckpt_every) || arg_double(&a, "--holdout", 0, &holdout) ||
+        arg_long(&a, "--save-every", 0, &save_every) || arg_long(&a, "--checkpoint-every", 0, &ckpt_every) || arg_double(&a, "--holdout", 0, &holdout) || arg_double(&a, "--vera-d-initial", 0.1, &vera_d) ||
         lora_from_args(&a, &lo, &use_ia3, &io) || !schedule)
         goto done;
     if (!model || !data || !out) {
@@ -184,6 +185,13 @@ int cmd_train(int argc, char **argv)
     } else if (init_adapter) {
         if ((code = peft_load_adapter(m, init_adapter))) {
             rc = fail_lib("init-adapter", code);
+            goto done;
+        }
+    } else if (use_ia3 == 3) {
+        peft_vera_options vo;
+        vera_from_lora(&lo, vera_d, &vo);
+        if ((code = peft_attach_vera(m, &vo, NULL))) {
+            rc = fail_lib("attach", code);
             goto done;
         }
     } else if (use_ia3 == 2) {

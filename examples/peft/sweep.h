@@ -6,10 +6,12 @@
 
 #include "cli.h"
 
-enum { KIND_LORA = 0, KIND_IA3 = 1, KIND_NORMS = 2 };
+enum { KIND_LORA = 0, KIND_IA3 = 1, KIND_NORMS = 2, KIND_VERA = 3 };
 
 typedef struct sweep_cfg {
-    char name[64];
+    char name[96];    /* the family, or FAMILY@BUDGET when the sweep has several budgets */
+    char family[64];
+    uint64_t budget;
     char flags[512];  /* the adapter flags as written (family table or config file) */
     char method[16];  /* lora, dora, ia3, norms */
     char note[320];   /* why the budget is not matched, or why it was not measured */
@@ -21,6 +23,7 @@ typedef struct sweep_cfg {
     peft_lora_options lo;
     peft_ia3_options io;
     peft_norms_options no;
+    peft_vera_options vo;
     char *rank_pattern, *alpha_pattern; /* solved per-module ranks (owned) */
     int rank, rank_hi;                  /* every module has rank or rank_hi (= rank + 1) */
     uint64_t params;
@@ -42,7 +45,9 @@ typedef struct run_result {
 
 typedef struct sweep_report {
     const char *model, *train, *eval, *forget, *out;
-    uint64_t budget, tokens_per_run, eval_tokens;
+    uint64_t budget, tokens_per_run, eval_tokens; /* budget: the first of budgets */
+    const char *budgets;                          /* "N" or "N,M,..." */
+    int n_budgets;
     long steps, batch, seq, seeds, seed0;
     double lr, base_eval, base_forget;
     const char *schedule;

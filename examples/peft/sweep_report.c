@@ -25,9 +25,14 @@ static int cmp_double(const void *x, const void *y)
     return a < b ? -1 : a > b;
 }
 
+static const sweep_report *sort_report; /* for by_loss: qsort has no context argument */
+
 static int by_loss(const void *x, const void *y)
 {
     const agg *a = x, *b = y;
+    uint64_t ba = sort_report->cfg[a->cfg].budget, bb = sort_report->cfg[b->cfg].budget;
+    if (ba != bb)
+        return ba < bb ? -1 : 1;
     if (!a->ok != !b->ok)
         return a->ok ? -1 : 1;
     if (a->ok && a->mean != b->mean)
@@ -188,8 +193,11 @@ static int chart_params(const sweep_report *r, const agg *g, int n, FILE *f)
     ylo -= ypad;
     yhi += ypad;
     char title[200];
-    snprintf(title, sizeof title, "Held-out loss at a budget of %llu trainable parameters",
-             (unsigned long long)r->budget);
+    if (r->n_budgets > 1)
+        snprintf(title, sizeof title, "Held-out loss against trainable parameters (budgets %s)", r->budgets);
+    else
+        snprintf(title, sizeof title, "Held-out loss at a budget of %llu trainable parameters",
+                 (unsigned long long)r->budget);
     svg_begin(f, title, logx ? "trainable parameters (log scale)" : "trainable parameters", "eval loss after training");
     y_axis(f, ylo, yhi);
     if (logx) {
@@ -217,29 +225,52 @@ static int chart_params(const sweep_report *r, const agg *g, int n, FILE *f)
     fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#888\" stroke-dasharray=\"6 4\"/>"
                "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\" fill=\"#666\">base model %.4f</text>\n",
             ML, by, W - MR, by, W - MR - 4, by - 5, r->base_eval);
-    int k = 0;
+    /* one color (and marker shape) per family; a family measured at several budgets is a line */
+    const char *fams[256];
+    int nf = 0;
     for (int i = 0; i < n; i++) {
-        if (!g[i].ok)
-            continue;
         const sweep_cfg *c = &r->cfg[g[i].cfg];
-        double p = (double)c->params, x = map(logx ? log10(p) : p, a, b, ML, W - MR);
-        double y = map(g[i].mean, ylo, yhi, H - MB, MT);
+        int seen = 0;
+        for (int j = 0; j < nf && !seen; j++)
+            seen = !strcmp(fams[j], c->family);
+        if (g[i].ok && !seen && nf < 256)
+            fams[nf++] = c->family;
+    }
+    for (int k = 0; k < nf; k++) {
         const char *col = palette[k % 10];
-        if (g[i].ok > 1)
-            fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\"/>", x,
-                    map(g[i].lo, ylo, yhi, H - MB, MT), x, map(g[i].hi, ylo, yhi, H - MB, MT), col);
-        fputs("<g>", f);
-        marker(f, x, y, k, col);
-        fputs("<title>", f);
-        svg_escape(f, c->name);
-        fprintf(f, ": %llu parameters, eval loss %.4f</title></g>\n", (unsigned long long)c->params, g[i].mean);
-        /* legend, best first */
+        double px[64], py[64], best = INFINITY;
+        int np = 0;
+        for (int i = 0; i < n; i++) { /* g is sorted by budget: points in budget order */
+            const sweep_cfg *c = &r->cfg[g[i].cfg];
+            if (!g[i].ok || strcmp(c->family, fams[k]) != 0)
+                continue;
+            double p = (double)c->params, x = map(logx ? log10(p) : p, a, b, ML, W - MR);
+            double y = map(g[i].mean, ylo, yhi, H - MB, MT);
+            if (g[i].ok > 1)
+                fprintf(f, "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"%s\"/>", x,
+                        map(g[i].lo, ylo, yhi, H - MB, MT), x, map(g[i].hi, ylo, yhi, H - MB, MT), col);
+            fputs("<g>", f);
+            marker(f, x, y, k, col);
+            fputs("<title>", f);
+            svg_escape(f, c->name);
+            fprintf(f, ": %llu parameters, eval loss %.4f</title></g>\n", (unsigned long long)c->params, g[i].mean);
+            if (np < 64) {
+                px[np] = x;
+                py[np++] = y;
+            }
+            best = g[i].mean; /* at the largest budget */
+        }
+        if (np > 1) {
+            fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.2\" points=\"", col);
+            for (int j = 0; j < np; j++)
+                fprintf(f, "%.1f,%.1f ", px[j], py[j]);
+            fputs("\"/>\n", f);
+        }
         int ly = MT + 8 + 16 * k;
         marker(f, W - MR + 14, ly, k, col);
         fprintf(f, "<text x=\"%d\" y=\"%d\">", W - MR + 24, ly + 4);
-        svg_escape(f, c->name);
-        fprintf(f, " %.3f</text>\n", g[i].mean);
-        k++;
+        svg_escape(f, fams[k]);
+        fprintf(f, " %.3f</text>\n", best);
     }
     fputs("</svg>\n", f);
     return 0;
@@ -338,12 +369,14 @@ static void run_json(FILE *f, const sweep_report *r, const sweep_cfg *c, long s,
 {
     fputs("{\"config\": ", f);
     json_string(f, c->name);
+    fputs(", \"family\": ", f);
+    json_string(f, c->family);
     fprintf(f, ", \"seed\": %ld, \"method\": \"%s\", \"flags\": ", r->seed0 + s, c->method);
     json_string(f, c->flags);
     fprintf(f, ", \"status\": \"%s\", \"error\": ", x->status ? "failed" : "ok");
     json_string(f, x->error);
     fprintf(f, ", \"trainable_params\": %llu, \"budget\": %llu, \"budget_error\": %.6f, \"rank\": %d, \"rank_max\": %d",
-            (unsigned long long)c->params, (unsigned long long)r->budget, c->budget_err, c->rank, c->rank_hi);
+            (unsigned long long)c->params, (unsigned long long)c->budget, c->budget_err, c->rank, c->rank_hi);
     fprintf(f, ", \"steps\": %ld, \"tokens\": %llu, \"seconds\": %.3f, \"tokens_per_s\": %.1f, \"peak_rss_mib\": %.1f",
             r->steps, (unsigned long long)x->tokens, x->seconds, x->tps, x->peak_mib);
     fputs(", \"eval_loss_before\": ", f);
@@ -392,7 +425,7 @@ static void loss_cell(char *buf, size_t n, const agg *g)
 
 static void rank_cell(char *buf, size_t n, const sweep_cfg *c)
 {
-    if (c->kind != KIND_LORA)
+    if (c->kind != KIND_LORA && c->kind != KIND_VERA)
         snprintf(buf, n, "-");
     else if (c->rank_hi > c->rank)
         snprintf(buf, n, "%d-%d", c->rank, c->rank_hi);
@@ -403,11 +436,15 @@ static void rank_cell(char *buf, size_t n, const sweep_cfg *c)
 static int write_md(const sweep_report *r, const agg *g, int n, FILE *f)
 {
     fprintf(f, "# peft sweep: %s\n\n", r->model);
+    if (r->n_budgets > 1)
+        fprintf(f, "Every configuration is trained at each budget (%s trainable parameters; NAME@BUDGET)", r->budgets);
+    else
+        fprintf(f, "Every configuration trains %llu trainable parameters (the budget", (unsigned long long)r->budget);
     fprintf(f,
-            "Every configuration trains %llu trainable parameters (the budget; the rank is solved per "
+            "; the rank is solved per "
             "configuration) for the same %ld steps x %ld sequences x %ld tokens = %llu tokens of `%s`, "
             "learning rate %g (%s), ",
-            (unsigned long long)r->budget, r->steps, r->batch, r->seq, (unsigned long long)r->tokens_per_run, r->train,
+            r->steps, r->batch, r->seq, (unsigned long long)r->tokens_per_run, r->train,
             r->lr, r->schedule);
     if (r->seeds > 1)
         fprintf(f, "seeds %ld-%ld (the loss is the mean, the range in brackets).", r->seed0, r->seed0 + r->seeds - 1);
@@ -479,6 +516,7 @@ int sweep_write_report(const sweep_report *r, int quiet, int json)
         return -1;
     for (int i = 0; i < r->n_cfg; i++)
         aggregate(r, &g[i], i);
+    sort_report = r;
     qsort(g, (size_t)r->n_cfg, sizeof *g, by_loss);
     int e = emit(r, g, r->n_cfg, "report.md", write_md) || emit(r, g, r->n_cfg, "chart.svg", chart_params) ||
             emit(r, g, r->n_cfg, "curves.svg", chart_curves) || emit(r, g, r->n_cfg, "metrics.jsonl", write_jsonl);
@@ -501,8 +539,12 @@ int sweep_write_report(const sweep_report *r, int quiet, int json)
             }
             free(text);
         }
+    int nw = 14;
+    for (int i = 0; i < r->n_cfg; i++)
+        if ((int)strlen(r->cfg[i].name) > nw)
+            nw = (int)strlen(r->cfg[i].name);
     if (!quiet) {
-        fprintf(stderr, "\n%-3s %-14s %-6s %10s %7s %7s %9s %8s %9s %9s %10s%s\n", "#", "configuration", "method",
+        fprintf(stderr, "\n%-3s %-*s %-6s %10s %7s %7s %9s %8s %9s %9s %10s%s\n", "#", nw, "configuration", "method",
                 "trainable", "budget", "rank", "tokens/s", "peak MiB", "before", "after", "gain/Mpar",
                 r->forget ? "  forgetting" : "");
         int rank = 0;
@@ -513,11 +555,11 @@ int sweep_write_report(const sweep_report *r, int quiet, int json)
             char rk[32];
             rank_cell(rk, sizeof rk, c);
             if (!g[i].ok) {
-                fprintf(stderr, "%-3s %-14s %-6s %10llu %+6.1f%% %7s  failed: %s\n", "-", c->name, c->method,
+                fprintf(stderr, "%-3s %-*s %-6s %10llu %+6.1f%% %7s  failed: %s\n", "-", nw, c->name, c->method,
                         (unsigned long long)c->params, 100 * c->budget_err, rk, g[i].error ? g[i].error : "");
                 continue;
             }
-            fprintf(stderr, "%-3d %-14s %-6s %10llu %+6.1f%% %7s %9.0f %8.1f %9.4f %9.4f %10.3f", ++rank, c->name,
+            fprintf(stderr, "%-3d %-*s %-6s %10llu %+6.1f%% %7s %9.0f %8.1f %9.4f %9.4f %10.3f", ++rank, nw, c->name,
                     c->method, (unsigned long long)c->params, 100 * c->budget_err, rk, g[i].tps, g[i].peak,
                     r->base_eval, g[i].mean, (r->base_eval - g[i].mean) / ((double)c->params / 1e6));
             if (r->forget)
@@ -531,8 +573,8 @@ int sweep_write_report(const sweep_report *r, int quiet, int json)
                 r->out, r->out);
     }
     if (json && !e) {
-        printf("{\"budget\": %llu, \"tokens_per_run\": %llu, \"eval_loss_base\": ", (unsigned long long)r->budget,
-               (unsigned long long)r->tokens_per_run);
+        printf("{\"budget\": %llu, \"budgets\": [%s], \"tokens_per_run\": %llu, \"eval_loss_base\": ",
+               (unsigned long long)r->budget, r->budgets, (unsigned long long)r->tokens_per_run);
         fmt_num(stdout, r->base_eval);
         fputs(", \"forget_loss_base\": ", stdout);
         fmt_num(stdout, r->forget ? r->base_forget : NAN);
@@ -545,6 +587,9 @@ int sweep_write_report(const sweep_report *r, int quiet, int json)
             const sweep_cfg *c = &r->cfg[g[i].cfg];
             fputs(i ? ", {\"name\": " : "{\"name\": ", stdout);
             json_string(stdout, c->name);
+            fputs(", \"family\": ", stdout);
+            json_string(stdout, c->family);
+            printf(", \"budget\": %llu", (unsigned long long)c->budget);
             fprintf(stdout, ", \"method\": \"%s\", \"status\": \"%s\", \"trainable_params\": %llu, \"budget_error\": %.6f, "
                             "\"rank\": %d, \"rank_max\": %d, \"seeds_ok\": %d, \"seeds_failed\": %d, \"eval_loss_after\": ",
                     c->method, !c->available ? "not_measured" : g[i].ok ? "ok" : "failed", (unsigned long long)c->params,

@@ -250,6 +250,8 @@ int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options
         o->use_dora = 1;
     } else if (!strcmp(method, "norms") && ia3) {
         *ia3 = 2; /* handled by the caller through norms_from_method */
+    } else if (!strcmp(method, "vera") && ia3) {
+        *ia3 = 3;
     } else if (!strcmp(method, "ia3") && ia3) {
         peft_ia3_options d3 = PEFT_IA3_OPTIONS_INIT;
         *io = d3;
@@ -260,7 +262,7 @@ int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options
             return -1;
         io->feedforward &= io->targets;
     } else if (strcmp(method, "lora") != 0) {
-        fprintf(stderr, "peft: --method %s is not available yet (lora, dora%s)\n", method, ia3 ? ", ia3, norms" : "");
+        fprintf(stderr, "peft: --method %s is not available yet (lora, dora%s)\n", method, ia3 ? ", ia3, norms, vera" : "");
         return -1;
     }
     o->use_dora |= arg_flag(a, "--dora");
@@ -272,6 +274,8 @@ int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options
     if (ia3 && *ia3)
         io->layers = o->layers;
     o->rank = (int32_t)rank;
+    if (ia3 && *ia3 == 3 && find(a, "--rank") < 0)
+        o->rank = 256; /* PEFT's VeRA default */
     o->alpha = alpha > 0 ? (float)alpha : (float)(2 * rank);
     o->dropout = (float)dropout;
     o->use_rslora = arg_flag(a, "--rslora");
@@ -421,4 +425,16 @@ void sampler_fill(sampler *s, const tokens *t, int T, int B, int32_t *ids, int32
         if (t->docs)
             memcpy(docs + (size_t)b * n, t->docs + w * n, n * sizeof *docs);
     }
+}
+
+void vera_from_lora(const peft_lora_options *lo, double d_initial, peft_vera_options *vo)
+{
+    peft_vera_options d = PEFT_VERA_OPTIONS_INIT;
+    *vo = d;
+    vo->targets = lo->targets;
+    vo->layers = lo->layers;
+    vo->rank = lo->rank;
+    vo->dropout = lo->dropout;
+    vo->seed = lo->seed;
+    vo->d_initial = (float)d_initial;
 }

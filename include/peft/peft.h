@@ -175,6 +175,28 @@ typedef struct peft_ia3_options {
 PEFT_API int peft_attach_ia3(peft_model *model, const peft_ia3_options *opts, uint64_t *n_trainable);
 PEFT_API int peft_count_ia3(uint64_t *n_trainable, const peft_model *model, const peft_ia3_options *opts);
 
+/* VeRA (PEFT peft_type "VERA"): frozen random projections A (rank, max in) and B (max out, rank)
+   shared by every target module, and per module trainable vectors lambda_d (rank),
+   initialised to d_initial, and lambda_b (out), initialised to zeros:
+   y = W x + lambda_b * (B[:out] (lambda_d * (A[:, :in] x))).
+   A and B are saved with the adapter (PEFT's save_projection), so PEFT loads them as they are. */
+typedef struct peft_vera_options {
+    uint32_t version;
+    uint32_t targets;   /* PEFT_TARGET_* bits of linear modules */
+    const char *layers; /* as for LoRA */
+    int32_t rank;       /* PEFT's default is 256 */
+    float d_initial;    /* PEFT's default 0.1 */
+    float dropout;      /* on the VeRA input, training only */
+    uint64_t seed;      /* the projections' seed (PEFT's projection_prng_key) */
+} peft_vera_options;
+
+#define PEFT_VERA_OPTIONS_VERSION 1
+#define PEFT_VERA_OPTIONS_INIT \
+    {PEFT_VERA_OPTIONS_VERSION, PEFT_TARGET_Q | PEFT_TARGET_V, NULL, 256, 0.1f, 0.0f, 0}
+
+PEFT_API int peft_attach_vera(peft_model *model, const peft_vera_options *opts, uint64_t *n_trainable);
+PEFT_API int peft_count_vera(uint64_t *n_trainable, const peft_model *model, const peft_vera_options *opts);
+
 /* Norm tuning (PEFT peft_type "LN_TUNING"): the RMSNorm weights themselves are trained. */
 enum peft_norm {
     PEFT_NORM_INPUT = 1u << 0,          /* input_layernorm of each selected layer */

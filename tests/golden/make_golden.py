@@ -126,6 +126,12 @@ def forward(c, W, tokens, labels, lora, scale):
             vec = lora[ki]
             return (inp * vec.view(-1)) @ Wm.T if vec.shape[0] == 1 else (inp @ Wm.T) * vec.view(-1)
         y = inp @ Wm.T
+        kb = f"base_model.model.model.layers.{l}.{PARENT[m]}.{m}.vera_lambda_b"
+        if kb in lora:  # VeRA: lambda_b * (B[:out] (lambda_d * (A[:, :in] x)))
+            A, Bm = lora["base_model.vera_A"], lora["base_model.vera_B"]
+            lb, ld = lora[kb], lora[kb[:-1] + "d"]
+            i, o = Wm.shape[1], Wm.shape[0]
+            return y + lb * ((ld * (inp @ A[:, :i].T)) @ Bm[:o].T)
         ka = key(l, m, "A")
         if ka in lora:
             A, Bm = lora[ka], lora[key(l, m, "B")]
@@ -162,15 +168,19 @@ def forward(c, W, tokens, labels, lora, scale):
         logits[:, :-1].reshape(-1, c.V), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="mean")
 
 
+FROZEN = ("base_model.vera_A", "base_model.vera_B")  # VeRA's shared projections are not trained
+
+
 def one_step(c, W, tokens, labels, lora0, scale, lr, wd, clip, betas=(0.9, 0.999), eps=1e-8):
-    lora = {k: v.clone().requires_grad_(True) for k, v in lora0.items()}
+    lora = {k: v.clone().requires_grad_(k not in FROZEN) for k, v in lora0.items()}
+    trained = [v for k, v in lora.items() if k not in FROZEN]
     loss = forward(c, W, tokens, labels, lora, scale)
     loss.backward()
-    grads = {k: v.grad.clone() for k, v in lora.items()}
+    grads = {k: v.grad.clone() for k, v in lora.items() if k not in FROZEN}
     gnorm = math.sqrt(sum(float((g ** 2).sum()) for g in grads.values()))
-    opt = torch.optim.AdamW(list(lora.values()), lr=lr, betas=betas, eps=eps, weight_decay=wd)
+    opt = torch.optim.AdamW(trained, lr=lr, betas=betas, eps=eps, weight_decay=wd)
     if clip > 0:
-        torch.nn.utils.clip_grad_norm_(list(lora.values()), clip)
+        torch.nn.utils.clip_grad_norm_(trained, clip)
     opt.step()
     with torch.no_grad():
         after = {k: v.detach().clone() for k, v in lora.items()}
@@ -220,6 +230,13 @@ EMBED_CASES = [
     ("embed_qv", ["q_proj", "v_proj", "embed_tokens"], None, 3, 6.0, False, 1e-2, 0.0, 0.0, False),
 ]
 
+VERA_CASES = [
+    # VeRA on q, v (out 16 < 32: B sliced) and down (in 40: A as wide as the widest input) of layers 1, 2;
+    # rank -2 marks VeRA, the rank itself is in the name's table below
+    ("vera_qv_down", ["q_proj", "v_proj", "down_proj"], [1, 2], -2, 0.0, False, 1e-2, 0.0, 0.0, False),
+]
+VERA_RANK = 6
+
 IA3_CASES = [
     # IA3 on k, v (output scaling) and down (input scaling) of layers 1 and 2: rank 0 marks IA3
     ("ia3_kv_down", ["k_proj", "v_proj", "down_proj"], [1, 2], 0, 0.0, False, 1e-2, 0.0, 0.0, False),
@@ -256,7 +273,7 @@ def main():
     labels = tokens.clone()
     labels[0, :4] = -100  # a masked prompt
     labels[1, 7] = -100
-    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES + IA3_CASES + NORM_CASES + EMBED_CASES:
+    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES + IA3_CASES + NORM_CASES + EMBED_CASES + VERA_CASES:
         if r == -1:  # LN tuning
             lora = {}
             names = [f"model.layers.{l}.{n}.weight" for l in layers for n in ("input_layernorm", "post_attention_layernorm")]
@@ -266,6 +283,24 @@ def main():
             tm = [n[: -len(".weight")] for n in names] + ["model.norm"]
             acfg = {"peft_type": "LN_TUNING", "task_type": "CAUSAL_LM", "target_modules": tm,
                     "base_model_name_or_path": "tiny"}
+            write_case(name, lora, acfg, tokens, labels, lr, wd, clip,
+                       one_step(c, W, tokens, labels, lora, 1.0, lr, wd, clip))
+            continue
+        if r == -2:  # VeRA
+            r = VERA_RANK
+            sel = [(l, m) for l in layers for m in targets]
+            max_in = max(dims[m][1] for _, m in sel)
+            max_out = max(dims[m][0] for _, m in sel)
+            lora = {"base_model.vera_A": (torch.rand(r, max_in, generator=g) * 2 - 1) * math.sqrt(6 / max_in),
+                    "base_model.vera_B": (torch.rand(max_out, r, generator=g) * 2 - 1) * math.sqrt(6 / r)}
+            for l, m in sel:
+                p = f"base_model.model.model.layers.{l}.{PARENT[m]}.{m}.vera_lambda_"
+                lora[p + "d"] = 0.1 + 0.3 * torch.randn(r, generator=g)
+                lora[p + "b"] = 0.2 * torch.randn(dims[m][0], generator=g)
+            lora = {k: v.to(torch.float32).to(torch.float64) for k, v in lora.items()}
+            acfg = {"peft_type": "VERA", "task_type": "CAUSAL_LM", "r": r, "target_modules": targets,
+                    "layers_to_transform": layers, "d_initial": 0.1, "projection_prng_key": 0,
+                    "save_projection": True, "vera_dropout": 0.0, "bias": "none", "base_model_name_or_path": "tiny"}
             write_case(name, lora, acfg, tokens, labels, lr, wd, clip,
                        one_step(c, W, tokens, labels, lora, 1.0, lr, wd, clip))
             continue
