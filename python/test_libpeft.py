@@ -107,6 +107,9 @@ def test_other_methods():
         assert m.attach_lora(targets="all-linear,embed_tokens", rank=2) == 2 * 3 * 440 + 2 * (48 + 32)
         m.set_optimizer(embed_lr_ratio=0.1)
         assert abs(m.get_optimizer("embed_lr_ratio") - 0.1) < 1e-12
+        m.detach()
+        # VeRA: lambda_d (rank) and lambda_b (out) per module: q (out 32) and v (out 16) in 3 layers
+        assert m.attach_vera(targets="q,v", rank=64) == 3 * (64 + 32 + 64 + 16)
 
 
 def test_tokenizer():

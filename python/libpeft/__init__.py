@@ -63,6 +63,11 @@ class _IA3Options(ctypes.Structure):
     _fields_ = [("version", _c_u32), ("targets", _c_u32), ("feedforward", _c_u32), ("layers", _c_char_p)]
 
 
+class _VeraOptions(ctypes.Structure):
+    _fields_ = [("version", _c_u32), ("targets", _c_u32), ("layers", _c_char_p), ("rank", _c_i32),
+                ("d_initial", ctypes.c_float), ("dropout", ctypes.c_float), ("seed", _c_u64)]
+
+
 class _NormsOptions(ctypes.Structure):
     _fields_ = [("version", _c_u32), ("norms", _c_u32), ("layers", _c_char_p)]
 
@@ -110,6 +115,7 @@ _attach_lora = _fn("peft_attach_lora", _c_int, _c_void_p, _P(_LoraOptions), _P(_
 _count_lora = _fn("peft_count_lora", _c_int, _P(_c_u64), _c_void_p, _P(_LoraOptions))
 _attach_ia3 = _fn("peft_attach_ia3", _c_int, _c_void_p, _P(_IA3Options), _P(_c_u64))
 _attach_norms = _fn("peft_attach_norms", _c_int, _c_void_p, _P(_NormsOptions), _P(_c_u64))
+_attach_vera = _fn("peft_attach_vera", _c_int, _c_void_p, _P(_VeraOptions), _P(_c_u64))
 _detach = _fn("peft_detach", _c_int, _c_void_p)
 _opt_set = _fn("peft_opt_set", _c_int, _c_void_p, _c_int, _c_double)
 _opt_get = _fn("peft_opt_get", _c_int, _c_void_p, _c_int, _P(_c_double))
@@ -267,6 +273,13 @@ class Model:
         o = _IA3Options(1, _targets(targets), _targets(feedforward), _enc(layers))
         n = _c_u64()
         _check(_attach_ia3(self._handle(), ctypes.byref(o), ctypes.byref(n)))
+        return n.value
+
+    def attach_vera(self, targets="q,v", rank=256, d_initial=0.1, layers=None, dropout=0.0, seed=0):
+        """VeRA: shared frozen random projections, trained scaling vectors; returns the count."""
+        o = _VeraOptions(1, _targets(targets), _enc(layers), rank, d_initial, dropout, seed)
+        n = _c_u64()
+        _check(_attach_vera(self._handle(), ctypes.byref(o), ctypes.byref(n)))
         return n.value
 
     def attach_norms(self, layers=None, input=True, post_attention=True, final=True):
