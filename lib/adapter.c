@@ -543,6 +543,153 @@ static int load_vera(peft_model *m, const char *dir, const json_value *root, con
     return keep_or_restore(m, saved, code);
 }
 
+/* ---- LoHa (PEFT LOHA) ---- */
+
+static const char *const loha_names[4] = {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"};
+
+static void loha_key(char *buf, size_t n, const lora_module *md, int t)
+{
+    snprintf(buf, n, "base_model.model.model.layers.%d.%s.%s.%s", md->layer, peft__module_parents[md->kind],
+             peft__module_names[md->kind], loha_names[t]);
+}
+
+/* (rows, cols) of factor t and its offset from the module's block */
+static void loha_shape(const lora_module *md, int t, int64_t *d0, int64_t *d1, size_t *off)
+{
+    int64_t r = md->r, in = md->in, out = md->out;
+    *d0 = t % 2 ? r : out;
+    *d1 = t % 2 ? in : r;
+    *off = (size_t)((t >= 1 ? out * r : 0) + (t >= 2 ? r * in : 0) + (t >= 3 ? out * r : 0));
+}
+
+static int save_loha(peft_model *m, const char *st_path, const char *cfg_path, const char *base_name)
+{
+    const lora_state *l = m->lora;
+    size_t nt = (size_t)l->n_modules * 4;
+    st_out_tensor *ts = calloc(nt, sizeof *ts);
+    char *names = calloc(nt, 128);
+    struct jw w = {0};
+    int code, all_layers = 1, first = 1;
+    if (!ts || !names) {
+        free(ts);
+        free(names);
+        return peft__fail(PEFT_ENOMEM, "out of memory");
+    }
+    for (int i = 0; i < l->n_modules; i++)
+        for (int t = 0; t < 4; t++) {
+            const lora_module *md = &l->mods[i];
+            st_out_tensor *o = &ts[4 * i + t];
+            size_t off;
+            loha_key(names + (size_t)(4 * i + t) * 128, 128, md, t);
+            o->name = names + (size_t)(4 * i + t) * 128;
+            o->n_dims = 2;
+            loha_shape(md, t, &o->shape[0], &o->shape[1], &off);
+            o->data = l->params + md->off_a + off;
+        }
+    for (int i = 0; i < m->cfg.n_layers; i++)
+        all_layers &= l->layer_on[i];
+    jw_put(&w, "{\n  \"alpha\": ");
+    jw_number(&w, l->alpha);
+    jw_put(&w, ",\n  \"alpha_pattern\": ");
+    jw_pattern(&w, l->alpha_pattern, 0);
+    jw_put(&w, ",\n  \"base_model_name_or_path\": ");
+    jw_str(&w, base_name);
+    jw_put(&w, ",\n  \"inference_mode\": true,\n  \"init_weights\": true,\n  \"layers_pattern\": null,\n"
+               "  \"layers_to_transform\": ");
+    if (all_layers) {
+        jw_put(&w, "null");
+    } else {
+        jw_put(&w, "[");
+        for (int i = 0; i < m->cfg.n_layers; i++)
+            if (l->layer_on[i]) {
+                jw_put(&w, "%s\n    %d", first ? "" : ",", i);
+                first = 0;
+            }
+        jw_put(&w, "\n  ]");
+    }
+    jw_put(&w, ",\n  \"module_dropout\": 0.0,\n  \"modules_to_save\": null,\n  \"peft_type\": \"LOHA\",\n"
+               "  \"r\": %d,\n  \"rank_dropout\": 0.0,\n  \"rank_pattern\": ",
+           l->rank);
+    jw_pattern(&w, l->rank_pattern, 1);
+    jw_put(&w, ",\n  \"revision\": null,\n  \"target_modules\": [");
+    first = 1;
+    for (int k = 0; k < PEFT_MOD_COUNT; k++)
+        if (l->targets & (1u << k)) {
+            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__module_names[k]);
+            first = 0;
+        }
+    jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\",\n  \"use_effective_conv2d\": false\n}");
+    const char *mk[] = {"format"}, *mv[] = {"pt"};
+    code = w.oom ? peft__fail(PEFT_ENOMEM, "out of memory") : st_write(st_path, ts, nt, mk, mv, 1);
+    if (!code)
+        code = peft__write_atomic(cfg_path, w.s, w.n);
+    free(w.s);
+    free(ts);
+    free(names);
+    return code;
+}
+
+static int pattern_from_json(const json_value *v, char *buf, size_t cap, const char *what, const char *path);
+
+static int load_loha(peft_model *m, const char *dir, const json_value *root, const char *cfg_path, const char *st_path)
+{
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.variant = PEFT_VARIANT_LOHA;
+    static const char *const zero_keys[2] = {"rank_dropout", "module_dropout"};
+    char layers[8192], rpat[8192], apat[8192];
+    const json_value *v = json_get(root, "r");
+    if (!v || v->type != JSON_NUMBER || !v->is_integer || v->number < 1 || v->number > 65536)
+        return peft__fail(PEFT_EFORMAT, "%s: \"r\" must be an integer in 1..65536", cfg_path);
+    o.rank = (int32_t)v->number;
+    o.alpha = (float)o.rank;
+    if ((v = json_get(root, "alpha")) && v->type == JSON_NUMBER)
+        o.alpha = (float)v->number;
+    for (int k = 0; k < 2; k++)
+        if ((v = json_get(root, zero_keys[k])) && v->type == JSON_NUMBER && v->number != 0)
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: LoHa %s is not supported yet (0 only)", cfg_path, zero_keys[k]);
+    int code = targets_and_layers(root, &o.targets, 0, layers, sizeof layers, cfg_path);
+    if (!code)
+        code = pattern_from_json(json_get(root, "rank_pattern"), rpat, sizeof rpat, "rank_pattern", cfg_path);
+    if (!code)
+        code = pattern_from_json(json_get(root, "alpha_pattern"), apat, sizeof apat, "alpha_pattern", cfg_path);
+    if (code)
+        return code;
+    o.layers = layers[0] ? layers : NULL;
+    o.rank_pattern = rpat[0] ? rpat : NULL;
+    o.alpha_pattern = apat[0] ? apat : NULL;
+    st_file *f = NULL;
+    if ((code = st_open(&f, st_path)))
+        return code;
+    lora_state *saved = m->lora;
+    m->lora = NULL;
+    if ((code = peft_attach_lora(m, &o, NULL))) {
+        m->lora = saved;
+        st_close(f);
+        return peft__context(code, cfg_path);
+    }
+    lora_state *l = m->lora;
+    char key[160];
+    for (int i = 0; i < l->n_modules && !code; i++)
+        for (int t = 0; t < 4 && !code; t++) {
+            const lora_module *md = &l->mods[i];
+            int64_t d0, d1;
+            size_t off;
+            loha_key(key, sizeof key, md, t);
+            loha_shape(md, t, &d0, &d1, &off);
+            code = read_shaped(f, key, d0, d1, l->params + md->off_a + off, st_path);
+        }
+    if (!code && f->n_tensors != (size_t)l->n_modules * 4)
+        code = peft__fail(PEFT_EFORMAT, "%s: %zu tensors, but adapter_config.json describes %d", st_path, f->n_tensors,
+                          l->n_modules * 4);
+    for (size_t i = 0; !code && i < l->n_params; i++)
+        if (!isfinite(l->params[i]))
+            code = peft__fail(PEFT_ENUMERIC, "%s: adapter weights contain NaN or Inf", st_path);
+    if (!code && saved && (saved->method != PEFT_METHOD_LOHA || saved->n_params != l->n_params))
+        code = peft__fail(PEFT_ESHAPE, "%s: adapter layout differs from the attached one", dir);
+    st_close(f);
+    return keep_or_restore(m, saved, code);
+}
+
 int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *opts)
 {
     if (!m || !dir)
@@ -558,13 +705,14 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
     int code = peft__mkdirs(dir);
     if (code)
         return code;
-    if (l->method == PEFT_METHOD_NORMS || l->method == PEFT_METHOD_VERA) {
+    if (l->method == PEFT_METHOD_NORMS || l->method == PEFT_METHOD_VERA || l->method == PEFT_METHOD_LOHA) {
         code = peft__mkdirs(dir);
         char *sp = peft__path_join(dir, "adapter_model.safetensors"), *cp = peft__path_join(dir, "adapter_config.json");
         const char *base = opts && opts->base_model_name_or_path ? opts->base_model_name_or_path : m->path;
         if (!code)
             code = !sp || !cp ? peft__fail(PEFT_ENOMEM, "out of memory")
                    : l->method == PEFT_METHOD_VERA ? save_vera(m, sp, cp, base)
+                   : l->method == PEFT_METHOD_LOHA ? save_loha(m, sp, cp, base)
                                                    : save_norms(m, sp, cp, base);
         free(sp);
         free(cp);
@@ -737,7 +885,7 @@ static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, co
     if (!v || v->type != JSON_STRING)
         FAIL(PEFT_EFORMAT, "%s: missing \"peft_type\"", path);
     if (strcmp(v->string, "LORA") != 0)
-        FAIL(PEFT_EUNSUPPORTED, "%s: peft_type \"%s\" is not supported yet (LORA, IA3, LN_TUNING, VERA)", path, v->string);
+        FAIL(PEFT_EUNSUPPORTED, "%s: peft_type \"%s\" is not supported yet (LORA, LOHA, IA3, LN_TUNING, VERA)", path, v->string);
     v = json_get(root, "r");
     if (!v || v->type != JSON_NUMBER || !v->is_integer || v->number < 1 || v->number > 65536)
         FAIL(PEFT_EFORMAT, "%s: \"r\" must be an integer in 1..65536", path);
@@ -954,6 +1102,11 @@ int peft_load_adapter(peft_model *m, const char *dir)
         }
         if (pt && pt->type == JSON_STRING && strcmp(pt->string, "LN_TUNING") == 0) {
             code = load_norms(m, json_root(doc), cfg_path, st_path);
+            json_free(doc);
+            goto done;
+        }
+        if (pt && pt->type == JSON_STRING && strcmp(pt->string, "LOHA") == 0) {
+            code = load_loha(m, dir, json_root(doc), cfg_path, st_path);
             json_free(doc);
             goto done;
         }

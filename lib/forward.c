@@ -23,6 +23,18 @@ const lora_view *peft__view_of(peft_model *m, lora_view *lv, int layer, int kind
     lv->ia3 = NULL;
     lv->lda = 0;
     lv->lam_b = NULL;
+    lv->loha = NULL;
+    if (l->method == PEFT_METHOD_LOHA) {
+        lv->loha = l->params + md->off_a;
+        lv->dloha = l->grads + md->off_a;
+        lv->loha_tmp = l->loha_tmp;
+        lv->A = lv->B = NULL;
+        lv->mag = NULL;
+        lv->r = md->r;
+        lv->scale = md->scale;
+        lv->dropout = 0.0f;
+        return lv;
+    }
     if (l->method == PEFT_METHOD_VERA) {
         int r = md->r, out = md->out;
         const float *lb = l->params + md->off_b, *ld = l->params + md->off_a;

@@ -115,6 +115,7 @@ void peft__lora_free(lora_state *l)
     peft__free(l->vera_B);
     peft__free(l->vera_beff);
     peft__free(l->vera_m);
+    peft__free(l->loha_tmp);
     free(l);
 }
 
@@ -185,6 +186,11 @@ static int check_options(const peft_model *m, const peft_lora_options *o)
         return peft__fail(PEFT_EINVAL, "LoRA: targets must be a non-empty set of PEFT_TARGET_* bits");
     if ((o->targets & PEFT_TARGET_EMBED) && o->version >= 2 && o->use_dora)
         return peft__fail(PEFT_EUNSUPPORTED, "DoRA on the embeddings is not supported (LoRA only)");
+    if (o->version >= 3 && o->variant != PEFT_VARIANT_LORA && o->variant != PEFT_VARIANT_LOHA)
+        return peft__fail(PEFT_EINVAL, "LoRA: unknown variant %d", o->variant);
+    if (o->version >= 3 && o->variant == PEFT_VARIANT_LOHA &&
+        ((o->targets & PEFT_TARGET_EMBED) || o->use_dora || o->dropout > 0.0f || o->use_rslora))
+        return peft__fail(PEFT_EUNSUPPORTED, "LoHa: linear targets only, without DoRA, dropout or rsLoRA");
     if (o->rank <= 0 || o->rank > 65536)
         return peft__fail(PEFT_EINVAL, "LoRA: rank %d out of range (1..65536)", o->rank);
     if (!isfinite(o->alpha) || o->alpha <= 0)
@@ -268,6 +274,9 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
     l->init = o->init;
     l->seed = o->seed;
     l->use_dora = o->version >= 2 && o->use_dora;
+    int loha = o->version >= 3 && o->variant == PEFT_VARIANT_LOHA;
+    if (loha)
+        l->method = PEFT_METHOD_LOHA;
     const char *rpat = o->version >= 2 && o->rank_pattern && *o->rank_pattern ? o->rank_pattern : NULL;
     const char *apat = o->version >= 2 && o->alpha_pattern && *o->alpha_pattern ? o->alpha_pattern : NULL;
     if ((rpat && !(l->rank_pattern = strdup(rpat))) || (apat && !(l->alpha_pattern = strdup(apat)))) {
@@ -293,9 +302,14 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
             if (md->r > l->max_rank)
                 l->max_rank = md->r;
             md->off_a = off;
-            off += (size_t)md->r * (size_t)md->in;
-            md->off_b = off;
-            off += (size_t)md->out * (size_t)md->r;
+            if (loha) {
+                off += 2 * (size_t)md->r * ((size_t)md->in + (size_t)md->out);
+                md->off_b = md->off_a;
+            } else {
+                off += (size_t)md->r * (size_t)md->in;
+                md->off_b = off;
+                off += (size_t)md->out * (size_t)md->r;
+            }
             if (l->use_dora) {
                 md->off_m = off;
                 off += (size_t)md->out;
@@ -333,7 +347,10 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
             l->dora_norm = peft__alloc_floats(l->sum_out);
             l->dora_w = peft__alloc_floats(l->max_w);
         }
-        if ((code = alloc_blocks(l, off, "LoRA")) == PEFT_OK && l->use_dora && (!l->dora_norm || !l->dora_w))
+        if (loha)
+            l->loha_tmp = peft__alloc_floats(3 * l->max_w);
+        if ((code = alloc_blocks(l, off, "LoRA")) == PEFT_OK &&
+            ((l->use_dora && (!l->dora_norm || !l->dora_w)) || (loha && !l->loha_tmp)))
             code = peft__fail(PEFT_ENOMEM, "LoRA: out of memory");
         if (code) {
             peft__lora_free(l);
@@ -353,6 +370,19 @@ static void init_params(lora_state *l, const peft_model *m)
         const lora_module *md = &l->mods[i];
         peft_rng rng;
         peft__rng_seed(&rng, l->seed ^ peft__hash64(((uint64_t)md->layer << 8) | (uint64_t)md->kind));
+        if (l->method == PEFT_METHOD_LOHA) {
+            /* PEFT: kaiming-uniform (a = sqrt(5): bound 1 / sqrt(fan in)) for w1_a (out, r),
+               w1_b (r, in), w2_a (out, r); w2_b = 0 */
+            size_t r = (size_t)md->r, in = (size_t)md->in, out = (size_t)md->out;
+            float *w = l->params + md->off_a;
+            const size_t n[3] = {out * r, r * in, out * r};
+            const double bound[3] = {1.0 / sqrt((double)r), 1.0 / sqrt((double)in), 1.0 / sqrt((double)r)};
+            for (int t = 0; t < 3; t++)
+                for (size_t j = 0; j < n[t]; j++)
+                    *w++ = (float)((2.0 * peft__rng_uniform(&rng) - 1.0) * bound[t]);
+            memset(w, 0, r * in * sizeof *w);
+            continue;
+        }
         float *a = l->params + md->off_a;
         size_t na = (size_t)md->r * (size_t)md->in;
         if (l->init == PEFT_INIT_GAUSSIAN) {

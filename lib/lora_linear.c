@@ -53,6 +53,40 @@ static void dora_norms(peft_model *m, const lora_view *lv, const float *W, int i
     }
 }
 
+/* LoHa: P1 = w1_a w1_b, P2 = w2_a w2_b into t + out*in and t + 2*out*in, and W + s P1 * P2 into dst */
+void peft__loha_weight(peft_model *m, const lora_view *lv, const float *W, int in, int out, float *dst)
+{
+    int r = lv->r;
+    size_t n = (size_t)out * (size_t)in;
+    const float *w1a = lv->loha, *w1b = w1a + (size_t)out * r, *w2a = w1b + (size_t)r * in, *w2b = w2a + (size_t)out * r;
+    float *t = lv->loha_tmp, *p1 = t + n, *p2 = t + 2 * n;
+    peft__gemm(m, 0, 0, out, in, r, 1.0f, w1a, r, w1b, in, 0.0f, p1, in);
+    peft__gemm(m, 0, 0, out, in, r, 1.0f, w2a, r, w2b, in, 0.0f, p2, in);
+    for (size_t i = 0; i < n; i++)
+        dst[i] = W[i] + lv->scale * p1[i] * p2[i];
+}
+
+/* LoHa backward: G = dy^T x; dP1 = s G * P2, dP2 = s G * P1; then the four factor gradients */
+static void loha_backward(peft_model *m, const lora_view *lv, const float *dy, const float *x, int64_t N, int in,
+                          int out)
+{
+    int r = lv->r;
+    size_t n = (size_t)out * (size_t)in;
+    const float *w1a = lv->loha, *w1b = w1a + (size_t)out * r, *w2a = w1b + (size_t)r * in, *w2b = w2a + (size_t)out * r;
+    float *d1a = lv->dloha, *d1b = d1a + (size_t)out * r, *d2a = d1b + (size_t)r * in, *d2b = d2a + (size_t)out * r;
+    float *g = lv->loha_tmp, *p1 = g + n, *p2 = g + 2 * n;
+    peft__gemm(m, 1, 0, out, in, N, 1.0f, dy, out, x, in, 0.0f, g, in);
+    for (size_t i = 0; i < n; i++) {
+        float a = p1[i], b = p2[i], gi = lv->scale * g[i];
+        p1[i] = gi * b;
+        p2[i] = gi * a;
+    }
+    peft__gemm(m, 0, 1, out, r, in, 1.0f, p1, in, w1b, in, 1.0f, d1a, r);
+    peft__gemm(m, 1, 0, r, in, out, 1.0f, w1a, r, p1, in, 1.0f, d1b, in);
+    peft__gemm(m, 0, 1, out, r, in, 1.0f, p2, in, w2b, in, 1.0f, d2a, r);
+    peft__gemm(m, 1, 0, r, in, out, 1.0f, w2a, r, p2, in, 1.0f, d2b, in);
+}
+
 // y (N,out) <- x (N,in), W (out,in); xa (N,r) saved for backward; tmp (N,in) scratch
 void linear_forward(peft_model *m, float *y, const float *x, const float *W, int64_t N, int in,
                     int out, const lora_view *lv, float *xa, float *tmp)
@@ -71,6 +105,11 @@ void linear_forward(peft_model *m, float *y, const float *x, const float *W, int
                 for (int o = 0; o < out; o++)
                     y[t * out + o] *= lv->ia3[o];
         }
+        return;
+    }
+    if (lv && lv->loha) { /* y = x (W + delta W)^T */
+        peft__loha_weight(m, lv, W, in, out, lv->loha_tmp);
+        peft__gemm(m, 0, 1, N, out, in, 1.0f, x, in, lv->loha_tmp, in, 0.0f, y, out);
         return;
     }
     peft__gemm(m, 0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
@@ -102,6 +141,13 @@ void linear_backward(peft_model *m, float *dx, float beta_dx, const float *dy, c
                      const float *W, int64_t N, int in, int out, const lora_view *lv,
                      const float *xa, float *dxa, float *tmp)
 {
+    if (lv && lv->loha) {
+        peft__loha_weight(m, lv, W, in, out, lv->loha_tmp);
+        if (dx)
+            peft__gemm(m, 0, 0, N, in, out, 1.0f, dy, out, lv->loha_tmp, in, beta_dx, dx, in);
+        loha_backward(m, lv, dy, x, N, in, out);
+        return;
+    }
     if (lv && lv->ia3 && lv->ia3_ff) {
         /* y = W (x * l): d(x*l) = dy W; dl += sum_t d(x*l) * x; dx += d(x*l) * l */
         peft__gemm(m, 0, 0, N, in, out, 1.0f, dy, out, W, in, 0.0f, tmp, in);

@@ -25,6 +25,10 @@ typedef struct lora_view {
     /* VeRA (lam_b != NULL): A is the shared projection with row stride lda, frozen (dA NULL);
        B = B_eff = lam_b * B[:out] * lam_d (out, r), rebuilt by peft__view_of; dB points to a
        scratch that linear_backward reduces into dlam_b and dlam_d */
+    /* LoHa (loha != NULL): w1_a (out, r), w1_b (r, in), w2_a (out, r), w2_b (r, in) contiguous;
+       delta W = scale (w1_a w1_b) * (w2_a w2_b); loha_tmp holds 3 out x in scratch matrices */
+    const float *loha;
+    float *dloha, *loha_tmp;
     int lda;               /* row stride of A (0: in) */
     const float *vera_B;   /* B[:out] (out, r) */
     const float *lam_b, *lam_d;
@@ -36,6 +40,9 @@ void linear_forward(peft_model *m, float *y, const float *x, const float *W, int
 void linear_backward(peft_model *m, float *dx, float beta_dx, const float *dy, const float *x,
                      const float *W, int64_t N, int in, int out, const lora_view *lv,
                      const float *xa, float *dxa, float *tmp);
+
+/* LoHa: W + delta W into dst (out, in), using lv->loha_tmp's second and third matrices. */
+void peft__loha_weight(peft_model *m, const lora_view *lv, const float *W, int in, int out, float *dst);
 
 /* The LoRA branch of (layer, kind) of the model's attachment, or NULL (forward.c). */
 const lora_view *peft__view_of(peft_model *m, lora_view *lv, int layer, int kind, int train);

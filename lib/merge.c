@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "fsutil.h"
+#include "lora_linear.h"
 #include "model.h"
 #include "safetensors.h"
 
@@ -22,6 +23,11 @@ static void merged_weight(peft_model *m, float *dst, const float *W, const lora_
         for (int o = 0; o < md->out; o++)
             for (int i = 0; i < md->in; i++)
                 dst[(int64_t)o * md->in + i] *= md->ia3_ff ? s[i] : s[o];
+        return;
+    }
+    if (l->method == PEFT_METHOD_LOHA) { /* + s (w1_a w1_b) * (w2_a w2_b) */
+        lora_view lv = {.loha = l->params + md->off_a, .loha_tmp = l->loha_tmp, .r = md->r, .scale = md->scale};
+        peft__loha_weight(m, &lv, W, md->in, md->out, dst);
         return;
     }
     if (l->method == PEFT_METHOD_VERA) { /* + (lambda_b * B[:out] * lambda_d) A[:, :in] */

@@ -22,7 +22,8 @@ typedef struct lora_module {
     size_t off_out;      /* sum of `out` over the modules before this one */
 } lora_module;
 
-enum peft_method { PEFT_METHOD_LORA = 0, PEFT_METHOD_IA3 = 1, PEFT_METHOD_NORMS = 2, PEFT_METHOD_VERA = 3 };
+enum peft_method { PEFT_METHOD_LORA = 0, PEFT_METHOD_IA3 = 1, PEFT_METHOD_NORMS = 2, PEFT_METHOD_VERA = 3,
+                   PEFT_METHOD_LOHA = 4 /* per module at off_a: w1_a (out, r), w1_b (r, in), w2_a, w2_b */ };
 
 typedef struct lora_state {
     int method;           /* PEFT_METHOD_*: LoRA/DoRA modules (A, B[, m]) or IA3 vectors (off_a) */
@@ -46,6 +47,7 @@ typedef struct lora_state {
     /* VeRA: lambda_d (r) at off_a and lambda_b (out) at off_b per module; the frozen shared
        projections A (rank, vera_in) and B (vera_out, rank); scratch for B_eff and its gradient */
     float *vera_A, *vera_B, *vera_beff, *vera_m;
+    float *loha_tmp;    /* LoHa: 3 x max_w scratch (W + delta or its gradient, the two products) */
     int vera_in, vera_out;
     float vera_d_initial;
     int embed_r;        /* LoRA on the token embeddings: rank (0: none), A (r, vocab) at off_ea, */

@@ -110,6 +110,9 @@ def test_other_methods():
         m.detach()
         # VeRA: lambda_d (rank) and lambda_b (out) per module: q (out 32) and v (out 16) in 3 layers
         assert m.attach_vera(targets="q,v", rank=64) == 3 * (64 + 32 + 64 + 16)
+        m.detach()
+        # LoHa: 2 r (in + out) per module
+        assert m.attach_lora(targets="q", rank=2, variant="loha") == 3 * 2 * 2 * (32 + 32)
 
 
 def test_tokenizer():

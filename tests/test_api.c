@@ -1050,6 +1050,77 @@ TEST(vera_lifecycle)
     peft_model_close(&base);
 }
 
+TEST(loha_lifecycle)
+{
+    peft_model *m = open_tiny(2), *base = open_tiny(1);
+    peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+    peft_model_get_info(m, &in);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.variant = PEFT_VARIANT_LOHA;
+    o.targets = PEFT_TARGET_V | PEFT_TARGET_GATE;
+    o.rank = 4;
+    o.alpha = 4;
+    uint64_t n_tr, n_count;
+    int kvd = in.n_kv_heads * in.head_dim, D = in.hidden_size, F = in.intermediate_size;
+    CHECK_OK(peft_count_lora(&n_count, m, &o));
+    CHECK_OK(peft_attach_lora(m, &o, &n_tr));
+    /* 2 r (in + out) per module */
+    CHECK(n_tr == n_count && n_tr == (uint64_t)in.n_layers * 2 * 4 * ((D + kvd) + (D + F)));
+    int32_t r;
+    CHECK_OK(peft_solve_rank(&r, m, &o, n_tr));
+    CHECK(r == 4);
+    CHECK(eval_loss(m) == eval_loss(base)); /* w2_b = 0 */
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-2));
+    int32_t tok[32];
+    make_batch(tok, 32, 9);
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
+    peft_step_result r0 = PEFT_STEP_RESULT_INIT, r1 = PEFT_STEP_RESULT_INIT;
+    CHECK_OK(peft_step(m, &b, &r0));
+    for (int i = 0; i < 20; i++)
+        CHECK_OK(peft_step(m, &b, &r1));
+    CHECK(r1.loss < r0.loss - 0.05);
+    double with = eval_loss(m);
+    char *d = mktmp();
+    CHECK_OK(peft_save_adapter(m, d, NULL));
+    size_t len;
+    char *cfg = read_text(d, "adapter_config.json", &len);
+    CHECK(cfg && strstr(cfg, "\"peft_type\": \"LOHA\"") && strstr(cfg, "\"alpha\": 4,"));
+    free(cfg);
+    peft_model *m2 = open_tiny(1);
+    CHECK_OK(peft_load_adapter(m2, d));
+    CHECK(eval_loss(m2) == with);
+    peft_model_close(&m2);
+    peft_session *s;
+    float l1[48], l2[48];
+    CHECK_OK(peft_session_create(&s, m, 8));
+    CHECK_OK(peft_session_feed(s, tok, 8, l1));
+    CHECK_OK(peft_merge_adapter(m));
+    CHECK_CLOSE(eval_loss(m), with, 1e-5);
+    CHECK_OK(peft_session_reset(s));
+    CHECK_OK(peft_session_feed(s, tok, 8, l2));
+    for (int i = 0; i < 48; i++)
+        CHECK_CLOSE(l1[i], l2[i], 1e-4);
+    CHECK_OK(peft_unmerge_adapter(m));
+    CHECK(eval_loss(m) == with);
+    peft_session_free(&s);
+    char *dm = mktmp();
+    CHECK_OK(peft_save_merged(m, dm));
+    peft_model *mm;
+    CHECK_OK(peft_model_open(&mm, dm, NULL));
+    CHECK_CLOSE(eval_loss(mm), with, 1e-5);
+    peft_model_close(&mm);
+    /* what LoHa does not combine with */
+    o.use_dora = 1;
+    CHECK(peft_count_lora(&n_count, m, &o) == PEFT_EUNSUPPORTED);
+    o.use_dora = 0;
+    o.targets |= PEFT_TARGET_EMBED;
+    CHECK(peft_count_lora(&n_count, m, &o) == PEFT_EUNSUPPORTED);
+    o.variant = 7;
+    CHECK(peft_count_lora(&n_count, m, &o) == PEFT_EINVAL);
+    peft_model_close(&m);
+    peft_model_close(&base);
+}
+
 static const struct h_case cases[] = {
     CASE(errors_and_versions), CASE(last_error_is_per_thread), CASE(info_and_exact_counts),
     CASE(determinism_and_thread_invariance), CASE(gradient_accumulation_equals_big_batch),
@@ -1058,6 +1129,6 @@ static const struct h_case cases[] = {
     CASE(training_lowers_loss), CASE(packed_documents_equal_separate_sequences), CASE(merge_unmerge_and_export),
     CASE(dora_save_load_merge), CASE(rank_and_alpha_patterns), CASE(loraplus_ratio), CASE(ia3_save_load_merge),
     CASE(norm_tuning_save_load_export), CASE(checkpoint_torn_is_refused), CASE(embed_lora_lifecycle),
-    CASE(vera_lifecycle),
+    CASE(vera_lifecycle), CASE(loha_lifecycle),
 };
 TEST_MAIN(cases)

@@ -45,9 +45,12 @@ static double max_rel_err(const float *x, double xscale, const char *st_path, co
     size_t off = 0;
     for (int l = 0; l < 64; l++)
         for (int k = 0; k < 7; k++)
-            for (int b = 0; b < 6; b++) {
+            for (int b = 0; b < 10; b++) {
                 char key[160];
-                if (b >= 4) /* VeRA: lambda_d, then lambda_b */
+                if (b >= 6) /* LoHa: w1_a, w1_b, w2_a, w2_b */
+                    snprintf(key, sizeof key, "base_model.model.model.layers.%d.%s.hada_w%d_%c", l, kinds[k],
+                             b < 8 ? 1 : 2, b % 2 ? 'b' : 'a');
+                else if (b >= 4) /* VeRA: lambda_d, then lambda_b */
                     snprintf(key, sizeof key, "base_model.model.model.layers.%d.%s.vera_lambda_%c", l, kinds[k],
                              b == 4 ? 'd' : 'b');
                 else if (b == 3)
@@ -183,6 +186,7 @@ TEST(torch_step_ia3) { step_case("ia3_kv_down", 2); }
 TEST(torch_step_norms) { step_case("norms_last2_final", 2); }
 TEST(torch_step_embed) { step_case("embed_qv", 2); }
 TEST(torch_step_vera) { step_case("vera_qv_down", 2); }
+TEST(torch_step_loha) { step_case("loha_qo_up", 2); }
 
 /* Every backend against the reference on a whole training step. */
 TEST(backend_blis_step)
@@ -248,6 +252,7 @@ TEST(model_gradcheck) { gradcheck("tiny/all_linear/adapter"); }
 /* the embedding adapter's gradient flows through every layer down to the lookup */
 TEST(model_gradcheck_embed) { gradcheck("tiny/embed_qv/adapter"); }
 TEST(model_gradcheck_vera) { gradcheck("tiny/vera_qv_down/adapter"); }
+TEST(model_gradcheck_loha) { gradcheck("tiny/loha_qo_up/adapter"); }
 
 /* ---- sharded checkpoints and half-precision weights ---- */
 
@@ -618,7 +623,7 @@ static const struct h_case cases[] = {
     CASE(torch_step_all_linear), CASE(torch_step_last_layer_rslora_clip_decay), CASE(torch_step_dora),
     CASE(backend_blis_step), CASE(torch_step_ia3), CASE(torch_step_norms),
     CASE(model_gradcheck), CASE(model_gradcheck_embed), CASE(torch_step_embed), CASE(torch_step_vera),
-    CASE(model_gradcheck_vera),
+    CASE(model_gradcheck_vera), CASE(torch_step_loha), CASE(model_gradcheck_loha),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
     CASE(sharded_and_half_precision_models), CASE(config_errors), CASE(shared_gguf_models),
 };

@@ -48,8 +48,8 @@ static const char sweep_help[] =
     "run:      --threads N --backend cpu|blis --json --quiet\n"
     "families: attn_qv attn_qkv attn_qkvo mlp_gate mlp_up mlp_down mlp all_linear early_half\n"
     "          late_half last_n norms ia3 dora loraplus embed_lora (embeddings at 0.1 x LR)\n"
-    "          embed_lora_1x all_linear_embed vera (and, not yet available: embed_rows\n"
-    "          loha lokr prompt)\n"
+    "          embed_lora_1x all_linear_embed vera loha (and, not yet available: embed_rows\n"
+    "          lokr prompt)\n"
     "--config FILE: one configuration per line, NAME then `peft train` adapter flags\n"
     "(--method --targets --layers --rank --alpha --rslora --dropout --init --feedforward\n"
     "--rank-pattern --alpha-pattern --lr --lr-ratio --loraplus-ratio --embed-lr-ratio\n"
@@ -80,7 +80,7 @@ static const struct family {
     {"all_linear_embed", "--targets all-linear,embed --embed-lr-ratio 0.1", NULL},
     {"embed_rows", "", "training selected embedding rows (trainable_token_indices) is not implemented yet"},
     {"vera", "--method vera --targets all-linear --lr-ratio 10", NULL},
-    {"loha", "", "LoHa is not implemented yet"},
+    {"loha", "--method loha --targets all-linear", NULL},
     {"lokr", "", "LoKr is not implemented yet"},
     {"prompt", "", "prompt tuning is not implemented yet"},
 };
@@ -179,6 +179,7 @@ static int cfg_parse(sweep_cfg *c, double sweep_lr)
              : c->kind == KIND_NORMS ? "norms"
              : c->kind == KIND_VERA  ? "vera"
              : c->lo.use_dora        ? "dora"
+             : c->lo.variant == PEFT_VARIANT_LOHA ? "loha"
                                      : "lora");
     rc = 0;
 done:

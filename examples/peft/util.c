@@ -248,6 +248,8 @@ int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options
         return -1;
     if (!strcmp(method, "dora")) {
         o->use_dora = 1;
+    } else if (!strcmp(method, "loha")) {
+        o->variant = PEFT_VARIANT_LOHA;
     } else if (!strcmp(method, "norms") && ia3) {
         *ia3 = 2; /* handled by the caller through norms_from_method */
     } else if (!strcmp(method, "vera") && ia3) {
@@ -262,7 +264,7 @@ int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options
             return -1;
         io->feedforward &= io->targets;
     } else if (strcmp(method, "lora") != 0) {
-        fprintf(stderr, "peft: --method %s is not available yet (lora, dora%s)\n", method, ia3 ? ", ia3, norms, vera" : "");
+        fprintf(stderr, "peft: --method %s is not available yet (lora, dora, loha%s)\n", method, ia3 ? ", ia3, norms, vera" : "");
         return -1;
     }
     o->use_dora |= arg_flag(a, "--dora");

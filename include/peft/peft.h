@@ -150,12 +150,22 @@ typedef struct peft_lora_options {
        "." KEY (or is KEY); the first matching key wins. NULL: none. */
     const char *rank_pattern;
     const char *alpha_pattern;
+    /* version 3 */
+    int32_t variant;    /* PEFT_VARIANT_*: the low-rank form of the update */
 } peft_lora_options;
 
-#define PEFT_LORA_OPTIONS_VERSION 2
+enum peft_variant {
+    PEFT_VARIANT_LORA = 0, /* delta W = s B A */
+    /* LoHa (PEFT peft_type "LOHA"): delta W = s (w1_a w1_b) * (w2_a w2_b), a Hadamard product of
+       two rank-r products, 2 r (in + out) parameters per module; w1_a, w1_b, w2_a kaiming-uniform,
+       w2_b zeros, s = alpha / r. Linear targets only; no dropout, DoRA or rsLoRA. */
+    PEFT_VARIANT_LOHA = 1
+};
+
+#define PEFT_LORA_OPTIONS_VERSION 3
 #define PEFT_LORA_OPTIONS_INIT                                                 \
     {PEFT_LORA_OPTIONS_VERSION, PEFT_TARGET_Q | PEFT_TARGET_V, NULL, 8, 16.0f, \
-     0, 0.0f, PEFT_INIT_KAIMING, 0, 0, NULL, NULL}
+     0, 0.0f, PEFT_INIT_KAIMING, 0, 0, NULL, NULL, PEFT_VARIANT_LORA}
 PEFT_API int peft_lora_options_init(peft_lora_options *opts, uint32_t version);
 
 /* IA3 (Hugging Face PEFT peft_type "IA3"): learned scaling vectors, initialised to ones.

@@ -56,7 +56,10 @@ class _OpenOptions(ctypes.Structure):
 class _LoraOptions(ctypes.Structure):
     _fields_ = [("version", _c_u32), ("targets", _c_u32), ("layers", _c_char_p), ("rank", _c_i32),
                 ("alpha", _c_float), ("use_rslora", _c_i32), ("dropout", _c_float), ("init", _c_i32),
-                ("seed", _c_u64), ("use_dora", _c_i32), ("rank_pattern", _c_char_p), ("alpha_pattern", _c_char_p)]
+                ("seed", _c_u64), ("use_dora", _c_i32), ("rank_pattern", _c_char_p), ("alpha_pattern", _c_char_p),
+                ("variant", _c_i32)]
+
+_VARIANTS = {"lora": 0, "loha": 1}
 
 
 class _IA3Options(ctypes.Structure):
@@ -249,16 +252,18 @@ class Model:
                 for f, _ in _ModelInfo._fields_ if f != "version"}
 
     @staticmethod
-    def _lora_options(targets, rank, alpha, layers, dropout, rslora, dora, init, seed, rank_pattern, alpha_pattern):
-        return _LoraOptions(2, _targets(targets), _enc(layers), rank, float(alpha if alpha is not None else 2 * rank),
+    def _lora_options(targets, rank, alpha, layers, dropout, rslora, dora, init, seed, rank_pattern, alpha_pattern,
+                      variant="lora"):
+        return _LoraOptions(3, _targets(targets), _enc(layers), rank, float(alpha if alpha is not None else 2 * rank),
                             int(rslora), float(dropout), {"kaiming": 0, "gaussian": 1}[init], seed, int(dora),
-                            _enc(rank_pattern), _enc(alpha_pattern))
+                            _enc(rank_pattern), _enc(alpha_pattern), _VARIANTS[variant])
 
     def attach_lora(self, targets="q,v", rank=8, alpha=None, layers=None, dropout=0.0, rslora=False, dora=False,
-                    init="kaiming", seed=0, rank_pattern=None, alpha_pattern=None):
-        """Attach LoRA (or DoRA with dora=True); returns the exact trainable-parameter count."""
+                    init="kaiming", seed=0, rank_pattern=None, alpha_pattern=None, variant="lora"):
+        """Attach LoRA (DoRA with dora=True, LoHa with variant="loha"); returns the exact trainable-parameter
+        count."""
         o = self._lora_options(targets, rank, alpha, layers, dropout, rslora, dora, init, seed, rank_pattern,
-                               alpha_pattern)
+                               alpha_pattern, variant)
         n = _c_u64()
         _check(_attach_lora(self._handle(), ctypes.byref(o), ctypes.byref(n)))
         return n.value

@@ -126,6 +126,10 @@ def forward(c, W, tokens, labels, lora, scale):
             vec = lora[ki]
             return (inp * vec.view(-1)) @ Wm.T if vec.shape[0] == 1 else (inp @ Wm.T) * vec.view(-1)
         y = inp @ Wm.T
+        kh = f"base_model.model.model.layers.{l}.{PARENT[m]}.{m}.hada_"
+        if kh + "w1_a" in lora:  # LoHa: delta W = s (w1_a w1_b) * (w2_a w2_b)
+            dW = scale * (lora[kh + "w1_a"] @ lora[kh + "w1_b"]) * (lora[kh + "w2_a"] @ lora[kh + "w2_b"])
+            return y + inp @ dW.T
         kb = f"base_model.model.model.layers.{l}.{PARENT[m]}.{m}.vera_lambda_b"
         if kb in lora:  # VeRA: lambda_b * (B[:out] (lambda_d * (A[:, :in] x)))
             A, Bm = lora["base_model.vera_A"], lora["base_model.vera_B"]
@@ -237,6 +241,12 @@ VERA_CASES = [
 ]
 VERA_RANK = 6
 
+LOHA_CASES = [
+    # LoHa on q, o and up of layers 0 and 2, r 3, alpha 6; rank -3 marks LoHa
+    ("loha_qo_up", ["q_proj", "o_proj", "up_proj"], [0, 2], -3, 6.0, False, 1e-2, 0.0, 0.0, False),
+]
+LOHA_RANK = 3
+
 IA3_CASES = [
     # IA3 on k, v (output scaling) and down (input scaling) of layers 1 and 2: rank 0 marks IA3
     ("ia3_kv_down", ["k_proj", "v_proj", "down_proj"], [1, 2], 0, 0.0, False, 1e-2, 0.0, 0.0, False),
@@ -273,7 +283,7 @@ def main():
     labels = tokens.clone()
     labels[0, :4] = -100  # a masked prompt
     labels[1, 7] = -100
-    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES + IA3_CASES + NORM_CASES + EMBED_CASES + VERA_CASES:
+    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES + IA3_CASES + NORM_CASES + EMBED_CASES + VERA_CASES + LOHA_CASES:
         if r == -1:  # LN tuning
             lora = {}
             names = [f"model.layers.{l}.{n}.weight" for l in layers for n in ("input_layernorm", "post_attention_layernorm")]
@@ -285,6 +295,24 @@ def main():
                     "base_model_name_or_path": "tiny"}
             write_case(name, lora, acfg, tokens, labels, lr, wd, clip,
                        one_step(c, W, tokens, labels, lora, 1.0, lr, wd, clip))
+            continue
+        if r == -3:  # LoHa
+            r = LOHA_RANK
+            lora = {}
+            for l in layers:
+                for m in targets:
+                    o, i = dims[m]
+                    p = f"base_model.model.model.layers.{l}.{PARENT[m]}.{m}.hada_"
+                    lora[p + "w1_a"] = (torch.rand(o, r, generator=g) * 2 - 1) / math.sqrt(r)
+                    lora[p + "w1_b"] = (torch.rand(r, i, generator=g) * 2 - 1) / math.sqrt(i)
+                    lora[p + "w2_a"] = (torch.rand(o, r, generator=g) * 2 - 1) / math.sqrt(r)
+                    lora[p + "w2_b"] = 0.3 * torch.randn(r, i, generator=g)  # non-zero: every gradient exercised
+            lora = {k: v.to(torch.float32).to(torch.float64) for k, v in lora.items()}
+            acfg = {"peft_type": "LOHA", "task_type": "CAUSAL_LM", "r": r, "alpha": alpha, "target_modules": targets,
+                    "layers_to_transform": layers, "rank_dropout": 0.0, "module_dropout": 0.0,
+                    "use_effective_conv2d": False, "init_weights": True, "base_model_name_or_path": "tiny"}
+            write_case(name, lora, acfg, tokens, labels, lr, wd, clip,
+                       one_step(c, W, tokens, labels, lora, alpha / r, lr, wd, clip))
             continue
         if r == -2:  # VeRA
             r = VERA_RANK
