@@ -14,6 +14,7 @@
 #include "fsutil.h"
 #include "hashmap.h"
 #include "internal.h"
+#include "chat.h"
 #include "json.h"
 
 #define SPACE_MARK "\xe2\x96\x81" /* U+2581 "▁" */
@@ -37,6 +38,8 @@ struct peft_tokenizer {
     int32_t byte_id[256];
     int32_t unk_id, bos_id, eos_id;
     int add_bos, add_eos;
+    char *chat_template;      /* tokenizer_config.json, or NULL */
+    char *bos_text, *eos_text; /* tokenizer_config.json bos_token / eos_token, or NULL */
     int prepend;        /* prepend "▁" to the text (first segment only when prepend_first) */
     int prepend_first;
     int replace_space;  /* " " -> "▁" */
@@ -169,8 +172,27 @@ static int read_special(const char *dir, peft_tokenizer *t)
     v = json_get(json_root(doc), "add_eos_token");
     if (v && v->type == JSON_BOOL)
         t->add_eos = v->boolean;
+    /* chat_template: a string, or a list of {"name", "template"} (the "default" one) */
+    v = json_get(json_root(doc), "chat_template");
+    const char *tmpl = v && v->type == JSON_STRING ? v->string : NULL;
+    for (size_t i = 0; v && v->type == JSON_ARRAY && i < v->length && !tmpl; i++) {
+        const json_value *nm = json_get(&v->items[i], "name"), *tp = json_get(&v->items[i], "template");
+        if (nm && nm->type == JSON_STRING && !strcmp(nm->string, "default") && tp && tp->type == JSON_STRING)
+            tmpl = tp->string;
+    }
+    const char *names[2] = {"bos_token", "eos_token"};
+    char **dst[2] = {&t->bos_text, &t->eos_text};
+    for (int k = 0; k < 2; k++) {
+        const json_value *b = json_get(json_root(doc), names[k]);
+        if (b && b->type == JSON_OBJECT)
+            b = json_get(b, "content");
+        if (b && b->type == JSON_STRING && !(*dst[k] = strdup(b->string)))
+            rc = peft__fail(PEFT_ENOMEM, "out of memory");
+    }
+    if (tmpl && !(t->chat_template = strdup(tmpl)))
+        rc = peft__fail(PEFT_ENOMEM, "out of memory");
     json_free(doc);
-    return PEFT_OK;
+    return rc;
 }
 
 static int load(peft_tokenizer *t, const char *path)
@@ -309,6 +331,9 @@ void peft_tokenizer_close(peft_tokenizer **pt)
         return;
     peft_tokenizer *t = *pt;
     peft__gguf_vocab_free(&t->gv);
+    free(t->chat_template);
+    free(t->bos_text);
+    free(t->eos_text);
     free(t->score_rank);
     json_free(t->doc);
     free(t->pieces);
@@ -781,4 +806,52 @@ int32_t peft_tokenizer_special(const peft_tokenizer *t, int32_t which)
     case PEFT_TOKEN_UNK: return t->unk_id;
     default: return -1;
     }
+}
+
+const char *peft_tokenizer_chat_template(const peft_tokenizer *t) { return t ? t->chat_template : NULL; }
+
+/* The text of a special token: tokenizer_config.json's, else the vocabulary piece. */
+static const char *special_text(const peft_tokenizer *t, const char *cfg, int32_t id)
+{
+    if (cfg)
+        return cfg;
+    return id >= 0 && id < t->n_vocab && t->pieces[id] ? t->pieces[id] : NULL;
+}
+
+int peft_chat_render(const peft_tokenizer *t, const char *tmpl, const peft_chat_message *msgs, size_t n,
+                     int32_t add_generation_prompt, char *buf, size_t cap, size_t *len_out)
+{
+    if (!len_out || (!msgs && n) || (!buf && cap))
+        return peft__fail(PEFT_EINVAL, "peft_chat_render: NULL argument");
+    if (!tmpl)
+        tmpl = t ? t->chat_template : NULL;
+    if (!tmpl)
+        return peft__fail(PEFT_ENOTFOUND, "peft_chat_render: no chat template (tokenizer_config.json has none)");
+    peft__chat_msg *m = malloc((n ? n : 1) * sizeof *m);
+    if (!m)
+        return peft__fail(PEFT_ENOMEM, "peft_chat_render: out of memory");
+    for (size_t i = 0; i < n; i++) {
+        if (!msgs[i].role || !msgs[i].content) {
+            free(m);
+            return peft__fail(PEFT_EINVAL, "peft_chat_render: message %zu has no role or content", i);
+        }
+        m[i].role = msgs[i].role;
+        m[i].content = msgs[i].content;
+    }
+    char *out;
+    size_t len;
+    int rc = peft__chat_render(&out, &len, tmpl, m, n, add_generation_prompt != 0,
+                               t ? special_text(t, t->bos_text, t->bos_id) : NULL,
+                               t ? special_text(t, t->eos_text, t->eos_id) : NULL);
+    free(m);
+    if (rc)
+        return rc;
+    *len_out = len;
+    if (len + 1 > cap) {
+        free(out);
+        return cap ? peft__fail(PEFT_ERANGE, "peft_chat_render: %zu bytes needed", len + 1) : PEFT_ERANGE;
+    }
+    memcpy(buf, out, len + 1);
+    free(out);
+    return PEFT_OK;
 }

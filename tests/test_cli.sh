@@ -255,6 +255,8 @@ assert better('late_half', 'early_half'), 'late layers beat early ones'
 assert better('loraplus', 'all_linear'), 'LoRA+ learns fastest'
 assert c['loraplus']['forgetting'] > 2 * c['all_linear']['forgetting'], 'LoRA+ forgets most'
 assert c['norms']['forgetting'] < 0.2 * c['all_linear']['forgetting'], 'norm tuning forgets least'
+assert better('vera', 'all_linear'), 'VeRA is the best use of a small budget'
+assert better('embed_lora_1x', 'embed_lora') and better('all_linear', 'loha'), 'embeddings at 0.1x learn little; LoHa trails'
 " || fail "a README conclusion does not hold"
     ;;
 *)

@@ -299,9 +299,151 @@ TEST(gguf_every_truncation)
     free(buf);
 }
 
+/* ---- chat templates: golden renderings by Jinja2 (tests/golden/make_chat_golden.py) ---- */
+
+static peft_tokenizer *stories_tokenizer(void)
+{
+    const char *sh = shared_dir();
+    if (!sh)
+        return NULL;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/models/stories260K", sh);
+    peft_tokenizer *t = NULL;
+    CHECK_OK(peft_tokenizer_open(&t, path));
+    return t;
+}
+
+TEST(chat_templates_match_jinja2)
+{
+    peft_tokenizer *tok = stories_tokenizer(); /* bos_token "<s>", eos_token "</s>" */
+    if (!tok)
+        SKIP("../shared not present");
+    char *text;
+    size_t len;
+    CHECK_OK(peft__read_file(&text, &len, test_data("chat_golden.json"), 1u << 22));
+    json_doc *d = NULL;
+    CHECK_OK(json_parse(&d, text, len, "chat_golden.json"));
+    free(text);
+    const json_value *root = json_root(d), *tm = json_get(root, "templates"), *cv = json_get(root, "conversations");
+    const json_value *cases = json_get(root, "cases");
+    CHECK(cases && cases->length >= 60);
+    int checked = 0, errors = 0;
+    for (size_t i = 0; cases && i < cases->length; i++) {
+        const json_value *c = &cases->items[i];
+        const char *tname = json_get(c, "template")->string, *cname = json_get(c, "conversation")->string;
+        int agp = json_get(c, "add_generation_prompt")->boolean;
+        const json_value *conv = json_get(cv, cname), *want = json_get(c, "text"), *err = json_get(c, "error");
+        peft_chat_message msgs[16];
+        for (size_t k = 0; k < conv->length && k < 16; k++) {
+            msgs[k].role = json_get(&conv->items[k], "role")->string;
+            msgs[k].content = json_get(&conv->items[k], "content")->string;
+        }
+        static char buf[1 << 16];
+        size_t n = 0;
+        int rc = peft_chat_render(tok, json_get(tm, tname)->string, msgs, conv->length, agp, buf, sizeof buf, &n);
+        if (want) {
+            CHECK_MSG(rc == 0 && n == want->length && memcmp(buf, want->string, n) == 0,
+                      "%s/%s/%d: rc %d (%s)\n got: [%.*s]\nwant: [%s]", tname, cname, agp, rc, peft_last_error(),
+                      rc ? 0 : (int)n, buf, want->string);
+        } else {
+            CHECK_MSG(rc == PEFT_EINVAL && strstr(peft_last_error(), err->string), "%s/%s: rc %d, %s", tname, cname,
+                      rc, peft_last_error());
+            errors++;
+        }
+        checked++;
+    }
+    CHECK(checked == (int)cases->length && errors >= 8);
+    json_free(d);
+    peft_tokenizer_close(&tok);
+}
+
+static int render(const char *tmpl, char *buf, size_t cap)
+{
+    peft_chat_message m[2] = {{"user", "hi"}, {"assistant", "yo"}};
+    size_t n;
+    return peft_chat_render(NULL, tmpl, m, 2, 0, buf, cap, &n);
+}
+
+TEST(chat_template_errors_and_sizing)
+{
+    char buf[256];
+    /* what is not implemented is refused, never rendered differently */
+    CHECK(render("{% macro f() %}x{% endmacro %}", buf, sizeof buf) == PEFT_EUNSUPPORTED);
+    CHECK(render("{% set ns = namespace(a=1) %}", buf, sizeof buf) == PEFT_EUNSUPPORTED);
+    CHECK(render("{% for a, b in x %}{% endfor %}", buf, sizeof buf) == PEFT_EUNSUPPORTED);
+    CHECK(render("{{ 1.5 }}", buf, sizeof buf) == PEFT_EUNSUPPORTED);
+    CHECK(render("{{ messages | map(attribute='role') }}", buf, sizeof buf) == PEFT_EUNSUPPORTED);
+    CHECK(render("{{ 'ß' | upper }}", buf, sizeof buf) == PEFT_EUNSUPPORTED);
+    /* malformed */
+    CHECK(render("{% for m in messages %}", buf, sizeof buf) == PEFT_EFORMAT);
+    CHECK(render("{{ 'unterminated }}", buf, sizeof buf) == PEFT_EFORMAT);
+    CHECK(render("{% if %}x{% endif %}", buf, sizeof buf) == PEFT_EFORMAT);
+    CHECK(render("{% endfor %}", buf, sizeof buf) != PEFT_OK);
+    CHECK(render("{{ messages[0]. }}", buf, sizeof buf) == PEFT_EFORMAT);
+    CHECK(render("{{ x.y }}", buf, sizeof buf) == PEFT_EFORMAT); /* attribute of an undefined value */
+    CHECK(render("{{ 1 % 0 }}", buf, sizeof buf) == PEFT_EINVAL);
+    CHECK(render("{{ raise_exception('no system role') }}", buf, sizeof buf) == PEFT_EINVAL);
+    CHECK(strstr(peft_last_error(), "no system role") != NULL);
+    /* deep nesting is bounded */
+    char deep[64 * 20 + 64 * 12 + 8];
+    size_t k = 0;
+    for (int i = 0; i < 70; i++)
+        k += (size_t)snprintf(deep + k, sizeof deep - k, "{%% if 1 %%}");
+    for (int i = 0; i < 70 && k < sizeof deep - 16; i++)
+        k += (size_t)snprintf(deep + k, sizeof deep - k, "{%% endif %%}");
+    CHECK(render(deep, buf, sizeof buf) != PEFT_OK);
+    /* sizing: cap 0 reports the length, a short buffer is PEFT_ERANGE */
+    peft_chat_message m[1] = {{"user", "hello"}};
+    size_t n = 0;
+    CHECK(peft_chat_render(NULL, "{{ messages[0].content }}!", m, 1, 0, NULL, 0, &n) == PEFT_ERANGE && n == 6);
+    CHECK(peft_chat_render(NULL, "{{ messages[0].content }}!", m, 1, 0, buf, 6, &n) == PEFT_ERANGE);
+    CHECK_OK(peft_chat_render(NULL, "{{ messages[0].content }}!", m, 1, 0, buf, 7, &n));
+    CHECK(strcmp(buf, "hello!") == 0);
+    /* no template anywhere */
+    CHECK(peft_chat_render(NULL, NULL, m, 1, 0, buf, sizeof buf, &n) == PEFT_ENOTFOUND);
+}
+
+TEST(chat_template_from_tokenizer_config)
+{
+    const char *sh = shared_dir();
+    if (!sh)
+        SKIP("../shared not present");
+    char dir[] = "/tmp/peft-chat-XXXXXX", cmd[8400], path[4300];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(cmd, sizeof cmd, "cp %s/models/stories260K/tokenizer.json %s/", sh, dir);
+    CHECK(system(cmd) == 0);
+    for (int form = 0; form < 2; form++) {
+        snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+        FILE *f = fopen(path, "w");
+        CHECK(f != NULL);
+        if (form == 0)
+            fputs("{\"bos_token\": {\"content\": \"<B>\"}, \"eos_token\": \"<E>\", \"chat_template\": "
+                  "\"{{ bos_token }}{% for m in messages %}[{{ m.role }}] {{ m.content }}{{ eos_token }}{% endfor %}\"}",
+                  f);
+        else
+            fputs("{\"chat_template\": [{\"name\": \"tool_use\", \"template\": \"tools\"}, {\"name\": \"default\", "
+                  "\"template\": \"{{ bos_token }}{{ messages | length }}\"}]}",
+                  f);
+        fclose(f);
+        peft_tokenizer *t;
+        CHECK_OK(peft_tokenizer_open(&t, dir));
+        CHECK(peft_tokenizer_chat_template(t) != NULL);
+        peft_chat_message m[2] = {{"user", "hi"}, {"assistant", "yo"}};
+        char buf[256];
+        size_t n;
+        CHECK_OK(peft_chat_render(t, NULL, m, 2, 1, buf, sizeof buf, &n));
+        /* without bos_token/eos_token in the config, the vocabulary's BOS piece */
+        CHECK_MSG(!strcmp(buf, form == 0 ? "<B>[user] hi<E>[assistant] yo<E>" : "<s>2"), "form %d: %s", form, buf);
+        peft_tokenizer_close(&t);
+    }
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+}
+
 static const struct h_case cases[] = {
     CASE(json_valid), CASE(json_malformed), CASE(json_deep_nesting), CASE(safetensors_round_trip),
     CASE(safetensors_half_types), CASE(safetensors_malformed), CASE(safetensors_truncated_and_huge_header),
     CASE(safetensors_every_truncation), CASE(gguf_hostile_headers), CASE(gguf_every_truncation),
+    CASE(chat_templates_match_jinja2), CASE(chat_template_errors_and_sizing), CASE(chat_template_from_tokenizer_config),
 };
 TEST_MAIN(cases)

@@ -43,6 +43,7 @@ typedef struct data_options {
     int cross_doc;                   /* packed documents attend to each other (no boundaries) */
     int split_at_bos;                /* token files: a BOS starts a new document */
     int32_t bos;
+    const char *chat_template;       /* NULL: the tokenizer's (for {"messages": [...]} lines) */
 } data_options;
 int data_load(tokens *t, const char *path, const data_options *o);
 

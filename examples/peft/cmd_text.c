@@ -81,7 +81,7 @@ int cmd_tokenize(int argc, char **argv)
         rc = 0;
         goto done;
     }
-    data_options o = {tok, split, 0, 0, 0, eos, 0, 0, 1};
+    data_options o = {tok, split, 0, 0, 0, eos, 0, 0, 1, NULL};
     if (data_load(&t, in, &o))
         goto done;
     FILE *f = fopen(out, "wb");

@@ -181,6 +181,37 @@ int data_from_args(cli_args *a, const char *model_dir, int vocab, int seq, data_
         return fail_lib("tokenizer", rc), -1;
     o->tokenizer = *tok_out;
     o->bos = *tok_out ? peft_tokenizer_special(*tok_out, PEFT_TOKEN_BOS) : 1;
+    o->chat_template = NULL;
+    const char *ct = arg_str(a, "--chat-template", NULL);
+    if (ct) {
+        /* a file holding the template, or a tokenizer_config.json whose "chat_template" is used */
+        static char *loaded;
+        FILE *f = fopen(ct, "rb");
+        if (!f) {
+            fprintf(stderr, "peft: --chat-template %s: %s\n", ct, strerror(errno));
+            return -1;
+        }
+        free(loaded);
+        loaded = NULL;
+        size_t cap = 0, n = 0;
+        for (;;) {
+            if (n + 4097 > cap) {
+                char *b = realloc(loaded, cap = cap * 2 + 8192);
+                if (!b) {
+                    fclose(f);
+                    return -1;
+                }
+                loaded = b;
+            }
+            size_t r = fread(loaded + n, 1, 4096, f);
+            n += r;
+            if (r < 4096)
+                break;
+        }
+        fclose(f);
+        loaded[n] = '\0';
+        o->chat_template = loaded;
+    }
     return 0;
 }
 

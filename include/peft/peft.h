@@ -450,6 +450,27 @@ enum peft_special_token { PEFT_TOKEN_BOS = 0, PEFT_TOKEN_EOS = 1, PEFT_TOKEN_UNK
 /* Id of a special token, or -1. */
 PEFT_API int32_t peft_tokenizer_special(const peft_tokenizer *tokenizer, int32_t which);
 
+/* ---- chat templates ------------------------------------------------------ */
+
+typedef struct peft_chat_message {
+    const char *role;    /* "system", "user", "assistant", ... */
+    const char *content;
+} peft_chat_message;
+
+/* The tokenizer's chat template: tokenizer_config.json "chat_template" (the "default" entry of a
+   list), or NULL when it has none. Valid while the tokenizer is open. */
+PEFT_API const char *peft_tokenizer_chat_template(const peft_tokenizer *tokenizer);
+
+/* Render a conversation as transformers' apply_chat_template(tokenize=False) does: Jinja2 with
+   trim_blocks and lstrip_blocks, variables messages, add_generation_prompt, bos_token and
+   eos_token (the tokenizer's; undefined when tokenizer is NULL), and raise_exception(msg)
+   (PEFT_EINVAL with the template's message). tmpl NULL: the tokenizer's template. The subset of
+   Jinja2 chat templates use is implemented (for, if, set, filters, tests, string methods);
+   anything else is PEFT_EUNSUPPORTED, never a different text. *len_out receives the length;
+   PEFT_ERANGE when buf (cap bytes, NUL included) is too small (cap 0 sizes it). */
+PEFT_API int peft_chat_render(const peft_tokenizer *tokenizer, const char *tmpl, const peft_chat_message *messages,
+                              size_t n, int32_t add_generation_prompt, char *buf, size_t cap, size_t *len_out);
+
 #ifdef __cplusplus
 }
 #endif
