@@ -61,7 +61,11 @@ typedef struct ctx {
     } *vars;
     size_t n_vars, cap_vars;
     int depth;
+    long long steps; /* nodes run and loop iterations: a hostile template cannot run forever */
 } ctx;
+
+#define CHAT_MAX_STEPS 10000000LL
+#define CHAT_MAX_STRING (16u << 20)
 
 static void *arena_alloc(ctx *c, size_t n)
 {
@@ -939,6 +943,10 @@ static int equal(val a, val b)
 
 static val concat(ctx *c, val a, val b)
 {
+    if (a.n + b.n > CHAT_MAX_STRING) {
+        fail(c, PEFT_ERANGE, "a string would exceed %u bytes", CHAT_MAX_STRING);
+        return (val){.t = V_UNDEF};
+    }
     char *s = arena_alloc(c, a.n + b.n + 1);
     if (!s)
         return (val){.t = V_UNDEF};
@@ -1572,10 +1580,17 @@ static val eval(ctx *c, const expr *e)
             return vbool(op[0] == '<' ? (op[1] == '=' ? cmp <= 0 : cmp < 0) : (op[1] == '=' ? cmp >= 0 : cmp > 0));
         }
         if (!strcmp(op, "*") && a.t == V_STR && b.t == V_INT && b.i >= 0 && b.i < 10000) {
-            val acc = vstr(c, "", 0, 0);
-            for (long long i = 0; i < b.i && !c->failed; i++)
-                acc = concat(c, acc, a);
-            return acc;
+            if (a.n * (size_t)b.i > CHAT_MAX_STRING) {
+                fail(c, PEFT_ERANGE, "a string would exceed %u bytes", CHAT_MAX_STRING);
+                return a;
+            }
+            char *o = arena_alloc(c, a.n * (size_t)b.i + 1);
+            if (!o)
+                return a;
+            for (long long i = 0; i < b.i; i++)
+                memcpy(o + (size_t)i * a.n, a.s, a.n);
+            o[a.n * (size_t)b.i] = '\0';
+            return (val){.t = V_STR, .s = o, .n = a.n * (size_t)b.i};
         }
         fail(c, PEFT_EINVAL, "unsupported operands for '%s'", op);
         return a;
@@ -1587,6 +1602,8 @@ static val eval(ctx *c, const expr *e)
 
 static int emit(ctx *c, const char *s, size_t n)
 {
+    if (c->out_len + n > 4 * (size_t)CHAT_MAX_STRING)
+        return fail(c, PEFT_ERANGE, "the rendering would exceed %u bytes", 4 * CHAT_MAX_STRING);
     if (c->out_len + n + 1 > c->out_cap) {
         size_t nc = (c->out_len + n + 1) * 2;
         char *o = realloc(c->out, nc);
@@ -1609,6 +1626,10 @@ static int run(ctx *c, node **body, int n)
     }
     for (int i = 0; i < n && !c->failed; i++) {
         node *x = body[i];
+        if (++c->steps > CHAT_MAX_STEPS) {
+            fail(c, PEFT_ERANGE, "the template runs for more than %lld steps", CHAT_MAX_STEPS);
+            break;
+        }
         switch (x->kind) {
         case N_TEXT: emit(c, x->text, x->len); break;
         case N_OUT: {

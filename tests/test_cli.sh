@@ -235,6 +235,52 @@ assert key(a) == key(b), (key(a), key(b))" || fail "resumed sweep differs"
     [ "$(grep -c '<polyline' "$T/sw2/chart.svg")" -eq 3 ] || fail "one line per family"
     "$PEFT" sweep --model "$M" --train x --budget 5,5 --out "$T/sw3" 2>/dev/null && fail "a budget twice accepted"
     ;;
+chat_template_instruction_tuning)
+    # the instruction task as conversations: {"messages": [...]} rendered with a chat template
+    [ -f "$SHARED/models/stories260K/config.json" ] || { echo "SKIP: ../shared not present"; exit 77; }
+    M=$SHARED/models/stories260K
+    Z=$SRC/tests/data/chat/zephyr.jinja
+    python3 - "$SRC/tests/data/instruct.jsonl" "$T/chat.jsonl" <<'PY' || fail "convert"
+import json, sys
+with open(sys.argv[2], "w") as out:
+    for line in open(sys.argv[1]):
+        j = json.loads(line)
+        q = j["prompt"][len("Q: "):-len(" A:")]
+        out.write(json.dumps({"id": 1, "messages": [{"role": "user", "content": q},
+                                                     {"role": "assistant", "content": j["completion"].strip()}]}) + "\n")
+PY
+    "$PEFT" eval --model "$M" --data "$T/chat.jsonl" --chat-template "$Z" --pad --seq 64 --exact-match --json >"$T/before" || fail "eval before"
+    # the loss is on the assistant turns only: tokens(conversation) - tokens(up to the assistant's header)
+    python3 - "$PEFT" "$M" "$T/chat.jsonl" "$T/before" <<'PY' || fail "assistant-only loss mask"
+import json, subprocess, sys
+peft, model, data, before = sys.argv[1:]
+def n(text):
+    out = subprocess.run([peft, "tokenize", "--tokenizer", model, "--text", text, "--no-bos"], capture_output=True,
+                         text=True, check=True).stdout.split()
+    return len(out)
+want = 0
+for line in open(data):
+    m = json.loads(line)["messages"]
+    pre = "<|user|>\n" + m[0]["content"] + "</s>\n<|assistant|>\n"
+    want += n(pre + m[1]["content"] + "</s>\n") - n(pre)
+got = json.loads(open(before).read().splitlines()[-1])["tokens"]
+assert got == want, (got, want)
+PY
+    "$PEFT" train --model "$M" --data "$T/chat.jsonl" --chat-template "$Z" --pad --seq 64 --out "$T/ad" --steps 100 --batch 4 \
+        --lr 3e-3 --rank 8 --targets all-linear --seed 0 --quiet || fail "train"
+    "$PEFT" eval --model "$M" --adapter "$T/ad" --data "$T/chat.jsonl" --chat-template "$Z" --pad --seq 64 --exact-match --json >"$T/after" || fail "eval after"
+    tail -1 "$T/before"; tail -1 "$T/after"
+    json "$T/before" "j['exact_match'] <= 0.1 and j['examples'] == 20" || fail "base model already answers"
+    json "$T/after" "j['exact_match'] >= 0.9" || fail "tuned model does not answer"
+    "$PEFT" generate --model "$M" --adapter "$T/ad" --prompt "What does the cow say?" --chat --chat-template "$Z" \
+        --temperature 0 --max-tokens 12 --compare --json >"$T/c" || fail "generate --chat"
+    json "$T/c" "j['text'].startswith('The cow says moo.') and not j['text_without_adapter'].startswith('The cow says moo.')" || fail "chat generation"
+    # a conversation without an assistant turn, or a model without a template, is refused
+    echo '{"messages": [{"role": "user", "content": "hi"}]}' >"$T/bad.jsonl"
+    "$PEFT" eval --model "$M" --data "$T/bad.jsonl" --chat-template "$Z" --seq 16 2>/dev/null && fail "no assistant turn accepted"
+    "$PEFT" eval --model "$M" --data "$T/chat.jsonl" --seq 64 2>"$T/err" && fail "no template accepted"
+    grep -q "no chat template" "$T/err" || { cat "$T/err"; fail "message"; }
+    ;;
 sweep_readme_example)
     # the README's sweep, and the conclusions the README draws from it
     [ -f "$SHARED/models/stories260K/config.json" ] || { echo "SKIP: ../shared not present"; exit 77; }

@@ -73,8 +73,8 @@ void targets_string(uint32_t t, char *buf, size_t n);
 /* Mean loss over non-overlapping windows of T tokens [w0, w1) in batches of B. */
 int eval_windows(peft_model *m, const tokens *t, int T, int B, size_t w0, size_t w1,
                  double *loss, uint64_t *count);
-/* Padded prompt/completion windows: greedy-generate each completion (up to, not including,
-   a final EOS) and count exact matches. */
+/* Padded prompt/completion (or chat) windows: greedy-generate each answer (the first run of
+   trained tokens, up to its first EOS) and count exact matches. */
 int exact_match(peft_model *m, const tokens *t, int T, int32_t eos, size_t w0, size_t w1, size_t *hits,
                 size_t *asked);
 

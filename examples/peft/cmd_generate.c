@@ -10,8 +10,10 @@ static const char gen_help[] =
     "usage: peft generate --model DIR [--adapter DIR] --prompt TEXT [--max-tokens N (128)]\n"
     "                     [--temperature T (0.8; 0 = greedy)] [--top-k K (40; 0 = off)]\n"
     "                     [--top-p P (0.95)] [--seed S] [--tokenizer PATH] [--compare]\n"
-    "                     [--threads N] [--json]\n"
-    "An empty prompt starts from BOS. --compare generates without and then with the adapter.\n";
+    "                     [--threads N] [--json] [--chat [--system TEXT] [--chat-template FILE]]\n"
+    "An empty prompt starts from BOS. --compare generates without and then with the adapter.\n"
+    "--chat renders the prompt as the user's turn with the chat template (the tokenizer's, or\n"
+    "FILE) and add_generation_prompt, as transformers' apply_chat_template does.\n";
 
 static uint64_t rng_next(uint64_t *s)
 {
@@ -190,7 +192,9 @@ int cmd_generate(int argc, char **argv)
     char *text_base = NULL, *text = NULL;
     const char *model = arg_str(&a, "--model", NULL), *adapter = arg_str(&a, "--adapter", NULL);
     const char *prompt = arg_str(&a, "--prompt", ""), *tpath = arg_str(&a, "--tokenizer", NULL);
-    int compare = arg_flag(&a, "--compare"), json = arg_flag(&a, "--json");
+    const char *system = arg_str(&a, "--system", NULL), *ctpath = arg_str(&a, "--chat-template", NULL);
+    int compare = arg_flag(&a, "--compare"), json = arg_flag(&a, "--json"), chat = arg_flag(&a, "--chat");
+    char *chat_text = NULL, *tmpl = NULL;
     long max_tokens, top_k, seed, threads;
     double temp, top_p;
     if (arg_long(&a, "--max-tokens", 128, &max_tokens) || arg_long(&a, "--top-k", 40, &top_k) ||
@@ -216,10 +220,44 @@ int cmd_generate(int argc, char **argv)
         rc = fail_lib("adapter", code);
         goto done;
     }
+    const char *user_prompt = prompt;
+    int tflags = PEFT_TOKENIZE_BOS;
+    if (chat || ctpath || system) {
+        /* the prompt as the user's turn (after the --system one) in the chat template, with the
+           assistant's turn opened; the template's text carries BOS as transformers does */
+        if (ctpath) {
+            FILE *f = fopen(ctpath, "rb");
+            long sz = -1;
+            if (f && fseek(f, 0, SEEK_END) == 0)
+                sz = ftell(f);
+            if (f && sz >= 0 && fseek(f, 0, SEEK_SET) == 0 && (tmpl = malloc((size_t)sz + 1)) &&
+                fread(tmpl, 1, (size_t)sz, f) == (size_t)sz) {
+                tmpl[sz] = '\0';
+            } else {
+                fprintf(stderr, "peft generate: cannot read --chat-template %s\n", ctpath);
+                if (f)
+                    fclose(f);
+                goto done;
+            }
+            fclose(f);
+        }
+        peft_chat_message msgs[2] = {{"system", system ? system : ""}, {"user", prompt}};
+        size_t nm = system ? 2 : 1, len = 0;
+        const peft_chat_message *first = system ? msgs : msgs + 1;
+        code = peft_chat_render(tok, tmpl, first, nm, 1, NULL, 0, &len);
+        if (code == PEFT_ERANGE && (chat_text = malloc(len + 1)))
+            code = peft_chat_render(tok, tmpl, first, nm, 1, chat_text, len + 1, &len);
+        if (code) {
+            rc = fail_lib("chat template", code);
+            goto done;
+        }
+        prompt = chat_text;
+        tflags = PEFT_TOKENIZE_NO_BOS;
+    }
     size_t np;
-    peft_tokenize(tok, prompt, strlen(prompt), PEFT_TOKENIZE_BOS, NULL, 0, &np);
+    peft_tokenize(tok, prompt, strlen(prompt), tflags, NULL, 0, &np);
     ids = malloc((np + 1) * sizeof *ids);
-    if (!ids || (code = peft_tokenize(tok, prompt, strlen(prompt), PEFT_TOKENIZE_BOS, ids, np + 1, &np))) {
+    if (!ids || (code = peft_tokenize(tok, prompt, strlen(prompt), tflags, ids, np + 1, &np))) {
         rc = fail_lib("tokenize", code);
         goto done;
     }
@@ -241,7 +279,7 @@ int cmd_generate(int argc, char **argv)
     }
     if (json) {
         printf("{\"prompt\": ");
-        json_string(prompt);
+        json_string(user_prompt);
         printf(", \"text\": ");
         json_string(text ? text : "");
         if (text_base) {
@@ -252,6 +290,8 @@ int cmd_generate(int argc, char **argv)
     }
     rc = 0;
 done:
+    free(chat_text);
+    free(tmpl);
     free(ids);
     free(text);
     free(text_base);

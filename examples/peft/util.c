@@ -379,9 +379,13 @@ int exact_match(peft_model *m, const tokens *t, int T, int32_t eos, size_t w0, s
         int e = p;
         while (e < T && lab[e] != -100)
             e++;
-        /* a trailing EOS is not part of the answer's text */
-        if (e > p && eos >= 0 && ids[e - 1] == eos)
-            e--;
+        /* the answer ends at its EOS (the end of the completion, or of the assistant's turn in a
+           chat template, which may add text after it) */
+        for (int i = p; i < e && eos >= 0; i++)
+            if (ids[i] == eos) {
+                e = i;
+                break;
+            }
         if (p == 0 || e <= p)
             continue;
         (*asked)++;
