@@ -67,6 +67,7 @@ int cmd_train(int argc, char **argv)
     peft_model *m = NULL;
     tokens train = {0}, evald = {0};
     sampler smp = {0};
+    double *step_secs = NULL;
     int32_t *buf = NULL, *lbuf = NULL, *dbuf = NULL;
     peft_tokenizer *tok = NULL;
     data_options dopt;
@@ -252,7 +253,9 @@ int cmd_train(int argc, char **argv)
     for (long i = 0; i < start_step * accum * batch; i++)
         sampler_next(&smp);
     const char *kill_at = getenv("PEFT_TEST_KILL_AFTER_STEP"); /* crash test hook */
+    step_secs = json ? calloc((size_t)(steps > start_step ? steps - start_step : 1), sizeof *step_secs) : NULL;
     for (long step = start_step; step < steps; step++) {
+        double ts0 = now_seconds();
         peft_step_result r = PEFT_STEP_RESULT_INIT;
         double step_loss = 0;
         uint64_t step_tokens = 0;
@@ -282,6 +285,8 @@ int cmd_train(int argc, char **argv)
             step_tokens += r.tokens;
         }
         trained_tokens += (uint64_t)(batch * seq * accum);
+        if (step_secs)
+            step_secs[step - start_step] = now_seconds() - ts0;
         last_loss = step_tokens ? step_loss / (double)step_tokens : NAN;
         double el = now_seconds() - t0, tps = (double)trained_tokens / el;
         char eta[32];
@@ -347,10 +352,17 @@ int cmd_train(int argc, char **argv)
                (unsigned long long)info.n_trainable);
         if (!isnan(eval_before))
             printf(", \"eval_loss_before\": %.6f, \"eval_loss_after\": %.6f", eval_before, eval_after);
+        if (step_secs) {
+            printf(", \"step_seconds\": [");
+            for (long i = 0; i < steps - start_step; i++)
+                printf("%s%.4f", i ? ", " : "", step_secs[i]);
+            printf("]");
+        }
         printf(", \"out\": \"%s\"}\n", out);
     }
     rc = 0;
 done:
+    free(step_secs);
     sampler_free(&smp);
     free(buf);
     free(lbuf);

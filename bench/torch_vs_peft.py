@@ -1,0 +1,216 @@
+"""libpeft against PyTorch, side by side: one LoRA training step of the same Llama-shaped model.
+
+Usage (from the repository root, after building; Debian's python3-torch):
+    /usr/bin/python3 bench/torch_vs_peft.py [--shape smollm|tinyllama|small] [--batch 4] [--seq 256]
+        [--threads 2] [--steps 4] [--rank 16] [--layers all|last:4] [--backend cpu|blis] [--repeat 3]
+
+The model is created once with `peft init-model` (random weights, Hugging Face format) under
+out/bench/. Each measurement runs in a fresh process, alternately libpeft (`peft train`) and
+the PyTorch reference (`--torch-worker`: the same model read from the same safetensors, the
+same LoRA configuration (A kaiming-uniform, B zero, alpha = 2r), AdamW, the same token
+windows), and reports steady-state tokens/s (the first step is a warm-up and is not timed),
+peak RSS, and the ratio. Medians over --repeat alternations are printed as a Markdown table.
+PyTorch is "tuned" as far as this machine allows: OPENBLAS_CORETYPE unset, OMP_WAIT_POLICY
+passive, jemalloc preloaded and the OpenMP OpenBLAS when those Debian packages are installed
+(libjemalloc2, libopenblas0-openmp); the table says which.
+"""
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import struct
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PEFT = os.path.join(ROOT, "build", "examples", "peft")
+SHAPES = {
+    # hidden, layers, heads, kv heads, ffn, vocab
+    "smollm": (576, 30, 9, 3, 1536, 49152),
+    "tinyllama": (2048, 22, 32, 4, 5632, 32000),
+    "small": (256, 4, 4, 2, 688, 4096),
+}
+JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
+OPENBLAS_OMP = "/usr/lib/x86_64-linux-gnu/openblas-openmp"
+
+
+def st_read(path):
+    import torch
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        a, b = t["data_offsets"]
+        assert t["dtype"] == "F32", t["dtype"]
+        out[name] = torch.frombuffer(bytearray(data[a:b]), dtype=torch.float32).reshape(t["shape"])
+    return out
+
+
+def torch_worker(args):
+    """The reference step in PyTorch; prints JSON with tokens/s and the step times."""
+    import torch
+    torch.set_num_threads(args.threads)
+    cfg = json.load(open(os.path.join(args.model, "config.json")))
+    W = st_read(os.path.join(args.model, "model.safetensors"))
+    D, L, H, Hkv = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd, V, eps, theta = D // H, cfg["vocab_size"], cfg["rms_norm_eps"], cfg.get("rope_theta", 10000.0)
+    mods = [("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"), ("self_attn", "o_proj"),
+            ("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj")]
+    first = L - int(args.layers.split(":")[1]) if args.layers.startswith("last:") else 0
+    r, scale = args.rank, 2.0
+    g = torch.Generator().manual_seed(0)
+    lora = {}
+    for l in range(first, L):
+        for p, m in mods:
+            w = W[f"model.layers.{l}.{p}.{m}.weight"]
+            a = (torch.rand(r, w.shape[1], generator=g) * 2 - 1) / math.sqrt(w.shape[1])
+            lora[(l, m)] = (a.requires_grad_(True), torch.zeros(w.shape[0], r, requires_grad=True))
+    params = [t for ab in lora.values() for t in ab]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    B, T = args.batch, args.seq
+    inv = 1.0 / theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd)
+    ang = torch.outer(torch.arange(T, dtype=torch.float32), inv)
+    cos, sin = ang.cos(), ang.sin()
+    mask = torch.full((T, T), float("-inf")).triu(1)
+
+    def rope(x):  # (B, T, h, hd), rotate-half pairing as Hugging Face Llama
+        x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+        c, s = cos[None, :, None, :], sin[None, :, None, :]
+        return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+
+    def norm(x, w):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+    def lin(l, p, m, x):
+        y = x @ W[f"model.layers.{l}.{p}.{m}.weight"].T
+        if (l, m) in lora:
+            a, b = lora[(l, m)]
+            y = y + scale * (x @ a.T) @ b.T
+        return y
+
+    head = W.get("lm_head.weight", W["model.embed_tokens.weight"])
+    tokens = torch.tensor(list(struct.unpack(f"<{B * T}I", open(args.data, "rb").read(4 * B * T))),
+                          dtype=torch.long).reshape(B, T) % V
+
+    def step():
+        x = W["model.embed_tokens.weight"][tokens]
+        for l in range(L):
+            pre = f"model.layers.{l}."
+            xn = norm(x, W[pre + "input_layernorm.weight"])
+            q = rope(lin(l, "self_attn", "q_proj", xn).view(B, T, H, hd)).transpose(1, 2)
+            k = rope(lin(l, "self_attn", "k_proj", xn).view(B, T, Hkv, hd)).repeat_interleave(H // Hkv, 2).transpose(1, 2)
+            v = lin(l, "self_attn", "v_proj", xn).view(B, T, Hkv, hd).repeat_interleave(H // Hkv, 2).transpose(1, 2)
+            att = ((q @ k.transpose(-1, -2)) / math.sqrt(hd) + mask).softmax(-1) @ v
+            h = x + lin(l, "self_attn", "o_proj", att.transpose(1, 2).reshape(B, T, D))
+            z = norm(h, W[pre + "post_attention_layernorm.weight"])
+            x = h + lin(l, "mlp", "down_proj", torch.nn.functional.silu(lin(l, "mlp", "gate_proj", z)) *
+                        lin(l, "mlp", "up_proj", z))
+        logits = norm(x, W["model.norm.weight"]) @ head.T
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, V), tokens[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return float(loss)
+
+    times = []
+    for i in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    steady = times[1:] if len(times) > 1 else times
+    print(json.dumps({"tokens_per_s": B * T / statistics.median(steady), "step_s": times}))
+
+
+def measured(cmd, env):
+    """Run cmd; (its last stdout line as JSON, its peak RSS in MiB)."""
+    code = ("import resource, subprocess, sys\n"
+            "p = subprocess.run(sys.argv[1:], capture_output=True, text=True)\n"
+            "sys.stderr.write(p.stderr[-2000:] if p.returncode else '')\n"
+            "print(p.stdout.strip().splitlines()[-1] if p.stdout.strip() else '{}')\n"
+            "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+            "sys.exit(p.returncode)\n")
+    p = subprocess.run([sys.executable, "-c", code] + cmd, capture_output=True, text=True, env=env)
+    if p.returncode:
+        sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr}")
+    out, rss = p.stdout.strip().splitlines()[-2:]
+    return json.loads(out), int(rss) / 1024.0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="smollm", choices=sorted(SHAPES))
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--layers", default="all")
+    ap.add_argument("--backend", default="cpu")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--torch-worker", action="store_true")
+    ap.add_argument("--model")
+    ap.add_argument("--data")
+    args = ap.parse_args()
+    if args.torch_worker:
+        return torch_worker(args)
+    D, L, H, Hkv, F, V = SHAPES[args.shape]
+    mdir = os.path.join(ROOT, "out", "bench", args.shape)
+    os.makedirs(mdir, exist_ok=True)
+    if not os.path.exists(os.path.join(mdir, "model.safetensors")):
+        subprocess.run([PEFT, "init-model", "--out", mdir, "--hidden", str(D), "--layers", str(L), "--heads", str(H),
+                        "--kv-heads", str(Hkv), "--ffn", str(F), "--vocab", str(V), "--seed", "1"], check=True,
+                       stdout=subprocess.DEVNULL)
+    data = os.path.join(ROOT, "out", "bench", f"tokens-{V}.bin")
+    n_tok = args.batch * args.seq * (args.steps + 1)
+    if not os.path.exists(data) or os.path.getsize(data) < 4 * n_tok:
+        subprocess.run([PEFT, "synth", "--out", data, "--vocab", str(V), "--tokens", str(max(n_tok, 1 << 16)),
+                        "--seed", "2"], check=True, stdout=subprocess.DEVNULL)
+    env = dict(os.environ)
+    env.pop("OPENBLAS_CORETYPE", None)
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    env["OMP_NUM_THREADS"] = str(args.threads)
+    tuned = []
+    tenv = dict(env)
+    if os.path.exists(JEMALLOC):
+        tenv["LD_PRELOAD"] = JEMALLOC
+        tenv["MALLOC_CONF"] = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+        tuned.append("jemalloc")
+    if os.path.isdir(OPENBLAS_OMP):
+        tenv["LD_LIBRARY_PATH"] = OPENBLAS_OMP
+        tuned.append("OpenMP OpenBLAS")
+    peft_cmd = [PEFT, "train", "--model", mdir, "--data", data, "--out", os.path.join(ROOT, "out", "bench", "adapter"),
+                "--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq), "--rank",
+                str(args.rank), "--alpha", str(2 * args.rank), "--targets", "all-linear", "--layers", args.layers,
+                "--threads", str(args.threads), "--backend", args.backend, "--lr", "1e-4", "--json", "--quiet",
+                "--log-every", "1"]
+    torch_cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", "--model", mdir, "--data", data,
+                 "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads), "--steps",
+                 str(args.steps), "--rank", str(args.rank), "--layers", args.layers]
+    res = {"peft": [], "torch": []}
+    for _ in range(args.repeat):
+        j, rss = measured(peft_cmd, env)
+        # steady state: the first step (workspace first touch) is excluded as for PyTorch
+        steps = j.get("step_seconds") or []
+        tps = (args.batch * args.seq / statistics.median(steps[1:])) if len(steps) > 1 else j["tokens_per_s"]
+        res["peft"].append((tps, rss))
+        j, rss = measured(torch_cmd, tenv)
+        res["torch"].append((j["tokens_per_s"], rss))
+    p_tps = statistics.median(t for t, _ in res["peft"])
+    t_tps = statistics.median(t for t, _ in res["torch"])
+    p_rss = max(r for _, r in res["peft"])
+    t_rss = max(r for _, r in res["torch"])
+    print(f"| {args.shape} | {args.batch}x{args.seq} | {args.threads} | {args.layers} | r={args.rank} | "
+          f"{args.backend} | {p_tps:.1f} | {t_tps:.1f} | {p_tps / t_tps:.2f}x | {p_rss:.0f} | {t_rss:.0f} | "
+          f"{', '.join(tuned) or 'untuned'} |")
+    print(json.dumps({"peft": res["peft"], "torch": res["torch"]}), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
