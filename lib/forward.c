@@ -269,7 +269,7 @@ static void layer_backward(peft_model *m, int l)
                     peft__view_of(m, &lv, l, PEFT_MOD_O, 1), xa_of(m, l, PEFT_MOD_O), ws->dxa, ws->tmp);
     if (!qkv)
         return;
-    attention_backward(m->pool, ws->dq, ws->dk, ws->dv, ws->datt, a->q, a->k, a->v, a->att, a->lse, ws->pos, B,
+    attention_backward(m->pool, ws->dq, ws->dk, ws->dv, ws->att_scratch, ws->datt, a->q, a->k, a->v, a->att, a->lse, ws->pos, B,
                        T, c->n_heads, c->n_kv_heads, c->head_dim);
     rope_backward(m->pool, ws->dq, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_heads, c->head_dim);
     rope_backward(m->pool, ws->dk, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_kv_heads, c->head_dim);

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "model.h"
+#include "ops/ops.h"
 
 struct plan_item {
     float **ptr;
@@ -91,7 +92,7 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
     if (m->lora && (m->lora->use_dora || m->lora->method == PEFT_METHOD_IA3))
         lora_floats += m->lora->sum_out + 1;
     want(&p, &ws->act, N * F);
-    want(&p, &ws->att_scratch, N * (size_t)c->n_heads);
+    want(&p, &ws->att_scratch, attention_scratch_floats(B, T, c->n_kv_heads, c->head_dim));
     want(&p, &ws->tmp, N * max3(D, Hq, F));
     want(&p, &ws->logits, (size_t)XENT_CHUNK * (size_t)c->vocab);
     want(&p, &ws->row_loss, N);

@@ -131,7 +131,7 @@ TEST(rope)
 enum { AB = 2, AT = 6, AH = 4, AHK = 2, AD = 4 };
 struct att_ctx {
     float q[AB * AT * AH * AD], k[AB * AT * AHK * AD], v[AB * AT * AHK * AD];
-    float out[AB * AT * AH * AD], lse[AB * AH * AT], scratch[AB * AH * AT], dout[AB * AT * AH * AD];
+    float out[AB * AT * AH * AD], lse[AB * AH * AT], scratch[AB * AHK * (4 * AD + 4) * AT], dout[AB * AT * AH * AD];
     const int32_t *pos;
 };
 static double att_loss(void *vp)
@@ -150,7 +150,7 @@ static void attention_case(const int32_t *pos)
     fill(c.dout, sizeof c.dout / 4, 1.0f);
     float dq[sizeof c.q / 4], dk[sizeof c.k / 4], dv[sizeof c.v / 4];
     att_loss(&c);
-    attention_backward(NULL, dq, dk, dv, c.dout, c.q, c.k, c.v, c.out, c.lse, pos, AB, AT, AH, AHK, AD);
+    attention_backward(NULL, dq, dk, dv, c.scratch, c.dout, c.q, c.k, c.v, c.out, c.lse, pos, AB, AT, AH, AHK, AD);
     CHECK(fd_check("attention dq", c.q, sizeof c.q / 4, dq, att_loss, &c, 1e-2f, 1e-2) == 0);
     CHECK(fd_check("attention dk", c.k, sizeof c.k / 4, dk, att_loss, &c, 1e-2f, 1e-2) == 0);
     CHECK(fd_check("attention dv", c.v, sizeof c.v / 4, dv, att_loss, &c, 1e-2f, 1e-2) == 0);

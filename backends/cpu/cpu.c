@@ -102,8 +102,9 @@ static void cpu_gemm(void *ctx, int ta, int tb, int64_t m, int64_t n, int64_t k,
                      int64_t ldc)
 {
     cpu_ctx *cc = ctx;
-    /* the packed kernel pays off once there is enough work per packed panel */
-    if (!cc->reference && m >= 16 && n >= 16 && k >= 16) {
+    /* the packed kernel pays off once there is enough work per packed panel; a narrow
+       x A^T (the LoRA down-projection, n = rank) runs faster as row-by-row dot products */
+    if (!cc->reference && m >= 16 && n >= 16 && k >= 16 && !(n < 32 && !ta && tb)) {
         gemm_call gc = {ta, tb, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c};
         if (gemm_fast(&gc, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
             return;

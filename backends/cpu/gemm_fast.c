@@ -18,6 +18,7 @@
 #include "gemm_fast.h"
 
 #define MR 8
+#define MR_WIDE 16
 #define NR 16
 #define KC 256
 #define MC 64
@@ -34,64 +35,136 @@ typedef float v16 __attribute__((vector_size(64), aligned(4)));
     !defined(__SANITIZE_THREAD__) /* TSan cannot run ifunc resolvers during relocation */
 /* dispatch on CPU features (not models: "arch=" clones miss AMD processors) */
 #define KERNEL_CLONES __attribute__((target_clones("avx512f", "fma", "default")))
+#define KERNEL_WIDE
 #else
 #define KERNEL_CLONES
 #endif
 
-/* c (MR x NR tile of C, row stride ldc) += alpha * a (kc x MR, packed) * b (kc x NR, packed);
-   only rows < mr and columns < nr are written. */
+/* c (mr x nr of an R x NR tile of C, row stride ldc) += alpha * a (kc x R, packed) * b (kc x NR, packed) */
+#define MICRO_KERNEL_BODY(R)                                                                       \
+    v16 acc[R];                                                                                    \
+    for (int i = 0; i < R; i++)                                                                    \
+        acc[i] = (v16){0};                                                                         \
+    for (int p = 0; p < kc; p++) {                                                                 \
+        v16 bv;                                                                                    \
+        memcpy(&bv, b + (int64_t)p * NR, sizeof bv);                                               \
+        const float *ap = a + (int64_t)p * R;                                                      \
+        for (int i = 0; i < R; i++)                                                                \
+            acc[i] += ap[i] * bv;                                                                  \
+    }                                                                                              \
+    if (nr == NR) {                                                                                \
+        for (int i = 0; i < mr; i++) {                                                             \
+            v16 ci;                                                                                \
+            memcpy(&ci, c + (int64_t)i * ldc, sizeof ci);                                          \
+            ci += alpha * acc[i];                                                                  \
+            memcpy(c + (int64_t)i * ldc, &ci, sizeof ci);                                          \
+        }                                                                                          \
+        return;                                                                                    \
+    }                                                                                              \
+    for (int i = 0; i < mr; i++) {                                                                 \
+        float *ci = c + (int64_t)i * ldc;                                                          \
+        float t[NR];                                                                               \
+        memcpy(t, &acc[i], sizeof t);                                                              \
+        for (int j = 0; j < nr; j++)                                                               \
+            ci[j] += alpha * t[j];                                                                 \
+    }
+
 KERNEL_CLONES
 static void micro_kernel(int kc, const float *a, const float *b, float *c, int64_t ldc, float alpha, int mr,
                          int nr)
 {
-    v16 acc[MR];
-    for (int i = 0; i < MR; i++)
-        acc[i] = (v16){0};
-    for (int p = 0; p < kc; p++) {
-        v16 bv;
-        memcpy(&bv, b + (int64_t)p * NR, sizeof bv);
-        const float *ap = a + (int64_t)p * MR;
-        for (int i = 0; i < MR; i++)
-            acc[i] += ap[i] * bv;
-    }
-    for (int i = 0; i < mr; i++) {
-        float *ci = c + (int64_t)i * ldc;
-        float t[NR];
-        memcpy(t, &acc[i], sizeof t);
-        for (int j = 0; j < nr; j++)
-            ci[j] += alpha * t[j];
-    }
+    MICRO_KERNEL_BODY(MR)
+}
+
+#ifdef KERNEL_WIDE
+/* AVX-512 has 32 vector registers: a 16 x 16 tile keeps 16 independent accumulators in flight
+   (the 8-row tile's 8 leave the two FMA pipes waiting on latency) */
+__attribute__((target("avx512f"))) static void micro_kernel_wide(int kc, const float *a, const float *b, float *c,
+                                                                 int64_t ldc, float alpha, int mr, int nr)
+{
+    MICRO_KERNEL_BODY(MR_WIDE)
+}
+#endif
+
+/* rows per A panel: MR_WIDE on processors with AVX-512, else MR */
+static int panel_rows(void)
+{
+#ifdef KERNEL_WIDE
+    static int rows;
+    if (!rows)
+        rows = __builtin_cpu_supports("avx512f") ? MR_WIDE : MR;
+    return rows;
+#else
+    return MR;
+#endif
 }
 
 struct fast_args {
     const gemm_call *g;
     int64_t k0, kc, n0, nc;
     const float *bp;
-    float *ap_all;
+    float *ap_all, *bp_out;
 };
+
+/* pack op(A)[i0:i0+mc, k0:k0+kc] of row task `task` into MR-row panels, k-major, zero-padded */
+static void pack_a_task(void *vp, int32_t task)
+{
+    const struct fast_args *a = vp;
+    const gemm_call *g = a->g;
+    int64_t i0 = (int64_t)task * MC, mc = g->m - i0 < MC ? g->m - i0 : MC;
+    float *ap = a->ap_all + (int64_t)task * MC * KC;
+    int R = panel_rows();
+    for (int64_t ir = 0; ir < mc; ir += R) {
+        float *dst = ap + ir * a->kc;
+        for (int64_t p = 0; p < a->kc; p++)
+            for (int i = 0; i < R; i++) {
+                int64_t row = i0 + ir + i, col = a->k0 + p;
+                dst[p * R + i] = ir + i < mc ? (g->ta ? g->a[col * g->lda + row] : g->a[row * g->lda + col]) : 0.0f;
+            }
+    }
+}
+
+#define B_PANELS_PER_TASK 8
+
+/* pack op(B)[k0:k0+kc, n0:n0+nc] into NR-column panels, k-major, zero-padded; a task packs
+   B_PANELS_PER_TASK panels */
+static void pack_b_task(void *vp, int32_t task)
+{
+    const struct fast_args *a = vp;
+    const gemm_call *g = a->g;
+    int64_t j_end = ((int64_t)task + 1) * B_PANELS_PER_TASK * NR;
+    if (j_end > a->nc)
+        j_end = a->nc;
+    for (int64_t jr = (int64_t)task * B_PANELS_PER_TASK * NR; jr < j_end; jr += NR) {
+        float *dst = a->bp_out + jr * a->kc;
+        for (int64_t p = 0; p < a->kc; p++)
+            for (int j = 0; j < NR; j++) {
+                int64_t col = a->n0 + jr + j, row = a->k0 + p;
+                dst[p * NR + j] = jr + j < a->nc ? (g->tb ? g->b[col * g->ldb + row] : g->b[row * g->ldb + col]) : 0.0f;
+            }
+    }
+}
 
 static void row_task(void *vp, int32_t task)
 {
     const struct fast_args *a = vp;
     const gemm_call *g = a->g;
     int64_t i0 = (int64_t)task * MC, mc = g->m - i0 < MC ? g->m - i0 : MC;
-    float *ap = a->ap_all + (int64_t)task * MC * KC;
-    /* pack op(A)[i0:i0+mc, k0:k0+kc] into MR-row panels, k-major, zero-padded */
-    for (int64_t ir = 0; ir < mc; ir += MR) {
-        float *dst = ap + ir * a->kc;
-        for (int64_t p = 0; p < a->kc; p++)
-            for (int i = 0; i < MR; i++) {
-                int64_t row = i0 + ir + i, col = a->k0 + p;
-                dst[p * MR + i] = ir + i < mc ? (g->ta ? g->a[col * g->lda + row] : g->a[row * g->lda + col]) : 0.0f;
-            }
-    }
+    const float *ap = a->ap_all + (int64_t)task * MC * KC;
+    int R = panel_rows();
     for (int64_t jr = 0; jr < a->nc; jr += NR) {
         const float *bpanel = a->bp + jr * a->kc;
         int nr = (int)(a->nc - jr < NR ? a->nc - jr : NR);
-        for (int64_t ir = 0; ir < mc; ir += MR) {
-            int mr = (int)(mc - ir < MR ? mc - ir : MR);
-            micro_kernel((int)a->kc, ap + ir * a->kc, bpanel, g->c + (i0 + ir) * g->ldc + a->n0 + jr, g->ldc, g->alpha,
-                         mr, nr);
+        for (int64_t ir = 0; ir < mc; ir += R) {
+            int mr = (int)(mc - ir < R ? mc - ir : R);
+            float *ct = g->c + (i0 + ir) * g->ldc + a->n0 + jr;
+#ifdef KERNEL_WIDE
+            if (R == MR_WIDE) {
+                micro_kernel_wide((int)a->kc, ap + ir * a->kc, bpanel, ct, g->ldc, g->alpha, mr, nr);
+                continue;
+            }
+#endif
+            micro_kernel((int)a->kc, ap + ir * a->kc, bpanel, ct, g->ldc, g->alpha, mr, nr);
         }
     }
 }
@@ -145,20 +218,17 @@ int gemm_fast(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
     int32_t tasks = (int32_t)((g->m + MC - 1) / MC);
     struct scale_args sa = {g};
     parallel_for(pool, tasks, scale_task, &sa);
-    for (int64_t n0 = 0; n0 < g->n; n0 += NC) {
-        int64_t nc = g->n - n0 < NC ? g->n - n0 : NC;
-        for (int64_t k0 = 0; k0 < g->k; k0 += KC) {
-            int64_t kc = g->k - k0 < KC ? g->k - k0 : KC;
-            /* pack op(B)[k0:k0+kc, n0:n0+nc] into NR-column panels, k-major, zero-padded */
-            for (int64_t jr = 0; jr < nc; jr += NR) {
-                float *dst = buf->b + jr * kc;
-                for (int64_t p = 0; p < kc; p++)
-                    for (int j = 0; j < NR; j++) {
-                        int64_t col = n0 + jr + j, row = k0 + p;
-                        dst[p * NR + j] = jr + j < nc ? (g->tb ? g->b[col * g->ldb + row] : g->b[row * g->ldb + col]) : 0.0f;
-                    }
-            }
-            struct fast_args fa = {g, k0, kc, n0, nc, buf->b, buf->a};
+    /* k blocks outermost: op(A) is packed once per k block (not once per n block), and every
+       element of C still accumulates its k blocks in increasing order */
+    for (int64_t k0 = 0; k0 < g->k; k0 += KC) {
+        int64_t kc = g->k - k0 < KC ? g->k - k0 : KC;
+        struct fast_args fa = {g, k0, kc, 0, 0, buf->b, buf->a, buf->b};
+        parallel_for(pool, tasks, pack_a_task, &fa);
+        for (int64_t n0 = 0; n0 < g->n; n0 += NC) {
+            fa.n0 = n0;
+            fa.nc = g->n - n0 < NC ? g->n - n0 : NC;
+            int64_t panels = (fa.nc + NR - 1) / NR;
+            parallel_for(pool, (int32_t)((panels + B_PANELS_PER_TASK - 1) / B_PANELS_PER_TASK), pack_b_task, &fa);
             parallel_for(pool, tasks, row_task, &fa);
         }
     }

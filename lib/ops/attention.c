@@ -9,6 +9,24 @@
 #include "../internal.h"
 #include "ops.h"
 
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("fp-contract=fast")
+#endif
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(__SANITIZE_THREAD__) /* TSan cannot run ifunc resolvers during relocation */
+#define ATT_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define ATT_CLONES
+#endif
+
+/*
+ * Layout of the work: one task per (sequence b, kv head g). The task transposes the keys (and,
+ * in backward, the values) of its kv head into a (hd, T) scratch, so that every inner loop
+ * below runs over contiguous key positions j and vectorises: a row of scores is
+ * sum_d q[d] * Kt[d][j0..i]; in backward, dKt[d][j] += q[d] ds[j] and dVt[d][j] += dout[d] p[j].
+ * Nothing of size T x T exists; a task's scratch is (4 hd + 4) T floats.
+ */
 struct att_args {
     float *out, *lse, *dq, *dk, *dv, *scratch;
     const float *q, *k, *v, *dout, *o, *lse_in;
@@ -16,63 +34,104 @@ struct att_args {
     int B, T, H, Hkv, hd;
 };
 
-static float dot(const float *a, const float *b, int n)
+size_t attention_scratch_floats(int B, int T, int Hkv, int hd)
 {
-    float s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    int i = 0;
-    for (; i + 4 <= n; i += 4) {
-        s0 += a[i] * b[i];
-        s1 += a[i + 1] * b[i + 1];
-        s2 += a[i + 2] * b[i + 2];
-        s3 += a[i + 3] * b[i + 3];
-    }
-    for (; i < n; i++)
-        s0 += a[i] * b[i];
-    return (s0 + s1) + (s2 + s3);
+    return (size_t)B * (size_t)Hkv * (4 * (size_t)hd + 4) * (size_t)T;
 }
 
-/* task = b * H + h */
+static float *task_scratch(const struct att_args *a, int32_t task)
+{
+    return a->scratch + (size_t)task * (4 * (size_t)a->hd + 4) * (size_t)a->T;
+}
+
+/* xt (hd, T) <- rows x[b*T + j][g*hd .. g*hd + hd) of a (B*T, stride) matrix */
+static void transpose_in(float *xt, const float *x, int64_t stride, int b, int g, int T, int hd)
+{
+    for (int j = 0; j < T; j++) {
+        const float *row = x + ((int64_t)b * T + j) * stride + (int64_t)g * hd;
+        for (int d = 0; d < hd; d++)
+            xt[(int64_t)d * T + j] = row[d];
+    }
+}
+
+/* s[j] = scale * sum_d q[d] xt[d][j] for j in [j0, j1) */
+ATT_CLONES static void scores(float *s, const float *q, const float *xt, int T, int hd, int j0, int j1, float scale)
+{
+    for (int j = j0; j < j1; j++)
+        s[j] = 0.0f;
+    for (int d = 0; d < hd; d++) {
+        const float *x = xt + (int64_t)d * T;
+        float qd = q[d];
+        for (int j = j0; j < j1; j++)
+            s[j] += qd * x[j];
+    }
+    for (int j = j0; j < j1; j++)
+        s[j] *= scale;
+}
+
+/* o[d] = sum_j w[j] x[j][d] over the rows of a (B*T, stride) matrix (x already offset) */
+ATT_CLONES static void weighted_rows(float *o, const float *w, const float *x, int64_t stride, int j0, int j1, int hd)
+{
+    for (int d = 0; d < hd; d++)
+        o[d] = 0.0f;
+    for (int j = j0; j < j1; j++) {
+        const float *xj = x + (int64_t)j * stride;
+        float wj = w[j];
+        for (int d = 0; d < hd; d++)
+            o[d] += wj * xj[d];
+    }
+}
+
+/* acc[d][j] += u[d] * w[j] for j in [j0, j1) */
+ATT_CLONES static void outer_add(float *acc, const float *u, const float *w, int T, int hd, int j0, int j1)
+{
+    for (int d = 0; d < hd; d++) {
+        float *r = acc + (int64_t)d * T;
+        float ud = u[d];
+        for (int j = j0; j < j1; j++)
+            r[j] += ud * w[j];
+    }
+}
+
+/* task = b * Hkv + g: every query head of kv head g */
 static void fwd_task(void *vp, int32_t task)
 {
     const struct att_args *a = vp;
-    int b = task / a->H, h = task % a->H, g = h / (a->H / a->Hkv), hd = a->hd, T = a->T;
+    int b = task / a->Hkv, g = task % a->Hkv, hd = a->hd, T = a->T, rep = a->H / a->Hkv;
     int64_t qs = (int64_t)a->H * hd, ks = (int64_t)a->Hkv * hd;
     float scale = 1.0f / sqrtf((float)hd);
-    float *p = a->scratch + (int64_t)task * T;
-    for (int i = 0; i < T; i++) {
-        const float *qi = a->q + ((int64_t)b * T + i) * qs + (int64_t)h * hd;
-        int j0 = a->pos ? i - a->pos[(int64_t)b * T + i] : 0;
-        float mx = -INFINITY;
-        for (int j = j0; j <= i; j++) {
-            p[j] = scale * dot(qi, a->k + ((int64_t)b * T + j) * ks + (int64_t)g * hd, hd);
-            mx = p[j] > mx ? p[j] : mx;
+    float *kt = task_scratch(a, task), *p = kt + (int64_t)hd * T;
+    transpose_in(kt, a->k, ks, b, g, T, hd);
+    const float *vb = a->v + (int64_t)b * T * ks + (int64_t)g * hd;
+    for (int h = g * rep; h < (g + 1) * rep; h++)
+        for (int i = 0; i < T; i++) {
+            const float *qi = a->q + ((int64_t)b * T + i) * qs + (int64_t)h * hd;
+            int j0 = a->pos ? i - a->pos[(int64_t)b * T + i] : 0;
+            scores(p, qi, kt, T, hd, j0, i + 1, scale);
+            float mx = -INFINITY;
+            for (int j = j0; j <= i; j++)
+                mx = p[j] > mx ? p[j] : mx;
+            float sum = 0;
+            for (int j = j0; j <= i; j++) {
+                p[j] = expf(p[j] - mx);
+                sum += p[j];
+            }
+            float inv = 1.0f / sum;
+            for (int j = j0; j <= i; j++)
+                p[j] *= inv;
+            weighted_rows(a->out + ((int64_t)b * T + i) * qs + (int64_t)h * hd, p, vb, ks, j0, i + 1, hd);
+            a->lse[((int64_t)b * a->H + h) * T + i] = mx + logf(sum);
         }
-        float sum = 0;
-        for (int j = j0; j <= i; j++) {
-            p[j] = expf(p[j] - mx);
-            sum += p[j];
-        }
-        float inv = 1.0f / sum;
-        float *oi = a->out + ((int64_t)b * T + i) * qs + (int64_t)h * hd;
-        memset(oi, 0, (size_t)hd * sizeof *oi);
-        for (int j = j0; j <= i; j++) {
-            const float *vj = a->v + ((int64_t)b * T + j) * ks + (int64_t)g * hd;
-            float w = p[j] * inv;
-            for (int d = 0; d < hd; d++)
-                oi[d] += w * vj[d];
-        }
-        a->lse[((int64_t)b * a->H + h) * T + i] = mx + logf(sum);
-    }
 }
 
-// out (B*T, H*hd), lse (B,H,T) <- q (B*T, H*hd), k, v (B*T, Hkv*hd); scratch (B,H,T)
+// out (B*T, H*hd), lse (B,H,T) <- q (B*T, H*hd), k, v (B*T, Hkv*hd); scratch: attention_scratch_floats
 void attention_forward(void *pool, float *out, float *lse, float *scratch, const float *q,
                        const float *k, const float *v, const int32_t *pos, int B, int T, int H,
                        int Hkv, int hd)
 {
     struct att_args a = {.out = out, .lse = lse, .scratch = scratch, .q = q, .k = k, .v = v, .pos = pos,
                          .B = B, .T = T, .H = H, .Hkv = Hkv, .hd = hd};
-    peft__pool_for(pool, B * H, fwd_task, &a);
+    peft__pool_for(pool, B * Hkv, fwd_task, &a);
 }
 
 /* task = b * Hkv + g: owns dk, dv of kv head g and dq of its query heads */
@@ -82,42 +141,46 @@ static void bwd_task(void *vp, int32_t task)
     int b = task / a->Hkv, g = task % a->Hkv, hd = a->hd, T = a->T, rep = a->H / a->Hkv;
     int64_t qs = (int64_t)a->H * hd, ks = (int64_t)a->Hkv * hd;
     float scale = 1.0f / sqrtf((float)hd);
-    for (int j = 0; j < T; j++) {
-        memset(a->dk + ((int64_t)b * T + j) * ks + (int64_t)g * hd, 0, (size_t)hd * sizeof(float));
-        memset(a->dv + ((int64_t)b * T + j) * ks + (int64_t)g * hd, 0, (size_t)hd * sizeof(float));
-    }
-    for (int h = g * rep; h < (g + 1) * rep; h++) {
+    float *kt = task_scratch(a, task), *vt = kt + (int64_t)hd * T, *dkt = vt + (int64_t)hd * T;
+    float *dvt = dkt + (int64_t)hd * T, *p = dvt + (int64_t)hd * T, *dp = p + T;
+    transpose_in(kt, a->k, ks, b, g, T, hd);
+    transpose_in(vt, a->v, ks, b, g, T, hd);
+    memset(dkt, 0, 2 * (size_t)hd * (size_t)T * sizeof *dkt);
+    for (int h = g * rep; h < (g + 1) * rep; h++)
         for (int i = 0; i < T; i++) {
             int64_t qo = ((int64_t)b * T + i) * qs + (int64_t)h * hd;
             const float *qi = a->q + qo, *doi = a->dout + qo, *oi = a->o + qo;
-            float *dqi = a->dq + qo;
             float lse = a->lse_in[((int64_t)b * a->H + h) * T + i];
-            float D = dot(doi, oi, hd);
-            memset(dqi, 0, (size_t)hd * sizeof *dqi);
+            float D = 0;
+            for (int d = 0; d < hd; d++)
+                D += doi[d] * oi[d];
             int j0 = a->pos ? i - a->pos[(int64_t)b * T + i] : 0;
-            for (int j = j0; j <= i; j++) {
-                int64_t ko = ((int64_t)b * T + j) * ks + (int64_t)g * hd;
-                const float *kj = a->k + ko, *vj = a->v + ko;
-                float p = expf(scale * dot(qi, kj, hd) - lse);
-                float dp = dot(doi, vj, hd);
-                float ds = p * (dp - D) * scale;
-                float *dkj = a->dk + ko, *dvj = a->dv + ko;
-                for (int d = 0; d < hd; d++) {
-                    dvj[d] += p * doi[d];
-                    dqi[d] += ds * kj[d];
-                    dkj[d] += ds * qi[d];
-                }
-            }
+            scores(p, qi, kt, T, hd, j0, i + 1, scale);
+            for (int j = j0; j <= i; j++)
+                p[j] = expf(p[j] - lse);
+            scores(dp, doi, vt, T, hd, j0, i + 1, 1.0f);
+            for (int j = j0; j <= i; j++)
+                dp[j] = p[j] * (dp[j] - D) * scale; /* ds */
+            weighted_rows(a->dq + qo, dp, a->k + (int64_t)b * T * ks + (int64_t)g * hd, ks, j0, i + 1, hd);
+            outer_add(dkt, qi, dp, T, hd, j0, i + 1);
+            outer_add(dvt, doi, p, T, hd, j0, i + 1);
+        }
+    for (int j = 0; j < T; j++) {
+        float *dkj = a->dk + ((int64_t)b * T + j) * ks + (int64_t)g * hd;
+        float *dvj = a->dv + ((int64_t)b * T + j) * ks + (int64_t)g * hd;
+        for (int d = 0; d < hd; d++) {
+            dkj[d] = dkt[(int64_t)d * T + j];
+            dvj[d] = dvt[(int64_t)d * T + j];
         }
     }
 }
 
-void attention_backward(void *pool, float *dq, float *dk, float *dv, const float *dout,
+void attention_backward(void *pool, float *dq, float *dk, float *dv, float *scratch, const float *dout,
                         const float *q, const float *k, const float *v, const float *out,
                         const float *lse, const int32_t *pos, int B, int T, int H, int Hkv,
                         int hd)
 {
-    struct att_args a = {.dq = dq, .dk = dk, .dv = dv, .dout = dout, .q = q, .k = k, .v = v, .pos = pos,
-                         .o = out, .lse_in = lse, .B = B, .T = T, .H = H, .Hkv = Hkv, .hd = hd};
+    struct att_args a = {.dq = dq, .dk = dk, .dv = dv, .scratch = scratch, .dout = dout, .q = q, .k = k, .v = v,
+                         .pos = pos, .o = out, .lse_in = lse, .B = B, .T = T, .H = H, .Hkv = Hkv, .hd = hd};
     peft__pool_for(pool, B * Hkv, bwd_task, &a);
 }

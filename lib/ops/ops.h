@@ -33,12 +33,14 @@ void rope_at(float *x, int n_heads, int hd, int pos, float theta);
 
 /* Causal GQA attention, scale 1/sqrt(hd). Query row i of a sequence attends to rows
    i - pos[i] .. i (its own document when sequences are packed; pos NULL: 0 .. i).
-   out (B*T, H*hd), lse (B,H,T) <- q (B*T, H*hd), k, v (B*T, Hkv*hd); scratch (B,H,T) */
+   out (B*T, H*hd), lse (B,H,T) <- q (B*T, H*hd), k, v (B*T, Hkv*hd);
+   scratch: attention_scratch_floats(B, T, Hkv, hd) floats (also for the backward) */
+size_t attention_scratch_floats(int B, int T, int Hkv, int hd);
 void attention_forward(void *pool, float *out, float *lse, float *scratch, const float *q,
                        const float *k, const float *v, const int32_t *pos, int B, int T, int H,
                        int Hkv, int hd);
 /* dq, dk, dv are overwritten (not accumulated); scores are recomputed from lse. */
-void attention_backward(void *pool, float *dq, float *dk, float *dv, const float *dout,
+void attention_backward(void *pool, float *dq, float *dk, float *dv, float *scratch, const float *dout,
                         const float *q, const float *k, const float *v, const float *out,
                         const float *lse, const int32_t *pos, int B, int T, int H, int Hkv,
                         int hd);
