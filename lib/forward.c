@@ -387,8 +387,9 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
     /* loss (and d logits -> d xnf) in row chunks: the N x V logits never exist at once */
     double sum = 0;
     struct xent_args xa = {ws->logits, NULL, NULL, V, train};
-    for (int64_t r0 = 0; r0 < N; r0 += XENT_CHUNK) {
-        int64_t rows = N - r0 < XENT_CHUNK ? N - r0 : XENT_CHUNK;
+    int64_t chunk = peft__xent_chunk(N, V);
+    for (int64_t r0 = 0; r0 < N; r0 += chunk) {
+        int64_t rows = N - r0 < chunk ? N - r0 : chunk;
         peft__gemm(m, 0, 1, rows, V, D, 1.0f, ws->xnf + r0 * D, D, m->lm_head, D, 0.0f, ws->logits, V);
         xa.row_loss = ws->row_loss + r0;
         xa.labels = ws->labels + r0;

@@ -160,6 +160,14 @@ void peft__workspace_free(workspace *ws);
 int peft__workspace_ensure(peft_model *m, int B, int T, int train);
 void peft__lora_free(lora_state *l);
 
-#define XENT_CHUNK 64
+/* Rows of logits computed at once: as many as fit about 16M floats (64 MiB), at least 64, so
+   that the frozen lm_head is streamed (and packed by the GEMM) a few times per step, not once
+   per 64 rows. */
+static inline int64_t peft__xent_chunk(int64_t rows, int64_t vocab)
+{
+    int64_t c = ((int64_t)16 << 20) / (vocab > 0 ? vocab : 1);
+    c = c < 64 ? 64 : c;
+    return c < rows ? c : rows;
+}
 
 #endif

@@ -94,7 +94,7 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
     want(&p, &ws->act, N * F);
     want(&p, &ws->att_scratch, attention_scratch_floats(B, T, c->n_kv_heads, c->head_dim));
     want(&p, &ws->tmp, N * max3(D, Hq, F));
-    want(&p, &ws->logits, (size_t)XENT_CHUNK * (size_t)c->vocab);
+    want(&p, &ws->logits, (size_t)peft__xent_chunk((int64_t)N, c->vocab) * (size_t)c->vocab);
     want(&p, &ws->row_loss, N);
     want(&p, &ws->rope_cos, (size_t)T * (size_t)c->head_dim / 2);
     want(&p, &ws->rope_sin, (size_t)T * (size_t)c->head_dim / 2);

@@ -54,8 +54,9 @@ typedef float v16 __attribute__((vector_size(64), aligned(4)));
     }                                                                                              \
     if (nr == NR) {                                                                                \
         for (int i = 0; i < mr; i++) {                                                             \
-            v16 ci;                                                                                \
-            memcpy(&ci, c + (int64_t)i * ldc, sizeof ci);                                          \
+            v16 ci = (v16){0};                                                                     \
+            if (!store)                                                                            \
+                memcpy(&ci, c + (int64_t)i * ldc, sizeof ci);                                      \
             ci += alpha * acc[i];                                                                  \
             memcpy(c + (int64_t)i * ldc, &ci, sizeof ci);                                          \
         }                                                                                          \
@@ -66,12 +67,12 @@ typedef float v16 __attribute__((vector_size(64), aligned(4)));
         float t[NR];                                                                               \
         memcpy(t, &acc[i], sizeof t);                                                              \
         for (int j = 0; j < nr; j++)                                                               \
-            ci[j] += alpha * t[j];                                                                 \
+            ci[j] = (store ? 0.0f : ci[j]) + alpha * t[j];                                         \
     }
 
 KERNEL_CLONES
 static void micro_kernel(int kc, const float *a, const float *b, float *c, int64_t ldc, float alpha, int mr,
-                         int nr)
+                         int nr, int store)
 {
     MICRO_KERNEL_BODY(MR)
 }
@@ -80,7 +81,7 @@ static void micro_kernel(int kc, const float *a, const float *b, float *c, int64
 /* AVX-512 has 32 vector registers: a 16 x 16 tile keeps 16 independent accumulators in flight
    (the 8-row tile's 8 leave the two FMA pipes waiting on latency) */
 __attribute__((target("avx512f"))) static void micro_kernel_wide(int kc, const float *a, const float *b, float *c,
-                                                                 int64_t ldc, float alpha, int mr, int nr)
+                                                                 int64_t ldc, float alpha, int mr, int nr, int store)
 {
     MICRO_KERNEL_BODY(MR_WIDE)
 }
@@ -116,11 +117,24 @@ static void pack_a_task(void *vp, int32_t task)
     int R = panel_rows();
     for (int64_t ir = 0; ir < mc; ir += R) {
         float *dst = ap + ir * a->kc;
-        for (int64_t p = 0; p < a->kc; p++)
-            for (int i = 0; i < R; i++) {
-                int64_t row = i0 + ir + i, col = a->k0 + p;
-                dst[p * R + i] = ir + i < mc ? (g->ta ? g->a[col * g->lda + row] : g->a[row * g->lda + col]) : 0.0f;
+        if (g->ta) { /* op(A) rows are columns of A: read along p-rows of A */
+            for (int64_t p = 0; p < a->kc; p++) {
+                const float *src = g->a + (a->k0 + p) * g->lda + i0 + ir;
+                for (int i = 0; i < R; i++)
+                    dst[p * R + i] = ir + i < mc ? src[i] : 0.0f;
             }
+        } else { /* read each row of A contiguously */
+            for (int i = 0; i < R; i++) {
+                if (ir + i >= mc) {
+                    for (int64_t p = 0; p < a->kc; p++)
+                        dst[p * R + i] = 0.0f;
+                    continue;
+                }
+                const float *src = g->a + (i0 + ir + i) * g->lda + a->k0;
+                for (int64_t p = 0; p < a->kc; p++)
+                    dst[p * R + i] = src[p];
+            }
+        }
     }
 }
 
@@ -137,11 +151,24 @@ static void pack_b_task(void *vp, int32_t task)
         j_end = a->nc;
     for (int64_t jr = (int64_t)task * B_PANELS_PER_TASK * NR; jr < j_end; jr += NR) {
         float *dst = a->bp_out + jr * a->kc;
-        for (int64_t p = 0; p < a->kc; p++)
+        if (g->tb) { /* op(B) columns are rows of B: read each contiguously */
             for (int j = 0; j < NR; j++) {
-                int64_t col = a->n0 + jr + j, row = a->k0 + p;
-                dst[p * NR + j] = jr + j < a->nc ? (g->tb ? g->b[col * g->ldb + row] : g->b[row * g->ldb + col]) : 0.0f;
+                if (jr + j >= a->nc) {
+                    for (int64_t p = 0; p < a->kc; p++)
+                        dst[p * NR + j] = 0.0f;
+                    continue;
+                }
+                const float *src = g->b + (a->n0 + jr + j) * g->ldb + a->k0;
+                for (int64_t p = 0; p < a->kc; p++)
+                    dst[p * NR + j] = src[p];
             }
+        } else {
+            for (int64_t p = 0; p < a->kc; p++) {
+                const float *src = g->b + (a->k0 + p) * g->ldb + a->n0 + jr;
+                for (int j = 0; j < NR; j++)
+                    dst[p * NR + j] = jr + j < a->nc ? src[j] : 0.0f;
+            }
+        }
     }
 }
 
@@ -152,6 +179,7 @@ static void row_task(void *vp, int32_t task)
     int64_t i0 = (int64_t)task * MC, mc = g->m - i0 < MC ? g->m - i0 : MC;
     const float *ap = a->ap_all + (int64_t)task * MC * KC;
     int R = panel_rows();
+    int store = a->k0 == 0 && g->beta == 0.0f; /* the first k block writes C instead of adding */
     for (int64_t jr = 0; jr < a->nc; jr += NR) {
         const float *bpanel = a->bp + jr * a->kc;
         int nr = (int)(a->nc - jr < NR ? a->nc - jr : NR);
@@ -160,11 +188,11 @@ static void row_task(void *vp, int32_t task)
             float *ct = g->c + (i0 + ir) * g->ldc + a->n0 + jr;
 #ifdef KERNEL_WIDE
             if (R == MR_WIDE) {
-                micro_kernel_wide((int)a->kc, ap + ir * a->kc, bpanel, ct, g->ldc, g->alpha, mr, nr);
+                micro_kernel_wide((int)a->kc, ap + ir * a->kc, bpanel, ct, g->ldc, g->alpha, mr, nr, store);
                 continue;
             }
 #endif
-            micro_kernel((int)a->kc, ap + ir * a->kc, bpanel, ct, g->ldc, g->alpha, mr, nr);
+            micro_kernel((int)a->kc, ap + ir * a->kc, bpanel, ct, g->ldc, g->alpha, mr, nr, store);
         }
     }
 }
@@ -179,9 +207,7 @@ static void scale_task(void *vp, int32_t task)
     int64_t i0 = (int64_t)task * MC, i1 = i0 + MC < g->m ? i0 + MC : g->m;
     for (int64_t i = i0; i < i1; i++) {
         float *c = g->c + i * g->ldc;
-        if (g->beta == 0.0f)
-            memset(c, 0, (size_t)g->n * sizeof *c);
-        else if (g->beta != 1.0f)
+        if (g->beta != 0.0f && g->beta != 1.0f) /* beta 0: the first k block stores */
             for (int64_t j = 0; j < g->n; j++)
                 c[j] *= g->beta;
     }
@@ -217,7 +243,8 @@ int gemm_fast(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
         return -1;
     int32_t tasks = (int32_t)((g->m + MC - 1) / MC);
     struct scale_args sa = {g};
-    parallel_for(pool, tasks, scale_task, &sa);
+    if (g->beta != 0.0f && g->beta != 1.0f)
+        parallel_for(pool, tasks, scale_task, &sa);
     /* k blocks outermost: op(A) is packed once per k block (not once per n block), and every
        element of C still accumulates its k blocks in increasing order */
     for (int64_t k0 = 0; k0 < g->k; k0 += KC) {
