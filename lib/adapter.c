@@ -129,13 +129,29 @@ static void jw_pattern(struct jw *w, const char *pat, int integer)
 #define EMBED_A_KEY "base_model.model.model.embed_tokens.lora_embedding_A"
 #define EMBED_B_KEY "base_model.model.model.embed_tokens.lora_embedding_B"
 
+/* layers_to_transform: null when every layer is adapted, else the list */
+static void jw_layers(struct jw *w, const lora_state *l, int n_layers)
+{
+    int all = 1, first = 1;
+    for (int i = 0; i < n_layers; i++)
+        all &= l->layer_on[i];
+    if (all) {
+        jw_put(w, "null");
+        return;
+    }
+    jw_put(w, "[");
+    for (int i = 0; i < n_layers; i++)
+        if (l->layer_on[i]) {
+            jw_put(w, "%s\n    %d", first ? "" : ",", i);
+            first = 0;
+        }
+    jw_put(w, "\n  ]");
+}
+
 static int write_config(const peft_model *m, const char *path, const char *base_name)
 {
     const lora_state *l = m->lora;
     struct jw w = {0};
-    int all_layers = 1;
-    for (int i = 0; i < m->cfg.n_layers; i++)
-        all_layers &= l->layer_on[i];
     jw_put(&w, "{\n  \"alpha_pattern\": ");
     jw_pattern(&w, l->alpha_pattern, 0);
     jw_put(&w, ",\n  \"base_model_name_or_path\": ");
@@ -143,18 +159,7 @@ static int write_config(const peft_model *m, const char *path, const char *base_
     jw_put(&w, ",\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"inference_mode\": true,\n");
     jw_put(&w, "  \"init_lora_weights\": %s,\n", l->init == PEFT_INIT_GAUSSIAN ? "\"gaussian\"" : "true");
     jw_put(&w, "  \"layers_pattern\": null,\n  \"layers_to_transform\": ");
-    if (all_layers) {
-        jw_put(&w, "null");
-    } else {
-        jw_put(&w, "[");
-        int first = 1;
-        for (int i = 0; i < m->cfg.n_layers; i++)
-            if (l->layer_on[i]) {
-                jw_put(&w, "%s\n    %d", first ? "" : ",", i);
-                first = 0;
-            }
-        jw_put(&w, "\n  ]");
-    }
+    jw_layers(&w, l, m->cfg.n_layers);
     jw_put(&w, ",\n  \"lora_alpha\": ");
     jw_number(&w, l->alpha);
     jw_put(&w, ",\n  \"lora_dropout\": ");
@@ -411,7 +416,7 @@ static int save_vera(peft_model *m, const char *st_path, const char *cfg_path, c
     st_out_tensor *ts = calloc(nt, sizeof *ts);
     char *names = calloc(nt, 128);
     struct jw w = {0};
-    int code, all_layers = 1, first = 1;
+    int code, first = 1;
     if (!ts || !names) {
         free(ts);
         free(names);
@@ -430,25 +435,13 @@ static int save_vera(peft_model *m, const char *st_path, const char *cfg_path, c
     }
     ts[nt - 2] = (st_out_tensor){.name = VERA_A_KEY, .n_dims = 2, .shape = {l->rank, l->vera_in}, .data = l->vera_A};
     ts[nt - 1] = (st_out_tensor){.name = VERA_B_KEY, .n_dims = 2, .shape = {l->vera_out, l->rank}, .data = l->vera_B};
-    for (int i = 0; i < m->cfg.n_layers; i++)
-        all_layers &= l->layer_on[i];
     jw_put(&w, "{\n  \"base_model_name_or_path\": ");
     jw_str(&w, base_name);
     jw_put(&w, ",\n  \"bias\": \"none\",\n  \"d_initial\": ");
     jw_float(&w, l->vera_d_initial);
     jw_put(&w, ",\n  \"fan_in_fan_out\": false,\n  \"inference_mode\": true,\n  \"init_weights\": true,\n"
                "  \"layers_pattern\": null,\n  \"layers_to_transform\": ");
-    if (all_layers) {
-        jw_put(&w, "null");
-    } else {
-        jw_put(&w, "[");
-        for (int i = 0; i < m->cfg.n_layers; i++)
-            if (l->layer_on[i]) {
-                jw_put(&w, "%s\n    %d", first ? "" : ",", i);
-                first = 0;
-            }
-        jw_put(&w, "\n  ]");
-    }
+    jw_layers(&w, l, m->cfg.n_layers);
     jw_put(&w, ",\n  \"modules_to_save\": null,\n  \"peft_type\": \"VERA\",\n  \"projection_prng_key\": %llu,\n"
                "  \"r\": %d,\n  \"revision\": null,\n  \"save_projection\": true,\n  \"target_modules\": [",
            (unsigned long long)l->seed, l->rank);
@@ -569,7 +562,7 @@ static int save_loha(peft_model *m, const char *st_path, const char *cfg_path, c
     st_out_tensor *ts = calloc(nt, sizeof *ts);
     char *names = calloc(nt, 128);
     struct jw w = {0};
-    int code, all_layers = 1, first = 1;
+    int code, first = 1;
     if (!ts || !names) {
         free(ts);
         free(names);
@@ -586,8 +579,6 @@ static int save_loha(peft_model *m, const char *st_path, const char *cfg_path, c
             loha_shape(md, t, &o->shape[0], &o->shape[1], &off);
             o->data = l->params + md->off_a + off;
         }
-    for (int i = 0; i < m->cfg.n_layers; i++)
-        all_layers &= l->layer_on[i];
     jw_put(&w, "{\n  \"alpha\": ");
     jw_number(&w, l->alpha);
     jw_put(&w, ",\n  \"alpha_pattern\": ");
@@ -596,17 +587,7 @@ static int save_loha(peft_model *m, const char *st_path, const char *cfg_path, c
     jw_str(&w, base_name);
     jw_put(&w, ",\n  \"inference_mode\": true,\n  \"init_weights\": true,\n  \"layers_pattern\": null,\n"
                "  \"layers_to_transform\": ");
-    if (all_layers) {
-        jw_put(&w, "null");
-    } else {
-        jw_put(&w, "[");
-        for (int i = 0; i < m->cfg.n_layers; i++)
-            if (l->layer_on[i]) {
-                jw_put(&w, "%s\n    %d", first ? "" : ",", i);
-                first = 0;
-            }
-        jw_put(&w, "\n  ]");
-    }
+    jw_layers(&w, l, m->cfg.n_layers);
     jw_put(&w, ",\n  \"module_dropout\": 0.0,\n  \"modules_to_save\": null,\n  \"peft_type\": \"LOHA\",\n"
                "  \"r\": %d,\n  \"rank_dropout\": 0.0,\n  \"rank_pattern\": ",
            l->rank);

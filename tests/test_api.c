@@ -882,6 +882,31 @@ TEST(checkpoint_torn_is_refused)
     peft_model_close(&m);
 }
 
+/* With the adapter attached (eval loss `with`): a session's logits equal the merged model's,
+   unmerging restores the loss exactly, and the merged export reopens with the same loss. */
+static void merge_session_export(peft_model *m, const int32_t *tok, double with)
+{
+    peft_session *s;
+    float l1[48], l2[48];
+    CHECK_OK(peft_session_create(&s, m, 8));
+    CHECK_OK(peft_session_feed(s, tok, 8, l1));
+    CHECK_OK(peft_merge_adapter(m));
+    CHECK_CLOSE(eval_loss(m), with, 1e-5);
+    CHECK_OK(peft_session_reset(s));
+    CHECK_OK(peft_session_feed(s, tok, 8, l2));
+    for (int i = 0; i < 48; i++)
+        CHECK_CLOSE(l1[i], l2[i], 1e-4);
+    CHECK_OK(peft_unmerge_adapter(m));
+    CHECK(eval_loss(m) == with);
+    peft_session_free(&s);
+    char *dm = mktmp();
+    CHECK_OK(peft_save_merged(m, dm));
+    peft_model *mm;
+    CHECK_OK(peft_model_open(&mm, dm, NULL));
+    CHECK_CLOSE(eval_loss(mm), with, 1e-5);
+    peft_model_close(&mm);
+}
+
 TEST(embed_lora_lifecycle)
 {
     peft_model *m = open_tiny(2), *base = open_tiny(1);
@@ -942,27 +967,8 @@ TEST(embed_lora_lifecycle)
     CHECK_OK(peft_load_adapter(m2, d));
     CHECK(eval_loss(m2) == with);
     peft_model_close(&m2);
-    /* sessions apply it too: merged and unmerged logits agree */
-    peft_session *s;
-    float l1[48], l2[48];
-    CHECK_OK(peft_session_create(&s, m, 8));
-    CHECK_OK(peft_session_feed(s, tok, 8, l1));
-    CHECK_OK(peft_merge_adapter(m));
-    CHECK_CLOSE(eval_loss(m), with, 1e-5);
-    CHECK_OK(peft_session_reset(s));
-    CHECK_OK(peft_session_feed(s, tok, 8, l2));
-    for (int i = 0; i < V && i < 48; i++)
-        CHECK_CLOSE(l1[i], l2[i], 1e-4);
-    CHECK_OK(peft_unmerge_adapter(m));
-    CHECK(eval_loss(m) == with);
-    peft_session_free(&s);
-    /* the merged export (the tiny model is untied) */
-    char *dm = mktmp();
-    CHECK_OK(peft_save_merged(m, dm));
-    peft_model *mm;
-    CHECK_OK(peft_model_open(&mm, dm, NULL));
-    CHECK_CLOSE(eval_loss(mm), with, 1e-5);
-    peft_model_close(&mm);
+    /* sessions apply it too; the merged export (the tiny model is untied) */
+    merge_session_export(m, tok, with);
     /* not expressible: GGUF export, DoRA on the embeddings, a layer subset (PEFT would drop it) */
     char gp[128];
     snprintf(gp, sizeof gp, "%s/a.gguf", d);
@@ -1018,25 +1024,7 @@ TEST(vera_lifecycle)
     CHECK_OK(peft_load_adapter(m2, d)); /* onto the same layout: the weights only */
     peft_model_close(&m2);
     /* merge, sessions, export */
-    peft_session *s;
-    float l1[48], l2[48];
-    CHECK_OK(peft_session_create(&s, m, 8));
-    CHECK_OK(peft_session_feed(s, tok, 8, l1));
-    CHECK_OK(peft_merge_adapter(m));
-    CHECK_CLOSE(eval_loss(m), with, 1e-5);
-    CHECK_OK(peft_session_reset(s));
-    CHECK_OK(peft_session_feed(s, tok, 8, l2));
-    for (int i = 0; i < 48; i++)
-        CHECK_CLOSE(l1[i], l2[i], 1e-4);
-    CHECK_OK(peft_unmerge_adapter(m));
-    CHECK(eval_loss(m) == with);
-    peft_session_free(&s);
-    char *dm = mktmp();
-    CHECK_OK(peft_save_merged(m, dm));
-    peft_model *mm;
-    CHECK_OK(peft_model_open(&mm, dm, NULL));
-    CHECK_CLOSE(eval_loss(mm), with, 1e-5);
-    peft_model_close(&mm);
+    merge_session_export(m, tok, with);
     char gp[128];
     snprintf(gp, sizeof gp, "%s/a.gguf", d);
     CHECK(peft_save_adapter_gguf(m, gp, NULL) != PEFT_OK);
@@ -1090,25 +1078,7 @@ TEST(loha_lifecycle)
     CHECK_OK(peft_load_adapter(m2, d));
     CHECK(eval_loss(m2) == with);
     peft_model_close(&m2);
-    peft_session *s;
-    float l1[48], l2[48];
-    CHECK_OK(peft_session_create(&s, m, 8));
-    CHECK_OK(peft_session_feed(s, tok, 8, l1));
-    CHECK_OK(peft_merge_adapter(m));
-    CHECK_CLOSE(eval_loss(m), with, 1e-5);
-    CHECK_OK(peft_session_reset(s));
-    CHECK_OK(peft_session_feed(s, tok, 8, l2));
-    for (int i = 0; i < 48; i++)
-        CHECK_CLOSE(l1[i], l2[i], 1e-4);
-    CHECK_OK(peft_unmerge_adapter(m));
-    CHECK(eval_loss(m) == with);
-    peft_session_free(&s);
-    char *dm = mktmp();
-    CHECK_OK(peft_save_merged(m, dm));
-    peft_model *mm;
-    CHECK_OK(peft_model_open(&mm, dm, NULL));
-    CHECK_CLOSE(eval_loss(mm), with, 1e-5);
-    peft_model_close(&mm);
+    merge_session_export(m, tok, with);
     /* what LoHa does not combine with */
     o.use_dora = 1;
     CHECK(peft_count_lora(&n_count, m, &o) == PEFT_EUNSUPPORTED);

@@ -31,6 +31,25 @@ static double jnum(const json_doc *d, const char *k)
     return v && v->type == JSON_NUMBER ? v->number : NAN;
 }
 
+/* If the reference has `key`: compare it with x[*off ...] * xscale, update the worst relative
+   error and advance *off past it. */
+static void compare_tensor(st_file *ref, const char *key, const float *x, double xscale, size_t *off, double *worst)
+{
+    const st_tensor *t = st_find(ref, key);
+    if (!t)
+        return;
+    float *r = malloc(t->n_elems * sizeof *r);
+    st_read_f32(ref, t, r, t->n_elems);
+    double mx = 0, err = 0;
+    for (uint64_t i = 0; i < t->n_elems; i++) {
+        mx = fmax(mx, fabs(r[i]));
+        err = fmax(err, fabs(x[*off + i] * xscale - r[i]));
+    }
+    *worst = fmax(*worst, err / fmax(mx, 1e-12));
+    *off += t->n_elems;
+    free(r);
+}
+
 /* Compare a flat parameter/gradient block with a safetensors file of PEFT keys, in the
    library's parameter order (that of the saved adapter: modules sorted by layer, kind). */
 static double max_rel_err(const float *x, double xscale, const char *st_path, const char *adapter_st)
@@ -60,36 +79,13 @@ static double max_rel_err(const float *x, double xscale, const char *st_path, co
                 else
                     snprintf(key, sizeof key, "base_model.model.model.layers.%d.%s.lora_%c.weight", l, kinds[k],
                              b ? 'B' : 'A');
-                const st_tensor *t = st_find(ref, key);
-                if (!t)
-                    continue;
-                float *r = malloc(t->n_elems * sizeof *r);
-                st_read_f32(ref, t, r, t->n_elems);
-                double mx = 0, err = 0;
-                for (uint64_t i = 0; i < t->n_elems; i++) {
-                    mx = fmax(mx, fabs(r[i]));
-                    err = fmax(err, fabs(x[off + i] * xscale - r[i]));
-                }
-                worst = fmax(worst, err / fmax(mx, 1e-12));
-                off += t->n_elems;
-                free(r);
+                compare_tensor(ref, key, x, xscale, &off, &worst);
             }
     /* the embedding adapter follows the linear modules: A (r, vocab), then B (dim, r) */
     for (int b = 0; b < 2; b++) {
-        const st_tensor *t = st_find(ref, b ? "base_model.model.model.embed_tokens.lora_embedding_B"
-                                            : "base_model.model.model.embed_tokens.lora_embedding_A");
-        if (!t)
-            continue;
-        float *r = malloc(t->n_elems * sizeof *r);
-        st_read_f32(ref, t, r, t->n_elems);
-        double mx = 0, err = 0;
-        for (uint64_t i = 0; i < t->n_elems; i++) {
-            mx = fmax(mx, fabs(r[i]));
-            err = fmax(err, fabs(x[off + i] * xscale - r[i]));
-        }
-        worst = fmax(worst, err / fmax(mx, 1e-12));
-        off += t->n_elems;
-        free(r);
+        compare_tensor(ref, b ? "base_model.model.model.embed_tokens.lora_embedding_B"
+                              : "base_model.model.model.embed_tokens.lora_embedding_A",
+                       x, xscale, &off, &worst);
     }
     /* LN tuning: per layer input then post-attention norm, then the final norm */
     for (int l = 0; l <= 64; l++)
@@ -102,19 +98,7 @@ static double max_rel_err(const float *x, double xscale, const char *st_path, co
             else
                 snprintf(key, sizeof key, "base_model.model.model.layers.%d.%s.ln_tuning_layers.weight", l,
                          w ? "post_attention_layernorm" : "input_layernorm");
-            const st_tensor *t = st_find(ref, key);
-            if (!t)
-                continue;
-            float *r = malloc(t->n_elems * sizeof *r);
-            st_read_f32(ref, t, r, t->n_elems);
-            double mx = 0, err = 0;
-            for (uint64_t i = 0; i < t->n_elems; i++) {
-                mx = fmax(mx, fabs(r[i]));
-                err = fmax(err, fabs(x[off + i] * xscale - r[i]));
-            }
-            worst = fmax(worst, err / fmax(mx, 1e-12));
-            off += t->n_elems;
-            free(r);
+            compare_tensor(ref, key, x, xscale, &off, &worst);
         }
     st_close(ref);
     st_close(layout);
