@@ -536,31 +536,60 @@ static int load_vera(peft_model *m, const char *dir, const json_value *root, con
     return keep_or_restore(m, saved, code);
 }
 
-/* ---- LoHa (PEFT LOHA) ---- */
+/* ---- LoHa (PEFT LOHA) and LoKr (PEFT LOKR): factor tensors of one module ---- */
 
-static const char *const loha_names[4] = {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"};
-
-static void loha_key(char *buf, size_t n, const lora_module *md, int t)
+/* Tensor t of module md (t < the count returned for t = -1): its name, shape and offset from
+   the module's block. Returns the number of tensors of the module. */
+static int factor_tensor(const lora_state *l, const lora_module *md, int t, char *name, size_t cap, int64_t *d0,
+                         int64_t *d1, size_t *off)
 {
-    snprintf(buf, n, "base_model.model.model.layers.%d.%s.%s.%s", md->layer, peft__module_parents[md->kind],
-             peft__module_names[md->kind], loha_names[t]);
-}
-
-/* (rows, cols) of factor t and its offset from the module's block */
-static void loha_shape(const lora_module *md, int t, int64_t *d0, int64_t *d1, size_t *off)
-{
+    static const char *const hada[4] = {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"};
     int64_t r = md->r, in = md->in, out = md->out;
-    *d0 = t % 2 ? r : out;
-    *d1 = t % 2 ? in : r;
-    *off = (size_t)((t >= 1 ? out * r : 0) + (t >= 2 ? r * in : 0) + (t >= 3 ? out * r : 0));
+    const char *suffix;
+    int count;
+    if (l->method == PEFT_METHOD_LOHA) {
+        count = 4;
+        if (t < 0)
+            return count;
+        suffix = hada[t];
+        *d0 = t % 2 ? r : out;
+        *d1 = t % 2 ? in : r;
+        *off = (size_t)((t >= 1 ? out * r : 0) + (t >= 2 ? r * in : 0) + (t >= 3 ? out * r : 0));
+    } else {
+        lokr_dims d;
+        peft__lokr_dims(&d, md->in, md->out, md->r);
+        count = d.full ? 2 : 3;
+        if (t < 0)
+            return count;
+        size_t n1 = (size_t)d.l * (size_t)d.m;
+        if (t == 0) {
+            suffix = "lokr_w1";
+            *d0 = d.l, *d1 = d.m, *off = 0;
+        } else if (d.full) {
+            suffix = "lokr_w2";
+            *d0 = d.k, *d1 = d.n, *off = n1;
+        } else if (t == 1) {
+            suffix = "lokr_w2_a";
+            *d0 = d.k, *d1 = r, *off = n1;
+        } else {
+            suffix = "lokr_w2_b";
+            *d0 = r, *d1 = d.n, *off = n1 + (size_t)(d.k * r);
+        }
+    }
+    snprintf(name, cap, "base_model.model.model.layers.%d.%s.%s.%s", md->layer, peft__module_parents[md->kind],
+             peft__module_names[md->kind], suffix);
+    return count;
 }
 
 static int save_loha(peft_model *m, const char *st_path, const char *cfg_path, const char *base_name)
 {
     const lora_state *l = m->lora;
-    size_t nt = (size_t)l->n_modules * 4;
-    st_out_tensor *ts = calloc(nt, sizeof *ts);
-    char *names = calloc(nt, 128);
+    int lokr = l->method == PEFT_METHOD_LOKR;
+    size_t nt = 0;
+    for (int i = 0; i < l->n_modules; i++)
+        nt += (size_t)factor_tensor(l, &l->mods[i], -1, NULL, 0, NULL, NULL, NULL);
+    st_out_tensor *ts = calloc(nt ? nt : 1, sizeof *ts);
+    char *names = calloc(nt ? nt : 1, 128);
     struct jw w = {0};
     int code, first = 1;
     if (!ts || !names) {
@@ -568,29 +597,33 @@ static int save_loha(peft_model *m, const char *st_path, const char *cfg_path, c
         free(names);
         return peft__fail(PEFT_ENOMEM, "out of memory");
     }
-    for (int i = 0; i < l->n_modules; i++)
-        for (int t = 0; t < 4; t++) {
-            const lora_module *md = &l->mods[i];
-            st_out_tensor *o = &ts[4 * i + t];
+    size_t kt = 0;
+    for (int i = 0; i < l->n_modules; i++) {
+        const lora_module *md = &l->mods[i];
+        int cnt = factor_tensor(l, md, -1, NULL, 0, NULL, NULL, NULL);
+        for (int t = 0; t < cnt; t++, kt++) {
+            st_out_tensor *o = &ts[kt];
             size_t off;
-            loha_key(names + (size_t)(4 * i + t) * 128, 128, md, t);
-            o->name = names + (size_t)(4 * i + t) * 128;
+            factor_tensor(l, md, t, names + kt * 128, 128, &o->shape[0], &o->shape[1], &off);
+            o->name = names + kt * 128;
             o->n_dims = 2;
-            loha_shape(md, t, &o->shape[0], &o->shape[1], &off);
             o->data = l->params + md->off_a + off;
         }
+    }
     jw_put(&w, "{\n  \"alpha\": ");
     jw_number(&w, l->alpha);
     jw_put(&w, ",\n  \"alpha_pattern\": ");
     jw_pattern(&w, l->alpha_pattern, 0);
     jw_put(&w, ",\n  \"base_model_name_or_path\": ");
     jw_str(&w, base_name);
+    if (lokr)
+        jw_put(&w, ",\n  \"decompose_both\": false,\n  \"decompose_factor\": -1");
     jw_put(&w, ",\n  \"inference_mode\": true,\n  \"init_weights\": true,\n  \"layers_pattern\": null,\n"
                "  \"layers_to_transform\": ");
     jw_layers(&w, l, m->cfg.n_layers);
-    jw_put(&w, ",\n  \"module_dropout\": 0.0,\n  \"modules_to_save\": null,\n  \"peft_type\": \"LOHA\",\n"
-               "  \"r\": %d,\n  \"rank_dropout\": 0.0,\n  \"rank_pattern\": ",
-           l->rank);
+    jw_put(&w, ",\n  \"module_dropout\": 0.0,\n  \"modules_to_save\": null,\n  \"peft_type\": \"%s\",\n"
+               "  \"r\": %d,\n  \"rank_dropout\": 0.0,\n%s  \"rank_pattern\": ",
+           lokr ? "LOKR" : "LOHA", l->rank, lokr ? "  \"rank_dropout_scale\": false,\n" : "");
     jw_pattern(&w, l->rank_pattern, 1);
     jw_put(&w, ",\n  \"revision\": null,\n  \"target_modules\": [");
     first = 1;
@@ -612,10 +645,11 @@ static int save_loha(peft_model *m, const char *st_path, const char *cfg_path, c
 
 static int pattern_from_json(const json_value *v, char *buf, size_t cap, const char *what, const char *path);
 
-static int load_loha(peft_model *m, const char *dir, const json_value *root, const char *cfg_path, const char *st_path)
+static int load_loha(peft_model *m, const char *dir, const json_value *root, const char *cfg_path, const char *st_path,
+                     int lokr)
 {
     peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
-    o.variant = PEFT_VARIANT_LOHA;
+    o.variant = lokr ? PEFT_VARIANT_LOKR : PEFT_VARIANT_LOHA;
     static const char *const zero_keys[2] = {"rank_dropout", "module_dropout"};
     char layers[8192], rpat[8192], apat[8192];
     const json_value *v = json_get(root, "r");
@@ -627,7 +661,12 @@ static int load_loha(peft_model *m, const char *dir, const json_value *root, con
         o.alpha = (float)v->number;
     for (int k = 0; k < 2; k++)
         if ((v = json_get(root, zero_keys[k])) && v->type == JSON_NUMBER && v->number != 0)
-            return peft__fail(PEFT_EUNSUPPORTED, "%s: LoHa %s is not supported yet (0 only)", cfg_path, zero_keys[k]);
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: %s %s is not supported yet (0 only)", cfg_path,
+                              lokr ? "LoKr" : "LoHa", zero_keys[k]);
+    if (lokr && (((v = json_get(root, "decompose_both")) && v->type == JSON_BOOL && v->boolean) ||
+                 ((v = json_get(root, "decompose_factor")) && v->type == JSON_NUMBER && v->number != -1)))
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: LoKr with decompose_both or a decompose_factor other than -1 is "
+                                             "not supported yet", cfg_path);
     int code = targets_and_layers(root, &o.targets, 0, layers, sizeof layers, cfg_path);
     if (!code)
         code = pattern_from_json(json_get(root, "rank_pattern"), rpat, sizeof rpat, "rank_pattern", cfg_path);
@@ -650,22 +689,25 @@ static int load_loha(peft_model *m, const char *dir, const json_value *root, con
     }
     lora_state *l = m->lora;
     char key[160];
-    for (int i = 0; i < l->n_modules && !code; i++)
-        for (int t = 0; t < 4 && !code; t++) {
-            const lora_module *md = &l->mods[i];
+    size_t expected = 0;
+    for (int i = 0; i < l->n_modules && !code; i++) {
+        const lora_module *md = &l->mods[i];
+        int cnt = factor_tensor(l, md, -1, NULL, 0, NULL, NULL, NULL);
+        expected += (size_t)cnt;
+        for (int t = 0; t < cnt && !code; t++) {
             int64_t d0, d1;
             size_t off;
-            loha_key(key, sizeof key, md, t);
-            loha_shape(md, t, &d0, &d1, &off);
+            factor_tensor(l, md, t, key, sizeof key, &d0, &d1, &off);
             code = read_shaped(f, key, d0, d1, l->params + md->off_a + off, st_path);
         }
-    if (!code && f->n_tensors != (size_t)l->n_modules * 4)
-        code = peft__fail(PEFT_EFORMAT, "%s: %zu tensors, but adapter_config.json describes %d", st_path, f->n_tensors,
-                          l->n_modules * 4);
+    }
+    if (!code && f->n_tensors != expected)
+        code = peft__fail(PEFT_EFORMAT, "%s: %zu tensors, but adapter_config.json describes %zu", st_path, f->n_tensors,
+                          expected);
     for (size_t i = 0; !code && i < l->n_params; i++)
         if (!isfinite(l->params[i]))
             code = peft__fail(PEFT_ENUMERIC, "%s: adapter weights contain NaN or Inf", st_path);
-    if (!code && saved && (saved->method != PEFT_METHOD_LOHA || saved->n_params != l->n_params))
+    if (!code && saved && (saved->method != l->method || saved->n_params != l->n_params))
         code = peft__fail(PEFT_ESHAPE, "%s: adapter layout differs from the attached one", dir);
     st_close(f);
     return keep_or_restore(m, saved, code);
@@ -686,14 +728,15 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
     int code = peft__mkdirs(dir);
     if (code)
         return code;
-    if (l->method == PEFT_METHOD_NORMS || l->method == PEFT_METHOD_VERA || l->method == PEFT_METHOD_LOHA) {
+    if (l->method == PEFT_METHOD_NORMS || l->method == PEFT_METHOD_VERA || l->method == PEFT_METHOD_LOHA ||
+        l->method == PEFT_METHOD_LOKR) {
         code = peft__mkdirs(dir);
         char *sp = peft__path_join(dir, "adapter_model.safetensors"), *cp = peft__path_join(dir, "adapter_config.json");
         const char *base = opts && opts->base_model_name_or_path ? opts->base_model_name_or_path : m->path;
         if (!code)
             code = !sp || !cp ? peft__fail(PEFT_ENOMEM, "out of memory")
                    : l->method == PEFT_METHOD_VERA ? save_vera(m, sp, cp, base)
-                   : l->method == PEFT_METHOD_LOHA ? save_loha(m, sp, cp, base)
+                   : l->method == PEFT_METHOD_LOHA || l->method == PEFT_METHOD_LOKR ? save_loha(m, sp, cp, base)
                                                    : save_norms(m, sp, cp, base);
         free(sp);
         free(cp);
@@ -866,7 +909,7 @@ static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, co
     if (!v || v->type != JSON_STRING)
         FAIL(PEFT_EFORMAT, "%s: missing \"peft_type\"", path);
     if (strcmp(v->string, "LORA") != 0)
-        FAIL(PEFT_EUNSUPPORTED, "%s: peft_type \"%s\" is not supported yet (LORA, LOHA, IA3, LN_TUNING, VERA)", path, v->string);
+        FAIL(PEFT_EUNSUPPORTED, "%s: peft_type \"%s\" is not supported yet (LORA, LOHA, LOKR, IA3, LN_TUNING, VERA)", path, v->string);
     v = json_get(root, "r");
     if (!v || v->type != JSON_NUMBER || !v->is_integer || v->number < 1 || v->number > 65536)
         FAIL(PEFT_EFORMAT, "%s: \"r\" must be an integer in 1..65536", path);
@@ -1086,8 +1129,8 @@ int peft_load_adapter(peft_model *m, const char *dir)
             json_free(doc);
             goto done;
         }
-        if (pt && pt->type == JSON_STRING && strcmp(pt->string, "LOHA") == 0) {
-            code = load_loha(m, dir, json_root(doc), cfg_path, st_path);
+        if (pt && pt->type == JSON_STRING && (!strcmp(pt->string, "LOHA") || !strcmp(pt->string, "LOKR"))) {
+            code = load_loha(m, dir, json_root(doc), cfg_path, st_path, !strcmp(pt->string, "LOKR"));
             json_free(doc);
             goto done;
         }

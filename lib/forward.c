@@ -24,7 +24,8 @@ const lora_view *peft__view_of(peft_model *m, lora_view *lv, int layer, int kind
     lv->lda = 0;
     lv->lam_b = NULL;
     lv->loha = NULL;
-    if (l->method == PEFT_METHOD_LOHA) {
+    lv->lokr = l->method == PEFT_METHOD_LOKR;
+    if (l->method == PEFT_METHOD_LOHA || l->method == PEFT_METHOD_LOKR) {
         lv->loha = l->params + md->off_a;
         lv->dloha = l->grads + md->off_a;
         lv->loha_tmp = l->loha_tmp;

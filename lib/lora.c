@@ -186,11 +186,13 @@ static int check_options(const peft_model *m, const peft_lora_options *o)
         return peft__fail(PEFT_EINVAL, "LoRA: targets must be a non-empty set of PEFT_TARGET_* bits");
     if ((o->targets & PEFT_TARGET_EMBED) && o->version >= 2 && o->use_dora)
         return peft__fail(PEFT_EUNSUPPORTED, "DoRA on the embeddings is not supported (LoRA only)");
-    if (o->version >= 3 && o->variant != PEFT_VARIANT_LORA && o->variant != PEFT_VARIANT_LOHA)
+    if (o->version >= 3 && o->variant != PEFT_VARIANT_LORA && o->variant != PEFT_VARIANT_LOHA &&
+        o->variant != PEFT_VARIANT_LOKR)
         return peft__fail(PEFT_EINVAL, "LoRA: unknown variant %d", o->variant);
-    if (o->version >= 3 && o->variant == PEFT_VARIANT_LOHA &&
+    if (o->version >= 3 && o->variant != PEFT_VARIANT_LORA &&
         ((o->targets & PEFT_TARGET_EMBED) || o->use_dora || o->dropout > 0.0f || o->use_rslora))
-        return peft__fail(PEFT_EUNSUPPORTED, "LoHa: linear targets only, without DoRA, dropout or rsLoRA");
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: linear targets only, without DoRA, dropout or rsLoRA",
+                          o->variant == PEFT_VARIANT_LOHA ? "LoHa" : "LoKr");
     if (o->rank <= 0 || o->rank > 65536)
         return peft__fail(PEFT_EINVAL, "LoRA: rank %d out of range (1..65536)", o->rank);
     if (!isfinite(o->alpha) || o->alpha <= 0)
@@ -275,8 +277,11 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
     l->seed = o->seed;
     l->use_dora = o->version >= 2 && o->use_dora;
     int loha = o->version >= 3 && o->variant == PEFT_VARIANT_LOHA;
+    int lokr = o->version >= 3 && o->variant == PEFT_VARIANT_LOKR;
     if (loha)
         l->method = PEFT_METHOD_LOHA;
+    if (lokr)
+        l->method = PEFT_METHOD_LOKR;
     const char *rpat = o->version >= 2 && o->rank_pattern && *o->rank_pattern ? o->rank_pattern : NULL;
     const char *apat = o->version >= 2 && o->alpha_pattern && *o->alpha_pattern ? o->alpha_pattern : NULL;
     if ((rpat && !(l->rank_pattern = strdup(rpat))) || (apat && !(l->alpha_pattern = strdup(apat)))) {
@@ -302,8 +307,9 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
             if (md->r > l->max_rank)
                 l->max_rank = md->r;
             md->off_a = off;
-            if (loha) {
-                off += 2 * (size_t)md->r * ((size_t)md->in + (size_t)md->out);
+            if (loha || lokr) {
+                off += loha ? 2 * (size_t)md->r * ((size_t)md->in + (size_t)md->out)
+                            : peft__lokr_size(md->in, md->out, md->r);
                 md->off_b = md->off_a;
             } else {
                 off += (size_t)md->r * (size_t)md->in;
@@ -347,10 +353,10 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
             l->dora_norm = peft__alloc_floats(l->sum_out);
             l->dora_w = peft__alloc_floats(l->max_w);
         }
-        if (loha)
+        if (loha || lokr)
             l->loha_tmp = peft__alloc_floats(3 * l->max_w);
         if ((code = alloc_blocks(l, off, "LoRA")) == PEFT_OK &&
-            ((l->use_dora && (!l->dora_norm || !l->dora_w)) || (loha && !l->loha_tmp)))
+            ((l->use_dora && (!l->dora_norm || !l->dora_w)) || ((loha || lokr) && !l->loha_tmp)))
             code = peft__fail(PEFT_ENOMEM, "LoRA: out of memory");
         if (code) {
             peft__lora_free(l);
@@ -370,6 +376,20 @@ static void init_params(lora_state *l, const peft_model *m)
         const lora_module *md = &l->mods[i];
         peft_rng rng;
         peft__rng_seed(&rng, l->seed ^ peft__hash64(((uint64_t)md->layer << 8) | (uint64_t)md->kind));
+        if (l->method == PEFT_METHOD_LOKR) {
+            /* PEFT: w1 = 0; w2 (or w2_a, w2_b) kaiming-uniform (bound 1 / sqrt(fan in)) */
+            lokr_dims d;
+            peft__lokr_dims(&d, md->in, md->out, md->r);
+            float *w = l->params + md->off_a;
+            memset(w, 0, (size_t)d.l * (size_t)d.m * sizeof *w);
+            w += (size_t)d.l * (size_t)d.m;
+            const size_t n[2] = {d.full ? (size_t)d.k * d.n : (size_t)d.k * md->r, d.full ? 0 : (size_t)md->r * d.n};
+            const double bound[2] = {1.0 / sqrt(d.full ? (double)d.n : (double)md->r), 1.0 / sqrt((double)d.n)};
+            for (int t = 0; t < 2; t++)
+                for (size_t j = 0; j < n[t]; j++)
+                    *w++ = (float)((2.0 * peft__rng_uniform(&rng) - 1.0) * bound[t]);
+            continue;
+        }
         if (l->method == PEFT_METHOD_LOHA) {
             /* PEFT: kaiming-uniform (a = sqrt(5): bound 1 / sqrt(fan in)) for w1_a (out, r),
                w1_b (r, in), w2_a (out, r); w2_b = 0 */
@@ -746,4 +766,42 @@ int peft_param_buffer(float **params, size_t *n, peft_model *m)
     *params = m->lora->params;
     *n = m->lora->n_params;
     return PEFT_OK;
+}
+
+/* LyCORIS's factorization with factor -1: the divisor pair (m <= n) nearest the square root */
+static void factorization(int dim, int *a, int *b)
+{
+    int m = 1, n = dim, length = m + n;
+    while (m < n) {
+        int nm = m + 1;
+        while (dim % nm != 0)
+            nm++;
+        int nn = dim / nm;
+        if (nm + nn > length)
+            break;
+        m = nm;
+        n = nn;
+        length = m + n;
+    }
+    if (m > n) {
+        int t = m;
+        m = n;
+        n = t;
+    }
+    *a = m;
+    *b = n;
+}
+
+void peft__lokr_dims(lokr_dims *d, int in, int out, int r)
+{
+    factorization(out, &d->l, &d->k);
+    factorization(in, &d->m, &d->n);
+    d->full = 2 * r >= (d->k > d->n ? d->k : d->n); /* PEFT: not (r < max(k, n) / 2) */
+}
+
+size_t peft__lokr_size(int in, int out, int r)
+{
+    lokr_dims d;
+    peft__lokr_dims(&d, in, out, r);
+    return (size_t)d.l * d.m + (d.full ? (size_t)d.k * d.n : (size_t)r * ((size_t)d.k + d.n));
 }

@@ -66,6 +66,76 @@ void peft__loha_weight(peft_model *m, const lora_view *lv, const float *W, int i
         dst[i] = W[i] + lv->scale * p1[i] * p2[i];
 }
 
+/* LoKr: W2 = w2 or w2_a w2_b into t + 2*out*in; W + s kron(w1, W2) into dst */
+static void lokr_weight(peft_model *m, const lora_view *lv, const float *W, int in, int out, float *dst)
+{
+    lokr_dims d;
+    peft__lokr_dims(&d, in, out, lv->r);
+    size_t n = (size_t)out * (size_t)in;
+    const float *w1 = lv->loha, *w2 = w1 + (size_t)d.l * d.m;
+    float *W2 = lv->loha_tmp + 2 * n;
+    if (d.full)
+        memcpy(W2, w2, (size_t)d.k * d.n * sizeof *W2);
+    else
+        peft__gemm(m, 0, 0, d.k, d.n, lv->r, 1.0f, w2, lv->r, w2 + (size_t)d.k * lv->r, d.n, 0.0f, W2, d.n);
+    for (int a = 0; a < d.l; a++)
+        for (int i = 0; i < d.k; i++) {
+            int64_t row = (int64_t)(a * d.k + i) * in;
+            for (int b = 0; b < d.m; b++) {
+                float s = lv->scale * w1[a * d.m + b];
+                const float *w2i = W2 + (size_t)i * d.n;
+                for (int j = 0; j < d.n; j++)
+                    dst[row + b * d.n + j] = W[row + b * d.n + j] + s * w2i[j];
+            }
+        }
+}
+
+/* LoKr backward from G = dy^T x: dw1[a][b] = s sum_ij G[ak+i][bn+j] W2[i][j],
+   dW2[i][j] = s sum_ab G[ak+i][bn+j] w1[a][b], then w2_a, w2_b through W2 = w2_a w2_b */
+static void lokr_backward(peft_model *m, const lora_view *lv, const float *dy, const float *x, int64_t N, int in,
+                          int out)
+{
+    lokr_dims d;
+    peft__lokr_dims(&d, in, out, lv->r);
+    size_t n = (size_t)out * (size_t)in;
+    const float *w1 = lv->loha, *w2 = w1 + (size_t)d.l * d.m;
+    float *dw1 = lv->dloha, *dw2 = dw1 + (size_t)d.l * d.m;
+    float *g = lv->loha_tmp, *dW2 = g + n, *W2 = g + 2 * n; /* W2 from the forward recompute */
+    peft__gemm(m, 1, 0, out, in, N, 1.0f, dy, out, x, in, 0.0f, g, in);
+    memset(dW2, 0, (size_t)d.k * d.n * sizeof *dW2);
+    for (int a = 0; a < d.l; a++)
+        for (int b = 0; b < d.m; b++) {
+            double acc = 0;
+            float w = lv->scale * w1[a * d.m + b];
+            for (int i = 0; i < d.k; i++) {
+                const float *gr = g + (int64_t)(a * d.k + i) * in + b * d.n, *w2i = W2 + (size_t)i * d.n;
+                float *dw2i = dW2 + (size_t)i * d.n;
+                for (int j = 0; j < d.n; j++) {
+                    acc += (double)gr[j] * w2i[j];
+                    dw2i[j] += w * gr[j];
+                }
+            }
+            dw1[a * d.m + b] += (float)(lv->scale * acc);
+        }
+    if (d.full) {
+        for (size_t i = 0; i < (size_t)d.k * d.n; i++)
+            dw2[i] += dW2[i];
+        return;
+    }
+    const float *w2a = w2, *w2b = w2 + (size_t)d.k * lv->r;
+    float *dw2a = dw2, *dw2b = dw2 + (size_t)d.k * lv->r;
+    peft__gemm(m, 0, 1, d.k, lv->r, d.n, 1.0f, dW2, d.n, w2b, d.n, 1.0f, dw2a, lv->r);
+    peft__gemm(m, 1, 0, lv->r, d.n, d.k, 1.0f, w2a, lv->r, dW2, d.n, 1.0f, dw2b, d.n);
+}
+
+void peft__delta_weight(peft_model *m, const lora_view *lv, const float *W, int in, int out, float *dst)
+{
+    if (lv->lokr)
+        lokr_weight(m, lv, W, in, out, dst);
+    else
+        peft__loha_weight(m, lv, W, in, out, dst);
+}
+
 /* LoHa backward: G = dy^T x; dP1 = s G * P2, dP2 = s G * P1; then the four factor gradients */
 static void loha_backward(peft_model *m, const lora_view *lv, const float *dy, const float *x, int64_t N, int in,
                           int out)
@@ -108,7 +178,7 @@ void linear_forward(peft_model *m, float *y, const float *x, const float *W, int
         return;
     }
     if (lv && lv->loha) { /* y = x (W + delta W)^T */
-        peft__loha_weight(m, lv, W, in, out, lv->loha_tmp);
+        peft__delta_weight(m, lv, W, in, out, lv->loha_tmp);
         peft__gemm(m, 0, 1, N, out, in, 1.0f, x, in, lv->loha_tmp, in, 0.0f, y, out);
         return;
     }
@@ -142,10 +212,13 @@ void linear_backward(peft_model *m, float *dx, float beta_dx, const float *dy, c
                      const float *xa, float *dxa, float *tmp)
 {
     if (lv && lv->loha) {
-        peft__loha_weight(m, lv, W, in, out, lv->loha_tmp);
+        peft__delta_weight(m, lv, W, in, out, lv->loha_tmp);
         if (dx)
             peft__gemm(m, 0, 0, N, in, out, 1.0f, dy, out, lv->loha_tmp, in, beta_dx, dx, in);
-        loha_backward(m, lv, dy, x, N, in, out);
+        if (lv->lokr)
+            lokr_backward(m, lv, dy, x, N, in, out);
+        else
+            loha_backward(m, lv, dy, x, N, in, out);
         return;
     }
     if (lv && lv->ia3 && lv->ia3_ff) {

@@ -29,6 +29,7 @@ typedef struct lora_view {
        delta W = scale (w1_a w1_b) * (w2_a w2_b); loha_tmp holds 3 out x in scratch matrices */
     const float *loha;
     float *dloha, *loha_tmp;
+    int lokr; /* LoKr (with loha/dloha/loha_tmp): w1, then w2 or w2_a, w2_b (lib/model.h lokr_dims) */
     int lda;               /* row stride of A (0: in) */
     const float *vera_B;   /* B[:out] (out, r) */
     const float *lam_b, *lam_d;
@@ -43,6 +44,8 @@ void linear_backward(peft_model *m, float *dx, float beta_dx, const float *dy, c
 
 /* LoHa: W + delta W into dst (out, in), using lv->loha_tmp's second and third matrices. */
 void peft__loha_weight(peft_model *m, const lora_view *lv, const float *W, int in, int out, float *dst);
+/* LoHa or LoKr (lv->lokr): W + delta W into dst */
+void peft__delta_weight(peft_model *m, const lora_view *lv, const float *W, int in, int out, float *dst);
 
 /* The LoRA branch of (layer, kind) of the model's attachment, or NULL (forward.c). */
 const lora_view *peft__view_of(peft_model *m, lora_view *lv, int layer, int kind, int train);

@@ -25,9 +25,10 @@ static void merged_weight(peft_model *m, float *dst, const float *W, const lora_
                 dst[(int64_t)o * md->in + i] *= md->ia3_ff ? s[i] : s[o];
         return;
     }
-    if (l->method == PEFT_METHOD_LOHA) { /* + s (w1_a w1_b) * (w2_a w2_b) */
-        lora_view lv = {.loha = l->params + md->off_a, .loha_tmp = l->loha_tmp, .r = md->r, .scale = md->scale};
-        peft__loha_weight(m, &lv, W, md->in, md->out, dst);
+    if (l->method == PEFT_METHOD_LOHA || l->method == PEFT_METHOD_LOKR) { /* + the Hadamard or Kronecker delta */
+        lora_view lv = {.loha = l->params + md->off_a, .loha_tmp = l->loha_tmp, .r = md->r, .scale = md->scale,
+                        .lokr = l->method == PEFT_METHOD_LOKR};
+        peft__delta_weight(m, &lv, W, md->in, md->out, dst);
         return;
     }
     if (l->method == PEFT_METHOD_VERA) { /* + (lambda_b * B[:out] * lambda_d) A[:, :in] */

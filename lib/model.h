@@ -23,7 +23,15 @@ typedef struct lora_module {
 } lora_module;
 
 enum peft_method { PEFT_METHOD_LORA = 0, PEFT_METHOD_IA3 = 1, PEFT_METHOD_NORMS = 2, PEFT_METHOD_VERA = 3,
-                   PEFT_METHOD_LOHA = 4 /* per module at off_a: w1_a (out, r), w1_b (r, in), w2_a, w2_b */ };
+                   PEFT_METHOD_LOHA = 4, /* per module at off_a: w1_a (out, r), w1_b (r, in), w2_a, w2_b */
+                   PEFT_METHOD_LOKR = 5  /* per module at off_a: w1 (l, m), then w2 (k, n) or w2_a (k, r), w2_b (r, n) */ };
+
+/* LoKr's split of a module: out = l k, in = m n; full: w2 is a full (k, n) matrix */
+typedef struct lokr_dims {
+    int l, k, m, n, full;
+} lokr_dims;
+void peft__lokr_dims(lokr_dims *d, int in, int out, int r);
+size_t peft__lokr_size(int in, int out, int r);
 
 typedef struct lora_state {
     int method;           /* PEFT_METHOD_*: LoRA/DoRA modules (A, B[, m]) or IA3 vectors (off_a) */
@@ -47,7 +55,7 @@ typedef struct lora_state {
     /* VeRA: lambda_d (r) at off_a and lambda_b (out) at off_b per module; the frozen shared
        projections A (rank, vera_in) and B (vera_out, rank); scratch for B_eff and its gradient */
     float *vera_A, *vera_B, *vera_beff, *vera_m;
-    float *loha_tmp;    /* LoHa: 3 x max_w scratch (W + delta or its gradient, the two products) */
+    float *loha_tmp;    /* LoHa, LoKr: 3 x max_w scratch (W + delta or its gradient, the factors) */
     int vera_in, vera_out;
     float vera_d_initial;
     int embed_r;        /* LoRA on the token embeddings: rank (0: none), A (r, vocab) at off_ea, */

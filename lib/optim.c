@@ -181,6 +181,8 @@ int peft__opt_apply(peft_model *m, double token_count, peft_step_result *res)
             adamw_segment(&a, 0, l->n_params, 1.0);
         } else if (l->method == PEFT_METHOD_LOHA) { /* the four factors */
             adamw_segment(&a, md->off_a, 2 * (size_t)md->r * ((size_t)md->in + (size_t)md->out), 1.0);
+        } else if (l->method == PEFT_METHOD_LOKR) {
+            adamw_segment(&a, md->off_a, peft__lokr_size(md->in, md->out, md->r), 1.0);
         } else if (l->method == PEFT_METHOD_VERA) { /* lambda_d, lambda_b */
             adamw_segment(&a, md->off_a, (size_t)md->r, 1.0);
             adamw_segment(&a, md->off_b, (size_t)md->out, 1.0);

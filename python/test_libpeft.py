@@ -113,6 +113,9 @@ def test_other_methods():
         m.detach()
         # LoHa: 2 r (in + out) per module
         assert m.attach_lora(targets="q", rank=2, variant="loha") == 3 * 2 * 2 * (32 + 32)
+        m.detach()
+        # LoKr: q (32 x 32) = (4 x 8) x (4 x 8): w1 4 x 4, w2_a 8 x 2, w2_b 2 x 8
+        assert m.attach_lora(targets="q", rank=2, variant="lokr") == 3 * (16 + 2 * (8 + 8))
 
 
 def test_tokenizer():

@@ -1091,6 +1091,56 @@ TEST(loha_lifecycle)
     peft_model_close(&base);
 }
 
+TEST(lokr_lifecycle)
+{
+    peft_model *m = open_tiny(2), *base = open_tiny(1);
+    peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+    peft_model_get_info(m, &in);
+    CHECK(in.hidden_size == 32 && in.n_heads * in.head_dim == 32);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.variant = PEFT_VARIANT_LOKR;
+    o.targets = PEFT_TARGET_Q;
+    uint64_t n2, n4, n64;
+    /* q is 32 x 32 = (4 x 8) x (4 x 8): w1 4 x 4, then w2_a 8 x r + w2_b r x 8, or a full 8 x 8 w2
+       once r >= max(8, 8) / 2: the size saturates */
+    o.rank = 2;
+    CHECK_OK(peft_count_lora(&n2, m, &o));
+    o.rank = 4;
+    CHECK_OK(peft_count_lora(&n4, m, &o));
+    o.rank = 64;
+    CHECK_OK(peft_count_lora(&n64, m, &o));
+    CHECK(n2 == (uint64_t)in.n_layers * (16 + 2 * 16) && n4 == (uint64_t)in.n_layers * (16 + 64) && n64 == n4);
+    o.targets = PEFT_TARGET_Q | PEFT_TARGET_DOWN;
+    o.rank = 2;
+    o.alpha = 4;
+    uint64_t n_tr;
+    CHECK_OK(peft_attach_lora(m, &o, &n_tr));
+    CHECK(eval_loss(m) == eval_loss(base)); /* w1 = 0 */
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 2e-2));
+    int32_t tok[32];
+    make_batch(tok, 32, 13);
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
+    peft_step_result r0 = PEFT_STEP_RESULT_INIT, r1 = PEFT_STEP_RESULT_INIT;
+    CHECK_OK(peft_step(m, &b, &r0));
+    for (int i = 0; i < 20; i++)
+        CHECK_OK(peft_step(m, &b, &r1));
+    CHECK(r1.loss < r0.loss - 0.02);
+    double with = eval_loss(m);
+    char *d = mktmp();
+    CHECK_OK(peft_save_adapter(m, d, NULL));
+    size_t len;
+    char *cfg = read_text(d, "adapter_config.json", &len);
+    CHECK(cfg && strstr(cfg, "\"peft_type\": \"LOKR\"") && strstr(cfg, "\"decompose_factor\": -1"));
+    free(cfg);
+    peft_model *m2 = open_tiny(1);
+    CHECK_OK(peft_load_adapter(m2, d));
+    CHECK(eval_loss(m2) == with);
+    peft_model_close(&m2);
+    merge_session_export(m, tok, with);
+    peft_model_close(&m);
+    peft_model_close(&base);
+}
+
 static const struct h_case cases[] = {
     CASE(errors_and_versions), CASE(last_error_is_per_thread), CASE(info_and_exact_counts),
     CASE(determinism_and_thread_invariance), CASE(gradient_accumulation_equals_big_batch),
@@ -1099,6 +1149,6 @@ static const struct h_case cases[] = {
     CASE(training_lowers_loss), CASE(packed_documents_equal_separate_sequences), CASE(merge_unmerge_and_export),
     CASE(dora_save_load_merge), CASE(rank_and_alpha_patterns), CASE(loraplus_ratio), CASE(ia3_save_load_merge),
     CASE(norm_tuning_save_load_export), CASE(checkpoint_torn_is_refused), CASE(embed_lora_lifecycle),
-    CASE(vera_lifecycle), CASE(loha_lifecycle),
+    CASE(vera_lifecycle), CASE(loha_lifecycle), CASE(lokr_lifecycle),
 };
 TEST_MAIN(cases)

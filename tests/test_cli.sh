@@ -198,7 +198,7 @@ explode     --targets q,v --lr 1e9         # rejected by the optimizer: reported
 CFG
     set -- sweep --model "$M" --train "$SHARED/data/kjv_genesis.txt" --forget "$SHARED/data/tinystories_sample.txt" \
         --budget 12000 --out "$T/sw" --steps 6 --batch 4 --seq 64 --eval-windows 6 --seeds 2 --threads 2 \
-        --families attn_qv,attn_qkvo,mlp,late_half,norms,ia3,dora,embed_lora,vera,prompt --config "$T/configs.txt"
+        --families attn_qv,attn_qkvo,mlp,late_half,norms,ia3,dora,embed_lora,vera,lokr,prompt --config "$T/configs.txt"
     "$PEFT" "$@" --json >"$T/s1.json" 2>"$T/err1" || { cat "$T/err1"; fail "sweep"; }
     cat "$T/err1"
     python3 "$SRC/tests/sweep_check.py" "$T/s1.json" "$T/sw" 2 explode || fail "sweep outputs"
@@ -208,7 +208,7 @@ CFG
     # resume: finished runs are kept, a lost one is redone, the numbers are the same
     rm "$T/sw/runs/mlp/seed1/result.txt"
     "$PEFT" "$@" --json >"$T/s2.json" 2>"$T/err2" || { cat "$T/err2"; fail "resumed sweep"; }
-    [ "$(grep -c 'done before' "$T/err2")" -eq 21 ] || { cat "$T/err2"; fail "resume did not keep the finished runs"; }
+    [ "$(grep -c 'done before' "$T/err2")" -eq 23 ] || { cat "$T/err2"; fail "resume did not keep the finished runs"; }
     python3 -c "
 import json
 a = json.loads(open('$T/s1.json').read().splitlines()[-1]); b = json.loads(open('$T/s2.json').read().splitlines()[-1])

@@ -64,9 +64,12 @@ static double max_rel_err(const float *x, double xscale, const char *st_path, co
     size_t off = 0;
     for (int l = 0; l < 64; l++)
         for (int k = 0; k < 7; k++)
-            for (int b = 0; b < 10; b++) {
+            for (int b = 0; b < 14; b++) {
                 char key[160];
-                if (b >= 6) /* LoHa: w1_a, w1_b, w2_a, w2_b */
+                static const char *const lokr[4] = {"lokr_w1", "lokr_w2", "lokr_w2_a", "lokr_w2_b"};
+                if (b >= 10) /* LoKr: w1, then w2 or w2_a, w2_b */
+                    snprintf(key, sizeof key, "base_model.model.model.layers.%d.%s.%s", l, kinds[k], lokr[b - 10]);
+                else if (b >= 6) /* LoHa: w1_a, w1_b, w2_a, w2_b */
                     snprintf(key, sizeof key, "base_model.model.model.layers.%d.%s.hada_w%d_%c", l, kinds[k],
                              b < 8 ? 1 : 2, b % 2 ? 'b' : 'a');
                 else if (b >= 4) /* VeRA: lambda_d, then lambda_b */
@@ -171,6 +174,7 @@ TEST(torch_step_norms) { step_case("norms_last2_final", 2); }
 TEST(torch_step_embed) { step_case("embed_qv", 2); }
 TEST(torch_step_vera) { step_case("vera_qv_down", 2); }
 TEST(torch_step_loha) { step_case("loha_qo_up", 2); }
+TEST(torch_step_lokr) { step_case("lokr_qv_gate", 2); }
 
 /* Every backend against the reference on a whole training step. */
 TEST(backend_blis_step)
@@ -237,6 +241,7 @@ TEST(model_gradcheck) { gradcheck("tiny/all_linear/adapter"); }
 TEST(model_gradcheck_embed) { gradcheck("tiny/embed_qv/adapter"); }
 TEST(model_gradcheck_vera) { gradcheck("tiny/vera_qv_down/adapter"); }
 TEST(model_gradcheck_loha) { gradcheck("tiny/loha_qo_up/adapter"); }
+TEST(model_gradcheck_lokr) { gradcheck("tiny/lokr_qv_gate/adapter"); }
 
 /* ---- sharded checkpoints and half-precision weights ---- */
 
@@ -608,6 +613,7 @@ static const struct h_case cases[] = {
     CASE(backend_blis_step), CASE(torch_step_ia3), CASE(torch_step_norms),
     CASE(model_gradcheck), CASE(model_gradcheck_embed), CASE(torch_step_embed), CASE(torch_step_vera),
     CASE(model_gradcheck_vera), CASE(torch_step_loha), CASE(model_gradcheck_loha),
+    CASE(torch_step_lokr), CASE(model_gradcheck_lokr),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
     CASE(sharded_and_half_precision_models), CASE(config_errors), CASE(shared_gguf_models),
 };

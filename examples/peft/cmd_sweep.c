@@ -48,8 +48,8 @@ static const char sweep_help[] =
     "run:      --threads N --backend cpu|blis --json --quiet\n"
     "families: attn_qv attn_qkv attn_qkvo mlp_gate mlp_up mlp_down mlp all_linear early_half\n"
     "          late_half last_n norms ia3 dora loraplus embed_lora (embeddings at 0.1 x LR)\n"
-    "          embed_lora_1x all_linear_embed vera loha (and, not yet available: embed_rows\n"
-    "          lokr prompt)\n"
+    "          embed_lora_1x all_linear_embed vera loha lokr (and, not yet available:\n"
+    "          embed_rows prompt)\n"
     "--config FILE: one configuration per line, NAME then `peft train` adapter flags\n"
     "(--method --targets --layers --rank --alpha --rslora --dropout --init --feedforward\n"
     "--rank-pattern --alpha-pattern --lr --lr-ratio --loraplus-ratio --embed-lr-ratio\n"
@@ -81,7 +81,7 @@ static const struct family {
     {"embed_rows", "", "training selected embedding rows (trainable_token_indices) is not implemented yet"},
     {"vera", "--method vera --targets all-linear --lr-ratio 10", NULL},
     {"loha", "--method loha --targets all-linear", NULL},
-    {"lokr", "", "LoKr is not implemented yet"},
+    {"lokr", "--method lokr --targets all-linear", NULL},
     {"prompt", "", "prompt tuning is not implemented yet"},
 };
 
@@ -180,6 +180,7 @@ static int cfg_parse(sweep_cfg *c, double sweep_lr)
              : c->kind == KIND_VERA  ? "vera"
              : c->lo.use_dora        ? "dora"
              : c->lo.variant == PEFT_VARIANT_LOHA ? "loha"
+             : c->lo.variant == PEFT_VARIANT_LOKR ? "lokr"
                                      : "lora");
     rc = 0;
 done:
@@ -382,6 +383,35 @@ static int cfg_plan(sweep_cfg *c, const peft_model *m, const sweep *sw)
         if (fabs(c->budget_err) > 0.02)
             snprintf(c->note, sizeof c->note, "%+.1f%% off the budget: %s", 100.0 * c->budget_err,
                      has_flag(c, "--rank") ? "rank set by the configuration" : "one more rank costs one parameter per module");
+    } else if (c->lo.variant == PEFT_VARIANT_LOKR && !has_flag(c, "--rank") && !c->lo.rank_pattern) {
+        /* LoKr's size grows with the rank until its factors are full, then stops: the rank
+           whose count is nearest the budget, searched upward until the size saturates */
+        uint64_t best = 0, prev = 0, n;
+        int32_t best_r = 1;
+        for (int32_t r = 1; r <= 65536; r++) {
+            c->lo.rank = r;
+            if ((code = peft_count_lora(&n, m, &c->lo)))
+                return fail_lib(c->name, code), -1;
+            double e = fabs((double)n - (double)c->budget), eb = fabs((double)best - (double)c->budget);
+            if (r == 1 || e < eb) {
+                best = n;
+                best_r = r;
+            }
+            if ((r > 1 && n == prev) || n > c->budget)
+                break;
+            prev = n;
+        }
+        c->lo.rank = best_r;
+        if (!has_flag(c, "--alpha"))
+            c->lo.alpha = 2.0f * (float)best_r;
+        c->params = best;
+        c->rank = c->rank_hi = best_r;
+        c->budget_err = ((double)c->params - (double)c->budget) / (double)c->budget;
+        if (fabs(c->budget_err) > 0.02)
+            snprintf(c->note, sizeof c->note, "%+.1f%% off the budget: LoKr %s", 100.0 * c->budget_err,
+                     best < c->budget  ? "saturates below it (all its Kronecker factors full)"
+                     : best_r == 1     ? "already exceeds it at rank 1"
+                                       : "steps past it from one rank to the next");
     } else if (has_flag(c, "--rank") || c->lo.rank_pattern) {
         if ((code = peft_count_lora(&c->params, m, &c->lo)))
             return fail_lib(c->name, code), -1;

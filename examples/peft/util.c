@@ -281,6 +281,8 @@ int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options
         o->use_dora = 1;
     } else if (!strcmp(method, "loha")) {
         o->variant = PEFT_VARIANT_LOHA;
+    } else if (!strcmp(method, "lokr")) {
+        o->variant = PEFT_VARIANT_LOKR;
     } else if (!strcmp(method, "norms") && ia3) {
         *ia3 = 2; /* handled by the caller through norms_from_method */
     } else if (!strcmp(method, "vera") && ia3) {
@@ -295,7 +297,7 @@ int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options
             return -1;
         io->feedforward &= io->targets;
     } else if (strcmp(method, "lora") != 0) {
-        fprintf(stderr, "peft: --method %s is not available yet (lora, dora, loha%s)\n", method, ia3 ? ", ia3, norms, vera" : "");
+        fprintf(stderr, "peft: --method %s is not available yet (lora, dora, loha, lokr%s)\n", method, ia3 ? ", ia3, norms, vera" : "");
         return -1;
     }
     o->use_dora |= arg_flag(a, "--dora");

@@ -151,7 +151,7 @@ typedef struct peft_lora_options {
     const char *rank_pattern;
     const char *alpha_pattern;
     /* version 3 */
-    int32_t variant;    /* PEFT_VARIANT_*: the low-rank form of the update */
+    int32_t variant;    /* PEFT_VARIANT_*: the form of the update (LoRA, LoHa, LoKr) */
 } peft_lora_options;
 
 enum peft_variant {
@@ -159,7 +159,13 @@ enum peft_variant {
     /* LoHa (PEFT peft_type "LOHA"): delta W = s (w1_a w1_b) * (w2_a w2_b), a Hadamard product of
        two rank-r products, 2 r (in + out) parameters per module; w1_a, w1_b, w2_a kaiming-uniform,
        w2_b zeros, s = alpha / r. Linear targets only; no dropout, DoRA or rsLoRA. */
-    PEFT_VARIANT_LOHA = 1
+    PEFT_VARIANT_LOHA = 1,
+    /* LoKr (PEFT peft_type "LOKR", decompose_both false, decompose_factor -1): delta W =
+       s kron(w1, w2) with out = l k and in = m n split near their square roots (LyCORIS's
+       factorization), w1 (l, m) full and initialised to zeros, w2 (k, n) = w2_a w2_b of rank r
+       (or full when r >= max(k, n) / 2), kaiming-uniform; s = alpha / r. Its size saturates
+       with the rank. Linear targets only; no dropout, DoRA or rsLoRA. */
+    PEFT_VARIANT_LOKR = 2
 };
 
 #define PEFT_LORA_OPTIONS_VERSION 3

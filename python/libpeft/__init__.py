@@ -59,7 +59,7 @@ class _LoraOptions(ctypes.Structure):
                 ("seed", _c_u64), ("use_dora", _c_i32), ("rank_pattern", _c_char_p), ("alpha_pattern", _c_char_p),
                 ("variant", _c_i32)]
 
-_VARIANTS = {"lora": 0, "loha": 1}
+_VARIANTS = {"lora": 0, "loha": 1, "lokr": 2}
 
 
 class _IA3Options(ctypes.Structure):
@@ -260,7 +260,7 @@ class Model:
 
     def attach_lora(self, targets="q,v", rank=8, alpha=None, layers=None, dropout=0.0, rslora=False, dora=False,
                     init="kaiming", seed=0, rank_pattern=None, alpha_pattern=None, variant="lora"):
-        """Attach LoRA (DoRA with dora=True, LoHa with variant="loha"); returns the exact trainable-parameter
+        """Attach LoRA (DoRA with dora=True, LoHa or LoKr with variant="loha"/"lokr"); returns the exact trainable-parameter
         count."""
         o = self._lora_options(targets, rank, alpha, layers, dropout, rslora, dora, init, seed, rank_pattern,
                                alpha_pattern, variant)

@@ -130,6 +130,11 @@ def forward(c, W, tokens, labels, lora, scale):
         if kh + "w1_a" in lora:  # LoHa: delta W = s (w1_a w1_b) * (w2_a w2_b)
             dW = scale * (lora[kh + "w1_a"] @ lora[kh + "w1_b"]) * (lora[kh + "w2_a"] @ lora[kh + "w2_b"])
             return y + inp @ dW.T
+        kk = f"base_model.model.model.layers.{l}.{PARENT[m]}.{m}.lokr_"
+        if kk + "w1" in lora:  # LoKr: delta W = s kron(w1, w2) (w2 = w2_a w2_b when factored)
+            w2 = lora[kk + "w2"] if kk + "w2" in lora else lora[kk + "w2_a"] @ lora[kk + "w2_b"]
+            rr = lora_ranks[(l, m)]
+            return y + inp @ (LOKR_ALPHA / rr * torch.kron(lora[kk + "w1"], w2)).T
         kb = f"base_model.model.model.layers.{l}.{PARENT[m]}.{m}.vera_lambda_b"
         if kb in lora:  # VeRA: lambda_b * (B[:out] (lambda_d * (A[:, :in] x)))
             A, Bm = lora["base_model.vera_A"], lora["base_model.vera_B"]
@@ -247,6 +252,27 @@ LOHA_CASES = [
 ]
 LOHA_RANK = 3
 
+LOKR_CASES = [
+    # LoKr on q, v and gate of layers 1 and 2, r 2 (gate r 4 through rank_pattern: a full w2); rank -4 marks it
+    ("lokr_qv_gate", ["q_proj", "v_proj", "gate_proj"], [1, 2], -4, 4.0, False, 1e-2, 0.0, 0.0, False),
+]
+LOKR_ALPHA = 4.0
+lora_ranks = {}
+
+
+def factorization(dim):
+    """LyCORIS's factorization (factor -1): the divisor pair m <= n nearest the square root."""
+    m, n = 1, dim
+    while m < n:
+        new_m = m + 1
+        while dim % new_m:
+            new_m += 1
+        new_n = dim // new_m
+        if new_m + new_n > m + n:
+            break
+        m, n = new_m, new_n
+    return (n, m) if m > n else (m, n)
+
 IA3_CASES = [
     # IA3 on k, v (output scaling) and down (input scaling) of layers 1 and 2: rank 0 marks IA3
     ("ia3_kv_down", ["k_proj", "v_proj", "down_proj"], [1, 2], 0, 0.0, False, 1e-2, 0.0, 0.0, False),
@@ -283,7 +309,7 @@ def main():
     labels = tokens.clone()
     labels[0, :4] = -100  # a masked prompt
     labels[1, 7] = -100
-    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES + IA3_CASES + NORM_CASES + EMBED_CASES + VERA_CASES + LOHA_CASES:
+    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES + IA3_CASES + NORM_CASES + EMBED_CASES + VERA_CASES + LOHA_CASES + LOKR_CASES:
         if r == -1:  # LN tuning
             lora = {}
             names = [f"model.layers.{l}.{n}.weight" for l in layers for n in ("input_layernorm", "post_attention_layernorm")]
@@ -293,6 +319,30 @@ def main():
             tm = [n[: -len(".weight")] for n in names] + ["model.norm"]
             acfg = {"peft_type": "LN_TUNING", "task_type": "CAUSAL_LM", "target_modules": tm,
                     "base_model_name_or_path": "tiny"}
+            write_case(name, lora, acfg, tokens, labels, lr, wd, clip,
+                       one_step(c, W, tokens, labels, lora, 1.0, lr, wd, clip))
+            continue
+        if r == -4:  # LoKr
+            lora = {}
+            for l in layers:
+                for m in targets:
+                    rr = 4 if m == "gate_proj" else 2
+                    lora_ranks[(l, m)] = rr
+                    o, i = dims[m]
+                    ol, ok = factorization(o)
+                    im, inn = factorization(i)
+                    p = f"base_model.model.model.layers.{l}.{PARENT[m]}.{m}.lokr_"
+                    lora[p + "w1"] = 0.5 * torch.randn(ol, im, generator=g)  # non-zero: every gradient exercised
+                    if 2 * rr >= max(ok, inn):
+                        lora[p + "w2"] = (torch.rand(ok, inn, generator=g) * 2 - 1) / math.sqrt(inn)
+                    else:
+                        lora[p + "w2_a"] = (torch.rand(ok, rr, generator=g) * 2 - 1) / math.sqrt(rr)
+                        lora[p + "w2_b"] = (torch.rand(rr, inn, generator=g) * 2 - 1) / math.sqrt(inn)
+            lora = {k: v.to(torch.float32).to(torch.float64) for k, v in lora.items()}
+            acfg = {"peft_type": "LOKR", "task_type": "CAUSAL_LM", "r": 2, "alpha": alpha, "target_modules": targets,
+                    "layers_to_transform": layers, "rank_pattern": {"gate_proj": 4}, "alpha_pattern": {},
+                    "rank_dropout": 0.0, "module_dropout": 0.0, "decompose_both": False, "decompose_factor": -1,
+                    "use_effective_conv2d": False, "init_weights": True, "base_model_name_or_path": "tiny"}
             write_case(name, lora, acfg, tokens, labels, lr, wd, clip,
                        one_step(c, W, tokens, labels, lora, 1.0, lr, wd, clip))
             continue
