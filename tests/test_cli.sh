@@ -73,6 +73,11 @@ info_counts)
     ;;
 errors_exit_nonzero)
     setup_tiny
+    # nested output directories are created; an impossible one is a clear error
+    "$PEFT" init-model --out "$T/a/b/model" --hidden 32 --layers 1 --heads 4 --kv-heads 2 --ffn 64 --vocab 64 >/dev/null \
+        && [ -f "$T/a/b/model/config.json" ] || fail "init-model into nested directories"
+    "$PEFT" init-model --out /proc/peft-nope/model 2>"$T/e0" && fail "impossible directory accepted"
+    grep -q "cannot create" "$T/e0" || fail "message for an impossible directory"
     "$PEFT" eval --model "$T/nope" --data "$T/data.bin" --seq 16 2>"$T/e1" && fail "missing model accepted"
     grep -q "config.json" "$T/e1" || fail "message for a missing model"
     "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/x" --targets q,zz 2>"$T/e2" && fail "bad targets accepted"

@@ -1,5 +1,6 @@
 /* peft init-model: a random Llama directory; peft synth: a learnable synthetic token file. */
 #include <math.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,7 +90,10 @@ int cmd_init_model(int argc, char **argv)
         fprintf(stderr, "peft init-model: --dtype must be f32, f16 or bf16\n");
         goto done;
     }
-    mkdir(out, 0755);
+    if (make_dirs(out)) {
+        fprintf(stderr, "peft init-model: cannot create %s: %s\n", out, strerror(errno));
+        goto done;
+    }
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", out);
     f = fopen(path, "w");

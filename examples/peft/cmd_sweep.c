@@ -592,19 +592,6 @@ static char *read_text(const char *path)
     return s;
 }
 
-static int mkdir_p(const char *path)
-{
-    char buf[4096];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++)
-        if (*p == '/') {
-            *p = '\0';
-            if (mkdir(buf, 0755) != 0 && errno != EEXIST)
-                return -1;
-            *p = '/';
-        }
-    return mkdir(buf, 0755) != 0 && errno != EEXIST ? -1 : 0;
-}
 
 /* result.txt: "key value" lines, written by the run (or by the sweep for a run that died). */
 static int write_result(const char *dir, const char *plan, const run_result *r)
@@ -1231,7 +1218,7 @@ int cmd_sweep(int argc, char **argv)
 
     /* the sweep directory: settings must match a sweep already there */
     char path[4200], settings[4096];
-    if (mkdir_p(sw.out)) {
+    if (make_dirs(sw.out)) {
         fprintf(stderr, "peft sweep: cannot create %s: %s\n", sw.out, strerror(errno));
         goto done;
     }
@@ -1304,7 +1291,7 @@ int cmd_sweep(int argc, char **argv)
                             (unsigned long long)seed, r->status ? "failed" : "kept");
                 continue;
             }
-            if (mkdir_p(dir)) {
+            if (make_dirs(dir)) {
                 fprintf(stderr, "peft sweep: cannot create %s: %s\n", dir, strerror(errno));
                 goto done;
             }

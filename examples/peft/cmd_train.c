@@ -334,7 +334,7 @@ int cmd_train(int argc, char **argv)
     if (strcmp(format, "peft") != 0) {
         char gpath[4096];
         snprintf(gpath, sizeof gpath, "%s/adapter.gguf", out);
-        if (mkdir(out, 0755) != 0 && errno != EEXIST) {
+        if (make_dirs(out)) {
             fprintf(stderr, "peft train: cannot create %s\n", out);
             goto done;
         }
