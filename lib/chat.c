@@ -10,64 +10,18 @@
  * mapping, sequence, true, false), string methods (strip, lstrip, rstrip, startswith,
  * endswith, upper, lower, title, split, replace) and dict.get; raise_exception(msg).
  * Anything else fails with PEFT_EUNSUPPORTED naming the construct: never a wrong rendering.
+ *
+ * This file evaluates the syntax tree chat_parse.c builds; chat_text.c holds Python's string
+ * semantics over UTF-8.
  */
-#include <ctype.h>
 #include <stdarg.h>
-#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "chat.h"
-#include "internal.h"
+#include "chat_internal.h"
 
-/* ---- values ---------------------------------------------------------------- */
-
-typedef enum { V_UNDEF, V_NONE, V_BOOL, V_INT, V_STR, V_LIST, V_DICT, V_LOOP } vtype;
-
-typedef struct val val;
-struct val {
-    vtype t;
-    long long i;        /* bool, int */
-    const char *s;      /* str (not NUL-terminated) */
-    size_t n;           /* str length, list/dict size */
-    const val *items;   /* list items, dict values */
-    const char **keys;  /* dict keys (NUL-terminated) */
-    const void *loop;   /* V_LOOP: the loop state */
-};
-
-typedef struct loop_state {
-    long long index0, length;
-} loop_state;
-
-/* ---- arena -------------------------------------------------------------------- */
-
-typedef struct chunk {
-    struct chunk *next;
-    size_t used, cap;
-    char data[];
-} chunk;
-
-typedef struct ctx {
-    chunk *arena;
-    int failed;        /* a status code once something failed */
-    /* output */
-    char *out;
-    size_t out_len, out_cap;
-    /* variables: a stack of (name, value), frames marked by their start */
-    struct var {
-        const char *name;
-        val v;
-    } *vars;
-    size_t n_vars, cap_vars;
-    int depth;
-    long long steps; /* nodes run and loop iterations: a hostile template cannot run forever */
-} ctx;
-
-#define CHAT_MAX_STEPS 10000000LL
-#define CHAT_MAX_STRING (16u << 20)
-
-static void *arena_alloc(ctx *c, size_t n)
+void *peft__chat_alloc(ctx *c, size_t n)
 {
     n = (n + 15) & ~(size_t)15;
     if (!c->arena || c->arena->cap - c->arena->used < n) {
@@ -87,8 +41,7 @@ static void *arena_alloc(ctx *c, size_t n)
     return p;
 }
 
-static int fail(ctx *c, int code, const char *fmt, ...) PEFT_PRINTF(3, 4);
-static int fail(ctx *c, int code, const char *fmt, ...)
+int peft__chat_fail(ctx *c, int code, const char *fmt, ...)
 {
     if (c->failed)
         return c->failed;
@@ -105,7 +58,7 @@ static val vstr(ctx *c, const char *s, size_t n, int copy)
 {
     val v = {.t = V_STR, .s = s, .n = n};
     if (copy) {
-        char *p = arena_alloc(c, n + 1);
+        char *p = peft__chat_alloc(c, n + 1);
         if (!p)
             return (val){.t = V_UNDEF};
         memcpy(p, s, n);
@@ -113,762 +66,6 @@ static val vstr(ctx *c, const char *s, size_t n, int copy)
         v.s = p;
     }
     return v;
-}
-
-static val vint(long long i) { return (val){.t = V_INT, .i = i}; }
-static val vbool(int b) { return (val){.t = V_BOOL, .i = b != 0}; }
-
-/* ---- template lexing ----------------------------------------------------------- */
-
-enum { TK_END, TK_NAME, TK_STR, TK_INT, TK_OP };
-
-typedef struct token {
-    int type;
-    const char *s; /* name/op text; string literal already unescaped (arena) */
-    size_t n;
-    long long i;
-} token;
-
-typedef struct node node;
-
-/* expression nodes */
-enum {
-    E_LIT, E_VAR, E_ATTR, E_ITEM, E_SLICE, E_CALL, E_FILTER, E_TEST, E_BIN, E_NOT, E_NEG, E_COND, E_LIST, E_AND, E_OR
-};
-
-typedef struct expr expr;
-struct expr {
-    int kind;
-    val lit;
-    const char *name; /* var, attr, call/filter/test name, binary operator */
-    expr *a, *b, *c;  /* operands; slice: a[b:c]; cond: b if a else c */
-    expr **args;
-    int n_args;
-    int negate; /* tests: "is not" */
-};
-
-/* template nodes */
-enum { N_TEXT, N_OUT, N_IF, N_FOR, N_SET };
-
-struct node {
-    int kind;
-    const char *text; /* N_TEXT */
-    size_t len;
-    expr *e;          /* N_OUT, N_SET value, N_FOR iterable */
-    const char *var;  /* N_SET / N_FOR target */
-    /* N_IF: conds[i] -> bodies[i]; a NULL cond is the else branch. N_FOR: bodies[0], else bodies[1] */
-    expr **conds;
-    node ***bodies;
-    int *n_body;
-    int n_branches;
-    node *next_free;
-};
-
-typedef struct parser {
-    ctx *c;
-    const char *src, *p, *end;
-    /* the current tag's expression tokens */
-    token *toks;
-    int n_toks, pos;
-} parser;
-
-static int is_space(char ch) { return ch == ' ' || ch == '\t' || ch == '\n' || ch == '\r'; }
-
-/* Tokenize [s, e) of a tag's inside into p->toks. */
-static int lex_expr(parser *p, const char *s, const char *e)
-{
-    ctx *c = p->c;
-    int cap = 16;
-    p->toks = arena_alloc(c, (size_t)cap * sizeof *p->toks);
-    p->n_toks = 0;
-    p->pos = 0;
-    while (p->toks) {
-        while (s < e && is_space(*s))
-            s++;
-        if (p->n_toks + 1 >= cap) {
-            token *n = arena_alloc(c, (size_t)cap * 2 * sizeof *n);
-            if (!n)
-                return c->failed;
-            memcpy(n, p->toks, (size_t)p->n_toks * sizeof *n);
-            p->toks = n;
-            cap *= 2;
-        }
-        token *t = &p->toks[p->n_toks];
-        if (s >= e) {
-            t->type = TK_END;
-            return PEFT_OK;
-        }
-        if (isalpha((unsigned char)*s) || *s == '_') {
-            const char *b = s;
-            while (s < e && (isalnum((unsigned char)*s) || *s == '_'))
-                s++;
-            *t = (token){TK_NAME, b, (size_t)(s - b), 0};
-        } else if (isdigit((unsigned char)*s)) {
-            long long v = 0;
-            while (s < e && isdigit((unsigned char)*s)) {
-                if (v > 100000000000LL)
-                    return fail(c, PEFT_EFORMAT, "number too large");
-                v = v * 10 + (*s++ - '0');
-            }
-            if (s < e && *s == '.')
-                return fail(c, PEFT_EUNSUPPORTED, "floating-point numbers are not supported");
-            *t = (token){TK_INT, NULL, 0, v};
-        } else if (*s == '\'' || *s == '"') {
-            char q = *s++;
-            char *buf = arena_alloc(c, (size_t)(e - s) + 1);
-            size_t n = 0;
-            if (!buf)
-                return c->failed;
-            while (s < e && *s != q) {
-                char ch = *s++;
-                if (ch == '\\' && s < e) {
-                    char x = *s++;
-                    ch = x == 'n' ? '\n' : x == 't' ? '\t' : x == 'r' ? '\r' : x;
-                }
-                buf[n++] = ch;
-            }
-            if (s >= e)
-                return fail(c, PEFT_EFORMAT, "unterminated string literal");
-            s++;
-            buf[n] = '\0';
-            *t = (token){TK_STR, buf, n, 0};
-        } else {
-            static const char *const two[] = {"==", "!=", "<=", ">=", "//", "**"};
-            int len = 1;
-            for (size_t k = 0; k < sizeof two / sizeof two[0]; k++)
-                if (e - s >= 2 && s[0] == two[k][0] && s[1] == two[k][1])
-                    len = 2;
-            if (len == 1 && !strchr("+-*/%~()[].,:|<>={}", *s))
-                return fail(c, PEFT_EFORMAT, "unexpected character '%c'", *s);
-            *t = (token){TK_OP, s, (size_t)len, 0};
-            s += len;
-        }
-        p->n_toks++;
-    }
-    return c->failed;
-}
-
-static token *peek(parser *p) { return &p->toks[p->pos]; }
-static int is_op(const token *t, const char *op) { return t->type == TK_OP && t->n == strlen(op) && !memcmp(t->s, op, t->n); }
-static int is_name(const token *t, const char *nm)
-{
-    return t->type == TK_NAME && t->n == strlen(nm) && !memcmp(t->s, nm, t->n);
-}
-static int accept_op(parser *p, const char *op)
-{
-    if (is_op(peek(p), op)) {
-        p->pos++;
-        return 1;
-    }
-    return 0;
-}
-static int accept_name(parser *p, const char *nm)
-{
-    if (is_name(peek(p), nm)) {
-        p->pos++;
-        return 1;
-    }
-    return 0;
-}
-
-static char *tok_name(parser *p, const token *t)
-{
-    char *s = arena_alloc(p->c, t->n + 1);
-    if (s) {
-        memcpy(s, t->s, t->n);
-        s[t->n] = '\0';
-    }
-    return s;
-}
-
-static expr *new_expr(parser *p, int kind)
-{
-    expr *e = arena_alloc(p->c, sizeof *e);
-    if (e)
-        memset(e, 0, sizeof *e);
-    if (e)
-        e->kind = kind;
-    return e;
-}
-
-static expr *parse_expr(parser *p);
-
-static int parse_args(parser *p, expr ***args, int *n)
-{
-    /* after "(": expr {, expr} ")" */
-    expr *tmp[16];
-    *n = 0;
-    if (!accept_op(p, ")")) {
-        do {
-            if (*n == 16)
-                return fail(p->c, PEFT_EUNSUPPORTED, "too many arguments");
-            if (peek(p)->type == TK_NAME && p->pos + 1 < p->n_toks && is_op(&p->toks[p->pos + 1], "="))
-                return fail(p->c, PEFT_EUNSUPPORTED, "keyword arguments are not supported");
-            if (!(tmp[(*n)++] = parse_expr(p)))
-                return p->c->failed;
-        } while (accept_op(p, ","));
-        if (!accept_op(p, ")"))
-            return fail(p->c, PEFT_EFORMAT, "expected ')'");
-    }
-    *args = arena_alloc(p->c, (size_t)(*n ? *n : 1) * sizeof **args);
-    if (!*args)
-        return p->c->failed;
-    memcpy(*args, tmp, (size_t)*n * sizeof *tmp);
-    return PEFT_OK;
-}
-
-static expr *parse_primary(parser *p)
-{
-    token *t = peek(p);
-    expr *e = NULL;
-    if (t->type == TK_STR) {
-        p->pos++;
-        e = new_expr(p, E_LIT);
-        if (e)
-            e->lit = (val){.t = V_STR, .s = t->s, .n = t->n};
-        /* adjacent string literals concatenate */
-        while (e && peek(p)->type == TK_STR) {
-            token *u = peek(p);
-            p->pos++;
-            char *s = arena_alloc(p->c, e->lit.n + u->n + 1);
-            if (!s)
-                return NULL;
-            memcpy(s, e->lit.s, e->lit.n);
-            memcpy(s + e->lit.n, u->s, u->n);
-            e->lit.s = s;
-            e->lit.n += u->n;
-        }
-    } else if (t->type == TK_INT) {
-        p->pos++;
-        if ((e = new_expr(p, E_LIT)))
-            e->lit = vint(t->i);
-    } else if (t->type == TK_NAME) {
-        p->pos++;
-        if (is_name(t, "true") || is_name(t, "True") || is_name(t, "false") || is_name(t, "False")) {
-            if ((e = new_expr(p, E_LIT)))
-                e->lit = vbool(t->s[0] == 't' || t->s[0] == 'T');
-        } else if (is_name(t, "none") || is_name(t, "None")) {
-            if ((e = new_expr(p, E_LIT)))
-                e->lit = (val){.t = V_NONE};
-        } else if (accept_op(p, "(")) {
-            if ((e = new_expr(p, E_CALL)) && (e->name = tok_name(p, t)))
-                if (parse_args(p, &e->args, &e->n_args))
-                    return NULL;
-            if (!e || !e->name)
-                return NULL;
-        } else if ((e = new_expr(p, E_VAR))) {
-            e->name = tok_name(p, t);
-        }
-    } else if (accept_op(p, "(")) {
-        e = parse_expr(p);
-        if (e && !accept_op(p, ")"))
-            return fail(p->c, PEFT_EFORMAT, "expected ')'"), NULL;
-    } else if (accept_op(p, "[")) {
-        expr *items[64];
-        int n = 0;
-        if (!accept_op(p, "]")) {
-            do {
-                if (n == 64)
-                    return fail(p->c, PEFT_EUNSUPPORTED, "list literal too long"), NULL;
-                if (!(items[n++] = parse_expr(p)))
-                    return NULL;
-            } while (accept_op(p, ","));
-            if (!accept_op(p, "]"))
-                return fail(p->c, PEFT_EFORMAT, "expected ']'"), NULL;
-        }
-        if ((e = new_expr(p, E_LIST)) && (e->args = arena_alloc(p->c, (size_t)(n ? n : 1) * sizeof *e->args))) {
-            memcpy(e->args, items, (size_t)n * sizeof *items);
-            e->n_args = n;
-        }
-    } else if (is_op(t, "{")) {
-        return fail(p->c, PEFT_EUNSUPPORTED, "dict literals are not supported"), NULL;
-    } else {
-        return fail(p->c, PEFT_EFORMAT, "unexpected %s in an expression",
-                    t->type == TK_END ? "end" : "token"),
-               NULL;
-    }
-    /* postfix: .attr, [key], [a:b], (args) */
-    while (e) {
-        if (accept_op(p, ".")) {
-            token *u = peek(p);
-            if (u->type != TK_NAME)
-                return fail(p->c, PEFT_EFORMAT, "expected a name after '.'"), NULL;
-            p->pos++;
-            expr *x = new_expr(p, E_ATTR);
-            if (!x)
-                return NULL;
-            x->a = e;
-            x->name = tok_name(p, u);
-            e = x;
-        } else if (accept_op(p, "[")) {
-            expr *lo = NULL, *hi = NULL;
-            if (!is_op(peek(p), ":") && !(lo = parse_expr(p)))
-                return NULL;
-            if (accept_op(p, ":")) {
-                if (!is_op(peek(p), "]") && !(hi = parse_expr(p)))
-                    return NULL;
-                if (is_op(peek(p), ":"))
-                    return fail(p->c, PEFT_EUNSUPPORTED, "slice steps are not supported"), NULL;
-                expr *x = new_expr(p, E_SLICE);
-                if (!x)
-                    return NULL;
-                x->a = e;
-                x->b = lo;
-                x->c = hi;
-                e = x;
-            } else {
-                expr *x = new_expr(p, E_ITEM);
-                if (!x)
-                    return NULL;
-                x->a = e;
-                x->b = lo;
-                e = x;
-            }
-            if (!accept_op(p, "]"))
-                return fail(p->c, PEFT_EFORMAT, "expected ']'"), NULL;
-        } else if (accept_op(p, "(")) {
-            if (e->kind != E_ATTR)
-                return fail(p->c, PEFT_EUNSUPPORTED, "calling this expression is not supported"), NULL;
-            expr *x = new_expr(p, E_CALL);
-            if (!x)
-                return NULL;
-            x->a = e->a; /* method call: receiver */
-            x->name = e->name;
-            if (parse_args(p, &x->args, &x->n_args))
-                return NULL;
-            e = x;
-        } else {
-            break;
-        }
-    }
-    return e;
-}
-
-static expr *parse_unary(parser *p)
-{
-    if (accept_op(p, "-")) {
-        expr *x = new_expr(p, E_NEG);
-        if (x && !(x->a = parse_unary(p)))
-            return NULL;
-        return x;
-    }
-    expr *e = parse_primary(p);
-    /* filters bind tighter than arithmetic: a | f(x) | g */
-    while (e && accept_op(p, "|")) {
-        token *u = peek(p);
-        if (u->type != TK_NAME)
-            return fail(p->c, PEFT_EFORMAT, "expected a filter name"), NULL;
-        p->pos++;
-        expr *x = new_expr(p, E_FILTER);
-        if (!x)
-            return NULL;
-        x->a = e;
-        x->name = tok_name(p, u);
-        if (accept_op(p, "(") && parse_args(p, &x->args, &x->n_args))
-            return NULL;
-        e = x;
-    }
-    return e;
-}
-
-static expr *binary(parser *p, const char *op, expr *a, expr *b)
-{
-    if (!a || !b)
-        return NULL;
-    expr *x = new_expr(p, E_BIN);
-    if (x) {
-        x->name = op;
-        x->a = a;
-        x->b = b;
-    }
-    return x;
-}
-
-static expr *parse_mul(parser *p)
-{
-    expr *e = parse_unary(p);
-    for (;;) {
-        const char *op = accept_op(p, "*") ? "*" : accept_op(p, "//") ? "//" : accept_op(p, "/") ? "/"
-                       : accept_op(p, "%") ? "%" : NULL;
-        if (!op)
-            return e;
-        e = binary(p, op, e, parse_unary(p));
-    }
-}
-
-static expr *parse_add(parser *p)
-{
-    expr *e = parse_mul(p);
-    for (;;) {
-        const char *op = accept_op(p, "+") ? "+" : accept_op(p, "-") ? "-" : accept_op(p, "~") ? "~" : NULL;
-        if (!op)
-            return e;
-        e = binary(p, op, e, parse_mul(p));
-    }
-}
-
-static expr *parse_cmp(parser *p)
-{
-    expr *e = parse_add(p);
-    for (;;) {
-        const char *op = accept_op(p, "==") ? "==" : accept_op(p, "!=") ? "!=" : accept_op(p, "<=") ? "<="
-                       : accept_op(p, ">=") ? ">=" : accept_op(p, "<") ? "<" : accept_op(p, ">") ? ">" : NULL;
-        if (!op && is_name(peek(p), "in")) {
-            p->pos++;
-            op = "in";
-        } else if (!op && is_name(peek(p), "not") && p->pos + 1 < p->n_toks && is_name(&p->toks[p->pos + 1], "in")) {
-            p->pos += 2;
-            op = "not in";
-        }
-        if (op) {
-            e = binary(p, op, e, parse_add(p));
-            continue;
-        }
-        if (e && accept_name(p, "is")) {
-            expr *x = new_expr(p, E_TEST);
-            if (!x)
-                return NULL;
-            x->negate = accept_name(p, "not");
-            token *u = peek(p);
-            if (u->type != TK_NAME)
-                return fail(p->c, PEFT_EFORMAT, "expected a test name after 'is'"), NULL;
-            p->pos++;
-            x->a = e;
-            x->name = tok_name(p, u);
-            e = x;
-            continue;
-        }
-        return e;
-    }
-}
-
-static expr *parse_not(parser *p)
-{
-    if (accept_name(p, "not")) {
-        expr *x = new_expr(p, E_NOT);
-        if (x && !(x->a = parse_not(p)))
-            return NULL;
-        return x;
-    }
-    return parse_cmp(p);
-}
-
-static expr *parse_and(parser *p)
-{
-    expr *e = parse_not(p);
-    while (e && accept_name(p, "and")) {
-        expr *x = new_expr(p, E_AND);
-        if (!x)
-            return NULL;
-        x->a = e;
-        if (!(x->b = parse_not(p)))
-            return NULL;
-        e = x;
-    }
-    return e;
-}
-
-static expr *parse_or(parser *p)
-{
-    expr *e = parse_and(p);
-    while (e && accept_name(p, "or")) {
-        expr *x = new_expr(p, E_OR);
-        if (!x)
-            return NULL;
-        x->a = e;
-        if (!(x->b = parse_and(p)))
-            return NULL;
-        e = x;
-    }
-    return e;
-}
-
-static expr *parse_expr(parser *p)
-{
-    expr *e = parse_or(p);
-    if (e && accept_name(p, "if")) {
-        expr *x = new_expr(p, E_COND);
-        if (!x)
-            return NULL;
-        x->b = e;
-        if (!(x->a = parse_or(p)))
-            return NULL;
-        if (accept_name(p, "else")) {
-            if (!(x->c = parse_expr(p)))
-                return NULL;
-        }
-        e = x;
-    }
-    return e;
-}
-
-/* ---- template parsing ------------------------------------------------------------- */
-
-/* The next tag: kind '{' (expression), '%' (statement) or '#'; text before it; tag inside. */
-typedef struct tag {
-    char kind;
-    const char *text;
-    size_t text_len;
-    const char *in, *in_end; /* inside the tag, "-" markers removed */
-} tag;
-
-/* Find the next tag. Applies "-" trimming, lstrip_blocks and trim_blocks (transformers' settings). */
-static int next_tag(parser *p, tag *t)
-{
-    const char *s = p->p, *q = s;
-    for (;;) {
-        q = strchr(q, '{');
-        if (!q || q >= p->end) {
-            t->kind = 0;
-            t->text = s;
-            t->text_len = (size_t)(p->end - s);
-            p->p = p->end;
-            return PEFT_OK;
-        }
-        if (q + 1 < p->end && (q[1] == '{' || q[1] == '%' || q[1] == '#'))
-            break;
-        q++;
-    }
-    char kind = q[1];
-    const char *text_end = q, *in = q + 2;
-    if (in < p->end && *in == '-') { /* strip all whitespace before */
-        in++;
-        while (text_end > s && is_space(text_end[-1]))
-            text_end--;
-    } else if (in < p->end && *in == '+') {
-        in++;
-    } else if (kind != '{') {
-        /* lstrip_blocks: whitespace between the start of the line and a block or comment tag */
-        const char *b = text_end;
-        while (b > s && b[-1] != '\n')
-            b--;
-        int line_start = b > s || s == p->src || s[-1] == '\n';
-        const char *w = b;
-        while (w < text_end && (*w == ' ' || *w == '\t' || *w == '\r' || *w == '\v' || *w == '\f'))
-            w++;
-        if (line_start && w == text_end)
-            text_end = b;
-    }
-    const char *close = kind == '{' ? "}}" : kind == '%' ? "%}" : "#}";
-    const char *e = in;
-    /* find the closing delimiter outside string literals */
-    char quote = 0;
-    for (; e + 1 < p->end; e++) {
-        if (kind != '#') {
-            if (quote) {
-                if (*e == '\\')
-                    e++;
-                else if (*e == quote)
-                    quote = 0;
-                continue;
-            }
-            if (*e == '\'' || *e == '"') {
-                quote = *e;
-                continue;
-            }
-        }
-        if (e[0] == close[0] && e[1] == close[1])
-            break;
-    }
-    if (e + 1 >= p->end)
-        return fail(p->c, PEFT_EFORMAT, "unclosed '{%c' tag", kind);
-    const char *in_end = e, *after = e + 2;
-    if (in_end > in && in_end[-1] == '-') { /* strip all whitespace after */
-        in_end--;
-        while (after < p->end && is_space(*after))
-            after++;
-    } else if (in_end > in && in_end[-1] == '+') {
-        in_end--;
-    } else if (kind != '{' && after < p->end && *after == '\n') { /* trim_blocks */
-        after++;
-    } else if (kind != '{' && after + 1 < p->end && after[0] == '\r' && after[1] == '\n') {
-        after += 2;
-    }
-    t->kind = kind;
-    t->text = s;
-    t->text_len = (size_t)(text_end - s);
-    t->in = in;
-    t->in_end = in_end;
-    p->p = after;
-    return PEFT_OK;
-}
-
-static node *new_node(parser *p, int kind)
-{
-    node *n = arena_alloc(p->c, sizeof *n);
-    if (n) {
-        memset(n, 0, sizeof *n);
-        n->kind = kind;
-    }
-    return n;
-}
-
-/* Parse nodes until a statement whose keyword is in `stops` (returned in *stop, or "" at end). */
-static int parse_body(parser *p, node ***out, int *n_out, const char *const *stops, char *stop, size_t stop_cap)
-{
-    ctx *c = p->c;
-    node **list = NULL;
-    int n = 0, cap = 0;
-    stop[0] = '\0';
-    for (;;) {
-        tag t = {0};
-        if (next_tag(p, &t))
-            return c->failed;
-        if (t.text_len) {
-            node *x = new_node(p, N_TEXT);
-            if (!x)
-                return c->failed;
-            x->text = t.text;
-            x->len = t.text_len;
-            if (n == cap) {
-                node **nl = arena_alloc(c, (size_t)(cap ? cap * 2 : 8) * sizeof *nl);
-                if (!nl)
-                    return c->failed;
-                if (n)
-                    memcpy(nl, list, (size_t)n * sizeof *nl);
-                list = nl;
-                cap = cap ? cap * 2 : 8;
-            }
-            list[n++] = x;
-        }
-        if (!t.kind) {
-            if (stops && stops[0])
-                return fail(c, PEFT_EFORMAT, "missing {%% %s %%}", stops[0]);
-            break;
-        }
-        if (t.kind == '#')
-            continue;
-        if (lex_expr(p, t.in, t.in_end))
-            return c->failed;
-        node *x = NULL;
-        if (t.kind == '{') {
-            x = new_node(p, N_OUT);
-            if (!x || !(x->e = parse_expr(p)))
-                return c->failed ? c->failed : fail(c, PEFT_EFORMAT, "bad expression");
-            if (peek(p)->type != TK_END)
-                return fail(c, PEFT_EFORMAT, "unexpected text after an expression");
-        } else {
-            token *kw = peek(p);
-            if (kw->type != TK_NAME)
-                return fail(c, PEFT_EFORMAT, "expected a statement");
-            int is_stop = 0;
-            for (int k = 0; stops && stops[k]; k++)
-                if (is_name(kw, stops[k]))
-                    is_stop = 1;
-            if (is_stop) {
-                snprintf(stop, stop_cap, "%.*s", (int)kw->n, kw->s);
-                p->pos++;
-                break;
-            }
-            p->pos++;
-            if (is_name(kw, "if")) {
-                x = new_node(p, N_IF);
-                if (!x)
-                    return c->failed;
-                expr *conds[64];
-                node **bodies[64];
-                int nb[64], k = 0;
-                expr *cond = parse_expr(p);
-                for (;;) {
-                    if (!cond || peek(p)->type != TK_END)
-                        return c->failed ? c->failed : fail(c, PEFT_EFORMAT, "bad if/elif condition");
-                    if (k >= 63)
-                        return fail(c, PEFT_EUNSUPPORTED, "too many elif branches");
-                    static const char *const st[] = {"endif", "elif", "else", NULL};
-                    char s2[16];
-                    conds[k] = cond;
-                    if (parse_body(p, &bodies[k], &nb[k], st, s2, sizeof s2))
-                        return c->failed;
-                    k++;
-                    if (!strcmp(s2, "endif"))
-                        break;
-                    if (!strcmp(s2, "elif")) {
-                        cond = parse_expr(p);
-                        continue;
-                    }
-                    static const char *const st2[] = {"endif", NULL};
-                    if (peek(p)->type != TK_END)
-                        return fail(c, PEFT_EFORMAT, "unexpected text after else");
-                    conds[k] = NULL;
-                    if (parse_body(p, &bodies[k], &nb[k], st2, s2, sizeof s2))
-                        return c->failed;
-                    k++;
-                    break;
-                }
-                x->conds = arena_alloc(c, (size_t)k * sizeof *x->conds);
-                x->bodies = arena_alloc(c, (size_t)k * sizeof *x->bodies);
-                x->n_body = arena_alloc(c, (size_t)k * sizeof *x->n_body);
-                if (!x->conds || !x->bodies || !x->n_body)
-                    return c->failed;
-                memcpy(x->conds, conds, (size_t)k * sizeof *conds);
-                memcpy(x->bodies, bodies, (size_t)k * sizeof *bodies);
-                memcpy(x->n_body, nb, (size_t)k * sizeof *nb);
-                x->n_branches = k;
-            } else if (is_name(kw, "for")) {
-                x = new_node(p, N_FOR);
-                token *v = peek(p);
-                if (!x || v->type != TK_NAME)
-                    return c->failed ? c->failed : fail(c, PEFT_EFORMAT, "expected a loop variable");
-                p->pos++;
-                if (is_op(peek(p), ","))
-                    return fail(c, PEFT_EUNSUPPORTED, "tuple loop variables are not supported");
-                x->var = tok_name(p, v);
-                if (!accept_name(p, "in"))
-                    return fail(c, PEFT_EFORMAT, "expected 'in'");
-                if (!(x->e = parse_or(p)))
-                    return c->failed;
-                if (peek(p)->type != TK_END)
-                    return fail(c, PEFT_EUNSUPPORTED, "loop filters and recursive loops are not supported");
-                static const char *const st[] = {"endfor", "else", NULL};
-                char s2[16];
-                x->bodies = arena_alloc(c, 2 * sizeof *x->bodies);
-                x->n_body = arena_alloc(c, 2 * sizeof *x->n_body);
-                if (!x->bodies || !x->n_body)
-                    return c->failed;
-                x->n_body[1] = 0;
-                x->bodies[1] = NULL;
-                if (parse_body(p, &x->bodies[0], &x->n_body[0], st, s2, sizeof s2))
-                    return c->failed;
-                if (!strcmp(s2, "else")) {
-                    static const char *const st2[] = {"endfor", NULL};
-                    if (parse_body(p, &x->bodies[1], &x->n_body[1], st2, s2, sizeof s2))
-                        return c->failed;
-                }
-            } else if (is_name(kw, "set")) {
-                x = new_node(p, N_SET);
-                token *v = peek(p);
-                if (!x || v->type != TK_NAME)
-                    return c->failed ? c->failed : fail(c, PEFT_EFORMAT, "expected a variable after set");
-                p->pos++;
-                if (is_op(peek(p), "."))
-                    return fail(c, PEFT_EUNSUPPORTED, "namespace attributes (set ns.x) are not supported");
-                x->var = tok_name(p, v);
-                if (!accept_op(p, "="))
-                    return fail(c, PEFT_EUNSUPPORTED, "block set is not supported");
-                if (!(x->e = parse_expr(p)))
-                    return c->failed;
-            } else if (is_name(kw, "generation") || is_name(kw, "endgeneration")) {
-                continue; /* assistant-mask markers: rendering ignores them */
-            } else {
-                return fail(c, PEFT_EUNSUPPORTED, "statement '%.*s' is not supported", (int)kw->n, kw->s);
-            }
-            if (peek(p)->type != TK_END)
-                return fail(c, PEFT_EFORMAT, "unexpected text in a statement");
-        }
-        if (n == cap) {
-            node **nl = arena_alloc(c, (size_t)(cap ? cap * 2 : 8) * sizeof *nl);
-            if (!nl)
-                return c->failed;
-            if (n)
-                memcpy(nl, list, (size_t)n * sizeof *nl);
-            list = nl;
-            cap = cap ? cap * 2 : 8;
-        }
-        list[n++] = x;
-    }
-    *out = list;
-    *n_out = n;
-    return PEFT_OK;
 }
 
 /* ---- evaluation --------------------------------------------------------------------- */
@@ -900,7 +97,7 @@ static int push_var(ctx *c, const char *name, val v)
         size_t nc = c->cap_vars ? c->cap_vars * 2 : 32;
         struct var *n = realloc(c->vars, nc * sizeof *n);
         if (!n)
-            return fail(c, PEFT_ENOMEM, "out of memory");
+            return peft__chat_fail(c, PEFT_ENOMEM, "out of memory");
         c->vars = n;
         c->cap_vars = nc;
     }
@@ -920,7 +117,7 @@ static val to_str(ctx *c, val v)
     case V_BOOL: return vstr(c, v.i ? "True" : "False", v.i ? 4 : 5, 0);
     case V_NONE: return vstr(c, "None", 4, 0);
     case V_UNDEF: return vstr(c, "", 0, 0);
-    default: fail(c, PEFT_EUNSUPPORTED, "printing a list or a mapping is not supported"); return vstr(c, "", 0, 0);
+    default: peft__chat_fail(c, PEFT_EUNSUPPORTED, "printing a list or a mapping is not supported"); return vstr(c, "", 0, 0);
     }
 }
 
@@ -944,10 +141,10 @@ static int equal(val a, val b)
 static val concat(ctx *c, val a, val b)
 {
     if (a.n + b.n > CHAT_MAX_STRING) {
-        fail(c, PEFT_ERANGE, "a string would exceed %u bytes", CHAT_MAX_STRING);
+        peft__chat_fail(c, PEFT_ERANGE, "a string would exceed %u bytes", CHAT_MAX_STRING);
         return (val){.t = V_UNDEF};
     }
-    char *s = arena_alloc(c, a.n + b.n + 1);
+    char *s = peft__chat_alloc(c, a.n + b.n + 1);
     if (!s)
         return (val){.t = V_UNDEF};
     memcpy(s, a.s, a.n);
@@ -958,213 +155,27 @@ static val concat(ctx *c, val a, val b)
 
 static val eval(ctx *c, const expr *e);
 
-static uint32_t utf8_next(const char *s, size_t n, size_t *i);
-
-/* Python's str.isspace() */
-static int py_space(uint32_t c)
-{
-    return (c >= 9 && c <= 13) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
-           (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000;
-}
-
-static int in_chars(uint32_t cp, val chars)
-{
-    size_t i = 0;
-    while (i < chars.n)
-        if (utf8_next(chars.s, chars.n, &i) == cp)
-            return 1;
-    return 0;
-}
-
-/* Python's str.strip/lstrip/rstrip: whitespace, or the code points of chars */
+/* Python's strip over a value (chars: V_STR, or anything else for whitespace) */
 static val strip(ctx *c, val s, int left, int right, val chars)
 {
     (void)c;
-    size_t b = 0, n = s.n;
-    while (left && b < n) {
-        size_t j = b;
-        uint32_t cp = utf8_next(s.s, n, &j);
-        if (!(chars.t == V_STR ? in_chars(cp, chars) : py_space(cp)))
-            break;
-        b = j;
-    }
-    while (right && n > b) {
-        size_t j = n - 1;
-        while (j > b && ((unsigned char)s.s[j] & 0xc0) == 0x80)
-            j--;
-        size_t k = j;
-        uint32_t cp = utf8_next(s.s, n, &k);
-        if (!(chars.t == V_STR ? in_chars(cp, chars) : py_space(cp)))
-            break;
-        n = j;
-    }
-    return (val){.t = V_STR, .s = s.s + b, .n = n - b};
-}
-
-/* ---- UTF-8 and case mapping ---- */
-
-/* Decode the code point at s[*i] (advancing *i); invalid bytes decode as themselves. */
-static uint32_t utf8_next(const char *s, size_t n, size_t *i)
-{
-    const unsigned char *u = (const unsigned char *)s;
-    uint32_t c = u[*i];
-    int len = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 1;
-    if (len == 1 || *i + (size_t)len > n) {
-        (*i)++;
-        return c;
-    }
-    c &= 0x7fu >> len;
-    for (int k = 1; k < len; k++)
-        c = (c << 6) | (u[*i + (size_t)k] & 0x3fu);
-    *i += (size_t)len;
-    return c;
-}
-
-static size_t utf8_put(char *o, uint32_t c)
-{
-    if (c < 0x80) {
-        o[0] = (char)c;
-        return 1;
-    }
-    if (c < 0x800) {
-        o[0] = (char)(0xc0 | (c >> 6));
-        o[1] = (char)(0x80 | (c & 0x3f));
-        return 2;
-    }
-    if (c < 0x10000) {
-        o[0] = (char)(0xe0 | (c >> 12));
-        o[1] = (char)(0x80 | ((c >> 6) & 0x3f));
-        o[2] = (char)(0x80 | (c & 0x3f));
-        return 3;
-    }
-    o[0] = (char)(0xf0 | (c >> 18));
-    o[1] = (char)(0x80 | ((c >> 12) & 0x3f));
-    o[2] = (char)(0x80 | ((c >> 6) & 0x3f));
-    o[3] = (char)(0x80 | (c & 0x3f));
-    return 4;
-}
-
-/* Byte offset of code point index k in s (clamped to the length). */
-static size_t utf8_offset(val s, long long k)
-{
-    size_t i = 0;
-    while (k-- > 0 && i < s.n)
-        utf8_next(s.s, s.n, &i);
-    return i;
-}
-
-static size_t utf8_len(val s)
-{
-    size_t i = 0, n = 0;
-    while (i < s.n) {
-        utf8_next(s.s, s.n, &i);
-        n++;
-    }
-    return n;
-}
-
-/* Simple case pairs (upper, lower) of the scripts mapped here: Latin-1, Latin Extended-A and
-   Additional, Greek, Cyrillic. *cased tells whether c has case; -1 when it lies in a cased
-   block not mapped here, or its Python mapping is not one-to-one (then the caller refuses). */
-static void case_pair(uint32_t c, uint32_t *up, uint32_t *lo, int *cased)
-{
-    *up = *lo = c;
-    *cased = 0;
-    if (c < 0x80) {
-        if (c >= 'a' && c <= 'z')
-            *up = c - 32, *cased = 1;
-        else if (c >= 'A' && c <= 'Z')
-            *lo = c + 32, *cased = 1;
-        return;
-    }
-    if (c == 0xdf || c == 0x130 || c == 0x131 || c == 0x138 || c == 0x149 || c == 0x17f || c == 0x390 ||
-        c == 0x3b0 || c == 0x3a3 || c == 0x3c2 || c == 0xb5 || c == 0x1e96 || c == 0x1e97 || c == 0x1e98 ||
-        c == 0x1e99 || c == 0x1e9a || c == 0x1e9b || c == 0x1e9e) {
-        *cased = -1; /* special mappings (sharp s, dotted I, final sigma, ...) */
-        return;
-    }
-    if (c >= 0xc0 && c <= 0xde && c != 0xd7)
-        *lo = c + 32, *cased = 1;
-    else if (c >= 0xe0 && c <= 0xfe && c != 0xf7)
-        *up = c - 32, *cased = 1;
-    else if (c == 0xff)
-        *up = 0x178, *cased = 1;
-    else if (c == 0x178)
-        *lo = 0xff, *cased = 1;
-    else if ((c >= 0x100 && c <= 0x137) || (c >= 0x14a && c <= 0x177) || (c >= 0x1e00 && c <= 0x1e95) ||
-             (c >= 0x1ea0 && c <= 0x1eff)) {
-        *cased = 1;
-        if (c % 2)
-            *up = c - 1;
-        else
-            *lo = c + 1;
-    } else if ((c >= 0x139 && c <= 0x148) || (c >= 0x179 && c <= 0x17e)) {
-        *cased = 1;
-        if (c % 2)
-            *lo = c + 1;
-        else
-            *up = c - 1;
-    } else if (c >= 0x391 && c <= 0x3a9 && c != 0x3a2) {
-        *lo = c + 32, *cased = 1;
-    } else if (c >= 0x3b1 && c <= 0x3c9) {
-        *up = c - 32, *cased = 1;
-    } else if (c == 0x386 || (c >= 0x388 && c <= 0x38a) || c == 0x38c || c == 0x38e || c == 0x38f) {
-        *lo = c == 0x386 ? 0x3ac : c == 0x38c ? 0x3cc : c >= 0x38e ? c + 63 : c + 37, *cased = 1;
-    } else if (c == 0x3ac || (c >= 0x3ad && c <= 0x3af) || c == 0x3cc || c == 0x3cd || c == 0x3ce) {
-        *up = c == 0x3ac ? 0x386 : c == 0x3cc ? 0x38c : c >= 0x3cd ? c - 63 : c - 37, *cased = 1;
-    } else if (c >= 0x410 && c <= 0x42f) {
-        *lo = c + 32, *cased = 1;
-    } else if (c >= 0x430 && c <= 0x44f) {
-        *up = c - 32, *cased = 1;
-    } else if (c >= 0x400 && c <= 0x40f) {
-        *lo = c + 80, *cased = 1;
-    } else if (c >= 0x450 && c <= 0x45f) {
-        *up = c - 80, *cased = 1;
-    } else if ((c >= 0x180 && c <= 0x2af) || (c >= 0x370 && c <= 0x3ff) || (c >= 0x460 && c <= 0x52f) ||
-               (c >= 0x531 && c <= 0x587) || (c >= 0x10a0 && c <= 0x10ff) || (c >= 0x13a0 && c <= 0x13ff) ||
-               (c >= 0x1c80 && c <= 0x1cbf) || (c >= 0x1d00 && c <= 0x1dbf) || (c >= 0x1e00 && c <= 0x1fff) ||
-               (c >= 0x2100 && c <= 0x218f) || (c >= 0x24b6 && c <= 0x24e9) || (c >= 0x2c00 && c <= 0x2d2f) ||
-               (c >= 0xa640 && c <= 0xa69f) || (c >= 0xa720 && c <= 0xa7ff) || (c >= 0xab30 && c <= 0xabbf) ||
-               (c >= 0xfb00 && c <= 0xfb17) || (c >= 0xff21 && c <= 0xff5a) || (c >= 0x10400 && c <= 0x104ff) ||
-               (c >= 0x10c80 && c <= 0x10cff) || (c >= 0x118a0 && c <= 0x118ff) || (c >= 0x16e40 && c <= 0x16e9f) ||
-               (c >= 0x1e900 && c <= 0x1e95f)) {
-        *cased = -1;
-    }
+    size_t b, e;
+    peft__py_strip(s.s, s.n, left, right, chars.t == V_STR ? chars.s : NULL, chars.n, &b, &e);
+    return (val){.t = V_STR, .s = s.s + b, .n = e - b};
 }
 
 /* mode: 0 lower, 1 upper, 2 Python str.title(), 3 capitalize, 4 Jinja's title filter */
 static val case_map(ctx *c, val s, int mode)
 {
-    char *o = arena_alloc(c, s.n * 2 + 4);
+    char *o = peft__chat_alloc(c, s.n * 2 + 4);
+    uint32_t bad = 0;
+    size_t n = o ? peft__case_map(o, s.s, s.n, mode, &bad) : 0;
     if (!o)
         return (val){.t = V_UNDEF};
-    size_t i = 0, n = 0;
-    int prev_cased = 0, first = 1, word_start = 1;
-    while (i < s.n) {
-        uint32_t cp = utf8_next(s.s, s.n, &i), up, lo;
-        int cased;
-        case_pair(cp, &up, &lo, &cased);
-        if (cased < 0) {
-            fail(c, PEFT_EUNSUPPORTED, "case mapping of U+%04X is not supported", (unsigned)cp);
-            return (val){.t = V_UNDEF};
-        }
-        uint32_t r = cp;
-        if (mode == 0)
-            r = lo;
-        else if (mode == 1)
-            r = up;
-        else if (mode == 2)
-            r = cased ? (prev_cased ? lo : up) : cp;
-        else if (mode == 3)
-            r = first ? up : lo;
-        else
-            r = word_start ? up : lo;
-        prev_cased = cased;
-        first = 0;
-        word_start = cp == '-' || cp == '(' || cp == '{' || cp == '[' || cp == '<' || py_space(cp);
-        n += utf8_put(o + n, r);
+    if (n == (size_t)-1) {
+        peft__chat_fail(c, PEFT_EUNSUPPORTED, "case mapping of U+%04X is not supported", (unsigned)bad);
+        return (val){.t = V_UNDEF};
     }
-    o[n] = '\0';
     return (val){.t = V_STR, .s = o, .n = n};
 }
 
@@ -1173,7 +184,7 @@ static val replace(ctx *c, val s, val from, val to)
     if (from.n == 0)
         return s;
     size_t n = 0;
-    char *o = arena_alloc(c, s.n * (to.n > from.n ? to.n / from.n + 1 : 1) + 1);
+    char *o = peft__chat_alloc(c, s.n * (to.n > from.n ? to.n / from.n + 1 : 1) + 1);
     if (!o)
         return (val){.t = V_UNDEF};
     for (size_t i = 0; i < s.n;) {
@@ -1199,10 +210,10 @@ static val tojson(ctx *c, val v)
         return to_str(c, v);
     }
     if (v.t != V_STR) {
-        fail(c, PEFT_EUNSUPPORTED, "tojson of a list or mapping is not supported");
+        peft__chat_fail(c, PEFT_EUNSUPPORTED, "tojson of a list or mapping is not supported");
         return vstr(c, "", 0, 0);
     }
-    char *o = arena_alloc(c, v.n * 6 + 3);
+    char *o = peft__chat_alloc(c, v.n * 6 + 3);
     size_t n = 0;
     if (!o)
         return (val){.t = V_UNDEF};
@@ -1228,7 +239,7 @@ static val tojson(ctx *c, val v)
         } else if (ch < 0x20 || ch == '<' || ch == '>' || ch == '&' || ch == '\'') {
             n += (size_t)snprintf(o + n, 7, "\\u%04x", ch);
         } else if (ch >= 0x80) {
-            fail(c, PEFT_EUNSUPPORTED, "tojson of non-ASCII text is not supported");
+            peft__chat_fail(c, PEFT_EUNSUPPORTED, "tojson of non-ASCII text is not supported");
             return vstr(c, "", 0, 0);
         } else {
             o[n++] = (char)ch;
@@ -1263,11 +274,11 @@ static val attr(ctx *c, val obj, const char *name, int subscript)
             return vint(l->length - l->index0);
         if (!strcmp(name, "revindex0"))
             return vint(l->length - l->index0 - 1);
-        fail(c, PEFT_EUNSUPPORTED, "loop.%s is not supported", name);
+        peft__chat_fail(c, PEFT_EUNSUPPORTED, "loop.%s is not supported", name);
         return (val){.t = V_UNDEF};
     }
     if (obj.t == V_UNDEF) {
-        fail(c, PEFT_EFORMAT, "'%s' of an undefined value", name);
+        peft__chat_fail(c, PEFT_EFORMAT, "'%s' of an undefined value", name);
         return obj;
     }
     return (val){.t = V_UNDEF};
@@ -1292,18 +303,18 @@ static val call(ctx *c, const expr *e)
     if (!e->a) { /* a global function */
         if (!strcmp(e->name, "raise_exception")) {
             val m = na ? to_str(c, args[0]) : vstr(c, "", 0, 0);
-            fail(c, PEFT_EINVAL, "%.*s", (int)m.n, m.s);
+            peft__chat_fail(c, PEFT_EINVAL, "%.*s", (int)m.n, m.s);
             return (val){.t = V_UNDEF};
         }
         if (!strcmp(e->name, "range") && na == 1 && args[0].t == V_INT && args[0].i >= 0 && args[0].i < 100000) {
-            val *items = arena_alloc(c, (size_t)(args[0].i ? args[0].i : 1) * sizeof *items);
+            val *items = peft__chat_alloc(c, (size_t)(args[0].i ? args[0].i : 1) * sizeof *items);
             if (!items)
                 return (val){.t = V_UNDEF};
             for (long long i = 0; i < args[0].i; i++)
                 items[i] = vint(i);
             return (val){.t = V_LIST, .items = items, .n = (size_t)args[0].i};
         }
-        fail(c, PEFT_EUNSUPPORTED, "function %s() is not supported", e->name);
+        peft__chat_fail(c, PEFT_EUNSUPPORTED, "function %s() is not supported", e->name);
         return (val){.t = V_UNDEF};
     }
     val obj = eval(c, e->a);
@@ -1332,7 +343,7 @@ static val call(ctx *c, const expr *e)
                     cnt++;
                     i += args[0].n - 1;
                 }
-            val *items = arena_alloc(c, cnt * sizeof *items);
+            val *items = peft__chat_alloc(c, cnt * sizeof *items);
             if (!items)
                 return (val){.t = V_UNDEF};
             size_t k = 0, b = 0;
@@ -1351,7 +362,7 @@ static val call(ctx *c, const expr *e)
         val v = attr(c, obj, key, 1);
         return v.t == V_UNDEF ? (na == 2 ? args[1] : (val){.t = V_NONE}) : v;
     }
-    fail(c, PEFT_EUNSUPPORTED, "method %s() is not supported on this value", e->name);
+    peft__chat_fail(c, PEFT_EUNSUPPORTED, "method %s() is not supported on this value", e->name);
     return (val){.t = V_UNDEF};
 }
 
@@ -1367,13 +378,13 @@ static val filter(ctx *c, const expr *e)
     if (!strcmp(f, "default") || !strcmp(f, "d"))
         return v.t == V_UNDEF ? (na ? args[0] : vstr(c, "", 0, 0)) : v;
     if (v.t == V_UNDEF) {
-        fail(c, PEFT_EFORMAT, "filter %s on an undefined value", f);
+        peft__chat_fail(c, PEFT_EFORMAT, "filter %s on an undefined value", f);
         return v;
     }
     if (!strcmp(f, "trim") && v.t == V_STR)
         return strip(c, v, 1, 1, na ? args[0] : (val){.t = V_NONE});
     if ((!strcmp(f, "length") || !strcmp(f, "count")) && (v.t == V_STR || v.t == V_LIST || v.t == V_DICT))
-        return vint((long long)(v.t == V_STR ? utf8_len(v) : v.n));
+        return vint((long long)(v.t == V_STR ? peft__utf8_len(v.s, v.n) : v.n));
     if ((!strcmp(f, "upper") || !strcmp(f, "lower") || !strcmp(f, "capitalize") || !strcmp(f, "title")) && v.t == V_STR)
         return case_map(c, v, f[0] == 'l' ? 0 : f[0] == 'u' ? 1 : f[0] == 't' ? 4 : 3);
     if ((!strcmp(f, "first") || !strcmp(f, "last")) && v.t == V_LIST)
@@ -1393,7 +404,7 @@ static val filter(ctx *c, const expr *e)
         }
         return acc;
     }
-    fail(c, PEFT_EUNSUPPORTED, "filter '%s' is not supported here", f);
+    peft__chat_fail(c, PEFT_EUNSUPPORTED, "filter '%s' is not supported here", f);
     return v;
 }
 
@@ -1418,17 +429,17 @@ static val eval(ctx *c, const expr *e)
             return attr(c, obj, key, 1);
         }
         if (k.t == V_INT && (obj.t == V_LIST || obj.t == V_STR)) {
-            size_t len = obj.t == V_STR ? utf8_len(obj) : obj.n;
+            size_t len = obj.t == V_STR ? peft__utf8_len(obj.s, obj.n) : obj.n;
             long long i = norm_index(k.i, len);
             if (i < 0 || (size_t)i >= len)
                 return (val){.t = V_UNDEF};
             if (obj.t == V_LIST)
                 return obj.items[i];
-            size_t b = utf8_offset(obj, i), e2 = utf8_offset(obj, i + 1);
+            size_t b = peft__utf8_offset(obj.s, obj.n, i), e2 = peft__utf8_offset(obj.s, obj.n, i + 1);
             return (val){.t = V_STR, .s = obj.s + b, .n = e2 - b};
         }
         if (obj.t == V_UNDEF)
-            fail(c, PEFT_EFORMAT, "indexing an undefined value");
+            peft__chat_fail(c, PEFT_EFORMAT, "indexing an undefined value");
         return (val){.t = V_UNDEF};
     }
     case E_SLICE: {
@@ -1437,10 +448,10 @@ static val eval(ctx *c, const expr *e)
         if (c->failed)
             return obj;
         if ((obj.t != V_LIST && obj.t != V_STR) || lo.t != V_INT || hi.t != V_INT) {
-            fail(c, PEFT_EUNSUPPORTED, "slicing this value is not supported");
+            peft__chat_fail(c, PEFT_EUNSUPPORTED, "slicing this value is not supported");
             return obj;
         }
-        size_t len = obj.t == V_STR ? utf8_len(obj) : obj.n;
+        size_t len = obj.t == V_STR ? peft__utf8_len(obj.s, obj.n) : obj.n;
         if (!e->c)
             hi = vint((long long)len);
         long long a = norm_index(lo.i, len), b = norm_index(hi.i, len);
@@ -1453,7 +464,7 @@ static val eval(ctx *c, const expr *e)
             r.items = obj.items + a;
             r.n = (size_t)(b - a);
         } else {
-            size_t ba = utf8_offset(obj, a), bb = utf8_offset(obj, b);
+            size_t ba = peft__utf8_offset(obj.s, obj.n, a), bb = peft__utf8_offset(obj.s, obj.n, b);
             r.s = obj.s + ba;
             r.n = bb - ba;
         }
@@ -1484,7 +495,7 @@ static val eval(ctx *c, const expr *e)
         else if (!strcmp(t, "boolean"))
             r = v.t == V_BOOL;
         else {
-            fail(c, PEFT_EUNSUPPORTED, "test 'is %s' is not supported", t);
+            peft__chat_fail(c, PEFT_EUNSUPPORTED, "test 'is %s' is not supported", t);
             return v;
         }
         return vbool(e->negate ? !r : r);
@@ -1493,7 +504,7 @@ static val eval(ctx *c, const expr *e)
     case E_NEG: {
         val v = eval(c, e->a);
         if (v.t != V_INT) {
-            fail(c, PEFT_EUNSUPPORTED, "unary minus on a non-integer");
+            peft__chat_fail(c, PEFT_EUNSUPPORTED, "unary minus on a non-integer");
             return v;
         }
         return vint(-v.i);
@@ -1508,7 +519,7 @@ static val eval(ctx *c, const expr *e)
     }
     case E_COND: return truthy(eval(c, e->a)) ? eval(c, e->b) : e->c ? eval(c, e->c) : (val){.t = V_UNDEF};
     case E_LIST: {
-        val *items = arena_alloc(c, (size_t)(e->n_args ? e->n_args : 1) * sizeof *items);
+        val *items = peft__chat_alloc(c, (size_t)(e->n_args ? e->n_args : 1) * sizeof *items);
         if (!items)
             return (val){.t = V_UNDEF};
         for (int i = 0; i < e->n_args; i++)
@@ -1537,13 +548,13 @@ static val eval(ctx *c, const expr *e)
                 for (size_t i = 0; i < b.n && !r; i++)
                     r = str_eq(a, b.keys[i]);
             else
-                fail(c, PEFT_EUNSUPPORTED, "'in' on this value is not supported");
+                peft__chat_fail(c, PEFT_EUNSUPPORTED, "'in' on this value is not supported");
             return vbool(op[0] == 'n' ? !r : r);
         }
         if (!strcmp(op, "+") && a.t == V_STR && b.t == V_STR)
             return concat(c, a, b);
         if (!strcmp(op, "+") && a.t == V_LIST && b.t == V_LIST) {
-            val *items = arena_alloc(c, (a.n + b.n + 1) * sizeof *items);
+            val *items = peft__chat_alloc(c, (a.n + b.n + 1) * sizeof *items);
             if (!items)
                 return a;
             memcpy(items, a.items, a.n * sizeof *items);
@@ -1559,14 +570,14 @@ static val eval(ctx *c, const expr *e)
             case '%':
             case '/':
                 if (y == 0) {
-                    fail(c, PEFT_EINVAL, "division by zero");
+                    peft__chat_fail(c, PEFT_EINVAL, "division by zero");
                     return a;
                 }
                 if (op[0] == '%') /* Python: the sign of the divisor */
                     return vint(((x % y) + y) % y);
                 if (op[1] == '/')
                     return vint(x / y - ((x % y != 0) && ((x < 0) != (y < 0))));
-                fail(c, PEFT_EUNSUPPORTED, "true division gives a float, which is not supported");
+                peft__chat_fail(c, PEFT_EUNSUPPORTED, "true division gives a float, which is not supported");
                 return a;
             case '<': return vbool(op[1] == '=' ? x <= y : x < y);
             case '>': return vbool(op[1] == '=' ? x >= y : x > y);
@@ -1581,10 +592,10 @@ static val eval(ctx *c, const expr *e)
         }
         if (!strcmp(op, "*") && a.t == V_STR && b.t == V_INT && b.i >= 0 && b.i < 10000) {
             if (a.n * (size_t)b.i > CHAT_MAX_STRING) {
-                fail(c, PEFT_ERANGE, "a string would exceed %u bytes", CHAT_MAX_STRING);
+                peft__chat_fail(c, PEFT_ERANGE, "a string would exceed %u bytes", CHAT_MAX_STRING);
                 return a;
             }
-            char *o = arena_alloc(c, a.n * (size_t)b.i + 1);
+            char *o = peft__chat_alloc(c, a.n * (size_t)b.i + 1);
             if (!o)
                 return a;
             for (long long i = 0; i < b.i; i++)
@@ -1592,23 +603,23 @@ static val eval(ctx *c, const expr *e)
             o[a.n * (size_t)b.i] = '\0';
             return (val){.t = V_STR, .s = o, .n = a.n * (size_t)b.i};
         }
-        fail(c, PEFT_EINVAL, "unsupported operands for '%s'", op);
+        peft__chat_fail(c, PEFT_EINVAL, "unsupported operands for '%s'", op);
         return a;
     }
     }
-    fail(c, PEFT_EFORMAT, "bad expression");
+    peft__chat_fail(c, PEFT_EFORMAT, "bad expression");
     return (val){.t = V_UNDEF};
 }
 
 static int emit(ctx *c, const char *s, size_t n)
 {
     if (c->out_len + n > 4 * (size_t)CHAT_MAX_STRING)
-        return fail(c, PEFT_ERANGE, "the rendering would exceed %u bytes", 4 * CHAT_MAX_STRING);
+        return peft__chat_fail(c, PEFT_ERANGE, "the rendering would exceed %u bytes", 4 * CHAT_MAX_STRING);
     if (c->out_len + n + 1 > c->out_cap) {
         size_t nc = (c->out_len + n + 1) * 2;
         char *o = realloc(c->out, nc);
         if (!o)
-            return fail(c, PEFT_ENOMEM, "out of memory");
+            return peft__chat_fail(c, PEFT_ENOMEM, "out of memory");
         c->out = o;
         c->out_cap = nc;
     }
@@ -1622,12 +633,12 @@ static int run(ctx *c, node **body, int n)
 {
     if (++c->depth > 64) {
         c->depth--;
-        return fail(c, PEFT_EFORMAT, "nesting too deep");
+        return peft__chat_fail(c, PEFT_EFORMAT, "nesting too deep");
     }
     for (int i = 0; i < n && !c->failed; i++) {
         node *x = body[i];
         if (++c->steps > CHAT_MAX_STEPS) {
-            fail(c, PEFT_ERANGE, "the template runs for more than %lld steps", CHAT_MAX_STEPS);
+            peft__chat_fail(c, PEFT_ERANGE, "the template runs for more than %lld steps", CHAT_MAX_STEPS);
             break;
         }
         switch (x->kind) {
@@ -1658,7 +669,7 @@ static int run(ctx *c, node **body, int n)
             if (it.t == V_UNDEF || it.t == V_NONE)
                 it = (val){.t = V_LIST, .n = 0};
             if (it.t != V_LIST) {
-                fail(c, PEFT_EUNSUPPORTED, "looping over this value is not supported");
+                peft__chat_fail(c, PEFT_EUNSUPPORTED, "looping over this value is not supported");
                 break;
             }
             if (it.n == 0) {
@@ -1691,22 +702,18 @@ int peft__chat_render(char **out, size_t *out_len, const char *tmpl, const peft_
     memset(&c, 0, sizeof c);
     *out = NULL;
     *out_len = 0;
-    parser p = {.c = &c, .src = tmpl, .p = tmpl, .end = tmpl + strlen(tmpl)};
     node **body = NULL;
     int nb = 0;
-    char stop[16];
-    int code = parse_body(&p, &body, &nb, NULL, stop, sizeof stop);
-    if (!code && stop[0])
-        code = fail(&c, PEFT_EFORMAT, "unexpected {%% %s %%}", stop);
+    int code = peft__chat_parse(&c, tmpl, &body, &nb);
     if (!code) {
         /* messages: a list of {"role", "content"} */
-        val *items = arena_alloc(&c, (n ? n : 1) * sizeof *items);
-        const char **keys = arena_alloc(&c, 2 * sizeof *keys);
+        val *items = peft__chat_alloc(&c, (n ? n : 1) * sizeof *items);
+        const char **keys = peft__chat_alloc(&c, 2 * sizeof *keys);
         if (items && keys) {
             keys[0] = "role";
             keys[1] = "content";
             for (size_t i = 0; i < n; i++) {
-                val *kv = arena_alloc(&c, 2 * sizeof *kv);
+                val *kv = peft__chat_alloc(&c, 2 * sizeof *kv);
                 if (!kv)
                     break;
                 kv[0] = vstr(&c, msgs[i].role, strlen(msgs[i].role), 0);
