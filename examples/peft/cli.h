@@ -85,6 +85,7 @@ int data_from_args(cli_args *a, const char *model_dir, int vocab, int seq, data_
 
 int fail_lib(const char *what, int code); /* prints the library's message, returns 1 */
 int make_dirs(const char *path);          /* mkdir -p; -1 with errno on failure */
+char *read_text(const char *path);        /* a whole file, NUL-terminated (malloc'ed), or NULL */
 double now_seconds(void);
 
 int cmd_train(int argc, char **argv);

@@ -225,21 +225,9 @@ int cmd_generate(int argc, char **argv)
     if (chat || ctpath || system) {
         /* the prompt as the user's turn (after the --system one) in the chat template, with the
            assistant's turn opened; the template's text carries BOS as transformers does */
-        if (ctpath) {
-            FILE *f = fopen(ctpath, "rb");
-            long sz = -1;
-            if (f && fseek(f, 0, SEEK_END) == 0)
-                sz = ftell(f);
-            if (f && sz >= 0 && fseek(f, 0, SEEK_SET) == 0 && (tmpl = malloc((size_t)sz + 1)) &&
-                fread(tmpl, 1, (size_t)sz, f) == (size_t)sz) {
-                tmpl[sz] = '\0';
-            } else {
-                fprintf(stderr, "peft generate: cannot read --chat-template %s\n", ctpath);
-                if (f)
-                    fclose(f);
-                goto done;
-            }
-            fclose(f);
+        if (ctpath && !(tmpl = read_text(ctpath))) {
+            fprintf(stderr, "peft generate: cannot read --chat-template %s\n", ctpath);
+            goto done;
         }
         peft_chat_message msgs[2] = {{"system", system ? system : ""}, {"user", prompt}};
         size_t nm = system ? 2 : 1, len = 0;

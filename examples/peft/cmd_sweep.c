@@ -218,6 +218,16 @@ static const char *const module_names[7] = {"self_attn.q_proj", "self_attn.k_pro
                                             "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
                                             "mlp.down_proj"};
 
+/* The rank_pattern key of one module: "layers.L.self_attn.q_proj", or "embed_tokens" (target 7). */
+static const char *pattern_key(char *buf, size_t n, int layer, int target)
+{
+    if (target == 7)
+        snprintf(buf, n, "embed_tokens");
+    else
+        snprintf(buf, n, "layers.%d.%s", layer, module_names[target]);
+    return buf;
+}
+
 struct module_cost {
     int layer, target;
     uint64_t cost;
@@ -258,24 +268,13 @@ static int solve_lora(sweep_cfg *c, const peft_model *m, const sweep *sw)
     size_t nm = 0;
     if (!mc)
         return -1;
-    char key[96];
-    for (int l = 0; l < sw->n_layers; l++)
-        for (int t = 0; t < 7; t++) {
-            if (!(c->lo.targets & (1u << t)))
-                continue;
-            snprintf(key, sizeof key, "layers.%d.%s=%d", l, module_names[t], r + 1);
-            peft_lora_options one = c->lo;
-            one.rank_pattern = key;
-            uint64_t n1;
-            if ((code = peft_count_lora(&n1, m, &one))) {
-                free(mc);
-                return fail_lib(c->name, code), -1;
-            }
-            if (n1 > n0)
-                mc[nm++] = (struct module_cost){l, t, n1 - n0};
-        }
-    if (c->lo.targets & PEFT_TARGET_EMBED) {
-        snprintf(key, sizeof key, "embed_tokens=%d", r + 1);
+    char key[96], mod[80];
+    /* every (layer, linear target), then the embeddings (layer -1, target 7) */
+    for (int i = 0; i <= sw->n_layers * 7; i++) {
+        int l = i < sw->n_layers * 7 ? i / 7 : -1, t = i < sw->n_layers * 7 ? i % 7 : 7;
+        if (!(c->lo.targets & (1u << t)))
+            continue;
+        snprintf(key, sizeof key, "%s=%d", pattern_key(mod, sizeof mod, l, t), r + 1);
         peft_lora_options one = c->lo;
         one.rank_pattern = key;
         uint64_t n1;
@@ -284,7 +283,7 @@ static int solve_lora(sweep_cfg *c, const peft_model *m, const sweep *sw)
             return fail_lib(c->name, code), -1;
         }
         if (n1 > n0)
-            mc[nm++] = (struct module_cost){-1, 7, n1 - n0};
+            mc[nm++] = (struct module_cost){l, t, n1 - n0};
     }
     qsort(mc, nm, sizeof *mc, by_cost);
     uint64_t left = c->budget - n0;
@@ -309,11 +308,7 @@ static int solve_lora(sweep_cfg *c, const peft_model *m, const sweep *sw)
         else
             continue;
         bumped++;
-        char mod[96];
-        if (mc[i].target == 7)
-            snprintf(mod, sizeof mod, "embed_tokens");
-        else
-            snprintf(mod, sizeof mod, "layers.%d.%s", mc[i].layer, module_names[mc[i].target]);
+        pattern_key(mod, sizeof mod, mc[i].layer, mc[i].target);
         if (append(&rp, &rl, &rc, "%s%s=%d", rl ? "," : "", mod, r + 1) ||
             (default_alpha && append(&ap, &al, &ac, "%s%s=%d", al ? "," : "", mod, 2 * (r + 1)))) {
             free(mc);
@@ -565,32 +560,6 @@ int write_file_atomic(const char *path, const char *text, size_t len)
     return 0;
 }
 
-static char *read_text(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    char *s = NULL;
-    size_t len = 0, cap = 0;
-    for (;;) {
-        if (len + 4096 + 1 > cap) {
-            char *n = realloc(s, cap = (cap + 4096) * 2);
-            if (!n) {
-                free(s);
-                fclose(f);
-                return NULL;
-            }
-            s = n;
-        }
-        size_t r = fread(s + len, 1, 4096, f);
-        len += r;
-        if (r < 4096)
-            break;
-    }
-    fclose(f);
-    s[len] = '\0';
-    return s;
-}
 
 
 /* result.txt: "key value" lines, written by the run (or by the sweep for a run that died). */

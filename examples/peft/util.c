@@ -185,32 +185,13 @@ int data_from_args(cli_args *a, const char *model_dir, int vocab, int seq, data_
     o->chat_template = NULL;
     const char *ct = arg_str(a, "--chat-template", NULL);
     if (ct) {
-        /* a file holding the template, or a tokenizer_config.json whose "chat_template" is used */
+        /* the template's text, kept for the program's lifetime (data_options holds a pointer) */
         static char *loaded;
-        FILE *f = fopen(ct, "rb");
-        if (!f) {
+        free(loaded);
+        if (!(loaded = read_text(ct))) {
             fprintf(stderr, "peft: --chat-template %s: %s\n", ct, strerror(errno));
             return -1;
         }
-        free(loaded);
-        loaded = NULL;
-        size_t cap = 0, n = 0;
-        for (;;) {
-            if (n + 4097 > cap) {
-                char *b = realloc(loaded, cap = cap * 2 + 8192);
-                if (!b) {
-                    fclose(f);
-                    return -1;
-                }
-                loaded = b;
-            }
-            size_t r = fread(loaded + n, 1, 4096, f);
-            n += r;
-            if (r < 4096)
-                break;
-        }
-        fclose(f);
-        loaded[n] = '\0';
         o->chat_template = loaded;
     }
     return 0;
@@ -494,4 +475,31 @@ int make_dirs(const char *path)
             *p = '/';
         }
     return mkdir(buf, 0755) != 0 && errno != EEXIST ? -1 : 0;
+}
+
+char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *s = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len + 4096 + 1 > cap) {
+            char *n = realloc(s, cap = (cap + 4096) * 2);
+            if (!n) {
+                free(s);
+                fclose(f);
+                return NULL;
+            }
+            s = n;
+        }
+        size_t r = fread(s + len, 1, 4096, f);
+        len += r;
+        if (r < 4096)
+            break;
+    }
+    fclose(f);
+    s[len] = '\0';
+    return s;
 }
