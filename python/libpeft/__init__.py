@@ -216,17 +216,14 @@ class StepResult:
         return f"StepResult(loss={self.loss:.6f}, grad_norm={self.grad_norm:.4f}, tokens={self.tokens}, step={self.step})"
 
 
-class Model:
-    """A model opened from a Hugging Face directory; owns its handle (use `with`)."""
+class _Handle:
+    """A library handle freed by close(), by `with`, or when garbage-collected."""
 
-    def __init__(self, path, threads=0, backend=None):
-        self._h = _c_void_p()
-        opts = _OpenOptions(1, threads, _enc(backend))
-        _check(_model_open(ctypes.byref(self._h), os.fspath(path).encode(), ctypes.byref(opts)))
+    _free = None  # the peft_*_close function of the handle's kind
 
     def close(self):
         if getattr(self, "_h", None):
-            _model_close(ctypes.byref(self._h))
+            type(self)._free(ctypes.byref(self._h))
             self._h = None
 
     def __enter__(self):
@@ -237,6 +234,18 @@ class Model:
 
     def __del__(self):
         self.close()
+
+
+class Model(_Handle):
+    """A model opened from a Hugging Face directory; owns its handle (use `with`)."""
+
+    _free = _model_close
+
+    def __init__(self, path, threads=0, backend=None):
+        self._h = _c_void_p()
+        opts = _OpenOptions(1, threads, _enc(backend))
+        _check(_model_open(ctypes.byref(self._h), os.fspath(path).encode(), ctypes.byref(opts)))
+
 
     def _handle(self):
         if not self._h:
@@ -355,26 +364,15 @@ class Model:
         _check(_enable(self._handle(), int(enabled)))
 
 
-class Tokenizer:
+class Tokenizer(_Handle):
     """A Hugging Face tokenizer.json (or a model directory holding one)."""
+
+    _free = _tok_close
 
     def __init__(self, path):
         self._h = _c_void_p()
         _check(_tok_open(ctypes.byref(self._h), os.fspath(path).encode()))
 
-    def close(self):
-        if getattr(self, "_h", None):
-            _tok_close(ctypes.byref(self._h))
-            self._h = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        self.close()
 
     def encode(self, text, bos=None, eos=False):
         data = text.encode("utf-8")
