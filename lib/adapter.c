@@ -395,6 +395,25 @@ static int load_norms(peft_model *m, const json_value *root, const char *cfg_pat
     return keep_or_restore(m, saved, code);
 }
 
+/* The end of loading into a new attachment (m->lora; saved: the one it replaces): the file
+   holds exactly the expected tensors, the weights are finite, and a replaced attachment had
+   the same layout; then keep the new one, or put the old one back. Closes f. */
+static int finish_load(peft_model *m, lora_state *saved, st_file *f, int code, size_t expected, const char *st_path,
+                       const char *dir)
+{
+    const lora_state *l = m->lora;
+    if (!code && f->n_tensors != expected)
+        code = peft__fail(PEFT_EFORMAT, "%s: %zu tensors, but adapter_config.json describes %zu", st_path, f->n_tensors,
+                          expected);
+    for (size_t i = 0; !code && i < l->n_params; i++)
+        if (!isfinite(l->params[i]))
+            code = peft__fail(PEFT_ENUMERIC, "%s: adapter weights contain NaN or Inf", st_path);
+    if (!code && saved && (saved->method != l->method || saved->n_params != l->n_params))
+        code = peft__fail(PEFT_ESHAPE, "%s: adapter layout differs from the attached one", dir);
+    st_close(f);
+    return keep_or_restore(m, saved, code);
+}
+
 /* ---- VeRA (PEFT VERA) ---- */
 
 static int targets_and_layers(const json_value *root, uint32_t *targets, int embed_ok, char *layers, size_t cap,
@@ -524,16 +543,7 @@ static int load_vera(peft_model *m, const char *dir, const json_value *root, con
         code = read_shaped(f, VERA_A_KEY, l->rank, l->vera_in, l->vera_A, st_path);
     if (!code)
         code = read_shaped(f, VERA_B_KEY, l->vera_out, l->rank, l->vera_B, st_path);
-    if (!code && f->n_tensors != (size_t)l->n_modules * 2 + 2)
-        code = peft__fail(PEFT_EFORMAT, "%s: %zu tensors, but adapter_config.json describes %d", st_path, f->n_tensors,
-                          l->n_modules * 2 + 2);
-    for (size_t i = 0; !code && i < l->n_params; i++)
-        if (!isfinite(l->params[i]))
-            code = peft__fail(PEFT_ENUMERIC, "%s: adapter weights contain NaN or Inf", st_path);
-    if (!code && saved && (saved->method != PEFT_METHOD_VERA || saved->n_params != l->n_params))
-        code = peft__fail(PEFT_ESHAPE, "%s: adapter layout differs from the attached one", dir);
-    st_close(f);
-    return keep_or_restore(m, saved, code);
+    return finish_load(m, saved, f, code, (size_t)l->n_modules * 2 + 2, st_path, dir);
 }
 
 /* ---- LoHa (PEFT LOHA) and LoKr (PEFT LOKR): factor tensors of one module ---- */
@@ -701,16 +711,7 @@ static int load_loha(peft_model *m, const char *dir, const json_value *root, con
             code = read_shaped(f, key, d0, d1, l->params + md->off_a + off, st_path);
         }
     }
-    if (!code && f->n_tensors != expected)
-        code = peft__fail(PEFT_EFORMAT, "%s: %zu tensors, but adapter_config.json describes %zu", st_path, f->n_tensors,
-                          expected);
-    for (size_t i = 0; !code && i < l->n_params; i++)
-        if (!isfinite(l->params[i]))
-            code = peft__fail(PEFT_ENUMERIC, "%s: adapter weights contain NaN or Inf", st_path);
-    if (!code && saved && (saved->method != l->method || saved->n_params != l->n_params))
-        code = peft__fail(PEFT_ESHAPE, "%s: adapter layout differs from the attached one", dir);
-    st_close(f);
-    return keep_or_restore(m, saved, code);
+    return finish_load(m, saved, f, code, expected, st_path, dir);
 }
 
 int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *opts)
