@@ -982,6 +982,36 @@ TEST(embed_lora_lifecycle)
     peft_model_close(&base);
 }
 
+/* Train 21 steps on one batch (make_batch with seed) at lr: the loss drops by more than
+   min_drop. Save into *dir: adapter_config.json holds every needle, and a fresh model loading
+   it has the same loss. tok receives the batch; returns the trained model's loss. */
+static double train_save_reload(peft_model *m, int32_t *tok, uint32_t seed, double lr, double min_drop,
+                                const char *const *needles, char **dir)
+{
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, lr));
+    make_batch(tok, 32, seed);
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
+    peft_step_result r0 = PEFT_STEP_RESULT_INIT, r1 = PEFT_STEP_RESULT_INIT;
+    CHECK_OK(peft_step(m, &b, &r0));
+    for (int i = 0; i < 20; i++)
+        CHECK_OK(peft_step(m, &b, &r1));
+    CHECK(r1.loss < r0.loss - min_drop);
+    double with = eval_loss(m);
+    *dir = mktmp();
+    CHECK_OK(peft_save_adapter(m, *dir, NULL));
+    size_t len;
+    char *cfg = read_text(*dir, "adapter_config.json", &len);
+    CHECK(cfg != NULL);
+    for (int i = 0; cfg && needles[i]; i++)
+        CHECK_MSG(strstr(cfg, needles[i]) != NULL, "adapter_config.json lacks %s", needles[i]);
+    free(cfg);
+    peft_model *m2 = open_tiny(1);
+    CHECK_OK(peft_load_adapter(m2, *dir));
+    CHECK(eval_loss(m2) == with);
+    peft_model_close(&m2);
+    return with;
+}
+
 TEST(vera_lifecycle)
 {
     peft_model *m = open_tiny(2), *base = open_tiny(1);
@@ -999,29 +1029,15 @@ TEST(vera_lifecycle)
     CHECK(n_tr == n_count && n_tr == (uint64_t)in.n_layers * (3 * 16 + qd + kvd + in.hidden_size));
     CHECK(eval_loss(m) == eval_loss(base)); /* lambda_b = 0 */
     CHECK(peft_attach_vera(m, &o, NULL) == PEFT_ESTATE);
-    /* it learns */
-    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 2e-2));
+    /* it learns, saves and reloads (also onto the same layout) */
     int32_t tok[32];
-    make_batch(tok, 32, 3);
-    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
-    peft_step_result r0 = PEFT_STEP_RESULT_INIT, r = PEFT_STEP_RESULT_INIT;
-    CHECK_OK(peft_step(m, &b, &r0));
-    for (int i = 0; i < 20; i++)
-        CHECK_OK(peft_step(m, &b, &r));
-    CHECK(r.loss < r0.loss - 0.05);
-    double with = eval_loss(m);
-    /* save and load: lambdas and projections */
-    char *d = mktmp();
-    CHECK_OK(peft_save_adapter(m, d, NULL));
-    size_t len;
-    char *cfg = read_text(d, "adapter_config.json", &len);
-    CHECK(cfg && strstr(cfg, "\"peft_type\": \"VERA\"") && strstr(cfg, "\"save_projection\": true") &&
-          strstr(cfg, "\"projection_prng_key\": 7"));
-    free(cfg);
+    char *d;
+    const char *const needles[] = {"\"peft_type\": \"VERA\"", "\"save_projection\": true", "\"projection_prng_key\": 7", NULL};
+    double with = train_save_reload(m, tok, 3, 2e-2, 0.05, needles, &d);
     peft_model *m2 = open_tiny(1);
     CHECK_OK(peft_load_adapter(m2, d));
-    CHECK(eval_loss(m2) == with);
     CHECK_OK(peft_load_adapter(m2, d)); /* onto the same layout: the weights only */
+    CHECK(eval_loss(m2) == with);
     peft_model_close(&m2);
     /* merge, sessions, export */
     merge_session_export(m, tok, with);
@@ -1058,26 +1074,10 @@ TEST(loha_lifecycle)
     CHECK_OK(peft_solve_rank(&r, m, &o, n_tr));
     CHECK(r == 4);
     CHECK(eval_loss(m) == eval_loss(base)); /* w2_b = 0 */
-    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-2));
     int32_t tok[32];
-    make_batch(tok, 32, 9);
-    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
-    peft_step_result r0 = PEFT_STEP_RESULT_INIT, r1 = PEFT_STEP_RESULT_INIT;
-    CHECK_OK(peft_step(m, &b, &r0));
-    for (int i = 0; i < 20; i++)
-        CHECK_OK(peft_step(m, &b, &r1));
-    CHECK(r1.loss < r0.loss - 0.05);
-    double with = eval_loss(m);
-    char *d = mktmp();
-    CHECK_OK(peft_save_adapter(m, d, NULL));
-    size_t len;
-    char *cfg = read_text(d, "adapter_config.json", &len);
-    CHECK(cfg && strstr(cfg, "\"peft_type\": \"LOHA\"") && strstr(cfg, "\"alpha\": 4,"));
-    free(cfg);
-    peft_model *m2 = open_tiny(1);
-    CHECK_OK(peft_load_adapter(m2, d));
-    CHECK(eval_loss(m2) == with);
-    peft_model_close(&m2);
+    char *d;
+    const char *const needles[] = {"\"peft_type\": \"LOHA\"", "\"alpha\": 4,", NULL};
+    double with = train_save_reload(m, tok, 9, 1e-2, 0.05, needles, &d);
     merge_session_export(m, tok, with);
     /* what LoHa does not combine with */
     o.use_dora = 1;
@@ -1116,26 +1116,10 @@ TEST(lokr_lifecycle)
     uint64_t n_tr;
     CHECK_OK(peft_attach_lora(m, &o, &n_tr));
     CHECK(eval_loss(m) == eval_loss(base)); /* w1 = 0 */
-    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 2e-2));
     int32_t tok[32];
-    make_batch(tok, 32, 13);
-    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
-    peft_step_result r0 = PEFT_STEP_RESULT_INIT, r1 = PEFT_STEP_RESULT_INIT;
-    CHECK_OK(peft_step(m, &b, &r0));
-    for (int i = 0; i < 20; i++)
-        CHECK_OK(peft_step(m, &b, &r1));
-    CHECK(r1.loss < r0.loss - 0.02);
-    double with = eval_loss(m);
-    char *d = mktmp();
-    CHECK_OK(peft_save_adapter(m, d, NULL));
-    size_t len;
-    char *cfg = read_text(d, "adapter_config.json", &len);
-    CHECK(cfg && strstr(cfg, "\"peft_type\": \"LOKR\"") && strstr(cfg, "\"decompose_factor\": -1"));
-    free(cfg);
-    peft_model *m2 = open_tiny(1);
-    CHECK_OK(peft_load_adapter(m2, d));
-    CHECK(eval_loss(m2) == with);
-    peft_model_close(&m2);
+    char *d;
+    const char *const needles[] = {"\"peft_type\": \"LOKR\"", "\"decompose_factor\": -1", NULL};
+    double with = train_save_reload(m, tok, 13, 2e-2, 0.02, needles, &d);
     merge_session_export(m, tok, with);
     peft_model_close(&m);
     peft_model_close(&base);
