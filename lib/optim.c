@@ -31,7 +31,7 @@ static const struct {
     {PEFT_OPT_ACCUM_STEPS, 1, 1 << 20}, {PEFT_OPT_WARMUP_STEPS, 0, 1 << 30},
     {PEFT_OPT_TOTAL_STEPS, 0, 1 << 30}, {PEFT_OPT_SCHEDULE, 0, 2},
     {PEFT_OPT_MIN_LR_RATIO, 0.0, 1.0},  {PEFT_OPT_LORAPLUS_RATIO, 0.0, 1e4},
-    {PEFT_OPT_EMBED_LR_RATIO, 0.0, 1e4},
+    {PEFT_OPT_EMBED_LR_RATIO, 0.0, 1e4}, {PEFT_OPT_DROPOUT_CALL, 0, 9007199254740992.0},
 };
 
 int peft_opt_bounds(int key, double *lo, double *hi)
@@ -50,7 +50,7 @@ int peft_opt_bounds(int key, double *lo, double *hi)
 static int is_integer_key(int key)
 {
     return key == PEFT_OPT_ACCUM_STEPS || key == PEFT_OPT_WARMUP_STEPS ||
-           key == PEFT_OPT_TOTAL_STEPS || key == PEFT_OPT_SCHEDULE;
+           key == PEFT_OPT_TOTAL_STEPS || key == PEFT_OPT_SCHEDULE || key == PEFT_OPT_DROPOUT_CALL;
 }
 
 int peft_opt_set(peft_model *m, int key, double v)
@@ -82,6 +82,7 @@ int peft_opt_set(peft_model *m, int key, double v)
     case PEFT_OPT_MIN_LR_RATIO: m->min_lr_ratio = v; break;
     case PEFT_OPT_LORAPLUS_RATIO: m->loraplus_ratio = v; break;
     case PEFT_OPT_EMBED_LR_RATIO: m->embed_lr_ratio = v; break;
+    case PEFT_OPT_DROPOUT_CALL: m->dropout_calls = (uint64_t)v; break;
     }
     return PEFT_OK;
 }
@@ -105,6 +106,7 @@ int peft_opt_get(const peft_model *m, int key, double *v)
     case PEFT_OPT_LORAPLUS_RATIO: *v = m->loraplus_ratio; break;
     case PEFT_OPT_EMBED_LR_RATIO: *v = m->embed_lr_ratio; break;
     case PEFT_OPT_STEP: *v = (double)m->step; break;
+    case PEFT_OPT_DROPOUT_CALL: *v = (double)m->dropout_calls; break;
     default: return peft__fail(PEFT_EINVAL, "unknown optimizer setting %d", key);
     }
     return PEFT_OK;

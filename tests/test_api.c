@@ -244,6 +244,61 @@ TEST(split_step_equals_step)
     peft_model_close(&m2);
 }
 
+/* The data-parallel host pattern of peft train's MPI mode, in one process: two
+   "ranks" each run one micro-batch, sum their gradient buffers (the all-reduce),
+   and apply the same update; with dropout, each sets its place in the dropout stream
+   to the global micro-batch index. The result equals one process accumulating both. */
+TEST(two_ranks_with_dropout_equal_one_process)
+{
+    size_t n1;
+    float *one = train_run(2, 4, 2, 1, 0.2f, &n1);
+    peft_model *rk[2] = {open_tiny(1), open_tiny(1)};
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_ALL_LINEAR;
+    o.rank = 4;
+    o.seed = 7;
+    o.dropout = 0.2f;
+    o.init = PEFT_INIT_GAUSSIAN;
+    for (int r = 0; r < 2; r++) {
+        CHECK_OK(peft_attach_lora(rk[r], &o, NULL));
+        CHECK_OK(peft_opt_set(rk[r], PEFT_OPT_LR, 1e-2));
+    }
+    int32_t tok[4 * 16];
+    float *g[2], *p[2];
+    size_t n = 0;
+    for (int s = 0; s < 4; s++) {
+        make_batch(tok, 4 * 16, (uint32_t)s);
+        double count = 0;
+        for (int r = 0; r < 2; r++) {
+            peft_batch b = {PEFT_BATCH_VERSION, tok + r * 32, NULL, 2, 16, NULL};
+            peft_step_result res = PEFT_STEP_RESULT_INIT;
+            CHECK_OK(peft_opt_set(rk[r], PEFT_OPT_DROPOUT_CALL, 2 * s + r));
+            CHECK_OK(peft_forward_backward(rk[r], &b, &res));
+            count += (double)res.tokens;
+            CHECK_OK(peft_grad_buffer(&g[r], &n, rk[r]));
+        }
+        for (size_t i = 0; i < n; i++)
+            g[0][i] = g[1][i] = g[0][i] + g[1][i];
+        for (int r = 0; r < 2; r++)
+            CHECK_OK(peft_apply_update(rk[r], count, NULL));
+    }
+    double call;
+    CHECK_OK(peft_opt_get(rk[1], PEFT_OPT_DROPOUT_CALL, &call));
+    CHECK(call == 8.0); /* 2*3+1, advanced by its forward pass */
+    CHECK(peft_opt_set(rk[0], PEFT_OPT_DROPOUT_CALL, 0.5) == PEFT_EINVAL);
+    CHECK_OK(peft_param_buffer(&p[0], &n, rk[0]));
+    CHECK_OK(peft_param_buffer(&p[1], &n, rk[1]));
+    CHECK(one && n == n1);
+    CHECK(memcmp(p[0], p[1], n * sizeof(float)) == 0); /* the ranks agree bit for bit */
+    double worst = 0;
+    for (size_t i = 0; one && i < n; i++)
+        worst = fmax(worst, fabs(p[0][i] - one[i]));
+    CHECK_MSG(worst < 1e-5, "max difference %g", worst);
+    free(one);
+    peft_model_close(&rk[0]);
+    peft_model_close(&rk[1]);
+}
+
 TEST(label_mask)
 {
     peft_model *m = open_tiny(1);
@@ -1128,7 +1183,7 @@ TEST(lokr_lifecycle)
 static const struct h_case cases[] = {
     CASE(errors_and_versions), CASE(last_error_is_per_thread), CASE(info_and_exact_counts),
     CASE(determinism_and_thread_invariance), CASE(gradient_accumulation_equals_big_batch),
-    CASE(split_step_equals_step), CASE(label_mask), CASE(state_errors), CASE(non_finite_loss_is_refused),
+    CASE(split_step_equals_step), CASE(two_ranks_with_dropout_equal_one_process), CASE(label_mask), CASE(state_errors), CASE(non_finite_loss_is_refused),
     CASE(save_load_round_trip), CASE(load_adapter_errors), CASE(save_is_atomic_on_write_failure),
     CASE(training_lowers_loss), CASE(packed_documents_equal_separate_sequences), CASE(merge_unmerge_and_export),
     CASE(dora_save_load_merge), CASE(rank_and_alpha_patterns), CASE(loraplus_ratio), CASE(ia3_save_load_merge),

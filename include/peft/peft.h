@@ -262,7 +262,11 @@ enum peft_opt {
     PEFT_OPT_MIN_LR_RATIO = 11, /* floor of the decay, fraction of LR, default 0 */
     PEFT_OPT_LORAPLUS_RATIO = 12, /* LoRA+: learning rate of B = ratio x LR, default 1 */
     PEFT_OPT_STEP = 13,           /* read-only: optimizer updates done (restored by checkpoints) */
-    PEFT_OPT_EMBED_LR_RATIO = 14  /* learning rate of the embedding adapter = ratio x LR, default 1 */
+    PEFT_OPT_EMBED_LR_RATIO = 14, /* learning rate of the embedding adapter = ratio x LR, default 1 */
+    /* Position in the dropout stream: the index of the next training forward pass (each
+       one advances it by 1; checkpoints restore it). A data-parallel host sets it to the
+       global micro-batch index so every rank draws the masks one process would draw. */
+    PEFT_OPT_DROPOUT_CALL = 15
 };
 
 enum peft_schedule {

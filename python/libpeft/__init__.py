@@ -140,7 +140,7 @@ _detokenize = _fn("peft_detokenize", _c_int, _c_void_p, _i32p, ctypes.c_size_t, 
 TARGETS = {"q": 1, "k": 2, "v": 4, "o": 8, "gate": 16, "up": 32, "down": 64, "embed": 128}
 _OPT = {"lr": 1, "beta1": 2, "beta2": 3, "eps": 4, "weight_decay": 5, "grad_clip": 6, "accum_steps": 7,
         "warmup_steps": 8, "total_steps": 9, "schedule": 10, "min_lr_ratio": 11, "loraplus_ratio": 12,
-        "embed_lr_ratio": 14}
+        "embed_lr_ratio": 14, "dropout_call": 15}
 _SCHEDULES = {"constant": 0, "linear": 1, "cosine": 2}
 _ERANGE = -11
 
