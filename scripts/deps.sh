@@ -12,6 +12,9 @@ command -v python3 >/dev/null 2>&1 || need="$need python3"
 command -v nm >/dev/null 2>&1 || need="$need binutils"
 command -v clang >/dev/null 2>&1 || need="$need clang"  # the libFuzzer harnesses
 command -v valgrind >/dev/null 2>&1 || need="$need valgrind"  # the CLI under memcheck
+# Open MPI: the data-parallel mode of peft train (mpirun -np N peft train ...)
+command -v mpicc >/dev/null 2>&1 || [ -n "${PEFT_NO_MPI:-}" ] || need="$need libopenmpi-dev"
+command -v mpirun >/dev/null 2>&1 || [ -n "${PEFT_NO_MPI:-}" ] || need="$need openmpi-bin"
 # optional: BLIS for the blis backend (the build works without it)
 [ -e /usr/include/blis.h ] || [ -e /usr/include/x86_64-linux-gnu/blis.h ] || [ -n "${PEFT_NO_BLIS:-}" ] ||
     need="$need libblis-dev"

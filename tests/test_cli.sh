@@ -310,6 +310,36 @@ assert better('vera', 'all_linear'), 'VeRA is the best use of a small budget'
 assert better('embed_lora_1x', 'embed_lora') and better('all_linear', 'loha'), 'embeddings at 0.1x learn little; LoHa trails'
 " || fail "a README conclusion does not hold"
     ;;
+mpi_two_ranks_equal_one_process)
+    # mpirun -np 2 with --accum 2 takes the micro-batches one process takes with --accum 4
+    command -v mpirun >/dev/null || { echo "skip: no mpirun (apt-get install openmpi-bin)"; exit 77; }
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
+    # one machine: without ssh, Open MPI's default launcher refuses to start
+    command -v ssh >/dev/null || command -v rsh >/dev/null || export OMPI_MCA_plm=isolated
+    setup_tiny
+    common="--model $T/model --data $T/data.bin --steps 6 --batch 4 --seq 32 --rank 4 --targets all-linear \
+        --dropout 0.1 --lr 1e-2 --seed 9 --threads 1 --holdout 0.1 --json"
+    # shellcheck disable=SC2086
+    "$PEFT" train $common --out "$T/one" --accum 4 >"$T/one.json" 2>"$T/one.err" || { cat "$T/one.err"; fail "one process"; }
+    # shellcheck disable=SC2086
+    timeout 300 mpirun -np 2 "$PEFT" train $common --out "$T/two" --accum 2 >"$T/two.json" 2>"$T/two.err"
+    rc=$?
+    if grep -q "built without MPI" "$T/two.err"; then echo "skip: peft built without MPI"; exit 77; fi
+    [ $rc -eq 0 ] || { cat "$T/two.err"; fail "mpirun -np 2"; }
+    cat "$T/two.json"
+    [ "$(grep -c '^{' "$T/two.json")" -eq 1 ] || fail "only rank 0 prints the JSON line"
+    json "$T/two.json" "j['ranks'] == 2 and j['tokens'] == 6*4*4*32 and 0 <= j['comm_seconds'] < j['seconds']" || fail "json fields"
+    python3 -c "import json; a=json.loads(open('$T/one.json').read().splitlines()[-1]); b=json.loads(open('$T/two.json').read().splitlines()[-1]); assert abs(a['loss']-b['loss']) < 1e-5 and abs(a['eval_loss_after']-b['eval_loss_after']) < 1e-5 and a['eval_loss_before'] == b['eval_loss_before'], (a, b)" || fail "losses differ"
+    python3 "$SRC/tests/st_close.py" "$T/one/adapter_model.safetensors" "$T/two/adapter_model.safetensors" 1e-5 || fail "adapters differ"
+    # a failure on one rank (its data file is missing) stops every rank, and nothing is written
+    timeout 120 mpirun -np 1 "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/bad" --steps 50 --seq 32 --threads 1 : \
+        -np 1 "$PEFT" train --model "$T/model" --data "$T/missing.bin" --out "$T/bad" --steps 50 --seq 32 --threads 1 >"$T/bad.out" 2>&1
+    rc=$?
+    cat "$T/bad.out"
+    [ $rc -ne 0 ] && [ $rc -ne 124 ] || fail "a failed rank did not stop the job (exit $rc)"
+    grep -q "rank 1 of 2 failed" "$T/bad.out" || fail "message naming the failed rank"
+    [ ! -e "$T/bad/adapter_model.safetensors" ] || fail "an adapter was written"
+    ;;
 *)
     echo "unknown case $CASE" >&2
     exit 1

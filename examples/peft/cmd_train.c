@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "par.h"
 
 static const char train_help[] =
     "usage: peft train --model DIR --data FILE --out DIR [options]\n"
@@ -31,6 +32,9 @@ static const char train_help[] =
     "          --checkpoint-every N (adapter + optimizer state in --out)  --resume DIR (exactly)\n"
     "          --format peft|gguf|both (peft; gguf: OUT/adapter.gguf for llama.cpp --lora)\n"
     "          --log-every N --json --quiet\n"
+    "mpirun -np N peft train ... trains data-parallel (when built with MPI): every optimizer\n"
+    "step takes --accum x --batch windows on each of the N ranks, the adapter gradients are\n"
+    "summed across ranks, and only rank 0 logs and writes files.\n"
     "FILE is .txt (one document per paragraph or line, BOS as the tokenizer says), .jsonl\n"
     "({\"text\"} or {\"prompt\", \"completion\"}, loss masked on the prompt) or uint32\n"
     "little-endian token ids. Documents are packed and cut into non-overlapping windows of\n"
@@ -45,6 +49,27 @@ static void fmt_time(char *buf, size_t n, double s)
         snprintf(buf, n, "%d:%02d:%02d", (int)s / 3600, (int)s / 60 % 60, (int)s % 60);
     else
         snprintf(buf, n, "%02d:%02d", (int)s / 60, (int)s % 60);
+}
+
+/* Mean loss over windows [w0, w1), each rank evaluating its share. */
+static int eval_ranks(peft_model *m, const tokens *t, int T, int B, size_t w0, size_t w1, double *loss,
+                      uint64_t *count)
+{
+    size_t n = w1 - w0, r = (size_t)par_rank(), nr = (size_t)par_size();
+    double part[2] = {0, 0};
+    if (n * r / nr < n * (r + 1) / nr) {
+        uint64_t c;
+        int code = eval_windows(m, t, T, B, w0 + n * r / nr, w0 + n * (r + 1) / nr, &part[0], &c);
+        if (code)
+            return code;
+        part[0] *= (double)c;
+        part[1] = (double)c;
+    }
+    if (par_sum_doubles(part, 2))
+        return PEFT_EIO;
+    *loss = part[1] > 0 ? part[0] / part[1] : 0.0;
+    *count = (uint64_t)part[1];
+    return PEFT_OK;
 }
 
 struct opt_flag {
@@ -63,7 +88,7 @@ int cmd_train(int argc, char **argv)
         args_free(&a);
         return 0;
     }
-    int rc = 1, code;
+    int rc = 1, code, agreed = 0;
     peft_model *m = NULL;
     tokens train = {0}, evald = {0};
     sampler smp = {0};
@@ -77,6 +102,13 @@ int cmd_train(int argc, char **argv)
     const char *schedule = arg_str(&a, "--schedule", "constant");
     const char *format = arg_str(&a, "--format", "peft");
     int json = arg_flag(&a, "--json"), quiet = arg_flag(&a, "--quiet");
+    if (par_init()) {
+        args_free(&a);
+        return 1;
+    }
+    const int rank = par_rank(), nr = par_size();
+    if (rank != 0)
+        json = 0, quiet = 1; /* rank 0 speaks for the job */
     long seq, batch, steps, threads, eval_every, max_eval_w, log_every, save_every, ckpt_every;
     const char *resume = arg_str(&a, "--resume", NULL);
     double epochs, holdout, vera_d;
@@ -170,7 +202,7 @@ int cmd_train(int argc, char **argv)
         if (epochs <= 0)
             steps = 100;
         else
-            steps = (long)ceil(epochs * (double)nw / (double)(batch * (accum > 0 ? accum : 1)));
+            steps = (long)ceil(epochs * (double)nw / (double)(batch * (accum > 0 ? accum : 1) * nr));
     }
 
     long start_step = 0;
@@ -217,17 +249,28 @@ int cmd_train(int argc, char **argv)
         goto done;
     }
     peft_model_get_info(m, &info);
-    if (!quiet)
+    if (nr > 1) { /* every rank starts from rank 0's adapter */
+        float *params;
+        size_t np;
+        if ((code = peft_param_buffer(&params, &np, m)) || par_bcast_floats(params, np)) {
+            rc = code ? fail_lib("broadcast", code) : 1;
+            goto done;
+        }
+    }
+    if (!quiet) {
         fprintf(stderr, "peft train: %s, %llu trainable parameters (%.3f%%), %zu training windows of %ld, "
-                        "%ld steps x %ld x %ld, %d threads\n",
+                        "%ld steps x %ld x %ld",
                 model, (unsigned long long)info.n_trainable,
-                100.0 * (double)info.n_trainable / (double)info.n_params, nw, seq, steps, accum, batch,
-                info.n_threads);
+                100.0 * (double)info.n_trainable / (double)info.n_params, nw, seq, steps, accum, batch);
+        if (nr > 1)
+            fprintf(stderr, " x %d ranks", nr);
+        fprintf(stderr, ", %d threads%s\n", info.n_threads, nr > 1 ? " each" : "");
+    }
 
     double eval_before = NAN, eval_after = NAN;
     uint64_t ecount;
     if (ev && n_eval_w > 0) {
-        if ((code = eval_windows(m, ev, (int)seq, (int)batch, eval_w0, eval_w0 + n_eval_w, &eval_before, &ecount))) {
+        if ((code = eval_ranks(m, ev, (int)seq, (int)batch, eval_w0, eval_w0 + n_eval_w, &eval_before, &ecount))) {
             rc = fail_lib("eval", code);
             goto done;
         }
@@ -250,41 +293,81 @@ int cmd_train(int argc, char **argv)
     long bad = 0;
     double t0 = now_seconds(), last_loss = NAN;
     /* a resumed run replays the data order up to where the checkpoint was taken */
-    for (long i = 0; i < start_step * accum * batch; i++)
+    for (long i = 0; i < start_step * accum * batch * nr; i++)
         sampler_next(&smp);
     const char *kill_at = getenv("PEFT_TEST_KILL_AFTER_STEP"); /* crash test hook */
     step_secs = json ? calloc((size_t)(steps > start_step ? steps - start_step : 1), sizeof *step_secs) : NULL;
     for (long step = start_step; step < steps; step++) {
         double ts0 = now_seconds();
         peft_step_result r = PEFT_STEP_RESULT_INIT;
-        double step_loss = 0;
-        uint64_t step_tokens = 0;
-        for (long micro = 0; micro < accum; micro++) {
+        /* summed over ranks: loss sum, counted tokens, ranks with a non-finite loss, ranks
+           with an error */
+        double tally[4] = {0, 0, 0, 0};
+        /* micro-batch g = micro * nr + j of this step goes to rank j; one process with
+           --accum accum*nr sees the same micro-batches in the same order */
+        for (long g = 0; g < accum * nr; g++) {
             sampler_fill(&smp, &train, (int)seq, (int)batch, buf, lbuf, dbuf);
+            if (g % nr != rank || tally[2] + tally[3] > 0)
+                continue;
             peft_batch pb = PEFT_BATCH_INIT;
             pb.tokens = buf;
             pb.labels = train.labels ? lbuf : NULL;
             pb.seq_ids = train.docs ? dbuf : NULL;
             pb.n_seq = (int32_t)batch;
             pb.seq_len = (int32_t)seq;
-            code = peft_step(m, &pb, &r);
+            if (nr > 1 && (code = peft_opt_set(m, PEFT_OPT_DROPOUT_CALL, (double)(step * accum * nr + g)))) {
+                fail_lib("step", code);
+                tally[3] = 1;
+                continue;
+            }
+            code = peft_forward_backward(m, &pb, &r);
             if (code == PEFT_ENUMERIC) {
                 fprintf(stderr, "\npeft train: step %ld: %s; skipped\n", step + 1, peft_last_error());
-                if (++bad >= 5) {
-                    fprintf(stderr, "peft train: 5 consecutive non-finite steps, stopping\n");
-                    goto done;
-                }
-                break;
+                tally[2] = 1;
+            } else if (code) {
+                fail_lib("step", code);
+                tally[3] = 1;
+            } else {
+                tally[0] += r.loss * (double)r.tokens;
+                tally[1] += (double)r.tokens;
             }
-            if (code) {
-                rc = fail_lib("step", code);
+        }
+        const int failed_here = tally[3] > 0;
+        if (par_sum_doubles(tally, 4)) {
+            fprintf(stderr, "peft train: step %ld: summing across ranks failed\n", step + 1);
+            goto done;
+        }
+        if (tally[3] > 0) {
+            if (!failed_here && !quiet)
+                fprintf(stderr, "peft train: step %ld failed on another rank; stopping\n", step + 1);
+            agreed = 1;
+            goto done;
+        }
+        if (tally[2] > 0) {
+            peft_zero_grad(m); /* every rank drops the step */
+            if (++bad >= 5) {
+                if (!quiet)
+                    fprintf(stderr, "peft train: 5 consecutive non-finite steps, stopping\n");
+                agreed = 1;
                 goto done;
             }
+        } else {
             bad = 0;
-            step_loss += r.loss * (double)r.tokens;
-            step_tokens += r.tokens;
+            float *grads;
+            size_t ng;
+            if ((code = peft_grad_buffer(&grads, &ng, m)) || par_sum_floats(grads, ng)) {
+                rc = code ? fail_lib("step", code) : 1;
+                goto done;
+            }
+            if ((code = peft_apply_update(m, tally[1], &r))) {
+                rc = fail_lib("step", code); /* same state on every rank: each stops here */
+                agreed = 1;
+                goto done;
+            }
         }
-        trained_tokens += (uint64_t)(batch * seq * accum);
+        double step_loss = tally[0];
+        uint64_t step_tokens = (uint64_t)tally[1];
+        trained_tokens += (uint64_t)(batch * seq * accum * nr);
         if (step_secs)
             step_secs[step - start_step] = now_seconds() - ts0;
         last_loss = step_tokens ? step_loss / (double)step_tokens : NAN;
@@ -297,18 +380,18 @@ int cmd_train(int argc, char **argv)
                     tty ? "   " : "\n");
         if (ev && n_eval_w > 0 && eval_every > 0 && (step + 1) % eval_every == 0 && step + 1 < steps) {
             double el2;
-            if ((code = eval_windows(m, ev, (int)seq, (int)batch, eval_w0, eval_w0 + n_eval_w, &el2, &ecount))) {
+            if ((code = eval_ranks(m, ev, (int)seq, (int)batch, eval_w0, eval_w0 + n_eval_w, &el2, &ecount))) {
                 rc = fail_lib("eval", code);
                 goto done;
             }
             if (!quiet)
                 fprintf(stderr, "%seval step %ld: loss %.4f (ppl %.3f)\n", tty ? "\n" : "", step + 1, el2, exp(el2));
         }
-        if (save_every > 0 && (step + 1) % save_every == 0 && (code = peft_save_adapter(m, out, NULL))) {
+        if (rank == 0 && save_every > 0 && (step + 1) % save_every == 0 && (code = peft_save_adapter(m, out, NULL))) {
             rc = fail_lib("save", code);
             goto done;
         }
-        if (ckpt_every > 0 && (step + 1) % ckpt_every == 0 && (code = peft_save_checkpoint(m, out))) {
+        if (rank == 0 && ckpt_every > 0 && (step + 1) % ckpt_every == 0 && (code = peft_save_checkpoint(m, out))) {
             rc = fail_lib("checkpoint", code);
             goto done;
         }
@@ -319,12 +402,16 @@ int cmd_train(int argc, char **argv)
     if (!quiet && tty)
         fputc('\n', stderr);
     if (ev && n_eval_w > 0) {
-        if ((code = eval_windows(m, ev, (int)seq, (int)batch, eval_w0, eval_w0 + n_eval_w, &eval_after, &ecount))) {
+        if ((code = eval_ranks(m, ev, (int)seq, (int)batch, eval_w0, eval_w0 + n_eval_w, &eval_after, &ecount))) {
             rc = fail_lib("eval", code);
             goto done;
         }
         if (!quiet)
             fprintf(stderr, "eval after:  loss %.4f (ppl %.3f)\n", eval_after, exp(eval_after));
+    }
+    if (rank != 0) {
+        rc = 0;
+        goto done;
     }
     if (strcmp(format, "gguf") != 0 &&
         (code = ckpt_every > 0 ? peft_save_checkpoint(m, out) : peft_save_adapter(m, out, NULL))) {
@@ -358,6 +445,8 @@ int cmd_train(int argc, char **argv)
                 printf("%s%.4f", i ? ", " : "", step_secs[i]);
             printf("]");
         }
+        if (nr > 1)
+            printf(", \"ranks\": %d, \"comm_seconds\": %.4f", nr, par_comm_seconds());
         printf(", \"out\": \"%s\"}\n", out);
     }
     rc = 0;
@@ -372,5 +461,8 @@ done:
     tokens_free(&evald);
     peft_model_close(&m);
     args_free(&a);
+    if (rc && !agreed)
+        par_abort(); /* returns only with one rank */
+    par_finalize();
     return rc;
 }

@@ -1,0 +1,28 @@
+/* Data-parallel training across processes for `peft train` (MPI, when built with it).
+   The library knows nothing of MPI: this host code sums the adapter gradients of all
+   ranks and keeps them in step. Without MPI every call is the one-process identity. */
+#ifndef PEFT_PAR_H
+#define PEFT_PAR_H
+
+#include <stddef.h>
+
+/* Start MPI if this process was launched by mpirun/srun (its environment says so);
+   returns -1 with a message when launched with several ranks by a peft built without
+   MPI, or when MPI fails to start. */
+int par_init(void);
+void par_finalize(void);
+int par_rank(void);
+int par_size(void);
+/* Sum over ranks, in place. */
+int par_sum_floats(float *buf, size_t n);
+int par_sum_doubles(double *buf, size_t n);
+/* The largest v over ranks (agreement on a status). */
+int par_max_int(int v);
+/* Rank 0's buffer to every rank. */
+int par_bcast_floats(float *buf, size_t n);
+/* Stop every rank: a failure on one rank ends the job (exit code 1). */
+void par_abort(void);
+/* Seconds spent in the collectives above since par_init. */
+double par_comm_seconds(void);
+
+#endif
