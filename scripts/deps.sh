@@ -12,6 +12,9 @@ command -v python3 >/dev/null 2>&1 || need="$need python3"
 command -v nm >/dev/null 2>&1 || need="$need binutils"
 command -v clang >/dev/null 2>&1 || need="$need clang"  # the libFuzzer harnesses
 command -v valgrind >/dev/null 2>&1 || need="$need valgrind"  # the CLI under memcheck
+# Rust bindings (rust/): Debian's cargo, offline; bindgen checks the checked-in bindings
+command -v cargo >/dev/null 2>&1 || need="$need cargo"
+command -v bindgen >/dev/null 2>&1 || need="$need bindgen"
 # Open MPI: the data-parallel mode of peft train (mpirun -np N peft train ...)
 command -v mpicc >/dev/null 2>&1 || [ -n "${PEFT_NO_MPI:-}" ] || need="$need libopenmpi-dev"
 command -v mpirun >/dev/null 2>&1 || [ -n "${PEFT_NO_MPI:-}" ] || need="$need openmpi-bin"

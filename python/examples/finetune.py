@@ -12,6 +12,7 @@ import libpeft  # noqa: E402
 
 
 def main(model_dir, text_file, out_dir, steps=100, seq=128, batch=8):
+    steps = int(os.environ.get("FINETUNE_STEPS", steps))
     tok = libpeft.Tokenizer(model_dir)
     ids = []
     for line in open(text_file, encoding="utf-8"):
@@ -38,7 +39,11 @@ def main(model_dir, text_file, out_dir, steps=100, seq=128, batch=8):
         after = held_loss()
         m.save_adapter(out_dir)
     print(f"held-out loss {before:.4f} -> {after:.4f}; adapter saved to {out_dir}")
-    return after < before
+    with libpeft.Model(model_dir) as m:  # a fresh model with the saved adapter
+        m.load_adapter(out_dir)
+        reloaded = held_loss()
+    print(f"reloaded adapter: held-out loss {reloaded:.4f}")
+    return after < before and abs(reloaded - after) < 1e-6
 
 
 if __name__ == "__main__":

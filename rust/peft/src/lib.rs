@@ -1,0 +1,760 @@
+//! Safe Rust bindings to libpeft: open a Llama-family model, attach LoRA (or DoRA, LoHa,
+//! LoKr, IA3, VeRA, norm tuning), train it from your own data loop, and save an adapter
+//! that Hugging Face PEFT loads.
+//!
+//! ```no_run
+//! use peft::{Batch, LoraOptions, Model, Opt, target};
+//! let mut model = Model::open("tests/data/tiny")?;
+//! let n = model.attach_lora(&LoraOptions { targets: target::ALL_LINEAR, rank: 8, ..LoraOptions::default() })?;
+//! model.set(Opt::Lr, 1e-3)?;
+//! let tokens = vec![1i32; 4 * 32];
+//! let r = model.step(&Batch::new(&tokens, 4, 32)?)?;
+//! println!("{} trainable parameters, loss {}", n, r.loss);
+//! model.save_adapter("out/adapter")?;
+//! # Ok::<(), peft::Error>(())
+//! ```
+//!
+//! Every fallible call returns [`Result`], whose [`Error`] carries the library's status
+//! code and its message. Handles free themselves on drop. A [`Model`] may move to another
+//! thread (`Send`); it is not shared between threads at once (the library's handles are not).
+use std::ffi::{CStr, CString};
+use std::fmt;
+use std::os::raw::{c_char, c_int};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::ptr;
+
+pub use peft_sys as sys;
+
+/// The kind of a failure, from the library's pinned status codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidArgument,
+    OutOfMemory,
+    Io,
+    Format,
+    Unsupported,
+    Shape,
+    NotFound,
+    State,
+    Numeric,
+    Backend,
+    Range,
+    Other,
+}
+
+/// A failed call: the status code and the library's message for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub code: i32,
+    pub message: String,
+}
+
+impl Error {
+    pub fn kind(&self) -> ErrorKind {
+        match self.code {
+            sys::PEFT_EINVAL => ErrorKind::InvalidArgument,
+            sys::PEFT_ENOMEM => ErrorKind::OutOfMemory,
+            sys::PEFT_EIO => ErrorKind::Io,
+            sys::PEFT_EFORMAT => ErrorKind::Format,
+            sys::PEFT_EUNSUPPORTED => ErrorKind::Unsupported,
+            sys::PEFT_ESHAPE => ErrorKind::Shape,
+            sys::PEFT_ENOTFOUND => ErrorKind::NotFound,
+            sys::PEFT_ESTATE => ErrorKind::State,
+            sys::PEFT_ENUMERIC => ErrorKind::Numeric,
+            sys::PEFT_EBACKEND => ErrorKind::Backend,
+            sys::PEFT_ERANGE => ErrorKind::Range,
+            _ => ErrorKind::Other,
+        }
+    }
+
+    fn invalid(message: String) -> Error {
+        Error { code: sys::PEFT_EINVAL, message }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let what = unsafe { CStr::from_ptr(sys::peft_strerror(self.code)) };
+        write!(f, "{} ({})", self.message, what.to_string_lossy())
+    }
+}
+
+impl std::error::Error for Error {}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+fn check(code: c_int) -> Result<()> {
+    if code == sys::PEFT_OK {
+        return Ok(());
+    }
+    let msg = unsafe { CStr::from_ptr(sys::peft_last_error()) };
+    Err(Error { code, message: msg.to_string_lossy().into_owned() })
+}
+
+fn c_string(s: &[u8], what: &str) -> Result<CString> {
+    CString::new(s).map_err(|_| Error::invalid(format!("{} contains a NUL byte", what)))
+}
+
+fn c_path(p: &Path) -> Result<CString> {
+    c_string(p.as_os_str().as_bytes(), "path")
+}
+
+fn opt_c(s: &Option<String>, what: &str) -> Result<Option<CString>> {
+    s.as_ref().map(|v| c_string(v.as_bytes(), what)).transpose()
+}
+
+fn opt_ptr(s: &Option<CString>) -> *const c_char {
+    s.as_ref().map_or(ptr::null(), |c| c.as_ptr())
+}
+
+fn fixed_str(buf: &[c_char]) -> String {
+    let bytes: Vec<u8> = buf.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The library version at run time, "MAJOR.MINOR.PATCH".
+pub fn version() -> String {
+    unsafe { CStr::from_ptr(sys::peft_version()) }.to_string_lossy().into_owned()
+}
+
+/// Target-module bits for [`LoraOptions::targets`] and the other methods.
+pub mod target {
+    use super::sys;
+    pub const Q: u32 = sys::PEFT_TARGET_Q;
+    pub const K: u32 = sys::PEFT_TARGET_K;
+    pub const V: u32 = sys::PEFT_TARGET_V;
+    pub const O: u32 = sys::PEFT_TARGET_O;
+    pub const GATE: u32 = sys::PEFT_TARGET_GATE;
+    pub const UP: u32 = sys::PEFT_TARGET_UP;
+    pub const DOWN: u32 = sys::PEFT_TARGET_DOWN;
+    pub const ALL_LINEAR: u32 = sys::PEFT_TARGET_ALL_LINEAR;
+    /// LoRA on the token embeddings (PEFT's `embed_tokens`).
+    pub const EMBED: u32 = sys::PEFT_TARGET_EMBED;
+}
+
+/// Norm bits for [`NormsOptions::norms`].
+pub mod norm {
+    use super::sys;
+    pub const INPUT: u32 = sys::PEFT_NORM_INPUT;
+    pub const POST_ATTENTION: u32 = sys::PEFT_NORM_POST_ATTENTION;
+    pub const FINAL: u32 = sys::PEFT_NORM_FINAL;
+    pub const ALL: u32 = sys::PEFT_NORM_ALL;
+}
+
+/// The form of a low-rank update.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    /// delta W = s B A
+    Lora,
+    /// LoHa: a Hadamard product of two rank-r products (PEFT "LOHA").
+    Loha,
+    /// LoKr: a Kronecker product with a low-rank factor (PEFT "LOKR").
+    Lokr,
+}
+
+/// Initialisation of LoRA's A matrix (B starts at zero).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Init {
+    /// PEFT's default: kaiming-uniform.
+    Kaiming,
+    /// N(0, 1/r).
+    Gaussian,
+}
+
+/// Options of model opening.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Worker threads; 0: the number of online CPUs.
+    pub threads: i32,
+    /// "cpu" (default) or "blis".
+    pub backend: Option<String>,
+}
+
+/// LoRA and its variants (DoRA, LoHa, LoKr); `Default` is the library's default
+/// (q and v, rank 8, alpha 16, kaiming init).
+#[derive(Debug, Clone)]
+pub struct LoraOptions {
+    pub targets: u32,
+    /// "all", "0,3,5", "2-7", "first:N", "last:N", "every:K"; None: all layers.
+    pub layers: Option<String>,
+    pub rank: i32,
+    pub alpha: f32,
+    pub rslora: bool,
+    pub dropout: f32,
+    pub init: Init,
+    pub seed: u64,
+    pub dora: bool,
+    /// PEFT's rank_pattern, "KEY=R,...".
+    pub rank_pattern: Option<String>,
+    /// PEFT's alpha_pattern, "KEY=A,...".
+    pub alpha_pattern: Option<String>,
+    pub variant: Variant,
+}
+
+impl Default for LoraOptions {
+    fn default() -> Self {
+        let mut raw: sys::peft_lora_options = unsafe { std::mem::zeroed() };
+        unsafe { sys::peft_lora_options_init(&mut raw, sys::PEFT_LORA_OPTIONS_VERSION) };
+        LoraOptions {
+            targets: raw.targets,
+            layers: None,
+            rank: raw.rank,
+            alpha: raw.alpha,
+            rslora: raw.use_rslora != 0,
+            dropout: raw.dropout,
+            init: if raw.init == sys::PEFT_INIT_GAUSSIAN as i32 { Init::Gaussian } else { Init::Kaiming },
+            seed: raw.seed,
+            dora: raw.use_dora != 0,
+            rank_pattern: None,
+            alpha_pattern: None,
+            variant: Variant::Lora,
+        }
+    }
+}
+
+/// The C struct and the strings it points into (kept alive together).
+struct RawLora {
+    raw: sys::peft_lora_options,
+    _strings: [Option<CString>; 3],
+}
+
+impl LoraOptions {
+    fn to_raw(&self) -> Result<RawLora> {
+        let strings = [
+            opt_c(&self.layers, "layers")?,
+            opt_c(&self.rank_pattern, "rank_pattern")?,
+            opt_c(&self.alpha_pattern, "alpha_pattern")?,
+        ];
+        let raw = sys::peft_lora_options {
+            version: sys::PEFT_LORA_OPTIONS_VERSION,
+            targets: self.targets,
+            layers: opt_ptr(&strings[0]),
+            rank: self.rank,
+            alpha: self.alpha,
+            use_rslora: self.rslora as i32,
+            dropout: self.dropout,
+            init: match self.init {
+                Init::Kaiming => sys::PEFT_INIT_KAIMING as i32,
+                Init::Gaussian => sys::PEFT_INIT_GAUSSIAN as i32,
+            },
+            seed: self.seed,
+            use_dora: self.dora as i32,
+            rank_pattern: opt_ptr(&strings[1]),
+            alpha_pattern: opt_ptr(&strings[2]),
+            variant: match self.variant {
+                Variant::Lora => sys::PEFT_VARIANT_LORA as i32,
+                Variant::Loha => sys::PEFT_VARIANT_LOHA as i32,
+                Variant::Lokr => sys::PEFT_VARIANT_LOKR as i32,
+            },
+        };
+        Ok(RawLora { raw, _strings: strings })
+    }
+}
+
+/// IA3 (PEFT "IA3"): learned scaling vectors.
+#[derive(Debug, Clone)]
+pub struct Ia3Options {
+    pub targets: u32,
+    /// The subset of targets whose input (not output) is scaled.
+    pub feedforward: u32,
+    pub layers: Option<String>,
+}
+
+impl Default for Ia3Options {
+    fn default() -> Self {
+        Ia3Options { targets: target::K | target::V | target::DOWN, feedforward: target::DOWN, layers: None }
+    }
+}
+
+/// VeRA (PEFT "VERA"): shared frozen random projections, trained scaling vectors.
+#[derive(Debug, Clone)]
+pub struct VeraOptions {
+    pub targets: u32,
+    pub layers: Option<String>,
+    pub rank: i32,
+    pub d_initial: f32,
+    pub dropout: f32,
+    pub seed: u64,
+}
+
+impl Default for VeraOptions {
+    fn default() -> Self {
+        VeraOptions { targets: target::Q | target::V, layers: None, rank: 256, d_initial: 0.1, dropout: 0.0, seed: 0 }
+    }
+}
+
+/// Norm tuning (PEFT "LN_TUNING"): the RMSNorm weights are trained.
+#[derive(Debug, Clone)]
+pub struct NormsOptions {
+    pub norms: u32,
+    pub layers: Option<String>,
+}
+
+impl Default for NormsOptions {
+    fn default() -> Self {
+        NormsOptions { norms: norm::ALL, layers: None }
+    }
+}
+
+/// Optimizer settings (AdamW and its schedule).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opt {
+    Lr,
+    Beta1,
+    Beta2,
+    Eps,
+    WeightDecay,
+    GradClip,
+    AccumSteps,
+    WarmupSteps,
+    TotalSteps,
+    /// 0 constant, 1 linear, 2 cosine.
+    Schedule,
+    MinLrRatio,
+    LoraplusRatio,
+    /// Read-only: optimizer updates done.
+    Step,
+    EmbedLrRatio,
+    DropoutCall,
+}
+
+impl Opt {
+    fn key(self) -> c_int {
+        (match self {
+            Opt::Lr => sys::PEFT_OPT_LR,
+            Opt::Beta1 => sys::PEFT_OPT_BETA1,
+            Opt::Beta2 => sys::PEFT_OPT_BETA2,
+            Opt::Eps => sys::PEFT_OPT_EPS,
+            Opt::WeightDecay => sys::PEFT_OPT_WEIGHT_DECAY,
+            Opt::GradClip => sys::PEFT_OPT_GRAD_CLIP,
+            Opt::AccumSteps => sys::PEFT_OPT_ACCUM_STEPS,
+            Opt::WarmupSteps => sys::PEFT_OPT_WARMUP_STEPS,
+            Opt::TotalSteps => sys::PEFT_OPT_TOTAL_STEPS,
+            Opt::Schedule => sys::PEFT_OPT_SCHEDULE,
+            Opt::MinLrRatio => sys::PEFT_OPT_MIN_LR_RATIO,
+            Opt::LoraplusRatio => sys::PEFT_OPT_LORAPLUS_RATIO,
+            Opt::Step => sys::PEFT_OPT_STEP,
+            Opt::EmbedLrRatio => sys::PEFT_OPT_EMBED_LR_RATIO,
+            Opt::DropoutCall => sys::PEFT_OPT_DROPOUT_CALL,
+        }) as c_int
+    }
+}
+
+/// A batch of `n_seq` rows of `seq_len` token ids, borrowed from the host (not copied).
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    tokens: &'a [i32],
+    labels: Option<&'a [i32]>,
+    seq_ids: Option<&'a [i32]>,
+    n_seq: i32,
+    seq_len: i32,
+}
+
+impl<'a> Batch<'a> {
+    /// `tokens` holds `n_seq * seq_len` ids, row-major.
+    pub fn new(tokens: &'a [i32], n_seq: usize, seq_len: usize) -> Result<Batch<'a>> {
+        if n_seq == 0 || seq_len == 0 || n_seq.checked_mul(seq_len) != Some(tokens.len()) || tokens.len() > i32::MAX as usize {
+            return Err(Error::invalid(format!("batch: {} tokens are not {} x {}", tokens.len(), n_seq, seq_len)));
+        }
+        Ok(Batch { tokens, labels: None, seq_ids: None, n_seq: n_seq as i32, seq_len: seq_len as i32 })
+    }
+
+    /// Labels to train on instead of the tokens (-100: not trained on).
+    pub fn with_labels(mut self, labels: &'a [i32]) -> Result<Batch<'a>> {
+        if labels.len() != self.tokens.len() {
+            return Err(Error::invalid(format!("batch: {} labels for {} tokens", labels.len(), self.tokens.len())));
+        }
+        self.labels = Some(labels);
+        Ok(self)
+    }
+
+    /// Document ids of packed sequences (attention stops at each change of id).
+    pub fn with_seq_ids(mut self, seq_ids: &'a [i32]) -> Result<Batch<'a>> {
+        if seq_ids.len() != self.tokens.len() {
+            return Err(Error::invalid(format!("batch: {} document ids for {} tokens", seq_ids.len(), self.tokens.len())));
+        }
+        self.seq_ids = Some(seq_ids);
+        Ok(self)
+    }
+
+    fn raw(&self) -> sys::peft_batch {
+        sys::peft_batch {
+            version: sys::PEFT_BATCH_VERSION,
+            tokens: self.tokens.as_ptr(),
+            labels: self.labels.map_or(ptr::null(), |l| l.as_ptr()),
+            n_seq: self.n_seq,
+            seq_len: self.seq_len,
+            seq_ids: self.seq_ids.map_or(ptr::null(), |s| s.as_ptr()),
+        }
+    }
+}
+
+/// What a training call reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepResult {
+    /// Mean cross-entropy over the counted tokens of the batch.
+    pub loss: f64,
+    pub tokens: u64,
+    pub grad_norm: f64,
+    pub lr: f64,
+    /// Whether this call applied an optimizer update.
+    pub updated: bool,
+    /// Optimizer updates so far.
+    pub step: i64,
+}
+
+fn raw_step_result() -> sys::peft_step_result {
+    let mut r: sys::peft_step_result = unsafe { std::mem::zeroed() };
+    r.version = sys::PEFT_STEP_RESULT_VERSION;
+    r
+}
+
+impl From<sys::peft_step_result> for StepResult {
+    fn from(r: sys::peft_step_result) -> Self {
+        StepResult {
+            loss: r.loss,
+            tokens: r.tokens,
+            grad_norm: r.grad_norm,
+            lr: r.lr,
+            updated: r.updated != 0,
+            step: r.step,
+        }
+    }
+}
+
+/// Evaluation of a batch: the sum of token losses and the count.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalResult {
+    pub loss_sum: f64,
+    pub tokens: u64,
+}
+
+impl EvalResult {
+    pub fn mean_loss(&self) -> f64 {
+        if self.tokens == 0 {
+            0.0
+        } else {
+            self.loss_sum / self.tokens as f64
+        }
+    }
+}
+
+/// What a model is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub architecture: String,
+    pub n_layers: i32,
+    pub hidden_size: i32,
+    pub intermediate_size: i32,
+    pub n_heads: i32,
+    pub n_kv_heads: i32,
+    pub head_dim: i32,
+    pub vocab_size: i32,
+    pub tied_embeddings: bool,
+    pub n_params: u64,
+    pub n_trainable: u64,
+    pub backend: String,
+    pub n_threads: i32,
+    pub weights_dtype: String,
+}
+
+/// A base model (Hugging Face directory or GGUF file) and its attached adapter.
+pub struct Model {
+    raw: *mut sys::peft_model,
+}
+
+// A handle may move between threads; the library keeps no thread-bound state in it
+// (the error message is per thread, read right after the failing call).
+unsafe impl Send for Model {}
+
+impl Model {
+    pub fn open<P: AsRef<Path>>(path: P) -> Result<Model> {
+        Model::open_with(path, &OpenOptions::default())
+    }
+
+    pub fn open_with<P: AsRef<Path>>(path: P, opts: &OpenOptions) -> Result<Model> {
+        let cpath = c_path(path.as_ref())?;
+        let backend = opt_c(&opts.backend, "backend")?;
+        let mut o: sys::peft_open_options = unsafe { std::mem::zeroed() };
+        check(unsafe { sys::peft_open_options_init(&mut o, sys::PEFT_OPEN_OPTIONS_VERSION) })?;
+        o.n_threads = opts.threads;
+        o.backend = opt_ptr(&backend);
+        let mut raw = ptr::null_mut();
+        check(unsafe { sys::peft_model_open(&mut raw, cpath.as_ptr(), &o) })?;
+        Ok(Model { raw })
+    }
+
+    pub fn info(&self) -> ModelInfo {
+        let mut i: sys::peft_model_info = unsafe { std::mem::zeroed() };
+        i.version = sys::PEFT_MODEL_INFO_VERSION;
+        unsafe { sys::peft_model_get_info(self.raw, &mut i) };
+        ModelInfo {
+            architecture: fixed_str(&i.architecture),
+            n_layers: i.n_layers,
+            hidden_size: i.hidden_size,
+            intermediate_size: i.intermediate_size,
+            n_heads: i.n_heads,
+            n_kv_heads: i.n_kv_heads,
+            head_dim: i.head_dim,
+            vocab_size: i.vocab_size,
+            tied_embeddings: i.tied_embeddings != 0,
+            n_params: i.n_params,
+            n_trainable: i.n_trainable,
+            backend: fixed_str(&i.backend),
+            n_threads: i.n_threads,
+            weights_dtype: fixed_str(&i.weights_dtype),
+        }
+    }
+
+    /// Attach LoRA (or DoRA, LoHa, LoKr); returns the exact trainable-parameter count.
+    pub fn attach_lora(&mut self, opts: &LoraOptions) -> Result<u64> {
+        let o = opts.to_raw()?;
+        let mut n = 0u64;
+        check(unsafe { sys::peft_attach_lora(self.raw, &o.raw, &mut n) })?;
+        Ok(n)
+    }
+
+    /// The trainable-parameter count of a configuration, without attaching it.
+    pub fn count_lora(&self, opts: &LoraOptions) -> Result<u64> {
+        let o = opts.to_raw()?;
+        let mut n = 0u64;
+        check(unsafe { sys::peft_count_lora(&mut n, self.raw, &o.raw) })?;
+        Ok(n)
+    }
+
+    pub fn attach_ia3(&mut self, opts: &Ia3Options) -> Result<u64> {
+        let layers = opt_c(&opts.layers, "layers")?;
+        let o = sys::peft_ia3_options {
+            version: sys::PEFT_IA3_OPTIONS_VERSION,
+            targets: opts.targets,
+            feedforward: opts.feedforward,
+            layers: opt_ptr(&layers),
+        };
+        let mut n = 0u64;
+        check(unsafe { sys::peft_attach_ia3(self.raw, &o, &mut n) })?;
+        Ok(n)
+    }
+
+    pub fn attach_vera(&mut self, opts: &VeraOptions) -> Result<u64> {
+        let layers = opt_c(&opts.layers, "layers")?;
+        let o = sys::peft_vera_options {
+            version: sys::PEFT_VERA_OPTIONS_VERSION,
+            targets: opts.targets,
+            layers: opt_ptr(&layers),
+            rank: opts.rank,
+            d_initial: opts.d_initial,
+            dropout: opts.dropout,
+            seed: opts.seed,
+        };
+        let mut n = 0u64;
+        check(unsafe { sys::peft_attach_vera(self.raw, &o, &mut n) })?;
+        Ok(n)
+    }
+
+    pub fn attach_norms(&mut self, opts: &NormsOptions) -> Result<u64> {
+        let layers = opt_c(&opts.layers, "layers")?;
+        let o = sys::peft_norms_options {
+            version: sys::PEFT_NORMS_OPTIONS_VERSION,
+            norms: opts.norms,
+            layers: opt_ptr(&layers),
+        };
+        let mut n = 0u64;
+        check(unsafe { sys::peft_attach_norms(self.raw, &o, &mut n) })?;
+        Ok(n)
+    }
+
+    pub fn detach(&mut self) -> Result<()> {
+        check(unsafe { sys::peft_detach(self.raw) })
+    }
+
+    pub fn set(&mut self, key: Opt, value: f64) -> Result<()> {
+        check(unsafe { sys::peft_opt_set(self.raw, key.key(), value) })
+    }
+
+    pub fn get(&self, key: Opt) -> Result<f64> {
+        let mut v = 0.0;
+        check(unsafe { sys::peft_opt_get(self.raw, key.key(), &mut v) })?;
+        Ok(v)
+    }
+
+    /// Forward, backward and (every `AccumSteps`-th call) an AdamW update.
+    pub fn step(&mut self, batch: &Batch) -> Result<StepResult> {
+        let b = batch.raw();
+        let mut r = raw_step_result();
+        check(unsafe { sys::peft_step(self.raw, &b, &mut r) })?;
+        Ok(r.into())
+    }
+
+    /// Forward and backward only: the gradients add into [`Model::grads`].
+    pub fn forward_backward(&mut self, batch: &Batch) -> Result<StepResult> {
+        let b = batch.raw();
+        let mut r = raw_step_result();
+        check(unsafe { sys::peft_forward_backward(self.raw, &b, &mut r) })?;
+        Ok(r.into())
+    }
+
+    /// The flat gradient buffer (sums over tokens), for a host to all-reduce.
+    pub fn grads(&mut self) -> Result<&mut [f32]> {
+        let (mut p, mut n) = (ptr::null_mut(), 0usize);
+        check(unsafe { sys::peft_grad_buffer(&mut p, &mut n, self.raw) })?;
+        Ok(if n == 0 { &mut [] } else { unsafe { std::slice::from_raw_parts_mut(p, n) } })
+    }
+
+    /// The flat trainable parameters (same order as the gradients).
+    pub fn params(&mut self) -> Result<&mut [f32]> {
+        let (mut p, mut n) = (ptr::null_mut(), 0usize);
+        check(unsafe { sys::peft_param_buffer(&mut p, &mut n, self.raw) })?;
+        Ok(if n == 0 { &mut [] } else { unsafe { std::slice::from_raw_parts_mut(p, n) } })
+    }
+
+    /// One optimizer update with the gradients divided by `token_count` (0: the count
+    /// this handle accumulated); the gradients are zeroed after.
+    pub fn apply_update(&mut self, token_count: f64) -> Result<StepResult> {
+        let mut r = raw_step_result();
+        check(unsafe { sys::peft_apply_update(self.raw, token_count, &mut r) })?;
+        Ok(r.into())
+    }
+
+    pub fn zero_grad(&mut self) -> Result<()> {
+        check(unsafe { sys::peft_zero_grad(self.raw) })
+    }
+
+    /// The loss of a batch with the adapter applied; nothing is updated.
+    pub fn eval(&mut self, batch: &Batch) -> Result<EvalResult> {
+        let b = batch.raw();
+        let mut r = sys::peft_eval_result { version: sys::PEFT_EVAL_RESULT_VERSION, loss_sum: 0.0, tokens: 0 };
+        check(unsafe { sys::peft_eval(self.raw, &b, &mut r) })?;
+        Ok(EvalResult { loss_sum: r.loss_sum, tokens: r.tokens })
+    }
+
+    /// Save the adapter as a Hugging Face PEFT directory (written atomically).
+    pub fn save_adapter<P: AsRef<Path>>(&mut self, dir: P) -> Result<()> {
+        let d = c_path(dir.as_ref())?;
+        check(unsafe { sys::peft_save_adapter(self.raw, d.as_ptr(), ptr::null()) })
+    }
+
+    /// Load a PEFT adapter directory (attaching it when nothing is attached).
+    pub fn load_adapter<P: AsRef<Path>>(&mut self, dir: P) -> Result<()> {
+        let d = c_path(dir.as_ref())?;
+        check(unsafe { sys::peft_load_adapter(self.raw, d.as_ptr()) })
+    }
+
+    /// Save the adapter as a GGUF LoRA file for llama.cpp's `--lora`.
+    pub fn save_adapter_gguf<P: AsRef<Path>>(&mut self, path: P, name: Option<&str>) -> Result<()> {
+        let p = c_path(path.as_ref())?;
+        let n = name.map(|s| c_string(s.as_bytes(), "name")).transpose()?;
+        check(unsafe { sys::peft_save_adapter_gguf(self.raw, p.as_ptr(), opt_ptr(&n)) })
+    }
+
+    /// Adapter plus optimizer state, to resume training exactly.
+    pub fn save_checkpoint<P: AsRef<Path>>(&mut self, dir: P) -> Result<()> {
+        let d = c_path(dir.as_ref())?;
+        check(unsafe { sys::peft_save_checkpoint(self.raw, d.as_ptr()) })
+    }
+
+    pub fn load_checkpoint<P: AsRef<Path>>(&mut self, dir: P) -> Result<()> {
+        let d = c_path(dir.as_ref())?;
+        check(unsafe { sys::peft_load_checkpoint(self.raw, d.as_ptr()) })
+    }
+
+    /// Turn the adapter off (false) or on (true) without detaching it.
+    pub fn set_adapter_enabled(&mut self, enabled: bool) -> Result<()> {
+        check(unsafe { sys::peft_adapter_enable(self.raw, enabled as i32) })
+    }
+
+    pub fn merge_adapter(&mut self) -> Result<()> {
+        check(unsafe { sys::peft_merge_adapter(self.raw) })
+    }
+
+    pub fn unmerge_adapter(&mut self) -> Result<()> {
+        check(unsafe { sys::peft_unmerge_adapter(self.raw) })
+    }
+}
+
+impl Drop for Model {
+    fn drop(&mut self) {
+        unsafe { sys::peft_model_close(&mut self.raw) };
+    }
+}
+
+/// A Hugging Face `tokenizer.json` (or a directory holding one).
+pub struct Tokenizer {
+    raw: *mut sys::peft_tokenizer,
+}
+
+unsafe impl Send for Tokenizer {}
+
+impl Tokenizer {
+    pub fn open<P: AsRef<Path>>(path: P) -> Result<Tokenizer> {
+        let p = c_path(path.as_ref())?;
+        let mut raw = ptr::null_mut();
+        check(unsafe { sys::peft_tokenizer_open(&mut raw, p.as_ptr()) })?;
+        Ok(Tokenizer { raw })
+    }
+
+    /// Token ids of UTF-8 text, with BOS/EOS as the tokenizer's settings say.
+    pub fn encode(&self, text: &str) -> Result<Vec<i32>> {
+        self.encode_with(text, sys::PEFT_TOKENIZE_DEFAULT as i32)
+    }
+
+    /// `flags`: `sys::PEFT_TOKENIZE_*` bits.
+    pub fn encode_with(&self, text: &str, flags: i32) -> Result<Vec<i32>> {
+        let mut n = 0usize;
+        let p = text.as_ptr() as *const c_char;
+        let code = unsafe { sys::peft_tokenize(self.raw, p, text.len(), flags, ptr::null_mut(), 0, &mut n) };
+        if code != sys::PEFT_ERANGE {
+            check(code)?;
+        }
+        let mut ids = vec![0i32; n];
+        check(unsafe { sys::peft_tokenize(self.raw, p, text.len(), flags, ids.as_mut_ptr(), n, &mut n) })?;
+        ids.truncate(n);
+        Ok(ids)
+    }
+
+    /// The text of token ids (special tokens skipped).
+    pub fn decode(&self, ids: &[i32]) -> Result<String> {
+        let flags = sys::PEFT_DETOKENIZE_DEFAULT as i32;
+        let mut n = 0usize;
+        let code = unsafe { sys::peft_detokenize(self.raw, ids.as_ptr(), ids.len(), flags, ptr::null_mut(), 0, &mut n) };
+        if code != sys::PEFT_ERANGE {
+            check(code)?;
+        }
+        let mut buf = vec![0u8; n + 1];
+        check(unsafe {
+            sys::peft_detokenize(self.raw, ids.as_ptr(), ids.len(), flags, buf.as_mut_ptr() as *mut c_char, buf.len(), &mut n)
+        })?;
+        buf.truncate(n);
+        String::from_utf8(buf).map_err(|e| Error { code: sys::PEFT_EFORMAT, message: format!("decoded text is not UTF-8: {}", e) })
+    }
+
+    pub fn vocab_size(&self) -> i32 {
+        unsafe { sys::peft_tokenizer_vocab_size(self.raw) }
+    }
+
+    /// The BOS token id, if the tokenizer has one.
+    pub fn bos(&self) -> Option<i32> {
+        let id = unsafe { sys::peft_tokenizer_special(self.raw, sys::PEFT_TOKEN_BOS as i32) };
+        if id < 0 {
+            None
+        } else {
+            Some(id)
+        }
+    }
+
+    /// The EOS token id, if the tokenizer has one.
+    pub fn eos(&self) -> Option<i32> {
+        let id = unsafe { sys::peft_tokenizer_special(self.raw, sys::PEFT_TOKEN_EOS as i32) };
+        if id < 0 {
+            None
+        } else {
+            Some(id)
+        }
+    }
+}
+
+impl Drop for Tokenizer {
+    fn drop(&mut self) {
+        unsafe { sys::peft_tokenizer_close(&mut self.raw) };
+    }
+}

@@ -1,0 +1,159 @@
+//! The safe API against the tiny test model (tests/data/tiny, or $PEFT_TEST_DATA/tiny).
+use peft::{target, Batch, ErrorKind, Ia3Options, LoraOptions, Model, Opt, Variant, VeraOptions};
+use std::path::PathBuf;
+
+fn data() -> PathBuf {
+    match std::env::var_os("PEFT_TEST_DATA") {
+        Some(d) => PathBuf::from(d),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/data"),
+    }
+}
+
+fn tiny() -> Model {
+    Model::open_with(data().join("tiny"), &peft::OpenOptions { threads: 1, backend: None }).expect("open the tiny model")
+}
+
+/// Deterministic token ids below the vocabulary size.
+fn tokens(n: usize, vocab: i32, seed: u32) -> Vec<i32> {
+    let mut x = seed.wrapping_mul(2654435761).wrapping_add(1);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x % vocab as u32) as i32
+        })
+        .collect()
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("peft-rust-{}-{}", name, std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn info_and_counts() {
+    let m = tiny();
+    let i = m.info();
+    assert_eq!(i.architecture, "llama");
+    assert!(i.n_layers > 0 && i.vocab_size > 0 && i.n_params > 0);
+    assert_eq!(i.n_trainable, 0);
+    let o = LoraOptions { targets: target::Q | target::V, rank: 4, ..LoraOptions::default() };
+    let n = m.count_lora(&o).unwrap();
+    let kv = i.n_kv_heads as u64 * i.head_dim as u64;
+    let h = i.hidden_size as u64;
+    assert_eq!(n, i.n_layers as u64 * 4 * ((h + h) + (h + kv)));
+}
+
+#[test]
+fn training_lowers_the_loss_and_the_adapter_reloads() {
+    let mut m = tiny();
+    let vocab = m.info().vocab_size;
+    let n = m.attach_lora(&LoraOptions { targets: target::ALL_LINEAR, rank: 4, ..LoraOptions::default() }).unwrap();
+    assert_eq!(m.info().n_trainable, n);
+    m.set(Opt::Lr, 1e-2).unwrap();
+    assert_eq!(m.get(Opt::Lr).unwrap(), 1e-2);
+    let tok = tokens(4 * 16, vocab, 3);
+    let batch = Batch::new(&tok, 4, 16).unwrap();
+    let before = m.eval(&batch).unwrap();
+    for _ in 0..20 {
+        let r = m.step(&batch).unwrap();
+        assert!(r.updated && r.loss.is_finite());
+    }
+    assert_eq!(m.get(Opt::Step).unwrap(), 20.0);
+    let after = m.eval(&batch).unwrap();
+    assert!(after.mean_loss() < before.mean_loss(), "{:?} -> {:?}", before, after);
+    let dir = scratch("reload");
+    m.save_adapter(&dir).unwrap();
+    assert!(dir.join("adapter_model.safetensors").exists() && dir.join("adapter_config.json").exists());
+    let mut again = tiny();
+    again.load_adapter(&dir).unwrap();
+    assert_eq!(again.eval(&batch).unwrap(), after);
+    again.set_adapter_enabled(false).unwrap();
+    assert_eq!(again.eval(&batch).unwrap(), before);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn split_step_equals_step() {
+    let (mut a, mut b) = (tiny(), tiny());
+    let o = LoraOptions { init: peft::Init::Gaussian, seed: 5, ..LoraOptions::default() };
+    a.attach_lora(&o).unwrap();
+    b.attach_lora(&o).unwrap();
+    let tok = tokens(2 * 12, a.info().vocab_size, 9);
+    let batch = Batch::new(&tok, 2, 12).unwrap();
+    let ra = a.step(&batch).unwrap();
+    let fb = b.forward_backward(&batch).unwrap();
+    assert!(!fb.updated && fb.tokens == 22);
+    for g in b.grads().unwrap().iter_mut() {
+        *g *= 2.0; // as if a second rank had summed the same gradients in
+    }
+    let rb = b.apply_update(2.0 * fb.tokens as f64).unwrap();
+    assert!(rb.updated && (ra.grad_norm - rb.grad_norm).abs() < 1e-6);
+    let pa = a.params().unwrap().to_vec();
+    let pb = b.params().unwrap().to_vec();
+    assert!(pa.iter().zip(&pb).all(|(x, y)| (x - y).abs() < 1e-7));
+    assert!(b.grads().unwrap().iter().all(|&g| g == 0.0));
+}
+
+#[test]
+fn other_methods_attach_and_train() {
+    for which in 0..4 {
+        let mut m = tiny();
+        let n = match which {
+            0 => m.attach_ia3(&Ia3Options::default()).unwrap(),
+            1 => m.attach_vera(&VeraOptions { rank: 16, ..VeraOptions::default() }).unwrap(),
+            2 => m.attach_lora(&LoraOptions { variant: Variant::Loha, ..LoraOptions::default() }).unwrap(),
+            _ => m.attach_lora(&LoraOptions { dora: true, ..LoraOptions::default() }).unwrap(),
+        };
+        assert!(n > 0 && m.info().n_trainable == n);
+        let tok = tokens(2 * 16, m.info().vocab_size, which);
+        let r = m.step(&Batch::new(&tok, 2, 16).unwrap()).unwrap();
+        assert!(r.updated && r.loss.is_finite());
+    }
+}
+
+#[test]
+fn errors_carry_code_and_message() {
+    let e = Model::open("/nonexistent/model").err().expect("opening a missing model fails");
+    assert_eq!(e.kind(), ErrorKind::NotFound, "{}", e);
+    assert!(e.message.contains("/nonexistent/model"), "{}", e);
+    let mut m = tiny();
+    let tok = vec![0i32; 8];
+    assert_eq!(Batch::new(&tok, 3, 3).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    let e = m.step(&Batch::new(&tok, 2, 4).unwrap()).unwrap_err(); // nothing attached
+    assert_eq!(e.kind(), ErrorKind::State, "{}", e);
+    let e = m.set(Opt::Lr, -1.0).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    assert!(e.to_string().contains("outside"), "{}", e);
+    assert_eq!(m.set(Opt::Step, 3.0).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    let bad = LoraOptions { layers: Some("first:x".into()), ..LoraOptions::default() };
+    assert_eq!(m.attach_lora(&bad).unwrap_err().kind(), ErrorKind::InvalidArgument);
+    let nul = LoraOptions { layers: Some("a\0b".into()), ..LoraOptions::default() };
+    assert!(m.attach_lora(&nul).unwrap_err().message.contains("NUL"));
+}
+
+#[test]
+fn model_moves_to_another_thread() {
+    let m = tiny();
+    let handle = std::thread::spawn(move || {
+        let mut m = m;
+        m.attach_lora(&LoraOptions::default()).unwrap()
+    });
+    assert!(handle.join().unwrap() > 0);
+}
+
+#[test]
+fn tokenizer_round_trip() {
+    // the shared assets beside the repository ($PEFT_SHARED, or ../shared)
+    let shared = std::env::var_os("PEFT_SHARED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared"));
+    let path = shared.join("models/stories260K");
+    let t = peft::Tokenizer::open(&path).unwrap();
+    let ids = t.encode("Once upon a time").unwrap();
+    assert_eq!(ids.first().copied(), t.bos());
+    assert_eq!(t.decode(&ids).unwrap(), "Once upon a time");
+    assert!(t.vocab_size() > 0);
+}
