@@ -15,6 +15,10 @@ command -v valgrind >/dev/null 2>&1 || need="$need valgrind"  # the CLI under me
 # Rust bindings (rust/): Debian's cargo, offline; bindgen checks the checked-in bindings
 command -v cargo >/dev/null 2>&1 || need="$need cargo"
 command -v bindgen >/dev/null 2>&1 || need="$need bindgen"
+# Debian packaging (debian/, tests/test_deb.sh)
+command -v dpkg-buildpackage >/dev/null 2>&1 || need="$need dpkg-dev"
+command -v dh >/dev/null 2>&1 || need="$need debhelper"
+command -v lintian >/dev/null 2>&1 || need="$need lintian"
 # Open MPI: the data-parallel mode of peft train (mpirun -np N peft train ...)
 command -v mpicc >/dev/null 2>&1 || [ -n "${PEFT_NO_MPI:-}" ] || need="$need libopenmpi-dev"
 command -v mpirun >/dev/null 2>&1 || [ -n "${PEFT_NO_MPI:-}" ] || need="$need openmpi-bin"
