@@ -8,7 +8,8 @@ Usage (from the repository root, after building with MPI; any python3):
 The model is the random-weight, SmolLM-135M-shaped Llama of bench/torch_vs_peft.py
 (out/bench/). Three configurations train the same global batch of 2 x --batch windows per
 optimizer step, alternating, --repeat times:
-  1 rank x 2 threads (--accum 2), 1 rank x 1 thread (--accum 2), 2 ranks x 1 thread (--accum 1).
+  1 rank x 2 threads (--accum 2), 1 rank x 1 thread (--accum 2), 2 ranks x 1 thread (--accum 1),
+  the all-reduce overlapped with the backward pass (default) and after it (--no-overlap).
 Steady-state tokens/s excludes the first step. The communication share is the time in MPI
 collectives over the training time, from the "comm_seconds" field of rank 0's JSON line.
 Prints a Markdown table of medians and the measured gradient size.
@@ -65,6 +66,8 @@ def main():
         ("1 rank x 1 thread", [PEFT] + common + ["--threads", "1", "--accum", "2"]),
         ("2 ranks x 1 thread", ["mpirun", "-np", "2", "--bind-to", "core", PEFT] + common +
          ["--threads", "1", "--accum", "1"]),
+        ("2 ranks x 1 thread, all-reduce after the backward pass",
+         ["mpirun", "-np", "2", "--bind-to", "core", PEFT] + common + ["--threads", "1", "--accum", "1", "--no-overlap"]),
     ]
     res = {name: [] for name, _ in configs}
     params = 0

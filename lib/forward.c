@@ -411,10 +411,28 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
     if (dwf)
         rmsnorm_backward_w(dwf, ws->dxn, ws->x_final, ws->rstdf, N, D);
     rmsnorm_backward(m->pool, ws->dx, ws->dxn, ws->x_final, peft__norm_weight(m, 0, 2), ws->rstdf, N, D);
-    for (int l = c->n_layers - 1; l >= (m->lora->lowest_layer > 0 ? m->lora->lowest_layer : 0); l--)
+    /* layer l's gradients are final once its backward is done: tell the host (ready_lo and
+       ready_hi bound the contiguous span reported so far) */
+    size_t ready_lo = m->lora->n_params, ready_hi = 0, lo, hi;
+    for (int l = c->n_layers - 1; l >= (m->lora->lowest_layer > 0 ? m->lora->lowest_layer : 0); l--) {
         layer_backward(m, l);
+        if (m->grad_ready && peft__grad_layer_range(m->lora, c->n_layers, l, &lo, &hi)) {
+            m->grad_ready(m->grad_ready_user, lo, hi - lo);
+            ready_lo = lo;
+            if (hi > ready_hi)
+                ready_hi = hi;
+        }
+    }
     if (m->lora->embed_r > 0) /* ws->dx: d(loss)/d(layer 0 input) */
         embed_backward(m, ws->dx, batch->tokens, N);
+    if (m->grad_ready) { /* the rest: below the lowest layer reported, above the top one */
+        if (ready_hi == 0)
+            ready_lo = ready_hi = m->lora->n_params;
+        if (ready_lo > 0)
+            m->grad_ready(m->grad_ready_user, 0, ready_lo);
+        if (ready_hi < m->lora->n_params)
+            m->grad_ready(m->grad_ready_user, ready_hi, m->lora->n_params - ready_hi);
+    }
     m->dropout_calls++;
     return PEFT_OK;
 }

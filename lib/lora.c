@@ -31,6 +31,39 @@ static int parse_uint(const char **s, long *out)
 }
 
 /* Layer selection: "all" | items separated by ','; item = N | N-M | first:N | last:N | every:K */
+int peft__grad_layer_range(const lora_state *l, int n_layers, int layer, size_t *lo, size_t *hi)
+{
+    if (l->method == PEFT_METHOD_NORMS) {
+        int64_t a = l->norm_off[2 * layer], b = l->norm_off[2 * layer + 1];
+        if (a < 0 && b < 0)
+            return 0;
+        *lo = (size_t)(a >= 0 ? a : b);
+        /* the next tuned norm (or the end) bounds this layer's norms */
+        size_t end = l->n_params;
+        for (int k = 2 * layer + 2; k <= 2 * n_layers; k++)
+            if (l->norm_off[k] >= 0) {
+                end = (size_t)l->norm_off[k];
+                break;
+            }
+        *hi = end;
+        return 1;
+    }
+    int first = -1, next = -1;
+    for (int i = 0; i < l->n_modules; i++) {
+        if (l->mods[i].layer == layer && first < 0)
+            first = i;
+        if (l->mods[i].layer > layer) {
+            next = i;
+            break;
+        }
+    }
+    if (first < 0)
+        return 0;
+    *lo = l->mods[first].off_a;
+    *hi = next >= 0 ? l->mods[next].off_a : (l->embed_r > 0 ? l->off_ea : l->n_params);
+    return 1;
+}
+
 int peft__layers_parse(uint8_t *on, int n, const char *spec)
 {
     memset(on, 0, (size_t)n);

@@ -130,6 +130,8 @@ struct peft_model {
     int adapter_off;    /* peft_adapter_enable(m, 0) */
     int merged;         /* peft_merge_adapter: the adapter lives in merged weight copies */
     float **merged_copies;
+    peft_grad_ready_fn grad_ready; /* peft_set_grad_ready */
+    void *grad_ready_user;
 };
 
 /* gguf.c / model.c */
@@ -137,6 +139,9 @@ int peft__gguf_open(peft_model *m, const char *path);
 int peft__gguf_add_owned(peft_model *m, float *p);
 
 /* lora.c */
+/* The range [*lo, *hi) of the parameter (and gradient) block that belongs to decoder layer
+   `layer`; 0 when the layer has no trainable parameters. Layers are laid out in order. */
+int peft__grad_layer_range(const lora_state *l, int n_layers, int layer, size_t *lo, size_t *hi);
 int peft__layers_parse(uint8_t *on, int n_layers, const char *spec);
 const char *peft__module_key(char *buf, size_t n, int layer, int kind, int is_b);
 

@@ -77,6 +77,15 @@ int peft_zero_grad(peft_model *m)
     return PEFT_OK;
 }
 
+int peft_set_grad_ready(peft_model *m, peft_grad_ready_fn fn, void *user)
+{
+    if (!m)
+        return peft__fail(PEFT_EINVAL, "peft_set_grad_ready: model is NULL");
+    m->grad_ready = fn;
+    m->grad_ready_user = fn ? user : NULL;
+    return PEFT_OK;
+}
+
 int peft_step(peft_model *m, const peft_batch *batch, peft_step_result *res)
 {
     int code = peft_forward_backward(m, batch, res);

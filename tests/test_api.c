@@ -299,6 +299,95 @@ TEST(two_ranks_with_dropout_equal_one_process)
     peft_model_close(&rk[1]);
 }
 
+/* What a grad-ready hook saw: each range's values at the moment it was reported. */
+struct ready_log {
+    peft_model *m;
+    float *seen;    /* n floats: the value of each gradient when its range was reported */
+    int *times;     /* n: how often each float was reported */
+    size_t n, calls;
+};
+
+static void on_ready(void *user, size_t off, size_t cnt)
+{
+    struct ready_log *r = user;
+    float *g;
+    size_t n;
+    if (peft_grad_buffer(&g, &n, r->m) || off + cnt > n || cnt == 0) {
+        r->times[0] += 1000; /* out of range: fail below */
+        return;
+    }
+    for (size_t i = off; i < off + cnt; i++) {
+        r->seen[i] = g[i];
+        r->times[i]++;
+    }
+    r->calls++;
+}
+
+static void check_grad_ready(peft_model *m, const char *what)
+{
+    float *g;
+    size_t n;
+    CHECK_OK(peft_grad_buffer(&g, &n, m));
+    struct ready_log r = {m, calloc(n, sizeof(float)), calloc(n, sizeof(int)), n, 0};
+    CHECK_OK(peft_set_grad_ready(m, on_ready, &r));
+    int32_t tok[2 * 12];
+    for (int call = 0; call < 2; call++) { /* the second call adds to the first's gradients */
+        make_batch(tok, 24, 11u + (uint32_t)call);
+        peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 12, NULL};
+        memset(r.times, 0, n * sizeof(int));
+        r.calls = 0;
+        CHECK_OK(peft_forward_backward(m, &b, NULL));
+        size_t once = 0, same = 0;
+        for (size_t i = 0; i < n; i++) {
+            once += r.times[i] == 1;
+            same += r.seen[i] == g[i]; /* nothing wrote a range after it was reported */
+        }
+        CHECK_MSG(once == n && same == n, "%s: %zu of %zu reported once, %zu final when reported", what,
+                  once, n, same);
+        CHECK(r.calls >= 1);
+    }
+    CHECK_OK(peft_set_grad_ready(m, NULL, NULL));
+    r.calls = 0;
+    make_batch(tok, 24, 5);
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 12, NULL};
+    CHECK_OK(peft_forward_backward(m, &b, NULL));
+    CHECK(r.calls == 0); /* removed */
+    free(r.seen);
+    free(r.times);
+}
+
+TEST(grad_ready_ranges_cover_the_buffer_once_and_are_final)
+{
+    peft_model *m = open_tiny(2);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_ALL_LINEAR | PEFT_TARGET_EMBED;
+    o.init = PEFT_INIT_GAUSSIAN;
+    o.use_dora = 0;
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    check_grad_ready(m, "all-linear + embed LoRA");
+    CHECK_OK(peft_detach(m));
+    o.targets = PEFT_TARGET_Q | PEFT_TARGET_DOWN;
+    o.layers = "last:1";
+    o.use_dora = 1;
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    check_grad_ready(m, "DoRA on the last layer");
+    CHECK_OK(peft_detach(m));
+    peft_norms_options no = PEFT_NORMS_OPTIONS_INIT;
+    CHECK_OK(peft_attach_norms(m, &no, NULL));
+    check_grad_ready(m, "norm tuning");
+    CHECK_OK(peft_detach(m));
+    peft_vera_options vo = PEFT_VERA_OPTIONS_INIT;
+    vo.rank = 8;
+    CHECK_OK(peft_attach_vera(m, &vo, NULL));
+    check_grad_ready(m, "VeRA");
+    CHECK_OK(peft_detach(m));
+    peft_ia3_options io = PEFT_IA3_OPTIONS_INIT;
+    CHECK_OK(peft_attach_ia3(m, &io, NULL));
+    check_grad_ready(m, "IA3");
+    CHECK(peft_set_grad_ready(NULL, on_ready, NULL) == PEFT_EINVAL);
+    peft_model_close(&m);
+}
+
 TEST(label_mask)
 {
     peft_model *m = open_tiny(1);
@@ -1183,7 +1272,7 @@ TEST(lokr_lifecycle)
 static const struct h_case cases[] = {
     CASE(errors_and_versions), CASE(last_error_is_per_thread), CASE(info_and_exact_counts),
     CASE(determinism_and_thread_invariance), CASE(gradient_accumulation_equals_big_batch),
-    CASE(split_step_equals_step), CASE(two_ranks_with_dropout_equal_one_process), CASE(label_mask), CASE(state_errors), CASE(non_finite_loss_is_refused),
+    CASE(split_step_equals_step), CASE(two_ranks_with_dropout_equal_one_process), CASE(grad_ready_ranges_cover_the_buffer_once_and_are_final), CASE(label_mask), CASE(state_errors), CASE(non_finite_loss_is_refused),
     CASE(save_load_round_trip), CASE(load_adapter_errors), CASE(save_is_atomic_on_write_failure),
     CASE(training_lowers_loss), CASE(packed_documents_equal_separate_sequences), CASE(merge_unmerge_and_export),
     CASE(dora_save_load_merge), CASE(rank_and_alpha_patterns), CASE(loraplus_ratio), CASE(ia3_save_load_merge),

@@ -331,6 +331,11 @@ mpi_two_ranks_equal_one_process)
     json "$T/two.json" "j['ranks'] == 2 and j['tokens'] == 6*4*4*32 and 0 <= j['comm_seconds'] < j['seconds']" || fail "json fields"
     python3 -c "import json; a=json.loads(open('$T/one.json').read().splitlines()[-1]); b=json.loads(open('$T/two.json').read().splitlines()[-1]); assert abs(a['loss']-b['loss']) < 1e-5 and abs(a['eval_loss_after']-b['eval_loss_after']) < 1e-5 and a['eval_loss_before'] == b['eval_loss_before'], (a, b)" || fail "losses differ"
     python3 "$SRC/tests/st_close.py" "$T/one/adapter_model.safetensors" "$T/two/adapter_model.safetensors" 1e-5 || fail "adapters differ"
+    # the all-reduce after the backward pass instead of overlapped with it: the same sums
+    # shellcheck disable=SC2086
+    timeout 300 mpirun -np 2 "$PEFT" train $common --out "$T/two-after" --accum 2 --no-overlap >"$T/after.json" 2>"$T/after.err" ||
+        { cat "$T/after.err"; fail "mpirun --no-overlap"; }
+    cmp "$T/two/adapter_model.safetensors" "$T/two-after/adapter_model.safetensors" || fail "overlapped and plain all-reduce differ"
     # a failure on one rank (its data file is missing) stops every rank, and nothing is written
     timeout 120 mpirun -np 1 "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/bad" --steps 50 --seq 32 --threads 1 : \
         -np 1 "$PEFT" train --model "$T/model" --data "$T/missing.bin" --out "$T/bad" --steps 50 --seq 32 --threads 1 >"$T/bad.out" 2>&1

@@ -34,7 +34,8 @@ static const char train_help[] =
     "          --log-every N --json --quiet\n"
     "mpirun -np N peft train ... trains data-parallel (when built with MPI): every optimizer\n"
     "step takes --accum x --batch windows on each of the N ranks, the adapter gradients are\n"
-    "summed across ranks, and only rank 0 logs and writes files.\n"
+    "summed across ranks (overlapped with the last backward pass; --no-overlap: after it),\n"
+    "and only rank 0 logs and writes files.\n"
     "FILE is .txt (one document per paragraph or line, BOS as the tokenizer says), .jsonl\n"
     "({\"text\"} or {\"prompt\", \"completion\"}, loss masked on the prompt) or uint32\n"
     "little-endian token ids. Documents are packed and cut into non-overlapping windows of\n"
@@ -102,6 +103,7 @@ int cmd_train(int argc, char **argv)
     const char *schedule = arg_str(&a, "--schedule", "constant");
     const char *format = arg_str(&a, "--format", "peft");
     int json = arg_flag(&a, "--json"), quiet = arg_flag(&a, "--quiet");
+    const int no_overlap = arg_flag(&a, "--no-overlap");
     if (par_init()) {
         args_free(&a);
         return 1;
@@ -109,6 +111,7 @@ int cmd_train(int argc, char **argv)
     const int rank = par_rank(), nr = par_size();
     if (rank != 0)
         json = 0, quiet = 1; /* rank 0 speaks for the job */
+    const int overlap = nr > 1 && !no_overlap;
     long seq, batch, steps, threads, eval_every, max_eval_w, log_every, save_every, ckpt_every;
     const char *resume = arg_str(&a, "--resume", NULL);
     double epochs, holdout, vera_d;
@@ -305,9 +308,11 @@ int cmd_train(int argc, char **argv)
         double tally[4] = {0, 0, 0, 0};
         /* micro-batch g = micro * nr + j of this step goes to rank j; one process with
            --accum accum*nr sees the same micro-batches in the same order */
+        /* overlapped: every rank runs all its backward passes (the all-reduces started during
+           the last one must match across ranks), even after a non-finite loss */
         for (long g = 0; g < accum * nr; g++) {
             sampler_fill(&smp, &train, (int)seq, (int)batch, buf, lbuf, dbuf);
-            if (g % nr != rank || tally[2] + tally[3] > 0)
+            if (g % nr != rank || tally[3] > 0 || (tally[2] > 0 && !overlap))
                 continue;
             peft_batch pb = PEFT_BATCH_INIT;
             pb.tokens = buf;
@@ -320,7 +325,18 @@ int cmd_train(int argc, char **argv)
                 tally[3] = 1;
                 continue;
             }
+            const int last = g == (accum - 1) * nr + rank;
+            if (overlap && last && par_overlap_begin(m)) {
+                fprintf(stderr, "peft train: step %ld: cannot start the overlapped all-reduce\n", step + 1);
+                goto done;
+            }
             code = peft_forward_backward(m, &pb, &r);
+            if (overlap && last && par_overlap_finish(m))
+                goto done;
+            if (overlap && code && code != PEFT_ENUMERIC) {
+                fail_lib("step", code); /* the other ranks wait in collectives: stop them */
+                goto done;
+            }
             if (code == PEFT_ENUMERIC) {
                 fprintf(stderr, "\npeft train: step %ld: %s; skipped\n", step + 1, peft_last_error());
                 tally[2] = 1;
@@ -355,7 +371,7 @@ int cmd_train(int argc, char **argv)
             bad = 0;
             float *grads;
             size_t ng;
-            if ((code = peft_grad_buffer(&grads, &ng, m)) || par_sum_floats(grads, ng)) {
+            if ((code = peft_grad_buffer(&grads, &ng, m)) || (!overlap && par_sum_floats(grads, ng))) {
                 rc = code ? fail_lib("step", code) : 1;
                 goto done;
             }

@@ -1,6 +1,8 @@
 /* par.h over MPI (PEFT_HAVE_MPI) or over one process. */
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "par.h"
@@ -55,9 +57,12 @@ int par_init(void)
 #endif
 }
 
+static void overlap_free(void);
+
 void par_finalize(void)
 {
 #ifdef PEFT_HAVE_MPI
+    overlap_free();
     if (g_mpi)
         MPI_Finalize();
     g_mpi = 0;
@@ -135,6 +140,93 @@ int par_bcast_floats(float *buf, size_t n)
 #endif
     (void)buf, (void)n;
     return 0;
+}
+
+#ifdef PEFT_HAVE_MPI
+static struct {
+    float *grads, *buf;
+    size_t n;
+    MPI_Request *req;
+    int nreq, cap, failed;
+} g_ov;
+
+static void ov_ready(void *user, size_t off, size_t cnt)
+{
+    (void)user;
+    double t0 = now();
+    if (g_ov.nreq == g_ov.cap || cnt > INT_MAX || off + cnt > g_ov.n) {
+        g_ov.failed = 1;
+        return;
+    }
+    memcpy(g_ov.buf + off, g_ov.grads + off, cnt * sizeof(float));
+    if (MPI_Iallreduce(MPI_IN_PLACE, g_ov.buf + off, (int)cnt, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
+                       &g_ov.req[g_ov.nreq++]) != MPI_SUCCESS)
+        g_ov.failed = 1;
+    int done; /* drive progress: Open MPI advances non-blocking collectives inside MPI calls */
+    MPI_Testall(g_ov.nreq, g_ov.req, &done, MPI_STATUSES_IGNORE);
+    g_comm += now() - t0;
+}
+#endif
+
+static void overlap_free(void)
+{
+#ifdef PEFT_HAVE_MPI
+    free(g_ov.buf);
+    free(g_ov.req);
+    memset(&g_ov, 0, sizeof g_ov);
+#endif
+}
+
+int par_overlap_begin(peft_model *m)
+{
+#ifdef PEFT_HAVE_MPI
+    float *g;
+    size_t n;
+    peft_model_info info = {.version = PEFT_MODEL_INFO_VERSION};
+    if (peft_grad_buffer(&g, &n, m) || peft_model_get_info(m, &info))
+        return -1;
+    if (n != g_ov.n || !g_ov.buf) {
+        free(g_ov.buf);
+        g_ov.buf = malloc((n ? n : 1) * sizeof(float));
+        g_ov.n = n;
+    }
+    int cap = info.n_layers + 8; /* one range per layer, then at most two more */
+    if (cap > g_ov.cap) {
+        free(g_ov.req);
+        g_ov.req = malloc((size_t)cap * sizeof *g_ov.req);
+        g_ov.cap = g_ov.req ? cap : 0;
+    }
+    if (!g_ov.buf || !g_ov.req) {
+        fprintf(stderr, "peft: out of memory for the all-reduce buffer\n");
+        return -1;
+    }
+    g_ov.grads = g;
+    g_ov.nreq = 0;
+    g_ov.failed = 0;
+    return peft_set_grad_ready(m, ov_ready, NULL) ? -1 : 0;
+#else
+    (void)m;
+    return -1;
+#endif
+}
+
+int par_overlap_finish(peft_model *m)
+{
+#ifdef PEFT_HAVE_MPI
+    peft_set_grad_ready(m, NULL, NULL);
+    double t0 = now();
+    int rc = MPI_Waitall(g_ov.nreq, g_ov.req, MPI_STATUSES_IGNORE) == MPI_SUCCESS && !g_ov.failed ? 0 : -1;
+    g_comm += now() - t0;
+    if (rc == 0)
+        memcpy(g_ov.grads, g_ov.buf, g_ov.n * sizeof(float));
+    else
+        fprintf(stderr, "peft: the overlapped all-reduce failed\n");
+    g_ov.nreq = 0;
+    return rc;
+#else
+    (void)m;
+    return -1;
+#endif
 }
 
 void par_abort(void)

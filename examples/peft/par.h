@@ -6,6 +6,8 @@
 
 #include <stddef.h>
 
+#include <peft/peft.h>
+
 /* Start MPI if this process was launched by mpirun/srun (its environment says so);
    returns -1 with a message when launched with several ranks by a peft built without
    MPI, or when MPI fails to start. */
@@ -20,6 +22,13 @@ int par_sum_doubles(double *buf, size_t n);
 int par_max_int(int v);
 /* Rank 0's buffer to every rank. */
 int par_bcast_floats(float *buf, size_t n);
+/* Overlap the gradient all-reduce with the backward pass: par_overlap_begin before the
+   last micro-batch of a step has the library report each range of the gradient buffer as
+   soon as it is final (peft_set_grad_ready); its sum over ranks starts at once
+   (MPI_Iallreduce on a copy). par_overlap_finish waits for them all and writes the sums
+   into the gradient buffer. Every rank must run the same number of backward passes. */
+int par_overlap_begin(peft_model *m);
+int par_overlap_finish(peft_model *m);
 /* Stop every rank: a failure on one rank ends the job (exit code 1). */
 void par_abort(void);
 /* Seconds spent in the collectives above since par_init. */

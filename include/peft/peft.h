@@ -335,6 +335,20 @@ PEFT_API int peft_apply_update(peft_model *model, double token_count,
 /* Zero the gradient buffer and the accumulated token count. */
 PEFT_API int peft_zero_grad(peft_model *model);
 
+/*
+ * Gradient-ready notification, for overlapping a host's all-reduce with the backward pass.
+ * During each peft_forward_backward (and peft_step), on the calling thread, fn(user, offset,
+ * count) is called as soon as the floats [offset, offset + count) of the gradient buffer
+ * (peft_grad_buffer) have received the last contribution of that call: once per decoder
+ * layer that has trainable parameters, from the top layer down, then for whatever remains
+ * (the embedding adapter, the final norm). The calls cover the whole buffer exactly once,
+ * in the same sequence on every call and for every model with the same configuration,
+ * also when the loss turns out non-finite. fn must not call into the model; it may read
+ * (not write) the range. fn NULL removes the notification.
+ */
+typedef void (*peft_grad_ready_fn)(void *user, size_t offset, size_t count);
+PEFT_API int peft_set_grad_ready(peft_model *model, peft_grad_ready_fn fn, void *user);
+
 typedef struct peft_eval_result {
     uint32_t version;
     double loss_sum;  /* sum of token cross-entropies (nats) */

@@ -332,6 +332,16 @@ extern "C" {
 extern "C" {
     pub fn peft_zero_grad(model: *mut peft_model) -> ::std::os::raw::c_int;
 }
+pub type peft_grad_ready_fn = ::std::option::Option<
+    unsafe extern "C" fn(user: *mut ::std::os::raw::c_void, offset: usize, count: usize),
+>;
+extern "C" {
+    pub fn peft_set_grad_ready(
+        model: *mut peft_model,
+        fn_: peft_grad_ready_fn,
+        user: *mut ::std::os::raw::c_void,
+    ) -> ::std::os::raw::c_int;
+}
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct peft_eval_result {
