@@ -33,7 +33,7 @@ int peft__read_file(char **out, size_t *len, const char *path, size_t max)
     *len = 0;
     FILE *f = fopen(path, "rb");
     if (!f)
-        return peft__fail(errno == ENOENT ? PEFT_ENOTFOUND : PEFT_EIO, "%s: cannot open: %s", path,
+        return peft__fail(errno == ENOENT ? PEFT_ENOTFOUND : errno == ENOMEM ? PEFT_ENOMEM : PEFT_EIO, "%s: cannot open: %s", path,
                           strerror(errno));
     struct stat st;
     if (fstat(fileno(f), &st) != 0 || !S_ISREG(st.st_mode)) {

@@ -238,7 +238,7 @@ static int map_gguf(void **map, size_t *size, const char *path)
 {
     int fd = open(path, O_RDONLY);
     if (fd < 0)
-        return peft__fail(errno == ENOENT ? PEFT_ENOTFOUND : PEFT_EIO, "%s: cannot open: %s", path, strerror(errno));
+        return peft__fail(errno == ENOENT ? PEFT_ENOTFOUND : errno == ENOMEM ? PEFT_ENOMEM : PEFT_EIO, "%s: cannot open: %s", path, strerror(errno));
     struct stat sb;
     if (fstat(fd, &sb) != 0 || sb.st_size < 24) {
         close(fd);

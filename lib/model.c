@@ -2,6 +2,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include "model.h"
 
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +47,7 @@ static int add_owned(peft_model *m, float *p)
 int peft__gguf_add_owned(peft_model *m, float *p) { return add_owned(m, p); }
 int peft__gguf_open(peft_model *m, const char *path);
 
+/* 1: a GGUF file, 0: not one, -1: it could not be read for lack of memory */
 static int is_gguf_file(const char *path)
 {
     struct stat sb;
@@ -53,6 +55,8 @@ static int is_gguf_file(const char *path)
         return 0;
     FILE *f = fopen(path, "rb");
     char magic[4] = {0};
+    if (!f && errno == ENOMEM)
+        return -1;
     if (f) {
         if (fread(magic, 1, 4, f) != 4)
             magic[0] = 0;
@@ -272,8 +276,10 @@ int peft_model_open(peft_model **out, const char *path, const peft_open_options 
         free(m);
         return peft__fail(PEFT_ENOMEM, "out of memory");
     }
-    int code;
-    if (is_gguf_file(path)) {
+    int code, gguf = is_gguf_file(path);
+    if (gguf < 0) {
+        code = peft__fail(PEFT_ENOMEM, "%s: out of memory", path);
+    } else if (gguf) {
         code = peft__gguf_open(m, path);
     } else {
         char *cfg_path = peft__path_join(path, "config.json");

@@ -112,7 +112,7 @@ int st_open(st_file **out, const char *path)
     int code = PEFT_OK;
     int fd = open(path, O_RDONLY);
     if (fd < 0) {
-        code = peft__fail(errno == ENOENT ? PEFT_ENOTFOUND : PEFT_EIO, "%s: cannot open: %s", path,
+        code = peft__fail(errno == ENOENT ? PEFT_ENOTFOUND : errno == ENOMEM ? PEFT_ENOMEM : PEFT_EIO, "%s: cannot open: %s", path,
                           strerror(errno));
         goto fail;
     }
