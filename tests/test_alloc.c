@@ -22,6 +22,14 @@
 
 #include "harness.h"
 
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define SANITIZED 1
+#endif
+#endif
+
 extern void *__libc_malloc(size_t);
 extern void *__libc_calloc(size_t, size_t);
 extern void *__libc_realloc(void *, size_t);
@@ -48,6 +56,7 @@ static int fail_now(void)
     return 0;
 }
 
+#ifndef SANITIZED
 void *malloc(size_t n)
 {
     if (fail_now())
@@ -94,6 +103,7 @@ void free(void *p)
         g_live--;
     __libc_free(p);
 }
+#endif
 
 static char g_dir[256];
 
@@ -278,12 +288,8 @@ static void inject(const char *name, int (*scenario)(void))
 
 static int setup(void)
 {
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#ifdef SANITIZED
     return 0;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-    return 0;
-#endif
 #endif
     snprintf(g_dir, sizeof g_dir, "/tmp/peft-alloc-XXXXXX");
     return mkdtemp(g_dir) != NULL;
