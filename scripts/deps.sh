@@ -15,6 +15,7 @@ command -v valgrind >/dev/null 2>&1 || need="$need valgrind"  # the CLI under me
 # Rust bindings (rust/): Debian's cargo, offline; bindgen checks the checked-in bindings
 command -v cargo >/dev/null 2>&1 || need="$need cargo"
 command -v bindgen >/dev/null 2>&1 || need="$need bindgen"
+command -v abidiff >/dev/null 2>&1 || need="$need abigail-tools"  # the ABI baseline check
 # Debian packaging (debian/, tests/test_deb.sh)
 command -v dpkg-buildpackage >/dev/null 2>&1 || need="$need dpkg-dev"
 command -v dh >/dev/null 2>&1 || need="$need debhelper"
