@@ -18,7 +18,12 @@
 
 #include "model.h"
 
-enum { G_F32 = 0, G_F16 = 1, G_Q4_0 = 2, G_Q8_0 = 8, G_BF16 = 30 };
+enum { G_F32 = PEFT_GG_F32, G_F16 = PEFT_GG_F16, G_Q4_0 = PEFT_GG_Q4_0, G_Q8_0 = PEFT_GG_Q8_0,
+       G_Q4_K = PEFT_GG_Q4_K, G_Q6_K = PEFT_GG_Q6_K, G_BF16 = PEFT_GG_BF16 };
+
+/* block-quantized types, kept quantized in memory for the linear weights */
+static int is_blocked(uint32_t t) { return t == G_Q8_0 || t == G_Q4_0 || t == G_Q4_K || t == G_Q6_K; }
+static uint64_t block_size(uint32_t t) { return t == G_Q4_K || t == G_Q6_K ? 256 : 32; }
 
 typedef struct gg_tensor {
     char name[96];
@@ -110,41 +115,6 @@ static int key_is(const char *k, uint64_t len, const char *want)
     return strlen(want) == len && memcmp(k, want, len) == 0;
 }
 
-static float f16(uint16_t h) { return peft__f16_to_f32(h); }
-
-/* dequantize n elements of type t at p into dst */
-static int dequant(float *dst, const uint8_t *p, uint64_t n, uint32_t t)
-{
-    switch (t) {
-    case G_F32: memcpy(dst, p, n * 4); return 0;
-    case G_F16:
-        for (uint64_t i = 0; i < n; i++)
-            dst[i] = f16((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
-        return 0;
-    case G_BF16:
-        for (uint64_t i = 0; i < n; i++)
-            dst[i] = peft__bf16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
-        return 0;
-    case G_Q8_0:
-        for (uint64_t b = 0; b < n / 32; b++, p += 34) {
-            float d = f16((uint16_t)(p[0] | p[1] << 8));
-            for (int j = 0; j < 32; j++)
-                dst[b * 32 + (uint64_t)j] = d * (float)(int8_t)p[2 + j];
-        }
-        return 0;
-    case G_Q4_0:
-        for (uint64_t b = 0; b < n / 32; b++, p += 18) {
-            float d = f16((uint16_t)(p[0] | p[1] << 8));
-            for (int j = 0; j < 16; j++) {
-                dst[b * 32 + (uint64_t)j] = (float)((p[2 + j] & 15) - 8) * d;
-                dst[b * 32 + (uint64_t)j + 16] = (float)((p[2 + j] >> 4) - 8) * d;
-            }
-        }
-        return 0;
-    default: return -1;
-    }
-}
-
 static uint64_t type_bytes(uint32_t t, uint64_t n)
 {
     switch (t) {
@@ -153,6 +123,8 @@ static uint64_t type_bytes(uint32_t t, uint64_t n)
     case G_BF16: return n * 2;
     case G_Q8_0: return n / 32 * 34;
     case G_Q4_0: return n / 32 * 18;
+    case G_Q4_K: return n / 256 * 144;
+    case G_Q6_K: return n / 256 * 210;
     default: return 0;
     }
 }
@@ -165,8 +137,8 @@ static const char *type_name(uint32_t t)
     case G_BF16: return "BF16";
     case G_Q8_0: return "Q8_0";
     case G_Q4_0: return "Q4_0";
-    case 12: return "Q4_K";
-    case 14: return "Q6_K";
+    case G_Q4_K: return "Q4_K";
+    case G_Q6_K: return "Q6_K";
     default: return "?";
     }
 }
@@ -183,8 +155,12 @@ static const gg_tensor *find(const gg_tensor *ts, uint64_t n, const char *name)
 }
 
 /* load tensor `name` (ne0 = in, ne1 = out) into float32; permute q/k rows for `heads` heads */
-static int load(peft_model *m, const float **out, const gg_tensor *ts, uint64_t nt, const uint8_t *data, const char *name,
-                uint64_t ne0, uint64_t ne1, int heads, const char *path)
+/* Tensor `name` as float32 into *out (mapped in place when it is aligned F32 and needs no row
+   permutation, else converted into an owned buffer); or, when qw is given and the tensor is
+   block-quantized, kept quantized in qw (rows permuted into an owned copy for q/k). heads:
+   undo llama.cpp's q/k row permutation for that many heads. */
+static int load(peft_model *m, const float **out, peft_w *qw, const gg_tensor *ts, uint64_t nt, const uint8_t *data,
+                const char *name, uint64_t ne0, uint64_t ne1, int heads, const char *path)
 {
     const gg_tensor *t = find(ts, nt, name);
     if (!t)
@@ -192,10 +168,11 @@ static int load(peft_model *m, const float **out, const gg_tensor *ts, uint64_t 
     if (t->ne[0] != ne0 || (ne1 ? t->n_dims != 2 || t->ne[1] != ne1 : t->n_dims != 1))
         return peft__fail(PEFT_ESHAPE, "%s: tensor '%s' has the wrong shape for the metadata (ne0 %llu, expected %llu x %llu)",
                           path, name, (unsigned long long)t->ne[0], (unsigned long long)ne0, (unsigned long long)ne1);
-    if (!type_bytes(t->type, 1) && t->type != G_Q8_0 && t->type != G_Q4_0)
-        return peft__fail(PEFT_EUNSUPPORTED, "%s: tensor '%s' has ggml type %s (%u), not supported yet (F32, F16, BF16, Q8_0, Q4_0)",
+    if (!type_bytes(t->type, 1) && !is_blocked(t->type))
+        return peft__fail(PEFT_EUNSUPPORTED,
+                          "%s: tensor '%s' has ggml type %s (%u), not supported yet (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)",
                           path, name, type_name(t->type), t->type);
-    if ((t->type == G_Q8_0 || t->type == G_Q4_0) && t->ne[0] % 32 != 0)
+    if (is_blocked(t->type) && t->ne[0] % block_size(t->type) != 0)
         return peft__fail(PEFT_EFORMAT, "%s: tensor '%s': row length %llu is not a multiple of the block size", path, name,
                           (unsigned long long)t->ne[0]);
     const uint8_t *p = data + t->offset;
@@ -206,6 +183,27 @@ static int load(peft_model *m, const float **out, const gg_tensor *ts, uint64_t 
         else if (strcmp(m->weights_dtype, dt) != 0 && strcmp(name, "token_embd.weight") != 0)
             snprintf(m->weights_dtype, sizeof m->weights_dtype, "mixed");
     }
+    if (qw && ne1 && is_blocked(t->type)) {
+        size_t rb = peft__gg_row_bytes(t->type, ne0);
+        *qw = (peft_w){.q = p, .qtype = t->type, .rows = (int64_t)ne1, .cols = (int64_t)ne0, .row_bytes = rb};
+        if (heads) { /* rows back to Hugging Face's rotate-half order, still quantized */
+            uint64_t hd = ne1 / (uint64_t)heads, half = hd / 2;
+            float *own = peft__alloc_floats((ne1 * rb + 3) / 4);
+            if (!own || peft__gguf_add_owned(m, own)) {
+                peft__free(own);
+                return peft__fail(PEFT_ENOMEM, "%s: out of memory for '%s'", path, name);
+            }
+            uint8_t *dst = (uint8_t *)own;
+            for (uint64_t h = 0; h < (uint64_t)heads; h++)
+                for (uint64_t i = 0; i < half; i++)
+                    for (uint64_t j = 0; j < 2; j++)
+                        memcpy(dst + (h * hd + j * half + i) * rb, p + (h * hd + 2 * i + j) * rb, rb);
+            qw->q = dst;
+        }
+        return PEFT_OK;
+    }
+    if (qw)
+        *qw = (peft_w){.rows = (int64_t)ne1, .cols = (int64_t)ne0};
     if (t->type == G_F32 && !heads && ((uintptr_t)p & 3u) == 0) {
         *out = (const float *)(const void *)p;
         return PEFT_OK;
@@ -215,7 +213,7 @@ static int load(peft_model *m, const float **out, const gg_tensor *ts, uint64_t 
         peft__free(buf);
         return peft__fail(PEFT_ENOMEM, "%s: out of memory for '%s'", path, name);
     }
-    if (dequant(buf, p, t->n, t->type))
+    if (peft__dequant(buf, p, t->n, t->type))
         return peft__fail(PEFT_EUNSUPPORTED, "%s: tensor '%s': type %u", path, name, t->type);
     if (heads) { /* rows back to Hugging Face's rotate-half order */
         uint64_t hd = ne1 / (uint64_t)heads, half = hd / 2;
@@ -393,12 +391,12 @@ int peft__gguf_open(peft_model *m, const char *path)
         }
         if (!code) {
             int64_t qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
-            code = load(m, &m->embed, ts, nt, data, "token_embd.weight", (uint64_t)c->dim, (uint64_t)c->vocab, 0, path);
+            code = load(m, &m->embed, NULL, ts, nt, data, "token_embd.weight", (uint64_t)c->dim, (uint64_t)c->vocab, 0, path);
             if (!code)
-                code = load(m, &m->final_norm, ts, nt, data, "output_norm.weight", (uint64_t)c->dim, 0, 0, path);
+                code = load(m, &m->final_norm, NULL, ts, nt, data, "output_norm.weight", (uint64_t)c->dim, 0, 0, path);
             if (!code)
                 code = c->tied ? (m->lm_head = m->embed, PEFT_OK)
-                               : load(m, &m->lm_head, ts, nt, data, "output.weight", (uint64_t)c->dim, (uint64_t)c->vocab,
+                               : load(m, &m->lm_head, NULL, ts, nt, data, "output.weight", (uint64_t)c->dim, (uint64_t)c->vocab,
                                       0, path);
             if (!code && !(m->layers = calloc((size_t)c->n_layers, sizeof *m->layers)))
                 code = peft__fail(PEFT_ENOMEM, "out of memory");
@@ -409,14 +407,14 @@ int peft__gguf_open(peft_model *m, const char *path)
             for (int l = 0; l < c->n_layers && !code; l++) {
                 char nm[96];
                 snprintf(nm, sizeof nm, "blk.%d.attn_norm.weight", l);
-                code = load(m, &m->layers[l].attn_norm, ts, nt, data, nm, (uint64_t)c->dim, 0, 0, path);
+                code = load(m, &m->layers[l].attn_norm, NULL, ts, nt, data, nm, (uint64_t)c->dim, 0, 0, path);
                 snprintf(nm, sizeof nm, "blk.%d.ffn_norm.weight", l);
                 if (!code)
-                    code = load(m, &m->layers[l].ffn_norm, ts, nt, data, nm, (uint64_t)c->dim, 0, 0, path);
+                    code = load(m, &m->layers[l].ffn_norm, NULL, ts, nt, data, nm, (uint64_t)c->dim, 0, 0, path);
                 for (int k = 0; k < PEFT_MOD_COUNT && !code; k++) {
                     snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, gn[k]);
                     int heads = k == PEFT_MOD_Q ? c->n_heads : k == PEFT_MOD_K ? c->n_kv_heads : 0;
-                    code = load(m, &m->layers[l].w[k], ts, nt, data, nm, (uint64_t)shp[k][0], (uint64_t)shp[k][1], heads,
+                    code = load(m, &m->layers[l].w[k].f, &m->layers[l].w[k], ts, nt, data, nm, (uint64_t)shp[k][0], (uint64_t)shp[k][1], heads,
                                 path);
                 }
             }

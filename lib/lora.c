@@ -449,7 +449,12 @@ static void init_params(lora_state *l, const peft_model *m)
         }
         memset(l->params + md->off_b, 0, (size_t)md->out * (size_t)md->r * sizeof(float));
         if (l->use_dora) {
-            const float *W = m->layers[md->layer].w[md->kind];
+            const peft_w *pw = &m->layers[md->layer].w[md->kind];
+            const float *W = pw->f;
+            if (!W) { /* a quantized base: its rows dequantized into the DoRA scratch */
+                peft__w_rows(NULL, pw, 0, pw->rows, l->dora_w);
+                W = l->dora_w;
+            }
             for (int o = 0; o < md->out; o++) {
                 double ss = 0;
                 for (int c = 0; c < md->in; c++)

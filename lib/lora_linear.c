@@ -38,12 +38,15 @@ static void apply_dropout(peft_model *m, float *dst, const float *src, int64_t n
     peft__pool_for(m->pool, (int32_t)((n + DROP_CHUNK - 1) / DROP_CHUNK), drop_task, &a);
 }
 
-/* DoRA: norm (out) = || W + s B A || per output row (over the input dimension) */
-static void dora_norms(peft_model *m, const lora_view *lv, const float *W, int in, int out)
+/* DoRA: norm (out) = || W + s B A || per output row (over the input dimension); row (in) is
+   scratch for a row of a quantized W */
+static void dora_norms(peft_model *m, const lora_view *lv, const peft_w *W, int in, int out, float *row)
 {
     peft__gemm(m, 0, 0, out, in, lv->r, 1.0f, lv->B, lv->r, lv->A, in, 0.0f, lv->wtmp, in);
     for (int o = 0; o < out; o++) {
-        const float *w = W + (int64_t)o * in, *ba = lv->wtmp + (int64_t)o * in;
+        const float *w = W->f ? W->f + (int64_t)o * in : row, *ba = lv->wtmp + (int64_t)o * in;
+        if (!W->f)
+            peft__w_rows(NULL, W, o, 1, row);
         double ss = 0;
         for (int i = 0; i < in; i++) {
             double v = (double)w[i] + (double)lv->scale * ba[i];
@@ -158,7 +161,13 @@ static void loha_backward(peft_model *m, const lora_view *lv, const float *dy, c
 }
 
 // y (N,out) <- x (N,in), W (out,in); xa (N,r) saved for backward; tmp (N,in) scratch
-void linear_forward(peft_model *m, float *y, const float *x, const float *W, int64_t N, int in,
+/* W + delta W (LoHa, LoKr) into lv->loha_tmp; a quantized W is dequantized there first */
+static void delta_weight(peft_model *m, const lora_view *lv, const peft_w *W, int in, int out)
+{
+    peft__delta_weight(m, lv, peft__w_dense(m, W, lv->loha_tmp), in, out, lv->loha_tmp);
+}
+
+void linear_forward(peft_model *m, float *y, const float *x, const peft_w *W, int64_t N, int in,
                     int out, const lora_view *lv, float *xa, float *tmp)
 {
     if (lv && lv->ia3) {
@@ -166,9 +175,9 @@ void linear_forward(peft_model *m, float *y, const float *x, const float *W, int
             for (int64_t t = 0; t < N; t++)
                 for (int i = 0; i < in; i++)
                     tmp[t * in + i] = x[t * in + i] * lv->ia3[i];
-            peft__gemm(m, 0, 1, N, out, in, 1.0f, tmp, in, W, in, 0.0f, y, out);
+            peft__gemm_xwt(m, N, tmp, in, W, 0.0f, y, out);
         } else { /* y = (W x) * l */
-            peft__gemm(m, 0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
+            peft__gemm_xwt(m, N, x, in, W, 0.0f, y, out);
             if (lv->z)
                 memcpy(lv->z, y, (size_t)N * out * sizeof *y);
             for (int64_t t = 0; t < N; t++)
@@ -178,11 +187,11 @@ void linear_forward(peft_model *m, float *y, const float *x, const float *W, int
         return;
     }
     if (lv && lv->loha) { /* y = x (W + delta W)^T */
-        peft__delta_weight(m, lv, W, in, out, lv->loha_tmp);
+        delta_weight(m, lv, W, in, out);
         peft__gemm(m, 0, 1, N, out, in, 1.0f, x, in, lv->loha_tmp, in, 0.0f, y, out);
         return;
     }
-    peft__gemm(m, 0, 1, N, out, in, 1.0f, x, in, W, in, 0.0f, y, out);
+    peft__gemm_xwt(m, N, x, in, W, 0.0f, y, out);
     if (!lv)
         return;
     const float *xd = x;
@@ -194,7 +203,7 @@ void linear_forward(peft_model *m, float *y, const float *x, const float *W, int
     peft__gemm(m, 0, 1, N, out, lv->r, lv->scale, xa, lv->r, lv->B, lv->r, 1.0f, y, out);
     if (!lv->mag)
         return;
-    dora_norms(m, lv, W, in, out);
+    dora_norms(m, lv, W, in, out, tmp);
     if (lv->z)
         memcpy(lv->z, y, (size_t)N * out * sizeof *y);
     for (int64_t t = 0; t < N; t++)
@@ -208,11 +217,11 @@ void linear_forward(peft_model *m, float *y, const float *x, const float *W, int
  * dxa (N,r), tmp (N,in) are scratch.
  */
 void linear_backward(peft_model *m, float *dx, float beta_dx, const float *dy, const float *x,
-                     const float *W, int64_t N, int in, int out, const lora_view *lv,
+                     const peft_w *W, int64_t N, int in, int out, const lora_view *lv,
                      const float *xa, float *dxa, float *tmp)
 {
     if (lv && lv->loha) {
-        peft__delta_weight(m, lv, W, in, out, lv->loha_tmp);
+        delta_weight(m, lv, W, in, out);
         if (dx)
             peft__gemm(m, 0, 0, N, in, out, 1.0f, dy, out, lv->loha_tmp, in, beta_dx, dx, in);
         if (lv->lokr)
@@ -223,7 +232,7 @@ void linear_backward(peft_model *m, float *dx, float beta_dx, const float *dy, c
     }
     if (lv && lv->ia3 && lv->ia3_ff) {
         /* y = W (x * l): d(x*l) = dy W; dl += sum_t d(x*l) * x; dx += d(x*l) * l */
-        peft__gemm(m, 0, 0, N, in, out, 1.0f, dy, out, W, in, 0.0f, tmp, in);
+        peft__gemm_dyw(m, N, dy, out, W, 0.0f, tmp, in);
         for (int i = 0; i < in; i++) {
             double s = 0;
             for (int64_t t = 0; t < N; t++)
@@ -248,7 +257,7 @@ void linear_backward(peft_model *m, float *dx, float beta_dx, const float *dy, c
             for (int o = 0; o < out; o++)
                 lv->dz[t * out + o] = dy[t * out + o] * lv->ia3[o];
         if (dx)
-            peft__gemm(m, 0, 0, N, in, out, 1.0f, lv->dz, out, W, in, beta_dx, dx, in);
+            peft__gemm_dyw(m, N, lv->dz, out, W, beta_dx, dx, in);
         return;
     }
     if (lv && lv->mag) {
@@ -265,7 +274,7 @@ void linear_backward(peft_model *m, float *dx, float beta_dx, const float *dy, c
         dy = lv->dz;
     }
     if (dx)
-        peft__gemm(m, 0, 0, N, in, out, 1.0f, dy, out, W, in, beta_dx, dx, in);
+        peft__gemm_dyw(m, N, dy, out, W, beta_dx, dx, in);
     if (!lv)
         return;
     int r = lv->r, lda = lv->lda ? lv->lda : in;

@@ -36,10 +36,10 @@ typedef struct lora_view {
     float *dlam_b, *dlam_d;
 } lora_view;
 
-void linear_forward(peft_model *m, float *y, const float *x, const float *W, int64_t N, int in,
+void linear_forward(peft_model *m, float *y, const float *x, const peft_w *W, int64_t N, int in,
                     int out, const lora_view *lv, float *xa, float *tmp);
 void linear_backward(peft_model *m, float *dx, float beta_dx, const float *dy, const float *x,
-                     const float *W, int64_t N, int in, int out, const lora_view *lv,
+                     const peft_w *W, int64_t N, int in, int out, const lora_view *lv,
                      const float *xa, float *dxa, float *tmp);
 
 /* LoHa: W + delta W into dst (out, in), using lv->loha_tmp's second and third matrices. */

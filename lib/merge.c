@@ -14,10 +14,10 @@
 #include "safetensors.h"
 
 /* W (out, in) + scale * B (out, r) A (r, in) into dst */
-static void merged_weight(peft_model *m, float *dst, const float *W, const lora_module *md)
+static void merged_weight(peft_model *m, float *dst, const peft_w *W, const lora_module *md)
 {
     const lora_state *l = m->lora;
-    memcpy(dst, W, (size_t)md->out * (size_t)md->in * sizeof *dst);
+    peft__w_rows(m, W, 0, md->out, dst); /* a copy, or the dequantized rows */
     if (l->method == PEFT_METHOD_IA3) { /* scale W's columns (feedforward) or rows */
         const float *s = l->params + md->off_a;
         for (int o = 0; o < md->out; o++)
@@ -28,7 +28,7 @@ static void merged_weight(peft_model *m, float *dst, const float *W, const lora_
     if (l->method == PEFT_METHOD_LOHA || l->method == PEFT_METHOD_LOKR) { /* + the Hadamard or Kronecker delta */
         lora_view lv = {.loha = l->params + md->off_a, .loha_tmp = l->loha_tmp, .r = md->r, .scale = md->scale,
                         .lokr = l->method == PEFT_METHOD_LOKR};
-        peft__delta_weight(m, &lv, W, md->in, md->out, dst);
+        peft__delta_weight(m, &lv, dst, md->in, md->out, dst);
         return;
     }
     if (l->method == PEFT_METHOD_VERA) { /* + (lambda_b * B[:out] * lambda_d) A[:, :in] */
@@ -90,7 +90,7 @@ int peft_merge_adapter(peft_model *m)
             free(copies);
             return peft__fail(PEFT_ENOMEM, "peft_merge_adapter: out of memory for merged weights");
         }
-        merged_weight(m, copies[i], m->layers[md->layer].w[md->kind], md);
+        merged_weight(m, copies[i], &m->layers[md->layer].w[md->kind], md);
     }
     float *emb = NULL;
     if (l->embed_r > 0) {
@@ -109,8 +109,9 @@ int peft_merge_adapter(peft_model *m)
     }
     for (int i = 0; i < l->n_modules; i++) {
         const lora_module *md = &l->mods[i];
-        m->layers[md->layer].w_base[md->kind] = m->layers[md->layer].w[md->kind];
-        m->layers[md->layer].w[md->kind] = copies[i];
+        peft_w *w = &m->layers[md->layer].w[md->kind];
+        m->layers[md->layer].w_base[md->kind] = *w;
+        *w = (peft_w){.f = copies[i], .rows = w->rows, .cols = w->cols};
     }
     m->merged_copies = copies;
     m->merged = 1;
@@ -196,17 +197,20 @@ int peft_save_merged(peft_model *m, const char *dir)
             in = kind == PEFT_MOD_O ? qd : kind == PEFT_MOD_DOWN ? c->ffn_dim : c->dim;
             out = kind == PEFT_MOD_Q ? qd : kind <= PEFT_MOD_V ? kvd : kind == PEFT_MOD_O || kind == PEFT_MOD_DOWN ? c->dim : c->ffn_dim;
             snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.weight", l, peft__module_parents[kind], peft__module_names[kind]);
-            const float *W = w->w[kind];
+            const float *W = w->w[kind].f;
             int idx = m->lora && !m->merged && !m->adapter_off && m->lora->method != PEFT_METHOD_NORMS
                           ? m->lora->index[l * PEFT_MOD_COUNT + kind]
                           : -1;
-            if (idx >= 0) {
+            if (idx >= 0 || !W) { /* merged, or dequantized */
                 tmp[k] = peft__alloc_floats((size_t)out * (size_t)in);
                 if (!tmp[k]) {
                     code = peft__fail(PEFT_ENOMEM, "peft_save_merged: out of memory");
                     goto done;
                 }
-                merged_weight(m, tmp[k], W, &m->lora->mods[idx]);
+                if (idx >= 0)
+                    merged_weight(m, tmp[k], &w->w[kind], &m->lora->mods[idx]);
+                else
+                    peft__w_rows(m, &w->w[kind], 0, out, tmp[k]);
                 W = tmp[k];
             }
             ADD(nm, out, in, W);

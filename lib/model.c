@@ -47,6 +47,22 @@ static int add_owned(peft_model *m, float *p)
 int peft__gguf_add_owned(peft_model *m, float *p) { return add_owned(m, p); }
 int peft__gguf_open(peft_model *m, const char *path);
 
+/* The panel buffer of quantized weights: 1M floats (4 MiB), or 16 rows of the widest. */
+static int alloc_qpanel(peft_model *m)
+{
+    int64_t widest = 0;
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < PEFT_MOD_COUNT; k++)
+            if (m->layers[l].w[k].q && m->layers[l].w[k].cols > widest)
+                widest = m->layers[l].w[k].cols;
+    if (!widest)
+        return PEFT_OK;
+    m->qpanel_floats = widest * 16 > ((int64_t)1 << 20) ? widest * 16 : (int64_t)1 << 20;
+    if (!(m->qpanel = peft__alloc_floats((size_t)m->qpanel_floats)))
+        return peft__fail(PEFT_ENOMEM, "%s: out of memory for the dequantization panel", m->path);
+    return PEFT_OK;
+}
+
 /* 1: a GGUF file, 0: not one, -1: it could not be read for lack of memory */
 static int is_gguf_file(const char *path)
 {
@@ -223,7 +239,8 @@ static int load_weights(peft_model *m)
         for (int k = 0; k < PEFT_MOD_COUNT; k++) {
             snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, peft__module_parents[k],
                      peft__module_names[k]);
-            if ((code = load_tensor(m, &w->w[k], name, shp[k][0], shp[k][1])))
+            w->w[k] = (peft_w){.rows = shp[k][0], .cols = shp[k][1]};
+            if ((code = load_tensor(m, &w->w[k].f, name, shp[k][0], shp[k][1])))
                 return code;
         }
     }
@@ -308,6 +325,8 @@ int peft_model_open(peft_model **out, const char *path, const peft_open_options 
     }
     if (!code)
         code = pick_backend(m, o.backend);
+    if (!code)
+        code = alloc_qpanel(m);
     if (code) {
         peft_model_close(&m);
         return code;
@@ -331,6 +350,7 @@ void peft_model_close(peft_model **pm)
         peft_unmerge_adapter(m);
     peft__lora_free(m->lora);
     peft__workspace_free(&m->ws);
+    peft__free(m->qpanel);
     for (int i = 0; i < m->n_owned; i++)
         peft__free(m->owned[i]);
     free(m->owned);

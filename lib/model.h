@@ -5,10 +5,24 @@
 #include "internal.h"
 #include "safetensors.h"
 
+/* ggml tensor types (GGUF) */
+enum { PEFT_GG_F32 = 0, PEFT_GG_F16 = 1, PEFT_GG_Q4_0 = 2, PEFT_GG_Q8_0 = 8, PEFT_GG_Q4_K = 12, PEFT_GG_Q6_K = 14,
+       PEFT_GG_BF16 = 30 };
+
+/* A frozen weight matrix (rows, cols), row-major: float32 (f), or ggml-quantized rows of
+   row_bytes each (q, qtype), kept as stored and dequantized panel by panel in products. */
+typedef struct peft_w {
+    const float *f;
+    const uint8_t *q;
+    uint32_t qtype;
+    int64_t rows, cols;
+    size_t row_bytes;
+} peft_w;
+
 typedef struct peft_layer_weights {
     const float *attn_norm, *ffn_norm;
-    const float *w[PEFT_MOD_COUNT]; /* q, k, v, o, gate, up, down: (out, in) row-major */
-    const float *w_base[PEFT_MOD_COUNT]; /* the unmerged weights while an adapter is merged */
+    peft_w w[PEFT_MOD_COUNT];      /* q, k, v, o, gate, up, down: (out, in) */
+    peft_w w_base[PEFT_MOD_COUNT]; /* the unmerged weights while an adapter is merged */
 } peft_layer_weights;
 
 /* One LoRA module: y += scale * B (A x), A (r, in), B (out, r). */
@@ -130,6 +144,8 @@ struct peft_model {
     int adapter_off;    /* peft_adapter_enable(m, 0) */
     int merged;         /* peft_merge_adapter: the adapter lives in merged weight copies */
     float **merged_copies;
+    float *qpanel;         /* dequantized rows of a quantized weight (qpanel_floats) */
+    int64_t qpanel_floats;
     peft_grad_ready_fn grad_ready; /* peft_set_grad_ready */
     void *grad_ready_user;
 };
@@ -168,6 +184,20 @@ static inline void peft__gemm(peft_model *m, int ta, int tb, int64_t M, int64_t 
 {
     m->be->gemm(m->be_ctx, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c, ldc);
 }
+
+/* qweight.c: quantized frozen weights */
+int peft__dequant(float *dst, const uint8_t *p, uint64_t n, uint32_t type); /* -1: unknown type */
+size_t peft__gg_row_bytes(uint32_t type, uint64_t n);                        /* 0: not a whole row */
+/* rows [r0, r0 + n) of w as float32 into dst (n x cols); m (or NULL) parallelises */
+void peft__w_rows(peft_model *m, const peft_w *w, int64_t r0, int64_t n, float *dst);
+/* y (N, rows) = x (N, cols) w^T + beta y */
+void peft__gemm_xwt(peft_model *m, int64_t N, const float *x, int64_t ldx, const peft_w *w, float beta, float *y,
+                    int64_t ldy);
+/* dx (N, cols) = dy (N, rows) w + beta dx */
+void peft__gemm_dyw(peft_model *m, int64_t N, const float *dy, int64_t lddy, const peft_w *w, float beta, float *dx,
+                    int64_t lddx);
+/* w as float32: w->f, or all of it dequantized into scratch (rows x cols) */
+const float *peft__w_dense(peft_model *m, const peft_w *w, float *scratch);
 
 void peft__workspace_free(workspace *ws);
 int peft__workspace_ensure(peft_model *m, int B, int T, int train);

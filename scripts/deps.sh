@@ -16,6 +16,8 @@ command -v valgrind >/dev/null 2>&1 || need="$need valgrind"  # the CLI under me
 command -v cargo >/dev/null 2>&1 || need="$need cargo"
 command -v bindgen >/dev/null 2>&1 || need="$need bindgen"
 command -v abidiff >/dev/null 2>&1 || need="$need abigail-tools"  # the ABI baseline check
+# numpy for /usr/bin/python3: tests/gguf_write.py (quantized GGUF test models)
+/usr/bin/python3 -c "import numpy" >/dev/null 2>&1 || need="$need python3-numpy"
 # Debian packaging (debian/, tests/test_deb.sh)
 command -v dpkg-buildpackage >/dev/null 2>&1 || need="$need dpkg-dev"
 command -v dh >/dev/null 2>&1 || need="$need debhelper"

@@ -345,6 +345,35 @@ mpi_two_ranks_equal_one_process)
     grep -q "rank 1 of 2 failed" "$T/bad.out" || fail "message naming the failed rank"
     [ ! -e "$T/bad/adapter_model.safetensors" ] || fail "an adapter was written"
     ;;
+gguf_quantized_matches_dequantized)
+    # a GGUF model whose linear weights are Q4_K, Q6_K, Q8_0 and Q4_0 (one type per layer),
+    # written by tests/gguf_write.py, kept quantized in memory: its loss, and training on it
+    # with each method family, equal the same model with the stored values as float32
+    /usr/bin/python3 -c "import numpy" 2>/dev/null || { echo "skip: no numpy for /usr/bin/python3 (apt-get install python3-numpy)"; exit 77; }
+    "$PEFT" init-model --out "$T/hf" --hidden 256 --layers 4 --heads 4 --kv-heads 2 --ffn 512 --vocab 64 --untied --seed 3 >/dev/null || fail "init-model"
+    "$PEFT" synth --out "$T/data.bin" --vocab 64 --tokens 8192 --doc-len 32 --seed 5 >/dev/null || fail "synth"
+    /usr/bin/python3 "$SRC/tests/gguf_write.py" "$T/hf" "$T/m.gguf" --type q4_k,q6_k,q8_0,q4_0 --dequantized "$T/deq" || fail "gguf_write"
+    "$PEFT" info --model "$T/m.gguf" --json >"$T/info" || fail "info"
+    json "$T/info" "j['weights_dtype'] == 'mixed'" || { cat "$T/info"; fail "weights dtype"; }
+    "$PEFT" eval --model "$T/m.gguf" --data "$T/data.bin" --seq 32 --json >"$T/eq" || fail "eval gguf"
+    "$PEFT" eval --model "$T/deq" --data "$T/data.bin" --seq 32 --json >"$T/ef" || fail "eval float"
+    "$PEFT" eval --model "$T/hf" --data "$T/data.bin" --seq 32 --json >"$T/eo" || fail "eval original"
+    python3 -c "import json; q, f, o = (json.loads(open('$T/' + n).read().splitlines()[-1])['loss'] for n in ('eq', 'ef', 'eo')); assert abs(q - f) <= 1e-5 * f and abs(q - o) < 0.02 * o, (q, f, o)" || fail "losses"
+    for meth in "lora --targets all-linear" "dora --targets q,v,down" "loha --targets q,o,up" "ia3"; do
+        name=$(echo "$meth" | cut -d' ' -f1)
+        for mdl in m.gguf deq; do
+            # shellcheck disable=SC2086
+            "$PEFT" train --model "$T/$mdl" --data "$T/data.bin" --out "$T/ad-$name-$mdl" --steps 4 --batch 4 --seq 32 \
+                --method $meth --lr 1e-2 --seed 3 --threads 2 --quiet || fail "train $name on $mdl"
+        done
+        python3 "$SRC/tests/st_close.py" "$T/ad-$name-m.gguf/adapter_model.safetensors" "$T/ad-$name-deq/adapter_model.safetensors" 1e-4 ||
+            fail "$name trained on the quantized model differs"
+    done
+    # the adapter trained on the quantized base, loaded onto each
+    "$PEFT" eval --model "$T/m.gguf" --adapter "$T/ad-lora-m.gguf" --data "$T/data.bin" --seq 32 --json >"$T/ea" || fail "eval adapter"
+    "$PEFT" eval --model "$T/deq" --adapter "$T/ad-lora-m.gguf" --data "$T/data.bin" --seq 32 --json >"$T/eb" || fail "eval adapter float"
+    python3 -c "import json; a, b = (json.loads(open('$T/' + n).read().splitlines()[-1])['loss'] for n in ('ea', 'eb')); assert abs(a - b) <= 1e-5 * b, (a, b)" || fail "adapter on the quantized base"
+    ;;
 *)
     echo "unknown case $CASE" >&2
     exit 1

@@ -602,6 +602,14 @@ TEST(shared_gguf_models)
         double lh = eval_file(hf, sp("data/kjv_genesis.stories260K.u32.bin"), 128, &c);
         CHECK_CLOSE(la, 4.309582568060442, cs[i].tol + 1e-4);
         CHECK_MSG(fabs(la - lh) <= (cs[i].tol + 1e-6) * lh, "%s with adapter: %.6f vs %.6f", cs[i].file, la, lh);
+        /* merged into (dequantized copies of) the quantized weights: the same loss; unmerged: back */
+        CHECK_OK(peft_merge_adapter(m));
+        double lm = eval_file(m, sp("data/kjv_genesis.stories260K.u32.bin"), 128, &c);
+        CHECK_MSG(fabs(lm - la) <= 1e-5 * la, "%s merged: %.6f vs %.6f", cs[i].file, lm, la);
+        CHECK_OK(peft_unmerge_adapter(m));
+        CHECK_OK(peft_adapter_enable(m, 0));
+        double lb = eval_file(m, sp("data/kjv_genesis.stories260K.u32.bin"), 128, &c);
+        CHECK_MSG(fabs(lb - l) <= 1e-6 * l, "%s unmerged, adapter off: %.6f vs %.6f", cs[i].file, lb, l);
         CHECK_OK(peft_detach(hf));
         peft_model_close(&m);
     }

@@ -228,11 +228,12 @@ struct lin_ctx {
     float x[LN * LIN], W[LOUT * LIN], A[LR * LIN], B[LOUT * LR], y[LN * LOUT], dout[LN * LOUT];
     float xa[LN * LR], tmp[LN * LIN];
     lora_view lv;
+    peft_w w;
 };
 static double lin_loss(void *vp)
 {
     struct lin_ctx *c = vp;
-    linear_forward(&c->m, c->y, c->x, c->W, LN, LIN, LOUT, &c->lv, c->xa, c->tmp);
+    linear_forward(&c->m, c->y, c->x, &c->w, LN, LIN, LOUT, &c->lv, c->xa, c->tmp);
     return dotd(c->y, c->dout, LN * LOUT);
 }
 static void lin_case(float dropout)
@@ -244,6 +245,7 @@ static void lin_case(float dropout)
     CHECK_OK(c.m.be->init(&c.m.be_ctx, &host));
     fill(c.x, sizeof c.x / 4, 1.0f);
     fill(c.W, sizeof c.W / 4, 0.5f);
+    c.w = (peft_w){.f = c.W, .rows = LOUT, .cols = LIN};
     fill(c.A, sizeof c.A / 4, 0.5f);
     fill(c.B, sizeof c.B / 4, 0.5f);
     fill(c.dout, sizeof c.dout / 4, 1.0f);
@@ -251,7 +253,7 @@ static void lin_case(float dropout)
     c.lv = (lora_view){.A = c.A, .B = c.B, .dA = dA, .dB = dB, .r = LR, .scale = 0.75f, .dropout = dropout,
                        .dropout_seed = 42};
     lin_loss(&c);
-    linear_backward(&c.m, dx, 0.0f, c.dout, c.x, c.W, LN, LIN, LOUT, &c.lv, c.xa, dxa, c.tmp);
+    linear_backward(&c.m, dx, 0.0f, c.dout, c.x, &c.w, LN, LIN, LOUT, &c.lv, c.xa, dxa, c.tmp);
     CHECK(fd_check("lora dx", c.x, sizeof c.x / 4, dx, lin_loss, &c, 1e-2f, 1e-2) == 0);
     CHECK(fd_check("lora dA", c.A, sizeof c.A / 4, dA, lin_loss, &c, 1e-2f, 1e-2) == 0);
     CHECK(fd_check("lora dB", c.B, sizeof c.B / 4, dB, lin_loss, &c, 1e-2f, 1e-2) == 0);
@@ -343,9 +345,144 @@ TEST(backend_blis_gemm)
     check_backend(peft__backend_blis(), 2);
 }
 
+
+/* ---- quantized frozen weights: block formats and panel-wise products ---- */
+
+static uint32_t q_rng = 12345;
+static uint8_t rnd8(void)
+{
+    q_rng = q_rng * 1664525u + 1013904223u;
+    return (uint8_t)(q_rng >> 24);
+}
+
+/* exact half-precision scales (bit patterns): 1, 0.5, 0.25, 0.125, -0.375, 0.0625 */
+static const uint16_t halves[] = {0x3C00, 0x3800, 0x3400, 0x3000, 0xB600, 0x2C00};
+static float half_val(int i) { const float v[] = {1, 0.5f, 0.25f, 0.125f, -0.375f, 0.0625f}; return v[i]; }
+
+/* one row of `cols` weights of type t with random quants; ref receives the values, written
+   element by element from the format's definition (not the library's loops) */
+static size_t make_row(uint8_t *p, float *ref, uint32_t t, int cols)
+{
+    uint8_t *start = p;
+    if (t == PEFT_GG_Q8_0 || t == PEFT_GG_Q4_0) {
+        for (int b = 0; b < cols / 32; b++) {
+            int hi = rnd8() % 6;
+            p[0] = (uint8_t)halves[hi];
+            p[1] = (uint8_t)(halves[hi] >> 8);
+            int nq = t == PEFT_GG_Q8_0 ? 32 : 16;
+            for (int j = 0; j < nq; j++)
+                p[2 + j] = rnd8();
+            for (int e = 0; e < 32; e++) {
+                int q = t == PEFT_GG_Q8_0 ? (int8_t)p[2 + e] : e < 16 ? (p[2 + e] & 15) - 8 : (p[2 + e - 16] >> 4) - 8;
+                ref[b * 32 + e] = half_val(hi) * (float)q;
+            }
+            p += 2 + nq;
+        }
+    } else if (t == PEFT_GG_Q4_K) {
+        for (int b = 0; b < cols / 256; b++) {
+            int hd = rnd8() % 6, hm = rnd8() % 6;
+            p[0] = (uint8_t)halves[hd], p[1] = (uint8_t)(halves[hd] >> 8);
+            p[2] = (uint8_t)halves[hm], p[3] = (uint8_t)(halves[hm] >> 8);
+            for (int j = 0; j < 12 + 128; j++)
+                p[4 + j] = rnd8();
+            const uint8_t *sc = p + 4, *qs = p + 16;
+            for (int e = 0; e < 256; e++) {
+                int chunk = e / 64, within = e % 64, sub = 2 * chunk + (within >= 32), l = within % 32;
+                int nib = within < 32 ? qs[chunk * 32 + l] & 15 : qs[chunk * 32 + l] >> 4;
+                int scale = sub < 4 ? sc[sub] & 63 : (sc[sub + 4] & 15) | ((sc[sub - 4] >> 6) << 4);
+                int mn = sub < 4 ? sc[sub + 4] & 63 : (sc[sub + 4] >> 4) | ((sc[sub] >> 6) << 4);
+                ref[b * 256 + e] = half_val(hd) * (float)scale * (float)nib - half_val(hm) * (float)mn;
+            }
+            p += 144;
+        }
+    } else { /* Q6_K */
+        for (int b = 0; b < cols / 256; b++) {
+            for (int j = 0; j < 208; j++)
+                p[j] = rnd8();
+            int hd = rnd8() % 6;
+            p[208] = (uint8_t)halves[hd], p[209] = (uint8_t)(halves[hd] >> 8);
+            const uint8_t *ql = p, *qh = p + 128;
+            const int8_t *sc = (const int8_t *)(p + 192);
+            for (int e = 0; e < 256; e++) {
+                int half = e / 128, r = e % 128, quarter = r / 32, l = r % 32;
+                int lo = quarter == 0 ? ql[half * 64 + l] & 15 : quarter == 1 ? ql[half * 64 + l + 32] & 15
+                       : quarter == 2 ? ql[half * 64 + l] >> 4 : ql[half * 64 + l + 32] >> 4;
+                int hi2 = (qh[half * 32 + l] >> (2 * quarter)) & 3;
+                int q = (lo | hi2 << 4) - 32;
+                ref[b * 256 + e] = half_val(hd) * (float)sc[half * 8 + quarter * 2 + l / 16] * (float)q;
+            }
+            p += 210;
+        }
+    }
+    return (size_t)(p - start);
+}
+
+TEST(quantized_weights)
+{
+    enum { ROWS = 40, COLS = 512, N = 5 };
+    const uint32_t types[] = {PEFT_GG_Q8_0, PEFT_GG_Q4_0, PEFT_GG_Q4_K, PEFT_GG_Q6_K};
+    static uint8_t q[ROWS * COLS * 2];
+    static float ref[ROWS * COLS], deq[ROWS * COLS], x[N * COLS], dy[N * ROWS], y[N * ROWS], dx[N * COLS];
+    peft_model m;
+    memset(&m, 0, sizeof m);
+    m.be = peft__backend_cpu();
+    peft_backend_host host = {sizeof host, 1, NULL, peft__pool_for};
+    CHECK_OK(m.be->init(&m.be_ctx, &host));
+    m.qpanel_floats = 7 * COLS; /* panels of 7 rows: the last one partial */
+    m.qpanel = malloc((size_t)m.qpanel_floats * sizeof(float));
+    fill(x, N * COLS, 1.0f);
+    fill(dy, N * ROWS, 1.0f);
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        uint32_t t = types[ti];
+        size_t rb = 0;
+        for (int r = 0; r < ROWS; r++)
+            rb = make_row(q + (size_t)r * peft__gg_row_bytes(t, COLS), ref + (size_t)r * COLS, t, COLS);
+        CHECK(rb == peft__gg_row_bytes(t, COLS));
+        CHECK(peft__dequant(deq, q, (uint64_t)ROWS * COLS, t) == 0);
+        int same = 0;
+        for (int i = 0; i < ROWS * COLS; i++)
+            same += deq[i] == ref[i];
+        CHECK_MSG(same == ROWS * COLS, "type %u: %d of %d values as the format defines", t, same, ROWS * COLS);
+        peft_w w = {.q = q, .qtype = t, .rows = ROWS, .cols = COLS, .row_bytes = rb};
+        float row[COLS];
+        peft__w_rows(&m, &w, 13, 1, row);
+        CHECK(memcmp(row, ref + 13 * COLS, sizeof row) == 0);
+        /* y = x W^T and dx = 0.5 + dy W, panel by panel, against double sums over the reference */
+        peft__gemm_xwt(&m, N, x, COLS, &w, 0.0f, y, ROWS);
+        for (int i = 0; i < N * COLS; i++)
+            dx[i] = 0.5f;
+        peft__gemm_dyw(&m, N, dy, ROWS, &w, 1.0f, dx, COLS);
+        double worst = 0;
+        for (int n = 0; n < N; n++) {
+            /* error relative to the sum of the terms' magnitudes (float32 accumulation) */
+            for (int o = 0; o < ROWS; o++) {
+                double s = 0, mag = 0;
+                for (int i = 0; i < COLS; i++) {
+                    s += (double)x[n * COLS + i] * ref[o * COLS + i];
+                    mag += fabs((double)x[n * COLS + i] * ref[o * COLS + i]);
+                }
+                worst = fmax(worst, fabs(s - y[n * ROWS + o]) / fmax(1.0, mag));
+            }
+            for (int i = 0; i < COLS; i++) {
+                double s = 0.5, mag = 0.5;
+                for (int o = 0; o < ROWS; o++) {
+                    s += (double)dy[n * ROWS + o] * ref[o * COLS + i];
+                    mag += fabs((double)dy[n * ROWS + o] * ref[o * COLS + i]);
+                }
+                worst = fmax(worst, fabs(s - dx[n * COLS + i]) / fmax(1.0, mag));
+            }
+        }
+        CHECK_MSG(worst < 1e-5, "type %u: products differ by %g", t, worst);
+    }
+    CHECK(peft__dequant(deq, q, 32, 99) == -1);
+    CHECK(peft__gg_row_bytes(PEFT_GG_Q4_K, 100) == 0);
+    free(m.qpanel);
+    m.be->free(m.be_ctx);
+}
+
 static const struct h_case cases[] = {
     CASE(rmsnorm),     CASE(rope),         CASE(attention_gqa),   CASE(attention_packed_documents), CASE(swiglu),
     CASE(cross_entropy), CASE(lora_linear), CASE(lora_linear_dropout), CASE(dropout_mask),
-    CASE(backend_cpu_gemm), CASE(backend_blis_gemm),
+    CASE(backend_cpu_gemm), CASE(backend_blis_gemm), CASE(quantized_weights),
 };
 TEST_MAIN(cases)

@@ -1,0 +1,182 @@
+/*
+ * Frozen weight matrices kept as they are stored: float32, or ggml-quantized rows (Q8_0,
+ * Q4_0, Q4_K, Q6_K) left in the mapped GGUF file. Products with a quantized matrix
+ * dequantize it a panel of rows at a time into a small buffer (in parallel) and run the
+ * float GEMM on the panel, so a 4-bit base costs 4-bit memory, not float32.
+ */
+#include <string.h>
+
+#include "model.h"
+
+/* ---- ggml block formats (little-endian) ---- */
+
+static float h2f(const uint8_t *p) { return peft__f16_to_f32((uint16_t)(p[0] | p[1] << 8)); }
+
+/* Q4_K / Q5_K: the 6-bit scale and min of sub-block j (0..7) from the 12 packed bytes */
+static void k_scale_min(int j, const uint8_t *q, uint8_t *sc, uint8_t *mn)
+{
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *mn = q[j + 4] & 63;
+    } else {
+        *sc = (uint8_t)((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        *mn = (uint8_t)((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+int peft__dequant(float *dst, const uint8_t *p, uint64_t n, uint32_t t)
+{
+    switch (t) {
+    case PEFT_GG_F32: memcpy(dst, p, n * 4); return 0;
+    case PEFT_GG_F16:
+        for (uint64_t i = 0; i < n; i++)
+            dst[i] = h2f(p + 2 * i);
+        return 0;
+    case PEFT_GG_BF16:
+        for (uint64_t i = 0; i < n; i++)
+            dst[i] = peft__bf16_to_f32((uint16_t)(p[2 * i] | p[2 * i + 1] << 8));
+        return 0;
+    case PEFT_GG_Q8_0: /* 32 weights: f16 d, 32 x int8 */
+        for (uint64_t b = 0; b < n / 32; b++, p += 34) {
+            float d = h2f(p);
+            for (int j = 0; j < 32; j++)
+                dst[b * 32 + (uint64_t)j] = d * (float)(int8_t)p[2 + j];
+        }
+        return 0;
+    case PEFT_GG_Q4_0: /* 32 weights: f16 d, 16 bytes: low nibbles are 0..15, high 16..31 */
+        for (uint64_t b = 0; b < n / 32; b++, p += 18) {
+            float d = h2f(p);
+            for (int j = 0; j < 16; j++) {
+                dst[b * 32 + (uint64_t)j] = (float)((p[2 + j] & 15) - 8) * d;
+                dst[b * 32 + (uint64_t)j + 16] = (float)((p[2 + j] >> 4) - 8) * d;
+            }
+        }
+        return 0;
+    case PEFT_GG_Q4_K: /* 256 weights: f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 bytes */
+        for (uint64_t b = 0; b < n / 256; b++, p += 144) {
+            float d = h2f(p), dmin = h2f(p + 2);
+            const uint8_t *sc = p + 4, *q = p + 16;
+            float *y = dst + b * 256;
+            for (int j = 0; j < 8; j += 2, q += 32) { /* 64 weights: 32 low nibbles, 32 high */
+                uint8_t s1, m1, s2, m2;
+                k_scale_min(j, sc, &s1, &m1);
+                k_scale_min(j + 1, sc, &s2, &m2);
+                float d1 = d * s1, o1 = dmin * m1, d2 = d * s2, o2 = dmin * m2;
+                for (int l = 0; l < 32; l++)
+                    *y++ = d1 * (float)(q[l] & 0xF) - o1;
+                for (int l = 0; l < 32; l++)
+                    *y++ = d2 * (float)(q[l] >> 4) - o2;
+            }
+        }
+        return 0;
+    case PEFT_GG_Q6_K: /* 256 weights: 128 bytes low 4 bits, 64 bytes high 2 bits, 16 int8 scales, f16 d */
+        for (uint64_t b = 0; b < n / 256; b++, p += 210) {
+            const uint8_t *ql = p, *qh = p + 128;
+            const int8_t *sc = (const int8_t *)(p + 192);
+            float d = h2f(p + 208);
+            float *y = dst + b * 256;
+            for (int half = 0; half < 2; half++, y += 128, ql += 64, qh += 32, sc += 8)
+                for (int l = 0; l < 32; l++) {
+                    int is = l / 16;
+                    int q1 = (int)((ql[l] & 0xF) | ((qh[l] >> 0) & 3) << 4) - 32;
+                    int q2 = (int)((ql[l + 32] & 0xF) | ((qh[l] >> 2) & 3) << 4) - 32;
+                    int q3 = (int)((ql[l] >> 4) | ((qh[l] >> 4) & 3) << 4) - 32;
+                    int q4 = (int)((ql[l + 32] >> 4) | ((qh[l] >> 6) & 3) << 4) - 32;
+                    y[l] = d * sc[is] * (float)q1;
+                    y[l + 32] = d * sc[is + 2] * (float)q2;
+                    y[l + 64] = d * sc[is + 4] * (float)q3;
+                    y[l + 96] = d * sc[is + 6] * (float)q4;
+                }
+        }
+        return 0;
+    default: return -1;
+    }
+}
+
+size_t peft__gg_row_bytes(uint32_t t, uint64_t n)
+{
+    switch (t) {
+    case PEFT_GG_F32: return (size_t)n * 4;
+    case PEFT_GG_F16:
+    case PEFT_GG_BF16: return (size_t)n * 2;
+    case PEFT_GG_Q8_0: return n % 32 ? 0 : (size_t)(n / 32 * 34);
+    case PEFT_GG_Q4_0: return n % 32 ? 0 : (size_t)(n / 32 * 18);
+    case PEFT_GG_Q4_K: return n % 256 ? 0 : (size_t)(n / 256 * 144);
+    case PEFT_GG_Q6_K: return n % 256 ? 0 : (size_t)(n / 256 * 210);
+    default: return 0;
+    }
+}
+
+/* ---- products ---- */
+
+struct dq_args {
+    const peft_w *w;
+    int64_t r0;
+    float *dst;
+};
+
+static void dq_task(void *arg, int32_t i)
+{
+    const struct dq_args *a = arg;
+    peft__dequant(a->dst + (int64_t)i * a->w->cols, a->w->q + (size_t)(a->r0 + i) * a->w->row_bytes,
+                  (uint64_t)a->w->cols, a->w->qtype);
+}
+
+void peft__w_rows(peft_model *m, const peft_w *w, int64_t r0, int64_t n, float *dst)
+{
+    if (w->f) {
+        memcpy(dst, w->f + r0 * w->cols, (size_t)(n * w->cols) * sizeof(float));
+        return;
+    }
+    struct dq_args a = {w, r0, dst};
+    if (m && n > 1)
+        peft__pool_for(m->pool, (int32_t)n, dq_task, &a);
+    else
+        for (int32_t i = 0; i < (int32_t)n; i++)
+            dq_task(&a, i);
+}
+
+/* rows of a quantized matrix dequantized at once (a panel) */
+static int64_t panel_rows(const peft_model *m, const peft_w *w)
+{
+    int64_t p = m->qpanel_floats / (w->cols > 0 ? w->cols : 1);
+    return p < 1 ? 1 : p;
+}
+
+void peft__gemm_xwt(peft_model *m, int64_t N, const float *x, int64_t ldx, const peft_w *w, float beta, float *y,
+                    int64_t ldy)
+{
+    if (w->f) {
+        peft__gemm(m, 0, 1, N, w->rows, w->cols, 1.0f, x, ldx, w->f, w->cols, beta, y, ldy);
+        return;
+    }
+    int64_t P = panel_rows(m, w);
+    for (int64_t r0 = 0; r0 < w->rows; r0 += P) {
+        int64_t n = w->rows - r0 < P ? w->rows - r0 : P;
+        peft__w_rows(m, w, r0, n, m->qpanel);
+        peft__gemm(m, 0, 1, N, n, w->cols, 1.0f, x, ldx, m->qpanel, w->cols, beta, y + r0, ldy);
+    }
+}
+
+void peft__gemm_dyw(peft_model *m, int64_t N, const float *dy, int64_t lddy, const peft_w *w, float beta, float *dx,
+                    int64_t lddx)
+{
+    if (w->f) {
+        peft__gemm(m, 0, 0, N, w->cols, w->rows, 1.0f, dy, lddy, w->f, w->cols, beta, dx, lddx);
+        return;
+    }
+    int64_t P = panel_rows(m, w);
+    for (int64_t r0 = 0; r0 < w->rows; r0 += P) {
+        int64_t n = w->rows - r0 < P ? w->rows - r0 : P;
+        peft__w_rows(m, w, r0, n, m->qpanel);
+        peft__gemm(m, 0, 0, N, w->cols, n, 1.0f, dy + r0, lddy, m->qpanel, w->cols, r0 == 0 ? beta : 1.0f, dx, lddx);
+    }
+}
+
+const float *peft__w_dense(peft_model *m, const peft_w *w, float *scratch)
+{
+    if (w->f)
+        return w->f;
+    peft__w_rows(m, w, 0, w->rows, scratch);
+    return scratch;
+}
