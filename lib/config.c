@@ -31,6 +31,74 @@ static int get_float(const json_value *root, const char *key, float *out, const 
     return 0;
 }
 
+/* Inverse frequencies as transformers computes them: theta^(-2i/hd), then the scaling. */
+double peft__rope_inv_freq(const peft_config *c, int i)
+{
+    double inv = pow((double)c->rope_theta, -2.0 * i / c->head_dim);
+    if (c->rope_scaling == 1)
+        return inv / c->rope_factor;
+    if (c->rope_scaling == 2 && i < 256)
+        return inv / c->rope_div[i];
+    return inv;
+}
+
+static double num_or(const json_value *o, const char *key, double def)
+{
+    const json_value *v = json_get(o, key);
+    return v && v->type == JSON_NUMBER ? v->number : def;
+}
+
+/* "rope_scaling": {"rope_type" (or "type"): "linear" | "llama3" | "default", "factor", ...} */
+static int parse_rope_scaling(peft_config *cfg, const json_value *rs, const char *what)
+{
+    if (rs->type != JSON_OBJECT)
+        return peft__fail(PEFT_EFORMAT, "%s: \"rope_scaling\" must be an object or null", what);
+    const json_value *ty = json_get(rs, "rope_type");
+    if (!ty)
+        ty = json_get(rs, "type");
+    const char *type = ty && ty->type == JSON_STRING ? ty->string : NULL;
+    if (!type)
+        return peft__fail(PEFT_EFORMAT, "%s: \"rope_scaling\" has no \"rope_type\"", what);
+    if (!strcmp(type, "default"))
+        return PEFT_OK;
+    double factor = num_or(rs, "factor", strcmp(type, "llama3") ? 1.0 : 8.0);
+    if (!(factor >= 1.0 && factor <= 1e6))
+        return peft__fail(PEFT_EFORMAT, "%s: rope_scaling factor %g must be in [1, 1e6]", what, factor);
+    cfg->rope_factor = (float)factor;
+    if (!strcmp(type, "linear")) {
+        cfg->rope_scaling = 1;
+        return PEFT_OK;
+    }
+    if (strcmp(type, "llama3") != 0)
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: rope_scaling type \"%s\" is not supported (linear, llama3)", what,
+                          type);
+    /* transformers' _compute_llama3_parameters: pairs whose wavelength is below
+       original/high_freq_factor keep their frequency, those above original/low_freq_factor
+       are divided by factor, and those between are interpolated */
+    double lo = num_or(rs, "low_freq_factor", 1.0), hi = num_or(rs, "high_freq_factor", 4.0);
+    double orig = num_or(rs, "original_max_position_embeddings", 8192);
+    if (!(lo > 0 && hi > lo && orig > 0))
+        return peft__fail(PEFT_EFORMAT, "%s: llama3 rope_scaling needs 0 < low_freq_factor < high_freq_factor", what);
+    if (cfg->head_dim / 2 > 256)
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: llama3 rope_scaling with head_dim %d (at most 512)", what,
+                          cfg->head_dim);
+    double lo_wave = orig / lo, hi_wave = orig / hi;
+    for (int i = 0; i < cfg->head_dim / 2; i++) {
+        double f = pow((double)cfg->rope_theta, -2.0 * i / cfg->head_dim), wave = 2 * M_PI / f, div;
+        if (wave < hi_wave)
+            div = 1.0;
+        else if (wave > lo_wave)
+            div = factor;
+        else {
+            double smooth = (orig / wave - lo) / (hi - lo);
+            div = 1.0 / ((1 - smooth) / factor + smooth);
+        }
+        cfg->rope_div[i] = (float)div;
+    }
+    cfg->rope_scaling = 2;
+    return PEFT_OK;
+}
+
 int peft__config_parse(peft_config *cfg, const char *text, size_t len, const char *what)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -88,7 +156,9 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
     const json_value *mb = json_get(root, "mlp_bias");
     const json_value *act = json_get(root, "hidden_act");
     if (rs && rs->type != JSON_NULL)
-        code = peft__fail(PEFT_EUNSUPPORTED, "%s: \"rope_scaling\" is not supported yet", what);
+        code = parse_rope_scaling(cfg, rs, what);
+    if (code < 0)
+        ;
     else if ((ab && ab->type == JSON_BOOL && ab->boolean) || (mb && mb->type == JSON_BOOL && mb->boolean))
         code = peft__fail(PEFT_EUNSUPPORTED, "%s: linear biases are not supported yet", what);
     else if (act && (act->type != JSON_STRING || strcmp(act->string, "silu") != 0))

@@ -346,7 +346,7 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
     if ((code = peft__workspace_ensure(m, B, T, train)))
         return code;
     workspace *ws = &m->ws;
-    rope_tables(ws->rope_cos, ws->rope_sin, T, c->head_dim, c->rope_theta);
+    rope_tables(ws->rope_cos, ws->rope_sin, T, c);
 
     /* positions: packed documents (seq_ids) restart at 0; row b*T+t predicts
        labels[b*T+t+1] unless a new document starts there */

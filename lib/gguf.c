@@ -231,6 +231,36 @@ static int load(peft_model *m, const float **out, peft_w *qw, const gg_tensor *t
     return PEFT_OK;
 }
 
+/* RoPE scaling: llama.rope.scaling.type "linear" with its factor, or the per-pair divisors
+   llama.cpp's converter stores as rope_freqs.weight for Llama 3's "llama3" scaling. */
+static int rope_scaling(peft_config *c, const gg_tensor *ts, uint64_t nt, const uint8_t *data, const char *type,
+                        float factor, const char *path)
+{
+    const gg_tensor *rf = find(ts, nt, "rope_freqs.weight");
+    if (rf) {
+        if (rf->type != G_F32 || rf->n_dims != 1 || rf->ne[0] != (uint64_t)c->head_dim / 2 || c->head_dim / 2 > 256)
+            return peft__fail(PEFT_EFORMAT, "%s: rope_freqs.weight must be F32 [head_dim / 2 = %d] (at most 256)", path,
+                              c->head_dim / 2);
+        memcpy(c->rope_div, data + rf->offset, (size_t)rf->ne[0] * sizeof(float));
+        for (int i = 0; i < c->head_dim / 2; i++)
+            if (!(c->rope_div[i] > 0 && c->rope_div[i] < 1e6f))
+                return peft__fail(PEFT_EFORMAT, "%s: rope_freqs.weight[%d] = %g", path, i, c->rope_div[i]);
+        c->rope_scaling = 2;
+    }
+    if (!*type || !strcmp(type, "none"))
+        return PEFT_OK;
+    if (strcmp(type, "linear") != 0)
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: llama.rope.scaling.type \"%s\" is not supported (linear; llama3 "
+                                             "as rope_freqs.weight)", path, type);
+    if (!(factor >= 1.0f && factor <= 1e6f))
+        return peft__fail(PEFT_EFORMAT, "%s: llama.rope.scaling.factor %g", path, factor);
+    if (rf)
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: both rope_freqs.weight and linear rope scaling", path);
+    c->rope_scaling = 1;
+    c->rope_factor = factor;
+    return PEFT_OK;
+}
+
 /* Map a whole GGUF file read-only. */
 static int map_gguf(void **map, size_t *size, const char *path)
 {
@@ -276,6 +306,8 @@ int peft__gguf_open(peft_model *m, const char *path)
     c->eos_id = 2;
     uint64_t alignment = 32;
     char arch[32] = "";
+    char scaling[sizeof arch] = "";
+    float scale_factor = 1.0f;
     int key_len = 0;
     for (uint64_t i = 0; i < nkv && !r.bad; i++) {
         uint64_t kl;
@@ -293,12 +325,13 @@ int peft__gguf_open(peft_model *m, const char *path)
         else if (t == 6) {
             uint32_t u = (uint32_t)rd(&r, 4);
             memcpy(&fv, &u, 4);
-        } else if (t == 8 && key_is(k, kl, "general.architecture")) {
+        } else if (t == 8 && (key_is(k, kl, "general.architecture") || key_is(k, kl, "llama.rope.scaling.type"))) {
             uint64_t sl;
             const char *s = rd_str(&r, &sl);
+            char *dst = key_is(k, kl, "general.architecture") ? arch : scaling;
             if (s && sl < sizeof arch) {
-                memcpy(arch, s, sl);
-                arch[sl] = '\0';
+                memcpy(dst, s, sl);
+                dst[sl] = '\0';
             }
         } else {
             skip_value(&r, t, 0);
@@ -324,6 +357,8 @@ int peft__gguf_open(peft_model *m, const char *path)
             c->eps = fv;
         else if (key_is(k, kl, "llama.rope.freq_base") && t == 6)
             c->rope_theta = fv;
+        else if (key_is(k, kl, "llama.rope.scaling.factor") && t == 6)
+            scale_factor = fv;
         else if (key_is(k, kl, "llama.vocab_size"))
             c->vocab = (int)iv;
     }
@@ -389,6 +424,8 @@ int peft__gguf_open(peft_model *m, const char *path)
             c->tied = find(ts, nt, "output.weight") == NULL;
             code = peft__config_validate(c, path);
         }
+        if (!code)
+            code = rope_scaling(c, ts, nt, data, scaling, scale_factor, path);
         if (!code) {
             int64_t qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
             code = load(m, &m->embed, NULL, ts, nt, data, "token_embd.weight", (uint64_t)c->dim, (uint64_t)c->vocab, 0, path);

@@ -110,8 +110,8 @@ static void feed_one(peft_session *s, int32_t tok)
                        s->xa, s->tmp);
         linear_forward(m, vc + (size_t)pos * kvd, s->xn, &w->w[PEFT_MOD_V], 1, D, kvd, view(s, &lv, l, PEFT_MOD_V),
                        s->xa, s->tmp);
-        rope_at(s->q, H, hd, pos, c->rope_theta);
-        rope_at(kc + (size_t)pos * kvd, Hk, hd, pos, c->rope_theta);
+        rope_at(s->q, H, pos, c);
+        rope_at(kc + (size_t)pos * kvd, Hk, pos, c);
         for (int h = 0; h < H; h++) {
             int g = h / (H / Hk);
             const float *qh = s->q + h * hd;

@@ -81,7 +81,14 @@ typedef struct peft_config {
     int tied;
     float eps, rope_theta;
     int bos_id, eos_id;
+    /* RoPE scaling: 0 none; 1 linear (every inverse frequency / rope_factor); 2 a divisor per
+       pair (Llama 3's "llama3" scaling, or a GGUF file's rope_freqs.weight) */
+    int rope_scaling;
+    float rope_factor;
+    float rope_div[256]; /* head_dim / 2 divisors when rope_scaling is 2 */
 } peft_config;
+/* The inverse frequency of RoPE pair i (0 <= i < head_dim / 2) with the config's scaling. */
+double peft__rope_inv_freq(const peft_config *c, int i);
 int peft__config_parse(peft_config *cfg, const char *json, size_t len, const char *what);
 int peft__config_validate(const peft_config *cfg, const char *what);
 

@@ -10,7 +10,10 @@ float weights). Needs numpy (Debian's python3-numpy; /usr/bin/python3).
 
 With several types, the linear weights of layer i use type i mod len(types). The quantizers
 are plain (round to nearest per block, scales from the block's range): any valid encoding
-is a fair test of a reader, whose output is defined by the format alone."""
+is a fair test of a reader, whose output is defined by the format alone. A config.json
+"rope_scaling" is written as llama.cpp's converter writes it: "linear" as
+llama.rope.scaling.type/factor, "llama3" as the rope_freqs.weight tensor of divisors."""
+import math
 import argparse
 import json
 import os
@@ -203,6 +206,30 @@ def main():
           ("llama.attention.head_count_kv", 4, struct.pack("<I", Hkv)),
           ("llama.rope.freq_base", 6, struct.pack("<f", cfg.get("rope_theta", 10000.0))),
           ("llama.attention.layer_norm_rms_epsilon", 6, struct.pack("<f", cfg.get("rms_norm_eps", 1e-5)))]
+    rs = cfg.get("rope_scaling") or {}
+    rtype = rs.get("rope_type", rs.get("type"))
+    if rtype == "linear":
+        kv += [("llama.rope.scaling.type", 8, gg_string("linear")),
+               ("llama.rope.scaling.factor", 6, struct.pack("<f", rs["factor"]))]
+    elif rtype == "llama3":  # llama.cpp's convert_hf_to_gguf.py, LlamaModel.generate_extra_tensors
+        hd = cfg.get("head_dim", D // H)
+        base = cfg.get("rope_theta", 10000.0)
+        factor, lo, hi = rs.get("factor", 8.0), rs.get("low_freq_factor", 1.0), rs.get("high_freq_factor", 4.0)
+        old = rs.get("original_max_position_embeddings", 8192)
+        freqs = 1.0 / (base ** (np.arange(0, hd, 2, dtype=np.float32) / hd))
+        factors = []
+        for f in freqs:
+            wavelen = 2 * math.pi / f
+            if wavelen < old / hi:
+                factors.append(1.0)
+            elif wavelen > old / lo:
+                factors.append(factor)
+            else:
+                smooth = (old / wavelen - lo) / (hi - lo)
+                factors.append(1 / ((1 - smooth) / factor + smooth))
+        tensors.append(("rope_freqs.weight", np.array(factors, dtype=np.float32), "f32", None))
+    elif rtype not in (None, "default"):
+        sys.exit("rope_scaling %s: not written" % rtype)
     head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kv))
     for k, t, v in kv:
         head += gg_string(k) + struct.pack("<I", t) + v
@@ -219,7 +246,8 @@ def main():
             values = unpermute(values, H)
         elif ".attn_k." in name:
             values = unpermute(values, Hkv)
-        deq[hf] = values
+        if hf:
+            deq[hf] = values
     head += b"\0" * ((32 - len(head) % 32) % 32)
     with open(a.out, "wb") as f:
         f.write(head)

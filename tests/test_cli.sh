@@ -374,6 +374,36 @@ gguf_quantized_matches_dequantized)
     "$PEFT" eval --model "$T/deq" --adapter "$T/ad-lora-m.gguf" --data "$T/data.bin" --seq 32 --json >"$T/eb" || fail "eval adapter float"
     python3 -c "import json; a, b = (json.loads(open('$T/' + n).read().splitlines()[-1])['loss'] for n in ('ea', 'eb')); assert abs(a - b) <= 1e-5 * b, (a, b)" || fail "adapter on the quantized base"
     ;;
+rope_scaling_llama3_and_linear)
+    # Llama 3's "llama3" RoPE scaling and "linear" scaling read from config.json (transformers'
+    # formula) give the losses of the same model as GGUF, where llama.cpp's converter stores
+    # them as rope_freqs.weight divisors and llama.rope.scaling.*; and they change the loss
+    /usr/bin/python3 -c "import numpy" 2>/dev/null || { echo "skip: no numpy for /usr/bin/python3 (apt-get install python3-numpy)"; exit 77; }
+    "$PEFT" init-model --out "$T/plain" --hidden 128 --layers 2 --heads 2 --kv-heads 1 --ffn 256 --vocab 64 --seed 3 >/dev/null || fail "init-model"
+    "$PEFT" synth --out "$T/data.bin" --vocab 64 --tokens 8192 --doc-len 64 --seed 5 >/dev/null || fail "synth"
+    "$PEFT" eval --model "$T/plain" --data "$T/data.bin" --seq 64 --json >"$T/e_plain" || fail "eval plain"
+    for kind in llama3 linear; do
+        mkdir -p "$T/$kind" && cp "$T/plain/model.safetensors" "$T/$kind/" || fail "copy"
+        python3 -c "
+import json
+c = json.load(open('$T/plain/config.json'))
+c['rope_scaling'] = {'rope_type': 'llama3', 'factor': 8.0, 'low_freq_factor': 1.0, 'high_freq_factor': 4.0,
+                     'original_max_position_embeddings': 32} if '$kind' == 'llama3' else {'type': 'linear', 'factor': 4.0}
+json.dump(c, open('$T/$kind/config.json', 'w'), indent=2)" || fail "config"
+        /usr/bin/python3 "$SRC/tests/gguf_write.py" "$T/$kind" "$T/$kind.gguf" --type f32 || fail "gguf_write $kind"
+        "$PEFT" eval --model "$T/$kind" --data "$T/data.bin" --seq 64 --json >"$T/e_hf" || fail "eval $kind"
+        "$PEFT" eval --model "$T/$kind.gguf" --data "$T/data.bin" --seq 64 --json >"$T/e_gg" || fail "eval $kind gguf"
+        python3 -c "import json; a, b, p = (json.loads(open('$T/' + n).read().splitlines()[-1])['loss'] for n in ('e_hf', 'e_gg', 'e_plain')); assert abs(a - b) <= 1e-6 * a and abs(a - p) > 1e-4 * p, (a, b, p)" ||
+            fail "$kind: config.json and GGUF disagree, or the scaling has no effect"
+        "$PEFT" train --model "$T/$kind.gguf" --data "$T/data.bin" --out "$T/ad-$kind" --steps 3 --batch 2 --seq 64 --quiet || fail "train $kind"
+    done
+    python3 -c "
+import json
+c = json.load(open('$T/plain/config.json')); c['rope_scaling'] = {'rope_type': 'yarn', 'factor': 4.0}
+json.dump(c, open('$T/linear/config.json', 'w'))" || fail "config"
+    "$PEFT" eval --model "$T/linear" --data "$T/data.bin" --seq 64 2>"$T/err" && fail "yarn accepted"
+    grep -q 'rope_scaling type "yarn" is not supported' "$T/err" || { cat "$T/err"; fail "message for yarn"; }
+    ;;
 *)
     echo "unknown case $CASE" >&2
     exit 1

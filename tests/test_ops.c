@@ -109,7 +109,8 @@ TEST(rope)
 {
     struct rope_ctx c;
     size_t n = sizeof c.x / sizeof(float);
-    rope_tables(c.c, c.s, QT, QHD, 10000.0f);
+    peft_config rc = {.head_dim = QHD, .rope_theta = 10000.0f};
+    rope_tables(c.c, c.s, QT, &rc);
     fill(c.x, n, 1.0f);
     fill(c.dout, n, 1.0f);
     float dx[sizeof c.x / sizeof(float)];

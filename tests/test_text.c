@@ -152,10 +152,10 @@ TEST(tokenizer_unsupported_and_malformed)
 }
 
 /* Feeding a session token by token gives the same losses as the batched forward. */
-static void session_vs_forward(int with_adapter)
+static void session_vs_forward(const char *model, int with_adapter)
 {
     peft_model *m;
-    CHECK_OK(peft_model_open(&m, test_data("tiny"), NULL));
+    CHECK_OK(peft_model_open(&m, model, NULL));
     if (with_adapter)
         CHECK_OK(peft_load_adapter(m, test_data("tiny/all_linear/adapter")));
     int32_t tok[20];
@@ -200,8 +200,53 @@ static void session_vs_forward(int with_adapter)
     peft_model_close(&m);
 }
 
-TEST(session_matches_forward_base) { session_vs_forward(0); }
-TEST(session_matches_forward_adapter) { session_vs_forward(1); }
+TEST(session_matches_forward_base) { session_vs_forward(test_data("tiny"), 0); }
+TEST(session_matches_forward_adapter) { session_vs_forward(test_data("tiny"), 1); }
+
+/* The tiny model with Llama 3's rope_scaling: the session's per-position rotation uses the
+   same scaled frequencies as the batched forward; and the scaling changes the loss. */
+TEST(session_matches_forward_rope_scaling)
+{
+    char dir[] = "/tmp/peft-rope-XXXXXX", path[300], src[4096];
+    CHECK(mkdtemp(dir) != NULL);
+    FILE *in = fopen(test_data("tiny/config.json"), "rb");
+    size_t n = in ? fread(src, 1, sizeof src - 1, in) : 0;
+    if (in)
+        fclose(in);
+    src[n] = 0;
+    char *brace = strchr(src, '{');
+    CHECK(brace != NULL);
+    if (!brace)
+        return;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *out = fopen(path, "wb");
+    CHECK(out != NULL);
+    if (!out)
+        return;
+    fprintf(out, "{\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, "
+                 "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 16},%s", brace + 1);
+    fclose(out);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    CHECK(symlink(test_data("tiny/model.safetensors"), path) == 0);
+    session_vs_forward(dir, 0);
+    peft_model *a, *b;
+    CHECK_OK(peft_model_open(&a, dir, NULL));
+    CHECK_OK(peft_model_open(&b, test_data("tiny"), NULL));
+    int32_t tok[20];
+    for (int i = 0; i < 20; i++)
+        tok[i] = (i * 5 + 3) % 48;
+    peft_batch bt = {PEFT_BATCH_VERSION, tok, NULL, 1, 20, NULL};
+    peft_eval_result ra = PEFT_EVAL_RESULT_INIT, rb = PEFT_EVAL_RESULT_INIT;
+    CHECK_OK(peft_eval(a, &bt, &ra));
+    CHECK_OK(peft_eval(b, &bt, &rb));
+    CHECK(fabs(ra.loss_sum - rb.loss_sum) > 1e-6);
+    peft_model_close(&a);
+    peft_model_close(&b);
+    remove(path);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    remove(path);
+    rmdir(dir);
+}
 
 TEST(greedy_generation_matches_reference)
 {
@@ -244,7 +289,7 @@ TEST(greedy_generation_matches_reference)
 
 static const struct h_case cases[] = {
     CASE(tokenizer_matches_sentencepiece), CASE(gguf_vocab_matches_sentencepiece), CASE(tokenizer_unsupported_and_malformed),
-    CASE(session_matches_forward_base), CASE(session_matches_forward_adapter),
+    CASE(session_matches_forward_base), CASE(session_matches_forward_adapter), CASE(session_matches_forward_rope_scaling),
     CASE(greedy_generation_matches_reference),
 };
 TEST_MAIN(cases)

@@ -20,7 +20,7 @@ void rmsnorm_backward(void *pool, float *dx, const float *dout, const float *x, 
 void rmsnorm_backward_w(float *dw, const float *dout, const float *x, const float *rstd, int64_t N, int D);
 
 /* RoPE tables cos/sin (T, hd/2), HF rotate-half convention */
-void rope_tables(float *cos_t, float *sin_t, int T, int hd, float theta);
+void rope_tables(float *cos_t, float *sin_t, int T, const peft_config *c);
 /* x (B*T, n_heads*hd) rotated in place; row r is at position pos[r] (NULL: r % T) */
 void rope_forward(void *pool, float *x, const float *cos_t, const float *sin_t, const int32_t *pos,
                   int B, int T, int n_heads, int hd);
@@ -29,7 +29,7 @@ void rope_backward(void *pool, float *dx, const float *cos_t, const float *sin_t
                    int B, int T, int n_heads, int hd);
 
 /* x (n_heads*hd) of one position rotated in place */
-void rope_at(float *x, int n_heads, int hd, int pos, float theta);
+void rope_at(float *x, int n_heads, int pos, const peft_config *c);
 
 /* Causal GQA attention, scale 1/sqrt(hd). Query row i of a sequence attends to rows
    i - pos[i] .. i (its own document when sequences are packed; pos NULL: 0 .. i).

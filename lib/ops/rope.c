@@ -5,12 +5,12 @@
 #include "../internal.h"
 #include "ops.h"
 
-// cos_t, sin_t (T, hd/2)
-void rope_tables(float *cos_t, float *sin_t, int T, int hd, float theta)
+// cos_t, sin_t (T, hd/2), the config's head_dim, theta and scaling
+void rope_tables(float *cos_t, float *sin_t, int T, const peft_config *c)
 {
-    int half = hd / 2;
+    int half = c->head_dim / 2;
     for (int i = 0; i < half; i++) {
-        double inv = pow((double)theta, -2.0 * i / hd);
+        double inv = peft__rope_inv_freq(c, i);
         for (int t = 0; t < T; t++) {
             cos_t[t * half + i] = (float)cos(t * inv);
             sin_t[t * half + i] = (float)sin(t * inv);
@@ -58,11 +58,11 @@ void rope_backward(void *pool, float *dx, const float *cos_t, const float *sin_t
 }
 
 // x (n_heads*hd) at position pos, in place (inference with a KV cache)
-void rope_at(float *x, int n_heads, int hd, int pos, float theta)
+void rope_at(float *x, int n_heads, int pos, const peft_config *cf)
 {
-    int half = hd / 2;
+    int hd = cf->head_dim, half = hd / 2;
     for (int i = 0; i < half; i++) {
-        double inv = pow((double)theta, -2.0 * i / hd);
+        double inv = peft__rope_inv_freq(cf, i);
         float c = (float)cos(pos * inv), s = (float)sin(pos * inv);
         for (int h = 0; h < n_heads; h++) {
             float *v = x + (int64_t)h * hd;
