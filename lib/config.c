@@ -117,10 +117,10 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
         json_free(doc);
         return peft__fail(PEFT_EFORMAT, "%s: missing \"model_type\"", what);
     }
-    if (strcmp(arch, "llama") != 0) {
+    if (strcmp(arch, "llama") != 0 && strcmp(arch, "mistral") != 0) {
         code = peft__fail(PEFT_EUNSUPPORTED,
                           "%s: architecture \"%s\" is not supported (supported: llama, which "
-                          "covers Llama 2, SmolLM, TinyLlama)",
+                          "covers Llama 2 and 3, SmolLM, TinyLlama; mistral)",
                           what, arch);
         json_free(doc);
         return code;
@@ -146,6 +146,11 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
         (code = get_int(root, "eos_token_id", &cfg->eos_id, 0, what)) < 0 ||
         (code = get_float(root, "rms_norm_eps", &cfg->eps, what)) < 0 ||
         (code = get_float(root, "rope_theta", &cfg->rope_theta, what)) < 0) {
+        json_free(doc);
+        return code;
+    }
+    /* Mistral's sliding-window attention (null or absent: none) */
+    if (!strcmp(arch, "mistral") && (code = get_int(root, "sliding_window", &cfg->sliding_window, 0, what)) < 0) {
         json_free(doc);
         return code;
     }

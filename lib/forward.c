@@ -211,7 +211,7 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
     rope_forward(m->pool, a->q, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_heads, c->head_dim);
     rope_forward(m->pool, a->k, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_kv_heads, c->head_dim);
     attention_forward(m->pool, a->att, a->lse, ws->att_scratch, a->q, a->k, a->v, ws->pos, B, T, c->n_heads,
-                      c->n_kv_heads, c->head_dim);
+                      c->n_kv_heads, c->head_dim, c->sliding_window);
     linear_forward(m, a->h, a->att, &w->w[PEFT_MOD_O], N, Hq, D, peft__view_of(m, &lv, l, PEFT_MOD_O, train),
                    xa_of(m, l, PEFT_MOD_O), ws->tmp);
     add_inplace(a->h, x_in, (size_t)N * D);
@@ -271,7 +271,7 @@ static void layer_backward(peft_model *m, int l)
     if (!qkv)
         return;
     attention_backward(m->pool, ws->dq, ws->dk, ws->dv, ws->att_scratch, ws->datt, a->q, a->k, a->v, a->att, a->lse, ws->pos, B,
-                       T, c->n_heads, c->n_kv_heads, c->head_dim);
+                       T, c->n_heads, c->n_kv_heads, c->head_dim, c->sliding_window);
     rope_backward(m->pool, ws->dq, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_heads, c->head_dim);
     rope_backward(m->pool, ws->dk, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_kv_heads, c->head_dim);
     float *dxn = below || dw1 ? ws->dxn : NULL;

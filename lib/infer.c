@@ -112,11 +112,12 @@ static void feed_one(peft_session *s, int32_t tok)
                        s->xa, s->tmp);
         rope_at(s->q, H, pos, c);
         rope_at(kc + (size_t)pos * kvd, Hk, pos, c);
+        const int j0 = c->sliding_window > 0 && pos - c->sliding_window + 1 > 0 ? pos - c->sliding_window + 1 : 0;
         for (int h = 0; h < H; h++) {
             int g = h / (H / Hk);
             const float *qh = s->q + h * hd;
             float mx = -INFINITY;
-            for (int j = 0; j <= pos; j++) {
+            for (int j = j0; j <= pos; j++) {
                 const float *kj = kc + (size_t)j * kvd + g * hd;
                 float d = 0;
                 for (int e = 0; e < hd; e++)
@@ -125,13 +126,13 @@ static void feed_one(peft_session *s, int32_t tok)
                 mx = s->scores[j] > mx ? s->scores[j] : mx;
             }
             float sum = 0;
-            for (int j = 0; j <= pos; j++) {
+            for (int j = j0; j <= pos; j++) {
                 s->scores[j] = expf(s->scores[j] - mx);
                 sum += s->scores[j];
             }
             float *o = s->att + h * hd;
             memset(o, 0, (size_t)hd * sizeof *o);
-            for (int j = 0; j <= pos; j++) {
+            for (int j = j0; j <= pos; j++) {
                 const float *vj = vc + (size_t)j * kvd + g * hd;
                 float p = s->scores[j] / sum;
                 for (int e = 0; e < hd; e++)

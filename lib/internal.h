@@ -81,6 +81,7 @@ typedef struct peft_config {
     int tied;
     float eps, rope_theta;
     int bos_id, eos_id;
+    int sliding_window; /* Mistral: attend to the last sliding_window positions only (0: all) */
     /* RoPE scaling: 0 none; 1 linear (every inverse frequency / rope_factor); 2 a divisor per
        pair (Llama 3's "llama3" scaling, or a GGUF file's rope_freqs.weight) */
     int rope_scaling;

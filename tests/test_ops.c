@@ -134,46 +134,62 @@ struct att_ctx {
     float q[AB * AT * AH * AD], k[AB * AT * AHK * AD], v[AB * AT * AHK * AD];
     float out[AB * AT * AH * AD], lse[AB * AH * AT], scratch[AB * AHK * (4 * AD + 4) * AT], dout[AB * AT * AH * AD];
     const int32_t *pos;
+    int window;
 };
 static double att_loss(void *vp)
 {
     struct att_ctx *c = vp;
-    attention_forward(NULL, c->out, c->lse, c->scratch, c->q, c->k, c->v, c->pos, AB, AT, AH, AHK, AD);
+    attention_forward(NULL, c->out, c->lse, c->scratch, c->q, c->k, c->v, c->pos, AB, AT, AH, AHK, AD, c->window);
     return dotd(c->out, c->dout, sizeof c->out / sizeof(float));
 }
-static void attention_case(const int32_t *pos)
+static void attention_case(const int32_t *pos, int window)
 {
     struct att_ctx c;
     c.pos = pos;
+    c.window = window;
     fill(c.q, sizeof c.q / 4, 1.0f);
     fill(c.k, sizeof c.k / 4, 1.0f);
     fill(c.v, sizeof c.v / 4, 1.0f);
     fill(c.dout, sizeof c.dout / 4, 1.0f);
     float dq[sizeof c.q / 4], dk[sizeof c.k / 4], dv[sizeof c.v / 4];
     att_loss(&c);
-    attention_backward(NULL, dq, dk, dv, c.scratch, c.dout, c.q, c.k, c.v, c.out, c.lse, pos, AB, AT, AH, AHK, AD);
-    CHECK(fd_check("attention dq", c.q, sizeof c.q / 4, dq, att_loss, &c, 1e-2f, 1e-2) == 0);
-    CHECK(fd_check("attention dk", c.k, sizeof c.k / 4, dk, att_loss, &c, 1e-2f, 1e-2) == 0);
+    attention_backward(NULL, dq, dk, dv, c.scratch, c.dout, c.q, c.k, c.v, c.out, c.lse, pos, AB, AT, AH, AHK, AD,
+                       window);
+    if (window != 1) { /* with one key per row dq and dk are zero up to rounding */
+        CHECK(fd_check("attention dq", c.q, sizeof c.q / 4, dq, att_loss, &c, 1e-2f, 1e-2) == 0);
+        CHECK(fd_check("attention dk", c.k, sizeof c.k / 4, dk, att_loss, &c, 1e-2f, 1e-2) == 0);
+    }
     CHECK(fd_check("attention dv", c.v, sizeof c.v / 4, dv, att_loss, &c, 1e-2f, 1e-2) == 0);
+    att_loss(&c); /* the outputs of the unperturbed inputs */
     /* causality: the first position attends only to itself, so its output is v[0] of its kv head */
     for (int h = 0; h < AH; h++)
         for (int d = 0; d < AD; d++)
             CHECK_CLOSE(c.out[h * AD + d], c.v[(h / (AH / AHK)) * AD + d], 1e-6);
-    if (pos) /* a document's first row attends only to itself too */
+    if (pos || window == 1) /* a document's first row attends only to itself too; so does every row in a window of 1 */
         for (int r = 1; r < AB * AT; r++)
-            if (pos[r] == 0)
+            if (window == 1 || pos[r] == 0)
                 for (int h = 0; h < AH; h++)
                     for (int d = 0; d < AD; d++)
                         CHECK_CLOSE(c.out[(r * AH + h) * AD + d], c.v[(r * AHK + h / (AH / AHK)) * AD + d], 1e-6);
 }
 
-TEST(attention_gqa) { attention_case(NULL); }
+TEST(attention_gqa) { attention_case(NULL, 0); }
 
 TEST(attention_packed_documents)
 {
     /* rows of each sequence: documents of 2 + 4 and 3 + 3 tokens */
     static const int32_t pos[AB * AT] = {0, 1, 0, 1, 2, 3, 0, 1, 2, 0, 1, 2};
-    attention_case(pos);
+    attention_case(pos, 0);
+}
+
+/* Mistral's sliding window: gradients with windows of 3 (alone and inside packed documents),
+   and a window of 1 makes every row attend only to itself */
+TEST(attention_sliding_window)
+{
+    static const int32_t pos[AB * AT] = {0, 1, 2, 3, 4, 5, 0, 1, 0, 1, 2, 3};
+    attention_case(NULL, 3);
+    attention_case(pos, 3);
+    attention_case(NULL, 1);
 }
 
 /* ---- swiglu ---- */
@@ -482,7 +498,8 @@ TEST(quantized_weights)
 }
 
 static const struct h_case cases[] = {
-    CASE(rmsnorm),     CASE(rope),         CASE(attention_gqa),   CASE(attention_packed_documents), CASE(swiglu),
+    CASE(rmsnorm),     CASE(rope),         CASE(attention_gqa),   CASE(attention_packed_documents),
+    CASE(attention_sliding_window), CASE(swiglu),
     CASE(cross_entropy), CASE(lora_linear), CASE(lora_linear_dropout), CASE(dropout_mask),
     CASE(backend_cpu_gemm), CASE(backend_blis_gemm), CASE(quantized_weights),
 };

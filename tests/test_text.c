@@ -1,4 +1,5 @@
 /* Tokenizers, inference sessions and generation, through the public API. */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -203,32 +204,49 @@ static void session_vs_forward(const char *model, int with_adapter)
 TEST(session_matches_forward_base) { session_vs_forward(test_data("tiny"), 0); }
 TEST(session_matches_forward_adapter) { session_vs_forward(test_data("tiny"), 1); }
 
-/* The tiny model with Llama 3's rope_scaling: the session's per-position rotation uses the
-   same scaled frequencies as the batched forward; and the scaling changes the loss. */
-TEST(session_matches_forward_rope_scaling)
+/* A copy of the tiny model (weights linked) whose config.json gains `extra` members; a
+   non-NULL arch replaces its model_type. */
+static int tiny_variant(char *dir, const char *extra, const char *arch)
 {
-    char dir[] = "/tmp/peft-rope-XXXXXX", path[300], src[4096];
-    CHECK(mkdtemp(dir) != NULL);
+    char path[300], src[4096];
+    if (!mkdtemp(dir))
+        return -1;
     FILE *in = fopen(test_data("tiny/config.json"), "rb");
     size_t n = in ? fread(src, 1, sizeof src - 1, in) : 0;
     if (in)
         fclose(in);
     src[n] = 0;
-    char *brace = strchr(src, '{');
-    CHECK(brace != NULL);
-    if (!brace)
-        return;
+    char *brace = strchr(src, '{'), *mt = strstr(src, "\"model_type\": \"llama\"");
+    if (arch && mt) { /* blank the member out; the new one comes with extra */
+        memset(mt, ' ', strlen("\"model_type\": \"llama\""));
+        char *comma = strchr(mt, ',');
+        if (comma)
+            *comma = ' ';
+    }
     snprintf(path, sizeof path, "%s/config.json", dir);
-    FILE *out = fopen(path, "wb");
-    CHECK(out != NULL);
+    FILE *out = brace ? fopen(path, "wb") : NULL;
     if (!out)
-        return;
-    fprintf(out, "{\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, "
-                 "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 16},%s", brace + 1);
+        return -1;
+    fprintf(out, "{%s%s%s%s,%s", extra, arch ? ", \"model_type\": \"" : "", arch ? arch : "", arch ? "\"" : "",
+            brace + 1);
     fclose(out);
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    CHECK(symlink(test_data("tiny/model.safetensors"), path) == 0);
-    session_vs_forward(dir, 0);
+    return symlink(test_data("tiny/model.safetensors"), path);
+}
+
+static void tiny_variant_remove(const char *dir)
+{
+    char path[300];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    remove(path);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    remove(path);
+    rmdir(dir);
+}
+
+/* The loss of 20 tokens under the tiny model and a variant differ. */
+static void variant_changes_loss(const char *dir)
+{
     peft_model *a, *b;
     CHECK_OK(peft_model_open(&a, dir, NULL));
     CHECK_OK(peft_model_open(&b, test_data("tiny"), NULL));
@@ -242,10 +260,35 @@ TEST(session_matches_forward_rope_scaling)
     CHECK(fabs(ra.loss_sum - rb.loss_sum) > 1e-6);
     peft_model_close(&a);
     peft_model_close(&b);
-    remove(path);
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    remove(path);
-    rmdir(dir);
+}
+
+/* The tiny model with Llama 3's rope_scaling: the session's per-position rotation uses the
+   same scaled frequencies as the batched forward; and the scaling changes the loss. */
+TEST(session_matches_forward_rope_scaling)
+{
+    char dir[] = "/tmp/peft-rope-XXXXXX";
+    CHECK(tiny_variant(dir, "\"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, \"low_freq_factor\": 1.0, "
+                            "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 16}", NULL) == 0);
+    session_vs_forward(dir, 0);
+    variant_changes_loss(dir);
+    tiny_variant_remove(dir);
+}
+
+/* As Mistral with a sliding window of 5: the session attends to the same window as the
+   batched forward, and the window changes the loss of 20 tokens. */
+TEST(session_matches_forward_sliding_window)
+{
+    char dir[] = "/tmp/peft-swa-XXXXXX";
+    CHECK(tiny_variant(dir, "\"sliding_window\": 5", "mistral") == 0);
+    session_vs_forward(dir, 0);
+    variant_changes_loss(dir);
+    peft_model *m;
+    CHECK_OK(peft_model_open(&m, dir, NULL));
+    peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+    CHECK_OK(peft_model_get_info(m, &in));
+    CHECK(strcmp(in.architecture, "mistral") == 0);
+    peft_model_close(&m);
+    tiny_variant_remove(dir);
 }
 
 TEST(greedy_generation_matches_reference)
@@ -289,7 +332,7 @@ TEST(greedy_generation_matches_reference)
 
 static const struct h_case cases[] = {
     CASE(tokenizer_matches_sentencepiece), CASE(gguf_vocab_matches_sentencepiece), CASE(tokenizer_unsupported_and_malformed),
-    CASE(session_matches_forward_base), CASE(session_matches_forward_adapter), CASE(session_matches_forward_rope_scaling),
+    CASE(session_matches_forward_base), CASE(session_matches_forward_adapter), CASE(session_matches_forward_rope_scaling), CASE(session_matches_forward_sliding_window),
     CASE(greedy_generation_matches_reference),
 };
 TEST_MAIN(cases)

@@ -31,8 +31,15 @@ struct att_args {
     float *out, *lse, *dq, *dk, *dv, *scratch;
     const float *q, *k, *v, *dout, *o, *lse_in;
     const int32_t *pos;
-    int B, T, H, Hkv, hd;
+    int B, T, H, Hkv, hd, window;
 };
+
+/* the first key row query row i of sequence b attends to */
+static int first_key(const struct att_args *a, int b, int i)
+{
+    int j0 = a->pos ? i - a->pos[(int64_t)b * a->T + i] : 0;
+    return a->window > 0 && j0 < i - a->window + 1 ? i - a->window + 1 : j0;
+}
 
 size_t attention_scratch_floats(int B, int T, int Hkv, int hd)
 {
@@ -106,7 +113,7 @@ static void fwd_task(void *vp, int32_t task)
     for (int h = g * rep; h < (g + 1) * rep; h++)
         for (int i = 0; i < T; i++) {
             const float *qi = a->q + ((int64_t)b * T + i) * qs + (int64_t)h * hd;
-            int j0 = a->pos ? i - a->pos[(int64_t)b * T + i] : 0;
+            int j0 = first_key(a, b, i);
             scores(p, qi, kt, T, hd, j0, i + 1, scale);
             float mx = -INFINITY;
             for (int j = j0; j <= i; j++)
@@ -127,10 +134,10 @@ static void fwd_task(void *vp, int32_t task)
 // out (B*T, H*hd), lse (B,H,T) <- q (B*T, H*hd), k, v (B*T, Hkv*hd); scratch: attention_scratch_floats
 void attention_forward(void *pool, float *out, float *lse, float *scratch, const float *q,
                        const float *k, const float *v, const int32_t *pos, int B, int T, int H,
-                       int Hkv, int hd)
+                       int Hkv, int hd, int window)
 {
     struct att_args a = {.out = out, .lse = lse, .scratch = scratch, .q = q, .k = k, .v = v, .pos = pos,
-                         .B = B, .T = T, .H = H, .Hkv = Hkv, .hd = hd};
+                         .B = B, .T = T, .H = H, .Hkv = Hkv, .hd = hd, .window = window};
     peft__pool_for(pool, B * Hkv, fwd_task, &a);
 }
 
@@ -154,7 +161,7 @@ static void bwd_task(void *vp, int32_t task)
             float D = 0;
             for (int d = 0; d < hd; d++)
                 D += doi[d] * oi[d];
-            int j0 = a->pos ? i - a->pos[(int64_t)b * T + i] : 0;
+            int j0 = first_key(a, b, i);
             scores(p, qi, kt, T, hd, j0, i + 1, scale);
             for (int j = j0; j <= i; j++)
                 p[j] = expf(p[j] - lse);
@@ -178,9 +185,10 @@ static void bwd_task(void *vp, int32_t task)
 void attention_backward(void *pool, float *dq, float *dk, float *dv, float *scratch, const float *dout,
                         const float *q, const float *k, const float *v, const float *out,
                         const float *lse, const int32_t *pos, int B, int T, int H, int Hkv,
-                        int hd)
+                        int hd, int window)
 {
     struct att_args a = {.dq = dq, .dk = dk, .dv = dv, .scratch = scratch, .dout = dout, .q = q, .k = k, .v = v,
-                         .pos = pos, .o = out, .lse_in = lse, .B = B, .T = T, .H = H, .Hkv = Hkv, .hd = hd};
+                         .pos = pos, .o = out, .lse_in = lse, .B = B, .T = T, .H = H, .Hkv = Hkv, .hd = hd,
+                         .window = window};
     peft__pool_for(pool, B * Hkv, bwd_task, &a);
 }
