@@ -418,8 +418,17 @@ TEST(config_errors)
     snprintf(cfg, sizeof cfg, "{\"model_type\": \"llama\", \"hidden_size\": 32, \"intermediate_size\": 40, "
              "\"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"num_key_value_heads\": 3, \"vocab_size\": 48}");
     CHECK(open_with_config(dir, cfg) == PEFT_EFORMAT && strstr(peft_last_error(), "multiple"));
-    snprintf(cfg, sizeof cfg, "{\"model_type\": \"llama\", %s, \"rope_scaling\": {\"type\": \"llama3\"}}", base);
-    CHECK(open_with_config(dir, cfg) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "rope_scaling"));
+    snprintf(cfg, sizeof cfg, "{\"model_type\": \"llama\", %s, \"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4}}", base);
+    CHECK(open_with_config(dir, cfg) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "rope_scaling type \"yarn\""));
+    snprintf(cfg, sizeof cfg, "{\"model_type\": \"llama\", %s, \"rope_scaling\": {\"rope_type\": \"llama3\", "
+             "\"low_freq_factor\": 4, \"high_freq_factor\": 1}}", base);
+    CHECK(open_with_config(dir, cfg) == PEFT_EFORMAT && strstr(peft_last_error(), "low_freq_factor"));
+    snprintf(cfg, sizeof cfg, "{\"model_type\": \"llama\", %s, \"rope_scaling\": {\"factor\": 2}}", base);
+    CHECK(open_with_config(dir, cfg) == PEFT_EFORMAT && strstr(peft_last_error(), "rope_type"));
+    snprintf(cfg, sizeof cfg, "{\"model_type\": \"llama\", %s, \"rope_scaling\": {\"rope_type\": \"llama3\"}}", base);
+    CHECK(open_with_config(dir, cfg) == PEFT_OK); /* transformers' defaults: factor 8, 1, 4, 8192 */
+    snprintf(cfg, sizeof cfg, "{\"model_type\": \"mistral\", %s, \"sliding_window\": -3}", base);
+    CHECK(open_with_config(dir, cfg) == PEFT_EFORMAT && strstr(peft_last_error(), "sliding_window"));
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     CHECK(system(cmd) == 0);
 }
