@@ -23,7 +23,16 @@ enum { G_F32 = PEFT_GG_F32, G_F16 = PEFT_GG_F16, G_Q4_0 = PEFT_GG_Q4_0, G_Q8_0 =
 
 /* block-quantized types, kept quantized in memory for the linear weights */
 static int is_blocked(uint32_t t) { return t == G_Q8_0 || t == G_Q4_0 || t == G_Q4_K || t == G_Q6_K; }
-static uint64_t block_size(uint32_t t) { return t == G_Q4_K || t == G_Q6_K ? 256 : 32; }
+
+/* llama.cpp's q/k rows (interleaved pairs per head) back to Hugging Face's rotate-half order */
+static void unpermute_rows(uint8_t *dst, const uint8_t *src, uint64_t rows, size_t row_bytes, int heads)
+{
+    uint64_t hd = rows / (uint64_t)heads, half = hd / 2;
+    for (uint64_t h = 0; h < (uint64_t)heads; h++)
+        for (uint64_t i = 0; i < half; i++)
+            for (uint64_t j = 0; j < 2; j++)
+                memcpy(dst + (h * hd + j * half + i) * row_bytes, src + (h * hd + 2 * i + j) * row_bytes, row_bytes);
+}
 
 typedef struct gg_tensor {
     char name[96];
@@ -115,20 +124,6 @@ static int key_is(const char *k, uint64_t len, const char *want)
     return strlen(want) == len && memcmp(k, want, len) == 0;
 }
 
-static uint64_t type_bytes(uint32_t t, uint64_t n)
-{
-    switch (t) {
-    case G_F32: return n * 4;
-    case G_F16:
-    case G_BF16: return n * 2;
-    case G_Q8_0: return n / 32 * 34;
-    case G_Q4_0: return n / 32 * 18;
-    case G_Q4_K: return n / 256 * 144;
-    case G_Q6_K: return n / 256 * 210;
-    default: return 0;
-    }
-}
-
 static const char *type_name(uint32_t t)
 {
     switch (t) {
@@ -154,8 +149,7 @@ static const gg_tensor *find(const gg_tensor *ts, uint64_t n, const char *name)
     return NULL;
 }
 
-/* load tensor `name` (ne0 = in, ne1 = out) into float32; permute q/k rows for `heads` heads */
-/* Tensor `name` as float32 into *out (mapped in place when it is aligned F32 and needs no row
+/* Tensor `name` (ne0 = in, ne1 = out) as float32 into *out (mapped in place when it is aligned F32 and needs no row
    permutation, else converted into an owned buffer); or, when qw is given and the tensor is
    block-quantized, kept quantized in qw (rows permuted into an owned copy for q/k). heads:
    undo llama.cpp's q/k row permutation for that many heads. */
@@ -168,11 +162,11 @@ static int load(peft_model *m, const float **out, peft_w *qw, const gg_tensor *t
     if (t->ne[0] != ne0 || (ne1 ? t->n_dims != 2 || t->ne[1] != ne1 : t->n_dims != 1))
         return peft__fail(PEFT_ESHAPE, "%s: tensor '%s' has the wrong shape for the metadata (ne0 %llu, expected %llu x %llu)",
                           path, name, (unsigned long long)t->ne[0], (unsigned long long)ne0, (unsigned long long)ne1);
-    if (!type_bytes(t->type, 1) && !is_blocked(t->type))
+    if (!peft__gg_row_bytes(t->type, 256)) /* 256: a whole number of blocks of every type */
         return peft__fail(PEFT_EUNSUPPORTED,
                           "%s: tensor '%s' has ggml type %s (%u), not supported yet (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)",
                           path, name, type_name(t->type), t->type);
-    if (is_blocked(t->type) && t->ne[0] % block_size(t->type) != 0)
+    if (!peft__gg_row_bytes(t->type, t->ne[0]))
         return peft__fail(PEFT_EFORMAT, "%s: tensor '%s': row length %llu is not a multiple of the block size", path, name,
                           (unsigned long long)t->ne[0]);
     const uint8_t *p = data + t->offset;
@@ -186,19 +180,14 @@ static int load(peft_model *m, const float **out, peft_w *qw, const gg_tensor *t
     if (qw && ne1 && is_blocked(t->type)) {
         size_t rb = peft__gg_row_bytes(t->type, ne0);
         *qw = (peft_w){.q = p, .qtype = t->type, .rows = (int64_t)ne1, .cols = (int64_t)ne0, .row_bytes = rb};
-        if (heads) { /* rows back to Hugging Face's rotate-half order, still quantized */
-            uint64_t hd = ne1 / (uint64_t)heads, half = hd / 2;
+        if (heads) { /* an owned copy of the rows in Hugging Face's order, still quantized */
             float *own = peft__alloc_floats((ne1 * rb + 3) / 4);
             if (!own || peft__gguf_add_owned(m, own)) {
                 peft__free(own);
                 return peft__fail(PEFT_ENOMEM, "%s: out of memory for '%s'", path, name);
             }
-            uint8_t *dst = (uint8_t *)own;
-            for (uint64_t h = 0; h < (uint64_t)heads; h++)
-                for (uint64_t i = 0; i < half; i++)
-                    for (uint64_t j = 0; j < 2; j++)
-                        memcpy(dst + (h * hd + j * half + i) * rb, p + (h * hd + 2 * i + j) * rb, rb);
-            qw->q = dst;
+            unpermute_rows((uint8_t *)own, p, ne1, rb, heads);
+            qw->q = (const uint8_t *)own;
         }
         return PEFT_OK;
     }
@@ -213,18 +202,16 @@ static int load(peft_model *m, const float **out, peft_w *qw, const gg_tensor *t
         peft__free(buf);
         return peft__fail(PEFT_ENOMEM, "%s: out of memory for '%s'", path, name);
     }
-    if (peft__dequant(buf, p, t->n, t->type))
+    float *tmp = heads ? malloc(t->n * sizeof *tmp) : buf; /* q/k: dequantized, then reordered into buf */
+    if (!tmp)
+        return peft__fail(PEFT_ENOMEM, "out of memory");
+    if (peft__dequant(tmp, p, t->n, t->type)) {
+        if (tmp != buf)
+            free(tmp);
         return peft__fail(PEFT_EUNSUPPORTED, "%s: tensor '%s': type %u", path, name, t->type);
-    if (heads) { /* rows back to Hugging Face's rotate-half order */
-        uint64_t hd = ne1 / (uint64_t)heads, half = hd / 2;
-        float *tmp = malloc(t->n * sizeof *tmp);
-        if (!tmp)
-            return peft__fail(PEFT_ENOMEM, "out of memory");
-        memcpy(tmp, buf, t->n * sizeof *tmp);
-        for (uint64_t h = 0; h < (uint64_t)heads; h++)
-            for (uint64_t i = 0; i < half; i++)
-                for (uint64_t j = 0; j < 2; j++)
-                    memcpy(buf + (h * hd + j * half + i) * ne0, tmp + (h * hd + 2 * i + j) * ne0, ne0 * sizeof *buf);
+    }
+    if (heads) {
+        unpermute_rows((uint8_t *)buf, (const uint8_t *)tmp, ne1, ne0 * sizeof *buf, heads);
         free(tmp);
     }
     *out = buf;
@@ -408,7 +395,7 @@ int peft__gguf_open(peft_model *m, const char *path)
         const uint8_t *data = r.d + data_start;
         uint64_t avail = data_start <= r.size ? r.size - data_start : 0;
         for (uint64_t i = 0; i < nt && !code; i++) {
-            uint64_t bytes = type_bytes(ts[i].type, ts[i].n);
+            uint64_t bytes = peft__gg_row_bytes(ts[i].type, ts[i].n);
             if (ts[i].offset % alignment || (bytes && (ts[i].offset > avail || bytes > avail - ts[i].offset)))
                 code = peft__fail(PEFT_EFORMAT, "%s: tensor '%s': data [%llu, +%llu) outside the file", path, ts[i].name,
                                   (unsigned long long)ts[i].offset, (unsigned long long)bytes);
