@@ -74,14 +74,15 @@ int par_size(void) { return g_size; }
 double par_comm_seconds(void) { return g_comm; }
 
 #ifdef PEFT_HAVE_MPI
-/* MPI counts are ints: reduce large buffers in chunks. */
-static int sum_chunks(void *buf, size_t n, size_t elem, MPI_Datatype t)
+/* MPI counts are ints: sum (or, with bcast, broadcast from rank 0) large buffers in chunks. */
+static int chunks(void *buf, size_t n, size_t elem, MPI_Datatype t, int bcast)
 {
     double t0 = now();
     for (size_t off = 0; off < n;) {
         size_t k = n - off > (1u << 30) ? (1u << 30) : n - off;
-        if (MPI_Allreduce(MPI_IN_PLACE, (char *)buf + off * elem, (int)k, t, MPI_SUM, MPI_COMM_WORLD) !=
-            MPI_SUCCESS)
+        void *p = (char *)buf + off * elem;
+        if ((bcast ? MPI_Bcast(p, (int)k, t, 0, MPI_COMM_WORLD)
+                   : MPI_Allreduce(MPI_IN_PLACE, p, (int)k, t, MPI_SUM, MPI_COMM_WORLD)) != MPI_SUCCESS)
             return -1;
         off += k;
     }
@@ -94,7 +95,7 @@ int par_sum_floats(float *buf, size_t n)
 {
 #ifdef PEFT_HAVE_MPI
     if (g_size > 1)
-        return sum_chunks(buf, n, sizeof *buf, MPI_FLOAT);
+        return chunks(buf, n, sizeof *buf, MPI_FLOAT, 0);
 #endif
     (void)buf, (void)n;
     return 0;
@@ -104,39 +105,17 @@ int par_sum_doubles(double *buf, size_t n)
 {
 #ifdef PEFT_HAVE_MPI
     if (g_size > 1)
-        return sum_chunks(buf, n, sizeof *buf, MPI_DOUBLE);
+        return chunks(buf, n, sizeof *buf, MPI_DOUBLE, 0);
 #endif
     (void)buf, (void)n;
     return 0;
 }
 
-int par_max_int(int v)
-{
-#ifdef PEFT_HAVE_MPI
-    if (g_size > 1) {
-        double t0 = now();
-        int out = v;
-        MPI_Allreduce(&v, &out, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-        g_comm += now() - t0;
-        return out;
-    }
-#endif
-    return v;
-}
-
 int par_bcast_floats(float *buf, size_t n)
 {
 #ifdef PEFT_HAVE_MPI
-    if (g_size > 1) {
-        double t0 = now();
-        for (size_t off = 0; off < n;) {
-            size_t k = n - off > (1u << 30) ? (1u << 30) : n - off;
-            if (MPI_Bcast(buf + off, (int)k, MPI_FLOAT, 0, MPI_COMM_WORLD) != MPI_SUCCESS)
-                return -1;
-            off += k;
-        }
-        g_comm += now() - t0;
-    }
+    if (g_size > 1)
+        return chunks(buf, n, sizeof *buf, MPI_FLOAT, 1);
 #endif
     (void)buf, (void)n;
     return 0;

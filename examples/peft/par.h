@@ -18,8 +18,6 @@ int par_size(void);
 /* Sum over ranks, in place. */
 int par_sum_floats(float *buf, size_t n);
 int par_sum_doubles(double *buf, size_t n);
-/* The largest v over ranks (agreement on a status). */
-int par_max_int(int v);
 /* Rank 0's buffer to every rank. */
 int par_bcast_floats(float *buf, size_t n);
 /* Overlap the gradient all-reduce with the backward pass: par_overlap_begin before the
