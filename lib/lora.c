@@ -30,7 +30,6 @@ static int parse_uint(const char **s, long *out)
     return 0;
 }
 
-/* Layer selection: "all" | items separated by ','; item = N | N-M | first:N | last:N | every:K */
 int peft__grad_layer_range(const lora_state *l, int n_layers, int layer, size_t *lo, size_t *hi)
 {
     if (l->method == PEFT_METHOD_NORMS) {
@@ -64,6 +63,7 @@ int peft__grad_layer_range(const lora_state *l, int n_layers, int layer, size_t 
     return 1;
 }
 
+/* Layer selection: "all" | items separated by ','; item = N | N-M | first:N | last:N | every:K */
 int peft__layers_parse(uint8_t *on, int n, const char *spec)
 {
     memset(on, 0, (size_t)n);
@@ -449,12 +449,8 @@ static void init_params(lora_state *l, const peft_model *m)
         }
         memset(l->params + md->off_b, 0, (size_t)md->out * (size_t)md->r * sizeof(float));
         if (l->use_dora) {
-            const peft_w *pw = &m->layers[md->layer].w[md->kind];
-            const float *W = pw->f;
-            if (!W) { /* a quantized base: its rows dequantized into the DoRA scratch */
-                peft__w_rows(NULL, pw, 0, pw->rows, l->dora_w);
-                W = l->dora_w;
-            }
+            /* a quantized base is dequantized into the DoRA scratch */
+            const float *W = peft__w_dense(m, &m->layers[md->layer].w[md->kind], l->dora_w);
             for (int o = 0; o < md->out; o++) {
                 double ss = 0;
                 for (int c = 0; c < md->in; c++)

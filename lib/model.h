@@ -189,7 +189,7 @@ static inline void peft__gemm(peft_model *m, int ta, int tb, int64_t M, int64_t 
 int peft__dequant(float *dst, const uint8_t *p, uint64_t n, uint32_t type); /* -1: unknown type */
 size_t peft__gg_row_bytes(uint32_t type, uint64_t n);                        /* 0: not a whole row */
 /* rows [r0, r0 + n) of w as float32 into dst (n x cols); m (or NULL) parallelises */
-void peft__w_rows(peft_model *m, const peft_w *w, int64_t r0, int64_t n, float *dst);
+void peft__w_rows(const peft_model *m, const peft_w *w, int64_t r0, int64_t n, float *dst);
 /* y (N, rows) = x (N, cols) w^T + beta y */
 void peft__gemm_xwt(peft_model *m, int64_t N, const float *x, int64_t ldx, const peft_w *w, float beta, float *y,
                     int64_t ldy);
@@ -197,7 +197,7 @@ void peft__gemm_xwt(peft_model *m, int64_t N, const float *x, int64_t ldx, const
 void peft__gemm_dyw(peft_model *m, int64_t N, const float *dy, int64_t lddy, const peft_w *w, float beta, float *dx,
                     int64_t lddx);
 /* w as float32: w->f, or all of it dequantized into scratch (rows x cols) */
-const float *peft__w_dense(peft_model *m, const peft_w *w, float *scratch);
+const float *peft__w_dense(const peft_model *m, const peft_w *w, float *scratch);
 
 void peft__workspace_free(workspace *ws);
 int peft__workspace_ensure(peft_model *m, int B, int T, int train);

@@ -122,7 +122,7 @@ static void dq_task(void *arg, int32_t i)
                   (uint64_t)a->w->cols, a->w->qtype);
 }
 
-void peft__w_rows(peft_model *m, const peft_w *w, int64_t r0, int64_t n, float *dst)
+void peft__w_rows(const peft_model *m, const peft_w *w, int64_t r0, int64_t n, float *dst)
 {
     if (w->f) {
         memcpy(dst, w->f + r0 * w->cols, (size_t)(n * w->cols) * sizeof(float));
@@ -173,7 +173,7 @@ void peft__gemm_dyw(peft_model *m, int64_t N, const float *dy, int64_t lddy, con
     }
 }
 
-const float *peft__w_dense(peft_model *m, const peft_w *w, float *scratch)
+const float *peft__w_dense(const peft_model *m, const peft_w *w, float *scratch)
 {
     if (w->f)
         return w->f;
