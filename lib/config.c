@@ -84,7 +84,7 @@ static int parse_rope_scaling(peft_config *cfg, const json_value *rs, const char
                           cfg->head_dim);
     double lo_wave = orig / lo, hi_wave = orig / hi;
     for (int i = 0; i < cfg->head_dim / 2; i++) {
-        double f = pow((double)cfg->rope_theta, -2.0 * i / cfg->head_dim), wave = 2 * M_PI / f, div;
+        double f = peft__rope_inv_freq(cfg, i), wave = 2 * M_PI / f, div; /* unscaled: rope_scaling is 0 here */
         if (wave < hi_wave)
             div = 1.0;
         else if (wave > lo_wave)
@@ -162,11 +162,9 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
     const json_value *act = json_get(root, "hidden_act");
     if (rs && rs->type != JSON_NULL)
         code = parse_rope_scaling(cfg, rs, what);
-    if (code < 0)
-        ;
-    else if ((ab && ab->type == JSON_BOOL && ab->boolean) || (mb && mb->type == JSON_BOOL && mb->boolean))
+    if (code >= 0 && ((ab && ab->type == JSON_BOOL && ab->boolean) || (mb && mb->type == JSON_BOOL && mb->boolean)))
         code = peft__fail(PEFT_EUNSUPPORTED, "%s: linear biases are not supported yet", what);
-    else if (act && (act->type != JSON_STRING || strcmp(act->string, "silu") != 0))
+    else if (code >= 0 && act && (act->type != JSON_STRING || strcmp(act->string, "silu") != 0))
         code = peft__fail(PEFT_EUNSUPPORTED, "%s: \"hidden_act\" must be \"silu\"", what);
     json_free(doc);
     if (code < 0)
