@@ -129,6 +129,93 @@ static void jw_pattern(struct jw *w, const char *pat, int integer)
 #define EMBED_A_KEY "base_model.model.model.embed_tokens.lora_embedding_A"
 #define EMBED_B_KEY "base_model.model.model.embed_tokens.lora_embedding_B"
 
+/* What a LoRA attachment trains beyond the linear modules and the embedding adapter, as PEFT
+   names it: lm_head's lora_A/lora_B, the trainable token rows, modules_to_save (embeddings,
+   lm_head, norms; saved under the module's own name). Fills up to extra_count(l, L) entries of
+   ts (names in names, 128 bytes each; data points into the parameter block) and returns the
+   number filled. */
+static size_t extra_count(const lora_state *l, int n_layers)
+{
+    size_t n = (l->head_r > 0 ? 2 : 0) + (l->n_tok > 0) + (size_t)l->save_embed + (size_t)l->save_head;
+    for (int i = 0; l->norm_off && l->method != PEFT_METHOD_NORMS && i <= 2 * n_layers; i++)
+        n += l->norm_off[i] >= 0;
+    return n;
+}
+
+static size_t extra_tensors(const peft_model *m, st_out_tensor *ts, char *names)
+{
+    const lora_state *l = m->lora;
+    const peft_config *c = &m->cfg;
+    size_t n = 0;
+#define EXTRA(d0, d1, off, ...)                                                                    \
+    do {                                                                                           \
+        snprintf(names + n * 128, 128, __VA_ARGS__);                                               \
+        ts[n].name = names + n * 128;                                                              \
+        ts[n].n_dims = 2;                                                                          \
+        ts[n].shape[0] = (d0);                                                                     \
+        ts[n].shape[1] = (d1);                                                                     \
+        ts[n].data = l->params + (off);                                                            \
+        if ((d1) == 0)                                                                             \
+            ts[n].n_dims = 1;                                                                      \
+        n++;                                                                                       \
+    } while (0)
+    if (l->head_r > 0) {
+        EXTRA(l->head_r, c->dim, l->off_ha, "base_model.model.lm_head.lora_A.weight");
+        EXTRA(c->vocab, l->head_r, l->off_hb, "base_model.model.lm_head.lora_B.weight");
+    }
+    if (l->n_tok > 0)
+        EXTRA(l->n_tok, c->dim, l->off_tok, "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta");
+    if (l->save_embed)
+        EXTRA(c->vocab, c->dim, l->off_se, "base_model.model.model.embed_tokens.weight");
+    if (l->save_head)
+        EXTRA(c->vocab, c->dim, l->off_sh, "base_model.model.lm_head.weight");
+    for (int i = 0; l->norm_off && l->method != PEFT_METHOD_NORMS && i <= 2 * c->n_layers; i++) {
+        if (l->norm_off[i] < 0)
+            continue;
+        if (i == 2 * c->n_layers)
+            EXTRA(c->dim, 0, (size_t)l->norm_off[i], "base_model.model.model.norm.weight");
+        else
+            EXTRA(c->dim, 0, (size_t)l->norm_off[i], "base_model.model.model.layers.%d.%s.weight", i / 2,
+                  i % 2 ? "post_attention_layernorm" : "input_layernorm");
+    }
+#undef EXTRA
+    return n;
+}
+
+/* modules_to_save of a LoRA attachment as PEFT matches them (name suffixes): null or a list */
+static void jw_modules_to_save(struct jw *w, const lora_state *l, int n_layers)
+{
+    static const char *const nn[2] = {"input_layernorm", "post_attention_layernorm"};
+    int first = 1, all = 1;
+    for (int i = 0; i < n_layers; i++)
+        all &= l->layer_on[i];
+#define ITEM(...)                                                                                  \
+    do {                                                                                           \
+        jw_put(w, "%s\n    \"", first ? "[" : ",");                                               \
+        jw_put(w, __VA_ARGS__);                                                                    \
+        jw_put(w, "\"");                                                                           \
+        first = 0;                                                                                 \
+    } while (0)
+    if (l->save_embed)
+        ITEM("embed_tokens");
+    if (l->save_head)
+        ITEM("lm_head");
+    for (int k = 0; k < 2 && l->method != PEFT_METHOD_NORMS; k++) {
+        if (!(l->norms & (1u << k)))
+            continue;
+        if (all)
+            ITEM("%s", nn[k]);
+        else
+            for (int i = 0; i < n_layers; i++)
+                if (l->layer_on[i])
+                    ITEM("model.layers.%d.%s", i, nn[k]);
+    }
+    if (l->method != PEFT_METHOD_NORMS && (l->norms & PEFT_NORM_FINAL))
+        ITEM("model.norm");
+#undef ITEM
+    jw_put(w, first ? "null" : "\n  ]");
+}
+
 /* layers_to_transform: null when every layer is adapted, else the list */
 static void jw_layers(struct jw *w, const lora_state *l, int n_layers)
 {
@@ -164,7 +251,9 @@ static int write_config(const peft_model *m, const char *path, const char *base_
     jw_number(&w, l->alpha);
     jw_put(&w, ",\n  \"lora_dropout\": ");
     jw_float(&w, l->dropout);
-    jw_put(&w, ",\n  \"modules_to_save\": null,\n  \"peft_type\": \"LORA\",\n  \"r\": %d,\n", l->rank);
+    jw_put(&w, ",\n  \"modules_to_save\": ");
+    jw_modules_to_save(&w, l, m->cfg.n_layers);
+    jw_put(&w, ",\n  \"peft_type\": \"LORA\",\n  \"r\": %d,\n", l->rank);
     jw_put(&w, "  \"rank_pattern\": ");
     jw_pattern(&w, l->rank_pattern, 1);
     jw_put(&w, ",\n  \"revision\": null,\n  \"target_modules\": [");
@@ -176,7 +265,16 @@ static int write_config(const peft_model *m, const char *path, const char *base_
         }
     if (l->embed_r > 0)
         jw_put(&w, "%s\n    \"embed_tokens\"", first ? "" : ",");
-    jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\",\n  \"use_dora\": %s,\n", l->use_dora ? "true" : "false");
+    if (l->head_r > 0)
+        jw_put(&w, "%s\n    \"lm_head\"", first && l->embed_r <= 0 ? "" : ",");
+    jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\",\n");
+    if (l->n_tok > 0) { /* a list: rows of the input embeddings (and of a tied lm_head) */
+        jw_put(&w, "  \"trainable_token_indices\": [");
+        for (int i = 0; i < l->n_tok; i++)
+            jw_put(&w, "%s\n    %d", i ? "," : "", l->tok_idx[i]);
+        jw_put(&w, "\n  ],\n");
+    }
+    jw_put(&w, "  \"use_dora\": %s,\n", l->use_dora ? "true" : "false");
     jw_put(&w, "  \"use_rslora\": %s\n}", l->use_rslora ? "true" : "false");
     if (w.oom) {
         free(w.s);
@@ -745,9 +843,10 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
     }
     int ia3 = l->method == PEFT_METHOD_IA3;
     int per = ia3 ? 1 : l->use_dora ? 3 : 2;
-    size_t n_ts = (size_t)l->n_modules * (size_t)per + (l->embed_r > 0 ? 2 : 0);
+    size_t n_extra = ia3 ? 0 : extra_count(l, m->cfg.n_layers);
+    size_t n_ts = (size_t)l->n_modules * (size_t)per + (l->embed_r > 0 ? 2 : 0) + n_extra;
     st_out_tensor *ts = calloc(n_ts, sizeof *ts);
-    char *names = malloc((size_t)l->n_modules * (size_t)per * 128);
+    char *names = malloc(((size_t)l->n_modules * (size_t)per + n_extra + 1) * 128);
     char *st_path = peft__path_join(dir, "adapter_model.safetensors");
     char *cfg_path = peft__path_join(dir, "adapter_config.json");
     if (!ts || !names || !st_path || !cfg_path) {
@@ -793,6 +892,8 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
         t[1].shape[1] = l->embed_r;
         t[1].data = l->params + l->off_eb;
     }
+    if (n_extra)
+        extra_tensors(m, ts + n_ts - n_extra, names + (size_t)l->n_modules * (size_t)per * 128);
     const char *mk[] = {"format"}, *mv[] = {"pt"};
     code = st_write(st_path, ts, n_ts, mk, mv, 1);
     if (!code) {
@@ -853,11 +954,15 @@ static int targets_and_layers(const json_value *root, uint32_t *targets, int emb
                 *targets |= PEFT_TARGET_EMBED;
                 continue;
             }
+            if (embed_ok && it->type == JSON_STRING && strcmp(it->string, "lm_head") == 0) {
+                *targets |= PEFT_TARGET_LM_HEAD;
+                continue;
+            }
             int k = it->type == JSON_STRING ? kind_of(it->string) : -1;
             if (k < 0)
                 return peft__fail(PEFT_EUNSUPPORTED, "%s: target module \"%s\" is not supported yet (q_proj, k_proj, "
                                   "v_proj, o_proj, gate_proj, up_proj, down_proj%s)",
-                                  path, it->type == JSON_STRING ? it->string : "?", embed_ok ? ", embed_tokens" : "");
+                                  path, it->type == JSON_STRING ? it->string : "?", embed_ok ? ", embed_tokens, lm_head" : "");
             *targets |= 1u << k;
         }
     } else {
@@ -885,7 +990,81 @@ static int targets_and_layers(const json_value *root, uint32_t *targets, int emb
     return PEFT_OK;
 }
 
-static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, const char *path)
+/* modules_to_save of a LoRA adapter_config.json -> o->modules_to_save and o->norms; layer-wise
+   norm names must name exactly the adapted layers (layers: their "N,M" list, "" = all). */
+static int read_modules_to_save(const json_value *v, peft_lora_options *o, const char *layers, const char *path)
+{
+    static const char *const nn[2] = {"input_layernorm", "post_attention_layernorm"};
+    if (!v || v->type == JSON_NULL)
+        return PEFT_OK;
+    if (v->type != JSON_ARRAY)
+        return peft__fail(PEFT_EFORMAT, "%s: modules_to_save is not a list", path);
+    char listed[2][4096] = {"", ""};
+    for (size_t i = 0; i < v->length; i++) {
+        const char *s = v->items[i].type == JSON_STRING ? v->items[i].string : "";
+        const char *bare = !strncmp(s, "model.", 6) ? s + 6 : s;
+        long layer;
+        char *end;
+        int k = -1;
+        if (!strcmp(bare, "embed_tokens")) {
+            o->modules_to_save |= PEFT_SAVE_EMBED;
+        } else if (!strcmp(s, "lm_head")) {
+            o->modules_to_save |= PEFT_SAVE_LM_HEAD;
+        } else if (!strcmp(s, "model.norm")) {
+            o->norms |= PEFT_NORM_FINAL;
+        } else if (!strcmp(s, "norm") && !*layers) { /* PEFT matches it as a suffix: every norm */
+            o->norms |= PEFT_NORM_ALL;
+        } else if ((k = !strcmp(s, nn[0]) ? 0 : !strcmp(s, nn[1]) ? 1 : -1) >= 0 && !*layers) {
+            o->norms |= 1u << k;
+        } else if (!strncmp(s, "model.layers.", 13) && (layer = strtol(s + 13, &end, 10)) >= 0 && end != s + 13 &&
+                   *end == '.' && ((k = !strcmp(end + 1, nn[0]) ? 0 : !strcmp(end + 1, nn[1]) ? 1 : -1) >= 0)) {
+            size_t n = strlen(listed[k]);
+            snprintf(listed[k] + n, sizeof listed[k] - n, "%s%ld", n ? "," : "", layer);
+        } else {
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: modules_to_save entry \"%s\" is not supported (embed_tokens, "
+                              "lm_head, model.norm, input_layernorm and post_attention_layernorm of the adapted layers)",
+                              path, s);
+        }
+    }
+    for (int k = 0; k < 2; k++) {
+        if (!listed[k][0])
+            continue;
+        if (strcmp(listed[k], layers) != 0)
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: modules_to_save names %s of layers %s, but the adapter's "
+                              "layers are %s (norms are trained on the adapted layers)", path, nn[k], listed[k],
+                              *layers ? layers : "all");
+        o->norms |= 1u << k;
+    }
+    return PEFT_OK;
+}
+
+/* trainable_token_indices: a list of ids (the input embeddings) or {"embed_tokens": [...]};
+   *ids is malloc'ed */
+static int read_token_indices(const json_value *v, peft_lora_options *o, int32_t **ids, const char *path)
+{
+    if (!v || v->type == JSON_NULL)
+        return PEFT_OK;
+    if (v->type == JSON_OBJECT) {
+        if (v->length != 1 || (strcmp(v->keys[0], "embed_tokens") && strcmp(v->keys[0], "model.embed_tokens")))
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: trainable_token_indices is supported for embed_tokens only", path);
+        v = &v->items[0];
+    }
+    if (v->type != JSON_ARRAY || v->length == 0 || v->length > (1u << 24))
+        return peft__fail(PEFT_EFORMAT, "%s: trainable_token_indices must be a non-empty list of token ids", path);
+    if (!(*ids = malloc(v->length * sizeof **ids)))
+        return peft__fail(PEFT_ENOMEM, "out of memory");
+    for (size_t i = 0; i < v->length; i++) {
+        const json_value *it = &v->items[i];
+        if (it->type != JSON_NUMBER || !it->is_integer || it->number < 0 || it->number > 2147483647.0)
+            return peft__fail(PEFT_EFORMAT, "%s: bad entry in trainable_token_indices", path);
+        (*ids)[i] = (int32_t)it->number;
+    }
+    o->token_indices = *ids;
+    o->n_token_indices = (int32_t)v->length;
+    return PEFT_OK;
+}
+
+static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, int32_t **tok, const char *path)
 {
     char *text;
     size_t len;
@@ -931,9 +1110,6 @@ static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, co
     v = json_get(root, "bias");
     if (v && v->type == JSON_STRING && strcmp(v->string, "none") != 0)
         FAIL(PEFT_EUNSUPPORTED, "%s: bias \"%s\" is not supported yet", path, v->string);
-    v = json_get(root, "modules_to_save");
-    if (v && v->type == JSON_ARRAY && v->length > 0)
-        FAIL(PEFT_EUNSUPPORTED, "%s: modules_to_save is not supported yet", path);
     if ((code = pattern_from_json(json_get(root, "rank_pattern"), layers + layers_cap / 2, layers_cap / 4,
                                   "rank_pattern", path)) ||
         (code = pattern_from_json(json_get(root, "alpha_pattern"), layers + layers_cap / 2 + layers_cap / 4,
@@ -947,7 +1123,9 @@ static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, co
     v = json_get(root, "init_lora_weights");
     o->init = v && v->type == JSON_STRING && strcmp(v->string, "gaussian") == 0 ? PEFT_INIT_GAUSSIAN
                                                                                 : PEFT_INIT_KAIMING;
-    if ((code = targets_and_layers(root, &o->targets, 1, layers, layers_cap / 2, path)))
+    if ((code = targets_and_layers(root, &o->targets, 1, layers, layers_cap / 2, path)) ||
+        (code = read_modules_to_save(json_get(root, "modules_to_save"), o, layers, path)) ||
+        (code = read_token_indices(json_get(root, "trainable_token_indices"), o, tok, path)))
         goto done;
     o->layers = layers[0] ? layers : NULL;
 #undef FAIL
@@ -1082,7 +1260,7 @@ static int load_ia3(peft_model *m, const char *dir, const json_value *root, cons
 static int same_layout(const lora_state *a, const lora_state *b)
 {
     if (a->n_modules != b->n_modules || a->use_dora != b->use_dora || a->method != b->method ||
-        a->embed_r != b->embed_r)
+        a->embed_r != b->embed_r || a->n_params != b->n_params)
         return 0;
     for (int i = 0; i < a->n_modules; i++) {
         const lora_module *x = &a->mods[i], *y = &b->mods[i];
@@ -1104,6 +1282,10 @@ int peft_load_adapter(peft_model *m, const char *dir)
     int code = PEFT_OK;
     lora_state *saved = m->lora;
     int attached_here = 0;
+    int32_t *tok_ids = NULL;
+    st_out_tensor *extra = NULL;
+    char *extra_names = NULL;
+    size_t n_extra = 0;
     if (!cfg_path || !st_path) {
         code = peft__fail(PEFT_ENOMEM, "out of memory");
         goto done;
@@ -1144,7 +1326,7 @@ int peft_load_adapter(peft_model *m, const char *dir)
     }
     peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
     char layers[32768]; /* layers spec | rank_pattern | alpha_pattern */
-    if ((code = read_config(&o, layers, sizeof layers, cfg_path)))
+    if ((code = read_config(&o, layers, sizeof layers, &tok_ids, cfg_path)))
         goto done;
     if ((code = st_open(&f, st_path)))
         goto done;
@@ -1213,9 +1395,33 @@ int peft_load_adapter(peft_model *m, const char *dir)
                 goto done;
         }
     }
-    if (f->n_tensors != (size_t)l->n_modules * (size_t)per + (l->embed_r > 0 ? 2 : 0)) {
+    n_extra = extra_count(l, m->cfg.n_layers);
+    if (!(extra = calloc(n_extra + 1, sizeof *extra)) || !(extra_names = malloc((n_extra + 1) * 128))) {
+        code = peft__fail(PEFT_ENOMEM, "out of memory");
+        goto done;
+    }
+    extra_tensors(m, extra, extra_names);
+    for (size_t i = 0; i < n_extra; i++) {
+        const st_tensor *t = st_find(f, extra[i].name);
+        int64_t d1 = extra[i].n_dims > 1 ? extra[i].shape[1] : 1;
+        if (!t) {
+            code = peft__fail(PEFT_ENOTFOUND, "%s: tensor '%s' is missing", st_path, extra[i].name);
+            goto done;
+        }
+        if (t->n_dims != extra[i].n_dims || t->shape[0] != extra[i].shape[0] || (t->n_dims > 1 && t->shape[1] != d1)) {
+            code = peft__fail(PEFT_ESHAPE, "%s: tensor '%s' must have shape [%lld%s%lld]", st_path, extra[i].name,
+                              (long long)extra[i].shape[0], extra[i].n_dims > 1 ? ", " : "",
+                              extra[i].n_dims > 1 ? (long long)d1 : 0LL);
+            goto done;
+        }
+        if ((code = st_read_f32(f, t, (float *)extra[i].data, (uint64_t)(extra[i].shape[0] * d1))))
+            goto done;
+    }
+    if (f->n_tensors != (size_t)l->n_modules * (size_t)per + (l->embed_r > 0 ? 2 : 0) + n_extra) {
         for (size_t i = 0; i < f->n_tensors; i++) {
             int ok = l->embed_r > 0 && (!strcmp(f->tensors[i].name, EMBED_A_KEY) || !strcmp(f->tensors[i].name, EMBED_B_KEY));
+            for (size_t j = 0; j < n_extra && !ok; j++)
+                ok = !strcmp(f->tensors[i].name, extra[j].name);
             for (int j = 0; j < l->n_modules && !ok; j++)
                 for (int b = 0; b < per && !ok; b++) {
                     char key[160];
@@ -1244,5 +1450,8 @@ done:
     st_close(f);
     free(cfg_path);
     free(st_path);
+    free(tok_ids);
+    free(extra);
+    free(extra_names);
     return code;
 }

@@ -101,6 +101,25 @@ static const lora_state *embed_adapter(const peft_model *m)
     return l && l->embed_r > 0 && !m->adapter_off && !m->merged ? l : NULL;
 }
 
+/* The attachment when what it trains beyond the linear modules (token rows, full copies, norms,
+   lm_head LoRA) is in effect: adapter on, merged or not. */
+static const lora_state *extras_of(const peft_model *m)
+{
+    return m->lora && !m->adapter_off ? m->lora : NULL;
+}
+
+/* The row of token t of the input embeddings in effect, before the embedding adapter. */
+static const float *embed_row(const peft_model *m, int32_t t)
+{
+    const lora_state *x = extras_of(m);
+    size_t D = (size_t)m->cfg.dim;
+    if (x && x->n_tok > 0 && x->tok_slot[t] >= 0)
+        return x->params + x->off_tok + (size_t)x->tok_slot[t] * D;
+    if (x && x->save_embed)
+        return x->params + x->off_se + (size_t)t * D;
+    return m->embed + (size_t)t * D;
+}
+
 /* x[i] = E[tok_i] + s B A[:, tok_i] (PEFT: embedding(x, A^T) @ B^T * scaling) */
 void peft__embed_tokens(peft_model *m, float *x, const int32_t *tokens, int64_t n)
 {
@@ -108,7 +127,7 @@ void peft__embed_tokens(peft_model *m, float *x, const int32_t *tokens, int64_t 
     const lora_state *l = embed_adapter(m);
     for (int64_t i = 0; i < n; i++) {
         float *xi = x + i * D;
-        memcpy(xi, m->embed + (int64_t)tokens[i] * D, (size_t)D * sizeof(float));
+        memcpy(xi, embed_row(m, tokens[i]), (size_t)D * sizeof(float));
         if (!l)
             continue;
         int r = l->embed_r;
@@ -129,7 +148,9 @@ void peft__embed_tokens(peft_model *m, float *x, const int32_t *tokens, int64_t 
     }
 }
 
-/* dx (n, dim) = d(loss)/d(embedding output): dA[:, tok_i] += s B^T dx_i, dB += s dx_i A[:, tok_i]^T */
+/* dx (n, dim) = d(loss)/d(embedding output): into the gradients of the embedding adapter
+   (dA[:, tok_i] += s B^T dx_i, dB += s dx_i A[:, tok_i]^T), of the trained token rows and of
+   a trained copy of the embeddings */
 static void embed_backward(peft_model *m, const float *dx, const int32_t *tokens, int64_t n)
 {
     lora_state *l = m->lora;
@@ -139,6 +160,12 @@ static void embed_backward(peft_model *m, const float *dx, const int32_t *tokens
     for (int64_t i = 0; i < n; i++) {
         const float *g = dx + i * D;
         int32_t t = tokens[i];
+        float *drow = l->n_tok > 0 && l->tok_slot[t] >= 0 ? l->grads + l->off_tok + (size_t)l->tok_slot[t] * D
+                      : l->save_embed                     ? l->grads + l->off_se + (size_t)t * D
+                                                          : NULL;
+        if (drow)
+            for (int d = 0; d < D; d++)
+                drow[d] += g[d];
         for (int k = 0; k < r; k++) {
             float acc = 0, ak = s * A[(int64_t)k * V + t];
             for (int d = 0; d < D; d++)
@@ -151,10 +178,129 @@ static void embed_backward(peft_model *m, const float *dx, const int32_t *tokens
     }
 }
 
+/* The lm_head matrix in effect before trained token rows and the lm_head adapter. */
+static const float *head_matrix(const peft_model *m)
+{
+    const lora_state *x = extras_of(m);
+    return x && x->save_head ? x->params + x->off_sh : m->lm_head;
+}
+
+/* Tied token rows that replace rows of lm_head: the attachment, or NULL. */
+static const lora_state *tied_rows(const peft_model *m)
+{
+    const lora_state *x = extras_of(m);
+    return x && x->n_tok > 0 && m->cfg.tied && !x->save_head ? x : NULL;
+}
+
+/* The lm_head LoRA intermediates for `rows` rows, and as much again for their gradient; NULL
+   when out of memory. */
+static float *head_scratch(lora_state *l, int64_t rows)
+{
+    size_t need = 2 * (size_t)rows * (size_t)l->head_r;
+    if (need > l->head_u_cap) {
+        peft__free(l->head_u);
+        l->head_u_cap = 0;
+        if (!(l->head_u = peft__alloc_floats(need)))
+            return NULL;
+        l->head_u_cap = need;
+    }
+    return l->head_u;
+}
+
+int peft__head_logits(peft_model *m, const float *x, int64_t rows, float *logits)
+{
+    const peft_config *c = &m->cfg;
+    int D = c->dim, V = c->vocab;
+    peft__gemm(m, 0, 1, rows, V, D, 1.0f, x, D, head_matrix(m), D, 0.0f, logits, V);
+    const lora_state *t = tied_rows(m);
+    for (int j = 0; t && j < t->n_tok; j++) { /* PEFT ties the token rows to lm_head */
+        const float *w = t->params + t->off_tok + (size_t)j * D;
+        for (int64_t r = 0; r < rows; r++) {
+            float acc = 0;
+            for (int d = 0; d < D; d++)
+                acc += x[r * D + d] * w[d];
+            logits[r * V + t->tok_idx[j]] = acc;
+        }
+    }
+    lora_state *l = m->lora;
+    if (extras_of(m) && l->head_r > 0) { /* + s (x A^T) B^T */
+        float *u = head_scratch(l, rows);
+        if (!u)
+            return peft__fail(PEFT_ENOMEM, "lm_head adapter: out of memory");
+        peft__gemm(m, 0, 1, rows, l->head_r, D, 1.0f, x, D, l->params + l->off_ha, D, 0.0f, u, l->head_r);
+        peft__gemm(m, 0, 1, rows, V, l->head_r, l->head_scale, u, l->head_r, l->params + l->off_hb, l->head_r, 1.0f,
+                   logits, V);
+    }
+    return PEFT_OK;
+}
+
+void peft__effective_embed(peft_model *m, float *dst)
+{
+    const peft_config *c = &m->cfg;
+    size_t D = (size_t)c->dim;
+    for (int t = 0; t < c->vocab; t++)
+        memcpy(dst + (size_t)t * D, embed_row(m, t), D * sizeof *dst);
+    const lora_state *l = embed_adapter(m);
+    if (l)
+        peft__gemm(m, 1, 1, c->vocab, c->dim, l->embed_r, l->embed_scale, l->params + l->off_ea, c->vocab,
+                   l->params + l->off_eb, l->embed_r, 1.0f, dst, c->dim);
+}
+
+int peft__effective_head(peft_model *m, float *dst)
+{
+    const peft_config *c = &m->cfg;
+    size_t D = (size_t)c->dim;
+    memcpy(dst, head_matrix(m), (size_t)c->vocab * D * sizeof *dst);
+    const lora_state *t = tied_rows(m);
+    for (int j = 0; t && j < t->n_tok; j++)
+        memcpy(dst + (size_t)t->tok_idx[j] * D, t->params + t->off_tok + (size_t)j * D, D * sizeof *dst);
+    const lora_state *l = extras_of(m);
+    if (l && l->head_r > 0) /* + s B A */
+        peft__gemm(m, 0, 0, c->vocab, c->dim, l->head_r, l->head_scale, l->params + l->off_hb, l->head_r,
+                   l->params + l->off_ha, c->dim, 1.0f, dst, c->dim);
+    return l && (l->head_r > 0 || l->save_head || t);
+}
+
+/* Backward of peft__head_logits for one chunk: dlogits (rows, V) -> dx (rows, D) and the
+   gradients of what the attachment trains there (u: the chunk's x A^T, still in head_u). */
+static void head_backward(peft_model *m, const float *x, int64_t rows, const float *dlogits, float *dx)
+{
+    const peft_config *c = &m->cfg;
+    int D = c->dim, V = c->vocab;
+    const float *H = head_matrix(m);
+    peft__gemm(m, 0, 0, rows, D, V, 1.0f, dlogits, V, H, D, 0.0f, dx, D);
+    lora_state *l = m->lora;
+    if (l->save_head) /* dW += dlogits^T x */
+        peft__gemm(m, 1, 0, V, D, rows, 1.0f, dlogits, V, x, D, 1.0f, l->grads + l->off_sh, D);
+    const lora_state *t = tied_rows(m);
+    for (int j = 0; t && j < t->n_tok; j++) { /* the replaced rows: their own gradient, and dx uses them */
+        int32_t id = t->tok_idx[j];
+        const float *w = t->params + t->off_tok + (size_t)j * D, *h = H + (size_t)id * D;
+        float *dw = l->grads + l->off_tok + (size_t)j * D;
+        for (int64_t r = 0; r < rows; r++) {
+            float g = dlogits[r * V + id];
+            if (g == 0.0f)
+                continue;
+            for (int d = 0; d < D; d++) {
+                dw[d] += g * x[r * D + d];
+                dx[r * D + d] += g * (w[d] - h[d]);
+            }
+        }
+    }
+    if (l->head_r > 0) {
+        int r = l->head_r;
+        float s = l->head_scale, *du = l->head_u + (size_t)rows * (size_t)r;
+        peft__gemm(m, 1, 0, V, r, rows, s, dlogits, V, l->head_u, r, 1.0f, l->grads + l->off_hb, r);
+        peft__gemm(m, 0, 0, rows, r, V, s, dlogits, V, l->params + l->off_hb, r, 0.0f, du, r);
+        peft__gemm(m, 1, 0, r, D, rows, 1.0f, du, r, x, D, 1.0f, l->grads + l->off_ha, D);
+        peft__gemm(m, 0, 0, rows, D, r, 1.0f, du, r, l->params + l->off_ha, D, 1.0f, dx, D);
+    }
+}
+
 static int64_t norm_index(const peft_model *m, int layer, int which)
 {
-    const lora_state *l = m->lora;
-    if (!l || l->method != PEFT_METHOD_NORMS || m->adapter_off)
+    const lora_state *l = extras_of(m);
+    if (!l || !l->norm_off)
         return -1;
     return l->norm_off[which == 2 ? 2 * m->cfg.n_layers : 2 * layer + which];
 }
@@ -391,12 +537,13 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
     int64_t chunk = peft__xent_chunk(N, V);
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
         int64_t rows = N - r0 < chunk ? N - r0 : chunk;
-        peft__gemm(m, 0, 1, rows, V, D, 1.0f, ws->xnf + r0 * D, D, m->lm_head, D, 0.0f, ws->logits, V);
+        if ((code = peft__head_logits(m, ws->xnf + r0 * D, rows, ws->logits)))
+            return code;
         xa.row_loss = ws->row_loss + r0;
         xa.labels = ws->labels + r0;
         peft__pool_for(m->pool, (int32_t)rows, xent_task, &xa);
         if (train)
-            peft__gemm(m, 0, 0, rows, D, V, 1.0f, ws->logits, V, m->lm_head, D, 0.0f, ws->dxn + r0 * D, D);
+            head_backward(m, ws->xnf + r0 * D, rows, ws->logits, ws->dxn + r0 * D);
     }
     for (int64_t i = 0; i < N; i++)
         sum += ws->row_loss[i];
@@ -423,7 +570,7 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
                 ready_hi = hi;
         }
     }
-    if (m->lora->embed_r > 0) /* ws->dx: d(loss)/d(layer 0 input) */
+    if (m->lora->lowest_layer < 0) /* ws->dx: d(loss)/d(layer 0 input) */
         embed_backward(m, ws->dx, batch->tokens, N);
     if (m->grad_ready) { /* the rest: below the lowest layer reported, above the top one */
         if (ready_hi == 0)

@@ -173,8 +173,7 @@ int peft_session_feed(peft_session *s, const int32_t *tokens, int32_t n, float *
             return peft__fail(PEFT_ESTATE, "peft_session_feed: no position to predict from");
         float rstd;
         rmsnorm_forward(NULL, s->xn, &rstd, s->x, peft__norm_weight(m, 0, 2), 1, m->cfg.dim, m->cfg.eps);
-        peft__gemm(m, 0, 1, 1, m->cfg.vocab, m->cfg.dim, 1.0f, s->xn, m->cfg.dim, m->lm_head, m->cfg.dim, 0.0f,
-                   logits, m->cfg.vocab);
+        return peft__head_logits(m, s->xn, 1, logits);
     }
     return PEFT_OK;
 }

@@ -59,7 +59,7 @@ int peft__grad_layer_range(const lora_state *l, int n_layers, int layer, size_t 
     if (first < 0)
         return 0;
     *lo = l->mods[first].off_a;
-    *hi = next >= 0 ? l->mods[next].off_a : (l->embed_r > 0 ? l->off_ea : l->n_params);
+    *hi = next >= 0 ? l->mods[next].off_a : l->mods_end;
     return 1;
 }
 
@@ -144,6 +144,9 @@ void peft__lora_free(lora_state *l)
     free(l->rank_pattern);
     free(l->alpha_pattern);
     free(l->norm_off);
+    free(l->tok_idx);
+    free(l->tok_slot);
+    peft__free(l->head_u);
     peft__free(l->vera_A);
     peft__free(l->vera_B);
     peft__free(l->vera_beff);
@@ -215,10 +218,39 @@ static int check_options(const peft_model *m, const peft_lora_options *o)
         return peft__fail(PEFT_EINVAL, "LoRA: NULL argument");
     if (o->version == 0 || o->version > PEFT_LORA_OPTIONS_VERSION)
         return peft__fail(PEFT_EINVAL, "LoRA: unknown options version %u", o->version);
-    if (o->targets == 0 || (o->targets & ~(uint32_t)(PEFT_TARGET_ALL_LINEAR | PEFT_TARGET_EMBED)))
+    uint32_t known = PEFT_TARGET_ALL_LINEAR | PEFT_TARGET_EMBED | (o->version >= 4 ? PEFT_TARGET_LM_HEAD : 0);
+    if (o->targets == 0 || (o->targets & ~known))
         return peft__fail(PEFT_EINVAL, "LoRA: targets must be a non-empty set of PEFT_TARGET_* bits");
-    if ((o->targets & PEFT_TARGET_EMBED) && o->version >= 2 && o->use_dora)
-        return peft__fail(PEFT_EUNSUPPORTED, "DoRA on the embeddings is not supported (LoRA only)");
+    if ((o->targets & (PEFT_TARGET_EMBED | PEFT_TARGET_LM_HEAD)) && o->version >= 2 && o->use_dora)
+        return peft__fail(PEFT_EUNSUPPORTED, "DoRA on the embeddings or lm_head is not supported (LoRA only)");
+    if (o->version >= 4) {
+        if (o->modules_to_save & ~(uint32_t)(PEFT_SAVE_EMBED | PEFT_SAVE_LM_HEAD))
+            return peft__fail(PEFT_EINVAL, "LoRA: modules_to_save must be PEFT_SAVE_* bits");
+        if (o->norms & ~(uint32_t)PEFT_NORM_ALL)
+            return peft__fail(PEFT_EINVAL, "LoRA: norms must be PEFT_NORM_* bits");
+        if (o->n_token_indices < 0 || (o->n_token_indices > 0 && !o->token_indices))
+            return peft__fail(PEFT_EINVAL, "LoRA: token_indices is NULL or n_token_indices negative");
+        if ((o->targets & PEFT_TARGET_EMBED) && (o->modules_to_save & PEFT_SAVE_EMBED))
+            return peft__fail(PEFT_EINVAL, "LoRA: the embeddings are either adapted (PEFT_TARGET_EMBED) or trained in "
+                                           "full (PEFT_SAVE_EMBED), not both");
+        if ((o->targets & PEFT_TARGET_LM_HEAD) && (o->modules_to_save & PEFT_SAVE_LM_HEAD))
+            return peft__fail(PEFT_EINVAL, "LoRA: lm_head is either adapted (PEFT_TARGET_LM_HEAD) or trained in full "
+                                           "(PEFT_SAVE_LM_HEAD), not both");
+        if (o->n_token_indices > 0 && ((o->targets & PEFT_TARGET_EMBED) || (o->modules_to_save & PEFT_SAVE_EMBED)))
+            return peft__fail(PEFT_EINVAL, "LoRA: trainable token rows cannot be combined with LoRA on the embeddings "
+                                           "or training them in full (PEFT refuses it too)");
+        if (o->n_token_indices > m->cfg.vocab)
+            return peft__fail(PEFT_EINVAL, "LoRA: more token indices (%d) than tokens (%d)", o->n_token_indices,
+                              m->cfg.vocab);
+        for (int32_t i = 0; i < o->n_token_indices; i++)
+            if (o->token_indices[i] < 0 || o->token_indices[i] >= m->cfg.vocab)
+                return peft__fail(PEFT_EINVAL, "LoRA: token index %d is outside the vocabulary (0..%d)",
+                                  o->token_indices[i], m->cfg.vocab - 1);
+        int extras = o->modules_to_save || o->norms || o->n_token_indices > 0 || (o->targets & PEFT_TARGET_LM_HEAD);
+        if (extras && o->variant != PEFT_VARIANT_LORA)
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: lm_head, modules_to_save, norms and token rows go with LoRA "
+                                                 "or DoRA only", o->variant == PEFT_VARIANT_LOHA ? "LoHa" : "LoKr");
+    }
     if (o->version >= 3 && o->variant != PEFT_VARIANT_LORA && o->variant != PEFT_VARIANT_LOHA &&
         o->variant != PEFT_VARIANT_LOKR)
         return peft__fail(PEFT_EINVAL, "LoRA: unknown variant %d", o->variant);
@@ -288,6 +320,70 @@ static int install(peft_model *m, lora_state *l, uint64_t *n_trainable)
     m->dropout_calls = 0;
     if (n_trainable)
         *n_trainable = l->n_params;
+    return PEFT_OK;
+}
+
+/* Layout of what LoRA trains beyond the linear modules and the embedding adapter (version 4
+   options): lm_head LoRA, token rows, full copies, norms; *off advances. */
+static int build_extras(lora_state *l, const peft_config *c, const peft_lora_options *o, size_t *off)
+{
+    if (o->targets & PEFT_TARGET_LM_HEAD) {
+        l->head_r = (int)pattern_value(l->rank_pattern, "lm_head", o->rank);
+        l->head_alpha = (float)pattern_value(l->alpha_pattern, "lm_head", o->alpha);
+        l->head_scale = l->use_rslora ? l->head_alpha / sqrtf((float)l->head_r) : l->head_alpha / (float)l->head_r;
+        l->off_ha = *off;
+        *off += (size_t)l->head_r * (size_t)c->dim;
+        l->off_hb = *off;
+        *off += (size_t)c->vocab * (size_t)l->head_r;
+    }
+    if (o->n_token_indices > 0) {
+        l->n_tok = o->n_token_indices;
+        if (!(l->tok_idx = malloc((size_t)l->n_tok * sizeof *l->tok_idx)) ||
+            !(l->tok_slot = malloc((size_t)c->vocab * sizeof *l->tok_slot)))
+            return peft__fail(PEFT_ENOMEM, "LoRA: out of memory");
+        for (int i = 0; i < c->vocab; i++)
+            l->tok_slot[i] = -1;
+        for (int i = 0; i < l->n_tok; i++) {
+            int32_t t = o->token_indices[i];
+            if (l->tok_slot[t] >= 0)
+                return peft__fail(PEFT_EINVAL, "LoRA: token index %d is listed twice", t);
+            l->tok_slot[t] = i;
+            l->tok_idx[i] = t;
+        }
+        l->off_tok = *off;
+        *off += (size_t)l->n_tok * (size_t)c->dim;
+    }
+    l->save_embed = (o->modules_to_save & PEFT_SAVE_EMBED) != 0;
+    l->save_head = (o->modules_to_save & PEFT_SAVE_LM_HEAD) != 0;
+    if (l->save_embed) {
+        l->off_se = *off;
+        *off += (size_t)c->vocab * (size_t)c->dim;
+    }
+    if (l->save_head) {
+        l->off_sh = *off;
+        *off += (size_t)c->vocab * (size_t)c->dim;
+    }
+    if (l->save_embed || l->n_tok > 0)
+        l->lowest_layer = -1;
+    l->off_norms = *off;
+    l->norms = o->norms;
+    if (o->norms) {
+        if (!(l->norm_off = malloc(((size_t)c->n_layers * 2 + 1) * sizeof *l->norm_off)))
+            return peft__fail(PEFT_ENOMEM, "LoRA: out of memory");
+        for (int layer = 0; layer < c->n_layers; layer++)
+            for (int w = 0; w < 2; w++) {
+                int on = l->layer_on[layer] && (o->norms & (1u << w));
+                l->norm_off[2 * layer + w] = on ? (int64_t)*off : -1;
+                if (on) {
+                    *off += (size_t)c->dim;
+                    if (layer < l->lowest_layer)
+                        l->lowest_layer = layer;
+                }
+            }
+        l->norm_off[2 * c->n_layers] = (o->norms & PEFT_NORM_FINAL) ? (int64_t)*off : -1;
+        if (o->norms & PEFT_NORM_FINAL)
+            *off += (size_t)c->dim;
+    }
     return PEFT_OK;
 }
 
@@ -364,6 +460,7 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
                 l->lowest_layer = layer;
         }
     }
+    l->mods_end = off;
     if (o->targets & PEFT_TARGET_EMBED) {
         for (int layer = 0; layer < c->n_layers; layer++)
             if (!l->layer_on[layer]) {
@@ -379,6 +476,11 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
         l->off_eb = off;
         off += (size_t)c->dim * (size_t)l->embed_r;
         l->lowest_layer = -1;
+    }
+    l->off_norms = off;
+    if (o->version >= 4 && (code = build_extras(l, c, o, &off))) {
+        peft__lora_free(l);
+        return code;
     }
     l->n_params = off;
     if (allocate) {
@@ -474,6 +576,41 @@ static void init_embed(lora_state *l, const peft_model *m)
         b[j] = (float)peft__rng_normal(&rng);
 }
 
+/* The base RMSNorm weight of norm_off index i (2 layer + which, or 2 n_layers: the final norm). */
+static const float *base_norm(const peft_model *m, int i)
+{
+    int L = m->cfg.n_layers;
+    return i == 2 * L ? m->final_norm : i % 2 == 0 ? m->layers[i / 2].attn_norm : m->layers[i / 2].ffn_norm;
+}
+
+/* What LoRA trains beyond the linear modules starts as the base model: lm_head LoRA as a linear
+   module (A kaiming-uniform from its own stream, B = 0), token rows and full copies from the
+   base matrices, norms from the base norms. */
+static void init_extras(lora_state *l, const peft_model *m)
+{
+    const peft_config *c = &m->cfg;
+    size_t D = (size_t)c->dim;
+    if (l->head_r > 0) {
+        peft_rng rng;
+        peft__rng_seed(&rng, l->seed ^ peft__hash64(0x6c6d5f68656164ull)); /* "lm_head" */
+        float *a = l->params + l->off_ha;
+        double sd = 1.0 / l->head_r, bound = 1.0 / sqrt((double)D);
+        for (size_t j = 0; j < (size_t)l->head_r * D; j++)
+            a[j] = l->init == PEFT_INIT_GAUSSIAN ? (float)(sd * peft__rng_normal(&rng))
+                                                 : (float)((2.0 * peft__rng_uniform(&rng) - 1.0) * bound);
+        memset(l->params + l->off_hb, 0, (size_t)c->vocab * (size_t)l->head_r * sizeof(float));
+    }
+    for (int i = 0; i < l->n_tok; i++)
+        memcpy(l->params + l->off_tok + (size_t)i * D, m->embed + (size_t)l->tok_idx[i] * D, D * sizeof(float));
+    if (l->save_embed)
+        memcpy(l->params + l->off_se, m->embed, (size_t)c->vocab * D * sizeof(float));
+    if (l->save_head)
+        memcpy(l->params + l->off_sh, m->lm_head, (size_t)c->vocab * D * sizeof(float));
+    for (int i = 0; l->norm_off && i <= 2 * c->n_layers; i++)
+        if (l->norm_off[i] >= 0)
+            memcpy(l->params + l->norm_off[i], base_norm(m, i), D * sizeof(float));
+}
+
 /* IA3: one vector per target module, of its input size (feedforward) or output size. */
 static int build_ia3(lora_state **out, const peft_model *m, const peft_ia3_options *o, int allocate)
 {
@@ -512,7 +649,7 @@ static int build_ia3(lora_state **out, const peft_model *m, const peft_ia3_optio
             if (layer < l->lowest_layer)
                 l->lowest_layer = layer;
         }
-    l->n_params = off;
+    l->n_params = l->mods_end = l->off_norms = off;
     if (allocate) {
         if ((code = alloc_blocks(l, off, "IA3"))) {
             peft__lora_free(l);
@@ -576,7 +713,7 @@ static int build_vera(lora_state **out, const peft_model *m, const peft_vera_opt
             if (layer < l->lowest_layer)
                 l->lowest_layer = layer;
         }
-    l->n_params = off;
+    l->n_params = l->mods_end = l->off_norms = off;
     if (allocate) {
         size_t r = (size_t)o->rank;
         l->vera_A = peft__alloc_floats(r * (size_t)l->vera_in);
@@ -702,18 +839,7 @@ static int build_norms(lora_state **out, const peft_model *m, const peft_norms_o
             peft__lora_free(l);
             return code;
         }
-        /* start from the base model's weights */
-        for (int layer = 0; layer <= c->n_layers; layer++)
-            for (int w = 0; w < 2; w++) {
-                if (layer == c->n_layers && w == 1)
-                    break;
-                int64_t o2 = l->norm_off[layer == c->n_layers ? 2 * layer : 2 * layer + w];
-                const float *src = layer == c->n_layers ? m->final_norm
-                                   : w == 0             ? m->layers[layer].attn_norm
-                                                        : m->layers[layer].ffn_norm;
-                if (o2 >= 0)
-                    memcpy(l->params + o2, src, (size_t)c->dim * sizeof(float));
-            }
+        init_extras(l, m); /* the norms start from the base model's weights */
     }
     *out = l;
     return PEFT_OK;
@@ -766,6 +892,7 @@ int peft_attach_lora(peft_model *m, const peft_lora_options *o, uint64_t *n_trai
         return code;
     init_params(l, m);
     init_embed(l, m);
+    init_extras(l, m);
     return install(m, l, n_trainable);
 }
 

@@ -141,16 +141,52 @@ int peft_unmerge_adapter(peft_model *m)
     return PEFT_OK;
 }
 
+/* config.json text with "tie_word_embeddings" set to false (replaced, or inserted first) */
+static int untie_config(char **text, size_t *len)
+{
+    const char *key = "\"tie_word_embeddings\"";
+    char *k = strstr(*text, key), *out;
+    if (k) {
+        char *v = k + strlen(key);
+        while (*v == ' ' || *v == ':' || *v == '\t' || *v == '\n' || *v == '\r')
+            v++;
+        if (!strncmp(v, "false", 5))
+            return PEFT_OK;
+        size_t vl = !strncmp(v, "true", 4) ? 4 : 0;
+        if (!vl)
+            return peft__fail(PEFT_EFORMAT, "config.json: tie_word_embeddings is not a boolean");
+        if (!(out = malloc(*len + 2)))
+            return peft__fail(PEFT_ENOMEM, "out of memory");
+        size_t pre = (size_t)(v - *text);
+        memcpy(out, *text, pre);
+        memcpy(out + pre, "false", 5);
+        memcpy(out + pre + 5, v + vl, *len - pre - vl);
+        *len += 1;
+    } else {
+        char *brace = strchr(*text, '{');
+        if (!brace)
+            return peft__fail(PEFT_EFORMAT, "config.json: not a JSON object");
+        const char *ins = "\n  \"tie_word_embeddings\": false,";
+        size_t pre = (size_t)(brace + 1 - *text), il = strlen(ins);
+        if (!(out = malloc(*len + il + 1)))
+            return peft__fail(PEFT_ENOMEM, "out of memory");
+        memcpy(out, *text, pre);
+        memcpy(out + pre, ins, il);
+        memcpy(out + pre + il, brace + 1, *len - pre);
+        *len += il;
+    }
+    free(*text);
+    *text = out;
+    return PEFT_OK;
+}
+
 int peft_save_merged(peft_model *m, const char *dir)
 {
     if (!m || !dir)
         return peft__fail(PEFT_EINVAL, "peft_save_merged: NULL argument");
     const peft_config *c = &m->cfg;
-    int embed_lora = m->lora && m->lora->embed_r > 0 && !m->adapter_off;
-    if (embed_lora && c->tied)
-        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: the model ties lm_head to the embeddings; merging "
-                                             "the embedding adapter would change lm_head too");
-    int n_t = 2 + (m->lm_head != m->embed) + c->n_layers * 9, k = 0, code;
+    int n_t = 3 + c->n_layers * 9, k = 0, code, untie = 0;
+    size_t VD = (size_t)c->vocab * (size_t)c->dim;
     st_out_tensor *ts = calloc((size_t)n_t, sizeof *ts);
     char *names = calloc((size_t)n_t, 96);
     float **tmp = calloc((size_t)n_t, sizeof *tmp);
@@ -170,20 +206,19 @@ int peft_save_merged(peft_model *m, const char *dir)
         ts[k].data = (ptr);                                                                        \
         k++;                                                                                       \
     } while (0)
-    if (embed_lora && !m->merged) {
-        tmp[k] = peft__alloc_floats((size_t)c->vocab * (size_t)c->dim);
-        if (!tmp[k]) {
-            code = peft__fail(PEFT_ENOMEM, "peft_save_merged: out of memory");
-            goto done;
-        }
-        merged_embed(m, tmp[k], m->embed);
-        ADD("model.embed_tokens.weight", c->vocab, c->dim, tmp[k]);
-    } else {
-        ADD("model.embed_tokens.weight", c->vocab, c->dim, m->embed);
+    /* the embeddings and lm_head in effect; a tied lm_head that no longer equals the
+       embeddings (the adapter changed one of them only, as PEFT does) is written untied */
+    if (!(tmp[0] = peft__alloc_floats(VD)) || !(tmp[1] = peft__alloc_floats(VD))) {
+        code = peft__fail(PEFT_ENOMEM, "peft_save_merged: out of memory");
+        goto done;
     }
+    peft__effective_embed(m, tmp[0]);
+    peft__effective_head(m, tmp[1]);
+    ADD("model.embed_tokens.weight", c->vocab, c->dim, tmp[0]);
     ADD("model.norm.weight", c->dim, 0, peft__norm_weight(m, 0, 2));
-    if (m->lm_head != m->embed)
-        ADD("lm_head.weight", c->vocab, c->dim, m->lm_head);
+    untie = c->tied && memcmp(tmp[0], tmp[1], VD * sizeof(float)) != 0;
+    if (!c->tied || untie)
+        ADD("lm_head.weight", c->vocab, c->dim, tmp[1]);
     for (int l = 0; l < c->n_layers; l++) {
         char nm[96];
         const peft_layer_weights *w = &m->layers[l];
@@ -217,7 +252,8 @@ int peft_save_merged(peft_model *m, const char *dir)
         }
     }
 #undef ADD
-    if ((code = peft__read_file(&text, &len, src_cfg, 16u << 20)) || (code = peft__mkdirs(dir)))
+    if ((code = peft__read_file(&text, &len, src_cfg, 16u << 20)) || (untie && (code = untie_config(&text, &len))) ||
+        (code = peft__mkdirs(dir)))
         goto done;
     dst_cfg = peft__path_join(dir, "config.json");
     dst_st = peft__path_join(dir, "model.safetensors");

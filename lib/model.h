@@ -75,8 +75,26 @@ typedef struct lora_state {
     int embed_r;        /* LoRA on the token embeddings: rank (0: none), A (r, vocab) at off_ea, */
     float embed_alpha, embed_scale; /* B (dim, r) at off_eb */
     size_t off_ea, off_eb;
-    int64_t *norm_off;  /* NORMS: (n_layers * 2 + 1) offsets of tuned RMSNorm weights or -1
-                           (input_layernorm, post_attention_layernorm per layer, then the final norm) */
+    int64_t *norm_off;  /* NORMS, or LoRA's norms option: (n_layers * 2 + 1) offsets of tuned
+                           RMSNorm weights or -1 (input_layernorm, post_attention_layernorm per
+                           layer, then the final norm) */
+    uint32_t norms;     /* LoRA's norms option (PEFT_NORM_* bits), saved as modules_to_save */
+    /* Beyond the linear modules (LoRA method), laid out after them from mods_end on:
+       embedding LoRA, lm_head LoRA (A (r, dim) at off_ha, B (vocab, r) at off_hb), trainable
+       token rows (n_tok, dim) at off_tok, full copies of the embeddings (off_se) and of lm_head
+       (off_sh), then the norms from off_norms on. The embedding group is [mods_end, off_norms). */
+    size_t mods_end, off_norms;
+    int head_r;
+    float head_alpha, head_scale;
+    size_t off_ha, off_hb;
+    int n_tok;
+    int32_t *tok_idx;   /* (n_tok) token ids */
+    int32_t *tok_slot;  /* (vocab) row of each token in the trained rows, or -1 */
+    size_t off_tok;
+    int save_embed, save_head;
+    size_t off_se, off_sh;
+    float *head_u;      /* lm_head LoRA intermediates (rows, head_r), head_u_cap floats */
+    size_t head_u_cap;
     size_t n_params;
     float *params, *grads, *m, *v;
 } lora_state;
@@ -136,6 +154,7 @@ struct peft_model {
 
     /* optimizer */
     double lr, beta1, beta2, eps, weight_decay, grad_clip, min_lr_ratio, loraplus_ratio, embed_lr_ratio;
+    double embed_weight_decay, norm_lr_ratio, norm_weight_decay; /* < 0: weight_decay */
     int accum_steps, warmup_steps, total_steps, schedule;
     int64_t step;       /* updates done */
     int micro;          /* micro-batches accumulated since the last update */
@@ -168,6 +187,13 @@ float *peft__norm_grad(peft_model *m, int layer, int which);
 
 /* forward.c: the embeddings of n tokens into x (n, dim), with the embedding adapter's delta */
 void peft__embed_tokens(peft_model *m, float *x, const int32_t *tokens, int64_t n);
+/* forward.c: logits (rows, vocab) of final-norm outputs x (rows, dim) through the lm_head in
+   effect (trained copy, tied token rows, lm_head adapter) */
+int peft__head_logits(peft_model *m, const float *x, int64_t rows, float *logits);
+/* forward.c: the input embeddings in effect (vocab, dim) into dst */
+void peft__effective_embed(peft_model *m, float *dst);
+/* forward.c: the lm_head in effect (vocab, dim) into dst; 1 when the attachment changes it */
+int peft__effective_head(peft_model *m, float *dst);
 
 /* forward.c */
 int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_sum,

@@ -19,6 +19,9 @@ void peft__opt_defaults(peft_model *m)
     m->min_lr_ratio = 0.0;
     m->loraplus_ratio = 1.0;
     m->embed_lr_ratio = 1.0;
+    m->embed_weight_decay = -1.0;
+    m->norm_lr_ratio = 1.0;
+    m->norm_weight_decay = -1.0;
 }
 
 static const struct {
@@ -32,6 +35,8 @@ static const struct {
     {PEFT_OPT_TOTAL_STEPS, 0, 1 << 30}, {PEFT_OPT_SCHEDULE, 0, 2},
     {PEFT_OPT_MIN_LR_RATIO, 0.0, 1.0},  {PEFT_OPT_LORAPLUS_RATIO, 0.0, 1e4},
     {PEFT_OPT_EMBED_LR_RATIO, 0.0, 1e4}, {PEFT_OPT_DROPOUT_CALL, 0, 9007199254740992.0},
+    {PEFT_OPT_EMBED_WEIGHT_DECAY, -1.0, 10.0}, {PEFT_OPT_NORM_LR_RATIO, 0.0, 1e4},
+    {PEFT_OPT_NORM_WEIGHT_DECAY, -1.0, 10.0},
 };
 
 int peft_opt_bounds(int key, double *lo, double *hi)
@@ -82,6 +87,9 @@ int peft_opt_set(peft_model *m, int key, double v)
     case PEFT_OPT_MIN_LR_RATIO: m->min_lr_ratio = v; break;
     case PEFT_OPT_LORAPLUS_RATIO: m->loraplus_ratio = v; break;
     case PEFT_OPT_EMBED_LR_RATIO: m->embed_lr_ratio = v; break;
+    case PEFT_OPT_EMBED_WEIGHT_DECAY: m->embed_weight_decay = v; break;
+    case PEFT_OPT_NORM_LR_RATIO: m->norm_lr_ratio = v; break;
+    case PEFT_OPT_NORM_WEIGHT_DECAY: m->norm_weight_decay = v; break;
     case PEFT_OPT_DROPOUT_CALL: m->dropout_calls = (uint64_t)v; break;
     }
     return PEFT_OK;
@@ -105,6 +113,9 @@ int peft_opt_get(const peft_model *m, int key, double *v)
     case PEFT_OPT_MIN_LR_RATIO: *v = m->min_lr_ratio; break;
     case PEFT_OPT_LORAPLUS_RATIO: *v = m->loraplus_ratio; break;
     case PEFT_OPT_EMBED_LR_RATIO: *v = m->embed_lr_ratio; break;
+    case PEFT_OPT_EMBED_WEIGHT_DECAY: *v = m->embed_weight_decay; break;
+    case PEFT_OPT_NORM_LR_RATIO: *v = m->norm_lr_ratio; break;
+    case PEFT_OPT_NORM_WEIGHT_DECAY: *v = m->norm_weight_decay; break;
     case PEFT_OPT_STEP: *v = (double)m->step; break;
     case PEFT_OPT_DROPOUT_CALL: *v = (double)m->dropout_calls; break;
     default: return peft__fail(PEFT_EINVAL, "unknown optimizer setting %d", key);
@@ -133,10 +144,11 @@ struct adamw {
     double lr, weight_decay;
 };
 
-/* AdamW on params [off, off + n) at mult x the learning rate. */
-static void adamw_segment(const struct adamw *a, size_t off, size_t n, double mult)
+/* AdamW on params [off, off + n) at mult x the learning rate, with weight decay wd (< 0: the
+   main one). */
+static void adamw_group(const struct adamw *a, size_t off, size_t n, double mult, double wd)
 {
-    float ss = (float)(a->step_size * mult), decay = (float)(1.0 - a->lr * mult * a->weight_decay);
+    float ss = (float)(a->step_size * mult), decay = (float)(1.0 - a->lr * mult * (wd < 0 ? a->weight_decay : wd));
     for (size_t i = off; i < off + n; i++) {
         float gi = a->g[i] * a->gs;
         a->m[i] = a->b1 * a->m[i] + (1.0f - a->b1) * gi;
@@ -144,6 +156,11 @@ static void adamw_segment(const struct adamw *a, size_t off, size_t n, double mu
         float denom = sqrtf(a->v[i]) / a->bc2_sqrt + a->eps;
         a->p[i] = a->p[i] * decay - ss * a->m[i] / denom;
     }
+}
+
+static void adamw_segment(const struct adamw *a, size_t off, size_t n, double mult)
+{
+    adamw_group(a, off, n, mult, -1.0);
 }
 
 int peft__opt_apply(peft_model *m, double token_count, peft_step_result *res)
@@ -173,15 +190,11 @@ int peft__opt_apply(peft_model *m, double token_count, peft_step_result *res)
     float b1 = (float)m->beta1, b2 = (float)m->beta2, eps = (float)m->eps;
     struct adamw a = {g, p, mm, vv, gs, step_size, bc2_sqrt, b1, b2, eps, lr, m->weight_decay};
     /* LoRA+: the B matrices learn at loraplus_ratio x the learning rate */
-    int n_groups = l->method == PEFT_METHOD_NORMS ? 1 : l->n_modules;
-    for (int k = 0; k < n_groups; k++) {
-        static const lora_module whole = {0};
-        const lora_module *md = l->method == PEFT_METHOD_NORMS ? &whole : &l->mods[k];
+    for (int k = 0; l->method != PEFT_METHOD_NORMS && k < l->n_modules; k++) {
+        const lora_module *md = &l->mods[k];
         size_t na = (size_t)md->r * (size_t)md->in, nb = (size_t)md->out * (size_t)md->r;
         size_t nm = l->use_dora ? (size_t)md->out : 0;
-        if (l->method == PEFT_METHOD_NORMS) { /* all norm weights: one group */
-            adamw_segment(&a, 0, l->n_params, 1.0);
-        } else if (l->method == PEFT_METHOD_LOHA) { /* the four factors */
+        if (l->method == PEFT_METHOD_LOHA) { /* the four factors */
             adamw_segment(&a, md->off_a, 2 * (size_t)md->r * ((size_t)md->in + (size_t)md->out), 1.0);
         } else if (l->method == PEFT_METHOD_LOKR) {
             adamw_segment(&a, md->off_a, peft__lokr_size(md->in, md->out, md->r), 1.0);
@@ -196,10 +209,10 @@ int peft__opt_apply(peft_model *m, double token_count, peft_step_result *res)
             adamw_segment(&a, md->off_m, nm, 1.0);
         }
     }
-    /* the embedding adapter (A then B, contiguous) at its own learning rate */
-    if (l->embed_r > 0)
-        adamw_segment(&a, l->off_ea, (size_t)l->embed_r * ((size_t)m->cfg.vocab + (size_t)m->cfg.dim),
-                      m->embed_lr_ratio);
+    /* the embedding group (embedding and lm_head adapters, token rows, full copies) and the
+       tuned norms, each at its own learning rate and weight decay */
+    adamw_group(&a, l->mods_end, l->off_norms - l->mods_end, m->embed_lr_ratio, m->embed_weight_decay);
+    adamw_group(&a, l->off_norms, l->n_params - l->off_norms, m->norm_lr_ratio, m->norm_weight_decay);
     memset(g, 0, n * sizeof *g);
     m->step = t;
     if (res) {

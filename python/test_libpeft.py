@@ -116,6 +116,19 @@ def test_other_methods():
         m.detach()
         # LoKr: q (32 x 32) = (4 x 8) x (4 x 8): w1 4 x 4, w2_a 8 x 2, w2_b 2 x 8
         assert m.attach_lora(targets="q", rank=2, variant="lokr") == 3 * (16 + 2 * (8 + 8))
+        m.detach()
+        # beyond the linear modules: lm_head LoRA (A 2 x 32, B 48 x 2), three token rows, the
+        # embeddings in full, the final norm; each group at its own rate
+        n = m.attach_lora(targets="q,lm_head", rank=2, modules_to_save=["embed_tokens"],
+                          norms=["final"], token_indices=[])
+        assert n == 3 * 2 * 64 + 2 * (32 + 48) + 48 * 32 + 32, n
+        m.detach()
+        assert m.attach_lora(targets="v", rank=2, token_indices=[3, 7, 11], modules_to_save=["lm_head"]) == \
+            3 * 2 * 48 + 3 * 32 + 48 * 32
+        m.set_optimizer(norm_lr_ratio=0.5, embed_weight_decay=0.0)
+        assert m.get_optimizer("norm_lr_ratio") == 0.5
+        r = m.step([[(i * 5) % 48 for i in range(16)]] * 2)
+        assert r.loss > 0
 
 
 def test_tokenizer():

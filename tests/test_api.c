@@ -1269,6 +1269,326 @@ TEST(lokr_lifecycle)
     peft_model_close(&base);
 }
 
+
+/* The tiny model with tied embeddings: a directory with its weights and a config saying so. */
+static char *tiny_tied_dir(void)
+{
+    char *d = mktmp(), src[512], dst[512];
+    snprintf(src, sizeof src, "%s/model.safetensors", test_data("tiny"));
+    snprintf(dst, sizeof dst, "%s/model.safetensors", d);
+    CHECK(symlink(src, dst) == 0);
+    size_t len;
+    char *cfg = read_text(test_data("tiny"), "config.json", &len);
+    char *t = cfg ? strstr(cfg, "\"tie_word_embeddings\": false") : NULL;
+    CHECK(t != NULL);
+    if (t) {
+        memcpy(t + 23, "true, ", 6); /* same length: "false" -> "true," + space */
+        snprintf(dst, sizeof dst, "%s/config.json", d);
+        FILE *f = fopen(dst, "wb");
+        fwrite(cfg, 1, len, f);
+        fclose(f);
+    }
+    free(cfg);
+    return d;
+}
+
+/* Finite differences of the whole model w.r.t. sampled entries of the parameter block, after
+   moving every parameter off its initial value (B = 0 would hide A's gradient). */
+static void gradcheck_attached(peft_model *m, const char *what)
+{
+    float *p, *g;
+    size_t n;
+    CHECK_OK(peft_param_buffer(&p, &n, m));
+    for (size_t i = 0; i < n; i++)
+        p[i] += 0.05f * (float)((int)((i * 2654435761u) % 11) - 5) / 5.0f;
+    int32_t tok[2 * 10];
+    for (int i = 0; i < 20; i++)
+        tok[i] = (i * 7 + 3) % 48;
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 10, NULL};
+    CHECK_OK(peft_zero_grad(m));
+    CHECK_OK(peft_forward_backward(m, &b, NULL));
+    CHECK_OK(peft_grad_buffer(&g, &n, m));
+    float *ga = malloc(n * sizeof *ga);
+    memcpy(ga, g, n * sizeof *ga);
+    double gmax = 0;
+    for (size_t i = 0; i < n; i++)
+        gmax = fmax(gmax, fabs(ga[i]));
+    int bad = 0, checked = 0, nonzero = 0;
+    for (size_t i = 0; i < n; i += n / 301 + 1) {
+        float save = p[i], h = 1e-2f;
+        peft_eval_result ep = PEFT_EVAL_RESULT_INIT, em = PEFT_EVAL_RESULT_INIT;
+        p[i] = save + h;
+        CHECK_OK(peft_eval(m, &b, &ep));
+        p[i] = save - h;
+        CHECK_OK(peft_eval(m, &b, &em));
+        p[i] = save;
+        double num = (ep.loss_sum - em.loss_sum) / (2.0 * h);
+        checked++;
+        nonzero += fabs(num) > 1e-3 * gmax;
+        if (fabs(num - ga[i]) > 2e-3 * gmax + 2e-2 * fabs(num) && bad++ < 5)
+            fprintf(stderr, "%s: param %zu of %zu: analytic %.6g numeric %.6g\n", what, i, n, ga[i], num);
+    }
+    CHECK_MSG(checked > 60 && nonzero > checked / 10, "%s: %d checked, %d non-zero", what, checked, nonzero);
+    CHECK_MSG(bad == 0, "%s: %d gradients off", what, bad);
+    CHECK_OK(peft_zero_grad(m));
+    free(ga);
+}
+
+static const int32_t extra_tokens[3] = {3, 7, 11};
+
+static int has_bytes(const char *buf, size_t len, const char *needle)
+{
+    size_t k = strlen(needle);
+    for (size_t i = 0; i + k <= len; i++)
+        if (!memcmp(buf + i, needle, k))
+            return 1;
+    return 0;
+}
+
+/* LoRA with lm_head, modules_to_save, norms and token rows: exact counts, gradients. */
+TEST(lora_extras_gradients_and_counts)
+{
+    char *tied = tiny_tied_dir();
+    peft_model *m = open_tiny(2), *mt;
+    CHECK_OK(peft_model_open(&mt, tied, NULL));
+    peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+    peft_model_get_info(mt, &in);
+    CHECK(in.tied_embeddings == 1);
+    const uint64_t V = 48, D = 32, r = 2, Hq = 32;
+    struct {
+        int tied;
+        uint32_t targets, save, norms;
+        const char *layers;
+        int n_tok;
+        uint64_t count;
+        const char *what;
+    } cs[] = {
+        {0, PEFT_TARGET_Q | PEFT_TARGET_LM_HEAD, PEFT_SAVE_EMBED, PEFT_NORM_ALL, "1-2", 0,
+         2 * r * (D + Hq) + r * (D + V) + V * D + 2 * 2 * D + D, "q + lm_head LoRA, embeddings, norms (layers 1-2)"},
+        {1, PEFT_TARGET_V | PEFT_TARGET_LM_HEAD, 0, 0, NULL, 3, 3 * r * (D + 16) + r * (D + V) + 3 * D,
+         "tied: v + lm_head LoRA, token rows"},
+        {0, PEFT_TARGET_V, PEFT_SAVE_LM_HEAD, PEFT_NORM_FINAL | PEFT_NORM_POST_ATTENTION, "last:1", 3,
+         r * (D + 16) + 3 * D + V * D + D + D, "untied: token rows, lm_head in full, norms (last layer)"},
+        {1, PEFT_TARGET_O, PEFT_SAVE_EMBED | PEFT_SAVE_LM_HEAD, 0, "last:1", 0, r * (Hq + D) + 2 * V * D,
+         "tied: embeddings and lm_head in full"},
+    };
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        peft_model *x = cs[c].tied ? mt : m;
+        peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+        o.targets = cs[c].targets;
+        o.rank = (int32_t)r;
+        o.layers = cs[c].layers;
+        o.modules_to_save = cs[c].save;
+        o.norms = cs[c].norms;
+        o.token_indices = cs[c].n_tok ? extra_tokens : NULL;
+        o.n_token_indices = cs[c].n_tok;
+        uint64_t n_count, n_tr;
+        CHECK_OK(peft_count_lora(&n_count, x, &o));
+        CHECK_MSG(n_count == cs[c].count, "%s: count %llu, expected %llu", cs[c].what,
+                  (unsigned long long)n_count, (unsigned long long)cs[c].count);
+        double base = eval_loss(x);
+        CHECK_OK(peft_attach_lora(x, &o, &n_tr));
+        CHECK(n_tr == n_count);
+        /* everything starts as the base model */
+        CHECK_MSG(fabs(eval_loss(x) - base) < 1e-6, "%s: changed the model at init", cs[c].what);
+        gradcheck_attached(x, cs[c].what);
+        CHECK_OK(peft_detach(x));
+    }
+    /* refused: both forms of one module, rows with the embeddings trained, ids out of range or repeated */
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    uint64_t n;
+    o.targets = PEFT_TARGET_Q | PEFT_TARGET_EMBED;
+    o.modules_to_save = PEFT_SAVE_EMBED;
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EINVAL);
+    o.targets = PEFT_TARGET_Q | PEFT_TARGET_LM_HEAD;
+    o.modules_to_save = PEFT_SAVE_LM_HEAD;
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EINVAL);
+    o.modules_to_save = PEFT_SAVE_EMBED;
+    o.targets = PEFT_TARGET_Q;
+    o.token_indices = extra_tokens;
+    o.n_token_indices = 3;
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EINVAL);
+    o.modules_to_save = 0;
+    int32_t badtok[2] = {5, 48};
+    o.token_indices = badtok;
+    o.n_token_indices = 2;
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EINVAL);
+    badtok[1] = 5;
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EINVAL);
+    CHECK(strstr(peft_last_error(), "twice") != NULL);
+    o.n_token_indices = 0;
+    o.variant = PEFT_VARIANT_LOHA;
+    o.norms = PEFT_NORM_FINAL;
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EUNSUPPORTED);
+    o.variant = PEFT_VARIANT_LORA;
+    o.use_dora = 1;
+    o.targets = PEFT_TARGET_Q | PEFT_TARGET_LM_HEAD;
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EUNSUPPORTED);
+    peft_model_close(&m);
+    peft_model_close(&mt);
+}
+
+/* Train, save (PEFT keys and config fields), reload to the same loss, sessions, merge and the
+   merged export (untied when only one side of a tied pair changed); per-group rates. */
+static void extras_lifecycle(int tied, uint32_t targets, uint32_t save, uint32_t norms, int n_tok,
+                             const char *const *needles)
+{
+    char *dir = tied ? tiny_tied_dir() : NULL;
+    peft_model *m;
+    CHECK_OK(peft_model_open(&m, tied ? dir : test_data("tiny"), NULL));
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = targets;
+    o.rank = 2;
+    o.modules_to_save = save;
+    o.norms = norms;
+    o.token_indices = n_tok ? extra_tokens : NULL;
+    o.n_token_indices = n_tok;
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    int32_t tok[32];
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_EMBED_LR_RATIO, 0.5));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_NORM_LR_RATIO, 0.5));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-2));
+    make_batch(tok, 32, 9);
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
+    peft_step_result r0 = PEFT_STEP_RESULT_INIT, r1 = PEFT_STEP_RESULT_INIT;
+    CHECK_OK(peft_step(m, &b, &r0));
+    for (int i = 0; i < 20; i++)
+        CHECK_OK(peft_step(m, &b, &r1));
+    CHECK(r1.loss < r0.loss - 0.05);
+    double with = eval_loss(m);
+    char *d = mktmp();
+    CHECK_OK(peft_save_adapter(m, d, NULL));
+    /* PEFT's config fields and tensor names */
+    size_t len, slen;
+    char *cfg = read_text(d, "adapter_config.json", &len), *st = read_text(d, "adapter_model.safetensors", &slen);
+    CHECK(cfg && st);
+    for (int i = 0; cfg && st && needles[i]; i++)
+        if (!strncmp(needles[i], "base_model.", 11))
+            CHECK_MSG(has_bytes(st, slen, needles[i]), "safetensors lacks %s", needles[i]);
+        else
+            CHECK_MSG(strstr(cfg, needles[i]) != NULL, "adapter_config.json lacks %s", needles[i]);
+    free(cfg);
+    free(st);
+    peft_model *m2;
+    CHECK_OK(peft_model_open(&m2, tied ? dir : test_data("tiny"), NULL));
+    CHECK_OK(peft_load_adapter(m2, d));
+    CHECK(eval_loss(m2) == with);
+    /* loading again into the same layout overwrites the weights */
+    CHECK_OK(peft_load_adapter(m2, d));
+    CHECK(eval_loss(m2) == with);
+    peft_model_close(&m2);
+    /* off: the base model; the merged export reopens to the same loss */
+    CHECK_OK(peft_adapter_enable(m, 0));
+    double base = eval_loss(m);
+    CHECK(base != with);
+    CHECK_OK(peft_adapter_enable(m, 1));
+    merge_session_export(m, tok, with);
+    peft_model_close(&m);
+}
+
+TEST(lora_extras_lifecycle_untied)
+{
+    const char *const n1[] = {"\"modules_to_save\": [\n    \"embed_tokens\",\n    \"input_layernorm\",\n    \"model.norm\"\n  ]",
+                              "\"lm_head\"", "base_model.model.lm_head.lora_B.weight",
+                              "base_model.model.model.embed_tokens.weight",
+                              "base_model.model.model.layers.2.input_layernorm.weight",
+                              "base_model.model.model.norm.weight", NULL};
+    extras_lifecycle(0, PEFT_TARGET_Q | PEFT_TARGET_LM_HEAD, PEFT_SAVE_EMBED, PEFT_NORM_INPUT | PEFT_NORM_FINAL, 0, n1);
+    const char *const n2[] = {"\"modules_to_save\": [\n    \"lm_head\"\n  ]", "\"trainable_token_indices\": [\n    3,",
+                              "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta",
+                              "base_model.model.lm_head.weight", NULL};
+    extras_lifecycle(0, PEFT_TARGET_V, PEFT_SAVE_LM_HEAD, 0, 3, n2);
+}
+
+TEST(lora_extras_lifecycle_tied)
+{
+    /* token rows shared by the lookup and lm_head: the export stays tied */
+    const char *const n1[] = {"\"trainable_token_indices\"", "\"modules_to_save\": null", NULL};
+    extras_lifecycle(1, PEFT_TARGET_V, 0, 0, 3, n1);
+    /* lm_head LoRA changes the output side only: the export unties */
+    const char *const n2[] = {"\"lm_head\"", "base_model.model.lm_head.lora_A.weight", NULL};
+    extras_lifecycle(1, PEFT_TARGET_Q | PEFT_TARGET_LM_HEAD, 0, 0, 0, n2);
+    /* the embeddings trained in full: the input side only */
+    const char *const n3[] = {"\"modules_to_save\": [\n    \"embed_tokens\"\n  ]", NULL};
+    extras_lifecycle(1, PEFT_TARGET_Q, PEFT_SAVE_EMBED, 0, 0, n3);
+}
+
+/* Each group at its own learning rate and weight decay. */
+TEST(parameter_groups_learning_rates)
+{
+    peft_model *m = open_tiny(1);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_Q;
+    o.rank = 2;
+    o.modules_to_save = PEFT_SAVE_LM_HEAD;
+    o.norms = PEFT_NORM_FINAL;
+    size_t n;
+    float *p;
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    CHECK_OK(peft_param_buffer(&p, &n, m));
+    const size_t D = 32, V = 48, nq = 3 * 2 * (32 + 32);
+    CHECK(n == nq + V * D + D);
+    float *before = malloc(n * sizeof *before);
+    int32_t tok[32];
+    make_batch(tok, 32, 3);
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
+    double bounds_lo, bounds_hi;
+    CHECK_OK(peft_opt_bounds(PEFT_OPT_NORM_WEIGHT_DECAY, &bounds_lo, &bounds_hi));
+    CHECK(bounds_lo == -1.0);
+    peft_model *m2 = open_tiny(1); /* a twin taking the same steps */
+    float *p2;
+    CHECK_OK(peft_attach_lora(m2, &o, NULL));
+    CHECK_OK(peft_param_buffer(&p2, &n, m2));
+    for (int k = 0; k < 2; k++) {
+        peft_model *x = k ? m2 : m;
+        CHECK_OK(peft_opt_set(x, PEFT_OPT_LR, 1e-3));
+        CHECK_OK(peft_opt_set(x, PEFT_OPT_EMBED_LR_RATIO, 0.1));
+        CHECK_OK(peft_opt_set(x, PEFT_OPT_NORM_LR_RATIO, 0));
+    }
+    memcpy(before, p, n * sizeof *before);
+    CHECK_OK(peft_step(m, &b, NULL));
+    CHECK_OK(peft_step(m2, &b, NULL));
+    double mq = 0, mh = 0, mn = 0;
+    for (size_t i = 0; i < n; i++) {
+        double dd = fabs(p[i] - before[i]);
+        if (i < nq)
+            mq = fmax(mq, dd);
+        else if (i < nq + V * D)
+            mh = fmax(mh, dd);
+        else
+            mn = fmax(mn, dd);
+    }
+    /* Adam's first step moves each weight by about lr x ratio */
+    CHECK_CLOSE(mq, 1e-3, 1e-4);
+    CHECK_CLOSE(mh, 1e-4, 1e-5);
+    CHECK(mn == 0);
+    /* decoupled weight decay per group: the same step on the twin without it differs in the
+       norm weights by exactly lr x decay x w, elsewhere not at all */
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_NORM_LR_RATIO, 1));
+    CHECK_OK(peft_opt_set(m2, PEFT_OPT_NORM_LR_RATIO, 1));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_NORM_WEIGHT_DECAY, 5.0));
+    double v;
+    CHECK_OK(peft_opt_get(m, PEFT_OPT_NORM_WEIGHT_DECAY, &v));
+    CHECK(v == 5.0);
+    CHECK_OK(peft_opt_get(m2, PEFT_OPT_EMBED_WEIGHT_DECAY, &v));
+    CHECK(v == -1.0);
+    memcpy(before, p, n * sizeof *before);
+    CHECK_OK(peft_step(m, &b, NULL));
+    CHECK_OK(peft_step(m2, &b, NULL));
+    double worst = 0, other = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i >= nq + V * D)
+            worst = fmax(worst, fabs((p2[i] - p[i]) - 1e-3 * 5.0 * before[i]));
+        else
+            other = fmax(other, fabs(p2[i] - p[i]));
+    }
+    CHECK_MSG(worst < 1e-6, "norm decay off by %g", worst);
+    CHECK(other == 0);
+    peft_model_close(&m2);
+    free(before);
+    peft_model_close(&m);
+}
+
 static const struct h_case cases[] = {
     CASE(errors_and_versions), CASE(last_error_is_per_thread), CASE(info_and_exact_counts),
     CASE(determinism_and_thread_invariance), CASE(gradient_accumulation_equals_big_batch),
@@ -1277,6 +1597,8 @@ static const struct h_case cases[] = {
     CASE(training_lowers_loss), CASE(packed_documents_equal_separate_sequences), CASE(merge_unmerge_and_export),
     CASE(dora_save_load_merge), CASE(rank_and_alpha_patterns), CASE(loraplus_ratio), CASE(ia3_save_load_merge),
     CASE(norm_tuning_save_load_export), CASE(checkpoint_torn_is_refused), CASE(embed_lora_lifecycle),
-    CASE(vera_lifecycle), CASE(loha_lifecycle), CASE(lokr_lifecycle),
+    CASE(vera_lifecycle), CASE(loha_lifecycle), CASE(lokr_lifecycle), CASE(lora_extras_gradients_and_counts),
+    CASE(lora_extras_lifecycle_untied), CASE(lora_extras_lifecycle_tied), CASE(parameter_groups_learning_rates),
 };
+
 TEST_MAIN(cases)

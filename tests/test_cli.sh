@@ -345,6 +345,34 @@ mpi_two_ranks_equal_one_process)
     grep -q "rank 1 of 2 failed" "$T/bad.out" || fail "message naming the failed rank"
     [ ! -e "$T/bad/adapter_model.safetensors" ] || fail "an adapter was written"
     ;;
+lora_extras_train_info)
+    setup_tiny
+    # LoRA on q, v and lm_head, the embeddings trained in full at 0.1x, the final norm too
+    "$PEFT" info --model "$T/model" --rank 4 --targets q,v,lm_head --modules-to-save embed_tokens --train-norms final \
+        --json >"$T/info" || fail "info"
+    cat "$T/info"
+    grep -q "embed (full) *3072" "$T/info" || fail "info: the embeddings' row (64 x 48)"
+    grep -q "norms *48" "$T/info" || fail "info: the final norm's row"
+    # q 2 x 4(48+48), v 2 x 4(48+24), lm_head 4(48+64), embeddings 64 x 48, final norm 48
+    json "$T/info" "j['trainable'] == 2*4*96 + 2*4*72 + 4*112 + 3072 + 48" || fail "info: total"
+    "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/ad" --holdout 0.1 --steps 40 --batch 8 --seq 32 \
+        --rank 4 --lr 1e-2 --targets q,v,lm_head --modules-to-save embed_tokens --train-norms final \
+        --embed-lr-ratio 0.1 --norm-lr-ratio 0.5 --json >"$T/out.json" 2>"$T/err" || { cat "$T/err"; fail "train"; }
+    json "$T/out.json" "j['trainable_params'] == 2*4*96 + 2*4*72 + 4*112 + 3072 + 48 and j['eval_loss_after'] < j['eval_loss_before']" \
+        || fail "train json"
+    grep -q '"modules_to_save": \[' "$T/ad/adapter_config.json" && grep -q '"model.norm"' "$T/ad/adapter_config.json" \
+        && grep -q '"lm_head"' "$T/ad/adapter_config.json" || fail "adapter_config.json"
+    "$PEFT" eval --model "$T/model" --adapter "$T/ad" --data "$T/data.bin" --seq 32 --json >"$T/ev.json" || fail "eval"
+    # token rows: trained, saved, and refused by the GGUF export with a reason
+    "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/tok" --steps 5 --batch 4 --seq 32 --rank 4 \
+        --targets q --token-indices 1,2,3 --quiet || fail "train token rows"
+    grep -q '"trainable_token_indices"' "$T/tok/adapter_config.json" || fail "trainable_token_indices"
+    "$PEFT" convert --model "$T/model" --adapter "$T/tok" --out "$T/tok.gguf" 2>"$T/err" && fail "GGUF export of token rows"
+    grep -q "token rows" "$T/err" || fail "GGUF refusal message"
+    "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/bad" --steps 1 --targets q --modules-to-save wte \
+        2>"$T/err" && fail "unknown modules_to_save"
+    grep -q "unknown name 'wte'" "$T/err" || fail "modules_to_save message"
+    ;;
 gguf_quantized_matches_dequantized)
     # a GGUF model whose linear weights are Q4_K, Q6_K, Q8_0 and Q4_0 (one type per layer),
     # written by tests/gguf_write.py, kept quantized in memory: its loss, and training on it

@@ -78,11 +78,14 @@ int cmd_info(int argc, char **argv)
         printf("  %-10s %14s\n", "module", "trainable");
         uint64_t total = 0;
         static const char *names[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-                                      "embed_tokens"};
-        for (int k = 0; k < 8; k++) {
+                                      "embed_tokens", "lm_head"};
+        peft_lora_options plain = o; /* the targets alone */
+        plain.modules_to_save = plain.norms = 0;
+        plain.n_token_indices = 0;
+        for (int k = 0; k < 9; k++) {
             if (!(o.targets & (1u << k)))
                 continue;
-            peft_lora_options one = o;
+            peft_lora_options one = plain;
             one.targets = 1u << k;
             uint64_t n;
             if ((code = peft_count_lora(&n, m, &one))) {
@@ -91,6 +94,32 @@ int cmd_info(int argc, char **argv)
             }
             printf("  %-10s %14llu\n", names[k], (unsigned long long)n);
             total += n;
+        }
+        /* what is trained beyond the targets: each one's share of the whole configuration */
+        uint64_t all, without;
+        if ((code = peft_count_lora(&all, m, &o))) {
+            rc = fail_lib("count", code);
+            goto done;
+        }
+        for (int x = 0; x < 4; x++) {
+            static const char *const xn[4] = {"token rows", "embed (full)", "lm_head (full)", "norms"};
+            peft_lora_options less = o;
+            if (x == 0 && o.n_token_indices > 0)
+                less.n_token_indices = 0;
+            else if (x == 1 && (o.modules_to_save & PEFT_SAVE_EMBED))
+                less.modules_to_save &= ~(uint32_t)PEFT_SAVE_EMBED;
+            else if (x == 2 && (o.modules_to_save & PEFT_SAVE_LM_HEAD))
+                less.modules_to_save &= ~(uint32_t)PEFT_SAVE_LM_HEAD;
+            else if (x == 3 && o.norms)
+                less.norms = 0;
+            else
+                continue;
+            if ((code = peft_count_lora(&without, m, &less))) {
+                rc = fail_lib("count", code);
+                goto done;
+            }
+            printf("  %-14s %10llu\n", xn[x], (unsigned long long)(all - without));
+            total += all - without;
         }
         printf("  %-10s %14llu  (%.4f%% of the base, %.2f MiB as F32 + %.2f MiB AdamW state)\n", "total",
                (unsigned long long)total, 100.0 * (double)total / (double)in.n_params,

@@ -18,14 +18,18 @@ static const char train_help[] =
     "adapter:  --method lora|dora|loha|lokr|ia3|norms|vera (lora)  --rank R (8; vera 256) --alpha A (2R)\n"
     "          --vera-d-initial D (0.1: VeRA's lambda_d at init)\n"
     "          --feedforward LIST (ia3: modules whose input is scaled; down)\n"
-    "          --targets all-linear|q,k,v,o,gate,up,down,embed (q,v; embed: LoRA on the embeddings)\n"
+    "          --targets all-linear|q,k,v,o,gate,up,down,embed,lm_head (q,v; embed, lm_head: LoRA on the\n"
+    "          embeddings, on the output projection)\n"
+    "          --modules-to-save embed_tokens,lm_head (trained in full)  --train-norms input,post_attention,\n"
+    "          final|all (RMSNorm weights trained too)  --token-indices ID,... (only these embedding rows)\n"
     "          --rank-pattern KEY=R,...  --alpha-pattern KEY=A,...  (PEFT rank_pattern/alpha_pattern)\n"
     "          --layers all|N,M|N-M|first:N|last:N|every:K  --dropout P (0) --rslora\n"
     "          --init kaiming|gaussian  --init-adapter DIR (resume from a saved adapter)\n"
     "optimizer:--lr LR (2e-4) --weight-decay W (0) --beta1 --beta2 --eps --grad-clip C (1.0)\n"
     "          --accum K (1) --warmup N (0) --schedule constant|linear|cosine (constant)\n"
     "          --min-lr-ratio R (0)  --loraplus-ratio R (1; LoRA+: B learns at R x LR)\n"
-    "          --embed-lr-ratio R (1; the embedding adapter learns at R x LR)\n"
+    "          --embed-lr-ratio R (1; embeddings and lm_head, adapted or trained, learn at R x LR)\n"
+    "          --embed-weight-decay W  --norm-lr-ratio R (1)  --norm-weight-decay W (-1: --weight-decay)\n"
     "text:     --tokenizer PATH (the model's)  --doc-split paragraph|line  --pad  --eos\n"
     "          --cross-doc (packed documents attend to each other)  --split-at-bos (token files)\n"
     "run:      --seed S (0) --threads N (all CPUs) --backend cpu|blis --save-every N (0)\n"
@@ -124,7 +128,8 @@ int cmd_train(int argc, char **argv)
         {"--eps", PEFT_OPT_EPS, 1e-8},         {"--grad-clip", PEFT_OPT_GRAD_CLIP, 1.0},
         {"--accum", PEFT_OPT_ACCUM_STEPS, 1},  {"--warmup", PEFT_OPT_WARMUP_STEPS, 0},
         {"--min-lr-ratio", PEFT_OPT_MIN_LR_RATIO, 0}, {"--loraplus-ratio", PEFT_OPT_LORAPLUS_RATIO, 1},
-        {"--embed-lr-ratio", PEFT_OPT_EMBED_LR_RATIO, 1},
+        {"--embed-lr-ratio", PEFT_OPT_EMBED_LR_RATIO, 1}, {"--embed-weight-decay", PEFT_OPT_EMBED_WEIGHT_DECAY, -1},
+        {"--norm-lr-ratio", PEFT_OPT_NORM_LR_RATIO, 1},   {"--norm-weight-decay", PEFT_OPT_NORM_WEIGHT_DECAY, -1},
     };
     double fv[sizeof flags / sizeof flags[0]];
     for (size_t i = 0; i < sizeof flags / sizeof flags[0]; i++)

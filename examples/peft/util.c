@@ -197,7 +197,7 @@ int data_from_args(cli_args *a, const char *model_dir, int vocab, int seq, data_
     return 0;
 }
 
-static const char *const target_names[] = {"q", "k", "v", "o", "gate", "up", "down", "embed"};
+static const char *const target_names[] = {"q", "k", "v", "o", "gate", "up", "down", "embed", "lm_head"};
 
 int parse_targets(const char *s, uint32_t *out)
 {
@@ -216,11 +216,12 @@ int parse_targets(const char *s, uint32_t *out)
         if (strcmp(tok, "embed_tokens") == 0)
             tok[5] = '\0';
         int found = -1;
-        for (int k = 0; k < 8; k++)
+        for (int k = 0; k < 9; k++)
             if (strcmp(tok, target_names[k]) == 0)
                 found = k;
         if (found < 0) {
-            fprintf(stderr, "peft: --targets: unknown module '%s' (q,k,v,o,gate,up,down,embed or all-linear)\n", tok);
+            fprintf(stderr, "peft: --targets: unknown module '%s' (q,k,v,o,gate,up,down,embed,lm_head or all-linear)\n",
+                    tok);
             free(copy);
             return -1;
         }
@@ -234,10 +235,70 @@ void targets_string(uint32_t t, char *buf, size_t n)
 {
     size_t used = 0;
     buf[0] = '\0';
-    for (int k = 0; k < 8; k++)
+    for (int k = 0; k < 9; k++)
         if (t & (1u << k))
             used += (size_t)snprintf(buf + used, used < n ? n - used : 0, "%s%s", used ? "," : "",
                                      target_names[k]);
+}
+
+/* Bits of a comma list of names (names[k] -> 1 << k; "all": every name); -1 on an unknown one. */
+static int name_bits(const char *flag, const char *s, const char *const *names, int n, uint32_t *out)
+{
+    *out = 0;
+    char *copy = strdup(s);
+    if (!copy)
+        return -1;
+    for (char *tok = strtok(copy, ","); tok; tok = strtok(NULL, ",")) {
+        int found = -1;
+        for (int k = 0; k < n; k++)
+            if (!strcmp(tok, names[k]))
+                found = k;
+        if (found < 0 && strcmp(tok, "all") != 0) {
+            fprintf(stderr, "peft: %s: unknown name '%s'\n", flag, tok);
+            free(copy);
+            return -1;
+        }
+        *out |= found < 0 ? (1u << n) - 1 : 1u << found;
+    }
+    free(copy);
+    return 0;
+}
+
+/* What LoRA trains beyond the linear modules: --modules-to-save embed_tokens,lm_head,
+   --train-norms input,post_attention,final|all, --token-indices ID,ID,... (the ids stay
+   allocated for the life of the process) */
+static int extras_from_args(cli_args *a, peft_lora_options *o)
+{
+    static const char *const save_names[] = {"embed_tokens", "lm_head"};
+    static const char *const norm_names[] = {"input", "post_attention", "final"};
+    const char *save = arg_str(a, "--modules-to-save", NULL), *norms = arg_str(a, "--train-norms", NULL);
+    const char *ids = arg_str(a, "--token-indices", NULL);
+    if ((save && name_bits("--modules-to-save", save, save_names, 2, &o->modules_to_save)) ||
+        (norms && name_bits("--train-norms", norms, norm_names, 3, &o->norms)))
+        return -1;
+    if (!ids)
+        return 0;
+    size_t n = 1;
+    for (const char *p = ids; *p; p++)
+        n += *p == ',';
+    int32_t *v = malloc(n * sizeof *v);
+    if (!v)
+        return -1;
+    n = 0;
+    for (const char *p = ids; *p;) {
+        char *end;
+        long t = strtol(p, &end, 10);
+        if (end == p || t < 0 || t > INT32_MAX || (*end && *end != ',')) {
+            fprintf(stderr, "peft: --token-indices: expected token ids separated by commas\n");
+            free(v);
+            return -1;
+        }
+        v[n++] = (int32_t)t;
+        p = *end ? end + 1 : end;
+    }
+    o->token_indices = v;
+    o->n_token_indices = (int32_t)n;
+    return 0;
 }
 
 int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options *io)
@@ -282,6 +343,8 @@ int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options
         fprintf(stderr, "peft: --method %s is not available yet (lora, dora, loha, lokr%s)\n", method, ia3 ? ", ia3, norms, vera" : "");
         return -1;
     }
+    if (extras_from_args(a, o))
+        return -1;
     o->use_dora |= arg_flag(a, "--dora");
     o->rank_pattern = arg_str(a, "--rank-pattern", NULL);
     o->alpha_pattern = arg_str(a, "--alpha-pattern", NULL);

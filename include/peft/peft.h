@@ -124,7 +124,20 @@ enum peft_target {
        the input lookup only, also when lm_head shares the embedding matrix, as in PEFT.
        Not part of ALL_LINEAR; LoRA only (not DoRA); its rank and alpha are the options'
        unless rank_pattern/alpha_pattern name "embed_tokens". */
-    PEFT_TARGET_EMBED = 1u << 7
+    PEFT_TARGET_EMBED = 1u << 7,
+    /* LoRA on the output projection (PEFT's "lm_head": lora_A (r, hidden), lora_B (vocab, r),
+       initialised as the linear modules). With tied embeddings it changes the logits only, as
+       in PEFT. Not part of ALL_LINEAR; LoRA only; rank and alpha from rank_pattern /
+       alpha_pattern key "lm_head" or the options'. */
+    PEFT_TARGET_LM_HEAD = 1u << 8
+};
+
+/* Modules trained in full next to a LoRA-family attachment (PEFT's modules_to_save; saved as
+   base_model.model.<module>.weight). */
+enum peft_save_module {
+    PEFT_SAVE_EMBED = 1u << 0,   /* model.embed_tokens: a trained copy (vocab x hidden) for the
+                                    input lookup; a tied lm_head keeps the base matrix, as in PEFT */
+    PEFT_SAVE_LM_HEAD = 1u << 1  /* lm_head: a trained copy for the logits */
 };
 
 enum peft_init {
@@ -152,6 +165,17 @@ typedef struct peft_lora_options {
     const char *alpha_pattern;
     /* version 3 */
     int32_t variant;    /* PEFT_VARIANT_*: the form of the update (LoRA, LoHa, LoKr) */
+    /* version 4: trained alongside the adapter, in the same PEFT LoRA file */
+    uint32_t modules_to_save; /* PEFT_SAVE_* bits: embeddings and/or lm_head trained in full */
+    uint32_t norms;           /* PEFT_NORM_* bits: RMSNorm weights trained in full (modules_to_save),
+                                 input/post-attention norms on the selected layers */
+    /* PEFT's trainable_token_indices: only these rows of the embedding matrix are trained
+       (initialised to their base values; saved as
+       model.embed_tokens.token_adapter.trainable_tokens_delta, n x hidden). With tied
+       embeddings the same rows also replace lm_head's rows, as PEFT ties them. Distinct ids,
+       not combined with PEFT_TARGET_EMBED or PEFT_SAVE_EMBED. NULL: none. */
+    const int32_t *token_indices;
+    int32_t n_token_indices;
 } peft_lora_options;
 
 enum peft_variant {
@@ -168,10 +192,10 @@ enum peft_variant {
     PEFT_VARIANT_LOKR = 2
 };
 
-#define PEFT_LORA_OPTIONS_VERSION 3
+#define PEFT_LORA_OPTIONS_VERSION 4
 #define PEFT_LORA_OPTIONS_INIT                                                 \
     {PEFT_LORA_OPTIONS_VERSION, PEFT_TARGET_Q | PEFT_TARGET_V, NULL, 8, 16.0f, \
-     0, 0.0f, PEFT_INIT_KAIMING, 0, 0, NULL, NULL, PEFT_VARIANT_LORA}
+     0, 0.0f, PEFT_INIT_KAIMING, 0, 0, NULL, NULL, PEFT_VARIANT_LORA, 0, 0, NULL, 0}
 PEFT_API int peft_lora_options_init(peft_lora_options *opts, uint32_t version);
 
 /* IA3 (Hugging Face PEFT peft_type "IA3"): learned scaling vectors, initialised to ones.
@@ -266,7 +290,15 @@ enum peft_opt {
     /* Position in the dropout stream: the index of the next training forward pass (each
        one advances it by 1; checkpoints restore it). A data-parallel host sets it to the
        global micro-batch index so every rank draws the masks one process would draw. */
-    PEFT_OPT_DROPOUT_CALL = 15
+    PEFT_OPT_DROPOUT_CALL = 15,
+    /* The embedding group (embedding and lm_head LoRA, trainable token rows, embeddings and
+       lm_head trained in full) uses EMBED_LR_RATIO and this weight decay; -1 (default): the
+       main PEFT_OPT_WEIGHT_DECAY. */
+    PEFT_OPT_EMBED_WEIGHT_DECAY = 16,
+    /* Tuned RMSNorm weights (the norms option, LN tuning): learning rate = ratio x LR
+       (default 1) and weight decay (-1, default: the main one). */
+    PEFT_OPT_NORM_LR_RATIO = 17,
+    PEFT_OPT_NORM_WEIGHT_DECAY = 18
 };
 
 enum peft_schedule {

@@ -57,7 +57,8 @@ class _LoraOptions(ctypes.Structure):
     _fields_ = [("version", _c_u32), ("targets", _c_u32), ("layers", _c_char_p), ("rank", _c_i32),
                 ("alpha", _c_float), ("use_rslora", _c_i32), ("dropout", _c_float), ("init", _c_i32),
                 ("seed", _c_u64), ("use_dora", _c_i32), ("rank_pattern", _c_char_p), ("alpha_pattern", _c_char_p),
-                ("variant", _c_i32)]
+                ("variant", _c_i32), ("modules_to_save", _c_u32), ("norms", _c_u32),
+                ("token_indices", ctypes.POINTER(_c_i32)), ("n_token_indices", _c_i32)]
 
 _VARIANTS = {"lora": 0, "loha": 1, "lokr": 2}
 
@@ -137,10 +138,11 @@ _tokenize = _fn("peft_tokenize", _c_int, _c_void_p, _c_char_p, ctypes.c_size_t, 
 _detokenize = _fn("peft_detokenize", _c_int, _c_void_p, _i32p, ctypes.c_size_t, _c_i32, _c_char_p,
                   ctypes.c_size_t, _P(ctypes.c_size_t))
 
-TARGETS = {"q": 1, "k": 2, "v": 4, "o": 8, "gate": 16, "up": 32, "down": 64, "embed": 128}
+TARGETS = {"q": 1, "k": 2, "v": 4, "o": 8, "gate": 16, "up": 32, "down": 64, "embed": 128, "lm_head": 256}
 _OPT = {"lr": 1, "beta1": 2, "beta2": 3, "eps": 4, "weight_decay": 5, "grad_clip": 6, "accum_steps": 7,
         "warmup_steps": 8, "total_steps": 9, "schedule": 10, "min_lr_ratio": 11, "loraplus_ratio": 12,
-        "embed_lr_ratio": 14, "dropout_call": 15}
+        "embed_lr_ratio": 14, "dropout_call": 15, "embed_weight_decay": 16, "norm_lr_ratio": 17,
+        "norm_weight_decay": 18}
 _SCHEDULES = {"constant": 0, "linear": 1, "cosine": 2}
 _ERANGE = -11
 
@@ -262,17 +264,26 @@ class Model(_Handle):
 
     @staticmethod
     def _lora_options(targets, rank, alpha, layers, dropout, rslora, dora, init, seed, rank_pattern, alpha_pattern,
-                      variant="lora"):
-        return _LoraOptions(3, _targets(targets), _enc(layers), rank, float(alpha if alpha is not None else 2 * rank),
-                            int(rslora), float(dropout), {"kaiming": 0, "gaussian": 1}[init], seed, int(dora),
-                            _enc(rank_pattern), _enc(alpha_pattern), _VARIANTS[variant])
+                      variant="lora", modules_to_save=(), norms=(), token_indices=()):
+        save = sum({"embed_tokens": 1, "lm_head": 2}[x] for x in modules_to_save)
+        nb = sum({"input": 1, "post_attention": 2, "final": 4}[x] for x in norms)
+        ids = (_c_i32 * len(token_indices))(*token_indices) if token_indices else None
+        o = _LoraOptions(4, _targets(targets), _enc(layers), rank, float(alpha if alpha is not None else 2 * rank),
+                         int(rslora), float(dropout), {"kaiming": 0, "gaussian": 1}[init], seed, int(dora),
+                         _enc(rank_pattern), _enc(alpha_pattern), _VARIANTS[variant], save, nb,
+                         ctypes.cast(ids, ctypes.POINTER(_c_i32)) if ids else None, len(token_indices))
+        o._ids = ids  # kept alive with the options
+        return o
 
     def attach_lora(self, targets="q,v", rank=8, alpha=None, layers=None, dropout=0.0, rslora=False, dora=False,
-                    init="kaiming", seed=0, rank_pattern=None, alpha_pattern=None, variant="lora"):
-        """Attach LoRA (DoRA with dora=True, LoHa or LoKr with variant="loha"/"lokr"); returns the exact trainable-parameter
-        count."""
+                    init="kaiming", seed=0, rank_pattern=None, alpha_pattern=None, variant="lora", modules_to_save=(),
+                    norms=(), token_indices=()):
+        """Attach LoRA (DoRA with dora=True, LoHa or LoKr with variant="loha"/"lokr"); targets may include "lm_head"
+        and "embed_tokens"; modules_to_save: "embed_tokens", "lm_head" trained in full; norms: "input",
+        "post_attention", "final" RMSNorm weights trained; token_indices: embedding rows trained. Returns the exact
+        trainable-parameter count."""
         o = self._lora_options(targets, rank, alpha, layers, dropout, rslora, dora, init, seed, rank_pattern,
-                               alpha_pattern, variant)
+                               alpha_pattern, variant, modules_to_save, norms, token_indices)
         n = _c_u64()
         _check(_attach_lora(self._handle(), ctypes.byref(o), ctypes.byref(n)))
         return n.value
@@ -307,7 +318,8 @@ class Model(_Handle):
 
     def set_optimizer(self, **settings):
         """lr, beta1, beta2, eps, weight_decay, grad_clip, accum_steps, warmup_steps, total_steps,
-        schedule ("constant", "linear", "cosine"), min_lr_ratio, loraplus_ratio, embed_lr_ratio."""
+        schedule ("constant", "linear", "cosine"), min_lr_ratio, loraplus_ratio, embed_lr_ratio, embed_weight_decay,
+        norm_lr_ratio, norm_weight_decay."""
         for k, v in settings.items():
             if k not in _OPT:
                 raise ValueError(f"unknown optimizer setting {k!r}")

@@ -10,7 +10,7 @@ pub const PEFT_VERSION_NUMBER: u32 = 256;
 pub const PEFT_ABI_MAJOR: u32 = 0;
 pub const PEFT_OPEN_OPTIONS_VERSION: u32 = 1;
 pub const PEFT_MODEL_INFO_VERSION: u32 = 1;
-pub const PEFT_LORA_OPTIONS_VERSION: u32 = 3;
+pub const PEFT_LORA_OPTIONS_VERSION: u32 = 4;
 pub const PEFT_IA3_OPTIONS_VERSION: u32 = 1;
 pub const PEFT_VERA_OPTIONS_VERSION: u32 = 1;
 pub const PEFT_NORMS_OPTIONS_VERSION: u32 = 1;
@@ -111,7 +111,11 @@ pub const PEFT_TARGET_UP: peft_target = 32;
 pub const PEFT_TARGET_DOWN: peft_target = 64;
 pub const PEFT_TARGET_ALL_LINEAR: peft_target = 127;
 pub const PEFT_TARGET_EMBED: peft_target = 128;
+pub const PEFT_TARGET_LM_HEAD: peft_target = 256;
 pub type peft_target = ::std::os::raw::c_uint;
+pub const PEFT_SAVE_EMBED: peft_save_module = 1;
+pub const PEFT_SAVE_LM_HEAD: peft_save_module = 2;
+pub type peft_save_module = ::std::os::raw::c_uint;
 pub const PEFT_INIT_KAIMING: peft_init = 0;
 pub const PEFT_INIT_GAUSSIAN: peft_init = 1;
 pub type peft_init = ::std::os::raw::c_uint;
@@ -131,6 +135,10 @@ pub struct peft_lora_options {
     pub rank_pattern: *const ::std::os::raw::c_char,
     pub alpha_pattern: *const ::std::os::raw::c_char,
     pub variant: i32,
+    pub modules_to_save: u32,
+    pub norms: u32,
+    pub token_indices: *const i32,
+    pub n_token_indices: i32,
 }
 pub const PEFT_VARIANT_LORA: peft_variant = 0;
 pub const PEFT_VARIANT_LOHA: peft_variant = 1;
@@ -247,6 +255,9 @@ pub const PEFT_OPT_LORAPLUS_RATIO: peft_opt = 12;
 pub const PEFT_OPT_STEP: peft_opt = 13;
 pub const PEFT_OPT_EMBED_LR_RATIO: peft_opt = 14;
 pub const PEFT_OPT_DROPOUT_CALL: peft_opt = 15;
+pub const PEFT_OPT_EMBED_WEIGHT_DECAY: peft_opt = 16;
+pub const PEFT_OPT_NORM_LR_RATIO: peft_opt = 17;
+pub const PEFT_OPT_NORM_WEIGHT_DECAY: peft_opt = 18;
 pub type peft_opt = ::std::os::raw::c_uint;
 pub const PEFT_SCHEDULE_CONSTANT: peft_schedule = 0;
 pub const PEFT_SCHEDULE_LINEAR: peft_schedule = 1;

@@ -131,6 +131,15 @@ pub mod target {
     pub const ALL_LINEAR: u32 = sys::PEFT_TARGET_ALL_LINEAR;
     /// LoRA on the token embeddings (PEFT's `embed_tokens`).
     pub const EMBED: u32 = sys::PEFT_TARGET_EMBED;
+    /// LoRA on the output projection (PEFT's `lm_head`).
+    pub const LM_HEAD: u32 = sys::PEFT_TARGET_LM_HEAD;
+}
+
+/// Bits for [`LoraOptions::modules_to_save`]: modules trained in full.
+pub mod save {
+    use super::sys;
+    pub const EMBED: u32 = sys::PEFT_SAVE_EMBED;
+    pub const LM_HEAD: u32 = sys::PEFT_SAVE_LM_HEAD;
 }
 
 /// Norm bits for [`NormsOptions::norms`].
@@ -190,6 +199,12 @@ pub struct LoraOptions {
     /// PEFT's alpha_pattern, "KEY=A,...".
     pub alpha_pattern: Option<String>,
     pub variant: Variant,
+    /// PEFT_SAVE_* bits: embeddings and/or lm_head trained in full (PEFT's modules_to_save).
+    pub modules_to_save: u32,
+    /// PEFT_NORM_* bits: RMSNorm weights trained alongside (saved as modules_to_save).
+    pub norms: u32,
+    /// PEFT's trainable_token_indices: rows of the embeddings trained.
+    pub token_indices: Vec<i32>,
 }
 
 impl Default for LoraOptions {
@@ -209,6 +224,9 @@ impl Default for LoraOptions {
             rank_pattern: None,
             alpha_pattern: None,
             variant: Variant::Lora,
+            modules_to_save: 0,
+            norms: 0,
+            token_indices: Vec::new(),
         }
     }
 }
@@ -217,6 +235,7 @@ impl Default for LoraOptions {
 struct RawLora {
     raw: sys::peft_lora_options,
     _strings: [Option<CString>; 3],
+    _tokens: Vec<i32>,
 }
 
 impl LoraOptions {
@@ -226,6 +245,10 @@ impl LoraOptions {
             opt_c(&self.rank_pattern, "rank_pattern")?,
             opt_c(&self.alpha_pattern, "alpha_pattern")?,
         ];
+        let tokens = self.token_indices.clone();
+        if tokens.len() > i32::MAX as usize {
+            return Err(Error::invalid("too many token indices".into()));
+        }
         let raw = sys::peft_lora_options {
             version: sys::PEFT_LORA_OPTIONS_VERSION,
             targets: self.targets,
@@ -247,8 +270,12 @@ impl LoraOptions {
                 Variant::Loha => sys::PEFT_VARIANT_LOHA as i32,
                 Variant::Lokr => sys::PEFT_VARIANT_LOKR as i32,
             },
+            modules_to_save: self.modules_to_save,
+            norms: self.norms,
+            token_indices: if tokens.is_empty() { std::ptr::null() } else { tokens.as_ptr() },
+            n_token_indices: tokens.len() as i32,
         };
-        Ok(RawLora { raw, _strings: strings })
+        Ok(RawLora { raw, _strings: strings, _tokens: tokens })
     }
 }
 
@@ -317,6 +344,11 @@ pub enum Opt {
     Step,
     EmbedLrRatio,
     DropoutCall,
+    /// Weight decay of the embedding group; -1: the main one.
+    EmbedWeightDecay,
+    NormLrRatio,
+    /// Weight decay of tuned norms; -1: the main one.
+    NormWeightDecay,
 }
 
 impl Opt {
@@ -337,6 +369,9 @@ impl Opt {
             Opt::Step => sys::PEFT_OPT_STEP,
             Opt::EmbedLrRatio => sys::PEFT_OPT_EMBED_LR_RATIO,
             Opt::DropoutCall => sys::PEFT_OPT_DROPOUT_CALL,
+            Opt::EmbedWeightDecay => sys::PEFT_OPT_EMBED_WEIGHT_DECAY,
+            Opt::NormLrRatio => sys::PEFT_OPT_NORM_LR_RATIO,
+            Opt::NormWeightDecay => sys::PEFT_OPT_NORM_WEIGHT_DECAY,
         }) as c_int
     }
 }

@@ -1,5 +1,5 @@
 //! The safe API against the tiny test model (tests/data/tiny, or $PEFT_TEST_DATA/tiny).
-use peft::{target, Batch, ErrorKind, Ia3Options, LoraOptions, Model, Opt, Variant, VeraOptions};
+use peft::{norm, save, target, Batch, ErrorKind, Ia3Options, LoraOptions, Model, Opt, Variant, VeraOptions};
 use std::path::PathBuf;
 
 fn data() -> PathBuf {
@@ -99,15 +99,33 @@ fn split_step_equals_step() {
 
 #[test]
 fn other_methods_attach_and_train() {
-    for which in 0..4 {
+    for which in 0..6 {
         let mut m = tiny();
         let n = match which {
+            4 => m
+                .attach_lora(&LoraOptions {
+                    targets: target::Q | target::LM_HEAD,
+                    rank: 2,
+                    modules_to_save: save::EMBED,
+                    norms: norm::FINAL,
+                    ..LoraOptions::default()
+                })
+                .unwrap(),
             0 => m.attach_ia3(&Ia3Options::default()).unwrap(),
             1 => m.attach_vera(&VeraOptions { rank: 16, ..VeraOptions::default() }).unwrap(),
             2 => m.attach_lora(&LoraOptions { variant: Variant::Loha, ..LoraOptions::default() }).unwrap(),
-            _ => m.attach_lora(&LoraOptions { dora: true, ..LoraOptions::default() }).unwrap(),
+            3 => m.attach_lora(&LoraOptions { dora: true, ..LoraOptions::default() }).unwrap(),
+            _ => m
+                .attach_lora(&LoraOptions { targets: target::V, token_indices: vec![3, 7, 11], ..LoraOptions::default() })
+                .unwrap(),
         };
         assert!(n > 0 && m.info().n_trainable == n);
+        if which == 4 {
+            // q in 3 layers, lm_head A (2 x 32) + B (48 x 2), the embeddings, the final norm
+            assert_eq!(n, 3 * 2 * 64 + 2 * (32 + 48) + 48 * 32 + 32);
+        }
+        m.set(Opt::NormLrRatio, 0.5).unwrap();
+        assert_eq!(m.get(Opt::NormLrRatio).unwrap(), 0.5);
         let tok = tokens(2 * 16, m.info().vocab_size, which);
         let r = m.step(&Batch::new(&tok, 2, 16).unwrap()).unwrap();
         assert!(r.updated && r.loss.is_finite());
