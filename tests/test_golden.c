@@ -90,6 +90,25 @@ static double max_rel_err(const float *x, double xscale, const char *st_path, co
                               : "base_model.model.model.embed_tokens.lora_embedding_A",
                        x, xscale, &off, &worst);
     }
+    /* then what LoRA trains beyond the linear modules: lm_head A, B, the token rows, the
+       embeddings and lm_head in full, the norms (modules_to_save) layer by layer */
+    static const char *const extra[] = {"base_model.model.lm_head.lora_A.weight", "base_model.model.lm_head.lora_B.weight",
+                                        "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta",
+                                        "base_model.model.model.embed_tokens.weight", "base_model.model.lm_head.weight"};
+    for (int i = 0; i < 5; i++)
+        compare_tensor(ref, extra[i], x, xscale, &off, &worst);
+    for (int l = 0; l <= 64; l++)
+        for (int w = 0; w < 2; w++) {
+            char key[160];
+            if (l == 64 && w == 1)
+                break;
+            if (l == 64)
+                snprintf(key, sizeof key, "base_model.model.model.norm.weight");
+            else
+                snprintf(key, sizeof key, "base_model.model.model.layers.%d.%s.weight", l,
+                         w ? "post_attention_layernorm" : "input_layernorm");
+            compare_tensor(ref, key, x, xscale, &off, &worst);
+        }
     /* LN tuning: per layer input then post-attention norm, then the final norm */
     for (int l = 0; l <= 64; l++)
         for (int w = 0; w < 2; w++) {
@@ -175,6 +194,8 @@ TEST(torch_step_embed) { step_case("embed_qv", 2); }
 TEST(torch_step_vera) { step_case("vera_qv_down", 2); }
 TEST(torch_step_loha) { step_case("loha_qo_up", 2); }
 TEST(torch_step_lokr) { step_case("lokr_qv_gate", 2); }
+TEST(torch_step_extras_head_embed_norm) { step_case("extras_head_embed_norm", 2); }
+TEST(torch_step_extras_tokens_head) { step_case("extras_tokens_head", 2); }
 
 /* Every backend against the reference on a whole training step. */
 TEST(backend_blis_step)
@@ -242,6 +263,7 @@ TEST(model_gradcheck_embed) { gradcheck("tiny/embed_qv/adapter"); }
 TEST(model_gradcheck_vera) { gradcheck("tiny/vera_qv_down/adapter"); }
 TEST(model_gradcheck_loha) { gradcheck("tiny/loha_qo_up/adapter"); }
 TEST(model_gradcheck_lokr) { gradcheck("tiny/lokr_qv_gate/adapter"); }
+TEST(model_gradcheck_extras) { gradcheck("tiny/extras_head_embed_norm/adapter"); }
 
 /* ---- sharded checkpoints and half-precision weights ---- */
 
@@ -630,7 +652,8 @@ static const struct h_case cases[] = {
     CASE(backend_blis_step), CASE(torch_step_ia3), CASE(torch_step_norms),
     CASE(model_gradcheck), CASE(model_gradcheck_embed), CASE(torch_step_embed), CASE(torch_step_vera),
     CASE(model_gradcheck_vera), CASE(torch_step_loha), CASE(model_gradcheck_loha),
-    CASE(torch_step_lokr), CASE(model_gradcheck_lokr),
+    CASE(torch_step_lokr), CASE(model_gradcheck_lokr), CASE(torch_step_extras_head_embed_norm),
+    CASE(torch_step_extras_tokens_head), CASE(model_gradcheck_extras),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
     CASE(sharded_and_half_precision_models), CASE(config_errors), CASE(shared_gguf_models),
 };

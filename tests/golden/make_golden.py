@@ -109,12 +109,24 @@ def norm_key(name):
     return "base_model.model." + name[: -len(".weight")] + ".ln_tuning_layers.weight"
 
 
+HEAD_A = "base_model.model.lm_head.lora_A.weight"
+HEAD_B = "base_model.model.lm_head.lora_B.weight"
+TOK_DELTA = "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"
+TOKEN_IDX = [3, 7, 11]
+
+
 def forward(c, W, tokens, labels, lora, scale):
     B, T = tokens.shape
+    W = dict(W)
+    for k in list(W):  # modules_to_save: the trained copy replaces the module's weight
+        if "base_model.model." + k in lora:
+            W[k] = lora["base_model.model." + k]
+    if TOK_DELTA in lora:  # PEFT's trainable tokens: the rows are replaced (index_copy)
+        W["model.embed_tokens.weight"] = W["model.embed_tokens.weight"].index_copy(
+            0, torch.tensor(TOKEN_IDX), lora[TOK_DELTA])
     x = W["model.embed_tokens.weight"][tokens]
     if EMBED_A in lora:  # PEFT: embedding(x, A^T) @ B^T * scaling, on the input lookup only
         x = x + scale * lora[EMBED_A].T[tokens] @ lora[EMBED_B].T
-    W = dict(W)
     for k in list(W):
         if norm_key(k) in lora:  # LN tuning: the trained norm weight replaces the base one
             W[k] = lora[norm_key(k)]
@@ -173,6 +185,8 @@ def forward(c, W, tokens, labels, lora, scale):
     x = rmsnorm(x, W["model.norm.weight"], c.eps)
     head = W["model.embed_tokens.weight"] if c.tied or "lm_head.weight" not in W else W["lm_head.weight"]
     logits = x @ head.T
+    if HEAD_A in lora:  # LoRA on lm_head
+        logits = logits + scale * (x @ lora[HEAD_A].T) @ lora[HEAD_B].T
     return torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, c.V), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="mean")
 
@@ -257,6 +271,14 @@ LOKR_CASES = [
     ("lokr_qv_gate", ["q_proj", "v_proj", "gate_proj"], [1, 2], -4, 4.0, False, 1e-2, 0.0, 0.0, False),
 ]
 LOKR_ALPHA = 4.0
+
+EXTRA_CASES = [
+    # beyond the linear modules (rank -5 marks them): q, v and lm_head LoRA with the embeddings and
+    # the final norm trained in full; v LoRA with trainable token rows and lm_head in full
+    ("extras_head_embed_norm", ["q_proj", "v_proj", "lm_head"], None, -5, 4.0, False, 1e-2, 0.0, 0.0, False),
+    ("extras_tokens_head", ["v_proj"], [1, 2], -5, 4.0, False, 1e-2, 0.0, 0.0, False),
+]
+EXTRA_RANK = 2
 lora_ranks = {}
 
 
@@ -309,7 +331,7 @@ def main():
     labels = tokens.clone()
     labels[0, :4] = -100  # a masked prompt
     labels[1, 7] = -100
-    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES + IA3_CASES + NORM_CASES + EMBED_CASES + VERA_CASES + LOHA_CASES + LOKR_CASES:
+    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES + IA3_CASES + NORM_CASES + EMBED_CASES + VERA_CASES + LOHA_CASES + LOKR_CASES + EXTRA_CASES:
         if r == -1:  # LN tuning
             lora = {}
             names = [f"model.layers.{l}.{n}.weight" for l in layers for n in ("input_layernorm", "post_attention_layernorm")]
@@ -321,6 +343,38 @@ def main():
                     "base_model_name_or_path": "tiny"}
             write_case(name, lora, acfg, tokens, labels, lr, wd, clip,
                        one_step(c, W, tokens, labels, lora, 1.0, lr, wd, clip))
+            continue
+        if r == -5:  # LoRA with lm_head, modules_to_save, token rows
+            r = EXTRA_RANK
+            scale = alpha / r
+            lora = {}
+            for l in range(c.L):
+                if layers is not None and l not in layers:
+                    continue
+                for m in targets:
+                    if m == "lm_head":
+                        continue
+                    o, i = dims[m]
+                    lora[key(l, m, "A")] = (torch.rand(r, i, generator=g) * 2 - 1) / math.sqrt(i)
+                    lora[key(l, m, "B")] = torch.randn(o, r, generator=g) * 0.1
+            acfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha, "lora_dropout": 0.0,
+                    "target_modules": targets, "bias": "none", "use_rslora": False, "use_dora": False,
+                    "layers_to_transform": layers, "init_lora_weights": True, "base_model_name_or_path": "tiny"}
+            if "lm_head" in targets:
+                lora[HEAD_A] = (torch.rand(r, c.D, generator=g) * 2 - 1) / math.sqrt(c.D)
+                lora[HEAD_B] = torch.randn(c.V, r, generator=g) * 0.1
+                lora["base_model.model.model.embed_tokens.weight"] = \
+                    W["model.embed_tokens.weight"] * (1 + 0.1 * torch.randn(c.V, c.D, generator=g))
+                lora["base_model.model.model.norm.weight"] = W["model.norm.weight"] * (1 + 0.1 * torch.randn(c.D, generator=g))
+                acfg["modules_to_save"] = ["embed_tokens", "model.norm"]
+            else:
+                lora[TOK_DELTA] = W["model.embed_tokens.weight"][TOKEN_IDX] + 0.1 * torch.randn(3, c.D, generator=g)
+                lora["base_model.model.lm_head.weight"] = W["lm_head.weight"] + 0.05 * torch.randn(c.V, c.D, generator=g)
+                acfg["modules_to_save"] = ["lm_head"]
+                acfg["trainable_token_indices"] = TOKEN_IDX
+            lora = {k: v.to(torch.float32).to(torch.float64) for k, v in lora.items()}
+            write_case(name, lora, acfg, tokens, labels, lr, wd, clip,
+                       one_step(c, W, tokens, labels, lora, scale, lr, wd, clip))
             continue
         if r == -4:  # LoKr
             lora = {}
