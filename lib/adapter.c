@@ -93,8 +93,8 @@ static void jw_number(struct jw *w, float v)
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-/* "k=v,k=v" -> a JSON object with sorted keys (as PEFT writes it) */
-static void jw_pattern(struct jw *w, const char *pat, int integer)
+/* "k=v,k=v" -> a JSON object with sorted keys (as PEFT writes it), values times factor */
+static void jw_pattern(struct jw *w, const char *pat, int integer, double factor)
 {
     if (!pat) {
         jw_put(w, "{}");
@@ -117,9 +117,9 @@ static void jw_pattern(struct jw *w, const char *pat, int integer)
         jw_str(w, items[i]);
         jw_put(w, ": ");
         if (integer)
-            jw_put(w, "%d", atoi(eq + 1));
+            jw_put(w, "%d", (int)(atoi(eq + 1) * factor));
         else
-            jw_number(w, strtof(eq + 1, NULL));
+            jw_number(w, (float)(strtof(eq + 1, NULL) * factor));
     }
     jw_put(w, "\n  }");
     free(copy);
@@ -235,27 +235,33 @@ static void jw_layers(struct jw *w, const lora_state *l, int n_layers)
     jw_put(w, "\n  ]");
 }
 
-static int write_config(const peft_model *m, const char *path, const char *base_name)
+/* convert: a PiSSA/OLoRA adapter written as the plain LoRA of twice the rank (PEFT's
+   path_initial_model_for_weight_conversion): r, patterns and alpha doubled (alpha x sqrt(2)
+   with rsLoRA, and so the alpha_pattern values too, which keeps every module's scale; PEFT
+   doubles those even with rsLoRA) */
+static int write_config(const peft_model *m, const char *path, const char *base_name, int convert)
 {
     const lora_state *l = m->lora;
     struct jw w = {0};
+    double afac = !convert ? 1.0 : l->use_rslora ? sqrt(2.0) : 2.0;
+    static const char *const inits[4] = {"true", "\"gaussian\"", "\"pissa\"", "\"olora\""};
     jw_put(&w, "{\n  \"alpha_pattern\": ");
-    jw_pattern(&w, l->alpha_pattern, 0);
+    jw_pattern(&w, l->alpha_pattern, 0, afac);
     jw_put(&w, ",\n  \"base_model_name_or_path\": ");
     jw_str(&w, base_name);
     jw_put(&w, ",\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"inference_mode\": true,\n");
-    jw_put(&w, "  \"init_lora_weights\": %s,\n", l->init == PEFT_INIT_GAUSSIAN ? "\"gaussian\"" : "true");
+    jw_put(&w, "  \"init_lora_weights\": %s,\n", convert ? "true" : inits[l->init & 3]);
     jw_put(&w, "  \"layers_pattern\": null,\n  \"layers_to_transform\": ");
     jw_layers(&w, l, m->cfg.n_layers);
     jw_put(&w, ",\n  \"lora_alpha\": ");
-    jw_number(&w, l->alpha);
+    jw_number(&w, (float)(l->alpha * afac));
     jw_put(&w, ",\n  \"lora_dropout\": ");
     jw_float(&w, l->dropout);
     jw_put(&w, ",\n  \"modules_to_save\": ");
     jw_modules_to_save(&w, l, m->cfg.n_layers);
-    jw_put(&w, ",\n  \"peft_type\": \"LORA\",\n  \"r\": %d,\n", l->rank);
+    jw_put(&w, ",\n  \"peft_type\": \"LORA\",\n  \"r\": %d,\n", convert ? 2 * l->rank : l->rank);
     jw_put(&w, "  \"rank_pattern\": ");
-    jw_pattern(&w, l->rank_pattern, 1);
+    jw_pattern(&w, l->rank_pattern, 1, convert ? 2.0 : 1.0);
     jw_put(&w, ",\n  \"revision\": null,\n  \"target_modules\": [");
     int first = 1;
     for (int k = 0; k < PEFT_MOD_COUNT; k++)
@@ -721,7 +727,7 @@ static int save_loha(peft_model *m, const char *st_path, const char *cfg_path, c
     jw_put(&w, "{\n  \"alpha\": ");
     jw_number(&w, l->alpha);
     jw_put(&w, ",\n  \"alpha_pattern\": ");
-    jw_pattern(&w, l->alpha_pattern, 0);
+    jw_pattern(&w, l->alpha_pattern, 0, 1.0);
     jw_put(&w, ",\n  \"base_model_name_or_path\": ");
     jw_str(&w, base_name);
     if (lokr)
@@ -732,7 +738,7 @@ static int save_loha(peft_model *m, const char *st_path, const char *cfg_path, c
     jw_put(&w, ",\n  \"module_dropout\": 0.0,\n  \"modules_to_save\": null,\n  \"peft_type\": \"%s\",\n"
                "  \"r\": %d,\n  \"rank_dropout\": 0.0,\n%s  \"rank_pattern\": ",
            lokr ? "LOKR" : "LOHA", l->rank, lokr ? "  \"rank_dropout_scale\": false,\n" : "");
-    jw_pattern(&w, l->rank_pattern, 1);
+    jw_pattern(&w, l->rank_pattern, 1, 1.0);
     jw_put(&w, ",\n  \"revision\": null,\n  \"target_modules\": [");
     first = 1;
     for (int k = 0; k < PEFT_MOD_COUNT; k++)
@@ -843,6 +849,7 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
     }
     int ia3 = l->method == PEFT_METHOD_IA3;
     int per = ia3 ? 1 : l->use_dora ? 3 : 2;
+    float *conv = NULL;
     size_t n_extra = ia3 ? 0 : extra_count(l, m->cfg.n_layers);
     size_t n_ts = (size_t)l->n_modules * (size_t)per + (l->embed_r > 0 ? 2 : 0) + n_extra;
     st_out_tensor *ts = calloc(n_ts, sizeof *ts);
@@ -852,6 +859,23 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
     if (!ts || !names || !st_path || !cfg_path) {
         code = peft__fail(PEFT_ENOMEM, "peft_save_adapter: out of memory");
         goto done;
+    }
+    /* PiSSA/OLoRA as plain LoRA: per module A' = [A; A0] (2r, in), B' = [B, -B0] (out, 2r) */
+    int convert = opts && opts->version >= 2 && opts->convert_to_lora && l->res && !ia3;
+    if (convert && !(conv = peft__alloc_floats(2 * l->mods_end))) {
+        code = peft__fail(PEFT_ENOMEM, "peft_save_adapter: out of memory");
+        goto done;
+    }
+    for (int i = 0; convert && i < l->n_modules; i++) {
+        const lora_module *md = &l->mods[i];
+        size_t r = (size_t)md->r, in = (size_t)md->in;
+        float *a2 = conv + 2 * md->off_a, *b2 = conv + 2 * md->off_b;
+        memcpy(a2, l->params + md->off_a, r * in * sizeof(float));
+        memcpy(a2 + r * in, l->init_ab + md->off_a, r * in * sizeof(float));
+        for (int o = 0; o < md->out; o++)
+            for (size_t k = 0; k < 2 * r; k++)
+                b2[(size_t)o * 2 * r + k] = k < r ? l->params[md->off_b + (size_t)o * r + k]
+                                                  : -l->init_ab[md->off_b + (size_t)o * r + (k - r)];
     }
     for (int i = 0; i < l->n_modules; i++) {
         const lora_module *md = &l->mods[i];
@@ -874,9 +898,9 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
                 continue;
             }
             t->n_dims = 2;
-            t->shape[0] = b ? md->out : md->r;
-            t->shape[1] = b ? md->r : md->in;
-            t->data = l->params + (b ? md->off_b : md->off_a);
+            t->shape[0] = b ? md->out : md->r * (convert + 1);
+            t->shape[1] = b ? md->r * (convert + 1) : md->in;
+            t->data = convert ? conv + 2 * (b ? md->off_b : md->off_a) : l->params + (b ? md->off_b : md->off_a);
         }
     }
     if (l->embed_r > 0) {
@@ -898,13 +922,14 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
     code = st_write(st_path, ts, n_ts, mk, mv, 1);
     if (!code) {
         const char *base = opts && opts->base_model_name_or_path ? opts->base_model_name_or_path : m->path;
-        code = ia3 ? write_config_ia3(m, cfg_path, base) : write_config(m, cfg_path, base);
+        code = ia3 ? write_config_ia3(m, cfg_path, base) : write_config(m, cfg_path, base, convert);
     }
 done:
     free(ts);
     free(names);
     free(st_path);
     free(cfg_path);
+    peft__free(conv);
     return code;
 }
 
@@ -1121,8 +1146,16 @@ static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, in
     if (v && v->type == JSON_BOOL && v->boolean)
         FAIL(PEFT_EUNSUPPORTED, "%s: fan_in_fan_out is not used by Llama models", path);
     v = json_get(root, "init_lora_weights");
-    o->init = v && v->type == JSON_STRING && strcmp(v->string, "gaussian") == 0 ? PEFT_INIT_GAUSSIAN
-                                                                                : PEFT_INIT_KAIMING;
+    o->init = PEFT_INIT_KAIMING;
+    if (v && v->type == JSON_STRING && !strcmp(v->string, "gaussian"))
+        o->init = PEFT_INIT_GAUSSIAN;
+    else if (v && v->type == JSON_STRING && (!strcmp(v->string, "pissa") || !strncmp(v->string, "pissa_niter_", 12)))
+        o->init = PEFT_INIT_PISSA; /* the residual is recomputed from this base, as PEFT does on loading */
+    else if (v && v->type == JSON_STRING && !strcmp(v->string, "olora"))
+        o->init = PEFT_INIT_OLORA;
+    else if (v && v->type == JSON_STRING)
+        FAIL(PEFT_EUNSUPPORTED, "%s: init_lora_weights \"%s\" is not supported (gaussian, pissa, olora)", path,
+             v->string);
     if ((code = targets_and_layers(root, &o->targets, 1, layers, layers_cap / 2, path)) ||
         (code = read_modules_to_save(json_get(root, "modules_to_save"), o, layers, path)) ||
         (code = read_token_indices(json_get(root, "trainable_token_indices"), o, tok, path)))

@@ -342,32 +342,31 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
 {
     const peft_config *c = &m->cfg;
     workspace *ws = &m->ws;
-    const peft_layer_weights *w = &m->layers[l];
     int B = ws->n_seq, T = ws->seq_len, D = c->dim, F = c->ffn_dim;
     int Hq = c->n_heads * c->head_dim, Hk = c->n_kv_heads * c->head_dim;
     int64_t N = (int64_t)B * T;
     lora_view lv;
     rmsnorm_forward(m->pool, a->xn1, a->rstd1, x_in, peft__norm_weight(m, l, 0), N, D, c->eps);
-    linear_forward(m, a->q, a->xn1, &w->w[PEFT_MOD_Q], N, D, Hq, peft__view_of(m, &lv, l, PEFT_MOD_Q, train),
+    linear_forward(m, a->q, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), N, D, Hq, peft__view_of(m, &lv, l, PEFT_MOD_Q, train),
                    xa_of(m, l, PEFT_MOD_Q), ws->tmp);
-    linear_forward(m, a->k, a->xn1, &w->w[PEFT_MOD_K], N, D, Hk, peft__view_of(m, &lv, l, PEFT_MOD_K, train),
+    linear_forward(m, a->k, a->xn1, peft__w_of(m, l, PEFT_MOD_K), N, D, Hk, peft__view_of(m, &lv, l, PEFT_MOD_K, train),
                    xa_of(m, l, PEFT_MOD_K), ws->tmp);
-    linear_forward(m, a->v, a->xn1, &w->w[PEFT_MOD_V], N, D, Hk, peft__view_of(m, &lv, l, PEFT_MOD_V, train),
+    linear_forward(m, a->v, a->xn1, peft__w_of(m, l, PEFT_MOD_V), N, D, Hk, peft__view_of(m, &lv, l, PEFT_MOD_V, train),
                    xa_of(m, l, PEFT_MOD_V), ws->tmp);
     rope_forward(m->pool, a->q, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_heads, c->head_dim);
     rope_forward(m->pool, a->k, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_kv_heads, c->head_dim);
     attention_forward(m->pool, a->att, a->lse, ws->att_scratch, a->q, a->k, a->v, ws->pos, B, T, c->n_heads,
                       c->n_kv_heads, c->head_dim, c->sliding_window);
-    linear_forward(m, a->h, a->att, &w->w[PEFT_MOD_O], N, Hq, D, peft__view_of(m, &lv, l, PEFT_MOD_O, train),
+    linear_forward(m, a->h, a->att, peft__w_of(m, l, PEFT_MOD_O), N, Hq, D, peft__view_of(m, &lv, l, PEFT_MOD_O, train),
                    xa_of(m, l, PEFT_MOD_O), ws->tmp);
     add_inplace(a->h, x_in, (size_t)N * D);
     rmsnorm_forward(m->pool, a->xn2, a->rstd2, a->h, peft__norm_weight(m, l, 1), N, D, c->eps);
-    linear_forward(m, a->g, a->xn2, &w->w[PEFT_MOD_GATE], N, D, F,
+    linear_forward(m, a->g, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), N, D, F,
                    peft__view_of(m, &lv, l, PEFT_MOD_GATE, train), xa_of(m, l, PEFT_MOD_GATE), ws->tmp);
-    linear_forward(m, a->u, a->xn2, &w->w[PEFT_MOD_UP], N, D, F, peft__view_of(m, &lv, l, PEFT_MOD_UP, train),
+    linear_forward(m, a->u, a->xn2, peft__w_of(m, l, PEFT_MOD_UP), N, D, F, peft__view_of(m, &lv, l, PEFT_MOD_UP, train),
                    xa_of(m, l, PEFT_MOD_UP), ws->tmp);
     swiglu_forward(m->pool, ws->act, a->g, a->u, N, F);
-    linear_forward(m, x_out, ws->act, &w->w[PEFT_MOD_DOWN], N, F, D,
+    linear_forward(m, x_out, ws->act, peft__w_of(m, l, PEFT_MOD_DOWN), N, F, D,
                    peft__view_of(m, &lv, l, PEFT_MOD_DOWN, train), xa_of(m, l, PEFT_MOD_DOWN), ws->tmp);
     add_inplace(x_out, a->h, (size_t)N * D);
 }
@@ -386,7 +385,6 @@ static void layer_backward(peft_model *m, int l)
     const peft_config *c = &m->cfg;
     workspace *ws = &m->ws;
     layer_acts *a = &ws->acts[l];
-    const peft_layer_weights *w = &m->layers[l];
     int B = ws->n_seq, T = ws->seq_len, D = c->dim, F = c->ffn_dim;
     int Hq = c->n_heads * c->head_dim, Hk = c->n_kv_heads * c->head_dim;
     int64_t N = (int64_t)B * T;
@@ -398,12 +396,12 @@ static void layer_backward(peft_model *m, int l)
 
     /* MLP: x_out = h + down(silu(g) * u) */
     swiglu_forward(m->pool, ws->act, a->g, a->u, N, F);
-    linear_backward(m, ws->dact, 0.0f, ws->dx, ws->act, &w->w[PEFT_MOD_DOWN], N, F, D,
+    linear_backward(m, ws->dact, 0.0f, ws->dx, ws->act, peft__w_of(m, l, PEFT_MOD_DOWN), N, F, D,
                     peft__view_of(m, &lv, l, PEFT_MOD_DOWN, 1), xa_of(m, l, PEFT_MOD_DOWN), ws->dxa, ws->tmp);
     swiglu_backward(m->pool, ws->dg, ws->du, ws->dact, a->g, a->u, N, F);
-    linear_backward(m, attn ? ws->dxn : NULL, 0.0f, ws->dg, a->xn2, &w->w[PEFT_MOD_GATE], N, D, F,
+    linear_backward(m, attn ? ws->dxn : NULL, 0.0f, ws->dg, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), N, D, F,
                     peft__view_of(m, &lv, l, PEFT_MOD_GATE, 1), xa_of(m, l, PEFT_MOD_GATE), ws->dxa, ws->tmp);
-    linear_backward(m, attn ? ws->dxn : NULL, 1.0f, ws->du, a->xn2, &w->w[PEFT_MOD_UP], N, D, F,
+    linear_backward(m, attn ? ws->dxn : NULL, 1.0f, ws->du, a->xn2, peft__w_of(m, l, PEFT_MOD_UP), N, D, F,
                     peft__view_of(m, &lv, l, PEFT_MOD_UP, 1), xa_of(m, l, PEFT_MOD_UP), ws->dxa, ws->tmp);
     if (!attn)
         return;
@@ -412,7 +410,7 @@ static void layer_backward(peft_model *m, int l)
     rmsnorm_backward(m->pool, ws->dx, ws->dxn, a->h, peft__norm_weight(m, l, 1), a->rstd2, N, D);
 
     /* attention: h = x_in + o(attn(q, k, v)) */
-    linear_backward(m, qkv ? ws->datt : NULL, 0.0f, ws->dx, a->att, &w->w[PEFT_MOD_O], N, Hq, D,
+    linear_backward(m, qkv ? ws->datt : NULL, 0.0f, ws->dx, a->att, peft__w_of(m, l, PEFT_MOD_O), N, Hq, D,
                     peft__view_of(m, &lv, l, PEFT_MOD_O, 1), xa_of(m, l, PEFT_MOD_O), ws->dxa, ws->tmp);
     if (!qkv)
         return;
@@ -421,11 +419,11 @@ static void layer_backward(peft_model *m, int l)
     rope_backward(m->pool, ws->dq, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_heads, c->head_dim);
     rope_backward(m->pool, ws->dk, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_kv_heads, c->head_dim);
     float *dxn = below || dw1 ? ws->dxn : NULL;
-    linear_backward(m, dxn, 0.0f, ws->dq, a->xn1, &w->w[PEFT_MOD_Q], N, D, Hq,
+    linear_backward(m, dxn, 0.0f, ws->dq, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), N, D, Hq,
                     peft__view_of(m, &lv, l, PEFT_MOD_Q, 1), xa_of(m, l, PEFT_MOD_Q), ws->dxa, ws->tmp);
-    linear_backward(m, dxn, 1.0f, ws->dk, a->xn1, &w->w[PEFT_MOD_K], N, D, Hk,
+    linear_backward(m, dxn, 1.0f, ws->dk, a->xn1, peft__w_of(m, l, PEFT_MOD_K), N, D, Hk,
                     peft__view_of(m, &lv, l, PEFT_MOD_K, 1), xa_of(m, l, PEFT_MOD_K), ws->dxa, ws->tmp);
-    linear_backward(m, dxn, 1.0f, ws->dv, a->xn1, &w->w[PEFT_MOD_V], N, D, Hk,
+    linear_backward(m, dxn, 1.0f, ws->dv, a->xn1, peft__w_of(m, l, PEFT_MOD_V), N, D, Hk,
                     peft__view_of(m, &lv, l, PEFT_MOD_V, 1), xa_of(m, l, PEFT_MOD_V), ws->dxa, ws->tmp);
     if (dw1)
         rmsnorm_backward_w(dw1, ws->dxn, a->x_in, a->rstd1, N, D);

@@ -85,6 +85,10 @@ int peft_save_adapter_gguf(peft_model *m, const char *path, const char *name)
     if (l->embed_r > 0)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_adapter_gguf: the embedding adapter is not exported to "
                                              "GGUF yet (llama.cpp's converter handles only linear LoRA modules here)");
+    if (l->res)
+        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_adapter_gguf: a PiSSA/OLoRA adapter needs its residual base; "
+                                             "save it with convert_to_lora (a plain LoRA of twice the rank) and "
+                                             "export that");
     if (l->head_r > 0 || l->n_tok > 0 || l->save_embed || l->save_head || l->norms)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_adapter_gguf: llama.cpp's LoRA files hold the linear "
                                              "modules' lora_a/lora_b only, not lm_head LoRA, token rows or "

@@ -146,6 +146,10 @@ void peft__lora_free(lora_state *l)
     free(l->norm_off);
     free(l->tok_idx);
     free(l->tok_slot);
+    for (int i = 0; l->res && i < l->n_modules; i++)
+        peft__free((float *)l->res[i].f);
+    free(l->res);
+    peft__free(l->init_ab);
     peft__free(l->head_u);
     peft__free(l->vera_A);
     peft__free(l->vera_B);
@@ -264,8 +268,13 @@ static int check_options(const peft_model *m, const peft_lora_options *o)
         return peft__fail(PEFT_EINVAL, "LoRA: alpha must be positive and finite");
     if (!(o->dropout >= 0.0f && o->dropout < 1.0f))
         return peft__fail(PEFT_EINVAL, "LoRA: dropout must be in [0, 1)");
-    if (o->init != PEFT_INIT_KAIMING && o->init != PEFT_INIT_GAUSSIAN)
+    if (o->init < PEFT_INIT_KAIMING || o->init > PEFT_INIT_OLORA)
         return peft__fail(PEFT_EINVAL, "LoRA: unknown init %d", o->init);
+    if ((o->init == PEFT_INIT_PISSA || o->init == PEFT_INIT_OLORA) &&
+        ((o->targets & (PEFT_TARGET_EMBED | PEFT_TARGET_LM_HEAD)) || (o->version >= 2 && o->use_dora) ||
+         (o->version >= 3 && o->variant != PEFT_VARIANT_LORA)))
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: LoRA on linear targets only (not DoRA, LoHa, LoKr, embed_tokens or "
+                                             "lm_head)", o->init == PEFT_INIT_PISSA ? "PiSSA" : "OLoRA");
     if (o->version >= 2 && o->use_dora && o->dropout > 0.0f)
         return peft__fail(PEFT_EUNSUPPORTED, "DoRA with LoRA dropout is not supported yet (use dropout 0)");
     int code;
@@ -893,6 +902,10 @@ int peft_attach_lora(peft_model *m, const peft_lora_options *o, uint64_t *n_trai
     init_params(l, m);
     init_embed(l, m);
     init_extras(l, m);
+    if ((l->init == PEFT_INIT_PISSA || l->init == PEFT_INIT_OLORA) && (code = peft__pissa_init(l, m))) {
+        peft__lora_free(l);
+        return code;
+    }
     return install(m, l, n_trainable);
 }
 

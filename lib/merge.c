@@ -90,7 +90,7 @@ int peft_merge_adapter(peft_model *m)
             free(copies);
             return peft__fail(PEFT_ENOMEM, "peft_merge_adapter: out of memory for merged weights");
         }
-        merged_weight(m, copies[i], &m->layers[md->layer].w[md->kind], md);
+        merged_weight(m, copies[i], peft__w_of(m, md->layer, md->kind), md);
     }
     float *emb = NULL;
     if (l->embed_r > 0) {
@@ -243,7 +243,7 @@ int peft_save_merged(peft_model *m, const char *dir)
                     goto done;
                 }
                 if (idx >= 0)
-                    merged_weight(m, tmp[k], &w->w[kind], &m->lora->mods[idx]);
+                    merged_weight(m, tmp[k], peft__w_of(m, l, kind), &m->lora->mods[idx]);
                 else
                     peft__w_rows(m, &w->w[kind], 0, out, tmp[k]);
                 W = tmp[k];

@@ -95,6 +95,10 @@ typedef struct lora_state {
     size_t off_se, off_sh;
     float *head_u;      /* lm_head LoRA intermediates (rows, head_r), head_u_cap floats */
     size_t head_u_cap;
+    /* PiSSA / OLoRA: per module the residual frozen weight W - s B0 A0 (float32, owned), and
+       the initial factors (the module area of the parameter block, mods_end floats) */
+    peft_w *res;
+    float *init_ab;
     size_t n_params;
     float *params, *grads, *m, *v;
 } lora_state;
@@ -172,6 +176,19 @@ struct peft_model {
 /* gguf.c / model.c */
 int peft__gguf_open(peft_model *m, const char *path);
 int peft__gguf_add_owned(peft_model *m, float *p);
+
+/* The frozen weight of (layer, kind) in effect: the attachment's PiSSA/OLoRA residual, or the
+   model's (merged copies included). */
+static inline const peft_w *peft__w_of(const peft_model *m, int layer, int kind)
+{
+    const lora_state *l = m->lora;
+    int idx = l && l->res && !m->merged ? l->index[layer * PEFT_MOD_COUNT + kind] : -1;
+    return idx >= 0 ? &l->res[idx] : &m->layers[layer].w[kind];
+}
+
+/* pissa.c: PiSSA / OLoRA initialisation of every module of l (A, B in the parameter block,
+   the residual weights, the copy of the initial factors) */
+int peft__pissa_init(lora_state *l, const peft_model *m);
 
 /* lora.c */
 /* The range [*lo, *hi) of the parameter (and gradient) block that belongs to decoder layer

@@ -126,6 +126,17 @@ def test_other_methods():
         assert m.attach_lora(targets="v", rank=2, token_indices=[3, 7, 11], modules_to_save=["lm_head"]) == \
             3 * 2 * 48 + 3 * 32 + 48 * 32
         m.set_optimizer(norm_lr_ratio=0.5, embed_weight_decay=0.0)
+        m.detach()
+        # PiSSA: unchanged model at init; saved plain for the original base
+        before = m.eval([[(i * 5) % 48 for i in range(16)]])
+        m.attach_lora(targets="q,v", rank=2, init="pissa")
+        after = m.eval([[(i * 5) % 48 for i in range(16)]])
+        assert abs(before[0] - after[0]) < 1e-3 * before[0], (before, after)
+        with tempfile.TemporaryDirectory() as d:
+            m.save_adapter(d, convert_to_lora=True)
+            assert '"r": 4' in open(os.path.join(d, "adapter_config.json")).read()
+        m.detach()
+        m.attach_lora(targets="v", rank=2, token_indices=[3, 7, 11], modules_to_save=["lm_head"])
         assert m.get_optimizer("norm_lr_ratio") == 0.5
         r = m.step([[(i * 5) % 48 for i in range(16)]] * 2)
         assert r.loss > 0

@@ -1589,6 +1589,105 @@ TEST(parameter_groups_learning_rates)
     peft_model_close(&m);
 }
 
+
+/* PiSSA and OLoRA: the model is unchanged at init (residual + adapter = base), the factors
+   have the structure of the decomposition, training moves it, the plain-LoRA conversion
+   applied to the original base gives the trained model, detaching restores the base. */
+static void init_lifecycle(int init)
+{
+    peft_model *m = open_tiny(2), *base = open_tiny(1);
+    double b0 = eval_loss(base);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_Q | PEFT_TARGET_V | PEFT_TARGET_DOWN;
+    o.rank = 3;
+    o.alpha = 6;
+    o.init = init;
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    CHECK_CLOSE(eval_loss(m), b0, 2e-5);
+    float *p;
+    size_t n;
+    CHECK_OK(peft_param_buffer(&p, &n, m));
+    /* layer 0's q: A (3, 32) then B (32, 3). PiSSA: A A^T = B^T B = diag(S_r / s), decreasing;
+       OLoRA: B^T B = I, A upper triangular */
+    const float *A = p, *B = p + 3 * 32;
+    double prev = INFINITY;
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) {
+            double aa = 0, bb = 0;
+            for (int c = 0; c < 32; c++) {
+                aa += (double)A[i * 32 + c] * A[j * 32 + c];
+                bb += (double)B[c * 3 + i] * B[c * 3 + j];
+            }
+            if (init == PEFT_INIT_PISSA) {
+                CHECK_CLOSE(aa, bb, 1e-4);
+                if (i != j)
+                    CHECK(fabs(aa) < 1e-4);
+                else {
+                    CHECK(aa > 0 && aa <= prev + 1e-6);
+                    prev = aa;
+                }
+            } else {
+                CHECK_CLOSE(bb, i == j ? 1.0 : 0.0, 1e-5);
+                if (j < i)
+                    CHECK(A[i * 32 + j] == 0.0f);
+            }
+        }
+    int32_t tok[32];
+    make_batch(tok, 32, 21);
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-2));
+    peft_step_result r0 = PEFT_STEP_RESULT_INIT, r1 = PEFT_STEP_RESULT_INIT;
+    CHECK_OK(peft_step(m, &b, &r0));
+    for (int i = 0; i < 10; i++)
+        CHECK_OK(peft_step(m, &b, &r1));
+    CHECK(r1.loss < r0.loss - 0.05);
+    double with = eval_loss(m);
+    CHECK(fabs(with - b0) > 1e-3);
+    /* the PEFT form (init_lora_weights "pissa"/"olora") reloads onto the same base exactly */
+    char *d = mktmp(), *dc = mktmp();
+    CHECK_OK(peft_save_adapter(m, d, NULL));
+    size_t len;
+    char *cfg = read_text(d, "adapter_config.json", &len);
+    CHECK(cfg && strstr(cfg, init == PEFT_INIT_PISSA ? "\"init_lora_weights\": \"pissa\"" : "\"init_lora_weights\": \"olora\""));
+    free(cfg);
+    peft_model *m2 = open_tiny(1);
+    CHECK_OK(peft_load_adapter(m2, d));
+    CHECK_CLOSE(eval_loss(m2), with, 1e-6);
+    peft_model_close(&m2);
+    /* converted: a plain LoRA of rank 6, alpha 12, on the original base */
+    peft_save_options so = PEFT_SAVE_OPTIONS_INIT;
+    so.convert_to_lora = 1;
+    CHECK_OK(peft_save_adapter(m, dc, &so));
+    cfg = read_text(dc, "adapter_config.json", &len);
+    CHECK(cfg && strstr(cfg, "\"init_lora_weights\": true") && strstr(cfg, "\"r\": 6") && strstr(cfg, "\"lora_alpha\": 12"));
+    free(cfg);
+    CHECK_OK(peft_load_adapter(base, dc));
+    CHECK_CLOSE(eval_loss(base), with, 2e-5);
+    /* GGUF needs the plain form */
+    char gp[128];
+    snprintf(gp, sizeof gp, "%s/a.gguf", d);
+    CHECK(peft_save_adapter_gguf(m, gp, NULL) == PEFT_EUNSUPPORTED);
+    CHECK_OK(peft_save_adapter_gguf(base, gp, NULL));
+    /* merge and the merged export work on the residual */
+    merge_session_export(m, tok, with);
+    CHECK_OK(peft_detach(m));
+    CHECK(eval_loss(m) == b0);
+    /* not for DoRA, LoHa, the embeddings; rank above min(out, in) */
+    o.use_dora = 1;
+    CHECK(peft_attach_lora(m, &o, NULL) == PEFT_EUNSUPPORTED);
+    o.use_dora = 0;
+    o.rank = 17; /* v is 16 x 32 */
+    CHECK(peft_attach_lora(m, &o, NULL) == PEFT_EINVAL);
+    CHECK(strstr(peft_last_error(), "min(out, in)") != NULL);
+    o.rank = 3;
+    CHECK_OK(peft_attach_lora(m, &o, NULL)); /* a failed attach left nothing behind */
+    peft_model_close(&m);
+    peft_model_close(&base);
+}
+
+TEST(pissa_lifecycle) { init_lifecycle(PEFT_INIT_PISSA); }
+TEST(olora_lifecycle) { init_lifecycle(PEFT_INIT_OLORA); }
+
 static const struct h_case cases[] = {
     CASE(errors_and_versions), CASE(last_error_is_per_thread), CASE(info_and_exact_counts),
     CASE(determinism_and_thread_invariance), CASE(gradient_accumulation_equals_big_batch),
@@ -1599,6 +1698,7 @@ static const struct h_case cases[] = {
     CASE(norm_tuning_save_load_export), CASE(checkpoint_torn_is_refused), CASE(embed_lora_lifecycle),
     CASE(vera_lifecycle), CASE(loha_lifecycle), CASE(lokr_lifecycle), CASE(lora_extras_gradients_and_counts),
     CASE(lora_extras_lifecycle_untied), CASE(lora_extras_lifecycle_tied), CASE(parameter_groups_learning_rates),
+    CASE(pissa_lifecycle), CASE(olora_lifecycle),
 };
 
 TEST_MAIN(cases)

@@ -373,6 +373,19 @@ lora_extras_train_info)
         2>"$T/err" && fail "unknown modules_to_save"
     grep -q "unknown name 'wte'" "$T/err" || fail "modules_to_save message"
     ;;
+pissa_convert_to_lora)
+    setup_tiny
+    "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/ad" --steps 20 --batch 8 --seq 32 --rank 4 \
+        --lr 5e-3 --targets all-linear --init pissa --convert-to-lora "$T/plain" --quiet || fail "train"
+    grep -q '"init_lora_weights": "pissa"' "$T/ad/adapter_config.json" || fail "pissa config"
+    grep -q '"r": 8' "$T/plain/adapter_config.json" && grep -q '"init_lora_weights": true' "$T/plain/adapter_config.json" \
+        || fail "converted config"
+    # the PiSSA adapter (residual base recomputed) and the plain LoRA on the original base agree
+    "$PEFT" eval --model "$T/model" --adapter "$T/ad" --data "$T/data.bin" --seq 32 --json >"$T/a.json" || fail "eval pissa"
+    "$PEFT" eval --model "$T/model" --adapter "$T/plain" --data "$T/data.bin" --seq 32 --json >"$T/b.json" || fail "eval plain"
+    python3 -c "import json; a=json.loads(open('$T/a.json').read().splitlines()[-1]); b=json.loads(open('$T/b.json').read().splitlines()[-1]); assert abs(a['loss'] - b['loss']) < 1e-4 * a['loss'], (a, b)" || fail "converted adapter differs"
+    "$PEFT" convert --model "$T/model" --adapter "$T/plain" --out "$T/plain.gguf" >/dev/null || fail "GGUF of the converted adapter"
+    ;;
 gguf_quantized_matches_dequantized)
     # a GGUF model whose linear weights are Q4_K, Q6_K, Q8_0 and Q4_0 (one type per layer),
     # written by tests/gguf_write.py, kept quantized in memory: its loss, and training on it

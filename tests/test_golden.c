@@ -196,6 +196,9 @@ TEST(torch_step_loha) { step_case("loha_qo_up", 2); }
 TEST(torch_step_lokr) { step_case("lokr_qv_gate", 2); }
 TEST(torch_step_extras_head_embed_norm) { step_case("extras_head_embed_norm", 2); }
 TEST(torch_step_extras_tokens_head) { step_case("extras_tokens_head", 2); }
+/* PiSSA and OLoRA: loading recomputes the residual base; torch's SVD and QR made the reference */
+TEST(torch_step_pissa) { step_case("pissa_qv_down", 2); }
+TEST(torch_step_olora) { step_case("olora_qv_down", 1); }
 
 /* Every backend against the reference on a whole training step. */
 TEST(backend_blis_step)
@@ -653,7 +656,7 @@ static const struct h_case cases[] = {
     CASE(model_gradcheck), CASE(model_gradcheck_embed), CASE(torch_step_embed), CASE(torch_step_vera),
     CASE(model_gradcheck_vera), CASE(torch_step_loha), CASE(model_gradcheck_loha),
     CASE(torch_step_lokr), CASE(model_gradcheck_lokr), CASE(torch_step_extras_head_embed_norm),
-    CASE(torch_step_extras_tokens_head), CASE(model_gradcheck_extras),
+    CASE(torch_step_extras_tokens_head), CASE(model_gradcheck_extras), CASE(torch_step_pissa), CASE(torch_step_olora),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
     CASE(sharded_and_half_precision_models), CASE(config_errors), CASE(shared_gguf_models),
 };

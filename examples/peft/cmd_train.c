@@ -24,7 +24,10 @@ static const char train_help[] =
     "          final|all (RMSNorm weights trained too)  --token-indices ID,... (only these embedding rows)\n"
     "          --rank-pattern KEY=R,...  --alpha-pattern KEY=A,...  (PEFT rank_pattern/alpha_pattern)\n"
     "          --layers all|N,M|N-M|first:N|last:N|every:K  --dropout P (0) --rslora\n"
-    "          --init kaiming|gaussian  --init-adapter DIR (resume from a saved adapter)\n"
+    "          --init kaiming|gaussian|pissa|olora (pissa, olora: the adapter starts as the principal part\n"
+    "          of each weight, the frozen base becomes the residual)  --convert-to-lora DIR (also write a\n"
+    "          PiSSA/OLoRA adapter as a plain LoRA of twice the rank for the original base)\n"
+    "          --init-adapter DIR (resume from a saved adapter)\n"
     "optimizer:--lr LR (2e-4) --weight-decay W (0) --beta1 --beta2 --eps --grad-clip C (1.0)\n"
     "          --accum K (1) --warmup N (0) --schedule constant|linear|cosine (constant)\n"
     "          --min-lr-ratio R (0)  --loraplus-ratio R (1; LoRA+: B learns at R x LR)\n"
@@ -108,6 +111,7 @@ int cmd_train(int argc, char **argv)
     const char *format = arg_str(&a, "--format", "peft");
     int json = arg_flag(&a, "--json"), quiet = arg_flag(&a, "--quiet");
     const int no_overlap = arg_flag(&a, "--no-overlap");
+    const char *convert_dir = arg_str(&a, "--convert-to-lora", NULL);
     if (par_init()) {
         args_free(&a);
         return 1;
@@ -438,6 +442,14 @@ int cmd_train(int argc, char **argv)
         (code = ckpt_every > 0 ? peft_save_checkpoint(m, out) : peft_save_adapter(m, out, NULL))) {
         rc = fail_lib("save", code);
         goto done;
+    }
+    if (convert_dir) { /* PiSSA/OLoRA as a plain LoRA for the original base */
+        peft_save_options so = PEFT_SAVE_OPTIONS_INIT;
+        so.convert_to_lora = 1;
+        if ((code = peft_save_adapter(m, convert_dir, &so))) {
+            rc = fail_lib("save converted", code);
+            goto done;
+        }
     }
     if (strcmp(format, "peft") != 0) {
         char gpath[4096];

@@ -364,8 +364,12 @@ int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options
         o->init = PEFT_INIT_KAIMING;
     else if (strcmp(init, "gaussian") == 0)
         o->init = PEFT_INIT_GAUSSIAN;
+    else if (strcmp(init, "pissa") == 0)
+        o->init = PEFT_INIT_PISSA;
+    else if (strcmp(init, "olora") == 0)
+        o->init = PEFT_INIT_OLORA;
     else {
-        fprintf(stderr, "peft: --init: '%s' is not kaiming or gaussian\n", init);
+        fprintf(stderr, "peft: --init: '%s' is not kaiming, gaussian, pissa or olora\n", init);
         return -1;
     }
     return 0;

@@ -142,7 +142,20 @@ enum peft_save_module {
 
 enum peft_init {
     PEFT_INIT_KAIMING = 0,  /* PEFT default: A kaiming-uniform, B = 0 */
-    PEFT_INIT_GAUSSIAN = 1  /* A ~ N(0, 1/r), B = 0 */
+    PEFT_INIT_GAUSSIAN = 1, /* A ~ N(0, 1/r), B = 0 */
+    /* PiSSA (PEFT init_lora_weights "pissa"): B A = the top-r singular part of W / s, and the
+       frozen weight becomes the residual W - s B A (held as a float32 copy while attached;
+       adapter off evaluates the residual model, as in PEFT). The singular vectors come from a
+       seeded subspace iteration with Rayleigh-Ritz, run until the top r singular values settle
+       to float precision (at most 100 steps: a flat spectrum has no distinguished top part);
+       the residual is exact whatever the convergence. */
+    PEFT_INIT_PISSA = 2,
+    /* OLoRA (PEFT "olora"): W = Q R (Householder, LAPACK's signs), B = Q[:, :r], A = R[:r],
+       residual W - s B A as for PiSSA. */
+    PEFT_INIT_OLORA = 3
+    /* PiSSA and OLoRA: LoRA on linear targets only (no DoRA, LoHa, LoKr, embed_tokens or
+       lm_head). Save with peft_save_options.convert_to_lora for an adapter that applies to the
+       original base (rank 2r). */
 };
 
 typedef struct peft_lora_options {
@@ -399,10 +412,15 @@ PEFT_API int peft_eval(peft_model *model, const peft_batch *batch,
 typedef struct peft_save_options {
     uint32_t version;
     const char *base_model_name_or_path; /* NULL: the path the model was opened from */
+    /* version 2: a PiSSA or OLoRA adapter saved as a plain LoRA for the original base, as
+       PEFT's path_initial_model_for_weight_conversion does: A' = [A; A0], B' = [B, -B0]
+       (A0, B0: the initial factors), r and alpha doubled (alpha x sqrt(2) with rsLoRA), patterns
+       doubled, init_lora_weights true. Ignored for other adapters. */
+    int32_t convert_to_lora;
 } peft_save_options;
 
-#define PEFT_SAVE_OPTIONS_VERSION 1
-#define PEFT_SAVE_OPTIONS_INIT {PEFT_SAVE_OPTIONS_VERSION, NULL}
+#define PEFT_SAVE_OPTIONS_VERSION 2
+#define PEFT_SAVE_OPTIONS_INIT {PEFT_SAVE_OPTIONS_VERSION, NULL, 0}
 
 /*
  * Save the attached adapter as a Hugging Face PEFT directory

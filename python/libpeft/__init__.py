@@ -63,6 +63,10 @@ class _LoraOptions(ctypes.Structure):
 _VARIANTS = {"lora": 0, "loha": 1, "lokr": 2}
 
 
+class _SaveOptions(ctypes.Structure):
+    _fields_ = [("version", _c_u32), ("base_model_name_or_path", _c_char_p), ("convert_to_lora", _c_i32)]
+
+
 class _IA3Options(ctypes.Structure):
     _fields_ = [("version", _c_u32), ("targets", _c_u32), ("feedforward", _c_u32), ("layers", _c_char_p)]
 
@@ -269,7 +273,7 @@ class Model(_Handle):
         nb = sum({"input": 1, "post_attention": 2, "final": 4}[x] for x in norms)
         ids = (_c_i32 * len(token_indices))(*token_indices) if token_indices else None
         o = _LoraOptions(4, _targets(targets), _enc(layers), rank, float(alpha if alpha is not None else 2 * rank),
-                         int(rslora), float(dropout), {"kaiming": 0, "gaussian": 1}[init], seed, int(dora),
+                         int(rslora), float(dropout), {"kaiming": 0, "gaussian": 1, "pissa": 2, "olora": 3}[init], seed, int(dora),
                          _enc(rank_pattern), _enc(alpha_pattern), _VARIANTS[variant], save, nb,
                          ctypes.cast(ids, ctypes.POINTER(_c_i32)) if ids else None, len(token_indices))
         o._ids = ids  # kept alive with the options
@@ -357,8 +361,11 @@ class Model(_Handle):
         _check(_eval(self._handle(), ctypes.byref(batch), ctypes.byref(r)))
         return r.loss_sum, r.tokens
 
-    def save_adapter(self, path):
-        _check(_save(self._handle(), os.fspath(path).encode(), None))
+    def save_adapter(self, path, convert_to_lora=False):
+        """A Hugging Face PEFT directory; convert_to_lora: a PiSSA/OLoRA adapter as the plain LoRA
+        (twice the rank) that applies to the original base."""
+        o = _SaveOptions(2, None, int(convert_to_lora))
+        _check(_save(self._handle(), os.fspath(path).encode(), ctypes.byref(o)))
 
     def load_adapter(self, path):
         _check(_load_ad(self._handle(), os.fspath(path).encode()))

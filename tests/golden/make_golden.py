@@ -279,6 +279,13 @@ EXTRA_CASES = [
     ("extras_tokens_head", ["v_proj"], [1, 2], -5, 4.0, False, 1e-2, 0.0, 0.0, False),
 ]
 EXTRA_RANK = 2
+
+INIT_CASES = [
+    # PiSSA and OLoRA initialisation (rank -6): the adapter file holds the initial factors (B moved
+    # a little), the base becomes the residual W - s B0 A0 that the library must recompute
+    ("pissa_qv_down", ["q_proj", "v_proj", "down_proj"], None, -6, 4.0, False, 1e-2, 0.0, 0.0, False),
+    ("olora_qv_down", ["q_proj", "v_proj", "down_proj"], [0, 2], -6, 4.0, False, 1e-2, 0.0, 0.0, False),
+]
 lora_ranks = {}
 
 
@@ -331,7 +338,7 @@ def main():
     labels = tokens.clone()
     labels[0, :4] = -100  # a masked prompt
     labels[1, 7] = -100
-    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES + IA3_CASES + NORM_CASES + EMBED_CASES + VERA_CASES + LOHA_CASES + LOKR_CASES + EXTRA_CASES:
+    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES + IA3_CASES + NORM_CASES + EMBED_CASES + VERA_CASES + LOHA_CASES + LOKR_CASES + EXTRA_CASES + INIT_CASES:
         if r == -1:  # LN tuning
             lora = {}
             names = [f"model.layers.{l}.{n}.weight" for l in layers for n in ("input_layernorm", "post_attention_layernorm")]
@@ -343,6 +350,35 @@ def main():
                     "base_model_name_or_path": "tiny"}
             write_case(name, lora, acfg, tokens, labels, lr, wd, clip,
                        one_step(c, W, tokens, labels, lora, 1.0, lr, wd, clip))
+            continue
+        if r == -6:  # PiSSA / OLoRA (PEFT's pissa_init / olora_init)
+            r = 2
+            scale = alpha / r
+            kind = name.split("_")[0]
+            lora, Wres = {}, dict(W)
+            for l in range(c.L):
+                if layers is not None and l not in layers:
+                    continue
+                for m in targets:
+                    wn = f"model.layers.{l}.{PARENT[m]}.{m}.weight"
+                    Wm = W[wn].to(torch.float64)
+                    if kind == "pissa":
+                        V, S, Uh = torch.linalg.svd(Wm, full_matrices=False)
+                        Sr = S[:r] / scale
+                        A0 = torch.diag(torch.sqrt(Sr)) @ Uh[:r]
+                        B0 = V[:, :r] @ torch.diag(torch.sqrt(Sr))
+                    else:
+                        Q, R = torch.linalg.qr(Wm)
+                        A0, B0 = R[:r].contiguous(), Q[:, :r].contiguous()
+                    Wres[wn] = Wm - scale * B0 @ A0
+                    lora[key(l, m, "A")] = A0
+                    lora[key(l, m, "B")] = B0 + 0.05 * torch.randn(B0.shape, generator=g, dtype=torch.float64)
+            lora = {k: v.to(torch.float32).to(torch.float64) for k, v in lora.items()}
+            acfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha, "lora_dropout": 0.0,
+                    "target_modules": targets, "bias": "none", "use_rslora": False, "use_dora": False,
+                    "layers_to_transform": layers, "init_lora_weights": kind, "base_model_name_or_path": "tiny"}
+            write_case(name, lora, acfg, tokens, labels, lr, wd, clip,
+                       one_step(c, Wres, tokens, labels, lora, scale, lr, wd, clip))
             continue
         if r == -5:  # LoRA with lm_head, modules_to_save, token rows
             r = EXTRA_RANK

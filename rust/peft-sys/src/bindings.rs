@@ -17,7 +17,7 @@ pub const PEFT_NORMS_OPTIONS_VERSION: u32 = 1;
 pub const PEFT_BATCH_VERSION: u32 = 2;
 pub const PEFT_STEP_RESULT_VERSION: u32 = 1;
 pub const PEFT_EVAL_RESULT_VERSION: u32 = 1;
-pub const PEFT_SAVE_OPTIONS_VERSION: u32 = 1;
+pub const PEFT_SAVE_OPTIONS_VERSION: u32 = 2;
 pub type __int32_t = ::std::os::raw::c_int;
 pub type __uint32_t = ::std::os::raw::c_uint;
 pub type __int64_t = ::std::os::raw::c_long;
@@ -118,6 +118,8 @@ pub const PEFT_SAVE_LM_HEAD: peft_save_module = 2;
 pub type peft_save_module = ::std::os::raw::c_uint;
 pub const PEFT_INIT_KAIMING: peft_init = 0;
 pub const PEFT_INIT_GAUSSIAN: peft_init = 1;
+pub const PEFT_INIT_PISSA: peft_init = 2;
+pub const PEFT_INIT_OLORA: peft_init = 3;
 pub type peft_init = ::std::os::raw::c_uint;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -372,6 +374,7 @@ extern "C" {
 pub struct peft_save_options {
     pub version: u32,
     pub base_model_name_or_path: *const ::std::os::raw::c_char,
+    pub convert_to_lora: i32,
 }
 extern "C" {
     pub fn peft_save_adapter(

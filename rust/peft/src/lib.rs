@@ -162,13 +162,17 @@ pub enum Variant {
     Lokr,
 }
 
-/// Initialisation of LoRA's A matrix (B starts at zero).
+/// Initialisation of LoRA's factors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Init {
-    /// PEFT's default: kaiming-uniform.
+    /// PEFT's default: A kaiming-uniform, B zero.
     Kaiming,
-    /// N(0, 1/r).
+    /// A ~ N(0, 1/r), B zero.
     Gaussian,
+    /// PiSSA: the principal singular part of each weight; the base becomes the residual.
+    Pissa,
+    /// OLoRA: the first r columns of each weight's QR decomposition; residual base.
+    Olora,
 }
 
 /// Options of model opening.
@@ -260,6 +264,8 @@ impl LoraOptions {
             init: match self.init {
                 Init::Kaiming => sys::PEFT_INIT_KAIMING as i32,
                 Init::Gaussian => sys::PEFT_INIT_GAUSSIAN as i32,
+                Init::Pissa => sys::PEFT_INIT_PISSA as i32,
+                Init::Olora => sys::PEFT_INIT_OLORA as i32,
             },
             seed: self.seed,
             use_dora: self.dora as i32,
@@ -667,6 +673,18 @@ impl Model {
     pub fn save_adapter<P: AsRef<Path>>(&mut self, dir: P) -> Result<()> {
         let d = c_path(dir.as_ref())?;
         check(unsafe { sys::peft_save_adapter(self.raw, d.as_ptr(), ptr::null()) })
+    }
+
+    /// Save a PiSSA/OLoRA adapter as the plain LoRA (twice the rank) that applies to the
+    /// original base (PEFT's path_initial_model_for_weight_conversion); other adapters as is.
+    pub fn save_adapter_converted<P: AsRef<Path>>(&mut self, dir: P) -> Result<()> {
+        let d = c_path(dir.as_ref())?;
+        let o = sys::peft_save_options {
+            version: sys::PEFT_SAVE_OPTIONS_VERSION,
+            base_model_name_or_path: ptr::null(),
+            convert_to_lora: 1,
+        };
+        check(unsafe { sys::peft_save_adapter(self.raw, d.as_ptr(), &o) })
     }
 
     /// Load a PEFT adapter directory (attaching it when nothing is attached).

@@ -99,7 +99,7 @@ fn split_step_equals_step() {
 
 #[test]
 fn other_methods_attach_and_train() {
-    for which in 0..6 {
+    for which in 0..7 {
         let mut m = tiny();
         let n = match which {
             4 => m
@@ -115,9 +115,10 @@ fn other_methods_attach_and_train() {
             1 => m.attach_vera(&VeraOptions { rank: 16, ..VeraOptions::default() }).unwrap(),
             2 => m.attach_lora(&LoraOptions { variant: Variant::Loha, ..LoraOptions::default() }).unwrap(),
             3 => m.attach_lora(&LoraOptions { dora: true, ..LoraOptions::default() }).unwrap(),
-            _ => m
+            5 => m
                 .attach_lora(&LoraOptions { targets: target::V, token_indices: vec![3, 7, 11], ..LoraOptions::default() })
                 .unwrap(),
+            _ => m.attach_lora(&LoraOptions { rank: 2, init: peft::Init::Pissa, ..LoraOptions::default() }).unwrap(),
         };
         assert!(n > 0 && m.info().n_trainable == n);
         if which == 4 {
@@ -129,6 +130,12 @@ fn other_methods_attach_and_train() {
         let tok = tokens(2 * 16, m.info().vocab_size, which);
         let r = m.step(&Batch::new(&tok, 2, 16).unwrap()).unwrap();
         assert!(r.updated && r.loss.is_finite());
+        if which == 6 {
+            let d = scratch("pissa-converted");
+            m.save_adapter_converted(&d).unwrap();
+            let cfg = std::fs::read_to_string(d.join("adapter_config.json")).unwrap();
+            assert!(cfg.contains("\"r\": 4") && cfg.contains("\"init_lora_weights\": true"));
+        }
     }
 }
 
