@@ -252,7 +252,10 @@ static int write_config(const peft_model *m, const char *path, const char *base_
     jw_put(&w, ",\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"inference_mode\": true,\n");
     jw_put(&w, "  \"init_lora_weights\": %s,\n", convert ? "true" : inits[l->init & 3]);
     jw_put(&w, "  \"layers_pattern\": null,\n  \"layers_to_transform\": ");
-    jw_layers(&w, l, m->cfg.n_layers);
+    if (l->target_regex) /* the expression names the layers */
+        jw_put(&w, "null");
+    else
+        jw_layers(&w, l, m->cfg.n_layers);
     jw_put(&w, ",\n  \"lora_alpha\": ");
     jw_number(&w, (float)(l->alpha * afac));
     jw_put(&w, ",\n  \"lora_dropout\": ");
@@ -262,18 +265,24 @@ static int write_config(const peft_model *m, const char *path, const char *base_
     jw_put(&w, ",\n  \"peft_type\": \"LORA\",\n  \"r\": %d,\n", convert ? 2 * l->rank : l->rank);
     jw_put(&w, "  \"rank_pattern\": ");
     jw_pattern(&w, l->rank_pattern, 1, convert ? 2.0 : 1.0);
-    jw_put(&w, ",\n  \"revision\": null,\n  \"target_modules\": [");
-    int first = 1;
-    for (int k = 0; k < PEFT_MOD_COUNT; k++)
-        if (l->targets & (1u << k)) {
-            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__module_names[k]);
-            first = 0;
-        }
-    if (l->embed_r > 0)
-        jw_put(&w, "%s\n    \"embed_tokens\"", first ? "" : ",");
-    if (l->head_r > 0)
-        jw_put(&w, "%s\n    \"lm_head\"", first && l->embed_r <= 0 ? "" : ",");
-    jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\",\n");
+    jw_put(&w, ",\n  \"revision\": null,\n  \"target_modules\": ");
+    if (l->target_regex) { /* PEFT: a string is matched with re.fullmatch */
+        jw_str(&w, l->target_regex);
+    } else {
+        int first = 1;
+        jw_put(&w, "[");
+        for (int k = 0; k < PEFT_MOD_COUNT; k++)
+            if (l->targets & (1u << k)) {
+                jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__module_names[k]);
+                first = 0;
+            }
+        if (l->embed_r > 0)
+            jw_put(&w, "%s\n    \"embed_tokens\"", first ? "" : ",");
+        if (l->head_r > 0)
+            jw_put(&w, "%s\n    \"lm_head\"", first && l->embed_r <= 0 ? "" : ",");
+        jw_put(&w, "\n  ]");
+    }
+    jw_put(&w, ",\n  \"task_type\": \"CAUSAL_LM\",\n");
     if (l->n_tok > 0) { /* a list: rows of the input embeddings (and of a tied lm_head) */
         jw_put(&w, "  \"trainable_token_indices\": [");
         for (int i = 0; i < l->n_tok; i++)
@@ -970,6 +979,10 @@ static int targets_and_layers(const json_value *root, uint32_t *targets, int emb
 {
     const json_value *v = json_get(root, "target_modules");
     *targets = 0;
+    if (v && v->type == JSON_STRING && strcmp(v->string, "all-linear") != 0 && embed_ok) {
+        layers[0] = '\0'; /* a regular expression: the caller reads it */
+        return PEFT_OK;
+    }
     if (v && v->type == JSON_STRING && strcmp(v->string, "all-linear") == 0) {
         *targets = PEFT_TARGET_ALL_LINEAR;
     } else if (v && v->type == JSON_ARRAY && v->length > 0) {
@@ -1089,7 +1102,8 @@ static int read_token_indices(const json_value *v, peft_lora_options *o, int32_t
     return PEFT_OK;
 }
 
-static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, int32_t **tok, const char *path)
+static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, int32_t **tok, char **regex,
+                       const char *path)
 {
     char *text;
     size_t len;
@@ -1156,6 +1170,15 @@ static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, in
     else if (v && v->type == JSON_STRING)
         FAIL(PEFT_EUNSUPPORTED, "%s: init_lora_weights \"%s\" is not supported (gaussian, pissa, olora)", path,
              v->string);
+    v = json_get(root, "target_modules");
+    if (v && v->type == JSON_STRING && strcmp(v->string, "all-linear") != 0) {
+        if (!(*regex = strdup(v->string)))
+            FAIL(PEFT_ENOMEM, "out of memory");
+        o->target_regex = *regex; /* PEFT: re.fullmatch over the module names */
+        v = json_get(root, "layers_to_transform");
+        if (v && v->type != JSON_NULL)
+            FAIL(PEFT_EUNSUPPORTED, "%s: layers_to_transform with a regular-expression target_modules", path);
+    }
     if ((code = targets_and_layers(root, &o->targets, 1, layers, layers_cap / 2, path)) ||
         (code = read_modules_to_save(json_get(root, "modules_to_save"), o, layers, path)) ||
         (code = read_token_indices(json_get(root, "trainable_token_indices"), o, tok, path)))
@@ -1316,6 +1339,7 @@ int peft_load_adapter(peft_model *m, const char *dir)
     lora_state *saved = m->lora;
     int attached_here = 0;
     int32_t *tok_ids = NULL;
+    char *regex = NULL;
     st_out_tensor *extra = NULL;
     char *extra_names = NULL;
     size_t n_extra = 0;
@@ -1359,7 +1383,7 @@ int peft_load_adapter(peft_model *m, const char *dir)
     }
     peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
     char layers[32768]; /* layers spec | rank_pattern | alpha_pattern */
-    if ((code = read_config(&o, layers, sizeof layers, &tok_ids, cfg_path)))
+    if ((code = read_config(&o, layers, sizeof layers, &tok_ids, &regex, cfg_path)))
         goto done;
     if ((code = st_open(&f, st_path)))
         goto done;
@@ -1484,6 +1508,7 @@ done:
     free(cfg_path);
     free(st_path);
     free(tok_ids);
+    free(regex);
     free(extra);
     free(extra_names);
     return code;

@@ -1,5 +1,6 @@
 /* Attaching LoRA: which modules, parameter layout, initialisation, counts. */
 #include <ctype.h>
+#include <regex.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -146,6 +147,7 @@ void peft__lora_free(lora_state *l)
     free(l->norm_off);
     free(l->tok_idx);
     free(l->tok_slot);
+    free(l->target_regex);
     for (int i = 0; l->res && i < l->n_modules; i++)
         peft__free((float *)l->res[i].f);
     free(l->res);
@@ -216,6 +218,50 @@ static void module_dims(const peft_config *c, int kind, int *in, int *out)
     }
 }
 
+/* PEFT's regex target_modules (Python re.fullmatch) as a POSIX extended regex anchored at both
+   ends: \d, \D and (?:...) translated; other (?...) constructs refused. */
+static int regex_compile(regex_t *re, const char *pat)
+{
+    size_t n = strlen(pat);
+    if (n > 4096)
+        return peft__fail(PEFT_EINVAL, "LoRA: target_regex longer than 4096 characters");
+    char *ere = malloc(8 * n + 8), *o = ere;
+    if (!ere)
+        return peft__fail(PEFT_ENOMEM, "LoRA: out of memory");
+    *o++ = '^';
+    *o++ = '(';
+    for (const char *c = pat; *c; c++) {
+        if (c[0] == '\\' && (c[1] == 'd' || c[1] == 'D')) {
+            o += sprintf(o, c[1] == 'd' ? "[0-9]" : "[^0-9]");
+            c++;
+        } else if (c[0] == '\\' && c[1]) {
+            *o++ = *c++;
+            *o++ = *c;
+        } else if (c[0] == '(' && c[1] == '?') {
+            if (c[2] != ':') {
+                free(ere);
+                return peft__fail(PEFT_EUNSUPPORTED, "LoRA: target_regex \"%s\": only (?:...) of Python's (?...) "
+                                                     "groups is supported", pat);
+            }
+            *o++ = '(';
+            c += 2;
+        } else {
+            *o++ = *c;
+        }
+    }
+    *o++ = ')';
+    *o++ = '$';
+    *o = '\0';
+    int rc = regcomp(re, ere, REG_EXTENDED | REG_NOSUB);
+    free(ere);
+    if (rc) {
+        char msg[256];
+        regerror(rc, re, msg, sizeof msg);
+        return peft__fail(PEFT_EINVAL, "LoRA: target_regex \"%s\": %s", pat, msg);
+    }
+    return PEFT_OK;
+}
+
 static int check_options(const peft_model *m, const peft_lora_options *o)
 {
     if (!m || !o)
@@ -223,7 +269,16 @@ static int check_options(const peft_model *m, const peft_lora_options *o)
     if (o->version == 0 || o->version > PEFT_LORA_OPTIONS_VERSION)
         return peft__fail(PEFT_EINVAL, "LoRA: unknown options version %u", o->version);
     uint32_t known = PEFT_TARGET_ALL_LINEAR | PEFT_TARGET_EMBED | (o->version >= 4 ? PEFT_TARGET_LM_HEAD : 0);
-    if (o->targets == 0 || (o->targets & ~known))
+    if (o->version >= 5 && o->target_regex) {
+        if (o->targets || (o->layers && *o->layers))
+            return peft__fail(PEFT_EINVAL, "LoRA: with target_regex, targets must be 0 and layers NULL (the "
+                                           "expression selects layers and modules)");
+        regex_t re;
+        int code = regex_compile(&re, o->target_regex);
+        if (code)
+            return code;
+        regfree(&re);
+    } else if (o->targets == 0 || (o->targets & ~known))
         return peft__fail(PEFT_EINVAL, "LoRA: targets must be a non-empty set of PEFT_TARGET_* bits");
     if ((o->targets & (PEFT_TARGET_EMBED | PEFT_TARGET_LM_HEAD)) && o->version >= 2 && o->use_dora)
         return peft__fail(PEFT_EUNSUPPORTED, "DoRA on the embeddings or lm_head is not supported (LoRA only)");
@@ -396,16 +451,80 @@ static int build_extras(lora_state *l, const peft_config *c, const peft_lora_opt
     return PEFT_OK;
 }
 
-static int build(lora_state **out, const peft_model *m, const peft_lora_options *o, int allocate)
+/* The modules a target_regex picks: sel[layer * PEFT_MOD_COUNT + kind] (malloc'ed) and the
+   kinds' bits (with EMBED, LM_HEAD) in *targets. */
+static int regex_select(const peft_config *c, const char *pat, uint8_t **sel, uint32_t *targets)
+{
+    regex_t re;
+    int code = regex_compile(&re, pat);
+    if (code)
+        return code;
+    *targets = 0;
+    if (!(*sel = calloc((size_t)c->n_layers * PEFT_MOD_COUNT, 1))) {
+        regfree(&re);
+        return peft__fail(PEFT_ENOMEM, "LoRA: out of memory");
+    }
+    for (int layer = 0; layer < c->n_layers; layer++)
+        for (int k = 0; k < PEFT_MOD_COUNT; k++) {
+            char name[96];
+            snprintf(name, sizeof name, "model.layers.%d.%s.%s", layer, peft__module_parents[k], peft__module_names[k]);
+            if (!regexec(&re, name, 0, NULL, 0)) {
+                (*sel)[layer * PEFT_MOD_COUNT + k] = 1;
+                *targets |= 1u << k;
+            }
+        }
+    if (!regexec(&re, "model.embed_tokens", 0, NULL, 0))
+        *targets |= PEFT_TARGET_EMBED;
+    if (!regexec(&re, "lm_head", 0, NULL, 0))
+        *targets |= PEFT_TARGET_LM_HEAD;
+    regfree(&re);
+    if (!*targets) {
+        free(*sel);
+        *sel = NULL;
+        return peft__fail(PEFT_EINVAL, "LoRA: target_regex \"%s\" matches no module (names look like "
+                                       "model.layers.0.self_attn.q_proj)", pat);
+    }
+    return PEFT_OK;
+}
+
+static int build(lora_state **out, const peft_model *m, const peft_lora_options *o0, int allocate)
 {
     *out = NULL;
-    int code = check_options(m, o);
+    int code = check_options(m, o0);
     if (code)
         return code;
     const peft_config *c = &m->cfg;
+    /* a target_regex: what it picks passes the same checks as targets would */
+    peft_lora_options ox = *o0;
+    uint8_t *sel = NULL;
+    if (o0->version >= 5 && o0->target_regex) {
+        if ((code = regex_select(c, o0->target_regex, &sel, &ox.targets)))
+            return code;
+        ox.target_regex = NULL;
+        if ((code = check_options(m, &ox))) {
+            free(sel);
+            return code;
+        }
+    }
+    const peft_lora_options *o = &ox;
     lora_state *l;
-    if ((code = new_state(&l, c, o->layers, "LoRA")))
+    if ((code = new_state(&l, c, o->layers, "LoRA"))) {
+        free(sel);
         return code;
+    }
+    if (sel) { /* the layers it touches, its expression kept for adapter_config.json */
+        for (int layer = 0; layer < c->n_layers; layer++) {
+            l->layer_on[layer] = 0;
+            for (int k = 0; k < PEFT_MOD_COUNT; k++)
+                l->layer_on[layer] |= sel[layer * PEFT_MOD_COUNT + k];
+        }
+        l->target_regex = strdup(o0->target_regex);
+        if (!l->target_regex) {
+            free(sel);
+            peft__lora_free(l);
+            return peft__fail(PEFT_ENOMEM, "LoRA: out of memory");
+        }
+    }
     l->targets = o->targets;
     l->rank = o->rank;
     l->alpha = o->alpha;
@@ -429,13 +548,13 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
     size_t off = 0;
     for (int layer = 0; layer < c->n_layers; layer++) {
         for (int k = 0; k < PEFT_MOD_COUNT; k++) {
-            if (!l->layer_on[layer] || !(o->targets & (1u << k)))
+            char name[96];
+            snprintf(name, sizeof name, "model.layers.%d.%s.%s", layer, peft__module_parents[k], peft__module_names[k]);
+            if (sel ? !sel[layer * PEFT_MOD_COUNT + k] : !l->layer_on[layer] || !(o->targets & (1u << k)))
                 continue;
             lora_module *md = &l->mods[l->n_modules];
             md->layer = layer;
             md->kind = k;
-            char name[96];
-            snprintf(name, sizeof name, "model.layers.%d.%s.%s", layer, peft__module_parents[k], peft__module_names[k]);
             md->r = (int)pattern_value(rpat, name, o->rank);
             md->alpha = (float)pattern_value(apat, name, o->alpha);
             module_dims(c, k, &md->in, &md->out);
@@ -470,8 +589,9 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
         }
     }
     l->mods_end = off;
+    free(sel);
     if (o->targets & PEFT_TARGET_EMBED) {
-        for (int layer = 0; layer < c->n_layers; layer++)
+        for (int layer = 0; layer < c->n_layers && !l->target_regex; layer++)
             if (!l->layer_on[layer]) {
                 peft__lora_free(l);
                 return peft__fail(PEFT_EUNSUPPORTED, "LoRA on the embeddings needs all layers: PEFT's "

@@ -79,6 +79,7 @@ typedef struct lora_state {
                            RMSNorm weights or -1 (input_layernorm, post_attention_layernorm per
                            layer, then the final norm) */
     uint32_t norms;     /* LoRA's norms option (PEFT_NORM_* bits), saved as modules_to_save */
+    char *target_regex; /* target_modules as a regular expression (its copy), or NULL */
     /* Beyond the linear modules (LoRA method), laid out after them from mods_end on:
        embedding LoRA, lm_head LoRA (A (r, dim) at off_ha, B (vocab, r) at off_hb), trainable
        token rows (n_tok, dim) at off_tok, full copies of the embeddings (off_se) and of lm_head

@@ -136,6 +136,8 @@ def test_other_methods():
             m.save_adapter(d, convert_to_lora=True)
             assert '"r": 4' in open(os.path.join(d, "adapter_config.json")).read()
         m.detach()
+        assert m.attach_lora(rank=2, target_regex=r"model\.layers\.\d\.self_attn\.q_proj") == 3 * 2 * 64
+        m.detach()
         m.attach_lora(targets="v", rank=2, token_indices=[3, 7, 11], modules_to_save=["lm_head"])
         assert m.get_optimizer("norm_lr_ratio") == 0.5
         r = m.step([[(i * 5) % 48 for i in range(16)]] * 2)

@@ -1688,6 +1688,43 @@ static void init_lifecycle(int init)
 TEST(pissa_lifecycle) { init_lifecycle(PEFT_INIT_PISSA); }
 TEST(olora_lifecycle) { init_lifecycle(PEFT_INIT_OLORA); }
 
+
+/* target_modules as a regular expression (PEFT: re.fullmatch over module names). */
+TEST(regex_targets)
+{
+    peft_model *m = open_tiny(1);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = 0;
+    o.rank = 2;
+    o.target_regex = "model\\.layers\\.(0|2)\\.self_attn\\.(q|v)_proj|model\\.layers\\.1\\.mlp\\.down_proj";
+    uint64_t n;
+    CHECK_OK(peft_count_lora(&n, m, &o));
+    CHECK(n == 2 * (2 * (32 + 32) + 2 * (32 + 16)) + 2 * (40 + 32));
+    o.target_regex = "model\\.layers\\.\\d+\\.mlp\\.(?:gate|up)_proj";
+    CHECK_OK(peft_count_lora(&n, m, &o));
+    CHECK(n == 3 * 2 * 2 * (32 + 40));
+    /* fullmatch: a prefix alone selects nothing */
+    o.target_regex = "model\\.layers\\.1";
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EINVAL);
+    CHECK(strstr(peft_last_error(), "matches no module") != NULL);
+    o.target_regex = "q_proj(";
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EINVAL);
+    o.target_regex = "(?=x).*";
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EUNSUPPORTED);
+    o.target_regex = ".*q_proj";
+    o.targets = PEFT_TARGET_V;
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EINVAL);
+    o.targets = 0;
+    o.target_regex = "model\\.layers\\.(0|2)\\.self_attn\\.(q|v)_proj|model\\.layers\\.1\\.mlp\\.down_proj|lm_head";
+    CHECK_OK(peft_attach_lora(m, &o, &n));
+    CHECK(n == 2 * (2 * (32 + 32) + 2 * (32 + 16)) + 2 * (40 + 32) + 2 * (32 + 48));
+    int32_t tok[32];
+    char *d;
+    const char *const needles[] = {"\"target_modules\": \"model\\\\.layers\\\\.(0|2)", "\"layers_to_transform\": null", NULL};
+    train_save_reload(m, tok, 17, 1e-2, 0.02, needles, &d);
+    peft_model_close(&m);
+}
+
 static const struct h_case cases[] = {
     CASE(errors_and_versions), CASE(last_error_is_per_thread), CASE(info_and_exact_counts),
     CASE(determinism_and_thread_invariance), CASE(gradient_accumulation_equals_big_batch),
@@ -1698,7 +1735,7 @@ static const struct h_case cases[] = {
     CASE(norm_tuning_save_load_export), CASE(checkpoint_torn_is_refused), CASE(embed_lora_lifecycle),
     CASE(vera_lifecycle), CASE(loha_lifecycle), CASE(lokr_lifecycle), CASE(lora_extras_gradients_and_counts),
     CASE(lora_extras_lifecycle_untied), CASE(lora_extras_lifecycle_tied), CASE(parameter_groups_learning_rates),
-    CASE(pissa_lifecycle), CASE(olora_lifecycle),
+    CASE(pissa_lifecycle), CASE(olora_lifecycle), CASE(regex_targets),
 };
 
 TEST_MAIN(cases)

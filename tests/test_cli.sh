@@ -363,6 +363,10 @@ lora_extras_train_info)
     grep -q '"modules_to_save": \[' "$T/ad/adapter_config.json" && grep -q '"model.norm"' "$T/ad/adapter_config.json" \
         && grep -q '"lm_head"' "$T/ad/adapter_config.json" || fail "adapter_config.json"
     "$PEFT" eval --model "$T/model" --adapter "$T/ad" --data "$T/data.bin" --seq 32 --json >"$T/ev.json" || fail "eval"
+    # a regular expression picks modules (layer 1's q only: 4 x (48 + 48))
+    "$PEFT" info --model "$T/model" --rank 4 --target-regex 'model\.layers\.1\.self_attn\.q_proj' --json >"$T/re" \
+        || fail "info --target-regex"
+    json "$T/re" "j['trainable'] == 4*96" || fail "info --target-regex count"
     # token rows: trained, saved, and refused by the GGUF export with a reason
     "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/tok" --steps 5 --batch 4 --seq 32 --rank 4 \
         --targets q --token-indices 1,2,3 --quiet || fail "train token rows"

@@ -82,7 +82,16 @@ int cmd_info(int argc, char **argv)
         peft_lora_options plain = o; /* the targets alone */
         plain.modules_to_save = plain.norms = 0;
         plain.n_token_indices = 0;
-        for (int k = 0; k < 9; k++) {
+        if (o.target_regex) { /* the modules the expression picks, as one row */
+            uint64_t n;
+            if ((code = peft_count_lora(&n, m, &plain))) {
+                rc = fail_lib("count", code);
+                goto done;
+            }
+            printf("  %-10s %14llu  (%s)\n", "regex", (unsigned long long)n, o.target_regex);
+            total += n;
+        }
+        for (int k = 0; k < 9 && !o.target_regex; k++) {
             if (!(o.targets & (1u << k)))
                 continue;
             peft_lora_options one = plain;

@@ -22,6 +22,8 @@ static const char train_help[] =
     "          embeddings, on the output projection)\n"
     "          --modules-to-save embed_tokens,lm_head (trained in full)  --train-norms input,post_attention,\n"
     "          final|all (RMSNorm weights trained too)  --token-indices ID,... (only these embedding rows)\n"
+    "          --target-regex RE (PEFT's regex target_modules, matched whole against names such as\n"
+    "          model.layers.3.self_attn.q_proj; replaces --targets and --layers)\n"
     "          --rank-pattern KEY=R,...  --alpha-pattern KEY=A,...  (PEFT rank_pattern/alpha_pattern)\n"
     "          --layers all|N,M|N-M|first:N|last:N|every:K  --dropout P (0) --rslora\n"
     "          --init kaiming|gaussian|pissa|olora (pissa, olora: the adapter starts as the principal part\n"

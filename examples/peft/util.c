@@ -348,7 +348,13 @@ int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options
     o->use_dora |= arg_flag(a, "--dora");
     o->rank_pattern = arg_str(a, "--rank-pattern", NULL);
     o->alpha_pattern = arg_str(a, "--alpha-pattern", NULL);
-    if (!targets || !init || parse_targets(targets, &o->targets))
+    o->target_regex = arg_str(a, "--target-regex", NULL);
+    if (o->target_regex) { /* PEFT's regex target_modules: it alone selects */
+        o->targets = 0;
+    } else if (!targets || !init || parse_targets(targets, &o->targets)) {
+        return -1;
+    }
+    if (!init)
         return -1;
     o->layers = arg_str(a, "--layers", NULL);
     if (ia3 && *ia3)

@@ -189,6 +189,12 @@ typedef struct peft_lora_options {
        not combined with PEFT_TARGET_EMBED or PEFT_SAVE_EMBED. NULL: none. */
     const int32_t *token_indices;
     int32_t n_token_indices;
+    /* version 5: PEFT's target_modules given as a regular expression (a string): the modules
+       whose full name ("model.layers.3.self_attn.q_proj", "model.embed_tokens", "lm_head") it
+       matches entirely, as Python's re.fullmatch, are adapted; targets and layers are then
+       ignored (must be 0 and NULL). POSIX extended syntax plus Python's \d, \D and (?:...).
+       NULL: targets and layers select. */
+    const char *target_regex;
 } peft_lora_options;
 
 enum peft_variant {
@@ -205,10 +211,10 @@ enum peft_variant {
     PEFT_VARIANT_LOKR = 2
 };
 
-#define PEFT_LORA_OPTIONS_VERSION 4
+#define PEFT_LORA_OPTIONS_VERSION 5
 #define PEFT_LORA_OPTIONS_INIT                                                 \
     {PEFT_LORA_OPTIONS_VERSION, PEFT_TARGET_Q | PEFT_TARGET_V, NULL, 8, 16.0f, \
-     0, 0.0f, PEFT_INIT_KAIMING, 0, 0, NULL, NULL, PEFT_VARIANT_LORA, 0, 0, NULL, 0}
+     0, 0.0f, PEFT_INIT_KAIMING, 0, 0, NULL, NULL, PEFT_VARIANT_LORA, 0, 0, NULL, 0, NULL}
 PEFT_API int peft_lora_options_init(peft_lora_options *opts, uint32_t version);
 
 /* IA3 (Hugging Face PEFT peft_type "IA3"): learned scaling vectors, initialised to ones.

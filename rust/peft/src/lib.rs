@@ -209,6 +209,9 @@ pub struct LoraOptions {
     pub norms: u32,
     /// PEFT's trainable_token_indices: rows of the embeddings trained.
     pub token_indices: Vec<i32>,
+    /// PEFT's regex target_modules (re.fullmatch over module names); with it, `targets` must be
+    /// 0 and `layers` None.
+    pub target_regex: Option<String>,
 }
 
 impl Default for LoraOptions {
@@ -231,6 +234,7 @@ impl Default for LoraOptions {
             modules_to_save: 0,
             norms: 0,
             token_indices: Vec::new(),
+            target_regex: None,
         }
     }
 }
@@ -238,7 +242,7 @@ impl Default for LoraOptions {
 /// The C struct and the strings it points into (kept alive together).
 struct RawLora {
     raw: sys::peft_lora_options,
-    _strings: [Option<CString>; 3],
+    _strings: [Option<CString>; 4],
     _tokens: Vec<i32>,
 }
 
@@ -248,6 +252,7 @@ impl LoraOptions {
             opt_c(&self.layers, "layers")?,
             opt_c(&self.rank_pattern, "rank_pattern")?,
             opt_c(&self.alpha_pattern, "alpha_pattern")?,
+            opt_c(&self.target_regex, "target_regex")?,
         ];
         let tokens = self.token_indices.clone();
         if tokens.len() > i32::MAX as usize {
@@ -280,6 +285,7 @@ impl LoraOptions {
             norms: self.norms,
             token_indices: if tokens.is_empty() { std::ptr::null() } else { tokens.as_ptr() },
             n_token_indices: tokens.len() as i32,
+            target_regex: opt_ptr(&strings[3]),
         };
         Ok(RawLora { raw, _strings: strings, _tokens: tokens })
     }
