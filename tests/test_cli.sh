@@ -367,6 +367,9 @@ lora_extras_train_info)
     "$PEFT" info --model "$T/model" --rank 4 --target-regex 'model\.layers\.1\.self_attn\.q_proj' --json >"$T/re" \
         || fail "info --target-regex"
     json "$T/re" "j['trainable'] == 4*96" || fail "info --target-regex count"
+    # --method embeddings: LoRA on embed_tokens, A (4, 64) and B (48, 4)
+    "$PEFT" info --model "$T/model" --rank 4 --method embeddings --json >"$T/em" || fail "info --method embeddings"
+    json "$T/em" "j['trainable'] == 4*(64+48)" || fail "--method embeddings count"
     # token rows: trained, saved, and refused by the GGUF export with a reason
     "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/tok" --steps 5 --batch 4 --seq 32 --rank 4 \
         --targets q --token-indices 1,2,3 --quiet || fail "train token rows"

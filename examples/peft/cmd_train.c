@@ -15,7 +15,7 @@ static const char train_help[] =
     "usage: peft train --model DIR --data FILE --out DIR [options]\n"
     "data:     --seq T (128) --batch B (4) --steps N | --epochs E  --holdout F (0)\n"
     "          --eval-data FILE  --eval-every N (0: start and end only)  --eval-windows N (all)\n"
-    "adapter:  --method lora|dora|loha|lokr|ia3|norms|vera (lora)  --rank R (8; vera 256) --alpha A (2R)\n"
+    "adapter:  --method lora|dora|loha|lokr|ia3|norms|vera|embeddings (lora; embeddings: LoRA on embed_tokens)  --rank R (8; vera 256) --alpha A (2R)\n"
     "          --vera-d-initial D (0.1: VeRA's lambda_d at init)\n"
     "          --feedforward LIST (ia3: modules whose input is scaled; down)\n"
     "          --targets all-linear|q,k,v,o,gate,up,down,embed,lm_head (q,v; embed, lm_head: LoRA on the\n"

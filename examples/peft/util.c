@@ -320,7 +320,10 @@ int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options
     const char *ff = arg_str(a, "--feedforward", "down");
     if (!ff)
         return -1;
-    if (!strcmp(method, "dora")) {
+    if (!strcmp(method, "embeddings")) { /* LoRA on embed_tokens unless --targets says more */
+        if (find(a, "--targets") < 0)
+            targets = "embed";
+    } else if (!strcmp(method, "dora")) {
         o->use_dora = 1;
     } else if (!strcmp(method, "loha")) {
         o->variant = PEFT_VARIANT_LOHA;
@@ -340,7 +343,8 @@ int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options
             return -1;
         io->feedforward &= io->targets;
     } else if (strcmp(method, "lora") != 0) {
-        fprintf(stderr, "peft: --method %s is not available yet (lora, dora, loha, lokr%s)\n", method, ia3 ? ", ia3, norms, vera" : "");
+        fprintf(stderr, "peft: --method %s is not available yet (lora, dora, loha, lokr, embeddings%s)\n", method,
+                ia3 ? ", ia3, norms, vera" : "");
         return -1;
     }
     if (extras_from_args(a, o))
