@@ -97,31 +97,20 @@ static double max_rel_err(const float *x, double xscale, const char *st_path, co
                                         "base_model.model.model.embed_tokens.weight", "base_model.model.lm_head.weight"};
     for (int i = 0; i < 5; i++)
         compare_tensor(ref, extra[i], x, xscale, &off, &worst);
-    for (int l = 0; l <= 64; l++)
-        for (int w = 0; w < 2; w++) {
-            char key[160];
-            if (l == 64 && w == 1)
-                break;
-            if (l == 64)
-                snprintf(key, sizeof key, "base_model.model.model.norm.weight");
-            else
-                snprintf(key, sizeof key, "base_model.model.model.layers.%d.%s.weight", l,
-                         w ? "post_attention_layernorm" : "input_layernorm");
-            compare_tensor(ref, key, x, xscale, &off, &worst);
-        }
-    /* LN tuning: per layer input then post-attention norm, then the final norm */
-    for (int l = 0; l <= 64; l++)
-        for (int w = 0; w < 2; w++) {
-            char key[160];
-            if (l == 64 && w == 1)
-                break;
-            if (l == 64)
-                snprintf(key, sizeof key, "base_model.model.model.norm.ln_tuning_layers.weight");
-            else
-                snprintf(key, sizeof key, "base_model.model.model.layers.%d.%s.ln_tuning_layers.weight", l,
-                         w ? "post_attention_layernorm" : "input_layernorm");
-            compare_tensor(ref, key, x, xscale, &off, &worst);
-        }
+    /* the norms, per layer input then post-attention, then the final one: trained alongside
+       LoRA (modules_to_save: ".weight"), then LN tuning (".ln_tuning_layers.weight") */
+    for (int kind = 0; kind < 2; kind++)
+        for (int l = 0; l <= 64; l++)
+            for (int w = 0; w < 2 && !(l == 64 && w == 1); w++) {
+                char key[160];
+                const char *tail = kind ? "ln_tuning_layers.weight" : "weight";
+                if (l == 64)
+                    snprintf(key, sizeof key, "base_model.model.model.norm.%s", tail);
+                else
+                    snprintf(key, sizeof key, "base_model.model.model.layers.%d.%s.%s", l,
+                             w ? "post_attention_layernorm" : "input_layernorm", tail);
+                compare_tensor(ref, key, x, xscale, &off, &worst);
+            }
     st_close(ref);
     st_close(layout);
     return worst;
