@@ -264,9 +264,36 @@ static int name_bits(const char *flag, const char *s, const char *const *names, 
     return 0;
 }
 
+/* Memory that options point into for the rest of the run (each sweep configuration keeps its
+   own), freed at exit. */
+static void **kept;
+static size_t n_kept;
+
+static void free_kept(void)
+{
+    for (size_t i = 0; i < n_kept; i++)
+        free(kept[i]);
+    free(kept);
+    kept = NULL;
+    n_kept = 0;
+}
+
+static int keep_until_exit(void *p)
+{
+    void **k = realloc(kept, (n_kept + 1) * sizeof *k);
+    if (!k)
+        return -1;
+    if (!kept && atexit(free_kept) != 0) {
+        free(k);
+        return -1;
+    }
+    kept = k;
+    kept[n_kept++] = p;
+    return 0;
+}
+
 /* What LoRA trains beyond the linear modules: --modules-to-save embed_tokens,lm_head,
-   --train-norms input,post_attention,final|all, --token-indices ID,ID,... (the ids stay
-   allocated for the life of the process) */
+   --train-norms input,post_attention,final|all, --token-indices ID,ID,... */
 static int extras_from_args(cli_args *a, peft_lora_options *o)
 {
     static const char *const save_names[] = {"embed_tokens", "lm_head"};
@@ -282,15 +309,17 @@ static int extras_from_args(cli_args *a, peft_lora_options *o)
     for (const char *p = ids; *p; p++)
         n += *p == ',';
     int32_t *v = malloc(n * sizeof *v);
-    if (!v)
+    if (!v || keep_until_exit(v)) {
+        free(v);
+        fprintf(stderr, "peft: out of memory\n");
         return -1;
+    }
     n = 0;
     for (const char *p = ids; *p;) {
         char *end;
         long t = strtol(p, &end, 10);
         if (end == p || t < 0 || t > INT32_MAX || (*end && *end != ',')) {
             fprintf(stderr, "peft: --token-indices: expected token ids separated by commas\n");
-            free(v);
             return -1;
         }
         v[n++] = (int32_t)t;
