@@ -234,16 +234,22 @@ int peft__head_logits(peft_model *m, const float *x, int64_t rows, float *logits
     return PEFT_OK;
 }
 
+void peft__embed_delta_add(peft_model *m, float *dst)
+{
+    const lora_state *l = m->lora;
+    const peft_config *c = &m->cfg;
+    peft__gemm(m, 1, 1, c->vocab, c->dim, l->embed_r, l->embed_scale, l->params + l->off_ea, c->vocab,
+               l->params + l->off_eb, l->embed_r, 1.0f, dst, c->dim);
+}
+
 void peft__effective_embed(peft_model *m, float *dst)
 {
     const peft_config *c = &m->cfg;
     size_t D = (size_t)c->dim;
     for (int t = 0; t < c->vocab; t++)
         memcpy(dst + (size_t)t * D, embed_row(m, t), D * sizeof *dst);
-    const lora_state *l = embed_adapter(m);
-    if (l)
-        peft__gemm(m, 1, 1, c->vocab, c->dim, l->embed_r, l->embed_scale, l->params + l->off_ea, c->vocab,
-                   l->params + l->off_eb, l->embed_r, 1.0f, dst, c->dim);
+    if (embed_adapter(m))
+        peft__embed_delta_add(m, dst);
 }
 
 int peft__effective_head(peft_model *m, float *dst)

@@ -273,11 +273,7 @@ static int check_options(const peft_model *m, const peft_lora_options *o)
         if (o->targets || (o->layers && *o->layers))
             return peft__fail(PEFT_EINVAL, "LoRA: with target_regex, targets must be 0 and layers NULL (the "
                                            "expression selects layers and modules)");
-        regex_t re;
-        int code = regex_compile(&re, o->target_regex);
-        if (code)
-            return code;
-        regfree(&re);
+        /* the expression itself is compiled (and its errors reported) by regex_select */
     } else if (o->targets == 0 || (o->targets & ~known))
         return peft__fail(PEFT_EINVAL, "LoRA: targets must be a non-empty set of PEFT_TARGET_* bits");
     if ((o->targets & (PEFT_TARGET_EMBED | PEFT_TARGET_LM_HEAD)) && o->version >= 2 && o->use_dora)
@@ -387,6 +383,28 @@ static int install(peft_model *m, lora_state *l, uint64_t *n_trainable)
     return PEFT_OK;
 }
 
+/* Offsets of the tuned RMSNorm weights (PEFT_NORM_* bits on the selected layers, the final norm)
+   from *off on, in norm_off order; the lowest layer with one bounds backward. */
+static int layout_norms(lora_state *l, const peft_config *c, uint32_t norms, size_t *off, const char *what)
+{
+    if (!(l->norm_off = malloc(((size_t)c->n_layers * 2 + 1) * sizeof *l->norm_off)))
+        return peft__fail(PEFT_ENOMEM, "%s: out of memory", what);
+    for (int layer = 0; layer < c->n_layers; layer++)
+        for (int w = 0; w < 2; w++) {
+            int on = l->layer_on[layer] && (norms & (1u << w));
+            l->norm_off[2 * layer + w] = on ? (int64_t)*off : -1;
+            if (on) {
+                *off += (size_t)c->dim;
+                if (layer < l->lowest_layer)
+                    l->lowest_layer = layer;
+            }
+        }
+    l->norm_off[2 * c->n_layers] = (norms & PEFT_NORM_FINAL) ? (int64_t)*off : -1;
+    if (norms & PEFT_NORM_FINAL)
+        *off += (size_t)c->dim;
+    return PEFT_OK;
+}
+
 /* Layout of what LoRA trains beyond the linear modules and the embedding adapter (version 4
    options): lm_head LoRA, token rows, full copies, norms; *off advances. */
 static int build_extras(lora_state *l, const peft_config *c, const peft_lora_options *o, size_t *off)
@@ -431,24 +449,7 @@ static int build_extras(lora_state *l, const peft_config *c, const peft_lora_opt
         l->lowest_layer = -1;
     l->off_norms = *off;
     l->norms = o->norms;
-    if (o->norms) {
-        if (!(l->norm_off = malloc(((size_t)c->n_layers * 2 + 1) * sizeof *l->norm_off)))
-            return peft__fail(PEFT_ENOMEM, "LoRA: out of memory");
-        for (int layer = 0; layer < c->n_layers; layer++)
-            for (int w = 0; w < 2; w++) {
-                int on = l->layer_on[layer] && (o->norms & (1u << w));
-                l->norm_off[2 * layer + w] = on ? (int64_t)*off : -1;
-                if (on) {
-                    *off += (size_t)c->dim;
-                    if (layer < l->lowest_layer)
-                        l->lowest_layer = layer;
-                }
-            }
-        l->norm_off[2 * c->n_layers] = (o->norms & PEFT_NORM_FINAL) ? (int64_t)*off : -1;
-        if (o->norms & PEFT_NORM_FINAL)
-            *off += (size_t)c->dim;
-    }
-    return PEFT_OK;
+    return o->norms ? layout_norms(l, c, o->norms, off, "LoRA") : PEFT_OK;
 }
 
 /* The modules a target_regex picks: sel[layer * PEFT_MOD_COUNT + kind] (malloc'ed) and the
@@ -942,26 +943,13 @@ static int build_norms(lora_state **out, const peft_model *m, const peft_norms_o
     int code = new_state(&l, c, o->layers, "norm tuning");
     if (code)
         return code;
-    if (!(l->norm_off = malloc(((size_t)c->n_layers * 2 + 1) * sizeof *l->norm_off))) {
-        peft__lora_free(l);
-        return peft__fail(PEFT_ENOMEM, "norm tuning: out of memory");
-    }
     l->method = PEFT_METHOD_NORMS;
     l->targets = o->norms;
     size_t off = 0;
-    for (int layer = 0; layer < c->n_layers; layer++)
-        for (int w = 0; w < 2; w++) {
-            int on = l->layer_on[layer] && (o->norms & (1u << w));
-            l->norm_off[2 * layer + w] = on ? (int64_t)off : -1;
-            if (on) {
-                off += (size_t)c->dim;
-                if (layer < l->lowest_layer)
-                    l->lowest_layer = layer;
-            }
-        }
-    l->norm_off[2 * c->n_layers] = (o->norms & PEFT_NORM_FINAL) ? (int64_t)off : -1;
-    if (o->norms & PEFT_NORM_FINAL)
-        off += (size_t)c->dim;
+    if ((code = layout_norms(l, c, o->norms, &off, "norm tuning"))) {
+        peft__lora_free(l);
+        return code;
+    }
     l->n_params = off;
     if (allocate) {
         if ((code = alloc_blocks(l, off, "norm tuning"))) {

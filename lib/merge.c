@@ -59,11 +59,8 @@ static void merged_weight(peft_model *m, float *dst, const peft_w *W, const lora
 /* E (vocab, dim) + scale * (B A)^T into dst: the embedding adapter merged */
 static void merged_embed(peft_model *m, float *dst, const float *E)
 {
-    const lora_state *l = m->lora;
-    const peft_config *c = &m->cfg;
-    memcpy(dst, E, (size_t)c->vocab * (size_t)c->dim * sizeof *dst);
-    peft__gemm(m, 1, 1, c->vocab, c->dim, l->embed_r, l->embed_scale, l->params + l->off_ea, c->vocab,
-               l->params + l->off_eb, l->embed_r, 1.0f, dst, c->dim);
+    memcpy(dst, E, (size_t)m->cfg.vocab * (size_t)m->cfg.dim * sizeof *dst);
+    peft__embed_delta_add(m, dst);
 }
 
 int peft_merge_adapter(peft_model *m)

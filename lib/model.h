@@ -208,6 +208,8 @@ void peft__embed_tokens(peft_model *m, float *x, const int32_t *tokens, int64_t 
 /* forward.c: logits (rows, vocab) of final-norm outputs x (rows, dim) through the lm_head in
    effect (trained copy, tied token rows, lm_head adapter) */
 int peft__head_logits(peft_model *m, const float *x, int64_t rows, float *logits);
+/* forward.c: dst (vocab, dim) += s (B A)^T, the embedding adapter's delta */
+void peft__embed_delta_add(peft_model *m, float *dst);
 /* forward.c: the input embeddings in effect (vocab, dim) into dst */
 void peft__effective_embed(peft_model *m, float *dst);
 /* forward.c: the lm_head in effect (vocab, dim) into dst; 1 when the attachment changes it */
