@@ -30,4 +30,24 @@ void json_free(json_doc *doc);
 /* Member of an object (last one wins is not allowed: duplicates are rejected at parse). */
 const json_value *json_get(const json_value *obj, const char *key);
 
+/* ---- writer (json_write.c): text appended to a growing buffer; oom is set (and further
+   output dropped) when memory runs out; free(s) when done ---- */
+struct jw {
+    char *s;
+    size_t n, cap;
+    int oom;
+};
+
+void jw_put(struct jw *w, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
+/* a JSON string with escapes (the caller's UTF-8) */
+void jw_str(struct jw *w, const char *s);
+/* the shortest decimal that reads back as the same float, Python-style ("0.0", "0.05") */
+void jw_float(struct jw *w, float v);
+/* an integral value as an integer, else as jw_float */
+void jw_number(struct jw *w, float v);
+
 #endif

@@ -1,0 +1,78 @@
+/* A small JSON writer: text grown in memory (adapter_config.json and the like, written the
+   way Python's json.dump writes them). */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "json.h"
+
+void jw_put(struct jw *w, const char *fmt, ...)
+{
+    if (w->oom)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int k = vsnprintf(w->s ? w->s + w->n : NULL, w->s ? w->cap - w->n : 0, fmt, ap);
+        va_end(ap);
+        if (k < 0) {
+            w->oom = 1;
+            return;
+        }
+        if (w->s && w->n + (size_t)k < w->cap) {
+            w->n += (size_t)k;
+            return;
+        }
+        size_t cap = w->cap ? w->cap * 2 : 1024;
+        while (cap < w->n + (size_t)k + 1)
+            cap *= 2;
+        char *ns = realloc(w->s, cap);
+        if (!ns) {
+            w->oom = 1;
+            return;
+        }
+        w->s = ns;
+        w->cap = cap;
+    }
+}
+
+/* JSON string with escapes (input is the caller's UTF-8). */
+void jw_str(struct jw *w, const char *s)
+{
+    jw_put(w, "\"");
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            jw_put(w, "\\%c", c);
+        else if (c < 0x20)
+            jw_put(w, "\\u%04x", c);
+        else
+            jw_put(w, "%c", c);
+    }
+    jw_put(w, "\"");
+}
+
+/* Shortest decimal that reads back as the same float, Python-style ("0.0", "0.05"). */
+void jw_float(struct jw *w, float v)
+{
+    char buf[48];
+    for (int prec = 1; prec <= 9; prec++) {
+        snprintf(buf, sizeof buf, "%.*g", prec, (double)v);
+        if (strtof(buf, NULL) == v)
+            break;
+    }
+    if (!strpbrk(buf, ".eEn"))
+        strcat(buf, ".0");
+    jw_put(w, "%s", buf);
+}
+
+void jw_number(struct jw *w, float v)
+{
+    if (v == floorf(v) && fabsf(v) < 1e9f)
+        jw_put(w, "%lld", (long long)v);
+    else
+        jw_float(w, v);
+}
