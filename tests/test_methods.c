@@ -1,0 +1,717 @@
+/* The adapter methods' lifecycles through the public API: LoRA on the embeddings and lm_head,
+   modules_to_save, norms and token rows alongside LoRA, parameter groups, VeRA, LoHa, LoKr,
+   PiSSA, OLoRA, regex targets: train, save, reload, merge, export. */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "api_helpers.h"
+#include "harness.h"
+#include "peft/peft.h"
+
+static void merge_session_export(peft_model *m, const int32_t *tok, double with)
+{
+    peft_session *s;
+    float l1[48], l2[48];
+    CHECK_OK(peft_session_create(&s, m, 8));
+    CHECK_OK(peft_session_feed(s, tok, 8, l1));
+    CHECK_OK(peft_merge_adapter(m));
+    CHECK_CLOSE(eval_loss(m), with, 1e-5);
+    CHECK_OK(peft_session_reset(s));
+    CHECK_OK(peft_session_feed(s, tok, 8, l2));
+    for (int i = 0; i < 48; i++)
+        CHECK_CLOSE(l1[i], l2[i], 1e-4);
+    CHECK_OK(peft_unmerge_adapter(m));
+    CHECK(eval_loss(m) == with);
+    peft_session_free(&s);
+    char *dm = mktmp();
+    CHECK_OK(peft_save_merged(m, dm));
+    peft_model *mm;
+    CHECK_OK(peft_model_open(&mm, dm, NULL));
+    CHECK_CLOSE(eval_loss(mm), with, 1e-5);
+    peft_model_close(&mm);
+}
+
+TEST(embed_lora_lifecycle)
+{
+    peft_model *m = open_tiny(2), *base = open_tiny(1);
+    peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+    peft_model_get_info(m, &in);
+    const int V = in.vocab_size, D = in.hidden_size, L = in.n_layers;
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_Q | PEFT_TARGET_EMBED;
+    o.rank = 2;
+    uint64_t n_tr, n_count;
+    CHECK_OK(peft_count_lora(&n_count, m, &o));
+    CHECK_OK(peft_attach_lora(m, &o, &n_tr));
+    CHECK(n_tr == n_count);
+    CHECK(n_tr == (uint64_t)L * 2 * (D + in.n_heads * in.head_dim) + 2ull * (V + D));
+    /* A = 0 at init (PEFT): the model is the base model */
+    CHECK(eval_loss(m) == eval_loss(base));
+    float *p;
+    size_t n;
+    CHECK_OK(peft_param_buffer(&p, &n, m));
+    for (size_t i = 0; i < n; i++)
+        p[i] = 0.1f * (float)((int)(i % 7) - 3) + 0.05f;
+    size_t e0 = n - 2 * (size_t)(V + D); /* the embedding adapter: A (2, V) then B (D, 2), last */
+    double with = eval_loss(m);
+    CHECK(with != eval_loss(base));
+    /* its own learning rate: ratio 0 freezes it, the q adapters move */
+    float *before = malloc(n * sizeof *before);
+    memcpy(before, p, n * sizeof *before);
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-3));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_EMBED_LR_RATIO, 0));
+    int32_t tok[32];
+    make_batch(tok, 32, 5);
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
+    CHECK_OK(peft_step(m, &b, NULL));
+    double mq = 0, me = 0;
+    for (size_t i = 0; i < e0; i++)
+        mq = fmax(mq, fabs(p[i] - before[i]));
+    for (size_t i = e0; i < n; i++)
+        me = fmax(me, fabs(p[i] - before[i]));
+    CHECK_CLOSE(mq, 1e-3, 1e-4);
+    CHECK(me == 0);
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_EMBED_LR_RATIO, 0.25));
+    memcpy(before, p, n * sizeof *before);
+    CHECK_OK(peft_step(m, &b, NULL));
+    me = 0;
+    for (size_t i = e0; i < n; i++)
+        me = fmax(me, fabs(p[i] - before[i]));
+    CHECK(me > 1e-4 && me < 0.3e-3);
+    free(before);
+    with = eval_loss(m);
+    /* save and load: the same function */
+    char *d = mktmp();
+    CHECK_OK(peft_save_adapter(m, d, NULL));
+    size_t len;
+    char *cfg = read_text(d, "adapter_config.json", &len);
+    CHECK(cfg && strstr(cfg, "\"embed_tokens\""));
+    free(cfg);
+    peft_model *m2 = open_tiny(1);
+    CHECK_OK(peft_load_adapter(m2, d));
+    CHECK(eval_loss(m2) == with);
+    peft_model_close(&m2);
+    /* sessions apply it too; the merged export (the tiny model is untied) */
+    merge_session_export(m, tok, with);
+    /* not expressible: GGUF export, DoRA on the embeddings, a layer subset (PEFT would drop it) */
+    char gp[128];
+    snprintf(gp, sizeof gp, "%s/a.gguf", d);
+    CHECK(peft_save_adapter_gguf(m, gp, NULL) == PEFT_EUNSUPPORTED);
+    o.use_dora = 1;
+    CHECK(peft_count_lora(&n_count, m, &o) == PEFT_EUNSUPPORTED);
+    o.use_dora = 0;
+    o.layers = "0";
+    CHECK(peft_count_lora(&n_count, m, &o) == PEFT_EUNSUPPORTED);
+    peft_model_close(&m);
+    peft_model_close(&base);
+}
+
+/* Train 21 steps on one batch (make_batch with seed) at lr: the loss drops by more than
+   min_drop. Save into *dir: adapter_config.json holds every needle, and a fresh model loading
+   it has the same loss. tok receives the batch; returns the trained model's loss. */
+static double train_save_reload(peft_model *m, int32_t *tok, uint32_t seed, double lr, double min_drop,
+                                const char *const *needles, char **dir)
+{
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, lr));
+    make_batch(tok, 32, seed);
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
+    peft_step_result r0 = PEFT_STEP_RESULT_INIT, r1 = PEFT_STEP_RESULT_INIT;
+    CHECK_OK(peft_step(m, &b, &r0));
+    for (int i = 0; i < 20; i++)
+        CHECK_OK(peft_step(m, &b, &r1));
+    CHECK(r1.loss < r0.loss - min_drop);
+    double with = eval_loss(m);
+    *dir = mktmp();
+    CHECK_OK(peft_save_adapter(m, *dir, NULL));
+    size_t len;
+    char *cfg = read_text(*dir, "adapter_config.json", &len);
+    CHECK(cfg != NULL);
+    for (int i = 0; cfg && needles[i]; i++)
+        CHECK_MSG(strstr(cfg, needles[i]) != NULL, "adapter_config.json lacks %s", needles[i]);
+    free(cfg);
+    peft_model *m2 = open_tiny(1);
+    CHECK_OK(peft_load_adapter(m2, *dir));
+    CHECK(eval_loss(m2) == with);
+    peft_model_close(&m2);
+    return with;
+}
+
+TEST(vera_lifecycle)
+{
+    peft_model *m = open_tiny(2), *base = open_tiny(1);
+    peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+    peft_model_get_info(m, &in);
+    peft_vera_options o = PEFT_VERA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_Q | PEFT_TARGET_V | PEFT_TARGET_DOWN;
+    o.rank = 16;
+    o.seed = 7;
+    uint64_t n_tr, n_count;
+    int qd = in.n_heads * in.head_dim, kvd = in.n_kv_heads * in.head_dim;
+    CHECK_OK(peft_count_vera(&n_count, m, &o));
+    CHECK_OK(peft_attach_vera(m, &o, &n_tr));
+    /* lambda_d (rank) and lambda_b (out) per module */
+    CHECK(n_tr == n_count && n_tr == (uint64_t)in.n_layers * (3 * 16 + qd + kvd + in.hidden_size));
+    CHECK(eval_loss(m) == eval_loss(base)); /* lambda_b = 0 */
+    CHECK(peft_attach_vera(m, &o, NULL) == PEFT_ESTATE);
+    /* it learns, saves and reloads (also onto the same layout) */
+    int32_t tok[32];
+    char *d;
+    const char *const needles[] = {"\"peft_type\": \"VERA\"", "\"save_projection\": true", "\"projection_prng_key\": 7", NULL};
+    double with = train_save_reload(m, tok, 3, 2e-2, 0.05, needles, &d);
+    peft_model *m2 = open_tiny(1);
+    CHECK_OK(peft_load_adapter(m2, d));
+    CHECK_OK(peft_load_adapter(m2, d)); /* onto the same layout: the weights only */
+    CHECK(eval_loss(m2) == with);
+    peft_model_close(&m2);
+    /* merge, sessions, export */
+    merge_session_export(m, tok, with);
+    char gp[128];
+    snprintf(gp, sizeof gp, "%s/a.gguf", d);
+    CHECK(peft_save_adapter_gguf(m, gp, NULL) == PEFT_EUNSUPPORTED);
+    /* bad options */
+    o.rank = 0;
+    CHECK(peft_count_vera(&n_count, m, &o) == PEFT_EINVAL);
+    o.rank = 4;
+    o.targets = PEFT_TARGET_EMBED;
+    CHECK(peft_count_vera(&n_count, m, &o) == PEFT_EINVAL);
+    peft_model_close(&m);
+    peft_model_close(&base);
+}
+
+TEST(loha_lifecycle)
+{
+    peft_model *m = open_tiny(2), *base = open_tiny(1);
+    peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+    peft_model_get_info(m, &in);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.variant = PEFT_VARIANT_LOHA;
+    o.targets = PEFT_TARGET_V | PEFT_TARGET_GATE;
+    o.rank = 4;
+    o.alpha = 4;
+    uint64_t n_tr, n_count;
+    int kvd = in.n_kv_heads * in.head_dim, D = in.hidden_size, F = in.intermediate_size;
+    CHECK_OK(peft_count_lora(&n_count, m, &o));
+    CHECK_OK(peft_attach_lora(m, &o, &n_tr));
+    /* 2 r (in + out) per module */
+    CHECK(n_tr == n_count && n_tr == (uint64_t)in.n_layers * 2 * 4 * ((D + kvd) + (D + F)));
+    int32_t r;
+    CHECK_OK(peft_solve_rank(&r, m, &o, n_tr));
+    CHECK(r == 4);
+    CHECK(eval_loss(m) == eval_loss(base)); /* w2_b = 0 */
+    int32_t tok[32];
+    char *d;
+    const char *const needles[] = {"\"peft_type\": \"LOHA\"", "\"alpha\": 4,", NULL};
+    double with = train_save_reload(m, tok, 9, 1e-2, 0.05, needles, &d);
+    merge_session_export(m, tok, with);
+    /* what LoHa does not combine with */
+    o.use_dora = 1;
+    CHECK(peft_count_lora(&n_count, m, &o) == PEFT_EUNSUPPORTED);
+    o.use_dora = 0;
+    o.targets |= PEFT_TARGET_EMBED;
+    CHECK(peft_count_lora(&n_count, m, &o) == PEFT_EUNSUPPORTED);
+    o.variant = 7;
+    CHECK(peft_count_lora(&n_count, m, &o) == PEFT_EINVAL);
+    peft_model_close(&m);
+    peft_model_close(&base);
+}
+
+TEST(lokr_lifecycle)
+{
+    peft_model *m = open_tiny(2), *base = open_tiny(1);
+    peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+    peft_model_get_info(m, &in);
+    CHECK(in.hidden_size == 32 && in.n_heads * in.head_dim == 32);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.variant = PEFT_VARIANT_LOKR;
+    o.targets = PEFT_TARGET_Q;
+    uint64_t n2, n4, n64;
+    /* q is 32 x 32 = (4 x 8) x (4 x 8): w1 4 x 4, then w2_a 8 x r + w2_b r x 8, or a full 8 x 8 w2
+       once r >= max(8, 8) / 2: the size saturates */
+    o.rank = 2;
+    CHECK_OK(peft_count_lora(&n2, m, &o));
+    o.rank = 4;
+    CHECK_OK(peft_count_lora(&n4, m, &o));
+    o.rank = 64;
+    CHECK_OK(peft_count_lora(&n64, m, &o));
+    CHECK(n2 == (uint64_t)in.n_layers * (16 + 2 * 16) && n4 == (uint64_t)in.n_layers * (16 + 64) && n64 == n4);
+    o.targets = PEFT_TARGET_Q | PEFT_TARGET_DOWN;
+    o.rank = 2;
+    o.alpha = 4;
+    uint64_t n_tr;
+    CHECK_OK(peft_attach_lora(m, &o, &n_tr));
+    CHECK(eval_loss(m) == eval_loss(base)); /* w1 = 0 */
+    int32_t tok[32];
+    char *d;
+    const char *const needles[] = {"\"peft_type\": \"LOKR\"", "\"decompose_factor\": -1", NULL};
+    double with = train_save_reload(m, tok, 13, 2e-2, 0.02, needles, &d);
+    merge_session_export(m, tok, with);
+    peft_model_close(&m);
+    peft_model_close(&base);
+}
+
+
+/* The tiny model with tied embeddings: a directory with its weights and a config saying so. */
+static char *tiny_tied_dir(void)
+{
+    char *d = mktmp(), src[512], dst[512];
+    snprintf(src, sizeof src, "%s/model.safetensors", test_data("tiny"));
+    snprintf(dst, sizeof dst, "%s/model.safetensors", d);
+    CHECK(symlink(src, dst) == 0);
+    size_t len;
+    char *cfg = read_text(test_data("tiny"), "config.json", &len);
+    char *t = cfg ? strstr(cfg, "\"tie_word_embeddings\": false") : NULL;
+    CHECK(t != NULL);
+    if (t) {
+        memcpy(t + 23, "true, ", 6); /* same length: "false" -> "true," + space */
+        snprintf(dst, sizeof dst, "%s/config.json", d);
+        FILE *f = fopen(dst, "wb");
+        fwrite(cfg, 1, len, f);
+        fclose(f);
+    }
+    free(cfg);
+    return d;
+}
+
+/* Finite differences of the whole model w.r.t. sampled entries of the parameter block, after
+   moving every parameter off its initial value (B = 0 would hide A's gradient). */
+static void gradcheck_attached(peft_model *m, const char *what)
+{
+    float *p, *g;
+    size_t n;
+    CHECK_OK(peft_param_buffer(&p, &n, m));
+    for (size_t i = 0; i < n; i++)
+        p[i] += 0.05f * (float)((int)((i * 2654435761u) % 11) - 5) / 5.0f;
+    int32_t tok[2 * 10];
+    for (int i = 0; i < 20; i++)
+        tok[i] = (i * 7 + 3) % 48;
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 10, NULL};
+    CHECK_OK(peft_zero_grad(m));
+    CHECK_OK(peft_forward_backward(m, &b, NULL));
+    CHECK_OK(peft_grad_buffer(&g, &n, m));
+    float *ga = malloc(n * sizeof *ga);
+    memcpy(ga, g, n * sizeof *ga);
+    double gmax = 0;
+    for (size_t i = 0; i < n; i++)
+        gmax = fmax(gmax, fabs(ga[i]));
+    int bad = 0, checked = 0, nonzero = 0;
+    for (size_t i = 0; i < n; i += n / 301 + 1) {
+        float save = p[i], h = 1e-2f;
+        peft_eval_result ep = PEFT_EVAL_RESULT_INIT, em = PEFT_EVAL_RESULT_INIT;
+        p[i] = save + h;
+        CHECK_OK(peft_eval(m, &b, &ep));
+        p[i] = save - h;
+        CHECK_OK(peft_eval(m, &b, &em));
+        p[i] = save;
+        double num = (ep.loss_sum - em.loss_sum) / (2.0 * h);
+        checked++;
+        nonzero += fabs(num) > 1e-3 * gmax;
+        if (fabs(num - ga[i]) > 2e-3 * gmax + 2e-2 * fabs(num) && bad++ < 5)
+            fprintf(stderr, "%s: param %zu of %zu: analytic %.6g numeric %.6g\n", what, i, n, ga[i], num);
+    }
+    CHECK_MSG(checked > 60 && nonzero > checked / 10, "%s: %d checked, %d non-zero", what, checked, nonzero);
+    CHECK_MSG(bad == 0, "%s: %d gradients off", what, bad);
+    CHECK_OK(peft_zero_grad(m));
+    free(ga);
+}
+
+static const int32_t extra_tokens[3] = {3, 7, 11};
+
+static int has_bytes(const char *buf, size_t len, const char *needle)
+{
+    size_t k = strlen(needle);
+    for (size_t i = 0; i + k <= len; i++)
+        if (!memcmp(buf + i, needle, k))
+            return 1;
+    return 0;
+}
+
+/* LoRA with lm_head, modules_to_save, norms and token rows: exact counts, gradients. */
+TEST(lora_extras_gradients_and_counts)
+{
+    char *tied = tiny_tied_dir();
+    peft_model *m = open_tiny(2), *mt;
+    CHECK_OK(peft_model_open(&mt, tied, NULL));
+    peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+    peft_model_get_info(mt, &in);
+    CHECK(in.tied_embeddings == 1);
+    const uint64_t V = 48, D = 32, r = 2, Hq = 32;
+    struct {
+        int tied;
+        uint32_t targets, save, norms;
+        const char *layers;
+        int n_tok;
+        uint64_t count;
+        const char *what;
+    } cs[] = {
+        {0, PEFT_TARGET_Q | PEFT_TARGET_LM_HEAD, PEFT_SAVE_EMBED, PEFT_NORM_ALL, "1-2", 0,
+         2 * r * (D + Hq) + r * (D + V) + V * D + 2 * 2 * D + D, "q + lm_head LoRA, embeddings, norms (layers 1-2)"},
+        {1, PEFT_TARGET_V | PEFT_TARGET_LM_HEAD, 0, 0, NULL, 3, 3 * r * (D + 16) + r * (D + V) + 3 * D,
+         "tied: v + lm_head LoRA, token rows"},
+        {0, PEFT_TARGET_V, PEFT_SAVE_LM_HEAD, PEFT_NORM_FINAL | PEFT_NORM_POST_ATTENTION, "last:1", 3,
+         r * (D + 16) + 3 * D + V * D + D + D, "untied: token rows, lm_head in full, norms (last layer)"},
+        {1, PEFT_TARGET_O, PEFT_SAVE_EMBED | PEFT_SAVE_LM_HEAD, 0, "last:1", 0, r * (Hq + D) + 2 * V * D,
+         "tied: embeddings and lm_head in full"},
+    };
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        peft_model *x = cs[c].tied ? mt : m;
+        peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+        o.targets = cs[c].targets;
+        o.rank = (int32_t)r;
+        o.layers = cs[c].layers;
+        o.modules_to_save = cs[c].save;
+        o.norms = cs[c].norms;
+        o.token_indices = cs[c].n_tok ? extra_tokens : NULL;
+        o.n_token_indices = cs[c].n_tok;
+        uint64_t n_count, n_tr;
+        CHECK_OK(peft_count_lora(&n_count, x, &o));
+        CHECK_MSG(n_count == cs[c].count, "%s: count %llu, expected %llu", cs[c].what,
+                  (unsigned long long)n_count, (unsigned long long)cs[c].count);
+        double base = eval_loss(x);
+        CHECK_OK(peft_attach_lora(x, &o, &n_tr));
+        CHECK(n_tr == n_count);
+        /* everything starts as the base model */
+        CHECK_MSG(fabs(eval_loss(x) - base) < 1e-6, "%s: changed the model at init", cs[c].what);
+        gradcheck_attached(x, cs[c].what);
+        CHECK_OK(peft_detach(x));
+    }
+    /* refused: both forms of one module, rows with the embeddings trained, ids out of range or repeated */
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    uint64_t n;
+    o.targets = PEFT_TARGET_Q | PEFT_TARGET_EMBED;
+    o.modules_to_save = PEFT_SAVE_EMBED;
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EINVAL);
+    o.targets = PEFT_TARGET_Q | PEFT_TARGET_LM_HEAD;
+    o.modules_to_save = PEFT_SAVE_LM_HEAD;
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EINVAL);
+    o.modules_to_save = PEFT_SAVE_EMBED;
+    o.targets = PEFT_TARGET_Q;
+    o.token_indices = extra_tokens;
+    o.n_token_indices = 3;
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EINVAL);
+    o.modules_to_save = 0;
+    int32_t badtok[2] = {5, 48};
+    o.token_indices = badtok;
+    o.n_token_indices = 2;
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EINVAL);
+    badtok[1] = 5;
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EINVAL);
+    CHECK(strstr(peft_last_error(), "twice") != NULL);
+    o.n_token_indices = 0;
+    o.variant = PEFT_VARIANT_LOHA;
+    o.norms = PEFT_NORM_FINAL;
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EUNSUPPORTED);
+    o.variant = PEFT_VARIANT_LORA;
+    o.use_dora = 1;
+    o.targets = PEFT_TARGET_Q | PEFT_TARGET_LM_HEAD;
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EUNSUPPORTED);
+    peft_model_close(&m);
+    peft_model_close(&mt);
+}
+
+/* Train, save (PEFT keys and config fields), reload to the same loss, sessions, merge and the
+   merged export (untied when only one side of a tied pair changed); per-group rates. */
+static void extras_lifecycle(int tied, uint32_t targets, uint32_t save, uint32_t norms, int n_tok,
+                             const char *const *needles)
+{
+    char *dir = tied ? tiny_tied_dir() : NULL;
+    peft_model *m;
+    CHECK_OK(peft_model_open(&m, tied ? dir : test_data("tiny"), NULL));
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = targets;
+    o.rank = 2;
+    o.modules_to_save = save;
+    o.norms = norms;
+    o.token_indices = n_tok ? extra_tokens : NULL;
+    o.n_token_indices = n_tok;
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    int32_t tok[32];
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_EMBED_LR_RATIO, 0.5));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_NORM_LR_RATIO, 0.5));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-2));
+    make_batch(tok, 32, 9);
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
+    peft_step_result r0 = PEFT_STEP_RESULT_INIT, r1 = PEFT_STEP_RESULT_INIT;
+    CHECK_OK(peft_step(m, &b, &r0));
+    for (int i = 0; i < 20; i++)
+        CHECK_OK(peft_step(m, &b, &r1));
+    CHECK(r1.loss < r0.loss - 0.05);
+    double with = eval_loss(m);
+    char *d = mktmp();
+    CHECK_OK(peft_save_adapter(m, d, NULL));
+    /* PEFT's config fields and tensor names */
+    size_t len, slen;
+    char *cfg = read_text(d, "adapter_config.json", &len), *st = read_text(d, "adapter_model.safetensors", &slen);
+    CHECK(cfg && st);
+    for (int i = 0; cfg && st && needles[i]; i++)
+        if (!strncmp(needles[i], "base_model.", 11))
+            CHECK_MSG(has_bytes(st, slen, needles[i]), "safetensors lacks %s", needles[i]);
+        else
+            CHECK_MSG(strstr(cfg, needles[i]) != NULL, "adapter_config.json lacks %s", needles[i]);
+    free(cfg);
+    free(st);
+    peft_model *m2;
+    CHECK_OK(peft_model_open(&m2, tied ? dir : test_data("tiny"), NULL));
+    CHECK_OK(peft_load_adapter(m2, d));
+    CHECK(eval_loss(m2) == with);
+    /* loading again into the same layout overwrites the weights */
+    CHECK_OK(peft_load_adapter(m2, d));
+    CHECK(eval_loss(m2) == with);
+    peft_model_close(&m2);
+    /* off: the base model; the merged export reopens to the same loss */
+    CHECK_OK(peft_adapter_enable(m, 0));
+    double base = eval_loss(m);
+    CHECK(base != with);
+    CHECK_OK(peft_adapter_enable(m, 1));
+    merge_session_export(m, tok, with);
+    peft_model_close(&m);
+}
+
+TEST(lora_extras_lifecycle_untied)
+{
+    const char *const n1[] = {"\"modules_to_save\": [\n    \"embed_tokens\",\n    \"input_layernorm\",\n    \"model.norm\"\n  ]",
+                              "\"lm_head\"", "base_model.model.lm_head.lora_B.weight",
+                              "base_model.model.model.embed_tokens.weight",
+                              "base_model.model.model.layers.2.input_layernorm.weight",
+                              "base_model.model.model.norm.weight", NULL};
+    extras_lifecycle(0, PEFT_TARGET_Q | PEFT_TARGET_LM_HEAD, PEFT_SAVE_EMBED, PEFT_NORM_INPUT | PEFT_NORM_FINAL, 0, n1);
+    const char *const n2[] = {"\"modules_to_save\": [\n    \"lm_head\"\n  ]", "\"trainable_token_indices\": [\n    3,",
+                              "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta",
+                              "base_model.model.lm_head.weight", NULL};
+    extras_lifecycle(0, PEFT_TARGET_V, PEFT_SAVE_LM_HEAD, 0, 3, n2);
+}
+
+TEST(lora_extras_lifecycle_tied)
+{
+    /* token rows shared by the lookup and lm_head: the export stays tied */
+    const char *const n1[] = {"\"trainable_token_indices\"", "\"modules_to_save\": null", NULL};
+    extras_lifecycle(1, PEFT_TARGET_V, 0, 0, 3, n1);
+    /* lm_head LoRA changes the output side only: the export unties */
+    const char *const n2[] = {"\"lm_head\"", "base_model.model.lm_head.lora_A.weight", NULL};
+    extras_lifecycle(1, PEFT_TARGET_Q | PEFT_TARGET_LM_HEAD, 0, 0, 0, n2);
+    /* the embeddings trained in full: the input side only */
+    const char *const n3[] = {"\"modules_to_save\": [\n    \"embed_tokens\"\n  ]", NULL};
+    extras_lifecycle(1, PEFT_TARGET_Q, PEFT_SAVE_EMBED, 0, 0, n3);
+}
+
+/* Each group at its own learning rate and weight decay. */
+TEST(parameter_groups_learning_rates)
+{
+    peft_model *m = open_tiny(1);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_Q;
+    o.rank = 2;
+    o.modules_to_save = PEFT_SAVE_LM_HEAD;
+    o.norms = PEFT_NORM_FINAL;
+    size_t n;
+    float *p;
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    CHECK_OK(peft_param_buffer(&p, &n, m));
+    const size_t D = 32, V = 48, nq = 3 * 2 * (32 + 32);
+    CHECK(n == nq + V * D + D);
+    float *before = malloc(n * sizeof *before);
+    int32_t tok[32];
+    make_batch(tok, 32, 3);
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
+    double bounds_lo, bounds_hi;
+    CHECK_OK(peft_opt_bounds(PEFT_OPT_NORM_WEIGHT_DECAY, &bounds_lo, &bounds_hi));
+    CHECK(bounds_lo == -1.0);
+    peft_model *m2 = open_tiny(1); /* a twin taking the same steps */
+    float *p2;
+    CHECK_OK(peft_attach_lora(m2, &o, NULL));
+    CHECK_OK(peft_param_buffer(&p2, &n, m2));
+    for (int k = 0; k < 2; k++) {
+        peft_model *x = k ? m2 : m;
+        CHECK_OK(peft_opt_set(x, PEFT_OPT_LR, 1e-3));
+        CHECK_OK(peft_opt_set(x, PEFT_OPT_EMBED_LR_RATIO, 0.1));
+        CHECK_OK(peft_opt_set(x, PEFT_OPT_NORM_LR_RATIO, 0));
+    }
+    memcpy(before, p, n * sizeof *before);
+    CHECK_OK(peft_step(m, &b, NULL));
+    CHECK_OK(peft_step(m2, &b, NULL));
+    double mq = 0, mh = 0, mn = 0;
+    for (size_t i = 0; i < n; i++) {
+        double dd = fabs(p[i] - before[i]);
+        if (i < nq)
+            mq = fmax(mq, dd);
+        else if (i < nq + V * D)
+            mh = fmax(mh, dd);
+        else
+            mn = fmax(mn, dd);
+    }
+    /* Adam's first step moves each weight by about lr x ratio */
+    CHECK_CLOSE(mq, 1e-3, 1e-4);
+    CHECK_CLOSE(mh, 1e-4, 1e-5);
+    CHECK(mn == 0);
+    /* decoupled weight decay per group: the same step on the twin without it differs in the
+       norm weights by exactly lr x decay x w, elsewhere not at all */
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_NORM_LR_RATIO, 1));
+    CHECK_OK(peft_opt_set(m2, PEFT_OPT_NORM_LR_RATIO, 1));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_NORM_WEIGHT_DECAY, 5.0));
+    double v;
+    CHECK_OK(peft_opt_get(m, PEFT_OPT_NORM_WEIGHT_DECAY, &v));
+    CHECK(v == 5.0);
+    CHECK_OK(peft_opt_get(m2, PEFT_OPT_EMBED_WEIGHT_DECAY, &v));
+    CHECK(v == -1.0);
+    memcpy(before, p, n * sizeof *before);
+    CHECK_OK(peft_step(m, &b, NULL));
+    CHECK_OK(peft_step(m2, &b, NULL));
+    double worst = 0, other = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (i >= nq + V * D)
+            worst = fmax(worst, fabs((p2[i] - p[i]) - 1e-3 * 5.0 * before[i]));
+        else
+            other = fmax(other, fabs(p2[i] - p[i]));
+    }
+    CHECK_MSG(worst < 1e-6, "norm decay off by %g", worst);
+    CHECK(other == 0);
+    peft_model_close(&m2);
+    free(before);
+    peft_model_close(&m);
+}
+
+
+/* PiSSA and OLoRA: the model is unchanged at init (residual + adapter = base), the factors
+   have the structure of the decomposition, training moves it, the plain-LoRA conversion
+   applied to the original base gives the trained model, detaching restores the base. */
+static void init_lifecycle(int init)
+{
+    peft_model *m = open_tiny(2), *base = open_tiny(1);
+    double b0 = eval_loss(base);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_Q | PEFT_TARGET_V | PEFT_TARGET_DOWN;
+    o.rank = 3;
+    o.alpha = 6;
+    o.init = init;
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    CHECK_CLOSE(eval_loss(m), b0, 2e-5);
+    float *p;
+    size_t n;
+    CHECK_OK(peft_param_buffer(&p, &n, m));
+    /* layer 0's q: A (3, 32) then B (32, 3). PiSSA: A A^T = B^T B = diag(S_r / s), decreasing;
+       OLoRA: B^T B = I, A upper triangular */
+    const float *A = p, *B = p + 3 * 32;
+    double prev = INFINITY;
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 3; j++) {
+            double aa = 0, bb = 0;
+            for (int c = 0; c < 32; c++) {
+                aa += (double)A[i * 32 + c] * A[j * 32 + c];
+                bb += (double)B[c * 3 + i] * B[c * 3 + j];
+            }
+            if (init == PEFT_INIT_PISSA) {
+                CHECK_CLOSE(aa, bb, 1e-4);
+                if (i != j)
+                    CHECK(fabs(aa) < 1e-4);
+                else {
+                    CHECK(aa > 0 && aa <= prev + 1e-6);
+                    prev = aa;
+                }
+            } else {
+                CHECK_CLOSE(bb, i == j ? 1.0 : 0.0, 1e-5);
+                if (j < i)
+                    CHECK(A[i * 32 + j] == 0.0f);
+            }
+        }
+    int32_t tok[32];
+    make_batch(tok, 32, 21);
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-2));
+    peft_step_result r0 = PEFT_STEP_RESULT_INIT, r1 = PEFT_STEP_RESULT_INIT;
+    CHECK_OK(peft_step(m, &b, &r0));
+    for (int i = 0; i < 10; i++)
+        CHECK_OK(peft_step(m, &b, &r1));
+    CHECK(r1.loss < r0.loss - 0.05);
+    double with = eval_loss(m);
+    CHECK(fabs(with - b0) > 1e-3);
+    /* the PEFT form (init_lora_weights "pissa"/"olora") reloads onto the same base exactly */
+    char *d = mktmp(), *dc = mktmp();
+    CHECK_OK(peft_save_adapter(m, d, NULL));
+    size_t len;
+    char *cfg = read_text(d, "adapter_config.json", &len);
+    CHECK(cfg && strstr(cfg, init == PEFT_INIT_PISSA ? "\"init_lora_weights\": \"pissa\"" : "\"init_lora_weights\": \"olora\""));
+    free(cfg);
+    peft_model *m2 = open_tiny(1);
+    CHECK_OK(peft_load_adapter(m2, d));
+    CHECK_CLOSE(eval_loss(m2), with, 1e-6);
+    peft_model_close(&m2);
+    /* converted: a plain LoRA of rank 6, alpha 12, on the original base */
+    peft_save_options so = PEFT_SAVE_OPTIONS_INIT;
+    so.convert_to_lora = 1;
+    CHECK_OK(peft_save_adapter(m, dc, &so));
+    cfg = read_text(dc, "adapter_config.json", &len);
+    CHECK(cfg && strstr(cfg, "\"init_lora_weights\": true") && strstr(cfg, "\"r\": 6") && strstr(cfg, "\"lora_alpha\": 12"));
+    free(cfg);
+    CHECK_OK(peft_load_adapter(base, dc));
+    CHECK_CLOSE(eval_loss(base), with, 2e-5);
+    /* GGUF needs the plain form */
+    char gp[128];
+    snprintf(gp, sizeof gp, "%s/a.gguf", d);
+    CHECK(peft_save_adapter_gguf(m, gp, NULL) == PEFT_EUNSUPPORTED);
+    CHECK_OK(peft_save_adapter_gguf(base, gp, NULL));
+    /* merge and the merged export work on the residual */
+    merge_session_export(m, tok, with);
+    CHECK_OK(peft_detach(m));
+    CHECK(eval_loss(m) == b0);
+    /* not for DoRA, LoHa, the embeddings; rank above min(out, in) */
+    o.use_dora = 1;
+    CHECK(peft_attach_lora(m, &o, NULL) == PEFT_EUNSUPPORTED);
+    o.use_dora = 0;
+    o.rank = 17; /* v is 16 x 32 */
+    CHECK(peft_attach_lora(m, &o, NULL) == PEFT_EINVAL);
+    CHECK(strstr(peft_last_error(), "min(out, in)") != NULL);
+    o.rank = 3;
+    CHECK_OK(peft_attach_lora(m, &o, NULL)); /* a failed attach left nothing behind */
+    peft_model_close(&m);
+    peft_model_close(&base);
+}
+
+TEST(pissa_lifecycle) { init_lifecycle(PEFT_INIT_PISSA); }
+TEST(olora_lifecycle) { init_lifecycle(PEFT_INIT_OLORA); }
+
+
+/* target_modules as a regular expression (PEFT: re.fullmatch over module names). */
+TEST(regex_targets)
+{
+    peft_model *m = open_tiny(1);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = 0;
+    o.rank = 2;
+    o.target_regex = "model\\.layers\\.(0|2)\\.self_attn\\.(q|v)_proj|model\\.layers\\.1\\.mlp\\.down_proj";
+    uint64_t n;
+    CHECK_OK(peft_count_lora(&n, m, &o));
+    CHECK(n == 2 * (2 * (32 + 32) + 2 * (32 + 16)) + 2 * (40 + 32));
+    o.target_regex = "model\\.layers\\.\\d+\\.mlp\\.(?:gate|up)_proj";
+    CHECK_OK(peft_count_lora(&n, m, &o));
+    CHECK(n == 3 * 2 * 2 * (32 + 40));
+    /* fullmatch: a prefix alone selects nothing */
+    o.target_regex = "model\\.layers\\.1";
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EINVAL);
+    CHECK(strstr(peft_last_error(), "matches no module") != NULL);
+    o.target_regex = "q_proj(";
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EINVAL);
+    o.target_regex = "(?=x).*";
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EUNSUPPORTED);
+    o.target_regex = ".*q_proj";
+    o.targets = PEFT_TARGET_V;
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EINVAL);
+    o.targets = 0;
+    o.target_regex = "model\\.layers\\.(0|2)\\.self_attn\\.(q|v)_proj|model\\.layers\\.1\\.mlp\\.down_proj|lm_head";
+    CHECK_OK(peft_attach_lora(m, &o, &n));
+    CHECK(n == 2 * (2 * (32 + 32) + 2 * (32 + 16)) + 2 * (40 + 32) + 2 * (32 + 48));
+    int32_t tok[32];
+    char *d;
+    const char *const needles[] = {"\"target_modules\": \"model\\\\.layers\\\\.(0|2)", "\"layers_to_transform\": null", NULL};
+    train_save_reload(m, tok, 17, 1e-2, 0.02, needles, &d);
+    peft_model_close(&m);
+}
+
+static const struct h_case cases[] = {
+    CASE(embed_lora_lifecycle), CASE(vera_lifecycle), CASE(loha_lifecycle), CASE(lokr_lifecycle),
+    CASE(lora_extras_gradients_and_counts), CASE(lora_extras_lifecycle_untied), CASE(lora_extras_lifecycle_tied),
+    CASE(parameter_groups_learning_rates), CASE(pissa_lifecycle), CASE(olora_lifecycle), CASE(regex_targets),
+};
+
+TEST_MAIN(cases)
