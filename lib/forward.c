@@ -491,7 +491,13 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
     if (train && m->adapter_off)
         return peft__fail(PEFT_ESTATE, "the adapter is disabled (peft_adapter_enable): nothing to train");
     const peft_config *c = &m->cfg;
-    int B = batch->n_seq, T = batch->seq_len, D = c->dim, V = c->vocab;
+    const int32_t *seg = batch->version >= 2 ? batch->seq_ids : NULL;
+    /* prompt tuning: P virtual rows before each sequence (PEFT's layout) */
+    int P = peft__prompt_len(m);
+    if (P > 0 && seg)
+        return peft__fail(PEFT_EUNSUPPORTED, "prompt tuning: packed documents (seq_ids) are not supported; "
+                                             "give one sequence per row");
+    int B = batch->n_seq, Tb = batch->seq_len, T = Tb + P, D = c->dim, V = c->vocab;
     int64_t N = (int64_t)B * T;
     if ((code = peft__workspace_ensure(m, B, T, train)))
         return code;
@@ -499,8 +505,8 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
     rope_tables(ws->rope_cos, ws->rope_sin, T, c);
 
     /* positions: packed documents (seq_ids) restart at 0; row b*T+t predicts
-       labels[b*T+t+1] unless a new document starts there */
-    const int32_t *seg = batch->version >= 2 ? batch->seq_ids : NULL;
+       labels[b*T+t+1] unless a new document starts there; virtual rows predict the label of
+       the row after them (-100 but for the last one) */
     const int32_t *lab = batch->labels ? batch->labels : batch->tokens;
     uint64_t count = 0;
     for (int b = 0; b < B; b++)
@@ -511,14 +517,20 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
             int64_t r = (int64_t)b * T + t;
-            int32_t y = t + 1 < T && ws->pos[r + 1] != 0 ? lab[r + 1] : -100;
+            int32_t y = t + 1 < T && ws->pos[r + 1] != 0 && t + 1 >= P ? lab[(int64_t)b * Tb + t + 1 - P] : -100;
             ws->labels[r] = y;
             count += y >= 0;
         }
 
     /* embeddings */
     float *x = train ? ws->acts[0].x_in : ws->res[0];
-    peft__embed_tokens(m, x, batch->tokens, N);
+    if (P > 0)
+        for (int b = 0; b < B; b++) {
+            memcpy(x + (int64_t)b * T * D, m->lora->params, (size_t)P * D * sizeof(float));
+            peft__embed_tokens(m, x + ((int64_t)b * T + P) * D, batch->tokens + (int64_t)b * Tb, Tb);
+        }
+    else
+        peft__embed_tokens(m, x, batch->tokens, N);
 
     for (int l = 0; l < c->n_layers; l++) {
         float *out;
@@ -574,7 +586,10 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
                 ready_hi = hi;
         }
     }
-    if (m->lora->lowest_layer < 0) /* ws->dx: d(loss)/d(layer 0 input) */
+    if (P > 0) /* the soft prompt's gradient: the virtual rows' */
+        for (int b = 0; b < B; b++)
+            add_inplace(m->lora->grads, ws->dx + (int64_t)b * T * D, (size_t)P * D);
+    else if (m->lora->lowest_layer < 0) /* ws->dx: d(loss)/d(layer 0 input) */
         embed_backward(m, ws->dx, batch->tokens, N);
     if (m->grad_ready) { /* the rest: below the lowest layer reported, above the top one */
         if (ready_hi == 0)

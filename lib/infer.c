@@ -16,7 +16,9 @@ struct peft_session {
     float *kc, *vc; /* (L, max_len, Hkv*hd) */
     float *x, *xn, *q, *k, *v, *att, *h, *g, *u, *act, *tmp, *xa, *scores;
     float *block;
-    int rank; /* LoRA rank the scratch was sized for */
+    int rank;     /* LoRA rank the scratch was sized for */
+    int virt_cap; /* positions reserved for a soft prompt (prompt tuning) beyond max_len */
+    int virt;     /* virtual positions at the start of the cache */
 };
 
 int peft_adapter_enable(peft_model *m, int32_t enabled)
@@ -40,6 +42,8 @@ int peft_session_create(peft_session **out, peft_model *m, int32_t max_len)
     size_t kvd = (size_t)c->n_kv_heads * c->head_dim, qd = (size_t)c->n_heads * c->head_dim;
     size_t D = (size_t)c->dim, F = (size_t)c->ffn_dim, big = D > qd ? D : qd;
     big = big > F ? big : F;
+    int virt = m->lora && m->lora->method == PEFT_METHOD_PROMPT ? m->lora->n_virtual : 0;
+    max_len += virt; /* the soft prompt's positions come on top */
     size_t cache = (size_t)c->n_layers * (size_t)max_len * kvd;
     size_t maxr = m->lora ? (size_t)m->lora->max_rank : 1;
     size_t sizes[] = {cache, cache, D, D, qd, kvd, kvd, qd, D, F, F, F, big, maxr, (size_t)max_len};
@@ -63,6 +67,7 @@ int peft_session_create(peft_session **out, peft_model *m, int32_t max_len)
     s->m = m;
     s->max_len = max_len;
     s->rank = (int)maxr;
+    s->virt_cap = virt;
     *out = s;
     return PEFT_OK;
 }
@@ -81,17 +86,19 @@ int peft_session_reset(peft_session *s)
     if (!s)
         return peft__fail(PEFT_EINVAL, "peft_session_reset: session is NULL");
     s->pos = 0;
+    s->virt = 0;
     return PEFT_OK;
 }
 
-int32_t peft_session_length(const peft_session *s) { return s ? s->pos : 0; }
+int32_t peft_session_length(const peft_session *s) { return s ? s->pos - s->virt : 0; }
 
 static const lora_view *view(peft_session *s, lora_view *lv, int l, int kind)
 {
     return peft__view_of(s->m, lv, l, kind, 0);
 }
 
-static void feed_one(peft_session *s, int32_t tok)
+/* one position: token tok, or the embedding row emb when it is not NULL */
+static void feed_one(peft_session *s, int32_t tok, const float *emb)
 {
     peft_model *m = s->m;
     const peft_config *c = &m->cfg;
@@ -99,7 +106,10 @@ static void feed_one(peft_session *s, int32_t tok)
     int qd = H * hd, kvd = Hk * hd, pos = s->pos;
     float scale = 1.0f / sqrtf((float)hd);
     lora_view lv;
-    peft__embed_tokens(m, s->x, &tok, 1);
+    if (emb)
+        memcpy(s->x, emb, (size_t)D * sizeof *s->x);
+    else
+        peft__embed_tokens(m, s->x, &tok, 1);
     for (int l = 0; l < c->n_layers; l++) {
         float rstd;
         float *kc = s->kc + ((size_t)l * s->max_len) * kvd, *vc = s->vc + ((size_t)l * s->max_len) * kvd;
@@ -159,14 +169,21 @@ int peft_session_feed(peft_session *s, const int32_t *tokens, int32_t n, float *
     peft_model *m = s->m;
     if (m->lora && m->lora->max_rank > s->rank)
         return peft__fail(PEFT_ESTATE, "peft_session_feed: the adapter changed since the session was created");
-    if (n > s->max_len - s->pos)
+    int P = s->pos == 0 ? peft__prompt_len(m) : 0; /* a soft prompt goes first (a feed of no tokens
+                                                        puts it alone) */
+    if (P > s->virt_cap)
+        return peft__fail(PEFT_ESTATE, "peft_session_feed: the adapter changed since the session was created");
+    if (n > s->max_len - s->virt_cap - (s->pos - s->virt))
         return peft__fail(PEFT_ERANGE, "peft_session_feed: %d more positions exceed the session's %d", n,
-                          s->max_len);
+                          s->max_len - s->virt_cap);
     for (int32_t i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab)
             return peft__fail(PEFT_EINVAL, "peft_session_feed: token %d outside the vocabulary", tokens[i]);
+    for (int i = 0; i < P; i++)
+        feed_one(s, 0, m->lora->params + (size_t)i * m->cfg.dim);
+    s->virt += P;
     for (int32_t i = 0; i < n; i++)
-        feed_one(s, tokens[i]);
+        feed_one(s, tokens[i], NULL);
     if (logits) {
         if (s->pos == 0)
             return peft__fail(PEFT_ESTATE, "peft_session_feed: no position to predict from");

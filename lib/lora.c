@@ -148,6 +148,8 @@ void peft__lora_free(lora_state *l)
     free(l->tok_idx);
     free(l->tok_slot);
     free(l->target_regex);
+    free(l->prompt_text);
+    free(l->prompt_tokenizer);
     for (int i = 0; l->res && i < l->n_modules; i++)
         peft__free((float *)l->res[i].f);
     free(l->res);
@@ -336,7 +338,7 @@ static int check_options(const peft_model *m, const peft_lora_options *o)
 }
 
 /* A new attachment state: layer selection parsed, module index all -1, no module yet. */
-static int new_state(lora_state **out, const peft_config *c, const char *layers, const char *what)
+int peft__state_new(lora_state **out, const peft_config *c, const char *layers, const char *what)
 {
     *out = NULL;
     lora_state *l = calloc(1, sizeof *l);
@@ -359,7 +361,7 @@ static int new_state(lora_state **out, const peft_config *c, const char *layers,
 }
 
 /* Allocate the parameter, gradient and AdamW blocks of n floats. */
-static int alloc_blocks(lora_state *l, size_t n, const char *what)
+int peft__state_alloc(lora_state *l, size_t n, const char *what)
 {
     l->params = peft__alloc_floats(n);
     l->grads = peft__alloc_floats(n);
@@ -371,7 +373,7 @@ static int alloc_blocks(lora_state *l, size_t n, const char *what)
 }
 
 /* Make l the model's attachment, with a fresh optimizer state. */
-static int install(peft_model *m, lora_state *l, uint64_t *n_trainable)
+int peft__state_install(peft_model *m, lora_state *l, uint64_t *n_trainable)
 {
     m->lora = l;
     m->step = 0;
@@ -509,7 +511,7 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
     }
     const peft_lora_options *o = &ox;
     lora_state *l;
-    if ((code = new_state(&l, c, o->layers, "LoRA"))) {
+    if ((code = peft__state_new(&l, c, o->layers, "LoRA"))) {
         free(sel);
         return code;
     }
@@ -620,7 +622,7 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
         }
         if (loha || lokr)
             l->loha_tmp = peft__alloc_floats(3 * l->max_w);
-        if ((code = alloc_blocks(l, off, "LoRA")) == PEFT_OK &&
+        if ((code = peft__state_alloc(l, off, "LoRA")) == PEFT_OK &&
             ((l->use_dora && (!l->dora_norm || !l->dora_w)) || ((loha || lokr) && !l->loha_tmp)))
             code = peft__fail(PEFT_ENOMEM, "LoRA: out of memory");
         if (code) {
@@ -753,7 +755,7 @@ static int build_ia3(lora_state **out, const peft_model *m, const peft_ia3_optio
         return peft__fail(PEFT_EINVAL, "IA3: targets must be PEFT_TARGET_* bits and feedforward a subset of them");
     const peft_config *c = &m->cfg;
     lora_state *l;
-    int code = new_state(&l, c, o->layers, "IA3");
+    int code = peft__state_new(&l, c, o->layers, "IA3");
     if (code)
         return code;
     l->method = PEFT_METHOD_IA3;
@@ -781,7 +783,7 @@ static int build_ia3(lora_state **out, const peft_model *m, const peft_ia3_optio
         }
     l->n_params = l->mods_end = l->off_norms = off;
     if (allocate) {
-        if ((code = alloc_blocks(l, off, "IA3"))) {
+        if ((code = peft__state_alloc(l, off, "IA3"))) {
             peft__lora_free(l);
             return code;
         }
@@ -809,7 +811,7 @@ static int build_vera(lora_state **out, const peft_model *m, const peft_vera_opt
         return peft__fail(PEFT_EINVAL, "VeRA: d_initial must be finite and dropout in [0, 1)");
     const peft_config *c = &m->cfg;
     lora_state *l;
-    int code = new_state(&l, c, o->layers, "VeRA");
+    int code = peft__state_new(&l, c, o->layers, "VeRA");
     if (code)
         return code;
     l->method = PEFT_METHOD_VERA;
@@ -850,7 +852,7 @@ static int build_vera(lora_state **out, const peft_model *m, const peft_vera_opt
         l->vera_B = peft__alloc_floats((size_t)l->vera_out * r);
         l->vera_beff = peft__alloc_floats((size_t)l->vera_out * r);
         l->vera_m = peft__alloc_floats((size_t)l->vera_out * r);
-        if ((code = alloc_blocks(l, off, "VeRA")) == PEFT_OK && (!l->vera_A || !l->vera_B || !l->vera_beff || !l->vera_m))
+        if ((code = peft__state_alloc(l, off, "VeRA")) == PEFT_OK && (!l->vera_A || !l->vera_B || !l->vera_beff || !l->vera_m))
             code = peft__fail(PEFT_ENOMEM, "VeRA: out of memory for the projections");
         if (code) {
             peft__lora_free(l);
@@ -902,7 +904,7 @@ int peft_attach_vera(peft_model *m, const peft_vera_options *o, uint64_t *n_trai
     if (code)
         return code;
     init_vera(l);
-    return install(m, l, n_trainable);
+    return peft__state_install(m, l, n_trainable);
 }
 
 int peft_count_ia3(uint64_t *n_trainable, const peft_model *m, const peft_ia3_options *o)
@@ -926,7 +928,7 @@ int peft_attach_ia3(peft_model *m, const peft_ia3_options *o, uint64_t *n_traina
     int code = build_ia3(&l, m, o, 1);
     if (code)
         return code;
-    return install(m, l, n_trainable);
+    return peft__state_install(m, l, n_trainable);
 }
 
 static int build_norms(lora_state **out, const peft_model *m, const peft_norms_options *o, int allocate)
@@ -940,7 +942,7 @@ static int build_norms(lora_state **out, const peft_model *m, const peft_norms_o
         return peft__fail(PEFT_EINVAL, "norm tuning: norms must be a non-empty set of PEFT_NORM_* bits");
     const peft_config *c = &m->cfg;
     lora_state *l;
-    int code = new_state(&l, c, o->layers, "norm tuning");
+    int code = peft__state_new(&l, c, o->layers, "norm tuning");
     if (code)
         return code;
     l->method = PEFT_METHOD_NORMS;
@@ -952,7 +954,7 @@ static int build_norms(lora_state **out, const peft_model *m, const peft_norms_o
     }
     l->n_params = off;
     if (allocate) {
-        if ((code = alloc_blocks(l, off, "norm tuning"))) {
+        if ((code = peft__state_alloc(l, off, "norm tuning"))) {
             peft__lora_free(l);
             return code;
         }
@@ -983,7 +985,7 @@ int peft_attach_norms(peft_model *m, const peft_norms_options *o, uint64_t *n_tr
     int code = build_norms(&l, m, o, 1);
     if (code)
         return code;
-    return install(m, l, n_trainable);
+    return peft__state_install(m, l, n_trainable);
 }
 
 int peft_count_lora(uint64_t *n_trainable, const peft_model *m, const peft_lora_options *o)
@@ -1014,7 +1016,7 @@ int peft_attach_lora(peft_model *m, const peft_lora_options *o, uint64_t *n_trai
         peft__lora_free(l);
         return code;
     }
-    return install(m, l, n_trainable);
+    return peft__state_install(m, l, n_trainable);
 }
 
 int peft_detach(peft_model *m)

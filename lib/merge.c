@@ -71,6 +71,9 @@ int peft_merge_adapter(peft_model *m)
         return peft__fail(PEFT_ESTATE, "peft_merge_adapter: no adapter attached");
     if (m->merged)
         return peft__fail(PEFT_ESTATE, "peft_merge_adapter: already merged");
+    if (m->lora->method == PEFT_METHOD_PROMPT)
+        return peft__fail(PEFT_EUNSUPPORTED, "peft_merge_adapter: a soft prompt (prompt tuning) is not part of the "
+                                             "weights and cannot be merged");
     if (m->lora->method == PEFT_METHOD_NORMS)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_merge_adapter: tuned norms are not merged in place; "
                                              "peft_save_merged exports them");
@@ -181,6 +184,9 @@ int peft_save_merged(peft_model *m, const char *dir)
 {
     if (!m || !dir)
         return peft__fail(PEFT_EINVAL, "peft_save_merged: NULL argument");
+    if (peft__prompt_len(m) > 0)
+        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: a soft prompt (prompt tuning) is not part of the "
+                                             "weights; save the adapter, or turn it off for the base model");
     const peft_config *c = &m->cfg;
     int n_t = 3 + c->n_layers * 9, k = 0, code, untie = 0;
     size_t VD = (size_t)c->vocab * (size_t)c->dim;

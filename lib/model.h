@@ -38,7 +38,8 @@ typedef struct lora_module {
 
 enum peft_method { PEFT_METHOD_LORA = 0, PEFT_METHOD_IA3 = 1, PEFT_METHOD_NORMS = 2, PEFT_METHOD_VERA = 3,
                    PEFT_METHOD_LOHA = 4, /* per module at off_a: w1_a (out, r), w1_b (r, in), w2_a, w2_b */
-                   PEFT_METHOD_LOKR = 5  /* per module at off_a: w1 (l, m), then w2 (k, n) or w2_a (k, r), w2_b (r, n) */ };
+                   PEFT_METHOD_LOKR = 5, /* per module at off_a: w1 (l, m), then w2 (k, n) or w2_a (k, r), w2_b (r, n) */
+                   PEFT_METHOD_PROMPT = 6 /* the soft prompt (n_virtual, dim) at 0 */ };
 
 /* LoKr's split of a module: out = l k, in = m n; full: w2 is a full (k, n) matrix */
 typedef struct lokr_dims {
@@ -100,6 +101,10 @@ typedef struct lora_state {
        the initial factors (the module area of the parameter block, mods_end floats) */
     peft_w *res;
     float *init_ab;
+    /* prompt tuning: n_virtual rows; the config's init name, text and tokenizer (copies or NULL) */
+    int n_virtual;
+    int prompt_init;
+    char *prompt_text, *prompt_tokenizer;
     size_t n_params;
     float *params, *grads, *m, *v;
 } lora_state;
@@ -186,6 +191,25 @@ static inline const peft_w *peft__w_of(const peft_model *m, int layer, int kind)
     int idx = l && l->res && !m->merged ? l->index[layer * PEFT_MOD_COUNT + kind] : -1;
     return idx >= 0 ? &l->res[idx] : &m->layers[layer].w[kind];
 }
+
+/* lora.c: a new attachment state for the model's layers ("all" when layers is NULL); its
+   parameter, gradient and AdamW blocks of n floats; making it the model's attachment with a
+   fresh optimizer state */
+int peft__state_new(lora_state **out, const peft_config *c, const char *layers, const char *what);
+int peft__state_alloc(lora_state *l, size_t n, const char *what);
+int peft__state_install(peft_model *m, lora_state *l, uint64_t *n_trainable);
+
+/* prompt.c: the number of virtual tokens put before each sequence now (0: none, or the adapter
+   is off) */
+static inline int peft__prompt_len(const peft_model *m)
+{
+    const lora_state *l = m->lora;
+    return l && l->method == PEFT_METHOD_PROMPT && !m->adapter_off ? l->n_virtual : 0;
+}
+/* prompt.c: PEFT PROMPT_TUNING files */
+int peft__save_prompt(peft_model *m, const char *st_path, const char *cfg_path, const char *base_name);
+struct json_value;
+int peft__load_prompt(peft_model *m, const struct json_value *root, const char *cfg_path, const char *st_path);
 
 /* pissa.c: PiSSA / OLoRA initialisation of every module of l (A, B in the parameter block,
    the residual weights, the copy of the initial factors) */

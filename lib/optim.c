@@ -209,6 +209,8 @@ int peft__opt_apply(peft_model *m, double token_count, peft_step_result *res)
             adamw_segment(&a, md->off_m, nm, 1.0);
         }
     }
+    if (l->method == PEFT_METHOD_PROMPT) /* the soft prompt: the main group */
+        adamw_segment(&a, 0, l->mods_end, 1.0);
     /* the embedding group (embedding and lm_head adapters, token rows, full copies) and the
        tuned norms, each at its own learning rate and weight decay */
     adamw_group(&a, l->mods_end, l->off_norms - l->mods_end, m->embed_lr_ratio, m->embed_weight_decay);

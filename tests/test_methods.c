@@ -708,10 +708,167 @@ TEST(regex_targets)
     peft_model_close(&m);
 }
 
+/* Prompt tuning: counts, the three initialisations, training, PEFT's files, reload, sessions
+   that put the soft prompt first, and the refusals (merge, packed documents, bad files). */
+TEST(prompt_lifecycle)
+{
+    peft_model *m = open_tiny(2);
+    double base = eval_loss(m);
+    peft_prompt_options o = PEFT_PROMPT_OPTIONS_INIT;
+    o.n_virtual = 6;
+    o.seed = 3;
+    uint64_t n, n2;
+    CHECK_OK(peft_count_prompt(&n, m, &o));
+    CHECK(n == 6 * 32);
+    o.n_virtual = 0;
+    CHECK(peft_count_prompt(&n2, m, &o) == PEFT_EINVAL);
+    o.n_virtual = 6;
+    o.init = PEFT_PROMPT_INIT_TEXT; /* the text's tokens, repeated to 6 rows */
+    CHECK(peft_attach_prompt(m, &o, &n2) == PEFT_EINVAL);
+    int32_t text_ids[4] = {1, 9, 17, 48};
+    o.init_tokens = text_ids;
+    o.n_init_tokens = 4;
+    CHECK(peft_attach_prompt(m, &o, &n2) == PEFT_EINVAL); /* 48 is outside the vocabulary */
+    o.n_init_tokens = 3;
+    o.init_text = "hello";
+    o.tokenizer_name_or_path = "tiny";
+    CHECK_OK(peft_attach_prompt(m, &o, &n2));
+    CHECK(n2 == n);
+    CHECK(peft_save_merged(m, mktmp()) == PEFT_EUNSUPPORTED);
+    float *p;
+    size_t np;
+    CHECK_OK(peft_param_buffer(&p, &np, m));
+    CHECK(np == 6 * 32);
+    /* the rows are the embeddings of tokens 1, 9, 17, 1, 9, 17: a session fed the prompt alone
+       predicts what the base model predicts after those six tokens */
+    float l1[48], l2[48];
+    peft_session *s;
+    CHECK_OK(peft_session_create(&s, m, 8));
+    CHECK_OK(peft_session_feed(s, NULL, 0, l1));
+    CHECK(peft_session_length(s) == 0);
+    peft_session_free(&s);
+    CHECK_OK(peft_adapter_enable(m, 0));
+    CHECK(eval_loss(m) == base);
+    const int32_t rep[6] = {1, 9, 17, 1, 9, 17};
+    CHECK_OK(peft_session_create(&s, m, 8));
+    CHECK_OK(peft_session_feed(s, rep, 6, l2));
+    peft_session_free(&s);
+    for (int i = 0; i < 48; i++)
+        CHECK_CLOSE(l1[i], l2[i], 1e-5);
+    CHECK_OK(peft_adapter_enable(m, 1));
+    char *dt = mktmp();
+    CHECK_OK(peft_save_adapter(m, dt, NULL));
+    size_t len;
+    char *cfg = read_text(dt, "adapter_config.json", &len);
+    CHECK(cfg && strstr(cfg, "\"prompt_tuning_init\": \"TEXT\"") && strstr(cfg, "\"prompt_tuning_init_text\": \"hello\"") &&
+          strstr(cfg, "\"tokenizer_name_or_path\": \"tiny\""));
+    free(cfg);
+    peft_detach(m);
+    /* SAMPLE_VOCAB: rows of the embeddings (0.5 N(0, 1) in the tiny model), not N(0, 1) ones */
+    o = (peft_prompt_options)PEFT_PROMPT_OPTIONS_INIT;
+    o.init = PEFT_PROMPT_INIT_SAMPLE_VOCAB;
+    o.n_virtual = 16;
+    CHECK_OK(peft_attach_prompt(m, &o, NULL));
+    CHECK_OK(peft_param_buffer(&p, &np, m));
+    double ms = 0;
+    for (size_t i = 0; i < np; i++)
+        ms += (double)p[i] * p[i] / (double)np;
+    CHECK(ms > 0.1 && ms < 0.45);
+    peft_detach(m);
+
+    /* RANDOM: N(0, 1) rows; train, save, reload */
+    o = (peft_prompt_options)PEFT_PROMPT_OPTIONS_INIT;
+    o.n_virtual = 6;
+    o.seed = 3;
+    CHECK_OK(peft_attach_prompt(m, &o, NULL));
+    CHECK_OK(peft_param_buffer(&p, &np, m));
+    double ss = 0;
+    for (size_t i = 0; i < np; i++)
+        ss += (double)p[i] * p[i];
+    CHECK(fabs(ss / (double)np - 1.0) < 0.25);
+    int32_t tok[32];
+    char *d;
+    const char *const needles[] = {"\"peft_type\": \"PROMPT_TUNING\"", "\"num_virtual_tokens\": 6", "\"token_dim\": 32",
+                                   "\"num_transformer_submodules\": 1", "\"num_layers\": 3", "\"num_attention_heads\": 4",
+                                   "\"prompt_tuning_init\": \"RANDOM\"", "\"task_type\": \"CAUSAL_LM\"", NULL};
+    double with = train_save_reload(m, tok, 23, 5e-2, 0.05, needles, &d);
+    CHECK(fabs(with - base) > 1e-3);
+
+    /* the first real token is predicted from the soft prompt: 16 counted tokens per row of 16 */
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 1, 16, NULL};
+    peft_eval_result e = PEFT_EVAL_RESULT_INIT;
+    CHECK_OK(peft_eval(m, &b, &e));
+    CHECK(e.tokens == 16);
+    /* a session puts the prompt first: its next-token log-probabilities sum to the same loss */
+    CHECK_OK(peft_session_create(&s, m, 16));
+    double sum = 0;
+    float logits[48];
+    for (int t = 0; t < 16; t++) {
+        /* t = 0: the prompt alone (a feed of no tokens) predicts the first token */
+        CHECK_OK(peft_session_feed(s, tok + (t > 0 ? t - 1 : 0), t > 0, logits));
+        double mx = -INFINITY, z = 0;
+        for (int i = 0; i < 48; i++)
+            mx = fmax(mx, logits[i]);
+        for (int i = 0; i < 48; i++)
+            z += exp(logits[i] - mx);
+        sum += mx + log(z) - logits[tok[t]];
+    }
+    CHECK_CLOSE(sum, e.loss_sum, 1e-4);
+    CHECK_OK(peft_session_feed(s, tok + 15, 1, NULL));
+    CHECK(peft_session_length(s) == 16);
+    CHECK(peft_session_feed(s, tok, 1, NULL) == PEFT_ERANGE);
+    peft_session_free(&s);
+
+    /* a config that disagrees with the model or with the tensor: clean errors, nothing attached */
+    static const struct {
+        const char *from, *to;
+        int code;
+    } bad[] = {{"\"token_dim\": 32", "\"token_dim\": 31", PEFT_ESHAPE},
+               {"\"num_virtual_tokens\": 6", "\"num_virtual_tokens\": 7", PEFT_ESHAPE},
+               {"\"num_virtual_tokens\": 6", "\"num_virtual_tokens\": -6", PEFT_EFORMAT},
+               {"\"num_transformer_submodules\": 1", "\"num_transformer_submodules\": 2", PEFT_EUNSUPPORTED},
+               {"\"CAUSAL_LM\"", "\"SEQ_2_SEQ_LM\"", PEFT_EUNSUPPORTED}};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char *text = read_text(d, "adapter_config.json", &len), *at = text ? strstr(text, bad[i].from) : NULL;
+        CHECK(at != NULL);
+        if (!at) {
+            free(text);
+            continue;
+        }
+        char *bd = mktmp(), path[600];
+        snprintf(path, sizeof path, "%s/adapter_config.json", bd);
+        FILE *f = fopen(path, "wb");
+        fprintf(f, "%.*s%s%s", (int)(at - text), text, bad[i].to, at + strlen(bad[i].from));
+        fclose(f);
+        char src[600], dst[600];
+        snprintf(src, sizeof src, "%s/adapter_model.safetensors", d);
+        snprintf(dst, sizeof dst, "%s/adapter_model.safetensors", bd);
+        CHECK(symlink(src, dst) == 0);
+        peft_model *m3 = open_tiny(1);
+        CHECK_MSG(peft_load_adapter(m3, bd) == bad[i].code, "%s: %s", bad[i].to, peft_last_error());
+        peft_model_info info = {.version = PEFT_MODEL_INFO_VERSION};
+        CHECK_OK(peft_model_get_info(m3, &info));
+        CHECK(info.n_trainable == 0);
+        peft_model_close(&m3);
+        free(text);
+    }
+
+    /* refusals */
+    CHECK(peft_merge_adapter(m) == PEFT_EUNSUPPORTED);
+    char *dg = mktmp(), gp[600];
+    snprintf(gp, sizeof gp, "%s/a.gguf", dg);
+    CHECK(peft_save_adapter_gguf(m, gp, NULL) == PEFT_EUNSUPPORTED);
+    int32_t seg[16] = {0};
+    peft_batch bs = {PEFT_BATCH_VERSION, tok, NULL, 1, 16, seg};
+    CHECK(peft_eval(m, &bs, &e) == PEFT_EUNSUPPORTED);
+    peft_model_close(&m);
+}
+
 static const struct h_case cases[] = {
     CASE(embed_lora_lifecycle), CASE(vera_lifecycle), CASE(loha_lifecycle), CASE(lokr_lifecycle),
     CASE(lora_extras_gradients_and_counts), CASE(lora_extras_lifecycle_untied), CASE(lora_extras_lifecycle_tied),
     CASE(parameter_groups_learning_rates), CASE(pissa_lifecycle), CASE(olora_lifecycle), CASE(regex_targets),
+    CASE(prompt_lifecycle),
 };
 
 TEST_MAIN(cases)

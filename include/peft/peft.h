@@ -276,6 +276,38 @@ typedef struct peft_norms_options {
 PEFT_API int peft_attach_norms(peft_model *model, const peft_norms_options *opts, uint64_t *n_trainable);
 PEFT_API int peft_count_norms(uint64_t *n_trainable, const peft_model *model, const peft_norms_options *opts);
 
+/* Prompt tuning (PEFT peft_type "PROMPT_TUNING", task CAUSAL_LM): n_virtual trained embedding
+   rows (the soft prompt, saved as "prompt_embeddings" (n_virtual, hidden)) are put before every
+   sequence, as PEFT does: the real tokens take positions n_virtual.., the virtual ones predict
+   nothing, except the last one, which predicts the first real token (PEFT prefixes the labels
+   with -100 for the virtual tokens only, so the first token of each row is counted). Packed
+   documents (peft_batch.seq_ids) are refused. A session fed from position 0 puts the prompt
+   first (its positions are not counted by peft_session_length and do not use max_len). */
+enum peft_prompt_init {
+    PEFT_PROMPT_INIT_RANDOM = 0,       /* N(0, 1) (torch.nn.Embedding's default): PEFT "RANDOM" */
+    PEFT_PROMPT_INIT_TEXT = 1,         /* the embeddings of init_tokens, repeated or cut to
+                                          n_virtual: PEFT "TEXT" (the host tokenizes the text as
+                                          the tokenizer does by default, BOS included) */
+    PEFT_PROMPT_INIT_SAMPLE_VOCAB = 2  /* the embeddings of uniformly drawn token ids: "SAMPLE_VOCAB" */
+};
+
+typedef struct peft_prompt_options {
+    uint32_t version;
+    int32_t n_virtual;             /* num_virtual_tokens */
+    int32_t init;                  /* PEFT_PROMPT_INIT_* */
+    const int32_t *init_tokens;    /* TEXT: the token ids of the text */
+    int32_t n_init_tokens;
+    const char *init_text;         /* TEXT: the text itself, saved as prompt_tuning_init_text (may be NULL) */
+    const char *tokenizer_name_or_path; /* saved as tokenizer_name_or_path (may be NULL) */
+    uint64_t seed;                 /* RANDOM, SAMPLE_VOCAB */
+} peft_prompt_options;
+
+#define PEFT_PROMPT_OPTIONS_VERSION 1
+#define PEFT_PROMPT_OPTIONS_INIT {PEFT_PROMPT_OPTIONS_VERSION, 8, PEFT_PROMPT_INIT_RANDOM, NULL, 0, NULL, NULL, 0}
+
+PEFT_API int peft_attach_prompt(peft_model *model, const peft_prompt_options *opts, uint64_t *n_trainable);
+PEFT_API int peft_count_prompt(uint64_t *n_trainable, const peft_model *model, const peft_prompt_options *opts);
+
 /*
  * Attach LoRA adapters to the model. At most one attachment per model for now.
  * n_trainable (may be NULL) receives the exact number of trainable parameters.

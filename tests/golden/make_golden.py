@@ -113,6 +113,7 @@ HEAD_A = "base_model.model.lm_head.lora_A.weight"
 HEAD_B = "base_model.model.lm_head.lora_B.weight"
 TOK_DELTA = "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"
 TOKEN_IDX = [3, 7, 11]
+PROMPT = "prompt_embeddings"
 
 
 def forward(c, W, tokens, labels, lora, scale):
@@ -125,6 +126,11 @@ def forward(c, W, tokens, labels, lora, scale):
         W["model.embed_tokens.weight"] = W["model.embed_tokens.weight"].index_copy(
             0, torch.tensor(TOKEN_IDX), lora[TOK_DELTA])
     x = W["model.embed_tokens.weight"][tokens]
+    if PROMPT in lora:  # PEFT prompt tuning: the soft prompt first, its labels -100, positions shifted
+        P = lora[PROMPT].shape[0]
+        x = torch.cat([lora[PROMPT].unsqueeze(0).expand(B, P, c.D), x], 1)
+        labels = torch.cat([torch.full((B, P), -100, dtype=labels.dtype), labels], 1)
+        T = T + P
     if EMBED_A in lora:  # PEFT: embedding(x, A^T) @ B^T * scaling, on the input lookup only
         x = x + scale * lora[EMBED_A].T[tokens] @ lora[EMBED_B].T
     for k in list(W):
@@ -288,6 +294,12 @@ INIT_CASES = [
 ]
 lora_ranks = {}
 
+PROMPT_CASES = [
+    # prompt tuning (rank -7): 5 virtual tokens before each row
+    ("prompt_5", [], None, -7, 0.0, False, 1e-2, 0.0, 0.0, False),
+]
+PROMPT_LEN = 5
+
 
 def factorization(dim):
     """LyCORIS's factorization (factor -1): the divisor pair m <= n nearest the square root."""
@@ -338,7 +350,7 @@ def main():
     labels = tokens.clone()
     labels[0, :4] = -100  # a masked prompt
     labels[1, 7] = -100
-    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES + IA3_CASES + NORM_CASES + EMBED_CASES + VERA_CASES + LOHA_CASES + LOKR_CASES + EXTRA_CASES + INIT_CASES:
+    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES + IA3_CASES + NORM_CASES + EMBED_CASES + VERA_CASES + LOHA_CASES + LOKR_CASES + EXTRA_CASES + INIT_CASES + PROMPT_CASES:
         if r == -1:  # LN tuning
             lora = {}
             names = [f"model.layers.{l}.{n}.weight" for l in layers for n in ("input_layernorm", "post_attention_layernorm")]
@@ -348,6 +360,15 @@ def main():
             tm = [n[: -len(".weight")] for n in names] + ["model.norm"]
             acfg = {"peft_type": "LN_TUNING", "task_type": "CAUSAL_LM", "target_modules": tm,
                     "base_model_name_or_path": "tiny"}
+            write_case(name, lora, acfg, tokens, labels, lr, wd, clip,
+                       one_step(c, W, tokens, labels, lora, 1.0, lr, wd, clip))
+            continue
+        if r == -7:  # prompt tuning
+            lora = {PROMPT: (0.5 * torch.randn(PROMPT_LEN, c.D, generator=g)).to(torch.float32).to(torch.float64)}
+            acfg = {"peft_type": "PROMPT_TUNING", "task_type": "CAUSAL_LM", "num_virtual_tokens": PROMPT_LEN,
+                    "token_dim": c.D, "num_transformer_submodules": 1, "num_attention_heads": c.H,
+                    "num_layers": c.L, "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None,
+                    "tokenizer_name_or_path": None, "base_model_name_or_path": "tiny", "inference_mode": True}
             write_case(name, lora, acfg, tokens, labels, lr, wd, clip,
                        one_step(c, W, tokens, labels, lora, 1.0, lr, wd, clip))
             continue

@@ -14,6 +14,7 @@ pub const PEFT_LORA_OPTIONS_VERSION: u32 = 5;
 pub const PEFT_IA3_OPTIONS_VERSION: u32 = 1;
 pub const PEFT_VERA_OPTIONS_VERSION: u32 = 1;
 pub const PEFT_NORMS_OPTIONS_VERSION: u32 = 1;
+pub const PEFT_PROMPT_OPTIONS_VERSION: u32 = 1;
 pub const PEFT_BATCH_VERSION: u32 = 2;
 pub const PEFT_STEP_RESULT_VERSION: u32 = 1;
 pub const PEFT_EVAL_RESULT_VERSION: u32 = 1;
@@ -224,6 +225,36 @@ extern "C" {
         n_trainable: *mut u64,
         model: *const peft_model,
         opts: *const peft_norms_options,
+    ) -> ::std::os::raw::c_int;
+}
+pub const PEFT_PROMPT_INIT_RANDOM: peft_prompt_init = 0;
+pub const PEFT_PROMPT_INIT_TEXT: peft_prompt_init = 1;
+pub const PEFT_PROMPT_INIT_SAMPLE_VOCAB: peft_prompt_init = 2;
+pub type peft_prompt_init = ::std::os::raw::c_uint;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct peft_prompt_options {
+    pub version: u32,
+    pub n_virtual: i32,
+    pub init: i32,
+    pub init_tokens: *const i32,
+    pub n_init_tokens: i32,
+    pub init_text: *const ::std::os::raw::c_char,
+    pub tokenizer_name_or_path: *const ::std::os::raw::c_char,
+    pub seed: u64,
+}
+extern "C" {
+    pub fn peft_attach_prompt(
+        model: *mut peft_model,
+        opts: *const peft_prompt_options,
+        n_trainable: *mut u64,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn peft_count_prompt(
+        n_trainable: *mut u64,
+        model: *const peft_model,
+        opts: *const peft_prompt_options,
     ) -> ::std::os::raw::c_int;
 }
 extern "C" {
