@@ -362,7 +362,7 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
     rope_forward(m->pool, a->q, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_heads, c->head_dim);
     rope_forward(m->pool, a->k, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_kv_heads, c->head_dim);
     attention_forward(m->pool, a->att, a->lse, ws->att_scratch, a->q, a->k, a->v, ws->pos, B, T, c->n_heads,
-                      c->n_kv_heads, c->head_dim, c->sliding_window);
+                      c->n_kv_heads, c->head_dim, c->sliding_window, peft__prompt_len(m));
     linear_forward(m, a->h, a->att, peft__w_of(m, l, PEFT_MOD_O), N, Hq, D, peft__view_of(m, &lv, l, PEFT_MOD_O, train),
                    xa_of(m, l, PEFT_MOD_O), ws->tmp);
     add_inplace(a->h, x_in, (size_t)N * D);
@@ -421,7 +421,7 @@ static void layer_backward(peft_model *m, int l)
     if (!qkv)
         return;
     attention_backward(m->pool, ws->dq, ws->dk, ws->dv, ws->att_scratch, ws->datt, a->q, a->k, a->v, a->att, a->lse, ws->pos, B,
-                       T, c->n_heads, c->n_kv_heads, c->head_dim, c->sliding_window);
+                       T, c->n_heads, c->n_kv_heads, c->head_dim, c->sliding_window, peft__prompt_len(m));
     rope_backward(m->pool, ws->dq, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_heads, c->head_dim);
     rope_backward(m->pool, ws->dk, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_kv_heads, c->head_dim);
     float *dxn = below || dw1 ? ws->dxn : NULL;
@@ -494,9 +494,6 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
     const int32_t *seg = batch->version >= 2 ? batch->seq_ids : NULL;
     /* prompt tuning: P virtual rows before each sequence (PEFT's layout) */
     int P = peft__prompt_len(m);
-    if (P > 0 && seg)
-        return peft__fail(PEFT_EUNSUPPORTED, "prompt tuning: packed documents (seq_ids) are not supported; "
-                                             "give one sequence per row");
     int B = batch->n_seq, Tb = batch->seq_len, T = Tb + P, D = c->dim, V = c->vocab;
     int64_t N = (int64_t)B * T;
     if ((code = peft__workspace_ensure(m, B, T, train)))
@@ -504,20 +501,21 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
     workspace *ws = &m->ws;
     rope_tables(ws->rope_cos, ws->rope_sin, T, c);
 
-    /* positions: packed documents (seq_ids) restart at 0; row b*T+t predicts
-       labels[b*T+t+1] unless a new document starts there; virtual rows predict the label of
-       the row after them (-100 but for the last one) */
+    /* positions: packed documents (seq_ids) restart at 0 (at P after a soft prompt of P rows,
+       which every document sees); row b*T+t predicts the label of the next row unless a new
+       document starts there, except that the last virtual row predicts the first real token */
     const int32_t *lab = batch->labels ? batch->labels : batch->tokens;
     uint64_t count = 0;
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
-            int64_t r = (int64_t)b * T + t;
-            ws->pos[r] = t == 0 || (seg && seg[r] != seg[r - 1]) ? 0 : ws->pos[r - 1] + 1;
+            int64_t r = (int64_t)b * T + t, u = (int64_t)b * Tb + t - P;
+            ws->pos[r] = t < P ? t : t == P || (seg && seg[u] != seg[u - 1]) ? P : ws->pos[r - 1] + 1;
         }
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
             int64_t r = (int64_t)b * T + t;
-            int32_t y = t + 1 < T && ws->pos[r + 1] != 0 && t + 1 >= P ? lab[(int64_t)b * Tb + t + 1 - P] : -100;
+            int next = t + 1 < T && t + 1 >= P && (t + 1 == P || ws->pos[r + 1] != P);
+            int32_t y = next ? lab[(int64_t)b * Tb + t + 1 - P] : -100;
             ws->labels[r] = y;
             count += y >= 0;
         }

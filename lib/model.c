@@ -3,6 +3,7 @@
 #include "model.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -372,7 +373,8 @@ int peft_model_get_info(const peft_model *m, peft_model_info *info)
     if (info->version == 0 || info->version > PEFT_MODEL_INFO_VERSION)
         return peft__fail(PEFT_EINVAL, "peft_model_get_info: unknown info version %u", info->version);
     uint32_t v = info->version;
-    memset(info, 0, sizeof *info);
+    /* a version 1 caller's struct ends before the version 2 fields */
+    memset(info, 0, v >= 2 ? sizeof *info : offsetof(peft_model_info, adapter_type));
     info->version = v;
     snprintf(info->architecture, sizeof info->architecture, "%s", m->cfg.architecture);
     info->n_layers = m->cfg.n_layers;
@@ -390,5 +392,10 @@ int peft_model_get_info(const peft_model *m, peft_model_info *info)
     snprintf(info->backend, sizeof info->backend, "%s", m->be->name);
     info->n_threads = m->n_threads;
     snprintf(info->weights_dtype, sizeof info->weights_dtype, "%s", m->weights_dtype);
+    if (v >= 2 && m->lora) {
+        static const char *const types[] = {"LORA", "IA3", "LN_TUNING", "VERA", "LOHA", "LOKR", "PROMPT_TUNING"};
+        snprintf(info->adapter_type, sizeof info->adapter_type, "%s", types[m->lora->method]);
+        info->n_virtual_tokens = m->lora->method == PEFT_METHOD_PROMPT ? m->lora->n_virtual : 0;
+    }
     return PEFT_OK;
 }

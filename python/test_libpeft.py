@@ -142,6 +142,18 @@ def test_other_methods():
         assert m.get_optimizer("norm_lr_ratio") == 0.5
         r = m.step([[(i * 5) % 48 for i in range(16)]] * 2)
         assert r.loss > 0
+        m.detach()
+        # prompt tuning: 4 virtual rows of hidden 32, saved as PEFT's prompt_embeddings
+        assert m.attach_prompt(4, init="text", init_tokens=[1, 5, 9], init_text="x", seed=1) == 4 * 32
+        assert m.info["adapter_type"] == "PROMPT_TUNING" and m.info["n_virtual_tokens"] == 4
+        loss0 = m.step([[(i * 5) % 48 for i in range(16)]] * 2).loss
+        with tempfile.TemporaryDirectory() as d:
+            m.save_adapter(d)
+            assert '"peft_type": "PROMPT_TUNING"' in open(os.path.join(d, "adapter_config.json")).read()
+            with libpeft.Model(TINY) as m2:
+                m2.load_adapter(d)
+                assert m2.info["n_trainable"] == 4 * 32
+        assert loss0 > 0
 
 
 def test_tokenizer():

@@ -858,9 +858,31 @@ TEST(prompt_lifecycle)
     char *dg = mktmp(), gp[600];
     snprintf(gp, sizeof gp, "%s/a.gguf", dg);
     CHECK(peft_save_adapter_gguf(m, gp, NULL) == PEFT_EUNSUPPORTED);
-    int32_t seg[16] = {0};
+
+    /* packed documents: each sees the soft prompt and restarts its positions after it, so a row
+       of documents A (6 tokens) and B (10) scores as A and B alone, less B's first token (a
+       document's first token is predicted only in the row's first document) */
+    int32_t seg[16];
+    for (int t = 0; t < 16; t++)
+        seg[t] = t < 6 ? 4 : 9;
     peft_batch bs = {PEFT_BATCH_VERSION, tok, NULL, 1, 16, seg};
-    CHECK(peft_eval(m, &bs, &e) == PEFT_EUNSUPPORTED);
+    peft_eval_result ep = PEFT_EVAL_RESULT_INIT, ea = PEFT_EVAL_RESULT_INIT, eb = PEFT_EVAL_RESULT_INIT;
+    CHECK_OK(peft_eval(m, &bs, &ep));
+    peft_batch ba = {PEFT_BATCH_VERSION, tok, NULL, 1, 6, NULL}, bb = {PEFT_BATCH_VERSION, tok + 6, NULL, 1, 10, NULL};
+    CHECK_OK(peft_eval(m, &ba, &ea));
+    CHECK_OK(peft_eval(m, &bb, &eb));
+    CHECK_OK(peft_session_create(&s, m, 4));
+    CHECK_OK(peft_session_feed(s, NULL, 0, logits));
+    peft_session_free(&s);
+    double mx = -INFINITY, z = 0;
+    for (int i = 0; i < 48; i++)
+        mx = fmax(mx, logits[i]);
+    for (int i = 0; i < 48; i++)
+        z += exp(logits[i] - mx);
+    CHECK(ep.tokens == 15);
+    CHECK_CLOSE(ep.loss_sum, ea.loss_sum + eb.loss_sum - (mx + log(z) - logits[tok[6]]), 1e-4);
+    peft_step_result rs = PEFT_STEP_RESULT_INIT;
+    CHECK_OK(peft_step(m, &bs, &rs));
     peft_model_close(&m);
 }
 

@@ -134,19 +134,21 @@ struct att_ctx {
     float q[AB * AT * AH * AD], k[AB * AT * AHK * AD], v[AB * AT * AHK * AD];
     float out[AB * AT * AH * AD], lse[AB * AH * AT], scratch[AB * AHK * (4 * AD + 4) * AT], dout[AB * AT * AH * AD];
     const int32_t *pos;
-    int window;
+    int window, prefix;
 };
 static double att_loss(void *vp)
 {
     struct att_ctx *c = vp;
-    attention_forward(NULL, c->out, c->lse, c->scratch, c->q, c->k, c->v, c->pos, AB, AT, AH, AHK, AD, c->window);
+    attention_forward(NULL, c->out, c->lse, c->scratch, c->q, c->k, c->v, c->pos, AB, AT, AH, AHK, AD, c->window,
+                      c->prefix);
     return dotd(c->out, c->dout, sizeof c->out / sizeof(float));
 }
-static void attention_case(const int32_t *pos, int window)
+static void attention_case(const int32_t *pos, int window, int prefix, struct att_ctx *out)
 {
     struct att_ctx c;
     c.pos = pos;
     c.window = window;
+    c.prefix = prefix;
     fill(c.q, sizeof c.q / 4, 1.0f);
     fill(c.k, sizeof c.k / 4, 1.0f);
     fill(c.v, sizeof c.v / 4, 1.0f);
@@ -154,7 +156,7 @@ static void attention_case(const int32_t *pos, int window)
     float dq[sizeof c.q / 4], dk[sizeof c.k / 4], dv[sizeof c.v / 4];
     att_loss(&c);
     attention_backward(NULL, dq, dk, dv, c.scratch, c.dout, c.q, c.k, c.v, c.out, c.lse, pos, AB, AT, AH, AHK, AD,
-                       window);
+                       window, prefix);
     if (window != 1) { /* with one key per row dq and dk are zero up to rounding */
         CHECK(fd_check("attention dq", c.q, sizeof c.q / 4, dq, att_loss, &c, 1e-2f, 1e-2) == 0);
         CHECK(fd_check("attention dk", c.k, sizeof c.k / 4, dk, att_loss, &c, 1e-2f, 1e-2) == 0);
@@ -165,21 +167,51 @@ static void attention_case(const int32_t *pos, int window)
     for (int h = 0; h < AH; h++)
         for (int d = 0; d < AD; d++)
             CHECK_CLOSE(c.out[h * AD + d], c.v[(h / (AH / AHK)) * AD + d], 1e-6);
-    if (pos || window == 1) /* a document's first row attends only to itself too; so does every row in a window of 1 */
+    if ((pos && !prefix) || window == 1) /* a document's first row attends only to itself too; so does every row in a window of 1 */
         for (int r = 1; r < AB * AT; r++)
             if (window == 1 || pos[r] == 0)
                 for (int h = 0; h < AH; h++)
                     for (int d = 0; d < AD; d++)
                         CHECK_CLOSE(c.out[(r * AH + h) * AD + d], c.v[(r * AHK + h / (AH / AHK)) * AD + d], 1e-6);
+    if (out)
+        *out = c;
 }
 
-TEST(attention_gqa) { attention_case(NULL, 0); }
+TEST(attention_gqa) { attention_case(NULL, 0, 0, NULL); }
+
+/* A shared prefix (a soft prompt of 2 rows) seen by every packed document: gradients, and each
+   document's rows equal those of the prefix and that document alone in a sequence of their own */
+TEST(attention_shared_prefix)
+{
+    static const int32_t pos[AB * AT] = {0, 1, 2, 3, 2, 3, 0, 1, 2, 2, 3, 4};
+    static struct att_ctx c;
+    attention_case(pos, 0, 2, &c);
+    static const int docs[4][3] = {{2, 2, 0}, {4, 2, 0}, {8, 1, 1}, {9, 3, 1}}; /* first row, rows, sequence */
+    for (int k = 0; k < 4; k++) {
+        enum { ST = 5 };
+        float q[ST * AH * AD], kk[ST * AHK * AD], v[ST * AHK * AD], o[ST * AH * AD], lse[AH * ST];
+        float scratch[AHK * (4 * AD + 4) * ST];
+        int n = docs[k][1], b = docs[k][2];
+        for (int t = 0; t < 2 + n; t++) { /* the sequence's prefix rows, then the document's */
+            int src = b * AT + (t < 2 ? t : docs[k][0] - b * AT + t - 2);
+            memcpy(q + t * AH * AD, c.q + src * AH * AD, AH * AD * sizeof(float));
+            memcpy(kk + t * AHK * AD, c.k + src * AHK * AD, AHK * AD * sizeof(float));
+            memcpy(v + t * AHK * AD, c.v + src * AHK * AD, AHK * AD * sizeof(float));
+        }
+        attention_forward(NULL, o, lse, scratch, q, kk, v, NULL, 1, 2 + n, AH, AHK, AD, 0, 0);
+        for (int t = 0; t < n; t++)
+            for (int e = 0; e < AH * AD; e++)
+                CHECK_CLOSE(c.out[(docs[k][0] + t) * AH * AD + e], o[(2 + t) * AH * AD + e], 1e-6);
+    }
+    /* with a sliding window of 3 positions the prefix leaves the window of later rows */
+    attention_case(pos, 3, 2, NULL);
+}
 
 TEST(attention_packed_documents)
 {
     /* rows of each sequence: documents of 2 + 4 and 3 + 3 tokens */
     static const int32_t pos[AB * AT] = {0, 1, 0, 1, 2, 3, 0, 1, 2, 0, 1, 2};
-    attention_case(pos, 0);
+    attention_case(pos, 0, 0, NULL);
 }
 
 /* Mistral's sliding window: gradients with windows of 3 (alone and inside packed documents),
@@ -187,9 +219,9 @@ TEST(attention_packed_documents)
 TEST(attention_sliding_window)
 {
     static const int32_t pos[AB * AT] = {0, 1, 2, 3, 4, 5, 0, 1, 0, 1, 2, 3};
-    attention_case(NULL, 3);
-    attention_case(pos, 3);
-    attention_case(NULL, 1);
+    attention_case(NULL, 3, 0, NULL);
+    attention_case(pos, 3, 0, NULL);
+    attention_case(NULL, 1, 0, NULL);
 }
 
 /* ---- swiglu ---- */
@@ -499,7 +531,7 @@ TEST(quantized_weights)
 
 static const struct h_case cases[] = {
     CASE(rmsnorm),     CASE(rope),         CASE(attention_gqa),   CASE(attention_packed_documents),
-    CASE(attention_sliding_window), CASE(swiglu),
+    CASE(attention_sliding_window), CASE(attention_shared_prefix), CASE(swiglu),
     CASE(cross_entropy), CASE(lora_linear), CASE(lora_linear_dropout), CASE(dropout_mask),
     CASE(backend_cpu_gemm), CASE(backend_blis_gemm), CASE(quantized_weights),
 };

@@ -63,10 +63,17 @@ void sampler_fill(sampler *s, const tokens *t, int T, int B, int32_t *ids, int32
 
 /* LoRA options from --rank --alpha --targets --layers --dropout --rslora --init --seed */
 /* ia3 (may be NULL: IA3 and norms refused) receives 1 and io the IA3 options with
-   --method ia3, 2 with --method norms (norm tuning of the layers in o->layers), 3 with --method vera. */
+   --method ia3, 2 with --method norms (norm tuning of the layers in o->layers), 3 with --method vera,
+   4 with --method prompt (prompt_from_args). */
 int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options *io);
 /* VeRA options (--method vera: *ia3 == 3) from the LoRA ones: targets, layers, rank, dropout, seed. */
 void vera_from_lora(const peft_lora_options *lo, double d_initial, peft_vera_options *vo);
+/* Prompt tuning options (--method prompt: *ia3 == 4) from --num-virtual-tokens N (8),
+   --prompt-init random|text|vocab, --prompt-init-text TEXT, --seed. */
+int prompt_from_args(cli_args *a, peft_prompt_options *po, const char **init_text);
+/* Attach them; text initialisation tokenizes init_text with tok (recorded as tokenizer_path). */
+int prompt_attach(peft_model *m, peft_prompt_options *po, const char *init_text, const peft_tokenizer *tok,
+                  const char *tokenizer_path);
 int parse_targets(const char *s, uint32_t *out);
 void targets_string(uint32_t t, char *buf, size_t n);
 

@@ -15,7 +15,10 @@ static const char train_help[] =
     "usage: peft train --model DIR --data FILE --out DIR [options]\n"
     "data:     --seq T (128) --batch B (4) --steps N | --epochs E  --holdout F (0)\n"
     "          --eval-data FILE  --eval-every N (0: start and end only)  --eval-windows N (all)\n"
-    "adapter:  --method lora|dora|loha|lokr|ia3|norms|vera|embeddings (lora; embeddings: LoRA on embed_tokens)  --rank R (8; vera 256) --alpha A (2R)\n"
+    "adapter:  --method lora|dora|loha|lokr|ia3|norms|vera|embeddings|prompt (lora; embeddings: LoRA on\n"
+    "          embed_tokens)  --rank R (8; vera 256) --alpha A (2R)\n"
+    "          --num-virtual-tokens N (prompt: 8)  --prompt-init random|text|vocab (random)\n"
+    "          --prompt-init-text TEXT (prompt: the soft prompt starts as this text's embeddings)\n"
     "          --vera-d-initial D (0.1: VeRA's lambda_d at init)\n"
     "          --feedforward LIST (ia3: modules whose input is scaled; down)\n"
     "          --targets all-linear|q,k,v,o,gate,up,down,embed,lm_head (q,v; embed, lm_head: LoRA on the\n"
@@ -148,6 +151,10 @@ int cmd_train(int argc, char **argv)
         arg_long(&a, "--save-every", 0, &save_every) || arg_long(&a, "--checkpoint-every", 0, &ckpt_every) || arg_double(&a, "--holdout", 0, &holdout) || arg_double(&a, "--vera-d-initial", 0.1, &vera_d) ||
         lora_from_args(&a, &lo, &use_ia3, &io) || !schedule)
         goto done;
+    peft_prompt_options po;
+    const char *prompt_text = NULL;
+    if (use_ia3 == 4 && prompt_from_args(&a, &po, &prompt_text))
+        goto done;
     if (!model || !data || !out) {
         fputs(train_help, stderr);
         goto done;
@@ -234,6 +241,10 @@ int cmd_train(int argc, char **argv)
             rc = fail_lib("init-adapter", code);
             goto done;
         }
+    } else if (use_ia3 == 4) {
+        const char *tp = arg_str(&a, "--tokenizer", NULL);
+        if (prompt_attach(m, &po, prompt_text, tok, tp ? tp : model))
+            goto done;
     } else if (use_ia3 == 3) {
         peft_vera_options vo;
         vera_from_lora(&lo, vera_d, &vo);

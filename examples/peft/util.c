@@ -362,6 +362,8 @@ int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options
         *ia3 = 2; /* handled by the caller through norms_from_method */
     } else if (!strcmp(method, "vera") && ia3) {
         *ia3 = 3;
+    } else if (!strcmp(method, "prompt") && ia3) {
+        *ia3 = 4; /* handled by the caller through prompt_from_args */
     } else if (!strcmp(method, "ia3") && ia3) {
         peft_ia3_options d3 = PEFT_IA3_OPTIONS_INIT;
         *io = d3;
@@ -373,7 +375,7 @@ int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options
         io->feedforward &= io->targets;
     } else if (strcmp(method, "lora") != 0) {
         fprintf(stderr, "peft: --method %s is not available yet (lora, dora, loha, lokr, embeddings%s)\n", method,
-                ia3 ? ", ia3, norms, vera" : "");
+                ia3 ? ", ia3, norms, vera, prompt" : "");
         return -1;
     }
     if (extras_from_args(a, o))
@@ -412,6 +414,72 @@ int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options
         return -1;
     }
     return 0;
+}
+
+int prompt_from_args(cli_args *a, peft_prompt_options *po, const char **init_text)
+{
+    peft_prompt_options d = PEFT_PROMPT_OPTIONS_INIT;
+    *po = d;
+    long n, seed;
+    const char *init = arg_str(a, "--prompt-init", "random");
+    *init_text = arg_str(a, "--prompt-init-text", NULL);
+    if (arg_long(a, "--num-virtual-tokens", 8, &n) || arg_long(a, "--seed", 0, &seed) || !init)
+        return -1;
+    if (n < 1 || n > 65536) {
+        fprintf(stderr, "peft: --num-virtual-tokens must be in 1..65536\n");
+        return -1;
+    }
+    po->n_virtual = (int32_t)n;
+    po->seed = (uint64_t)seed;
+    if (!strcmp(init, "random"))
+        po->init = PEFT_PROMPT_INIT_RANDOM;
+    else if (!strcmp(init, "text"))
+        po->init = PEFT_PROMPT_INIT_TEXT;
+    else if (!strcmp(init, "vocab"))
+        po->init = PEFT_PROMPT_INIT_SAMPLE_VOCAB;
+    else {
+        fprintf(stderr, "peft: --prompt-init: '%s' is not random, text or vocab\n", init);
+        return -1;
+    }
+    if ((po->init == PEFT_PROMPT_INIT_TEXT) != (*init_text != NULL)) {
+        fprintf(stderr, "peft: --prompt-init text and --prompt-init-text TEXT go together\n");
+        return -1;
+    }
+    return 0;
+}
+
+int prompt_attach(peft_model *m, peft_prompt_options *po, const char *init_text, const peft_tokenizer *tok,
+                  const char *tokenizer_path)
+{
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int code;
+    if (po->init == PEFT_PROMPT_INIT_TEXT) {
+        /* as PEFT: tokenizer(text)["input_ids"], BOS as the tokenizer adds it */
+        if (!tok) {
+            fprintf(stderr, "peft: --prompt-init text needs the model's tokenizer (or --tokenizer)\n");
+            return -1;
+        }
+        if ((code = peft_tokenize(tok, init_text, strlen(init_text), PEFT_TOKENIZE_DEFAULT, NULL, 0, &n)) &&
+            code != PEFT_ERANGE)
+            return fail_lib("prompt-init-text", code), -1;
+        if (n == 0 || !(ids = malloc(n * sizeof *ids))) {
+            fprintf(stderr, "peft: --prompt-init-text gives no tokens\n");
+            return -1;
+        }
+        if ((code = peft_tokenize(tok, init_text, strlen(init_text), PEFT_TOKENIZE_DEFAULT, ids, n, &n))) {
+            free(ids);
+            return fail_lib("prompt-init-text", code), -1;
+        }
+        po->init_tokens = ids;
+        po->n_init_tokens = (int32_t)n;
+        po->init_text = init_text;
+        po->tokenizer_name_or_path = tokenizer_path;
+    }
+    code = peft_attach_prompt(m, po, NULL);
+    free(ids);
+    po->init_tokens = NULL;
+    return code ? (fail_lib("attach", code), -1) : 0;
 }
 
 int eval_windows(peft_model *m, const tokens *t, int T, int B, size_t w0, size_t w1, double *loss,

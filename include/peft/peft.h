@@ -101,9 +101,14 @@ typedef struct peft_model_info {
     char backend[16];      /* backend in use */
     int32_t n_threads;
     char weights_dtype[8]; /* dtype of the linear weights on disk: "F32", "F16", "BF16", "mixed" */
+    /* version 2: the attachment, by its PEFT peft_type ("LORA" (DoRA too), "LOHA", "LOKR", "IA3",
+       "VERA", "LN_TUNING", "PROMPT_TUNING"; "" when nothing is attached), and the number of
+       virtual tokens a prompt-tuning attachment puts before each sequence (0 otherwise) */
+    char adapter_type[16];
+    int32_t n_virtual_tokens;
 } peft_model_info;
 
-#define PEFT_MODEL_INFO_VERSION 1
+#define PEFT_MODEL_INFO_VERSION 2
 /* info->version must be set by the caller (PEFT_MODEL_INFO_VERSION). */
 PEFT_API int peft_model_get_info(const peft_model *model, peft_model_info *info);
 
@@ -281,8 +286,10 @@ PEFT_API int peft_count_norms(uint64_t *n_trainable, const peft_model *model, co
    sequence, as PEFT does: the real tokens take positions n_virtual.., the virtual ones predict
    nothing, except the last one, which predicts the first real token (PEFT prefixes the labels
    with -100 for the virtual tokens only, so the first token of each row is counted). Packed
-   documents (peft_batch.seq_ids) are refused. A session fed from position 0 puts the prompt
-   first (its positions are not counted by peft_session_length and do not use max_len). */
+   documents (peft_batch.seq_ids) each see the prompt, their positions restarting after it, as if
+   each were a row of its own; only the row's first document has its first token predicted. A
+   session fed from position 0 puts the prompt first (a feed of no tokens puts it alone); its
+   positions are not counted by peft_session_length and do not use max_len. Not mergeable. */
 enum peft_prompt_init {
     PEFT_PROMPT_INIT_RANDOM = 0,       /* N(0, 1) (torch.nn.Embedding's default): PEFT "RANDOM" */
     PEFT_PROMPT_INIT_TEXT = 1,         /* the embeddings of init_tokens, repeated or cut to

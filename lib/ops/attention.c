@@ -31,14 +31,24 @@ struct att_args {
     float *out, *lse, *dq, *dk, *dv, *scratch;
     const float *q, *k, *v, *dout, *o, *lse_in;
     const int32_t *pos;
-    int B, T, H, Hkv, hd, window;
+    int B, T, H, Hkv, hd, window, prefix;
 };
 
-/* the first key row query row i of sequence b attends to */
-static int first_key(const struct att_args *a, int b, int i)
+/* The key rows query row i of sequence b attends to: [r[2], r[3]) = its document up to itself,
+   and [r[0], r[1]) = the part of a shared prefix (a soft prompt, the first `prefix` rows, at
+   positions 0 .. prefix - 1) outside that range; both within the sliding window, by position. */
+static void key_ranges(const struct att_args *a, int b, int i, int r[4])
 {
-    int j0 = a->pos ? i - a->pos[(int64_t)b * a->T + i] : 0;
-    return a->window > 0 && j0 < i - a->window + 1 ? i - a->window + 1 : j0;
+    int pi = a->pos ? a->pos[(int64_t)b * a->T + i] : i;
+    int j0 = a->pos ? i - pi + (i >= a->prefix ? a->prefix : 0) : 0;
+    if (a->window > 0 && j0 < i - a->window + 1)
+        j0 = i - a->window + 1;
+    r[0] = a->window > 0 && pi - a->window + 1 > 0 ? pi - a->window + 1 : 0;
+    r[1] = a->prefix < j0 ? a->prefix : j0;
+    if (r[1] < r[0])
+        r[1] = r[0];
+    r[2] = j0;
+    r[3] = i + 1;
 }
 
 size_t attention_scratch_floats(int B, int T, int Hkv, int hd)
@@ -76,11 +86,9 @@ ATT_CLONES static void scores(float *s, const float *q, const float *xt, int T, 
         s[j] *= scale;
 }
 
-/* o[d] = sum_j w[j] x[j][d] over the rows of a (B*T, stride) matrix (x already offset) */
+/* o[d] += sum_j w[j] x[j][d] over the rows of a (B*T, stride) matrix (x already offset) */
 ATT_CLONES static void weighted_rows(float *o, const float *w, const float *x, int64_t stride, int j0, int j1, int hd)
 {
-    for (int d = 0; d < hd; d++)
-        o[d] = 0.0f;
     for (int j = j0; j < j1; j++) {
         const float *xj = x + (int64_t)j * stride;
         float wj = w[j];
@@ -113,20 +121,27 @@ static void fwd_task(void *vp, int32_t task)
     for (int h = g * rep; h < (g + 1) * rep; h++)
         for (int i = 0; i < T; i++) {
             const float *qi = a->q + ((int64_t)b * T + i) * qs + (int64_t)h * hd;
-            int j0 = first_key(a, b, i);
-            scores(p, qi, kt, T, hd, j0, i + 1, scale);
-            float mx = -INFINITY;
-            for (int j = j0; j <= i; j++)
-                mx = p[j] > mx ? p[j] : mx;
-            float sum = 0;
-            for (int j = j0; j <= i; j++) {
-                p[j] = expf(p[j] - mx);
-                sum += p[j];
+            float *oi = a->out + ((int64_t)b * T + i) * qs + (int64_t)h * hd;
+            int r[4];
+            key_ranges(a, b, i, r);
+            float mx = -INFINITY, sum = 0;
+            for (int s = 0; s < 4; s += 2) {
+                scores(p, qi, kt, T, hd, r[s], r[s + 1], scale);
+                for (int j = r[s]; j < r[s + 1]; j++)
+                    mx = p[j] > mx ? p[j] : mx;
             }
+            for (int s = 0; s < 4; s += 2)
+                for (int j = r[s]; j < r[s + 1]; j++) {
+                    p[j] = expf(p[j] - mx);
+                    sum += p[j];
+                }
             float inv = 1.0f / sum;
-            for (int j = j0; j <= i; j++)
-                p[j] *= inv;
-            weighted_rows(a->out + ((int64_t)b * T + i) * qs + (int64_t)h * hd, p, vb, ks, j0, i + 1, hd);
+            memset(oi, 0, (size_t)hd * sizeof *oi);
+            for (int s = 0; s < 4; s += 2) {
+                for (int j = r[s]; j < r[s + 1]; j++)
+                    p[j] *= inv;
+                weighted_rows(oi, p, vb, ks, r[s], r[s + 1], hd);
+            }
             a->lse[((int64_t)b * a->H + h) * T + i] = mx + logf(sum);
         }
 }
@@ -134,10 +149,10 @@ static void fwd_task(void *vp, int32_t task)
 // out (B*T, H*hd), lse (B,H,T) <- q (B*T, H*hd), k, v (B*T, Hkv*hd); scratch: attention_scratch_floats
 void attention_forward(void *pool, float *out, float *lse, float *scratch, const float *q,
                        const float *k, const float *v, const int32_t *pos, int B, int T, int H,
-                       int Hkv, int hd, int window)
+                       int Hkv, int hd, int window, int prefix)
 {
     struct att_args a = {.out = out, .lse = lse, .scratch = scratch, .q = q, .k = k, .v = v, .pos = pos,
-                         .B = B, .T = T, .H = H, .Hkv = Hkv, .hd = hd, .window = window};
+                         .B = B, .T = T, .H = H, .Hkv = Hkv, .hd = hd, .window = window, .prefix = prefix};
     peft__pool_for(pool, B * Hkv, fwd_task, &a);
 }
 
@@ -161,16 +176,21 @@ static void bwd_task(void *vp, int32_t task)
             float D = 0;
             for (int d = 0; d < hd; d++)
                 D += doi[d] * oi[d];
-            int j0 = first_key(a, b, i);
-            scores(p, qi, kt, T, hd, j0, i + 1, scale);
-            for (int j = j0; j <= i; j++)
-                p[j] = expf(p[j] - lse);
-            scores(dp, doi, vt, T, hd, j0, i + 1, 1.0f);
-            for (int j = j0; j <= i; j++)
-                dp[j] = p[j] * (dp[j] - D) * scale; /* ds */
-            weighted_rows(a->dq + qo, dp, a->k + (int64_t)b * T * ks + (int64_t)g * hd, ks, j0, i + 1, hd);
-            outer_add(dkt, qi, dp, T, hd, j0, i + 1);
-            outer_add(dvt, doi, p, T, hd, j0, i + 1);
+            int r[4];
+            key_ranges(a, b, i, r);
+            memset(a->dq + qo, 0, (size_t)hd * sizeof(float));
+            for (int s = 0; s < 4; s += 2) {
+                int j0 = r[s], j1 = r[s + 1];
+                scores(p, qi, kt, T, hd, j0, j1, scale);
+                for (int j = j0; j < j1; j++)
+                    p[j] = expf(p[j] - lse);
+                scores(dp, doi, vt, T, hd, j0, j1, 1.0f);
+                for (int j = j0; j < j1; j++)
+                    dp[j] = p[j] * (dp[j] - D) * scale; /* ds */
+                weighted_rows(a->dq + qo, dp, a->k + (int64_t)b * T * ks + (int64_t)g * hd, ks, j0, j1, hd);
+                outer_add(dkt, qi, dp, T, hd, j0, j1);
+                outer_add(dvt, doi, p, T, hd, j0, j1);
+            }
         }
     for (int j = 0; j < T; j++) {
         float *dkj = a->dk + ((int64_t)b * T + j) * ks + (int64_t)g * hd;
@@ -185,10 +205,10 @@ static void bwd_task(void *vp, int32_t task)
 void attention_backward(void *pool, float *dq, float *dk, float *dv, float *scratch, const float *dout,
                         const float *q, const float *k, const float *v, const float *out,
                         const float *lse, const int32_t *pos, int B, int T, int H, int Hkv,
-                        int hd, int window)
+                        int hd, int window, int prefix)
 {
     struct att_args a = {.dq = dq, .dk = dk, .dv = dv, .scratch = scratch, .dout = dout, .q = q, .k = k, .v = v,
                          .pos = pos, .o = out, .lse_in = lse, .B = B, .T = T, .H = H, .Hkv = Hkv, .hd = hd,
-                         .window = window};
+                         .window = window, .prefix = prefix};
     peft__pool_for(pool, B * Hkv, bwd_task, &a);
 }

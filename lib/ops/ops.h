@@ -34,17 +34,20 @@ void rope_at(float *x, int n_heads, int pos, const peft_config *c);
 /* Causal GQA attention, scale 1/sqrt(hd). Query row i of a sequence attends to rows
    i - pos[i] .. i (its own document when sequences are packed; pos NULL: 0 .. i), and with
    window > 0 only to the last `window` of them (i - window + 1 .. i: Mistral's sliding window).
+   prefix > 0: the first prefix rows of each sequence (a soft prompt, positions 0 .. prefix - 1)
+   are seen by every later row, whose positions then count from prefix at each document start
+   (i - pos[i] + prefix .. i, plus the prefix rows within the window by position).
    out (B*T, H*hd), lse (B,H,T) <- q (B*T, H*hd), k, v (B*T, Hkv*hd);
    scratch: attention_scratch_floats(B, T, Hkv, hd) floats (also for the backward) */
 size_t attention_scratch_floats(int B, int T, int Hkv, int hd);
 void attention_forward(void *pool, float *out, float *lse, float *scratch, const float *q,
                        const float *k, const float *v, const int32_t *pos, int B, int T, int H,
-                       int Hkv, int hd, int window);
+                       int Hkv, int hd, int window, int prefix);
 /* dq, dk, dv are overwritten (not accumulated); scores are recomputed from lse. */
 void attention_backward(void *pool, float *dq, float *dk, float *dv, float *scratch, const float *dout,
                         const float *q, const float *k, const float *v, const float *out,
                         const float *lse, const int32_t *pos, int B, int T, int H, int Hkv,
-                        int hd, int window);
+                        int hd, int window, int prefix);
 
 /* act (N,F) = silu(g) * u */
 void swiglu_forward(void *pool, float *act, const float *g, const float *u, int64_t N, int F);

@@ -80,6 +80,12 @@ class _NormsOptions(ctypes.Structure):
     _fields_ = [("version", _c_u32), ("norms", _c_u32), ("layers", _c_char_p)]
 
 
+class _PromptOptions(ctypes.Structure):
+    _fields_ = [("version", _c_u32), ("n_virtual", _c_i32), ("init", _c_i32), ("init_tokens", _i32p),
+                ("n_init_tokens", _c_i32), ("init_text", _c_char_p), ("tokenizer_name_or_path", _c_char_p),
+                ("seed", _c_u64)]
+
+
 class _Batch(ctypes.Structure):
     _fields_ = [("version", _c_u32), ("tokens", _i32p), ("labels", _i32p), ("n_seq", _c_i32),
                 ("seq_len", _c_i32), ("seq_ids", _i32p)]
@@ -100,7 +106,8 @@ class _ModelInfo(ctypes.Structure):
                 ("n_kv_heads", _c_i32), ("head_dim", _c_i32), ("vocab_size", _c_i32),
                 ("tied_embeddings", _c_i32), ("n_params", _c_u64), ("n_trainable", _c_u64),
                 ("rms_norm_eps", _c_float), ("rope_theta", _c_float), ("backend", ctypes.c_char * 16),
-                ("n_threads", _c_i32), ("weights_dtype", ctypes.c_char * 8)]
+                ("n_threads", _c_i32), ("weights_dtype", ctypes.c_char * 8),
+                ("adapter_type", ctypes.c_char * 16), ("n_virtual_tokens", _c_i32)]
 
 
 _P = ctypes.POINTER
@@ -123,6 +130,7 @@ _attach_lora = _fn("peft_attach_lora", _c_int, _c_void_p, _P(_LoraOptions), _P(_
 _count_lora = _fn("peft_count_lora", _c_int, _P(_c_u64), _c_void_p, _P(_LoraOptions))
 _attach_ia3 = _fn("peft_attach_ia3", _c_int, _c_void_p, _P(_IA3Options), _P(_c_u64))
 _attach_norms = _fn("peft_attach_norms", _c_int, _c_void_p, _P(_NormsOptions), _P(_c_u64))
+_attach_prompt = _fn("peft_attach_prompt", _c_int, _c_void_p, _P(_PromptOptions), _P(_c_u64))
 _attach_vera = _fn("peft_attach_vera", _c_int, _c_void_p, _P(_VeraOptions), _P(_c_u64))
 _detach = _fn("peft_detach", _c_int, _c_void_p)
 _opt_set = _fn("peft_opt_set", _c_int, _c_void_p, _c_int, _c_double)
@@ -261,7 +269,7 @@ class Model(_Handle):
     @property
     def info(self):
         i = _ModelInfo()
-        i.version = 1
+        i.version = 2
         _check(_get_info(self._handle(), ctypes.byref(i)))
         return {f: (getattr(i, f).decode() if isinstance(getattr(i, f), bytes) else getattr(i, f))
                 for f, _ in _ModelInfo._fields_ if f != "version"}
@@ -316,6 +324,18 @@ class Model(_Handle):
         o = _NormsOptions(1, int(input) | int(post_attention) << 1 | int(final) << 2, _enc(layers))
         n = _c_u64()
         _check(_attach_norms(self._handle(), ctypes.byref(o), ctypes.byref(n)))
+        return n.value
+
+    def attach_prompt(self, n_virtual=8, init="random", init_tokens=(), init_text=None, tokenizer_name_or_path=None,
+                      seed=0):
+        """Prompt tuning (PEFT PROMPT_TUNING): n_virtual trained rows before every sequence. init "random",
+        "text" (init_tokens: the ids of init_text) or "sample_vocab"."""
+        ids = (_c_i32 * len(init_tokens))(*init_tokens) if init_tokens else None
+        kind = {"random": 0, "text": 1, "sample_vocab": 2}[init]
+        o = _PromptOptions(1, n_virtual, kind, ids, len(init_tokens), _enc(init_text), _enc(tokenizer_name_or_path),
+                           seed)
+        n = _c_u64()
+        _check(_attach_prompt(self._handle(), ctypes.byref(o), ctypes.byref(n)))
         return n.value
 
     def detach(self):

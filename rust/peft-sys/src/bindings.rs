@@ -9,7 +9,7 @@ pub const PEFT_VERSION_STRING: &[u8; 6usize] = b"0.1.0\0";
 pub const PEFT_VERSION_NUMBER: u32 = 256;
 pub const PEFT_ABI_MAJOR: u32 = 0;
 pub const PEFT_OPEN_OPTIONS_VERSION: u32 = 1;
-pub const PEFT_MODEL_INFO_VERSION: u32 = 1;
+pub const PEFT_MODEL_INFO_VERSION: u32 = 2;
 pub const PEFT_LORA_OPTIONS_VERSION: u32 = 5;
 pub const PEFT_IA3_OPTIONS_VERSION: u32 = 1;
 pub const PEFT_VERA_OPTIONS_VERSION: u32 = 1;
@@ -96,6 +96,8 @@ pub struct peft_model_info {
     pub backend: [::std::os::raw::c_char; 16usize],
     pub n_threads: i32,
     pub weights_dtype: [::std::os::raw::c_char; 8usize],
+    pub adapter_type: [::std::os::raw::c_char; 16usize],
+    pub n_virtual_tokens: i32,
 }
 extern "C" {
     pub fn peft_model_get_info(

@@ -336,6 +336,44 @@ impl Default for NormsOptions {
     }
 }
 
+/// How a soft prompt starts (PEFT's prompt_tuning_init).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PromptInit {
+    /// N(0, 1) rows ("RANDOM").
+    Random,
+    /// The embeddings of `init_tokens`, repeated or cut ("TEXT").
+    Text,
+    /// The embeddings of uniformly drawn tokens ("SAMPLE_VOCAB").
+    SampleVocab,
+}
+
+/// Prompt tuning (PEFT "PROMPT_TUNING"): `n_virtual` trained rows before every sequence.
+#[derive(Debug, Clone)]
+pub struct PromptOptions {
+    pub n_virtual: i32,
+    pub init: PromptInit,
+    /// The token ids of `init_text` (PromptInit::Text).
+    pub init_tokens: Vec<i32>,
+    /// Saved as prompt_tuning_init_text.
+    pub init_text: Option<String>,
+    /// Saved as tokenizer_name_or_path.
+    pub tokenizer_name_or_path: Option<String>,
+    pub seed: u64,
+}
+
+impl Default for PromptOptions {
+    fn default() -> Self {
+        PromptOptions {
+            n_virtual: 8,
+            init: PromptInit::Random,
+            init_tokens: Vec::new(),
+            init_text: None,
+            tokenizer_name_or_path: None,
+            seed: 0,
+        }
+    }
+}
+
 /// Optimizer settings (AdamW and its schedule).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Opt {
@@ -504,6 +542,10 @@ pub struct ModelInfo {
     pub backend: String,
     pub n_threads: i32,
     pub weights_dtype: String,
+    /// The attachment's PEFT peft_type ("LORA", "PROMPT_TUNING", ...; empty when none).
+    pub adapter_type: String,
+    /// Virtual tokens a prompt-tuning attachment puts before each sequence.
+    pub n_virtual_tokens: i32,
 }
 
 /// A base model (Hugging Face directory or GGUF file) and its attached adapter.
@@ -551,6 +593,8 @@ impl Model {
             backend: fixed_str(&i.backend),
             n_threads: i.n_threads,
             weights_dtype: fixed_str(&i.weights_dtype),
+            adapter_type: fixed_str(&i.adapter_type),
+            n_virtual_tokens: i.n_virtual_tokens,
         }
     }
 
@@ -608,6 +652,29 @@ impl Model {
         };
         let mut n = 0u64;
         check(unsafe { sys::peft_attach_norms(self.raw, &o, &mut n) })?;
+        Ok(n)
+    }
+
+    /// Attach a soft prompt; returns the trainable-parameter count (n_virtual x hidden).
+    pub fn attach_prompt(&mut self, opts: &PromptOptions) -> Result<u64> {
+        let text = opt_c(&opts.init_text, "init_text")?;
+        let tokenizer = opt_c(&opts.tokenizer_name_or_path, "tokenizer_name_or_path")?;
+        let o = sys::peft_prompt_options {
+            version: sys::PEFT_PROMPT_OPTIONS_VERSION,
+            n_virtual: opts.n_virtual,
+            init: match opts.init {
+                PromptInit::Random => sys::PEFT_PROMPT_INIT_RANDOM,
+                PromptInit::Text => sys::PEFT_PROMPT_INIT_TEXT,
+                PromptInit::SampleVocab => sys::PEFT_PROMPT_INIT_SAMPLE_VOCAB,
+            } as i32,
+            init_tokens: if opts.init_tokens.is_empty() { ptr::null() } else { opts.init_tokens.as_ptr() },
+            n_init_tokens: opts.init_tokens.len() as i32,
+            init_text: opt_ptr(&text),
+            tokenizer_name_or_path: opt_ptr(&tokenizer),
+            seed: opts.seed,
+        };
+        let mut n = 0u64;
+        check(unsafe { sys::peft_attach_prompt(self.raw, &o, &mut n) })?;
         Ok(n)
     }
 

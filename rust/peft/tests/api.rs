@@ -99,9 +99,18 @@ fn split_step_equals_step() {
 
 #[test]
 fn other_methods_attach_and_train() {
-    for which in 0..7 {
+    for which in 0..8 {
         let mut m = tiny();
         let n = match which {
+            7 => m
+                .attach_prompt(&peft::PromptOptions {
+                    n_virtual: 4,
+                    init: peft::PromptInit::Text,
+                    init_tokens: vec![1, 5, 9],
+                    init_text: Some("x".into()),
+                    ..peft::PromptOptions::default()
+                })
+                .unwrap(),
             4 => m
                 .attach_lora(&LoraOptions {
                     targets: target::Q | target::LM_HEAD,
@@ -130,6 +139,15 @@ fn other_methods_attach_and_train() {
         let tok = tokens(2 * 16, m.info().vocab_size, which);
         let r = m.step(&Batch::new(&tok, 2, 16).unwrap()).unwrap();
         assert!(r.updated && r.loss.is_finite());
+        if which == 7 {
+            assert_eq!(n, 4 * 32);
+            assert_eq!(m.info().adapter_type, "PROMPT_TUNING");
+            assert_eq!(m.info().n_virtual_tokens, 4);
+            let d = scratch("prompt");
+            m.save_adapter(&d).unwrap();
+            let cfg = std::fs::read_to_string(d.join("adapter_config.json")).unwrap();
+            assert!(cfg.contains("\"peft_type\": \"PROMPT_TUNING\"") && cfg.contains("\"prompt_tuning_init\": \"TEXT\""));
+        }
         if which == 6 {
             let d = scratch("pissa-converted");
             m.save_adapter_converted(&d).unwrap();
