@@ -203,17 +203,18 @@ explode     --targets q,v --lr 1e9         # rejected by the optimizer: reported
 CFG
     set -- sweep --model "$M" --train "$SHARED/data/kjv_genesis.txt" --forget "$SHARED/data/tinystories_sample.txt" \
         --budget 12000 --out "$T/sw" --steps 6 --batch 4 --seq 64 --eval-windows 6 --seeds 2 --threads 2 \
-        --families attn_qv,attn_qkvo,mlp,late_half,norms,ia3,dora,embed_lora,vera,lokr,prompt --config "$T/configs.txt"
+        --families attn_qv,attn_qkvo,mlp,late_half,norms,ia3,dora,embed_lora,vera,lokr,prompt,embed_rows --config "$T/configs.txt"
     "$PEFT" "$@" --json >"$T/s1.json" 2>"$T/err1" || { cat "$T/err1"; fail "sweep"; }
     cat "$T/err1"
     python3 "$SRC/tests/sweep_check.py" "$T/s1.json" "$T/sw" 2 explode || fail "sweep outputs"
-    json "$T/s1.json" "[c['name'] for c in j['configs'] if c['status'] == 'not_measured'] == ['prompt']" || fail "prompt row"
+    json "$T/s1.json" "[c['name'] for c in j['configs'] if c['status'] == 'not_measured'] == ['embed_rows']" || fail "embed_rows row"
+    json "$T/s1.json" "[c['rank'] for c in j['configs'] if c['name'] == 'prompt'] == [188]" || fail "prompt length for the budget"
     json "$T/s1.json" "j['forget_loss_base'] > 0 and all(c['forgetting'] is not None for c in j['configs'] if c['status'] == 'ok')" || fail "forgetting"
     grep -q '"rank_pattern"' "$T/sw/runs/attn_qv/seed0/adapter/adapter_config.json" || fail "solved ranks not in the adapter config"
     # resume: finished runs are kept, a lost one is redone, the numbers are the same
     rm "$T/sw/runs/mlp/seed1/result.txt"
     "$PEFT" "$@" --json >"$T/s2.json" 2>"$T/err2" || { cat "$T/err2"; fail "resumed sweep"; }
-    [ "$(grep -c 'done before' "$T/err2")" -eq 23 ] || { cat "$T/err2"; fail "resume did not keep the finished runs"; }
+    [ "$(grep -c 'done before' "$T/err2")" -eq 25 ] || { cat "$T/err2"; fail "resume did not keep the finished runs"; }
     python3 -c "
 import json
 a = json.loads(open('$T/s1.json').read().splitlines()[-1]); b = json.loads(open('$T/s2.json').read().splitlines()[-1])
@@ -392,6 +393,32 @@ pissa_convert_to_lora)
     "$PEFT" eval --model "$T/model" --adapter "$T/plain" --data "$T/data.bin" --seq 32 --json >"$T/b.json" || fail "eval plain"
     python3 -c "import json; a=json.loads(open('$T/a.json').read().splitlines()[-1]); b=json.loads(open('$T/b.json').read().splitlines()[-1]); assert abs(a['loss'] - b['loss']) < 1e-4 * a['loss'], (a, b)" || fail "converted adapter differs"
     "$PEFT" convert --model "$T/model" --adapter "$T/plain" --out "$T/plain.gguf" >/dev/null || fail "GGUF of the converted adapter"
+    ;;
+prompt_tuning_genesis)
+    # a soft prompt of 16 tokens started from a text's embeddings, trained on Genesis: the
+    # held-out loss drops, PEFT's PROMPT_TUNING files, and every command that loads it
+    [ -f "$SHARED/models/stories260K/config.json" ] || { echo "SKIP: ../shared not present"; exit 77; }
+    M="$SHARED/models/stories260K"
+    "$PEFT" info --model "$M" --method prompt --budget 1000 >"$T/info" || fail "info"
+    grep -q "15 virtual tokens" "$T/info" && grep -q "prompt  *960" "$T/info" || { cat "$T/info"; fail "info count"; }
+    "$PEFT" train --model "$M" --data "$SHARED/data/kjv_genesis.txt" --out "$T/pt" --method prompt \
+        --num-virtual-tokens 16 --prompt-init text --prompt-init-text "In the beginning God created" --lr 3e-2 \
+        --steps 40 --batch 4 --seq 128 --holdout 0.1 --seed 1 --json >"$T/t.json" 2>"$T/err" || { cat "$T/err"; fail "train"; }
+    json "$T/t.json" "j['trainable_params'] == 1024 and j['eval_loss_after'] < j['eval_loss_before'] - 0.3" || { cat "$T/t.json"; fail "loss"; }
+    for f in '"peft_type": "PROMPT_TUNING"' '"num_virtual_tokens": 16' '"token_dim": 64' '"prompt_tuning_init": "TEXT"' \
+             '"prompt_tuning_init_text": "In the beginning God created"' '"num_layers": 5'; do
+        grep -qF "$f" "$T/pt/adapter_config.json" || fail "adapter_config.json lacks $f"
+    done
+    "$PEFT" eval --model "$M" --data "$SHARED/data/kjv_genesis.txt" --seq 128 --json >"$T/e0" || fail "eval base"
+    "$PEFT" eval --model "$M" --adapter "$T/pt" --data "$SHARED/data/kjv_genesis.txt" --seq 128 --json >"$T/e1" || fail "eval prompt"
+    python3 -c "import json; a, b = (json.loads(open('$T/' + n).read().splitlines()[-1]) for n in ('e0', 'e1')); assert b['loss'] < a['loss'] - 0.3 and b['tokens'] > a['tokens'], (a, b)" || fail "eval with the prompt"
+    "$PEFT" generate --model "$M" --adapter "$T/pt" --prompt "And God said" --max-tokens 16 --temperature 0 --compare >"$T/gen" || fail "generate"
+    "$PEFT" info --model "$M" --adapter "$T/pt" | grep -q "1024 trainable" || fail "info --adapter"
+    "$PEFT" merge --model "$M" --adapter "$T/pt" --out "$T/merged" 2>"$T/err" && fail "a soft prompt was merged"
+    grep -q "soft prompt" "$T/err" || { cat "$T/err"; fail "merge message"; }
+    [ ! -e "$T/merged/model.safetensors" ] || fail "merge left a file"
+    "$PEFT" convert --model "$M" --adapter "$T/pt" --out "$T/pt.gguf" 2>"$T/err" && fail "a soft prompt became GGUF"
+    grep -q "prompt tuning" "$T/err" || { cat "$T/err"; fail "convert message"; }
     ;;
 gguf_quantized_matches_dequantized)
     # a GGUF model whose linear weights are Q4_K, Q6_K, Q8_0 and Q4_0 (one type per layer),

@@ -5,11 +5,97 @@
 #include "cli.h"
 
 static const char info_help[] =
-    "usage: peft info --model DIR [--adapter DIR] [--rank R] [--alpha A] [--targets LIST]\n"
-    "                 [--layers SPEC] [--budget N] [--json]\n"
-    "Prints the model's architecture and shapes and, for the given LoRA configuration\n"
-    "(or the adapter's), the exact trainable-parameter count per module kind.\n"
-    "--budget N solves the largest rank whose count fits N parameters.\n";
+    "usage: peft info --model DIR [--adapter DIR] [--method M] [--rank R] [--alpha A] [--targets LIST]\n"
+    "                 [--layers SPEC] [--num-virtual-tokens N] [--budget N] [--json]\n"
+    "Prints the model's architecture and shapes and, for the given configuration of any method\n"
+    "(the adapter flags of peft train), or the adapter's, the exact trainable-parameter count per\n"
+    "module kind and the memory it takes.\n"
+    "--budget N solves the largest rank (LoRA family) or prompt length whose count fits N parameters.\n";
+
+static void total_row(uint64_t total, const peft_model_info *in)
+{
+    printf("  %-10s %14llu  (%.4f%% of the base, %.2f MiB as F32 + %.2f MiB AdamW state)\n", "total",
+           (unsigned long long)total, 100.0 * (double)total / (double)in->n_params, (double)total * 4 / 1048576.0,
+           (double)total * 8 / 1048576.0);
+}
+
+/* The parameter table of IA3 (kind 1), norm tuning (2), VeRA (3) or prompt tuning (4): a row per
+   module kind (norm, or the soft prompt) and the total; -1 after a message, or a library code. */
+static int other_method_table(peft_model *m, int kind, const peft_lora_options *o, const peft_ia3_options *io,
+                              peft_prompt_options *po, long budget, uint64_t *total)
+{
+    static const char *const names[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+    peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+    peft_model_get_info(m, &in);
+    uint64_t n;
+    int code;
+    *total = 0;
+    if (kind == 4) {
+        if (budget > 0) { /* the most virtual tokens the budget buys */
+            po->n_virtual = (int32_t)(budget / in.hidden_size);
+            if (po->n_virtual < 1) {
+                fprintf(stderr, "peft info: a budget of %ld is below one virtual token (%d parameters)\n", budget,
+                        in.hidden_size);
+                return -1;
+            }
+            printf("\nbudget         %ld trainable parameters -> %d virtual tokens\n", budget, po->n_virtual);
+        }
+        if ((code = peft_count_prompt(&n, m, po)))
+            return code;
+        printf("\nprompt tuning: %d virtual tokens x hidden %d\n", po->n_virtual, in.hidden_size);
+        printf("  %-10s %14llu\n", "prompt", (unsigned long long)n);
+        *total = n;
+        total_row(n, &in);
+        return 0;
+    }
+    if (budget > 0) {
+        fprintf(stderr, "peft info: --budget solves LoRA-family ranks and prompt lengths\n");
+        return -1;
+    }
+    if (kind == 2) {
+        static const char *const nn[3] = {"input", "post_attention", "final"};
+        printf("\nnorm tuning (LN_TUNING) layers=%s\n", o->layers ? o->layers : "all");
+        for (int k = 0; k < 3; k++) {
+            peft_norms_options no = PEFT_NORMS_OPTIONS_INIT;
+            no.norms = 1u << k;
+            no.layers = o->layers;
+            if ((code = peft_count_norms(&n, m, &no)))
+                return code;
+            printf("  %-14s %10llu\n", nn[k], (unsigned long long)n);
+            *total += n;
+        }
+        total_row(*total, &in);
+        return 0;
+    }
+    char tbuf[64];
+    targets_string(kind == 1 ? io->targets : o->targets, tbuf, sizeof tbuf);
+    if (kind == 1)
+        printf("\nIA3 targets=%s layers=%s\n", tbuf, o->layers ? o->layers : "all");
+    else
+        printf("\nVeRA r=%d targets=%s layers=%s (the shared projections are frozen, not counted)\n", o->rank, tbuf,
+               o->layers ? o->layers : "all");
+    for (int k = 0; k < 7; k++) {
+        if (!((kind == 1 ? io->targets : o->targets) & (1u << k)))
+            continue;
+        if (kind == 1) {
+            peft_ia3_options one = *io;
+            one.targets = 1u << k;
+            one.feedforward &= one.targets;
+            code = peft_count_ia3(&n, m, &one);
+        } else {
+            peft_vera_options vo;
+            vera_from_lora(o, 0.1, &vo);
+            vo.targets = 1u << k;
+            code = peft_count_vera(&n, m, &vo);
+        }
+        if (code)
+            return code;
+        printf("  %-10s %14llu\n", names[k], (unsigned long long)n);
+        *total += n;
+    }
+    total_row(*total, &in);
+    return 0;
+}
 
 int cmd_info(int argc, char **argv)
 {
@@ -27,7 +113,12 @@ int cmd_info(int argc, char **argv)
     int json = arg_flag(&a, "--json");
     long budget;
     peft_lora_options o;
-    if (arg_long(&a, "--budget", 0, &budget) || lora_from_args(&a, &o, NULL, NULL) || args_check_unused(&a))
+    peft_ia3_options io;
+    peft_prompt_options po;
+    const char *ptext = NULL;
+    int kind = 0; /* 0 LoRA family, 1 IA3, 2 norms, 3 VeRA, 4 prompt (lora_from_args) */
+    if (arg_long(&a, "--budget", 0, &budget) || lora_from_args(&a, &o, &kind, &io) ||
+        (kind == 4 && prompt_from_args(&a, &po, &ptext)) || args_check_unused(&a))
         goto done;
     if (!model) {
         fputs(info_help, stderr);
@@ -60,6 +151,11 @@ int cmd_info(int argc, char **argv)
         peft_model_get_info(m, &in);
         printf("adapter        %s: %llu trainable parameters (%.4f%% of the base)\n", adapter,
                (unsigned long long)in.n_trainable, 100.0 * (double)in.n_trainable / (double)in.n_params);
+    } else if (kind != 0) {
+        if ((code = other_method_table(m, kind, &o, &io, &po, budget, &in.n_trainable))) {
+            rc = code < 0 ? 1 : fail_lib("count", code);
+            goto done;
+        }
     } else {
         char tbuf[64];
         if (budget > 0) {
@@ -130,9 +226,7 @@ int cmd_info(int argc, char **argv)
             printf("  %-14s %10llu\n", xn[x], (unsigned long long)(all - without));
             total += all - without;
         }
-        printf("  %-10s %14llu  (%.4f%% of the base, %.2f MiB as F32 + %.2f MiB AdamW state)\n", "total",
-               (unsigned long long)total, 100.0 * (double)total / (double)in.n_params,
-               (double)total * 4 / 1048576.0, (double)total * 8 / 1048576.0);
+        total_row(total, &in);
         in.n_trainable = total;
     }
     if (json)

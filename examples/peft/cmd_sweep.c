@@ -48,12 +48,13 @@ static const char sweep_help[] =
     "run:      --threads N --backend cpu|blis --json --quiet\n"
     "families: attn_qv attn_qkv attn_qkvo mlp_gate mlp_up mlp_down mlp all_linear early_half\n"
     "          late_half last_n norms ia3 dora loraplus embed_lora (embeddings at 0.1 x LR)\n"
-    "          embed_lora_1x all_linear_embed vera loha lokr (and, not yet available:\n"
-    "          embed_rows prompt)\n"
+    "          embed_lora_1x all_linear_embed vera loha lokr prompt (soft prompt, tokens\n"
+    "          sampled from the vocabulary, 10 x LR; its rank column is the prompt length)\n"
+    "          (and, not yet available: embed_rows)\n"
     "--config FILE: one configuration per line, NAME then `peft train` adapter flags\n"
     "(--method --targets --layers --rank --alpha --rslora --dropout --init --feedforward\n"
     "--rank-pattern --alpha-pattern --lr --lr-ratio --loraplus-ratio --embed-lr-ratio\n"
-    "--vera-d-initial --weight-decay);\n"
+    "--vera-d-initial --weight-decay --num-virtual-tokens --prompt-init);\n"
     "# starts a comment. Without --rank or --rank-pattern the rank is solved for the budget.\n";
 
 /* The built-in families. %H is half the layers, %N the --last count. */
@@ -82,7 +83,7 @@ static const struct family {
     {"vera", "--method vera --targets all-linear --lr-ratio 10", NULL},
     {"loha", "--method loha --targets all-linear", NULL},
     {"lokr", "--method lokr --targets all-linear", NULL},
-    {"prompt", "", "prompt tuning is not implemented yet"},
+    {"prompt", "--method prompt --prompt-init vocab --lr-ratio 10", NULL},
 };
 
 typedef struct sweep {
@@ -157,12 +158,19 @@ static int cfg_parse(sweep_cfg *c, double sweep_lr)
     if (split_flags(c, c->flags) || args_init(&a, c->argc, c->argv))
         return -1;
     double lr, ratio, vera_d;
+    const char *ptext = NULL;
     int rc = -1;
     if (arg_double(&a, "--lr", sweep_lr, &lr) || arg_double(&a, "--lr-ratio", 1.0, &ratio) ||
         arg_double(&a, "--loraplus-ratio", 1.0, &c->loraplus) || arg_double(&a, "--weight-decay", 0.0, &c->wd) ||
         arg_double(&a, "--embed-lr-ratio", 1.0, &c->embed_lr) || arg_double(&a, "--vera-d-initial", 0.1, &vera_d) ||
-        lora_from_args(&a, &c->lo, &c->kind, &c->io) || args_check_unused(&a)) {
+        lora_from_args(&a, &c->lo, &c->kind, &c->io) ||
+        (c->kind == KIND_PROMPT && prompt_from_args(&a, &c->po, &ptext)) || args_check_unused(&a)) {
         fprintf(stderr, "peft sweep: configuration %s: cannot use '%s'\n", c->name, c->flags);
+        goto done;
+    }
+    if (c->kind == KIND_PROMPT && c->po.init == PEFT_PROMPT_INIT_TEXT) {
+        fprintf(stderr, "peft sweep: configuration %s: --prompt-init text is not available in sweeps (random, vocab)\n",
+                c->name);
         goto done;
     }
     if (has_flag(c, "--seed")) {
@@ -178,6 +186,7 @@ static int cfg_parse(sweep_cfg *c, double sweep_lr)
              c->kind == KIND_IA3     ? "ia3"
              : c->kind == KIND_NORMS ? "norms"
              : c->kind == KIND_VERA  ? "vera"
+             : c->kind == KIND_PROMPT ? "prompt"
              : c->lo.use_dora        ? "dora"
              : c->lo.variant == PEFT_VARIANT_LOHA ? "loha"
              : c->lo.variant == PEFT_VARIANT_LOKR ? "lokr"
@@ -349,6 +358,28 @@ static int cfg_plan(sweep_cfg *c, const peft_model *m, const sweep *sw)
             snprintf(c->note, sizeof c->note, "fixed size: %s has no rank; %llu parameters is %.1f%% of the budget",
                      c->kind == KIND_IA3 ? "IA3" : "norm tuning", (unsigned long long)c->params,
                      100.0 * (double)c->params / (double)c->budget);
+    } else if (c->kind == KIND_PROMPT) {
+        /* one virtual token costs one hidden-size row: the count nearest the budget */
+        peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+        peft_model_get_info(m, &in);
+        uint64_t D = (uint64_t)in.hidden_size;
+        if (!has_flag(c, "--num-virtual-tokens")) {
+            if (c->budget < (D + 1) / 2) {
+                c->available = 0;
+                snprintf(c->note, sizeof c->note, "does not fit the budget: one virtual token has %llu parameters",
+                         (unsigned long long)D);
+                return 0;
+            }
+            uint64_t n = (c->budget + D / 2) / D;
+            c->po.n_virtual = (int32_t)(n < 1 ? 1 : n > 65536 ? 65536 : n);
+        }
+        if ((code = peft_count_prompt(&c->params, m, &c->po)))
+            return fail_lib(c->name, code), -1;
+        c->rank = c->rank_hi = c->po.n_virtual;
+        c->budget_err = ((double)c->params - (double)c->budget) / (double)c->budget;
+        if (fabs(c->budget_err) > 0.02)
+            snprintf(c->note, sizeof c->note, "%+.1f%% off the budget: one more virtual token costs %llu parameters",
+                     100.0 * c->budget_err, (unsigned long long)D);
     } else if (c->kind == KIND_VERA) {
         /* lambda_d is the rank's share: count(r) = fixed + per * r; the nearest rank */
         uint64_t n1, n2;
@@ -420,6 +451,12 @@ static int cfg_plan(sweep_cfg *c, const peft_model *m, const sweep *sw)
     }
     char tb[64];
     targets_string(c->kind == KIND_IA3 ? c->io.targets : c->lo.targets, tb, sizeof tb);
+    if (c->kind == KIND_PROMPT) { /* the "rank" column holds the number of virtual tokens */
+        snprintf(c->plan, sizeof c->plan, "prompt virtual_tokens=%d init=%s params=%llu lr=%g wd=%g", c->po.n_virtual,
+                 c->po.init == PEFT_PROMPT_INIT_SAMPLE_VOCAB ? "vocab" : "random", (unsigned long long)c->params, c->lr,
+                 c->wd);
+        return 0;
+    }
     snprintf(c->plan, sizeof c->plan,
              "%s targets=%s layers=%s rank=%d..%d alpha=%g params=%llu lr=%g loraplus=%g wd=%g embed_lr=%g",
              c->method, c->kind == KIND_NORMS ? "norms" : tb, c->lo.layers ? c->lo.layers : "all", c->rank,
@@ -716,7 +753,10 @@ static int child_train(const sweep *sw, const sweep_cfg *c, uint64_t seed, const
     }
     peft_vera_options vo = c->vo;
     vo.seed = seed;
-    code = c->kind == KIND_IA3     ? peft_attach_ia3(m, &c->io, &r->params)
+    peft_prompt_options po = c->po;
+    po.seed = seed;
+    code = c->kind == KIND_PROMPT  ? peft_attach_prompt(m, &po, &r->params)
+           : c->kind == KIND_IA3   ? peft_attach_ia3(m, &c->io, &r->params)
            : c->kind == KIND_NORMS ? peft_attach_norms(m, &c->no, &r->params)
            : c->kind == KIND_VERA  ? peft_attach_vera(m, &vo, &r->params)
                                    : peft_attach_lora(m, &lo, &r->params);

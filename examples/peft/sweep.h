@@ -6,14 +6,14 @@
 
 #include "cli.h"
 
-enum { KIND_LORA = 0, KIND_IA3 = 1, KIND_NORMS = 2, KIND_VERA = 3 };
+enum { KIND_LORA = 0, KIND_IA3 = 1, KIND_NORMS = 2, KIND_VERA = 3, KIND_PROMPT = 4 };
 
 typedef struct sweep_cfg {
     char name[96];    /* the family, or FAMILY@BUDGET when the sweep has several budgets */
     char family[64];
     uint64_t budget;
     char flags[512];  /* the adapter flags as written (family table or config file) */
-    char method[16];  /* lora, dora, ia3, norms */
+    char method[16];  /* lora, dora, loha, lokr, ia3, norms, vera, prompt */
     char note[320];   /* why the budget is not matched, or why it was not measured */
     int available;    /* 0: not measured (note says why) */
     int user;         /* from the --config file */
@@ -24,6 +24,7 @@ typedef struct sweep_cfg {
     peft_ia3_options io;
     peft_norms_options no;
     peft_vera_options vo;
+    peft_prompt_options po;            /* prompt tuning (its rank is the number of virtual tokens) */
     char *rank_pattern, *alpha_pattern; /* solved per-module ranks (owned) */
     int rank, rank_hi;                  /* every module has rank or rank_hi (= rank + 1) */
     uint64_t params;
