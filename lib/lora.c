@@ -376,6 +376,7 @@ int peft__state_alloc(lora_state *l, size_t n, const char *what)
 int peft__state_install(peft_model *m, lora_state *l, uint64_t *n_trainable)
 {
     m->lora = l;
+    peft__name_active(m);
     m->step = 0;
     m->micro = 0;
     m->accum_tokens = 0;

@@ -350,6 +350,7 @@ void peft_model_close(peft_model **pm)
     if (m->merged)
         peft_unmerge_adapter(m);
     peft__lora_free(m->lora);
+    peft__held_free(m);
     peft__workspace_free(&m->ws);
     peft__free(m->qpanel);
     for (int i = 0; i < m->n_owned; i++)

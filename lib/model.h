@@ -132,11 +132,21 @@ typedef struct workspace {
     float *rope_cos, *rope_sin; /* (T, hd/2) */
     int32_t *labels;            /* (N) label of each row's prediction, -100 = none */
     int32_t *pos;               /* (N) position of each row inside its document */
-    size_t lora_floats;
+    size_t lora_floats, max_rank;
     float *dora_z, *dora_dz; /* (N, sum of out) pre-scale outputs of DoRA modules; (N, max out) */
     int has_grads;
     void *block;
 } workspace;
+
+/* An inactive named adapter (peft_adapter_load / _set / _combine) and its optimizer counters. */
+typedef struct held_adapter {
+    char name[64];
+    lora_state *l;
+    int64_t step;
+    int micro;
+    double accum_tokens;
+    uint64_t dropout_calls;
+} held_adapter;
 
 struct peft_model {
     char *path;
@@ -160,6 +170,9 @@ struct peft_model {
     peft_backend_host host;
 
     lora_state *lora;
+    char lora_name[64];  /* the active attachment's name */
+    held_adapter *held;  /* the inactive adapters */
+    int n_held;
     workspace ws;
 
     /* optimizer */
@@ -198,6 +211,15 @@ static inline const peft_w *peft__w_of(const peft_model *m, int layer, int kind)
 int peft__state_new(lora_state **out, const peft_config *c, const char *layers, const char *what);
 int peft__state_alloc(lora_state *l, size_t n, const char *what);
 int peft__state_install(peft_model *m, lora_state *l, uint64_t *n_trainable);
+
+/* adapters.c: name a new active attachment "default" (or "default.N" when an inactive adapter
+   holds that name); free the inactive adapters */
+void peft__name_active(peft_model *m);
+void peft__held_free(peft_model *m);
+/* pissa.c: a rank-r factorisation of W (out x in) from its top singular triplets:
+   A = sqrt(S / s) V^T (r x in), B = U sqrt(S / s) (out x r) */
+int peft__svd_factors(peft_model *m, const float *W, int out, int in, int r, float s, uint64_t seed, float *A,
+                      float *B);
 
 /* prompt.c: the number of virtual tokens put before each sequence now (0: none, or the adapter
    is off) */

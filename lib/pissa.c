@@ -112,8 +112,8 @@ static void jacobi_eigen(double *C, int q, double *lam, double *E)
 }
 
 /* PiSSA factors of W (out x in, float32): A (r x in), B (out x r) for scale s. */
-static int pissa_factors(peft_model *m, const float *W, int out, int in, int r, float s, uint64_t seed, float *A,
-                         float *B)
+int peft__svd_factors(peft_model *m, const float *W, int out, int in, int r, float s, uint64_t seed, float *A,
+                      float *B)
 {
     int k = out < in ? out : in;
     int q = 2 * r + 8 < k ? 2 * r + 8 : k; /* oversampling: the iteration converges as (s_q / s_r)^2 per step */
@@ -274,7 +274,7 @@ int peft__pissa_init(lora_state *l, const peft_model *cm)
                               l->init == PEFT_INIT_PISSA ? "PiSSA" : "OLoRA", md->r, k, md->layer,
                               peft__module_names[md->kind]);
         int code = l->init == PEFT_INIT_PISSA
-                       ? pissa_factors(m, R, md->out, md->in, md->r, md->scale,
+                       ? peft__svd_factors(m, R, md->out, md->in, md->r, md->scale,
                                        l->seed ^ peft__hash64(((uint64_t)md->layer << 8) | (uint64_t)md->kind), A, B)
                        : olora_factors(R, md->out, md->in, md->r, A, B);
         if (code)

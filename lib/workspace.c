@@ -55,8 +55,9 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
         lora_floats = m->lora->sum_rank;
     if (m->lora && (m->lora->use_dora || m->lora->method == PEFT_METHOD_IA3))
         lora_floats += m->lora->sum_out + 1; /* a DoRA attachment needs its own plan */
+    size_t max_rank = m->lora ? (size_t)m->lora->max_rank : 1;
     if (ws->block && ws->n_seq == B && ws->seq_len == T && ws->n_layers_stored >= n_store &&
-        ws->lora_floats == lora_floats && (ws->has_grads || !train))
+        ws->lora_floats == lora_floats && ws->max_rank == max_rank && (ws->has_grads || !train))
         return PEFT_OK;
     peft__workspace_free(ws);
     size_t N = (size_t)B * T, D = (size_t)c->dim, F = (size_t)c->ffn_dim;
@@ -155,6 +156,7 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
     ws->seq_len = T;
     ws->n_layers_stored = n_store;
     ws->lora_floats = lora_floats;
+    ws->max_rank = max_rank;
     ws->has_grads = train;
     return PEFT_OK;
 }

@@ -154,6 +154,29 @@ def test_other_methods():
                 m2.load_adapter(d)
                 assert m2.info["n_trainable"] == 4 * 32
         assert loss0 > 0
+        m.detach()
+        # several adapters: two saved LoRAs loaded by name, switched, combined
+        with tempfile.TemporaryDirectory() as d1, tempfile.TemporaryDirectory() as d2:
+            for d, seed in ((d1, 1), (d2, 2)):
+                m.attach_lora(targets="q,v", rank=2, seed=seed)
+                m.set_optimizer(lr=1e-2)
+                for _ in range(5):
+                    m.step(batch(seed, b=2))
+                m.save_adapter(d)
+                m.detach()
+            m.load_named_adapter(d1, "one")
+            m.load_named_adapter(d2, "two")
+            assert m.adapters == (["one", "two"], False)
+            m.set_adapter("one")
+            l1 = m.eval(batch(5, b=2))
+            m.combine_adapters(["one", "two"], [1.0, 0.0], "sum", "cat")
+            m.set_adapter("sum")
+            assert abs(m.eval(batch(5, b=2))[0] - l1[0]) < 1e-4 * l1[0]
+            names, active = m.adapters
+            assert active and names[0] == "sum" and sorted(names) == ["one", "sum", "two"], names
+            m.delete_adapter("two")
+            m.set_adapter(None)
+            assert sorted(m.adapters[0]) == ["one", "sum"] and not m.adapters[1]
 
 
 def test_tokenizer():

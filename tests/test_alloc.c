@@ -207,6 +207,52 @@ static int scenario_methods(void)
     return rc;
 }
 
+/* Prompt tuning (with its session) and several adapters: load by name, combine, switch. */
+static int scenario_prompt_several(void)
+{
+    peft_model *m = NULL;
+    peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
+    oo.n_threads = 1;
+    int rc = peft_model_open(&m, test_data("tiny"), &oo);
+    if (rc)
+        return rc;
+    int32_t tok[8];
+    for (int i = 0; i < 8; i++)
+        tok[i] = (i * 3 + 2) % 48;
+    peft_batch b = PEFT_BATCH_INIT;
+    b.tokens = tok;
+    b.n_seq = 1;
+    b.seq_len = 8;
+    char pd[300], ld[300];
+    snprintf(pd, sizeof pd, "%s/prompt", g_dir);
+    snprintf(ld, sizeof ld, "%s/lora", g_dir);
+    peft_prompt_options po = PEFT_PROMPT_OPTIONS_INIT;
+    po.n_virtual = 3;
+    peft_lora_options lo = PEFT_LORA_OPTIONS_INIT;
+    lo.rank = 2;
+    peft_session *s = NULL;
+    float logits[48];
+    const char *xy[2] = {"x", "y"};
+    const double w[2] = {0.5, 0.5};
+    if ((rc = peft_attach_prompt(m, &po, NULL)) || (rc = peft_step(m, &b, NULL)) ||
+        (rc = peft_save_adapter(m, pd, NULL)) || (rc = peft_session_create(&s, m, 8)) ||
+        (rc = peft_session_feed(s, tok, 2, logits)) || (rc = peft_detach(m)) || (rc = peft_load_adapter(m, pd)) ||
+        (rc = peft_detach(m)) || (rc = peft_attach_lora(m, &lo, NULL)) || (rc = peft_save_adapter(m, ld, NULL)) ||
+        (rc = peft_adapter_load(m, ld, "x")) || (rc = peft_adapter_load(m, pd, "p")) ||
+        (rc = peft_adapter_combine(m, xy, w, 1, "y", PEFT_COMBINE_LINEAR, 0)) ||
+        (rc = peft_adapter_combine(m, xy, w, 2, "z", PEFT_COMBINE_CAT, 0)) ||
+        (rc = peft_adapter_combine(m, xy, w, 2, "v", PEFT_COMBINE_SVD, 2)) || (rc = peft_adapter_set(m, "z")) ||
+        (rc = peft_step(m, &b, NULL)) || (rc = peft_adapter_set(m, "p")) || (rc = peft_step(m, &b, NULL)) ||
+        (rc = peft_adapter_set(m, NULL)) || (rc = peft_adapter_delete(m, "x"))) {
+        peft_session_free(&s);
+        peft_model_close(&m);
+        return rc;
+    }
+    peft_session_free(&s);
+    peft_model_close(&m);
+    return 0;
+}
+
 static const char *g_gguf;
 
 static int scenario_gguf(void)
@@ -316,6 +362,7 @@ TEST(alloc_failures_other_methods)
     if (!setup())
         SKIP("built with a sanitizer (it replaces malloc)");
     inject("IA3, VeRA, norms, LoKr, DoRA", scenario_methods);
+    inject("prompt tuning, several adapters combined and switched", scenario_prompt_several);
     cleanup();
 }
 

@@ -420,6 +420,35 @@ prompt_tuning_genesis)
     "$PEFT" convert --model "$M" --adapter "$T/pt" --out "$T/pt.gguf" 2>"$T/err" && fail "a soft prompt became GGUF"
     grep -q "prompt tuning" "$T/err" || { cat "$T/err"; fail "convert message"; }
     ;;
+combine_adapters)
+    # PEFT's add_weighted_adapter from the command line: cat with weights 1, 0 is the first
+    # adapter, a full-rank svd is the cat, the result is a PEFT LoRA directory
+    setup_tiny
+    for s in 1 2; do
+        "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/a$s" --steps 15 --batch 4 --seq 32 --rank 2 \
+            --targets q,v --lr 1e-2 --seed $s --quiet || fail "train $s"
+    done
+    ev() { "$PEFT" eval --model "$T/model" --adapter "$1" --data "$T/data.bin" --seq 32 --max-windows 40 --json | tail -1; }
+    "$PEFT" combine --model "$T/model" --adapters "$T/a1,$T/a2" --weights 1,0 --out "$T/c10" >/dev/null || fail "combine cat"
+    "$PEFT" combine --model "$T/model" --adapters "$T/a1,$T/a2" --weights 0.6,0.4 --out "$T/cat" >/dev/null || fail "combine cat 2"
+    "$PEFT" combine --model "$T/model" --adapters "$T/a1,$T/a2" --weights 0.6,0.4 --combination svd --svd-rank 4 \
+        --out "$T/svd" >/dev/null || fail "combine svd"
+    "$PEFT" combine --model "$T/model" --adapters "$T/a1,$T/a2" --weights 0.6,0.4 --combination linear --out "$T/lin" \
+        >/dev/null || fail "combine linear"
+    grep -q '"r": 4' "$T/cat/adapter_config.json" && grep -q '"lora_alpha": 4' "$T/cat/adapter_config.json" || fail "cat config"
+    grep -q '"r": 2' "$T/lin/adapter_config.json" || fail "linear config"
+    python3 -c "
+import json, sys
+e = {k: json.loads(v)['loss'] for k, v in zip(sys.argv[1::2], sys.argv[2::2])}
+assert abs(e['c10'] - e['a1']) < 1e-5 * e['a1'], e
+assert abs(e['svd'] - e['cat']) < 1e-4 * e['cat'], e
+assert abs(e['cat'] - e['a1']) > 1e-4 and abs(e['lin'] - e['cat']) > 1e-5, e" \
+        c10 "$(ev "$T/c10")" a1 "$(ev "$T/a1")" cat "$(ev "$T/cat")" svd "$(ev "$T/svd")" lin "$(ev "$T/lin")" || fail "combined losses"
+    "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/r3" --steps 2 --batch 4 --seq 32 --rank 3 --quiet || fail "train r3"
+    "$PEFT" combine --model "$T/model" --adapters "$T/a1,$T/r3" --combination linear --out "$T/bad" 2>"$T/err" && fail "linear over two ranks"
+    grep -q "one rank" "$T/err" || { cat "$T/err"; fail "message"; }
+    [ ! -e "$T/bad" ] || fail "a failed combination left a directory"
+    ;;
 gguf_quantized_matches_dequantized)
     # a GGUF model whose linear weights are Q4_K, Q6_K, Q8_0 and Q4_0 (one type per layer),
     # written by tests/gguf_write.py, kept quantized in memory: its loss, and training on it

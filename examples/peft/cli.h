@@ -103,6 +103,7 @@ int cmd_init_model(int argc, char **argv);
 int cmd_synth(int argc, char **argv);
 int cmd_generate(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
+int cmd_combine(int argc, char **argv);
 int cmd_convert(int argc, char **argv);
 int cmd_tokenize(int argc, char **argv);
 

@@ -1,5 +1,6 @@
-/* peft info --model PATH [--adapter DIR] [--rank R --targets T --layers L ...] */
+/* peft info, merge, convert, combine: what a model or adapter holds, and adapters rewritten */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
@@ -306,6 +307,101 @@ int cmd_convert(int argc, char **argv)
     printf("wrote %s\n", out);
     rc = 0;
 done:
+    peft_model_close(&m);
+    args_free(&a);
+    return rc;
+}
+
+/* peft combine --model DIR --adapters DIR,DIR,... --weights W,W,... --combination linear|cat|svd
+   [--svd-rank R] --out DIR */
+int cmd_combine(int argc, char **argv)
+{
+    cli_args a;
+    if (args_init(&a, argc, argv))
+        return 1;
+    int rc = 1, code, n = 0;
+    peft_model *m = NULL;
+    char *dirs = NULL;
+    const char *names[64];
+    double weights[64];
+    char labels[64][16];
+    long svd_rank;
+    const char *model = arg_str(&a, "--model", NULL), *list = arg_str(&a, "--adapters", NULL);
+    const char *wl = arg_str(&a, "--weights", NULL), *out = arg_str(&a, "--out", NULL);
+    const char *how = arg_str(&a, "--combination", "cat");
+    if (arg_long(&a, "--svd-rank", 0, &svd_rank) || args_check_unused(&a) || !how)
+        goto done;
+    if (!model || !list || !out) {
+        fprintf(stderr, "usage: peft combine --model DIR --adapters DIR,DIR,... [--weights W,W,... (1 each)]\n"
+                        "                    [--combination linear|cat|svd (cat)] [--svd-rank R] --out DIR\n"
+                        "Writes one LoRA adapter made of several, as PEFT's add_weighted_adapter: cat keeps the\n"
+                        "weighted sum of the deltas exactly (rank: the sum), svd truncates it (rank R, default the\n"
+                        "largest), linear sums the factors (one rank; weights >= 0).\n");
+        goto done;
+    }
+    int comb = !strcmp(how, "linear") ? PEFT_COMBINE_LINEAR
+               : !strcmp(how, "cat")  ? PEFT_COMBINE_CAT
+               : !strcmp(how, "svd")  ? PEFT_COMBINE_SVD
+                                      : -1;
+    if (comb < 0) {
+        fprintf(stderr, "peft combine: --combination must be linear, cat or svd\n");
+        goto done;
+    }
+    if (!(dirs = strdup(list)))
+        goto done;
+    for (char *d = strtok(dirs, ","); d; d = strtok(NULL, ",")) {
+        if (n == 64) {
+            fprintf(stderr, "peft combine: at most 64 adapters\n");
+            goto done;
+        }
+        names[n++] = d;
+    }
+    for (int i = 0; i < n; i++)
+        weights[i] = 1.0;
+    if (wl) {
+        int k = 0;
+        for (const char *p = wl; *p && k <= n;) {
+            char *end;
+            double v = strtod(p, &end);
+            if (end == p || (*end && *end != ',')) {
+                k = -1;
+                break;
+            }
+            if (k < n)
+                weights[k] = v;
+            k++;
+            p = *end ? end + 1 : end;
+        }
+        if (k != n) {
+            fprintf(stderr, "peft combine: --weights needs one number per adapter (%d)\n", n);
+            goto done;
+        }
+    }
+    peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
+    if ((code = peft_model_open(&m, model, &oo))) {
+        rc = fail_lib("open", code);
+        goto done;
+    }
+    const char *ids[64];
+    for (int i = 0; i < n; i++) {
+        snprintf(labels[i], sizeof labels[i], "in%d", i);
+        ids[i] = labels[i];
+        if ((code = peft_adapter_load(m, names[i], labels[i]))) {
+            rc = fail_lib(names[i], code);
+            goto done;
+        }
+    }
+    if ((code = peft_adapter_combine(m, ids, weights, n, "combined", comb, (int32_t)svd_rank)) ||
+        (code = peft_adapter_set(m, "combined")) || (code = peft_save_adapter(m, out, NULL))) {
+        rc = fail_lib("combine", code);
+        goto done;
+    }
+    peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+    peft_model_get_info(m, &in);
+    printf("wrote %s (%s of %d adapters, %llu parameters)\n", out, how, n, (unsigned long long)in.n_trainable);
+    rc = 0;
+done:
+    free(dirs);
     peft_model_close(&m);
     args_free(&a);
     return rc;

@@ -18,6 +18,7 @@ static void usage(FILE *f)
             "  tokenize    text to token ids (a uint32 file or a list)\n"
             "  merge       write base + adapter as a Hugging Face model directory\n"
             "  convert     write a PEFT LoRA adapter as a GGUF LoRA file (llama.cpp --lora)\n"
+            "  combine     weigh several LoRA adapters into one (PEFT's linear, cat, svd)\n"
             "  init-model  write a small randomly initialised Llama model directory\n"
             "  synth       write a synthetic token file with a learnable pattern\n"
             "  version     print the library version\n"
@@ -44,6 +45,8 @@ int main(int argc, char **argv)
         return cmd_generate(argc - 2, argv + 2);
     if (!strcmp(cmd, "convert"))
         return cmd_convert(argc - 2, argv + 2);
+    if (!strcmp(cmd, "combine"))
+        return cmd_combine(argc - 2, argv + 2);
     if (!strcmp(cmd, "merge"))
         return cmd_merge(argc - 2, argv + 2);
     if (!strcmp(cmd, "tokenize"))

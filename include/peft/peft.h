@@ -481,6 +481,45 @@ PEFT_API int peft_save_adapter(peft_model *model, const char *dir,
  */
 PEFT_API int peft_load_adapter(peft_model *model, const char *dir);
 
+/* ---- several adapters (PEFT's load_adapter / set_adapter / add_weighted_adapter) ----------
+   Besides the active attachment (the one trained, saved, evaluated and generated from; it is
+   named "default" unless it came from this section), a model holds any number of named,
+   inactive adapters, each with its own optimizer state. Names are 1..63 bytes of [A-Za-z0-9_.-]
+   and unique among the adapters of the model. */
+
+/* Load a saved adapter directory (any method peft_load_adapter reads) as the inactive adapter
+   `name`; the active one is untouched. */
+PEFT_API int peft_adapter_load(peft_model *model, const char *dir, const char *name);
+/* Make adapter `name` the active one; the previously active one becomes inactive under its
+   name (optimizer state and all). name NULL: none active (the base model). Not while merged. */
+PEFT_API int peft_adapter_set(peft_model *model, const char *name);
+/* Free adapter `name` (the active one too: then none is active). */
+PEFT_API int peft_adapter_delete(peft_model *model, const char *name);
+/* The adapters' names, the active one (if any) first: up to cap pointers into names (valid until
+   the next call that changes the adapters), their number in *n (all of them, even past cap),
+   *active 1 when names[0] is the active one. */
+PEFT_API int peft_adapter_list(const peft_model *model, const char **names, int32_t cap, int32_t *n,
+                               int32_t *active);
+
+enum peft_combination {
+    /* PEFT "linear": every adapter the same rank r; A = sum sqrt(w_i s_i) A_i, B = sum sqrt(w_i s_i) B_i
+       (weights >= 0; the product is not the weighted sum of the deltas, as in PEFT) */
+    PEFT_COMBINE_LINEAR = 0,
+    /* PEFT "cat": rank sum r_i; A = [w_1 s_1 A_1; w_2 s_2 A_2; ...], B = [B_1, B_2, ...]: exactly the
+       weighted sum of the deltas (a module missing from an adapter gets zeros there) */
+    PEFT_COMBINE_CAT = 1,
+    /* PEFT "svd": the weighted sum of the deltas truncated to rank svd_rank (0: the largest r_i) by
+       its singular value decomposition, B = U S, A = V^T */
+    PEFT_COMBINE_SVD = 2
+};
+
+/* PEFT's add_weighted_adapter: a new inactive LoRA adapter `new_name` from the named LoRA adapters
+   (the active one may be among them; plain LoRA on linear modules, uniform rank, no DoRA,
+   rank_pattern, PiSSA residual or extras) with the given weights; lora_alpha = r (scale 1) and
+   the union of the modules. */
+PEFT_API int peft_adapter_combine(peft_model *model, const char *const *names, const double *weights, int32_t n,
+                                  const char *new_name, int32_t combination, int32_t svd_rank);
+
 /* Turn the attached adapter off (0) or on (1) without detaching it: the base
    model alone is evaluated and generated from while it is off. */
 PEFT_API int peft_adapter_enable(peft_model *model, int32_t enabled);

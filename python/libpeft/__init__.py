@@ -131,6 +131,12 @@ _count_lora = _fn("peft_count_lora", _c_int, _P(_c_u64), _c_void_p, _P(_LoraOpti
 _attach_ia3 = _fn("peft_attach_ia3", _c_int, _c_void_p, _P(_IA3Options), _P(_c_u64))
 _attach_norms = _fn("peft_attach_norms", _c_int, _c_void_p, _P(_NormsOptions), _P(_c_u64))
 _attach_prompt = _fn("peft_attach_prompt", _c_int, _c_void_p, _P(_PromptOptions), _P(_c_u64))
+_adapter_load = _fn("peft_adapter_load", _c_int, _c_void_p, _c_char_p, _c_char_p)
+_adapter_set = _fn("peft_adapter_set", _c_int, _c_void_p, _c_char_p)
+_adapter_delete = _fn("peft_adapter_delete", _c_int, _c_void_p, _c_char_p)
+_adapter_list = _fn("peft_adapter_list", _c_int, _c_void_p, _P(_c_char_p), _c_i32, _P(_c_i32), _P(_c_i32))
+_adapter_combine = _fn("peft_adapter_combine", _c_int, _c_void_p, _P(_c_char_p), _P(ctypes.c_double), _c_i32,
+                       _c_char_p, _c_i32, _c_i32)
 _attach_vera = _fn("peft_attach_vera", _c_int, _c_void_p, _P(_VeraOptions), _P(_c_u64))
 _detach = _fn("peft_detach", _c_int, _c_void_p)
 _opt_set = _fn("peft_opt_set", _c_int, _c_void_p, _c_int, _c_double)
@@ -337,6 +343,33 @@ class Model(_Handle):
         n = _c_u64()
         _check(_attach_prompt(self._handle(), ctypes.byref(o), ctypes.byref(n)))
         return n.value
+
+    def load_named_adapter(self, path, name):
+        """Load a saved adapter as the inactive adapter `name` (PEFT's load_adapter)."""
+        _check(_adapter_load(self._handle(), _enc(os.fspath(path)), _enc(name)))
+
+    def set_adapter(self, name):
+        """Make adapter `name` the active one; None: none active."""
+        _check(_adapter_set(self._handle(), _enc(name)))
+
+    def delete_adapter(self, name):
+        _check(_adapter_delete(self._handle(), _enc(name)))
+
+    @property
+    def adapters(self):
+        """(names, active): the adapters' names, the active one first when active is True."""
+        n, active = _c_i32(), _c_i32()
+        _check(_adapter_list(self._handle(), None, 0, ctypes.byref(n), ctypes.byref(active)))
+        names = (_c_char_p * max(n.value, 1))()
+        _check(_adapter_list(self._handle(), names, n.value, ctypes.byref(n), ctypes.byref(active)))
+        return [names[i].decode() for i in range(n.value)], bool(active.value)
+
+    def combine_adapters(self, names, weights, new_name, combination="cat", svd_rank=0):
+        """PEFT's add_weighted_adapter: combination "linear", "cat" or "svd"; the result is inactive."""
+        kind = {"linear": 0, "cat": 1, "svd": 2}[combination]
+        arr = (_c_char_p * len(names))(*[_enc(x) for x in names])
+        w = (ctypes.c_double * len(weights))(*weights)
+        _check(_adapter_combine(self._handle(), arr, w, len(names), _enc(new_name), kind, svd_rank))
 
     def detach(self):
         _check(_detach(self._handle()))

@@ -424,6 +424,49 @@ extern "C" {
     ) -> ::std::os::raw::c_int;
 }
 extern "C" {
+    pub fn peft_adapter_load(
+        model: *mut peft_model,
+        dir: *const ::std::os::raw::c_char,
+        name: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn peft_adapter_set(
+        model: *mut peft_model,
+        name: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn peft_adapter_delete(
+        model: *mut peft_model,
+        name: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn peft_adapter_list(
+        model: *const peft_model,
+        names: *mut *const ::std::os::raw::c_char,
+        cap: i32,
+        n: *mut i32,
+        active: *mut i32,
+    ) -> ::std::os::raw::c_int;
+}
+pub const PEFT_COMBINE_LINEAR: peft_combination = 0;
+pub const PEFT_COMBINE_CAT: peft_combination = 1;
+pub const PEFT_COMBINE_SVD: peft_combination = 2;
+pub type peft_combination = ::std::os::raw::c_uint;
+extern "C" {
+    pub fn peft_adapter_combine(
+        model: *mut peft_model,
+        names: *const *const ::std::os::raw::c_char,
+        weights: *const f64,
+        n: i32,
+        new_name: *const ::std::os::raw::c_char,
+        combination: i32,
+        svd_rank: i32,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
     pub fn peft_adapter_enable(model: *mut peft_model, enabled: i32) -> ::std::os::raw::c_int;
 }
 extern "C" {

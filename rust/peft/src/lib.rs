@@ -374,6 +374,17 @@ impl Default for PromptOptions {
     }
 }
 
+/// How peft_adapter_combine weighs LoRA adapters (PEFT's add_weighted_adapter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Combination {
+    /// Sums of the factors scaled by sqrt(w s): one rank, weights >= 0.
+    Linear,
+    /// The factors stacked: exactly the weighted sum of the deltas.
+    Cat,
+    /// The weighted sum of the deltas truncated by its SVD.
+    Svd,
+}
+
 /// Optimizer settings (AdamW and its schedule).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Opt {
@@ -676,6 +687,57 @@ impl Model {
         let mut n = 0u64;
         check(unsafe { sys::peft_attach_prompt(self.raw, &o, &mut n) })?;
         Ok(n)
+    }
+
+    /// Load a saved adapter as the inactive adapter `name` (PEFT's load_adapter).
+    pub fn load_named_adapter<P: AsRef<Path>>(&mut self, dir: P, name: &str) -> Result<()> {
+        let d = c_path(dir.as_ref())?;
+        let n = c_string(name.as_bytes(), "name")?;
+        check(unsafe { sys::peft_adapter_load(self.raw, d.as_ptr(), n.as_ptr()) })
+    }
+
+    /// Make adapter `name` the active one; None: none active.
+    pub fn set_adapter(&mut self, name: Option<&str>) -> Result<()> {
+        let n = name.map(|s| c_string(s.as_bytes(), "name")).transpose()?;
+        check(unsafe { sys::peft_adapter_set(self.raw, n.as_ref().map_or(ptr::null(), |c| c.as_ptr())) })
+    }
+
+    pub fn delete_adapter(&mut self, name: &str) -> Result<()> {
+        let n = c_string(name.as_bytes(), "name")?;
+        check(unsafe { sys::peft_adapter_delete(self.raw, n.as_ptr()) })
+    }
+
+    /// The adapters' names (the active one first when the flag is true).
+    pub fn adapters(&self) -> Result<(Vec<String>, bool)> {
+        let (mut n, mut active) = (0i32, 0i32);
+        check(unsafe { sys::peft_adapter_list(self.raw, ptr::null_mut(), 0, &mut n, &mut active) })?;
+        let mut names: Vec<*const c_char> = vec![ptr::null(); n.max(1) as usize];
+        check(unsafe { sys::peft_adapter_list(self.raw, names.as_mut_ptr(), n, &mut n, &mut active) })?;
+        let out = names[..n as usize]
+            .iter()
+            .map(|&p| unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned())
+            .collect();
+        Ok((out, active != 0))
+    }
+
+    /// PEFT's add_weighted_adapter: a new inactive LoRA adapter from named ones.
+    pub fn combine_adapters(&mut self, names: &[&str], weights: &[f64], new_name: &str, how: Combination,
+                            svd_rank: i32) -> Result<()> {
+        if names.len() != weights.len() {
+            return Err(Error::invalid("one weight per adapter".to_string()));
+        }
+        let cs = names.iter().map(|s| c_string(s.as_bytes(), "name")).collect::<Result<Vec<_>>>()?;
+        let ptrs: Vec<*const c_char> = cs.iter().map(|c| c.as_ptr()).collect();
+        let nn = c_string(new_name.as_bytes(), "new_name")?;
+        let kind = match how {
+            Combination::Linear => sys::PEFT_COMBINE_LINEAR,
+            Combination::Cat => sys::PEFT_COMBINE_CAT,
+            Combination::Svd => sys::PEFT_COMBINE_SVD,
+        } as i32;
+        check(unsafe {
+            sys::peft_adapter_combine(self.raw, ptrs.as_ptr(), weights.as_ptr(), names.len() as i32, nn.as_ptr(), kind,
+                                      svd_rank)
+        })
     }
 
     pub fn detach(&mut self) -> Result<()> {

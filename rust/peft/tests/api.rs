@@ -200,3 +200,37 @@ fn tokenizer_round_trip() {
     assert_eq!(t.decode(&ids).unwrap(), "Once upon a time");
     assert!(t.vocab_size() > 0);
 }
+
+#[test]
+fn several_adapters_switch_and_combine() {
+    let dirs: Vec<_> = (0..2)
+        .map(|k| {
+            let mut m = tiny();
+            m.attach_lora(&LoraOptions { rank: 2, seed: k, ..LoraOptions::default() }).unwrap();
+            m.set(Opt::Lr, 1e-2).unwrap();
+            let tok = tokens(2 * 16, m.info().vocab_size, k as u32);
+            for _ in 0..5 {
+                m.step(&Batch::new(&tok, 2, 16).unwrap()).unwrap();
+            }
+            let d = scratch(&format!("several-{}", k));
+            m.save_adapter(&d).unwrap();
+            d
+        })
+        .collect();
+    let mut m = tiny();
+    m.load_named_adapter(&dirs[0], "one").unwrap();
+    m.load_named_adapter(&dirs[1], "two").unwrap();
+    assert_eq!(m.adapters().unwrap(), (vec!["one".to_string(), "two".to_string()], false));
+    let tok = tokens(2 * 16, m.info().vocab_size, 9);
+    let b = Batch::new(&tok, 2, 16).unwrap();
+    m.set_adapter(Some("one")).unwrap();
+    let l1 = m.eval(&b).unwrap();
+    m.combine_adapters(&["one", "two"], &[1.0, 0.0], "cat", peft::Combination::Cat, 0).unwrap();
+    m.set_adapter(Some("cat")).unwrap();
+    let lc = m.eval(&b).unwrap();
+    assert!((lc.loss_sum - l1.loss_sum).abs() < 1e-4 * l1.loss_sum);
+    assert!(m.set_adapter(Some("nope")).is_err());
+    m.delete_adapter("two").unwrap();
+    m.set_adapter(None).unwrap();
+    assert_eq!(m.adapters().unwrap().0.len(), 2);
+}
