@@ -309,6 +309,7 @@ assert c['loraplus']['forgetting'] > 2 * c['all_linear']['forgetting'], 'LoRA+ f
 assert c['norms']['forgetting'] < 0.2 * c['all_linear']['forgetting'], 'norm tuning forgets least'
 assert better('vera', 'all_linear'), 'VeRA is the best use of a small budget'
 assert better('embed_lora_1x', 'embed_lora') and better('all_linear', 'loha'), 'embeddings at 0.1x learn little; LoHa trails'
+assert better('attn_qv', 'prompt') and c['prompt']['forgetting'] > c['all_linear']['forgetting'], 'a soft prompt trails LoRA and forgets more'
 " || fail "a README conclusion does not hold"
     ;;
 mpi_two_ranks_equal_one_process)
