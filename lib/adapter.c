@@ -764,7 +764,7 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
     if (code)
         return code;
     if (l->method == PEFT_METHOD_NORMS || l->method == PEFT_METHOD_VERA || l->method == PEFT_METHOD_LOHA ||
-        l->method == PEFT_METHOD_LOKR || l->method == PEFT_METHOD_PROMPT) {
+        l->method == PEFT_METHOD_LOKR || l->method == PEFT_METHOD_PROMPT || l->method == PEFT_METHOD_TOKENS) {
         code = peft__mkdirs(dir);
         char *sp = peft__path_join(dir, "adapter_model.safetensors"), *cp = peft__path_join(dir, "adapter_config.json");
         const char *base = opts && opts->base_model_name_or_path ? opts->base_model_name_or_path : m->path;
@@ -773,6 +773,7 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
                    : l->method == PEFT_METHOD_VERA ? save_vera(m, sp, cp, base)
                    : l->method == PEFT_METHOD_LOHA || l->method == PEFT_METHOD_LOKR ? save_loha(m, sp, cp, base)
                    : l->method == PEFT_METHOD_PROMPT                               ? peft__save_prompt(m, sp, cp, base)
+                   : l->method == PEFT_METHOD_TOKENS                               ? peft__save_tokens(m, sp, cp, base)
                                                    : save_norms(m, sp, cp, base);
         free(sp);
         free(cp);
@@ -1050,7 +1051,7 @@ static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, in
     if (!v || v->type != JSON_STRING)
         FAIL(PEFT_EFORMAT, "%s: missing \"peft_type\"", path);
     if (strcmp(v->string, "LORA") != 0)
-        FAIL(PEFT_EUNSUPPORTED, "%s: peft_type \"%s\" is not supported yet (LORA, LOHA, LOKR, IA3, LN_TUNING, VERA, PROMPT_TUNING)", path, v->string);
+        FAIL(PEFT_EUNSUPPORTED, "%s: peft_type \"%s\" is not supported yet (LORA, LOHA, LOKR, IA3, LN_TUNING, VERA, PROMPT_TUNING, TRAINABLE_TOKENS)", path, v->string);
     v = json_get(root, "r");
     if (!v || v->type != JSON_NUMBER || !v->is_integer || v->number < 1 || v->number > 65536)
         FAIL(PEFT_EFORMAT, "%s: \"r\" must be an integer in 1..65536", path);
@@ -1293,6 +1294,11 @@ int peft_load_adapter(peft_model *m, const char *dir)
         }
         if (pt && pt->type == JSON_STRING && (!strcmp(pt->string, "LOHA") || !strcmp(pt->string, "LOKR"))) {
             code = load_loha(m, dir, json_root(doc), cfg_path, st_path, !strcmp(pt->string, "LOKR"));
+            json_free(doc);
+            goto done;
+        }
+        if (pt && pt->type == JSON_STRING && strcmp(pt->string, "TRAINABLE_TOKENS") == 0) {
+            code = peft__load_tokens(m, json_root(doc), cfg_path, st_path);
             json_free(doc);
             goto done;
         }

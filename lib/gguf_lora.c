@@ -73,11 +73,11 @@ int peft_save_adapter_gguf(peft_model *m, const char *path, const char *name)
     if (!m->lora)
         return peft__fail(PEFT_ESTATE, "peft_save_adapter_gguf: a LoRA adapter must be attached");
     if (m->lora->method != PEFT_METHOD_LORA) {
-        static const char *const names[] = {"LoRA", "IA3", "norm tuning", "VeRA", "LoHa", "LoKr", "prompt tuning"};
+        static const char *const names[] = {"LoRA", "IA3", "norm tuning", "VeRA", "LoHa", "LoKr", "prompt tuning", "trainable tokens"};
         int k = m->lora->method;
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_adapter_gguf: llama.cpp's GGUF LoRA format holds LoRA "
                                              "adapters only (this one is %s)",
-                          k >= 0 && k < 7 ? names[k] : "another method");
+                          k >= 0 && k < 8 ? names[k] : "another method");
     }
     lora_state *l = m->lora;
     if (l->use_dora)

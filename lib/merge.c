@@ -78,7 +78,7 @@ int peft_merge_adapter(peft_model *m)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_merge_adapter: tuned norms are not merged in place; "
                                              "peft_save_merged exports them");
     lora_state *l = m->lora;
-    float **copies = calloc((size_t)l->n_modules, sizeof *copies);
+    float **copies = calloc((size_t)l->n_modules + 1, sizeof *copies);
     if (!copies)
         return peft__fail(PEFT_ENOMEM, "peft_merge_adapter: out of memory");
     for (int i = 0; i < l->n_modules; i++) {

@@ -394,7 +394,8 @@ int peft_model_get_info(const peft_model *m, peft_model_info *info)
     info->n_threads = m->n_threads;
     snprintf(info->weights_dtype, sizeof info->weights_dtype, "%s", m->weights_dtype);
     if (v >= 2 && m->lora) {
-        static const char *const types[] = {"LORA", "IA3", "LN_TUNING", "VERA", "LOHA", "LOKR", "PROMPT_TUNING"};
+        static const char *const types[] = {"LORA", "IA3", "LN_TUNING", "VERA", "LOHA", "LOKR", "PROMPT_TUNING",
+                                             "TRAINABLE_TOKENS"};
         snprintf(info->adapter_type, sizeof info->adapter_type, "%s", types[m->lora->method]);
         info->n_virtual_tokens = m->lora->method == PEFT_METHOD_PROMPT ? m->lora->n_virtual : 0;
     }

@@ -39,7 +39,8 @@ typedef struct lora_module {
 enum peft_method { PEFT_METHOD_LORA = 0, PEFT_METHOD_IA3 = 1, PEFT_METHOD_NORMS = 2, PEFT_METHOD_VERA = 3,
                    PEFT_METHOD_LOHA = 4, /* per module at off_a: w1_a (out, r), w1_b (r, in), w2_a, w2_b */
                    PEFT_METHOD_LOKR = 5, /* per module at off_a: w1 (l, m), then w2 (k, n) or w2_a (k, r), w2_b (r, n) */
-                   PEFT_METHOD_PROMPT = 6 /* the soft prompt (n_virtual, dim) at 0 */ };
+                   PEFT_METHOD_PROMPT = 6, /* the soft prompt (n_virtual, dim) at 0 */
+                   PEFT_METHOD_TOKENS = 7  /* trainable token rows only (n_tok, dim) at off_tok = 0 */ };
 
 /* LoKr's split of a module: out = l k, in = m n; full: w2 is a full (k, n) matrix */
 typedef struct lokr_dims {
@@ -216,6 +217,10 @@ int peft__state_install(peft_model *m, lora_state *l, uint64_t *n_trainable);
    holds that name); free the inactive adapters */
 void peft__name_active(peft_model *m);
 void peft__held_free(peft_model *m);
+/* tokens.c: PEFT TRAINABLE_TOKENS files */
+int peft__save_tokens(peft_model *m, const char *st_path, const char *cfg_path, const char *base_name);
+int peft__load_tokens(peft_model *m, const struct json_value *root, const char *cfg_path, const char *st_path);
+
 /* pissa.c: a rank-r factorisation of W (out x in) from its top singular triplets:
    A = sqrt(S / s) V^T (r x in), B = U sqrt(S / s) (out x r) */
 int peft__svd_factors(peft_model *m, const float *W, int out, int in, int r, float s, uint64_t seed, float *A,

@@ -155,6 +155,10 @@ def test_other_methods():
                 assert m2.info["n_trainable"] == 4 * 32
         assert loss0 > 0
         m.detach()
+        # trainable tokens alone: three rows of hidden 32
+        assert m.attach_tokens([3, 7, 11]) == 3 * 32 and m.info["adapter_type"] == "TRAINABLE_TOKENS"
+        m.step(batch(4, b=2))
+        m.detach()
         # several adapters: two saved LoRAs loaded by name, switched, combined
         with tempfile.TemporaryDirectory() as d1, tempfile.TemporaryDirectory() as d2:
             for d, seed in ((d1, 1), (d2, 2)):

@@ -52,8 +52,8 @@ for c in summary["configs"]:
     if abs(c["budget_error"]) > 0.02:  # says why it cannot match
         assert ("off the budget: one more rank" in c["note"] or "rank set by" in c["note"]
                 or "fixed size" in c["note"] or "off the budget: LoKr" in c["note"]
-                or "one more virtual token" in c["note"]), c
-    if c["method"] in ("lora", "dora", "loha", "lokr", "vera", "prompt"):  # prompt: its length
+                or "one more virtual token" in c["note"] or "one more row" in c["note"]), c
+    if c["method"] in ("lora", "dora", "loha", "lokr", "vera", "prompt", "tokens"):  # prompt: its length; tokens: rows
         assert c["rank"] >= 1, c
     for s in range(seeds):
         run = os.path.join(out, "runs", name, "seed%d" % s)

@@ -207,14 +207,15 @@ CFG
     "$PEFT" "$@" --json >"$T/s1.json" 2>"$T/err1" || { cat "$T/err1"; fail "sweep"; }
     cat "$T/err1"
     python3 "$SRC/tests/sweep_check.py" "$T/s1.json" "$T/sw" 2 explode || fail "sweep outputs"
-    json "$T/s1.json" "[c['name'] for c in j['configs'] if c['status'] == 'not_measured'] == ['embed_rows']" || fail "embed_rows row"
+    json "$T/s1.json" "[c['name'] for c in j['configs'] if c['status'] == 'not_measured'] == []" || fail "every family measured"
+    json "$T/s1.json" "[c['rank'] for c in j['configs'] if c['name'] == 'embed_rows'] == [188]" || fail "rows for the budget"
     json "$T/s1.json" "[c['rank'] for c in j['configs'] if c['name'] == 'prompt'] == [188]" || fail "prompt length for the budget"
     json "$T/s1.json" "j['forget_loss_base'] > 0 and all(c['forgetting'] is not None for c in j['configs'] if c['status'] == 'ok')" || fail "forgetting"
     grep -q '"rank_pattern"' "$T/sw/runs/attn_qv/seed0/adapter/adapter_config.json" || fail "solved ranks not in the adapter config"
     # resume: finished runs are kept, a lost one is redone, the numbers are the same
     rm "$T/sw/runs/mlp/seed1/result.txt"
     "$PEFT" "$@" --json >"$T/s2.json" 2>"$T/err2" || { cat "$T/err2"; fail "resumed sweep"; }
-    [ "$(grep -c 'done before' "$T/err2")" -eq 25 ] || { cat "$T/err2"; fail "resume did not keep the finished runs"; }
+    [ "$(grep -c 'done before' "$T/err2")" -eq 27 ] || { cat "$T/err2"; fail "resume did not keep the finished runs"; }
     python3 -c "
 import json
 a = json.loads(open('$T/s1.json').read().splitlines()[-1]); b = json.loads(open('$T/s2.json').read().splitlines()[-1])
@@ -420,6 +421,24 @@ prompt_tuning_genesis)
     [ ! -e "$T/merged/model.safetensors" ] || fail "merge left a file"
     "$PEFT" convert --model "$M" --adapter "$T/pt" --out "$T/pt.gguf" 2>"$T/err" && fail "a soft prompt became GGUF"
     grep -q "prompt tuning" "$T/err" || { cat "$T/err"; fail "convert message"; }
+    ;;
+trainable_tokens_train)
+    # --method tokens: only the rows of --token-indices move; PEFT's TRAINABLE_TOKENS files
+    setup_tiny
+    "$PEFT" info --model "$T/model" --method tokens --token-indices 1,2,3 | grep -q "token rows  *144" || fail "info"
+    "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/tk" --method tokens --token-indices 5,6,7,8 \
+        --steps 20 --batch 4 --seq 32 --lr 5e-2 --json >"$T/t.json" 2>"$T/err" || { cat "$T/err"; fail "train"; }
+    json "$T/t.json" "j['trainable_params'] == 4 * 48" || fail "count"
+    grep -q '"peft_type": "TRAINABLE_TOKENS"' "$T/tk/adapter_config.json" || fail "config"
+    "$PEFT" eval --model "$T/model" --data "$T/data.bin" --seq 32 --json >"$T/e0" || fail "eval base"
+    "$PEFT" eval --model "$T/model" --adapter "$T/tk" --data "$T/data.bin" --seq 32 --json >"$T/e1" || fail "eval rows"
+    python3 -c "import json; a, b = (json.loads(open('$T/' + n).read().splitlines()[-1])['loss'] for n in ('e0', 'e1')); assert b < a, (a, b)" || fail "rows learned nothing"
+    "$PEFT" merge --model "$T/model" --adapter "$T/tk" --out "$T/merged" >/dev/null || fail "merge"
+    "$PEFT" eval --model "$T/merged" --data "$T/data.bin" --seq 32 --json >"$T/e2" || fail "eval merged"
+    python3 -c "import json; a, b = (json.loads(open('$T/' + n).read().splitlines()[-1])['loss'] for n in ('e1', 'e2')); assert abs(a - b) < 1e-5 * a, (a, b)" || fail "merged differs"
+    "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/bad" --method tokens --token-indices 5,5 --steps 1 \
+        --batch 1 --seq 32 2>"$T/err" && fail "a token listed twice"
+    grep -q "listed twice" "$T/err" || fail "message"
     ;;
 combine_adapters)
     # PEFT's add_weighted_adapter from the command line: cat with weights 1, 0 is the first

@@ -63,6 +63,8 @@ static double max_rel_err(const float *x, double xscale, const char *st_path, co
                                   "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
     size_t off = 0;
     compare_tensor(ref, "prompt_embeddings", x, xscale, &off, &worst); /* prompt tuning: the whole block */
+    compare_tensor(ref, "base_model.model.model.embed_tokens.trainable_tokens_delta", x, xscale, &off,
+                   &worst); /* trainable tokens alone: the whole block */
     for (int l = 0; l < 64; l++)
         for (int k = 0; k < 7; k++)
             for (int b = 0; b < 14; b++) {
@@ -191,6 +193,8 @@ TEST(torch_step_pissa) { step_case("pissa_qv_down", 2); }
 TEST(torch_step_olora) { step_case("olora_qv_down", 1); }
 /* prompt tuning: the soft prompt before each row, the first real token predicted from it */
 TEST(torch_step_prompt) { step_case("prompt_5", 2); }
+/* trainable tokens alone (PEFT TRAINABLE_TOKENS) */
+TEST(torch_step_tokens) { step_case("tokens_rows", 2); }
 
 /* Every backend against the reference on a whole training step. */
 TEST(backend_blis_step)
@@ -260,6 +264,7 @@ TEST(model_gradcheck_loha) { gradcheck("tiny/loha_qo_up/adapter"); }
 TEST(model_gradcheck_lokr) { gradcheck("tiny/lokr_qv_gate/adapter"); }
 TEST(model_gradcheck_extras) { gradcheck("tiny/extras_head_embed_norm/adapter"); }
 TEST(model_gradcheck_prompt) { gradcheck("tiny/prompt_5/adapter"); }
+TEST(model_gradcheck_tokens) { gradcheck("tiny/tokens_rows/adapter"); }
 
 /* ---- sharded checkpoints and half-precision weights ---- */
 
@@ -650,7 +655,7 @@ static const struct h_case cases[] = {
     CASE(model_gradcheck_vera), CASE(torch_step_loha), CASE(model_gradcheck_loha),
     CASE(torch_step_lokr), CASE(model_gradcheck_lokr), CASE(torch_step_extras_head_embed_norm),
     CASE(torch_step_extras_tokens_head), CASE(model_gradcheck_extras), CASE(torch_step_pissa), CASE(torch_step_olora),
-    CASE(torch_step_prompt), CASE(model_gradcheck_prompt),
+    CASE(torch_step_prompt), CASE(model_gradcheck_prompt), CASE(torch_step_tokens), CASE(model_gradcheck_tokens),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
     CASE(sharded_and_half_precision_models), CASE(config_errors), CASE(shared_gguf_models),
 };

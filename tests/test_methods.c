@@ -1067,11 +1067,76 @@ TEST(several_adapters)
     peft_model_close(&one);
 }
 
+/* Trainable tokens alone (PEFT TRAINABLE_TOKENS), untied and tied: counts, training, PEFT's
+   files, reload, merge and export, refusals. */
+TEST(trainable_tokens_lifecycle)
+{
+    for (int tied = 0; tied < 2; tied++) {
+        peft_model *m;
+        char *tdir = tied ? tiny_tied_dir() : NULL;
+        if (tied) {
+            CHECK_OK(peft_model_open(&m, tdir, NULL));
+        } else {
+            m = open_tiny(2);
+        }
+        const int32_t ids[4] = {5, 9, 2, 40}, dup[2] = {5, 5}, bad[1] = {48};
+        uint64_t n;
+        CHECK_OK(peft_count_tokens(&n, m, ids, 4));
+        CHECK(n == 4 * 32);
+        CHECK(peft_count_tokens(&n, m, dup, 2) == PEFT_EINVAL);
+        CHECK(peft_count_tokens(&n, m, bad, 1) == PEFT_EINVAL);
+        double base = eval_loss(m);
+        CHECK_OK(peft_attach_tokens(m, ids, 4, &n));
+        CHECK_CLOSE(eval_loss(m), base, 1e-6); /* the rows start as the base embeddings (tied: lm_head's too) */
+        peft_model_info info = {.version = PEFT_MODEL_INFO_VERSION};
+        CHECK_OK(peft_model_get_info(m, &info));
+        CHECK(!strcmp(info.adapter_type, "TRAINABLE_TOKENS") && info.n_trainable == 4 * 32);
+        int32_t tok[32];
+        char *d;
+        const char *const needles[] = {"\"peft_type\": \"TRAINABLE_TOKENS\"", "\"target_modules\": [\n    \"embed_tokens\"",
+                                       "\"token_indices\": [\n    5,\n    9,\n    2,\n    40\n  ]", "\"init_weights\": true",
+                                       NULL};
+        /* make_batch(17) draws tokens 5, 9, 2 and 40 among others */
+        double with;
+        if (!tied) {
+            with = train_save_reload(m, tok, 17, 5e-2, 0.01, needles, &d);
+        } else { /* the same on the tied copy: the rows also move lm_head's */
+            CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 5e-2));
+            make_batch(tok, 32, 17);
+            peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
+            for (int i = 0; i < 21; i++)
+                CHECK_OK(peft_step(m, &b, NULL));
+            with = eval_loss(m);
+            CHECK(with < base - 0.01);
+            d = mktmp();
+            CHECK_OK(peft_save_adapter(m, d, NULL));
+            peft_model *m2;
+            CHECK_OK(peft_model_open(&m2, tdir, NULL));
+            CHECK_OK(peft_load_adapter(m2, d));
+            CHECK(eval_loss(m2) == with);
+            peft_model_close(&m2);
+        }
+        size_t len;
+        char *st = read_text(d, "adapter_model.safetensors", &len);
+        CHECK(st && len > 8 && memmem(st, len, "base_model.model.model.embed_tokens.trainable_tokens_delta", 58));
+        free(st);
+        /* merged: nothing moves into the linear weights; the export writes the rows (and, tied,
+           an lm_head that is no longer the embeddings) */
+        merge_session_export(m, tok, with);
+        char *dg = mktmp(), gp[600];
+        snprintf(gp, sizeof gp, "%s/a.gguf", dg);
+        CHECK(peft_save_adapter_gguf(m, gp, NULL) == PEFT_EUNSUPPORTED);
+        CHECK_OK(peft_detach(m));
+        CHECK(eval_loss(m) == base);
+        peft_model_close(&m);
+    }
+}
+
 static const struct h_case cases[] = {
     CASE(embed_lora_lifecycle), CASE(vera_lifecycle), CASE(loha_lifecycle), CASE(lokr_lifecycle),
     CASE(lora_extras_gradients_and_counts), CASE(lora_extras_lifecycle_untied), CASE(lora_extras_lifecycle_tied),
     CASE(parameter_groups_learning_rates), CASE(pissa_lifecycle), CASE(olora_lifecycle), CASE(regex_targets),
-    CASE(prompt_lifecycle), CASE(several_adapters),
+    CASE(prompt_lifecycle), CASE(several_adapters), CASE(trainable_tokens_lifecycle),
 };
 
 TEST_MAIN(cases)

@@ -64,7 +64,7 @@ void sampler_fill(sampler *s, const tokens *t, int T, int B, int32_t *ids, int32
 /* LoRA options from --rank --alpha --targets --layers --dropout --rslora --init --seed */
 /* ia3 (may be NULL: IA3 and norms refused) receives 1 and io the IA3 options with
    --method ia3, 2 with --method norms (norm tuning of the layers in o->layers), 3 with --method vera,
-   4 with --method prompt (prompt_from_args). */
+   4 with --method prompt (prompt_from_args), 5 with --method tokens (o->token_indices alone). */
 int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options *io);
 /* VeRA options (--method vera: *ia3 == 3) from the LoRA ones: targets, layers, rank, dropout, seed. */
 void vera_from_lora(const peft_lora_options *lo, double d_initial, peft_vera_options *vo);

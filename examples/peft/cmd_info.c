@@ -20,7 +20,8 @@ static void total_row(uint64_t total, const peft_model_info *in)
            (double)total * 8 / 1048576.0);
 }
 
-/* The parameter table of IA3 (kind 1), norm tuning (2), VeRA (3) or prompt tuning (4): a row per
+/* The parameter table of IA3 (kind 1), norm tuning (2), VeRA (3), prompt tuning (4) or trainable
+   tokens (5): a row per
    module kind (norm, or the soft prompt) and the total; -1 after a message, or a library code. */
 static int other_method_table(peft_model *m, int kind, const peft_lora_options *o, const peft_ia3_options *io,
                               peft_prompt_options *po, long budget, uint64_t *total)
@@ -31,6 +32,15 @@ static int other_method_table(peft_model *m, int kind, const peft_lora_options *
     uint64_t n;
     int code;
     *total = 0;
+    if (kind == 5) { /* trainable tokens: the rows of --token-indices */
+        if ((code = peft_count_tokens(&n, m, o->token_indices, o->n_token_indices)))
+            return code;
+        printf("\ntrainable tokens: %d rows x hidden %d\n", o->n_token_indices, in.hidden_size);
+        printf("  %-10s %14llu\n", "token rows", (unsigned long long)n);
+        *total = n;
+        total_row(n, &in);
+        return 0;
+    }
     if (kind == 4) {
         if (budget > 0) { /* the most virtual tokens the budget buys */
             po->n_virtual = (int32_t)(budget / in.hidden_size);

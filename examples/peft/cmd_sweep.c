@@ -50,7 +50,8 @@ static const char sweep_help[] =
     "          late_half last_n norms ia3 dora loraplus embed_lora (embeddings at 0.1 x LR)\n"
     "          embed_lora_1x all_linear_embed vera loha lokr prompt (soft prompt, tokens\n"
     "          sampled from the vocabulary, 10 x LR; its rank column is the prompt length)\n"
-    "          (and, not yet available: embed_rows)\n"
+    "          embed_rows (the embedding rows of the most frequent training tokens, 0.1 x LR;\n"
+    "          its rank column is the number of rows)\n"
     "--config FILE: one configuration per line, NAME then `peft train` adapter flags\n"
     "(--method --targets --layers --rank --alpha --rslora --dropout --init --feedforward\n"
     "--rank-pattern --alpha-pattern --lr --lr-ratio --loraplus-ratio --embed-lr-ratio\n"
@@ -79,7 +80,7 @@ static const struct family {
     {"embed_lora", "--targets embed --embed-lr-ratio 0.1", NULL},
     {"embed_lora_1x", "--targets embed", NULL},
     {"all_linear_embed", "--targets all-linear,embed --embed-lr-ratio 0.1", NULL},
-    {"embed_rows", "", "training selected embedding rows (trainable_token_indices) is not implemented yet"},
+    {"embed_rows", "--method tokens --embed-lr-ratio 0.1", NULL},
     {"vera", "--method vera --targets all-linear --lr-ratio 10", NULL},
     {"loha", "--method loha --targets all-linear", NULL},
     {"lokr", "--method lokr --targets all-linear", NULL},
@@ -141,6 +142,7 @@ static void cfg_free(sweep_cfg *c)
     free(c->argv);
     free(c->rank_pattern);
     free(c->alpha_pattern);
+    free(c->tok_ids);
 }
 
 static int has_flag(const sweep_cfg *c, const char *f)
@@ -187,6 +189,7 @@ static int cfg_parse(sweep_cfg *c, double sweep_lr)
              : c->kind == KIND_NORMS ? "norms"
              : c->kind == KIND_VERA  ? "vera"
              : c->kind == KIND_PROMPT ? "prompt"
+             : c->kind == KIND_TOKENS ? "tokens"
              : c->lo.use_dora        ? "dora"
              : c->lo.variant == PEFT_VARIANT_LOHA ? "loha"
              : c->lo.variant == PEFT_VARIANT_LOKR ? "lokr"
@@ -344,6 +347,67 @@ static int solve_lora(sweep_cfg *c, const peft_model *m, const sweep *sw)
     return 0;
 }
 
+static const uint64_t *g_freq; /* token counts for the ordering below */
+
+static int by_frequency(const void *x, const void *y)
+{
+    int32_t a = *(const int32_t *)x, b = *(const int32_t *)y;
+    if (g_freq[a] != g_freq[b])
+        return g_freq[a] < g_freq[b] ? 1 : -1;
+    return a - b;
+}
+
+/* Trainable tokens: the rows a budget buys (one hidden-size row each) are those of the most
+   frequent tokens of the training windows, unless the configuration names them. */
+static int plan_tokens(sweep_cfg *c, const peft_model *m, const sweep *sw)
+{
+    peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+    peft_model_get_info(m, &in);
+    uint64_t D = (uint64_t)in.hidden_size;
+    int V = in.vocab_size, n;
+    if (c->lo.n_token_indices > 0) {
+        n = c->lo.n_token_indices;
+        if (!(c->tok_ids = malloc((size_t)n * sizeof *c->tok_ids)))
+            return -1;
+        memcpy(c->tok_ids, c->lo.token_indices, (size_t)n * sizeof *c->tok_ids);
+    } else {
+        uint64_t want = (c->budget + D / 2) / D;
+        if (want < 1) {
+            c->available = 0;
+            snprintf(c->note, sizeof c->note, "does not fit the budget: one embedding row has %llu parameters",
+                     (unsigned long long)D);
+            return 0;
+        }
+        uint64_t *freq = calloc((size_t)V, sizeof *freq);
+        int32_t *order = malloc((size_t)V * sizeof *order);
+        if (!freq || !order) {
+            free(freq);
+            free(order);
+            return -1;
+        }
+        for (size_t i = 0; i < sw->nw * (size_t)sw->seq && i < sw->train.n; i++)
+            freq[sw->train.ids[i]]++;
+        for (int t = 0; t < V; t++)
+            order[t] = t;
+        g_freq = freq;
+        qsort(order, (size_t)V, sizeof *order, by_frequency);
+        n = want > (uint64_t)V ? V : (int)want;
+        c->tok_ids = order; /* the first n are kept */
+        free(freq);
+    }
+    c->n_tok = n;
+    int code = peft_count_tokens(&c->params, m, c->tok_ids, n);
+    if (code)
+        return fail_lib(c->name, code), -1;
+    c->rank = c->rank_hi = n;
+    c->budget_err = ((double)c->params - (double)c->budget) / (double)c->budget;
+    if (fabs(c->budget_err) > 0.02)
+        snprintf(c->note, sizeof c->note, "%+.1f%% off the budget: %s", 100.0 * c->budget_err,
+                 c->lo.n_token_indices > 0 ? "rows set by the configuration"
+                                           : "one more row costs one hidden size of parameters");
+    return 0;
+}
+
 static int cfg_plan(sweep_cfg *c, const peft_model *m, const sweep *sw)
 {
     int code;
@@ -358,6 +422,9 @@ static int cfg_plan(sweep_cfg *c, const peft_model *m, const sweep *sw)
             snprintf(c->note, sizeof c->note, "fixed size: %s has no rank; %llu parameters is %.1f%% of the budget",
                      c->kind == KIND_IA3 ? "IA3" : "norm tuning", (unsigned long long)c->params,
                      100.0 * (double)c->params / (double)c->budget);
+    } else if (c->kind == KIND_TOKENS) {
+        if ((code = plan_tokens(c, m, sw)))
+            return code;
     } else if (c->kind == KIND_PROMPT) {
         /* one virtual token costs one hidden-size row: the count nearest the budget */
         peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
@@ -451,6 +518,12 @@ static int cfg_plan(sweep_cfg *c, const peft_model *m, const sweep *sw)
     }
     char tb[64];
     targets_string(c->kind == KIND_IA3 ? c->io.targets : c->lo.targets, tb, sizeof tb);
+    if (c->kind == KIND_TOKENS) { /* the "rank" column holds the number of rows */
+        snprintf(c->plan, sizeof c->plan, "tokens rows=%d (ids %d, %d, ...) params=%llu lr=%g embed_lr=%g wd=%g",
+                 c->n_tok, c->tok_ids[0], c->n_tok > 1 ? c->tok_ids[1] : -1, (unsigned long long)c->params, c->lr,
+                 c->embed_lr, c->wd);
+        return 0;
+    }
     if (c->kind == KIND_PROMPT) { /* the "rank" column holds the number of virtual tokens */
         snprintf(c->plan, sizeof c->plan, "prompt virtual_tokens=%d init=%s params=%llu lr=%g wd=%g", c->po.n_virtual,
                  c->po.init == PEFT_PROMPT_INIT_SAMPLE_VOCAB ? "vocab" : "random", (unsigned long long)c->params, c->lr,
@@ -755,7 +828,8 @@ static int child_train(const sweep *sw, const sweep_cfg *c, uint64_t seed, const
     vo.seed = seed;
     peft_prompt_options po = c->po;
     po.seed = seed;
-    code = c->kind == KIND_PROMPT  ? peft_attach_prompt(m, &po, &r->params)
+    code = c->kind == KIND_TOKENS  ? peft_attach_tokens(m, c->tok_ids, c->n_tok, &r->params)
+           : c->kind == KIND_PROMPT ? peft_attach_prompt(m, &po, &r->params)
            : c->kind == KIND_IA3   ? peft_attach_ia3(m, &c->io, &r->params)
            : c->kind == KIND_NORMS ? peft_attach_norms(m, &c->no, &r->params)
            : c->kind == KIND_VERA  ? peft_attach_vera(m, &vo, &r->params)

@@ -15,8 +15,8 @@ static const char train_help[] =
     "usage: peft train --model DIR --data FILE --out DIR [options]\n"
     "data:     --seq T (128) --batch B (4) --steps N | --epochs E  --holdout F (0)\n"
     "          --eval-data FILE  --eval-every N (0: start and end only)  --eval-windows N (all)\n"
-    "adapter:  --method lora|dora|loha|lokr|ia3|norms|vera|embeddings|prompt (lora; embeddings: LoRA on\n"
-    "          embed_tokens)  --rank R (8; vera 256) --alpha A (2R)\n"
+    "adapter:  --method lora|dora|loha|lokr|ia3|norms|vera|embeddings|prompt|tokens (lora; embeddings: LoRA\n"
+    "          on embed_tokens; tokens: only the --token-indices rows)  --rank R (8; vera 256) --alpha A (2R)\n"
     "          --num-virtual-tokens N (prompt: 8)  --prompt-init random|text|vocab (random)\n"
     "          --prompt-init-text TEXT (prompt: the soft prompt starts as this text's embeddings)\n"
     "          --vera-d-initial D (0.1: VeRA's lambda_d at init)\n"
@@ -239,6 +239,11 @@ int cmd_train(int argc, char **argv)
     } else if (init_adapter) {
         if ((code = peft_load_adapter(m, init_adapter))) {
             rc = fail_lib("init-adapter", code);
+            goto done;
+        }
+    } else if (use_ia3 == 5) {
+        if ((code = peft_attach_tokens(m, lo.token_indices, lo.n_token_indices, NULL))) {
+            rc = fail_lib("attach", code);
             goto done;
         }
     } else if (use_ia3 == 4) {

@@ -6,14 +6,14 @@
 
 #include "cli.h"
 
-enum { KIND_LORA = 0, KIND_IA3 = 1, KIND_NORMS = 2, KIND_VERA = 3, KIND_PROMPT = 4 };
+enum { KIND_LORA = 0, KIND_IA3 = 1, KIND_NORMS = 2, KIND_VERA = 3, KIND_PROMPT = 4, KIND_TOKENS = 5 };
 
 typedef struct sweep_cfg {
     char name[96];    /* the family, or FAMILY@BUDGET when the sweep has several budgets */
     char family[64];
     uint64_t budget;
     char flags[512];  /* the adapter flags as written (family table or config file) */
-    char method[16];  /* lora, dora, loha, lokr, ia3, norms, vera, prompt */
+    char method[16];  /* lora, dora, loha, lokr, ia3, norms, vera, prompt, tokens */
     char note[320];   /* why the budget is not matched, or why it was not measured */
     int available;    /* 0: not measured (note says why) */
     int user;         /* from the --config file */
@@ -25,6 +25,8 @@ typedef struct sweep_cfg {
     peft_norms_options no;
     peft_vera_options vo;
     peft_prompt_options po;            /* prompt tuning (its rank is the number of virtual tokens) */
+    int32_t *tok_ids;                  /* trainable tokens: the rows (owned), the most frequent training */
+    int n_tok;                         /* tokens unless the configuration lists them */
     char *rank_pattern, *alpha_pattern; /* solved per-module ranks (owned) */
     int rank, rank_hi;                  /* every module has rank or rank_hi (= rank + 1) */
     uint64_t params;

@@ -427,6 +427,8 @@ static void rank_cell(char *buf, size_t n, const sweep_cfg *c)
 {
     if (c->kind == KIND_PROMPT) /* the prompt length */
         snprintf(buf, n, "%dv", c->rank);
+    else if (c->kind == KIND_TOKENS) /* the number of embedding rows */
+        snprintf(buf, n, "%d rows", c->rank);
     else if (c->kind != KIND_LORA && c->kind != KIND_VERA)
         snprintf(buf, n, "-");
     else if (c->rank_hi > c->rank)
@@ -443,7 +445,7 @@ static int write_md(const sweep_report *r, const agg *g, int n, FILE *f)
     else
         fprintf(f, "Every configuration trains %llu trainable parameters (the budget", (unsigned long long)r->budget);
     fprintf(f,
-            "; the rank, or a soft prompt's length in virtual tokens (Nv), is solved per "
+            "; the rank, a soft prompt's length in virtual tokens (Nv) or a number of embedding rows, is solved per "
             "configuration) for the same %ld steps x %ld sequences x %ld tokens = %llu tokens of `%s`, "
             "learning rate %g (%s), ",
             r->steps, r->batch, r->seq, (unsigned long long)r->tokens_per_run, r->train,

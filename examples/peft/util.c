@@ -364,6 +364,8 @@ int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options
         *ia3 = 3;
     } else if (!strcmp(method, "prompt") && ia3) {
         *ia3 = 4; /* handled by the caller through prompt_from_args */
+    } else if (!strcmp(method, "tokens") && ia3) {
+        *ia3 = 5; /* trainable tokens: the rows of --token-indices (the caller attaches them) */
     } else if (!strcmp(method, "ia3") && ia3) {
         peft_ia3_options d3 = PEFT_IA3_OPTIONS_INIT;
         *io = d3;
@@ -375,7 +377,7 @@ int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options
         io->feedforward &= io->targets;
     } else if (strcmp(method, "lora") != 0) {
         fprintf(stderr, "peft: --method %s is not available yet (lora, dora, loha, lokr, embeddings%s)\n", method,
-                ia3 ? ", ia3, norms, vera, prompt" : "");
+                ia3 ? ", ia3, norms, vera, prompt, tokens" : "");
         return -1;
     }
     if (extras_from_args(a, o))

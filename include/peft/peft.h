@@ -102,9 +102,9 @@ typedef struct peft_model_info {
     int32_t n_threads;
     char weights_dtype[8]; /* dtype of the linear weights on disk: "F32", "F16", "BF16", "mixed" */
     /* version 2: the attachment, by its PEFT peft_type ("LORA" (DoRA too), "LOHA", "LOKR", "IA3",
-       "VERA", "LN_TUNING", "PROMPT_TUNING"; "" when nothing is attached), and the number of
+       "VERA", "LN_TUNING", "PROMPT_TUNING", "TRAINABLE_TOKENS"; "" when nothing is attached), and the number of
        virtual tokens a prompt-tuning attachment puts before each sequence (0 otherwise) */
-    char adapter_type[16];
+    char adapter_type[32];
     int32_t n_virtual_tokens;
 } peft_model_info;
 
@@ -314,6 +314,14 @@ typedef struct peft_prompt_options {
 
 PEFT_API int peft_attach_prompt(peft_model *model, const peft_prompt_options *opts, uint64_t *n_trainable);
 PEFT_API int peft_count_prompt(uint64_t *n_trainable, const peft_model *model, const peft_prompt_options *opts);
+
+/* Trainable tokens (PEFT peft_type "TRAINABLE_TOKENS"): only the embedding rows of the n given
+   token ids are trained (initialised to their base values; saved as
+   model.embed_tokens.trainable_tokens_delta, n x hidden, with token_indices); with tied
+   embeddings the rows also replace lm_head's, as PEFT ties them. The parameters belong to the
+   embedding group (PEFT_OPT_EMBED_LR_RATIO, PEFT_OPT_EMBED_WEIGHT_DECAY). */
+PEFT_API int peft_attach_tokens(peft_model *model, const int32_t *token_ids, int32_t n, uint64_t *n_trainable);
+PEFT_API int peft_count_tokens(uint64_t *n_trainable, const peft_model *model, const int32_t *token_ids, int32_t n);
 
 /*
  * Attach LoRA adapters to the model. At most one attachment per model for now.

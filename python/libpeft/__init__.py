@@ -107,7 +107,7 @@ class _ModelInfo(ctypes.Structure):
                 ("tied_embeddings", _c_i32), ("n_params", _c_u64), ("n_trainable", _c_u64),
                 ("rms_norm_eps", _c_float), ("rope_theta", _c_float), ("backend", ctypes.c_char * 16),
                 ("n_threads", _c_i32), ("weights_dtype", ctypes.c_char * 8),
-                ("adapter_type", ctypes.c_char * 16), ("n_virtual_tokens", _c_i32)]
+                ("adapter_type", ctypes.c_char * 32), ("n_virtual_tokens", _c_i32)]
 
 
 _P = ctypes.POINTER
@@ -131,6 +131,7 @@ _count_lora = _fn("peft_count_lora", _c_int, _P(_c_u64), _c_void_p, _P(_LoraOpti
 _attach_ia3 = _fn("peft_attach_ia3", _c_int, _c_void_p, _P(_IA3Options), _P(_c_u64))
 _attach_norms = _fn("peft_attach_norms", _c_int, _c_void_p, _P(_NormsOptions), _P(_c_u64))
 _attach_prompt = _fn("peft_attach_prompt", _c_int, _c_void_p, _P(_PromptOptions), _P(_c_u64))
+_attach_tokens = _fn("peft_attach_tokens", _c_int, _c_void_p, _i32p, _c_i32, _P(_c_u64))
 _adapter_load = _fn("peft_adapter_load", _c_int, _c_void_p, _c_char_p, _c_char_p)
 _adapter_set = _fn("peft_adapter_set", _c_int, _c_void_p, _c_char_p)
 _adapter_delete = _fn("peft_adapter_delete", _c_int, _c_void_p, _c_char_p)
@@ -342,6 +343,13 @@ class Model(_Handle):
                            seed)
         n = _c_u64()
         _check(_attach_prompt(self._handle(), ctypes.byref(o), ctypes.byref(n)))
+        return n.value
+
+    def attach_tokens(self, token_ids):
+        """Trainable tokens (PEFT TRAINABLE_TOKENS): only these embedding rows are trained."""
+        ids = (_c_i32 * len(token_ids))(*token_ids)
+        n = _c_u64()
+        _check(_attach_tokens(self._handle(), ids, len(token_ids), ctypes.byref(n)))
         return n.value
 
     def load_named_adapter(self, path, name):

@@ -114,6 +114,7 @@ HEAD_B = "base_model.model.lm_head.lora_B.weight"
 TOK_DELTA = "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"
 TOKEN_IDX = [3, 7, 11]
 PROMPT = "prompt_embeddings"
+TOK_ONLY = "base_model.model.model.embed_tokens.trainable_tokens_delta"  # PEFT TRAINABLE_TOKENS
 
 
 def forward(c, W, tokens, labels, lora, scale):
@@ -122,9 +123,10 @@ def forward(c, W, tokens, labels, lora, scale):
     for k in list(W):  # modules_to_save: the trained copy replaces the module's weight
         if "base_model.model." + k in lora:
             W[k] = lora["base_model.model." + k]
-    if TOK_DELTA in lora:  # PEFT's trainable tokens: the rows are replaced (index_copy)
-        W["model.embed_tokens.weight"] = W["model.embed_tokens.weight"].index_copy(
-            0, torch.tensor(TOKEN_IDX), lora[TOK_DELTA])
+    for tk in (TOK_DELTA, TOK_ONLY):  # PEFT's trainable tokens: the rows are replaced (index_copy)
+        if tk in lora:
+            W["model.embed_tokens.weight"] = W["model.embed_tokens.weight"].index_copy(
+                0, torch.tensor(TOKEN_IDX), lora[tk])
     x = W["model.embed_tokens.weight"][tokens]
     if PROMPT in lora:  # PEFT prompt tuning: the soft prompt first, its labels -100, positions shifted
         P = lora[PROMPT].shape[0]
@@ -300,6 +302,11 @@ PROMPT_CASES = [
 ]
 PROMPT_LEN = 5
 
+TOKEN_CASES = [
+    # trainable tokens alone (rank -8): rows 3, 7, 11 of the (untied) embeddings
+    ("tokens_rows", [], None, -8, 0.0, False, 1e-2, 0.0, 0.0, False),
+]
+
 
 def factorization(dim):
     """LyCORIS's factorization (factor -1): the divisor pair m <= n nearest the square root."""
@@ -350,7 +357,7 @@ def main():
     labels = tokens.clone()
     labels[0, :4] = -100  # a masked prompt
     labels[1, 7] = -100
-    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES + IA3_CASES + NORM_CASES + EMBED_CASES + VERA_CASES + LOHA_CASES + LOKR_CASES + EXTRA_CASES + INIT_CASES + PROMPT_CASES:
+    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES + IA3_CASES + NORM_CASES + EMBED_CASES + VERA_CASES + LOHA_CASES + LOKR_CASES + EXTRA_CASES + INIT_CASES + PROMPT_CASES + TOKEN_CASES:
         if r == -1:  # LN tuning
             lora = {}
             names = [f"model.layers.{l}.{n}.weight" for l in layers for n in ("input_layernorm", "post_attention_layernorm")]
@@ -360,6 +367,14 @@ def main():
             tm = [n[: -len(".weight")] for n in names] + ["model.norm"]
             acfg = {"peft_type": "LN_TUNING", "task_type": "CAUSAL_LM", "target_modules": tm,
                     "base_model_name_or_path": "tiny"}
+            write_case(name, lora, acfg, tokens, labels, lr, wd, clip,
+                       one_step(c, W, tokens, labels, lora, 1.0, lr, wd, clip))
+            continue
+        if r == -8:  # trainable tokens alone
+            rows = W["model.embed_tokens.weight"][TOKEN_IDX] + 0.2 * torch.randn(3, c.D, generator=g, dtype=torch.float64)
+            lora = {TOK_ONLY: rows.to(torch.float32).to(torch.float64)}
+            acfg = {"peft_type": "TRAINABLE_TOKENS", "task_type": "CAUSAL_LM", "token_indices": TOKEN_IDX,
+                    "target_modules": ["embed_tokens"], "init_weights": True, "base_model_name_or_path": "tiny"}
             write_case(name, lora, acfg, tokens, labels, lr, wd, clip,
                        one_step(c, W, tokens, labels, lora, 1.0, lr, wd, clip))
             continue

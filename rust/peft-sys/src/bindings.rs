@@ -96,7 +96,7 @@ pub struct peft_model_info {
     pub backend: [::std::os::raw::c_char; 16usize],
     pub n_threads: i32,
     pub weights_dtype: [::std::os::raw::c_char; 8usize],
-    pub adapter_type: [::std::os::raw::c_char; 16usize],
+    pub adapter_type: [::std::os::raw::c_char; 32usize],
     pub n_virtual_tokens: i32,
 }
 extern "C" {
@@ -257,6 +257,22 @@ extern "C" {
         n_trainable: *mut u64,
         model: *const peft_model,
         opts: *const peft_prompt_options,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn peft_attach_tokens(
+        model: *mut peft_model,
+        token_ids: *const i32,
+        n: i32,
+        n_trainable: *mut u64,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn peft_count_tokens(
+        n_trainable: *mut u64,
+        model: *const peft_model,
+        token_ids: *const i32,
+        n: i32,
     ) -> ::std::os::raw::c_int;
 }
 extern "C" {

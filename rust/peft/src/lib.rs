@@ -689,6 +689,13 @@ impl Model {
         Ok(n)
     }
 
+    /// Trainable tokens (PEFT "TRAINABLE_TOKENS"): only these embedding rows are trained.
+    pub fn attach_tokens(&mut self, token_ids: &[i32]) -> Result<u64> {
+        let mut n = 0u64;
+        check(unsafe { sys::peft_attach_tokens(self.raw, token_ids.as_ptr(), token_ids.len() as i32, &mut n) })?;
+        Ok(n)
+    }
+
     /// Load a saved adapter as the inactive adapter `name` (PEFT's load_adapter).
     pub fn load_named_adapter<P: AsRef<Path>>(&mut self, dir: P, name: &str) -> Result<()> {
         let d = c_path(dir.as_ref())?;

@@ -99,9 +99,10 @@ fn split_step_equals_step() {
 
 #[test]
 fn other_methods_attach_and_train() {
-    for which in 0..8 {
+    for which in 0..9 {
         let mut m = tiny();
         let n = match which {
+            8 => m.attach_tokens(&[3, 7, 11]).unwrap(),
             7 => m
                 .attach_prompt(&peft::PromptOptions {
                     n_virtual: 4,
