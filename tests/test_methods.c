@@ -939,7 +939,7 @@ TEST(several_adapters)
     CHECK(peft_adapter_load(m, da, "a") == PEFT_EINVAL);
     CHECK(peft_adapter_load(m, da, "bad name") == PEFT_EINVAL);
     CHECK(peft_adapter_load(m, "/nonexistent", "e") != PEFT_OK);
-    const char *names[8];
+    const char *names[16];
     int32_t n, active;
     CHECK_OK(peft_adapter_list(m, names, 8, &n, &active));
     CHECK(n == 4 && !active && !strcmp(names[0], "a") && !strcmp(names[3], "d"));
