@@ -311,6 +311,7 @@ assert c['norms']['forgetting'] < 0.2 * c['all_linear']['forgetting'], 'norm tun
 assert better('vera', 'all_linear'), 'VeRA is the best use of a small budget'
 assert better('embed_lora_1x', 'embed_lora') and better('all_linear', 'loha'), 'embeddings at 0.1x learn little; LoHa trails'
 assert better('attn_qv', 'prompt') and c['prompt']['forgetting'] > c['all_linear']['forgetting'], 'a soft prompt trails LoRA and forgets more'
+assert better('embed_lora', 'embed_rows') and c['embed_rows']['forgetting'] < 0.1 * c['all_linear']['forgetting'], 'rows at 0.1x learn least, forget least'
 " || fail "a README conclusion does not hold"
     ;;
 mpi_two_ranks_equal_one_process)
