@@ -12,6 +12,19 @@
 #include "model.h"
 #include "safetensors.h"
 
+/* The two files of an adapter: the tensors (metadata {"format": "pt"}), then the config text
+   w holds (freed here); each written atomically. */
+int peft__write_adapter(const char *st_path, st_out_tensor *ts, size_t n, const char *cfg_path, struct jw *w)
+{
+    const char *mk[] = {"format"}, *mv[] = {"pt"};
+    int code = w->oom ? peft__fail(PEFT_ENOMEM, "out of memory") : st_write(st_path, ts, n, mk, mv, 1);
+    if (!code)
+        code = peft__write_atomic(cfg_path, w->s, w->n);
+    free(w->s);
+    w->s = NULL;
+    return code;
+}
+
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 /* "k=v,k=v" -> a JSON object with sorted keys (as PEFT writes it), values times factor */
@@ -328,11 +341,7 @@ static int save_norms(peft_model *m, const char *st_path, const char *cfg_path, 
         first = 0;
     }
     jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\"\n}");
-    const char *mk[] = {"format"}, *mv[] = {"pt"};
-    code = w.oom ? peft__fail(PEFT_ENOMEM, "out of memory") : st_write(st_path, ts, (size_t)n, mk, mv, 1);
-    if (!code)
-        code = peft__write_atomic(cfg_path, w.s, w.n);
-    free(w.s);
+    code = peft__write_adapter(st_path, ts, (size_t)n, cfg_path, &w);
     free(ts);
     free(names);
     return code;
@@ -507,11 +516,7 @@ static int save_vera(peft_model *m, const char *st_path, const char *cfg_path, c
     jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\",\n  \"vera_dropout\": ");
     jw_float(&w, l->dropout);
     jw_put(&w, "\n}");
-    const char *mk[] = {"format"}, *mv[] = {"pt"};
-    code = w.oom ? peft__fail(PEFT_ENOMEM, "out of memory") : st_write(st_path, ts, nt, mk, mv, 1);
-    if (!code)
-        code = peft__write_atomic(cfg_path, w.s, w.n);
-    free(w.s);
+    code = peft__write_adapter(st_path, ts, nt, cfg_path, &w);
     free(ts);
     free(names);
     return code;
@@ -677,11 +682,7 @@ static int save_loha(peft_model *m, const char *st_path, const char *cfg_path, c
             first = 0;
         }
     jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\",\n  \"use_effective_conv2d\": false\n}");
-    const char *mk[] = {"format"}, *mv[] = {"pt"};
-    code = w.oom ? peft__fail(PEFT_ENOMEM, "out of memory") : st_write(st_path, ts, nt, mk, mv, 1);
-    if (!code)
-        code = peft__write_atomic(cfg_path, w.s, w.n);
-    free(w.s);
+    code = peft__write_adapter(st_path, ts, nt, cfg_path, &w);
     free(ts);
     free(names);
     return code;

@@ -217,6 +217,10 @@ int peft__state_install(peft_model *m, lora_state *l, uint64_t *n_trainable);
    holds that name); free the inactive adapters */
 void peft__name_active(peft_model *m);
 void peft__held_free(peft_model *m);
+/* adapter.c: write the tensors ({"format": "pt"}) and the config text of w (freed), atomically */
+struct jw;
+int peft__write_adapter(const char *st_path, st_out_tensor *ts, size_t n, const char *cfg_path, struct jw *w);
+
 /* tokens.c: PEFT TRAINABLE_TOKENS files */
 int peft__save_tokens(peft_model *m, const char *st_path, const char *cfg_path, const char *base_name);
 int peft__load_tokens(peft_model *m, const struct json_value *root, const char *cfg_path, const char *st_path);

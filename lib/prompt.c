@@ -152,12 +152,7 @@ int peft__save_prompt(peft_model *m, const char *st_path, const char *cfg_path, 
     jw_str_or_null(&w, l->prompt_tokenizer);
     jw_put(&w, "\n}");
     st_out_tensor t = {PROMPT_KEY, 2, {l->n_virtual, c->dim}, l->params};
-    const char *mk[] = {"format"}, *mv[] = {"pt"};
-    int code = w.oom ? peft__fail(PEFT_ENOMEM, "out of memory") : st_write(st_path, &t, 1, mk, mv, 1);
-    if (!code)
-        code = peft__write_atomic(cfg_path, w.s, w.n);
-    free(w.s);
-    return code;
+    return peft__write_adapter(st_path, &t, 1, cfg_path, &w);
 }
 
 static int int_field(const json_value *root, const char *key, int *out, const char *path)

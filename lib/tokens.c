@@ -107,12 +107,7 @@ int peft__save_tokens(peft_model *m, const char *st_path, const char *cfg_path, 
         jw_put(&w, "%s\n    %d", i ? "," : "", l->tok_idx[i]);
     jw_put(&w, "\n  ]\n}");
     st_out_tensor t = {TOKENS_KEY, 2, {l->n_tok, m->cfg.dim}, l->params};
-    const char *mk[] = {"format"}, *mv[] = {"pt"};
-    int code = w.oom ? peft__fail(PEFT_ENOMEM, "out of memory") : st_write(st_path, &t, 1, mk, mv, 1);
-    if (!code)
-        code = peft__write_atomic(cfg_path, w.s, w.n);
-    free(w.s);
-    return code;
+    return peft__write_adapter(st_path, &t, 1, cfg_path, &w);
 }
 
 int peft__load_tokens(peft_model *m, const json_value *root, const char *cfg_path, const char *st_path)
