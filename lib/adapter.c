@@ -457,6 +457,39 @@ static int finish_load(peft_model *m, lora_state *saved, st_file *f, int code, s
     return keep_or_restore(m, saved, code);
 }
 
+/* The end of loading a one-tensor adapter (prompt tuning, trainable tokens) into l, built for
+   it: the file holds exactly `key` (d0, d1), finite; its values then replace the weights of
+   the matching attachment m->lora (its optimizer state kept), or l becomes the attachment.
+   l is freed unless installed. */
+int peft__load_single(peft_model *m, lora_state *l, const char *st_path, const char *key, int64_t d0, int64_t d1,
+                      const char *what)
+{
+    st_file *f = NULL;
+    int code = st_open(&f, st_path);
+    const st_tensor *t = code ? NULL : st_find(f, key);
+    if (!code && !t)
+        code = peft__fail(PEFT_ENOTFOUND, "%s: tensor '%s' is missing", st_path, key);
+    else if (!code && (t->n_dims != 2 || t->shape[0] != d0 || t->shape[1] != d1))
+        code = peft__fail(PEFT_ESHAPE, "%s: tensor '%s' must have shape [%lld, %lld]", st_path, key, (long long)d0,
+                          (long long)d1);
+    else if (!code && f->n_tensors != 1)
+        code = peft__fail(PEFT_EFORMAT, "%s: %zu tensors; a %s adapter holds only '%s'", st_path, f->n_tensors, what,
+                          key);
+    else if (!code)
+        code = st_read_f32(f, t, l->params, l->n_params);
+    for (size_t i = 0; !code && i < l->n_params; i++)
+        if (!isfinite(l->params[i]))
+            code = peft__fail(PEFT_ENUMERIC, "%s: adapter weights contain NaN or Inf", st_path);
+    st_close(f);
+    if (!code && m->lora) /* onto the same layout: the weights only */
+        memcpy(m->lora->params, l->params, l->n_params * sizeof(float));
+    if (code || m->lora) {
+        peft__lora_free(l);
+        return code;
+    }
+    return peft__state_install(m, l, NULL);
+}
+
 /* ---- VeRA (PEFT VERA) ---- */
 
 static int targets_and_layers(const json_value *root, uint32_t *targets, int embed_ok, char *layers, size_t cap,

@@ -221,6 +221,11 @@ void peft__held_free(peft_model *m);
 struct jw;
 int peft__write_adapter(const char *st_path, st_out_tensor *ts, size_t n, const char *cfg_path, struct jw *w);
 
+/* adapter.c: the end of loading a one-tensor adapter (key, d0 x d1) into l: onto the matching
+   attachment m->lora (weights only), or l becomes the attachment; l freed unless installed */
+int peft__load_single(peft_model *m, lora_state *l, const char *st_path, const char *key, int64_t d0, int64_t d1,
+                      const char *what);
+
 /* tokens.c: PEFT TRAINABLE_TOKENS files */
 int peft__save_tokens(peft_model *m, const char *st_path, const char *cfg_path, const char *base_name);
 int peft__load_tokens(peft_model *m, const struct json_value *root, const char *cfg_path, const char *st_path);

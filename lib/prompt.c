@@ -196,16 +196,9 @@ int peft__load_prompt(peft_model *m, const json_value *root, const char *cfg_pat
         return peft__fail(PEFT_ESHAPE, "%s: adapter layout differs from the attached one", cfg_path);
     peft_prompt_options o = PEFT_PROMPT_OPTIONS_INIT;
     o.n_virtual = n_virtual;
-    st_file *f = NULL;
-    if ((code = st_open(&f, st_path)))
-        return code;
-    m->lora = NULL;
     lora_state *l = NULL;
-    if ((code = build_prompt(&l, m, &o, 1))) {
-        m->lora = saved;
-        st_close(f);
+    if ((code = build_prompt(&l, m, &o, 1)))
         return code;
-    }
     /* keep the config's description of the initialisation for the next save */
     const char *init = str_field(root, "prompt_tuning_init");
     for (int i = 0; init && i < 3; i++)
@@ -214,33 +207,9 @@ int peft__load_prompt(peft_model *m, const json_value *root, const char *cfg_pat
     int oom = 0;
     l->prompt_text = dup_or_null(str_field(root, "prompt_tuning_init_text"), &oom);
     l->prompt_tokenizer = dup_or_null(str_field(root, "tokenizer_name_or_path"), &oom);
-    const st_tensor *t = st_find(f, PROMPT_KEY);
-    if (oom)
-        code = peft__fail(PEFT_ENOMEM, "out of memory");
-    else if (!t)
-        code = peft__fail(PEFT_ENOTFOUND, "%s: tensor '%s' is missing", st_path, PROMPT_KEY);
-    else if (t->n_dims != 2 || t->shape[0] != n_virtual || t->shape[1] != c->dim)
-        code = peft__fail(PEFT_ESHAPE, "%s: tensor '%s' must have shape [%d, %d]", st_path, PROMPT_KEY, n_virtual,
-                          c->dim);
-    else if (f->n_tensors != 1)
-        code = peft__fail(PEFT_EFORMAT, "%s: %zu tensors; a PROMPT_TUNING adapter holds only '%s'", st_path,
-                          f->n_tensors, PROMPT_KEY);
-    else
-        code = st_read_f32(f, t, l->params, l->n_params);
-    for (size_t i = 0; !code && i < l->n_params; i++)
-        if (!isfinite(l->params[i]))
-            code = peft__fail(PEFT_ENUMERIC, "%s: adapter weights contain NaN or Inf", st_path);
-    st_close(f);
-    if (code) {
+    if (oom) {
         peft__lora_free(l);
-        m->lora = saved;
-        return code;
+        return peft__fail(PEFT_ENOMEM, "out of memory");
     }
-    if (saved) { /* overwrite the attached prompt's weights, keep its optimizer state */
-        memcpy(saved->params, l->params, l->n_params * sizeof(float));
-        peft__lora_free(l);
-        m->lora = saved;
-        return PEFT_OK;
-    }
-    return peft__state_install(m, l, NULL);
+    return peft__load_single(m, l, st_path, PROMPT_KEY, n_virtual, c->dim, "PROMPT_TUNING");
 }

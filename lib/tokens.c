@@ -138,7 +138,6 @@ int peft__load_tokens(peft_model *m, const json_value *root, const char *cfg_pat
     }
     int32_t n = (int32_t)ti->length;
     lora_state *saved = m->lora, *l = NULL;
-    st_file *f = NULL;
     int code = PEFT_OK;
     if (saved && (saved->method != PEFT_METHOD_TOKENS || saved->n_tok != n ||
                   memcmp(saved->tok_idx, ids, (size_t)n * sizeof *ids)))
@@ -146,31 +145,5 @@ int peft__load_tokens(peft_model *m, const json_value *root, const char *cfg_pat
     if (!code)
         code = build_tokens(&l, m, ids, n, 1);
     free(ids);
-    if (!code)
-        code = st_open(&f, st_path);
-    const st_tensor *t = code ? NULL : st_find(f, TOKENS_KEY);
-    if (!code && !t)
-        code = peft__fail(PEFT_ENOTFOUND, "%s: tensor '%s' is missing", st_path, TOKENS_KEY);
-    else if (!code && (t->n_dims != 2 || t->shape[0] != n || t->shape[1] != c->dim))
-        code = peft__fail(PEFT_ESHAPE, "%s: tensor '%s' must have shape [%d, %d]", st_path, TOKENS_KEY, n, c->dim);
-    else if (!code && f->n_tensors != 1)
-        code = peft__fail(PEFT_EFORMAT, "%s: %zu tensors; a TRAINABLE_TOKENS adapter holds only '%s'", st_path,
-                          f->n_tensors, TOKENS_KEY);
-    else if (!code)
-        code = st_read_f32(f, t, l->params, l->n_params);
-    for (size_t i = 0; !code && i < l->n_params; i++)
-        if (!isfinite(l->params[i]))
-            code = peft__fail(PEFT_ENUMERIC, "%s: adapter weights contain NaN or Inf", st_path);
-    if (f)
-        st_close(f);
-    if (code) {
-        peft__lora_free(l);
-        return code;
-    }
-    if (saved) { /* overwrite the attached rows, keep the optimizer state */
-        memcpy(saved->params, l->params, l->n_params * sizeof(float));
-        peft__lora_free(l);
-        return PEFT_OK;
-    }
-    return peft__state_install(m, l, NULL);
+    return code ? code : peft__load_single(m, l, st_path, TOKENS_KEY, n, c->dim, "TRAINABLE_TOKENS");
 }
