@@ -117,10 +117,7 @@ int peft_adapter_load(peft_model *m, const char *dir, const char *name)
     restore_active(m, &active);
     if (code)
         return code;
-    snprintf(loaded.name, sizeof loaded.name, "%s", name);
-    loaded.step = loaded.micro = 0;
-    loaded.accum_tokens = 0;
-    loaded.dropout_calls = 0;
+    snprintf(loaded.name, sizeof loaded.name, "%s", name); /* its counters: install's fresh ones */
     if ((code = push_held(m, &loaded)))
         peft__lora_free(loaded.l);
     return code;
@@ -385,10 +382,7 @@ int peft_adapter_combine(peft_model *m, const char *const *names, const double *
     for (size_t j = 0; !code && j < made.l->n_params; j++)
         if (!isfinite(made.l->params[j]))
             code = peft__fail(PEFT_ENUMERIC, "peft_adapter_combine: the combination is not finite");
-    snprintf(made.name, sizeof made.name, "%s", new_name);
-    made.step = made.micro = 0;
-    made.accum_tokens = 0;
-    made.dropout_calls = 0;
+    snprintf(made.name, sizeof made.name, "%s", new_name); /* its counters: install's fresh ones */
     if (!code)
         code = push_held(m, &made);
     if (code)
