@@ -347,14 +347,18 @@ static int solve_lora(sweep_cfg *c, const peft_model *m, const sweep *sw)
     return 0;
 }
 
-static const uint64_t *g_freq; /* token counts for the ordering below */
+struct token_count {
+    uint64_t n;
+    int32_t id;
+};
 
+/* the most frequent first; ties by id */
 static int by_frequency(const void *x, const void *y)
 {
-    int32_t a = *(const int32_t *)x, b = *(const int32_t *)y;
-    if (g_freq[a] != g_freq[b])
-        return g_freq[a] < g_freq[b] ? 1 : -1;
-    return a - b;
+    const struct token_count *a = x, *b = y;
+    if (a->n != b->n)
+        return a->n < b->n ? 1 : -1;
+    return a->id - b->id;
 }
 
 /* Trainable tokens: the rows a budget buys (one hidden-size row each) are those of the most
@@ -378,22 +382,20 @@ static int plan_tokens(sweep_cfg *c, const peft_model *m, const sweep *sw)
                      (unsigned long long)D);
             return 0;
         }
-        uint64_t *freq = calloc((size_t)V, sizeof *freq);
-        int32_t *order = malloc((size_t)V * sizeof *order);
-        if (!freq || !order) {
-            free(freq);
-            free(order);
+        struct token_count *tc = calloc((size_t)V, sizeof *tc);
+        n = want > (uint64_t)V ? V : (int)want;
+        if (!tc || !(c->tok_ids = malloc((size_t)n * sizeof *c->tok_ids))) {
+            free(tc);
             return -1;
         }
-        for (size_t i = 0; i < sw->nw * (size_t)sw->seq && i < sw->train.n; i++)
-            freq[sw->train.ids[i]]++;
         for (int t = 0; t < V; t++)
-            order[t] = t;
-        g_freq = freq;
-        qsort(order, (size_t)V, sizeof *order, by_frequency);
-        n = want > (uint64_t)V ? V : (int)want;
-        c->tok_ids = order; /* the first n are kept */
-        free(freq);
+            tc[t].id = t;
+        for (size_t i = 0; i < sw->nw * (size_t)sw->seq && i < sw->train.n; i++)
+            tc[sw->train.ids[i]].n++;
+        qsort(tc, (size_t)V, sizeof *tc, by_frequency);
+        for (int i = 0; i < n; i++)
+            c->tok_ids[i] = tc[i].id;
+        free(tc);
     }
     c->n_tok = n;
     int code = peft_count_tokens(&c->params, m, c->tok_ids, n);
