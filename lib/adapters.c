@@ -250,15 +250,45 @@ static void union_options(peft_lora_options *o, const uint8_t *sel, int L, char 
     o->target_regex = buf;
 }
 
-/* The new module's A (R x in) and B (out x R) from the sources' modules at (layer, kind). */
-static int combine_module(peft_model *m, const lora_state *const *src, const double *w, int n, int comb,
-                          const lora_module *md, float *A, float *B, float *delta)
+/* The combination's family: how A, B come about (plain linear and cat are their own). */
+typedef struct {
+    int svd, prune, ties;
+} comb_kind;
+
+static comb_kind kind_of(int comb)
 {
-    int R = md->r, in = md->in, out = md->out, off = 0;
+    comb_kind k = {0, PEFT__PRUNE_NONE, 0};
+    switch (comb) {
+    case PEFT_COMBINE_SVD: k.svd = 1; break;
+    case PEFT_COMBINE_TIES_SVD: k.svd = 1; /* fallthrough */
+    case PEFT_COMBINE_TIES: k.prune = PEFT__PRUNE_MAGNITUDE, k.ties = 1; break;
+    case PEFT_COMBINE_DARE_LINEAR_SVD: k.svd = 1; /* fallthrough */
+    case PEFT_COMBINE_DARE_LINEAR: k.prune = PEFT__PRUNE_RANDOM; break;
+    case PEFT_COMBINE_DARE_TIES_SVD: k.svd = 1; /* fallthrough */
+    case PEFT_COMBINE_DARE_TIES: k.prune = PEFT__PRUNE_RANDOM, k.ties = 1; break;
+    case PEFT_COMBINE_MAGNITUDE_PRUNE_SVD: k.svd = 1; /* fallthrough */
+    case PEFT_COMBINE_MAGNITUDE_PRUNE: k.prune = PEFT__PRUNE_MAGNITUDE; break;
+    default: break;
+    }
+    return k;
+}
+
+/* Scratch for one module: n task tensors of `big` floats and the merged delta. */
+typedef struct {
+    float **t;
+    float *delta;
+    double *w;
+} comb_scratch;
+
+/* The new module's A (R x in) and B (out x R) from the sources' modules at (layer, kind). */
+static int combine_module(peft_model *m, const lora_state *const *src, const double *w, int n,
+                          const peft_combine_options *o, const lora_module *md, float *A, float *B, comb_scratch *sc)
+{
+    int R = md->r, in = md->in, out = md->out, off = 0, comb = o->combination, nv = 0;
+    comb_kind kd = kind_of(comb);
+    uint64_t seed = o->seed ^ peft__hash64(((uint64_t)md->layer << 8) | (uint64_t)md->kind);
     memset(A, 0, (size_t)R * in * sizeof *A);
     memset(B, 0, (size_t)out * R * sizeof *B);
-    if (comb == PEFT_COMBINE_SVD)
-        memset(delta, 0, (size_t)out * in * sizeof *delta);
     for (int i = 0; i < n; i++) {
         int idx = src[i]->index[md->layer * PEFT_MOD_COUNT + md->kind], r = src[i]->rank;
         if (idx < 0) {
@@ -268,64 +298,85 @@ static int combine_module(peft_model *m, const lora_state *const *src, const dou
         const lora_module *sm = &src[i]->mods[idx];
         const float *Ai = src[i]->params + sm->off_a, *Bi = src[i]->params + sm->off_b;
         double ws = w[i] * sm->scale;
-        if (comb == PEFT_COMBINE_LINEAR) {
-            float g = (float)sqrt(ws);
-            for (size_t j = 0; j < (size_t)R * in; j++)
-                A[j] += g * Ai[j];
-            for (size_t j = 0; j < (size_t)out * R; j++)
-                B[j] += g * Bi[j];
-        } else if (comb == PEFT_COMBINE_CAT) {
+        if (comb == PEFT_COMBINE_CAT) {
             for (size_t j = 0; j < (size_t)r * in; j++)
                 A[(size_t)off * in + j] = (float)ws * Ai[j];
-            for (int o = 0; o < out; o++)
-                memcpy(B + (size_t)o * R + off, Bi + (size_t)o * r, (size_t)r * sizeof *B);
+            for (int o2 = 0; o2 < out; o2++)
+                memcpy(B + (size_t)o2 * R + off, Bi + (size_t)o2 * r, (size_t)r * sizeof *B);
             off += r;
-        } else { /* delta += w s B_i A_i */
-            peft__gemm(m, 0, 0, out, in, r, (float)ws, Bi, r, Ai, in, 1.0f, delta, in);
+        } else if (kd.svd) { /* task tensor s_i B_i A_i, weight w_i */
+            peft__gemm(m, 0, 0, out, in, r, (float)sm->scale, Bi, r, Ai, in, 0.0f, sc->t[nv], in);
+            sc->w[nv++] = w[i];
+        } else { /* A_i and B_i, weight sqrt(w_i s_i) */
+            memcpy(sc->t[nv], Ai, (size_t)r * in * sizeof *Ai);
+            memcpy(sc->t[n + nv], Bi, (size_t)out * r * sizeof *Bi);
+            sc->w[nv++] = sqrt(ws);
         }
     }
-    if (comb != PEFT_COMBINE_SVD)
+    if (comb == PEFT_COMBINE_CAT)
         return PEFT_OK;
+    int freq = o->majority_sign == PEFT_SIGN_FREQUENCY, code;
+    if (!kd.svd) {
+        if ((code = peft__task_merge(A, sc->t, sc->w, nv, (size_t)R * in, kd.prune, kd.ties, o->density, freq, seed)))
+            return code;
+        return peft__task_merge(B, sc->t + n, sc->w, nv, (size_t)out * R, kd.prune, kd.ties, o->density, freq,
+                                peft__hash64(seed));
+    }
     if (R > (in < out ? in : out))
         return peft__fail(PEFT_EINVAL, "peft_adapter_combine: svd rank %d exceeds the size of %s (%d x %d)", R,
                           peft__module_names[md->kind], out, in);
-    int code = peft__svd_factors(m, delta, out, in, R, 1.0f, 0x737664ull /* "svd" */, A, B);
-    if (code)
+    code = peft__task_merge(sc->delta, sc->t, sc->w, nv, (size_t)out * in, kd.prune, kd.ties, o->density, freq, seed);
+    if (code || (code = peft__svd_factors(m, sc->delta, out, in, R, 1.0f, 0x737664ull /* "svd" */, A, B)))
         return code;
     /* balanced U sqrt(S), sqrt(S) V^T -> PEFT's B = U S, A = V^T: column j of B has norm sqrt(S_j) */
     for (int j = 0; j < R; j++) {
         double g = 0;
-        for (int o = 0; o < out; o++)
-            g += (double)B[(size_t)o * R + j] * B[(size_t)o * R + j];
+        for (int o2 = 0; o2 < out; o2++)
+            g += (double)B[(size_t)o2 * R + j] * B[(size_t)o2 * R + j];
         g = sqrt(g);
-        for (int o = 0; o < out; o++)
-            B[(size_t)o * R + j] = (float)(B[(size_t)o * R + j] * g);
+        for (int o2 = 0; o2 < out; o2++)
+            B[(size_t)o2 * R + j] = (float)(B[(size_t)o2 * R + j] * g);
         for (int c = 0; c < in; c++)
             A[(size_t)j * in + c] = g > 0 ? (float)(A[(size_t)j * in + c] / g) : 0.0f;
     }
-    return PEFT_OK;
+    return o->svd_clamp > 0 ? peft__clamp_quantile(B, (size_t)out * R, A, (size_t)R * in, o->svd_clamp) : PEFT_OK;
 }
 
-int peft_adapter_combine(peft_model *m, const char *const *names, const double *weights, int32_t n,
-                         const char *new_name, int32_t comb, int32_t svd_rank)
+int peft_adapter_combine_ex(peft_model *m, const char *const *names, const double *weights, int32_t n,
+                            const char *new_name, const peft_combine_options *opts)
 {
+    peft_combine_options o = PEFT_COMBINE_OPTIONS_INIT;
+    if (opts) {
+        if (opts->version < 1 || opts->version > PEFT_COMBINE_OPTIONS_VERSION)
+            return peft__fail(PEFT_EINVAL, "peft_adapter_combine: options version %u is not 1..%d", opts->version,
+                              PEFT_COMBINE_OPTIONS_VERSION);
+        o = *opts;
+    }
     if (!m || !names || !weights || n <= 0)
         return peft__fail(PEFT_EINVAL, "peft_adapter_combine: NULL argument or no adapters");
-    if (comb < PEFT_COMBINE_LINEAR || comb > PEFT_COMBINE_SVD)
-        return peft__fail(PEFT_EINVAL, "peft_adapter_combine: unknown combination %d", comb);
+    if (o.combination < PEFT_COMBINE_LINEAR || o.combination > PEFT_COMBINE_MAGNITUDE_PRUNE_SVD)
+        return peft__fail(PEFT_EINVAL, "peft_adapter_combine: unknown combination %d", o.combination);
+    if (!(o.density >= 0 && o.density <= 1) || !(o.svd_clamp >= 0 && o.svd_clamp <= 1) ||
+        (o.majority_sign != PEFT_SIGN_TOTAL && o.majority_sign != PEFT_SIGN_FREQUENCY) || o.svd_rank < 0)
+        return peft__fail(PEFT_EINVAL, "peft_adapter_combine: density %g and svd_clamp %g must be in [0, 1], "
+                                       "majority_sign %d 0 or 1, svd_rank %d >= 0",
+                          o.density, o.svd_clamp, o.majority_sign, o.svd_rank);
     if (m->merged)
         return peft__fail(PEFT_ESTATE, "peft_adapter_combine: an adapter is merged (peft_unmerge_adapter first)");
     int code = check_new_name(m, new_name, "peft_adapter_combine");
     if (code)
         return code;
     if (n == 1) /* as PEFT: one adapter is combined linearly */
-        comb = PEFT_COMBINE_LINEAR;
+        o.combination = PEFT_COMBINE_LINEAR;
+    const int comb = o.combination;
+    const comb_kind kd = kind_of(comb);
+    const int uniform = comb != PEFT_COMBINE_CAT && !kd.svd; /* linear, ties, dare_*, magnitude_prune */
     const int L = m->cfg.n_layers;
     const lora_state **src = calloc((size_t)n, sizeof *src);
     uint8_t *sel = calloc((size_t)L * PEFT_MOD_COUNT, 1);
     char *buf = malloc(65536);
-    float *scratch = NULL;
-    if (!src || !sel || !buf) {
+    comb_scratch sc = {calloc(2 * (size_t)n, sizeof *sc.t), NULL, calloc((size_t)n, sizeof *sc.w)};
+    if (!src || !sel || !buf || !sc.t || !sc.w) {
         code = peft__fail(PEFT_ENOMEM, "peft_adapter_combine: out of memory");
         goto done;
     }
@@ -338,14 +389,16 @@ int peft_adapter_combine(peft_model *m, const char *const *names, const double *
         }
         if ((code = combinable(src[i], names[i])))
             goto done;
-        if (!isfinite(weights[i]) || (comb == PEFT_COMBINE_LINEAR && weights[i] < 0)) {
-            code = peft__fail(PEFT_EINVAL, "peft_adapter_combine: weight %g of \"%s\" (linear needs weights >= 0)",
+        if (!isfinite(weights[i]) || (uniform && weights[i] < 0)) {
+            code = peft__fail(PEFT_EINVAL, "peft_adapter_combine: weight %g of \"%s\" (linear, ties, dare and "
+                                           "magnitude_prune take sqrt(weight x scale): weights >= 0)",
                               weights[i], names[i]);
             goto done;
         }
-        if (comb == PEFT_COMBINE_LINEAR && src[i]->rank != src[0]->rank) {
-            code = peft__fail(PEFT_EINVAL, "peft_adapter_combine: linear needs one rank (\"%s\" has %d, \"%s\" %d); "
-                                           "use cat or svd", names[0], src[0]->rank, names[i], src[i]->rank);
+        if (uniform && src[i]->rank != src[0]->rank) {
+            code = peft__fail(PEFT_EINVAL, "peft_adapter_combine: linear, ties, dare and magnitude_prune need one "
+                                           "rank (\"%s\" has %d, \"%s\" %d); use cat or an svd combination",
+                              names[0], src[0]->rank, names[i], src[i]->rank);
             goto done;
         }
         R += src[i]->rank;
@@ -353,31 +406,37 @@ int peft_adapter_combine(peft_model *m, const char *const *names, const double *
         for (int k = 0; k < src[i]->n_modules; k++)
             sel[src[i]->mods[k].layer * PEFT_MOD_COUNT + src[i]->mods[k].kind] = 1;
     }
-    R = comb == PEFT_COMBINE_LINEAR ? src[0]->rank : comb == PEFT_COMBINE_CAT ? R : svd_rank > 0 ? svd_rank : rmax;
+    R = uniform ? src[0]->rank : comb == PEFT_COMBINE_CAT ? R : o.svd_rank > 0 ? o.svd_rank : rmax;
     /* the new attachment: built as if attached, then kept inactive */
-    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
-    union_options(&o, sel, L, buf, 65536);
-    o.rank = R;
-    o.alpha = (float)R;
-    o.dropout = src[0]->dropout;
-    o.seed = src[0]->seed;
+    peft_lora_options lo = PEFT_LORA_OPTIONS_INIT;
+    union_options(&lo, sel, L, buf, 65536);
+    lo.rank = R;
+    lo.alpha = (float)R;
+    lo.dropout = src[0]->dropout;
+    lo.seed = src[0]->seed;
     held_adapter active, made;
     stash_active(m, &active);
-    code = peft_attach_lora(m, &o, NULL);
+    code = peft_attach_lora(m, &lo, NULL);
     stash_active(m, &made);
     restore_active(m, &active);
     if (code)
         goto done;
-    size_t big = 0;
-    for (int k = 0; k < made.l->n_modules; k++)
-        if ((size_t)made.l->mods[k].out * made.l->mods[k].in > big)
-            big = (size_t)made.l->mods[k].out * made.l->mods[k].in;
-    if (comb == PEFT_COMBINE_SVD && !(scratch = peft__alloc_floats(big)))
-        code = peft__fail(PEFT_ENOMEM, "peft_adapter_combine: out of memory");
+    size_t big = 0; /* the largest task tensor: a delta (svd family), else an A or a B */
+    for (int k = 0; k < made.l->n_modules; k++) {
+        const lora_module *md = &made.l->mods[k];
+        size_t sz = kd.svd ? (size_t)md->out * md->in : (size_t)(md->out > md->in ? md->out : md->in) * R;
+        big = sz > big ? sz : big;
+    }
+    if (comb != PEFT_COMBINE_CAT) {
+        for (int i = 0; i < 2 * n && !code; i++)
+            if ((i < n || !kd.svd) && !(sc.t[i] = peft__alloc_floats(big)))
+                code = peft__fail(PEFT_ENOMEM, "peft_adapter_combine: out of memory");
+        if (!code && kd.svd && !(sc.delta = peft__alloc_floats(big)))
+            code = peft__fail(PEFT_ENOMEM, "peft_adapter_combine: out of memory");
+    }
     for (int k = 0; !code && k < made.l->n_modules; k++) {
         const lora_module *md = &made.l->mods[k];
-        code = combine_module(m, src, weights, n, comb, md, made.l->params + md->off_a, made.l->params + md->off_b,
-                              scratch);
+        code = combine_module(m, src, weights, n, &o, md, made.l->params + md->off_a, made.l->params + md->off_b, &sc);
     }
     for (size_t j = 0; !code && j < made.l->n_params; j++)
         if (!isfinite(made.l->params[j]))
@@ -388,9 +447,26 @@ int peft_adapter_combine(peft_model *m, const char *const *names, const double *
     if (code)
         peft__lora_free(made.l);
 done:
+    if (sc.t)
+        for (int i = 0; i < 2 * n; i++)
+            peft__free(sc.t[i]);
+    free(sc.t);
+    free(sc.w);
+    peft__free(sc.delta);
     free(src);
     free(sel);
     free(buf);
-    peft__free(scratch);
     return code;
+}
+
+int peft_adapter_combine(peft_model *m, const char *const *names, const double *weights, int32_t n,
+                         const char *new_name, int32_t comb, int32_t svd_rank)
+{
+    if (comb < PEFT_COMBINE_LINEAR || comb > PEFT_COMBINE_SVD)
+        return peft__fail(PEFT_EINVAL, "peft_adapter_combine: combination %d needs peft_adapter_combine_ex "
+                                       "(only linear, cat and svd here)", comb);
+    peft_combine_options o = PEFT_COMBINE_OPTIONS_INIT;
+    o.combination = comb;
+    o.svd_rank = svd_rank;
+    return peft_adapter_combine_ex(m, names, weights, n, new_name, &o);
 }

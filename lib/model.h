@@ -235,6 +235,14 @@ int peft__load_tokens(peft_model *m, const struct json_value *root, const char *
 int peft__svd_factors(peft_model *m, const float *W, int out, int in, int r, float s, uint64_t seed, float *A,
                       float *B);
 
+/* task_merge.c: PEFT's merge_utils over n tensors t[i] of len values (pruned in place): out =
+   sum_i w_i p_i, or the TIES disjoint mean when ties; frequency: the majority sign by count. */
+enum { PEFT__PRUNE_NONE = 0, PEFT__PRUNE_MAGNITUDE = 1, PEFT__PRUNE_RANDOM = 2 };
+int peft__task_merge(float *out, float *const *t, const double *w, int n, size_t len, int prune, int ties,
+                     double density, int frequency, uint64_t seed);
+/* Clamp a[] and b[] to [-v, v], v the q-quantile (linear interpolation) of their values together. */
+int peft__clamp_quantile(float *a, size_t na, float *b, size_t nb, double q);
+
 /* prompt.c: the number of virtual tokens put before each sequence now (0: none, or the adapter
    is off) */
 static inline int peft__prompt_len(const peft_model *m)

@@ -176,6 +176,17 @@ def test_other_methods():
             m.combine_adapters(["one", "two"], [1.0, 0.0], "sum", "cat")
             m.set_adapter("sum")
             assert abs(m.eval(batch(5, b=2))[0] - l1[0]) < 1e-4 * l1[0]
+            # ties at density 1 of an adapter with itself (weights 1, 1): the mean of two equal factors
+            m.combine_adapters(["one", "one"], [1.0, 1.0], "self_ties", "ties", density=1.0, majority_sign="frequency")
+            m.set_adapter("self_ties")
+            assert abs(m.eval(batch(5, b=2))[0] - l1[0]) < 1e-4 * l1[0]
+            try:
+                m.combine_adapters(["one", "two"], [1.0, 1.0], "x", "ties", density=2.0)
+                raise AssertionError("density 2 accepted")
+            except libpeft.Error:
+                pass
+            m.delete_adapter("self_ties")
+            m.set_adapter("sum")
             names, active = m.adapters
             assert active and names[0] == "sum" and sorted(names) == ["one", "sum", "two"], names
             m.delete_adapter("two")

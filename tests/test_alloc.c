@@ -234,6 +234,10 @@ static int scenario_prompt_several(void)
     float logits[48];
     const char *xy[2] = {"x", "y"};
     const double w[2] = {0.5, 0.5};
+    peft_combine_options ties = PEFT_COMBINE_OPTIONS_INIT, dare = PEFT_COMBINE_OPTIONS_INIT;
+    ties.combination = PEFT_COMBINE_TIES_SVD;
+    ties.density = dare.density = 0.5;
+    dare.combination = PEFT_COMBINE_DARE_TIES;
     if ((rc = peft_attach_prompt(m, &po, NULL)) || (rc = peft_step(m, &b, NULL)) ||
         (rc = peft_save_adapter(m, pd, NULL)) || (rc = peft_session_create(&s, m, 8)) ||
         (rc = peft_session_feed(s, tok, 2, logits)) || (rc = peft_detach(m)) || (rc = peft_load_adapter(m, pd)) ||
@@ -241,7 +245,9 @@ static int scenario_prompt_several(void)
         (rc = peft_adapter_load(m, ld, "x")) || (rc = peft_adapter_load(m, pd, "p")) ||
         (rc = peft_adapter_combine(m, xy, w, 1, "y", PEFT_COMBINE_LINEAR, 0)) ||
         (rc = peft_adapter_combine(m, xy, w, 2, "z", PEFT_COMBINE_CAT, 0)) ||
-        (rc = peft_adapter_combine(m, xy, w, 2, "v", PEFT_COMBINE_SVD, 2)) || (rc = peft_adapter_set(m, "z")) ||
+        (rc = peft_adapter_combine(m, xy, w, 2, "v", PEFT_COMBINE_SVD, 2)) ||
+        (rc = peft_adapter_combine_ex(m, xy, w, 2, "t", &ties)) || (rc = peft_adapter_combine_ex(m, xy, w, 2, "d", &dare)) ||
+        (rc = peft_adapter_set(m, "z")) ||
         (rc = peft_step(m, &b, NULL)) || (rc = peft_adapter_set(m, "p")) || (rc = peft_step(m, &b, NULL)) ||
         (rc = peft_adapter_set(m, NULL)) || (rc = peft_adapter_delete(m, "x"))) {
         peft_session_free(&s);

@@ -456,6 +456,15 @@ combine_adapters)
         --out "$T/svd" >/dev/null || fail "combine svd"
     "$PEFT" combine --model "$T/model" --adapters "$T/a1,$T/a2" --weights 0.6,0.4 --combination linear --out "$T/lin" \
         >/dev/null || fail "combine linear"
+    # at density 1 (nothing pruned) dare_linear is linear and magnitude_prune_svd is svd; ties runs
+    "$PEFT" combine --model "$T/model" --adapters "$T/a1,$T/a2" --weights 0.6,0.4 --combination dare_linear --density 1 \
+        --out "$T/dl" >/dev/null || fail "combine dare_linear"
+    "$PEFT" combine --model "$T/model" --adapters "$T/a1,$T/a2" --weights 0.6,0.4 --combination magnitude_prune_svd \
+        --density 1 --svd-rank 4 --out "$T/mps" >/dev/null || fail "combine magnitude_prune_svd"
+    "$PEFT" combine --model "$T/model" --adapters "$T/a1,$T/a2" --weights 0.6,0.4 --combination ties --density 0.5 \
+        --majority-sign frequency --out "$T/ties" >/dev/null || fail "combine ties"
+    "$PEFT" combine --model "$T/model" --adapters "$T/a1,$T/a2" --combination ties --majority-sign most \
+        --out "$T/bad" 2>/dev/null && fail "--majority-sign most accepted"
     grep -q '"r": 4' "$T/cat/adapter_config.json" && grep -q '"lora_alpha": 4' "$T/cat/adapter_config.json" || fail "cat config"
     grep -q '"r": 2' "$T/lin/adapter_config.json" || fail "linear config"
     python3 -c "
@@ -463,8 +472,11 @@ import json, sys
 e = {k: json.loads(v)['loss'] for k, v in zip(sys.argv[1::2], sys.argv[2::2])}
 assert abs(e['c10'] - e['a1']) < 1e-5 * e['a1'], e
 assert abs(e['svd'] - e['cat']) < 1e-4 * e['cat'], e
-assert abs(e['cat'] - e['a1']) > 1e-4 and abs(e['lin'] - e['cat']) > 1e-5, e" \
-        c10 "$(ev "$T/c10")" a1 "$(ev "$T/a1")" cat "$(ev "$T/cat")" svd "$(ev "$T/svd")" lin "$(ev "$T/lin")" || fail "combined losses"
+assert abs(e['cat'] - e['a1']) > 1e-4 and abs(e['lin'] - e['cat']) > 1e-5, e
+assert e['dl'] == e['lin'] and abs(e['mps'] - e['svd']) < 1e-5 * e['svd'], e
+assert abs(e['ties'] - e['lin']) > 1e-6, e" \
+        c10 "$(ev "$T/c10")" a1 "$(ev "$T/a1")" cat "$(ev "$T/cat")" svd "$(ev "$T/svd")" lin "$(ev "$T/lin")" \
+        dl "$(ev "$T/dl")" mps "$(ev "$T/mps")" ties "$(ev "$T/ties")" || fail "combined losses"
     "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/r3" --steps 2 --batch 4 --seq 32 --rank 3 --quiet || fail "train r3"
     "$PEFT" combine --model "$T/model" --adapters "$T/a1,$T/r3" --combination linear --out "$T/bad" 2>"$T/err" && fail "linear over two ranks"
     grep -q "one rank" "$T/err" || { cat "$T/err"; fail "message"; }

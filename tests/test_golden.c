@@ -266,6 +266,118 @@ TEST(model_gradcheck_extras) { gradcheck("tiny/extras_head_embed_norm/adapter");
 TEST(model_gradcheck_prompt) { gradcheck("tiny/prompt_5/adapter"); }
 TEST(model_gradcheck_tokens) { gradcheck("tiny/tokens_rows/adapter"); }
 
+/* ---- add_weighted_adapter's merges (tests/golden/make_combine_golden.py) ---- */
+
+/* Max |x - ref| / max |ref| over every tensor of ref found in `got` (by name): factors as they are,
+   or (delta) the products B A of got's factors against ref's "<module>.delta". */
+static double combine_err(const char *got_dir, const char *ref_file, int delta)
+{
+    char path[512];
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", got_dir);
+    st_file *got, *ref;
+    if (st_open(&got, path))
+        return INFINITY;
+    if (st_open(&ref, test_data(ref_file))) {
+        st_close(got);
+        return INFINITY;
+    }
+    double worst = 0;
+    size_t seen = 0;
+    for (size_t i = 0; i < ref->n_tensors; i++) {
+        const st_tensor *rt = &ref->tensors[i];
+        size_t nl = strlen(rt->name);
+        if (delta && (nl < 6 || strcmp(rt->name + nl - 6, ".delta")))
+            continue;
+        float *r = malloc(rt->n_elems * sizeof *r), *x = calloc(rt->n_elems, sizeof *x);
+        st_read_f32(ref, rt, r, rt->n_elems);
+        if (!delta) {
+            const st_tensor *gt = st_find(got, rt->name);
+            if (!gt || gt->n_elems != rt->n_elems)
+                worst = INFINITY;
+            else
+                st_read_f32(got, gt, x, gt->n_elems);
+        } else { /* B (out x R) A (R x in) */
+            char ka[200], kb[200];
+            snprintf(ka, sizeof ka, "%.*s.lora_A.weight", (int)(nl - 6), rt->name);
+            snprintf(kb, sizeof kb, "%.*s.lora_B.weight", (int)(nl - 6), rt->name);
+            const st_tensor *ta = st_find(got, ka), *tb = st_find(got, kb);
+            if (!ta || !tb || (uint64_t)(tb->shape[0] * ta->shape[1]) != rt->n_elems) {
+                worst = INFINITY;
+            } else {
+                int out = (int)tb->shape[0], R = (int)tb->shape[1], in = (int)ta->shape[1];
+                float *A = malloc(ta->n_elems * sizeof *A), *B = malloc(tb->n_elems * sizeof *B);
+                st_read_f32(got, ta, A, ta->n_elems);
+                st_read_f32(got, tb, B, tb->n_elems);
+                for (int o = 0; o < out; o++)
+                    for (int c = 0; c < in; c++) {
+                        double acc = 0;
+                        for (int j = 0; j < R; j++)
+                            acc += (double)B[o * R + j] * A[j * in + c];
+                        x[o * in + c] = (float)acc;
+                    }
+                free(A);
+                free(B);
+            }
+        }
+        double mx = 0, err = 0;
+        for (uint64_t j = 0; j < rt->n_elems; j++) {
+            mx = fmax(mx, fabs(r[j]));
+            err = fmax(err, fabs(x[j] - r[j]));
+        }
+        worst = fmax(worst, err / fmax(mx, 1e-12));
+        seen++;
+        free(r);
+        free(x);
+    }
+    st_close(got);
+    st_close(ref);
+    return seen ? worst : INFINITY;
+}
+
+TEST(torch_combine_ties_dare_magnitude_prune)
+{
+    peft_model *m;
+    CHECK_OK(peft_model_open(&m, test_data("tiny"), NULL));
+    if (!m)
+        return;
+    CHECK_OK(peft_adapter_load(m, test_data("tiny/combine/a"), "a"));
+    CHECK_OK(peft_adapter_load(m, test_data("tiny/combine/b"), "b"));
+    static const struct {
+        const char *file;
+        int comb, sign, delta;
+        double density, tol;
+    } cases[] = {
+        {"tiny/combine/ties.safetensors", PEFT_COMBINE_TIES, PEFT_SIGN_TOTAL, 0, 0.5, 1e-6},
+        {"tiny/combine/ties_frequency.safetensors", PEFT_COMBINE_TIES, PEFT_SIGN_FREQUENCY, 0, 0.5, 1e-6},
+        {"tiny/combine/magnitude_prune.safetensors", PEFT_COMBINE_MAGNITUDE_PRUNE, PEFT_SIGN_TOTAL, 0, 0.5, 1e-6},
+        {"tiny/combine/dare_linear.safetensors", PEFT_COMBINE_DARE_LINEAR, PEFT_SIGN_TOTAL, 0, 1.0, 1e-6},
+        {"tiny/combine/ties_svd.safetensors", PEFT_COMBINE_TIES_SVD, PEFT_SIGN_TOTAL, 1, 0.5, 1e-4},
+        {"tiny/combine/magnitude_prune_svd.safetensors", PEFT_COMBINE_MAGNITUDE_PRUNE_SVD, PEFT_SIGN_TOTAL, 1, 0.5,
+         1e-4},
+    };
+    const char *ab[2] = {"a", "b"};
+    const double w[2] = {0.7, 1.3};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char name[16];
+        snprintf(name, sizeof name, "c%zu", i);
+        peft_combine_options o = PEFT_COMBINE_OPTIONS_INIT;
+        o.combination = cases[i].comb;
+        o.majority_sign = cases[i].sign;
+        o.density = cases[i].density;
+        CHECK_OK(peft_adapter_combine_ex(m, ab, w, 2, name, &o));
+        CHECK_OK(peft_adapter_set(m, name));
+        char dir[] = "/tmp/peft-comb-XXXXXX";
+        CHECK(mkdtemp(dir) != NULL);
+        CHECK_OK(peft_save_adapter(m, dir, NULL));
+        double err = combine_err(dir, cases[i].file, cases[i].delta);
+        CHECK_MSG(err < cases[i].tol, "%s: relative error %g", cases[i].file, err);
+        char cmd[600];
+        snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+        CHECK(system(cmd) == 0);
+    }
+    peft_model_close(&m);
+}
+
 /* ---- sharded checkpoints and half-precision weights ---- */
 
 static double tiny_eval(const char *dir, char *dtype_out)
@@ -656,6 +768,7 @@ static const struct h_case cases[] = {
     CASE(torch_step_lokr), CASE(model_gradcheck_lokr), CASE(torch_step_extras_head_embed_norm),
     CASE(torch_step_extras_tokens_head), CASE(model_gradcheck_extras), CASE(torch_step_pissa), CASE(torch_step_olora),
     CASE(torch_step_prompt), CASE(model_gradcheck_prompt), CASE(torch_step_tokens), CASE(model_gradcheck_tokens),
+    CASE(torch_combine_ties_dare_magnitude_prune),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
     CASE(sharded_and_half_precision_models), CASE(config_errors), CASE(shared_gguf_models),
 };

@@ -1067,6 +1067,114 @@ TEST(several_adapters)
     peft_model_close(&one);
 }
 
+/* A copy of the active adapter's parameters (adapter `name` made active). */
+static float *params_of(peft_model *m, const char *name, size_t *n)
+{
+    float *p;
+    if (peft_adapter_set(m, name) || peft_param_buffer(&p, n, m))
+        return NULL;
+    float *c = malloc(*n * sizeof *c);
+    memcpy(c, p, *n * sizeof *p);
+    return c;
+}
+
+/* DARE's random masks (the deterministic merges are checked against PyTorch in test_golden), svd
+   clamping, and the settings refused. a combined with itself: every value of the result is one of
+   the few the kept/dropped patterns allow. */
+TEST(combine_dare_clamp_and_refusals)
+{
+    char *da = trained_lora(PEFT_TARGET_Q | PEFT_TARGET_V, NULL, 4, 5, 0);
+    char *db = trained_lora(PEFT_TARGET_V | PEFT_TARGET_O, "1-2", 3, 6, 0);
+    peft_model *m = open_tiny(2);
+    CHECK_OK(peft_adapter_load(m, da, "a"));
+    CHECK_OK(peft_adapter_load(m, db, "b"));
+    const char *aa[2] = {"a", "a"}, *ab[2] = {"a", "b"};
+    const double w[2] = {0.25, 0.5}, s = 3.0; /* alpha 3 r */
+    const double g0 = sqrt(w[0] * s), g1 = sqrt(w[1] * s);
+    peft_combine_options o = PEFT_COMBINE_OPTIONS_INIT;
+    o.combination = PEFT_COMBINE_DARE_LINEAR;
+    o.density = 0.5;
+    o.seed = 11;
+    CHECK_OK(peft_adapter_combine_ex(m, aa, w, 2, "dl", &o));
+    CHECK_OK(peft_adapter_combine_ex(m, aa, w, 2, "dl_again", &o));
+    o.seed = 12;
+    CHECK_OK(peft_adapter_combine_ex(m, aa, w, 2, "dl_other", &o));
+    o.combination = PEFT_COMBINE_DARE_TIES;
+    CHECK_OK(peft_adapter_combine_ex(m, aa, w, 2, "dt", &o));
+    size_t n, n2, n3, n4, n5;
+    float *pa = params_of(m, "a", &n), *pl = params_of(m, "dl", &n2), *pl2 = params_of(m, "dl_again", &n3);
+    float *po = params_of(m, "dl_other", &n4), *pt = params_of(m, "dt", &n5);
+    CHECK(pa && pl && pl2 && po && pt && n == n2 && n == n3 && n == n4 && n == n5);
+    size_t kept = 0, odd = 0, odd_ties = 0, nz = 0;
+    for (size_t i = 0; pa && pl && pt && i < n; i++) {
+        double x = pa[i], y = pl[i], tol = 1e-5 * fabs(x) + 1e-9;
+        if (x == 0)
+            continue;
+        nz++;
+        /* linear: 0, 2 g0 x, 2 g1 x, 2 (g0 + g1) x; ties (signs agree): the kept ones' mean */
+        if (!(fabs(y) <= tol || fabs(y - 2 * g0 * x) <= tol || fabs(y - 2 * g1 * x) <= tol ||
+              fabs(y - 2 * (g0 + g1) * x) <= 3 * tol))
+            odd++;
+        double t = pt[i];
+        if (!(fabs(t) <= tol || fabs(t - 2 * g0 * x) <= tol || fabs(t - 2 * g1 * x) <= tol ||
+              fabs(t - (g0 + g1) * x) <= 3 * tol))
+            odd_ties++;
+        kept += fabs(y) > tol;
+    }
+    CHECK_MSG(odd == 0 && odd_ties == 0, "dare values outside the kept/dropped patterns: %zu, %zu", odd, odd_ties);
+    /* P(kept) = 1 - 0.25: within 5 standard deviations */
+    double frac = (double)kept / (double)nz, sd = sqrt(0.75 * 0.25 / (double)nz);
+    CHECK_MSG(fabs(frac - 0.75) < 5 * sd, "dare kept %.3f of %zu values", frac, nz);
+    CHECK(pl && pl2 && po && !memcmp(pl, pl2, n * sizeof *pl)); /* the seed decides */
+    CHECK(pl && po && memcmp(pl, po, n * sizeof *pl) != 0);
+    free(pa), free(pl), free(pl2), free(po), free(pt);
+
+    /* svd_clamp: every value of B and A within the quantile; q = 1 changes nothing */
+    o = (peft_combine_options)PEFT_COMBINE_OPTIONS_INIT;
+    o.svd_rank = 3;
+    CHECK_OK(peft_adapter_combine_ex(m, ab, w, 2, "sv", &o));
+    o.svd_clamp = 1.0;
+    CHECK_OK(peft_adapter_combine_ex(m, ab, w, 2, "sv1", &o));
+    o.svd_clamp = 0.5;
+    CHECK_OK(peft_adapter_combine_ex(m, ab, w, 2, "sv5", &o));
+    float *ps = params_of(m, "sv", &n), *p1 = params_of(m, "sv1", &n2), *p5 = params_of(m, "sv5", &n3);
+    CHECK(ps && p1 && p5 && n == n2 && n == n3);
+    double big = 0, big5 = 0;
+    size_t changed = 0, beyond = 0;
+    for (size_t i = 0; ps && p1 && p5 && i < n; i++) {
+        big = fmax(big, fabs(ps[i]));
+        big5 = fmax(big5, fabs(p5[i]));
+        changed += p5[i] != ps[i];
+        beyond += fabs(p1[i]) > big; /* q = 1 clamps to the largest value: negatives below -max only */
+    }
+    CHECK(big5 < big && changed > 0 && beyond == 0);
+    free(ps), free(p1), free(p5);
+
+    /* refusals: bad settings, an old entry point for a new merge, one rank for ties */
+    const double wneg[2] = {-0.5, 1.0};
+    o = (peft_combine_options)PEFT_COMBINE_OPTIONS_INIT;
+    o.combination = PEFT_COMBINE_TIES;
+    o.density = 1.5;
+    CHECK(peft_adapter_combine_ex(m, aa, w, 2, "x", &o) == PEFT_EINVAL);
+    o.density = 0.5;
+    o.majority_sign = 2;
+    CHECK(peft_adapter_combine_ex(m, aa, w, 2, "x", &o) == PEFT_EINVAL);
+    o.majority_sign = PEFT_SIGN_FREQUENCY;
+    CHECK(peft_adapter_combine_ex(m, ab, w, 2, "x", &o) == PEFT_EINVAL); /* ranks 4 and 3 */
+    CHECK(peft_adapter_combine_ex(m, aa, wneg, 2, "x", &o) == PEFT_EINVAL);
+    o.combination = PEFT_COMBINE_TIES_SVD; /* svd family: any ranks, any weights */
+    CHECK_OK(peft_adapter_combine_ex(m, ab, wneg, 2, "x", &o));
+    o.combination = 11;
+    CHECK(peft_adapter_combine_ex(m, aa, w, 2, "y", &o) == PEFT_EINVAL);
+    o.combination = PEFT_COMBINE_TIES;
+    o.version = 99;
+    CHECK(peft_adapter_combine_ex(m, aa, w, 2, "y", &o) == PEFT_EINVAL);
+    CHECK(peft_adapter_combine(m, aa, w, 2, "y", PEFT_COMBINE_TIES, 0) == PEFT_EINVAL);
+    CHECK(strstr(peft_last_error(), "peft_adapter_combine_ex") != NULL);
+    CHECK_OK(peft_adapter_combine_ex(m, aa, w, 2, "y", NULL)); /* NULL: PEFT's default svd */
+    peft_model_close(&m);
+}
+
 /* Trainable tokens alone (PEFT TRAINABLE_TOKENS), untied and tied: counts, training, PEFT's
    files, reload, merge and export, refusals. */
 TEST(trainable_tokens_lifecycle)
@@ -1134,7 +1242,8 @@ static const struct h_case cases[] = {
     CASE(embed_lora_lifecycle), CASE(vera_lifecycle), CASE(loha_lifecycle), CASE(lokr_lifecycle),
     CASE(lora_extras_gradients_and_counts), CASE(lora_extras_lifecycle_untied), CASE(lora_extras_lifecycle_tied),
     CASE(parameter_groups_learning_rates), CASE(pissa_lifecycle), CASE(olora_lifecycle), CASE(regex_targets),
-    CASE(prompt_lifecycle), CASE(several_adapters), CASE(trainable_tokens_lifecycle),
+    CASE(prompt_lifecycle), CASE(several_adapters), CASE(combine_dare_clamp_and_refusals),
+    CASE(trainable_tokens_lifecycle),
 };
 
 TEST_MAIN(cases)

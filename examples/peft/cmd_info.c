@@ -322,8 +322,12 @@ done:
     return rc;
 }
 
-/* peft combine --model DIR --adapters DIR,DIR,... --weights W,W,... --combination linear|cat|svd
-   [--svd-rank R] --out DIR */
+/* peft combine --model DIR --adapters DIR,DIR,... --weights W,W,... --combination NAME
+   [--svd-rank R] [--density D] [--majority-sign total|frequency] [--svd-clamp Q] [--seed S] --out DIR */
+static const char *const combination_names[] = {"linear", "cat", "svd", "ties", "ties_svd", "dare_linear",
+                                                "dare_linear_svd", "dare_ties", "dare_ties_svd", "magnitude_prune",
+                                                "magnitude_prune_svd"};
+
 int cmd_combine(int argc, char **argv)
 {
     cli_args a;
@@ -335,28 +339,48 @@ int cmd_combine(int argc, char **argv)
     const char *names[64];
     double weights[64];
     char labels[64][16];
-    long svd_rank;
+    long svd_rank, seed;
+    double density, clamp;
     const char *model = arg_str(&a, "--model", NULL), *list = arg_str(&a, "--adapters", NULL);
     const char *wl = arg_str(&a, "--weights", NULL), *out = arg_str(&a, "--out", NULL);
-    const char *how = arg_str(&a, "--combination", "cat");
-    if (arg_long(&a, "--svd-rank", 0, &svd_rank) || args_check_unused(&a) || !how)
+    const char *how = arg_str(&a, "--combination", "cat"), *sign = arg_str(&a, "--majority-sign", "total");
+    if (arg_long(&a, "--svd-rank", 0, &svd_rank) || arg_double(&a, "--density", 1.0, &density) ||
+        arg_double(&a, "--svd-clamp", 0.0, &clamp) || arg_long(&a, "--seed", 0, &seed) || args_check_unused(&a) ||
+        !how || !sign)
         goto done;
     if (!model || !list || !out) {
-        fprintf(stderr, "usage: peft combine --model DIR --adapters DIR,DIR,... [--weights W,W,... (1 each)]\n"
-                        "                    [--combination linear|cat|svd (cat)] [--svd-rank R] --out DIR\n"
-                        "Writes one LoRA adapter made of several, as PEFT's add_weighted_adapter: cat keeps the\n"
-                        "weighted sum of the deltas exactly (rank: the sum), svd truncates it (rank R, default the\n"
-                        "largest), linear sums the factors (one rank; weights >= 0).\n");
+        fprintf(stderr,
+                "usage: peft combine --model DIR --adapters DIR,DIR,... [--weights W,W,... (1 each)]\n"
+                "                    [--combination NAME (cat)] [--svd-rank R] [--density D (1)]\n"
+                "                    [--majority-sign total|frequency] [--svd-clamp Q] [--seed S] --out DIR\n"
+                "Writes one LoRA adapter made of several, as PEFT's add_weighted_adapter: cat keeps the\n"
+                "weighted sum of the deltas exactly (rank: the sum), svd truncates it (rank R, default the\n"
+                "largest), linear sums the factors (one rank; weights >= 0). ties, dare_linear, dare_ties and\n"
+                "magnitude_prune prune each tensor to a fraction D of its values (largest, or random and\n"
+                "rescaled for dare) and, for ties, keep the values agreeing with the majority sign; alone they\n"
+                "act on the factors as linear does, with _svd on the deltas as svd does.\n");
         goto done;
     }
-    int comb = !strcmp(how, "linear") ? PEFT_COMBINE_LINEAR
-               : !strcmp(how, "cat")  ? PEFT_COMBINE_CAT
-               : !strcmp(how, "svd")  ? PEFT_COMBINE_SVD
-                                      : -1;
+    int comb = -1;
+    for (int i = 0; i < (int)(sizeof combination_names / sizeof combination_names[0]); i++)
+        if (!strcmp(how, combination_names[i]))
+            comb = i;
     if (comb < 0) {
-        fprintf(stderr, "peft combine: --combination must be linear, cat or svd\n");
+        fprintf(stderr, "peft combine: --combination must be linear, cat, svd, ties, ties_svd, dare_linear, "
+                        "dare_linear_svd, dare_ties, dare_ties_svd, magnitude_prune or magnitude_prune_svd\n");
         goto done;
     }
+    if (strcmp(sign, "total") && strcmp(sign, "frequency")) {
+        fprintf(stderr, "peft combine: --majority-sign must be total or frequency\n");
+        goto done;
+    }
+    peft_combine_options co = PEFT_COMBINE_OPTIONS_INIT;
+    co.combination = comb;
+    co.svd_rank = (int32_t)svd_rank;
+    co.density = density;
+    co.svd_clamp = clamp;
+    co.majority_sign = strcmp(sign, "total") ? PEFT_SIGN_FREQUENCY : PEFT_SIGN_TOTAL;
+    co.seed = (uint64_t)seed;
     if (!(dirs = strdup(list)))
         goto done;
     for (char *d = strtok(dirs, ","); d; d = strtok(NULL, ",")) {
@@ -401,7 +425,7 @@ int cmd_combine(int argc, char **argv)
             goto done;
         }
     }
-    if ((code = peft_adapter_combine(m, ids, weights, n, "combined", comb, (int32_t)svd_rank)) ||
+    if ((code = peft_adapter_combine_ex(m, ids, weights, n, "combined", &co)) ||
         (code = peft_adapter_set(m, "combined")) || (code = peft_save_adapter(m, out, NULL))) {
         rc = fail_lib("combine", code);
         goto done;

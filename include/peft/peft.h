@@ -517,9 +517,44 @@ enum peft_combination {
        weighted sum of the deltas (a module missing from an adapter gets zeros there) */
     PEFT_COMBINE_CAT = 1,
     /* PEFT "svd": the weighted sum of the deltas truncated to rank svd_rank (0: the largest r_i) by
-       its singular value decomposition, B = U S, A = V^T */
-    PEFT_COMBINE_SVD = 2
+       its singular value decomposition, B = U S, A = V^T. Each delta s_i B_i A_i counts with weight
+       w_i: the scale once (PEFT's code multiplies the weight by s_i again). */
+    PEFT_COMBINE_SVD = 2,
+    /* The task-arithmetic merges (peft_adapter_combine_ex only; density and majority_sign from its
+       options). Without _SVD they act as "linear" does, on the A's and on the B's separately (one
+       rank, weights sqrt(w_i s_i)); with _SVD on the deltas s_i B_i A_i with weights w_i, then as
+       "svd". Pruning keeps a fraction `density` of each tensor's values: the largest magnitudes
+       (ties, magnitude_prune) or a random choice rescaled by 1/density (dare_*). TIES then keeps,
+       per value, the tensors agreeing with the majority sign and averages them. */
+    PEFT_COMBINE_TIES = 3,
+    PEFT_COMBINE_TIES_SVD = 4,
+    PEFT_COMBINE_DARE_LINEAR = 5,
+    PEFT_COMBINE_DARE_LINEAR_SVD = 6,
+    PEFT_COMBINE_DARE_TIES = 7,
+    PEFT_COMBINE_DARE_TIES_SVD = 8,
+    PEFT_COMBINE_MAGNITUDE_PRUNE = 9,
+    PEFT_COMBINE_MAGNITUDE_PRUNE_SVD = 10
 };
+
+enum peft_majority_sign {
+    PEFT_SIGN_TOTAL = 0,    /* PEFT "total": the sign of the sum of the pruned tensors */
+    PEFT_SIGN_FREQUENCY = 1 /* PEFT "frequency": the sign held by more tensors */
+};
+
+typedef struct peft_combine_options {
+    uint32_t version;
+    int32_t combination;   /* enum peft_combination */
+    int32_t svd_rank;      /* svd family: the new rank; 0: the largest r_i */
+    int32_t majority_sign; /* ties family: enum peft_majority_sign */
+    double density;        /* ties, dare, magnitude_prune: the fraction of values kept, in [0, 1]
+                              (1: no pruning) */
+    double svd_clamp;      /* svd family: clamp B and A to the q-quantile of their values (as PEFT's
+                              svd_clamp), q in (0, 1]; 0: no clamping */
+    uint64_t seed;         /* dare: the random masks */
+} peft_combine_options;
+
+#define PEFT_COMBINE_OPTIONS_VERSION 1
+#define PEFT_COMBINE_OPTIONS_INIT {PEFT_COMBINE_OPTIONS_VERSION, PEFT_COMBINE_SVD, 0, PEFT_SIGN_TOTAL, 1.0, 0.0, 0}
 
 /* PEFT's add_weighted_adapter: a new inactive LoRA adapter `new_name` from the named LoRA adapters
    (the active one may be among them; plain LoRA on linear modules, uniform rank, no DoRA,
@@ -527,6 +562,10 @@ enum peft_combination {
    the union of the modules. */
 PEFT_API int peft_adapter_combine(peft_model *model, const char *const *names, const double *weights, int32_t n,
                                   const char *new_name, int32_t combination, int32_t svd_rank);
+/* The same with every add_weighted_adapter setting (opts NULL: PEFT_COMBINE_OPTIONS_INIT, PEFT's
+   default "svd"); peft_adapter_combine(...) is this with density 1 and no clamping. */
+PEFT_API int peft_adapter_combine_ex(peft_model *model, const char *const *names, const double *weights,
+                                     int32_t n, const char *new_name, const peft_combine_options *opts);
 
 /* Turn the attached adapter off (0) or on (1) without detaching it: the base
    model alone is evaluated and generated from while it is off. */

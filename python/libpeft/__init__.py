@@ -86,6 +86,15 @@ class _PromptOptions(ctypes.Structure):
                 ("seed", _c_u64)]
 
 
+class _CombineOptions(ctypes.Structure):
+    _fields_ = [("version", _c_u32), ("combination", _c_i32), ("svd_rank", _c_i32), ("majority_sign", _c_i32),
+                ("density", _c_double), ("svd_clamp", _c_double), ("seed", _c_u64)]
+
+
+COMBINATIONS = ("linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_linear_svd", "dare_ties",
+                "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd")
+
+
 class _Batch(ctypes.Structure):
     _fields_ = [("version", _c_u32), ("tokens", _i32p), ("labels", _i32p), ("n_seq", _c_i32),
                 ("seq_len", _c_i32), ("seq_ids", _i32p)]
@@ -136,8 +145,8 @@ _adapter_load = _fn("peft_adapter_load", _c_int, _c_void_p, _c_char_p, _c_char_p
 _adapter_set = _fn("peft_adapter_set", _c_int, _c_void_p, _c_char_p)
 _adapter_delete = _fn("peft_adapter_delete", _c_int, _c_void_p, _c_char_p)
 _adapter_list = _fn("peft_adapter_list", _c_int, _c_void_p, _P(_c_char_p), _c_i32, _P(_c_i32), _P(_c_i32))
-_adapter_combine = _fn("peft_adapter_combine", _c_int, _c_void_p, _P(_c_char_p), _P(ctypes.c_double), _c_i32,
-                       _c_char_p, _c_i32, _c_i32)
+_adapter_combine = _fn("peft_adapter_combine_ex", _c_int, _c_void_p, _P(_c_char_p), _P(ctypes.c_double), _c_i32,
+                       _c_char_p, _P(_CombineOptions))
 _attach_vera = _fn("peft_attach_vera", _c_int, _c_void_p, _P(_VeraOptions), _P(_c_u64))
 _detach = _fn("peft_detach", _c_int, _c_void_p)
 _opt_set = _fn("peft_opt_set", _c_int, _c_void_p, _c_int, _c_double)
@@ -372,12 +381,20 @@ class Model(_Handle):
         _check(_adapter_list(self._handle(), names, n.value, ctypes.byref(n), ctypes.byref(active)))
         return [names[i].decode() for i in range(n.value)], bool(active.value)
 
-    def combine_adapters(self, names, weights, new_name, combination="cat", svd_rank=0):
-        """PEFT's add_weighted_adapter: combination "linear", "cat" or "svd"; the result is inactive."""
-        kind = {"linear": 0, "cat": 1, "svd": 2}[combination]
+    def combine_adapters(self, names, weights, new_name, combination="cat", svd_rank=0, density=1.0,
+                         majority_sign="total", svd_clamp=0.0, seed=0):
+        """PEFT's add_weighted_adapter; the result is inactive. combination: one of COMBINATIONS
+        ("linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune" and their
+        "_svd" forms); density, majority_sign ("total" or "frequency"), svd_clamp as in PEFT."""
+        if combination not in COMBINATIONS:
+            raise ValueError(f"combination must be one of {', '.join(COMBINATIONS)}")
+        if majority_sign not in ("total", "frequency"):
+            raise ValueError("majority_sign must be total or frequency")
+        o = _CombineOptions(1, COMBINATIONS.index(combination), svd_rank, majority_sign == "frequency", density,
+                            svd_clamp, seed)
         arr = (_c_char_p * len(names))(*[_enc(x) for x in names])
         w = (ctypes.c_double * len(weights))(*weights)
-        _check(_adapter_combine(self._handle(), arr, w, len(names), _enc(new_name), kind, svd_rank))
+        _check(_adapter_combine(self._handle(), arr, w, len(names), _enc(new_name), ctypes.byref(o)))
 
     def detach(self):
         _check(_detach(self._handle()))

@@ -19,6 +19,7 @@ pub const PEFT_BATCH_VERSION: u32 = 2;
 pub const PEFT_STEP_RESULT_VERSION: u32 = 1;
 pub const PEFT_EVAL_RESULT_VERSION: u32 = 1;
 pub const PEFT_SAVE_OPTIONS_VERSION: u32 = 2;
+pub const PEFT_COMBINE_OPTIONS_VERSION: u32 = 1;
 pub type __int32_t = ::std::os::raw::c_int;
 pub type __uint32_t = ::std::os::raw::c_uint;
 pub type __int64_t = ::std::os::raw::c_long;
@@ -470,7 +471,29 @@ extern "C" {
 pub const PEFT_COMBINE_LINEAR: peft_combination = 0;
 pub const PEFT_COMBINE_CAT: peft_combination = 1;
 pub const PEFT_COMBINE_SVD: peft_combination = 2;
+pub const PEFT_COMBINE_TIES: peft_combination = 3;
+pub const PEFT_COMBINE_TIES_SVD: peft_combination = 4;
+pub const PEFT_COMBINE_DARE_LINEAR: peft_combination = 5;
+pub const PEFT_COMBINE_DARE_LINEAR_SVD: peft_combination = 6;
+pub const PEFT_COMBINE_DARE_TIES: peft_combination = 7;
+pub const PEFT_COMBINE_DARE_TIES_SVD: peft_combination = 8;
+pub const PEFT_COMBINE_MAGNITUDE_PRUNE: peft_combination = 9;
+pub const PEFT_COMBINE_MAGNITUDE_PRUNE_SVD: peft_combination = 10;
 pub type peft_combination = ::std::os::raw::c_uint;
+pub const PEFT_SIGN_TOTAL: peft_majority_sign = 0;
+pub const PEFT_SIGN_FREQUENCY: peft_majority_sign = 1;
+pub type peft_majority_sign = ::std::os::raw::c_uint;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct peft_combine_options {
+    pub version: u32,
+    pub combination: i32,
+    pub svd_rank: i32,
+    pub majority_sign: i32,
+    pub density: f64,
+    pub svd_clamp: f64,
+    pub seed: u64,
+}
 extern "C" {
     pub fn peft_adapter_combine(
         model: *mut peft_model,
@@ -480,6 +503,16 @@ extern "C" {
         new_name: *const ::std::os::raw::c_char,
         combination: i32,
         svd_rank: i32,
+    ) -> ::std::os::raw::c_int;
+}
+extern "C" {
+    pub fn peft_adapter_combine_ex(
+        model: *mut peft_model,
+        names: *const *const ::std::os::raw::c_char,
+        weights: *const f64,
+        n: i32,
+        new_name: *const ::std::os::raw::c_char,
+        opts: *const peft_combine_options,
     ) -> ::std::os::raw::c_int;
 }
 extern "C" {

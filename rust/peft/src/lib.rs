@@ -383,6 +383,60 @@ pub enum Combination {
     Cat,
     /// The weighted sum of the deltas truncated by its SVD.
     Svd,
+    /// TIES on the factors (as Linear): magnitude pruning, sign election, disjoint mean.
+    Ties,
+    /// TIES on the deltas, then truncated as Svd.
+    TiesSvd,
+    /// DARE on the factors: random pruning rescaled by 1/density, then Linear.
+    DareLinear,
+    DareLinearSvd,
+    /// DARE pruning, then TIES' sign election and disjoint mean.
+    DareTies,
+    DareTiesSvd,
+    /// Magnitude pruning, then Linear.
+    MagnitudePrune,
+    MagnitudePruneSvd,
+}
+
+impl Combination {
+    fn raw(self) -> i32 {
+        (match self {
+            Combination::Linear => sys::PEFT_COMBINE_LINEAR,
+            Combination::Cat => sys::PEFT_COMBINE_CAT,
+            Combination::Svd => sys::PEFT_COMBINE_SVD,
+            Combination::Ties => sys::PEFT_COMBINE_TIES,
+            Combination::TiesSvd => sys::PEFT_COMBINE_TIES_SVD,
+            Combination::DareLinear => sys::PEFT_COMBINE_DARE_LINEAR,
+            Combination::DareLinearSvd => sys::PEFT_COMBINE_DARE_LINEAR_SVD,
+            Combination::DareTies => sys::PEFT_COMBINE_DARE_TIES,
+            Combination::DareTiesSvd => sys::PEFT_COMBINE_DARE_TIES_SVD,
+            Combination::MagnitudePrune => sys::PEFT_COMBINE_MAGNITUDE_PRUNE,
+            Combination::MagnitudePruneSvd => sys::PEFT_COMBINE_MAGNITUDE_PRUNE_SVD,
+        }) as i32
+    }
+}
+
+/// Every add_weighted_adapter setting (peft_adapter_combine_ex).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CombineOptions {
+    pub how: Combination,
+    /// svd family: the new rank; 0: the largest source rank.
+    pub svd_rank: i32,
+    /// ties, dare, magnitude_prune: the fraction of values kept (1: no pruning).
+    pub density: f64,
+    /// ties family: the majority sign by count ("frequency") instead of by sum ("total").
+    pub majority_by_frequency: bool,
+    /// svd family: clamp to this quantile of the factors' values; 0: none.
+    pub svd_clamp: f64,
+    /// dare: the random masks' seed.
+    pub seed: u64,
+}
+
+impl Default for CombineOptions {
+    fn default() -> Self {
+        CombineOptions { how: Combination::Svd, svd_rank: 0, density: 1.0, majority_by_frequency: false,
+                         svd_clamp: 0.0, seed: 0 }
+    }
 }
 
 /// Optimizer settings (AdamW and its schedule).
@@ -730,20 +784,32 @@ impl Model {
     /// PEFT's add_weighted_adapter: a new inactive LoRA adapter from named ones.
     pub fn combine_adapters(&mut self, names: &[&str], weights: &[f64], new_name: &str, how: Combination,
                             svd_rank: i32) -> Result<()> {
+        let o = CombineOptions { how, svd_rank, ..CombineOptions::default() };
+        self.combine_adapters_with(names, weights, new_name, &o)
+    }
+
+    /// add_weighted_adapter with every setting (density, majority sign, clamp, seed).
+    pub fn combine_adapters_with(&mut self, names: &[&str], weights: &[f64], new_name: &str,
+                                 opts: &CombineOptions) -> Result<()> {
         if names.len() != weights.len() {
             return Err(Error::invalid("one weight per adapter".to_string()));
         }
         let cs = names.iter().map(|s| c_string(s.as_bytes(), "name")).collect::<Result<Vec<_>>>()?;
         let ptrs: Vec<*const c_char> = cs.iter().map(|c| c.as_ptr()).collect();
         let nn = c_string(new_name.as_bytes(), "new_name")?;
-        let kind = match how {
-            Combination::Linear => sys::PEFT_COMBINE_LINEAR,
-            Combination::Cat => sys::PEFT_COMBINE_CAT,
-            Combination::Svd => sys::PEFT_COMBINE_SVD,
-        } as i32;
+        let raw = sys::peft_combine_options {
+            version: sys::PEFT_COMBINE_OPTIONS_VERSION,
+            combination: opts.how.raw(),
+            svd_rank: opts.svd_rank,
+            majority_sign: if opts.majority_by_frequency { sys::PEFT_SIGN_FREQUENCY } else { sys::PEFT_SIGN_TOTAL }
+                as i32,
+            density: opts.density,
+            svd_clamp: opts.svd_clamp,
+            seed: opts.seed,
+        };
         check(unsafe {
-            sys::peft_adapter_combine(self.raw, ptrs.as_ptr(), weights.as_ptr(), names.len() as i32, nn.as_ptr(), kind,
-                                      svd_rank)
+            sys::peft_adapter_combine_ex(self.raw, ptrs.as_ptr(), weights.as_ptr(), names.len() as i32, nn.as_ptr(),
+                                         &raw)
         })
     }
 

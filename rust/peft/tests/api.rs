@@ -230,6 +230,16 @@ fn several_adapters_switch_and_combine() {
     m.set_adapter(Some("cat")).unwrap();
     let lc = m.eval(&b).unwrap();
     assert!((lc.loss_sum - l1.loss_sum).abs() < 1e-4 * l1.loss_sum);
+    // ties of "one" with itself at density 1, weights 1 and 1: the mean of two equal factors
+    let o = peft::CombineOptions { how: peft::Combination::Ties, majority_by_frequency: true,
+                                   ..peft::CombineOptions::default() };
+    m.combine_adapters_with(&["one", "one"], &[1.0, 1.0], "ties", &o).unwrap();
+    m.set_adapter(Some("ties")).unwrap();
+    let lt = m.eval(&b).unwrap();
+    assert!((lt.loss_sum - l1.loss_sum).abs() < 1e-4 * l1.loss_sum);
+    let bad = peft::CombineOptions { density: 2.0, ..o };
+    assert!(m.combine_adapters_with(&["one", "two"], &[1.0, 1.0], "x", &bad).is_err());
+    m.delete_adapter("ties").unwrap();
     assert!(m.set_adapter(Some("nope")).is_err());
     m.delete_adapter("two").unwrap();
     m.set_adapter(None).unwrap();
