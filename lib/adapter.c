@@ -70,7 +70,8 @@ static void jw_pattern(struct jw *w, const char *pat, int integer, double factor
    number filled. */
 static size_t extra_count(const lora_state *l, int n_layers)
 {
-    size_t n = (l->head_r > 0 ? 2 : 0) + (l->n_tok > 0) + (size_t)l->save_embed + (size_t)l->save_head;
+    size_t n = (l->head_r > 0 ? 2 : 0) + (l->n_tok > 0) + (l->n_htok > 0) + (size_t)l->save_embed +
+               (size_t)l->save_head;
     for (int i = 0; l->norm_off && l->method != PEFT_METHOD_NORMS && i <= 2 * n_layers; i++)
         n += l->norm_off[i] >= 0;
     return n;
@@ -99,6 +100,8 @@ static size_t extra_tensors(const peft_model *m, st_out_tensor *ts, char *names)
     }
     if (l->n_tok > 0)
         EXTRA(l->n_tok, c->dim, l->off_tok, "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta");
+    if (l->n_htok > 0)
+        EXTRA(l->n_htok, c->dim, l->off_htok, "base_model.model.lm_head.token_adapter.trainable_tokens_delta");
     if (l->save_embed)
         EXTRA(c->vocab, c->dim, l->off_se, "base_model.model.model.embed_tokens.weight");
     if (l->save_head)
@@ -217,11 +220,23 @@ static int write_config(const peft_model *m, const char *path, const char *base_
         jw_put(&w, "\n  ]");
     }
     jw_put(&w, ",\n  \"task_type\": \"CAUSAL_LM\",\n");
-    if (l->n_tok > 0) { /* a list: rows of the input embeddings (and of a tied lm_head) */
+    if (l->n_tok > 0 && l->n_htok == 0) { /* a list: rows of the input embeddings (and of a tied lm_head) */
         jw_put(&w, "  \"trainable_token_indices\": [");
         for (int i = 0; i < l->n_tok; i++)
             jw_put(&w, "%s\n    %d", i ? "," : "", l->tok_idx[i]);
         jw_put(&w, "\n  ],\n");
+    } else if (l->n_htok > 0) { /* the dict form: {"embed_tokens": [...], "lm_head": [...]} */
+        jw_put(&w, "  \"trainable_token_indices\": {");
+        if (l->n_tok > 0) {
+            jw_put(&w, "\n    \"embed_tokens\": [");
+            for (int i = 0; i < l->n_tok; i++)
+                jw_put(&w, "%s\n      %d", i ? "," : "", l->tok_idx[i]);
+            jw_put(&w, "\n    ],");
+        }
+        jw_put(&w, "\n    \"lm_head\": [");
+        for (int i = 0; i < l->n_htok; i++)
+            jw_put(&w, "%s\n      %d", i ? "," : "", l->htok_idx[i]);
+        jw_put(&w, "\n    ]\n  },\n");
     }
     jw_put(&w, "  \"use_dora\": %s,\n", l->use_dora ? "true" : "false");
     jw_put(&w, "  \"use_rslora\": %s\n}", l->use_rslora ? "true" : "false");
@@ -985,80 +1000,6 @@ static int targets_and_layers(const json_value *root, uint32_t *targets, int emb
     return PEFT_OK;
 }
 
-/* modules_to_save of a LoRA adapter_config.json -> o->modules_to_save and o->norms; layer-wise
-   norm names must name exactly the adapted layers (layers: their "N,M" list, "" = all). */
-static int read_modules_to_save(const json_value *v, peft_lora_options *o, const char *layers, const char *path)
-{
-    static const char *const nn[2] = {"input_layernorm", "post_attention_layernorm"};
-    if (!v || v->type == JSON_NULL)
-        return PEFT_OK;
-    if (v->type != JSON_ARRAY)
-        return peft__fail(PEFT_EFORMAT, "%s: modules_to_save is not a list", path);
-    char listed[2][4096] = {"", ""};
-    for (size_t i = 0; i < v->length; i++) {
-        const char *s = v->items[i].type == JSON_STRING ? v->items[i].string : "";
-        const char *bare = !strncmp(s, "model.", 6) ? s + 6 : s;
-        long layer;
-        char *end;
-        int k = -1;
-        if (!strcmp(bare, "embed_tokens")) {
-            o->modules_to_save |= PEFT_SAVE_EMBED;
-        } else if (!strcmp(s, "lm_head")) {
-            o->modules_to_save |= PEFT_SAVE_LM_HEAD;
-        } else if (!strcmp(s, "model.norm")) {
-            o->norms |= PEFT_NORM_FINAL;
-        } else if (!strcmp(s, "norm") && !*layers) { /* PEFT matches it as a suffix: every norm */
-            o->norms |= PEFT_NORM_ALL;
-        } else if ((k = !strcmp(s, nn[0]) ? 0 : !strcmp(s, nn[1]) ? 1 : -1) >= 0 && !*layers) {
-            o->norms |= 1u << k;
-        } else if (!strncmp(s, "model.layers.", 13) && (layer = strtol(s + 13, &end, 10)) >= 0 && end != s + 13 &&
-                   *end == '.' && ((k = !strcmp(end + 1, nn[0]) ? 0 : !strcmp(end + 1, nn[1]) ? 1 : -1) >= 0)) {
-            size_t n = strlen(listed[k]);
-            snprintf(listed[k] + n, sizeof listed[k] - n, "%s%ld", n ? "," : "", layer);
-        } else {
-            return peft__fail(PEFT_EUNSUPPORTED, "%s: modules_to_save entry \"%s\" is not supported (embed_tokens, "
-                              "lm_head, model.norm, input_layernorm and post_attention_layernorm of the adapted layers)",
-                              path, s);
-        }
-    }
-    for (int k = 0; k < 2; k++) {
-        if (!listed[k][0])
-            continue;
-        if (strcmp(listed[k], layers) != 0)
-            return peft__fail(PEFT_EUNSUPPORTED, "%s: modules_to_save names %s of layers %s, but the adapter's "
-                              "layers are %s (norms are trained on the adapted layers)", path, nn[k], listed[k],
-                              *layers ? layers : "all");
-        o->norms |= 1u << k;
-    }
-    return PEFT_OK;
-}
-
-/* trainable_token_indices: a list of ids (the input embeddings) or {"embed_tokens": [...]};
-   *ids is malloc'ed */
-static int read_token_indices(const json_value *v, peft_lora_options *o, int32_t **ids, const char *path)
-{
-    if (!v || v->type == JSON_NULL)
-        return PEFT_OK;
-    if (v->type == JSON_OBJECT) {
-        if (v->length != 1 || (strcmp(v->keys[0], "embed_tokens") && strcmp(v->keys[0], "model.embed_tokens")))
-            return peft__fail(PEFT_EUNSUPPORTED, "%s: trainable_token_indices is supported for embed_tokens only", path);
-        v = &v->items[0];
-    }
-    if (v->type != JSON_ARRAY || v->length == 0 || v->length > (1u << 24))
-        return peft__fail(PEFT_EFORMAT, "%s: trainable_token_indices must be a non-empty list of token ids", path);
-    if (!(*ids = malloc(v->length * sizeof **ids)))
-        return peft__fail(PEFT_ENOMEM, "out of memory");
-    for (size_t i = 0; i < v->length; i++) {
-        const json_value *it = &v->items[i];
-        if (it->type != JSON_NUMBER || !it->is_integer || it->number < 0 || it->number > 2147483647.0)
-            return peft__fail(PEFT_EFORMAT, "%s: bad entry in trainable_token_indices", path);
-        (*ids)[i] = (int32_t)it->number;
-    }
-    o->token_indices = *ids;
-    o->n_token_indices = (int32_t)v->length;
-    return PEFT_OK;
-}
-
 static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, int32_t **tok, char **regex,
                        const char *path)
 {
@@ -1137,8 +1078,8 @@ static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, in
             FAIL(PEFT_EUNSUPPORTED, "%s: layers_to_transform with a regular-expression target_modules", path);
     }
     if ((code = targets_and_layers(root, &o->targets, 1, layers, layers_cap / 2, path)) ||
-        (code = read_modules_to_save(json_get(root, "modules_to_save"), o, layers, path)) ||
-        (code = read_token_indices(json_get(root, "trainable_token_indices"), o, tok, path)))
+        (code = peft__read_modules_to_save(json_get(root, "modules_to_save"), o, layers, path)) ||
+        (code = peft__read_token_indices(json_get(root, "trainable_token_indices"), o, tok, path)))
         goto done;
     o->layers = layers[0] ? layers : NULL;
 #undef FAIL

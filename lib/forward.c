@@ -185,11 +185,23 @@ static const float *head_matrix(const peft_model *m)
     return x && x->save_head ? x->params + x->off_sh : m->lm_head;
 }
 
-/* Tied token rows that replace rows of lm_head: the attachment, or NULL. */
-static const lora_state *tied_rows(const peft_model *m)
+/* Trained rows that replace rows of lm_head: the tied token rows, or an untied lm_head's own
+   rows. n rows of ids idx at params + off (their gradient at grads + off); 0 when none. */
+typedef struct {
+    int n;
+    const int32_t *idx;
+    size_t off;
+} head_rows;
+
+static head_rows head_rows_of(const peft_model *m)
 {
     const lora_state *x = extras_of(m);
-    return x && x->n_tok > 0 && m->cfg.tied && !x->save_head ? x : NULL;
+    head_rows h = {0, NULL, 0};
+    if (x && x->n_tok > 0 && m->cfg.tied && !x->save_head)
+        h = (head_rows){x->n_tok, x->tok_idx, x->off_tok};
+    else if (x && x->n_htok > 0)
+        h = (head_rows){x->n_htok, x->htok_idx, x->off_htok};
+    return h;
 }
 
 /* The lm_head LoRA intermediates for `rows` rows, and as much again for their gradient; NULL
@@ -212,17 +224,17 @@ int peft__head_logits(peft_model *m, const float *x, int64_t rows, float *logits
     const peft_config *c = &m->cfg;
     int D = c->dim, V = c->vocab;
     peft__gemm(m, 0, 1, rows, V, D, 1.0f, x, D, head_matrix(m), D, 0.0f, logits, V);
-    const lora_state *t = tied_rows(m);
-    for (int j = 0; t && j < t->n_tok; j++) { /* PEFT ties the token rows to lm_head */
-        const float *w = t->params + t->off_tok + (size_t)j * D;
+    lora_state *l = m->lora;
+    head_rows hr = head_rows_of(m);
+    for (int j = 0; j < hr.n; j++) { /* trained rows replace lm_head's (PEFT ties token rows to it) */
+        const float *w = l->params + hr.off + (size_t)j * D;
         for (int64_t r = 0; r < rows; r++) {
             float acc = 0;
             for (int d = 0; d < D; d++)
                 acc += x[r * D + d] * w[d];
-            logits[r * V + t->tok_idx[j]] = acc;
+            logits[r * V + hr.idx[j]] = acc;
         }
     }
-    lora_state *l = m->lora;
     if (extras_of(m) && l->head_r > 0) { /* + s (x A^T) B^T */
         float *u = head_scratch(l, rows);
         if (!u)
@@ -257,14 +269,14 @@ int peft__effective_head(peft_model *m, float *dst)
     const peft_config *c = &m->cfg;
     size_t D = (size_t)c->dim;
     memcpy(dst, head_matrix(m), (size_t)c->vocab * D * sizeof *dst);
-    const lora_state *t = tied_rows(m);
-    for (int j = 0; t && j < t->n_tok; j++)
-        memcpy(dst + (size_t)t->tok_idx[j] * D, t->params + t->off_tok + (size_t)j * D, D * sizeof *dst);
     const lora_state *l = extras_of(m);
+    head_rows hr = head_rows_of(m);
+    for (int j = 0; j < hr.n; j++)
+        memcpy(dst + (size_t)hr.idx[j] * D, l->params + hr.off + (size_t)j * D, D * sizeof *dst);
     if (l && l->head_r > 0) /* + s B A */
         peft__gemm(m, 0, 0, c->vocab, c->dim, l->head_r, l->head_scale, l->params + l->off_hb, l->head_r,
                    l->params + l->off_ha, c->dim, 1.0f, dst, c->dim);
-    return l && (l->head_r > 0 || l->save_head || t);
+    return l && (l->head_r > 0 || l->save_head || hr.n > 0);
 }
 
 /* Backward of peft__head_logits for one chunk: dlogits (rows, V) -> dx (rows, D) and the
@@ -278,11 +290,11 @@ static void head_backward(peft_model *m, const float *x, int64_t rows, const flo
     lora_state *l = m->lora;
     if (l->save_head) /* dW += dlogits^T x */
         peft__gemm(m, 1, 0, V, D, rows, 1.0f, dlogits, V, x, D, 1.0f, l->grads + l->off_sh, D);
-    const lora_state *t = tied_rows(m);
-    for (int j = 0; t && j < t->n_tok; j++) { /* the replaced rows: their own gradient, and dx uses them */
-        int32_t id = t->tok_idx[j];
-        const float *w = t->params + t->off_tok + (size_t)j * D, *h = H + (size_t)id * D;
-        float *dw = l->grads + l->off_tok + (size_t)j * D;
+    head_rows hr = head_rows_of(m);
+    for (int j = 0; j < hr.n; j++) { /* the replaced rows: their own gradient, and dx uses them */
+        int32_t id = hr.idx[j];
+        const float *w = l->params + hr.off + (size_t)j * D, *h = H + (size_t)id * D;
+        float *dw = l->grads + hr.off + (size_t)j * D;
         for (int64_t r = 0; r < rows; r++) {
             float g = dlogits[r * V + id];
             if (g == 0.0f)

@@ -89,7 +89,7 @@ int peft_save_adapter_gguf(peft_model *m, const char *path, const char *name)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_adapter_gguf: a PiSSA/OLoRA adapter needs its residual base; "
                                              "save it with convert_to_lora (a plain LoRA of twice the rank) and "
                                              "export that");
-    if (l->head_r > 0 || l->n_tok > 0 || l->save_embed || l->save_head || l->norms)
+    if (l->head_r > 0 || l->n_tok > 0 || l->n_htok > 0 || l->save_embed || l->save_head || l->norms)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_adapter_gguf: llama.cpp's LoRA files hold the linear "
                                              "modules' lora_a/lora_b only, not lm_head LoRA, token rows or "
                                              "modules trained in full");

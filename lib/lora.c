@@ -147,6 +147,7 @@ void peft__lora_free(lora_state *l)
     free(l->norm_off);
     free(l->tok_idx);
     free(l->tok_slot);
+    free(l->htok_idx);
     free(l->target_regex);
     free(l->prompt_text);
     free(l->prompt_tokenizer);
@@ -303,7 +304,30 @@ static int check_options(const peft_model *m, const peft_lora_options *o)
             if (o->token_indices[i] < 0 || o->token_indices[i] >= m->cfg.vocab)
                 return peft__fail(PEFT_EINVAL, "LoRA: token index %d is outside the vocabulary (0..%d)",
                                   o->token_indices[i], m->cfg.vocab - 1);
-        int extras = o->modules_to_save || o->norms || o->n_token_indices > 0 || (o->targets & PEFT_TARGET_LM_HEAD);
+        if (o->version >= 6 && o->n_head_token_indices != 0) {
+            if (o->n_head_token_indices < 0 || !o->head_token_indices)
+                return peft__fail(PEFT_EINVAL, "LoRA: head_token_indices is NULL or n_head_token_indices negative");
+            if (m->cfg.tied)
+                return peft__fail(PEFT_EINVAL, "LoRA: lm_head rows of a tied model follow the embedding rows "
+                                               "(token_indices), not head_token_indices");
+            if (o->targets & PEFT_TARGET_LM_HEAD || (o->modules_to_save & PEFT_SAVE_LM_HEAD))
+                return peft__fail(PEFT_EINVAL, "LoRA: trainable lm_head rows cannot be combined with LoRA on lm_head "
+                                               "or training it in full");
+            if (o->n_head_token_indices > m->cfg.vocab)
+                return peft__fail(PEFT_EINVAL, "LoRA: more lm_head token indices (%d) than tokens (%d)",
+                                  o->n_head_token_indices, m->cfg.vocab);
+            for (int32_t i = 0; i < o->n_head_token_indices; i++) {
+                if (o->head_token_indices[i] < 0 || o->head_token_indices[i] >= m->cfg.vocab)
+                    return peft__fail(PEFT_EINVAL, "LoRA: lm_head token index %d is outside the vocabulary (0..%d)",
+                                      o->head_token_indices[i], m->cfg.vocab - 1);
+                for (int32_t j = 0; j < i; j++)
+                    if (o->head_token_indices[j] == o->head_token_indices[i])
+                        return peft__fail(PEFT_EINVAL, "LoRA: lm_head token index %d is listed twice",
+                                          o->head_token_indices[i]);
+            }
+        }
+        int extras = o->modules_to_save || o->norms || o->n_token_indices > 0 || (o->targets & PEFT_TARGET_LM_HEAD) ||
+                     (o->version >= 6 && o->n_head_token_indices > 0);
         if (extras && o->variant != PEFT_VARIANT_LORA)
             return peft__fail(PEFT_EUNSUPPORTED, "%s: lm_head, modules_to_save, norms and token rows go with LoRA "
                                                  "or DoRA only", o->variant == PEFT_VARIANT_LOHA ? "LoHa" : "LoKr");
@@ -437,6 +461,14 @@ static int build_extras(lora_state *l, const peft_config *c, const peft_lora_opt
         }
         l->off_tok = *off;
         *off += (size_t)l->n_tok * (size_t)c->dim;
+    }
+    if (o->version >= 6 && o->n_head_token_indices > 0) {
+        l->n_htok = o->n_head_token_indices;
+        if (!(l->htok_idx = malloc((size_t)l->n_htok * sizeof *l->htok_idx)))
+            return peft__fail(PEFT_ENOMEM, "LoRA: out of memory");
+        memcpy(l->htok_idx, o->head_token_indices, (size_t)l->n_htok * sizeof *l->htok_idx);
+        l->off_htok = *off;
+        *off += (size_t)l->n_htok * (size_t)c->dim;
     }
     l->save_embed = (o->modules_to_save & PEFT_SAVE_EMBED) != 0;
     l->save_head = (o->modules_to_save & PEFT_SAVE_LM_HEAD) != 0;
@@ -735,6 +767,8 @@ static void init_extras(lora_state *l, const peft_model *m)
     }
     for (int i = 0; i < l->n_tok; i++)
         memcpy(l->params + l->off_tok + (size_t)i * D, m->embed + (size_t)l->tok_idx[i] * D, D * sizeof(float));
+    for (int i = 0; i < l->n_htok; i++)
+        memcpy(l->params + l->off_htok + (size_t)i * D, m->lm_head + (size_t)l->htok_idx[i] * D, D * sizeof(float));
     if (l->save_embed)
         memcpy(l->params + l->off_se, m->embed, (size_t)c->vocab * D * sizeof(float));
     if (l->save_head)

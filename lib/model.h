@@ -94,6 +94,9 @@ typedef struct lora_state {
     int32_t *tok_idx;   /* (n_tok) token ids */
     int32_t *tok_slot;  /* (vocab) row of each token in the trained rows, or -1 */
     size_t off_tok;
+    int n_htok;         /* trained rows of an untied lm_head (n_htok, dim) at off_htok, after the token rows */
+    int32_t *htok_idx;
+    size_t off_htok;
     int save_embed, save_head;
     size_t off_se, off_sh;
     float *head_u;      /* lm_head LoRA intermediates (rows, head_r), head_u_cap floats */
@@ -234,6 +237,13 @@ int peft__load_tokens(peft_model *m, const struct json_value *root, const char *
    A = sqrt(S / s) V^T (r x in), B = U sqrt(S / s) (out x r) */
 int peft__svd_factors(peft_model *m, const float *W, int out, int in, int r, float s, uint64_t seed, float *A,
                       float *B);
+
+/* adapter_extras.c: adapter_config.json's modules_to_save -> o->modules_to_save, o->norms (layers:
+   the adapted layers' "N,M" list, "" = all); trainable_token_indices -> o->token_indices and
+   o->head_token_indices (*ids malloc'ed, holding both). */
+struct json_value;
+int peft__read_modules_to_save(const struct json_value *v, peft_lora_options *o, const char *layers, const char *path);
+int peft__read_token_indices(const struct json_value *v, peft_lora_options *o, int32_t **ids, const char *path);
 
 /* task_merge.c: PEFT's merge_utils over n tensors t[i] of len values (pruned in place): out =
    sum_i w_i p_i, or the TIES disjoint mean when ties; frequency: the majority sign by count. */

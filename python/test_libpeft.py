@@ -111,6 +111,10 @@ def test_other_methods():
         # VeRA: lambda_d (rank) and lambda_b (out) per module: q (out 32) and v (out 16) in 3 layers
         assert m.attach_vera(targets="q,v", rank=64) == 3 * (64 + 32 + 64 + 16)
         m.detach()
+        # rows of the embeddings and of the (untied) lm_head: 3 + 2 rows of hidden 32
+        assert m.attach_lora(targets="q", rank=2, token_indices=[1, 2, 3], head_token_indices=[0, 9]) == \
+            3 * 2 * (32 + 32) + 5 * 32
+        m.detach()
         # LoHa: 2 r (in + out) per module
         assert m.attach_lora(targets="q", rank=2, variant="loha") == 3 * 2 * 2 * (32 + 32)
         m.detach()

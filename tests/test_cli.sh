@@ -380,6 +380,25 @@ lora_extras_train_info)
     grep -q '"trainable_token_indices"' "$T/tok/adapter_config.json" || fail "trainable_token_indices"
     "$PEFT" convert --model "$T/model" --adapter "$T/tok" --out "$T/tok.gguf" 2>"$T/err" && fail "GGUF export of token rows"
     grep -q "token rows" "$T/err" || fail "GGUF refusal message"
+    # rows of lm_head: refused on this tied model (its rows are the embedding rows); on an
+    # untied one saved in PEFT's dict form {"embed_tokens": [...], "lm_head": [...]}
+    "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/bad" --steps 1 --targets q --head-token-indices 4 \
+        2>"$T/err" && fail "lm_head rows on a tied model"
+    grep -q "tied" "$T/err" || fail "tied lm_head rows message"
+    "$PEFT" init-model --out "$T/untied" --hidden 48 --layers 2 --heads 4 --kv-heads 2 --ffn 96 --vocab 64 --seed 3 \
+        --untied >/dev/null || fail "init-model --untied"
+    "$PEFT" info --model "$T/untied" --rank 4 --targets q --token-indices 1,2,3 --head-token-indices 4,5 >"$T/info2" \
+        || fail "info head rows"
+    grep -q "head rows  *96" "$T/info2" && grep -q "token rows  *144" "$T/info2" || { cat "$T/info2"; fail "info: head rows"; }
+    "$PEFT" train --model "$T/untied" --data "$T/data.bin" --out "$T/hr" --steps 5 --batch 4 --seq 32 --rank 4 \
+        --targets q --token-indices 1,2,3 --head-token-indices 4,5 --quiet || fail "train head rows"
+    python3 -c "
+import json, sys
+c = json.load(open(sys.argv[1]))
+assert c['trainable_token_indices'] == {'embed_tokens': [1, 2, 3], 'lm_head': [4, 5]}, c" "$T/hr/adapter_config.json" \
+        || fail "dict-form trainable_token_indices"
+    "$PEFT" eval --model "$T/untied" --adapter "$T/hr" --data "$T/data.bin" --seq 32 --max-windows 10 >/dev/null \
+        || fail "eval head rows"
     "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/bad" --steps 1 --targets q --modules-to-save wte \
         2>"$T/err" && fail "unknown modules_to_save"
     grep -q "unknown name 'wte'" "$T/err" || fail "modules_to_save message"

@@ -97,8 +97,9 @@ static double max_rel_err(const float *x, double xscale, const char *st_path, co
        embeddings and lm_head in full, the norms (modules_to_save) layer by layer */
     static const char *const extra[] = {"base_model.model.lm_head.lora_A.weight", "base_model.model.lm_head.lora_B.weight",
                                         "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta",
+                                        "base_model.model.lm_head.token_adapter.trainable_tokens_delta",
                                         "base_model.model.model.embed_tokens.weight", "base_model.model.lm_head.weight"};
-    for (int i = 0; i < 5; i++)
+    for (int i = 0; i < 6; i++)
         compare_tensor(ref, extra[i], x, xscale, &off, &worst);
     /* the norms, per layer input then post-attention, then the final one: trained alongside
        LoRA (modules_to_save: ".weight"), then LN tuning (".ln_tuning_layers.weight") */
@@ -195,6 +196,8 @@ TEST(torch_step_olora) { step_case("olora_qv_down", 1); }
 TEST(torch_step_prompt) { step_case("prompt_5", 2); }
 /* trainable tokens alone (PEFT TRAINABLE_TOKENS) */
 TEST(torch_step_tokens) { step_case("tokens_rows", 2); }
+/* LoRA with trainable rows of the embeddings and of the untied lm_head ({"lm_head": [...]}) */
+TEST(torch_step_head_rows) { step_case("extras_head_rows", 2); }
 
 /* Every backend against the reference on a whole training step. */
 TEST(backend_blis_step)
@@ -265,6 +268,7 @@ TEST(model_gradcheck_lokr) { gradcheck("tiny/lokr_qv_gate/adapter"); }
 TEST(model_gradcheck_extras) { gradcheck("tiny/extras_head_embed_norm/adapter"); }
 TEST(model_gradcheck_prompt) { gradcheck("tiny/prompt_5/adapter"); }
 TEST(model_gradcheck_tokens) { gradcheck("tiny/tokens_rows/adapter"); }
+TEST(model_gradcheck_head_rows) { gradcheck("tiny/extras_head_rows/adapter"); }
 
 /* ---- add_weighted_adapter's merges (tests/golden/make_combine_golden.py) ---- */
 
@@ -768,7 +772,7 @@ static const struct h_case cases[] = {
     CASE(torch_step_lokr), CASE(model_gradcheck_lokr), CASE(torch_step_extras_head_embed_norm),
     CASE(torch_step_extras_tokens_head), CASE(model_gradcheck_extras), CASE(torch_step_pissa), CASE(torch_step_olora),
     CASE(torch_step_prompt), CASE(model_gradcheck_prompt), CASE(torch_step_tokens), CASE(model_gradcheck_tokens),
-    CASE(torch_combine_ties_dare_magnitude_prune),
+    CASE(torch_combine_ties_dare_magnitude_prune), CASE(torch_step_head_rows), CASE(model_gradcheck_head_rows),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
     CASE(sharded_and_half_precision_models), CASE(config_errors), CASE(shared_gguf_models),
 };

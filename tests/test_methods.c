@@ -417,7 +417,9 @@ TEST(lora_extras_gradients_and_counts)
 
 /* Train, save (PEFT keys and config fields), reload to the same loss, sessions, merge and the
    merged export (untied when only one side of a tied pair changed); per-group rates. */
-static void extras_lifecycle(int tied, uint32_t targets, uint32_t save, uint32_t norms, int n_tok,
+static const int32_t head_tokens[] = {0, 9, 47};
+
+static void extras_lifecycle(int tied, uint32_t targets, uint32_t save, uint32_t norms, int n_tok, int n_head,
                              const char *const *needles)
 {
     char *dir = tied ? tiny_tied_dir() : NULL;
@@ -430,7 +432,11 @@ static void extras_lifecycle(int tied, uint32_t targets, uint32_t save, uint32_t
     o.norms = norms;
     o.token_indices = n_tok ? extra_tokens : NULL;
     o.n_token_indices = n_tok;
+    o.head_token_indices = n_head ? head_tokens : NULL;
+    o.n_head_token_indices = n_head;
     CHECK_OK(peft_attach_lora(m, &o, NULL));
+    if (n_head) /* nothing else may claim lm_head's rows */
+        gguf_refused(m);
     int32_t tok[32];
     CHECK_OK(peft_opt_set(m, PEFT_OPT_EMBED_LR_RATIO, 0.5));
     CHECK_OK(peft_opt_set(m, PEFT_OPT_NORM_LR_RATIO, 0.5));
@@ -480,24 +486,65 @@ TEST(lora_extras_lifecycle_untied)
                               "base_model.model.model.embed_tokens.weight",
                               "base_model.model.model.layers.2.input_layernorm.weight",
                               "base_model.model.model.norm.weight", NULL};
-    extras_lifecycle(0, PEFT_TARGET_Q | PEFT_TARGET_LM_HEAD, PEFT_SAVE_EMBED, PEFT_NORM_INPUT | PEFT_NORM_FINAL, 0, n1);
+    extras_lifecycle(0, PEFT_TARGET_Q | PEFT_TARGET_LM_HEAD, PEFT_SAVE_EMBED, PEFT_NORM_INPUT | PEFT_NORM_FINAL, 0, 0,
+                     n1);
     const char *const n2[] = {"\"modules_to_save\": [\n    \"lm_head\"\n  ]", "\"trainable_token_indices\": [\n    3,",
                               "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta",
                               "base_model.model.lm_head.weight", NULL};
-    extras_lifecycle(0, PEFT_TARGET_V, PEFT_SAVE_LM_HEAD, 0, 3, n2);
+    extras_lifecycle(0, PEFT_TARGET_V, PEFT_SAVE_LM_HEAD, 0, 3, 0, n2);
+    /* rows of the embeddings and of lm_head: PEFT's dict form */
+    const char *const n3[] = {"\"trainable_token_indices\": {\n    \"embed_tokens\": [\n      3,",
+                              "\"lm_head\": [\n      0,\n      9,\n      47\n    ]",
+                              "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta",
+                              "base_model.model.lm_head.token_adapter.trainable_tokens_delta", NULL};
+    extras_lifecycle(0, PEFT_TARGET_V, 0, PEFT_NORM_FINAL, 3, 3, n3);
+    const char *const n4[] = {"\"trainable_token_indices\": {\n    \"lm_head\": [",
+                              "base_model.model.lm_head.token_adapter.trainable_tokens_delta", NULL};
+    extras_lifecycle(0, PEFT_TARGET_Q, 0, 0, 0, 2, n4);
+    /* refused: lm_head rows with lm_head LoRA or lm_head in full, twice the same row, out of range */
+    peft_model *m = open_tiny(1);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    const int32_t twice[2] = {4, 4}, outside[1] = {48};
+    o.head_token_indices = head_tokens;
+    o.n_head_token_indices = 3;
+    o.targets = PEFT_TARGET_Q | PEFT_TARGET_LM_HEAD;
+    CHECK(peft_attach_lora(m, &o, NULL) == PEFT_EINVAL);
+    o.targets = PEFT_TARGET_Q;
+    o.modules_to_save = PEFT_SAVE_LM_HEAD;
+    CHECK(peft_attach_lora(m, &o, NULL) == PEFT_EINVAL);
+    o.modules_to_save = 0;
+    o.head_token_indices = twice;
+    o.n_head_token_indices = 2;
+    CHECK(peft_attach_lora(m, &o, NULL) == PEFT_EINVAL);
+    o.head_token_indices = outside;
+    o.n_head_token_indices = 1;
+    CHECK(peft_attach_lora(m, &o, NULL) == PEFT_EINVAL);
+    o.version = 5; /* an older caller's struct ends before the field */
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    peft_model_close(&m);
 }
 
 TEST(lora_extras_lifecycle_tied)
 {
     /* token rows shared by the lookup and lm_head: the export stays tied */
     const char *const n1[] = {"\"trainable_token_indices\"", "\"modules_to_save\": null", NULL};
-    extras_lifecycle(1, PEFT_TARGET_V, 0, 0, 3, n1);
+    extras_lifecycle(1, PEFT_TARGET_V, 0, 0, 3, 0, n1);
     /* lm_head LoRA changes the output side only: the export unties */
     const char *const n2[] = {"\"lm_head\"", "base_model.model.lm_head.lora_A.weight", NULL};
-    extras_lifecycle(1, PEFT_TARGET_Q | PEFT_TARGET_LM_HEAD, 0, 0, 0, n2);
+    extras_lifecycle(1, PEFT_TARGET_Q | PEFT_TARGET_LM_HEAD, 0, 0, 0, 0, n2);
     /* the embeddings trained in full: the input side only */
     const char *const n3[] = {"\"modules_to_save\": [\n    \"embed_tokens\"\n  ]", NULL};
-    extras_lifecycle(1, PEFT_TARGET_Q, PEFT_SAVE_EMBED, 0, 0, n3);
+    extras_lifecycle(1, PEFT_TARGET_Q, PEFT_SAVE_EMBED, 0, 0, 0, n3);
+    /* a tied lm_head's rows are the embedding rows: its own rows are refused */
+    char *dir = tiny_tied_dir();
+    peft_model *m;
+    CHECK_OK(peft_model_open(&m, dir, NULL));
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.head_token_indices = head_tokens;
+    o.n_head_token_indices = 3;
+    CHECK(peft_attach_lora(m, &o, NULL) == PEFT_EINVAL);
+    CHECK(strstr(peft_last_error(), "tied") != NULL);
+    peft_model_close(&m);
 }
 
 /* Each group at its own learning rate and weight decay. */

@@ -188,7 +188,7 @@ int cmd_info(int argc, char **argv)
                                       "embed_tokens", "lm_head"};
         peft_lora_options plain = o; /* the targets alone */
         plain.modules_to_save = plain.norms = 0;
-        plain.n_token_indices = 0;
+        plain.n_token_indices = plain.n_head_token_indices = 0;
         if (o.target_regex) { /* the modules the expression picks, as one row */
             uint64_t n;
             if ((code = peft_count_lora(&n, m, &plain))) {
@@ -217,11 +217,13 @@ int cmd_info(int argc, char **argv)
             rc = fail_lib("count", code);
             goto done;
         }
-        for (int x = 0; x < 4; x++) {
-            static const char *const xn[4] = {"token rows", "embed (full)", "lm_head (full)", "norms"};
+        for (int x = 0; x < 5; x++) {
+            static const char *const xn[5] = {"token rows", "embed (full)", "lm_head (full)", "norms", "head rows"};
             peft_lora_options less = o;
             if (x == 0 && o.n_token_indices > 0)
                 less.n_token_indices = 0;
+            else if (x == 4 && o.n_head_token_indices > 0)
+                less.n_head_token_indices = 0;
             else if (x == 1 && (o.modules_to_save & PEFT_SAVE_EMBED))
                 less.modules_to_save &= ~(uint32_t)PEFT_SAVE_EMBED;
             else if (x == 2 && (o.modules_to_save & PEFT_SAVE_LM_HEAD))

@@ -292,19 +292,11 @@ static int keep_until_exit(void *p)
     return 0;
 }
 
-/* What LoRA trains beyond the linear modules: --modules-to-save embed_tokens,lm_head,
-   --train-norms input,post_attention,final|all, --token-indices ID,ID,... */
-static int extras_from_args(cli_args *a, peft_lora_options *o)
+/* Token ids separated by commas (kept until exit) into *out, *n; 1 when absent, -1 on error. */
+static int id_list(const char *flag, const char *ids, const int32_t **out, int32_t *n_out)
 {
-    static const char *const save_names[] = {"embed_tokens", "lm_head"};
-    static const char *const norm_names[] = {"input", "post_attention", "final"};
-    const char *save = arg_str(a, "--modules-to-save", NULL), *norms = arg_str(a, "--train-norms", NULL);
-    const char *ids = arg_str(a, "--token-indices", NULL);
-    if ((save && name_bits("--modules-to-save", save, save_names, 2, &o->modules_to_save)) ||
-        (norms && name_bits("--train-norms", norms, norm_names, 3, &o->norms)))
-        return -1;
     if (!ids)
-        return 0;
+        return 1;
     size_t n = 1;
     for (const char *p = ids; *p; p++)
         n += *p == ',';
@@ -319,14 +311,32 @@ static int extras_from_args(cli_args *a, peft_lora_options *o)
         char *end;
         long t = strtol(p, &end, 10);
         if (end == p || t < 0 || t > INT32_MAX || (*end && *end != ',')) {
-            fprintf(stderr, "peft: --token-indices: expected token ids separated by commas\n");
+            fprintf(stderr, "peft: %s: expected token ids separated by commas\n", flag);
             return -1;
         }
         v[n++] = (int32_t)t;
         p = *end ? end + 1 : end;
     }
-    o->token_indices = v;
-    o->n_token_indices = (int32_t)n;
+    *out = v;
+    *n_out = (int32_t)n;
+    return 0;
+}
+
+/* What LoRA trains beyond the linear modules: --modules-to-save embed_tokens,lm_head,
+   --train-norms input,post_attention,final|all, --token-indices ID,ID,...,
+   --head-token-indices ID,ID,... (rows of an untied lm_head) */
+static int extras_from_args(cli_args *a, peft_lora_options *o)
+{
+    static const char *const save_names[] = {"embed_tokens", "lm_head"};
+    static const char *const norm_names[] = {"input", "post_attention", "final"};
+    const char *save = arg_str(a, "--modules-to-save", NULL), *norms = arg_str(a, "--train-norms", NULL);
+    if ((save && name_bits("--modules-to-save", save, save_names, 2, &o->modules_to_save)) ||
+        (norms && name_bits("--train-norms", norms, norm_names, 3, &o->norms)))
+        return -1;
+    if (id_list("--token-indices", arg_str(a, "--token-indices", NULL), &o->token_indices, &o->n_token_indices) < 0 ||
+        id_list("--head-token-indices", arg_str(a, "--head-token-indices", NULL), &o->head_token_indices,
+                &o->n_head_token_indices) < 0)
+        return -1;
     return 0;
 }
 

@@ -200,6 +200,13 @@ typedef struct peft_lora_options {
        ignored (must be 0 and NULL). POSIX extended syntax plus Python's \d, \D and (?:...).
        NULL: targets and layers select. */
     const char *target_regex;
+    /* version 6: trainable rows of an untied lm_head (PEFT's trainable_token_indices in its dict
+       form {"lm_head": [...]}): these rows of the output matrix are trained, initialised to their
+       base values, saved as lm_head.token_adapter.trainable_tokens_delta (n x hidden). Distinct
+       ids; not on tied models (there the token_indices rows replace lm_head's), nor with
+       PEFT_TARGET_LM_HEAD or PEFT_SAVE_LM_HEAD. NULL: none. */
+    const int32_t *head_token_indices;
+    int32_t n_head_token_indices;
 } peft_lora_options;
 
 enum peft_variant {
@@ -216,10 +223,10 @@ enum peft_variant {
     PEFT_VARIANT_LOKR = 2
 };
 
-#define PEFT_LORA_OPTIONS_VERSION 5
+#define PEFT_LORA_OPTIONS_VERSION 6
 #define PEFT_LORA_OPTIONS_INIT                                                 \
     {PEFT_LORA_OPTIONS_VERSION, PEFT_TARGET_Q | PEFT_TARGET_V, NULL, 8, 16.0f, \
-     0, 0.0f, PEFT_INIT_KAIMING, 0, 0, NULL, NULL, PEFT_VARIANT_LORA, 0, 0, NULL, 0, NULL}
+     0, 0.0f, PEFT_INIT_KAIMING, 0, 0, NULL, NULL, PEFT_VARIANT_LORA, 0, 0, NULL, 0, NULL, NULL, 0}
 PEFT_API int peft_lora_options_init(peft_lora_options *opts, uint32_t version);
 
 /* IA3 (Hugging Face PEFT peft_type "IA3"): learned scaling vectors, initialised to ones.

@@ -115,6 +115,8 @@ TOK_DELTA = "base_model.model.model.embed_tokens.token_adapter.trainable_tokens_
 TOKEN_IDX = [3, 7, 11]
 PROMPT = "prompt_embeddings"
 TOK_ONLY = "base_model.model.model.embed_tokens.trainable_tokens_delta"  # PEFT TRAINABLE_TOKENS
+HEAD_TOK = "base_model.model.lm_head.token_adapter.trainable_tokens_delta"  # {"lm_head": [...]}
+HEAD_IDX = [0, 5, 40, 47]
 
 
 def forward(c, W, tokens, labels, lora, scale):
@@ -192,6 +194,8 @@ def forward(c, W, tokens, labels, lora, scale):
         x = h + lin(l, "down_proj", torch.nn.functional.silu(g) * u)
     x = rmsnorm(x, W["model.norm.weight"], c.eps)
     head = W["model.embed_tokens.weight"] if c.tied or "lm_head.weight" not in W else W["lm_head.weight"]
+    if HEAD_TOK in lora:  # trainable rows of an untied lm_head (PEFT's dict form)
+        head = head.index_copy(0, torch.tensor(HEAD_IDX), lora[HEAD_TOK])
     logits = x @ head.T
     if HEAD_A in lora:  # LoRA on lm_head
         logits = logits + scale * (x @ lora[HEAD_A].T) @ lora[HEAD_B].T
@@ -307,6 +311,12 @@ TOKEN_CASES = [
     ("tokens_rows", [], None, -8, 0.0, False, 1e-2, 0.0, 0.0, False),
 ]
 
+HEAD_ROW_CASES = [
+    # LoRA on q, v with trainable rows of the embeddings and of the untied lm_head (rank -9):
+    # trainable_token_indices {"embed_tokens": TOKEN_IDX, "lm_head": HEAD_IDX}
+    ("extras_head_rows", ["q_proj", "v_proj"], None, -9, 4.0, False, 1e-2, 0.0, 0.0, False),
+]
+
 
 def factorization(dim):
     """LyCORIS's factorization (factor -1): the divisor pair m <= n nearest the square root."""
@@ -357,7 +367,7 @@ def main():
     labels = tokens.clone()
     labels[0, :4] = -100  # a masked prompt
     labels[1, 7] = -100
-    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES + IA3_CASES + NORM_CASES + EMBED_CASES + VERA_CASES + LOHA_CASES + LOKR_CASES + EXTRA_CASES + INIT_CASES + PROMPT_CASES + TOKEN_CASES:
+    for name, targets, layers, r, alpha, rslora, lr, wd, clip, dora in CASES + IA3_CASES + NORM_CASES + EMBED_CASES + VERA_CASES + LOHA_CASES + LOKR_CASES + EXTRA_CASES + INIT_CASES + PROMPT_CASES + TOKEN_CASES + HEAD_ROW_CASES:
         if r == -1:  # LN tuning
             lora = {}
             names = [f"model.layers.{l}.{n}.weight" for l in layers for n in ("input_layernorm", "post_attention_layernorm")]
@@ -369,6 +379,25 @@ def main():
                     "base_model_name_or_path": "tiny"}
             write_case(name, lora, acfg, tokens, labels, lr, wd, clip,
                        one_step(c, W, tokens, labels, lora, 1.0, lr, wd, clip))
+            continue
+        if r == -9:  # LoRA + embedding rows + lm_head rows
+            r = EXTRA_RANK
+            scale = alpha / r
+            lora = {}
+            for l in range(c.L):
+                for m in targets:
+                    o, i = dims[m]
+                    lora[key(l, m, "A")] = (torch.rand(r, i, generator=g) * 2 - 1) / math.sqrt(i)
+                    lora[key(l, m, "B")] = torch.randn(o, r, generator=g) * 0.1
+            lora[TOK_DELTA] = W["model.embed_tokens.weight"][TOKEN_IDX] + 0.1 * torch.randn(3, c.D, generator=g)
+            lora[HEAD_TOK] = W["lm_head.weight"][HEAD_IDX] + 0.1 * torch.randn(len(HEAD_IDX), c.D, generator=g)
+            lora = {k: v.to(torch.float32).to(torch.float64) for k, v in lora.items()}
+            acfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha, "lora_dropout": 0.0,
+                    "target_modules": targets, "bias": "none", "use_rslora": False, "use_dora": False,
+                    "layers_to_transform": None, "init_lora_weights": True, "base_model_name_or_path": "tiny",
+                    "trainable_token_indices": {"embed_tokens": TOKEN_IDX, "lm_head": HEAD_IDX}}
+            write_case(name, lora, acfg, tokens, labels, lr, wd, clip,
+                       one_step(c, W, tokens, labels, lora, scale, lr, wd, clip))
             continue
         if r == -8:  # trainable tokens alone
             rows = W["model.embed_tokens.weight"][TOKEN_IDX] + 0.2 * torch.randn(3, c.D, generator=g, dtype=torch.float64)

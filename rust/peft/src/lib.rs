@@ -209,6 +209,8 @@ pub struct LoraOptions {
     pub norms: u32,
     /// PEFT's trainable_token_indices: rows of the embeddings trained.
     pub token_indices: Vec<i32>,
+    /// PEFT's trainable_token_indices {"lm_head": [...]}: rows of an untied lm_head trained.
+    pub head_token_indices: Vec<i32>,
     /// PEFT's regex target_modules (re.fullmatch over module names); with it, `targets` must be
     /// 0 and `layers` None.
     pub target_regex: Option<String>,
@@ -234,6 +236,7 @@ impl Default for LoraOptions {
             modules_to_save: 0,
             norms: 0,
             token_indices: Vec::new(),
+            head_token_indices: Vec::new(),
             target_regex: None,
         }
     }
@@ -244,6 +247,7 @@ struct RawLora {
     raw: sys::peft_lora_options,
     _strings: [Option<CString>; 4],
     _tokens: Vec<i32>,
+    _head_tokens: Vec<i32>,
 }
 
 impl LoraOptions {
@@ -255,7 +259,8 @@ impl LoraOptions {
             opt_c(&self.target_regex, "target_regex")?,
         ];
         let tokens = self.token_indices.clone();
-        if tokens.len() > i32::MAX as usize {
+        let head_tokens = self.head_token_indices.clone();
+        if tokens.len() > i32::MAX as usize || head_tokens.len() > i32::MAX as usize {
             return Err(Error::invalid("too many token indices".into()));
         }
         let raw = sys::peft_lora_options {
@@ -286,8 +291,10 @@ impl LoraOptions {
             token_indices: if tokens.is_empty() { std::ptr::null() } else { tokens.as_ptr() },
             n_token_indices: tokens.len() as i32,
             target_regex: opt_ptr(&strings[3]),
+            head_token_indices: if head_tokens.is_empty() { std::ptr::null() } else { head_tokens.as_ptr() },
+            n_head_token_indices: head_tokens.len() as i32,
         };
-        Ok(RawLora { raw, _strings: strings, _tokens: tokens })
+        Ok(RawLora { raw, _strings: strings, _tokens: tokens, _head_tokens: head_tokens })
     }
 }
 

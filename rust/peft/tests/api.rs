@@ -126,11 +126,20 @@ fn other_methods_attach_and_train() {
             2 => m.attach_lora(&LoraOptions { variant: Variant::Loha, ..LoraOptions::default() }).unwrap(),
             3 => m.attach_lora(&LoraOptions { dora: true, ..LoraOptions::default() }).unwrap(),
             5 => m
-                .attach_lora(&LoraOptions { targets: target::V, token_indices: vec![3, 7, 11], ..LoraOptions::default() })
+                .attach_lora(&LoraOptions {
+                    targets: target::V,
+                    token_indices: vec![3, 7, 11],
+                    head_token_indices: vec![0, 47],
+                    ..LoraOptions::default()
+                })
                 .unwrap(),
             _ => m.attach_lora(&LoraOptions { rank: 2, init: peft::Init::Pissa, ..LoraOptions::default() }).unwrap(),
         };
         assert!(n > 0 && m.info().n_trainable == n);
+        if which == 5 {
+            // v (8 x 32 + 16 x 8) in 3 layers, 3 embedding rows and 2 lm_head rows of 32
+            assert_eq!(n, 3 * (8 * 32 + 16 * 8) + 5 * 32);
+        }
         if which == 4 {
             // q in 3 layers, lm_head A (2 x 32) + B (48 x 2), the embeddings, the final norm
             assert_eq!(n, 3 * 2 * 64 + 2 * (32 + 48) + 48 * 32 + 32);

@@ -1,0 +1,112 @@
+/*
+ * What a LoRA adapter_config.json says is trained beyond the linear modules: modules_to_save
+ * (embeddings, lm_head, norms) and trainable_token_indices (the list form, and PEFT's dict form
+ * with embed_tokens and lm_head).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "json.h"
+#include "model.h"
+
+/* modules_to_save of a LoRA adapter_config.json -> o->modules_to_save and o->norms; layer-wise
+   norm names must name exactly the adapted layers (layers: their "N,M" list, "" = all). */
+int peft__read_modules_to_save(const json_value *v, peft_lora_options *o, const char *layers, const char *path)
+{
+    static const char *const nn[2] = {"input_layernorm", "post_attention_layernorm"};
+    if (!v || v->type == JSON_NULL)
+        return PEFT_OK;
+    if (v->type != JSON_ARRAY)
+        return peft__fail(PEFT_EFORMAT, "%s: modules_to_save is not a list", path);
+    char listed[2][4096] = {"", ""};
+    for (size_t i = 0; i < v->length; i++) {
+        const char *s = v->items[i].type == JSON_STRING ? v->items[i].string : "";
+        const char *bare = !strncmp(s, "model.", 6) ? s + 6 : s;
+        long layer;
+        char *end;
+        int k = -1;
+        if (!strcmp(bare, "embed_tokens")) {
+            o->modules_to_save |= PEFT_SAVE_EMBED;
+        } else if (!strcmp(s, "lm_head")) {
+            o->modules_to_save |= PEFT_SAVE_LM_HEAD;
+        } else if (!strcmp(s, "model.norm")) {
+            o->norms |= PEFT_NORM_FINAL;
+        } else if (!strcmp(s, "norm") && !*layers) { /* PEFT matches it as a suffix: every norm */
+            o->norms |= PEFT_NORM_ALL;
+        } else if ((k = !strcmp(s, nn[0]) ? 0 : !strcmp(s, nn[1]) ? 1 : -1) >= 0 && !*layers) {
+            o->norms |= 1u << k;
+        } else if (!strncmp(s, "model.layers.", 13) && (layer = strtol(s + 13, &end, 10)) >= 0 && end != s + 13 &&
+                   *end == '.' && ((k = !strcmp(end + 1, nn[0]) ? 0 : !strcmp(end + 1, nn[1]) ? 1 : -1) >= 0)) {
+            size_t n = strlen(listed[k]);
+            snprintf(listed[k] + n, sizeof listed[k] - n, "%s%ld", n ? "," : "", layer);
+        } else {
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: modules_to_save entry \"%s\" is not supported (embed_tokens, "
+                              "lm_head, model.norm, input_layernorm and post_attention_layernorm of the adapted layers)",
+                              path, s);
+        }
+    }
+    for (int k = 0; k < 2; k++) {
+        if (!listed[k][0])
+            continue;
+        if (strcmp(listed[k], layers) != 0)
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: modules_to_save names %s of layers %s, but the adapter's "
+                              "layers are %s (norms are trained on the adapted layers)", path, nn[k], listed[k],
+                              *layers ? layers : "all");
+        o->norms |= 1u << k;
+    }
+    return PEFT_OK;
+}
+
+/* One list of token ids into ids[*n ...]; *n advances. */
+static int read_id_list(const json_value *v, int32_t *ids, size_t *n, const char *path)
+{
+    if (v->type != JSON_ARRAY || v->length == 0)
+        return peft__fail(PEFT_EFORMAT, "%s: trainable_token_indices must hold non-empty lists of token ids", path);
+    for (size_t i = 0; i < v->length; i++) {
+        const json_value *it = &v->items[i];
+        if (it->type != JSON_NUMBER || !it->is_integer || it->number < 0 || it->number > 2147483647.0)
+            return peft__fail(PEFT_EFORMAT, "%s: bad entry in trainable_token_indices", path);
+        ids[(*n)++] = (int32_t)it->number;
+    }
+    return PEFT_OK;
+}
+
+/* trainable_token_indices: a list of ids (the input embeddings, and a tied lm_head) or PEFT's
+   dict form {"embed_tokens": [...], "lm_head": [...]} (either key may be missing); *ids is
+   malloc'ed, the embedding rows first. */
+int peft__read_token_indices(const json_value *v, peft_lora_options *o, int32_t **ids, const char *path)
+{
+    if (!v || v->type == JSON_NULL)
+        return PEFT_OK;
+    const json_value *emb = v, *head = NULL;
+    if (v->type == JSON_OBJECT) {
+        emb = NULL;
+        for (size_t i = 0; i < v->length; i++) {
+            const char *k = v->keys[i];
+            if (!strcmp(k, "embed_tokens") || !strcmp(k, "model.embed_tokens"))
+                emb = &v->items[i];
+            else if (!strcmp(k, "lm_head"))
+                head = &v->items[i];
+            else
+                return peft__fail(PEFT_EUNSUPPORTED, "%s: trainable_token_indices for \"%s\" (embed_tokens and "
+                                                     "lm_head are supported)", path, k);
+        }
+    }
+    size_t total = (emb && emb->type == JSON_ARRAY ? emb->length : 0) + (head && head->type == JSON_ARRAY ? head->length : 0);
+    if (total == 0 || total > (1u << 24))
+        return peft__fail(PEFT_EFORMAT, "%s: trainable_token_indices must hold non-empty lists of token ids", path);
+    if (!(*ids = malloc(total * sizeof **ids)))
+        return peft__fail(PEFT_ENOMEM, "out of memory");
+    size_t n = 0;
+    int code;
+    if (emb && (code = read_id_list(emb, *ids, &n, path)))
+        return code;
+    o->token_indices = n ? *ids : NULL;
+    o->n_token_indices = (int32_t)n;
+    if (head && (code = read_id_list(head, *ids, &n, path)))
+        return code;
+    o->head_token_indices = head ? *ids + o->n_token_indices : NULL;
+    o->n_head_token_indices = (int32_t)n - o->n_token_indices;
+    return PEFT_OK;
+}
