@@ -119,6 +119,39 @@ static size_t extra_tensors(const peft_model *m, st_out_tensor *ts, char *names)
     return n;
 }
 
+/* Read what the attachment trains beyond its modules (extra_tensors' names and shapes) from f;
+   *n: how many. */
+static int read_extras(const peft_model *m, st_file *f, const char *st_path, size_t *n)
+{
+    const lora_state *l = m->lora;
+    *n = extra_count(l, m->cfg.n_layers);
+    st_out_tensor *extra = calloc(*n + 1, sizeof *extra);
+    char *names = malloc((*n + 1) * 128);
+    int code = PEFT_OK;
+    if (!extra || !names) {
+        code = peft__fail(PEFT_ENOMEM, "out of memory");
+        goto done;
+    }
+    extra_tensors(m, extra, names);
+    for (size_t i = 0; i < *n && !code; i++) {
+        const st_tensor *t = st_find(f, extra[i].name);
+        int64_t d1 = extra[i].n_dims > 1 ? extra[i].shape[1] : 1;
+        if (!t)
+            code = peft__fail(PEFT_ENOTFOUND, "%s: tensor '%s' is missing", st_path, extra[i].name);
+        else if (t->n_dims != extra[i].n_dims || t->shape[0] != extra[i].shape[0] ||
+                 (t->n_dims > 1 && t->shape[1] != d1))
+            code = peft__fail(PEFT_ESHAPE, "%s: tensor '%s' must have shape [%lld%s%lld]", st_path, extra[i].name,
+                              (long long)extra[i].shape[0], extra[i].n_dims > 1 ? ", " : "",
+                              extra[i].n_dims > 1 ? (long long)d1 : 0LL);
+        else
+            code = st_read_f32(f, t, (float *)extra[i].data, (uint64_t)(extra[i].shape[0] * d1));
+    }
+done:
+    free(extra);
+    free(names);
+    return code;
+}
+
 /* modules_to_save of a LoRA attachment as PEFT matches them (name suffixes): null or a list */
 static void jw_modules_to_save(struct jw *w, const lora_state *l, int n_layers)
 {
@@ -473,9 +506,8 @@ static int finish_load(peft_model *m, lora_state *saved, st_file *f, int code, s
 }
 
 /* The end of loading a one-tensor adapter (prompt tuning, trainable tokens) into l, built for
-   it: the file holds exactly `key` (d0, d1), finite; its values then replace the weights of
-   the matching attachment m->lora (its optimizer state kept), or l becomes the attachment.
-   l is freed unless installed. */
+   it: the file holds exactly `key` (d0, d1), finite; l then becomes the attachment, replacing
+   a matching m->lora (optimizer state and all). l is freed unless installed. */
 int peft__load_single(peft_model *m, lora_state *l, const char *st_path, const char *key, int64_t d0, int64_t d1,
                       const char *what)
 {
@@ -496,12 +528,14 @@ int peft__load_single(peft_model *m, lora_state *l, const char *st_path, const c
         if (!isfinite(l->params[i]))
             code = peft__fail(PEFT_ENUMERIC, "%s: adapter weights contain NaN or Inf", st_path);
     st_close(f);
-    if (!code && m->lora) /* onto the same layout: the weights only */
-        memcpy(m->lora->params, l->params, l->n_params * sizeof(float));
-    if (code || m->lora) {
+    if (code) {
         peft__lora_free(l);
         return code;
     }
+    /* it replaces a matching attachment (the callers checked the layout) as every load does: the
+       weights are the file's, the optimizer state starts afresh */
+    peft__lora_free(m->lora);
+    m->lora = NULL;
     return peft__state_install(m, l, NULL);
 }
 
@@ -682,9 +716,10 @@ static int save_loha(peft_model *m, const char *st_path, const char *cfg_path, c
 {
     const lora_state *l = m->lora;
     int lokr = l->method == PEFT_METHOD_LOKR;
-    size_t nt = 0;
+    size_t nt = 0, n_extra = extra_count(l, m->cfg.n_layers);
     for (int i = 0; i < l->n_modules; i++)
         nt += (size_t)factor_tensor(l, &l->mods[i], -1, NULL, 0, NULL, NULL, NULL);
+    nt += n_extra; /* modules_to_save (embeddings, lm_head, norms) after the factors */
     st_out_tensor *ts = calloc(nt ? nt : 1, sizeof *ts);
     char *names = calloc(nt ? nt : 1, 128);
     struct jw w = {0};
@@ -707,6 +742,7 @@ static int save_loha(peft_model *m, const char *st_path, const char *cfg_path, c
             o->data = l->params + md->off_a + off;
         }
     }
+    extra_tensors(m, ts + kt, names + kt * 128);
     jw_put(&w, "{\n  \"alpha\": ");
     jw_number(&w, l->alpha);
     jw_put(&w, ",\n  \"alpha_pattern\": ");
@@ -718,8 +754,9 @@ static int save_loha(peft_model *m, const char *st_path, const char *cfg_path, c
     jw_put(&w, ",\n  \"inference_mode\": true,\n  \"init_weights\": true,\n  \"layers_pattern\": null,\n"
                "  \"layers_to_transform\": ");
     jw_layers(&w, l, m->cfg.n_layers);
-    jw_put(&w, ",\n  \"module_dropout\": 0.0,\n  \"modules_to_save\": null,\n  \"peft_type\": \"%s\",\n"
-               "  \"r\": %d,\n  \"rank_dropout\": 0.0,\n%s  \"rank_pattern\": ",
+    jw_put(&w, ",\n  \"module_dropout\": 0.0,\n  \"modules_to_save\": ");
+    jw_modules_to_save(&w, l, m->cfg.n_layers);
+    jw_put(&w, ",\n  \"peft_type\": \"%s\",\n  \"r\": %d,\n  \"rank_dropout\": 0.0,\n%s  \"rank_pattern\": ",
            lokr ? "LOKR" : "LOHA", l->rank, lokr ? "  \"rank_dropout_scale\": false,\n" : "");
     jw_pattern(&w, l->rank_pattern, 1, 1.0);
     jw_put(&w, ",\n  \"revision\": null,\n  \"target_modules\": [");
@@ -765,6 +802,8 @@ static int load_loha(peft_model *m, const char *dir, const json_value *root, con
         code = pattern_from_json(json_get(root, "rank_pattern"), rpat, sizeof rpat, "rank_pattern", cfg_path);
     if (!code)
         code = pattern_from_json(json_get(root, "alpha_pattern"), apat, sizeof apat, "alpha_pattern", cfg_path);
+    if (!code)
+        code = peft__read_modules_to_save(json_get(root, "modules_to_save"), &o, layers, cfg_path);
     if (code)
         return code;
     o.layers = layers[0] ? layers : NULL;
@@ -794,7 +833,10 @@ static int load_loha(peft_model *m, const char *dir, const json_value *root, con
             code = read_shaped(f, key, d0, d1, l->params + md->off_a + off, st_path);
         }
     }
-    return finish_load(m, saved, f, code, expected, st_path, dir);
+    size_t n_extra = 0;
+    if (!code)
+        code = read_extras(m, f, st_path, &n_extra);
+    return finish_load(m, saved, f, code, expected + n_extra, st_path, dir);
 }
 
 int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *opts)
@@ -1360,28 +1402,13 @@ int peft_load_adapter(peft_model *m, const char *dir)
                 goto done;
         }
     }
-    n_extra = extra_count(l, m->cfg.n_layers);
+    if ((code = read_extras(m, f, st_path, &n_extra)))
+        goto done;
     if (!(extra = calloc(n_extra + 1, sizeof *extra)) || !(extra_names = malloc((n_extra + 1) * 128))) {
         code = peft__fail(PEFT_ENOMEM, "out of memory");
         goto done;
     }
-    extra_tensors(m, extra, extra_names);
-    for (size_t i = 0; i < n_extra; i++) {
-        const st_tensor *t = st_find(f, extra[i].name);
-        int64_t d1 = extra[i].n_dims > 1 ? extra[i].shape[1] : 1;
-        if (!t) {
-            code = peft__fail(PEFT_ENOTFOUND, "%s: tensor '%s' is missing", st_path, extra[i].name);
-            goto done;
-        }
-        if (t->n_dims != extra[i].n_dims || t->shape[0] != extra[i].shape[0] || (t->n_dims > 1 && t->shape[1] != d1)) {
-            code = peft__fail(PEFT_ESHAPE, "%s: tensor '%s' must have shape [%lld%s%lld]", st_path, extra[i].name,
-                              (long long)extra[i].shape[0], extra[i].n_dims > 1 ? ", " : "",
-                              extra[i].n_dims > 1 ? (long long)d1 : 0LL);
-            goto done;
-        }
-        if ((code = st_read_f32(f, t, (float *)extra[i].data, (uint64_t)(extra[i].shape[0] * d1))))
-            goto done;
-    }
+    extra_tensors(m, extra, extra_names); /* their names, for the check below */
     if (f->n_tensors != (size_t)l->n_modules * (size_t)per + (l->embed_r > 0 ? 2 : 0) + n_extra) {
         for (size_t i = 0; i < f->n_tensors; i++) {
             int ok = l->embed_r > 0 && (!strcmp(f->tensors[i].name, EMBED_A_KEY) || !strcmp(f->tensors[i].name, EMBED_B_KEY));

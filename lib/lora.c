@@ -326,11 +326,12 @@ static int check_options(const peft_model *m, const peft_lora_options *o)
                                           o->head_token_indices[i]);
             }
         }
-        int extras = o->modules_to_save || o->norms || o->n_token_indices > 0 || (o->targets & PEFT_TARGET_LM_HEAD) ||
-                     (o->version >= 6 && o->n_head_token_indices > 0);
-        if (extras && o->variant != PEFT_VARIANT_LORA)
-            return peft__fail(PEFT_EUNSUPPORTED, "%s: lm_head, modules_to_save, norms and token rows go with LoRA "
-                                                 "or DoRA only", o->variant == PEFT_VARIANT_LOHA ? "LoHa" : "LoKr");
+        int lora_only = o->n_token_indices > 0 || (o->targets & PEFT_TARGET_LM_HEAD) ||
+                        (o->version >= 6 && o->n_head_token_indices > 0);
+        if (lora_only && o->variant != PEFT_VARIANT_LORA)
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: lm_head and token rows go with LoRA or DoRA only "
+                                                 "(modules_to_save and norms go with every variant)",
+                              o->variant == PEFT_VARIANT_LOHA ? "LoHa" : "LoKr");
     }
     if (o->version >= 3 && o->variant != PEFT_VARIANT_LORA && o->variant != PEFT_VARIANT_LOHA &&
         o->variant != PEFT_VARIANT_LOKR)

@@ -403,10 +403,13 @@ TEST(lora_extras_gradients_and_counts)
     badtok[1] = 5;
     CHECK(peft_count_lora(&n, m, &o) == PEFT_EINVAL);
     CHECK(strstr(peft_last_error(), "twice") != NULL);
-    o.n_token_indices = 0;
-    o.variant = PEFT_VARIANT_LOHA;
-    o.norms = PEFT_NORM_FINAL;
+    o.variant = PEFT_VARIANT_LOHA; /* token rows are LoRA's (norms go with LoHa: lycoris_modules_to_save_...) */
+    o.token_indices = extra_tokens;
+    o.n_token_indices = 3;
     CHECK(peft_count_lora(&n, m, &o) == PEFT_EUNSUPPORTED);
+    o.n_token_indices = 0;
+    o.norms = PEFT_NORM_FINAL;
+    CHECK_OK(peft_count_lora(&n, m, &o));
     o.variant = PEFT_VARIANT_LORA;
     o.use_dora = 1;
     o.targets = PEFT_TARGET_Q | PEFT_TARGET_LM_HEAD;
@@ -545,6 +548,96 @@ TEST(lora_extras_lifecycle_tied)
     CHECK(peft_attach_lora(m, &o, NULL) == PEFT_EINVAL);
     CHECK(strstr(peft_last_error(), "tied") != NULL);
     peft_model_close(&m);
+}
+
+/* LoHa and LoKr with modules_to_save (the embeddings in full, the norms): trained, saved in PEFT's
+   LOHA/LOKR files with modules_to_save, reloaded to the same loss, merged and exported. */
+TEST(lycoris_modules_to_save_lifecycle)
+{
+    for (int variant = PEFT_VARIANT_LOHA; variant <= PEFT_VARIANT_LOKR; variant++) {
+        peft_model *m = open_tiny(1);
+        peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+        o.variant = variant;
+        o.targets = PEFT_TARGET_Q | PEFT_TARGET_V;
+        o.layers = "1-2";
+        o.rank = 2;
+        o.modules_to_save = PEFT_SAVE_EMBED;
+        o.norms = PEFT_NORM_POST_ATTENTION | PEFT_NORM_FINAL;
+        uint64_t n, plain;
+        CHECK_OK(peft_attach_lora(m, &o, &n));
+        peft_lora_options p = o;
+        p.modules_to_save = p.norms = 0;
+        CHECK_OK(peft_count_lora(&plain, m, &p));
+        CHECK(n == plain + 48 * 32 + 2 * 32 + 32); /* embeddings, two layers' norms, the final norm */
+        int32_t tok[32];
+        make_batch(tok, 32, 4);
+        peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
+        CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-2));
+        for (int i = 0; i < 10; i++)
+            CHECK_OK(peft_step(m, &b, NULL));
+        double with = eval_loss(m);
+        char *d = mktmp();
+        CHECK_OK(peft_save_adapter(m, d, NULL));
+        size_t len, slen;
+        char *cfg = read_text(d, "adapter_config.json", &len), *st = read_text(d, "adapter_model.safetensors", &slen);
+        CHECK(cfg && strstr(cfg, variant == PEFT_VARIANT_LOHA ? "\"LOHA\"" : "\"LOKR\""));
+        CHECK(cfg && strstr(cfg, "\"modules_to_save\": [\n    \"embed_tokens\",\n"
+                                 "    \"model.layers.1.post_attention_layernorm\",\n"
+                                 "    \"model.layers.2.post_attention_layernorm\",\n    \"model.norm\"\n  ]"));
+        CHECK(st && has_bytes(st, slen, "base_model.model.model.embed_tokens.weight") &&
+              has_bytes(st, slen, "base_model.model.model.layers.2.post_attention_layernorm.weight") &&
+              has_bytes(st, slen, "base_model.model.model.norm.weight"));
+        free(cfg);
+        free(st);
+        peft_model *m2 = open_tiny(1);
+        CHECK_OK(peft_load_adapter(m2, d));
+        CHECK(eval_loss(m2) == with);
+        peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+        CHECK_OK(peft_model_get_info(m2, &in));
+        CHECK(in.n_trainable == n);
+        peft_model_close(&m2);
+        merge_session_export(m, tok, with);
+        /* still LoRA-only: token rows and lm_head */
+        peft_detach(m);
+        p = o;
+        p.targets |= PEFT_TARGET_LM_HEAD;
+        CHECK(peft_attach_lora(m, &p, NULL) == PEFT_EUNSUPPORTED);
+        peft_model_close(&m);
+    }
+}
+
+/* One rule for every method: loading onto a matching attachment replaces it, weights from the
+   file and a fresh optimizer state (step 0). */
+TEST(load_replaces_weights_and_optimizer_state)
+{
+    for (int method = 0; method < 4; method++) {
+        peft_model *m = open_tiny(1);
+        peft_lora_options lo = PEFT_LORA_OPTIONS_INIT;
+        peft_prompt_options po = PEFT_PROMPT_OPTIONS_INIT;
+        peft_ia3_options io = PEFT_IA3_OPTIONS_INIT;
+        static const int32_t rows[3] = {2, 4, 6};
+        po.n_virtual = 3;
+        CHECK_OK(method == 0   ? peft_attach_lora(m, &lo, NULL)
+                 : method == 1 ? peft_attach_prompt(m, &po, NULL)
+                 : method == 2 ? peft_attach_tokens(m, rows, 3, NULL)
+                               : peft_attach_ia3(m, &io, NULL));
+        int32_t tok[32];
+        make_batch(tok, 32, 6);
+        peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
+        CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-2));
+        CHECK_OK(peft_step(m, &b, NULL));
+        CHECK_OK(peft_step(m, &b, NULL));
+        double saved = eval_loss(m), st;
+        char *d = mktmp();
+        CHECK_OK(peft_save_adapter(m, d, NULL));
+        CHECK_OK(peft_step(m, &b, NULL));
+        CHECK(eval_loss(m) != saved);
+        CHECK_OK(peft_load_adapter(m, d));
+        CHECK_MSG(eval_loss(m) == saved, "method %d: the file's weights", method);
+        CHECK_OK(peft_opt_get(m, PEFT_OPT_STEP, &st));
+        CHECK_MSG(st == 0, "method %d: step %g after loading", method, st);
+        peft_model_close(&m);
+    }
 }
 
 /* Each group at its own learning rate and weight decay. */
@@ -1289,7 +1382,8 @@ static const struct h_case cases[] = {
     CASE(embed_lora_lifecycle), CASE(vera_lifecycle), CASE(loha_lifecycle), CASE(lokr_lifecycle),
     CASE(lora_extras_gradients_and_counts), CASE(lora_extras_lifecycle_untied), CASE(lora_extras_lifecycle_tied),
     CASE(parameter_groups_learning_rates), CASE(pissa_lifecycle), CASE(olora_lifecycle), CASE(regex_targets),
-    CASE(prompt_lifecycle), CASE(several_adapters), CASE(combine_dare_clamp_and_refusals),
+    CASE(prompt_lifecycle), CASE(several_adapters), CASE(combine_dare_clamp_and_refusals), CASE(lycoris_modules_to_save_lifecycle),
+    CASE(load_replaces_weights_and_optimizer_state),
     CASE(trainable_tokens_lifecycle),
 };
 

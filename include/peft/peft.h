@@ -490,9 +490,11 @@ typedef struct peft_save_options {
 PEFT_API int peft_save_adapter(peft_model *model, const char *dir,
                                const peft_save_options *opts);
 /*
- * Load a Hugging Face PEFT LoRA adapter directory: attaches it with its
- * adapter_config.json settings when nothing is attached, or overwrites the
- * weights of a matching attachment.
+ * Load a Hugging Face PEFT adapter directory (any method libpeft saves): attaches it
+ * with its adapter_config.json settings when nothing is attached, or replaces a
+ * matching attachment (same method and parameter layout; else PEFT_ESHAPE and the
+ * attachment stays). Either way the weights are the file's and the optimizer state
+ * starts afresh (step 0, no moments); peft_load_checkpoint resumes training instead.
  */
 PEFT_API int peft_load_adapter(peft_model *model, const char *dir);
 
