@@ -298,8 +298,9 @@ static int write_config_ia3(const peft_model *m, const char *path, const char *b
             first = 0;
         }
     jw_put(&w, first ? "],\n" : "\n  ],\n");
-    jw_put(&w, "  \"inference_mode\": true,\n  \"init_ia3_weights\": true,\n  \"modules_to_save\": null,\n"
-               "  \"peft_type\": \"IA3\",\n  \"revision\": null,\n  \"target_modules\": [");
+    jw_put(&w, "  \"inference_mode\": true,\n  \"init_ia3_weights\": true,\n  \"modules_to_save\": ");
+    jw_modules_to_save(&w, l, m->cfg.n_layers);
+    jw_put(&w, ",\n  \"peft_type\": \"IA3\",\n  \"revision\": null,\n  \"target_modules\": [");
     /* all layers: module names; a subset: full module paths, which PEFT matches exactly */
     first = 1;
     for (int i = 0; i < l->n_modules; i++) {
@@ -556,7 +557,7 @@ static void vera_key(char *buf, size_t n, const lora_module *md, char which)
 static int save_vera(peft_model *m, const char *st_path, const char *cfg_path, const char *base_name)
 {
     const lora_state *l = m->lora;
-    size_t nt = (size_t)l->n_modules * 2 + 2;
+    size_t n_extra = extra_count(l, m->cfg.n_layers), nt = (size_t)l->n_modules * 2 + 2 + n_extra;
     st_out_tensor *ts = calloc(nt, sizeof *ts);
     char *names = calloc(nt, 128);
     struct jw w = {0};
@@ -577,8 +578,10 @@ static int save_vera(peft_model *m, const char *st_path, const char *cfg_path, c
             t->data = l->params + (b ? md->off_b : md->off_a);
         }
     }
-    ts[nt - 2] = (st_out_tensor){.name = VERA_A_KEY, .n_dims = 2, .shape = {l->rank, l->vera_in}, .data = l->vera_A};
-    ts[nt - 1] = (st_out_tensor){.name = VERA_B_KEY, .n_dims = 2, .shape = {l->vera_out, l->rank}, .data = l->vera_B};
+    size_t k2 = (size_t)l->n_modules * 2;
+    ts[k2] = (st_out_tensor){.name = VERA_A_KEY, .n_dims = 2, .shape = {l->rank, l->vera_in}, .data = l->vera_A};
+    ts[k2 + 1] = (st_out_tensor){.name = VERA_B_KEY, .n_dims = 2, .shape = {l->vera_out, l->rank}, .data = l->vera_B};
+    extra_tensors(m, ts + k2 + 2, names + (k2 + 2) * 128); /* modules_to_save */
     jw_put(&w, "{\n  \"base_model_name_or_path\": ");
     jw_str(&w, base_name);
     jw_put(&w, ",\n  \"bias\": \"none\",\n  \"d_initial\": ");
@@ -586,7 +589,9 @@ static int save_vera(peft_model *m, const char *st_path, const char *cfg_path, c
     jw_put(&w, ",\n  \"fan_in_fan_out\": false,\n  \"inference_mode\": true,\n  \"init_weights\": true,\n"
                "  \"layers_pattern\": null,\n  \"layers_to_transform\": ");
     jw_layers(&w, l, m->cfg.n_layers);
-    jw_put(&w, ",\n  \"modules_to_save\": null,\n  \"peft_type\": \"VERA\",\n  \"projection_prng_key\": %llu,\n"
+    jw_put(&w, ",\n  \"modules_to_save\": ");
+    jw_modules_to_save(&w, l, m->cfg.n_layers);
+    jw_put(&w, ",\n  \"peft_type\": \"VERA\",\n  \"projection_prng_key\": %llu,\n"
                "  \"r\": %d,\n  \"revision\": null,\n  \"save_projection\": true,\n  \"target_modules\": [",
            (unsigned long long)l->seed, l->rank);
     first = 1;
@@ -637,8 +642,14 @@ static int load_vera(peft_model *m, const char *dir, const json_value *root, con
     if ((v = json_get(root, "bias")) && v->type == JSON_STRING && strcmp(v->string, "none") != 0)
         return peft__fail(PEFT_EUNSUPPORTED, "%s: bias \"%s\" is not supported yet", cfg_path, v->string);
     int code = targets_and_layers(root, &o.targets, 0, layers, sizeof layers, cfg_path);
+    peft_lora_options side = PEFT_LORA_OPTIONS_INIT; /* modules_to_save and norms */
+    side.modules_to_save = 0;
+    if (!code)
+        code = peft__read_modules_to_save(json_get(root, "modules_to_save"), &side, layers, cfg_path);
     if (code)
         return code;
+    o.modules_to_save = side.modules_to_save;
+    o.norms = side.norms;
     o.layers = layers[0] ? layers : NULL;
     st_file *f = NULL;
     if ((code = st_open(&f, st_path)))
@@ -664,7 +675,10 @@ static int load_vera(peft_model *m, const char *dir, const json_value *root, con
         code = read_shaped(f, VERA_A_KEY, l->rank, l->vera_in, l->vera_A, st_path);
     if (!code)
         code = read_shaped(f, VERA_B_KEY, l->vera_out, l->rank, l->vera_B, st_path);
-    return finish_load(m, saved, f, code, (size_t)l->n_modules * 2 + 2, st_path, dir);
+    size_t n_extra = 0;
+    if (!code)
+        code = read_extras(m, f, st_path, &n_extra);
+    return finish_load(m, saved, f, code, (size_t)l->n_modules * 2 + 2 + n_extra, st_path, dir);
 }
 
 /* ---- LoHa (PEFT LOHA) and LoKr (PEFT LOKR): factor tensors of one module ---- */
@@ -873,7 +887,7 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
     int ia3 = l->method == PEFT_METHOD_IA3;
     int per = ia3 ? 1 : l->use_dora ? 3 : 2;
     float *conv = NULL;
-    size_t n_extra = ia3 ? 0 : extra_count(l, m->cfg.n_layers);
+    size_t n_extra = extra_count(l, m->cfg.n_layers);
     size_t n_ts = (size_t)l->n_modules * (size_t)per + (l->embed_r > 0 ? 2 : 0) + n_extra;
     st_out_tensor *ts = calloc(n_ts, sizeof *ts);
     char *names = malloc(((size_t)l->n_modules * (size_t)per + n_extra + 1) * 128);
@@ -1219,6 +1233,12 @@ static int load_ia3(peft_model *m, const char *dir, const json_value *root, cons
     st_file *f = NULL;
     lora_state *saved = m->lora;
     int code = read_config_ia3(root, &o, layers, sizeof layers, m->cfg.n_layers, cfg_path);
+    peft_lora_options side = PEFT_LORA_OPTIONS_INIT; /* modules_to_save and norms */
+    side.modules_to_save = 0;
+    if (!code)
+        code = peft__read_modules_to_save(json_get(root, "modules_to_save"), &side, o.layers ? o.layers : "", cfg_path);
+    o.modules_to_save = side.modules_to_save;
+    o.norms = side.norms;
     if (!code)
         code = st_open(&f, st_path);
     if (code)
@@ -1244,9 +1264,12 @@ static int load_ia3(peft_model *m, const char *dir, const json_value *root, cons
         else
             code = st_read_f32(f, t, l->params + md->off_a, (uint64_t)(d0 * d1));
     }
-    if (!code && f->n_tensors != (size_t)l->n_modules)
-        code = peft__fail(PEFT_EFORMAT, "%s: %zu tensors, but adapter_config.json describes %d", st_path,
-                          f->n_tensors, l->n_modules);
+    size_t n_extra = 0;
+    if (!code)
+        code = read_extras(m, f, st_path, &n_extra);
+    if (!code && f->n_tensors != (size_t)l->n_modules + n_extra)
+        code = peft__fail(PEFT_EFORMAT, "%s: %zu tensors, but adapter_config.json describes %zu", st_path,
+                          f->n_tensors, (size_t)l->n_modules + n_extra);
     if (!code && saved && (saved->method != PEFT_METHOD_IA3 || saved->n_params != l->n_params))
         code = peft__fail(PEFT_ESHAPE, "%s: adapter layout differs from the attached one", dir);
     st_close(f);

@@ -779,6 +779,25 @@ static void init_extras(lora_state *l, const peft_model *m)
             memcpy(l->params + l->norm_off[i], base_norm(m, i), D * sizeof(float));
 }
 
+/* What IA3 and VeRA (options version 2) train alongside: modules_to_save and norms, laid out
+   from *off on as LoRA lays them out. */
+static int side_extras(lora_state *l, const peft_config *c, uint32_t version, uint32_t save, uint32_t norms,
+                       size_t *off, const char *what)
+{
+    l->mods_end = l->off_norms = *off;
+    if (version < 2 || (!save && !norms))
+        return PEFT_OK;
+    if (save & ~(uint32_t)(PEFT_SAVE_EMBED | PEFT_SAVE_LM_HEAD))
+        return peft__fail(PEFT_EINVAL, "%s: modules_to_save must be PEFT_SAVE_* bits", what);
+    if (norms & ~(uint32_t)PEFT_NORM_ALL)
+        return peft__fail(PEFT_EINVAL, "%s: norms must be PEFT_NORM_* bits", what);
+    peft_lora_options lo = PEFT_LORA_OPTIONS_INIT;
+    lo.targets = 0;
+    lo.modules_to_save = save;
+    lo.norms = norms;
+    return build_extras(l, c, &lo, off);
+}
+
 /* IA3: one vector per target module, of its input size (feedforward) or output size. */
 static int build_ia3(lora_state **out, const peft_model *m, const peft_ia3_options *o, int allocate)
 {
@@ -817,14 +836,20 @@ static int build_ia3(lora_state **out, const peft_model *m, const peft_ia3_optio
             if (layer < l->lowest_layer)
                 l->lowest_layer = layer;
         }
-    l->n_params = l->mods_end = l->off_norms = off;
+    if ((code = side_extras(l, c, o->version, o->version >= 2 ? o->modules_to_save : 0, o->version >= 2 ? o->norms : 0,
+                            &off, "IA3"))) {
+        peft__lora_free(l);
+        return code;
+    }
+    l->n_params = off;
     if (allocate) {
         if ((code = peft__state_alloc(l, off, "IA3"))) {
             peft__lora_free(l);
             return code;
         }
-        for (size_t i = 0; i < off; i++)
+        for (size_t i = 0; i < l->mods_end; i++)
             l->params[i] = 1.0f; /* PEFT's init_ia3_weights */
+        init_extras(l, m);
     }
     *out = l;
     return PEFT_OK;
@@ -881,7 +906,12 @@ static int build_vera(lora_state **out, const peft_model *m, const peft_vera_opt
             if (layer < l->lowest_layer)
                 l->lowest_layer = layer;
         }
-    l->n_params = l->mods_end = l->off_norms = off;
+    if ((code = side_extras(l, c, o->version, o->version >= 2 ? o->modules_to_save : 0, o->version >= 2 ? o->norms : 0,
+                            &off, "VeRA"))) {
+        peft__lora_free(l);
+        return code;
+    }
+    l->n_params = off;
     if (allocate) {
         size_t r = (size_t)o->rank;
         l->vera_A = peft__alloc_floats(r * (size_t)l->vera_in);
@@ -940,6 +970,7 @@ int peft_attach_vera(peft_model *m, const peft_vera_options *o, uint64_t *n_trai
     if (code)
         return code;
     init_vera(l);
+    init_extras(l, m);
     return peft__state_install(m, l, n_trainable);
 }
 

@@ -99,6 +99,12 @@ def test_other_methods():
     with libpeft.Model(TINY) as m:
         assert m.attach_ia3(layers="1-2") == 2 * (16 + 16 + 40)
         m.detach()
+        # with the embeddings in full and the final norm alongside (48 x 32 + 32)
+        assert m.attach_ia3(layers="1-2", modules_to_save=["embed_tokens"], norms=["final"]) == \
+            2 * (16 + 16 + 40) + 48 * 32 + 32
+        m.detach()
+        assert m.attach_vera(targets="q,v", rank=64, norms=["final"]) == 3 * (64 + 32 + 64 + 16) + 32
+        m.detach()
         assert m.attach_norms(layers="last:1") == 3 * 32
         m.detach()
         assert m.attach_lora(targets="q,v", rank=2, dora=True) == 3 * (2 * (64 + 48) + 32 + 16)

@@ -380,6 +380,15 @@ lora_extras_train_info)
     grep -q '"trainable_token_indices"' "$T/tok/adapter_config.json" || fail "trainable_token_indices"
     "$PEFT" convert --model "$T/model" --adapter "$T/tok" --out "$T/tok.gguf" 2>"$T/err" && fail "GGUF export of token rows"
     grep -q "token rows" "$T/err" || fail "GGUF refusal message"
+    # IA3 and VeRA train modules_to_save and norms alongside too: counted apart, saved
+    "$PEFT" info --model "$T/model" --method ia3 --modules-to-save embed_tokens --train-norms final >"$T/ia3info" \
+        || fail "info ia3 extras"
+    grep -q "embed (full) *3072" "$T/ia3info" && grep -q "norms  *48" "$T/ia3info" && grep -q "total  *3408" "$T/ia3info" \
+        || { cat "$T/ia3info"; fail "info: ia3 extras"; }
+    "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/ia3x" --steps 3 --batch 4 --seq 32 --method vera \
+        --rank 4 --modules-to-save embed_tokens --train-norms final --quiet || fail "train vera extras"
+    grep -q '"model.norm"' "$T/ia3x/adapter_config.json" && grep -q '"VERA"' "$T/ia3x/adapter_config.json" \
+        || fail "vera modules_to_save"
     # rows of lm_head: refused on this tied model (its rows are the embedding rows); on an
     # untied one saved in PEFT's dict form {"embed_tokens": [...], "lm_head": [...]}
     "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/bad" --steps 1 --targets q --head-token-indices 4 \

@@ -550,25 +550,51 @@ TEST(lora_extras_lifecycle_tied)
     peft_model_close(&m);
 }
 
-/* LoHa and LoKr with modules_to_save (the embeddings in full, the norms): trained, saved in PEFT's
-   LOHA/LOKR files with modules_to_save, reloaded to the same loss, merged and exported. */
-TEST(lycoris_modules_to_save_lifecycle)
+/* Attach method k (0 LoHa, 1 LoKr, 2 IA3, 3 VeRA) on q, v of layers 1-2 with modules_to_save
+   (the embeddings in full) and norms when extras; the trainable count in *n. */
+static int attach_side(peft_model *m, int k, int extras, uint64_t *n)
 {
-    for (int variant = PEFT_VARIANT_LOHA; variant <= PEFT_VARIANT_LOKR; variant++) {
-        peft_model *m = open_tiny(1);
+    uint32_t save = extras ? PEFT_SAVE_EMBED : 0, norms = extras ? PEFT_NORM_POST_ATTENTION | PEFT_NORM_FINAL : 0;
+    if (k < 2) {
         peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
-        o.variant = variant;
-        o.targets = PEFT_TARGET_Q | PEFT_TARGET_V;
+        o.variant = k ? PEFT_VARIANT_LOKR : PEFT_VARIANT_LOHA;
         o.layers = "1-2";
         o.rank = 2;
-        o.modules_to_save = PEFT_SAVE_EMBED;
-        o.norms = PEFT_NORM_POST_ATTENTION | PEFT_NORM_FINAL;
+        o.modules_to_save = save;
+        o.norms = norms;
+        return peft_attach_lora(m, &o, n);
+    }
+    if (k == 2) {
+        peft_ia3_options o = PEFT_IA3_OPTIONS_INIT;
+        o.targets = PEFT_TARGET_Q | PEFT_TARGET_V;
+        o.feedforward = 0;
+        o.layers = "1-2";
+        o.modules_to_save = save;
+        o.norms = norms;
+        return peft_attach_ia3(m, &o, n);
+    }
+    peft_vera_options o = PEFT_VERA_OPTIONS_INIT;
+    o.layers = "1-2";
+    o.rank = 8;
+    o.modules_to_save = save;
+    o.norms = norms;
+    return peft_attach_vera(m, &o, n);
+}
+
+/* LoHa, LoKr, IA3 and VeRA with modules_to_save (the embeddings in full, the norms): trained,
+   saved in each method's PEFT files with modules_to_save, reloaded to the same loss, merged and
+   exported. */
+TEST(side_modules_to_save_every_method)
+{
+    static const char *const type[4] = {"\"LOHA\"", "\"LOKR\"", "\"IA3\"", "\"VERA\""};
+    for (int k = 0; k < 4; k++) {
+        peft_model *m = open_tiny(1);
         uint64_t n, plain;
-        CHECK_OK(peft_attach_lora(m, &o, &n));
-        peft_lora_options p = o;
-        p.modules_to_save = p.norms = 0;
-        CHECK_OK(peft_count_lora(&plain, m, &p));
-        CHECK(n == plain + 48 * 32 + 2 * 32 + 32); /* embeddings, two layers' norms, the final norm */
+        CHECK_OK(attach_side(m, k, 0, &plain));
+        peft_detach(m);
+        CHECK_OK(attach_side(m, k, 1, &n));
+        CHECK_MSG(n == plain + 48 * 32 + 2 * 32 + 32, "%s: %llu vs %llu", type[k], (unsigned long long)n,
+                  (unsigned long long)plain); /* embeddings, two layers' norms, the final norm */
         int32_t tok[32];
         make_batch(tok, 32, 4);
         peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
@@ -580,10 +606,11 @@ TEST(lycoris_modules_to_save_lifecycle)
         CHECK_OK(peft_save_adapter(m, d, NULL));
         size_t len, slen;
         char *cfg = read_text(d, "adapter_config.json", &len), *st = read_text(d, "adapter_model.safetensors", &slen);
-        CHECK(cfg && strstr(cfg, variant == PEFT_VARIANT_LOHA ? "\"LOHA\"" : "\"LOKR\""));
-        CHECK(cfg && strstr(cfg, "\"modules_to_save\": [\n    \"embed_tokens\",\n"
-                                 "    \"model.layers.1.post_attention_layernorm\",\n"
-                                 "    \"model.layers.2.post_attention_layernorm\",\n    \"model.norm\"\n  ]"));
+        CHECK(cfg && strstr(cfg, type[k]));
+        CHECK_MSG(cfg && strstr(cfg, "\"modules_to_save\": [\n    \"embed_tokens\",\n"
+                                     "    \"model.layers.1.post_attention_layernorm\",\n"
+                                     "    \"model.layers.2.post_attention_layernorm\",\n    \"model.norm\"\n  ]"),
+                  "%s: modules_to_save", type[k]);
         CHECK(st && has_bytes(st, slen, "base_model.model.model.embed_tokens.weight") &&
               has_bytes(st, slen, "base_model.model.model.layers.2.post_attention_layernorm.weight") &&
               has_bytes(st, slen, "base_model.model.model.norm.weight"));
@@ -591,19 +618,24 @@ TEST(lycoris_modules_to_save_lifecycle)
         free(st);
         peft_model *m2 = open_tiny(1);
         CHECK_OK(peft_load_adapter(m2, d));
-        CHECK(eval_loss(m2) == with);
+        CHECK_MSG(eval_loss(m2) == with, "%s: reloaded", type[k]);
         peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
         CHECK_OK(peft_model_get_info(m2, &in));
         CHECK(in.n_trainable == n);
         peft_model_close(&m2);
         merge_session_export(m, tok, with);
-        /* still LoRA-only: token rows and lm_head */
-        peft_detach(m);
-        p = o;
-        p.targets |= PEFT_TARGET_LM_HEAD;
-        CHECK(peft_attach_lora(m, &p, NULL) == PEFT_EUNSUPPORTED);
         peft_model_close(&m);
     }
+    /* still LoRA's alone: lm_head LoRA and token rows with LoHa */
+    peft_model *m = open_tiny(1);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.variant = PEFT_VARIANT_LOHA;
+    o.targets |= PEFT_TARGET_LM_HEAD;
+    CHECK(peft_attach_lora(m, &o, NULL) == PEFT_EUNSUPPORTED);
+    peft_ia3_options io = PEFT_IA3_OPTIONS_INIT;
+    io.modules_to_save = 8;
+    CHECK(peft_attach_ia3(m, &io, NULL) == PEFT_EINVAL);
+    peft_model_close(&m);
 }
 
 /* One rule for every method: loading onto a matching attachment replaces it, weights from the
@@ -1382,7 +1414,7 @@ static const struct h_case cases[] = {
     CASE(embed_lora_lifecycle), CASE(vera_lifecycle), CASE(loha_lifecycle), CASE(lokr_lifecycle),
     CASE(lora_extras_gradients_and_counts), CASE(lora_extras_lifecycle_untied), CASE(lora_extras_lifecycle_tied),
     CASE(parameter_groups_learning_rates), CASE(pissa_lifecycle), CASE(olora_lifecycle), CASE(regex_targets),
-    CASE(prompt_lifecycle), CASE(several_adapters), CASE(combine_dare_clamp_and_refusals), CASE(lycoris_modules_to_save_lifecycle),
+    CASE(prompt_lifecycle), CASE(several_adapters), CASE(combine_dare_clamp_and_refusals), CASE(side_modules_to_save_every_method),
     CASE(load_replaces_weights_and_optimizer_state),
     CASE(trainable_tokens_lifecycle),
 };

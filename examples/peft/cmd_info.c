@@ -92,17 +92,46 @@ static int other_method_table(peft_model *m, int kind, const peft_lora_options *
             peft_ia3_options one = *io;
             one.targets = 1u << k;
             one.feedforward &= one.targets;
+            one.modules_to_save = one.norms = 0;
             code = peft_count_ia3(&n, m, &one);
         } else {
             peft_vera_options vo;
             vera_from_lora(o, 0.1, &vo);
             vo.targets = 1u << k;
+            vo.modules_to_save = vo.norms = 0;
             code = peft_count_vera(&n, m, &vo);
         }
         if (code)
             return code;
         printf("  %-10s %14llu\n", names[k], (unsigned long long)n);
         *total += n;
+    }
+    /* modules_to_save and norms trained alongside: each one's share of the whole */
+    uint64_t all, without;
+    peft_ia3_options ia = *io;
+    peft_vera_options va;
+    vera_from_lora(o, 0.1, &va);
+    if ((code = kind == 1 ? peft_count_ia3(&all, m, &ia) : peft_count_vera(&all, m, &va)))
+        return code;
+    static const char *const xn[3] = {"embed (full)", "lm_head (full)", "norms"};
+    for (int x = 0; x < 3; x++) {
+        uint32_t bit = x == 0 ? PEFT_SAVE_EMBED : PEFT_SAVE_LM_HEAD;
+        peft_ia3_options il = ia;
+        peft_vera_options vl = va;
+        if (x < 2 && (ia.modules_to_save & bit) && kind == 1)
+            il.modules_to_save &= ~bit;
+        else if (x < 2 && (va.modules_to_save & bit) && kind == 3)
+            vl.modules_to_save &= ~bit;
+        else if (x == 2 && kind == 1 && ia.norms)
+            il.norms = 0;
+        else if (x == 2 && kind == 3 && va.norms)
+            vl.norms = 0;
+        else
+            continue;
+        if ((code = kind == 1 ? peft_count_ia3(&without, m, &il) : peft_count_vera(&without, m, &vl)))
+            return code;
+        printf("  %-10s %14llu\n", xn[x], (unsigned long long)(all - without));
+        *total += all - without;
     }
     total_row(*total, &in);
     return 0;

@@ -392,6 +392,10 @@ int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options
     }
     if (extras_from_args(a, o))
         return -1;
+    if (ia3 && *ia3 == 1) { /* IA3 trains modules_to_save and norms alongside too */
+        io->modules_to_save = o->modules_to_save;
+        io->norms = o->norms;
+    }
     o->use_dora |= arg_flag(a, "--dora");
     o->rank_pattern = arg_str(a, "--rank-pattern", NULL);
     o->alpha_pattern = arg_str(a, "--alpha-pattern", NULL);
@@ -644,6 +648,8 @@ void vera_from_lora(const peft_lora_options *lo, double d_initial, peft_vera_opt
     vo->dropout = lo->dropout;
     vo->seed = lo->seed;
     vo->d_initial = (float)d_initial;
+    vo->modules_to_save = lo->modules_to_save;
+    vo->norms = lo->norms;
 }
 
 int make_dirs(const char *path)

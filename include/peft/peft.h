@@ -237,11 +237,14 @@ typedef struct peft_ia3_options {
     uint32_t targets;     /* PEFT_TARGET_* bits (PEFT's default for Llama: K | V | DOWN) */
     uint32_t feedforward; /* the subset of targets whose input is scaled (default DOWN) */
     const char *layers;   /* as for LoRA */
+    /* version 2: trained alongside, saved in the same file as PEFT's modules_to_save */
+    uint32_t modules_to_save; /* PEFT_SAVE_* bits: embeddings and/or lm_head trained in full */
+    uint32_t norms;           /* PEFT_NORM_* bits: RMSNorm weights (the selected layers', the final) */
 } peft_ia3_options;
 
-#define PEFT_IA3_OPTIONS_VERSION 1
+#define PEFT_IA3_OPTIONS_VERSION 2
 #define PEFT_IA3_OPTIONS_INIT \
-    {PEFT_IA3_OPTIONS_VERSION, PEFT_TARGET_K | PEFT_TARGET_V | PEFT_TARGET_DOWN, PEFT_TARGET_DOWN, NULL}
+    {PEFT_IA3_OPTIONS_VERSION, PEFT_TARGET_K | PEFT_TARGET_V | PEFT_TARGET_DOWN, PEFT_TARGET_DOWN, NULL, 0, 0}
 
 PEFT_API int peft_attach_ia3(peft_model *model, const peft_ia3_options *opts, uint64_t *n_trainable);
 PEFT_API int peft_count_ia3(uint64_t *n_trainable, const peft_model *model, const peft_ia3_options *opts);
@@ -259,11 +262,14 @@ typedef struct peft_vera_options {
     float d_initial;    /* PEFT's default 0.1 */
     float dropout;      /* on the VeRA input, training only */
     uint64_t seed;      /* the projections' seed (PEFT's projection_prng_key) */
+    /* version 2: as for IA3 */
+    uint32_t modules_to_save;
+    uint32_t norms;
 } peft_vera_options;
 
-#define PEFT_VERA_OPTIONS_VERSION 1
+#define PEFT_VERA_OPTIONS_VERSION 2
 #define PEFT_VERA_OPTIONS_INIT \
-    {PEFT_VERA_OPTIONS_VERSION, PEFT_TARGET_Q | PEFT_TARGET_V, NULL, 256, 0.1f, 0.0f, 0}
+    {PEFT_VERA_OPTIONS_VERSION, PEFT_TARGET_Q | PEFT_TARGET_V, NULL, 256, 0.1f, 0.0f, 0, 0, 0}
 
 PEFT_API int peft_attach_vera(peft_model *model, const peft_vera_options *opts, uint64_t *n_trainable);
 PEFT_API int peft_count_vera(uint64_t *n_trainable, const peft_model *model, const peft_vera_options *opts);

@@ -69,12 +69,14 @@ class _SaveOptions(ctypes.Structure):
 
 
 class _IA3Options(ctypes.Structure):
-    _fields_ = [("version", _c_u32), ("targets", _c_u32), ("feedforward", _c_u32), ("layers", _c_char_p)]
+    _fields_ = [("version", _c_u32), ("targets", _c_u32), ("feedforward", _c_u32), ("layers", _c_char_p),
+                ("modules_to_save", _c_u32), ("norms", _c_u32)]
 
 
 class _VeraOptions(ctypes.Structure):
     _fields_ = [("version", _c_u32), ("targets", _c_u32), ("layers", _c_char_p), ("rank", _c_i32),
-                ("d_initial", ctypes.c_float), ("dropout", ctypes.c_float), ("seed", _c_u64)]
+                ("d_initial", ctypes.c_float), ("dropout", ctypes.c_float), ("seed", _c_u64),
+                ("modules_to_save", _c_u32), ("norms", _c_u32)]
 
 
 class _NormsOptions(ctypes.Structure):
@@ -329,15 +331,24 @@ class Model(_Handle):
         _check(_count_lora(ctypes.byref(n), self._handle(), ctypes.byref(o)))
         return n.value
 
-    def attach_ia3(self, targets="k,v,down", feedforward="down", layers=None):
-        o = _IA3Options(1, _targets(targets), _targets(feedforward), _enc(layers))
+    @staticmethod
+    def _side(modules_to_save, norms):
+        return (sum({"embed_tokens": 1, "lm_head": 2}[x] for x in modules_to_save),
+                sum({"input": 1, "post_attention": 2, "final": 4}[x] for x in norms))
+
+    def attach_ia3(self, targets="k,v,down", feedforward="down", layers=None, modules_to_save=(), norms=()):
+        """IA3; modules_to_save ("embed_tokens", "lm_head") and norms trained alongside as for LoRA."""
+        o = _IA3Options(2, _targets(targets), _targets(feedforward), _enc(layers), *self._side(modules_to_save, norms))
         n = _c_u64()
         _check(_attach_ia3(self._handle(), ctypes.byref(o), ctypes.byref(n)))
         return n.value
 
-    def attach_vera(self, targets="q,v", rank=256, d_initial=0.1, layers=None, dropout=0.0, seed=0):
-        """VeRA: shared frozen random projections, trained scaling vectors; returns the count."""
-        o = _VeraOptions(1, _targets(targets), _enc(layers), rank, d_initial, dropout, seed)
+    def attach_vera(self, targets="q,v", rank=256, d_initial=0.1, layers=None, dropout=0.0, seed=0,
+                    modules_to_save=(), norms=()):
+        """VeRA: shared frozen random projections, trained scaling vectors; returns the count.
+        modules_to_save and norms: trained alongside, as for LoRA."""
+        o = _VeraOptions(2, _targets(targets), _enc(layers), rank, d_initial, dropout, seed,
+                         *self._side(modules_to_save, norms))
         n = _c_u64()
         _check(_attach_vera(self._handle(), ctypes.byref(o), ctypes.byref(n)))
         return n.value

@@ -11,8 +11,8 @@ pub const PEFT_ABI_MAJOR: u32 = 0;
 pub const PEFT_OPEN_OPTIONS_VERSION: u32 = 1;
 pub const PEFT_MODEL_INFO_VERSION: u32 = 2;
 pub const PEFT_LORA_OPTIONS_VERSION: u32 = 6;
-pub const PEFT_IA3_OPTIONS_VERSION: u32 = 1;
-pub const PEFT_VERA_OPTIONS_VERSION: u32 = 1;
+pub const PEFT_IA3_OPTIONS_VERSION: u32 = 2;
+pub const PEFT_VERA_OPTIONS_VERSION: u32 = 2;
 pub const PEFT_NORMS_OPTIONS_VERSION: u32 = 1;
 pub const PEFT_PROMPT_OPTIONS_VERSION: u32 = 1;
 pub const PEFT_BATCH_VERSION: u32 = 2;
@@ -166,6 +166,8 @@ pub struct peft_ia3_options {
     pub targets: u32,
     pub feedforward: u32,
     pub layers: *const ::std::os::raw::c_char,
+    pub modules_to_save: u32,
+    pub norms: u32,
 }
 extern "C" {
     pub fn peft_attach_ia3(
@@ -191,6 +193,8 @@ pub struct peft_vera_options {
     pub d_initial: f32,
     pub dropout: f32,
     pub seed: u64,
+    pub modules_to_save: u32,
+    pub norms: u32,
 }
 extern "C" {
     pub fn peft_attach_vera(

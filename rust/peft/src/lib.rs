@@ -305,11 +305,21 @@ pub struct Ia3Options {
     /// The subset of targets whose input (not output) is scaled.
     pub feedforward: u32,
     pub layers: Option<String>,
+    /// PEFT_SAVE_* bits trained in full alongside (PEFT's modules_to_save).
+    pub modules_to_save: u32,
+    /// PEFT_NORM_* bits: RMSNorm weights trained alongside.
+    pub norms: u32,
 }
 
 impl Default for Ia3Options {
     fn default() -> Self {
-        Ia3Options { targets: target::K | target::V | target::DOWN, feedforward: target::DOWN, layers: None }
+        Ia3Options {
+            targets: target::K | target::V | target::DOWN,
+            feedforward: target::DOWN,
+            layers: None,
+            modules_to_save: 0,
+            norms: 0,
+        }
     }
 }
 
@@ -322,11 +332,23 @@ pub struct VeraOptions {
     pub d_initial: f32,
     pub dropout: f32,
     pub seed: u64,
+    /// As for IA3: trained in full alongside, and RMSNorm weights.
+    pub modules_to_save: u32,
+    pub norms: u32,
 }
 
 impl Default for VeraOptions {
     fn default() -> Self {
-        VeraOptions { targets: target::Q | target::V, layers: None, rank: 256, d_initial: 0.1, dropout: 0.0, seed: 0 }
+        VeraOptions {
+            targets: target::Q | target::V,
+            layers: None,
+            rank: 256,
+            d_initial: 0.1,
+            dropout: 0.0,
+            seed: 0,
+            modules_to_save: 0,
+            norms: 0,
+        }
     }
 }
 
@@ -693,6 +715,8 @@ impl Model {
             targets: opts.targets,
             feedforward: opts.feedforward,
             layers: opt_ptr(&layers),
+            modules_to_save: opts.modules_to_save,
+            norms: opts.norms,
         };
         let mut n = 0u64;
         check(unsafe { sys::peft_attach_ia3(self.raw, &o, &mut n) })?;
@@ -709,6 +733,8 @@ impl Model {
             d_initial: opts.d_initial,
             dropout: opts.dropout,
             seed: opts.seed,
+            modules_to_save: opts.modules_to_save,
+            norms: opts.norms,
         };
         let mut n = 0u64;
         check(unsafe { sys::peft_attach_vera(self.raw, &o, &mut n) })?;
