@@ -118,8 +118,21 @@ TEST(embed_lora_lifecycle)
 /* Train 21 steps on one batch (make_batch with seed) at lr: the loss drops by more than
    min_drop. Save into *dir: adapter_config.json holds every needle, and a fresh model loading
    it has the same loss. tok receives the batch; returns the trained model's loss. */
-static double train_save_reload(peft_model *m, int32_t *tok, uint32_t seed, double lr, double min_drop,
-                                const char *const *needles, char **dir)
+static int has_bytes(const char *buf, size_t len, const char *needle)
+{
+    size_t k = strlen(needle);
+    for (size_t i = 0; i + k <= len; i++)
+        if (!memcmp(buf + i, needle, k))
+            return 1;
+    return 0;
+}
+
+/* Train 21 steps (the loss must drop by min_drop), save, check the saved files (needles starting
+   "base_model." are tensor names in adapter_model.safetensors, the others text of
+   adapter_config.json), reload into a fresh model opened from model_dir: the same loss and
+   trainable count. Returns the loss. */
+static double train_save_reload_at(peft_model *m, const char *model_dir, int32_t *tok, uint32_t seed, double lr,
+                                   double min_drop, const char *const *needles, char **dir)
 {
     CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, lr));
     make_batch(tok, 32, seed);
@@ -132,17 +145,32 @@ static double train_save_reload(peft_model *m, int32_t *tok, uint32_t seed, doub
     double with = eval_loss(m);
     *dir = mktmp();
     CHECK_OK(peft_save_adapter(m, *dir, NULL));
-    size_t len;
-    char *cfg = read_text(*dir, "adapter_config.json", &len);
-    CHECK(cfg != NULL);
-    for (int i = 0; cfg && needles[i]; i++)
-        CHECK_MSG(strstr(cfg, needles[i]) != NULL, "adapter_config.json lacks %s", needles[i]);
+    size_t len, slen;
+    char *cfg = read_text(*dir, "adapter_config.json", &len), *st = read_text(*dir, "adapter_model.safetensors", &slen);
+    CHECK(cfg != NULL && st != NULL);
+    for (int i = 0; cfg && st && needles[i]; i++)
+        if (!strncmp(needles[i], "base_model.", 11))
+            CHECK_MSG(has_bytes(st, slen, needles[i]), "safetensors lacks %s", needles[i]);
+        else
+            CHECK_MSG(strstr(cfg, needles[i]) != NULL, "adapter_config.json lacks %s", needles[i]);
     free(cfg);
-    peft_model *m2 = open_tiny(1);
+    free(st);
+    peft_model *m2;
+    CHECK_OK(peft_model_open(&m2, model_dir, NULL));
     CHECK_OK(peft_load_adapter(m2, *dir));
     CHECK(eval_loss(m2) == with);
+    peft_model_info i1 = {.version = PEFT_MODEL_INFO_VERSION}, i2 = {.version = PEFT_MODEL_INFO_VERSION};
+    CHECK_OK(peft_model_get_info(m, &i1));
+    CHECK_OK(peft_model_get_info(m2, &i2));
+    CHECK(i1.n_trainable == i2.n_trainable);
     peft_model_close(&m2);
     return with;
+}
+
+static double train_save_reload(peft_model *m, int32_t *tok, uint32_t seed, double lr, double min_drop,
+                                const char *const *needles, char **dir)
+{
+    return train_save_reload_at(m, test_data("tiny"), tok, seed, lr, min_drop, needles, dir);
 }
 
 TEST(vera_lifecycle)
@@ -323,15 +351,6 @@ static void gradcheck_attached(peft_model *m, const char *what)
 
 static const int32_t extra_tokens[3] = {3, 7, 11};
 
-static int has_bytes(const char *buf, size_t len, const char *needle)
-{
-    size_t k = strlen(needle);
-    for (size_t i = 0; i + k <= len; i++)
-        if (!memcmp(buf + i, needle, k))
-            return 1;
-    return 0;
-}
-
 /* LoRA with lm_head, modules_to_save, norms and token rows: exact counts, gradients. */
 TEST(lora_extras_gradients_and_counts)
 {
@@ -443,33 +462,14 @@ static void extras_lifecycle(int tied, uint32_t targets, uint32_t save, uint32_t
     int32_t tok[32];
     CHECK_OK(peft_opt_set(m, PEFT_OPT_EMBED_LR_RATIO, 0.5));
     CHECK_OK(peft_opt_set(m, PEFT_OPT_NORM_LR_RATIO, 0.5));
-    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-2));
-    make_batch(tok, 32, 9);
-    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
-    peft_step_result r0 = PEFT_STEP_RESULT_INIT, r1 = PEFT_STEP_RESULT_INIT;
-    CHECK_OK(peft_step(m, &b, &r0));
-    for (int i = 0; i < 20; i++)
-        CHECK_OK(peft_step(m, &b, &r1));
-    CHECK(r1.loss < r0.loss - 0.05);
-    double with = eval_loss(m);
-    char *d = mktmp();
-    CHECK_OK(peft_save_adapter(m, d, NULL));
-    /* PEFT's config fields and tensor names */
-    size_t len, slen;
-    char *cfg = read_text(d, "adapter_config.json", &len), *st = read_text(d, "adapter_model.safetensors", &slen);
-    CHECK(cfg && st);
-    for (int i = 0; cfg && st && needles[i]; i++)
-        if (!strncmp(needles[i], "base_model.", 11))
-            CHECK_MSG(has_bytes(st, slen, needles[i]), "safetensors lacks %s", needles[i]);
-        else
-            CHECK_MSG(strstr(cfg, needles[i]) != NULL, "adapter_config.json lacks %s", needles[i]);
-    free(cfg);
-    free(st);
+    /* PEFT's config fields and tensor names; reloaded to the same loss */
+    char *d;
+    const char *model_dir = tied ? dir : test_data("tiny");
+    double with = train_save_reload_at(m, model_dir, tok, 9, 1e-2, 0.05, needles, &d);
+    /* loading again into the same layout replaces the weights with the same ones */
     peft_model *m2;
-    CHECK_OK(peft_model_open(&m2, tied ? dir : test_data("tiny"), NULL));
+    CHECK_OK(peft_model_open(&m2, model_dir, NULL));
     CHECK_OK(peft_load_adapter(m2, d));
-    CHECK(eval_loss(m2) == with);
-    /* loading again into the same layout overwrites the weights */
     CHECK_OK(peft_load_adapter(m2, d));
     CHECK(eval_loss(m2) == with);
     peft_model_close(&m2);
@@ -596,33 +596,15 @@ TEST(side_modules_to_save_every_method)
         CHECK_MSG(n == plain + 48 * 32 + 2 * 32 + 32, "%s: %llu vs %llu", type[k], (unsigned long long)n,
                   (unsigned long long)plain); /* embeddings, two layers' norms, the final norm */
         int32_t tok[32];
-        make_batch(tok, 32, 4);
-        peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
-        CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-2));
-        for (int i = 0; i < 10; i++)
-            CHECK_OK(peft_step(m, &b, NULL));
-        double with = eval_loss(m);
-        char *d = mktmp();
-        CHECK_OK(peft_save_adapter(m, d, NULL));
-        size_t len, slen;
-        char *cfg = read_text(d, "adapter_config.json", &len), *st = read_text(d, "adapter_model.safetensors", &slen);
-        CHECK(cfg && strstr(cfg, type[k]));
-        CHECK_MSG(cfg && strstr(cfg, "\"modules_to_save\": [\n    \"embed_tokens\",\n"
-                                     "    \"model.layers.1.post_attention_layernorm\",\n"
-                                     "    \"model.layers.2.post_attention_layernorm\",\n    \"model.norm\"\n  ]"),
-                  "%s: modules_to_save", type[k]);
-        CHECK(st && has_bytes(st, slen, "base_model.model.model.embed_tokens.weight") &&
-              has_bytes(st, slen, "base_model.model.model.layers.2.post_attention_layernorm.weight") &&
-              has_bytes(st, slen, "base_model.model.model.norm.weight"));
-        free(cfg);
-        free(st);
-        peft_model *m2 = open_tiny(1);
-        CHECK_OK(peft_load_adapter(m2, d));
-        CHECK_MSG(eval_loss(m2) == with, "%s: reloaded", type[k]);
-        peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
-        CHECK_OK(peft_model_get_info(m2, &in));
-        CHECK(in.n_trainable == n);
-        peft_model_close(&m2);
+        char *d;
+        const char *const needles[] = {type[k],
+                                       "\"modules_to_save\": [\n    \"embed_tokens\",\n"
+                                       "    \"model.layers.1.post_attention_layernorm\",\n"
+                                       "    \"model.layers.2.post_attention_layernorm\",\n    \"model.norm\"\n  ]",
+                                       "base_model.model.model.embed_tokens.weight",
+                                       "base_model.model.model.layers.2.post_attention_layernorm.weight",
+                                       "base_model.model.model.norm.weight", NULL};
+        double with = train_save_reload(m, tok, 4, 1e-2, 0.0, needles, &d);
         merge_session_export(m, tok, with);
         peft_model_close(&m);
     }
