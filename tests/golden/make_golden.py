@@ -337,6 +337,13 @@ IA3_CASES = [
 ]
 
 
+def lora_pair(g, dims, l, m, r):
+    """PEFT-shaped A (kaiming-uniform-like) and non-zero B of module m in layer l, drawn from g."""
+    o, i = dims[m]
+    return {key(l, m, "A"): (torch.rand(r, i, generator=g) * 2 - 1) / math.sqrt(i),
+            key(l, m, "B"): torch.randn(o, r, generator=g) * 0.1}
+
+
 def write_case(name, lora, acfg, tokens, labels, lr, wd, clip, result):
     """The initial adapter, the reference gradients, the adapter after the step, and the figures."""
     loss, gnorm, grads, after, loss2 = result
@@ -386,9 +393,7 @@ def main():
             lora = {}
             for l in range(c.L):
                 for m in targets:
-                    o, i = dims[m]
-                    lora[key(l, m, "A")] = (torch.rand(r, i, generator=g) * 2 - 1) / math.sqrt(i)
-                    lora[key(l, m, "B")] = torch.randn(o, r, generator=g) * 0.1
+                    lora.update(lora_pair(g, dims, l, m, r))
             lora[TOK_DELTA] = W["model.embed_tokens.weight"][TOKEN_IDX] + 0.1 * torch.randn(3, c.D, generator=g)
             lora[HEAD_TOK] = W["lm_head.weight"][HEAD_IDX] + 0.1 * torch.randn(len(HEAD_IDX), c.D, generator=g)
             lora = {k: v.to(torch.float32).to(torch.float64) for k, v in lora.items()}
@@ -455,9 +460,7 @@ def main():
                 for m in targets:
                     if m == "lm_head":
                         continue
-                    o, i = dims[m]
-                    lora[key(l, m, "A")] = (torch.rand(r, i, generator=g) * 2 - 1) / math.sqrt(i)
-                    lora[key(l, m, "B")] = torch.randn(o, r, generator=g) * 0.1
+                    lora.update(lora_pair(g, dims, l, m, r))
             acfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha, "lora_dropout": 0.0,
                     "target_modules": targets, "bias": "none", "use_rslora": False, "use_dora": False,
                     "layers_to_transform": layers, "init_lora_weights": True, "base_model_name_or_path": "tiny"}
@@ -562,13 +565,11 @@ def main():
             for m in targets:
                 if m == "embed_tokens":
                     continue
-                o, i = dims[m]
-                lora[key(l, m, "A")] = (torch.rand(r, i, generator=g) * 2 - 1) / math.sqrt(i)
-                lora[key(l, m, "B")] = torch.randn(o, r, generator=g) * 0.1
+                lora.update(lora_pair(g, dims, l, m, r))
                 if dora:
                     Wm = W[f"model.layers.{l}.{PARENT[m]}.{m}.weight"]
                     base = (Wm + scale * lora[key(l, m, "B")] @ lora[key(l, m, "A")]).norm(dim=1)
-                    lora[key(l, m, "M")] = base * (1 + 0.2 * torch.randn(o, generator=g))
+                    lora[key(l, m, "M")] = base * (1 + 0.2 * torch.randn(dims[m][0], generator=g))
         if "embed_tokens" in targets:  # non-zero A so that every gradient is exercised
             lora[EMBED_A] = torch.randn(r, c.V, generator=g) * 0.3
             lora[EMBED_B] = torch.randn(c.D, r, generator=g) * 0.3
