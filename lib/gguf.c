@@ -16,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "gguf.h"
 #include "model.h"
 
 enum { G_F32 = PEFT_GG_F32, G_F16 = PEFT_GG_F16, G_Q4_0 = PEFT_GG_Q4_0, G_Q8_0 = PEFT_GG_Q8_0,
@@ -33,14 +34,6 @@ static void unpermute_rows(uint8_t *dst, const uint8_t *src, uint64_t rows, size
             for (uint64_t j = 0; j < 2; j++)
                 memcpy(dst + (h * hd + j * half + i) * row_bytes, src + (h * hd + 2 * i + j) * row_bytes, row_bytes);
 }
-
-typedef struct gg_tensor {
-    char name[96];
-    int n_dims;
-    uint64_t ne[4], n;
-    uint32_t type;
-    uint64_t offset;
-} gg_tensor;
 
 typedef struct gg_reader {
     const uint8_t *d;
@@ -124,7 +117,7 @@ static int key_is(const char *k, uint64_t len, const char *want)
     return strlen(want) == len && memcmp(k, want, len) == 0;
 }
 
-static const char *type_name(uint32_t t)
+const char *peft__gg_type_name(uint32_t t)
 {
     switch (t) {
     case G_F32: return "F32";
@@ -165,13 +158,13 @@ static int load(peft_model *m, const float **out, peft_w *qw, const gg_tensor *t
     if (!peft__gg_row_bytes(t->type, 256)) /* 256: a whole number of blocks of every type */
         return peft__fail(PEFT_EUNSUPPORTED,
                           "%s: tensor '%s' has ggml type %s (%u), not supported yet (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K)",
-                          path, name, type_name(t->type), t->type);
+                          path, name, peft__gg_type_name(t->type), t->type);
     if (!peft__gg_row_bytes(t->type, t->ne[0]))
         return peft__fail(PEFT_EFORMAT, "%s: tensor '%s': row length %llu is not a multiple of the block size", path, name,
                           (unsigned long long)t->ne[0]);
     const uint8_t *p = data + t->offset;
     if (ne1) {
-        const char *dt = type_name(t->type);
+        const char *dt = peft__gg_type_name(t->type);
         if (!m->weights_dtype[0])
             snprintf(m->weights_dtype, sizeof m->weights_dtype, "%s", dt);
         else if (strcmp(m->weights_dtype, dt) != 0 && strcmp(name, "token_embd.weight") != 0)
@@ -248,9 +241,10 @@ static int rope_scaling(peft_config *c, const gg_tensor *ts, uint64_t nt, const 
     return PEFT_OK;
 }
 
-/* Map a whole GGUF file read-only. */
-static int map_gguf(void **map, size_t *size, const char *path)
+int peft__gguf_map(gg_file *f, const char *path)
 {
+    memset(f, 0, sizeof *f);
+    f->path = path;
     int fd = open(path, O_RDONLY);
     if (fd < 0)
         return peft__fail(errno == ENOENT ? PEFT_ENOTFOUND : errno == ENOMEM ? PEFT_ENOMEM : PEFT_EIO, "%s: cannot open: %s", path, strerror(errno));
@@ -259,23 +253,43 @@ static int map_gguf(void **map, size_t *size, const char *path)
         close(fd);
         return peft__fail(PEFT_EFORMAT, "%s: too small for GGUF", path);
     }
-    *map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+    void *map = mmap(NULL, (size_t)sb.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
-    if (*map == MAP_FAILED) {
-        *map = NULL;
+    if (map == MAP_FAILED)
         return peft__fail(PEFT_EIO, "%s: cannot map", path);
-    }
-    *size = (size_t)sb.st_size;
+    f->map = map;
+    f->size = (size_t)sb.st_size;
     return PEFT_OK;
 }
 
-int peft__gguf_open(peft_model *m, const char *path)
+void peft__gguf_release(gg_file *f, int unmap)
 {
-    int mc = map_gguf(&m->gguf_map, &m->gguf_size, path);
-    if (mc)
-        return mc;
-    gg_reader r = {m->gguf_map, m->gguf_size, 0, path, 0};
-    if (memcmp(r.d, "GGUF", 4) != 0)
+    free(f->ts);
+    f->ts = NULL;
+    f->nt = 0;
+    if (unmap && f->map)
+        munmap(f->map, f->size);
+    if (unmap)
+        f->map = NULL;
+}
+
+const gg_tensor *peft__gguf_find(const gg_file *f, const char *name) { return find(f->ts, f->nt, name); }
+
+int peft__gg_key_is(const gg_kv *kv, const char *want) { return key_is(kv->key, kv->key_len, want); }
+
+void peft__gg_str(const gg_kv *kv, char *buf, size_t cap)
+{
+    size_t n = kv->s ? (kv->sl < cap ? kv->sl : cap - 1) : 0;
+    if (n)
+        memcpy(buf, kv->s, n);
+    buf[n] = '\0';
+}
+
+int peft__gguf_parse(gg_file *f, int (*kv)(void *ctx, const gg_kv *kv), void *ctx)
+{
+    const char *path = f->path;
+    gg_reader r = {f->map, f->size, 0, path, 0};
+    if (f->size < 24 || memcmp(r.d, "GGUF", 4) != 0)
         return peft__fail(PEFT_EFORMAT, "%s: not a GGUF file (bad magic)", path);
     r.pos = 4;
     uint32_t version = (uint32_t)rd(&r, 4);
@@ -285,81 +299,55 @@ int peft__gguf_open(peft_model *m, const char *path)
     if (nt > r.size / 24 || nkv > r.size / 12)
         return peft__fail(PEFT_EFORMAT, "%s: absurd counts (%llu tensors, %llu keys) for a %zu-byte file", path,
                           (unsigned long long)nt, (unsigned long long)nkv, r.size);
-    peft_config *c = &m->cfg;
-    memset(c, 0, sizeof *c);
-    c->eps = 1e-5f;
-    c->rope_theta = 10000.0f;
-    c->bos_id = 1;
-    c->eos_id = 2;
     uint64_t alignment = 32;
-    char arch[32] = "";
-    char scaling[sizeof arch] = "";
-    float scale_factor = 1.0f;
-    int key_len = 0;
-    for (uint64_t i = 0; i < nkv && !r.bad; i++) {
+    int code = PEFT_OK;
+    for (uint64_t i = 0; i < nkv && !r.bad && !code; i++) {
+        gg_kv v = {0};
         uint64_t kl;
-        const char *k = rd_str(&r, &kl);
-        uint32_t t = (uint32_t)rd(&r, 4);
+        v.key = rd_str(&r, &kl);
+        v.key_len = (size_t)kl;
+        v.type = (uint32_t)rd(&r, 4);
         if (r.bad)
             break;
-        size_t vpos = r.pos;
-        int64_t iv = 0;
-        float fv = 0;
-        if (t == 4 || t == 5)
-            iv = t == 5 ? (int64_t)(int32_t)rd(&r, 4) : (int64_t)rd(&r, 4);
-        else if (t == 10 || t == 11)
-            iv = (int64_t)rd(&r, 8);
-        else if (t == 6) {
-            uint32_t u = (uint32_t)rd(&r, 4);
-            memcpy(&fv, &u, 4);
-        } else if (t == 8 && (key_is(k, kl, "general.architecture") || key_is(k, kl, "llama.rope.scaling.type"))) {
-            uint64_t sl;
-            const char *s = rd_str(&r, &sl);
-            char *dst = key_is(k, kl, "general.architecture") ? arch : scaling;
-            if (s && sl < sizeof arch) {
-                memcpy(dst, s, sl);
-                dst[sl] = '\0';
+        if (v.type <= 7 && v.type != 6) { /* integers and bool */
+            int bytes = scalar_size[v.type];
+            uint64_t u = rd(&r, bytes);
+            v.iv = v.type == 1 ? (int8_t)u : v.type == 3 ? (int16_t)u : v.type == 5 ? (int32_t)u : (int64_t)u;
+        } else if (v.type == 10 || v.type == 11) {
+            v.iv = (int64_t)rd(&r, 8);
+        } else if (v.type == 6 || v.type == 12) {
+            uint64_t u = rd(&r, v.type == 6 ? 4 : 8);
+            if (v.type == 6) {
+                float fl;
+                uint32_t u32 = (uint32_t)u;
+                memcpy(&fl, &u32, 4);
+                v.fv = fl;
+            } else {
+                memcpy(&v.fv, &u, 8);
             }
+        } else if (v.type == 8) {
+            uint64_t sl;
+            v.s = rd_str(&r, &sl);
+            v.sl = (size_t)sl;
         } else {
-            skip_value(&r, t, 0);
+            skip_value(&r, v.type, 0);
         }
-        (void)vpos;
         if (r.bad)
             break;
-        if (key_is(k, kl, "general.alignment") && (t == 4 || t == 10))
-            alignment = (uint64_t)iv;
-        else if (key_is(k, kl, "llama.embedding_length"))
-            c->dim = (int)iv;
-        else if (key_is(k, kl, "llama.block_count"))
-            c->n_layers = (int)iv;
-        else if (key_is(k, kl, "llama.feed_forward_length"))
-            c->ffn_dim = (int)iv;
-        else if (key_is(k, kl, "llama.attention.head_count"))
-            c->n_heads = (int)iv;
-        else if (key_is(k, kl, "llama.attention.head_count_kv"))
-            c->n_kv_heads = (int)iv;
-        else if (key_is(k, kl, "llama.attention.key_length"))
-            key_len = (int)iv;
-        else if (key_is(k, kl, "llama.attention.layer_norm_rms_epsilon") && t == 6)
-            c->eps = fv;
-        else if (key_is(k, kl, "llama.rope.freq_base") && t == 6)
-            c->rope_theta = fv;
-        else if (key_is(k, kl, "llama.rope.scaling.factor") && t == 6)
-            scale_factor = fv;
-        else if (key_is(k, kl, "llama.vocab_size"))
-            c->vocab = (int)iv;
+        if (peft__gg_key_is(&v, "general.alignment") && (v.type == 4 || v.type == 10))
+            alignment = (uint64_t)v.iv;
+        if (kv)
+            code = kv(ctx, &v);
     }
     if (r.bad)
         return PEFT_EFORMAT;
-    if (strcmp(arch, "llama") != 0)
-        return peft__fail(PEFT_EUNSUPPORTED, "%s: architecture \"%s\" is not supported (llama)", path, arch);
-    snprintf(c->architecture, sizeof c->architecture, "llama");
+    if (code)
+        return code;
     if (alignment == 0 || alignment > 65536 || (alignment & (alignment - 1)))
         return peft__fail(PEFT_EFORMAT, "%s: bad general.alignment %llu", path, (unsigned long long)alignment);
     gg_tensor *ts = calloc(nt ? nt : 1, sizeof *ts);
     if (!ts)
         return peft__fail(PEFT_ENOMEM, "out of memory");
-    int code = PEFT_OK;
     for (uint64_t i = 0; i < nt && !code; i++) {
         uint64_t nl;
         const char *nm = rd_str(&r, &nl);
@@ -390,66 +378,156 @@ int peft__gguf_open(peft_model *m, const char *path)
         if (r.bad && !code)
             code = PEFT_EFORMAT;
     }
-    if (!code) {
-        uint64_t data_start = (r.pos + alignment - 1) / alignment * alignment;
-        const uint8_t *data = r.d + data_start;
-        uint64_t avail = data_start <= r.size ? r.size - data_start : 0;
-        for (uint64_t i = 0; i < nt && !code; i++) {
-            uint64_t bytes = peft__gg_row_bytes(ts[i].type, ts[i].n);
-            if (ts[i].offset % alignment || (bytes && (ts[i].offset > avail || bytes > avail - ts[i].offset)))
-                code = peft__fail(PEFT_EFORMAT, "%s: tensor '%s': data [%llu, +%llu) outside the file", path, ts[i].name,
-                                  (unsigned long long)ts[i].offset, (unsigned long long)bytes);
-        }
-        if (!code && !c->vocab) {
-            const gg_tensor *e = find(ts, nt, "token_embd.weight");
-            c->vocab = e && e->n_dims == 2 ? (int)e->ne[1] : 0;
-        }
-        if (!code) {
-            if (!c->n_kv_heads)
-                c->n_kv_heads = c->n_heads;
-            c->head_dim = key_len ? key_len : (c->n_heads ? c->dim / c->n_heads : 0);
-            c->tied = find(ts, nt, "output.weight") == NULL;
-            code = peft__config_validate(c, path);
-        }
+    uint64_t data_start = (r.pos + alignment - 1) / alignment * alignment;
+    uint64_t avail = data_start <= r.size ? r.size - data_start : 0;
+    for (uint64_t i = 0; i < nt && !code; i++) {
+        uint64_t bytes = peft__gg_row_bytes(ts[i].type, ts[i].n);
+        if (ts[i].offset % alignment || (bytes && (ts[i].offset > avail || bytes > avail - ts[i].offset)))
+            code = peft__fail(PEFT_EFORMAT, "%s: tensor '%s': data [%llu, +%llu) outside the file", path, ts[i].name,
+                              (unsigned long long)ts[i].offset, (unsigned long long)bytes);
+    }
+    if (code) {
+        free(ts);
+        return code;
+    }
+    f->ts = ts;
+    f->nt = nt;
+    f->data = r.d + data_start;
+    return PEFT_OK;
+}
+
+/* the model's keys: general.architecture, and "<arch>.<suffix>" for the architectures read */
+static const char *const gguf_archs[] = {"llama"};
+
+struct model_keys {
+    peft_config *c;
+    char arch[32], scaling[32];
+    float scale_factor;
+    int key_len;
+};
+
+static int model_key(void *ctx, const gg_kv *kv)
+{
+    struct model_keys *mk = ctx;
+    peft_config *c = mk->c;
+    if (peft__gg_key_is(kv, "general.architecture") && kv->type == 8) {
+        peft__gg_str(kv, mk->arch, sizeof mk->arch);
+        return PEFT_OK;
+    }
+    const char *dot = memchr(kv->key, '.', kv->key_len);
+    if (!dot)
+        return PEFT_OK;
+    size_t pl = (size_t)(dot - kv->key);
+    int known = 0;
+    for (size_t i = 0; i < sizeof gguf_archs / sizeof gguf_archs[0]; i++)
+        known |= strlen(gguf_archs[i]) == pl && !memcmp(kv->key, gguf_archs[i], pl);
+    if (!known)
+        return PEFT_OK;
+    gg_kv s = *kv; /* the key without "<arch>." */
+    s.key = dot + 1;
+    s.key_len = kv->key_len - pl - 1;
+    int integer = kv->type <= 5 || kv->type == 10 || kv->type == 11;
+    int iv = kv->iv < 0 || kv->iv > INT32_MAX ? -1 : (int)kv->iv;
+    if (peft__gg_key_is(&s, "rope.scaling.type") && kv->type == 8)
+        peft__gg_str(kv, mk->scaling, sizeof mk->scaling);
+    else if (!integer && kv->type != 6)
+        return PEFT_OK;
+    else if (peft__gg_key_is(&s, "embedding_length"))
+        c->dim = iv;
+    else if (peft__gg_key_is(&s, "block_count"))
+        c->n_layers = iv;
+    else if (peft__gg_key_is(&s, "feed_forward_length"))
+        c->ffn_dim = iv;
+    else if (peft__gg_key_is(&s, "attention.head_count"))
+        c->n_heads = iv;
+    else if (peft__gg_key_is(&s, "attention.head_count_kv"))
+        c->n_kv_heads = iv;
+    else if (peft__gg_key_is(&s, "attention.key_length"))
+        mk->key_len = iv;
+    else if (peft__gg_key_is(&s, "vocab_size"))
+        c->vocab = iv;
+    else if (kv->type == 6 && peft__gg_key_is(&s, "attention.layer_norm_rms_epsilon"))
+        c->eps = (float)kv->fv;
+    else if (kv->type == 6 && peft__gg_key_is(&s, "rope.freq_base"))
+        c->rope_theta = (float)kv->fv;
+    else if (kv->type == 6 && peft__gg_key_is(&s, "rope.scaling.factor"))
+        mk->scale_factor = (float)kv->fv;
+    return PEFT_OK;
+}
+
+int peft__gguf_open(peft_model *m, const char *path)
+{
+    gg_file f;
+    int code = peft__gguf_map(&f, path);
+    if (code)
+        return code;
+    m->gguf_map = f.map; /* the model owns the mapping (F32 weights point into it) */
+    m->gguf_size = f.size;
+    peft_config *c = &m->cfg;
+    memset(c, 0, sizeof *c);
+    c->eps = 1e-5f;
+    c->rope_theta = 10000.0f;
+    c->bos_id = 1;
+    c->eos_id = 2;
+    struct model_keys mk = {.c = c, .scale_factor = 1.0f};
+    if ((code = peft__gguf_parse(&f, model_key, &mk)))
+        return code;
+    const gg_tensor *ts = f.ts;
+    uint64_t nt = f.nt;
+    const uint8_t *data = f.data;
+    if (strcmp(mk.arch, "llama") != 0) {
+        code = peft__fail(PEFT_EUNSUPPORTED, "%s: architecture \"%s\" is not supported (llama)", path, mk.arch);
+        goto done;
+    }
+    snprintf(c->architecture, sizeof c->architecture, "%s", mk.arch);
+    if (!c->vocab) {
+        const gg_tensor *e = find(ts, nt, "token_embd.weight");
+        c->vocab = e && e->n_dims == 2 ? (int)e->ne[1] : 0;
+    }
+    if (!c->n_kv_heads)
+        c->n_kv_heads = c->n_heads;
+    c->head_dim = mk.key_len ? mk.key_len : (c->n_heads > 0 ? c->dim / c->n_heads : 0);
+    c->tied = find(ts, nt, "output.weight") == NULL;
+    if ((code = peft__config_validate(c, path)) ||
+        (code = rope_scaling(c, ts, nt, data, mk.scaling, mk.scale_factor, path)))
+        goto done;
+    {
+        int64_t qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
+        code = load(m, &m->embed, NULL, ts, nt, data, "token_embd.weight", (uint64_t)c->dim, (uint64_t)c->vocab, 0, path);
         if (!code)
-            code = rope_scaling(c, ts, nt, data, scaling, scale_factor, path);
+            code = load(m, &m->final_norm, NULL, ts, nt, data, "output_norm.weight", (uint64_t)c->dim, 0, 0, path);
+        if (!code)
+            code = c->tied ? (m->lm_head = m->embed, PEFT_OK)
+                           : load(m, &m->lm_head, NULL, ts, nt, data, "output.weight", (uint64_t)c->dim, (uint64_t)c->vocab,
+                                  0, path);
+        if (!code && !(m->layers = calloc((size_t)c->n_layers, sizeof *m->layers)))
+            code = peft__fail(PEFT_ENOMEM, "out of memory");
+        static const char *const gn[PEFT_MOD_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output",
+                                                       "ffn_gate", "ffn_up", "ffn_down"};
+        const int64_t shp[PEFT_MOD_COUNT][2] = {{c->dim, qd}, {c->dim, kvd}, {c->dim, kvd}, {qd, c->dim},
+                                                {c->dim, c->ffn_dim}, {c->dim, c->ffn_dim}, {c->ffn_dim, c->dim}};
+        for (int l = 0; l < c->n_layers && !code; l++) {
+            char nm[96];
+            snprintf(nm, sizeof nm, "blk.%d.attn_norm.weight", l);
+            code = load(m, &m->layers[l].attn_norm, NULL, ts, nt, data, nm, (uint64_t)c->dim, 0, 0, path);
+            snprintf(nm, sizeof nm, "blk.%d.ffn_norm.weight", l);
+            if (!code)
+                code = load(m, &m->layers[l].ffn_norm, NULL, ts, nt, data, nm, (uint64_t)c->dim, 0, 0, path);
+            for (int k = 0; k < PEFT_MOD_COUNT && !code; k++) {
+                snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, gn[k]);
+                int heads = k == PEFT_MOD_Q ? c->n_heads : k == PEFT_MOD_K ? c->n_kv_heads : 0;
+                code = load(m, &m->layers[l].w[k].f, &m->layers[l].w[k], ts, nt, data, nm, (uint64_t)shp[k][0], (uint64_t)shp[k][1], heads,
+                            path);
+            }
+        }
         if (!code) {
-            int64_t qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
-            code = load(m, &m->embed, NULL, ts, nt, data, "token_embd.weight", (uint64_t)c->dim, (uint64_t)c->vocab, 0, path);
-            if (!code)
-                code = load(m, &m->final_norm, NULL, ts, nt, data, "output_norm.weight", (uint64_t)c->dim, 0, 0, path);
-            if (!code)
-                code = c->tied ? (m->lm_head = m->embed, PEFT_OK)
-                               : load(m, &m->lm_head, NULL, ts, nt, data, "output.weight", (uint64_t)c->dim, (uint64_t)c->vocab,
-                                      0, path);
-            if (!code && !(m->layers = calloc((size_t)c->n_layers, sizeof *m->layers)))
-                code = peft__fail(PEFT_ENOMEM, "out of memory");
-            static const char *const gn[PEFT_MOD_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output",
-                                                           "ffn_gate", "ffn_up", "ffn_down"};
-            const int64_t shp[PEFT_MOD_COUNT][2] = {{c->dim, qd}, {c->dim, kvd}, {c->dim, kvd}, {qd, c->dim},
-                                                    {c->dim, c->ffn_dim}, {c->dim, c->ffn_dim}, {c->ffn_dim, c->dim}};
-            for (int l = 0; l < c->n_layers && !code; l++) {
-                char nm[96];
-                snprintf(nm, sizeof nm, "blk.%d.attn_norm.weight", l);
-                code = load(m, &m->layers[l].attn_norm, NULL, ts, nt, data, nm, (uint64_t)c->dim, 0, 0, path);
-                snprintf(nm, sizeof nm, "blk.%d.ffn_norm.weight", l);
-                if (!code)
-                    code = load(m, &m->layers[l].ffn_norm, NULL, ts, nt, data, nm, (uint64_t)c->dim, 0, 0, path);
-                for (int k = 0; k < PEFT_MOD_COUNT && !code; k++) {
-                    snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, gn[k]);
-                    int heads = k == PEFT_MOD_Q ? c->n_heads : k == PEFT_MOD_K ? c->n_kv_heads : 0;
-                    code = load(m, &m->layers[l].w[k].f, &m->layers[l].w[k], ts, nt, data, nm, (uint64_t)shp[k][0], (uint64_t)shp[k][1], heads,
-                                path);
-                }
-            }
-            if (!code) {
-                uint64_t per_layer = 2ull * c->dim + (uint64_t)c->dim * (uint64_t)(2 * qd + 2 * kvd) +
-                                     3ull * (uint64_t)c->dim * (uint64_t)c->ffn_dim;
-                m->n_params = (uint64_t)c->vocab * c->dim * (c->tied ? 1 : 2) + c->dim + per_layer * (uint64_t)c->n_layers;
-            }
+            uint64_t per_layer = 2ull * c->dim + (uint64_t)c->dim * (uint64_t)(2 * qd + 2 * kvd) +
+                                 3ull * (uint64_t)c->dim * (uint64_t)c->ffn_dim;
+            m->n_params = (uint64_t)c->vocab * c->dim * (c->tied ? 1 : 2) + c->dim + per_layer * (uint64_t)c->n_layers;
         }
     }
-    free(ts);
+done:
+    peft__gguf_release(&f, 0);
     return code;
 }
 
@@ -471,11 +549,12 @@ int peft__gguf_vocab(gguf_vocab *v, const char *path)
     memset(v, 0, sizeof *v);
     v->bos = v->eos = v->unk = -1;
     v->add_bos = 1;
-    void *map;
-    size_t size;
-    int mc = map_gguf(&map, &size, path);
+    gg_file gf;
+    int mc = peft__gguf_map(&gf, path);
     if (mc)
         return mc;
+    void *map = gf.map;
+    size_t size = gf.size;
     gg_reader r = {map, size, 4, path, 0};
     int code = PEFT_OK;
     uint32_t version = (uint32_t)rd(&r, 4);

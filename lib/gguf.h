@@ -1,0 +1,52 @@
+/* GGUF v3 (llama.cpp) files: a validated header parser shared by the model and LoRA readers. */
+#ifndef PEFT_GGUF_H
+#define PEFT_GGUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct gg_tensor {
+    char name[96];
+    int n_dims;
+    uint64_t ne[4], n;
+    uint32_t type;
+    uint64_t offset; /* relative to the data section */
+} gg_tensor;
+
+/* One key/value: integers and bools in iv, floats in fv, a string in s/sl (not terminated);
+   arrays are walked and given with s = NULL. */
+typedef struct gg_kv {
+    const char *key;
+    size_t key_len;
+    uint32_t type;
+    int64_t iv;
+    double fv;
+    const char *s;
+    size_t sl;
+} gg_kv;
+
+typedef struct gg_file {
+    void *map;
+    size_t size;
+    const char *path;
+    gg_tensor *ts; /* owned */
+    uint64_t nt;
+    const uint8_t *data; /* the aligned data section; every tensor's bytes lie inside the file */
+} gg_file;
+
+/* Map the file read-only (f->map, f->size, f->path). */
+int peft__gguf_map(gg_file *f, const char *path);
+/* Parse and validate the header of the mapped file: magic, version 3, bounded counts, every
+   key (kv is called for each; a nonzero return stops with that code), the tensor infos
+   (names, 1-4 dimensions, overflow-checked sizes, known types) and their data ranges. */
+int peft__gguf_parse(gg_file *f, int (*kv)(void *ctx, const gg_kv *kv), void *ctx);
+/* Free the tensor list and unmap (when unmap is set). */
+void peft__gguf_release(gg_file *f, int unmap);
+const gg_tensor *peft__gguf_find(const gg_file *f, const char *name);
+/* the key equals want */
+int peft__gg_key_is(const gg_kv *kv, const char *want);
+/* a string value copied into buf (truncated to cap - 1) */
+void peft__gg_str(const gg_kv *kv, char *buf, size_t cap);
+const char *peft__gg_type_name(uint32_t type);
+
+#endif
