@@ -1056,7 +1056,7 @@ static int targets_and_layers(const json_value *root, uint32_t *targets, int emb
     return PEFT_OK;
 }
 
-static int read_config(peft_lora_options *o, char *layers, size_t layers_cap, int32_t **tok, char **regex,
+int peft__read_lora_config(peft_lora_options *o, char *layers, size_t layers_cap, int32_t **tok, char **regex,
                        const char *path)
 {
     char *text;
@@ -1146,7 +1146,7 @@ done:
 
 /* Module names of target_modules / feedforward_modules: "k_proj" or "model.layers.N.self_attn.k_proj".
    Sets bits of kinds, and layer flags when full paths are used. Returns -1 on an unknown name. */
-static int parse_module_name(const char *s, int *kind, int *layer)
+int peft__parse_module_name(const char *s, int *kind, int *layer)
 {
     *layer = -1;
     const char *name = s;
@@ -1184,7 +1184,7 @@ static int read_config_ia3(const json_value *root, peft_ia3_options *o, char *la
     o->feedforward = 0;
     for (size_t i = 0; i < t->length; i++) {
         int kind, layer;
-        if (t->items[i].type != JSON_STRING || parse_module_name(t->items[i].string, &kind, &layer) ||
+        if (t->items[i].type != JSON_STRING || peft__parse_module_name(t->items[i].string, &kind, &layer) ||
             layer >= n_layers) {
             free(on);
             return peft__fail(PEFT_EUNSUPPORTED, "%s: IA3 target module \"%s\" is not supported", path,
@@ -1218,7 +1218,7 @@ static int read_config_ia3(const json_value *root, peft_ia3_options *o, char *la
     o->layers = layers[0] ? layers : NULL;
     for (size_t i = 0; ff && ff->type == JSON_ARRAY && i < ff->length; i++) {
         int kind, layer;
-        if (ff->items[i].type != JSON_STRING || parse_module_name(ff->items[i].string, &kind, &layer))
+        if (ff->items[i].type != JSON_STRING || peft__parse_module_name(ff->items[i].string, &kind, &layer))
             return peft__fail(PEFT_EUNSUPPORTED, "%s: IA3 feedforward module not supported", path);
         o->feedforward |= 1u << kind;
     }
@@ -1356,7 +1356,7 @@ int peft_load_adapter(peft_model *m, const char *dir)
     }
     peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
     char layers[32768]; /* layers spec | rank_pattern | alpha_pattern */
-    if ((code = read_config(&o, layers, sizeof layers, &tok_ids, &regex, cfg_path)))
+    if ((code = peft__read_lora_config(&o, layers, sizeof layers, &tok_ids, &regex, cfg_path)))
         goto done;
     if ((code = st_open(&f, st_path)))
         goto done;

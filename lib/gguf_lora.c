@@ -6,16 +6,34 @@
  * the bytes of PEFT's A and B, data aligned to 32 bytes. llama.cpp applies one
  * alpha / r per file, so per-module alpha and rsLoRA are folded into B; the rows of
  * q and k lora_b follow llama.cpp's RoPE permutation (GGUF row 2i+j = HF row j*hd/2+i).
+ *
+ * Written from an attached adapter (peft_save_adapter_gguf) or converted either way
+ * without the model (peft_convert_adapter): a PEFT directory from its config and tensors,
+ * a GGUF LoRA file (F32, F16, BF16 or Q8_0 tensors, as llama.cpp's converter writes them)
+ * back to a PEFT directory.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "fsutil.h"
+#include "gguf.h"
+#include "json.h"
 #include "model.h"
+#include "safetensors.h"
 
 static const char *const gguf_names[PEFT_MOD_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output",
                                                        "ffn_gate", "ffn_up", "ffn_down"};
+
+/* One LoRA module in both worlds: A (r, in), B (out, r) in Hugging Face's row order, the
+   module's own scale (alpha / r or alpha / sqrt(r)). */
+typedef struct gl_module {
+    int layer, kind, r, in, out;
+    const float *A, *B;
+    float scale;
+} gl_module;
 
 struct buf {
     unsigned char *p;
@@ -57,14 +75,107 @@ static void kv_str(struct buf *b, const char *k, const char *v)
     put_str(b, v);
 }
 
+/* llama.cpp permutes the q/k rows of the llama architecture only */
+static int permutes(const char *arch) { return strcmp(arch, "llama") == 0; }
+
+/* HF row of GGUF row `row` for heads of hd rows: GGUF h*hd + 2i + j <- HF h*hd + j*hd/2 + i */
+static int hf_row(int row, int hd)
+{
+    int h = row / hd, rr = row % hd;
+    return h * hd + (rr % 2) * (hd / 2) + rr / 2;
+}
+
 struct gt {
-    char hf[160];   /* PEFT key, for the file order */
+    char hf[160]; /* PEFT key, for the file order */
     char name[96];
     int64_t ne0, ne1;
-    float *data;    /* owned copy (permuted / folded) */
+    float *data; /* owned copy (permuted / folded) */
 };
 
 static int cmp_gt(const void *a, const void *b) { return strcmp(((const struct gt *)a)->hf, ((const struct gt *)b)->hf); }
+
+/* The GGUF LoRA file of modules: alpha is the file's adapter.lora.alpha; hd_q, hd_k the head
+   sizes of the q/k permutation (0: none). */
+static int write_gguf_lora(const char *path, const char *arch, const char *name, float alpha, const gl_module *mods,
+                           int n_mods, int hd_q, int hd_k)
+{
+    int n_t = n_mods * 2, code = PEFT_OK;
+    struct gt *ts = calloc((size_t)n_t + 1, sizeof *ts);
+    struct buf b = {0};
+    if (!ts)
+        return peft__fail(PEFT_ENOMEM, "out of memory");
+    for (int i = 0; i < n_mods; i++) {
+        const gl_module *md = &mods[i];
+        for (int which = 0; which < 2; which++) {
+            struct gt *t = &ts[2 * i + which];
+            peft__module_key(t->hf, sizeof t->hf, md->layer, md->kind, which);
+            snprintf(t->name, sizeof t->name, "blk.%d.%s.weight.lora_%c", md->layer, gguf_names[md->kind],
+                     which ? 'b' : 'a');
+            size_t n = which ? (size_t)md->out * md->r : (size_t)md->r * md->in;
+            t->data = malloc(n * sizeof(float));
+            if (!t->data) {
+                code = peft__fail(PEFT_ENOMEM, "out of memory");
+                goto done;
+            }
+            if (!which) {
+                t->ne0 = md->in;
+                t->ne1 = md->r;
+                memcpy(t->data, md->A, n * sizeof(float));
+                continue;
+            }
+            t->ne0 = md->r;
+            t->ne1 = md->out;
+            /* fold this module's scale into B: llama.cpp multiplies by alpha / r (1 when alpha is 0) */
+            float file_scale = alpha != 0.0f ? alpha / (float)md->r : 1.0f;
+            float fold = md->scale / file_scale;
+            int hd = md->kind == PEFT_MOD_Q ? hd_q : md->kind == PEFT_MOD_K ? hd_k : 0;
+            for (int row = 0; row < md->out; row++) {
+                const float *src = md->B + (size_t)(hd ? hf_row(row, hd) : row) * md->r;
+                for (int k = 0; k < md->r; k++)
+                    t->data[(size_t)row * md->r + k] = fold == 1.0f ? src[k] : src[k] * fold;
+            }
+        }
+    }
+    qsort(ts, (size_t)n_t, sizeof *ts, cmp_gt);
+    put(&b, "GGUF", 4);
+    put_u32(&b, 3);
+    put_u64(&b, (uint64_t)n_t);
+    put_u64(&b, 6);
+    kv_str(&b, "general.architecture", arch);
+    kv_str(&b, "general.type", "adapter");
+    kv_str(&b, "adapter.type", "lora");
+    kv_str(&b, "general.name", name ? name : "libpeft adapter");
+    put_str(&b, "adapter.lora.alpha");
+    put_u32(&b, 6);
+    put(&b, &alpha, 4);
+    put_str(&b, "general.quantization_version");
+    put_u32(&b, 4);
+    put_u32(&b, 2);
+    uint64_t off = 0;
+    for (int i = 0; i < n_t; i++) {
+        put_str(&b, ts[i].name);
+        put_u32(&b, 2);
+        put_u64(&b, (uint64_t)ts[i].ne0);
+        put_u64(&b, (uint64_t)ts[i].ne1);
+        put_u32(&b, 0); /* F32 */
+        put_u64(&b, off);
+        off += ((uint64_t)ts[i].ne0 * (uint64_t)ts[i].ne1 * 4 + 31) & ~(uint64_t)31;
+    }
+    static const unsigned char zeros[32];
+    put(&b, zeros, (32 - b.n % 32) % 32);
+    for (int i = 0; i < n_t; i++) {
+        size_t bytes = (size_t)ts[i].ne0 * (size_t)ts[i].ne1 * 4;
+        put(&b, ts[i].data, bytes);
+        put(&b, zeros, (32 - bytes % 32) % 32);
+    }
+    code = b.oom ? peft__fail(PEFT_ENOMEM, "out of memory") : peft__write_atomic(path, b.p, b.n);
+done:
+    for (int i = 0; i < n_t; i++)
+        free(ts[i].data);
+    free(ts);
+    free(b.p);
+    return code;
+}
 
 int peft_save_adapter_gguf(peft_model *m, const char *path, const char *name)
 {
@@ -93,89 +204,527 @@ int peft_save_adapter_gguf(peft_model *m, const char *path, const char *name)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_adapter_gguf: llama.cpp's LoRA files hold the linear "
                                              "modules' lora_a/lora_b only, not lm_head LoRA, token rows or "
                                              "modules trained in full");
-    const peft_config *c = &m->cfg;
-    int n_t = l->n_modules * 2, code = PEFT_OK;
-    struct gt *ts = calloc((size_t)n_t, sizeof *ts);
-    struct buf b = {0};
-    if (!ts)
+    gl_module *mods = calloc((size_t)l->n_modules + 1, sizeof *mods);
+    if (!mods)
         return peft__fail(PEFT_ENOMEM, "out of memory");
-    float file_alpha = l->alpha;
-    int hd = c->head_dim, half = hd / 2;
     for (int i = 0; i < l->n_modules; i++) {
         const lora_module *md = &l->mods[i];
-        for (int which = 0; which < 2; which++) {
-            struct gt *t = &ts[2 * i + which];
-            peft__module_key(t->hf, sizeof t->hf, md->layer, md->kind, which);
-            snprintf(t->name, sizeof t->name, "blk.%d.%s.weight.lora_%c", md->layer, gguf_names[md->kind],
-                     which ? 'b' : 'a');
-            size_t n = which ? (size_t)md->out * md->r : (size_t)md->r * md->in;
-            t->data = malloc(n * sizeof(float));
-            if (!t->data) {
-                code = peft__fail(PEFT_ENOMEM, "out of memory");
-                goto done;
-            }
-            if (!which) {
-                t->ne0 = md->in;
-                t->ne1 = md->r;
-                memcpy(t->data, l->params + md->off_a, n * sizeof(float));
-                continue;
-            }
-            t->ne0 = md->r;
-            t->ne1 = md->out;
-            /* fold this module's scale into B: llama.cpp multiplies by file_alpha / r */
-            float fold = md->scale / (file_alpha / (float)md->r);
-            const float *B = l->params + md->off_b;
-            int permute = md->kind == PEFT_MOD_Q || md->kind == PEFT_MOD_K;
-            for (int row = 0; row < md->out; row++) {
-                int src = row;
-                if (permute) { /* GGUF row h*hd + 2i + j  <-  HF row h*hd + j*half + i */
-                    int h = row / hd, rr = row % hd, ii = rr / 2, j = rr % 2;
-                    src = h * hd + j * half + ii;
-                }
-                for (int k = 0; k < md->r; k++)
-                    t->data[(size_t)row * md->r + k] = fold == 1.0f ? B[(size_t)src * md->r + k]
-                                                                    : B[(size_t)src * md->r + k] * fold;
-            }
+        mods[i] = (gl_module){md->layer, md->kind, md->r, md->in, md->out, l->params + md->off_a,
+                              l->params + md->off_b, md->scale};
+    }
+    int hd = permutes(m->cfg.architecture) ? m->cfg.head_dim : 0;
+    int code = write_gguf_lora(path, m->cfg.architecture, name, l->alpha, mods, l->n_modules, hd, hd);
+    free(mods);
+    return code;
+}
+
+/* ---- model-free conversion ---- */
+
+static int head_sizes(const gl_module *mods, int n, const char *arch, const peft_convert_options *o, int *hd_q,
+                      int *hd_k, const char *path)
+{
+    *hd_q = *hd_k = 0;
+    if (!permutes(arch))
+        return PEFT_OK;
+    int n_heads = o->n_heads, n_kv = o->n_kv_heads > 0 ? o->n_kv_heads : o->n_heads;
+    for (int i = 0; i < n; i++) {
+        if (mods[i].kind != PEFT_MOD_Q && mods[i].kind != PEFT_MOD_K)
+            continue;
+        int heads = mods[i].kind == PEFT_MOD_Q ? n_heads : n_kv;
+        if (heads <= 0)
+            return peft__fail(PEFT_EINVAL, "%s: the q/k rows of a llama adapter are permuted per attention head: "
+                                           "give the base model's head counts (n_heads, n_kv_heads)", path);
+        int out = mods[i].out, hd = out / heads;
+        if (out % heads || hd % 2)
+            return peft__fail(PEFT_ESHAPE, "%s: %s of layer %d has %d rows, not %d heads of an even size", path,
+                              peft__module_names[mods[i].kind], mods[i].layer, out, heads);
+        int *dst = mods[i].kind == PEFT_MOD_Q ? hd_q : hd_k;
+        if (*dst && *dst != hd)
+            return peft__fail(PEFT_ESHAPE, "%s: the layers' %s sizes differ", path, peft__module_names[mods[i].kind]);
+        *dst = hd;
+    }
+    return PEFT_OK;
+}
+
+static int is_dir(const char *p)
+{
+    struct stat sb;
+    return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
+}
+
+/* PEFT directory -> GGUF LoRA file */
+static int peft_to_gguf(const char *dir, const char *dst, const peft_convert_options *o)
+{
+    char cfg_path[4200], st_path[4200], *regex = NULL;
+    snprintf(cfg_path, sizeof cfg_path, "%s/adapter_config.json", dir);
+    snprintf(st_path, sizeof st_path, "%s/adapter_model.safetensors", dir);
+    peft_lora_options lo = PEFT_LORA_OPTIONS_INIT;
+    int32_t *tok = NULL;
+    static char layers[32768];
+    st_file *f = NULL;
+    gl_module *mods = NULL;
+    float *data = NULL;
+    int code = peft__read_lora_config(&lo, layers, sizeof layers, &tok, &regex, cfg_path);
+    if (code)
+        goto done;
+    if (lo.use_dora || lo.init == PEFT_INIT_PISSA || lo.init == PEFT_INIT_OLORA) {
+        code = peft__fail(PEFT_EUNSUPPORTED, "%s: %s", cfg_path,
+                          lo.use_dora ? "llama.cpp's LoRA format has no DoRA magnitude"
+                                      : "a PiSSA/OLoRA adapter needs its residual base (convert it to a plain LoRA "
+                                        "first, PEFT's path_initial_model_for_weight_conversion)");
+        goto done;
+    }
+    if (lo.modules_to_save || lo.norms || lo.n_token_indices || lo.n_head_token_indices ||
+        (lo.targets & (PEFT_TARGET_EMBED | PEFT_TARGET_LM_HEAD))) {
+        code = peft__fail(PEFT_EUNSUPPORTED, "%s: llama.cpp's LoRA files hold the linear modules' lora_a/lora_b only, "
+                                             "not embedding or lm_head LoRA, token rows or modules trained in full",
+                          cfg_path);
+        goto done;
+    }
+    if ((code = st_open(&f, st_path)))
+        goto done;
+    size_t n_t = f->n_tensors, total = 0;
+    if (n_t == 0 || n_t % 2) {
+        code = peft__fail(PEFT_EFORMAT, "%s: %zu tensors, not lora_A/lora_B pairs", st_path, n_t);
+        goto done;
+    }
+    for (size_t i = 0; i < n_t; i++) {
+        if (f->tensors[i].n_elems > (1ull << 34)) {
+            code = peft__fail(PEFT_ESHAPE, "%s: tensor '%s' is too large", st_path, f->tensors[i].name);
+            goto done;
+        }
+        total += (size_t)f->tensors[i].n_elems;
+    }
+    mods = calloc(n_t / 2, sizeof *mods);
+    data = malloc((total ? total : 1) * sizeof *data);
+    if (!mods || !data) {
+        code = peft__fail(PEFT_ENOMEM, "out of memory");
+        goto done;
+    }
+    int n = 0;
+    size_t used = 0;
+    for (size_t i = 0; i < n_t && !code; i++) {
+        const st_tensor *ta = &f->tensors[i];
+        const char *nm = ta->name, *pre = "base_model.model.";
+        size_t len = strlen(nm), pl = strlen(pre), sl = strlen(".lora_A.weight");
+        char mod[160];
+        int kind, layer;
+        if (len <= pl + sl || strncmp(nm, pre, pl) != 0 ||
+            (strcmp(nm + len - sl, ".lora_A.weight") != 0 && strcmp(nm + len - sl, ".lora_B.weight") != 0) ||
+            len - pl - sl >= sizeof mod) {
+            code = peft__fail(PEFT_EUNSUPPORTED, "%s: tensor '%s' is not a linear module's lora_A/lora_B", st_path, nm);
+            break;
+        }
+        if (nm[len - sl + 6] == 'B')
+            continue; /* found through its A */
+        memcpy(mod, nm + pl, len - pl - sl);
+        mod[len - pl - sl] = '\0';
+        if (peft__parse_module_name(mod, &kind, &layer) || layer < 0) {
+            code = peft__fail(PEFT_EUNSUPPORTED, "%s: tensor '%s' is not a linear module's lora_A/lora_B", st_path, nm);
+            break;
+        }
+        char bname[200];
+        snprintf(bname, sizeof bname, "%s%s.lora_B.weight", pre, mod);
+        const st_tensor *tb = st_find(f, bname);
+        if (!tb || ta->n_dims != 2 || tb->n_dims != 2 || ta->shape[0] != tb->shape[1] || ta->shape[0] > 65536 ||
+            ta->shape[1] > (1 << 24) || tb->shape[0] > (1 << 24)) {
+            code = peft__fail(tb ? PEFT_ESHAPE : PEFT_EFORMAT, "%s: %s: lora_A %s and lora_B %s are not a pair (r x in, out x r)",
+                              st_path, mod, "found", tb ? "found" : "missing");
+            break;
+        }
+        gl_module *md = &mods[n++];
+        md->layer = layer;
+        md->kind = kind;
+        md->r = (int)ta->shape[0];
+        md->in = (int)ta->shape[1];
+        md->out = (int)tb->shape[0];
+        int r_cfg = (int)peft__pattern_value(lo.rank_pattern, mod, lo.rank);
+        if (r_cfg != md->r) {
+            code = peft__fail(PEFT_ESHAPE, "%s: %s has rank %d, the config says %d", st_path, mod, md->r, r_cfg);
+            break;
+        }
+        float alpha = (float)peft__pattern_value(lo.alpha_pattern, mod, lo.alpha);
+        md->scale = lo.use_rslora ? alpha / sqrtf((float)md->r) : alpha / (float)md->r;
+        float *pa = data + used, *pb = pa + ta->n_elems;
+        used += (size_t)ta->n_elems + (size_t)tb->n_elems;
+        if ((code = st_read_f32(f, ta, pa, ta->n_elems)) || (code = st_read_f32(f, tb, pb, tb->n_elems)))
+            break;
+        md->A = pa;
+        md->B = pb;
+    }
+    if (code)
+        goto done;
+    if (n * 2 != (int)n_t) {
+        code = peft__fail(PEFT_EFORMAT, "%s: a lora_B without its lora_A", st_path);
+        goto done;
+    }
+    const char *arch = o->architecture ? o->architecture : "llama";
+    int hd_q, hd_k;
+    if (!(code = head_sizes(mods, n, arch, o, &hd_q, &hd_k, dir)))
+        code = write_gguf_lora(dst, arch, o->name, lo.alpha, mods, n, hd_q, hd_k);
+done:
+    st_close(f);
+    free(mods);
+    free(data);
+    free(tok);
+    free(regex);
+    return code;
+}
+
+/* ---- GGUF LoRA file -> PEFT directory ---- */
+
+struct lora_keys {
+    char arch[32], type[32], adapter[32], name[128];
+    float alpha;
+    int have_alpha;
+};
+
+static int lora_key(void *ctx, const gg_kv *kv)
+{
+    struct lora_keys *k = ctx;
+    if (kv->type == 8 && peft__gg_key_is(kv, "general.architecture"))
+        peft__gg_str(kv, k->arch, sizeof k->arch);
+    else if (kv->type == 8 && peft__gg_key_is(kv, "general.type"))
+        peft__gg_str(kv, k->type, sizeof k->type);
+    else if (kv->type == 8 && peft__gg_key_is(kv, "adapter.type"))
+        peft__gg_str(kv, k->adapter, sizeof k->adapter);
+    else if (kv->type == 8 && peft__gg_key_is(kv, "general.name"))
+        peft__gg_str(kv, k->name, sizeof k->name);
+    else if (peft__gg_key_is(kv, "adapter.lora.alpha") && (kv->type == 6 || kv->type == 12)) {
+        k->alpha = (float)kv->fv;
+        k->have_alpha = 1;
+    }
+    return PEFT_OK;
+}
+
+/* "blk.N.<gguf name>.weight.lora_a|b" -> layer, kind, which (0 a, 1 b) */
+static int parse_gguf_name(const char *s, int *layer, int *kind, int *which)
+{
+    if (strncmp(s, "blk.", 4) != 0)
+        return -1;
+    char *end;
+    long l = strtol(s + 4, &end, 10);
+    if (end == s + 4 || *end != '.' || l < 0 || l > 100000)
+        return -1;
+    for (int k = 0; k < PEFT_MOD_COUNT; k++) {
+        size_t gl = strlen(gguf_names[k]);
+        if (strncmp(end + 1, gguf_names[k], gl) == 0 &&
+            (!strcmp(end + 1 + gl, ".weight.lora_a") || !strcmp(end + 1 + gl, ".weight.lora_b"))) {
+            *layer = (int)l;
+            *kind = k;
+            *which = end[1 + gl + 13] == 'b';
+            return 0;
         }
     }
-    qsort(ts, (size_t)n_t, sizeof *ts, cmp_gt);
-    /* header */
-    put(&b, "GGUF", 4);
-    put_u32(&b, 3);
-    put_u64(&b, (uint64_t)n_t);
-    put_u64(&b, 6);
-    kv_str(&b, "general.architecture", c->architecture);
-    kv_str(&b, "general.type", "adapter");
-    kv_str(&b, "adapter.type", "lora");
-    kv_str(&b, "general.name", name ? name : "libpeft adapter");
-    put_str(&b, "adapter.lora.alpha");
-    put_u32(&b, 6);
-    put(&b, &file_alpha, 4);
-    put_str(&b, "general.quantization_version");
-    put_u32(&b, 4);
-    put_u32(&b, 2);
-    uint64_t off = 0;
-    for (int i = 0; i < n_t; i++) {
-        put_str(&b, ts[i].name);
-        put_u32(&b, 2);
-        put_u64(&b, (uint64_t)ts[i].ne0);
-        put_u64(&b, (uint64_t)ts[i].ne1);
-        put_u32(&b, 0); /* F32 */
-        put_u64(&b, off);
-        off += ((uint64_t)ts[i].ne0 * (uint64_t)ts[i].ne1 * 4 + 31) & ~(uint64_t)31;
+    return -1;
+}
+
+static int cmp_mod(const void *a, const void *b)
+{
+    const gl_module *x = a, *y = b;
+    return x->layer != y->layer ? (x->layer < y->layer ? -1 : 1) : (x->kind > y->kind) - (x->kind < y->kind);
+}
+
+static int cmp_int(const void *a, const void *b) { return (*(const int *)a > *(const int *)b) - (*(const int *)a < *(const int *)b); }
+
+/* adapter_config.json of a plain LoRA over these modules (sorted by layer, kind), in the form
+   peft_save_adapter writes: one rank (the most common) with rank_pattern for the others, the
+   file's alpha (or, for alpha 0, llama.cpp's scale 1: alpha = r per module). */
+static int write_config(const char *path, const gl_module *mods, int n, float alpha, const char *base, int n_model_layers)
+{
+    struct jw w = {0};
+    int *ranks = malloc((size_t)n * sizeof *ranks);
+    if (!ranks)
+        return peft__fail(PEFT_ENOMEM, "out of memory");
+    for (int i = 0; i < n; i++)
+        ranks[i] = mods[i].r;
+    qsort(ranks, (size_t)n, sizeof *ranks, cmp_int);
+    int r = ranks[0], best = 0;
+    for (int i = 0, run = 0; i < n; i++) {
+        run = i && ranks[i] == ranks[i - 1] ? run + 1 : 1;
+        if (run > best) {
+            best = run;
+            r = ranks[i];
+        }
     }
-    static const unsigned char zeros[32];
-    put(&b, zeros, (32 - b.n % 32) % 32);
-    for (int i = 0; i < n_t; i++) {
-        size_t bytes = (size_t)ts[i].ne0 * (size_t)ts[i].ne1 * 4;
-        put(&b, ts[i].data, bytes);
-        put(&b, zeros, (32 - bytes % 32) % 32);
+    free(ranks);
+    /* which kinds on which layers: a product (target_modules x layers_to_transform) or a regex */
+    uint32_t kinds = 0, per_layer[1024] = {0};
+    int n_layers = 0, product = 1, max_layer = 0;
+    for (int i = 0; i < n; i++) {
+        kinds |= 1u << mods[i].kind;
+        max_layer = mods[i].layer > max_layer ? mods[i].layer : max_layer;
     }
-    code = b.oom ? peft__fail(PEFT_ENOMEM, "out of memory") : peft__write_atomic(path, b.p, b.n);
-done:
-    for (int i = 0; i < n_t; i++)
-        free(ts[i].data);
-    free(ts);
-    free(b.p);
+    if (max_layer >= 1024)
+        product = 0;
+    for (int i = 0; i < n && product; i++)
+        per_layer[mods[i].layer] |= 1u << mods[i].kind;
+    for (int l = 0; l <= max_layer && product; l++) {
+        n_layers += per_layer[l] != 0;
+        product &= per_layer[l] == 0 || per_layer[l] == kinds;
+    }
+    char key[160];
+    int first;
+    jw_put(&w, "{\n  \"alpha_pattern\": {");
+    first = 1;
+    for (int i = 0; alpha == 0.0f && i < n; i++)
+        if (mods[i].r != r) {
+            snprintf(key, sizeof key, "model.layers.%d.%s.%s", mods[i].layer, peft__module_parents[mods[i].kind],
+                     peft__module_names[mods[i].kind]);
+            jw_put(&w, "%s\n    ", first ? "" : ",");
+            jw_str(&w, key);
+            jw_put(&w, ": %d", mods[i].r);
+            first = 0;
+        }
+    jw_put(&w, first ? "}" : "\n  }");
+    jw_put(&w, ",\n  \"base_model_name_or_path\": ");
+    jw_str(&w, base);
+    jw_put(&w, ",\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"inference_mode\": true,\n");
+    jw_put(&w, "  \"init_lora_weights\": true,\n  \"layers_pattern\": null,\n  \"layers_to_transform\": ");
+    if (!product || (n_model_layers > 0 && n_layers == n_model_layers)) {
+        jw_put(&w, "null");
+    } else {
+        jw_put(&w, "[");
+        first = 1;
+        for (int l = 0; l <= max_layer; l++)
+            if (per_layer[l]) {
+                jw_put(&w, "%s\n    %d", first ? "" : ",", l);
+                first = 0;
+            }
+        jw_put(&w, "\n  ]");
+    }
+    jw_put(&w, ",\n  \"lora_alpha\": ");
+    jw_number(&w, alpha != 0.0f ? alpha : (float)r);
+    jw_put(&w, ",\n  \"lora_dropout\": 0.0,\n  \"modules_to_save\": null,\n  \"peft_type\": \"LORA\",\n");
+    jw_put(&w, "  \"r\": %d,\n  \"rank_pattern\": {", r);
+    first = 1;
+    /* PEFT sorts the pattern keys */
+    char (*keys)[160] = malloc((size_t)n * sizeof *keys);
+    int nk = 0;
+    if (!keys)
+        w.oom = 1;
+    for (int i = 0; keys && i < n; i++)
+        if (mods[i].r != r)
+            snprintf(keys[nk++], 160, "model.layers.%d.%s.%s=%d", mods[i].layer, peft__module_parents[mods[i].kind],
+                     peft__module_names[mods[i].kind], mods[i].r);
+    if (keys)
+        qsort(keys, (size_t)nk, sizeof *keys, (int (*)(const void *, const void *))strcmp);
+    for (int i = 0; i < nk; i++) {
+        char *eq = strchr(keys[i], '=');
+        *eq = '\0';
+        jw_put(&w, "%s\n    ", first ? "" : ",");
+        jw_str(&w, keys[i]);
+        jw_put(&w, ": %s", eq + 1);
+        first = 0;
+    }
+    free(keys);
+    jw_put(&w, first ? "}" : "\n  }");
+    jw_put(&w, ",\n  \"revision\": null,\n  \"target_modules\": ");
+    if (product) {
+        jw_put(&w, "[");
+        first = 1;
+        for (int k = 0; k < PEFT_MOD_COUNT; k++)
+            if (kinds & (1u << k)) {
+                jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__module_names[k]);
+                first = 0;
+            }
+        jw_put(&w, "\n  ]");
+    } else { /* the modules by name, as one regular expression (PEFT: re.fullmatch) */
+        struct jw re = {0};
+        for (int i = 0; i < n; i++)
+            jw_put(&re, "%smodel\\.layers\\.%d\\.%s\\.%s", i ? "|" : "", mods[i].layer,
+                   peft__module_parents[mods[i].kind], peft__module_names[mods[i].kind]);
+        if (re.oom)
+            w.oom = 1;
+        else
+            jw_str(&w, re.s);
+        free(re.s);
+    }
+    jw_put(&w, ",\n  \"task_type\": \"CAUSAL_LM\",\n  \"use_dora\": false,\n  \"use_rslora\": false\n}");
+    if (w.oom) {
+        free(w.s);
+        return peft__fail(PEFT_ENOMEM, "%s: out of memory", path);
+    }
+    int code = peft__write_atomic(path, w.s, w.n);
+    free(w.s);
     return code;
+}
+
+static int gguf_to_peft(const char *src, const char *dir, const peft_convert_options *o)
+{
+    gg_file g;
+    struct lora_keys k = {0};
+    gl_module *mods = NULL;
+    float *data = NULL;
+    st_out_tensor *ts = NULL;
+    char(*names)[128] = NULL;
+    int code = peft__gguf_map(&g, src);
+    if (code)
+        return code;
+    if ((code = peft__gguf_parse(&g, lora_key, &k)))
+        goto done;
+    if (strcmp(k.type, "adapter") != 0 || strcmp(k.adapter, "lora") != 0) {
+        code = peft__fail(PEFT_EFORMAT, "%s: not a GGUF LoRA adapter (general.type \"%s\", adapter.type \"%s\")", src,
+                          k.type, k.adapter);
+        goto done;
+    }
+    if (!k.have_alpha || !(k.alpha >= 0.0f && k.alpha < 1e6f)) {
+        code = peft__fail(PEFT_EFORMAT, "%s: adapter.lora.alpha is missing or out of range", src);
+        goto done;
+    }
+    if (o->architecture && strcmp(o->architecture, k.arch) != 0) {
+        code = peft__fail(PEFT_EINVAL, "%s: the adapter is for architecture \"%s\", not \"%s\"", src, k.arch,
+                          o->architecture);
+        goto done;
+    }
+    if (g.nt == 0 || g.nt % 2 || g.nt > 200000) {
+        code = peft__fail(PEFT_EFORMAT, "%s: %llu tensors, not lora_a/lora_b pairs", src, (unsigned long long)g.nt);
+        goto done;
+    }
+    int n = (int)(g.nt / 2);
+    size_t total = 0;
+    for (uint64_t i = 0; i < g.nt; i++)
+        total += (size_t)g.ts[i].n;
+    mods = calloc((size_t)n, sizeof *mods);
+    names = calloc(g.nt, sizeof *names);
+    ts = calloc(g.nt, sizeof *ts);
+    if (total > (1ull << 34) || !mods || !names || !ts || !(data = malloc(total * sizeof *data))) {
+        code = peft__fail(PEFT_ENOMEM, "%s: out of memory", src);
+        goto done;
+    }
+    for (uint64_t i = 0; i < g.nt; i++) {
+        int layer, kind, which;
+        if (parse_gguf_name(g.ts[i].name, &layer, &kind, &which)) {
+            code = peft__fail(PEFT_EUNSUPPORTED, "%s: tensor '%s' is not a linear module's lora_a/lora_b (blk.N.{attn_q,"
+                                                 "attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down}.weight.lora_a|b)",
+                              src, g.ts[i].name);
+            goto done;
+        }
+    }
+    int got = 0;
+    size_t used = 0;
+    for (uint64_t i = 0; i < g.nt && !code; i++) {
+        const gg_tensor *ta = &g.ts[i];
+        int layer, kind, which;
+        parse_gguf_name(ta->name, &layer, &kind, &which); /* checked above */
+        if (which)
+            continue;
+        char bname[96];
+        snprintf(bname, sizeof bname, "blk.%d.%s.weight.lora_b", layer, gguf_names[kind]);
+        const gg_tensor *tb = peft__gguf_find(&g, bname);
+        if (!tb || ta->n_dims != 2 || tb->n_dims != 2 || ta->ne[1] != tb->ne[0] || ta->ne[1] > 65536 ||
+            ta->ne[0] > (1u << 24) || tb->ne[1] > (1u << 24)) {
+            code = peft__fail(tb ? PEFT_ESHAPE : PEFT_EFORMAT, "%s: %s: lora_a and lora_b are not a pair "
+                              "(ne [in, r] and [r, out])%s", src, ta->name, tb ? "" : ": lora_b missing");
+            break;
+        }
+        for (int j = 0; j < got; j++)
+            if (mods[j].layer == layer && mods[j].kind == kind) {
+                code = peft__fail(PEFT_EFORMAT, "%s: %s appears twice", src, ta->name);
+                break;
+            }
+        if (code)
+            break;
+        gl_module *md = &mods[got++];
+        md->layer = layer;
+        md->kind = kind;
+        md->r = (int)ta->ne[1];
+        md->in = (int)ta->ne[0];
+        md->out = (int)tb->ne[1];
+        float *pa = data + used, *pb = pa + ta->n;
+        used += (size_t)(ta->n + tb->n);
+        const gg_tensor *pair[2] = {ta, tb};
+        for (int t = 0; t < 2 && !code; t++) {
+            uint32_t ty = pair[t]->type;
+            if (ty != PEFT_GG_F32 && ty != PEFT_GG_F16 && ty != PEFT_GG_BF16 && ty != PEFT_GG_Q8_0)
+                code = peft__fail(PEFT_EUNSUPPORTED, "%s: tensor '%s' has ggml type %s (%u) (F32, F16, BF16, Q8_0)", src,
+                                  pair[t]->name, peft__gg_type_name(ty), ty);
+            else if (!peft__gg_row_bytes(ty, pair[t]->ne[0]))
+                code = peft__fail(PEFT_EFORMAT, "%s: tensor '%s': rows are not whole blocks", src, pair[t]->name);
+            else if (peft__dequant(t ? pb : pa, g.data + pair[t]->offset, pair[t]->n, ty))
+                code = peft__fail(PEFT_EUNSUPPORTED, "%s: tensor '%s': type %u", src, pair[t]->name, ty);
+        }
+        md->A = pa;
+        md->B = pb;
+    }
+    if (code)
+        goto done;
+    if (got != n) {
+        code = peft__fail(PEFT_EFORMAT, "%s: a lora_b without its lora_a", src);
+        goto done;
+    }
+    qsort(mods, (size_t)n, sizeof *mods, cmp_mod);
+    for (int i = 0; i < n && !code; i++) /* the same kind has the same sizes in every layer */
+        for (int j = 0; j < i; j++)
+            if (mods[j].kind == mods[i].kind && (mods[j].in != mods[i].in || mods[j].out != mods[i].out)) {
+                code = peft__fail(PEFT_ESHAPE, "%s: %s of layers %d and %d differ in shape", src,
+                                  gguf_names[mods[i].kind], mods[j].layer, mods[i].layer);
+                break;
+            }
+    int hd_q, hd_k;
+    if (code || (code = head_sizes(mods, n, k.arch, o, &hd_q, &hd_k, src)))
+        goto done;
+    /* B back to Hugging Face's q/k row order, in place (a row buffer per module) */
+    for (int i = 0; i < n && !code; i++) {
+        int hd = mods[i].kind == PEFT_MOD_Q ? hd_q : mods[i].kind == PEFT_MOD_K ? hd_k : 0;
+        if (!hd)
+            continue;
+        size_t bytes = (size_t)mods[i].out * mods[i].r * sizeof(float);
+        float *tmp = malloc(bytes), *B = (float *)mods[i].B;
+        if (!tmp) {
+            code = peft__fail(PEFT_ENOMEM, "out of memory");
+            break;
+        }
+        memcpy(tmp, B, bytes);
+        for (int row = 0; row < mods[i].out; row++)
+            memcpy(B + (size_t)hf_row(row, hd) * mods[i].r, tmp + (size_t)row * mods[i].r, (size_t)mods[i].r * sizeof(float));
+        free(tmp);
+    }
+    if (code)
+        goto done;
+    for (int i = 0; i < n; i++)
+        for (int which = 0; which < 2; which++) {
+            st_out_tensor *t = &ts[2 * i + which];
+            peft__module_key(names[2 * i + which], sizeof names[0], mods[i].layer, mods[i].kind, which);
+            t->name = names[2 * i + which];
+            t->n_dims = 2;
+            t->shape[0] = which ? mods[i].out : mods[i].r;
+            t->shape[1] = which ? mods[i].r : mods[i].in;
+            t->data = which ? mods[i].B : mods[i].A;
+        }
+    if ((code = peft__mkdirs(dir)))
+        goto done;
+    char st_path[4200], cfg_path[4200];
+    snprintf(st_path, sizeof st_path, "%s/adapter_model.safetensors", dir);
+    snprintf(cfg_path, sizeof cfg_path, "%s/adapter_config.json", dir);
+    const char *mk[] = {"format"}, *mv[] = {"pt"};
+    const char *base = o->base_model ? o->base_model : k.name[0] ? k.name : "";
+    if (!(code = st_write(st_path, ts, g.nt, mk, mv, 1)))
+        code = write_config(cfg_path, mods, n, k.alpha, base, o->n_layers);
+done:
+    peft__gguf_release(&g, 1);
+    free(mods);
+    free(names);
+    free(ts);
+    free(data);
+    return code;
+}
+
+int peft_convert_adapter(const char *src, const char *dst, const peft_convert_options *opts)
+{
+    peft_convert_options o = PEFT_CONVERT_OPTIONS_INIT;
+    if (!src || !dst)
+        return peft__fail(PEFT_EINVAL, "peft_convert_adapter: NULL argument");
+    if (opts) {
+        if (opts->version < 1 || opts->version > PEFT_CONVERT_OPTIONS_VERSION)
+            return peft__fail(PEFT_EINVAL, "peft_convert_adapter: options version %d (1..%d)", opts->version,
+                              PEFT_CONVERT_OPTIONS_VERSION);
+        o = *opts;
+    }
+    if (o.n_heads < 0 || o.n_kv_heads < 0 || o.n_heads > 65536 || o.n_kv_heads > 65536 || o.n_layers < 0)
+        return peft__fail(PEFT_EINVAL, "peft_convert_adapter: bad head or layer counts %d, %d, %d", o.n_heads,
+                          o.n_kv_heads, o.n_layers);
+    if (o.architecture && (!*o.architecture || strlen(o.architecture) > 31))
+        return peft__fail(PEFT_EINVAL, "peft_convert_adapter: bad architecture name");
+    return is_dir(src) ? peft_to_gguf(src, dst, &o) : gguf_to_peft(src, dst, &o);
 }

@@ -189,7 +189,7 @@ static int check_pattern(const char *pat, int integer, const char *what)
 }
 
 /* The value of the first key matching module `name`, or def. */
-static double pattern_value(const char *pat, const char *name, double def)
+double peft__pattern_value(const char *pat, const char *name, double def)
 {
     if (!pat)
         return def;
@@ -438,8 +438,8 @@ static int layout_norms(lora_state *l, const peft_config *c, uint32_t norms, siz
 static int build_extras(lora_state *l, const peft_config *c, const peft_lora_options *o, size_t *off)
 {
     if (o->targets & PEFT_TARGET_LM_HEAD) {
-        l->head_r = (int)pattern_value(l->rank_pattern, "lm_head", o->rank);
-        l->head_alpha = (float)pattern_value(l->alpha_pattern, "lm_head", o->alpha);
+        l->head_r = (int)peft__pattern_value(l->rank_pattern, "lm_head", o->rank);
+        l->head_alpha = (float)peft__pattern_value(l->alpha_pattern, "lm_head", o->alpha);
         l->head_scale = l->use_rslora ? l->head_alpha / sqrtf((float)l->head_r) : l->head_alpha / (float)l->head_r;
         l->off_ha = *off;
         *off += (size_t)l->head_r * (size_t)c->dim;
@@ -592,8 +592,8 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
             lora_module *md = &l->mods[l->n_modules];
             md->layer = layer;
             md->kind = k;
-            md->r = (int)pattern_value(rpat, name, o->rank);
-            md->alpha = (float)pattern_value(apat, name, o->alpha);
+            md->r = (int)peft__pattern_value(rpat, name, o->rank);
+            md->alpha = (float)peft__pattern_value(apat, name, o->alpha);
             module_dims(c, k, &md->in, &md->out);
             md->scale = l->use_rslora ? md->alpha / sqrtf((float)md->r) : md->alpha / (float)md->r;
             md->off_xa = l->sum_rank;
@@ -634,8 +634,8 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
                 return peft__fail(PEFT_EUNSUPPORTED, "LoRA on the embeddings needs all layers: PEFT's "
                                                      "layers_to_transform would drop embed_tokens");
             }
-        l->embed_r = (int)pattern_value(rpat, "model.embed_tokens", o->rank);
-        l->embed_alpha = (float)pattern_value(apat, "model.embed_tokens", o->alpha);
+        l->embed_r = (int)peft__pattern_value(rpat, "model.embed_tokens", o->rank);
+        l->embed_alpha = (float)peft__pattern_value(apat, "model.embed_tokens", o->alpha);
         l->embed_scale = l->use_rslora ? l->embed_alpha / sqrtf((float)l->embed_r) : l->embed_alpha / (float)l->embed_r;
         l->off_ea = off;
         off += (size_t)l->embed_r * (size_t)c->vocab;

@@ -242,6 +242,14 @@ int peft__svd_factors(peft_model *m, const float *W, int out, int in, int r, flo
    the adapted layers' "N,M" list, "" = all); trainable_token_indices -> o->token_indices and
    o->head_token_indices (*ids malloc'ed, holding both). */
 struct json_value;
+/* adapter.c: a PEFT LoRA adapter_config.json into options (layers: a buffer of layers_cap bytes that also holds
+   the patterns; *tok and *regex: owned copies the caller frees) */
+int peft__read_lora_config(peft_lora_options *o, char *layers, size_t layers_cap, int32_t **tok, char **regex,
+                           const char *path);
+/* "model.layers.N.self_attn.q_proj" (or a bare module name: layer -1) -> kind and layer; -1 if not one */
+int peft__parse_module_name(const char *s, int *kind, int *layer);
+/* lora.c: the value of the first "key=value" item whose key ends module `name` at a dot, or def */
+double peft__pattern_value(const char *pat, const char *name, double def);
 int peft__read_modules_to_save(const struct json_value *v, peft_lora_options *o, const char *layers, const char *path);
 int peft__read_token_indices(const struct json_value *v, peft_lora_options *o, int32_t **ids, const char *path);
 

@@ -51,6 +51,20 @@ def test_train_save_load():
                 m2.merge()
                 s3, _ = m2.eval(data)
                 assert abs(s3 - s1) < 1e-4 * abs(s1)
+            # to llama.cpp's GGUF LoRA and back, with and without the model
+            g = os.path.join(d, "a.gguf")
+            m.save_adapter_gguf(g, name="tiny")
+            libpeft.convert_adapter(d, os.path.join(d, "free.gguf"), n_heads=4, n_kv_heads=2, name="tiny")
+            assert open(g, "rb").read() == open(os.path.join(d, "free.gguf"), "rb").read()
+            back = os.path.join(d, "back")
+            libpeft.convert_adapter(g, back, n_heads=4, n_kv_heads=2, n_layers=3, base_model=TINY)
+            assert open(os.path.join(back, "adapter_model.safetensors"), "rb").read() == \
+                open(os.path.join(d, "adapter_model.safetensors"), "rb").read()
+            try:
+                libpeft.convert_adapter(g, os.path.join(d, "x"))
+                raise AssertionError("converted without the head counts")
+            except libpeft.Error as e:
+                assert "head counts" in str(e)
 
 
 def test_token_containers():

@@ -133,6 +133,26 @@ gguf_lora_export_matches_llama_cpp)
     test -f "$T/both/adapter.gguf" -a -f "$T/both/adapter_model.safetensors" || fail "both formats"
     python3 "$SRC/tests/gguf_check.py" lora "$T/both/adapter.gguf" || fail "structure (rslora)"
     ;;
+convert_without_the_model)
+    [ -f "$SHARED/models/stories260K/config.json" ] || { echo "SKIP: ../shared not present"; exit 77; }
+    M=$SHARED/models/stories260K
+    "$PEFT" convert --adapter "$M/reference/ref_adapter" --out "$T/free.gguf" --n-heads 8 --n-kv-heads 4 >/dev/null ||
+        fail "PEFT to GGUF without the model"
+    python3 "$SRC/tests/gguf_check.py" same-lora "$T/free.gguf" "$M/reference/ref_adapter.gguf" || fail "differs from llama.cpp's conversion"
+    "$PEFT" convert --adapter "$M/reference/ref_adapter.gguf" --out "$T/back" --n-heads 8 --n-kv-heads 4 --n-layers 5 >/dev/null ||
+        fail "GGUF to PEFT without the model"
+    cmp "$T/back/adapter_model.safetensors" "$M/reference/ref_adapter/adapter_model.safetensors" || fail "tensors differ from PEFT's file"
+    grep -q '"layers_to_transform": null' "$T/back/adapter_config.json" || fail "layers_to_transform"
+    # with the model: head and layer counts from it, and the result checked against it
+    "$PEFT" convert --adapter "$M/reference/ref_adapter.gguf" --out "$T/back2" --model "$M" >/dev/null || fail "GGUF to PEFT with --model"
+    cmp "$T/back/adapter_model.safetensors" "$T/back2/adapter_model.safetensors" || fail "--model differs"
+    "$PEFT" eval --model "$M" --adapter "$T/back2" --data "$SHARED/data/tinystories_sample.stories260K.u32.bin" --seq 128 --json >"$T/e1" || fail "eval converted"
+    "$PEFT" eval --model "$M" --adapter "$M/reference/ref_adapter" --data "$SHARED/data/tinystories_sample.stories260K.u32.bin" --seq 128 --json >"$T/e2" || fail "eval original"
+    [ "$(grep '^{' "$T/e1" | sed 's/, "seconds".*//')" = "$(grep '^{' "$T/e2" | sed 's/, "seconds".*//')" ] || fail "the converted adapter evaluates differently"
+    "$PEFT" convert --adapter "$M/reference/ref_adapter.gguf" --out "$T/nohead" 2>"$T/err" && fail "converted without head counts"
+    grep -q "head counts" "$T/err" || fail "no message naming the head counts"
+    test ! -e "$T/nohead" || fail "a directory was left behind"
+    ;;
 valgrind_train_eval)
     command -v valgrind >/dev/null 2>&1 || { echo "SKIP: valgrind not installed"; exit 77; }
     setup_tiny

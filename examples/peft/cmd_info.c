@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 
@@ -319,30 +320,78 @@ done:
 }
 
 /* peft convert --model DIR --adapter DIR --out FILE.gguf */
+/* peft convert --adapter SRC --out DST [--model DIR | --n-heads N [--n-kv-heads K]] [--arch A]
+   [--name NAME] [--base-model NAME]: a PEFT LoRA directory to a GGUF LoRA file, or back */
 int cmd_convert(int argc, char **argv)
 {
     cli_args a;
     if (args_init(&a, argc, argv))
         return 1;
     int rc = 1, code;
+    long heads, kv_heads, layers;
     peft_model *m = NULL;
     const char *model = arg_str(&a, "--model", NULL), *adapter = arg_str(&a, "--adapter", NULL);
     const char *out = arg_str(&a, "--out", NULL), *name = arg_str(&a, "--name", NULL);
-    if (args_check_unused(&a))
+    const char *arch = arg_str(&a, "--arch", NULL), *base = arg_str(&a, "--base-model", NULL);
+    if (arg_long(&a, "--n-heads", 0, &heads) || arg_long(&a, "--n-kv-heads", 0, &kv_heads) ||
+        arg_long(&a, "--n-layers", 0, &layers) || args_check_unused(&a))
         goto done;
-    if (!model || !adapter || !out) {
-        fprintf(stderr, "usage: peft convert --model DIR --adapter DIR --out FILE.gguf [--name NAME]\n"
-                        "Writes a Hugging Face PEFT LoRA adapter as a GGUF LoRA file for llama.cpp's --lora.\n");
+    if (!adapter || !out) {
+        fprintf(stderr, "usage: peft convert --adapter DIR --out FILE.gguf [--model DIR | --n-heads N [--n-kv-heads K]]\n"
+                        "                    [--arch ARCH (llama)] [--name NAME]\n"
+                        "       peft convert --adapter FILE.gguf --out DIR [--model DIR | --n-heads N [--n-kv-heads K]\n"
+                        "                    [--n-layers L]] [--base-model NAME]\n"
+                        "Converts a LoRA adapter between Hugging Face PEFT (a directory) and llama.cpp's GGUF LoRA\n"
+                        "(a file; --lora), either way. The llama architecture's q/k rows are permuted per attention\n"
+                        "head: give the base model's head counts, or the model itself (--model, also checking that\n"
+                        "the adapter fits it). With the model's layer count a GGUF adapter on every layer gets\n"
+                        "layers_to_transform null; without it, the list of its layers.\n");
         goto done;
     }
-    peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
-    oo.n_threads = 1;
-    if ((code = peft_model_open(&m, model, &oo))) {
-        rc = fail_lib("open", code);
+    struct stat sb;
+    int from_peft = stat(adapter, &sb) == 0 && S_ISDIR(sb.st_mode);
+    if (model && from_peft && !heads) { /* through the model: checked against it, as before */
+        peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
+        oo.n_threads = 1;
+        if ((code = peft_model_open(&m, model, &oo))) {
+            rc = fail_lib("open", code);
+            goto done;
+        }
+        if ((code = peft_load_adapter(m, adapter)) || (code = peft_save_adapter_gguf(m, out, name))) {
+            rc = fail_lib("convert", code);
+            goto done;
+        }
+        printf("wrote %s\n", out);
+        rc = 0;
         goto done;
     }
-    if ((code = peft_load_adapter(m, adapter)) || (code = peft_save_adapter_gguf(m, out, name))) {
+    peft_convert_options co = PEFT_CONVERT_OPTIONS_INIT;
+    co.n_heads = (int32_t)heads;
+    co.n_kv_heads = (int32_t)kv_heads;
+    co.n_layers = (int32_t)layers;
+    co.architecture = arch;
+    co.name = name;
+    co.base_model = base;
+    if (model) { /* the head counts from the model's configuration */
+        peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
+        oo.n_threads = 1;
+        peft_model_info info = {.version = PEFT_MODEL_INFO_VERSION};
+        if ((code = peft_model_open(&m, model, &oo)) || (code = peft_model_get_info(m, &info))) {
+            rc = fail_lib("open", code);
+            goto done;
+        }
+        co.n_heads = info.n_heads;
+        co.n_kv_heads = info.n_kv_heads;
+        co.n_layers = info.n_layers;
+        if (!base)
+            co.base_model = model;
+    }
+    if ((code = peft_convert_adapter(adapter, out, &co))) {
         rc = fail_lib("convert", code);
+        goto done;
+    }
+    if (m && !from_peft && (code = peft_load_adapter(m, out))) { /* the converted adapter must fit the model */
+        rc = fail_lib("the converted adapter does not fit the model", code);
         goto done;
     }
     printf("wrote %s\n", out);

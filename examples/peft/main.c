@@ -17,7 +17,7 @@ static void usage(FILE *f)
             "  generate    continue a prompt (greedy or sampled), with or without an adapter\n"
             "  tokenize    text to token ids (a uint32 file or a list)\n"
             "  merge       write base + adapter as a Hugging Face model directory\n"
-            "  convert     write a PEFT LoRA adapter as a GGUF LoRA file (llama.cpp --lora)\n"
+            "  convert     a LoRA adapter from PEFT to GGUF (llama.cpp --lora) or back\n"
             "  combine     weigh several LoRA adapters into one (PEFT's linear, cat, svd)\n"
             "  init-model  write a small randomly initialised Llama model directory\n"
             "  synth       write a synthetic token file with a learnable pattern\n"

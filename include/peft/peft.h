@@ -604,6 +604,34 @@ PEFT_API int peft_solve_rank(int32_t *rank, const peft_model *model, const peft_
    name: general.name (NULL: "libpeft adapter"). Written atomically. */
 PEFT_API int peft_save_adapter_gguf(peft_model *model, const char *path, const char *name);
 
+/* Converting a LoRA adapter between the two formats without the model. */
+#define PEFT_CONVERT_OPTIONS_VERSION 1
+typedef struct peft_convert_options {
+    int32_t version;
+    /* the base model's attention heads and key/value heads (0: as n_heads): the llama
+       architecture's q/k rows are permuted per head, so an adapter on q_proj or k_proj
+       needs them */
+    int32_t n_heads, n_kv_heads;
+    /* the base model's layers, for a PEFT output: layers_to_transform is null when the adapter
+       covers them all, else the list (0: unknown, always the list) */
+    int32_t n_layers;
+    /* GGUF general.architecture of a GGUF output, or the one a GGUF input must have
+       (NULL: "llama" out, any in) */
+    const char *architecture;
+    const char *name;       /* general.name of a GGUF output (NULL: "libpeft adapter") */
+    const char *base_model; /* base_model_name_or_path of a PEFT output (NULL: the GGUF's general.name) */
+} peft_convert_options;
+#define PEFT_CONVERT_OPTIONS_INIT {PEFT_CONVERT_OPTIONS_VERSION, 0, 0, 0, NULL, NULL, NULL}
+
+/* src a PEFT LoRA adapter directory: written to dst as a GGUF LoRA file, as
+   peft_save_adapter_gguf would (rank/alpha patterns and rsLoRA folded into B).
+   src a GGUF LoRA file (F32, F16, BF16 or Q8_0 tensors): written to the directory dst
+   (created) as a PEFT LoRA adapter with the file's alpha, one rank and rank_pattern for
+   modules of other ranks, q/k rows back in Hugging Face's order. A plain PEFT adapter
+   (no alpha_pattern, no rsLoRA) comes back bit-identical. Files written atomically.
+   opts: NULL for the defaults. */
+PEFT_API int peft_convert_adapter(const char *src, const char *dst, const peft_convert_options *opts);
+
 /* A training checkpoint: the adapter directory plus optimizer.safetensors (AdamW moments,
    gradients accumulated so far, step counters), each file written atomically. Loading it
    into a model with nothing attached resumes training exactly (same result as an

@@ -94,6 +94,11 @@ class _CombineOptions(ctypes.Structure):
                 ("density", _c_double), ("svd_clamp", _c_double), ("seed", _c_u64)]
 
 
+class _ConvertOptions(ctypes.Structure):
+    _fields_ = [("version", _c_i32), ("n_heads", _c_i32), ("n_kv_heads", _c_i32), ("n_layers", _c_i32),
+                ("architecture", _c_char_p), ("name", _c_char_p), ("base_model", _c_char_p)]
+
+
 COMBINATIONS = ("linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_linear_svd", "dare_ties",
                 "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd")
 
@@ -161,6 +166,8 @@ _load_ad = _fn("peft_load_adapter", _c_int, _c_void_p, _c_char_p)
 _merge = _fn("peft_merge_adapter", _c_int, _c_void_p)
 _unmerge = _fn("peft_unmerge_adapter", _c_int, _c_void_p)
 _save_merged = _fn("peft_save_merged", _c_int, _c_void_p, _c_char_p)
+_save_gguf = _fn("peft_save_adapter_gguf", _c_int, _c_void_p, _c_char_p, _c_char_p)
+_convert = _fn("peft_convert_adapter", _c_int, _c_char_p, _c_char_p, _P(_ConvertOptions))
 _enable = _fn("peft_adapter_enable", _c_int, _c_void_p, _c_i32)
 _tok_open = _fn("peft_tokenizer_open", _c_int, _P(_c_void_p), _c_char_p)
 _tok_close = _fn("peft_tokenizer_close", None, _P(_c_void_p))
@@ -193,6 +200,15 @@ def _check(rc):
 
 def version():
     return _version().decode()
+
+
+def convert_adapter(src, dst, n_heads=0, n_kv_heads=0, n_layers=0, architecture=None, name=None, base_model=None):
+    """A LoRA adapter between the formats, without the model: a PEFT directory src becomes the
+    GGUF LoRA file dst (llama.cpp's --lora), a GGUF LoRA file src the PEFT directory dst. The
+    llama architecture's q/k rows are permuted per head: adapters on q_proj/k_proj need the base's
+    n_heads (and n_kv_heads); n_layers lets an adapter on every layer say layers_to_transform null."""
+    o = _ConvertOptions(1, n_heads, n_kv_heads, n_layers, _enc(architecture), _enc(name), _enc(base_model))
+    _check(_convert(os.fspath(src).encode(), os.fspath(dst).encode(), ctypes.byref(o)))
 
 
 def _targets(spec):
@@ -456,6 +472,10 @@ class Model(_Handle):
         r.version = 1
         _check(_eval(self._handle(), ctypes.byref(batch), ctypes.byref(r)))
         return r.loss_sum, r.tokens
+
+    def save_adapter_gguf(self, path, name=None):
+        """The attached LoRA adapter as a GGUF LoRA file for llama.cpp's --lora."""
+        _check(_save_gguf(self._handle(), os.fspath(path).encode(), _enc(name)))
 
     def save_adapter(self, path, convert_to_lora=False):
         """A Hugging Face PEFT directory; convert_to_lora: a PiSSA/OLoRA adapter as the plain LoRA

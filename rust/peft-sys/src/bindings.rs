@@ -20,6 +20,7 @@ pub const PEFT_STEP_RESULT_VERSION: u32 = 1;
 pub const PEFT_EVAL_RESULT_VERSION: u32 = 1;
 pub const PEFT_SAVE_OPTIONS_VERSION: u32 = 2;
 pub const PEFT_COMBINE_OPTIONS_VERSION: u32 = 1;
+pub const PEFT_CONVERT_OPTIONS_VERSION: u32 = 1;
 pub type __int32_t = ::std::os::raw::c_int;
 pub type __uint32_t = ::std::os::raw::c_uint;
 pub type __int64_t = ::std::os::raw::c_long;
@@ -549,6 +550,24 @@ extern "C" {
         model: *mut peft_model,
         path: *const ::std::os::raw::c_char,
         name: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct peft_convert_options {
+    pub version: i32,
+    pub n_heads: i32,
+    pub n_kv_heads: i32,
+    pub n_layers: i32,
+    pub architecture: *const ::std::os::raw::c_char,
+    pub name: *const ::std::os::raw::c_char,
+    pub base_model: *const ::std::os::raw::c_char,
+}
+extern "C" {
+    pub fn peft_convert_adapter(
+        src: *const ::std::os::raw::c_char,
+        dst: *const ::std::os::raw::c_char,
+        opts: *const peft_convert_options,
     ) -> ::std::os::raw::c_int;
 }
 extern "C" {

@@ -118,6 +118,43 @@ pub fn version() -> String {
     unsafe { CStr::from_ptr(sys::peft_version()) }.to_string_lossy().into_owned()
 }
 
+/// How [`convert_adapter`] reads or writes the formats.
+#[derive(Clone, Debug, Default)]
+pub struct ConvertOptions {
+    /// The base model's attention heads and key/value heads (0: as `n_heads`): the llama
+    /// architecture's q/k rows are permuted per head, so adapters on q/k need them.
+    pub n_heads: i32,
+    pub n_kv_heads: i32,
+    /// The base model's layers (0: unknown; a PEFT output then lists its layers).
+    pub n_layers: i32,
+    /// GGUF `general.architecture` written, or required of a GGUF input (None: "llama" / any).
+    pub architecture: Option<String>,
+    /// GGUF `general.name` of a GGUF output.
+    pub name: Option<String>,
+    /// `base_model_name_or_path` of a PEFT output (None: the GGUF's `general.name`).
+    pub base_model: Option<String>,
+}
+
+/// Convert a LoRA adapter without the model: a PEFT directory `src` becomes the GGUF LoRA
+/// file `dst` (llama.cpp's `--lora`); a GGUF LoRA file `src` becomes the PEFT directory `dst`.
+pub fn convert_adapter<P: AsRef<Path>, Q: AsRef<Path>>(src: P, dst: Q, opts: &ConvertOptions) -> Result<()> {
+    let s = c_path(src.as_ref())?;
+    let d = c_path(dst.as_ref())?;
+    let arch = opt_c(&opts.architecture, "architecture")?;
+    let name = opt_c(&opts.name, "name")?;
+    let base = opt_c(&opts.base_model, "base_model")?;
+    let o = sys::peft_convert_options {
+        version: sys::PEFT_CONVERT_OPTIONS_VERSION as i32,
+        n_heads: opts.n_heads,
+        n_kv_heads: opts.n_kv_heads,
+        n_layers: opts.n_layers,
+        architecture: opt_ptr(&arch),
+        name: opt_ptr(&name),
+        base_model: opt_ptr(&base),
+    };
+    check(unsafe { sys::peft_convert_adapter(s.as_ptr(), d.as_ptr(), &o) })
+}
+
 /// Target-module bits for [`LoraOptions::targets`] and the other methods.
 pub mod target {
     use super::sys;

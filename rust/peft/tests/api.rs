@@ -1,5 +1,6 @@
 //! The safe API against the tiny test model (tests/data/tiny, or $PEFT_TEST_DATA/tiny).
-use peft::{norm, save, target, Batch, ErrorKind, Ia3Options, LoraOptions, Model, Opt, Variant, VeraOptions};
+use peft::{convert_adapter, norm, save, target, Batch, ConvertOptions, ErrorKind, Ia3Options, LoraOptions, Model, Opt, Variant,
+           VeraOptions};
 use std::path::PathBuf;
 
 fn data() -> PathBuf {
@@ -72,6 +73,16 @@ fn training_lowers_the_loss_and_the_adapter_reloads() {
     assert_eq!(again.eval(&batch).unwrap(), after);
     again.set_adapter_enabled(false).unwrap();
     assert_eq!(again.eval(&batch).unwrap(), before);
+    // to llama.cpp's GGUF LoRA and back without the model: the same tensor file
+    let gguf = dir.join("a.gguf");
+    m.save_adapter_gguf(&gguf, None).unwrap();
+    let back = dir.join("back");
+    let co = ConvertOptions { n_heads: 4, n_kv_heads: 2, n_layers: 3, ..ConvertOptions::default() };
+    convert_adapter(&gguf, &back, &co).unwrap();
+    assert_eq!(std::fs::read(back.join("adapter_model.safetensors")).unwrap(),
+               std::fs::read(dir.join("adapter_model.safetensors")).unwrap());
+    let e = convert_adapter(&gguf, dir.join("x"), &ConvertOptions::default()).unwrap_err();
+    assert!(e.message.contains("head counts"), "{}", e.message);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
