@@ -581,6 +581,25 @@ static int gguf_to_peft(const char *src, const char *dir, const peft_convert_opt
         code = peft__fail(PEFT_EFORMAT, "%s: %llu tensors, not lora_a/lora_b pairs", src, (unsigned long long)g.nt);
         goto done;
     }
+    for (uint64_t i = 0; i < g.nt; i++) {
+        int layer, kind, which;
+        if (parse_gguf_name(g.ts[i].name, &layer, &kind, &which)) {
+            code = peft__fail(PEFT_EUNSUPPORTED, "%s: tensor '%s' is not a linear module's lora_a/lora_b (blk.N.{attn_q,"
+                                                 "attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down}.weight.lora_a|b)",
+                              src, g.ts[i].name);
+            goto done;
+        }
+        uint32_t ty = g.ts[i].type; /* known types: the parser has bounded the data by the file */
+        if (ty != PEFT_GG_F32 && ty != PEFT_GG_F16 && ty != PEFT_GG_BF16 && ty != PEFT_GG_Q8_0) {
+            code = peft__fail(PEFT_EUNSUPPORTED, "%s: tensor '%s' has ggml type %s (%u) (F32, F16, BF16, Q8_0)", src,
+                              g.ts[i].name, peft__gg_type_name(ty), ty);
+            goto done;
+        }
+        if (!peft__gg_row_bytes(ty, g.ts[i].ne[0])) {
+            code = peft__fail(PEFT_EFORMAT, "%s: tensor '%s': rows are not whole blocks", src, g.ts[i].name);
+            goto done;
+        }
+    }
     int n = (int)(g.nt / 2);
     size_t total = 0;
     for (uint64_t i = 0; i < g.nt; i++)
@@ -591,15 +610,6 @@ static int gguf_to_peft(const char *src, const char *dir, const peft_convert_opt
     if (total > (1ull << 34) || !mods || !names || !ts || !(data = malloc(total * sizeof *data))) {
         code = peft__fail(PEFT_ENOMEM, "%s: out of memory", src);
         goto done;
-    }
-    for (uint64_t i = 0; i < g.nt; i++) {
-        int layer, kind, which;
-        if (parse_gguf_name(g.ts[i].name, &layer, &kind, &which)) {
-            code = peft__fail(PEFT_EUNSUPPORTED, "%s: tensor '%s' is not a linear module's lora_a/lora_b (blk.N.{attn_q,"
-                                                 "attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down}.weight.lora_a|b)",
-                              src, g.ts[i].name);
-            goto done;
-        }
     }
     int got = 0;
     size_t used = 0;
@@ -636,12 +646,7 @@ static int gguf_to_peft(const char *src, const char *dir, const peft_convert_opt
         const gg_tensor *pair[2] = {ta, tb};
         for (int t = 0; t < 2 && !code; t++) {
             uint32_t ty = pair[t]->type;
-            if (ty != PEFT_GG_F32 && ty != PEFT_GG_F16 && ty != PEFT_GG_BF16 && ty != PEFT_GG_Q8_0)
-                code = peft__fail(PEFT_EUNSUPPORTED, "%s: tensor '%s' has ggml type %s (%u) (F32, F16, BF16, Q8_0)", src,
-                                  pair[t]->name, peft__gg_type_name(ty), ty);
-            else if (!peft__gg_row_bytes(ty, pair[t]->ne[0]))
-                code = peft__fail(PEFT_EFORMAT, "%s: tensor '%s': rows are not whole blocks", src, pair[t]->name);
-            else if (peft__dequant(t ? pb : pa, g.data + pair[t]->offset, pair[t]->n, ty))
+            if (peft__dequant(t ? pb : pa, g.data + pair[t]->offset, pair[t]->n, ty))
                 code = peft__fail(PEFT_EUNSUPPORTED, "%s: tensor '%s': type %u", src, pair[t]->name, ty);
         }
         md->A = pa;

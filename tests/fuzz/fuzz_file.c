@@ -1,7 +1,7 @@
 /*
  * libFuzzer harness for the file parsers that take a path: the input is written to a
  * temporary file and opened as a safetensors file (FUZZ_SAFETENSORS), a GGUF model
- * (FUZZ_GGUF) or a tokenizer.json (FUZZ_TOKENIZER, then used to encode and decode).
+ * (FUZZ_GGUF), converted as a GGUF LoRA adapter to a PEFT directory (FUZZ_GGUF_LORA) or a tokenizer.json (FUZZ_TOKENIZER, then used to encode and decode).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +46,21 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         peft_eval(m, &b, &r);
     }
     peft_model_close(&m);
+#elif defined(FUZZ_GGUF_LORA)
+    static char out[80];
+    if (!out[0])
+        snprintf(out, sizeof out, "/tmp/peft-fuzz-%d.out", (int)getpid());
+    peft_convert_options o = PEFT_CONVERT_OPTIONS_INIT;
+    o.n_heads = 4;
+    o.n_kv_heads = 2;
+    if (peft_convert_adapter(path, out, &o) == 0) {
+        char p2[128];
+        snprintf(p2, sizeof p2, "%s/adapter_model.safetensors", out);
+        unlink(p2);
+        snprintf(p2, sizeof p2, "%s/adapter_config.json", out);
+        unlink(p2);
+        rmdir(out);
+    }
 #elif defined(FUZZ_TOKENIZER)
     peft_tokenizer *t = NULL;
     if (peft_tokenizer_open(&t, path) == 0) {

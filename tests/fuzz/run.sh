@@ -34,6 +34,7 @@ build json "" tests/fuzz/fuzz_json.c && run json tests/fuzz/corpus/json
 build config "" tests/fuzz/fuzz_config.c && run config tests/fuzz/corpus/json
 build safetensors "-DFUZZ_SAFETENSORS" tests/fuzz/fuzz_file.c && run safetensors tests/fuzz/corpus/safetensors
 build gguf "-DFUZZ_GGUF" tests/fuzz/fuzz_file.c && run gguf tests/fuzz/corpus/gguf
+build gguf_lora "-DFUZZ_GGUF_LORA" tests/fuzz/fuzz_file.c && run gguf_lora tests/fuzz/corpus/gguf_lora
 build tokenizer "-DFUZZ_TOKENIZER" tests/fuzz/fuzz_file.c && run tokenizer tests/fuzz/corpus/tokenizer
 build chat "" tests/fuzz/fuzz_chat.c && run chat tests/fuzz/corpus/chat
 exit $status
