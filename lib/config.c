@@ -117,10 +117,11 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
         json_free(doc);
         return peft__fail(PEFT_EFORMAT, "%s: missing \"model_type\"", what);
     }
-    if (strcmp(arch, "llama") != 0 && strcmp(arch, "mistral") != 0) {
+    if (strcmp(arch, "llama") != 0 && strcmp(arch, "mistral") != 0 && strcmp(arch, "qwen2") != 0 &&
+        strcmp(arch, "qwen3") != 0) {
         code = peft__fail(PEFT_EUNSUPPORTED,
                           "%s: architecture \"%s\" is not supported (supported: llama, which "
-                          "covers Llama 2 and 3, SmolLM, TinyLlama; mistral)",
+                          "covers Llama 2 and 3, SmolLM, TinyLlama; mistral; qwen2; qwen3)",
                           what, arch);
         json_free(doc);
         return code;
@@ -162,14 +163,36 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
     const json_value *act = json_get(root, "hidden_act");
     if (rs && rs->type != JSON_NULL)
         code = parse_rope_scaling(cfg, rs, what);
-    if (code >= 0 && ((ab && ab->type == JSON_BOOL && ab->boolean) || (mb && mb->type == JSON_BOOL && mb->boolean)))
-        code = peft__fail(PEFT_EUNSUPPORTED, "%s: linear biases are not supported yet", what);
+    const uint32_t qkv = 1u << PEFT_MOD_Q | 1u << PEFT_MOD_K | 1u << PEFT_MOD_V;
+    if (!strcmp(arch, "qwen2"))
+        cfg->bias_mask = qkv; /* Qwen2's q, k and v projections always have biases */
+    else if (ab && ab->type == JSON_BOOL && ab->boolean) /* Llama, Qwen3: also o_proj */
+        cfg->bias_mask = qkv | 1u << PEFT_MOD_O;
+    if (mb && mb->type == JSON_BOOL && mb->boolean)
+        cfg->bias_mask |= 1u << PEFT_MOD_GATE | 1u << PEFT_MOD_UP | 1u << PEFT_MOD_DOWN;
+    cfg->qk_norm = !strcmp(arch, "qwen3");
+    const json_value *sw = json_get(root, "use_sliding_window");
+    if (code >= 0 && !strncmp(arch, "qwen", 4) && sw && sw->type == JSON_BOOL && sw->boolean)
+        code = peft__fail(PEFT_EUNSUPPORTED, "%s: %s with use_sliding_window is not supported (its window covers only "
+                                             "some layers)", what, arch);
     else if (code >= 0 && act && (act->type != JSON_STRING || strcmp(act->string, "silu") != 0))
         code = peft__fail(PEFT_EUNSUPPORTED, "%s: \"hidden_act\" must be \"silu\"", what);
     json_free(doc);
     if (code < 0)
         return code;
     return peft__config_validate(cfg, what);
+}
+
+/* a layer's biases and q/k norm weights */
+uint64_t peft__extra_layer_params(const peft_config *c)
+{
+    int64_t qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
+    const int64_t out[7] = {qd, kvd, kvd, c->dim, c->ffn_dim, c->ffn_dim, c->dim};
+    uint64_t n = c->qk_norm ? 2ull * (uint64_t)c->head_dim : 0;
+    for (int k = 0; k < 7; k++)
+        if (c->bias_mask >> k & 1)
+            n += (uint64_t)out[k];
+    return n;
 }
 
 int peft__config_validate(const peft_config *c, const char *what)

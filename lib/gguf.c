@@ -397,7 +397,7 @@ int peft__gguf_parse(gg_file *f, int (*kv)(void *ctx, const gg_kv *kv), void *ct
 }
 
 /* the model's keys: general.architecture, and "<arch>.<suffix>" for the architectures read */
-static const char *const gguf_archs[] = {"llama"};
+static const char *const gguf_archs[] = {"llama", "qwen2", "qwen3"};
 
 struct model_keys {
     peft_config *c;
@@ -475,9 +475,24 @@ int peft__gguf_open(peft_model *m, const char *path)
     const gg_tensor *ts = f.ts;
     uint64_t nt = f.nt;
     const uint8_t *data = f.data;
-    if (strcmp(mk.arch, "llama") != 0) {
-        code = peft__fail(PEFT_EUNSUPPORTED, "%s: architecture \"%s\" is not supported (llama)", path, mk.arch);
+    int known = 0;
+    for (size_t i = 0; i < sizeof gguf_archs / sizeof gguf_archs[0]; i++)
+        known |= !strcmp(mk.arch, gguf_archs[i]);
+    if (!known) {
+        code = peft__fail(PEFT_EUNSUPPORTED, "%s: architecture \"%s\" is not supported (llama, qwen2, qwen3)", path,
+                          mk.arch);
         goto done;
+    }
+    /* llama.cpp permutes the q/k rows of llama only (qwen2/3 use the NeoX RoPE, Hugging Face's order) */
+    int permuted = !strcmp(mk.arch, "llama");
+    c->qk_norm = !strcmp(mk.arch, "qwen3");
+    for (int k = 0; k < PEFT_MOD_COUNT; k++) { /* biases: those layer 0 has, every layer must have */
+        static const char *const bn[PEFT_MOD_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output",
+                                                       "ffn_gate", "ffn_up", "ffn_down"};
+        char nm[64];
+        snprintf(nm, sizeof nm, "blk.0.%s.bias", bn[k]);
+        if (find(ts, nt, nm))
+            c->bias_mask |= 1u << k;
     }
     snprintf(c->architecture, sizeof c->architecture, "%s", mk.arch);
     if (!c->vocab) {
@@ -515,14 +530,24 @@ int peft__gguf_open(peft_model *m, const char *path)
                 code = load(m, &m->layers[l].ffn_norm, NULL, ts, nt, data, nm, (uint64_t)c->dim, 0, 0, path);
             for (int k = 0; k < PEFT_MOD_COUNT && !code; k++) {
                 snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, gn[k]);
-                int heads = k == PEFT_MOD_Q ? c->n_heads : k == PEFT_MOD_K ? c->n_kv_heads : 0;
+                int heads = !permuted ? 0 : k == PEFT_MOD_Q ? c->n_heads : k == PEFT_MOD_K ? c->n_kv_heads : 0;
                 code = load(m, &m->layers[l].w[k].f, &m->layers[l].w[k], ts, nt, data, nm, (uint64_t)shp[k][0], (uint64_t)shp[k][1], heads,
                             path);
+                snprintf(nm, sizeof nm, "blk.%d.%s.bias", l, gn[k]);
+                if (!code && (c->bias_mask >> k & 1))
+                    code = load(m, &m->layers[l].bias[k], NULL, ts, nt, data, nm, (uint64_t)shp[k][1], 0, 0, path);
+            }
+            if (!code && c->qk_norm) {
+                snprintf(nm, sizeof nm, "blk.%d.attn_q_norm.weight", l);
+                code = load(m, &m->layers[l].q_norm, NULL, ts, nt, data, nm, (uint64_t)c->head_dim, 0, 0, path);
+                snprintf(nm, sizeof nm, "blk.%d.attn_k_norm.weight", l);
+                if (!code)
+                    code = load(m, &m->layers[l].k_norm, NULL, ts, nt, data, nm, (uint64_t)c->head_dim, 0, 0, path);
             }
         }
         if (!code) {
             uint64_t per_layer = 2ull * c->dim + (uint64_t)c->dim * (uint64_t)(2 * qd + 2 * kvd) +
-                                 3ull * (uint64_t)c->dim * (uint64_t)c->ffn_dim;
+                                 3ull * (uint64_t)c->dim * (uint64_t)c->ffn_dim + peft__extra_layer_params(c);
             m->n_params = (uint64_t)c->vocab * c->dim * (c->tied ? 1 : 2) + c->dim + per_layer * (uint64_t)c->n_layers;
         }
     }

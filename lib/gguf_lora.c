@@ -212,8 +212,10 @@ int peft_save_adapter_gguf(peft_model *m, const char *path, const char *name)
         mods[i] = (gl_module){md->layer, md->kind, md->r, md->in, md->out, l->params + md->off_a,
                               l->params + md->off_b, md->scale};
     }
-    int hd = permutes(m->cfg.architecture) ? m->cfg.head_dim : 0;
-    int code = write_gguf_lora(path, m->cfg.architecture, name, l->alpha, mods, l->n_modules, hd, hd);
+    /* llama.cpp converts Mistral models as the llama architecture */
+    const char *arch = !strcmp(m->cfg.architecture, "mistral") ? "llama" : m->cfg.architecture;
+    int hd = permutes(arch) ? m->cfg.head_dim : 0;
+    int code = write_gguf_lora(path, arch, name, l->alpha, mods, l->n_modules, hd, hd);
     free(mods);
     return code;
 }

@@ -97,6 +97,12 @@ static const lora_view *view(peft_session *s, lora_view *lv, int l, int kind)
     return peft__view_of(s->m, lv, l, kind, 0);
 }
 
+static void add_bias(float *y, const float *b, int n)
+{
+    for (int i = 0; b && i < n; i++)
+        y[i] += b[i];
+}
+
 /* one position: token tok, or the embedding row emb when it is not NULL */
 static void feed_one(peft_session *s, int32_t tok, const float *emb)
 {
@@ -119,8 +125,17 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
                        s->xa, s->tmp);
         linear_forward(m, vc + (size_t)pos * kvd, s->xn, peft__w_of(m, l, PEFT_MOD_V), 1, D, kvd, view(s, &lv, l, PEFT_MOD_V),
                        s->xa, s->tmp);
+        const peft_layer_weights *lw = &m->layers[l];
+        float *kp = kc + (size_t)pos * kvd, *vp = vc + (size_t)pos * kvd;
+        add_bias(s->q, lw->bias[PEFT_MOD_Q], qd);
+        add_bias(kp, lw->bias[PEFT_MOD_K], kvd);
+        add_bias(vp, lw->bias[PEFT_MOD_V], kvd);
+        for (int h = 0; c->qk_norm && h < H; h++) /* Qwen3: each head normalised (in place) */
+            rmsnorm_forward(NULL, s->q + h * hd, &rstd, s->q + h * hd, lw->q_norm, 1, hd, c->eps);
+        for (int h = 0; c->qk_norm && h < Hk; h++)
+            rmsnorm_forward(NULL, kp + h * hd, &rstd, kp + h * hd, lw->k_norm, 1, hd, c->eps);
         rope_at(s->q, H, pos, c);
-        rope_at(kc + (size_t)pos * kvd, Hk, pos, c);
+        rope_at(kp, Hk, pos, c);
         const int j0 = c->sliding_window > 0 && pos - c->sliding_window + 1 > 0 ? pos - c->sliding_window + 1 : 0;
         for (int h = 0; h < H; h++) {
             int g = h / (H / Hk);
@@ -149,13 +164,17 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
             }
         }
         linear_forward(m, s->h, s->att, peft__w_of(m, l, PEFT_MOD_O), 1, qd, D, view(s, &lv, l, PEFT_MOD_O), s->xa, s->tmp);
+        add_bias(s->h, lw->bias[PEFT_MOD_O], D);
         for (int i = 0; i < D; i++)
             s->h[i] += s->x[i];
         rmsnorm_forward(NULL, s->xn, &rstd, s->h, peft__norm_weight(m, l, 1), 1, D, c->eps);
         linear_forward(m, s->g, s->xn, peft__w_of(m, l, PEFT_MOD_GATE), 1, D, F, view(s, &lv, l, PEFT_MOD_GATE), s->xa, s->tmp);
         linear_forward(m, s->u, s->xn, peft__w_of(m, l, PEFT_MOD_UP), 1, D, F, view(s, &lv, l, PEFT_MOD_UP), s->xa, s->tmp);
+        add_bias(s->g, lw->bias[PEFT_MOD_GATE], F);
+        add_bias(s->u, lw->bias[PEFT_MOD_UP], F);
         swiglu_forward(NULL, s->act, s->g, s->u, 1, F);
         linear_forward(m, s->x, s->act, peft__w_of(m, l, PEFT_MOD_DOWN), 1, F, D, view(s, &lv, l, PEFT_MOD_DOWN), s->xa, s->tmp);
+        add_bias(s->x, lw->bias[PEFT_MOD_DOWN], D);
         for (int i = 0; i < D; i++)
             s->x[i] += s->h[i];
     }

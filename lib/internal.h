@@ -87,11 +87,15 @@ typedef struct peft_config {
     int rope_scaling;
     float rope_factor;
     float rope_div[256]; /* head_dim / 2 divisors when rope_scaling is 2 */
+    uint32_t bias_mask;  /* 1 << kind: that linear module has a bias (Qwen2: q, k, v; Llama's
+                            attention_bias: q, k, v, o; mlp_bias: gate, up, down) */
+    int qk_norm;         /* Qwen3: RMSNorm over each head of q and k (weights [head_dim]) before RoPE */
 } peft_config;
 /* The inverse frequency of RoPE pair i (0 <= i < head_dim / 2) with the config's scaling. */
 double peft__rope_inv_freq(const peft_config *c, int i);
 int peft__config_parse(peft_config *cfg, const char *json, size_t len, const char *what);
 int peft__config_validate(const peft_config *cfg, const char *what);
+uint64_t peft__extra_layer_params(const peft_config *c); /* biases, q/k norms of one layer */
 
 /* gguf.c: the tokenizer.ggml.* vocabulary of a GGUF file */
 typedef struct gguf_vocab {

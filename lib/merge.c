@@ -10,6 +10,7 @@
 
 #include "fsutil.h"
 #include "lora_linear.h"
+#include "json.h"
 #include "model.h"
 #include "safetensors.h"
 
@@ -180,6 +181,55 @@ static int untie_config(char **text, size_t *len)
     return PEFT_OK;
 }
 
+/* config.json of a model opened from GGUF, as transformers writes one for its architecture */
+static int hf_config(const peft_model *m, char **text, size_t *len, int tied)
+{
+    const peft_config *c = &m->cfg;
+    if (c->rope_scaling == 2)
+        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: the GGUF file keeps Llama 3's RoPE scaling as "
+                                             "rope_freqs.weight, whose rope_scaling parameters a config.json needs; "
+                                             "export the merged model as GGUF instead");
+    static const char *const cls[][2] = {{"llama", "LlamaForCausalLM"}, {"mistral", "MistralForCausalLM"},
+                                         {"qwen2", "Qwen2ForCausalLM"}, {"qwen3", "Qwen3ForCausalLM"}};
+    const char *name = NULL;
+    for (size_t i = 0; i < sizeof cls / sizeof cls[0]; i++)
+        if (!strcmp(cls[i][0], c->architecture))
+            name = cls[i][1];
+    if (!name)
+        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: no config.json for architecture %s", c->architecture);
+    struct jw w = {0};
+    jw_put(&w, "{\n  \"architectures\": [\n    \"%s\"\n  ],\n", name);
+    if (c->bias_mask & 1u << PEFT_MOD_O)
+        jw_put(&w, "  \"attention_bias\": true,\n");
+    jw_put(&w, "  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n", c->bos_id, c->eos_id);
+    jw_put(&w, "  \"head_dim\": %d,\n  \"hidden_act\": \"silu\",\n  \"hidden_size\": %d,\n", c->head_dim, c->dim);
+    jw_put(&w, "  \"intermediate_size\": %d,\n", c->ffn_dim);
+    if (c->bias_mask & 1u << PEFT_MOD_GATE)
+        jw_put(&w, "  \"mlp_bias\": true,\n");
+    jw_put(&w, "  \"model_type\": \"%s\",\n  \"num_attention_heads\": %d,\n", c->architecture, c->n_heads);
+    jw_put(&w, "  \"num_hidden_layers\": %d,\n  \"num_key_value_heads\": %d,\n", c->n_layers, c->n_kv_heads);
+    jw_put(&w, "  \"rms_norm_eps\": ");
+    jw_float(&w, c->eps);
+    if (c->rope_scaling == 1) {
+        jw_put(&w, ",\n  \"rope_scaling\": {\n    \"factor\": ");
+        jw_float(&w, c->rope_factor);
+        jw_put(&w, ",\n    \"rope_type\": \"linear\",\n    \"type\": \"linear\"\n  }");
+    }
+    jw_put(&w, ",\n  \"rope_theta\": ");
+    jw_float(&w, c->rope_theta);
+    if (c->sliding_window > 0)
+        jw_put(&w, ",\n  \"sliding_window\": %d", c->sliding_window);
+    jw_put(&w, ",\n  \"tie_word_embeddings\": %s,\n  \"torch_dtype\": \"float32\",\n", tied ? "true" : "false");
+    jw_put(&w, "  \"vocab_size\": %d\n}\n", c->vocab);
+    if (w.oom) {
+        free(w.s);
+        return peft__fail(PEFT_ENOMEM, "out of memory");
+    }
+    *text = w.s;
+    *len = w.n;
+    return PEFT_OK;
+}
+
 int peft_save_merged(peft_model *m, const char *dir)
 {
     if (!m || !dir)
@@ -188,7 +238,7 @@ int peft_save_merged(peft_model *m, const char *dir)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: a soft prompt (prompt tuning) is not part of the "
                                              "weights; save the adapter, or turn it off for the base model");
     const peft_config *c = &m->cfg;
-    int n_t = 3 + c->n_layers * 9, k = 0, code, untie = 0;
+    int n_t = 3 + c->n_layers * (2 + 2 * PEFT_MOD_COUNT + 2), k = 0, code, untie = 0;
     size_t VD = (size_t)c->vocab * (size_t)c->dim;
     st_out_tensor *ts = calloc((size_t)n_t, sizeof *ts);
     char *names = calloc((size_t)n_t, 96);
@@ -252,11 +302,24 @@ int peft_save_merged(peft_model *m, const char *dir)
                 W = tmp[k];
             }
             ADD(nm, out, in, W);
+            if (w->bias[kind]) {
+                snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.bias", l, peft__module_parents[kind], peft__module_names[kind]);
+                ADD(nm, out, 0, w->bias[kind]);
+            }
+        }
+        if (c->qk_norm) {
+            snprintf(nm, sizeof nm, "model.layers.%d.self_attn.q_norm.weight", l);
+            ADD(nm, c->head_dim, 0, w->q_norm);
+            snprintf(nm, sizeof nm, "model.layers.%d.self_attn.k_norm.weight", l);
+            ADD(nm, c->head_dim, 0, w->k_norm);
         }
     }
 #undef ADD
-    if ((code = peft__read_file(&text, &len, src_cfg, 16u << 20)) || (untie && (code = untie_config(&text, &len))) ||
-        (code = peft__mkdirs(dir)))
+    if (m->gguf_map)
+        code = hf_config(m, &text, &len, c->tied && !untie);
+    else
+        code = peft__read_file(&text, &len, src_cfg, 16u << 20);
+    if (code || (untie && !m->gguf_map && (code = untie_config(&text, &len))) || (code = peft__mkdirs(dir)))
         goto done;
     dst_cfg = peft__path_join(dir, "config.json");
     dst_st = peft__path_join(dir, "model.safetensors");

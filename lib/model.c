@@ -243,10 +243,21 @@ static int load_weights(peft_model *m)
             w->w[k] = (peft_w){.rows = shp[k][0], .cols = shp[k][1]};
             if ((code = load_tensor(m, &w->w[k].f, name, shp[k][0], shp[k][1])))
                 return code;
+            snprintf(name, sizeof name, "model.layers.%d.%s.%s.bias", l, peft__module_parents[k], peft__module_names[k]);
+            if ((c->bias_mask >> k & 1) && (code = load_tensor(m, &w->bias[k], name, shp[k][0], 0)))
+                return code;
+        }
+        if (c->qk_norm) {
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", l);
+            if ((code = load_tensor(m, &w->q_norm, name, c->head_dim, 0)))
+                return code;
+            snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
+            if ((code = load_tensor(m, &w->k_norm, name, c->head_dim, 0)))
+                return code;
         }
     }
     uint64_t per_layer = 2ull * c->dim + (uint64_t)c->dim * (uint64_t)(2 * qd + 2 * kvd) +
-                         3ull * (uint64_t)c->dim * (uint64_t)c->ffn_dim;
+                         3ull * (uint64_t)c->dim * (uint64_t)c->ffn_dim + peft__extra_layer_params(c);
     m->n_params = (uint64_t)c->vocab * c->dim * (m->lm_head == m->embed ? 1 : 2) + c->dim +
                   per_layer * (uint64_t)c->n_layers;
     return PEFT_OK;

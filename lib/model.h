@@ -23,6 +23,8 @@ typedef struct peft_layer_weights {
     const float *attn_norm, *ffn_norm;
     peft_w w[PEFT_MOD_COUNT];      /* q, k, v, o, gate, up, down: (out, in) */
     peft_w w_base[PEFT_MOD_COUNT]; /* the unmerged weights while an adapter is merged */
+    const float *bias[PEFT_MOD_COUNT]; /* (out) or NULL (cfg.bias_mask) */
+    const float *q_norm, *k_norm;      /* (head_dim) when cfg.qk_norm */
 } peft_layer_weights;
 
 /* One LoRA module: y += scale * B (A x), A (r, in), B (out, r). */
@@ -122,6 +124,7 @@ typedef struct layer_acts {
     float *h;           /* (N, D) after attention residual */
     float *xn2, *rstd2;
     float *g, *u;       /* (N, F) */
+    float *q_pre, *k_pre, *rstd_q, *rstd_k; /* qk_norm: q, k before their norms; (N, heads) */
 } layer_acts;
 
 typedef struct workspace {

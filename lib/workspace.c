@@ -83,6 +83,12 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
         want(&p, &a->rstd2, N);
         want(&p, &a->g, N * F);
         want(&p, &a->u, N * F);
+        if (c->qk_norm) {
+            want(&p, &a->q_pre, N * Hq);
+            want(&p, &a->k_pre, N * Hk);
+            want(&p, &a->rstd_q, N * (size_t)c->n_heads);
+            want(&p, &a->rstd_k, N * (size_t)c->n_kv_heads);
+        }
     }
     want(&p, &ws->res[0], N * D);
     want(&p, &ws->res[1], N * D);

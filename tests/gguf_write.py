@@ -175,6 +175,11 @@ def main():
     Hkv = cfg.get("num_key_value_heads", H)
     F = cfg["intermediate_size"]
     tied = "lm_head.weight" not in st
+    arch = cfg.get("model_type", "llama")
+    if arch == "mistral":  # llama.cpp converts Mistral as the llama architecture
+        arch = "llama"
+    assert arch in ("llama", "qwen2", "qwen3"), arch
+    permuted = arch == "llama"  # qwen2/qwen3 use the NeoX RoPE: rows stay in Hugging Face's order
     tensors = [("token_embd.weight", st["model.embed_tokens.weight"], "f32", "model.embed_tokens.weight"),
                ("output_norm.weight", st["model.norm.weight"], "f32", "model.norm.weight")]
     if not tied:
@@ -188,24 +193,32 @@ def main():
                         p + "input_layernorm.weight"))
         tensors.append(("blk.%d.ffn_norm.weight" % i, st[p + "post_attention_layernorm.weight"], "f32",
                         p + "post_attention_layernorm.weight"))
+        if arch == "qwen3":
+            for g, h in (("attn_q_norm", "self_attn.q_norm"), ("attn_k_norm", "self_attn.k_norm")):
+                tensors.append(("blk.%d.%s.weight" % (i, g), st[p + h + ".weight"], "f32", p + h + ".weight"))
         for g, h in lin:
+            if p + h + ".bias" in st:
+                tensors.append(("blk.%d.%s.bias" % (i, g), st[p + h + ".bias"], "f32", p + h + ".bias"))
             w = st[p + h + ".weight"]
-            if g == "attn_q":
+            if g == "attn_q" and permuted:
                 w = permute(w, H)
-            elif g == "attn_k":
+            elif g == "attn_k" and permuted:
                 w = permute(w, Hkv)
             kind = kinds[i % len(kinds)]
             if w.shape[1] % BLOCK[kind]:
                 sys.exit("%s: row length %d is not a multiple of %s's block" % (h, w.shape[1], kind))
             tensors.append(("blk.%d.%s.weight" % (i, g), w, kind, p + h + ".weight"))
-    kv = [("general.architecture", 8, gg_string("llama")), ("general.alignment", 4, struct.pack("<I", 32)),
-          ("llama.context_length", 4, struct.pack("<I", cfg.get("max_position_embeddings", 2048))),
-          ("llama.embedding_length", 4, struct.pack("<I", D)), ("llama.block_count", 4, struct.pack("<I", L)),
-          ("llama.feed_forward_length", 4, struct.pack("<I", F)),
-          ("llama.attention.head_count", 4, struct.pack("<I", H)),
-          ("llama.attention.head_count_kv", 4, struct.pack("<I", Hkv)),
-          ("llama.rope.freq_base", 6, struct.pack("<f", cfg.get("rope_theta", 10000.0))),
-          ("llama.attention.layer_norm_rms_epsilon", 6, struct.pack("<f", cfg.get("rms_norm_eps", 1e-5)))]
+    kv = [("general.architecture", 8, gg_string(arch)), ("general.alignment", 4, struct.pack("<I", 32)),
+          (arch + ".context_length", 4, struct.pack("<I", cfg.get("max_position_embeddings", 2048))),
+          (arch + ".embedding_length", 4, struct.pack("<I", D)), (arch + ".block_count", 4, struct.pack("<I", L)),
+          (arch + ".feed_forward_length", 4, struct.pack("<I", F)),
+          (arch + ".attention.head_count", 4, struct.pack("<I", H)),
+          (arch + ".attention.head_count_kv", 4, struct.pack("<I", Hkv)),
+          (arch + ".rope.freq_base", 6, struct.pack("<f", cfg.get("rope_theta", 10000.0))),
+          (arch + ".attention.layer_norm_rms_epsilon", 6, struct.pack("<f", cfg.get("rms_norm_eps", 1e-5)))]
+    if "head_dim" in cfg:
+        kv += [(arch + ".attention.key_length", 4, struct.pack("<I", cfg["head_dim"])),
+               (arch + ".attention.value_length", 4, struct.pack("<I", cfg["head_dim"]))]
     rs = cfg.get("rope_scaling") or {}
     rtype = rs.get("rope_type", rs.get("type"))
     if rtype == "linear":
@@ -242,9 +255,9 @@ def main():
         pad = (32 - len(data) % 32) % 32
         blobs.append(data + b"\0" * pad)
         off += len(data) + pad
-        if ".attn_q." in name:
+        if ".attn_q.weight" in name and permuted:
             values = unpermute(values, H)
-        elif ".attn_k." in name:
+        elif ".attn_k.weight" in name and permuted:
             values = unpermute(values, Hkv)
         if hf:
             deq[hf] = values

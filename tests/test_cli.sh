@@ -153,6 +153,47 @@ convert_without_the_model)
     grep -q "head counts" "$T/err" || fail "no message naming the head counts"
     test ! -e "$T/nohead" || fail "a directory was left behind"
     ;;
+qwen_families)
+    # Qwen2 (q/k/v biases, tied embeddings) and Qwen3 (per-head q/k norms, head_dim 12 with hidden 32):
+    # the GGUF file (as llama.cpp lays it out: no q/k permutation) gives the Hugging Face loss; LoRA
+    # trained on either is the same; its GGUF LoRA is written for the family and converts back
+    # without head counts; merged exports (from the HF and the GGUF base) keep biases and norms
+    /usr/bin/python3 -c "import numpy" 2>/dev/null || { echo "skip: no numpy for /usr/bin/python3"; exit 77; }
+    "$PEFT" synth --out "$T/d.bin" --vocab 48 --tokens 4000 --doc-len 32 --seed 4 >/dev/null || fail "synth"
+    loss() { grep '^{' "$1" | sed 's/.*"loss": \([0-9.]*\).*/\1/'; }
+    for f in qwen2 qwen3; do
+        M=$SRC/tests/data/tiny_$f
+        /usr/bin/python3 "$SRC/tests/gguf_write.py" "$M" "$T/$f.gguf" --type f32 || fail "gguf_write $f"
+        "$PEFT" eval --model "$M" --data "$T/d.bin" --seq 32 --json >"$T/e_hf" || fail "eval $f"
+        "$PEFT" eval --model "$T/$f.gguf" --data "$T/d.bin" --seq 32 --json >"$T/e_gg" || fail "eval $f gguf"
+        [ "$(loss "$T/e_hf")" = "$(loss "$T/e_gg")" ] || fail "$f: GGUF loss $(loss "$T/e_gg") != HF $(loss "$T/e_hf")"
+        "$PEFT" info --model "$T/$f.gguf" | grep -q "$f" || fail "$f: info names the architecture"
+        for src in hf gg; do
+            mdl=$M; [ $src = gg ] && mdl=$T/$f.gguf
+            "$PEFT" train --model "$mdl" --data "$T/d.bin" --out "$T/ad-$f-$src" --steps 3 --batch 2 --seq 32 --rank 4 \
+                --targets all-linear --format both --seed 5 --threads 2 --quiet || fail "train $f on $src"
+        done
+        python3 "$SRC/tests/st_close.py" "$T/ad-$f-hf/adapter_model.safetensors" "$T/ad-$f-gg/adapter_model.safetensors" 1e-5 ||
+            fail "$f: training on GGUF differs"
+        python3 -c "
+import sys; sys.path.insert(0, '$SRC/tests'); import gguf_check
+kv, ts = gguf_check.read('$T/ad-$f-hf/adapter.gguf')
+assert kv['general.architecture'][1] == '$f', kv['general.architecture']" || fail "$f: GGUF LoRA architecture"
+        "$PEFT" convert --adapter "$T/ad-$f-hf/adapter.gguf" --out "$T/back-$f" >/dev/null || fail "$f: convert back without heads"
+        cmp "$T/back-$f/adapter_model.safetensors" "$T/ad-$f-hf/adapter_model.safetensors" || fail "$f: GGUF LoRA round trip"
+        "$PEFT" eval --model "$M" --adapter "$T/ad-$f-hf" --data "$T/d.bin" --seq 32 --json >"$T/e_ad" || fail "eval adapter"
+        for src in hf gg; do
+            mdl=$M; [ $src = gg ] && mdl=$T/$f.gguf
+            "$PEFT" merge --model "$mdl" --adapter "$T/ad-$f-hf" --out "$T/merged-$f-$src" >/dev/null || fail "merge $f from $src"
+            "$PEFT" eval --model "$T/merged-$f-$src" --data "$T/d.bin" --seq 32 --json >"$T/e_m" || fail "eval merged $src"
+            python3 -c "a, b = float('$(loss "$T/e_m")'), float('$(loss "$T/e_ad")'); assert abs(a - b) <= 1e-5 * b, (a, b)" ||
+                fail "$f: merged ($src) loss differs from base + adapter"
+        done
+    done
+    "$PEFT" train --model "$SRC/tests/data/tiny_qwen2" --data "$T/d.bin" --out "$T/ia3" --method ia3 --targets k,v --steps 1 \
+        --quiet 2>"$T/err" && fail "IA3 scaling a biased output was accepted"
+    grep -q "bias" "$T/err" || fail "no message naming the bias"
+    ;;
 valgrind_train_eval)
     command -v valgrind >/dev/null 2>&1 || { echo "SKIP: valgrind not installed"; exit 77; }
     setup_tiny

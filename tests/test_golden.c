@@ -122,10 +122,12 @@ static double max_rel_err(const float *x, double xscale, const char *st_path, co
 
 static const char *step_backend; /* NULL: the default backend */
 
+static const char *step_model = "tiny"; /* the model directory under tests/data */
+
 static void step_case(const char *name, int threads)
 {
     char rel[256];
-    snprintf(rel, sizeof rel, "tiny/%s/expected.json", name);
+    snprintf(rel, sizeof rel, "%s/%s/expected.json", step_model, name);
     json_doc *e = load_json(test_data(rel));
     CHECK(e != NULL);
     if (!e)
@@ -141,11 +143,11 @@ static void step_case(const char *name, int threads)
     peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
     oo.n_threads = threads;
     oo.backend = step_backend;
-    CHECK_OK(peft_model_open(&m, test_data("tiny"), &oo));
+    CHECK_OK(peft_model_open(&m, test_data(step_model), &oo));
     peft_model_info info = {.version = PEFT_MODEL_INFO_VERSION};
     peft_model_get_info(m, &info);
     CHECK(strcmp(info.backend, step_backend ? step_backend : "cpu") == 0);
-    snprintf(rel, sizeof rel, "tiny/%s/adapter", name);
+    snprintf(rel, sizeof rel, "%s/%s/adapter", step_model, name);
     CHECK_OK(peft_load_adapter(m, test_data(rel)));
     peft_batch b = {PEFT_BATCH_VERSION, tok, lab, B, T, NULL};
     peft_step_result r = PEFT_STEP_RESULT_INIT;
@@ -155,11 +157,11 @@ static void step_case(const char *name, int threads)
     size_t n;
     CHECK_OK(peft_grad_buffer(&g, &n, m));
     char a_st[512], g_st[512], af_st[512];
-    snprintf(rel, sizeof rel, "tiny/%s/adapter/adapter_model.safetensors", name);
+    snprintf(rel, sizeof rel, "%s/%s/adapter/adapter_model.safetensors", step_model, name);
     snprintf(a_st, sizeof a_st, "%s", test_data(rel));
-    snprintf(rel, sizeof rel, "tiny/%s/grads.safetensors", name);
+    snprintf(rel, sizeof rel, "%s/%s/grads.safetensors", step_model, name);
     snprintf(g_st, sizeof g_st, "%s", test_data(rel));
-    snprintf(rel, sizeof rel, "tiny/%s/after.safetensors", name);
+    snprintf(rel, sizeof rel, "%s/%s/after.safetensors", step_model, name);
     snprintf(af_st, sizeof af_st, "%s", test_data(rel));
     double gerr = max_rel_err(g, 1.0 / (double)r.tokens, g_st, a_st);
     CHECK_MSG(gerr < 1e-3, "%s: gradient relative error %g", name, gerr);
@@ -217,10 +219,10 @@ TEST(backend_blis_step)
 }
 
 /* Whole model, finite differences w.r.t. every adapter tensor (sampled entries). */
-static void gradcheck(const char *adapter)
+static void gradcheck_in(const char *model, const char *adapter)
 {
     peft_model *m;
-    CHECK_OK(peft_model_open(&m, test_data("tiny"), NULL));
+    CHECK_OK(peft_model_open(&m, test_data(model), NULL));
     CHECK_OK(peft_load_adapter(m, test_data(adapter)));
     int32_t tok[2 * 10];
     for (int i = 0; i < 20; i++)
@@ -259,7 +261,33 @@ static void gradcheck(const char *adapter)
     peft_model_close(&m);
 }
 
+static void gradcheck(const char *adapter) { gradcheck_in("tiny", adapter); }
+
 TEST(model_gradcheck) { gradcheck("tiny/all_linear/adapter"); }
+/* the other families, with their quirks: Qwen2's q/k/v biases and tied embeddings, Qwen3's
+   per-head q/k RMSNorm and a head_dim larger than hidden / heads */
+TEST(torch_step_qwen2)
+{
+    step_model = "tiny_qwen2";
+    step_case("all_linear", 2);
+    step_model = "tiny";
+}
+TEST(torch_step_qwen3)
+{
+    step_model = "tiny_qwen3";
+    step_case("all_linear", 2);
+    step_model = "tiny";
+}
+/* Llama with attention_bias and mlp_bias: a bias on every linear module */
+TEST(torch_step_llama_bias)
+{
+    step_model = "tiny_llama_bias";
+    step_case("all_linear", 2);
+    step_model = "tiny";
+    gradcheck_in("tiny_llama_bias", "tiny_llama_bias/all_linear/adapter");
+}
+TEST(model_gradcheck_qwen2) { gradcheck_in("tiny_qwen2", "tiny_qwen2/all_linear/adapter"); }
+TEST(model_gradcheck_qwen3) { gradcheck_in("tiny_qwen3", "tiny_qwen3/all_linear/adapter"); }
 /* the embedding adapter's gradient flows through every layer down to the lookup */
 TEST(model_gradcheck_embed) { gradcheck("tiny/embed_qv/adapter"); }
 TEST(model_gradcheck_vera) { gradcheck("tiny/vera_qv_down/adapter"); }
@@ -775,5 +803,6 @@ static const struct h_case cases[] = {
     CASE(torch_combine_ties_dare_magnitude_prune), CASE(torch_step_head_rows), CASE(model_gradcheck_head_rows),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
     CASE(sharded_and_half_precision_models), CASE(config_errors), CASE(shared_gguf_models),
+    CASE(torch_step_qwen2), CASE(torch_step_qwen3), CASE(torch_step_llama_bias), CASE(model_gradcheck_qwen2), CASE(model_gradcheck_qwen3),
 };
 TEST_MAIN(cases)

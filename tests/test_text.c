@@ -153,12 +153,13 @@ TEST(tokenizer_unsupported_and_malformed)
 }
 
 /* Feeding a session token by token gives the same losses as the batched forward. */
-static void session_vs_forward(const char *model, int with_adapter)
+static void session_vs_forward_with(const char *model, const char *adapter)
 {
+    int with_adapter = adapter != NULL;
     peft_model *m;
     CHECK_OK(peft_model_open(&m, model, NULL));
     if (with_adapter)
-        CHECK_OK(peft_load_adapter(m, test_data("tiny/all_linear/adapter")));
+        CHECK_OK(peft_load_adapter(m, adapter));
     int32_t tok[20];
     for (int i = 0; i < 20; i++)
         tok[i] = (i * 11 + 7) % 48;
@@ -186,7 +187,7 @@ static void session_vs_forward(const char *model, int with_adapter)
     if (with_adapter) {
         /* disabled adapter = the base model */
         peft_model *base;
-        CHECK_OK(peft_model_open(&base, test_data("tiny"), NULL));
+        CHECK_OK(peft_model_open(&base, model, NULL));
         peft_eval_result rb = PEFT_EVAL_RESULT_INIT, rd = PEFT_EVAL_RESULT_INIT;
         CHECK_OK(peft_eval(base, &b, &rb));
         CHECK_OK(peft_adapter_enable(m, 0));
@@ -201,7 +202,19 @@ static void session_vs_forward(const char *model, int with_adapter)
     peft_model_close(&m);
 }
 
+static void session_vs_forward(const char *model, int with_adapter)
+{
+    session_vs_forward_with(model, with_adapter ? test_data("tiny/all_linear/adapter") : NULL);
+}
+
 TEST(session_matches_forward_base) { session_vs_forward(test_data("tiny"), 0); }
+/* Qwen2's biases and Qwen3's q/k norms in the one-position path too */
+TEST(session_matches_forward_qwen2_qwen3)
+{
+    session_vs_forward_with(test_data("tiny_qwen2"), test_data("tiny_qwen2/all_linear/adapter"));
+    session_vs_forward_with(test_data("tiny_qwen3"), test_data("tiny_qwen3/all_linear/adapter"));
+    session_vs_forward_with(test_data("tiny_llama_bias"), test_data("tiny_llama_bias/all_linear/adapter"));
+}
 TEST(session_matches_forward_adapter) { session_vs_forward(test_data("tiny"), 1); }
 
 /* A copy of the tiny model (weights linked) whose config.json gains `extra` members; a
@@ -332,7 +345,7 @@ TEST(greedy_generation_matches_reference)
 
 static const struct h_case cases[] = {
     CASE(tokenizer_matches_sentencepiece), CASE(gguf_vocab_matches_sentencepiece), CASE(tokenizer_unsupported_and_malformed),
-    CASE(session_matches_forward_base), CASE(session_matches_forward_adapter), CASE(session_matches_forward_rope_scaling), CASE(session_matches_forward_sliding_window),
+    CASE(session_matches_forward_base), CASE(session_matches_forward_qwen2_qwen3), CASE(session_matches_forward_adapter), CASE(session_matches_forward_rope_scaling), CASE(session_matches_forward_sliding_window),
     CASE(greedy_generation_matches_reference),
 };
 TEST_MAIN(cases)

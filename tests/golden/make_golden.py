@@ -76,6 +76,12 @@ class Cfg:
         self.eps = d.get("rms_norm_eps", 1e-6)
         self.theta = d.get("rope_theta", 10000.0)
         self.tied = d.get("tie_word_embeddings", False)
+        # Qwen2: biases on q, k, v; Qwen3: RMSNorm over each head of q and k before RoPE
+        self.bias = ["q_proj", "k_proj", "v_proj"] if d.get("model_type") == "qwen2" else \
+            ["q_proj", "k_proj", "v_proj", "o_proj"] if d.get("attention_bias", False) else []
+        if d.get("mlp_bias", False):
+            self.bias += ["gate_proj", "up_proj", "down_proj"]
+        self.qk_norm = d.get("model_type") == "qwen3"
 
 
 def rmsnorm(x, w, eps):
@@ -148,6 +154,9 @@ def forward(c, W, tokens, labels, lora, scale):
             vec = lora[ki]
             return (inp * vec.view(-1)) @ Wm.T if vec.shape[0] == 1 else (inp @ Wm.T) * vec.view(-1)
         y = inp @ Wm.T
+        bias = W.get(f"model.layers.{l}.{PARENT[m]}.{m}.bias")
+        if bias is not None:
+            y = y + bias
         kh = f"base_model.model.model.layers.{l}.{PARENT[m]}.{m}.hada_"
         if kh + "w1_a" in lora:  # LoHa: delta W = s (w1_a w1_b) * (w2_a w2_b)
             dW = scale * (lora[kh + "w1_a"] @ lora[kh + "w1_b"]) * (lora[kh + "w2_a"] @ lora[kh + "w2_b"])
@@ -181,6 +190,9 @@ def forward(c, W, tokens, labels, lora, scale):
         q = lin(l, "q_proj", xn).view(B, T, c.H, c.hd)
         k = lin(l, "k_proj", xn).view(B, T, c.Hkv, c.hd)
         v = lin(l, "v_proj", xn).view(B, T, c.Hkv, c.hd)
+        if c.qk_norm:
+            q = rmsnorm(q, W[p + "self_attn.q_norm.weight"], c.eps)
+            k = rmsnorm(k, W[p + "self_attn.k_norm.weight"], c.eps)
         q, k = rope(q, T, c.hd, c.theta), rope(k, T, c.hd, c.theta)
         rep = c.H // c.Hkv
         k = k.repeat_interleave(rep, dim=2)
@@ -360,6 +372,74 @@ def write_case(name, lora, acfg, tokens, labels, lr, wd, clip, result):
                    "n_seq": B, "seq_len": T, "lr": lr, "weight_decay": wd, "grad_clip": clip,
                    "loss": loss, "grad_norm": gnorm, "loss_after": loss2}, f, indent=1)
     print(f"{name}: loss {loss:.6f} grad_norm {gnorm:.6f} loss_after {loss2:.6f}")
+
+
+def make_family(model_type, seed, extra):
+    """A tiny model of another family: Qwen2 (q/k/v biases, tied embeddings), Qwen3 (q/k norms,
+    head_dim larger than hidden / heads)."""
+    g = torch.Generator().manual_seed(seed)
+    cfg = {"architectures": [{"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                              "llama": "LlamaForCausalLM"}[model_type]],
+           "model_type": model_type, "hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 3,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "vocab_size": 48,
+           "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": False, "hidden_act": "silu",
+           "bos_token_id": 1, "eos_token_id": 2, "use_sliding_window": False}
+    cfg.update(extra)
+    c = Cfg(cfg)
+    W = {"model.embed_tokens.weight": torch.randn(c.V, c.D, generator=g) * 0.5,
+         "model.norm.weight": 1 + 0.1 * torch.randn(c.D, generator=g)}
+    if not c.tied:
+        W["lm_head.weight"] = torch.randn(c.V, c.D, generator=g) * 0.3
+    dims = {"q_proj": (c.H * c.hd, c.D), "k_proj": (c.Hkv * c.hd, c.D), "v_proj": (c.Hkv * c.hd, c.D),
+            "o_proj": (c.D, c.H * c.hd), "gate_proj": (c.F, c.D), "up_proj": (c.F, c.D), "down_proj": (c.D, c.F)}
+    for l in range(c.L):
+        W[f"model.layers.{l}.input_layernorm.weight"] = 1 + 0.1 * torch.randn(c.D, generator=g)
+        W[f"model.layers.{l}.post_attention_layernorm.weight"] = 1 + 0.1 * torch.randn(c.D, generator=g)
+        for m in MODS:
+            o, i = dims[m]
+            W[f"model.layers.{l}.{PARENT[m]}.{m}.weight"] = torch.randn(o, i, generator=g) / math.sqrt(i)
+            if m in c.bias:
+                W[f"model.layers.{l}.{PARENT[m]}.{m}.bias"] = 0.5 * torch.randn(o, generator=g)
+        if c.qk_norm:
+            for n in ("q_norm", "k_norm"):
+                W[f"model.layers.{l}.self_attn.{n}.weight"] = 1 + 0.2 * torch.randn(c.hd, generator=g)
+    W = {k: v.to(torch.float32).to(torch.float64) for k, v in W.items()}
+    return cfg, c, W, dims, g
+
+
+def families():
+    """tests/data/tiny_qwen2, tiny_qwen3 and tiny_llama_bias (Llama's attention_bias and mlp_bias):
+    a model each and one LoRA training step on it."""
+    global OUT
+    base = OUT
+    for model_type, seed, extra in (("qwen2", 7, {"tie_word_embeddings": True}),
+                                    ("qwen3", 8, {"head_dim": 12, "attention_bias": False}),
+                                    ("llama", 9, {"attention_bias": True, "mlp_bias": True})):
+        cfg, c, W, dims, g = make_family(model_type, seed, extra)
+        if model_type == "llama":
+            del cfg["use_sliding_window"]
+            model_type = "llama_bias"
+        OUT = os.path.join(os.path.dirname(base), "tiny_" + model_type)
+        os.makedirs(OUT, exist_ok=True)
+        with open(os.path.join(OUT, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=2)
+        st_write(os.path.join(OUT, "model.safetensors"), W, {"format": "pt"})
+        B, T = 2, 12
+        tokens = torch.randint(0, c.V, (B, T), generator=g)
+        labels = tokens.clone()
+        labels[0, :3] = -100
+        r, alpha = 4, 8.0
+        lora = {}
+        for l in range(c.L):
+            for m in MODS:
+                lora.update(lora_pair(g, dims, l, m, r))
+        lora = {k: v.to(torch.float32).to(torch.float64) for k, v in lora.items()}
+        acfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha, "lora_dropout": 0.0,
+                "target_modules": MODS, "bias": "none", "use_rslora": False, "use_dora": False,
+                "layers_to_transform": None, "init_lora_weights": True, "base_model_name_or_path": "tiny_" + model_type}
+        write_case("all_linear", lora, acfg, tokens, labels, 1e-2, 0.0, 0.0,
+                   one_step(c, W, tokens, labels, lora, alpha / r, 1e-2, 0.0, 0.0))
+    OUT = base
 
 
 def main():
@@ -580,6 +660,8 @@ def main():
                 "layers_to_transform": layers, "init_lora_weights": True, "base_model_name_or_path": "tiny"}
         write_case(name, lora, acfg, tokens, labels, lr, wd, clip,
                    one_step(c, W, tokens, labels, lora, scale, lr, wd, clip))
+
+    families()
 
     # self-check of this reference model against ../shared (written with HF transformers)
     sdir = os.path.join(SHARED, "models", "stories260K")
