@@ -304,6 +304,7 @@ int peft__gguf_parse(gg_file *f, int (*kv)(void *ctx, const gg_kv *kv), void *ct
     for (uint64_t i = 0; i < nkv && !r.bad && !code; i++) {
         gg_kv v = {0};
         uint64_t kl;
+        v.raw_off = r.pos;
         v.key = rd_str(&r, &kl);
         v.key_len = (size_t)kl;
         v.type = (uint32_t)rd(&r, 4);
@@ -334,6 +335,7 @@ int peft__gguf_parse(gg_file *f, int (*kv)(void *ctx, const gg_kv *kv), void *ct
         }
         if (r.bad)
             break;
+        v.raw_len = r.pos - v.raw_off;
         if (peft__gg_key_is(&v, "general.alignment") && (v.type == 4 || v.type == 10))
             alignment = (uint64_t)v.iv;
         if (kv)

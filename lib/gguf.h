@@ -23,6 +23,7 @@ typedef struct gg_kv {
     double fv;
     const char *s;
     size_t sl;
+    size_t raw_off, raw_len; /* the whole entry (key, type, value) in the file */
 } gg_kv;
 
 typedef struct gg_file {

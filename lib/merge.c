@@ -181,6 +181,25 @@ static int untie_config(char **text, size_t *len)
     return PEFT_OK;
 }
 
+const float *peft__effective_weight(peft_model *m, int l, int kind, float *dst, int *changed)
+{
+    const peft_w *w = &m->layers[l].w[kind];
+    int idx = m->lora && !m->adapter_off && m->lora->method != PEFT_METHOD_NORMS
+                  ? m->lora->index[l * PEFT_MOD_COUNT + kind]
+                  : -1;
+    *changed = idx >= 0;
+    if (!dst) /* the model's own floats, or NULL: a buffer is needed */
+        return (idx >= 0 && !m->merged) ? NULL : w->f;
+    if (idx >= 0 && !m->merged) {
+        merged_weight(m, dst, peft__w_of(m, l, kind), &m->lora->mods[idx]);
+        return dst;
+    }
+    if (w->f) /* a float base, or the merged copy */
+        return w->f;
+    peft__w_rows(m, w, 0, w->rows, dst); /* dequantized */
+    return dst;
+}
+
 /* config.json of a model opened from GGUF, as transformers writes one for its architecture */
 static int hf_config(const peft_model *m, char **text, size_t *len, int tied)
 {
@@ -285,22 +304,14 @@ int peft_save_merged(peft_model *m, const char *dir)
             in = kind == PEFT_MOD_O ? qd : kind == PEFT_MOD_DOWN ? c->ffn_dim : c->dim;
             out = kind == PEFT_MOD_Q ? qd : kind <= PEFT_MOD_V ? kvd : kind == PEFT_MOD_O || kind == PEFT_MOD_DOWN ? c->dim : c->ffn_dim;
             snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.weight", l, peft__module_parents[kind], peft__module_names[kind]);
-            const float *W = w->w[kind].f;
-            int idx = m->lora && !m->merged && !m->adapter_off && m->lora->method != PEFT_METHOD_NORMS
-                          ? m->lora->index[l * PEFT_MOD_COUNT + kind]
-                          : -1;
-            if (idx >= 0 || !W) { /* merged, or dequantized */
-                tmp[k] = peft__alloc_floats((size_t)out * (size_t)in);
-                if (!tmp[k]) {
-                    code = peft__fail(PEFT_ENOMEM, "peft_save_merged: out of memory");
-                    goto done;
-                }
-                if (idx >= 0)
-                    merged_weight(m, tmp[k], peft__w_of(m, l, kind), &m->lora->mods[idx]);
-                else
-                    peft__w_rows(m, &w->w[kind], 0, out, tmp[k]);
-                W = tmp[k];
+            int changed;
+            const float *W = peft__effective_weight(m, l, kind, NULL, &changed);
+            if (!W && !(tmp[k] = peft__alloc_floats((size_t)out * (size_t)in))) {
+                code = peft__fail(PEFT_ENOMEM, "peft_save_merged: out of memory");
+                goto done;
             }
+            if (!W)
+                W = peft__effective_weight(m, l, kind, tmp[k], &changed);
             ADD(nm, out, in, W);
             if (w->bias[kind]) {
                 snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.bias", l, peft__module_parents[kind], peft__module_names[kind]);

@@ -323,6 +323,11 @@ static inline void peft__gemm(peft_model *m, int ta, int tb, int64_t M, int64_t 
 /* qweight.c: quantized frozen weights */
 int peft__dequant(float *dst, const uint8_t *p, uint64_t n, uint32_t type); /* -1: unknown type */
 size_t peft__gg_row_bytes(uint32_t type, uint64_t n);                        /* 0: not a whole row */
+/* merge.c: module kind of layer l as the model computes it now (the adapter merged in): the model's
+   floats when usable as they are, else dst (out x in) filled (dst NULL: NULL then, a buffer is
+   needed); *changed: differs from the base file */
+const float *peft__effective_weight(peft_model *m, int l, int kind, float *dst, int *changed);
+int peft__quantize(uint8_t *dst, const float *src, uint64_t n, uint32_t type); /* F32, F16, Q8_0, Q4_0; -1 else */
 /* rows [r0, r0 + n) of w as float32 into dst (n x cols); m (or NULL) parallelises */
 void peft__w_rows(const peft_model *m, const peft_w *w, int64_t r0, int64_t n, float *dst);
 /* y (N, rows) = x (N, cols) w^T + beta y */

@@ -4,6 +4,7 @@
  * dequantize it a panel of rows at a time into a small buffer (in parallel) and run the
  * float GEMM on the panel, so a 4-bit base costs 4-bit memory, not float32.
  */
+#include <math.h>
 #include <string.h>
 
 #include "model.h"
@@ -87,6 +88,56 @@ int peft__dequant(float *dst, const uint8_t *p, uint64_t n, uint32_t t)
                     y[l + 64] = d * sc[is + 4] * (float)q3;
                     y[l + 96] = d * sc[is + 6] * (float)q4;
                 }
+        }
+        return 0;
+    default: return -1;
+    }
+}
+
+static void f2h(uint8_t *p, float f)
+{
+    uint16_t h = peft__f32_to_f16(f);
+    p[0] = (uint8_t)h;
+    p[1] = (uint8_t)(h >> 8);
+}
+
+/* float32 -> ggml F32, F16, Q8_0 or Q4_0 (n a multiple of 32 for the blocks), as ggml's reference
+   quantizers round; -1 for another type */
+int peft__quantize(uint8_t *dst, const float *src, uint64_t n, uint32_t t)
+{
+    switch (t) {
+    case PEFT_GG_F32: memcpy(dst, src, n * 4); return 0;
+    case PEFT_GG_F16:
+        for (uint64_t i = 0; i < n; i++)
+            f2h(dst + 2 * i, src[i]);
+        return 0;
+    case PEFT_GG_Q8_0: /* d = max |x| / 127, q = round(x / d) */
+        for (uint64_t b = 0; b < n / 32; b++, dst += 34, src += 32) {
+            float amax = 0;
+            for (int i = 0; i < 32; i++)
+                amax = fabsf(src[i]) > amax ? fabsf(src[i]) : amax;
+            float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+            f2h(dst, d);
+            for (int i = 0; i < 32; i++)
+                dst[2 + i] = (uint8_t)(int8_t)lroundf(src[i] * id);
+        }
+        return 0;
+    case PEFT_GG_Q4_0: /* d = (the value of largest magnitude) / -8, q = x / d + 8.5 truncated, at most 15 */
+        for (uint64_t b = 0; b < n / 32; b++, dst += 18, src += 32) {
+            float amax = 0, max = 0;
+            for (int i = 0; i < 32; i++)
+                if (fabsf(src[i]) > amax) {
+                    amax = fabsf(src[i]);
+                    max = src[i];
+                }
+            float d = max / -8.0f, id = d ? 1.0f / d : 0.0f;
+            f2h(dst, d);
+            for (int i = 0; i < 16; i++) {
+                int q0 = (int)(src[i] * id + 8.5f), q1 = (int)(src[i + 16] * id + 8.5f);
+                q0 = q0 > 15 ? 15 : q0 < 0 ? 0 : q0;
+                q1 = q1 > 15 ? 15 : q1 < 0 ? 0 : q1;
+                dst[2 + i] = (uint8_t)(q0 | q1 << 4);
+            }
         }
         return 0;
     default: return -1;

@@ -1,14 +1,20 @@
 #!/usr/bin/env python3
 """An independent GGUF reader for the tests (stdlib only). Usage:
    gguf_check.py same-lora MINE.gguf REFERENCE.gguf   tensors (names, shapes, types, bytes) and adapter.* equal
-   gguf_check.py lora FILE.gguf                       structural check of a GGUF LoRA file"""
+   gguf_check.py lora FILE.gguf                       structural check of a GGUF LoRA file
+   gguf_check.py merged BASE.gguf OUT.gguf REGEX      a merged export: the base's keys (but general.name,
+                                                      general.file_type), its tensors and shapes, and the
+                                                      bytes of every tensor whose name REGEX does not match"""
 import struct
 import sys
 
 TYPES = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
 
 
-def read(path):
+BLOCK = {0: (1, 4), 1: (1, 2), 30: (1, 2), 8: (32, 34), 2: (32, 18), 12: (256, 144), 14: (256, 210)}
+
+
+def read(path, any_type=False):
     d = open(path, "rb").read()
     o = 0
 
@@ -52,11 +58,14 @@ def read(path):
     start = (o + align - 1) // align * align
     out = []
     for name, ne, t, off in tensors:
-        assert t == 0, f"{name}: type {t} (expected F32)"
+        assert any_type or t == 0, f"{name}: type {t} (expected F32)"
         assert off % align == 0, f"{name}: offset {off} not aligned"
-        n = 4
+        per, size = BLOCK[t]
+        n = 1
         for x in ne:
             n *= x
+        assert n % per == 0, f"{name}: {n} values are not whole blocks of type {t}"
+        n = n // per * size
         assert start + off + n <= len(d), f"{name}: data past the end"
         out.append((name, ne, t, d[start + off:start + off + n]))
     return kv, out
@@ -76,6 +85,22 @@ def main():
                 assert ne[1] == b[1][0], f"{name}: rank of lora_a {ne} and lora_b {b[1]} differ"
             assert name[:-1] + ("b" if name.endswith("a") else "a") in names, name
         print(f"ok: {len(ts)} tensors")
+    elif mode == "merged":
+        import re
+        kv1, t1 = read(sys.argv[2], True)
+        kv2, t2 = read(sys.argv[3], True)
+        skip = ("general.name", "general.file_type")
+        assert {k: v for k, v in kv1.items() if k not in skip} == {k: v for k, v in kv2.items() if k not in skip}, \
+            "keys differ"
+        out = {n: (ne, t, d) for n, ne, t, d in t2}
+        changed = 0
+        for n, ne, t, d in t1:
+            assert n in out and out[n][0] == ne, f"{n}: missing or reshaped"
+            if re.search(sys.argv[4], n):
+                changed += 1
+            else:
+                assert out[n][1] == t and out[n][2] == d, f"{n}: not copied as stored"
+        print(f"ok: {len(t1)} tensors, {len(t1) - changed} copied byte for byte")
     elif mode == "same-lora":
         kv1, t1 = read(sys.argv[2])
         kv2, t2 = read(sys.argv[3])

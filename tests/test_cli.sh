@@ -194,6 +194,32 @@ assert kv['general.architecture'][1] == '$f', kv['general.architecture']" || fai
         --quiet 2>"$T/err" && fail "IA3 scaling a biased output was accepted"
     grep -q "bias" "$T/err" || fail "no message naming the bias"
     ;;
+merged_gguf_export)
+    # base + adapter as a GGUF file from stories260K's F32, Q8_0 and Q4_0 files: the base's keys and
+    # untouched tensors (norms, embeddings) copied byte for byte; the loss of base + adapter, exactly
+    # for F32 output, within the requantization error for the base's own type
+    [ -f "$SHARED/models/stories260K/config.json" ] || { echo "SKIP: ../shared not present"; exit 77; }
+    M=$SHARED/models/stories260K
+    D=$SHARED/data/tinystories_sample.stories260K.u32.bin
+    loss() { "$PEFT" eval --model "$@" --data "$D" --seq 128 --json | grep '^{' | sed 's/.*"loss": \([0-9.]*\).*/\1/'; }
+    for q in f32 q8_0 q4_0; do
+        ref=$(loss "$M/stories260K-$q.gguf" --adapter "$M/reference/ref_adapter")
+        for ty in same f32; do
+            "$PEFT" merge --model "$M/stories260K-$q.gguf" --adapter "$M/reference/ref_adapter" --out "$T/m-$q-$ty.gguf" \
+                --type $ty >/dev/null || fail "merge $q as $ty"
+            re='attn_q|attn_k|attn_v|attn_output|ffn_gate|ffn_up|ffn_down'
+            [ $ty = f32 ] && re="$re|token_embd|output.weight" # every matrix converted
+            python3 "$SRC/tests/gguf_check.py" merged "$M/stories260K-$q.gguf" "$T/m-$q-$ty.gguf" "$re" >/dev/null ||
+                fail "$q as $ty: structure"
+            got=$(loss "$T/m-$q-$ty.gguf")
+            tol=1e-6; [ $ty = same ] && [ $q = q8_0 ] && tol=5e-3; [ $ty = same ] && [ $q = q4_0 ] && tol=6e-2
+            python3 -c "a, b = $got, $ref; assert abs(a - b) <= $tol * b, (a, b)" || fail "$q as $ty: loss $got, base + adapter $ref"
+        done
+    done
+    "$PEFT" merge --model "$M" --adapter "$M/reference/ref_adapter" --out "$T/hf.gguf" 2>"$T/err" && fail "GGUF from an HF base"
+    grep -q convert_hf_to_gguf "$T/err" || fail "no pointer to llama.cpp's converter"
+    test ! -e "$T/hf.gguf" || fail "a file was left"
+    ;;
 valgrind_train_eval)
     command -v valgrind >/dev/null 2>&1 || { echo "SKIP: valgrind not installed"; exit 77; }
     setup_tiny

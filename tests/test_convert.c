@@ -345,7 +345,68 @@ TEST(convert_gguf_types_and_hostile_files)
     CHECK(stat(join(d, "out"), &sb) != 0);
 }
 
+/* The merged model as GGUF from a GGUF base: LoRA on q, v and the tied lm_head (which unties it)
+   with the norms trained: the file llama.cpp would load gives the loss of base + adapter */
+TEST(merged_gguf_export)
+{
+    const char *sh = shared_dir();
+    if (!sh)
+        SKIP("../shared is absent");
+    char base[4200];
+    snprintf(base, sizeof base, "%s/models/stories260K/stories260K-f32.gguf", sh);
+    char *t = mktmp();
+    peft_model *m;
+    CHECK_OK(peft_model_open(&m, base, NULL));
+    peft_lora_options lo = PEFT_LORA_OPTIONS_INIT;
+    lo.targets = PEFT_TARGET_Q | PEFT_TARGET_V | PEFT_TARGET_LM_HEAD;
+    lo.rank = 4;
+    lo.alpha = 8;
+    lo.norms = PEFT_NORM_INPUT | PEFT_NORM_POST_ATTENTION | PEFT_NORM_FINAL;
+    CHECK_OK(peft_attach_lora(m, &lo, NULL));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-2));
+    int32_t tok[64];
+    for (int i = 0; i < 64; i++)
+        tok[i] = (int32_t)((i * 37 + 11) % 512);
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 32, NULL};
+    for (int i = 0; i < 4; i++)
+        CHECK_OK(peft_step(m, &b, NULL));
+    peft_eval_result e0 = PEFT_EVAL_RESULT_INIT;
+    CHECK_OK(peft_eval(m, &b, &e0));
+    static const int types[] = {PEFT_GGUF_TYPE_SAME, PEFT_GGUF_TYPE_F32, PEFT_GGUF_TYPE_F16, PEFT_GGUF_TYPE_Q8_0};
+    static const double tol[] = {1e-6, 1e-6, 2e-3, 2e-2};
+    for (int i = 0; i < 4; i++) {
+        peft_gguf_export_options go = PEFT_GGUF_EXPORT_OPTIONS_INIT;
+        go.type = types[i];
+        char name[32];
+        snprintf(name, sizeof name, "m%d.gguf", i);
+        CHECK_OK(peft_save_merged_gguf(m, join(t, name), &go));
+        peft_model *mm;
+        CHECK_OK(peft_model_open(&mm, join(t, name), NULL));
+        peft_model_info info = {.version = PEFT_MODEL_INFO_VERSION};
+        CHECK_OK(peft_model_get_info(mm, &info));
+        CHECK(info.tied_embeddings == 0); /* the lm_head LoRA untied it */
+        peft_eval_result e1 = PEFT_EVAL_RESULT_INIT;
+        CHECK_OK(peft_eval(mm, &b, &e1));
+        double rel = fabs(e1.loss_sum - e0.loss_sum) / e0.loss_sum;
+        CHECK_MSG(rel <= tol[i], "type %d: merged loss %.9g, base + adapter %.9g", types[i], e1.loss_sum, e0.loss_sum);
+        peft_model_close(&mm);
+    }
+    /* refusals: a bad type, a soft prompt, a Hugging Face base */
+    peft_gguf_export_options go = PEFT_GGUF_EXPORT_OPTIONS_INIT;
+    go.type = 12; /* Q4_K: not written */
+    CHECK(peft_save_merged_gguf(m, join(t, "bad.gguf"), &go) == PEFT_EINVAL);
+    peft_model_close(&m);
+    snprintf(base, sizeof base, "%s/models/stories260K", sh);
+    CHECK_OK(peft_model_open(&m, base, NULL));
+    CHECK(peft_save_merged_gguf(m, join(t, "hf.gguf"), NULL) == PEFT_EUNSUPPORTED);
+    CHECK(strstr(peft_last_error(), "convert_hf_to_gguf") != NULL);
+    peft_model_close(&m);
+    struct stat sb;
+    CHECK(stat(join(t, "bad.gguf"), &sb) != 0 && stat(join(t, "hf.gguf"), &sb) != 0);
+}
+
 static const struct h_case cases[] = {
+    CASE(merged_gguf_export),
     CASE(convert_reference_adapter_both_ways),
     CASE(convert_patterns_rslora_layers_and_regex),
     CASE(convert_gguf_types_and_hostile_files),

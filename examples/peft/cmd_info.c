@@ -286,7 +286,7 @@ done:
     return rc;
 }
 
-/* peft merge --model DIR --adapter DIR --out DIR */
+/* peft merge --model DIR|FILE.gguf --adapter DIR --out DIR|FILE.gguf [--type same|f32|f16|q8_0|q4_0] [--name N] */
 int cmd_merge(int argc, char **argv)
 {
     cli_args a;
@@ -295,19 +295,42 @@ int cmd_merge(int argc, char **argv)
     int rc = 1, code;
     peft_model *m = NULL;
     const char *model = arg_str(&a, "--model", NULL), *adapter = arg_str(&a, "--adapter", NULL);
-    const char *out = arg_str(&a, "--out", NULL);
+    const char *out = arg_str(&a, "--out", NULL), *type = arg_str(&a, "--type", NULL);
+    const char *name = arg_str(&a, "--name", NULL);
     if (args_check_unused(&a))
         goto done;
     if (!model || !adapter || !out) {
-        fprintf(stderr, "usage: peft merge --model DIR --adapter DIR --out DIR\n"
-                        "Writes base + adapter as a Hugging Face model directory (F32 weights).\n");
+        fprintf(stderr, "usage: peft merge --model DIR|FILE.gguf --adapter DIR --out DIR|FILE.gguf\n"
+                        "                  [--type same|f32|f16|q8_0|q4_0] [--name NAME]\n"
+                        "Writes base + adapter as a Hugging Face model directory (F32 weights), or, when --out\n"
+                        "ends in .gguf and the base is a GGUF file, as a GGUF file for llama.cpp: the base's\n"
+                        "metadata and vocabulary, unchanged tensors as stored, changed ones in the base's type\n"
+                        "(same; Q4_K/Q6_K as Q8_0) or every matrix in --type.\n");
         goto done;
     }
+    size_t ol = strlen(out);
+    int gguf = ol > 5 && !strcmp(out + ol - 5, ".gguf");
+    peft_gguf_export_options go = PEFT_GGUF_EXPORT_OPTIONS_INIT;
+    static const char *const tn[] = {"same", "f32", "f16", "q4_0", "q8_0"};
+    static const int tv[] = {PEFT_GGUF_TYPE_SAME, PEFT_GGUF_TYPE_F32, PEFT_GGUF_TYPE_F16, PEFT_GGUF_TYPE_Q4_0,
+                             PEFT_GGUF_TYPE_Q8_0};
+    if (type) {
+        int found = 0;
+        for (int i = 0; i < 5; i++)
+            if (!strcmp(type, tn[i]))
+                go.type = tv[i], found = 1;
+        if (!found || !gguf) {
+            fprintf(stderr, "peft merge: --type is same, f32, f16, q8_0 or q4_0, for a .gguf output\n");
+            goto done;
+        }
+    }
+    go.name = name;
     if ((code = peft_model_open(&m, model, NULL))) {
         rc = fail_lib("open", code);
         goto done;
     }
-    if ((code = peft_load_adapter(m, adapter)) || (code = peft_save_merged(m, out))) {
+    if ((code = peft_load_adapter(m, adapter)) ||
+        (code = gguf ? peft_save_merged_gguf(m, out, &go) : peft_save_merged(m, out))) {
         rc = fail_lib("merge", code);
         goto done;
     }

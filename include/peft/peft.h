@@ -604,6 +604,27 @@ PEFT_API int peft_solve_rank(int32_t *rank, const peft_model *model, const peft_
    name: general.name (NULL: "libpeft adapter"). Written atomically. */
 PEFT_API int peft_save_adapter_gguf(peft_model *model, const char *path, const char *name);
 
+/* The merged model (base + the attached adapter, as peft_save_merged) as a GGUF file for
+   llama.cpp, from a GGUF base: its keys (hyperparameters, vocabulary, chat template) copied,
+   general.name set, tensors in its order; those the adapter leaves alone copied byte for
+   byte, the changed ones (merged linear weights, trained norms, embeddings, lm_head) encoded
+   as `type` says. Written to a temporary file beside path, then renamed. */
+enum {
+    PEFT_GGUF_TYPE_SAME = -1, /* each tensor in the base's type (changed Q4_K/Q6_K ones as Q8_0) */
+    PEFT_GGUF_TYPE_F32 = 0,   /* every matrix (linear weights, embeddings, lm_head) in this type */
+    PEFT_GGUF_TYPE_F16 = 1,
+    PEFT_GGUF_TYPE_Q4_0 = 2,
+    PEFT_GGUF_TYPE_Q8_0 = 8
+};
+#define PEFT_GGUF_EXPORT_OPTIONS_VERSION 1
+typedef struct peft_gguf_export_options {
+    uint32_t version;
+    int32_t type;     /* PEFT_GGUF_TYPE_* */
+    const char *name; /* general.name (NULL: "merged with libpeft") */
+} peft_gguf_export_options;
+#define PEFT_GGUF_EXPORT_OPTIONS_INIT {PEFT_GGUF_EXPORT_OPTIONS_VERSION, PEFT_GGUF_TYPE_SAME, NULL}
+PEFT_API int peft_save_merged_gguf(peft_model *model, const char *path, const peft_gguf_export_options *opts);
+
 /* Converting a LoRA adapter between the two formats without the model. */
 #define PEFT_CONVERT_OPTIONS_VERSION 1
 typedef struct peft_convert_options {

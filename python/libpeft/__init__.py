@@ -94,6 +94,13 @@ class _CombineOptions(ctypes.Structure):
                 ("density", _c_double), ("svd_clamp", _c_double), ("seed", _c_u64)]
 
 
+class _GgufExportOptions(ctypes.Structure):
+    _fields_ = [("version", _c_u32), ("type", _c_i32), ("name", _c_char_p)]
+
+
+_GGUF_TYPES = {"same": -1, "f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}
+
+
 class _ConvertOptions(ctypes.Structure):
     _fields_ = [("version", _c_i32), ("n_heads", _c_i32), ("n_kv_heads", _c_i32), ("n_layers", _c_i32),
                 ("architecture", _c_char_p), ("name", _c_char_p), ("base_model", _c_char_p)]
@@ -166,6 +173,7 @@ _load_ad = _fn("peft_load_adapter", _c_int, _c_void_p, _c_char_p)
 _merge = _fn("peft_merge_adapter", _c_int, _c_void_p)
 _unmerge = _fn("peft_unmerge_adapter", _c_int, _c_void_p)
 _save_merged = _fn("peft_save_merged", _c_int, _c_void_p, _c_char_p)
+_save_merged_gguf = _fn("peft_save_merged_gguf", _c_int, _c_void_p, _c_char_p, _P(_GgufExportOptions))
 _save_gguf = _fn("peft_save_adapter_gguf", _c_int, _c_void_p, _c_char_p, _c_char_p)
 _convert = _fn("peft_convert_adapter", _c_int, _c_char_p, _c_char_p, _P(_ConvertOptions))
 _enable = _fn("peft_adapter_enable", _c_int, _c_void_p, _c_i32)
@@ -472,6 +480,12 @@ class Model(_Handle):
         r.version = 1
         _check(_eval(self._handle(), ctypes.byref(batch), ctypes.byref(r)))
         return r.loss_sum, r.tokens
+
+    def save_merged_gguf(self, path, type="same", name=None):
+        """Base + adapter as a GGUF file for llama.cpp (the base must be GGUF): unchanged tensors
+        copied, changed ones in the base's type ("same") or every matrix as f32, f16, q8_0, q4_0."""
+        o = _GgufExportOptions(1, _GGUF_TYPES[type], _enc(name))
+        _check(_save_merged_gguf(self._handle(), os.fspath(path).encode(), ctypes.byref(o)))
 
     def save_adapter_gguf(self, path, name=None):
         """The attached LoRA adapter as a GGUF LoRA file for llama.cpp's --lora."""

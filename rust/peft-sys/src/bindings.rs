@@ -20,6 +20,7 @@ pub const PEFT_STEP_RESULT_VERSION: u32 = 1;
 pub const PEFT_EVAL_RESULT_VERSION: u32 = 1;
 pub const PEFT_SAVE_OPTIONS_VERSION: u32 = 2;
 pub const PEFT_COMBINE_OPTIONS_VERSION: u32 = 1;
+pub const PEFT_GGUF_EXPORT_OPTIONS_VERSION: u32 = 1;
 pub const PEFT_CONVERT_OPTIONS_VERSION: u32 = 1;
 pub type __int32_t = ::std::os::raw::c_int;
 pub type __uint32_t = ::std::os::raw::c_uint;
@@ -550,6 +551,26 @@ extern "C" {
         model: *mut peft_model,
         path: *const ::std::os::raw::c_char,
         name: *const ::std::os::raw::c_char,
+    ) -> ::std::os::raw::c_int;
+}
+pub const PEFT_GGUF_TYPE_SAME: _bindgen_ty_1 = -1;
+pub const PEFT_GGUF_TYPE_F32: _bindgen_ty_1 = 0;
+pub const PEFT_GGUF_TYPE_F16: _bindgen_ty_1 = 1;
+pub const PEFT_GGUF_TYPE_Q4_0: _bindgen_ty_1 = 2;
+pub const PEFT_GGUF_TYPE_Q8_0: _bindgen_ty_1 = 8;
+pub type _bindgen_ty_1 = ::std::os::raw::c_int;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct peft_gguf_export_options {
+    pub version: u32,
+    pub type_: i32,
+    pub name: *const ::std::os::raw::c_char,
+}
+extern "C" {
+    pub fn peft_save_merged_gguf(
+        model: *mut peft_model,
+        path: *const ::std::os::raw::c_char,
+        opts: *const peft_gguf_export_options,
     ) -> ::std::os::raw::c_int;
 }
 #[repr(C)]

@@ -118,6 +118,17 @@ pub fn version() -> String {
     unsafe { CStr::from_ptr(sys::peft_version()) }.to_string_lossy().into_owned()
 }
 
+/// The tensor type of [`Model::save_merged_gguf`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GgufType {
+    /// Each tensor as the base stores it (changed Q4_K/Q6_K ones as Q8_0).
+    Same = -1,
+    F32 = 0,
+    F16 = 1,
+    Q4_0 = 2,
+    Q8_0 = 8,
+}
+
 /// How [`convert_adapter`] reads or writes the formats.
 #[derive(Clone, Debug, Default)]
 pub struct ConvertOptions {
@@ -969,6 +980,20 @@ impl Model {
     pub fn load_adapter<P: AsRef<Path>>(&mut self, dir: P) -> Result<()> {
         let d = c_path(dir.as_ref())?;
         check(unsafe { sys::peft_load_adapter(self.raw, d.as_ptr()) })
+    }
+
+    /// Base + adapter as a GGUF file for llama.cpp (the base must be a GGUF file): unchanged
+    /// tensors copied as stored, changed ones in the base's type (`GgufType::Same`) or every
+    /// matrix in the given type.
+    pub fn save_merged_gguf<P: AsRef<Path>>(&mut self, path: P, ty: GgufType, name: Option<&str>) -> Result<()> {
+        let p = c_path(path.as_ref())?;
+        let n = name.map(|s| c_string(s.as_bytes(), "name")).transpose()?;
+        let o = sys::peft_gguf_export_options {
+            version: sys::PEFT_GGUF_EXPORT_OPTIONS_VERSION,
+            type_: ty as i32,
+            name: opt_ptr(&n),
+        };
+        check(unsafe { sys::peft_save_merged_gguf(self.raw, p.as_ptr(), &o) })
     }
 
     /// Save the adapter as a GGUF LoRA file for llama.cpp's `--lora`.

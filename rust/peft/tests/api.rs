@@ -1,5 +1,5 @@
 //! The safe API against the tiny test model (tests/data/tiny, or $PEFT_TEST_DATA/tiny).
-use peft::{convert_adapter, norm, save, target, Batch, ConvertOptions, ErrorKind, Ia3Options, LoraOptions, Model, Opt, Variant,
+use peft::{convert_adapter, norm, save, target, Batch, ConvertOptions, ErrorKind, GgufType, Ia3Options, LoraOptions, Model, Opt, Variant,
            VeraOptions};
 use std::path::PathBuf;
 
@@ -81,6 +81,8 @@ fn training_lowers_the_loss_and_the_adapter_reloads() {
     convert_adapter(&gguf, &back, &co).unwrap();
     assert_eq!(std::fs::read(back.join("adapter_model.safetensors")).unwrap(),
                std::fs::read(dir.join("adapter_model.safetensors")).unwrap());
+    let e = m.save_merged_gguf(dir.join("m.gguf"), GgufType::Same, None).unwrap_err();
+    assert!(e.message.contains("convert_hf_to_gguf"), "{}", e.message);
     let e = convert_adapter(&gguf, dir.join("x"), &ConvertOptions::default()).unwrap_err();
     assert!(e.message.contains("head counts"), "{}", e.message);
     std::fs::remove_dir_all(&dir).unwrap();
