@@ -466,6 +466,50 @@ static size_t make_row(uint8_t *p, float *ref, uint32_t t, int cols)
     return (size_t)(p - start);
 }
 
+/* The exporters' encoders: half precision rounds to nearest even (subnormals, overflow, NaN), and
+   Q8_0 / Q4_0 blocks decode to within half a step of the input, the block's extreme exactly. */
+TEST(quantizers_round_trip)
+{
+    struct {
+        float f;
+        uint16_t h;
+    } hc[] = {{0.0f, 0x0000}, {-0.0f, 0x8000}, {1.0f, 0x3c00}, {-2.0f, 0xc000}, {65504.0f, 0x7bff},
+              {65520.0f, 0x7c00}, {1e9f, 0x7c00}, {5.9604645e-08f, 0x0001}, {2.9802322e-08f, 0x0000},
+              {6.1035156e-05f, 0x0400}, {1.0f + 1.0f / 2048, 0x3c00}, {1.0f + 3.0f / 2048, 0x3c02},
+              {(float)INFINITY, 0x7c00}, {0.33325195f, 0x3555}};
+    for (size_t i = 0; i < sizeof hc / sizeof hc[0]; i++)
+        CHECK_MSG(peft__f32_to_f16(hc[i].f) == hc[i].h, "%g -> %04x, expected %04x", hc[i].f,
+                  peft__f32_to_f16(hc[i].f), hc[i].h);
+    CHECK((peft__f32_to_f16((float)NAN) & 0x7fff) > 0x7c00);
+    for (uint32_t h = 0; h < 0x7c00; h++) /* every finite half comes back to itself */
+        CHECK_MSG(peft__f32_to_f16(peft__f16_to_f32((uint16_t)h)) == h, "half %04x", h);
+    enum { N = 256 };
+    static float x[N], y[N];
+    static uint8_t q[N * 2];
+    uint32_t seed = 7;
+    for (int i = 0; i < N; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        x[i] = ((float)(seed >> 8) / 16777216.0f - 0.5f) * (float)(1 + i / 32);
+    }
+    const uint32_t types[] = {PEFT_GG_Q8_0, PEFT_GG_Q4_0, PEFT_GG_F16};
+    for (int t = 0; t < 3; t++) {
+        CHECK(peft__quantize(q, x, N, types[t]) == 0);
+        CHECK(peft__dequant(y, q, N, types[t]) == 0);
+        for (int b = 0; b < N / 32; b++) {
+            float amax = 0;
+            for (int i = 0; i < 32; i++)
+                amax = fmaxf(amax, fabsf(x[b * 32 + i]));
+            float step = types[t] == PEFT_GG_Q8_0 ? amax / 127 : types[t] == PEFT_GG_Q4_0 ? amax / 8 : amax / 1024;
+            for (int i = 0; i < 32; i++) /* Q4_0 (ggml): levels -8d..7d, d signed as the extreme, so values
+                                             opposite to it clip at 7/8 of its magnitude */
+                CHECK_MSG(fabsf(y[b * 32 + i] - x[b * 32 + i]) <=
+                              fmaxf(0.51f * step, types[t] == PEFT_GG_Q4_0 ? fabsf(x[b * 32 + i]) - 7 * step + 1e-2f * step : 0),
+                          "type %u value %d: %g -> %g", types[t], b * 32 + i, x[b * 32 + i], y[b * 32 + i]);
+        }
+    }
+    CHECK(peft__quantize(q, x, N, PEFT_GG_Q4_K) == -1);
+}
+
 TEST(quantized_weights)
 {
     enum { ROWS = 40, COLS = 512, N = 5 };
@@ -533,6 +577,6 @@ static const struct h_case cases[] = {
     CASE(rmsnorm),     CASE(rope),         CASE(attention_gqa),   CASE(attention_packed_documents),
     CASE(attention_sliding_window), CASE(attention_shared_prefix), CASE(swiglu),
     CASE(cross_entropy), CASE(lora_linear), CASE(lora_linear_dropout), CASE(dropout_mask),
-    CASE(backend_cpu_gemm), CASE(backend_blis_gemm), CASE(quantized_weights),
+    CASE(backend_cpu_gemm), CASE(backend_blis_gemm), CASE(quantized_weights), CASE(quantizers_round_trip),
 };
 TEST_MAIN(cases)
