@@ -273,13 +273,7 @@ static int write_config(const peft_model *m, const char *path, const char *base_
     }
     jw_put(&w, "  \"use_dora\": %s,\n", l->use_dora ? "true" : "false");
     jw_put(&w, "  \"use_rslora\": %s\n}", l->use_rslora ? "true" : "false");
-    if (w.oom) {
-        free(w.s);
-        return peft__fail(PEFT_ENOMEM, "%s: out of memory", path);
-    }
-    int code = peft__write_atomic(path, w.s, w.n);
-    free(w.s);
-    return code;
+    return peft__jw_write_atomic(&w, path);
 }
 
 static int write_config_ia3(const peft_model *m, const char *path, const char *base_name)
@@ -316,13 +310,7 @@ static int write_config_ia3(const peft_model *m, const char *path, const char *b
         first = 0;
     }
     jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\"\n}");
-    if (w.oom) {
-        free(w.s);
-        return peft__fail(PEFT_ENOMEM, "%s: out of memory", path);
-    }
-    int code = peft__write_atomic(path, w.s, w.n);
-    free(w.s);
-    return code;
+    return peft__jw_write_atomic(&w, path);
 }
 
 /* After loading into a new attachment: on success drop the previous one (saved),

@@ -543,13 +543,7 @@ static int write_config(const char *path, const gl_module *mods, int n, float al
         free(re.s);
     }
     jw_put(&w, ",\n  \"task_type\": \"CAUSAL_LM\",\n  \"use_dora\": false,\n  \"use_rslora\": false\n}");
-    if (w.oom) {
-        free(w.s);
-        return peft__fail(PEFT_ENOMEM, "%s: out of memory", path);
-    }
-    int code = peft__write_atomic(path, w.s, w.n);
-    free(w.s);
-    return code;
+    return peft__jw_write_atomic(&w, path);
 }
 
 static int gguf_to_peft(const char *src, const char *dir, const peft_convert_options *o)

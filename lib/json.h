@@ -49,5 +49,8 @@ void jw_str(struct jw *w, const char *s);
 void jw_float(struct jw *w, float v);
 /* an integral value as an integer, else as jw_float */
 void jw_number(struct jw *w, float v);
+/* the text written atomically to path (fsutil.h), or PEFT_ENOMEM if the writer ran out of
+   memory; the buffer is freed either way */
+int peft__jw_write_atomic(struct jw *w, const char *path);
 
 #endif

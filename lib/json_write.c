@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fsutil.h"
 #include "internal.h"
 #include "json.h"
 
@@ -75,4 +76,12 @@ void jw_number(struct jw *w, float v)
         jw_put(w, "%lld", (long long)v);
     else
         jw_float(w, v);
+}
+
+int peft__jw_write_atomic(struct jw *w, const char *path)
+{
+    int code = w->oom ? peft__fail(PEFT_ENOMEM, "%s: out of memory", path) : peft__write_atomic(path, w->s, w->n);
+    free(w->s);
+    w->s = NULL;
+    return code;
 }
