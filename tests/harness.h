@@ -101,6 +101,26 @@ static int h_run(const struct h_case *cases, size_t n, int argc, char **argv)
 #define TEST_MAIN(table)                                                                           \
     int main(int argc, char **argv) { return h_run(table, sizeof table / sizeof table[0], argc, argv); }
 
+/* A whole file, NUL-terminated (free() it), its length in *n when n is not NULL; NULL if it
+   cannot be read. */
+static inline char *read_whole(const char *path, size_t *n)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    rewind(f);
+    char *p = len >= 0 ? malloc((size_t)len + 1) : NULL;
+    size_t got = p ? fread(p, 1, (size_t)len, f) : 0;
+    fclose(f);
+    if (p)
+        p[got] = 0;
+    if (n)
+        *n = got;
+    return p;
+}
+
 /* A path under the committed test data ($PEFT_TEST_DATA or tests/data); the last 8 results stay valid. */
 static inline const char *test_data(const char *rel)
 {

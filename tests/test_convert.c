@@ -7,24 +7,10 @@
 
 #include "api_helpers.h"
 
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *p = malloc((size_t)len + 1);
-    *n = p && len >= 0 ? fread(p, 1, (size_t)len, f) : 0;
-    fclose(f);
-    return p;
-}
-
 static int same_file(const char *a, const char *b)
 {
     size_t na = 0, nb = 0;
-    unsigned char *pa = slurp(a, &na), *pb = slurp(b, &nb);
+    char *pa = read_whole(a, &na), *pb = read_whole(b, &nb);
     int same = pa && pb && na == nb && memcmp(pa, pb, na) == 0;
     free(pa);
     free(pb);

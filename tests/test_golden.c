@@ -706,20 +706,6 @@ TEST(shared_training_step)
     peft_model_close(&m);
 }
 
-static unsigned char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    rewind(f);
-    unsigned char *b = malloc((size_t)sz + 1);
-    *n = fread(b, 1, (size_t)sz, f);
-    fclose(f);
-    return b;
-}
-
 TEST(shared_adapter_resave_byte_exact)
 {
     if (!shared_dir())
@@ -733,7 +719,7 @@ TEST(shared_adapter_resave_byte_exact)
     char out[4096];
     snprintf(out, sizeof out, "%s/adapter_model.safetensors", dir);
     size_t n1 = 0, n2 = 0;
-    unsigned char *a = slurp(out, &n1), *b = slurp(sp("models/stories260K/reference/ref_adapter/adapter_model.safetensors"), &n2);
+    char *a = read_whole(out, &n1), *b = read_whole(sp("models/stories260K/reference/ref_adapter/adapter_model.safetensors"), &n2);
     CHECK(a && b && n1 == n2 && memcmp(a, b, n1) == 0);
     free(a);
     free(b);

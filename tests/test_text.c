@@ -8,19 +8,6 @@
 #include "harness.h"
 #include "peft/peft.h"
 
-static char *slurp(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *s = malloc((size_t)n + 1);
-    s[fread(s, 1, (size_t)n, f)] = 0;
-    fclose(f);
-    return s;
-}
 
 /* A tiny reader for the golden file's {"text": "...", "ids": [...]} entries (JSON escapes). */
 static const char *next_case(const char *p, char *text, int32_t *ids, size_t *n)
@@ -64,7 +51,7 @@ static void sentencepiece_case(const char *rel)
         return;
     CHECK(peft_tokenizer_vocab_size(t) == 512 && peft_tokenizer_special(t, PEFT_TOKEN_BOS) == 1 &&
           peft_tokenizer_special(t, PEFT_TOKEN_EOS) == 2 && peft_tokenizer_special(t, PEFT_TOKEN_UNK) == 0);
-    char *g = slurp(test_data("tokenizer_golden.json"));
+    char *g = read_whole(test_data("tokenizer_golden.json"), NULL);
     CHECK(g != NULL);
     static char text[4096], back[4096];
     static int32_t want[2048], got[2048];
