@@ -170,21 +170,28 @@ static int scenario_train(void)
     return 0;
 }
 
+/* The tiny model on one thread and a batch of one 8-token row (tok[i] = (i * mul + add) % 48). */
+static int open_tiny_row(peft_model **m, int32_t tok[8], peft_batch *b, int mul, int add)
+{
+    peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
+    oo.n_threads = 1;
+    for (int i = 0; i < 8; i++)
+        tok[i] = (i * mul + add) % 48;
+    *b = (peft_batch)PEFT_BATCH_INIT;
+    b->tokens = tok;
+    b->n_seq = 1;
+    b->seq_len = 8;
+    return peft_model_open(m, test_data("tiny"), &oo);
+}
+
 static int scenario_methods(void)
 {
     peft_model *m = NULL;
-    peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
-    oo.n_threads = 1;
-    int rc = peft_model_open(&m, test_data("tiny"), &oo);
+    int32_t tok[8];
+    peft_batch b;
+    int rc = open_tiny_row(&m, tok, &b, 5, 1);
     if (rc)
         return rc;
-    int32_t tok[8];
-    for (int i = 0; i < 8; i++)
-        tok[i] = (i * 5 + 1) % 48;
-    peft_batch b = PEFT_BATCH_INIT;
-    b.tokens = tok;
-    b.n_seq = 1;
-    b.seq_len = 8;
     peft_ia3_options io = PEFT_IA3_OPTIONS_INIT;
     peft_vera_options vo = PEFT_VERA_OPTIONS_INIT;
     vo.rank = 4;
@@ -211,18 +218,11 @@ static int scenario_methods(void)
 static int scenario_prompt_several(void)
 {
     peft_model *m = NULL;
-    peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
-    oo.n_threads = 1;
-    int rc = peft_model_open(&m, test_data("tiny"), &oo);
+    int32_t tok[8];
+    peft_batch b;
+    int rc = open_tiny_row(&m, tok, &b, 3, 2);
     if (rc)
         return rc;
-    int32_t tok[8];
-    for (int i = 0; i < 8; i++)
-        tok[i] = (i * 3 + 2) % 48;
-    peft_batch b = PEFT_BATCH_INIT;
-    b.tokens = tok;
-    b.n_seq = 1;
-    b.seq_len = 8;
     char pd[300], ld[300];
     snprintf(pd, sizeof pd, "%s/prompt", g_dir);
     snprintf(ld, sizeof ld, "%s/lora", g_dir);
