@@ -25,40 +25,6 @@ int peft__write_adapter(const char *st_path, st_out_tensor *ts, size_t n, const 
     return code;
 }
 
-static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
-
-/* "k=v,k=v" -> a JSON object with sorted keys (as PEFT writes it), values times factor */
-static void jw_pattern(struct jw *w, const char *pat, int integer, double factor)
-{
-    if (!pat) {
-        jw_put(w, "{}");
-        return;
-    }
-    char *copy = strdup(pat), *items[512];
-    int n = 0;
-    if (!copy) {
-        w->oom = 1;
-        return;
-    }
-    for (char *t = strtok(copy, ","); t && n < 512; t = strtok(NULL, ","))
-        items[n++] = t;
-    qsort(items, (size_t)n, sizeof *items, cmp_str);
-    jw_put(w, "{");
-    for (int i = 0; i < n; i++) {
-        char *eq = strchr(items[i], '=');
-        *eq = '\0';
-        jw_put(w, "%s\n    ", i ? "," : "");
-        jw_str(w, items[i]);
-        jw_put(w, ": ");
-        if (integer)
-            jw_put(w, "%d", (int)(atoi(eq + 1) * factor));
-        else
-            jw_number(w, (float)(strtof(eq + 1, NULL) * factor));
-    }
-    jw_put(w, "\n  }");
-    free(copy);
-}
-
 /* PEFT's names of the embedding adapter (a ParameterDict: no ".weight") */
 #define EMBED_A_KEY "base_model.model.model.embed_tokens.lora_embedding_A"
 #define EMBED_B_KEY "base_model.model.model.embed_tokens.lora_embedding_B"

@@ -465,20 +465,17 @@ static int write_config(const char *path, const gl_module *mods, int n, float al
         n_layers += per_layer[l] != 0;
         product &= per_layer[l] == 0 || per_layer[l] == kinds;
     }
-    char key[160];
+    /* the modules of another rank, "name=r,...": rank_pattern, and alpha_pattern when alpha is 0 */
+    struct jw pat = {0};
+    for (int i = 0; i < n; i++)
+        if (mods[i].r != r)
+            jw_put(&pat, "%smodel.layers.%d.%s.%s=%d", pat.n ? "," : "", mods[i].layer,
+                   peft__module_parents[mods[i].kind], peft__module_names[mods[i].kind], mods[i].r);
+    if (pat.oom)
+        w.oom = 1;
     int first;
-    jw_put(&w, "{\n  \"alpha_pattern\": {");
-    first = 1;
-    for (int i = 0; alpha == 0.0f && i < n; i++)
-        if (mods[i].r != r) {
-            snprintf(key, sizeof key, "model.layers.%d.%s.%s", mods[i].layer, peft__module_parents[mods[i].kind],
-                     peft__module_names[mods[i].kind]);
-            jw_put(&w, "%s\n    ", first ? "" : ",");
-            jw_str(&w, key);
-            jw_put(&w, ": %d", mods[i].r);
-            first = 0;
-        }
-    jw_put(&w, first ? "}" : "\n  }");
+    jw_put(&w, "{\n  \"alpha_pattern\": ");
+    jw_pattern(&w, alpha == 0.0f ? pat.s : NULL, 0, 1.0);
     jw_put(&w, ",\n  \"base_model_name_or_path\": ");
     jw_str(&w, base);
     jw_put(&w, ",\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"inference_mode\": true,\n");
@@ -498,29 +495,9 @@ static int write_config(const char *path, const gl_module *mods, int n, float al
     jw_put(&w, ",\n  \"lora_alpha\": ");
     jw_number(&w, alpha != 0.0f ? alpha : (float)r);
     jw_put(&w, ",\n  \"lora_dropout\": 0.0,\n  \"modules_to_save\": null,\n  \"peft_type\": \"LORA\",\n");
-    jw_put(&w, "  \"r\": %d,\n  \"rank_pattern\": {", r);
-    first = 1;
-    /* PEFT sorts the pattern keys */
-    char (*keys)[160] = malloc((size_t)n * sizeof *keys);
-    int nk = 0;
-    if (!keys)
-        w.oom = 1;
-    for (int i = 0; keys && i < n; i++)
-        if (mods[i].r != r)
-            snprintf(keys[nk++], 160, "model.layers.%d.%s.%s=%d", mods[i].layer, peft__module_parents[mods[i].kind],
-                     peft__module_names[mods[i].kind], mods[i].r);
-    if (keys)
-        qsort(keys, (size_t)nk, sizeof *keys, (int (*)(const void *, const void *))strcmp);
-    for (int i = 0; i < nk; i++) {
-        char *eq = strchr(keys[i], '=');
-        *eq = '\0';
-        jw_put(&w, "%s\n    ", first ? "" : ",");
-        jw_str(&w, keys[i]);
-        jw_put(&w, ": %s", eq + 1);
-        first = 0;
-    }
-    free(keys);
-    jw_put(&w, first ? "}" : "\n  }");
+    jw_put(&w, "  \"r\": %d,\n  \"rank_pattern\": ", r);
+    jw_pattern(&w, pat.s, 1, 1.0);
+    free(pat.s);
     jw_put(&w, ",\n  \"revision\": null,\n  \"target_modules\": ");
     if (product) {
         jw_put(&w, "[");

@@ -49,6 +49,9 @@ void jw_str(struct jw *w, const char *s);
 void jw_float(struct jw *w, float v);
 /* an integral value as an integer, else as jw_float */
 void jw_number(struct jw *w, float v);
+/* "k=v,k=v" (validated: every item has its '=') as a JSON object with sorted keys, as PEFT
+   writes rank_pattern and alpha_pattern, values times factor (integers when integer); NULL: {} */
+void jw_pattern(struct jw *w, const char *pat, int integer, double factor);
 /* the text written atomically to path (fsutil.h), or PEFT_ENOMEM if the writer ran out of
    memory; the buffer is freed either way */
 int peft__jw_write_atomic(struct jw *w, const char *path);

@@ -85,3 +85,42 @@ int peft__jw_write_atomic(struct jw *w, const char *path)
     w->s = NULL;
     return code;
 }
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+void jw_pattern(struct jw *w, const char *pat, int integer, double factor)
+{
+    if (!pat) {
+        jw_put(w, "{}");
+        return;
+    }
+    size_t cap = 1;
+    for (const char *c = pat; *c; c++)
+        cap += *c == ',';
+    char *copy = strdup(pat), **items = malloc(cap * sizeof *items);
+    size_t n = 0;
+    if (!copy || !items) {
+        free(copy);
+        free(items);
+        w->oom = 1;
+        return;
+    }
+    for (char *t = strtok(copy, ","); t && n < cap; t = strtok(NULL, ","))
+        items[n++] = t;
+    qsort(items, n, sizeof *items, cmp_str);
+    jw_put(w, "{");
+    for (size_t i = 0; i < n; i++) {
+        char *eq = strchr(items[i], '=');
+        *eq = '\0';
+        jw_put(w, "%s\n    ", i ? "," : "");
+        jw_str(w, items[i]);
+        jw_put(w, ": ");
+        if (integer)
+            jw_put(w, "%d", (int)(atoi(eq + 1) * factor));
+        else
+            jw_number(w, (float)(strtof(eq + 1, NULL) * factor));
+    }
+    jw_put(w, "\n  }");
+    free(items);
+    free(copy);
+}
