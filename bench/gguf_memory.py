@@ -7,8 +7,8 @@ Usage (from the repository root, after building; Debian's python3-numpy for the 
         [--threads 2] [--repeat 1]
 
 The model is the random-weight SmolLM-135M-shaped Llama of bench/torch_vs_peft.py
-(out/bench/), written as GGUF by tests/gguf_write.py (embeddings float32, linear weights in
-the named type). Each configuration runs `peft train` (LoRA r=16 on all linear modules) in a
+(out/bench/), written as GGUF by tests/gguf_write.py (linear weights in the named type;
+embeddings float32, or in the same type for the "+ embeddings" rows). Each configuration runs `peft train` (LoRA r=16 on all linear modules) in a
 fresh process; peak RSS comes from the kernel's accounting of that process (wait4), tokens/s
 is the steady state (first step excluded). Prints a Markdown table.
 """
@@ -64,12 +64,12 @@ def main():
         subprocess.run([PEFT, "synth", "--out", data, "--vocab", str(V), "--tokens", str(max(n_tok, 1 << 16)),
                         "--seed", "2"], check=True, stdout=subprocess.DEVNULL)
     models = [("Hugging Face F32 (safetensors)", mdir, os.path.getsize(os.path.join(mdir, "model.safetensors")))]
-    for t in ("f32", "q8_0", "q4_0"):
-        path = os.path.join(bdir, "%s-%s.gguf" % (a.shape, t))
+    for t, e in (("f32", "f32"), ("q8_0", "f32"), ("q4_0", "f32"), ("q8_0", "q8_0"), ("q4_0", "q4_0")):
+        path = os.path.join(bdir, "%s-%s-%s.gguf" % (a.shape, t, e))
         if not os.path.exists(path):
-            subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tests", "gguf_write.py"), mdir, path, "--type", t],
-                           check=True)
-        models.append(("GGUF " + t.upper(), path, os.path.getsize(path)))
+            subprocess.run(["/usr/bin/python3", os.path.join(ROOT, "tests", "gguf_write.py"), mdir, path, "--type", t,
+                            "--embed-type", e], check=True)
+        models.append(("GGUF " + t.upper() + (" + embeddings" if e != "f32" else ""), path, os.path.getsize(path)))
     res = {name: [] for name, _, _ in models}
     for _ in range(a.repeat):
         for name, path, _ in models:

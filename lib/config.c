@@ -146,7 +146,8 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
         (code = get_int(root, "bos_token_id", &cfg->bos_id, 0, what)) < 0 ||
         (code = get_int(root, "eos_token_id", &cfg->eos_id, 0, what)) < 0 ||
         (code = get_float(root, "rms_norm_eps", &cfg->eps, what)) < 0 ||
-        (code = get_float(root, "rope_theta", &cfg->rope_theta, what)) < 0) {
+        (code = get_float(root, "rope_theta", &cfg->rope_theta, what)) < 0 ||
+        (code = get_int(root, "max_position_embeddings", &cfg->ctx_len, 0, what)) < 0) {
         json_free(doc);
         return code;
     }

@@ -108,16 +108,17 @@ static const lora_state *extras_of(const peft_model *m)
     return m->lora && !m->adapter_off ? m->lora : NULL;
 }
 
-/* The row of token t of the input embeddings in effect, before the embedding adapter. */
-static const float *embed_row(const peft_model *m, int32_t t)
+/* The row of token t of the input embeddings in effect, before the embedding adapter, into dst. */
+static void embed_row(const peft_model *m, int32_t t, float *dst)
 {
     const lora_state *x = extras_of(m);
     size_t D = (size_t)m->cfg.dim;
     if (x && x->n_tok > 0 && x->tok_slot[t] >= 0)
-        return x->params + x->off_tok + (size_t)x->tok_slot[t] * D;
-    if (x && x->save_embed)
-        return x->params + x->off_se + (size_t)t * D;
-    return m->embed + (size_t)t * D;
+        memcpy(dst, x->params + x->off_tok + (size_t)x->tok_slot[t] * D, D * sizeof *dst);
+    else if (x && x->save_embed)
+        memcpy(dst, x->params + x->off_se + (size_t)t * D, D * sizeof *dst);
+    else
+        peft__w_rows(NULL, &m->embed, t, 1, dst);
 }
 
 /* x[i] = E[tok_i] + s B A[:, tok_i] (PEFT: embedding(x, A^T) @ B^T * scaling) */
@@ -127,7 +128,7 @@ void peft__embed_tokens(peft_model *m, float *x, const int32_t *tokens, int64_t 
     const lora_state *l = embed_adapter(m);
     for (int64_t i = 0; i < n; i++) {
         float *xi = x + i * D;
-        memcpy(xi, embed_row(m, tokens[i]), (size_t)D * sizeof(float));
+        embed_row(m, tokens[i], xi);
         if (!l)
             continue;
         int r = l->embed_r;
@@ -179,10 +180,12 @@ static void embed_backward(peft_model *m, const float *dx, const int32_t *tokens
 }
 
 /* The lm_head matrix in effect before trained token rows and the lm_head adapter. */
-static const float *head_matrix(const peft_model *m)
+static peft_w head_matrix(const peft_model *m)
 {
     const lora_state *x = extras_of(m);
-    return x && x->save_head ? x->params + x->off_sh : m->lm_head;
+    if (x && x->save_head)
+        return (peft_w){.f = x->params + x->off_sh, .rows = m->cfg.vocab, .cols = m->cfg.dim};
+    return m->head;
 }
 
 /* Trained rows that replace rows of lm_head: the tied token rows, or an untied lm_head's own
@@ -223,7 +226,8 @@ int peft__head_logits(peft_model *m, const float *x, int64_t rows, float *logits
 {
     const peft_config *c = &m->cfg;
     int D = c->dim, V = c->vocab;
-    peft__gemm(m, 0, 1, rows, V, D, 1.0f, x, D, head_matrix(m), D, 0.0f, logits, V);
+    peft_w H = head_matrix(m);
+    peft__gemm_xwt(m, rows, x, D, &H, 0.0f, logits, V);
     lora_state *l = m->lora;
     head_rows hr = head_rows_of(m);
     for (int j = 0; j < hr.n; j++) { /* trained rows replace lm_head's (PEFT ties token rows to it) */
@@ -258,8 +262,12 @@ void peft__effective_embed(peft_model *m, float *dst)
 {
     const peft_config *c = &m->cfg;
     size_t D = (size_t)c->dim;
-    for (int t = 0; t < c->vocab; t++)
-        memcpy(dst + (size_t)t * D, embed_row(m, t), D * sizeof *dst);
+    const lora_state *x = extras_of(m);
+    if (!x || (!x->n_tok && !x->save_embed))
+        peft__w_rows(m, &m->embed, 0, c->vocab, dst);
+    else
+        for (int t = 0; t < c->vocab; t++)
+            embed_row(m, t, dst + (size_t)t * D);
     if (embed_adapter(m))
         peft__embed_delta_add(m, dst);
 }
@@ -268,7 +276,8 @@ int peft__effective_head(peft_model *m, float *dst)
 {
     const peft_config *c = &m->cfg;
     size_t D = (size_t)c->dim;
-    memcpy(dst, head_matrix(m), (size_t)c->vocab * D * sizeof *dst);
+    peft_w H = head_matrix(m);
+    peft__w_rows(m, &H, 0, c->vocab, dst);
     const lora_state *l = extras_of(m);
     head_rows hr = head_rows_of(m);
     for (int j = 0; j < hr.n; j++)
@@ -285,15 +294,17 @@ static void head_backward(peft_model *m, const float *x, int64_t rows, const flo
 {
     const peft_config *c = &m->cfg;
     int D = c->dim, V = c->vocab;
-    const float *H = head_matrix(m);
-    peft__gemm(m, 0, 0, rows, D, V, 1.0f, dlogits, V, H, D, 0.0f, dx, D);
+    peft_w H = head_matrix(m);
+    peft__gemm_dyw(m, rows, dlogits, V, &H, 0.0f, dx, D);
     lora_state *l = m->lora;
     if (l->save_head) /* dW += dlogits^T x */
         peft__gemm(m, 1, 0, V, D, rows, 1.0f, dlogits, V, x, D, 1.0f, l->grads + l->off_sh, D);
     head_rows hr = head_rows_of(m);
     for (int j = 0; j < hr.n; j++) { /* the replaced rows: their own gradient, and dx uses them */
         int32_t id = hr.idx[j];
-        const float *w = l->params + hr.off + (size_t)j * D, *h = H + (size_t)id * D;
+        const float *w = l->params + hr.off + (size_t)j * D, *h = H.f ? H.f + (size_t)id * D : m->qpanel;
+        if (!H.f) /* a quantized lm_head's row, dequantized into the (now free) panel */
+            peft__w_rows(NULL, &H, id, 1, m->qpanel);
         float *dw = l->grads + hr.off + (size_t)j * D;
         for (int64_t r = 0; r < rows; r++) {
             float g = dlogits[r * V + id];

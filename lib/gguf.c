@@ -204,7 +204,10 @@ static int load(peft_model *m, const float **out, peft_w *qw, const gg_tensor *t
         return peft__fail(PEFT_EUNSUPPORTED, "%s: tensor '%s': type %u", path, name, t->type);
     }
     if (heads) {
-        unpermute_rows((uint8_t *)buf, (const uint8_t *)tmp, ne1, ne0 * sizeof *buf, heads);
+        if (ne1)
+            unpermute_rows((uint8_t *)buf, (const uint8_t *)tmp, ne1, ne0 * sizeof *buf, heads);
+        else /* a q/k bias: one value per row */
+            unpermute_rows((uint8_t *)buf, (const uint8_t *)tmp, ne0, sizeof *buf, heads);
         free(tmp);
     }
     *out = buf;
@@ -436,6 +439,8 @@ static int model_key(void *ctx, const gg_kv *kv)
         return PEFT_OK;
     else if (peft__gg_key_is(&s, "embedding_length"))
         c->dim = iv;
+    else if (peft__gg_key_is(&s, "context_length"))
+        c->ctx_len = iv;
     else if (peft__gg_key_is(&s, "block_count"))
         c->n_layers = iv;
     else if (peft__gg_key_is(&s, "feed_forward_length"))
@@ -510,12 +515,12 @@ int peft__gguf_open(peft_model *m, const char *path)
         goto done;
     {
         int64_t qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
-        code = load(m, &m->embed, NULL, ts, nt, data, "token_embd.weight", (uint64_t)c->dim, (uint64_t)c->vocab, 0, path);
+        code = load(m, &m->embed.f, &m->embed, ts, nt, data, "token_embd.weight", (uint64_t)c->dim, (uint64_t)c->vocab, 0, path);
         if (!code)
             code = load(m, &m->final_norm, NULL, ts, nt, data, "output_norm.weight", (uint64_t)c->dim, 0, 0, path);
         if (!code)
-            code = c->tied ? (m->lm_head = m->embed, PEFT_OK)
-                           : load(m, &m->lm_head, NULL, ts, nt, data, "output.weight", (uint64_t)c->dim, (uint64_t)c->vocab,
+            code = c->tied ? (m->head = m->embed, PEFT_OK)
+                           : load(m, &m->head.f, &m->head, ts, nt, data, "output.weight", (uint64_t)c->dim, (uint64_t)c->vocab,
                                   0, path);
         if (!code && !(m->layers = calloc((size_t)c->n_layers, sizeof *m->layers)))
             code = peft__fail(PEFT_ENOMEM, "out of memory");
@@ -536,8 +541,8 @@ int peft__gguf_open(peft_model *m, const char *path)
                 code = load(m, &m->layers[l].w[k].f, &m->layers[l].w[k], ts, nt, data, nm, (uint64_t)shp[k][0], (uint64_t)shp[k][1], heads,
                             path);
                 snprintf(nm, sizeof nm, "blk.%d.%s.bias", l, gn[k]);
-                if (!code && (c->bias_mask >> k & 1))
-                    code = load(m, &m->layers[l].bias[k], NULL, ts, nt, data, nm, (uint64_t)shp[k][1], 0, 0, path);
+                if (!code && (c->bias_mask >> k & 1)) /* llama.cpp permutes q/k biases as their rows */
+                    code = load(m, &m->layers[l].bias[k], NULL, ts, nt, data, nm, (uint64_t)shp[k][1], 0, heads, path);
             }
             if (!code && c->qk_norm) {
                 snprintf(nm, sizeof nm, "blk.%d.attn_q_norm.weight", l);

@@ -50,4 +50,29 @@ int peft__gg_key_is(const gg_kv *kv, const char *want);
 void peft__gg_str(const gg_kv *kv, char *buf, size_t cap);
 const char *peft__gg_type_name(uint32_t type);
 
+/* ---- writing (gguf_keys.c): a growing byte buffer (oom set, further output dropped, when
+   memory runs out; free(b.p) when done), little-endian values, typed keys ---- */
+typedef struct gg_buf {
+    unsigned char *p;
+    size_t n, cap;
+    int oom;
+} gg_buf;
+void peft__gb_put(gg_buf *b, const void *d, size_t n);
+void peft__gb_u32(gg_buf *b, uint32_t v);
+void peft__gb_u64(gg_buf *b, uint64_t v);
+void peft__gb_str(gg_buf *b, const char *s); /* u64 length + bytes */
+void peft__gb_kv_str(gg_buf *b, const char *key, const char *v);
+void peft__gb_kv_u32(gg_buf *b, const char *key, uint32_t v);
+void peft__gb_kv_f32(gg_buf *b, const char *key, float v);
+void peft__gb_kv_bool(gg_buf *b, const char *key, int v);
+/* an array key's header: element type, count (the elements follow) */
+void peft__gb_kv_array(gg_buf *b, const char *key, uint32_t elem_type, uint64_t n);
+
+struct peft_model;
+/* The keys of a merged GGUF model made from a Hugging Face directory, as llama.cpp's converter
+   writes them: general.*, the architecture's hyperparameters, rope scaling, and the
+   tokenizer.* vocabulary of tokenizer.model (SentencePiece) or tokenizer.json beside it, with
+   tokenizer_config.json's BOS/EOS settings and chat template. *n_keys counts them. */
+int peft__gguf_hf_keys(gg_buf *b, uint64_t *n_keys, const struct peft_model *m, const char *name, int file_type);
+
 #endif

@@ -17,34 +17,25 @@
 #include "gguf.h"
 #include "model.h"
 
-struct kv_ref {
-    size_t off, len;
-};
-
-struct src_keys {
-    struct kv_ref *kv;
-    size_t n, cap;
+/* the output's keys: the base's copied (GGUF base) or made (Hugging Face base) */
+struct out_keys {
+    gg_buf b;
+    uint64_t n;
     uint64_t alignment;
     int drop_file_type;
+    const uint8_t *map;
 };
 
 static int keep_key(void *ctx, const gg_kv *kv)
 {
-    struct src_keys *k = ctx;
+    struct out_keys *k = ctx;
     if (peft__gg_key_is(kv, "general.alignment"))
         k->alignment = (uint64_t)kv->iv;
     if (peft__gg_key_is(kv, "general.name") || (k->drop_file_type && peft__gg_key_is(kv, "general.file_type")))
         return PEFT_OK;
-    if (k->n == k->cap) {
-        size_t cap = k->cap ? 2 * k->cap : 64;
-        struct kv_ref *nk = realloc(k->kv, cap * sizeof *nk);
-        if (!nk)
-            return peft__fail(PEFT_ENOMEM, "out of memory");
-        k->kv = nk;
-        k->cap = cap;
-    }
-    k->kv[k->n++] = (struct kv_ref){kv->raw_off, kv->raw_len};
-    return PEFT_OK;
+    peft__gb_put(&k->b, k->map + kv->raw_off, kv->raw_len);
+    k->n++;
+    return k->b.oom ? peft__fail(PEFT_ENOMEM, "out of memory") : PEFT_OK;
 }
 
 /* one output tensor: copied from the base (src), or made from floats (HF row order) */
@@ -55,7 +46,8 @@ struct out_t {
     uint64_t ne[2];
     uint32_t type;
     uint64_t bytes, offset;
-    int what, layer, kind; /* what: 0 copy, 1 linear weight, 2 norm, 3 embeddings, 4 lm_head */
+    int what, layer, kind; /* what: 0 copy, 1 linear weight, 2 norm, 3 embeddings, 4 lm_head, 5 bias,
+                              6 q/k head norm (kind 0 q, 1 k), 7 RoPE divisors */
 };
 
 static int parse_blk(const char *name, const char *tail, int *layer)
@@ -70,7 +62,31 @@ static int parse_blk(const char *name, const char *tail, int *layer)
     return 1;
 }
 
-static int encodable(uint32_t t) { return t == PEFT_GG_F32 || t == PEFT_GG_F16 || t == PEFT_GG_Q8_0 || t == PEFT_GG_Q4_0; }
+static int encodable(uint32_t t)
+{
+    return t == PEFT_GG_F32 || t == PEFT_GG_F16 || t == PEFT_GG_BF16 || t == PEFT_GG_Q8_0 || t == PEFT_GG_Q4_0 ||
+           t == PEFT_GG_Q4_K || t == PEFT_GG_Q6_K;
+}
+
+/* the type a matrix of rows of ne0 is written in: want, else Q8_0 (rows not whole blocks of
+   want), else F32 */
+static uint32_t pick_type(uint32_t want, uint64_t ne0)
+{
+    return encodable(want) && peft__gg_row_bytes(want, ne0) ? want
+           : peft__gg_row_bytes(PEFT_GG_Q8_0, ne0)         ? PEFT_GG_Q8_0
+                                                            : PEFT_GG_F32;
+}
+
+/* q/k rows (or bias entries) of `heads` heads from Hugging Face's order into llama.cpp's:
+   file row h*hd + 2i + j <- HF row h*hd + j*half + i */
+static void permute_rows(float *dst, const float *w, int64_t rows, int64_t cols, int heads)
+{
+    int64_t hd = rows / heads, half = hd / 2;
+    for (int64_t r = 0; r < rows; r++) {
+        int64_t h = r / hd, rr = r % hd;
+        memcpy(dst + r * cols, w + (h * hd + (rr % 2) * half + rr / 2) * cols, (size_t)cols * sizeof *dst);
+    }
+}
 
 /* the floats of an output tensor made by the model (n = ne0 * ne1), in the file's row order */
 static int tensor_floats(peft_model *m, const struct out_t *t, float *dst, float *tmp, int permuted)
@@ -89,19 +105,27 @@ static int tensor_floats(peft_model *m, const struct out_t *t, float *dst, float
         peft__effective_head(m, dst); /* (returns whether the attachment changes it) */
         return PEFT_OK;
     }
+    if (t->what == 6) {
+        memcpy(dst, t->kind ? m->layers[t->layer].k_norm : m->layers[t->layer].q_norm, n * sizeof *dst);
+        return PEFT_OK;
+    }
+    if (t->what == 7) {
+        memcpy(dst, c->rope_div, n * sizeof *dst);
+        return PEFT_OK;
+    }
     int changed;
-    const float *w = peft__effective_weight(m, t->layer, t->kind, tmp, &changed);
+    const float *w = t->what == 5 ? m->layers[t->layer].bias[t->kind]
+                                  : peft__effective_weight(m, t->layer, t->kind, tmp, &changed);
     int heads = !permuted ? 0 : t->kind == PEFT_MOD_Q ? c->n_heads : t->kind == PEFT_MOD_K ? c->n_kv_heads : 0;
     if (!heads) {
         if (w != dst)
             memcpy(dst, w, n * sizeof *dst);
         return PEFT_OK;
     }
-    int64_t rows = (int64_t)t->ne[1], hd = rows / heads, half = hd / 2, cols = (int64_t)t->ne[0];
-    for (int64_t r = 0; r < rows; r++) { /* file row h*hd + 2i + j <- HF row h*hd + j*half + i */
-        int64_t h = r / hd, rr = r % hd;
-        memcpy(dst + r * cols, w + (h * hd + (rr % 2) * half + rr / 2) * cols, (size_t)cols * sizeof *dst);
-    }
+    if (t->what == 5) /* a bias: one value per row */
+        permute_rows(dst, w, (int64_t)t->ne[0], 1, heads);
+    else
+        permute_rows(dst, w, (int64_t)t->ne[1], (int64_t)t->ne[0], heads);
     return PEFT_OK;
 }
 
@@ -123,6 +147,69 @@ static int write_all(int fd, const void *p, size_t n)
 static void put_u32(unsigned char **p, uint32_t v) { memcpy(*p, &v, 4), *p += 4; }
 static void put_u64(unsigned char **p, uint64_t v) { memcpy(*p, &v, 8), *p += 8; }
 
+/* tensor t of a model made from a Hugging Face base (every tensor made from floats) */
+static void add_made(struct out_t *t, const char *name, int n_dims, uint64_t ne0, uint64_t ne1, uint32_t type,
+                     int what, int layer, int kind)
+{
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->n_dims = n_dims;
+    t->ne[0] = ne0;
+    t->ne[1] = n_dims == 2 ? ne1 : 1;
+    t->type = n_dims == 2 ? pick_type(type, ne0) : PEFT_GG_F32;
+    t->bytes = peft__gg_row_bytes(t->type, ne0) * t->ne[1];
+    t->what = what, t->layer = layer, t->kind = kind;
+}
+
+/* the tensors of a Hugging Face base, named and laid out as llama.cpp's converter writes them */
+static size_t hf_tensors(const peft_model *m, struct out_t *ts, uint32_t type, int untie)
+{
+    const peft_config *c = &m->cfg;
+    static const char *const gn[PEFT_MOD_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output",
+                                                   "ffn_gate", "ffn_up", "ffn_down"};
+    size_t n = 0;
+    char nm[96];
+    add_made(&ts[n++], "token_embd.weight", 2, (uint64_t)c->dim, (uint64_t)c->vocab, type, 3, 0, 0);
+    for (int l = 0; l < c->n_layers; l++) {
+        snprintf(nm, sizeof nm, "blk.%d.attn_norm.weight", l);
+        add_made(&ts[n++], nm, 1, (uint64_t)c->dim, 1, 0, 2, l, 0);
+        snprintf(nm, sizeof nm, "blk.%d.ffn_norm.weight", l);
+        add_made(&ts[n++], nm, 1, (uint64_t)c->dim, 1, 0, 2, l, 1);
+        for (int k = 0; k < PEFT_MOD_COUNT; k++) {
+            const peft_w *w = &m->layers[l].w[k];
+            snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, gn[k]);
+            add_made(&ts[n++], nm, 2, (uint64_t)w->cols, (uint64_t)w->rows, type, 1, l, k);
+            if (c->bias_mask >> k & 1) {
+                snprintf(nm, sizeof nm, "blk.%d.%s.bias", l, gn[k]);
+                add_made(&ts[n++], nm, 1, (uint64_t)w->rows, 1, 0, 5, l, k);
+            }
+        }
+        for (int k = 0; c->qk_norm && k < 2; k++) {
+            snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, k ? "attn_k_norm" : "attn_q_norm");
+            add_made(&ts[n++], nm, 1, (uint64_t)c->head_dim, 1, 0, 6, l, k);
+        }
+    }
+    add_made(&ts[n++], "output_norm.weight", 1, (uint64_t)c->dim, 1, 0, 2, 0, 2);
+    if (!c->tied || untie)
+        add_made(&ts[n++], "output.weight", 2, (uint64_t)c->dim, (uint64_t)c->vocab, type, 4, 0, 0);
+    if (c->rope_scaling == 2)
+        add_made(&ts[n++], "rope_freqs.weight", 1, (uint64_t)c->head_dim / 2, 1, 0, 7, 0, 0);
+    return n;
+}
+
+/* llama.cpp's general.file_type of a file whose matrices are mostly `type` */
+static int file_type_of(uint32_t type)
+{
+    switch (type) {
+    case PEFT_GG_F16: return 1;
+    case PEFT_GG_Q4_0: return 2;
+    case PEFT_GG_Q8_0: return 7;
+    case PEFT_GG_Q4_K: return 14; /* Q4_K_S */
+    case PEFT_GG_Q6_K: return 18;
+    case PEFT_GG_BF16: return 32;
+    default: return 0;
+    }
+}
+
 int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_export_options *opts)
 {
     peft_gguf_export_options o = PEFT_GGUF_EXPORT_OPTIONS_INIT;
@@ -134,30 +221,30 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
         o = *opts;
     }
     if (o.type != PEFT_GGUF_TYPE_SAME && !encodable((uint32_t)o.type))
-        return peft__fail(PEFT_EINVAL, "peft_save_merged_gguf: type %d (same as the base, F32, F16, Q8_0 or Q4_0)",
-                          o.type);
-    if (!m->gguf_map)
-        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: the base must be a GGUF file (its vocabulary "
-                                             "and metadata are copied); for a Hugging Face base, export a merged "
-                                             "directory (peft_save_merged) and convert it with llama.cpp's "
-                                             "convert_hf_to_gguf.py");
+        return peft__fail(PEFT_EINVAL, "peft_save_merged_gguf: type %d (same as the base, F32, F16, BF16, Q8_0, Q4_0, "
+                                       "Q4_K or Q6_K)", o.type);
     if (peft__prompt_len(m) > 0)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: a soft prompt (prompt tuning) is not part of "
                                              "the weights");
     const peft_config *c = &m->cfg;
+    const char *name = o.name ? o.name : "merged with libpeft";
+    int from_hf = !m->gguf_map;
     gg_file f = {.map = m->gguf_map, .size = m->gguf_size, .path = m->path};
-    struct src_keys k = {.alignment = 32, .drop_file_type = o.type != PEFT_GGUF_TYPE_SAME};
+    struct out_keys k = {.alignment = 32, .drop_file_type = o.type != PEFT_GGUF_TYPE_SAME, .map = m->gguf_map};
     struct out_t *ts = NULL;
-    float *fbuf = NULL, *tmp = NULL;
+    float *fbuf = NULL, *tmp = NULL, *row = NULL;
     unsigned char *head = NULL, *blob = NULL;
     char *tmp_path = NULL;
-    int fd = -1, created = 0, code = peft__gguf_parse(&f, keep_key, &k);
+    int fd = -1, created = 0, code = from_hf ? PEFT_OK : peft__gguf_parse(&f, keep_key, &k);
     if (code)
         goto done;
-    int permuted = !strcmp(c->architecture, "llama");
+    /* llama.cpp permutes the q/k rows of the llama architecture (a Mistral model converts as llama) */
+    int permuted = !strcmp(c->architecture, "llama") || (from_hf && !strcmp(c->architecture, "mistral"));
     size_t VD = (size_t)c->vocab * (size_t)c->dim, max_n = VD;
     int untie = 0;
-    if (!(ts = calloc(f.nt + 1, sizeof *ts)) || !(fbuf = peft__alloc_floats(VD)) || !(tmp = peft__alloc_floats(VD))) {
+    size_t n_cap = from_hf ? 4 + (size_t)c->n_layers * (4 + 2 * PEFT_MOD_COUNT) : f.nt + 1;
+    if (!(ts = calloc(n_cap, sizeof *ts)) || !(fbuf = peft__alloc_floats(VD)) || !(tmp = peft__alloc_floats(VD)) ||
+        !(row = peft__alloc_floats((size_t)c->dim))) {
         code = peft__fail(PEFT_ENOMEM, "peft_save_merged_gguf: out of memory");
         goto done;
     }
@@ -169,7 +256,21 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
         untie = memcmp(fbuf, tmp, VD * sizeof *fbuf) != 0;
     }
     size_t n_out = 0;
-    for (uint64_t i = 0; i < f.nt; i++) {
+    if (from_hf) {
+        /* the weights' own type (F32, F16, BF16 as loaded) or the one asked for */
+        uint32_t type = o.type != PEFT_GGUF_TYPE_SAME     ? (uint32_t)o.type
+                        : !strcmp(m->weights_dtype, "F16")  ? PEFT_GG_F16
+                        : !strcmp(m->weights_dtype, "BF16") ? PEFT_GG_BF16
+                                                            : PEFT_GG_F32;
+        n_out = hf_tensors(m, ts, type, untie);
+        for (size_t i = 0; i < n_out; i++) {
+            size_t n = (size_t)ts[i].ne[0] * (size_t)ts[i].ne[1];
+            max_n = n > max_n ? n : max_n;
+        }
+        if ((code = peft__gguf_hf_keys(&k.b, &k.n, m, name, file_type_of(type))))
+            goto done;
+    }
+    for (uint64_t i = 0; !from_hf && i < f.nt; i++) {
         const gg_tensor *s = &f.ts[i];
         struct out_t *t = &ts[n_out++];
         snprintf(t->name, sizeof t->name, "%s", s->name);
@@ -201,18 +302,17 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
         } else if (!t->what && !strcmp(s->name, "token_embd.weight")) {
             t->what = 3;
             peft__effective_embed(m, tmp);
-            changed = memcmp(tmp, m->embed, VD * sizeof *tmp) != 0;
+            changed = peft__w_differs(&m->embed, tmp, row);
         } else if (!t->what && !strcmp(s->name, "output.weight")) {
             t->what = 4;
-            changed = memcmp(fbuf, m->lm_head, VD * sizeof *fbuf) != 0;
+            changed = peft__w_differs(&m->head, fbuf, row);
         }
         int retype = o.type != PEFT_GGUF_TYPE_SAME && s->n_dims == 2 && t->what && t->what != 2;
         if (!t->what || (!changed && !retype)) {
             t->what = 0; /* copied as stored */
         } else {
             uint32_t want = retype ? (uint32_t)o.type : t->what == 2 ? PEFT_GG_F32 : s->type;
-            t->type = encodable(want) && peft__gg_row_bytes(want, t->ne[0]) ? want
-                      : peft__gg_row_bytes(PEFT_GG_Q8_0, t->ne[0]) && s->n_dims == 2 ? PEFT_GG_Q8_0 : PEFT_GG_F32;
+            t->type = s->n_dims == 2 ? pick_type(want, t->ne[0]) : encodable(want) ? want : PEFT_GG_F32;
             size_t n = (size_t)t->ne[0] * (size_t)t->ne[1];
             max_n = n > max_n ? n : max_n;
         }
@@ -223,7 +323,7 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
             goto done;
         }
     }
-    if (untie) { /* the changed lm_head of a tied model */
+    if (untie && !from_hf) { /* the changed lm_head of a tied model */
         struct out_t *t = &ts[n_out++];
         snprintf(t->name, sizeof t->name, "output.weight");
         t->n_dims = 2;
@@ -244,12 +344,16 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
             goto done;
         }
     }
-    /* the header: magic, counts, the base's keys (general.name ours), tensor infos */
-    const char *name = o.name ? o.name : "merged with libpeft";
-    size_t head_cap = 64 + 40 + strlen(name), kv_bytes = 0;
-    for (size_t i = 0; i < k.n; i++)
-        kv_bytes += k.kv[i].len;
-    head_cap += kv_bytes + n_out * (8 + 96 + 4 + 16 + 4 + 8) + k.alignment;
+    /* the header: magic, counts, the keys (a GGUF base's copied, general.name ours), tensor infos */
+    if (!from_hf) {
+        peft__gb_kv_str(&k.b, "general.name", name);
+        k.n++;
+    }
+    if (k.b.oom) {
+        code = peft__fail(PEFT_ENOMEM, "peft_save_merged_gguf: out of memory");
+        goto done;
+    }
+    size_t head_cap = 64 + k.b.n + n_out * (8 + 96 + 4 + 32 + 4 + 8) + k.alignment;
     if (!(head = calloc(1, head_cap))) {
         code = peft__fail(PEFT_ENOMEM, "peft_save_merged_gguf: out of memory");
         goto done;
@@ -258,14 +362,8 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
     memcpy(p, "GGUF", 4), p += 4;
     put_u32(&p, 3);
     put_u64(&p, (uint64_t)n_out);
-    put_u64(&p, (uint64_t)k.n + 1);
-    for (size_t i = 0; i < k.n; i++)
-        memcpy(p, (const uint8_t *)f.map + k.kv[i].off, k.kv[i].len), p += k.kv[i].len;
-    put_u64(&p, 12);
-    memcpy(p, "general.name", 12), p += 12;
-    put_u32(&p, 8);
-    put_u64(&p, strlen(name));
-    memcpy(p, name, strlen(name)), p += strlen(name);
+    put_u64(&p, k.n);
+    memcpy(p, k.b.p, k.b.n), p += k.b.n;
     uint64_t off = 0;
     for (size_t i = 0; i < n_out; i++) {
         struct out_t *t = &ts[i];
@@ -301,7 +399,7 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
     size_t blob_cap = 0;
     for (size_t i = 0; i < n_out && !code; i++) {
         struct out_t *t = &ts[i];
-        const void *data = (const uint8_t *)f.data + (t->src ? t->src->offset : 0);
+        const void *data = t->src ? (const uint8_t *)f.data + t->src->offset : NULL;
         if (t->what) {
             if (t->bytes > blob_cap) {
                 free(blob);
@@ -336,9 +434,10 @@ done:
     free(head);
     free(blob);
     free(ts);
-    free(k.kv);
+    free(k.b.p);
     peft__free(fbuf);
     peft__free(tmp);
+    peft__free(row);
     peft__gguf_release(&f, 0);
     return code;
 }

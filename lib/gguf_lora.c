@@ -35,46 +35,6 @@ typedef struct gl_module {
     float scale;
 } gl_module;
 
-struct buf {
-    unsigned char *p;
-    size_t n, cap;
-    int oom;
-};
-
-static void put(struct buf *b, const void *d, size_t n)
-{
-    if (b->oom)
-        return;
-    if (b->n + n > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->n + n)
-            cap *= 2;
-        unsigned char *np = realloc(b->p, cap);
-        if (!np) {
-            b->oom = 1;
-            return;
-        }
-        b->p = np;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, d, n);
-    b->n += n;
-}
-
-static void put_u32(struct buf *b, uint32_t v) { put(b, &v, 4); } /* little-endian hosts */
-static void put_u64(struct buf *b, uint64_t v) { put(b, &v, 8); }
-static void put_str(struct buf *b, const char *s)
-{
-    put_u64(b, strlen(s));
-    put(b, s, strlen(s));
-}
-static void kv_str(struct buf *b, const char *k, const char *v)
-{
-    put_str(b, k);
-    put_u32(b, 8);
-    put_str(b, v);
-}
-
 /* llama.cpp permutes the q/k rows of the llama architecture only */
 static int permutes(const char *arch) { return strcmp(arch, "llama") == 0; }
 
@@ -101,7 +61,7 @@ static int write_gguf_lora(const char *path, const char *arch, const char *name,
 {
     int n_t = n_mods * 2, code = PEFT_OK;
     struct gt *ts = calloc((size_t)n_t + 1, sizeof *ts);
-    struct buf b = {0};
+    gg_buf b = {0};
     if (!ts)
         return peft__fail(PEFT_ENOMEM, "out of memory");
     for (int i = 0; i < n_mods; i++) {
@@ -137,36 +97,36 @@ static int write_gguf_lora(const char *path, const char *arch, const char *name,
         }
     }
     qsort(ts, (size_t)n_t, sizeof *ts, cmp_gt);
-    put(&b, "GGUF", 4);
-    put_u32(&b, 3);
-    put_u64(&b, (uint64_t)n_t);
-    put_u64(&b, 6);
-    kv_str(&b, "general.architecture", arch);
-    kv_str(&b, "general.type", "adapter");
-    kv_str(&b, "adapter.type", "lora");
-    kv_str(&b, "general.name", name ? name : "libpeft adapter");
-    put_str(&b, "adapter.lora.alpha");
-    put_u32(&b, 6);
-    put(&b, &alpha, 4);
-    put_str(&b, "general.quantization_version");
-    put_u32(&b, 4);
-    put_u32(&b, 2);
+    peft__gb_put(&b, "GGUF", 4);
+    peft__gb_u32(&b, 3);
+    peft__gb_u64(&b, (uint64_t)n_t);
+    peft__gb_u64(&b, 6);
+    peft__gb_kv_str(&b, "general.architecture", arch);
+    peft__gb_kv_str(&b, "general.type", "adapter");
+    peft__gb_kv_str(&b, "adapter.type", "lora");
+    peft__gb_kv_str(&b, "general.name", name ? name : "libpeft adapter");
+    peft__gb_str(&b, "adapter.lora.alpha");
+    peft__gb_u32(&b, 6);
+    peft__gb_put(&b, &alpha, 4);
+    peft__gb_str(&b, "general.quantization_version");
+    peft__gb_u32(&b, 4);
+    peft__gb_u32(&b, 2);
     uint64_t off = 0;
     for (int i = 0; i < n_t; i++) {
-        put_str(&b, ts[i].name);
-        put_u32(&b, 2);
-        put_u64(&b, (uint64_t)ts[i].ne0);
-        put_u64(&b, (uint64_t)ts[i].ne1);
-        put_u32(&b, 0); /* F32 */
-        put_u64(&b, off);
+        peft__gb_str(&b, ts[i].name);
+        peft__gb_u32(&b, 2);
+        peft__gb_u64(&b, (uint64_t)ts[i].ne0);
+        peft__gb_u64(&b, (uint64_t)ts[i].ne1);
+        peft__gb_u32(&b, 0); /* F32 */
+        peft__gb_u64(&b, off);
         off += ((uint64_t)ts[i].ne0 * (uint64_t)ts[i].ne1 * 4 + 31) & ~(uint64_t)31;
     }
     static const unsigned char zeros[32];
-    put(&b, zeros, (32 - b.n % 32) % 32);
+    peft__gb_put(&b, zeros, (32 - b.n % 32) % 32);
     for (int i = 0; i < n_t; i++) {
         size_t bytes = (size_t)ts[i].ne0 * (size_t)ts[i].ne1 * 4;
-        put(&b, ts[i].data, bytes);
-        put(&b, zeros, (32 - bytes % 32) % 32);
+        peft__gb_put(&b, ts[i].data, bytes);
+        peft__gb_put(&b, zeros, (32 - bytes % 32) % 32);
     }
     code = b.oom ? peft__fail(PEFT_ENOMEM, "out of memory") : peft__write_atomic(path, b.p, b.n);
 done:

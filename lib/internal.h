@@ -91,6 +91,7 @@ typedef struct peft_config {
     uint32_t bias_mask;  /* 1 << kind: that linear module has a bias (Qwen2: q, k, v; Llama's
                             attention_bias: q, k, v, o; mlp_bias: gate, up, down) */
     int qk_norm;         /* Qwen3: RMSNorm over each head of q and k (weights [head_dim]) before RoPE */
+    int ctx_len;         /* max_position_embeddings / <arch>.context_length (0: not given) */
 } peft_config;
 /* The inverse frequency of RoPE pair i (0 <= i < head_dim / 2) with the config's scaling. */
 double peft__rope_inv_freq(const peft_config *c, int i);

@@ -767,13 +767,13 @@ static void init_extras(lora_state *l, const peft_model *m)
         memset(l->params + l->off_hb, 0, (size_t)c->vocab * (size_t)l->head_r * sizeof(float));
     }
     for (int i = 0; i < l->n_tok; i++)
-        memcpy(l->params + l->off_tok + (size_t)i * D, m->embed + (size_t)l->tok_idx[i] * D, D * sizeof(float));
+        peft__w_rows(NULL, &m->embed, l->tok_idx[i], 1, l->params + l->off_tok + (size_t)i * D);
     for (int i = 0; i < l->n_htok; i++)
-        memcpy(l->params + l->off_htok + (size_t)i * D, m->lm_head + (size_t)l->htok_idx[i] * D, D * sizeof(float));
+        peft__w_rows(NULL, &m->head, l->htok_idx[i], 1, l->params + l->off_htok + (size_t)i * D);
     if (l->save_embed)
-        memcpy(l->params + l->off_se, m->embed, (size_t)c->vocab * D * sizeof(float));
+        peft__w_rows(m, &m->embed, 0, c->vocab, l->params + l->off_se);
     if (l->save_head)
-        memcpy(l->params + l->off_sh, m->lm_head, (size_t)c->vocab * D * sizeof(float));
+        peft__w_rows(m, &m->head, 0, c->vocab, l->params + l->off_sh);
     for (int i = 0; l->norm_off && i <= 2 * c->n_layers; i++)
         if (l->norm_off[i] >= 0)
             memcpy(l->params + l->norm_off[i], base_norm(m, i), D * sizeof(float));

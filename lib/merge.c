@@ -58,9 +58,9 @@ static void merged_weight(peft_model *m, float *dst, const peft_w *W, const lora
 }
 
 /* E (vocab, dim) + scale * (B A)^T into dst: the embedding adapter merged */
-static void merged_embed(peft_model *m, float *dst, const float *E)
+static void merged_embed(peft_model *m, float *dst)
 {
-    memcpy(dst, E, (size_t)m->cfg.vocab * (size_t)m->cfg.dim * sizeof *dst);
+    peft__w_rows(m, &m->embed, 0, m->cfg.vocab, dst);
     peft__embed_delta_add(m, dst);
 }
 
@@ -104,9 +104,9 @@ int peft_merge_adapter(peft_model *m)
             free(copies);
             return peft__fail(PEFT_ENOMEM, "peft_merge_adapter: out of memory for merged embeddings");
         }
-        merged_embed(m, emb, m->embed);
+        merged_embed(m, emb);
         m->embed_base = m->embed;
-        m->embed = emb;
+        m->embed = (peft_w){.f = emb, .rows = m->embed.rows, .cols = m->embed.cols};
     }
     for (int i = 0; i < l->n_modules; i++) {
         const lora_module *md = &l->mods[i];
@@ -131,10 +131,10 @@ int peft_unmerge_adapter(peft_model *m)
         m->layers[md->layer].w[md->kind] = m->layers[md->layer].w_base[md->kind];
         peft__free(m->merged_copies[i]);
     }
-    if (m->embed_base) {
-        peft__free((float *)m->embed);
+    if (m->embed_base.rows) {
+        peft__free((float *)m->embed.f);
         m->embed = m->embed_base;
-        m->embed_base = NULL;
+        m->embed_base = (peft_w){0};
     }
     free(m->merged_copies);
     m->merged_copies = NULL;

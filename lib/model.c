@@ -51,7 +51,7 @@ int peft__gguf_open(peft_model *m, const char *path);
 /* The panel buffer of quantized weights: 1M floats (4 MiB), or 16 rows of the widest. */
 static int alloc_qpanel(peft_model *m)
 {
-    int64_t widest = 0;
+    int64_t widest = m->embed.q || m->head.q ? m->cfg.dim : 0;
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int k = 0; k < PEFT_MOD_COUNT; k++)
             if (m->layers[l].w[k].q && m->layers[l].w[k].cols > widest)
@@ -209,7 +209,8 @@ static int load_weights(peft_model *m)
     char name[160];
     int code;
     int64_t qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
-    if ((code = load_tensor(m, &m->embed, "model.embed_tokens.weight", c->vocab, c->dim)) ||
+    m->embed = (peft_w){.rows = c->vocab, .cols = c->dim};
+    if ((code = load_tensor(m, &m->embed.f, "model.embed_tokens.weight", c->vocab, c->dim)) ||
         (code = load_tensor(m, &m->final_norm, "model.norm.weight", c->dim, 0)))
         return code;
     /* lm_head: tied when the config says so or the tensor is absent */
@@ -217,9 +218,9 @@ static int load_weights(peft_model *m)
     for (int i = 0; i < m->n_files; i++)
         has_head |= st_find(m->files[i], "lm_head.weight") != NULL;
     if (c->tied || !has_head) {
-        m->lm_head = m->embed;
+        m->head = m->embed;
         m->cfg.tied = 1;
-    } else if ((code = load_tensor(m, &m->lm_head, "lm_head.weight", c->vocab, c->dim))) {
+    } else if ((m->head = m->embed, code = load_tensor(m, &m->head.f, "lm_head.weight", c->vocab, c->dim))) {
         return code;
     }
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
@@ -258,7 +259,7 @@ static int load_weights(peft_model *m)
     }
     uint64_t per_layer = 2ull * c->dim + (uint64_t)c->dim * (uint64_t)(2 * qd + 2 * kvd) +
                          3ull * (uint64_t)c->dim * (uint64_t)c->ffn_dim + peft__extra_layer_params(c);
-    m->n_params = (uint64_t)c->vocab * c->dim * (m->lm_head == m->embed ? 1 : 2) + c->dim +
+    m->n_params = (uint64_t)c->vocab * c->dim * (c->tied ? 1 : 2) + c->dim +
                   per_layer * (uint64_t)c->n_layers;
     return PEFT_OK;
 }

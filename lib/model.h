@@ -162,8 +162,10 @@ struct peft_model {
     int n_files;
     float **owned;
     int n_owned, cap_owned;
-    const float *embed, *final_norm, *lm_head;
-    const float *embed_base; /* the unmerged embeddings while an embedding adapter is merged */
+    peft_w embed;       /* token embeddings (vocab, dim): float32, or quantized rows of a GGUF file */
+    peft_w head;        /* lm_head (vocab, dim); a tied one is the same matrix as embed */
+    const float *final_norm;
+    peft_w embed_base;  /* the unmerged embeddings while an embedding adapter is merged (rows 0: none) */
     peft_layer_weights *layers;
     uint64_t n_params;
     char weights_dtype[8];
@@ -327,7 +329,7 @@ size_t peft__gg_row_bytes(uint32_t type, uint64_t n);                        /* 
    floats when usable as they are, else dst (out x in) filled (dst NULL: NULL then, a buffer is
    needed); *changed: differs from the base file */
 const float *peft__effective_weight(peft_model *m, int l, int kind, float *dst, int *changed);
-int peft__quantize(uint8_t *dst, const float *src, uint64_t n, uint32_t type); /* F32, F16, Q8_0, Q4_0; -1 else */
+int peft__quantize(uint8_t *dst, const float *src, uint64_t n, uint32_t type); /* F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K; -1 else */
 /* rows [r0, r0 + n) of w as float32 into dst (n x cols); m (or NULL) parallelises */
 void peft__w_rows(const peft_model *m, const peft_w *w, int64_t r0, int64_t n, float *dst);
 /* y (N, rows) = x (N, cols) w^T + beta y */
@@ -336,6 +338,8 @@ void peft__gemm_xwt(peft_model *m, int64_t N, const float *x, int64_t ldx, const
 /* dx (N, cols) = dy (N, rows) w + beta dx */
 void peft__gemm_dyw(peft_model *m, int64_t N, const float *dy, int64_t lddy, const peft_w *w, float beta, float *dx,
                     int64_t lddx);
+/* 1 when a row of w differs from the same row of x (rows x cols); row: cols floats of scratch */
+int peft__w_differs(const peft_w *w, const float *x, float *row);
 /* w as float32: w->f, or all of it dequantized into scratch (rows x cols) */
 const float *peft__w_dense(const peft_model *m, const peft_w *w, float *scratch);
 

@@ -90,7 +90,7 @@ static void init_prompt(lora_state *l, const peft_model *m, const peft_prompt_op
         }
         int32_t t = o->init == PEFT_PROMPT_INIT_TEXT ? o->init_tokens[i % o->n_init_tokens]
                                                      : (int32_t)(peft__rng_next(&rng) % (uint64_t)m->cfg.vocab);
-        memcpy(row, m->embed + (size_t)t * D, D * sizeof(float));
+        peft__w_rows(NULL, &m->embed, t, 1, row);
     }
 }
 

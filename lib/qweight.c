@@ -101,8 +101,158 @@ static void f2h(uint8_t *p, float f)
     p[1] = (uint8_t)(h >> 8);
 }
 
-/* float32 -> ggml F32, F16, Q8_0 or Q4_0 (n a multiple of 32 for the blocks), as ggml's reference
-   quantizers round; -1 for another type */
+/* ---- K-quant encoders: any valid encoding decodes the same way; these fit each sub-block's
+   scale (and offset) by least squares over a few placements of its grid, then round the
+   sub-block scales to the super-block's 6- or 8-bit steps and requantize with them. ---- */
+
+static int clampi(long v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : (int)v; }
+
+/* x[0..n) ~ s L - o with L in 0..nmax and o >= 0 (ggml's Q4_K subtracts a non-negative minimum),
+   the squared errors weighted by w = rms(x) + |x| so that large weights are kept closer:
+   returns s, o in *o */
+static float fit_offset(const float *x, int n, int nmax, float *o)
+{
+    float lo = x[0], hi = x[0], w[32];
+    double ss = 0;
+    for (int i = 0; i < n; i++) {
+        lo = x[i] < lo ? x[i] : lo;
+        hi = x[i] > hi ? x[i] : hi;
+        ss += (double)x[i] * x[i];
+    }
+    float rms = (float)sqrt(ss / n);
+    for (int i = 0; i < n; i++)
+        w[i] = rms + fabsf(x[i]);
+    lo = lo > 0 ? 0 : lo;
+    *o = -lo;
+    if (!(hi > lo))
+        return 0.0f;
+    double best = INFINITY;
+    float bs = (hi - lo) / (float)nmax, bo = -lo;
+    for (int step = -10; step <= 10; step++) {
+        float is = ((float)nmax + 0.1f * (float)step) / (hi - lo);
+        double sw = 0, sl = 0, sx = 0, sll = 0, slx = 0;
+        for (int i = 0; i < n; i++) {
+            double l = clampi(lroundf(is * (x[i] - lo)), 0, nmax);
+            sw += w[i], sl += w[i] * l, sx += w[i] * x[i], sll += w[i] * l * l, slx += w[i] * l * x[i];
+        }
+        double det = sw * sll - sl * sl, sc, b;
+        if (det <= 0)
+            continue;
+        sc = (sw * slx - sl * sx) / det;
+        b = (sll * sx - sl * slx) / det;
+        if (b > 0) /* the offset may only lower the values */
+            b = 0, sc = slx / sll;
+        if (sc <= 0)
+            continue;
+        double err = 0;
+        for (int i = 0; i < n; i++) {
+            int l = clampi(lroundf((float)((x[i] - b) / sc)), 0, nmax);
+            double e = sc * l + b - x[i];
+            err += w[i] * e * e;
+        }
+        if (err < best)
+            best = err, bs = (float)sc, bo = (float)-b;
+    }
+    *o = bo;
+    return bs;
+}
+
+/* x[0..n) ~ s L with L in -32..31, the squared errors weighted by x^2: returns s (signed: the
+   extreme maps near -32) */
+static float fit_symmetric(const float *x, int n)
+{
+    float amax = 0, max = 0;
+    for (int i = 0; i < n; i++)
+        if (fabsf(x[i]) > amax)
+            amax = fabsf(x[i]), max = x[i];
+    if (amax == 0)
+        return 0.0f;
+    double best = INFINITY;
+    float bs = max / -32.0f;
+    for (int step = -9; step <= 9; step++) {
+        float is = -(32.0f + 0.1f * (float)step) / max;
+        double slx = 0, sll = 0;
+        for (int i = 0; i < n; i++) {
+            double l = clampi(lroundf(is * x[i]), -32, 31), w = (double)x[i] * x[i];
+            slx += w * l * x[i], sll += w * l * l;
+        }
+        if (sll <= 0)
+            continue;
+        double sc = slx / sll, err = 0;
+        for (int i = 0; i < n; i++) {
+            double e = sc * clampi(lroundf((float)(x[i] / sc)), -32, 31) - x[i];
+            err += (double)x[i] * x[i] * e * e;
+        }
+        if (err < best)
+            best = err, bs = (float)sc;
+    }
+    return bs;
+}
+
+/* one Q4_K block: f16 d, f16 dmin, 12 bytes of 6-bit scales and mins, 128 bytes of nibbles */
+static void quantize_q4_k(uint8_t *dst, const float *x)
+{
+    float s[8], o[8], smax = 0, omax = 0;
+    for (int j = 0; j < 8; j++) {
+        s[j] = fit_offset(x + 32 * j, 32, 15, &o[j]);
+        smax = s[j] > smax ? s[j] : smax;
+        omax = o[j] > omax ? o[j] : omax;
+    }
+    f2h(dst, smax / 63.0f);
+    f2h(dst + 2, omax / 63.0f);
+    float d = h2f(dst), dm = h2f(dst + 2);
+    uint8_t sc[8], mn[8], *k = dst + 4;
+    for (int j = 0; j < 8; j++) {
+        sc[j] = (uint8_t)(d > 0 ? clampi(lroundf(s[j] / d), 0, 63) : 0);
+        mn[j] = (uint8_t)(dm > 0 ? clampi(lroundf(o[j] / dm), 0, 63) : 0);
+    }
+    for (int j = 0; j < 4; j++) {
+        k[j] = (uint8_t)(sc[j] | (sc[j + 4] >> 4) << 6);
+        k[j + 4] = (uint8_t)(mn[j] | (mn[j + 4] >> 4) << 6);
+        k[j + 8] = (uint8_t)((sc[j + 4] & 15) | (mn[j + 4] & 15) << 4);
+    }
+    uint8_t L[256];
+    for (int j = 0; j < 8; j++) {
+        float ds = d * sc[j], om = dm * mn[j];
+        for (int i = 0; i < 32; i++)
+            L[32 * j + i] = (uint8_t)(ds > 0 ? clampi(lroundf((x[32 * j + i] + om) / ds), 0, 15) : 0);
+    }
+    for (int p = 0; p < 4; p++) /* 64 weights: sub-block 2p in the low nibbles, 2p + 1 in the high */
+        for (int l = 0; l < 32; l++)
+            dst[16 + 32 * p + l] = (uint8_t)(L[64 * p + l] | L[64 * p + 32 + l] << 4);
+}
+
+/* one Q6_K block: 128 bytes of low 4 bits, 64 of high 2 bits, 16 int8 scales, f16 d */
+static void quantize_q6_k(uint8_t *dst, const float *x)
+{
+    float s[16], smax = 0;
+    for (int k = 0; k < 16; k++) {
+        s[k] = fit_symmetric(x + 16 * k, 16);
+        smax = fabsf(s[k]) > fabsf(smax) ? s[k] : smax;
+    }
+    f2h(dst + 208, smax / -128.0f);
+    float d = h2f(dst + 208);
+    int8_t *sc = (int8_t *)(dst + 192);
+    int L[256];
+    for (int k = 0; k < 16; k++) {
+        sc[k] = (int8_t)(d != 0 ? clampi(lroundf(s[k] / d), -128, 127) : 0);
+        float ds = d * sc[k];
+        for (int i = 0; i < 16; i++)
+            L[16 * k + i] = (ds != 0 ? clampi(lroundf(x[16 * k + i] / ds), -32, 31) : 0) + 32;
+    }
+    for (int h = 0; h < 2; h++) {
+        uint8_t *ql = dst + 64 * h, *qh = dst + 128 + 32 * h;
+        const int *q = L + 128 * h;
+        for (int l = 0; l < 32; l++) {
+            ql[l] = (uint8_t)((q[l] & 15) | (q[l + 64] & 15) << 4);
+            ql[l + 32] = (uint8_t)((q[l + 32] & 15) | (q[l + 96] & 15) << 4);
+            qh[l] = (uint8_t)(q[l] >> 4 | (q[l + 32] >> 4) << 2 | (q[l + 64] >> 4) << 4 | (q[l + 96] >> 4) << 6);
+        }
+    }
+}
+
+/* float32 -> ggml F32, F16, BF16, Q8_0 or Q4_0 (n a multiple of 32 for the blocks) as ggml's
+   reference quantizers round, or Q4_K / Q6_K (n a multiple of 256) by the fits above; -1 for another type */
 int peft__quantize(uint8_t *dst, const float *src, uint64_t n, uint32_t t)
 {
     switch (t) {
@@ -110,6 +260,15 @@ int peft__quantize(uint8_t *dst, const float *src, uint64_t n, uint32_t t)
     case PEFT_GG_F16:
         for (uint64_t i = 0; i < n; i++)
             f2h(dst + 2 * i, src[i]);
+        return 0;
+    case PEFT_GG_BF16: /* the top half, rounded to nearest even; NaNs stay quiet NaNs */
+        for (uint64_t i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, src + i, 4);
+            u = (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16 | 0x40u) : (u + 0x7fffu + (u >> 16 & 1u)) >> 16;
+            dst[2 * i] = (uint8_t)u;
+            dst[2 * i + 1] = (uint8_t)(u >> 8);
+        }
         return 0;
     case PEFT_GG_Q8_0: /* d = max |x| / 127, q = round(x / d) */
         for (uint64_t b = 0; b < n / 32; b++, dst += 34, src += 32) {
@@ -139,6 +298,14 @@ int peft__quantize(uint8_t *dst, const float *src, uint64_t n, uint32_t t)
                 dst[2 + i] = (uint8_t)(q0 | q1 << 4);
             }
         }
+        return 0;
+    case PEFT_GG_Q4_K:
+        for (uint64_t b = 0; b < n / 256; b++)
+            quantize_q4_k(dst + b * 144, src + b * 256);
+        return 0;
+    case PEFT_GG_Q6_K:
+        for (uint64_t b = 0; b < n / 256; b++)
+            quantize_q6_k(dst + b * 210, src + b * 256);
         return 0;
     default: return -1;
     }
@@ -222,6 +389,19 @@ void peft__gemm_dyw(peft_model *m, int64_t N, const float *dy, int64_t lddy, con
         peft__w_rows(m, w, r0, n, m->qpanel);
         peft__gemm(m, 0, 0, N, w->cols, n, 1.0f, dy + r0, lddy, m->qpanel, w->cols, r0 == 0 ? beta : 1.0f, dx, lddx);
     }
+}
+
+int peft__w_differs(const peft_w *w, const float *x, float *row)
+{
+    size_t n = (size_t)w->cols;
+    if (w->f)
+        return memcmp(w->f, x, (size_t)w->rows * n * sizeof *x) != 0;
+    for (int64_t r = 0; r < w->rows; r++) {
+        peft__w_rows(NULL, w, r, 1, row);
+        if (memcmp(row, x + (size_t)r * n, n * sizeof *x))
+            return 1;
+    }
+    return 0;
 }
 
 const float *peft__w_dense(const peft_model *m, const peft_w *w, float *scratch)

@@ -90,7 +90,7 @@ int peft_attach_tokens(peft_model *m, const int32_t *ids, int32_t n, uint64_t *n
         return code;
     size_t D = (size_t)m->cfg.dim; /* PEFT's init_weights: the rows start as the base embeddings */
     for (int i = 0; i < n; i++)
-        memcpy(l->params + (size_t)i * D, m->embed + (size_t)l->tok_idx[i] * D, D * sizeof(float));
+        peft__w_rows(NULL, &m->embed, l->tok_idx[i], 1, l->params + (size_t)i * D);
     return peft__state_install(m, l, n_trainable);
 }
 

@@ -60,11 +60,11 @@ def test_train_save_load():
             libpeft.convert_adapter(g, back, n_heads=4, n_kv_heads=2, n_layers=3, base_model=TINY)
             assert open(os.path.join(back, "adapter_model.safetensors"), "rb").read() == \
                 open(os.path.join(d, "adapter_model.safetensors"), "rb").read()
-            try:  # a merged GGUF needs a GGUF base
+            try:  # a merged GGUF from a Hugging Face base needs its tokenizer (the tiny model has none)
                 m.save_merged_gguf(os.path.join(d, "m.gguf"))
-                raise AssertionError("merged GGUF from a Hugging Face base")
+                raise AssertionError("merged GGUF without a vocabulary")
             except libpeft.Error as e:
-                assert "convert_hf_to_gguf" in str(e)
+                assert "tokenizer" in str(e) and not os.path.exists(os.path.join(d, "m.gguf"))
             try:
                 libpeft.convert_adapter(g, os.path.join(d, "x"))
                 raise AssertionError("converted without the head counts")

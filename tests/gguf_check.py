@@ -2,9 +2,16 @@
 """An independent GGUF reader for the tests (stdlib only). Usage:
    gguf_check.py same-lora MINE.gguf REFERENCE.gguf   tensors (names, shapes, types, bytes) and adapter.* equal
    gguf_check.py lora FILE.gguf                       structural check of a GGUF LoRA file
-   gguf_check.py merged BASE.gguf OUT.gguf REGEX      a merged export: the base's keys (but general.name,
+   gguf_check.py merged BASE.gguf OUT.gguf REGEX [TYPE]
+                                                      a merged export: the base's keys (but general.name,
                                                       general.file_type), its tensors and shapes, and the
-                                                      bytes of every tensor whose name REGEX does not match"""
+                                                      bytes of every tensor whose name REGEX does not match;
+                                                      TYPE: "same" (every tensor in the base's type) or a
+                                                      ggml type number (every matrix REGEX matches)
+   gguf_check.py same-model REFERENCE.gguf OUT.gguf [REGEX]
+                                                      the same keys (but general.name, general.size_label)
+                                                      and tensors (names, shapes, types; bytes unless the
+                                                      name matches REGEX)"""
 import struct
 import sys
 
@@ -96,11 +103,33 @@ def main():
         changed = 0
         for n, ne, t, d in t1:
             assert n in out and out[n][0] == ne, f"{n}: missing or reshaped"
+            want = sys.argv[5] if len(sys.argv) > 5 else None
+            if want == "same" or (want is not None and re.search(sys.argv[4], n) and len(ne) == 2):
+                got = out[n][1]
+                assert got == (t if want == "same" else int(want)), f"{n}: type {got}, base {t}, wanted {want}"
             if re.search(sys.argv[4], n):
                 changed += 1
             else:
                 assert out[n][1] == t and out[n][2] == d, f"{n}: not copied as stored"
         print(f"ok: {len(t1)} tensors, {len(t1) - changed} copied byte for byte")
+    elif mode == "same-model":
+        import re
+        kv1, t1 = read(sys.argv[2], True)
+        kv2, t2 = read(sys.argv[3], True)
+        skip = ("general.name", "general.size_label")
+        for k in sorted(set(kv1) | set(kv2)):
+            if k not in skip:
+                assert kv1.get(k) == kv2.get(k), f"key {k}: {str(kv1.get(k))[:200]} != {str(kv2.get(k))[:200]}"
+        out = {n: (ne, t, d) for n, ne, t, d in t2}
+        assert sorted(out) == sorted(n for n, _, _, _ in t1), "tensor names differ"
+        same = 0
+        for n, ne, t, d in t1:
+            assert out[n][:2] == (ne, t), f"{n}: shape/type {out[n][:2]} != {(ne, t)}"
+            if len(sys.argv) > 4 and re.search(sys.argv[4], n):
+                continue
+            assert out[n][2] == d, f"{n}: bytes differ"
+            same += 1
+        print(f"ok: {len(kv1)} keys, {len(t1)} tensors, {same} byte for byte")
     elif mode == "same-lora":
         kv1, t1 = read(sys.argv[2])
         kv2, t2 = read(sys.argv[3])

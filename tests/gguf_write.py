@@ -6,9 +6,11 @@ optionally, a Hugging Face directory holding exactly the values the quantized fi
 represents (so a loss computed from the GGUF file can be compared with one computed from
 float weights). Needs numpy (Debian's python3-numpy; /usr/bin/python3).
 
-    gguf_write.py HF_DIR OUT.gguf --type f32|q8_0|q4_0|q4_k|q6_k[,TYPE...] [--dequantized DIR]
+    gguf_write.py HF_DIR OUT.gguf --type f32|q8_0|q4_0|q4_k|q6_k[,TYPE...] [--embed-type TYPE]
+                  [--dequantized DIR]
 
-With several types, the linear weights of layer i use type i mod len(types). The quantizers
+With several types, the linear weights of layer i use type i mod len(types). --embed-type
+(f32 by default) is the type of token_embd.weight and output.weight. The quantizers
 are plain (round to nearest per block, scales from the block's range): any valid encoding
 is a fair test of a reader, whose output is defined by the format alone. A config.json
 "rope_scaling" is written as llama.cpp's converter writes it: "linear" as
@@ -166,6 +168,7 @@ def main():
     ap.add_argument("hf_dir")
     ap.add_argument("out")
     ap.add_argument("--type", default="q8_0")
+    ap.add_argument("--embed-type", default="f32", choices=sorted(GG))
     ap.add_argument("--dequantized", help="also write a Hugging Face directory of the values stored")
     a = ap.parse_args()
     kinds = a.type.split(",")
@@ -180,10 +183,12 @@ def main():
         arch = "llama"
     assert arch in ("llama", "qwen2", "qwen3"), arch
     permuted = arch == "llama"  # qwen2/qwen3 use the NeoX RoPE: rows stay in Hugging Face's order
-    tensors = [("token_embd.weight", st["model.embed_tokens.weight"], "f32", "model.embed_tokens.weight"),
+    if D % BLOCK[a.embed_type]:
+        sys.exit("hidden size %d is not a multiple of %s's block" % (D, a.embed_type))
+    tensors = [("token_embd.weight", st["model.embed_tokens.weight"], a.embed_type, "model.embed_tokens.weight"),
                ("output_norm.weight", st["model.norm.weight"], "f32", "model.norm.weight")]
     if not tied:
-        tensors.append(("output.weight", st["lm_head.weight"], "f32", "lm_head.weight"))
+        tensors.append(("output.weight", st["lm_head.weight"], a.embed_type, "lm_head.weight"))
     lin = [("attn_q", "self_attn.q_proj"), ("attn_k", "self_attn.k_proj"), ("attn_v", "self_attn.v_proj"),
            ("attn_output", "self_attn.o_proj"), ("ffn_gate", "mlp.gate_proj"), ("ffn_up", "mlp.up_proj"),
            ("ffn_down", "mlp.down_proj")]
@@ -197,8 +202,11 @@ def main():
             for g, h in (("attn_q_norm", "self_attn.q_norm"), ("attn_k_norm", "self_attn.k_norm")):
                 tensors.append(("blk.%d.%s.weight" % (i, g), st[p + h + ".weight"], "f32", p + h + ".weight"))
         for g, h in lin:
-            if p + h + ".bias" in st:
-                tensors.append(("blk.%d.%s.bias" % (i, g), st[p + h + ".bias"], "f32", p + h + ".bias"))
+            if p + h + ".bias" in st:  # q/k biases permuted as their rows (llama.cpp's converter)
+                bias = st[p + h + ".bias"]
+                if g in ("attn_q", "attn_k") and permuted:
+                    bias = permute(bias, H if g == "attn_q" else Hkv)
+                tensors.append(("blk.%d.%s.bias" % (i, g), bias, "f32", p + h + ".bias"))
             w = st[p + h + ".weight"]
             if g == "attn_q" and permuted:
                 w = permute(w, H)
@@ -255,9 +263,9 @@ def main():
         pad = (32 - len(data) % 32) % 32
         blobs.append(data + b"\0" * pad)
         off += len(data) + pad
-        if ".attn_q.weight" in name and permuted:
+        if (".attn_q.weight" in name or ".attn_q.bias" in name) and permuted:
             values = unpermute(values, H)
-        elif ".attn_k.weight" in name and permuted:
+        elif (".attn_k.weight" in name or ".attn_k.bias" in name) and permuted:
             values = unpermute(values, Hkv)
         if hf:
             deq[hf] = values

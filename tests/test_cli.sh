@@ -154,20 +154,43 @@ convert_without_the_model)
     test ! -e "$T/nohead" || fail "a directory was left behind"
     ;;
 qwen_families)
-    # Qwen2 (q/k/v biases, tied embeddings) and Qwen3 (per-head q/k norms, head_dim 12 with hidden 32):
-    # the GGUF file (as llama.cpp lays it out: no q/k permutation) gives the Hugging Face loss; LoRA
-    # trained on either is the same; its GGUF LoRA is written for the family and converts back
-    # without head counts; merged exports (from the HF and the GGUF base) keep biases and norms
+    # Qwen2 (q/k/v biases, tied embeddings), Qwen3 (per-head q/k norms, head_dim 12 with hidden 32)
+    # and Llama with attention and MLP biases: the GGUF file (as llama.cpp lays it out: q/k rows and
+    # biases permuted for llama only) gives the Hugging Face loss; LoRA trained on either is the
+    # same; its GGUF LoRA is written for the family and converts back (qwen: without head counts); merged
+    # exports (from the HF and the GGUF base, as a directory and as GGUF, the GGUF made from the HF
+    # directory with a byte-level BPE tokenizer.json) keep biases and norms
     /usr/bin/python3 -c "import numpy" 2>/dev/null || { echo "skip: no numpy for /usr/bin/python3"; exit 77; }
     "$PEFT" synth --out "$T/d.bin" --vocab 48 --tokens 4000 --doc-len 32 --seed 4 >/dev/null || fail "synth"
     loss() { grep '^{' "$1" | sed 's/.*"loss": \([0-9.]*\).*/\1/'; }
-    for f in qwen2 qwen3; do
+    # a byte-level BPE tokenizer.json (GPT-2's byte alphabet, Qwen2's or Llama 3's split)
+    bpe() {
+        python3 - "$1" "$2" <<'PY'
+import json, shutil, sys
+src, dst = sys.argv[1], sys.argv[2]
+shutil.copytree(src, dst)
+re_n = r"\p{N}" if "qwen" in src else r"\p{N}{1,3}"
+split = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|" + re_n + r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+vocab = {c: i for i, c in enumerate("\u0120abcdefghijklmnopqrstuvwxyz")}
+merges = [["\u0120", "a"], ["a", "b"], ["\u0120", "ab"], ["c", "d"]]
+for a, b in merges:
+    vocab[a + b] = len(vocab)
+added = [{"id": len(vocab), "content": "<|endoftext|>", "special": True}, {"id": len(vocab) + 1, "content": "<tool>", "special": False}]
+json.dump({"version": "1.0", "added_tokens": added,
+           "pre_tokenizer": {"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": split}, "behavior": "Isolated", "invert": False},
+                                                                   {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]},
+           "decoder": {"type": "ByteLevel"}, "model": {"type": "BPE", "vocab": vocab, "merges": merges}}, open(dst + "/tokenizer.json", "w"))
+json.dump({"eos_token": "<|endoftext|>", "chat_template": "{{ messages }}"}, open(dst + "/tokenizer_config.json", "w"))
+PY
+    }
+    for f in qwen2 qwen3 llama_bias; do
+        arch=$f; [ $f = llama_bias ] && arch=llama
         M=$SRC/tests/data/tiny_$f
         /usr/bin/python3 "$SRC/tests/gguf_write.py" "$M" "$T/$f.gguf" --type f32 || fail "gguf_write $f"
         "$PEFT" eval --model "$M" --data "$T/d.bin" --seq 32 --json >"$T/e_hf" || fail "eval $f"
         "$PEFT" eval --model "$T/$f.gguf" --data "$T/d.bin" --seq 32 --json >"$T/e_gg" || fail "eval $f gguf"
         [ "$(loss "$T/e_hf")" = "$(loss "$T/e_gg")" ] || fail "$f: GGUF loss $(loss "$T/e_gg") != HF $(loss "$T/e_hf")"
-        "$PEFT" info --model "$T/$f.gguf" | grep -q "$f" || fail "$f: info names the architecture"
+        "$PEFT" info --model "$T/$f.gguf" | grep -q "$arch" || fail "$f: info names the architecture"
         for src in hf gg; do
             mdl=$M; [ $src = gg ] && mdl=$T/$f.gguf
             "$PEFT" train --model "$mdl" --data "$T/d.bin" --out "$T/ad-$f-$src" --steps 3 --batch 2 --seq 32 --rank 4 \
@@ -178,8 +201,10 @@ qwen_families)
         python3 -c "
 import sys; sys.path.insert(0, '$SRC/tests'); import gguf_check
 kv, ts = gguf_check.read('$T/ad-$f-hf/adapter.gguf')
-assert kv['general.architecture'][1] == '$f', kv['general.architecture']" || fail "$f: GGUF LoRA architecture"
-        "$PEFT" convert --adapter "$T/ad-$f-hf/adapter.gguf" --out "$T/back-$f" >/dev/null || fail "$f: convert back without heads"
+assert kv['general.architecture'][1] == '$arch', kv['general.architecture']" || fail "$f: GGUF LoRA architecture"
+        heads=""; [ $arch = llama ] && heads="--model $M" # llama's q/k rows are permuted per head
+        # shellcheck disable=SC2086
+        "$PEFT" convert --adapter "$T/ad-$f-hf/adapter.gguf" --out "$T/back-$f" $heads >/dev/null || fail "$f: convert back"
         cmp "$T/back-$f/adapter_model.safetensors" "$T/ad-$f-hf/adapter_model.safetensors" || fail "$f: GGUF LoRA round trip"
         "$PEFT" eval --model "$M" --adapter "$T/ad-$f-hf" --data "$T/d.bin" --seq 32 --json >"$T/e_ad" || fail "eval adapter"
         for src in hf gg; do
@@ -189,7 +214,30 @@ assert kv['general.architecture'][1] == '$f', kv['general.architecture']" || fai
             python3 -c "a, b = float('$(loss "$T/e_m")'), float('$(loss "$T/e_ad")'); assert abs(a - b) <= 1e-5 * b, (a, b)" ||
                 fail "$f: merged ($src) loss differs from base + adapter"
         done
+        bpe "$M" "$T/tok-$f" || fail "tokenizer.json"
+        "$PEFT" merge --model "$T/tok-$f" --adapter "$T/ad-$f-hf" --out "$T/mg-$f.gguf" >/dev/null || fail "merge $f as GGUF from HF"
+        "$PEFT" eval --model "$T/mg-$f.gguf" --data "$T/d.bin" --seq 32 --json >"$T/e_m" || fail "eval merged GGUF"
+        python3 -c "a, b = float('$(loss "$T/e_m")'), float('$(loss "$T/e_ad")'); assert abs(a - b) <= 1e-5 * b, (a, b)" ||
+            fail "$f: merged GGUF (from HF) loss differs from base + adapter"
+        python3 -c "
+import json, sys; sys.path.insert(0, '$SRC/tests'); import gguf_check
+kv, ts = gguf_check.read('$T/mg-$f.gguf', True)
+tj = json.load(open('$T/tok-$f/tokenizer.json'))
+g = lambda k: kv[k][1]
+assert g('general.architecture') == '$arch' and g('tokenizer.ggml.model') == 'gpt2'
+assert g('tokenizer.ggml.pre') == ('llama-bpe' if '$arch' == 'llama' else 'qwen2'), g('tokenizer.ggml.pre')
+toks = g('tokenizer.ggml.tokens'); types = g('tokenizer.ggml.token_type')
+assert len(toks) == 48 and toks[:27] == list(tj['model']['vocab'])[:27] and toks[31] == '<|endoftext|>' and toks[32] == '<tool>'
+assert types[30] == 1 and types[31] == 3 and types[32] == 4 and toks[47] == '[PAD47]' and types[47] == 5
+assert g('tokenizer.ggml.merges') == [a + ' ' + b for a, b in tj['model']['merges']]
+assert g('tokenizer.ggml.eos_token_id') == 31 and g('tokenizer.chat_template') == '{{ messages }}'
+assert 'tokenizer.ggml.scores' not in kv and any(n == 'blk.0.attn_q.bias' for n, _, _, _ in ts) == ('$f' != 'qwen3')
+" || fail "$f: the GGUF vocabulary"
     done
+    sed -i 's/p{N}|/p{N}{1,2}|/' "$T/tok-qwen2/tokenizer.json"
+    "$PEFT" merge --model "$T/tok-qwen2" --out "$T/unknown.gguf" 2>"$T/err" && fail "an unknown pre-tokenizer was accepted"
+    grep -q "convert_hf_to_gguf" "$T/err" || { cat "$T/err"; fail "message"; }
+    [ ! -e "$T/unknown.gguf" ] || fail "a refused export left a file"
     "$PEFT" train --model "$SRC/tests/data/tiny_qwen2" --data "$T/d.bin" --out "$T/ia3" --method ia3 --targets k,v --steps 1 \
         --quiet 2>"$T/err" && fail "IA3 scaling a biased output was accepted"
     grep -q "bias" "$T/err" || fail "no message naming the bias"
@@ -216,9 +264,46 @@ merged_gguf_export)
             python3 -c "a, b = $got, $ref; assert abs(a - b) <= $tol * b, (a, b)" || fail "$q as $ty: loss $got, base + adapter $ref"
         done
     done
-    "$PEFT" merge --model "$M" --adapter "$M/reference/ref_adapter" --out "$T/hf.gguf" 2>"$T/err" && fail "GGUF from an HF base"
-    grep -q convert_hf_to_gguf "$T/err" || fail "no pointer to llama.cpp's converter"
-    test ! -e "$T/hf.gguf" || fail "a file was left"
+    ;;
+merged_gguf_from_hf_base)
+    # a GGUF file made from the Hugging Face stories260K directory: without an adapter it is
+    # llama.cpp's own stories260K-f32.gguf (every key but the name, every tensor byte for byte: q/k
+    # rows permuted as the converter does, the vocabulary from tokenizer.model); without
+    # tokenizer.model, from tokenizer.json, the same keys (SentencePiece's scores rebuilt from the
+    # merges); with the reference adapter: the loss and greedy text of base + adapter, other tensors
+    # untouched; as F16 / Q8_0 the loss within their rounding; a bad tokenizer is refused cleanly
+    [ -f "$SHARED/models/stories260K/config.json" ] || { echo "SKIP: ../shared not present"; exit 77; }
+    M=$SHARED/models/stories260K
+    D=$SHARED/data/tinystories_sample.stories260K.u32.bin
+    loss() { "$PEFT" eval --model "$@" --data "$D" --seq 128 --json | grep '^{' | sed 's/.*"loss": \([0-9.]*\).*/\1/'; }
+    "$PEFT" merge --model "$M" --out "$T/plain.gguf" --name stories260K >/dev/null || fail "HF -> GGUF"
+    python3 "$SRC/tests/gguf_check.py" same-model "$M/stories260K-f32.gguf" "$T/plain.gguf" || fail "not llama.cpp's file"
+    mkdir -p "$T/nosp" && cp "$M"/*.json "$M/model.safetensors" "$T/nosp/" || fail "copy"
+    "$PEFT" merge --model "$T/nosp" --out "$T/nosp.gguf" >/dev/null || fail "HF (tokenizer.json) -> GGUF"
+    python3 "$SRC/tests/gguf_check.py" same-model "$M/stories260K-f32.gguf" "$T/nosp.gguf" || fail "tokenizer.json: keys differ"
+    "$PEFT" tokenize --tokenizer "$T/nosp.gguf" --in "$SHARED/data/tinystories_sample.txt" --out "$T/ids.bin" 2>/dev/null || fail "tokenize"
+    cmp "$T/ids.bin" "$D" || fail "the written vocabulary tokenizes differently"
+    A=$M/reference/ref_adapter
+    ref=$(loss "$M" --adapter "$A")
+    "$PEFT" merge --model "$M" --adapter "$A" --out "$T/m.gguf" >/dev/null || fail "merge"
+    python3 "$SRC/tests/gguf_check.py" same-model "$M/stories260K-f32.gguf" "$T/m.gguf" 'attn_|ffn_(gate|up|down)' >/dev/null ||
+        fail "merged: structure"
+    got=$(loss "$T/m.gguf")
+    python3 -c "a, b = $got, $ref; assert abs(a - b) <= 1e-6 * b, (a, b)" || fail "merged loss $got, base + adapter $ref"
+    g() { "$PEFT" generate --model "$@" --prompt "Once upon" --temperature 0 --max-tokens 40 --json | grep '^{' | sed 's/"seconds.*//'; }
+    [ "$(g "$T/m.gguf")" = "$(g "$M" --adapter "$A")" ] || fail "greedy text of the merged GGUF differs"
+    for ty in f16:1e-4 bf16:3e-3 q8_0:5e-3; do
+        "$PEFT" merge --model "$M" --adapter "$A" --out "$T/m-${ty%%:*}.gguf" --type "${ty%%:*}" >/dev/null || fail "merge as $ty"
+        got=$(loss "$T/m-${ty%%:*}.gguf")
+        python3 -c "a, b = $got, $ref; assert abs(a - b) <= ${ty#*:} * b, (a, b)" || fail "$ty: loss $got, base + adapter $ref"
+    done
+    mkdir -p "$T/bad" && cp "$M"/*.json "$M/model.safetensors" "$T/bad/" && head -c 1000 "$M/tokenizer.model" >"$T/bad/tokenizer.model"
+    "$PEFT" merge --model "$T/bad" --out "$T/bad.gguf" 2>"$T/err" && fail "a truncated tokenizer.model was accepted"
+    grep -q "tokenizer.model" "$T/err" || { cat "$T/err"; fail "message"; }
+    rm "$T/bad/tokenizer.model" "$T/bad/tokenizer.json"
+    "$PEFT" merge --model "$T/bad" --out "$T/bad.gguf" 2>"$T/err" && fail "no tokenizer was accepted"
+    grep -q "tokenizer" "$T/err" || { cat "$T/err"; fail "message"; }
+    ls "$T" | grep -q "bad.gguf" && fail "a refused export left a file"
     ;;
 valgrind_train_eval)
     command -v valgrind >/dev/null 2>&1 || { echo "SKIP: valgrind not installed"; exit 77; }
@@ -598,21 +683,26 @@ assert abs(e['ties'] - e['lin']) > 1e-6, e" \
     [ ! -e "$T/bad" ] || fail "a failed combination left a directory"
     ;;
 gguf_quantized_matches_dequantized)
-    # a GGUF model whose linear weights are Q4_K, Q6_K, Q8_0 and Q4_0 (one type per layer),
-    # written by tests/gguf_write.py, kept quantized in memory: its loss, and training on it
-    # with each method family, equal the same model with the stored values as float32
+    # a GGUF model whose linear weights are Q4_K, Q6_K, Q8_0 and Q4_0 (one type per layer) and
+    # whose embeddings and lm_head are Q4_K, written by tests/gguf_write.py, kept quantized in
+    # memory: its loss, and training on it with each method family (the embeddings and lm_head
+    # adapted, trained in full or by rows too), equal the same model with the stored values as
+    # float32
     /usr/bin/python3 -c "import numpy" 2>/dev/null || { echo "skip: no numpy for /usr/bin/python3 (apt-get install python3-numpy)"; exit 77; }
     "$PEFT" init-model --out "$T/hf" --hidden 256 --layers 4 --heads 4 --kv-heads 2 --ffn 512 --vocab 64 --untied --seed 3 >/dev/null || fail "init-model"
     "$PEFT" synth --out "$T/data.bin" --vocab 64 --tokens 8192 --doc-len 32 --seed 5 >/dev/null || fail "synth"
-    /usr/bin/python3 "$SRC/tests/gguf_write.py" "$T/hf" "$T/m.gguf" --type q4_k,q6_k,q8_0,q4_0 --dequantized "$T/deq" || fail "gguf_write"
+    /usr/bin/python3 "$SRC/tests/gguf_write.py" "$T/hf" "$T/m.gguf" --type q4_k,q6_k,q8_0,q4_0 --embed-type q4_k \
+        --dequantized "$T/deq" || fail "gguf_write"
     "$PEFT" info --model "$T/m.gguf" --json >"$T/info" || fail "info"
     json "$T/info" "j['weights_dtype'] == 'mixed'" || { cat "$T/info"; fail "weights dtype"; }
     "$PEFT" eval --model "$T/m.gguf" --data "$T/data.bin" --seq 32 --json >"$T/eq" || fail "eval gguf"
     "$PEFT" eval --model "$T/deq" --data "$T/data.bin" --seq 32 --json >"$T/ef" || fail "eval float"
     "$PEFT" eval --model "$T/hf" --data "$T/data.bin" --seq 32 --json >"$T/eo" || fail "eval original"
     python3 -c "import json; q, f, o = (json.loads(open('$T/' + n).read().splitlines()[-1])['loss'] for n in ('eq', 'ef', 'eo')); assert abs(q - f) <= 1e-5 * f and abs(q - o) < 0.02 * o, (q, f, o)" || fail "losses"
-    for meth in "lora --targets all-linear" "dora --targets q,v,down" "loha --targets q,o,up" "ia3"; do
-        name=$(echo "$meth" | cut -d' ' -f1)
+    for meth in "lora --targets all-linear" "dora --targets q,v,down" "loha --targets q,o,up" "ia3" \
+        "lora --targets q,v,embed,lm_head" "lora --targets q --token-indices 3,9 --head-token-indices 4" \
+        "lora --targets q --modules-to-save embed_tokens,lm_head" "tokens --token-indices 1,2,60"; do
+        name=$(echo "$meth" | tr -d ' ,-')
         for mdl in m.gguf deq; do
             # shellcheck disable=SC2086
             "$PEFT" train --model "$T/$mdl" --data "$T/data.bin" --out "$T/ad-$name-$mdl" --steps 4 --batch 4 --seq 32 \
@@ -622,9 +712,26 @@ gguf_quantized_matches_dequantized)
             fail "$name trained on the quantized model differs"
     done
     # the adapter trained on the quantized base, loaded onto each
-    "$PEFT" eval --model "$T/m.gguf" --adapter "$T/ad-lora-m.gguf" --data "$T/data.bin" --seq 32 --json >"$T/ea" || fail "eval adapter"
-    "$PEFT" eval --model "$T/deq" --adapter "$T/ad-lora-m.gguf" --data "$T/data.bin" --seq 32 --json >"$T/eb" || fail "eval adapter float"
+    "$PEFT" eval --model "$T/m.gguf" --adapter "$T/ad-loratargetsalllinear-m.gguf" --data "$T/data.bin" --seq 32 --json >"$T/ea" || fail "eval adapter"
+    "$PEFT" eval --model "$T/deq" --adapter "$T/ad-loratargetsalllinear-m.gguf" --data "$T/data.bin" --seq 32 --json >"$T/eb" || fail "eval adapter float"
     python3 -c "import json; a, b = (json.loads(open('$T/' + n).read().splitlines()[-1])['loss'] for n in ('ea', 'eb')); assert abs(a - b) <= 1e-5 * b, (a, b)" || fail "adapter on the quantized base"
+    # merged as GGUF: in the base's own types (the Q4_K and Q6_K layers requantized as Q4_K and
+    # Q6_K), and every matrix as Q4_K, Q6_K or Q4_0; the losses of base + adapter within each type's
+    # error (this adapter changes the embeddings and lm_head a lot: 4.65 -> 2.78), Q4_K's below Q4_0's
+    A=$T/ad-loratargetsqvembedlm_head-m.gguf
+    "$PEFT" eval --model "$T/m.gguf" --adapter "$A" --data "$T/data.bin" --seq 32 --json >"$T/er" || fail "eval base + adapter"
+    for ty in same:3e-2 q6_k:3e-3 q4_k:3e-2 q4_0:5e-2; do
+        "$PEFT" merge --model "$T/m.gguf" --adapter "$A" --out "$T/mg.gguf" --type "${ty%%:*}" >/dev/null || fail "merge as $ty"
+        want=same; [ "${ty%%:*}" = q4_k ] && want=12; [ "${ty%%:*}" = q6_k ] && want=14; [ "${ty%%:*}" = q4_0 ] && want=2
+        re='attn_q|attn_v|token_embd|output.weight'; [ $want = same ] || re='weight' # every matrix converted
+        python3 "$SRC/tests/gguf_check.py" merged "$T/m.gguf" "$T/mg.gguf" "$re" "$want" >/dev/null ||
+            fail "merged as $ty: structure"
+        "$PEFT" eval --model "$T/mg.gguf" --data "$T/data.bin" --seq 32 --json >"$T/em-${ty%%:*}" || fail "eval merged $ty"
+        python3 -c "import json; a, b = (json.loads(open('$T/' + n).read().splitlines()[-1])['loss'] for n in ('em-${ty%%:*}', 'er')); assert abs(a - b) <= ${ty#*:} * b, (a, b)" ||
+            fail "merged as $ty: loss differs from base + adapter"
+    done
+    python3 -c "import json; k, o, r = (json.loads(open('$T/' + n).read().splitlines()[-1])['loss'] for n in ('em-q4_k', 'em-q4_0', 'er')); assert abs(k - r) < abs(o - r), (k, o, r)" ||
+        fail "Q4_K requantization is no better than Q4_0's"
     ;;
 rope_scaling_llama3_and_linear)
     # Llama 3's "llama3" RoPE scaling and "linear" scaling read from config.json (transformers'

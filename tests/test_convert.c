@@ -377,18 +377,33 @@ TEST(merged_gguf_export)
         CHECK_MSG(rel <= tol[i], "type %d: merged loss %.9g, base + adapter %.9g", types[i], e1.loss_sum, e0.loss_sum);
         peft_model_close(&mm);
     }
-    /* refusals: a bad type, a soft prompt, a Hugging Face base */
+    /* a type that is not written is refused */
     peft_gguf_export_options go = PEFT_GGUF_EXPORT_OPTIONS_INIT;
-    go.type = 12; /* Q4_K: not written */
+    go.type = 3; /* Q4_1 */
     CHECK(peft_save_merged_gguf(m, join(t, "bad.gguf"), &go) == PEFT_EINVAL);
     peft_model_close(&m);
+    struct stat sb;
+    CHECK(stat(join(t, "bad.gguf"), &sb) != 0);
+    /* from the Hugging Face directory, the same training: the GGUF file (keys and vocabulary
+       made, lm_head untied, norms trained) gives base + adapter */
     snprintf(base, sizeof base, "%s/models/stories260K", sh);
     CHECK_OK(peft_model_open(&m, base, NULL));
-    CHECK(peft_save_merged_gguf(m, join(t, "hf.gguf"), NULL) == PEFT_EUNSUPPORTED);
-    CHECK(strstr(peft_last_error(), "convert_hf_to_gguf") != NULL);
+    CHECK_OK(peft_attach_lora(m, &lo, NULL));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-2));
+    for (int i = 0; i < 4; i++)
+        CHECK_OK(peft_step(m, &b, NULL));
+    CHECK_OK(peft_eval(m, &b, &e0));
+    CHECK_OK(peft_save_merged_gguf(m, join(t, "hf.gguf"), NULL));
     peft_model_close(&m);
-    struct stat sb;
-    CHECK(stat(join(t, "bad.gguf"), &sb) != 0 && stat(join(t, "hf.gguf"), &sb) != 0);
+    CHECK_OK(peft_model_open(&m, join(t, "hf.gguf"), NULL));
+    peft_model_info info = {.version = PEFT_MODEL_INFO_VERSION};
+    CHECK_OK(peft_model_get_info(m, &info));
+    CHECK(info.tied_embeddings == 0 && strcmp(info.weights_dtype, "F32") == 0);
+    peft_eval_result e1 = PEFT_EVAL_RESULT_INIT;
+    CHECK_OK(peft_eval(m, &b, &e1));
+    CHECK_MSG(fabs(e1.loss_sum - e0.loss_sum) <= 1e-6 * e0.loss_sum, "from HF: merged loss %.9g, base + adapter %.9g",
+              e1.loss_sum, e0.loss_sum);
+    peft_model_close(&m);
 }
 
 static const struct h_case cases[] = {

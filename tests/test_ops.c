@@ -507,7 +507,105 @@ TEST(quantizers_round_trip)
                           "type %u value %d: %g -> %g", types[t], b * 32 + i, x[b * 32 + i], y[b * 32 + i]);
         }
     }
-    CHECK(peft__quantize(q, x, N, PEFT_GG_Q4_K) == -1);
+    CHECK(peft__quantize(q, x, N, 3) == -1); /* Q4_1: not written */
+    /* BF16: the top half rounded to nearest even (a tie goes to the even neighbour), exact for
+       values it holds, within half an ulp (2^-9 relative) otherwise, NaN kept a NaN */
+    const float bx[] = {1.0f, 1.00390625f /* 1 + 2^-8: a tie, to 1 */, 1.01171875f /* 1 + 3 2^-8: to 1 + 2^-6 */,
+                        -3.14159265f, 1e-30f, 65504.0f, INFINITY, NAN};
+    const float by[] = {1.0f, 1.0f, 1.015625f, -3.140625f, 0, 65536.0f, INFINITY, 0};
+    uint8_t bq[16];
+    float bd[8];
+    CHECK_OK(peft__quantize(bq, bx, 8, PEFT_GG_BF16));
+    CHECK_OK(peft__dequant(bd, bq, 8, PEFT_GG_BF16));
+    for (int i = 0; i < 8; i++) {
+        if (isnan(bx[i]))
+            CHECK(isnan(bd[i]));
+        else if (by[i] != 0)
+            CHECK_MSG(bd[i] == by[i], "bf16(%g) = %g, expected %g", bx[i], bd[i], by[i]);
+        else
+            CHECK(fabsf(bd[i] - bx[i]) <= fabsf(bx[i]) * 0x1p-9f);
+    }
+}
+
+/* Q4_K and Q6_K encoders: what they write decodes (by the format's own decoder) to within the
+   error of a plain uniform grid of the format's levels over each sub-block (Q4_K: 16 levels per
+   32 weights, Q6_K: 64 per 16; the fitted scales do better than that on Gaussian weights), the
+   extremes of every sub-block included; zeros stay zero, constants stay (to f16 rounding), and
+   an outlier leaves the other sub-blocks fine. */
+TEST(k_quantizers_round_trip)
+{
+    enum { N = 256 * 64 };
+    static float x[N], y[N];
+    static uint8_t q[N];
+    peft_rng rng;
+    peft__rng_seed(&rng, 17);
+    const uint32_t types[] = {PEFT_GG_Q4_K, PEFT_GG_Q6_K};
+    for (int t = 0; t < 2; t++) {
+        int sub = types[t] == PEFT_GG_Q4_K ? 32 : 16, levels = types[t] == PEFT_GG_Q4_K ? 15 : 63;
+        for (int i = 0; i < N; i++) /* blocks of different magnitudes, some all positive */
+            x[i] = (float)(peft__rng_normal(&rng) * (1 + i / 2048) * 0.02) + (i / 256 % 7 == 3 ? 0.1f : 0.0f);
+        for (int i = 0; i < 256; i++)
+            x[5 * 256 + i] = 0.0f; /* an all-zero block */
+        for (int i = 0; i < 256; i++)
+            x[6 * 256 + i] = 0.375f; /* a constant one */
+        x[7 * 256 + 3] = 50.0f;      /* an outlier in its first sub-block */
+        CHECK_OK(peft__quantize(q, x, N, types[t]));
+        CHECK_OK(peft__dequant(y, q, N, types[t]));
+        double se = 0, sg = 0;
+        for (int b = 0; b < N / sub; b++) {
+            float lo = 0, hi = 0; /* Q6_K's grid is symmetric about 0; Q4_K's reaches down to min(0, lo) */
+            for (int i = 0; i < sub; i++) {
+                lo = fminf(lo, x[b * sub + i]);
+                hi = fmaxf(hi, types[t] == PEFT_GG_Q4_K ? x[b * sub + i] : fabsf(x[b * sub + i]));
+            }
+            if (types[t] == PEFT_GG_Q6_K)
+                lo = -hi;
+            float step = (hi - lo) / (float)levels;
+            for (int i = 0; i < sub; i++) {
+                float e = fabsf(y[b * sub + i] - x[b * sub + i]);
+                se += (double)e * e;
+                sg += (double)step * step / 12; /* a uniform grid's mean squared error */
+                if (b / (256 / sub) == 7)
+                    continue; /* the outlier's block: its small sub-blocks share 6-bit steps of a huge scale */
+                CHECK_MSG(e <= 0.75f * step + 1e-3f * fabsf(x[b * sub + i]) + 1e-9f, "type %u value %d: %g -> %g (step %g)",
+                          types[t], b * sub + i, x[b * sub + i], y[b * sub + i], step);
+            }
+        }
+        CHECK_MSG(se < sg, "type %u: mean squared error %g, a uniform grid's %g", types[t], se / N, sg / N);
+        for (int i = 0; i < 256; i++) {
+            CHECK(y[5 * 256 + i] == 0.0f);
+            CHECK(fabsf(y[6 * 256 + i] - 0.375f) <= 1e-3f * 0.375f);
+        }
+        CHECK(fabsf(y[7 * 256 + 3] - 50.0f) <= 0.5f);
+        for (int i = 0; i < N; i++)
+            CHECK(isfinite(y[i]));
+    }
+}
+
+/* The embeddings and the tied lm_head of a quantized GGUF model stay as stored, in the mapped
+   file (the loss and training equal those of the dequantized values: test_golden
+   shared_gguf_models, CLI gguf_quantized_matches_dequantized). */
+TEST(gguf_embeddings_stay_quantized)
+{
+    if (!shared_dir())
+        SKIP("../shared not present");
+    const char *files[] = {"stories260K-q8_0.gguf", "stories260K-q4_0.gguf", "stories260K-f32.gguf"};
+    const uint32_t types[] = {PEFT_GG_Q8_0, PEFT_GG_Q4_0, PEFT_GG_F32};
+    for (int i = 0; i < 3; i++) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/models/stories260K/%s", shared_dir(), files[i]);
+        peft_model *m;
+        CHECK_OK(peft_model_open(&m, path, NULL));
+        if (!m)
+            continue;
+        const uint8_t *lo = m->gguf_map, *hi = lo + m->gguf_size;
+        const uint8_t *e = m->embed.q ? m->embed.q : (const uint8_t *)m->embed.f;
+        CHECK_MSG(e >= lo && e < hi, "%s: the embeddings are not the mapped file's", files[i]);
+        CHECK(types[i] == PEFT_GG_F32 ? m->embed.f && !m->embed.q : m->embed.q && m->embed.qtype == types[i]);
+        CHECK(m->embed.rows == 512 && m->embed.cols == 64);
+        CHECK(m->head.q == m->embed.q && m->head.f == m->embed.f);
+        peft_model_close(&m);
+    }
 }
 
 TEST(quantized_weights)
@@ -578,5 +676,6 @@ static const struct h_case cases[] = {
     CASE(attention_sliding_window), CASE(attention_shared_prefix), CASE(swiglu),
     CASE(cross_entropy), CASE(lora_linear), CASE(lora_linear_dropout), CASE(dropout_mask),
     CASE(backend_cpu_gemm), CASE(backend_blis_gemm), CASE(quantized_weights), CASE(quantizers_round_trip),
+    CASE(gguf_embeddings_stay_quantized), CASE(k_quantizers_round_trip),
 };
 TEST_MAIN(cases)

@@ -286,7 +286,8 @@ done:
     return rc;
 }
 
-/* peft merge --model DIR|FILE.gguf --adapter DIR --out DIR|FILE.gguf [--type same|f32|f16|q8_0|q4_0] [--name N] */
+/* peft merge --model DIR|FILE.gguf [--adapter DIR] --out DIR|FILE.gguf [--type same|f32|f16|bf16|q8_0|q4_0|q4_k|q6_k]
+   [--name N] */
 int cmd_merge(int argc, char **argv)
 {
     cli_args a;
@@ -299,28 +300,31 @@ int cmd_merge(int argc, char **argv)
     const char *name = arg_str(&a, "--name", NULL);
     if (args_check_unused(&a))
         goto done;
-    if (!model || !adapter || !out) {
-        fprintf(stderr, "usage: peft merge --model DIR|FILE.gguf --adapter DIR --out DIR|FILE.gguf\n"
-                        "                  [--type same|f32|f16|q8_0|q4_0] [--name NAME]\n"
-                        "Writes base + adapter as a Hugging Face model directory (F32 weights), or, when --out\n"
-                        "ends in .gguf and the base is a GGUF file, as a GGUF file for llama.cpp: the base's\n"
-                        "metadata and vocabulary, unchanged tensors as stored, changed ones in the base's type\n"
-                        "(same; Q4_K/Q6_K as Q8_0) or every matrix in --type.\n");
+    if (!model || !out) {
+        fprintf(stderr, "usage: peft merge --model DIR|FILE.gguf [--adapter DIR] --out DIR|FILE.gguf\n"
+                        "                  [--type same|f32|f16|bf16|q8_0|q4_0|q4_k|q6_k] [--name NAME]\n"
+                        "Writes base + adapter (the base alone without --adapter) as a Hugging Face model\n"
+                        "directory (F32 weights), or, when --out ends in .gguf, as a GGUF file for llama.cpp.\n"
+                        "From a GGUF base: its metadata and vocabulary, unchanged tensors as stored, changed\n"
+                        "ones in the base's type (same) or every matrix in --type. From a Hugging Face\n"
+                        "directory: the keys and tensors llama.cpp's converter writes, the vocabulary of\n"
+                        "tokenizer.model or tokenizer.json, matrices in the weights' type (same) or --type.\n"
+                        "K-quants need rows of a multiple of 256 (other rows are written as Q8_0).\n");
         goto done;
     }
     size_t ol = strlen(out);
     int gguf = ol > 5 && !strcmp(out + ol - 5, ".gguf");
     peft_gguf_export_options go = PEFT_GGUF_EXPORT_OPTIONS_INIT;
-    static const char *const tn[] = {"same", "f32", "f16", "q4_0", "q8_0"};
-    static const int tv[] = {PEFT_GGUF_TYPE_SAME, PEFT_GGUF_TYPE_F32, PEFT_GGUF_TYPE_F16, PEFT_GGUF_TYPE_Q4_0,
-                             PEFT_GGUF_TYPE_Q8_0};
+    static const char *const tn[] = {"same", "f32", "f16", "bf16", "q4_0", "q8_0", "q4_k", "q6_k"};
+    static const int tv[] = {PEFT_GGUF_TYPE_SAME, PEFT_GGUF_TYPE_F32,  PEFT_GGUF_TYPE_F16,  PEFT_GGUF_TYPE_BF16,
+                             PEFT_GGUF_TYPE_Q4_0, PEFT_GGUF_TYPE_Q8_0, PEFT_GGUF_TYPE_Q4_K, PEFT_GGUF_TYPE_Q6_K};
     if (type) {
         int found = 0;
-        for (int i = 0; i < 5; i++)
+        for (int i = 0; i < 8; i++)
             if (!strcmp(type, tn[i]))
                 go.type = tv[i], found = 1;
         if (!found || !gguf) {
-            fprintf(stderr, "peft merge: --type is same, f32, f16, q8_0 or q4_0, for a .gguf output\n");
+            fprintf(stderr, "peft merge: --type is same, f32, f16, bf16, q8_0, q4_0, q4_k or q6_k, for a .gguf output\n");
             goto done;
         }
     }
@@ -329,12 +333,12 @@ int cmd_merge(int argc, char **argv)
         rc = fail_lib("open", code);
         goto done;
     }
-    if ((code = peft_load_adapter(m, adapter)) ||
+    if ((adapter && (code = peft_load_adapter(m, adapter))) ||
         (code = gguf ? peft_save_merged_gguf(m, out, &go) : peft_save_merged(m, out))) {
         rc = fail_lib("merge", code);
         goto done;
     }
-    printf("wrote %s (%s + %s)\n", out, model, adapter);
+    printf("wrote %s (%s%s%s)\n", out, model, adapter ? " + " : "", adapter ? adapter : "");
     rc = 0;
 done:
     peft_model_close(&m);

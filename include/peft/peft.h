@@ -74,8 +74,9 @@ PEFT_API int peft_open_options_init(peft_open_options *opts, uint32_t version);
 /*
  * Open a Hugging Face model directory (config.json + model.safetensors or
  * model.safetensors.index.json shards; F32, F16 or BF16 weights), or a GGUF v3 file
- * of the llama architecture (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K; the quantized linear
- * weights stay quantized in memory and are dequantized panel by panel inside products).
+ * of the llama, qwen2 or qwen3 architecture (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K; the
+ * quantized linear weights, embeddings and lm_head stay quantized in memory and are
+ * dequantized panel by panel inside products, row by row in embedding lookups).
  * The base weights are frozen. *out is NULL on failure.
  */
 PEFT_API int peft_model_open(peft_model **out, const char *path,
@@ -604,17 +605,26 @@ PEFT_API int peft_solve_rank(int32_t *rank, const peft_model *model, const peft_
    name: general.name (NULL: "libpeft adapter"). Written atomically. */
 PEFT_API int peft_save_adapter_gguf(peft_model *model, const char *path, const char *name);
 
-/* The merged model (base + the attached adapter, as peft_save_merged) as a GGUF file for
-   llama.cpp, from a GGUF base: its keys (hyperparameters, vocabulary, chat template) copied,
-   general.name set, tensors in its order; those the adapter leaves alone copied byte for
-   byte, the changed ones (merged linear weights, trained norms, embeddings, lm_head) encoded
-   as `type` says. Written to a temporary file beside path, then renamed. */
+/* The merged model (base + the attached adapter, as peft_save_merged; the base alone when no
+   adapter is attached) as a GGUF file for llama.cpp. From a GGUF base: its keys
+   (hyperparameters, vocabulary, chat template) copied, general.name set, tensors in its order;
+   those the adapter leaves alone copied byte for byte, the changed ones (merged linear weights,
+   trained norms, embeddings, lm_head) encoded as `type` says. From a Hugging Face directory:
+   the keys and tensors llama.cpp's convert_hf_to_gguf.py writes (q/k rows and biases permuted
+   for llama and Mistral), the vocabulary of the tokenizer.model (SentencePiece) or
+   tokenizer.json (BPE with byte fallback, or byte-level BPE with Llama 3's, Qwen2's or GPT-2's
+   pre-tokenizer) beside it and tokenizer_config.json's special tokens and chat template;
+   matrices in the weights' type (same) or `type`. Written to a temporary file beside path,
+   then renamed. */
 enum {
-    PEFT_GGUF_TYPE_SAME = -1, /* each tensor in the base's type (changed Q4_K/Q6_K ones as Q8_0) */
+    PEFT_GGUF_TYPE_SAME = -1, /* each tensor in the base's type */
     PEFT_GGUF_TYPE_F32 = 0,   /* every matrix (linear weights, embeddings, lm_head) in this type */
     PEFT_GGUF_TYPE_F16 = 1,
+    PEFT_GGUF_TYPE_BF16 = 30,
     PEFT_GGUF_TYPE_Q4_0 = 2,
-    PEFT_GGUF_TYPE_Q8_0 = 8
+    PEFT_GGUF_TYPE_Q8_0 = 8,
+    PEFT_GGUF_TYPE_Q4_K = 12, /* K-quants: rows of a multiple of 256 (others: Q8_0, else F32) */
+    PEFT_GGUF_TYPE_Q6_K = 14
 };
 #define PEFT_GGUF_EXPORT_OPTIONS_VERSION 1
 typedef struct peft_gguf_export_options {

@@ -98,7 +98,7 @@ class _GgufExportOptions(ctypes.Structure):
     _fields_ = [("version", _c_u32), ("type", _c_i32), ("name", _c_char_p)]
 
 
-_GGUF_TYPES = {"same": -1, "f32": 0, "f16": 1, "q4_0": 2, "q8_0": 8}
+_GGUF_TYPES = {"same": -1, "f32": 0, "f16": 1, "bf16": 30, "q4_0": 2, "q8_0": 8, "q4_k": 12, "q6_k": 14}
 
 
 class _ConvertOptions(ctypes.Structure):
@@ -482,8 +482,10 @@ class Model(_Handle):
         return r.loss_sum, r.tokens
 
     def save_merged_gguf(self, path, type="same", name=None):
-        """Base + adapter as a GGUF file for llama.cpp (the base must be GGUF): unchanged tensors
-        copied, changed ones in the base's type ("same") or every matrix as f32, f16, q8_0, q4_0."""
+        """Base + adapter as a GGUF file for llama.cpp: from a GGUF base its keys and unchanged tensors
+        copied; from a Hugging Face directory the converter's keys and its tokenizer's vocabulary;
+        changed tensors in the base's type ("same") or every matrix as f32, f16, bf16, q8_0, q4_0,
+        q4_k, q6_k."""
         o = _GgufExportOptions(1, _GGUF_TYPES[type], _enc(name))
         _check(_save_merged_gguf(self._handle(), os.fspath(path).encode(), ctypes.byref(o)))
 

@@ -556,8 +556,11 @@ extern "C" {
 pub const PEFT_GGUF_TYPE_SAME: _bindgen_ty_1 = -1;
 pub const PEFT_GGUF_TYPE_F32: _bindgen_ty_1 = 0;
 pub const PEFT_GGUF_TYPE_F16: _bindgen_ty_1 = 1;
+pub const PEFT_GGUF_TYPE_BF16: _bindgen_ty_1 = 30;
 pub const PEFT_GGUF_TYPE_Q4_0: _bindgen_ty_1 = 2;
 pub const PEFT_GGUF_TYPE_Q8_0: _bindgen_ty_1 = 8;
+pub const PEFT_GGUF_TYPE_Q4_K: _bindgen_ty_1 = 12;
+pub const PEFT_GGUF_TYPE_Q6_K: _bindgen_ty_1 = 14;
 pub type _bindgen_ty_1 = ::std::os::raw::c_int;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]

@@ -121,12 +121,16 @@ pub fn version() -> String {
 /// The tensor type of [`Model::save_merged_gguf`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GgufType {
-    /// Each tensor as the base stores it (changed Q4_K/Q6_K ones as Q8_0).
+    /// Each tensor as the base stores it.
     Same = -1,
     F32 = 0,
     F16 = 1,
+    BF16 = 30,
     Q4_0 = 2,
     Q8_0 = 8,
+    /// K-quants: rows of a multiple of 256 (others are written as Q8_0).
+    Q4_K = 12,
+    Q6_K = 14,
 }
 
 /// How [`convert_adapter`] reads or writes the formats.
@@ -982,9 +986,10 @@ impl Model {
         check(unsafe { sys::peft_load_adapter(self.raw, d.as_ptr()) })
     }
 
-    /// Base + adapter as a GGUF file for llama.cpp (the base must be a GGUF file): unchanged
+    /// Base + adapter as a GGUF file for llama.cpp. From a GGUF base: its keys and unchanged
     /// tensors copied as stored, changed ones in the base's type (`GgufType::Same`) or every
-    /// matrix in the given type.
+    /// matrix in the given type. From a Hugging Face directory: the keys and tensors llama.cpp's
+    /// converter writes, the vocabulary of its tokenizer.model or tokenizer.json.
     pub fn save_merged_gguf<P: AsRef<Path>>(&mut self, path: P, ty: GgufType, name: Option<&str>) -> Result<()> {
         let p = c_path(path.as_ref())?;
         let n = name.map(|s| c_string(s.as_bytes(), "name")).transpose()?;
