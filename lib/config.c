@@ -1,5 +1,6 @@
 /* Hugging Face config.json -> peft_config. Llama family; clear errors otherwise. */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -18,6 +19,36 @@ static int get_int(const json_value *root, const char *key, int *out, int requir
         return peft__fail(PEFT_EFORMAT, "%s: \"%s\" is not a valid non-negative integer", what, key);
     *out = (int)v->number;
     return 0;
+}
+
+/* Qwen2/3 with use_sliding_window: layers from max_window_layers on attend to the last
+   sliding_window positions, as transformers' layer_types says ("full_attention" below,
+   "sliding_attention" from there; an explicit layer_types list must have that shape) */
+static int qwen_window(peft_config *cfg, const json_value *root, const char *what)
+{
+    cfg->window_from = 28; /* transformers' default max_window_layers */
+    int code = get_int(root, "sliding_window", &cfg->sliding_window, 1, what);
+    if (code < 0 || (code = get_int(root, "max_window_layers", &cfg->window_from, 0, what)) < 0)
+        return code;
+    if (cfg->sliding_window <= 0)
+        return peft__fail(PEFT_EFORMAT, "%s: use_sliding_window with \"sliding_window\" %d", what, cfg->sliding_window);
+    const json_value *lt = json_get(root, "layer_types");
+    if (!lt || lt->type == JSON_NULL)
+        return PEFT_OK;
+    int from = -1;
+    for (size_t i = 0; lt->type == JSON_ARRAY && i < lt->length; i++) {
+        const json_value *t = &lt->items[i];
+        int sliding = t->type == JSON_STRING && !strcmp(t->string, "sliding_attention");
+        if (t->type != JSON_STRING || (!sliding && strcmp(t->string, "full_attention") != 0) || (from >= 0 && !sliding))
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: \"layer_types\" must be full_attention layers, then "
+                                                 "sliding_attention ones", what);
+        if (sliding && from < 0)
+            from = (int)i;
+    }
+    if (lt->type != JSON_ARRAY)
+        return peft__fail(PEFT_EFORMAT, "%s: \"layer_types\" is not a list", what);
+    cfg->window_from = from < 0 ? INT32_MAX : from;
+    return PEFT_OK;
 }
 
 static int get_float(const json_value *root, const char *key, float *out, const char *what)
@@ -174,9 +205,8 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
     cfg->qk_norm = !strcmp(arch, "qwen3");
     const json_value *sw = json_get(root, "use_sliding_window");
     if (code >= 0 && !strncmp(arch, "qwen", 4) && sw && sw->type == JSON_BOOL && sw->boolean)
-        code = peft__fail(PEFT_EUNSUPPORTED, "%s: %s with use_sliding_window is not supported (its window covers only "
-                                             "some layers)", what, arch);
-    else if (code >= 0 && act && (act->type != JSON_STRING || strcmp(act->string, "silu") != 0))
+        code = qwen_window(cfg, root, what);
+    if (code >= 0 && act && (act->type != JSON_STRING || strcmp(act->string, "silu") != 0))
         code = peft__fail(PEFT_EUNSUPPORTED, "%s: \"hidden_act\" must be \"silu\"", what);
     json_free(doc);
     if (code < 0)

@@ -404,7 +404,7 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
     rope_forward(m->pool, a->q, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_heads, c->head_dim);
     rope_forward(m->pool, a->k, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_kv_heads, c->head_dim);
     attention_forward(m->pool, a->att, a->lse, ws->att_scratch, a->q, a->k, a->v, ws->pos, B, T, c->n_heads,
-                      c->n_kv_heads, c->head_dim, c->sliding_window, peft__prompt_len(m));
+                      c->n_kv_heads, c->head_dim, peft__layer_window(c, l), peft__prompt_len(m));
     linear_forward(m, a->h, a->att, peft__w_of(m, l, PEFT_MOD_O), N, Hq, D, peft__view_of(m, &lv, l, PEFT_MOD_O, train),
                    xa_of(m, l, PEFT_MOD_O), ws->tmp);
     add_bias(a->h, lw->bias[PEFT_MOD_O], N, D);
@@ -476,7 +476,7 @@ static void layer_backward(peft_model *m, int l)
     if (!qkv)
         return;
     attention_backward(m->pool, ws->dq, ws->dk, ws->dv, ws->att_scratch, ws->datt, a->q, a->k, a->v, a->att, a->lse, ws->pos, B,
-                       T, c->n_heads, c->n_kv_heads, c->head_dim, c->sliding_window, peft__prompt_len(m));
+                       T, c->n_heads, c->n_kv_heads, c->head_dim, peft__layer_window(c, l), peft__prompt_len(m));
     rope_backward(m->pool, ws->dq, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_heads, c->head_dim);
     rope_backward(m->pool, ws->dk, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_kv_heads, c->head_dim);
     if (c->qk_norm) { /* datt is free again: the scratch */

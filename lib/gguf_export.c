@@ -226,6 +226,11 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
     if (peft__prompt_len(m) > 0)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: a soft prompt (prompt tuning) is not part of "
                                              "the weights");
+    if (!m->gguf_map && !strncmp(m->cfg.architecture, "qwen", 4) && m->cfg.sliding_window > 0 &&
+        m->cfg.window_from < m->cfg.n_layers)
+        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: %s with use_sliding_window: llama.cpp's %s has "
+                                             "no sliding window, the GGUF model would compute something else",
+                          m->cfg.architecture, m->cfg.architecture);
     const peft_config *c = &m->cfg;
     const char *name = o.name ? o.name : "merged with libpeft";
     int from_hf = !m->gguf_map;

@@ -136,7 +136,7 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
             rmsnorm_forward(NULL, kp + h * hd, &rstd, kp + h * hd, lw->k_norm, 1, hd, c->eps);
         rope_at(s->q, H, pos, c);
         rope_at(kp, Hk, pos, c);
-        const int j0 = c->sliding_window > 0 && pos - c->sliding_window + 1 > 0 ? pos - c->sliding_window + 1 : 0;
+        const int win = peft__layer_window(c, l), j0 = win > 0 && pos - win + 1 > 0 ? pos - win + 1 : 0;
         for (int h = 0; h < H; h++) {
             int g = h / (H / Hk);
             const float *qh = s->q + h * hd;

@@ -83,6 +83,7 @@ typedef struct peft_config {
     float eps, rope_theta;
     int bos_id, eos_id;
     int sliding_window; /* Mistral: attend to the last sliding_window positions only (0: all) */
+    int window_from;    /* the first layer that uses the window (Qwen2/3: max_window_layers; Mistral 0) */
     /* RoPE scaling: 0 none; 1 linear (every inverse frequency / rope_factor); 2 a divisor per
        pair (Llama 3's "llama3" scaling, or a GGUF file's rope_freqs.weight) */
     int rope_scaling;
@@ -93,6 +94,8 @@ typedef struct peft_config {
     int qk_norm;         /* Qwen3: RMSNorm over each head of q and k (weights [head_dim]) before RoPE */
     int ctx_len;         /* max_position_embeddings / <arch>.context_length (0: not given) */
 } peft_config;
+/* The attention window of layer l (0: the whole context) */
+static inline int peft__layer_window(const peft_config *c, int l) { return l >= c->window_from ? c->sliding_window : 0; }
 /* The inverse frequency of RoPE pair i (0 <= i < head_dim / 2) with the config's scaling. */
 double peft__rope_inv_freq(const peft_config *c, int i);
 int peft__config_parse(peft_config *cfg, const char *json, size_t len, const char *what);

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../lib/json.h"
 #include "../lib/safetensors.h"
@@ -219,11 +220,13 @@ TEST(backend_blis_step)
 }
 
 /* Whole model, finite differences w.r.t. every adapter tensor (sampled entries). */
-static void gradcheck_in(const char *model, const char *adapter)
+static void gradcheck_at(const char *model_path, const char *adapter_path)
 {
     peft_model *m;
-    CHECK_OK(peft_model_open(&m, test_data(model), NULL));
-    CHECK_OK(peft_load_adapter(m, test_data(adapter)));
+    CHECK_OK(peft_model_open(&m, model_path, NULL));
+    if (!m)
+        return;
+    CHECK_OK(peft_load_adapter(m, adapter_path));
     int32_t tok[2 * 10];
     for (int i = 0; i < 20; i++)
         tok[i] = (i * 7 + 3) % 48;
@@ -261,7 +264,104 @@ static void gradcheck_in(const char *model, const char *adapter)
     peft_model_close(&m);
 }
 
+static void gradcheck_in(const char *model, const char *adapter) { gradcheck_at(test_data(model), test_data(adapter)); }
 static void gradcheck(const char *adapter) { gradcheck_in("tiny", adapter); }
+
+/* A model directory (a new temporary dir, its name into dir[21]) with `config` as config.json
+   and the weights file `base` of the test data linked. */
+static void variant_dir(char *dir, const char *base, const char *config)
+{
+    char p[512], *target = realpath(test_data(base), NULL);
+    memcpy(dir, "/tmp/peft-var-XXXXXX", 21);
+    CHECK(mkdtemp(dir) != NULL && target);
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    CHECK(target && symlink(target, p) == 0);
+    free(target);
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    FILE *o = fopen(p, "w");
+    CHECK(o != NULL);
+    if (o) {
+        fputs(config, o);
+        fclose(o);
+    }
+}
+
+static void variant_remove(const char *dir)
+{
+    char p[512];
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    remove(p);
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    remove(p);
+    rmdir(dir);
+}
+
+static double variant_loss(const char *dir)
+{
+    peft_model *m;
+    peft_eval_result e = PEFT_EVAL_RESULT_INIT;
+    int32_t tok[24];
+    for (int i = 0; i < 24; i++)
+        tok[i] = (i * 11 + 5) % 48;
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 12, NULL};
+    CHECK_OK(peft_model_open(&m, dir, NULL));
+    if (m)
+        CHECK_OK(peft_eval(m, &b, &e));
+    peft_model_close(&m);
+    return e.loss_sum;
+}
+
+#define TINY_QWEN2 "\"model_type\": \"qwen2\", \"hidden_size\": 32, \"intermediate_size\": 40, \"num_hidden_layers\": 3, " \
+                   "\"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"head_dim\": 8, \"vocab_size\": 48, " \
+                   "\"rms_norm_eps\": 1e-06, \"rope_theta\": 1000000.0, \"tie_word_embeddings\": true"
+#define TINY_LLAMA "\"model_type\": \"%s\", \"hidden_size\": 32, \"intermediate_size\": 40, \"num_hidden_layers\": 3, " \
+                   "\"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"vocab_size\": 48"
+
+/* The remaining families' quirks through the whole model, by finite differences: Mistral's
+   sliding window (3 of 10 positions), Llama 3's RoPE scaling, and Qwen2's window on the layers
+   from max_window_layers on; the Qwen window attends as transformers' layer_types says (all
+   layers full when max_window_layers is the layer count: the plain model's loss; an explicit
+   layer_types list the same as max_window_layers; a list that is not full-then-sliding refused) */
+TEST(model_gradcheck_windows_and_rope_scaling)
+{
+    char d1[] = "/tmp/peft-var-XXXXXX", d2[] = "/tmp/peft-var-XXXXXX", d3[] = "/tmp/peft-var-XXXXXX", cfg[1024];
+    snprintf(cfg, sizeof cfg, "{" TINY_LLAMA ", \"sliding_window\": 3}", "mistral");
+    variant_dir(d1, "tiny/model.safetensors", cfg);
+    gradcheck_at(d1, test_data("tiny/all_linear/adapter"));
+    variant_remove(d1);
+    snprintf(cfg, sizeof cfg, "{" TINY_LLAMA ", \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, "
+             "\"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 16}}", "llama");
+    variant_dir(d1, "tiny/model.safetensors", cfg);
+    gradcheck_at(d1, test_data("tiny/all_linear/adapter"));
+    variant_remove(d1);
+
+    const char *q = "tiny_qwen2/model.safetensors";
+    variant_dir(d1, q, "{" TINY_QWEN2 ", \"use_sliding_window\": true, \"sliding_window\": 3, \"max_window_layers\": 1}");
+    gradcheck_at(d1, test_data("tiny_qwen2/all_linear/adapter"));
+    variant_dir(d2, q, "{" TINY_QWEN2 ", \"use_sliding_window\": true, \"sliding_window\": 3, \"max_window_layers\": 3}");
+    variant_dir(d3, q, "{" TINY_QWEN2 ", \"use_sliding_window\": true, \"sliding_window\": 3, \"layer_types\": "
+                       "[\"full_attention\", \"sliding_attention\", \"sliding_attention\"]}");
+    double plain = variant_loss(test_data("tiny_qwen2")), w1 = variant_loss(d1), w3 = variant_loss(d2), lt = variant_loss(d3);
+    CHECK_MSG(w3 == plain, "max_window_layers = layers: %.9g, plain %.9g", w3, plain);
+    CHECK_MSG(w1 != plain && fabs(w1 - plain) > 1e-6 * plain, "the window changes nothing: %.9g", w1);
+    CHECK_MSG(lt == w1, "layer_types %.9g, max_window_layers %.9g", lt, w1);
+    variant_remove(d2);
+    variant_remove(d3);
+    variant_dir(d2, q, "{" TINY_QWEN2 ", \"use_sliding_window\": true, \"sliding_window\": 3, \"layer_types\": "
+                       "[\"sliding_attention\", \"full_attention\", \"sliding_attention\"]}");
+    peft_model *m = NULL;
+    CHECK(peft_model_open(&m, d2, NULL) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "layer_types"));
+    variant_remove(d2);
+    /* llama.cpp's qwen2 has no window: such a model is not written as GGUF */
+    CHECK_OK(peft_model_open(&m, d1, NULL));
+    if (m) {
+        char out[64];
+        snprintf(out, sizeof out, "%s/x.gguf", d1);
+        CHECK(peft_save_merged_gguf(m, out, NULL) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "sliding window"));
+        peft_model_close(&m);
+    }
+    variant_remove(d1);
+}
 
 TEST(model_gradcheck) { gradcheck("tiny/all_linear/adapter"); }
 /* the other families, with their quirks: Qwen2's q/k/v biases and tied embeddings, Qwen3's
@@ -790,5 +890,6 @@ static const struct h_case cases[] = {
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
     CASE(sharded_and_half_precision_models), CASE(config_errors), CASE(shared_gguf_models),
     CASE(torch_step_qwen2), CASE(torch_step_qwen3), CASE(torch_step_llama_bias), CASE(model_gradcheck_qwen2), CASE(model_gradcheck_qwen3),
+    CASE(model_gradcheck_windows_and_rope_scaling),
 };
 TEST_MAIN(cases)

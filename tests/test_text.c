@@ -204,18 +204,23 @@ TEST(session_matches_forward_qwen2_qwen3)
 }
 TEST(session_matches_forward_adapter) { session_vs_forward(test_data("tiny"), 1); }
 
-/* A copy of the tiny model (weights linked) whose config.json gains `extra` members; a
-   non-NULL arch replaces its model_type. */
-static int tiny_variant(char *dir, const char *extra, const char *arch)
+/* A copy of test model `base` (weights linked) whose config.json gains `extra` members (a
+   "use_sliding_window" there replaces the model's own); a non-NULL arch replaces its
+   model_type "llama". */
+static int model_variant(char *dir, const char *base, const char *extra, const char *arch)
 {
     char path[300], src[4096];
     if (!mkdtemp(dir))
         return -1;
-    FILE *in = fopen(test_data("tiny/config.json"), "rb");
+    snprintf(path, sizeof path, "%s/config.json", base);
+    FILE *in = fopen(test_data(path), "rb");
     size_t n = in ? fread(src, 1, sizeof src - 1, in) : 0;
     if (in)
         fclose(in);
     src[n] = 0;
+    char *sw = strstr(src, ",\n  \"use_sliding_window\": false");
+    if (sw && strstr(extra, "use_sliding_window"))
+        memset(sw, ' ', strlen(",\n  \"use_sliding_window\": false"));
     char *brace = strchr(src, '{'), *mt = strstr(src, "\"model_type\": \"llama\"");
     if (arch && mt) { /* blank the member out; the new one comes with extra */
         memset(mt, ' ', strlen("\"model_type\": \"llama\""));
@@ -231,8 +236,16 @@ static int tiny_variant(char *dir, const char *extra, const char *arch)
             brace + 1);
     fclose(out);
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    return symlink(test_data("tiny/model.safetensors"), path);
+    char weights[300], *target;
+    snprintf(weights, sizeof weights, "%s/model.safetensors", base);
+    if (!(target = realpath(test_data(weights), NULL)))
+        return -1;
+    int rc = symlink(target, path);
+    free(target);
+    return rc;
 }
+
+static int tiny_variant(char *dir, const char *extra, const char *arch) { return model_variant(dir, "tiny", extra, arch); }
 
 static void tiny_variant_remove(const char *dir)
 {
@@ -289,6 +302,12 @@ TEST(session_matches_forward_sliding_window)
     CHECK(strcmp(in.architecture, "mistral") == 0);
     peft_model_close(&m);
     tiny_variant_remove(dir);
+    /* Qwen2's window on the layers from max_window_layers on: the session's attention per layer */
+    char qdir[] = "/tmp/peft-swa-XXXXXX";
+    CHECK(model_variant(qdir, "tiny_qwen2", "\"use_sliding_window\": true, \"sliding_window\": 4, \"max_window_layers\": 1",
+                        NULL) == 0);
+    session_vs_forward_with(qdir, test_data("tiny_qwen2/all_linear/adapter"));
+    tiny_variant_remove(qdir);
 }
 
 TEST(greedy_generation_matches_reference)
