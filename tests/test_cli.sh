@@ -275,7 +275,7 @@ merged_gguf_from_hf_base)
     [ -f "$SHARED/models/stories260K/config.json" ] || { echo "SKIP: ../shared not present"; exit 77; }
     M=$SHARED/models/stories260K
     D=$SHARED/data/tinystories_sample.stories260K.u32.bin
-    loss() { "$PEFT" eval --model "$@" --data "$D" --seq 128 --json | grep '^{' | sed 's/.*"loss": \([0-9.]*\).*/\1/'; }
+    loss() { "$PEFT" eval --model "$@" --data "$D" --seq 128 --max-windows 100 --json | grep '^{' | sed 's/.*"loss": \([0-9.]*\).*/\1/'; }
     "$PEFT" merge --model "$M" --out "$T/plain.gguf" --name stories260K >/dev/null || fail "HF -> GGUF"
     python3 "$SRC/tests/gguf_check.py" same-model "$M/stories260K-f32.gguf" "$T/plain.gguf" || fail "not llama.cpp's file"
     mkdir -p "$T/nosp" && cp "$M"/*.json "$M/model.safetensors" "$T/nosp/" || fail "copy"
