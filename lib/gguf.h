@@ -68,6 +68,10 @@ void peft__gb_kv_bool(gg_buf *b, const char *key, int v);
 /* an array key's header: element type, count (the elements follow) */
 void peft__gb_kv_array(gg_buf *b, const char *key, uint32_t elem_type, uint64_t n);
 
+/* Read the vocabulary of a SentencePiece model (spm 1) or a tokenizer.json (spm 0) as the GGUF
+   export does, and free it: PEFT_OK or the reader's error (tests and fuzzing). */
+int peft__vocab_read_check(const char *path, int spm);
+
 struct peft_model;
 /* The keys of a merged GGUF model made from a Hugging Face directory, as llama.cpp's converter
    writes them: general.*, the architecture's hyperparameters, rope scaling, and the

@@ -457,6 +457,14 @@ done:
     return code;
 }
 
+int peft__vocab_read_check(const char *path, int spm)
+{
+    vocab_out v = {0};
+    int code = spm ? read_spm(&v, path) : read_tokenizer_json(&v, path);
+    vocab_free(&v);
+    return code;
+}
+
 /* the id of a tokenizer_config.json special token (a string, or {"content": ...}); -1 */
 static int special_id(const json_value *cfg, const char *key, const vocab_out *v)
 {

@@ -1,7 +1,9 @@
 /*
  * libFuzzer harness for the file parsers that take a path: the input is written to a
  * temporary file and opened as a safetensors file (FUZZ_SAFETENSORS), a GGUF model
- * (FUZZ_GGUF), converted as a GGUF LoRA adapter to a PEFT directory (FUZZ_GGUF_LORA) or a tokenizer.json (FUZZ_TOKENIZER, then used to encode and decode).
+ * (FUZZ_GGUF), converted as a GGUF LoRA adapter to a PEFT directory (FUZZ_GGUF_LORA) or a tokenizer.json (FUZZ_TOKENIZER, then used to encode and decode),
+ * or read as the GGUF export reads a vocabulary: a SentencePiece model (FUZZ_SPM) or a
+ * tokenizer.json (FUZZ_VOCAB).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +48,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         peft_eval(m, &b, &r);
     }
     peft_model_close(&m);
+#elif defined(FUZZ_SPM)
+    peft__vocab_read_check(path, 1);
+#elif defined(FUZZ_VOCAB)
+    peft__vocab_read_check(path, 0);
 #elif defined(FUZZ_GGUF_LORA)
     static char out[80];
     if (!out[0])

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Write the small seed files of the fuzz corpus that are not copies of test data:
-a 1-layer llama GGUF model (F32, F16 and Q8_0 tensors) and a small tokenizer.json."""
+a 1-layer llama GGUF model (F32, F16 and Q8_0 tensors), a small tokenizer.json and a small
+SentencePiece model (tokenizer.model: ModelProto with pieces of each type and a trainer spec)."""
 import json
 import os
 import random
@@ -73,6 +74,40 @@ def main():
                      "merges": ["a b", "\u2581 a", "\u2581a b", "b c"]}}
     with open(os.path.join(HERE, "corpus", "tokenizer", "tokenizer.json"), "w") as f:
         json.dump(tok, f)
+    # a byte-level BPE (GPT-2 alphabet, Qwen2's split) as the GGUF export writes it
+    split = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+             r"\s*[\r\n]+|\s+(?!\S)|\s+")
+    bl = {"version": "1.0", "added_tokens": [{"id": 6, "content": "<|endoftext|>", "special": True}],
+          "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+              {"type": "Split", "pattern": {"Regex": split}, "behavior": "Isolated", "invert": False},
+              {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]},
+          "decoder": {"type": "ByteLevel"},
+          "model": {"type": "BPE", "vocab": {"\u0120": 0, "a": 1, "b": 2, "ab": 3, "\u0120a": 4, "\u0120ab": 5},
+                    "merges": [["a", "b"], ["\u0120", "a"], ["\u0120a", "b"]]}}
+    with open(os.path.join(HERE, "corpus", "tokenizer", "bytelevel.json"), "w") as f:
+        json.dump(bl, f)
+    os.makedirs(os.path.join(HERE, "corpus", "spm"), exist_ok=True)
+    with open(os.path.join(HERE, "corpus", "spm", "tokenizer.model"), "wb") as f:
+        f.write(spm([("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3), ("<0x41>", 0.0, 6),
+                     ("\u2581a", 0.0, 1), ("b", -1.0, 1), ("<user>", 0.0, 4)]))
+
+
+def spm(pieces):
+    """SentencePiece's ModelProto: field 1 pieces {1: text, 2: score, 3: type}, field 2 a trainer spec"""
+    def varint(n):
+        out = bytearray()
+        while True:
+            out.append((n & 127) | (128 if n > 127 else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+    out = b""
+    for text, score, typ in pieces:
+        t = text.encode()
+        body = b"\x0a" + varint(len(t)) + t + b"\x15" + struct.pack("<f", score) + b"\x18" + varint(typ)
+        out += b"\x0a" + varint(len(body)) + body
+    trainer = b"\x18" + varint(len(pieces)) + b"\x62\x03bpe"
+    return out + b"\x12" + varint(len(trainer)) + trainer
 
 
 if __name__ == "__main__":

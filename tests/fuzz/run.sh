@@ -36,5 +36,7 @@ build safetensors "-DFUZZ_SAFETENSORS" tests/fuzz/fuzz_file.c && run safetensors
 build gguf "-DFUZZ_GGUF" tests/fuzz/fuzz_file.c && run gguf tests/fuzz/corpus/gguf
 build gguf_lora "-DFUZZ_GGUF_LORA" tests/fuzz/fuzz_file.c && run gguf_lora tests/fuzz/corpus/gguf_lora
 build tokenizer "-DFUZZ_TOKENIZER" tests/fuzz/fuzz_file.c && run tokenizer tests/fuzz/corpus/tokenizer
+build spm "-DFUZZ_SPM" tests/fuzz/fuzz_file.c && run spm tests/fuzz/corpus/spm
+build vocab "-DFUZZ_VOCAB" tests/fuzz/fuzz_file.c && run vocab tests/fuzz/corpus/tokenizer
 build chat "" tests/fuzz/fuzz_chat.c && run chat tests/fuzz/corpus/chat
 exit $status
