@@ -102,13 +102,16 @@ static void cpu_gemm(void *ctx, int ta, int tb, int64_t m, int64_t n, int64_t k,
                      int64_t ldc)
 {
     cpu_ctx *cc = ctx;
-    /* the packed kernel pays off once there is enough work per packed panel; a narrow
-       x A^T (the LoRA down-projection, n = rank) runs faster as row-by-row dot products */
-    if (!cc->reference && m >= 16 && n >= 16 && k >= 16 && !(n < 32 && !ta && tb)) {
-        gemm_call gc = {ta, tb, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c};
-        if (gemm_fast(&gc, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
-            return;
-    }
+    /* narrow products (n <= 16: LoRA's x A^T, dy B, dy^T xa at rank <= 16) read op(A) in place
+       against one packed panel of op(B); the packed kernel pays off once there is enough work
+       per packed panel; anything smaller runs as row-by-row dot products */
+    gemm_call gc = {ta, tb, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c};
+    if (!cc->reference && m >= 16 && n <= 16 && k >= 16 &&
+        gemm_narrow(&gc, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
+        return;
+    if (!cc->reference && m >= 16 && n >= 16 && k >= 16 && !(n < 32 && !ta && tb) &&
+        gemm_fast(&gc, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
+        return;
     struct gemm_args g = {ta, tb, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c};
     int32_t tasks = (int32_t)((m + ROWS - 1) / ROWS);
     cc->host.parallel_for(cc->host.pool, tasks, gemm_task, &g);

@@ -52,6 +52,10 @@ typedef float v16 __attribute__((vector_size(64), aligned(4)));
         for (int i = 0; i < R; i++)                                                                \
             acc[i] += ap[i] * bv;                                                                  \
     }                                                                                              \
+    STORE_TILE
+
+/* the accumulated tile acc (mr x nr used) into c: c = alpha acc (store) or c += alpha acc */
+#define STORE_TILE                                                                                 \
     if (nr == NR) {                                                                                \
         for (int i = 0; i < mr; i++) {                                                             \
             v16 ci = (v16){0};                                                                     \
@@ -84,6 +88,41 @@ __attribute__((target("avx512f"))) static void micro_kernel_wide(int kc, const f
                                                                  int64_t ldc, float alpha, int mr, int nr, int store)
 {
     MICRO_KERNEL_BODY(MR_WIDE)
+}
+#endif
+
+/* Narrow products (N <= NR: the rank-r LoRA ones): op(A) read in place, element (i, p) at
+   a[i si + p sp] (rows past mr read row mr - 1, results dropped), against one packed NR-column
+   panel of op(B) over the whole K; no A packing, whose cost would rival the flops. */
+#define NARROW_KERNEL_BODY(R)                                                                      \
+    v16 acc[R];                                                                                    \
+    int64_t off[R];                                                                                \
+    for (int i = 0; i < R; i++) {                                                                  \
+        acc[i] = (v16){0};                                                                         \
+        off[i] = (int64_t)(i < mr ? i : mr - 1) * si;                                              \
+    }                                                                                              \
+    for (int64_t p = 0; p < kc; p++) {                                                             \
+        v16 bv;                                                                                    \
+        memcpy(&bv, b + p * NR, sizeof bv);                                                        \
+        const float *ap = a + p * sp;                                                              \
+        for (int i = 0; i < R; i++)                                                                \
+            acc[i] += ap[off[i]] * bv;                                                             \
+    }                                                                                              \
+    STORE_TILE
+
+KERNEL_CLONES
+static void narrow_kernel(int64_t kc, const float *a, int64_t si, int64_t sp, const float *b, float *c, int64_t ldc,
+                          float alpha, int mr, int nr, int store)
+{
+    NARROW_KERNEL_BODY(MR)
+}
+
+#ifdef KERNEL_WIDE
+__attribute__((target("avx512f"))) static void narrow_kernel_wide(int64_t kc, const float *a, int64_t si, int64_t sp,
+                                                                  const float *b, float *c, int64_t ldc, float alpha,
+                                                                  int mr, int nr, int store)
+{
+    NARROW_KERNEL_BODY(MR_WIDE)
 }
 #endif
 
@@ -259,5 +298,41 @@ int gemm_fast(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
             parallel_for(pool, tasks, row_task, &fa);
         }
     }
+    return 0;
+}
+
+static void narrow_task(void *vp, int32_t task)
+{
+    const struct fast_args *a = vp;
+    const gemm_call *g = a->g;
+    int64_t i0 = (int64_t)task * MC, mc = g->m - i0 < MC ? g->m - i0 : MC;
+    int64_t si = g->ta ? 1 : g->lda, sp = g->ta ? g->lda : 1;
+    int R = panel_rows(), store = g->beta == 0.0f, nr = (int)g->n;
+    for (int64_t ir = 0; ir < mc; ir += R) {
+        int mr = (int)(mc - ir < R ? mc - ir : R);
+        const float *ap = g->a + (i0 + ir) * si;
+        float *ct = g->c + (i0 + ir) * g->ldc;
+#ifdef KERNEL_WIDE
+        if (R == MR_WIDE) {
+            narrow_kernel_wide(g->k, ap, si, sp, a->bp, ct, g->ldc, g->alpha, mr, nr, store);
+            continue;
+        }
+#endif
+        narrow_kernel(g->k, ap, si, sp, a->bp, ct, g->ldc, g->alpha, mr, nr, store);
+    }
+}
+
+int gemm_narrow(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
+                void (*parallel_for)(void *, int32_t, void (*)(void *, int32_t), void *))
+{
+    if (g->n > NR || g->k > (int64_t)KC * NC / NR || gemm_fast_reserve(buf, 1))
+        return -1;
+    int32_t tasks = (int32_t)((g->m + MC - 1) / MC);
+    struct scale_args sa = {g};
+    if (g->beta != 0.0f && g->beta != 1.0f)
+        parallel_for(pool, tasks, scale_task, &sa);
+    struct fast_args fa = {g, 0, g->k, 0, g->n, buf->b, buf->a, buf->b};
+    pack_b_task(&fa, 0); /* one NR-column panel of the whole K */
+    parallel_for(pool, tasks, narrow_task, &fa);
     return 0;
 }

@@ -20,6 +20,10 @@ typedef struct gemm_fast_buffers {
 
 int gemm_fast(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
               void (*parallel_for)(void *, int32_t, void (*)(void *, int32_t), void *));
+/* N <= 16 (LoRA's rank-r products): op(A) read in place, op(B) packed once; -1 when the
+   shape does not fit (the caller falls back) */
+int gemm_narrow(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
+                void (*parallel_for)(void *, int32_t, void (*)(void *, int32_t), void *));
 int gemm_fast_reserve(gemm_fast_buffers *buf, int64_t m);
 void gemm_fast_free(gemm_fast_buffers *buf);
 
