@@ -132,6 +132,17 @@ static inline const char *test_data(const char *rel)
     return buf[k];
 }
 
+/* Remove a model directory made by a test (its config.json and weights file or link). */
+static inline void model_dir_remove(const char *dir)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    remove(path);
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    remove(path);
+    remove(dir); /* an empty directory */
+}
+
 /* Shared assets beside the checkout; NULL when absent. */
 static inline const char *shared_dir(void)
 {

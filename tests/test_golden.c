@@ -286,16 +286,6 @@ static void variant_dir(char *dir, const char *base, const char *config)
     }
 }
 
-static void variant_remove(const char *dir)
-{
-    char p[512];
-    snprintf(p, sizeof p, "%s/model.safetensors", dir);
-    remove(p);
-    snprintf(p, sizeof p, "%s/config.json", dir);
-    remove(p);
-    rmdir(dir);
-}
-
 static double variant_loss(const char *dir)
 {
     peft_model *m;
@@ -328,12 +318,12 @@ TEST(model_gradcheck_windows_and_rope_scaling)
     snprintf(cfg, sizeof cfg, "{" TINY_LLAMA ", \"sliding_window\": 3}", "mistral");
     variant_dir(d1, "tiny/model.safetensors", cfg);
     gradcheck_at(d1, test_data("tiny/all_linear/adapter"));
-    variant_remove(d1);
+    model_dir_remove(d1);
     snprintf(cfg, sizeof cfg, "{" TINY_LLAMA ", \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, "
              "\"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 16}}", "llama");
     variant_dir(d1, "tiny/model.safetensors", cfg);
     gradcheck_at(d1, test_data("tiny/all_linear/adapter"));
-    variant_remove(d1);
+    model_dir_remove(d1);
 
     const char *q = "tiny_qwen2/model.safetensors";
     variant_dir(d1, q, "{" TINY_QWEN2 ", \"use_sliding_window\": true, \"sliding_window\": 3, \"max_window_layers\": 1}");
@@ -345,13 +335,13 @@ TEST(model_gradcheck_windows_and_rope_scaling)
     CHECK_MSG(w3 == plain, "max_window_layers = layers: %.9g, plain %.9g", w3, plain);
     CHECK_MSG(w1 != plain && fabs(w1 - plain) > 1e-6 * plain, "the window changes nothing: %.9g", w1);
     CHECK_MSG(lt == w1, "layer_types %.9g, max_window_layers %.9g", lt, w1);
-    variant_remove(d2);
-    variant_remove(d3);
+    model_dir_remove(d2);
+    model_dir_remove(d3);
     variant_dir(d2, q, "{" TINY_QWEN2 ", \"use_sliding_window\": true, \"sliding_window\": 3, \"layer_types\": "
                        "[\"sliding_attention\", \"full_attention\", \"sliding_attention\"]}");
     peft_model *m = NULL;
     CHECK(peft_model_open(&m, d2, NULL) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "layer_types"));
-    variant_remove(d2);
+    model_dir_remove(d2);
     /* llama.cpp's qwen2 has no window: such a model is not written as GGUF */
     CHECK_OK(peft_model_open(&m, d1, NULL));
     if (m) {
@@ -360,7 +350,7 @@ TEST(model_gradcheck_windows_and_rope_scaling)
         CHECK(peft_save_merged_gguf(m, out, NULL) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "sliding window"));
         peft_model_close(&m);
     }
-    variant_remove(d1);
+    model_dir_remove(d1);
 }
 
 TEST(model_gradcheck) { gradcheck("tiny/all_linear/adapter"); }

@@ -247,16 +247,6 @@ static int model_variant(char *dir, const char *base, const char *extra, const c
 
 static int tiny_variant(char *dir, const char *extra, const char *arch) { return model_variant(dir, "tiny", extra, arch); }
 
-static void tiny_variant_remove(const char *dir)
-{
-    char path[300];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    remove(path);
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    remove(path);
-    rmdir(dir);
-}
-
 /* The loss of 20 tokens under the tiny model and a variant differ. */
 static void variant_changes_loss(const char *dir)
 {
@@ -284,7 +274,7 @@ TEST(session_matches_forward_rope_scaling)
                             "\"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 16}", NULL) == 0);
     session_vs_forward(dir, 0);
     variant_changes_loss(dir);
-    tiny_variant_remove(dir);
+    model_dir_remove(dir);
 }
 
 /* As Mistral with a sliding window of 5: the session attends to the same window as the
@@ -301,13 +291,13 @@ TEST(session_matches_forward_sliding_window)
     CHECK_OK(peft_model_get_info(m, &in));
     CHECK(strcmp(in.architecture, "mistral") == 0);
     peft_model_close(&m);
-    tiny_variant_remove(dir);
+    model_dir_remove(dir);
     /* Qwen2's window on the layers from max_window_layers on: the session's attention per layer */
     char qdir[] = "/tmp/peft-swa-XXXXXX";
     CHECK(model_variant(qdir, "tiny_qwen2", "\"use_sliding_window\": true, \"sliding_window\": 4, \"max_window_layers\": 1",
                         NULL) == 0);
     session_vs_forward_with(qdir, test_data("tiny_qwen2/all_linear/adapter"));
-    tiny_variant_remove(qdir);
+    model_dir_remove(qdir);
 }
 
 TEST(greedy_generation_matches_reference)
