@@ -144,8 +144,6 @@ static int write_all(int fd, const void *p, size_t n)
     return 0;
 }
 
-static void put_u32(unsigned char **p, uint32_t v) { memcpy(*p, &v, 4), *p += 4; }
-static void put_u64(unsigned char **p, uint64_t v) { memcpy(*p, &v, 8), *p += 8; }
 
 /* tensor t of a model made from a Hugging Face base (every tensor made from floats) */
 static void add_made(struct out_t *t, const char *name, int n_dims, uint64_t ne0, uint64_t ne1, uint32_t type,
@@ -238,7 +236,8 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
     struct out_keys k = {.alignment = 32, .drop_file_type = o.type != PEFT_GGUF_TYPE_SAME, .map = m->gguf_map};
     struct out_t *ts = NULL;
     float *fbuf = NULL, *tmp = NULL, *row = NULL;
-    unsigned char *head = NULL, *blob = NULL;
+    gg_buf head = {0};
+    unsigned char *blob = NULL;
     char *tmp_path = NULL;
     int fd = -1, created = 0, code = from_hf ? PEFT_OK : peft__gguf_parse(&f, keep_key, &k);
     if (code)
@@ -358,32 +357,30 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
         code = peft__fail(PEFT_ENOMEM, "peft_save_merged_gguf: out of memory");
         goto done;
     }
-    size_t head_cap = 64 + k.b.n + n_out * (8 + 96 + 4 + 32 + 4 + 8) + k.alignment;
-    if (!(head = calloc(1, head_cap))) {
-        code = peft__fail(PEFT_ENOMEM, "peft_save_merged_gguf: out of memory");
-        goto done;
-    }
-    unsigned char *p = head;
-    memcpy(p, "GGUF", 4), p += 4;
-    put_u32(&p, 3);
-    put_u64(&p, (uint64_t)n_out);
-    put_u64(&p, k.n);
-    memcpy(p, k.b.p, k.b.n), p += k.b.n;
+    peft__gb_put(&head, "GGUF", 4);
+    peft__gb_u32(&head, 3);
+    peft__gb_u64(&head, (uint64_t)n_out);
+    peft__gb_u64(&head, k.n);
+    peft__gb_put(&head, k.b.p, k.b.n);
     uint64_t off = 0;
     for (size_t i = 0; i < n_out; i++) {
         struct out_t *t = &ts[i];
-        put_u64(&p, strlen(t->name));
-        memcpy(p, t->name, strlen(t->name)), p += strlen(t->name);
-        put_u32(&p, (uint32_t)t->n_dims);
+        peft__gb_str(&head, t->name);
+        peft__gb_u32(&head, (uint32_t)t->n_dims);
         for (int d = 0; d < t->n_dims; d++)
-            put_u64(&p, t->src ? t->src->ne[d] : t->ne[d]);
-        put_u32(&p, t->type);
-        put_u64(&p, off);
+            peft__gb_u64(&head, t->src ? t->src->ne[d] : t->ne[d]);
+        peft__gb_u32(&head, t->type);
+        peft__gb_u64(&head, off);
         t->offset = off;
         off += (t->bytes + k.alignment - 1) / k.alignment * k.alignment;
     }
-    size_t hlen = (size_t)(p - head);
-    hlen = (hlen + k.alignment - 1) / k.alignment * k.alignment; /* zero padding: calloc */
+    static const unsigned char zeros[64];
+    while (head.n % k.alignment) /* zero padding up to the data */
+        peft__gb_put(&head, zeros, 1);
+    if (head.oom) {
+        code = peft__fail(PEFT_ENOMEM, "peft_save_merged_gguf: out of memory");
+        goto done;
+    }
     size_t pl = strlen(path);
     if (!(tmp_path = malloc(pl + 16))) {
         code = peft__fail(PEFT_ENOMEM, "out of memory");
@@ -396,11 +393,10 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
     }
     created = 1;
     fchmod(fd, 0644); /* as the library's other files */
-    if (write_all(fd, head, hlen)) {
+    if (write_all(fd, head.p, head.n)) {
         code = peft__fail(PEFT_EIO, "%s: write failed: %s", path, strerror(errno));
         goto done;
     }
-    static const unsigned char zeros[64];
     size_t blob_cap = 0;
     for (size_t i = 0; i < n_out && !code; i++) {
         struct out_t *t = &ts[i];
@@ -436,7 +432,7 @@ done:
     if (code && created)
         unlink(tmp_path);
     free(tmp_path);
-    free(head);
+    free(head.p);
     free(blob);
     free(ts);
     free(k.b.p);

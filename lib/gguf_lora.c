@@ -105,12 +105,8 @@ static int write_gguf_lora(const char *path, const char *arch, const char *name,
     peft__gb_kv_str(&b, "general.type", "adapter");
     peft__gb_kv_str(&b, "adapter.type", "lora");
     peft__gb_kv_str(&b, "general.name", name ? name : "libpeft adapter");
-    peft__gb_str(&b, "adapter.lora.alpha");
-    peft__gb_u32(&b, 6);
-    peft__gb_put(&b, &alpha, 4);
-    peft__gb_str(&b, "general.quantization_version");
-    peft__gb_u32(&b, 4);
-    peft__gb_u32(&b, 2);
+    peft__gb_kv_f32(&b, "adapter.lora.alpha", alpha);
+    peft__gb_kv_u32(&b, "general.quantization_version", 2);
     uint64_t off = 0;
     for (int i = 0; i < n_t; i++) {
         peft__gb_str(&b, ts[i].name);
