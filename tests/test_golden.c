@@ -694,16 +694,10 @@ TEST(config_errors)
 
 static int32_t *load_tokens(const char *path, size_t *n)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return NULL;
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    rewind(f);
-    uint32_t *u = malloc((size_t)sz);
-    *n = fread(u, 4, (size_t)sz / 4, f);
-    fclose(f);
-    return (int32_t *)u;
+    size_t bytes = 0;
+    char *p = read_whole(path, &bytes);
+    *n = bytes / 4;
+    return (int32_t *)(void *)p;
 }
 
 static double eval_file(peft_model *m, const char *path, int T, uint64_t *count)
