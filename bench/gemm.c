@@ -1,7 +1,8 @@
 /*
  * GEMM throughput of the CPU backend at the shapes of a training step
  * (SmolLM-135M-like: 1024 tokens, hidden 576, intermediate 1536, LoRA rank 16),
- * the packed kernel against the plain reference loops, side by side.
+ * the packed kernel against the plain reference loops and, for the products with frozen
+ * weights, the BF16-weight kernel (the model's frozen_dtype "bf16"), side by side.
  *   build/bench/bench-gemm [threads]
  */
 #include <stdio.h>
@@ -31,6 +32,19 @@ static double run(const peft_backend *be, void *ctx, int ta, int tb, int m, int 
     return 2.0 * m * n * k / best / 1e9;
 }
 
+static double run_bf16(const peft_backend *be, void *ctx, int tb, int m, int n, int k, float *a, uint16_t *b,
+                       float *c)
+{
+    double best = 1e9;
+    for (int r = 0; r < 5; r++) {
+        double t = now();
+        be->gemm_bf16(ctx, tb, m, n, k, 1.0f, a, k, b, tb ? k : n, 0.0f, c, n);
+        t = now() - t;
+        best = t < best ? t : best;
+    }
+    return 2.0 * m * n * k / best / 1e9;
+}
+
 int main(int argc, char **argv)
 {
     int threads = argc > 1 ? atoi(argv[1]) : 1;
@@ -45,9 +59,11 @@ int main(int argc, char **argv)
     be->init(&ref, &host);
     size_t big = 1536 * 1536;
     float *a = malloc(big * 4), *b = malloc(big * 4), *c = malloc(big * 4);
+    uint16_t *bh = malloc(big * 2);
     for (size_t i = 0; i < big; i++) {
         a[i] = (float)(i % 7) * 0.1f;
         b[i] = (float)(i % 5) * 0.1f;
+        bh[i] = peft__f32_to_bf16(b[i]);
     }
     const struct {
         int ta, tb, m, n, k;
@@ -62,12 +78,16 @@ int main(int argc, char **argv)
     void *blctx = NULL;
     if (bl && bl->init(&blctx, &host))
         bl = NULL;
-    printf("threads %d: GFLOP/s, best of 5\n%-34s %10s %10s %7s %10s\n", threads, "shape", "packed", "reference",
-           "ratio", bl ? "blis" : "");
+    printf("threads %d: GFLOP/s, best of 5\n%-34s %10s %10s %7s %10s %10s\n", threads, "shape", "packed", "reference",
+           "ratio", "bf16 W", bl ? "blis" : "");
     for (size_t q = 0; q < sizeof cs / sizeof cs[0]; q++) {
         double f = run(be, fast, cs[q].ta, cs[q].tb, cs[q].m, cs[q].n, cs[q].k, a, b, c);
         double r = run(be, ref, cs[q].ta, cs[q].tb, cs[q].m, cs[q].n, cs[q].k, a, b, c);
         printf("%-34s %10.1f %10.1f %6.1fx", cs[q].what, f, r, f / r);
+        if (!cs[q].ta && cs[q].n > 16)
+            printf(" %10.1f", run_bf16(be, fast, cs[q].tb, cs[q].m, cs[q].n, cs[q].k, a, bh, c));
+        else
+            printf(" %10s", "");
         if (bl)
             printf(" %10.1f", run(bl, blctx, cs[q].ta, cs[q].tb, cs[q].m, cs[q].n, cs[q].k, a, b, c));
         printf("\n");
@@ -77,6 +97,6 @@ int main(int argc, char **argv)
     be->free(fast);
     be->free(ref);
     peft__pool_destroy(pool);
-    free(a), free(b), free(c);
+    free(a), free(b), free(c), free(bh);
     return 0;
 }

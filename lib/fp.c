@@ -34,6 +34,16 @@ float peft__f16_to_f32(uint16_t h)
 
 float peft__bf16_to_f32(uint16_t h) { return bits_to_f32((uint32_t)h << 16); }
 
+/* float32 -> bfloat16: the top half, rounded to nearest even; NaNs stay quiet NaNs */
+uint16_t peft__f32_to_bf16(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)(u >> 16 | 0x40u);
+    return (uint16_t)((u + 0x7fffu + (u >> 16 & 1u)) >> 16);
+}
+
 /* float32 -> IEEE half, rounded to nearest even (overflow to infinity, NaN kept) */
 uint16_t peft__f32_to_f16(float f)
 {

@@ -55,6 +55,7 @@ uint64_t peft__hash64(uint64_t x);
 /* fp.c: conversions */
 float peft__f16_to_f32(uint16_t h);
 float peft__bf16_to_f32(uint16_t h);
+uint16_t peft__f32_to_bf16(float f);
 uint16_t peft__f32_to_f16(float f);
 
 /* backends */

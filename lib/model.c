@@ -46,16 +46,43 @@ static int add_owned(peft_model *m, float *p)
 }
 
 int peft__gguf_add_owned(peft_model *m, float *p) { return add_owned(m, p); }
+
+int peft__owned_release(peft_model *m, const void *p)
+{
+    for (int i = 0; i < m->n_owned; i++)
+        if ((const void *)m->owned[i] == p) {
+            peft__free(m->owned[i]);
+            m->owned[i] = m->owned[--m->n_owned];
+            return 0;
+        }
+    return -1;
+}
+
+int peft__in_mapping(const peft_model *m, const void *p, size_t n)
+{
+    const uint8_t *a = p;
+    if (m->gguf_map && a >= (const uint8_t *)m->gguf_map && n <= m->gguf_size &&
+        (size_t)(a - (const uint8_t *)m->gguf_map) <= m->gguf_size - n)
+        return 1;
+    for (int i = 0; i < m->n_files; i++) {
+        const uint8_t *b = m->files[i]->map;
+        if (b && a >= b && n <= m->files[i]->map_size && (size_t)(a - b) <= m->files[i]->map_size - n)
+            return 1;
+    }
+    return 0;
+}
 int peft__gguf_open(peft_model *m, const char *path);
 
 /* The panel buffer of quantized weights: 1M floats (4 MiB), or 16 rows of the widest. */
 static int alloc_qpanel(peft_model *m)
 {
-    int64_t widest = m->embed.q || m->head.q ? m->cfg.dim : 0;
+    int64_t widest = m->embed.q || m->head.q || m->head.bf16 ? m->cfg.dim : 0;
     for (int l = 0; l < m->cfg.n_layers; l++)
-        for (int k = 0; k < PEFT_MOD_COUNT; k++)
-            if (m->layers[l].w[k].q && m->layers[l].w[k].cols > widest)
-                widest = m->layers[l].w[k].cols;
+        for (int k = 0; k < PEFT_MOD_COUNT; k++) {
+            const peft_w *w = &m->layers[l].w[k];
+            if ((w->q || w->bf16) && w->cols > widest)
+                widest = w->cols;
+        }
     if (!widest)
         return PEFT_OK;
     m->qpanel_floats = widest * 16 > ((int64_t)1 << 20) ? widest * 16 : (int64_t)1 << 20;
@@ -298,7 +325,10 @@ int peft_model_open(peft_model **out, const char *path, const peft_open_options 
     if (opts) {
         if (opts->version == 0 || opts->version > PEFT_OPEN_OPTIONS_VERSION)
             return peft__fail(PEFT_EINVAL, "peft_model_open: unknown options version %u", opts->version);
-        o = *opts;
+        o.n_threads = opts->n_threads; /* a version 1 caller's struct ends after backend */
+        o.backend = opts->backend;
+        if (opts->version >= 2)
+            o.frozen_dtype = opts->frozen_dtype;
     }
     peft__clear_error();
     peft_model *m = calloc(1, sizeof *m);
@@ -338,6 +368,12 @@ int peft_model_open(peft_model **out, const char *path, const peft_open_options 
     }
     if (!code)
         code = pick_backend(m, o.backend);
+    if (!code && o.frozen_dtype && strcmp(o.frozen_dtype, "f32") != 0) {
+        if (strcmp(o.frozen_dtype, "bf16") != 0)
+            code = peft__fail(PEFT_EINVAL, "unknown frozen_dtype '%s' (f32, bf16)", o.frozen_dtype);
+        else
+            code = peft__weights_to_bf16(m);
+    }
     if (!code)
         code = alloc_qpanel(m);
     if (code) {

@@ -17,6 +17,7 @@ typedef struct peft_w {
     uint32_t qtype;
     int64_t rows, cols;
     size_t row_bytes;
+    const uint16_t *bf16; /* frozen_dtype "bf16": the matrix in BF16 for the products (rows x cols) */
 } peft_w;
 
 typedef struct peft_layer_weights {
@@ -204,6 +205,12 @@ struct peft_model {
 /* gguf.c / model.c */
 int peft__gguf_open(peft_model *m, const char *path);
 int peft__gguf_add_owned(peft_model *m, float *p);
+/* p (from the owned list) freed and removed from it; 0, or -1 when it is not there */
+int peft__owned_release(peft_model *m, const void *p);
+/* model.c: 1 when [p, p + n) lies inside one of the model's file mappings */
+int peft__in_mapping(const peft_model *m, const void *p, size_t n);
+/* qweight.c: frozen_dtype "bf16": BF16 copies of the float32 linear weights and lm_head */
+int peft__weights_to_bf16(peft_model *m);
 
 /* The frozen weight of (layer, kind) in effect: the attachment's PiSSA/OLoRA residual, or the
    model's (merged copies included). */

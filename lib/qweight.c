@@ -5,7 +5,10 @@
  * float GEMM on the panel, so a 4-bit base costs 4-bit memory, not float32.
  */
 #include <math.h>
+#include <stddef.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "model.h"
 
@@ -263,9 +266,7 @@ int peft__quantize(uint8_t *dst, const float *src, uint64_t n, uint32_t t)
         return 0;
     case PEFT_GG_BF16: /* the top half, rounded to nearest even; NaNs stay quiet NaNs */
         for (uint64_t i = 0; i < n; i++) {
-            uint32_t u;
-            memcpy(&u, src + i, 4);
-            u = (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16 | 0x40u) : (u + 0x7fffu + (u >> 16 & 1u)) >> 16;
+            uint16_t u = peft__f32_to_bf16(src[i]);
             dst[2 * i] = (uint8_t)u;
             dst[2 * i + 1] = (uint8_t)(u >> 8);
         }
@@ -361,9 +362,29 @@ static int64_t panel_rows(const peft_model *m, const peft_w *w)
     return p < 1 ? 1 : p;
 }
 
+/* the backend's products with BF16 weights, when it has them */
+static int be_bf16(const peft_model *m)
+{
+    return m->be->struct_size >= offsetof(peft_backend, gemm_bf16) + sizeof m->be->gemm_bf16 && m->be->gemm_bf16;
+}
+
+/* a BF16 copy as a quantized matrix of type BF16 (widened panel by panel) */
+static peft_w bf16_as_q(const peft_w *w)
+{
+    return (peft_w){.q = (const uint8_t *)w->bf16, .qtype = PEFT_GG_BF16, .rows = w->rows, .cols = w->cols,
+                    .row_bytes = (size_t)w->cols * 2};
+}
+
 void peft__gemm_xwt(peft_model *m, int64_t N, const float *x, int64_t ldx, const peft_w *w, float beta, float *y,
                     int64_t ldy)
 {
+    if (w->bf16 && be_bf16(m)) {
+        m->be->gemm_bf16(m->be_ctx, 1, N, w->rows, w->cols, 1.0f, x, ldx, w->bf16, w->cols, beta, y, ldy);
+        return;
+    }
+    peft_w wq;
+    if (w->bf16)
+        w = (wq = bf16_as_q(w), &wq);
     if (w->f) {
         peft__gemm(m, 0, 1, N, w->rows, w->cols, 1.0f, x, ldx, w->f, w->cols, beta, y, ldy);
         return;
@@ -379,6 +400,13 @@ void peft__gemm_xwt(peft_model *m, int64_t N, const float *x, int64_t ldx, const
 void peft__gemm_dyw(peft_model *m, int64_t N, const float *dy, int64_t lddy, const peft_w *w, float beta, float *dx,
                     int64_t lddx)
 {
+    if (w->bf16 && be_bf16(m)) {
+        m->be->gemm_bf16(m->be_ctx, 0, N, w->cols, w->rows, 1.0f, dy, lddy, w->bf16, w->cols, beta, dx, lddx);
+        return;
+    }
+    peft_w wq;
+    if (w->bf16)
+        w = (wq = bf16_as_q(w), &wq);
     if (w->f) {
         peft__gemm(m, 0, 0, N, w->cols, w->rows, 1.0f, dy, lddy, w->f, w->cols, beta, dx, lddx);
         return;
@@ -410,4 +438,76 @@ const float *peft__w_dense(const peft_model *m, const peft_w *w, float *scratch)
         return w->f;
     peft__w_rows(m, w, 0, w->rows, scratch);
     return scratch;
+}
+
+/* ---- frozen_dtype "bf16" ---- */
+
+/* n floats at p, when they lie in a file mapping: its pages released (a private, read-only
+   mapping: they come back from the file when read again); 1 when they do */
+static int release_mapped(const peft_model *m, const float *p, size_t n)
+{
+    if (!peft__in_mapping(m, p, n * sizeof(float)))
+        return 0;
+    long pg = sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)p, e = a + n * sizeof(float);
+    a = (a + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
+    e &= ~((uintptr_t)pg - 1);
+    if (e > a)
+        madvise((void *)a, e - a, MADV_DONTNEED);
+    return 1;
+}
+
+/* A BF16 copy of w's float32 matrix. Pages of a memory-mapped file are released (they are read
+   back only if the exact weights are needed again: merging, exports); an owned float32 copy
+   whose values are all BF16 numbers (a BF16 file) is freed and w becomes a BF16 matrix. */
+static int to_bf16(peft_model *m, peft_w *w)
+{
+    if (!w->f || w->bf16)
+        return PEFT_OK;
+    size_t n = (size_t)w->rows * (size_t)w->cols;
+    uint16_t *h = (uint16_t *)peft__alloc_floats((n + 1) / 2);
+    if (!h || peft__gguf_add_owned(m, (float *)h)) {
+        peft__free(h);
+        return peft__fail(PEFT_ENOMEM, "%s: out of memory for the BF16 weights", m->path);
+    }
+    int exact = 1;
+    for (size_t i = 0; i < n; i++) {
+        h[i] = peft__f32_to_bf16(w->f[i]);
+        exact &= peft__bf16_to_f32(h[i]) == w->f[i] || w->f[i] != w->f[i];
+    }
+    w->bf16 = h;
+    if (!release_mapped(m, w->f, n) && exact && peft__owned_release(m, w->f) == 0) {
+        *w = (peft_w){.q = (const uint8_t *)h, .qtype = PEFT_GG_BF16, .rows = w->rows, .cols = w->cols,
+                      .row_bytes = (size_t)w->cols * 2, .bf16 = h};
+    }
+    return PEFT_OK;
+}
+
+int peft__weights_to_bf16(peft_model *m)
+{
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < PEFT_MOD_COUNT; k++) {
+            int code = to_bf16(m, &m->layers[l].w[k]);
+            if (code)
+                return code;
+        }
+    /* lm_head: a tied one keeps the embedding matrix for the lookups (its f), the copy is
+       for the products only */
+    if (m->cfg.tied) {
+        if (!m->head.f)
+            return PEFT_OK;
+        peft_w h = m->head;
+        size_t n = (size_t)h.rows * (size_t)h.cols;
+        uint16_t *c = (uint16_t *)peft__alloc_floats((n + 1) / 2);
+        if (!c || peft__gguf_add_owned(m, (float *)c)) {
+            peft__free(c);
+            return peft__fail(PEFT_ENOMEM, "%s: out of memory for the BF16 lm_head", m->path);
+        }
+        for (size_t i = 0; i < n; i++)
+            c[i] = peft__f32_to_bf16(h.f[i]);
+        m->head.bf16 = c;
+        release_mapped(m, h.f, n); /* lookups read back only the rows they use */
+        return PEFT_OK;
+    }
+    return to_bf16(m, &m->head);
 }

@@ -91,6 +91,22 @@ def test_token_containers():
         assert m.eval(a.astype(np.int64)) == ref
 
 
+def test_frozen_bf16():
+    rows = batch(9, b=2, t=12)
+    with libpeft.Model(TINY) as m:
+        ref = m.eval(rows)
+    with libpeft.Model(TINY, frozen_dtype="bf16") as m:
+        got = m.eval(rows)
+    # the weights rounded to BFloat16 move the summed loss a little, not much
+    assert got[1] == ref[1] and got[0] != ref[0] and abs(got[0] - ref[0]) < 5e-3 * ref[0], (got, ref)
+    try:
+        libpeft.Model(TINY, frozen_dtype="fp8")
+    except libpeft.Error as e:
+        assert "fp8" in str(e)
+    else:
+        raise AssertionError("fp8 accepted")
+
+
 def test_errors():
     try:
         libpeft.Model("/nonexistent/model")

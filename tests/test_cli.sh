@@ -45,6 +45,27 @@ deterministic_and_thread_independent)
     cmp -s "$T/a/adapter_model.safetensors" "$T/d/adapter_model.safetensors" && fail "seed has no effect"
     grep -q '"layers_to_transform": \[' "$T/a/adapter_config.json" || fail "layers_to_transform"
     ;;
+frozen_bf16_train_eval)
+    # --frozen-dtype bf16: the frozen weights held in BFloat16; training and evaluation work as
+    # with float32 weights, to BF16 rounding, and a bad value is refused by name
+    setup_tiny
+    for fd in f32 bf16; do
+        "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/$fd" --holdout 0.1 --steps 30 --batch 8 --seq 32 \
+            --rank 4 --lr 1e-2 --targets all-linear --seed 1 --threads 2 --frozen-dtype $fd --json >"$T/$fd.json" 2>"$T/err" ||
+            { cat "$T/err"; fail "train $fd"; }
+        "$PEFT" eval --model "$T/model" --adapter "$T/$fd" --data "$T/data.bin" --seq 32 --frozen-dtype $fd --json \
+            >"$T/e$fd.json" || fail "eval $fd"
+    done
+    python3 -c "
+import json
+r = {k: json.loads(open('$T/' + k + '.json').read().splitlines()[-1]) for k in ('f32', 'bf16', 'ef32', 'ebf16')}
+assert r['bf16']['eval_loss_after'] < 0.7 * r['bf16']['eval_loss_before'], r['bf16']
+for a, b, k in (('f32', 'bf16', 'eval_loss_after'), ('ef32', 'ebf16', 'loss')):
+    assert r[a][k] != r[b][k] and abs(r[a][k] - r[b][k]) < 2e-2 * r[a][k], (k, r[a][k], r[b][k])
+" || fail "bf16 frozen weights vs f32"
+    "$PEFT" eval --model "$T/model" --data "$T/data.bin" --seq 32 --frozen-dtype fp8 >"$T/out" 2>"$T/err" && fail "fp8 accepted"
+    grep -q "frozen_dtype 'fp8'" "$T/err" || { cat "$T/err"; fail "no message naming fp8"; }
+    ;;
 resume_from_adapter)
     setup_tiny
     "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/a" --steps 30 --batch 8 --seq 32 --lr 1e-2 --rank 4 \

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "../lib/json.h"
+#include "../lib/model.h"
 #include "../lib/safetensors.h"
 #include "harness.h"
 #include "peft/peft.h"
@@ -635,6 +636,148 @@ TEST(sharded_and_half_precision_models)
     st_close(f);
 }
 
+/* The tiny model opened with frozen_dtype fd (and backend be): its eval loss and the loss of
+   the third of three LoRA steps (all linear modules and lm_head adapted: products through
+   every frozen matrix both ways); a string describing how the weights are held */
+static void frozen_losses(const char *dir, const char *fd, const char *be, double *eval, double *step3, char *held)
+{
+    peft_model *m;
+    peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
+    oo.n_threads = 2;
+    oo.frozen_dtype = fd;
+    oo.backend = be;
+    *eval = *step3 = NAN;
+    if (peft_model_open(&m, dir, &oo)) {
+        fprintf(stderr, "open %s: %s\n", dir, peft_last_error());
+        return;
+    }
+    const peft_w *w = &m->layers[0].w[PEFT_MOD_Q];
+    snprintf(held, 64, "%s%s%s%s", w->f ? "f" : "", w->q ? "q" : "", w->bf16 ? "b" : "", m->head.bf16 ? "h" : "");
+    if (w->f)
+        CHECK(peft__in_mapping(m, w->f, (size_t)(w->rows * w->cols) * 4) || !w->bf16);
+    int32_t tok[3 * 16];
+    for (int i = 0; i < 48; i++)
+        tok[i] = (i * 13 + 5) % 48;
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 3, 16, NULL};
+    peft_eval_result r = PEFT_EVAL_RESULT_INIT;
+    if (!peft_eval(m, &b, &r))
+        *eval = r.loss_sum / (double)r.tokens;
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_ALL_LINEAR | PEFT_TARGET_LM_HEAD;
+    o.seed = 7;
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-2));
+    peft_step_result sr = PEFT_STEP_RESULT_INIT;
+    for (int s = 0; s < 3; s++)
+        CHECK_OK(peft_step(m, &b, &sr));
+    *step3 = sr.loss;
+    peft_model_close(&m);
+}
+
+TEST(frozen_bf16_weights)
+{
+    const char *tiny = test_data("tiny");
+    double e32, s32, e16, s16;
+    char h32[64], h16[64];
+    frozen_losses(tiny, NULL, NULL, &e32, &s32, h32);
+    frozen_losses(tiny, "bf16", NULL, &e16, &s16, h16);
+    /* a memory-mapped F32 file: the file's floats stay mapped (their pages released), BF16
+       copies of the linear weights and the tied lm_head do the products */
+    CHECK_MSG(strcmp(h32, "f") == 0 && strcmp(h16, "fbh") == 0, "held: %s, %s", h32, h16);
+    CHECK_MSG(e16 != e32 && fabs(e16 - e32) < 5e-3 * e32, "eval %.9g (bf16) vs %.9g", e16, e32);
+    CHECK_MSG(fabs(s16 - s32) < 5e-3 * s32, "step 3 %.9g (bf16) vs %.9g", s16, s32);
+    /* the same model with its values rounded to BF16 but stored as F32: holding them as BF16
+       changes nothing, bit for bit (the products see the same numbers), training included */
+    st_file *f;
+    CHECK_OK(st_open(&f, test_data("tiny/model.safetensors")));
+    if (!f)
+        return;
+    char dir[] = "/tmp/peft-bf16-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    copy_config(dir);
+    st_out_tensor *ts = calloc(f->n_tensors, sizeof *ts);
+    float **bufs = calloc(f->n_tensors, sizeof *bufs);
+    for (size_t i = 0; i < f->n_tensors; i++) {
+        const st_tensor *t = &f->tensors[i];
+        bufs[i] = malloc(t->n_elems * sizeof(float));
+        st_read_f32(f, t, bufs[i], t->n_elems);
+        for (uint64_t j = 0; j < t->n_elems; j++)
+            bufs[i][j] = peft__bf16_to_f32(peft__f32_to_bf16(bufs[i][j]));
+        ts[i].name = t->name;
+        ts[i].n_dims = t->n_dims;
+        for (int d = 0; d < t->n_dims; d++)
+            ts[i].shape[d] = t->shape[d];
+        ts[i].data = bufs[i];
+    }
+    char path[256];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    CHECK_OK(st_write(path, ts, f->n_tensors, NULL, NULL, 0));
+    double re32, rs32, re16, rs16;
+    frozen_losses(dir, "f32", NULL, &re32, &rs32, h32);
+    frozen_losses(dir, "bf16", NULL, &re16, &rs16, h16);
+    CHECK_MSG(isfinite(re32) && re16 == re32 && rs16 == rs32, "rounded model: eval %.9g / %.9g, step %.9g / %.9g",
+              re16, re32, rs16, rs32);
+    if (peft__backend_blis()) { /* no gemm_bf16 slot: the core widens panels for BLIS's GEMM */
+        double be32, bs32, be16, bs16;
+        frozen_losses(dir, "f32", "blis", &be32, &bs32, h32);
+        frozen_losses(dir, "bf16", "blis", &be16, &bs16, h16);
+        CHECK_MSG(fabs(be16 - be32) < 1e-5 * be32 && fabs(bs16 - bs32) < 1e-5 * bs32 && fabs(be16 - re16) < 1e-5 * re16,
+                  "blis: eval %.9g / %.9g, step %.9g / %.9g", be16, be32, bs16, bs32);
+    }
+    /* a BF16 file: its weights are kept as BF16 (no float32 copy), still exactly */
+    FILE *o = fopen(path, "wb");
+    size_t hl = 0, off = 0;
+    char hdr[16384];
+    hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "{");
+    for (size_t i = 0; i < f->n_tensors; i++) {
+        const st_tensor *t = &f->tensors[i];
+        hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "%s\"%s\":{\"dtype\":\"BF16\",\"shape\":[%lld%s", i ? "," : "",
+                               t->name, (long long)t->shape[0], t->n_dims == 2 ? "," : "");
+        if (t->n_dims == 2)
+            hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "%lld", (long long)t->shape[1]);
+        hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "],\"data_offsets\":[%zu,%zu]}", off, off + t->n_elems * 2);
+        off += t->n_elems * 2;
+    }
+    hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "}");
+    uint64_t hl64 = hl;
+    fwrite(&hl64, 8, 1, o);
+    fwrite(hdr, 1, hl, o);
+    for (size_t i = 0; i < f->n_tensors; i++)
+        for (uint64_t j = 0; j < f->tensors[i].n_elems; j++) {
+            uint16_t h = peft__f32_to_bf16(bufs[i][j]);
+            fwrite(&h, 2, 1, o);
+        }
+    fclose(o);
+    double fe32, fs32, fe16, fs16;
+    frozen_losses(dir, NULL, NULL, &fe32, &fs32, h32);
+    frozen_losses(dir, "bf16", NULL, &fe16, &fs16, h16);
+    CHECK_MSG(strcmp(h32, "f") == 0 && strcmp(h16, "qbh") == 0, "BF16 file held: %s, %s", h32, h16);
+    CHECK_MSG(fe16 == re32 && fe32 == re32 && fs16 == rs32 && fs32 == rs32, "BF16 file: eval %.9g / %.9g, step %.9g / %.9g",
+              fe16, fe32, fs16, fs32);
+    /* errors: an unknown dtype; a version 1 options struct (no frozen_dtype field) still opens */
+    peft_model *m = NULL;
+    peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
+    oo.frozen_dtype = "fp8";
+    CHECK(peft_model_open(&m, dir, &oo) == PEFT_EINVAL && !m && strstr(peft_last_error(), "fp8"));
+    struct {
+        uint32_t version;
+        int32_t n_threads;
+        const char *backend;
+    } v1 = {1, 1, NULL};
+    CHECK_OK(peft_model_open(&m, dir, (const peft_open_options *)(const void *)&v1));
+    peft_model_close(&m);
+    remove(path);
+    char cfg[256];
+    snprintf(cfg, sizeof cfg, "%s/config.json", dir);
+    remove(cfg);
+    remove(dir);
+    for (size_t i = 0; i < f->n_tensors; i++)
+        free(bufs[i]);
+    free(bufs);
+    free(ts);
+    st_close(f);
+}
+
 static int open_with_config(const char *dir, const char *config)
 {
     char p[256];
@@ -872,7 +1015,7 @@ static const struct h_case cases[] = {
     CASE(torch_step_prompt), CASE(model_gradcheck_prompt), CASE(torch_step_tokens), CASE(model_gradcheck_tokens),
     CASE(torch_combine_ties_dare_magnitude_prune), CASE(torch_step_head_rows), CASE(model_gradcheck_head_rows),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
-    CASE(sharded_and_half_precision_models), CASE(config_errors), CASE(shared_gguf_models),
+    CASE(sharded_and_half_precision_models), CASE(frozen_bf16_weights), CASE(config_errors), CASE(shared_gguf_models),
     CASE(torch_step_qwen2), CASE(torch_step_qwen3), CASE(torch_step_llama_bias), CASE(model_gradcheck_qwen2), CASE(model_gradcheck_qwen3),
     CASE(model_gradcheck_windows_and_rope_scaling),
 };

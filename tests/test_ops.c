@@ -3,6 +3,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../backends/cpu/gemm_bf16.h"
 #include "../lib/internal.h"
 #include "../lib/lora_linear.h"
 #include "../lib/model.h"
@@ -387,6 +388,77 @@ TEST(backend_cpu_gemm)
     check_backend(peft__backend_cpu(), 3);
 }
 
+/* the gemm_bf16 slot against double-precision sums of A (rounded to BF16 when round_a) times
+   the widened BF16 B */
+static void check_backend_bf16(const peft_backend *be, int threads, int round_a)
+{
+    peft_pool *pool;
+    CHECK_OK(peft__pool_create(&pool, threads));
+    peft_backend_host host = {sizeof host, threads, pool, peft__pool_for};
+    void *ctx;
+    CHECK_OK(be->init(&ctx, &host));
+    CHECK(be->struct_size >= offsetof(peft_backend, gemm_bf16) + sizeof(void *) && be->gemm_bf16);
+    /* plain loops below 16; the packed kernel's MC, KC/KP, NC and tile edges; odd K (a pair
+       half padded) */
+    const int shapes[][3] = {{1, 1, 1}, {5, 40, 9}, {16, 16, 16}, {17, 33, 31}, {100, 70, 300},
+                             {67, 1030, 260}, {40, 48, 1027}, {130, 20, 513}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int tb = 0; tb < 2; tb++)
+            for (int bi = 0; bi < 3; bi++) {
+                int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+                int lda = K + 3, ldb = (tb ? K : N) + 1, ldc = N + 2;
+                float beta = bi == 0 ? 0.0f : bi == 1 ? 1.0f : -0.5f, alpha = 0.7f;
+                size_t na = (size_t)M * lda, nb = (size_t)(tb ? N : K) * ldb, nc = (size_t)M * ldc;
+                float *a = malloc(na * 4), *bf = malloc(nb * 4), *c1 = malloc(nc * 4), *c2 = malloc(nc * 4);
+                float *ar = malloc(na * 4);
+                uint16_t *bh = malloc(nb * 2);
+                fill(a, na, 1.0f);
+                fill(bf, nb, 1.0f);
+                fill(c1, nc, 1.0f);
+                for (size_t i = 0; i < nb; i++) {
+                    bh[i] = peft__f32_to_bf16(bf[i]);
+                    bf[i] = peft__bf16_to_f32(bh[i]);
+                }
+                for (size_t i = 0; i < na; i++)
+                    ar[i] = round_a ? peft__bf16_to_f32(peft__f32_to_bf16(a[i])) : a[i];
+                if (beta == 0.0f)
+                    for (size_t i = 0; i < nc; i++)
+                        c1[i] = NAN;
+                memcpy(c2, c1, nc * 4);
+                be->gemm_bf16(ctx, tb, M, N, K, alpha, a, lda, bh, ldb, beta, c1, ldc);
+                naive(0, tb, M, N, K, alpha, ar, lda, bf, ldb, beta, c2, ldc);
+                int bad = 0;
+                for (int i = 0; i < M; i++)
+                    for (int j = 0; j < N; j++)
+                        bad += !(fabsf(c1[i * ldc + j] - c2[i * ldc + j]) <= 1e-4f * (1.0f + sqrtf((float)K)));
+                CHECK_MSG(bad == 0, "%s gemm_bf16 (round_a %d) tb=%d M=%d N=%d K=%d beta=%g: %d wrong", be->name,
+                          round_a, tb, M, N, K, beta, bad);
+                free(a), free(ar), free(bf), free(bh), free(c1), free(c2);
+            }
+    be->free(ctx);
+    peft__pool_destroy(pool);
+}
+
+TEST(backend_cpu_gemm_bf16)
+{
+    /* default: activations unrounded, the weights widened into the float32 kernel (and the
+       reference loops for the small shapes) */
+    check_backend_bf16(peft__backend_cpu(), 1, 0);
+    check_backend_bf16(peft__backend_cpu(), 3, 0);
+    setenv("PEFT_CPU_REFERENCE", "1", 1);
+    check_backend_bf16(peft__backend_cpu(), 2, 0);
+    unsetenv("PEFT_CPU_REFERENCE");
+    /* PEFT_CPU_BF16_DOT=1: AVX512-BF16's dot products, activations rounded to BF16 */
+    if (!gemm_bf16_native()) {
+        printf("  (no AVX512-BF16 here: the BF16 dot-product kernel is not exercised)\n");
+        return;
+    }
+    setenv("PEFT_CPU_BF16_DOT", "1", 1);
+    check_backend_bf16(peft__backend_cpu(), 1, 1);
+    check_backend_bf16(peft__backend_cpu(), 2, 1);
+    unsetenv("PEFT_CPU_BF16_DOT");
+}
+
 TEST(backend_blis_gemm)
 {
     if (!peft__backend_blis())
@@ -676,7 +748,7 @@ static const struct h_case cases[] = {
     CASE(rmsnorm),     CASE(rope),         CASE(attention_gqa),   CASE(attention_packed_documents),
     CASE(attention_sliding_window), CASE(attention_shared_prefix), CASE(swiglu),
     CASE(cross_entropy), CASE(lora_linear), CASE(lora_linear_dropout), CASE(dropout_mask),
-    CASE(backend_cpu_gemm), CASE(backend_blis_gemm), CASE(quantized_weights), CASE(quantizers_round_trip),
+    CASE(backend_cpu_gemm), CASE(backend_cpu_gemm_bf16), CASE(backend_blis_gemm), CASE(quantized_weights), CASE(quantizers_round_trip),
     CASE(gguf_embeddings_stay_quantized), CASE(k_quantizers_round_trip),
 };
 TEST_MAIN(cases)

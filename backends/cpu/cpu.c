@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "../../lib/internal.h"
+#include "gemm_bf16.h"
 #include "gemm_fast.h"
 #include "peft/backend.h"
 
@@ -14,6 +15,7 @@ typedef struct cpu_ctx {
     peft_backend_host host;
     gemm_fast_buffers fast;
     int reference; /* PEFT_CPU_REFERENCE=1: plain loops only */
+    int bf16_dot;  /* PEFT_CPU_BF16_DOT=1 and AVX512-BF16: BF16 dot products for BF16 weights */
 } cpu_ctx;
 
 static int cpu_init(void **ctx, const peft_backend_host *host)
@@ -24,6 +26,8 @@ static int cpu_init(void **ctx, const peft_backend_host *host)
     c->host = *host;
     const char *ref = getenv("PEFT_CPU_REFERENCE");
     c->reference = ref && *ref && strcmp(ref, "0") != 0;
+    const char *dot = getenv("PEFT_CPU_BF16_DOT");
+    c->bf16_dot = dot && *dot && strcmp(dot, "0") != 0 && gemm_bf16_native();
     *ctx = c;
     return PEFT_OK;
 }
@@ -105,7 +109,7 @@ static void cpu_gemm(void *ctx, int ta, int tb, int64_t m, int64_t n, int64_t k,
     /* narrow products (n <= 16: LoRA's x A^T, dy B, dy^T xa at rank <= 16) read op(A) in place
        against one packed panel of op(B); the packed kernel pays off once there is enough work
        per packed panel; anything smaller runs as row-by-row dot products */
-    gemm_call gc = {ta, tb, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c};
+    gemm_call gc = {ta, tb, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c, NULL};
     if (!cc->reference && m >= 16 && n <= 16 && k >= 16 &&
         gemm_narrow(&gc, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
         return;
@@ -117,6 +121,41 @@ static void cpu_gemm(void *ctx, int ta, int tb, int64_t m, int64_t n, int64_t k,
     cc->host.parallel_for(cc->host.pool, tasks, gemm_task, &g);
 }
 
+/* reference: the weights widened to float32 (exact), products summed in k order */
+static void bf16_task(void *vp, int32_t task)
+{
+    const gemm_bf16_call *g = vp;
+    int64_t i0 = (int64_t)task * ROWS, i1 = i0 + ROWS < g->m ? i0 + ROWS : g->m;
+    for (int64_t i = i0; i < i1; i++)
+        for (int64_t j = 0; j < g->n; j++) {
+            float t = 0;
+            for (int64_t p = 0; p < g->k; p++)
+                t += g->a[i * g->lda + p] * peft__bf16_to_f32(g->tb ? g->b[j * g->ldb + p] : g->b[p * g->ldb + j]);
+            float *c = g->c + i * g->ldc + j;
+            *c = g->alpha * t + (g->beta == 0.0f ? 0.0f : g->beta * *c);
+        }
+}
+
+/* Products with BFloat16 weights. By default the packed float32 kernel multiplies the
+   activations, unrounded, by the weights widened while B is packed; PEFT_CPU_BF16_DOT=1 on a
+   processor with AVX512-BF16 rounds the activations to BF16 too and uses its BF16 dot
+   products (vdpbf16ps), which are slower than float32 FMAs on some processors (Zen 5: half
+   their rate, see bench/RESULTS.md) */
+static void cpu_gemm_bf16(void *ctx, int tb, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                          int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc)
+{
+    cpu_ctx *cc = ctx;
+    gemm_bf16_call g = {tb, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c};
+    if (!cc->reference && cc->bf16_dot && gemm_bf16(&g, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
+        return;
+    gemm_call gc = {0, tb, m, n, k, lda, ldb, ldc, alpha, beta, a, NULL, c, b};
+    if (!cc->reference && m >= 16 && n >= 16 && k >= 16 &&
+        gemm_fast(&gc, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
+        return;
+    int32_t tasks = (int32_t)((m + ROWS - 1) / ROWS);
+    cc->host.parallel_for(cc->host.pool, tasks, bf16_task, &g);
+}
+
 static const peft_backend cpu_backend = {
     .abi_version = PEFT_BACKEND_ABI_VERSION,
     .struct_size = sizeof(peft_backend),
@@ -124,6 +163,7 @@ static const peft_backend cpu_backend = {
     .init = cpu_init,
     .free = cpu_free,
     .gemm = cpu_gemm,
+    .gemm_bf16 = cpu_gemm_bf16,
 };
 
 const peft_backend *peft__backend_cpu(void) { return &cpu_backend; }

@@ -179,6 +179,36 @@ static void pack_a_task(void *vp, int32_t task)
 
 #define B_PANELS_PER_TASK 8
 
+static inline float widen(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+/* the panel at column jr of a BFloat16 op(B), widened (exactly) to float32 */
+static void pack_b_bf16(const struct fast_args *a, int64_t jr, float *dst)
+{
+    const gemm_call *g = a->g;
+    for (int j = 0; j < NR; j++) {
+        if (jr + j >= a->nc) {
+            for (int64_t p = 0; p < a->kc; p++)
+                dst[p * NR + j] = 0.0f;
+            continue;
+        }
+        if (g->tb) {
+            const uint16_t *src = g->bh + (a->n0 + jr + j) * g->ldb + a->k0;
+            for (int64_t p = 0; p < a->kc; p++)
+                dst[p * NR + j] = widen(src[p]);
+        } else {
+            const uint16_t *src = g->bh + a->k0 * g->ldb + a->n0 + jr + j;
+            for (int64_t p = 0; p < a->kc; p++)
+                dst[p * NR + j] = widen(src[p * g->ldb]);
+        }
+    }
+}
+
 /* pack op(B)[k0:k0+kc, n0:n0+nc] into NR-column panels, k-major, zero-padded; a task packs
    B_PANELS_PER_TASK panels */
 static void pack_b_task(void *vp, int32_t task)
@@ -190,6 +220,10 @@ static void pack_b_task(void *vp, int32_t task)
         j_end = a->nc;
     for (int64_t jr = (int64_t)task * B_PANELS_PER_TASK * NR; jr < j_end; jr += NR) {
         float *dst = a->bp_out + jr * a->kc;
+        if (g->bh) {
+            pack_b_bf16(a, jr, dst);
+            continue;
+        }
         if (g->tb) { /* op(B) columns are rows of B: read each contiguously */
             for (int j = 0; j < NR; j++) {
                 if (jr + j >= a->nc) {

@@ -11,6 +11,7 @@ typedef struct gemm_call {
     float alpha, beta;
     const float *a, *b;
     float *c;
+    const uint16_t *bh; /* non-NULL: B is BFloat16 (b unused), widened to float32 as it is packed */
 } gemm_call;
 
 typedef struct gemm_fast_buffers {

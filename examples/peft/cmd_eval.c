@@ -7,7 +7,7 @@
 
 static const char eval_help[] =
     "usage: peft eval --model DIR [--adapter DIR] --data FILE --seq T [--batch B]\n"
-    "                 [--max-windows N] [--threads N] [--backend NAME] [--json]\n"
+    "                 [--max-windows N] [--threads N] [--backend NAME] [--frozen-dtype f32|bf16] [--json]\n"
     "                 [--tokenizer PATH] [--doc-split paragraph|line] [--pad] [--eos]\n"
     "                 [--exact-match]  (prompt/completion JSONL with --pad: greedy answers\n"
     "                                   compared with the completions)\n"
@@ -32,6 +32,7 @@ int cmd_eval(int argc, char **argv)
     long seq, batch, threads, maxw;
     const char *model = arg_str(&a, "--model", NULL), *adapter = arg_str(&a, "--adapter", NULL);
     const char *data = arg_str(&a, "--data", NULL), *backend = arg_str(&a, "--backend", NULL);
+    const char *frozen_dtype = arg_str(&a, "--frozen-dtype", NULL);
     int json = arg_flag(&a, "--json"), exact = arg_flag(&a, "--exact-match");
     if (arg_long(&a, "--seq", 128, &seq) || arg_long(&a, "--batch", 8, &batch) ||
         arg_long(&a, "--threads", 0, &threads) || arg_long(&a, "--max-windows", 0, &maxw))
@@ -47,6 +48,7 @@ int cmd_eval(int argc, char **argv)
     peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
     oo.n_threads = (int32_t)threads;
     oo.backend = backend;
+    oo.frozen_dtype = frozen_dtype;
     int code = peft_model_open(&m, model, &oo);
     if (code) {
         rc = fail_lib("open", code);

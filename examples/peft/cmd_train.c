@@ -42,6 +42,7 @@ static const char train_help[] =
     "text:     --tokenizer PATH (the model's)  --doc-split paragraph|line  --pad  --eos\n"
     "          --cross-doc (packed documents attend to each other)  --split-at-bos (token files)\n"
     "run:      --seed S (0) --threads N (all CPUs) --backend cpu|blis --save-every N (0)\n"
+    "          --frozen-dtype f32|bf16 (f32; bf16: frozen weights held in BFloat16, half the memory)\n"
     "          --checkpoint-every N (adapter + optimizer state in --out)  --resume DIR (exactly)\n"
     "          --format peft|gguf|both (peft; gguf: OUT/adapter.gguf for llama.cpp --lora)\n"
     "          --log-every N --json --quiet\n"
@@ -113,6 +114,7 @@ int cmd_train(int argc, char **argv)
     const char *model = arg_str(&a, "--model", NULL), *data = arg_str(&a, "--data", NULL);
     const char *out = arg_str(&a, "--out", NULL), *eval_data = arg_str(&a, "--eval-data", NULL);
     const char *init_adapter = arg_str(&a, "--init-adapter", NULL), *backend = arg_str(&a, "--backend", NULL);
+    const char *frozen_dtype = arg_str(&a, "--frozen-dtype", NULL);
     const char *schedule = arg_str(&a, "--schedule", "constant");
     const char *format = arg_str(&a, "--format", "peft");
     int json = arg_flag(&a, "--json"), quiet = arg_flag(&a, "--quiet");
@@ -183,6 +185,7 @@ int cmd_train(int argc, char **argv)
     peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
     oo.n_threads = (int32_t)threads;
     oo.backend = backend;
+    oo.frozen_dtype = frozen_dtype;
     if ((code = peft_model_open(&m, model, &oo))) {
         rc = fail_lib("open", code);
         goto done;

@@ -51,6 +51,17 @@ typedef struct peft_backend {
     void (*gemm)(void *ctx, int trans_a, int trans_b, int64_t m, int64_t n, int64_t k,
                  float alpha, const float *a, int64_t lda, const float *b, int64_t ldb,
                  float beta, float *c, int64_t ldc);
+
+    /*
+     * Optional (appended in 0.1.0; check struct_size). Products with BFloat16 weights:
+     * C = alpha * A * op(B) + beta * C, A (M, K) float32 with lda >= K, B BFloat16 (the upper
+     * 16 bits of float32 values): (K, N) with ldb >= N if !trans_b, else (N, K) with
+     * ldb >= K. The backend may round A to BFloat16 and must accumulate in float32 (the
+     * processor's BF16 dot products). Same rules as gemm otherwise. NULL: the core widens
+     * B to float32 panel by panel and calls gemm.
+     */
+    void (*gemm_bf16)(void *ctx, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
+                      int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc);
 } peft_backend;
 
 #ifdef __cplusplus

@@ -65,10 +65,17 @@ typedef struct peft_open_options {
     uint32_t version;
     int32_t n_threads;   /* <= 0: number of online CPUs */
     const char *backend; /* NULL: default ("cpu"); "cpu", "blis" */
+    /* version 2: how the frozen float32 linear weights and lm_head are held for the products.
+       NULL or "f32": as read. "bf16": rounded to BFloat16 (half the memory; the float32 pages
+       of a memory-mapped file are released; a BF16 file's weights are kept exactly, with no
+       float32 copy); products multiply float32 activations by the BF16 weights widened in the
+       GEMM (cpu backend). Quantized GGUF weights are unaffected. Off by default: the frozen
+       weights then differ from the file's by up to 2^-9 relative, so losses move by about 1e-3. */
+    const char *frozen_dtype;
 } peft_open_options;
 
-#define PEFT_OPEN_OPTIONS_VERSION 1
-#define PEFT_OPEN_OPTIONS_INIT {PEFT_OPEN_OPTIONS_VERSION, 0, NULL}
+#define PEFT_OPEN_OPTIONS_VERSION 2
+#define PEFT_OPEN_OPTIONS_INIT {PEFT_OPEN_OPTIONS_VERSION, 0, NULL, NULL}
 PEFT_API int peft_open_options_init(peft_open_options *opts, uint32_t version);
 
 /*

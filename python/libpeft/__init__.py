@@ -50,7 +50,7 @@ _i32p = ctypes.POINTER(_c_i32)
 
 
 class _OpenOptions(ctypes.Structure):
-    _fields_ = [("version", _c_u32), ("n_threads", _c_i32), ("backend", _c_char_p)]
+    _fields_ = [("version", _c_u32), ("n_threads", _c_i32), ("backend", _c_char_p), ("frozen_dtype", _c_char_p)]
 
 
 class _LoraOptions(ctypes.Structure):
@@ -298,9 +298,10 @@ class Model(_Handle):
 
     _free = _model_close
 
-    def __init__(self, path, threads=0, backend=None):
+    def __init__(self, path, threads=0, backend=None, frozen_dtype=None):
+        """frozen_dtype: None or "f32" (the weights as read), "bf16" (held in BFloat16)."""
         self._h = _c_void_p()
-        opts = _OpenOptions(1, threads, _enc(backend))
+        opts = _OpenOptions(2, threads, _enc(backend), _enc(frozen_dtype))
         _check(_model_open(ctypes.byref(self._h), os.fspath(path).encode(), ctypes.byref(opts)))
 
 

@@ -8,7 +8,7 @@ pub const PEFT_VERSION_PATCH: u32 = 0;
 pub const PEFT_VERSION_STRING: &[u8; 6usize] = b"0.1.0\0";
 pub const PEFT_VERSION_NUMBER: u32 = 256;
 pub const PEFT_ABI_MAJOR: u32 = 0;
-pub const PEFT_OPEN_OPTIONS_VERSION: u32 = 1;
+pub const PEFT_OPEN_OPTIONS_VERSION: u32 = 2;
 pub const PEFT_MODEL_INFO_VERSION: u32 = 2;
 pub const PEFT_LORA_OPTIONS_VERSION: u32 = 6;
 pub const PEFT_IA3_OPTIONS_VERSION: u32 = 2;
@@ -62,6 +62,7 @@ pub struct peft_open_options {
     pub version: u32,
     pub n_threads: i32,
     pub backend: *const ::std::os::raw::c_char,
+    pub frozen_dtype: *const ::std::os::raw::c_char,
 }
 extern "C" {
     pub fn peft_open_options_init(

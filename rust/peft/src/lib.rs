@@ -234,6 +234,8 @@ pub struct OpenOptions {
     pub threads: i32,
     /// "cpu" (default) or "blis".
     pub backend: Option<String>,
+    /// How the frozen float32 weights are held: None or "f32" (as read), "bf16" (half the memory).
+    pub frozen_dtype: Option<String>,
 }
 
 /// LoRA and its variants (DoRA, LoHa, LoKr); `Default` is the library's default
@@ -711,10 +713,12 @@ impl Model {
     pub fn open_with<P: AsRef<Path>>(path: P, opts: &OpenOptions) -> Result<Model> {
         let cpath = c_path(path.as_ref())?;
         let backend = opt_c(&opts.backend, "backend")?;
+        let frozen_dtype = opt_c(&opts.frozen_dtype, "frozen_dtype")?;
         let mut o: sys::peft_open_options = unsafe { std::mem::zeroed() };
         check(unsafe { sys::peft_open_options_init(&mut o, sys::PEFT_OPEN_OPTIONS_VERSION) })?;
         o.n_threads = opts.threads;
         o.backend = opt_ptr(&backend);
+        o.frozen_dtype = opt_ptr(&frozen_dtype);
         let mut raw = ptr::null_mut();
         check(unsafe { sys::peft_model_open(&mut raw, cpath.as_ptr(), &o) })?;
         Ok(Model { raw })

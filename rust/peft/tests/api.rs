@@ -11,7 +11,7 @@ fn data() -> PathBuf {
 }
 
 fn tiny() -> Model {
-    Model::open_with(data().join("tiny"), &peft::OpenOptions { threads: 1, backend: None }).expect("open the tiny model")
+    Model::open_with(data().join("tiny"), &peft::OpenOptions { threads: 1, backend: None, frozen_dtype: Some("bf16".into()) }).expect("open the tiny model")
 }
 
 /// Deterministic token ids below the vocabulary size.
