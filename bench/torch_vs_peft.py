@@ -3,7 +3,7 @@
 Usage (from the repository root, after building; Debian's python3-torch):
     /usr/bin/python3 bench/torch_vs_peft.py [--shape smollm|tinyllama|small] [--batch 4] [--seq 256]
         [--threads 2] [--steps 4] [--rank 16] [--layers all|last:4] [--backend cpu|blis]
-        [--frozen-dtype f32|bf16] [--repeat 3]
+        [--frozen-dtype f32|bf16] [--activation-checkpointing] [--repeat 3]
 
 The model is created once with `peft init-model` (random weights, Hugging Face format) under
 out/bench/. Each measurement runs in a fresh process, alternately libpeft (`peft train`) and
@@ -156,6 +156,7 @@ def main():
     ap.add_argument("--layers", default="all")
     ap.add_argument("--backend", default="cpu")
     ap.add_argument("--frozen-dtype", default="f32", choices=["f32", "bf16"])
+    ap.add_argument("--activation-checkpointing", action="store_true")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--torch-worker", action="store_true")
     ap.add_argument("--model")
@@ -200,7 +201,7 @@ def main():
                 "--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq), "--rank",
                 str(args.rank), "--alpha", str(2 * args.rank), "--targets", "all-linear", "--layers", args.layers,
                 "--threads", str(args.threads), "--backend", args.backend, "--frozen-dtype", args.frozen_dtype, "--lr", "1e-4", "--json", "--quiet",
-                "--log-every", "1"]
+                "--log-every", "1"] + (["--activation-checkpointing"] if args.activation_checkpointing else [])
     torch_cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", "--model", mdir, "--data", data,
                  "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads), "--steps",
                  str(args.steps), "--rank", str(args.rank), "--layers", args.layers]
@@ -218,7 +219,8 @@ def main():
     p_rss = max(r for _, r in res["peft"])
     t_rss = max(r for _, r in res["torch"])
     print(f"| {args.shape} | {args.batch}x{args.seq} | {args.threads} | {args.layers} | r={args.rank} | "
-          f"{args.backend}{', bf16 W' if args.frozen_dtype == 'bf16' else ''} | {p_tps:.1f} | {t_tps:.1f} | {p_tps / t_tps:.2f}x | {p_rss:.0f} | {t_rss:.0f} | "
+          f"{args.backend}{', bf16 W' if args.frozen_dtype == 'bf16' else ''}"
+          f"{', ckpt' if args.activation_checkpointing else ''} | {p_tps:.1f} | {t_tps:.1f} | {p_tps / t_tps:.2f}x | {p_rss:.0f} | {t_rss:.0f} | "
           f"{', '.join(tuned) or 'untuned'} |")
     print(json.dumps({"peft": res["peft"], "torch": res["torch"]}), file=sys.stderr)
 

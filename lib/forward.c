@@ -441,11 +441,10 @@ static int has_kind(peft_model *m, int l, int k0, int k1)
 }
 
 /* ws->dx holds d(loss)/d(layer output); on return, d/d(layer input) unless l is the lowest. */
-static void layer_backward(peft_model *m, int l)
+static void layer_backward(peft_model *m, int l, layer_acts *a)
 {
     const peft_config *c = &m->cfg;
     workspace *ws = &m->ws;
-    layer_acts *a = &ws->acts[l];
     int B = ws->n_seq, T = ws->seq_len, D = c->dim, F = c->ffn_dim;
     int Hq = c->n_heads * c->head_dim, Hk = c->n_kv_heads * c->head_dim;
     int64_t N = (int64_t)B * T;
@@ -594,10 +593,10 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
         float *out;
         layer_acts *a;
         if (train) {
-            a = &ws->acts[l];
+            a = ws->ckpt ? &ws->ckpt_acts : &ws->acts[l];
             out = l + 1 < c->n_layers ? ws->acts[l + 1].x_in : ws->x_final;
-        } else {
-            a = &ws->acts[0];
+        } else { /* one layer's buffers (a workspace planned for checkpointed training has them apart) */
+            a = ws->ckpt ? &ws->ckpt_acts : &ws->acts[0];
             out = l + 1 < c->n_layers ? ws->res[(l + 1) & 1] : ws->x_final;
         }
         layer_forward(m, l, x, out, a, train);
@@ -636,7 +635,18 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
        ready_hi bound the contiguous span reported so far) */
     size_t ready_lo = m->lora->n_params, ready_hi = 0, lo, hi;
     for (int l = c->n_layers - 1; l >= (m->lora->lowest_layer > 0 ? m->lora->lowest_layer : 0); l--) {
-        layer_backward(m, l);
+        layer_acts *a = &ws->acts[l];
+        if (ws->ckpt) {
+            /* the layer's activations again, from its stored input: the same computation as
+               the forward pass (dropout masks are a function of the call, layer and module),
+               so the output it rewrites is the value already there; the top layer's are
+               still in place */
+            a = &ws->ckpt_acts;
+            a->x_in = ws->acts[l].x_in;
+            if (l + 1 < c->n_layers)
+                layer_forward(m, l, a->x_in, ws->acts[l + 1].x_in, a, 1);
+        }
+        layer_backward(m, l, a);
         if (m->grad_ready && peft__grad_layer_range(m->lora, c->n_layers, l, &lo, &hi)) {
             m->grad_ready(m->grad_ready_user, lo, hi - lo);
             ready_lo = lo;

@@ -143,6 +143,8 @@ typedef struct workspace {
     size_t lora_floats, max_rank;
     float *dora_z, *dora_dz; /* (N, sum of out) pre-scale outputs of DoRA modules; (N, max out) */
     int has_grads;
+    int ckpt;         /* activation checkpointing: acts[l] hold only x_in, one layer's in ckpt_acts */
+    layer_acts ckpt_acts;
     void *block;
 } workspace;
 
@@ -185,6 +187,7 @@ struct peft_model {
     int n_held;
     workspace ws;
 
+    int act_ckpt; /* PEFT_OPT_ACTIVATION_CHECKPOINTING */
     /* optimizer */
     double lr, beta1, beta2, eps, weight_decay, grad_clip, min_lr_ratio, loraplus_ratio, embed_lr_ratio;
     double embed_weight_decay, norm_lr_ratio, norm_weight_decay; /* < 0: weight_decay */

@@ -36,7 +36,7 @@ static const struct {
     {PEFT_OPT_MIN_LR_RATIO, 0.0, 1.0},  {PEFT_OPT_LORAPLUS_RATIO, 0.0, 1e4},
     {PEFT_OPT_EMBED_LR_RATIO, 0.0, 1e4}, {PEFT_OPT_DROPOUT_CALL, 0, 9007199254740992.0},
     {PEFT_OPT_EMBED_WEIGHT_DECAY, -1.0, 10.0}, {PEFT_OPT_NORM_LR_RATIO, 0.0, 1e4},
-    {PEFT_OPT_NORM_WEIGHT_DECAY, -1.0, 10.0},
+    {PEFT_OPT_NORM_WEIGHT_DECAY, -1.0, 10.0}, {PEFT_OPT_ACTIVATION_CHECKPOINTING, 0, 1},
 };
 
 int peft_opt_bounds(int key, double *lo, double *hi)
@@ -55,7 +55,8 @@ int peft_opt_bounds(int key, double *lo, double *hi)
 static int is_integer_key(int key)
 {
     return key == PEFT_OPT_ACCUM_STEPS || key == PEFT_OPT_WARMUP_STEPS ||
-           key == PEFT_OPT_TOTAL_STEPS || key == PEFT_OPT_SCHEDULE || key == PEFT_OPT_DROPOUT_CALL;
+           key == PEFT_OPT_TOTAL_STEPS || key == PEFT_OPT_SCHEDULE || key == PEFT_OPT_DROPOUT_CALL ||
+           key == PEFT_OPT_ACTIVATION_CHECKPOINTING;
 }
 
 int peft_opt_set(peft_model *m, int key, double v)
@@ -91,6 +92,7 @@ int peft_opt_set(peft_model *m, int key, double v)
     case PEFT_OPT_NORM_LR_RATIO: m->norm_lr_ratio = v; break;
     case PEFT_OPT_NORM_WEIGHT_DECAY: m->norm_weight_decay = v; break;
     case PEFT_OPT_DROPOUT_CALL: m->dropout_calls = (uint64_t)v; break;
+    case PEFT_OPT_ACTIVATION_CHECKPOINTING: m->act_ckpt = (int)v; break;
     }
     return PEFT_OK;
 }
@@ -118,6 +120,7 @@ int peft_opt_get(const peft_model *m, int key, double *v)
     case PEFT_OPT_NORM_WEIGHT_DECAY: *v = m->norm_weight_decay; break;
     case PEFT_OPT_STEP: *v = (double)m->step; break;
     case PEFT_OPT_DROPOUT_CALL: *v = (double)m->dropout_calls; break;
+    case PEFT_OPT_ACTIVATION_CHECKPOINTING: *v = m->act_ckpt; break;
     default: return peft__fail(PEFT_EINVAL, "unknown optimizer setting %d", key);
     }
     return PEFT_OK;

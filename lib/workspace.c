@@ -56,8 +56,10 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
     if (m->lora && (m->lora->use_dora || m->lora->method == PEFT_METHOD_IA3))
         lora_floats += m->lora->sum_out + 1; /* a DoRA attachment needs its own plan */
     size_t max_rank = m->lora ? (size_t)m->lora->max_rank : 1;
+    int ckpt = train && m->act_ckpt;
     if (ws->block && ws->n_seq == B && ws->seq_len == T && ws->n_layers_stored >= n_store &&
-        ws->lora_floats == lora_floats && ws->max_rank == max_rank && (ws->has_grads || !train))
+        ws->lora_floats == lora_floats && ws->max_rank == max_rank && (ws->has_grads || !train) &&
+        (ws->ckpt == ckpt || !train))
         return PEFT_OK;
     peft__workspace_free(ws);
     size_t N = (size_t)B * T, D = (size_t)c->dim, F = (size_t)c->ffn_dim;
@@ -68,9 +70,13 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
     if (!ws->acts)
         return peft__fail(PEFT_ENOMEM, "workspace: out of memory");
     struct plan p = {0};
-    for (int l = 0; l < n_store; l++) {
-        layer_acts *a = &ws->acts[l];
-        want(&p, &a->x_in, N * D);
+    for (int l = 0; l < n_store + ckpt; l++) {
+        /* checkpointing: every layer's input, and the rest of one layer's activations */
+        layer_acts *a = l < n_store ? &ws->acts[l] : &ws->ckpt_acts;
+        if (l < n_store)
+            want(&p, &a->x_in, N * D);
+        if (ckpt && l < n_store)
+            continue;
         want(&p, &a->xn1, N * D);
         want(&p, &a->rstd1, N);
         want(&p, &a->q, N * Hq);
@@ -164,5 +170,6 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
     ws->lora_floats = lora_floats;
     ws->max_rank = max_rank;
     ws->has_grads = train;
+    ws->ckpt = ckpt;
     return PEFT_OK;
 }

@@ -778,6 +778,83 @@ TEST(frozen_bf16_weights)
     st_close(f);
 }
 
+/* Three training steps of the model in dir with activation checkpointing on or off, in one of
+   several attachments; the trained parameters (malloc'd), the last step's loss, an eval loss
+   after training and the workspace's size */
+static float *ckpt_run(const char *dir, int ckpt, int variant, size_t *n, double *loss, double *eval, size_t *ws)
+{
+    peft_model *m;
+    peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
+    oo.n_threads = 2;
+    if (peft_model_open(&m, dir, &oo))
+        return NULL;
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.seed = 3;
+    if (variant == 0) { /* every linear module and lm_head, dropout (masks drawn again in the recompute) */
+        o.targets = PEFT_TARGET_ALL_LINEAR | PEFT_TARGET_LM_HEAD;
+        o.dropout = 0.1f;
+    } else if (variant == 1) { /* DoRA on the last layer only: backward stops there */
+        o.targets = PEFT_TARGET_Q | PEFT_TARGET_V | PEFT_TARGET_DOWN;
+        o.use_dora = 1;
+        o.layers = "last:1";
+    } else { /* the norms and the embeddings adapted: gradients through every layer */
+        o.targets = PEFT_TARGET_Q | PEFT_TARGET_O | PEFT_TARGET_UP | PEFT_TARGET_EMBED;
+        o.norms = PEFT_NORM_INPUT | PEFT_NORM_POST_ATTENTION;
+    }
+    float *out = NULL;
+    if (peft_attach_lora(m, &o, NULL) || peft_opt_set(m, PEFT_OPT_LR, 1e-2) ||
+        peft_opt_set(m, PEFT_OPT_ACTIVATION_CHECKPOINTING, ckpt)) {
+        fprintf(stderr, "attach: %s\n", peft_last_error());
+        peft_model_close(&m);
+        return NULL;
+    }
+    int32_t tok[3 * 16];
+    for (int i = 0; i < 48; i++)
+        tok[i] = (i * 11 + 3) % 48;
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 3, 16, NULL};
+    peft_step_result r = PEFT_STEP_RESULT_INIT;
+    for (int s = 0; s < 3; s++)
+        CHECK_OK(peft_step(m, &b, &r));
+    *loss = r.loss;
+    *ws = m->ws.bytes;
+    peft_eval_result er = PEFT_EVAL_RESULT_INIT;
+    CHECK_OK(peft_eval(m, &b, &er));
+    *eval = er.loss_sum;
+    float *p;
+    CHECK_OK(peft_param_buffer(&p, n, m));
+    if ((out = malloc(*n * sizeof *out)))
+        memcpy(out, p, *n * sizeof *out);
+    peft_model_close(&m);
+    return out;
+}
+
+TEST(activation_checkpointing_is_exact)
+{
+    const char *dirs[] = {"tiny", "tiny_qwen3"};
+    for (int d = 0; d < 2; d++)
+        for (int v = 0; v < 3; v++) {
+            size_t n0 = 0, n1 = 0, w0 = 0, w1 = 0;
+            double l0 = 0, l1 = 1, e0 = 0, e1 = 1;
+            float *p0 = ckpt_run(test_data(dirs[d]), 0, v, &n0, &l0, &e0, &w0);
+            float *p1 = ckpt_run(test_data(dirs[d]), 1, v, &n1, &l1, &e1, &w1);
+            CHECK_MSG(p0 && p1 && n0 == n1 && n0 > 0, "%s variant %d: runs", dirs[d], v);
+            if (p0 && p1 && n0 == n1)
+                CHECK_MSG(memcmp(p0, p1, n0 * sizeof *p0) == 0 && l0 == l1 && e0 == e1,
+                          "%s variant %d: checkpointing changed the result (loss %.9g vs %.9g)", dirs[d], v, l1, l0);
+            /* the activations of all but one layer are gone: the tiny models have 2 layers, the
+               stored inputs are small next to a layer's activations */
+            CHECK_MSG(w1 < w0, "%s variant %d: workspace %zu bytes with checkpointing, %zu without", dirs[d], v, w1, w0);
+            free(p0), free(p1);
+        }
+    /* the setting is 0 or 1 */
+    peft_model *m;
+    CHECK_OK(peft_model_open(&m, test_data("tiny"), NULL));
+    CHECK(peft_opt_set(m, PEFT_OPT_ACTIVATION_CHECKPOINTING, 2) == PEFT_EINVAL);
+    double v = -1;
+    CHECK(peft_opt_get(m, PEFT_OPT_ACTIVATION_CHECKPOINTING, &v) == PEFT_OK && v == 0);
+    peft_model_close(&m);
+}
+
 static int open_with_config(const char *dir, const char *config)
 {
     char p[256];
@@ -1015,7 +1092,7 @@ static const struct h_case cases[] = {
     CASE(torch_step_prompt), CASE(model_gradcheck_prompt), CASE(torch_step_tokens), CASE(model_gradcheck_tokens),
     CASE(torch_combine_ties_dare_magnitude_prune), CASE(torch_step_head_rows), CASE(model_gradcheck_head_rows),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
-    CASE(sharded_and_half_precision_models), CASE(frozen_bf16_weights), CASE(config_errors), CASE(shared_gguf_models),
+    CASE(sharded_and_half_precision_models), CASE(frozen_bf16_weights), CASE(activation_checkpointing_is_exact), CASE(config_errors), CASE(shared_gguf_models),
     CASE(torch_step_qwen2), CASE(torch_step_qwen3), CASE(torch_step_llama_bias), CASE(model_gradcheck_qwen2), CASE(model_gradcheck_qwen3),
     CASE(model_gradcheck_windows_and_rope_scaling),
 };

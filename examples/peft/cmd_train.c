@@ -43,6 +43,7 @@ static const char train_help[] =
     "          --cross-doc (packed documents attend to each other)  --split-at-bos (token files)\n"
     "run:      --seed S (0) --threads N (all CPUs) --backend cpu|blis --save-every N (0)\n"
     "          --frozen-dtype f32|bf16 (f32; bf16: frozen weights held in BFloat16, half the memory)\n"
+    "          --activation-checkpointing (keep each layer's input only, recompute in the backward pass)\n"
     "          --checkpoint-every N (adapter + optimizer state in --out)  --resume DIR (exactly)\n"
     "          --format peft|gguf|both (peft; gguf: OUT/adapter.gguf for llama.cpp --lora)\n"
     "          --log-every N --json --quiet\n"
@@ -119,6 +120,7 @@ int cmd_train(int argc, char **argv)
     const char *format = arg_str(&a, "--format", "peft");
     int json = arg_flag(&a, "--json"), quiet = arg_flag(&a, "--quiet");
     const int no_overlap = arg_flag(&a, "--no-overlap");
+    const int act_ckpt = arg_flag(&a, "--activation-checkpointing");
     const char *convert_dir = arg_str(&a, "--convert-to-lora", NULL);
     if (par_init()) {
         args_free(&a);
@@ -278,7 +280,8 @@ int cmd_train(int argc, char **argv)
             goto done;
         }
     if ((code = peft_opt_set(m, PEFT_OPT_SCHEDULE, sched)) ||
-        (code = peft_opt_set(m, PEFT_OPT_TOTAL_STEPS, (double)steps))) {
+        (code = peft_opt_set(m, PEFT_OPT_TOTAL_STEPS, (double)steps)) ||
+        (code = peft_opt_set(m, PEFT_OPT_ACTIVATION_CHECKPOINTING, act_ckpt))) {
         rc = fail_lib("optimizer", code);
         goto done;
     }

@@ -385,7 +385,12 @@ enum peft_opt {
     /* Tuned RMSNorm weights (the norms option, LN tuning): learning rate = ratio x LR
        (default 1) and weight decay (-1, default: the main one). */
     PEFT_OPT_NORM_LR_RATIO = 17,
-    PEFT_OPT_NORM_WEIGHT_DECAY = 18
+    PEFT_OPT_NORM_WEIGHT_DECAY = 18,
+    /* Activation checkpointing: 1 keeps only each decoder layer's input during the forward
+       pass and recomputes the layer's activations in the backward pass (memory no longer
+       grows with the layer count; about one more forward pass of compute, the same results
+       bit for bit); 0 (default) keeps every layer's activations. */
+    PEFT_OPT_ACTIVATION_CHECKPOINTING = 19
 };
 
 enum peft_schedule {

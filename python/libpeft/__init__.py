@@ -188,7 +188,7 @@ TARGETS = {"q": 1, "k": 2, "v": 4, "o": 8, "gate": 16, "up": 32, "down": 64, "em
 _OPT = {"lr": 1, "beta1": 2, "beta2": 3, "eps": 4, "weight_decay": 5, "grad_clip": 6, "accum_steps": 7,
         "warmup_steps": 8, "total_steps": 9, "schedule": 10, "min_lr_ratio": 11, "loraplus_ratio": 12,
         "embed_lr_ratio": 14, "dropout_call": 15, "embed_weight_decay": 16, "norm_lr_ratio": 17,
-        "norm_weight_decay": 18}
+        "norm_weight_decay": 18, "activation_checkpointing": 19}
 _SCHEDULES = {"constant": 0, "linear": 1, "cosine": 2}
 _ERANGE = -11
 
@@ -444,7 +444,7 @@ class Model(_Handle):
     def set_optimizer(self, **settings):
         """lr, beta1, beta2, eps, weight_decay, grad_clip, accum_steps, warmup_steps, total_steps,
         schedule ("constant", "linear", "cosine"), min_lr_ratio, loraplus_ratio, embed_lr_ratio, embed_weight_decay,
-        norm_lr_ratio, norm_weight_decay."""
+        norm_lr_ratio, norm_weight_decay, activation_checkpointing (0 or 1)."""
         for k, v in settings.items():
             if k not in _OPT:
                 raise ValueError(f"unknown optimizer setting {k!r}")

@@ -320,6 +320,7 @@ pub const PEFT_OPT_DROPOUT_CALL: peft_opt = 15;
 pub const PEFT_OPT_EMBED_WEIGHT_DECAY: peft_opt = 16;
 pub const PEFT_OPT_NORM_LR_RATIO: peft_opt = 17;
 pub const PEFT_OPT_NORM_WEIGHT_DECAY: peft_opt = 18;
+pub const PEFT_OPT_ACTIVATION_CHECKPOINTING: peft_opt = 19;
 pub type peft_opt = ::std::os::raw::c_uint;
 pub const PEFT_SCHEDULE_CONSTANT: peft_schedule = 0;
 pub const PEFT_SCHEDULE_LINEAR: peft_schedule = 1;

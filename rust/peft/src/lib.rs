@@ -547,6 +547,8 @@ pub enum Opt {
     NormLrRatio,
     /// Weight decay of tuned norms; -1: the main one.
     NormWeightDecay,
+    /// 1: keep only each layer's input, recompute its activations in the backward pass.
+    ActivationCheckpointing,
 }
 
 impl Opt {
@@ -570,6 +572,7 @@ impl Opt {
             Opt::EmbedWeightDecay => sys::PEFT_OPT_EMBED_WEIGHT_DECAY,
             Opt::NormLrRatio => sys::PEFT_OPT_NORM_LR_RATIO,
             Opt::NormWeightDecay => sys::PEFT_OPT_NORM_WEIGHT_DECAY,
+            Opt::ActivationCheckpointing => sys::PEFT_OPT_ACTIVATION_CHECKPOINTING,
         }) as c_int
     }
 }
