@@ -54,6 +54,15 @@ uint64_t peft__hash64(uint64_t x);
 
 /* fp.c: conversions */
 float peft__f16_to_f32(uint16_t h);
+/* Element-wise loops compiled for AVX-512, AVX+FMA and baseline x86-64, chosen at run time by
+   CPU features (GCC on x86-64 Linux; TSan cannot run the ifunc resolvers) */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
+    !defined(__SANITIZE_THREAD__)
+#define PEFT_VEC_CLONES __attribute__((target_clones("avx512f", "fma", "default")))
+#else
+#define PEFT_VEC_CLONES
+#endif
+
 float peft__bf16_to_f32(uint16_t h);
 uint16_t peft__f32_to_bf16(float f);
 uint16_t peft__f32_to_f16(float f);

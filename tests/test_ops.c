@@ -459,6 +459,28 @@ TEST(backend_cpu_gemm_bf16)
     unsetenv("PEFT_CPU_BF16_DOT");
 }
 
+TEST(fast_expf_accuracy)
+{
+    /* every 1/1024 over the range the kernels use, against double exp */
+    double worst = 0;
+    for (int i = -87 * 1024; i <= 88 * 1024; i++) {
+        float x = (float)i / 1024.0f;
+        double e = exp((double)x), rel = fabs((double)peft__expf(x) - e) / e;
+        worst = rel > worst ? rel : worst;
+    }
+    CHECK_MSG(worst < 3e-7, "worst relative error %g", worst);
+    /* random-ish arguments between the grid points */
+    for (uint32_t u = 1; u < 200000; u++) {
+        float x = (float)((u * 2654435761u) % 175000000u) / 1e6f - 87.0f;
+        double e = exp((double)x);
+        CHECK_MSG(fabs((double)peft__expf(x) - e) <= 3e-7 * e, "x = %.9g", x);
+    }
+    CHECK(peft__expf(0.0f) == 1.0f);
+    CHECK(peft__expf(-88.0f) == 0.0f && peft__expf(-INFINITY) == 0.0f && peft__expf(-1e30f) == 0.0f);
+    CHECK(isfinite(peft__expf(89.0f)) && isfinite(peft__expf(INFINITY)) && peft__expf(88.3f) > 1e38f);
+    CHECK(isnan(peft__expf(NAN)));
+}
+
 TEST(backend_blis_gemm)
 {
     if (!peft__backend_blis())
@@ -748,7 +770,7 @@ static const struct h_case cases[] = {
     CASE(rmsnorm),     CASE(rope),         CASE(attention_gqa),   CASE(attention_packed_documents),
     CASE(attention_sliding_window), CASE(attention_shared_prefix), CASE(swiglu),
     CASE(cross_entropy), CASE(lora_linear), CASE(lora_linear_dropout), CASE(dropout_mask),
-    CASE(backend_cpu_gemm), CASE(backend_cpu_gemm_bf16), CASE(backend_blis_gemm), CASE(quantized_weights), CASE(quantizers_round_trip),
+    CASE(backend_cpu_gemm), CASE(backend_cpu_gemm_bf16), CASE(fast_expf_accuracy), CASE(backend_blis_gemm), CASE(quantized_weights), CASE(quantizers_round_trip),
     CASE(gguf_embeddings_stay_quantized), CASE(k_quantizers_round_trip),
 };
 TEST_MAIN(cases)

@@ -109,7 +109,7 @@ ATT_CLONES static void outer_add(float *acc, const float *u, const float *w, int
 }
 
 /* task = b * Hkv + g: every query head of kv head g */
-static void fwd_task(void *vp, int32_t task)
+PEFT_VEC_CLONES static void fwd_task(void *vp, int32_t task)
 {
     const struct att_args *a = vp;
     int b = task / a->Hkv, g = task % a->Hkv, hd = a->hd, T = a->T, rep = a->H / a->Hkv;
@@ -132,7 +132,7 @@ static void fwd_task(void *vp, int32_t task)
             }
             for (int s = 0; s < 4; s += 2)
                 for (int j = r[s]; j < r[s + 1]; j++) {
-                    p[j] = expf(p[j] - mx);
+                    p[j] = peft__expf(p[j] - mx);
                     sum += p[j];
                 }
             float inv = 1.0f / sum;
@@ -157,7 +157,7 @@ void attention_forward(void *pool, float *out, float *lse, float *scratch, const
 }
 
 /* task = b * Hkv + g: owns dk, dv of kv head g and dq of its query heads */
-static void bwd_task(void *vp, int32_t task)
+PEFT_VEC_CLONES static void bwd_task(void *vp, int32_t task)
 {
     const struct att_args *a = vp;
     int b = task / a->Hkv, g = task % a->Hkv, hd = a->hd, T = a->T, rep = a->H / a->Hkv;
@@ -183,7 +183,7 @@ static void bwd_task(void *vp, int32_t task)
                 int j0 = r[s], j1 = r[s + 1];
                 scores(p, qi, kt, T, hd, j0, j1, scale);
                 for (int j = j0; j < j1; j++)
-                    p[j] = expf(p[j] - lse);
+                    p[j] = peft__expf(p[j] - lse);
                 scores(dp, doi, vt, T, hd, j0, j1, 1.0f);
                 for (int j = j0; j < j1; j++)
                     dp[j] = p[j] * (dp[j] - D) * scale; /* ds */

@@ -12,13 +12,13 @@ struct swiglu_args {
 
 #define SW_CHUNK 4096
 
-static void fwd_task(void *vp, int32_t task)
+PEFT_VEC_CLONES static void fwd_task(void *vp, int32_t task)
 {
     const struct swiglu_args *a = vp;
     int64_t i0 = (int64_t)task * SW_CHUNK, i1 = i0 + SW_CHUNK < a->n ? i0 + SW_CHUNK : a->n;
     for (int64_t i = i0; i < i1; i++) {
         float g = a->g[i];
-        a->act[i] = g / (1.0f + expf(-g)) * a->u[i];
+        a->act[i] = g / (1.0f + peft__expf(-g)) * a->u[i];
     }
 }
 
@@ -29,12 +29,12 @@ void swiglu_forward(void *pool, float *act, const float *g, const float *u, int6
     peft__pool_for(pool, (int32_t)((a.n + SW_CHUNK - 1) / SW_CHUNK), fwd_task, &a);
 }
 
-static void bwd_task(void *vp, int32_t task)
+PEFT_VEC_CLONES static void bwd_task(void *vp, int32_t task)
 {
     const struct swiglu_args *a = vp;
     int64_t i0 = (int64_t)task * SW_CHUNK, i1 = i0 + SW_CHUNK < a->n ? i0 + SW_CHUNK : a->n;
     for (int64_t i = i0; i < i1; i++) {
-        float g = a->g[i], sg = 1.0f / (1.0f + expf(-g));
+        float g = a->g[i], sg = 1.0f / (1.0f + peft__expf(-g));
         float silu = g * sg;
         a->du[i] = a->dact[i] * silu;
         a->dg[i] = a->dact[i] * a->u[i] * sg * (1.0f + g * (1.0f - sg));
