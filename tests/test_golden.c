@@ -548,6 +548,56 @@ static uint16_t f32_to_half(float f, int bf16)
     return (uint16_t)(sign | h);
 }
 
+/* The tiny model's tensors as float32 (bufs[i]) and as st_write's list (ts), from f */
+static void tiny_tensors(const st_file *f, st_out_tensor **ts_out, float ***bufs_out)
+{
+    st_out_tensor *ts = calloc(f->n_tensors, sizeof *ts);
+    float **bufs = calloc(f->n_tensors, sizeof *bufs);
+    for (size_t i = 0; i < f->n_tensors; i++) {
+        const st_tensor *t = &f->tensors[i];
+        bufs[i] = malloc(t->n_elems * sizeof(float));
+        st_read_f32(f, t, bufs[i], t->n_elems);
+        ts[i].name = t->name;
+        ts[i].n_dims = t->n_dims;
+        for (int d = 0; d < t->n_dims; d++)
+            ts[i].shape[d] = t->shape[d];
+        ts[i].data = bufs[i];
+    }
+    *ts_out = ts;
+    *bufs_out = bufs;
+}
+
+/* path: the tensors of f with the values bufs as F16 or (bf) BF16 */
+static void write_half_model(const char *path, const st_file *f, float *const *bufs, int bf)
+{
+    char hdr[16384];
+    size_t hl = 0, off = 0;
+    hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "{");
+    for (size_t i = 0; i < f->n_tensors; i++) {
+        const st_tensor *t = &f->tensors[i];
+        hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%lld%s", i ? "," : "",
+                               t->name, bf ? "BF16" : "F16", (long long)t->shape[0], t->n_dims == 2 ? "," : "");
+        if (t->n_dims == 2)
+            hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "%lld", (long long)t->shape[1]);
+        hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "],\"data_offsets\":[%zu,%zu]}", off, off + t->n_elems * 2);
+        off += t->n_elems * 2;
+    }
+    hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "}");
+    FILE *o = fopen(path, "wb");
+    CHECK(o != NULL);
+    if (!o)
+        return;
+    uint64_t hl64 = hl;
+    fwrite(&hl64, 8, 1, o);
+    fwrite(hdr, 1, hl, o);
+    for (size_t i = 0; i < f->n_tensors; i++)
+        for (uint64_t j = 0; j < f->tensors[i].n_elems; j++) {
+            uint16_t h = f32_to_half(bufs[i][j], bf);
+            fwrite(&h, 2, 1, o);
+        }
+    fclose(o);
+}
+
 TEST(sharded_and_half_precision_models)
 {
     char ref_dtype[8], dtype[8];
@@ -561,18 +611,9 @@ TEST(sharded_and_half_precision_models)
     CHECK(mkdtemp(dir) != NULL);
     copy_config(dir);
     /* two shards, split by tensor index, with an index file */
-    st_out_tensor *ts = calloc(f->n_tensors, sizeof *ts);
-    float **bufs = calloc(f->n_tensors, sizeof *bufs);
-    for (size_t i = 0; i < f->n_tensors; i++) {
-        const st_tensor *t = &f->tensors[i];
-        bufs[i] = malloc(t->n_elems * sizeof(float));
-        st_read_f32(f, t, bufs[i], t->n_elems);
-        ts[i].name = t->name;
-        ts[i].n_dims = t->n_dims;
-        for (int d = 0; d < t->n_dims; d++)
-            ts[i].shape[d] = t->shape[d];
-        ts[i].data = bufs[i];
-    }
+    st_out_tensor *ts;
+    float **bufs;
+    tiny_tensors(f, &ts, &bufs);
     size_t half = f->n_tensors / 2;
     char p1[256], p2[256], idx[256];
     snprintf(p1, sizeof p1, "%s/model-00001-of-00002.safetensors", dir);
@@ -596,30 +637,9 @@ TEST(sharded_and_half_precision_models)
     remove(idx);
     /* F16 and BF16 copies of the same weights */
     for (int bf = 0; bf < 2; bf++) {
-        char path[256], hdr[16384];
+        char path[256];
         snprintf(path, sizeof path, "%s/model.safetensors", dir);
-        size_t hl = 0, off = 0;
-        hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "{");
-        for (size_t i = 0; i < f->n_tensors; i++) {
-            const st_tensor *t = &f->tensors[i];
-            hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[%lld%s", i ? "," : "",
-                                   t->name, bf ? "BF16" : "F16", (long long)t->shape[0], t->n_dims == 2 ? "," : "");
-            if (t->n_dims == 2)
-                hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "%lld", (long long)t->shape[1]);
-            hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "],\"data_offsets\":[%zu,%zu]}", off, off + t->n_elems * 2);
-            off += t->n_elems * 2;
-        }
-        hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "}");
-        o = fopen(path, "wb");
-        uint64_t hl64 = hl;
-        fwrite(&hl64, 8, 1, o);
-        fwrite(hdr, 1, hl, o);
-        for (size_t i = 0; i < f->n_tensors; i++)
-            for (uint64_t j = 0; j < f->tensors[i].n_elems; j++) {
-                uint16_t h = f32_to_half(bufs[i][j], bf);
-                fwrite(&h, 2, 1, o);
-            }
-        fclose(o);
+        write_half_model(path, f, bufs, bf);
         double l = tiny_eval(dir, dtype);
         CHECK_MSG(fabs(l - ref) < (bf ? 2e-2 : 2e-3) * ref, "%s loss %g vs F32 %g", bf ? "BF16" : "F16", l, ref);
         CHECK(strcmp(dtype, bf ? "BF16" : "F16") == 0);
@@ -695,20 +715,12 @@ TEST(frozen_bf16_weights)
     char dir[] = "/tmp/peft-bf16-XXXXXX";
     CHECK(mkdtemp(dir) != NULL);
     copy_config(dir);
-    st_out_tensor *ts = calloc(f->n_tensors, sizeof *ts);
-    float **bufs = calloc(f->n_tensors, sizeof *bufs);
-    for (size_t i = 0; i < f->n_tensors; i++) {
-        const st_tensor *t = &f->tensors[i];
-        bufs[i] = malloc(t->n_elems * sizeof(float));
-        st_read_f32(f, t, bufs[i], t->n_elems);
-        for (uint64_t j = 0; j < t->n_elems; j++)
+    st_out_tensor *ts;
+    float **bufs;
+    tiny_tensors(f, &ts, &bufs);
+    for (size_t i = 0; i < f->n_tensors; i++)
+        for (uint64_t j = 0; j < f->tensors[i].n_elems; j++)
             bufs[i][j] = peft__bf16_to_f32(peft__f32_to_bf16(bufs[i][j]));
-        ts[i].name = t->name;
-        ts[i].n_dims = t->n_dims;
-        for (int d = 0; d < t->n_dims; d++)
-            ts[i].shape[d] = t->shape[d];
-        ts[i].data = bufs[i];
-    }
     char path[256];
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
     CHECK_OK(st_write(path, ts, f->n_tensors, NULL, NULL, 0));
@@ -725,29 +737,7 @@ TEST(frozen_bf16_weights)
                   "blis: eval %.9g / %.9g, step %.9g / %.9g", be16, be32, bs16, bs32);
     }
     /* a BF16 file: its weights are kept as BF16 (no float32 copy), still exactly */
-    FILE *o = fopen(path, "wb");
-    size_t hl = 0, off = 0;
-    char hdr[16384];
-    hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "{");
-    for (size_t i = 0; i < f->n_tensors; i++) {
-        const st_tensor *t = &f->tensors[i];
-        hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "%s\"%s\":{\"dtype\":\"BF16\",\"shape\":[%lld%s", i ? "," : "",
-                               t->name, (long long)t->shape[0], t->n_dims == 2 ? "," : "");
-        if (t->n_dims == 2)
-            hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "%lld", (long long)t->shape[1]);
-        hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "],\"data_offsets\":[%zu,%zu]}", off, off + t->n_elems * 2);
-        off += t->n_elems * 2;
-    }
-    hl += (size_t)snprintf(hdr + hl, sizeof hdr - hl, "}");
-    uint64_t hl64 = hl;
-    fwrite(&hl64, 8, 1, o);
-    fwrite(hdr, 1, hl, o);
-    for (size_t i = 0; i < f->n_tensors; i++)
-        for (uint64_t j = 0; j < f->tensors[i].n_elems; j++) {
-            uint16_t h = peft__f32_to_bf16(bufs[i][j]);
-            fwrite(&h, 2, 1, o);
-        }
-    fclose(o);
+    write_half_model(path, f, bufs, 1);
     double fe32, fs32, fe16, fs16;
     frozen_losses(dir, NULL, NULL, &fe32, &fs32, h32);
     frozen_losses(dir, "bf16", NULL, &fe16, &fs16, h16);
