@@ -68,6 +68,7 @@ static inline float peft__expf(float x)
 {
     float xc = x > 88.3f ? 88.3f : x; /* k <= 127: 2^k stays a finite float */
     xc = xc < -87.3f ? -87.3f : xc;
+    xc = x != x ? 0.0f : xc; /* NaN: a finite stand-in (converting NaN to int is undefined) */
     const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
     float t = xc * 1.44269504f + magic, k = t - magic;
     float r = xc - k * 0.693359375f;  /* ln2 = 0.693359375 - 2.12194440e-4, the first part exact in k */
