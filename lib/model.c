@@ -330,6 +330,10 @@ int peft_model_open(peft_model **out, const char *path, const peft_open_options 
         if (opts->version >= 2)
             o.frozen_dtype = opts->frozen_dtype;
     }
+    /* the options checked before the model is read */
+    int bf16 = o.frozen_dtype && strcmp(o.frozen_dtype, "f32") != 0;
+    if (bf16 && strcmp(o.frozen_dtype, "bf16") != 0)
+        return peft__fail(PEFT_EINVAL, "unknown frozen_dtype '%s' (f32, bf16)", o.frozen_dtype);
     peft__clear_error();
     peft_model *m = calloc(1, sizeof *m);
     if (!m || !(m->path = strdup(path))) {
@@ -368,12 +372,8 @@ int peft_model_open(peft_model **out, const char *path, const peft_open_options 
     }
     if (!code)
         code = pick_backend(m, o.backend);
-    if (!code && o.frozen_dtype && strcmp(o.frozen_dtype, "f32") != 0) {
-        if (strcmp(o.frozen_dtype, "bf16") != 0)
-            code = peft__fail(PEFT_EINVAL, "unknown frozen_dtype '%s' (f32, bf16)", o.frozen_dtype);
-        else
-            code = peft__weights_to_bf16(m);
-    }
+    if (!code && bf16)
+        code = peft__weights_to_bf16(m);
     if (!code)
         code = alloc_qpanel(m);
     if (code) {

@@ -457,6 +457,25 @@ static int release_mapped(const peft_model *m, const float *p, size_t n)
     return 1;
 }
 
+/* n floats of f as a BF16 copy owned by the model (NULL: out of memory, reported); *exact:
+   every value is a BF16 number (NaNs count as such) */
+static uint16_t *bf16_copy(peft_model *m, const float *f, size_t n, int *exact)
+{
+    uint16_t *h = (uint16_t *)peft__alloc_floats((n + 1) / 2);
+    if (!h || peft__gguf_add_owned(m, (float *)h)) {
+        peft__free(h);
+        peft__fail(PEFT_ENOMEM, "%s: out of memory for the BF16 weights", m->path);
+        return NULL;
+    }
+    int ex = 1;
+    for (size_t i = 0; i < n; i++) {
+        h[i] = peft__f32_to_bf16(f[i]);
+        ex &= peft__bf16_to_f32(h[i]) == f[i] || f[i] != f[i];
+    }
+    *exact = ex;
+    return h;
+}
+
 /* A BF16 copy of w's float32 matrix. Pages of a memory-mapped file are released (they are read
    back only if the exact weights are needed again: merging, exports); an owned float32 copy
    whose values are all BF16 numbers (a BF16 file) is freed and w becomes a BF16 matrix. */
@@ -465,16 +484,10 @@ static int to_bf16(peft_model *m, peft_w *w)
     if (!w->f || w->bf16)
         return PEFT_OK;
     size_t n = (size_t)w->rows * (size_t)w->cols;
-    uint16_t *h = (uint16_t *)peft__alloc_floats((n + 1) / 2);
-    if (!h || peft__gguf_add_owned(m, (float *)h)) {
-        peft__free(h);
-        return peft__fail(PEFT_ENOMEM, "%s: out of memory for the BF16 weights", m->path);
-    }
-    int exact = 1;
-    for (size_t i = 0; i < n; i++) {
-        h[i] = peft__f32_to_bf16(w->f[i]);
-        exact &= peft__bf16_to_f32(h[i]) == w->f[i] || w->f[i] != w->f[i];
-    }
+    int exact;
+    uint16_t *h = bf16_copy(m, w->f, n, &exact);
+    if (!h)
+        return PEFT_ENOMEM;
     w->bf16 = h;
     if (!release_mapped(m, w->f, n) && exact && peft__owned_release(m, w->f) == 0) {
         *w = (peft_w){.q = (const uint8_t *)h, .qtype = PEFT_GG_BF16, .rows = w->rows, .cols = w->cols,
@@ -491,23 +504,16 @@ int peft__weights_to_bf16(peft_model *m)
             if (code)
                 return code;
         }
-    /* lm_head: a tied one keeps the embedding matrix for the lookups (its f), the copy is
-       for the products only */
-    if (m->cfg.tied) {
-        if (!m->head.f)
-            return PEFT_OK;
-        peft_w h = m->head;
-        size_t n = (size_t)h.rows * (size_t)h.cols;
-        uint16_t *c = (uint16_t *)peft__alloc_floats((n + 1) / 2);
-        if (!c || peft__gguf_add_owned(m, (float *)c)) {
-            peft__free(c);
-            return peft__fail(PEFT_ENOMEM, "%s: out of memory for the BF16 lm_head", m->path);
-        }
-        for (size_t i = 0; i < n; i++)
-            c[i] = peft__f32_to_bf16(h.f[i]);
-        m->head.bf16 = c;
-        release_mapped(m, h.f, n); /* lookups read back only the rows they use */
+    if (!m->cfg.tied)
+        return to_bf16(m, &m->head);
+    /* a tied lm_head keeps the embedding matrix for the lookups (its f), the copy is for the
+       products only; the mapped pages are released, lookups read back only their rows */
+    if (!m->head.f)
         return PEFT_OK;
-    }
-    return to_bf16(m, &m->head);
+    size_t n = (size_t)m->head.rows * (size_t)m->head.cols;
+    int exact;
+    if (!(m->head.bf16 = bf16_copy(m, m->head.f, n, &exact)))
+        return PEFT_ENOMEM;
+    release_mapped(m, m->head.f, n);
+    return PEFT_OK;
 }

@@ -181,15 +181,6 @@ static void row_task(void *vp, int32_t task)
     }
 }
 
-static void scale_task(void *vp, int32_t task)
-{
-    const gemm_bf16_call *g = vp;
-    int64_t i0 = (int64_t)task * MC, i1 = i0 + MC < g->m ? i0 + MC : g->m;
-    for (int64_t i = i0; i < i1; i++)
-        for (int64_t j = 0; j < g->n; j++)
-            g->c[i * g->ldc + j] *= g->beta;
-}
-
 int gemm_bf16(const gemm_bf16_call *g, gemm_fast_buffers *buf, void *pool,
               void (*parallel_for)(void *, int32_t, void (*)(void *, int32_t), void *))
 {
@@ -197,8 +188,7 @@ int gemm_bf16(const gemm_bf16_call *g, gemm_fast_buffers *buf, void *pool,
     if (!use_dpbf16() || gemm_fast_reserve(buf, g->m))
         return -1;
     int32_t tasks = (int32_t)((g->m + MC - 1) / MC);
-    if (g->beta != 0.0f && g->beta != 1.0f)
-        parallel_for(pool, tasks, scale_task, (void *)g);
+    gemm_scale_c(g->c, g->m, g->n, g->ldc, g->beta, pool, parallel_for);
     for (int64_t k0 = 0; k0 < g->k; k0 += 2 * KP) {
         int64_t kc = g->k - k0 < 2 * KP ? g->k - k0 : 2 * KP;
         struct bf_args fa = {g, k0, kc, (kc + 1) / 2, 0, 0, (uint32_t *)(void *)buf->a, (uint32_t *)(void *)buf->b};

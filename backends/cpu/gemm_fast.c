@@ -271,19 +271,27 @@ static void row_task(void *vp, int32_t task)
 }
 
 struct scale_args {
-    const gemm_call *g;
+    float *c;
+    int64_t m, n, ldc;
+    float beta;
 };
 
 static void scale_task(void *vp, int32_t task)
 {
-    const gemm_call *g = ((const struct scale_args *)vp)->g;
-    int64_t i0 = (int64_t)task * MC, i1 = i0 + MC < g->m ? i0 + MC : g->m;
-    for (int64_t i = i0; i < i1; i++) {
-        float *c = g->c + i * g->ldc;
-        if (g->beta != 0.0f && g->beta != 1.0f) /* beta 0: the first k block stores */
-            for (int64_t j = 0; j < g->n; j++)
-                c[j] *= g->beta;
-    }
+    const struct scale_args *a = vp;
+    int64_t i0 = (int64_t)task * MC, i1 = i0 + MC < a->m ? i0 + MC : a->m;
+    for (int64_t i = i0; i < i1; i++)
+        for (int64_t j = 0; j < a->n; j++)
+            a->c[i * a->ldc + j] *= a->beta;
+}
+
+void gemm_scale_c(float *c, int64_t m, int64_t n, int64_t ldc, float beta, void *pool,
+                  void (*parallel_for)(void *, int32_t, void (*)(void *, int32_t), void *))
+{
+    if (beta == 0.0f || beta == 1.0f) /* 0: the first k block stores, 1: it adds */
+        return;
+    struct scale_args sa = {c, m, n, ldc, beta};
+    parallel_for(pool, (int32_t)((m + MC - 1) / MC), scale_task, &sa);
 }
 
 int gemm_fast_reserve(gemm_fast_buffers *buf, int64_t m)
@@ -315,9 +323,7 @@ int gemm_fast(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
     if (gemm_fast_reserve(buf, g->m))
         return -1;
     int32_t tasks = (int32_t)((g->m + MC - 1) / MC);
-    struct scale_args sa = {g};
-    if (g->beta != 0.0f && g->beta != 1.0f)
-        parallel_for(pool, tasks, scale_task, &sa);
+    gemm_scale_c(g->c, g->m, g->n, g->ldc, g->beta, pool, parallel_for);
     /* k blocks outermost: op(A) is packed once per k block (not once per n block), and every
        element of C still accumulates its k blocks in increasing order */
     for (int64_t k0 = 0; k0 < g->k; k0 += KC) {
@@ -362,9 +368,7 @@ int gemm_narrow(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
     if (g->n > NR || g->k > (int64_t)KC * NC / NR || gemm_fast_reserve(buf, 1))
         return -1;
     int32_t tasks = (int32_t)((g->m + MC - 1) / MC);
-    struct scale_args sa = {g};
-    if (g->beta != 0.0f && g->beta != 1.0f)
-        parallel_for(pool, tasks, scale_task, &sa);
+    gemm_scale_c(g->c, g->m, g->n, g->ldc, g->beta, pool, parallel_for);
     struct fast_args fa = {g, 0, g->k, 0, g->n, buf->b, buf->a, buf->b};
     pack_b_task(&fa, 0); /* one NR-column panel of the whole K */
     parallel_for(pool, tasks, narrow_task, &fa);

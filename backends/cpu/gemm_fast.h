@@ -26,6 +26,9 @@ int gemm_fast(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
 int gemm_narrow(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
                 void (*parallel_for)(void *, int32_t, void (*)(void *, int32_t), void *));
 int gemm_fast_reserve(gemm_fast_buffers *buf, int64_t m);
+/* C (m x n, row stride ldc) *= beta, unless beta is 0 or 1 (the kernels store or add) */
+void gemm_scale_c(float *c, int64_t m, int64_t n, int64_t ldc, float beta, void *pool,
+                  void (*parallel_for)(void *, int32_t, void (*)(void *, int32_t), void *));
 void gemm_fast_free(gemm_fast_buffers *buf);
 
 #endif
