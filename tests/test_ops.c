@@ -133,7 +133,7 @@ TEST(rope)
 enum { AB = 2, AT = 6, AH = 4, AHK = 2, AD = 4 };
 struct att_ctx {
     float q[AB * AT * AH * AD], k[AB * AT * AHK * AD], v[AB * AT * AHK * AD];
-    float out[AB * AT * AH * AD], lse[AB * AH * AT], scratch[AB * AHK * (4 * AD + 4) * AT], dout[AB * AT * AH * AD];
+    float out[AB * AT * AH * AD], lse[AB * AH * AT], scratch[4096], dout[AB * AT * AH * AD];
     const int32_t *pos;
     int window, prefix;
 };
@@ -147,6 +147,7 @@ static double att_loss(void *vp)
 static void attention_case(const int32_t *pos, int window, int prefix, struct att_ctx *out)
 {
     struct att_ctx c;
+    CHECK(attention_scratch_floats(AB, AT, AHK, AD) <= sizeof c.scratch / sizeof(float));
     c.pos = pos;
     c.window = window;
     c.prefix = prefix;
@@ -191,7 +192,8 @@ TEST(attention_shared_prefix)
     for (int k = 0; k < 4; k++) {
         enum { ST = 5 };
         float q[ST * AH * AD], kk[ST * AHK * AD], v[ST * AHK * AD], o[ST * AH * AD], lse[AH * ST];
-        float scratch[AHK * (4 * AD + 4) * ST];
+        float scratch[4096];
+        CHECK(attention_scratch_floats(1, ST, AHK, AD) <= sizeof scratch / sizeof(float));
         int n = docs[k][1], b = docs[k][2];
         for (int t = 0; t < 2 + n; t++) { /* the sequence's prefix rows, then the document's */
             int src = b * AT + (t < 2 ? t : docs[k][0] - b * AT + t - 2);

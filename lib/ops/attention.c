@@ -22,11 +22,19 @@
 
 /*
  * Layout of the work: one task per (sequence b, kv head g). The task transposes the keys (and,
- * in backward, the values) of its kv head into a (hd, T) scratch, so that every inner loop
- * below runs over contiguous key positions j and vectorises: a row of scores is
- * sum_d q[d] * Kt[d][j0..i]; in backward, dKt[d][j] += q[d] ds[j] and dVt[d][j] += dout[d] p[j].
- * Nothing of size T x T exists; a task's scratch is (4 hd + 4) T floats.
+ * in backward, the values) of its kv head into a (hd, tp) scratch (tp: T rounded up to 16,
+ * the pad zeroed), and takes its query rows QB at a time: a block of scores is
+ * S (QB, j) = Q (QB, hd) Kt (hd, j), computed 16 key positions at a time in registers, so
+ * each key is loaded once per block instead of once per row; the weighted sums and, in
+ * backward, dKt[d][j] += sum_r q_r[d] ds_r[j] are blocked the same way. A row's probabilities
+ * are zero outside its own key ranges, and every sum runs in the order of the row-by-row
+ * loops (over d, then j increasing, then rows in order). Nothing of size T x T exists; a
+ * task's scratch is attention_task_floats.
  */
+#define QB 8
+
+typedef float v16 __attribute__((vector_size(64), aligned(4)));
+
 struct att_args {
     float *out, *lse, *dq, *dk, *dv, *scratch;
     const float *q, *k, *v, *dout, *o, *lse_in;
@@ -51,60 +59,133 @@ static void key_ranges(const struct att_args *a, int b, int i, int r[4])
     r[3] = i + 1;
 }
 
+static int pad16(int n)
+{
+    return (n + 15) & ~15;
+}
+
+static size_t attention_task_floats(int T, int hd)
+{
+    return (4 * (size_t)hd + 2 * QB) * (size_t)pad16(T) + 2 * (size_t)QB * (size_t)hd + (size_t)hd;
+}
+
 size_t attention_scratch_floats(int B, int T, int Hkv, int hd)
 {
-    return (size_t)B * (size_t)Hkv * (4 * (size_t)hd + 4) * (size_t)T;
+    return (size_t)B * (size_t)Hkv * attention_task_floats(T, hd);
 }
 
 static float *task_scratch(const struct att_args *a, int32_t task)
 {
-    return a->scratch + (size_t)task * (4 * (size_t)a->hd + 4) * (size_t)a->T;
+    return a->scratch + (size_t)task * attention_task_floats(a->T, a->hd);
 }
 
-/* xt (hd, T) <- rows x[b*T + j][g*hd .. g*hd + hd) of a (B*T, stride) matrix */
+/* xt (hd, tp) <- rows x[b*T + j][g*hd .. g*hd + hd) of a (B*T, stride) matrix, columns T..tp zero */
 static void transpose_in(float *xt, const float *x, int64_t stride, int b, int g, int T, int hd)
 {
+    int tp = pad16(T);
     for (int j = 0; j < T; j++) {
         const float *row = x + ((int64_t)b * T + j) * stride + (int64_t)g * hd;
         for (int d = 0; d < hd; d++)
-            xt[(int64_t)d * T + j] = row[d];
+            xt[(int64_t)d * tp + j] = row[d];
+    }
+    for (int d = 0; d < hd; d++)
+        memset(xt + (int64_t)d * tp + T, 0, (size_t)(tp - T) * sizeof *xt);
+}
+
+/* The rows i0 .. i0 + nb - 1 of a block: their key ranges r, and the hull [lo, hi) of them */
+static void block_ranges(const struct att_args *a, int b, int i0, int nb, int r[QB][4], int *lo, int *hi)
+{
+    *lo = a->T, *hi = 0;
+    for (int k = 0; k < nb; k++) {
+        key_ranges(a, b, i0 + k, r[k]);
+        int first = r[k][0] < r[k][1] ? r[k][0] : r[k][2];
+        *lo = first < *lo ? first : *lo;
+        *hi = r[k][3] > *hi ? r[k][3] : *hi;
     }
 }
 
-/* s[j] = scale * sum_d q[d] xt[d][j] for j in [j0, j1) */
-ATT_CLONES static void scores(float *s, const float *q, const float *xt, int T, int hd, int j0, int j1, float scale)
+/* xt[d * QB + k] <- row k of the block (zero for k >= nb): rows at x + k * stride */
+static void gather_rows(float *xt, const float *x, int64_t stride, int nb, int hd)
 {
-    for (int j = j0; j < j1; j++)
-        s[j] = 0.0f;
-    for (int d = 0; d < hd; d++) {
-        const float *x = xt + (int64_t)d * T;
-        float qd = q[d];
-        for (int j = j0; j < j1; j++)
-            s[j] += qd * x[j];
-    }
-    for (int j = j0; j < j1; j++)
-        s[j] *= scale;
+    for (int d = 0; d < hd; d++)
+        for (int k = 0; k < QB; k++)
+            xt[d * QB + k] = k < nb ? x[k * stride + d] : 0.0f;
 }
 
-/* o[d] += sum_j w[j] x[j][d] over the rows of a (B*T, stride) matrix (x already offset) */
-ATT_CLONES static void weighted_rows(float *o, const float *w, const float *x, int64_t stride, int j0, int j1, int hd)
+/* p_k[j] <- 0 for j in [j0, j1) outside row k's ranges r */
+static void mask_row(float *p, const int r[4], int j0, int j1)
 {
-    for (int j = j0; j < j1; j++) {
-        const float *xj = x + (int64_t)j * stride;
-        float wj = w[j];
-        for (int d = 0; d < hd; d++)
-            o[d] += wj * xj[d];
+    for (int j = j0; j < r[0] && j < j1; j++)
+        p[j] = 0.0f;
+    for (int j = r[1] > j0 ? r[1] : j0; j < r[2]; j++)
+        p[j] = 0.0f;
+    for (int j = r[3]; j < j1; j++)
+        p[j] = 0.0f;
+}
+
+/* s_k[j] = scale * sum_d qt[d][k] xt[d][j] for the QB rows k (s_k at s + k tp), j in [j0, j1),
+   16 at a time (j0, j1 multiples of 16 within tp) */
+ATT_CLONES static void scores_block(float *s, int tp, const float *qt, const float *xt, int hd, int j0, int j1,
+                                    float scale)
+{
+    for (int j = j0; j < j1; j += 16) {
+        v16 acc[QB];
+        for (int k = 0; k < QB; k++)
+            acc[k] = (v16){0};
+        for (int d = 0; d < hd; d++) {
+            v16 x;
+            memcpy(&x, xt + (int64_t)d * tp + j, sizeof x);
+            for (int k = 0; k < QB; k++)
+                acc[k] += qt[d * QB + k] * x;
+        }
+        for (int k = 0; k < QB; k++) {
+            v16 t = acc[k] * scale;
+            memcpy(s + (int64_t)k * tp + j, &t, sizeof t);
+        }
     }
 }
 
-/* acc[d][j] += u[d] * w[j] for j in [j0, j1) */
-ATT_CLONES static void outer_add(float *acc, const float *u, const float *w, int T, int hd, int j0, int j1)
+/* o_k[d] = sum_{j in [j0, j1)} w_k[j] x[j][d] (w_k at w + k tp; x rows at stride, already offset) */
+ATT_CLONES static void weighted_block(float *const *o, const float *w, int tp, const float *x, int64_t stride,
+                                      int j0, int j1, int hd)
 {
-    for (int d = 0; d < hd; d++) {
-        float *r = acc + (int64_t)d * T;
-        float ud = u[d];
-        for (int j = j0; j < j1; j++)
-            r[j] += ud * w[j];
+    int d0 = 0;
+    for (; d0 + 16 <= hd; d0 += 16) {
+        v16 acc[QB];
+        for (int k = 0; k < QB; k++)
+            acc[k] = (v16){0};
+        for (int j = j0; j < j1; j++) {
+            v16 xj;
+            memcpy(&xj, x + (int64_t)j * stride + d0, sizeof xj);
+            for (int k = 0; k < QB; k++)
+                acc[k] += w[(int64_t)k * tp + j] * xj;
+        }
+        for (int k = 0; k < QB; k++)
+            memcpy(o[k] + d0, &acc[k], sizeof acc[k]);
+    }
+    for (int k = 0; k < QB; k++)
+        for (int d = d0; d < hd; d++) {
+            float sum = 0.0f;
+            for (int j = j0; j < j1; j++)
+                sum += w[(int64_t)k * tp + j] * x[(int64_t)j * stride + d];
+            o[k][d] = sum;
+        }
+}
+
+/* acc[d][j] += sum_k ut[d][k] w_k[j], rows k in order, j in [j0, j1) 16 at a time */
+ATT_CLONES static void outer_block(float *acc, int tp, const float *ut, const float *w, int hd, int j0, int j1)
+{
+    for (int j = j0; j < j1; j += 16) {
+        v16 wk[QB];
+        for (int k = 0; k < QB; k++)
+            memcpy(&wk[k], w + (int64_t)k * tp + j, sizeof wk[k]);
+        for (int d = 0; d < hd; d++) {
+            v16 t;
+            memcpy(&t, acc + (int64_t)d * tp + j, sizeof t);
+            for (int k = 0; k < QB; k++)
+                t += ut[d * QB + k] * wk[k];
+            memcpy(acc + (int64_t)d * tp + j, &t, sizeof t);
+        }
     }
 }
 
@@ -112,37 +193,48 @@ ATT_CLONES static void outer_add(float *acc, const float *u, const float *w, int
 PEFT_VEC_CLONES static void fwd_task(void *vp, int32_t task)
 {
     const struct att_args *a = vp;
-    int b = task / a->Hkv, g = task % a->Hkv, hd = a->hd, T = a->T, rep = a->H / a->Hkv;
+    int b = task / a->Hkv, g = task % a->Hkv, hd = a->hd, T = a->T, rep = a->H / a->Hkv, tp = pad16(T);
     int64_t qs = (int64_t)a->H * hd, ks = (int64_t)a->Hkv * hd;
     float scale = 1.0f / sqrtf((float)hd);
-    float *kt = task_scratch(a, task), *p = kt + (int64_t)hd * T;
+    float *kt = task_scratch(a, task), *p = kt + (int64_t)hd * tp, *qt = p + (int64_t)QB * tp;
+    float *dummy = qt + 2 * QB * hd;
     transpose_in(kt, a->k, ks, b, g, T, hd);
     const float *vb = a->v + (int64_t)b * T * ks + (int64_t)g * hd;
     for (int h = g * rep; h < (g + 1) * rep; h++)
-        for (int i = 0; i < T; i++) {
-            const float *qi = a->q + ((int64_t)b * T + i) * qs + (int64_t)h * hd;
-            float *oi = a->out + ((int64_t)b * T + i) * qs + (int64_t)h * hd;
-            int r[4];
-            key_ranges(a, b, i, r);
-            float mx = -INFINITY, sum = 0;
-            for (int s = 0; s < 4; s += 2) {
-                scores(p, qi, kt, T, hd, r[s], r[s + 1], scale);
-                for (int j = r[s]; j < r[s + 1]; j++)
-                    mx = p[j] > mx ? p[j] : mx;
-            }
-            for (int s = 0; s < 4; s += 2)
-                for (int j = r[s]; j < r[s + 1]; j++) {
-                    p[j] = peft__expf(p[j] - mx);
-                    sum += p[j];
+        for (int i0 = 0; i0 < T; i0 += QB) {
+            int nb = T - i0 < QB ? T - i0 : QB, r[QB][4], lo, hi;
+            block_ranges(a, b, i0, nb, r, &lo, &hi);
+            int lo16 = lo & ~15, hi16 = pad16(hi);
+            int64_t row0 = ((int64_t)b * T + i0) * qs + (int64_t)h * hd;
+            gather_rows(qt, a->q + row0, qs, nb, hd);
+            scores_block(p, tp, qt, kt, hd, lo16, hi16, scale);
+            float *o[QB];
+            for (int k = 0; k < QB; k++) {
+                float *pk = p + (int64_t)k * tp;
+                if (k >= nb) {
+                    memset(pk + lo16, 0, (size_t)(hi16 - lo16) * sizeof *pk);
+                    o[k] = dummy;
+                    continue;
                 }
-            float inv = 1.0f / sum;
-            memset(oi, 0, (size_t)hd * sizeof *oi);
-            for (int s = 0; s < 4; s += 2) {
-                for (int j = r[s]; j < r[s + 1]; j++)
-                    p[j] *= inv;
-                weighted_rows(oi, p, vb, ks, r[s], r[s + 1], hd);
+                const int *rk = r[k];
+                float mx = -INFINITY, sum = 0;
+                for (int s = 0; s < 4; s += 2)
+                    for (int j = rk[s]; j < rk[s + 1]; j++)
+                        mx = pk[j] > mx ? pk[j] : mx;
+                for (int s = 0; s < 4; s += 2)
+                    for (int j = rk[s]; j < rk[s + 1]; j++) {
+                        pk[j] = peft__expf(pk[j] - mx);
+                        sum += pk[j];
+                    }
+                float inv = 1.0f / sum;
+                for (int s = 0; s < 4; s += 2)
+                    for (int j = rk[s]; j < rk[s + 1]; j++)
+                        pk[j] *= inv;
+                mask_row(pk, rk, lo16, hi16);
+                o[k] = a->out + row0 + k * qs;
+                a->lse[((int64_t)b * a->H + h) * T + i0 + k] = mx + logf(sum);
             }
-            a->lse[((int64_t)b * a->H + h) * T + i] = mx + logf(sum);
+            weighted_block(o, p, tp, vb, ks, lo, hi, hd);
         }
 }
 
@@ -160,44 +252,59 @@ void attention_forward(void *pool, float *out, float *lse, float *scratch, const
 PEFT_VEC_CLONES static void bwd_task(void *vp, int32_t task)
 {
     const struct att_args *a = vp;
-    int b = task / a->Hkv, g = task % a->Hkv, hd = a->hd, T = a->T, rep = a->H / a->Hkv;
+    int b = task / a->Hkv, g = task % a->Hkv, hd = a->hd, T = a->T, rep = a->H / a->Hkv, tp = pad16(T);
     int64_t qs = (int64_t)a->H * hd, ks = (int64_t)a->Hkv * hd;
     float scale = 1.0f / sqrtf((float)hd);
-    float *kt = task_scratch(a, task), *vt = kt + (int64_t)hd * T, *dkt = vt + (int64_t)hd * T;
-    float *dvt = dkt + (int64_t)hd * T, *p = dvt + (int64_t)hd * T, *dp = p + T;
+    float *kt = task_scratch(a, task), *vt = kt + (int64_t)hd * tp, *dkt = vt + (int64_t)hd * tp;
+    float *dvt = dkt + (int64_t)hd * tp, *p = dvt + (int64_t)hd * tp, *dp = p + (int64_t)QB * tp;
+    float *qt = dp + (int64_t)QB * tp, *dt = qt + QB * hd, *dummy = dt + QB * hd;
     transpose_in(kt, a->k, ks, b, g, T, hd);
     transpose_in(vt, a->v, ks, b, g, T, hd);
-    memset(dkt, 0, 2 * (size_t)hd * (size_t)T * sizeof *dkt);
+    memset(dkt, 0, 2 * (size_t)hd * (size_t)tp * sizeof *dkt);
+    const float *kb = a->k + (int64_t)b * T * ks + (int64_t)g * hd;
     for (int h = g * rep; h < (g + 1) * rep; h++)
-        for (int i = 0; i < T; i++) {
-            int64_t qo = ((int64_t)b * T + i) * qs + (int64_t)h * hd;
-            const float *qi = a->q + qo, *doi = a->dout + qo, *oi = a->o + qo;
-            float lse = a->lse_in[((int64_t)b * a->H + h) * T + i];
-            float D = 0;
-            for (int d = 0; d < hd; d++)
-                D += doi[d] * oi[d];
-            int r[4];
-            key_ranges(a, b, i, r);
-            memset(a->dq + qo, 0, (size_t)hd * sizeof(float));
-            for (int s = 0; s < 4; s += 2) {
-                int j0 = r[s], j1 = r[s + 1];
-                scores(p, qi, kt, T, hd, j0, j1, scale);
-                for (int j = j0; j < j1; j++)
-                    p[j] = peft__expf(p[j] - lse);
-                scores(dp, doi, vt, T, hd, j0, j1, 1.0f);
-                for (int j = j0; j < j1; j++)
-                    dp[j] = p[j] * (dp[j] - D) * scale; /* ds */
-                weighted_rows(a->dq + qo, dp, a->k + (int64_t)b * T * ks + (int64_t)g * hd, ks, j0, j1, hd);
-                outer_add(dkt, qi, dp, T, hd, j0, j1);
-                outer_add(dvt, doi, p, T, hd, j0, j1);
+        for (int i0 = 0; i0 < T; i0 += QB) {
+            int nb = T - i0 < QB ? T - i0 : QB, r[QB][4], lo, hi;
+            block_ranges(a, b, i0, nb, r, &lo, &hi);
+            int lo16 = lo & ~15, hi16 = pad16(hi);
+            int64_t row0 = ((int64_t)b * T + i0) * qs + (int64_t)h * hd;
+            gather_rows(qt, a->q + row0, qs, nb, hd);
+            gather_rows(dt, a->dout + row0, qs, nb, hd);
+            scores_block(p, tp, qt, kt, hd, lo16, hi16, scale);
+            scores_block(dp, tp, dt, vt, hd, lo16, hi16, 1.0f);
+            float *dq[QB];
+            for (int k = 0; k < QB; k++) {
+                float *pk = p + (int64_t)k * tp, *dpk = dp + (int64_t)k * tp;
+                if (k >= nb) {
+                    memset(pk + lo16, 0, (size_t)(hi16 - lo16) * sizeof *pk);
+                    memset(dpk + lo16, 0, (size_t)(hi16 - lo16) * sizeof *dpk);
+                    dq[k] = dummy;
+                    continue;
+                }
+                const float *doi = a->dout + row0 + k * qs, *oi = a->o + row0 + k * qs;
+                float lse = a->lse_in[((int64_t)b * a->H + h) * T + i0 + k], D = 0;
+                for (int d = 0; d < hd; d++)
+                    D += doi[d] * oi[d];
+                const int *rk = r[k];
+                for (int s = 0; s < 4; s += 2)
+                    for (int j = rk[s]; j < rk[s + 1]; j++) {
+                        pk[j] = peft__expf(pk[j] - lse);
+                        dpk[j] = pk[j] * (dpk[j] - D) * scale; /* ds */
+                    }
+                mask_row(pk, rk, lo16, hi16);
+                mask_row(dpk, rk, lo16, hi16);
+                dq[k] = a->dq + row0 + k * qs;
             }
+            weighted_block(dq, dp, tp, kb, ks, lo, hi, hd);
+            outer_block(dkt, tp, qt, dp, hd, lo16, hi16);
+            outer_block(dvt, tp, dt, p, hd, lo16, hi16);
         }
     for (int j = 0; j < T; j++) {
         float *dkj = a->dk + ((int64_t)b * T + j) * ks + (int64_t)g * hd;
         float *dvj = a->dv + ((int64_t)b * T + j) * ks + (int64_t)g * hd;
         for (int d = 0; d < hd; d++) {
-            dkj[d] = dkt[(int64_t)d * T + j];
-            dvj[d] = dvt[(int64_t)d * T + j];
+            dkj[d] = dkt[(int64_t)d * tp + j];
+            dvj[d] = dvt[(int64_t)d * tp + j];
         }
     }
 }
