@@ -46,6 +46,8 @@ typedef float v16 __attribute__((vector_size(64), aligned(4)));
     v16 acc[R];                                                                                    \
     for (int i = 0; i < R; i++)                                                                    \
         acc[i] = (v16){0};                                                                         \
+    for (int i = 0; i < mr; i++) /* the tile of C arrives while the k loop runs */                 \
+        __builtin_prefetch(c + (int64_t)i * ldc, 1, 3), __builtin_prefetch(c + (int64_t)i * ldc + NR - 1, 1, 3); \
     for (int p = 0; p < kc; p++) {                                                                 \
         v16 bv;                                                                                    \
         memcpy(&bv, b + (int64_t)p * NR, sizeof bv);                                               \
