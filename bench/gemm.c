@@ -73,6 +73,7 @@ int main(int argc, char **argv)
         {0, 0, 1024, 576, 1536, "backward dy W     1024x576x1536"},
         {0, 1, 1024, 16, 576, "LoRA     x A^T    1024x16x576"},
         {1, 0, 1536, 16, 1024, "LoRA     dy^T xa  1536x16x1024"},
+        {1, 0, 16, 576, 1024, "LoRA     dxa^T x  16x576x1024"},
     };
     const peft_backend *bl = peft__backend_blis();
     void *blctx = NULL;

@@ -349,11 +349,12 @@ static void check_backend(const peft_backend *be, int threads)
     CHECK_OK(be->init(&ctx, &host));
     CHECK(be->abi_version == PEFT_BACKEND_ABI_VERSION && be->struct_size <= sizeof(peft_backend));
     /* small shapes take the plain loops; N <= 16 the narrow kernel (A read in place, edge rows
-       of a tile included); the rest the packed kernel, crossing its MC (64), KC (256),
-       NC (1024), MR (8) and NR (16) block edges */
-    const int shapes[][3] = {{1, 1, 1},     {17, 13, 29},   {64, 8, 200},   {8, 70, 5},    {33, 65, 1},
+       of a tile included, K in blocks of 256); M <= 16 the narrow kernel on the transposed
+       product with C stored transposed; the rest the packed kernel, crossing its MC (64),
+       KC (256), NC (1024), MR (8) and NR (16) block edges */
+    const int shapes[][3] = {{1, 1, 1},     {17, 13, 29},   {64, 8, 200},    {8, 70, 5},     {33, 65, 1},
                              {16, 16, 16},  {100, 70, 300}, {67, 1030, 260}, {129, 17, 513}, {150, 16, 600},
-                             {70, 5, 1030}};
+                             {70, 5, 1030}, {16, 70, 300},  {5, 100, 600},   {13, 17, 520}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++)

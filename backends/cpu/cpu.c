@@ -109,9 +109,15 @@ static void cpu_gemm(void *ctx, int ta, int tb, int64_t m, int64_t n, int64_t k,
     /* narrow products (n <= 16: LoRA's x A^T, dy B, dy^T xa at rank <= 16) read op(A) in place
        against one packed panel of op(B); the packed kernel pays off once there is enough work
        per packed panel; anything smaller runs as row-by-row dot products */
-    gemm_call gc = {ta, tb, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c, NULL};
+    gemm_call gc = {ta, tb, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c, NULL, 0};
     if (!cc->reference && m >= 16 && n <= 16 && k >= 16 &&
         gemm_narrow(&gc, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
+        return;
+    /* m <= 16 (LoRA's dxa^T x): C^T = op(B)^T op(A)^T as a narrow product, stored transposed,
+       instead of packing all of op(B) for 16 rows of C */
+    gemm_call gt = {!tb, !ta, n, m, k, ldb, lda, ldc, alpha, beta, b, a, c, NULL, 1};
+    if (!cc->reference && n >= 16 && m <= 16 && k >= 16 &&
+        gemm_narrow(&gt, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
         return;
     if (!cc->reference && m >= 16 && n >= 16 && k >= 16 && !(n < 32 && !ta && tb) &&
         gemm_fast(&gc, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
@@ -148,7 +154,7 @@ static void cpu_gemm_bf16(void *ctx, int tb, int64_t m, int64_t n, int64_t k, fl
     gemm_bf16_call g = {tb, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c};
     if (!cc->reference && cc->bf16_dot && gemm_bf16(&g, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
         return;
-    gemm_call gc = {0, tb, m, n, k, lda, ldb, ldc, alpha, beta, a, NULL, c, b};
+    gemm_call gc = {0, tb, m, n, k, lda, ldb, ldc, alpha, beta, a, NULL, c, b, 0};
     if (!cc->reference && m >= 16 && n >= 16 && k >= 16 &&
         gemm_fast(&gc, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
         return;

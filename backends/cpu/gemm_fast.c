@@ -52,6 +52,7 @@ typedef float v16 __attribute__((vector_size(64), aligned(4)));
         v16 bv;                                                                                    \
         memcpy(&bv, b + (int64_t)p * NR, sizeof bv);                                               \
         const float *ap = a + (int64_t)p * R;                                                      \
+        __builtin_prefetch(ap + 32 * R);                                                           \
         for (int i = 0; i < R; i++)                                                                \
             acc[i] += ap[i] * bv;                                                                  \
     }                                                                                              \
@@ -111,11 +112,28 @@ __attribute__((target("avx512f"))) static void micro_kernel_wide(int kc, const f
         for (int i = 0; i < R; i++)                                                                \
             acc[i] += ap[off[i]] * bv;                                                             \
     }                                                                                              \
+    if (tc) {                                                                                      \
+        store_tile_t(acc, c, ldc, alpha, mr, nr, store);                                           \
+        return;                                                                                    \
+    }                                                                                              \
     STORE_TILE
+
+/* the tile acc (mr x nr used, acc[i] = row i) into c transposed: c[j ldc + i] = alpha acc[i][j]
+   (store) or += */
+static void store_tile_t(const void *acc, float *c, int64_t ldc, float alpha, int mr, int nr, int store)
+{
+    float t[MR_WIDE > MR ? MR_WIDE : MR][NR];
+    memcpy(t, acc, (size_t)mr * sizeof t[0]);
+    for (int j = 0; j < nr; j++) {
+        float *cj = c + (int64_t)j * ldc;
+        for (int i = 0; i < mr; i++)
+            cj[i] = (store ? 0.0f : cj[i]) + alpha * t[i][j];
+    }
+}
 
 KERNEL_CLONES
 static void narrow_kernel(int64_t kc, const float *a, int64_t si, int64_t sp, const float *b, float *c, int64_t ldc,
-                          float alpha, int mr, int nr, int store)
+                          float alpha, int mr, int nr, int store, int tc)
 {
     NARROW_KERNEL_BODY(MR)
 }
@@ -123,7 +141,7 @@ static void narrow_kernel(int64_t kc, const float *a, int64_t si, int64_t sp, co
 #ifdef KERNEL_WIDE
 __attribute__((target("avx512f"))) static void narrow_kernel_wide(int64_t kc, const float *a, int64_t si, int64_t sp,
                                                                   const float *b, float *c, int64_t ldc, float alpha,
-                                                                  int mr, int nr, int store)
+                                                                  int mr, int nr, int store, int tc)
 {
     NARROW_KERNEL_BODY(MR_WIDE)
 }
@@ -399,25 +417,98 @@ int gemm_fast(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
     return 0;
 }
 
+/* K in blocks of NARROW_KC: the block's packed op(B) rows (16 KiB) stay in L1 while the task's
+   row tiles run over them, and the rows of op(A) a block reads span few pages */
+#define NARROW_KC 256
+
 static void narrow_task(void *vp, int32_t task)
 {
     const struct fast_args *a = vp;
     const gemm_call *g = a->g;
     int64_t i0 = (int64_t)task * MC, mc = g->m - i0 < MC ? g->m - i0 : MC;
     int64_t si = g->ta ? 1 : g->lda, sp = g->ta ? g->lda : 1;
-    int R = panel_rows(), store = g->beta == 0.0f, nr = (int)g->n;
-    for (int64_t ir = 0; ir < mc; ir += R) {
-        int mr = (int)(mc - ir < R ? mc - ir : R);
-        const float *ap = g->a + (i0 + ir) * si;
-        float *ct = g->c + (i0 + ir) * g->ldc;
+    int R = panel_rows(), nr = (int)g->n;
+    for (int64_t k0 = 0; k0 < g->k; k0 += NARROW_KC) {
+        int64_t kc = g->k - k0 < NARROW_KC ? g->k - k0 : NARROW_KC;
+        int store = k0 == 0 && g->beta == 0.0f; /* the first k block writes C instead of adding */
+        for (int64_t ir = 0; ir < mc; ir += R) {
+            int mr = (int)(mc - ir < R ? mc - ir : R);
+            const float *ap = g->a + (i0 + ir) * si + k0 * sp, *bp = a->bp + k0 * NR;
+            float *ct = g->tc ? g->c + i0 + ir : g->c + (i0 + ir) * g->ldc;
 #ifdef KERNEL_WIDE
-        if (R == MR_WIDE) {
-            narrow_kernel_wide(g->k, ap, si, sp, a->bp, ct, g->ldc, g->alpha, mr, nr, store);
-            continue;
-        }
+            if (R == MR_WIDE) {
+                narrow_kernel_wide(kc, ap, si, sp, bp, ct, g->ldc, g->alpha, mr, nr, store, g->tc);
+                continue;
+            }
 #endif
-        narrow_kernel(g->k, ap, si, sp, a->bp, ct, g->ldc, g->alpha, mr, nr, store);
+            narrow_kernel(kc, ap, si, sp, bp, ct, g->ldc, g->alpha, mr, nr, store, g->tc);
+        }
     }
+}
+
+/* op(A) = A^T (A stored K x M): C rows i += A[p][i] op(B)[p] for p in order, NT_P rows of A at
+   a time, each read contiguously (a 16-row tile over K read one 64-byte piece of every row of
+   A: a large stride, at about 20 GFLOP/s); the task's NT_ROWS x 16 block of C is summed in a
+   buffer in L1 */
+#define NT_ROWS 128
+#define NT_P 8
+#define NT_I 8
+
+KERNEL_CLONES
+static void narrow_t_rows(const gemm_call *g, const float *bp, int64_t i0, int64_t mc, float *buf)
+{
+    memset(buf, 0, (size_t)mc * NR * sizeof *buf);
+    int64_t p = 0;
+    for (; p + NT_P <= g->k; p += NT_P) {
+        v16 bv[NT_P];
+        for (int q = 0; q < NT_P; q++)
+            memcpy(&bv[q], bp + (p + q) * NR, sizeof bv[q]);
+        const float *ar = g->a + p * g->lda + i0;
+        int64_t i = 0;
+        for (; i + NT_I <= mc; i += NT_I) { /* NT_I independent chains hide the FMA latency */
+            v16 c[NT_I];
+            memcpy(c, buf + i * NR, sizeof c);
+            for (int q = 0; q < NT_P; q++) /* the next NT_P rows' pieces (short streams) */
+                __builtin_prefetch(ar + (q + NT_P) * g->lda + i);
+            for (int q = 0; q < NT_P; q++)
+                for (int r = 0; r < NT_I; r++)
+                    c[r] += ar[q * g->lda + i + r] * bv[q];
+            memcpy(buf + i * NR, c, sizeof c);
+        }
+        for (; i < mc; i++) {
+            v16 c;
+            memcpy(&c, buf + i * NR, sizeof c);
+            for (int q = 0; q < NT_P; q++)
+                c += ar[q * g->lda + i] * bv[q];
+            memcpy(buf + i * NR, &c, sizeof c);
+        }
+    }
+    for (; p < g->k; p++) {
+        v16 bv;
+        memcpy(&bv, bp + p * NR, sizeof bv);
+        const float *ar = g->a + p * g->lda + i0;
+        for (int64_t i = 0; i < mc; i++) {
+            v16 c;
+            memcpy(&c, buf + i * NR, sizeof c);
+            c += ar[i] * bv;
+            memcpy(buf + i * NR, &c, sizeof c);
+        }
+    }
+}
+
+static void narrow_t_task(void *vp, int32_t task)
+{
+    const struct fast_args *a = vp;
+    const gemm_call *g = a->g;
+    int64_t i0 = (int64_t)task * NT_ROWS, mc = g->m - i0 < NT_ROWS ? g->m - i0 : NT_ROWS;
+    float buf[NT_ROWS * NR];
+    narrow_t_rows(g, a->bp, i0, mc, buf);
+    int store = g->beta == 0.0f;
+    for (int64_t i = 0; i < mc; i++)
+        for (int64_t j = 0; j < g->n; j++) {
+            float *c = g->tc ? g->c + j * g->ldc + i0 + i : g->c + (i0 + i) * g->ldc + j;
+            *c = (store ? 0.0f : *c) + g->alpha * buf[i * NR + j];
+        }
 }
 
 int gemm_narrow(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
@@ -426,9 +517,15 @@ int gemm_narrow(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
     if (g->n > NR || g->k > (int64_t)KC * NC / NR || gemm_fast_reserve(buf, 1))
         return -1;
     int32_t tasks = (int32_t)((g->m + MC - 1) / MC);
-    gemm_scale_c(g->c, g->m, g->n, g->ldc, g->beta, pool, parallel_for);
+    if (g->tc)
+        gemm_scale_c(g->c, g->n, g->m, g->ldc, g->beta, pool, parallel_for);
+    else
+        gemm_scale_c(g->c, g->m, g->n, g->ldc, g->beta, pool, parallel_for);
     struct fast_args fa = {g, 0, g->k, 0, g->n, buf->b, buf->a, buf->b};
     pack_b_task(&fa, 0); /* one NR-column panel of the whole K */
-    parallel_for(pool, tasks, narrow_task, &fa);
+    if (g->ta)
+        parallel_for(pool, (int32_t)((g->m + NT_ROWS - 1) / NT_ROWS), narrow_t_task, &fa);
+    else
+        parallel_for(pool, tasks, narrow_task, &fa);
     return 0;
 }

@@ -12,6 +12,7 @@ typedef struct gemm_call {
     const float *a, *b;
     float *c;
     const uint16_t *bh; /* non-NULL: B is BFloat16 (b unused), widened to float32 as it is packed */
+    int tc;             /* gemm_narrow only: C is stored transposed, element (i, j) at c[j ldc + i] */
 } gemm_call;
 
 typedef struct gemm_fast_buffers {
@@ -21,7 +22,8 @@ typedef struct gemm_fast_buffers {
 
 int gemm_fast(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
               void (*parallel_for)(void *, int32_t, void (*)(void *, int32_t), void *));
-/* N <= 16 (LoRA's rank-r products): op(A) read in place, op(B) packed once; -1 when the
+/* N <= 16 (LoRA's rank-r products): op(A) read in place, op(B) packed once, K in blocks of
+   256; with tc set, C^T = op(B)^T op(A)^T is what is computed (M <= 16 products); -1 when the
    shape does not fit (the caller falls back) */
 int gemm_narrow(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
                 void (*parallel_for)(void *, int32_t, void (*)(void *, int32_t), void *));
