@@ -484,6 +484,30 @@ TEST(fast_expf_accuracy)
     CHECK(isnan(peft__expf(NAN)));
 }
 
+/* the 16-lane max and sum of the softmax loops against scalar folds */
+TEST(lane_reductions)
+{
+    float x[100];
+    for (int n = 0; n <= 100; n++) {
+        fill(x, (size_t)n, 3.0f);
+        float m = -INFINITY;
+        double s = 0;
+        for (int i = 0; i < n; i++)
+            m = x[i] > m ? x[i] : m, s += x[i];
+        CHECK_MSG(peft__maxf(x, n, -INFINITY) == m, "n %d", n);
+        CHECK_MSG(fabs(peft__sumf(x, n) - s) <= 1e-5 * (1 + n), "n %d: %g vs %g", n, peft__sumf(x, n), s);
+        if (n > 40) { /* a NaN is skipped as by the scalar fold; a NaN start stays */
+            x[37] = NAN;
+            float m2 = -INFINITY;
+            for (int i = 0; i < n; i++)
+                m2 = x[i] > m2 ? x[i] : m2;
+            CHECK(peft__maxf(x, n, -INFINITY) == m2);
+            CHECK(isnan(peft__maxf(x, n, NAN)));
+        }
+    }
+    CHECK(peft__maxf(x, 0, 2.5f) == 2.5f && peft__sumf(x, 0) == 0.0f);
+}
+
 TEST(backend_blis_gemm)
 {
     if (!peft__backend_blis())
@@ -773,7 +797,7 @@ static const struct h_case cases[] = {
     CASE(rmsnorm),     CASE(rope),         CASE(attention_gqa),   CASE(attention_packed_documents),
     CASE(attention_sliding_window), CASE(attention_shared_prefix), CASE(swiglu),
     CASE(cross_entropy), CASE(lora_linear), CASE(lora_linear_dropout), CASE(dropout_mask),
-    CASE(backend_cpu_gemm), CASE(backend_cpu_gemm_bf16), CASE(fast_expf_accuracy), CASE(backend_blis_gemm), CASE(quantized_weights), CASE(quantizers_round_trip),
+    CASE(backend_cpu_gemm), CASE(backend_cpu_gemm_bf16), CASE(fast_expf_accuracy), CASE(lane_reductions), CASE(backend_blis_gemm), CASE(quantized_weights), CASE(quantizers_round_trip),
     CASE(gguf_embeddings_stay_quantized), CASE(k_quantizers_round_trip),
 };
 TEST_MAIN(cases)

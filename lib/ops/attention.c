@@ -219,13 +219,12 @@ PEFT_VEC_CLONES static void fwd_task(void *vp, int32_t task)
                 const int *rk = r[k];
                 float mx = -INFINITY, sum = 0;
                 for (int s = 0; s < 4; s += 2)
+                    mx = peft__maxf(pk + rk[s], rk[s + 1] - rk[s], mx);
+                for (int s = 0; s < 4; s += 2) {
                     for (int j = rk[s]; j < rk[s + 1]; j++)
-                        mx = pk[j] > mx ? pk[j] : mx;
-                for (int s = 0; s < 4; s += 2)
-                    for (int j = rk[s]; j < rk[s + 1]; j++) {
                         pk[j] = peft__expf(pk[j] - mx);
-                        sum += pk[j];
-                    }
+                    sum += peft__sumf(pk + rk[s], rk[s + 1] - rk[s]);
+                }
                 float inv = 1.0f / sum;
                 for (int s = 0; s < 4; s += 2)
                     for (int j = rk[s]; j < rk[s + 1]; j++)

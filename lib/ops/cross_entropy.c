@@ -7,9 +7,7 @@
 // logits (V); dlogits (V) = scale * (softmax(logits) - onehot(label)); may alias logits
 PEFT_VEC_CLONES double xent_row(float *dlogits, const float *logits, int V, int label, float scale)
 {
-    float mx = logits[0];
-    for (int i = 1; i < V; i++)
-        mx = logits[i] > mx ? logits[i] : mx;
+    float mx = peft__maxf(logits + 1, V - 1, logits[0]);
     /* e^(l - max) in float, summed in 8 double lanes (a fixed order, vectorized) */
     double lanes[8] = {0};
     int i = 0;

@@ -8,6 +8,7 @@
 #define PEFT_OPS_H
 
 #include <stdint.h>
+#include <string.h>
 
 /* out (N,D), rstd (N) <- x (N,D), w (D) */
 void rmsnorm_forward(void *pool, float *out, float *rstd, const float *x, const float *w,
@@ -92,5 +93,43 @@ static inline float peft__expf(float x)
 
 /* Inverted dropout mask value for element idx of a call: 0 or 1/(1-p). */
 float dropout_scale(uint64_t seed, uint64_t idx, float p);
+
+/* max(init, x[0..n)) as `x > m ? x : m` folds it (a NaN in x is skipped, a NaN init stays), in
+   16 lanes so that it vectorizes (a scalar fold is a chain of compares); the result is the same */
+static inline float peft__maxf(const float *x, int n, float init)
+{
+    typedef float f16v __attribute__((vector_size(64), aligned(4)));
+    typedef int32_t i16v __attribute__((vector_size(64), aligned(4)));
+    f16v lane = init - (f16v){0}; /* every lane init (a vector x - 0 keeps a NaN) */
+    int i = 0;
+    for (; i + 16 <= n; i += 16) {
+        f16v v;
+        memcpy(&v, x + i, sizeof v);
+        i16v gt = v > lane;
+        lane = (f16v)(((i16v)v & gt) | ((i16v)lane & ~gt));
+    }
+    float m = init;
+    for (int k = 0; k < 16; k++)
+        m = lane[k] > m ? lane[k] : m;
+    for (; i < n; i++)
+        m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+/* sum of x[0..n) in 16 lanes (a fixed order, vectorized), combined pairwise */
+static inline float peft__sumf(const float *x, int n)
+{
+    float lane[16] = {0};
+    int i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int k = 0; k < 16; k++)
+            lane[k] += x[i + k];
+    for (int w = 8; w >= 1; w /= 2)
+        for (int k = 0; k < w; k++)
+            lane[k] += lane[k + w];
+    for (; i < n; i++)
+        lane[0] += x[i];
+    return lane[0];
+}
 
 #endif
