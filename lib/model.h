@@ -359,11 +359,12 @@ void peft__lora_free(lora_state *l);
 
 /* Rows of logits computed at once: as many as fit about 16M floats (64 MiB), at least 64, so
    that the frozen lm_head is streamed (and packed by the GEMM) a few times per step, not once
-   per 64 rows. */
+   per 64 rows; a multiple of 128 rows, so that the GEMM's 64-row tasks split evenly over two
+   or four threads (341 rows of a 49152-word vocabulary left one thread a third idle). */
 static inline int64_t peft__xent_chunk(int64_t rows, int64_t vocab)
 {
     int64_t c = ((int64_t)16 << 20) / (vocab > 0 ? vocab : 1);
-    c = c < 64 ? 64 : c;
+    c = c >= 128 ? c / 128 * 128 : c < 64 ? 64 : c;
     return c < rows ? c : rows;
 }
 
