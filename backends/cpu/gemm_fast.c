@@ -289,7 +289,18 @@ static void pack_b_task(void *vp, int32_t task)
     int64_t j_end = ((int64_t)task + 1) * B_PANELS_PER_TASK * NR;
     if (j_end > a->nc)
         j_end = a->nc;
-    for (int64_t jr = (int64_t)task * B_PANELS_PER_TASK * NR; jr < j_end; jr += NR) {
+    int64_t j_begin = (int64_t)task * B_PANELS_PER_TASK * NR, j_full = j_begin + (j_end - j_begin) / NR * NR;
+    if (!g->bh && !g->tb && j_full > j_begin) {
+        /* full panels of a row-major op(B): row by row across the task's panels, so that each
+           row of B is read as one contiguous piece (panel by panel, every row was a new line) */
+        for (int64_t p = 0; p < a->kc; p++) {
+            const float *src = g->b + (a->k0 + p) * g->ldb + a->n0;
+            for (int64_t jr = j_begin; jr < j_full; jr += NR)
+                memcpy(a->bp_out + jr * a->kc + p * NR, src + jr, NR * sizeof(float));
+        }
+        j_begin = j_full;
+    }
+    for (int64_t jr = j_begin; jr < j_end; jr += NR) {
         float *dst = a->bp_out + jr * a->kc;
         if (g->bh) {
             pack_b_bf16(a, jr, dst);
@@ -308,9 +319,6 @@ static void pack_b_task(void *vp, int32_t task)
                 for (int64_t p = p0; p < a->kc; p++)
                     dst[p * NR + j] = src[p];
             }
-        } else if (jr + NR <= a->nc) { /* a full panel: rows of 16 contiguous floats */
-            for (int64_t p = 0; p < a->kc; p++)
-                memcpy(dst + p * NR, g->b + (a->k0 + p) * g->ldb + a->n0 + jr, NR * sizeof(float));
         } else {
             for (int64_t p = 0; p < a->kc; p++) {
                 const float *src = g->b + (a->k0 + p) * g->ldb + a->n0 + jr;
