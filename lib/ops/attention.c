@@ -22,8 +22,10 @@
 
 /*
  * Layout of the work: one task per (sequence b, kv head g). The task transposes the keys (and,
- * in backward, the values) of its kv head into a (hd, tp) scratch (tp: T rounded up to 16,
- * the pad zeroed), and takes its query rows QB at a time: a block of scores is
+ * in backward, the values) of its kv head into a scratch of (hd, 16) panels, one per 16 key
+ * positions (T rounded up to tp, a multiple of 16, the pad zeroed; a panel is contiguous, where
+ * rows of tp floats put every d of a column on one cache set once tp reached 1024), and takes
+ * its query rows QB at a time: a block of scores is
  * S (QB, j) = Q (QB, hd) Kt (hd, j), computed 16 key positions at a time in registers, so
  * each key is loaded once per block instead of once per row; the weighted sums and, in
  * backward, dKt[d][j] += sum_r q_r[d] ds_r[j] are blocked the same way. A row's probabilities
@@ -64,9 +66,22 @@ static int pad16(int n)
     return (n + 15) & ~15;
 }
 
+/* floats from one probability row to the next: T padded, plus 16 (rows of a power of two
+   floats would share cache sets) */
+static int prow(int T)
+{
+    return pad16(T) + 16;
+}
+
+/* element (d, j) of a (hd, 16)-panel matrix */
+static inline int64_t pan(int d, int j, int hd)
+{
+    return (int64_t)(j >> 4) * hd * 16 + d * 16 + (j & 15);
+}
+
 static size_t attention_task_floats(int T, int hd)
 {
-    return (4 * (size_t)hd + 2 * QB) * (size_t)pad16(T) + 2 * (size_t)QB * (size_t)hd + (size_t)hd;
+    return 4 * (size_t)hd * (size_t)pad16(T) + 2 * QB * (size_t)prow(T) + 2 * (size_t)QB * (size_t)hd + (size_t)hd;
 }
 
 size_t attention_scratch_floats(int B, int T, int Hkv, int hd)
@@ -79,17 +94,18 @@ static float *task_scratch(const struct att_args *a, int32_t task)
     return a->scratch + (size_t)task * attention_task_floats(a->T, a->hd);
 }
 
-/* xt (hd, tp) <- rows x[b*T + j][g*hd .. g*hd + hd) of a (B*T, stride) matrix, columns T..tp zero */
+/* xt (hd, tp) in panels <- rows x[b*T + j][g*hd .. g*hd + hd) of a (B*T, stride) matrix,
+   columns T..tp zero */
 static void transpose_in(float *xt, const float *x, int64_t stride, int b, int g, int T, int hd)
 {
-    int tp = pad16(T);
     for (int j = 0; j < T; j++) {
         const float *row = x + ((int64_t)b * T + j) * stride + (int64_t)g * hd;
         for (int d = 0; d < hd; d++)
-            xt[(int64_t)d * tp + j] = row[d];
+            xt[pan(d, j, hd)] = row[d];
     }
-    for (int d = 0; d < hd; d++)
-        memset(xt + (int64_t)d * tp + T, 0, (size_t)(tp - T) * sizeof *xt);
+    for (int j = T; j < pad16(T); j++)
+        for (int d = 0; d < hd; d++)
+            xt[pan(d, j, hd)] = 0.0f;
 }
 
 /* The rows i0 .. i0 + nb - 1 of a block: their key ranges r, and the hull [lo, hi) of them */
@@ -123,9 +139,9 @@ static void mask_row(float *p, const int r[4], int j0, int j1)
         p[j] = 0.0f;
 }
 
-/* s_k[j] = scale * sum_d qt[d][k] xt[d][j] for the QB rows k (s_k at s + k tp), j in [j0, j1),
-   16 at a time (j0, j1 multiples of 16 within tp) */
-ATT_CLONES static void scores_block(float *s, int tp, const float *qt, const float *xt, int hd, int j0, int j1,
+/* s_k[j] = scale * sum_d qt[d][k] xt[d][j] for the QB rows k (s_k at s + k ps), j in [j0, j1),
+   16 at a time (j0, j1 multiples of 16 within tp; xt in panels) */
+ATT_CLONES static void scores_block(float *s, int ps, const float *qt, const float *xt, int hd, int j0, int j1,
                                     float scale)
 {
     for (int j = j0; j < j1; j += 16) {
@@ -134,19 +150,19 @@ ATT_CLONES static void scores_block(float *s, int tp, const float *qt, const flo
             acc[k] = (v16){0};
         for (int d = 0; d < hd; d++) {
             v16 x;
-            memcpy(&x, xt + (int64_t)d * tp + j, sizeof x);
+            memcpy(&x, xt + pan(d, j, hd), sizeof x);
             for (int k = 0; k < QB; k++)
                 acc[k] += qt[d * QB + k] * x;
         }
         for (int k = 0; k < QB; k++) {
             v16 t = acc[k] * scale;
-            memcpy(s + (int64_t)k * tp + j, &t, sizeof t);
+            memcpy(s + (int64_t)k * ps + j, &t, sizeof t);
         }
     }
 }
 
-/* o_k[d] = sum_{j in [j0, j1)} w_k[j] x[j][d] (w_k at w + k tp; x rows at stride, already offset) */
-ATT_CLONES static void weighted_block(float *const *o, const float *w, int tp, const float *x, int64_t stride,
+/* o_k[d] = sum_{j in [j0, j1)} w_k[j] x[j][d] (w_k at w + k ps; x rows at stride, already offset) */
+ATT_CLONES static void weighted_block(float *const *o, const float *w, int ps, const float *x, int64_t stride,
                                       int j0, int j1, int hd)
 {
     int d0 = 0;
@@ -158,7 +174,7 @@ ATT_CLONES static void weighted_block(float *const *o, const float *w, int tp, c
             v16 xj;
             memcpy(&xj, x + (int64_t)j * stride + d0, sizeof xj);
             for (int k = 0; k < QB; k++)
-                acc[k] += w[(int64_t)k * tp + j] * xj;
+                acc[k] += w[(int64_t)k * ps + j] * xj;
         }
         for (int k = 0; k < QB; k++)
             memcpy(o[k] + d0, &acc[k], sizeof acc[k]);
@@ -167,24 +183,25 @@ ATT_CLONES static void weighted_block(float *const *o, const float *w, int tp, c
         for (int d = d0; d < hd; d++) {
             float sum = 0.0f;
             for (int j = j0; j < j1; j++)
-                sum += w[(int64_t)k * tp + j] * x[(int64_t)j * stride + d];
+                sum += w[(int64_t)k * ps + j] * x[(int64_t)j * stride + d];
             o[k][d] = sum;
         }
 }
 
-/* acc[d][j] += sum_k ut[d][k] w_k[j], rows k in order, j in [j0, j1) 16 at a time */
-ATT_CLONES static void outer_block(float *acc, int tp, const float *ut, const float *w, int hd, int j0, int j1)
+/* acc[d][j] += sum_k ut[d][k] w_k[j] (acc in panels, w_k at w + k ps), rows k in order, j in
+   [j0, j1) 16 at a time */
+ATT_CLONES static void outer_block(float *acc, int ps, const float *ut, const float *w, int hd, int j0, int j1)
 {
     for (int j = j0; j < j1; j += 16) {
         v16 wk[QB];
         for (int k = 0; k < QB; k++)
-            memcpy(&wk[k], w + (int64_t)k * tp + j, sizeof wk[k]);
+            memcpy(&wk[k], w + (int64_t)k * ps + j, sizeof wk[k]);
         for (int d = 0; d < hd; d++) {
             v16 t;
-            memcpy(&t, acc + (int64_t)d * tp + j, sizeof t);
+            memcpy(&t, acc + pan(d, j, hd), sizeof t);
             for (int k = 0; k < QB; k++)
                 t += ut[d * QB + k] * wk[k];
-            memcpy(acc + (int64_t)d * tp + j, &t, sizeof t);
+            memcpy(acc + pan(d, j, hd), &t, sizeof t);
         }
     }
 }
@@ -193,10 +210,10 @@ ATT_CLONES static void outer_block(float *acc, int tp, const float *ut, const fl
 PEFT_VEC_CLONES static void fwd_task(void *vp, int32_t task)
 {
     const struct att_args *a = vp;
-    int b = task / a->Hkv, g = task % a->Hkv, hd = a->hd, T = a->T, rep = a->H / a->Hkv, tp = pad16(T);
+    int b = task / a->Hkv, g = task % a->Hkv, hd = a->hd, T = a->T, rep = a->H / a->Hkv, tp = pad16(T), ps = prow(T);
     int64_t qs = (int64_t)a->H * hd, ks = (int64_t)a->Hkv * hd;
     float scale = 1.0f / sqrtf((float)hd);
-    float *kt = task_scratch(a, task), *p = kt + (int64_t)hd * tp, *qt = p + (int64_t)QB * tp;
+    float *kt = task_scratch(a, task), *p = kt + (int64_t)hd * tp, *qt = p + (int64_t)QB * ps;
     float *dummy = qt + 2 * QB * hd;
     transpose_in(kt, a->k, ks, b, g, T, hd);
     const float *vb = a->v + (int64_t)b * T * ks + (int64_t)g * hd;
@@ -207,10 +224,10 @@ PEFT_VEC_CLONES static void fwd_task(void *vp, int32_t task)
             int lo16 = lo & ~15, hi16 = pad16(hi);
             int64_t row0 = ((int64_t)b * T + i0) * qs + (int64_t)h * hd;
             gather_rows(qt, a->q + row0, qs, nb, hd);
-            scores_block(p, tp, qt, kt, hd, lo16, hi16, scale);
+            scores_block(p, ps, qt, kt, hd, lo16, hi16, scale);
             float *o[QB];
             for (int k = 0; k < QB; k++) {
-                float *pk = p + (int64_t)k * tp;
+                float *pk = p + (int64_t)k * ps;
                 if (k >= nb) {
                     memset(pk + lo16, 0, (size_t)(hi16 - lo16) * sizeof *pk);
                     o[k] = dummy;
@@ -233,7 +250,7 @@ PEFT_VEC_CLONES static void fwd_task(void *vp, int32_t task)
                 o[k] = a->out + row0 + k * qs;
                 a->lse[((int64_t)b * a->H + h) * T + i0 + k] = mx + logf(sum);
             }
-            weighted_block(o, p, tp, vb, ks, lo, hi, hd);
+            weighted_block(o, p, ps, vb, ks, lo, hi, hd);
         }
 }
 
@@ -251,12 +268,12 @@ void attention_forward(void *pool, float *out, float *lse, float *scratch, const
 PEFT_VEC_CLONES static void bwd_task(void *vp, int32_t task)
 {
     const struct att_args *a = vp;
-    int b = task / a->Hkv, g = task % a->Hkv, hd = a->hd, T = a->T, rep = a->H / a->Hkv, tp = pad16(T);
+    int b = task / a->Hkv, g = task % a->Hkv, hd = a->hd, T = a->T, rep = a->H / a->Hkv, tp = pad16(T), ps = prow(T);
     int64_t qs = (int64_t)a->H * hd, ks = (int64_t)a->Hkv * hd;
     float scale = 1.0f / sqrtf((float)hd);
     float *kt = task_scratch(a, task), *vt = kt + (int64_t)hd * tp, *dkt = vt + (int64_t)hd * tp;
-    float *dvt = dkt + (int64_t)hd * tp, *p = dvt + (int64_t)hd * tp, *dp = p + (int64_t)QB * tp;
-    float *qt = dp + (int64_t)QB * tp, *dt = qt + QB * hd, *dummy = dt + QB * hd;
+    float *dvt = dkt + (int64_t)hd * tp, *p = dvt + (int64_t)hd * tp, *dp = p + (int64_t)QB * ps;
+    float *qt = dp + (int64_t)QB * ps, *dt = qt + QB * hd, *dummy = dt + QB * hd;
     transpose_in(kt, a->k, ks, b, g, T, hd);
     transpose_in(vt, a->v, ks, b, g, T, hd);
     memset(dkt, 0, 2 * (size_t)hd * (size_t)tp * sizeof *dkt);
@@ -269,11 +286,11 @@ PEFT_VEC_CLONES static void bwd_task(void *vp, int32_t task)
             int64_t row0 = ((int64_t)b * T + i0) * qs + (int64_t)h * hd;
             gather_rows(qt, a->q + row0, qs, nb, hd);
             gather_rows(dt, a->dout + row0, qs, nb, hd);
-            scores_block(p, tp, qt, kt, hd, lo16, hi16, scale);
-            scores_block(dp, tp, dt, vt, hd, lo16, hi16, 1.0f);
+            scores_block(p, ps, qt, kt, hd, lo16, hi16, scale);
+            scores_block(dp, ps, dt, vt, hd, lo16, hi16, 1.0f);
             float *dq[QB];
             for (int k = 0; k < QB; k++) {
-                float *pk = p + (int64_t)k * tp, *dpk = dp + (int64_t)k * tp;
+                float *pk = p + (int64_t)k * ps, *dpk = dp + (int64_t)k * ps;
                 if (k >= nb) {
                     memset(pk + lo16, 0, (size_t)(hi16 - lo16) * sizeof *pk);
                     memset(dpk + lo16, 0, (size_t)(hi16 - lo16) * sizeof *dpk);
@@ -294,16 +311,16 @@ PEFT_VEC_CLONES static void bwd_task(void *vp, int32_t task)
                 mask_row(dpk, rk, lo16, hi16);
                 dq[k] = a->dq + row0 + k * qs;
             }
-            weighted_block(dq, dp, tp, kb, ks, lo, hi, hd);
-            outer_block(dkt, tp, qt, dp, hd, lo16, hi16);
-            outer_block(dvt, tp, dt, p, hd, lo16, hi16);
+            weighted_block(dq, dp, ps, kb, ks, lo, hi, hd);
+            outer_block(dkt, ps, qt, dp, hd, lo16, hi16);
+            outer_block(dvt, ps, dt, p, hd, lo16, hi16);
         }
     for (int j = 0; j < T; j++) {
         float *dkj = a->dk + ((int64_t)b * T + j) * ks + (int64_t)g * hd;
         float *dvj = a->dv + ((int64_t)b * T + j) * ks + (int64_t)g * hd;
         for (int d = 0; d < hd; d++) {
-            dkj[d] = dkt[(int64_t)d * tp + j];
-            dvj[d] = dvt[(int64_t)d * tp + j];
+            dkj[d] = dkt[pan(d, j, hd)];
+            dvj[d] = dvt[pan(d, j, hd)];
         }
     }
 }
