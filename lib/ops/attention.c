@@ -144,7 +144,27 @@ static void mask_row(float *p, const int r[4], int j0, int j1)
 ATT_CLONES static void scores_block(float *s, int ps, const float *qt, const float *xt, int hd, int j0, int j1,
                                     float scale)
 {
-    for (int j = j0; j < j1; j += 16) {
+    int j = j0;
+    for (; j + 32 <= j1; j += 32) { /* two vectors of keys per broadcast query value */
+        v16 acc[QB], acc2[QB];
+        for (int k = 0; k < QB; k++)
+            acc[k] = acc2[k] = (v16){0};
+        for (int d = 0; d < hd; d++) {
+            v16 x, x2;
+            memcpy(&x, xt + pan(d, j, hd), sizeof x);
+            memcpy(&x2, xt + pan(d, j + 16, hd), sizeof x2);
+            for (int k = 0; k < QB; k++) {
+                acc[k] += qt[d * QB + k] * x;
+                acc2[k] += qt[d * QB + k] * x2;
+            }
+        }
+        for (int k = 0; k < QB; k++) {
+            v16 t = acc[k] * scale, t2 = acc2[k] * scale;
+            memcpy(s + (int64_t)k * ps + j, &t, sizeof t);
+            memcpy(s + (int64_t)k * ps + j + 16, &t2, sizeof t2);
+        }
+    }
+    for (; j < j1; j += 16) {
         v16 acc[QB];
         for (int k = 0; k < QB; k++)
             acc[k] = (v16){0};
@@ -166,6 +186,24 @@ ATT_CLONES static void weighted_block(float *const *o, const float *w, int ps, c
                                       int j0, int j1, int hd)
 {
     int d0 = 0;
+    for (; d0 + 32 <= hd; d0 += 32) { /* two vectors of a row of x per broadcast weight */
+        v16 acc[QB], acc2[QB];
+        for (int k = 0; k < QB; k++)
+            acc[k] = acc2[k] = (v16){0};
+        for (int j = j0; j < j1; j++) {
+            v16 xj, xj2;
+            memcpy(&xj, x + (int64_t)j * stride + d0, sizeof xj);
+            memcpy(&xj2, x + (int64_t)j * stride + d0 + 16, sizeof xj2);
+            for (int k = 0; k < QB; k++) {
+                acc[k] += w[(int64_t)k * ps + j] * xj;
+                acc2[k] += w[(int64_t)k * ps + j] * xj2;
+            }
+        }
+        for (int k = 0; k < QB; k++) {
+            memcpy(o[k] + d0, &acc[k], sizeof acc[k]);
+            memcpy(o[k] + d0 + 16, &acc2[k], sizeof acc2[k]);
+        }
+    }
     for (; d0 + 16 <= hd; d0 += 16) {
         v16 acc[QB];
         for (int k = 0; k < QB; k++)
@@ -192,7 +230,26 @@ ATT_CLONES static void weighted_block(float *const *o, const float *w, int ps, c
    [j0, j1) 16 at a time */
 ATT_CLONES static void outer_block(float *acc, int ps, const float *ut, const float *w, int hd, int j0, int j1)
 {
-    for (int j = j0; j < j1; j += 16) {
+    int j = j0;
+    for (; j + 32 <= j1; j += 32) { /* two vectors of positions per broadcast value of u */
+        v16 wk[QB], wk2[QB];
+        for (int k = 0; k < QB; k++) {
+            memcpy(&wk[k], w + (int64_t)k * ps + j, sizeof wk[k]);
+            memcpy(&wk2[k], w + (int64_t)k * ps + j + 16, sizeof wk2[k]);
+        }
+        for (int d = 0; d < hd; d++) {
+            v16 t, t2;
+            memcpy(&t, acc + pan(d, j, hd), sizeof t);
+            memcpy(&t2, acc + pan(d, j + 16, hd), sizeof t2);
+            for (int k = 0; k < QB; k++) {
+                t += ut[d * QB + k] * wk[k];
+                t2 += ut[d * QB + k] * wk2[k];
+            }
+            memcpy(acc + pan(d, j, hd), &t, sizeof t);
+            memcpy(acc + pan(d, j + 16, hd), &t2, sizeof t2);
+        }
+    }
+    for (; j < j1; j += 16) {
         v16 wk[QB];
         for (int k = 0; k < QB; k++)
             memcpy(&wk[k], w + (int64_t)k * ps + j, sizeof wk[k]);
