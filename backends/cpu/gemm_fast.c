@@ -46,8 +46,10 @@ typedef float v16 __attribute__((vector_size(64), aligned(4)));
     v16 acc[R];                                                                                    \
     for (int i = 0; i < R; i++)                                                                    \
         acc[i] = (v16){0};                                                                         \
-    for (int i = 0; i < mr; i++) /* the tile of C arrives while the k loop runs */                 \
-        __builtin_prefetch(c + (int64_t)i * ldc, 1, 3), __builtin_prefetch(c + (int64_t)i * ldc + NR - 1, 1, 3); \
+    for (int i = 0; i < mr; i++) { /* the tile of C arrives while the k loop runs */               \
+        __builtin_prefetch(c + (int64_t)i * ldc, 1, 3);                                            \
+        __builtin_prefetch(c + (int64_t)i * ldc + NR - 1, 1, 3);                                   \
+    }                                                                                              \
     for (int p = 0; p < kc; p++) {                                                                 \
         v16 bv;                                                                                    \
         memcpy(&bv, b + (int64_t)p * NR, sizeof bv);                                               \
@@ -233,7 +235,8 @@ static void pack_a_task(void *vp, int32_t task)
                     dst[p * R + i] = ir + i < mc ? src[i] : 0.0f;
             }
         } else { /* read each row of A contiguously */
-            int64_t p0 = R == 16 && ir + 16 <= mc ? transpose_rows16(g->a + (i0 + ir) * g->lda + a->k0, g->lda, a->kc, dst) : 0;
+            const float *a0 = g->a + (i0 + ir) * g->lda + a->k0;
+            int64_t p0 = R == 16 && ir + 16 <= mc ? transpose_rows16(a0, g->lda, a->kc, dst) : 0;
             for (int i = 0; i < R; i++) {
                 if (ir + i >= mc) {
                     for (int64_t p = 0; p < a->kc; p++)
@@ -472,11 +475,11 @@ static void narrow_t_rows(const gemm_call *g, const float *bp, int64_t i0, int64
         for (int q = 0; q < NT_P; q++)
             memcpy(&bv[q], bp + (p + q) * NR, sizeof bv[q]);
         const float *ar = g->a + p * g->lda + i0;
-        int64_t i = 0;
+        int64_t i = 0, ahead = p + 2 * NT_P <= g->k; /* the next NT_P rows exist */
         for (; i + NT_I <= mc; i += NT_I) { /* NT_I independent chains hide the FMA latency */
             v16 c[NT_I];
             memcpy(c, buf + i * NR, sizeof c);
-            for (int q = 0; q < NT_P; q++) /* the next NT_P rows' pieces (short streams) */
+            for (int q = 0; q < NT_P && ahead; q++) /* the next rows' pieces (short streams) */
                 __builtin_prefetch(ar + (q + NT_P) * g->lda + i);
             for (int q = 0; q < NT_P; q++)
                 for (int r = 0; r < NT_I; r++)
