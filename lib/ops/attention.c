@@ -108,24 +108,35 @@ static void transpose_in(float *xt, const float *x, int64_t stride, int b, int g
             xt[pan(d, j, hd)] = 0.0f;
 }
 
-/* The rows i0 .. i0 + nb - 1 of a block: their key ranges r, and the hull [lo, hi) of them */
-static void block_ranges(const struct att_args *a, int b, int i0, int nb, int r[QB][4], int *lo, int *hi)
-{
-    *lo = a->T, *hi = 0;
-    for (int k = 0; k < nb; k++) {
-        key_ranges(a, b, i0 + k, r[k]);
-        int first = r[k][0] < r[k][1] ? r[k][0] : r[k][2];
-        *lo = first < *lo ? first : *lo;
-        *hi = r[k][3] > *hi ? r[k][3] : *hi;
-    }
-}
-
 /* xt[d * QB + k] <- row k of the block (zero for k >= nb): rows at x + k * stride */
 static void gather_rows(float *xt, const float *x, int64_t stride, int nb, int hd)
 {
     for (int d = 0; d < hd; d++)
         for (int k = 0; k < QB; k++)
             xt[d * QB + k] = k < nb ? x[k * stride + d] : 0.0f;
+}
+
+/* A block of query rows i0 .. i0 + nb - 1 of head h: their key ranges r, the hull [lo, hi) of
+   them (and [lo16, hi16), rounded out to panels), the offset of row i0 in q, out, dout, and
+   the block's query rows gathered into qt */
+struct block {
+    int nb, r[QB][4], lo, hi, lo16, hi16;
+    int64_t row0;
+};
+
+static void block_at(const struct att_args *a, int b, int h, int i0, struct block *k, float *qt)
+{
+    k->nb = a->T - i0 < QB ? a->T - i0 : QB;
+    k->lo = a->T, k->hi = 0;
+    for (int i = 0; i < k->nb; i++) {
+        key_ranges(a, b, i0 + i, k->r[i]);
+        int first = k->r[i][0] < k->r[i][1] ? k->r[i][0] : k->r[i][2];
+        k->lo = first < k->lo ? first : k->lo;
+        k->hi = k->r[i][3] > k->hi ? k->r[i][3] : k->hi;
+    }
+    k->lo16 = k->lo & ~15, k->hi16 = pad16(k->hi);
+    k->row0 = ((int64_t)b * a->T + i0) * a->H * a->hd + (int64_t)h * a->hd;
+    gather_rows(qt, a->q + k->row0, (int64_t)a->H * a->hd, k->nb, a->hd);
 }
 
 /* p_k[j] <- 0 for j in [j0, j1) outside row k's ranges r */
@@ -276,11 +287,10 @@ PEFT_VEC_CLONES static void fwd_task(void *vp, int32_t task)
     const float *vb = a->v + (int64_t)b * T * ks + (int64_t)g * hd;
     for (int h = g * rep; h < (g + 1) * rep; h++)
         for (int i0 = 0; i0 < T; i0 += QB) {
-            int nb = T - i0 < QB ? T - i0 : QB, r[QB][4], lo, hi;
-            block_ranges(a, b, i0, nb, r, &lo, &hi);
-            int lo16 = lo & ~15, hi16 = pad16(hi);
-            int64_t row0 = ((int64_t)b * T + i0) * qs + (int64_t)h * hd;
-            gather_rows(qt, a->q + row0, qs, nb, hd);
+            struct block bk;
+            block_at(a, b, h, i0, &bk, qt);
+            int nb = bk.nb, lo16 = bk.lo16, hi16 = bk.hi16;
+            int64_t row0 = bk.row0;
             scores_block(p, ps, qt, kt, hd, lo16, hi16, scale);
             float *o[QB];
             for (int k = 0; k < QB; k++) {
@@ -290,7 +300,7 @@ PEFT_VEC_CLONES static void fwd_task(void *vp, int32_t task)
                     o[k] = dummy;
                     continue;
                 }
-                const int *rk = r[k];
+                const int *rk = bk.r[k];
                 float mx = -INFINITY, sum = 0;
                 for (int s = 0; s < 4; s += 2)
                     mx = peft__maxf(pk + rk[s], rk[s + 1] - rk[s], mx);
@@ -307,7 +317,7 @@ PEFT_VEC_CLONES static void fwd_task(void *vp, int32_t task)
                 o[k] = a->out + row0 + k * qs;
                 a->lse[((int64_t)b * a->H + h) * T + i0 + k] = mx + logf(sum);
             }
-            weighted_block(o, p, ps, vb, ks, lo, hi, hd);
+            weighted_block(o, p, ps, vb, ks, bk.lo, bk.hi, hd);
         }
 }
 
@@ -337,11 +347,10 @@ PEFT_VEC_CLONES static void bwd_task(void *vp, int32_t task)
     const float *kb = a->k + (int64_t)b * T * ks + (int64_t)g * hd;
     for (int h = g * rep; h < (g + 1) * rep; h++)
         for (int i0 = 0; i0 < T; i0 += QB) {
-            int nb = T - i0 < QB ? T - i0 : QB, r[QB][4], lo, hi;
-            block_ranges(a, b, i0, nb, r, &lo, &hi);
-            int lo16 = lo & ~15, hi16 = pad16(hi);
-            int64_t row0 = ((int64_t)b * T + i0) * qs + (int64_t)h * hd;
-            gather_rows(qt, a->q + row0, qs, nb, hd);
+            struct block bk;
+            block_at(a, b, h, i0, &bk, qt);
+            int nb = bk.nb, lo16 = bk.lo16, hi16 = bk.hi16;
+            int64_t row0 = bk.row0;
             gather_rows(dt, a->dout + row0, qs, nb, hd);
             scores_block(p, ps, qt, kt, hd, lo16, hi16, scale);
             scores_block(dp, ps, dt, vt, hd, lo16, hi16, 1.0f);
@@ -358,7 +367,7 @@ PEFT_VEC_CLONES static void bwd_task(void *vp, int32_t task)
                 float lse = a->lse_in[((int64_t)b * a->H + h) * T + i0 + k], D = 0;
                 for (int d = 0; d < hd; d++)
                     D += doi[d] * oi[d];
-                const int *rk = r[k];
+                const int *rk = bk.r[k];
                 for (int s = 0; s < 4; s += 2)
                     for (int j = rk[s]; j < rk[s + 1]; j++) {
                         pk[j] = peft__expf(pk[j] - lse);
@@ -368,7 +377,7 @@ PEFT_VEC_CLONES static void bwd_task(void *vp, int32_t task)
                 mask_row(dpk, rk, lo16, hi16);
                 dq[k] = a->dq + row0 + k * qs;
             }
-            weighted_block(dq, dp, ps, kb, ks, lo, hi, hd);
+            weighted_block(dq, dp, ps, kb, ks, bk.lo, bk.hi, hd);
             outer_block(dkt, ps, qt, dp, hd, lo16, hi16);
             outer_block(dvt, ps, dt, p, hd, lo16, hi16);
         }
