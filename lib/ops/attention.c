@@ -150,46 +150,65 @@ static void mask_row(float *p, const int r[4], int j0, int j1)
         p[j] = 0.0f;
 }
 
-/* s_k[j] = scale * sum_d qt[d][k] xt[d][j] for the QB rows k (s_k at s + k ps), j in [j0, j1),
-   16 at a time (j0, j1 multiples of 16 within tp; xt in panels) */
+/* The kernels below run over nv (1 or 2) vectors of 16 floats per broadcast value: two where
+   they fit (fewer loads per multiply-add), one for the tail; always inlined, so that each call
+   is compiled for its constant nv */
+#define ATT_INLINE static inline __attribute__((always_inline))
+
+/* scores of key positions j .. j + 16 nv */
+ATT_INLINE void scores_cols(float *s, int ps, const float *qt, const float *xt, int hd, int j, float scale,
+                            int nv)
+{
+    v16 acc[2][QB];
+    for (int v = 0; v < nv; v++)
+        for (int k = 0; k < QB; k++)
+            acc[v][k] = (v16){0};
+    for (int d = 0; d < hd; d++) {
+        v16 x[2];
+        for (int v = 0; v < nv; v++)
+            memcpy(&x[v], xt + pan(d, j + 16 * v, hd), sizeof x[v]);
+        for (int k = 0; k < QB; k++)
+            for (int v = 0; v < nv; v++)
+                acc[v][k] += qt[d * QB + k] * x[v];
+    }
+    for (int k = 0; k < QB; k++)
+        for (int v = 0; v < nv; v++) {
+            v16 t = acc[v][k] * scale;
+            memcpy(s + (int64_t)k * ps + j + 16 * v, &t, sizeof t);
+        }
+}
+
+/* s_k[j] = scale * sum_d qt[d][k] xt[d][j] for the QB rows k (s_k at s + k ps), j in [j0, j1)
+   (j0, j1 multiples of 16 within tp; xt in panels) */
 ATT_CLONES static void scores_block(float *s, int ps, const float *qt, const float *xt, int hd, int j0, int j1,
                                     float scale)
 {
     int j = j0;
-    for (; j + 32 <= j1; j += 32) { /* two vectors of keys per broadcast query value */
-        v16 acc[QB], acc2[QB];
+    for (; j + 32 <= j1; j += 32)
+        scores_cols(s, ps, qt, xt, hd, j, scale, 2);
+    for (; j < j1; j += 16)
+        scores_cols(s, ps, qt, xt, hd, j, scale, 1);
+}
+
+/* weighted sums of the pieces d0 .. d0 + 16 nv of the rows of x */
+ATT_INLINE void weighted_cols(float *const *o, const float *w, int ps, const float *x, int64_t stride, int j0,
+                              int j1, int d0, int nv)
+{
+    v16 acc[2][QB];
+    for (int v = 0; v < nv; v++)
         for (int k = 0; k < QB; k++)
-            acc[k] = acc2[k] = (v16){0};
-        for (int d = 0; d < hd; d++) {
-            v16 x, x2;
-            memcpy(&x, xt + pan(d, j, hd), sizeof x);
-            memcpy(&x2, xt + pan(d, j + 16, hd), sizeof x2);
-            for (int k = 0; k < QB; k++) {
-                acc[k] += qt[d * QB + k] * x;
-                acc2[k] += qt[d * QB + k] * x2;
-            }
-        }
-        for (int k = 0; k < QB; k++) {
-            v16 t = acc[k] * scale, t2 = acc2[k] * scale;
-            memcpy(s + (int64_t)k * ps + j, &t, sizeof t);
-            memcpy(s + (int64_t)k * ps + j + 16, &t2, sizeof t2);
-        }
-    }
-    for (; j < j1; j += 16) {
-        v16 acc[QB];
+            acc[v][k] = (v16){0};
+    for (int j = j0; j < j1; j++) {
+        v16 xj[2];
+        for (int v = 0; v < nv; v++)
+            memcpy(&xj[v], x + (int64_t)j * stride + d0 + 16 * v, sizeof xj[v]);
         for (int k = 0; k < QB; k++)
-            acc[k] = (v16){0};
-        for (int d = 0; d < hd; d++) {
-            v16 x;
-            memcpy(&x, xt + pan(d, j, hd), sizeof x);
-            for (int k = 0; k < QB; k++)
-                acc[k] += qt[d * QB + k] * x;
-        }
-        for (int k = 0; k < QB; k++) {
-            v16 t = acc[k] * scale;
-            memcpy(s + (int64_t)k * ps + j, &t, sizeof t);
-        }
+            for (int v = 0; v < nv; v++)
+                acc[v][k] += w[(int64_t)k * ps + j] * xj[v];
     }
+    for (int k = 0; k < QB; k++)
+        for (int v = 0; v < nv; v++)
+            memcpy(o[k] + d0 + 16 * v, &acc[v][k], sizeof acc[v][k]);
 }
 
 /* o_k[d] = sum_{j in [j0, j1)} w_k[j] x[j][d] (w_k at w + k ps; x rows at stride, already offset) */
@@ -197,37 +216,10 @@ ATT_CLONES static void weighted_block(float *const *o, const float *w, int ps, c
                                       int j0, int j1, int hd)
 {
     int d0 = 0;
-    for (; d0 + 32 <= hd; d0 += 32) { /* two vectors of a row of x per broadcast weight */
-        v16 acc[QB], acc2[QB];
-        for (int k = 0; k < QB; k++)
-            acc[k] = acc2[k] = (v16){0};
-        for (int j = j0; j < j1; j++) {
-            v16 xj, xj2;
-            memcpy(&xj, x + (int64_t)j * stride + d0, sizeof xj);
-            memcpy(&xj2, x + (int64_t)j * stride + d0 + 16, sizeof xj2);
-            for (int k = 0; k < QB; k++) {
-                acc[k] += w[(int64_t)k * ps + j] * xj;
-                acc2[k] += w[(int64_t)k * ps + j] * xj2;
-            }
-        }
-        for (int k = 0; k < QB; k++) {
-            memcpy(o[k] + d0, &acc[k], sizeof acc[k]);
-            memcpy(o[k] + d0 + 16, &acc2[k], sizeof acc2[k]);
-        }
-    }
-    for (; d0 + 16 <= hd; d0 += 16) {
-        v16 acc[QB];
-        for (int k = 0; k < QB; k++)
-            acc[k] = (v16){0};
-        for (int j = j0; j < j1; j++) {
-            v16 xj;
-            memcpy(&xj, x + (int64_t)j * stride + d0, sizeof xj);
-            for (int k = 0; k < QB; k++)
-                acc[k] += w[(int64_t)k * ps + j] * xj;
-        }
-        for (int k = 0; k < QB; k++)
-            memcpy(o[k] + d0, &acc[k], sizeof acc[k]);
-    }
+    for (; d0 + 32 <= hd; d0 += 32)
+        weighted_cols(o, w, ps, x, stride, j0, j1, d0, 2);
+    for (; d0 + 16 <= hd; d0 += 16)
+        weighted_cols(o, w, ps, x, stride, j0, j1, d0, 1);
     for (int k = 0; k < QB; k++)
         for (int d = d0; d < hd; d++) {
             float sum = 0.0f;
@@ -237,41 +229,34 @@ ATT_CLONES static void weighted_block(float *const *o, const float *w, int ps, c
         }
 }
 
+/* the key/value gradient panels of positions j .. j + 16 nv */
+ATT_INLINE void outer_cols(float *acc, int ps, const float *ut, const float *w, int hd, int j, int nv)
+{
+    v16 wk[2][QB];
+    for (int k = 0; k < QB; k++)
+        for (int v = 0; v < nv; v++)
+            memcpy(&wk[v][k], w + (int64_t)k * ps + j + 16 * v, sizeof wk[v][k]);
+    for (int d = 0; d < hd; d++) {
+        v16 t[2];
+        for (int v = 0; v < nv; v++)
+            memcpy(&t[v], acc + pan(d, j + 16 * v, hd), sizeof t[v]);
+        for (int k = 0; k < QB; k++)
+            for (int v = 0; v < nv; v++)
+                t[v] += ut[d * QB + k] * wk[v][k];
+        for (int v = 0; v < nv; v++)
+            memcpy(acc + pan(d, j + 16 * v, hd), &t[v], sizeof t[v]);
+    }
+}
+
 /* acc[d][j] += sum_k ut[d][k] w_k[j] (acc in panels, w_k at w + k ps), rows k in order, j in
-   [j0, j1) 16 at a time */
+   [j0, j1) */
 ATT_CLONES static void outer_block(float *acc, int ps, const float *ut, const float *w, int hd, int j0, int j1)
 {
     int j = j0;
-    for (; j + 32 <= j1; j += 32) { /* two vectors of positions per broadcast value of u */
-        v16 wk[QB], wk2[QB];
-        for (int k = 0; k < QB; k++) {
-            memcpy(&wk[k], w + (int64_t)k * ps + j, sizeof wk[k]);
-            memcpy(&wk2[k], w + (int64_t)k * ps + j + 16, sizeof wk2[k]);
-        }
-        for (int d = 0; d < hd; d++) {
-            v16 t, t2;
-            memcpy(&t, acc + pan(d, j, hd), sizeof t);
-            memcpy(&t2, acc + pan(d, j + 16, hd), sizeof t2);
-            for (int k = 0; k < QB; k++) {
-                t += ut[d * QB + k] * wk[k];
-                t2 += ut[d * QB + k] * wk2[k];
-            }
-            memcpy(acc + pan(d, j, hd), &t, sizeof t);
-            memcpy(acc + pan(d, j + 16, hd), &t2, sizeof t2);
-        }
-    }
-    for (; j < j1; j += 16) {
-        v16 wk[QB];
-        for (int k = 0; k < QB; k++)
-            memcpy(&wk[k], w + (int64_t)k * ps + j, sizeof wk[k]);
-        for (int d = 0; d < hd; d++) {
-            v16 t;
-            memcpy(&t, acc + pan(d, j, hd), sizeof t);
-            for (int k = 0; k < QB; k++)
-                t += ut[d * QB + k] * wk[k];
-            memcpy(acc + pan(d, j, hd), &t, sizeof t);
-        }
-    }
+    for (; j + 32 <= j1; j += 32)
+        outer_cols(acc, ps, ut, w, hd, j, 2);
+    for (; j < j1; j += 16)
+        outer_cols(acc, ps, ut, w, hd, j, 1);
 }
 
 /* task = b * Hkv + g: every query head of kv head g */
