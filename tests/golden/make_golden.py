@@ -150,11 +150,15 @@ def forward(c, W, tokens, labels, lora, scale):
     def lin(l, m, inp):
         Wm = W[f"model.layers.{l}.{PARENT[m]}.{m}.weight"]
         ki = key(l, m, "I")
-        if ki in lora:  # IA3: (1, in) scales the input of feedforward modules, (out, 1) the output
-            vec = lora[ki]
-            return (inp * vec.view(-1)) @ Wm.T if vec.shape[0] == 1 else (inp @ Wm.T) * vec.view(-1)
-        y = inp @ Wm.T
         bias = W.get(f"model.layers.{l}.{PARENT[m]}.{m}.bias")
+        if ki in lora:  # IA3: (1, in) scales the input of feedforward modules, (out, 1) the output,
+            vec = lora[ki]  # bias included (PEFT scales base_layer(x))
+            if vec.shape[0] == 1:
+                y = (inp * vec.view(-1)) @ Wm.T
+                return y if bias is None else y + bias
+            y = inp @ Wm.T if bias is None else inp @ Wm.T + bias
+            return y * vec.view(-1)
+        y = inp @ Wm.T
         if bias is not None:
             y = y + bias
         kh = f"base_model.model.model.layers.{l}.{PARENT[m]}.{m}.hada_"
@@ -439,6 +443,19 @@ def families():
                 "layers_to_transform": None, "init_lora_weights": True, "base_model_name_or_path": "tiny_" + model_type}
         write_case("all_linear", lora, acfg, tokens, labels, 1e-2, 0.0, 0.0,
                    one_step(c, W, tokens, labels, lora, alpha / r, 1e-2, 0.0, 0.0))
+        if model_type == "llama_bias":  # IA3 on every (biased) module: the output scaling scales the bias too
+            lora = {}
+            for l in range(c.L):
+                for m in MODS:
+                    o, i = dims[m]
+                    shape = (1, i) if m == "down_proj" else (o, 1)
+                    lora[key(l, m, "I")] = 1 + 0.3 * torch.randn(*shape, generator=g)
+            lora = {k: v.to(torch.float32).to(torch.float64) for k, v in lora.items()}
+            acfg = {"peft_type": "IA3", "task_type": "CAUSAL_LM", "target_modules": MODS,
+                    "feedforward_modules": ["down_proj"], "fan_in_fan_out": False, "init_ia3_weights": True,
+                    "base_model_name_or_path": "tiny_" + model_type}
+            write_case("ia3_all", lora, acfg, tokens, labels, 1e-2, 0.0, 0.0,
+                       one_step(c, W, tokens, labels, lora, 1.0, 1e-2, 0.0, 0.0))
     OUT = base
 
 
