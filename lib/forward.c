@@ -366,16 +366,6 @@ static void add_inplace(float *y, const float *x, size_t n)
         y[i] += x[i];
 }
 
-/* y (N, out) += the module's bias, if it has one */
-static void add_bias(float *y, const float *b, int64_t N, int out)
-{
-    if (!b)
-        return;
-    for (int64_t n = 0; n < N; n++)
-        for (int j = 0; j < out; j++)
-            y[n * out + j] += b[j];
-}
-
 static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out, layer_acts *a,
                           int train)
 {
@@ -388,15 +378,12 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
     lora_view lv;
     float *q = c->qk_norm ? a->q_pre : a->q, *k = c->qk_norm ? a->k_pre : a->k;
     rmsnorm_forward(m->pool, a->xn1, a->rstd1, x_in, peft__norm_weight(m, l, 0), N, D, c->eps);
-    linear_forward(m, q, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), N, D, Hq, peft__view_of(m, &lv, l, PEFT_MOD_Q, train),
+    linear_forward(m, q, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), lw->bias[PEFT_MOD_Q], N, D, Hq, peft__view_of(m, &lv, l, PEFT_MOD_Q, train),
                    xa_of(m, l, PEFT_MOD_Q), ws->tmp);
-    linear_forward(m, k, a->xn1, peft__w_of(m, l, PEFT_MOD_K), N, D, Hk, peft__view_of(m, &lv, l, PEFT_MOD_K, train),
+    linear_forward(m, k, a->xn1, peft__w_of(m, l, PEFT_MOD_K), lw->bias[PEFT_MOD_K], N, D, Hk, peft__view_of(m, &lv, l, PEFT_MOD_K, train),
                    xa_of(m, l, PEFT_MOD_K), ws->tmp);
-    linear_forward(m, a->v, a->xn1, peft__w_of(m, l, PEFT_MOD_V), N, D, Hk, peft__view_of(m, &lv, l, PEFT_MOD_V, train),
+    linear_forward(m, a->v, a->xn1, peft__w_of(m, l, PEFT_MOD_V), lw->bias[PEFT_MOD_V], N, D, Hk, peft__view_of(m, &lv, l, PEFT_MOD_V, train),
                    xa_of(m, l, PEFT_MOD_V), ws->tmp);
-    add_bias(q, lw->bias[PEFT_MOD_Q], N, Hq);
-    add_bias(k, lw->bias[PEFT_MOD_K], N, Hk);
-    add_bias(a->v, lw->bias[PEFT_MOD_V], N, Hk);
     if (c->qk_norm) { /* Qwen3: each head of q and k normalised */
         rmsnorm_forward(m->pool, a->q, a->rstd_q, q, lw->q_norm, N * c->n_heads, c->head_dim, c->eps);
         rmsnorm_forward(m->pool, a->k, a->rstd_k, k, lw->k_norm, N * c->n_kv_heads, c->head_dim, c->eps);
@@ -405,21 +392,17 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
     rope_forward(m->pool, a->k, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_kv_heads, c->head_dim);
     attention_forward(m->pool, a->att, a->lse, ws->att_scratch, a->q, a->k, a->v, ws->pos, B, T, c->n_heads,
                       c->n_kv_heads, c->head_dim, peft__layer_window(c, l), peft__prompt_len(m));
-    linear_forward(m, a->h, a->att, peft__w_of(m, l, PEFT_MOD_O), N, Hq, D, peft__view_of(m, &lv, l, PEFT_MOD_O, train),
+    linear_forward(m, a->h, a->att, peft__w_of(m, l, PEFT_MOD_O), lw->bias[PEFT_MOD_O], N, Hq, D, peft__view_of(m, &lv, l, PEFT_MOD_O, train),
                    xa_of(m, l, PEFT_MOD_O), ws->tmp);
-    add_bias(a->h, lw->bias[PEFT_MOD_O], N, D);
     add_inplace(a->h, x_in, (size_t)N * D);
     rmsnorm_forward(m->pool, a->xn2, a->rstd2, a->h, peft__norm_weight(m, l, 1), N, D, c->eps);
-    linear_forward(m, a->g, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), N, D, F,
+    linear_forward(m, a->g, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), lw->bias[PEFT_MOD_GATE], N, D, F,
                    peft__view_of(m, &lv, l, PEFT_MOD_GATE, train), xa_of(m, l, PEFT_MOD_GATE), ws->tmp);
-    linear_forward(m, a->u, a->xn2, peft__w_of(m, l, PEFT_MOD_UP), N, D, F, peft__view_of(m, &lv, l, PEFT_MOD_UP, train),
+    linear_forward(m, a->u, a->xn2, peft__w_of(m, l, PEFT_MOD_UP), lw->bias[PEFT_MOD_UP], N, D, F, peft__view_of(m, &lv, l, PEFT_MOD_UP, train),
                    xa_of(m, l, PEFT_MOD_UP), ws->tmp);
-    add_bias(a->g, lw->bias[PEFT_MOD_GATE], N, F);
-    add_bias(a->u, lw->bias[PEFT_MOD_UP], N, F);
     swiglu_forward(m->pool, ws->act, a->g, a->u, N, F);
-    linear_forward(m, x_out, ws->act, peft__w_of(m, l, PEFT_MOD_DOWN), N, F, D,
+    linear_forward(m, x_out, ws->act, peft__w_of(m, l, PEFT_MOD_DOWN), lw->bias[PEFT_MOD_DOWN], N, F, D,
                    peft__view_of(m, &lv, l, PEFT_MOD_DOWN, train), xa_of(m, l, PEFT_MOD_DOWN), ws->tmp);
-    add_bias(x_out, lw->bias[PEFT_MOD_DOWN], N, D);
     add_inplace(x_out, a->h, (size_t)N * D);
 }
 

@@ -114,7 +114,7 @@ static int tensor_floats(peft_model *m, const struct out_t *t, float *dst, float
         return PEFT_OK;
     }
     int changed;
-    const float *w = t->what == 5 ? m->layers[t->layer].bias[t->kind]
+    const float *w = t->what == 5 ? peft__effective_bias(m, t->layer, t->kind, tmp)
                                   : peft__effective_weight(m, t->layer, t->kind, tmp, &changed);
     int heads = !permuted ? 0 : t->kind == PEFT_MOD_Q ? c->n_heads : t->kind == PEFT_MOD_K ? c->n_kv_heads : 0;
     if (!heads) {
@@ -291,6 +291,17 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
             if (parse_blk(s->name, gn[kind], &layer) && layer >= 0 && layer < c->n_layers) {
                 t->what = 1, t->layer = layer, t->kind = kind;
                 peft__effective_weight(m, layer, kind, NULL, &changed);
+            }
+        }
+        for (int kind = 0; kind < PEFT_MOD_COUNT && !t->what; kind++) { /* a bias IA3 scales with the output */
+            static const char *const gb[PEFT_MOD_COUNT] = {"attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_output.bias",
+                                                           "ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"};
+            const float *b;
+            if (parse_blk(s->name, gb[kind], &layer) && layer >= 0 && layer < c->n_layers &&
+                (b = m->layers[layer].bias[kind]) != NULL && s->n == (uint64_t)m->layers[layer].w[kind].rows) {
+                const float *base = m->layers[layer].bias_base[kind] ? m->layers[layer].bias_base[kind] : b;
+                t->what = 5, t->layer = layer, t->kind = kind;
+                changed = memcmp(peft__effective_bias(m, layer, kind, tmp), base, (size_t)s->n * sizeof *b) != 0;
             }
         }
         if (!t->what && ((parse_blk(s->name, "attn_norm.weight", &layer) && (t->kind = 0, 1)) ||

@@ -809,11 +809,6 @@ static int build_ia3(lora_state **out, const peft_model *m, const peft_ia3_optio
     if (o->targets == 0 || (o->targets & ~(uint32_t)PEFT_TARGET_ALL_LINEAR) || (o->feedforward & ~o->targets))
         return peft__fail(PEFT_EINVAL, "IA3: targets must be PEFT_TARGET_* bits and feedforward a subset of them");
     const peft_config *c = &m->cfg;
-    uint32_t scaled_out = o->targets & ~o->feedforward & c->bias_mask;
-    if (scaled_out) /* PEFT scales the bias with the output there; not implemented */
-        return peft__fail(PEFT_EUNSUPPORTED, "IA3: scaling the output of a module with a bias (%s of this %s model) is "
-                                             "not supported yet; scale its input (feedforward) or choose other modules",
-                          peft__module_names[__builtin_ctz(scaled_out)], c->architecture);
     lora_state *l;
     int code = peft__state_new(&l, c, o->layers, "IA3");
     if (code)

@@ -167,8 +167,19 @@ static void delta_weight(peft_model *m, const lora_view *lv, const peft_w *W, in
     peft__delta_weight(m, lv, peft__w_dense(m, W, lv->loha_tmp), in, out, lv->loha_tmp);
 }
 
-void linear_forward(peft_model *m, float *y, const float *x, const peft_w *W, int64_t N, int in,
-                    int out, const lora_view *lv, float *xa, float *tmp)
+/* y (N, out) += the module's bias b, if it has one */
+static void add_bias(float *y, const float *b, int64_t N, int out)
+{
+    for (int64_t t = 0; b && t < N; t++)
+        for (int o = 0; o < out; o++)
+            y[t * out + o] += b[o];
+}
+
+/* y (N, out) = the module applied to x (N, in): W (out, in), its bias (out, or NULL) and the
+   adapter lv (NULL: none). IA3 scaling the output scales the bias with it, as PEFT's
+   base_layer(x) * l; DoRA's magnitude scales W x and leaves the bias, as PEFT's. */
+void linear_forward(peft_model *m, float *y, const float *x, const peft_w *W, const float *bias, int64_t N,
+                    int in, int out, const lora_view *lv, float *xa, float *tmp)
 {
     if (lv && lv->ia3) {
         if (lv->ia3_ff) { /* y = W (x * l) */
@@ -176,8 +187,10 @@ void linear_forward(peft_model *m, float *y, const float *x, const peft_w *W, in
                 for (int i = 0; i < in; i++)
                     tmp[t * in + i] = x[t * in + i] * lv->ia3[i];
             peft__gemm_xwt(m, N, tmp, in, W, 0.0f, y, out);
-        } else { /* y = (W x) * l */
+            add_bias(y, bias, N, out);
+        } else { /* y = (W x + b) * l */
             peft__gemm_xwt(m, N, x, in, W, 0.0f, y, out);
+            add_bias(y, bias, N, out);
             if (lv->z)
                 memcpy(lv->z, y, (size_t)N * out * sizeof *y);
             for (int64_t t = 0; t < N; t++)
@@ -189,11 +202,14 @@ void linear_forward(peft_model *m, float *y, const float *x, const peft_w *W, in
     if (lv && lv->loha) { /* y = x (W + delta W)^T */
         delta_weight(m, lv, W, in, out);
         peft__gemm(m, 0, 1, N, out, in, 1.0f, x, in, lv->loha_tmp, in, 0.0f, y, out);
+        add_bias(y, bias, N, out);
         return;
     }
     peft__gemm_xwt(m, N, x, in, W, 0.0f, y, out);
-    if (!lv)
+    if (!lv) {
+        add_bias(y, bias, N, out);
         return;
+    }
     const float *xd = x;
     if (lv->dropout > 0.0f) {
         apply_dropout(m, tmp, x, N * in, lv->dropout_seed, lv->dropout, 0);
@@ -201,14 +217,15 @@ void linear_forward(peft_model *m, float *y, const float *x, const peft_w *W, in
     }
     peft__gemm(m, 0, 1, N, lv->r, in, 1.0f, xd, in, lv->A, lv->lda ? lv->lda : in, 0.0f, xa, lv->r);
     peft__gemm(m, 0, 1, N, out, lv->r, lv->scale, xa, lv->r, lv->B, lv->r, 1.0f, y, out);
-    if (!lv->mag)
-        return;
-    dora_norms(m, lv, W, in, out, tmp);
-    if (lv->z)
-        memcpy(lv->z, y, (size_t)N * out * sizeof *y);
-    for (int64_t t = 0; t < N; t++)
-        for (int o = 0; o < out; o++)
-            y[t * out + o] *= lv->mag[o] / lv->norm[o];
+    if (lv->mag) {
+        dora_norms(m, lv, W, in, out, tmp);
+        if (lv->z)
+            memcpy(lv->z, y, (size_t)N * out * sizeof *y);
+        for (int64_t t = 0; t < N; t++)
+            for (int o = 0; o < out; o++)
+                y[t * out + o] *= lv->mag[o] / lv->norm[o];
+    }
+    add_bias(y, bias, N, out);
 }
 
 /*

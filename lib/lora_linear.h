@@ -36,8 +36,8 @@ typedef struct lora_view {
     float *dlam_b, *dlam_d;
 } lora_view;
 
-void linear_forward(peft_model *m, float *y, const float *x, const peft_w *W, int64_t N, int in,
-                    int out, const lora_view *lv, float *xa, float *tmp);
+void linear_forward(peft_model *m, float *y, const float *x, const peft_w *W, const float *bias, int64_t N,
+                    int in, int out, const lora_view *lv, float *xa, float *tmp);
 void linear_backward(peft_model *m, float *dx, float beta_dx, const float *dy, const float *x,
                      const peft_w *W, int64_t N, int in, int out, const lora_view *lv,
                      const float *xa, float *dxa, float *tmp);

@@ -57,6 +57,20 @@ static void merged_weight(peft_model *m, float *dst, const peft_w *W, const lora
     }
 }
 
+/* whether module md is an IA3 output scaling of a module with a bias (PEFT scales the bias too) */
+static int scales_bias(const peft_model *m, const lora_module *md)
+{
+    return m->lora->method == PEFT_METHOD_IA3 && !md->ia3_ff && m->layers[md->layer].bias[md->kind];
+}
+
+/* the module's bias scaled by its IA3 vector into dst (out floats) */
+static void scaled_bias(const peft_model *m, const float *bias, const lora_module *md, float *dst)
+{
+    const float *s = m->lora->params + md->off_a;
+    for (int o = 0; o < md->out; o++)
+        dst[o] = bias[o] * s[o];
+}
+
 /* E (vocab, dim) + scale * (B A)^T into dst: the embedding adapter merged */
 static void merged_embed(peft_model *m, float *dst)
 {
@@ -84,7 +98,8 @@ int peft_merge_adapter(peft_model *m)
         return peft__fail(PEFT_ENOMEM, "peft_merge_adapter: out of memory");
     for (int i = 0; i < l->n_modules; i++) {
         const lora_module *md = &l->mods[i];
-        copies[i] = peft__alloc_floats((size_t)md->out * (size_t)md->in);
+        /* an IA3-scaled bias follows the weight in the same copy */
+        copies[i] = peft__alloc_floats((size_t)md->out * ((size_t)md->in + (size_t)scales_bias(m, md)));
         if (!copies[i]) {
             for (int j = 0; j < i; j++)
                 peft__free(copies[j]);
@@ -110,9 +125,16 @@ int peft_merge_adapter(peft_model *m)
     }
     for (int i = 0; i < l->n_modules; i++) {
         const lora_module *md = &l->mods[i];
-        peft_w *w = &m->layers[md->layer].w[md->kind];
-        m->layers[md->layer].w_base[md->kind] = *w;
+        peft_layer_weights *lw = &m->layers[md->layer];
+        peft_w *w = &lw->w[md->kind];
+        lw->w_base[md->kind] = *w;
         *w = (peft_w){.f = copies[i], .rows = w->rows, .cols = w->cols};
+        if (scales_bias(m, md)) {
+            float *b = copies[i] + (size_t)md->out * (size_t)md->in;
+            scaled_bias(m, lw->bias[md->kind], md, b);
+            lw->bias_base[md->kind] = lw->bias[md->kind];
+            lw->bias[md->kind] = b;
+        }
     }
     m->merged_copies = copies;
     m->merged = 1;
@@ -128,7 +150,12 @@ int peft_unmerge_adapter(peft_model *m)
     lora_state *l = m->lora;
     for (int i = 0; i < l->n_modules; i++) {
         const lora_module *md = &l->mods[i];
-        m->layers[md->layer].w[md->kind] = m->layers[md->layer].w_base[md->kind];
+        peft_layer_weights *lw = &m->layers[md->layer];
+        lw->w[md->kind] = lw->w_base[md->kind];
+        if (lw->bias_base[md->kind]) {
+            lw->bias[md->kind] = lw->bias_base[md->kind];
+            lw->bias_base[md->kind] = NULL;
+        }
         peft__free(m->merged_copies[i]);
     }
     if (m->embed_base.rows) {
@@ -197,6 +224,16 @@ const float *peft__effective_weight(peft_model *m, int l, int kind, float *dst, 
     if (w->f) /* a float base, or the merged copy */
         return w->f;
     peft__w_rows(m, w, 0, w->rows, dst); /* dequantized */
+    return dst;
+}
+
+const float *peft__effective_bias(const peft_model *m, int l, int kind, float *dst)
+{
+    const float *b = m->layers[l].bias[kind]; /* the merged copy while merged */
+    int idx = b && m->lora && !m->adapter_off && !m->merged ? m->lora->index[l * PEFT_MOD_COUNT + kind] : -1;
+    if (idx < 0 || !scales_bias(m, &m->lora->mods[idx]))
+        return b;
+    scaled_bias(m, b, &m->lora->mods[idx], dst);
     return dst;
 }
 
@@ -313,9 +350,13 @@ int peft_save_merged(peft_model *m, const char *dir)
             if (!W)
                 W = peft__effective_weight(m, l, kind, tmp[k], &changed);
             ADD(nm, out, in, W);
-            if (w->bias[kind]) {
+            if (w->bias[kind]) { /* (scaled by IA3 where it scales the output) */
                 snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.bias", l, peft__module_parents[kind], peft__module_names[kind]);
-                ADD(nm, out, 0, w->bias[kind]);
+                if (!(tmp[k] = peft__alloc_floats((size_t)out))) {
+                    code = peft__fail(PEFT_ENOMEM, "peft_save_merged: out of memory");
+                    goto done;
+                }
+                ADD(nm, out, 0, peft__effective_bias(m, l, kind, tmp[k]));
             }
         }
         if (c->qk_norm) {

@@ -25,6 +25,7 @@ typedef struct peft_layer_weights {
     peft_w w[PEFT_MOD_COUNT];      /* q, k, v, o, gate, up, down: (out, in) */
     peft_w w_base[PEFT_MOD_COUNT]; /* the unmerged weights while an adapter is merged */
     const float *bias[PEFT_MOD_COUNT]; /* (out) or NULL (cfg.bias_mask) */
+    const float *bias_base[PEFT_MOD_COUNT]; /* the unmerged bias while an IA3 vector scaling it is merged */
     const float *q_norm, *k_norm;      /* (head_dim) when cfg.qk_norm */
 } peft_layer_weights;
 
@@ -339,6 +340,9 @@ size_t peft__gg_row_bytes(uint32_t type, uint64_t n);                        /* 
    floats when usable as they are, else dst (out x in) filled (dst NULL: NULL then, a buffer is
    needed); *changed: differs from the base file */
 const float *peft__effective_weight(peft_model *m, int l, int kind, float *dst, int *changed);
+/* the bias of module `kind` of layer l as the model applies it (NULL: none): the base one, or
+   scaled by the attached IA3 vector that scales the module's output, into dst (out floats) */
+const float *peft__effective_bias(const peft_model *m, int l, int kind, float *dst);
 int peft__quantize(uint8_t *dst, const float *src, uint64_t n, uint32_t type); /* F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K; -1 else */
 /* rows [r0, r0 + n) of w as float32 into dst (n x cols); m (or NULL) parallelises */
 void peft__w_rows(const peft_model *m, const peft_w *w, int64_t r0, int64_t n, float *dst);

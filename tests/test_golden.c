@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "../lib/json.h"
@@ -377,6 +378,104 @@ TEST(torch_step_llama_bias)
     step_model = "tiny";
     gradcheck_in("tiny_llama_bias", "tiny_llama_bias/all_linear/adapter");
 }
+/* IA3 on every module of the same model: the output scaling scales the bias with the output
+   (PEFT's base_layer(x) * l) */
+TEST(torch_step_ia3_bias)
+{
+    step_model = "tiny_llama_bias";
+    step_case("ia3_all", 2);
+    step_model = "tiny";
+    gradcheck_in("tiny_llama_bias", "tiny_llama_bias/ia3_all/adapter");
+}
+
+static double batch_loss(peft_model *m)
+{
+    int32_t tok[2 * 10];
+    for (int i = 0; i < 20; i++)
+        tok[i] = (i * 7 + 3) % 48;
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 10, NULL};
+    peft_eval_result e = PEFT_EVAL_RESULT_INIT;
+    CHECK_OK(peft_eval(m, &b, &e));
+    return e.loss_sum / (double)e.tokens;
+}
+
+/* open `path`, attach `adapter` (NULL: none), the loss of batch_loss's batch; -1 when it fails */
+static double loss_of(const char *path, const char *adapter)
+{
+    peft_model *m;
+    int rc = peft_model_open(&m, path, NULL);
+    CHECK_MSG(rc == PEFT_OK, "%s: %s", path, peft_last_error());
+    if (rc)
+        return -1;
+    double loss = adapter && peft_load_adapter(m, adapter) ? -1 : batch_loss(m);
+    peft_model_close(&m);
+    return loss;
+}
+
+/* that IA3 adapter merged: in place (and undone), exported as a Hugging Face directory and as
+   GGUF, and exported again from a GGUF base (whose bias tensors are rewritten, not copied) */
+TEST(ia3_bias_merge_export)
+{
+    const char *adapter = test_data("tiny_llama_bias/ia3_all/adapter");
+    char dir[] = "/tmp/peft-ia3-XXXXXX", hf[64], g1[64], g0[64], g2[64], src[64], p[512], real[4096];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(hf, sizeof hf, "%s/merged", dir);
+    snprintf(g1, sizeof g1, "%s/merged.gguf", dir);
+    snprintf(g0, sizeof g0, "%s/base.gguf", dir);
+    snprintf(g2, sizeof g2, "%s/merged2.gguf", dir);
+    /* the model with a small BPE vocabulary beside it (a GGUF file carries one; the export pads
+       it to the model's 48 rows) */
+    snprintf(src, sizeof src, "%s/model", dir);
+    CHECK(mkdir(src, 0755) == 0);
+    static const char *const files[] = {"config.json", "model.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, "tiny_llama_bias/%s", files[i]);
+        CHECK(realpath(test_data(p), real) != NULL);
+        snprintf(p, sizeof p, "%s/%s", src, files[i]);
+        CHECK(symlink(real, p) == 0);
+    }
+    snprintf(p, sizeof p, "%s/tokenizer.json", src);
+    FILE *f = fopen(p, "w");
+    CHECK(f != NULL);
+    if (!f)
+        return;
+    fputs("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"<unk>\": 0, \"a\": 1, \"b\": 2, \"ab\": 3}, "
+          "\"merges\": [\"a b\"]}}\n", f);
+    fclose(f);
+    peft_model *m;
+    CHECK_OK(peft_model_open(&m, src, NULL));
+    if (!m)
+        return;
+    double base = batch_loss(m);
+    CHECK_OK(peft_save_merged_gguf(m, g0, NULL)); /* the base alone */
+    CHECK_OK(peft_load_adapter(m, adapter));
+    double want = batch_loss(m);
+    CHECK(fabs(want - base) > 1e-3); /* the adapter changes the model */
+    CHECK_OK(peft_merge_adapter(m));
+    CHECK_CLOSE(batch_loss(m), want, 1e-5);
+    CHECK_OK(peft_unmerge_adapter(m));
+    CHECK(batch_loss(m) == want);
+    CHECK_OK(peft_save_merged(m, hf));
+    CHECK_OK(peft_save_merged_gguf(m, g1, NULL));
+    peft_model_close(&m);
+    CHECK_CLOSE(loss_of(hf, NULL), want, 1e-5);
+    CHECK_CLOSE(loss_of(g1, NULL), want, 1e-5);
+    CHECK_CLOSE(loss_of(g0, NULL), base, 1e-5);
+    CHECK_CLOSE(loss_of(g0, adapter), want, 1e-5);
+    CHECK_OK(peft_model_open(&m, g0, NULL));
+    if (m) {
+        CHECK_OK(peft_load_adapter(m, adapter));
+        CHECK_OK(peft_merge_adapter(m)); /* exported while merged: the merged copies */
+        CHECK_OK(peft_save_merged_gguf(m, g2, NULL));
+        peft_model_close(&m);
+        CHECK_CLOSE(loss_of(g2, NULL), want, 1e-5);
+    }
+    remove(g0), remove(g1), remove(g2), remove(p);
+    model_dir_remove(hf);
+    model_dir_remove(src);
+    remove(dir);
+}
+
 TEST(model_gradcheck_qwen2) { gradcheck_in("tiny_qwen2", "tiny_qwen2/all_linear/adapter"); }
 TEST(model_gradcheck_qwen3) { gradcheck_in("tiny_qwen3", "tiny_qwen3/all_linear/adapter"); }
 /* the embedding adapter's gradient flows through every layer down to the lookup */
@@ -1083,7 +1182,7 @@ static const struct h_case cases[] = {
     CASE(torch_combine_ties_dare_magnitude_prune), CASE(torch_step_head_rows), CASE(model_gradcheck_head_rows),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
     CASE(sharded_and_half_precision_models), CASE(frozen_bf16_weights), CASE(activation_checkpointing_is_exact), CASE(config_errors), CASE(shared_gguf_models),
-    CASE(torch_step_qwen2), CASE(torch_step_qwen3), CASE(torch_step_llama_bias), CASE(model_gradcheck_qwen2), CASE(model_gradcheck_qwen3),
+    CASE(torch_step_qwen2), CASE(torch_step_qwen3), CASE(torch_step_llama_bias), CASE(torch_step_ia3_bias), CASE(ia3_bias_merge_export), CASE(model_gradcheck_qwen2), CASE(model_gradcheck_qwen3),
     CASE(model_gradcheck_windows_and_rope_scaling),
 };
 TEST_MAIN(cases)

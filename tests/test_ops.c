@@ -278,26 +278,32 @@ enum { LN = 7, LIN = 12, LOUT = 9, LR = 3 };
 struct lin_ctx {
     peft_model m;
     float x[LN * LIN], W[LOUT * LIN], A[LR * LIN], B[LOUT * LR], y[LN * LOUT], dout[LN * LOUT];
-    float xa[LN * LR], tmp[LN * LIN];
+    float xa[LN * LR], tmp[LN * LIN], bias[LOUT];
+    float l3[LIN], dl3[LIN], z[LN * LOUT], dz[LN * LOUT]; /* IA3 */
     lora_view lv;
     peft_w w;
 };
 static double lin_loss(void *vp)
 {
     struct lin_ctx *c = vp;
-    linear_forward(&c->m, c->y, c->x, &c->w, LN, LIN, LOUT, &c->lv, c->xa, c->tmp);
+    linear_forward(&c->m, c->y, c->x, &c->w, c->bias, LN, LIN, LOUT, &c->lv, c->xa, c->tmp);
     return dotd(c->y, c->dout, LN * LOUT);
+}
+static void lin_setup(struct lin_ctx *c)
+{
+    memset(c, 0, sizeof *c);
+    c->m.be = peft__backend_cpu();
+    peft_backend_host host = {sizeof host, 1, NULL, peft__pool_for};
+    CHECK_OK(c->m.be->init(&c->m.be_ctx, &host));
+    fill(c->x, sizeof c->x / 4, 1.0f);
+    fill(c->W, sizeof c->W / 4, 0.5f);
+    fill(c->bias, LOUT, 1.0f);
+    c->w = (peft_w){.f = c->W, .rows = LOUT, .cols = LIN};
 }
 static void lin_case(float dropout)
 {
     static struct lin_ctx c;
-    memset(&c, 0, sizeof c);
-    c.m.be = peft__backend_cpu();
-    peft_backend_host host = {sizeof host, 1, NULL, peft__pool_for};
-    CHECK_OK(c.m.be->init(&c.m.be_ctx, &host));
-    fill(c.x, sizeof c.x / 4, 1.0f);
-    fill(c.W, sizeof c.W / 4, 0.5f);
-    c.w = (peft_w){.f = c.W, .rows = LOUT, .cols = LIN};
+    lin_setup(&c);
     fill(c.A, sizeof c.A / 4, 0.5f);
     fill(c.B, sizeof c.B / 4, 0.5f);
     fill(c.dout, sizeof c.dout / 4, 1.0f);
@@ -313,6 +319,37 @@ static void lin_case(float dropout)
 }
 TEST(lora_linear) { lin_case(0.0f); }
 TEST(lora_linear_dropout) { lin_case(0.3f); }
+
+/* IA3 on a module with a bias: the output scaling scales the bias too (y = (W x + b) * l, as
+   PEFT's base_layer(x) * l); the input scaling leaves it (y = W (x * l) + b) */
+static void ia3_case(int ff)
+{
+    static struct lin_ctx c;
+    lin_setup(&c);
+    int nl = ff ? LIN : LOUT;
+    for (int i = 0; i < nl; i++)
+        c.l3[i] = 0.6f + 0.1f * (float)i;
+    fill(c.dout, sizeof c.dout / 4, 1.0f);
+    c.lv = (lora_view){.ia3 = c.l3, .dia3 = c.dl3, .ia3_ff = ff, .z = c.z, .dz = c.dz};
+    lin_loss(&c);
+    double worst = 0;
+    for (int t = 0; t < LN; t++)
+        for (int o = 0; o < LOUT; o++) {
+            double acc = 0;
+            for (int i = 0; i < LIN; i++)
+                acc += (double)c.W[o * LIN + i] * c.x[t * LIN + i] * (ff ? c.l3[i] : 1.0f);
+            double want = ff ? acc + c.bias[o] : (acc + c.bias[o]) * c.l3[o];
+            worst = fmax(worst, fabs(c.y[t * LOUT + o] - want));
+        }
+    CHECK_MSG(worst < 1e-5, "IA3 (%s) forward off by %g", ff ? "input" : "output", worst);
+    float dx[LN * LIN], dxa[LN * LR];
+    linear_backward(&c.m, dx, 0.0f, c.dout, c.x, &c.w, LN, LIN, LOUT, &c.lv, c.xa, dxa, c.tmp);
+    CHECK(fd_check("ia3 dx", c.x, sizeof c.x / 4, dx, lin_loss, &c, 1e-2f, 1e-2) == 0);
+    CHECK(fd_check("ia3 dl", c.l3, (size_t)nl, c.dl3, lin_loss, &c, 1e-2f, 1e-2) == 0);
+    c.m.be->free(c.m.be_ctx);
+}
+TEST(ia3_linear_bias) { ia3_case(0); }
+TEST(ia3_linear_bias_feedforward) { ia3_case(1); }
 
 TEST(dropout_mask)
 {
@@ -796,7 +833,7 @@ TEST(quantized_weights)
 static const struct h_case cases[] = {
     CASE(rmsnorm),     CASE(rope),         CASE(attention_gqa),   CASE(attention_packed_documents),
     CASE(attention_sliding_window), CASE(attention_shared_prefix), CASE(swiglu),
-    CASE(cross_entropy), CASE(lora_linear), CASE(lora_linear_dropout), CASE(dropout_mask),
+    CASE(cross_entropy), CASE(lora_linear), CASE(lora_linear_dropout), CASE(ia3_linear_bias), CASE(ia3_linear_bias_feedforward), CASE(dropout_mask),
     CASE(backend_cpu_gemm), CASE(backend_cpu_gemm_bf16), CASE(fast_expf_accuracy), CASE(lane_reductions), CASE(backend_blis_gemm), CASE(quantized_weights), CASE(quantizers_round_trip),
     CASE(gguf_embeddings_stay_quantized), CASE(k_quantizers_round_trip),
 };

@@ -238,8 +238,9 @@ enum peft_variant {
 PEFT_API int peft_lora_options_init(peft_lora_options *opts, uint32_t version);
 
 /* IA3 (Hugging Face PEFT peft_type "IA3"): learned scaling vectors, initialised to ones.
-   A target module's output is scaled per output feature, or, for the feedforward
-   modules, its input per input feature. One attachment (LoRA or IA3) per model. */
+   A target module's output is scaled per output feature (its bias included, as PEFT's
+   base_layer(x) * l), or, for the feedforward modules, its input per input feature. One
+   attachment (LoRA or IA3) per model. */
 typedef struct peft_ia3_options {
     uint32_t version;
     uint32_t targets;     /* PEFT_TARGET_* bits (PEFT's default for Llama: K | V | DOWN) */
