@@ -34,13 +34,22 @@ int peft__write_adapter(const char *st_path, st_out_tensor *ts, size_t n, const 
    lm_head, norms; saved under the module's own name). Fills up to extra_count(l, L) entries of
    ts (names in names, 128 bytes each; data points into the parameter block) and returns the
    number filled. */
+/* the trained biases (PEFT's bias option): the last extra tensors */
+static size_t bias_count(const lora_state *l, int n_layers)
+{
+    size_t n = 0;
+    for (int i = 0; l->bias_off && i < n_layers * PEFT_MOD_COUNT; i++)
+        n += l->bias_off[i] >= 0;
+    return n;
+}
+
 static size_t extra_count(const lora_state *l, int n_layers)
 {
     size_t n = (l->head_r > 0 ? 2 : 0) + (l->n_tok > 0) + (l->n_htok > 0) + (size_t)l->save_embed +
                (size_t)l->save_head;
     for (int i = 0; l->norm_off && l->method != PEFT_METHOD_NORMS && i <= 2 * n_layers; i++)
         n += l->norm_off[i] >= 0;
-    return n;
+    return n + bias_count(l, n_layers);
 }
 
 static size_t extra_tensors(const peft_model *m, st_out_tensor *ts, char *names)
@@ -81,6 +90,15 @@ static size_t extra_tensors(const peft_model *m, st_out_tensor *ts, char *names)
             EXTRA(c->dim, 0, (size_t)l->norm_off[i], "base_model.model.model.layers.%d.%s.weight", i / 2,
                   i % 2 ? "post_attention_layernorm" : "input_layernorm");
     }
+    /* biases: an adapted module's under its base_layer (PEFT wraps it), another's as it is */
+    for (int i = 0; l->bias_off && i < c->n_layers * PEFT_MOD_COUNT; i++) {
+        if (l->bias_off[i] < 0)
+            continue;
+        int k = i % PEFT_MOD_COUNT;
+        EXTRA(m->layers[i / PEFT_MOD_COUNT].w[k].rows, 0, (size_t)l->bias_off[i],
+              "base_model.model.model.layers.%d.%s.%s.%sbias", i / PEFT_MOD_COUNT, peft__module_parents[k],
+              peft__module_names[k], l->index[i] >= 0 ? "base_layer." : "");
+    }
 #undef EXTRA
     return n;
 }
@@ -99,9 +117,13 @@ static int read_extras(const peft_model *m, st_file *f, const char *st_path, siz
         goto done;
     }
     extra_tensors(m, extra, names);
+    /* a lora_only bias may be missing (PEFT before 0.19.2 saved none): the base one stays */
+    size_t optional = l->bias_mode == PEFT_BIAS_LORA_ONLY ? *n - bias_count(l, m->cfg.n_layers) : *n;
     for (size_t i = 0; i < *n && !code; i++) {
         const st_tensor *t = st_find(f, extra[i].name);
         int64_t d1 = extra[i].n_dims > 1 ? extra[i].shape[1] : 1;
+        if (!t && i >= optional)
+            continue;
         if (!t)
             code = peft__fail(PEFT_ENOTFOUND, "%s: tensor '%s' is missing", st_path, extra[i].name);
         else if (t->n_dims != extra[i].n_dims || t->shape[0] != extra[i].shape[0] ||
@@ -185,7 +207,9 @@ static int write_config(const peft_model *m, const char *path, const char *base_
     jw_pattern(&w, l->alpha_pattern, 0, afac);
     jw_put(&w, ",\n  \"base_model_name_or_path\": ");
     jw_str(&w, base_name);
-    jw_put(&w, ",\n  \"bias\": \"none\",\n  \"fan_in_fan_out\": false,\n  \"inference_mode\": true,\n");
+    static const char *const bias_names[3] = {"none", "all", "lora_only"};
+    jw_put(&w, ",\n  \"bias\": \"%s\",\n  \"fan_in_fan_out\": false,\n  \"inference_mode\": true,\n",
+           bias_names[l->bias_mode]);
     jw_put(&w, "  \"init_lora_weights\": %s,\n", convert ? "true" : inits[l->init & 3]);
     jw_put(&w, "  \"layers_pattern\": null,\n  \"layers_to_transform\": ");
     if (l->target_regex) /* the expression names the layers */
@@ -1055,8 +1079,15 @@ int peft__read_lora_config(peft_lora_options *o, char *layers, size_t layers_cap
     v = json_get(root, "use_dora");
     o->use_dora = v && v->type == JSON_BOOL && v->boolean;
     v = json_get(root, "bias");
-    if (v && v->type == JSON_STRING && strcmp(v->string, "none") != 0)
-        FAIL(PEFT_EUNSUPPORTED, "%s: bias \"%s\" is not supported yet", path, v->string);
+    if (v && v->type == JSON_STRING) {
+        if (!strcmp(v->string, "all"))
+            o->bias = PEFT_BIAS_ALL;
+        else if (!strcmp(v->string, "lora_only"))
+            o->bias = PEFT_BIAS_LORA_ONLY;
+        else if (strcmp(v->string, "none") != 0)
+            FAIL(PEFT_EFORMAT, "%s: bias \"%s\" is not one of \"none\", \"all\", \"lora_only\"", path, v->string);
+    } else if (v && v->type != JSON_NULL)
+        FAIL(PEFT_EFORMAT, "%s: \"bias\" is not a string", path);
     if ((code = pattern_from_json(json_get(root, "rank_pattern"), layers + layers_cap / 2, layers_cap / 4,
                                   "rank_pattern", path)) ||
         (code = pattern_from_json(json_get(root, "alpha_pattern"), layers + layers_cap / 2 + layers_cap / 4,

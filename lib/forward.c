@@ -348,6 +348,40 @@ float *peft__norm_grad(peft_model *m, int layer, int which)
     return off >= 0 ? m->lora->grads + off : NULL;
 }
 
+static int64_t bias_index(const peft_model *m, int layer, int kind)
+{
+    const lora_state *l = extras_of(m);
+    return l && l->bias_off ? l->bias_off[layer * PEFT_MOD_COUNT + kind] : -1;
+}
+
+const float *peft__bias_of(const peft_model *m, int layer, int kind)
+{
+    int64_t off = bias_index(m, layer, kind);
+    return off >= 0 ? m->lora->params + off : m->layers[layer].bias[kind];
+}
+
+void peft__bias_grad(peft_model *m, int layer, int kind, const float *dy, int64_t N, int out)
+{
+    int64_t off = bias_index(m, layer, kind);
+    if (off < 0)
+        return;
+    float *g = m->lora->grads + off;
+    for (int o = 0; o < out; o++) { /* in double, as the other vector gradients */
+        double s = 0;
+        for (int64_t t = 0; t < N; t++)
+            s += dy[t * out + o];
+        g[o] += (float)s;
+    }
+}
+
+int peft__bias_trained(const peft_model *m, int layer, int k0, int k1)
+{
+    for (int k = k0; k <= k1; k++)
+        if (bias_index(m, layer, k) >= 0)
+            return 1;
+    return 0;
+}
+
 static float *xa_of(peft_model *m, int layer, int kind)
 {
     lora_state *l = m->lora;
@@ -378,11 +412,11 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
     lora_view lv;
     float *q = c->qk_norm ? a->q_pre : a->q, *k = c->qk_norm ? a->k_pre : a->k;
     rmsnorm_forward(m->pool, a->xn1, a->rstd1, x_in, peft__norm_weight(m, l, 0), N, D, c->eps);
-    linear_forward(m, q, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), lw->bias[PEFT_MOD_Q], N, D, Hq, peft__view_of(m, &lv, l, PEFT_MOD_Q, train),
+    linear_forward(m, q, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), peft__bias_of(m, l, PEFT_MOD_Q), N, D, Hq, peft__view_of(m, &lv, l, PEFT_MOD_Q, train),
                    xa_of(m, l, PEFT_MOD_Q), ws->tmp);
-    linear_forward(m, k, a->xn1, peft__w_of(m, l, PEFT_MOD_K), lw->bias[PEFT_MOD_K], N, D, Hk, peft__view_of(m, &lv, l, PEFT_MOD_K, train),
+    linear_forward(m, k, a->xn1, peft__w_of(m, l, PEFT_MOD_K), peft__bias_of(m, l, PEFT_MOD_K), N, D, Hk, peft__view_of(m, &lv, l, PEFT_MOD_K, train),
                    xa_of(m, l, PEFT_MOD_K), ws->tmp);
-    linear_forward(m, a->v, a->xn1, peft__w_of(m, l, PEFT_MOD_V), lw->bias[PEFT_MOD_V], N, D, Hk, peft__view_of(m, &lv, l, PEFT_MOD_V, train),
+    linear_forward(m, a->v, a->xn1, peft__w_of(m, l, PEFT_MOD_V), peft__bias_of(m, l, PEFT_MOD_V), N, D, Hk, peft__view_of(m, &lv, l, PEFT_MOD_V, train),
                    xa_of(m, l, PEFT_MOD_V), ws->tmp);
     if (c->qk_norm) { /* Qwen3: each head of q and k normalised */
         rmsnorm_forward(m->pool, a->q, a->rstd_q, q, lw->q_norm, N * c->n_heads, c->head_dim, c->eps);
@@ -392,16 +426,16 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
     rope_forward(m->pool, a->k, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_kv_heads, c->head_dim);
     attention_forward(m->pool, a->att, a->lse, ws->att_scratch, a->q, a->k, a->v, ws->pos, B, T, c->n_heads,
                       c->n_kv_heads, c->head_dim, peft__layer_window(c, l), peft__prompt_len(m));
-    linear_forward(m, a->h, a->att, peft__w_of(m, l, PEFT_MOD_O), lw->bias[PEFT_MOD_O], N, Hq, D, peft__view_of(m, &lv, l, PEFT_MOD_O, train),
+    linear_forward(m, a->h, a->att, peft__w_of(m, l, PEFT_MOD_O), peft__bias_of(m, l, PEFT_MOD_O), N, Hq, D, peft__view_of(m, &lv, l, PEFT_MOD_O, train),
                    xa_of(m, l, PEFT_MOD_O), ws->tmp);
     add_inplace(a->h, x_in, (size_t)N * D);
     rmsnorm_forward(m->pool, a->xn2, a->rstd2, a->h, peft__norm_weight(m, l, 1), N, D, c->eps);
-    linear_forward(m, a->g, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), lw->bias[PEFT_MOD_GATE], N, D, F,
+    linear_forward(m, a->g, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), peft__bias_of(m, l, PEFT_MOD_GATE), N, D, F,
                    peft__view_of(m, &lv, l, PEFT_MOD_GATE, train), xa_of(m, l, PEFT_MOD_GATE), ws->tmp);
-    linear_forward(m, a->u, a->xn2, peft__w_of(m, l, PEFT_MOD_UP), lw->bias[PEFT_MOD_UP], N, D, F, peft__view_of(m, &lv, l, PEFT_MOD_UP, train),
+    linear_forward(m, a->u, a->xn2, peft__w_of(m, l, PEFT_MOD_UP), peft__bias_of(m, l, PEFT_MOD_UP), N, D, F, peft__view_of(m, &lv, l, PEFT_MOD_UP, train),
                    xa_of(m, l, PEFT_MOD_UP), ws->tmp);
     swiglu_forward(m->pool, ws->act, a->g, a->u, N, F);
-    linear_forward(m, x_out, ws->act, peft__w_of(m, l, PEFT_MOD_DOWN), lw->bias[PEFT_MOD_DOWN], N, F, D,
+    linear_forward(m, x_out, ws->act, peft__w_of(m, l, PEFT_MOD_DOWN), peft__bias_of(m, l, PEFT_MOD_DOWN), N, F, D,
                    peft__view_of(m, &lv, l, PEFT_MOD_DOWN, train), xa_of(m, l, PEFT_MOD_DOWN), ws->tmp);
     add_inplace(x_out, a->h, (size_t)N * D);
 }
@@ -415,12 +449,13 @@ static void head_norm_backward(peft_model *m, float *d, float *scratch, const fl
     memcpy(d, scratch, (size_t)rows * (size_t)hd * sizeof *d);
 }
 
+/* whether layer l has an adapted module, or a trained bias, among kinds k0..k1 */
 static int has_kind(peft_model *m, int l, int k0, int k1)
 {
     for (int k = k0; k <= k1; k++)
         if (m->lora->index[l * PEFT_MOD_COUNT + k] >= 0)
             return 1;
-    return 0;
+    return peft__bias_trained(m, l, k0, k1);
 }
 
 /* ws->dx holds d(loss)/d(layer output); on return, d/d(layer input) unless l is the lowest. */
@@ -439,9 +474,12 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
 
     /* MLP: x_out = h + down(silu(g) * u) */
     swiglu_forward(m->pool, ws->act, a->g, a->u, N, F);
+    peft__bias_grad(m, l, PEFT_MOD_DOWN, ws->dx, N, D);
     linear_backward(m, ws->dact, 0.0f, ws->dx, ws->act, peft__w_of(m, l, PEFT_MOD_DOWN), N, F, D,
                     peft__view_of(m, &lv, l, PEFT_MOD_DOWN, 1), xa_of(m, l, PEFT_MOD_DOWN), ws->dxa, ws->tmp);
     swiglu_backward(m->pool, ws->dg, ws->du, ws->dact, a->g, a->u, N, F);
+    peft__bias_grad(m, l, PEFT_MOD_GATE, ws->dg, N, F);
+    peft__bias_grad(m, l, PEFT_MOD_UP, ws->du, N, F);
     linear_backward(m, attn ? ws->dxn : NULL, 0.0f, ws->dg, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), N, D, F,
                     peft__view_of(m, &lv, l, PEFT_MOD_GATE, 1), xa_of(m, l, PEFT_MOD_GATE), ws->dxa, ws->tmp);
     linear_backward(m, attn ? ws->dxn : NULL, 1.0f, ws->du, a->xn2, peft__w_of(m, l, PEFT_MOD_UP), N, D, F,
@@ -453,6 +491,7 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
     rmsnorm_backward(m->pool, ws->dx, ws->dxn, a->h, peft__norm_weight(m, l, 1), a->rstd2, N, D);
 
     /* attention: h = x_in + o(attn(q, k, v)) */
+    peft__bias_grad(m, l, PEFT_MOD_O, ws->dx, N, D);
     linear_backward(m, qkv ? ws->datt : NULL, 0.0f, ws->dx, a->att, peft__w_of(m, l, PEFT_MOD_O), N, Hq, D,
                     peft__view_of(m, &lv, l, PEFT_MOD_O, 1), xa_of(m, l, PEFT_MOD_O), ws->dxa, ws->tmp);
     if (!qkv)
@@ -466,6 +505,9 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
         head_norm_backward(m, ws->dq, ws->datt, a->q_pre, lw->q_norm, a->rstd_q, N * c->n_heads, c->head_dim);
         head_norm_backward(m, ws->dk, ws->datt, a->k_pre, lw->k_norm, a->rstd_k, N * c->n_kv_heads, c->head_dim);
     }
+    peft__bias_grad(m, l, PEFT_MOD_Q, ws->dq, N, Hq);
+    peft__bias_grad(m, l, PEFT_MOD_K, ws->dk, N, Hk);
+    peft__bias_grad(m, l, PEFT_MOD_V, ws->dv, N, Hk);
     float *dxn = below || dw1 ? ws->dxn : NULL;
     linear_backward(m, dxn, 0.0f, ws->dq, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), N, D, Hq,
                     peft__view_of(m, &lv, l, PEFT_MOD_Q, 1), xa_of(m, l, PEFT_MOD_Q), ws->dxa, ws->tmp);

@@ -160,6 +160,9 @@ int peft_save_adapter_gguf(peft_model *m, const char *path, const char *name)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_adapter_gguf: llama.cpp's LoRA files hold the linear "
                                              "modules' lora_a/lora_b only, not lm_head LoRA, token rows or "
                                              "modules trained in full");
+    if (l->n_bias > 0)
+        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_adapter_gguf: llama.cpp's LoRA format cannot hold the trained "
+                                             "biases (PEFT's bias option): export the merged model instead");
     gl_module *mods = calloc((size_t)l->n_modules + 1, sizeof *mods);
     if (!mods)
         return peft__fail(PEFT_ENOMEM, "out of memory");
@@ -242,6 +245,15 @@ static int peft_to_gguf(const char *dir, const char *dst, const peft_convert_opt
     if ((code = st_open(&f, st_path)))
         goto done;
     size_t n_t = f->n_tensors, total = 0;
+    for (size_t i = 0; i < n_t; i++) {
+        size_t len = strlen(f->tensors[i].name);
+        if (len > 5 && !strcmp(f->tensors[i].name + len - 5, ".bias")) {
+            code = peft__fail(PEFT_EUNSUPPORTED, "%s: tensor '%s' is a trained bias (PEFT's bias option), which "
+                                                 "llama.cpp's LoRA format cannot hold: merge the adapter into the "
+                                                 "model instead", st_path, f->tensors[i].name);
+            goto done;
+        }
+    }
     if (n_t == 0 || n_t % 2) {
         code = peft__fail(PEFT_EFORMAT, "%s: %zu tensors, not lora_A/lora_B pairs", st_path, n_t);
         goto done;

@@ -2,6 +2,7 @@
 #include <ctype.h>
 #include <regex.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,9 +13,15 @@ int peft_lora_options_init(peft_lora_options *opts, uint32_t version)
 {
     if (!opts || version == 0 || version > PEFT_LORA_OPTIONS_VERSION)
         return peft__fail(PEFT_EINVAL, "peft_lora_options_init: bad arguments");
+    /* only the fields of that version: a program built against an older header passes a
+       smaller struct */
+    static const size_t size[PEFT_LORA_OPTIONS_VERSION + 1] = {
+        0, offsetof(peft_lora_options, use_dora), offsetof(peft_lora_options, variant),
+        offsetof(peft_lora_options, modules_to_save), offsetof(peft_lora_options, target_regex),
+        offsetof(peft_lora_options, head_token_indices), offsetof(peft_lora_options, bias), sizeof(peft_lora_options)};
     peft_lora_options d = PEFT_LORA_OPTIONS_INIT;
-    *opts = d;
-    opts->version = version;
+    d.version = version;
+    memcpy(opts, &d, size[version]);
     return PEFT_OK;
 }
 
@@ -145,6 +152,7 @@ void peft__lora_free(lora_state *l)
     free(l->rank_pattern);
     free(l->alpha_pattern);
     free(l->norm_off);
+    free(l->bias_off);
     free(l->tok_idx);
     free(l->tok_slot);
     free(l->htok_idx);
@@ -433,6 +441,37 @@ static int layout_norms(lora_state *l, const peft_config *c, uint32_t norms, siz
     return PEFT_OK;
 }
 
+/* PEFT's bias option (version 7): the trained biases, after everything else; *off advances. */
+static int layout_bias(lora_state *l, const peft_config *c, int32_t mode, int variant, size_t *off)
+{
+    if (mode == PEFT_BIAS_NONE)
+        return PEFT_OK;
+    if (mode != PEFT_BIAS_ALL && mode != PEFT_BIAS_LORA_ONLY)
+        return peft__fail(PEFT_EINVAL, "LoRA: bias must be PEFT_BIAS_NONE, _ALL or _LORA_ONLY (got %d)", (int)mode);
+    if (variant)
+        return peft__fail(PEFT_EUNSUPPORTED, "LoRA: PEFT's LoHa and LoKr have no bias option");
+    size_t n = (size_t)c->n_layers * PEFT_MOD_COUNT;
+    if (!(l->bias_off = malloc(n * sizeof *l->bias_off)))
+        return peft__fail(PEFT_ENOMEM, "LoRA: out of memory");
+    l->bias_mode = mode;
+    size_t start = *off;
+    for (int layer = 0; layer < c->n_layers; layer++)
+        for (int k = 0; k < PEFT_MOD_COUNT; k++) {
+            size_t i = (size_t)layer * PEFT_MOD_COUNT + (size_t)k;
+            int on = (c->bias_mask >> k & 1u) && (mode == PEFT_BIAS_ALL || l->index[i] >= 0);
+            l->bias_off[i] = on ? (int64_t)*off : -1;
+            if (!on)
+                continue;
+            int in, out;
+            module_dims(c, k, &in, &out);
+            *off += (size_t)out;
+            if (layer < l->lowest_layer)
+                l->lowest_layer = layer;
+        }
+    l->n_bias = *off - start;
+    return PEFT_OK;
+}
+
 /* Layout of what LoRA trains beyond the linear modules and the embedding adapter (version 4
    options): lm_head LoRA, token rows, full copies, norms; *off advances. */
 static int build_extras(lora_state *l, const peft_config *c, const peft_lora_options *o, size_t *off)
@@ -644,7 +683,8 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
         l->lowest_layer = -1;
     }
     l->off_norms = off;
-    if (o->version >= 4 && (code = build_extras(l, c, o, &off))) {
+    if ((o->version >= 4 && (code = build_extras(l, c, o, &off))) ||
+        (o->version >= 7 && (code = layout_bias(l, c, o->bias, loha || lokr, &off)))) {
         peft__lora_free(l);
         return code;
     }
@@ -777,6 +817,13 @@ static void init_extras(lora_state *l, const peft_model *m)
     for (int i = 0; l->norm_off && i <= 2 * c->n_layers; i++)
         if (l->norm_off[i] >= 0)
             memcpy(l->params + l->norm_off[i], base_norm(m, i), D * sizeof(float));
+    for (int i = 0; l->bias_off && i < c->n_layers * PEFT_MOD_COUNT; i++)
+        if (l->bias_off[i] >= 0) {
+            int in, out;
+            module_dims(c, i % PEFT_MOD_COUNT, &in, &out);
+            memcpy(l->params + l->bias_off[i], m->layers[i / PEFT_MOD_COUNT].bias[i % PEFT_MOD_COUNT],
+                   (size_t)out * sizeof(float));
+        }
 }
 
 /* What IA3 and VeRA (options version 2) train alongside: modules_to_save and norms, laid out

@@ -25,9 +25,12 @@ int peft_open_options_init(peft_open_options *opts, uint32_t version)
 {
     if (!opts || version == 0 || version > PEFT_OPEN_OPTIONS_VERSION)
         return peft__fail(PEFT_EINVAL, "peft_open_options_init: bad arguments");
+    /* only the fields of that version (an older header's struct is smaller) */
+    static const size_t size[PEFT_OPEN_OPTIONS_VERSION + 1] = {0, offsetof(peft_open_options, frozen_dtype),
+                                                               sizeof(peft_open_options)};
     peft_open_options d = PEFT_OPEN_OPTIONS_INIT;
-    *opts = d;
-    opts->version = version;
+    d.version = version;
+    memcpy(opts, &d, size[version]);
     return PEFT_OK;
 }
 

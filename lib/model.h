@@ -113,6 +113,11 @@ typedef struct lora_state {
     int n_virtual;
     int prompt_init;
     char *prompt_text, *prompt_tokenizer;
+    /* PEFT's bias option (LoRA): the trained biases, the last n_bias floats of the parameter
+       block; bias_off (n_layers * PEFT_MOD_COUNT): each module's offset, or -1 (frozen or none) */
+    int bias_mode;
+    int64_t *bias_off;
+    size_t n_bias;
     size_t n_params;
     float *params, *grads, *m, *v;
 } lora_state;
@@ -200,6 +205,7 @@ struct peft_model {
     int adapter_off;    /* peft_adapter_enable(m, 0) */
     int merged;         /* peft_merge_adapter: the adapter lives in merged weight copies */
     float **merged_copies;
+    float *merged_bias; /* the biases in effect while merged (IA3-scaled or trained ones) */
     float *qpanel;         /* dequantized rows of a quantized weight (qpanel_floats) */
     int64_t qpanel_floats;
     peft_grad_ready_fn grad_ready; /* peft_set_grad_ready */
@@ -343,6 +349,14 @@ const float *peft__effective_weight(peft_model *m, int l, int kind, float *dst, 
 /* the bias of module `kind` of layer l as the model applies it (NULL: none): the base one, or
    scaled by the attached IA3 vector that scales the module's output, into dst (out floats) */
 const float *peft__effective_bias(const peft_model *m, int l, int kind, float *dst);
+/* the bias the forward pass adds to module `kind` of layer l: the trained one (PEFT's bias
+   option) or the model's (NULL: none) */
+const float *peft__bias_of(const peft_model *m, int l, int kind);
+/* the trained bias's gradient of module `kind` of layer l += the column sums of dy (N, out);
+   nothing when that bias is not trained */
+void peft__bias_grad(peft_model *m, int l, int kind, const float *dy, int64_t N, int out);
+/* whether layer l has a trained bias among kinds k0..k1 */
+int peft__bias_trained(const peft_model *m, int l, int k0, int k1);
 int peft__quantize(uint8_t *dst, const float *src, uint64_t n, uint32_t type); /* F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K; -1 else */
 /* rows [r0, r0 + n) of w as float32 into dst (n x cols); m (or NULL) parallelises */
 void peft__w_rows(const peft_model *m, const peft_w *w, int64_t r0, int64_t n, float *dst);

@@ -217,7 +217,9 @@ int peft__opt_apply(peft_model *m, double token_count, peft_step_result *res)
     /* the embedding group (embedding and lm_head adapters, token rows, full copies) and the
        tuned norms, each at its own learning rate and weight decay */
     adamw_group(&a, l->mods_end, l->off_norms - l->mods_end, m->embed_lr_ratio, m->embed_weight_decay);
-    adamw_group(&a, l->off_norms, l->n_params - l->off_norms, m->norm_lr_ratio, m->norm_weight_decay);
+    adamw_group(&a, l->off_norms, l->n_params - l->n_bias - l->off_norms, m->norm_lr_ratio, m->norm_weight_decay);
+    /* trained biases: the main learning rate, no weight decay (as the Hugging Face Trainer) */
+    adamw_group(&a, l->n_params - l->n_bias, l->n_bias, 1.0, 0.0);
     memset(g, 0, n * sizeof *g);
     m->step = t;
     if (res) {

@@ -72,6 +72,34 @@ def test_train_save_load():
                 assert "head counts" in str(e)
 
 
+def test_bias():
+    """PEFT's bias option on Qwen2 (q/k/v biases): every bias, or the adapted modules'"""
+    qwen2 = os.path.join(os.path.dirname(TINY), "tiny_qwen2")
+    with libpeft.Model(qwen2) as m:
+        lora = 4 * (32 + 32) + 4 * (32 + 16)  # q, v of layer 1
+        assert m.attach_lora(targets="q,v", layers="1", rank=4, bias="lora_only") == lora + 32 + 16
+        m.detach()
+        assert m.attach_lora(targets="q,v", layers="1", rank=4, bias="all") == lora + 3 * (32 + 16 + 16)
+        m.set_optimizer(lr=3e-2)
+        data = batch(3)
+        first = m.step(data)
+        for _ in range(4):
+            last = m.step(data)
+        assert last.loss < first.loss
+        s1, _ = m.eval(data)
+        with tempfile.TemporaryDirectory() as d:
+            m.save_adapter(d)
+            assert '"bias": "all"' in open(os.path.join(d, "adapter_config.json")).read()
+            with libpeft.Model(qwen2) as m2:
+                m2.load_adapter(d)
+                assert m2.eval(data)[0] == s1
+        try:
+            m.attach_lora(targets="q", bias="some")
+            raise AssertionError("a bad bias mode was accepted")
+        except KeyError:
+            pass
+
+
 def test_token_containers():
     with libpeft.Model(TINY) as m:
         rows = batch(9, b=2, t=12)

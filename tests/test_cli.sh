@@ -288,6 +288,19 @@ assert 'tokenizer.ggml.scores' not in kv and any(n == 'blk.0.attn_q.bias' for n,
         python3 -c "a, b = float('$(loss "$T/e_m")'), float('$(loss "$T/e_ad")'); assert abs(a - b) <= 1e-5 * b, (a, b)" ||
             fail "IA3: merged ($src) loss differs from base + adapter"
     done
+    # PEFT's bias option: every q/k/v bias trained with LoRA on q, v of one layer; the config says
+    # so, the merged model computes base + adapter; a bad mode is refused
+    "$PEFT" train --model "$M" --data "$T/d.bin" --out "$T/lb" --targets q,v --layers 1 --rank 4 --bias all --steps 3 \
+        --batch 2 --seq 32 --lr 0.02 --seed 5 --quiet || fail "train --bias all"
+    grep -q '"bias": "all"' "$T/lb/adapter_config.json" || fail "--bias all: adapter_config.json"
+    "$PEFT" eval --model "$M" --adapter "$T/lb" --data "$T/d.bin" --seq 32 --json >"$T/e_ad" || fail "eval --bias all"
+    "$PEFT" merge --model "$M" --adapter "$T/lb" --out "$T/merged-lb" >/dev/null || fail "merge --bias all"
+    "$PEFT" eval --model "$T/merged-lb" --data "$T/d.bin" --seq 32 --json >"$T/e_m" || fail "eval merged --bias all"
+    python3 -c "a, b = float('$(loss "$T/e_m")'), float('$(loss "$T/e_ad")'); assert abs(a - b) <= 1e-5 * b, (a, b)" ||
+        fail "--bias all: merged loss differs from base + adapter"
+    "$PEFT" train --model "$M" --data "$T/d.bin" --out "$T/lbx" --bias some --steps 1 --quiet 2>"$T/err" &&
+        fail "--bias some was accepted"
+    grep -q "lora_only" "$T/err" || fail "--bias: no message naming the modes"
     ;;
 merged_gguf_export)
     # base + adapter as a GGUF file from stories260K's F32, Q8_0 and Q4_0 files: the base's keys and

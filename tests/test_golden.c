@@ -3,6 +3,7 @@
  * tests/golden/make_golden.py) and the reference figures of ../shared.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,6 +117,15 @@ static double max_rel_err(const float *x, double xscale, const char *st_path, co
                 else
                     snprintf(key, sizeof key, "base_model.model.model.layers.%d.%s.%s", l,
                              w ? "post_attention_layernorm" : "input_layernorm", tail);
+                compare_tensor(ref, key, x, xscale, &off, &worst);
+            }
+    /* the trained biases last (PEFT's bias option): an adapted module's under base_layer */
+    for (int l = 0; l < 64; l++)
+        for (int k = 0; k < 7; k++)
+            for (int b = 0; b < 2; b++) {
+                char key[160];
+                snprintf(key, sizeof key, "base_model.model.model.layers.%d.%s.%sbias", l, kinds[k],
+                         b ? "" : "base_layer.");
                 compare_tensor(ref, key, x, xscale, &off, &worst);
             }
     st_close(ref);
@@ -412,36 +422,53 @@ static double loss_of(const char *path, const char *adapter)
     return loss;
 }
 
-/* that IA3 adapter merged: in place (and undone), exported as a Hugging Face directory and as
-   GGUF, and exported again from a GGUF base (whose bias tensors are rewritten, not copied) */
-TEST(ia3_bias_merge_export)
+/* `model` (under tests/data) as dir/model with a small BPE vocabulary beside it (a GGUF file
+   carries one; the export pads it to the model's 48 rows); src receives its path */
+static int model_with_vocab(const char *dir, const char *model, char *src, size_t cap)
 {
-    const char *adapter = test_data("tiny_llama_bias/ia3_all/adapter");
-    char dir[] = "/tmp/peft-ia3-XXXXXX", hf[64], g1[64], g0[64], g2[64], src[64], p[512], real[4096];
+    char p[512], real[4096];
+    snprintf(src, cap, "%s/model", dir);
+    if (mkdir(src, 0755) != 0)
+        return -1;
+    static const char *const files[] = {"config.json", "model.safetensors"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, "%s/%s", model, files[i]);
+        if (!realpath(test_data(p), real))
+            return -1;
+        snprintf(p, sizeof p, "%s/%s", src, files[i]);
+        if (symlink(real, p) != 0)
+            return -1;
+    }
+    snprintf(p, sizeof p, "%s/tokenizer.json", src);
+    FILE *f = fopen(p, "w");
+    if (!f)
+        return -1;
+    fputs("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"<unk>\": 0, \"a\": 1, \"b\": 2, \"ab\": 3}, "
+          "\"merges\": [\"a b\"]}}\n", f);
+    return fclose(f);
+}
+
+static void model_with_vocab_remove(const char *src)
+{
+    char p[512];
+    snprintf(p, sizeof p, "%s/tokenizer.json", src);
+    remove(p);
+    model_dir_remove(src);
+}
+
+/* An adapter of `model` merged: in place (and undone), exported as a Hugging Face directory
+   and as GGUF, and exported again from a GGUF base (whose bias tensors are rewritten, not
+   copied): each computes base + adapter. */
+static void check_merged_exports(const char *model, const char *adapter_path)
+{
+    char adapter[4096], dir[] = "/tmp/peft-merged-XXXXXX", hf[64], g1[64], g0[64], g2[64], src[64];
+    snprintf(adapter, sizeof adapter, "%s", adapter_path);
     CHECK(mkdtemp(dir) != NULL);
     snprintf(hf, sizeof hf, "%s/merged", dir);
     snprintf(g1, sizeof g1, "%s/merged.gguf", dir);
     snprintf(g0, sizeof g0, "%s/base.gguf", dir);
     snprintf(g2, sizeof g2, "%s/merged2.gguf", dir);
-    /* the model with a small BPE vocabulary beside it (a GGUF file carries one; the export pads
-       it to the model's 48 rows) */
-    snprintf(src, sizeof src, "%s/model", dir);
-    CHECK(mkdir(src, 0755) == 0);
-    static const char *const files[] = {"config.json", "model.safetensors"};
-    for (int i = 0; i < 2; i++) {
-        snprintf(p, sizeof p, "tiny_llama_bias/%s", files[i]);
-        CHECK(realpath(test_data(p), real) != NULL);
-        snprintf(p, sizeof p, "%s/%s", src, files[i]);
-        CHECK(symlink(real, p) == 0);
-    }
-    snprintf(p, sizeof p, "%s/tokenizer.json", src);
-    FILE *f = fopen(p, "w");
-    CHECK(f != NULL);
-    if (!f)
-        return;
-    fputs("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"<unk>\": 0, \"a\": 1, \"b\": 2, \"ab\": 3}, "
-          "\"merges\": [\"a b\"]}}\n", f);
-    fclose(f);
+    CHECK(model_with_vocab(dir, model, src, sizeof src) == 0);
     peft_model *m;
     CHECK_OK(peft_model_open(&m, src, NULL));
     if (!m)
@@ -470,10 +497,154 @@ TEST(ia3_bias_merge_export)
         peft_model_close(&m);
         CHECK_CLOSE(loss_of(g2, NULL), want, 1e-5);
     }
-    remove(g0), remove(g1), remove(g2), remove(p);
+    remove(g0), remove(g1), remove(g2);
     model_dir_remove(hf);
-    model_dir_remove(src);
+    model_with_vocab_remove(src);
     remove(dir);
+}
+
+/* that IA3 adapter (the output scaling scales the bias) */
+TEST(ia3_bias_merge_export) { check_merged_exports("tiny_llama_bias", test_data("tiny_llama_bias/ia3_all/adapter")); }
+
+/* PEFT's bias option through the public API on Qwen2: exact counts, training moves the biases
+   (not the model's), the PEFT file (config and keys), no GGUF LoRA, merged exports, a lora_only
+   file without its biases (PEFT before 0.19.2), errors; options_init of an older version */
+TEST(bias_training_lifecycle)
+{
+    peft_model *m;
+    CHECK_OK(peft_model_open(&m, test_data("tiny_qwen2"), NULL));
+    if (!m)
+        return;
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_Q | PEFT_TARGET_V;
+    o.layers = "1";
+    o.rank = 4;
+    uint64_t n0, n1, n2;
+    CHECK_OK(peft_count_lora(&n0, m, &o));
+    o.bias = PEFT_BIAS_LORA_ONLY;
+    CHECK_OK(peft_count_lora(&n2, m, &o));
+    o.bias = PEFT_BIAS_ALL;
+    CHECK_OK(peft_count_lora(&n1, m, &o));
+    CHECK(n0 == 4u * (32 + 32) + 4u * (32 + 16)); /* q (32 x 32), v (16 x 32) of layer 1 */
+    CHECK(n2 == n0 + 32 + 16);                    /* their biases */
+    CHECK(n1 == n0 + 3u * (32 + 16 + 16));        /* every q, k, v bias of the 3 layers */
+    double base = batch_loss(m);
+    CHECK_OK(peft_attach_lora(m, &o, &n2));
+    CHECK(n2 == n1);
+    CHECK(batch_loss(m) == base); /* biases start as the base's, B = 0 */
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 3e-2));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_WEIGHT_DECAY, 0.5));
+    int32_t tok[20];
+    for (int i = 0; i < 20; i++)
+        tok[i] = (i * 7 + 3) % 48;
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 10, NULL};
+    for (int s = 0; s < 3; s++)
+        CHECK_OK(peft_step(m, &b, NULL));
+    double trained = batch_loss(m);
+    CHECK(trained < base);
+    float *p;
+    size_t np;
+    CHECK_OK(peft_param_buffer(&p, &np, m));
+    const float *kb = m->layers[0].bias[PEFT_MOD_K]; /* layer 0's k bias: trained though not adapted */
+    const float *tb = p + np - 3 * 64 + 32;          /* layer 0: q (32), then k */
+    CHECK(tb[0] != kb[0] && peft__bias_of(m, 0, PEFT_MOD_K) == tb);
+    char dir[] = "/tmp/peft-bias-XXXXXX", ad[64], cfg[96], st[96];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(ad, sizeof ad, "%s/adapter", dir);
+    CHECK_OK(peft_save_adapter(m, ad, NULL));
+    size_t len;
+    snprintf(cfg, sizeof cfg, "%s/adapter_config.json", ad);
+    char *text = read_whole(cfg, &len);
+    CHECK(text && strstr(text, "\"bias\": \"all\""));
+    free(text);
+    snprintf(st, sizeof st, "%s/adapter_model.safetensors", ad);
+    st_file *f = NULL;
+    CHECK_OK(st_open(&f, st));
+    if (f) {
+        CHECK(st_find(f, "base_model.model.model.layers.0.self_attn.k_proj.bias") &&
+              st_find(f, "base_model.model.model.layers.1.self_attn.q_proj.base_layer.bias") &&
+              st_find(f, "base_model.model.model.layers.1.self_attn.k_proj.bias") &&
+              !st_find(f, "base_model.model.model.layers.1.self_attn.q_proj.bias") && f->n_tensors == 4 + 9);
+        st_close(f);
+    }
+    char gg[96];
+    snprintf(gg, sizeof gg, "%s/adapter.gguf", dir);
+    CHECK(peft_save_adapter_gguf(m, gg, NULL) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "bias"));
+    CHECK(access(gg, F_OK) != 0);
+    peft_model_close(&m);
+    CHECK_CLOSE(loss_of(test_data("tiny_qwen2"), ad), trained, 1e-6);
+    check_merged_exports("tiny_qwen2", ad);
+    /* lora_only without its bias tensors: the base biases, as PEFT loads that file */
+    const char *lo_dir = test_data("tiny_qwen2/bias_lora_only_kv/adapter");
+    char lo_st[4200], out_st[96], out_cfg[96], cmd[8600];
+    snprintf(lo_st, sizeof lo_st, "%s/adapter_model.safetensors", lo_dir);
+    snprintf(out_st, sizeof out_st, "%s/adapter_model.safetensors", ad);
+    snprintf(out_cfg, sizeof out_cfg, "%s/adapter_config.json", ad);
+    snprintf(cmd, sizeof cmd, "cp '%s/adapter_config.json' '%s'", lo_dir, out_cfg);
+    CHECK(system(cmd) == 0);
+    CHECK_OK(st_open(&f, lo_st));
+    if (f) {
+        st_out_tensor ts[8];
+        float *data[8];
+        size_t k = 0;
+        for (size_t i = 0; i < f->n_tensors && k < 8; i++) {
+            const st_tensor *t = &f->tensors[i];
+            if (strstr(t->name, "bias"))
+                continue;
+            data[k] = malloc(t->n_elems * sizeof(float));
+            st_read_f32(f, t, data[k], t->n_elems);
+            ts[k] = (st_out_tensor){.name = t->name, .n_dims = t->n_dims, .data = data[k]};
+            for (int d = 0; d < t->n_dims; d++)
+                ts[k].shape[d] = t->shape[d];
+            k++;
+        }
+        CHECK(k == 4); /* lora_A, lora_B of k and v */
+        CHECK_OK(st_write(out_st, ts, k, NULL, NULL, 0));
+        for (size_t i = 0; i < k; i++)
+            free(data[i]);
+        st_close(f);
+    }
+    CHECK_OK(peft_model_open(&m, test_data("tiny_qwen2"), NULL));
+    if (m) {
+        CHECK_OK(peft_load_adapter(m, ad));
+        CHECK_OK(peft_param_buffer(&p, &np, m));
+        CHECK(np > 32 && memcmp(p + np - 32, m->layers[0].bias[PEFT_MOD_K], 16 * sizeof(float)) == 0 &&
+              memcmp(p + np - 16, m->layers[0].bias[PEFT_MOD_V], 16 * sizeof(float)) == 0);
+        peft_detach(m);
+        /* errors */
+        o.bias = 5;
+        CHECK(peft_attach_lora(m, &o, NULL) == PEFT_EINVAL);
+        o.bias = PEFT_BIAS_ALL;
+        o.variant = PEFT_VARIANT_LOHA;
+        CHECK(peft_attach_lora(m, &o, NULL) == PEFT_EUNSUPPORTED);
+        peft_model_close(&m);
+    }
+    remove(out_st), remove(out_cfg), remove(ad), remove(dir);
+    /* a program built against version 6 of the options: the init writes no byte past them */
+    unsigned char buf[sizeof(peft_lora_options) + 8];
+    memset(buf, 0xAB, sizeof buf);
+    CHECK_OK(peft_lora_options_init((peft_lora_options *)(void *)buf, 6));
+    int intact = 1;
+    for (size_t i = offsetof(peft_lora_options, bias); i < sizeof buf; i++)
+        intact &= buf[i] == 0xAB;
+    CHECK(intact && ((peft_lora_options *)(void *)buf)->version == 6);
+}
+
+/* PEFT's bias option on Qwen2 (q/k/v biases): "all" trains every one with LoRA on q, v of one
+   layer; "lora_only" those of the adapted k, v; the files' biases differ from the base's */
+TEST(torch_step_bias_all)
+{
+    step_model = "tiny_qwen2";
+    step_case("bias_all_qv", 2);
+    step_model = "tiny";
+    gradcheck_in("tiny_qwen2", "tiny_qwen2/bias_all_qv/adapter");
+}
+TEST(torch_step_bias_lora_only)
+{
+    step_model = "tiny_qwen2";
+    step_case("bias_lora_only_kv", 1);
+    step_model = "tiny";
+    gradcheck_in("tiny_qwen2", "tiny_qwen2/bias_lora_only_kv/adapter");
 }
 
 TEST(model_gradcheck_qwen2) { gradcheck_in("tiny_qwen2", "tiny_qwen2/all_linear/adapter"); }
@@ -1182,7 +1353,7 @@ static const struct h_case cases[] = {
     CASE(torch_combine_ties_dare_magnitude_prune), CASE(torch_step_head_rows), CASE(model_gradcheck_head_rows),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
     CASE(sharded_and_half_precision_models), CASE(frozen_bf16_weights), CASE(activation_checkpointing_is_exact), CASE(config_errors), CASE(shared_gguf_models),
-    CASE(torch_step_qwen2), CASE(torch_step_qwen3), CASE(torch_step_llama_bias), CASE(torch_step_ia3_bias), CASE(ia3_bias_merge_export), CASE(model_gradcheck_qwen2), CASE(model_gradcheck_qwen3),
+    CASE(torch_step_qwen2), CASE(torch_step_qwen3), CASE(torch_step_llama_bias), CASE(torch_step_ia3_bias), CASE(torch_step_bias_all), CASE(torch_step_bias_lora_only), CASE(ia3_bias_merge_export), CASE(bias_training_lifecycle), CASE(model_gradcheck_qwen2), CASE(model_gradcheck_qwen3),
     CASE(model_gradcheck_windows_and_rope_scaling),
 };
 TEST_MAIN(cases)

@@ -26,6 +26,7 @@ static const char train_help[] =
     "          --modules-to-save embed_tokens,lm_head (trained in full)  --train-norms input,post_attention,\n"
     "          final|all (RMSNorm weights trained too)  --token-indices ID,... (only these embedding rows)\n"
     "          --head-token-indices ID,... (only these rows of an untied lm_head)\n"
+    "          --bias none|all|lora_only (PEFT's bias: every bias trained, or the adapted modules'; none)\n"
     "          --target-regex RE (PEFT's regex target_modules, matched whole against names such as\n"
     "          model.layers.3.self_attn.q_proj; replaces --targets and --layers)\n"
     "          --rank-pattern KEY=R,...  --alpha-pattern KEY=A,...  (PEFT rank_pattern/alpha_pattern)\n"

@@ -324,7 +324,7 @@ static int id_list(const char *flag, const char *ids, const int32_t **out, int32
 
 /* What LoRA trains beyond the linear modules: --modules-to-save embed_tokens,lm_head,
    --train-norms input,post_attention,final|all, --token-indices ID,ID,...,
-   --head-token-indices ID,ID,... (rows of an untied lm_head) */
+   --head-token-indices ID,ID,... (rows of an untied lm_head), --bias none|all|lora_only */
 static int extras_from_args(cli_args *a, peft_lora_options *o)
 {
     static const char *const save_names[] = {"embed_tokens", "lm_head"};
@@ -337,6 +337,16 @@ static int extras_from_args(cli_args *a, peft_lora_options *o)
         id_list("--head-token-indices", arg_str(a, "--head-token-indices", NULL), &o->head_token_indices,
                 &o->n_head_token_indices) < 0)
         return -1;
+    const char *bias = arg_str(a, "--bias", "none");
+    if (!bias)
+        return -1;
+    static const char *const bias_names[] = {"none", "all", "lora_only"};
+    for (o->bias = 0; o->bias < 3 && strcmp(bias, bias_names[o->bias]) != 0; o->bias++)
+        ;
+    if (o->bias == 3) {
+        fprintf(stderr, "peft: --bias must be none, all or lora_only (got '%s')\n", bias);
+        return -1;
+    }
     return 0;
 }
 

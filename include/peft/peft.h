@@ -215,7 +215,17 @@ typedef struct peft_lora_options {
        PEFT_TARGET_LM_HEAD or PEFT_SAVE_LM_HEAD. NULL: none. */
     const int32_t *head_token_indices;
     int32_t n_head_token_indices;
+    /* version 7: PEFT's bias option. PEFT_BIAS_NONE: biases frozen. PEFT_BIAS_ALL: every bias of
+       the model trained (all layers, adapted modules or not). PEFT_BIAS_LORA_ONLY: the biases of
+       the adapted modules. Initialised to the base values, trained at the main learning rate
+       without weight decay (as the Hugging Face Trainer excludes biases from it), saved as
+       PEFT does: an adapted module's as "...<module>.base_layer.bias", another's as
+       "...<module>.bias" (a missing lora_only bias, as PEFT before 0.19.2 saved none, loads as
+       the base one). LoRA and DoRA only (not LoHa, LoKr); no effect on a model without biases. */
+    int32_t bias;
 } peft_lora_options;
+
+enum peft_bias { PEFT_BIAS_NONE = 0, PEFT_BIAS_ALL = 1, PEFT_BIAS_LORA_ONLY = 2 };
 
 enum peft_variant {
     PEFT_VARIANT_LORA = 0, /* delta W = s B A */
@@ -231,10 +241,10 @@ enum peft_variant {
     PEFT_VARIANT_LOKR = 2
 };
 
-#define PEFT_LORA_OPTIONS_VERSION 6
+#define PEFT_LORA_OPTIONS_VERSION 7
 #define PEFT_LORA_OPTIONS_INIT                                                 \
     {PEFT_LORA_OPTIONS_VERSION, PEFT_TARGET_Q | PEFT_TARGET_V, NULL, 8, 16.0f, \
-     0, 0.0f, PEFT_INIT_KAIMING, 0, 0, NULL, NULL, PEFT_VARIANT_LORA, 0, 0, NULL, 0, NULL, NULL, 0}
+     0, 0.0f, PEFT_INIT_KAIMING, 0, 0, NULL, NULL, PEFT_VARIANT_LORA, 0, 0, NULL, 0, NULL, NULL, 0, PEFT_BIAS_NONE}
 PEFT_API int peft_lora_options_init(peft_lora_options *opts, uint32_t version);
 
 /* IA3 (Hugging Face PEFT peft_type "IA3"): learned scaling vectors, initialised to ones.

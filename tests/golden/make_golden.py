@@ -151,6 +151,8 @@ def forward(c, W, tokens, labels, lora, scale):
         Wm = W[f"model.layers.{l}.{PARENT[m]}.{m}.weight"]
         ki = key(l, m, "I")
         bias = W.get(f"model.layers.{l}.{PARENT[m]}.{m}.bias")
+        pb = f"base_model.model.model.layers.{l}.{PARENT[m]}.{m}."  # a trained bias (PEFT's bias option)
+        bias = lora.get(pb + "base_layer.bias", lora.get(pb + "bias", bias))
         if ki in lora:  # IA3: (1, in) scales the input of feedforward modules, (out, 1) the output,
             vec = lora[ki]  # bias included (PEFT scales base_layer(x))
             if vec.shape[0] == 1:
@@ -229,7 +231,11 @@ def one_step(c, W, tokens, labels, lora0, scale, lr, wd, clip, betas=(0.9, 0.999
     loss.backward()
     grads = {k: v.grad.clone() for k, v in lora.items() if k not in FROZEN}
     gnorm = math.sqrt(sum(float((g ** 2).sum()) for g in grads.values()))
-    opt = torch.optim.AdamW(trained, lr=lr, betas=betas, eps=eps, weight_decay=wd)
+    # biases without weight decay, as the Hugging Face Trainer groups them
+    decayed = [v for k, v in lora.items() if k not in FROZEN and not k.endswith(".bias")]
+    biases = [v for k, v in lora.items() if k not in FROZEN and k.endswith(".bias")]
+    groups = [{"params": decayed, "weight_decay": wd}] + ([{"params": biases, "weight_decay": 0.0}] if biases else [])
+    opt = torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=wd)
     if clip > 0:
         torch.nn.utils.clip_grad_norm_(trained, clip)
     opt.step()
@@ -443,6 +449,27 @@ def families():
                 "layers_to_transform": None, "init_lora_weights": True, "base_model_name_or_path": "tiny_" + model_type}
         write_case("all_linear", lora, acfg, tokens, labels, 1e-2, 0.0, 0.0,
                    one_step(c, W, tokens, labels, lora, alpha / r, 1e-2, 0.0, 0.0))
+        if model_type == "qwen2":  # PEFT's bias option: "all" (every q/k/v bias) and "lora_only"
+            for name, targets, layers, mode in (("bias_all_qv", ["q_proj", "v_proj"], [1], "all"),
+                                                ("bias_lora_only_kv", ["k_proj", "v_proj"], [0], "lora_only")):
+                lora = {}
+                for l in layers:
+                    for m in targets:
+                        lora.update(lora_pair(g, dims, l, m, r))
+                for l in range(c.L):
+                    for m in ["q_proj", "k_proj", "v_proj"]:
+                        adapted = l in layers and m in targets
+                        if mode == "all" or adapted:  # the base bias moved a little: the file's values are used
+                            b = W[f"model.layers.{l}.{PARENT[m]}.{m}.bias"] + 0.1 * torch.randn(dims[m][0], generator=g)
+                            lora[f"base_model.model.model.layers.{l}.{PARENT[m]}.{m}." +
+                                 ("base_layer.bias" if adapted else "bias")] = b
+                lora = {k: v.to(torch.float32).to(torch.float64) for k, v in lora.items()}
+                acfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha,
+                        "lora_dropout": 0.0, "target_modules": targets, "bias": mode, "use_rslora": False,
+                        "use_dora": False, "layers_to_transform": layers, "init_lora_weights": True,
+                        "base_model_name_or_path": "tiny_" + model_type}
+                write_case(name, lora, acfg, tokens, labels, 1e-2, 0.1, 0.0,
+                           one_step(c, W, tokens, labels, lora, alpha / r, 1e-2, 0.1, 0.0))
         if model_type == "llama_bias":  # IA3 on every (biased) module: the output scaling scales the bias too
             lora = {}
             for l in range(c.L):

@@ -10,7 +10,7 @@ pub const PEFT_VERSION_NUMBER: u32 = 256;
 pub const PEFT_ABI_MAJOR: u32 = 0;
 pub const PEFT_OPEN_OPTIONS_VERSION: u32 = 2;
 pub const PEFT_MODEL_INFO_VERSION: u32 = 2;
-pub const PEFT_LORA_OPTIONS_VERSION: u32 = 6;
+pub const PEFT_LORA_OPTIONS_VERSION: u32 = 7;
 pub const PEFT_IA3_OPTIONS_VERSION: u32 = 2;
 pub const PEFT_VERA_OPTIONS_VERSION: u32 = 2;
 pub const PEFT_NORMS_OPTIONS_VERSION: u32 = 1;
@@ -151,7 +151,12 @@ pub struct peft_lora_options {
     pub target_regex: *const ::std::os::raw::c_char,
     pub head_token_indices: *const i32,
     pub n_head_token_indices: i32,
+    pub bias: i32,
 }
+pub const PEFT_BIAS_NONE: peft_bias = 0;
+pub const PEFT_BIAS_ALL: peft_bias = 1;
+pub const PEFT_BIAS_LORA_ONLY: peft_bias = 2;
+pub type peft_bias = ::std::os::raw::c_uint;
 pub const PEFT_VARIANT_LORA: peft_variant = 0;
 pub const PEFT_VARIANT_LOHA: peft_variant = 1;
 pub const PEFT_VARIANT_LOKR: peft_variant = 2;

@@ -214,6 +214,17 @@ pub enum Variant {
     Lokr,
 }
 
+/// PEFT's bias option: which of the model's biases are trained alongside the adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bias {
+    /// None (frozen).
+    None,
+    /// Every bias of the model.
+    All,
+    /// The biases of the adapted modules.
+    LoraOnly,
+}
+
 /// Initialisation of LoRA's factors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Init {
@@ -268,6 +279,8 @@ pub struct LoraOptions {
     /// PEFT's regex target_modules (re.fullmatch over module names); with it, `targets` must be
     /// 0 and `layers` None.
     pub target_regex: Option<String>,
+    /// PEFT's bias option (LoRA and DoRA).
+    pub bias: Bias,
 }
 
 impl Default for LoraOptions {
@@ -292,6 +305,7 @@ impl Default for LoraOptions {
             token_indices: Vec::new(),
             head_token_indices: Vec::new(),
             target_regex: None,
+            bias: Bias::None,
         }
     }
 }
@@ -347,6 +361,11 @@ impl LoraOptions {
             target_regex: opt_ptr(&strings[3]),
             head_token_indices: if head_tokens.is_empty() { std::ptr::null() } else { head_tokens.as_ptr() },
             n_head_token_indices: head_tokens.len() as i32,
+            bias: match self.bias {
+                Bias::None => sys::PEFT_BIAS_NONE as i32,
+                Bias::All => sys::PEFT_BIAS_ALL as i32,
+                Bias::LoraOnly => sys::PEFT_BIAS_LORA_ONLY as i32,
+            },
         };
         Ok(RawLora { raw, _strings: strings, _tokens: tokens, _head_tokens: head_tokens })
     }

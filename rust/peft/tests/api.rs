@@ -1,5 +1,5 @@
 //! The safe API against the tiny test model (tests/data/tiny, or $PEFT_TEST_DATA/tiny).
-use peft::{convert_adapter, norm, save, target, Batch, ConvertOptions, ErrorKind, GgufType, Ia3Options, LoraOptions, Model, Opt, Variant,
+use peft::{convert_adapter, norm, save, target, Batch, Bias, ConvertOptions, ErrorKind, GgufType, Ia3Options, LoraOptions, Model, Opt, Variant,
            VeraOptions};
 use std::path::PathBuf;
 
@@ -31,6 +31,16 @@ fn scratch(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("peft-rust-{}-{}", name, std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
+}
+
+#[test]
+fn bias_option_counts() {
+    // Qwen2's q/k/v biases: every one (3 layers), or those of the adapted q, v of layer 1
+    let m = Model::open(data().join("tiny_qwen2")).expect("open tiny_qwen2");
+    let base = LoraOptions { targets: target::Q | target::V, rank: 4, layers: Some("1".into()), ..LoraOptions::default() };
+    let lora = m.count_lora(&base).unwrap();
+    assert_eq!(m.count_lora(&LoraOptions { bias: Bias::All, ..base.clone() }).unwrap(), lora + 3 * (32 + 16 + 16));
+    assert_eq!(m.count_lora(&LoraOptions { bias: Bias::LoraOnly, ..base }).unwrap(), lora + 32 + 16);
 }
 
 #[test]
