@@ -55,7 +55,7 @@ static const char sweep_help[] =
     "--config FILE: one configuration per line, NAME then `peft train` adapter flags\n"
     "(--method --targets --layers --rank --alpha --rslora --dropout --init --feedforward\n"
     "--rank-pattern --alpha-pattern --lr --lr-ratio --loraplus-ratio --embed-lr-ratio\n"
-    "--vera-d-initial --weight-decay --num-virtual-tokens --prompt-init);\n"
+    "--vera-d-initial --weight-decay --num-virtual-tokens --prompt-init --bias);\n"
     "# starts a comment. Without --rank or --rank-pattern the rank is solved for the budget.\n";
 
 /* The built-in families. %H is half the layers, %N the --last count. */
