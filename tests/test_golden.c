@@ -231,6 +231,14 @@ TEST(backend_blis_step)
     step_backend = NULL;
 }
 
+/* The 2 x 10 batch of the whole-model checks, over tok (20 ids) */
+static peft_batch check_batch(int32_t *tok)
+{
+    for (int i = 0; i < 20; i++)
+        tok[i] = (i * 7 + 3) % 48;
+    return (peft_batch){PEFT_BATCH_VERSION, tok, NULL, 2, 10, NULL};
+}
+
 /* Whole model, finite differences w.r.t. every adapter tensor (sampled entries). */
 static void gradcheck_at(const char *model_path, const char *adapter_path)
 {
@@ -240,9 +248,7 @@ static void gradcheck_at(const char *model_path, const char *adapter_path)
         return;
     CHECK_OK(peft_load_adapter(m, adapter_path));
     int32_t tok[2 * 10];
-    for (int i = 0; i < 20; i++)
-        tok[i] = (i * 7 + 3) % 48;
-    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 10, NULL};
+    peft_batch b = check_batch(tok);
     peft_step_result r = PEFT_STEP_RESULT_INIT;
     CHECK_OK(peft_forward_backward(m, &b, &r));
     float *g, *p;
@@ -401,9 +407,7 @@ TEST(torch_step_ia3_bias)
 static double batch_loss(peft_model *m)
 {
     int32_t tok[2 * 10];
-    for (int i = 0; i < 20; i++)
-        tok[i] = (i * 7 + 3) % 48;
-    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 10, NULL};
+    peft_batch b = check_batch(tok);
     peft_eval_result e = PEFT_EVAL_RESULT_INIT;
     CHECK_OK(peft_eval(m, &b, &e));
     return e.loss_sum / (double)e.tokens;
@@ -535,9 +539,7 @@ TEST(bias_training_lifecycle)
     CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 3e-2));
     CHECK_OK(peft_opt_set(m, PEFT_OPT_WEIGHT_DECAY, 0.5));
     int32_t tok[20];
-    for (int i = 0; i < 20; i++)
-        tok[i] = (i * 7 + 3) % 48;
-    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 10, NULL};
+    peft_batch b = check_batch(tok);
     for (int s = 0; s < 3; s++)
         CHECK_OK(peft_step(m, &b, NULL));
     double trained = batch_loss(m);
