@@ -20,7 +20,7 @@
 #define MR 8
 #define MR_WIDE 16
 #define NR 16
-#define KC 256
+#define KC 320 /* the deepest k block (k_block: equal blocks up to this) */
 #define MC 64
 #define NC 1024
 
@@ -403,6 +403,15 @@ void gemm_fast_free(gemm_fast_buffers *buf)
     memset(buf, 0, sizeof *buf);
 }
 
+/* The depth of the k blocks of a K-deep product: as few blocks as KC allows, of equal depth
+   (a multiple of 16): K = 576 runs as 2 x 288, not 256 + 256 + 64 (a thin block costs a pass
+   over C and its synchronisation for little work) */
+static int64_t k_block(int64_t k)
+{
+    int64_t nk = (k + KC - 1) / KC, kc = ((k + nk - 1) / nk + 15) / 16 * 16;
+    return kc < KC ? kc : KC;
+}
+
 /* Returns 0 when done, -1 when buffers could not be allocated (the caller falls back). */
 int gemm_fast(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
               void (*parallel_for)(void *, int32_t, void (*)(void *, int32_t), void *))
@@ -413,8 +422,9 @@ int gemm_fast(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
     gemm_scale_c(g->c, g->m, g->n, g->ldc, g->beta, pool, parallel_for);
     /* k blocks outermost: op(A) is packed once per k block (not once per n block), and every
        element of C still accumulates its k blocks in increasing order */
-    for (int64_t k0 = 0; k0 < g->k; k0 += KC) {
-        int64_t kc = g->k - k0 < KC ? g->k - k0 : KC;
+    int64_t kb = k_block(g->k);
+    for (int64_t k0 = 0; k0 < g->k; k0 += kb) {
+        int64_t kc = g->k - k0 < kb ? g->k - k0 : kb;
         struct fast_args fa = {g, k0, kc, 0, 0, buf->b, buf->a, buf->b};
         parallel_for(pool, tasks, pack_a_task, &fa);
         for (int64_t n0 = 0; n0 < g->n; n0 += NC) {
