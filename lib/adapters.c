@@ -208,7 +208,7 @@ static int combinable(const lora_state *l, const char *name)
     if (l->mods_end != l->n_params || l->embed_r > 0)
         return peft__fail(PEFT_EUNSUPPORTED,
                           "peft_adapter_combine: \"%s\" trains more than linear modules (embeddings, lm_head, "
-                          "token rows, modules_to_save or norms)", name);
+                          "token rows, modules_to_save, norms or biases)", name);
     for (int i = 0; i < l->n_modules; i++)
         if (l->mods[i].r != l->rank)
             return peft__fail(PEFT_EUNSUPPORTED, "peft_adapter_combine: \"%s\" has per-module ranks (rank_pattern)",
