@@ -1059,9 +1059,13 @@ static float *ckpt_run(const char *dir, int ckpt, int variant, size_t *n, double
         o.targets = PEFT_TARGET_Q | PEFT_TARGET_V | PEFT_TARGET_DOWN;
         o.use_dora = 1;
         o.layers = "last:1";
-    } else { /* the norms and the embeddings adapted: gradients through every layer */
+    } else if (variant == 2) { /* the norms and the embeddings adapted: gradients through every layer */
         o.targets = PEFT_TARGET_Q | PEFT_TARGET_O | PEFT_TARGET_UP | PEFT_TARGET_EMBED;
         o.norms = PEFT_NORM_INPUT | PEFT_NORM_POST_ATTENTION;
+    } else { /* LoRA on the last layer, every bias trained (Qwen2): backward to the first layer */
+        o.targets = PEFT_TARGET_Q | PEFT_TARGET_V;
+        o.layers = "last:1";
+        o.bias = PEFT_BIAS_ALL;
     }
     float *out = NULL;
     if (peft_attach_lora(m, &o, NULL) || peft_opt_set(m, PEFT_OPT_LR, 1e-2) ||
@@ -1092,9 +1096,9 @@ static float *ckpt_run(const char *dir, int ckpt, int variant, size_t *n, double
 
 TEST(activation_checkpointing_is_exact)
 {
-    const char *dirs[] = {"tiny", "tiny_qwen3"};
-    for (int d = 0; d < 2; d++)
-        for (int v = 0; v < 3; v++) {
+    const char *dirs[] = {"tiny", "tiny_qwen3", "tiny_qwen2"};
+    for (int d = 0; d < 3; d++)
+        for (int v = d < 2 ? 0 : 3; v < (d < 2 ? 3 : 4); v++) {
             size_t n0 = 0, n1 = 0, w0 = 0, w1 = 0;
             double l0 = 0, l1 = 1, e0 = 0, e1 = 1;
             float *p0 = ckpt_run(test_data(dirs[d]), 0, v, &n0, &l0, &e0, &w0);
