@@ -298,6 +298,10 @@ assert 'tokenizer.ggml.scores' not in kv and any(n == 'blk.0.attn_q.bias' for n,
     "$PEFT" eval --model "$T/merged-lb" --data "$T/d.bin" --seq 32 --json >"$T/e_m" || fail "eval merged --bias all"
     python3 -c "a, b = float('$(loss "$T/e_m")'), float('$(loss "$T/e_ad")'); assert abs(a - b) <= 1e-5 * b, (a, b)" ||
         fail "--bias all: merged loss differs from base + adapter"
+    # info: the biases as a row of their own (3 layers x q, k, v: 3 x 64), not in the modules' rows
+    "$PEFT" info --model "$M" --targets q,v --layers 1 --rank 4 --bias all >"$T/info" || fail "info --bias all"
+    grep -Eq "q_proj +256" "$T/info" && grep -Eq "biases +192" "$T/info" && grep -Eq "total +640" "$T/info" ||
+        { cat "$T/info"; fail "info --bias all: rows"; }
     "$PEFT" train --model "$M" --data "$T/d.bin" --out "$T/lbx" --bias some --steps 1 --quiet 2>"$T/err" &&
         fail "--bias some was accepted"
     grep -q "lora_only" "$T/err" || fail "--bias: no message naming the modes"

@@ -219,6 +219,7 @@ int cmd_info(int argc, char **argv)
         peft_lora_options plain = o; /* the targets alone */
         plain.modules_to_save = plain.norms = 0;
         plain.n_token_indices = plain.n_head_token_indices = 0;
+        plain.bias = PEFT_BIAS_NONE;
         if (o.target_regex) { /* the modules the expression picks, as one row */
             uint64_t n;
             if ((code = peft_count_lora(&n, m, &plain))) {
@@ -247,8 +248,9 @@ int cmd_info(int argc, char **argv)
             rc = fail_lib("count", code);
             goto done;
         }
-        for (int x = 0; x < 5; x++) {
-            static const char *const xn[5] = {"token rows", "embed (full)", "lm_head (full)", "norms", "head rows"};
+        for (int x = 0; x < 6; x++) {
+            static const char *const xn[6] = {"token rows", "embed (full)", "lm_head (full)", "norms", "head rows",
+                                              "biases"};
             peft_lora_options less = o;
             if (x == 0 && o.n_token_indices > 0)
                 less.n_token_indices = 0;
@@ -260,6 +262,8 @@ int cmd_info(int argc, char **argv)
                 less.modules_to_save &= ~(uint32_t)PEFT_SAVE_LM_HEAD;
             else if (x == 3 && o.norms)
                 less.norms = 0;
+            else if (x == 5 && o.bias != PEFT_BIAS_NONE)
+                less.bias = PEFT_BIAS_NONE;
             else
                 continue;
             if ((code = peft_count_lora(&without, m, &less))) {
