@@ -412,12 +412,12 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
     lora_view lv;
     float *q = c->qk_norm ? a->q_pre : a->q, *k = c->qk_norm ? a->k_pre : a->k;
     rmsnorm_forward(m->pool, a->xn1, a->rstd1, x_in, peft__norm_weight(m, l, 0), N, D, c->eps);
-    linear_forward(m, q, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), peft__bias_of(m, l, PEFT_MOD_Q), N, D, Hq, peft__view_of(m, &lv, l, PEFT_MOD_Q, train),
-                   xa_of(m, l, PEFT_MOD_Q), ws->tmp);
-    linear_forward(m, k, a->xn1, peft__w_of(m, l, PEFT_MOD_K), peft__bias_of(m, l, PEFT_MOD_K), N, D, Hk, peft__view_of(m, &lv, l, PEFT_MOD_K, train),
-                   xa_of(m, l, PEFT_MOD_K), ws->tmp);
-    linear_forward(m, a->v, a->xn1, peft__w_of(m, l, PEFT_MOD_V), peft__bias_of(m, l, PEFT_MOD_V), N, D, Hk, peft__view_of(m, &lv, l, PEFT_MOD_V, train),
-                   xa_of(m, l, PEFT_MOD_V), ws->tmp);
+    linear_forward(m, q, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), peft__bias_of(m, l, PEFT_MOD_Q), N, D, Hq,
+                   peft__view_of(m, &lv, l, PEFT_MOD_Q, train), xa_of(m, l, PEFT_MOD_Q), ws->tmp);
+    linear_forward(m, k, a->xn1, peft__w_of(m, l, PEFT_MOD_K), peft__bias_of(m, l, PEFT_MOD_K), N, D, Hk,
+                   peft__view_of(m, &lv, l, PEFT_MOD_K, train), xa_of(m, l, PEFT_MOD_K), ws->tmp);
+    linear_forward(m, a->v, a->xn1, peft__w_of(m, l, PEFT_MOD_V), peft__bias_of(m, l, PEFT_MOD_V), N, D, Hk,
+                   peft__view_of(m, &lv, l, PEFT_MOD_V, train), xa_of(m, l, PEFT_MOD_V), ws->tmp);
     if (c->qk_norm) { /* Qwen3: each head of q and k normalised */
         rmsnorm_forward(m->pool, a->q, a->rstd_q, q, lw->q_norm, N * c->n_heads, c->head_dim, c->eps);
         rmsnorm_forward(m->pool, a->k, a->rstd_k, k, lw->k_norm, N * c->n_kv_heads, c->head_dim, c->eps);
@@ -426,14 +426,14 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
     rope_forward(m->pool, a->k, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_kv_heads, c->head_dim);
     attention_forward(m->pool, a->att, a->lse, ws->att_scratch, a->q, a->k, a->v, ws->pos, B, T, c->n_heads,
                       c->n_kv_heads, c->head_dim, peft__layer_window(c, l), peft__prompt_len(m));
-    linear_forward(m, a->h, a->att, peft__w_of(m, l, PEFT_MOD_O), peft__bias_of(m, l, PEFT_MOD_O), N, Hq, D, peft__view_of(m, &lv, l, PEFT_MOD_O, train),
-                   xa_of(m, l, PEFT_MOD_O), ws->tmp);
+    linear_forward(m, a->h, a->att, peft__w_of(m, l, PEFT_MOD_O), peft__bias_of(m, l, PEFT_MOD_O), N, Hq, D,
+                   peft__view_of(m, &lv, l, PEFT_MOD_O, train), xa_of(m, l, PEFT_MOD_O), ws->tmp);
     add_inplace(a->h, x_in, (size_t)N * D);
     rmsnorm_forward(m->pool, a->xn2, a->rstd2, a->h, peft__norm_weight(m, l, 1), N, D, c->eps);
     linear_forward(m, a->g, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), peft__bias_of(m, l, PEFT_MOD_GATE), N, D, F,
                    peft__view_of(m, &lv, l, PEFT_MOD_GATE, train), xa_of(m, l, PEFT_MOD_GATE), ws->tmp);
-    linear_forward(m, a->u, a->xn2, peft__w_of(m, l, PEFT_MOD_UP), peft__bias_of(m, l, PEFT_MOD_UP), N, D, F, peft__view_of(m, &lv, l, PEFT_MOD_UP, train),
-                   xa_of(m, l, PEFT_MOD_UP), ws->tmp);
+    linear_forward(m, a->u, a->xn2, peft__w_of(m, l, PEFT_MOD_UP), peft__bias_of(m, l, PEFT_MOD_UP), N, D, F,
+                   peft__view_of(m, &lv, l, PEFT_MOD_UP, train), xa_of(m, l, PEFT_MOD_UP), ws->tmp);
     swiglu_forward(m->pool, ws->act, a->g, a->u, N, F);
     linear_forward(m, x_out, ws->act, peft__w_of(m, l, PEFT_MOD_DOWN), peft__bias_of(m, l, PEFT_MOD_DOWN), N, F, D,
                    peft__view_of(m, &lv, l, PEFT_MOD_DOWN, train), xa_of(m, l, PEFT_MOD_DOWN), ws->tmp);
@@ -496,8 +496,9 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
                     peft__view_of(m, &lv, l, PEFT_MOD_O, 1), xa_of(m, l, PEFT_MOD_O), ws->dxa, ws->tmp);
     if (!qkv)
         return;
-    attention_backward(m->pool, ws->dq, ws->dk, ws->dv, ws->att_scratch, ws->datt, a->q, a->k, a->v, a->att, a->lse, ws->pos, B,
-                       T, c->n_heads, c->n_kv_heads, c->head_dim, peft__layer_window(c, l), peft__prompt_len(m));
+    attention_backward(m->pool, ws->dq, ws->dk, ws->dv, ws->att_scratch, ws->datt, a->q, a->k, a->v, a->att, a->lse,
+                       ws->pos, B, T, c->n_heads, c->n_kv_heads, c->head_dim, peft__layer_window(c, l),
+                       peft__prompt_len(m));
     rope_backward(m->pool, ws->dq, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_heads, c->head_dim);
     rope_backward(m->pool, ws->dk, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_kv_heads, c->head_dim);
     if (c->qk_norm) { /* datt is free again: the scratch */

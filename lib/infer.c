@@ -115,11 +115,12 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
         const peft_layer_weights *lw = &m->layers[l];
         float *kc = s->kc + ((size_t)l * s->max_len) * kvd, *vc = s->vc + ((size_t)l * s->max_len) * kvd;
         rmsnorm_forward(NULL, s->xn, &rstd, s->x, peft__norm_weight(m, l, 0), 1, D, c->eps);
-        linear_forward(m, s->q, s->xn, peft__w_of(m, l, PEFT_MOD_Q), peft__bias_of(m, l, PEFT_MOD_Q), 1, D, qd, view(s, &lv, l, PEFT_MOD_Q), s->xa, s->tmp);
-        linear_forward(m, kc + (size_t)pos * kvd, s->xn, peft__w_of(m, l, PEFT_MOD_K), peft__bias_of(m, l, PEFT_MOD_K), 1, D, kvd, view(s, &lv, l, PEFT_MOD_K),
-                       s->xa, s->tmp);
-        linear_forward(m, vc + (size_t)pos * kvd, s->xn, peft__w_of(m, l, PEFT_MOD_V), peft__bias_of(m, l, PEFT_MOD_V), 1, D, kvd, view(s, &lv, l, PEFT_MOD_V),
-                       s->xa, s->tmp);
+        linear_forward(m, s->q, s->xn, peft__w_of(m, l, PEFT_MOD_Q), peft__bias_of(m, l, PEFT_MOD_Q), 1, D, qd,
+                       view(s, &lv, l, PEFT_MOD_Q), s->xa, s->tmp);
+        linear_forward(m, kc + (size_t)pos * kvd, s->xn, peft__w_of(m, l, PEFT_MOD_K), peft__bias_of(m, l, PEFT_MOD_K),
+                       1, D, kvd, view(s, &lv, l, PEFT_MOD_K), s->xa, s->tmp);
+        linear_forward(m, vc + (size_t)pos * kvd, s->xn, peft__w_of(m, l, PEFT_MOD_V), peft__bias_of(m, l, PEFT_MOD_V),
+                       1, D, kvd, view(s, &lv, l, PEFT_MOD_V), s->xa, s->tmp);
         float *kp = kc + (size_t)pos * kvd;
         for (int h = 0; c->qk_norm && h < H; h++) /* Qwen3: each head normalised (in place) */
             rmsnorm_forward(NULL, s->q + h * hd, &rstd, s->q + h * hd, lw->q_norm, 1, hd, c->eps);
@@ -154,14 +155,18 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
                     o[e] += p * vj[e];
             }
         }
-        linear_forward(m, s->h, s->att, peft__w_of(m, l, PEFT_MOD_O), peft__bias_of(m, l, PEFT_MOD_O), 1, qd, D, view(s, &lv, l, PEFT_MOD_O), s->xa, s->tmp);
+        linear_forward(m, s->h, s->att, peft__w_of(m, l, PEFT_MOD_O), peft__bias_of(m, l, PEFT_MOD_O), 1, qd, D,
+                       view(s, &lv, l, PEFT_MOD_O), s->xa, s->tmp);
         for (int i = 0; i < D; i++)
             s->h[i] += s->x[i];
         rmsnorm_forward(NULL, s->xn, &rstd, s->h, peft__norm_weight(m, l, 1), 1, D, c->eps);
-        linear_forward(m, s->g, s->xn, peft__w_of(m, l, PEFT_MOD_GATE), peft__bias_of(m, l, PEFT_MOD_GATE), 1, D, F, view(s, &lv, l, PEFT_MOD_GATE), s->xa, s->tmp);
-        linear_forward(m, s->u, s->xn, peft__w_of(m, l, PEFT_MOD_UP), peft__bias_of(m, l, PEFT_MOD_UP), 1, D, F, view(s, &lv, l, PEFT_MOD_UP), s->xa, s->tmp);
+        linear_forward(m, s->g, s->xn, peft__w_of(m, l, PEFT_MOD_GATE), peft__bias_of(m, l, PEFT_MOD_GATE), 1, D, F,
+                       view(s, &lv, l, PEFT_MOD_GATE), s->xa, s->tmp);
+        linear_forward(m, s->u, s->xn, peft__w_of(m, l, PEFT_MOD_UP), peft__bias_of(m, l, PEFT_MOD_UP), 1, D, F,
+                       view(s, &lv, l, PEFT_MOD_UP), s->xa, s->tmp);
         swiglu_forward(NULL, s->act, s->g, s->u, 1, F);
-        linear_forward(m, s->x, s->act, peft__w_of(m, l, PEFT_MOD_DOWN), peft__bias_of(m, l, PEFT_MOD_DOWN), 1, F, D, view(s, &lv, l, PEFT_MOD_DOWN), s->xa, s->tmp);
+        linear_forward(m, s->x, s->act, peft__w_of(m, l, PEFT_MOD_DOWN), peft__bias_of(m, l, PEFT_MOD_DOWN), 1, F, D,
+                       view(s, &lv, l, PEFT_MOD_DOWN), s->xa, s->tmp);
         for (int i = 0; i < D; i++)
             s->x[i] += s->h[i];
     }
