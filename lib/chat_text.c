@@ -65,8 +65,10 @@ size_t peft__utf8_len(const char *s, size_t n)
 }
 
 /* Simple case pairs (upper, lower) of the scripts mapped here: Latin-1, Latin Extended-A and
-   Additional, Greek, Cyrillic. *cased tells whether c has case; -1 when it lies in a cased
-   block not mapped here, or its Python mapping is not one-to-one (then the caller refuses). */
+   Additional, Greek, Cyrillic and its Supplement, Armenian, fullwidth Latin, Deseret. *cased
+   tells whether c has case; -1 when it lies in a cased block not mapped here, or its Python
+   mapping is not one-to-one (then the caller refuses); *up is 0 for a small letter whose
+   capital is several code points (the caller refuses only the upper mapping). */
 static void case_pair(uint32_t c, uint32_t *up, uint32_t *lo, int *cased)
 {
     *up = *lo = c;
@@ -78,10 +80,13 @@ static void case_pair(uint32_t c, uint32_t *up, uint32_t *lo, int *cased)
             *lo = c + 32, *cased = 1;
         return;
     }
-    if (c == 0xdf || c == 0x130 || c == 0x131 || c == 0x138 || c == 0x149 || c == 0x17f || c == 0x390 ||
-        c == 0x3b0 || c == 0x3a3 || c == 0x3c2 || c == 0xb5 || c == 0x1e96 || c == 0x1e97 || c == 0x1e98 ||
-        c == 0x1e99 || c == 0x1e9a || c == 0x1e9b || c == 0x1e9e) {
-        *cased = -1; /* special mappings (sharp s, dotted I, final sigma, ...) */
+    if (c == 0xdf || c == 0x149 || c == 0x390 || c == 0x3b0 || c == 0x587 || (c >= 0x1e96 && c <= 0x1e9a)) {
+        *up = 0, *cased = 1; /* small letters whose capital is several code points (sharp s, ...) */
+        return;
+    }
+    if (c == 0x130 || c == 0x131 || c == 0x138 || c == 0x17f || c == 0x3a3 || c == 0x3c2 || c == 0xb5 ||
+        c == 0x1e9b || c == 0x1e9e) {
+        *cased = -1; /* special mappings (dotted I, final sigma, ...) */
         return;
     }
     if (c >= 0xc0 && c <= 0xde && c != 0xd7)
@@ -121,12 +126,34 @@ static void case_pair(uint32_t c, uint32_t *up, uint32_t *lo, int *cased)
         *lo = c + 80, *cased = 1;
     } else if (c >= 0x450 && c <= 0x45f) {
         *up = c - 80, *cased = 1;
-    } else if ((c >= 0x180 && c <= 0x2af) || (c >= 0x370 && c <= 0x3ff) || (c >= 0x460 && c <= 0x52f) ||
-               (c >= 0x531 && c <= 0x587) || (c >= 0x10a0 && c <= 0x10ff) || (c >= 0x13a0 && c <= 0x13ff) ||
+    } else if (c >= 0x460 && c <= 0x52f) { /* Cyrillic Supplement: upper, lower pairs */
+        if (c >= 0x482 && c <= 0x489) /* a sign and combining marks */
+            return;
+        *cased = 1;
+        if (c == 0x4c0 || c == 0x4cf) /* palochka */
+            *lo = 0x4cf, *up = 0x4c0;
+        else if ((c >= 0x4c1 && c <= 0x4ce) == (c % 2 == 1))
+            *lo = c + 1;
+        else
+            *up = c - 1;
+    } else if ((c >= 0x531 && c <= 0x556) || (c >= 0x561 && c <= 0x586) || (c >= 0xff21 && c <= 0xff3a) ||
+               (c >= 0xff41 && c <= 0xff5a) || (c >= 0x10400 && c <= 0x1044f)) {
+        /* Armenian, fullwidth Latin, Deseret: a block of capitals, then one of small letters */
+        uint32_t first = c >= 0x10400 ? 0x10400 : c >= 0xff21 ? 0xff21 : 0x531;
+        uint32_t d = first == 0x10400 ? 40 : first == 0xff21 ? 32 : 48;
+        *cased = 1;
+        if (c < first + d)
+            *lo = c + d;
+        else
+            *up = c - d;
+    } else if (c == 0x560 || c == 0x588) { /* Armenian small letters without a capital */
+        *cased = 1;
+    } else if ((c >= 0x180 && c <= 0x2af) || (c >= 0x370 && c <= 0x3ff) || c == 0x587 || (c >= 0x10a0 && c <= 0x10ff) ||
+               (c >= 0x13a0 && c <= 0x13ff) ||
                (c >= 0x1c80 && c <= 0x1cbf) || (c >= 0x1d00 && c <= 0x1dbf) || (c >= 0x1e00 && c <= 0x1fff) ||
                (c >= 0x2100 && c <= 0x218f) || (c >= 0x24b6 && c <= 0x24e9) || (c >= 0x2c00 && c <= 0x2d2f) ||
                (c >= 0xa640 && c <= 0xa69f) || (c >= 0xa720 && c <= 0xa7ff) || (c >= 0xab30 && c <= 0xabbf) ||
-               (c >= 0xfb00 && c <= 0xfb17) || (c >= 0xff21 && c <= 0xff5a) || (c >= 0x10400 && c <= 0x104ff) ||
+               (c >= 0xfb00 && c <= 0xfb17) || (c >= 0x10450 && c <= 0x104ff) ||
                (c >= 0x10c80 && c <= 0x10cff) || (c >= 0x118a0 && c <= 0x118ff) || (c >= 0x16e40 && c <= 0x16e9f) ||
                (c >= 0x1e900 && c <= 0x1e95f)) {
         *cased = -1;
@@ -200,6 +227,10 @@ size_t peft__case_map(char *dst, const char *s, size_t len, int mode, uint32_t *
             r = first ? up : lo;
         else
             r = word_start ? up : lo;
+        if (r == 0 && cased) { /* a capital of several code points (up 0) */
+            *bad = cp;
+            return (size_t)-1;
+        }
         prev_cased = cased;
         first = 0;
         word_start = cp == '-' || cp == '(' || cp == '{' || cp == '[' || cp == '<' || peft__py_space(cp);

@@ -374,6 +374,10 @@ TEST(chat_template_errors_and_sizing)
     CHECK(render("{{ 1.5 }}", buf, sizeof buf) == PEFT_EUNSUPPORTED);
     CHECK(render("{{ messages | map(attribute='role') }}", buf, sizeof buf) == PEFT_EUNSUPPORTED);
     CHECK(render("{{ 'ß' | upper }}", buf, sizeof buf) == PEFT_EUNSUPPORTED);
+    CHECK(render("{{ 'ℌ' | lower }}", buf, sizeof buf) == PEFT_EUNSUPPORTED); /* a block not mapped */
+    /* a small letter whose capital is two code points: lower and title after a letter work */
+    CHECK(render("{{ 'և' | upper }}", buf, sizeof buf) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "U+0587"));
+    CHECK(render("{{ 'Աև' | lower }}{{ 'aß'.title() }}", buf, sizeof buf) == PEFT_OK && !strcmp(buf, "աևAß"));
     /* malformed */
     CHECK(render("{% for m in messages %}", buf, sizeof buf) == PEFT_EFORMAT);
     CHECK(render("{{ 'unterminated }}", buf, sizeof buf) == PEFT_EFORMAT);

@@ -96,7 +96,9 @@ TEMPLATES = {
         "{% for m in messages %}{{ m['role'] | tojson }}{% if m.content.startswith('Q') %}"
         "{{ m.content.replace('Q', 'q') }}{% endif %}{{ m.content.split(' ') | join('_') }}"
         "{% if 'assist' in m.role %}!{% endif %}{% if m.get('name') is none %}-{% endif %}"
-        "{{ m.content.lstrip().rstrip('?') | lower }}{{ loop.revindex }}{% endfor %}"
+        "{{ m.content.lstrip().rstrip('?') | lower }}{{ loop.revindex }}"
+        "{% if m.role == 'system' %}[{{ m.content | title }}|{{ m.content | capitalize }}|{{ m.content.title() }}|"
+        "{{ m.content.upper() }}]{% endif %}{% endfor %}"
         "{{ messages | length }}{{ (messages | first).role }}{{ (messages | last)['role'] | title }}"
         "{{ bos_token is defined }}{{ undefined_var is defined }}{{ 7 // 2 }}{{ -7 % 3 }}{{ [1, 2] | length }}"
     ),
@@ -117,6 +119,11 @@ CONVERSATIONS = {
         {"role": "assistant", "content": "Once upon a time..."},
     ],
     "one_user": [{"role": "user", "content": "  Unicode: café, 日本, 😀 and\nnewlines  "}],
+    # the scripts whose case the templates' upper/lower/title/capitalize filters map
+    "scripts": [
+        {"role": "system", "content": "Ёлка Ѣѣ Ҙҙ Ӂӂ Ӏӏ Ԥԥ ҂҃ Բարեվ ՠ ｗｉｄｅ ＡＢＣ 𐐀𐐨 Ελλάδα"},
+        {"role": "user", "content": "ӂук Ѣкс բԱՐԵՎ և ａＢｃ 𐐨𐐀 ѣ҃ѣ"},
+    ],
     "not_alternating": [
         {"role": "user", "content": "one"},
         {"role": "user", "content": "two"},
