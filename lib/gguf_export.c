@@ -62,6 +62,22 @@ static int parse_blk(const char *name, const char *tail, int *layer)
     return 1;
 }
 
+/* llama.cpp's names of the linear modules (q, k, v, o, gate, up, down) */
+static const char *const gg_mod[PEFT_MOD_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output",
+                                                   "ffn_gate", "ffn_up", "ffn_down"};
+
+/* the module kind of a tensor named "blk.L.<module>.<what>" with L < n_layers (*layer), or -1 */
+static int blk_module(const char *name, const char *what, int n_layers, int *layer)
+{
+    for (int kind = 0; kind < PEFT_MOD_COUNT; kind++) {
+        char tail[32];
+        snprintf(tail, sizeof tail, "%s.%s", gg_mod[kind], what);
+        if (parse_blk(name, tail, layer) && *layer >= 0 && *layer < n_layers)
+            return kind;
+    }
+    return -1;
+}
+
 static int encodable(uint32_t t)
 {
     return t == PEFT_GG_F32 || t == PEFT_GG_F16 || t == PEFT_GG_BF16 || t == PEFT_GG_Q8_0 || t == PEFT_GG_Q4_0 ||
@@ -162,8 +178,6 @@ static void add_made(struct out_t *t, const char *name, int n_dims, uint64_t ne0
 static size_t hf_tensors(const peft_model *m, struct out_t *ts, uint32_t type, int untie)
 {
     const peft_config *c = &m->cfg;
-    static const char *const gn[PEFT_MOD_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output",
-                                                   "ffn_gate", "ffn_up", "ffn_down"};
     size_t n = 0;
     char nm[96];
     add_made(&ts[n++], "token_embd.weight", 2, (uint64_t)c->dim, (uint64_t)c->vocab, type, 3, 0, 0);
@@ -174,10 +188,10 @@ static size_t hf_tensors(const peft_model *m, struct out_t *ts, uint32_t type, i
         add_made(&ts[n++], nm, 1, (uint64_t)c->dim, 1, 0, 2, l, 1);
         for (int k = 0; k < PEFT_MOD_COUNT; k++) {
             const peft_w *w = &m->layers[l].w[k];
-            snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, gn[k]);
+            snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, gg_mod[k]);
             add_made(&ts[n++], nm, 2, (uint64_t)w->cols, (uint64_t)w->rows, type, 1, l, k);
             if (c->bias_mask >> k & 1) {
-                snprintf(nm, sizeof nm, "blk.%d.%s.bias", l, gn[k]);
+                snprintf(nm, sizeof nm, "blk.%d.%s.bias", l, gg_mod[k]);
                 add_made(&ts[n++], nm, 1, (uint64_t)w->rows, 1, 0, 5, l, k);
             }
         }
@@ -284,25 +298,17 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
         t->ne[1] = s->n_dims > 1 ? s->ne[1] : 1;
         t->type = s->type;
         int layer, changed = 1;
-        for (int kind = 0; kind < PEFT_MOD_COUNT && !t->what; kind++) {
-            static const char *const gn[PEFT_MOD_COUNT] = {"attn_q.weight", "attn_k.weight", "attn_v.weight",
-                                                           "attn_output.weight", "ffn_gate.weight", "ffn_up.weight",
-                                                           "ffn_down.weight"};
-            if (parse_blk(s->name, gn[kind], &layer) && layer >= 0 && layer < c->n_layers) {
-                t->what = 1, t->layer = layer, t->kind = kind;
-                peft__effective_weight(m, layer, kind, NULL, &changed);
-            }
-        }
-        for (int kind = 0; kind < PEFT_MOD_COUNT && !t->what; kind++) { /* a bias IA3 scales with the output */
-            static const char *const gb[PEFT_MOD_COUNT] = {"attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_output.bias",
-                                                           "ffn_gate.bias", "ffn_up.bias", "ffn_down.bias"};
-            const float *b;
-            if (parse_blk(s->name, gb[kind], &layer) && layer >= 0 && layer < c->n_layers &&
-                (b = m->layers[layer].bias[kind]) != NULL && s->n == (uint64_t)m->layers[layer].w[kind].rows) {
-                const float *base = m->layers[layer].bias_base[kind] ? m->layers[layer].bias_base[kind] : b;
-                t->what = 5, t->layer = layer, t->kind = kind;
-                changed = memcmp(peft__effective_bias(m, layer, kind, tmp), base, (size_t)s->n * sizeof *b) != 0;
-            }
+        int kind = blk_module(s->name, "weight", c->n_layers, &layer);
+        const float *b;
+        if (kind >= 0) {
+            t->what = 1, t->layer = layer, t->kind = kind;
+            peft__effective_weight(m, layer, kind, NULL, &changed);
+        } else if ((kind = blk_module(s->name, "bias", c->n_layers, &layer)) >= 0 &&
+                   (b = m->layers[layer].bias[kind]) != NULL && s->n == (uint64_t)m->layers[layer].w[kind].rows) {
+            /* a bias the adapter changes (trained, or scaled with an IA3 output) */
+            const float *base = m->layers[layer].bias_base[kind] ? m->layers[layer].bias_base[kind] : b;
+            t->what = 5, t->layer = layer, t->kind = kind;
+            changed = memcmp(peft__effective_bias(m, layer, kind, tmp), base, (size_t)s->n * sizeof *b) != 0;
         }
         if (!t->what && ((parse_blk(s->name, "attn_norm.weight", &layer) && (t->kind = 0, 1)) ||
                          (parse_blk(s->name, "ffn_norm.weight", &layer) && (t->kind = 1, 1))) &&

@@ -229,9 +229,10 @@ const float *peft__effective_weight(peft_model *m, int l, int kind, float *dst, 
 
 const float *peft__effective_bias(const peft_model *m, int l, int kind, float *dst)
 {
-    const float *b = m->layers[l].bias[kind]; /* the merged copy while merged */
-    if (b && peft__bias_of(m, l, kind) != b) /* trained (PEFT's bias option) */
-        return peft__bias_of(m, l, kind);
+    /* b: the merged copy while merged; applied: the trained one under PEFT's bias option */
+    const float *b = m->layers[l].bias[kind], *applied = peft__bias_of(m, l, kind);
+    if (b && applied != b) /* trained (PEFT's bias option) */
+        return applied;
     int idx = b && m->lora && !m->adapter_off && !m->merged ? m->lora->index[l * PEFT_MOD_COUNT + kind] : -1;
     if (idx < 0 || !scales_bias(m, &m->lora->mods[idx]))
         return b;

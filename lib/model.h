@@ -205,7 +205,6 @@ struct peft_model {
     int adapter_off;    /* peft_adapter_enable(m, 0) */
     int merged;         /* peft_merge_adapter: the adapter lives in merged weight copies */
     float **merged_copies;
-    float *merged_bias; /* the biases in effect while merged (IA3-scaled or trained ones) */
     float *qpanel;         /* dequantized rows of a quantized weight (qpanel_floats) */
     int64_t qpanel_floats;
     peft_grad_ready_fn grad_ready; /* peft_set_grad_ready */
