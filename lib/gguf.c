@@ -563,7 +563,7 @@ done:
     return code;
 }
 
-/* ---- the vocabulary (tokenizer.ggml.*) for SentencePiece-style ("llama") tokenizers ---- */
+/* ---- the vocabulary (tokenizer.ggml.*): SentencePiece-style ("llama") and byte-level BPE ("gpt2") ---- */
 
 void peft__gguf_vocab_free(gguf_vocab *v)
 {
@@ -573,6 +573,10 @@ void peft__gguf_vocab_free(gguf_vocab *v)
     free(v->lens);
     free(v->scores);
     free(v->types);
+    for (int i = 0; v->merges && i < v->n_merges; i++)
+        free(v->merges[i]);
+    free(v->merges);
+    free(v->merge_lens);
     memset(v, 0, sizeof *v);
 }
 
@@ -600,12 +604,41 @@ int peft__gguf_vocab(gguf_vocab *v, const char *path)
         uint32_t t = (uint32_t)rd(&r, 4);
         if (r.bad)
             break;
-        if (t == 8 && key_is(k, kl, "tokenizer.ggml.model")) {
+        if (t == 8 && (key_is(k, kl, "tokenizer.ggml.model") || key_is(k, kl, "tokenizer.ggml.pre"))) {
             uint64_t sl;
             const char *s = rd_str(&r, &sl);
-            if (s && sl < sizeof v->model) {
-                memcpy(v->model, s, sl);
-                v->model[sl] = '\0';
+            char *dst = key_is(k, kl, "tokenizer.ggml.pre") ? v->pre : v->model;
+            size_t cap = key_is(k, kl, "tokenizer.ggml.pre") ? sizeof v->pre : sizeof v->model;
+            if (s && sl < cap) {
+                memcpy(dst, s, sl);
+                dst[sl] = '\0';
+            }
+        } else if (t == 9 && key_is(k, kl, "tokenizer.ggml.merges")) {
+            uint32_t et = (uint32_t)rd(&r, 4);
+            uint64_t n = rd(&r, 8);
+            if (r.bad || et != 8 || n > (1u << 24) || v->merges) {
+                code = peft__fail(PEFT_EFORMAT, "%s: bad tokenizer.ggml.merges", path);
+                break;
+            }
+            v->merges = calloc(n ? n : 1, sizeof *v->merges);
+            v->merge_lens = calloc(n ? n : 1, sizeof *v->merge_lens);
+            if (!v->merges || !v->merge_lens) {
+                code = peft__fail(PEFT_ENOMEM, "out of memory");
+                break;
+            }
+            for (uint64_t j = 0; j < n && !r.bad; j++) {
+                uint64_t sl;
+                const char *s = rd_str(&r, &sl);
+                if (!s || sl > 2048 || !(v->merges[j] = malloc(sl + 1))) {
+                    code = r.bad || !s || sl > 2048 ? peft__fail(PEFT_EFORMAT, "%s: bad merge %llu", path,
+                                                                 (unsigned long long)j)
+                                                     : peft__fail(PEFT_ENOMEM, "out of memory");
+                    break;
+                }
+                memcpy(v->merges[j], s, sl);
+                v->merges[j][sl] = '\0';
+                v->merge_lens[j] = (uint32_t)sl;
+                v->n_merges = (int)j + 1;
             }
         } else if (t == 9 && (key_is(k, kl, "tokenizer.ggml.tokens") || key_is(k, kl, "tokenizer.ggml.scores") ||
                               key_is(k, kl, "tokenizer.ggml.token_type"))) {
@@ -664,9 +697,10 @@ int peft__gguf_vocab(gguf_vocab *v, const char *path)
         } else if (t == 7 && (key_is(k, kl, "tokenizer.ggml.add_bos_token") ||
                               key_is(k, kl, "tokenizer.ggml.add_eos_token"))) {
             int b = (int)rd(&r, 1);
-            if (key_is(k, kl, "tokenizer.ggml.add_bos_token"))
+            if (key_is(k, kl, "tokenizer.ggml.add_bos_token")) {
                 v->add_bos = b;
-            else
+                v->has_add_bos = 1;
+            } else
                 v->add_eos = b;
         } else {
             skip_value(&r, t, 0);
@@ -675,10 +709,12 @@ int peft__gguf_vocab(gguf_vocab *v, const char *path)
     munmap(map, size);
     if (!code && r.bad)
         code = PEFT_EFORMAT;
-    if (!code && (!v->tokens || !v->scores))
-        code = peft__fail(PEFT_EFORMAT, "%s: no tokenizer.ggml.tokens/scores", path);
-    if (!code && strcmp(v->model, "llama") != 0)
-        code = peft__fail(PEFT_EUNSUPPORTED, "%s: tokenizer model \"%s\" is not supported yet (llama)", path, v->model);
+    int gpt2 = !strcmp(v->model, "gpt2");
+    if (!code && (!v->tokens || (!gpt2 && !v->scores) || (gpt2 && !v->merges)))
+        code = peft__fail(PEFT_EFORMAT, "%s: no tokenizer.ggml.tokens/%s", path, gpt2 ? "merges" : "scores");
+    if (!code && strcmp(v->model, "llama") != 0 && !gpt2)
+        code = peft__fail(PEFT_EUNSUPPORTED, "%s: tokenizer model \"%s\" is not supported yet (llama, gpt2)", path,
+                          v->model);
     if (code)
         peft__gguf_vocab_free(v);
     return code;

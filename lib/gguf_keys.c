@@ -22,6 +22,7 @@
 #include "gguf.h"
 #include "hashmap.h"
 #include "json.h"
+#include "pretokenize.h"
 #include "model.h"
 
 /* ---- the byte buffer ---- */
@@ -293,24 +294,28 @@ static const json_value *find_type(const json_value *v, const char *name)
     return NULL;
 }
 
-/* the pre-tokenizer name llama.cpp gives a byte-level BPE, from the split's expression */
+/* the pre-tokenizer name llama.cpp gives a byte-level BPE: from the Split's expression (pretokenize.c
+   knows them), GPT-2's ByteLevel expression alone, or after single digits (SmolLM) */
 static const char *bpe_pre(const json_value *pre)
 {
     const json_value *sp = find_type(pre, "Split"), *pat = sp ? json_get(sp, "pattern") : NULL;
     const json_value *re = pat && pat->type == JSON_OBJECT ? json_get(pat, "Regex") : NULL;
+    const json_value *dg = find_type(pre, "Digits"), *ind = dg ? json_get(dg, "individual_digits") : NULL;
+    int digits = ind && ind->type == JSON_BOOL && ind->boolean;
     if (!re || re->type != JSON_STRING) {
         const json_value *bl = find_type(pre, "ByteLevel"), *ur = bl ? json_get(bl, "use_regex") : NULL;
-        return bl && (!ur || (ur->type == JSON_BOOL && ur->boolean)) && !sp ? "gpt-2" : NULL;
+        if (!bl || sp || (dg && !digits) || (ur && !(ur->type == JSON_BOOL && ur->boolean)))
+            return NULL;
+        return digits ? "smollm" : "gpt-2";
     }
-    static const char *const common = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|";
-    if (strncmp(re->string, common, strlen(common)) != 0)
+    if (dg)
         return NULL;
-    const char *rest = re->string + strlen(common);
-    if (!strcmp(rest, "\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"))
-        return "llama-bpe"; /* Llama 3 */
-    if (!strcmp(rest, "\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"))
-        return "qwen2";
-    return NULL;
+    switch (peft__pretok_kind(re->string)) {
+    case PRETOK_LLAMA3: return "llama-bpe";
+    case PRETOK_QWEN2: return "qwen2";
+    case PRETOK_GPT2: return "gpt-2";
+    default: return NULL;
+    }
 }
 
 /* a merge ("a b", or ["a", "b"]) into out "a b"; -1 if neither */
@@ -362,8 +367,8 @@ static int read_tokenizer_json(vocab_out *v, const char *path)
     v->pre = byte_level ? bpe_pre(pre) : "default";
     v->model = byte_level ? "gpt2" : "llama";
     if (!v->pre) {
-        code = peft__fail(PEFT_EUNSUPPORTED, "%s: a byte-level BPE whose pre-tokenizer is not Llama 3's, Qwen2's or "
-                                             "GPT-2's: convert the merged directory with llama.cpp's "
+        code = peft__fail(PEFT_EUNSUPPORTED, "%s: a byte-level BPE whose pre-tokenizer is not Llama 3's, Qwen2's, "
+                                             "GPT-2's or SmolLM's: convert the merged directory with llama.cpp's "
                                              "convert_hf_to_gguf.py", path);
         goto done;
     }

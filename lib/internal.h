@@ -120,7 +120,12 @@ typedef struct gguf_vocab {
     float *scores;
     int32_t *types; /* 1 normal, 2 unknown, 3 control, 6 byte (llama.cpp), or NULL */
     int bos, eos, unk, add_bos, add_eos;
+    int has_add_bos;
     char model[16];
+    char pre[32];    /* tokenizer.ggml.pre ("gpt2" vocabularies), or "" */
+    char **merges;   /* tokenizer.ggml.merges: n_merges "left right" strings ("gpt2"), or NULL */
+    uint32_t *merge_lens;
+    int n_merges;
 } gguf_vocab;
 int peft__gguf_vocab(gguf_vocab *v, const char *path);
 void peft__gguf_vocab_free(gguf_vocab *v);

@@ -3,7 +3,11 @@
  * TinyLlama, Mistral, stories260K): "▁" for spaces (Prepend + Replace normalizers
  * or a Metaspace pre-tokenizer), merges applied by rank, byte fallback for
  * characters outside the vocabulary, added/special tokens matched verbatim.
- * Byte-level BPE (GPT-2 style) is reported as unsupported.
+ * Byte-level BPE (GPT-2 style: GPT-2, Llama 3, Qwen2/3, SmolLM): pieces spelled in
+ * GPT-2's printable alphabet of the 256 bytes, words split by the pre-tokenizer's
+ * expression (pretokenize.c), NFC where the normalizer asks for it (unicode.c),
+ * merges by rank within each word (or the whole word when it is a piece and the model
+ * says ignore_merges), BOS/EOS as the TemplateProcessing post-processor says.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -16,6 +20,8 @@
 #include "internal.h"
 #include "chat.h"
 #include "json.h"
+#include "pretokenize.h"
+#include "unicode.h"
 
 #define SPACE_MARK "\xe2\x96\x81" /* U+2581 "▁" */
 
@@ -32,6 +38,7 @@ struct peft_tokenizer {
     const char **pieces;
     uint32_t *piece_len;
     uint8_t *is_special;
+    uint8_t *is_added; /* added tokens: their content verbatim, not spelled in bytes */
     str_map vocab;
     u64_map merges; /* (left << 32 | right) -> (rank, merged id) */
     int byte_fallback, fuse_unk;
@@ -46,13 +53,31 @@ struct peft_tokenizer {
     int strip_leading;  /* decoder strips this many leading spaces */
     added_token *added;
     int n_added;
+    uint8_t added_first[256]; /* the first bytes of the added tokens */
     /* GGUF "llama" vocabularies: SentencePiece merges by score, not by a merge list */
     int spm;
     int32_t *score_rank; /* per id: rank of its score, highest first */
     gguf_vocab gv;
+    /* byte-level BPE */
+    int byte_level;
+    int nfc;                  /* NFC normalizer */
+    int ignore_merges;        /* a word that is a piece is not merged */
+    int add_prefix_space;     /* ByteLevel: a space before each piece that lacks one */
+    int stages[3], n_stages;  /* pre-tokenizer expressions (PRETOK_*), applied in turn */
+    int32_t byte_char[256];   /* the code point that spells each byte */
+    int32_t char_byte[324];   /* and back (-1: not a byte's) */
 };
 
 static int32_t piece_id(const peft_tokenizer *t, const char *s, size_t n) { return str_map_get(&t->vocab, s, n); }
+
+/* a vocabulary piece or an added token */
+static int32_t token_id(const peft_tokenizer *t, const char *s, size_t n)
+{
+    for (int a = 0; a < t->n_added; a++)
+        if (t->added[a].len == n && !memcmp(t->added[a].content, s, n))
+            return t->added[a].id;
+    return piece_id(t, s, n);
+}
 
 static int parse_normalizer(peft_tokenizer *t, const json_value *n, const char *path)
 {
@@ -88,7 +113,11 @@ static int parse_normalizer(peft_tokenizer *t, const json_value *n, const char *
         t->replace_space = 1;
         return PEFT_OK;
     }
-    if (!strcmp(type->string, "NFC") || !strcmp(type->string, "NFKC"))
+    if (!strcmp(type->string, "NFC")) {
+        t->nfc = 1;
+        return PEFT_OK;
+    }
+    if (!strcmp(type->string, "NFKC"))
         return peft__fail(PEFT_EUNSUPPORTED, "%s: %s normalization is not supported yet", path, type->string);
     return peft__fail(PEFT_EUNSUPPORTED, "%s: normalizer \"%s\" is not supported yet", path, type->string);
 }
@@ -114,11 +143,99 @@ static int parse_pretokenizer(peft_tokenizer *t, const json_value *p, const char
         }
         return PEFT_OK;
     }
-    if (!strcmp(type->string, "ByteLevel") || !strcmp(type->string, "Sequence"))
-        return peft__fail(PEFT_EUNSUPPORTED,
-                          "%s: byte-level BPE tokenizers (GPT-2 style pre-tokenizer \"%s\") are not supported yet",
-                          path, type->string);
+    if (!strcmp(type->string, "Sequence")) {
+        const json_value *list = json_get(p, "pretokenizers");
+        if (!list || list->type != JSON_ARRAY)
+            return peft__fail(PEFT_EFORMAT, "%s: Sequence pre_tokenizer without a list", path);
+        for (size_t i = 0; i < list->length; i++) {
+            int rc = parse_pretokenizer(t, &list->items[i], path);
+            if (rc)
+                return rc;
+        }
+        return PEFT_OK;
+    }
+    if (t->n_stages == 3)
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: more than three splitting pre-tokenizers", path);
+    if (!strcmp(type->string, "ByteLevel")) {
+        const json_value *re = json_get(p, "use_regex"), *ap = json_get(p, "add_prefix_space");
+        t->byte_level = 1;
+        t->add_prefix_space = ap && ap->type == JSON_BOOL && ap->boolean;
+        if (t->add_prefix_space && t->n_stages)
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: ByteLevel with add_prefix_space after another split", path);
+        if (!(re && re->type == JSON_BOOL && !re->boolean))
+            t->stages[t->n_stages++] = PRETOK_GPT2;
+        return PEFT_OK;
+    }
+    if (!strcmp(type->string, "Digits")) {
+        const json_value *ind = json_get(p, "individual_digits");
+        if (!ind || ind->type != JSON_BOOL || !ind->boolean)
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: Digits pre-tokenizer without individual_digits", path);
+        t->stages[t->n_stages++] = PRETOK_DIGITS;
+        return PEFT_OK;
+    }
+    if (!strcmp(type->string, "Split")) {
+        const json_value *pat = json_get(p, "pattern"), *re = pat ? json_get(pat, "Regex") : NULL,
+                         *beh = json_get(p, "behavior"), *inv = json_get(p, "invert");
+        int kind = re && re->type == JSON_STRING ? peft__pretok_kind(re->string) : 0;
+        if (!kind)
+            return peft__fail(PEFT_EUNSUPPORTED,
+                              "%s: Split pre-tokenizer with an expression that is not GPT-2's, Llama 3's or Qwen2's "
+                              "(%s)", path, re && re->type == JSON_STRING ? re->string : "no Regex");
+        if (!beh || beh->type != JSON_STRING || strcmp(beh->string, "Isolated") ||
+            (inv && inv->type == JSON_BOOL && inv->boolean))
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: Split pre-tokenizer other than Isolated, not inverted", path);
+        t->stages[t->n_stages++] = kind;
+        return PEFT_OK;
+    }
     return peft__fail(PEFT_EUNSUPPORTED, "%s: pre_tokenizer \"%s\" is not supported yet", path, type->string);
+}
+
+/* byte-level tokenizers: BOS/EOS from the TemplateProcessing post-processor (its "single" template) */
+static int parse_post_processor(peft_tokenizer *t, const json_value *p, const char *path)
+{
+    const json_value *type = p ? json_get(p, "type") : NULL;
+    if (!type || type->type != JSON_STRING)
+        return PEFT_OK;
+    if (!strcmp(type->string, "Sequence")) {
+        const json_value *list = json_get(p, "processors");
+        for (size_t i = 0; list && list->type == JSON_ARRAY && i < list->length; i++) {
+            int rc = parse_post_processor(t, &list->items[i], path);
+            if (rc)
+                return rc;
+        }
+        return PEFT_OK;
+    }
+    if (strcmp(type->string, "TemplateProcessing"))
+        return PEFT_OK; /* ByteLevel (offsets only) and the others add no tokens */
+    const json_value *single = json_get(p, "single"), *specials = json_get(p, "special_tokens");
+    int after = 0, n_before = 0, n_after = 0;
+    for (size_t i = 0; single && single->type == JSON_ARRAY && i < single->length; i++) {
+        const json_value *it = &single->items[i], *st = json_get(it, "SpecialToken");
+        if (json_get(it, "Sequence")) {
+            after = 1;
+            continue;
+        }
+        const json_value *id = st ? json_get(st, "id") : NULL;
+        if (!id || id->type != JSON_STRING)
+            return peft__fail(PEFT_EFORMAT, "%s: TemplateProcessing item %zu is malformed", path, i);
+        const json_value *sp = specials ? json_get(specials, id->string) : NULL, *ids = sp ? json_get(sp, "ids") : NULL;
+        int32_t tok = ids && ids->type == JSON_ARRAY && ids->length == 1 && ids->items[0].type == JSON_NUMBER
+                          ? (int32_t)ids->items[0].number
+                          : token_id(t, id->string, id->length);
+        if (tok < 0 || tok >= t->n_vocab)
+            return peft__fail(PEFT_EFORMAT, "%s: TemplateProcessing token \"%s\" is not in the vocabulary", path,
+                              id->string);
+        if ((after ? ++n_after : ++n_before) > 1)
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: TemplateProcessing with more than one token on a side", path);
+        if (after) {
+            t->eos_id = tok;
+            t->add_eos = 1;
+        } else {
+            t->bos_id = tok;
+            t->add_bos = 1;
+        }
+    }
+    return PEFT_OK;
 }
 
 static int parse_decoder(peft_tokenizer *t, const json_value *d)
@@ -189,10 +306,52 @@ static int read_special(const char *dir, peft_tokenizer *t)
         if (b && b->type == JSON_STRING && !(*dst[k] = strdup(b->string)))
             rc = peft__fail(PEFT_ENOMEM, "out of memory");
     }
+    /* byte-level vocabularies name their BOS/EOS only there (Qwen: "<|im_end|>") */
+    for (int k = 0; k < 2 && t->byte_level; k++) {
+        int32_t id = *dst[k] ? token_id(t, *dst[k], strlen(*dst[k])) : -1;
+        if (id >= 0 && k == 0 && t->bos_id < 0)
+            t->bos_id = id;
+        if (id >= 0 && k == 1)
+            t->eos_id = id;
+    }
     if (tmpl && !(t->chat_template = strdup(tmpl)))
         rc = peft__fail(PEFT_ENOMEM, "out of memory");
     json_free(doc);
     return rc;
+}
+
+/* merge `rank`: left a (la bytes) + right b (lb bytes) */
+static int add_merge(peft_tokenizer *t, const char *a, size_t la, const char *b, size_t lb, size_t rank,
+                     const char *path)
+{
+    int32_t ia = piece_id(t, a, la), ib = piece_id(t, b, lb);
+    char joined[4096];
+    if (la + lb >= sizeof joined)
+        return peft__fail(PEFT_EFORMAT, "%s: merge %zu too long", path, rank);
+    memcpy(joined, a, la);
+    memcpy(joined + la, b, lb);
+    int32_t im = piece_id(t, joined, la + lb);
+    if (ia < 0 || ib < 0 || im < 0)
+        return peft__fail(PEFT_EFORMAT, "%s: merge %zu uses a piece outside the vocabulary", path, rank);
+    uint64_t key = (uint64_t)ia << 32 | (uint32_t)ib;
+    int32_t r0, m0;
+    if (!u64_map_get(&t->merges, key, &r0, &m0) && u64_map_put(&t->merges, key, (int32_t)rank, im))
+        return peft__fail(PEFT_ENOMEM, "%s: out of memory", path);
+    return PEFT_OK;
+}
+
+/* GPT-2's alphabet: the printable bytes spell themselves, the others U+0100 on in byte order */
+static void byte_alphabet(peft_tokenizer *t)
+{
+    int extra = 0;
+    t->byte_level = 1;
+    for (int b = 0; b < 324; b++)
+        t->char_byte[b] = -1;
+    for (int b = 0; b < 256; b++) {
+        int printable = (b >= '!' && b <= '~') || (b >= 0xa1 && b <= 0xac) || (b >= 0xae);
+        t->byte_char[b] = printable ? b : 256 + extra++;
+        t->char_byte[t->byte_char[b]] = b;
+    }
 }
 
 static int load(peft_tokenizer *t, const char *path)
@@ -241,8 +400,9 @@ static int load(peft_tokenizer *t, const char *path)
     t->pieces = calloc((size_t)t->n_vocab, sizeof *t->pieces);
     t->piece_len = calloc((size_t)t->n_vocab, sizeof *t->piece_len);
     t->is_special = calloc((size_t)t->n_vocab, 1);
+    t->is_added = calloc((size_t)t->n_vocab, 1);
     t->added = calloc(n_added ? n_added : 1, sizeof *t->added);
-    if (!t->pieces || !t->piece_len || !t->is_special || !t->added || str_map_init(&t->vocab, vocab->length + n_added) ||
+    if (!t->pieces || !t->piece_len || !t->is_special || !t->is_added || !t->added || str_map_init(&t->vocab, vocab->length + n_added) ||
         u64_map_init(&t->merges, merges->length))
         return peft__fail(PEFT_ENOMEM, "%s: out of memory", path);
     for (size_t i = 0; i < vocab->length; i++) {
@@ -264,6 +424,7 @@ static int load(peft_tokenizer *t, const char *path)
         t->pieces[at->id] = c->string;
         t->piece_len[at->id] = (uint32_t)c->length;
         t->is_special[at->id] = (uint8_t)at->special;
+        t->is_added[at->id] = 1;
     }
     for (int32_t i = 0; i < t->n_vocab; i++)
         if (!t->pieces[i])
@@ -292,19 +453,8 @@ static int load(peft_tokenizer *t, const char *path)
         } else {
             return peft__fail(PEFT_EFORMAT, "%s: merge %zu is malformed", path, i);
         }
-        int32_t ia = piece_id(t, a, la), ib = piece_id(t, b, lb);
-        char joined[2048];
-        if (la + lb >= sizeof joined)
-            return peft__fail(PEFT_EFORMAT, "%s: merge %zu too long", path, i);
-        memcpy(joined, a, la);
-        memcpy(joined + la, b, lb);
-        int32_t im = piece_id(t, joined, la + lb);
-        if (ia < 0 || ib < 0 || im < 0)
-            return peft__fail(PEFT_EFORMAT, "%s: merge %zu uses a piece outside the vocabulary", path, i);
-        uint64_t key = (uint64_t)ia << 32 | (uint32_t)ib;
-        int32_t r0, m0;
-        if (!u64_map_get(&t->merges, key, &r0, &m0) && u64_map_put(&t->merges, key, (int32_t)i, im))
-            return peft__fail(PEFT_ENOMEM, "%s: out of memory", path);
+        if ((rc = add_merge(t, a, la, b, lb, i, path)))
+            return rc;
     }
     for (int i = 0; i < 256; i++) {
         char p[8];
@@ -321,7 +471,21 @@ static int load(peft_tokenizer *t, const char *path)
     if ((rc = parse_normalizer(t, json_get(root, "normalizer"), path)) ||
         (rc = parse_pretokenizer(t, json_get(root, "pre_tokenizer"), path)))
         return rc;
-    parse_decoder(t, json_get(root, "decoder"));
+    const json_value *dec = json_get(root, "decoder"), *dt = dec ? json_get(dec, "type") : NULL;
+    if (!t->byte_level && dt && dt->type == JSON_STRING && !strcmp(dt->string, "ByteLevel"))
+        t->byte_level = 1; /* a ByteLevel decoder alone (the pre-tokenizer's expression elsewhere) */
+    if (t->byte_level) {
+        const json_value *im = json_get(model, "ignore_merges");
+        t->ignore_merges = im && im->type == JSON_BOOL && im->boolean;
+        if (t->byte_fallback || t->replace_space || t->prepend)
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: a byte-level BPE with SentencePiece settings", path);
+        byte_alphabet(t);
+        t->bos_id = t->eos_id = -1;
+        t->add_bos = 0;
+        if ((rc = parse_post_processor(t, json_get(root, "post_processor"), path)))
+            return rc;
+    }
+    parse_decoder(t, dec);
     return PEFT_OK;
 }
 
@@ -339,6 +503,7 @@ void peft_tokenizer_close(peft_tokenizer **pt)
     free(t->pieces);
     free(t->piece_len);
     free(t->is_special);
+    free(t->is_added);
     free(t->added);
     str_map_free(&t->vocab);
     u64_map_free(&t->merges);
@@ -354,13 +519,77 @@ static int cmp_score(const void *a, const void *b)
     return x > y ? -1 : x < y ? 1 : 0;
 }
 
-/* A SentencePiece-style vocabulary from a GGUF file (tokenizer.ggml.model "llama"). */
+/* A byte-level BPE vocabulary from a GGUF file (tokenizer.ggml.model "gpt2"): the pieces, the merges
+   in rank order, the pre-tokenizer by llama.cpp's name for it (Qwen2's with the NFC its tokenizer.json
+   asks for, Llama 3's with ignore_merges); control and user-defined tokens matched in the text. */
+static int load_gguf_bpe(peft_tokenizer *t, const char *path)
+{
+    gguf_vocab *v = &t->gv;
+    const char *pre = v->pre;
+    if (!strcmp(pre, "llama-bpe") || !strcmp(pre, "llama3")) {
+        t->stages[t->n_stages++] = PRETOK_LLAMA3;
+        t->ignore_merges = 1;
+    } else if (!strcmp(pre, "qwen2")) {
+        t->stages[t->n_stages++] = PRETOK_QWEN2;
+        t->nfc = 1;
+    } else if (!strcmp(pre, "smollm")) {
+        t->stages[t->n_stages++] = PRETOK_DIGITS;
+        t->stages[t->n_stages++] = PRETOK_GPT2;
+    } else if (!strcmp(pre, "gpt-2") || !strcmp(pre, "gpt2") || !strcmp(pre, "default") || !pre[0]) {
+        t->stages[t->n_stages++] = PRETOK_GPT2;
+    } else {
+        return peft__fail(PEFT_EUNSUPPORTED,
+                          "%s: byte-level BPE pre-tokenizer \"%s\" is not supported (llama-bpe, qwen2, smollm, gpt-2)",
+                          path, pre);
+    }
+    t->n_vocab = v->n;
+    t->pieces = calloc((size_t)v->n, sizeof *t->pieces);
+    t->piece_len = calloc((size_t)v->n, sizeof *t->piece_len);
+    t->is_special = calloc((size_t)v->n, 1);
+    t->is_added = calloc((size_t)v->n, 1);
+    t->added = calloc((size_t)v->n, sizeof *t->added);
+    if (!t->pieces || !t->piece_len || !t->is_special || !t->is_added || !t->added ||
+        str_map_init(&t->vocab, (size_t)v->n) || u64_map_init(&t->merges, (size_t)v->n_merges))
+        return peft__fail(PEFT_ENOMEM, "%s: out of memory", path);
+    for (int i = 0; i < v->n; i++) {
+        t->pieces[i] = v->tokens[i];
+        t->piece_len[i] = v->lens[i];
+        int type = v->types ? v->types[i] : 1;
+        if ((type == 3 || type == 4) && v->lens[i]) { /* control and user-defined tokens: added tokens */
+            t->is_special[i] = type == 3;
+            t->is_added[i] = 1;
+            t->added[t->n_added++] = (added_token){v->tokens[i], v->lens[i], i, type == 3};
+        } else if (v->lens[i] && str_map_put(&t->vocab, v->tokens[i], v->lens[i], i)) {
+            return peft__fail(PEFT_ENOMEM, "%s: out of memory", path);
+        }
+    }
+    for (int i = 0; i < v->n_merges; i++) {
+        const char *m = v->merges[i], *sp = memchr(m, ' ', v->merge_lens[i]);
+        if (!sp || sp == m || memchr(sp + 1, ' ', v->merge_lens[i] - (size_t)(sp - m) - 1))
+            return peft__fail(PEFT_EFORMAT, "%s: merge %d is not \"left right\"", path, i);
+        int rc = add_merge(t, m, (size_t)(sp - m), sp + 1, v->merge_lens[i] - (size_t)(sp - m) - 1, (size_t)i, path);
+        if (rc)
+            return rc;
+    }
+    byte_alphabet(t);
+    t->unk_id = -1;
+    t->bos_id = v->bos >= 0 && v->bos < v->n ? v->bos : -1;
+    t->eos_id = v->eos >= 0 && v->eos < v->n ? v->eos : -1;
+    /* llama.cpp adds BOS for Llama 3 when the file does not say */
+    t->add_bos = v->has_add_bos ? v->add_bos : t->ignore_merges;
+    t->add_eos = v->add_eos;
+    return PEFT_OK;
+}
+
+/* A vocabulary from a GGUF file: SentencePiece-style (tokenizer.ggml.model "llama") or byte-level BPE ("gpt2"). */
 static int load_gguf(peft_tokenizer *t, const char *path)
 {
     int rc = peft__gguf_vocab(&t->gv, path);
     if (rc)
         return rc;
     gguf_vocab *v = &t->gv;
+    if (!strcmp(v->model, "gpt2"))
+        return load_gguf_bpe(t, path);
     t->n_vocab = v->n;
     t->pieces = calloc((size_t)v->n, sizeof *t->pieces);
     t->piece_len = calloc((size_t)v->n, sizeof *t->piece_len);
@@ -454,6 +683,8 @@ int peft_tokenizer_open(peft_tokenizer **out, const char *path)
         peft_tokenizer_close(&t);
         return rc;
     }
+    for (int a = 0; a < t->n_added; a++)
+        t->added_first[(unsigned char)t->added[a].content[0]] = 1;
     *out = t;
     return PEFT_OK;
 }
@@ -666,11 +897,108 @@ done:
     return rc;
 }
 
+/* ---- byte-level BPE ---- */
+
+/* One word: its bytes spelled in GPT-2's alphabet, then the whole word if ignore_merges and it is
+   a piece, else merges by rank. */
+static int encode_word(const peft_tokenizer *t, const char *s, size_t n, tok_out *o)
+{
+    char small[256], *buf = n * 2 <= sizeof small ? small : malloc(n * 2);
+    if (!buf)
+        return peft__fail(PEFT_ENOMEM, "tokenizer: out of memory");
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        int32_t c = t->byte_char[(unsigned char)s[i]];
+        if (c < 0x80) {
+            buf[k++] = (char)c;
+        } else { /* below U+0800: two bytes */
+            buf[k++] = (char)(0xc0 | c >> 6);
+            buf[k++] = (char)(0x80 | (c & 0x3f));
+        }
+    }
+    int rc = PEFT_OK;
+    int32_t id = t->ignore_merges ? piece_id(t, buf, k) : -1;
+    if (id >= 0)
+        emit(o, id);
+    else
+        rc = bpe_segment(t, buf, k, o);
+    if (buf != small)
+        free(buf);
+    return rc;
+}
+
+/* Split cp[a..b) by the pre-tokenizer stage `stage` and hand each piece to the next stage; the
+   words of the last one are encoded. off[i] is the byte offset of cp[i] in s (off[n] = its length). */
+static int split_stage(const peft_tokenizer *t, int stage, const char *s, const uint32_t *cp, const uint8_t *cls,
+                       const size_t *off, size_t a, size_t b, tok_out *o)
+{
+    if (stage >= t->n_stages || stage >= 3)
+        return encode_word(t, s + off[a], off[b] - off[a], o);
+    for (size_t i = a; i < b;) {
+        size_t e = a + peft__pretok_match(t->stages[stage], cp + a, cls + a, b - a, i - a);
+        if (e <= i) /* cannot happen: every expression matches a character */
+            e = i + 1;
+        int rc = split_stage(t, stage + 1, s, cp, cls, off, i, e, o);
+        if (rc)
+            return rc;
+        i = e;
+    }
+    return PEFT_OK;
+}
+
+static int encode_bytelevel(const peft_tokenizer *t, const char *s, size_t n, tok_out *o)
+{
+    char *norm = NULL, *pre = NULL;
+    size_t nn;
+    int rc = t->nfc ? peft__nfc(s, n, &norm, &nn) : PEFT_OK;
+    if (rc)
+        return rc;
+    if (norm) {
+        s = norm;
+        n = nn;
+    }
+    if (t->add_prefix_space && s[0] != ' ') {
+        if (!(pre = malloc(n + 1))) {
+            free(norm);
+            return peft__fail(PEFT_ENOMEM, "tokenizer: out of memory");
+        }
+        pre[0] = ' ';
+        memcpy(pre + 1, s, n);
+        s = pre;
+        n++;
+    }
+    uint32_t *cp = malloc(n * sizeof *cp);
+    uint8_t *cls = malloc(n);
+    size_t *off = malloc((n + 1) * sizeof *off), m = 0;
+    if (!cp || !cls || !off) {
+        rc = peft__fail(PEFT_ENOMEM, "tokenizer: out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < n;) {
+        size_t l;
+        cp[m] = peft__utf8_decode(s + i, n - i, &l);
+        cls[m] = (uint8_t)peft__uc_class(cp[m]);
+        off[m++] = i;
+        i += l;
+    }
+    off[m] = n;
+    rc = split_stage(t, 0, s, cp, cls, off, 0, m, o);
+done:
+    free(cp);
+    free(cls);
+    free(off);
+    free(norm);
+    free(pre);
+    return rc;
+}
+
 /* Normalize (spaces -> "▁", optional leading "▁") and run BPE on one plain segment. */
 static int encode_plain(const peft_tokenizer *t, const char *s, size_t n, int first, tok_out *o)
 {
     if (n == 0)
         return PEFT_OK;
+    if (t->byte_level)
+        return encode_bytelevel(t, s, n, o);
     size_t extra = 0;
     for (size_t i = 0; i < n; i++)
         extra += s[i] == ' ';
@@ -710,7 +1038,7 @@ int peft_tokenize(const peft_tokenizer *t, const char *text, size_t len, int32_t
     int first = 1, rc;
     while (i < len) {
         const added_token *hit = NULL;
-        if (parse_special)
+        if (parse_special && t->added_first[(unsigned char)text[i]])
             for (int a = 0; a < t->n_added; a++) {
                 const added_token *at = &t->added[a];
                 if (at->len <= len - i && memcmp(text + i, at->content, at->len) == 0 && (!hit || at->len > hit->len))
@@ -770,6 +1098,21 @@ int peft_detokenize(const peft_tokenizer *t, const int32_t *ids, size_t n, int32
             continue;
         const char *p = t->pieces[id];
         size_t pl = t->piece_len[id];
+        if (t->byte_level && !t->is_added[id]) { /* each character of the piece spells one byte */
+            for (size_t j = 0; j < pl;) {
+                size_t l;
+                uint32_t c = peft__utf8_decode(p + j, pl - j, &l);
+                int b = c < 324 ? t->char_byte[c] : -1;
+                if (b >= 0) {
+                    PUT(b);
+                } else {
+                    for (size_t q = 0; q < l; q++)
+                        PUT(p[j + q]);
+                }
+                j += l;
+            }
+            continue;
+        }
         if (t->byte_fallback && pl == 6 && p[0] == '<' && p[1] == '0' && p[2] == 'x' && p[5] == '>' &&
             hexval(p[3]) >= 0 && hexval(p[4]) >= 0) {
             int b = hexval(p[3]) * 16 + hexval(p[4]);

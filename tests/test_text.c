@@ -101,6 +101,193 @@ TEST(gguf_vocab_matches_sentencepiece)
     sentencepiece_case("models/stories260K/stories260K-q8_0.gguf"); /* tokenizer.ggml.* scores */
 }
 
+/* ---- byte-level BPE against Hugging Face tokenizers (tests/data/bytelevel/golden.txt) ---- */
+
+typedef struct bl_case {
+    char text[8192];
+    size_t len;
+    int32_t ids[4096], ids_special[4096];
+    size_t n_ids, n_special;
+} bl_case;
+
+static size_t parse_ids(const char *p, int32_t *ids)
+{
+    size_t n = 0;
+    while (*p) {
+        char *e;
+        long v = strtol(p, &e, 10);
+        if (e == p)
+            break;
+        ids[n++] = (int32_t)v;
+        p = e;
+    }
+    return n;
+}
+
+/* Run fn on each case of the golden file's section `name` with the tokenizer at tests/data/`tok`;
+   returns the number of cases. */
+static int bl_cases(const char *name, const char *tok, void (*fn)(peft_tokenizer *t, const bl_case *c, const char *name))
+{
+    FILE *f = fopen(test_data("bytelevel/golden.txt"), "r");
+    CHECK(f != NULL);
+    if (!f)
+        return 0;
+    static char line[1 << 16];
+    static bl_case c;
+    peft_tokenizer *t = NULL;
+    CHECK_OK(peft_tokenizer_open(&t, test_data(tok)));
+    int in = 0, cases = 0;
+    while (t && fgets(line, sizeof line, f)) {
+        line[strcspn(line, "\n")] = 0;
+        if (line[0] == 'N')
+            in = !strcmp(line + 2, name);
+        if (!in)
+            continue;
+        if (line[0] == 'T') {
+            c.len = 0;
+            for (const char *h = line + 2; h[0] && h[1] && c.len + 1 < sizeof c.text; h += 2) {
+                char b[3] = {h[0], h[1], 0};
+                c.text[c.len++] = (char)strtol(b, NULL, 16);
+            }
+            c.text[c.len] = 0;
+        } else if (line[0] == 'I') {
+            c.n_ids = parse_ids(line + 1, c.ids);
+        } else if (line[0] == 'S') {
+            c.n_special = parse_ids(line + 1, c.ids_special);
+            fn(t, &c, name);
+            cases++;
+        }
+    }
+    fclose(f);
+    peft_tokenizer_close(&t);
+    return cases;
+}
+
+static void bl_check(peft_tokenizer *t, const bl_case *c, const char *name)
+{
+    static int32_t got[8192];
+    static char back[16384];
+    size_t ng, len;
+    CHECK_OK(peft_tokenize(t, c->text, c->len, PEFT_TOKENIZE_NO_BOS, got, 8192, &ng));
+    CHECK_MSG(ng == c->n_ids && memcmp(got, c->ids, ng * sizeof *got) == 0, "%s: ids differ for '%s'", name, c->text);
+    CHECK_OK(peft_tokenize(t, c->text, c->len, PEFT_TOKENIZE_DEFAULT, got, 8192, &ng));
+    CHECK_MSG(ng == c->n_special && memcmp(got, c->ids_special, ng * sizeof *got) == 0,
+              "%s: ids with special tokens differ for '%s'", name, c->text);
+    /* decoding: byte-level BPE is lossless (Qwen3's NFC and GPT-2's prefix space aside: there decoding then
+       encoding again is stable) */
+    CHECK_OK(peft_detokenize(t, c->ids, c->n_ids, PEFT_DETOKENIZE_SPECIAL, back, sizeof back, &len));
+    if (strcmp(name, "qwen3") != 0 && strcmp(name, "gpt2_prefix") != 0) {
+        CHECK_MSG(len == c->len && memcmp(back, c->text, len) == 0, "%s: '%s' decodes as '%s'", name, c->text, back);
+    } else {
+        CHECK_OK(peft_tokenize(t, back, len, PEFT_TOKENIZE_NO_BOS, got, 8192, &ng));
+        CHECK_MSG(ng == c->n_ids && memcmp(got, c->ids, ng * sizeof *got) == 0, "%s: '%s' does not re-encode", name,
+                  back);
+    }
+}
+
+/* the tokenizer.json directory, and (but for GPT-2's prefix space, which GGUF cannot say) the same
+   vocabulary as llama.cpp's converter writes it into a GGUF file */
+static void bytelevel_golden(const char *name)
+{
+    char rel[256];
+    snprintf(rel, sizeof rel, "bytelevel/%s", name);
+    CHECK(bl_cases(name, rel, bl_check) >= 350);
+    if (strcmp(name, "gpt2_prefix") != 0) {
+        snprintf(rel, sizeof rel, "bytelevel/%s.gguf", name);
+        CHECK(bl_cases(name, rel, bl_check) >= 350);
+    }
+}
+
+TEST(bytelevel_matches_hf_qwen3) { bytelevel_golden("qwen3"); }
+TEST(bytelevel_matches_hf_llama3) { bytelevel_golden("llama3"); }
+TEST(bytelevel_matches_hf_smollm) { bytelevel_golden("smollm"); }
+TEST(bytelevel_matches_hf_gpt2_prefix) { bytelevel_golden("gpt2_prefix"); }
+
+TEST(bytelevel_gguf_vocabulary)
+{
+    /* what the GGUF file says: BOS/EOS ids, add_bos_token, control tokens */
+    peft_tokenizer *t;
+    CHECK_OK(peft_tokenizer_open(&t, test_data("bytelevel/llama3.gguf")));
+    CHECK(peft_tokenizer_vocab_size(t) == 4108 && peft_tokenizer_special(t, PEFT_TOKEN_BOS) == 4096 &&
+          peft_tokenizer_special(t, PEFT_TOKEN_EOS) == 4097);
+    int32_t ids[16];
+    size_t n;
+    CHECK_OK(peft_tokenize(t, "<|end_of_text|>", 15, PEFT_TOKENIZE_DEFAULT, ids, 16, &n));
+    CHECK(n == 2 && ids[0] == 4096 && ids[1] == 4097);
+    peft_tokenizer_close(&t);
+    /* hostile files: an unknown pre-tokenizer, a merge outside the vocabulary, a truncated file */
+    size_t len;
+    char *g = read_whole(test_data("bytelevel/qwen3.gguf"), &len);
+    CHECK(g != NULL);
+    if (!g)
+        return;
+    char path[] = "/tmp/peft-blgguf-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    char *pre = memmem(g, len, "qwen2", 5), *merge = memmem(g, len, "\xc4\xa0 \xc4\xa0", 5);
+    CHECK(pre != NULL && merge != NULL);
+    if (fd < 0 || !pre || !merge) {
+        free(g);
+        return;
+    }
+    memcpy(pre, "qwen9", 5);
+    CHECK(write(fd, g, len) == (ssize_t)len);
+    CHECK(peft_tokenizer_open(&t, path) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "qwen9"));
+    memcpy(pre, "qwen2", 5);
+    merge[0] = 'Z'; /* "Z\xa0 \xc4\xa0": not a piece */
+    CHECK(pwrite(fd, g, len, 0) == (ssize_t)len);
+    CHECK(peft_tokenizer_open(&t, path) == PEFT_EFORMAT && strstr(peft_last_error(), "outside the vocabulary"));
+    CHECK(ftruncate(fd, (off_t)(len / 2)) == 0);
+    CHECK(peft_tokenizer_open(&t, path) == PEFT_EFORMAT);
+    CHECK(t == NULL);
+    close(fd);
+    unlink(path);
+    free(g);
+}
+
+TEST(bytelevel_special_tokens)
+{
+    peft_tokenizer *t;
+    int32_t ids[64];
+    size_t n;
+    /* Llama 3: BOS by the post-processor's template, EOS named by tokenizer_config.json */
+    CHECK_OK(peft_tokenizer_open(&t, test_data("bytelevel/llama3")));
+    int32_t bos = peft_tokenizer_special(t, PEFT_TOKEN_BOS), eos = peft_tokenizer_special(t, PEFT_TOKEN_EOS);
+    CHECK(bos == 4096 && eos == 4097);
+    size_t n2;
+    CHECK_OK(peft_tokenize(t, "Hi", 2, PEFT_TOKENIZE_DEFAULT | PEFT_TOKENIZE_EOS, ids, 64, &n));
+    CHECK(n >= 3 && ids[0] == bos && ids[n - 1] == eos);
+    CHECK_OK(peft_tokenize(t, "Hi", 2, PEFT_TOKENIZE_NO_BOS, ids, 64, &n2));
+    CHECK(n2 == n - 2 && ids[0] != bos);
+    peft_tokenizer_close(&t);
+    /* Qwen3: no BOS; "<|im_end|>" is the EOS; special tokens in the text matched unless asked not to */
+    CHECK_OK(peft_tokenizer_open(&t, test_data("bytelevel/qwen3")));
+    CHECK(peft_tokenizer_special(t, PEFT_TOKEN_BOS) == -1);
+    eos = peft_tokenizer_special(t, PEFT_TOKEN_EOS);
+    const char *chat = "<|im_start|>user<|im_end|>";
+    CHECK_OK(peft_tokenize(t, chat, strlen(chat), PEFT_TOKENIZE_DEFAULT, ids, 64, &n));
+    CHECK(n >= 3 && ids[n - 1] == eos && ids[0] == eos - 1 && ids[1] < 4096); /* "<|im_start|>", a word, EOS */
+    size_t n_plain;
+    CHECK_OK(peft_tokenize(t, chat, strlen(chat), PEFT_TOKENIZE_NO_SPECIAL, ids, 64, &n_plain));
+    CHECK(n_plain > 6);
+    for (size_t i = 0; i < n_plain; i++)
+        CHECK(ids[i] != eos);
+    /* special tokens are skipped in decoding unless asked for */
+    char back[128];
+    size_t len;
+    CHECK_OK(peft_tokenize(t, chat, strlen(chat), PEFT_TOKENIZE_DEFAULT, ids, 64, &n));
+    CHECK_OK(peft_detokenize(t, ids, n, 0, back, sizeof back, &len));
+    CHECK(strcmp(back, "user") == 0);
+    CHECK_OK(peft_detokenize(t, ids, n, PEFT_DETOKENIZE_SPECIAL, back, sizeof back, &len));
+    CHECK(strcmp(back, chat) == 0);
+    /* malformed UTF-8 goes through byte for byte */
+    const char bad[] = "a\xc3\x28\xff\xe2\x82";
+    CHECK_OK(peft_tokenize(t, bad, sizeof bad - 1, 0, ids, 64, &n));
+    CHECK_OK(peft_detokenize(t, ids, n, 0, back, sizeof back, &len));
+    CHECK(len == sizeof bad - 1 && memcmp(back, bad, len) == 0);
+    peft_tokenizer_close(&t);
+}
+
 static void write_file(const char *path, const char *s)
 {
     FILE *f = fopen(path, "w");
@@ -114,9 +301,29 @@ TEST(tokenizer_unsupported_and_malformed)
     CHECK(mkdtemp(dir) != NULL);
     snprintf(p, sizeof p, "%s/tokenizer.json", dir);
     peft_tokenizer *t = NULL;
+    /* byte-level BPE: a Split expression that is none of the known ones, other behaviours */
+    write_file(p, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": [\"a b\"]},"
+                  "\"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", "
+                  "\"pattern\": {\"Regex\": \"\\\\p{L}+\"}, \"behavior\": \"Isolated\"}, {\"type\": \"ByteLevel\", "
+                  "\"use_regex\": false}]}}");
+    CHECK(peft_tokenizer_open(&t, dir) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "\\p{L}+"));
+    write_file(p, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": [\"a b\"]},"
+                  "\"pre_tokenizer\": {\"type\": \"Digits\", \"individual_digits\": false}}");
+    CHECK(peft_tokenizer_open(&t, dir) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "individual_digits"));
+    write_file(p, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": [\"a b\"]},"
+                  "\"normalizer\": {\"type\": \"NFKC\"}, \"pre_tokenizer\": {\"type\": \"ByteLevel\"}}");
+    CHECK(peft_tokenizer_open(&t, dir) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "NFKC"));
+    /* a ByteLevel whose alphabet lacks bytes: characters outside the vocabulary are dropped, never a crash */
     write_file(p, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": [\"a b\"]},"
                   "\"pre_tokenizer\": {\"type\": \"ByteLevel\"}}");
-    CHECK(peft_tokenizer_open(&t, dir) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "byte-level"));
+    CHECK_OK(peft_tokenizer_open(&t, dir));
+    {
+        int32_t got[8];
+        size_t ng;
+        CHECK_OK(peft_tokenize(t, "ab\xff\xfe\x80 ab", 8, 0, got, 8, &ng));
+        CHECK(ng == 2 && got[0] == 2 && got[1] == 2);
+        peft_tokenizer_close(&t);
+    }
     write_file(p, "{\"model\": {\"type\": \"Unigram\", \"vocab\": []}}");
     CHECK(peft_tokenizer_open(&t, p) == PEFT_EUNSUPPORTED);
     write_file(p, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 5}, \"merges\": []}}");
@@ -340,7 +547,9 @@ TEST(greedy_generation_matches_reference)
 }
 
 static const struct h_case cases[] = {
-    CASE(tokenizer_matches_sentencepiece), CASE(gguf_vocab_matches_sentencepiece), CASE(tokenizer_unsupported_and_malformed),
+    CASE(tokenizer_matches_sentencepiece), CASE(bytelevel_matches_hf_qwen3), CASE(bytelevel_matches_hf_llama3),
+    CASE(bytelevel_matches_hf_smollm), CASE(bytelevel_matches_hf_gpt2_prefix), CASE(bytelevel_special_tokens), CASE(bytelevel_gguf_vocabulary),
+    CASE(gguf_vocab_matches_sentencepiece), CASE(tokenizer_unsupported_and_malformed),
     CASE(session_matches_forward_base), CASE(session_matches_forward_qwen2_qwen3), CASE(session_matches_forward_adapter), CASE(session_matches_forward_rope_scaling), CASE(session_matches_forward_sliding_window),
     CASE(greedy_generation_matches_reference),
 };
