@@ -292,6 +292,58 @@ static int scenario_tokenizer(void)
     return rc;
 }
 
+/* a byte-level BPE (GPT-2's alphabet, Qwen2's expression, NFC): written once, opened by the scenario */
+static char g_bl_dir[64];
+
+static void write_bytelevel(void)
+{
+    snprintf(g_bl_dir, sizeof g_bl_dir, "/tmp/peft-alloc-bl-XXXXXX");
+    if (!mkdtemp(g_bl_dir))
+        return;
+    char p[128];
+    snprintf(p, sizeof p, "%s/tokenizer.json", g_bl_dir);
+    FILE *f = fopen(p, "w");
+    if (!f)
+        return;
+    fputs("{\"added_tokens\": [{\"id\": 260, \"content\": \"<|end|>\", \"special\": true}], "
+          "\"normalizer\": {\"type\": \"NFC\"}, \"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": ["
+          "{\"type\": \"Split\", \"pattern\": {\"Regex\": \"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\\\r\\\\n\\\\p{L}\\\\p{N}]?"
+          "\\\\p{L}+|\\\\p{N}| ?[^\\\\s\\\\p{L}\\\\p{N}]+[\\\\r\\\\n]*|\\\\s*[\\\\r\\\\n]+|\\\\s+(?!\\\\S)|\\\\s+\"}, "
+          "\"behavior\": \"Isolated\"}, {\"type\": \"ByteLevel\", \"use_regex\": false}]}, "
+          "\"decoder\": {\"type\": \"ByteLevel\"}, \"model\": {\"type\": \"BPE\", \"vocab\": {",
+          f);
+    /* GPT-2's alphabet of the 256 bytes, then four merges */
+    for (int b = 0, extra = 0; b < 256; b++) {
+        int printable = (b >= '!' && b <= '~') || (b >= 0xa1 && b <= 0xac) || b >= 0xae;
+        int c = printable ? b : 256 + extra++;
+        if (c == '"' || c == '\\')
+            fprintf(f, "\"\\%c\": %d, ", c, b);
+        else if (c < 0x80)
+            fprintf(f, "\"%c\": %d, ", c, b);
+        else
+            fprintf(f, "\"%c%c\": %d, ", 0xc0 | c >> 6, 0x80 | (c & 0x3f), b);
+    }
+    fputs("\"ca\": 256, \"caf\": 257, \"\xc4\xa0" "d\": 258, \"on\": 259}, "
+          "\"merges\": [\"c a\", \"ca f\", \"\xc4\xa0 d\", \"o n\"]}}", f);
+    fclose(f);
+}
+
+static int scenario_bytelevel(void)
+{
+    peft_tokenizer *t = NULL;
+    int rc = peft_tokenizer_open(&t, g_bl_dir);
+    if (rc)
+        return rc;
+    int32_t ids[64];
+    size_t n = 0, len = 0;
+    char text[256];
+    const char *s = "cafe\xcc\x81 don't 123<|end|>";
+    if (!(rc = peft_tokenize(t, s, strlen(s), PEFT_TOKENIZE_DEFAULT, ids, 64, &n)))
+        rc = peft_detokenize(t, ids, n, PEFT_DETOKENIZE_DEFAULT, text, sizeof text, &len);
+    peft_tokenizer_close(&t);
+    return rc;
+}
+
 /* Run a scenario counting, then failing each allocation in turn. */
 static void inject(const char *name, int (*scenario)(void))
 {
@@ -386,6 +438,12 @@ TEST(alloc_failures_gguf_and_tokenizer)
     g_tokdir = tok;
     inject("GGUF Q8_0 model open", scenario_gguf);
     inject("tokenizer open, encode, decode, chat template", scenario_tokenizer);
+    write_bytelevel();
+    inject("byte-level BPE open, NFC, encode, decode", scenario_bytelevel);
+    char p[128];
+    snprintf(p, sizeof p, "%s/tokenizer.json", g_bl_dir);
+    remove(p);
+    rmdir(g_bl_dir);
     cleanup();
 }
 
