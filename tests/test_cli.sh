@@ -379,6 +379,33 @@ valgrind_train_eval)
         fail "valgrind: eval"
     $vg "$PEFT" info --model "$T/model" --budget 5000 --targets q,v >/dev/null || fail "valgrind: info"
     ;;
+bytelevel_text_training)
+    # a model whose tokenizer is byte-level BPE (Qwen3's first 4096 pieces, NFC, Qwen2's split): plain
+    # text in, the held-out loss falls, generation decodes; tokenizer.json and its GGUF copy give the same ids
+    "$PEFT" init-model --out "$T/m" --hidden 48 --layers 2 --heads 4 --kv-heads 2 --ffn 96 --vocab 4122 --seed 3 >/dev/null ||
+        fail "init-model"
+    cp "$SRC/tests/data/bytelevel/qwen3/"* "$T/m/"
+    python3 - "$T/t.txt" <<'PY'
+import random, sys
+r = random.Random(4)
+names, things = ["Lily", "Tom", "Mia", "Ben"], ["ball", "cat", "kite", "café", "日本"]
+with open(sys.argv[1], "w") as f:
+    for i in range(600):
+        n, t = r.choice(names), r.choice(things)
+        f.write(f"{n} has a {t}. {n} likes the {t} and plays with the {t} every day.\n")
+PY
+    "$PEFT" train --model "$T/m" --data "$T/t.txt" --out "$T/ad" --holdout 0.1 --steps 300 --batch 4 --seq 32 --rank 8 \
+        --lr 1e-2 --targets all-linear --seed 1 --threads 2 --json >"$T/out.json" 2>"$T/err" || { cat "$T/err"; fail "train"; }
+    json "$T/out.json" "j['eval_loss_after'] < 0.35 * j['eval_loss_before']" || { cat "$T/out.json"; fail "held-out loss did not drop"; }
+    "$PEFT" tokenize --tokenizer "$T/m" --in "$T/t.txt" --out "$T/a.bin" >/dev/null || fail "tokenize (tokenizer.json)"
+    "$PEFT" tokenize --tokenizer "$SRC/tests/data/bytelevel/qwen3.gguf" --in "$T/t.txt" --out "$T/b.bin" >/dev/null ||
+        fail "tokenize (GGUF)"
+    cmp "$T/a.bin" "$T/b.bin" || fail "tokenizer.json and GGUF vocabularies tokenize differently"
+    "$PEFT" generate --model "$T/m" --adapter "$T/ad" --prompt "Mia has a" --max-tokens 12 --temperature 0 >"$T/gen" ||
+        fail "generate"
+    # the continuation (after the prompt) speaks the data's language
+    sed "s/^Mia has a//" "$T/gen" | grep -q " likes" || { cat "$T/gen"; fail "generation"; }
+    ;;
 text_data_matches_token_files)
     [ -f "$SHARED/models/stories260K/config.json" ] || { echo "SKIP: ../shared not present"; exit 77; }
     M=$SHARED/models/stories260K
