@@ -648,6 +648,12 @@ int peft__gguf_vocab(gguf_vocab *v, const char *path)
                 code = peft__fail(PEFT_EFORMAT, "%s: bad vocabulary array", path);
                 break;
             }
+            if ((key_is(k, kl, "tokenizer.ggml.tokens") && v->tokens) ||
+                (key_is(k, kl, "tokenizer.ggml.scores") && v->scores) ||
+                (key_is(k, kl, "tokenizer.ggml.token_type") && v->types)) {
+                code = peft__fail(PEFT_EFORMAT, "%s: %.*s given twice", path, (int)kl, k);
+                break;
+            }
             v->n = (int)n;
             if (key_is(k, kl, "tokenizer.ggml.tokens") && et == 8) {
                 v->tokens = calloc(n, sizeof *v->tokens);
