@@ -70,7 +70,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 #elif defined(FUZZ_TOKENIZER)
     peft_tokenizer *t = NULL;
     if (peft_tokenizer_open(&t, path) == 0) {
-        static const char text[] = "Hello wörld <s> 123  \n\t😀";
+        static const char text[] = "Hello wörld <s> 123  \n\t😀 cafe\xcc\x81 it'S<|endoftext|>";
         int32_t ids[256];
         size_t n;
         if (peft_tokenize(t, text, sizeof text - 1, 0, ids, 256, &n) == 0) {

@@ -17,7 +17,12 @@ def gguf(path, kvs, tensors):
         return struct.pack("<Q", len(x.encode())) + x.encode()
     for k, (t, v) in kvs.items():
         out += s(k) + struct.pack("<I", t)
-        out += s(v) if t == 8 else struct.pack({4: "<I", 6: "<f"}[t], v)
+        if t == 9:  # (element type, values): strings or int32
+            et, vals = v
+            out += struct.pack("<IQ", et, len(vals))
+            out += b"".join(s(x) if et == 8 else struct.pack("<i", x) for x in vals)
+        else:
+            out += s(v) if t == 8 else struct.pack({4: "<I", 6: "<f", 7: "<B"}[t], v)
     off, blobs = 0, []
     for name, ne, typ, data in tensors:
         out += s(name) + struct.pack("<I", len(ne)) + b"".join(struct.pack("<Q", n) for n in ne)
@@ -86,6 +91,13 @@ def main():
                     "merges": [["a", "b"], ["\u0120", "a"], ["\u0120a", "b"]]}}
     with open(os.path.join(HERE, "corpus", "tokenizer", "bytelevel.json"), "w") as f:
         json.dump(bl, f)
+    # the same vocabulary as llama.cpp's converter writes it (tokenizer.ggml.model "gpt2"), NFC by "qwen2"
+    toks = sorted(bl["model"]["vocab"], key=bl["model"]["vocab"].get) + ["<|endoftext|>"]
+    gguf(os.path.join(HERE, "corpus", "tokenizer", "bytelevel.gguf"),
+         {"tokenizer.ggml.model": (8, "gpt2"), "tokenizer.ggml.pre": (8, "qwen2"),
+          "tokenizer.ggml.tokens": (9, (8, toks)), "tokenizer.ggml.token_type": (9, (5, [1] * 6 + [3])),
+          "tokenizer.ggml.merges": (9, (8, [a + " " + b for a, b in bl["model"]["merges"]])),
+          "tokenizer.ggml.eos_token_id": (4, 6), "tokenizer.ggml.add_bos_token": (7, 0)}, [])
     os.makedirs(os.path.join(HERE, "corpus", "spm"), exist_ok=True)
     with open(os.path.join(HERE, "corpus", "spm", "tokenizer.model"), "wb") as f:
         f.write(spm([("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3), ("<0x41>", 0.0, 6),
