@@ -511,11 +511,15 @@ void peft_tokenizer_close(peft_tokenizer **pt)
     *pt = NULL;
 }
 
-static const float *rank_scores;
+typedef struct scored_id {
+    float score;
+    int32_t id;
+} scored_id;
 
+/* highest score first (no global state: tokenizers may be opened in several threads at once) */
 static int cmp_score(const void *a, const void *b)
 {
-    float x = rank_scores[*(const int32_t *)a], y = rank_scores[*(const int32_t *)b];
+    float x = ((const scored_id *)a)->score, y = ((const scored_id *)b)->score;
     return x > y ? -1 : x < y ? 1 : 0;
 }
 
@@ -596,7 +600,7 @@ static int load_gguf(peft_tokenizer *t, const char *path)
     t->is_special = calloc((size_t)v->n, 1);
     t->added = calloc((size_t)v->n, sizeof *t->added);
     t->score_rank = malloc((size_t)v->n * sizeof *t->score_rank);
-    int32_t *order = malloc((size_t)v->n * sizeof *order);
+    scored_id *order = malloc((size_t)v->n * sizeof *order);
     if (!t->pieces || !t->piece_len || !t->is_special || !t->added || !t->score_rank || !order ||
         str_map_init(&t->vocab, (size_t)v->n)) {
         free(order);
@@ -614,14 +618,13 @@ static int load_gguf(peft_tokenizer *t, const char *path)
             free(order);
             return peft__fail(PEFT_ENOMEM, "%s: out of memory", path);
         }
-        order[i] = i;
+        order[i] = (scored_id){v->scores[i], i};
     }
-    rank_scores = v->scores; /* single-threaded use during open; equal scores share a rank */
     qsort(order, (size_t)v->n, sizeof *order, cmp_score);
-    for (int i = 0, rank = 0; i < v->n; i++) {
-        if (i > 0 && v->scores[order[i]] != v->scores[order[i - 1]])
+    for (int i = 0, rank = 0; i < v->n; i++) { /* equal scores share a rank */
+        if (i > 0 && order[i].score != order[i - 1].score)
             rank = i;
-        t->score_rank[order[i]] = rank;
+        t->score_rank[order[i].id] = rank;
     }
     free(order);
     t->spm = 1;
