@@ -9,7 +9,8 @@ static const char tok_help[] =
     "usage: peft tokenize --tokenizer PATH (--text STRING | --in FILE.txt|.jsonl --out FILE.bin)\n"
     "                     [--doc-split paragraph|line] [--no-bos] [--eos]\n"
     "       peft tokenize --tokenizer PATH --decode \"ID ID ...\"\n"
-    "PATH is a tokenizer.json or a model directory holding one.\n";
+    "PATH is a tokenizer.json, a model directory holding one, or a GGUF file (its vocabulary).\n"
+    "SentencePiece-style and byte-level BPE (Llama 2/3, Qwen2/3, SmolLM, GPT-2).\n";
 
 int cmd_tokenize(int argc, char **argv)
 {

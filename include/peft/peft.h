@@ -717,8 +717,12 @@ PEFT_API int peft_session_feed(peft_session *session, const int32_t *tokens, int
 typedef struct peft_tokenizer peft_tokenizer;
 
 /* Open a Hugging Face tokenizer.json (or a directory holding one; its
-   tokenizer_config.json sets add_bos_token/add_eos_token). SentencePiece-style
-   BPE with byte fallback is supported; byte-level BPE is reported as unsupported. */
+   tokenizer_config.json sets add_bos_token/add_eos_token and names BOS/EOS), or the
+   vocabulary of a GGUF file. SentencePiece-style BPE with byte fallback (Llama 2,
+   TinyLlama, Mistral) and byte-level BPE (Llama 3, Qwen2/3, SmolLM, GPT-2: their split
+   expressions, NFC, ignore_merges) give Hugging Face's ids; other pre-tokenizers and
+   normalizers fail with PEFT_EUNSUPPORTED naming them. A tokenizer may be used from
+   several threads at once (encoding and decoding do not modify it). */
 PEFT_API int peft_tokenizer_open(peft_tokenizer **out, const char *path);
 PEFT_API void peft_tokenizer_close(peft_tokenizer **tokenizer);
 
