@@ -5,6 +5,7 @@
  * the template is refused rather than rendered differently.
  */
 #include "chat_internal.h"
+#include "unicode.h"
 
 uint32_t peft__utf8_next(const char *s, size_t n, size_t *i)
 {
@@ -20,30 +21,6 @@ uint32_t peft__utf8_next(const char *s, size_t n, size_t *i)
         c = (c << 6) | (u[*i + (size_t)k] & 0x3fu);
     *i += (size_t)len;
     return c;
-}
-
-static size_t utf8_put(char *o, uint32_t c)
-{
-    if (c < 0x80) {
-        o[0] = (char)c;
-        return 1;
-    }
-    if (c < 0x800) {
-        o[0] = (char)(0xc0 | (c >> 6));
-        o[1] = (char)(0x80 | (c & 0x3f));
-        return 2;
-    }
-    if (c < 0x10000) {
-        o[0] = (char)(0xe0 | (c >> 12));
-        o[1] = (char)(0x80 | ((c >> 6) & 0x3f));
-        o[2] = (char)(0x80 | (c & 0x3f));
-        return 3;
-    }
-    o[0] = (char)(0xf0 | (c >> 18));
-    o[1] = (char)(0x80 | ((c >> 12) & 0x3f));
-    o[2] = (char)(0x80 | ((c >> 6) & 0x3f));
-    o[3] = (char)(0x80 | (c & 0x3f));
-    return 4;
 }
 
 size_t peft__utf8_offset(const char *s, size_t n, long long k)
@@ -234,7 +211,7 @@ size_t peft__case_map(char *dst, const char *s, size_t len, int mode, uint32_t *
         prev_cased = cased;
         first = 0;
         word_start = cp == '-' || cp == '(' || cp == '{' || cp == '[' || cp == '<' || peft__py_space(cp);
-        n += utf8_put(dst + n, r);
+        n += peft__utf8_encode(dst + n, r);
     }
     dst[n] = '\0';
     return n;

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "unicode.h"
 
 struct arena_block {
     struct arena_block *next;
@@ -104,19 +105,6 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
     return len;
 }
 
-static size_t put_utf8(char *o, uint32_t cp)
-{
-    if (cp < 0x80) { o[0] = (char)cp; return 1; }
-    if (cp < 0x800) { o[0] = (char)(0xc0 | (cp >> 6)); o[1] = (char)(0x80 | (cp & 0x3f)); return 2; }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xe0 | (cp >> 12)); o[1] = (char)(0x80 | ((cp >> 6) & 0x3f));
-        o[2] = (char)(0x80 | (cp & 0x3f)); return 3;
-    }
-    o[0] = (char)(0xf0 | (cp >> 18)); o[1] = (char)(0x80 | ((cp >> 12) & 0x3f));
-    o[2] = (char)(0x80 | ((cp >> 6) & 0x3f)); o[3] = (char)(0x80 | (cp & 0x3f));
-    return 4;
-}
-
 static int parse_string(struct parser *ps, const char **out, size_t *out_len)
 {
     ps->p++; /* opening quote */
@@ -169,7 +157,7 @@ static int parse_string(struct parser *ps, const char **out, size_t *out_len)
                     return perr(ps, PEFT_EFORMAT, "lone surrogate in \\u escape");
                 }
                 if (cp == 0) return perr(ps, PEFT_EFORMAT, "NUL character in string");
-                n += put_utf8(buf + n, cp);
+                n += peft__utf8_encode(buf + n, cp);
                 break;
             }
             default: return perr(ps, PEFT_EFORMAT, "bad escape");

@@ -74,7 +74,7 @@ bad:
     return 0xfffd;
 }
 
-static size_t utf8_encode(uint32_t cp, char *out)
+size_t peft__utf8_encode(char *out, uint32_t cp)
 {
     unsigned char *o = (unsigned char *)out;
     if (cp < 0x80) {
@@ -249,7 +249,7 @@ int peft__nfc(const char *s, size_t n, char **out, size_t *out_len)
         if (cp[k] & RAW_BYTE)
             o[len++] = (char)(cp[k] & 0xff);
         else
-            len += utf8_encode(cp[k], o + len);
+            len += peft__utf8_encode(o + len, cp[k]);
     }
     free(cp);
     if (len == n && !memcmp(o, s, n)) {

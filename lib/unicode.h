@@ -15,6 +15,9 @@ int peft__uc_class(uint32_t cp);
    malformed or truncated sequence reads as one byte with the code point 0xFFFD. */
 uint32_t peft__utf8_decode(const char *s, size_t n, size_t *len);
 
+/* Write cp (at most U+10FFFF) as UTF-8 at out (up to 4 bytes); returns the length. */
+size_t peft__utf8_encode(char *out, uint32_t cp);
+
 /* NFC of s[0..n): *out is NULL when s is already in NFC (nothing to change), else a malloc'd
    string of *out_len bytes. Malformed UTF-8 bytes are kept as they are. */
 int peft__nfc(const char *s, size_t n, char **out, size_t *out_len);
