@@ -280,6 +280,20 @@ def test_tokenizer():
         assert t.decode(t.encode(text)) == text
 
 
+def test_tokenizer_bytelevel():
+    # Qwen3's first 4096 pieces (NFC, Qwen2's split) and the same vocabulary in a GGUF file
+    data = os.environ.get("PEFT_TEST_DATA", os.path.join(os.path.dirname(__file__), "..", "tests", "data"))
+    text = "Hello world! 12 cafe\u0301 日本 <|im_start|>user"
+    got = []
+    for path in ("qwen3", "qwen3.gguf"):
+        with libpeft.Tokenizer(os.path.join(data, "bytelevel", path)) as t:
+            ids = t.encode(text)
+            assert ids[:3] == [39, 301, 385] and ids[-2] == 4097 and ids[6:8] == [16, 17], ids  # H ell o, <|im_start|>, 1 2
+            assert t.decode(ids) == "Hello world! 12 café 日本 user"  # NFC; special tokens dropped
+            got.append(ids)
+    assert got[0] == got[1]
+
+
 TESTS = {k: v for k, v in globals().items() if k.startswith("test_")}
 
 if __name__ == "__main__":
