@@ -167,13 +167,12 @@ static val strip(ctx *c, val s, int left, int right, val chars)
 /* mode: 0 lower, 1 upper, 2 Python str.title(), 3 capitalize, 4 Jinja's title filter */
 static val case_map(ctx *c, val s, int mode)
 {
-    char *o = peft__chat_alloc(c, s.n * 2 + 4);
-    uint32_t bad = 0;
-    size_t n = o ? peft__case_map(o, s.s, s.n, mode, &bad) : 0;
+    char *o = peft__chat_alloc(c, s.n * 3 + 4);
+    size_t n = 0;
     if (!o)
         return (val){.t = V_UNDEF};
-    if (n == (size_t)-1) {
-        peft__chat_fail(c, PEFT_EUNSUPPORTED, "case mapping of U+%04X is not supported", (unsigned)bad);
+    if (peft__case_map(o, &n, s.s, s.n, mode)) {
+        peft__chat_fail(c, PEFT_ENOMEM, "out of memory");
         return (val){.t = V_UNDEF};
     }
     return (val){.t = V_STR, .s = o, .n = n};

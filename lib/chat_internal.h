@@ -134,10 +134,9 @@ int peft__py_space(uint32_t c);
    whitespace, or the code points of chars when chars is not NULL. */
 void peft__py_strip(const char *s, size_t n, int left, int right, const char *chars, size_t n_chars, size_t *b,
                     size_t *e);
-/* Case mapping into dst (room for 2 n + 4 bytes): mode 0 lower, 1 upper, 2 Python str.title(),
-   3 capitalize, 4 Jinja's title filter. Returns the length, or (size_t)-1 with *bad set to a
-   code point whose mapping is not implemented (a cased script not mapped here, or a mapping
-   that is not one code point to one). */
-size_t peft__case_map(char *dst, const char *s, size_t n, int mode, uint32_t *bad);
+/* Case mapping of s[0..n) into dst (room for 3 n + 4 bytes: Python's full mappings grow a string
+   at most threefold), its length in *dst_len: mode 0 lower, 1 upper, 2 Python str.title(),
+   3 capitalize, 4 Jinja's title filter. 0, or PEFT_ENOMEM. */
+int peft__case_map(char *dst, size_t *dst_len, const char *s, size_t n, int mode);
 
 #endif

@@ -124,6 +124,13 @@ CONVERSATIONS = {
         {"role": "system", "content": "Ёлка Ѣѣ Ҙҙ Ӂӂ Ӏӏ Ԥԥ ҂҃ Բարեվ ՠ ｗｉｄｅ ＡＢＣ 𐐀𐐨 Ελλάδα"},
         {"role": "user", "content": "ӂук Ѣкс բԱՐԵՎ և ａＢｃ 𐐨𐐀 ѣ҃ѣ"},
     ],
+    # every cased script as Python maps it: full mappings (ß, ŉ, ﬃ, İ, ΐ), titlecase digraphs,
+    # Georgian, Cherokee, Glagolitic, Greek Extended with iota subscripts, the final sigma
+    "all_scripts": [
+        {"role": "system", "content": "straße ŉ ﬃx İstanbul ΐ ǆungla ǅ Ǆ ΟΔΟΣ ΟΔΟΣ. Σ ΑΣ-ΒΣ (ΣΑ) ᾳ ᾼ ὒ "
+                                      "ᏣᎳᎩ ꭰꮳ ⰀⰰⰟ ⴀ ა Ა ǰ ẞ ℌ Ⓐⓐ 𞤀𞤢 Ꙁꙁ ɐ ʔ ꞵ ǈungla ǉ"},
+        {"role": "user", "content": "ΑΣ'Σ ὈΔΥΣΣΕΎΣ ﬀ ǉudi İi ǅemal SOS Σ"},
+    ],
     "not_alternating": [
         {"role": "user", "content": "one"},
         {"role": "user", "content": "two"},
