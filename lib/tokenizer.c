@@ -30,6 +30,7 @@ typedef struct added_token {
     size_t len;
     int32_t id;
     int special;
+    uint8_t lstrip, rstrip, single_word; /* tokenizer.json's flags: whitespace absorbed, whole words only */
 } added_token;
 
 struct peft_tokenizer {
@@ -421,6 +422,10 @@ static int load(peft_tokenizer *t, const char *path)
         at->len = c->length;
         at->id = (int32_t)json_get(a, "id")->number;
         at->special = sp && sp->type == JSON_BOOL && sp->boolean;
+        const json_value *ls = json_get(a, "lstrip"), *rs = json_get(a, "rstrip"), *sw = json_get(a, "single_word");
+        at->lstrip = ls && ls->type == JSON_BOOL && ls->boolean;
+        at->rstrip = rs && rs->type == JSON_BOOL && rs->boolean;
+        at->single_word = sw && sw->type == JSON_BOOL && sw->boolean;
         t->pieces[at->id] = c->string;
         t->piece_len[at->id] = (uint32_t)c->length;
         t->is_special[at->id] = (uint8_t)at->special;
@@ -562,7 +567,7 @@ static int load_gguf_bpe(peft_tokenizer *t, const char *path)
         if ((type == 3 || type == 4) && v->lens[i]) { /* control and user-defined tokens: added tokens */
             t->is_special[i] = type == 3;
             t->is_added[i] = 1;
-            t->added[t->n_added++] = (added_token){v->tokens[i], v->lens[i], i, type == 3};
+            t->added[t->n_added++] = (added_token){v->tokens[i], v->lens[i], i, type == 3, 0, 0, 0};
         } else if (v->lens[i] && str_map_put(&t->vocab, v->tokens[i], v->lens[i], i)) {
             return peft__fail(PEFT_ENOMEM, "%s: out of memory", path);
         }
@@ -612,7 +617,7 @@ static int load_gguf(peft_tokenizer *t, const char *path)
         int type = v->types ? v->types[i] : 1;
         if (type == 3) { /* control tokens: matched in text like added special tokens */
             t->is_special[i] = 1;
-            t->added[t->n_added++] = (added_token){v->tokens[i], v->lens[i], i, 1};
+            t->added[t->n_added++] = (added_token){v->tokens[i], v->lens[i], i, 1, 0, 0, 0};
         }
         if (v->lens[i] && str_map_put(&t->vocab, v->tokens[i], v->lens[i], i)) {
             free(order);
@@ -1026,6 +1031,22 @@ static int encode_plain(const peft_tokenizer *t, const char *s, size_t n, int fi
     return rc;
 }
 
+/* an added token marked single_word matches text[b..e) only between non-word characters (or the ends) */
+static int word_char(uint32_t c) { return c == '_' || (peft__uc_class(c) & (UC_LETTER | UC_NUMBER)); }
+
+static int whole_word(const char *text, size_t len, size_t b, size_t e)
+{
+    size_t l;
+    if (e < len && word_char(peft__utf8_decode(text + e, len - e, &l)))
+        return 0;
+    if (b == 0)
+        return 1;
+    size_t p = b - 1;
+    while (p > 0 && ((unsigned char)text[p] & 0xc0) == 0x80)
+        p--;
+    return !word_char(peft__utf8_decode(text + p, b - p, &l));
+}
+
 int peft_tokenize(const peft_tokenizer *t, const char *text, size_t len, int32_t flags, int32_t *ids,
                   size_t cap, size_t *n_out)
 {
@@ -1047,16 +1068,29 @@ int peft_tokenize(const peft_tokenizer *t, const char *text, size_t len, int32_t
                 if (at->len <= len - i && memcmp(text + i, at->content, at->len) == 0 && (!hit || at->len > hit->len))
                     hit = at;
             }
+        if (hit && hit->single_word && !whole_word(text, len, i, i + hit->len))
+            hit = NULL;
         if (!hit) {
             i++;
             continue;
         }
-        if ((rc = encode_plain(t, text + start, i - start, first, &o)))
+        /* lstrip / rstrip: the whitespace before / after the token is part of its match */
+        size_t seg_end = i, next = i + hit->len, l;
+        while (hit->lstrip && seg_end > start) {
+            size_t b = seg_end - 1;
+            while (b > start && ((unsigned char)text[b] & 0xc0) == 0x80)
+                b--;
+            if (!(peft__uc_class(peft__utf8_decode(text + b, seg_end - b, &l)) & UC_SPACE))
+                break;
+            seg_end = b;
+        }
+        while (hit->rstrip && next < len && (peft__uc_class(peft__utf8_decode(text + next, len - next, &l)) & UC_SPACE))
+            next += l;
+        if ((rc = encode_plain(t, text + start, seg_end - start, first, &o)))
             return rc;
-        first = first && i == start;
+        first = first && seg_end == start;
         emit(&o, hit->id);
-        i += hit->len;
-        start = i;
+        i = start = next;
     }
     if ((rc = encode_plain(t, text + start, len - start, first, &o)))
         return rc;

