@@ -2,9 +2,9 @@
  * Chat templates: the subset of Jinja2 that Hugging Face chat templates use, rendered as
  * transformers renders them (trim_blocks and lstrip_blocks on, raise_exception defined).
  *
- * Statements: for (with loop.index0/index/first/last/length/revindex), if/elif/else, set;
- * whitespace control with "-". Expressions: string/number/bool/none literals, lists,
- * variables, .attr and [key] and [a:b] access, + - * / % ~, comparisons, and/or/not, in,
+ * Statements: for (with loop.index0/index/first/last/length/revindex), if/elif/else, set (also
+ * of a namespace's attribute); whitespace control with "-". Expressions: string/number/bool/none
+ * literals, lists, variables, namespace(name=value, ...), .attr and [key] and [a:b:step] access, + - * / % ~, comparisons, and/or/not, in,
  * "a if c else b", filters (trim, length, upper, lower, first, last, string, default,
  * capitalize, replace, join, tojson), tests (defined, undefined, none, string, number,
  * mapping, sequence, true, false), string methods (strip, lstrip, rstrip, startswith,
@@ -78,7 +78,8 @@ static int truthy(val v)
     case V_STR:
     case V_LIST:
     case V_DICT: return v.n != 0;
-    case V_LOOP: return 1;
+    case V_LOOP:
+    case V_NS: return 1;
     default: return 0;
     }
 }
@@ -251,6 +252,12 @@ static val tojson(ctx *c, val v)
 
 static val attr(ctx *c, val obj, const char *name, int subscript)
 {
+    if (obj.t == V_NS) {
+        for (size_t i = 0; i < obj.ns->n; i++)
+            if (!strcmp(obj.ns->keys[i], name))
+                return obj.ns->vals[i];
+        return (val){.t = V_UNDEF};
+    }
     if (obj.t == V_DICT) {
         for (size_t i = 0; i < obj.n; i++)
             if (!strcmp(obj.keys[i], name))
@@ -290,6 +297,68 @@ static long long norm_index(long long i, size_t n)
     return i;
 }
 
+/* ns.name = v: replaced, or added (the arena copy grows by doubling) */
+static void ns_set(ctx *c, ns_state *ns, const char *name, val v)
+{
+    for (size_t i = 0; i < ns->n; i++)
+        if (!strcmp(ns->keys[i], name)) {
+            ns->vals[i] = v;
+            return;
+        }
+    if (ns->n == ns->cap) {
+        size_t cap = ns->cap ? 2 * ns->cap : 8;
+        const char **keys = peft__chat_alloc(c, cap * sizeof *keys);
+        val *vals = peft__chat_alloc(c, cap * sizeof *vals);
+        if (!keys || !vals)
+            return;
+        if (ns->n) {
+            memcpy(keys, ns->keys, ns->n * sizeof *keys);
+            memcpy(vals, ns->vals, ns->n * sizeof *vals);
+        }
+        ns->keys = keys;
+        ns->vals = vals;
+        ns->cap = cap;
+    }
+    ns->keys[ns->n] = name;
+    ns->vals[ns->n++] = v;
+}
+
+/* obj[lo:hi:step] with a step other than 1, Python's rules for the bounds (lo/hi NULL: omitted) */
+static val slice_step(ctx *c, val obj, size_t len, const val *lo, const val *hi, long long step)
+{
+    long long n = (long long)len, a, b;
+    if (step > 0) {
+        a = lo ? norm_index(lo->i, len) : 0;
+        b = hi ? norm_index(hi->i, len) : n;
+        a = a < 0 ? 0 : a > n ? n : a;
+        b = b < 0 ? 0 : b > n ? n : b;
+    } else {
+        a = lo ? norm_index(lo->i, len) : n - 1;
+        b = hi ? norm_index(hi->i, len) : -1;
+        a = a < -1 ? -1 : a > n - 1 ? n - 1 : a;
+        b = b < -1 ? -1 : b > n - 1 ? n - 1 : b;
+    }
+    long long count = step > 0 ? (b > a ? (b - a + step - 1) / step : 0) : (a > b ? (a - b - step - 1) / -step : 0);
+    if (obj.t == V_LIST) {
+        val *items = peft__chat_alloc(c, (size_t)(count ? count : 1) * sizeof *items);
+        if (!items)
+            return (val){.t = V_UNDEF};
+        for (long long k = 0; k < count; k++)
+            items[k] = obj.items[a + k * step];
+        return (val){.t = V_LIST, .items = items, .n = (size_t)count};
+    }
+    char *o = peft__chat_alloc(c, obj.n + 1);
+    if (!o)
+        return (val){.t = V_UNDEF};
+    size_t m = 0;
+    for (long long k = 0; k < count; k++) {
+        size_t b0 = peft__utf8_offset(obj.s, obj.n, a + k * step), b1 = peft__utf8_offset(obj.s, obj.n, a + k * step + 1);
+        memcpy(o + m, obj.s + b0, b1 - b0);
+        m += b1 - b0;
+    }
+    return (val){.t = V_STR, .s = o, .n = m};
+}
+
 static val call(ctx *c, const expr *e)
 {
     val args[16];
@@ -299,6 +368,24 @@ static val call(ctx *c, const expr *e)
             return (val){.t = V_UNDEF};
     }
     int na = e->n_args;
+    if (!e->a && !strcmp(e->name, "namespace")) { /* namespace(name=value, ...) */
+        ns_state *ns = peft__chat_alloc(c, sizeof *ns);
+        if (!ns)
+            return (val){.t = V_UNDEF};
+        memset(ns, 0, sizeof *ns);
+        for (int i = 0; i < na && !c->failed; i++) {
+            if (!e->kw || !e->kw[i]) {
+                peft__chat_fail(c, PEFT_EUNSUPPORTED, "namespace() takes keyword arguments only here");
+                return (val){.t = V_UNDEF};
+            }
+            ns_set(c, ns, e->kw[i], args[i]);
+        }
+        return (val){.t = V_NS, .ns = ns};
+    }
+    if (e->kw) {
+        peft__chat_fail(c, PEFT_EUNSUPPORTED, "keyword arguments to %s() are not supported", e->name);
+        return (val){.t = V_UNDEF};
+    }
     if (!e->a) { /* a global function */
         if (!strcmp(e->name, "raise_exception")) {
             val m = na ? to_str(c, args[0]) : vstr(c, "", 0, 0);
@@ -374,6 +461,10 @@ static val filter(ctx *c, const expr *e)
         return v;
     const char *f = e->name;
     int na = e->n_args;
+    if (e->kw) {
+        peft__chat_fail(c, PEFT_EUNSUPPORTED, "keyword arguments to filter '%s' are not supported", f);
+        return v;
+    }
     if (!strcmp(f, "default") || !strcmp(f, "d"))
         return v.t == V_UNDEF ? (na ? args[0] : vstr(c, "", 0, 0)) : v;
     if (v.t == V_UNDEF) {
@@ -444,13 +535,17 @@ static val eval(ctx *c, const expr *e)
     case E_SLICE: {
         val obj = eval(c, e->a);
         val lo = e->b ? eval(c, e->b) : vint(0), hi = e->c ? eval(c, e->c) : vint((long long)obj.n);
+        val st = e->d ? eval(c, e->d) : (val){.t = V_NONE};
         if (c->failed)
             return obj;
-        if ((obj.t != V_LIST && obj.t != V_STR) || lo.t != V_INT || hi.t != V_INT) {
+        if ((obj.t != V_LIST && obj.t != V_STR) || lo.t != V_INT || hi.t != V_INT ||
+            (st.t != V_NONE && (st.t != V_INT || st.i == 0))) {
             peft__chat_fail(c, PEFT_EUNSUPPORTED, "slicing this value is not supported");
             return obj;
         }
         size_t len = obj.t == V_STR ? peft__utf8_len(obj.s, obj.n) : obj.n;
+        if (st.t == V_INT && st.i != 1)
+            return slice_step(c, obj, len, e->b ? &lo : NULL, e->c ? &hi : NULL, st.i);
         if (!e->c)
             hi = vint((long long)len);
         long long a = norm_index(lo.i, len), b = norm_index(hi.i, len);
@@ -650,8 +745,19 @@ static int run(ctx *c, node **body, int n)
         }
         case N_SET: {
             val v = eval(c, x->e);
-            if (!c->failed)
+            if (c->failed)
+                break;
+            if (x->attr) { /* set ns.attr = v: the namespace is shared, so the change outlives loops */
+                const val *ns = lookup(c, x->var);
+                if (!ns || ns->t != V_NS) {
+                    peft__chat_fail(c, PEFT_EUNSUPPORTED, "set %s.%s: only a namespace's attributes can be set",
+                                    x->var, x->attr);
+                    break;
+                }
+                ns_set(c, ns->ns, x->attr, v);
+            } else {
                 push_var(c, x->var, v);
+            }
             break;
         }
         case N_IF:

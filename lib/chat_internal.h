@@ -11,7 +11,7 @@
 
 /* ---- values ---------------------------------------------------------------- */
 
-typedef enum { V_UNDEF, V_NONE, V_BOOL, V_INT, V_STR, V_LIST, V_DICT, V_LOOP } vtype;
+typedef enum { V_UNDEF, V_NONE, V_BOOL, V_INT, V_STR, V_LIST, V_DICT, V_LOOP, V_NS } vtype;
 
 typedef struct val val;
 struct val {
@@ -22,7 +22,14 @@ struct val {
     const val *items;   /* list items, dict values */
     const char **keys;  /* dict keys (NUL-terminated) */
     const void *loop;   /* V_LOOP: the loop state */
+    struct ns_state *ns; /* V_NS: a namespace() object, the one mutable value (set ns.attr = ...) */
 };
+
+typedef struct ns_state {
+    size_t n, cap;
+    const char **keys;
+    val *vals;
+} ns_state;
 
 typedef struct loop_state {
     long long index0, length;
@@ -86,8 +93,10 @@ struct expr {
     int kind;
     val lit;
     const char *name; /* var, attr, call/filter/test name, binary operator */
-    expr *a, *b, *c;  /* operands; slice: a[b:c]; cond: b if a else c */
+    expr *a, *b, *c;  /* operands; slice: a[b:c:d]; cond: b if a else c */
+    expr *d;
     expr **args;
+    const char **kw; /* keyword argument names (NULL for a positional one), or NULL when there are none */
     int n_args;
     int negate; /* tests: "is not" */
 };
@@ -101,6 +110,7 @@ struct node {
     size_t len;
     expr *e;          /* N_OUT, N_SET value, N_FOR iterable */
     const char *var;  /* N_SET / N_FOR target */
+    const char *attr; /* N_SET: set var.attr = ... (a namespace's attribute) */
     /* N_IF: conds[i] -> bodies[i]; a NULL cond is the else branch. N_FOR: bodies[0], else bodies[1] */
     expr **conds;
     node ***bodies;

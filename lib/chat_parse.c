@@ -130,17 +130,27 @@ static expr *new_expr(parser *p, int kind)
 
 static expr *parse_expr(parser *p);
 
-static int parse_args(parser *p, expr ***args, int *n)
+static int parse_args(parser *p, expr ***args, const char ***kw, int *n)
 {
-    /* after "(": expr {, expr} ")" */
+    /* after "(": [name=]expr {, [name=]expr} ")"; keyword names in *kw (NULL when none is given) */
     expr *tmp[16];
+    const char *names[16];
+    int any_kw = 0;
     *n = 0;
+    *kw = NULL;
     if (!accept_op(p, ")")) {
         do {
             if (*n == 16)
                 return peft__chat_fail(p->c, PEFT_EUNSUPPORTED, "too many arguments");
-            if (peek(p)->type == TK_NAME && p->pos + 1 < p->n_toks && is_op(&p->toks[p->pos + 1], "="))
-                return peft__chat_fail(p->c, PEFT_EUNSUPPORTED, "keyword arguments are not supported");
+            names[*n] = NULL;
+            if (peek(p)->type == TK_NAME && p->pos + 1 < p->n_toks && is_op(&p->toks[p->pos + 1], "=")) {
+                if (!(names[*n] = tok_name(p, peek(p))))
+                    return p->c->failed;
+                p->pos += 2;
+                any_kw = 1;
+            } else if (any_kw) {
+                return peft__chat_fail(p->c, PEFT_EFORMAT, "a positional argument after a keyword argument");
+            }
             if (!(tmp[(*n)++] = parse_expr(p)))
                 return p->c->failed;
         } while (accept_op(p, ","));
@@ -148,9 +158,11 @@ static int parse_args(parser *p, expr ***args, int *n)
             return peft__chat_fail(p->c, PEFT_EFORMAT, "expected ')'");
     }
     *args = peft__chat_alloc(p->c, (size_t)(*n ? *n : 1) * sizeof **args);
-    if (!*args)
+    if (!*args || (any_kw && !(*kw = peft__chat_alloc(p->c, (size_t)*n * sizeof **kw))))
         return p->c->failed;
     memcpy(*args, tmp, (size_t)*n * sizeof *tmp);
+    if (any_kw)
+        memcpy(*kw, names, (size_t)*n * sizeof *names);
     return PEFT_OK;
 }
 
@@ -189,7 +201,7 @@ static expr *parse_primary(parser *p)
                 e->lit = (val){.t = V_NONE};
         } else if (accept_op(p, "(")) {
             if ((e = new_expr(p, E_CALL)) && (e->name = tok_name(p, t)))
-                if (parse_args(p, &e->args, &e->n_args))
+                if (parse_args(p, &e->args, &e->kw, &e->n_args))
                     return NULL;
             if (!e || !e->name)
                 return NULL;
@@ -242,16 +254,18 @@ static expr *parse_primary(parser *p)
             if (!is_op(peek(p), ":") && !(lo = parse_expr(p)))
                 return NULL;
             if (accept_op(p, ":")) {
-                if (!is_op(peek(p), "]") && !(hi = parse_expr(p)))
+                expr *step = NULL;
+                if (!is_op(peek(p), "]") && !is_op(peek(p), ":") && !(hi = parse_expr(p)))
                     return NULL;
-                if (is_op(peek(p), ":"))
-                    return peft__chat_fail(p->c, PEFT_EUNSUPPORTED, "slice steps are not supported"), NULL;
+                if (accept_op(p, ":") && !is_op(peek(p), "]") && !(step = parse_expr(p)))
+                    return NULL;
                 expr *x = new_expr(p, E_SLICE);
                 if (!x)
                     return NULL;
                 x->a = e;
                 x->b = lo;
                 x->c = hi;
+                x->d = step;
                 e = x;
             } else {
                 expr *x = new_expr(p, E_ITEM);
@@ -271,7 +285,7 @@ static expr *parse_primary(parser *p)
                 return NULL;
             x->a = e->a; /* method call: receiver */
             x->name = e->name;
-            if (parse_args(p, &x->args, &x->n_args))
+            if (parse_args(p, &x->args, &x->kw, &x->n_args))
                 return NULL;
             e = x;
         } else {
@@ -301,7 +315,7 @@ static expr *parse_unary(parser *p)
             return NULL;
         x->a = e;
         x->name = tok_name(p, u);
-        if (accept_op(p, "(") && parse_args(p, &x->args, &x->n_args))
+        if (accept_op(p, "(") && parse_args(p, &x->args, &x->kw, &x->n_args))
             return NULL;
         e = x;
     }
@@ -677,9 +691,15 @@ static int parse_body(parser *p, node ***out, int *n_out, const char *const *sto
                 if (!x || v->type != TK_NAME)
                     return c->failed ? c->failed : peft__chat_fail(c, PEFT_EFORMAT, "expected a variable after set");
                 p->pos++;
-                if (is_op(peek(p), "."))
-                    return peft__chat_fail(c, PEFT_EUNSUPPORTED, "namespace attributes (set ns.x) are not supported");
                 x->var = tok_name(p, v);
+                if (accept_op(p, ".")) { /* set ns.attr = value */
+                    token *a = peek(p);
+                    if (a->type != TK_NAME)
+                        return peft__chat_fail(c, PEFT_EFORMAT, "expected an attribute after '.'");
+                    p->pos++;
+                    if (!(x->attr = tok_name(p, a)))
+                        return c->failed;
+                }
                 if (!accept_op(p, "="))
                     return peft__chat_fail(c, PEFT_EUNSUPPORTED, "block set is not supported");
                 if (!(x->e = parse_expr(p)))

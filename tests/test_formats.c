@@ -369,7 +369,20 @@ TEST(chat_template_errors_and_sizing)
     char buf[256];
     /* what is not implemented is refused, never rendered differently */
     CHECK(render("{% macro f() %}x{% endmacro %}", buf, sizeof buf) == PEFT_EUNSUPPORTED);
-    CHECK(render("{% set ns = namespace(a=1) %}", buf, sizeof buf) == PEFT_EUNSUPPORTED);
+    CHECK(render("{% set x = 1 %}{% set x.a = 2 %}", buf, sizeof buf) == PEFT_EUNSUPPORTED); /* not a namespace */
+    CHECK(render("{{ 'a' | tojson(indent=2) }}", buf, sizeof buf) == PEFT_EUNSUPPORTED);
+    CHECK(render("{{ namespace(1) }}", buf, sizeof buf) == PEFT_EUNSUPPORTED);
+    CHECK(render("{{ 'ab'[::0] }}", buf, sizeof buf) == PEFT_EUNSUPPORTED); /* Python: a zero step is an error */
+    CHECK(render("{{ f(a=1, 2) }}", buf, sizeof buf) == PEFT_EFORMAT);
+    /* namespaces carry state out of loops; slices with steps as Python's */
+    CHECK(render("{% set ns = namespace(n=0, s='') %}{% for m in messages %}{% set ns.n = ns.n + 1 %}"
+                 "{% set ns.s = ns.s ~ m.role[0] %}{% endfor %}{{ ns.n }}{{ ns.s }}{{ ns.z is defined }}",
+                 buf, sizeof buf) == PEFT_OK &&
+          !strcmp(buf, "2uaFalse"));
+    CHECK(render("{% for m in messages[::-1] %}{{ m.role }}{% endfor %}{{ 'abcdef'[::2] }}{{ 'abcdef'[4:1:-1] }}"
+                 "{{ 'héllo'[::-1] }}{{ 'abc'[5::-1] }}{{ 'abc'[:-5:-1] }}{{ 'abc'[-9::2] }}",
+                 buf, sizeof buf) == PEFT_OK &&
+          !strcmp(buf, "assistantuseraceedcolléhcbacbaac"));
     CHECK(render("{% for a, b in x %}{% endfor %}", buf, sizeof buf) == PEFT_EUNSUPPORTED);
     CHECK(render("{{ 1.5 }}", buf, sizeof buf) == PEFT_EUNSUPPORTED);
     CHECK(render("{{ messages | map(attribute='role') }}", buf, sizeof buf) == PEFT_EUNSUPPORTED);

@@ -3,7 +3,8 @@
 Run with Debian's python3-jinja2: /usr/bin/python3 tests/golden/make_chat_golden.py
 Writes tests/data/chat_golden.json: for each template (modelled on the chat templates shipped
 with Llama 2, ChatML models (Qwen, SmolLM), Zephyr/TinyLlama, Llama 3, Mistral, Gemma, Phi-3,
-plus two that exercise whitespace control, filters and methods) and each conversation, the
+plus two that exercise whitespace control, filters and methods, and Qwen3's own,
+tests/data/chat/qwen3.jinja) and each conversation, the
 text of apply_chat_template(tokenize=False) with add_generation_prompt false and true, or the
 error that raise_exception() gives. transformers' environment: ImmutableSandboxedEnvironment
 (trim_blocks=True, lstrip_blocks=True) with raise_exception as a global.
@@ -104,6 +105,11 @@ TEMPLATES = {
     ),
 }
 
+# Qwen3's own template (its tokenizer_config.json, Apache-2.0): namespace(), set ns.attr, [::-1],
+# the thinking split, tool turns
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "chat", "qwen3.jinja")) as f:
+    TEMPLATES["qwen3"] = f.read()
+
 CONVERSATIONS = {
     "system_two_turns": [
         {"role": "system", "content": "You are terse."},
@@ -130,6 +136,15 @@ CONVERSATIONS = {
         {"role": "system", "content": "straße ŉ ﬃx İstanbul ΐ ǆungla ǅ Ǆ ΟΔΟΣ ΟΔΟΣ. Σ ΑΣ-ΒΣ (ΣΑ) ᾳ ᾼ ὒ "
                                       "ᏣᎳᎩ ꭰꮳ ⰀⰰⰟ ⴀ ა Ა ǰ ẞ ℌ Ⓐⓐ 𞤀𞤢 Ꙁꙁ ɐ ʔ ꞵ ǈungla ǉ"},
         {"role": "user", "content": "ΑΣ'Σ ὈΔΥΣΣΕΎΣ ﬀ ǉudi İi ǅemal SOS Σ"},
+    ],
+    "thinking_and_tools": [
+        {"role": "system", "content": "Think first."},
+        {"role": "user", "content": "What is 2+2?"},
+        {"role": "assistant", "content": "<think>\nadd them\n</think>\n\nIt is 4."},
+        {"role": "user", "content": "<tool_response>ok</tool_response>"},
+        {"role": "tool", "content": "{\"result\": 4}"},
+        {"role": "tool", "content": "second"},
+        {"role": "assistant", "content": "<think>sure</think>Done."},
     ],
     "not_alternating": [
         {"role": "user", "content": "one"},
