@@ -405,6 +405,23 @@ PY
         fail "generate"
     # the continuation (after the prompt) speaks the data's language
     sed "s/^Mia has a//" "$T/gen" | grep -q " likes" || { cat "$T/gen"; fail "generation"; }
+    # chat data through Qwen3's own template: its special tokens are single ids, the loss on the answers
+    python3 -c "
+import json
+with open('$T/chat.jsonl', 'w') as f:
+    for i in range(40):
+        f.write(json.dumps({'messages': [{'role': 'user', 'content': f'What is {i} plus 1?'},
+                                         {'role': 'assistant', 'content': f'<think>\\nadd\\n</think>\\n\\n{i + 1}.'}]}) + '\\n')"
+    "$PEFT" train --model "$T/m" --data "$T/chat.jsonl" --chat-template "$SRC/tests/data/chat/qwen3.jinja" --out "$T/ad2" \
+        --steps 4 --batch 2 --seq 48 --rank 4 --json --quiet >"$T/chat.json" 2>"$T/err" || { cat "$T/err"; fail "chat train"; }
+    json "$T/chat.json" "j['loss'] > 0 and j['tokens'] > 0" || fail "chat training"
+    "$PEFT" tokenize --tokenizer "$T/m" --chat-template "$SRC/tests/data/chat/qwen3.jinja" --in "$T/chat.jsonl" \
+        --out "$T/chat.bin" >/dev/null 2>"$T/err" || { cat "$T/err"; fail "chat tokenize"; }
+    python3 -c "
+import struct
+ids = struct.unpack('<%dI' % (len(open('$T/chat.bin', 'rb').read()) // 4), open('$T/chat.bin', 'rb').read())
+assert ids.count(4097) == 80 and ids.count(4098) == 80, (ids.count(4097), ids.count(4098))  # <|im_start|>, <|im_end|>
+" || fail "chat ids"
     ;;
 text_data_matches_token_files)
     [ -f "$SHARED/models/stories260K/config.json" ] || { echo "SKIP: ../shared not present"; exit 77; }

@@ -1,4 +1,5 @@
 /* peft tokenize: text to token ids, and back. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -7,7 +8,7 @@
 
 static const char tok_help[] =
     "usage: peft tokenize --tokenizer PATH (--text STRING | --in FILE.txt|.jsonl --out FILE.bin)\n"
-    "                     [--doc-split paragraph|line] [--no-bos] [--eos]\n"
+    "                     [--doc-split paragraph|line] [--no-bos] [--eos] [--chat-template FILE]\n"
     "       peft tokenize --tokenizer PATH --decode \"ID ID ...\"\n"
     "PATH is a tokenizer.json, a model directory holding one, or a GGUF file (its vocabulary).\n"
     "SentencePiece-style and byte-level BPE (Llama 2/3, Qwen2/3, SmolLM, GPT-2).\n";
@@ -29,6 +30,8 @@ int cmd_tokenize(int argc, char **argv)
     const char *tp = arg_str(&a, "--tokenizer", NULL), *text = arg_str(&a, "--text", NULL);
     const char *in = arg_str(&a, "--in", NULL), *out = arg_str(&a, "--out", NULL);
     const char *decode = arg_str(&a, "--decode", NULL), *split = arg_str(&a, "--doc-split", "paragraph");
+    const char *ctpath = arg_str(&a, "--chat-template", NULL);
+    char *tmpl = NULL;
     int no_bos = arg_flag(&a, "--no-bos"), eos = arg_flag(&a, "--eos");
     if (args_check_unused(&a))
         goto done;
@@ -82,7 +85,11 @@ int cmd_tokenize(int argc, char **argv)
         rc = 0;
         goto done;
     }
-    data_options o = {tok, split, 0, 0, 0, eos, 0, 0, 1, NULL};
+    if (ctpath && !(tmpl = read_text(ctpath))) {
+        fprintf(stderr, "peft tokenize: --chat-template %s: %s\n", ctpath, strerror(errno));
+        goto done;
+    }
+    data_options o = {tok, split, 0, 0, 0, eos, 0, 0, 1, tmpl};
     if (data_load(&t, in, &o))
         goto done;
     FILE *f = fopen(out, "wb");
@@ -102,6 +109,7 @@ int cmd_tokenize(int argc, char **argv)
     fprintf(stderr, "wrote %zu tokens to %s\n", t.n, out);
     rc = 0;
 done:
+    free(tmpl);
     free(ids);
     tokens_free(&t);
     peft_tokenizer_close(&tok);
