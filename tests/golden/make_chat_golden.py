@@ -3,8 +3,8 @@
 Run with Debian's python3-jinja2: /usr/bin/python3 tests/golden/make_chat_golden.py
 Writes tests/data/chat_golden.json: for each template (modelled on the chat templates shipped
 with Llama 2, ChatML models (Qwen, SmolLM), Zephyr/TinyLlama, Llama 3, Mistral, Gemma, Phi-3,
-plus two that exercise whitespace control, filters and methods, and Qwen3's own,
-tests/data/chat/qwen3.jinja) and each conversation, the
+plus two that exercise whitespace control, filters and methods, and Qwen3's and DeepSeek-V3's
+own, tests/data/chat/*.jinja) and each conversation, the
 text of apply_chat_template(tokenize=False) with add_generation_prompt false and true, or the
 error that raise_exception() gives. transformers' environment: ImmutableSandboxedEnvironment
 (trim_blocks=True, lstrip_blocks=True) with raise_exception as a global.
@@ -107,8 +107,10 @@ TEMPLATES = {
 
 # Qwen3's own template (its tokenizer_config.json, Apache-2.0): namespace(), set ns.attr, [::-1],
 # the thinking split, tool turns
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "chat", "qwen3.jinja")) as f:
-    TEMPLATES["qwen3"] = f.read()
+# and DeepSeek-V3's (MIT): namespace flags over system prompts, tool outputs and thinking text
+for name in ("qwen3", "deepseek_v3"):
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data", "chat", name + ".jinja")) as f:
+        TEMPLATES[name] = f.read()
 
 CONVERSATIONS = {
     "system_two_turns": [
