@@ -9,6 +9,10 @@
  * (AVX-512F: skx; AVX2+FMA: haswell) unless the user set it, and refuses to start
  * if BLIS still ends up on its generic kernels on a CPU that has AVX2.
  * Setting the variable is a one-time, process-wide act (pthread_once).
+ *
+ * The rank-r LoRA products (one side of 16 or fewer: x A^T, dy B, dy^T xa, dxa^T x) are
+ * latency-bound in BLIS (its packing and blocking are sized for big products); they run on
+ * the CPU backend's narrow kernels instead, which read the wide operand in place.
  */
 #include <blis.h>
 #include <pthread.h>
@@ -16,10 +20,13 @@
 #include <stdlib.h>
 
 #include "../../lib/internal.h"
+#include "../cpu/gemm_fast.h"
 #include "peft/backend.h"
 
 typedef struct blis_ctx {
     int32_t n_threads;
+    peft_backend_host host;
+    gemm_fast_buffers narrow; /* the packed narrow operand of the rank-r products */
 } blis_ctx;
 
 static pthread_once_t setup_once = PTHREAD_ONCE_INIT;
@@ -54,16 +61,30 @@ static int blis_init(void **ctx, const peft_backend_host *host)
     if (!c)
         return peft__fail(PEFT_ENOMEM, "blis backend: out of memory");
     c->n_threads = host->n_threads > 0 ? host->n_threads : 1;
+    c->host = *host;
     *ctx = c;
     return PEFT_OK;
 }
 
-static void blis_free(void *ctx) { free(ctx); }
+static void blis_free(void *ctx)
+{
+    blis_ctx *c = ctx;
+    if (c)
+        gemm_fast_free(&c->narrow);
+    free(c);
+}
 
 static void blis_gemm(void *ctx, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
                       int64_t lda, const float *b, int64_t ldb, float beta, float *c, int64_t ldc)
 {
     blis_ctx *bc = ctx;
+    /* rank-r products: N <= 16, or M <= 16 computed as C^T = op(B)^T op(A)^T */
+    gemm_call gc = {ta, tb, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c, NULL, 0};
+    gemm_call gt = {!tb, !ta, n, m, k, ldb, lda, ldc, alpha, beta, b, a, c, NULL, 1};
+    if (bc->host.parallel_for && k >= 16 &&
+        ((m >= 16 && n <= 16 && gemm_narrow(&gc, &bc->narrow, bc->host.pool, bc->host.parallel_for) == 0) ||
+         (n >= 16 && m <= 16 && gemm_narrow(&gt, &bc->narrow, bc->host.pool, bc->host.parallel_for) == 0)))
+        return;
     rntm_t rntm = BLIS_RNTM_INITIALIZER;
     bli_rntm_set_num_threads(bc->n_threads, &rntm);
     if (k == 0) {
