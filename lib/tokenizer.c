@@ -177,6 +177,10 @@ static int parse_pretokenizer(peft_tokenizer *t, const json_value *p, const char
     if (!strcmp(type->string, "Split")) {
         const json_value *pat = json_get(p, "pattern"), *re = pat ? json_get(pat, "Regex") : NULL,
                          *beh = json_get(p, "behavior"), *inv = json_get(p, "invert");
+        const json_value *str = pat ? json_get(pat, "String") : NULL;
+        /* Gemma: a split at " " after a normalizer that replaced every " " with "▁" splits nothing */
+        if (str && str->type == JSON_STRING && !strcmp(str->string, " ") && t->replace_space && !t->byte_level)
+            return PEFT_OK;
         int kind = re && re->type == JSON_STRING ? peft__pretok_kind(re->string) : 0;
         if (!kind)
             return peft__fail(PEFT_EUNSUPPORTED,
@@ -191,7 +195,7 @@ static int parse_pretokenizer(peft_tokenizer *t, const json_value *p, const char
     return peft__fail(PEFT_EUNSUPPORTED, "%s: pre_tokenizer \"%s\" is not supported yet", path, type->string);
 }
 
-/* byte-level tokenizers: BOS/EOS from the TemplateProcessing post-processor (its "single" template) */
+/* BOS/EOS from the TemplateProcessing post-processor (its "single" template) */
 static int parse_post_processor(peft_tokenizer *t, const json_value *p, const char *path)
 {
     const json_value *type = p ? json_get(p, "type") : NULL;
@@ -208,6 +212,7 @@ static int parse_post_processor(peft_tokenizer *t, const json_value *p, const ch
     }
     if (strcmp(type->string, "TemplateProcessing"))
         return PEFT_OK; /* ByteLevel (offsets only) and the others add no tokens */
+    t->add_bos = t->add_eos = 0; /* the template says which */
     const json_value *single = json_get(p, "single"), *specials = json_get(p, "special_tokens");
     int after = 0, n_before = 0, n_after = 0;
     for (size_t i = 0; single && single->type == JSON_ARRAY && i < single->length; i++) {
@@ -487,9 +492,10 @@ static int load(peft_tokenizer *t, const char *path)
         byte_alphabet(t);
         t->bos_id = t->eos_id = -1;
         t->add_bos = 0;
-        if ((rc = parse_post_processor(t, json_get(root, "post_processor"), path)))
-            return rc;
     }
+    /* BOS/EOS as the post-processor's template adds them (Gemma: "<bos>"); without one, "<s>" */
+    if ((rc = parse_post_processor(t, json_get(root, "post_processor"), path)))
+        return rc;
     parse_decoder(t, dec);
     return PEFT_OK;
 }

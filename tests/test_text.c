@@ -201,6 +201,12 @@ static void bytelevel_golden(const char *name)
 TEST(bytelevel_matches_hf_qwen3) { bytelevel_golden("qwen3"); }
 TEST(bytelevel_matches_hf_llama3) { bytelevel_golden("llama3"); }
 TEST(bytelevel_matches_hf_added_token_flags) { bytelevel_golden("qwen3_strip"); }
+/* SentencePiece-style BPE with byte fallback, cut from Llama 2's and Gemma 3's tokenizer.json */
+TEST(sentencepiece_style_matches_hf_llama2_gemma3)
+{
+    CHECK(bl_cases("llama2", "bytelevel/llama2", bl_check) >= 350);
+    CHECK(bl_cases("gemma3", "bytelevel/gemma3", bl_check) >= 350);
+}
 TEST(bytelevel_matches_hf_smollm) { bytelevel_golden("smollm"); }
 TEST(bytelevel_matches_hf_gpt2_prefix) { bytelevel_golden("gpt2_prefix"); }
 
@@ -548,7 +554,7 @@ TEST(greedy_generation_matches_reference)
 }
 
 static const struct h_case cases[] = {
-    CASE(tokenizer_matches_sentencepiece), CASE(bytelevel_matches_hf_qwen3), CASE(bytelevel_matches_hf_llama3), CASE(bytelevel_matches_hf_added_token_flags),
+    CASE(tokenizer_matches_sentencepiece), CASE(bytelevel_matches_hf_qwen3), CASE(bytelevel_matches_hf_llama3), CASE(bytelevel_matches_hf_added_token_flags), CASE(sentencepiece_style_matches_hf_llama2_gemma3),
     CASE(bytelevel_matches_hf_smollm), CASE(bytelevel_matches_hf_gpt2_prefix), CASE(bytelevel_special_tokens), CASE(bytelevel_gguf_vocabulary),
     CASE(gguf_vocab_matches_sentencepiece), CASE(tokenizer_unsupported_and_malformed),
     CASE(session_matches_forward_base), CASE(session_matches_forward_qwen2_qwen3), CASE(session_matches_forward_adapter), CASE(session_matches_forward_rope_scaling), CASE(session_matches_forward_sliding_window),

@@ -72,6 +72,34 @@ def trim(tok, n_added):
     return out
 
 
+def trim_spm(tok, n_merges, texts, n_added):
+    """A SentencePiece-style BPE cut down: its first n_merges merges and their pieces, the byte
+    pieces, the single characters below U+0250 or in the corpus, the first n_added added tokens;
+    ids renumbered densely in their original order."""
+    m = tok["model"]
+    merges = [mg if isinstance(mg, list) else mg.split(" ") for mg in m["merges"][:n_merges]]
+    chars = set("".join(texts)) | {chr(c) for c in range(0x250)} | {"\u2581"}
+    keep = {p for p in m["vocab"] if (len(p) == 1 and p in chars) or (len(p) == 6 and p.startswith("<0x"))}
+    for a, b in merges:
+        keep |= {a, b, a + b}
+    added = sorted(tok["added_tokens"], key=lambda x: x["id"])[:n_added]
+    keep |= {at["content"] for at in added}
+    for p in ("<unk>", "<s>", "</s>"):
+        if p in m["vocab"]:
+            keep.add(p)
+    order = sorted(keep, key=lambda p: m["vocab"].get(p, next((a["id"] for a in added if a["content"] == p), 0)))
+    ren = {p: i for i, p in enumerate(order)}
+    out = dict(tok)
+    out["model"] = dict(m, vocab={p: ren[p] for p in order if p in m["vocab"]}, merges=merges)
+    out["added_tokens"] = [dict(at, id=ren[at["content"]]) for at in added]
+    out["post_processor"] = json.loads(json.dumps(tok["post_processor"]))
+    pp = out["post_processor"]
+    if pp and pp.get("type") == "TemplateProcessing":
+        for v in pp["special_tokens"].values():
+            v["ids"] = [ren[t] for t in v["tokens"]]
+    return out
+
+
 def config(cfg, keys):
     return {k: cfg[k] for k in keys if k in cfg}
 
@@ -212,11 +240,17 @@ def main():
              "</think>": {"lstrip": True, "rstrip": True}}
     for at in strip["added_tokens"]:
         at.update(flags.get(at["content"], {}))
+    texts = corpus()
+    # SentencePiece-style BPE with byte fallback: Llama 2's (Prepend + Replace normalizers, Strip
+    # decoder) and Gemma 3's (Replace, a no-op Split at " ", BOS "<bos>" by template)
+    l2, l2cfg = source("llama2")
+    g3, g3cfg = source("gemma3")
     configs = [("qwen3", tq, config(qcfg, keys)), ("llama3", tl, config(lcfg, keys)),
+               ("llama2", trim_spm(l2, 3000, texts, 3), config(l2cfg, keys)),
+               ("gemma3", trim_spm(g3, 3000, texts, 8), config(g3cfg, keys)),
                ("qwen3_strip", strip, config(qcfg, keys)),
                ("smollm", smol, {"bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>"}),
                ("gpt2_prefix", gpt2, {"eos_token": "<|endoftext|>"})]
-    texts = corpus()
     with open(os.path.join(DATA, "golden.txt"), "w") as f:
         f.write("# made by tests/golden/make_bytelevel_golden.py with Hugging Face tokenizers "
                 "(npm tokenizers 0.23.2)\n")
