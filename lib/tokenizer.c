@@ -483,7 +483,7 @@ static int load(peft_tokenizer *t, const char *path)
         return rc;
     const json_value *dec = json_get(root, "decoder"), *dt = dec ? json_get(dec, "type") : NULL;
     if (!t->byte_level && dt && dt->type == JSON_STRING && !strcmp(dt->string, "ByteLevel"))
-        t->byte_level = 1; /* a ByteLevel decoder alone (the pre-tokenizer's expression elsewhere) */
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: a ByteLevel decoder without a ByteLevel pre-tokenizer", path);
     if (t->byte_level) {
         const json_value *im = json_get(model, "ignore_merges");
         t->ignore_merges = im && im->type == JSON_BOOL && im->boolean;

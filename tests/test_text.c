@@ -320,6 +320,9 @@ TEST(tokenizer_unsupported_and_malformed)
     write_file(p, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": [\"a b\"]},"
                   "\"normalizer\": {\"type\": \"NFKC\"}, \"pre_tokenizer\": {\"type\": \"ByteLevel\"}}");
     CHECK(peft_tokenizer_open(&t, dir) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "NFKC"));
+    write_file(p, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": [\"a b\"]},"
+                  "\"decoder\": {\"type\": \"ByteLevel\"}}");
+    CHECK(peft_tokenizer_open(&t, dir) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "ByteLevel decoder"));
     /* a ByteLevel whose alphabet lacks bytes: characters outside the vocabulary are dropped, never a crash */
     write_file(p, "{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1, \"ab\": 2}, \"merges\": [\"a b\"]},"
                   "\"pre_tokenizer\": {\"type\": \"ByteLevel\"}}");
