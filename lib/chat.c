@@ -4,7 +4,8 @@
  *
  * Statements: for (with loop.index0/index/first/last/length/revindex), if/elif/else, set (also
  * of a namespace's attribute); whitespace control with "-". Expressions: string/number/bool/none
- * literals, lists, variables, namespace(name=value, ...), .attr and [key] and [a:b:step] access, + - * / % ~, comparisons, and/or/not, in,
+ * literals, lists, variables, namespace(name=value, ...), .attr and [key] and [a:b:step] access,
+ * + - * / % ~, comparisons, and/or/not, in,
  * "a if c else b", filters (trim, length, upper, lower, first, last, string, default,
  * capitalize, replace, join, tojson), tests (defined, undefined, none, string, number,
  * mapping, sequence, true, false), string methods (strip, lstrip, rstrip, startswith,
@@ -118,7 +119,9 @@ static val to_str(ctx *c, val v)
     case V_BOOL: return vstr(c, v.i ? "True" : "False", v.i ? 4 : 5, 0);
     case V_NONE: return vstr(c, "None", 4, 0);
     case V_UNDEF: return vstr(c, "", 0, 0);
-    default: peft__chat_fail(c, PEFT_EUNSUPPORTED, "printing a list or a mapping is not supported"); return vstr(c, "", 0, 0);
+    default:
+        peft__chat_fail(c, PEFT_EUNSUPPORTED, "printing a list, a mapping or a namespace is not supported");
+        return vstr(c, "", 0, 0);
     }
 }
 
@@ -348,13 +351,19 @@ static val slice_step(ctx *c, val obj, size_t len, const val *lo, const val *hi,
         return (val){.t = V_LIST, .items = items, .n = (size_t)count};
     }
     char *o = peft__chat_alloc(c, obj.n + 1);
-    if (!o)
+    size_t *off = peft__chat_alloc(c, (len + 1) * sizeof *off); /* byte offset of each code point */
+    if (!o || !off)
         return (val){.t = V_UNDEF};
+    for (size_t i = 0, k = 0; k <= len; k++) {
+        off[k] = i;
+        if (k < len)
+            peft__utf8_next(obj.s, obj.n, &i);
+    }
     size_t m = 0;
     for (long long k = 0; k < count; k++) {
-        size_t b0 = peft__utf8_offset(obj.s, obj.n, a + k * step), b1 = peft__utf8_offset(obj.s, obj.n, a + k * step + 1);
-        memcpy(o + m, obj.s + b0, b1 - b0);
-        m += b1 - b0;
+        size_t p = (size_t)(a + k * step);
+        memcpy(o + m, obj.s + off[p], off[p + 1] - off[p]);
+        m += off[p + 1] - off[p];
     }
     return (val){.t = V_STR, .s = o, .n = m};
 }

@@ -10,6 +10,10 @@
  *   Llama 3: (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
  *            ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
  *   Qwen2:  Llama 3's with \p{N} for \p{N}{1,3}
+ *   o200k (GPT-4o, gpt-oss, Phi-4-mini):
+ *           [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|...)?|
+ *           [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|...)?|
+ *           \p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+
  */
 #include "pretokenize.h"
 
@@ -23,11 +27,15 @@ static const char *const patterns[] = {
                       "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
     [PRETOK_QWEN2] = "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
                      "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+    [PRETOK_O200K] = "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+"
+                     "(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+"
+                     "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\\p{N}{1,3}| "
+                     "?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
 };
 
 int peft__pretok_kind(const char *regex)
 {
-    for (int k = PRETOK_GPT2; k <= PRETOK_QWEN2; k++)
+    for (int k = PRETOK_GPT2; k <= PRETOK_O200K; k++)
         if (!strcmp(regex, patterns[k]))
             return k;
     return 0;
@@ -35,7 +43,7 @@ int peft__pretok_kind(const char *regex)
 
 const char *peft__pretok_pattern(int kind)
 {
-    return kind >= PRETOK_GPT2 && kind <= PRETOK_QWEN2 ? patterns[kind] : NULL;
+    return kind >= PRETOK_GPT2 && kind <= PRETOK_O200K ? patterns[kind] : NULL;
 }
 
 /* the letter of a contraction at cp[i] (case-insensitive: ASCII, and the long s that folds to s) */
@@ -78,6 +86,20 @@ static size_t spaces(const uint8_t *cls, size_t n, size_t i)
     if (j == n || j - 1 == i)
         return j;
     return j - 1;
+}
+
+/* \s*[\r\n]+|\s+(?!\S)|\s+ at a whitespace position i: the run up to its last line break, else spaces() */
+static size_t newline_run(const uint32_t *cp, const uint8_t *cls, size_t n, size_t i)
+{
+    size_t end = i, last = n;
+    while (end < n && IS(end, UC_SPACE)) {
+        if (NEWLINE(end))
+            last = end;
+        end++;
+    }
+    if (last != n)
+        return last + 1;
+    return spaces(cls, n, i);
 }
 
 static size_t gpt2(const uint32_t *cp, const uint8_t *cls, size_t n, size_t i)
@@ -132,16 +154,63 @@ static size_t llama3(const uint32_t *cp, const uint8_t *cls, size_t n, size_t i,
             j++;
         return j;
     }
-    /* \s*[\r\n]+: the whitespace run up to its last line break */
-    size_t end = i, last = n;
-    while (end < n && IS(end, UC_SPACE)) {
-        if (NEWLINE(end))
-            last = end;
-        end++;
+    return newline_run(cp, cls, n, i);
+}
+
+/* [^\r\n\p{L}\p{N}]: the optional character before a word */
+#define PREFIX(k) (!NEWLINE(k) && !IS(k, UC_LETTER | UC_NUMBER))
+
+/* o200k's words from j: U*W+ (first) or U+W* (second), U = [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}],
+   W = [\p{Ll}\p{Lm}\p{Lo}\p{M}], then an optional contraction; 0 when the form does not match */
+static size_t o200k_word(const uint32_t *cp, const uint8_t *cls, size_t n, size_t j, int second)
+{
+    size_t k = j, e;
+    while (k < n && IS(k, UC_UPPERISH))
+        k++;
+    if (second) {
+        if (k == j)
+            return 0;
+        e = k;
+    } else { /* U* gives back characters until W+ can match (U and W share Lm, Lo and M) */
+        size_t t = k;
+        while (!(t < n && IS(t, UC_LOWERISH))) {
+            if (t == j)
+                return 0;
+            t--;
+        }
+        e = t;
     }
-    if (last != n)
-        return last + 1;
-    return spaces(cls, n, i);
+    while (e < n && IS(e, UC_LOWERISH))
+        e++;
+    size_t c = contraction(cp, n, e, 1);
+    return c ? c : e;
+}
+
+static size_t o200k(const uint32_t *cp, const uint8_t *cls, size_t n, size_t i)
+{
+    for (int second = 0; second < 2; second++) {
+        size_t e;
+        if (PREFIX(i) && i + 1 < n && (e = o200k_word(cp, cls, n, i + 1, second)))
+            return e;
+        if ((e = o200k_word(cp, cls, n, i, second)))
+            return e;
+    }
+    size_t j;
+    if (IS(i, UC_NUMBER)) { /* \p{N}{1,3} */
+        for (j = i; j < n && j - i < 3 && IS(j, UC_NUMBER);)
+            j++;
+        return j;
+    }
+    /*  ?[^\s\p{L}\p{N}]+[\r\n/]* */
+    j = i + (cp[i] == ' ' && i + 1 < n && OTHER(i + 1));
+    if (OTHER(j)) {
+        while (j < n && OTHER(j))
+            j++;
+        while (j < n && (NEWLINE(j) || cp[j] == '/'))
+            j++;
+        return j;
+    }
+    return newline_run(cp, cls, n, i);
 }
 
 size_t peft__pretok_match(int kind, const uint32_t *cp, const uint8_t *cls, size_t n, size_t i)
@@ -150,6 +219,7 @@ size_t peft__pretok_match(int kind, const uint32_t *cp, const uint8_t *cls, size
     case PRETOK_GPT2: return gpt2(cp, cls, n, i);
     case PRETOK_LLAMA3: return llama3(cp, cls, n, i, 3);
     case PRETOK_QWEN2: return llama3(cp, cls, n, i, 1);
+    case PRETOK_O200K: return o200k(cp, cls, n, i);
     case PRETOK_DIGITS: /* each numeric character alone, the runs between them whole */
         if (IS(i, UC_NUMBER))
             return i + 1;

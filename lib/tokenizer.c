@@ -184,8 +184,8 @@ static int parse_pretokenizer(peft_tokenizer *t, const json_value *p, const char
         int kind = re && re->type == JSON_STRING ? peft__pretok_kind(re->string) : 0;
         if (!kind)
             return peft__fail(PEFT_EUNSUPPORTED,
-                              "%s: Split pre-tokenizer with an expression that is not GPT-2's, Llama 3's or Qwen2's "
-                              "(%s)", path, re && re->type == JSON_STRING ? re->string : "no Regex");
+                              "%s: Split pre-tokenizer with an expression that is not GPT-2's, Llama 3's, "
+                              "Qwen2's or o200k's (%s)", path, re && re->type == JSON_STRING ? re->string : "no Regex");
         if (!beh || beh->type != JSON_STRING || strcmp(beh->string, "Isolated") ||
             (inv && inv->type == JSON_BOOL && inv->boolean))
             return peft__fail(PEFT_EUNSUPPORTED, "%s: Split pre-tokenizer other than Isolated, not inverted", path);
@@ -547,6 +547,8 @@ static int load_gguf_bpe(peft_tokenizer *t, const char *path)
     } else if (!strcmp(pre, "qwen2")) {
         t->stages[t->n_stages++] = PRETOK_QWEN2;
         t->nfc = 1;
+    } else if (!strcmp(pre, "gpt-4o")) {
+        t->stages[t->n_stages++] = PRETOK_O200K;
     } else if (!strcmp(pre, "smollm")) {
         t->stages[t->n_stages++] = PRETOK_DIGITS;
         t->stages[t->n_stages++] = PRETOK_GPT2;
@@ -554,8 +556,8 @@ static int load_gguf_bpe(peft_tokenizer *t, const char *path)
         t->stages[t->n_stages++] = PRETOK_GPT2;
     } else {
         return peft__fail(PEFT_EUNSUPPORTED,
-                          "%s: byte-level BPE pre-tokenizer \"%s\" is not supported (llama-bpe, qwen2, smollm, gpt-2)",
-                          path, pre);
+                          "%s: byte-level BPE pre-tokenizer \"%s\" is not supported "
+                          "(llama-bpe, qwen2, gpt-4o, smollm, gpt-2)", path, pre);
     }
     t->n_vocab = v->n;
     t->pieces = calloc((size_t)v->n, sizeof *t->pieces);

@@ -35,15 +35,19 @@ static int in_ranges(const uint32_t (*r)[2], size_t n, uint32_t cp)
 int peft__uc_class(uint32_t cp)
 {
     if (cp < 0x80) {
-        if ((cp | 0x20) >= 'a' && (cp | 0x20) <= 'z')
-            return UC_LETTER;
+        if (cp >= 'a' && cp <= 'z')
+            return UC_LETTER | UC_LOWERISH;
+        if (cp >= 'A' && cp <= 'Z')
+            return UC_LETTER | UC_UPPERISH;
         if (cp >= '0' && cp <= '9')
             return UC_NUMBER;
         return cp == ' ' || (cp >= '\t' && cp <= '\r') ? UC_SPACE : 0;
     }
     return (in_ranges(uc_letter, N_OF(uc_letter), cp) ? UC_LETTER : 0) |
            (in_ranges(uc_number, N_OF(uc_number), cp) ? UC_NUMBER : 0) |
-           (in_ranges(uc_space, N_OF(uc_space), cp) ? UC_SPACE : 0);
+           (in_ranges(uc_space, N_OF(uc_space), cp) ? UC_SPACE : 0) |
+           (in_ranges(uc_upperish, N_OF(uc_upperish), cp) ? UC_UPPERISH : 0) |
+           (in_ranges(uc_lowerish, N_OF(uc_lowerish), cp) ? UC_LOWERISH : 0);
 }
 
 uint32_t peft__utf8_decode(const char *str, size_t n, size_t *len)

@@ -6,9 +6,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum { UC_LETTER = 1, UC_NUMBER = 2, UC_SPACE = 4 };
+enum { UC_LETTER = 1, UC_NUMBER = 2, UC_SPACE = 4, UC_UPPERISH = 8, UC_LOWERISH = 16 };
 
-/* The classes of a code point: \p{L}, \p{N}, \s as the reference's expressions match them. */
+/* The classes of a code point as the reference's expressions match them: \p{L}, \p{N}, \s, and
+   the o200k expression's [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] (UPPERISH), [\p{Ll}\p{Lm}\p{Lo}\p{M}] (LOWERISH). */
 int peft__uc_class(uint32_t cp);
 
 /* Decode one UTF-8 character of s[0..n) (n >= 1): its code point, its length in *len. A

@@ -2,7 +2,8 @@
 // library, through its Node.js binding: `npm install tokenizers` in a scratch folder, then
 // NODE_PATH=that/node_modules). Two uses:
 //   node bytelevel_ref.js unicode > ref-unicode.json
-//     what the reference's regular expressions call \p{L}, \p{N} and \s (code point ranges),
+//     what the reference's regular expressions call \p{L}, \p{N}, \s and the two case classes of
+//     the o200k expression, [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] and [\p{Ll}\p{Lm}\p{Lo}\p{M}] (ranges),
 //     the reference's NFD of every code point, and the code points its NFC reorders as
 //     combining marks (its Unicode tables are older than Python's); read by
 //     make_unicode_tables.py.
@@ -30,7 +31,9 @@ function allCodePoints(base, count) {
 
 async function unicode() {
   const out = { classes: {}, nfd: {}, combining: [] };
-  for (const [name, pat] of [["L", "\\p{L}"], ["N", "\\p{N}"], ["S", "\\s"]]) {
+  const classes = [["L", "\\p{L}"], ["N", "\\p{N}"], ["S", "\\s"],
+    ["U", "[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]"], ["W", "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]"]];
+  for (const [name, pat] of classes) {
     // a Split pre-tokenizer that removes what the expression matches: the rest comes back with offsets
     const json = {
       version: "1.0", truncation: null, padding: null, added_tokens: [], normalizer: null,

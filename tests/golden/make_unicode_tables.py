@@ -6,7 +6,8 @@ Python's unicodedata, for the byte-level BPE pre-tokenizers and the NFC normaliz
   /usr/bin/python3 tests/golden/make_unicode_tables.py /tmp/ref-unicode.json > lib/unicode_tables.h
 
 The letter, number and space classes are what Hugging Face tokenizers' regular expressions
-match (\\p{L}, \\p{N}, \\s). NFC follows the reference's own tables, which are older than
+match (\\p{L}, \\p{N}, \\s), and the o200k expression's [\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}] and
+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]. NFC follows the reference's own tables, which are older than
 Python's: full canonical decompositions as the reference gives them, canonical classes from
 unicodedata for the code points the reference treats as combining (0 for the others), and the
 primary composites: the single-level canonical pairs (unicodedata.decomposition) that the
@@ -33,7 +34,8 @@ def ranges(name, rs):
     out.append("};")
 
 
-for key, name in (("L", "uc_letter"), ("N", "uc_number"), ("S", "uc_space")):
+for key, name in (("L", "uc_letter"), ("N", "uc_number"), ("S", "uc_space"), ("U", "uc_upperish"),
+                  ("W", "uc_lowerish")):
     ranges(name, ref["classes"][key])
 
 HANGUL = range(0xAC00, 0xD7A4)
