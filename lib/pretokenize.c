@@ -102,6 +102,27 @@ static size_t newline_run(const uint32_t *cp, const uint8_t *cls, size_t n, size
     return spaces(cls, n, i);
 }
 
+/* the alternatives Llama 3's, Qwen2's and o200k's expressions end with, at i:
+   \p{N}{1,digits}| ?[^\s\p{L}\p{N}]+[\r\n]* (o200k: [\r\n/]*)|\s*[\r\n]+|\s+(?!\S)|\s+ */
+static size_t tail(const uint32_t *cp, const uint8_t *cls, size_t n, size_t i, int digits, int slash)
+{
+    size_t j = i;
+    if (IS(i, UC_NUMBER)) {
+        while (j < n && j - i < (size_t)digits && IS(j, UC_NUMBER))
+            j++;
+        return j;
+    }
+    j = i + (cp[i] == ' ' && i + 1 < n && OTHER(i + 1));
+    if (OTHER(j)) {
+        while (j < n && OTHER(j))
+            j++;
+        while (j < n && (NEWLINE(j) || (slash && cp[j] == '/')))
+            j++;
+        return j;
+    }
+    return newline_run(cp, cls, n, i);
+}
+
 static size_t gpt2(const uint32_t *cp, const uint8_t *cls, size_t n, size_t i)
 {
     size_t e = contraction(cp, n, i, 0), j;
@@ -138,23 +159,7 @@ static size_t llama3(const uint32_t *cp, const uint8_t *cls, size_t n, size_t i,
             j++;
         return j;
     }
-    /* \p{N}{1,3} or \p{N} */
-    if (IS(i, UC_NUMBER)) {
-        j = i;
-        while (j < n && j - i < (size_t)digits && IS(j, UC_NUMBER))
-            j++;
-        return j;
-    }
-    /*  ?[^\s\p{L}\p{N}]+[\r\n]* */
-    j = i + (cp[i] == ' ' && i + 1 < n && OTHER(i + 1));
-    if (OTHER(j)) {
-        while (j < n && OTHER(j))
-            j++;
-        while (j < n && NEWLINE(j))
-            j++;
-        return j;
-    }
-    return newline_run(cp, cls, n, i);
+    return tail(cp, cls, n, i, digits, 0);
 }
 
 /* [^\r\n\p{L}\p{N}]: the optional character before a word */
@@ -195,22 +200,7 @@ static size_t o200k(const uint32_t *cp, const uint8_t *cls, size_t n, size_t i)
         if ((e = o200k_word(cp, cls, n, i, second)))
             return e;
     }
-    size_t j;
-    if (IS(i, UC_NUMBER)) { /* \p{N}{1,3} */
-        for (j = i; j < n && j - i < 3 && IS(j, UC_NUMBER);)
-            j++;
-        return j;
-    }
-    /*  ?[^\s\p{L}\p{N}]+[\r\n/]* */
-    j = i + (cp[i] == ' ' && i + 1 < n && OTHER(i + 1));
-    if (OTHER(j)) {
-        while (j < n && OTHER(j))
-            j++;
-        while (j < n && (NEWLINE(j) || cp[j] == '/'))
-            j++;
-        return j;
-    }
-    return newline_run(cp, cls, n, i);
+    return tail(cp, cls, n, i, 3, 1);
 }
 
 size_t peft__pretok_match(int kind, const uint32_t *cp, const uint8_t *cls, size_t n, size_t i)
