@@ -408,8 +408,8 @@ static int load(peft_tokenizer *t, const char *path)
     t->is_special = calloc((size_t)t->n_vocab, 1);
     t->is_added = calloc((size_t)t->n_vocab, 1);
     t->added = calloc(n_added ? n_added : 1, sizeof *t->added);
-    if (!t->pieces || !t->piece_len || !t->is_special || !t->is_added || !t->added || str_map_init(&t->vocab, vocab->length + n_added) ||
-        u64_map_init(&t->merges, merges->length))
+    if (!t->pieces || !t->piece_len || !t->is_special || !t->is_added || !t->added ||
+        str_map_init(&t->vocab, vocab->length + n_added) || u64_map_init(&t->merges, merges->length))
         return peft__fail(PEFT_ENOMEM, "%s: out of memory", path);
     for (size_t i = 0; i < vocab->length; i++) {
         int32_t id = (int32_t)vocab->items[i].number;
@@ -1070,10 +1070,11 @@ int peft_tokenize(const peft_tokenizer *t, const char *text, size_t len, int32_t
     int first = 1, rc;
     while (i < len) {
         const added_token *hit = NULL;
-        if (parse_special && t->added_first[(unsigned char)text[i]])
+        if (t->added_first[(unsigned char)text[i]])
             for (int a = 0; a < t->n_added; a++) {
-                const added_token *at = &t->added[a];
-                if (at->len <= len - i && memcmp(text + i, at->content, at->len) == 0 && (!hit || at->len > hit->len))
+                const added_token *at = &t->added[a]; /* NO_SPECIAL: the non-special added tokens still match */
+                if ((parse_special || !at->special) && at->len <= len - i &&
+                    memcmp(text + i, at->content, at->len) == 0 && (!hit || at->len > hit->len))
                     hit = at;
             }
         if (hit && hit->single_word && !whole_word(text, len, i, i + hit->len))

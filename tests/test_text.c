@@ -280,6 +280,9 @@ TEST(bytelevel_special_tokens)
     CHECK(n_plain > 6);
     for (size_t i = 0; i < n_plain; i++)
         CHECK(ids[i] != eos);
+    /* ... but the non-special added tokens still do ("<think>" in Qwen3) */
+    CHECK_OK(peft_tokenize(t, "a<think>b", 9, PEFT_TOKENIZE_NO_SPECIAL, ids, 64, &n_plain));
+    CHECK(n_plain == 3 && ids[1] == 4120);
     /* special tokens are skipped in decoding unless asked for */
     char back[128];
     size_t len;

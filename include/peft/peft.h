@@ -731,7 +731,8 @@ enum peft_tokenize_flags {
     PEFT_TOKENIZE_BOS = 1,         /* force a leading BOS */
     PEFT_TOKENIZE_NO_BOS = 2,      /* never add BOS */
     PEFT_TOKENIZE_EOS = 4,         /* append EOS */
-    PEFT_TOKENIZE_NO_SPECIAL = 8   /* do not match special tokens written in the text */
+    PEFT_TOKENIZE_NO_SPECIAL = 8   /* do not match special tokens written in the text (other added
+                                      tokens still match, as Hugging Face's split_special_tokens) */
 };
 
 /* Encode UTF-8 text. *n_out receives the number of ids; if it exceeds cap the call
