@@ -315,6 +315,7 @@ static const char *bpe_pre(const json_value *pre)
     case PRETOK_QWEN2: return "qwen2";
     case PRETOK_GPT2: return "gpt-2";
     case PRETOK_O200K: return "gpt-4o";
+    case PRETOK_TEKKEN: return "tekken";
     default: return NULL;
     }
 }
@@ -369,7 +370,7 @@ static int read_tokenizer_json(vocab_out *v, const char *path)
     v->model = byte_level ? "gpt2" : "llama";
     if (!v->pre) {
         code = peft__fail(PEFT_EUNSUPPORTED, "%s: a byte-level BPE whose pre-tokenizer is not Llama 3's, Qwen2's, "
-                                             "o200k's, GPT-2's or SmolLM's: convert the merged directory with llama.cpp's "
+                                             "o200k's, Tekken's, GPT-2's or SmolLM's: convert the merged directory with llama.cpp's "
                                              "convert_hf_to_gguf.py", path);
         goto done;
     }

