@@ -369,9 +369,10 @@ static int read_tokenizer_json(vocab_out *v, const char *path)
     v->pre = byte_level ? bpe_pre(pre) : "default";
     v->model = byte_level ? "gpt2" : "llama";
     if (!v->pre) {
-        code = peft__fail(PEFT_EUNSUPPORTED, "%s: a byte-level BPE whose pre-tokenizer is not Llama 3's, Qwen2's, "
-                                             "o200k's, Tekken's, GPT-2's or SmolLM's: convert the merged directory with llama.cpp's "
-                                             "convert_hf_to_gguf.py", path);
+        code = peft__fail(PEFT_EUNSUPPORTED,
+                          "%s: a byte-level BPE whose pre-tokenizer is not Llama 3's, Qwen2's, o200k's, Tekken's, "
+                          "GPT-2's or SmolLM's: convert the merged directory with llama.cpp's convert_hf_to_gguf.py",
+                          path);
         goto done;
     }
     int n = 0;

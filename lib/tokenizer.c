@@ -185,7 +185,8 @@ static int parse_pretokenizer(peft_tokenizer *t, const json_value *p, const char
         if (!kind)
             return peft__fail(PEFT_EUNSUPPORTED,
                               "%s: Split pre-tokenizer with an expression that is not GPT-2's, Llama 3's, "
-                              "Qwen2's, o200k's or Tekken's (%s)", path, re && re->type == JSON_STRING ? re->string : "no Regex");
+                              "Qwen2's, o200k's or Tekken's (%s)",
+                              path, re && re->type == JSON_STRING ? re->string : "no Regex");
         if (!beh || beh->type != JSON_STRING || strcmp(beh->string, "Isolated") ||
             (inv && inv->type == JSON_BOOL && inv->boolean))
             return peft__fail(PEFT_EUNSUPPORTED, "%s: Split pre-tokenizer other than Isolated, not inverted", path);
