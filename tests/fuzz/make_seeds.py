@@ -91,6 +91,16 @@ def main():
                     "merges": [["a", "b"], ["\u0120", "a"], ["\u0120a", "b"]]}}
     with open(os.path.join(HERE, "corpus", "tokenizer", "bytelevel.json"), "w") as f:
         json.dump(bl, f)
+    # the o200k expression (GPT-4o, gpt-oss): case classes, attached contractions
+    o200k = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+             r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+"
+             r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| "
+             r"?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+    ob = json.loads(json.dumps(bl))
+    ob["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = o200k
+    ob["model"]["ignore_merges"] = True
+    with open(os.path.join(HERE, "corpus", "tokenizer", "o200k.json"), "w") as f:
+        json.dump(ob, f)
     # the same vocabulary as llama.cpp's converter writes it (tokenizer.ggml.model "gpt2"), NFC by "qwen2"
     toks = sorted(bl["model"]["vocab"], key=bl["model"]["vocab"].get) + ["<|endoftext|>"]
     gguf(os.path.join(HERE, "corpus", "tokenizer", "bytelevel.gguf"),
