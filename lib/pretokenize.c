@@ -63,7 +63,7 @@ static uint32_t fold(uint32_t c, int icase)
 /* 's|'t|'re|'ve|'m|'ll|'d at i: the end, or 0 */
 static size_t contraction(const uint32_t *cp, size_t n, size_t i, int icase)
 {
-    if (cp[i] != '\'' || i + 1 >= n)
+    if (i + 1 >= n || cp[i] != '\'')
         return 0;
     uint32_t a = fold(cp[i + 1], icase);
     if (a == 's' || a == 't' || a == 'm' || a == 'd')
