@@ -327,6 +327,52 @@ static int read_special(const char *dir, peft_tokenizer *t)
     return rc;
 }
 
+/* The chat template in its own file, as newer transformers save it: chat_template.jinja (it takes
+   precedence over tokenizer_config.json's), else chat_template.json {"chat_template": ...} when
+   tokenizer_config.json has none. */
+static int read_chat_template_file(const char *dir, peft_tokenizer *t)
+{
+    static const char *const names[2] = {"chat_template.jinja", "chat_template.json"};
+    for (int k = 0; k < 2; k++) {
+        if (k == 1 && t->chat_template)
+            return PEFT_OK;
+        char *p = peft__path_join(dir, names[k]), *text = NULL;
+        size_t len;
+        if (!p)
+            return peft__fail(PEFT_ENOMEM, "out of memory");
+        int rc = peft__read_file(&text, &len, p, 16u << 20);
+        if (rc == PEFT_ENOTFOUND) {
+            free(p);
+            peft__clear_error();
+            continue;
+        }
+        if (rc) {
+            free(p);
+            return rc;
+        }
+        if (k == 0) {
+            free(t->chat_template);
+            t->chat_template = text; /* NUL-terminated by peft__read_file */
+            free(p);
+            return PEFT_OK;
+        }
+        json_doc *doc;
+        rc = json_parse(&doc, text, len, p);
+        free(text);
+        if (rc) {
+            free(p);
+            return rc;
+        }
+        const json_value *v = json_get(json_root(doc), "chat_template");
+        if (v && v->type == JSON_STRING && !(t->chat_template = strdup(v->string)))
+            rc = peft__fail(PEFT_ENOMEM, "out of memory");
+        json_free(doc);
+        free(p);
+        return rc;
+    }
+    return PEFT_OK;
+}
+
 /* merge `rank`: left a (la bytes) + right b (lb bytes) */
 static int add_merge(peft_tokenizer *t, const char *a, size_t la, const char *b, size_t lb, size_t rank,
                      const char *path)
@@ -697,6 +743,8 @@ int peft_tokenizer_open(peft_tokenizer **out, const char *path)
     int rc = !file || !dir || !t ? peft__fail(PEFT_ENOMEM, "out of memory") : is_gguf ? load_gguf(t, file) : load(t, file);
     if (!rc && !is_gguf)
         rc = read_special(dir, t);
+    if (!rc && !is_gguf)
+        rc = read_chat_template_file(dir, t);
     free(file);
     free(dir);
     if (rc) {

@@ -8,6 +8,15 @@
 #include "harness.h"
 #include "peft/peft.h"
 
+static void write_file(const char *path, const char *s)
+{
+    FILE *f = fopen(path, "w");
+    if (!f)
+        return;
+    fputs(s, f);
+    fclose(f);
+}
+
 
 /* A tiny reader for the golden file's {"text": "...", "ids": [...]} entries (JSON escapes). */
 static const char *next_case(const char *p, char *text, int32_t *ids, size_t *n)
@@ -300,11 +309,50 @@ TEST(bytelevel_special_tokens)
     peft_tokenizer_close(&t);
 }
 
-static void write_file(const char *path, const char *s)
+
+
+/* chat templates in their own files: chat_template.jinja first, then tokenizer_config.json's, then
+   chat_template.json */
+TEST(chat_template_files)
 {
-    FILE *f = fopen(path, "w");
-    fputs(s, f);
-    fclose(f);
+    char dir[] = "/tmp/peft-ct-XXXXXX", p[256], cmd[512];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(cmd, sizeof cmd, "cp '%s'/* '%s'/", test_data("bytelevel/qwen3"), dir);
+    CHECK(system(cmd) == 0);
+    peft_tokenizer *t;
+    CHECK_OK(peft_tokenizer_open(&t, dir));
+    CHECK(peft_tokenizer_chat_template(t) == NULL);
+    peft_tokenizer_close(&t);
+    snprintf(p, sizeof p, "%s/chat_template.json", dir);
+    write_file(p, "{\"chat_template\": \"{{ messages[0].content }}|json\"}");
+    CHECK_OK(peft_tokenizer_open(&t, dir));
+    CHECK(t && peft_tokenizer_chat_template(t) &&
+          !strcmp(peft_tokenizer_chat_template(t), "{{ messages[0].content }}|json"));
+    peft_tokenizer_close(&t);
+    snprintf(p, sizeof p, "%s/tokenizer_config.json", dir);
+    write_file(p, "{\"eos_token\": \"<|im_end|>\", \"chat_template\": \"config\"}");
+    CHECK_OK(peft_tokenizer_open(&t, dir));
+    CHECK(t && !strcmp(peft_tokenizer_chat_template(t), "config"));
+    peft_tokenizer_close(&t);
+    snprintf(p, sizeof p, "%s/chat_template.jinja", dir);
+    write_file(p, "{{ messages[0].content }}|jinja");
+    CHECK_OK(peft_tokenizer_open(&t, dir));
+    CHECK(t && !strcmp(peft_tokenizer_chat_template(t), "{{ messages[0].content }}|jinja"));
+    peft_chat_message m = {"user", "hi"};
+    char out[64];
+    size_t len;
+    CHECK_OK(peft_chat_render(t, NULL, &m, 1, 0, out, sizeof out, &len));
+    CHECK(!strcmp(out, "hi|jinja"));
+    peft_tokenizer_close(&t);
+    /* a malformed chat_template.json is an error, not a silent absence */
+    remove(p);
+    snprintf(p, sizeof p, "%s/tokenizer_config.json", dir);
+    write_file(p, "{}");
+    snprintf(p, sizeof p, "%s/chat_template.json", dir);
+    write_file(p, "{\"chat_template\": ");
+    CHECK(peft_tokenizer_open(&t, dir) == PEFT_EFORMAT && t == NULL);
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    CHECK(system(cmd) == 0);
 }
 
 TEST(tokenizer_unsupported_and_malformed)
@@ -563,7 +611,7 @@ TEST(greedy_generation_matches_reference)
 
 static const struct h_case cases[] = {
     CASE(tokenizer_matches_sentencepiece), CASE(bytelevel_matches_hf_qwen3), CASE(bytelevel_matches_hf_llama3), CASE(bytelevel_matches_hf_added_token_flags), CASE(bytelevel_matches_hf_o200k), CASE(bytelevel_matches_hf_tekken), CASE(sentencepiece_style_matches_hf_llama2_gemma3),
-    CASE(bytelevel_matches_hf_smollm), CASE(bytelevel_matches_hf_gpt2_prefix), CASE(bytelevel_special_tokens), CASE(bytelevel_gguf_vocabulary),
+    CASE(bytelevel_matches_hf_smollm), CASE(bytelevel_matches_hf_gpt2_prefix), CASE(bytelevel_special_tokens), CASE(bytelevel_gguf_vocabulary), CASE(chat_template_files),
     CASE(gguf_vocab_matches_sentencepiece), CASE(tokenizer_unsupported_and_malformed),
     CASE(session_matches_forward_base), CASE(session_matches_forward_qwen2_qwen3), CASE(session_matches_forward_adapter), CASE(session_matches_forward_rope_scaling), CASE(session_matches_forward_sliding_window),
     CASE(greedy_generation_matches_reference),
