@@ -135,7 +135,8 @@ static size_t parse_ids(const char *p, int32_t *ids)
 
 /* Run fn on each case of the golden file's section `name` with the tokenizer at tests/data/`tok`;
    returns the number of cases. */
-static int bl_cases(const char *name, const char *tok, void (*fn)(peft_tokenizer *t, const bl_case *c, const char *name))
+static int bl_cases(const char *name, const char *tok,
+                    void (*fn)(peft_tokenizer *t, const bl_case *c, const char *name))
 {
     FILE *f = fopen(test_data("bytelevel/golden.txt"), "r");
     CHECK(f != NULL);
