@@ -1,6 +1,6 @@
 /*
- * Unicode for the byte-level BPE tokenizers (tables in unicode_tables.h, generated from
- * the reference: see tests/golden/make_unicode_tables.py).
+ * Unicode for the byte-level BPE tokenizers (tables in unicode_classes.h and unicode_nfc.h,
+ * generated from the reference: see tests/golden/make_unicode_tables.py).
  *
  * NFC is the standard algorithm (UAX #15): full canonical decomposition (Hangul
  * syllables algorithmically), canonical ordering of combining marks by class, then
@@ -13,7 +13,8 @@
 #include <string.h>
 
 #include "internal.h"
-#include "unicode_tables.h"
+#include "unicode_classes.h"
+#include "unicode_nfc.h"
 
 #define N_OF(a) (sizeof(a) / sizeof(a)[0])
 
