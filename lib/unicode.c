@@ -18,21 +18,6 @@
 
 #define N_OF(a) (sizeof(a) / sizeof(a)[0])
 
-static int in_ranges(const uint32_t (*r)[2], size_t n, uint32_t cp)
-{
-    size_t lo = 0, hi = n;
-    while (lo < hi) {
-        size_t mid = (lo + hi) / 2;
-        if (cp < r[mid][0])
-            hi = mid;
-        else if (cp > r[mid][1])
-            lo = mid + 1;
-        else
-            return 1;
-    }
-    return 0;
-}
-
 int peft__uc_class(uint32_t cp)
 {
     if (cp < 0x80) {
@@ -44,11 +29,17 @@ int peft__uc_class(uint32_t cp)
             return UC_NUMBER;
         return cp == ' ' || (cp >= '\t' && cp <= '\r') ? UC_SPACE : 0;
     }
-    return (in_ranges(uc_letter, N_OF(uc_letter), cp) ? UC_LETTER : 0) |
-           (in_ranges(uc_number, N_OF(uc_number), cp) ? UC_NUMBER : 0) |
-           (in_ranges(uc_space, N_OF(uc_space), cp) ? UC_SPACE : 0) |
-           (in_ranges(uc_upperish, N_OF(uc_upperish), cp) ? UC_UPPERISH : 0) |
-           (in_ranges(uc_lowerish, N_OF(uc_lowerish), cp) ? UC_LOWERISH : 0);
+    size_t lo = 0, hi = N_OF(uc_classes);
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (cp < uc_classes[mid][0])
+            hi = mid;
+        else if (cp > uc_classes[mid][1])
+            lo = mid + 1;
+        else
+            return (int)uc_classes[mid][2];
+    }
+    return 0;
 }
 
 uint32_t peft__utf8_decode(const char *str, size_t n, size_t *len)

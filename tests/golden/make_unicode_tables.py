@@ -13,6 +13,7 @@ Python's: full canonical decompositions as the reference gives them, canonical c
 unicodedata for the code points the reference treats as combining (0 for the others), and the
 primary composites: the single-level canonical pairs (unicodedata.decomposition) that the
 reference decomposes and Python's NFC recomposes. Hangul syllables are algorithmic."""
+import bisect
 import json
 import sys
 import unicodedata as ud
@@ -31,22 +32,33 @@ def write(name):
     out = list(HEADER)
 
 
-def ranges(name, rs):
-    out.append(f"static const uint32_t {name}[][2] = {{")
-    line = " "
-    for a, b in rs:
-        item = f" {{0x{a:x}, 0x{b:x}}},"
-        if len(line) + len(item) > 110:
-            out.append(line)
-            line = " "
-        line += item
-    out.append(line)
-    out.append("};")
-
-
-for key, name in (("L", "uc_letter"), ("N", "uc_number"), ("S", "uc_space"), ("U", "uc_upperish"),
-                  ("W", "uc_lowerish")):
-    ranges(name, ref["classes"][key])
+# the classes as bits (lib/unicode.h's UC_*), over disjoint ranges: one search finds them all
+BITS = (("L", 1), ("N", 2), ("S", 4), ("U", 8), ("W", 16))
+edges = set()
+for key, _ in BITS:
+    for a, b in ref["classes"][key]:
+        edges |= {a, b + 1}
+edges = sorted(edges)
+segments = []
+for lo, hi in zip(edges, edges[1:]):  # [lo, hi) lies wholly inside or outside every class range
+    mask = 0
+    for key, bit in BITS:
+        rs = ref["classes"][key]
+        i = bisect.bisect_right([r[0] for r in rs], lo) - 1
+        if i >= 0 and rs[i][1] >= lo:
+            mask |= bit
+    if not mask:
+        continue
+    if segments and segments[-1][1] == lo - 1 and segments[-1][2] == mask:
+        segments[-1][1] = hi - 1
+    else:
+        segments.append([lo, hi - 1, mask])
+out.append("/* first, last code point, classes: 1 \\p{L}, 2 \\p{N}, 4 \\s, 8 [\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}],")
+out.append("   16 [\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}] */")
+out.append("static const uint32_t uc_classes[][3] = {")
+for i in range(0, len(segments), 5):
+    out.append("  " + " ".join("{0x%x, 0x%x, %d}," % tuple(x) for x in segments[i:i + 5]))
+out.append("};")
 write("unicode_classes.h")
 
 HANGUL = range(0xAC00, 0xD7A4)
