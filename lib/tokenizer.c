@@ -266,29 +266,34 @@ static int parse_decoder(peft_tokenizer *t, const json_value *d)
     return PEFT_OK;
 }
 
+/* The file `name` beside tokenizer.json, when there is one (else PEFT_OK and nothing set): its
+   text (NUL-terminated) into *text, or, with text NULL, its JSON into *doc. */
+static int read_beside(const char *dir, const char *name, char **text, json_doc **doc)
+{
+    char *p = peft__path_join(dir, name), *buf;
+    size_t len;
+    if (!p)
+        return peft__fail(PEFT_ENOMEM, "out of memory");
+    int rc = peft__read_file(&buf, &len, p, 16u << 20);
+    if (rc == PEFT_ENOTFOUND) {
+        peft__clear_error();
+        rc = PEFT_OK;
+    } else if (!rc && text) {
+        *text = buf;
+    } else if (!rc) {
+        rc = json_parse(doc, buf, len, p);
+        free(buf);
+    }
+    free(p);
+    return rc;
+}
+
 static int read_special(const char *dir, peft_tokenizer *t)
 {
     /* tokenizer_config.json beside tokenizer.json: add_bos_token / add_eos_token */
-    char *p = peft__path_join(dir, "tokenizer_config.json");
-    if (!p)
-        return peft__fail(PEFT_ENOMEM, "out of memory");
-    char *text;
-    size_t len;
-    int rc = peft__read_file(&text, &len, p, 16u << 20);
-    if (rc == PEFT_ENOTFOUND) {
-        free(p);
-        peft__clear_error();
-        return PEFT_OK;
-    }
-    if (rc) {
-        free(p);
-        return rc;
-    }
-    json_doc *doc;
-    rc = json_parse(&doc, text, len, p);
-    free(text);
-    free(p);
-    if (rc)
+    json_doc *doc = NULL;
+    int rc = read_beside(dir, "tokenizer_config.json", NULL, &doc);
+    if (rc || !doc)
         return rc;
     const json_value *v = json_get(json_root(doc), "add_bos_token");
     if (v && v->type == JSON_BOOL)
@@ -332,45 +337,23 @@ static int read_special(const char *dir, peft_tokenizer *t)
    tokenizer_config.json has none. */
 static int read_chat_template_file(const char *dir, peft_tokenizer *t)
 {
-    static const char *const names[2] = {"chat_template.jinja", "chat_template.json"};
-    for (int k = 0; k < 2; k++) {
-        if (k == 1 && t->chat_template)
-            return PEFT_OK;
-        char *p = peft__path_join(dir, names[k]), *text = NULL;
-        size_t len;
-        if (!p)
-            return peft__fail(PEFT_ENOMEM, "out of memory");
-        int rc = peft__read_file(&text, &len, p, 16u << 20);
-        if (rc == PEFT_ENOTFOUND) {
-            free(p);
-            peft__clear_error();
-            continue;
-        }
-        if (rc) {
-            free(p);
-            return rc;
-        }
-        if (k == 0) {
+    char *text = NULL;
+    int rc = read_beside(dir, "chat_template.jinja", &text, NULL);
+    if (rc || text) {
+        if (text) {
             free(t->chat_template);
-            t->chat_template = text; /* NUL-terminated by peft__read_file */
-            free(p);
-            return PEFT_OK;
+            t->chat_template = text;
         }
-        json_doc *doc;
-        rc = json_parse(&doc, text, len, p);
-        free(text);
-        if (rc) {
-            free(p);
-            return rc;
-        }
-        const json_value *v = json_get(json_root(doc), "chat_template");
-        if (v && v->type == JSON_STRING && !(t->chat_template = strdup(v->string)))
-            rc = peft__fail(PEFT_ENOMEM, "out of memory");
-        json_free(doc);
-        free(p);
         return rc;
     }
-    return PEFT_OK;
+    json_doc *doc = NULL;
+    if (t->chat_template || (rc = read_beside(dir, "chat_template.json", NULL, &doc)) || !doc)
+        return rc;
+    const json_value *v = json_get(json_root(doc), "chat_template");
+    if (v && v->type == JSON_STRING && !(t->chat_template = strdup(v->string)))
+        rc = peft__fail(PEFT_ENOMEM, "out of memory");
+    json_free(doc);
+    return rc;
 }
 
 /* merge `rank`: left a (la bytes) + right b (lb bytes) */
