@@ -1077,17 +1077,23 @@ static int encode_plain(const peft_tokenizer *t, const char *s, size_t n, int fi
 /* an added token marked single_word matches text[b..e) only between non-word characters (or the ends) */
 static int word_char(uint32_t c) { return c == '_' || (peft__uc_class(c) & (UC_LETTER | UC_NUMBER)); }
 
+/* the code point that ends at text[*pos] (which is > lo), *pos moved to its first byte */
+static uint32_t char_before(const char *text, size_t lo, size_t *pos)
+{
+    size_t p = *pos - 1, l;
+    while (p > lo && ((unsigned char)text[p] & 0xc0) == 0x80)
+        p--;
+    uint32_t c = peft__utf8_decode(text + p, *pos - p, &l);
+    *pos = p;
+    return c;
+}
+
 static int whole_word(const char *text, size_t len, size_t b, size_t e)
 {
     size_t l;
     if (e < len && word_char(peft__utf8_decode(text + e, len - e, &l)))
         return 0;
-    if (b == 0)
-        return 1;
-    size_t p = b - 1;
-    while (p > 0 && ((unsigned char)text[p] & 0xc0) == 0x80)
-        p--;
-    return !word_char(peft__utf8_decode(text + p, b - p, &l));
+    return b == 0 || !word_char(char_before(text, 0, &b));
 }
 
 int peft_tokenize(const peft_tokenizer *t, const char *text, size_t len, int32_t flags, int32_t *ids,
@@ -1121,10 +1127,8 @@ int peft_tokenize(const peft_tokenizer *t, const char *text, size_t len, int32_t
         /* lstrip / rstrip: the whitespace before / after the token is part of its match */
         size_t seg_end = i, next = i + hit->len, l;
         while (hit->lstrip && seg_end > start) {
-            size_t b = seg_end - 1;
-            while (b > start && ((unsigned char)text[b] & 0xc0) == 0x80)
-                b--;
-            if (!(peft__uc_class(peft__utf8_decode(text + b, seg_end - b, &l)) & UC_SPACE))
+            size_t b = seg_end;
+            if (!(peft__uc_class(char_before(text, start, &b)) & UC_SPACE))
                 break;
             seg_end = b;
         }
