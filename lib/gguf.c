@@ -565,6 +565,29 @@ done:
 
 /* ---- the vocabulary (tokenizer.ggml.*): SentencePiece-style ("llama") and byte-level BPE ("gpt2") ---- */
 
+/* n strings of at most max_len bytes into owned NUL-terminated copies and their lengths (arrays
+   of n, entries NULL past a failure: the vocabulary's free releases them) */
+static int rd_strings(gg_reader *r, uint64_t n, uint64_t max_len, char ***strs, uint32_t **lens, const char *path,
+                      const char *what)
+{
+    *strs = calloc(n ? n : 1, sizeof **strs);
+    *lens = calloc(n ? n : 1, sizeof **lens);
+    if (!*strs || !*lens)
+        return peft__fail(PEFT_ENOMEM, "out of memory");
+    for (uint64_t j = 0; j < n; j++) {
+        uint64_t sl;
+        const char *s = rd_str(r, &sl);
+        if (r->bad || !s || sl > max_len)
+            return peft__fail(PEFT_EFORMAT, "%s: bad %s %llu", path, what, (unsigned long long)j);
+        if (!((*strs)[j] = malloc(sl + 1)))
+            return peft__fail(PEFT_ENOMEM, "out of memory");
+        memcpy((*strs)[j], s, sl);
+        (*strs)[j][sl] = '\0';
+        (*lens)[j] = (uint32_t)sl;
+    }
+    return PEFT_OK;
+}
+
 void peft__gguf_vocab_free(gguf_vocab *v)
 {
     for (int i = 0; v->tokens && i < v->n; i++)
@@ -620,26 +643,9 @@ int peft__gguf_vocab(gguf_vocab *v, const char *path)
                 code = peft__fail(PEFT_EFORMAT, "%s: bad tokenizer.ggml.merges", path);
                 break;
             }
-            v->merges = calloc(n ? n : 1, sizeof *v->merges);
-            v->merge_lens = calloc(n ? n : 1, sizeof *v->merge_lens);
-            if (!v->merges || !v->merge_lens) {
-                code = peft__fail(PEFT_ENOMEM, "out of memory");
+            v->n_merges = (int)n;
+            if ((code = rd_strings(&r, n, 2048, &v->merges, &v->merge_lens, path, "merge")))
                 break;
-            }
-            for (uint64_t j = 0; j < n && !r.bad; j++) {
-                uint64_t sl;
-                const char *s = rd_str(&r, &sl);
-                if (!s || sl > 2048 || !(v->merges[j] = malloc(sl + 1))) {
-                    code = r.bad || !s || sl > 2048 ? peft__fail(PEFT_EFORMAT, "%s: bad merge %llu", path,
-                                                                 (unsigned long long)j)
-                                                     : peft__fail(PEFT_ENOMEM, "out of memory");
-                    break;
-                }
-                memcpy(v->merges[j], s, sl);
-                v->merges[j][sl] = '\0';
-                v->merge_lens[j] = (uint32_t)sl;
-                v->n_merges = (int)j + 1;
-            }
         } else if (t == 9 && (key_is(k, kl, "tokenizer.ggml.tokens") || key_is(k, kl, "tokenizer.ggml.scores") ||
                               key_is(k, kl, "tokenizer.ggml.token_type"))) {
             uint32_t et = (uint32_t)rd(&r, 4);
@@ -656,23 +662,8 @@ int peft__gguf_vocab(gguf_vocab *v, const char *path)
             }
             v->n = (int)n;
             if (key_is(k, kl, "tokenizer.ggml.tokens") && et == 8) {
-                v->tokens = calloc(n, sizeof *v->tokens);
-                v->lens = calloc(n, sizeof *v->lens);
-                if (!v->tokens || !v->lens) {
-                    code = peft__fail(PEFT_ENOMEM, "out of memory");
+                if ((code = rd_strings(&r, n, 1024, &v->tokens, &v->lens, path, "token")))
                     break;
-                }
-                for (uint64_t j = 0; j < n && !r.bad; j++) {
-                    uint64_t sl;
-                    const char *s = rd_str(&r, &sl);
-                    if (!s || sl > 1024 || !(v->tokens[j] = malloc(sl + 1))) {
-                        code = peft__fail(PEFT_EFORMAT, "%s: bad token %llu", path, (unsigned long long)j);
-                        break;
-                    }
-                    memcpy(v->tokens[j], s, sl);
-                    v->tokens[j][sl] = '\0';
-                    v->lens[j] = (uint32_t)sl;
-                }
             } else if (key_is(k, kl, "tokenizer.ggml.scores") && et == 6) {
                 if (!(v->scores = malloc(n * sizeof *v->scores)) || !need(&r, n * 4)) {
                     code = r.bad ? PEFT_EFORMAT : peft__fail(PEFT_ENOMEM, "out of memory");
