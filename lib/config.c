@@ -130,6 +130,95 @@ static int parse_rope_scaling(peft_config *cfg, const json_value *rs, const char
     return PEFT_OK;
 }
 
+/* eos_token_id: a number, or a list whose first entry is used (Llama 3.1, Gemma 3) */
+static int get_eos(const json_value *root, int *out, const char *what)
+{
+    const json_value *v = json_get(root, "eos_token_id");
+    if (v && v->type == JSON_ARRAY) {
+        if (v->length == 0)
+            return 1;
+        v = &v->items[0];
+        if (v->type != JSON_NUMBER || !v->is_integer || v->number < 0 || v->number > 1e9)
+            return peft__fail(PEFT_EFORMAT, "%s: \"eos_token_id\" holds a value that is not a token id", what);
+        *out = (int)v->number;
+        return 0;
+    }
+    return get_int(root, "eos_token_id", out, 0, what);
+}
+
+/* Gemma 3's text model: the global/sliding layer pattern, the two RoPE bases, the query
+   scalar; what this engine does not compute (soft-capping, bidirectional attention) refused */
+static int gemma_config(peft_config *cfg, const json_value *root, const char *what)
+{
+    int code, qpas = 256, pattern = 6;
+    cfg->gemma = cfg->qk_norm = 1;
+    cfg->sliding_window = 4096;
+    cfg->rope_theta = 1000000.0f;
+    cfg->rope_local_theta = 10000.0f;
+    cfg->embed_mul = (float)sqrt((double)cfg->dim);
+    const char *caps[] = {"attn_logit_softcapping", "final_logit_softcapping"};
+    for (int i = 0; i < 2; i++) {
+        const json_value *v = json_get(root, caps[i]);
+        if (v && v->type != JSON_NULL)
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: \"%s\" is not supported (Gemma 3 has none; Gemma 2's is)", what,
+                              caps[i]);
+    }
+    const json_value *bi = json_get(root, "use_bidirectional_attention");
+    if (bi && bi->type == JSON_BOOL && bi->boolean)
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: bidirectional attention (an embedding model) is not supported", what);
+    const json_value *act = json_get(root, "hidden_activation");
+    if (act && (act->type != JSON_STRING || strcmp(act->string, "gelu_pytorch_tanh") != 0))
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: \"hidden_activation\" must be \"gelu_pytorch_tanh\"", what);
+    if ((code = get_int(root, "query_pre_attn_scalar", &qpas, 0, what)) < 0 ||
+        (code = get_int(root, "sliding_window", &cfg->sliding_window, 0, what)) < 0 ||
+        (code = get_int(root, "sliding_window_pattern", &pattern, 0, what)) < 0 ||
+        (code = get_float(root, "rope_theta", &cfg->rope_theta, what)) < 0 ||
+        (code = get_float(root, "rope_local_base_freq", &cfg->rope_local_theta, what)) < 0)
+        return code;
+    if (qpas <= 0 || cfg->sliding_window <= 0 || pattern <= 0)
+        return peft__fail(PEFT_EFORMAT, "%s: query_pre_attn_scalar, sliding_window and sliding_window_pattern must be "
+                                        "positive", what);
+    cfg->q_mul = (float)sqrt((double)cfg->head_dim / qpas); /* scores * qpas^-1/2 instead of hd^-1/2 */
+    /* layer_types, when given, must repeat (pattern - 1) sliding layers and a global one */
+    const json_value *lt = json_get(root, "layer_types");
+    if (lt && lt->type != JSON_NULL) {
+        if (lt->type != JSON_ARRAY || (int)lt->length != cfg->n_layers)
+            return peft__fail(PEFT_EFORMAT, "%s: \"layer_types\" must list num_hidden_layers entries", what);
+        pattern = 0;
+        for (size_t i = 0; i < lt->length && !pattern; i++)
+            if (lt->items[i].type == JSON_STRING && !strcmp(lt->items[i].string, "full_attention"))
+                pattern = (int)i + 1;
+        if (!pattern)
+            pattern = INT32_MAX;
+        for (size_t i = 0; i < lt->length; i++) {
+            const json_value *t = &lt->items[i];
+            const char *want = ((int)i + 1) % pattern ? "sliding_attention" : "full_attention";
+            if (t->type != JSON_STRING || strcmp(t->string, want) != 0)
+                return peft__fail(PEFT_EUNSUPPORTED, "%s: \"layer_types\" must repeat sliding_attention layers and "
+                                                     "one full_attention layer", what);
+        }
+    }
+    cfg->window_pattern = pattern;
+    /* transformers 5 writes {"full_attention": {...}, "sliding_attention": {...}} instead */
+    const json_value *rp = json_get(root, "rope_parameters");
+    if (rp && rp->type == JSON_OBJECT) {
+        const json_value *full = json_get(rp, "full_attention"), *slide = json_get(rp, "sliding_attention");
+        if (!full || full->type != JSON_OBJECT || !slide || slide->type != JSON_OBJECT)
+            return peft__fail(PEFT_EFORMAT, "%s: \"rope_parameters\" needs full_attention and sliding_attention", what);
+        const json_value *st = json_get(slide, "rope_type");
+        if (st && (st->type != JSON_STRING || strcmp(st->string, "default") != 0))
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: RoPE scaling on the sliding layers is not supported", what);
+        if ((code = get_float(full, "rope_theta", &cfg->rope_theta, what)) < 0 ||
+            (code = get_float(slide, "rope_theta", &cfg->rope_local_theta, what)) < 0)
+            return code;
+        if (json_get(full, "rope_type") && (code = parse_rope_scaling(cfg, full, what)) < 0)
+            return code;
+    }
+    if (!(cfg->rope_local_theta > 0.0f) || !isfinite(cfg->rope_local_theta))
+        return peft__fail(PEFT_EFORMAT, "%s: rope_local_base_freq must be positive", what);
+    return PEFT_OK;
+}
+
 int peft__config_parse(peft_config *cfg, const char *text, size_t len, const char *what)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -148,16 +237,18 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
         json_free(doc);
         return peft__fail(PEFT_EFORMAT, "%s: missing \"model_type\"", what);
     }
+    int gemma = !strcmp(arch, "gemma3_text");
     if (strcmp(arch, "llama") != 0 && strcmp(arch, "mistral") != 0 && strcmp(arch, "qwen2") != 0 &&
-        strcmp(arch, "qwen3") != 0) {
+        strcmp(arch, "qwen3") != 0 && !gemma) {
         code = peft__fail(PEFT_EUNSUPPORTED,
                           "%s: architecture \"%s\" is not supported (supported: llama, which "
-                          "covers Llama 2 and 3, SmolLM, TinyLlama; mistral; qwen2; qwen3)",
-                          what, arch);
+                          "covers Llama 2 and 3, SmolLM, TinyLlama; mistral; qwen2; qwen3; gemma3_text, "
+                          "Gemma 3's text models%s)",
+                          what, arch, !strcmp(arch, "gemma3") ? "; this is the multimodal Gemma 3" : "");
         json_free(doc);
         return code;
     }
-    snprintf(cfg->architecture, sizeof cfg->architecture, "%s", arch);
+    snprintf(cfg->architecture, sizeof cfg->architecture, "%s", gemma ? "gemma3" : arch);
     if ((code = get_int(root, "hidden_size", &cfg->dim, 1, what)) < 0 ||
         (code = get_int(root, "intermediate_size", &cfg->ffn_dim, 1, what)) < 0 ||
         (code = get_int(root, "num_hidden_layers", &cfg->n_layers, 1, what)) < 0 ||
@@ -175,7 +266,7 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
     if ((code = get_int(root, "num_key_value_heads", &cfg->n_kv_heads, 0, what)) < 0 ||
         (code = get_int(root, "head_dim", &cfg->head_dim, 0, what)) < 0 ||
         (code = get_int(root, "bos_token_id", &cfg->bos_id, 0, what)) < 0 ||
-        (code = get_int(root, "eos_token_id", &cfg->eos_id, 0, what)) < 0 ||
+        (code = get_eos(root, &cfg->eos_id, what)) < 0 ||
         (code = get_float(root, "rms_norm_eps", &cfg->eps, what)) < 0 ||
         (code = get_float(root, "rope_theta", &cfg->rope_theta, what)) < 0 ||
         (code = get_int(root, "max_position_embeddings", &cfg->ctx_len, 0, what)) < 0) {
@@ -188,12 +279,14 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
         return code;
     }
     const json_value *tie = json_get(root, "tie_word_embeddings");
-    cfg->tied = tie && tie->type == JSON_BOOL ? tie->boolean : 0;
+    cfg->tied = tie && tie->type == JSON_BOOL ? tie->boolean : gemma; /* transformers' defaults */
     const json_value *rs = json_get(root, "rope_scaling");
     const json_value *ab = json_get(root, "attention_bias");
     const json_value *mb = json_get(root, "mlp_bias");
     const json_value *act = json_get(root, "hidden_act");
-    if (rs && rs->type != JSON_NULL)
+    if (gemma)
+        code = gemma_config(cfg, root, what);
+    if (code >= 0 && rs && rs->type != JSON_NULL)
         code = parse_rope_scaling(cfg, rs, what);
     const uint32_t qkv = 1u << PEFT_MOD_Q | 1u << PEFT_MOD_K | 1u << PEFT_MOD_V;
     if (!strcmp(arch, "qwen2"))
@@ -202,11 +295,11 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
         cfg->bias_mask = qkv | 1u << PEFT_MOD_O;
     if (mb && mb->type == JSON_BOOL && mb->boolean)
         cfg->bias_mask |= 1u << PEFT_MOD_GATE | 1u << PEFT_MOD_UP | 1u << PEFT_MOD_DOWN;
-    cfg->qk_norm = !strcmp(arch, "qwen3");
+    cfg->qk_norm = !strcmp(arch, "qwen3") || gemma;
     const json_value *sw = json_get(root, "use_sliding_window");
     if (code >= 0 && !strncmp(arch, "qwen", 4) && sw && sw->type == JSON_BOOL && sw->boolean)
         code = qwen_window(cfg, root, what);
-    if (code >= 0 && act && (act->type != JSON_STRING || strcmp(act->string, "silu") != 0))
+    if (code >= 0 && !gemma && act && (act->type != JSON_STRING || strcmp(act->string, "silu") != 0))
         code = peft__fail(PEFT_EUNSUPPORTED, "%s: \"hidden_act\" must be \"silu\"", what);
     json_free(doc);
     if (code < 0)
@@ -214,12 +307,13 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
     return peft__config_validate(cfg, what);
 }
 
-/* a layer's biases and q/k norm weights */
+/* a layer's biases, q/k norm weights and Gemma 3's extra norms */
 uint64_t peft__extra_layer_params(const peft_config *c)
 {
     int64_t qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
     const int64_t out[7] = {qd, kvd, kvd, c->dim, c->ffn_dim, c->ffn_dim, c->dim};
     uint64_t n = c->qk_norm ? 2ull * (uint64_t)c->head_dim : 0;
+    n += c->gemma ? 2ull * (uint64_t)c->dim : 0; /* Gemma 3's norms after attention and the MLP */
     for (int k = 0; k < 7; k++)
         if (c->bias_mask >> k & 1)
             n += (uint64_t)out[k];

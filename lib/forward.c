@@ -147,6 +147,9 @@ void peft__embed_tokens(peft_model *m, float *x, const int32_t *tokens, int64_t 
             }
         }
     }
+    if (m->cfg.gemma) /* Gemma: the lookup (adapters included) times sqrt(hidden) */
+        for (int64_t i = 0; i < n * D; i++)
+            x[i] *= m->cfg.embed_mul;
 }
 
 /* dx (n, dim) = d(loss)/d(embedding output): into the gradients of the embedding adapter
@@ -400,6 +403,23 @@ static void add_inplace(float *y, const float *x, size_t n)
         y[i] += x[i];
 }
 
+/* the gated MLP's activation: SwiGLU, or Gemma's GeGLU */
+static void mlp_act(peft_model *m, float *act, const float *g, const float *u, int64_t N, int F)
+{
+    if (m->cfg.gemma)
+        geglu_forward(m->pool, act, g, u, N, F);
+    else
+        swiglu_forward(m->pool, act, g, u, N, F);
+}
+
+/* dx (rows, n) = d/d(pre-norm input) of the norm given d/d(its output) in d; through scratch */
+static void norm_backward_to(peft_model *m, float *dx, const float *d, const float *pre, const float *w,
+                             const float *rstd, int64_t rows, int n)
+{
+    memset(dx, 0, (size_t)rows * (size_t)n * sizeof *dx);
+    rmsnorm_backward(m->pool, dx, d, pre, w, rstd, rows, n);
+}
+
 static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out, layer_acts *a,
                           int train)
 {
@@ -411,6 +431,11 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
     int64_t N = (int64_t)B * T;
     lora_view lv;
     float *q = c->qk_norm ? a->q_pre : a->q, *k = c->qk_norm ? a->k_pre : a->k;
+    const float *rc = ws->rope_cos, *rs = ws->rope_sin;
+    if (c->gemma && peft__layer_window(c, l) > 0) { /* Gemma 3's sliding layers: their own RoPE base */
+        rc = ws->rope_cos_l;
+        rs = ws->rope_sin_l;
+    }
     rmsnorm_forward(m->pool, a->xn1, a->rstd1, x_in, peft__norm_weight(m, l, 0), N, D, c->eps);
     linear_forward(m, q, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), peft__bias_of(m, l, PEFT_MOD_Q), N, D, Hq,
                    peft__view_of(m, &lv, l, PEFT_MOD_Q, train), xa_of(m, l, PEFT_MOD_Q), ws->tmp);
@@ -422,21 +447,29 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
         rmsnorm_forward(m->pool, a->q, a->rstd_q, q, lw->q_norm, N * c->n_heads, c->head_dim, c->eps);
         rmsnorm_forward(m->pool, a->k, a->rstd_k, k, lw->k_norm, N * c->n_kv_heads, c->head_dim, c->eps);
     }
-    rope_forward(m->pool, a->q, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_heads, c->head_dim);
-    rope_forward(m->pool, a->k, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_kv_heads, c->head_dim);
+    rope_forward(m->pool, a->q, rc, rs, ws->pos, B, T, c->n_heads, c->head_dim);
+    rope_forward(m->pool, a->k, rc, rs, ws->pos, B, T, c->n_kv_heads, c->head_dim);
+    if (c->gemma && c->q_mul != 1.0f) /* query_pre_attn_scalar: the scores' scale, through q */
+        for (int64_t i = 0; i < N * Hq; i++)
+            a->q[i] *= c->q_mul;
     attention_forward(m->pool, a->att, a->lse, ws->att_scratch, a->q, a->k, a->v, ws->pos, B, T, c->n_heads,
                       c->n_kv_heads, c->head_dim, peft__layer_window(c, l), peft__prompt_len(m));
-    linear_forward(m, a->h, a->att, peft__w_of(m, l, PEFT_MOD_O), peft__bias_of(m, l, PEFT_MOD_O), N, Hq, D,
-                   peft__view_of(m, &lv, l, PEFT_MOD_O, train), xa_of(m, l, PEFT_MOD_O), ws->tmp);
+    linear_forward(m, c->gemma ? a->ao : a->h, a->att, peft__w_of(m, l, PEFT_MOD_O), peft__bias_of(m, l, PEFT_MOD_O),
+                   N, Hq, D, peft__view_of(m, &lv, l, PEFT_MOD_O, train), xa_of(m, l, PEFT_MOD_O), ws->tmp);
+    if (c->gemma) /* Gemma 3: the attention output normalised before the residual */
+        rmsnorm_forward(m->pool, a->h, a->rstd3, a->ao, lw->post_attn_norm, N, D, c->eps);
     add_inplace(a->h, x_in, (size_t)N * D);
     rmsnorm_forward(m->pool, a->xn2, a->rstd2, a->h, peft__norm_weight(m, l, 1), N, D, c->eps);
     linear_forward(m, a->g, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), peft__bias_of(m, l, PEFT_MOD_GATE), N, D, F,
                    peft__view_of(m, &lv, l, PEFT_MOD_GATE, train), xa_of(m, l, PEFT_MOD_GATE), ws->tmp);
     linear_forward(m, a->u, a->xn2, peft__w_of(m, l, PEFT_MOD_UP), peft__bias_of(m, l, PEFT_MOD_UP), N, D, F,
                    peft__view_of(m, &lv, l, PEFT_MOD_UP, train), xa_of(m, l, PEFT_MOD_UP), ws->tmp);
-    swiglu_forward(m->pool, ws->act, a->g, a->u, N, F);
-    linear_forward(m, x_out, ws->act, peft__w_of(m, l, PEFT_MOD_DOWN), peft__bias_of(m, l, PEFT_MOD_DOWN), N, F, D,
-                   peft__view_of(m, &lv, l, PEFT_MOD_DOWN, train), xa_of(m, l, PEFT_MOD_DOWN), ws->tmp);
+    mlp_act(m, ws->act, a->g, a->u, N, F);
+    linear_forward(m, c->gemma ? a->fo : x_out, ws->act, peft__w_of(m, l, PEFT_MOD_DOWN),
+                   peft__bias_of(m, l, PEFT_MOD_DOWN), N, F, D, peft__view_of(m, &lv, l, PEFT_MOD_DOWN, train),
+                   xa_of(m, l, PEFT_MOD_DOWN), ws->tmp);
+    if (c->gemma) /* and the MLP's */
+        rmsnorm_forward(m->pool, x_out, a->rstd4, a->fo, lw->post_ffn_norm, N, D, c->eps);
     add_inplace(x_out, a->h, (size_t)N * D);
 }
 
@@ -444,8 +477,7 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
 static void head_norm_backward(peft_model *m, float *d, float *scratch, const float *pre, const float *w,
                                const float *rstd, int64_t rows, int hd)
 {
-    memset(scratch, 0, (size_t)rows * (size_t)hd * sizeof *scratch);
-    rmsnorm_backward(m->pool, scratch, d, pre, w, rstd, rows, hd);
+    norm_backward_to(m, scratch, d, pre, w, rstd, rows, hd);
     memcpy(d, scratch, (size_t)rows * (size_t)hd * sizeof *d);
 }
 
@@ -472,12 +504,21 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
     int attn = qkv || has_kind(m, l, PEFT_MOD_Q, PEFT_MOD_O) || dw2;
     lora_view lv;
 
-    /* MLP: x_out = h + down(silu(g) * u) */
-    swiglu_forward(m->pool, ws->act, a->g, a->u, N, F);
-    peft__bias_grad(m, l, PEFT_MOD_DOWN, ws->dx, N, D);
-    linear_backward(m, ws->dact, 0.0f, ws->dx, ws->act, peft__w_of(m, l, PEFT_MOD_DOWN), N, F, D,
+    /* MLP: x_out = h + down(silu(g) * u) (Gemma: h + norm(down(gelu(g) * u))) */
+    const peft_layer_weights *lw = &m->layers[l];
+    float *dy = ws->dx;
+    if (c->gemma) { /* d/d(down's output), in dxn (free until the norm below) */
+        norm_backward_to(m, ws->dxn, ws->dx, a->fo, lw->post_ffn_norm, a->rstd4, N, D);
+        dy = ws->dxn;
+    }
+    mlp_act(m, ws->act, a->g, a->u, N, F);
+    peft__bias_grad(m, l, PEFT_MOD_DOWN, dy, N, D);
+    linear_backward(m, ws->dact, 0.0f, dy, ws->act, peft__w_of(m, l, PEFT_MOD_DOWN), N, F, D,
                     peft__view_of(m, &lv, l, PEFT_MOD_DOWN, 1), xa_of(m, l, PEFT_MOD_DOWN), ws->dxa, ws->tmp);
-    swiglu_backward(m->pool, ws->dg, ws->du, ws->dact, a->g, a->u, N, F);
+    if (c->gemma)
+        geglu_backward(m->pool, ws->dg, ws->du, ws->dact, a->g, a->u, N, F);
+    else
+        swiglu_backward(m->pool, ws->dg, ws->du, ws->dact, a->g, a->u, N, F);
     peft__bias_grad(m, l, PEFT_MOD_GATE, ws->dg, N, F);
     peft__bias_grad(m, l, PEFT_MOD_UP, ws->du, N, F);
     linear_backward(m, attn ? ws->dxn : NULL, 0.0f, ws->dg, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), N, D, F,
@@ -490,19 +531,31 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
         rmsnorm_backward_w(dw2, ws->dxn, a->h, a->rstd2, N, D);
     rmsnorm_backward(m->pool, ws->dx, ws->dxn, a->h, peft__norm_weight(m, l, 1), a->rstd2, N, D);
 
-    /* attention: h = x_in + o(attn(q, k, v)) */
-    peft__bias_grad(m, l, PEFT_MOD_O, ws->dx, N, D);
-    linear_backward(m, qkv ? ws->datt : NULL, 0.0f, ws->dx, a->att, peft__w_of(m, l, PEFT_MOD_O), N, Hq, D,
+    /* attention: h = x_in + o(attn(q, k, v)) (Gemma: x_in + norm(o(...))) */
+    dy = ws->dx;
+    if (c->gemma) {
+        norm_backward_to(m, ws->dxn, ws->dx, a->ao, lw->post_attn_norm, a->rstd3, N, D);
+        dy = ws->dxn;
+    }
+    peft__bias_grad(m, l, PEFT_MOD_O, dy, N, D);
+    linear_backward(m, qkv ? ws->datt : NULL, 0.0f, dy, a->att, peft__w_of(m, l, PEFT_MOD_O), N, Hq, D,
                     peft__view_of(m, &lv, l, PEFT_MOD_O, 1), xa_of(m, l, PEFT_MOD_O), ws->dxa, ws->tmp);
     if (!qkv)
         return;
     attention_backward(m->pool, ws->dq, ws->dk, ws->dv, ws->att_scratch, ws->datt, a->q, a->k, a->v, a->att, a->lse,
                        ws->pos, B, T, c->n_heads, c->n_kv_heads, c->head_dim, peft__layer_window(c, l),
                        peft__prompt_len(m));
-    rope_backward(m->pool, ws->dq, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_heads, c->head_dim);
-    rope_backward(m->pool, ws->dk, ws->rope_cos, ws->rope_sin, ws->pos, B, T, c->n_kv_heads, c->head_dim);
+    const float *rc = ws->rope_cos, *rs = ws->rope_sin;
+    if (c->gemma && peft__layer_window(c, l) > 0) {
+        rc = ws->rope_cos_l;
+        rs = ws->rope_sin_l;
+    }
+    if (c->gemma && c->q_mul != 1.0f)
+        for (int64_t i = 0; i < N * Hq; i++)
+            ws->dq[i] *= c->q_mul;
+    rope_backward(m->pool, ws->dq, rc, rs, ws->pos, B, T, c->n_heads, c->head_dim);
+    rope_backward(m->pool, ws->dk, rc, rs, ws->pos, B, T, c->n_kv_heads, c->head_dim);
     if (c->qk_norm) { /* datt is free again: the scratch */
-        const peft_layer_weights *lw = &m->layers[l];
         head_norm_backward(m, ws->dq, ws->datt, a->q_pre, lw->q_norm, a->rstd_q, N * c->n_heads, c->head_dim);
         head_norm_backward(m, ws->dk, ws->datt, a->k_pre, lw->k_norm, a->rstd_k, N * c->n_kv_heads, c->head_dim);
     }
@@ -585,6 +638,10 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
         return code;
     workspace *ws = &m->ws;
     rope_tables(ws->rope_cos, ws->rope_sin, T, c);
+    if (c->gemma) {
+        peft_config local;
+        rope_tables(ws->rope_cos_l, ws->rope_sin_l, T, rope_config_of(c, 0, &local));
+    }
 
     /* positions: packed documents (seq_ids) restart at 0 (at P after a soft prompt of P rows,
        which every document sees); row b*T+t predicts the label of the next row unless a new
@@ -683,8 +740,12 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
     if (P > 0) /* the soft prompt's gradient: the virtual rows' */
         for (int b = 0; b < B; b++)
             add_inplace(m->lora->grads, ws->dx + (int64_t)b * T * D, (size_t)P * D);
-    else if (m->lora->lowest_layer < 0) /* ws->dx: d(loss)/d(layer 0 input) */
+    else if (m->lora->lowest_layer < 0) { /* ws->dx: d(loss)/d(layer 0 input) */
+        if (c->gemma)
+            for (int64_t i = 0; i < N * D; i++)
+                ws->dx[i] *= c->embed_mul;
         embed_backward(m, ws->dx, batch->tokens, N);
+    }
     if (m->grad_ready) { /* the rest: below the lowest layer reported, above the top one */
         if (ready_hi == 0)
             ready_lo = ready_hi = m->lora->n_params;

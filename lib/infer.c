@@ -104,7 +104,7 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
     const peft_config *c = &m->cfg;
     int D = c->dim, F = c->ffn_dim, hd = c->head_dim, H = c->n_heads, Hk = c->n_kv_heads;
     int qd = H * hd, kvd = Hk * hd, pos = s->pos;
-    float scale = 1.0f / sqrtf((float)hd);
+    float scale = (c->gemma ? c->q_mul : 1.0f) / sqrtf((float)hd);
     lora_view lv;
     if (emb)
         memcpy(s->x, emb, (size_t)D * sizeof *s->x);
@@ -126,8 +126,10 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
             rmsnorm_forward(NULL, s->q + h * hd, &rstd, s->q + h * hd, lw->q_norm, 1, hd, c->eps);
         for (int h = 0; c->qk_norm && h < Hk; h++)
             rmsnorm_forward(NULL, kp + h * hd, &rstd, kp + h * hd, lw->k_norm, 1, hd, c->eps);
-        rope_at(s->q, H, pos, c);
-        rope_at(kp, Hk, pos, c);
+        peft_config local;
+        const peft_config *rc = rope_config_of(c, l, &local);
+        rope_at(s->q, H, pos, rc);
+        rope_at(kp, Hk, pos, rc);
         const int win = peft__layer_window(c, l), j0 = win > 0 && pos - win + 1 > 0 ? pos - win + 1 : 0;
         for (int h = 0; h < H; h++) {
             int g = h / (H / Hk);
@@ -157,6 +159,8 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
         }
         linear_forward(m, s->h, s->att, peft__w_of(m, l, PEFT_MOD_O), peft__bias_of(m, l, PEFT_MOD_O), 1, qd, D,
                        view(s, &lv, l, PEFT_MOD_O), s->xa, s->tmp);
+        if (c->gemma) /* Gemma 3: the attention and MLP outputs normalised before their residuals */
+            rmsnorm_forward(NULL, s->h, &rstd, s->h, lw->post_attn_norm, 1, D, c->eps);
         for (int i = 0; i < D; i++)
             s->h[i] += s->x[i];
         rmsnorm_forward(NULL, s->xn, &rstd, s->h, peft__norm_weight(m, l, 1), 1, D, c->eps);
@@ -164,9 +168,14 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
                        view(s, &lv, l, PEFT_MOD_GATE), s->xa, s->tmp);
         linear_forward(m, s->u, s->xn, peft__w_of(m, l, PEFT_MOD_UP), peft__bias_of(m, l, PEFT_MOD_UP), 1, D, F,
                        view(s, &lv, l, PEFT_MOD_UP), s->xa, s->tmp);
-        swiglu_forward(NULL, s->act, s->g, s->u, 1, F);
+        if (c->gemma)
+            geglu_forward(NULL, s->act, s->g, s->u, 1, F);
+        else
+            swiglu_forward(NULL, s->act, s->g, s->u, 1, F);
         linear_forward(m, s->x, s->act, peft__w_of(m, l, PEFT_MOD_DOWN), peft__bias_of(m, l, PEFT_MOD_DOWN), 1, F, D,
                        view(s, &lv, l, PEFT_MOD_DOWN), s->xa, s->tmp);
+        if (c->gemma)
+            rmsnorm_forward(NULL, s->x, &rstd, s->x, lw->post_ffn_norm, 1, D, c->eps);
         for (int i = 0; i < D; i++)
             s->x[i] += s->h[i];
     }

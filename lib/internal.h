@@ -103,9 +103,21 @@ typedef struct peft_config {
                             attention_bias: q, k, v, o; mlp_bias: gate, up, down) */
     int qk_norm;         /* Qwen3: RMSNorm over each head of q and k (weights [head_dim]) before RoPE */
     int ctx_len;         /* max_position_embeddings / <arch>.context_length (0: not given) */
+    /* Gemma 3 (model_type gemma3_text): RMSNorm weights stored zero-centred (1 + w applied),
+       a norm after attention and after the MLP as well, embeddings times sqrt(hidden), GELU
+       (tanh) gating, q/k norms; every window_pattern-th layer global, the others sliding with
+       their own RoPE base (rope_local_theta, unscaled); queries times q_mul (query_pre_attn_scalar) */
+    int gemma;
+    int window_pattern;  /* > 0: layer l is global when (l + 1) % window_pattern == 0 */
+    float rope_local_theta, q_mul, embed_mul;
 } peft_config;
 /* The attention window of layer l (0: the whole context) */
-static inline int peft__layer_window(const peft_config *c, int l) { return l >= c->window_from ? c->sliding_window : 0; }
+static inline int peft__layer_window(const peft_config *c, int l)
+{
+    if (c->window_pattern > 0)
+        return (l + 1) % c->window_pattern ? c->sliding_window : 0;
+    return l >= c->window_from ? c->sliding_window : 0;
+}
 /* The inverse frequency of RoPE pair i (0 <= i < head_dim / 2) with the config's scaling. */
 double peft__rope_inv_freq(const peft_config *c, int i);
 int peft__config_parse(peft_config *cfg, const char *json, size_t len, const char *what);

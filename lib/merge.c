@@ -297,7 +297,7 @@ int peft_save_merged(peft_model *m, const char *dir)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: a soft prompt (prompt tuning) is not part of the "
                                              "weights; save the adapter, or turn it off for the base model");
     const peft_config *c = &m->cfg;
-    int n_t = 3 + c->n_layers * (2 + 2 * PEFT_MOD_COUNT + 2), k = 0, code, untie = 0;
+    int n_t = 3 + c->n_layers * (4 + 2 * PEFT_MOD_COUNT + 2), k = 0, code, untie = 0;
     size_t VD = (size_t)c->vocab * (size_t)c->dim;
     st_out_tensor *ts = calloc((size_t)n_t, sizeof *ts);
     char *names = calloc((size_t)n_t, 96);
@@ -327,17 +327,27 @@ int peft_save_merged(peft_model *m, const char *dir)
     peft__effective_embed(m, tmp[0]);
     peft__effective_head(m, tmp[1]);
     ADD("model.embed_tokens.weight", c->vocab, c->dim, tmp[0]);
-    ADD("model.norm.weight", c->dim, 0, peft__norm_weight(m, 0, 2));
+    /* Gemma 3's norms as its file holds them (zero-centred; they cannot be tuned) */
+    ADD("model.norm.weight", c->dim, 0, c->gemma ? m->final_norm_file : peft__norm_weight(m, 0, 2));
     untie = c->tied && memcmp(tmp[0], tmp[1], VD * sizeof(float)) != 0;
     if (!c->tied || untie)
         ADD("lm_head.weight", c->vocab, c->dim, tmp[1]);
     for (int l = 0; l < c->n_layers; l++) {
         char nm[96];
         const peft_layer_weights *w = &m->layers[l];
-        snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", l);
-        ADD(nm, c->dim, 0, peft__norm_weight(m, l, 0));
-        snprintf(nm, sizeof nm, "model.layers.%d.post_attention_layernorm.weight", l);
-        ADD(nm, c->dim, 0, peft__norm_weight(m, l, 1));
+        if (c->gemma) {
+            static const char *const gn[4] = {"input_layernorm", "pre_feedforward_layernorm",
+                                              "post_attention_layernorm", "post_feedforward_layernorm"};
+            for (int i = 0; i < 4; i++) {
+                snprintf(nm, sizeof nm, "model.layers.%d.%s.weight", l, gn[i]);
+                ADD(nm, c->dim, 0, w->file_norm[i]);
+            }
+        } else {
+            snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", l);
+            ADD(nm, c->dim, 0, peft__norm_weight(m, l, 0));
+            snprintf(nm, sizeof nm, "model.layers.%d.post_attention_layernorm.weight", l);
+            ADD(nm, c->dim, 0, peft__norm_weight(m, l, 1));
+        }
         for (int kind = 0; kind < PEFT_MOD_COUNT; kind++) {
             int in, out;
             int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
@@ -364,9 +374,9 @@ int peft_save_merged(peft_model *m, const char *dir)
         }
         if (c->qk_norm) {
             snprintf(nm, sizeof nm, "model.layers.%d.self_attn.q_norm.weight", l);
-            ADD(nm, c->head_dim, 0, w->q_norm);
+            ADD(nm, c->head_dim, 0, c->gemma ? w->file_norm[4] : w->q_norm);
             snprintf(nm, sizeof nm, "model.layers.%d.self_attn.k_norm.weight", l);
-            ADD(nm, c->head_dim, 0, w->k_norm);
+            ADD(nm, c->head_dim, 0, c->gemma ? w->file_norm[5] : w->k_norm);
         }
     }
 #undef ADD

@@ -233,6 +233,24 @@ done:
     return code;
 }
 
+/* Gemma 3's norm weights: the file's tensor (kept in *file) and 1 + it in *out (owned) */
+static int load_norm(peft_model *m, const float **out, const float **file, const char *name, int64_t n)
+{
+    int code = load_tensor(m, out, name, n, 0);
+    if (code || !m->cfg.gemma)
+        return code;
+    float *p = peft__alloc_floats((size_t)n);
+    if (!p || add_owned(m, p)) {
+        peft__free(p);
+        return peft__fail(PEFT_ENOMEM, "%s: out of memory for '%s'", m->path, name);
+    }
+    for (int64_t i = 0; i < n; i++)
+        p[i] = 1.0f + (*out)[i];
+    *file = *out;
+    *out = p;
+    return PEFT_OK;
+}
+
 static int load_weights(peft_model *m)
 {
     const peft_config *c = &m->cfg;
@@ -241,7 +259,7 @@ static int load_weights(peft_model *m)
     int64_t qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
     m->embed = (peft_w){.rows = c->vocab, .cols = c->dim};
     if ((code = load_tensor(m, &m->embed.f, "model.embed_tokens.weight", c->vocab, c->dim)) ||
-        (code = load_tensor(m, &m->final_norm, "model.norm.weight", c->dim, 0)))
+        (code = load_norm(m, &m->final_norm, &m->final_norm_file, "model.norm.weight", c->dim)))
         return code;
     /* lm_head: tied when the config says so or the tensor is absent */
     int has_head = 0;
@@ -262,12 +280,22 @@ static int load_weights(peft_model *m)
                                             {c->dim, c->ffn_dim}};
     for (int l = 0; l < c->n_layers; l++) {
         peft_layer_weights *w = &m->layers[l];
-        snprintf(name, sizeof name, "model.layers.%d.input_layernorm.weight", l);
-        if ((code = load_tensor(m, &w->attn_norm, name, c->dim, 0)))
-            return code;
-        snprintf(name, sizeof name, "model.layers.%d.post_attention_layernorm.weight", l);
-        if ((code = load_tensor(m, &w->ffn_norm, name, c->dim, 0)))
-            return code;
+        /* Gemma 3's post_attention_layernorm follows attention; its MLP's input norm is
+           pre_feedforward_layernorm */
+        const float **norms[6] = {&w->attn_norm, &w->ffn_norm, &w->post_attn_norm, &w->post_ffn_norm, &w->q_norm,
+                                  &w->k_norm};
+        static const char *const nn[6] = {"input_layernorm", "post_attention_layernorm", "post_attention_layernorm",
+                                          "post_feedforward_layernorm", "self_attn.q_norm", "self_attn.k_norm"};
+        for (int i = 0; i < 6; i++) {
+            if ((i == 2 || i == 3) && !c->gemma)
+                continue;
+            if (i >= 4 && !c->qk_norm)
+                continue;
+            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l,
+                     c->gemma && i == 1 ? "pre_feedforward_layernorm" : nn[i]);
+            if ((code = load_norm(m, norms[i], &w->file_norm[i], name, i >= 4 ? c->head_dim : c->dim)))
+                return code;
+        }
         for (int k = 0; k < PEFT_MOD_COUNT; k++) {
             snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, peft__module_parents[k],
                      peft__module_names[k]);
@@ -276,14 +304,6 @@ static int load_weights(peft_model *m)
                 return code;
             snprintf(name, sizeof name, "model.layers.%d.%s.%s.bias", l, peft__module_parents[k], peft__module_names[k]);
             if ((c->bias_mask >> k & 1) && (code = load_tensor(m, &w->bias[k], name, shp[k][0], 0)))
-                return code;
-        }
-        if (c->qk_norm) {
-            snprintf(name, sizeof name, "model.layers.%d.self_attn.q_norm.weight", l);
-            if ((code = load_tensor(m, &w->q_norm, name, c->head_dim, 0)))
-                return code;
-            snprintf(name, sizeof name, "model.layers.%d.self_attn.k_norm.weight", l);
-            if ((code = load_tensor(m, &w->k_norm, name, c->head_dim, 0)))
                 return code;
         }
     }

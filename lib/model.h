@@ -27,6 +27,11 @@ typedef struct peft_layer_weights {
     const float *bias[PEFT_MOD_COUNT]; /* (out) or NULL (cfg.bias_mask) */
     const float *bias_base[PEFT_MOD_COUNT]; /* the unmerged bias while an IA3 vector scaling it is merged */
     const float *q_norm, *k_norm;      /* (head_dim) when cfg.qk_norm */
+    /* Gemma 3: the norms after attention and after the MLP (dim); every norm weight of a Gemma
+       layer is held as 1 + w, the file's (zero-centred) tensors kept in file_norm for exports:
+       input, pre-feedforward, post-attention, post-feedforward, q, k */
+    const float *post_attn_norm, *post_ffn_norm;
+    const float *file_norm[6];
 } peft_layer_weights;
 
 /* One LoRA module: y += scale * B (A x), A (r, in), B (out, r). */
@@ -132,6 +137,7 @@ typedef struct layer_acts {
     float *xn2, *rstd2;
     float *g, *u;       /* (N, F) */
     float *q_pre, *k_pre, *rstd_q, *rstd_k; /* qk_norm: q, k before their norms; (N, heads) */
+    float *ao, *rstd3, *fo, *rstd4; /* Gemma 3: o_proj's and down_proj's outputs (N, D) before their norms */
 } layer_acts;
 
 typedef struct workspace {
@@ -144,6 +150,7 @@ typedef struct workspace {
     float *act, *dx, *dxn, *dq, *dk, *dv, *datt, *dact, *dg, *du, *tmp, *dxa;
     float *logits, *row_loss, *att_scratch;
     float *rope_cos, *rope_sin; /* (T, hd/2) */
+    float *rope_cos_l, *rope_sin_l; /* Gemma 3's sliding layers (their own base), or NULL */
     int32_t *labels;            /* (N) label of each row's prediction, -100 = none */
     int32_t *pos;               /* (N) position of each row inside its document */
     size_t lora_floats, max_rank;
@@ -174,6 +181,7 @@ struct peft_model {
     peft_w embed;       /* token embeddings (vocab, dim): float32, or quantized rows of a GGUF file */
     peft_w head;        /* lm_head (vocab, dim); a tied one is the same matrix as embed */
     const float *final_norm;
+    const float *final_norm_file; /* Gemma 3: the file's zero-centred final norm (final_norm is 1 + it) */
     peft_w embed_base;  /* the unmerged embeddings while an embedding adapter is merged (rows 0: none) */
     peft_layer_weights *layers;
     uint64_t n_params;

@@ -95,6 +95,12 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
             want(&p, &a->rstd_q, N * (size_t)c->n_heads);
             want(&p, &a->rstd_k, N * (size_t)c->n_kv_heads);
         }
+        if (c->gemma) {
+            want(&p, &a->ao, N * D);
+            want(&p, &a->rstd3, N);
+            want(&p, &a->fo, N * D);
+            want(&p, &a->rstd4, N);
+        }
     }
     want(&p, &ws->res[0], N * D);
     want(&p, &ws->res[1], N * D);
@@ -111,6 +117,10 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
     want(&p, &ws->row_loss, N);
     want(&p, &ws->rope_cos, (size_t)T * (size_t)c->head_dim / 2);
     want(&p, &ws->rope_sin, (size_t)T * (size_t)c->head_dim / 2);
+    if (c->gemma) {
+        want(&p, &ws->rope_cos_l, (size_t)T * (size_t)c->head_dim / 2);
+        want(&p, &ws->rope_sin_l, (size_t)T * (size_t)c->head_dim / 2);
+    }
     if (m->lora && (m->lora->use_dora || m->lora->method == PEFT_METHOD_IA3) && train) {
         want(&p, &ws->dora_z, N * m->lora->sum_out);
         want(&p, &ws->dora_dz, N * m->lora->max_out);

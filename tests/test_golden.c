@@ -658,6 +658,111 @@ TEST(model_gradcheck_loha) { gradcheck("tiny/loha_qo_up/adapter"); }
 TEST(model_gradcheck_lokr) { gradcheck("tiny/lokr_qv_gate/adapter"); }
 TEST(model_gradcheck_extras) { gradcheck("tiny/extras_head_embed_norm/adapter"); }
 TEST(model_gradcheck_prompt) { gradcheck("tiny/prompt_5/adapter"); }
+
+/* Gemma 3's text model (tests/golden/make_gemma3.py): scaled embeddings, zero-centred norms,
+   four norms a layer, GeGLU, q/k norms, query_pre_attn_scalar, sliding layers with their own
+   RoPE base and the global one's linear scaling: the base loss, a LoRA step and its gradients
+   against PyTorch, and finite differences */
+TEST(torch_step_gemma3)
+{
+    json_doc *e = load_json(test_data("tiny_gemma3/all_linear/expected.json"));
+    json_doc *bl = load_json(test_data("tiny_gemma3/base_loss.json"));
+    peft_model *m = NULL;
+    CHECK(e && bl);
+    CHECK_OK(peft_model_open(&m, test_data("tiny_gemma3"), NULL));
+    if (e && bl && m) {
+        const json_value *tv = json_get(json_root(e), "tokens"), *lv = json_get(json_root(e), "labels");
+        int32_t tok[24], lab[24];
+        for (int i = 0; i < 24; i++) {
+            tok[i] = (int32_t)tv->items[i].number;
+            lab[i] = (int32_t)lv->items[i].number;
+        }
+        peft_batch b = {PEFT_BATCH_VERSION, tok, lab, 2, 12, NULL};
+        peft_eval_result r = PEFT_EVAL_RESULT_INIT;
+        CHECK_OK(peft_eval(m, &b, &r));
+        CHECK_CLOSE(r.loss_sum / (double)r.tokens, jnum(bl, "loss"), 1e-5);
+        peft_model_info info = {.version = PEFT_MODEL_INFO_VERSION};
+        CHECK_OK(peft_model_get_info(m, &info));
+        /* every norm counted: 4 of hidden and 2 of head_dim a layer, the final one */
+        uint64_t D = 32, F = 40, hd = 12, L = 3, V = 48;
+        uint64_t per = 4 * D + 2 * hd + D * (2 * 4 * hd + 2 * 2 * hd) + 3 * D * F; /* q, o; k, v */
+        CHECK(!strcmp(info.architecture, "gemma3") && info.n_params == V * D + D + L * per);
+    }
+    json_free(e);
+    json_free(bl);
+    peft_model_close(&m);
+    step_model = "tiny_gemma3";
+    step_case("all_linear", 2);
+    step_model = "tiny";
+    gradcheck_in("tiny_gemma3", "tiny_gemma3/all_linear/adapter");
+}
+
+/* merged in place and exported as a Hugging Face directory (the file's zero-centred norms under
+   Gemma's names); what is not supported is refused without a file: GGUF export, norm tuning,
+   soft-capping, another layer pattern, the multimodal model_type */
+TEST(gemma3_lifecycle)
+{
+    const char *ad = test_data("tiny_gemma3/all_linear/adapter");
+    char dir[] = "/tmp/peft-gemma-XXXXXX", hf[64], gg[64], ga[64];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(hf, sizeof hf, "%s/merged", dir);
+    snprintf(gg, sizeof gg, "%s/merged.gguf", dir);
+    snprintf(ga, sizeof ga, "%s/adapter.gguf", dir);
+    peft_model *m;
+    CHECK_OK(peft_model_open(&m, test_data("tiny_gemma3"), NULL));
+    if (!m)
+        return;
+    double base = batch_loss(m);
+    CHECK_OK(peft_load_adapter(m, ad));
+    double want = batch_loss(m);
+    CHECK(fabs(want - base) > 1e-3);
+    CHECK_OK(peft_merge_adapter(m));
+    CHECK_CLOSE(batch_loss(m), want, 1e-5);
+    CHECK_OK(peft_unmerge_adapter(m));
+    CHECK(batch_loss(m) == want);
+    CHECK_OK(peft_save_merged(m, hf));
+    CHECK(peft_save_merged_gguf(m, gg, NULL) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "Gemma 3"));
+    CHECK(access(gg, F_OK) != 0);
+    CHECK_OK(peft_save_adapter_gguf(m, ga, NULL)); /* llama.cpp's gemma3 LoRA: unpermuted q/k */
+    peft_detach(m);
+    peft_norms_options no = PEFT_NORMS_OPTIONS_INIT;
+    no.norms = PEFT_NORM_ALL;
+    CHECK(peft_attach_norms(m, &no, NULL) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "Gemma 3"));
+    peft_model_close(&m);
+    CHECK_CLOSE(loss_of(hf, NULL), want, 1e-5);
+    char st[96];
+    snprintf(st, sizeof st, "%s/model.safetensors", hf);
+    st_file *f = NULL;
+    CHECK_OK(st_open(&f, st));
+    if (f) {
+        CHECK(st_find(f, "model.layers.2.pre_feedforward_layernorm.weight") &&
+              st_find(f, "model.layers.2.post_feedforward_layernorm.weight") && !st_find(f, "lm_head.weight"));
+        st_close(f);
+    }
+    remove(gg), remove(ga);
+    model_dir_remove(hf);
+    remove(dir);
+    /* config errors */
+    static const char *const bad[][2] = {
+        {"\"final_logit_softcapping\": 30.0", "final_logit_softcapping"},
+        {"\"layer_types\": [\"full_attention\", \"sliding_attention\", \"sliding_attention\"]", "layer_types"},
+        {"\"hidden_activation\": \"gelu\"", "hidden_activation"},
+        {"\"use_bidirectional_attention\": true", "bidirectional"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char cfg[1024], d[21];
+        snprintf(cfg, sizeof cfg, "{\"model_type\": \"gemma3_text\", \"hidden_size\": 32, \"intermediate_size\": 40, "
+                 "\"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"head_dim\": 12, "
+                 "\"vocab_size\": 48, %s}", bad[i][0]);
+        variant_dir(d, "tiny_gemma3/model.safetensors", cfg);
+        CHECK(peft_model_open(&m, d, NULL) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), bad[i][1]));
+        model_dir_remove(d);
+    }
+    char d[21];
+    variant_dir(d, "tiny_gemma3/model.safetensors", "{\"model_type\": \"gemma3\", \"text_config\": {}}");
+    CHECK(peft_model_open(&m, d, NULL) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "multimodal Gemma 3"));
+    model_dir_remove(d);
+}
 TEST(model_gradcheck_tokens) { gradcheck("tiny/tokens_rows/adapter"); }
 TEST(model_gradcheck_head_rows) { gradcheck("tiny/extras_head_rows/adapter"); }
 
@@ -1359,7 +1464,7 @@ static const struct h_case cases[] = {
     CASE(torch_combine_ties_dare_magnitude_prune), CASE(torch_step_head_rows), CASE(model_gradcheck_head_rows),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
     CASE(sharded_and_half_precision_models), CASE(frozen_bf16_weights), CASE(activation_checkpointing_is_exact), CASE(config_errors), CASE(shared_gguf_models),
-    CASE(torch_step_qwen2), CASE(torch_step_qwen3), CASE(torch_step_llama_bias), CASE(torch_step_ia3_bias), CASE(torch_step_bias_all), CASE(torch_step_bias_lora_only), CASE(ia3_bias_merge_export), CASE(bias_training_lifecycle), CASE(model_gradcheck_qwen2), CASE(model_gradcheck_qwen3),
+    CASE(torch_step_qwen2), CASE(torch_step_qwen3), CASE(torch_step_llama_bias), CASE(torch_step_ia3_bias), CASE(torch_step_bias_all), CASE(torch_step_bias_lora_only), CASE(ia3_bias_merge_export), CASE(bias_training_lifecycle), CASE(model_gradcheck_qwen2), CASE(model_gradcheck_qwen3), CASE(torch_step_gemma3), CASE(gemma3_lifecycle),
     CASE(model_gradcheck_windows_and_rope_scaling),
 };
 TEST_MAIN(cases)

@@ -31,6 +31,9 @@ void rope_backward(void *pool, float *dx, const float *cos_t, const float *sin_t
 
 /* x (n_heads*hd) of one position rotated in place */
 void rope_at(float *x, int n_heads, int pos, const peft_config *c);
+/* The config of layer l's RoPE: c itself, or (Gemma 3's sliding layers) *tmp made from c
+   with the local base and no scaling */
+const peft_config *rope_config_of(const peft_config *c, int l, peft_config *tmp);
 
 /* Causal GQA attention, scale 1/sqrt(hd). Query row i of a sequence attends to rows
    i - pos[i] .. i (its own document when sequences are packed; pos NULL: 0 .. i), and with
@@ -55,6 +58,11 @@ void swiglu_forward(void *pool, float *act, const float *g, const float *u, int6
 /* dg, du (N,F) overwritten from dact */
 void swiglu_backward(void *pool, float *dg, float *du, const float *dact, const float *g,
                      const float *u, int64_t N, int F);
+
+/* act (N,F) = gelu_tanh(g) * u (Gemma's GeGLU); its backward as swiglu_backward's */
+void geglu_forward(void *pool, float *act, const float *g, const float *u, int64_t N, int F);
+void geglu_backward(void *pool, float *dg, float *du, const float *dact, const float *g,
+                    const float *u, int64_t N, int F);
 
 /* Cross-entropy of one row of logits (V): returns logsumexp - logits[label];
    if dlogits != NULL writes softmax - onehot(label) scaled by `scale`. */

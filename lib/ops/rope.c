@@ -72,3 +72,13 @@ void rope_at(float *x, int n_heads, int pos, const peft_config *cf)
         }
     }
 }
+
+const peft_config *rope_config_of(const peft_config *c, int l, peft_config *tmp)
+{
+    if (!c->gemma || peft__layer_window(c, l) == 0)
+        return c;
+    *tmp = *c;
+    tmp->rope_theta = c->rope_local_theta;
+    tmp->rope_scaling = 0;
+    return tmp;
+}

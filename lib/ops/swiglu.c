@@ -1,4 +1,5 @@
-/* SwiGLU: act = silu(g) * u, silu(g) = g * sigmoid(g). */
+/* Gated MLP activations: SwiGLU, act = silu(g) * u, silu(g) = g * sigmoid(g); and Gemma's
+   GeGLU, act = gelu(g) * u with the tanh form of GELU (PyTorch's approximate="tanh"). */
 #include <math.h>
 
 #include "../internal.h"
@@ -47,4 +48,48 @@ void swiglu_backward(void *pool, float *dg, float *du, const float *dact, const 
 {
     struct swiglu_args a = {.dg = dg, .du = du, .g = g, .u = u, .dact = dact, .n = N * F};
     peft__pool_for(pool, (int32_t)((a.n + SW_CHUNK - 1) / SW_CHUNK), bwd_task, &a);
+}
+
+/* gelu(g) = g/2 (1 + tanh(c (g + 0.044715 g^3))), tanh(z) = 1 - 2 / (e^2z + 1) */
+#define GELU_C 0.7978845608028654f
+static inline float gelu_tanh_of(float g)
+{
+    float z = GELU_C * (g + 0.044715f * g * g * g);
+    return 1.0f - 2.0f / (peft__expf(2.0f * z) + 1.0f);
+}
+
+PEFT_VEC_CLONES static void gelu_fwd_task(void *vp, int32_t task)
+{
+    const struct swiglu_args *a = vp;
+    int64_t i0 = (int64_t)task * SW_CHUNK, i1 = i0 + SW_CHUNK < a->n ? i0 + SW_CHUNK : a->n;
+    for (int64_t i = i0; i < i1; i++) {
+        float g = a->g[i];
+        a->act[i] = 0.5f * g * (1.0f + gelu_tanh_of(g)) * a->u[i];
+    }
+}
+
+void geglu_forward(void *pool, float *act, const float *g, const float *u, int64_t N, int F)
+{
+    struct swiglu_args a = {.act = act, .g = g, .u = u, .n = N * F};
+    peft__pool_for(pool, (int32_t)((a.n + SW_CHUNK - 1) / SW_CHUNK), gelu_fwd_task, &a);
+}
+
+PEFT_VEC_CLONES static void gelu_bwd_task(void *vp, int32_t task)
+{
+    const struct swiglu_args *a = vp;
+    int64_t i0 = (int64_t)task * SW_CHUNK, i1 = i0 + SW_CHUNK < a->n ? i0 + SW_CHUNK : a->n;
+    for (int64_t i = i0; i < i1; i++) {
+        float g = a->g[i], t = gelu_tanh_of(g);
+        float gelu = 0.5f * g * (1.0f + t);
+        float dgelu = 0.5f * (1.0f + t) + 0.5f * g * (1.0f - t * t) * GELU_C * (1.0f + 3.0f * 0.044715f * g * g);
+        a->du[i] = a->dact[i] * gelu;
+        a->dg[i] = a->dact[i] * a->u[i] * dgelu;
+    }
+}
+
+void geglu_backward(void *pool, float *dg, float *du, const float *dact, const float *g, const float *u, int64_t N,
+                    int F)
+{
+    struct swiglu_args a = {.dg = dg, .du = du, .g = g, .u = u, .dact = dact, .n = N * F};
+    peft__pool_for(pool, (int32_t)((a.n + SW_CHUNK - 1) / SW_CHUNK), gelu_bwd_task, &a);
 }
