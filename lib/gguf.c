@@ -9,6 +9,7 @@
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -402,7 +403,7 @@ int peft__gguf_parse(gg_file *f, int (*kv)(void *ctx, const gg_kv *kv), void *ct
 }
 
 /* the model's keys: general.architecture, and "<arch>.<suffix>" for the architectures read */
-static const char *const gguf_archs[] = {"llama", "qwen2", "qwen3"};
+static const char *const gguf_archs[] = {"llama", "qwen2", "qwen3", "gemma3"};
 
 struct model_keys {
     peft_config *c;
@@ -453,12 +454,31 @@ static int model_key(void *ctx, const gg_kv *kv)
         mk->key_len = iv;
     else if (peft__gg_key_is(&s, "vocab_size"))
         c->vocab = iv;
+    else if (peft__gg_key_is(&s, "attention.sliding_window"))
+        c->sliding_window = iv;
     else if (kv->type == 6 && peft__gg_key_is(&s, "attention.layer_norm_rms_epsilon"))
         c->eps = (float)kv->fv;
     else if (kv->type == 6 && peft__gg_key_is(&s, "rope.freq_base"))
         c->rope_theta = (float)kv->fv;
     else if (kv->type == 6 && peft__gg_key_is(&s, "rope.scaling.factor"))
         mk->scale_factor = (float)kv->fv;
+    return PEFT_OK;
+}
+
+/* gemma3: what llama.cpp fixes for the architecture rather than storing it (llama-model.cpp):
+   every sixth layer global, the sliding ones with RoPE base 10000 unscaled, scores scaled by
+   head_dim^-1/2 except in the 27B model (62 layers: (hidden / heads)^-1/2) */
+static int gemma3_keys(peft_config *c, const char *path)
+{
+    c->gemma = c->qk_norm = 1;
+    c->window_pattern = 6;
+    c->rope_local_theta = 10000.0f;
+    if (c->sliding_window <= 0)
+        return peft__fail(PEFT_EFORMAT, "%s: gemma3.attention.sliding_window is missing", path);
+    if (c->dim <= 0 || c->n_heads <= 0)
+        return PEFT_OK; /* peft__config_validate says what */
+    c->embed_mul = sqrtf((float)c->dim);
+    c->q_mul = c->n_layers == 62 && c->head_dim > 0 ? sqrtf((float)c->head_dim / (float)(c->dim / c->n_heads)) : 1.0f;
     return PEFT_OK;
 }
 
@@ -486,8 +506,8 @@ int peft__gguf_open(peft_model *m, const char *path)
     for (size_t i = 0; i < sizeof gguf_archs / sizeof gguf_archs[0]; i++)
         known |= !strcmp(mk.arch, gguf_archs[i]);
     if (!known) {
-        code = peft__fail(PEFT_EUNSUPPORTED, "%s: architecture \"%s\" is not supported (llama, qwen2, qwen3)", path,
-                          mk.arch);
+        code = peft__fail(PEFT_EUNSUPPORTED, "%s: architecture \"%s\" is not supported (llama, qwen2, qwen3, gemma3)",
+                          path, mk.arch);
         goto done;
     }
     /* llama.cpp permutes the q/k rows of llama only (qwen2/3 use the NeoX RoPE, Hugging Face's order) */
@@ -510,7 +530,7 @@ int peft__gguf_open(peft_model *m, const char *path)
         c->n_kv_heads = c->n_heads;
     c->head_dim = mk.key_len ? mk.key_len : (c->n_heads > 0 ? c->dim / c->n_heads : 0);
     c->tied = find(ts, nt, "output.weight") == NULL;
-    if ((code = peft__config_validate(c, path)) ||
+    if ((!strcmp(mk.arch, "gemma3") && (code = gemma3_keys(c, path))) || (code = peft__config_validate(c, path)) ||
         (code = rope_scaling(c, ts, nt, data, mk.scaling, mk.scale_factor, path)))
         goto done;
     {
@@ -535,6 +555,14 @@ int peft__gguf_open(peft_model *m, const char *path)
             snprintf(nm, sizeof nm, "blk.%d.ffn_norm.weight", l);
             if (!code)
                 code = load(m, &m->layers[l].ffn_norm, NULL, ts, nt, data, nm, (uint64_t)c->dim, 0, 0, path);
+            /* Gemma 3's norms after attention and the MLP (llama.cpp's converter stores every
+               Gemma norm as 1 + w, the weight in effect) */
+            snprintf(nm, sizeof nm, "blk.%d.post_attention_norm.weight", l);
+            if (!code && c->gemma)
+                code = load(m, &m->layers[l].post_attn_norm, NULL, ts, nt, data, nm, (uint64_t)c->dim, 0, 0, path);
+            snprintf(nm, sizeof nm, "blk.%d.post_ffw_norm.weight", l);
+            if (!code && c->gemma)
+                code = load(m, &m->layers[l].post_ffn_norm, NULL, ts, nt, data, nm, (uint64_t)c->dim, 0, 0, path);
             for (int k = 0; k < PEFT_MOD_COUNT && !code; k++) {
                 snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, gn[k]);
                 int heads = !permuted ? 0 : k == PEFT_MOD_Q ? c->n_heads : k == PEFT_MOD_K ? c->n_kv_heads : 0;
@@ -691,6 +719,8 @@ int peft__gguf_vocab(gguf_vocab *v, const char *path)
                 v->eos = id;
             else
                 v->unk = id;
+        } else if (t == 7 && key_is(k, kl, "tokenizer.ggml.add_space_prefix")) {
+            v->no_space_prefix = !rd(&r, 1);
         } else if (t == 7 && (key_is(k, kl, "tokenizer.ggml.add_bos_token") ||
                               key_is(k, kl, "tokenizer.ggml.add_eos_token"))) {
             int b = (int)rd(&r, 1);

@@ -238,9 +238,10 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
     if (peft__prompt_len(m) > 0)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: a soft prompt (prompt tuning) is not part of "
                                              "the weights");
-    if (m->cfg.gemma)
-        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: Gemma 3 is not written as GGUF yet (save the "
-                                             "merged model as a Hugging Face directory and convert it with llama.cpp)");
+    if (m->cfg.gemma && !m->gguf_map)
+        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: Gemma 3 from a Hugging Face directory is not "
+                                             "written as GGUF yet (save the merged model with peft_save_merged and "
+                                             "convert it with llama.cpp; from a GGUF base it is)");
     if (!m->gguf_map && !strncmp(m->cfg.architecture, "qwen", 4) && m->cfg.sliding_window > 0 &&
         m->cfg.window_from < m->cfg.n_layers)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: %s with use_sliding_window: llama.cpp's %s has "

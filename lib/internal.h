@@ -133,6 +133,7 @@ typedef struct gguf_vocab {
     int32_t *types; /* 1 normal, 2 unknown, 3 control, 6 byte (llama.cpp), or NULL */
     int bos, eos, unk, add_bos, add_eos;
     int has_add_bos;
+    int no_space_prefix; /* tokenizer.ggml.add_space_prefix false (Gemma): no "▁" before the text */
     char model[16];
     char pre[32];    /* tokenizer.ggml.pre ("gpt2" vocabularies), or "" */
     char **merges;   /* tokenizer.ggml.merges: n_merges "left right" strings ("gpt2"), or NULL */

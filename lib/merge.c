@@ -297,6 +297,9 @@ int peft_save_merged(peft_model *m, const char *dir)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: a soft prompt (prompt tuning) is not part of the "
                                              "weights; save the adapter, or turn it off for the base model");
     const peft_config *c = &m->cfg;
+    if (c->gemma && m->gguf_map)
+        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: Gemma 3 from a GGUF file is not written as a Hugging "
+                                             "Face directory yet (peft_save_merged_gguf writes it as GGUF)");
     int n_t = 3 + c->n_layers * (4 + 2 * PEFT_MOD_COUNT + 2), k = 0, code, untie = 0;
     size_t VD = (size_t)c->vocab * (size_t)c->dim;
     st_out_tensor *ts = calloc((size_t)n_t, sizeof *ts);

@@ -687,9 +687,9 @@ static int load_gguf(peft_tokenizer *t, const char *path)
     t->eos_id = v->eos;
     t->add_bos = v->add_bos;
     t->add_eos = v->add_eos;
-    t->prepend = 1;
+    t->prepend = !v->no_space_prefix; /* llama.cpp strips the first space only where it added one */
     t->replace_space = 1;
-    t->strip_leading = 1;
+    t->strip_leading = !v->no_space_prefix;
     return PEFT_OK;
 }
 

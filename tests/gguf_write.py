@@ -181,12 +181,16 @@ def main():
     arch = cfg.get("model_type", "llama")
     if arch == "mistral":  # llama.cpp converts Mistral as the llama architecture
         arch = "llama"
-    assert arch in ("llama", "qwen2", "qwen3"), arch
+    if arch == "gemma3_text":
+        arch = "gemma3"
+    assert arch in ("llama", "qwen2", "qwen3", "gemma3"), arch
+    gemma = arch == "gemma3"
+    shift = 1.0 if gemma else 0.0  # llama.cpp's converter stores Gemma 3's norms as 1 + w
     permuted = arch == "llama"  # qwen2/qwen3 use the NeoX RoPE: rows stay in Hugging Face's order
     if D % BLOCK[a.embed_type]:
         sys.exit("hidden size %d is not a multiple of %s's block" % (D, a.embed_type))
     tensors = [("token_embd.weight", st["model.embed_tokens.weight"], a.embed_type, "model.embed_tokens.weight"),
-               ("output_norm.weight", st["model.norm.weight"], "f32", "model.norm.weight")]
+               ("output_norm.weight", st["model.norm.weight"] + shift, "f32", "model.norm.weight")]
     if not tied:
         tensors.append(("output.weight", st["lm_head.weight"], a.embed_type, "lm_head.weight"))
     lin = [("attn_q", "self_attn.q_proj"), ("attn_k", "self_attn.k_proj"), ("attn_v", "self_attn.v_proj"),
@@ -194,13 +198,15 @@ def main():
            ("ffn_down", "mlp.down_proj")]
     for i in range(L):
         p = "model.layers.%d." % i
-        tensors.append(("blk.%d.attn_norm.weight" % i, st[p + "input_layernorm.weight"], "f32",
-                        p + "input_layernorm.weight"))
-        tensors.append(("blk.%d.ffn_norm.weight" % i, st[p + "post_attention_layernorm.weight"], "f32",
-                        p + "post_attention_layernorm.weight"))
-        if arch == "qwen3":
-            for g, h in (("attn_q_norm", "self_attn.q_norm"), ("attn_k_norm", "self_attn.k_norm")):
-                tensors.append(("blk.%d.%s.weight" % (i, g), st[p + h + ".weight"], "f32", p + h + ".weight"))
+        norms = [("attn_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm")]
+        if gemma:
+            norms = [("attn_norm", "input_layernorm"), ("ffn_norm", "pre_feedforward_layernorm"),
+                     ("post_attention_norm", "post_attention_layernorm"),
+                     ("post_ffw_norm", "post_feedforward_layernorm")]
+        if arch in ("qwen3", "gemma3"):
+            norms += [("attn_q_norm", "self_attn.q_norm"), ("attn_k_norm", "self_attn.k_norm")]
+        for g, h in norms:
+            tensors.append(("blk.%d.%s.weight" % (i, g), st[p + h + ".weight"] + shift, "f32", p + h + ".weight"))
         for g, h in lin:
             if p + h + ".bias" in st:  # q/k biases permuted as their rows (llama.cpp's converter)
                 bias = st[p + h + ".bias"]
@@ -224,14 +230,16 @@ def main():
           (arch + ".attention.head_count_kv", 4, struct.pack("<I", Hkv)),
           (arch + ".rope.freq_base", 6, struct.pack("<f", cfg.get("rope_theta", 10000.0))),
           (arch + ".attention.layer_norm_rms_epsilon", 6, struct.pack("<f", cfg.get("rms_norm_eps", 1e-5)))]
+    if gemma:
+        kv += [("gemma3.attention.sliding_window", 4, struct.pack("<I", cfg["sliding_window"]))]
     if "head_dim" in cfg:
         kv += [(arch + ".attention.key_length", 4, struct.pack("<I", cfg["head_dim"])),
                (arch + ".attention.value_length", 4, struct.pack("<I", cfg["head_dim"]))]
     rs = cfg.get("rope_scaling") or {}
     rtype = rs.get("rope_type", rs.get("type"))
     if rtype == "linear":
-        kv += [("llama.rope.scaling.type", 8, gg_string("linear")),
-               ("llama.rope.scaling.factor", 6, struct.pack("<f", rs["factor"]))]
+        kv += [(arch + ".rope.scaling.type", 8, gg_string("linear")),
+               (arch + ".rope.scaling.factor", 6, struct.pack("<f", rs["factor"]))]
     elif rtype == "llama3":  # llama.cpp's convert_hf_to_gguf.py, LlamaModel.generate_extra_tensors
         hd = cfg.get("head_dim", D // H)
         base = cfg.get("rope_theta", 10000.0)
@@ -268,7 +276,7 @@ def main():
         elif (".attn_k.weight" in name or ".attn_k.bias" in name) and permuted:
             values = unpermute(values, Hkv)
         if hf:
-            deq[hf] = values
+            deq[hf] = values - shift if "norm" in name else values
     head += b"\0" * ((32 - len(head) % 32) % 32)
     with open(a.out, "wb") as f:
         f.write(head)

@@ -871,6 +871,48 @@ json.dump(c, open('$T/linear/config.json', 'w'))" || fail "config"
     "$PEFT" eval --model "$T/linear" --data "$T/data.bin" --seq 64 2>"$T/err" && fail "yarn accepted"
     grep -q 'rope_scaling type "yarn" is not supported' "$T/err" || { cat "$T/err"; fail "message for yarn"; }
     ;;
+gemma3_gguf)
+    # Gemma 3 as llama.cpp's converter writes it (norms stored as 1 + w, post-attention and
+    # post-feedforward norms, gemma3.attention.sliding_window; llama.cpp fixes every sixth layer
+    # global and the sliding layers' RoPE base at 10000): the loss of the Hugging Face model, an
+    # adapter trained on the GGUF file applies to it, and a merged GGUF from the GGUF base
+    /usr/bin/python3 -c "import numpy" 2>/dev/null || { echo "skip: no numpy for /usr/bin/python3 (apt-get install python3-numpy)"; exit 77; }
+    mkdir -p "$T/hf" && ln -s "$SRC/tests/data/tiny_gemma3/model.safetensors" "$T/hf/" || fail "link"
+    python3 -c "
+import json
+c = json.load(open('$SRC/tests/data/tiny_gemma3/config.json'))
+del c['layer_types']
+c.update(sliding_window_pattern=6, query_pre_attn_scalar=c['head_dim'], rope_scaling=None)
+json.dump(c, open('$T/hf/config.json', 'w'), indent=2)" || fail "config"
+    /usr/bin/python3 "$SRC/tests/gguf_write.py" "$T/hf" "$T/g.gguf" --type f32 || fail "gguf_write"
+    /usr/bin/python3 "$SRC/tests/gguf_write.py" "$T/hf" "$T/q.gguf" --type f32 --embed-type q8_0 --dequantized "$T/deq" ||
+        fail "gguf_write q8_0"
+    "$PEFT" synth --out "$T/data.bin" --vocab 48 --tokens 4096 --doc-len 32 --seed 5 >/dev/null || fail "synth"
+    "$PEFT" info --model "$T/g.gguf" | grep -q "architecture *gemma3" || fail "info"
+    for m in hf g.gguf q.gguf deq; do
+        "$PEFT" eval --model "$T/$m" --data "$T/data.bin" --seq 32 --json >"$T/e_$m" || fail "eval $m"
+    done
+    python3 -c "
+import json
+l = {n: json.loads(open('$T/e_' + n).read().splitlines()[-1])['loss'] for n in ('hf', 'g.gguf', 'q.gguf', 'deq')}
+assert abs(l['hf'] - l['g.gguf']) <= 1e-6 * l['hf'] and abs(l['q.gguf'] - l['deq']) <= 1e-6 * l['deq'], l
+assert l['q.gguf'] != l['hf'], l" || fail "GGUF and Hugging Face losses differ"
+    "$PEFT" train --model "$T/g.gguf" --data "$T/data.bin" --out "$T/ad" --format both --steps 4 --batch 4 --seq 32 \
+        --rank 4 --lr 1e-2 --targets all-linear --quiet || fail "train on GGUF"
+    "$PEFT" eval --model "$T/g.gguf" --adapter "$T/ad" --data "$T/data.bin" --seq 32 --json >"$T/a_g" || fail "eval g+ad"
+    "$PEFT" eval --model "$T/hf" --adapter "$T/ad" --data "$T/data.bin" --seq 32 --json >"$T/a_hf" || fail "eval hf+ad"
+    "$PEFT" merge --model "$T/g.gguf" --adapter "$T/ad" --out "$T/merged.gguf" >/dev/null || fail "merge to GGUF"
+    "$PEFT" eval --model "$T/merged.gguf" --data "$T/data.bin" --seq 32 --json >"$T/a_m" || fail "eval merged"
+    # the llama.cpp LoRA file names the gemma3 architecture and computes the same
+    grep -q gemma3 "$T/ad/adapter.gguf" || fail "adapter.gguf architecture"
+    "$PEFT" convert --adapter "$T/ad/adapter.gguf" --out "$T/back" --model "$T/hf" >/dev/null || fail "convert back"
+    "$PEFT" eval --model "$T/hf" --adapter "$T/back" --data "$T/data.bin" --seq 32 --json >"$T/a_gg" ||
+        fail "eval the GGUF adapter converted back"
+    python3 -c "
+import json
+l = [json.loads(open('$T/' + n).read().splitlines()[-1])['loss'] for n in ('a_g', 'a_hf', 'a_m', 'a_gg', 'e_hf')]
+assert max(abs(l[0] - x) for x in l[1:4]) <= 1e-5 * l[0] and l[0] < l[4], l" || fail "the adapter does not carry over"
+    ;;
 *)
     echo "unknown case $CASE" >&2
     exit 1

@@ -110,6 +110,59 @@ TEST(gguf_vocab_matches_sentencepiece)
     sentencepiece_case("models/stories260K/stories260K-q8_0.gguf"); /* tokenizer.ggml.* scores */
 }
 
+/* tokenizer.ggml.add_space_prefix false (Gemma's GGUF files): no "▁" before the text and none
+   stripped in decoding; a text with a leading space then tokenizes as the prefixed one does */
+TEST(gguf_vocab_without_space_prefix)
+{
+    if (!shared_dir())
+        SKIP("../shared not present");
+    char path[4200], out[] = "/tmp/peft-nospace-XXXXXX";
+    snprintf(path, sizeof path, "%s/models/stories260K/stories260K-q8_0.gguf", shared_dir());
+    size_t len;
+    char *g = read_whole(path, &len);
+    int fd = mkstemp(out);
+    CHECK(g != NULL && len > 24 && fd >= 0);
+    if (!g || len <= 24 || fd < 0) {
+        free(g);
+        return;
+    }
+    /* the key first among the key/values (the tensors are not read for a vocabulary) */
+    static const char key[] = "tokenizer.ggml.add_space_prefix";
+    unsigned char kv[8 + sizeof key - 1 + 5];
+    uint64_t kl = sizeof key - 1, nkv;
+    uint32_t type = 7;
+    memcpy(kv, &kl, 8);
+    memcpy(kv + 8, key, kl);
+    memcpy(kv + 8 + kl, &type, 4);
+    kv[8 + kl + 4] = 0;
+    memcpy(&nkv, g + 16, 8);
+    nkv++;
+    memcpy(g + 16, &nkv, 8);
+    CHECK(write(fd, g, 24) == 24 && write(fd, kv, sizeof kv) == (ssize_t)sizeof kv &&
+          write(fd, g + 24, len - 24) == (ssize_t)(len - 24));
+    close(fd);
+    peft_tokenizer *a = NULL, *b = NULL;
+    CHECK_OK(peft_tokenizer_open(&a, path));
+    CHECK_OK(peft_tokenizer_open(&b, out));
+    if (a && b) {
+        int32_t ia[64], ib[64];
+        size_t na, nb;
+        CHECK_OK(peft_tokenize(a, "Once upon a time", 16, PEFT_TOKENIZE_NO_BOS, ia, 64, &na));
+        CHECK_OK(peft_tokenize(b, "Once upon a time", 16, PEFT_TOKENIZE_NO_BOS, ib, 64, &nb));
+        CHECK(na > 0 && nb > 0 && ia[0] != ib[0]); /* "▁Once" against pieces of "Once" */
+        CHECK_OK(peft_tokenize(b, " Once upon a time", 17, PEFT_TOKENIZE_NO_BOS, ib, 64, &nb));
+        CHECK(nb == na && memcmp(ia, ib, na * sizeof *ia) == 0);
+        char back[64];
+        size_t bl;
+        CHECK_OK(peft_detokenize(b, ib, nb, 0, back, sizeof back, &bl));
+        CHECK(bl == 17 && !memcmp(back, " Once upon a time", 17)); /* the space kept */
+    }
+    peft_tokenizer_close(&a);
+    peft_tokenizer_close(&b);
+    unlink(out);
+    free(g);
+}
+
 /* ---- byte-level BPE against Hugging Face tokenizers (tests/data/bytelevel/golden.txt) ---- */
 
 typedef struct bl_case {
@@ -620,7 +673,7 @@ TEST(greedy_generation_matches_reference)
 static const struct h_case cases[] = {
     CASE(tokenizer_matches_sentencepiece), CASE(bytelevel_matches_hf_qwen3), CASE(bytelevel_matches_hf_llama3), CASE(bytelevel_matches_hf_added_token_flags), CASE(bytelevel_matches_hf_o200k), CASE(bytelevel_matches_hf_tekken), CASE(sentencepiece_style_matches_hf_llama2_gemma3),
     CASE(bytelevel_matches_hf_smollm), CASE(bytelevel_matches_hf_gpt2_prefix), CASE(bytelevel_special_tokens), CASE(bytelevel_gguf_vocabulary), CASE(chat_template_files),
-    CASE(gguf_vocab_matches_sentencepiece), CASE(tokenizer_unsupported_and_malformed),
+    CASE(gguf_vocab_matches_sentencepiece), CASE(gguf_vocab_without_space_prefix), CASE(tokenizer_unsupported_and_malformed),
     CASE(session_matches_forward_base), CASE(session_matches_forward_qwen2_qwen3), CASE(session_matches_forward_gemma3), CASE(session_matches_forward_adapter), CASE(session_matches_forward_rope_scaling), CASE(session_matches_forward_sliding_window),
     CASE(greedy_generation_matches_reference),
 };
