@@ -1,4 +1,4 @@
-/* peft init-model: a random Llama directory; peft synth: a learnable synthetic token file. */
+/* peft init-model: a random Llama (or Gemma 3) directory; peft synth: a learnable synthetic token file. */
 #include <math.h>
 #include <errno.h>
 #include <stdio.h>
@@ -25,7 +25,7 @@ static double rng_normal(uint64_t *s)
 struct wt {
     char name[96];
     long d0, d1; /* d1 == 0: vector */
-    int norm;
+    int norm; /* 1: a norm weight of ones; 2: a zero-centred (Gemma) one of zeros */
 };
 
 static uint16_t to_f16(float f)
@@ -67,8 +67,9 @@ int cmd_init_model(int argc, char **argv)
     if (args_init(&a, argc, argv))
         return 1;
     int rc = 1;
-    long hidden, layers, heads, kv, ffn, vocab, seed;
+    long hidden, layers, heads, kv, ffn, vocab, seed, head_dim, window;
     const char *out = arg_str(&a, "--out", NULL), *dtype = arg_str(&a, "--dtype", "f32");
+    const char *arch = arg_str(&a, "--arch", "llama");
     int untied = arg_flag(&a, "--untied");
     struct wt *w = NULL;
     FILE *f = NULL;
@@ -76,12 +77,17 @@ int cmd_init_model(int argc, char **argv)
     if (arg_long(&a, "--hidden", 64, &hidden) || arg_long(&a, "--layers", 2, &layers) ||
         arg_long(&a, "--heads", 4, &heads) || arg_long(&a, "--kv-heads", 2, &kv) ||
         arg_long(&a, "--ffn", 172, &ffn) || arg_long(&a, "--vocab", 256, &vocab) ||
-        arg_long(&a, "--seed", 0, &seed) || !dtype || args_check_unused(&a))
+        arg_long(&a, "--seed", 0, &seed) || arg_long(&a, "--head-dim", 0, &head_dim) ||
+        arg_long(&a, "--sliding-window", 512, &window) || !dtype || !arch || args_check_unused(&a))
         goto done;
-    if (!out || hidden < 2 || layers < 1 || heads < 1 || kv < 1 || heads % kv || hidden % heads ||
-        (hidden / heads) % 2 || ffn < 1 || vocab < 4 || layers > 256) {
-        fprintf(stderr, "usage: peft init-model --out DIR [--hidden 64] [--layers 2] [--heads 4] [--kv-heads 2]\n"
-                        "       [--ffn 172] [--vocab 256] [--seed 0] [--untied] [--dtype f32|f16|bf16]\n");
+    int gemma = !strcmp(arch, "gemma3");
+    long hd = head_dim > 0 ? head_dim : heads > 0 ? hidden / heads : 0, n = 0;
+    if (!out || hidden < 2 || layers < 1 || heads < 1 || kv < 1 || heads % kv || (!head_dim && hidden % heads) ||
+        hd < 2 || hd % 2 || head_dim < 0 || hd > 4096 || ffn < 1 || vocab < 4 || layers > 256 || window < 1 ||
+        (!gemma && strcmp(arch, "llama") != 0)) {
+        fprintf(stderr, "usage: peft init-model --out DIR [--arch llama|gemma3] [--hidden 64] [--layers 2] [--heads 4]\n"
+                        "       [--kv-heads 2] [--head-dim hidden/heads] [--ffn 172] [--vocab 256] [--seed 0]\n"
+                        "       [--untied] [--dtype f32|f16|bf16] [--sliding-window 512 (gemma3)]\n");
         goto done;
     }
     int esize = strcmp(dtype, "f32") == 0 ? 4 : 2;
@@ -101,23 +107,38 @@ int cmd_init_model(int argc, char **argv)
         perror(path);
         goto done;
     }
+    char hd_json[48] = "";
+    if (head_dim > 0)
+        snprintf(hd_json, sizeof hd_json, "\n  \"head_dim\": %ld,", head_dim);
+    const char *tdtype = esize == 4 ? "float32" : strcmp(dtype, "f16") == 0 ? "float16" : "bfloat16";
+    if (gemma) /* Gemma 3's text model as transformers writes its config (gemma-3-270m's choices) */
+        fprintf(f,
+                "{\n  \"architectures\": [\"Gemma3ForCausalLM\"],\n  \"model_type\": \"gemma3_text\",\n"
+                "  \"hidden_size\": %ld,\n  \"intermediate_size\": %ld,\n  \"num_hidden_layers\": %ld,\n"
+                "  \"num_attention_heads\": %ld,\n  \"num_key_value_heads\": %ld,\n  \"head_dim\": %ld,\n"
+                "  \"vocab_size\": %ld,\n  \"max_position_embeddings\": 32768,\n  \"rms_norm_eps\": 1e-06,\n"
+                "  \"rope_theta\": 1000000.0,\n  \"rope_local_base_freq\": 10000.0,\n  \"rope_scaling\": null,\n"
+                "  \"query_pre_attn_scalar\": %ld,\n  \"sliding_window\": %ld,\n  \"sliding_window_pattern\": 6,\n"
+                "  \"hidden_activation\": \"gelu_pytorch_tanh\",\n  \"attn_logit_softcapping\": null,\n"
+                "  \"final_logit_softcapping\": null,\n  \"tie_word_embeddings\": %s,\n  \"bos_token_id\": 2,\n"
+                "  \"eos_token_id\": 1,\n  \"pad_token_id\": 0,\n  \"torch_dtype\": \"%s\"\n}\n",
+                hidden, ffn, layers, heads, kv, hd, vocab, hd, window, untied ? "false" : "true", tdtype);
+    else
     fprintf(f,
             "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n"
             "  \"hidden_size\": %ld,\n  \"intermediate_size\": %ld,\n  \"num_hidden_layers\": %ld,\n"
             "  \"num_attention_heads\": %ld,\n  \"num_key_value_heads\": %ld,\n  \"vocab_size\": %ld,\n"
             "  \"max_position_embeddings\": 2048,\n  \"rms_norm_eps\": 1e-05,\n  \"rope_theta\": 10000.0,\n"
             "  \"tie_word_embeddings\": %s,\n  \"hidden_act\": \"silu\",\n  \"bos_token_id\": 1,\n"
-            "  \"eos_token_id\": 2,\n  \"torch_dtype\": \"%s\"\n}\n",
-            hidden, ffn, layers, heads, kv, vocab, untied ? "false" : "true",
-            esize == 4 ? "float32" : strcmp(dtype, "f16") == 0 ? "float16" : "bfloat16");
+            "  \"eos_token_id\": 2,%s\n  \"torch_dtype\": \"%s\"\n}\n",
+            hidden, ffn, layers, heads, kv, vocab, untied ? "false" : "true", hd_json, tdtype);
     if (fclose(f) != 0) {
         f = NULL;
         perror(path);
         goto done;
     }
     f = NULL;
-    long hd = hidden / heads, n = 0;
-    w = calloc((size_t)(layers * 9 + 3), sizeof *w);
+    w = calloc((size_t)(layers * 13 + 3), sizeof *w);
     if (!w)
         goto done;
     snprintf(w[n].name, sizeof w[n].name, "model.embed_tokens.weight");
@@ -127,17 +148,20 @@ int cmd_init_model(int argc, char **argv)
                                      "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"};
         long dims[7][2] = {{heads * hd, hidden}, {kv * hd, hidden}, {kv * hd, hidden}, {hidden, heads * hd},
                            {ffn, hidden}, {ffn, hidden}, {hidden, ffn}};
-        snprintf(w[n].name, sizeof w[n].name, "model.layers.%ld.input_layernorm.weight", l);
-        w[n].d0 = hidden, w[n++].norm = 1;
-        snprintf(w[n].name, sizeof w[n].name, "model.layers.%ld.post_attention_layernorm.weight", l);
-        w[n].d0 = hidden, w[n++].norm = 1;
+        /* Gemma's norms are zero-centred (1 + w applied): 0 is the identity, as Llama's 1 */
+        static const char *norms[6] = {"input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                                       "post_feedforward_layernorm", "self_attn.q_norm", "self_attn.k_norm"};
+        for (int k = 0; k < (gemma ? 6 : 2); k++) {
+            snprintf(w[n].name, sizeof w[n].name, "model.layers.%ld.%s.weight", l, norms[k]);
+            w[n].d0 = k < 4 ? hidden : hd, w[n++].norm = gemma ? 2 : 1;
+        }
         for (int k = 0; k < 7; k++) {
             snprintf(w[n].name, sizeof w[n].name, "model.layers.%ld.%s.weight", l, lin[k]);
             w[n].d0 = dims[k][0], w[n++].d1 = dims[k][1];
         }
     }
     snprintf(w[n].name, sizeof w[n].name, "model.norm.weight");
-    w[n].d0 = hidden, w[n++].norm = 1;
+    w[n].d0 = hidden, w[n++].norm = gemma ? 2 : 1;
     if (untied) {
         snprintf(w[n].name, sizeof w[n].name, "lm_head.weight");
         w[n].d0 = vocab, w[n++].d1 = hidden;
@@ -179,7 +203,7 @@ int cmd_init_model(int argc, char **argv)
             /* std 1/sqrt(fan_in) keeps signals alive through a random model (0.02, the HF
                default, leaves a small model's residual stream all embedding); untied embeddings N(0,1) */
             double sd = i == 0 && untied ? 1.0 : 1.0 / sqrt((double)w[i].d1);
-            float v = w[i].norm ? 1.0f : (float)(sd * rng_normal(&s));
+            float v = w[i].norm ? (w[i].norm == 1 ? 1.0f : 0.0f) : (float)(sd * rng_normal(&s));
             if (esize == 4) {
                 fwrite(&v, 4, 1, f);
             } else {
@@ -195,8 +219,8 @@ int cmd_init_model(int argc, char **argv)
         goto done;
     }
     f = NULL;
-    printf("wrote %s (llama, hidden %ld, %ld layers, %ld heads / %ld kv, ffn %ld, vocab %ld, %s)\n", out,
-           hidden, layers, heads, kv, ffn, vocab, dname);
+    printf("wrote %s (%s, hidden %ld, %ld layers, %ld heads / %ld kv of %ld, ffn %ld, vocab %ld, %s)\n", out,
+           gemma ? "gemma3_text" : "llama", hidden, layers, heads, kv, hd, ffn, vocab, dname);
     rc = 0;
 done:
     if (f)
