@@ -1,7 +1,8 @@
-"""libpeft against PyTorch, side by side: one LoRA training step of the same Llama-shaped model.
+"""libpeft against PyTorch, side by side: one LoRA training step of the same Llama-shaped (or
+Gemma-3-shaped) model.
 
 Usage (from the repository root, after building; Debian's python3-torch):
-    /usr/bin/python3 bench/torch_vs_peft.py [--shape smollm|tinyllama|small] [--batch 4] [--seq 256]
+    /usr/bin/python3 bench/torch_vs_peft.py [--shape smollm|tinyllama|small|gemma270m] [--batch 4] [--seq 256]
         [--threads 2] [--steps 4] [--rank 16] [--layers all|last:4] [--backend cpu|blis]
         [--frozen-dtype f32|bf16] [--activation-checkpointing] [--repeat 3]
 
@@ -30,10 +31,11 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PEFT = os.path.join(ROOT, "build", "examples", "peft")
 SHAPES = {
-    # hidden, layers, heads, kv heads, ffn, vocab
+    # hidden, layers, heads, kv heads, ffn, vocab[, architecture, head_dim]
     "smollm": (576, 30, 9, 3, 1536, 49152),
     "tinyllama": (2048, 22, 32, 4, 5632, 32000),
     "small": (256, 4, 4, 2, 688, 4096),
+    "gemma270m": (640, 18, 4, 1, 2048, 262144, "gemma3", 256),  # Gemma 3 270M's text model
 }
 JEMALLOC = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 OPENBLAS_OMP = "/usr/lib/x86_64-linux-gnu/openblas-openmp"
@@ -62,7 +64,11 @@ def torch_worker(args):
     cfg = json.load(open(os.path.join(args.model, "config.json")))
     W = st_read(os.path.join(args.model, "model.safetensors"))
     D, L, H, Hkv = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    hd, V, eps, theta = D // H, cfg["vocab_size"], cfg["rms_norm_eps"], cfg.get("rope_theta", 10000.0)
+    hd, V, eps, theta = cfg.get("head_dim", D // H), cfg["vocab_size"], cfg["rms_norm_eps"], cfg.get("rope_theta", 10000.0)
+    # Gemma 3 (transformers' Gemma3ForCausalLM): embeddings times sqrt(hidden), norms (1 + w), q/k
+    # norms, norms after attention and the MLP, GELU (tanh) gating, sliding layers with their own
+    # RoPE base, scores times query_pre_attn_scalar^-1/2
+    gemma = cfg["model_type"] == "gemma3_text"
     mods = [("self_attn", "q_proj"), ("self_attn", "k_proj"), ("self_attn", "v_proj"), ("self_attn", "o_proj"),
             ("mlp", "gate_proj"), ("mlp", "up_proj"), ("mlp", "down_proj")]
     first = L - int(args.layers.split(":")[1]) if args.layers.startswith("last:") else 0
@@ -77,18 +83,29 @@ def torch_worker(args):
     params = [t for ab in lora.values() for t in ab]
     opt = torch.optim.AdamW(params, lr=1e-4)
     B, T = args.batch, args.seq
-    inv = 1.0 / theta ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd)
-    ang = torch.outer(torch.arange(T, dtype=torch.float32), inv)
-    cos, sin = ang.cos(), ang.sin()
+    def tables(base):
+        inv = 1.0 / base ** (torch.arange(0, hd, 2, dtype=torch.float32) / hd)
+        ang = torch.outer(torch.arange(T, dtype=torch.float32), inv)
+        return ang.cos(), ang.sin()
+    i = torch.arange(T)
     mask = torch.full((T, T), float("-inf")).triu(1)
+    glob = tables(theta)
+    if gemma:
+        win = cfg["sliding_window"]
+        local = tables(cfg.get("rope_local_base_freq", 10000.0))
+        lmask = mask.masked_fill(i[:, None] - i[None, :] >= win, float("-inf"))
+        sliding = [(l + 1) % cfg.get("sliding_window_pattern", 6) != 0 for l in range(L)]
+        qscale = cfg.get("query_pre_attn_scalar", hd) ** -0.5
+    else:
+        sliding, qscale = [False] * L, hd ** -0.5
 
-    def rope(x):  # (B, T, h, hd), rotate-half pairing as Hugging Face Llama
+    def rope(x, cs):  # (B, T, h, hd), rotate-half pairing as Hugging Face Llama
         x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
-        c, s = cos[None, :, None, :], sin[None, :, None, :]
+        c, s = cs[0][None, :, None, :], cs[1][None, :, None, :]
         return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
 
     def norm(x, w):
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * ((1.0 + w) if gemma else w)
 
     def lin(l, p, m, x):
         y = x @ W[f"model.layers.{l}.{p}.{m}.weight"].T
@@ -103,14 +120,29 @@ def torch_worker(args):
 
     def step():
         x = W["model.embed_tokens.weight"][tokens]
+        if gemma:
+            x = x * math.sqrt(D)
         for l in range(L):
             pre = f"model.layers.{l}."
+            cs = local if sliding[l] else glob
             xn = norm(x, W[pre + "input_layernorm.weight"])
-            q = rope(lin(l, "self_attn", "q_proj", xn).view(B, T, H, hd)).transpose(1, 2)
-            k = rope(lin(l, "self_attn", "k_proj", xn).view(B, T, Hkv, hd)).repeat_interleave(H // Hkv, 2).transpose(1, 2)
+            q = lin(l, "self_attn", "q_proj", xn).view(B, T, H, hd)
+            k = lin(l, "self_attn", "k_proj", xn).view(B, T, Hkv, hd)
+            if gemma:
+                q, k = norm(q, W[pre + "self_attn.q_norm.weight"]), norm(k, W[pre + "self_attn.k_norm.weight"])
+            q = rope(q, cs).transpose(1, 2)
+            k = rope(k, cs).repeat_interleave(H // Hkv, 2).transpose(1, 2)
             v = lin(l, "self_attn", "v_proj", xn).view(B, T, Hkv, hd).repeat_interleave(H // Hkv, 2).transpose(1, 2)
-            att = ((q @ k.transpose(-1, -2)) / math.sqrt(hd) + mask).softmax(-1) @ v
-            h = x + lin(l, "self_attn", "o_proj", att.transpose(1, 2).reshape(B, T, D))
+            att = ((q @ k.transpose(-1, -2)) * qscale + (lmask if sliding[l] else mask)).softmax(-1) @ v
+            o = lin(l, "self_attn", "o_proj", att.transpose(1, 2).reshape(B, T, H * hd))
+            if gemma:
+                h = x + norm(o, W[pre + "post_attention_layernorm.weight"])
+                z = norm(h, W[pre + "pre_feedforward_layernorm.weight"])
+                act = torch.nn.functional.gelu(lin(l, "mlp", "gate_proj", z), approximate="tanh")
+                f = lin(l, "mlp", "down_proj", act * lin(l, "mlp", "up_proj", z))
+                x = h + norm(f, W[pre + "post_feedforward_layernorm.weight"])
+                continue
+            h = x + o
             z = norm(h, W[pre + "post_attention_layernorm.weight"])
             x = h + lin(l, "mlp", "down_proj", torch.nn.functional.silu(lin(l, "mlp", "gate_proj", z)) *
                         lin(l, "mlp", "up_proj", z))
@@ -121,13 +153,13 @@ def torch_worker(args):
         opt.step()
         return float(loss)
 
-    times = []
+    times, losses = [], []
     for i in range(args.steps):
         t0 = time.perf_counter()
-        step()
+        losses.append(step())
         times.append(time.perf_counter() - t0)
     steady = times[1:] if len(times) > 1 else times
-    print(json.dumps({"tokens_per_s": B * T / statistics.median(steady), "step_s": times}))
+    print(json.dumps({"tokens_per_s": B * T / statistics.median(steady), "step_s": times, "losses": losses}))
 
 
 def measured(cmd, env):
@@ -164,12 +196,13 @@ def main():
     args = ap.parse_args()
     if args.torch_worker:
         return torch_worker(args)
-    D, L, H, Hkv, F, V = SHAPES[args.shape]
+    D, L, H, Hkv, F, V = SHAPES[args.shape][:6]
+    extra = ["--arch", SHAPES[args.shape][6], "--head-dim", str(SHAPES[args.shape][7])] if len(SHAPES[args.shape]) > 6 else []
     mdir = os.path.join(ROOT, "out", "bench", args.shape)
     os.makedirs(mdir, exist_ok=True)
     if not os.path.exists(os.path.join(mdir, "model.safetensors")):
         subprocess.run([PEFT, "init-model", "--out", mdir, "--hidden", str(D), "--layers", str(L), "--heads", str(H),
-                        "--kv-heads", str(Hkv), "--ffn", str(F), "--vocab", str(V), "--seed", "1"], check=True,
+                        "--kv-heads", str(Hkv), "--ffn", str(F), "--vocab", str(V), "--seed", "1"] + extra, check=True,
                        stdout=subprocess.DEVNULL)
     data = os.path.join(ROOT, "out", "bench", f"tokens-{V}.bin")
     n_tok = args.batch * args.seq * (args.steps + 1)

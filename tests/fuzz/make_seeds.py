@@ -108,6 +108,30 @@ def main():
           "tokenizer.ggml.tokens": (9, (8, toks)), "tokenizer.ggml.token_type": (9, (5, [1] * 6 + [3])),
           "tokenizer.ggml.merges": (9, (8, [a + " " + b for a, b in bl["model"]["merges"]])),
           "tokenizer.ggml.eos_token_id": (4, 6), "tokenizer.ggml.add_bos_token": (7, 0)}, [])
+    # a 1-layer gemma3 GGUF model: the post-attention/post-feedforward norms, q/k norms, the window
+    kvs = {"general.architecture": (8, "gemma3"), "gemma3.embedding_length": (4, D), "gemma3.block_count": (4, 1),
+           "gemma3.feed_forward_length": (4, F), "gemma3.attention.head_count": (4, H),
+           "gemma3.attention.head_count_kv": (4, KV), "gemma3.attention.key_length": (4, hd),
+           "gemma3.attention.value_length": (4, hd), "gemma3.rope.freq_base": (6, 1e6),
+           "gemma3.attention.sliding_window": (4, 4), "gemma3.attention.layer_norm_rms_epsilon": (6, 1e-6)}
+    ts = [("token_embd.weight", [D, V], 8, q8(D * V, rng)), ("output_norm.weight", [D], 0, f32(D, rng))]
+    for n in ("attn_norm", "ffn_norm", "post_attention_norm", "post_ffw_norm"):
+        ts.append((f"blk.0.{n}.weight", [D], 0, f32(D, rng)))
+    for n in ("attn_q_norm", "attn_k_norm"):
+        ts.append((f"blk.0.{n}.weight", [hd], 0, f32(hd, rng)))
+    ts += [("blk.0.attn_q.weight", [D, D], 0, f32(D * D, rng)), ("blk.0.attn_k.weight", [D, KV * hd], 0, f32(D * KV * hd, rng)),
+           ("blk.0.attn_v.weight", [D, KV * hd], 0, f32(D * KV * hd, rng)), ("blk.0.attn_output.weight", [D, D], 0, f32(D * D, rng)),
+           ("blk.0.ffn_gate.weight", [D, F], 0, f32(D * F, rng)), ("blk.0.ffn_up.weight", [D, F], 1, f16(D * F, rng)),
+           ("blk.0.ffn_down.weight", [F, D], 8, q8(F * D, rng))]
+    gguf(os.path.join(HERE, "corpus", "gguf", "gemma3.gguf"), kvs, ts)
+    # Gemma 3's config.json (transformers 5's rope_parameters form)
+    with open(os.path.join(HERE, "corpus", "json", "gemma3_config.json"), "w") as f:
+        json.dump({"model_type": "gemma3_text", "hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 3,
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 12, "vocab_size": 48,
+                   "query_pre_attn_scalar": 16, "sliding_window": 5, "eos_token_id": [1, 6],
+                   "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
+                   "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
+                                       "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}, f)
     os.makedirs(os.path.join(HERE, "corpus", "spm"), exist_ok=True)
     with open(os.path.join(HERE, "corpus", "spm", "tokenizer.model"), "wb") as f:
         f.write(spm([("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3), ("<0x41>", 0.0, 6),
