@@ -382,14 +382,16 @@ void peft__workspace_free(workspace *ws);
 int peft__workspace_ensure(peft_model *m, int B, int T, int train);
 void peft__lora_free(lora_state *l);
 
-/* Rows of logits computed at once: as many as fit about 16M floats (64 MiB), at least 64, so
+/* Rows of logits computed at once: as many as fit about 64M floats (256 MiB), at least 256, so
    that the frozen lm_head is streamed (and packed by the GEMM) a few times per step, not once
-   per 64 rows; a multiple of 128 rows, so that the GEMM's 64-row tasks split evenly over two
-   or four threads (341 rows of a 49152-word vocabulary left one thread a third idle). */
+   per 64 rows (with Gemma 3's 262144-word vocabulary, 64-row chunks spent a quarter of the step
+   packing lm_head: 256 rows made the step 1.4x faster; SmolLM's whole 1024-row batch at once
+   1.1x); a multiple of 128 rows, so that the GEMM's 64-row tasks split evenly over two or four
+   threads (341 rows of a 49152-word vocabulary left one thread a third idle). */
 static inline int64_t peft__xent_chunk(int64_t rows, int64_t vocab)
 {
-    int64_t c = ((int64_t)16 << 20) / (vocab > 0 ? vocab : 1);
-    c = c >= 128 ? c / 128 * 128 : c < 64 ? 64 : c;
+    int64_t c = ((int64_t)64 << 20) / (vocab > 0 ? vocab : 1);
+    c = c >= 256 ? c / 128 * 128 : 256;
     return c < rows ? c : rows;
 }
 
