@@ -403,6 +403,14 @@ static void add_inplace(float *y, const float *x, size_t n)
         y[i] += x[i];
 }
 
+/* layer l's RoPE tables: Gemma 3's sliding layers have their own base */
+static void rope_of(const peft_model *m, int l, const float **cos_t, const float **sin_t)
+{
+    int local = m->cfg.gemma && peft__layer_window(&m->cfg, l) > 0;
+    *cos_t = local ? m->ws.rope_cos_l : m->ws.rope_cos;
+    *sin_t = local ? m->ws.rope_sin_l : m->ws.rope_sin;
+}
+
 /* the gated MLP's activation: SwiGLU, or Gemma's GeGLU */
 static void mlp_act(peft_model *m, float *act, const float *g, const float *u, int64_t N, int F)
 {
@@ -431,11 +439,8 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
     int64_t N = (int64_t)B * T;
     lora_view lv;
     float *q = c->qk_norm ? a->q_pre : a->q, *k = c->qk_norm ? a->k_pre : a->k;
-    const float *rc = ws->rope_cos, *rs = ws->rope_sin;
-    if (c->gemma && peft__layer_window(c, l) > 0) { /* Gemma 3's sliding layers: their own RoPE base */
-        rc = ws->rope_cos_l;
-        rs = ws->rope_sin_l;
-    }
+    const float *rc, *rs;
+    rope_of(m, l, &rc, &rs);
     rmsnorm_forward(m->pool, a->xn1, a->rstd1, x_in, peft__norm_weight(m, l, 0), N, D, c->eps);
     linear_forward(m, q, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), peft__bias_of(m, l, PEFT_MOD_Q), N, D, Hq,
                    peft__view_of(m, &lv, l, PEFT_MOD_Q, train), xa_of(m, l, PEFT_MOD_Q), ws->tmp);
@@ -545,11 +550,8 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
     attention_backward(m->pool, ws->dq, ws->dk, ws->dv, ws->att_scratch, ws->datt, a->q, a->k, a->v, a->att, a->lse,
                        ws->pos, B, T, c->n_heads, c->n_kv_heads, c->head_dim, peft__layer_window(c, l),
                        peft__prompt_len(m));
-    const float *rc = ws->rope_cos, *rs = ws->rope_sin;
-    if (c->gemma && peft__layer_window(c, l) > 0) {
-        rc = ws->rope_cos_l;
-        rs = ws->rope_sin_l;
-    }
+    const float *rc, *rs;
+    rope_of(m, l, &rc, &rs);
     if (c->gemma && c->q_mul != 1.0f)
         for (int64_t i = 0; i < N * Hq; i++)
             ws->dq[i] *= c->q_mul;

@@ -75,7 +75,8 @@ static int build_prompt(lora_state **out, const peft_model *m, const peft_prompt
 }
 
 /* PEFT's initialisations: N(0, 1) rows (torch.nn.Embedding), or copies of the base embeddings of
-   the text's tokens (repeated, then cut to n_virtual) or of uniformly drawn tokens. */
+   the text's tokens (repeated, then cut to n_virtual) or of uniformly drawn tokens (Gemma's
+   scaled by sqrt(hidden), as its embedding module returns them). */
 static void init_prompt(lora_state *l, const peft_model *m, const peft_prompt_options *o)
 {
     size_t D = (size_t)m->cfg.dim;
@@ -91,6 +92,8 @@ static void init_prompt(lora_state *l, const peft_model *m, const peft_prompt_op
         int32_t t = o->init == PEFT_PROMPT_INIT_TEXT ? o->init_tokens[i % o->n_init_tokens]
                                                      : (int32_t)(peft__rng_next(&rng) % (uint64_t)m->cfg.vocab);
         peft__w_rows(NULL, &m->embed, t, 1, row);
+        for (size_t d = 0; m->cfg.gemma && d < D; d++) /* the embedding module's output, as PEFT takes it */
+            row[d] *= m->cfg.embed_mul;
     }
 }
 
