@@ -8,6 +8,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,7 +48,8 @@ struct out_t {
     uint32_t type;
     uint64_t bytes, offset;
     int what, layer, kind; /* what: 0 copy, 1 linear weight, 2 norm, 3 embeddings, 4 lm_head, 5 bias,
-                              6 q/k head norm (kind 0 q, 1 k), 7 RoPE divisors */
+                              6 q/k head norm (kind 0 q, 1 k), 7 RoPE divisors, 8 Gemma's norm after
+                              attention (kind 0) or the MLP (1) */
 };
 
 static int parse_blk(const char *name, const char *tail, int *layer)
@@ -129,6 +131,11 @@ static int tensor_floats(peft_model *m, const struct out_t *t, float *dst, float
         memcpy(dst, c->rope_div, n * sizeof *dst);
         return PEFT_OK;
     }
+    if (t->what == 8) { /* held as 1 + w: as llama.cpp's converter stores Gemma's norms */
+        const peft_layer_weights *lw = &m->layers[t->layer];
+        memcpy(dst, t->kind ? lw->post_ffn_norm : lw->post_attn_norm, n * sizeof *dst);
+        return PEFT_OK;
+    }
     int changed;
     const float *w = t->what == 5 ? peft__effective_bias(m, t->layer, t->kind, tmp)
                                   : peft__effective_weight(m, t->layer, t->kind, tmp, &changed);
@@ -199,6 +206,10 @@ static size_t hf_tensors(const peft_model *m, struct out_t *ts, uint32_t type, i
             snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, k ? "attn_k_norm" : "attn_q_norm");
             add_made(&ts[n++], nm, 1, (uint64_t)c->head_dim, 1, 0, 6, l, k);
         }
+        for (int k = 0; c->gemma && k < 2; k++) {
+            snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, k ? "post_ffw_norm" : "post_attention_norm");
+            add_made(&ts[n++], nm, 1, (uint64_t)c->dim, 1, 0, 8, l, k);
+        }
     }
     add_made(&ts[n++], "output_norm.weight", 1, (uint64_t)c->dim, 1, 0, 2, 0, 2);
     if (!c->tied || untie)
@@ -238,10 +249,16 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
     if (peft__prompt_len(m) > 0)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: a soft prompt (prompt tuning) is not part of "
                                              "the weights");
-    if (m->cfg.gemma && !m->gguf_map)
-        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: Gemma 3 from a Hugging Face directory is not "
-                                             "written as GGUF yet (save the merged model with peft_save_merged and "
-                                             "convert it with llama.cpp; from a GGUF base it is)");
+    /* llama.cpp's gemma3 fixes what Gemma 3's checkpoints all share: a model that differs would
+       compute something else there */
+    const peft_config *gc = &m->cfg;
+    if (gc->gemma && !m->gguf_map &&
+        (gc->window_pattern != 6 || gc->rope_local_theta != 10000.0f || gc->rope_scaling == 2 ||
+         fabsf(gc->q_mul - (gc->n_layers == 62 ? sqrtf((float)gc->head_dim / (float)(gc->dim / gc->n_heads)) : 1.0f)) >
+             1e-6f))
+        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: this Gemma 3 differs from what llama.cpp's gemma3 "
+                                             "assumes (every sixth layer global, a local RoPE base of 10000, "
+                                             "query_pre_attn_scalar = head_dim but in the 27B model)");
     if (!m->gguf_map && !strncmp(m->cfg.architecture, "qwen", 4) && m->cfg.sliding_window > 0 &&
         m->cfg.window_from < m->cfg.n_layers)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: %s with use_sliding_window: llama.cpp's %s has "
@@ -264,7 +281,7 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
     int permuted = !strcmp(c->architecture, "llama") || (from_hf && !strcmp(c->architecture, "mistral"));
     size_t VD = (size_t)c->vocab * (size_t)c->dim, max_n = VD;
     int untie = 0;
-    size_t n_cap = from_hf ? 4 + (size_t)c->n_layers * (4 + 2 * PEFT_MOD_COUNT) : f.nt + 1;
+    size_t n_cap = from_hf ? 4 + (size_t)c->n_layers * (6 + 2 * PEFT_MOD_COUNT) : f.nt + 1;
     if (!(ts = calloc(n_cap, sizeof *ts)) || !(fbuf = peft__alloc_floats(VD)) || !(tmp = peft__alloc_floats(VD)) ||
         !(row = peft__alloc_floats((size_t)c->dim))) {
         code = peft__fail(PEFT_ENOMEM, "peft_save_merged_gguf: out of memory");

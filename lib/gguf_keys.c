@@ -587,6 +587,10 @@ static int tokenizer_keys(gg_buf *b, uint64_t *nk, const peft_model *m)
             peft__gb_kv_str(b, "tokenizer.chat_template", ct->string);
             ++*nk;
         }
+        if (c->gemma && !gpt2) { /* as llama.cpp's converter writes Gemma's SentencePiece vocabulary */
+            peft__gb_kv_bool(b, "tokenizer.ggml.add_space_prefix", 0);
+            ++*nk;
+        }
     }
     json_free(doc);
     vocab_free(&v);
@@ -620,6 +624,8 @@ int peft__gguf_hf_keys(gg_buf *b, uint64_t *nk, const peft_model *m, const char 
     ++*nk;
     U32("vocab_size", c->vocab);
     U32("rope.dimension_count", c->head_dim);
+    if (c->gemma)
+        U32("attention.sliding_window", c->sliding_window);
     if (c->rope_scaling == 1) {
         snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
         peft__gb_kv_str(b, k, "linear");

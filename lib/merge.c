@@ -249,7 +249,8 @@ static int hf_config(const peft_model *m, char **text, size_t *len, int tied)
                                              "rope_freqs.weight, whose rope_scaling parameters a config.json needs; "
                                              "export the merged model as GGUF instead");
     static const char *const cls[][2] = {{"llama", "LlamaForCausalLM"}, {"mistral", "MistralForCausalLM"},
-                                         {"qwen2", "Qwen2ForCausalLM"}, {"qwen3", "Qwen3ForCausalLM"}};
+                                         {"qwen2", "Qwen2ForCausalLM"}, {"qwen3", "Qwen3ForCausalLM"},
+                                         {"gemma3", "Gemma3ForCausalLM"}};
     const char *name = NULL;
     for (size_t i = 0; i < sizeof cls / sizeof cls[0]; i++)
         if (!strcmp(cls[i][0], c->architecture))
@@ -261,12 +262,16 @@ static int hf_config(const peft_model *m, char **text, size_t *len, int tied)
     if (c->bias_mask & 1u << PEFT_MOD_O)
         jw_put(&w, "  \"attention_bias\": true,\n");
     jw_put(&w, "  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n", c->bos_id, c->eos_id);
-    jw_put(&w, "  \"head_dim\": %d,\n  \"hidden_act\": \"silu\",\n  \"hidden_size\": %d,\n", c->head_dim, c->dim);
+    jw_put(&w, "  \"head_dim\": %d,\n  \"%s\": \"%s\",\n  \"hidden_size\": %d,\n", c->head_dim,
+           c->gemma ? "hidden_activation" : "hidden_act", c->gemma ? "gelu_pytorch_tanh" : "silu", c->dim);
     jw_put(&w, "  \"intermediate_size\": %d,\n", c->ffn_dim);
     if (c->bias_mask & 1u << PEFT_MOD_GATE)
         jw_put(&w, "  \"mlp_bias\": true,\n");
-    jw_put(&w, "  \"model_type\": \"%s\",\n  \"num_attention_heads\": %d,\n", c->architecture, c->n_heads);
+    jw_put(&w, "  \"model_type\": \"%s\",\n  \"num_attention_heads\": %d,\n", c->gemma ? "gemma3_text" : c->architecture,
+           c->n_heads);
     jw_put(&w, "  \"num_hidden_layers\": %d,\n  \"num_key_value_heads\": %d,\n", c->n_layers, c->n_kv_heads);
+    if (c->gemma) /* scores times query_pre_attn_scalar^-1/2 = head_dim^-1/2 q_mul */
+        jw_put(&w, "  \"query_pre_attn_scalar\": %ld,\n", lroundf((float)c->head_dim / (c->q_mul * c->q_mul)));
     jw_put(&w, "  \"rms_norm_eps\": ");
     jw_float(&w, c->eps);
     if (c->rope_scaling == 1) {
@@ -274,10 +279,16 @@ static int hf_config(const peft_model *m, char **text, size_t *len, int tied)
         jw_float(&w, c->rope_factor);
         jw_put(&w, ",\n    \"rope_type\": \"linear\",\n    \"type\": \"linear\"\n  }");
     }
+    if (c->gemma) {
+        jw_put(&w, ",\n  \"rope_local_base_freq\": ");
+        jw_float(&w, c->rope_local_theta);
+    }
     jw_put(&w, ",\n  \"rope_theta\": ");
     jw_float(&w, c->rope_theta);
     if (c->sliding_window > 0)
         jw_put(&w, ",\n  \"sliding_window\": %d", c->sliding_window);
+    if (c->gemma)
+        jw_put(&w, ",\n  \"sliding_window_pattern\": %d", c->window_pattern);
     jw_put(&w, ",\n  \"tie_word_embeddings\": %s,\n  \"torch_dtype\": \"float32\",\n", tied ? "true" : "false");
     jw_put(&w, "  \"vocab_size\": %d\n}\n", c->vocab);
     if (w.oom) {
@@ -289,6 +300,20 @@ static int hf_config(const peft_model *m, char **text, size_t *len, int tied)
     return PEFT_OK;
 }
 
+/* w - 1 (n floats) into a new *slot: a Gemma norm weight held as 1 + w, as its Hugging Face file
+   has it (a GGUF file stores 1 + w); out of memory: *oom set, w returned (nothing is written) */
+static const float *zero_centred(const float *w, int n, float **slot, int *oom)
+{
+    float *z = *slot = peft__alloc_floats((size_t)n);
+    if (!z) {
+        *oom = 1;
+        return w;
+    }
+    for (int i = 0; i < n; i++)
+        z[i] = w[i] - 1.0f;
+    return z;
+}
+
 int peft_save_merged(peft_model *m, const char *dir)
 {
     if (!m || !dir)
@@ -297,14 +322,11 @@ int peft_save_merged(peft_model *m, const char *dir)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: a soft prompt (prompt tuning) is not part of the "
                                              "weights; save the adapter, or turn it off for the base model");
     const peft_config *c = &m->cfg;
-    if (c->gemma && m->gguf_map)
-        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: Gemma 3 from a GGUF file is not written as a Hugging "
-                                             "Face directory yet (peft_save_merged_gguf writes it as GGUF)");
     int n_t = 3 + c->n_layers * (4 + 2 * PEFT_MOD_COUNT + 2), k = 0, code, untie = 0;
     size_t VD = (size_t)c->vocab * (size_t)c->dim;
     st_out_tensor *ts = calloc((size_t)n_t, sizeof *ts);
     char *names = calloc((size_t)n_t, 96);
-    float **tmp = calloc((size_t)n_t, sizeof *tmp);
+    float **tmp = calloc((size_t)n_t, sizeof *tmp), *final_zc = NULL;
     char *src_cfg = peft__path_join(m->path, "config.json"), *dst_cfg = NULL, *dst_st = NULL, *text = NULL;
     size_t len;
     if (!ts || !names || !tmp || !src_cfg) {
@@ -330,8 +352,13 @@ int peft_save_merged(peft_model *m, const char *dir)
     peft__effective_embed(m, tmp[0]);
     peft__effective_head(m, tmp[1]);
     ADD("model.embed_tokens.weight", c->vocab, c->dim, tmp[0]);
-    /* Gemma 3's norms as its file holds them (zero-centred; they cannot be tuned) */
-    ADD("model.norm.weight", c->dim, 0, c->gemma ? m->final_norm_file : peft__norm_weight(m, 0, 2));
+    /* Gemma 3's norms zero-centred, as its Hugging Face files hold them (they cannot be tuned) */
+    int oom = 0;
+#define GEMMA_NORM(w, file, n) ((file) ? (file) : zero_centred(w, n, &tmp[k], &oom))
+    /* (tmp[0] and tmp[1] hold the embeddings and lm_head: the final norm's copy has its own slot) */
+    ADD("model.norm.weight", c->dim, 0,
+        !c->gemma ? peft__norm_weight(m, 0, 2)
+        : m->final_norm_file ? m->final_norm_file : zero_centred(m->final_norm, c->dim, &final_zc, &oom));
     untie = c->tied && memcmp(tmp[0], tmp[1], VD * sizeof(float)) != 0;
     if (!c->tied || untie)
         ADD("lm_head.weight", c->vocab, c->dim, tmp[1]);
@@ -341,9 +368,10 @@ int peft_save_merged(peft_model *m, const char *dir)
         if (c->gemma) {
             static const char *const gn[4] = {"input_layernorm", "pre_feedforward_layernorm",
                                               "post_attention_layernorm", "post_feedforward_layernorm"};
+            const float *in_effect[4] = {w->attn_norm, w->ffn_norm, w->post_attn_norm, w->post_ffn_norm};
             for (int i = 0; i < 4; i++) {
                 snprintf(nm, sizeof nm, "model.layers.%d.%s.weight", l, gn[i]);
-                ADD(nm, c->dim, 0, w->file_norm[i]);
+                ADD(nm, c->dim, 0, GEMMA_NORM(in_effect[i], w->file_norm[i], c->dim));
             }
         } else {
             snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", l);
@@ -377,12 +405,17 @@ int peft_save_merged(peft_model *m, const char *dir)
         }
         if (c->qk_norm) {
             snprintf(nm, sizeof nm, "model.layers.%d.self_attn.q_norm.weight", l);
-            ADD(nm, c->head_dim, 0, c->gemma ? w->file_norm[4] : w->q_norm);
+            ADD(nm, c->head_dim, 0, c->gemma ? GEMMA_NORM(w->q_norm, w->file_norm[4], c->head_dim) : w->q_norm);
             snprintf(nm, sizeof nm, "model.layers.%d.self_attn.k_norm.weight", l);
-            ADD(nm, c->head_dim, 0, c->gemma ? w->file_norm[5] : w->k_norm);
+            ADD(nm, c->head_dim, 0, c->gemma ? GEMMA_NORM(w->k_norm, w->file_norm[5], c->head_dim) : w->k_norm);
         }
     }
 #undef ADD
+#undef GEMMA_NORM
+    if (c->gemma && oom) {
+        code = peft__fail(PEFT_ENOMEM, "peft_save_merged: out of memory");
+        goto done;
+    }
     if (m->gguf_map)
         code = hf_config(m, &text, &len, c->tied && !untie);
     else
@@ -403,6 +436,7 @@ done:
     for (int i = 0; i < n_t && tmp; i++)
         peft__free(tmp[i]);
     free(tmp);
+    peft__free(final_zc);
     free(ts);
     free(names);
     free(src_cfg);

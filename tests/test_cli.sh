@@ -891,7 +891,8 @@ gemma3_gguf)
     # Gemma 3 as llama.cpp's converter writes it (norms stored as 1 + w, post-attention and
     # post-feedforward norms, gemma3.attention.sliding_window; llama.cpp fixes every sixth layer
     # global and the sliding layers' RoPE base at 10000): the loss of the Hugging Face model, an
-    # adapter trained on the GGUF file applies to it, and a merged GGUF from the GGUF base
+    # adapter trained on the GGUF file applies to it, merged GGUFs from the GGUF base and from the
+    # Hugging Face directory, a merged Hugging Face directory from the GGUF base
     /usr/bin/python3 -c "import numpy" 2>/dev/null || { echo "skip: no numpy for /usr/bin/python3 (apt-get install python3-numpy)"; exit 77; }
     mkdir -p "$T/hf" && ln -s "$SRC/tests/data/tiny_gemma3/model.safetensors" "$T/hf/" || fail "link"
     python3 -c "
@@ -919,6 +920,18 @@ assert l['q.gguf'] != l['hf'], l" || fail "GGUF and Hugging Face losses differ"
     "$PEFT" eval --model "$T/hf" --adapter "$T/ad" --data "$T/data.bin" --seq 32 --json >"$T/a_hf" || fail "eval hf+ad"
     "$PEFT" merge --model "$T/g.gguf" --adapter "$T/ad" --out "$T/merged.gguf" >/dev/null || fail "merge to GGUF"
     "$PEFT" eval --model "$T/merged.gguf" --data "$T/data.bin" --seq 32 --json >"$T/a_m" || fail "eval merged"
+    # the merged model written as GGUF from the Hugging Face directory (its vocabulary beside it;
+    # SentencePiece-style, so add_space_prefix false as llama.cpp writes Gemma's) computes the same
+    printf '%s' '{"model": {"type": "BPE", "vocab": {"<unk>": 0, "a": 1, "b": 2, "ab": 3}, "merges": ["a b"]}}' \
+        >"$T/hf/tokenizer.json"
+    "$PEFT" merge --model "$T/hf" --adapter "$T/ad" --out "$T/from_hf.gguf" >/dev/null || fail "merge HF to GGUF"
+    "$PEFT" eval --model "$T/from_hf.gguf" --data "$T/data.bin" --seq 32 --json >"$T/a_fh" || fail "eval from_hf"
+    grep -q "tokenizer.ggml.add_space_prefix" "$T/from_hf.gguf" || fail "add_space_prefix"
+    # and as a Hugging Face directory from the GGUF base (config.json written for gemma3_text,
+    # the norms zero-centred again)
+    "$PEFT" merge --model "$T/g.gguf" --adapter "$T/ad" --out "$T/hf_from_gguf" >/dev/null || fail "merge GGUF to HF"
+    grep -q '"model_type": "gemma3_text"' "$T/hf_from_gguf/config.json" || fail "config.json of the GGUF base"
+    "$PEFT" eval --model "$T/hf_from_gguf" --data "$T/data.bin" --seq 32 --json >"$T/a_fg" || fail "eval hf_from_gguf"
     # the llama.cpp LoRA file names the gemma3 architecture and computes the same
     grep -q gemma3 "$T/ad/adapter.gguf" || fail "adapter.gguf architecture"
     "$PEFT" convert --adapter "$T/ad/adapter.gguf" --out "$T/back" --model "$T/hf" >/dev/null || fail "convert back"
@@ -926,8 +939,8 @@ assert l['q.gguf'] != l['hf'], l" || fail "GGUF and Hugging Face losses differ"
         fail "eval the GGUF adapter converted back"
     python3 -c "
 import json
-l = [json.loads(open('$T/' + n).read().splitlines()[-1])['loss'] for n in ('a_g', 'a_hf', 'a_m', 'a_gg', 'e_hf')]
-assert max(abs(l[0] - x) for x in l[1:4]) <= 1e-5 * l[0] and l[0] < l[4], l" || fail "the adapter does not carry over"
+l = [json.loads(open('$T/' + n).read().splitlines()[-1])['loss'] for n in ('a_g', 'a_hf', 'a_m', 'a_gg', 'a_fh', 'a_fg', 'e_hf')]
+assert max(abs(l[0] - x) for x in l[1:6]) <= 1e-5 * l[0] and l[0] < l[6], l" || fail "the adapter does not carry over"
     ;;
 *)
     echo "unknown case $CASE" >&2

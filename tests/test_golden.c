@@ -698,8 +698,9 @@ TEST(torch_step_gemma3)
 }
 
 /* merged in place and exported as a Hugging Face directory (the file's zero-centred norms under
-   Gemma's names); what is not supported is refused without a file: GGUF export, norm tuning,
-   soft-capping, another layer pattern, the multimodal model_type */
+   Gemma's names); what is not supported is refused without a file: GGUF export of a Gemma 3
+   llama.cpp cannot express (this one's layer pattern, query scalar), norm tuning, soft-capping,
+   another layer pattern, the multimodal model_type */
 TEST(gemma3_lifecycle)
 {
     const char *ad = test_data("tiny_gemma3/all_linear/adapter");
@@ -721,7 +722,7 @@ TEST(gemma3_lifecycle)
     CHECK_OK(peft_unmerge_adapter(m));
     CHECK(batch_loss(m) == want);
     CHECK_OK(peft_save_merged(m, hf));
-    CHECK(peft_save_merged_gguf(m, gg, NULL) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "Gemma 3"));
+    CHECK(peft_save_merged_gguf(m, gg, NULL) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "llama.cpp's gemma3"));
     CHECK(access(gg, F_OK) != 0);
     CHECK_OK(peft_save_adapter_gguf(m, ga, NULL)); /* llama.cpp's gemma3 LoRA: unpermuted q/k */
     peft_detach(m);
