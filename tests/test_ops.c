@@ -250,6 +250,40 @@ TEST(swiglu)
     CHECK(fd_check("swiglu du", c.u, SN, du, sw_loss, &c, 1e-2f, 1e-3) == 0);
 }
 
+/* GeGLU (Gemma): act = gelu_tanh(g) * u; finite differences, and the forward against tanh() in
+   double, out to where tanh saturates (|g| up to 40: no NaN, no overflow) */
+static double ge_loss(void *vp)
+{
+    struct sw_ctx *c = vp;
+    geglu_forward(NULL, c->act, c->g, c->u, 1, SN);
+    return dotd(c->act, c->dout, SN);
+}
+TEST(geglu)
+{
+    struct sw_ctx c;
+    fill(c.g, SN, 3.0f);
+    fill(c.u, SN, 1.0f);
+    fill(c.dout, SN, 1.0f);
+    float dg[SN], du[SN];
+    geglu_backward(NULL, dg, du, c.dout, c.g, c.u, 1, SN);
+    CHECK(fd_check("geglu dg", c.g, SN, dg, ge_loss, &c, 1e-2f, 1e-2) == 0);
+    CHECK(fd_check("geglu du", c.u, SN, du, ge_loss, &c, 1e-2f, 1e-3) == 0);
+    for (int i = 0; i < SN; i++) {
+        c.g[i] = -40.0f + 80.0f * (float)i / (SN - 1);
+        c.u[i] = 1.0f;
+    }
+    geglu_forward(NULL, c.act, c.g, c.u, 1, SN);
+    double worst = 0;
+    for (int i = 0; i < SN; i++) {
+        double g = c.g[i], want = 0.5 * g * (1.0 + tanh(0.7978845608028654 * (g + 0.044715 * g * g * g)));
+        worst = fmax(worst, fabs(c.act[i] - want) / fmax(1.0, fabs(want)));
+    }
+    CHECK_MSG(worst < 1e-6, "geglu forward: relative error %g", worst);
+    geglu_backward(NULL, dg, du, c.dout, c.g, c.u, 1, SN);
+    for (int i = 0; i < SN; i++)
+        CHECK(isfinite(dg[i]) && isfinite(du[i]));
+}
+
 /* ---- cross-entropy ---- */
 enum { XV = 37 };
 struct xe_ctx {
@@ -832,7 +866,7 @@ TEST(quantized_weights)
 
 static const struct h_case cases[] = {
     CASE(rmsnorm),     CASE(rope),         CASE(attention_gqa),   CASE(attention_packed_documents),
-    CASE(attention_sliding_window), CASE(attention_shared_prefix), CASE(swiglu),
+    CASE(attention_sliding_window), CASE(attention_shared_prefix), CASE(swiglu), CASE(geglu),
     CASE(cross_entropy), CASE(lora_linear), CASE(lora_linear_dropout), CASE(ia3_linear_bias), CASE(ia3_linear_bias_feedforward), CASE(dropout_mask),
     CASE(backend_cpu_gemm), CASE(backend_cpu_gemm_bf16), CASE(fast_expf_accuracy), CASE(lane_reductions), CASE(backend_blis_gemm), CASE(quantized_weights), CASE(quantizers_round_trip),
     CASE(gguf_embeddings_stay_quantized), CASE(k_quantizers_round_trip),

@@ -13,10 +13,23 @@ struct swiglu_args {
 
 #define SW_CHUNK 4096
 
+/* task's elements [*i0, *i1) of the N*F */
+static inline void chunk_of(const struct swiglu_args *a, int32_t task, int64_t *i0, int64_t *i1)
+{
+    *i0 = (int64_t)task * SW_CHUNK;
+    *i1 = *i0 + SW_CHUNK < a->n ? *i0 + SW_CHUNK : a->n;
+}
+
+static void run_chunks(void *pool, struct swiglu_args *a, void (*task)(void *, int32_t))
+{
+    peft__pool_for(pool, (int32_t)((a->n + SW_CHUNK - 1) / SW_CHUNK), task, a);
+}
+
 PEFT_VEC_CLONES static void fwd_task(void *vp, int32_t task)
 {
     const struct swiglu_args *a = vp;
-    int64_t i0 = (int64_t)task * SW_CHUNK, i1 = i0 + SW_CHUNK < a->n ? i0 + SW_CHUNK : a->n;
+    int64_t i0, i1;
+    chunk_of(a, task, &i0, &i1);
     for (int64_t i = i0; i < i1; i++) {
         float g = a->g[i];
         a->act[i] = g / (1.0f + peft__expf(-g)) * a->u[i];
@@ -27,13 +40,14 @@ PEFT_VEC_CLONES static void fwd_task(void *vp, int32_t task)
 void swiglu_forward(void *pool, float *act, const float *g, const float *u, int64_t N, int F)
 {
     struct swiglu_args a = {.act = act, .g = g, .u = u, .n = N * F};
-    peft__pool_for(pool, (int32_t)((a.n + SW_CHUNK - 1) / SW_CHUNK), fwd_task, &a);
+    run_chunks(pool, &a, fwd_task);
 }
 
 PEFT_VEC_CLONES static void bwd_task(void *vp, int32_t task)
 {
     const struct swiglu_args *a = vp;
-    int64_t i0 = (int64_t)task * SW_CHUNK, i1 = i0 + SW_CHUNK < a->n ? i0 + SW_CHUNK : a->n;
+    int64_t i0, i1;
+    chunk_of(a, task, &i0, &i1);
     for (int64_t i = i0; i < i1; i++) {
         float g = a->g[i], sg = 1.0f / (1.0f + peft__expf(-g));
         float silu = g * sg;
@@ -47,7 +61,7 @@ void swiglu_backward(void *pool, float *dg, float *du, const float *dact, const 
                      const float *u, int64_t N, int F)
 {
     struct swiglu_args a = {.dg = dg, .du = du, .g = g, .u = u, .dact = dact, .n = N * F};
-    peft__pool_for(pool, (int32_t)((a.n + SW_CHUNK - 1) / SW_CHUNK), bwd_task, &a);
+    run_chunks(pool, &a, bwd_task);
 }
 
 /* gelu(g) = g/2 (1 + tanh(c (g + 0.044715 g^3))), tanh(z) = 1 - 2 / (e^2z + 1) */
@@ -61,7 +75,8 @@ static inline float gelu_tanh_of(float g)
 PEFT_VEC_CLONES static void gelu_fwd_task(void *vp, int32_t task)
 {
     const struct swiglu_args *a = vp;
-    int64_t i0 = (int64_t)task * SW_CHUNK, i1 = i0 + SW_CHUNK < a->n ? i0 + SW_CHUNK : a->n;
+    int64_t i0, i1;
+    chunk_of(a, task, &i0, &i1);
     for (int64_t i = i0; i < i1; i++) {
         float g = a->g[i];
         a->act[i] = 0.5f * g * (1.0f + gelu_tanh_of(g)) * a->u[i];
@@ -71,13 +86,14 @@ PEFT_VEC_CLONES static void gelu_fwd_task(void *vp, int32_t task)
 void geglu_forward(void *pool, float *act, const float *g, const float *u, int64_t N, int F)
 {
     struct swiglu_args a = {.act = act, .g = g, .u = u, .n = N * F};
-    peft__pool_for(pool, (int32_t)((a.n + SW_CHUNK - 1) / SW_CHUNK), gelu_fwd_task, &a);
+    run_chunks(pool, &a, gelu_fwd_task);
 }
 
 PEFT_VEC_CLONES static void gelu_bwd_task(void *vp, int32_t task)
 {
     const struct swiglu_args *a = vp;
-    int64_t i0 = (int64_t)task * SW_CHUNK, i1 = i0 + SW_CHUNK < a->n ? i0 + SW_CHUNK : a->n;
+    int64_t i0, i1;
+    chunk_of(a, task, &i0, &i1);
     for (int64_t i = i0; i < i1; i++) {
         float g = a->g[i], t = gelu_tanh_of(g);
         float gelu = 0.5f * g * (1.0f + t);
@@ -91,5 +107,5 @@ void geglu_backward(void *pool, float *dg, float *du, const float *dact, const f
                     int F)
 {
     struct swiglu_args a = {.dg = dg, .du = du, .g = g, .u = u, .dact = dact, .n = N * F};
-    peft__pool_for(pool, (int32_t)((a.n + SW_CHUNK - 1) / SW_CHUNK), gelu_bwd_task, &a);
+    run_chunks(pool, &a, gelu_bwd_task);
 }
