@@ -146,22 +146,27 @@ static int get_eos(const json_value *root, int *out, const char *what)
     return get_int(root, "eos_token_id", out, 0, what);
 }
 
-/* Gemma 3's text model: the global/sliding layer pattern, the two RoPE bases, the query
-   scalar; what this engine does not compute (soft-capping, bidirectional attention) refused */
-static int gemma_config(peft_config *cfg, const json_value *root, const char *what)
+/* Gemma 3's text model and Gemma 2 (version 2 or 3): the global/sliding layer pattern, the RoPE
+   bases, the query scalar, the soft-caps (transformers' defaults where absent); bidirectional
+   attention (an embedding model) refused */
+static int gemma_config(peft_config *cfg, const json_value *root, const char *what, int version)
 {
-    int code, qpas = 256, pattern = 6;
-    cfg->gemma = cfg->qk_norm = 1;
+    int code, qpas = 256, pattern = version == 2 ? 2 : 6; /* Gemma 2: every other layer global */
+    cfg->gemma = version;
+    cfg->qk_norm = version == 3;
     cfg->sliding_window = 4096;
-    cfg->rope_theta = 1000000.0f;
-    cfg->rope_local_theta = 10000.0f;
+    cfg->rope_theta = version == 2 ? 10000.0f : 1000000.0f;
+    cfg->rope_local_theta = version == 2 ? 0.0f : 10000.0f;
     cfg->embed_mul = (float)sqrt((double)cfg->dim);
     const char *caps[] = {"attn_logit_softcapping", "final_logit_softcapping"};
-    for (int i = 0; i < 2; i++) {
+    float *cap[] = {&cfg->attn_softcap, &cfg->final_softcap};
+    for (int i = 0; i < 2; i++) { /* Gemma 2's defaults 50 and 30; null: none */
         const json_value *v = json_get(root, caps[i]);
-        if (v && v->type != JSON_NULL)
-            return peft__fail(PEFT_EUNSUPPORTED, "%s: \"%s\" is not supported (Gemma 3 has none; Gemma 2's is)", what,
-                              caps[i]);
+        *cap[i] = v ? 0.0f : version == 2 ? (i ? 30.0f : 50.0f) : 0.0f;
+        if ((code = get_float(root, caps[i], cap[i], what)) < 0)
+            return code;
+        if (!(*cap[i] >= 0.0f && *cap[i] < 1e6f))
+            return peft__fail(PEFT_EFORMAT, "%s: \"%s\" must be positive", what, caps[i]);
     }
     const json_value *bi = json_get(root, "use_bidirectional_attention");
     if (bi && bi->type == JSON_BOOL && bi->boolean)
@@ -173,7 +178,7 @@ static int gemma_config(peft_config *cfg, const json_value *root, const char *wh
         (code = get_int(root, "sliding_window", &cfg->sliding_window, 0, what)) < 0 ||
         (code = get_int(root, "sliding_window_pattern", &pattern, 0, what)) < 0 ||
         (code = get_float(root, "rope_theta", &cfg->rope_theta, what)) < 0 ||
-        (code = get_float(root, "rope_local_base_freq", &cfg->rope_local_theta, what)) < 0)
+        (version == 3 && (code = get_float(root, "rope_local_base_freq", &cfg->rope_local_theta, what)) < 0))
         return code;
     if (qpas <= 0 || cfg->sliding_window <= 0 || pattern <= 0)
         return peft__fail(PEFT_EFORMAT, "%s: query_pre_attn_scalar, sliding_window and sliding_window_pattern must be "
@@ -201,7 +206,7 @@ static int gemma_config(peft_config *cfg, const json_value *root, const char *wh
     cfg->window_pattern = pattern;
     /* transformers 5 writes {"full_attention": {...}, "sliding_attention": {...}} instead */
     const json_value *rp = json_get(root, "rope_parameters");
-    if (rp && rp->type == JSON_OBJECT) {
+    if (version == 3 && rp && rp->type == JSON_OBJECT) {
         const json_value *full = json_get(rp, "full_attention"), *slide = json_get(rp, "sliding_attention");
         if (!full || full->type != JSON_OBJECT || !slide || slide->type != JSON_OBJECT)
             return peft__fail(PEFT_EFORMAT, "%s: \"rope_parameters\" needs full_attention and sliding_attention", what);
@@ -214,7 +219,7 @@ static int gemma_config(peft_config *cfg, const json_value *root, const char *wh
         if (json_get(full, "rope_type") && (code = parse_rope_scaling(cfg, full, what)) < 0)
             return code;
     }
-    if (!(cfg->rope_local_theta > 0.0f) || !isfinite(cfg->rope_local_theta))
+    if (version == 3 && (!(cfg->rope_local_theta > 0.0f) || !isfinite(cfg->rope_local_theta)))
         return peft__fail(PEFT_EFORMAT, "%s: rope_local_base_freq must be positive", what);
     return PEFT_OK;
 }
@@ -237,18 +242,18 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
         json_free(doc);
         return peft__fail(PEFT_EFORMAT, "%s: missing \"model_type\"", what);
     }
-    int gemma = !strcmp(arch, "gemma3_text");
+    int gemma = !strcmp(arch, "gemma3_text") ? 3 : !strcmp(arch, "gemma2") ? 2 : 0;
     if (strcmp(arch, "llama") != 0 && strcmp(arch, "mistral") != 0 && strcmp(arch, "qwen2") != 0 &&
         strcmp(arch, "qwen3") != 0 && !gemma) {
         code = peft__fail(PEFT_EUNSUPPORTED,
                           "%s: architecture \"%s\" is not supported (supported: llama, which "
-                          "covers Llama 2 and 3, SmolLM, TinyLlama; mistral; qwen2; qwen3; gemma3_text, "
+                          "covers Llama 2 and 3, SmolLM, TinyLlama; mistral; qwen2; qwen3; gemma2; gemma3_text, "
                           "Gemma 3's text models%s)",
                           what, arch, !strcmp(arch, "gemma3") ? "; this is the multimodal Gemma 3" : "");
         json_free(doc);
         return code;
     }
-    snprintf(cfg->architecture, sizeof cfg->architecture, "%s", gemma ? "gemma3" : arch);
+    snprintf(cfg->architecture, sizeof cfg->architecture, "%s", gemma == 3 ? "gemma3" : arch);
     if ((code = get_int(root, "hidden_size", &cfg->dim, 1, what)) < 0 ||
         (code = get_int(root, "intermediate_size", &cfg->ffn_dim, 1, what)) < 0 ||
         (code = get_int(root, "num_hidden_layers", &cfg->n_layers, 1, what)) < 0 ||
@@ -279,13 +284,13 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
         return code;
     }
     const json_value *tie = json_get(root, "tie_word_embeddings");
-    cfg->tied = tie && tie->type == JSON_BOOL ? tie->boolean : gemma; /* transformers' defaults */
+    cfg->tied = tie && tie->type == JSON_BOOL ? tie->boolean : gemma != 0; /* transformers' defaults */
     const json_value *rs = json_get(root, "rope_scaling");
     const json_value *ab = json_get(root, "attention_bias");
     const json_value *mb = json_get(root, "mlp_bias");
     const json_value *act = json_get(root, "hidden_act");
     if (gemma)
-        code = gemma_config(cfg, root, what);
+        code = gemma_config(cfg, root, what, gemma);
     if (code >= 0 && rs && rs->type != JSON_NULL)
         code = parse_rope_scaling(cfg, rs, what);
     const uint32_t qkv = 1u << PEFT_MOD_Q | 1u << PEFT_MOD_K | 1u << PEFT_MOD_V;
@@ -295,7 +300,7 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
         cfg->bias_mask = qkv | 1u << PEFT_MOD_O;
     if (mb && mb->type == JSON_BOOL && mb->boolean)
         cfg->bias_mask |= 1u << PEFT_MOD_GATE | 1u << PEFT_MOD_UP | 1u << PEFT_MOD_DOWN;
-    cfg->qk_norm = !strcmp(arch, "qwen3") || gemma;
+    cfg->qk_norm = !strcmp(arch, "qwen3") || gemma == 3;
     const json_value *sw = json_get(root, "use_sliding_window");
     if (code >= 0 && !strncmp(arch, "qwen", 4) && sw && sw->type == JSON_BOOL && sw->boolean)
         code = qwen_window(cfg, root, what);

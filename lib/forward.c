@@ -406,7 +406,7 @@ static void add_inplace(float *y, const float *x, size_t n)
 /* layer l's RoPE tables: Gemma 3's sliding layers have their own base */
 static void rope_of(const peft_model *m, int l, const float **cos_t, const float **sin_t)
 {
-    int local = m->cfg.gemma && peft__layer_window(&m->cfg, l) > 0;
+    int local = m->cfg.rope_local_theta > 0.0f && peft__layer_window(&m->cfg, l) > 0;
     *cos_t = local ? m->ws.rope_cos_l : m->ws.rope_cos;
     *sin_t = local ? m->ws.rope_sin_l : m->ws.rope_sin;
 }
@@ -458,7 +458,7 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
         for (int64_t i = 0; i < N * Hq; i++)
             a->q[i] *= c->q_mul;
     attention_forward(m->pool, a->att, a->lse, ws->att_scratch, a->q, a->k, a->v, ws->pos, B, T, c->n_heads,
-                      c->n_kv_heads, c->head_dim, peft__layer_window(c, l), peft__prompt_len(m));
+                      c->n_kv_heads, c->head_dim, peft__layer_window(c, l), peft__prompt_len(m), c->attn_softcap);
     linear_forward(m, c->gemma ? a->ao : a->h, a->att, peft__w_of(m, l, PEFT_MOD_O), peft__bias_of(m, l, PEFT_MOD_O),
                    N, Hq, D, peft__view_of(m, &lv, l, PEFT_MOD_O, train), xa_of(m, l, PEFT_MOD_O), ws->tmp);
     if (c->gemma) /* Gemma 3: the attention output normalised before the residual */
@@ -549,7 +549,7 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
         return;
     attention_backward(m->pool, ws->dq, ws->dk, ws->dv, ws->att_scratch, ws->datt, a->q, a->k, a->v, a->att, a->lse,
                        ws->pos, B, T, c->n_heads, c->n_kv_heads, c->head_dim, peft__layer_window(c, l),
-                       peft__prompt_len(m));
+                       peft__prompt_len(m), c->attn_softcap);
     const float *rc, *rs;
     rope_of(m, l, &rc, &rs);
     if (c->gemma && c->q_mul != 1.0f)
@@ -581,6 +581,7 @@ struct xent_args {
     float *logits, *row_loss;
     const int32_t *labels;
     int V, train;
+    float softcap; /* Gemma 2: the logits soft-capped first, the gradient through the cap */
 };
 
 static void xent_task(void *vp, int32_t i)
@@ -594,7 +595,8 @@ static void xent_task(void *vp, int32_t i)
             memset(row, 0, (size_t)a->V * sizeof *row);
         return;
     }
-    a->row_loss[i] = (float)xent_row(a->train ? row : NULL, row, a->V, label, 1.0f);
+    a->row_loss[i] = (float)(a->softcap > 0.0f ? xent_row_softcap(row, a->V, label, a->softcap, a->train)
+                                               : xent_row(a->train ? row : NULL, row, a->V, label, 1.0f));
 }
 
 static int check_batch(const peft_model *m, const peft_batch *b)
@@ -640,7 +642,7 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
         return code;
     workspace *ws = &m->ws;
     rope_tables(ws->rope_cos, ws->rope_sin, T, c);
-    if (c->gemma) {
+    if (c->rope_local_theta > 0.0f) {
         peft_config local;
         rope_tables(ws->rope_cos_l, ws->rope_sin_l, T, rope_config_of(c, 0, &local));
     }
@@ -691,7 +693,7 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
 
     /* loss (and d logits -> d xnf) in row chunks: the N x V logits never exist at once */
     double sum = 0;
-    struct xent_args xa = {ws->logits, NULL, NULL, V, train};
+    struct xent_args xa = {ws->logits, NULL, NULL, V, train, c->final_softcap};
     int64_t chunk = peft__xent_chunk(N, V);
     for (int64_t r0 = 0; r0 < N; r0 += chunk) {
         int64_t rows = N - r0 < chunk ? N - r0 : chunk;

@@ -403,13 +403,14 @@ int peft__gguf_parse(gg_file *f, int (*kv)(void *ctx, const gg_kv *kv), void *ct
 }
 
 /* the model's keys: general.architecture, and "<arch>.<suffix>" for the architectures read */
-static const char *const gguf_archs[] = {"llama", "qwen2", "qwen3", "gemma3"};
+static const char *const gguf_archs[] = {"llama", "qwen2", "qwen3", "gemma2", "gemma3"};
 
 struct model_keys {
     peft_config *c;
     char arch[32], scaling[32];
     float scale_factor;
     int key_len;
+    float caps[2]; /* gemma2's attn_logit_softcapping, final_logit_softcapping (< 0: absent) */
 };
 
 static int model_key(void *ctx, const gg_kv *kv)
@@ -462,23 +463,35 @@ static int model_key(void *ctx, const gg_kv *kv)
         c->rope_theta = (float)kv->fv;
     else if (kv->type == 6 && peft__gg_key_is(&s, "rope.scaling.factor"))
         mk->scale_factor = (float)kv->fv;
+    else if (kv->type == 6 && peft__gg_key_is(&s, "attn_logit_softcapping"))
+        mk->caps[0] = (float)kv->fv;
+    else if (kv->type == 6 && peft__gg_key_is(&s, "final_logit_softcapping"))
+        mk->caps[1] = (float)kv->fv;
     return PEFT_OK;
 }
 
-/* gemma3: what llama.cpp fixes for the architecture rather than storing it (llama-model.cpp):
-   every sixth layer global, the sliding ones with RoPE base 10000 unscaled, scores scaled by
-   head_dim^-1/2 except in the 27B model (62 layers: (hidden / heads)^-1/2) */
-static int gemma3_keys(peft_config *c, const char *path)
+/* gemma2 and gemma3: what llama.cpp fixes for the architecture rather than storing it
+   (llama-model.cpp): every other (gemma2) or sixth (gemma3) layer global, gemma3's sliding ones
+   with RoPE base 10000 unscaled, gemma2's soft-caps 50 and 30 unless given; scores scaled by
+   head_dim^-1/2 except in the 27B models (46 and 62 layers: (hidden / heads)^-1/2) */
+static int gemma_keys(peft_config *c, const struct model_keys *mk, const char *path)
 {
-    c->gemma = c->qk_norm = 1;
-    c->window_pattern = 6;
-    c->rope_local_theta = 10000.0f;
+    int v3 = !strcmp(mk->arch, "gemma3");
+    c->gemma = v3 ? 3 : 2;
+    c->qk_norm = v3;
+    c->window_pattern = v3 ? 6 : 2;
+    c->rope_local_theta = v3 ? 10000.0f : 0.0f;
+    c->attn_softcap = v3 ? 0.0f : mk->caps[0] >= 0.0f ? mk->caps[0] : 50.0f;
+    c->final_softcap = v3 ? 0.0f : mk->caps[1] >= 0.0f ? mk->caps[1] : 30.0f;
     if (c->sliding_window <= 0)
-        return peft__fail(PEFT_EFORMAT, "%s: gemma3.attention.sliding_window is missing", path);
+        return peft__fail(PEFT_EFORMAT, "%s: %s.attention.sliding_window is missing", path, mk->arch);
+    if (!(c->attn_softcap < 1e6f) || !(c->final_softcap < 1e6f))
+        return peft__fail(PEFT_EFORMAT, "%s: bad soft-capping values", path);
     if (c->dim <= 0 || c->n_heads <= 0)
         return PEFT_OK; /* peft__config_validate says what */
     c->embed_mul = sqrtf((float)c->dim);
-    c->q_mul = c->n_layers == 62 && c->head_dim > 0 ? sqrtf((float)c->head_dim / (float)(c->dim / c->n_heads)) : 1.0f;
+    c->q_mul = c->n_layers == (v3 ? 62 : 46) && c->head_dim > 0 ? sqrtf((float)c->head_dim / (float)(c->dim / c->n_heads))
+                                                                 : 1.0f;
     return PEFT_OK;
 }
 
@@ -496,7 +509,7 @@ int peft__gguf_open(peft_model *m, const char *path)
     c->rope_theta = 10000.0f;
     c->bos_id = 1;
     c->eos_id = 2;
-    struct model_keys mk = {.c = c, .scale_factor = 1.0f};
+    struct model_keys mk = {.c = c, .scale_factor = 1.0f, .caps = {-1.0f, -1.0f}};
     if ((code = peft__gguf_parse(&f, model_key, &mk)))
         return code;
     const gg_tensor *ts = f.ts;
@@ -506,7 +519,7 @@ int peft__gguf_open(peft_model *m, const char *path)
     for (size_t i = 0; i < sizeof gguf_archs / sizeof gguf_archs[0]; i++)
         known |= !strcmp(mk.arch, gguf_archs[i]);
     if (!known) {
-        code = peft__fail(PEFT_EUNSUPPORTED, "%s: architecture \"%s\" is not supported (llama, qwen2, qwen3, gemma3)",
+        code = peft__fail(PEFT_EUNSUPPORTED, "%s: architecture \"%s\" is not supported (llama, qwen2, qwen3, gemma2, gemma3)",
                           path, mk.arch);
         goto done;
     }
@@ -530,7 +543,7 @@ int peft__gguf_open(peft_model *m, const char *path)
         c->n_kv_heads = c->n_heads;
     c->head_dim = mk.key_len ? mk.key_len : (c->n_heads > 0 ? c->dim / c->n_heads : 0);
     c->tied = find(ts, nt, "output.weight") == NULL;
-    if ((!strcmp(mk.arch, "gemma3") && (code = gemma3_keys(c, path))) || (code = peft__config_validate(c, path)) ||
+    if ((!strncmp(mk.arch, "gemma", 5) && (code = gemma_keys(c, &mk, path))) || (code = peft__config_validate(c, path)) ||
         (code = rope_scaling(c, ts, nt, data, mk.scaling, mk.scale_factor, path)))
         goto done;
     {

@@ -252,13 +252,16 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
     /* llama.cpp's gemma3 fixes what Gemma 3's checkpoints all share: a model that differs would
        compute something else there */
     const peft_config *gc = &m->cfg;
+    int v3 = gc->gemma == 3;
     if (gc->gemma && !m->gguf_map &&
-        (gc->window_pattern != 6 || gc->rope_local_theta != 10000.0f || gc->rope_scaling == 2 ||
-         fabsf(gc->q_mul - (gc->n_layers == 62 ? sqrtf((float)gc->head_dim / (float)(gc->dim / gc->n_heads)) : 1.0f)) >
-             1e-6f))
-        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: this Gemma 3 differs from what llama.cpp's gemma3 "
-                                             "assumes (every sixth layer global, a local RoPE base of 10000, "
-                                             "query_pre_attn_scalar = head_dim but in the 27B model)");
+        (gc->window_pattern != (v3 ? 6 : 2) || gc->rope_local_theta != (v3 ? 10000.0f : 0.0f) ||
+         gc->rope_scaling == 2 || (!v3 && gc->rope_scaling) ||
+         fabsf(gc->q_mul - (gc->n_layers == (v3 ? 62 : 46) ? sqrtf((float)gc->head_dim / (float)(gc->dim / gc->n_heads))
+                                                           : 1.0f)) > 1e-6f))
+        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: this Gemma differs from what llama.cpp's %s "
+                                             "assumes (every %s layer global%s, query_pre_attn_scalar = head_dim but in "
+                                             "the 27B model)", gc->architecture, v3 ? "sixth" : "other",
+                          v3 ? ", a local RoPE base of 10000" : ", no RoPE scaling");
     if (!m->gguf_map && !strncmp(m->cfg.architecture, "qwen", 4) && m->cfg.sliding_window > 0 &&
         m->cfg.window_from < m->cfg.n_layers)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: %s with use_sliding_window: llama.cpp's %s has "

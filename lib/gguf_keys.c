@@ -626,6 +626,10 @@ int peft__gguf_hf_keys(gg_buf *b, uint64_t *nk, const peft_model *m, const char 
     U32("rope.dimension_count", c->head_dim);
     if (c->gemma)
         U32("attention.sliding_window", c->sliding_window);
+    if (c->gemma == 2) {
+        F32("attn_logit_softcapping", c->attn_softcap);
+        F32("final_logit_softcapping", c->final_softcap);
+    }
     if (c->rope_scaling == 1) {
         snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
         peft__gb_kv_str(b, k, "linear");

@@ -104,7 +104,7 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
     const peft_config *c = &m->cfg;
     int D = c->dim, F = c->ffn_dim, hd = c->head_dim, H = c->n_heads, Hk = c->n_kv_heads;
     int qd = H * hd, kvd = Hk * hd, pos = s->pos;
-    float scale = (c->gemma ? c->q_mul : 1.0f) / sqrtf((float)hd);
+    float scale = (c->gemma ? c->q_mul : 1.0f) / sqrtf((float)hd), cap = c->attn_softcap;
     lora_view lv;
     if (emb)
         memcpy(s->x, emb, (size_t)D * sizeof *s->x);
@@ -140,7 +140,7 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
                 float d = 0;
                 for (int e = 0; e < hd; e++)
                     d += qh[e] * kj[e];
-                s->scores[j] = d * scale;
+                s->scores[j] = cap > 0.0f ? cap * peft__tanhf(d * scale / cap) : d * scale; /* Gemma 2's cap */
                 mx = s->scores[j] > mx ? s->scores[j] : mx;
             }
             float sum = 0;
@@ -209,7 +209,11 @@ int peft_session_feed(peft_session *s, const int32_t *tokens, int32_t n, float *
             return peft__fail(PEFT_ESTATE, "peft_session_feed: no position to predict from");
         float rstd;
         rmsnorm_forward(NULL, s->xn, &rstd, s->x, peft__norm_weight(m, 0, 2), 1, m->cfg.dim, m->cfg.eps);
-        return peft__head_logits(m, s->xn, 1, logits);
+        int code = peft__head_logits(m, s->xn, 1, logits);
+        float cap = m->cfg.final_softcap; /* Gemma 2 */
+        for (int i = 0; !code && cap > 0.0f && i < m->cfg.vocab; i++)
+            logits[i] = cap * peft__tanhf(logits[i] / cap);
+        return code;
     }
     return PEFT_OK;
 }

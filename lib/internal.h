@@ -103,13 +103,15 @@ typedef struct peft_config {
                             attention_bias: q, k, v, o; mlp_bias: gate, up, down) */
     int qk_norm;         /* Qwen3: RMSNorm over each head of q and k (weights [head_dim]) before RoPE */
     int ctx_len;         /* max_position_embeddings / <arch>.context_length (0: not given) */
-    /* Gemma 3 (model_type gemma3_text): RMSNorm weights stored zero-centred (1 + w applied),
+    /* Gemma 3 (model_type gemma3_text) and Gemma 2: RMSNorm weights stored zero-centred (1 + w applied),
        a norm after attention and after the MLP as well, embeddings times sqrt(hidden), GELU
        (tanh) gating, q/k norms; every window_pattern-th layer global, the others sliding with
        their own RoPE base (rope_local_theta, unscaled); queries times q_mul (query_pre_attn_scalar) */
-    int gemma;
+    int gemma;           /* 2 or 3: Gemma 2 has neither q/k norms nor a local RoPE base (rope_local_theta 0) */
     int window_pattern;  /* > 0: layer l is global when (l + 1) % window_pattern == 0 */
     float rope_local_theta, q_mul, embed_mul;
+    /* Gemma 2: scores and logits soft-capped, cap tanh(x / cap) (0: none) */
+    float attn_softcap, final_softcap;
 } peft_config;
 /* The attention window of layer l (0: the whole context) */
 static inline int peft__layer_window(const peft_config *c, int l)

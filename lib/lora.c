@@ -424,8 +424,8 @@ int peft__state_install(peft_model *m, lora_state *l, uint64_t *n_trainable)
 static int layout_norms(lora_state *l, const peft_config *c, uint32_t norms, size_t *off, const char *what)
 {
     if (c->gemma)
-        return peft__fail(PEFT_EUNSUPPORTED, "%s: tuning Gemma 3's norms is not supported (its four norms a layer "
-                                             "are stored zero-centred)", what);
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: tuning Gemma's norms is not supported (Gemma 2 and 3 have four a "
+                                             "layer, stored zero-centred)", what);
     if (!(l->norm_off = malloc(((size_t)c->n_layers * 2 + 1) * sizeof *l->norm_off)))
         return peft__fail(PEFT_ENOMEM, "%s: out of memory", what);
     for (int layer = 0; layer < c->n_layers; layer++)

@@ -250,7 +250,7 @@ static int hf_config(const peft_model *m, char **text, size_t *len, int tied)
                                              "export the merged model as GGUF instead");
     static const char *const cls[][2] = {{"llama", "LlamaForCausalLM"}, {"mistral", "MistralForCausalLM"},
                                          {"qwen2", "Qwen2ForCausalLM"}, {"qwen3", "Qwen3ForCausalLM"},
-                                         {"gemma3", "Gemma3ForCausalLM"}};
+                                         {"gemma2", "Gemma2ForCausalLM"}, {"gemma3", "Gemma3ForCausalLM"}};
     const char *name = NULL;
     for (size_t i = 0; i < sizeof cls / sizeof cls[0]; i++)
         if (!strcmp(cls[i][0], c->architecture))
@@ -259,16 +259,26 @@ static int hf_config(const peft_model *m, char **text, size_t *len, int tied)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: no config.json for architecture %s", c->architecture);
     struct jw w = {0};
     jw_put(&w, "{\n  \"architectures\": [\n    \"%s\"\n  ],\n", name);
+    if (c->gemma == 2) {
+        jw_put(&w, "  \"attn_logit_softcapping\": ");
+        jw_float(&w, c->attn_softcap);
+        jw_put(&w, ",\n");
+    }
     if (c->bias_mask & 1u << PEFT_MOD_O)
         jw_put(&w, "  \"attention_bias\": true,\n");
     jw_put(&w, "  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n", c->bos_id, c->eos_id);
+    if (c->gemma == 2) {
+        jw_put(&w, "  \"final_logit_softcapping\": ");
+        jw_float(&w, c->final_softcap);
+        jw_put(&w, ",\n");
+    }
     jw_put(&w, "  \"head_dim\": %d,\n  \"%s\": \"%s\",\n  \"hidden_size\": %d,\n", c->head_dim,
            c->gemma ? "hidden_activation" : "hidden_act", c->gemma ? "gelu_pytorch_tanh" : "silu", c->dim);
     jw_put(&w, "  \"intermediate_size\": %d,\n", c->ffn_dim);
     if (c->bias_mask & 1u << PEFT_MOD_GATE)
         jw_put(&w, "  \"mlp_bias\": true,\n");
-    jw_put(&w, "  \"model_type\": \"%s\",\n  \"num_attention_heads\": %d,\n", c->gemma ? "gemma3_text" : c->architecture,
-           c->n_heads);
+    jw_put(&w, "  \"model_type\": \"%s\",\n  \"num_attention_heads\": %d,\n",
+           c->gemma == 3 ? "gemma3_text" : c->architecture, c->n_heads);
     jw_put(&w, "  \"num_hidden_layers\": %d,\n  \"num_key_value_heads\": %d,\n", c->n_layers, c->n_kv_heads);
     if (c->gemma) /* scores times query_pre_attn_scalar^-1/2 = head_dim^-1/2 q_mul */
         jw_put(&w, "  \"query_pre_attn_scalar\": %ld,\n", lroundf((float)c->head_dim / (c->q_mul * c->q_mul)));
@@ -279,7 +289,7 @@ static int hf_config(const peft_model *m, char **text, size_t *len, int tied)
         jw_float(&w, c->rope_factor);
         jw_put(&w, ",\n    \"rope_type\": \"linear\",\n    \"type\": \"linear\"\n  }");
     }
-    if (c->gemma) {
+    if (c->gemma == 3) {
         jw_put(&w, ",\n  \"rope_local_base_freq\": ");
         jw_float(&w, c->rope_local_theta);
     }
@@ -287,7 +297,7 @@ static int hf_config(const peft_model *m, char **text, size_t *len, int tied)
     jw_float(&w, c->rope_theta);
     if (c->sliding_window > 0)
         jw_put(&w, ",\n  \"sliding_window\": %d", c->sliding_window);
-    if (c->gemma)
+    if (c->gemma == 3) /* (Gemma 2's is fixed: every other layer) */
         jw_put(&w, ",\n  \"sliding_window_pattern\": %d", c->window_pattern);
     jw_put(&w, ",\n  \"tie_word_embeddings\": %s,\n  \"torch_dtype\": \"float32\",\n", tied ? "true" : "false");
     jw_put(&w, "  \"vocab_size\": %d\n}\n", c->vocab);

@@ -117,7 +117,7 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
     want(&p, &ws->row_loss, N);
     want(&p, &ws->rope_cos, (size_t)T * (size_t)c->head_dim / 2);
     want(&p, &ws->rope_sin, (size_t)T * (size_t)c->head_dim / 2);
-    if (c->gemma) {
+    if (c->rope_local_theta > 0.0f) { /* Gemma 3's sliding layers */
         want(&p, &ws->rope_cos_l, (size_t)T * (size_t)c->head_dim / 2);
         want(&p, &ws->rope_sin_l, (size_t)T * (size_t)c->head_dim / 2);
     }

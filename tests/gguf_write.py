@@ -183,9 +183,9 @@ def main():
         arch = "llama"
     if arch == "gemma3_text":
         arch = "gemma3"
-    assert arch in ("llama", "qwen2", "qwen3", "gemma3"), arch
-    gemma = arch == "gemma3"
-    shift = 1.0 if gemma else 0.0  # llama.cpp's converter stores Gemma 3's norms as 1 + w
+    assert arch in ("llama", "qwen2", "qwen3", "gemma2", "gemma3"), arch
+    gemma = arch in ("gemma2", "gemma3")
+    shift = 1.0 if gemma else 0.0  # llama.cpp's converter stores Gemma's norms as 1 + w
     permuted = arch == "llama"  # qwen2/qwen3 use the NeoX RoPE: rows stay in Hugging Face's order
     if D % BLOCK[a.embed_type]:
         sys.exit("hidden size %d is not a multiple of %s's block" % (D, a.embed_type))
@@ -231,7 +231,10 @@ def main():
           (arch + ".rope.freq_base", 6, struct.pack("<f", cfg.get("rope_theta", 10000.0))),
           (arch + ".attention.layer_norm_rms_epsilon", 6, struct.pack("<f", cfg.get("rms_norm_eps", 1e-5)))]
     if gemma:
-        kv += [("gemma3.attention.sliding_window", 4, struct.pack("<I", cfg["sliding_window"]))]
+        kv += [(arch + ".attention.sliding_window", 4, struct.pack("<I", cfg["sliding_window"]))]
+    if arch == "gemma2":
+        kv += [("gemma2.attn_logit_softcapping", 6, struct.pack("<f", cfg["attn_logit_softcapping"])),
+               ("gemma2.final_logit_softcapping", 6, struct.pack("<f", cfg["final_logit_softcapping"]))]
     if "head_dim" in cfg:
         kv += [(arch + ".attention.key_length", 4, struct.pack("<I", cfg["head_dim"])),
                (arch + ".attention.value_length", 4, struct.pack("<I", cfg["head_dim"]))]

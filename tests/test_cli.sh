@@ -887,25 +887,31 @@ gemma3_init_and_train)
     "$PEFT" init-model --arch gemma3 --out "$T/bad" --hidden 64 --heads 4 --head-dim 3 2>"$T/err" && fail "odd head_dim"
     grep -q usage "$T/err" || fail "usage"
     ;;
-gemma3_gguf)
-    # Gemma 3 as llama.cpp's converter writes it (norms stored as 1 + w, post-attention and
-    # post-feedforward norms, gemma3.attention.sliding_window; llama.cpp fixes every sixth layer
-    # global and the sliding layers' RoPE base at 10000): the loss of the Hugging Face model, an
-    # adapter trained on the GGUF file applies to it, merged GGUFs from the GGUF base and from the
-    # Hugging Face directory, a merged Hugging Face directory from the GGUF base
+gemma3_gguf | gemma2_gguf)
+    # Gemma 3 and Gemma 2 as llama.cpp's converter writes them (norms stored as 1 + w,
+    # post-attention and post-feedforward norms, <arch>.attention.sliding_window, gemma2's
+    # soft-caps; llama.cpp fixes every sixth (gemma3) or other (gemma2) layer global and gemma3's
+    # sliding layers' RoPE base at 10000): the loss of the Hugging Face model, an adapter trained
+    # on the GGUF file applies to it, merged GGUFs from the GGUF base and from the Hugging Face
+    # directory, a merged Hugging Face directory from the GGUF base
+    if [ "$CASE" = gemma3_gguf ]; then
+        G=tiny_gemma3 ARCH=gemma3 MT=gemma3_text
+        UPD="del c['layer_types']; c.update(sliding_window_pattern=6, query_pre_attn_scalar=c['head_dim'], rope_scaling=None)"
+    else
+        G=tiny_gemma2 ARCH=gemma2 MT=gemma2 UPD="c.update(query_pre_attn_scalar=c['head_dim'])"
+    fi
     /usr/bin/python3 -c "import numpy" 2>/dev/null || { echo "skip: no numpy for /usr/bin/python3 (apt-get install python3-numpy)"; exit 77; }
-    mkdir -p "$T/hf" && ln -s "$SRC/tests/data/tiny_gemma3/model.safetensors" "$T/hf/" || fail "link"
+    mkdir -p "$T/hf" && ln -s "$SRC/tests/data/$G/model.safetensors" "$T/hf/" || fail "link"
     python3 -c "
 import json
-c = json.load(open('$SRC/tests/data/tiny_gemma3/config.json'))
-del c['layer_types']
-c.update(sliding_window_pattern=6, query_pre_attn_scalar=c['head_dim'], rope_scaling=None)
+c = json.load(open('$SRC/tests/data/$G/config.json'))
+$UPD
 json.dump(c, open('$T/hf/config.json', 'w'), indent=2)" || fail "config"
     /usr/bin/python3 "$SRC/tests/gguf_write.py" "$T/hf" "$T/g.gguf" --type f32 || fail "gguf_write"
     /usr/bin/python3 "$SRC/tests/gguf_write.py" "$T/hf" "$T/q.gguf" --type f32 --embed-type q8_0 --dequantized "$T/deq" ||
         fail "gguf_write q8_0"
     "$PEFT" synth --out "$T/data.bin" --vocab 48 --tokens 4096 --doc-len 32 --seed 5 >/dev/null || fail "synth"
-    "$PEFT" info --model "$T/g.gguf" | grep -q "architecture *gemma3" || fail "info"
+    "$PEFT" info --model "$T/g.gguf" | grep -q "architecture *$ARCH" || fail "info"
     for m in hf g.gguf q.gguf deq; do
         "$PEFT" eval --model "$T/$m" --data "$T/data.bin" --seq 32 --json >"$T/e_$m" || fail "eval $m"
     done
@@ -930,10 +936,10 @@ assert l['q.gguf'] != l['hf'], l" || fail "GGUF and Hugging Face losses differ"
     # and as a Hugging Face directory from the GGUF base (config.json written for gemma3_text,
     # the norms zero-centred again)
     "$PEFT" merge --model "$T/g.gguf" --adapter "$T/ad" --out "$T/hf_from_gguf" >/dev/null || fail "merge GGUF to HF"
-    grep -q '"model_type": "gemma3_text"' "$T/hf_from_gguf/config.json" || fail "config.json of the GGUF base"
+    grep -q "\"model_type\": \"$MT\"" "$T/hf_from_gguf/config.json" || fail "config.json of the GGUF base"
     "$PEFT" eval --model "$T/hf_from_gguf" --data "$T/data.bin" --seq 32 --json >"$T/a_fg" || fail "eval hf_from_gguf"
-    # the llama.cpp LoRA file names the gemma3 architecture and computes the same
-    grep -q gemma3 "$T/ad/adapter.gguf" || fail "adapter.gguf architecture"
+    # the llama.cpp LoRA file names the architecture and computes the same
+    grep -q $ARCH "$T/ad/adapter.gguf" || fail "adapter.gguf architecture"
     "$PEFT" convert --adapter "$T/ad/adapter.gguf" --out "$T/back" --model "$T/hf" >/dev/null || fail "convert back"
     "$PEFT" eval --model "$T/hf" --adapter "$T/back" --data "$T/data.bin" --seq 32 --json >"$T/a_gg" ||
         fail "eval the GGUF adapter converted back"

@@ -136,12 +136,14 @@ struct att_ctx {
     float out[AB * AT * AH * AD], lse[AB * AH * AT], scratch[4096], dout[AB * AT * AH * AD];
     const int32_t *pos;
     int window, prefix;
+    float softcap;
 };
+static float att_softcap; /* the soft-cap of attention_case's runs (0: none) */
 static double att_loss(void *vp)
 {
     struct att_ctx *c = vp;
     attention_forward(NULL, c->out, c->lse, c->scratch, c->q, c->k, c->v, c->pos, AB, AT, AH, AHK, AD, c->window,
-                      c->prefix);
+                      c->prefix, c->softcap);
     return dotd(c->out, c->dout, sizeof c->out / sizeof(float));
 }
 static void attention_case(const int32_t *pos, int window, int prefix, struct att_ctx *out)
@@ -151,6 +153,7 @@ static void attention_case(const int32_t *pos, int window, int prefix, struct at
     c.pos = pos;
     c.window = window;
     c.prefix = prefix;
+    c.softcap = att_softcap;
     fill(c.q, sizeof c.q / 4, 1.0f);
     fill(c.k, sizeof c.k / 4, 1.0f);
     fill(c.v, sizeof c.v / 4, 1.0f);
@@ -158,7 +161,7 @@ static void attention_case(const int32_t *pos, int window, int prefix, struct at
     float dq[sizeof c.q / 4], dk[sizeof c.k / 4], dv[sizeof c.v / 4];
     att_loss(&c);
     attention_backward(NULL, dq, dk, dv, c.scratch, c.dout, c.q, c.k, c.v, c.out, c.lse, pos, AB, AT, AH, AHK, AD,
-                       window, prefix);
+                       window, prefix, c.softcap);
     if (window != 1) { /* with one key per row dq and dk are zero up to rounding */
         CHECK(fd_check("attention dq", c.q, sizeof c.q / 4, dq, att_loss, &c, 1e-2f, 1e-2) == 0);
         CHECK(fd_check("attention dk", c.k, sizeof c.k / 4, dk, att_loss, &c, 1e-2f, 1e-2) == 0);
@@ -181,6 +184,46 @@ static void attention_case(const int32_t *pos, int window, int prefix, struct at
 
 TEST(attention_gqa) { attention_case(NULL, 0, 0, NULL); }
 
+/* Gemma 2's soft-capped scores, cap tanh(s / cap) with a cap the scores reach: finite
+   differences (also with a window and packed documents), and the outputs against the softmax
+   of the capped scores computed here in double */
+TEST(attention_softcap)
+{
+    static const int32_t pos[AB * AT] = {0, 1, 2, 0, 1, 2, 0, 1, 2, 3, 4, 5};
+    static struct att_ctx c;
+    att_softcap = 0.3f;
+    attention_case(pos, 2, 0, NULL);
+    attention_case(NULL, 0, 0, &c);
+    att_softcap = 0.0f;
+    double worst = 0, spread = 0;
+    for (int b = 0; b < AB; b++)
+        for (int i = 0; i < AT; i++)
+            for (int h = 0; h < AH; h++) {
+                const float *qi = c.q + ((b * AT + i) * AH + h) * AD;
+                double s[AT], mx = -1e30, sum = 0;
+                for (int j = 0; j <= i; j++) {
+                    const float *kj = c.k + ((b * AT + j) * AHK + h / (AH / AHK)) * AD;
+                    double d = 0;
+                    for (int e = 0; e < AD; e++)
+                        d += (double)qi[e] * kj[e];
+                    double raw = d / sqrt((double)AD);
+                    s[j] = 0.3 * tanh(raw / 0.3);
+                    spread = fmax(spread, fabs(raw) - fabs(s[j]));
+                    mx = fmax(mx, s[j]);
+                }
+                for (int j = 0; j <= i; j++)
+                    sum += exp(s[j] - mx);
+                for (int e = 0; e < AD; e++) {
+                    double o = 0;
+                    for (int j = 0; j <= i; j++)
+                        o += exp(s[j] - mx) / sum * c.v[((b * AT + j) * AHK + h / (AH / AHK)) * AD + e];
+                    worst = fmax(worst, fabs(o - c.out[((b * AT + i) * AH + h) * AD + e]));
+                }
+            }
+    CHECK_MSG(worst < 1e-5, "soft-capped attention: error %g", worst);
+    CHECK(spread > 0.1); /* the cap bites */
+}
+
 /* A shared prefix (a soft prompt of 2 rows) seen by every packed document: gradients, and each
    document's rows equal those of the prefix and that document alone in a sequence of their own */
 TEST(attention_shared_prefix)
@@ -201,7 +244,7 @@ TEST(attention_shared_prefix)
             memcpy(kk + t * AHK * AD, c.k + src * AHK * AD, AHK * AD * sizeof(float));
             memcpy(v + t * AHK * AD, c.v + src * AHK * AD, AHK * AD * sizeof(float));
         }
-        attention_forward(NULL, o, lse, scratch, q, kk, v, NULL, 1, 2 + n, AH, AHK, AD, 0, 0);
+        attention_forward(NULL, o, lse, scratch, q, kk, v, NULL, 1, 2 + n, AH, AHK, AD, 0, 0, 0.0f);
         for (int t = 0; t < n; t++)
             for (int e = 0; e < AH * AD; e++)
                 CHECK_CLOSE(c.out[(docs[k][0] + t) * AH * AD + e], o[(2 + t) * AH * AD + e], 1e-6);
@@ -305,6 +348,32 @@ TEST(cross_entropy)
     for (int i = 0; i < XV; i++)
         c.logits[i] = 1e4f * (float)i;
     CHECK(isfinite(xent_row(d, c.logits, XV, 5, 1.0f)));
+}
+
+/* Gemma 2's soft-capped logits (cap 3 against logits up to about 4): the loss is that of
+   cap tanh(z / cap) computed here in double, the gradient by finite differences on z */
+static double xe_cap_loss(void *vp)
+{
+    float row[XV];
+    memcpy(row, ((struct xe_ctx *)vp)->logits, sizeof row);
+    return xent_row_softcap(row, XV, 5, 3.0f, 0);
+}
+TEST(cross_entropy_softcap)
+{
+    struct xe_ctx c;
+    fill(c.logits, XV, 4.0f);
+    float d[XV];
+    memcpy(d, c.logits, sizeof d);
+    double l = xent_row_softcap(d, XV, 5, 3.0f, 1), lse = 0;
+    for (int i = 0; i < XV; i++)
+        lse += exp(3.0 * tanh(c.logits[i] / 3.0));
+    CHECK_CLOSE(l, log(lse) - 3.0 * tanh(c.logits[5] / 3.0), 1e-6);
+    CHECK(fd_check("softcap xent dlogits", c.logits, XV, d, xe_cap_loss, &c, 1e-2f, 1e-2) == 0);
+    for (int i = 0; i < XV; i++) /* huge logits: capped, finite */
+        d[i] = 1e30f * (float)(i - 18);
+    CHECK(isfinite(xent_row_softcap(d, XV, 5, 3.0f, 1)));
+    for (int i = 0; i < XV; i++)
+        CHECK(isfinite(d[i]));
 }
 
 /* ---- linear with LoRA (and dropout) through the CPU backend ---- */
@@ -866,8 +935,8 @@ TEST(quantized_weights)
 
 static const struct h_case cases[] = {
     CASE(rmsnorm),     CASE(rope),         CASE(attention_gqa),   CASE(attention_packed_documents),
-    CASE(attention_sliding_window), CASE(attention_shared_prefix), CASE(swiglu), CASE(geglu),
-    CASE(cross_entropy), CASE(lora_linear), CASE(lora_linear_dropout), CASE(ia3_linear_bias), CASE(ia3_linear_bias_feedforward), CASE(dropout_mask),
+    CASE(attention_sliding_window), CASE(attention_shared_prefix), CASE(attention_softcap), CASE(swiglu), CASE(geglu),
+    CASE(cross_entropy), CASE(cross_entropy_softcap), CASE(lora_linear), CASE(lora_linear_dropout), CASE(ia3_linear_bias), CASE(ia3_linear_bias_feedforward), CASE(dropout_mask),
     CASE(backend_cpu_gemm), CASE(backend_cpu_gemm_bf16), CASE(fast_expf_accuracy), CASE(lane_reductions), CASE(backend_blis_gemm), CASE(quantized_weights), CASE(quantizers_round_trip),
     CASE(gguf_embeddings_stay_quantized), CASE(k_quantizers_round_trip),
 };

@@ -42,6 +42,7 @@ struct att_args {
     const float *q, *k, *v, *dout, *o, *lse_in;
     const int32_t *pos;
     int B, T, H, Hkv, hd, window, prefix;
+    float softcap; /* > 0: scores soft-capped, cap tanh(s / cap) (Gemma 2) */
 };
 
 /* The key rows query row i of sequence b attends to: [r[2], r[3]) = its document up to itself,
@@ -287,6 +288,9 @@ PEFT_VEC_CLONES static void fwd_task(void *vp, int32_t task)
                 }
                 const int *rk = bk.r[k];
                 float mx = -INFINITY, sum = 0;
+                for (int s = 0; a->softcap > 0.0f && s < 4; s += 2)
+                    for (int j = rk[s]; j < rk[s + 1]; j++)
+                        pk[j] = a->softcap * peft__tanhf(pk[j] / a->softcap);
                 for (int s = 0; s < 4; s += 2)
                     mx = peft__maxf(pk + rk[s], rk[s + 1] - rk[s], mx);
                 for (int s = 0; s < 4; s += 2) {
@@ -309,10 +313,11 @@ PEFT_VEC_CLONES static void fwd_task(void *vp, int32_t task)
 // out (B*T, H*hd), lse (B,H,T) <- q (B*T, H*hd), k, v (B*T, Hkv*hd); scratch: attention_scratch_floats
 void attention_forward(void *pool, float *out, float *lse, float *scratch, const float *q,
                        const float *k, const float *v, const int32_t *pos, int B, int T, int H,
-                       int Hkv, int hd, int window, int prefix)
+                       int Hkv, int hd, int window, int prefix, float softcap)
 {
     struct att_args a = {.out = out, .lse = lse, .scratch = scratch, .q = q, .k = k, .v = v, .pos = pos,
-                         .B = B, .T = T, .H = H, .Hkv = Hkv, .hd = hd, .window = window, .prefix = prefix};
+                         .B = B, .T = T, .H = H, .Hkv = Hkv, .hd = hd, .window = window, .prefix = prefix,
+                         .softcap = softcap};
     peft__pool_for(pool, B * Hkv, fwd_task, &a);
 }
 
@@ -353,11 +358,20 @@ PEFT_VEC_CLONES static void bwd_task(void *vp, int32_t task)
                 for (int d = 0; d < hd; d++)
                     D += doi[d] * oi[d];
                 const int *rk = bk.r[k];
-                for (int s = 0; s < 4; s += 2)
-                    for (int j = rk[s]; j < rk[s + 1]; j++) {
-                        pk[j] = peft__expf(pk[j] - lse);
-                        dpk[j] = pk[j] * (dpk[j] - D) * scale; /* ds */
-                    }
+                if (a->softcap > 0.0f) { /* through cap tanh(s / cap): times 1 - tanh^2 */
+                    for (int s = 0; s < 4; s += 2)
+                        for (int j = rk[s]; j < rk[s + 1]; j++) {
+                            float t = peft__tanhf(pk[j] / a->softcap);
+                            pk[j] = peft__expf(a->softcap * t - lse);
+                            dpk[j] = pk[j] * (dpk[j] - D) * (1.0f - t * t) * scale;
+                        }
+                } else {
+                    for (int s = 0; s < 4; s += 2)
+                        for (int j = rk[s]; j < rk[s + 1]; j++) {
+                            pk[j] = peft__expf(pk[j] - lse);
+                            dpk[j] = pk[j] * (dpk[j] - D) * scale; /* ds */
+                        }
+                }
                 mask_row(pk, rk, lo16, hi16);
                 mask_row(dpk, rk, lo16, hi16);
                 dq[k] = a->dq + row0 + k * qs;
@@ -379,10 +393,10 @@ PEFT_VEC_CLONES static void bwd_task(void *vp, int32_t task)
 void attention_backward(void *pool, float *dq, float *dk, float *dv, float *scratch, const float *dout,
                         const float *q, const float *k, const float *v, const float *out,
                         const float *lse, const int32_t *pos, int B, int T, int H, int Hkv,
-                        int hd, int window, int prefix)
+                        int hd, int window, int prefix, float softcap)
 {
     struct att_args a = {.dq = dq, .dk = dk, .dv = dv, .scratch = scratch, .dout = dout, .q = q, .k = k, .v = v,
                          .pos = pos, .o = out, .lse_in = lse, .B = B, .T = T, .H = H, .Hkv = Hkv, .hd = hd,
-                         .window = window, .prefix = prefix};
+                         .window = window, .prefix = prefix, .softcap = softcap};
     peft__pool_for(pool, B * Hkv, bwd_task, &a);
 }

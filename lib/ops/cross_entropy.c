@@ -28,6 +28,25 @@ PEFT_VEC_CLONES double xent_row(float *dlogits, const float *logits, int V, int 
     return loss;
 }
 
+// row (V): logits soft-capped in place, c = cap tanh(z / cap) (Gemma 2's final_logit_softcapping);
+// returns the loss of c; grad: row = d loss / d z = (softmax(c) - onehot(label)) (1 - (c / cap)^2)
+PEFT_VEC_CLONES double xent_row_softcap(float *row, int V, int label, float cap, int grad)
+{
+    for (int i = 0; i < V; i++)
+        row[i] = cap * peft__tanhf(row[i] / cap);
+    float tl = row[label] / cap;
+    double loss = xent_row(NULL, row, V, label, 1.0f);
+    if (grad) { /* softmax = e^(c - lse), lse = loss + c[label] */
+        float lse = (float)(loss + row[label]);
+        for (int i = 0; i < V; i++) {
+            float t = row[i] / cap;
+            row[i] = peft__expf(row[i] - lse) * (1.0f - t * t);
+        }
+        row[label] -= 1.0f - tl * tl;
+    }
+    return loss;
+}
+
 float dropout_scale(uint64_t seed, uint64_t idx, float p)
 {
     uint64_t h = peft__hash64(seed ^ peft__hash64(idx));

@@ -41,17 +41,18 @@ const peft_config *rope_config_of(const peft_config *c, int l, peft_config *tmp)
    prefix > 0: the first prefix rows of each sequence (a soft prompt, positions 0 .. prefix - 1)
    are seen by every later row, whose positions then count from prefix at each document start
    (i - pos[i] + prefix .. i, plus the prefix rows within the window by position).
+   softcap > 0: each score s becomes softcap tanh(s / softcap) before the softmax (Gemma 2).
    out (B*T, H*hd), lse (B,H,T) <- q (B*T, H*hd), k, v (B*T, Hkv*hd);
    scratch: attention_scratch_floats(B, T, Hkv, hd) floats (also for the backward) */
 size_t attention_scratch_floats(int B, int T, int Hkv, int hd);
 void attention_forward(void *pool, float *out, float *lse, float *scratch, const float *q,
                        const float *k, const float *v, const int32_t *pos, int B, int T, int H,
-                       int Hkv, int hd, int window, int prefix);
+                       int Hkv, int hd, int window, int prefix, float softcap);
 /* dq, dk, dv are overwritten (not accumulated); scores are recomputed from lse. */
 void attention_backward(void *pool, float *dq, float *dk, float *dv, float *scratch, const float *dout,
                         const float *q, const float *k, const float *v, const float *out,
                         const float *lse, const int32_t *pos, int B, int T, int H, int Hkv,
-                        int hd, int window, int prefix);
+                        int hd, int window, int prefix, float softcap);
 
 /* act (N,F) = silu(g) * u */
 void swiglu_forward(void *pool, float *act, const float *g, const float *u, int64_t N, int F);
@@ -67,6 +68,9 @@ void geglu_backward(void *pool, float *dg, float *du, const float *dact, const f
 /* Cross-entropy of one row of logits (V): returns logsumexp - logits[label];
    if dlogits != NULL writes softmax - onehot(label) scaled by `scale`. */
 double xent_row(float *dlogits, const float *logits, int V, int label, float scale);
+/* The same of soft-capped logits: row (V) becomes cap tanh(row / cap), the loss is that of the
+   capped row, and with grad the row then holds d loss / d (the uncapped logits) */
+double xent_row_softcap(float *row, int V, int label, float cap, int grad);
 
 /* e^x in float, branch-free so that loops over it vectorize (libm's expf is a call per
    element): x = k ln2 + r with |r| <= ln2/2, e^r by its degree-7 Taylor polynomial (relative
@@ -98,6 +102,9 @@ static inline float peft__expf(float x)
     y = x < -87.3f ? 0.0f : y;
     return x != x ? x : y;
 }
+
+/* tanh(x) = 1 - 2 / (e^2x + 1) with peft__expf (absolute error about 2e-7; +-1 beyond |x| 44) */
+static inline float peft__tanhf(float x) { return 1.0f - 2.0f / (peft__expf(2.0f * x) + 1.0f); }
 
 /* Inverted dropout mask value for element idx of a call: 0 or 1/(1-p). */
 float dropout_scale(uint64_t seed, uint64_t idx, float p);

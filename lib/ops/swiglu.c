@@ -66,11 +66,7 @@ void swiglu_backward(void *pool, float *dg, float *du, const float *dact, const 
 
 /* gelu(g) = g/2 (1 + tanh(c (g + 0.044715 g^3))), tanh(z) = 1 - 2 / (e^2z + 1) */
 #define GELU_C 0.7978845608028654f
-static inline float gelu_tanh_of(float g)
-{
-    float z = GELU_C * (g + 0.044715f * g * g * g);
-    return 1.0f - 2.0f / (peft__expf(2.0f * z) + 1.0f);
-}
+static inline float gelu_tanh_of(float g) { return peft__tanhf(GELU_C * (g + 0.044715f * g * g * g)); }
 
 PEFT_VEC_CLONES static void gelu_fwd_task(void *vp, int32_t task)
 {

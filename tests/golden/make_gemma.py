@@ -1,15 +1,18 @@
 #!/usr/bin/python3
-"""Generate tests/data/tiny_gemma3: a small random Gemma 3 text model (model_type
-gemma3_text) and the float64 PyTorch reference of one LoRA training step on it.
+"""Generate tests/data/tiny_gemma3 and tests/data/tiny_gemma2: small random Gemma 3 text
+(model_type gemma3_text) and Gemma 2 models, and the float64 PyTorch reference of one LoRA
+training step on each.
 
-Run with Debian's python3-torch:  /usr/bin/python3 tests/golden/make_gemma3.py
-The model is written from transformers' Gemma3ForCausalLM equations (modeling_gemma3.py):
-embeddings times sqrt(hidden); RMSNorm as x * rsqrt(mean(x^2) + eps) * (1 + w) with
-zero-centred weights; per-head q/k norms; a norm after attention and after the MLP, each
-before its residual; GELU (tanh) gating; scores times query_pre_attn_scalar^-1/2; sliding
-layers (i - j < sliding_window) with their own RoPE base and no scaling, every
-sliding_window_pattern-th layer global with rope_theta and rope_scaling. The case files
-(adapter, gradients, adapter after one AdamW step, figures) are those of make_golden.py.
+Run with Debian's python3-torch:  /usr/bin/python3 tests/golden/make_gemma.py
+The models are written from transformers' Gemma3ForCausalLM and Gemma2ForCausalLM equations
+(modeling_gemma3.py, modeling_gemma2.py): embeddings times sqrt(hidden); RMSNorm as
+x * rsqrt(mean(x^2) + eps) * (1 + w) with zero-centred weights; a norm after attention and after
+the MLP, each before its residual; GELU (tanh) gating; scores times query_pre_attn_scalar^-1/2;
+sliding layers (i - j < sliding_window). Gemma 3: per-head q/k norms, the sliding layers with
+their own RoPE base and no scaling, every sliding_window_pattern-th layer global with rope_theta
+and rope_scaling. Gemma 2: every other layer global, one RoPE base, the scores and the final
+logits soft-capped (cap tanh(x / cap)). The case files (adapter, gradients, adapter after one
+AdamW step, figures) are those of make_golden.py.
 """
 import json
 import math
@@ -22,7 +25,6 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import make_golden as mg  # noqa: E402
 
 torch.set_default_dtype(torch.float64)
-OUT = os.path.join(mg.HERE, "..", "data", "tiny_gemma3")
 
 CFG = {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "hidden_size": 32,
        "intermediate_size": 40, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
@@ -35,15 +37,30 @@ CFG = {"architectures": ["Gemma3ForCausalLM"], "model_type": "gemma3_text", "hid
        "pad_token_id": 0, "max_position_embeddings": 512}
 
 
+CFG2 = {"architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2", "hidden_size": 32,
+        "intermediate_size": 40, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "head_dim": 12, "vocab_size": 48, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "query_pre_attn_scalar": 16, "sliding_window": 5, "attn_logit_softcapping": 2.0,
+        "final_logit_softcapping": 3.0, "hidden_activation": "gelu_pytorch_tanh", "hidden_act": "gelu_pytorch_tanh",
+        "attention_bias": False, "tie_word_embeddings": True, "bos_token_id": 2, "eos_token_id": [1, 107],
+        "pad_token_id": 0, "max_position_embeddings": 512}
+
+
 class Cfg(mg.Cfg):
     def __init__(self, d):
         super().__init__(d)
-        self.qk_norm = True
-        self.local_theta = d["rope_local_base_freq"]
-        self.factor = d["rope_scaling"]["factor"]
+        self.v2 = d["model_type"] == "gemma2"
+        self.qk_norm = not self.v2
+        self.local_theta = d.get("rope_local_base_freq", self.theta)
+        self.factor = (d.get("rope_scaling") or {}).get("factor", 1.0)
         self.qpas = d["query_pre_attn_scalar"]
         self.window = d["sliding_window"]
-        self.sliding = [t == "sliding_attention" for t in d["layer_types"]]
+        self.attn_cap = d.get("attn_logit_softcapping")
+        self.final_cap = d.get("final_logit_softcapping")
+        if self.v2:  # transformers' Gemma 2: the even layers slide
+            self.sliding = [l % 2 == 0 for l in range(self.L)]
+        else:
+            self.sliding = [t == "sliding_attention" for t in d["layer_types"]]
 
 
 def norm(x, w, eps):
@@ -76,18 +93,22 @@ def forward(c, W, tokens, labels, lora, scale):
         p = f"model.layers.{l}."
         allowed = causal & (i[:, None] - i[None, :] < c.window) if c.sliding[l] else causal
         mask = torch.zeros(T, T).masked_fill(~allowed, float("-inf"))
-        theta, factor = (c.local_theta, 1.0) if c.sliding[l] else (c.theta, c.factor)
+        theta, factor = (c.local_theta, 1.0) if c.sliding[l] and not c.v2 else (c.theta, c.factor)
         xn = norm(x, W[p + "input_layernorm.weight"], c.eps)
         q = lin(l, "q_proj", xn).view(B, T, c.H, c.hd)
         k = lin(l, "k_proj", xn).view(B, T, c.Hkv, c.hd)
         v = lin(l, "v_proj", xn).view(B, T, c.Hkv, c.hd)
-        q = norm(q, W[p + "self_attn.q_norm.weight"], c.eps)
-        k = norm(k, W[p + "self_attn.k_norm.weight"], c.eps)
+        if c.qk_norm:
+            q = norm(q, W[p + "self_attn.q_norm.weight"], c.eps)
+            k = norm(k, W[p + "self_attn.k_norm.weight"], c.eps)
         q, k = rope(q, T, c.hd, theta, factor), rope(k, T, c.hd, theta, factor)
         rep = c.H // c.Hkv
         k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        s = q @ k.transpose(-1, -2) * c.qpas ** -0.5 + mask
+        s = q @ k.transpose(-1, -2) * c.qpas ** -0.5
+        if c.attn_cap:
+            s = c.attn_cap * torch.tanh(s / c.attn_cap)
+        s = s + mask
         a = (s.softmax(-1) @ v).transpose(1, 2).reshape(B, T, c.H * c.hd)
         h = x + norm(lin(l, "o_proj", a), W[p + "post_attention_layernorm.weight"], c.eps)
         z = norm(h, W[p + "pre_feedforward_layernorm.weight"], c.eps)
@@ -96,13 +117,16 @@ def forward(c, W, tokens, labels, lora, scale):
         x = h + norm(f, W[p + "post_feedforward_layernorm.weight"], c.eps)
     x = norm(x, W["model.norm.weight"], c.eps)
     logits = x @ W["model.embed_tokens.weight"].T
+    if c.final_cap:
+        logits = c.final_cap * torch.tanh(logits / c.final_cap)
     return torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, c.V), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="mean")
 
 
-def main():
-    g = torch.Generator().manual_seed(35)
-    c = Cfg(CFG)
+def make(cfg, name, seed):
+    out = os.path.join(mg.HERE, "..", "data", name)
+    g = torch.Generator().manual_seed(seed)
+    c = Cfg(cfg)
     W = {"model.embed_tokens.weight": torch.randn(c.V, c.D, generator=g) * 0.3,
          "model.norm.weight": 0.2 * torch.randn(c.D, generator=g)}
     dims = {"q_proj": (c.H * c.hd, c.D), "k_proj": (c.Hkv * c.hd, c.D), "v_proj": (c.Hkv * c.hd, c.D),
@@ -111,16 +135,16 @@ def main():
         for n in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
                   "post_feedforward_layernorm"):
             W[f"model.layers.{l}.{n}.weight"] = 0.2 * torch.randn(c.D, generator=g)
-        for n in ("q_norm", "k_norm"):
+        for n in ("q_norm", "k_norm") if c.qk_norm else ():
             W[f"model.layers.{l}.self_attn.{n}.weight"] = 0.2 * torch.randn(c.hd, generator=g)
         for m in mg.MODS:
             o, i = dims[m]
             W[f"model.layers.{l}.{mg.PARENT[m]}.{m}.weight"] = torch.randn(o, i, generator=g) / math.sqrt(i)
     W = {k: v.to(torch.float32).to(torch.float64) for k, v in W.items()}
-    os.makedirs(OUT, exist_ok=True)
-    with open(os.path.join(OUT, "config.json"), "w") as f:
-        json.dump(CFG, f, indent=2)
-    mg.st_write(os.path.join(OUT, "model.safetensors"), W, {"format": "pt"})
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    mg.st_write(os.path.join(out, "model.safetensors"), W, {"format": "pt"})
 
     B, T = 2, 12
     tokens = torch.randint(0, c.V, (B, T), generator=g)
@@ -134,17 +158,22 @@ def main():
     lora = {k: v.to(torch.float32).to(torch.float64) for k, v in lora.items()}
     acfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha, "lora_dropout": 0.0,
             "target_modules": mg.MODS, "bias": "none", "use_rslora": False, "use_dora": False,
-            "layers_to_transform": None, "init_lora_weights": True, "base_model_name_or_path": "tiny_gemma3"}
+            "layers_to_transform": None, "init_lora_weights": True, "base_model_name_or_path": name}
     mg.forward = forward  # one_step's model
-    mg.OUT = OUT
+    mg.OUT = out
     mg.write_case("all_linear", lora, acfg, tokens, labels, 1e-2, 0.0, 0.0,
                   mg.one_step(c, W, tokens, labels, lora, alpha / r, 1e-2, 0.0, 0.0))
     # the base model's loss alone (no adapter), for the evaluation test
     with torch.no_grad():
         base = float(forward(c, W, tokens, labels, {}, 0.0))
-    with open(os.path.join(OUT, "base_loss.json"), "w") as f:
+    with open(os.path.join(out, "base_loss.json"), "w") as f:
         json.dump({"loss": base}, f)
-    print(f"base loss {base:.6f}")
+    print(f"{name}: base loss {base:.6f}")
+
+
+def main():
+    make(CFG, "tiny_gemma3", 35)
+    make(CFG2, "tiny_gemma2", 36)
 
 
 if __name__ == "__main__":
