@@ -871,19 +871,23 @@ json.dump(c, open('$T/linear/config.json', 'w'))" || fail "config"
     "$PEFT" eval --model "$T/linear" --data "$T/data.bin" --seq 64 2>"$T/err" && fail "yarn accepted"
     grep -q 'rope_scaling type "yarn" is not supported' "$T/err" || { cat "$T/err"; fail "message for yarn"; }
     ;;
-gemma3_init_and_train)
-    # init-model --arch gemma3 (a sliding window shorter than the windows trained on, every sixth
-    # layer global): LoRA on every linear module learns the synthetic task
-    "$PEFT" init-model --arch gemma3 --out "$T/model" --hidden 64 --layers 7 --heads 4 --kv-heads 1 --head-dim 32 \
-        --ffn 128 --vocab 300 --sliding-window 8 --seed 2 >/dev/null || fail "init-model"
-    grep -q '"model_type": "gemma3_text"' "$T/model/config.json" || fail "config.json"
+gemma_init_and_train)
+    # init-model --arch gemma3 / gemma2 (a sliding window shorter than the windows trained on;
+    # every sixth / other layer global; gemma2's soft-caps): LoRA on every linear module learns
+    # the synthetic task
     "$PEFT" synth --out "$T/data.bin" --vocab 300 --tokens 20000 --doc-len 64 --seed 5 >/dev/null || fail "synth"
-    "$PEFT" train --model "$T/model" --data "$T/data.bin" --out "$T/ad" --holdout 0.1 --steps 60 --batch 8 --seq 64 \
-        --lr 1e-2 --targets all-linear --json >"$T/out.json" 2>"$T/err" || { cat "$T/err"; fail "train"; }
-    json "$T/out.json" "j['eval_loss_after'] < 0.6 * j['eval_loss_before']" || fail "held-out loss did not drop"
-    "$PEFT" eval --model "$T/model" --adapter "$T/ad" --data "$T/data.bin" --seq 64 --json >"$T/e" || fail "eval"
-    json "$T/e" "j['loss'] < 0.6 * $(python3 -c "import json; print(json.loads(open('$T/out.json').read().splitlines()[-1])['eval_loss_before'])")" ||
-        fail "eval with the adapter"
+    for a in gemma3 gemma2; do
+        "$PEFT" init-model --arch $a --out "$T/$a" --hidden 64 --layers 7 --heads 4 --kv-heads 1 --head-dim 32 \
+            --ffn 128 --vocab 300 --sliding-window 8 --seed 2 >/dev/null || fail "init-model $a"
+        grep -q "\"model_type\": \"$([ $a = gemma3 ] && echo gemma3_text || echo gemma2)\"" "$T/$a/config.json" ||
+            fail "config.json $a"
+        "$PEFT" train --model "$T/$a" --data "$T/data.bin" --out "$T/ad-$a" --holdout 0.1 --steps 60 --batch 8 \
+            --seq 64 --lr 1e-2 --targets all-linear --json >"$T/out.json" 2>"$T/err" || { cat "$T/err"; fail "train $a"; }
+        json "$T/out.json" "j['eval_loss_after'] < 0.6 * j['eval_loss_before']" || fail "$a: held-out loss did not drop"
+        before=$(python3 -c "import json; print(json.loads(open('$T/out.json').read().splitlines()[-1])['eval_loss_before'])")
+        "$PEFT" eval --model "$T/$a" --adapter "$T/ad-$a" --data "$T/data.bin" --seq 64 --json >"$T/e" || fail "eval $a"
+        json "$T/e" "j['loss'] < 0.6 * $before" || fail "$a: eval with the adapter"
+    done
     "$PEFT" init-model --arch gemma3 --out "$T/bad" --hidden 64 --heads 4 --head-dim 3 2>"$T/err" && fail "odd head_dim"
     grep -q usage "$T/err" || fail "usage"
     ;;

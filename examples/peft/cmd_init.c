@@ -1,4 +1,4 @@
-/* peft init-model: a random Llama (or Gemma 3) directory; peft synth: a learnable synthetic token file. */
+/* peft init-model: a random Llama (or Gemma 2 or 3) directory; peft synth: a learnable synthetic token file. */
 #include <math.h>
 #include <errno.h>
 #include <stdio.h>
@@ -80,14 +80,14 @@ int cmd_init_model(int argc, char **argv)
         arg_long(&a, "--seed", 0, &seed) || arg_long(&a, "--head-dim", 0, &head_dim) ||
         arg_long(&a, "--sliding-window", 512, &window) || !dtype || !arch || args_check_unused(&a))
         goto done;
-    int gemma = !strcmp(arch, "gemma3");
+    int gemma = !strcmp(arch, "gemma3") ? 3 : !strcmp(arch, "gemma2") ? 2 : 0;
     long hd = head_dim > 0 ? head_dim : heads > 0 ? hidden / heads : 0, n = 0;
     if (!out || hidden < 2 || layers < 1 || heads < 1 || kv < 1 || heads % kv || (!head_dim && hidden % heads) ||
         hd < 2 || hd % 2 || head_dim < 0 || hd > 4096 || ffn < 1 || vocab < 4 || layers > 256 || window < 1 ||
         (!gemma && strcmp(arch, "llama") != 0)) {
-        fprintf(stderr, "usage: peft init-model --out DIR [--arch llama|gemma3] [--hidden 64] [--layers 2] [--heads 4]\n"
-                        "       [--kv-heads 2] [--head-dim hidden/heads] [--ffn 172] [--vocab 256] [--seed 0]\n"
-                        "       [--untied] [--dtype f32|f16|bf16] [--sliding-window 512 (gemma3)]\n");
+        fprintf(stderr, "usage: peft init-model --out DIR [--arch llama|gemma2|gemma3] [--hidden 64] [--layers 2]\n"
+                        "       [--heads 4] [--kv-heads 2] [--head-dim hidden/heads] [--ffn 172] [--vocab 256]\n"
+                        "       [--seed 0] [--untied] [--dtype f32|f16|bf16] [--sliding-window 512 (gemma)]\n");
         goto done;
     }
     int esize = strcmp(dtype, "f32") == 0 ? 4 : 2;
@@ -111,7 +111,19 @@ int cmd_init_model(int argc, char **argv)
     if (head_dim > 0)
         snprintf(hd_json, sizeof hd_json, "\n  \"head_dim\": %ld,", head_dim);
     const char *tdtype = esize == 4 ? "float32" : strcmp(dtype, "f16") == 0 ? "float16" : "bfloat16";
-    if (gemma) /* Gemma 3's text model as transformers writes its config (gemma-3-270m's choices) */
+    if (gemma == 2) /* Gemma 2 as transformers writes its config (gemma-2-2b's choices) */
+        fprintf(f,
+                "{\n  \"architectures\": [\"Gemma2ForCausalLM\"],\n  \"model_type\": \"gemma2\",\n"
+                "  \"hidden_size\": %ld,\n  \"intermediate_size\": %ld,\n  \"num_hidden_layers\": %ld,\n"
+                "  \"num_attention_heads\": %ld,\n  \"num_key_value_heads\": %ld,\n  \"head_dim\": %ld,\n"
+                "  \"vocab_size\": %ld,\n  \"max_position_embeddings\": 8192,\n  \"rms_norm_eps\": 1e-06,\n"
+                "  \"rope_theta\": 10000.0,\n  \"query_pre_attn_scalar\": %ld,\n  \"sliding_window\": %ld,\n"
+                "  \"attn_logit_softcapping\": 50.0,\n  \"final_logit_softcapping\": 30.0,\n"
+                "  \"hidden_activation\": \"gelu_pytorch_tanh\",\n  \"hidden_act\": \"gelu_pytorch_tanh\",\n"
+                "  \"tie_word_embeddings\": %s,\n  \"bos_token_id\": 2,\n  \"eos_token_id\": 1,\n"
+                "  \"pad_token_id\": 0,\n  \"torch_dtype\": \"%s\"\n}\n",
+                hidden, ffn, layers, heads, kv, hd, vocab, hd, window, untied ? "false" : "true", tdtype);
+    else if (gemma) /* Gemma 3's text model as transformers writes its config (gemma-3-270m's choices) */
         fprintf(f,
                 "{\n  \"architectures\": [\"Gemma3ForCausalLM\"],\n  \"model_type\": \"gemma3_text\",\n"
                 "  \"hidden_size\": %ld,\n  \"intermediate_size\": %ld,\n  \"num_hidden_layers\": %ld,\n"
@@ -151,7 +163,7 @@ int cmd_init_model(int argc, char **argv)
         /* Gemma's norms are zero-centred (1 + w applied): 0 is the identity, as Llama's 1 */
         static const char *norms[6] = {"input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
                                        "post_feedforward_layernorm", "self_attn.q_norm", "self_attn.k_norm"};
-        for (int k = 0; k < (gemma ? 6 : 2); k++) {
+        for (int k = 0; k < (gemma == 3 ? 6 : gemma ? 4 : 2); k++) {
             snprintf(w[n].name, sizeof w[n].name, "model.layers.%ld.%s.weight", l, norms[k]);
             w[n].d0 = k < 4 ? hidden : hd, w[n++].norm = gemma ? 2 : 1;
         }
@@ -220,7 +232,7 @@ int cmd_init_model(int argc, char **argv)
     }
     f = NULL;
     printf("wrote %s (%s, hidden %ld, %ld layers, %ld heads / %ld kv of %ld, ffn %ld, vocab %ld, %s)\n", out,
-           gemma ? "gemma3_text" : "llama", hidden, layers, heads, kv, hd, ffn, vocab, dname);
+           gemma == 3 ? "gemma3_text" : gemma ? "gemma2" : "llama", hidden, layers, heads, kv, hd, ffn, vocab, dname);
     rc = 0;
 done:
     if (f)

@@ -124,6 +124,16 @@ def main():
            ("blk.0.ffn_gate.weight", [D, F], 0, f32(D * F, rng)), ("blk.0.ffn_up.weight", [D, F], 1, f16(D * F, rng)),
            ("blk.0.ffn_down.weight", [F, D], 8, q8(F * D, rng))]
     gguf(os.path.join(HERE, "corpus", "gguf", "gemma3.gguf"), kvs, ts)
+    # the same layer as gemma2 (no q/k norms; soft-caps)
+    kvs2 = {k.replace("gemma3.", "gemma2."): v for k, v in kvs.items()}
+    kvs2.update({"general.architecture": (8, "gemma2"), "gemma2.attn_logit_softcapping": (6, 50.0),
+                 "gemma2.final_logit_softcapping": (6, 30.0)})
+    gguf(os.path.join(HERE, "corpus", "gguf", "gemma2.gguf"), kvs2, [t for t in ts if "_q_norm" not in t[0] and "_k_norm" not in t[0]])
+    with open(os.path.join(HERE, "corpus", "json", "gemma2_config.json"), "w") as f:
+        json.dump({"model_type": "gemma2", "hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 3,
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 12, "vocab_size": 48,
+                   "query_pre_attn_scalar": 16, "sliding_window": 5, "attn_logit_softcapping": 50.0,
+                   "final_logit_softcapping": 30.0, "hidden_activation": "gelu_pytorch_tanh"}, f)
     # Gemma 3's config.json (transformers 5's rope_parameters form)
     with open(os.path.join(HERE, "corpus", "json", "gemma3_config.json"), "w") as f:
         json.dump({"model_type": "gemma3_text", "hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 3,
