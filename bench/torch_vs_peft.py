@@ -64,7 +64,8 @@ def torch_worker(args):
     cfg = json.load(open(os.path.join(args.model, "config.json")))
     W = st_read(os.path.join(args.model, "model.safetensors"))
     D, L, H, Hkv = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
-    hd, V, eps, theta = cfg.get("head_dim", D // H), cfg["vocab_size"], cfg["rms_norm_eps"], cfg.get("rope_theta", 10000.0)
+    hd, V, eps = cfg.get("head_dim", D // H), cfg["vocab_size"], cfg["rms_norm_eps"]
+    theta = cfg.get("rope_theta", 10000.0)
     # Gemma 3 (transformers' Gemma3ForCausalLM): embeddings times sqrt(hidden), norms (1 + w), q/k
     # norms, norms after attention and the MLP, GELU (tanh) gating, sliding layers with their own
     # RoPE base, scores times query_pre_attn_scalar^-1/2
@@ -197,7 +198,8 @@ def main():
     if args.torch_worker:
         return torch_worker(args)
     D, L, H, Hkv, F, V = SHAPES[args.shape][:6]
-    extra = ["--arch", SHAPES[args.shape][6], "--head-dim", str(SHAPES[args.shape][7])] if len(SHAPES[args.shape]) > 6 else []
+    shape = SHAPES[args.shape]
+    extra = ["--arch", shape[6], "--head-dim", str(shape[7])] if len(shape) > 6 else []
     mdir = os.path.join(ROOT, "out", "bench", args.shape)
     os.makedirs(mdir, exist_ok=True)
     if not os.path.exists(os.path.join(mdir, "model.safetensors")):

@@ -490,8 +490,8 @@ static int gemma_keys(peft_config *c, const struct model_keys *mk, const char *p
     if (c->dim <= 0 || c->n_heads <= 0)
         return PEFT_OK; /* peft__config_validate says what */
     c->embed_mul = sqrtf((float)c->dim);
-    c->q_mul = c->n_layers == (v3 ? 62 : 46) && c->head_dim > 0 ? sqrtf((float)c->head_dim / (float)(c->dim / c->n_heads))
-                                                                 : 1.0f;
+    int big = c->n_layers == (v3 ? 62 : 46) && c->head_dim > 0; /* the 27B models */
+    c->q_mul = big ? sqrtf((float)c->head_dim / (float)(c->dim / c->n_heads)) : 1.0f;
     return PEFT_OK;
 }
 
@@ -519,8 +519,9 @@ int peft__gguf_open(peft_model *m, const char *path)
     for (size_t i = 0; i < sizeof gguf_archs / sizeof gguf_archs[0]; i++)
         known |= !strcmp(mk.arch, gguf_archs[i]);
     if (!known) {
-        code = peft__fail(PEFT_EUNSUPPORTED, "%s: architecture \"%s\" is not supported (llama, qwen2, qwen3, gemma2, gemma3)",
-                          path, mk.arch);
+        code = peft__fail(PEFT_EUNSUPPORTED,
+                          "%s: architecture \"%s\" is not supported (llama, qwen2, qwen3, gemma2, gemma3)", path,
+                          mk.arch);
         goto done;
     }
     /* llama.cpp permutes the q/k rows of llama only (qwen2/3 use the NeoX RoPE, Hugging Face's order) */
@@ -543,7 +544,8 @@ int peft__gguf_open(peft_model *m, const char *path)
         c->n_kv_heads = c->n_heads;
     c->head_dim = mk.key_len ? mk.key_len : (c->n_heads > 0 ? c->dim / c->n_heads : 0);
     c->tied = find(ts, nt, "output.weight") == NULL;
-    if ((!strncmp(mk.arch, "gemma", 5) && (code = gemma_keys(c, &mk, path))) || (code = peft__config_validate(c, path)) ||
+    if ((!strncmp(mk.arch, "gemma", 5) && (code = gemma_keys(c, &mk, path))) ||
+        (code = peft__config_validate(c, path)) ||
         (code = rope_scaling(c, ts, nt, data, mk.scaling, mk.scale_factor, path)))
         goto done;
     {

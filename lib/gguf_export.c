@@ -258,9 +258,10 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
          gc->rope_scaling == 2 || (!v3 && gc->rope_scaling) ||
          fabsf(gc->q_mul - (gc->n_layers == (v3 ? 62 : 46) ? sqrtf((float)gc->head_dim / (float)(gc->dim / gc->n_heads))
                                                            : 1.0f)) > 1e-6f))
-        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: this Gemma differs from what llama.cpp's %s "
-                                             "assumes (every %s layer global%s, query_pre_attn_scalar = head_dim but in "
-                                             "the 27B model)", gc->architecture, v3 ? "sixth" : "other",
+        return peft__fail(PEFT_EUNSUPPORTED,
+                          "peft_save_merged_gguf: this Gemma differs from what llama.cpp's %s assumes (every %s "
+                          "layer global%s, query_pre_attn_scalar = head_dim but in the 27B model)",
+                          gc->architecture, v3 ? "sixth" : "other",
                           v3 ? ", a local RoPE base of 10000" : ", no RoPE scaling");
     if (!m->gguf_map && !strncmp(m->cfg.architecture, "qwen", 4) && m->cfg.sliding_window > 0 &&
         m->cfg.window_from < m->cfg.n_layers)
