@@ -362,7 +362,7 @@ int peft_save_merged(peft_model *m, const char *dir)
     peft__effective_embed(m, tmp[0]);
     peft__effective_head(m, tmp[1]);
     ADD("model.embed_tokens.weight", c->vocab, c->dim, tmp[0]);
-    /* Gemma 3's norms zero-centred, as its Hugging Face files hold them (they cannot be tuned) */
+    /* Gemma's norms zero-centred, as its Hugging Face files hold them (they cannot be tuned) */
     int oom = 0;
 #define GEMMA_NORM(w, file, n) ((file) ? (file) : zero_centred(w, n, &tmp[k], &oom))
     /* (tmp[0] and tmp[1] hold the embeddings and lm_head: the final norm's copy has its own slot) */
