@@ -281,36 +281,37 @@ static double sw_loss(void *vp)
     swiglu_forward(NULL, c->act, c->g, c->u, 1, SN);
     return dotd(c->act, c->dout, SN);
 }
-TEST(swiglu)
-{
-    struct sw_ctx c;
-    fill(c.g, SN, 3.0f);
-    fill(c.u, SN, 1.0f);
-    fill(c.dout, SN, 1.0f);
-    float dg[SN], du[SN];
-    swiglu_backward(NULL, dg, du, c.dout, c.g, c.u, 1, SN);
-    CHECK(fd_check("swiglu dg", c.g, SN, dg, sw_loss, &c, 1e-2f, 1e-2) == 0);
-    CHECK(fd_check("swiglu du", c.u, SN, du, sw_loss, &c, 1e-2f, 1e-3) == 0);
-}
-
-/* GeGLU (Gemma): act = gelu_tanh(g) * u; finite differences, and the forward against tanh() in
-   double, out to where tanh saturates (|g| up to 40: no NaN, no overflow) */
 static double ge_loss(void *vp)
 {
     struct sw_ctx *c = vp;
     geglu_forward(NULL, c->act, c->g, c->u, 1, SN);
     return dotd(c->act, c->dout, SN);
 }
+/* a gated activation's backward (0 SwiGLU, 1 GeGLU) against finite differences of its loss */
+static void gated_case(struct sw_ctx *c, int gelu)
+{
+    fill(c->g, SN, 3.0f);
+    fill(c->u, SN, 1.0f);
+    fill(c->dout, SN, 1.0f);
+    float dg[SN], du[SN];
+    (gelu ? geglu_backward : swiglu_backward)(NULL, dg, du, c->dout, c->g, c->u, 1, SN);
+    double (*loss)(void *) = gelu ? ge_loss : sw_loss;
+    CHECK(fd_check(gelu ? "geglu dg" : "swiglu dg", c->g, SN, dg, loss, c, 1e-2f, 1e-2) == 0);
+    CHECK(fd_check(gelu ? "geglu du" : "swiglu du", c->u, SN, du, loss, c, 1e-2f, 1e-3) == 0);
+}
+TEST(swiglu)
+{
+    struct sw_ctx c;
+    gated_case(&c, 0);
+}
+
+/* GeGLU (Gemma): act = gelu_tanh(g) * u; finite differences, and the forward against tanh() in
+   double, out to where tanh saturates (|g| up to 40: no NaN, no overflow) */
 TEST(geglu)
 {
     struct sw_ctx c;
-    fill(c.g, SN, 3.0f);
-    fill(c.u, SN, 1.0f);
-    fill(c.dout, SN, 1.0f);
+    gated_case(&c, 1);
     float dg[SN], du[SN];
-    geglu_backward(NULL, dg, du, c.dout, c.g, c.u, 1, SN);
-    CHECK(fd_check("geglu dg", c.g, SN, dg, ge_loss, &c, 1e-2f, 1e-2) == 0);
-    CHECK(fd_check("geglu du", c.u, SN, du, ge_loss, &c, 1e-2f, 1e-3) == 0);
     for (int i = 0; i < SN; i++) {
         c.g[i] = -40.0f + 80.0f * (float)i / (SN - 1);
         c.u[i] = 1.0f;
