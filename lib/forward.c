@@ -411,15 +411,6 @@ static void rope_of(const peft_model *m, int l, const float **cos_t, const float
     *sin_t = local ? m->ws.rope_sin_l : m->ws.rope_sin;
 }
 
-/* the gated MLP's activation: SwiGLU, or Gemma's GeGLU */
-static void mlp_act(peft_model *m, float *act, const float *g, const float *u, int64_t N, int F)
-{
-    if (m->cfg.gemma)
-        geglu_forward(m->pool, act, g, u, N, F);
-    else
-        swiglu_forward(m->pool, act, g, u, N, F);
-}
-
 /* dx (rows, n) = d/d(pre-norm input) of the norm given d/d(its output) in d; through scratch */
 static void norm_backward_to(peft_model *m, float *dx, const float *d, const float *pre, const float *w,
                              const float *rstd, int64_t rows, int n)
@@ -469,7 +460,7 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
                    peft__view_of(m, &lv, l, PEFT_MOD_GATE, train), xa_of(m, l, PEFT_MOD_GATE), ws->tmp);
     linear_forward(m, a->u, a->xn2, peft__w_of(m, l, PEFT_MOD_UP), peft__bias_of(m, l, PEFT_MOD_UP), N, D, F,
                    peft__view_of(m, &lv, l, PEFT_MOD_UP, train), xa_of(m, l, PEFT_MOD_UP), ws->tmp);
-    mlp_act(m, ws->act, a->g, a->u, N, F);
+    gated_forward(m->pool, c->gemma, ws->act, a->g, a->u, N, F); /* Gemma: GeGLU */
     linear_forward(m, c->gemma ? a->fo : x_out, ws->act, peft__w_of(m, l, PEFT_MOD_DOWN),
                    peft__bias_of(m, l, PEFT_MOD_DOWN), N, F, D, peft__view_of(m, &lv, l, PEFT_MOD_DOWN, train),
                    xa_of(m, l, PEFT_MOD_DOWN), ws->tmp);
@@ -516,14 +507,11 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
         norm_backward_to(m, ws->dxn, ws->dx, a->fo, lw->post_ffn_norm, a->rstd4, N, D);
         dy = ws->dxn;
     }
-    mlp_act(m, ws->act, a->g, a->u, N, F);
+    gated_forward(m->pool, c->gemma, ws->act, a->g, a->u, N, F);
     peft__bias_grad(m, l, PEFT_MOD_DOWN, dy, N, D);
     linear_backward(m, ws->dact, 0.0f, dy, ws->act, peft__w_of(m, l, PEFT_MOD_DOWN), N, F, D,
                     peft__view_of(m, &lv, l, PEFT_MOD_DOWN, 1), xa_of(m, l, PEFT_MOD_DOWN), ws->dxa, ws->tmp);
-    if (c->gemma)
-        geglu_backward(m->pool, ws->dg, ws->du, ws->dact, a->g, a->u, N, F);
-    else
-        swiglu_backward(m->pool, ws->dg, ws->du, ws->dact, a->g, a->u, N, F);
+    gated_backward(m->pool, c->gemma, ws->dg, ws->du, ws->dact, a->g, a->u, N, F);
     peft__bias_grad(m, l, PEFT_MOD_GATE, ws->dg, N, F);
     peft__bias_grad(m, l, PEFT_MOD_UP, ws->du, N, F);
     linear_backward(m, attn ? ws->dxn : NULL, 0.0f, ws->dg, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), N, D, F,

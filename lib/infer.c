@@ -168,10 +168,7 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
                        view(s, &lv, l, PEFT_MOD_GATE), s->xa, s->tmp);
         linear_forward(m, s->u, s->xn, peft__w_of(m, l, PEFT_MOD_UP), peft__bias_of(m, l, PEFT_MOD_UP), 1, D, F,
                        view(s, &lv, l, PEFT_MOD_UP), s->xa, s->tmp);
-        if (c->gemma)
-            geglu_forward(NULL, s->act, s->g, s->u, 1, F);
-        else
-            swiglu_forward(NULL, s->act, s->g, s->u, 1, F);
+        gated_forward(NULL, c->gemma, s->act, s->g, s->u, 1, F);
         linear_forward(m, s->x, s->act, peft__w_of(m, l, PEFT_MOD_DOWN), peft__bias_of(m, l, PEFT_MOD_DOWN), 1, F, D,
                        view(s, &lv, l, PEFT_MOD_DOWN), s->xa, s->tmp);
         if (c->gemma)

@@ -294,7 +294,7 @@ static void gated_case(struct sw_ctx *c, int gelu)
     fill(c->u, SN, 1.0f);
     fill(c->dout, SN, 1.0f);
     float dg[SN], du[SN];
-    (gelu ? geglu_backward : swiglu_backward)(NULL, dg, du, c->dout, c->g, c->u, 1, SN);
+    gated_backward(NULL, gelu, dg, du, c->dout, c->g, c->u, 1, SN);
     double (*loss)(void *) = gelu ? ge_loss : sw_loss;
     CHECK(fd_check(gelu ? "geglu dg" : "swiglu dg", c->g, SN, dg, loss, c, 1e-2f, 1e-2) == 0);
     CHECK(fd_check(gelu ? "geglu du" : "swiglu du", c->u, SN, du, loss, c, 1e-2f, 1e-3) == 0);

@@ -65,6 +65,11 @@ void geglu_forward(void *pool, float *act, const float *g, const float *u, int64
 void geglu_backward(void *pool, float *dg, float *du, const float *dact, const float *g,
                     const float *u, int64_t N, int F);
 
+/* the gated MLP's activation, SwiGLU or (gelu) GeGLU, and its backward */
+void gated_forward(void *pool, int gelu, float *act, const float *g, const float *u, int64_t N, int F);
+void gated_backward(void *pool, int gelu, float *dg, float *du, const float *dact, const float *g, const float *u,
+                    int64_t N, int F);
+
 /* Cross-entropy of one row of logits (V): returns logsumexp - logits[label];
    if dlogits != NULL writes softmax - onehot(label) scaled by `scale`. */
 double xent_row(float *dlogits, const float *logits, int V, int label, float scale);

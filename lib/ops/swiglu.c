@@ -105,3 +105,14 @@ void geglu_backward(void *pool, float *dg, float *du, const float *dact, const f
     struct swiglu_args a = {.dg = dg, .du = du, .g = g, .u = u, .dact = dact, .n = N * F};
     run_chunks(pool, &a, gelu_bwd_task);
 }
+
+void gated_forward(void *pool, int gelu, float *act, const float *g, const float *u, int64_t N, int F)
+{
+    (gelu ? geglu_forward : swiglu_forward)(pool, act, g, u, N, F);
+}
+
+void gated_backward(void *pool, int gelu, float *dg, float *du, const float *dact, const float *g, const float *u,
+                    int64_t N, int F)
+{
+    (gelu ? geglu_backward : swiglu_backward)(pool, dg, du, dact, g, u, N, F);
+}
