@@ -406,7 +406,7 @@ static void add_inplace(float *y, const float *x, size_t n)
 /* layer l's RoPE tables: Gemma 3's sliding layers have their own base */
 static void rope_of(const peft_model *m, int l, const float **cos_t, const float **sin_t)
 {
-    int local = m->cfg.rope_local_theta > 0.0f && peft__layer_window(&m->cfg, l) > 0;
+    int local = peft__rope_local(&m->cfg, l);
     *cos_t = local ? m->ws.rope_cos_l : m->ws.rope_cos;
     *sin_t = local ? m->ws.rope_sin_l : m->ws.rope_sin;
 }

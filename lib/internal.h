@@ -120,6 +120,11 @@ static inline int peft__layer_window(const peft_config *c, int l)
         return (l + 1) % c->window_pattern ? c->sliding_window : 0;
     return l >= c->window_from ? c->sliding_window : 0;
 }
+/* Whether layer l rotates with the local RoPE base (Gemma 3's sliding layers) */
+static inline int peft__rope_local(const peft_config *c, int l)
+{
+    return c->rope_local_theta > 0.0f && peft__layer_window(c, l) > 0;
+}
 /* The inverse frequency of RoPE pair i (0 <= i < head_dim / 2) with the config's scaling. */
 double peft__rope_inv_freq(const peft_config *c, int i);
 int peft__config_parse(peft_config *cfg, const char *json, size_t len, const char *what);

@@ -75,7 +75,7 @@ void rope_at(float *x, int n_heads, int pos, const peft_config *cf)
 
 const peft_config *rope_config_of(const peft_config *c, int l, peft_config *tmp)
 {
-    if (!(c->rope_local_theta > 0.0f) || peft__layer_window(c, l) == 0)
+    if (!peft__rope_local(c, l))
         return c;
     *tmp = *c;
     tmp->rope_theta = c->rope_local_theta;
