@@ -207,9 +207,8 @@ int peft_session_feed(peft_session *s, const int32_t *tokens, int32_t n, float *
         float rstd;
         rmsnorm_forward(NULL, s->xn, &rstd, s->x, peft__norm_weight(m, 0, 2), 1, m->cfg.dim, m->cfg.eps);
         int code = peft__head_logits(m, s->xn, 1, logits);
-        float cap = m->cfg.final_softcap; /* Gemma 2 */
-        for (int i = 0; !code && cap > 0.0f && i < m->cfg.vocab; i++)
-            logits[i] = cap * peft__tanhf(logits[i] / cap);
+        if (!code && m->cfg.final_softcap > 0.0f) /* Gemma 2 */
+            peft__softcap(logits, m->cfg.vocab, m->cfg.final_softcap);
         return code;
     }
     return PEFT_OK;

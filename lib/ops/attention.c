@@ -289,8 +289,7 @@ PEFT_VEC_CLONES static void fwd_task(void *vp, int32_t task)
                 const int *rk = bk.r[k];
                 float mx = -INFINITY, sum = 0;
                 for (int s = 0; a->softcap > 0.0f && s < 4; s += 2)
-                    for (int j = rk[s]; j < rk[s + 1]; j++)
-                        pk[j] = a->softcap * peft__tanhf(pk[j] / a->softcap);
+                    peft__softcap(pk + rk[s], rk[s + 1] - rk[s], a->softcap);
                 for (int s = 0; s < 4; s += 2)
                     mx = peft__maxf(pk + rk[s], rk[s + 1] - rk[s], mx);
                 for (int s = 0; s < 4; s += 2) {

@@ -32,8 +32,7 @@ PEFT_VEC_CLONES double xent_row(float *dlogits, const float *logits, int V, int 
 // returns the loss of c; grad: row = d loss / d z = (softmax(c) - onehot(label)) (1 - (c / cap)^2)
 PEFT_VEC_CLONES double xent_row_softcap(float *row, int V, int label, float cap, int grad)
 {
-    for (int i = 0; i < V; i++)
-        row[i] = cap * peft__tanhf(row[i] / cap);
+    peft__softcap(row, V, cap);
     float tl = row[label] / cap;
     double loss = xent_row(NULL, row, V, label, 1.0f);
     if (grad) { /* softmax = e^(c - lse), lse = loss + c[label] */

@@ -111,6 +111,13 @@ static inline float peft__expf(float x)
 /* tanh(x) = 1 - 2 / (e^2x + 1) with peft__expf (absolute error about 2e-7; +-1 beyond |x| 44) */
 static inline float peft__tanhf(float x) { return 1.0f - 2.0f / (peft__expf(2.0f * x) + 1.0f); }
 
+/* x[0..n) soft-capped in place: cap tanh(x / cap) (Gemma 2's scores and logits) */
+static inline void peft__softcap(float *x, int64_t n, float cap)
+{
+    for (int64_t i = 0; i < n; i++)
+        x[i] = cap * peft__tanhf(x[i] / cap);
+}
+
 /* Inverted dropout mask value for element idx of a call: 0 or 1/(1-p). */
 float dropout_scale(uint64_t seed, uint64_t idx, float p);
 
