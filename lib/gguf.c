@@ -470,28 +470,33 @@ static int model_key(void *ctx, const gg_kv *kv)
     return PEFT_OK;
 }
 
-/* gemma2 and gemma3: what llama.cpp fixes for the architecture rather than storing it
-   (llama-model.cpp): every other (gemma2) or sixth (gemma3) layer global, gemma3's sliding ones
-   with RoPE base 10000 unscaled, gemma2's soft-caps 50 and 30 unless given; scores scaled by
-   head_dim^-1/2 except in the 27B models (46 and 62 layers: (hidden / heads)^-1/2) */
+/* llama-model.cpp: every other (gemma2) or sixth (gemma3) layer global, gemma3's sliding ones
+   with RoPE base 10000 unscaled; scores scaled by head_dim^-1/2 except in the 27B models (46 and
+   62 layers: (hidden / heads)^-1/2) */
+void peft__gguf_gemma_fixed(peft_config *c)
+{
+    int v3 = c->gemma == 3;
+    c->window_pattern = v3 ? 6 : 2;
+    c->rope_local_theta = v3 ? 10000.0f : 0.0f;
+    int big = c->n_layers == (v3 ? 62 : 46) && c->head_dim > 0 && c->n_heads > 0 && c->dim >= c->n_heads;
+    c->q_mul = big ? sqrtf((float)c->head_dim / (float)(c->dim / c->n_heads)) : 1.0f;
+}
+
+/* gemma2 and gemma3: the keys, what llama.cpp fixes (peft__gguf_gemma_fixed), gemma2's
+   soft-caps 50 and 30 unless given */
 static int gemma_keys(peft_config *c, const struct model_keys *mk, const char *path)
 {
     int v3 = !strcmp(mk->arch, "gemma3");
     c->gemma = v3 ? 3 : 2;
     c->qk_norm = v3;
-    c->window_pattern = v3 ? 6 : 2;
-    c->rope_local_theta = v3 ? 10000.0f : 0.0f;
+    peft__gguf_gemma_fixed(c);
     c->attn_softcap = v3 ? 0.0f : mk->caps[0] >= 0.0f ? mk->caps[0] : 50.0f;
     c->final_softcap = v3 ? 0.0f : mk->caps[1] >= 0.0f ? mk->caps[1] : 30.0f;
     if (c->sliding_window <= 0)
         return peft__fail(PEFT_EFORMAT, "%s: %s.attention.sliding_window is missing", path, mk->arch);
     if (!(c->attn_softcap < 1e6f) || !(c->final_softcap < 1e6f))
         return peft__fail(PEFT_EFORMAT, "%s: bad soft-capping values", path);
-    if (c->dim <= 0 || c->n_heads <= 0)
-        return PEFT_OK; /* peft__config_validate says what */
-    c->embed_mul = sqrtf((float)c->dim);
-    int big = c->n_layers == (v3 ? 62 : 46) && c->head_dim > 0; /* the 27B models */
-    c->q_mul = big ? sqrtf((float)c->head_dim / (float)(c->dim / c->n_heads)) : 1.0f;
+    c->embed_mul = c->dim > 0 ? sqrtf((float)c->dim) : 0.0f; /* (peft__config_validate refuses dim 0) */
     return PEFT_OK;
 }
 

@@ -249,15 +249,16 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
     if (peft__prompt_len(m) > 0)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: a soft prompt (prompt tuning) is not part of "
                                              "the weights");
-    /* llama.cpp's gemma3 fixes what Gemma 3's checkpoints all share: a model that differs would
+    /* llama.cpp's gemma2/gemma3 fix what their checkpoints all share: a model that differs would
        compute something else there */
     const peft_config *gc = &m->cfg;
     int v3 = gc->gemma == 3;
+    peft_config fixed = *gc;
+    if (gc->gemma)
+        peft__gguf_gemma_fixed(&fixed);
     if (gc->gemma && !m->gguf_map &&
-        (gc->window_pattern != (v3 ? 6 : 2) || gc->rope_local_theta != (v3 ? 10000.0f : 0.0f) ||
-         gc->rope_scaling == 2 || (!v3 && gc->rope_scaling) ||
-         fabsf(gc->q_mul - (gc->n_layers == (v3 ? 62 : 46) ? sqrtf((float)gc->head_dim / (float)(gc->dim / gc->n_heads))
-                                                           : 1.0f)) > 1e-6f))
+        (gc->window_pattern != fixed.window_pattern || gc->rope_local_theta != fixed.rope_local_theta ||
+         gc->rope_scaling == 2 || (!v3 && gc->rope_scaling) || fabsf(gc->q_mul - fixed.q_mul) > 1e-6f))
         return peft__fail(PEFT_EUNSUPPORTED,
                           "peft_save_merged_gguf: this Gemma differs from what llama.cpp's %s assumes (every %s "
                           "layer global%s, query_pre_attn_scalar = head_dim but in the 27B model)",

@@ -131,6 +131,10 @@ int peft__config_parse(peft_config *cfg, const char *json, size_t len, const cha
 int peft__config_validate(const peft_config *cfg, const char *what);
 uint64_t peft__extra_layer_params(const peft_config *c); /* biases, q/k norms of one layer */
 
+/* gguf.c: what llama.cpp fixes for its gemma2/gemma3 architectures rather than storing it, set
+   in c by c->gemma (2 or 3) and its shapes: the global-layer pattern, the local RoPE base, q_mul */
+void peft__gguf_gemma_fixed(peft_config *c);
+
 /* gguf.c: the tokenizer.ggml.* vocabulary of a GGUF file */
 typedef struct gguf_vocab {
     int n;
