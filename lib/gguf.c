@@ -600,6 +600,16 @@ int peft__gguf_open(peft_model *m, const char *path)
                     code = load(m, &m->layers[l].k_norm, NULL, ts, nt, data, nm, (uint64_t)c->head_dim, 0, 0, path);
             }
         }
+        /* Gemma: the zero-centred copies too, as Hugging Face files hold the norms (exports) */
+        if (!code && c->gemma)
+            code = peft__shifted_copy(m, m->final_norm, c->dim, -1.0f, &m->final_norm_file);
+        for (int l = 0; l < c->n_layers && !code && c->gemma; l++) {
+            peft_layer_weights *w = &m->layers[l];
+            const float *in_effect[6] = {w->attn_norm, w->ffn_norm, w->post_attn_norm, w->post_ffn_norm, w->q_norm,
+                                         w->k_norm};
+            for (int i = 0; i < (c->qk_norm ? 6 : 4) && !code; i++)
+                code = peft__shifted_copy(m, in_effect[i], i < 4 ? c->dim : c->head_dim, -1.0f, &w->file_norm[i]);
+        }
         if (!code) {
             uint64_t per_layer = 2ull * c->dim + (uint64_t)c->dim * (uint64_t)(2 * qd + 2 * kvd) +
                                  3ull * (uint64_t)c->dim * (uint64_t)c->ffn_dim + peft__extra_layer_params(c);

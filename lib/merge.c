@@ -310,20 +310,6 @@ static int hf_config(const peft_model *m, char **text, size_t *len, int tied)
     return PEFT_OK;
 }
 
-/* w - 1 (n floats) into a new *slot: a Gemma norm weight held as 1 + w, as its Hugging Face file
-   has it (a GGUF file stores 1 + w); out of memory: *oom set, w returned (nothing is written) */
-static const float *zero_centred(const float *w, int n, float **slot, int *oom)
-{
-    float *z = *slot = peft__alloc_floats((size_t)n);
-    if (!z) {
-        *oom = 1;
-        return w;
-    }
-    for (int i = 0; i < n; i++)
-        z[i] = w[i] - 1.0f;
-    return z;
-}
-
 int peft_save_merged(peft_model *m, const char *dir)
 {
     if (!m || !dir)
@@ -336,7 +322,7 @@ int peft_save_merged(peft_model *m, const char *dir)
     size_t VD = (size_t)c->vocab * (size_t)c->dim;
     st_out_tensor *ts = calloc((size_t)n_t, sizeof *ts);
     char *names = calloc((size_t)n_t, 96);
-    float **tmp = calloc((size_t)n_t, sizeof *tmp), *final_zc = NULL;
+    float **tmp = calloc((size_t)n_t, sizeof *tmp);
     char *src_cfg = peft__path_join(m->path, "config.json"), *dst_cfg = NULL, *dst_st = NULL, *text = NULL;
     size_t len;
     if (!ts || !names || !tmp || !src_cfg) {
@@ -363,12 +349,7 @@ int peft_save_merged(peft_model *m, const char *dir)
     peft__effective_head(m, tmp[1]);
     ADD("model.embed_tokens.weight", c->vocab, c->dim, tmp[0]);
     /* Gemma's norms zero-centred, as its Hugging Face files hold them (they cannot be tuned) */
-    int oom = 0;
-#define GEMMA_NORM(w, file, n) ((file) ? (file) : zero_centred(w, n, &tmp[k], &oom))
-    /* (tmp[0] and tmp[1] hold the embeddings and lm_head: the final norm's copy has its own slot) */
-    ADD("model.norm.weight", c->dim, 0,
-        !c->gemma ? peft__norm_weight(m, 0, 2)
-        : m->final_norm_file ? m->final_norm_file : zero_centred(m->final_norm, c->dim, &final_zc, &oom));
+    ADD("model.norm.weight", c->dim, 0, c->gemma ? m->final_norm_file : peft__norm_weight(m, 0, 2));
     untie = c->tied && memcmp(tmp[0], tmp[1], VD * sizeof(float)) != 0;
     if (!c->tied || untie)
         ADD("lm_head.weight", c->vocab, c->dim, tmp[1]);
@@ -378,10 +359,9 @@ int peft_save_merged(peft_model *m, const char *dir)
         if (c->gemma) {
             static const char *const gn[4] = {"input_layernorm", "pre_feedforward_layernorm",
                                               "post_attention_layernorm", "post_feedforward_layernorm"};
-            const float *in_effect[4] = {w->attn_norm, w->ffn_norm, w->post_attn_norm, w->post_ffn_norm};
             for (int i = 0; i < 4; i++) {
                 snprintf(nm, sizeof nm, "model.layers.%d.%s.weight", l, gn[i]);
-                ADD(nm, c->dim, 0, GEMMA_NORM(in_effect[i], w->file_norm[i], c->dim));
+                ADD(nm, c->dim, 0, w->file_norm[i]);
             }
         } else {
             snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", l);
@@ -415,17 +395,12 @@ int peft_save_merged(peft_model *m, const char *dir)
         }
         if (c->qk_norm) {
             snprintf(nm, sizeof nm, "model.layers.%d.self_attn.q_norm.weight", l);
-            ADD(nm, c->head_dim, 0, c->gemma ? GEMMA_NORM(w->q_norm, w->file_norm[4], c->head_dim) : w->q_norm);
+            ADD(nm, c->head_dim, 0, c->gemma ? w->file_norm[4] : w->q_norm);
             snprintf(nm, sizeof nm, "model.layers.%d.self_attn.k_norm.weight", l);
-            ADD(nm, c->head_dim, 0, c->gemma ? GEMMA_NORM(w->k_norm, w->file_norm[5], c->head_dim) : w->k_norm);
+            ADD(nm, c->head_dim, 0, c->gemma ? w->file_norm[5] : w->k_norm);
         }
     }
 #undef ADD
-#undef GEMMA_NORM
-    if (c->gemma && oom) {
-        code = peft__fail(PEFT_ENOMEM, "peft_save_merged: out of memory");
-        goto done;
-    }
     if (m->gguf_map)
         code = hf_config(m, &text, &len, c->tied && !untie);
     else
@@ -446,7 +421,6 @@ done:
     for (int i = 0; i < n_t && tmp; i++)
         peft__free(tmp[i]);
     free(tmp);
-    peft__free(final_zc);
     free(ts);
     free(names);
     free(src_cfg);

@@ -233,22 +233,27 @@ done:
     return code;
 }
 
-/* Gemma 3's norm weights: the file's tensor (kept in *file) and 1 + it in *out (owned) */
+int peft__shifted_copy(peft_model *m, const float *p, int64_t n, float shift, const float **out)
+{
+    float *q = peft__alloc_floats((size_t)n);
+    if (!q || add_owned(m, q)) {
+        peft__free(q);
+        return peft__fail(PEFT_ENOMEM, "%s: out of memory", m->path);
+    }
+    for (int64_t i = 0; i < n; i++)
+        q[i] = p[i] + shift;
+    *out = q;
+    return PEFT_OK;
+}
+
+/* a norm weight; Gemma's: the file's tensor (zero-centred) in *file and 1 + it in *out */
 static int load_norm(peft_model *m, const float **out, const float **file, const char *name, int64_t n)
 {
     int code = load_tensor(m, out, name, n, 0);
     if (code || !m->cfg.gemma)
         return code;
-    float *p = peft__alloc_floats((size_t)n);
-    if (!p || add_owned(m, p)) {
-        peft__free(p);
-        return peft__fail(PEFT_ENOMEM, "%s: out of memory for '%s'", m->path, name);
-    }
-    for (int64_t i = 0; i < n; i++)
-        p[i] = 1.0f + (*out)[i];
     *file = *out;
-    *out = p;
-    return PEFT_OK;
+    return peft__shifted_copy(m, *file, n, 1.0f, out);
 }
 
 static int load_weights(peft_model *m)

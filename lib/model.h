@@ -27,9 +27,9 @@ typedef struct peft_layer_weights {
     const float *bias[PEFT_MOD_COUNT]; /* (out) or NULL (cfg.bias_mask) */
     const float *bias_base[PEFT_MOD_COUNT]; /* the unmerged bias while an IA3 vector scaling it is merged */
     const float *q_norm, *k_norm;      /* (head_dim) when cfg.qk_norm */
-    /* Gemma 3: the norms after attention and after the MLP (dim); every norm weight of a Gemma
-       layer is held as 1 + w, the file's (zero-centred) tensors kept in file_norm for exports:
-       input, pre-feedforward, post-attention, post-feedforward, q, k */
+    /* Gemma: the norms after attention and after the MLP (dim); every norm weight of a Gemma
+       layer is held as 1 + w, and zero-centred (w, as Hugging Face files hold it) in file_norm
+       for exports: input, pre-feedforward, post-attention, post-feedforward, q, k */
     const float *post_attn_norm, *post_ffn_norm;
     const float *file_norm[6];
 } peft_layer_weights;
@@ -181,7 +181,7 @@ struct peft_model {
     peft_w embed;       /* token embeddings (vocab, dim): float32, or quantized rows of a GGUF file */
     peft_w head;        /* lm_head (vocab, dim); a tied one is the same matrix as embed */
     const float *final_norm;
-    const float *final_norm_file; /* Gemma 3: the file's zero-centred final norm (final_norm is 1 + it) */
+    const float *final_norm_file; /* Gemma: the zero-centred final norm (final_norm is 1 + it) */
     peft_w embed_base;  /* the unmerged embeddings while an embedding adapter is merged (rows 0: none) */
     peft_layer_weights *layers;
     uint64_t n_params;
@@ -323,6 +323,8 @@ void peft__embed_tokens(peft_model *m, float *x, const int32_t *tokens, int64_t 
 /* forward.c: logits (rows, vocab) of final-norm outputs x (rows, dim) through the lm_head in
    effect (trained copy, tied token rows, lm_head adapter) */
 int peft__head_logits(peft_model *m, const float *x, int64_t rows, float *logits);
+/* *out = p + shift (n floats), owned by the model (Gemma's norms, both ways) */
+int peft__shifted_copy(peft_model *m, const float *p, int64_t n, float shift, const float **out);
 /* forward.c: dst (vocab, dim) += s (B A)^T, the embedding adapter's delta */
 void peft__embed_delta_add(peft_model *m, float *dst);
 /* forward.c: the input embeddings in effect (vocab, dim) into dst */
