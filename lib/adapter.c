@@ -47,7 +47,7 @@ static size_t extra_count(const lora_state *l, int n_layers)
 {
     size_t n = (l->head_r > 0 ? 2 : 0) + (l->n_tok > 0) + (l->n_htok > 0) + (size_t)l->save_embed +
                (size_t)l->save_head;
-    for (int i = 0; l->norm_off && l->method != PEFT_METHOD_NORMS && i <= 2 * n_layers; i++)
+    for (int i = 0; l->norm_off && l->method != PEFT_METHOD_NORMS && i <= n_layers * PEFT__NORM_SLOTS; i++)
         n += l->norm_off[i] >= 0;
     return n + bias_count(l, n_layers);
 }
@@ -81,14 +81,14 @@ static size_t extra_tensors(const peft_model *m, st_out_tensor *ts, char *names)
         EXTRA(c->vocab, c->dim, l->off_se, "base_model.model.model.embed_tokens.weight");
     if (l->save_head)
         EXTRA(c->vocab, c->dim, l->off_sh, "base_model.model.lm_head.weight");
-    for (int i = 0; l->norm_off && l->method != PEFT_METHOD_NORMS && i <= 2 * c->n_layers; i++) {
+    for (int i = 0; l->norm_off && l->method != PEFT_METHOD_NORMS && i <= c->n_layers * PEFT__NORM_SLOTS; i++) {
         if (l->norm_off[i] < 0)
             continue;
-        if (i == 2 * c->n_layers)
+        if (i == c->n_layers * PEFT__NORM_SLOTS)
             EXTRA(c->dim, 0, (size_t)l->norm_off[i], "base_model.model.model.norm.weight");
         else
-            EXTRA(c->dim, 0, (size_t)l->norm_off[i], "base_model.model.model.layers.%d.%s.weight", i / 2,
-                  i % 2 ? "post_attention_layernorm" : "input_layernorm");
+            EXTRA(c->dim, 0, (size_t)l->norm_off[i], "base_model.model.model.layers.%d.%s.weight",
+                  i / PEFT__NORM_SLOTS, peft__norm_name(peft__norm_bit(c, i % PEFT__NORM_SLOTS)));
     }
     /* biases: an adapted module's under its base_layer (PEFT wraps it), another's as it is */
     for (int i = 0; l->bias_off && i < c->n_layers * PEFT_MOD_COUNT; i++) {
@@ -141,10 +141,9 @@ done:
 }
 
 /* modules_to_save of a LoRA attachment as PEFT matches them (name suffixes): null or a list */
-static void jw_modules_to_save(struct jw *w, const lora_state *l, int n_layers)
+static void jw_modules_to_save(struct jw *w, const lora_state *l, const peft_config *c)
 {
-    static const char *const nn[2] = {"input_layernorm", "post_attention_layernorm"};
-    int first = 1, all = 1;
+    int first = 1, all = 1, n_layers = c->n_layers;
     for (int i = 0; i < n_layers; i++)
         all &= l->layer_on[i];
 #define ITEM(...)                                                                                  \
@@ -158,15 +157,16 @@ static void jw_modules_to_save(struct jw *w, const lora_state *l, int n_layers)
         ITEM("embed_tokens");
     if (l->save_head)
         ITEM("lm_head");
-    for (int k = 0; k < 2 && l->method != PEFT_METHOD_NORMS; k++) {
-        if (!(l->norms & (1u << k)))
+    for (int s = 0; s < PEFT__NORM_SLOTS && l->method != PEFT_METHOD_NORMS; s++) {
+        uint32_t bit = peft__norm_bit(c, s);
+        if (!(l->norms & bit))
             continue;
         if (all)
-            ITEM("%s", nn[k]);
+            ITEM("%s", peft__norm_name(bit));
         else
             for (int i = 0; i < n_layers; i++)
                 if (l->layer_on[i])
-                    ITEM("model.layers.%d.%s", i, nn[k]);
+                    ITEM("model.layers.%d.%s", i, peft__norm_name(bit));
     }
     if (l->method != PEFT_METHOD_NORMS && (l->norms & PEFT_NORM_FINAL))
         ITEM("model.norm");
@@ -221,7 +221,7 @@ static int write_config(const peft_model *m, const char *path, const char *base_
     jw_put(&w, ",\n  \"lora_dropout\": ");
     jw_float(&w, l->dropout);
     jw_put(&w, ",\n  \"modules_to_save\": ");
-    jw_modules_to_save(&w, l, m->cfg.n_layers);
+    jw_modules_to_save(&w, l, &m->cfg);
     jw_put(&w, ",\n  \"peft_type\": \"LORA\",\n  \"r\": %d,\n", convert ? 2 * l->rank : l->rank);
     jw_put(&w, "  \"rank_pattern\": ");
     jw_pattern(&w, l->rank_pattern, 1, convert ? 2.0 : 1.0);
@@ -283,7 +283,7 @@ static int write_config_ia3(const peft_model *m, const char *path, const char *b
         }
     jw_put(&w, first ? "],\n" : "\n  ],\n");
     jw_put(&w, "  \"inference_mode\": true,\n  \"init_ia3_weights\": true,\n  \"modules_to_save\": ");
-    jw_modules_to_save(&w, l, m->cfg.n_layers);
+    jw_modules_to_save(&w, l, &m->cfg);
     jw_put(&w, ",\n  \"peft_type\": \"IA3\",\n  \"revision\": null,\n  \"target_modules\": [");
     /* all layers: module names; a subset: full module paths, which PEFT matches exactly */
     first = 1;
@@ -318,24 +318,34 @@ static int keep_or_restore(peft_model *m, lora_state *saved, int code)
 
 /* ---- norm tuning (PEFT LN_TUNING) ---- */
 
-static const char *const norm_names[2] = {"input_layernorm", "post_attention_layernorm"};
-
-static void norm_key(char *buf, size_t n, int layer, int which, int n_layers)
+/* the LN_TUNING key of a slot of a layer (n_layers: the final norm) */
+static void norm_key(char *buf, size_t n, const peft_config *c, int layer, int slot)
 {
-    if (which == 2 || layer == n_layers)
+    if (layer == c->n_layers)
         snprintf(buf, n, "base_model.model.model.norm.ln_tuning_layers.weight");
     else
-        snprintf(buf, n, "base_model.model.model.layers.%d.%s.ln_tuning_layers.weight", layer, norm_names[which]);
+        snprintf(buf, n, "base_model.model.model.layers.%d.%s.ln_tuning_layers.weight", layer,
+                 peft__norm_name(peft__norm_bit(c, slot)));
+}
+
+/* the slot of a layer norm's module name on this model, or -1 */
+static int norm_slot_named(const peft_config *c, const char *name)
+{
+    for (int s = 0; s < PEFT__NORM_SLOTS; s++)
+        if (peft__norm_bit(c, s) && !strcmp(name, peft__norm_name(peft__norm_bit(c, s))))
+            return s;
+    return -1;
 }
 
 static int save_norms(peft_model *m, const char *st_path, const char *cfg_path, const char *base_name)
 {
     const lora_state *l = m->lora;
-    int L = m->cfg.n_layers, n = 0, all_layers = 1, code;
+    const peft_config *c = &m->cfg;
+    int L = c->n_layers, S = PEFT__NORM_SLOTS, n = 0, all_layers = 1, code;
     for (int i = 0; i < L; i++)
         all_layers &= l->layer_on[i];
-    st_out_tensor *ts = calloc((size_t)(2 * L + 1), sizeof *ts);
-    char *names = calloc((size_t)(2 * L + 1), 128);
+    st_out_tensor *ts = calloc((size_t)(S * L + 1), sizeof *ts);
+    char *names = calloc((size_t)(S * L + 1), 128);
     struct jw w = {0};
     if (!ts || !names) {
         free(ts);
@@ -347,22 +357,23 @@ static int save_norms(peft_model *m, const char *st_path, const char *cfg_path, 
     jw_put(&w, ",\n  \"inference_mode\": true,\n  \"modules_to_save\": null,\n  \"peft_type\": \"LN_TUNING\",\n"
                "  \"revision\": null,\n  \"target_modules\": [");
     int first = 1;
-    for (int i = 0; i < 2 * L + 1; i++) {
-        int layer = i / 2, which = i == 2 * L ? 2 : i % 2;
+    for (int i = 0; i < S * L + 1; i++) {
+        int layer = i / S, slot = i % S;
+        const char *name = peft__norm_name(layer < L ? peft__norm_bit(c, slot) : PEFT_NORM_FINAL);
         if (l->norm_off[i] < 0)
             continue;
-        norm_key(names + (size_t)n * 128, 128, layer, which, L);
+        norm_key(names + (size_t)n * 128, 128, c, layer, slot);
         ts[n].name = names + (size_t)n * 128;
         ts[n].n_dims = 1;
-        ts[n].shape[0] = m->cfg.dim;
+        ts[n].shape[0] = c->dim;
         ts[n].data = l->params + l->norm_off[i];
         n++;
-        if (which == 2)
+        if (layer == L)
             jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", all_layers ? "norm" : "model.norm");
         else if (all_layers && layer == 0)
-            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", norm_names[which]);
+            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", name);
         else if (!all_layers)
-            jw_put(&w, "%s\n    \"model.layers.%d.%s\"", first ? "" : ",", layer, norm_names[which]);
+            jw_put(&w, "%s\n    \"model.layers.%d.%s\"", first ? "" : ",", layer, name);
         else
             continue;
         first = 0;
@@ -377,46 +388,45 @@ static int save_norms(peft_model *m, const char *st_path, const char *cfg_path, 
 static int load_norms(peft_model *m, const json_value *root, const char *cfg_path, const char *st_path)
 {
     const json_value *t = json_get(root, "target_modules");
-    int L = m->cfg.n_layers;
+    const peft_config *c = &m->cfg;
+    int L = c->n_layers, S = PEFT__NORM_SLOTS;
     if (!t || t->type != JSON_ARRAY || t->length == 0)
         return peft__fail(PEFT_EUNSUPPORTED, "%s: LN_TUNING target_modules must be a list", cfg_path);
-    uint8_t *sel = calloc((size_t)(2 * L + 1), 1);
+    uint8_t *sel = calloc((size_t)(S * L + 1), 1);
     if (!sel)
         return peft__fail(PEFT_ENOMEM, "out of memory");
     for (size_t i = 0; i < t->length; i++) {
         const char *s = t->items[i].type == JSON_STRING ? t->items[i].string : "";
-        int ok = 0;
+        int ok = 0, slot;
+        long layer;
+        char *end;
         if (!strcmp(s, "norm") || !strcmp(s, "model.norm")) {
-            sel[2 * L] = ok = 1;
-        } else {
-            for (int w = 0; w < 2 && !ok; w++)
-                if (!strcmp(s, norm_names[w])) {
-                    for (int l = 0; l < L; l++)
-                        sel[2 * l + w] = 1;
-                    ok = 1;
-                }
-            long layer;
-            char *end;
-            if (!ok && !strncmp(s, "model.layers.", 13) && (layer = strtol(s + 13, &end, 10)) >= 0 && end != s + 13 &&
-                *end == '.' && layer < L)
-                for (int w = 0; w < 2 && !ok; w++)
-                    if (!strcmp(end + 1, norm_names[w]))
-                        sel[2 * layer + w] = ok = 1;
+            sel[S * L] = ok = 1;
+        } else if ((slot = norm_slot_named(c, s)) >= 0) {
+            for (int l = 0; l < L; l++)
+                sel[S * l + slot] = 1;
+            ok = 1;
+        } else if (!strncmp(s, "model.layers.", 13) && (layer = strtol(s + 13, &end, 10)) >= 0 && end != s + 13 &&
+                   *end == '.' && layer < L && (slot = norm_slot_named(c, end + 1)) >= 0) {
+            sel[S * layer + slot] = ok = 1;
         }
         if (!ok) {
             free(sel);
-            return peft__fail(PEFT_EUNSUPPORTED, "%s: LN_TUNING target module \"%s\" is not supported", cfg_path, s);
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: LN_TUNING target module \"%s\" is not supported (or not "
+                              "one of this model's norms)", cfg_path, s);
         }
     }
     /* express the selection as options: same norms on every selected layer */
     peft_norms_options o = PEFT_NORMS_OPTIONS_INIT;
-    o.norms = sel[2 * L] ? PEFT_NORM_FINAL : 0;
+    o.norms = sel[S * L] ? PEFT_NORM_FINAL : 0;
     char layers[8192];
     size_t n = 0;
     int per_layer = -1, rect = 1;
     layers[0] = '\0';
     for (int l = 0; l < L; l++) {
-        int bits = sel[2 * l] | sel[2 * l + 1] << 1;
+        int bits = 0;
+        for (int slot = 0; slot < S; slot++)
+            bits |= sel[S * l + slot] ? (int)peft__norm_bit(c, slot) : 0;
         if (!bits)
             continue;
         if (per_layer >= 0 && bits != per_layer)
@@ -444,11 +454,11 @@ static int load_norms(peft_model *m, const json_value *root, const char *cfg_pat
     }
     lora_state *l = m->lora;
     size_t count = 0;
-    for (int i = 0; i < 2 * L + 1 && !code; i++) {
+    for (int i = 0; i < S * L + 1 && !code; i++) {
         if (l->norm_off[i] < 0)
             continue;
         char key[160];
-        norm_key(key, sizeof key, i / 2, i == 2 * L ? 2 : i % 2, L);
+        norm_key(key, sizeof key, c, i / S, i % S);
         const st_tensor *st = st_find(f, key);
         count++;
         if (!st)
@@ -568,7 +578,7 @@ static int save_vera(peft_model *m, const char *st_path, const char *cfg_path, c
                "  \"layers_pattern\": null,\n  \"layers_to_transform\": ");
     jw_layers(&w, l, m->cfg.n_layers);
     jw_put(&w, ",\n  \"modules_to_save\": ");
-    jw_modules_to_save(&w, l, m->cfg.n_layers);
+    jw_modules_to_save(&w, l, &m->cfg);
     jw_put(&w, ",\n  \"peft_type\": \"VERA\",\n  \"projection_prng_key\": %llu,\n"
                "  \"r\": %d,\n  \"revision\": null,\n  \"save_projection\": true,\n  \"target_modules\": [",
            (unsigned long long)l->seed, l->rank);
@@ -747,7 +757,7 @@ static int save_loha(peft_model *m, const char *st_path, const char *cfg_path, c
                "  \"layers_to_transform\": ");
     jw_layers(&w, l, m->cfg.n_layers);
     jw_put(&w, ",\n  \"module_dropout\": 0.0,\n  \"modules_to_save\": ");
-    jw_modules_to_save(&w, l, m->cfg.n_layers);
+    jw_modules_to_save(&w, l, &m->cfg);
     jw_put(&w, ",\n  \"peft_type\": \"%s\",\n  \"r\": %d,\n  \"rank_dropout\": 0.0,\n%s  \"rank_pattern\": ",
            lokr ? "LOKR" : "LOHA", l->rank, lokr ? "  \"rank_dropout_scale\": false,\n" : "");
     jw_pattern(&w, l->rank_pattern, 1, 1.0);

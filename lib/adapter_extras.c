@@ -14,18 +14,25 @@
    norm names must name exactly the adapted layers (layers: their "N,M" list, "" = all). */
 int peft__read_modules_to_save(const json_value *v, peft_lora_options *o, const char *layers, const char *path)
 {
-    static const char *const nn[2] = {"input_layernorm", "post_attention_layernorm"};
+    /* the layer norms by the names of the PEFT_NORM_* bits (Gemma's four, Llama's two) */
+    static const uint32_t bits[4] = {PEFT_NORM_INPUT, PEFT_NORM_POST_ATTENTION, PEFT_NORM_PRE_FEEDFORWARD,
+                                     PEFT_NORM_POST_FEEDFORWARD};
     if (!v || v->type == JSON_NULL)
         return PEFT_OK;
     if (v->type != JSON_ARRAY)
         return peft__fail(PEFT_EFORMAT, "%s: modules_to_save is not a list", path);
-    char listed[2][4096] = {"", ""};
+    char listed[4][4096] = {"", "", "", ""};
     for (size_t i = 0; i < v->length; i++) {
         const char *s = v->items[i].type == JSON_STRING ? v->items[i].string : "";
-        const char *bare = !strncmp(s, "model.", 6) ? s + 6 : s;
-        long layer;
+        const char *bare = !strncmp(s, "model.", 6) ? s + 6 : s, *tail = NULL;
+        long layer = -1;
         char *end;
+        if (!strncmp(s, "model.layers.", 13) && (layer = strtol(s + 13, &end, 10)) >= 0 && end != s + 13 && *end == '.')
+            tail = end + 1;
         int k = -1;
+        for (int j = 0; j < 4 && k < 0; j++)
+            if (!strcmp(tail ? tail : s, peft__norm_name(bits[j])))
+                k = j;
         if (!strcmp(bare, "embed_tokens")) {
             o->modules_to_save |= PEFT_SAVE_EMBED;
         } else if (!strcmp(s, "lm_head")) {
@@ -34,26 +41,25 @@ int peft__read_modules_to_save(const json_value *v, peft_lora_options *o, const 
             o->norms |= PEFT_NORM_FINAL;
         } else if (!strcmp(s, "norm") && !*layers) { /* PEFT matches it as a suffix: every norm */
             o->norms |= PEFT_NORM_ALL;
-        } else if ((k = !strcmp(s, nn[0]) ? 0 : !strcmp(s, nn[1]) ? 1 : -1) >= 0 && !*layers) {
-            o->norms |= 1u << k;
-        } else if (!strncmp(s, "model.layers.", 13) && (layer = strtol(s + 13, &end, 10)) >= 0 && end != s + 13 &&
-                   *end == '.' && ((k = !strcmp(end + 1, nn[0]) ? 0 : !strcmp(end + 1, nn[1]) ? 1 : -1) >= 0)) {
+        } else if (k >= 0 && !tail && !*layers) {
+            o->norms |= bits[k];
+        } else if (k >= 0 && tail) {
             size_t n = strlen(listed[k]);
             snprintf(listed[k] + n, sizeof listed[k] - n, "%s%ld", n ? "," : "", layer);
         } else {
             return peft__fail(PEFT_EUNSUPPORTED, "%s: modules_to_save entry \"%s\" is not supported (embed_tokens, "
-                              "lm_head, model.norm, input_layernorm and post_attention_layernorm of the adapted layers)",
-                              path, s);
+                              "lm_head, model.norm, and input_layernorm, post_attention_layernorm, "
+                              "pre_feedforward_layernorm or post_feedforward_layernorm of the adapted layers)", path, s);
         }
     }
-    for (int k = 0; k < 2; k++) {
+    for (int k = 0; k < 4; k++) {
         if (!listed[k][0])
             continue;
         if (strcmp(listed[k], layers) != 0)
             return peft__fail(PEFT_EUNSUPPORTED, "%s: modules_to_save names %s of layers %s, but the adapter's "
-                              "layers are %s (norms are trained on the adapted layers)", path, nn[k], listed[k],
-                              *layers ? layers : "all");
-        o->norms |= 1u << k;
+                              "layers are %s (norms are trained on the adapted layers)", path,
+                              peft__norm_name(bits[k]), listed[k], *layers ? layers : "all");
+        o->norms |= bits[k];
     }
     return PEFT_OK;
 }

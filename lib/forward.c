@@ -329,26 +329,49 @@ static void head_backward(peft_model *m, const float *x, int64_t rows, const flo
     }
 }
 
-static int64_t norm_index(const peft_model *m, int layer, int which)
+static int64_t norm_offset(const peft_model *m, int layer, int slot)
 {
     const lora_state *l = extras_of(m);
-    if (!l || !l->norm_off)
-        return -1;
-    return l->norm_off[which == 2 ? 2 * m->cfg.n_layers : 2 * layer + which];
+    return l && l->norm_off ? l->norm_off[peft__norm_index(&m->cfg, layer, slot)] : -1;
 }
 
-const float *peft__norm_weight(const peft_model *m, int layer, int which)
+const float *peft__norm_base(const peft_model *m, int layer, int slot, int file)
 {
-    int64_t off = norm_index(m, layer, which);
-    if (off >= 0)
-        return m->lora->params + off;
-    return which == 2 ? m->final_norm : which == 0 ? m->layers[layer].attn_norm : m->layers[layer].ffn_norm;
+    const peft_layer_weights *w = &m->layers[layer < m->cfg.n_layers ? layer : 0];
+    if (layer == m->cfg.n_layers)
+        return file && m->cfg.gemma ? m->final_norm_file : m->final_norm;
+    if (file && m->cfg.gemma)
+        return w->file_norm[slot];
+    return slot == PEFT__NORM_IN ? w->attn_norm : slot == PEFT__NORM_MLP ? w->ffn_norm
+           : slot == PEFT__NORM_ATTN_OUT ? w->post_attn_norm : w->post_ffn_norm;
 }
 
-float *peft__norm_grad(peft_model *m, int layer, int which)
+const float *peft__norm_weight(const peft_model *m, int layer, int slot)
 {
-    int64_t off = norm_index(m, layer, which);
+    int64_t off = norm_offset(m, layer, slot);
+    if (off < 0)
+        return peft__norm_base(m, layer, slot, 0);
+    const lora_state *l = m->lora;
+    return l->norm_applied ? l->norm_applied + ((size_t)off - l->norm_at) : l->params + off;
+}
+
+const float *peft__norm_file(const peft_model *m, int layer, int slot)
+{
+    int64_t off = norm_offset(m, layer, slot);
+    return off >= 0 ? m->lora->params + off : peft__norm_base(m, layer, slot, 1);
+}
+
+float *peft__norm_grad(peft_model *m, int layer, int slot)
+{
+    int64_t off = norm_offset(m, layer, slot);
     return off >= 0 ? m->lora->grads + off : NULL;
+}
+
+void peft__norms_sync(peft_model *m)
+{
+    const lora_state *l = m->lora;
+    for (size_t i = 0; l && l->norm_applied && i < l->norm_n; i++)
+        l->norm_applied[i] = 1.0f + l->params[l->norm_at + i];
 }
 
 static int64_t bias_index(const peft_model *m, int layer, int kind)
@@ -432,7 +455,7 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
     float *q = c->qk_norm ? a->q_pre : a->q, *k = c->qk_norm ? a->k_pre : a->k;
     const float *rc, *rs;
     rope_of(m, l, &rc, &rs);
-    rmsnorm_forward(m->pool, a->xn1, a->rstd1, x_in, peft__norm_weight(m, l, 0), N, D, c->eps);
+    rmsnorm_forward(m->pool, a->xn1, a->rstd1, x_in, peft__norm_weight(m, l, PEFT__NORM_IN), N, D, c->eps);
     linear_forward(m, q, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), peft__bias_of(m, l, PEFT_MOD_Q), N, D, Hq,
                    peft__view_of(m, &lv, l, PEFT_MOD_Q, train), xa_of(m, l, PEFT_MOD_Q), ws->tmp);
     linear_forward(m, k, a->xn1, peft__w_of(m, l, PEFT_MOD_K), peft__bias_of(m, l, PEFT_MOD_K), N, D, Hk,
@@ -453,9 +476,9 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
     linear_forward(m, c->gemma ? a->ao : a->h, a->att, peft__w_of(m, l, PEFT_MOD_O), peft__bias_of(m, l, PEFT_MOD_O),
                    N, Hq, D, peft__view_of(m, &lv, l, PEFT_MOD_O, train), xa_of(m, l, PEFT_MOD_O), ws->tmp);
     if (c->gemma) /* Gemma 3: the attention output normalised before the residual */
-        rmsnorm_forward(m->pool, a->h, a->rstd3, a->ao, lw->post_attn_norm, N, D, c->eps);
+        rmsnorm_forward(m->pool, a->h, a->rstd3, a->ao, peft__norm_weight(m, l, PEFT__NORM_ATTN_OUT), N, D, c->eps);
     add_inplace(a->h, x_in, (size_t)N * D);
-    rmsnorm_forward(m->pool, a->xn2, a->rstd2, a->h, peft__norm_weight(m, l, 1), N, D, c->eps);
+    rmsnorm_forward(m->pool, a->xn2, a->rstd2, a->h, peft__norm_weight(m, l, PEFT__NORM_MLP), N, D, c->eps);
     linear_forward(m, a->g, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), peft__bias_of(m, l, PEFT_MOD_GATE), N, D, F,
                    peft__view_of(m, &lv, l, PEFT_MOD_GATE, train), xa_of(m, l, PEFT_MOD_GATE), ws->tmp);
     linear_forward(m, a->u, a->xn2, peft__w_of(m, l, PEFT_MOD_UP), peft__bias_of(m, l, PEFT_MOD_UP), N, D, F,
@@ -465,7 +488,7 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
                    peft__bias_of(m, l, PEFT_MOD_DOWN), N, F, D, peft__view_of(m, &lv, l, PEFT_MOD_DOWN, train),
                    xa_of(m, l, PEFT_MOD_DOWN), ws->tmp);
     if (c->gemma) /* and the MLP's */
-        rmsnorm_forward(m->pool, x_out, a->rstd4, a->fo, lw->post_ffn_norm, N, D, c->eps);
+        rmsnorm_forward(m->pool, x_out, a->rstd4, a->fo, peft__norm_weight(m, l, PEFT__NORM_MLP_OUT), N, D, c->eps);
     add_inplace(x_out, a->h, (size_t)N * D);
 }
 
@@ -495,16 +518,19 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
     int Hq = c->n_heads * c->head_dim, Hk = c->n_kv_heads * c->head_dim;
     int64_t N = (int64_t)B * T;
     int below = l > m->lora->lowest_layer;  /* gradient needed below this layer */
-    float *dw1 = peft__norm_grad(m, l, 0), *dw2 = peft__norm_grad(m, l, 1);
+    float *dw1 = peft__norm_grad(m, l, PEFT__NORM_IN), *dw2 = peft__norm_grad(m, l, PEFT__NORM_MLP);
+    float *dw3 = peft__norm_grad(m, l, PEFT__NORM_ATTN_OUT), *dw4 = peft__norm_grad(m, l, PEFT__NORM_MLP_OUT);
     int qkv = below || has_kind(m, l, PEFT_MOD_Q, PEFT_MOD_V) || dw1;
-    int attn = qkv || has_kind(m, l, PEFT_MOD_Q, PEFT_MOD_O) || dw2;
+    int attn = qkv || has_kind(m, l, PEFT_MOD_Q, PEFT_MOD_O) || dw2 || dw3;
     lora_view lv;
 
     /* MLP: x_out = h + down(silu(g) * u) (Gemma: h + norm(down(gelu(g) * u))) */
     const peft_layer_weights *lw = &m->layers[l];
     float *dy = ws->dx;
     if (c->gemma) { /* d/d(down's output), in dxn (free until the norm below) */
-        norm_backward_to(m, ws->dxn, ws->dx, a->fo, lw->post_ffn_norm, a->rstd4, N, D);
+        if (dw4)
+            rmsnorm_backward_w(dw4, ws->dx, a->fo, a->rstd4, N, D);
+        norm_backward_to(m, ws->dxn, ws->dx, a->fo, peft__norm_weight(m, l, PEFT__NORM_MLP_OUT), a->rstd4, N, D);
         dy = ws->dxn;
     }
     gated_forward(m->pool, c->gemma, ws->act, a->g, a->u, N, F);
@@ -522,12 +548,14 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
         return;
     if (dw2)
         rmsnorm_backward_w(dw2, ws->dxn, a->h, a->rstd2, N, D);
-    rmsnorm_backward(m->pool, ws->dx, ws->dxn, a->h, peft__norm_weight(m, l, 1), a->rstd2, N, D);
+    rmsnorm_backward(m->pool, ws->dx, ws->dxn, a->h, peft__norm_weight(m, l, PEFT__NORM_MLP), a->rstd2, N, D);
 
     /* attention: h = x_in + o(attn(q, k, v)) (Gemma: x_in + norm(o(...))) */
     dy = ws->dx;
     if (c->gemma) {
-        norm_backward_to(m, ws->dxn, ws->dx, a->ao, lw->post_attn_norm, a->rstd3, N, D);
+        if (dw3)
+            rmsnorm_backward_w(dw3, ws->dx, a->ao, a->rstd3, N, D);
+        norm_backward_to(m, ws->dxn, ws->dx, a->ao, peft__norm_weight(m, l, PEFT__NORM_ATTN_OUT), a->rstd3, N, D);
         dy = ws->dxn;
     }
     peft__bias_grad(m, l, PEFT_MOD_O, dy, N, D);
@@ -562,7 +590,7 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
     if (dw1)
         rmsnorm_backward_w(dw1, ws->dxn, a->x_in, a->rstd1, N, D);
     if (below)
-        rmsnorm_backward(m->pool, ws->dx, ws->dxn, a->x_in, peft__norm_weight(m, l, 0), a->rstd1, N, D);
+        rmsnorm_backward(m->pool, ws->dx, ws->dxn, a->x_in, peft__norm_weight(m, l, PEFT__NORM_IN), a->rstd1, N, D);
 }
 
 struct xent_args {
@@ -629,6 +657,7 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
     if ((code = peft__workspace_ensure(m, B, T, train)))
         return code;
     workspace *ws = &m->ws;
+    peft__norms_sync(m);
     rope_tables(ws->rope_cos, ws->rope_sin, T, c);
     if (c->rope_local_theta > 0.0f) {
         peft_config local;
@@ -677,7 +706,7 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
         layer_forward(m, l, x, out, a, train);
         x = out;
     }
-    rmsnorm_forward(m->pool, ws->xnf, ws->rstdf, ws->x_final, peft__norm_weight(m, 0, 2), N, D, c->eps);
+    rmsnorm_forward(m->pool, ws->xnf, ws->rstdf, ws->x_final, peft__norm_weight(m, c->n_layers, 0), N, D, c->eps);
 
     /* loss (and d logits -> d xnf) in row chunks: the N x V logits never exist at once */
     double sum = 0;
@@ -702,10 +731,10 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
 
     /* backward */
     memset(ws->dx, 0, (size_t)N * D * sizeof(float));
-    float *dwf = peft__norm_grad(m, 0, 2);
+    float *dwf = peft__norm_grad(m, c->n_layers, 0);
     if (dwf)
         rmsnorm_backward_w(dwf, ws->dxn, ws->x_final, ws->rstdf, N, D);
-    rmsnorm_backward(m->pool, ws->dx, ws->dxn, ws->x_final, peft__norm_weight(m, 0, 2), ws->rstdf, N, D);
+    rmsnorm_backward(m->pool, ws->dx, ws->dxn, ws->x_final, peft__norm_weight(m, c->n_layers, 0), ws->rstdf, N, D);
     /* layer l's gradients are final once its backward is done: tell the host (ready_lo and
        ready_hi bound the contiguous span reported so far) */
     size_t ready_lo = m->lora->n_params, ready_hi = 0, lo, hi;

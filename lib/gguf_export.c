@@ -64,6 +64,21 @@ static int parse_blk(const char *name, const char *tail, int *layer)
     return 1;
 }
 
+/* the norm slot of a GGUF norm tensor (*layer = n_layers for output_norm), or -1 */
+static int norm_slot(const peft_config *c, const char *name, int *layer)
+{
+    static const char *const tails[PEFT__NORM_SLOTS] = {"attn_norm.weight", "ffn_norm.weight",
+                                                        "post_attention_norm.weight", "post_ffw_norm.weight"};
+    if (!strcmp(name, "output_norm.weight")) {
+        *layer = c->n_layers;
+        return 0;
+    }
+    for (int s = 0; s < (c->gemma ? PEFT__NORM_SLOTS : 2); s++)
+        if (parse_blk(name, tails[s], layer) && *layer >= 0 && *layer < c->n_layers)
+            return s;
+    return -1;
+}
+
 /* llama.cpp's names of the linear modules (q, k, v, o, gate, up, down) */
 static const char *const gg_mod[PEFT_MOD_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output",
                                                    "ffn_gate", "ffn_up", "ffn_down"};
@@ -112,6 +127,7 @@ static int tensor_floats(peft_model *m, const struct out_t *t, float *dst, float
     const peft_config *c = &m->cfg;
     size_t n = (size_t)t->ne[0] * (size_t)(t->n_dims == 2 ? t->ne[1] : 1);
     if (t->what == 2) {
+        /* applied: Gemma's as 1 + w, as llama.cpp's converter stores them */
         memcpy(dst, peft__norm_weight(m, t->layer, t->kind), n * sizeof *dst);
         return PEFT_OK;
     }
@@ -129,11 +145,6 @@ static int tensor_floats(peft_model *m, const struct out_t *t, float *dst, float
     }
     if (t->what == 7) {
         memcpy(dst, c->rope_div, n * sizeof *dst);
-        return PEFT_OK;
-    }
-    if (t->what == 8) { /* held as 1 + w: as llama.cpp's converter stores Gemma's norms */
-        const peft_layer_weights *lw = &m->layers[t->layer];
-        memcpy(dst, t->kind ? lw->post_ffn_norm : lw->post_attn_norm, n * sizeof *dst);
         return PEFT_OK;
     }
     int changed;
@@ -190,9 +201,9 @@ static size_t hf_tensors(const peft_model *m, struct out_t *ts, uint32_t type, i
     add_made(&ts[n++], "token_embd.weight", 2, (uint64_t)c->dim, (uint64_t)c->vocab, type, 3, 0, 0);
     for (int l = 0; l < c->n_layers; l++) {
         snprintf(nm, sizeof nm, "blk.%d.attn_norm.weight", l);
-        add_made(&ts[n++], nm, 1, (uint64_t)c->dim, 1, 0, 2, l, 0);
+        add_made(&ts[n++], nm, 1, (uint64_t)c->dim, 1, 0, 2, l, PEFT__NORM_IN);
         snprintf(nm, sizeof nm, "blk.%d.ffn_norm.weight", l);
-        add_made(&ts[n++], nm, 1, (uint64_t)c->dim, 1, 0, 2, l, 1);
+        add_made(&ts[n++], nm, 1, (uint64_t)c->dim, 1, 0, 2, l, PEFT__NORM_MLP);
         for (int k = 0; k < PEFT_MOD_COUNT; k++) {
             const peft_w *w = &m->layers[l].w[k];
             snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, gg_mod[k]);
@@ -208,10 +219,10 @@ static size_t hf_tensors(const peft_model *m, struct out_t *ts, uint32_t type, i
         }
         for (int k = 0; c->gemma && k < 2; k++) {
             snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, k ? "post_ffw_norm" : "post_attention_norm");
-            add_made(&ts[n++], nm, 1, (uint64_t)c->dim, 1, 0, 8, l, k);
+            add_made(&ts[n++], nm, 1, (uint64_t)c->dim, 1, 0, 2, l, k ? PEFT__NORM_MLP_OUT : PEFT__NORM_ATTN_OUT);
         }
     }
-    add_made(&ts[n++], "output_norm.weight", 1, (uint64_t)c->dim, 1, 0, 2, 0, 2);
+    add_made(&ts[n++], "output_norm.weight", 1, (uint64_t)c->dim, 1, 0, 2, c->n_layers, 0);
     if (!c->tied || untie)
         add_made(&ts[n++], "output.weight", 2, (uint64_t)c->dim, (uint64_t)c->vocab, type, 4, 0, 0);
     if (c->rope_scaling == 2)
@@ -249,6 +260,7 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
     if (peft__prompt_len(m) > 0)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: a soft prompt (prompt tuning) is not part of "
                                              "the weights");
+    peft__norms_sync(m);
     /* llama.cpp's gemma2/gemma3 fix what their checkpoints all share: a model that differs would
        compute something else there */
     const peft_config *gc = &m->cfg;
@@ -336,16 +348,10 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
             t->what = 5, t->layer = layer, t->kind = kind;
             changed = memcmp(peft__effective_bias(m, layer, kind, tmp), base, (size_t)s->n * sizeof *b) != 0;
         }
-        if (!t->what && ((parse_blk(s->name, "attn_norm.weight", &layer) && (t->kind = 0, 1)) ||
-                         (parse_blk(s->name, "ffn_norm.weight", &layer) && (t->kind = 1, 1))) &&
-            layer >= 0 && layer < c->n_layers) {
-            t->what = 2, t->layer = layer;
-            changed = memcmp(peft__norm_weight(m, layer, t->kind), t->kind ? m->layers[layer].ffn_norm
-                                                                             : m->layers[layer].attn_norm,
+        if (!t->what && (t->kind = norm_slot(c, s->name, &layer)) >= 0) {
+            t->what = 2, t->layer = layer; /* a tuned norm is written, another copied */
+            changed = memcmp(peft__norm_weight(m, layer, t->kind), peft__norm_base(m, layer, t->kind, 0),
                              (size_t)c->dim * sizeof(float)) != 0;
-        } else if (!t->what && !strcmp(s->name, "output_norm.weight")) {
-            t->what = 2, t->layer = 0, t->kind = 2;
-            changed = memcmp(peft__norm_weight(m, 0, 2), m->final_norm, (size_t)c->dim * sizeof(float)) != 0;
         } else if (!t->what && !strcmp(s->name, "token_embd.weight")) {
             t->what = 3;
             peft__effective_embed(m, tmp);

@@ -114,7 +114,7 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
         float rstd;
         const peft_layer_weights *lw = &m->layers[l];
         float *kc = s->kc + ((size_t)l * s->max_len) * kvd, *vc = s->vc + ((size_t)l * s->max_len) * kvd;
-        rmsnorm_forward(NULL, s->xn, &rstd, s->x, peft__norm_weight(m, l, 0), 1, D, c->eps);
+        rmsnorm_forward(NULL, s->xn, &rstd, s->x, peft__norm_weight(m, l, PEFT__NORM_IN), 1, D, c->eps);
         linear_forward(m, s->q, s->xn, peft__w_of(m, l, PEFT_MOD_Q), peft__bias_of(m, l, PEFT_MOD_Q), 1, D, qd,
                        view(s, &lv, l, PEFT_MOD_Q), s->xa, s->tmp);
         linear_forward(m, kc + (size_t)pos * kvd, s->xn, peft__w_of(m, l, PEFT_MOD_K), peft__bias_of(m, l, PEFT_MOD_K),
@@ -160,10 +160,10 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
         linear_forward(m, s->h, s->att, peft__w_of(m, l, PEFT_MOD_O), peft__bias_of(m, l, PEFT_MOD_O), 1, qd, D,
                        view(s, &lv, l, PEFT_MOD_O), s->xa, s->tmp);
         if (c->gemma) /* Gemma 3: the attention and MLP outputs normalised before their residuals */
-            rmsnorm_forward(NULL, s->h, &rstd, s->h, lw->post_attn_norm, 1, D, c->eps);
+            rmsnorm_forward(NULL, s->h, &rstd, s->h, peft__norm_weight(m, l, PEFT__NORM_ATTN_OUT), 1, D, c->eps);
         for (int i = 0; i < D; i++)
             s->h[i] += s->x[i];
-        rmsnorm_forward(NULL, s->xn, &rstd, s->h, peft__norm_weight(m, l, 1), 1, D, c->eps);
+        rmsnorm_forward(NULL, s->xn, &rstd, s->h, peft__norm_weight(m, l, PEFT__NORM_MLP), 1, D, c->eps);
         linear_forward(m, s->g, s->xn, peft__w_of(m, l, PEFT_MOD_GATE), peft__bias_of(m, l, PEFT_MOD_GATE), 1, D, F,
                        view(s, &lv, l, PEFT_MOD_GATE), s->xa, s->tmp);
         linear_forward(m, s->u, s->xn, peft__w_of(m, l, PEFT_MOD_UP), peft__bias_of(m, l, PEFT_MOD_UP), 1, D, F,
@@ -172,7 +172,7 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
         linear_forward(m, s->x, s->act, peft__w_of(m, l, PEFT_MOD_DOWN), peft__bias_of(m, l, PEFT_MOD_DOWN), 1, F, D,
                        view(s, &lv, l, PEFT_MOD_DOWN), s->xa, s->tmp);
         if (c->gemma)
-            rmsnorm_forward(NULL, s->x, &rstd, s->x, lw->post_ffn_norm, 1, D, c->eps);
+            rmsnorm_forward(NULL, s->x, &rstd, s->x, peft__norm_weight(m, l, PEFT__NORM_MLP_OUT), 1, D, c->eps);
         for (int i = 0; i < D; i++)
             s->x[i] += s->h[i];
     }
@@ -196,6 +196,7 @@ int peft_session_feed(peft_session *s, const int32_t *tokens, int32_t n, float *
     for (int32_t i = 0; i < n; i++)
         if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab)
             return peft__fail(PEFT_EINVAL, "peft_session_feed: token %d outside the vocabulary", tokens[i]);
+    peft__norms_sync(m);
     for (int i = 0; i < P; i++)
         feed_one(s, 0, m->lora->params + (size_t)i * m->cfg.dim);
     s->virt += P;
@@ -205,7 +206,7 @@ int peft_session_feed(peft_session *s, const int32_t *tokens, int32_t n, float *
         if (s->pos == 0)
             return peft__fail(PEFT_ESTATE, "peft_session_feed: no position to predict from");
         float rstd;
-        rmsnorm_forward(NULL, s->xn, &rstd, s->x, peft__norm_weight(m, 0, 2), 1, m->cfg.dim, m->cfg.eps);
+        rmsnorm_forward(NULL, s->xn, &rstd, s->x, peft__norm_weight(m, m->cfg.n_layers, 0), 1, m->cfg.dim, m->cfg.eps);
         int code = peft__head_logits(m, s->xn, 1, logits);
         if (!code && m->cfg.final_softcap > 0.0f) /* Gemma 2 */
             peft__softcap(logits, m->cfg.vocab, m->cfg.final_softcap);

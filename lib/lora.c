@@ -41,18 +41,17 @@ static int parse_uint(const char **s, long *out)
 int peft__grad_layer_range(const lora_state *l, int n_layers, int layer, size_t *lo, size_t *hi)
 {
     if (l->method == PEFT_METHOD_NORMS) {
-        int64_t a = l->norm_off[2 * layer], b = l->norm_off[2 * layer + 1];
-        if (a < 0 && b < 0)
+        /* the layer's tuned norms, up to the next one after them (or the end) */
+        int S = PEFT__NORM_SLOTS, first = -1, next = -1;
+        for (int k = layer * S; k <= n_layers * S && next < 0; k++)
+            if (l->norm_off[k] >= 0 && k >= (layer + 1) * S)
+                next = k;
+            else if (l->norm_off[k] >= 0 && first < 0)
+                first = k;
+        if (first < 0)
             return 0;
-        *lo = (size_t)(a >= 0 ? a : b);
-        /* the next tuned norm (or the end) bounds this layer's norms */
-        size_t end = l->n_params;
-        for (int k = 2 * layer + 2; k <= 2 * n_layers; k++)
-            if (l->norm_off[k] >= 0) {
-                end = (size_t)l->norm_off[k];
-                break;
-            }
-        *hi = end;
+        *lo = (size_t)l->norm_off[first];
+        *hi = next >= 0 ? (size_t)l->norm_off[next] : l->n_params;
         return 1;
     }
     int first = -1, next = -1;
@@ -152,6 +151,7 @@ void peft__lora_free(lora_state *l)
     free(l->rank_pattern);
     free(l->alpha_pattern);
     free(l->norm_off);
+    peft__free(l->norm_applied);
     free(l->bias_off);
     free(l->tok_idx);
     free(l->tok_slot);
@@ -419,28 +419,51 @@ int peft__state_install(peft_model *m, lora_state *l, uint64_t *n_trainable)
     return PEFT_OK;
 }
 
+uint32_t peft__norm_bit(const peft_config *c, int slot)
+{
+    static const uint32_t llama[PEFT__NORM_SLOTS] = {PEFT_NORM_INPUT, PEFT_NORM_POST_ATTENTION, 0, 0};
+    static const uint32_t gemma[PEFT__NORM_SLOTS] = {PEFT_NORM_INPUT, PEFT_NORM_PRE_FEEDFORWARD,
+                                                     PEFT_NORM_POST_ATTENTION, PEFT_NORM_POST_FEEDFORWARD};
+    return (c->gemma ? gemma : llama)[slot];
+}
+
+const char *peft__norm_name(uint32_t bit)
+{
+    switch (bit) {
+    case PEFT_NORM_INPUT: return "input_layernorm";
+    case PEFT_NORM_POST_ATTENTION: return "post_attention_layernorm";
+    case PEFT_NORM_PRE_FEEDFORWARD: return "pre_feedforward_layernorm";
+    case PEFT_NORM_POST_FEEDFORWARD: return "post_feedforward_layernorm";
+    default: return "norm";
+    }
+}
+
 /* Offsets of the tuned RMSNorm weights (PEFT_NORM_* bits on the selected layers, the final norm)
    from *off on, in norm_off order; the lowest layer with one bounds backward. */
 static int layout_norms(lora_state *l, const peft_config *c, uint32_t norms, size_t *off, const char *what)
 {
-    if (c->gemma)
-        return peft__fail(PEFT_EUNSUPPORTED, "%s: tuning Gemma's norms is not supported (Gemma 2 and 3 have four a "
-                                             "layer, stored zero-centred)", what);
-    if (!(l->norm_off = malloc(((size_t)c->n_layers * 2 + 1) * sizeof *l->norm_off)))
+    int L = c->n_layers;
+    if (!(l->norm_off = malloc(((size_t)L * PEFT__NORM_SLOTS + 1) * sizeof *l->norm_off)))
         return peft__fail(PEFT_ENOMEM, "%s: out of memory", what);
-    for (int layer = 0; layer < c->n_layers; layer++)
-        for (int w = 0; w < 2; w++) {
-            int on = l->layer_on[layer] && (norms & (1u << w));
-            l->norm_off[2 * layer + w] = on ? (int64_t)*off : -1;
-            if (on) {
-                *off += (size_t)c->dim;
-                if (layer < l->lowest_layer)
-                    l->lowest_layer = layer;
-            }
+    size_t start = *off;
+    for (int layer = 0; layer <= L; layer++)
+        for (int s = 0; s < (layer < L ? PEFT__NORM_SLOTS : 1); s++) {
+            uint32_t bit = layer < L ? peft__norm_bit(c, s) : PEFT_NORM_FINAL;
+            int on = (layer == L || l->layer_on[layer]) && (norms & bit);
+            l->norm_off[peft__norm_index(c, layer, s)] = on ? (int64_t)*off : -1;
+            if (!on)
+                continue;
+            *off += (size_t)c->dim;
+            if (layer < l->lowest_layer)
+                l->lowest_layer = layer;
         }
-    l->norm_off[2 * c->n_layers] = (norms & PEFT_NORM_FINAL) ? (int64_t)*off : -1;
-    if (norms & PEFT_NORM_FINAL)
-        *off += (size_t)c->dim;
+    if (*off == start)
+        return peft__fail(PEFT_EINVAL, "%s: the norms asked for (PEFT_NORM_* 0x%x) are none of this model's "
+                                       "(pre/post_feedforward_layernorm are Gemma's)", what, (unsigned)norms);
+    l->norm_at = start;
+    l->norm_n = *off - start;
+    if (c->gemma && !(l->norm_applied = peft__alloc_floats(l->norm_n)))
+        return peft__fail(PEFT_ENOMEM, "%s: out of memory", what);
     return PEFT_OK;
 }
 
@@ -785,13 +808,6 @@ static void init_embed(lora_state *l, const peft_model *m)
         b[j] = (float)peft__rng_normal(&rng);
 }
 
-/* The base RMSNorm weight of norm_off index i (2 layer + which, or 2 n_layers: the final norm). */
-static const float *base_norm(const peft_model *m, int i)
-{
-    int L = m->cfg.n_layers;
-    return i == 2 * L ? m->final_norm : i % 2 == 0 ? m->layers[i / 2].attn_norm : m->layers[i / 2].ffn_norm;
-}
-
 /* What LoRA trains beyond the linear modules starts as the base model: lm_head LoRA as a linear
    module (A kaiming-uniform from its own stream, B = 0), token rows and full copies from the
    base matrices, norms from the base norms. */
@@ -817,9 +833,10 @@ static void init_extras(lora_state *l, const peft_model *m)
         peft__w_rows(m, &m->embed, 0, c->vocab, l->params + l->off_se);
     if (l->save_head)
         peft__w_rows(m, &m->head, 0, c->vocab, l->params + l->off_sh);
-    for (int i = 0; l->norm_off && i <= 2 * c->n_layers; i++)
-        if (l->norm_off[i] >= 0)
-            memcpy(l->params + l->norm_off[i], base_norm(m, i), D * sizeof(float));
+    for (int i = 0; l->norm_off && i <= c->n_layers * PEFT__NORM_SLOTS; i++)
+        if (l->norm_off[i] >= 0) /* as the file holds it: the base model's peft__norm_file */
+            memcpy(l->params + l->norm_off[i], peft__norm_file(m, i / PEFT__NORM_SLOTS, i % PEFT__NORM_SLOTS),
+                   D * sizeof(float));
     for (int i = 0; l->bias_off && i < c->n_layers * PEFT_MOD_COUNT; i++)
         if (l->bias_off[i] >= 0) {
             int in, out;

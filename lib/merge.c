@@ -348,27 +348,19 @@ int peft_save_merged(peft_model *m, const char *dir)
     peft__effective_embed(m, tmp[0]);
     peft__effective_head(m, tmp[1]);
     ADD("model.embed_tokens.weight", c->vocab, c->dim, tmp[0]);
-    /* Gemma's norms zero-centred, as its Hugging Face files hold them (they cannot be tuned) */
-    ADD("model.norm.weight", c->dim, 0, c->gemma ? m->final_norm_file : peft__norm_weight(m, 0, 2));
+    /* the norms as Hugging Face files hold them (Gemma's zero-centred), tuned ones as trained */
+    ADD("model.norm.weight", c->dim, 0, peft__norm_file(m, c->n_layers, 0));
     untie = c->tied && memcmp(tmp[0], tmp[1], VD * sizeof(float)) != 0;
     if (!c->tied || untie)
         ADD("lm_head.weight", c->vocab, c->dim, tmp[1]);
     for (int l = 0; l < c->n_layers; l++) {
         char nm[96];
         const peft_layer_weights *w = &m->layers[l];
-        if (c->gemma) {
-            static const char *const gn[4] = {"input_layernorm", "pre_feedforward_layernorm",
-                                              "post_attention_layernorm", "post_feedforward_layernorm"};
-            for (int i = 0; i < 4; i++) {
-                snprintf(nm, sizeof nm, "model.layers.%d.%s.weight", l, gn[i]);
-                ADD(nm, c->dim, 0, w->file_norm[i]);
+        for (int s = 0; s < PEFT__NORM_SLOTS; s++)
+            if (peft__norm_bit(c, s)) {
+                snprintf(nm, sizeof nm, "model.layers.%d.%s.weight", l, peft__norm_name(peft__norm_bit(c, s)));
+                ADD(nm, c->dim, 0, peft__norm_file(m, l, s));
             }
-        } else {
-            snprintf(nm, sizeof nm, "model.layers.%d.input_layernorm.weight", l);
-            ADD(nm, c->dim, 0, peft__norm_weight(m, l, 0));
-            snprintf(nm, sizeof nm, "model.layers.%d.post_attention_layernorm.weight", l);
-            ADD(nm, c->dim, 0, peft__norm_weight(m, l, 1));
-        }
         for (int kind = 0; kind < PEFT_MOD_COUNT; kind++) {
             int in, out;
             int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;

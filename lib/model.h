@@ -86,9 +86,11 @@ typedef struct lora_state {
     int embed_r;        /* LoRA on the token embeddings: rank (0: none), A (r, vocab) at off_ea, */
     float embed_alpha, embed_scale; /* B (dim, r) at off_eb */
     size_t off_ea, off_eb;
-    int64_t *norm_off;  /* NORMS, or LoRA's norms option: (n_layers * 2 + 1) offsets of tuned
-                           RMSNorm weights or -1 (input_layernorm, post_attention_layernorm per
-                           layer, then the final norm) */
+    int64_t *norm_off;  /* NORMS, or LoRA's norms option: (n_layers * PEFT__NORM_SLOTS + 1)
+                           offsets of tuned RMSNorm weights or -1 (peft__norm_index), laid out
+                           one after another; they hold the weights as files do (Gemma: w) */
+    float *norm_applied; /* Gemma: 1 + the tuned norms ([norm_at, + norm_n)), what the layers apply */
+    size_t norm_at, norm_n;
     uint32_t norms;     /* LoRA's norms option (PEFT_NORM_* bits), saved as modules_to_save */
     char *target_regex; /* target_modules as a regular expression (its copy), or NULL */
     /* Beyond the linear modules (LoRA method), laid out after them from mods_end on:
@@ -313,10 +315,34 @@ int peft__grad_layer_range(const lora_state *l, int n_layers, int layer, size_t 
 int peft__layers_parse(uint8_t *on, int n_layers, const char *spec);
 const char *peft__module_key(char *buf, size_t n, int layer, int kind, int is_b);
 
-/* forward.c: the RMSNorm weight in effect (which: 0 input, 1 post-attention, 2 final)
-   and its gradient (NULL when not tuned) */
-const float *peft__norm_weight(const peft_model *m, int layer, int which);
-float *peft__norm_grad(peft_model *m, int layer, int which);
+/* A layer's RMSNorms by their place (slots of lora_state.norm_off); the final norm is slot 0 of
+   layer n_layers. */
+enum {
+    PEFT__NORM_IN,       /* before attention: input_layernorm */
+    PEFT__NORM_MLP,      /* before the MLP: post_attention_layernorm (Gemma: pre_feedforward_layernorm) */
+    PEFT__NORM_ATTN_OUT, /* Gemma: after attention, post_attention_layernorm */
+    PEFT__NORM_MLP_OUT,  /* Gemma: after the MLP, post_feedforward_layernorm */
+    PEFT__NORM_SLOTS
+};
+/* lora.c: the PEFT_NORM_* bit of a slot (0: the model has no norm there) and a bit's module
+   name ("input_layernorm", ..., "norm") */
+uint32_t peft__norm_bit(const peft_config *c, int slot);
+const char *peft__norm_name(uint32_t bit);
+static inline int peft__norm_index(const peft_config *c, int layer, int slot)
+{
+    return layer * PEFT__NORM_SLOTS + (layer < c->n_layers ? slot : 0);
+}
+
+/* forward.c: the RMSNorm weight in effect (Gemma: 1 + w), the weight as files hold it (Gemma: w)
+   and its gradient (NULL when not tuned), of a slot of a layer (n_layers: the final norm) */
+const float *peft__norm_weight(const peft_model *m, int layer, int slot);
+const float *peft__norm_file(const peft_model *m, int layer, int slot);
+float *peft__norm_grad(peft_model *m, int layer, int slot);
+/* forward.c: the base model's norm of a slot, applied (file 0) or as its file holds it (file 1) */
+const float *peft__norm_base(const peft_model *m, int layer, int slot, int file);
+/* forward.c: Gemma's norm_applied brought up to date with the tuned norms (before a pass or an
+   export reads peft__norm_weight; the host may have written the parameters) */
+void peft__norms_sync(peft_model *m);
 
 /* forward.c: the embeddings of n tokens into x (n, dim), with the embedding adapter's delta */
 void peft__embed_tokens(peft_model *m, float *x, const int32_t *tokens, int64_t n);

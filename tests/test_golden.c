@@ -105,18 +105,21 @@ static double max_rel_err(const float *x, double xscale, const char *st_path, co
                                         "base_model.model.model.embed_tokens.weight", "base_model.model.lm_head.weight"};
     for (int i = 0; i < 6; i++)
         compare_tensor(ref, extra[i], x, xscale, &off, &worst);
-    /* the norms, per layer input then post-attention, then the final one: trained alongside
-       LoRA (modules_to_save: ".weight"), then LN tuning (".ln_tuning_layers.weight") */
+    /* the norms, per layer in their order in the layer (Llama: input, post-attention, before the
+       MLP; Gemma: input, pre-feedforward, post-attention, post-feedforward), then the final one:
+       trained alongside LoRA (modules_to_save: ".weight"), then LN tuning
+       (".ln_tuning_layers.weight") */
+    static const char *const norms[4] = {"input_layernorm", "pre_feedforward_layernorm", "post_attention_layernorm",
+                                         "post_feedforward_layernorm"};
     for (int kind = 0; kind < 2; kind++)
         for (int l = 0; l <= 64; l++)
-            for (int w = 0; w < 2 && !(l == 64 && w == 1); w++) {
+            for (int w = 0; w < (l == 64 ? 1 : 4); w++) {
                 char key[160];
                 const char *tail = kind ? "ln_tuning_layers.weight" : "weight";
                 if (l == 64)
                     snprintf(key, sizeof key, "base_model.model.model.norm.%s", tail);
                 else
-                    snprintf(key, sizeof key, "base_model.model.model.layers.%d.%s.%s", l,
-                             w ? "post_attention_layernorm" : "input_layernorm", tail);
+                    snprintf(key, sizeof key, "base_model.model.model.layers.%d.%s.%s", l, norms[w], tail);
                 compare_tensor(ref, key, x, xscale, &off, &worst);
             }
     /* the trained biases last (PEFT's bias option): an adapted module's under base_layer */
@@ -707,10 +710,128 @@ TEST(torch_step_gemma3) { gemma_case("tiny_gemma3", "gemma3", 1); }
    the tiny model's values reach) */
 TEST(torch_step_gemma2) { gemma_case("tiny_gemma2", "gemma2", 0); }
 
+/* Gemma's norms tuned against PyTorch: LN tuning of all four a layer and the final one with
+   weight decay (on the zero-centred w, as PyTorch decays the parameter), and LoRA on the last
+   layer with its norms after attention and after the MLP trained alongside (modules_to_save):
+   gradients, AdamW, finite differences */
+static void gemma_norms_case(const char *dir)
+{
+    char rel[96];
+    step_model = dir;
+    step_case("norms_all", 2);
+    step_case("lora_post_norms", 1);
+    step_model = "tiny";
+    snprintf(rel, sizeof rel, "%s/norms_all/adapter", dir);
+    gradcheck_in(dir, rel);
+    snprintf(rel, sizeof rel, "%s/lora_post_norms/adapter", dir);
+    gradcheck_in(dir, rel);
+}
+TEST(torch_step_gemma3_norms) { gemma_norms_case("tiny_gemma3"); }
+TEST(torch_step_gemma2_norms) { gemma_norms_case("tiny_gemma2"); }
+
+/* whether tensor k1 of safetensors file f1 and k2 of f2 hold the same floats */
+static int same_floats(const char *f1, const char *k1, const char *f2, const char *k2)
+{
+    st_file *a = NULL, *b = NULL;
+    int same = 0;
+    if (!st_open(&a, f1) && !st_open(&b, f2)) {
+        const st_tensor *ta = st_find(a, k1), *tb = st_find(b, k2);
+        if (ta && tb && ta->n_elems == tb->n_elems) {
+            float *x = malloc(ta->n_elems * sizeof *x), *y = malloc(ta->n_elems * sizeof *y);
+            same = x && y && !st_read_f32(a, ta, x, ta->n_elems) && !st_read_f32(b, tb, y, tb->n_elems) &&
+                   !memcmp(x, y, ta->n_elems * sizeof *x);
+            free(x);
+            free(y);
+        }
+    }
+    st_close(a);
+    st_close(b);
+    return same;
+}
+
+/* Gemma's tuned norms through the lifecycle: counts, the LN tuning adapter saved as loaded (w,
+   zero-centred, as the files hold it) and loaded again to the same loss, the merged Hugging Face
+   directory holding the trained w and the merged GGUF 1 + w (as llama.cpp's converter stores
+   Gemma's norms), both giving the adapter's loss; the LoRA adapter with norms merged in place and
+   exported from the Hugging Face and the GGUF base; norms a model lacks refused */
+TEST(gemma_norms_lifecycle)
+{
+    /* tiny_gemma2 with llama.cpp's query scale (head_dim), so that it exports to GGUF */
+    char g2[21], cfg[2048] = "", *q;
+    FILE *in = fopen(test_data("tiny_gemma2/config.json"), "rb");
+    size_t len = in ? fread(cfg, 1, sizeof cfg - 1, in) : 0;
+    if (in)
+        fclose(in);
+    cfg[len] = 0;
+    CHECK((q = strstr(cfg, "\"query_pre_attn_scalar\": 16")) != NULL);
+    if (q)
+        memcpy(q, "\"query_pre_attn_scalar\": 12", 27);
+    variant_dir(g2, "tiny_gemma2/model.safetensors", cfg);
+    char dir[] = "/tmp/peft-gnorm-XXXXXX", src[64], sv[64], hf[64], gg[64], a_st[4096], b_st[96];
+    CHECK(mkdtemp(dir) != NULL);
+    CHECK(model_with_vocab(dir, g2, src, sizeof src) == 0); /* a vocabulary for the GGUF export */
+    peft_model *m;
+    CHECK_OK(peft_model_open(&m, src, NULL));
+    if (!m)
+        return;
+    uint64_t n = 0;
+    peft_norms_options no = PEFT_NORMS_OPTIONS_INIT;
+    CHECK_OK(peft_count_norms(&n, m, &no));
+    CHECK(n == (3 * 4 + 1) * 32);
+    no.norms = PEFT_NORM_PRE_FEEDFORWARD | PEFT_NORM_POST_FEEDFORWARD;
+    no.layers = "2";
+    CHECK_OK(peft_count_norms(&n, m, &no));
+    CHECK(n == 2 * 32);
+    snprintf(sv, sizeof sv, "%s/adapter", dir);
+    snprintf(hf, sizeof hf, "%s/merged", dir);
+    snprintf(gg, sizeof gg, "%s/merged.gguf", dir);
+    const char *ad = test_data("tiny_gemma2/norms_all/adapter");
+    snprintf(a_st, sizeof a_st, "%s/adapter_model.safetensors", ad);
+    double base = batch_loss(m);
+    CHECK_OK(peft_load_adapter(m, ad));
+    double want = batch_loss(m);
+    CHECK(fabs(want - base) > 1e-3);
+    CHECK(peft_merge_adapter(m) == PEFT_EUNSUPPORTED);
+    CHECK_OK(peft_save_adapter(m, sv, NULL));
+    CHECK_OK(peft_save_merged(m, hf));
+    CHECK_OK(peft_save_merged_gguf(m, gg, NULL));
+    peft_model_close(&m);
+    snprintf(b_st, sizeof b_st, "%s/adapter_model.safetensors", sv);
+    const char *key = "base_model.model.model.layers.1.pre_feedforward_layernorm.ln_tuning_layers.weight";
+    CHECK(same_floats(a_st, key, b_st, key));
+    snprintf(b_st, sizeof b_st, "%s/model.safetensors", hf);
+    CHECK(same_floats(a_st, key, b_st, "model.layers.1.pre_feedforward_layernorm.weight"));
+    CHECK(same_floats(a_st, "base_model.model.model.norm.ln_tuning_layers.weight", b_st, "model.norm.weight"));
+    CHECK(loss_of(src, sv) == want);
+    CHECK_CLOSE(loss_of(hf, NULL), want, 1e-5);
+    CHECK_CLOSE(loss_of(gg, NULL), want, 1e-5);
+    remove(gg);
+    model_dir_remove(hf);
+    snprintf(b_st, sizeof b_st, "%s/adapter_config.json", sv);
+    remove(b_st);
+    snprintf(b_st, sizeof b_st, "%s/adapter_model.safetensors", sv);
+    remove(b_st);
+    remove(sv);
+    model_with_vocab_remove(src);
+    remove(dir);
+    check_merged_exports(g2, test_data("tiny_gemma2/lora_post_norms/adapter"));
+    model_dir_remove(g2);
+    /* Llama has no pre/post_feedforward_layernorm: a set of only those is refused, all is its three */
+    CHECK_OK(peft_model_open(&m, test_data("tiny"), NULL));
+    if (!m)
+        return;
+    no.layers = NULL;
+    CHECK(peft_count_norms(&n, m, &no) == PEFT_EINVAL && strstr(peft_last_error(), "none of this model's"));
+    no.norms = PEFT_NORM_ALL;
+    CHECK_OK(peft_count_norms(&n, m, &no));
+    CHECK(n == (3 * 2 + 1) * 32);
+    peft_model_close(&m);
+}
+
 /* merged in place and exported as a Hugging Face directory (the file's zero-centred norms under
    Gemma's names); what is not supported is refused without a file: GGUF export of a Gemma 3
-   llama.cpp cannot express (this one's layer pattern, query scalar), norm tuning, a negative
-   soft-cap, another layer pattern, the multimodal model_type */
+   llama.cpp cannot express (this one's layer pattern, query scalar), a negative soft-cap, another
+   layer pattern, the multimodal model_type */
 TEST(gemma3_lifecycle)
 {
     const char *ad = test_data("tiny_gemma3/all_linear/adapter");
@@ -735,10 +856,6 @@ TEST(gemma3_lifecycle)
     CHECK(peft_save_merged_gguf(m, gg, NULL) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "llama.cpp's gemma3"));
     CHECK(access(gg, F_OK) != 0);
     CHECK_OK(peft_save_adapter_gguf(m, ga, NULL)); /* llama.cpp's gemma3 LoRA: unpermuted q/k */
-    peft_detach(m);
-    peft_norms_options no = PEFT_NORMS_OPTIONS_INIT;
-    no.norms = PEFT_NORM_ALL;
-    CHECK(peft_attach_norms(m, &no, NULL) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "Gemma's norms"));
     peft_model_close(&m);
     CHECK_CLOSE(loss_of(hf, NULL), want, 1e-5);
     char st[96];
@@ -1479,7 +1596,7 @@ static const struct h_case cases[] = {
     CASE(torch_combine_ties_dare_magnitude_prune), CASE(torch_step_head_rows), CASE(model_gradcheck_head_rows),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
     CASE(sharded_and_half_precision_models), CASE(frozen_bf16_weights), CASE(activation_checkpointing_is_exact), CASE(config_errors), CASE(shared_gguf_models),
-    CASE(torch_step_qwen2), CASE(torch_step_qwen3), CASE(torch_step_llama_bias), CASE(torch_step_ia3_bias), CASE(torch_step_bias_all), CASE(torch_step_bias_lora_only), CASE(ia3_bias_merge_export), CASE(bias_training_lifecycle), CASE(model_gradcheck_qwen2), CASE(model_gradcheck_qwen3), CASE(torch_step_gemma3), CASE(torch_step_gemma2), CASE(gemma3_lifecycle),
+    CASE(torch_step_qwen2), CASE(torch_step_qwen3), CASE(torch_step_llama_bias), CASE(torch_step_ia3_bias), CASE(torch_step_bias_all), CASE(torch_step_bias_lora_only), CASE(ia3_bias_merge_export), CASE(bias_training_lifecycle), CASE(model_gradcheck_qwen2), CASE(model_gradcheck_qwen3), CASE(torch_step_gemma3), CASE(torch_step_gemma2), CASE(torch_step_gemma3_norms), CASE(torch_step_gemma2_norms), CASE(gemma_norms_lifecycle), CASE(gemma3_lifecycle),
     CASE(model_gradcheck_windows_and_rope_scaling),
 };
 TEST_MAIN(cases)

@@ -534,6 +534,10 @@ TEST(session_matches_forward_gemma)
     session_vs_forward_with(test_data("tiny_gemma3"), test_data("tiny_gemma3/all_linear/adapter"));
     /* Gemma 2's soft-caps */
     session_vs_forward_with(test_data("tiny_gemma2"), test_data("tiny_gemma2/all_linear/adapter"));
+    /* tuned norms: all four of every layer (LN tuning), those after attention and the MLP
+       beside LoRA */
+    session_vs_forward_with(test_data("tiny_gemma3"), test_data("tiny_gemma3/norms_all/adapter"));
+    session_vs_forward_with(test_data("tiny_gemma2"), test_data("tiny_gemma2/lora_post_norms/adapter"));
 }
 TEST(session_matches_forward_adapter) { session_vs_forward(test_data("tiny"), 1); }
 

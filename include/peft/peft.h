@@ -194,7 +194,7 @@ typedef struct peft_lora_options {
     /* version 4: trained alongside the adapter, in the same PEFT LoRA file */
     uint32_t modules_to_save; /* PEFT_SAVE_* bits: embeddings and/or lm_head trained in full */
     uint32_t norms;           /* PEFT_NORM_* bits: RMSNorm weights trained in full (modules_to_save),
-                                 input/post-attention norms on the selected layers */
+                                 the layer norms on the selected layers, the final norm */
     /* PEFT's trainable_token_indices: only these rows of the embedding matrix are trained
        (initialised to their base values; saved as
        model.embed_tokens.token_adapter.trainable_tokens_delta, n x hidden). With tied
@@ -293,12 +293,19 @@ typedef struct peft_vera_options {
 PEFT_API int peft_attach_vera(peft_model *model, const peft_vera_options *opts, uint64_t *n_trainable);
 PEFT_API int peft_count_vera(uint64_t *n_trainable, const peft_model *model, const peft_vera_options *opts);
 
-/* Norm tuning (PEFT peft_type "LN_TUNING"): the RMSNorm weights themselves are trained. */
+/* Norm tuning (PEFT peft_type "LN_TUNING"): the RMSNorm weights themselves are trained. The
+   bits name the checkpoint's norms; a model without some of them (Llama has no
+   pre/post_feedforward_layernorm) tunes those it has, and a set naming none of its norms is an
+   error. On Gemma 2 and 3, post_attention_layernorm is the norm of the attention output and
+   pre_feedforward_layernorm the one before the MLP; their weights are zero-centred (1 + w is
+   applied) and are trained, saved and loaded as the files hold them (w). */
 enum peft_norm {
-    PEFT_NORM_INPUT = 1u << 0,          /* input_layernorm of each selected layer */
-    PEFT_NORM_POST_ATTENTION = 1u << 1, /* post_attention_layernorm of each selected layer */
-    PEFT_NORM_FINAL = 1u << 2,          /* the final norm (model.norm) */
-    PEFT_NORM_ALL = 7u
+    PEFT_NORM_INPUT = 1u << 0,             /* input_layernorm of each selected layer */
+    PEFT_NORM_POST_ATTENTION = 1u << 1,    /* post_attention_layernorm of each selected layer */
+    PEFT_NORM_FINAL = 1u << 2,             /* the final norm (model.norm) */
+    PEFT_NORM_PRE_FEEDFORWARD = 1u << 3,   /* Gemma 2 and 3: pre_feedforward_layernorm */
+    PEFT_NORM_POST_FEEDFORWARD = 1u << 4,  /* Gemma 2 and 3: post_feedforward_layernorm */
+    PEFT_NORM_ALL = 0x1fu                  /* every norm the model has */
 };
 
 typedef struct peft_norms_options {

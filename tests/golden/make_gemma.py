@@ -78,6 +78,13 @@ def rope(x, T, hd, theta, factor):
 
 def forward(c, W, tokens, labels, lora, scale):
     B, T = tokens.shape
+    # tuned norms (LN tuning's key, or LoRA's modules_to_save) replace the base ones: w itself,
+    # zero-centred, applied as 1 + w like the base weights
+    W = dict(W)
+    for k in list(W):
+        for tk in (mg.norm_key(k), "base_model.model." + k):
+            if tk in lora:
+                W[k] = lora[tk]
 
     def lin(l, m, inp):
         y = inp @ W[f"model.layers.{l}.{mg.PARENT[m]}.{m}.weight"].T
@@ -123,6 +130,9 @@ def forward(c, W, tokens, labels, lora, scale):
         logits[:, :-1].reshape(-1, c.V), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="mean")
 
 
+NORMS = ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm")
+
+
 def make(cfg, name, seed):
     out = os.path.join(mg.HERE, "..", "data", name)
     g = torch.Generator().manual_seed(seed)
@@ -132,8 +142,7 @@ def make(cfg, name, seed):
     dims = {"q_proj": (c.H * c.hd, c.D), "k_proj": (c.Hkv * c.hd, c.D), "v_proj": (c.Hkv * c.hd, c.D),
             "o_proj": (c.D, c.H * c.hd), "gate_proj": (c.F, c.D), "up_proj": (c.F, c.D), "down_proj": (c.D, c.F)}
     for l in range(c.L):
-        for n in ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
-                  "post_feedforward_layernorm"):
+        for n in NORMS:
             W[f"model.layers.{l}.{n}.weight"] = 0.2 * torch.randn(c.D, generator=g)
         for n in ("q_norm", "k_norm") if c.qk_norm else ():
             W[f"model.layers.{l}.self_attn.{n}.weight"] = 0.2 * torch.randn(c.hd, generator=g)
@@ -169,6 +178,32 @@ def make(cfg, name, seed):
     with open(os.path.join(out, "base_loss.json"), "w") as f:
         json.dump({"loss": base}, f)
     print(f"{name}: base loss {base:.6f}")
+
+    # LN tuning of all four norms of every layer and the final one, with weight decay (on w, the
+    # zero-centred parameter, as PyTorch decays it)
+    names = [f"model.layers.{l}.{n}.weight" for l in range(c.L) for n in NORMS] + ["model.norm.weight"]
+    lnt = {mg.norm_key(n): (W[n] + 0.1 * torch.randn(c.D, generator=g)).to(torch.float32).to(torch.float64)
+           for n in names}
+    acfg = {"peft_type": "LN_TUNING", "task_type": "CAUSAL_LM", "target_modules": list(NORMS) + ["norm"],
+            "base_model_name_or_path": name}
+    mg.write_case("norms_all", lnt, acfg, tokens, labels, 1e-2, 0.1, 0.0,
+                  mg.one_step(c, W, tokens, labels, lnt, 1.0, 1e-2, 0.1, 0.0))
+    # LoRA on the last layer with Gemma's norms after attention and the MLP trained alongside
+    # (modules_to_save)
+    lora = {}
+    for m in mg.MODS:
+        lora.update(mg.lora_pair(g, dims, c.L - 1, m, r))
+    for n in ("post_attention_layernorm", "post_feedforward_layernorm"):
+        k = f"model.layers.{c.L - 1}.{n}.weight"
+        lora["base_model.model." + k] = W[k] + 0.1 * torch.randn(c.D, generator=g)
+    lora = {k: v.to(torch.float32).to(torch.float64) for k, v in lora.items()}
+    acfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha, "lora_dropout": 0.0,
+            "target_modules": mg.MODS, "bias": "none", "use_rslora": False, "use_dora": False,
+            "layers_to_transform": [c.L - 1], "init_lora_weights": True, "base_model_name_or_path": name,
+            "modules_to_save": [f"model.layers.{c.L - 1}.post_attention_layernorm",
+                                f"model.layers.{c.L - 1}.post_feedforward_layernorm"]}
+    mg.write_case("lora_post_norms", lora, acfg, tokens, labels, 1e-2, 0.0, 0.0,
+                  mg.one_step(c, W, tokens, labels, lora, alpha / r, 1e-2, 0.0, 0.0))
 
 
 def main():

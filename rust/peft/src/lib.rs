@@ -200,6 +200,11 @@ pub mod norm {
     pub const INPUT: u32 = sys::PEFT_NORM_INPUT;
     pub const POST_ATTENTION: u32 = sys::PEFT_NORM_POST_ATTENTION;
     pub const FINAL: u32 = sys::PEFT_NORM_FINAL;
+    /// Gemma 2 and 3: `pre_feedforward_layernorm`.
+    pub const PRE_FEEDFORWARD: u32 = sys::PEFT_NORM_PRE_FEEDFORWARD;
+    /// Gemma 2 and 3: `post_feedforward_layernorm`.
+    pub const POST_FEEDFORWARD: u32 = sys::PEFT_NORM_POST_FEEDFORWARD;
+    /// Every norm the model has.
     pub const ALL: u32 = sys::PEFT_NORM_ALL;
 }
 
