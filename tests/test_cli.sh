@@ -874,7 +874,7 @@ json.dump(c, open('$T/linear/config.json', 'w'))" || fail "config"
 gemma_init_and_train)
     # init-model --arch gemma3 / gemma2 (a sliding window shorter than the windows trained on;
     # every sixth / other layer global; gemma2's soft-caps): LoRA on every linear module learns
-    # the synthetic task
+    # the synthetic task, and so does tuning Gemma 3's norms around the MLP
     "$PEFT" synth --out "$T/data.bin" --vocab 300 --tokens 20000 --doc-len 64 --seed 5 >/dev/null || fail "synth"
     for a in gemma3 gemma2; do
         "$PEFT" init-model --arch $a --out "$T/$a" --hidden 64 --layers 7 --heads 4 --kv-heads 1 --head-dim 32 \
@@ -888,6 +888,17 @@ gemma_init_and_train)
         "$PEFT" eval --model "$T/$a" --adapter "$T/ad-$a" --data "$T/data.bin" --seq 64 --json >"$T/e" || fail "eval $a"
         json "$T/e" "j['loss'] < 0.6 * $before" || fail "$a: eval with the adapter"
     done
+    # Gemma's norms around the MLP tuned (LN tuning): the loss drops; PEFT's module names
+    "$PEFT" train --model "$T/gemma3" --data "$T/data.bin" --out "$T/ad-norms" --holdout 0.1 --steps 30 --batch 8 \
+        --seq 64 --lr 1e-2 --method norms --train-norms pre_feedforward,post_feedforward --json >"$T/out.json" \
+        2>"$T/err" || { cat "$T/err"; fail "train norms"; }
+    json "$T/out.json" "j['eval_loss_after'] < 0.95 * j['eval_loss_before'] and j['trainable_params'] == 2 * 7 * 64" ||
+        fail "norms: held-out loss did not drop"
+    python3 -c "
+import json
+c = json.load(open('$T/ad-norms/adapter_config.json'))
+assert c['peft_type'] == 'LN_TUNING' and c['target_modules'] == ['pre_feedforward_layernorm', 'post_feedforward_layernorm'], c" ||
+        fail "norms: adapter_config.json"
     "$PEFT" init-model --arch gemma3 --out "$T/bad" --hidden 64 --heads 4 --head-dim 3 2>"$T/err" && fail "odd head_dim"
     grep -q usage "$T/err" || fail "usage"
     ;;

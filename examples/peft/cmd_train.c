@@ -24,7 +24,9 @@ static const char train_help[] =
     "          --targets all-linear|q,k,v,o,gate,up,down,embed,lm_head (q,v; embed, lm_head: LoRA on the\n"
     "          embeddings, on the output projection)\n"
     "          --modules-to-save embed_tokens,lm_head (trained in full)  --train-norms input,post_attention,\n"
-    "          final|all (RMSNorm weights trained too)  --token-indices ID,... (only these embedding rows)\n"
+    "          pre_feedforward,post_feedforward,final|all (RMSNorm weights trained too; with --method norms:\n"
+    "          which are tuned, all by default; pre/post_feedforward are Gemma's)\n"
+    "          --token-indices ID,... (only these embedding rows)\n"
     "          --head-token-indices ID,... (only these rows of an untied lm_head)\n"
     "          --bias none|all|lora_only (PEFT's bias: every bias trained, or the adapted modules'; none)\n"
     "          --target-regex RE (PEFT's regex target_modules, matched whole against names such as\n"
@@ -267,6 +269,8 @@ int cmd_train(int argc, char **argv)
     } else if (use_ia3 == 2) {
         peft_norms_options no = PEFT_NORMS_OPTIONS_INIT;
         no.layers = lo.layers;
+        if (lo.norms) /* --train-norms: which norms (all by default) */
+            no.norms = lo.norms;
         if ((code = peft_attach_norms(m, &no, NULL))) {
             rc = fail_lib("attach", code);
             goto done;
