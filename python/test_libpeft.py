@@ -170,6 +170,15 @@ def test_other_methods():
         m.detach()
         assert m.attach_norms(layers="last:1") == 3 * 32
         m.detach()
+        # Gemma's four norms a layer (hidden 32, 3 layers) and the final one; only those around the MLP
+    with libpeft.Model(os.path.join(os.path.dirname(TINY), "tiny_gemma3")) as g:
+        assert g.attach_norms() == (3 * 4 + 1) * 32
+        g.detach()
+        assert g.attach_norms(input=False, post_attention=False, final=False) == 3 * 2 * 32
+        g.detach()
+        assert g.attach_lora(targets="q", rank=2, layers="last:1", norms=["post_feedforward"]) == 2 * (32 + 48) + 32
+        g.detach()
+    with libpeft.Model(TINY) as m:
         assert m.attach_lora(targets="q,v", rank=2, dora=True) == 3 * (2 * (64 + 48) + 32 + 16)
         m.detach()
         # LoRA on the embeddings too: A (2, vocab 48) and B (hidden 32, 2)

@@ -63,6 +63,7 @@ class _LoraOptions(ctypes.Structure):
 
 _VARIANTS = {"lora": 0, "loha": 1, "lokr": 2}
 _BIAS = {"none": 0, "all": 1, "lora_only": 2}
+_NORMS = {"input": 1, "post_attention": 2, "final": 4, "pre_feedforward": 8, "post_feedforward": 16}  # PEFT_NORM_*
 
 
 class _SaveOptions(ctypes.Structure):
@@ -324,7 +325,7 @@ class Model(_Handle):
                       variant="lora", modules_to_save=(), norms=(), token_indices=(), target_regex=None,
                       head_token_indices=(), bias="none"):
         save = sum({"embed_tokens": 1, "lm_head": 2}[x] for x in modules_to_save)
-        nb = sum({"input": 1, "post_attention": 2, "final": 4}[x] for x in norms)
+        nb = sum(_NORMS[x] for x in norms)
         ids = (_c_i32 * len(token_indices))(*token_indices) if token_indices else None
         hids = (_c_i32 * len(head_token_indices))(*head_token_indices) if head_token_indices else None
         o = _LoraOptions(7, 0 if target_regex else _targets(targets), _enc(layers), rank, float(alpha if alpha is not None else 2 * rank),
@@ -341,7 +342,8 @@ class Model(_Handle):
                     norms=(), token_indices=(), target_regex=None, head_token_indices=(), bias="none"):
         """Attach LoRA (DoRA with dora=True, LoHa or LoKr with variant="loha"/"lokr"); targets may include "lm_head"
         and "embed_tokens"; modules_to_save: "embed_tokens", "lm_head" trained in full; norms: "input",
-        "post_attention", "final" RMSNorm weights trained; token_indices: embedding rows trained;
+        "post_attention", "pre_feedforward", "post_feedforward" (Gemma's), "final" RMSNorm weights trained;
+        token_indices: embedding rows trained;
         head_token_indices: rows of an untied lm_head trained; bias: PEFT's "none", "all", "lora_only".
         Returns the exact trainable-parameter count.
         target_regex: PEFT's regex target_modules (replaces targets and layers)."""
@@ -361,7 +363,7 @@ class Model(_Handle):
     @staticmethod
     def _side(modules_to_save, norms):
         return (sum({"embed_tokens": 1, "lm_head": 2}[x] for x in modules_to_save),
-                sum({"input": 1, "post_attention": 2, "final": 4}[x] for x in norms))
+                sum(_NORMS[x] for x in norms))
 
     def attach_ia3(self, targets="k,v,down", feedforward="down", layers=None, modules_to_save=(), norms=()):
         """IA3; modules_to_save ("embed_tokens", "lm_head") and norms trained alongside as for LoRA."""
@@ -380,8 +382,13 @@ class Model(_Handle):
         _check(_attach_vera(self._handle(), ctypes.byref(o), ctypes.byref(n)))
         return n.value
 
-    def attach_norms(self, layers=None, input=True, post_attention=True, final=True):
-        o = _NormsOptions(1, int(input) | int(post_attention) << 1 | int(final) << 2, _enc(layers))
+    def attach_norms(self, layers=None, input=True, post_attention=True, final=True, pre_feedforward=True,
+                     post_feedforward=True):
+        """LN tuning of the RMSNorm weights (pre/post_feedforward: Gemma's; a model without them tunes the others).
+        Returns the count."""
+        bits = {"input": input, "post_attention": post_attention, "final": final, "pre_feedforward": pre_feedforward,
+                "post_feedforward": post_feedforward}
+        o = _NormsOptions(1, sum(_NORMS[k] for k, on in bits.items() if on), _enc(layers))
         n = _c_u64()
         _check(_attach_norms(self._handle(), ctypes.byref(o), ctypes.byref(n)))
         return n.value
