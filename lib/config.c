@@ -289,8 +289,17 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
     const json_value *ab = json_get(root, "attention_bias");
     const json_value *mb = json_get(root, "mlp_bias");
     const json_value *act = json_get(root, "hidden_act");
-    if (gemma)
+    /* transformers 5 writes the RoPE base and scaling as one "rope_parameters" object (Gemma 3:
+       one per layer type, read by gemma_config) */
+    const json_value *rp = json_get(root, "rope_parameters");
+    if (rp && rp->type != JSON_NULL && rp->type != JSON_OBJECT)
+        code = peft__fail(PEFT_EFORMAT, "%s: \"rope_parameters\" must be an object or null", what);
+    else if (!rp || rp->type != JSON_OBJECT || gemma == 3)
+        rp = NULL;
+    if (code >= 0 && gemma)
         code = gemma_config(cfg, root, what, gemma);
+    if (code >= 0 && rp && (code = get_float(rp, "rope_theta", &cfg->rope_theta, what)) >= 0 && json_get(rp, "rope_type"))
+        rs = rp; /* its rope_type is the scaling */
     if (code >= 0 && rs && rs->type != JSON_NULL)
         code = parse_rope_scaling(cfg, rs, what);
     const uint32_t qkv = 1u << PEFT_MOD_Q | 1u << PEFT_MOD_K | 1u << PEFT_MOD_V;

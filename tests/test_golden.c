@@ -374,6 +374,39 @@ TEST(model_gradcheck_windows_and_rope_scaling)
     model_dir_remove(d1);
 }
 
+/* transformers 5 writes the RoPE base and scaling as one "rope_parameters" object: the same
+   model as rope_theta + rope_scaling (Llama 3's scaling, and a base alone), not the default base */
+TEST(rope_parameters_of_transformers_5)
+{
+    static const char *const pairs[][2] = {
+        {"\"rope_theta\": 500000.0, \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": 8.0, "
+         "\"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 16}",
+         "\"rope_parameters\": {\"rope_theta\": 500000.0, \"rope_type\": \"llama3\", \"factor\": 8.0, "
+         "\"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 16}"},
+        {"\"rope_theta\": 3.0", "\"rope_parameters\": {\"rope_theta\": 3.0, \"rope_type\": \"default\"}"},
+    };
+    double plain = variant_loss(test_data("tiny"));
+    for (int i = 0; i < 2; i++) {
+        char d1[21], d2[21], cfg[1024];
+        snprintf(cfg, sizeof cfg, "{" TINY_LLAMA ", \"head_dim\": 8, %s}", "llama", pairs[i][0]);
+        variant_dir(d1, "tiny/model.safetensors", cfg);
+        snprintf(cfg, sizeof cfg, "{" TINY_LLAMA ", \"head_dim\": 8, %s}", "llama", pairs[i][1]);
+        variant_dir(d2, "tiny/model.safetensors", cfg);
+        double legacy = variant_loss(d1), v5 = variant_loss(d2);
+        CHECK_MSG(legacy == v5 && fabs(v5 - plain) > 1e-6 * plain, "%d: rope_scaling %.9g, rope_parameters %.9g, "
+                  "default %.9g", i, legacy, v5, plain);
+        model_dir_remove(d1);
+        model_dir_remove(d2);
+    }
+    char d[21];
+    variant_dir(d, "tiny/model.safetensors", "{" "\"model_type\": \"llama\", \"hidden_size\": 32, "
+                "\"intermediate_size\": 40, \"num_hidden_layers\": 3, \"num_attention_heads\": 4, \"vocab_size\": 48, "
+                "\"rope_parameters\": [1]}");
+    peft_model *m = NULL;
+    CHECK(peft_model_open(&m, d, NULL) == PEFT_EFORMAT && strstr(peft_last_error(), "rope_parameters"));
+    model_dir_remove(d);
+}
+
 TEST(model_gradcheck) { gradcheck("tiny/all_linear/adapter"); }
 /* the other families, with their quirks: Qwen2's q/k/v biases and tied embeddings, Qwen3's
    per-head q/k RMSNorm and a head_dim larger than hidden / heads */
@@ -1596,7 +1629,7 @@ static const struct h_case cases[] = {
     CASE(torch_combine_ties_dare_magnitude_prune), CASE(torch_step_head_rows), CASE(model_gradcheck_head_rows),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
     CASE(sharded_and_half_precision_models), CASE(frozen_bf16_weights), CASE(activation_checkpointing_is_exact), CASE(config_errors), CASE(shared_gguf_models),
-    CASE(torch_step_qwen2), CASE(torch_step_qwen3), CASE(torch_step_llama_bias), CASE(torch_step_ia3_bias), CASE(torch_step_bias_all), CASE(torch_step_bias_lora_only), CASE(ia3_bias_merge_export), CASE(bias_training_lifecycle), CASE(model_gradcheck_qwen2), CASE(model_gradcheck_qwen3), CASE(torch_step_gemma3), CASE(torch_step_gemma2), CASE(torch_step_gemma3_norms), CASE(torch_step_gemma2_norms), CASE(gemma_norms_lifecycle), CASE(gemma3_lifecycle),
+    CASE(rope_parameters_of_transformers_5), CASE(torch_step_qwen2), CASE(torch_step_qwen3), CASE(torch_step_llama_bias), CASE(torch_step_ia3_bias), CASE(torch_step_bias_all), CASE(torch_step_bias_lora_only), CASE(ia3_bias_merge_export), CASE(bias_training_lifecycle), CASE(model_gradcheck_qwen2), CASE(model_gradcheck_qwen3), CASE(torch_step_gemma3), CASE(torch_step_gemma2), CASE(torch_step_gemma3_norms), CASE(torch_step_gemma2_norms), CASE(gemma_norms_lifecycle), CASE(gemma3_lifecycle),
     CASE(model_gradcheck_windows_and_rope_scaling),
 };
 TEST_MAIN(cases)
