@@ -224,6 +224,42 @@ static int gemma_config(peft_config *cfg, const json_value *root, const char *wh
     return PEFT_OK;
 }
 
+/* SmolLM3: every nope_every-th layer without RoPE, from "no_rope_layers" (1: RoPE, 0: none),
+   which must have that shape, or "no_rope_layer_interval" (transformers' default 4); no
+   sliding window (transformers puts it on the NoPE layers) */
+static int smollm3_config(peft_config *cfg, const json_value *root, const char *what)
+{
+    int code, every = 4;
+    const json_value *nl = json_get(root, "no_rope_layers"), *sw = json_get(root, "use_sliding_window");
+    const json_value *lt = json_get(root, "layer_types");
+    if (sw && sw->type == JSON_BOOL && sw->boolean)
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: SmolLM3's sliding window (use_sliding_window) is not supported", what);
+    for (size_t i = 0; lt && lt->type == JSON_ARRAY && i < lt->length; i++)
+        if (lt->items[i].type != JSON_STRING || strcmp(lt->items[i].string, "full_attention") != 0)
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: \"layer_types\" other than full_attention is not supported", what);
+    if ((code = get_int(root, "no_rope_layer_interval", &every, 0, what)) < 0)
+        return code;
+    if (nl && nl->type != JSON_NULL) {
+        if (nl->type != JSON_ARRAY || (int)nl->length < cfg->n_layers)
+            return peft__fail(PEFT_EFORMAT, "%s: \"no_rope_layers\" must list num_hidden_layers entries", what);
+        every = 0;
+        for (int i = 0; i < cfg->n_layers && !every; i++)
+            if (nl->items[i].type == JSON_NUMBER && nl->items[i].number == 0)
+                every = i + 1;
+        for (int i = 0; i < cfg->n_layers; i++) {
+            const json_value *v = &nl->items[i];
+            int rope = every <= 0 || (i + 1) % every != 0;
+            if (v->type != JSON_NUMBER || v->number != (double)rope)
+                return peft__fail(PEFT_EUNSUPPORTED, "%s: \"no_rope_layers\" must leave out RoPE on every k-th layer "
+                                                     "and keep it on the others (1, ..., 1, 0, repeated)", what);
+        }
+    }
+    if (every < 0)
+        return peft__fail(PEFT_EFORMAT, "%s: \"no_rope_layer_interval\" must be positive", what);
+    cfg->nope_every = every;
+    return PEFT_OK;
+}
+
 int peft__config_parse(peft_config *cfg, const char *text, size_t len, const char *what)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -243,12 +279,13 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
         return peft__fail(PEFT_EFORMAT, "%s: missing \"model_type\"", what);
     }
     int gemma = !strcmp(arch, "gemma3_text") ? 3 : !strcmp(arch, "gemma2") ? 2 : 0;
+    int smollm3 = !strcmp(arch, "smollm3");
     if (strcmp(arch, "llama") != 0 && strcmp(arch, "mistral") != 0 && strcmp(arch, "qwen2") != 0 &&
-        strcmp(arch, "qwen3") != 0 && !gemma) {
+        strcmp(arch, "qwen3") != 0 && !gemma && !smollm3) {
         code = peft__fail(PEFT_EUNSUPPORTED,
                           "%s: architecture \"%s\" is not supported (supported: llama, which "
-                          "covers Llama 2 and 3, SmolLM, TinyLlama; mistral; qwen2; qwen3; gemma2; gemma3_text, "
-                          "Gemma 3's text models%s)",
+                          "covers Llama 2 and 3, SmolLM, TinyLlama; smollm3; mistral; qwen2; qwen3; gemma2; "
+                          "gemma3_text, Gemma 3's text models%s)",
                           what, arch, !strcmp(arch, "gemma3") ? "; this is the multimodal Gemma 3" : "");
         json_free(doc);
         return code;
@@ -268,6 +305,8 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
     cfg->rope_theta = 10000.0f;
     cfg->bos_id = 1;
     cfg->eos_id = 2;
+    if (smollm3) /* transformers' SmolLM3 defaults */
+        cfg->rope_theta = 2000000.0f;
     if ((code = get_int(root, "num_key_value_heads", &cfg->n_kv_heads, 0, what)) < 0 ||
         (code = get_int(root, "head_dim", &cfg->head_dim, 0, what)) < 0 ||
         (code = get_int(root, "bos_token_id", &cfg->bos_id, 0, what)) < 0 ||
@@ -284,7 +323,7 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
         return code;
     }
     const json_value *tie = json_get(root, "tie_word_embeddings");
-    cfg->tied = tie && tie->type == JSON_BOOL ? tie->boolean : gemma != 0; /* transformers' defaults */
+    cfg->tied = tie && tie->type == JSON_BOOL ? tie->boolean : gemma || smollm3; /* transformers' defaults */
     const json_value *rs = json_get(root, "rope_scaling");
     const json_value *ab = json_get(root, "attention_bias");
     const json_value *mb = json_get(root, "mlp_bias");
@@ -298,6 +337,8 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
         rp = NULL;
     if (code >= 0 && gemma)
         code = gemma_config(cfg, root, what, gemma);
+    if (code >= 0 && smollm3)
+        code = smollm3_config(cfg, root, what);
     if (code >= 0 && rp && (code = get_float(rp, "rope_theta", &cfg->rope_theta, what)) >= 0 && json_get(rp, "rope_type"))
         rs = rp; /* its rope_type is the scaling */
     if (code >= 0 && rs && rs->type != JSON_NULL)

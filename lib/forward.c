@@ -466,8 +466,10 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
         rmsnorm_forward(m->pool, a->q, a->rstd_q, q, lw->q_norm, N * c->n_heads, c->head_dim, c->eps);
         rmsnorm_forward(m->pool, a->k, a->rstd_k, k, lw->k_norm, N * c->n_kv_heads, c->head_dim, c->eps);
     }
-    rope_forward(m->pool, a->q, rc, rs, ws->pos, B, T, c->n_heads, c->head_dim);
-    rope_forward(m->pool, a->k, rc, rs, ws->pos, B, T, c->n_kv_heads, c->head_dim);
+    if (peft__layer_rope(c, l)) { /* SmolLM3's NoPE layers: no rotation */
+        rope_forward(m->pool, a->q, rc, rs, ws->pos, B, T, c->n_heads, c->head_dim);
+        rope_forward(m->pool, a->k, rc, rs, ws->pos, B, T, c->n_kv_heads, c->head_dim);
+    }
     if (c->gemma && c->q_mul != 1.0f) /* query_pre_attn_scalar: the scores' scale, through q */
         for (int64_t i = 0; i < N * Hq; i++)
             a->q[i] *= c->q_mul;
@@ -571,8 +573,10 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
     if (c->gemma && c->q_mul != 1.0f)
         for (int64_t i = 0; i < N * Hq; i++)
             ws->dq[i] *= c->q_mul;
-    rope_backward(m->pool, ws->dq, rc, rs, ws->pos, B, T, c->n_heads, c->head_dim);
-    rope_backward(m->pool, ws->dk, rc, rs, ws->pos, B, T, c->n_kv_heads, c->head_dim);
+    if (peft__layer_rope(c, l)) {
+        rope_backward(m->pool, ws->dq, rc, rs, ws->pos, B, T, c->n_heads, c->head_dim);
+        rope_backward(m->pool, ws->dk, rc, rs, ws->pos, B, T, c->n_kv_heads, c->head_dim);
+    }
     if (c->qk_norm) { /* datt is free again: the scratch */
         head_norm_backward(m, ws->dq, ws->datt, a->q_pre, lw->q_norm, a->rstd_q, N * c->n_heads, c->head_dim);
         head_norm_backward(m, ws->dk, ws->datt, a->k_pre, lw->k_norm, a->rstd_k, N * c->n_kv_heads, c->head_dim);

@@ -403,7 +403,7 @@ int peft__gguf_parse(gg_file *f, int (*kv)(void *ctx, const gg_kv *kv), void *ct
 }
 
 /* the model's keys: general.architecture, and "<arch>.<suffix>" for the architectures read */
-static const char *const gguf_archs[] = {"llama", "qwen2", "qwen3", "gemma2", "gemma3"};
+static const char *const gguf_archs[] = {"llama", "qwen2", "qwen3", "gemma2", "gemma3", "smollm3"};
 
 struct model_keys {
     peft_config *c;
@@ -525,13 +525,16 @@ int peft__gguf_open(peft_model *m, const char *path)
         known |= !strcmp(mk.arch, gguf_archs[i]);
     if (!known) {
         code = peft__fail(PEFT_EUNSUPPORTED,
-                          "%s: architecture \"%s\" is not supported (llama, qwen2, qwen3, gemma2, gemma3)", path,
+                          "%s: architecture \"%s\" is not supported (llama, qwen2, qwen3, gemma2, gemma3, smollm3)", path,
                           mk.arch);
         goto done;
     }
-    /* llama.cpp permutes the q/k rows of llama only (qwen2/3 use the NeoX RoPE, Hugging Face's order) */
-    int permuted = !strcmp(mk.arch, "llama");
+    /* llama.cpp permutes the q/k rows of llama and smollm3 only (qwen2/3, gemma2/3 use the NeoX RoPE,
+       Hugging Face's order) */
+    int permuted = !strcmp(mk.arch, "llama") || !strcmp(mk.arch, "smollm3");
     c->qk_norm = !strcmp(mk.arch, "qwen3");
+    if (!strcmp(mk.arch, "smollm3"))
+        c->nope_every = PEFT__GGUF_NOPE_EVERY; /* llama.cpp fixes it, the file does not say */
     for (int k = 0; k < PEFT_MOD_COUNT; k++) { /* biases: those layer 0 has, every layer must have */
         static const char *const bn[PEFT_MOD_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output",
                                                        "ffn_gate", "ffn_up", "ffn_down"};

@@ -276,6 +276,10 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
                           "layer global%s, query_pre_attn_scalar = head_dim but in the 27B model)",
                           gc->architecture, v3 ? "sixth" : "other",
                           v3 ? ", a local RoPE base of 10000" : ", no RoPE scaling");
+    if (gc->nope_every > 0 && gc->nope_every != PEFT__GGUF_NOPE_EVERY)
+        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: RoPE left out of every %d-th layer: llama.cpp's "
+                                             "smollm3 leaves it out of every %d-th", gc->nope_every,
+                          PEFT__GGUF_NOPE_EVERY);
     if (!m->gguf_map && !strncmp(m->cfg.architecture, "qwen", 4) && m->cfg.sliding_window > 0 &&
         m->cfg.window_from < m->cfg.n_layers)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: %s with use_sliding_window: llama.cpp's %s has "
@@ -294,8 +298,10 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
     int fd = -1, created = 0, code = from_hf ? PEFT_OK : peft__gguf_parse(&f, keep_key, &k);
     if (code)
         goto done;
-    /* llama.cpp permutes the q/k rows of the llama architecture (a Mistral model converts as llama) */
-    int permuted = !strcmp(c->architecture, "llama") || (from_hf && !strcmp(c->architecture, "mistral"));
+    /* llama.cpp permutes the q/k rows of the llama and smollm3 architectures (a Mistral model
+       converts as llama) */
+    int permuted = !strcmp(c->architecture, "llama") || !strcmp(c->architecture, "smollm3") ||
+                   (from_hf && !strcmp(c->architecture, "mistral"));
     size_t VD = (size_t)c->vocab * (size_t)c->dim, max_n = VD;
     int untie = 0;
     size_t n_cap = from_hf ? 4 + (size_t)c->n_layers * (6 + 2 * PEFT_MOD_COUNT) : f.nt + 1;

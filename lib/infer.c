@@ -128,8 +128,10 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
             rmsnorm_forward(NULL, kp + h * hd, &rstd, kp + h * hd, lw->k_norm, 1, hd, c->eps);
         peft_config local;
         const peft_config *rc = rope_config_of(c, l, &local);
-        rope_at(s->q, H, pos, rc);
-        rope_at(kp, Hk, pos, rc);
+        if (peft__layer_rope(c, l)) { /* SmolLM3's NoPE layers: no rotation */
+            rope_at(s->q, H, pos, rc);
+            rope_at(kp, Hk, pos, rc);
+        }
         const int win = peft__layer_window(c, l), j0 = win > 0 && pos - win + 1 > 0 ? pos - win + 1 : 0;
         for (int h = 0; h < H; h++) {
             int g = h / (H / Hk);

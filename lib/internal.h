@@ -112,6 +112,7 @@ typedef struct peft_config {
     float rope_local_theta, q_mul, embed_mul;
     /* Gemma 2: scores and logits soft-capped, cap tanh(x / cap) (0: none) */
     float attn_softcap, final_softcap;
+    int nope_every;      /* SmolLM3: > 0: layer l has no RoPE (NoPE) when (l + 1) % nope_every == 0 */
 } peft_config;
 /* The attention window of layer l (0: the whole context) */
 static inline int peft__layer_window(const peft_config *c, int l)
@@ -119,6 +120,11 @@ static inline int peft__layer_window(const peft_config *c, int l)
     if (c->window_pattern > 0)
         return (l + 1) % c->window_pattern ? c->sliding_window : 0;
     return l >= c->window_from ? c->sliding_window : 0;
+}
+/* Whether layer l rotates q and k at all (SmolLM3's NoPE layers do not) */
+static inline int peft__layer_rope(const peft_config *c, int l)
+{
+    return c->nope_every <= 0 || (l + 1) % c->nope_every != 0;
 }
 /* Whether layer l rotates with the local RoPE base (Gemma 3's sliding layers) */
 static inline int peft__rope_local(const peft_config *c, int l)
@@ -134,6 +140,8 @@ uint64_t peft__extra_layer_params(const peft_config *c); /* biases, q/k norms of
 /* gguf.c: what llama.cpp fixes for its gemma2/gemma3 architectures rather than storing it, set
    in c by c->gemma (2 or 3) and its shapes: the global-layer pattern, the local RoPE base, q_mul */
 void peft__gguf_gemma_fixed(peft_config *c);
+/* llama.cpp's smollm3 leaves RoPE out of every fourth layer, fixed (no key says it) */
+#define PEFT__GGUF_NOPE_EVERY 4
 
 /* gguf.c: the tokenizer.ggml.* vocabulary of a GGUF file */
 typedef struct gguf_vocab {

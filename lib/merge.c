@@ -250,7 +250,8 @@ static int hf_config(const peft_model *m, char **text, size_t *len, int tied)
                                              "export the merged model as GGUF instead");
     static const char *const cls[][2] = {{"llama", "LlamaForCausalLM"}, {"mistral", "MistralForCausalLM"},
                                          {"qwen2", "Qwen2ForCausalLM"}, {"qwen3", "Qwen3ForCausalLM"},
-                                         {"gemma2", "Gemma2ForCausalLM"}, {"gemma3", "Gemma3ForCausalLM"}};
+                                         {"gemma2", "Gemma2ForCausalLM"}, {"gemma3", "Gemma3ForCausalLM"},
+                                         {"smollm3", "SmolLM3ForCausalLM"}};
     const char *name = NULL;
     for (size_t i = 0; i < sizeof cls / sizeof cls[0]; i++)
         if (!strcmp(cls[i][0], c->architecture))
@@ -279,6 +280,8 @@ static int hf_config(const peft_model *m, char **text, size_t *len, int tied)
         jw_put(&w, "  \"mlp_bias\": true,\n");
     jw_put(&w, "  \"model_type\": \"%s\",\n  \"num_attention_heads\": %d,\n",
            c->gemma == 3 ? "gemma3_text" : c->architecture, c->n_heads);
+    if (c->nope_every > 0) /* SmolLM3 */
+        jw_put(&w, "  \"no_rope_layer_interval\": %d,\n", c->nope_every);
     jw_put(&w, "  \"num_hidden_layers\": %d,\n  \"num_key_value_heads\": %d,\n", c->n_layers, c->n_kv_heads);
     if (c->gemma) /* scores times query_pre_attn_scalar^-1/2 = head_dim^-1/2 q_mul */
         jw_put(&w, "  \"query_pre_attn_scalar\": %ld,\n", lroundf((float)c->head_dim / (c->q_mul * c->q_mul)));

@@ -183,10 +183,10 @@ def main():
         arch = "llama"
     if arch == "gemma3_text":
         arch = "gemma3"
-    assert arch in ("llama", "qwen2", "qwen3", "gemma2", "gemma3"), arch
+    assert arch in ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "smollm3"), arch
     gemma = arch in ("gemma2", "gemma3")
     shift = 1.0 if gemma else 0.0  # llama.cpp's converter stores Gemma's norms as 1 + w
-    permuted = arch == "llama"  # qwen2/qwen3 use the NeoX RoPE: rows stay in Hugging Face's order
+    permuted = arch in ("llama", "smollm3")  # qwen2/3, gemma2/3 use the NeoX RoPE: Hugging Face's order
     if D % BLOCK[a.embed_type]:
         sys.exit("hidden size %d is not a multiple of %s's block" % (D, a.embed_type))
     tensors = [("token_embd.weight", st["model.embed_tokens.weight"], a.embed_type, "model.embed_tokens.weight"),

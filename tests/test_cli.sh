@@ -873,13 +873,14 @@ json.dump(c, open('$T/linear/config.json', 'w'))" || fail "config"
     ;;
 gemma_init_and_train)
     # init-model --arch gemma3 / gemma2 (a sliding window shorter than the windows trained on;
-    # every sixth / other layer global; gemma2's soft-caps): LoRA on every linear module learns
-    # the synthetic task, and so does tuning Gemma 3's norms around the MLP
+    # every sixth / other layer global; gemma2's soft-caps) / smollm3 (every fourth layer without
+    # RoPE): LoRA on every linear module learns the synthetic task, and so does tuning Gemma 3's
+    # norms around the MLP
     "$PEFT" synth --out "$T/data.bin" --vocab 300 --tokens 20000 --doc-len 64 --seed 5 >/dev/null || fail "synth"
-    for a in gemma3 gemma2; do
+    for a in gemma3 gemma2 smollm3; do
         "$PEFT" init-model --arch $a --out "$T/$a" --hidden 64 --layers 7 --heads 4 --kv-heads 1 --head-dim 32 \
             --ffn 128 --vocab 300 --sliding-window 8 --seed 2 >/dev/null || fail "init-model $a"
-        grep -q "\"model_type\": \"$([ $a = gemma3 ] && echo gemma3_text || echo gemma2)\"" "$T/$a/config.json" ||
+        grep -q "\"model_type\": \"$([ $a = gemma3 ] && echo gemma3_text || echo $a)\"" "$T/$a/config.json" ||
             fail "config.json $a"
         "$PEFT" train --model "$T/$a" --data "$T/data.bin" --out "$T/ad-$a" --holdout 0.1 --steps 60 --batch 8 \
             --seq 64 --lr 1e-2 --targets all-linear --json >"$T/out.json" 2>"$T/err" || { cat "$T/err"; fail "train $a"; }
@@ -902,18 +903,21 @@ assert c['peft_type'] == 'LN_TUNING' and c['target_modules'] == ['pre_feedforwar
     "$PEFT" init-model --arch gemma3 --out "$T/bad" --hidden 64 --heads 4 --head-dim 3 2>"$T/err" && fail "odd head_dim"
     grep -q usage "$T/err" || fail "usage"
     ;;
-gemma3_gguf | gemma2_gguf)
+gemma3_gguf | gemma2_gguf | smollm3_gguf)
     # Gemma 3 and Gemma 2 as llama.cpp's converter writes them (norms stored as 1 + w,
     # post-attention and post-feedforward norms, <arch>.attention.sliding_window, gemma2's
     # soft-caps; llama.cpp fixes every sixth (gemma3) or other (gemma2) layer global and gemma3's
-    # sliding layers' RoPE base at 10000): the loss of the Hugging Face model, an adapter trained
-    # on the GGUF file applies to it, merged GGUFs from the GGUF base and from the Hugging Face
-    # directory, a merged Hugging Face directory from the GGUF base
+    # sliding layers' RoPE base at 10000), and SmolLM3 (q/k rows permuted as llama's; llama.cpp
+    # leaves RoPE out of every fourth layer): the loss of the Hugging Face model, an adapter
+    # trained on the GGUF file applies to it, merged GGUFs from the GGUF base and from the
+    # Hugging Face directory, a merged Hugging Face directory from the GGUF base
     if [ "$CASE" = gemma3_gguf ]; then
         G=tiny_gemma3 ARCH=gemma3 MT=gemma3_text
         UPD="del c['layer_types']; c.update(sliding_window_pattern=6, query_pre_attn_scalar=c['head_dim'], rope_scaling=None)"
-    else
+    elif [ "$CASE" = gemma2_gguf ]; then
         G=tiny_gemma2 ARCH=gemma2 MT=gemma2 UPD="c.update(query_pre_attn_scalar=c['head_dim'])"
+    else
+        G=tiny_smollm3 ARCH=smollm3 MT=smollm3 UPD="pass"
     fi
     /usr/bin/python3 -c "import numpy" 2>/dev/null || { echo "skip: no numpy for /usr/bin/python3 (apt-get install python3-numpy)"; exit 77; }
     mkdir -p "$T/hf" && ln -s "$SRC/tests/data/$G/model.safetensors" "$T/hf/" || fail "link"
@@ -947,7 +951,7 @@ assert l['q.gguf'] != l['hf'], l" || fail "GGUF and Hugging Face losses differ"
         >"$T/hf/tokenizer.json"
     "$PEFT" merge --model "$T/hf" --adapter "$T/ad" --out "$T/from_hf.gguf" >/dev/null || fail "merge HF to GGUF"
     "$PEFT" eval --model "$T/from_hf.gguf" --data "$T/data.bin" --seq 32 --json >"$T/a_fh" || fail "eval from_hf"
-    grep -q "tokenizer.ggml.add_space_prefix" "$T/from_hf.gguf" || fail "add_space_prefix"
+    [ $ARCH = smollm3 ] || grep -q "tokenizer.ggml.add_space_prefix" "$T/from_hf.gguf" || fail "add_space_prefix"
     # and as a Hugging Face directory from the GGUF base (config.json written for gemma3_text,
     # the norms zero-centred again)
     "$PEFT" merge --model "$T/g.gguf" --adapter "$T/ad" --out "$T/hf_from_gguf" >/dev/null || fail "merge GGUF to HF"

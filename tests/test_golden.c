@@ -422,6 +422,45 @@ TEST(torch_step_qwen3)
     step_case("all_linear", 2);
     step_model = "tiny";
 }
+/* SmolLM3: Llama with RoPE left out of some layers (no_rope_layers; the tiny model's fourth,
+   as llama.cpp fixes it) against PyTorch and by finite differences. The interval form is the
+   same model, RoPE everywhere another; a list that is not periodic and the sliding window (on
+   the NoPE layers) are refused, and so is a GGUF export llama.cpp would compute otherwise */
+#define TINY_SMOLLM3 "{\"model_type\": \"smollm3\", \"hidden_size\": 32, \"intermediate_size\": 40, " \
+                     "\"num_hidden_layers\": 4, \"num_attention_heads\": 4, \"num_key_value_heads\": 2, " \
+                     "\"head_dim\": 8, \"vocab_size\": 48, \"rms_norm_eps\": 1e-06, \"rope_theta\": 2000000.0, %s}"
+TEST(torch_step_smollm3)
+{
+    step_model = "tiny_smollm3";
+    step_case("all_linear", 2);
+    step_model = "tiny";
+    gradcheck_in("tiny_smollm3", "tiny_smollm3/all_linear/adapter");
+    static const char *const extra[] = {"\"no_rope_layer_interval\": 4", "\"no_rope_layers\": [1, 1, 1, 1]",
+                                        "\"no_rope_layer_interval\": 2", "\"no_rope_layers\": [1, 0, 1, 1]",
+                                        "\"use_sliding_window\": true, \"sliding_window\": 4"};
+    double plain = variant_loss(test_data("tiny_smollm3")), loss[3];
+    for (int i = 0; i < 5; i++) {
+        char d[21], cfg[1024];
+        snprintf(cfg, sizeof cfg, TINY_SMOLLM3, extra[i]);
+        variant_dir(d, "tiny_smollm3/model.safetensors", cfg);
+        peft_model *m = NULL;
+        if (i < 3) {
+            loss[i] = variant_loss(d);
+        } else {
+            CHECK_MSG(peft_model_open(&m, d, NULL) == PEFT_EUNSUPPORTED, "%s: %s", extra[i], peft_last_error());
+        }
+        if (i == 2 && !peft_model_open(&m, d, NULL)) {
+            char out[64];
+            snprintf(out, sizeof out, "%s/x.gguf", d);
+            CHECK(peft_save_merged_gguf(m, out, NULL) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "smollm3"));
+            peft_model_close(&m);
+        }
+        model_dir_remove(d);
+    }
+    CHECK_MSG(loss[0] == plain && loss[1] != plain && loss[2] != plain && loss[2] != loss[1],
+              "interval 4 %.9g, all RoPE %.9g, interval 2 %.9g, the list %.9g", loss[0], loss[1], loss[2], plain);
+}
+
 /* Llama with attention_bias and mlp_bias: a bias on every linear module */
 TEST(torch_step_llama_bias)
 {
@@ -1629,7 +1668,7 @@ static const struct h_case cases[] = {
     CASE(torch_combine_ties_dare_magnitude_prune), CASE(torch_step_head_rows), CASE(model_gradcheck_head_rows),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
     CASE(sharded_and_half_precision_models), CASE(frozen_bf16_weights), CASE(activation_checkpointing_is_exact), CASE(config_errors), CASE(shared_gguf_models),
-    CASE(rope_parameters_of_transformers_5), CASE(torch_step_qwen2), CASE(torch_step_qwen3), CASE(torch_step_llama_bias), CASE(torch_step_ia3_bias), CASE(torch_step_bias_all), CASE(torch_step_bias_lora_only), CASE(ia3_bias_merge_export), CASE(bias_training_lifecycle), CASE(model_gradcheck_qwen2), CASE(model_gradcheck_qwen3), CASE(torch_step_gemma3), CASE(torch_step_gemma2), CASE(torch_step_gemma3_norms), CASE(torch_step_gemma2_norms), CASE(gemma_norms_lifecycle), CASE(gemma3_lifecycle),
+    CASE(rope_parameters_of_transformers_5), CASE(torch_step_qwen2), CASE(torch_step_qwen3), CASE(torch_step_smollm3), CASE(torch_step_llama_bias), CASE(torch_step_ia3_bias), CASE(torch_step_bias_all), CASE(torch_step_bias_lora_only), CASE(ia3_bias_merge_export), CASE(bias_training_lifecycle), CASE(model_gradcheck_qwen2), CASE(model_gradcheck_qwen3), CASE(torch_step_gemma3), CASE(torch_step_gemma2), CASE(torch_step_gemma3_norms), CASE(torch_step_gemma2_norms), CASE(gemma_norms_lifecycle), CASE(gemma3_lifecycle),
     CASE(model_gradcheck_windows_and_rope_scaling),
 };
 TEST_MAIN(cases)

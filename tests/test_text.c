@@ -539,6 +539,11 @@ TEST(session_matches_forward_gemma)
     session_vs_forward_with(test_data("tiny_gemma3"), test_data("tiny_gemma3/norms_all/adapter"));
     session_vs_forward_with(test_data("tiny_gemma2"), test_data("tiny_gemma2/lora_post_norms/adapter"));
 }
+/* SmolLM3's layer without RoPE */
+TEST(session_matches_forward_smollm3)
+{
+    session_vs_forward_with(test_data("tiny_smollm3"), test_data("tiny_smollm3/all_linear/adapter"));
+}
 TEST(session_matches_forward_adapter) { session_vs_forward(test_data("tiny"), 1); }
 
 /* A copy of test model `base` (weights linked) whose config.json gains `extra` members (a
@@ -680,7 +685,7 @@ static const struct h_case cases[] = {
     CASE(tokenizer_matches_sentencepiece), CASE(bytelevel_matches_hf_qwen3), CASE(bytelevel_matches_hf_llama3), CASE(bytelevel_matches_hf_added_token_flags), CASE(bytelevel_matches_hf_o200k), CASE(bytelevel_matches_hf_tekken), CASE(sentencepiece_style_matches_hf_llama2_gemma3),
     CASE(bytelevel_matches_hf_smollm), CASE(bytelevel_matches_hf_gpt2_prefix), CASE(bytelevel_special_tokens), CASE(bytelevel_gguf_vocabulary), CASE(chat_template_files),
     CASE(gguf_vocab_matches_sentencepiece), CASE(gguf_vocab_without_space_prefix), CASE(tokenizer_unsupported_and_malformed),
-    CASE(session_matches_forward_base), CASE(session_matches_forward_qwen2_qwen3), CASE(session_matches_forward_gemma), CASE(session_matches_forward_adapter), CASE(session_matches_forward_rope_scaling), CASE(session_matches_forward_sliding_window),
+    CASE(session_matches_forward_base), CASE(session_matches_forward_qwen2_qwen3), CASE(session_matches_forward_gemma), CASE(session_matches_forward_smollm3), CASE(session_matches_forward_adapter), CASE(session_matches_forward_rope_scaling), CASE(session_matches_forward_sliding_window),
     CASE(greedy_generation_matches_reference),
 };
 TEST_MAIN(cases)

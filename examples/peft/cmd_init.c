@@ -80,12 +80,12 @@ int cmd_init_model(int argc, char **argv)
         arg_long(&a, "--seed", 0, &seed) || arg_long(&a, "--head-dim", 0, &head_dim) ||
         arg_long(&a, "--sliding-window", 512, &window) || !dtype || !arch || args_check_unused(&a))
         goto done;
-    int gemma = !strcmp(arch, "gemma3") ? 3 : !strcmp(arch, "gemma2") ? 2 : 0;
+    int gemma = !strcmp(arch, "gemma3") ? 3 : !strcmp(arch, "gemma2") ? 2 : 0, smol = !strcmp(arch, "smollm3");
     long hd = head_dim > 0 ? head_dim : heads > 0 ? hidden / heads : 0, n = 0;
     if (!out || hidden < 2 || layers < 1 || heads < 1 || kv < 1 || heads % kv || (!head_dim && hidden % heads) ||
         hd < 2 || hd % 2 || head_dim < 0 || hd > 4096 || ffn < 1 || vocab < 4 || layers > 256 || window < 1 ||
-        (!gemma && strcmp(arch, "llama") != 0)) {
-        fprintf(stderr, "usage: peft init-model --out DIR [--arch llama|gemma2|gemma3] [--hidden 64] [--layers 2]\n"
+        (!gemma && !smol && strcmp(arch, "llama") != 0)) {
+        fprintf(stderr, "usage: peft init-model --out DIR [--arch llama|smollm3|gemma2|gemma3] [--hidden 64] [--layers 2]\n"
                         "       [--heads 4] [--kv-heads 2] [--head-dim hidden/heads] [--ffn 172] [--vocab 256]\n"
                         "       [--seed 0] [--untied] [--dtype f32|f16|bf16] [--sliding-window 512 (gemma)]\n");
         goto done;
@@ -137,13 +137,15 @@ int cmd_init_model(int argc, char **argv)
                 hidden, ffn, layers, heads, kv, hd, vocab, hd, window, untied ? "false" : "true", tdtype);
     else
     fprintf(f,
-            "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"model_type\": \"llama\",\n"
+            "{\n  \"architectures\": [\"%s\"],\n  \"model_type\": \"%s\",\n"
             "  \"hidden_size\": %ld,\n  \"intermediate_size\": %ld,\n  \"num_hidden_layers\": %ld,\n"
             "  \"num_attention_heads\": %ld,\n  \"num_key_value_heads\": %ld,\n  \"vocab_size\": %ld,\n"
-            "  \"max_position_embeddings\": 2048,\n  \"rms_norm_eps\": 1e-05,\n  \"rope_theta\": 10000.0,\n"
+            "  \"max_position_embeddings\": 2048,\n  \"rms_norm_eps\": 1e-05,\n  \"rope_theta\": %s,\n"
             "  \"tie_word_embeddings\": %s,\n  \"hidden_act\": \"silu\",\n  \"bos_token_id\": 1,\n"
-            "  \"eos_token_id\": 2,%s\n  \"torch_dtype\": \"%s\"\n}\n",
-            hidden, ffn, layers, heads, kv, vocab, untied ? "false" : "true", hd_json, tdtype);
+            "  \"eos_token_id\": 2,%s%s\n  \"torch_dtype\": \"%s\"\n}\n",
+            smol ? "SmolLM3ForCausalLM" : "LlamaForCausalLM", smol ? "smollm3" : "llama", hidden, ffn, layers, heads,
+            kv, vocab, smol ? "2000000.0" : "10000.0", untied ? "false" : "true", hd_json,
+            smol ? "\n  \"no_rope_layer_interval\": 4," : "", tdtype); /* SmolLM3: every fourth layer without RoPE */
     if (fclose(f) != 0) {
         f = NULL;
         perror(path);
@@ -232,7 +234,8 @@ int cmd_init_model(int argc, char **argv)
     }
     f = NULL;
     printf("wrote %s (%s, hidden %ld, %ld layers, %ld heads / %ld kv of %ld, ffn %ld, vocab %ld, %s)\n", out,
-           gemma == 3 ? "gemma3_text" : gemma ? "gemma2" : "llama", hidden, layers, heads, kv, hd, ffn, vocab, dname);
+           gemma == 3 ? "gemma3_text" : gemma ? "gemma2" : smol ? "smollm3" : "llama", hidden, layers, heads, kv, hd, ffn,
+           vocab, dname);
     rc = 0;
 done:
     if (f)

@@ -142,6 +142,11 @@ def main():
                    "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
                    "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
                                        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}, f)
+    # SmolLM3 (RoPE left out of every fourth layer) with transformers 5's rope_parameters
+    with open(os.path.join(HERE, "corpus", "json", "smollm3_config.json"), "w") as f:
+        json.dump({"model_type": "smollm3", "hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 4,
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 48,
+                   "no_rope_layers": [1, 1, 1, 0], "rope_parameters": {"rope_type": "default", "rope_theta": 2e6}}, f)
     os.makedirs(os.path.join(HERE, "corpus", "spm"), exist_ok=True)
     with open(os.path.join(HERE, "corpus", "spm", "tokenizer.model"), "wb") as f:
         f.write(spm([("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3), ("<0x41>", 0.0, 6),

@@ -82,6 +82,12 @@ class Cfg:
         if d.get("mlp_bias", False):
             self.bias += ["gate_proj", "up_proj", "down_proj"]
         self.qk_norm = d.get("model_type") == "qwen3"
+        # SmolLM3: no_rope_layers (1: RoPE, 0: none), else RoPE left out of every
+        # no_rope_layer_interval-th layer
+        self.rope_layers = [1] * self.L
+        if d.get("model_type") == "smollm3":
+            k = d.get("no_rope_layer_interval", 4)
+            self.rope_layers = d.get("no_rope_layers") or [int((i + 1) % k != 0) for i in range(self.L)]
 
 
 def rmsnorm(x, w, eps):
@@ -199,7 +205,8 @@ def forward(c, W, tokens, labels, lora, scale):
         if c.qk_norm:
             q = rmsnorm(q, W[p + "self_attn.q_norm.weight"], c.eps)
             k = rmsnorm(k, W[p + "self_attn.k_norm.weight"], c.eps)
-        q, k = rope(q, T, c.hd, c.theta), rope(k, T, c.hd, c.theta)
+        if c.rope_layers[l]:
+            q, k = rope(q, T, c.hd, c.theta), rope(k, T, c.hd, c.theta)
         rep = c.H // c.Hkv
         k = k.repeat_interleave(rep, dim=2)
         v = v.repeat_interleave(rep, dim=2)
@@ -389,7 +396,7 @@ def make_family(model_type, seed, extra):
     head_dim larger than hidden / heads)."""
     g = torch.Generator().manual_seed(seed)
     cfg = {"architectures": [{"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-                              "llama": "LlamaForCausalLM"}[model_type]],
+                              "llama": "LlamaForCausalLM", "smollm3": "SmolLM3ForCausalLM"}[model_type]],
            "model_type": model_type, "hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 3,
            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "vocab_size": 48,
            "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": False, "hidden_act": "silu",
@@ -418,16 +425,20 @@ def make_family(model_type, seed, extra):
 
 
 def families():
-    """tests/data/tiny_qwen2, tiny_qwen3 and tiny_llama_bias (Llama's attention_bias and mlp_bias):
-    a model each and one LoRA training step on it."""
+    """tests/data/tiny_qwen2, tiny_qwen3, tiny_llama_bias (Llama's attention_bias and mlp_bias) and
+    tiny_smollm3 (4 layers, the last without RoPE, as llama.cpp fixes it): a model each and one
+    LoRA training step on it."""
     global OUT
     base = OUT
     for model_type, seed, extra in (("qwen2", 7, {"tie_word_embeddings": True}),
                                     ("qwen3", 8, {"head_dim": 12, "attention_bias": False}),
-                                    ("llama", 9, {"attention_bias": True, "mlp_bias": True})):
+                                    ("llama", 9, {"attention_bias": True, "mlp_bias": True}),
+                                    ("smollm3", 10, {"num_hidden_layers": 4, "no_rope_layers": [1, 1, 1, 0],
+                                                     "rope_theta": 2000000.0, "tie_word_embeddings": True})):
         cfg, c, W, dims, g = make_family(model_type, seed, extra)
-        if model_type == "llama":
+        if model_type in ("llama", "smollm3"):
             del cfg["use_sliding_window"]
+        if model_type == "llama":
             model_type = "llama_bias"
         OUT = os.path.join(os.path.dirname(base), "tiny_" + model_type)
         os.makedirs(OUT, exist_ok=True)
