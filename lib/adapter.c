@@ -1284,6 +1284,28 @@ static int same_layout(const lora_state *a, const lora_state *b)
     return 1;
 }
 
+/* Fields of newer PEFT versions that change what an adapter computes: refused by name when set
+   rather than read as a plain adapter (false, null, an empty list: unset) */
+static int unsupported_fields(const json_value *root, const char *path)
+{
+    static const char *const keys[][2] = {
+        {"alora_invocation_tokens", "activated LoRA (aLoRA)"}, {"layer_replication", "layer replication"},
+        {"lora_bias", "a bias on lora_B"},                     {"use_qalora", "QA-LoRA"},
+        {"target_parameters", "LoRA on parameters (MoE experts)"}, {"exclude_modules", "exclude_modules"},
+        {"arrow_config", "Arrow routing"},
+    };
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        const json_value *v = json_get(root, keys[i][0]);
+        int set = v && !(v->type == JSON_NULL || (v->type == JSON_BOOL && !v->boolean) ||
+                         ((v->type == JSON_ARRAY || v->type == JSON_OBJECT) && v->length == 0) ||
+                         (v->type == JSON_STRING && !v->string[0]));
+        if (set)
+            return peft__fail(PEFT_EUNSUPPORTED, "%s: \"%s\" is set: %s is not supported", path, keys[i][0],
+                              keys[i][1]);
+    }
+    return PEFT_OK;
+}
+
 int peft_load_adapter(peft_model *m, const char *dir)
 {
     if (!m || !dir)
@@ -1317,6 +1339,10 @@ int peft_load_adapter(peft_model *m, const char *dir)
         if (code)
             goto done;
         const json_value *pt = json_get(json_root(doc), "peft_type");
+        if ((code = unsupported_fields(json_root(doc), cfg_path))) {
+            json_free(doc);
+            goto done;
+        }
         if (pt && pt->type == JSON_STRING && strcmp(pt->string, "IA3") == 0) {
             code = load_ia3(m, dir, json_root(doc), cfg_path, st_path);
             json_free(doc);

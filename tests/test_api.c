@@ -531,6 +531,28 @@ TEST(load_adapter_errors)
     fputs("{\"peft_type\": \"LORA\", \"r\": 4,", f);
     fclose(f);
     CHECK(peft_load_adapter(m, d) == PEFT_EFORMAT);
+    /* newer PEFT fields that change what the adapter computes: refused by name when set, read as
+       a plain LoRA when unset */
+    static const char *const fields[][2] = {{"\"alora_invocation_tokens\": [5, 6]", "aLoRA"},
+                                            {"\"lora_bias\": true", "lora_B"},
+                                            {"\"exclude_modules\": [\"model.layers.0.self_attn.q_proj\"]",
+                                             "exclude_modules"},
+                                            {"\"layer_replication\": [[0, 2], [1, 3]]", "replication"}};
+    for (int i = 0; i < 5; i++) {
+        f = fopen(dst, "w");
+        fprintf(f, "{\"peft_type\": \"LORA\", \"r\": 4, \"lora_alpha\": 8, \"target_modules\": [\"q_proj\", "
+                "\"k_proj\", \"v_proj\", \"o_proj\", \"gate_proj\", \"up_proj\", \"down_proj\"], %s}",
+                i < 4 ? fields[i][0] : "\"alora_invocation_tokens\": null, \"lora_bias\": false, "
+                "\"exclude_modules\": null, \"layer_replication\": null, \"target_parameters\": []");
+        fclose(f);
+        int rc = peft_load_adapter(m, d);
+        if (i < 4)
+            CHECK_MSG(rc == PEFT_EUNSUPPORTED && strstr(peft_last_error(), fields[i][1]), "%s: %s", fields[i][0],
+                      peft_last_error());
+        else
+            CHECK_OK(rc);
+    }
+    peft_detach(m);
     /* after all the failures nothing is attached */
     peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
     peft_model_get_info(m, &in);
