@@ -2,9 +2,11 @@
 #ifndef PEFT_TEST_API_HELPERS_H
 #define PEFT_TEST_API_HELPERS_H
 
+#include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "harness.h"
 #include "peft/peft.h"
@@ -26,13 +28,35 @@ static inline void make_batch(int32_t *tok, int n, uint32_t seed)
     }
 }
 
+/* the directories mktmp made, removed with what they hold when the test exits */
+static char tmp_dirs[32][64];
+static int n_tmp_dirs;
+
+static int remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)st, (void)flag, (void)ftw;
+    remove(path);
+    return 0;
+}
+
+static void remove_tmp_dirs(void)
+{
+    for (int i = 0; i < n_tmp_dirs; i++)
+        nftw(tmp_dirs[i], remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
 static inline char *mktmp(void)
 {
-    static char dirs[8][64];
-    static int k;
-    k = (k + 1) % 8;
-    snprintf(dirs[k], sizeof dirs[k], "/tmp/peft-api-XXXXXX");
-    return mkdtemp(dirs[k]);
+    if (n_tmp_dirs == 32)
+        return NULL;
+    if (n_tmp_dirs == 0)
+        atexit(remove_tmp_dirs);
+    char *d = tmp_dirs[n_tmp_dirs];
+    snprintf(d, sizeof tmp_dirs[0], "/tmp/peft-api-XXXXXX");
+    if (!mkdtemp(d))
+        return NULL;
+    n_tmp_dirs++;
+    return d;
 }
 
 static inline double eval_loss(peft_model *m)
