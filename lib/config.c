@@ -260,9 +260,30 @@ static int smollm3_config(peft_config *cfg, const json_value *root, const char *
     return PEFT_OK;
 }
 
+/* IBM Granite: Llama with four scalars (transformers' defaults 1): embedding_multiplier,
+   residual_multiplier, attention_multiplier (the scores' scale itself, not over sqrt(head_dim)) and
+   logits_scaling (the logits divided by it) */
+static int granite_config(peft_config *cfg, const json_value *root, const char *what)
+{
+    float attn = 1.0f, logits = 1.0f;
+    int code;
+    if ((code = get_float(root, "embedding_multiplier", &cfg->embed_mul, what)) < 0 ||
+        (code = get_float(root, "residual_multiplier", &cfg->res_mul, what)) < 0 ||
+        (code = get_float(root, "attention_multiplier", &attn, what)) < 0 ||
+        (code = get_float(root, "logits_scaling", &logits, what)) < 0)
+        return code;
+    if (!(cfg->embed_mul > 0.0f && cfg->res_mul > 0.0f && attn > 0.0f && logits > 0.0f) ||
+        !isfinite(cfg->embed_mul * cfg->res_mul * attn * logits))
+        return peft__fail(PEFT_EFORMAT, "%s: Granite's multipliers and logits_scaling must be positive", what);
+    cfg->q_mul = attn * sqrtf((float)cfg->head_dim);
+    cfg->logit_mul = 1.0f / logits;
+    return PEFT_OK;
+}
+
 int peft__config_parse(peft_config *cfg, const char *text, size_t len, const char *what)
 {
     memset(cfg, 0, sizeof *cfg);
+    cfg->embed_mul = cfg->q_mul = cfg->res_mul = cfg->logit_mul = 1.0f;
     json_doc *doc;
     int code = json_parse(&doc, text, len, what);
     if (code)
@@ -279,13 +300,13 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
         return peft__fail(PEFT_EFORMAT, "%s: missing \"model_type\"", what);
     }
     int gemma = !strcmp(arch, "gemma3_text") ? 3 : !strcmp(arch, "gemma2") ? 2 : 0;
-    int smollm3 = !strcmp(arch, "smollm3");
+    int smollm3 = !strcmp(arch, "smollm3"), granite = !strcmp(arch, "granite");
     if (strcmp(arch, "llama") != 0 && strcmp(arch, "mistral") != 0 && strcmp(arch, "qwen2") != 0 &&
-        strcmp(arch, "qwen3") != 0 && !gemma && !smollm3) {
+        strcmp(arch, "qwen3") != 0 && !gemma && !smollm3 && !granite) {
         code = peft__fail(PEFT_EUNSUPPORTED,
                           "%s: architecture \"%s\" is not supported (supported: llama, which "
-                          "covers Llama 2 and 3, SmolLM, TinyLlama; smollm3; mistral; qwen2; qwen3; gemma2; "
-                          "gemma3_text, Gemma 3's text models%s)",
+                          "covers Llama 2 and 3, SmolLM, TinyLlama; smollm3; granite; mistral; qwen2; qwen3; "
+                          "gemma2; gemma3_text, Gemma 3's text models%s)",
                           what, arch, !strcmp(arch, "gemma3") ? "; this is the multimodal Gemma 3" : "");
         json_free(doc);
         return code;
@@ -339,6 +360,8 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
         code = gemma_config(cfg, root, what, gemma);
     if (code >= 0 && smollm3)
         code = smollm3_config(cfg, root, what);
+    if (code >= 0 && granite)
+        code = granite_config(cfg, root, what);
     if (code >= 0 && rp && (code = get_float(rp, "rope_theta", &cfg->rope_theta, what)) >= 0 && json_get(rp, "rope_type"))
         rs = rp; /* its rope_type is the scaling */
     if (code >= 0 && rs && rs->type != JSON_NULL)

@@ -147,7 +147,7 @@ void peft__embed_tokens(peft_model *m, float *x, const int32_t *tokens, int64_t 
             }
         }
     }
-    if (m->cfg.gemma) /* Gemma: the lookup (adapters included) times sqrt(hidden) */
+    if (m->cfg.embed_mul != 1.0f) /* Gemma, Granite: the lookup (adapters included) times a scalar */
         for (int64_t i = 0; i < n * D; i++)
             x[i] *= m->cfg.embed_mul;
 }
@@ -426,6 +426,13 @@ static void add_inplace(float *y, const float *x, size_t n)
         y[i] += x[i];
 }
 
+/* y = s x (y may be x) */
+static void scale_to(float *y, const float *x, float s, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        y[i] = s * x[i];
+}
+
 /* layer l's RoPE tables: Gemma 3's sliding layers have their own base */
 static void rope_of(const peft_model *m, int l, const float **cos_t, const float **sin_t)
 {
@@ -470,7 +477,7 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
         rope_forward(m->pool, a->q, rc, rs, ws->pos, B, T, c->n_heads, c->head_dim);
         rope_forward(m->pool, a->k, rc, rs, ws->pos, B, T, c->n_kv_heads, c->head_dim);
     }
-    if (c->gemma && c->q_mul != 1.0f) /* query_pre_attn_scalar: the scores' scale, through q */
+    if (c->q_mul != 1.0f) /* Gemma's query_pre_attn_scalar, Granite's attention_multiplier, through q */
         for (int64_t i = 0; i < N * Hq; i++)
             a->q[i] *= c->q_mul;
     attention_forward(m->pool, a->att, a->lse, ws->att_scratch, a->q, a->k, a->v, ws->pos, B, T, c->n_heads,
@@ -479,6 +486,8 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
                    N, Hq, D, peft__view_of(m, &lv, l, PEFT_MOD_O, train), xa_of(m, l, PEFT_MOD_O), ws->tmp);
     if (c->gemma) /* Gemma 3: the attention output normalised before the residual */
         rmsnorm_forward(m->pool, a->h, a->rstd3, a->ao, peft__norm_weight(m, l, PEFT__NORM_ATTN_OUT), N, D, c->eps);
+    else if (c->res_mul != 1.0f) /* Granite: scaled (Gemma's is 1) */
+        scale_to(a->h, a->h, c->res_mul, (size_t)N * D);
     add_inplace(a->h, x_in, (size_t)N * D);
     rmsnorm_forward(m->pool, a->xn2, a->rstd2, a->h, peft__norm_weight(m, l, PEFT__NORM_MLP), N, D, c->eps);
     linear_forward(m, a->g, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), peft__bias_of(m, l, PEFT_MOD_GATE), N, D, F,
@@ -491,6 +500,8 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
                    xa_of(m, l, PEFT_MOD_DOWN), ws->tmp);
     if (c->gemma) /* and the MLP's */
         rmsnorm_forward(m->pool, x_out, a->rstd4, a->fo, peft__norm_weight(m, l, PEFT__NORM_MLP_OUT), N, D, c->eps);
+    else if (c->res_mul != 1.0f)
+        scale_to(x_out, x_out, c->res_mul, (size_t)N * D);
     add_inplace(x_out, a->h, (size_t)N * D);
 }
 
@@ -534,6 +545,9 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
             rmsnorm_backward_w(dw4, ws->dx, a->fo, a->rstd4, N, D);
         norm_backward_to(m, ws->dxn, ws->dx, a->fo, peft__norm_weight(m, l, PEFT__NORM_MLP_OUT), a->rstd4, N, D);
         dy = ws->dxn;
+    } else if (c->res_mul != 1.0f) { /* Granite: d/d(down's output) = res_mul dx, in dxn */
+        scale_to(ws->dxn, ws->dx, c->res_mul, (size_t)N * D);
+        dy = ws->dxn;
     }
     gated_forward(m->pool, c->gemma, ws->act, a->g, a->u, N, F);
     peft__bias_grad(m, l, PEFT_MOD_DOWN, dy, N, D);
@@ -559,6 +573,9 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
             rmsnorm_backward_w(dw3, ws->dx, a->ao, a->rstd3, N, D);
         norm_backward_to(m, ws->dxn, ws->dx, a->ao, peft__norm_weight(m, l, PEFT__NORM_ATTN_OUT), a->rstd3, N, D);
         dy = ws->dxn;
+    } else if (c->res_mul != 1.0f) {
+        scale_to(ws->dxn, ws->dx, c->res_mul, (size_t)N * D);
+        dy = ws->dxn;
     }
     peft__bias_grad(m, l, PEFT_MOD_O, dy, N, D);
     linear_backward(m, qkv ? ws->datt : NULL, 0.0f, dy, a->att, peft__w_of(m, l, PEFT_MOD_O), N, Hq, D,
@@ -570,7 +587,7 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
                        peft__prompt_len(m), c->attn_softcap);
     const float *rc, *rs;
     rope_of(m, l, &rc, &rs);
-    if (c->gemma && c->q_mul != 1.0f)
+    if (c->q_mul != 1.0f)
         for (int64_t i = 0; i < N * Hq; i++)
             ws->dq[i] *= c->q_mul;
     if (peft__layer_rope(c, l)) {
@@ -711,6 +728,8 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
         x = out;
     }
     rmsnorm_forward(m->pool, ws->xnf, ws->rstdf, ws->x_final, peft__norm_weight(m, c->n_layers, 0), N, D, c->eps);
+    if (c->logit_mul != 1.0f) /* Granite's logits_scaling, on the lm_head's input */
+        scale_to(ws->xnf, ws->xnf, c->logit_mul, (size_t)N * D);
 
     /* loss (and d logits -> d xnf) in row chunks: the N x V logits never exist at once */
     double sum = 0;
@@ -735,6 +754,8 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
 
     /* backward */
     memset(ws->dx, 0, (size_t)N * D * sizeof(float));
+    if (c->logit_mul != 1.0f)
+        scale_to(ws->dxn, ws->dxn, c->logit_mul, (size_t)N * D);
     float *dwf = peft__norm_grad(m, c->n_layers, 0);
     if (dwf)
         rmsnorm_backward_w(dwf, ws->dxn, ws->x_final, ws->rstdf, N, D);
@@ -766,7 +787,7 @@ int peft__run(peft_model *m, const peft_batch *batch, int train, double *loss_su
         for (int b = 0; b < B; b++)
             add_inplace(m->lora->grads, ws->dx + (int64_t)b * T * D, (size_t)P * D);
     else if (m->lora->lowest_layer < 0) { /* ws->dx: d(loss)/d(layer 0 input) */
-        if (c->gemma)
+        if (c->embed_mul != 1.0f)
             for (int64_t i = 0; i < N * D; i++)
                 ws->dx[i] *= c->embed_mul;
         embed_backward(m, ws->dx, batch->tokens, N);

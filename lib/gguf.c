@@ -403,7 +403,7 @@ int peft__gguf_parse(gg_file *f, int (*kv)(void *ctx, const gg_kv *kv), void *ct
 }
 
 /* the model's keys: general.architecture, and "<arch>.<suffix>" for the architectures read */
-static const char *const gguf_archs[] = {"llama", "qwen2", "qwen3", "gemma2", "gemma3", "smollm3"};
+static const char *const gguf_archs[] = {"llama", "qwen2", "qwen3", "gemma2", "gemma3", "smollm3", "granite"};
 
 struct model_keys {
     peft_config *c;
@@ -411,6 +411,7 @@ struct model_keys {
     float scale_factor;
     int key_len;
     float caps[2]; /* gemma2's attn_logit_softcapping, final_logit_softcapping (< 0: absent) */
+    float scales[4]; /* granite's embedding_scale, residual_scale, attention.scale, logit_scale (0: absent) */
 };
 
 static int model_key(void *ctx, const gg_kv *kv)
@@ -467,6 +468,14 @@ static int model_key(void *ctx, const gg_kv *kv)
         mk->caps[0] = (float)kv->fv;
     else if (kv->type == 6 && peft__gg_key_is(&s, "final_logit_softcapping"))
         mk->caps[1] = (float)kv->fv;
+    else if (kv->type == 6 && peft__gg_key_is(&s, "embedding_scale"))
+        mk->scales[0] = (float)kv->fv;
+    else if (kv->type == 6 && peft__gg_key_is(&s, "residual_scale"))
+        mk->scales[1] = (float)kv->fv;
+    else if (kv->type == 6 && peft__gg_key_is(&s, "attention.scale"))
+        mk->scales[2] = (float)kv->fv;
+    else if (kv->type == 6 && peft__gg_key_is(&s, "logit_scale"))
+        mk->scales[3] = (float)kv->fv;
     return PEFT_OK;
 }
 
@@ -500,6 +509,15 @@ static int gemma_keys(peft_config *c, const struct model_keys *mk, const char *p
     return PEFT_OK;
 }
 
+/* granite's scalars (0: the key is absent) */
+static void granite_keys(peft_config *c, const float *scales)
+{
+    c->embed_mul = scales[0] > 0.0f ? scales[0] : 1.0f;
+    c->res_mul = scales[1] > 0.0f ? scales[1] : 1.0f;
+    c->q_mul = scales[2] > 0.0f && c->head_dim > 0 ? scales[2] * sqrtf((float)c->head_dim) : 1.0f;
+    c->logit_mul = scales[3] > 0.0f ? 1.0f / scales[3] : 1.0f;
+}
+
 int peft__gguf_open(peft_model *m, const char *path)
 {
     gg_file f;
@@ -510,6 +528,7 @@ int peft__gguf_open(peft_model *m, const char *path)
     m->gguf_size = f.size;
     peft_config *c = &m->cfg;
     memset(c, 0, sizeof *c);
+    c->embed_mul = c->q_mul = c->res_mul = c->logit_mul = 1.0f;
     c->eps = 1e-5f;
     c->rope_theta = 10000.0f;
     c->bos_id = 1;
@@ -525,13 +544,14 @@ int peft__gguf_open(peft_model *m, const char *path)
         known |= !strcmp(mk.arch, gguf_archs[i]);
     if (!known) {
         code = peft__fail(PEFT_EUNSUPPORTED,
-                          "%s: architecture \"%s\" is not supported (llama, qwen2, qwen3, gemma2, gemma3, smollm3)", path,
+                          "%s: architecture \"%s\" is not supported (llama, qwen2, qwen3, gemma2, gemma3, smollm3, "
+                          "granite)", path,
                           mk.arch);
         goto done;
     }
-    /* llama.cpp permutes the q/k rows of llama and smollm3 only (qwen2/3, gemma2/3 use the NeoX RoPE,
-       Hugging Face's order) */
-    int permuted = !strcmp(mk.arch, "llama") || !strcmp(mk.arch, "smollm3");
+    /* llama.cpp permutes the q/k rows of llama, smollm3 and granite only (qwen2/3, gemma2/3 use the
+       NeoX RoPE, Hugging Face's order) */
+    int permuted = !strcmp(mk.arch, "llama") || !strcmp(mk.arch, "smollm3") || !strcmp(mk.arch, "granite");
     c->qk_norm = !strcmp(mk.arch, "qwen3");
     if (!strcmp(mk.arch, "smollm3"))
         c->nope_every = PEFT__GGUF_NOPE_EVERY; /* llama.cpp fixes it, the file does not say */
@@ -552,6 +572,8 @@ int peft__gguf_open(peft_model *m, const char *path)
         c->n_kv_heads = c->n_heads;
     c->head_dim = mk.key_len ? mk.key_len : (c->n_heads > 0 ? c->dim / c->n_heads : 0);
     c->tied = find(ts, nt, "output.weight") == NULL;
+    if (!strcmp(mk.arch, "granite")) /* llama.cpp's defaults: no scale, the scores over sqrt(head_dim) */
+        granite_keys(c, mk.scales);
     if ((!strncmp(mk.arch, "gemma", 5) && (code = gemma_keys(c, &mk, path))) ||
         (code = peft__config_validate(c, path)) ||
         (code = rope_scaling(c, ts, nt, data, mk.scaling, mk.scale_factor, path)))

@@ -298,10 +298,10 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
     int fd = -1, created = 0, code = from_hf ? PEFT_OK : peft__gguf_parse(&f, keep_key, &k);
     if (code)
         goto done;
-    /* llama.cpp permutes the q/k rows of the llama and smollm3 architectures (a Mistral model
-       converts as llama) */
+    /* llama.cpp permutes the q/k rows of the llama, smollm3 and granite architectures (a Mistral
+       model converts as llama) */
     int permuted = !strcmp(c->architecture, "llama") || !strcmp(c->architecture, "smollm3") ||
-                   (from_hf && !strcmp(c->architecture, "mistral"));
+                   !strcmp(c->architecture, "granite") || (from_hf && !strcmp(c->architecture, "mistral"));
     size_t VD = (size_t)c->vocab * (size_t)c->dim, max_n = VD;
     int untie = 0;
     size_t n_cap = from_hf ? 4 + (size_t)c->n_layers * (6 + 2 * PEFT_MOD_COUNT) : f.nt + 1;

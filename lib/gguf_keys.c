@@ -630,6 +630,12 @@ int peft__gguf_hf_keys(gg_buf *b, uint64_t *nk, const peft_model *m, const char 
         F32("attn_logit_softcapping", c->attn_softcap);
         F32("final_logit_softcapping", c->final_softcap);
     }
+    if (!strcmp(c->architecture, "granite")) { /* as llama.cpp's converter names Granite's multipliers */
+        F32("embedding_scale", c->embed_mul);
+        F32("residual_scale", c->res_mul);
+        F32("attention.scale", c->q_mul / sqrtf((float)c->head_dim));
+        F32("logit_scale", 1.0f / c->logit_mul);
+    }
     if (c->rope_scaling == 1) {
         snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
         peft__gb_kv_str(b, k, "linear");

@@ -35,8 +35,11 @@ typedef struct gl_module {
     float scale;
 } gl_module;
 
-/* llama.cpp permutes the q/k rows of the llama and smollm3 architectures only */
-static int permutes(const char *arch) { return !strcmp(arch, "llama") || !strcmp(arch, "smollm3"); }
+/* llama.cpp permutes the q/k rows of the llama, smollm3 and granite architectures only */
+static int permutes(const char *arch)
+{
+    return !strcmp(arch, "llama") || !strcmp(arch, "smollm3") || !strcmp(arch, "granite");
+}
 
 /* HF row of GGUF row `row` for heads of hd rows: GGUF h*hd + 2i + j <- HF h*hd + j*hd/2 + i */
 static int hf_row(int row, int hd)

@@ -104,7 +104,7 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
     const peft_config *c = &m->cfg;
     int D = c->dim, F = c->ffn_dim, hd = c->head_dim, H = c->n_heads, Hk = c->n_kv_heads;
     int qd = H * hd, kvd = Hk * hd, pos = s->pos;
-    float scale = (c->gemma ? c->q_mul : 1.0f) / sqrtf((float)hd), cap = c->attn_softcap;
+    float scale = c->q_mul / sqrtf((float)hd), cap = c->attn_softcap;
     lora_view lv;
     if (emb)
         memcpy(s->x, emb, (size_t)D * sizeof *s->x);
@@ -163,6 +163,8 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
                        view(s, &lv, l, PEFT_MOD_O), s->xa, s->tmp);
         if (c->gemma) /* Gemma 3: the attention and MLP outputs normalised before their residuals */
             rmsnorm_forward(NULL, s->h, &rstd, s->h, peft__norm_weight(m, l, PEFT__NORM_ATTN_OUT), 1, D, c->eps);
+        for (int i = 0; c->res_mul != 1.0f && i < D; i++) /* Granite: scaled */
+            s->h[i] *= c->res_mul;
         for (int i = 0; i < D; i++)
             s->h[i] += s->x[i];
         rmsnorm_forward(NULL, s->xn, &rstd, s->h, peft__norm_weight(m, l, PEFT__NORM_MLP), 1, D, c->eps);
@@ -175,6 +177,8 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
                        view(s, &lv, l, PEFT_MOD_DOWN), s->xa, s->tmp);
         if (c->gemma)
             rmsnorm_forward(NULL, s->x, &rstd, s->x, peft__norm_weight(m, l, PEFT__NORM_MLP_OUT), 1, D, c->eps);
+        for (int i = 0; c->res_mul != 1.0f && i < D; i++)
+            s->x[i] *= c->res_mul;
         for (int i = 0; i < D; i++)
             s->x[i] += s->h[i];
     }
@@ -209,6 +213,8 @@ int peft_session_feed(peft_session *s, const int32_t *tokens, int32_t n, float *
             return peft__fail(PEFT_ESTATE, "peft_session_feed: no position to predict from");
         float rstd;
         rmsnorm_forward(NULL, s->xn, &rstd, s->x, peft__norm_weight(m, m->cfg.n_layers, 0), 1, m->cfg.dim, m->cfg.eps);
+        for (int i = 0; m->cfg.logit_mul != 1.0f && i < m->cfg.dim; i++) /* Granite's logits_scaling */
+            s->xn[i] *= m->cfg.logit_mul;
         int code = peft__head_logits(m, s->xn, 1, logits);
         if (!code && m->cfg.final_softcap > 0.0f) /* Gemma 2 */
             peft__softcap(logits, m->cfg.vocab, m->cfg.final_softcap);

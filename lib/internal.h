@@ -106,13 +106,20 @@ typedef struct peft_config {
     /* Gemma 3 (model_type gemma3_text) and Gemma 2: RMSNorm weights stored zero-centred (1 + w applied),
        a norm after attention and after the MLP as well, embeddings times sqrt(hidden), GELU
        (tanh) gating, q/k norms; every window_pattern-th layer global, the others sliding with
-       their own RoPE base (rope_local_theta, unscaled); queries times q_mul (query_pre_attn_scalar) */
+       their own RoPE base (rope_local_theta, unscaled); queries times q_mul (query_pre_attn_scalar;
+       below) */
     int gemma;           /* 2 or 3: Gemma 2 has neither q/k norms nor a local RoPE base (rope_local_theta 0) */
     int window_pattern;  /* > 0: layer l is global when (l + 1) % window_pattern == 0 */
     float rope_local_theta, q_mul, embed_mul;
     /* Gemma 2: scores and logits soft-capped, cap tanh(x / cap) (0: none) */
     float attn_softcap, final_softcap;
     int nope_every;      /* SmolLM3: > 0: layer l has no RoPE (NoPE) when (l + 1) % nope_every == 0 */
+    /* Scalars, 1 but where a family sets them: the embeddings times embed_mul (Gemma: sqrt(hidden);
+       Granite: embedding_multiplier), the attention scores times q_mul / sqrt(head_dim) (Gemma:
+       query_pre_attn_scalar; Granite: attention_multiplier), the attention and MLP outputs times
+       res_mul before their residuals and the logits times logit_mul (Granite: residual_multiplier,
+       1 / logits_scaling) */
+    float res_mul, logit_mul;
 } peft_config;
 /* The attention window of layer l (0: the whole context) */
 static inline int peft__layer_window(const peft_config *c, int l)

@@ -251,7 +251,7 @@ static int hf_config(const peft_model *m, char **text, size_t *len, int tied)
     static const char *const cls[][2] = {{"llama", "LlamaForCausalLM"}, {"mistral", "MistralForCausalLM"},
                                          {"qwen2", "Qwen2ForCausalLM"}, {"qwen3", "Qwen3ForCausalLM"},
                                          {"gemma2", "Gemma2ForCausalLM"}, {"gemma3", "Gemma3ForCausalLM"},
-                                         {"smollm3", "SmolLM3ForCausalLM"}};
+                                         {"smollm3", "SmolLM3ForCausalLM"}, {"granite", "GraniteForCausalLM"}};
     const char *name = NULL;
     for (size_t i = 0; i < sizeof cls / sizeof cls[0]; i++)
         if (!strcmp(cls[i][0], c->architecture))
@@ -267,6 +267,17 @@ static int hf_config(const peft_model *m, char **text, size_t *len, int tied)
     }
     if (c->bias_mask & 1u << PEFT_MOD_O)
         jw_put(&w, "  \"attention_bias\": true,\n");
+    if (!strcmp(c->architecture, "granite")) {
+        jw_put(&w, "  \"attention_multiplier\": ");
+        jw_float(&w, c->q_mul / sqrtf((float)c->head_dim));
+        jw_put(&w, ",\n  \"embedding_multiplier\": ");
+        jw_float(&w, c->embed_mul);
+        jw_put(&w, ",\n  \"logits_scaling\": ");
+        jw_float(&w, 1.0f / c->logit_mul);
+        jw_put(&w, ",\n  \"residual_multiplier\": ");
+        jw_float(&w, c->res_mul);
+        jw_put(&w, ",\n");
+    }
     jw_put(&w, "  \"bos_token_id\": %d,\n  \"eos_token_id\": %d,\n", c->bos_id, c->eos_id);
     if (c->gemma == 2) {
         jw_put(&w, "  \"final_logit_softcapping\": ");

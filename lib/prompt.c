@@ -38,6 +38,9 @@ static int build_prompt(lora_state **out, const peft_model *m, const peft_prompt
         return peft__fail(PEFT_EINVAL, "prompt tuning: n_virtual %d must be in 1..65536", o->n_virtual);
     if (o->init < PEFT_PROMPT_INIT_RANDOM || o->init > PEFT_PROMPT_INIT_SAMPLE_VOCAB)
         return peft__fail(PEFT_EINVAL, "prompt tuning: unknown init %d", o->init);
+    if (!m->cfg.gemma && m->cfg.embed_mul != 1.0f) /* Gemma scales inside the embedding module, Granite after */
+        return peft__fail(PEFT_EUNSUPPORTED, "prompt tuning: Granite multiplies the soft prompt by its "
+                                             "embedding_multiplier too; not supported");
     if (o->init == PEFT_PROMPT_INIT_TEXT) {
         if (!o->init_tokens || o->n_init_tokens <= 0)
             return peft__fail(PEFT_EINVAL, "prompt tuning: TEXT initialisation needs the text's token ids");
@@ -92,7 +95,7 @@ static void init_prompt(lora_state *l, const peft_model *m, const peft_prompt_op
         int32_t t = o->init == PEFT_PROMPT_INIT_TEXT ? o->init_tokens[i % o->n_init_tokens]
                                                      : (int32_t)(peft__rng_next(&rng) % (uint64_t)m->cfg.vocab);
         peft__w_rows(NULL, &m->embed, t, 1, row);
-        for (size_t d = 0; m->cfg.gemma && d < D; d++) /* the embedding module's output, as PEFT takes it */
+        for (size_t d = 0; m->cfg.embed_mul != 1.0f && d < D; d++) /* the embedding module's output, as PEFT takes it */
             row[d] *= m->cfg.embed_mul;
     }
 }

@@ -183,10 +183,10 @@ def main():
         arch = "llama"
     if arch == "gemma3_text":
         arch = "gemma3"
-    assert arch in ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "smollm3"), arch
+    assert arch in ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "smollm3", "granite"), arch
     gemma = arch in ("gemma2", "gemma3")
     shift = 1.0 if gemma else 0.0  # llama.cpp's converter stores Gemma's norms as 1 + w
-    permuted = arch in ("llama", "smollm3")  # qwen2/3, gemma2/3 use the NeoX RoPE: Hugging Face's order
+    permuted = arch in ("llama", "smollm3", "granite")  # qwen2/3, gemma2/3 use the NeoX RoPE: HF's order
     if D % BLOCK[a.embed_type]:
         sys.exit("hidden size %d is not a multiple of %s's block" % (D, a.embed_type))
     tensors = [("token_embd.weight", st["model.embed_tokens.weight"], a.embed_type, "model.embed_tokens.weight"),
@@ -235,6 +235,11 @@ def main():
     if arch == "gemma2":
         kv += [("gemma2.attn_logit_softcapping", 6, struct.pack("<f", cfg["attn_logit_softcapping"])),
                ("gemma2.final_logit_softcapping", 6, struct.pack("<f", cfg["final_logit_softcapping"]))]
+    # Granite's multipliers, as llama.cpp's converter renames them (written when given)
+    for hk, gk in (("embedding_multiplier", "embedding_scale"), ("residual_multiplier", "residual_scale"),
+                   ("attention_multiplier", "attention.scale"), ("logits_scaling", "logit_scale")):
+        if arch == "granite" and cfg.get(hk):
+            kv += [(arch + "." + gk, 6, struct.pack("<f", cfg[hk]))]
     if "head_dim" in cfg:
         kv += [(arch + ".attention.key_length", 4, struct.pack("<I", cfg["head_dim"])),
                (arch + ".attention.value_length", 4, struct.pack("<I", cfg["head_dim"]))]

@@ -903,21 +903,25 @@ assert c['peft_type'] == 'LN_TUNING' and c['target_modules'] == ['pre_feedforwar
     "$PEFT" init-model --arch gemma3 --out "$T/bad" --hidden 64 --heads 4 --head-dim 3 2>"$T/err" && fail "odd head_dim"
     grep -q usage "$T/err" || fail "usage"
     ;;
-gemma3_gguf | gemma2_gguf | smollm3_gguf)
+gemma3_gguf | gemma2_gguf | smollm3_gguf | granite_gguf)
     # Gemma 3 and Gemma 2 as llama.cpp's converter writes them (norms stored as 1 + w,
     # post-attention and post-feedforward norms, <arch>.attention.sliding_window, gemma2's
     # soft-caps; llama.cpp fixes every sixth (gemma3) or other (gemma2) layer global and gemma3's
-    # sliding layers' RoPE base at 10000), and SmolLM3 (q/k rows permuted as llama's; llama.cpp
-    # leaves RoPE out of every fourth layer): the loss of the Hugging Face model, an adapter
-    # trained on the GGUF file applies to it, merged GGUFs from the GGUF base and from the
-    # Hugging Face directory, a merged Hugging Face directory from the GGUF base
+    # sliding layers' RoPE base at 10000), SmolLM3 (q/k rows permuted as llama's; llama.cpp
+    # leaves RoPE out of every fourth layer) and Granite (its four multipliers as
+    # granite.embedding_scale, residual_scale, attention.scale and logit_scale; q/k permuted): the
+    # loss of the Hugging Face model, an adapter trained on the GGUF file applies to it, merged
+    # GGUFs from the GGUF base and from the Hugging Face directory, a merged Hugging Face
+    # directory from the GGUF base
     if [ "$CASE" = gemma3_gguf ]; then
         G=tiny_gemma3 ARCH=gemma3 MT=gemma3_text
         UPD="del c['layer_types']; c.update(sliding_window_pattern=6, query_pre_attn_scalar=c['head_dim'], rope_scaling=None)"
     elif [ "$CASE" = gemma2_gguf ]; then
         G=tiny_gemma2 ARCH=gemma2 MT=gemma2 UPD="c.update(query_pre_attn_scalar=c['head_dim'])"
-    else
+    elif [ "$CASE" = smollm3_gguf ]; then
         G=tiny_smollm3 ARCH=smollm3 MT=smollm3 UPD="pass"
+    else
+        G=tiny_granite ARCH=granite MT=granite UPD="pass"
     fi
     /usr/bin/python3 -c "import numpy" 2>/dev/null || { echo "skip: no numpy for /usr/bin/python3 (apt-get install python3-numpy)"; exit 77; }
     mkdir -p "$T/hf" && ln -s "$SRC/tests/data/$G/model.safetensors" "$T/hf/" || fail "link"
@@ -951,7 +955,7 @@ assert l['q.gguf'] != l['hf'], l" || fail "GGUF and Hugging Face losses differ"
         >"$T/hf/tokenizer.json"
     "$PEFT" merge --model "$T/hf" --adapter "$T/ad" --out "$T/from_hf.gguf" >/dev/null || fail "merge HF to GGUF"
     "$PEFT" eval --model "$T/from_hf.gguf" --data "$T/data.bin" --seq 32 --json >"$T/a_fh" || fail "eval from_hf"
-    [ $ARCH = smollm3 ] || grep -q "tokenizer.ggml.add_space_prefix" "$T/from_hf.gguf" || fail "add_space_prefix"
+    case $ARCH in gemma*) grep -q "tokenizer.ggml.add_space_prefix" "$T/from_hf.gguf" || fail "add_space_prefix" ;; esac
     # and as a Hugging Face directory from the GGUF base (config.json written for gemma3_text,
     # the norms zero-centred again)
     "$PEFT" merge --model "$T/g.gguf" --adapter "$T/ad" --out "$T/hf_from_gguf" >/dev/null || fail "merge GGUF to HF"

@@ -461,6 +461,46 @@ TEST(torch_step_smollm3)
               "interval 4 %.9g, all RoPE %.9g, interval 2 %.9g, the list %.9g", loss[0], loss[1], loss[2], plain);
 }
 
+/* IBM Granite: Llama with embedding_multiplier, attention_multiplier (the scores' scale),
+   residual_multiplier and logits_scaling, against PyTorch and by finite differences (LoRA on the
+   embeddings and lm_head too: the multipliers scale their outputs); prompt tuning refused by name
+   (PEFT's soft prompt would be multiplied too) */
+TEST(torch_step_granite)
+{
+    step_model = "tiny_granite";
+    step_case("all_linear", 2);
+    step_model = "tiny";
+    gradcheck_in("tiny_granite", "tiny_granite/all_linear/adapter");
+    peft_model *m = NULL;
+    CHECK_OK(peft_model_open(&m, test_data("tiny_granite"), NULL));
+    if (!m)
+        return;
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_ALL_LINEAR | PEFT_TARGET_EMBED | PEFT_TARGET_LM_HEAD;
+    o.rank = 2;
+    o.init = PEFT_INIT_GAUSSIAN;
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    float *p;
+    size_t n;
+    CHECK_OK(peft_param_buffer(&p, &n, m));
+    for (size_t i = 0; i < n; i++) /* B = 0 would leave some gradients out of the check */
+        p[i] += 0.004f * (float)((i * 7919) % 13) - 0.024f;
+    char dir[] = "/tmp/peft-granite-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    CHECK_OK(peft_save_adapter(m, dir, NULL));
+    peft_prompt_options po = PEFT_PROMPT_OPTIONS_INIT;
+    peft_detach(m);
+    CHECK(peft_attach_prompt(m, &po, NULL) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "Granite"));
+    peft_model_close(&m);
+    gradcheck_in("tiny_granite", dir);
+    char f[96];
+    snprintf(f, sizeof f, "%s/adapter_model.safetensors", dir);
+    remove(f);
+    snprintf(f, sizeof f, "%s/adapter_config.json", dir);
+    remove(f);
+    remove(dir);
+}
+
 /* Llama with attention_bias and mlp_bias: a bias on every linear module */
 TEST(torch_step_llama_bias)
 {
@@ -1668,7 +1708,7 @@ static const struct h_case cases[] = {
     CASE(torch_combine_ties_dare_magnitude_prune), CASE(torch_step_head_rows), CASE(model_gradcheck_head_rows),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
     CASE(sharded_and_half_precision_models), CASE(frozen_bf16_weights), CASE(activation_checkpointing_is_exact), CASE(config_errors), CASE(shared_gguf_models),
-    CASE(rope_parameters_of_transformers_5), CASE(torch_step_qwen2), CASE(torch_step_qwen3), CASE(torch_step_smollm3), CASE(torch_step_llama_bias), CASE(torch_step_ia3_bias), CASE(torch_step_bias_all), CASE(torch_step_bias_lora_only), CASE(ia3_bias_merge_export), CASE(bias_training_lifecycle), CASE(model_gradcheck_qwen2), CASE(model_gradcheck_qwen3), CASE(torch_step_gemma3), CASE(torch_step_gemma2), CASE(torch_step_gemma3_norms), CASE(torch_step_gemma2_norms), CASE(gemma_norms_lifecycle), CASE(gemma3_lifecycle),
+    CASE(rope_parameters_of_transformers_5), CASE(torch_step_qwen2), CASE(torch_step_qwen3), CASE(torch_step_smollm3), CASE(torch_step_granite), CASE(torch_step_llama_bias), CASE(torch_step_ia3_bias), CASE(torch_step_bias_all), CASE(torch_step_bias_lora_only), CASE(ia3_bias_merge_export), CASE(bias_training_lifecycle), CASE(model_gradcheck_qwen2), CASE(model_gradcheck_qwen3), CASE(torch_step_gemma3), CASE(torch_step_gemma2), CASE(torch_step_gemma3_norms), CASE(torch_step_gemma2_norms), CASE(gemma_norms_lifecycle), CASE(gemma3_lifecycle),
     CASE(model_gradcheck_windows_and_rope_scaling),
 };
 TEST_MAIN(cases)

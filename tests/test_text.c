@@ -539,10 +539,12 @@ TEST(session_matches_forward_gemma)
     session_vs_forward_with(test_data("tiny_gemma3"), test_data("tiny_gemma3/norms_all/adapter"));
     session_vs_forward_with(test_data("tiny_gemma2"), test_data("tiny_gemma2/lora_post_norms/adapter"));
 }
-/* SmolLM3's layer without RoPE */
+/* SmolLM3's layer without RoPE, Granite's multipliers */
 TEST(session_matches_forward_smollm3)
 {
     session_vs_forward_with(test_data("tiny_smollm3"), test_data("tiny_smollm3/all_linear/adapter"));
+    /* and Granite's multipliers */
+    session_vs_forward_with(test_data("tiny_granite"), test_data("tiny_granite/all_linear/adapter"));
 }
 TEST(session_matches_forward_adapter) { session_vs_forward(test_data("tiny"), 1); }
 

@@ -81,7 +81,8 @@ PEFT_API int peft_open_options_init(peft_open_options *opts, uint32_t version);
 /*
  * Open a Hugging Face model directory (config.json + model.safetensors or
  * model.safetensors.index.json shards; F32, F16 or BF16 weights), or a GGUF v3 file
- * of the llama, qwen2, qwen3, gemma2, gemma3 or smollm3 architecture (F32, F16, BF16, Q8_0, Q4_0, Q4_K, Q6_K; the
+ * of the llama, qwen2, qwen3, gemma2, gemma3, smollm3 or granite architecture (F32, F16, BF16, Q8_0, Q4_0,
+ * Q4_K, Q6_K; the
  * quantized linear weights, embeddings and lm_head stay quantized in memory and are
  * dequantized panel by panel inside products, row by row in embedding lookups).
  * The base weights are frozen. *out is NULL on failure.
@@ -669,8 +670,8 @@ PEFT_API int peft_save_merged_gguf(peft_model *model, const char *path, const pe
 #define PEFT_CONVERT_OPTIONS_VERSION 1
 typedef struct peft_convert_options {
     int32_t version;
-    /* the base model's attention heads and key/value heads (0: as n_heads): the llama and
-       smollm3 architectures' q/k rows are permuted per head, so an adapter on q_proj or k_proj
+    /* the base model's attention heads and key/value heads (0: as n_heads): the llama, smollm3
+       and granite architectures' q/k rows are permuted per head, so an adapter on q_proj or k_proj
        needs them */
     int32_t n_heads, n_kv_heads;
     /* the base model's layers, for a PEFT output: layers_to_transform is null when the adapter

@@ -147,6 +147,11 @@ def main():
         json.dump({"model_type": "smollm3", "hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 4,
                    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 48,
                    "no_rope_layers": [1, 1, 1, 0], "rope_parameters": {"rope_type": "default", "rope_theta": 2e6}}, f)
+    # Granite's multipliers
+    with open(os.path.join(HERE, "corpus", "json", "granite_config.json"), "w") as f:
+        json.dump({"model_type": "granite", "hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 48, "embedding_multiplier": 12.0,
+                   "residual_multiplier": 0.22, "attention_multiplier": 0.0078125, "logits_scaling": 8.0}, f)
     os.makedirs(os.path.join(HERE, "corpus", "spm"), exist_ok=True)
     with open(os.path.join(HERE, "corpus", "spm", "tokenizer.model"), "wb") as f:
         f.write(spm([("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3), ("<0x41>", 0.0, 6),

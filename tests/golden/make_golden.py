@@ -85,6 +85,13 @@ class Cfg:
         # SmolLM3: no_rope_layers (1: RoPE, 0: none), else RoPE left out of every
         # no_rope_layer_interval-th layer
         self.rope_layers = [1] * self.L
+        # Granite: embeddings times embedding_multiplier, scores times attention_multiplier (in place of
+        # 1/sqrt(head_dim)), the attention and MLP outputs times residual_multiplier, logits / logits_scaling
+        self.granite = d.get("model_type") == "granite"
+        self.emb_mul = d.get("embedding_multiplier", 1.0) if self.granite else 1.0
+        self.attn_mul = d.get("attention_multiplier", 1.0) if self.granite else None
+        self.res_mul = d.get("residual_multiplier", 1.0) if self.granite else 1.0
+        self.logit_div = d.get("logits_scaling", 1.0) if self.granite else 1.0
         if d.get("model_type") == "smollm3":
             k = d.get("no_rope_layer_interval", 4)
             self.rope_layers = d.get("no_rope_layers") or [int((i + 1) % k != 0) for i in range(self.L)]
@@ -152,6 +159,8 @@ def forward(c, W, tokens, labels, lora, scale):
     for k in list(W):
         if norm_key(k) in lora:  # LN tuning: the trained norm weight replaces the base one
             W[k] = lora[norm_key(k)]
+    if c.granite:
+        x = x * c.emb_mul
 
     def lin(l, m, inp):
         Wm = W[f"model.layers.{l}.{PARENT[m]}.{m}.weight"]
@@ -211,12 +220,15 @@ def forward(c, W, tokens, labels, lora, scale):
         k = k.repeat_interleave(rep, dim=2)
         v = v.repeat_interleave(rep, dim=2)
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        s = q @ k.transpose(-1, -2) / math.sqrt(c.hd) + mask
+        if c.granite:
+            s = q @ k.transpose(-1, -2) * c.attn_mul + mask
+        else:
+            s = q @ k.transpose(-1, -2) / math.sqrt(c.hd) + mask
         a = (s.softmax(-1) @ v).transpose(1, 2).reshape(B, T, c.H * c.hd)
-        h = x + lin(l, "o_proj", a)
+        h = x + c.res_mul * lin(l, "o_proj", a)
         z = rmsnorm(h, W[p + "post_attention_layernorm.weight"], c.eps)
         g, u = lin(l, "gate_proj", z), lin(l, "up_proj", z)
-        x = h + lin(l, "down_proj", torch.nn.functional.silu(g) * u)
+        x = h + c.res_mul * lin(l, "down_proj", torch.nn.functional.silu(g) * u)
     x = rmsnorm(x, W["model.norm.weight"], c.eps)
     head = W["model.embed_tokens.weight"] if c.tied or "lm_head.weight" not in W else W["lm_head.weight"]
     if HEAD_TOK in lora:  # trainable rows of an untied lm_head (PEFT's dict form)
@@ -224,6 +236,8 @@ def forward(c, W, tokens, labels, lora, scale):
     logits = x @ head.T
     if HEAD_A in lora:  # LoRA on lm_head
         logits = logits + scale * (x @ lora[HEAD_A].T) @ lora[HEAD_B].T
+    if c.granite:
+        logits = logits / c.logit_div
     return torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, c.V), labels[:, 1:].reshape(-1), ignore_index=-100, reduction="mean")
 
@@ -396,7 +410,8 @@ def make_family(model_type, seed, extra):
     head_dim larger than hidden / heads)."""
     g = torch.Generator().manual_seed(seed)
     cfg = {"architectures": [{"qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-                              "llama": "LlamaForCausalLM", "smollm3": "SmolLM3ForCausalLM"}[model_type]],
+                              "llama": "LlamaForCausalLM", "smollm3": "SmolLM3ForCausalLM",
+                              "granite": "GraniteForCausalLM"}[model_type]],
            "model_type": model_type, "hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 3,
            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "vocab_size": 48,
            "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "tie_word_embeddings": False, "hidden_act": "silu",
@@ -425,19 +440,24 @@ def make_family(model_type, seed, extra):
 
 
 def families():
-    """tests/data/tiny_qwen2, tiny_qwen3, tiny_llama_bias (Llama's attention_bias and mlp_bias) and
-    tiny_smollm3 (4 layers, the last without RoPE, as llama.cpp fixes it): a model each and one
-    LoRA training step on it."""
+    """tests/data/tiny_qwen2, tiny_qwen3, tiny_llama_bias (Llama's attention_bias and mlp_bias),
+    tiny_smollm3 (4 layers, the last without RoPE, as llama.cpp fixes it) and tiny_granite (its four
+    multipliers): a model each and one LoRA training step on it."""
     global OUT
     base = OUT
     for model_type, seed, extra in (("qwen2", 7, {"tie_word_embeddings": True}),
                                     ("qwen3", 8, {"head_dim": 12, "attention_bias": False}),
                                     ("llama", 9, {"attention_bias": True, "mlp_bias": True}),
                                     ("smollm3", 10, {"num_hidden_layers": 4, "no_rope_layers": [1, 1, 1, 0],
-                                                     "rope_theta": 2000000.0, "tie_word_embeddings": True})):
+                                                     "rope_theta": 2000000.0, "tie_word_embeddings": True}),
+                                    ("granite", 11, {"embedding_multiplier": 2.0, "residual_multiplier": 0.5,
+                                                     "attention_multiplier": 0.2, "logits_scaling": 3.0,
+                                                     "tie_word_embeddings": True, "rope_theta": 10000.0})):
         cfg, c, W, dims, g = make_family(model_type, seed, extra)
-        if model_type in ("llama", "smollm3"):
+        if model_type in ("llama", "smollm3", "granite"):
             del cfg["use_sliding_window"]
+        if model_type == "granite":  # (head_dim: hidden / heads, as Granite's configs leave it out)
+            del cfg["head_dim"]
         if model_type == "llama":
             model_type = "llama_bias"
         OUT = os.path.join(os.path.dirname(base), "tiny_" + model_type)
