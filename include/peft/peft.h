@@ -80,11 +80,10 @@ PEFT_API int peft_open_options_init(peft_open_options *opts, uint32_t version);
 
 /*
  * Open a Hugging Face model directory (config.json + model.safetensors or
- * model.safetensors.index.json shards; F32, F16 or BF16 weights), or a GGUF v3 file
- * of the llama, qwen2, qwen3, gemma2, gemma3, smollm3 or granite architecture (F32, F16, BF16, Q8_0, Q4_0,
- * Q4_K, Q6_K; the
- * quantized linear weights, embeddings and lm_head stay quantized in memory and are
- * dequantized panel by panel inside products, row by row in embedding lookups).
+ * model.safetensors.index.json shards; F32, F16 or BF16 weights), or a GGUF v3 file of the
+ * llama, qwen2, qwen3, gemma2, gemma3, smollm3 or granite architecture (F32, F16, BF16, Q8_0,
+ * Q4_0, Q4_K, Q6_K; the quantized linear weights, embeddings and lm_head stay quantized in
+ * memory and are dequantized panel by panel inside products, row by row in embedding lookups).
  * The base weights are frozen. *out is NULL on failure.
  */
 PEFT_API int peft_model_open(peft_model **out, const char *path,
