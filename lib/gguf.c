@@ -438,44 +438,32 @@ static int model_key(void *ctx, const gg_kv *kv)
     int iv = kv->iv < 0 || kv->iv > INT32_MAX ? -1 : (int)kv->iv;
     if (peft__gg_key_is(&s, "rope.scaling.type") && kv->type == 8)
         peft__gg_str(kv, mk->scaling, sizeof mk->scaling);
-    else if (!integer && kv->type != 6)
+    if (!integer && kv->type != 6)
         return PEFT_OK;
-    else if (peft__gg_key_is(&s, "embedding_length"))
-        c->dim = iv;
-    else if (peft__gg_key_is(&s, "context_length"))
-        c->ctx_len = iv;
-    else if (peft__gg_key_is(&s, "block_count"))
-        c->n_layers = iv;
-    else if (peft__gg_key_is(&s, "feed_forward_length"))
-        c->ffn_dim = iv;
-    else if (peft__gg_key_is(&s, "attention.head_count"))
-        c->n_heads = iv;
-    else if (peft__gg_key_is(&s, "attention.head_count_kv"))
-        c->n_kv_heads = iv;
-    else if (peft__gg_key_is(&s, "attention.key_length"))
-        mk->key_len = iv;
-    else if (peft__gg_key_is(&s, "vocab_size"))
-        c->vocab = iv;
-    else if (peft__gg_key_is(&s, "attention.sliding_window"))
-        c->sliding_window = iv;
-    else if (kv->type == 6 && peft__gg_key_is(&s, "attention.layer_norm_rms_epsilon"))
-        c->eps = (float)kv->fv;
-    else if (kv->type == 6 && peft__gg_key_is(&s, "rope.freq_base"))
-        c->rope_theta = (float)kv->fv;
-    else if (kv->type == 6 && peft__gg_key_is(&s, "rope.scaling.factor"))
-        mk->scale_factor = (float)kv->fv;
-    else if (kv->type == 6 && peft__gg_key_is(&s, "attn_logit_softcapping"))
-        mk->caps[0] = (float)kv->fv;
-    else if (kv->type == 6 && peft__gg_key_is(&s, "final_logit_softcapping"))
-        mk->caps[1] = (float)kv->fv;
-    else if (kv->type == 6 && peft__gg_key_is(&s, "embedding_scale"))
-        mk->scales[0] = (float)kv->fv;
-    else if (kv->type == 6 && peft__gg_key_is(&s, "residual_scale"))
-        mk->scales[1] = (float)kv->fv;
-    else if (kv->type == 6 && peft__gg_key_is(&s, "attention.scale"))
-        mk->scales[2] = (float)kv->fv;
-    else if (kv->type == 6 && peft__gg_key_is(&s, "logit_scale"))
-        mk->scales[3] = (float)kv->fv;
+    const struct {
+        const char *key;
+        int *dst;
+    } i32[] = {{"embedding_length", &c->dim},           {"context_length", &c->ctx_len},
+               {"block_count", &c->n_layers},            {"feed_forward_length", &c->ffn_dim},
+               {"attention.head_count", &c->n_heads},    {"attention.head_count_kv", &c->n_kv_heads},
+               {"attention.key_length", &mk->key_len},   {"vocab_size", &c->vocab},
+               {"attention.sliding_window", &c->sliding_window}};
+    const struct {
+        const char *key;
+        float *dst;
+    } f32[] = {{"attention.layer_norm_rms_epsilon", &c->eps}, {"rope.freq_base", &c->rope_theta},
+               {"rope.scaling.factor", &mk->scale_factor},    {"attn_logit_softcapping", &mk->caps[0]},
+               {"final_logit_softcapping", &mk->caps[1]},     {"embedding_scale", &mk->scales[0]},
+               {"residual_scale", &mk->scales[1]},            {"attention.scale", &mk->scales[2]},
+               {"logit_scale", &mk->scales[3]}};
+    for (size_t i = 0; i < sizeof i32 / sizeof i32[0]; i++)
+        if (peft__gg_key_is(&s, i32[i].key)) {
+            *i32[i].dst = iv;
+            return PEFT_OK;
+        }
+    for (size_t i = 0; kv->type == 6 && i < sizeof f32 / sizeof f32[0]; i++)
+        if (peft__gg_key_is(&s, f32[i].key))
+            *f32[i].dst = (float)kv->fv;
     return PEFT_OK;
 }
 

@@ -146,6 +146,17 @@ static inline void model_dir_remove(const char *dir)
     remove(dir); /* an empty directory */
 }
 
+/* Remove an adapter directory written by a test (PEFT's two files). */
+static inline void adapter_dir_remove(const char *dir)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
+    remove(path);
+    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    remove(path);
+    remove(dir);
+}
+
 /* Shared assets beside the checkout; NULL when absent. */
 static inline const char *shared_dir(void)
 {

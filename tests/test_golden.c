@@ -493,12 +493,7 @@ TEST(torch_step_granite)
     CHECK(peft_attach_prompt(m, &po, NULL) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "Granite"));
     peft_model_close(&m);
     gradcheck_in("tiny_granite", dir);
-    char f[96];
-    snprintf(f, sizeof f, "%s/adapter_model.safetensors", dir);
-    remove(f);
-    snprintf(f, sizeof f, "%s/adapter_config.json", dir);
-    remove(f);
-    remove(dir);
+    adapter_dir_remove(dir);
 }
 
 /* Llama with attention_bias and mlp_bias: a bias on every linear module */
@@ -919,11 +914,7 @@ TEST(gemma_norms_lifecycle)
     CHECK_CLOSE(loss_of(gg, NULL), want, 1e-5);
     remove(gg);
     model_dir_remove(hf);
-    snprintf(b_st, sizeof b_st, "%s/adapter_config.json", sv);
-    remove(b_st);
-    snprintf(b_st, sizeof b_st, "%s/adapter_model.safetensors", sv);
-    remove(b_st);
-    remove(sv);
+    adapter_dir_remove(sv);
     model_with_vocab_remove(src);
     remove(dir);
     check_merged_exports(g2, test_data("tiny_gemma2/lora_post_norms/adapter"));
@@ -1642,10 +1633,7 @@ TEST(shared_adapter_resave_byte_exact)
     CHECK(a && b && n1 == n2 && memcmp(a, b, n1) == 0);
     free(a);
     free(b);
-    remove(out);
-    snprintf(out, sizeof out, "%s/adapter_config.json", dir);
-    remove(out);
-    remove(dir);
+    adapter_dir_remove(dir);
     peft_model_close(&m);
 }
 
