@@ -834,8 +834,8 @@ static void init_extras(lora_state *l, const peft_model *m)
     if (l->save_head)
         peft__w_rows(m, &m->head, 0, c->vocab, l->params + l->off_sh);
     for (int i = 0; l->norm_off && i <= c->n_layers * PEFT__NORM_SLOTS; i++)
-        if (l->norm_off[i] >= 0) /* as the file holds it: the base model's peft__norm_file */
-            memcpy(l->params + l->norm_off[i], peft__norm_file(m, i / PEFT__NORM_SLOTS, i % PEFT__NORM_SLOTS),
+        if (l->norm_off[i] >= 0) /* the base model's, as its file holds it */
+            memcpy(l->params + l->norm_off[i], peft__norm_base(m, i / PEFT__NORM_SLOTS, i % PEFT__NORM_SLOTS, 1),
                    D * sizeof(float));
     for (int i = 0; l->bias_off && i < c->n_layers * PEFT_MOD_COUNT; i++)
         if (l->bias_off[i] >= 0) {
