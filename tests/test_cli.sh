@@ -889,6 +889,13 @@ gemma_init_and_train)
         "$PEFT" eval --model "$T/$a" --adapter "$T/ad-$a" --data "$T/data.bin" --seq 64 --json >"$T/e" || fail "eval $a"
         json "$T/e" "j['loss'] < 0.6 * $before" || fail "$a: eval with the adapter"
     done
+    # init-model --arch granite: Granite 3's multipliers in config.json, and training lowers the loss
+    "$PEFT" init-model --arch granite --out "$T/granite" --hidden 64 --layers 4 --heads 4 --kv-heads 2 --ffn 128 \
+        --vocab 300 --seed 2 >/dev/null || fail "init-model granite"
+    grep -q '"residual_multiplier": 0.22' "$T/granite/config.json" || fail "config.json granite"
+    "$PEFT" train --model "$T/granite" --data "$T/data.bin" --out "$T/ad-granite" --holdout 0.1 --steps 30 --batch 8 \
+        --seq 64 --lr 1e-2 --targets all-linear --json >"$T/out.json" 2>"$T/err" || { cat "$T/err"; fail "train granite"; }
+    json "$T/out.json" "j['eval_loss_after'] < 0.95 * j['eval_loss_before']" || fail "granite: held-out loss did not drop"
     # Gemma's norms around the MLP tuned (LN tuning): the loss drops; PEFT's module names
     "$PEFT" train --model "$T/gemma3" --data "$T/data.bin" --out "$T/ad-norms" --holdout 0.1 --steps 30 --batch 8 \
         --seq 64 --lr 1e-2 --method norms --train-norms pre_feedforward,post_feedforward --json >"$T/out.json" \

@@ -81,13 +81,15 @@ int cmd_init_model(int argc, char **argv)
         arg_long(&a, "--sliding-window", 512, &window) || !dtype || !arch || args_check_unused(&a))
         goto done;
     int gemma = !strcmp(arch, "gemma3") ? 3 : !strcmp(arch, "gemma2") ? 2 : 0, smol = !strcmp(arch, "smollm3");
+    int granite = !strcmp(arch, "granite");
     long hd = head_dim > 0 ? head_dim : heads > 0 ? hidden / heads : 0, n = 0;
     if (!out || hidden < 2 || layers < 1 || heads < 1 || kv < 1 || heads % kv || (!head_dim && hidden % heads) ||
         hd < 2 || hd % 2 || head_dim < 0 || hd > 4096 || ffn < 1 || vocab < 4 || layers > 256 || window < 1 ||
-        (!gemma && !smol && strcmp(arch, "llama") != 0)) {
-        fprintf(stderr, "usage: peft init-model --out DIR [--arch llama|smollm3|gemma2|gemma3] [--hidden 64] [--layers 2]\n"
-                        "       [--heads 4] [--kv-heads 2] [--head-dim hidden/heads] [--ffn 172] [--vocab 256]\n"
-                        "       [--seed 0] [--untied] [--dtype f32|f16|bf16] [--sliding-window 512 (gemma)]\n");
+        (!gemma && !smol && !granite && strcmp(arch, "llama") != 0)) {
+        fprintf(stderr, "usage: peft init-model --out DIR [--arch llama|smollm3|granite|gemma2|gemma3] [--hidden 64]\n"
+                        "       [--layers 2] [--heads 4] [--kv-heads 2] [--head-dim hidden/heads] [--ffn 172]\n"
+                        "       [--vocab 256]"
+                        " [--seed 0] [--untied] [--dtype f32|f16|bf16] [--sliding-window 512 (gemma)]\n");
         goto done;
     }
     int esize = strcmp(dtype, "f32") == 0 ? 4 : 2;
@@ -107,9 +109,14 @@ int cmd_init_model(int argc, char **argv)
         perror(path);
         goto done;
     }
-    char hd_json[48] = "";
+    char hd_json[48] = "", family[192] = "";
     if (head_dim > 0)
         snprintf(hd_json, sizeof hd_json, "\n  \"head_dim\": %ld,", head_dim);
+    if (smol) /* SmolLM3: every fourth layer without RoPE */
+        snprintf(family, sizeof family, "\n  \"no_rope_layer_interval\": 4,");
+    else if (granite) /* Granite 3's multipliers (granite-3.3-2b's, the scores over head_dim) */
+        snprintf(family, sizeof family, "\n  \"embedding_multiplier\": 12.0,\n  \"residual_multiplier\": 0.22,\n"
+                 "  \"attention_multiplier\": %.9g,\n  \"logits_scaling\": 8.0,", 1.0 / (double)hd);
     const char *tdtype = esize == 4 ? "float32" : strcmp(dtype, "f16") == 0 ? "float16" : "bfloat16";
     if (gemma == 2) /* Gemma 2 as transformers writes its config (gemma-2-2b's choices) */
         fprintf(f,
@@ -143,9 +150,9 @@ int cmd_init_model(int argc, char **argv)
             "  \"max_position_embeddings\": 2048,\n  \"rms_norm_eps\": 1e-05,\n  \"rope_theta\": %s,\n"
             "  \"tie_word_embeddings\": %s,\n  \"hidden_act\": \"silu\",\n  \"bos_token_id\": 1,\n"
             "  \"eos_token_id\": 2,%s%s\n  \"torch_dtype\": \"%s\"\n}\n",
-            smol ? "SmolLM3ForCausalLM" : "LlamaForCausalLM", smol ? "smollm3" : "llama", hidden, ffn, layers, heads,
-            kv, vocab, smol ? "2000000.0" : "10000.0", untied ? "false" : "true", hd_json,
-            smol ? "\n  \"no_rope_layer_interval\": 4," : "", tdtype); /* SmolLM3: every fourth layer without RoPE */
+            smol ? "SmolLM3ForCausalLM" : granite ? "GraniteForCausalLM" : "LlamaForCausalLM", arch, hidden, ffn,
+            layers, heads, kv, vocab, smol ? "2000000.0" : "10000.0", untied ? "false" : "true", hd_json, family,
+            tdtype);
     if (fclose(f) != 0) {
         f = NULL;
         perror(path);
@@ -234,7 +241,7 @@ int cmd_init_model(int argc, char **argv)
     }
     f = NULL;
     printf("wrote %s (%s, hidden %ld, %ld layers, %ld heads / %ld kv of %ld, ffn %ld, vocab %ld, %s)\n", out,
-           gemma == 3 ? "gemma3_text" : gemma ? "gemma2" : smol ? "smollm3" : "llama", hidden, layers, heads, kv, hd, ffn,
+           gemma == 3 ? "gemma3_text" : arch, hidden, layers, heads, kv, hd, ffn,
            vocab, dname);
     rc = 0;
 done:
