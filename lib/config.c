@@ -239,7 +239,9 @@ static int smollm3_config(peft_config *cfg, const json_value *root, const char *
             return peft__fail(PEFT_EUNSUPPORTED, "%s: \"layer_types\" other than full_attention is not supported", what);
     if ((code = get_int(root, "no_rope_layer_interval", &every, 0, what)) < 0)
         return code;
-    if (nl && nl->type != JSON_NULL) {
+    if (every == 0 && !(nl && nl->type != JSON_NULL))
+        return peft__fail(PEFT_EFORMAT, "%s: \"no_rope_layer_interval\" must be positive", what);
+    if (nl && nl->type != JSON_NULL) { /* (every 0: RoPE on every layer) */
         if (nl->type != JSON_ARRAY || (int)nl->length < cfg->n_layers)
             return peft__fail(PEFT_EFORMAT, "%s: \"no_rope_layers\" must list num_hidden_layers entries", what);
         every = 0;
@@ -254,8 +256,6 @@ static int smollm3_config(peft_config *cfg, const json_value *root, const char *
                                                      "and keep it on the others (1, ..., 1, 0, repeated)", what);
         }
     }
-    if (every < 0)
-        return peft__fail(PEFT_EFORMAT, "%s: \"no_rope_layer_interval\" must be positive", what);
     cfg->nope_every = every;
     return PEFT_OK;
 }

@@ -459,6 +459,12 @@ TEST(torch_step_smollm3)
     }
     CHECK_MSG(loss[0] == plain && loss[1] != plain && loss[2] != plain && loss[2] != loss[1],
               "interval 4 %.9g, all RoPE %.9g, interval 2 %.9g, the list %.9g", loss[0], loss[1], loss[2], plain);
+    char d[21], cfg[1024];
+    snprintf(cfg, sizeof cfg, TINY_SMOLLM3, "\"no_rope_layer_interval\": 0");
+    variant_dir(d, "tiny_smollm3/model.safetensors", cfg);
+    peft_model *m = NULL;
+    CHECK(peft_model_open(&m, d, NULL) == PEFT_EFORMAT && strstr(peft_last_error(), "no_rope_layer_interval"));
+    model_dir_remove(d);
 }
 
 /* IBM Granite: Llama with embedding_multiplier, attention_multiplier (the scores' scale),
