@@ -334,6 +334,7 @@ int cmd_train(int argc, char **argv)
     uint64_t trained_tokens = 0;
     long bad = 0;
     double t0 = now_seconds(), last_loss = NAN;
+    par_comm_reset(); /* comm_seconds: the loop's share, as seconds */
     /* a resumed run replays the data order up to where the checkpoint was taken */
     for (long i = 0; i < start_step * accum * batch * nr; i++)
         sampler_next(&smp);

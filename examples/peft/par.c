@@ -72,6 +72,7 @@ void par_finalize(void)
 int par_rank(void) { return g_rank; }
 int par_size(void) { return g_size; }
 double par_comm_seconds(void) { return g_comm; }
+void par_comm_reset(void) { g_comm = 0; }
 
 #ifdef PEFT_HAVE_MPI
 /* MPI counts are ints: sum (or, with bcast, broadcast from rank 0) large buffers in chunks. */

@@ -29,7 +29,10 @@ int par_overlap_begin(peft_model *m);
 int par_overlap_finish(peft_model *m);
 /* Stop every rank: a failure on one rank ends the job (exit code 1). */
 void par_abort(void);
-/* Seconds spent in the collectives above since par_init. */
+/* Seconds spent in the collectives above since par_init (or par_comm_reset). */
 double par_comm_seconds(void);
+/* Start counting comm_seconds afresh (at the training loop, so that the broadcast of the initial
+   parameters and the first evaluation, which wait for the slowest rank to load, stay out) */
+void par_comm_reset(void);
 
 #endif
