@@ -454,7 +454,7 @@ int cmd_train(int argc, char **argv)
         if (kill_at && step + 1 == atol(kill_at))
             raise(SIGKILL);
     }
-    double secs = now_seconds() - t0;
+    double secs = now_seconds() - t0, comm_secs = par_comm_seconds(); /* (the evaluation after: neither) */
     if (!quiet && tty)
         fputc('\n', stderr);
     if (ev && n_eval_w > 0) {
@@ -510,7 +510,7 @@ int cmd_train(int argc, char **argv)
             printf("]");
         }
         if (nr > 1)
-            printf(", \"ranks\": %d, \"comm_seconds\": %.4f", nr, par_comm_seconds());
+            printf(", \"ranks\": %d, \"comm_seconds\": %.4f", nr, comm_secs);
         printf(", \"out\": \"%s\"}\n", out);
     }
     rc = 0;
