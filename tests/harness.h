@@ -135,26 +135,24 @@ static inline const char *test_data(const char *rel)
     return buf[k];
 }
 
-/* Remove a model directory made by a test (its config.json and weights file or link). */
-static inline void model_dir_remove(const char *dir)
+/* Remove a directory made by a test: the two files it holds, then the (empty) directory. */
+static inline void dir_with_two_remove(const char *dir, const char *a, const char *b)
 {
     char path[4200];
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    snprintf(path, sizeof path, "%s/%s", dir, a);
     remove(path);
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    remove(path);
-    remove(dir); /* an empty directory */
-}
-
-/* Remove an adapter directory written by a test (PEFT's two files). */
-static inline void adapter_dir_remove(const char *dir)
-{
-    char path[4200];
-    snprintf(path, sizeof path, "%s/adapter_model.safetensors", dir);
-    remove(path);
-    snprintf(path, sizeof path, "%s/adapter_config.json", dir);
+    snprintf(path, sizeof path, "%s/%s", dir, b);
     remove(path);
     remove(dir);
+}
+
+/* a model directory (config.json and the weights file or link) */
+static inline void model_dir_remove(const char *dir) { dir_with_two_remove(dir, "model.safetensors", "config.json"); }
+
+/* an adapter directory (PEFT's two files) */
+static inline void adapter_dir_remove(const char *dir)
+{
+    dir_with_two_remove(dir, "adapter_model.safetensors", "adapter_config.json");
 }
 
 /* Shared assets beside the checkout; NULL when absent. */
