@@ -174,6 +174,16 @@ static void jw_modules_to_save(struct jw *w, const lora_state *l, const peft_con
     jw_put(w, first ? "null" : "\n  ]");
 }
 
+/* "exclude_modules" (a line, in its key order) when set: PEFT's string form, matched with re.fullmatch */
+static void jw_exclude(struct jw *w, const lora_state *l)
+{
+    if (!l->exclude_regex)
+        return;
+    jw_put(w, "  \"exclude_modules\": ");
+    jw_str(w, l->exclude_regex);
+    jw_put(w, ",\n");
+}
+
 /* layers_to_transform: null when every layer is adapted, else the list */
 static void jw_layers(struct jw *w, const lora_state *l, int n_layers)
 {
@@ -208,8 +218,9 @@ static int write_config(const peft_model *m, const char *path, const char *base_
     jw_put(&w, ",\n  \"base_model_name_or_path\": ");
     jw_str(&w, base_name);
     static const char *const bias_names[3] = {"none", "all", "lora_only"};
-    jw_put(&w, ",\n  \"bias\": \"%s\",\n  \"fan_in_fan_out\": false,\n  \"inference_mode\": true,\n",
-           bias_names[l->bias_mode]);
+    jw_put(&w, ",\n  \"bias\": \"%s\",\n", bias_names[l->bias_mode]);
+    jw_exclude(&w, l);
+    jw_put(&w, "  \"fan_in_fan_out\": false,\n  \"inference_mode\": true,\n");
     jw_put(&w, "  \"init_lora_weights\": %s,\n", convert ? "true" : inits[l->init & 3]);
     jw_put(&w, "  \"layers_pattern\": null,\n  \"layers_to_transform\": ");
     if (l->target_regex) /* the expression names the layers */
@@ -753,7 +764,9 @@ static int save_loha(peft_model *m, const char *st_path, const char *cfg_path, c
     jw_str(&w, base_name);
     if (lokr)
         jw_put(&w, ",\n  \"decompose_both\": false,\n  \"decompose_factor\": -1");
-    jw_put(&w, ",\n  \"inference_mode\": true,\n  \"init_weights\": true,\n  \"layers_pattern\": null,\n"
+    jw_put(&w, ",\n");
+    jw_exclude(&w, l);
+    jw_put(&w, "  \"inference_mode\": true,\n  \"init_weights\": true,\n  \"layers_pattern\": null,\n"
                "  \"layers_to_transform\": ");
     jw_layers(&w, l, m->cfg.n_layers);
     jw_put(&w, ",\n  \"module_dropout\": 0.0,\n  \"modules_to_save\": ");
@@ -776,6 +789,7 @@ static int save_loha(peft_model *m, const char *st_path, const char *cfg_path, c
 }
 
 static int pattern_from_json(const json_value *v, char *buf, size_t cap, const char *what, const char *path);
+static int read_exclude(const json_value *v, char **out, const char *path);
 
 static int load_loha(peft_model *m, const char *dir, const json_value *root, const char *cfg_path, const char *st_path,
                      int lokr)
@@ -799,26 +813,30 @@ static int load_loha(peft_model *m, const char *dir, const json_value *root, con
                  ((v = json_get(root, "decompose_factor")) && v->type == JSON_NUMBER && v->number != -1)))
         return peft__fail(PEFT_EUNSUPPORTED, "%s: LoKr with decompose_both or a decompose_factor other than -1 is "
                                              "not supported yet", cfg_path);
+    char *exclude = NULL;
     int code = targets_and_layers(root, &o.targets, 0, layers, sizeof layers, cfg_path);
+    if (!code)
+        code = read_exclude(json_get(root, "exclude_modules"), &exclude, cfg_path);
+    o.exclude_regex = exclude;
     if (!code)
         code = pattern_from_json(json_get(root, "rank_pattern"), rpat, sizeof rpat, "rank_pattern", cfg_path);
     if (!code)
         code = pattern_from_json(json_get(root, "alpha_pattern"), apat, sizeof apat, "alpha_pattern", cfg_path);
     if (!code)
         code = peft__read_modules_to_save(json_get(root, "modules_to_save"), &o, layers, cfg_path);
-    if (code)
-        return code;
     o.layers = layers[0] ? layers : NULL;
     o.rank_pattern = rpat[0] ? rpat : NULL;
     o.alpha_pattern = apat[0] ? apat : NULL;
     st_file *f = NULL;
-    if ((code = st_open(&f, st_path)))
-        return code;
+    if (!code)
+        code = st_open(&f, st_path);
     lora_state *saved = m->lora;
     m->lora = NULL;
-    if ((code = peft_attach_lora(m, &o, NULL))) {
-        m->lora = saved;
+    if (!code && (code = peft_attach_lora(m, &o, NULL)))
         st_close(f);
+    free(exclude); /* the attachment keeps its copy */
+    if (code) {
+        m->lora = saved;
         return peft__context(code, cfg_path);
     }
     lora_state *l = m->lora;
@@ -1044,8 +1062,46 @@ static int targets_and_layers(const json_value *root, uint32_t *targets, int emb
     return PEFT_OK;
 }
 
+/* PEFT's exclude_modules as the expression of peft_lora_options.exclude_regex in *out (malloc'ed,
+   or NULL when unset): a string is one already (re.fullmatch); a list of names excludes the
+   modules named so or ending with "." + a name, (.*\.)?(name|...) with the names escaped */
+static int read_exclude(const json_value *v, char **out, const char *path)
+{
+    *out = NULL;
+    if (!v || v->type == JSON_NULL || (v->type == JSON_ARRAY && v->length == 0) ||
+        (v->type == JSON_STRING && !v->string[0]))
+        return PEFT_OK;
+    if (v->type == JSON_STRING)
+        return (*out = strdup(v->string)) ? PEFT_OK : peft__fail(PEFT_ENOMEM, "out of memory");
+    if (v->type != JSON_ARRAY)
+        return peft__fail(PEFT_EFORMAT, "%s: \"exclude_modules\" is neither a string nor a list of names", path);
+    size_t n = 16;
+    for (size_t i = 0; i < v->length; i++) {
+        if (v->items[i].type != JSON_STRING || !v->items[i].string[0])
+            return peft__fail(PEFT_EFORMAT, "%s: \"exclude_modules\" holds something other than a module name", path);
+        n += 2 * strlen(v->items[i].string) + 1;
+    }
+    char *re = malloc(n), *o = re;
+    if (!re)
+        return peft__fail(PEFT_ENOMEM, "out of memory");
+    o += sprintf(o, "(.*\\.)?(");
+    for (size_t i = 0; i < v->length; i++) {
+        if (i)
+            *o++ = '|';
+        for (const char *c = v->items[i].string; *c; c++) {
+            if (strchr(".^$*+?()[]{}|\\", *c))
+                *o++ = '\\';
+            *o++ = *c;
+        }
+    }
+    *o++ = ')';
+    *o = '\0';
+    *out = re;
+    return PEFT_OK;
+}
+
 int peft__read_lora_config(peft_lora_options *o, char *layers, size_t layers_cap, int32_t **tok, char **regex,
-                       const char *path)
+                           char **exclude, const char *path)
 {
     char *text;
     size_t len;
@@ -1128,6 +1184,9 @@ int peft__read_lora_config(peft_lora_options *o, char *layers, size_t layers_cap
         if (v && v->type != JSON_NULL)
             FAIL(PEFT_EUNSUPPORTED, "%s: layers_to_transform with a regular-expression target_modules", path);
     }
+    if ((code = read_exclude(json_get(root, "exclude_modules"), exclude, path)))
+        goto done;
+    o->exclude_regex = *exclude;
     if ((code = targets_and_layers(root, &o->targets, 1, layers, layers_cap / 2, path)) ||
         (code = peft__read_modules_to_save(json_get(root, "modules_to_save"), o, layers, path)) ||
         (code = peft__read_token_indices(json_get(root, "trainable_token_indices"), o, tok, path)))
@@ -1286,7 +1345,7 @@ static int same_layout(const lora_state *a, const lora_state *b)
 
 /* Fields of newer PEFT versions that change what an adapter computes: refused by name when set
    rather than read as a plain adapter (false, null, an empty list: unset) */
-static int unsupported_fields(const json_value *root, const char *path)
+static int unsupported_fields(const json_value *root, const char *path, int lora_family)
 {
     static const char *const keys[][2] = {
         {"alora_invocation_tokens", "activated LoRA (aLoRA)"}, {"layer_replication", "layer replication"},
@@ -1296,6 +1355,8 @@ static int unsupported_fields(const json_value *root, const char *path)
     };
     for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
         const json_value *v = json_get(root, keys[i][0]);
+        if (lora_family && !strcmp(keys[i][0], "exclude_modules")) /* read with the targets */
+            continue;
         int set = v && !(v->type == JSON_NULL || (v->type == JSON_BOOL && !v->boolean) ||
                          ((v->type == JSON_ARRAY || v->type == JSON_OBJECT) && v->length == 0) ||
                          (v->type == JSON_STRING && !v->string[0]));
@@ -1319,7 +1380,7 @@ int peft_load_adapter(peft_model *m, const char *dir)
     lora_state *saved = m->lora;
     int attached_here = 0;
     int32_t *tok_ids = NULL;
-    char *regex = NULL;
+    char *regex = NULL, *exclude = NULL;
     st_out_tensor *extra = NULL;
     char *extra_names = NULL;
     size_t n_extra = 0;
@@ -1339,7 +1400,9 @@ int peft_load_adapter(peft_model *m, const char *dir)
         if (code)
             goto done;
         const json_value *pt = json_get(json_root(doc), "peft_type");
-        if ((code = unsupported_fields(json_root(doc), cfg_path))) {
+        int lora_family = pt && pt->type == JSON_STRING &&
+                          (!strcmp(pt->string, "LORA") || !strcmp(pt->string, "LOHA") || !strcmp(pt->string, "LOKR"));
+        if ((code = unsupported_fields(json_root(doc), cfg_path, lora_family))) {
             json_free(doc);
             goto done;
         }
@@ -1377,7 +1440,7 @@ int peft_load_adapter(peft_model *m, const char *dir)
     }
     peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
     char layers[32768]; /* layers spec | rank_pattern | alpha_pattern */
-    if ((code = peft__read_lora_config(&o, layers, sizeof layers, &tok_ids, &regex, cfg_path)))
+    if ((code = peft__read_lora_config(&o, layers, sizeof layers, &tok_ids, &regex, &exclude, cfg_path)))
         goto done;
     if ((code = st_open(&f, st_path)))
         goto done;
@@ -1488,6 +1551,7 @@ done:
     free(st_path);
     free(tok_ids);
     free(regex);
+    free(exclude);
     free(extra);
     free(extra_names);
     return code;

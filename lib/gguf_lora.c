@@ -219,7 +219,7 @@ static int is_dir(const char *p)
 /* PEFT directory -> GGUF LoRA file */
 static int peft_to_gguf(const char *dir, const char *dst, const peft_convert_options *o)
 {
-    char cfg_path[4200], st_path[4200], *regex = NULL;
+    char cfg_path[4200], st_path[4200], *regex = NULL, *exclude = NULL;
     snprintf(cfg_path, sizeof cfg_path, "%s/adapter_config.json", dir);
     snprintf(st_path, sizeof st_path, "%s/adapter_model.safetensors", dir);
     peft_lora_options lo = PEFT_LORA_OPTIONS_INIT;
@@ -228,7 +228,7 @@ static int peft_to_gguf(const char *dir, const char *dst, const peft_convert_opt
     st_file *f = NULL;
     gl_module *mods = NULL;
     float *data = NULL;
-    int code = peft__read_lora_config(&lo, layers, sizeof layers, &tok, &regex, cfg_path);
+    int code = peft__read_lora_config(&lo, layers, sizeof layers, &tok, &regex, &exclude, cfg_path);
     if (code)
         goto done;
     if (lo.use_dora || lo.init == PEFT_INIT_PISSA || lo.init == PEFT_INIT_OLORA) {
@@ -341,6 +341,7 @@ done:
     free(data);
     free(tok);
     free(regex);
+    free(exclude);
     return code;
 }
 

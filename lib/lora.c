@@ -18,7 +18,8 @@ int peft_lora_options_init(peft_lora_options *opts, uint32_t version)
     static const size_t size[PEFT_LORA_OPTIONS_VERSION + 1] = {
         0, offsetof(peft_lora_options, use_dora), offsetof(peft_lora_options, variant),
         offsetof(peft_lora_options, modules_to_save), offsetof(peft_lora_options, target_regex),
-        offsetof(peft_lora_options, head_token_indices), offsetof(peft_lora_options, bias), sizeof(peft_lora_options)};
+        offsetof(peft_lora_options, head_token_indices), offsetof(peft_lora_options, bias),
+        offsetof(peft_lora_options, exclude_regex), sizeof(peft_lora_options)};
     peft_lora_options d = PEFT_LORA_OPTIONS_INIT;
     d.version = version;
     memcpy(opts, &d, size[version]);
@@ -157,6 +158,7 @@ void peft__lora_free(lora_state *l)
     free(l->tok_slot);
     free(l->htok_idx);
     free(l->target_regex);
+    free(l->exclude_regex);
     free(l->prompt_text);
     free(l->prompt_tokenizer);
     for (int i = 0; l->res && i < l->n_modules; i++)
@@ -231,11 +233,11 @@ static void module_dims(const peft_config *c, int kind, int *in, int *out)
 
 /* PEFT's regex target_modules (Python re.fullmatch) as a POSIX extended regex anchored at both
    ends: \d, \D and (?:...) translated; other (?...) constructs refused. */
-static int regex_compile(regex_t *re, const char *pat)
+static int regex_compile(regex_t *re, const char *pat, const char *what)
 {
     size_t n = strlen(pat);
     if (n > 4096)
-        return peft__fail(PEFT_EINVAL, "LoRA: target_regex longer than 4096 characters");
+        return peft__fail(PEFT_EINVAL, "LoRA: %s longer than 4096 characters", what);
     char *ere = malloc(8 * n + 8), *o = ere;
     if (!ere)
         return peft__fail(PEFT_ENOMEM, "LoRA: out of memory");
@@ -251,8 +253,8 @@ static int regex_compile(regex_t *re, const char *pat)
         } else if (c[0] == '(' && c[1] == '?') {
             if (c[2] != ':') {
                 free(ere);
-                return peft__fail(PEFT_EUNSUPPORTED, "LoRA: target_regex \"%s\": only (?:...) of Python's (?...) "
-                                                     "groups is supported", pat);
+                return peft__fail(PEFT_EUNSUPPORTED, "LoRA: %s \"%s\": only (?:...) of Python's (?...) "
+                                                     "groups is supported", what, pat);
             }
             *o++ = '(';
             c += 2;
@@ -268,7 +270,7 @@ static int regex_compile(regex_t *re, const char *pat)
     if (rc) {
         char msg[256];
         regerror(rc, re, msg, sizeof msg);
-        return peft__fail(PEFT_EINVAL, "LoRA: target_regex \"%s\": %s", pat, msg);
+        return peft__fail(PEFT_EINVAL, "LoRA: %s \"%s\": %s", what, pat, msg);
     }
     return PEFT_OK;
 }
@@ -558,7 +560,7 @@ static int build_extras(lora_state *l, const peft_config *c, const peft_lora_opt
 static int regex_select(const peft_config *c, const char *pat, uint8_t **sel, uint32_t *targets)
 {
     regex_t re;
-    int code = regex_compile(&re, pat);
+    int code = regex_compile(&re, pat, "target_regex");
     if (code)
         return code;
     *targets = 0;
@@ -589,6 +591,46 @@ static int regex_select(const peft_config *c, const char *pat, uint8_t **sel, ui
     return PEFT_OK;
 }
 
+/* exclude_regex (PEFT's exclude_modules): the modules it matches leave sel, and the embeddings
+   and lm_head leave *targets */
+static int regex_exclude(const peft_config *c, const char *pat, uint8_t *sel, uint32_t *targets)
+{
+    regex_t re;
+    int code = regex_compile(&re, pat, "exclude_regex");
+    if (code)
+        return code;
+    for (int layer = 0; layer < c->n_layers; layer++)
+        for (int k = 0; k < PEFT_MOD_COUNT; k++) {
+            char name[96];
+            snprintf(name, sizeof name, "model.layers.%d.%s.%s", layer, peft__module_parents[k], peft__module_names[k]);
+            if (sel[layer * PEFT_MOD_COUNT + k] && !regexec(&re, name, 0, NULL, 0))
+                sel[layer * PEFT_MOD_COUNT + k] = 0;
+        }
+    if (!regexec(&re, "model.embed_tokens", 0, NULL, 0))
+        *targets &= ~(uint32_t)PEFT_TARGET_EMBED;
+    if (!regexec(&re, "lm_head", 0, NULL, 0))
+        *targets &= ~(uint32_t)PEFT_TARGET_LM_HEAD;
+    regfree(&re);
+    int any = (*targets & (PEFT_TARGET_EMBED | PEFT_TARGET_LM_HEAD)) != 0;
+    for (int i = 0; i < c->n_layers * PEFT_MOD_COUNT && !any; i++)
+        any = sel[i];
+    if (!any) /* as PEFT: "No modules were targeted for adaptation" */
+        return peft__fail(PEFT_EINVAL, "LoRA: exclude_regex \"%s\" leaves no module to adapt", pat);
+    return PEFT_OK;
+}
+
+/* What targets and layers (or a target_regex) select, less exclude_regex, in sel (malloc'ed) */
+static int apply_exclude(const lora_state *l, const peft_config *c, const char *excl, int from_regex, uint8_t **sel,
+                         uint32_t *targets)
+{
+    if (!*sel && !(*sel = calloc((size_t)c->n_layers * PEFT_MOD_COUNT, 1)))
+        return peft__fail(PEFT_ENOMEM, "LoRA: out of memory");
+    for (int layer = 0; layer < c->n_layers && !from_regex; layer++)
+        for (int k = 0; k < PEFT_MOD_COUNT; k++)
+            (*sel)[layer * PEFT_MOD_COUNT + k] = l->layer_on[layer] && (*targets & (1u << k));
+    return regex_exclude(c, excl, *sel, targets);
+}
+
 static int build(lora_state **out, const peft_model *m, const peft_lora_options *o0, int allocate)
 {
     *out = NULL;
@@ -614,7 +656,18 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
         free(sel);
         return code;
     }
-    if (sel) { /* the layers it touches, its expression kept for adapter_config.json */
+    const char *excl = o0->version >= 8 && o0->exclude_regex && *o0->exclude_regex ? o0->exclude_regex : NULL;
+    if (excl) {
+        code = apply_exclude(l, c, excl, sel != NULL, &sel, &ox.targets);
+        if (!code && !(l->exclude_regex = strdup(excl)))
+            code = peft__fail(PEFT_ENOMEM, "LoRA: out of memory");
+        if (code) {
+            free(sel);
+            peft__lora_free(l);
+            return code;
+        }
+    }
+    if (sel && o0->target_regex) { /* the layers it touches, its expression kept for adapter_config.json */
         for (int layer = 0; layer < c->n_layers; layer++) {
             l->layer_on[layer] = 0;
             for (int k = 0; k < PEFT_MOD_COUNT; k++)

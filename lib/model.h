@@ -93,6 +93,7 @@ typedef struct lora_state {
     size_t norm_at, norm_n;
     uint32_t norms;     /* LoRA's norms option (PEFT_NORM_* bits), saved as modules_to_save */
     char *target_regex; /* target_modules as a regular expression (its copy), or NULL */
+    char *exclude_regex; /* exclude_modules as a regular expression (its copy), or NULL */
     /* Beyond the linear modules (LoRA method), laid out after them from mods_end on:
        embedding LoRA, lm_head LoRA (A (r, dim) at off_ha, B (vocab, r) at off_hb), trainable
        token rows (n_tok, dim) at off_tok, full copies of the embeddings (off_se) and of lm_head
@@ -274,9 +275,9 @@ int peft__svd_factors(peft_model *m, const float *W, int out, int in, int r, flo
    o->head_token_indices (*ids malloc'ed, holding both). */
 struct json_value;
 /* adapter.c: a PEFT LoRA adapter_config.json into options (layers: a buffer of layers_cap bytes that also holds
-   the patterns; *tok and *regex: owned copies the caller frees) */
+   the patterns; *tok, *regex and *exclude: owned copies the caller frees) */
 int peft__read_lora_config(peft_lora_options *o, char *layers, size_t layers_cap, int32_t **tok, char **regex,
-                           const char *path);
+                           char **exclude, const char *path);
 /* "model.layers.N.self_attn.q_proj" (or a bare module name: layer -1) -> kind and layer; -1 if not one */
 int peft__parse_module_name(const char *s, int *kind, int *layer);
 /* lora.c: the value of the first "key=value" item whose key ends module `name` at a dot, or def */

@@ -535,8 +535,7 @@ TEST(load_adapter_errors)
        a plain LoRA when unset */
     static const char *const fields[][2] = {{"\"alora_invocation_tokens\": [5, 6]", "aLoRA"},
                                             {"\"lora_bias\": true", "lora_B"},
-                                            {"\"exclude_modules\": [\"model.layers.0.self_attn.q_proj\"]",
-                                             "exclude_modules"},
+                                            {"\"target_parameters\": [\"mlp.experts.gate_up_proj\"]", "MoE"},
                                             {"\"layer_replication\": [[0, 2], [1, 3]]", "replication"}};
     for (int i = 0; i < 5; i++) {
         f = fopen(dst, "w");

@@ -866,6 +866,96 @@ TEST(regex_targets)
     peft_model_close(&m);
 }
 
+/* PEFT's exclude_modules: the string form (a regular expression) and the list form (names
+   matched whole or as a suffix after a dot), with targets and layers or a target_regex; saved,
+   reloaded in both forms; refused where it excludes everything or on methods without it. */
+TEST(exclude_modules)
+{
+    peft_model *m = open_tiny(1);
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_ALL_LINEAR;
+    o.rank = 2;
+    uint64_t all, n;
+    CHECK_OK(peft_count_lora(&all, m, &o)); /* per layer q 128, k 96, v 96, o 128, gate, up, down 144 */
+    CHECK(all == 3 * 880);
+    o.exclude_regex = "(.*\\.)?(down_proj|model\\.layers\\.0\\.self_attn\\.q_proj)";
+    CHECK_OK(peft_count_lora(&n, m, &o));
+    CHECK(n == all - 3 * 144 - 128);
+    o.version = 7; /* an older caller's struct ends before the field */
+    CHECK_OK(peft_count_lora(&n, m, &o));
+    CHECK(n == all);
+    o.version = PEFT_LORA_OPTIONS_VERSION;
+    o.layers = "1-2"; /* with layers: what they select, less the exclusion */
+    o.exclude_regex = "model\\.layers\\.1\\.mlp\\..*";
+    CHECK_OK(peft_count_lora(&n, m, &o));
+    CHECK(n == 2 * 880 - 3 * 144);
+    o.layers = NULL;
+    o.targets = PEFT_TARGET_Q | PEFT_TARGET_V | PEFT_TARGET_LM_HEAD;
+    o.exclude_regex = "lm_head";
+    CHECK_OK(peft_count_lora(&n, m, &o));
+    CHECK(n == 3 * (128 + 96));
+    o.exclude_regex = "(.*\\.)?(q_proj|v_proj|lm_head)";
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EINVAL);
+    CHECK(strstr(peft_last_error(), "leaves no module"));
+    o.exclude_regex = "q_proj(";
+    CHECK(peft_count_lora(&n, m, &o) == PEFT_EINVAL);
+    CHECK(strstr(peft_last_error(), "exclude_regex"));
+    o.targets = 0; /* with a target_regex */
+    o.target_regex = ".*\\.self_attn\\.(q|v)_proj";
+    o.exclude_regex = "model\\.layers\\.1\\..*";
+    CHECK_OK(peft_count_lora(&n, m, &o));
+    CHECK(n == 2 * (128 + 96));
+    o.variant = PEFT_VARIANT_LOHA; /* LoHa: 2 r (in + out) a module */
+    CHECK_OK(peft_count_lora(&n, m, &o));
+    CHECK(n == 2 * 2 * (128 + 96));
+    o.variant = PEFT_VARIANT_LORA;
+    o.target_regex = NULL;
+    o.targets = PEFT_TARGET_ALL_LINEAR;
+    o.exclude_regex = "(.*\\.)?(down_proj|model\\.layers\\.0\\.self_attn\\.q_proj)";
+    CHECK_OK(peft_attach_lora(m, &o, &n));
+    CHECK(n == all - 3 * 144 - 128);
+    int32_t tok[32];
+    char *d;
+    const char *const needles[] = {
+        "\"exclude_modules\": \"(.*\\\\.)?(down_proj|model\\\\.layers\\\\.0\\\\.self_attn\\\\.q_proj)\",", NULL};
+    double with = train_save_reload(m, tok, 5, 1e-2, 0.02, needles, &d);
+    peft_model_close(&m);
+    /* PEFT's list form of the same exclusion loads to the same adapter */
+    char path[4200];
+    snprintf(path, sizeof path, "%s/adapter_config.json", d);
+    size_t len;
+    char *cfg = read_text(d, "adapter_config.json", &len), *at = cfg ? strstr(cfg, "\"exclude_modules\"") : NULL;
+    CHECK(at != NULL);
+    if (!at)
+        return;
+    for (int form = 0; form < 3; form++) {
+        static const char *const lists[3] = {"[\"model.layers.0.self_attn.q_proj\", \"down_proj\"]",
+                                             "[\"down_proj\", 7]", "[\"mlp.down_proj\"]"};
+        FILE *f = fopen(path, "w");
+        fprintf(f, "%.*s\"exclude_modules\": %s,%s", (int)(at - cfg), cfg, lists[form], strstr(at, "\n"));
+        fclose(f);
+        m = open_tiny(1);
+        int rc = peft_load_adapter(m, d);
+        if (form == 0) {
+            CHECK_OK(rc);
+            CHECK(eval_loss(m) == with);
+        } else if (form == 1) {
+            CHECK(rc == PEFT_EFORMAT && strstr(peft_last_error(), "exclude_modules"));
+        } else { /* layer 0's q_proj is not excluded: its tensors are missing */
+            CHECK(rc == PEFT_ENOTFOUND);
+        }
+        peft_model_close(&m);
+    }
+    free(cfg);
+    /* the methods that do not read it refuse it by name */
+    FILE *f = fopen(path, "w");
+    fputs("{\"peft_type\": \"IA3\", \"target_modules\": [\"k_proj\"], \"exclude_modules\": [\"k_proj\"]}", f);
+    fclose(f);
+    m = open_tiny(1);
+    CHECK(peft_load_adapter(m, d) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "exclude_modules"));
+    peft_model_close(&m);
+}
+
 /* Prompt tuning: counts, the three initialisations, training, PEFT's files, reload, sessions
    that put the soft prompt first, and the refusals (merge, packed documents, bad files). */
 TEST(prompt_lifecycle)
@@ -1395,7 +1485,7 @@ TEST(trainable_tokens_lifecycle)
 static const struct h_case cases[] = {
     CASE(embed_lora_lifecycle), CASE(vera_lifecycle), CASE(loha_lifecycle), CASE(lokr_lifecycle),
     CASE(lora_extras_gradients_and_counts), CASE(lora_extras_lifecycle_untied), CASE(lora_extras_lifecycle_tied),
-    CASE(parameter_groups_learning_rates), CASE(pissa_lifecycle), CASE(olora_lifecycle), CASE(regex_targets),
+    CASE(parameter_groups_learning_rates), CASE(pissa_lifecycle), CASE(olora_lifecycle), CASE(regex_targets), CASE(exclude_modules),
     CASE(prompt_lifecycle), CASE(several_adapters), CASE(combine_dare_clamp_and_refusals), CASE(side_modules_to_save_every_method),
     CASE(load_replaces_weights_and_optimizer_state),
     CASE(trainable_tokens_lifecycle),

@@ -223,6 +223,13 @@ typedef struct peft_lora_options {
        "...<module>.bias" (a missing lora_only bias, as PEFT before 0.19.2 saved none, loads as
        the base one). LoRA and DoRA only (not LoHa, LoKr); no effect on a model without biases. */
     int32_t bias;
+    /* version 8: PEFT's exclude_modules in its string form, a regular expression (the syntax of
+       target_regex): the modules whose full name ("model.layers.3.mlp.down_proj",
+       "model.embed_tokens", "lm_head") it matches entirely are left out of what targets and
+       layers (or target_regex) select. PEFT's list form, names each excluding the modules whose
+       name is it or ends with "." + it, is the expression (.*\.)?(name1|name2|...) with the
+       names' dots escaped. LoRA, DoRA, LoHa and LoKr. NULL: none. */
+    const char *exclude_regex;
 } peft_lora_options;
 
 enum peft_bias { PEFT_BIAS_NONE = 0, PEFT_BIAS_ALL = 1, PEFT_BIAS_LORA_ONLY = 2 };
@@ -241,10 +248,10 @@ enum peft_variant {
     PEFT_VARIANT_LOKR = 2
 };
 
-#define PEFT_LORA_OPTIONS_VERSION 7
+#define PEFT_LORA_OPTIONS_VERSION 8
 #define PEFT_LORA_OPTIONS_INIT                                                 \
     {PEFT_LORA_OPTIONS_VERSION, PEFT_TARGET_Q | PEFT_TARGET_V, NULL, 8, 16.0f, \
-     0, 0.0f, PEFT_INIT_KAIMING, 0, 0, NULL, NULL, PEFT_VARIANT_LORA, 0, 0, NULL, 0, NULL, NULL, 0, PEFT_BIAS_NONE}
+     0, 0.0f, PEFT_INIT_KAIMING, 0, 0, NULL, NULL, PEFT_VARIANT_LORA, 0, 0, NULL, 0, NULL, NULL, 0, PEFT_BIAS_NONE, NULL}
 PEFT_API int peft_lora_options_init(peft_lora_options *opts, uint32_t version);
 
 /* IA3 (Hugging Face PEFT peft_type "IA3"): learned scaling vectors, initialised to ones.

@@ -10,7 +10,7 @@ pub const PEFT_VERSION_NUMBER: u32 = 256;
 pub const PEFT_ABI_MAJOR: u32 = 0;
 pub const PEFT_OPEN_OPTIONS_VERSION: u32 = 2;
 pub const PEFT_MODEL_INFO_VERSION: u32 = 2;
-pub const PEFT_LORA_OPTIONS_VERSION: u32 = 7;
+pub const PEFT_LORA_OPTIONS_VERSION: u32 = 8;
 pub const PEFT_IA3_OPTIONS_VERSION: u32 = 2;
 pub const PEFT_VERA_OPTIONS_VERSION: u32 = 2;
 pub const PEFT_NORMS_OPTIONS_VERSION: u32 = 1;
@@ -152,6 +152,7 @@ pub struct peft_lora_options {
     pub head_token_indices: *const i32,
     pub n_head_token_indices: i32,
     pub bias: i32,
+    pub exclude_regex: *const ::std::os::raw::c_char,
 }
 pub const PEFT_BIAS_NONE: peft_bias = 0;
 pub const PEFT_BIAS_ALL: peft_bias = 1;
