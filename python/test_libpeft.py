@@ -220,6 +220,12 @@ def test_other_methods():
         m.detach()
         assert m.attach_lora(rank=2, target_regex=r"model\.layers\.\d\.self_attn\.q_proj") == 3 * 2 * 64
         m.detach()
+        # PEFT's exclude_modules: a list of names (whole or after a dot) or a regular expression
+        assert m.attach_lora(targets="all-linear", rank=2,
+                             exclude_modules=["down_proj", "model.layers.0.self_attn.q_proj"]) == 3 * 880 - 3 * 144 - 128
+        m.detach()
+        assert m.attach_lora(targets="q", rank=2, exclude_modules=r"model\.layers\.[01]\..*") == 2 * 64
+        m.detach()
         m.attach_lora(targets="v", rank=2, token_indices=[3, 7, 11], modules_to_save=["lm_head"])
         assert m.get_optimizer("norm_lr_ratio") == 0.5
         r = m.step([[(i * 5) % 48 for i in range(16)]] * 2)

@@ -651,6 +651,15 @@ lora_extras_train_info)
     "$PEFT" info --model "$T/model" --rank 4 --target-regex 'model\.layers\.1\.self_attn\.q_proj' --json >"$T/re" \
         || fail "info --target-regex"
     json "$T/re" "j['trainable'] == 4*96" || fail "info --target-regex count"
+    # PEFT's exclude_modules: layer 1's q left out of q,v (a list of names), layer 0 (an expression)
+    "$PEFT" info --model "$T/model" --rank 4 --targets q,v --exclude-modules model.layers.1.self_attn.q_proj --json \
+        >"$T/ex" || fail "info --exclude-modules"
+    json "$T/ex" "j['trainable'] == 4*96 + 2*4*72" || fail "--exclude-modules count"
+    "$PEFT" info --model "$T/model" --rank 4 --targets q,v --exclude-regex 'model\.layers\.0\..*' --json >"$T/ex" \
+        || fail "info --exclude-regex"
+    json "$T/ex" "j['trainable'] == 4*96 + 4*72" || fail "--exclude-regex count"
+    "$PEFT" info --model "$T/model" --rank 4 --targets q,v --exclude-regex 'x' --exclude-modules q_proj 2>/dev/null \
+        && fail "--exclude-modules with --exclude-regex accepted"
     # --method embeddings: LoRA on embed_tokens, A (4, 64) and B (48, 4)
     "$PEFT" info --model "$T/model" --rank 4 --method embeddings --json >"$T/em" || fail "info --method embeddings"
     json "$T/em" "j['trainable'] == 4*(64+48)" || fail "--method embeddings count"

@@ -215,8 +215,9 @@ int cmd_info(int argc, char **argv)
             o.alpha = 2.0f * (float)r;
         }
         targets_string(o.targets, tbuf, sizeof tbuf);
-        printf("\nLoRA r=%d alpha=%g targets=%s layers=%s%s\n", o.rank, o.alpha, tbuf,
-               o.layers ? o.layers : "all", o.use_rslora ? " rslora" : "");
+        printf("\nLoRA r=%d alpha=%g targets=%s layers=%s%s%s%s\n", o.rank, o.alpha, tbuf,
+               o.layers ? o.layers : "all", o.use_rslora ? " rslora" : "", o.exclude_regex ? " exclude=" : "",
+               o.exclude_regex ? o.exclude_regex : "");
         printf("  %-10s %14s\n", "module", "trainable");
         uint64_t total = 0;
         static const char *names[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
@@ -240,7 +241,10 @@ int cmd_info(int argc, char **argv)
             peft_lora_options one = plain;
             one.targets = 1u << k;
             uint64_t n;
-            if ((code = peft_count_lora(&n, m, &one))) {
+            code = peft_count_lora(&n, m, &one);
+            if (code == PEFT_EINVAL && o.exclude_regex && peft_count_lora(&n, m, &o) == PEFT_OK)
+                n = 0, code = PEFT_OK; /* every module of this kind excluded */
+            if (code) {
                 rc = fail_lib("count", code);
                 goto done;
             }

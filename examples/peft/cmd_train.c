@@ -31,6 +31,8 @@ static const char train_help[] =
     "          --bias none|all|lora_only (PEFT's bias: every bias trained, or the adapted modules'; none)\n"
     "          --target-regex RE (PEFT's regex target_modules, matched whole against names such as\n"
     "          model.layers.3.self_attn.q_proj; replaces --targets and --layers)\n"
+    "          --exclude-modules NAME,... (PEFT's exclude_modules: the modules so named, or whose names\n"
+    "          end with .NAME, left out: model.layers.0.mlp.down_proj, down_proj)  --exclude-regex RE\n"
     "          --rank-pattern KEY=R,...  --alpha-pattern KEY=A,...  (PEFT rank_pattern/alpha_pattern)\n"
     "          --layers all|N,M|N-M|first:N|last:N|every:K  --dropout P (0) --rslora\n"
     "          --init kaiming|gaussian|pissa|olora (pissa, olora: the adapter starts as the principal part\n"

@@ -351,6 +351,30 @@ static int extras_from_args(cli_args *a, peft_lora_options *o)
     return 0;
 }
 
+/* --exclude-regex RE, or --exclude-modules NAME,... as PEFT's list (a module named so, or whose
+   name ends with "." NAME): the expression (.*\.)?(NAME|...) */
+static int exclude_from_args(cli_args *a, peft_lora_options *o)
+{
+    static char re[4096];
+    const char *names = arg_str(a, "--exclude-modules", NULL);
+    o->exclude_regex = arg_str(a, "--exclude-regex", NULL);
+    if (!names)
+        return 0;
+    if (o->exclude_regex || !*names || strlen(names) > (sizeof re - 16) / 2) {
+        fprintf(stderr, "peft: --exclude-modules takes a list of module names (not with --exclude-regex)\n");
+        return -1;
+    }
+    char *w = re + sprintf(re, "(.*\\.)?(");
+    for (const char *c = names; *c; c++) {
+        if (strchr(".^$*+?()[]{}|\\", *c))
+            *w++ = '\\';
+        *w++ = *c == ',' ? '|' : *c;
+    }
+    strcpy(w, ")");
+    o->exclude_regex = re;
+    return 0;
+}
+
 int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options *io)
 {
     if (ia3)
@@ -411,6 +435,8 @@ int lora_from_args(cli_args *a, peft_lora_options *o, int *ia3, peft_ia3_options
     o->rank_pattern = arg_str(a, "--rank-pattern", NULL);
     o->alpha_pattern = arg_str(a, "--alpha-pattern", NULL);
     o->target_regex = arg_str(a, "--target-regex", NULL);
+    if (exclude_from_args(a, o))
+        return -1;
     if (o->target_regex) { /* PEFT's regex target_modules: it alone selects */
         o->targets = 0;
     } else if (!targets || !init || parse_targets(targets, &o->targets)) {

@@ -16,6 +16,7 @@ import array
 import ctypes
 import ctypes.util
 import os
+import re
 
 __all__ = ["Error", "Model", "StepResult", "Tokenizer", "version", "TARGETS"]
 
@@ -59,7 +60,8 @@ class _LoraOptions(ctypes.Structure):
                 ("seed", _c_u64), ("use_dora", _c_i32), ("rank_pattern", _c_char_p), ("alpha_pattern", _c_char_p),
                 ("variant", _c_i32), ("modules_to_save", _c_u32), ("norms", _c_u32),
                 ("token_indices", ctypes.POINTER(_c_i32)), ("n_token_indices", _c_i32), ("target_regex", _c_char_p),
-                ("head_token_indices", ctypes.POINTER(_c_i32)), ("n_head_token_indices", _c_i32), ("bias", _c_i32)]
+                ("head_token_indices", ctypes.POINTER(_c_i32)), ("n_head_token_indices", _c_i32), ("bias", _c_i32),
+                ("exclude_regex", _c_char_p)]
 
 _VARIANTS = {"lora": 0, "loha": 1, "lokr": 2}
 _BIAS = {"none": 0, "all": 1, "lora_only": 2}
@@ -323,33 +325,38 @@ class Model(_Handle):
     @staticmethod
     def _lora_options(targets, rank, alpha, layers, dropout, rslora, dora, init, seed, rank_pattern, alpha_pattern,
                       variant="lora", modules_to_save=(), norms=(), token_indices=(), target_regex=None,
-                      head_token_indices=(), bias="none"):
+                      head_token_indices=(), bias="none", exclude_modules=None):
         save = sum({"embed_tokens": 1, "lm_head": 2}[x] for x in modules_to_save)
         nb = sum(_NORMS[x] for x in norms)
         ids = (_c_i32 * len(token_indices))(*token_indices) if token_indices else None
         hids = (_c_i32 * len(head_token_indices))(*head_token_indices) if head_token_indices else None
-        o = _LoraOptions(7, 0 if target_regex else _targets(targets), _enc(layers), rank, float(alpha if alpha is not None else 2 * rank),
+        if exclude_modules is not None and not isinstance(exclude_modules, str):  # PEFT's list form
+            exclude_modules = r"(.*\.)?(" + "|".join(re.escape(x) for x in exclude_modules) + ")"
+        o = _LoraOptions(8, 0 if target_regex else _targets(targets), _enc(layers), rank, float(alpha if alpha is not None else 2 * rank),
                          int(rslora), float(dropout), {"kaiming": 0, "gaussian": 1, "pissa": 2, "olora": 3}[init], seed, int(dora),
                          _enc(rank_pattern), _enc(alpha_pattern), _VARIANTS[variant], save, nb,
                          ctypes.cast(ids, ctypes.POINTER(_c_i32)) if ids else None, len(token_indices),
                          _enc(target_regex), ctypes.cast(hids, ctypes.POINTER(_c_i32)) if hids else None,
-                         len(head_token_indices), _BIAS[bias])
+                         len(head_token_indices), _BIAS[bias], _enc(exclude_modules))
         o._ids, o._hids = ids, hids  # kept alive with the options
         return o
 
     def attach_lora(self, targets="q,v", rank=8, alpha=None, layers=None, dropout=0.0, rslora=False, dora=False,
                     init="kaiming", seed=0, rank_pattern=None, alpha_pattern=None, variant="lora", modules_to_save=(),
-                    norms=(), token_indices=(), target_regex=None, head_token_indices=(), bias="none"):
+                    norms=(), token_indices=(), target_regex=None, head_token_indices=(), bias="none",
+                    exclude_modules=None):
         """Attach LoRA (DoRA with dora=True, LoHa or LoKr with variant="loha"/"lokr"); targets may include "lm_head"
         and "embed_tokens"; modules_to_save: "embed_tokens", "lm_head" trained in full; norms: "input",
         "post_attention", "pre_feedforward", "post_feedforward" (Gemma's), "final" RMSNorm weights trained;
         token_indices: embedding rows trained;
         head_token_indices: rows of an untied lm_head trained; bias: PEFT's "none", "all", "lora_only".
         Returns the exact trainable-parameter count.
-        target_regex: PEFT's regex target_modules (replaces targets and layers)."""
+        target_regex: PEFT's regex target_modules (replaces targets and layers).
+        exclude_modules: PEFT's exclude_modules, a regular expression (str) or module names (a list: each
+        leaves out the modules so named or whose names end with "." + it)"""
         o = self._lora_options(targets, rank, alpha, layers, dropout, rslora, dora, init, seed, rank_pattern,
                                alpha_pattern, variant, modules_to_save, norms, token_indices, target_regex,
-                               head_token_indices, bias)
+                               head_token_indices, bias, exclude_modules)
         n = _c_u64()
         _check(_attach_lora(self._handle(), ctypes.byref(o), ctypes.byref(n)))
         return n.value

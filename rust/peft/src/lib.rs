@@ -286,6 +286,9 @@ pub struct LoraOptions {
     pub target_regex: Option<String>,
     /// PEFT's bias option (LoRA and DoRA).
     pub bias: Bias,
+    /// PEFT's exclude_modules as a regular expression (re.fullmatch over module names): the
+    /// modules it matches are left out of what the targets select.
+    pub exclude_regex: Option<String>,
 }
 
 impl Default for LoraOptions {
@@ -311,6 +314,7 @@ impl Default for LoraOptions {
             head_token_indices: Vec::new(),
             target_regex: None,
             bias: Bias::None,
+            exclude_regex: None,
         }
     }
 }
@@ -318,7 +322,7 @@ impl Default for LoraOptions {
 /// The C struct and the strings it points into (kept alive together).
 struct RawLora {
     raw: sys::peft_lora_options,
-    _strings: [Option<CString>; 4],
+    _strings: [Option<CString>; 5],
     _tokens: Vec<i32>,
     _head_tokens: Vec<i32>,
 }
@@ -330,6 +334,7 @@ impl LoraOptions {
             opt_c(&self.rank_pattern, "rank_pattern")?,
             opt_c(&self.alpha_pattern, "alpha_pattern")?,
             opt_c(&self.target_regex, "target_regex")?,
+            opt_c(&self.exclude_regex, "exclude_regex")?,
         ];
         let tokens = self.token_indices.clone();
         let head_tokens = self.head_token_indices.clone();
@@ -371,6 +376,7 @@ impl LoraOptions {
                 Bias::All => sys::PEFT_BIAS_ALL as i32,
                 Bias::LoraOnly => sys::PEFT_BIAS_LORA_ONLY as i32,
             },
+            exclude_regex: opt_ptr(&strings[4]),
         };
         Ok(RawLora { raw, _strings: strings, _tokens: tokens, _head_tokens: head_tokens })
     }
