@@ -87,7 +87,8 @@ static size_t extra_tensors(const peft_model *m, st_out_tensor *ts, char *names)
         if (i == c->n_layers * PEFT__NORM_SLOTS)
             EXTRA(c->dim, 0, (size_t)l->norm_off[i], "base_model.model.model.norm.weight");
         else
-            EXTRA(c->dim, 0, (size_t)l->norm_off[i], "base_model.model.model.layers.%d.%s.weight",
+            EXTRA(peft__norm_width(c, i % PEFT__NORM_SLOTS), 0, (size_t)l->norm_off[i],
+                  "base_model.model.model.layers.%d.%s.weight",
                   i / PEFT__NORM_SLOTS, peft__norm_name(peft__norm_bit(c, i % PEFT__NORM_SLOTS)));
     }
     /* biases: an adapted module's under its base_layer (PEFT wraps it), another's as it is */
@@ -339,12 +340,14 @@ static void norm_key(char *buf, size_t n, const peft_config *c, int layer, int s
                  peft__norm_name(peft__norm_bit(c, slot)));
 }
 
-/* the slot of a layer norm's module name on this model, or -1 */
+/* the slot of a layer norm's module name on this model ("self_attn.q_norm" or "q_norm"), or -1 */
 static int norm_slot_named(const peft_config *c, const char *name)
 {
-    for (int s = 0; s < PEFT__NORM_SLOTS; s++)
-        if (peft__norm_bit(c, s) && !strcmp(name, peft__norm_name(peft__norm_bit(c, s))))
+    for (int s = 0; s < PEFT__NORM_SLOTS; s++) {
+        const char *full = peft__norm_name(peft__norm_bit(c, s)), *last = strrchr(full, '.');
+        if (peft__norm_bit(c, s) && (!strcmp(name, full) || (last && !strcmp(name, last + 1))))
             return s;
+    }
     return -1;
 }
 
@@ -376,7 +379,7 @@ static int save_norms(peft_model *m, const char *st_path, const char *cfg_path, 
         norm_key(names + (size_t)n * 128, 128, c, layer, slot);
         ts[n].name = names + (size_t)n * 128;
         ts[n].n_dims = 1;
-        ts[n].shape[0] = c->dim;
+        ts[n].shape[0] = peft__norm_width(c, slot);
         ts[n].data = l->params + l->norm_off[i];
         n++;
         if (layer == L)
@@ -471,13 +474,14 @@ static int load_norms(peft_model *m, const json_value *root, const char *cfg_pat
         char key[160];
         norm_key(key, sizeof key, c, i / S, i % S);
         const st_tensor *st = st_find(f, key);
+        int width = peft__norm_width(c, i % S);
         count++;
         if (!st)
             code = peft__fail(PEFT_ENOTFOUND, "%s: tensor '%s' is missing", st_path, key);
-        else if (st->n_dims != 1 || st->shape[0] != m->cfg.dim)
-            code = peft__fail(PEFT_ESHAPE, "%s: tensor '%s' must have shape [%d]", st_path, key, m->cfg.dim);
+        else if (st->n_dims != 1 || st->shape[0] != width)
+            code = peft__fail(PEFT_ESHAPE, "%s: tensor '%s' must have shape [%d]", st_path, key, width);
         else
-            code = st_read_f32(f, st, l->params + l->norm_off[i], (uint64_t)m->cfg.dim);
+            code = st_read_f32(f, st, l->params + l->norm_off[i], (uint64_t)width);
     }
     if (!code && f->n_tensors != count)
         code = peft__fail(PEFT_EFORMAT, "%s: %zu tensors, but adapter_config.json describes %zu", st_path, f->n_tensors,

@@ -14,14 +14,16 @@
    norm names must name exactly the adapted layers (layers: their "N,M" list, "" = all). */
 int peft__read_modules_to_save(const json_value *v, peft_lora_options *o, const char *layers, const char *path)
 {
-    /* the layer norms by the names of the PEFT_NORM_* bits (Gemma's four, Llama's two) */
-    static const uint32_t bits[4] = {PEFT_NORM_INPUT, PEFT_NORM_POST_ATTENTION, PEFT_NORM_PRE_FEEDFORWARD,
-                                     PEFT_NORM_POST_FEEDFORWARD};
+    /* the layer norms by the names of the PEFT_NORM_* bits (Gemma's four, Llama's two, the q/k
+       norms also by their last part, "q_norm") */
+    enum { NB = 6 };
+    static const uint32_t bits[NB] = {PEFT_NORM_INPUT, PEFT_NORM_POST_ATTENTION, PEFT_NORM_PRE_FEEDFORWARD,
+                                      PEFT_NORM_POST_FEEDFORWARD, PEFT_NORM_Q, PEFT_NORM_K};
     if (!v || v->type == JSON_NULL)
         return PEFT_OK;
     if (v->type != JSON_ARRAY)
         return peft__fail(PEFT_EFORMAT, "%s: modules_to_save is not a list", path);
-    char listed[4][4096] = {"", "", "", ""};
+    char listed[NB][4096] = {"", "", "", "", "", ""};
     for (size_t i = 0; i < v->length; i++) {
         const char *s = v->items[i].type == JSON_STRING ? v->items[i].string : "";
         const char *bare = !strncmp(s, "model.", 6) ? s + 6 : s, *tail = NULL;
@@ -30,9 +32,11 @@ int peft__read_modules_to_save(const json_value *v, peft_lora_options *o, const 
         if (!strncmp(s, "model.layers.", 13) && (layer = strtol(s + 13, &end, 10)) >= 0 && end != s + 13 && *end == '.')
             tail = end + 1;
         int k = -1;
-        for (int j = 0; j < 4 && k < 0; j++)
-            if (!strcmp(tail ? tail : s, peft__norm_name(bits[j])))
+        for (int j = 0; j < NB && k < 0; j++) {
+            const char *full = peft__norm_name(bits[j]), *last = strrchr(full, '.'), *name = tail ? tail : s;
+            if (!strcmp(name, full) || (!tail && last && !strcmp(name, last + 1)))
                 k = j;
+        }
         if (!strcmp(bare, "embed_tokens")) {
             o->modules_to_save |= PEFT_SAVE_EMBED;
         } else if (!strcmp(s, "lm_head")) {
@@ -49,10 +53,11 @@ int peft__read_modules_to_save(const json_value *v, peft_lora_options *o, const 
         } else {
             return peft__fail(PEFT_EUNSUPPORTED, "%s: modules_to_save entry \"%s\" is not supported (embed_tokens, "
                               "lm_head, model.norm, and input_layernorm, post_attention_layernorm, "
-                              "pre_feedforward_layernorm or post_feedforward_layernorm of the adapted layers)", path, s);
+                              "pre_feedforward_layernorm, post_feedforward_layernorm, self_attn.q_norm or "
+                              "self_attn.k_norm of the adapted layers)", path, s);
         }
     }
-    for (int k = 0; k < 4; k++) {
+    for (int k = 0; k < NB; k++) {
         if (!listed[k][0])
             continue;
         if (strcmp(listed[k], layers) != 0)

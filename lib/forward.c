@@ -342,8 +342,9 @@ const float *peft__norm_base(const peft_model *m, int layer, int slot, int file)
         return file && m->cfg.gemma ? m->final_norm_file : m->final_norm;
     if (file && m->cfg.gemma)
         return w->file_norm[slot];
-    return slot == PEFT__NORM_IN ? w->attn_norm : slot == PEFT__NORM_MLP ? w->ffn_norm
-           : slot == PEFT__NORM_ATTN_OUT ? w->post_attn_norm : w->post_ffn_norm;
+    const float *in_layer[PEFT__NORM_SLOTS] = {w->attn_norm, w->ffn_norm, w->post_attn_norm, w->post_ffn_norm,
+                                                w->q_norm, w->k_norm};
+    return in_layer[slot];
 }
 
 const float *peft__norm_weight(const peft_model *m, int layer, int slot)
@@ -453,7 +454,6 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
                           int train)
 {
     const peft_config *c = &m->cfg;
-    const peft_layer_weights *lw = &m->layers[l];
     workspace *ws = &m->ws;
     int B = ws->n_seq, T = ws->seq_len, D = c->dim, F = c->ffn_dim;
     int Hq = c->n_heads * c->head_dim, Hk = c->n_kv_heads * c->head_dim;
@@ -470,8 +470,10 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
     linear_forward(m, a->v, a->xn1, peft__w_of(m, l, PEFT_MOD_V), peft__bias_of(m, l, PEFT_MOD_V), N, D, Hk,
                    peft__view_of(m, &lv, l, PEFT_MOD_V, train), xa_of(m, l, PEFT_MOD_V), ws->tmp);
     if (c->qk_norm) { /* Qwen3: each head of q and k normalised */
-        rmsnorm_forward(m->pool, a->q, a->rstd_q, q, lw->q_norm, N * c->n_heads, c->head_dim, c->eps);
-        rmsnorm_forward(m->pool, a->k, a->rstd_k, k, lw->k_norm, N * c->n_kv_heads, c->head_dim, c->eps);
+        rmsnorm_forward(m->pool, a->q, a->rstd_q, q, peft__norm_weight(m, l, PEFT__NORM_Q), N * c->n_heads,
+                        c->head_dim, c->eps);
+        rmsnorm_forward(m->pool, a->k, a->rstd_k, k, peft__norm_weight(m, l, PEFT__NORM_K), N * c->n_kv_heads,
+                        c->head_dim, c->eps);
     }
     if (peft__layer_rope(c, l)) { /* SmolLM3's NoPE layers: no rotation */
         rope_forward(m->pool, a->q, rc, rs, ws->pos, B, T, c->n_heads, c->head_dim);
@@ -506,10 +508,13 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
 }
 
 /* Qwen3: d/d(q or k before its per-head norm), in place in d, through scratch (n floats) */
-static void head_norm_backward(peft_model *m, float *d, float *scratch, const float *pre, const float *w,
+static void head_norm_backward(peft_model *m, int l, int slot, float *d, float *scratch, const float *pre,
                                const float *rstd, int64_t rows, int hd)
 {
-    norm_backward_to(m, scratch, d, pre, w, rstd, rows, hd);
+    float *dw = peft__norm_grad(m, l, slot);
+    if (dw) /* one weight for every head: summed over rows and heads */
+        rmsnorm_backward_w(dw, d, pre, rstd, rows, hd);
+    norm_backward_to(m, scratch, d, pre, peft__norm_weight(m, l, slot), rstd, rows, hd);
     memcpy(d, scratch, (size_t)rows * (size_t)hd * sizeof *d);
 }
 
@@ -533,12 +538,12 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
     int below = l > m->lora->lowest_layer;  /* gradient needed below this layer */
     float *dw1 = peft__norm_grad(m, l, PEFT__NORM_IN), *dw2 = peft__norm_grad(m, l, PEFT__NORM_MLP);
     float *dw3 = peft__norm_grad(m, l, PEFT__NORM_ATTN_OUT), *dw4 = peft__norm_grad(m, l, PEFT__NORM_MLP_OUT);
-    int qkv = below || has_kind(m, l, PEFT_MOD_Q, PEFT_MOD_V) || dw1;
+    int qkv = below || has_kind(m, l, PEFT_MOD_Q, PEFT_MOD_V) || dw1 || peft__norm_grad(m, l, PEFT__NORM_Q) ||
+              peft__norm_grad(m, l, PEFT__NORM_K);
     int attn = qkv || has_kind(m, l, PEFT_MOD_Q, PEFT_MOD_O) || dw2 || dw3;
     lora_view lv;
 
     /* MLP: x_out = h + down(silu(g) * u) (Gemma: h + norm(down(gelu(g) * u))) */
-    const peft_layer_weights *lw = &m->layers[l];
     float *dy = ws->dx;
     if (c->gemma) { /* d/d(down's output), in dxn (free until the norm below) */
         if (dw4)
@@ -595,8 +600,8 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
         rope_backward(m->pool, ws->dk, rc, rs, ws->pos, B, T, c->n_kv_heads, c->head_dim);
     }
     if (c->qk_norm) { /* datt is free again: the scratch */
-        head_norm_backward(m, ws->dq, ws->datt, a->q_pre, lw->q_norm, a->rstd_q, N * c->n_heads, c->head_dim);
-        head_norm_backward(m, ws->dk, ws->datt, a->k_pre, lw->k_norm, a->rstd_k, N * c->n_kv_heads, c->head_dim);
+        head_norm_backward(m, l, PEFT__NORM_Q, ws->dq, ws->datt, a->q_pre, a->rstd_q, N * c->n_heads, c->head_dim);
+        head_norm_backward(m, l, PEFT__NORM_K, ws->dk, ws->datt, a->k_pre, a->rstd_k, N * c->n_kv_heads, c->head_dim);
     }
     peft__bias_grad(m, l, PEFT_MOD_Q, ws->dq, N, Hq);
     peft__bias_grad(m, l, PEFT_MOD_K, ws->dk, N, Hk);

@@ -47,9 +47,8 @@ struct out_t {
     uint64_t ne[2];
     uint32_t type;
     uint64_t bytes, offset;
-    int what, layer, kind; /* what: 0 copy, 1 linear weight, 2 norm, 3 embeddings, 4 lm_head, 5 bias,
-                              6 q/k head norm (kind 0 q, 1 k), 7 RoPE divisors, 8 Gemma's norm after
-                              attention (kind 0) or the MLP (1) */
+    int what, layer, kind; /* what: 0 copy, 1 linear weight, 2 norm (kind: its slot), 3 embeddings,
+                              4 lm_head, 5 bias, 7 RoPE divisors */
 };
 
 static int parse_blk(const char *name, const char *tail, int *layer)
@@ -68,13 +67,15 @@ static int parse_blk(const char *name, const char *tail, int *layer)
 static int norm_slot(const peft_config *c, const char *name, int *layer)
 {
     static const char *const tails[PEFT__NORM_SLOTS] = {"attn_norm.weight", "ffn_norm.weight",
-                                                        "post_attention_norm.weight", "post_ffw_norm.weight"};
+                                                        "post_attention_norm.weight", "post_ffw_norm.weight",
+                                                        "attn_q_norm.weight", "attn_k_norm.weight"};
     if (!strcmp(name, "output_norm.weight")) {
         *layer = c->n_layers;
         return 0;
     }
-    for (int s = 0; s < (c->gemma ? PEFT__NORM_SLOTS : 2); s++)
-        if (parse_blk(name, tails[s], layer) && *layer >= 0 && *layer < c->n_layers)
+    for (int s = 0; s < PEFT__NORM_SLOTS; s++)
+        if ((s < 2 || peft__norm_bit(c, s)) && parse_blk(name, tails[s], layer) && *layer >= 0 &&
+            *layer < c->n_layers)
             return s;
     return -1;
 }
@@ -137,10 +138,6 @@ static int tensor_floats(peft_model *m, const struct out_t *t, float *dst, float
     }
     if (t->what == 4) {
         peft__effective_head(m, dst); /* (returns whether the attachment changes it) */
-        return PEFT_OK;
-    }
-    if (t->what == 6) {
-        memcpy(dst, t->kind ? m->layers[t->layer].k_norm : m->layers[t->layer].q_norm, n * sizeof *dst);
         return PEFT_OK;
     }
     if (t->what == 7) {
@@ -215,7 +212,7 @@ static size_t hf_tensors(const peft_model *m, struct out_t *ts, uint32_t type, i
         }
         for (int k = 0; c->qk_norm && k < 2; k++) {
             snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, k ? "attn_k_norm" : "attn_q_norm");
-            add_made(&ts[n++], nm, 1, (uint64_t)c->head_dim, 1, 0, 6, l, k);
+            add_made(&ts[n++], nm, 1, (uint64_t)c->head_dim, 1, 0, 2, l, k ? PEFT__NORM_K : PEFT__NORM_Q);
         }
         for (int k = 0; c->gemma && k < 2; k++) {
             snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, k ? "post_ffw_norm" : "post_attention_norm");
@@ -357,7 +354,7 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
         if (!t->what && (t->kind = norm_slot(c, s->name, &layer)) >= 0) {
             t->what = 2, t->layer = layer; /* a tuned norm is written, another copied */
             changed = memcmp(peft__norm_weight(m, layer, t->kind), peft__norm_base(m, layer, t->kind, 0),
-                             (size_t)c->dim * sizeof(float)) != 0;
+                             (size_t)peft__norm_width(c, layer < c->n_layers ? t->kind : 0) * sizeof(float)) != 0;
         } else if (!t->what && !strcmp(s->name, "token_embd.weight")) {
             t->what = 3;
             peft__effective_embed(m, tmp);

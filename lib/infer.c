@@ -112,7 +112,6 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
         peft__embed_tokens(m, s->x, &tok, 1);
     for (int l = 0; l < c->n_layers; l++) {
         float rstd;
-        const peft_layer_weights *lw = &m->layers[l];
         float *kc = s->kc + ((size_t)l * s->max_len) * kvd, *vc = s->vc + ((size_t)l * s->max_len) * kvd;
         rmsnorm_forward(NULL, s->xn, &rstd, s->x, peft__norm_weight(m, l, PEFT__NORM_IN), 1, D, c->eps);
         linear_forward(m, s->q, s->xn, peft__w_of(m, l, PEFT_MOD_Q), peft__bias_of(m, l, PEFT_MOD_Q), 1, D, qd,
@@ -123,9 +122,11 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
                        1, D, kvd, view(s, &lv, l, PEFT_MOD_V), s->xa, s->tmp);
         float *kp = kc + (size_t)pos * kvd;
         for (int h = 0; c->qk_norm && h < H; h++) /* Qwen3: each head normalised (in place) */
-            rmsnorm_forward(NULL, s->q + h * hd, &rstd, s->q + h * hd, lw->q_norm, 1, hd, c->eps);
+            rmsnorm_forward(NULL, s->q + h * hd, &rstd, s->q + h * hd, peft__norm_weight(m, l, PEFT__NORM_Q), 1, hd,
+                            c->eps);
         for (int h = 0; c->qk_norm && h < Hk; h++)
-            rmsnorm_forward(NULL, kp + h * hd, &rstd, kp + h * hd, lw->k_norm, 1, hd, c->eps);
+            rmsnorm_forward(NULL, kp + h * hd, &rstd, kp + h * hd, peft__norm_weight(m, l, PEFT__NORM_K), 1, hd,
+                            c->eps);
         peft_config local;
         const peft_config *rc = rope_config_of(c, l, &local);
         if (peft__layer_rope(c, l)) { /* SmolLM3's NoPE layers: no rotation */

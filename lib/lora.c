@@ -423,9 +423,13 @@ int peft__state_install(peft_model *m, lora_state *l, uint64_t *n_trainable)
 
 uint32_t peft__norm_bit(const peft_config *c, int slot)
 {
-    static const uint32_t llama[PEFT__NORM_SLOTS] = {PEFT_NORM_INPUT, PEFT_NORM_POST_ATTENTION, 0, 0};
+    static const uint32_t llama[PEFT__NORM_SLOTS] = {PEFT_NORM_INPUT, PEFT_NORM_POST_ATTENTION, 0, 0,
+                                                     PEFT_NORM_Q, PEFT_NORM_K};
     static const uint32_t gemma[PEFT__NORM_SLOTS] = {PEFT_NORM_INPUT, PEFT_NORM_PRE_FEEDFORWARD,
-                                                     PEFT_NORM_POST_ATTENTION, PEFT_NORM_POST_FEEDFORWARD};
+                                                     PEFT_NORM_POST_ATTENTION, PEFT_NORM_POST_FEEDFORWARD,
+                                                     PEFT_NORM_Q, PEFT_NORM_K};
+    if (slot >= PEFT__NORM_Q && !c->qk_norm)
+        return 0;
     return (c->gemma ? gemma : llama)[slot];
 }
 
@@ -436,6 +440,8 @@ const char *peft__norm_name(uint32_t bit)
     case PEFT_NORM_POST_ATTENTION: return "post_attention_layernorm";
     case PEFT_NORM_PRE_FEEDFORWARD: return "pre_feedforward_layernorm";
     case PEFT_NORM_POST_FEEDFORWARD: return "post_feedforward_layernorm";
+    case PEFT_NORM_Q: return "self_attn.q_norm";
+    case PEFT_NORM_K: return "self_attn.k_norm";
     default: return "norm";
     }
 }
@@ -455,13 +461,14 @@ static int layout_norms(lora_state *l, const peft_config *c, uint32_t norms, siz
             l->norm_off[peft__norm_index(c, layer, s)] = on ? (int64_t)*off : -1;
             if (!on)
                 continue;
-            *off += (size_t)c->dim;
+            *off += (size_t)peft__norm_width(c, s);
             if (layer < l->lowest_layer)
                 l->lowest_layer = layer;
         }
     if (*off == start)
         return peft__fail(PEFT_EINVAL, "%s: the norms asked for (PEFT_NORM_* 0x%x) are none of this model's "
-                                       "(pre/post_feedforward_layernorm are Gemma's)", what, (unsigned)norms);
+                                       "(pre/post_feedforward_layernorm are Gemma's, q/k norms Qwen3's and "
+                                       "Gemma 3's)", what, (unsigned)norms);
     l->norm_at = start;
     l->norm_n = *off - start;
     if (c->gemma && !(l->norm_applied = peft__alloc_floats(l->norm_n)))
@@ -889,7 +896,7 @@ static void init_extras(lora_state *l, const peft_model *m)
     for (int i = 0; l->norm_off && i <= c->n_layers * PEFT__NORM_SLOTS; i++)
         if (l->norm_off[i] >= 0) /* the base model's, as its file holds it */
             memcpy(l->params + l->norm_off[i], peft__norm_base(m, i / PEFT__NORM_SLOTS, i % PEFT__NORM_SLOTS, 1),
-                   D * sizeof(float));
+                   (size_t)peft__norm_width(c, i % PEFT__NORM_SLOTS) * sizeof(float));
     for (int i = 0; l->bias_off && i < c->n_layers * PEFT_MOD_COUNT; i++)
         if (l->bias_off[i] >= 0) {
             int in, out;

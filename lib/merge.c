@@ -373,7 +373,7 @@ int peft_save_merged(peft_model *m, const char *dir)
         for (int s = 0; s < PEFT__NORM_SLOTS; s++)
             if (peft__norm_bit(c, s)) {
                 snprintf(nm, sizeof nm, "model.layers.%d.%s.weight", l, peft__norm_name(peft__norm_bit(c, s)));
-                ADD(nm, c->dim, 0, peft__norm_file(m, l, s));
+                ADD(nm, peft__norm_width(c, s), 0, peft__norm_file(m, l, s));
             }
         for (int kind = 0; kind < PEFT_MOD_COUNT; kind++) {
             int in, out;
@@ -398,12 +398,6 @@ int peft_save_merged(peft_model *m, const char *dir)
                 }
                 ADD(nm, out, 0, peft__effective_bias(m, l, kind, tmp[k]));
             }
-        }
-        if (c->qk_norm) {
-            snprintf(nm, sizeof nm, "model.layers.%d.self_attn.q_norm.weight", l);
-            ADD(nm, c->head_dim, 0, c->gemma ? w->file_norm[4] : w->q_norm);
-            snprintf(nm, sizeof nm, "model.layers.%d.self_attn.k_norm.weight", l);
-            ADD(nm, c->head_dim, 0, c->gemma ? w->file_norm[5] : w->k_norm);
         }
     }
 #undef ADD

@@ -323,12 +323,19 @@ enum {
     PEFT__NORM_MLP,      /* before the MLP: post_attention_layernorm (Gemma: pre_feedforward_layernorm) */
     PEFT__NORM_ATTN_OUT, /* Gemma: after attention, post_attention_layernorm */
     PEFT__NORM_MLP_OUT,  /* Gemma: after the MLP, post_feedforward_layernorm */
+    PEFT__NORM_Q,        /* Qwen3, Gemma 3: self_attn.q_norm (head_dim, every head) */
+    PEFT__NORM_K,        /* self_attn.k_norm */
     PEFT__NORM_SLOTS
 };
-/* lora.c: the PEFT_NORM_* bit of a slot (0: the model has no norm there) and a bit's module
-   name ("input_layernorm", ..., "norm") */
+/* lora.c: the PEFT_NORM_* bit of a slot (0: the model has no norm there), a bit's module
+   name ("input_layernorm", ..., "self_attn.q_norm", "norm") and a slot's width (dim, or head_dim
+   for the q/k norms) */
 uint32_t peft__norm_bit(const peft_config *c, int slot);
 const char *peft__norm_name(uint32_t bit);
+static inline int peft__norm_width(const peft_config *c, int slot)
+{
+    return slot >= PEFT__NORM_Q ? c->head_dim : c->dim;
+}
 static inline int peft__norm_index(const peft_config *c, int layer, int slot)
 {
     return layer * PEFT__NORM_SLOTS + (layer < c->n_layers ? slot : 0);

@@ -105,14 +105,15 @@ static inline double max_rel_err(const float *x, double xscale, const char *st_p
     for (int i = 0; i < 6; i++)
         compare_tensor(ref, extra[i], x, xscale, &off, &worst);
     /* the norms, per layer in their order in the layer (Llama: input, post-attention, before the
-       MLP; Gemma: input, pre-feedforward, post-attention, post-feedforward), then the final one:
-       trained alongside LoRA (modules_to_save: ".weight"), then LN tuning
+       MLP; Gemma: input, pre-feedforward, post-attention, post-feedforward; then the q/k norms),
+       then the final one: trained alongside LoRA (modules_to_save: ".weight"), then LN tuning
        (".ln_tuning_layers.weight") */
-    static const char *const norms[4] = {"input_layernorm", "pre_feedforward_layernorm", "post_attention_layernorm",
-                                         "post_feedforward_layernorm"};
+    static const char *const norms[6] = {"input_layernorm",           "pre_feedforward_layernorm",
+                                         "post_attention_layernorm",  "post_feedforward_layernorm",
+                                         "self_attn.q_norm",          "self_attn.k_norm"};
     for (int kind = 0; kind < 2; kind++)
         for (int l = 0; l <= 64; l++)
-            for (int w = 0; w < (l == 64 ? 1 : 4); w++) {
+            for (int w = 0; w < (l == 64 ? 1 : 6); w++) {
                 char key[160];
                 const char *tail = kind ? "ln_tuning_layers.weight" : "weight";
                 if (l == 64)

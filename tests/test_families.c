@@ -153,6 +153,19 @@ TEST(torch_step_qwen3)
     step_case("all_linear", 2);
     step_model = "tiny";
 }
+static void check_merged_exports(const char *model, const char *adapter_path);
+
+/* PEFT's modules_to_save ["norm"] on Qwen3: every norm, the per-head q/k norms (head_dim, shared
+   by the heads) included, trained beside LoRA on q and v, against PyTorch (with weight decay), by
+   finite differences, and merged and exported (the GGUF base's attn_q_norm rewritten) */
+TEST(torch_step_qwen3_norms)
+{
+    step_model = "tiny_qwen3";
+    step_case("lora_norm_all", 2);
+    step_model = "tiny";
+    gradcheck_in("tiny_qwen3", "tiny_qwen3/lora_norm_all/adapter");
+    check_merged_exports("tiny_qwen3", test_data("tiny_qwen3/lora_norm_all/adapter"));
+}
 /* SmolLM3: Llama with RoPE left out of some layers (no_rope_layers; the tiny model's fourth,
    as llama.cpp fixes it) against PyTorch and by finite differences. The interval form is the
    same model, RoPE everywhere another; a list that is not periodic and the sliding window (on
@@ -563,7 +576,14 @@ static void gemma_norms_case(const char *dir)
     snprintf(rel, sizeof rel, "%s/lora_post_norms/adapter", dir);
     gradcheck_in(dir, rel);
 }
-TEST(torch_step_gemma3_norms) { gemma_norms_case("tiny_gemma3"); }
+TEST(torch_step_gemma3_norms)
+{
+    gemma_norms_case("tiny_gemma3");
+    step_model = "tiny_gemma3"; /* LN tuning of the zero-centred q/k norms */
+    step_case("qk_norms", 1);
+    step_model = "tiny";
+    gradcheck_in("tiny_gemma3", "tiny_gemma3/qk_norms/adapter");
+}
 TEST(torch_step_gemma2_norms) { gemma_norms_case("tiny_gemma2"); }
 
 /* whether tensor k1 of safetensors file f1 and k2 of f2 hold the same floats */
@@ -661,6 +681,94 @@ TEST(gemma_norms_lifecycle)
     peft_model_close(&m);
 }
 
+/* The q/k norms (Qwen3) tuned through the API: counts, training, the LN tuning adapter under
+   PEFT's names (self_attn.q_norm, head_dim long) loaded again to the same loss, modules_to_save
+   naming them as PEFT users write them ("q_norm"), and refused on a model without them */
+TEST(qk_norms_lifecycle)
+{
+    peft_model *m;
+    CHECK_OK(peft_model_open(&m, test_data("tiny_qwen3"), NULL));
+    if (!m)
+        return;
+    uint64_t n;
+    peft_norms_options no = PEFT_NORMS_OPTIONS_INIT;
+    CHECK_OK(peft_count_norms(&n, m, &no)); /* every norm: input, post-attention, q, k; the final */
+    CHECK(n == 3 * (32 + 32 + 12 + 12) + 32);
+    no.norms = PEFT_NORM_Q | PEFT_NORM_K;
+    no.layers = "1";
+    CHECK_OK(peft_attach_norms(m, &no, &n));
+    CHECK(n == 2 * 12);
+    double base = batch_loss(m);
+    int32_t tok[2 * 10];
+    peft_batch b = check_batch(tok);
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 5e-2));
+    for (int i = 0; i < 5; i++) {
+        peft_step_result r = PEFT_STEP_RESULT_INIT;
+        CHECK_OK(peft_step(m, &b, &r));
+    }
+    double tuned = batch_loss(m);
+    CHECK(tuned < base - 1e-3);
+    char dir[] = "/tmp/peft-qknorm-XXXXXX", sv[64], cfg_path[96], st_path[96];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(sv, sizeof sv, "%s/ln", dir);
+    CHECK_OK(peft_save_adapter(m, sv, NULL));
+    snprintf(cfg_path, sizeof cfg_path, "%s/adapter_config.json", sv);
+    snprintf(st_path, sizeof st_path, "%s/adapter_model.safetensors", sv);
+    char text[2048] = "";
+    FILE *f = fopen(cfg_path, "rb");
+    size_t len = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    if (f)
+        fclose(f);
+    text[len] = 0;
+    CHECK(strstr(text, "\"model.layers.1.self_attn.q_norm\"") && strstr(text, "\"model.layers.1.self_attn.k_norm\""));
+    st_file *st = NULL;
+    CHECK_OK(st_open(&st, st_path));
+    const st_tensor *t = st ? st_find(st, "base_model.model.model.layers.1.self_attn.q_norm.ln_tuning_layers.weight") : NULL;
+    CHECK(t && t->n_dims == 1 && t->shape[0] == 12);
+    st_close(st);
+    CHECK(loss_of(test_data("tiny_qwen3"), sv) == tuned);
+    /* beside LoRA, in modules_to_save, by the names PEFT users give them */
+    peft_detach(m);
+    peft_lora_options lo = PEFT_LORA_OPTIONS_INIT;
+    lo.norms = PEFT_NORM_Q | PEFT_NORM_K;
+    CHECK_OK(peft_attach_lora(m, &lo, &n));
+    CHECK(n == 3 * (8 * (32 + 48) + 8 * (32 + 24)) + 3 * 2 * 12);
+    for (int i = 0; i < 3; i++) {
+        peft_step_result r = PEFT_STEP_RESULT_INIT;
+        CHECK_OK(peft_step(m, &b, &r));
+    }
+    tuned = batch_loss(m);
+    snprintf(sv, sizeof sv, "%s/lora", dir);
+    CHECK_OK(peft_save_adapter(m, sv, NULL));
+    snprintf(cfg_path, sizeof cfg_path, "%s/adapter_config.json", sv);
+    f = fopen(cfg_path, "rb");
+    len = f ? fread(text, 1, sizeof text - 1, f) : 0;
+    if (f)
+        fclose(f);
+    text[len] = 0;
+    char *at = strstr(text, "\"self_attn.q_norm\",\n    \"self_attn.k_norm\"");
+    CHECK(at != NULL);
+    if (at && (f = fopen(cfg_path, "wb"))) {
+        fprintf(f, "%.*s\"k_norm\",\n    \"q_norm\"%s", (int)(at - text), text,
+                at + strlen("\"self_attn.q_norm\",\n    \"self_attn.k_norm\""));
+        fclose(f);
+    }
+    CHECK(loss_of(test_data("tiny_qwen3"), sv) == tuned);
+    peft_model_close(&m);
+    adapter_dir_remove(sv);
+    snprintf(sv, sizeof sv, "%s/ln", dir);
+    adapter_dir_remove(sv);
+    remove(dir);
+    /* Llama has no q/k norms */
+    CHECK_OK(peft_model_open(&m, test_data("tiny"), NULL));
+    if (!m)
+        return;
+    no.norms = PEFT_NORM_Q;
+    no.layers = NULL;
+    CHECK(peft_count_norms(&n, m, &no) == PEFT_EINVAL && strstr(peft_last_error(), "q/k norms"));
+    peft_model_close(&m);
+}
+
 /* merged in place and exported as a Hugging Face directory (the file's zero-centred norms under
    Gemma's names); what is not supported is refused without a file: GGUF export of a Gemma 3
    llama.cpp cannot express (this one's layer pattern, query scalar), a negative soft-cap, another
@@ -730,7 +838,7 @@ TEST(gemma3_lifecycle)
 static const struct h_case cases[] = {
     CASE(rope_parameters_of_transformers_5),
     CASE(torch_step_qwen2),
-    CASE(torch_step_qwen3),
+    CASE(torch_step_qwen3), CASE(torch_step_qwen3_norms), CASE(qk_norms_lifecycle),
     CASE(torch_step_smollm3),
     CASE(torch_step_granite),
     CASE(torch_step_llama_bias),

@@ -305,14 +305,18 @@ PEFT_API int peft_count_vera(uint64_t *n_trainable, const peft_model *model, con
    pre/post_feedforward_layernorm) tunes those it has, and a set naming none of its norms is an
    error. On Gemma 2 and 3, post_attention_layernorm is the norm of the attention output and
    pre_feedforward_layernorm the one before the MLP; their weights are zero-centred (1 + w is
-   applied) and are trained, saved and loaded as the files hold them (w). */
+   applied) and are trained, saved and loaded as the files hold them (w). The q/k norms (Qwen3,
+   Gemma 3: one head_dim weight each, applied to every head) are self_attn.q_norm and
+   self_attn.k_norm. */
 enum peft_norm {
     PEFT_NORM_INPUT = 1u << 0,             /* input_layernorm of each selected layer */
     PEFT_NORM_POST_ATTENTION = 1u << 1,    /* post_attention_layernorm of each selected layer */
     PEFT_NORM_FINAL = 1u << 2,             /* the final norm (model.norm) */
     PEFT_NORM_PRE_FEEDFORWARD = 1u << 3,   /* Gemma 2 and 3: pre_feedforward_layernorm */
     PEFT_NORM_POST_FEEDFORWARD = 1u << 4,  /* Gemma 2 and 3: post_feedforward_layernorm */
-    PEFT_NORM_ALL = 0x1fu                  /* every norm the model has */
+    PEFT_NORM_Q = 1u << 5,                 /* Qwen3, Gemma 3: self_attn.q_norm */
+    PEFT_NORM_K = 1u << 6,                 /* Qwen3, Gemma 3: self_attn.k_norm */
+    PEFT_NORM_ALL = 0x7fu                  /* every norm the model has */
 };
 
 typedef struct peft_norms_options {

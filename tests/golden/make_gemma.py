@@ -204,6 +204,16 @@ def make(cfg, name, seed):
                                 f"model.layers.{c.L - 1}.post_feedforward_layernorm"]}
     mg.write_case("lora_post_norms", lora, acfg, tokens, labels, 1e-2, 0.0, 0.0,
                   mg.one_step(c, W, tokens, labels, lora, alpha / r, 1e-2, 0.0, 0.0))
+    if not c.qk_norm:
+        return
+    # LN tuning of the q/k norms (one head_dim weight each, applied to every head), zero-centred
+    names = [f"model.layers.{l}.self_attn.{n}.weight" for l in range(c.L) for n in ("q_norm", "k_norm")]
+    lnt = {mg.norm_key(n): (W[n] + 0.1 * torch.randn(c.hd, generator=g)).to(torch.float32).to(torch.float64)
+           for n in names}
+    acfg = {"peft_type": "LN_TUNING", "task_type": "CAUSAL_LM", "target_modules": ["q_norm", "k_norm"],
+            "base_model_name_or_path": name}
+    mg.write_case("qk_norms", lnt, acfg, tokens, labels, 1e-2, 0.1, 0.0,
+                  mg.one_step(c, W, tokens, labels, lnt, 1.0, 1e-2, 0.1, 0.0))
 
 
 def main():

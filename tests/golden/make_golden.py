@@ -480,6 +480,21 @@ def families():
                 "layers_to_transform": None, "init_lora_weights": True, "base_model_name_or_path": "tiny_" + model_type}
         write_case("all_linear", lora, acfg, tokens, labels, 1e-2, 0.0, 0.0,
                    one_step(c, W, tokens, labels, lora, alpha / r, 1e-2, 0.0, 0.0))
+        if model_type == "qwen3":  # modules_to_save ["norm"]: PEFT matches it as a suffix, so every norm,
+            lora = {}  # the q/k norms included, is trained beside LoRA on q and v
+            for l in range(c.L):
+                for m in ("q_proj", "v_proj"):
+                    lora.update(lora_pair(g, dims, l, m, r))
+            for k in W:
+                if k.endswith("norm.weight"):
+                    lora["base_model.model." + k] = W[k] + 0.1 * torch.randn(W[k].shape, generator=g)
+            lora = {k: v.to(torch.float32).to(torch.float64) for k, v in lora.items()}
+            acfg = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha, "lora_dropout": 0.0,
+                    "target_modules": ["q_proj", "v_proj"], "bias": "none", "use_rslora": False, "use_dora": False,
+                    "layers_to_transform": None, "init_lora_weights": True, "modules_to_save": ["norm"],
+                    "base_model_name_or_path": "tiny_" + model_type}
+            write_case("lora_norm_all", lora, acfg, tokens, labels, 1e-2, 0.1, 0.0,
+                       one_step(c, W, tokens, labels, lora, alpha / r, 1e-2, 0.1, 0.0))
         if model_type == "qwen2":  # PEFT's bias option: "all" (every q/k/v bias) and "lora_only"
             for name, targets, layers, mode in (("bias_all_qv", ["q_proj", "v_proj"], [1], "all"),
                                                 ("bias_lora_only_kv", ["k_proj", "v_proj"], [0], "lora_only")):

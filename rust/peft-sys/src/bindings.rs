@@ -224,7 +224,9 @@ pub const PEFT_NORM_POST_ATTENTION: peft_norm = 2;
 pub const PEFT_NORM_FINAL: peft_norm = 4;
 pub const PEFT_NORM_PRE_FEEDFORWARD: peft_norm = 8;
 pub const PEFT_NORM_POST_FEEDFORWARD: peft_norm = 16;
-pub const PEFT_NORM_ALL: peft_norm = 31;
+pub const PEFT_NORM_Q: peft_norm = 32;
+pub const PEFT_NORM_K: peft_norm = 64;
+pub const PEFT_NORM_ALL: peft_norm = 127;
 pub type peft_norm = ::std::os::raw::c_uint;
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
