@@ -172,9 +172,12 @@ def test_other_methods():
         m.detach()
         # Gemma's four norms a layer (hidden 32, 3 layers) and the final one; only those around the MLP
     with libpeft.Model(os.path.join(os.path.dirname(TINY), "tiny_gemma3")) as g:
-        assert g.attach_norms() == (3 * 4 + 1) * 32
+        assert g.attach_norms() == (3 * 4 + 1) * 32 + 3 * 2 * 12  # and the q/k norms (head_dim 12)
         g.detach()
-        assert g.attach_norms(input=False, post_attention=False, final=False) == 3 * 2 * 32
+        assert g.attach_norms(input=False, post_attention=False, final=False, q_norm=False, k_norm=False) == 3 * 2 * 32
+        g.detach()
+        assert g.attach_norms(input=False, post_attention=False, final=False, pre_feedforward=False,
+                              post_feedforward=False, layers="1") == 2 * 12
         g.detach()
         assert g.attach_lora(targets="q", rank=2, layers="last:1", norms=["post_feedforward"]) == 2 * (32 + 48) + 32
         g.detach()

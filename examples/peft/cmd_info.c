@@ -65,16 +65,17 @@ static int other_method_table(peft_model *m, int kind, const peft_lora_options *
         return -1;
     }
     if (kind == 2) {
-        static const char *const nn[5] = {"input", "post_attention", "final", "pre_feedforward", "post_feedforward"};
+        static const char *const nn[7] = {"input",           "post_attention", "final", "pre_feedforward",
+                                          "post_feedforward", "q_norm",         "k_norm"};
         printf("\nnorm tuning (LN_TUNING) layers=%s\n", o->layers ? o->layers : "all");
-        for (int k = 0; k < 5; k++) {
+        for (int k = 0; k < 7; k++) {
             peft_norms_options no = PEFT_NORMS_OPTIONS_INIT;
             no.norms = 1u << k;
             no.layers = o->layers;
             if (o->norms && !(o->norms & no.norms)) /* --train-norms */
                 continue;
             code = peft_count_norms(&n, m, &no);
-            if (code == PEFT_EINVAL && k >= 3 && !o->norms) /* Gemma's norms, on another model */
+            if (code == PEFT_EINVAL && k >= 3 && !o->norms) /* Gemma's or q/k norms, on another model */
                 continue;
             if (code)
                 return code;

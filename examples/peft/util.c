@@ -323,16 +323,18 @@ static int id_list(const char *flag, const char *ids, const int32_t **out, int32
 }
 
 /* What LoRA trains beyond the linear modules: --modules-to-save embed_tokens,lm_head,
-   --train-norms input,post_attention,pre_feedforward,post_feedforward,final|all, --token-indices ID,ID,...,
+   --train-norms input,post_attention,pre_feedforward,post_feedforward,q_norm,k_norm,final|all,
+   --token-indices ID,ID,...,
    --head-token-indices ID,ID,... (rows of an untied lm_head), --bias none|all|lora_only */
 static int extras_from_args(cli_args *a, peft_lora_options *o)
 {
     static const char *const save_names[] = {"embed_tokens", "lm_head"};
-    /* PEFT_NORM_* bit order; pre/post_feedforward are Gemma's */
-    static const char *const norm_names[] = {"input", "post_attention", "final", "pre_feedforward", "post_feedforward"};
+    /* PEFT_NORM_* bit order; pre/post_feedforward are Gemma's, q/k norms Qwen3's and Gemma 3's */
+    static const char *const norm_names[] = {"input",  "post_attention", "final", "pre_feedforward", "post_feedforward",
+                                             "q_norm", "k_norm"};
     const char *save = arg_str(a, "--modules-to-save", NULL), *norms = arg_str(a, "--train-norms", NULL);
     if ((save && name_bits("--modules-to-save", save, save_names, 2, &o->modules_to_save)) ||
-        (norms && name_bits("--train-norms", norms, norm_names, 5, &o->norms)))
+        (norms && name_bits("--train-norms", norms, norm_names, 7, &o->norms)))
         return -1;
     if (id_list("--token-indices", arg_str(a, "--token-indices", NULL), &o->token_indices, &o->n_token_indices) < 0 ||
         id_list("--head-token-indices", arg_str(a, "--head-token-indices", NULL), &o->head_token_indices,

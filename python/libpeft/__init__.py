@@ -65,7 +65,8 @@ class _LoraOptions(ctypes.Structure):
 
 _VARIANTS = {"lora": 0, "loha": 1, "lokr": 2}
 _BIAS = {"none": 0, "all": 1, "lora_only": 2}
-_NORMS = {"input": 1, "post_attention": 2, "final": 4, "pre_feedforward": 8, "post_feedforward": 16}  # PEFT_NORM_*
+_NORMS = {"input": 1, "post_attention": 2, "final": 4, "pre_feedforward": 8, "post_feedforward": 16,
+          "q_norm": 32, "k_norm": 64}  # PEFT_NORM_*
 
 
 class _SaveOptions(ctypes.Structure):
@@ -347,7 +348,8 @@ class Model(_Handle):
                     exclude_modules=None):
         """Attach LoRA (DoRA with dora=True, LoHa or LoKr with variant="loha"/"lokr"); targets may include "lm_head"
         and "embed_tokens"; modules_to_save: "embed_tokens", "lm_head" trained in full; norms: "input",
-        "post_attention", "pre_feedforward", "post_feedforward" (Gemma's), "final" RMSNorm weights trained;
+        "post_attention", "pre_feedforward", "post_feedforward" (Gemma's), "q_norm", "k_norm" (Qwen3's, Gemma 3's),
+        "final" RMSNorm weights trained;
         token_indices: embedding rows trained;
         head_token_indices: rows of an untied lm_head trained; bias: PEFT's "none", "all", "lora_only".
         Returns the exact trainable-parameter count.
@@ -390,11 +392,11 @@ class Model(_Handle):
         return n.value
 
     def attach_norms(self, layers=None, input=True, post_attention=True, final=True, pre_feedforward=True,
-                     post_feedforward=True):
-        """LN tuning of the RMSNorm weights (pre/post_feedforward: Gemma's; a model without them tunes the others).
-        Returns the count."""
+                     post_feedforward=True, q_norm=True, k_norm=True):
+        """LN tuning of the RMSNorm weights (pre/post_feedforward: Gemma's; q_norm, k_norm: Qwen3's and Gemma 3's;
+        a model without some tunes the others). Returns the count."""
         bits = {"input": input, "post_attention": post_attention, "final": final, "pre_feedforward": pre_feedforward,
-                "post_feedforward": post_feedforward}
+                "post_feedforward": post_feedforward, "q_norm": q_norm, "k_norm": k_norm}
         o = _NormsOptions(1, sum(_NORMS[k] for k, on in bits.items() if on), _enc(layers))
         n = _c_u64()
         _check(_attach_norms(self._handle(), ctypes.byref(o), ctypes.byref(n)))

@@ -204,6 +204,9 @@ pub mod norm {
     pub const PRE_FEEDFORWARD: u32 = sys::PEFT_NORM_PRE_FEEDFORWARD;
     /// Gemma 2 and 3: `post_feedforward_layernorm`.
     pub const POST_FEEDFORWARD: u32 = sys::PEFT_NORM_POST_FEEDFORWARD;
+    /// Qwen3 and Gemma 3: self_attn.q_norm and self_attn.k_norm (head_dim, every head).
+    pub const Q: u32 = sys::PEFT_NORM_Q;
+    pub const K: u32 = sys::PEFT_NORM_K;
     /// Every norm the model has.
     pub const ALL: u32 = sys::PEFT_NORM_ALL;
 }
