@@ -315,9 +315,7 @@ static int write_config_ia3(const peft_model *m, const char *path, const char *b
     return peft__jw_write_atomic(&w, path);
 }
 
-/* After loading into a new attachment: on success drop the previous one (saved),
-   on failure drop the new one and put the previous one back. */
-static int keep_or_restore(peft_model *m, lora_state *saved, int code)
+int peft__keep_or_restore(peft_model *m, lora_state *saved, int code)
 {
     if (code) {
         peft__lora_free(m->lora);
@@ -326,168 +324,6 @@ static int keep_or_restore(peft_model *m, lora_state *saved, int code)
     }
     peft__lora_free(saved);
     return PEFT_OK;
-}
-
-/* ---- norm tuning (PEFT LN_TUNING) ---- */
-
-/* the LN_TUNING key of a slot of a layer (n_layers: the final norm) */
-static void norm_key(char *buf, size_t n, const peft_config *c, int layer, int slot)
-{
-    if (layer == c->n_layers)
-        snprintf(buf, n, "base_model.model.model.norm.ln_tuning_layers.weight");
-    else
-        snprintf(buf, n, "base_model.model.model.layers.%d.%s.ln_tuning_layers.weight", layer,
-                 peft__norm_name(peft__norm_bit(c, slot)));
-}
-
-/* the slot of a layer norm's module name on this model ("self_attn.q_norm" or "q_norm"), or -1 */
-static int norm_slot_named(const peft_config *c, const char *name)
-{
-    for (int s = 0; s < PEFT__NORM_SLOTS; s++) {
-        const char *full = peft__norm_name(peft__norm_bit(c, s)), *last = strrchr(full, '.');
-        if (peft__norm_bit(c, s) && (!strcmp(name, full) || (last && !strcmp(name, last + 1))))
-            return s;
-    }
-    return -1;
-}
-
-static int save_norms(peft_model *m, const char *st_path, const char *cfg_path, const char *base_name)
-{
-    const lora_state *l = m->lora;
-    const peft_config *c = &m->cfg;
-    int L = c->n_layers, S = PEFT__NORM_SLOTS, n = 0, all_layers = 1, code;
-    for (int i = 0; i < L; i++)
-        all_layers &= l->layer_on[i];
-    st_out_tensor *ts = calloc((size_t)(S * L + 1), sizeof *ts);
-    char *names = calloc((size_t)(S * L + 1), 128);
-    struct jw w = {0};
-    if (!ts || !names) {
-        free(ts);
-        free(names);
-        return peft__fail(PEFT_ENOMEM, "out of memory");
-    }
-    jw_put(&w, "{\n  \"base_model_name_or_path\": ");
-    jw_str(&w, base_name);
-    jw_put(&w, ",\n  \"inference_mode\": true,\n  \"modules_to_save\": null,\n  \"peft_type\": \"LN_TUNING\",\n"
-               "  \"revision\": null,\n  \"target_modules\": [");
-    int first = 1;
-    for (int i = 0; i < S * L + 1; i++) {
-        int layer = i / S, slot = i % S;
-        const char *name = peft__norm_name(layer < L ? peft__norm_bit(c, slot) : PEFT_NORM_FINAL);
-        if (l->norm_off[i] < 0)
-            continue;
-        norm_key(names + (size_t)n * 128, 128, c, layer, slot);
-        ts[n].name = names + (size_t)n * 128;
-        ts[n].n_dims = 1;
-        ts[n].shape[0] = peft__norm_width(c, slot);
-        ts[n].data = l->params + l->norm_off[i];
-        n++;
-        if (layer == L)
-            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", all_layers ? "norm" : "model.norm");
-        else if (all_layers && layer == 0)
-            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", name);
-        else if (!all_layers)
-            jw_put(&w, "%s\n    \"model.layers.%d.%s\"", first ? "" : ",", layer, name);
-        else
-            continue;
-        first = 0;
-    }
-    jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\"\n}");
-    code = peft__write_adapter(st_path, ts, (size_t)n, cfg_path, &w);
-    free(ts);
-    free(names);
-    return code;
-}
-
-static int load_norms(peft_model *m, const json_value *root, const char *cfg_path, const char *st_path)
-{
-    const json_value *t = json_get(root, "target_modules");
-    const peft_config *c = &m->cfg;
-    int L = c->n_layers, S = PEFT__NORM_SLOTS;
-    if (!t || t->type != JSON_ARRAY || t->length == 0)
-        return peft__fail(PEFT_EUNSUPPORTED, "%s: LN_TUNING target_modules must be a list", cfg_path);
-    uint8_t *sel = calloc((size_t)(S * L + 1), 1);
-    if (!sel)
-        return peft__fail(PEFT_ENOMEM, "out of memory");
-    for (size_t i = 0; i < t->length; i++) {
-        const char *s = t->items[i].type == JSON_STRING ? t->items[i].string : "";
-        int ok = 0, slot;
-        long layer;
-        char *end;
-        if (!strcmp(s, "norm") || !strcmp(s, "model.norm")) {
-            sel[S * L] = ok = 1;
-        } else if ((slot = norm_slot_named(c, s)) >= 0) {
-            for (int l = 0; l < L; l++)
-                sel[S * l + slot] = 1;
-            ok = 1;
-        } else if (!strncmp(s, "model.layers.", 13) && (layer = strtol(s + 13, &end, 10)) >= 0 && end != s + 13 &&
-                   *end == '.' && layer < L && (slot = norm_slot_named(c, end + 1)) >= 0) {
-            sel[S * layer + slot] = ok = 1;
-        }
-        if (!ok) {
-            free(sel);
-            return peft__fail(PEFT_EUNSUPPORTED, "%s: LN_TUNING target module \"%s\" is not supported (or not "
-                              "one of this model's norms)", cfg_path, s);
-        }
-    }
-    /* express the selection as options: same norms on every selected layer */
-    peft_norms_options o = PEFT_NORMS_OPTIONS_INIT;
-    o.norms = sel[S * L] ? PEFT_NORM_FINAL : 0;
-    char layers[8192];
-    size_t n = 0;
-    int per_layer = -1, rect = 1;
-    layers[0] = '\0';
-    for (int l = 0; l < L; l++) {
-        int bits = 0;
-        for (int slot = 0; slot < S; slot++)
-            bits |= sel[S * l + slot] ? (int)peft__norm_bit(c, slot) : 0;
-        if (!bits)
-            continue;
-        if (per_layer >= 0 && bits != per_layer)
-            rect = 0;
-        per_layer = bits;
-        n += (size_t)snprintf(layers + n, sizeof layers - n, "%s%d", n ? "," : "", l);
-    }
-    free(sel);
-    if (!rect)
-        return peft__fail(PEFT_EUNSUPPORTED, "%s: LN_TUNING must tune the same norms in every listed layer", cfg_path);
-    if (per_layer > 0) {
-        o.norms |= (uint32_t)per_layer;
-        o.layers = layers;
-    }
-    lora_state *saved = m->lora;
-    st_file *f = NULL;
-    int code = st_open(&f, st_path);
-    if (code)
-        return code;
-    m->lora = NULL;
-    if ((code = peft_attach_norms(m, &o, NULL))) {
-        m->lora = saved;
-        st_close(f);
-        return code;
-    }
-    lora_state *l = m->lora;
-    size_t count = 0;
-    for (int i = 0; i < S * L + 1 && !code; i++) {
-        if (l->norm_off[i] < 0)
-            continue;
-        char key[160];
-        norm_key(key, sizeof key, c, i / S, i % S);
-        const st_tensor *st = st_find(f, key);
-        int width = peft__norm_width(c, i % S);
-        count++;
-        if (!st)
-            code = peft__fail(PEFT_ENOTFOUND, "%s: tensor '%s' is missing", st_path, key);
-        else if (st->n_dims != 1 || st->shape[0] != width)
-            code = peft__fail(PEFT_ESHAPE, "%s: tensor '%s' must have shape [%d]", st_path, key, width);
-        else
-            code = st_read_f32(f, st, l->params + l->norm_off[i], (uint64_t)width);
-    }
-    if (!code && f->n_tensors != count)
-        code = peft__fail(PEFT_EFORMAT, "%s: %zu tensors, but adapter_config.json describes %zu", st_path, f->n_tensors,
-                          count);
-    st_close(f);
-    return keep_or_restore(m, saved, code);
 }
 
 /* The end of loading into a new attachment (m->lora; saved: the one it replaces): the file
@@ -506,7 +342,7 @@ static int finish_load(peft_model *m, lora_state *saved, st_file *f, int code, s
     if (!code && saved && (saved->method != l->method || saved->n_params != l->n_params))
         code = peft__fail(PEFT_ESHAPE, "%s: adapter layout differs from the attached one", dir);
     st_close(f);
-    return keep_or_restore(m, saved, code);
+    return peft__keep_or_restore(m, saved, code);
 }
 
 /* The end of loading a one-tensor adapter (prompt tuning, trainable tokens) into l, built for
@@ -889,7 +725,7 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
                    : l->method == PEFT_METHOD_LOHA || l->method == PEFT_METHOD_LOKR ? save_loha(m, sp, cp, base)
                    : l->method == PEFT_METHOD_PROMPT                               ? peft__save_prompt(m, sp, cp, base)
                    : l->method == PEFT_METHOD_TOKENS                               ? peft__save_tokens(m, sp, cp, base)
-                                                   : save_norms(m, sp, cp, base);
+                                                   : peft__save_norms(m, sp, cp, base);
         free(sp);
         free(cp);
         return code;
@@ -1331,7 +1167,7 @@ static int load_ia3(peft_model *m, const char *dir, const json_value *root, cons
     if (!code && saved && (saved->method != PEFT_METHOD_IA3 || saved->n_params != l->n_params))
         code = peft__fail(PEFT_ESHAPE, "%s: adapter layout differs from the attached one", dir);
     st_close(f);
-    return keep_or_restore(m, saved, code);
+    return peft__keep_or_restore(m, saved, code);
 }
 
 static int same_layout(const lora_state *a, const lora_state *b)
@@ -1416,7 +1252,7 @@ int peft_load_adapter(peft_model *m, const char *dir)
             goto done;
         }
         if (pt && pt->type == JSON_STRING && strcmp(pt->string, "LN_TUNING") == 0) {
-            code = load_norms(m, json_root(doc), cfg_path, st_path);
+            code = peft__load_norms(m, json_root(doc), cfg_path, st_path);
             json_free(doc);
             goto done;
         }

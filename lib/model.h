@@ -255,6 +255,13 @@ void peft__held_free(peft_model *m);
 /* adapter.c: write the tensors ({"format": "pt"}) and the config text of w (freed), atomically */
 struct jw;
 int peft__write_adapter(const char *st_path, st_out_tensor *ts, size_t n, const char *cfg_path, struct jw *w);
+/* adapter.c: after loading into a new attachment, on success drop the previous one (saved), on
+   failure drop the new one and put the previous one back */
+int peft__keep_or_restore(peft_model *m, lora_state *saved, int code);
+/* adapter_norms.c: LN_TUNING adapters (m->lora of method NORMS) saved, and loaded from the
+   parsed adapter_config.json (root) and its tensor file */
+int peft__save_norms(peft_model *m, const char *st_path, const char *cfg_path, const char *base_name);
+int peft__load_norms(peft_model *m, const struct json_value *root, const char *cfg_path, const char *st_path);
 
 /* adapter.c: the end of loading a one-tensor adapter (key, d0 x d1) into l: onto the matching
    attachment m->lora (weights only), or l becomes the attachment; l freed unless installed */
