@@ -299,6 +299,22 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
         json_free(doc);
         return peft__fail(PEFT_EFORMAT, "%s: missing \"model_type\"", what);
     }
+    /* Gemma 3's multimodal checkpoints: the text model's config is text_config, whose keys
+       transformers' Gemma3TextConfig defaults are left out (gemma-3-4b's holds six) */
+    const json_value *top = root;
+    int mm = !strcmp(arch, "gemma3");
+    if (mm) {
+        const json_value *tc = json_get(root, "text_config"), *tt = tc ? json_get(tc, "model_type") : NULL;
+        if (!tc || tc->type != JSON_OBJECT || (tt && (tt->type != JSON_STRING || strcmp(tt->string, "gemma3_text")))) {
+            json_free(doc);
+            return peft__fail(PEFT_EFORMAT, "%s: a multimodal Gemma 3 (model_type gemma3) needs a \"text_config\" "
+                                            "object of model_type gemma3_text", what);
+        }
+        root = tc;
+        arch = "gemma3_text";
+        cfg->multimodal = 1;
+        cfg->dim = 2304, cfg->ffn_dim = 9216, cfg->n_layers = 26, cfg->n_heads = 8, cfg->vocab = 262208;
+    }
     int gemma = !strcmp(arch, "gemma3_text") ? 3 : !strcmp(arch, "gemma2") ? 2 : 0;
     int smollm3 = !strcmp(arch, "smollm3"), granite = !strcmp(arch, "granite");
     if (strcmp(arch, "llama") != 0 && strcmp(arch, "mistral") != 0 && strcmp(arch, "qwen2") != 0 &&
@@ -306,17 +322,17 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
         code = peft__fail(PEFT_EUNSUPPORTED,
                           "%s: architecture \"%s\" is not supported (supported: llama, which "
                           "covers Llama 2 and 3, SmolLM, TinyLlama; smollm3; granite; mistral; qwen2; qwen3; "
-                          "gemma2; gemma3_text, Gemma 3's text models%s)",
-                          what, arch, !strcmp(arch, "gemma3") ? "; this is the multimodal Gemma 3" : "");
+                          "gemma2; gemma3_text and gemma3, Gemma 3's text and multimodal models)",
+                          what, arch);
         json_free(doc);
         return code;
     }
     snprintf(cfg->architecture, sizeof cfg->architecture, "%s", gemma == 3 ? "gemma3" : arch);
-    if ((code = get_int(root, "hidden_size", &cfg->dim, 1, what)) < 0 ||
-        (code = get_int(root, "intermediate_size", &cfg->ffn_dim, 1, what)) < 0 ||
-        (code = get_int(root, "num_hidden_layers", &cfg->n_layers, 1, what)) < 0 ||
-        (code = get_int(root, "num_attention_heads", &cfg->n_heads, 1, what)) < 0 ||
-        (code = get_int(root, "vocab_size", &cfg->vocab, 1, what)) < 0) {
+    if ((code = get_int(root, "hidden_size", &cfg->dim, !mm, what)) < 0 ||
+        (code = get_int(root, "intermediate_size", &cfg->ffn_dim, !mm, what)) < 0 ||
+        (code = get_int(root, "num_hidden_layers", &cfg->n_layers, !mm, what)) < 0 ||
+        (code = get_int(root, "num_attention_heads", &cfg->n_heads, !mm, what)) < 0 ||
+        (code = get_int(root, "vocab_size", &cfg->vocab, !mm, what)) < 0) {
         json_free(doc);
         return code;
     }
@@ -328,13 +344,16 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
     cfg->eos_id = 2;
     if (smollm3) /* transformers' SmolLM3 defaults */
         cfg->rope_theta = 2000000.0f;
+    if (mm) /* Gemma3TextConfig's */
+        cfg->n_kv_heads = 4, cfg->head_dim = 256, cfg->bos_id = 2, cfg->eos_id = 1;
     if ((code = get_int(root, "num_key_value_heads", &cfg->n_kv_heads, 0, what)) < 0 ||
         (code = get_int(root, "head_dim", &cfg->head_dim, 0, what)) < 0 ||
         (code = get_int(root, "bos_token_id", &cfg->bos_id, 0, what)) < 0 ||
         (code = get_eos(root, &cfg->eos_id, what)) < 0 ||
         (code = get_float(root, "rms_norm_eps", &cfg->eps, what)) < 0 ||
         (code = get_float(root, "rope_theta", &cfg->rope_theta, what)) < 0 ||
-        (code = get_int(root, "max_position_embeddings", &cfg->ctx_len, 0, what)) < 0) {
+        (code = get_int(root, "max_position_embeddings", &cfg->ctx_len, 0, what)) < 0 ||
+        (mm && (code = get_eos(top, &cfg->eos_id, what)) < 0)) { /* the checkpoint's own, when it has one */
         json_free(doc);
         return code;
     }

@@ -120,7 +120,22 @@ typedef struct peft_config {
        res_mul before their residuals and the logits times logit_mul (Granite: residual_multiplier,
        1 / logits_scaling) */
     float res_mul, logit_mul;
+    /* Gemma 3's multimodal checkpoints (model_type gemma3, Gemma3ForConditionalGeneration): the
+       text model of text_config is trained; its modules are named as transformers (4.52 on)
+       names them, "model.language_model.layers.N...", and the vision tower is left alone */
+    int multimodal;
 } peft_config;
+/* The module path of the decoder in PEFT's names: "model." ("model.language_model." in a
+   multimodal checkpoint); lm_head stays "lm_head" in both */
+static inline const char *peft__prefix(const peft_config *c)
+{
+    return c->multimodal ? "model.language_model." : "model.";
+}
+/* the same as a regular expression */
+static inline const char *peft__prefix_re(const peft_config *c)
+{
+    return c->multimodal ? "model\\.language_model\\." : "model\\.";
+}
 /* The attention window of layer l (0: the whole context) */
 static inline int peft__layer_window(const peft_config *c, int l)
 {

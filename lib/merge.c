@@ -331,6 +331,10 @@ int peft_save_merged(peft_model *m, const char *dir)
     if (peft__prompt_len(m) > 0)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: a soft prompt (prompt tuning) is not part of the "
                                              "weights; save the adapter, or turn it off for the base model");
+    if (m->cfg.multimodal)
+        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: a merged multimodal Gemma 3 directory (its vision "
+                                             "tower carried over) is not written yet; peft_save_merged_gguf writes "
+                                             "the merged text model as llama.cpp's converter does");
     const peft_config *c = &m->cfg;
     int n_t = 3 + c->n_layers * (4 + 2 * PEFT_MOD_COUNT + 2), k = 0, code, untie = 0;
     size_t VD = (size_t)c->vocab * (size_t)c->dim;

@@ -112,17 +112,36 @@ static int is_gguf_file(const char *path)
     return memcmp(magic, "GGUF", 4) == 0;
 }
 
+/* A text model tensor ("model.X", "lm_head.weight") across the open shards, under a multimodal
+   Gemma 3's names: transformers before 4.52 saved "language_model.model.X" and
+   "language_model.lm_head.weight", later ones "model.language_model.X" and "lm_head.weight" */
+static const st_tensor *find_tensor(const peft_model *m, const char *name, const st_file **in)
+{
+    char buf[192];
+    if (m->cfg.multimodal) {
+        int legacy = m->mm_layout == 1, inner = !strncmp(name, "model.", 6);
+        snprintf(buf, sizeof buf, "%s%s", inner ? (legacy ? "language_model.model." : "model.language_model.")
+                                                : (legacy ? "language_model." : ""), inner ? name + 6 : name);
+        name = buf;
+    }
+    for (int i = 0; i < m->n_files; i++) {
+        const st_tensor *t = st_find(m->files[i], name);
+        if (t) {
+            *in = m->files[i];
+            return t;
+        }
+    }
+    return NULL;
+}
+
 /* Find a tensor across the open shards, check its shape, return float32 data. */
 static int load_tensor(peft_model *m, const float **out, const char *name, int64_t d0, int64_t d1)
 {
-    const st_tensor *t = NULL;
     const st_file *f = NULL;
-    for (int i = 0; i < m->n_files && !t; i++) {
-        t = st_find(m->files[i], name);
-        f = m->files[i];
-    }
+    const st_tensor *t = find_tensor(m, name, &f);
     if (!t)
-        return peft__fail(PEFT_ENOTFOUND, "%s: tensor '%s' not found", m->path, name);
+        return peft__fail(PEFT_ENOTFOUND, "%s: tensor '%s' not found%s", m->path, name,
+                          m->cfg.multimodal ? " (in the multimodal checkpoint's text model)" : "");
     int nd = d1 > 0 ? 2 : 1;
     if (t->n_dims != nd || t->shape[0] != d0 || (nd == 2 && t->shape[1] != d1)) {
         char got[96] = "", *p = got;
@@ -263,13 +282,15 @@ static int load_weights(peft_model *m)
     int code;
     int64_t qd = (int64_t)c->n_heads * c->head_dim, kvd = (int64_t)c->n_kv_heads * c->head_dim;
     m->embed = (peft_w){.rows = c->vocab, .cols = c->dim};
+    const st_file *f;
+    m->mm_layout = 1; /* which of the two multimodal layouts the files hold */
+    if (c->multimodal && !find_tensor(m, "model.embed_tokens.weight", &f))
+        m->mm_layout = 2;
     if ((code = load_tensor(m, &m->embed.f, "model.embed_tokens.weight", c->vocab, c->dim)) ||
         (code = load_norm(m, &m->final_norm, &m->final_norm_file, "model.norm.weight", c->dim)))
         return code;
     /* lm_head: tied when the config says so or the tensor is absent */
-    int has_head = 0;
-    for (int i = 0; i < m->n_files; i++)
-        has_head |= st_find(m->files[i], "lm_head.weight") != NULL;
+    int has_head = find_tensor(m, "lm_head.weight", &f) != NULL;
     if (c->tied || !has_head) {
         m->head = m->embed;
         m->cfg.tied = 1;

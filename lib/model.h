@@ -189,6 +189,7 @@ struct peft_model {
     peft_layer_weights *layers;
     uint64_t n_params;
     char weights_dtype[8];
+    int mm_layout;      /* a multimodal Gemma 3's tensor names: 1 language_model.model.*, 2 model.language_model.* */
     void *gguf_map;     /* a GGUF model file, mapped */
     size_t gguf_size;
 
@@ -254,7 +255,11 @@ void peft__name_active(peft_model *m);
 void peft__held_free(peft_model *m);
 /* adapter.c: write the tensors ({"format": "pt"}) and the config text of w (freed), atomically */
 struct jw;
-int peft__write_adapter(const char *st_path, st_out_tensor *ts, size_t n, const char *cfg_path, struct jw *w);
+int peft__write_adapter(const peft_config *c, const char *st_path, st_out_tensor *ts, size_t n, const char *cfg_path,
+                        struct jw *w);
+/* adapter.c: an adapter's tensor file opened with a multimodal Gemma 3's text model keys renamed
+   to the library's (text model) names, whichever of transformers' layouts it holds */
+int peft__adapter_open(st_file **f, const char *path);
 /* adapter.c: after loading into a new attachment, on success drop the previous one (saved), on
    failure drop the new one and put the previous one back */
 int peft__keep_or_restore(peft_model *m, lora_state *saved, int code);
@@ -285,6 +290,10 @@ struct json_value;
    the patterns; *tok, *regex and *exclude: owned copies the caller frees) */
 int peft__read_lora_config(peft_lora_options *o, char *layers, size_t layers_cap, int32_t **tok, char **regex,
                            char **exclude, const char *path);
+/* adapter_extras.c: a module name of an adapter_config.json as the library names it: a multimodal
+   Gemma 3's "model.language_model.X" (or "language_model.model.X") is "model.X", its
+   "language_model.lm_head" "lm_head" (buf holds the result when it differs; else s itself) */
+const char *peft__canon_module(const char *s, char *buf, size_t cap);
 /* "model.layers.N.self_attn.q_proj" (or a bare module name: layer -1) -> kind and layer; -1 if not one */
 int peft__parse_module_name(const char *s, int *kind, int *layer);
 /* lora.c: the value of the first "key=value" item whose key ends module `name` at a dot, or def */

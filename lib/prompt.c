@@ -38,6 +38,8 @@ static int build_prompt(lora_state **out, const peft_model *m, const peft_prompt
         return peft__fail(PEFT_EINVAL, "prompt tuning: n_virtual %d must be in 1..65536", o->n_virtual);
     if (o->init < PEFT_PROMPT_INIT_RANDOM || o->init > PEFT_PROMPT_INIT_SAMPLE_VOCAB)
         return peft__fail(PEFT_EINVAL, "prompt tuning: unknown init %d", o->init);
+    if (m->cfg.multimodal)
+        return peft__fail(PEFT_EUNSUPPORTED, "prompt tuning on a multimodal Gemma 3 is not supported");
     if (!m->cfg.gemma && m->cfg.embed_mul != 1.0f) /* Gemma scales inside the embedding module, Granite after */
         return peft__fail(PEFT_EUNSUPPORTED, "prompt tuning: Granite multiplies the soft prompt by its "
                                              "embedding_multiplier too; not supported");
@@ -158,7 +160,7 @@ int peft__save_prompt(peft_model *m, const char *st_path, const char *cfg_path, 
     jw_str_or_null(&w, l->prompt_tokenizer);
     jw_put(&w, "\n}");
     st_out_tensor t = {PROMPT_KEY, 2, {l->n_virtual, c->dim}, l->params};
-    return peft__write_adapter(st_path, &t, 1, cfg_path, &w);
+    return peft__write_adapter(&m->cfg, st_path, &t, 1, cfg_path, &w);
 }
 
 static int int_field(const json_value *root, const char *key, int *out, const char *path)
