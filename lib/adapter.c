@@ -12,12 +12,56 @@
 #include "model.h"
 #include "safetensors.h"
 
-/* The two files of an adapter: the tensors (metadata {"format": "pt"}), then the config text
-   w holds (freed here); each written atomically. */
-int peft__write_adapter(const char *st_path, st_out_tensor *ts, size_t n, const char *cfg_path, struct jw *w)
+/* A multimodal Gemma 3's text model in PEFT's adapter files: under "base_model.model.model.
+   language_model." (transformers 4.52 on: written so), or "base_model.model.language_model.model."
+   and "base_model.model.language_model.lm_head." (before); the library names its tensors as for
+   a text model ("base_model.model.model.layers...", "base_model.model.lm_head..."). */
+static const char *const MM_FILE[3] = {"base_model.model.model.language_model.", "base_model.model.language_model.model.",
+                                       "base_model.model.language_model.lm_head."};
+static const char *const MM_LIB[3] = {"base_model.model.model.", "base_model.model.model.", "base_model.model.lm_head."};
+
+int peft__adapter_open(st_file **f, const char *path)
+{
+    int code = st_open(f, path);
+    if (!code && st_rename_prefixes(*f, MM_FILE, MM_LIB, 3)) {
+        st_close(*f);
+        *f = NULL;
+        code = peft__fail(PEFT_EFORMAT, "%s: holds tensors of a multimodal model's text model under both of "
+                                        "transformers' layouts", path);
+    }
+    return code;
+}
+
+/* ts written as the adapter's tensors, named for the model c (metadata {"format": "pt"}) */
+static int write_tensors(const peft_config *c, const char *st_path, st_out_tensor *ts, size_t n)
 {
     const char *mk[] = {"format"}, *mv[] = {"pt"};
-    int code = w->oom ? peft__fail(PEFT_ENOMEM, "out of memory") : st_write(st_path, ts, n, mk, mv, 1);
+    if (!c->multimodal)
+        return st_write(st_path, ts, n, mk, mv, 1);
+    st_out_tensor *named = malloc((n + 1) * sizeof *named);
+    char *names = malloc((n + 1) * 192);
+    int code = named && names ? PEFT_OK : peft__fail(PEFT_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n && !code; i++) {
+        named[i] = ts[i];
+        size_t lib = strlen(MM_LIB[0]);
+        if (!strncmp(ts[i].name, MM_LIB[0], lib)) {
+            snprintf(names + i * 192, 192, "%s%s", MM_FILE[0], ts[i].name + lib);
+            named[i].name = names + i * 192;
+        }
+    }
+    if (!code)
+        code = st_write(st_path, named, n, mk, mv, 1);
+    free(named);
+    free(names);
+    return code;
+}
+
+/* The two files of an adapter: the tensors, then the config text w holds (freed here); each
+   written atomically. */
+int peft__write_adapter(const peft_config *c, const char *st_path, st_out_tensor *ts, size_t n, const char *cfg_path,
+                        struct jw *w)
+{
+    int code = w->oom ? peft__fail(PEFT_ENOMEM, "out of memory") : write_tensors(c, st_path, ts, n);
     if (!code)
         code = peft__write_atomic(cfg_path, w->s, w->n);
     free(w->s);
@@ -167,10 +211,10 @@ static void jw_modules_to_save(struct jw *w, const lora_state *l, const peft_con
         else
             for (int i = 0; i < n_layers; i++)
                 if (l->layer_on[i])
-                    ITEM("model.layers.%d.%s", i, peft__norm_name(bit));
+                    ITEM("%slayers.%d.%s", peft__prefix(c), i, peft__norm_name(bit));
     }
     if (l->method != PEFT_METHOD_NORMS && (l->norms & PEFT_NORM_FINAL))
-        ITEM("model.norm");
+        ITEM("%snorm", peft__prefix(c));
 #undef ITEM
     jw_put(w, first ? "null" : "\n  ]");
 }
@@ -306,7 +350,7 @@ static int write_config_ia3(const peft_model *m, const char *path, const char *b
                 continue;
             jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__module_names[md->kind]);
         } else {
-            jw_put(&w, "%s\n    \"model.layers.%d.%s.%s\"", first ? "" : ",", md->layer,
+            jw_put(&w, "%s\n    \"%slayers.%d.%s.%s\"", first ? "" : ",", peft__prefix(&m->cfg), md->layer,
                    peft__module_parents[md->kind], peft__module_names[md->kind]);
         }
         first = 0;
@@ -352,7 +396,7 @@ int peft__load_single(peft_model *m, lora_state *l, const char *st_path, const c
                       const char *what)
 {
     st_file *f = NULL;
-    int code = st_open(&f, st_path);
+    int code = peft__adapter_open(&f, st_path);
     const st_tensor *t = code ? NULL : st_find(f, key);
     if (!code && !t)
         code = peft__fail(PEFT_ENOTFOUND, "%s: tensor '%s' is missing", st_path, key);
@@ -442,7 +486,7 @@ static int save_vera(peft_model *m, const char *st_path, const char *cfg_path, c
     jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\",\n  \"vera_dropout\": ");
     jw_float(&w, l->dropout);
     jw_put(&w, "\n}");
-    code = peft__write_adapter(st_path, ts, nt, cfg_path, &w);
+    code = peft__write_adapter(&m->cfg, st_path, ts, nt, cfg_path, &w);
     free(ts);
     free(names);
     return code;
@@ -491,7 +535,7 @@ static int load_vera(peft_model *m, const char *dir, const json_value *root, con
     o.norms = side.norms;
     o.layers = layers[0] ? layers : NULL;
     st_file *f = NULL;
-    if ((code = st_open(&f, st_path)))
+    if ((code = peft__adapter_open(&f, st_path)))
         return code;
     lora_state *saved = m->lora;
     m->lora = NULL;
@@ -622,7 +666,7 @@ static int save_loha(peft_model *m, const char *st_path, const char *cfg_path, c
             first = 0;
         }
     jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\",\n  \"use_effective_conv2d\": false\n}");
-    code = peft__write_adapter(st_path, ts, nt, cfg_path, &w);
+    code = peft__write_adapter(&m->cfg, st_path, ts, nt, cfg_path, &w);
     free(ts);
     free(names);
     return code;
@@ -669,7 +713,7 @@ static int load_loha(peft_model *m, const char *dir, const json_value *root, con
     o.alpha_pattern = apat[0] ? apat : NULL;
     st_file *f = NULL;
     if (!code)
-        code = st_open(&f, st_path);
+        code = peft__adapter_open(&f, st_path);
     lora_state *saved = m->lora;
     m->lora = NULL;
     if (!code && (code = peft_attach_lora(m, &o, NULL)))
@@ -801,8 +845,7 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
     }
     if (n_extra)
         extra_tensors(m, ts + n_ts - n_extra, names + (size_t)l->n_modules * (size_t)per * 128);
-    const char *mk[] = {"format"}, *mv[] = {"pt"};
-    code = st_write(st_path, ts, n_ts, mk, mv, 1);
+    code = write_tensors(&m->cfg, st_path, ts, n_ts);
     if (!code) {
         const char *base = opts && opts->base_model_name_or_path ? opts->base_model_name_or_path : m->path;
         code = ia3 ? write_config_ia3(m, cfg_path, base) : write_config(m, cfg_path, base, convert);
@@ -1040,8 +1083,10 @@ done:
 
 /* Module names of target_modules / feedforward_modules: "k_proj" or "model.layers.N.self_attn.k_proj".
    Sets bits of kinds, and layer flags when full paths are used. Returns -1 on an unknown name. */
-int peft__parse_module_name(const char *s, int *kind, int *layer)
+int peft__parse_module_name(const char *s0, int *kind, int *layer)
 {
+    char canon[160];
+    const char *s = peft__canon_module(s0, canon, sizeof canon);
     *layer = -1;
     const char *name = s;
     if (strncmp(s, "model.layers.", 13) == 0) {
@@ -1134,7 +1179,7 @@ static int load_ia3(peft_model *m, const char *dir, const json_value *root, cons
     o.modules_to_save = side.modules_to_save;
     o.norms = side.norms;
     if (!code)
-        code = st_open(&f, st_path);
+        code = peft__adapter_open(&f, st_path);
     if (code)
         return code;
     m->lora = NULL;
@@ -1282,7 +1327,7 @@ int peft_load_adapter(peft_model *m, const char *dir)
     char layers[32768]; /* layers spec | rank_pattern | alpha_pattern */
     if ((code = peft__read_lora_config(&o, layers, sizeof layers, &tok_ids, &regex, &exclude, cfg_path)))
         goto done;
-    if ((code = st_open(&f, st_path)))
+    if ((code = peft__adapter_open(&f, st_path)))
         goto done;
     /* build the attachment the file describes */
     m->lora = NULL;

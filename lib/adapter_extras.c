@@ -12,6 +12,18 @@
 
 /* modules_to_save of a LoRA adapter_config.json -> o->modules_to_save and o->norms; layer-wise
    norm names must name exactly the adapted layers (layers: their "N,M" list, "" = all). */
+const char *peft__canon_module(const char *s, char *buf, size_t cap)
+{
+    static const char *const from[3] = {"model.language_model.", "language_model.model.", "language_model.lm_head"};
+    static const char *const to[3] = {"model.", "model.", "lm_head"};
+    for (int i = 0; i < 3; i++)
+        if (!strncmp(s, from[i], strlen(from[i]))) {
+            snprintf(buf, cap, "%s%s", to[i], s + strlen(from[i]));
+            return buf;
+        }
+    return s;
+}
+
 int peft__read_modules_to_save(const json_value *v, peft_lora_options *o, const char *layers, const char *path)
 {
     /* the layer norms by the names of the PEFT_NORM_* bits (Gemma's four, Llama's two, the q/k
@@ -25,7 +37,9 @@ int peft__read_modules_to_save(const json_value *v, peft_lora_options *o, const 
         return peft__fail(PEFT_EFORMAT, "%s: modules_to_save is not a list", path);
     char listed[NB][4096] = {"", "", "", "", "", ""};
     for (size_t i = 0; i < v->length; i++) {
-        const char *s = v->items[i].type == JSON_STRING ? v->items[i].string : "";
+        char canon[160];
+        const char *s = peft__canon_module(v->items[i].type == JSON_STRING ? v->items[i].string : "", canon,
+                                           sizeof canon);
         const char *bare = !strncmp(s, "model.", 6) ? s + 6 : s, *tail = NULL;
         long layer = -1;
         char *end;
@@ -94,7 +108,8 @@ int peft__read_token_indices(const json_value *v, peft_lora_options *o, int32_t 
     if (v->type == JSON_OBJECT) {
         emb = NULL;
         for (size_t i = 0; i < v->length; i++) {
-            const char *k = v->keys[i];
+            char canon[160];
+            const char *k = peft__canon_module(v->keys[i], canon, sizeof canon);
             if (!strcmp(k, "embed_tokens") || !strcmp(k, "model.embed_tokens"))
                 emb = &v->items[i];
             else if (!strcmp(k, "lm_head"))

@@ -63,17 +63,17 @@ int peft__save_norms(peft_model *m, const char *st_path, const char *cfg_path, c
         ts[n].data = l->params + l->norm_off[i];
         n++;
         if (layer == L)
-            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", all_layers ? "norm" : "model.norm");
+            jw_put(&w, "%s\n    \"%s%s\"", first ? "" : ",", all_layers ? "" : peft__prefix(c), "norm");
         else if (all_layers && layer == 0)
             jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", name);
         else if (!all_layers)
-            jw_put(&w, "%s\n    \"model.layers.%d.%s\"", first ? "" : ",", layer, name);
+            jw_put(&w, "%s\n    \"%slayers.%d.%s\"", first ? "" : ",", peft__prefix(c), layer, name);
         else
             continue;
         first = 0;
     }
     jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\"\n}");
-    code = peft__write_adapter(st_path, ts, (size_t)n, cfg_path, &w);
+    code = peft__write_adapter(&m->cfg, st_path, ts, (size_t)n, cfg_path, &w);
     free(ts);
     free(names);
     return code;
@@ -90,7 +90,9 @@ int peft__load_norms(peft_model *m, const json_value *root, const char *cfg_path
     if (!sel)
         return peft__fail(PEFT_ENOMEM, "out of memory");
     for (size_t i = 0; i < t->length; i++) {
-        const char *s = t->items[i].type == JSON_STRING ? t->items[i].string : "";
+        char canon[160];
+        const char *s = peft__canon_module(t->items[i].type == JSON_STRING ? t->items[i].string : "", canon,
+                                           sizeof canon);
         int ok = 0, slot;
         long layer;
         char *end;
@@ -137,7 +139,7 @@ int peft__load_norms(peft_model *m, const json_value *root, const char *cfg_path
     }
     lora_state *saved = m->lora;
     st_file *f = NULL;
-    int code = st_open(&f, st_path);
+    int code = peft__adapter_open(&f, st_path);
     if (code)
         return code;
     m->lora = NULL;

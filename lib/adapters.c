@@ -218,8 +218,9 @@ static int combinable(const lora_state *l, const char *name)
 
 /* Options for a LoRA on exactly the modules in sel (layer * PEFT_MOD_COUNT + kind): targets and
    layers when they form a grid, else a regular expression of the names (into buf). */
-static void union_options(peft_lora_options *o, const uint8_t *sel, int L, char *buf, size_t cap)
+static void union_options(peft_lora_options *o, const peft_config *c, const uint8_t *sel, char *buf, size_t cap)
 {
+    int L = c->n_layers;
     uint32_t targets = 0;
     int grid = 1;
     size_t n = 0;
@@ -243,8 +244,8 @@ static void union_options(peft_lora_options *o, const uint8_t *sel, int L, char 
     n = 0;
     for (int i = 0; i < L * PEFT_MOD_COUNT; i++)
         if (sel[i])
-            n += (size_t)snprintf(buf + n, n < cap ? cap - n : 0, "%smodel\\.layers\\.%d\\.%s\\.%s", n ? "|" : "",
-                                  i / PEFT_MOD_COUNT, peft__module_parents[i % PEFT_MOD_COUNT],
+            n += (size_t)snprintf(buf + n, n < cap ? cap - n : 0, "%s%slayers\\.%d\\.%s\\.%s", n ? "|" : "",
+                                  peft__prefix_re(c), i / PEFT_MOD_COUNT, peft__module_parents[i % PEFT_MOD_COUNT],
                                   peft__module_names[i % PEFT_MOD_COUNT]);
     o->targets = 0;
     o->target_regex = buf;
@@ -409,7 +410,7 @@ int peft_adapter_combine_ex(peft_model *m, const char *const *names, const doubl
     R = uniform ? src[0]->rank : comb == PEFT_COMBINE_CAT ? R : o.svd_rank > 0 ? o.svd_rank : rmax;
     /* the new attachment: built as if attached, then kept inactive */
     peft_lora_options lo = PEFT_LORA_OPTIONS_INIT;
-    union_options(&lo, sel, L, buf, 65536);
+    union_options(&lo, &m->cfg, sel, buf, 65536);
     lo.rank = R;
     lo.alpha = (float)R;
     lo.dropout = src[0]->dropout;

@@ -245,7 +245,7 @@ static int peft_to_gguf(const char *dir, const char *dst, const peft_convert_opt
                           cfg_path);
         goto done;
     }
-    if ((code = st_open(&f, st_path)))
+    if ((code = peft__adapter_open(&f, st_path)))
         goto done;
     size_t n_t = f->n_tensors, total = 0;
     for (size_t i = 0; i < n_t; i++) {

@@ -562,6 +562,39 @@ static int build_extras(lora_state *l, const peft_config *c, const peft_lora_opt
     return o->norms ? layout_norms(l, c, o->norms, off, "LoRA") : PEFT_OK;
 }
 
+/* PEFT's name of a linear module ("model.layers.3.self_attn.q_proj"; a multimodal Gemma 3's
+   under "model.language_model.") and of the token embeddings */
+static void module_name(const peft_config *c, char *buf, size_t n, int layer, int kind)
+{
+    snprintf(buf, n, "%slayers.%d.%s.%s", peft__prefix(c), layer, peft__module_parents[kind], peft__module_names[kind]);
+}
+
+static const char *embed_name(const peft_config *c, char *buf, size_t n)
+{
+    snprintf(buf, n, "%sembed_tokens", peft__prefix(c));
+    return buf;
+}
+
+/* Every module name the compiled expression matches (whole): selected (sel 1, its kind's bit in
+   *targets, the embeddings' and lm_head's too) or, excluding, left out (sel 0, their bits cleared) */
+static void regex_mark(const peft_config *c, const regex_t *re, uint8_t *sel, uint32_t *targets, int exclude)
+{
+    char name[96];
+    for (int layer = 0; layer < c->n_layers; layer++)
+        for (int k = 0; k < PEFT_MOD_COUNT; k++) {
+            module_name(c, name, sizeof name, layer, k);
+            if (regexec(re, name, 0, NULL, 0))
+                continue;
+            sel[layer * PEFT_MOD_COUNT + k] = !exclude;
+            *targets |= exclude ? 0 : 1u << k;
+        }
+    const uint32_t bits[2] = {PEFT_TARGET_EMBED, PEFT_TARGET_LM_HEAD};
+    const char *names[2] = {embed_name(c, name, sizeof name), "lm_head"};
+    for (int i = 0; i < 2; i++)
+        if (!regexec(re, names[i], 0, NULL, 0))
+            *targets = exclude ? *targets & ~bits[i] : *targets | bits[i];
+}
+
 /* The modules a target_regex picks: sel[layer * PEFT_MOD_COUNT + kind] (malloc'ed) and the
    kinds' bits (with EMBED, LM_HEAD) in *targets. */
 static int regex_select(const peft_config *c, const char *pat, uint8_t **sel, uint32_t *targets)
@@ -575,25 +608,13 @@ static int regex_select(const peft_config *c, const char *pat, uint8_t **sel, ui
         regfree(&re);
         return peft__fail(PEFT_ENOMEM, "LoRA: out of memory");
     }
-    for (int layer = 0; layer < c->n_layers; layer++)
-        for (int k = 0; k < PEFT_MOD_COUNT; k++) {
-            char name[96];
-            snprintf(name, sizeof name, "model.layers.%d.%s.%s", layer, peft__module_parents[k], peft__module_names[k]);
-            if (!regexec(&re, name, 0, NULL, 0)) {
-                (*sel)[layer * PEFT_MOD_COUNT + k] = 1;
-                *targets |= 1u << k;
-            }
-        }
-    if (!regexec(&re, "model.embed_tokens", 0, NULL, 0))
-        *targets |= PEFT_TARGET_EMBED;
-    if (!regexec(&re, "lm_head", 0, NULL, 0))
-        *targets |= PEFT_TARGET_LM_HEAD;
+    regex_mark(c, &re, *sel, targets, 0);
     regfree(&re);
     if (!*targets) {
         free(*sel);
         *sel = NULL;
         return peft__fail(PEFT_EINVAL, "LoRA: target_regex \"%s\" matches no module (names look like "
-                                       "model.layers.0.self_attn.q_proj)", pat);
+                                       "%slayers.0.self_attn.q_proj)", pat, peft__prefix(c));
     }
     return PEFT_OK;
 }
@@ -606,23 +627,64 @@ static int regex_exclude(const peft_config *c, const char *pat, uint8_t *sel, ui
     int code = regex_compile(&re, pat, "exclude_regex");
     if (code)
         return code;
-    for (int layer = 0; layer < c->n_layers; layer++)
-        for (int k = 0; k < PEFT_MOD_COUNT; k++) {
-            char name[96];
-            snprintf(name, sizeof name, "model.layers.%d.%s.%s", layer, peft__module_parents[k], peft__module_names[k]);
-            if (sel[layer * PEFT_MOD_COUNT + k] && !regexec(&re, name, 0, NULL, 0))
-                sel[layer * PEFT_MOD_COUNT + k] = 0;
-        }
-    if (!regexec(&re, "model.embed_tokens", 0, NULL, 0))
-        *targets &= ~(uint32_t)PEFT_TARGET_EMBED;
-    if (!regexec(&re, "lm_head", 0, NULL, 0))
-        *targets &= ~(uint32_t)PEFT_TARGET_LM_HEAD;
+    regex_mark(c, &re, sel, targets, 1);
     regfree(&re);
     int any = (*targets & (PEFT_TARGET_EMBED | PEFT_TARGET_LM_HEAD)) != 0;
     for (int i = 0; i < c->n_layers * PEFT_MOD_COUNT && !any; i++)
         any = sel[i];
     if (!any) /* as PEFT: "No modules were targeted for adaptation" */
         return peft__fail(PEFT_EINVAL, "LoRA: exclude_regex \"%s\" leaves no module to adapt", pat);
+    return PEFT_OK;
+}
+
+/* A multimodal model's targets (PEFT_TARGET_* bits) on the layers of a layer spec as one
+   expression of PEFT's names, in *out (malloc'ed): model\.language_model\.layers\.(0|1)\.
+   (self_attn\.(q_proj|v_proj)|mlp\.(down_proj)), the embeddings and lm_head as alternatives */
+static int mm_target_regex(const peft_config *c, uint32_t targets, const char *layers, char **out)
+{
+    uint8_t *on = calloc((size_t)c->n_layers, 1);
+    size_t cap = 256 + (size_t)c->n_layers * 8, n = 0;
+    char *re = malloc(cap);
+    int code = on && re ? peft__layers_parse(on, c->n_layers, layers) : peft__fail(PEFT_ENOMEM, "LoRA: out of memory");
+    int all = 1, any = 0;
+    for (int l = 0; !code && l < c->n_layers; l++)
+        all &= on[l], any |= on[l];
+    if (!code && (targets & PEFT_TARGET_ALL_LINEAR) && any) {
+        n += (size_t)snprintf(re + n, cap - n, "%slayers\\.%s", peft__prefix_re(c), all ? "\\d+" : "(");
+        for (int l = 0, first = 1; l < c->n_layers && !all; l++)
+            if (on[l]) {
+                n += (size_t)snprintf(re + n, cap - n, "%s%d", first ? "" : "|", l);
+                first = 0;
+            }
+        n += (size_t)snprintf(re + n, cap - n, "%s\\.(", all ? "" : ")");
+        const char *sep = "";
+        for (int part = 0; part < 2; part++) { /* self_attn's modules, then mlp's */
+            const char *inner = "";
+            for (int k = part ? PEFT_MOD_GATE : PEFT_MOD_Q; k <= (part ? PEFT_MOD_DOWN : PEFT_MOD_O); k++) {
+                if (!(targets & (1u << k)))
+                    continue;
+                if (!*inner)
+                    n += (size_t)snprintf(re + n, cap - n, "%s%s\\.(", sep, peft__module_parents[k]);
+                n += (size_t)snprintf(re + n, cap - n, "%s%s", inner, peft__module_names[k]);
+                inner = "|";
+            }
+            if (*inner) {
+                n += (size_t)snprintf(re + n, cap - n, ")");
+                sep = "|";
+            }
+        }
+        n += (size_t)snprintf(re + n, cap - n, ")");
+    }
+    if (!code && (targets & PEFT_TARGET_EMBED))
+        n += (size_t)snprintf(re + n, cap - n, "%s%sembed_tokens", n ? "|" : "", peft__prefix_re(c));
+    if (!code && (targets & PEFT_TARGET_LM_HEAD))
+        n += (size_t)snprintf(re + n, cap - n, "%slm_head", n ? "|" : "");
+    free(on);
+    if (code) {
+        free(re);
+        return code;
+    }
+    *out = re;
     return PEFT_OK;
 }
 
@@ -645,15 +707,24 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
     if (code)
         return code;
     const peft_config *c = &m->cfg;
-    /* a target_regex: what it picks passes the same checks as targets would */
+    /* a target_regex: what it picks passes the same checks as targets would. A multimodal
+       model's targets and layers are one too: PEFT would match bare module names in the vision
+       tower as well */
     peft_lora_options ox = *o0;
     uint8_t *sel = NULL;
-    if (o0->version >= 5 && o0->target_regex) {
-        if ((code = regex_select(c, o0->target_regex, &sel, &ox.targets)))
-            return code;
+    char *mm_regex = NULL;
+    const char *tre = o0->version >= 5 ? o0->target_regex : NULL;
+    if (!tre && c->multimodal && (code = mm_target_regex(c, o0->targets, o0->layers, &mm_regex)))
+        return code;
+    if (mm_regex)
+        tre = mm_regex, ox.layers = NULL;
+    if (tre) {
+        code = regex_select(c, tre, &sel, &ox.targets);
         ox.target_regex = NULL;
-        if ((code = check_options(m, &ox))) {
+        if (!code && (code = check_options(m, &ox)))
             free(sel);
+        if (code) {
+            free(mm_regex);
             return code;
         }
     }
@@ -674,13 +745,14 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
             return code;
         }
     }
-    if (sel && o0->target_regex) { /* the layers it touches, its expression kept for adapter_config.json */
+    if (sel && tre) { /* the layers it touches, its expression kept for adapter_config.json */
         for (int layer = 0; layer < c->n_layers; layer++) {
             l->layer_on[layer] = 0;
             for (int k = 0; k < PEFT_MOD_COUNT; k++)
                 l->layer_on[layer] |= sel[layer * PEFT_MOD_COUNT + k];
         }
-        l->target_regex = strdup(o0->target_regex);
+        l->target_regex = mm_regex ? mm_regex : strdup(tre);
+        mm_regex = NULL;
         if (!l->target_regex) {
             free(sel);
             peft__lora_free(l);
@@ -711,7 +783,7 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
     for (int layer = 0; layer < c->n_layers; layer++) {
         for (int k = 0; k < PEFT_MOD_COUNT; k++) {
             char name[96];
-            snprintf(name, sizeof name, "model.layers.%d.%s.%s", layer, peft__module_parents[k], peft__module_names[k]);
+            module_name(c, name, sizeof name, layer, k);
             if (sel ? !sel[layer * PEFT_MOD_COUNT + k] : !l->layer_on[layer] || !(o->targets & (1u << k)))
                 continue;
             lora_module *md = &l->mods[l->n_modules];
@@ -759,8 +831,9 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
                 return peft__fail(PEFT_EUNSUPPORTED, "LoRA on the embeddings needs all layers: PEFT's "
                                                      "layers_to_transform would drop embed_tokens");
             }
-        l->embed_r = (int)peft__pattern_value(rpat, "model.embed_tokens", o->rank);
-        l->embed_alpha = (float)peft__pattern_value(apat, "model.embed_tokens", o->alpha);
+        char ename[96];
+        l->embed_r = (int)peft__pattern_value(rpat, embed_name(c, ename, sizeof ename), o->rank);
+        l->embed_alpha = (float)peft__pattern_value(apat, ename, o->alpha);
         l->embed_scale = l->use_rslora ? l->embed_alpha / sqrtf((float)l->embed_r) : l->embed_alpha / (float)l->embed_r;
         l->off_ea = off;
         off += (size_t)l->embed_r * (size_t)c->vocab;
@@ -993,6 +1066,9 @@ static int build_vera(lora_state **out, const peft_model *m, const peft_vera_opt
         return peft__fail(PEFT_EINVAL, "VeRA: unknown options version %u", o->version);
     if (o->targets == 0 || (o->targets & ~(uint32_t)PEFT_TARGET_ALL_LINEAR))
         return peft__fail(PEFT_EINVAL, "VeRA: targets must be a non-empty set of linear PEFT_TARGET_* bits");
+    if (m->cfg.multimodal) /* its target names would match the vision tower's modules in PEFT */
+        return peft__fail(PEFT_EUNSUPPORTED, "VeRA on a multimodal Gemma 3 is not supported: PEFT would size the "
+                                             "shared projections over the vision tower's modules too");
     if (o->rank <= 0 || o->rank > 65536)
         return peft__fail(PEFT_EINVAL, "VeRA: rank %d out of range (1..65536)", o->rank);
     if (!isfinite(o->d_initial) || !(o->dropout >= 0.0f && o->dropout < 1.0f))

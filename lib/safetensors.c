@@ -216,6 +216,26 @@ fail:
     return code;
 }
 
+int st_rename_prefixes(st_file *f, const char *const *from, const char *const *to, size_t n)
+{
+    for (size_t i = 0; i < f->n_tensors; i++) {
+        char *name = (char *)f->tensors[i].name; /* the header document's own copy */
+        for (size_t k = 0; k < n; k++) {
+            size_t lf = strlen(from[k]), lt = strlen(to[k]);
+            if (lt > lf || strncmp(name, from[k], lf) != 0)
+                continue;
+            memmove(name + lt, name + lf, strlen(name + lf) + 1);
+            memcpy(name, to[k], lt);
+            break;
+        }
+    }
+    qsort(f->tensors, f->n_tensors, sizeof *f->tensors, cmp_name);
+    for (size_t i = 1; i < f->n_tensors; i++)
+        if (!strcmp(f->tensors[i - 1].name, f->tensors[i].name))
+            return -1;
+    return 0;
+}
+
 void st_close(st_file *f)
 {
     if (!f)

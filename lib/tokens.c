@@ -107,7 +107,7 @@ int peft__save_tokens(peft_model *m, const char *st_path, const char *cfg_path, 
         jw_put(&w, "%s\n    %d", i ? "," : "", l->tok_idx[i]);
     jw_put(&w, "\n  ]\n}");
     st_out_tensor t = {TOKENS_KEY, 2, {l->n_tok, m->cfg.dim}, l->params};
-    return peft__write_adapter(st_path, &t, 1, cfg_path, &w);
+    return peft__write_adapter(&m->cfg, st_path, &t, 1, cfg_path, &w);
 }
 
 int peft__load_tokens(peft_model *m, const json_value *root, const char *cfg_path, const char *st_path)
@@ -117,9 +117,10 @@ int peft__load_tokens(peft_model *m, const json_value *root, const char *cfg_pat
     if (!ti || ti->type != JSON_ARRAY || ti->length == 0 || ti->length > (size_t)c->vocab)
         return peft__fail(PEFT_EFORMAT, "%s: TRAINABLE_TOKENS needs a non-empty token_indices list", cfg_path);
     if (tm && tm->type != JSON_NULL) { /* the input embeddings are the only target understood */
-        int ok = tm->type == JSON_ARRAY && tm->length == 1 && tm->items[0].type == JSON_STRING &&
-                 (!strcmp(tm->items[0].string, "embed_tokens") || !strcmp(tm->items[0].string, "model.embed_tokens"));
-        ok |= tm->type == JSON_STRING && (!strcmp(tm->string, "embed_tokens") || !strcmp(tm->string, "model.embed_tokens"));
+        char canon[160];
+        const json_value *one = tm->type == JSON_ARRAY && tm->length == 1 ? &tm->items[0] : tm;
+        const char *s = one->type == JSON_STRING ? peft__canon_module(one->string, canon, sizeof canon) : "";
+        int ok = !strcmp(s, "embed_tokens") || !strcmp(s, "model.embed_tokens");
         if (!ok)
             return peft__fail(PEFT_EUNSUPPORTED, "%s: TRAINABLE_TOKENS target_modules other than embed_tokens are "
                                                  "not supported", cfg_path);

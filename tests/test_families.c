@@ -769,10 +769,226 @@ TEST(qk_norms_lifecycle)
     peft_model_close(&m);
 }
 
+/* tiny_gemma3's tensors as a multimodal checkpoint in transformers' newer layout
+   ("model.language_model.X"), config from tiny_gemma3_mm, in dir */
+static void mm_new_layout(const char *dir)
+{
+    char path[4200];
+    st_file *f = NULL;
+    CHECK_OK(st_open(&f, test_data("tiny_gemma3/model.safetensors")));
+    if (!f)
+        return;
+    st_out_tensor *ts = calloc(f->n_tensors, sizeof *ts);
+    char *names = calloc(f->n_tensors, 128);
+    float *data = malloc(sizeof(float) << 16);
+    size_t used = 0;
+    for (size_t i = 0; ts && names && data && i < f->n_tensors; i++) {
+        const st_tensor *t = &f->tensors[i];
+        snprintf(names + i * 128, 128, "model.language_model.%s", t->name + strlen("model."));
+        CHECK(!strncmp(t->name, "model.", 6));
+        ts[i] = (st_out_tensor){names + i * 128, t->n_dims, {t->shape[0], t->n_dims > 1 ? t->shape[1] : 0}, data + used};
+        CHECK_OK(st_read_f32(f, t, data + used, t->n_elems));
+        used += t->n_elems;
+    }
+    mkdir(dir, 0700);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    const char *mk[] = {"format"}, *mv[] = {"pt"};
+    CHECK_OK(st_write(path, ts, f->n_tensors, mk, mv, 1));
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    FILE *in = fopen(test_data("tiny_gemma3_mm/config.json"), "rb"), *out = fopen(path, "wb");
+    char buf[4096];
+    size_t n = in ? fread(buf, 1, sizeof buf, in) : 0;
+    if (out)
+        fwrite(buf, 1, n, out), fclose(out);
+    if (in)
+        fclose(in);
+    free(ts), free(names), free(data);
+    st_close(f);
+}
+
+/* the gradients of one batch with `adapter` on model `path` (n floats in *g, malloc'ed) */
+static float *grads_of(const char *path, const char *adapter, size_t *n)
+{
+    peft_model *m;
+    float *g = NULL, *copy = NULL;
+    CHECK_OK(peft_model_open(&m, path, NULL));
+    if (!m)
+        return NULL;
+    int32_t tok[2 * 10];
+    peft_batch b = check_batch(tok);
+    peft_step_result r = PEFT_STEP_RESULT_INIT;
+    CHECK_OK(peft_load_adapter(m, adapter));
+    CHECK_OK(peft_forward_backward(m, &b, &r));
+    CHECK_OK(peft_grad_buffer(&g, n, m));
+    if (g && (copy = malloc(*n * sizeof *copy)))
+        memcpy(copy, g, *n * sizeof *copy);
+    peft_model_close(&m);
+    return copy;
+}
+
+/* Gemma 3's multimodal checkpoints (model_type gemma3, the text model's config in text_config
+   with Gemma3TextConfig's defaults, its tensors under "language_model.model." or, saved by
+   transformers 4.52 on, "model.language_model."): the text model computes what the text-only
+   checkpoint does (losses, gradients); adapters are written as PEFT names the modules of
+   Gemma3ForConditionalGeneration (model.language_model.*, target_modules an expression that
+   leaves the vision tower out) and read in both layouts; what is not supported is refused */
+TEST(gemma3_multimodal)
+{
+    const char *mm = test_data("tiny_gemma3_mm"), *text = test_data("tiny_gemma3");
+    const char *ad = test_data("tiny_gemma3/all_linear/adapter");
+    char dir[] = "/tmp/peft-mm-XXXXXX", newl[64], sv[64], legacy[64], path[4200];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(newl, sizeof newl, "%s/new", dir);
+    snprintf(sv, sizeof sv, "%s/adapter", dir);
+    snprintf(legacy, sizeof legacy, "%s/legacy", dir);
+    mm_new_layout(newl);
+    double want = loss_of(text, ad);
+    CHECK(loss_of(mm, NULL) == loss_of(text, NULL));
+    CHECK(loss_of(newl, NULL) == loss_of(text, NULL));
+    CHECK(loss_of(mm, ad) == want); /* a text model's adapter keys are read too */
+    size_t n1 = 0, n2 = 0;
+    float *g1 = grads_of(text, ad, &n1), *g2 = grads_of(mm, ad, &n2);
+    CHECK(g1 && g2 && n1 == n2 && !memcmp(g1, g2, n1 * sizeof *g1));
+    free(g1), free(g2);
+    /* saved under PEFT's names for Gemma3ForConditionalGeneration */
+    peft_model *m;
+    CHECK_OK(peft_model_open(&m, mm, NULL));
+    if (!m)
+        return;
+    peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
+    CHECK_OK(peft_model_get_info(m, &in));
+    CHECK(!strcmp(in.architecture, "gemma3") && in.n_layers == 3 && in.vocab_size == 48);
+    CHECK_OK(peft_load_adapter(m, ad));
+    CHECK_OK(peft_save_adapter(m, sv, NULL));
+    CHECK(peft_save_merged(m, legacy) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "vision tower"));
+    peft_detach(m);
+    peft_vera_options vo = PEFT_VERA_OPTIONS_INIT;
+    CHECK(peft_attach_vera(m, &vo, NULL) == PEFT_EUNSUPPORTED);
+    peft_prompt_options po = PEFT_PROMPT_OPTIONS_INIT;
+    CHECK(peft_attach_prompt(m, &po, NULL) == PEFT_EUNSUPPORTED);
+    peft_lora_options lo = PEFT_LORA_OPTIONS_INIT; /* q, v on layer 1, the final norm beside */
+    lo.layers = "1";
+    lo.norms = PEFT_NORM_FINAL;
+    uint64_t n;
+    CHECK_OK(peft_attach_lora(m, &lo, &n));
+    CHECK(n == 8 * (32 + 48) + 8 * (32 + 24) + 32);
+    char tmp[64];
+    snprintf(tmp, sizeof tmp, "%s/qv", dir);
+    CHECK_OK(peft_save_adapter(m, tmp, NULL));
+    /* combined with one on other modules (q, v of layer 1 with all of layer 2): the union is an
+       expression of the same names */
+    peft_detach(m);
+    const char *const both[2] = {"qv", "all"};
+    const double wts[2] = {1.0, 1.0};
+    snprintf(path, sizeof path, "%s/part", dir);
+    for (int i = 0; i < 2; i++) {
+        peft_lora_options part = PEFT_LORA_OPTIONS_INIT;
+        part.targets = i ? PEFT_TARGET_ALL_LINEAR : PEFT_TARGET_Q | PEFT_TARGET_V;
+        part.layers = i ? "2" : "1";
+        CHECK_OK(peft_attach_lora(m, &part, NULL));
+        CHECK_OK(peft_save_adapter(m, path, NULL));
+        peft_detach(m);
+        CHECK_OK(peft_adapter_load(m, path, both[i]));
+        adapter_dir_remove(path);
+    }
+    CHECK_OK(peft_adapter_combine(m, both, wts, 2, "sum", PEFT_COMBINE_CAT, 0));
+    CHECK_OK(peft_adapter_set(m, "sum"));
+    CHECK_OK(peft_model_get_info(m, &in));
+    CHECK(in.n_trainable == 16 * (2 * (32 + 48) + 2 * (32 + 24) + 3 * (32 + 40)) + 16 * (32 + 48 + 32 + 24));
+    peft_model_close(&m);
+    snprintf(path, sizeof path, "%s/adapter_config.json", tmp);
+    char text_cfg[4096] = "";
+    FILE *f = fopen(path, "rb");
+    size_t len = f ? fread(text_cfg, 1, sizeof text_cfg - 1, f) : 0;
+    if (f)
+        fclose(f);
+    text_cfg[len] = 0;
+    CHECK(strstr(text_cfg, "\"target_modules\": \"model\\\\.language_model\\\\.layers\\\\.(1)\\\\.(self_attn\\\\."
+                           "(q_proj|v_proj))\""));
+    CHECK(strstr(text_cfg, "\"model.language_model.norm\""));
+    adapter_dir_remove(tmp);
+    snprintf(path, sizeof path, "%s/adapter_model.safetensors", sv);
+    st_file *st = NULL;
+    CHECK_OK(st_open(&st, path));
+    if (!st)
+        return;
+    CHECK(st_find(st, "base_model.model.model.language_model.layers.2.mlp.down_proj.lora_B.weight") != NULL);
+    CHECK(st_find(st, "base_model.model.model.layers.2.mlp.down_proj.lora_B.weight") == NULL);
+    CHECK(loss_of(mm, sv) == want);
+    CHECK(loss_of(newl, sv) == want);
+    /* the keys of transformers before 4.52 (base_model.model.language_model.model.*) */
+    st_out_tensor *ts = calloc(st->n_tensors, sizeof *ts);
+    char *names = calloc(st->n_tensors, 160);
+    float *data = malloc(sizeof(float) << 16);
+    size_t used = 0;
+    for (size_t i = 0; ts && names && data && i < st->n_tensors; i++) {
+        const st_tensor *t = &st->tensors[i];
+        const char *rest = t->name + strlen("base_model.model.model.language_model.");
+        snprintf(names + i * 160, 160, "base_model.model.language_model.model.%s", rest);
+        ts[i] = (st_out_tensor){names + i * 160, t->n_dims, {t->shape[0], t->shape[1]}, data + used};
+        CHECK_OK(st_read_f32(st, t, data + used, t->n_elems));
+        used += t->n_elems;
+    }
+    mkdir(legacy, 0700);
+    char lpath[4200];
+    snprintf(lpath, sizeof lpath, "%s/adapter_model.safetensors", legacy);
+    const char *mk[] = {"format"}, *mv[] = {"pt"};
+    CHECK_OK(st_write(lpath, ts, st->n_tensors, mk, mv, 1));
+    snprintf(path, sizeof path, "%s/adapter_config.json", sv);
+    snprintf(lpath, sizeof lpath, "%s/adapter_config.json", legacy);
+    CHECK(link(path, lpath) == 0);
+    CHECK(loss_of(mm, legacy) == want);
+    free(ts), free(names), free(data);
+    st_close(st);
+    adapter_dir_remove(legacy);
+    adapter_dir_remove(sv);
+    model_dir_remove(newl);
+    remove(dir);
+    /* the merged text model as llama.cpp's GGUF (with a layer pattern and query scalar llama.cpp
+       fixes for Gemma 3), from the multimodal checkpoint */
+    char var[21], src[64], gg[96];
+    variant_dir(var, "tiny_gemma3_mm/model.safetensors",
+                "{\"model_type\": \"gemma3\", \"text_config\": {\"model_type\": \"gemma3_text\", \"hidden_size\": 32, "
+                "\"intermediate_size\": 40, \"num_hidden_layers\": 3, \"num_attention_heads\": 4, "
+                "\"num_key_value_heads\": 2, \"head_dim\": 12, \"vocab_size\": 48, \"query_pre_attn_scalar\": 12, "
+                "\"sliding_window\": 5, \"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": 2.0}}}");
+    char vdir[] = "/tmp/peft-mmg-XXXXXX";
+    CHECK(mkdtemp(vdir) != NULL);
+    CHECK(model_with_vocab(vdir, var, src, sizeof src) == 0);
+    snprintf(gg, sizeof gg, "%s/merged.gguf", vdir);
+    CHECK_OK(peft_model_open(&m, src, NULL));
+    if (m) {
+        CHECK_OK(peft_load_adapter(m, ad));
+        double merged = batch_loss(m);
+        CHECK_OK(peft_save_merged_gguf(m, gg, NULL));
+        peft_model_close(&m);
+        CHECK_CLOSE(loss_of(gg, NULL), merged, 1e-5);
+    }
+    remove(gg);
+    model_with_vocab_remove(src);
+    remove(vdir);
+    model_dir_remove(var);
+    /* Gemma3TextConfig's defaults where text_config leaves them out (gemma-3-4b-it's holds six keys) */
+    static const char cfg4b[] =
+        "{\"architectures\": [\"Gemma3ForConditionalGeneration\"], \"model_type\": \"gemma3\", \"eos_token_id\": [1, 106],"
+        " \"text_config\": {\"hidden_size\": 2560, \"intermediate_size\": 10240, \"model_type\": \"gemma3_text\","
+        " \"num_hidden_layers\": 34, \"rope_scaling\": {\"factor\": 8.0, \"rope_type\": \"linear\"},"
+        " \"sliding_window\": 1024}, \"vision_config\": {\"model_type\": \"siglip_vision_model\"}}";
+    peft_config c;
+    CHECK_OK(peft__config_parse(&c, cfg4b, sizeof cfg4b - 1, "4b"));
+    CHECK(c.multimodal && c.gemma == 3 && c.qk_norm && c.tied && c.dim == 2560 && c.ffn_dim == 10240 &&
+          c.n_layers == 34 && c.n_heads == 8 && c.n_kv_heads == 4 && c.head_dim == 256 && c.vocab == 262208);
+    CHECK(c.sliding_window == 1024 && c.window_pattern == 6 && c.rope_scaling == 1 && c.rope_factor == 8.0f &&
+          c.rope_theta == 1000000.0f && c.rope_local_theta == 10000.0f && c.q_mul == 1.0f && c.eos_id == 1 &&
+          c.bos_id == 2 && c.eps == 1e-6f);
+    static const char bad[] = "{\"model_type\": \"gemma3\", \"text_config\": {\"model_type\": \"llama\"}}";
+    CHECK(peft__config_parse(&c, bad, sizeof bad - 1, "bad") == PEFT_EFORMAT);
+}
+
 /* merged in place and exported as a Hugging Face directory (the file's zero-centred norms under
    Gemma's names); what is not supported is refused without a file: GGUF export of a Gemma 3
    llama.cpp cannot express (this one's layer pattern, query scalar), a negative soft-cap, another
-   layer pattern, the multimodal model_type */
+   layer pattern, a multimodal config beside a text model's tensors */
 TEST(gemma3_lifecycle)
 {
     const char *ad = test_data("tiny_gemma3/all_linear/adapter");
@@ -829,16 +1045,16 @@ TEST(gemma3_lifecycle)
                   bad[i][0], peft_last_error());
         model_dir_remove(d);
     }
-    char d[21];
+    char d[21]; /* a multimodal config beside a text model's tensors */
     variant_dir(d, "tiny_gemma3/model.safetensors", "{\"model_type\": \"gemma3\", \"text_config\": {}}");
-    CHECK(peft_model_open(&m, d, NULL) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "multimodal Gemma 3"));
+    CHECK(peft_model_open(&m, d, NULL) == PEFT_ENOTFOUND && strstr(peft_last_error(), "multimodal checkpoint"));
     model_dir_remove(d);
 }
 
 static const struct h_case cases[] = {
     CASE(rope_parameters_of_transformers_5),
     CASE(torch_step_qwen2),
-    CASE(torch_step_qwen3), CASE(torch_step_qwen3_norms), CASE(qk_norms_lifecycle),
+    CASE(torch_step_qwen3), CASE(torch_step_qwen3_norms), CASE(qk_norms_lifecycle), CASE(gemma3_multimodal),
     CASE(torch_step_smollm3),
     CASE(torch_step_granite),
     CASE(torch_step_llama_bias),

@@ -142,6 +142,14 @@ def main():
                    "layer_types": ["sliding_attention", "full_attention", "sliding_attention"],
                    "rope_parameters": {"full_attention": {"rope_type": "linear", "factor": 2.0, "rope_theta": 1e6},
                                        "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}}, f)
+    # a multimodal Gemma 3: the text model's config in text_config, transformers' defaults for the rest
+    with open(os.path.join(HERE, "corpus", "json", "gemma3_mm_config.json"), "w") as f:
+        json.dump({"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3",
+                   "eos_token_id": [1, 106],
+                   "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+                                   "num_hidden_layers": 34, "rope_scaling": {"factor": 8.0, "rope_type": "linear"},
+                                   "sliding_window": 1024},
+                   "vision_config": {"model_type": "siglip_vision_model"}}, f)
     # SmolLM3 (RoPE left out of every fourth layer) with transformers 5's rope_parameters
     with open(os.path.join(HERE, "corpus", "json", "smollm3_config.json"), "w") as f:
         json.dump({"model_type": "smollm3", "hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 4,

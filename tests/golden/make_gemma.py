@@ -216,9 +216,40 @@ def make(cfg, name, seed):
                   mg.one_step(c, W, tokens, labels, lnt, 1.0, 1e-2, 0.1, 0.0))
 
 
+def make_multimodal():
+    """tests/data/tiny_gemma3_mm: tiny_gemma3 as a multimodal checkpoint (model_type gemma3,
+    Gemma3ForConditionalGeneration) as the Hub's are saved: the text model under
+    "language_model.model.", a vision tower and projector beside it (small, random; not used by
+    a text model), text_config without the keys that are Gemma3TextConfig's defaults."""
+    src = os.path.join(mg.HERE, "..", "data", "tiny_gemma3")
+    out = os.path.join(mg.HERE, "..", "data", "tiny_gemma3_mm")
+    W = mg.st_read(os.path.join(src, "model.safetensors"))
+    g = torch.Generator().manual_seed(37)
+    T = {"language_model." + k: torch.as_tensor(v) for k, v in W.items()}
+    T["vision_tower.vision_model.embeddings.patch_embedding.weight"] = torch.randn(16, 3, 2, 2, generator=g)
+    T["vision_tower.vision_model.post_layernorm.weight"] = torch.randn(16, generator=g)
+    T["multi_modal_projector.mm_input_projection_weight"] = torch.randn(16, 32, generator=g)
+    T["multi_modal_projector.mm_soft_emb_norm.weight"] = torch.randn(16, generator=g)
+    text = {k: v for k, v in CFG.items() if k not in ("architectures", "rms_norm_eps", "rope_local_base_freq",
+                                                       "hidden_activation", "tie_word_embeddings", "bos_token_id",
+                                                       "eos_token_id", "pad_token_id", "attention_bias",
+                                                       "attn_logit_softcapping", "final_logit_softcapping")}
+    cfg = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "boi_token_index": 40,
+           "eoi_token_index": 41, "image_token_index": 42, "mm_tokens_per_image": 4, "eos_token_id": [1, 6],
+           "text_config": text,
+           "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 16, "image_size": 4,
+                             "patch_size": 2, "num_hidden_layers": 0, "num_attention_heads": 2,
+                             "intermediate_size": 32}}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    mg.st_write(os.path.join(out, "model.safetensors"), T, {"format": "pt"})
+
+
 def main():
     make(CFG, "tiny_gemma3", 35)
     make(CFG2, "tiny_gemma2", 36)
+    make_multimodal()
 
 
 if __name__ == "__main__":
