@@ -732,8 +732,10 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
     lora_state *l;
     if ((code = peft__state_new(&l, c, o->layers, "LoRA"))) {
         free(sel);
+        free(mm_regex);
         return code;
     }
+    l->target_regex = mm_regex; /* (the attachment owns it from here) */
     const char *excl = o0->version >= 8 && o0->exclude_regex && *o0->exclude_regex ? o0->exclude_regex : NULL;
     if (excl) {
         code = apply_exclude(l, c, excl, sel != NULL, &sel, &ox.targets);
@@ -751,9 +753,7 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
             for (int k = 0; k < PEFT_MOD_COUNT; k++)
                 l->layer_on[layer] |= sel[layer * PEFT_MOD_COUNT + k];
         }
-        l->target_regex = mm_regex ? mm_regex : strdup(tre);
-        mm_regex = NULL;
-        if (!l->target_regex) {
+        if (!l->target_regex && !(l->target_regex = strdup(tre))) {
             free(sel);
             peft__lora_free(l);
             return peft__fail(PEFT_ENOMEM, "LoRA: out of memory");
