@@ -21,6 +21,16 @@
 
 /* A model directory (a new temporary dir, its name into dir[21]) with `config` as config.json
    and the weights file `base` of the test data linked. */
+/* a small text file into buf (NUL-terminated; "" when it cannot be read) */
+static void read_small(const char *path, char *buf, size_t cap)
+{
+    FILE *f = fopen(path, "rb");
+    size_t len = f ? fread(buf, 1, cap - 1, f) : 0;
+    if (f)
+        fclose(f);
+    buf[len] = 0;
+}
+
 static void variant_dir(char *dir, const char *base, const char *config)
 {
     char p[512], *target = realpath(test_data(base), NULL);
@@ -614,12 +624,8 @@ static int same_floats(const char *f1, const char *k1, const char *f2, const cha
 TEST(gemma_norms_lifecycle)
 {
     /* tiny_gemma2 with llama.cpp's query scale (head_dim), so that it exports to GGUF */
-    char g2[21], cfg[2048] = "", *q;
-    FILE *in = fopen(test_data("tiny_gemma2/config.json"), "rb");
-    size_t len = in ? fread(cfg, 1, sizeof cfg - 1, in) : 0;
-    if (in)
-        fclose(in);
-    cfg[len] = 0;
+    char g2[21], cfg[2048], *q;
+    read_small(test_data("tiny_gemma2/config.json"), cfg, sizeof cfg);
     CHECK((q = strstr(cfg, "\"query_pre_attn_scalar\": 16")) != NULL);
     if (q)
         memcpy(q, "\"query_pre_attn_scalar\": 12", 27);
@@ -714,12 +720,8 @@ TEST(qk_norms_lifecycle)
     CHECK_OK(peft_save_adapter(m, sv, NULL));
     snprintf(cfg_path, sizeof cfg_path, "%s/adapter_config.json", sv);
     snprintf(st_path, sizeof st_path, "%s/adapter_model.safetensors", sv);
-    char text[2048] = "";
-    FILE *f = fopen(cfg_path, "rb");
-    size_t len = f ? fread(text, 1, sizeof text - 1, f) : 0;
-    if (f)
-        fclose(f);
-    text[len] = 0;
+    char text[2048];
+    read_small(cfg_path, text, sizeof text);
     CHECK(strstr(text, "\"model.layers.1.self_attn.q_norm\"") && strstr(text, "\"model.layers.1.self_attn.k_norm\""));
     st_file *st = NULL;
     CHECK_OK(st_open(&st, st_path));
@@ -741,13 +743,10 @@ TEST(qk_norms_lifecycle)
     snprintf(sv, sizeof sv, "%s/lora", dir);
     CHECK_OK(peft_save_adapter(m, sv, NULL));
     snprintf(cfg_path, sizeof cfg_path, "%s/adapter_config.json", sv);
-    f = fopen(cfg_path, "rb");
-    len = f ? fread(text, 1, sizeof text - 1, f) : 0;
-    if (f)
-        fclose(f);
-    text[len] = 0;
+    read_small(cfg_path, text, sizeof text);
     char *at = strstr(text, "\"self_attn.q_norm\",\n    \"self_attn.k_norm\"");
     CHECK(at != NULL);
+    FILE *f;
     if (at && (f = fopen(cfg_path, "wb"))) {
         fprintf(f, "%.*s\"k_norm\",\n    \"q_norm\"%s", (int)(at - text), text,
                 at + strlen("\"self_attn.q_norm\",\n    \"self_attn.k_norm\""));
@@ -880,16 +879,17 @@ TEST(gemma3_multimodal)
     peft_detach(m);
     const char *const both[2] = {"qv", "all"};
     const double wts[2] = {1.0, 1.0};
-    snprintf(path, sizeof path, "%s/part", dir);
+    char pdir[64];
+    snprintf(pdir, sizeof pdir, "%s/part", dir);
     for (int i = 0; i < 2; i++) {
         peft_lora_options part = PEFT_LORA_OPTIONS_INIT;
         part.targets = i ? PEFT_TARGET_ALL_LINEAR : PEFT_TARGET_Q | PEFT_TARGET_V;
         part.layers = i ? "2" : "1";
         CHECK_OK(peft_attach_lora(m, &part, NULL));
-        CHECK_OK(peft_save_adapter(m, path, NULL));
+        CHECK_OK(peft_save_adapter(m, pdir, NULL));
         peft_detach(m);
-        CHECK_OK(peft_adapter_load(m, path, both[i]));
-        adapter_dir_remove(path);
+        CHECK_OK(peft_adapter_load(m, pdir, both[i]));
+        adapter_dir_remove(pdir);
     }
     CHECK_OK(peft_adapter_combine(m, both, wts, 2, "sum", PEFT_COMBINE_CAT, 0));
     CHECK_OK(peft_adapter_set(m, "sum"));
@@ -897,12 +897,8 @@ TEST(gemma3_multimodal)
     CHECK(in.n_trainable == 16 * (2 * (32 + 48) + 2 * (32 + 24) + 3 * (32 + 40)) + 16 * (32 + 48 + 32 + 24));
     peft_model_close(&m);
     snprintf(path, sizeof path, "%s/adapter_config.json", tmp);
-    char text_cfg[4096] = "";
-    FILE *f = fopen(path, "rb");
-    size_t len = f ? fread(text_cfg, 1, sizeof text_cfg - 1, f) : 0;
-    if (f)
-        fclose(f);
-    text_cfg[len] = 0;
+    char text_cfg[4096];
+    read_small(path, text_cfg, sizeof text_cfg);
     CHECK(strstr(text_cfg, "\"target_modules\": \"model\\\\.language_model\\\\.layers\\\\.(1)\\\\.(self_attn\\\\."
                            "(q_proj|v_proj))\""));
     CHECK(strstr(text_cfg, "\"model.language_model.norm\""));
