@@ -768,41 +768,42 @@ TEST(qk_norms_lifecycle)
     peft_model_close(&m);
 }
 
-/* tiny_gemma3's tensors as a multimodal checkpoint in transformers' newer layout
-   ("model.language_model.X"), config from tiny_gemma3_mm, in dir */
-static void mm_new_layout(const char *dir)
+/* the safetensors file src copied to dst with the prefix `from` of every name (each has it)
+   replaced by `to` (at most 64K floats) */
+static void renamed_copy(const char *src, const char *dst, const char *from, const char *to)
 {
-    char path[4200];
     st_file *f = NULL;
-    CHECK_OK(st_open(&f, test_data("tiny_gemma3/model.safetensors")));
+    CHECK_OK(st_open(&f, src));
     if (!f)
         return;
     st_out_tensor *ts = calloc(f->n_tensors, sizeof *ts);
-    char *names = calloc(f->n_tensors, 128);
+    char *names = calloc(f->n_tensors, 192);
     float *data = malloc(sizeof(float) << 16);
     size_t used = 0;
     for (size_t i = 0; ts && names && data && i < f->n_tensors; i++) {
         const st_tensor *t = &f->tensors[i];
-        snprintf(names + i * 128, 128, "model.language_model.%s", t->name + strlen("model."));
-        CHECK(!strncmp(t->name, "model.", 6));
-        ts[i] = (st_out_tensor){names + i * 128, t->n_dims, {t->shape[0], t->n_dims > 1 ? t->shape[1] : 0}, data + used};
+        CHECK(!strncmp(t->name, from, strlen(from)) && used + t->n_elems <= 1u << 16);
+        snprintf(names + i * 192, 192, "%s%s", to, t->name + strlen(from));
+        ts[i] = (st_out_tensor){names + i * 192, t->n_dims, {t->shape[0], t->n_dims > 1 ? t->shape[1] : 0}, data + used};
         CHECK_OK(st_read_f32(f, t, data + used, t->n_elems));
         used += t->n_elems;
     }
-    mkdir(dir, 0700);
-    snprintf(path, sizeof path, "%s/model.safetensors", dir);
     const char *mk[] = {"format"}, *mv[] = {"pt"};
-    CHECK_OK(st_write(path, ts, f->n_tensors, mk, mv, 1));
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    FILE *in = fopen(test_data("tiny_gemma3_mm/config.json"), "rb"), *out = fopen(path, "wb");
-    char buf[4096];
-    size_t n = in ? fread(buf, 1, sizeof buf, in) : 0;
-    if (out)
-        fwrite(buf, 1, n, out), fclose(out);
-    if (in)
-        fclose(in);
+    CHECK_OK(st_write(dst, ts, f->n_tensors, mk, mv, 1));
     free(ts), free(names), free(data);
     st_close(f);
+}
+
+/* tiny_gemma3's tensors as a multimodal checkpoint in transformers' newer layout
+   ("model.language_model.X"), config from tiny_gemma3_mm, in dir */
+static void mm_new_layout(const char *dir)
+{
+    char path[4200], real[4096];
+    mkdir(dir, 0700);
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    renamed_copy(test_data("tiny_gemma3/model.safetensors"), path, "model.", "model.language_model.");
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    CHECK(realpath(test_data("tiny_gemma3_mm/config.json"), real) && symlink(real, path) == 0);
 }
 
 /* the gradients of one batch with `adapter` on model `path` (n floats in *g, malloc'ed) */
@@ -913,29 +914,15 @@ TEST(gemma3_multimodal)
     CHECK(loss_of(mm, sv) == want);
     CHECK(loss_of(newl, sv) == want);
     /* the keys of transformers before 4.52 (base_model.model.language_model.model.*) */
-    st_out_tensor *ts = calloc(st->n_tensors, sizeof *ts);
-    char *names = calloc(st->n_tensors, 160);
-    float *data = malloc(sizeof(float) << 16);
-    size_t used = 0;
-    for (size_t i = 0; ts && names && data && i < st->n_tensors; i++) {
-        const st_tensor *t = &st->tensors[i];
-        const char *rest = t->name + strlen("base_model.model.model.language_model.");
-        snprintf(names + i * 160, 160, "base_model.model.language_model.model.%s", rest);
-        ts[i] = (st_out_tensor){names + i * 160, t->n_dims, {t->shape[0], t->shape[1]}, data + used};
-        CHECK_OK(st_read_f32(st, t, data + used, t->n_elems));
-        used += t->n_elems;
-    }
+    st_close(st);
     mkdir(legacy, 0700);
     char lpath[4200];
     snprintf(lpath, sizeof lpath, "%s/adapter_model.safetensors", legacy);
-    const char *mk[] = {"format"}, *mv[] = {"pt"};
-    CHECK_OK(st_write(lpath, ts, st->n_tensors, mk, mv, 1));
+    renamed_copy(path, lpath, "base_model.model.model.language_model.", "base_model.model.language_model.model.");
     snprintf(path, sizeof path, "%s/adapter_config.json", sv);
     snprintf(lpath, sizeof lpath, "%s/adapter_config.json", legacy);
     CHECK(link(path, lpath) == 0);
     CHECK(loss_of(mm, legacy) == want);
-    free(ts), free(names), free(data);
-    st_close(st);
     adapter_dir_remove(legacy);
     adapter_dir_remove(sv);
     model_dir_remove(newl);
