@@ -324,6 +324,40 @@ static int hf_config(const peft_model *m, char **text, size_t *len, int tied)
     return PEFT_OK;
 }
 
+/* A multimodal Gemma 3's merged directory: the text model's tensors (ts[0, *k), names 160 bytes
+   each) renamed to the checkpoint's layout, then every other tensor of its files (the vision
+   tower, the projector) carried over as float32 (into tmp[]), at ts[*k] on */
+static int carry_over(const peft_model *m, st_out_tensor *ts, char *names, float **tmp, int *k, int untie)
+{
+    if (untie) /* its config.json's tie lives in text_config */
+        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: a multimodal Gemma 3 whose lm_head the adapter "
+                                             "unties from the embeddings; export it as GGUF instead");
+    int n_text = *k;
+    for (int i = 0; i < n_text; i++) {
+        char buf[160];
+        snprintf(names + (size_t)i * 160, 160, "%s", peft__file_tensor_name(m, ts[i].name, buf, sizeof buf));
+    }
+    for (int f = 0; f < m->n_files; f++)
+        for (size_t j = 0; j < m->files[f]->n_tensors; j++) {
+            const st_tensor *t = &m->files[f]->tensors[j];
+            int text = 0;
+            for (int i = 0; i < n_text && !text; i++)
+                text = !strcmp(ts[i].name, t->name);
+            if (text)
+                continue;
+            if (!(tmp[*k] = peft__alloc_floats(t->n_elems)))
+                return peft__fail(PEFT_ENOMEM, "peft_save_merged: out of memory");
+            int code = st_read_f32(m->files[f], t, tmp[*k], t->n_elems);
+            if (code)
+                return code;
+            snprintf(names + (size_t)*k * 160, 160, "%s", t->name);
+            ts[*k] = (st_out_tensor){names + (size_t)*k * 160, t->n_dims, {0}, tmp[*k]};
+            memcpy(ts[*k].shape, t->shape, sizeof t->shape);
+            (*k)++;
+        }
+    return PEFT_OK;
+}
+
 int peft_save_merged(peft_model *m, const char *dir)
 {
     if (!m || !dir)
@@ -331,15 +365,13 @@ int peft_save_merged(peft_model *m, const char *dir)
     if (peft__prompt_len(m) > 0)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: a soft prompt (prompt tuning) is not part of the "
                                              "weights; save the adapter, or turn it off for the base model");
-    if (m->cfg.multimodal)
-        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: a merged multimodal Gemma 3 directory (its vision "
-                                             "tower carried over) is not written yet; peft_save_merged_gguf writes "
-                                             "the merged text model as llama.cpp's converter does");
     const peft_config *c = &m->cfg;
     int n_t = 3 + c->n_layers * (4 + 2 * PEFT_MOD_COUNT + 2), k = 0, code, untie = 0;
+    for (int i = 0; c->multimodal && i < m->n_files; i++) /* the vision tower's, carried over */
+        n_t += (int)m->files[i]->n_tensors;
     size_t VD = (size_t)c->vocab * (size_t)c->dim;
     st_out_tensor *ts = calloc((size_t)n_t, sizeof *ts);
-    char *names = calloc((size_t)n_t, 96);
+    char *names = calloc((size_t)n_t, 160);
     float **tmp = calloc((size_t)n_t, sizeof *tmp);
     char *src_cfg = peft__path_join(m->path, "config.json"), *dst_cfg = NULL, *dst_st = NULL, *text = NULL;
     size_t len;
@@ -349,8 +381,8 @@ int peft_save_merged(peft_model *m, const char *dir)
     }
 #define ADD(nm, d0, d1, ptr)                                                                       \
     do {                                                                                           \
-        snprintf(names + (size_t)k * 96, 96, "%s", nm);                                            \
-        ts[k].name = names + (size_t)k * 96;                                                       \
+        snprintf(names + (size_t)k * 160, 160, "%s", nm);                                          \
+        ts[k].name = names + (size_t)k * 160;                                                      \
         ts[k].n_dims = (d1) > 0 ? 2 : 1;                                                           \
         ts[k].shape[0] = (d0);                                                                     \
         ts[k].shape[1] = (d1);                                                                     \
@@ -405,6 +437,8 @@ int peft_save_merged(peft_model *m, const char *dir)
         }
     }
 #undef ADD
+    if (c->multimodal && (code = carry_over(m, ts, names, tmp, &k, untie)))
+        goto done;
     if (m->gguf_map)
         code = hf_config(m, &text, &len, c->tied && !untie);
     else

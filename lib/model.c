@@ -115,15 +115,20 @@ static int is_gguf_file(const char *path)
 /* A text model tensor ("model.X", "lm_head.weight") across the open shards, under a multimodal
    Gemma 3's names: transformers before 4.52 saved "language_model.model.X" and
    "language_model.lm_head.weight", later ones "model.language_model.X" and "lm_head.weight" */
+const char *peft__file_tensor_name(const peft_model *m, const char *name, char *buf, size_t cap)
+{
+    if (!m->cfg.multimodal)
+        return name;
+    int legacy = m->mm_layout == 1, inner = !strncmp(name, "model.", 6);
+    snprintf(buf, cap, "%s%s", inner ? (legacy ? "language_model.model." : "model.language_model.")
+                                     : (legacy ? "language_model." : ""), inner ? name + 6 : name);
+    return buf;
+}
+
 static const st_tensor *find_tensor(const peft_model *m, const char *name, const st_file **in)
 {
     char buf[192];
-    if (m->cfg.multimodal) {
-        int legacy = m->mm_layout == 1, inner = !strncmp(name, "model.", 6);
-        snprintf(buf, sizeof buf, "%s%s", inner ? (legacy ? "language_model.model." : "model.language_model.")
-                                                : (legacy ? "language_model." : ""), inner ? name + 6 : name);
-        name = buf;
-    }
+    name = peft__file_tensor_name(m, name, buf, sizeof buf);
     for (int i = 0; i < m->n_files; i++) {
         const st_tensor *t = st_find(m->files[i], name);
         if (t) {

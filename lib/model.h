@@ -189,7 +189,8 @@ struct peft_model {
     peft_layer_weights *layers;
     uint64_t n_params;
     char weights_dtype[8];
-    int mm_layout;      /* a multimodal Gemma 3's tensor names: 1 language_model.model.*, 2 model.language_model.* */
+    int mm_layout;      /* a multimodal Gemma 3's tensor names: 1 language_model.model.*, 2 model.language_model.*
+                           (peft__file_tensor_name) */
     void *gguf_map;     /* a GGUF model file, mapped */
     size_t gguf_size;
 
@@ -260,6 +261,9 @@ int peft__write_adapter(const peft_config *c, const char *st_path, st_out_tensor
 /* adapter.c: an adapter's tensor file opened with a multimodal Gemma 3's text model keys renamed
    to the library's (text model) names, whichever of transformers' layouts it holds */
 int peft__adapter_open(st_file **f, const char *path);
+/* model.c: the checkpoint's name of a text model tensor ("model.X", "lm_head.weight"): name
+   itself, or a multimodal Gemma 3's in the layout its files use (in buf) */
+const char *peft__file_tensor_name(const peft_model *m, const char *name, char *buf, size_t cap);
 /* adapter.c: after loading into a new attachment, on success drop the previous one (saved), on
    failure drop the new one and put the previous one back */
 int peft__keep_or_restore(peft_model *m, lora_state *saved, int code);
