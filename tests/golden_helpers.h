@@ -12,6 +12,7 @@
 
 #include "../lib/json.h"
 #include "../lib/safetensors.h"
+#include "fd_helpers.h"
 #include "harness.h"
 #include "peft/peft.h"
 
@@ -222,25 +223,7 @@ static inline void gradcheck_at(const char *model_path, const char *adapter_path
     CHECK_OK(peft_param_buffer(&p, &n, m));
     float *ga = malloc(n * sizeof *ga);
     memcpy(ga, g, n * sizeof *ga);
-    double gmax = 0;
-    for (size_t i = 0; i < n; i++)
-        gmax = fmax(gmax, fabs(ga[i]));
-    int bad = 0, checked = 0;
-    for (size_t i = 0; i < n; i += n / 97 + 1) {
-        float save = p[i], h = 1e-2f;
-        peft_eval_result ep = PEFT_EVAL_RESULT_INIT, em = PEFT_EVAL_RESULT_INIT;
-        p[i] = save + h;
-        peft_eval(m, &b, &ep);
-        p[i] = save - h;
-        peft_eval(m, &b, &em);
-        p[i] = save;
-        double num = (ep.loss_sum - em.loss_sum) / (2.0 * h);
-        checked++;
-        if (fabs(num - ga[i]) > 2e-3 * gmax + 2e-2 * fabs(num)) {
-            if (bad++ < 5)
-                fprintf(stderr, "param %zu: analytic %.6g numeric %.6g\n", i, ga[i], num);
-        }
-    }
+    int checked, nonzero, bad = fd_sweep(m, &b, p, ga, n, n / 97 + 1, adapter_path, &checked, &nonzero);
     CHECK(checked > 60);
     CHECK(bad == 0);
     free(ga);

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "api_helpers.h"
+#include "fd_helpers.h"
 #include "harness.h"
 #include "peft/peft.h"
 
@@ -787,14 +788,7 @@ TEST(dora_save_load_merge)
     /* the first module's magnitude follows its A (4 x 32) and B (32 x 4) */
     size_t off_m = 4 * 32 + 32 * 4;
     for (size_t i = off_m; i < off_m + 32; i += 5) {
-        float save = p[i], h = 1e-2f;
-        peft_eval_result ep = PEFT_EVAL_RESULT_INIT, em = PEFT_EVAL_RESULT_INIT;
-        p[i] = save + h;
-        peft_eval(m, &b, &ep);
-        p[i] = save - h;
-        peft_eval(m, &b, &em);
-        p[i] = save;
-        double num = (ep.loss_sum - em.loss_sum) / (2 * h);
+        double num = fd_param(m, &b, p, i, 1e-2f);
         CHECK_MSG(fabs(num - g[i]) <= 1e-3 + 2e-2 * fabs(num), "magnitude %zu: analytic %g numeric %g", i, g[i], num);
     }
     peft_model_close(&m);

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "api_helpers.h"
+#include "fd_helpers.h"
 #include "harness.h"
 #include "peft/peft.h"
 
@@ -325,24 +326,7 @@ static void gradcheck_attached(peft_model *m, const char *what)
     CHECK_OK(peft_grad_buffer(&g, &n, m));
     float *ga = malloc(n * sizeof *ga);
     memcpy(ga, g, n * sizeof *ga);
-    double gmax = 0;
-    for (size_t i = 0; i < n; i++)
-        gmax = fmax(gmax, fabs(ga[i]));
-    int bad = 0, checked = 0, nonzero = 0;
-    for (size_t i = 0; i < n; i += n / 301 + 1) {
-        float save = p[i], h = 1e-2f;
-        peft_eval_result ep = PEFT_EVAL_RESULT_INIT, em = PEFT_EVAL_RESULT_INIT;
-        p[i] = save + h;
-        CHECK_OK(peft_eval(m, &b, &ep));
-        p[i] = save - h;
-        CHECK_OK(peft_eval(m, &b, &em));
-        p[i] = save;
-        double num = (ep.loss_sum - em.loss_sum) / (2.0 * h);
-        checked++;
-        nonzero += fabs(num) > 1e-3 * gmax;
-        if (fabs(num - ga[i]) > 2e-3 * gmax + 2e-2 * fabs(num) && bad++ < 5)
-            fprintf(stderr, "%s: param %zu of %zu: analytic %.6g numeric %.6g\n", what, i, n, ga[i], num);
-    }
+    int checked, nonzero, bad = fd_sweep(m, &b, p, ga, n, n / 301 + 1, what, &checked, &nonzero);
     CHECK_MSG(checked > 60 && nonzero > checked / 10, "%s: %d checked, %d non-zero", what, checked, nonzero);
     CHECK_MSG(bad == 0, "%s: %d gradients off", what, bad);
     CHECK_OK(peft_zero_grad(m));
