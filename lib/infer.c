@@ -121,12 +121,12 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
         linear_forward(m, vc + (size_t)pos * kvd, s->xn, peft__w_of(m, l, PEFT_MOD_V), peft__bias_of(m, l, PEFT_MOD_V),
                        1, D, kvd, view(s, &lv, l, PEFT_MOD_V), s->xa, s->tmp);
         float *kp = kc + (size_t)pos * kvd;
-        for (int h = 0; c->qk_norm && h < H; h++) /* Qwen3: each head normalised (in place) */
-            rmsnorm_forward(NULL, s->q + h * hd, &rstd, s->q + h * hd, peft__norm_weight(m, l, PEFT__NORM_Q), 1, hd,
-                            c->eps);
-        for (int h = 0; c->qk_norm && h < Hk; h++)
-            rmsnorm_forward(NULL, kp + h * hd, &rstd, kp + h * hd, peft__norm_weight(m, l, PEFT__NORM_K), 1, hd,
-                            c->eps);
+        const float *qn = c->qk_norm ? peft__norm_weight(m, l, PEFT__NORM_Q) : NULL;
+        const float *kn = c->qk_norm ? peft__norm_weight(m, l, PEFT__NORM_K) : NULL;
+        for (int h = 0; qn && h < H; h++) /* Qwen3, Gemma 3: each head normalised (in place) */
+            rmsnorm_forward(NULL, s->q + h * hd, &rstd, s->q + h * hd, qn, 1, hd, c->eps);
+        for (int h = 0; kn && h < Hk; h++)
+            rmsnorm_forward(NULL, kp + h * hd, &rstd, kp + h * hd, kn, 1, hd, c->eps);
         peft_config local;
         const peft_config *rc = rope_config_of(c, l, &local);
         if (peft__layer_rope(c, l)) { /* SmolLM3's NoPE layers: no rotation */
