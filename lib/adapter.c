@@ -12,18 +12,27 @@
 #include "model.h"
 #include "safetensors.h"
 
-/* A multimodal Gemma 3's text model in PEFT's adapter files: under "base_model.model.model.
-   language_model." (transformers 4.52 on: written so), or "base_model.model.language_model.model."
-   and "base_model.model.language_model.lm_head." (before); the library names its tensors as for
-   a text model ("base_model.model.model.layers...", "base_model.model.lm_head..."). */
-static const char *const MM_FILE[3] = {"base_model.model.model.language_model.", "base_model.model.language_model.model.",
-                                       "base_model.model.language_model.lm_head."};
-static const char *const MM_LIB[3] = {"base_model.model.model.", "base_model.model.model.", "base_model.model.lm_head."};
+/* PEFT's adapter keys are "base_model.model." and a module's name: the library names a
+   multimodal Gemma 3's text model's modules as a text model's (peft__canon_module), and writes
+   them under the model's module path (peft__prefix: "model.language_model.", transformers 4.52
+   on) */
+#define KEY_ROOT "base_model.model."
+
+static const char *library_key(const char *key, char *buf, size_t cap)
+{
+    const size_t n = sizeof KEY_ROOT - 1;
+    char canon[448];
+    const char *module = strncmp(key, KEY_ROOT, n) ? NULL : peft__canon_module(key + n, canon, sizeof canon);
+    if (!module || module == key + n)
+        return key;
+    snprintf(buf, cap, KEY_ROOT "%s", module);
+    return buf;
+}
 
 int peft__adapter_open(st_file **f, const char *path)
 {
     int code = st_open(f, path);
-    if (!code && st_rename_prefixes(*f, MM_FILE, MM_LIB, 3)) {
+    if (!code && st_rename(*f, library_key)) {
         st_close(*f);
         *f = NULL;
         code = peft__fail(PEFT_EFORMAT, "%s: holds tensors of a multimodal model's text model under both of "
@@ -41,11 +50,11 @@ static int write_tensors(const peft_config *c, const char *st_path, st_out_tenso
     st_out_tensor *named = malloc((n + 1) * sizeof *named);
     char *names = malloc((n + 1) * 192);
     int code = named && names ? PEFT_OK : peft__fail(PEFT_ENOMEM, "out of memory");
+    const size_t lib = sizeof KEY_ROOT "model." - 1;
     for (size_t i = 0; i < n && !code; i++) {
         named[i] = ts[i];
-        size_t lib = strlen(MM_LIB[0]);
-        if (!strncmp(ts[i].name, MM_LIB[0], lib)) {
-            snprintf(names + i * 192, 192, "%s%s", MM_FILE[0], ts[i].name + lib);
+        if (!strncmp(ts[i].name, KEY_ROOT "model.", lib)) {
+            snprintf(names + i * 192, 192, KEY_ROOT "%s%s", peft__prefix(c), ts[i].name + lib);
             named[i].name = names + i * 192;
         }
     }

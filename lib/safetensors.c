@@ -216,18 +216,14 @@ fail:
     return code;
 }
 
-int st_rename_prefixes(st_file *f, const char *const *from, const char *const *to, size_t n)
+int st_rename(st_file *f, const char *(*rename)(const char *name, char *buf, size_t cap))
 {
+    char buf[512];
     for (size_t i = 0; i < f->n_tensors; i++) {
         char *name = (char *)f->tensors[i].name; /* the header document's own copy */
-        for (size_t k = 0; k < n; k++) {
-            size_t lf = strlen(from[k]), lt = strlen(to[k]);
-            if (lt > lf || strncmp(name, from[k], lf) != 0)
-                continue;
-            memmove(name + lt, name + lf, strlen(name + lf) + 1);
-            memcpy(name, to[k], lt);
-            break;
-        }
+        const char *to = rename(name, buf, sizeof buf);
+        if (to != name && strlen(to) <= strlen(name))
+            memmove(name, to, strlen(to) + 1);
     }
     qsort(f->tensors, f->n_tensors, sizeof *f->tensors, cmp_name);
     for (size_t i = 1; i < f->n_tensors; i++)

@@ -41,9 +41,9 @@ const char *st_dtype_name(enum st_dtype dt);
 int st_open(st_file **out, const char *path);
 void st_close(st_file *f);
 const st_tensor *st_find(const st_file *f, const char *name);
-/* Rename tensors in place: every name beginning with from[i] (the first that matches) gets to[i]
-   instead, which must be no longer. Returns -1 when two tensors end up with one name. */
-int st_rename_prefixes(st_file *f, const char *const *from, const char *const *to, size_t n);
+/* Rename tensors in place: each name becomes rename(name, buf, cap) (name itself, or a name no
+   longer than it in buf). Returns -1 when two tensors end up with one name. */
+int st_rename(st_file *f, const char *(*rename)(const char *name, char *buf, size_t cap));
 /* Read a tensor of n elements as float32 (F32, F16, BF16). */
 int st_read_f32(const st_file *f, const st_tensor *t, float *dst, uint64_t n);
 /* Pointer to the F32 data if it can be used in place (aligned), else NULL. */
