@@ -151,7 +151,7 @@ static size_t extra_tensors(const peft_model *m, st_out_tensor *ts, char *names)
         int k = i % PEFT_MOD_COUNT;
         EXTRA(m->layers[i / PEFT_MOD_COUNT].w[k].rows, 0, (size_t)l->bias_off[i],
               "base_model.model.model.layers.%d.%s.%s.%sbias", i / PEFT_MOD_COUNT, peft__module_parents[k],
-              peft__module_names[k], l->index[i] >= 0 ? "base_layer." : "");
+              peft__mod_name(c, k), l->index[i] >= 0 ? "base_layer." : "");
     }
 #undef EXTRA
     return n;
@@ -298,7 +298,7 @@ static int write_config(const peft_model *m, const char *path, const char *base_
         jw_put(&w, "[");
         for (int k = 0; k < PEFT_MOD_COUNT; k++)
             if (l->targets & (1u << k)) {
-                jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__module_names[k]);
+                jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__mod_name(&m->cfg, k));
                 first = 0;
             }
         if (l->embed_r > 0)
@@ -343,7 +343,7 @@ static int write_config_ia3(const peft_model *m, const char *path, const char *b
     jw_put(&w, ",\n  \"fan_in_fan_out\": false,\n  \"feedforward_modules\": [");
     for (int k = 0; k < PEFT_MOD_COUNT; k++)
         if (l->feedforward & (1u << k)) {
-            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__module_names[k]);
+            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__mod_name(&m->cfg, k));
             first = 0;
         }
     jw_put(&w, first ? "],\n" : "\n  ],\n");
@@ -357,10 +357,10 @@ static int write_config_ia3(const peft_model *m, const char *path, const char *b
         if (all_layers) {
             if (md->layer != 0)
                 continue;
-            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__module_names[md->kind]);
+            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__mod_name(&m->cfg, md->kind));
         } else {
             jw_put(&w, "%s\n    \"%slayers.%d.%s.%s\"", first ? "" : ",", peft__prefix(&m->cfg), md->layer,
-                   peft__module_parents[md->kind], peft__module_names[md->kind]);
+                   peft__module_parents[md->kind], peft__mod_name(&m->cfg, md->kind));
         }
         first = 0;
     }
@@ -434,16 +434,16 @@ int peft__load_single(peft_model *m, lora_state *l, const char *st_path, const c
 
 /* ---- VeRA (PEFT VERA) ---- */
 
-static int targets_and_layers(const json_value *root, uint32_t *targets, int embed_ok, char *layers, size_t cap,
-                              const char *path);
+static int targets_and_layers(const peft_config *c, const json_value *root, uint32_t *targets, int embed_ok,
+                              char *layers, size_t cap, const char *path);
 
 #define VERA_A_KEY "base_model.vera_A"
 #define VERA_B_KEY "base_model.vera_B"
 
-static void vera_key(char *buf, size_t n, const lora_module *md, char which)
+static void vera_key(const peft_config *c, char *buf, size_t n, const lora_module *md, char which)
 {
     snprintf(buf, n, "base_model.model.model.layers.%d.%s.%s.vera_lambda_%c", md->layer, peft__module_parents[md->kind],
-             peft__module_names[md->kind], which);
+             peft__mod_name(c, md->kind), which);
 }
 
 static int save_vera(peft_model *m, const char *st_path, const char *cfg_path, const char *base_name)
@@ -463,7 +463,7 @@ static int save_vera(peft_model *m, const char *st_path, const char *cfg_path, c
         const lora_module *md = &l->mods[i];
         for (int b = 0; b < 2; b++) {
             st_out_tensor *t = &ts[2 * i + b];
-            vera_key(names + (size_t)(2 * i + b) * 128, 128, md, b ? 'b' : 'd');
+            vera_key(&m->cfg, names + (size_t)(2 * i + b) * 128, 128, md, b ? 'b' : 'd');
             t->name = names + (size_t)(2 * i + b) * 128;
             t->n_dims = 1;
             t->shape[0] = b ? md->out : md->r;
@@ -489,7 +489,7 @@ static int save_vera(peft_model *m, const char *st_path, const char *cfg_path, c
     first = 1;
     for (int k = 0; k < PEFT_MOD_COUNT; k++)
         if (l->targets & (1u << k)) {
-            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__module_names[k]);
+            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__mod_name(&m->cfg, k));
             first = 0;
         }
     jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\",\n  \"vera_dropout\": ");
@@ -533,7 +533,7 @@ static int load_vera(peft_model *m, const char *dir, const json_value *root, con
         o.seed = (uint64_t)v->number;
     if ((v = json_get(root, "bias")) && v->type == JSON_STRING && strcmp(v->string, "none") != 0)
         return peft__fail(PEFT_EUNSUPPORTED, "%s: bias \"%s\" is not supported yet", cfg_path, v->string);
-    int code = targets_and_layers(root, &o.targets, 0, layers, sizeof layers, cfg_path);
+    int code = targets_and_layers(&m->cfg, root, &o.targets, 0, layers, sizeof layers, cfg_path);
     peft_lora_options side = PEFT_LORA_OPTIONS_INIT; /* modules_to_save and norms */
     side.modules_to_save = 0;
     if (!code)
@@ -557,9 +557,9 @@ static int load_vera(peft_model *m, const char *dir, const json_value *root, con
     char key[160];
     for (int i = 0; i < l->n_modules && !code; i++) {
         const lora_module *md = &l->mods[i];
-        vera_key(key, sizeof key, md, 'd');
+        vera_key(&m->cfg, key, sizeof key, md, 'd');
         code = read_shaped(f, key, md->r, 0, l->params + md->off_a, st_path);
-        vera_key(key, sizeof key, md, 'b');
+        vera_key(&m->cfg, key, sizeof key, md, 'b');
         if (!code)
             code = read_shaped(f, key, md->out, 0, l->params + md->off_b, st_path);
     }
@@ -577,8 +577,8 @@ static int load_vera(peft_model *m, const char *dir, const json_value *root, con
 
 /* Tensor t of module md (t < the count returned for t = -1): its name, shape and offset from
    the module's block. Returns the number of tensors of the module. */
-static int factor_tensor(const lora_state *l, const lora_module *md, int t, char *name, size_t cap, int64_t *d0,
-                         int64_t *d1, size_t *off)
+static int factor_tensor(const peft_config *c, const lora_state *l, const lora_module *md, int t, char *name,
+                         size_t cap, int64_t *d0, int64_t *d1, size_t *off)
 {
     static const char *const hada[4] = {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"};
     int64_t r = md->r, in = md->in, out = md->out;
@@ -614,7 +614,7 @@ static int factor_tensor(const lora_state *l, const lora_module *md, int t, char
         }
     }
     snprintf(name, cap, "base_model.model.model.layers.%d.%s.%s.%s", md->layer, peft__module_parents[md->kind],
-             peft__module_names[md->kind], suffix);
+             peft__mod_name(c, md->kind), suffix);
     return count;
 }
 
@@ -624,7 +624,7 @@ static int save_loha(peft_model *m, const char *st_path, const char *cfg_path, c
     int lokr = l->method == PEFT_METHOD_LOKR;
     size_t nt = 0, n_extra = extra_count(l, m->cfg.n_layers);
     for (int i = 0; i < l->n_modules; i++)
-        nt += (size_t)factor_tensor(l, &l->mods[i], -1, NULL, 0, NULL, NULL, NULL);
+        nt += (size_t)factor_tensor(&m->cfg, l, &l->mods[i], -1, NULL, 0, NULL, NULL, NULL);
     nt += n_extra; /* modules_to_save (embeddings, lm_head, norms) after the factors */
     st_out_tensor *ts = calloc(nt ? nt : 1, sizeof *ts);
     char *names = calloc(nt ? nt : 1, 128);
@@ -638,11 +638,11 @@ static int save_loha(peft_model *m, const char *st_path, const char *cfg_path, c
     size_t kt = 0;
     for (int i = 0; i < l->n_modules; i++) {
         const lora_module *md = &l->mods[i];
-        int cnt = factor_tensor(l, md, -1, NULL, 0, NULL, NULL, NULL);
+        int cnt = factor_tensor(&m->cfg, l, md, -1, NULL, 0, NULL, NULL, NULL);
         for (int t = 0; t < cnt; t++, kt++) {
             st_out_tensor *o = &ts[kt];
             size_t off;
-            factor_tensor(l, md, t, names + kt * 128, 128, &o->shape[0], &o->shape[1], &off);
+            factor_tensor(&m->cfg, l, md, t, names + kt * 128, 128, &o->shape[0], &o->shape[1], &off);
             o->name = names + kt * 128;
             o->n_dims = 2;
             o->data = l->params + md->off_a + off;
@@ -671,7 +671,7 @@ static int save_loha(peft_model *m, const char *st_path, const char *cfg_path, c
     first = 1;
     for (int k = 0; k < PEFT_MOD_COUNT; k++)
         if (l->targets & (1u << k)) {
-            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__module_names[k]);
+            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__mod_name(&m->cfg, k));
             first = 0;
         }
     jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\",\n  \"use_effective_conv2d\": false\n}");
@@ -707,7 +707,7 @@ static int load_loha(peft_model *m, const char *dir, const json_value *root, con
         return peft__fail(PEFT_EUNSUPPORTED, "%s: LoKr with decompose_both or a decompose_factor other than -1 is "
                                              "not supported yet", cfg_path);
     char *exclude = NULL;
-    int code = targets_and_layers(root, &o.targets, 0, layers, sizeof layers, cfg_path);
+    int code = targets_and_layers(&m->cfg, root, &o.targets, 0, layers, sizeof layers, cfg_path);
     if (!code)
         code = read_exclude(json_get(root, "exclude_modules"), &exclude, cfg_path);
     o.exclude_regex = exclude;
@@ -737,12 +737,12 @@ static int load_loha(peft_model *m, const char *dir, const json_value *root, con
     size_t expected = 0;
     for (int i = 0; i < l->n_modules && !code; i++) {
         const lora_module *md = &l->mods[i];
-        int cnt = factor_tensor(l, md, -1, NULL, 0, NULL, NULL, NULL);
+        int cnt = factor_tensor(&m->cfg, l, md, -1, NULL, 0, NULL, NULL, NULL);
         expected += (size_t)cnt;
         for (int t = 0; t < cnt && !code; t++) {
             int64_t d0, d1;
             size_t off;
-            factor_tensor(l, md, t, key, sizeof key, &d0, &d1, &off);
+            factor_tensor(&m->cfg, l, md, t, key, sizeof key, &d0, &d1, &off);
             code = read_shaped(f, key, d0, d1, l->params + md->off_a + off, st_path);
         }
     }
@@ -817,7 +817,7 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
         const lora_module *md = &l->mods[i];
         if (ia3) {
             st_out_tensor *t = &ts[i];
-            t->name = peft__module_key(names + (size_t)i * 128, 128, md->layer, md->kind, 3);
+            t->name = peft__module_key(&m->cfg, names + (size_t)i * 128, 128, md->layer, md->kind, 3);
             t->n_dims = 2;
             t->shape[0] = md->ia3_ff ? 1 : md->out; /* PEFT: (1, in) feedforward, (out, 1) otherwise */
             t->shape[1] = md->ia3_ff ? md->in : 1;
@@ -826,7 +826,7 @@ int peft_save_adapter(peft_model *m, const char *dir, const peft_save_options *o
         }
         for (int b = 0; b < per; b++) {
             st_out_tensor *t = &ts[per * i + b];
-            t->name = peft__module_key(names + (size_t)(per * i + b) * 128, 128, md->layer, md->kind, b);
+            t->name = peft__module_key(&m->cfg, names + (size_t)(per * i + b) * 128, 128, md->layer, md->kind, b);
             if (b == 2) {
                 t->n_dims = 1;
                 t->shape[0] = md->out;
@@ -870,10 +870,10 @@ done:
 
 /* ---- loading ---- */
 
-static int kind_of(const char *name)
+static int kind_of(const peft_config *c, const char *name)
 {
     for (int k = 0; k < PEFT_MOD_COUNT; k++)
-        if (strcmp(name, peft__module_names[k]) == 0)
+        if (peft__has_mod(c, k) && strcmp(name, peft__mod_name(c, k)) == 0)
             return k;
     return -1;
 }
@@ -900,8 +900,8 @@ static int pattern_from_json(const json_value *v, char *buf, size_t cap, const c
 
 /* target_modules (a list of module names, or "all-linear") and layers_to_transform (null, a
    number or a list) of a LoRA or VeRA adapter_config.json; layers receives "N,M,..." or "". */
-static int targets_and_layers(const json_value *root, uint32_t *targets, int embed_ok, char *layers, size_t cap,
-                              const char *path)
+static int targets_and_layers(const peft_config *c, const json_value *root, uint32_t *targets, int embed_ok,
+                              char *layers, size_t cap, const char *path)
 {
     const json_value *v = json_get(root, "target_modules");
     *targets = 0;
@@ -922,7 +922,7 @@ static int targets_and_layers(const json_value *root, uint32_t *targets, int emb
                 *targets |= PEFT_TARGET_LM_HEAD;
                 continue;
             }
-            int k = it->type == JSON_STRING ? kind_of(it->string) : -1;
+            int k = it->type == JSON_STRING ? kind_of(c, it->string) : -1;
             if (k < 0)
                 return peft__fail(PEFT_EUNSUPPORTED, "%s: target module \"%s\" is not supported yet (q_proj, k_proj, "
                                   "v_proj, o_proj, gate_proj, up_proj, down_proj%s)",
@@ -992,8 +992,8 @@ static int read_exclude(const json_value *v, char **out, const char *path)
     return PEFT_OK;
 }
 
-int peft__read_lora_config(peft_lora_options *o, char *layers, size_t layers_cap, int32_t **tok, char **regex,
-                           char **exclude, const char *path)
+int peft__read_lora_config(const peft_config *c, peft_lora_options *o, char *layers, size_t layers_cap,
+                           int32_t **tok, char **regex, char **exclude, const char *path)
 {
     char *text;
     size_t len;
@@ -1079,7 +1079,7 @@ int peft__read_lora_config(peft_lora_options *o, char *layers, size_t layers_cap
     if ((code = read_exclude(json_get(root, "exclude_modules"), exclude, path)))
         goto done;
     o->exclude_regex = *exclude;
-    if ((code = targets_and_layers(root, &o->targets, 1, layers, layers_cap / 2, path)) ||
+    if ((code = targets_and_layers(c, root, &o->targets, 1, layers, layers_cap / 2, path)) ||
         (code = peft__read_modules_to_save(json_get(root, "modules_to_save"), o, layers, path)) ||
         (code = peft__read_token_indices(json_get(root, "trainable_token_indices"), o, tok, path)))
         goto done;
@@ -1092,7 +1092,7 @@ done:
 
 /* Module names of target_modules / feedforward_modules: "k_proj" or "model.layers.N.self_attn.k_proj".
    Sets bits of kinds, and layer flags when full paths are used. Returns -1 on an unknown name. */
-int peft__parse_module_name(const char *s0, int *kind, int *layer)
+int peft__parse_module_name(const peft_config *c, const char *s0, int *kind, int *layer)
 {
     char canon[160];
     const char *s = peft__canon_module(s0, canon, sizeof canon);
@@ -1106,7 +1106,7 @@ int peft__parse_module_name(const char *s0, int *kind, int *layer)
         *layer = (int)l;
         name = strrchr(s, '.') + 1;
     }
-    *kind = kind_of(name);
+    *kind = kind_of(c, name);
     if (*kind < 0)
         return -1;
     if (*layer >= 0) { /* the parent must be right too */
@@ -1118,8 +1118,8 @@ int peft__parse_module_name(const char *s0, int *kind, int *layer)
     return 0;
 }
 
-static int read_config_ia3(const json_value *root, peft_ia3_options *o, char *layers, size_t cap, int n_layers,
-                           const char *path)
+static int read_config_ia3(const peft_config *c, const json_value *root, peft_ia3_options *o, char *layers,
+                           size_t cap, int n_layers, const char *path)
 {
     const json_value *t = json_get(root, "target_modules"), *ff = json_get(root, "feedforward_modules");
     if (!t || t->type != JSON_ARRAY || t->length == 0)
@@ -1132,7 +1132,7 @@ static int read_config_ia3(const json_value *root, peft_ia3_options *o, char *la
     o->feedforward = 0;
     for (size_t i = 0; i < t->length; i++) {
         int kind, layer;
-        if (t->items[i].type != JSON_STRING || peft__parse_module_name(t->items[i].string, &kind, &layer) ||
+        if (t->items[i].type != JSON_STRING || peft__parse_module_name(c, t->items[i].string, &kind, &layer) ||
             layer >= n_layers) {
             free(on);
             return peft__fail(PEFT_EUNSUPPORTED, "%s: IA3 target module \"%s\" is not supported", path,
@@ -1166,7 +1166,7 @@ static int read_config_ia3(const json_value *root, peft_ia3_options *o, char *la
     o->layers = layers[0] ? layers : NULL;
     for (size_t i = 0; ff && ff->type == JSON_ARRAY && i < ff->length; i++) {
         int kind, layer;
-        if (ff->items[i].type != JSON_STRING || peft__parse_module_name(ff->items[i].string, &kind, &layer))
+        if (ff->items[i].type != JSON_STRING || peft__parse_module_name(c, ff->items[i].string, &kind, &layer))
             return peft__fail(PEFT_EUNSUPPORTED, "%s: IA3 feedforward module not supported", path);
         o->feedforward |= 1u << kind;
     }
@@ -1180,7 +1180,7 @@ static int load_ia3(peft_model *m, const char *dir, const json_value *root, cons
     char layers[8192];
     st_file *f = NULL;
     lora_state *saved = m->lora;
-    int code = read_config_ia3(root, &o, layers, sizeof layers, m->cfg.n_layers, cfg_path);
+    int code = read_config_ia3(&m->cfg, root, &o, layers, sizeof layers, m->cfg.n_layers, cfg_path);
     peft_lora_options side = PEFT_LORA_OPTIONS_INIT; /* modules_to_save and norms */
     side.modules_to_save = 0;
     if (!code)
@@ -1201,7 +1201,7 @@ static int load_ia3(peft_model *m, const char *dir, const json_value *root, cons
     for (int i = 0; i < l->n_modules && !code; i++) {
         const lora_module *md = &l->mods[i];
         char key[160];
-        peft__module_key(key, sizeof key, md->layer, md->kind, 3);
+        peft__module_key(&m->cfg, key, sizeof key, md->layer, md->kind, 3);
         const st_tensor *t = st_find(f, key);
         int64_t d0 = md->ia3_ff ? 1 : md->out, d1 = md->ia3_ff ? md->in : 1;
         if (!t)
@@ -1334,7 +1334,7 @@ int peft_load_adapter(peft_model *m, const char *dir)
     }
     peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
     char layers[32768]; /* layers spec | rank_pattern | alpha_pattern */
-    if ((code = peft__read_lora_config(&o, layers, sizeof layers, &tok_ids, &regex, &exclude, cfg_path)))
+    if ((code = peft__read_lora_config(&m->cfg, &o, layers, sizeof layers, &tok_ids, &regex, &exclude, cfg_path)))
         goto done;
     if ((code = peft__adapter_open(&f, st_path)))
         goto done;
@@ -1357,7 +1357,7 @@ int peft_load_adapter(peft_model *m, const char *dir)
         const lora_module *md = &l->mods[i];
         for (int b = 0; b < per; b++) {
             char key[160];
-            peft__module_key(key, sizeof key, md->layer, md->kind, b);
+            peft__module_key(&m->cfg, key, sizeof key, md->layer, md->kind, b);
             const st_tensor *t = st_find(f, key);
             if (!t) {
                 code = peft__fail(PEFT_ENOTFOUND, "%s: tensor '%s' is missing (adapter for another model?)",
@@ -1418,7 +1418,7 @@ int peft_load_adapter(peft_model *m, const char *dir)
             for (int j = 0; j < l->n_modules && !ok; j++)
                 for (int b = 0; b < per && !ok; b++) {
                     char key[160];
-                    peft__module_key(key, sizeof key, l->mods[j].layer, l->mods[j].kind, b);
+                    peft__module_key(&m->cfg, key, sizeof key, l->mods[j].layer, l->mods[j].kind, b);
                     ok = !strcmp(key, f->tensors[i].name);
                 }
             if (!ok) {

@@ -246,7 +246,7 @@ static void union_options(peft_lora_options *o, const peft_config *c, const uint
         if (sel[i])
             n += (size_t)snprintf(buf + n, n < cap ? cap - n : 0, "%s%slayers\\.%d\\.%s\\.%s", n ? "|" : "",
                                   peft__prefix_re(c), i / PEFT_MOD_COUNT, peft__module_parents[i % PEFT_MOD_COUNT],
-                                  peft__module_names[i % PEFT_MOD_COUNT]);
+                                  peft__mod_name(c, i % PEFT_MOD_COUNT));
     o->targets = 0;
     o->target_regex = buf;
 }
@@ -325,7 +325,7 @@ static int combine_module(peft_model *m, const lora_state *const *src, const dou
     }
     if (R > (in < out ? in : out))
         return peft__fail(PEFT_EINVAL, "peft_adapter_combine: svd rank %d exceeds the size of %s (%d x %d)", R,
-                          peft__module_names[md->kind], out, in);
+                          peft__mod_name(&m->cfg, md->kind), out, in);
     code = peft__task_merge(sc->delta, sc->t, sc->w, nv, (size_t)out * in, kd.prune, kd.ties, o->density, freq, seed);
     if (code || (code = peft__svd_factors(m, sc->delta, out, in, R, 1.0f, 0x737664ull /* "svd" */, A, B)))
         return code;

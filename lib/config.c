@@ -62,10 +62,11 @@ static int get_float(const json_value *root, const char *key, float *out, const 
     return 0;
 }
 
-/* Inverse frequencies as transformers computes them: theta^(-2i/hd), then the scaling. */
+/* Inverse frequencies as transformers computes them: theta^(-2i/d) (d: the rotated
+   dimensions), then the scaling. */
 double peft__rope_inv_freq(const peft_config *c, int i)
 {
-    double inv = pow((double)c->rope_theta, -2.0 * i / c->head_dim);
+    double inv = pow((double)c->rope_theta, -2.0 * i / peft__rot_dim(c));
     if (c->rope_scaling == 1)
         return inv / c->rope_factor;
     if (c->rope_scaling == 2 && i < 256)
@@ -79,8 +80,49 @@ static double num_or(const json_value *o, const char *key, double def)
     return v && v->type == JSON_NUMBER ? v->number : def;
 }
 
-/* "rope_scaling": {"rope_type" (or "type"): "linear" | "llama3" | "default", "factor", ...} */
-static int parse_rope_scaling(peft_config *cfg, const json_value *rs, const char *what)
+/* LongRoPE (transformers' _compute_longrope_parameters): short_factor and long_factor divide the
+   rot_dim / 2 frequencies, the long ones for sequences past original_max_position_embeddings;
+   cos and sin are multiplied by attention_factor, by default sqrt(1 + ln f / ln original) with
+   f = max_position_embeddings / original_max_position_embeddings (root: the config) */
+static int longrope(peft_config *cfg, const json_value *rs, const json_value *root, const char *what)
+{
+    int half = peft__rot_dim(cfg) / 2;
+    if (half > 256)
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: longrope with %d rotated dimensions (at most 512)", what, 2 * half);
+    const char *names[2] = {"short_factor", "long_factor"};
+    float *dst[2] = {cfg->rope_div, cfg->rope_div_long};
+    for (int j = 0; j < 2; j++) {
+        const json_value *f = json_get(rs, names[j]);
+        if (!f || f->type != JSON_ARRAY || (int)f->length != half)
+            return peft__fail(PEFT_EFORMAT, "%s: longrope's \"%s\" must list %d numbers (rotated dimensions / 2)",
+                              what, names[j], half);
+        for (int i = 0; i < half; i++) {
+            const json_value *v = &f->items[i];
+            if (v->type != JSON_NUMBER || !(v->number > 0 && v->number < 1e6))
+                return peft__fail(PEFT_EFORMAT, "%s: longrope's %s[%d] must be a positive number", what, names[j], i);
+            dst[j][i] = (float)v->number;
+        }
+    }
+    double orig = num_or(root, "original_max_position_embeddings", 0), factor = num_or(rs, "factor", 1.0);
+    if (orig > 0)
+        factor = num_or(root, "max_position_embeddings", orig) / orig;
+    else
+        orig = num_or(root, "max_position_embeddings", 0);
+    if (!(orig >= 1 && orig < 1e9 && factor > 0 && factor < 1e6))
+        return peft__fail(PEFT_EFORMAT, "%s: longrope needs original_max_position_embeddings (or "
+                                        "max_position_embeddings) and a positive factor", what);
+    double af = num_or(rs, "attention_factor", factor <= 1.0 ? 1.0 : sqrt(1 + log(factor) / log(orig)));
+    if (!(af > 0 && af < 1e3))
+        return peft__fail(PEFT_EFORMAT, "%s: longrope's attention_factor %g must be positive", what, af);
+    cfg->rope_long_from = (int)orig;
+    cfg->rope_mscale = (float)af;
+    cfg->rope_scaling = 2;
+    return PEFT_OK;
+}
+
+/* "rope_scaling": {"rope_type" (or "type"): "linear" | "llama3" | "longrope" | "default",
+   "factor", ...} */
+static int parse_rope_scaling(peft_config *cfg, const json_value *rs, const json_value *root, const char *what)
 {
     if (rs->type != JSON_OBJECT)
         return peft__fail(PEFT_EFORMAT, "%s: \"rope_scaling\" must be an object or null", what);
@@ -92,6 +134,8 @@ static int parse_rope_scaling(peft_config *cfg, const json_value *rs, const char
         return peft__fail(PEFT_EFORMAT, "%s: \"rope_scaling\" has no \"rope_type\"", what);
     if (!strcmp(type, "default"))
         return PEFT_OK;
+    if (!strcmp(type, "longrope") || !strcmp(type, "su")) /* "su": its name in Phi-3's first configs */
+        return longrope(cfg, rs, root, what);
     double factor = num_or(rs, "factor", strcmp(type, "llama3") ? 1.0 : 8.0);
     if (!(factor >= 1.0 && factor <= 1e6))
         return peft__fail(PEFT_EFORMAT, "%s: rope_scaling factor %g must be in [1, 1e6]", what, factor);
@@ -101,8 +145,8 @@ static int parse_rope_scaling(peft_config *cfg, const json_value *rs, const char
         return PEFT_OK;
     }
     if (strcmp(type, "llama3") != 0)
-        return peft__fail(PEFT_EUNSUPPORTED, "%s: rope_scaling type \"%s\" is not supported (linear, llama3)", what,
-                          type);
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: rope_scaling type \"%s\" is not supported (linear, llama3, "
+                                             "longrope)", what, type);
     /* transformers' _compute_llama3_parameters: pairs whose wavelength is below
        original/high_freq_factor keep their frequency, those above original/low_freq_factor
        are divided by factor, and those between are interpolated */
@@ -110,11 +154,11 @@ static int parse_rope_scaling(peft_config *cfg, const json_value *rs, const char
     double orig = num_or(rs, "original_max_position_embeddings", 8192);
     if (!(lo > 0 && hi > lo && orig > 0))
         return peft__fail(PEFT_EFORMAT, "%s: llama3 rope_scaling needs 0 < low_freq_factor < high_freq_factor", what);
-    if (cfg->head_dim / 2 > 256)
+    if (peft__rot_dim(cfg) / 2 > 256)
         return peft__fail(PEFT_EUNSUPPORTED, "%s: llama3 rope_scaling with head_dim %d (at most 512)", what,
-                          cfg->head_dim);
+                          peft__rot_dim(cfg));
     double lo_wave = orig / lo, hi_wave = orig / hi;
-    for (int i = 0; i < cfg->head_dim / 2; i++) {
+    for (int i = 0; i < peft__rot_dim(cfg) / 2; i++) {
         double f = peft__rope_inv_freq(cfg, i), wave = 2 * M_PI / f, div; /* unscaled: rope_scaling is 0 here */
         if (wave < hi_wave)
             div = 1.0;
@@ -216,7 +260,7 @@ static int gemma_config(peft_config *cfg, const json_value *root, const char *wh
         if ((code = get_float(full, "rope_theta", &cfg->rope_theta, what)) < 0 ||
             (code = get_float(slide, "rope_theta", &cfg->rope_local_theta, what)) < 0)
             return code;
-        if (json_get(full, "rope_type") && (code = parse_rope_scaling(cfg, full, what)) < 0)
+        if (json_get(full, "rope_type") && (code = parse_rope_scaling(cfg, full, root, what)) < 0)
             return code;
     }
     if (version == 3 && (!(cfg->rope_local_theta > 0.0f) || !isfinite(cfg->rope_local_theta)))
@@ -280,6 +324,23 @@ static int granite_config(peft_config *cfg, const json_value *root, const char *
     return PEFT_OK;
 }
 
+/* Phi-3: the fused qkv_proj and gate_up_proj; RoPE on partial_rotary_factor of each head
+   (Phi-4-mini: 0.75), before the rope_scaling is read; no biases (Phi-3 has none) */
+static int phi3_config(peft_config *cfg, const json_value *root, const char *what)
+{
+    cfg->fused = 1;
+    double prf = num_or(root, "partial_rotary_factor", 1.0);
+    int rot = (int)(cfg->head_dim * prf); /* int(), as transformers truncates it */
+    if (!(prf > 0 && prf <= 1) || rot < 2 || rot % 2)
+        return peft__fail(PEFT_EFORMAT, "%s: partial_rotary_factor %g leaves %d rotated dimensions of %d (an even "
+                                        "number from 2 up is needed)", what, prf, rot, cfg->head_dim);
+    cfg->rot_dim = rot == cfg->head_dim ? 0 : rot;
+    const json_value *ab = json_get(root, "attention_bias"), *mb = json_get(root, "mlp_bias");
+    if ((ab && ab->type == JSON_BOOL && ab->boolean) || (mb && mb->type == JSON_BOOL && mb->boolean))
+        return peft__fail(PEFT_EUNSUPPORTED, "%s: Phi-3 with biases is not supported", what);
+    return PEFT_OK;
+}
+
 int peft__config_parse(peft_config *cfg, const char *text, size_t len, const char *what)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -316,13 +377,14 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
         cfg->dim = 2304, cfg->ffn_dim = 9216, cfg->n_layers = 26, cfg->n_heads = 8, cfg->vocab = 262208;
     }
     int gemma = !strcmp(arch, "gemma3_text") ? 3 : !strcmp(arch, "gemma2") ? 2 : 0;
-    int smollm3 = !strcmp(arch, "smollm3"), granite = !strcmp(arch, "granite");
+    int smollm3 = !strcmp(arch, "smollm3"), granite = !strcmp(arch, "granite"), phi3 = !strcmp(arch, "phi3");
     if (strcmp(arch, "llama") != 0 && strcmp(arch, "mistral") != 0 && strcmp(arch, "qwen2") != 0 &&
-        strcmp(arch, "qwen3") != 0 && !gemma && !smollm3 && !granite) {
+        strcmp(arch, "qwen3") != 0 && !gemma && !smollm3 && !granite && !phi3) {
         code = peft__fail(PEFT_EUNSUPPORTED,
                           "%s: architecture \"%s\" is not supported (supported: llama, which "
                           "covers Llama 2 and 3, SmolLM, TinyLlama; smollm3; granite; mistral; qwen2; qwen3; "
-                          "gemma2; gemma3_text and gemma3, Gemma 3's text and multimodal models)",
+                          "phi3, Phi-3, Phi-3.5 and Phi-4-mini; gemma2; gemma3_text and gemma3, Gemma 3's text and "
+                          "multimodal models)",
                           what, arch);
         json_free(doc);
         return code;
@@ -357,8 +419,13 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
         json_free(doc);
         return code;
     }
-    /* Mistral's sliding-window attention (null or absent: none) */
-    if (!strcmp(arch, "mistral") && (code = get_int(root, "sliding_window", &cfg->sliding_window, 0, what)) < 0) {
+    /* Mistral's and Phi-3's sliding-window attention (null or absent: none) */
+    if ((!strcmp(arch, "mistral") || phi3) &&
+        (code = get_int(root, "sliding_window", &cfg->sliding_window, 0, what)) < 0) {
+        json_free(doc);
+        return code;
+    }
+    if (phi3 && (code = phi3_config(cfg, root, what)) < 0) {
         json_free(doc);
         return code;
     }
@@ -384,7 +451,7 @@ int peft__config_parse(peft_config *cfg, const char *text, size_t len, const cha
     if (code >= 0 && rp && (code = get_float(rp, "rope_theta", &cfg->rope_theta, what)) >= 0 && json_get(rp, "rope_type"))
         rs = rp; /* its rope_type is the scaling */
     if (code >= 0 && rs && rs->type != JSON_NULL)
-        code = parse_rope_scaling(cfg, rs, what);
+        code = parse_rope_scaling(cfg, rs, root, what);
     const uint32_t qkv = 1u << PEFT_MOD_Q | 1u << PEFT_MOD_K | 1u << PEFT_MOD_V;
     if (!strcmp(arch, "qwen2"))
         cfg->bias_mask = qkv; /* Qwen2's q, k and v projections always have biases */

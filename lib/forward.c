@@ -450,6 +450,22 @@ static void norm_backward_to(peft_model *m, float *dx, const float *d, const flo
     rmsnorm_backward(m->pool, dx, d, pre, w, rstd, rows, n);
 }
 
+/* Phi-3's fused modules: the columns of f (N, sum of w) split into parts[i] (N, w[i]), or
+   (join) the parts' columns gathered into f */
+static void fused_split(float *f, float *const *parts, const int *w, int n, int64_t N, int join)
+{
+    int total = 0;
+    for (int i = 0; i < n; i++)
+        total += w[i];
+    for (int64_t t = 0; t < N; t++) {
+        float *row = f + t * total;
+        for (int i = 0; i < n; row += w[i], i++) {
+            float *p = parts[i] + t * w[i];
+            memcpy(join ? row : p, join ? p : row, (size_t)w[i] * sizeof *row);
+        }
+    }
+}
+
 static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out, layer_acts *a,
                           int train)
 {
@@ -463,12 +479,19 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
     const float *rc, *rs;
     rope_of(m, l, &rc, &rs);
     rmsnorm_forward(m->pool, a->xn1, a->rstd1, x_in, peft__norm_weight(m, l, PEFT__NORM_IN), N, D, c->eps);
-    linear_forward(m, q, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), peft__bias_of(m, l, PEFT_MOD_Q), N, D, Hq,
-                   peft__view_of(m, &lv, l, PEFT_MOD_Q, train), xa_of(m, l, PEFT_MOD_Q), ws->tmp);
-    linear_forward(m, k, a->xn1, peft__w_of(m, l, PEFT_MOD_K), peft__bias_of(m, l, PEFT_MOD_K), N, D, Hk,
-                   peft__view_of(m, &lv, l, PEFT_MOD_K, train), xa_of(m, l, PEFT_MOD_K), ws->tmp);
-    linear_forward(m, a->v, a->xn1, peft__w_of(m, l, PEFT_MOD_V), peft__bias_of(m, l, PEFT_MOD_V), N, D, Hk,
-                   peft__view_of(m, &lv, l, PEFT_MOD_V, train), xa_of(m, l, PEFT_MOD_V), ws->tmp);
+    if (c->fused) { /* Phi-3: one qkv_proj, its columns split into q, k and v */
+        linear_forward(m, ws->fused, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), NULL, N, D, Hq + 2 * Hk,
+                       peft__view_of(m, &lv, l, PEFT_MOD_Q, train), xa_of(m, l, PEFT_MOD_Q), ws->tmp);
+        float *parts[3] = {q, k, a->v};
+        fused_split(ws->fused, parts, (const int[3]){Hq, Hk, Hk}, 3, N, 0);
+    } else {
+        linear_forward(m, q, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), peft__bias_of(m, l, PEFT_MOD_Q), N, D, Hq,
+                       peft__view_of(m, &lv, l, PEFT_MOD_Q, train), xa_of(m, l, PEFT_MOD_Q), ws->tmp);
+        linear_forward(m, k, a->xn1, peft__w_of(m, l, PEFT_MOD_K), peft__bias_of(m, l, PEFT_MOD_K), N, D, Hk,
+                       peft__view_of(m, &lv, l, PEFT_MOD_K, train), xa_of(m, l, PEFT_MOD_K), ws->tmp);
+        linear_forward(m, a->v, a->xn1, peft__w_of(m, l, PEFT_MOD_V), peft__bias_of(m, l, PEFT_MOD_V), N, D, Hk,
+                       peft__view_of(m, &lv, l, PEFT_MOD_V, train), xa_of(m, l, PEFT_MOD_V), ws->tmp);
+    }
     if (c->qk_norm) { /* Qwen3: each head of q and k normalised */
         rmsnorm_forward(m->pool, a->q, a->rstd_q, q, peft__norm_weight(m, l, PEFT__NORM_Q), N * c->n_heads,
                         c->head_dim, c->eps);
@@ -476,8 +499,8 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
                         c->head_dim, c->eps);
     }
     if (peft__layer_rope(c, l)) { /* SmolLM3's NoPE layers: no rotation */
-        rope_forward(m->pool, a->q, rc, rs, ws->pos, B, T, c->n_heads, c->head_dim);
-        rope_forward(m->pool, a->k, rc, rs, ws->pos, B, T, c->n_kv_heads, c->head_dim);
+        rope_forward(m->pool, a->q, rc, rs, ws->pos, B, T, c->n_heads, c->head_dim, peft__rot_dim(c));
+        rope_forward(m->pool, a->k, rc, rs, ws->pos, B, T, c->n_kv_heads, c->head_dim, peft__rot_dim(c));
     }
     if (c->q_mul != 1.0f) /* Gemma's query_pre_attn_scalar, Granite's attention_multiplier, through q */
         for (int64_t i = 0; i < N * Hq; i++)
@@ -492,10 +515,17 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
         scale_to(a->h, a->h, c->res_mul, (size_t)N * D);
     add_inplace(a->h, x_in, (size_t)N * D);
     rmsnorm_forward(m->pool, a->xn2, a->rstd2, a->h, peft__norm_weight(m, l, PEFT__NORM_MLP), N, D, c->eps);
-    linear_forward(m, a->g, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), peft__bias_of(m, l, PEFT_MOD_GATE), N, D, F,
-                   peft__view_of(m, &lv, l, PEFT_MOD_GATE, train), xa_of(m, l, PEFT_MOD_GATE), ws->tmp);
-    linear_forward(m, a->u, a->xn2, peft__w_of(m, l, PEFT_MOD_UP), peft__bias_of(m, l, PEFT_MOD_UP), N, D, F,
-                   peft__view_of(m, &lv, l, PEFT_MOD_UP, train), xa_of(m, l, PEFT_MOD_UP), ws->tmp);
+    if (c->fused) { /* Phi-3's gate_up_proj: gate first, then up */
+        linear_forward(m, ws->fused, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), NULL, N, D, 2 * F,
+                       peft__view_of(m, &lv, l, PEFT_MOD_GATE, train), xa_of(m, l, PEFT_MOD_GATE), ws->tmp);
+        float *parts[2] = {a->g, a->u};
+        fused_split(ws->fused, parts, (const int[2]){F, F}, 2, N, 0);
+    } else {
+        linear_forward(m, a->g, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), peft__bias_of(m, l, PEFT_MOD_GATE), N, D, F,
+                       peft__view_of(m, &lv, l, PEFT_MOD_GATE, train), xa_of(m, l, PEFT_MOD_GATE), ws->tmp);
+        linear_forward(m, a->u, a->xn2, peft__w_of(m, l, PEFT_MOD_UP), peft__bias_of(m, l, PEFT_MOD_UP), N, D, F,
+                       peft__view_of(m, &lv, l, PEFT_MOD_UP, train), xa_of(m, l, PEFT_MOD_UP), ws->tmp);
+    }
     gated_forward(m->pool, c->gemma, ws->act, a->g, a->u, N, F); /* Gemma: GeGLU */
     linear_forward(m, c->gemma ? a->fo : x_out, ws->act, peft__w_of(m, l, PEFT_MOD_DOWN),
                    peft__bias_of(m, l, PEFT_MOD_DOWN), N, F, D, peft__view_of(m, &lv, l, PEFT_MOD_DOWN, train),
@@ -561,10 +591,18 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
     gated_backward(m->pool, c->gemma, ws->dg, ws->du, ws->dact, a->g, a->u, N, F);
     peft__bias_grad(m, l, PEFT_MOD_GATE, ws->dg, N, F);
     peft__bias_grad(m, l, PEFT_MOD_UP, ws->du, N, F);
-    linear_backward(m, attn ? ws->dxn : NULL, 0.0f, ws->dg, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), N, D, F,
-                    peft__view_of(m, &lv, l, PEFT_MOD_GATE, 1), xa_of(m, l, PEFT_MOD_GATE), ws->dxa, ws->tmp);
-    linear_backward(m, attn ? ws->dxn : NULL, 1.0f, ws->du, a->xn2, peft__w_of(m, l, PEFT_MOD_UP), N, D, F,
-                    peft__view_of(m, &lv, l, PEFT_MOD_UP, 1), xa_of(m, l, PEFT_MOD_UP), ws->dxa, ws->tmp);
+    if (c->fused) {
+        float *parts[2] = {ws->dg, ws->du};
+        fused_split(ws->fused, parts, (const int[2]){F, F}, 2, N, 1);
+        linear_backward(m, attn ? ws->dxn : NULL, 0.0f, ws->fused, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), N, D,
+                        2 * F, peft__view_of(m, &lv, l, PEFT_MOD_GATE, 1), xa_of(m, l, PEFT_MOD_GATE), ws->dxa,
+                        ws->tmp);
+    } else {
+        linear_backward(m, attn ? ws->dxn : NULL, 0.0f, ws->dg, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), N, D, F,
+                        peft__view_of(m, &lv, l, PEFT_MOD_GATE, 1), xa_of(m, l, PEFT_MOD_GATE), ws->dxa, ws->tmp);
+        linear_backward(m, attn ? ws->dxn : NULL, 1.0f, ws->du, a->xn2, peft__w_of(m, l, PEFT_MOD_UP), N, D, F,
+                        peft__view_of(m, &lv, l, PEFT_MOD_UP, 1), xa_of(m, l, PEFT_MOD_UP), ws->dxa, ws->tmp);
+    }
     if (!attn)
         return;
     if (dw2)
@@ -596,8 +634,8 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
         for (int64_t i = 0; i < N * Hq; i++)
             ws->dq[i] *= c->q_mul;
     if (peft__layer_rope(c, l)) {
-        rope_backward(m->pool, ws->dq, rc, rs, ws->pos, B, T, c->n_heads, c->head_dim);
-        rope_backward(m->pool, ws->dk, rc, rs, ws->pos, B, T, c->n_kv_heads, c->head_dim);
+        rope_backward(m->pool, ws->dq, rc, rs, ws->pos, B, T, c->n_heads, c->head_dim, peft__rot_dim(c));
+        rope_backward(m->pool, ws->dk, rc, rs, ws->pos, B, T, c->n_kv_heads, c->head_dim, peft__rot_dim(c));
     }
     if (c->qk_norm) { /* datt is free again: the scratch */
         head_norm_backward(m, l, PEFT__NORM_Q, ws->dq, ws->datt, a->q_pre, a->rstd_q, N * c->n_heads, c->head_dim);
@@ -607,12 +645,19 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
     peft__bias_grad(m, l, PEFT_MOD_K, ws->dk, N, Hk);
     peft__bias_grad(m, l, PEFT_MOD_V, ws->dv, N, Hk);
     float *dxn = below || dw1 ? ws->dxn : NULL;
-    linear_backward(m, dxn, 0.0f, ws->dq, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), N, D, Hq,
-                    peft__view_of(m, &lv, l, PEFT_MOD_Q, 1), xa_of(m, l, PEFT_MOD_Q), ws->dxa, ws->tmp);
-    linear_backward(m, dxn, 1.0f, ws->dk, a->xn1, peft__w_of(m, l, PEFT_MOD_K), N, D, Hk,
-                    peft__view_of(m, &lv, l, PEFT_MOD_K, 1), xa_of(m, l, PEFT_MOD_K), ws->dxa, ws->tmp);
-    linear_backward(m, dxn, 1.0f, ws->dv, a->xn1, peft__w_of(m, l, PEFT_MOD_V), N, D, Hk,
-                    peft__view_of(m, &lv, l, PEFT_MOD_V, 1), xa_of(m, l, PEFT_MOD_V), ws->dxa, ws->tmp);
+    if (c->fused) {
+        float *parts[3] = {ws->dq, ws->dk, ws->dv};
+        fused_split(ws->fused, parts, (const int[3]){Hq, Hk, Hk}, 3, N, 1);
+        linear_backward(m, dxn, 0.0f, ws->fused, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), N, D, Hq + 2 * Hk,
+                        peft__view_of(m, &lv, l, PEFT_MOD_Q, 1), xa_of(m, l, PEFT_MOD_Q), ws->dxa, ws->tmp);
+    } else {
+        linear_backward(m, dxn, 0.0f, ws->dq, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), N, D, Hq,
+                        peft__view_of(m, &lv, l, PEFT_MOD_Q, 1), xa_of(m, l, PEFT_MOD_Q), ws->dxa, ws->tmp);
+        linear_backward(m, dxn, 1.0f, ws->dk, a->xn1, peft__w_of(m, l, PEFT_MOD_K), N, D, Hk,
+                        peft__view_of(m, &lv, l, PEFT_MOD_K, 1), xa_of(m, l, PEFT_MOD_K), ws->dxa, ws->tmp);
+        linear_backward(m, dxn, 1.0f, ws->dv, a->xn1, peft__w_of(m, l, PEFT_MOD_V), N, D, Hk,
+                        peft__view_of(m, &lv, l, PEFT_MOD_V, 1), xa_of(m, l, PEFT_MOD_V), ws->dxa, ws->tmp);
+    }
     if (dw1)
         rmsnorm_backward_w(dw1, ws->dxn, a->x_in, a->rstd1, N, D);
     if (below)

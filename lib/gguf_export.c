@@ -254,6 +254,9 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
     if (o.type != PEFT_GGUF_TYPE_SAME && !encodable((uint32_t)o.type))
         return peft__fail(PEFT_EINVAL, "peft_save_merged_gguf: type %d (same as the base, F32, F16, BF16, Q8_0, Q4_0, "
                                        "Q4_K or Q6_K)", o.type);
+    if (m->cfg.fused)
+        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: Phi-3 (phi3) is not exported to GGUF yet; save "
+                                             "the merged model with peft_save_merged and convert it with llama.cpp");
     if (peft__prompt_len(m) > 0)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: a soft prompt (prompt tuning) is not part of "
                                              "the weights");

@@ -71,7 +71,7 @@ static int write_gguf_lora(const char *path, const char *arch, const char *name,
         const gl_module *md = &mods[i];
         for (int which = 0; which < 2; which++) {
             struct gt *t = &ts[2 * i + which];
-            peft__module_key(t->hf, sizeof t->hf, md->layer, md->kind, which);
+            peft__module_key(NULL, t->hf, sizeof t->hf, md->layer, md->kind, which);
             snprintf(t->name, sizeof t->name, "blk.%d.%s.weight.lora_%c", md->layer, gguf_names[md->kind],
                      which ? 'b' : 'a');
             size_t n = which ? (size_t)md->out * md->r : (size_t)md->r * md->in;
@@ -142,6 +142,10 @@ int peft_save_adapter_gguf(peft_model *m, const char *path, const char *name)
         return peft__fail(PEFT_EINVAL, "peft_save_adapter_gguf: NULL argument");
     if (!m->lora)
         return peft__fail(PEFT_ESTATE, "peft_save_adapter_gguf: a LoRA adapter must be attached");
+    if (m->cfg.fused)
+        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_adapter_gguf: Phi-3's fused qkv_proj and gate_up_proj are not "
+                                             "exported to GGUF yet; save the PEFT adapter (llama.cpp's "
+                                             "convert_lora_to_gguf.py reads it)");
     if (m->lora->method != PEFT_METHOD_LORA) {
         static const char *const names[] = {"LoRA", "IA3", "norm tuning", "VeRA", "LoHa", "LoKr", "prompt tuning", "trainable tokens"};
         int k = m->lora->method;
@@ -201,10 +205,10 @@ static int head_sizes(const gl_module *mods, int n, const char *arch, const peft
         int out = mods[i].out, hd = out / heads;
         if (out % heads || hd % 2)
             return peft__fail(PEFT_ESHAPE, "%s: %s of layer %d has %d rows, not %d heads of an even size", path,
-                              peft__module_names[mods[i].kind], mods[i].layer, out, heads);
+                              peft__mod_name(NULL, mods[i].kind), mods[i].layer, out, heads);
         int *dst = mods[i].kind == PEFT_MOD_Q ? hd_q : hd_k;
         if (*dst && *dst != hd)
-            return peft__fail(PEFT_ESHAPE, "%s: the layers' %s sizes differ", path, peft__module_names[mods[i].kind]);
+            return peft__fail(PEFT_ESHAPE, "%s: the layers' %s sizes differ", path, peft__mod_name(NULL, mods[i].kind));
         *dst = hd;
     }
     return PEFT_OK;
@@ -228,7 +232,7 @@ static int peft_to_gguf(const char *dir, const char *dst, const peft_convert_opt
     st_file *f = NULL;
     gl_module *mods = NULL;
     float *data = NULL;
-    int code = peft__read_lora_config(&lo, layers, sizeof layers, &tok, &regex, &exclude, cfg_path);
+    int code = peft__read_lora_config(NULL, &lo, layers, sizeof layers, &tok, &regex, &exclude, cfg_path);
     if (code)
         goto done;
     if (lo.use_dora || lo.init == PEFT_INIT_PISSA || lo.init == PEFT_INIT_OLORA) {
@@ -292,7 +296,7 @@ static int peft_to_gguf(const char *dir, const char *dst, const peft_convert_opt
             continue; /* found through its A */
         memcpy(mod, nm + pl, len - pl - sl);
         mod[len - pl - sl] = '\0';
-        if (peft__parse_module_name(mod, &kind, &layer) || layer < 0) {
+        if (peft__parse_module_name(NULL, mod, &kind, &layer) || layer < 0) {
             code = peft__fail(PEFT_EUNSUPPORTED, "%s: tensor '%s' is not a linear module's lora_A/lora_B", st_path, nm);
             break;
         }
@@ -442,7 +446,7 @@ static int write_config(const char *path, const gl_module *mods, int n, float al
     for (int i = 0; i < n; i++)
         if (mods[i].r != r)
             jw_put(&pat, "%smodel.layers.%d.%s.%s=%d", pat.n ? "," : "", mods[i].layer,
-                   peft__module_parents[mods[i].kind], peft__module_names[mods[i].kind], mods[i].r);
+                   peft__module_parents[mods[i].kind], peft__mod_name(NULL, mods[i].kind), mods[i].r);
     if (pat.oom)
         w.oom = 1;
     int first;
@@ -476,7 +480,7 @@ static int write_config(const char *path, const gl_module *mods, int n, float al
         first = 1;
         for (int k = 0; k < PEFT_MOD_COUNT; k++)
             if (kinds & (1u << k)) {
-                jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__module_names[k]);
+                jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__mod_name(NULL, k));
                 first = 0;
             }
         jw_put(&w, "\n  ]");
@@ -484,7 +488,7 @@ static int write_config(const char *path, const gl_module *mods, int n, float al
         struct jw re = {0};
         for (int i = 0; i < n; i++)
             jw_put(&re, "%smodel\\.layers\\.%d\\.%s\\.%s", i ? "|" : "", mods[i].layer,
-                   peft__module_parents[mods[i].kind], peft__module_names[mods[i].kind]);
+                   peft__module_parents[mods[i].kind], peft__mod_name(NULL, mods[i].kind));
         if (re.oom)
             w.oom = 1;
         else
@@ -635,7 +639,7 @@ static int gguf_to_peft(const char *src, const char *dir, const peft_convert_opt
     for (int i = 0; i < n; i++)
         for (int which = 0; which < 2; which++) {
             st_out_tensor *t = &ts[2 * i + which];
-            peft__module_key(names[2 * i + which], sizeof names[0], mods[i].layer, mods[i].kind, which);
+            peft__module_key(NULL, names[2 * i + which], sizeof names[0], mods[i].layer, mods[i].kind, which);
             t->name = names[2 * i + which];
             t->n_dims = 2;
             t->shape[0] = which ? mods[i].out : mods[i].r;

@@ -15,6 +15,7 @@ struct peft_session {
     int32_t max_len, pos;
     float *kc, *vc; /* (L, max_len, Hkv*hd) */
     float *x, *xn, *q, *k, *v, *att, *h, *g, *u, *act, *tmp, *xa, *scores;
+    float *fused; /* Phi-3: qkv_proj's or gate_up_proj's output */
     float *block;
     int rank;     /* LoRA rank the scratch was sized for */
     int virt_cap; /* positions reserved for a soft prompt (prompt tuning) beyond max_len */
@@ -46,7 +47,8 @@ int peft_session_create(peft_session **out, peft_model *m, int32_t max_len)
     max_len += virt; /* the soft prompt's positions come on top */
     size_t cache = (size_t)c->n_layers * (size_t)max_len * kvd;
     size_t maxr = m->lora ? (size_t)m->lora->max_rank : 1;
-    size_t sizes[] = {cache, cache, D, D, qd, kvd, kvd, qd, D, F, F, F, big, maxr, (size_t)max_len};
+    size_t fw = c->fused ? (size_t)peft__mod_out(c, PEFT_MOD_Q) + (size_t)peft__mod_out(c, PEFT_MOD_GATE) : 1;
+    size_t sizes[] = {cache, cache, D, D, qd, kvd, kvd, qd, D, F, F, F, big, maxr, (size_t)max_len, fw};
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
         total += (sizes[i] + 15) & ~(size_t)15;
@@ -57,7 +59,7 @@ int peft_session_create(peft_session **out, peft_model *m, int32_t max_len)
         return peft__fail(PEFT_ENOMEM, "peft_session_create: cannot allocate %zu MiB", total * 4 >> 20);
     }
     float **ptrs[] = {&s->kc, &s->vc, &s->x, &s->xn, &s->q, &s->k, &s->v, &s->att, &s->h, &s->g,
-                      &s->u, &s->act, &s->tmp, &s->xa, &s->scores};
+                      &s->u, &s->act, &s->tmp, &s->xa, &s->scores, &s->fused};
     size_t off = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         *ptrs[i] = block + off;
@@ -114,12 +116,20 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
         float rstd;
         float *kc = s->kc + ((size_t)l * s->max_len) * kvd, *vc = s->vc + ((size_t)l * s->max_len) * kvd;
         rmsnorm_forward(NULL, s->xn, &rstd, s->x, peft__norm_weight(m, l, PEFT__NORM_IN), 1, D, c->eps);
-        linear_forward(m, s->q, s->xn, peft__w_of(m, l, PEFT_MOD_Q), peft__bias_of(m, l, PEFT_MOD_Q), 1, D, qd,
-                       view(s, &lv, l, PEFT_MOD_Q), s->xa, s->tmp);
-        linear_forward(m, kc + (size_t)pos * kvd, s->xn, peft__w_of(m, l, PEFT_MOD_K), peft__bias_of(m, l, PEFT_MOD_K),
-                       1, D, kvd, view(s, &lv, l, PEFT_MOD_K), s->xa, s->tmp);
-        linear_forward(m, vc + (size_t)pos * kvd, s->xn, peft__w_of(m, l, PEFT_MOD_V), peft__bias_of(m, l, PEFT_MOD_V),
-                       1, D, kvd, view(s, &lv, l, PEFT_MOD_V), s->xa, s->tmp);
+        if (c->fused) { /* Phi-3's qkv_proj: q, then k and v into the caches */
+            linear_forward(m, s->fused, s->xn, peft__w_of(m, l, PEFT_MOD_Q), NULL, 1, D, qd + 2 * kvd,
+                           view(s, &lv, l, PEFT_MOD_Q), s->xa, s->tmp);
+            memcpy(s->q, s->fused, (size_t)qd * sizeof *s->q);
+            memcpy(kc + (size_t)pos * kvd, s->fused + qd, (size_t)kvd * sizeof *s->q);
+            memcpy(vc + (size_t)pos * kvd, s->fused + qd + kvd, (size_t)kvd * sizeof *s->q);
+        } else {
+            linear_forward(m, s->q, s->xn, peft__w_of(m, l, PEFT_MOD_Q), peft__bias_of(m, l, PEFT_MOD_Q), 1, D, qd,
+                           view(s, &lv, l, PEFT_MOD_Q), s->xa, s->tmp);
+            linear_forward(m, kc + (size_t)pos * kvd, s->xn, peft__w_of(m, l, PEFT_MOD_K),
+                           peft__bias_of(m, l, PEFT_MOD_K), 1, D, kvd, view(s, &lv, l, PEFT_MOD_K), s->xa, s->tmp);
+            linear_forward(m, vc + (size_t)pos * kvd, s->xn, peft__w_of(m, l, PEFT_MOD_V),
+                           peft__bias_of(m, l, PEFT_MOD_V), 1, D, kvd, view(s, &lv, l, PEFT_MOD_V), s->xa, s->tmp);
+        }
         float *kp = kc + (size_t)pos * kvd;
         const float *qn = c->qk_norm ? peft__norm_weight(m, l, PEFT__NORM_Q) : NULL;
         const float *kn = c->qk_norm ? peft__norm_weight(m, l, PEFT__NORM_K) : NULL;
@@ -169,11 +179,17 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
         for (int i = 0; i < D; i++)
             s->h[i] += s->x[i];
         rmsnorm_forward(NULL, s->xn, &rstd, s->h, peft__norm_weight(m, l, PEFT__NORM_MLP), 1, D, c->eps);
-        linear_forward(m, s->g, s->xn, peft__w_of(m, l, PEFT_MOD_GATE), peft__bias_of(m, l, PEFT_MOD_GATE), 1, D, F,
-                       view(s, &lv, l, PEFT_MOD_GATE), s->xa, s->tmp);
-        linear_forward(m, s->u, s->xn, peft__w_of(m, l, PEFT_MOD_UP), peft__bias_of(m, l, PEFT_MOD_UP), 1, D, F,
-                       view(s, &lv, l, PEFT_MOD_UP), s->xa, s->tmp);
-        gated_forward(NULL, c->gemma, s->act, s->g, s->u, 1, F);
+        if (c->fused) { /* gate_up_proj: gate, then up */
+            linear_forward(m, s->fused, s->xn, peft__w_of(m, l, PEFT_MOD_GATE), NULL, 1, D, 2 * F,
+                           view(s, &lv, l, PEFT_MOD_GATE), s->xa, s->tmp);
+            gated_forward(NULL, 0, s->act, s->fused, s->fused + F, 1, F);
+        } else {
+            linear_forward(m, s->g, s->xn, peft__w_of(m, l, PEFT_MOD_GATE), peft__bias_of(m, l, PEFT_MOD_GATE), 1, D,
+                           F, view(s, &lv, l, PEFT_MOD_GATE), s->xa, s->tmp);
+            linear_forward(m, s->u, s->xn, peft__w_of(m, l, PEFT_MOD_UP), peft__bias_of(m, l, PEFT_MOD_UP), 1, D, F,
+                           view(s, &lv, l, PEFT_MOD_UP), s->xa, s->tmp);
+            gated_forward(NULL, c->gemma, s->act, s->g, s->u, 1, F);
+        }
         linear_forward(m, s->x, s->act, peft__w_of(m, l, PEFT_MOD_DOWN), peft__bias_of(m, l, PEFT_MOD_DOWN), 1, F, D,
                        view(s, &lv, l, PEFT_MOD_DOWN), s->xa, s->tmp);
         if (c->gemma)

@@ -124,7 +124,44 @@ typedef struct peft_config {
        text model of text_config is trained; its modules are named as transformers (4.52 on)
        names them, "model.language_model.layers.N...", and the vision tower is left alone */
     int multimodal;
+    /* Phi-3 (model_type phi3): q, k and v are one module, qkv_proj (out = (heads + 2 kv heads) x
+       head_dim), and gate and up one, gate_up_proj (out = 2 x intermediate, gate first); they
+       live in the q and gate slots, which then have the fused widths (peft__module_out) */
+    int fused;
+    /* RoPE on the first rot_dim dimensions of a head only (partial_rotary_factor; 0: all) */
+    int rot_dim;
+    /* LongRoPE (Phi-3.5, Phi-4-mini): rope_div holds short_factor; from a length above
+       rope_long_from (original_max_position_embeddings) long_factor (rope_div_long); cos and
+       sin times rope_mscale (the attention factor; 0: 1) */
+    int rope_long_from;
+    float rope_mscale;
+    float rope_div_long[256];
 } peft_config;
+/* Whether the model has module kind k as a module of its own (Phi-3 folds k and v into q's
+   qkv_proj and up into gate's gate_up_proj; c NULL: a plain model's) */
+static inline int peft__has_mod(const peft_config *c, int k)
+{
+    return !c || !c->fused || (k != PEFT_MOD_K && k != PEFT_MOD_V && k != PEFT_MOD_UP);
+}
+/* PEFT_TARGET_* bits on such a model: any of q, k, v is qkv_proj (the q bit), gate or up is
+   gate_up_proj (the gate bit); other bits are kept */
+static inline uint32_t peft__fold_targets(const peft_config *c, uint32_t t)
+{
+    if (!c->fused)
+        return t;
+    const uint32_t qkv = 1u << PEFT_MOD_Q | 1u << PEFT_MOD_K | 1u << PEFT_MOD_V;
+    const uint32_t gu = 1u << PEFT_MOD_GATE | 1u << PEFT_MOD_UP;
+    return (t & ~(qkv | gu)) | (t & qkv ? 1u << PEFT_MOD_Q : 0) | (t & gu ? 1u << PEFT_MOD_GATE : 0);
+}
+/* Module kind k's name ("q_proj", ...; "qkv_proj" and "gate_up_proj" on a fused model; c NULL: the plain names) */
+const char *peft__mod_name(const peft_config *c, int k);
+/* Its output width: q's heads x head_dim, ...; the fused widths on a fused model */
+int peft__mod_out(const peft_config *c, int k);
+/* The rotated dimensions of a head */
+static inline int peft__rot_dim(const peft_config *c)
+{
+    return c->rot_dim > 0 ? c->rot_dim : c->head_dim;
+}
 /* The module path of the decoder in PEFT's names: "model." ("model.language_model." in a
    multimodal checkpoint); lm_head stays "lm_head" in both */
 static inline const char *peft__prefix(const peft_config *c)
@@ -153,7 +190,7 @@ static inline int peft__rope_local(const peft_config *c, int l)
 {
     return c->rope_local_theta > 0.0f && peft__layer_window(c, l) > 0;
 }
-/* The inverse frequency of RoPE pair i (0 <= i < head_dim / 2) with the config's scaling. */
+/* The inverse frequency of RoPE pair i (0 <= i < rot_dim / 2) with the config's scaling. */
 double peft__rope_inv_freq(const peft_config *c, int i);
 int peft__config_parse(peft_config *cfg, const char *json, size_t len, const char *what);
 int peft__config_validate(const peft_config *cfg, const char *what);

@@ -122,17 +122,17 @@ bad:
 }
 
 /* which: 0 lora_A, 1 lora_B, 2 DoRA magnitude, 3 IA3 vector */
-const char *peft__module_key(char *buf, size_t n, int layer, int kind, int which)
+const char *peft__module_key(const peft_config *c, char *buf, size_t n, int layer, int kind, int which)
 {
     if (which == 3)
         snprintf(buf, n, "base_model.model.model.layers.%d.%s.%s.ia3_l", layer, peft__module_parents[kind],
-                 peft__module_names[kind]);
+                 peft__mod_name(c, kind));
     else if (which == 2)
         snprintf(buf, n, "base_model.model.model.layers.%d.%s.%s.lora_magnitude_vector", layer,
-                 peft__module_parents[kind], peft__module_names[kind]);
+                 peft__module_parents[kind], peft__mod_name(c, kind));
     else
         snprintf(buf, n, "base_model.model.model.layers.%d.%s.%s.lora_%c.weight", layer,
-                 peft__module_parents[kind], peft__module_names[kind], which ? 'B' : 'A');
+                 peft__module_parents[kind], peft__mod_name(c, kind), which ? 'B' : 'A');
     return buf;
 }
 
@@ -219,16 +219,8 @@ double peft__pattern_value(const char *pat, const char *name, double def)
 
 static void module_dims(const peft_config *c, int kind, int *in, int *out)
 {
-    int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
-    switch (kind) {
-    case PEFT_MOD_Q: *in = c->dim; *out = qd; break;
-    case PEFT_MOD_K:
-    case PEFT_MOD_V: *in = c->dim; *out = kvd; break;
-    case PEFT_MOD_O: *in = qd; *out = c->dim; break;
-    case PEFT_MOD_GATE:
-    case PEFT_MOD_UP: *in = c->dim; *out = c->ffn_dim; break;
-    default: *in = c->ffn_dim; *out = c->dim; break;
-    }
+    *in = kind == PEFT_MOD_O ? c->n_heads * c->head_dim : kind == PEFT_MOD_DOWN ? c->ffn_dim : c->dim;
+    *out = peft__mod_out(c, kind);
 }
 
 /* PEFT's regex target_modules (Python re.fullmatch) as a POSIX extended regex anchored at both
@@ -566,7 +558,7 @@ static int build_extras(lora_state *l, const peft_config *c, const peft_lora_opt
    under "model.language_model.") and of the token embeddings */
 static void module_name(const peft_config *c, char *buf, size_t n, int layer, int kind)
 {
-    snprintf(buf, n, "%slayers.%d.%s.%s", peft__prefix(c), layer, peft__module_parents[kind], peft__module_names[kind]);
+    snprintf(buf, n, "%slayers.%d.%s.%s", peft__prefix(c), layer, peft__module_parents[kind], peft__mod_name(c, kind));
 }
 
 static const char *embed_name(const peft_config *c, char *buf, size_t n)
@@ -583,7 +575,7 @@ static void regex_mark(const peft_config *c, const regex_t *re, uint8_t *sel, ui
     for (int layer = 0; layer < c->n_layers; layer++)
         for (int k = 0; k < PEFT_MOD_COUNT; k++) {
             module_name(c, name, sizeof name, layer, k);
-            if (regexec(re, name, 0, NULL, 0))
+            if (!peft__has_mod(c, k) || regexec(re, name, 0, NULL, 0))
                 continue;
             sel[layer * PEFT_MOD_COUNT + k] = !exclude;
             *targets |= exclude ? 0 : 1u << k;
@@ -665,7 +657,7 @@ static int mm_target_regex(const peft_config *c, uint32_t targets, const char *l
                     continue;
                 if (!*inner)
                     n += (size_t)snprintf(re + n, cap - n, "%s%s\\.(", sep, peft__module_parents[k]);
-                n += (size_t)snprintf(re + n, cap - n, "%s%s", inner, peft__module_names[k]);
+                n += (size_t)snprintf(re + n, cap - n, "%s%s", inner, peft__mod_name(c, k));
                 inner = "|";
             }
             if (*inner) {
@@ -711,6 +703,7 @@ static int build(lora_state **out, const peft_model *m, const peft_lora_options 
        model's targets and layers are one too: PEFT would match bare module names in the vision
        tower as well */
     peft_lora_options ox = *o0;
+    ox.targets = peft__fold_targets(c, ox.targets); /* Phi-3: q/k/v are qkv_proj, gate/up gate_up_proj */
     uint8_t *sel = NULL;
     char *mm_regex = NULL;
     const char *tre = o0->version >= 5 ? o0->target_regex : NULL;
@@ -1014,18 +1007,18 @@ static int build_ia3(lora_state **out, const peft_model *m, const peft_ia3_optio
     if (code)
         return code;
     l->method = PEFT_METHOD_IA3;
-    l->targets = o->targets;
-    l->feedforward = o->feedforward;
+    l->targets = peft__fold_targets(c, o->targets);
+    l->feedforward = peft__fold_targets(c, o->feedforward);
     size_t off = 0;
     for (int layer = 0; layer < c->n_layers; layer++)
         for (int k = 0; k < PEFT_MOD_COUNT; k++) {
-            if (!l->layer_on[layer] || !(o->targets & (1u << k)))
+            if (!l->layer_on[layer] || !(l->targets & (1u << k)))
                 continue;
             lora_module *md = &l->mods[l->n_modules];
             md->layer = layer;
             md->kind = k;
             module_dims(c, k, &md->in, &md->out);
-            md->ia3_ff = (o->feedforward >> k) & 1u;
+            md->ia3_ff = (l->feedforward >> k) & 1u;
             md->off_a = off;
             off += (size_t)(md->ia3_ff ? md->in : md->out);
             md->off_out = l->sum_out;
@@ -1079,7 +1072,7 @@ static int build_vera(lora_state **out, const peft_model *m, const peft_vera_opt
     if (code)
         return code;
     l->method = PEFT_METHOD_VERA;
-    l->targets = o->targets;
+    l->targets = peft__fold_targets(c, o->targets);
     l->rank = l->max_rank = o->rank;
     l->dropout = o->dropout;
     l->seed = o->seed;
@@ -1087,7 +1080,7 @@ static int build_vera(lora_state **out, const peft_model *m, const peft_vera_opt
     size_t off = 0;
     for (int layer = 0; layer < c->n_layers; layer++)
         for (int k = 0; k < PEFT_MOD_COUNT; k++) {
-            if (!l->layer_on[layer] || !(o->targets & (1u << k)))
+            if (!l->layer_on[layer] || !(l->targets & (1u << k)))
                 continue;
             lora_module *md = &l->mods[l->n_modules];
             md->layer = layer;

@@ -412,11 +412,11 @@ int peft_save_merged(peft_model *m, const char *dir)
                 ADD(nm, peft__norm_width(c, s), 0, peft__norm_file(m, l, s));
             }
         for (int kind = 0; kind < PEFT_MOD_COUNT; kind++) {
-            int in, out;
-            int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
-            in = kind == PEFT_MOD_O ? qd : kind == PEFT_MOD_DOWN ? c->ffn_dim : c->dim;
-            out = kind == PEFT_MOD_Q ? qd : kind <= PEFT_MOD_V ? kvd : kind == PEFT_MOD_O || kind == PEFT_MOD_DOWN ? c->dim : c->ffn_dim;
-            snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.weight", l, peft__module_parents[kind], peft__module_names[kind]);
+            if (!peft__has_mod(c, kind))
+                continue;
+            int in = (int)w->w[kind].cols, out = peft__mod_out(c, kind);
+            snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.weight", l, peft__module_parents[kind],
+                     peft__mod_name(c, kind));
             int changed;
             const float *W = peft__effective_weight(m, l, kind, NULL, &changed);
             if (!W && !(tmp[k] = peft__alloc_floats((size_t)out * (size_t)in))) {
@@ -427,7 +427,8 @@ int peft_save_merged(peft_model *m, const char *dir)
                 W = peft__effective_weight(m, l, kind, tmp[k], &changed);
             ADD(nm, out, in, W);
             if (w->bias[kind]) { /* (scaled by IA3 where it scales the output) */
-                snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.bias", l, peft__module_parents[kind], peft__module_names[kind]);
+                snprintf(nm, sizeof nm, "model.layers.%d.%s.%s.bias", l, peft__module_parents[kind],
+                         peft__mod_name(c, kind));
                 if (!(tmp[k] = peft__alloc_floats((size_t)out))) {
                     code = peft__fail(PEFT_ENOMEM, "peft_save_merged: out of memory");
                     goto done;

@@ -21,6 +21,28 @@ const char *const peft__module_parents[PEFT_MOD_COUNT] = {"self_attn", "self_att
                                                           "self_attn", "mlp",       "mlp",
                                                           "mlp"};
 
+const char *peft__mod_name(const peft_config *c, int k)
+{
+    if (c && c->fused && k == PEFT_MOD_Q)
+        return "qkv_proj";
+    if (c && c->fused && k == PEFT_MOD_GATE)
+        return "gate_up_proj";
+    return peft__module_names[k];
+}
+
+int peft__mod_out(const peft_config *c, int k)
+{
+    int qd = c->n_heads * c->head_dim, kvd = c->n_kv_heads * c->head_dim;
+    switch (k) {
+    case PEFT_MOD_Q: return c->fused ? qd + 2 * kvd : qd;
+    case PEFT_MOD_K:
+    case PEFT_MOD_V: return kvd;
+    case PEFT_MOD_GATE: return c->fused ? 2 * c->ffn_dim : c->ffn_dim;
+    case PEFT_MOD_UP: return c->ffn_dim;
+    default: return c->dim;
+    }
+}
+
 int peft_open_options_init(peft_open_options *opts, uint32_t version)
 {
     if (!opts || version == 0 || version > PEFT_OPEN_OPTIONS_VERSION)
@@ -305,9 +327,9 @@ static int load_weights(peft_model *m)
     m->layers = calloc((size_t)c->n_layers, sizeof *m->layers);
     if (!m->layers)
         return peft__fail(PEFT_ENOMEM, "out of memory");
-    const int64_t shp[PEFT_MOD_COUNT][2] = {{qd, c->dim},         {kvd, c->dim},
+    const int64_t shp[PEFT_MOD_COUNT][2] = {{peft__mod_out(c, PEFT_MOD_Q), c->dim}, {kvd, c->dim},
                                             {kvd, c->dim},        {c->dim, qd},
-                                            {c->ffn_dim, c->dim}, {c->ffn_dim, c->dim},
+                                            {peft__mod_out(c, PEFT_MOD_GATE), c->dim}, {c->ffn_dim, c->dim},
                                             {c->dim, c->ffn_dim}};
     for (int l = 0; l < c->n_layers; l++) {
         peft_layer_weights *w = &m->layers[l];
@@ -328,12 +350,14 @@ static int load_weights(peft_model *m)
                 return code;
         }
         for (int k = 0; k < PEFT_MOD_COUNT; k++) {
+            if (!peft__has_mod(c, k)) /* Phi-3: k and v are rows of q's qkv_proj, up of gate's gate_up_proj */
+                continue;
             snprintf(name, sizeof name, "model.layers.%d.%s.%s.weight", l, peft__module_parents[k],
-                     peft__module_names[k]);
+                     peft__mod_name(c, k));
             w->w[k] = (peft_w){.rows = shp[k][0], .cols = shp[k][1]};
             if ((code = load_tensor(m, &w->w[k].f, name, shp[k][0], shp[k][1])))
                 return code;
-            snprintf(name, sizeof name, "model.layers.%d.%s.%s.bias", l, peft__module_parents[k], peft__module_names[k]);
+            snprintf(name, sizeof name, "model.layers.%d.%s.%s.bias", l, peft__module_parents[k], peft__mod_name(c, k));
             if ((c->bias_mask >> k & 1) && (code = load_tensor(m, &w->bias[k], name, shp[k][0], 0)))
                 return code;
         }

@@ -154,6 +154,8 @@ typedef struct workspace {
     float *logits, *row_loss, *att_scratch;
     float *rope_cos, *rope_sin; /* (T, hd/2) */
     float *rope_cos_l, *rope_sin_l; /* Gemma 3's sliding layers (their own base), or NULL */
+    float *fused;               /* Phi-3: (N, widest fused module) qkv_proj's or gate_up_proj's output or
+                                   its gradient, between the module and the separate q, k, v (g, u) */
     int32_t *labels;            /* (N) label of each row's prediction, -100 = none */
     int32_t *pos;               /* (N) position of each row inside its document */
     size_t lora_floats, max_rank;
@@ -292,14 +294,14 @@ int peft__svd_factors(peft_model *m, const float *W, int out, int in, int r, flo
 struct json_value;
 /* adapter.c: a PEFT LoRA adapter_config.json into options (layers: a buffer of layers_cap bytes that also holds
    the patterns; *tok, *regex and *exclude: owned copies the caller frees) */
-int peft__read_lora_config(peft_lora_options *o, char *layers, size_t layers_cap, int32_t **tok, char **regex,
-                           char **exclude, const char *path);
+int peft__read_lora_config(const peft_config *c, peft_lora_options *o, char *layers, size_t layers_cap,
+                           int32_t **tok, char **regex, char **exclude, const char *path);
 /* adapter_extras.c: a module name of an adapter_config.json as the library names it: a multimodal
    Gemma 3's "model.language_model.X" (or "language_model.model.X") is "model.X", its
    "language_model.lm_head" "lm_head" (buf holds the result when it differs; else s itself) */
 const char *peft__canon_module(const char *s, char *buf, size_t cap);
 /* "model.layers.N.self_attn.q_proj" (or a bare module name: layer -1) -> kind and layer; -1 if not one */
-int peft__parse_module_name(const char *s, int *kind, int *layer);
+int peft__parse_module_name(const peft_config *c, const char *s, int *kind, int *layer);
 /* lora.c: the value of the first "key=value" item whose key ends module `name` at a dot, or def */
 double peft__pattern_value(const char *pat, const char *name, double def);
 int peft__read_modules_to_save(const struct json_value *v, peft_lora_options *o, const char *layers, const char *path);
@@ -334,7 +336,7 @@ int peft__pissa_init(lora_state *l, const peft_model *m);
    `layer`; 0 when the layer has no trainable parameters. Layers are laid out in order. */
 int peft__grad_layer_range(const lora_state *l, int n_layers, int layer, size_t *lo, size_t *hi);
 int peft__layers_parse(uint8_t *on, int n_layers, const char *spec);
-const char *peft__module_key(char *buf, size_t n, int layer, int kind, int is_b);
+const char *peft__module_key(const peft_config *c, char *buf, size_t n, int layer, int kind, int is_b);
 
 /* A layer's RMSNorms by their place (slots of lora_state.norm_off); the final norm is slot 0 of
    layer n_layers. */

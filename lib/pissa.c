@@ -272,7 +272,7 @@ int peft__pissa_init(lora_state *l, const peft_model *cm)
         if (md->r > k)
             return peft__fail(PEFT_EINVAL, "%s: rank %d exceeds min(out, in) = %d of layer %d's %s",
                               l->init == PEFT_INIT_PISSA ? "PiSSA" : "OLoRA", md->r, k, md->layer,
-                              peft__module_names[md->kind]);
+                              peft__mod_name(&m->cfg, md->kind));
         int code = l->init == PEFT_INIT_PISSA
                        ? peft__svd_factors(m, R, md->out, md->in, md->r, md->scale,
                                        l->seed ^ peft__hash64(((uint64_t)md->layer << 8) | (uint64_t)md->kind), A, B)

@@ -121,6 +121,10 @@ int peft__workspace_ensure(peft_model *m, int B, int T, int train)
         want(&p, &ws->rope_cos_l, (size_t)T * (size_t)c->head_dim / 2);
         want(&p, &ws->rope_sin_l, (size_t)T * (size_t)c->head_dim / 2);
     }
+    if (c->fused) {
+        size_t wq = (size_t)peft__mod_out(c, PEFT_MOD_Q), wg = (size_t)peft__mod_out(c, PEFT_MOD_GATE);
+        want(&p, &ws->fused, N * (wq > wg ? wq : wg));
+    }
     if (m->lora && (m->lora->use_dora || m->lora->method == PEFT_METHOD_IA3) && train) {
         want(&p, &ws->dora_z, N * m->lora->sum_out);
         want(&p, &ws->dora_dz, N * m->lora->max_out);

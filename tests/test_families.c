@@ -1048,12 +1048,211 @@ TEST(gemma3_lifecycle)
     model_dir_remove(d);
 }
 
+/* Phi-3, shaped as Phi-4-mini is (tests/golden/make_phi3.py): q/k/v as one qkv_proj and gate/up
+   as one gate_up_proj, each adapted as a single module as PEFT does (LoRA, DoRA, IA3); RoPE on
+   3/4 of each head with LongRoPE's short factors and attention factor; a sliding window. Against
+   PyTorch and by finite differences; the target bits fold onto the fused modules and are saved
+   under their names; the merged model (qkv_proj and gate_up_proj rewritten) gives the adapter's
+   loss; GGUF exports refused by name. (DoRA's gradient is PEFT's, with the weight norm detached:
+   PyTorch's, not finite differences.) */
+#define TINY_PHI3 "{\"model_type\": \"phi3\", \"hidden_size\": 32, \"intermediate_size\": 40, \"num_hidden_layers\": " \
+                  "3, \"num_attention_heads\": 4, \"num_key_value_heads\": 2, \"vocab_size\": 48, \"rms_norm_eps\": " \
+                  "1e-05, \"rope_theta\": 10000.0, \"sliding_window\": 5, %s}"
+#define PHI3_AF ", \"attention_factor\": 1.1832159566199232" /* the tiny model's, sqrt(1 + ln 4 / ln 32) */
+#define PHI3_ROPE(orig, max, lng, extra) "\"partial_rotary_factor\": 0.75, \"max_position_embeddings\": " max ", " \
+                  "\"original_max_position_embeddings\": " orig ", \"rope_scaling\": {\"type\": \"longrope\", "  \
+                  "\"short_factor\": [1.0, 1.5, 2.5], \"long_factor\": " lng extra "}"
+TEST(torch_step_phi3)
+{
+    step_model = "tiny_phi3";
+    step_case("all_linear", 2);
+    step_case("dora", 1);
+    step_case("ia3", 2);
+    step_model = "tiny";
+    gradcheck_in("tiny_phi3", "tiny_phi3/all_linear/adapter");
+    gradcheck_in("tiny_phi3", "tiny_phi3/ia3/adapter");
+    json_doc *bl = load_json(test_data("tiny_phi3/base_loss.json"));
+    json_doc *e = load_json(test_data("tiny_phi3/ia3/expected.json"));
+    peft_model *m = NULL;
+    CHECK(bl && e);
+    CHECK_OK(peft_model_open(&m, test_data("tiny_phi3"), NULL));
+    if (!m || !bl || !e)
+        return;
+    int32_t tok[24], lab[24];
+    for (int i = 0; i < 24; i++) {
+        tok[i] = (int32_t)json_get(json_root(e), "tokens")->items[i].number;
+        lab[i] = (int32_t)json_get(json_root(e), "labels")->items[i].number;
+    }
+    peft_batch b = {PEFT_BATCH_VERSION, tok, lab, 2, 12, NULL};
+    peft_eval_result r = PEFT_EVAL_RESULT_INIT;
+    CHECK_OK(peft_eval(m, &b, &r));
+    CHECK_CLOSE(r.loss_sum / (double)r.tokens, jnum(bl, "loss"), 1e-5);
+    peft_model_info info = {.version = PEFT_MODEL_INFO_VERSION};
+    CHECK_OK(peft_model_get_info(m, &info));
+    uint64_t D = 32, F = 40, qkv = 64, L = 3, V = 48;
+    CHECK(!strcmp(info.architecture, "phi3") &&
+          info.n_params == 2 * V * D + D + L * (2 * D + D * (qkv + 32) + 3 * D * F)); /* qkv_proj, o_proj, MLP */
+    /* q and up: every module that holds them, qkv_proj (out 64) and gate_up_proj (out 80) */
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_Q | PEFT_TARGET_UP;
+    o.rank = 2;
+    o.init = PEFT_INIT_GAUSSIAN;
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    float *p;
+    size_t n;
+    CHECK_OK(peft_param_buffer(&p, &n, m));
+    CHECK_MSG(n == L * (2 * (D + qkv) + 2 * (D + 2 * F)), "%zu trainable", n);
+    for (size_t i = 0; i < n; i++)
+        p[i] += 0.01f * (float)((i * 7919) % 13) - 0.06f;
+    peft_eval_result ra = PEFT_EVAL_RESULT_INIT, rm = PEFT_EVAL_RESULT_INIT;
+    CHECK_OK(peft_eval(m, &b, &ra));
+    char dir[] = "/tmp/peft-phi3-XXXXXX", sub[64], text[4096];
+    CHECK(mkdtemp(dir) != NULL);
+    snprintf(sub, sizeof sub, "%s/adapter", dir);
+    CHECK_OK(peft_save_adapter(m, sub, NULL));
+    snprintf(sub, sizeof sub, "%s/adapter/adapter_config.json", dir);
+    read_small(sub, text, sizeof text);
+    CHECK_MSG(strstr(text, "\"qkv_proj\"") && strstr(text, "\"gate_up_proj\"") && !strstr(text, "q_proj\"") &&
+              !strstr(text, "\"up_proj"), "%s", text);
+    snprintf(sub, sizeof sub, "%s/merged", dir);
+    CHECK_OK(peft_save_merged(m, sub));
+    snprintf(text, sizeof text, "%s/x.gguf", dir);
+    CHECK(peft_save_merged_gguf(m, text, NULL) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "Phi-3"));
+    CHECK(peft_save_adapter_gguf(m, text, NULL) == PEFT_EUNSUPPORTED && strstr(peft_last_error(), "Phi-3"));
+    peft_model_close(&m);
+    CHECK_OK(peft_model_open(&m, sub, NULL));
+    if (m)
+        CHECK_OK(peft_eval(m, &b, &rm));
+    CHECK_CLOSE(rm.loss_sum, ra.loss_sum, 1e-4 * fabs(ra.loss_sum));
+    CHECK(fabs(ra.loss_sum - r.loss_sum) > 1e-3);
+    peft_model_close(&m);
+    snprintf(sub, sizeof sub, "%s/adapter", dir); /* the saved adapter loads back to the same loss */
+    CHECK_OK(peft_model_open(&m, test_data("tiny_phi3"), NULL));
+    if (m) {
+        CHECK_OK(peft_load_adapter(m, sub));
+        peft_eval_result rl = PEFT_EVAL_RESULT_INIT;
+        CHECK_OK(peft_eval(m, &b, &rl));
+        CHECK_CLOSE(rl.loss_sum, ra.loss_sum, 1e-9 * fabs(ra.loss_sum));
+    }
+    peft_model_close(&m);
+    adapter_dir_remove(sub);
+    snprintf(sub, sizeof sub, "%s/merged", dir);
+    dir_with_two_remove(sub, "model.safetensors", "config.json");
+    rmdir(dir);
+    json_free(bl);
+    json_free(e);
+}
+
+/* LongRoPE's long factors from a length past original_max_position_embeddings (12 > 8 here,
+   the attention factor pinned to the tiny model's), never below it; malformed factor lists, a
+   partial rotation of no dimension and an unknown scaling refused */
+TEST(phi3_longrope)
+{
+    static const char *const same[] = {PHI3_ROPE("32", "128", "[2.0, 4.0, 8.0]", ""),
+                                       PHI3_ROPE("8", "32", "[1.0, 1.5, 2.5]", PHI3_AF),
+                                       PHI3_ROPE("8", "32", "[2.0, 4.0, 8.0]", PHI3_AF),
+                                       PHI3_ROPE("32", "128", "[7.0, 7.0, 7.0]", "")};
+    double loss[4];
+    for (int i = 0; i < 4; i++) {
+        char d[21], cfg[1024];
+        snprintf(cfg, sizeof cfg, TINY_PHI3, same[i]);
+        variant_dir(d, "tiny_phi3/model.safetensors", cfg);
+        loss[i] = variant_loss(d);
+        model_dir_remove(d);
+    }
+    CHECK_MSG(loss[0] == variant_loss(test_data("tiny_phi3")) && fabs(loss[1] - loss[0]) < 1e-9 * loss[0] &&
+              fabs(loss[2] - loss[0]) > 1e-4 && loss[3] == loss[0],
+              "%.9g %.9g %.9g %.9g", loss[0], loss[1], loss[2], loss[3]);
+    static const char *const bad[][2] = {
+        {PHI3_ROPE("32", "128", "[2.0, 4.0]", ""), "long_factor"},
+        {PHI3_ROPE("32", "128", "[2.0, 4.0, -1]", ""), "long_factor[2]"},
+        {"\"partial_rotary_factor\": 0.1", "partial_rotary_factor"},
+        {"\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4}", "yarn"},
+        {"\"attention_bias\": true", "biases"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char d[21], cfg[1024];
+        snprintf(cfg, sizeof cfg, TINY_PHI3, bad[i][0]);
+        variant_dir(d, "tiny_phi3/model.safetensors", cfg);
+        peft_model *m = NULL;
+        int rc = peft_model_open(&m, d, NULL);
+        CHECK_MSG((rc == PEFT_EUNSUPPORTED || rc == PEFT_EFORMAT) && strstr(peft_last_error(), bad[i][1]), "%s: %s",
+                  bad[i][0], peft_last_error());
+        peft_model_close(&m);
+        model_dir_remove(d);
+    }
+}
+
+/* Phi-3's fused modules under the other methods: LoHa, LoKr and VeRA on qkv_proj and gate_up_proj
+   (delta W of the whole fused matrix) and PiSSA's SVD of it (the model unchanged at init);
+   gradients by finite differences, and LoHa, LoKr and VeRA adapters reload to the same loss */
+TEST(phi3_methods)
+{
+    static const char *const what[4] = {"LoHa", "LoKr", "VeRA", "PiSSA"};
+    for (int c = 0; c < 4; c++) {
+        peft_model *m = NULL;
+        CHECK_OK(peft_model_open(&m, test_data("tiny_phi3"), NULL));
+        if (!m)
+            return;
+        int32_t tok[20];
+        peft_batch b = check_batch(tok);
+        peft_eval_result base = PEFT_EVAL_RESULT_INIT, at = PEFT_EVAL_RESULT_INIT;
+        CHECK_OK(peft_eval(m, &b, &base));
+        if (c == 2) {
+            peft_vera_options vo = PEFT_VERA_OPTIONS_INIT;
+            vo.targets = PEFT_TARGET_ALL_LINEAR;
+            vo.rank = 4;
+            CHECK_OK(peft_attach_vera(m, &vo, NULL));
+        } else {
+            peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+            o.targets = PEFT_TARGET_ALL_LINEAR;
+            o.rank = 2;
+            o.variant = c == 0 ? PEFT_VARIANT_LOHA : c == 1 ? PEFT_VARIANT_LOKR : 0;
+            o.init = c == 3 ? PEFT_INIT_PISSA : PEFT_INIT_KAIMING;
+            CHECK_OK(peft_attach_lora(m, &o, NULL));
+        }
+        CHECK_OK(peft_eval(m, &b, &at));
+        CHECK_MSG(fabs(at.loss_sum - base.loss_sum) < 1e-4, "%s: the model changed at init (%.9g, %.9g)", what[c],
+                  at.loss_sum, base.loss_sum);
+        float *p, *g;
+        size_t n;
+        CHECK_OK(peft_param_buffer(&p, &n, m));
+        for (size_t i = 0; i < n; i++)
+            p[i] += 0.05f * (float)((int)((i * 2654435761u) % 11) - 5) / 5.0f;
+        CHECK_OK(peft_zero_grad(m));
+        CHECK_OK(peft_forward_backward(m, &b, NULL));
+        CHECK_OK(peft_grad_buffer(&g, &n, m));
+        float *ga = malloc(n * sizeof *ga);
+        memcpy(ga, g, n * sizeof *ga);
+        int checked, nonzero, bad = fd_sweep(m, &b, p, ga, n, n / 151 + 1, what[c], &checked, &nonzero);
+        CHECK_MSG(checked > 60 && nonzero > checked / 10 && bad == 0, "%s: %d checked, %d non-zero, %d off", what[c],
+                  checked, nonzero, bad);
+        free(ga);
+        char dir[] = "/tmp/peft-phi3m-XXXXXX";
+        CHECK(mkdtemp(dir) != NULL);
+        peft_eval_result trained = PEFT_EVAL_RESULT_INIT, back = PEFT_EVAL_RESULT_INIT;
+        CHECK_OK(peft_eval(m, &b, &trained));
+        CHECK_OK(peft_save_adapter(m, dir, NULL));
+        peft_model_close(&m);
+        CHECK_OK(peft_model_open(&m, test_data("tiny_phi3"), NULL));
+        if (m && c < 3) {
+            CHECK_OK(peft_load_adapter(m, dir));
+            CHECK_OK(peft_eval(m, &b, &back));
+            CHECK_MSG(fabs(back.loss_sum - trained.loss_sum) < 1e-6 * trained.loss_sum, "%s: reloaded %.9g, saved %.9g",
+                      what[c], back.loss_sum, trained.loss_sum);
+        }
+        peft_model_close(&m);
+        adapter_dir_remove(dir);
+    }
+}
+
 static const struct h_case cases[] = {
     CASE(rope_parameters_of_transformers_5),
     CASE(torch_step_qwen2),
     CASE(torch_step_qwen3), CASE(torch_step_qwen3_norms), CASE(qk_norms_lifecycle), CASE(gemma3_multimodal),
     CASE(torch_step_smollm3),
     CASE(torch_step_granite),
+    CASE(torch_step_phi3), CASE(phi3_longrope), CASE(phi3_methods),
     CASE(torch_step_llama_bias),
     CASE(torch_step_ia3_bias),
     CASE(torch_step_bias_all),

@@ -98,34 +98,56 @@ enum { QB = 2, QT = 5, QH = 3, QHD = 8 };
 struct rope_ctx {
     float x[QB * QT * QH * QHD], y[QB * QT * QH * QHD], dout[QB * QT * QH * QHD];
     float c[QT * QHD / 2], s[QT * QHD / 2];
+    int rot;
 };
 static double rope_loss(void *vp)
 {
     struct rope_ctx *c = vp;
     memcpy(c->y, c->x, sizeof c->x);
-    rope_forward(NULL, c->y, c->c, c->s, NULL, QB, QT, QH, QHD);
+    rope_forward(NULL, c->y, c->c, c->s, NULL, QB, QT, QH, QHD, c->rot);
     return dotd(c->y, c->dout, sizeof c->x / sizeof(float));
 }
+/* the whole head, then Phi-4-mini's partial rotation (the first 6 of 8 dimensions) with
+   LongRoPE's short factors and attention factor */
 TEST(rope)
 {
-    struct rope_ctx c;
-    size_t n = sizeof c.x / sizeof(float);
-    peft_config rc = {.head_dim = QHD, .rope_theta = 10000.0f};
-    rope_tables(c.c, c.s, QT, &rc);
-    fill(c.x, n, 1.0f);
-    fill(c.dout, n, 1.0f);
-    float dx[sizeof c.x / sizeof(float)];
-    memcpy(dx, c.dout, sizeof dx);
-    rope_backward(NULL, dx, c.c, c.s, NULL, QB, QT, QH, QHD);
-    CHECK(fd_check("rope dx", c.x, n, dx, rope_loss, &c, 1e-2f, 1e-3) == 0);
-    /* position 0 is the identity; pair (i, i+hd/2) at position 1 rotates by angle theta^(-2i/hd) */
-    rope_loss(&c);
-    for (int i = 0; i < QH * QHD; i++)
-        CHECK_CLOSE(c.y[i], c.x[i], 1e-7);
-    const float *x1 = c.x + QH * QHD, *y1 = c.y + QH * QHD;
-    for (int i = 0; i < QHD / 2; i++) {
-        double ang = pow(10000.0, -2.0 * i / QHD);
-        CHECK_CLOSE(y1[i], x1[i] * cos(ang) - x1[i + QHD / 2] * sin(ang), 1e-6);
+    for (int partial = 0; partial < 2; partial++) {
+        struct rope_ctx c;
+        size_t n = sizeof c.x / sizeof(float);
+        peft_config rc = {.head_dim = QHD, .rope_theta = 10000.0f};
+        if (partial) {
+            rc.rot_dim = 6, rc.rope_scaling = 2, rc.rope_mscale = 1.25f, rc.rope_long_from = 100;
+            for (int i = 0; i < 3; i++)
+                rc.rope_div[i] = 1.0f + 0.5f * (float)i, rc.rope_div_long[i] = 9.0f;
+        }
+        c.rot = peft__rot_dim(&rc);
+        rope_tables(c.c, c.s, QT, &rc);
+        fill(c.x, n, 1.0f);
+        fill(c.dout, n, 1.0f);
+        float dx[sizeof c.x / sizeof(float)];
+        memcpy(dx, c.dout, sizeof dx);
+        rope_backward(NULL, dx, c.c, c.s, NULL, QB, QT, QH, QHD, c.rot);
+        CHECK(fd_check("rope dx", c.x, n, dx, rope_loss, &c, 1e-2f, 1e-3) == 0);
+        /* position 0 scales by the attention factor; pair (i, i+rot/2) at position 1 rotates by
+           angle theta^(-2i/rot) / div[i]; the dimensions past rot pass through */
+        double ms = partial ? 1.25 : 1.0;
+        rope_loss(&c);
+        for (int i = 0; i < QH * QHD; i++)
+            CHECK_CLOSE(c.y[i], i % QHD < c.rot ? ms * c.x[i] : c.x[i], 1e-6);
+        const float *x1 = c.x + QH * QHD, *y1 = c.y + QH * QHD;
+        int half = c.rot / 2;
+        for (int i = 0; i < half; i++) {
+            double ang = pow(10000.0, -2.0 * i / c.rot) / (partial ? 1.0 + 0.5 * i : 1.0);
+            CHECK_CLOSE(y1[i], ms * (x1[i] * cos(ang) - x1[i + half] * sin(ang)), 1e-6);
+            CHECK_CLOSE(y1[i + half], ms * (x1[i + half] * cos(ang) + x1[i] * sin(ang)), 1e-6);
+        }
+        for (int i = c.rot; i < QHD; i++)
+            CHECK(y1[i] == x1[i]);
+        float at[QHD];
+        memcpy(at, x1, sizeof at);
+        rope_at(at, 1, 1, &rc); /* the inference path agrees */
+        for (int i = 0; i < QHD; i++)
+            CHECK_CLOSE(at[i], y1[i], 1e-6);
     }
 }
 

@@ -545,6 +545,8 @@ TEST(session_matches_forward_smollm3)
     session_vs_forward_with(test_data("tiny_smollm3"), test_data("tiny_smollm3/all_linear/adapter"));
     /* and Granite's multipliers */
     session_vs_forward_with(test_data("tiny_granite"), test_data("tiny_granite/all_linear/adapter"));
+    session_vs_forward_with(test_data("tiny_phi3"), test_data("tiny_phi3/all_linear/adapter"));
+    session_vs_forward_with(test_data("tiny_phi3"), test_data("tiny_phi3/ia3/adapter"));
 }
 TEST(session_matches_forward_adapter) { session_vs_forward(test_data("tiny"), 1); }
 

@@ -20,14 +20,15 @@ void rmsnorm_backward(void *pool, float *dx, const float *dout, const float *x, 
 /* dw (D) += sum over rows of dout * x * rstd (the weight's gradient) */
 void rmsnorm_backward_w(float *dw, const float *dout, const float *x, const float *rstd, int64_t N, int D);
 
-/* RoPE tables cos/sin (T, hd/2), HF rotate-half convention */
+/* RoPE tables cos/sin (T, rot_dim/2), HF rotate-half convention */
 void rope_tables(float *cos_t, float *sin_t, int T, const peft_config *c);
-/* x (B*T, n_heads*hd) rotated in place; row r is at position pos[r] (NULL: r % T) */
+/* x (B*T, n_heads*hd) rotated in place (the first rot of each head's hd dimensions); row r is
+   at position pos[r] (NULL: r % T) */
 void rope_forward(void *pool, float *x, const float *cos_t, const float *sin_t, const int32_t *pos,
-                  int B, int T, int n_heads, int hd);
+                  int B, int T, int n_heads, int hd, int rot);
 /* dx rotated back in place (the transpose of rope_forward) */
 void rope_backward(void *pool, float *dx, const float *cos_t, const float *sin_t, const int32_t *pos,
-                   int B, int T, int n_heads, int hd);
+                   int B, int T, int n_heads, int hd, int rot);
 
 /* x (n_heads*hd) of one position rotated in place */
 void rope_at(float *x, int n_heads, int pos, const peft_config *c);

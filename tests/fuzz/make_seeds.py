@@ -160,6 +160,14 @@ def main():
         json.dump({"model_type": "granite", "hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 2,
                    "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 48, "embedding_multiplier": 12.0,
                    "residual_multiplier": 0.22, "attention_multiplier": 0.0078125, "logits_scaling": 8.0}, f)
+    # Phi-3 (Phi-4-mini's shape): partial rotary, LongRoPE's factor lists, a sliding window
+    with open(os.path.join(HERE, "corpus", "json", "phi3_config.json"), "w") as f:
+        json.dump({"model_type": "phi3", "hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 48,
+                   "partial_rotary_factor": 0.75, "max_position_embeddings": 128,
+                   "original_max_position_embeddings": 32, "sliding_window": 5,
+                   "rope_scaling": {"type": "longrope", "short_factor": [1.0, 1.5, 2.5],
+                                    "long_factor": [2.0, 4.0, 8.0]}}, f)
     os.makedirs(os.path.join(HERE, "corpus", "spm"), exist_ok=True)
     with open(os.path.join(HERE, "corpus", "spm", "tokenizer.model"), "wb") as f:
         f.write(spm([("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3), ("<0x41>", 0.0, 6),
