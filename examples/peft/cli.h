@@ -76,6 +76,10 @@ int prompt_attach(peft_model *m, peft_prompt_options *po, const char *init_text,
                   const char *tokenizer_path);
 int parse_targets(const char *s, uint32_t *out);
 void targets_string(uint32_t t, char *buf, size_t n);
+/* Module kind k (0-8) of targets as a row of `peft info`: its name, or NULL when it is not a row;
+   Phi-3's fused modules are one row each, qkv_proj (kind 0) for q, k, v and gate_up_proj (kind 4)
+   for gate, up. *one: the targets of the row. */
+const char *target_row(const char *arch, uint32_t targets, int k, uint32_t *one);
 
 /* Mean loss over non-overlapping windows of T tokens [w0, w1) in batches of B. */
 int eval_windows(peft_model *m, const tokens *t, int T, int B, size_t w0, size_t w1,

@@ -16,7 +16,7 @@ static const char info_help[] =
 
 static void total_row(uint64_t total, const peft_model_info *in)
 {
-    printf("  %-10s %14llu  (%.4f%% of the base, %.2f MiB as F32 + %.2f MiB AdamW state)\n", "total",
+    printf("  %-12s %12llu  (%.4f%% of the base, %.2f MiB as F32 + %.2f MiB AdamW state)\n", "total",
            (unsigned long long)total, 100.0 * (double)total / (double)in->n_params, (double)total * 4 / 1048576.0,
            (double)total * 8 / 1048576.0);
 }
@@ -27,7 +27,6 @@ static void total_row(uint64_t total, const peft_model_info *in)
 static int other_method_table(peft_model *m, int kind, const peft_lora_options *o, const peft_ia3_options *io,
                               peft_prompt_options *po, long budget, uint64_t *total)
 {
-    static const char *const names[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
     peft_model_info in = {.version = PEFT_MODEL_INFO_VERSION};
     peft_model_get_info(m, &in);
     uint64_t n;
@@ -37,7 +36,7 @@ static int other_method_table(peft_model *m, int kind, const peft_lora_options *
         if ((code = peft_count_tokens(&n, m, o->token_indices, o->n_token_indices)))
             return code;
         printf("\ntrainable tokens: %d rows x hidden %d\n", o->n_token_indices, in.hidden_size);
-        printf("  %-10s %14llu\n", "token rows", (unsigned long long)n);
+        printf("  %-12s %12llu\n", "token rows", (unsigned long long)n);
         *total = n;
         total_row(n, &in);
         return 0;
@@ -55,7 +54,7 @@ static int other_method_table(peft_model *m, int kind, const peft_lora_options *
         if ((code = peft_count_prompt(&n, m, po)))
             return code;
         printf("\nprompt tuning: %d virtual tokens x hidden %d\n", po->n_virtual, in.hidden_size);
-        printf("  %-10s %14llu\n", "prompt", (unsigned long long)n);
+        printf("  %-12s %12llu\n", "prompt", (unsigned long long)n);
         *total = n;
         total_row(n, &in);
         return 0;
@@ -93,24 +92,26 @@ static int other_method_table(peft_model *m, int kind, const peft_lora_options *
         printf("\nVeRA r=%d targets=%s layers=%s (the shared projections are frozen, not counted)\n", o->rank, tbuf,
                o->layers ? o->layers : "all");
     for (int k = 0; k < 7; k++) {
-        if (!((kind == 1 ? io->targets : o->targets) & (1u << k)))
+        uint32_t row;
+        const char *name = target_row(in.architecture, kind == 1 ? io->targets : o->targets, k, &row);
+        if (!name)
             continue;
         if (kind == 1) {
             peft_ia3_options one = *io;
-            one.targets = 1u << k;
+            one.targets = row;
             one.feedforward &= one.targets;
             one.modules_to_save = one.norms = 0;
             code = peft_count_ia3(&n, m, &one);
         } else {
             peft_vera_options vo;
             vera_from_lora(o, 0.1, &vo);
-            vo.targets = 1u << k;
+            vo.targets = row;
             vo.modules_to_save = vo.norms = 0;
             code = peft_count_vera(&n, m, &vo);
         }
         if (code)
             return code;
-        printf("  %-10s %14llu\n", names[k], (unsigned long long)n);
+        printf("  %-12s %12llu\n", name, (unsigned long long)n);
         *total += n;
     }
     /* modules_to_save and norms trained alongside: each one's share of the whole */
@@ -137,7 +138,7 @@ static int other_method_table(peft_model *m, int kind, const peft_lora_options *
             continue;
         if ((code = kind == 1 ? peft_count_ia3(&without, m, &il) : peft_count_vera(&without, m, &vl)))
             return code;
-        printf("  %-10s %14llu\n", xn[x], (unsigned long long)(all - without));
+        printf("  %-12s %12llu\n", xn[x], (unsigned long long)(all - without));
         *total += all - without;
     }
     total_row(*total, &in);
@@ -219,10 +220,8 @@ int cmd_info(int argc, char **argv)
         printf("\nLoRA r=%d alpha=%g targets=%s layers=%s%s%s%s\n", o.rank, o.alpha, tbuf,
                o.layers ? o.layers : "all", o.use_rslora ? " rslora" : "", o.exclude_regex ? " exclude=" : "",
                o.exclude_regex ? o.exclude_regex : "");
-        printf("  %-10s %14s\n", "module", "trainable");
+        printf("  %-12s %12s\n", "module", "trainable");
         uint64_t total = 0;
-        static const char *names[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
-                                      "embed_tokens", "lm_head"};
         peft_lora_options plain = o; /* the targets alone */
         plain.modules_to_save = plain.norms = 0;
         plain.n_token_indices = plain.n_head_token_indices = 0;
@@ -233,14 +232,16 @@ int cmd_info(int argc, char **argv)
                 rc = fail_lib("count", code);
                 goto done;
             }
-            printf("  %-10s %14llu  (%s)\n", "regex", (unsigned long long)n, o.target_regex);
+            printf("  %-12s %12llu  (%s)\n", "regex", (unsigned long long)n, o.target_regex);
             total += n;
         }
         for (int k = 0; k < 9 && !o.target_regex; k++) {
-            if (!(o.targets & (1u << k)))
+            uint32_t row;
+            const char *name = target_row(in.architecture, o.targets, k, &row);
+            if (!name)
                 continue;
             peft_lora_options one = plain;
-            one.targets = 1u << k;
+            one.targets = row;
             uint64_t n;
             code = peft_count_lora(&n, m, &one);
             if (code == PEFT_EINVAL && o.exclude_regex && peft_count_lora(&n, m, &o) == PEFT_OK)
@@ -249,7 +250,7 @@ int cmd_info(int argc, char **argv)
                 rc = fail_lib("count", code);
                 goto done;
             }
-            printf("  %-10s %14llu\n", names[k], (unsigned long long)n);
+            printf("  %-12s %12llu\n", name, (unsigned long long)n);
             total += n;
         }
         /* what is trained beyond the targets: each one's share of the whole configuration */

@@ -215,13 +215,17 @@ int parse_targets(const char *s, uint32_t *out)
             tok[len - 5] = '\0';
         if (strcmp(tok, "embed_tokens") == 0)
             tok[5] = '\0';
+        if (strcmp(tok, "qkv") == 0 || strcmp(tok, "gate_up") == 0) { /* Phi-3's fused modules */
+            *out |= tok[0] == 'q' ? PEFT_TARGET_Q | PEFT_TARGET_K | PEFT_TARGET_V : PEFT_TARGET_GATE | PEFT_TARGET_UP;
+            continue;
+        }
         int found = -1;
         for (int k = 0; k < 9; k++)
             if (strcmp(tok, target_names[k]) == 0)
                 found = k;
         if (found < 0) {
-            fprintf(stderr, "peft: --targets: unknown module '%s' (q,k,v,o,gate,up,down,embed,lm_head or all-linear)\n",
-                    tok);
+            fprintf(stderr, "peft: --targets: unknown module '%s' (q,k,v,o,gate,up,down,embed,lm_head, qkv_proj and "
+                            "gate_up_proj on Phi-3, or all-linear)\n", tok);
             free(copy);
             return -1;
         }
@@ -229,6 +233,21 @@ int parse_targets(const char *s, uint32_t *out)
     }
     free(copy);
     return *out ? 0 : -1;
+}
+
+const char *target_row(const char *arch, uint32_t targets, int k, uint32_t *one)
+{
+    static const char *const names[9] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj",
+                                         "embed_tokens", "lm_head"};
+    const uint32_t qkv = PEFT_TARGET_Q | PEFT_TARGET_K | PEFT_TARGET_V, gu = PEFT_TARGET_GATE | PEFT_TARGET_UP;
+    if (!strcmp(arch, "phi3") && (k == 0 || k == 4)) { /* the library folds the parts' bits the same way */
+        *one = k ? PEFT_TARGET_GATE : PEFT_TARGET_Q;
+        return targets & (k ? gu : qkv) ? (k ? "gate_up_proj" : "qkv_proj") : NULL;
+    }
+    if (!strcmp(arch, "phi3") && (k == 1 || k == 2 || k == 5))
+        return NULL;
+    *one = 1u << k;
+    return targets & *one ? names[k] : NULL;
 }
 
 void targets_string(uint32_t t, char *buf, size_t n)

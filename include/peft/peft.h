@@ -132,6 +132,11 @@ enum peft_target {
     PEFT_TARGET_UP = 1u << 5,
     PEFT_TARGET_DOWN = 1u << 6,
     PEFT_TARGET_ALL_LINEAR = 0x7fu,
+    /* Phi-3 (phi3) holds q, k and v as one module, qkv_proj, and gate and up as one,
+       gate_up_proj, adapted whole as PEFT adapts them: any of a module's parts' bits selects it
+       (QKV and GATE_UP name them); other models have no such modules */
+    PEFT_TARGET_QKV = PEFT_TARGET_Q | PEFT_TARGET_K | PEFT_TARGET_V,
+    PEFT_TARGET_GATE_UP = PEFT_TARGET_GATE | PEFT_TARGET_UP,
     /* LoRA on the token embeddings (PEFT's "embed_tokens": lora_embedding_A (r, vocab)
        initialised to zeros, lora_embedding_B (hidden, r) to N(0, 1)); the delta applies to
        the input lookup only, also when lm_head shares the embedding matrix, as in PEFT.

@@ -189,7 +189,8 @@ _tokenize = _fn("peft_tokenize", _c_int, _c_void_p, _c_char_p, ctypes.c_size_t, 
 _detokenize = _fn("peft_detokenize", _c_int, _c_void_p, _i32p, ctypes.c_size_t, _c_i32, _c_char_p,
                   ctypes.c_size_t, _P(ctypes.c_size_t))
 
-TARGETS = {"q": 1, "k": 2, "v": 4, "o": 8, "gate": 16, "up": 32, "down": 64, "embed": 128, "lm_head": 256}
+TARGETS = {"q": 1, "k": 2, "v": 4, "o": 8, "gate": 16, "up": 32, "down": 64, "embed": 128, "lm_head": 256,
+           "qkv": 7, "gate_up": 48}  # Phi-3's qkv_proj and gate_up_proj (any part's bit selects the fused module)
 _OPT = {"lr": 1, "beta1": 2, "beta2": 3, "eps": 4, "weight_decay": 5, "grad_clip": 6, "accum_steps": 7,
         "warmup_steps": 8, "total_steps": 9, "schedule": 10, "min_lr_ratio": 11, "loraplus_ratio": 12,
         "embed_lr_ratio": 14, "dropout_call": 15, "embed_weight_decay": 16, "norm_lr_ratio": 17,

@@ -181,6 +181,10 @@ pub mod target {
     pub const UP: u32 = sys::PEFT_TARGET_UP;
     pub const DOWN: u32 = sys::PEFT_TARGET_DOWN;
     pub const ALL_LINEAR: u32 = sys::PEFT_TARGET_ALL_LINEAR;
+    /// Phi-3's fused `qkv_proj` (any of q, k, v selects it).
+    pub const QKV: u32 = Q | K | V;
+    /// Phi-3's fused `gate_up_proj` (gate or up selects it).
+    pub const GATE_UP: u32 = GATE | UP;
     /// LoRA on the token embeddings (PEFT's `embed_tokens`).
     pub const EMBED: u32 = sys::PEFT_TARGET_EMBED;
     /// LoRA on the output projection (PEFT's `lm_head`).
