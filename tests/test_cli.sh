@@ -987,6 +987,34 @@ import json
 l = [json.loads(open('$T/' + n).read().splitlines()[-1])['loss'] for n in ('a_g', 'a_hf', 'a_m', 'a_gg', 'a_fh', 'a_fg', 'e_hf')]
 assert max(abs(l[0] - x) for x in l[1:6]) <= 1e-5 * l[0] and l[0] < l[6], l" || fail "the adapter does not carry over"
     ;;
+phi3_train_merge)
+    # Phi-3 (Phi-4-mini's shape): LoRA on the fused qkv_proj and gate_up_proj named as PEFT names
+    # them, trained; the adapter names them; info counts them as one row each; the merged model's
+    # loss is the adapter's; IA3 on qkv_proj trains too; a GGUF export is refused by name
+    M=$SRC/tests/data/tiny_phi3
+    "$PEFT" synth --out "$T/d.bin" --vocab 48 --tokens 6000 --doc-len 16 --seed 4 >/dev/null || fail "synth"
+    loss() { grep '^{' "$1" | sed 's/.*"loss": \([0-9.]*\).*/\1/'; }
+    "$PEFT" train --model "$M" --data "$T/d.bin" --out "$T/ad" --steps 30 --batch 4 --seq 16 --rank 4 --lr 1e-2 \
+        --targets qkv_proj,gate_up_proj --seed 1 --threads 2 --json >"$T/tr" 2>"$T/err" || { cat "$T/err"; fail "train"; }
+    grep -q '"qkv_proj"' "$T/ad/adapter_config.json" && grep -q '"gate_up_proj"' "$T/ad/adapter_config.json" &&
+        ! grep -q '"q_proj"' "$T/ad/adapter_config.json" || { cat "$T/ad/adapter_config.json"; fail "target names"; }
+    "$PEFT" info --model "$M" --targets q,up --rank 4 >"$T/info" || fail "info"
+    grep -Eq "qkv_proj +1152" "$T/info" && grep -Eq "gate_up_proj +1344" "$T/info" && grep -Eq "total +2496" "$T/info" ||
+        { cat "$T/info"; fail "info rows"; }
+    "$PEFT" eval --model "$M" --data "$T/d.bin" --seq 16 --json >"$T/e0" || fail "eval base"
+    "$PEFT" eval --model "$M" --adapter "$T/ad" --data "$T/d.bin" --seq 16 --json >"$T/e1" || fail "eval adapter"
+    python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); assert b < 0.9 * a, (a, b)" \
+        "$(loss "$T/e0")" "$(loss "$T/e1")" || fail "the adapter did not learn: $(loss "$T/e0") -> $(loss "$T/e1")"
+    "$PEFT" merge --model "$M" --adapter "$T/ad" --out "$T/merged" >/dev/null || fail "merge"
+    "$PEFT" eval --model "$T/merged" --data "$T/d.bin" --seq 16 --json >"$T/e2" || fail "eval merged"
+    python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); assert abs(a - b) < 1e-4 * a, (a, b)" \
+        "$(loss "$T/e1")" "$(loss "$T/e2")" || fail "merged $(loss "$T/e2") != adapter $(loss "$T/e1")"
+    "$PEFT" merge --model "$M" --adapter "$T/ad" --out "$T/m.gguf" >/dev/null 2>"$T/err" && fail "GGUF export"
+    grep -q "Phi-3" "$T/err" || { cat "$T/err"; fail "GGUF refusal message"; }
+    "$PEFT" train --model "$M" --data "$T/d.bin" --out "$T/ia3" --method ia3 --targets qkv_proj,down --feedforward down \
+        --steps 5 --batch 2 --seq 16 --threads 2 >/dev/null 2>"$T/err" || { cat "$T/err"; fail "train ia3"; }
+    grep -q '"qkv_proj"' "$T/ia3/adapter_config.json" || fail "ia3 target names"
+    ;;
 *)
     echo "unknown case $CASE" >&2
     exit 1
