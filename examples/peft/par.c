@@ -11,8 +11,11 @@
 #include <mpi.h>
 #endif
 
-static int g_rank, g_size = 1, g_mpi;
+static int g_rank, g_size = 1;
 static double g_comm;
+#ifdef PEFT_HAVE_MPI
+static int g_mpi; /* MPI_Init ran */
+#endif
 
 /* The world size an MPI launcher announced to this process (0: not launched by one). */
 static int launcher_size(void)
@@ -26,12 +29,14 @@ static int launcher_size(void)
     return 0;
 }
 
+#ifdef PEFT_HAVE_MPI
 static double now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
+#endif
 
 int par_init(void)
 {
@@ -57,7 +62,9 @@ int par_init(void)
 #endif
 }
 
+#ifdef PEFT_HAVE_MPI
 static void overlap_free(void);
+#endif
 
 void par_finalize(void)
 {
@@ -148,14 +155,14 @@ static void ov_ready(void *user, size_t off, size_t cnt)
 }
 #endif
 
+#ifdef PEFT_HAVE_MPI
 static void overlap_free(void)
 {
-#ifdef PEFT_HAVE_MPI
     free(g_ov.buf);
     free(g_ov.req);
     memset(&g_ov, 0, sizeof g_ov);
-#endif
 }
+#endif
 
 int par_overlap_begin(peft_model *m)
 {
