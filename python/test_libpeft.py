@@ -181,6 +181,15 @@ def test_other_methods():
         g.detach()
         assert g.attach_lora(targets="q", rank=2, layers="last:1", norms=["post_feedforward"]) == 2 * (32 + 48) + 32
         g.detach()
+    # Phi-3's fused modules by their names (qkv_proj: out 64, gate_up_proj: out 80; hidden 32)
+    with libpeft.Model(os.path.join(os.path.dirname(TINY), "tiny_phi3")) as p:
+        assert p.info["architecture"] == "phi3"
+        assert p.attach_lora(targets="qkv_proj,gate_up_proj", rank=2) == 3 * 2 * ((32 + 64) + (32 + 80))
+        p.detach()
+        assert p.attach_lora(targets="v", rank=2) == 3 * 2 * (32 + 64)  # any part selects qkv_proj
+        p.detach()
+        assert p.attach_ia3(targets="qkv,down", feedforward="down") == 3 * (64 + 40)
+        p.detach()
     with libpeft.Model(TINY) as m:
         assert m.attach_lora(targets="q,v", rank=2, dora=True) == 3 * (2 * (64 + 48) + 32 + 16)
         m.detach()
