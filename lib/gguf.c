@@ -403,7 +403,7 @@ int peft__gguf_parse(gg_file *f, int (*kv)(void *ctx, const gg_kv *kv), void *ct
 }
 
 /* the model's keys: general.architecture, and "<arch>.<suffix>" for the architectures read */
-static const char *const gguf_archs[] = {"llama", "qwen2", "qwen3", "gemma2", "gemma3", "smollm3", "granite"};
+static const char *const gguf_archs[] = {"llama", "qwen2", "qwen3", "gemma2", "gemma3", "smollm3", "granite", "phi3"};
 
 struct model_keys {
     peft_config *c;
@@ -412,6 +412,8 @@ struct model_keys {
     int key_len;
     float caps[2]; /* gemma2's attn_logit_softcapping, final_logit_softcapping (< 0: absent) */
     float scales[4]; /* granite's embedding_scale, residual_scale, attention.scale, logit_scale (0: absent) */
+    int rot_dims, orig_ctx; /* rope.dimension_count, rope.scaling.original_context_length (0: absent) */
+    float attn_factor;      /* rope.scaling.attn_factor (0: absent) */
 };
 
 static int model_key(void *ctx, const gg_kv *kv)
@@ -447,7 +449,8 @@ static int model_key(void *ctx, const gg_kv *kv)
                {"block_count", &c->n_layers},            {"feed_forward_length", &c->ffn_dim},
                {"attention.head_count", &c->n_heads},    {"attention.head_count_kv", &c->n_kv_heads},
                {"attention.key_length", &mk->key_len},   {"vocab_size", &c->vocab},
-               {"attention.sliding_window", &c->sliding_window}};
+               {"attention.sliding_window", &c->sliding_window}, {"rope.dimension_count", &mk->rot_dims},
+               {"rope.scaling.original_context_length", &mk->orig_ctx}};
     const struct {
         const char *key;
         float *dst;
@@ -455,7 +458,7 @@ static int model_key(void *ctx, const gg_kv *kv)
                {"rope.scaling.factor", &mk->scale_factor},    {"attn_logit_softcapping", &mk->caps[0]},
                {"final_logit_softcapping", &mk->caps[1]},     {"embedding_scale", &mk->scales[0]},
                {"residual_scale", &mk->scales[1]},            {"attention.scale", &mk->scales[2]},
-               {"logit_scale", &mk->scales[3]}};
+               {"logit_scale", &mk->scales[3]},               {"rope.scaling.attn_factor", &mk->attn_factor}};
     for (size_t i = 0; i < sizeof i32 / sizeof i32[0]; i++)
         if (peft__gg_key_is(&s, i32[i].key)) {
             *i32[i].dst = iv;
@@ -506,6 +509,50 @@ static void granite_keys(peft_config *c, const float *scales)
     c->logit_mul = scales[3] > 0.0f ? 1.0f / scales[3] : 1.0f;
 }
 
+const char *peft__gguf_mod_name(const peft_config *c, int k)
+{
+    static const char *const names[PEFT_MOD_COUNT] = {"attn_q",   "attn_k", "attn_v",  "attn_output",
+                                                      "ffn_gate", "ffn_up", "ffn_down"};
+    if (c && c->fused && (k == PEFT_MOD_Q || k == PEFT_MOD_GATE))
+        return k == PEFT_MOD_Q ? "attn_qkv" : "ffn_up";
+    return names[k];
+}
+
+/* phi3 (llama.cpp's converter): attn_qkv and ffn_up (gate, then up) fused, as in the checkpoint;
+   rope.dimension_count of each head rotated; LongRoPE as rope_factors_short.weight and
+   rope_factors_long.weight ([rot / 2] divisors, the long ones past
+   rope.scaling.original_context_length) and rope.scaling.attn_factor; the sliding window as
+   transformers applies it (llama.cpp itself leaves Phi's window out) */
+static int phi3_keys(peft_config *c, const struct model_keys *mk, const gg_tensor *ts, uint64_t nt,
+                     const uint8_t *data, const char *path)
+{
+    c->fused = 1;
+    int rot = mk->rot_dims > 0 ? mk->rot_dims : c->head_dim;
+    if (rot < 2 || rot % 2 || rot > c->head_dim || rot > 512)
+        return peft__fail(PEFT_EFORMAT, "%s: phi3.rope.dimension_count %d (an even number up to head_dim %d and 512)",
+                          path, rot, c->head_dim);
+    c->rot_dim = rot == c->head_dim ? 0 : rot;
+    const gg_tensor *f[2] = {find(ts, nt, "rope_factors_short.weight"), find(ts, nt, "rope_factors_long.weight")};
+    if (!f[0] && !f[1])
+        return PEFT_OK;
+    float *dst[2] = {c->rope_div, c->rope_div_long};
+    for (int j = 0; j < 2; j++) {
+        if (!f[j] || f[j]->type != G_F32 || f[j]->n_dims != 1 || f[j]->ne[0] != (uint64_t)rot / 2)
+            return peft__fail(PEFT_EFORMAT, "%s: rope_factors_short.weight and rope_factors_long.weight must both be "
+                                            "F32 [rope.dimension_count / 2 = %d]", path, rot / 2);
+        memcpy(dst[j], data + f[j]->offset, (size_t)(rot / 2) * sizeof(float));
+        for (int i = 0; i < rot / 2; i++)
+            if (!(dst[j][i] > 0 && dst[j][i] < 1e6f))
+                return peft__fail(PEFT_EFORMAT, "%s: rope factor %g", path, dst[j][i]);
+    }
+    if (!(mk->attn_factor >= 0.0f && mk->attn_factor < 1e3f) || mk->orig_ctx < 0)
+        return peft__fail(PEFT_EFORMAT, "%s: phi3.rope.scaling.attn_factor %g", path, mk->attn_factor);
+    c->rope_scaling = 2;
+    c->rope_mscale = mk->attn_factor;
+    c->rope_long_from = mk->orig_ctx > 0 ? mk->orig_ctx : c->ctx_len;
+    return PEFT_OK;
+}
+
 int peft__gguf_open(peft_model *m, const char *path)
 {
     gg_file f;
@@ -533,7 +580,7 @@ int peft__gguf_open(peft_model *m, const char *path)
     if (!known) {
         code = peft__fail(PEFT_EUNSUPPORTED,
                           "%s: architecture \"%s\" is not supported (llama, qwen2, qwen3, gemma2, gemma3, smollm3, "
-                          "granite)", path,
+                          "granite, phi3)", path,
                           mk.arch);
         goto done;
     }
@@ -544,10 +591,8 @@ int peft__gguf_open(peft_model *m, const char *path)
     if (!strcmp(mk.arch, "smollm3"))
         c->nope_every = PEFT__GGUF_NOPE_EVERY; /* llama.cpp fixes it, the file does not say */
     for (int k = 0; k < PEFT_MOD_COUNT; k++) { /* biases: those layer 0 has, every layer must have */
-        static const char *const bn[PEFT_MOD_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output",
-                                                       "ffn_gate", "ffn_up", "ffn_down"};
         char nm[64];
-        snprintf(nm, sizeof nm, "blk.0.%s.bias", bn[k]);
+        snprintf(nm, sizeof nm, "blk.0.%s.bias", peft__gguf_mod_name(NULL, k));
         if (find(ts, nt, nm))
             c->bias_mask |= 1u << k;
     }
@@ -563,6 +608,7 @@ int peft__gguf_open(peft_model *m, const char *path)
     if (!strcmp(mk.arch, "granite")) /* llama.cpp's defaults: no scale, the scores over sqrt(head_dim) */
         granite_keys(c, mk.scales);
     if ((!strncmp(mk.arch, "gemma", 5) && (code = gemma_keys(c, &mk, path))) ||
+        (!strcmp(mk.arch, "phi3") && (code = phi3_keys(c, &mk, ts, nt, data, path))) ||
         (code = peft__config_validate(c, path)) ||
         (code = rope_scaling(c, ts, nt, data, mk.scaling, mk.scale_factor, path)))
         goto done;
@@ -577,10 +623,9 @@ int peft__gguf_open(peft_model *m, const char *path)
                                   0, path);
         if (!code && !(m->layers = calloc((size_t)c->n_layers, sizeof *m->layers)))
             code = peft__fail(PEFT_ENOMEM, "out of memory");
-        static const char *const gn[PEFT_MOD_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output",
-                                                       "ffn_gate", "ffn_up", "ffn_down"};
-        const int64_t shp[PEFT_MOD_COUNT][2] = {{c->dim, qd}, {c->dim, kvd}, {c->dim, kvd}, {qd, c->dim},
-                                                {c->dim, c->ffn_dim}, {c->dim, c->ffn_dim}, {c->ffn_dim, c->dim}};
+        const int64_t shp[PEFT_MOD_COUNT][2] = {{c->dim, peft__mod_out(c, PEFT_MOD_Q)}, {c->dim, kvd}, {c->dim, kvd},
+                                                {qd, c->dim}, {c->dim, peft__mod_out(c, PEFT_MOD_GATE)},
+                                                {c->dim, c->ffn_dim}, {c->ffn_dim, c->dim}};
         for (int l = 0; l < c->n_layers && !code; l++) {
             char nm[96];
             snprintf(nm, sizeof nm, "blk.%d.attn_norm.weight", l);
@@ -597,11 +642,13 @@ int peft__gguf_open(peft_model *m, const char *path)
             if (!code && c->gemma)
                 code = load(m, &m->layers[l].post_ffn_norm, NULL, ts, nt, data, nm, (uint64_t)c->dim, 0, 0, path);
             for (int k = 0; k < PEFT_MOD_COUNT && !code; k++) {
-                snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, gn[k]);
+                if (!peft__has_mod(c, k))
+                    continue;
+                snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, peft__gguf_mod_name(c, k));
                 int heads = !permuted ? 0 : k == PEFT_MOD_Q ? c->n_heads : k == PEFT_MOD_K ? c->n_kv_heads : 0;
                 code = load(m, &m->layers[l].w[k].f, &m->layers[l].w[k], ts, nt, data, nm, (uint64_t)shp[k][0], (uint64_t)shp[k][1], heads,
                             path);
-                snprintf(nm, sizeof nm, "blk.%d.%s.bias", l, gn[k]);
+                snprintf(nm, sizeof nm, "blk.%d.%s.bias", l, peft__gguf_mod_name(c, k));
                 if (!code && (c->bias_mask >> k & 1)) /* llama.cpp permutes q/k biases as their rows */
                     code = load(m, &m->layers[l].bias[k], NULL, ts, nt, data, nm, (uint64_t)shp[k][1], 0, heads, path);
             }

@@ -49,6 +49,10 @@ int peft__gg_key_is(const gg_kv *kv, const char *want);
 /* a string value copied into buf (truncated to cap - 1) */
 void peft__gg_str(const gg_kv *kv, char *buf, size_t cap);
 const char *peft__gg_type_name(uint32_t type);
+struct peft_config;
+/* llama.cpp's tensor name of linear module kind k: "attn_q", ..., "ffn_down"; a fused model's
+   (phi3) "attn_qkv" and "ffn_up" in q's and gate's slots (c NULL: the separate modules') */
+const char *peft__gguf_mod_name(const struct peft_config *c, int k);
 
 /* ---- writing (gguf_keys.c): a growing byte buffer (oom set, further output dropped, when
    memory runs out; free(b.p) when done), little-endian values, typed keys ---- */

@@ -48,7 +48,7 @@ struct out_t {
     uint32_t type;
     uint64_t bytes, offset;
     int what, layer, kind; /* what: 0 copy, 1 linear weight, 2 norm (kind: its slot), 3 embeddings,
-                              4 lm_head, 5 bias, 7 RoPE divisors */
+                              4 lm_head, 5 bias, 7 RoPE divisors (LongRoPE's short ones), 8 LongRoPE's long ones */
 };
 
 static int parse_blk(const char *name, const char *tail, int *layer)
@@ -81,16 +81,13 @@ static int norm_slot(const peft_config *c, const char *name, int *layer)
 }
 
 /* llama.cpp's names of the linear modules (q, k, v, o, gate, up, down) */
-static const char *const gg_mod[PEFT_MOD_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output",
-                                                   "ffn_gate", "ffn_up", "ffn_down"};
-
 /* the module kind of a tensor named "blk.L.<module>.<what>" with L < n_layers (*layer), or -1 */
-static int blk_module(const char *name, const char *what, int n_layers, int *layer)
+static int blk_module(const peft_config *c, const char *name, const char *what, int *layer)
 {
     for (int kind = 0; kind < PEFT_MOD_COUNT; kind++) {
         char tail[32];
-        snprintf(tail, sizeof tail, "%s.%s", gg_mod[kind], what);
-        if (parse_blk(name, tail, layer) && *layer >= 0 && *layer < n_layers)
+        snprintf(tail, sizeof tail, "%s.%s", peft__gguf_mod_name(c, kind), what);
+        if (peft__has_mod(c, kind) && parse_blk(name, tail, layer) && *layer >= 0 && *layer < c->n_layers)
             return kind;
     }
     return -1;
@@ -140,8 +137,8 @@ static int tensor_floats(peft_model *m, const struct out_t *t, float *dst, float
         peft__effective_head(m, dst); /* (returns whether the attachment changes it) */
         return PEFT_OK;
     }
-    if (t->what == 7) {
-        memcpy(dst, c->rope_div, n * sizeof *dst);
+    if (t->what == 7 || t->what == 8) {
+        memcpy(dst, t->what == 7 ? c->rope_div : c->rope_div_long, n * sizeof *dst);
         return PEFT_OK;
     }
     int changed;
@@ -203,10 +200,12 @@ static size_t hf_tensors(const peft_model *m, struct out_t *ts, uint32_t type, i
         add_made(&ts[n++], nm, 1, (uint64_t)c->dim, 1, 0, 2, l, PEFT__NORM_MLP);
         for (int k = 0; k < PEFT_MOD_COUNT; k++) {
             const peft_w *w = &m->layers[l].w[k];
-            snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, gg_mod[k]);
+            if (!peft__has_mod(c, k))
+                continue;
+            snprintf(nm, sizeof nm, "blk.%d.%s.weight", l, peft__gguf_mod_name(c, k));
             add_made(&ts[n++], nm, 2, (uint64_t)w->cols, (uint64_t)w->rows, type, 1, l, k);
             if (c->bias_mask >> k & 1) {
-                snprintf(nm, sizeof nm, "blk.%d.%s.bias", l, gg_mod[k]);
+                snprintf(nm, sizeof nm, "blk.%d.%s.bias", l, peft__gguf_mod_name(c, k));
                 add_made(&ts[n++], nm, 1, (uint64_t)w->rows, 1, 0, 5, l, k);
             }
         }
@@ -222,8 +221,12 @@ static size_t hf_tensors(const peft_model *m, struct out_t *ts, uint32_t type, i
     add_made(&ts[n++], "output_norm.weight", 1, (uint64_t)c->dim, 1, 0, 2, c->n_layers, 0);
     if (!c->tied || untie)
         add_made(&ts[n++], "output.weight", 2, (uint64_t)c->dim, (uint64_t)c->vocab, type, 4, 0, 0);
-    if (c->rope_scaling == 2)
+    if (c->rope_scaling == 2 && c->rope_long_from > 0) { /* LongRoPE: phi3's factor tensors */
+        add_made(&ts[n++], "rope_factors_long.weight", 1, (uint64_t)peft__rot_dim(c) / 2, 1, 0, 8, 0, 0);
+        add_made(&ts[n++], "rope_factors_short.weight", 1, (uint64_t)peft__rot_dim(c) / 2, 1, 0, 7, 0, 0);
+    } else if (c->rope_scaling == 2) {
         add_made(&ts[n++], "rope_freqs.weight", 1, (uint64_t)c->head_dim / 2, 1, 0, 7, 0, 0);
+    }
     return n;
 }
 
@@ -254,9 +257,6 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
     if (o.type != PEFT_GGUF_TYPE_SAME && !encodable((uint32_t)o.type))
         return peft__fail(PEFT_EINVAL, "peft_save_merged_gguf: type %d (same as the base, F32, F16, BF16, Q8_0, Q4_0, "
                                        "Q4_K or Q6_K)", o.type);
-    if (m->cfg.fused)
-        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: Phi-3 (phi3) is not exported to GGUF yet; save "
-                                             "the merged model with peft_save_merged and convert it with llama.cpp");
     if (peft__prompt_len(m) > 0)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged_gguf: a soft prompt (prompt tuning) is not part of "
                                              "the weights");
@@ -304,7 +304,7 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
                    !strcmp(c->architecture, "granite") || (from_hf && !strcmp(c->architecture, "mistral"));
     size_t VD = (size_t)c->vocab * (size_t)c->dim, max_n = VD;
     int untie = 0;
-    size_t n_cap = from_hf ? 4 + (size_t)c->n_layers * (6 + 2 * PEFT_MOD_COUNT) : f.nt + 1;
+    size_t n_cap = from_hf ? 5 + (size_t)c->n_layers * (6 + 2 * PEFT_MOD_COUNT) : f.nt + 1;
     if (!(ts = calloc(n_cap, sizeof *ts)) || !(fbuf = peft__alloc_floats(VD)) || !(tmp = peft__alloc_floats(VD)) ||
         !(row = peft__alloc_floats((size_t)c->dim))) {
         code = peft__fail(PEFT_ENOMEM, "peft_save_merged_gguf: out of memory");
@@ -342,12 +342,12 @@ int peft_save_merged_gguf(peft_model *m, const char *path, const peft_gguf_expor
         t->ne[1] = s->n_dims > 1 ? s->ne[1] : 1;
         t->type = s->type;
         int layer, changed = 1;
-        int kind = blk_module(s->name, "weight", c->n_layers, &layer);
+        int kind = blk_module(c, s->name, "weight", &layer);
         const float *b;
         if (kind >= 0) {
             t->what = 1, t->layer = layer, t->kind = kind;
             peft__effective_weight(m, layer, kind, NULL, &changed);
-        } else if ((kind = blk_module(s->name, "bias", c->n_layers, &layer)) >= 0 &&
+        } else if ((kind = blk_module(c, s->name, "bias", &layer)) >= 0 &&
                    (b = m->layers[layer].bias[kind]) != NULL && s->n == (uint64_t)m->layers[layer].w[kind].rows) {
             /* a bias the adapter changes (trained, or scaled with an IA3 output) */
             const float *base = m->layers[layer].bias_base[kind] ? m->layers[layer].bias_base[kind] : b;

@@ -623,9 +623,13 @@ int peft__gguf_hf_keys(gg_buf *b, uint64_t *nk, const peft_model *m, const char 
     peft__gb_kv_u32(b, "general.file_type", (uint32_t)file_type);
     ++*nk;
     U32("vocab_size", c->vocab);
-    U32("rope.dimension_count", c->head_dim);
-    if (c->gemma)
+    U32("rope.dimension_count", peft__rot_dim(c));
+    if (c->gemma || (c->fused && c->sliding_window > 0))
         U32("attention.sliding_window", c->sliding_window);
+    if (c->rope_long_from > 0) { /* LongRoPE (phi3): the factors are tensors */
+        F32("rope.scaling.attn_factor", c->rope_mscale > 0.0f ? c->rope_mscale : 1.0f);
+        U32("rope.scaling.original_context_length", c->rope_long_from);
+    }
     if (c->gemma == 2) {
         F32("attn_logit_softcapping", c->attn_softcap);
         F32("final_logit_softcapping", c->final_softcap);

@@ -24,8 +24,13 @@
 #include "model.h"
 #include "safetensors.h"
 
-static const char *const gguf_names[PEFT_MOD_COUNT] = {"attn_q", "attn_k", "attn_v", "attn_output",
-                                                       "ffn_gate", "ffn_up", "ffn_down"};
+/* The module layout of a GGUF architecture: phi3's fused qkv_proj and gate_up_proj, or NULL
+   (the separate modules of the others) */
+static const peft_config *arch_cfg(const char *arch)
+{
+    static const peft_config phi3 = {.fused = 1};
+    return arch && !strcmp(arch, "phi3") ? &phi3 : NULL;
+}
 
 /* One LoRA module in both worlds: A (r, in), B (out, r) in Hugging Face's row order, the
    module's own scale (alpha / r or alpha / sqrt(r)). */
@@ -63,6 +68,7 @@ static int write_gguf_lora(const char *path, const char *arch, const char *name,
                            int n_mods, int hd_q, int hd_k)
 {
     int n_t = n_mods * 2, code = PEFT_OK;
+    const peft_config *c = arch_cfg(arch);
     struct gt *ts = calloc((size_t)n_t + 1, sizeof *ts);
     gg_buf b = {0};
     if (!ts)
@@ -71,8 +77,8 @@ static int write_gguf_lora(const char *path, const char *arch, const char *name,
         const gl_module *md = &mods[i];
         for (int which = 0; which < 2; which++) {
             struct gt *t = &ts[2 * i + which];
-            peft__module_key(NULL, t->hf, sizeof t->hf, md->layer, md->kind, which);
-            snprintf(t->name, sizeof t->name, "blk.%d.%s.weight.lora_%c", md->layer, gguf_names[md->kind],
+            peft__module_key(c, t->hf, sizeof t->hf, md->layer, md->kind, which);
+            snprintf(t->name, sizeof t->name, "blk.%d.%s.weight.lora_%c", md->layer, peft__gguf_mod_name(c, md->kind),
                      which ? 'b' : 'a');
             size_t n = which ? (size_t)md->out * md->r : (size_t)md->r * md->in;
             t->data = malloc(n * sizeof(float));
@@ -142,10 +148,6 @@ int peft_save_adapter_gguf(peft_model *m, const char *path, const char *name)
         return peft__fail(PEFT_EINVAL, "peft_save_adapter_gguf: NULL argument");
     if (!m->lora)
         return peft__fail(PEFT_ESTATE, "peft_save_adapter_gguf: a LoRA adapter must be attached");
-    if (m->cfg.fused)
-        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_adapter_gguf: Phi-3's fused qkv_proj and gate_up_proj are not "
-                                             "exported to GGUF yet; save the PEFT adapter (llama.cpp's "
-                                             "convert_lora_to_gguf.py reads it)");
     if (m->lora->method != PEFT_METHOD_LORA) {
         static const char *const names[] = {"LoRA", "IA3", "norm tuning", "VeRA", "LoHa", "LoKr", "prompt tuning", "trainable tokens"};
         int k = m->lora->method;
@@ -232,7 +234,8 @@ static int peft_to_gguf(const char *dir, const char *dst, const peft_convert_opt
     st_file *f = NULL;
     gl_module *mods = NULL;
     float *data = NULL;
-    int code = peft__read_lora_config(NULL, &lo, layers, sizeof layers, &tok, &regex, &exclude, cfg_path);
+    const char *arch = o->architecture ? o->architecture : "llama";
+    int code = peft__read_lora_config(arch_cfg(arch), &lo, layers, sizeof layers, &tok, &regex, &exclude, cfg_path);
     if (code)
         goto done;
     if (lo.use_dora || lo.init == PEFT_INIT_PISSA || lo.init == PEFT_INIT_OLORA) {
@@ -296,7 +299,7 @@ static int peft_to_gguf(const char *dir, const char *dst, const peft_convert_opt
             continue; /* found through its A */
         memcpy(mod, nm + pl, len - pl - sl);
         mod[len - pl - sl] = '\0';
-        if (peft__parse_module_name(NULL, mod, &kind, &layer) || layer < 0) {
+        if (peft__parse_module_name(arch_cfg(arch), mod, &kind, &layer) || layer < 0) {
             code = peft__fail(PEFT_EUNSUPPORTED, "%s: tensor '%s' is not a linear module's lora_A/lora_B", st_path, nm);
             break;
         }
@@ -335,7 +338,6 @@ static int peft_to_gguf(const char *dir, const char *dst, const peft_convert_opt
         code = peft__fail(PEFT_EFORMAT, "%s: a lora_B without its lora_A", st_path);
         goto done;
     }
-    const char *arch = o->architecture ? o->architecture : "llama";
     int hd_q, hd_k;
     if (!(code = head_sizes(mods, n, arch, o, &hd_q, &hd_k, dir)))
         code = write_gguf_lora(dst, arch, o->name, lo.alpha, mods, n, hd_q, hd_k);
@@ -376,7 +378,7 @@ static int lora_key(void *ctx, const gg_kv *kv)
 }
 
 /* "blk.N.<gguf name>.weight.lora_a|b" -> layer, kind, which (0 a, 1 b) */
-static int parse_gguf_name(const char *s, int *layer, int *kind, int *which)
+static int parse_peft__gguf_mod_name(const peft_config *c, const char *s, int *layer, int *kind, int *which)
 {
     if (strncmp(s, "blk.", 4) != 0)
         return -1;
@@ -385,8 +387,8 @@ static int parse_gguf_name(const char *s, int *layer, int *kind, int *which)
     if (end == s + 4 || *end != '.' || l < 0 || l > 100000)
         return -1;
     for (int k = 0; k < PEFT_MOD_COUNT; k++) {
-        size_t gl = strlen(gguf_names[k]);
-        if (strncmp(end + 1, gguf_names[k], gl) == 0 &&
+        size_t gl = strlen(peft__gguf_mod_name(c, k));
+        if (peft__has_mod(c, k) && strncmp(end + 1, peft__gguf_mod_name(c, k), gl) == 0 &&
             (!strcmp(end + 1 + gl, ".weight.lora_a") || !strcmp(end + 1 + gl, ".weight.lora_b"))) {
             *layer = (int)l;
             *kind = k;
@@ -408,7 +410,8 @@ static int cmp_int(const void *a, const void *b) { return (*(const int *)a > *(c
 /* adapter_config.json of a plain LoRA over these modules (sorted by layer, kind), in the form
    peft_save_adapter writes: one rank (the most common) with rank_pattern for the others, the
    file's alpha (or, for alpha 0, llama.cpp's scale 1: alpha = r per module). */
-static int write_config(const char *path, const gl_module *mods, int n, float alpha, const char *base, int n_model_layers)
+static int write_config(const char *path, const peft_config *c, const gl_module *mods, int n, float alpha,
+                        const char *base, int n_model_layers)
 {
     struct jw w = {0};
     int *ranks = malloc((size_t)n * sizeof *ranks);
@@ -446,7 +449,7 @@ static int write_config(const char *path, const gl_module *mods, int n, float al
     for (int i = 0; i < n; i++)
         if (mods[i].r != r)
             jw_put(&pat, "%smodel.layers.%d.%s.%s=%d", pat.n ? "," : "", mods[i].layer,
-                   peft__module_parents[mods[i].kind], peft__mod_name(NULL, mods[i].kind), mods[i].r);
+                   peft__module_parents[mods[i].kind], peft__mod_name(c, mods[i].kind), mods[i].r);
     if (pat.oom)
         w.oom = 1;
     int first;
@@ -480,7 +483,7 @@ static int write_config(const char *path, const gl_module *mods, int n, float al
         first = 1;
         for (int k = 0; k < PEFT_MOD_COUNT; k++)
             if (kinds & (1u << k)) {
-                jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__mod_name(NULL, k));
+                jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__mod_name(c, k));
                 first = 0;
             }
         jw_put(&w, "\n  ]");
@@ -488,7 +491,7 @@ static int write_config(const char *path, const gl_module *mods, int n, float al
         struct jw re = {0};
         for (int i = 0; i < n; i++)
             jw_put(&re, "%smodel\\.layers\\.%d\\.%s\\.%s", i ? "|" : "", mods[i].layer,
-                   peft__module_parents[mods[i].kind], peft__mod_name(NULL, mods[i].kind));
+                   peft__module_parents[mods[i].kind], peft__mod_name(c, mods[i].kind));
         if (re.oom)
             w.oom = 1;
         else
@@ -532,9 +535,10 @@ static int gguf_to_peft(const char *src, const char *dir, const peft_convert_opt
     }
     for (uint64_t i = 0; i < g.nt; i++) {
         int layer, kind, which;
-        if (parse_gguf_name(g.ts[i].name, &layer, &kind, &which)) {
+        if (parse_peft__gguf_mod_name(arch_cfg(k.arch), g.ts[i].name, &layer, &kind, &which)) {
             code = peft__fail(PEFT_EUNSUPPORTED, "%s: tensor '%s' is not a linear module's lora_a/lora_b (blk.N.{attn_q,"
-                                                 "attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down}.weight.lora_a|b)",
+                                                 "attn_k,attn_v,attn_output,ffn_gate,ffn_up,ffn_down}.weight.lora_a|b; "
+                                                 "phi3: attn_qkv, attn_output, ffn_up, ffn_down)",
                               src, g.ts[i].name);
             goto done;
         }
@@ -565,11 +569,11 @@ static int gguf_to_peft(const char *src, const char *dir, const peft_convert_opt
     for (uint64_t i = 0; i < g.nt && !code; i++) {
         const gg_tensor *ta = &g.ts[i];
         int layer, kind, which;
-        parse_gguf_name(ta->name, &layer, &kind, &which); /* checked above */
+        parse_peft__gguf_mod_name(arch_cfg(k.arch), ta->name, &layer, &kind, &which); /* checked above */
         if (which)
             continue;
         char bname[96];
-        snprintf(bname, sizeof bname, "blk.%d.%s.weight.lora_b", layer, gguf_names[kind]);
+        snprintf(bname, sizeof bname, "blk.%d.%s.weight.lora_b", layer, peft__gguf_mod_name(arch_cfg(k.arch), kind));
         const gg_tensor *tb = peft__gguf_find(&g, bname);
         if (!tb || ta->n_dims != 2 || tb->n_dims != 2 || ta->ne[1] != tb->ne[0] || ta->ne[1] > 65536 ||
             ta->ne[0] > (1u << 24) || tb->ne[1] > (1u << 24)) {
@@ -612,7 +616,7 @@ static int gguf_to_peft(const char *src, const char *dir, const peft_convert_opt
         for (int j = 0; j < i; j++)
             if (mods[j].kind == mods[i].kind && (mods[j].in != mods[i].in || mods[j].out != mods[i].out)) {
                 code = peft__fail(PEFT_ESHAPE, "%s: %s of layers %d and %d differ in shape", src,
-                                  gguf_names[mods[i].kind], mods[j].layer, mods[i].layer);
+                                  peft__gguf_mod_name(arch_cfg(k.arch), mods[i].kind), mods[j].layer, mods[i].layer);
                 break;
             }
     int hd_q, hd_k;
@@ -639,7 +643,8 @@ static int gguf_to_peft(const char *src, const char *dir, const peft_convert_opt
     for (int i = 0; i < n; i++)
         for (int which = 0; which < 2; which++) {
             st_out_tensor *t = &ts[2 * i + which];
-            peft__module_key(NULL, names[2 * i + which], sizeof names[0], mods[i].layer, mods[i].kind, which);
+            peft__module_key(arch_cfg(k.arch), names[2 * i + which], sizeof names[0], mods[i].layer, mods[i].kind,
+                             which);
             t->name = names[2 * i + which];
             t->n_dims = 2;
             t->shape[0] = which ? mods[i].out : mods[i].r;
@@ -654,7 +659,7 @@ static int gguf_to_peft(const char *src, const char *dir, const peft_convert_opt
     const char *mk[] = {"format"}, *mv[] = {"pt"};
     const char *base = o->base_model ? o->base_model : k.name[0] ? k.name : "";
     if (!(code = st_write(st_path, ts, g.nt, mk, mv, 1)))
-        code = write_config(cfg_path, mods, n, k.alpha, base, o->n_layers);
+        code = write_config(cfg_path, arch_cfg(k.arch), mods, n, k.alpha, base, o->n_layers);
 done:
     peft__gguf_release(&g, 1);
     free(mods);

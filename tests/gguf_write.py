@@ -183,7 +183,7 @@ def main():
         arch = "llama"
     if arch == "gemma3_text":
         arch = "gemma3"
-    assert arch in ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "smollm3", "granite"), arch
+    assert arch in ("llama", "qwen2", "qwen3", "gemma2", "gemma3", "smollm3", "granite", "phi3"), arch
     gemma = arch in ("gemma2", "gemma3")
     shift = 1.0 if gemma else 0.0  # llama.cpp's converter stores Gemma's norms as 1 + w
     permuted = arch in ("llama", "smollm3", "granite")  # qwen2/3, gemma2/3 use the NeoX RoPE: HF's order
@@ -196,6 +196,9 @@ def main():
     lin = [("attn_q", "self_attn.q_proj"), ("attn_k", "self_attn.k_proj"), ("attn_v", "self_attn.v_proj"),
            ("attn_output", "self_attn.o_proj"), ("ffn_gate", "mlp.gate_proj"), ("ffn_up", "mlp.up_proj"),
            ("ffn_down", "mlp.down_proj")]
+    if arch == "phi3":  # llama.cpp's Phi3MiniModel keeps the fused modules: attn_qkv, ffn_up (gate, then up)
+        lin = [("attn_qkv", "self_attn.qkv_proj"), ("attn_output", "self_attn.o_proj"), ("ffn_up", "mlp.gate_up_proj"),
+               ("ffn_down", "mlp.down_proj")]
     for i in range(L):
         p = "model.layers.%d." % i
         norms = [("attn_norm", "input_layernorm"), ("ffn_norm", "post_attention_layernorm")]
@@ -230,7 +233,7 @@ def main():
           (arch + ".attention.head_count_kv", 4, struct.pack("<I", Hkv)),
           (arch + ".rope.freq_base", 6, struct.pack("<f", cfg.get("rope_theta", 10000.0))),
           (arch + ".attention.layer_norm_rms_epsilon", 6, struct.pack("<f", cfg.get("rms_norm_eps", 1e-5)))]
-    if gemma:
+    if gemma or (arch == "phi3" and cfg.get("sliding_window")):
         kv += [(arch + ".attention.sliding_window", 4, struct.pack("<I", cfg["sliding_window"]))]
     if arch == "gemma2":
         kv += [("gemma2.attn_logit_softcapping", 6, struct.pack("<f", cfg["attn_logit_softcapping"])),
@@ -240,6 +243,9 @@ def main():
                    ("attention_multiplier", "attention.scale"), ("logits_scaling", "logit_scale")):
         if arch == "granite" and cfg.get(hk):
             kv += [(arch + "." + gk, 6, struct.pack("<f", cfg[hk]))]
+    if arch == "phi3":
+        hd = cfg.get("head_dim", D // H)
+        kv += [(arch + ".rope.dimension_count", 4, struct.pack("<I", int(hd * cfg.get("partial_rotary_factor", 1.0))))]
     if "head_dim" in cfg:
         kv += [(arch + ".attention.key_length", 4, struct.pack("<I", cfg["head_dim"])),
                (arch + ".attention.value_length", 4, struct.pack("<I", cfg["head_dim"]))]
@@ -265,6 +271,14 @@ def main():
                 smooth = (old / wavelen - lo) / (hi - lo)
                 factors.append(1 / ((1 - smooth) / factor + smooth))
         tensors.append(("rope_freqs.weight", np.array(factors, dtype=np.float32), "f32", None))
+    elif rtype in ("longrope", "su"):  # Phi3MiniModel: the factor lists as tensors, the attention factor
+        orig = cfg["original_max_position_embeddings"]
+        scale = cfg["max_position_embeddings"] / orig
+        af = rs.get("attention_factor") or (math.sqrt(1 + math.log(scale) / math.log(orig)) if scale > 1 else 1.0)
+        kv += [(arch + ".rope.scaling.attn_factor", 6, struct.pack("<f", af)),
+               (arch + ".rope.scaling.original_context_length", 4, struct.pack("<I", orig))]
+        tensors.append(("rope_factors_long.weight", np.array(rs["long_factor"], dtype=np.float32), "f32", None))
+        tensors.append(("rope_factors_short.weight", np.array(rs["short_factor"], dtype=np.float32), "f32", None))
     elif rtype not in (None, "default"):
         sys.exit("rope_scaling %s: not written" % rtype)
     head = b"GGUF" + struct.pack("<IQQ", 3, len(tensors), len(kv))

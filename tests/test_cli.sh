@@ -990,7 +990,7 @@ assert max(abs(l[0] - x) for x in l[1:6]) <= 1e-5 * l[0] and l[0] < l[6], l" || 
 phi3_train_merge)
     # Phi-3 (Phi-4-mini's shape): LoRA on the fused qkv_proj and gate_up_proj named as PEFT names
     # them, trained; the adapter names them; info counts them as one row each; the merged model's
-    # loss is the adapter's; IA3 on qkv_proj trains too; a GGUF export is refused by name
+    # loss is the adapter's; IA3 on qkv_proj trains too
     M=$SRC/tests/data/tiny_phi3
     "$PEFT" synth --out "$T/d.bin" --vocab 48 --tokens 6000 --doc-len 16 --seed 4 >/dev/null || fail "synth"
     loss() { grep '^{' "$1" | sed 's/.*"loss": \([0-9.]*\).*/\1/'; }
@@ -1009,11 +1009,43 @@ phi3_train_merge)
     "$PEFT" eval --model "$T/merged" --data "$T/d.bin" --seq 16 --json >"$T/e2" || fail "eval merged"
     python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); assert abs(a - b) < 1e-4 * a, (a, b)" \
         "$(loss "$T/e1")" "$(loss "$T/e2")" || fail "merged $(loss "$T/e2") != adapter $(loss "$T/e1")"
-    "$PEFT" merge --model "$M" --adapter "$T/ad" --out "$T/m.gguf" >/dev/null 2>"$T/err" && fail "GGUF export"
-    grep -q "Phi-3" "$T/err" || { cat "$T/err"; fail "GGUF refusal message"; }
+    # the GGUF LoRA as llama.cpp's converter writes phi3's (attn_qkv, ffn_up; no permutation), from
+    # the model and without it, and back to the same PEFT tensors
+    "$PEFT" convert --model "$M" --adapter "$T/ad" --out "$T/ad.gguf" >/dev/null || fail "convert with the model"
+    "$PEFT" convert --adapter "$T/ad" --arch phi3 --out "$T/free.gguf" >/dev/null || fail "convert without the model"
+    cmp "$T/ad.gguf" "$T/free.gguf" || fail "the two conversions differ"
+    python3 "$SRC/tests/gguf_check.py" lora "$T/ad.gguf" || fail "GGUF LoRA structure"
+    strings "$T/ad.gguf" | grep -q "blk.0.attn_qkv.weight.lora_a" && strings "$T/ad.gguf" | grep -q "blk.2.ffn_up.weight.lora_b" ||
+        fail "phi3 tensor names"
+    "$PEFT" convert --adapter "$T/ad.gguf" --out "$T/back" --model "$M" >/dev/null || fail "GGUF to PEFT"
+    cmp "$T/back/adapter_model.safetensors" "$T/ad/adapter_model.safetensors" || fail "tensors differ after the round trip"
+    grep -q '"qkv_proj"' "$T/back/adapter_config.json" || fail "round trip target names"
     "$PEFT" train --model "$M" --data "$T/d.bin" --out "$T/ia3" --method ia3 --targets qkv_proj,down --feedforward down \
         --steps 5 --batch 2 --seq 16 --threads 2 >/dev/null 2>"$T/err" || { cat "$T/err"; fail "train ia3"; }
     grep -q '"qkv_proj"' "$T/ia3/adapter_config.json" || fail "ia3 target names"
+    # as GGUF (llama.cpp's phi3: attn_qkv, ffn_up of 2 x intermediate, rope.dimension_count, the
+    # LongRoPE factors as tensors): F32 gives the Hugging Face loss, below and past
+    # original_max_position_embeddings (32); an adapter trained on the F16 file applies to the
+    # model of its values
+    /usr/bin/python3 -c "import numpy" 2>/dev/null || { echo "skip: no numpy for /usr/bin/python3"; exit 77; }
+    /usr/bin/python3 "$SRC/tests/gguf_write.py" "$M" "$T/f32.gguf" --type f32 || fail "gguf_write f32"
+    /usr/bin/python3 "$SRC/tests/gguf_write.py" "$M" "$T/f16.gguf" --type f16 --dequantized "$T/f16hf" || fail "gguf_write f16"
+    for seq in 16 40; do
+        "$PEFT" eval --model "$M" --data "$T/d.bin" --seq $seq --json >"$T/e_hf" || fail "eval hf $seq"
+        "$PEFT" eval --model "$T/f32.gguf" --data "$T/d.bin" --seq $seq --json >"$T/e_gg" || fail "eval gguf $seq"
+        [ "$(loss "$T/e_hf")" = "$(loss "$T/e_gg")" ] || fail "seq $seq: GGUF loss $(loss "$T/e_gg") != HF $(loss "$T/e_hf")"
+    done
+    "$PEFT" info --model "$T/f16.gguf" | grep -q "phi3" || fail "info names the architecture"
+    "$PEFT" train --model "$T/f16.gguf" --data "$T/d.bin" --out "$T/adg" --steps 10 --batch 2 --seq 16 --threads 2 \
+        --targets all-linear >/dev/null 2>"$T/err" || { cat "$T/err"; fail "train on GGUF"; }
+    "$PEFT" eval --model "$T/f16.gguf" --adapter "$T/adg" --data "$T/d.bin" --seq 16 --json >"$T/e_a" || fail "eval a"
+    "$PEFT" eval --model "$T/f16hf" --adapter "$T/adg" --data "$T/d.bin" --seq 16 --json >"$T/e_b" || fail "eval b"
+    [ "$(loss "$T/e_a")" = "$(loss "$T/e_b")" ] || fail "adapter on GGUF $(loss "$T/e_a") != on HF $(loss "$T/e_b")"
+    # merged into the F32 GGUF base: the merged Hugging Face model's loss
+    "$PEFT" merge --model "$T/f32.gguf" --adapter "$T/ad" --out "$T/m.gguf" >/dev/null || fail "merge into GGUF"
+    "$PEFT" eval --model "$T/m.gguf" --data "$T/d.bin" --seq 16 --json >"$T/e3" || fail "eval merged GGUF"
+    python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); assert abs(a - b) < 1e-4 * a, (a, b)" \
+        "$(loss "$T/e2")" "$(loss "$T/e3")" || fail "merged GGUF $(loss "$T/e3") != merged HF $(loss "$T/e2")"
     ;;
 *)
     echo "unknown case $CASE" >&2

@@ -129,6 +129,21 @@ def main():
     kvs2.update({"general.architecture": (8, "gemma2"), "gemma2.attn_logit_softcapping": (6, 50.0),
                  "gemma2.final_logit_softcapping": (6, 30.0)})
     gguf(os.path.join(HERE, "corpus", "gguf", "gemma2.gguf"), kvs2, [t for t in ts if "_q_norm" not in t[0] and "_k_norm" not in t[0]])
+    # a 1-layer phi3 GGUF model: attn_qkv, ffn_up of 2 x F, partial rotary, LongRoPE factor tensors
+    kvs3 = {"general.architecture": (8, "phi3"), "phi3.embedding_length": (4, D), "phi3.block_count": (4, 1),
+            "phi3.feed_forward_length": (4, F), "phi3.attention.head_count": (4, H),
+            "phi3.attention.head_count_kv": (4, KV), "phi3.rope.freq_base": (6, 1e4),
+            "phi3.rope.dimension_count": (4, hd // 2), "phi3.rope.scaling.attn_factor": (6, 1.19),
+            "phi3.rope.scaling.original_context_length": (4, 8), "phi3.attention.sliding_window": (4, 4),
+            "phi3.attention.layer_norm_rms_epsilon": (6, 1e-5)}
+    ts3 = [("token_embd.weight", [D, V], 0, f32(D * V, rng)), ("output_norm.weight", [D], 0, f32(D, rng)),
+           ("blk.0.attn_norm.weight", [D], 0, f32(D, rng)), ("blk.0.ffn_norm.weight", [D], 0, f32(D, rng)),
+           ("blk.0.attn_qkv.weight", [D, D + 2 * KV * hd], 8, q8(D * (D + 2 * KV * hd), rng)),
+           ("blk.0.attn_output.weight", [D, D], 0, f32(D * D, rng)),
+           ("blk.0.ffn_up.weight", [D, 2 * F], 1, f16(D * 2 * F, rng)), ("blk.0.ffn_down.weight", [F, D], 8, q8(F * D, rng)),
+           ("rope_factors_long.weight", [hd // 4], 0, struct.pack("<4f", 2.0, 4.0, 6.0, 8.0)),
+           ("rope_factors_short.weight", [hd // 4], 0, struct.pack("<4f", 1.0, 1.5, 2.0, 2.5))]
+    gguf(os.path.join(HERE, "corpus", "gguf", "phi3.gguf"), kvs3, ts3)
     with open(os.path.join(HERE, "corpus", "json", "gemma2_config.json"), "w") as f:
         json.dump({"model_type": "gemma2", "hidden_size": 32, "intermediate_size": 40, "num_hidden_layers": 3,
                    "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 12, "vocab_size": 48,
@@ -168,6 +183,15 @@ def main():
                    "original_max_position_embeddings": 32, "sliding_window": 5,
                    "rope_scaling": {"type": "longrope", "short_factor": [1.0, 1.5, 2.5],
                                     "long_factor": [2.0, 4.0, 8.0]}}, f)
+    # a phi3 GGUF LoRA (attn_qkv and ffn_up, as llama.cpp's converter names Phi-3's fused modules)
+    r2, R = random.Random(2), 2
+    gguf(os.path.join(HERE, "corpus", "gguf_lora", "phi3_qkv_gate_up.gguf"),
+         {"general.architecture": (8, "phi3"), "general.type": (8, "adapter"), "adapter.type": (8, "lora"),
+          "adapter.lora.alpha": (6, 4.0)},
+         [("blk.0.attn_qkv.weight.lora_a", [D, R], 0, f32(D * R, r2)),
+          ("blk.0.attn_qkv.weight.lora_b", [R, D + 2 * KV * hd], 0, f32(R * (D + 2 * KV * hd), r2)),
+          ("blk.0.ffn_up.weight.lora_a", [D, R], 0, f32(D * R, r2)),
+          ("blk.0.ffn_up.weight.lora_b", [R, 2 * F], 0, f32(R * 2 * F, r2))])
     os.makedirs(os.path.join(HERE, "corpus", "spm"), exist_ok=True)
     with open(os.path.join(HERE, "corpus", "spm", "tokenizer.model"), "wb") as f:
         f.write(spm([("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3), ("<0x41>", 0.0, 6),
