@@ -522,22 +522,19 @@ TEST(torch_step_bias_lora_only)
 TEST(model_gradcheck_qwen2) { gradcheck_in("tiny_qwen2", "tiny_qwen2/all_linear/adapter"); }
 TEST(model_gradcheck_qwen3) { gradcheck_in("tiny_qwen3", "tiny_qwen3/all_linear/adapter"); }
 
-/* The base loss, a LoRA step and its gradients against PyTorch, finite differences, and the
-   parameter count of a tiny Gemma (tests/golden/make_gemma.py): hidden 32, intermediate 40, 3
-   layers, 4 heads of 12 (2 KV), vocabulary 48; 4 norms a layer, q/k norms when qk_norm */
-static void gemma_case(const char *dir, const char *arch, int qk_norm)
+/* The batch of a golden case of model dir (tokens and labels of its expected.json, 2 x 12, into
+   tok and lab), and the base model m's loss on it checked against dir's base_loss.json */
+static int base_loss_batch(peft_model *m, const char *dir, const char *case_name, int32_t tok[24], int32_t lab[24])
 {
     char rel[128];
-    snprintf(rel, sizeof rel, "%s/all_linear/expected.json", dir);
+    snprintf(rel, sizeof rel, "%s/%s/expected.json", dir, case_name);
     json_doc *e = load_json(test_data(rel));
     snprintf(rel, sizeof rel, "%s/base_loss.json", dir);
     json_doc *bl = load_json(test_data(rel));
-    peft_model *m = NULL;
-    CHECK(e && bl);
-    CHECK_OK(peft_model_open(&m, test_data(dir), NULL));
-    if (e && bl && m) {
+    CHECK(e && bl && m);
+    int ok = e && bl && m;
+    if (ok) {
         const json_value *tv = json_get(json_root(e), "tokens"), *lv = json_get(json_root(e), "labels");
-        int32_t tok[24], lab[24];
         for (int i = 0; i < 24; i++) {
             tok[i] = (int32_t)tv->items[i].number;
             lab[i] = (int32_t)lv->items[i].number;
@@ -546,14 +543,28 @@ static void gemma_case(const char *dir, const char *arch, int qk_norm)
         peft_eval_result r = PEFT_EVAL_RESULT_INIT;
         CHECK_OK(peft_eval(m, &b, &r));
         CHECK_CLOSE(r.loss_sum / (double)r.tokens, jnum(bl, "loss"), 1e-5);
+    }
+    json_free(e);
+    json_free(bl);
+    return ok ? 0 : -1;
+}
+
+/* The base loss, a LoRA step and its gradients against PyTorch, finite differences, and the
+   parameter count of a tiny Gemma (tests/golden/make_gemma.py): hidden 32, intermediate 40, 3
+   layers, 4 heads of 12 (2 KV), vocabulary 48; 4 norms a layer, q/k norms when qk_norm */
+static void gemma_case(const char *dir, const char *arch, int qk_norm)
+{
+    char rel[128];
+    peft_model *m = NULL;
+    int32_t tok[24], lab[24];
+    CHECK_OK(peft_model_open(&m, test_data(dir), NULL));
+    if (base_loss_batch(m, dir, "all_linear", tok, lab) == 0) {
         peft_model_info info = {.version = PEFT_MODEL_INFO_VERSION};
         CHECK_OK(peft_model_get_info(m, &info));
         uint64_t D = 32, F = 40, hd = 12, L = 3, V = 48;
         uint64_t per = 4 * D + (qk_norm ? 2 * hd : 0) + D * (2 * 4 * hd + 2 * 2 * hd) + 3 * D * F; /* q, o; k, v */
         CHECK(!strcmp(info.architecture, arch) && info.n_params == V * D + D + L * per);
     }
-    json_free(e);
-    json_free(bl);
     peft_model_close(&m);
     step_model = dir;
     step_case("all_linear", 2);
@@ -1073,22 +1084,16 @@ TEST(torch_step_phi3)
     gradcheck_in("tiny_phi3", "tiny_phi3/all_linear/adapter");
     gradcheck_in("tiny_phi3", "tiny_phi3/ia3/adapter");
     check_merged_exports("tiny_phi3", test_data("tiny_phi3/all_linear/adapter"));
-    json_doc *bl = load_json(test_data("tiny_phi3/base_loss.json"));
-    json_doc *e = load_json(test_data("tiny_phi3/ia3/expected.json"));
     peft_model *m = NULL;
-    CHECK(bl && e);
-    CHECK_OK(peft_model_open(&m, test_data("tiny_phi3"), NULL));
-    if (!m || !bl || !e)
-        return;
     int32_t tok[24], lab[24];
-    for (int i = 0; i < 24; i++) {
-        tok[i] = (int32_t)json_get(json_root(e), "tokens")->items[i].number;
-        lab[i] = (int32_t)json_get(json_root(e), "labels")->items[i].number;
+    CHECK_OK(peft_model_open(&m, test_data("tiny_phi3"), NULL));
+    if (base_loss_batch(m, "tiny_phi3", "ia3", tok, lab)) {
+        peft_model_close(&m);
+        return;
     }
     peft_batch b = {PEFT_BATCH_VERSION, tok, lab, 2, 12, NULL};
     peft_eval_result r = PEFT_EVAL_RESULT_INIT;
     CHECK_OK(peft_eval(m, &b, &r));
-    CHECK_CLOSE(r.loss_sum / (double)r.tokens, jnum(bl, "loss"), 1e-5);
     peft_model_info info = {.version = PEFT_MODEL_INFO_VERSION};
     CHECK_OK(peft_model_get_info(m, &info));
     uint64_t D = 32, F = 40, qkv = 64, L = 3, V = 48;
@@ -1141,8 +1146,6 @@ TEST(torch_step_phi3)
     snprintf(sub, sizeof sub, "%s/merged", dir);
     dir_with_two_remove(sub, "model.safetensors", "config.json");
     rmdir(dir);
-    json_free(bl);
-    json_free(e);
 }
 
 /* LongRoPE's long factors from a length past original_max_position_embeddings (12 > 8 here,

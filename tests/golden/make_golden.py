@@ -387,6 +387,25 @@ def lora_pair(g, dims, l, m, r):
             key(l, m, "B"): torch.randn(o, r, generator=g) * 0.1}
 
 
+def write_model(out, cfg, W):
+    """A model directory: config.json and model.safetensors of W rounded to float32; returns the
+    rounded weights (in float64, as the reference computes)."""
+    W = {k: v.to(torch.float32).to(torch.float64) for k, v in W.items()}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    st_write(os.path.join(out, "model.safetensors"), W, {"format": "pt"})
+    return W
+
+
+def case_batch(g, V):
+    """The 2 x 12 batch of a family's cases, drawn from g: labels the tokens, the first three masked."""
+    tokens = torch.randint(0, V, (2, 12), generator=g)
+    labels = tokens.clone()
+    labels[0, :3] = -100
+    return tokens, labels
+
+
 def write_case(name, lora, acfg, tokens, labels, lr, wd, clip, result):
     """The initial adapter, the reference gradients, the adapter after the step, and the figures."""
     loss, gnorm, grads, after, loss2 = result
@@ -461,14 +480,8 @@ def families():
         if model_type == "llama":
             model_type = "llama_bias"
         OUT = os.path.join(os.path.dirname(base), "tiny_" + model_type)
-        os.makedirs(OUT, exist_ok=True)
-        with open(os.path.join(OUT, "config.json"), "w") as f:
-            json.dump(cfg, f, indent=2)
-        st_write(os.path.join(OUT, "model.safetensors"), W, {"format": "pt"})
-        B, T = 2, 12
-        tokens = torch.randint(0, c.V, (B, T), generator=g)
-        labels = tokens.clone()
-        labels[0, :3] = -100
+        W = write_model(OUT, cfg, W)
+        tokens, labels = case_batch(g, c.V)
         r, alpha = 4, 8.0
         lora = {}
         for l in range(c.L):

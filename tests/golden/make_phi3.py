@@ -120,16 +120,8 @@ def main():
         for m in MODS:
             o, i = dims[m]
             W[f"model.layers.{l}.{PARENT[m]}.{m}.weight"] = torch.randn(o, i, generator=g) / math.sqrt(i)
-    W = {k: v.to(torch.float32).to(torch.float64) for k, v in W.items()}
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(cfg, f, indent=2)
-    mg.st_write(os.path.join(out, "model.safetensors"), W, {"format": "pt"})
-
-    B, T = 2, 12
-    tokens = torch.randint(0, c.V, (B, T), generator=g)
-    labels = tokens.clone()
-    labels[0, :3] = -100
+    W = mg.write_model(out, cfg, W)
+    tokens, labels = mg.case_batch(g, c.V)
     r, alpha = 4, 8.0
     mg.forward = forward  # one_step's model
     mg.OUT = out
