@@ -182,7 +182,7 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
         if (c->fused) { /* gate_up_proj: gate, then up */
             linear_forward(m, s->fused, s->xn, peft__w_of(m, l, PEFT_MOD_GATE), NULL, 1, D, 2 * F,
                            view(s, &lv, l, PEFT_MOD_GATE), s->xa, s->tmp);
-            gated_forward(NULL, 0, s->act, s->fused, s->fused + F, 1, F);
+            gated_forward(NULL, c->gemma, s->act, s->fused, s->fused + F, 1, F);
         } else {
             linear_forward(m, s->g, s->xn, peft__w_of(m, l, PEFT_MOD_GATE), peft__bias_of(m, l, PEFT_MOD_GATE), 1, D,
                            F, view(s, &lv, l, PEFT_MOD_GATE), s->xa, s->tmp);
