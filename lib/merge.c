@@ -244,14 +244,15 @@ const float *peft__effective_bias(const peft_model *m, int l, int kind, float *d
 static int hf_config(const peft_model *m, char **text, size_t *len, int tied)
 {
     const peft_config *c = &m->cfg;
-    if (c->rope_scaling == 2)
+    if (c->rope_scaling == 2 && !c->rope_long_from)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: the GGUF file keeps Llama 3's RoPE scaling as "
                                              "rope_freqs.weight, whose rope_scaling parameters a config.json needs; "
                                              "export the merged model as GGUF instead");
     static const char *const cls[][2] = {{"llama", "LlamaForCausalLM"}, {"mistral", "MistralForCausalLM"},
                                          {"qwen2", "Qwen2ForCausalLM"}, {"qwen3", "Qwen3ForCausalLM"},
                                          {"gemma2", "Gemma2ForCausalLM"}, {"gemma3", "Gemma3ForCausalLM"},
-                                         {"smollm3", "SmolLM3ForCausalLM"}, {"granite", "GraniteForCausalLM"}};
+                                         {"smollm3", "SmolLM3ForCausalLM"}, {"granite", "GraniteForCausalLM"},
+                                         {"phi3", "Phi3ForCausalLM"}};
     const char *name = NULL;
     for (size_t i = 0; i < sizeof cls / sizeof cls[0]; i++)
         if (!strcmp(cls[i][0], c->architecture))
@@ -287,6 +288,18 @@ static int hf_config(const peft_model *m, char **text, size_t *len, int tied)
     jw_put(&w, "  \"head_dim\": %d,\n  \"%s\": \"%s\",\n  \"hidden_size\": %d,\n", c->head_dim,
            c->gemma ? "hidden_activation" : "hidden_act", c->gemma ? "gelu_pytorch_tanh" : "silu", c->dim);
     jw_put(&w, "  \"intermediate_size\": %d,\n", c->ffn_dim);
+    /* LongRoPE (phi3): transformers derives the attention factor from the two lengths */
+    double longrope_af = c->rope_long_from > 0 && c->ctx_len > c->rope_long_from
+                             ? sqrt(1 + log((double)c->ctx_len / c->rope_long_from) / log((double)c->rope_long_from))
+                             : 1.0;
+    if (c->rope_long_from > 0 && fabs(longrope_af - (c->rope_mscale > 0 ? c->rope_mscale : 1.0)) > 1e-4) {
+        free(w.s);
+        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: the GGUF file's attention factor %g is not the "
+                                             "one transformers derives from its context lengths (%g); export the "
+                                             "merged model as GGUF instead", c->rope_mscale, longrope_af);
+    }
+    if (c->rope_long_from > 0)
+        jw_put(&w, "  \"max_position_embeddings\": %d,\n", c->ctx_len > 0 ? c->ctx_len : c->rope_long_from);
     if (c->bias_mask & 1u << PEFT_MOD_GATE)
         jw_put(&w, "  \"mlp_bias\": true,\n");
     jw_put(&w, "  \"model_type\": \"%s\",\n  \"num_attention_heads\": %d,\n",
@@ -294,10 +307,29 @@ static int hf_config(const peft_model *m, char **text, size_t *len, int tied)
     if (c->nope_every > 0) /* SmolLM3 */
         jw_put(&w, "  \"no_rope_layer_interval\": %d,\n", c->nope_every);
     jw_put(&w, "  \"num_hidden_layers\": %d,\n  \"num_key_value_heads\": %d,\n", c->n_layers, c->n_kv_heads);
+    if (c->rope_long_from > 0)
+        jw_put(&w, "  \"original_max_position_embeddings\": %d,\n", c->rope_long_from);
+    if (c->rot_dim > 0) {
+        jw_put(&w, "  \"partial_rotary_factor\": ");
+        jw_float(&w, (float)c->rot_dim / (float)c->head_dim);
+        jw_put(&w, ",\n");
+    }
     if (c->gemma) /* scores times query_pre_attn_scalar^-1/2 = head_dim^-1/2 q_mul */
         jw_put(&w, "  \"query_pre_attn_scalar\": %ld,\n", lroundf((float)c->head_dim / (c->q_mul * c->q_mul)));
     jw_put(&w, "  \"rms_norm_eps\": ");
     jw_float(&w, c->eps);
+    if (c->rope_long_from > 0) { /* Phi3Config wants these three keys alone */
+        const float *f[2] = {c->rope_div_long, c->rope_div};
+        for (int j = 0; j < 2; j++) {
+            jw_put(&w, j ? ",\n    \"short_factor\": [" : ",\n  \"rope_scaling\": {\n    \"long_factor\": [");
+            for (int i = 0; i < peft__rot_dim(c) / 2; i++) {
+                jw_put(&w, i ? ", " : "");
+                jw_float(&w, f[j][i]);
+            }
+            jw_put(&w, "]");
+        }
+        jw_put(&w, ",\n    \"type\": \"longrope\"\n  }");
+    }
     if (c->rope_scaling == 1) {
         jw_put(&w, ",\n  \"rope_scaling\": {\n    \"factor\": ");
         jw_float(&w, c->rope_factor);

@@ -1046,6 +1046,13 @@ phi3_train_merge)
     "$PEFT" eval --model "$T/m.gguf" --data "$T/d.bin" --seq 16 --json >"$T/e3" || fail "eval merged GGUF"
     python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); assert abs(a - b) < 1e-4 * a, (a, b)" \
         "$(loss "$T/e2")" "$(loss "$T/e3")" || fail "merged GGUF $(loss "$T/e3") != merged HF $(loss "$T/e2")"
+    # and from the GGUF base to a Hugging Face directory (its config.json: Phi3Config's LongRoPE keys)
+    "$PEFT" merge --model "$T/f32.gguf" --adapter "$T/ad" --out "$T/mg" >/dev/null || fail "merge GGUF to HF"
+    grep -q '"type": "longrope"' "$T/mg/config.json" && grep -q '"partial_rotary_factor": 0.75' "$T/mg/config.json" ||
+        { cat "$T/mg/config.json"; fail "config.json of the merged GGUF base"; }
+    "$PEFT" eval --model "$T/mg" --data "$T/d.bin" --seq 16 --json >"$T/e4" || fail "eval merged from GGUF"
+    python3 -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); assert abs(a - b) < 1e-4 * a, (a, b)" \
+        "$(loss "$T/e2")" "$(loss "$T/e4")" || fail "merged from GGUF $(loss "$T/e4") != merged HF $(loss "$T/e2")"
     ;;
 *)
     echo "unknown case $CASE" >&2
