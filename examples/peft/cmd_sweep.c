@@ -226,17 +226,18 @@ static int append(char **s, size_t *len, size_t *cap, const char *fmt, ...)
     }
 }
 
-static const char *const module_names[7] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                            "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
-                                            "mlp.down_proj"};
-
-/* The rank_pattern key of one module: "layers.L.self_attn.q_proj", or "embed_tokens" (target 7). */
-static const char *pattern_key(char *buf, size_t n, int layer, int target)
+/* The rank_pattern key of one module: "layers.L.self_attn.q_proj" (a Phi-3's "...qkv_proj" for q,
+   none for k, v and up, folded into the fused modules: NULL), or "embed_tokens" (target 7) */
+static const char *pattern_key(char *buf, size_t n, const char *arch, int layer, int target)
 {
+    uint32_t row;
+    const char *name = target_row(arch, PEFT_TARGET_ALL_LINEAR | PEFT_TARGET_EMBED, target, &row);
+    if (!name)
+        return NULL;
     if (target == 7)
-        snprintf(buf, n, "embed_tokens");
+        snprintf(buf, n, "%s", name);
     else
-        snprintf(buf, n, "layers.%d.%s", layer, module_names[target]);
+        snprintf(buf, n, "layers.%d.%s.%s", layer, target < 4 ? "self_attn" : "mlp", name);
     return buf;
 }
 
@@ -281,12 +282,16 @@ static int solve_lora(sweep_cfg *c, const peft_model *m, const sweep *sw)
     if (!mc)
         return -1;
     char key[96], mod[80];
+    peft_model_info info = {.version = PEFT_MODEL_INFO_VERSION};
+    peft_model_get_info(m, &info);
     /* every (layer, linear target), then the embeddings (layer -1, target 7) */
     for (int i = 0; i <= sw->n_layers * 7; i++) {
         int l = i < sw->n_layers * 7 ? i / 7 : -1, t = i < sw->n_layers * 7 ? i % 7 : 7;
-        if (!(c->lo.targets & (1u << t)))
+        uint32_t row;
+        if (!target_row(info.architecture, c->lo.targets, t, &row) ||
+            !pattern_key(mod, sizeof mod, info.architecture, l, t))
             continue;
-        snprintf(key, sizeof key, "%s=%d", pattern_key(mod, sizeof mod, l, t), r + 1);
+        snprintf(key, sizeof key, "%s=%d", mod, r + 1);
         peft_lora_options one = c->lo;
         one.rank_pattern = key;
         uint64_t n1;
@@ -320,7 +325,7 @@ static int solve_lora(sweep_cfg *c, const peft_model *m, const sweep *sw)
         else
             continue;
         bumped++;
-        pattern_key(mod, sizeof mod, mc[i].layer, mc[i].target);
+        pattern_key(mod, sizeof mod, info.architecture, mc[i].layer, mc[i].target);
         if (append(&rp, &rl, &rc, "%s%s=%d", rl ? "," : "", mod, r + 1) ||
             (default_alpha && append(&ap, &al, &ac, "%s%s=%d", al ? "," : "", mod, 2 * (r + 1)))) {
             free(mc);
