@@ -1020,6 +1020,11 @@ phi3_train_merge)
     "$PEFT" convert --adapter "$T/ad.gguf" --out "$T/back" --model "$M" >/dev/null || fail "GGUF to PEFT"
     cmp "$T/back/adapter_model.safetensors" "$T/ad/adapter_model.safetensors" || fail "tensors differ after the round trip"
     grep -q '"qkv_proj"' "$T/back/adapter_config.json" || fail "round trip target names"
+    # a sweep's budget match raises some fused modules a rank (rank_pattern keys of qkv_proj)
+    "$PEFT" sweep --model "$M" --train "$T/d.bin" --eval "$T/d.bin" --budget 3000 --out "$T/sw" --families attn_qv \
+        --steps 2 --batch 2 --seq 16 --eval-windows 2 >/dev/null 2>"$T/err" || { cat "$T/err"; fail "sweep"; }
+    json "$T/sw/metrics.jsonl" "abs(j['budget_error']) < 0.02 and j['rank_max'] == j['rank'] + 1" ||
+        { cat "$T/sw/metrics.jsonl"; fail "sweep budget on the fused modules"; }
     "$PEFT" train --model "$M" --data "$T/d.bin" --out "$T/ia3" --method ia3 --targets qkv_proj,down --feedforward down \
         --steps 5 --batch 2 --seq 16 --threads 2 >/dev/null 2>"$T/err" || { cat "$T/err"; fail "train ia3"; }
     grep -q '"qkv_proj"' "$T/ia3/adapter_config.json" || fail "ia3 target names"
