@@ -923,10 +923,15 @@ static int targets_and_layers(const peft_config *c, const json_value *root, uint
                 continue;
             }
             int k = it->type == JSON_STRING ? kind_of(c, it->string) : -1;
-            if (k < 0)
-                return peft__fail(PEFT_EUNSUPPORTED, "%s: target module \"%s\" is not supported yet (q_proj, k_proj, "
-                                  "v_proj, o_proj, gate_proj, up_proj, down_proj%s)",
-                                  path, it->type == JSON_STRING ? it->string : "?", embed_ok ? ", embed_tokens, lm_head" : "");
+            if (k < 0) {
+                char names[160] = "";
+                for (int j = 0, n = 0; j < PEFT_MOD_COUNT; j++) /* the model's own: Phi-3 has qkv_proj, ... */
+                    if (peft__has_mod(c, j))
+                        n += snprintf(names + n, sizeof names - (size_t)n, "%s%s", n ? ", " : "", peft__mod_name(c, j));
+                return peft__fail(PEFT_EUNSUPPORTED, "%s: target module \"%s\" is not a module of this model (%s%s)",
+                                  path, it->type == JSON_STRING ? it->string : "?", names,
+                                  embed_ok ? ", embed_tokens, lm_head" : "");
+            }
             *targets |= 1u << k;
         }
     } else {

@@ -1143,6 +1143,16 @@ TEST(torch_step_phi3)
     }
     peft_model_close(&m);
     adapter_dir_remove(sub);
+    /* a Llama adapter on Phi-3 and a Phi-3 adapter on Llama: refused, naming the model's modules */
+    static const char *const cross[2][3] = {{"tiny_phi3", "tiny/all_linear/adapter", "qkv_proj, o_proj, gate_up_proj"},
+                                            {"tiny", "tiny_phi3/all_linear/adapter", "q_proj, k_proj, v_proj"}};
+    for (int i = 0; i < 2; i++) {
+        CHECK_OK(peft_model_open(&m, test_data(cross[i][0]), NULL));
+        if (m)
+            CHECK_MSG(peft_load_adapter(m, test_data(cross[i][1])) == PEFT_EUNSUPPORTED &&
+                          strstr(peft_last_error(), cross[i][2]), "%s", peft_last_error());
+        peft_model_close(&m);
+    }
     snprintf(sub, sizeof sub, "%s/merged", dir);
     dir_with_two_remove(sub, "model.safetensors", "config.json");
     rmdir(dir);
