@@ -1020,6 +1020,12 @@ phi3_train_merge)
     "$PEFT" convert --adapter "$T/ad.gguf" --out "$T/back" --model "$M" >/dev/null || fail "GGUF to PEFT"
     cmp "$T/back/adapter_model.safetensors" "$T/ad/adapter_model.safetensors" || fail "tensors differ after the round trip"
     grep -q '"qkv_proj"' "$T/back/adapter_config.json" || fail "round trip target names"
+    # init-model --arch phi3 (Phi-4-mini's layout: fused modules, partial rotary, LongRoPE) learns
+    "$PEFT" init-model --out "$T/ip" --arch phi3 --hidden 64 --layers 2 --ffn 96 --vocab 64 >/dev/null || fail "init phi3"
+    "$PEFT" synth --out "$T/d64.bin" --vocab 64 --tokens 20000 --doc-len 32 --seed 5 >/dev/null || fail "synth 64"
+    "$PEFT" train --model "$T/ip" --data "$T/d64.bin" --out "$T/ipa" --holdout 0.1 --steps 60 --batch 8 --seq 32 \
+        --rank 8 --lr 1e-2 --targets all-linear --threads 2 --json >"$T/ip.json" 2>"$T/err" || { cat "$T/err"; fail "train phi3"; }
+    json "$T/ip.json" "j['eval_loss_after'] < 0.5 * j['eval_loss_before']" || { cat "$T/ip.json"; fail "phi3 did not learn"; }
     # a sweep's budget match raises some fused modules a rank (rank_pattern keys of qkv_proj)
     "$PEFT" sweep --model "$M" --train "$T/d.bin" --eval "$T/d.bin" --budget 3000 --out "$T/sw" --families attn_qv \
         --steps 2 --batch 2 --seq 16 --eval-windows 2 >/dev/null 2>"$T/err" || { cat "$T/err"; fail "sweep"; }

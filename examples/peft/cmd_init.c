@@ -81,12 +81,12 @@ int cmd_init_model(int argc, char **argv)
         arg_long(&a, "--sliding-window", 512, &window) || !dtype || !arch || args_check_unused(&a))
         goto done;
     int gemma = !strcmp(arch, "gemma3") ? 3 : !strcmp(arch, "gemma2") ? 2 : 0, smol = !strcmp(arch, "smollm3");
-    int granite = !strcmp(arch, "granite");
+    int granite = !strcmp(arch, "granite"), phi3 = !strcmp(arch, "phi3");
     long hd = head_dim > 0 ? head_dim : heads > 0 ? hidden / heads : 0, n = 0;
     if (!out || hidden < 2 || layers < 1 || heads < 1 || kv < 1 || heads % kv || (!head_dim && hidden % heads) ||
         hd < 2 || hd % 2 || head_dim < 0 || hd > 4096 || ffn < 1 || vocab < 4 || layers > 256 || window < 1 ||
-        (!gemma && !smol && !granite && strcmp(arch, "llama") != 0)) {
-        fprintf(stderr, "usage: peft init-model --out DIR [--arch llama|smollm3|granite|gemma2|gemma3] [--hidden 64]\n"
+        (!gemma && !smol && !granite && !phi3 && strcmp(arch, "llama") != 0)) {
+        fprintf(stderr, "usage: peft init-model --out DIR [--arch llama|smollm3|granite|phi3|gemma2|gemma3] [--hidden 64]\n"
                         "       [--layers 2] [--heads 4] [--kv-heads 2] [--head-dim hidden/heads] [--ffn 172]\n"
                         "       [--vocab 256]"
                         " [--seed 0] [--untied] [--dtype f32|f16|bf16] [--sliding-window 512 (gemma)]\n");
@@ -117,6 +117,15 @@ int cmd_init_model(int argc, char **argv)
     else if (granite) /* Granite 3's multipliers (granite-3.3-2b's, the scores over head_dim) */
         snprintf(family, sizeof family, "\n  \"embedding_multiplier\": 12.0,\n  \"residual_multiplier\": 0.22,\n"
                  "  \"attention_multiplier\": %.9g,\n  \"logits_scaling\": 8.0,", 1.0 / (double)hd);
+    else if (phi3) { /* Phi-4-mini's choices: 3/4 of each head rotated (even), LongRoPE from 4096 positions */
+        long rot = hd * 3 / 4 / 2 * 2;
+        int k = snprintf(family, sizeof family, "\n  \"partial_rotary_factor\": %.9g,\n  \"max_position_embeddings\""
+                         ": 131072,\n  \"original_max_position_embeddings\": 4096,", (double)rot / (double)hd);
+        if (rot < 2 || rot / 2 > 256 || k >= (int)sizeof family) {
+            fprintf(stderr, "peft init-model: phi3 rotates 3/4 of a head: head_dim %ld is too small or too large\n", hd);
+            goto done;
+        }
+    }
     const char *tdtype = esize == 4 ? "float32" : strcmp(dtype, "f16") == 0 ? "float16" : "bfloat16";
     if (gemma == 2) /* Gemma 2 as transformers writes its config (gemma-2-2b's choices) */
         fprintf(f,
@@ -142,7 +151,23 @@ int cmd_init_model(int argc, char **argv)
                 "  \"final_logit_softcapping\": null,\n  \"tie_word_embeddings\": %s,\n  \"bos_token_id\": 2,\n"
                 "  \"eos_token_id\": 1,\n  \"pad_token_id\": 0,\n  \"torch_dtype\": \"%s\"\n}\n",
                 hidden, ffn, layers, heads, kv, hd, vocab, hd, window, untied ? "false" : "true", tdtype);
-    else
+    else if (phi3) { /* the LongRoPE factor lists: short ones 1, long ones rising to 32 */
+        long half = hd * 3 / 4 / 2;
+        fprintf(f,
+                "{\n  \"architectures\": [\"Phi3ForCausalLM\"],\n  \"model_type\": \"phi3\",\n"
+                "  \"hidden_size\": %ld,\n  \"intermediate_size\": %ld,\n  \"num_hidden_layers\": %ld,\n"
+                "  \"num_attention_heads\": %ld,\n  \"num_key_value_heads\": %ld,\n  \"vocab_size\": %ld,\n"
+                "  \"rms_norm_eps\": 1e-05,\n  \"rope_theta\": 10000.0,\n  \"sliding_window\": 262144,\n"
+                "  \"tie_word_embeddings\": %s,\n  \"hidden_act\": \"silu\",\n  \"bos_token_id\": 199999,\n"
+                "  \"eos_token_id\": 199999,%s%s\n  \"rope_scaling\": {\"type\": \"longrope\", \"short_factor\": [",
+                hidden, ffn, layers, heads, kv, vocab, untied ? "false" : "true", hd_json, family);
+        for (long i = 0; i < half; i++)
+            fprintf(f, "%s1.0", i ? ", " : "");
+        fprintf(f, "], \"long_factor\": [");
+        for (long i = 0; i < half; i++)
+            fprintf(f, "%s%.6g", i ? ", " : "", pow(32.0, (double)i / (double)(half > 1 ? half - 1 : 1)));
+        fprintf(f, "]},\n  \"torch_dtype\": \"%s\"\n}\n", tdtype);
+    } else
     fprintf(f,
             "{\n  \"architectures\": [\"%s\"],\n  \"model_type\": \"%s\",\n"
             "  \"hidden_size\": %ld,\n  \"intermediate_size\": %ld,\n  \"num_hidden_layers\": %ld,\n"
@@ -177,8 +202,12 @@ int cmd_init_model(int argc, char **argv)
             w[n].d0 = k < 4 ? hidden : hd, w[n++].norm = gemma ? 2 : 1;
         }
         for (int k = 0; k < 7; k++) {
-            snprintf(w[n].name, sizeof w[n].name, "model.layers.%ld.%s.weight", l, lin[k]);
-            w[n].d0 = dims[k][0], w[n++].d1 = dims[k][1];
+            if (phi3 && (k == 1 || k == 2 || k == 5)) /* k, v and up are rows of qkv_proj, gate_up_proj */
+                continue;
+            snprintf(w[n].name, sizeof w[n].name, "model.layers.%ld.%s.weight", l,
+                     phi3 && k == 0 ? "self_attn.qkv_proj" : phi3 && k == 4 ? "mlp.gate_up_proj" : lin[k]);
+            w[n].d0 = phi3 && k == 0 ? (heads + 2 * kv) * hd : phi3 && k == 4 ? 2 * ffn : dims[k][0];
+            w[n++].d1 = dims[k][1];
         }
     }
     snprintf(w[n].name, sizeof w[n].name, "model.norm.weight");
