@@ -450,20 +450,37 @@ static void norm_backward_to(peft_model *m, float *dx, const float *d, const flo
     rmsnorm_backward(m->pool, dx, d, pre, w, rstd, rows, n);
 }
 
-/* Phi-3's fused modules: the columns of f (N, sum of w) split into parts[i] (N, w[i]), or
-   (join) the parts' columns gathered into f */
-static void fused_split(float *f, float *const *parts, const int *w, int n, int64_t N, int join)
+struct split_args {
+    float *f;
+    float *const *parts;
+    const int *w;
+    int n, total, join;
+    int64_t N;
+};
+
+#define SPLIT_ROWS 64
+
+static void split_task(void *vp, int32_t task)
 {
-    int total = 0;
-    for (int i = 0; i < n; i++)
-        total += w[i];
-    for (int64_t t = 0; t < N; t++) {
-        float *row = f + t * total;
-        for (int i = 0; i < n; row += w[i], i++) {
-            float *p = parts[i] + t * w[i];
-            memcpy(join ? row : p, join ? p : row, (size_t)w[i] * sizeof *row);
+    const struct split_args *a = vp;
+    int64_t t0 = (int64_t)task * SPLIT_ROWS, t1 = t0 + SPLIT_ROWS < a->N ? t0 + SPLIT_ROWS : a->N;
+    for (int64_t t = t0; t < t1; t++) {
+        float *row = a->f + t * a->total;
+        for (int i = 0; i < a->n; row += a->w[i], i++) {
+            float *p = a->parts[i] + t * a->w[i];
+            memcpy(a->join ? row : p, a->join ? p : row, (size_t)a->w[i] * sizeof *row);
         }
     }
+}
+
+/* Phi-3's fused modules: the columns of f (N, sum of w) split into parts[i] (N, w[i]), or
+   (join) the parts' columns gathered into f; rows in parallel */
+static void fused_split(peft_model *m, float *f, float *const *parts, const int *w, int n, int64_t N, int join)
+{
+    struct split_args a = {f, parts, w, n, 0, join, N};
+    for (int i = 0; i < n; i++)
+        a.total += w[i];
+    peft__pool_for(m->pool, (int32_t)((N + SPLIT_ROWS - 1) / SPLIT_ROWS), split_task, &a);
 }
 
 static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out, layer_acts *a,
@@ -483,7 +500,7 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
         linear_forward(m, ws->fused, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), NULL, N, D, Hq + 2 * Hk,
                        peft__view_of(m, &lv, l, PEFT_MOD_Q, train), xa_of(m, l, PEFT_MOD_Q), ws->tmp);
         float *parts[3] = {q, k, a->v};
-        fused_split(ws->fused, parts, (const int[3]){Hq, Hk, Hk}, 3, N, 0);
+        fused_split(m, ws->fused, parts, (const int[3]){Hq, Hk, Hk}, 3, N, 0);
     } else {
         linear_forward(m, q, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), peft__bias_of(m, l, PEFT_MOD_Q), N, D, Hq,
                        peft__view_of(m, &lv, l, PEFT_MOD_Q, train), xa_of(m, l, PEFT_MOD_Q), ws->tmp);
@@ -519,7 +536,7 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
         linear_forward(m, ws->fused, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), NULL, N, D, 2 * F,
                        peft__view_of(m, &lv, l, PEFT_MOD_GATE, train), xa_of(m, l, PEFT_MOD_GATE), ws->tmp);
         float *parts[2] = {a->g, a->u};
-        fused_split(ws->fused, parts, (const int[2]){F, F}, 2, N, 0);
+        fused_split(m, ws->fused, parts, (const int[2]){F, F}, 2, N, 0);
     } else {
         linear_forward(m, a->g, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), peft__bias_of(m, l, PEFT_MOD_GATE), N, D, F,
                        peft__view_of(m, &lv, l, PEFT_MOD_GATE, train), xa_of(m, l, PEFT_MOD_GATE), ws->tmp);
@@ -593,7 +610,7 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
     peft__bias_grad(m, l, PEFT_MOD_UP, ws->du, N, F);
     if (c->fused) {
         float *parts[2] = {ws->dg, ws->du};
-        fused_split(ws->fused, parts, (const int[2]){F, F}, 2, N, 1);
+        fused_split(m, ws->fused, parts, (const int[2]){F, F}, 2, N, 1);
         linear_backward(m, attn ? ws->dxn : NULL, 0.0f, ws->fused, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), N, D,
                         2 * F, peft__view_of(m, &lv, l, PEFT_MOD_GATE, 1), xa_of(m, l, PEFT_MOD_GATE), ws->dxa,
                         ws->tmp);
@@ -647,7 +664,7 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
     float *dxn = below || dw1 ? ws->dxn : NULL;
     if (c->fused) {
         float *parts[3] = {ws->dq, ws->dk, ws->dv};
-        fused_split(ws->fused, parts, (const int[3]){Hq, Hk, Hk}, 3, N, 1);
+        fused_split(m, ws->fused, parts, (const int[3]){Hq, Hk, Hk}, 3, N, 1);
         linear_backward(m, dxn, 0.0f, ws->fused, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), N, D, Hq + 2 * Hk,
                         peft__view_of(m, &lv, l, PEFT_MOD_Q, 1), xa_of(m, l, PEFT_MOD_Q), ws->dxa, ws->tmp);
     } else {
