@@ -65,6 +65,16 @@ static int write_tensors(const peft_config *c, const char *st_path, st_out_tenso
     return code;
 }
 
+int peft__jw_mod_names(struct jw *w, const peft_config *c, uint32_t bits, int first)
+{
+    for (int k = 0; k < PEFT_MOD_COUNT; k++)
+        if (bits & (1u << k)) {
+            jw_put(w, "%s\n    \"%s\"", first ? "" : ",", peft__mod_name(c, k));
+            first = 0;
+        }
+    return first;
+}
+
 /* The two files of an adapter: the tensors, then the config text w holds (freed here); each
    written atomically. */
 int peft__write_adapter(const peft_config *c, const char *st_path, st_out_tensor *ts, size_t n, const char *cfg_path,
@@ -296,11 +306,7 @@ static int write_config(const peft_model *m, const char *path, const char *base_
     } else {
         int first = 1;
         jw_put(&w, "[");
-        for (int k = 0; k < PEFT_MOD_COUNT; k++)
-            if (l->targets & (1u << k)) {
-                jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__mod_name(&m->cfg, k));
-                first = 0;
-            }
+        first = peft__jw_mod_names(&w, &m->cfg, l->targets, first);
         if (l->embed_r > 0)
             jw_put(&w, "%s\n    \"embed_tokens\"", first ? "" : ",");
         if (l->head_r > 0)
@@ -341,11 +347,7 @@ static int write_config_ia3(const peft_model *m, const char *path, const char *b
     jw_put(&w, "{\n  \"base_model_name_or_path\": ");
     jw_str(&w, base_name);
     jw_put(&w, ",\n  \"fan_in_fan_out\": false,\n  \"feedforward_modules\": [");
-    for (int k = 0; k < PEFT_MOD_COUNT; k++)
-        if (l->feedforward & (1u << k)) {
-            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__mod_name(&m->cfg, k));
-            first = 0;
-        }
+    first = peft__jw_mod_names(&w, &m->cfg, l->feedforward, first);
     jw_put(&w, first ? "],\n" : "\n  ],\n");
     jw_put(&w, "  \"inference_mode\": true,\n  \"init_ia3_weights\": true,\n  \"modules_to_save\": ");
     jw_modules_to_save(&w, l, &m->cfg);
@@ -487,11 +489,7 @@ static int save_vera(peft_model *m, const char *st_path, const char *cfg_path, c
                "  \"r\": %d,\n  \"revision\": null,\n  \"save_projection\": true,\n  \"target_modules\": [",
            (unsigned long long)l->seed, l->rank);
     first = 1;
-    for (int k = 0; k < PEFT_MOD_COUNT; k++)
-        if (l->targets & (1u << k)) {
-            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__mod_name(&m->cfg, k));
-            first = 0;
-        }
+    first = peft__jw_mod_names(&w, &m->cfg, l->targets, first);
     jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\",\n  \"vera_dropout\": ");
     jw_float(&w, l->dropout);
     jw_put(&w, "\n}");
@@ -669,11 +667,7 @@ static int save_loha(peft_model *m, const char *st_path, const char *cfg_path, c
     jw_pattern(&w, l->rank_pattern, 1, 1.0);
     jw_put(&w, ",\n  \"revision\": null,\n  \"target_modules\": [");
     first = 1;
-    for (int k = 0; k < PEFT_MOD_COUNT; k++)
-        if (l->targets & (1u << k)) {
-            jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__mod_name(&m->cfg, k));
-            first = 0;
-        }
+    first = peft__jw_mod_names(&w, &m->cfg, l->targets, first);
     jw_put(&w, "\n  ],\n  \"task_type\": \"CAUSAL_LM\",\n  \"use_effective_conv2d\": false\n}");
     code = peft__write_adapter(&m->cfg, st_path, ts, nt, cfg_path, &w);
     free(ts);

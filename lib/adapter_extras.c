@@ -10,8 +10,7 @@
 #include "json.h"
 #include "model.h"
 
-/* modules_to_save of a LoRA adapter_config.json -> o->modules_to_save and o->norms; layer-wise
-   norm names must name exactly the adapted layers (layers: their "N,M" list, "" = all). */
+/* A multimodal Gemma 3's module name as the library names the text model's (model.h) */
 const char *peft__canon_module(const char *s, char *buf, size_t cap)
 {
     static const char *const from[3] = {"model.language_model.", "language_model.model.", "language_model.lm_head"};
@@ -24,6 +23,8 @@ const char *peft__canon_module(const char *s, char *buf, size_t cap)
     return s;
 }
 
+/* modules_to_save of a LoRA adapter_config.json -> o->modules_to_save and o->norms; layer-wise
+   norm names must name exactly the adapted layers (layers: their "N,M" list, "" = all). */
 int peft__read_modules_to_save(const json_value *v, peft_lora_options *o, const char *layers, const char *path)
 {
     /* the layer norms by the names of the PEFT_NORM_* bits (Gemma's four, Llama's two, the q/k

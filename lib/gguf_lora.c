@@ -481,11 +481,7 @@ static int write_config(const char *path, const peft_config *c, const gl_module 
     if (product) {
         jw_put(&w, "[");
         first = 1;
-        for (int k = 0; k < PEFT_MOD_COUNT; k++)
-            if (kinds & (1u << k)) {
-                jw_put(&w, "%s\n    \"%s\"", first ? "" : ",", peft__mod_name(c, k));
-                first = 0;
-            }
+        first = peft__jw_mod_names(&w, c, kinds, first);
         jw_put(&w, "\n  ]");
     } else { /* the modules by name, as one regular expression (PEFT: re.fullmatch) */
         struct jw re = {0};

@@ -260,6 +260,9 @@ void peft__held_free(peft_model *m);
 struct jw;
 int peft__write_adapter(const peft_config *c, const char *st_path, st_out_tensor *ts, size_t n, const char *cfg_path,
                         struct jw *w);
+/* adapter.c: the names of the module kinds in bits as items of a JSON list, one a line; first:
+   none written before them. Returns whether none has been written still. */
+int peft__jw_mod_names(struct jw *w, const peft_config *c, uint32_t bits, int first);
 /* adapter.c: an adapter's tensor file opened with a multimodal Gemma 3's text model keys renamed
    to the library's (text model) names, whichever of transformers' layouts it holds */
 int peft__adapter_open(st_file **f, const char *path);
