@@ -444,8 +444,7 @@ static int targets_and_layers(const peft_config *c, const json_value *root, uint
 
 static void vera_key(const peft_config *c, char *buf, size_t n, const lora_module *md, char which)
 {
-    snprintf(buf, n, "base_model.model.model.layers.%d.%s.%s.vera_lambda_%c", md->layer, peft__module_parents[md->kind],
-             peft__mod_name(c, md->kind), which);
+    peft__module_tensor(c, buf, n, md->layer, md->kind, which == 'd' ? "vera_lambda_d" : "vera_lambda_b");
 }
 
 static int save_vera(peft_model *m, const char *st_path, const char *cfg_path, const char *base_name)
@@ -611,8 +610,7 @@ static int factor_tensor(const peft_config *c, const lora_state *l, const lora_m
             *d0 = r, *d1 = d.n, *off = n1 + (size_t)(d.k * r);
         }
     }
-    snprintf(name, cap, "base_model.model.model.layers.%d.%s.%s.%s", md->layer, peft__module_parents[md->kind],
-             peft__mod_name(c, md->kind), suffix);
+    peft__module_tensor(c, name, cap, md->layer, md->kind, suffix);
     return count;
 }
 

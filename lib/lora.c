@@ -121,19 +121,18 @@ bad:
                       spec);
 }
 
+const char *peft__module_tensor(const peft_config *c, char *buf, size_t n, int layer, int kind, const char *suffix)
+{
+    snprintf(buf, n, "base_model.model.model.layers.%d.%s.%s.%s", layer, peft__module_parents[kind],
+             peft__mod_name(c, kind), suffix);
+    return buf;
+}
+
 /* which: 0 lora_A, 1 lora_B, 2 DoRA magnitude, 3 IA3 vector */
 const char *peft__module_key(const peft_config *c, char *buf, size_t n, int layer, int kind, int which)
 {
-    if (which == 3)
-        snprintf(buf, n, "base_model.model.model.layers.%d.%s.%s.ia3_l", layer, peft__module_parents[kind],
-                 peft__mod_name(c, kind));
-    else if (which == 2)
-        snprintf(buf, n, "base_model.model.model.layers.%d.%s.%s.lora_magnitude_vector", layer,
-                 peft__module_parents[kind], peft__mod_name(c, kind));
-    else
-        snprintf(buf, n, "base_model.model.model.layers.%d.%s.%s.lora_%c.weight", layer,
-                 peft__module_parents[kind], peft__mod_name(c, kind), which ? 'B' : 'A');
-    return buf;
+    static const char *const suffix[4] = {"lora_A.weight", "lora_B.weight", "lora_magnitude_vector", "ia3_l"};
+    return peft__module_tensor(c, buf, n, layer, kind, suffix[which]);
 }
 
 void peft__lora_free(lora_state *l)

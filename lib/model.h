@@ -339,7 +339,10 @@ int peft__pissa_init(lora_state *l, const peft_model *m);
    `layer`; 0 when the layer has no trainable parameters. Layers are laid out in order. */
 int peft__grad_layer_range(const lora_state *l, int n_layers, int layer, size_t *lo, size_t *hi);
 int peft__layers_parse(uint8_t *on, int n_layers, const char *spec);
-const char *peft__module_key(const peft_config *c, char *buf, size_t n, int layer, int kind, int is_b);
+/* PEFT's key of a module's tensor: "base_model.model.model.layers.L.<parent>.<module>.<suffix>";
+   peft__module_key's suffix by which: 0 lora_A, 1 lora_B, 2 DoRA magnitude, 3 IA3 vector */
+const char *peft__module_key(const peft_config *c, char *buf, size_t n, int layer, int kind, int which);
+const char *peft__module_tensor(const peft_config *c, char *buf, size_t n, int layer, int kind, const char *suffix);
 
 /* A layer's RMSNorms by their place (slots of lora_state.norm_off); the final norm is slot 0 of
    layer n_layers. */
