@@ -80,6 +80,11 @@ static double num_or(const json_value *o, const char *key, double def)
     return v && v->type == JSON_NUMBER ? v->number : def;
 }
 
+double peft__longrope_attention(double factor, double orig)
+{
+    return factor <= 1.0 ? 1.0 : sqrt(1 + log(factor) / log(orig));
+}
+
 /* LongRoPE (transformers' _compute_longrope_parameters): short_factor and long_factor divide the
    rot_dim / 2 frequencies, the long ones for sequences past original_max_position_embeddings;
    cos and sin are multiplied by attention_factor, by default sqrt(1 + ln f / ln original) with
@@ -111,7 +116,7 @@ static int longrope(peft_config *cfg, const json_value *rs, const json_value *ro
     if (!(orig >= 1 && orig < 1e9 && factor > 0 && factor < 1e6))
         return peft__fail(PEFT_EFORMAT, "%s: longrope needs original_max_position_embeddings (or "
                                         "max_position_embeddings) and a positive factor", what);
-    double af = num_or(rs, "attention_factor", factor <= 1.0 ? 1.0 : sqrt(1 + log(factor) / log(orig)));
+    double af = num_or(rs, "attention_factor", peft__longrope_attention(factor, orig));
     if (!(af > 0 && af < 1e3))
         return peft__fail(PEFT_EFORMAT, "%s: longrope's attention_factor %g must be positive", what, af);
     cfg->rope_long_from = (int)orig;

@@ -190,6 +190,9 @@ static inline int peft__rope_local(const peft_config *c, int l)
 {
     return c->rope_local_theta > 0.0f && peft__layer_window(c, l) > 0;
 }
+/* LongRoPE's attention factor when the config leaves it out: sqrt(1 + ln f / ln original) for the
+   extension f = max / original positions (1 when f <= 1), as transformers derives it */
+double peft__longrope_attention(double factor, double orig);
 /* The inverse frequency of RoPE pair i (0 <= i < rot_dim / 2) with the config's scaling. */
 double peft__rope_inv_freq(const peft_config *c, int i);
 int peft__config_parse(peft_config *cfg, const char *json, size_t len, const char *what);

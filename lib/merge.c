@@ -248,6 +248,14 @@ static int hf_config(const peft_model *m, char **text, size_t *len, int tied)
         return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: the GGUF file keeps Llama 3's RoPE scaling as "
                                              "rope_freqs.weight, whose rope_scaling parameters a config.json needs; "
                                              "export the merged model as GGUF instead");
+    /* LongRoPE (phi3): the config.json holds the two lengths, transformers derives the attention factor */
+    double longrope_af = c->rope_long_from > 0 && c->ctx_len > 0
+                             ? peft__longrope_attention((double)c->ctx_len / c->rope_long_from, c->rope_long_from)
+                             : 1.0;
+    if (c->rope_long_from > 0 && fabs(longrope_af - (c->rope_mscale > 0 ? c->rope_mscale : 1.0)) > 1e-4)
+        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: the GGUF file's attention factor %g is not the "
+                                             "one transformers derives from its context lengths (%g); export the "
+                                             "merged model as GGUF instead", c->rope_mscale, longrope_af);
     static const char *const cls[][2] = {{"llama", "LlamaForCausalLM"}, {"mistral", "MistralForCausalLM"},
                                          {"qwen2", "Qwen2ForCausalLM"}, {"qwen3", "Qwen3ForCausalLM"},
                                          {"gemma2", "Gemma2ForCausalLM"}, {"gemma3", "Gemma3ForCausalLM"},
@@ -288,16 +296,6 @@ static int hf_config(const peft_model *m, char **text, size_t *len, int tied)
     jw_put(&w, "  \"head_dim\": %d,\n  \"%s\": \"%s\",\n  \"hidden_size\": %d,\n", c->head_dim,
            c->gemma ? "hidden_activation" : "hidden_act", c->gemma ? "gelu_pytorch_tanh" : "silu", c->dim);
     jw_put(&w, "  \"intermediate_size\": %d,\n", c->ffn_dim);
-    /* LongRoPE (phi3): transformers derives the attention factor from the two lengths */
-    double longrope_af = c->rope_long_from > 0 && c->ctx_len > c->rope_long_from
-                             ? sqrt(1 + log((double)c->ctx_len / c->rope_long_from) / log((double)c->rope_long_from))
-                             : 1.0;
-    if (c->rope_long_from > 0 && fabs(longrope_af - (c->rope_mscale > 0 ? c->rope_mscale : 1.0)) > 1e-4) {
-        free(w.s);
-        return peft__fail(PEFT_EUNSUPPORTED, "peft_save_merged: the GGUF file's attention factor %g is not the "
-                                             "one transformers derives from its context lengths (%g); export the "
-                                             "merged model as GGUF instead", c->rope_mscale, longrope_af);
-    }
     if (c->rope_long_from > 0)
         jw_put(&w, "  \"max_position_embeddings\": %d,\n", c->ctx_len > 0 ? c->ctx_len : c->rope_long_from);
     if (c->bias_mask & 1u << PEFT_MOD_GATE)
