@@ -473,9 +473,7 @@ static void split_task(void *vp, int32_t task)
     }
 }
 
-/* Phi-3's fused modules: the columns of f (N, sum of w) split into parts[i] (N, w[i]), or
-   (join) the parts' columns gathered into f; rows in parallel */
-static void fused_split(peft_model *m, float *f, float *const *parts, const int *w, int n, int64_t N, int join)
+void peft__fused_split(peft_model *m, float *f, float *const *parts, const int *w, int n, int64_t N, int join)
 {
     struct split_args a = {f, parts, w, n, 0, join, N};
     for (int i = 0; i < n; i++)
@@ -500,7 +498,7 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
         linear_forward(m, ws->fused, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), NULL, N, D, Hq + 2 * Hk,
                        peft__view_of(m, &lv, l, PEFT_MOD_Q, train), xa_of(m, l, PEFT_MOD_Q), ws->tmp);
         float *parts[3] = {q, k, a->v};
-        fused_split(m, ws->fused, parts, (const int[3]){Hq, Hk, Hk}, 3, N, 0);
+        peft__fused_split(m, ws->fused, parts, (const int[3]){Hq, Hk, Hk}, 3, N, 0);
     } else {
         linear_forward(m, q, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), peft__bias_of(m, l, PEFT_MOD_Q), N, D, Hq,
                        peft__view_of(m, &lv, l, PEFT_MOD_Q, train), xa_of(m, l, PEFT_MOD_Q), ws->tmp);
@@ -536,7 +534,7 @@ static void layer_forward(peft_model *m, int l, const float *x_in, float *x_out,
         linear_forward(m, ws->fused, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), NULL, N, D, 2 * F,
                        peft__view_of(m, &lv, l, PEFT_MOD_GATE, train), xa_of(m, l, PEFT_MOD_GATE), ws->tmp);
         float *parts[2] = {a->g, a->u};
-        fused_split(m, ws->fused, parts, (const int[2]){F, F}, 2, N, 0);
+        peft__fused_split(m, ws->fused, parts, (const int[2]){F, F}, 2, N, 0);
     } else {
         linear_forward(m, a->g, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), peft__bias_of(m, l, PEFT_MOD_GATE), N, D, F,
                        peft__view_of(m, &lv, l, PEFT_MOD_GATE, train), xa_of(m, l, PEFT_MOD_GATE), ws->tmp);
@@ -610,7 +608,7 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
     peft__bias_grad(m, l, PEFT_MOD_UP, ws->du, N, F);
     if (c->fused) {
         float *parts[2] = {ws->dg, ws->du};
-        fused_split(m, ws->fused, parts, (const int[2]){F, F}, 2, N, 1);
+        peft__fused_split(m, ws->fused, parts, (const int[2]){F, F}, 2, N, 1);
         linear_backward(m, attn ? ws->dxn : NULL, 0.0f, ws->fused, a->xn2, peft__w_of(m, l, PEFT_MOD_GATE), N, D,
                         2 * F, peft__view_of(m, &lv, l, PEFT_MOD_GATE, 1), xa_of(m, l, PEFT_MOD_GATE), ws->dxa,
                         ws->tmp);
@@ -664,7 +662,7 @@ static void layer_backward(peft_model *m, int l, layer_acts *a)
     float *dxn = below || dw1 ? ws->dxn : NULL;
     if (c->fused) {
         float *parts[3] = {ws->dq, ws->dk, ws->dv};
-        fused_split(m, ws->fused, parts, (const int[3]){Hq, Hk, Hk}, 3, N, 1);
+        peft__fused_split(m, ws->fused, parts, (const int[3]){Hq, Hk, Hk}, 3, N, 1);
         linear_backward(m, dxn, 0.0f, ws->fused, a->xn1, peft__w_of(m, l, PEFT_MOD_Q), N, D, Hq + 2 * Hk,
                         peft__view_of(m, &lv, l, PEFT_MOD_Q, 1), xa_of(m, l, PEFT_MOD_Q), ws->dxa, ws->tmp);
     } else {

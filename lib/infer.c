@@ -47,7 +47,8 @@ int peft_session_create(peft_session **out, peft_model *m, int32_t max_len)
     max_len += virt; /* the soft prompt's positions come on top */
     size_t cache = (size_t)c->n_layers * (size_t)max_len * kvd;
     size_t maxr = m->lora ? (size_t)m->lora->max_rank : 1;
-    size_t fw = c->fused ? (size_t)peft__mod_out(c, PEFT_MOD_Q) + (size_t)peft__mod_out(c, PEFT_MOD_GATE) : 1;
+    size_t wq = (size_t)peft__mod_out(c, PEFT_MOD_Q), wg = (size_t)peft__mod_out(c, PEFT_MOD_GATE);
+    size_t fw = c->fused ? (wq > wg ? wq : wg) : 1; /* one fused module's output at a time */
     size_t sizes[] = {cache, cache, D, D, qd, kvd, kvd, qd, D, F, F, F, big, maxr, (size_t)max_len, fw};
     size_t total = 0;
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
@@ -119,9 +120,8 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
         if (c->fused) { /* Phi-3's qkv_proj: q, then k and v into the caches */
             linear_forward(m, s->fused, s->xn, peft__w_of(m, l, PEFT_MOD_Q), NULL, 1, D, qd + 2 * kvd,
                            view(s, &lv, l, PEFT_MOD_Q), s->xa, s->tmp);
-            memcpy(s->q, s->fused, (size_t)qd * sizeof *s->q);
-            memcpy(kc + (size_t)pos * kvd, s->fused + qd, (size_t)kvd * sizeof *s->q);
-            memcpy(vc + (size_t)pos * kvd, s->fused + qd + kvd, (size_t)kvd * sizeof *s->q);
+            float *parts[3] = {s->q, kc + (size_t)pos * kvd, vc + (size_t)pos * kvd};
+            peft__fused_split(m, s->fused, parts, (const int[3]){qd, kvd, kvd}, 3, 1, 0);
         } else {
             linear_forward(m, s->q, s->xn, peft__w_of(m, l, PEFT_MOD_Q), peft__bias_of(m, l, PEFT_MOD_Q), 1, D, qd,
                            view(s, &lv, l, PEFT_MOD_Q), s->xa, s->tmp);

@@ -380,6 +380,9 @@ const float *peft__norm_base(const peft_model *m, int layer, int slot, int file)
    export reads peft__norm_weight; the host may have written the parameters) */
 void peft__norms_sync(peft_model *m);
 
+/* forward.c: Phi-3's fused modules: the columns of f (N, sum of w) split into parts[i] (N, w[i]),
+   or (join) the parts' columns gathered into f; rows in parallel */
+void peft__fused_split(peft_model *m, float *f, float *const *parts, const int *w, int n, int64_t N, int join);
 /* forward.c: the embeddings of n tokens into x (n, dim), with the embedding adapter's delta */
 void peft__embed_tokens(peft_model *m, float *x, const int32_t *tokens, int64_t n);
 /* forward.c: logits (rows, vocab) of final-norm outputs x (rows, dim) through the lm_head in
