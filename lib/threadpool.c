@@ -4,27 +4,91 @@
  * the calling thread takes part. Tasks are handed out through an atomic
  * counter; every task writes its own outputs, so results never depend on
  * the number of threads or on scheduling.
+ *
+ * A training step hands out thousands of jobs, many of a few tens of
+ * microseconds, with short serial stretches between them. Waking a sleeping
+ * thread costs about as much on a virtual machine (a futex call and an
+ * interrupt to the other core), so a worker that has finished a job watches
+ * for the next one for a short while (SPIN_NS) before it sleeps on the
+ * condition variable, and the caller watches for the workers' end the same
+ * way. A pool with more threads than online processors never spins: a
+ * spinning thread would take the processor from one with work.
  */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "internal.h"
 
+#define SPIN_NS 200000 /* how long a thread watches before it sleeps */
+
 struct peft_pool {
     int n_threads; /* including the caller */
+    int spin;      /* watch before sleeping (threads <= online processors) */
     pthread_t *threads;
     pthread_mutex_t mu;
     pthread_cond_t wake, done;
-    uint64_t generation;
-    int stop;
+    atomic_uint_fast64_t generation; /* bumped once per job, after the job is set */
+    atomic_int stop;
+    atomic_int sleepers;       /* workers in (or about to enter) the wake wait */
+    atomic_int caller_waiting; /* the caller is in (or about to enter) the done wait */
     /* current job */
     void (*fn)(void *, int32_t);
     void *arg;
     int32_t n;
     atomic_int next;
-    int active; /* workers still running the current job */
+    atomic_int active; /* workers still running the current job */
 };
+
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* Watches until done(p, arg) holds or SPIN_NS pass; returns whether it holds. */
+static int spin_until(peft_pool *p, int (*done)(peft_pool *, const void *), const void *arg)
+{
+    if (!p->spin)
+        return done(p, arg);
+    int64_t deadline = 0;
+    for (uint32_t i = 0;; i++) {
+        if (done(p, arg))
+            return 1;
+        if ((i & 255) == 0) { /* the clock read costs more than a pause */
+            int64_t t = now_ns();
+            if (!deadline)
+                deadline = t + SPIN_NS;
+            else if (t > deadline)
+                return 0;
+        }
+        cpu_relax();
+    }
+}
+
+static int job_posted(peft_pool *p, const void *seen)
+{
+    return atomic_load_explicit(&p->generation, memory_order_acquire) != *(const uint64_t *)seen ||
+           atomic_load_explicit(&p->stop, memory_order_relaxed);
+}
+
+static int workers_done(peft_pool *p, const void *unused)
+{
+    (void)unused;
+    return atomic_load_explicit(&p->active, memory_order_acquire) == 0;
+}
 
 static void run_tasks(peft_pool *p)
 {
@@ -40,20 +104,29 @@ static void *worker_main(void *vp)
 {
     peft_pool *p = vp;
     uint64_t seen = 0;
-    pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (!p->stop && p->generation == seen)
-            pthread_cond_wait(&p->wake, &p->mu);
-        if (p->stop)
+        if (!spin_until(p, job_posted, &seen)) {
+            /* sleep: announce it first, so that a job posted from now on wakes this thread
+               (the caller reads sleepers after it bumps generation; this thread bumps
+               sleepers before it reads generation: one of the two sees the other) */
+            pthread_mutex_lock(&p->mu);
+            atomic_fetch_add(&p->sleepers, 1);
+            while (!job_posted(p, &seen))
+                pthread_cond_wait(&p->wake, &p->mu);
+            atomic_fetch_sub(&p->sleepers, 1);
+            pthread_mutex_unlock(&p->mu);
+        }
+        if (atomic_load(&p->stop))
             break;
-        seen = p->generation;
-        pthread_mutex_unlock(&p->mu);
+        seen = atomic_load_explicit(&p->generation, memory_order_acquire);
         run_tasks(p);
-        pthread_mutex_lock(&p->mu);
-        if (--p->active == 0)
+        /* the same handshake for the end of the job, with the caller's caller_waiting */
+        if (atomic_fetch_sub(&p->active, 1) == 1 && atomic_load(&p->caller_waiting)) {
+            pthread_mutex_lock(&p->mu);
             pthread_cond_signal(&p->done);
+            pthread_mutex_unlock(&p->mu);
+        }
     }
-    pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
@@ -66,6 +139,8 @@ int peft__pool_create(peft_pool **out, int n_threads)
     if (!p)
         return peft__fail(PEFT_ENOMEM, "thread pool: out of memory");
     p->n_threads = 1;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    p->spin = cpus > 0 && n_threads <= cpus;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);
@@ -93,7 +168,7 @@ void peft__pool_destroy(peft_pool *p)
     if (!p)
         return;
     pthread_mutex_lock(&p->mu);
-    p->stop = 1;
+    atomic_store(&p->stop, 1);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->mu);
     for (int i = 0; i < p->n_threads - 1; i++)
@@ -117,18 +192,24 @@ void peft__pool_for(void *vp, int32_t n, void (*fn)(void *arg, int32_t i), void 
             fn(arg, i);
         return;
     }
-    pthread_mutex_lock(&p->mu);
     p->fn = fn;
     p->arg = arg;
     p->n = n;
-    atomic_store(&p->next, 0);
-    p->active = p->n_threads - 1;
-    p->generation++;
-    pthread_cond_broadcast(&p->wake);
-    pthread_mutex_unlock(&p->mu);
+    atomic_store_explicit(&p->next, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->active, p->n_threads - 1, memory_order_relaxed);
+    atomic_fetch_add(&p->generation, 1); /* publishes the job (sequentially consistent) */
+    if (atomic_load(&p->sleepers) > 0) {
+        pthread_mutex_lock(&p->mu);
+        pthread_cond_broadcast(&p->wake);
+        pthread_mutex_unlock(&p->mu);
+    }
     run_tasks(p);
+    if (spin_until(p, workers_done, NULL))
+        return;
     pthread_mutex_lock(&p->mu);
-    while (p->active > 0)
+    atomic_store(&p->caller_waiting, 1);
+    while (atomic_load(&p->active) > 0)
         pthread_cond_wait(&p->done, &p->mu);
+    atomic_store(&p->caller_waiting, 0);
     pthread_mutex_unlock(&p->mu);
 }

@@ -2,6 +2,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 #include "../backends/cpu/gemm_bf16.h"
 #include "../lib/internal.h"
@@ -490,6 +491,47 @@ TEST(dropout_mask)
     CHECK(kept > 14700 && kept < 15300);
 }
 
+/* ---- the thread pool: every task of every job runs exactly once, whether the workers are
+   watching for the next job, asleep (a pause longer than their watch), or slower than the
+   caller (which then sleeps until they end) ---- */
+struct pool_job {
+    int32_t *out;
+    int32_t tag;
+    int slow_task; /* this task sleeps 2 ms; -1: none */
+};
+
+static void pool_task(void *vp, int32_t i)
+{
+    const struct pool_job *j = vp;
+    if (i == j->slow_task)
+        nanosleep(&(struct timespec){0, 2000000}, NULL);
+    j->out[i] += j->tag + i;
+}
+
+TEST(thread_pool)
+{
+    const int threads[] = {2, 3, 64}; /* 64: more threads than processors, never watching */
+    for (size_t t = 0; t < sizeof threads / sizeof threads[0]; t++) {
+        peft_pool *pool;
+        CHECK_OK(peft__pool_create(&pool, threads[t]));
+        CHECK(peft__pool_threads(pool) == threads[t]);
+        int32_t out[64] = {0}, want[64] = {0};
+        int jobs = threads[t] == 64 ? 300 : 20000, bad = 0;
+        for (int j = 0; j < jobs; j++) {
+            struct pool_job job = {out, j % 1000, j % 97 == 5 ? 1 : -1};
+            int32_t n = 1 + j % 64;
+            peft__pool_for(pool, n, pool_task, &job);
+            for (int32_t i = 0; i < n; i++)
+                want[i] += j % 1000 + i;
+            bad += memcmp(out, want, sizeof out) != 0; /* all done when the call returns */
+            if (j % 1000 == 999) /* long enough for every worker to fall asleep */
+                nanosleep(&(struct timespec){0, 3000000}, NULL);
+        }
+        CHECK(bad == 0);
+        peft__pool_destroy(pool);
+    }
+}
+
 /* ---- every backend against a naive double-precision GEMM ---- */
 static void naive(int ta, int tb, int M, int N, int K, float alpha, const float *a, int lda,
                   const float *b, int ldb, float beta, float *c, int ldc)
@@ -959,7 +1001,7 @@ TEST(quantized_weights)
 static const struct h_case cases[] = {
     CASE(rmsnorm),     CASE(rope),         CASE(attention_gqa),   CASE(attention_packed_documents),
     CASE(attention_sliding_window), CASE(attention_shared_prefix), CASE(attention_softcap), CASE(swiglu), CASE(geglu),
-    CASE(cross_entropy), CASE(cross_entropy_softcap), CASE(lora_linear), CASE(lora_linear_dropout), CASE(ia3_linear_bias), CASE(ia3_linear_bias_feedforward), CASE(dropout_mask),
+    CASE(cross_entropy), CASE(cross_entropy_softcap), CASE(lora_linear), CASE(lora_linear_dropout), CASE(ia3_linear_bias), CASE(ia3_linear_bias_feedforward), CASE(dropout_mask), CASE(thread_pool),
     CASE(backend_cpu_gemm), CASE(backend_cpu_gemm_bf16), CASE(fast_expf_accuracy), CASE(lane_reductions), CASE(backend_blis_gemm), CASE(quantized_weights), CASE(quantizers_round_trip),
     CASE(gguf_embeddings_stay_quantized), CASE(k_quantizers_round_trip),
 };
