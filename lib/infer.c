@@ -100,8 +100,10 @@ static const lora_view *view(peft_session *s, lora_view *lv, int l, int kind)
     return peft__view_of(s->m, lv, l, kind, 0);
 }
 
-/* one position: token tok, or the embedding row emb when it is not NULL */
-static void feed_one(peft_session *s, int32_t tok, const float *emb)
+/* one position: token tok, or the embedding row emb when it is not NULL, of a feed that ends at
+   position rope_len - 1 (as transformers, LongRoPE's long factors rotate a whole feed, the
+   prefill of a prompt included, whose last position is past the original length) */
+static void feed_one(peft_session *s, int32_t tok, const float *emb, int rope_len)
 {
     peft_model *m = s->m;
     const peft_config *c = &m->cfg;
@@ -140,8 +142,8 @@ static void feed_one(peft_session *s, int32_t tok, const float *emb)
         peft_config local;
         const peft_config *rc = rope_config_of(c, l, &local);
         if (peft__layer_rope(c, l)) { /* SmolLM3's NoPE layers: no rotation */
-            rope_at(s->q, H, pos, rc);
-            rope_at(kp, Hk, pos, rc);
+            rope_at(s->q, H, pos, rope_len, rc);
+            rope_at(kp, Hk, pos, rope_len, rc);
         }
         const int win = peft__layer_window(c, l), j0 = win > 0 && pos - win + 1 > 0 ? pos - win + 1 : 0;
         for (int h = 0; h < H; h++) {
@@ -220,11 +222,12 @@ int peft_session_feed(peft_session *s, const int32_t *tokens, int32_t n, float *
         if (tokens[i] < 0 || tokens[i] >= m->cfg.vocab)
             return peft__fail(PEFT_EINVAL, "peft_session_feed: token %d outside the vocabulary", tokens[i]);
     peft__norms_sync(m);
+    int rope_len = s->pos + P + n;
     for (int i = 0; i < P; i++)
-        feed_one(s, 0, m->lora->params + (size_t)i * m->cfg.dim);
+        feed_one(s, 0, m->lora->params + (size_t)i * m->cfg.dim, rope_len);
     s->virt += P;
     for (int32_t i = 0; i < n; i++)
-        feed_one(s, tokens[i], NULL);
+        feed_one(s, tokens[i], NULL, rope_len);
     if (logits) {
         if (s->pos == 0)
             return peft__fail(PEFT_ESTATE, "peft_session_feed: no position to predict from");

@@ -1161,6 +1161,49 @@ TEST(torch_step_phi3)
 /* LongRoPE's long factors from a length past original_max_position_embeddings (12 > 8 here,
    the attention factor pinned to the tiny model's), never below it; malformed factor lists, a
    partial rotation of no dimension and an unknown scaling refused */
+/* A session's feed past the original length (8 here) rotates all of its positions with the long
+   factors, as transformers does for a forward call whose largest position is past it: a prompt of
+   19 tokens prefilled in one feed predicts token 20 as the batched forward of 20 tokens does (the
+   loss of 20 tokens less that of 19: both past 8, both long); fed one token at a time, the first
+   positions take the short factors (transformers' token-by-token decoding), and the loss differs */
+static void phi3_prefill_past_original(void)
+{
+    char d[21], cfg[1024];
+    snprintf(cfg, sizeof cfg, TINY_PHI3, PHI3_ROPE("8", "32", "[2.0, 4.0, 8.0]", PHI3_AF));
+    variant_dir(d, "tiny_phi3/model.safetensors", cfg);
+    peft_model *m = NULL;
+    CHECK_OK(peft_model_open(&m, d, NULL));
+    int32_t tok[20];
+    for (int i = 0; i < 20; i++)
+        tok[i] = (i * 7 + 3) % 48;
+    double nll[2] = {0, 0}, sums[2];
+    for (int n = 19; m && n <= 20; n++) {
+        peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 1, n, NULL};
+        peft_eval_result e = PEFT_EVAL_RESULT_INIT;
+        CHECK_OK(peft_eval(m, &b, &e));
+        sums[n - 19] = e.loss_sum;
+    }
+    peft_session *s = NULL;
+    CHECK_OK(peft_session_create(&s, m, 20));
+    for (int mode = 0; s && mode < 2; mode++) { /* 0: one feed of 19, 1: 19 feeds of one */
+        float logits[48];
+        CHECK_OK(peft_session_reset(s));
+        for (int i = 0; i < (mode ? 19 : 1); i++)
+            CHECK_OK(peft_session_feed(s, tok + i, mode ? 1 : 19, logits));
+        double mx = logits[0], z = 0;
+        for (int v = 1; v < 48; v++)
+            mx = logits[v] > mx ? logits[v] : mx;
+        for (int v = 0; v < 48; v++)
+            z += exp(logits[v] - mx);
+        nll[mode] = mx + log(z) - logits[tok[19]];
+    }
+    CHECK_MSG(fabs(nll[0] - (sums[1] - sums[0])) < 1e-5 && fabs(nll[1] - nll[0]) > 1e-4, "%.9g %.9g %.9g", nll[0],
+              nll[1], sums[1] - sums[0]);
+    peft_session_free(&s);
+    peft_model_close(&m);
+    model_dir_remove(d);
+}
+
 TEST(phi3_longrope)
 {
     static const char *const same[] = {PHI3_ROPE("32", "128", "[2.0, 4.0, 8.0]", ""),
@@ -1178,6 +1221,7 @@ TEST(phi3_longrope)
     CHECK_MSG(loss[0] == variant_loss(test_data("tiny_phi3")) && fabs(loss[1] - loss[0]) < 1e-9 * loss[0] &&
               fabs(loss[2] - loss[0]) > 1e-4 && loss[3] == loss[0],
               "%.9g %.9g %.9g %.9g", loss[0], loss[1], loss[2], loss[3]);
+    phi3_prefill_past_original();
     static const char *const bad[][2] = {
         {PHI3_ROPE("32", "128", "[2.0, 4.0]", ""), "long_factor"},
         {PHI3_ROPE("32", "128", "[2.0, 4.0, -1]", ""), "long_factor[2]"},

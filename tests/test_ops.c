@@ -146,7 +146,7 @@ TEST(rope)
             CHECK(y1[i] == x1[i]);
         float at[QHD];
         memcpy(at, x1, sizeof at);
-        rope_at(at, 1, 1, &rc); /* the inference path agrees */
+        rope_at(at, 1, 1, 2, &rc); /* the inference path agrees */
         for (int i = 0; i < QHD; i++)
             CHECK_CLOSE(at[i], y1[i], 1e-6);
     }

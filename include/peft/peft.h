@@ -731,7 +731,10 @@ PEFT_API int32_t peft_session_length(const peft_session *session);
 /*
  * Append n tokens at the next positions; if logits is not NULL, write the
  * vocab_size next-token logits after the last one. The adapter state
- * (peft_adapter_enable) in force during each feed is used.
+ * (peft_adapter_enable) in force during each feed is used. LongRoPE (Phi-3)
+ * rotates a whole feed with the long factors when its last position is past
+ * original_max_position_embeddings, as transformers does per forward call: a
+ * long prompt prefilled in one feed is rotated as the batched forward rotates it.
  */
 PEFT_API int peft_session_feed(peft_session *session, const int32_t *tokens, int32_t n, float *logits);
 

@@ -31,7 +31,7 @@ void rope_backward(void *pool, float *dx, const float *cos_t, const float *sin_t
                    int B, int T, int n_heads, int hd, int rot);
 
 /* x (n_heads*hd) of one position rotated in place */
-void rope_at(float *x, int n_heads, int pos, const peft_config *c);
+void rope_at(float *x, int n_heads, int pos, int len, const peft_config *c);
 /* The config of layer l's RoPE: c itself, or (Gemma 3's sliding layers) *tmp made from c
    with the local base and no scaling */
 const peft_config *rope_config_of(const peft_config *c, int l, peft_config *tmp);

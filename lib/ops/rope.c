@@ -74,11 +74,12 @@ void rope_backward(void *pool, float *dx, const float *cos_t, const float *sin_t
     peft__pool_for(pool, B * T, rope_task, &a);
 }
 
-// x (n_heads*hd) at position pos, in place (inference with a KV cache)
-void rope_at(float *x, int n_heads, int pos, const peft_config *cf)
+// x (n_heads*hd) at position pos, in place (inference with a KV cache), in a forward call whose
+// largest position is len - 1 (LongRoPE's factors are chosen by it, for the whole call)
+void rope_at(float *x, int n_heads, int pos, int len, const peft_config *cf)
 {
     peft_config tmp;
-    const peft_config *rc = long_or_short(cf, pos + 1, &tmp);
+    const peft_config *rc = long_or_short(cf, len, &tmp);
     int hd = cf->head_dim, half = peft__rot_dim(cf) / 2;
     double ms = cf->rope_mscale > 0 ? cf->rope_mscale : 1.0;
     for (int i = 0; i < half; i++) {
