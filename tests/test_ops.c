@@ -556,10 +556,10 @@ static void check_backend(const peft_backend *be, int threads)
     /* small shapes take the plain loops; N <= 16 the narrow kernel (A read in place, edge rows
        of a tile included, K in blocks of 256); M <= 16 the narrow kernel on the transposed
        product with C stored transposed; the rest the packed kernel, crossing its MC (64),
-       KC (256), NC (1024), MR (8) and NR (16) block edges */
+       KC (640: K in equal blocks, three for K = 1300), NC (1024), MR (8) and NR (16) block edges */
     const int shapes[][3] = {{1, 1, 1},     {17, 13, 29},   {64, 8, 200},    {8, 70, 5},     {33, 65, 1},
                              {16, 16, 16},  {100, 70, 300}, {67, 1030, 260}, {129, 17, 513}, {150, 16, 600},
-                             {70, 5, 1030}, {16, 70, 300},  {5, 100, 600},   {13, 17, 520}};
+                             {70, 5, 1030}, {16, 70, 300},  {5, 100, 600},   {13, 17, 520},  {40, 33, 1300}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++)
