@@ -439,10 +439,8 @@ int peft_model_open(peft_model **out, const char *path, const peft_open_options 
     }
     if (!code) {
         int nt = o.n_threads;
-        if (nt <= 0) {
-            long n = sysconf(_SC_NPROCESSORS_ONLN);
-            nt = n > 0 ? (int)n : 1;
-        }
+        if (nt <= 0)
+            nt = peft__cpu_count();
         if (nt > 256)
             nt = 256;
         m->n_threads = nt;

@@ -11,10 +11,11 @@
  * interrupt to the other core), so a worker that has finished a job watches
  * for the next one for a short while (SPIN_NS) before it sleeps on the
  * condition variable, and the caller watches for the workers' end the same
- * way. A pool with more threads than online processors never spins: a
- * spinning thread would take the processor from one with work.
+ * way. A pool with more threads than the processors this process may run on
+ * never spins: a spinning thread would take the processor from one with work.
  */
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <time.h>
@@ -26,7 +27,7 @@
 
 struct peft_pool {
     int n_threads; /* including the caller */
-    int spin;      /* watch before sleeping (threads <= online processors) */
+    int spin;      /* watch before sleeping (threads <= processors) */
     pthread_t *threads;
     pthread_mutex_t mu;
     pthread_cond_t wake, done;
@@ -130,6 +131,17 @@ static void *worker_main(void *vp)
     return NULL;
 }
 
+int peft__cpu_count(void)
+{
+#ifdef CPU_COUNT
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0)
+        return CPU_COUNT(&set); /* what taskset or a container's cpuset leaves to this process */
+#endif
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
 int peft__pool_create(peft_pool **out, int n_threads)
 {
     *out = NULL;
@@ -139,8 +151,7 @@ int peft__pool_create(peft_pool **out, int n_threads)
     if (!p)
         return peft__fail(PEFT_ENOMEM, "thread pool: out of memory");
     p->n_threads = 1;
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    p->spin = cpus > 0 && n_threads <= cpus;
+    p->spin = n_threads <= peft__cpu_count();
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);

@@ -1,5 +1,6 @@
 /* Finite-difference checks of every forward/backward pair, and backends vs the reference. */
 #include <math.h>
+#include <sched.h>
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -510,6 +511,23 @@ static void pool_task(void *vp, int32_t i)
 
 TEST(thread_pool)
 {
+#ifdef CPU_COUNT
+    /* the default thread count and the pool's watching follow the affinity mask (taskset, a
+       container's cpuset), not the machine's processor count */
+    cpu_set_t all, one;
+    if (sched_getaffinity(0, sizeof all, &all) == 0) {
+        CHECK(peft__cpu_count() == CPU_COUNT(&all));
+        CPU_ZERO(&one);
+        for (int c = 0; c < CPU_SETSIZE; c++)
+            if (CPU_ISSET(c, &all)) {
+                CPU_SET(c, &one);
+                break;
+            }
+        CHECK(sched_setaffinity(0, sizeof one, &one) == 0);
+        CHECK(peft__cpu_count() == 1);
+        CHECK(sched_setaffinity(0, sizeof all, &all) == 0);
+    }
+#endif
     const int threads[] = {2, 3, 64}; /* 64: more threads than processors, never watching */
     for (size_t t = 0; t < sizeof threads / sizeof threads[0]; t++) {
         peft_pool *pool;

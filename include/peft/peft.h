@@ -63,7 +63,7 @@ typedef struct peft_model peft_model;
 
 typedef struct peft_open_options {
     uint32_t version;
-    int32_t n_threads;   /* <= 0: number of online CPUs */
+    int32_t n_threads;   /* <= 0: the CPUs this process may run on (its affinity mask) */
     const char *backend; /* NULL: default ("cpu"); "cpu", "blis" */
     /* version 2: how the frozen float32 linear weights and lm_head are held for the products.
        NULL or "f32": as read. "bf16": rounded to BFloat16 (half the memory; the float32 pages

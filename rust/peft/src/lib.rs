@@ -253,7 +253,7 @@ pub enum Init {
 /// Options of model opening.
 #[derive(Debug, Clone, Default)]
 pub struct OpenOptions {
-    /// Worker threads; 0: the number of online CPUs.
+    /// Worker threads; 0: the CPUs this process may run on (its affinity mask).
     pub threads: i32,
     /// "cpu" (default) or "blis".
     pub backend: Option<String>,
