@@ -335,8 +335,8 @@ static int phi3_config(peft_config *cfg, const json_value *root, const char *wha
 {
     cfg->fused = 1;
     double prf = num_or(root, "partial_rotary_factor", 1.0);
-    int rot = (int)(cfg->head_dim * prf); /* int(), as transformers truncates it */
-    if (!(prf > 0 && prf <= 1) || rot < 2 || rot % 2)
+    int rot = prf > 0 && prf <= 1 ? (int)(cfg->head_dim * prf) : 0; /* int(), as transformers truncates it */
+    if (rot < 2 || rot % 2)
         return peft__fail(PEFT_EFORMAT, "%s: partial_rotary_factor %g leaves %d rotated dimensions of %d (an even "
                                         "number from 2 up is needed)", what, prf, rot, cfg->head_dim);
     cfg->rot_dim = rot == cfg->head_dim ? 0 : rot;

@@ -1226,6 +1226,7 @@ TEST(phi3_longrope)
         {PHI3_ROPE("32", "128", "[2.0, 4.0]", ""), "long_factor"},
         {PHI3_ROPE("32", "128", "[2.0, 4.0, -1]", ""), "long_factor[2]"},
         {"\"partial_rotary_factor\": 0.1", "partial_rotary_factor"},
+        {"\"partial_rotary_factor\": 7e75", "partial_rotary_factor"}, /* no int overflow (a fuzz find) */
         {"\"rope_scaling\": {\"type\": \"yarn\", \"factor\": 4}", "yarn"},
         {"\"attention_bias\": true", "biases"},
     };
