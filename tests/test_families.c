@@ -1158,9 +1158,6 @@ TEST(torch_step_phi3)
     rmdir(dir);
 }
 
-/* LongRoPE's long factors from a length past original_max_position_embeddings (12 > 8 here,
-   the attention factor pinned to the tiny model's), never below it; malformed factor lists, a
-   partial rotation of no dimension and an unknown scaling refused */
 /* A session's feed past the original length (8 here) rotates all of its positions with the long
    factors, as transformers does for a forward call whose largest position is past it: a prompt of
    19 tokens prefilled in one feed predicts token 20 as the batched forward of 20 tokens does (the
@@ -1204,6 +1201,10 @@ static void phi3_prefill_past_original(void)
     model_dir_remove(d);
 }
 
+/* LongRoPE's long factors from a length past original_max_position_embeddings (12 > 8 here,
+   the attention factor pinned to the tiny model's), never below it, and in a session's prefill
+   past it; malformed factor lists, a partial rotation of no dimension or out of range and an
+   unknown scaling refused */
 TEST(phi3_longrope)
 {
     static const char *const same[] = {PHI3_ROPE("32", "128", "[2.0, 4.0, 8.0]", ""),
