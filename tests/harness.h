@@ -155,6 +155,18 @@ static inline void adapter_dir_remove(const char *dir)
     dir_with_two_remove(dir, "adapter_model.safetensors", "adapter_config.json");
 }
 
+/* -log softmax(logits)[target] over n logits, in double (a session's next-token loss, to set
+   against peft_eval's loss_sum) */
+static inline double logits_nll(const float *logits, int n, int target)
+{
+    double mx = logits[0], z = 0;
+    for (int v = 1; v < n; v++)
+        mx = logits[v] > mx ? logits[v] : mx;
+    for (int v = 0; v < n; v++)
+        z += exp(logits[v] - mx);
+    return mx + log(z) - logits[target];
+}
+
 /* Shared assets beside the checkout; NULL when absent. */
 static inline const char *shared_dir(void)
 {

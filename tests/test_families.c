@@ -1187,12 +1187,7 @@ static void phi3_prefill_past_original(void)
         CHECK_OK(peft_session_reset(s));
         for (int i = 0; i < (mode ? 19 : 1); i++)
             CHECK_OK(peft_session_feed(s, tok + i, mode ? 1 : 19, logits));
-        double mx = logits[0], z = 0;
-        for (int v = 1; v < 48; v++)
-            mx = logits[v] > mx ? logits[v] : mx;
-        for (int v = 0; v < 48; v++)
-            z += exp(logits[v] - mx);
-        nll[mode] = mx + log(z) - logits[tok[19]];
+        nll[mode] = logits_nll(logits, 48, tok[19]);
     }
     CHECK_MSG(fabs(nll[0] - (sums[1] - sums[0])) < 1e-5 && fabs(nll[1] - nll[0]) > 1e-4, "%.9g %.9g %.9g", nll[0],
               nll[1], sums[1] - sums[0]);
