@@ -6,30 +6,23 @@ whole head and no scaling, so the two directories compute the same model.
     /usr/bin/python3 bench/to_phi3.py out/bench/smollm out/bench/smollm-phi3
 
 Used to measure the fused products against the separate ones (bench/ab_step.py --models).
-Reads and writes F32 safetensors with numpy (one file, as bench/torch_vs_peft.py writes it).
+Reads and writes F32 safetensors with tests/gguf_write.py's numpy reader and writer (one file,
+as bench/torch_vs_peft.py writes it).
 """
 import json
 import os
-import struct
 import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+from gguf_write import st_read, st_write  # noqa: E402
 
 
 def main():
     src, dst = sys.argv[1], sys.argv[2]
     cfg = json.load(open(os.path.join(src, "config.json")))
-    raw = open(os.path.join(src, "model.safetensors"), "rb").read()
-    n = struct.unpack("<Q", raw[:8])[0]
-    head = json.loads(raw[8:8 + n])
-    data = raw[8 + n:]
-    t = {}
-    for k, v in head.items():
-        if k == "__metadata__":
-            continue
-        assert v["dtype"] == "F32", (k, v["dtype"])
-        a, b = v["data_offsets"]
-        t[k] = np.frombuffer(data[a:b], dtype=np.float32).reshape(v["shape"])
+    t = st_read(os.path.join(src, "model.safetensors"))
     out = {}
     for k, v in t.items():
         if ".self_attn.q_proj." in k:
@@ -43,16 +36,7 @@ def main():
     cfg.update({"architectures": ["Phi3ForCausalLM"], "model_type": "phi3", "rope_scaling": None})
     os.makedirs(dst, exist_ok=True)
     json.dump(cfg, open(os.path.join(dst, "config.json"), "w"), indent=2)
-    hdr, off = {}, 0
-    for k in sorted(out):
-        hdr[k] = {"dtype": "F32", "shape": list(out[k].shape), "data_offsets": [off, off + out[k].nbytes]}
-        off += out[k].nbytes
-    h = json.dumps(hdr).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(os.path.join(dst, "model.safetensors"), "wb") as f:
-        f.write(struct.pack("<Q", len(h)) + h)
-        for k in sorted(out):
-            f.write(np.ascontiguousarray(out[k]).tobytes())
+    st_write(os.path.join(dst, "model.safetensors"), out)
 
 
 if __name__ == "__main__":

@@ -311,4 +311,5 @@ def main():
             json.dump(cfg, f, indent=2)
 
 
-main()
+if __name__ == "__main__":  # bench/to_phi3.py imports st_read and st_write
+    main()
