@@ -44,8 +44,7 @@ typedef float v16 __attribute__((vector_size(64), aligned(4)));
 /* c (mr x nr of an R x NR tile of C, row stride ldc) += alpha * a (kc x R, packed) * b (kc x NR, packed) */
 #define MICRO_KERNEL_BODY(R)                                                                       \
     v16 acc[R];                                                                                    \
-    for (int i = 0; i < R; i++)                                                                    \
-        acc[i] = (v16){0};                                                                         \
+    _Pragma("GCC unroll 16") for (int i = 0; i < R; i++) acc[i] = (v16){0};                        \
     for (int i = 0; i < mr; i++) { /* the tile of C arrives while the k loop runs */               \
         __builtin_prefetch(c + (int64_t)i * ldc, 1, 3);                                            \
         __builtin_prefetch(c + (int64_t)i * ldc + NR - 1, 1, 3);                                   \
@@ -55,15 +54,17 @@ typedef float v16 __attribute__((vector_size(64), aligned(4)));
         memcpy(&bv, b + (int64_t)p * NR, sizeof bv);                                               \
         const float *ap = a + (int64_t)p * R;                                                      \
         __builtin_prefetch(ap + 32 * R);                                                           \
-        for (int i = 0; i < R; i++)                                                                \
-            acc[i] += ap[i] * bv;                                                                  \
+        _Pragma("GCC unroll 16") for (int i = 0; i < R; i++) acc[i] += ap[i] * bv;                 \
     }                                                                                              \
-    STORE_TILE
+    STORE_TILE(R)
 
-/* the accumulated tile acc (mr x nr used) into c: c = alpha acc (store) or c += alpha acc */
-#define STORE_TILE                                                                                 \
-    if (nr == NR) {                                                                                \
-        for (int i = 0; i < mr; i++) {                                                             \
+/* the accumulated tile acc (mr x nr used) into c: c = alpha acc (store) or c += alpha acc. A
+   whole tile is written with constant bounds, so the accumulators stay in registers (a loop to
+   a run-time mr made the compiler keep them in memory: zeroed there on every call, and spilled
+   after the k loop); a partial one goes through a copy */
+#define STORE_TILE(R)                                                                              \
+    if (mr == R && nr == NR) {                                                                     \
+        _Pragma("GCC unroll 16") for (int i = 0; i < R; i++) {                                     \
             v16 ci = (v16){0};                                                                     \
             if (!store)                                                                            \
                 memcpy(&ci, c + (int64_t)i * ldc, sizeof ci);                                      \
@@ -72,12 +73,15 @@ typedef float v16 __attribute__((vector_size(64), aligned(4)));
         }                                                                                          \
         return;                                                                                    \
     }                                                                                              \
+    float t[R][NR];                                                                                \
+    _Pragma("GCC unroll 16") for (int i = 0; i < R; i++) {                                         \
+        v16 ai = acc[i];                                                                           \
+        memcpy(t[i], &ai, sizeof ai);                                                              \
+    }                                                                                              \
     for (int i = 0; i < mr; i++) {                                                                 \
         float *ci = c + (int64_t)i * ldc;                                                          \
-        float t[NR];                                                                               \
-        memcpy(t, &acc[i], sizeof t);                                                              \
         for (int j = 0; j < nr; j++)                                                               \
-            ci[j] = (store ? 0.0f : ci[j]) + alpha * t[j];                                         \
+            ci[j] = (store ? 0.0f : ci[j]) + alpha * t[i][j];                                      \
     }
 
 KERNEL_CLONES
@@ -118,7 +122,7 @@ __attribute__((target("avx512f"))) static void micro_kernel_wide(int kc, const f
         store_tile_t(acc, c, ldc, alpha, mr, nr, store);                                           \
         return;                                                                                    \
     }                                                                                              \
-    STORE_TILE
+    STORE_TILE(R)
 
 /* the tile acc (mr x nr used, acc[i] = row i) into c transposed: c[j ldc + i] = alpha acc[i][j]
    (store) or += */
