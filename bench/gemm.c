@@ -60,6 +60,10 @@ int main(int argc, char **argv)
     size_t big = (size_t)1024 * 49152;
     float *a = malloc(big * 4), *b = malloc(big * 4), *c = malloc(big * 4);
     uint16_t *bh = malloc(big * 2);
+    if (!a || !b || !c || !bh) {
+        fprintf(stderr, "bench-gemm: out of memory (%zu MB)\n", big * 14 >> 20);
+        return 1;
+    }
     for (size_t i = 0; i < big; i++) {
         a[i] = (float)(i % 7) * 0.1f;
         b[i] = (float)(i % 5) * 0.1f;
