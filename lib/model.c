@@ -448,8 +448,8 @@ int peft_model_open(peft_model **out, const char *path, const peft_open_options 
     }
     if (!code)
         code = pick_backend(m, o.backend);
-    if (!code && bf16)
-        code = peft__weights_to_bf16(m);
+    if (!code)
+        code = bf16 ? peft__weights_to_bf16(m) : peft__weights_to_memory(m);
     if (!code)
         code = alloc_qpanel(m);
     if (code) {

@@ -235,6 +235,8 @@ int peft__owned_release(peft_model *m, const void *p);
 int peft__in_mapping(const peft_model *m, const void *p, size_t n);
 /* qweight.c: frozen_dtype "bf16": BF16 copies of the float32 linear weights and lm_head */
 int peft__weights_to_bf16(peft_model *m);
+/* qweight.c: the float32 matrices used in place from a file mapping copied onto 2 MiB pages */
+int peft__weights_to_memory(peft_model *m);
 
 /* The frozen weight of (layer, kind) in effect: the attachment's PiSSA/OLoRA residual, or the
    model's (merged copies included). */

@@ -5,6 +5,8 @@
  * float GEMM on the panel, so a 4-bit base costs 4-bit memory, not float32.
  */
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <stddef.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -515,5 +517,99 @@ int peft__weights_to_bf16(peft_model *m)
     if (!(m->head.bf16 = bf16_copy(m, m->head.f, n, &exact)))
         return PEFT_ENOMEM;
     release_mapped(m, m->head.f, n);
+    return PEFT_OK;
+}
+
+/* ---- float32 weights on 2 MiB pages ---- */
+
+/* whether the kernel gives anonymous memory transparent huge pages when asked ("always" or
+   "madvise" mode) */
+static int huge_pages_offered(void)
+{
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    char s[128] = "";
+    if (!f)
+        return 0;
+    if (!fgets(s, sizeof s, f))
+        s[0] = 0;
+    fclose(f);
+    return strstr(s, "[always]") || strstr(s, "[madvise]");
+}
+
+/* weight i of the model: the layers' linear weights, then the embeddings and lm_head */
+static peft_w *nth_weight(peft_model *m, int i)
+{
+    int per = PEFT_MOD_COUNT;
+    if (i < m->cfg.n_layers * per)
+        return &m->layers[i / per].w[i % per];
+    i -= m->cfg.n_layers * per;
+    return i == 0 ? &m->embed : i == 1 ? &m->head : NULL;
+}
+
+/* The frozen float32 matrices that the products read in place from a file mapping (4 KiB
+   pages, with a TLB miss every 4 KiB as a product streams them) copied into one allocation on
+   2 MiB pages, each distinct matrix once (a tied lm_head is the embedding matrix): a training
+   step about 3-5% faster on a VM (bench/RESULTS.md, session 18). Not where the kernel offers no
+   transparent huge pages, nor with PEFT_MMAP_WEIGHTS=1 (the pages then stay the file's, shared
+   with other processes that map it). Never an error: without the memory, they stay mapped. */
+int peft__weights_to_memory(peft_model *m)
+{
+    const char *env = getenv("PEFT_MMAP_WEIGHTS");
+    if ((env && env[0] && strcmp(env, "0") != 0) || !huge_pages_offered())
+        return PEFT_OK;
+    int total = m->cfg.n_layers * PEFT_MOD_COUNT + 2;
+    const float **from = calloc((size_t)total, sizeof *from);
+    float **to = calloc((size_t)total, sizeof *to);
+    size_t bytes = 0;
+    int count = 0;
+    for (int i = 0; from && to && i < total; i++) {
+        const peft_w *w = nth_weight(m, i);
+        size_t n = (size_t)w->rows * (size_t)w->cols;
+        if (!w->f || w->q || w->bf16 || !peft__in_mapping(m, w->f, n * sizeof(float)))
+            continue;
+        int seen = 0;
+        for (int j = 0; j < count && !seen; j++)
+            seen = from[j] == w->f;
+        if (!seen) {
+            from[count++] = w->f;
+            bytes += (n * sizeof(float) + 63) & ~(size_t)63;
+        }
+    }
+    const size_t huge = (size_t)2 << 20;
+    size_t round = (bytes + huge - 1) & ~(huge - 1);
+    uint8_t *arena = count && from && to ? aligned_alloc(huge, round) : NULL;
+    if (!arena || peft__gguf_add_owned(m, (float *)arena)) { /* not worth an error: stay mapped */
+        free(arena);
+        free(from);
+        free(to);
+        return PEFT_OK;
+    }
+#ifdef MADV_HUGEPAGE
+    madvise(arena, round, MADV_HUGEPAGE);
+#endif
+    /* matrix by matrix, each one's file pages released once copied: the peak holds one matrix
+       twice, not the model */
+    size_t off = 0;
+    for (int i = 0, c = 0; i < total && c < count; i++) {
+        peft_w *w = nth_weight(m, i);
+        if (w->f != from[c])
+            continue;
+        size_t n = (size_t)w->rows * (size_t)w->cols;
+        to[c] = (float *)(arena + off);
+        memcpy(to[c], w->f, n * sizeof(float));
+        release_mapped(m, w->f, n);
+        off += (n * sizeof(float) + 63) & ~(size_t)63;
+        c++;
+    }
+    for (int i = 0; i < total; i++) {
+        peft_w *w = nth_weight(m, i);
+        for (int j = 0; j < count; j++)
+            if (w->f && w->f == from[j]) {
+                w->f = to[j];
+                break;
+            }
+    }
+    free(from);
+    free(to);
     return PEFT_OK;
 }

@@ -706,6 +706,90 @@ TEST(shared_adapter_resave_byte_exact)
     peft_model_close(&m);
 }
 
+/* whether the kernel gives anonymous memory transparent huge pages on request */
+static int huge_pages_offered(void)
+{
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    char s[128] = "";
+    if (!f)
+        return 0;
+    if (!fgets(s, sizeof s, f))
+        s[0] = 0;
+    fclose(f);
+    return strstr(s, "[always]") || strstr(s, "[madvise]");
+}
+
+/* how many of m's frozen float32 matrices lie in its file mapping, of *n; each one's start
+   64-byte aligned where it does not */
+static int mapped_weights(const peft_model *m, int *n)
+{
+    int in = 0;
+    *n = 0;
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        for (int k = 0; k < PEFT_MOD_COUNT; k++) {
+            const peft_w *w = &m->layers[l].w[k];
+            if (!w->f)
+                continue;
+            int mapped = peft__in_mapping(m, w->f, (size_t)(w->rows * w->cols) * 4);
+            CHECK(mapped || (uintptr_t)w->f % 64 == 0);
+            in += mapped;
+            (*n)++;
+        }
+    return in;
+}
+
+TEST(weights_on_huge_pages)
+{
+    /* by default the float32 matrices a model file holds are copied out of its mapping onto
+       2 MiB pages where the kernel offers them; PEFT_MMAP_WEIGHTS=1 keeps them mapped; the
+       numbers are the same bit for bit */
+    const char *tiny = test_data("tiny");
+    int thp = huge_pages_offered(), n;
+    double e_copy, s_copy, e_map, s_map;
+    char held[64];
+    unsetenv("PEFT_MMAP_WEIGHTS");
+    peft_model *m;
+    CHECK_OK(peft_model_open(&m, tiny, NULL));
+    if (!m)
+        return;
+    int in = mapped_weights(m, &n);
+    CHECK_MSG(n == m->cfg.n_layers * 7 && in == (thp ? 0 : n), "%d of %d matrices mapped (huge pages %s)", in, n,
+              thp ? "offered" : "not offered");
+    CHECK(peft__in_mapping(m, m->embed.f, 4) == !thp && peft__in_mapping(m, m->head.f, 4) == !thp);
+    peft_model_close(&m);
+    frozen_losses(tiny, NULL, NULL, &e_copy, &s_copy, held);
+    setenv("PEFT_MMAP_WEIGHTS", "1", 1);
+    CHECK_OK(peft_model_open(&m, tiny, NULL));
+    if (m) {
+        CHECK(mapped_weights(m, &n) == n && peft__in_mapping(m, m->embed.f, 4) && peft__in_mapping(m, m->head.f, 4));
+        peft_model_close(&m);
+    }
+    frozen_losses(tiny, NULL, NULL, &e_map, &s_map, held);
+    CHECK_MSG(isfinite(e_copy) && e_copy == e_map && s_copy == s_map, "eval %.9g / %.9g, step 3 %.9g / %.9g", e_copy,
+              e_map, s_copy, s_map);
+    /* an F32 GGUF file alike (tied embeddings) */
+    if (shared_dir()) {
+        double l[2];
+        for (int mm = 0; mm < 2; mm++) {
+            setenv("PEFT_MMAP_WEIGHTS", mm ? "1" : "0", 1);
+            l[mm] = NAN;
+            CHECK_OK(peft_model_open(&m, sp("models/stories260K/stories260K-f32.gguf"), NULL));
+            if (!m)
+                continue;
+            in = mapped_weights(m, &n);
+            /* (q and k are reordered copies, never mapped) */
+            CHECK_MSG(n == 35 && (mm || !thp ? in == 25 : in == 0), "GGUF: %d of %d mapped", in, n);
+            /* its tied lm_head is the embedding matrix, copied once */
+            CHECK(m->head.f == m->embed.f && peft__in_mapping(m, m->embed.f, 4) == (mm || !thp));
+            uint64_t c;
+            l[mm] = eval_file(m, sp("data/kjv_genesis.stories260K.u32.bin"), 128, &c);
+            peft_model_close(&m);
+        }
+        CHECK_MSG(isfinite(l[0]) && l[0] == l[1], "GGUF: %.9g copied, %.9g mapped", l[0], l[1]);
+    }
+    unsetenv("PEFT_MMAP_WEIGHTS");
+}
+
 TEST(shared_gguf_models)
 {
     if (!shared_dir())
@@ -764,6 +848,6 @@ static const struct h_case cases[] = {
     CASE(torch_step_prompt), CASE(model_gradcheck_prompt), CASE(torch_step_tokens), CASE(model_gradcheck_tokens),
     CASE(torch_combine_ties_dare_magnitude_prune), CASE(torch_step_head_rows), CASE(model_gradcheck_head_rows),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
-    CASE(sharded_and_half_precision_models), CASE(frozen_bf16_weights), CASE(activation_checkpointing_is_exact), CASE(config_errors), CASE(shared_gguf_models),
+    CASE(sharded_and_half_precision_models), CASE(frozen_bf16_weights), CASE(activation_checkpointing_is_exact), CASE(config_errors), CASE(shared_gguf_models), CASE(weights_on_huge_pages),
 };
 TEST_MAIN(cases)

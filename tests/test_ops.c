@@ -929,7 +929,9 @@ TEST(k_quantizers_round_trip)
 
 /* The embeddings and the tied lm_head of a quantized GGUF model stay as stored, in the mapped
    file (the loss and training equal those of the dequantized values: test_golden
-   shared_gguf_models, CLI gguf_quantized_matches_dequantized). */
+   shared_gguf_models, CLI gguf_quantized_matches_dequantized); an F32 file's too, with
+   PEFT_MMAP_WEIGHTS=1 (by default they are copied onto huge pages: test_golden
+   weights_on_huge_pages). */
 TEST(gguf_embeddings_stay_quantized)
 {
     if (!shared_dir())
@@ -940,7 +942,9 @@ TEST(gguf_embeddings_stay_quantized)
         char path[4200];
         snprintf(path, sizeof path, "%s/models/stories260K/%s", shared_dir(), files[i]);
         peft_model *m;
+        setenv("PEFT_MMAP_WEIGHTS", "1", 1);
         CHECK_OK(peft_model_open(&m, path, NULL));
+        unsetenv("PEFT_MMAP_WEIGHTS");
         if (!m)
             continue;
         const uint8_t *lo = m->gguf_map, *hi = lo + m->gguf_size;
