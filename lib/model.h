@@ -213,6 +213,7 @@ struct peft_model {
     double lr, beta1, beta2, eps, weight_decay, grad_clip, min_lr_ratio, loraplus_ratio, embed_lr_ratio;
     double embed_weight_decay, norm_lr_ratio, norm_weight_decay; /* < 0: weight_decay */
     int accum_steps, warmup_steps, total_steps, schedule;
+    size_t opt_chunk;   /* parameters per task of the update (0: the default; tests set others) */
     int64_t step;       /* updates done */
     int micro;          /* micro-batches accumulated since the last update */
     double accum_tokens;

@@ -1,5 +1,6 @@
 /* AdamW over the flat parameter block, learning-rate schedules, clipping, settings. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "model.h"
@@ -161,9 +162,68 @@ static void adamw_group(const struct adamw *a, size_t off, size_t n, double mult
     }
 }
 
-static void adamw_segment(const struct adamw *a, size_t off, size_t n, double mult)
+/* The update runs over the thread pool in chunks of OPT_CHUNK parameters (m->opt_chunk where a
+   test sets it), fixed whatever the thread count (the gradient norm is summed per chunk, then
+   over the chunks in order), so the results never depend on it; with a large adapter (trained
+   embeddings: tens of millions of parameters) a serial update was a stretch of the step in
+   which the other threads waited. */
+#define OPT_CHUNK ((size_t)1 << 16)
+
+/* a run of parameters updated alike: [off, off + n) at mult x the learning rate, decay wd */
+typedef struct {
+    size_t off, n, start; /* start: its first element's place in the runs laid end to end */
+    double mult, wd;
+} opt_run;
+
+struct opt_job {
+    const struct adamw *a;
+    const opt_run *runs;
+    int n_runs;
+    size_t total; /* the runs' elements */
+    const float *g;
+    double inv, *partial;
+    size_t n_params, chunk;
+};
+
+static void norm_task(void *vp, int32_t t)
 {
-    adamw_group(a, off, n, mult, -1.0);
+    struct opt_job *j = vp;
+    size_t lo = (size_t)t * j->chunk, hi = lo + j->chunk < j->n_params ? lo + j->chunk : j->n_params;
+    double ss = 0;
+    for (size_t i = lo; i < hi; i++) {
+        double gi = j->g[i] * j->inv;
+        ss += gi * gi;
+    }
+    j->partial[t] = ss;
+}
+
+static void update_task(void *vp, int32_t t)
+{
+    struct opt_job *j = vp;
+    size_t lo = (size_t)t * j->chunk, hi = lo + j->chunk < j->total ? lo + j->chunk : j->total;
+    int r = 0, top = j->n_runs; /* the last run that starts at or before lo */
+    while (top - r > 1) {
+        int mid = (r + top) / 2;
+        if (j->runs[mid].start <= lo)
+            r = mid;
+        else
+            top = mid;
+    }
+    for (; r < j->n_runs && j->runs[r].start < hi; r++) {
+        const opt_run *u = &j->runs[r];
+        size_t b = lo > u->start ? lo - u->start : 0, e = hi - u->start < u->n ? hi - u->start : u->n;
+        if (e > b)
+            adamw_group(j->a, u->off + b, e - b, u->mult, u->wd);
+    }
+}
+
+static void add_run(opt_run *runs, int *n_runs, size_t *total, size_t off, size_t n, double mult, double wd)
+{
+    if (!n)
+        return;
+    runs[*n_runs] = (opt_run){off, n, *total, mult, wd};
+    (*n_runs)++;
+    *total += n;
 }
 
 int peft__opt_apply(peft_model *m, double token_count, peft_step_result *res)
@@ -172,13 +232,26 @@ int peft__opt_apply(peft_model *m, double token_count, peft_step_result *res)
     size_t n = l->n_params;
     float *g = l->grads, *p = l->params, *mm = l->m, *vv = l->v;
     double inv = token_count > 0 ? 1.0 / token_count : 0.0;
-    double ss = 0;
-    for (size_t i = 0; i < n; i++) {
-        double gi = g[i] * inv;
-        ss += gi * gi;
+    /* the runs of parameters and their settings: up to three a module, the prompt, and the
+       embedding, norm and bias groups */
+    opt_run *runs = malloc(((size_t)l->n_modules * 3 + 4) * sizeof *runs);
+    size_t chunk = m->opt_chunk ? m->opt_chunk : OPT_CHUNK;
+    int32_t chunks = (int32_t)((n + chunk - 1) / chunk);
+    double *partial = malloc(((size_t)chunks + 1) * sizeof *partial);
+    if (!runs || !partial) {
+        free(runs);
+        free(partial);
+        return peft__fail(PEFT_ENOMEM, "optimizer: out of memory");
     }
+    struct opt_job job = {NULL, runs, 0, 0, g, inv, partial, n, chunk};
+    peft__pool_for(m->pool, chunks, norm_task, &job);
+    double ss = 0;
+    for (int32_t c = 0; c < chunks; c++)
+        ss += partial[c];
+    free(partial);
     double norm = sqrt(ss);
     if (!isfinite(norm)) {
+        free(runs);
         memset(g, 0, n * sizeof *g);
         return peft__fail(PEFT_ENUMERIC, "gradient norm is not finite; update skipped, parameters unchanged");
     }
@@ -192,34 +265,42 @@ int peft__opt_apply(peft_model *m, double token_count, peft_step_result *res)
     float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
     float b1 = (float)m->beta1, b2 = (float)m->beta2, eps = (float)m->eps;
     struct adamw a = {g, p, mm, vv, gs, step_size, bc2_sqrt, b1, b2, eps, lr, m->weight_decay};
+    int nr = 0;
+    size_t total = 0;
     /* LoRA+: the B matrices learn at loraplus_ratio x the learning rate */
     for (int k = 0; l->method != PEFT_METHOD_NORMS && k < l->n_modules; k++) {
         const lora_module *md = &l->mods[k];
         size_t na = (size_t)md->r * (size_t)md->in, nb = (size_t)md->out * (size_t)md->r;
         size_t nm = l->use_dora ? (size_t)md->out : 0;
         if (l->method == PEFT_METHOD_LOHA) { /* the four factors */
-            adamw_segment(&a, md->off_a, 2 * (size_t)md->r * ((size_t)md->in + (size_t)md->out), 1.0);
+            add_run(runs, &nr, &total, md->off_a, 2 * (size_t)md->r * ((size_t)md->in + (size_t)md->out), 1.0, -1.0);
         } else if (l->method == PEFT_METHOD_LOKR) {
-            adamw_segment(&a, md->off_a, peft__lokr_size(md->in, md->out, md->r), 1.0);
+            add_run(runs, &nr, &total, md->off_a, peft__lokr_size(md->in, md->out, md->r), 1.0, -1.0);
         } else if (l->method == PEFT_METHOD_VERA) { /* lambda_d, lambda_b */
-            adamw_segment(&a, md->off_a, (size_t)md->r, 1.0);
-            adamw_segment(&a, md->off_b, (size_t)md->out, 1.0);
+            add_run(runs, &nr, &total, md->off_a, (size_t)md->r, 1.0, -1.0);
+            add_run(runs, &nr, &total, md->off_b, (size_t)md->out, 1.0, -1.0);
         } else if (l->method == PEFT_METHOD_IA3) { /* one scaling vector */
-            adamw_segment(&a, md->off_a, (size_t)(md->ia3_ff ? md->in : md->out), 1.0);
+            add_run(runs, &nr, &total, md->off_a, (size_t)(md->ia3_ff ? md->in : md->out), 1.0, -1.0);
         } else {
-            adamw_segment(&a, md->off_a, na, 1.0);
-            adamw_segment(&a, md->off_b, nb, m->loraplus_ratio);
-            adamw_segment(&a, md->off_m, nm, 1.0);
+            add_run(runs, &nr, &total, md->off_a, na, 1.0, -1.0);
+            add_run(runs, &nr, &total, md->off_b, nb, m->loraplus_ratio, -1.0);
+            add_run(runs, &nr, &total, md->off_m, nm, 1.0, -1.0);
         }
     }
     if (l->method == PEFT_METHOD_PROMPT) /* the soft prompt: the main group */
-        adamw_segment(&a, 0, l->mods_end, 1.0);
+        add_run(runs, &nr, &total, 0, l->mods_end, 1.0, -1.0);
     /* the embedding group (embedding and lm_head adapters, token rows, full copies) and the
        tuned norms, each at its own learning rate and weight decay */
-    adamw_group(&a, l->mods_end, l->off_norms - l->mods_end, m->embed_lr_ratio, m->embed_weight_decay);
-    adamw_group(&a, l->off_norms, l->n_params - l->n_bias - l->off_norms, m->norm_lr_ratio, m->norm_weight_decay);
+    add_run(runs, &nr, &total, l->mods_end, l->off_norms - l->mods_end, m->embed_lr_ratio, m->embed_weight_decay);
+    add_run(runs, &nr, &total, l->off_norms, l->n_params - l->n_bias - l->off_norms, m->norm_lr_ratio,
+            m->norm_weight_decay);
     /* trained biases: the main learning rate, no weight decay (as the Hugging Face Trainer) */
-    adamw_group(&a, l->n_params - l->n_bias, l->n_bias, 1.0, 0.0);
+    add_run(runs, &nr, &total, l->n_params - l->n_bias, l->n_bias, 1.0, 0.0);
+    job.a = &a;
+    job.n_runs = nr;
+    job.total = total;
+    peft__pool_for(m->pool, (int32_t)((total + chunk - 1) / chunk), update_task, &job);
+    free(runs);
     memset(g, 0, n * sizeof *g);
     m->step = t;
     if (res) {

@@ -706,6 +706,76 @@ TEST(shared_adapter_resave_byte_exact)
     peft_model_close(&m);
 }
 
+/* Three steps of DoRA with LoRA+ on every linear module, the embeddings trained in full and
+   the norms tuned (every group of the optimizer at its own settings), with the update's chunk
+   set to `chunk` parameters (0: the default) and `threads` threads; the parameters (malloc'ed)
+   and the last gradient norm */
+static float *chunked_update(int chunk, int threads, double clip, size_t *n, double *norm)
+{
+    peft_model *m;
+    peft_open_options oo = PEFT_OPEN_OPTIONS_INIT;
+    oo.n_threads = threads;
+    CHECK_OK(peft_model_open(&m, test_data("tiny"), &oo));
+    if (!m)
+        return NULL;
+    m->opt_chunk = (size_t)chunk;
+    peft_lora_options o = PEFT_LORA_OPTIONS_INIT;
+    o.targets = PEFT_TARGET_ALL_LINEAR;
+    o.use_dora = 1;
+    o.modules_to_save = PEFT_SAVE_EMBED;
+    o.norms = PEFT_NORM_INPUT | PEFT_NORM_FINAL;
+    o.seed = 3;
+    CHECK_OK(peft_attach_lora(m, &o, NULL));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-2));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_LORAPLUS_RATIO, 4));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_EMBED_LR_RATIO, 0.1));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_NORM_LR_RATIO, 3));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_WEIGHT_DECAY, 0.05));
+    CHECK_OK(peft_opt_set(m, PEFT_OPT_GRAD_CLIP, clip));
+    int32_t tok[2 * 16];
+    for (int i = 0; i < 32; i++)
+        tok[i] = (i * 11 + 3) % 48;
+    peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 2, 16, NULL};
+    peft_step_result r = PEFT_STEP_RESULT_INIT;
+    for (int s = 0; s < 3; s++)
+        CHECK_OK(peft_step(m, &b, &r));
+    *norm = r.grad_norm;
+    float *p, *copy = NULL;
+    if (!peft_param_buffer(&p, n, m) && (copy = malloc(*n * sizeof *copy)))
+        memcpy(copy, p, *n * sizeof *copy);
+    peft_model_close(&m);
+    return copy;
+}
+
+TEST(optimizer_in_chunks)
+{
+    /* the update runs over the pool in chunks of parameters; chunks that split the runs of
+       parameters updated alike (7 and 1000 here, against runs of 32 to 1536) update them as one
+       serial pass does, bit for bit, on 1 or 3 threads; the gradient norm, summed per chunk,
+       differs by rounding only (and with it, under clipping, the scale of the update) */
+    size_t n0, n;
+    double g0, g;
+    float *ref = chunked_update(0, 1, 0.0, &n0, &g0);
+    CHECK(ref && n0 > 1000 && isfinite(g0) && g0 > 0);
+    const int chunks[] = {7, 1000, 0}, threads[] = {1, 3};
+    for (int c = 0; c < 3 && ref; c++)
+        for (int t = 0; t < 2; t++) {
+            float *p = chunked_update(chunks[c], threads[t], 0.0, &n, &g);
+            CHECK_MSG(p && n == n0 && memcmp(p, ref, n * sizeof *p) == 0, "chunk %d, %d threads: parameters differ",
+                      chunks[c], threads[t]);
+            CHECK_MSG(fabs(g - g0) <= 1e-12 * g0, "chunk %d, %d threads: norm %.17g vs %.17g", chunks[c], threads[t], g, g0);
+            free(p);
+        }
+    /* clipped (the norm is far above 0.05): the same to float rounding */
+    float *c0 = chunked_update(0, 1, 0.05, &n0, &g0), *c1 = chunked_update(7, 3, 0.05, &n, &g);
+    CHECK(c0 && c1 && n == n0 && memcmp(c0, ref, n * sizeof *c0) != 0);
+    double worst = 0;
+    for (size_t i = 0; c0 && c1 && i < n; i++)
+        worst = fmax(worst, fabs((double)c0[i] - c1[i]) / (fabs((double)c0[i]) + 1e-3));
+    CHECK_MSG(worst < 1e-5, "clipped: relative difference %.3g", worst);
+    free(c0), free(c1), free(ref);
+}
+
 /* whether the kernel gives anonymous memory transparent huge pages on request */
 static int huge_pages_offered(void)
 {
@@ -848,6 +918,6 @@ static const struct h_case cases[] = {
     CASE(torch_step_prompt), CASE(model_gradcheck_prompt), CASE(torch_step_tokens), CASE(model_gradcheck_tokens),
     CASE(torch_combine_ties_dare_magnitude_prune), CASE(torch_step_head_rows), CASE(model_gradcheck_head_rows),
     CASE(shared_base_and_adapter_losses), CASE(shared_training_step), CASE(shared_adapter_resave_byte_exact),
-    CASE(sharded_and_half_precision_models), CASE(frozen_bf16_weights), CASE(activation_checkpointing_is_exact), CASE(config_errors), CASE(shared_gguf_models), CASE(weights_on_huge_pages),
+    CASE(sharded_and_half_precision_models), CASE(frozen_bf16_weights), CASE(activation_checkpointing_is_exact), CASE(config_errors), CASE(shared_gguf_models), CASE(weights_on_huge_pages), CASE(optimizer_in_chunks),
 };
 TEST_MAIN(cases)
