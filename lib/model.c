@@ -96,6 +96,23 @@ int peft__in_mapping(const peft_model *m, const void *p, size_t n)
     }
     return 0;
 }
+
+const char *peft__mapping_file(const peft_model *m, const void *p, uint64_t *offset)
+{
+    const uint8_t *a = p;
+    if (m->gguf_map && a >= (const uint8_t *)m->gguf_map && a < (const uint8_t *)m->gguf_map + m->gguf_size) {
+        *offset = (uint64_t)(a - (const uint8_t *)m->gguf_map);
+        return m->path;
+    }
+    for (int i = 0; i < m->n_files; i++) {
+        const uint8_t *b = m->files[i]->map;
+        if (b && a >= b && a < b + m->files[i]->map_size) {
+            *offset = (uint64_t)(a - b);
+            return m->files[i]->path;
+        }
+    }
+    return NULL;
+}
 int peft__gguf_open(peft_model *m, const char *path);
 
 /* The panel buffer of quantized weights: 1M floats (4 MiB), or 16 rows of the widest. */
