@@ -612,8 +612,8 @@ int peft__weights_to_memory(peft_model *m)
 #ifdef MADV_HUGEPAGE
     madvise(arena, round, MADV_HUGEPAGE);
 #endif
-    /* matrix by matrix, each one's file pages released once copied: the peak holds one matrix
-       twice, not the model */
+    /* matrix by matrix, read from the file; where a matrix had to be copied through the mapping,
+       its pages are released once copied: the peak never holds the model twice */
     size_t off = 0;
     for (int i = 0, c = 0; i < total && c < count; i++) {
         peft_w *w = nth_weight(m, i);
