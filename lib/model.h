@@ -238,6 +238,8 @@ int peft__in_mapping(const peft_model *m, const void *p, size_t n);
 const char *peft__mapping_file(const peft_model *m, const void *p, uint64_t *offset);
 /* qweight.c: frozen_dtype "bf16": BF16 copies of the float32 linear weights and lm_head */
 int peft__weights_to_bf16(peft_model *m);
+/* qweight.c: whether the kernel gives anonymous memory transparent huge pages on request */
+int peft__huge_pages_offered(void);
 /* qweight.c: the float32 matrices used in place from a file mapping copied onto 2 MiB pages */
 int peft__weights_to_memory(peft_model *m);
 

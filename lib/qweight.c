@@ -526,7 +526,7 @@ int peft__weights_to_bf16(peft_model *m)
 
 /* whether the kernel gives anonymous memory transparent huge pages when asked ("always" or
    "madvise" mode) */
-static int huge_pages_offered(void)
+int peft__huge_pages_offered(void)
 {
     FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
     char s[128] = "";
@@ -580,7 +580,7 @@ static int read_from_file(const peft_model *m, const void *p, void *dst, size_t 
 int peft__weights_to_memory(peft_model *m)
 {
     const char *env = getenv("PEFT_MMAP_WEIGHTS");
-    if ((env && env[0] && strcmp(env, "0") != 0) || !huge_pages_offered())
+    if ((env && env[0] && strcmp(env, "0") != 0) || !peft__huge_pages_offered())
         return PEFT_OK;
     int total = m->cfg.n_layers * PEFT_MOD_COUNT + 2;
     const float **from = calloc((size_t)total, sizeof *from);

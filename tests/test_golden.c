@@ -776,19 +776,6 @@ TEST(optimizer_in_chunks)
     free(c0), free(c1), free(ref);
 }
 
-/* whether the kernel gives anonymous memory transparent huge pages on request */
-static int huge_pages_offered(void)
-{
-    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
-    char s[128] = "";
-    if (!f)
-        return 0;
-    if (!fgets(s, sizeof s, f))
-        s[0] = 0;
-    fclose(f);
-    return strstr(s, "[always]") || strstr(s, "[madvise]");
-}
-
 /* how many of m's frozen float32 matrices lie in its file mapping, of *n; each one's start
    64-byte aligned where it does not */
 static int mapped_weights(const peft_model *m, int *n)
@@ -814,7 +801,7 @@ TEST(weights_on_huge_pages)
        2 MiB pages where the kernel offers them; PEFT_MMAP_WEIGHTS=1 keeps them mapped; the
        numbers are the same bit for bit */
     const char *tiny = test_data("tiny");
-    int thp = huge_pages_offered(), n;
+    int thp = peft__huge_pages_offered(), n;
     double e_copy, s_copy, e_map, s_map;
     char held[64];
     unsetenv("PEFT_MMAP_WEIGHTS");
