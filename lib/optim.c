@@ -177,7 +177,7 @@ typedef struct {
 
 struct opt_job {
     const struct adamw *a;
-    const opt_run *runs;
+    opt_run *runs;
     int n_runs;
     size_t total; /* the runs' elements */
     const float *g;
@@ -217,13 +217,12 @@ static void update_task(void *vp, int32_t t)
     }
 }
 
-static void add_run(opt_run *runs, int *n_runs, size_t *total, size_t off, size_t n, double mult, double wd)
+static void add_run(struct opt_job *j, size_t off, size_t n, double mult, double wd)
 {
     if (!n)
         return;
-    runs[*n_runs] = (opt_run){off, n, *total, mult, wd};
-    (*n_runs)++;
-    *total += n;
+    j->runs[j->n_runs++] = (opt_run){off, n, j->total, mult, wd};
+    j->total += n;
 }
 
 int peft__opt_apply(peft_model *m, double token_count, peft_step_result *res)
@@ -265,41 +264,37 @@ int peft__opt_apply(peft_model *m, double token_count, peft_step_result *res)
     float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
     float b1 = (float)m->beta1, b2 = (float)m->beta2, eps = (float)m->eps;
     struct adamw a = {g, p, mm, vv, gs, step_size, bc2_sqrt, b1, b2, eps, lr, m->weight_decay};
-    int nr = 0;
-    size_t total = 0;
     /* LoRA+: the B matrices learn at loraplus_ratio x the learning rate */
     for (int k = 0; l->method != PEFT_METHOD_NORMS && k < l->n_modules; k++) {
         const lora_module *md = &l->mods[k];
         size_t na = (size_t)md->r * (size_t)md->in, nb = (size_t)md->out * (size_t)md->r;
         size_t nm = l->use_dora ? (size_t)md->out : 0;
         if (l->method == PEFT_METHOD_LOHA) { /* the four factors */
-            add_run(runs, &nr, &total, md->off_a, 2 * (size_t)md->r * ((size_t)md->in + (size_t)md->out), 1.0, -1.0);
+            add_run(&job, md->off_a, 2 * (size_t)md->r * ((size_t)md->in + (size_t)md->out), 1.0, -1.0);
         } else if (l->method == PEFT_METHOD_LOKR) {
-            add_run(runs, &nr, &total, md->off_a, peft__lokr_size(md->in, md->out, md->r), 1.0, -1.0);
+            add_run(&job, md->off_a, peft__lokr_size(md->in, md->out, md->r), 1.0, -1.0);
         } else if (l->method == PEFT_METHOD_VERA) { /* lambda_d, lambda_b */
-            add_run(runs, &nr, &total, md->off_a, (size_t)md->r, 1.0, -1.0);
-            add_run(runs, &nr, &total, md->off_b, (size_t)md->out, 1.0, -1.0);
+            add_run(&job, md->off_a, (size_t)md->r, 1.0, -1.0);
+            add_run(&job, md->off_b, (size_t)md->out, 1.0, -1.0);
         } else if (l->method == PEFT_METHOD_IA3) { /* one scaling vector */
-            add_run(runs, &nr, &total, md->off_a, (size_t)(md->ia3_ff ? md->in : md->out), 1.0, -1.0);
+            add_run(&job, md->off_a, (size_t)(md->ia3_ff ? md->in : md->out), 1.0, -1.0);
         } else {
-            add_run(runs, &nr, &total, md->off_a, na, 1.0, -1.0);
-            add_run(runs, &nr, &total, md->off_b, nb, m->loraplus_ratio, -1.0);
-            add_run(runs, &nr, &total, md->off_m, nm, 1.0, -1.0);
+            add_run(&job, md->off_a, na, 1.0, -1.0);
+            add_run(&job, md->off_b, nb, m->loraplus_ratio, -1.0);
+            add_run(&job, md->off_m, nm, 1.0, -1.0);
         }
     }
     if (l->method == PEFT_METHOD_PROMPT) /* the soft prompt: the main group */
-        add_run(runs, &nr, &total, 0, l->mods_end, 1.0, -1.0);
+        add_run(&job, 0, l->mods_end, 1.0, -1.0);
     /* the embedding group (embedding and lm_head adapters, token rows, full copies) and the
        tuned norms, each at its own learning rate and weight decay */
-    add_run(runs, &nr, &total, l->mods_end, l->off_norms - l->mods_end, m->embed_lr_ratio, m->embed_weight_decay);
-    add_run(runs, &nr, &total, l->off_norms, l->n_params - l->n_bias - l->off_norms, m->norm_lr_ratio,
+    add_run(&job, l->mods_end, l->off_norms - l->mods_end, m->embed_lr_ratio, m->embed_weight_decay);
+    add_run(&job, l->off_norms, l->n_params - l->n_bias - l->off_norms, m->norm_lr_ratio,
             m->norm_weight_decay);
     /* trained biases: the main learning rate, no weight decay (as the Hugging Face Trainer) */
-    add_run(runs, &nr, &total, l->n_params - l->n_bias, l->n_bias, 1.0, 0.0);
+    add_run(&job, l->n_params - l->n_bias, l->n_bias, 1.0, 0.0);
     job.a = &a;
-    job.n_runs = nr;
-    job.total = total;
-    peft__pool_for(m->pool, (int32_t)((total + chunk - 1) / chunk), update_task, &job);
+    peft__pool_for(m->pool, (int32_t)((job.total + chunk - 1) / chunk), update_task, &job);
     free(runs);
     memset(g, 0, n * sizeof *g);
     m->step = t;
