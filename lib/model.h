@@ -234,7 +234,8 @@ int peft__gguf_add_owned(peft_model *m, float *p);
 int peft__owned_release(peft_model *m, const void *p);
 /* model.c: 1 when [p, p + n) lies inside one of the model's file mappings */
 int peft__in_mapping(const peft_model *m, const void *p, size_t n);
-/* model.c: the path of the file whose mapping holds p, and p's offset in it; NULL if none */
+/* model.c: the path of the file whose mapping holds p, and p's offset in it (each mapping is a
+   whole file from its start); NULL if none */
 const char *peft__mapping_file(const peft_model *m, const void *p, uint64_t *offset);
 /* qweight.c: frozen_dtype "bf16": BF16 copies of the float32 linear weights and lm_head */
 int peft__weights_to_bf16(peft_model *m);

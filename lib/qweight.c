@@ -549,8 +549,8 @@ static peft_w *nth_weight(peft_model *m, int i)
 }
 
 /* bytes bytes of the mapping at p read into dst with read calls on the file (no page faults in
-   the mapping: about half the time of copying through it); 0, or -1 when it could not be read
-   that way (the caller copies through the mapping) */
+   the mapping: about a third of the time of copying through it); 0, or -1 when it could not be
+   read that way (the caller copies through the mapping) */
 static int read_from_file(const peft_model *m, const void *p, void *dst, size_t bytes)
 {
     uint64_t off;
