@@ -40,7 +40,7 @@ def main():
     args = ap.parse_args(argv)
     models = args.models or [args.model, args.model]
     for mdl in models:
-        if not os.path.exists(os.path.join(mdl, "model.safetensors")):
+        if not os.path.exists(os.path.join(mdl, "model.safetensors")) and not (mdl.endswith(".gguf") and os.path.isfile(mdl)):
             sys.exit(f"no model at {mdl}: run bench/torch_vs_peft.py once first")
     med = [[], []]
     for _ in range(args.repeat):
