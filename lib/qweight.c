@@ -448,7 +448,7 @@ const float *peft__w_dense(const peft_model *m, const peft_w *w, float *scratch)
 
 /* n floats at p, when they lie in a file mapping: its pages released (a private, read-only
    mapping: they come back from the file when read again); 1 when they do */
-static int release_mapped(const peft_model *m, const float *p, size_t n)
+static int release_mapped(const peft_model *m, const void *p, size_t n)
 {
     if (!peft__in_mapping(m, p, n * sizeof(float)))
         return 0;
@@ -571,33 +571,39 @@ static int read_from_file(const peft_model *m, const void *p, void *dst, size_t 
     return done == bytes ? 0 : -1;
 }
 
-/* The frozen float32 matrices that the products read in place from a file mapping (4 KiB
-   pages, with a TLB miss every 4 KiB as a product streams them) copied into one allocation on
-   2 MiB pages, each distinct matrix once (a tied lm_head is the embedding matrix): a training
+/* The frozen float32 matrices and quantized blocks that the products read in place from a file
+   mapping (4 KiB pages, with a TLB miss every 4 KiB as a product streams them) copied into one
+   allocation on 2 MiB pages, each distinct matrix once (a tied lm_head is the embedding matrix): a training
    step about 3-5% faster on a VM (bench/RESULTS.md, session 18). Not where the kernel offers no
    transparent huge pages, nor with PEFT_MMAP_WEIGHTS=1 (the pages then stay the file's, shared
    with other processes that map it). Never an error: without the memory, they stay mapped. */
+/* the bytes of w that the products read in place from a file mapping (its float32 matrix or its
+   quantized blocks), or NULL */
+static const void *mapped_bytes(const peft_model *m, const peft_w *w, size_t *bytes)
+{
+    const void *p = w->bf16 ? NULL : w->f ? (const void *)w->f : (const void *)w->q;
+    *bytes = w->f ? (size_t)w->rows * (size_t)w->cols * sizeof(float) : (size_t)w->rows * w->row_bytes;
+    return p && peft__in_mapping(m, p, *bytes) ? p : NULL;
+}
+
 int peft__weights_to_memory(peft_model *m)
 {
     const char *env = getenv("PEFT_MMAP_WEIGHTS");
     if ((env && env[0] && strcmp(env, "0") != 0) || !peft__huge_pages_offered())
         return PEFT_OK;
     int total = m->cfg.n_layers * PEFT_MOD_COUNT + 2;
-    const float **from = calloc((size_t)total, sizeof *from);
-    float **to = calloc((size_t)total, sizeof *to);
-    size_t bytes = 0;
+    const void **from = calloc((size_t)total, sizeof *from);
+    uint8_t **to = calloc((size_t)total, sizeof *to);
+    size_t bytes = 0, n;
     int count = 0;
     for (int i = 0; from && to && i < total; i++) {
-        const peft_w *w = nth_weight(m, i);
-        size_t n = (size_t)w->rows * (size_t)w->cols;
-        if (!w->f || w->q || w->bf16 || !peft__in_mapping(m, w->f, n * sizeof(float)))
-            continue;
-        int seen = 0;
+        const void *p = mapped_bytes(m, nth_weight(m, i), &n);
+        int seen = !p;
         for (int j = 0; j < count && !seen; j++)
-            seen = from[j] == w->f;
+            seen = from[j] == p;
         if (!seen) {
-            from[count++] = w->f;
-            bytes += (n * sizeof(float) + 63) & ~(size_t)63;
+            from[count++] = p;
+            bytes += (n + 63) & ~(size_t)63;
         }
     }
     const size_t huge = (size_t)2 << 20;
@@ -616,24 +622,24 @@ int peft__weights_to_memory(peft_model *m)
        its pages are released once copied: the peak never holds the model twice */
     size_t off = 0;
     for (int i = 0, c = 0; i < total && c < count; i++) {
-        peft_w *w = nth_weight(m, i);
-        if (w->f != from[c])
+        const void *p = mapped_bytes(m, nth_weight(m, i), &n);
+        if (p != from[c])
             continue;
-        size_t n = (size_t)w->rows * (size_t)w->cols;
-        to[c] = (float *)(arena + off);
-        if (read_from_file(m, w->f, to[c], n * sizeof(float)))
-            memcpy(to[c], w->f, n * sizeof(float));
-        release_mapped(m, w->f, n);
-        off += (n * sizeof(float) + 63) & ~(size_t)63;
+        to[c] = arena + off;
+        if (read_from_file(m, p, to[c], n))
+            memcpy(to[c], p, n);
+        release_mapped(m, p, n / sizeof(float));
+        off += (n + 63) & ~(size_t)63;
         c++;
     }
     for (int i = 0; i < total; i++) {
         peft_w *w = nth_weight(m, i);
-        for (int j = 0; j < count; j++)
-            if (w->f && w->f == from[j]) {
-                w->f = to[j];
-                break;
-            }
+        for (int j = 0; j < count; j++) {
+            if (w->f && (const void *)w->f == from[j])
+                w->f = (const float *)(const void *)to[j];
+            else if (w->q && (const void *)w->q == from[j])
+                w->q = to[j];
+        }
     }
     free(from);
     free(to);

@@ -785,10 +785,11 @@ static int mapped_weights(const peft_model *m, int *n)
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int k = 0; k < PEFT_MOD_COUNT; k++) {
             const peft_w *w = &m->layers[l].w[k];
-            if (!w->f)
+            const void *p = w->f ? (const void *)w->f : (const void *)w->q;
+            if (!p)
                 continue;
-            int mapped = peft__in_mapping(m, w->f, (size_t)(w->rows * w->cols) * 4);
-            CHECK(mapped || (uintptr_t)w->f % 64 == 0);
+            int mapped = peft__in_mapping(m, p, w->f ? (size_t)(w->rows * w->cols) * 4 : (size_t)w->rows * w->row_bytes);
+            CHECK(mapped || (uintptr_t)p % 64 == 0);
             in += mapped;
             (*n)++;
         }
@@ -797,8 +798,8 @@ static int mapped_weights(const peft_model *m, int *n)
 
 TEST(weights_on_huge_pages)
 {
-    /* by default the float32 matrices a model file holds are copied out of its mapping onto
-       2 MiB pages where the kernel offers them; PEFT_MMAP_WEIGHTS=1 keeps them mapped; the
+    /* by default the float32 matrices (and quantized blocks) a model file holds are copied out
+       of its mapping onto 2 MiB pages where the kernel offers them; PEFT_MMAP_WEIGHTS=1 keeps them mapped; the
        numbers are the same bit for bit */
     const char *tiny = test_data("tiny");
     int thp = peft__huge_pages_offered(), n;
@@ -824,25 +825,28 @@ TEST(weights_on_huge_pages)
     frozen_losses(tiny, NULL, NULL, &e_map, &s_map, held);
     CHECK_MSG(isfinite(e_copy) && e_copy == e_map && s_copy == s_map, "eval %.9g / %.9g, step 3 %.9g / %.9g", e_copy,
               e_map, s_copy, s_map);
-    /* an F32 GGUF file alike (tied embeddings) */
-    if (shared_dir()) {
+    /* GGUF files alike (tied embeddings), F32 and Q8_0 (its quantized blocks copied as they are) */
+    const char *ggufs[] = {"models/stories260K/stories260K-f32.gguf", "models/stories260K/stories260K-q8_0.gguf"};
+    for (int f = 0; f < 2 && shared_dir(); f++) {
         double l[2];
         for (int mm = 0; mm < 2; mm++) {
             setenv("PEFT_MMAP_WEIGHTS", mm ? "1" : "0", 1);
             l[mm] = NAN;
-            CHECK_OK(peft_model_open(&m, sp("models/stories260K/stories260K-f32.gguf"), NULL));
+            CHECK_OK(peft_model_open(&m, sp(ggufs[f]), NULL));
             if (!m)
                 continue;
             in = mapped_weights(m, &n);
-            /* (q and k are reordered copies, never mapped) */
-            CHECK_MSG(n == 35 && (mm || !thp ? in == 25 : in == 0), "GGUF: %d of %d mapped", in, n);
+            /* (q and k are reordered copies, never mapped; so are the Q8_0 file's down_proj
+               matrices, not quantized there and converted at open) */
+            CHECK_MSG(n == 35 && (mm || !thp ? in == (f ? 20 : 25) : in == 0), "%s: %d of %d mapped", ggufs[f], in, n);
             /* its tied lm_head is the embedding matrix, copied once */
-            CHECK(m->head.f == m->embed.f && peft__in_mapping(m, m->embed.f, 4) == (mm || !thp));
+            const void *e = m->embed.f ? (const void *)m->embed.f : (const void *)m->embed.q;
+            CHECK(m->head.f == m->embed.f && m->head.q == m->embed.q && peft__in_mapping(m, e, 4) == (mm || !thp));
             uint64_t c;
             l[mm] = eval_file(m, sp("data/kjv_genesis.stories260K.u32.bin"), 128, &c);
             peft_model_close(&m);
         }
-        CHECK_MSG(isfinite(l[0]) && l[0] == l[1], "GGUF: %.9g copied, %.9g mapped", l[0], l[1]);
+        CHECK_MSG(isfinite(l[0]) && l[0] == l[1], "%s: %.9g copied, %.9g mapped", ggufs[f], l[0], l[1]);
     }
     unsetenv("PEFT_MMAP_WEIGHTS");
 }
