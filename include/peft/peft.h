@@ -84,10 +84,10 @@ PEFT_API int peft_open_options_init(peft_open_options *opts, uint32_t version);
  * llama, qwen2, qwen3, gemma2, gemma3, smollm3 or granite architecture (F32, F16, BF16, Q8_0,
  * Q4_0, Q4_K, Q6_K; the quantized linear weights, embeddings and lm_head stay quantized in
  * memory and are dequantized panel by panel inside products, row by row in embedding lookups).
- * The base weights are frozen. Float32 weights are read through a memory mapping and then,
- * where the kernel offers transparent huge pages, copied onto 2 MiB pages (the file's pages
- * released; fewer TLB misses in the products); the environment variable PEFT_MMAP_WEIGHTS=1
- * keeps them in the mapping (shared with other processes that map the file).
+ * The base weights are frozen. Float32 and quantized weights are memory-mapped and then, where
+ * the kernel offers transparent huge pages, copied onto 2 MiB pages (read from the file; fewer
+ * TLB misses in the products); the environment variable PEFT_MMAP_WEIGHTS=1 keeps them in the
+ * mapping (shared with other processes that map the file).
  * *out is NULL on failure.
  */
 PEFT_API int peft_model_open(peft_model **out, const char *path,
