@@ -241,7 +241,8 @@ const char *peft__mapping_file(const peft_model *m, const void *p, uint64_t *off
 int peft__weights_to_bf16(peft_model *m);
 /* qweight.c: whether the kernel gives anonymous memory transparent huge pages on request */
 int peft__huge_pages_offered(void);
-/* qweight.c: the float32 matrices used in place from a file mapping copied onto 2 MiB pages */
+/* qweight.c: the float32 matrices and quantized blocks used in place from a file mapping
+   copied onto 2 MiB pages */
 int peft__weights_to_memory(peft_model *m);
 
 /* The frozen weight of (layer, kind) in effect: the attachment's PiSSA/OLoRA residual, or the

@@ -522,7 +522,7 @@ int peft__weights_to_bf16(peft_model *m)
     return PEFT_OK;
 }
 
-/* ---- float32 weights on 2 MiB pages ---- */
+/* ---- mapped weights on 2 MiB pages ---- */
 
 /* whether the kernel gives anonymous memory transparent huge pages when asked ("always" or
    "madvise" mode) */
@@ -571,12 +571,6 @@ static int read_from_file(const peft_model *m, const void *p, void *dst, size_t 
     return done == bytes ? 0 : -1;
 }
 
-/* The frozen float32 matrices and quantized blocks that the products read in place from a file
-   mapping (4 KiB pages, with a TLB miss every 4 KiB as a product streams them) copied into one
-   allocation on 2 MiB pages, each distinct matrix once (a tied lm_head is the embedding matrix): a training
-   step about 3-5% faster on a VM (bench/RESULTS.md, session 18). Not where the kernel offers no
-   transparent huge pages, nor with PEFT_MMAP_WEIGHTS=1 (the pages then stay the file's, shared
-   with other processes that map it). Never an error: without the memory, they stay mapped. */
 /* the bytes of w that the products read in place from a file mapping (its float32 matrix or its
    quantized blocks), or NULL */
 static const void *mapped_bytes(const peft_model *m, const peft_w *w, size_t *bytes)
@@ -586,6 +580,13 @@ static const void *mapped_bytes(const peft_model *m, const peft_w *w, size_t *by
     return p && peft__in_mapping(m, p, *bytes) ? p : NULL;
 }
 
+/* The frozen float32 matrices and quantized blocks that the products read in place from a file
+   mapping (4 KiB pages, with a TLB miss every 4 KiB as a product streams them) copied into one
+   allocation on 2 MiB pages, each distinct matrix once (a tied lm_head is the embedding
+   matrix): a training step about 3-5% faster on a VM (bench/RESULTS.md, session 18). Not where
+   the kernel offers no transparent huge pages, nor with PEFT_MMAP_WEIGHTS=1 (the pages then stay
+   the file's, shared with other processes that map it). Never an error: without the memory,
+   they stay mapped. */
 int peft__weights_to_memory(peft_model *m)
 {
     const char *env = getenv("PEFT_MMAP_WEIGHTS");
