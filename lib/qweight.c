@@ -446,14 +446,14 @@ const float *peft__w_dense(const peft_model *m, const peft_w *w, float *scratch)
 
 /* ---- frozen_dtype "bf16" ---- */
 
-/* n floats at p, when they lie in a file mapping: its pages released (a private, read-only
+/* bytes bytes at p, when they lie in a file mapping: its pages released (a private, read-only
    mapping: they come back from the file when read again); 1 when they do */
-static int release_mapped(const peft_model *m, const void *p, size_t n)
+static int release_mapped(const peft_model *m, const void *p, size_t bytes)
 {
-    if (!peft__in_mapping(m, p, n * sizeof(float)))
+    if (!peft__in_mapping(m, p, bytes))
         return 0;
     long pg = sysconf(_SC_PAGESIZE);
-    uintptr_t a = (uintptr_t)p, e = a + n * sizeof(float);
+    uintptr_t a = (uintptr_t)p, e = a + bytes;
     a = (a + (uintptr_t)pg - 1) & ~((uintptr_t)pg - 1);
     e &= ~((uintptr_t)pg - 1);
     if (e > a)
@@ -493,7 +493,7 @@ static int to_bf16(peft_model *m, peft_w *w)
     if (!h)
         return PEFT_ENOMEM;
     w->bf16 = h;
-    if (!release_mapped(m, w->f, n) && exact && peft__owned_release(m, w->f) == 0) {
+    if (!release_mapped(m, w->f, n * sizeof(float)) && exact && peft__owned_release(m, w->f) == 0) {
         *w = (peft_w){.q = (const uint8_t *)h, .qtype = PEFT_GG_BF16, .rows = w->rows, .cols = w->cols,
                       .row_bytes = (size_t)w->cols * 2, .bf16 = h};
     }
@@ -518,7 +518,7 @@ int peft__weights_to_bf16(peft_model *m)
     int exact;
     if (!(m->head.bf16 = bf16_copy(m, m->head.f, n, &exact)))
         return PEFT_ENOMEM;
-    release_mapped(m, m->head.f, n);
+    release_mapped(m, m->head.f, n * sizeof(float));
     return PEFT_OK;
 }
 
@@ -629,7 +629,7 @@ int peft__weights_to_memory(peft_model *m)
         to[c] = arena + off;
         if (read_from_file(m, p, to[c], n))
             memcpy(to[c], p, n);
-        release_mapped(m, p, n / sizeof(float));
+        release_mapped(m, p, n);
         off += (n + 63) & ~(size_t)63;
         c++;
     }
