@@ -83,35 +83,41 @@ int peft__owned_release(peft_model *m, const void *p)
     return -1;
 }
 
-int peft__in_mapping(const peft_model *m, const void *p, size_t n)
-{
-    const uint8_t *a = p;
-    if (m->gguf_map && a >= (const uint8_t *)m->gguf_map && n <= m->gguf_size &&
-        (size_t)(a - (const uint8_t *)m->gguf_map) <= m->gguf_size - n)
-        return 1;
-    for (int i = 0; i < m->n_files; i++) {
-        const uint8_t *b = m->files[i]->map;
-        if (b && a >= b && n <= m->files[i]->map_size && (size_t)(a - b) <= m->files[i]->map_size - n)
-            return 1;
-    }
-    return 0;
-}
-
-const char *peft__mapping_file(const peft_model *m, const void *p, uint64_t *offset)
+/* the mapping that holds p: its start and size, and the path of its file; NULL if none */
+static const char *mapping_of(const peft_model *m, const void *p, const uint8_t **start, size_t *size)
 {
     const uint8_t *a = p;
     if (m->gguf_map && a >= (const uint8_t *)m->gguf_map && a < (const uint8_t *)m->gguf_map + m->gguf_size) {
-        *offset = (uint64_t)(a - (const uint8_t *)m->gguf_map);
+        *start = m->gguf_map;
+        *size = m->gguf_size;
         return m->path;
     }
     for (int i = 0; i < m->n_files; i++) {
         const uint8_t *b = m->files[i]->map;
         if (b && a >= b && a < b + m->files[i]->map_size) {
-            *offset = (uint64_t)(a - b);
+            *start = b;
+            *size = m->files[i]->map_size;
             return m->files[i]->path;
         }
     }
     return NULL;
+}
+
+int peft__in_mapping(const peft_model *m, const void *p, size_t n)
+{
+    const uint8_t *start;
+    size_t size;
+    return mapping_of(m, p, &start, &size) && n <= size && (size_t)((const uint8_t *)p - start) <= size - n;
+}
+
+const char *peft__mapping_file(const peft_model *m, const void *p, uint64_t *offset)
+{
+    const uint8_t *start;
+    size_t size;
+    const char *path = mapping_of(m, p, &start, &size);
+    if (path)
+        *offset = (uint64_t)((const uint8_t *)p - start);
+    return path;
 }
 int peft__gguf_open(peft_model *m, const char *path);
 
