@@ -776,8 +776,8 @@ TEST(optimizer_in_chunks)
     free(c0), free(c1), free(ref);
 }
 
-/* how many of m's frozen float32 matrices lie in its file mapping, of *n; each one's start
-   64-byte aligned where it does not */
+/* how many of m's frozen float32 matrices and quantized blocks lie in its file mapping, of *n;
+   each one's start 64-byte aligned where it does not */
 static int mapped_weights(const peft_model *m, int *n)
 {
     int in = 0;
@@ -799,8 +799,8 @@ static int mapped_weights(const peft_model *m, int *n)
 TEST(weights_on_huge_pages)
 {
     /* by default the float32 matrices (and quantized blocks) a model file holds are copied out
-       of its mapping onto 2 MiB pages where the kernel offers them; PEFT_MMAP_WEIGHTS=1 keeps them mapped; the
-       numbers are the same bit for bit */
+       of its mapping onto 2 MiB pages where the kernel offers them; PEFT_MMAP_WEIGHTS=1 keeps
+       them mapped; the numbers are the same bit for bit */
     const char *tiny = test_data("tiny");
     int thp = peft__huge_pages_offered(), n;
     double e_copy, s_copy, e_map, s_map;

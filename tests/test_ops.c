@@ -927,10 +927,10 @@ TEST(k_quantizers_round_trip)
     }
 }
 
-/* The embeddings and the tied lm_head of a quantized GGUF model stay as stored, in the mapped
-   file (the loss and training equal those of the dequantized values: test_golden
-   shared_gguf_models, CLI gguf_quantized_matches_dequantized); an F32 file's too, with
-   PEFT_MMAP_WEIGHTS=1 (by default they are copied onto huge pages: test_golden
+/* The embeddings and the tied lm_head of a quantized GGUF model stay as stored, quantized (the
+   loss and training equal those of the dequantized values: test_golden shared_gguf_models, CLI
+   gguf_quantized_matches_dequantized); with PEFT_MMAP_WEIGHTS=1, as here, in the mapped file
+   itself, an F32 file's too (by default both are copied onto huge pages as they are: test_golden
    weights_on_huge_pages). */
 TEST(gguf_embeddings_stay_quantized)
 {
