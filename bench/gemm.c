@@ -3,10 +3,12 @@
  * (SmolLM-135M-like: 1024 tokens, hidden 576, intermediate 1536, vocab 49152, LoRA rank 16),
  * the packed kernel against the plain reference loops and, for the products with frozen
  * weights, the BF16-weight kernel (the model's frozen_dtype "bf16"), side by side.
- *   build/bench/bench-gemm [threads]
+ *   build/bench/bench-gemm [threads [FILTER]]
+ * FILTER: only the shapes whose line contains it (e.g. "forward", "lm_head", "x576").
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "../lib/internal.h"
@@ -74,7 +76,12 @@ int main(int argc, char **argv)
         const char *what;
     } cs[] = {
         {0, 1, 1024, 1536, 576, "forward  x W^T    1024x1536x576"},
+        {0, 1, 1024, 576, 576, "forward  x W^T    1024x576x576"},
+        {0, 1, 1024, 192, 576, "forward  x W^T    1024x192x576"},
+        {0, 1, 1024, 576, 1536, "forward  x W^T    1024x576x1536"},
         {0, 0, 1024, 576, 1536, "backward dy W     1024x576x1536"},
+        {0, 0, 1024, 1536, 576, "backward dy W     1024x1536x576"},
+        {0, 0, 1024, 576, 576, "backward dy W     1024x576x576"},
         {0, 1, 1024, 16, 576, "LoRA     x A^T    1024x16x576"},
         {1, 0, 1536, 16, 1024, "LoRA     dy^T xa  1536x16x1024"},
         {1, 0, 16, 576, 1024, "LoRA     dxa^T x  16x576x1024"},
@@ -88,6 +95,8 @@ int main(int argc, char **argv)
     printf("threads %d: GFLOP/s, best of 5\n%-34s %10s %10s %7s %10s %10s\n", threads, "shape", "packed", "reference",
            "ratio", "bf16 W", bl ? "blis" : "");
     for (size_t q = 0; q < sizeof cs / sizeof cs[0]; q++) {
+        if (argc > 2 && !strstr(cs[q].what, argv[2]))
+            continue;
         double f = run(be, fast, cs[q].ta, cs[q].tb, cs[q].m, cs[q].n, cs[q].k, a, b, c);
         /* the reference loops would take minutes at the vocabulary's size */
         double r = cs[q].n * (double)cs[q].k < 1e7 ? run(be, ref, cs[q].ta, cs[q].tb, cs[q].m, cs[q].n, cs[q].k, a, b, c)

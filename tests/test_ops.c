@@ -574,10 +574,13 @@ static void check_backend(const peft_backend *be, int threads)
     /* small shapes take the plain loops; N <= 16 the narrow kernel (A read in place, edge rows
        of a tile included, K in blocks of 256); M <= 16 the narrow kernel on the transposed
        product with C stored transposed; the rest the packed kernel, crossing its MC (64),
-       KC (640: K in equal blocks, three for K = 1300), NC (1024), MR (8) and NR (16) block edges */
+       KC (640: K in equal blocks, three for K = 1300), NC (1024), MR (8) and NR (16) block edges;
+       row tasks whose groups of 8 B panels outnumber them (200 x 300) and column tasks (N >=
+       1024) over two k blocks and partial row blocks (130 x 1100 x 700) */
     const int shapes[][3] = {{1, 1, 1},     {17, 13, 29},   {64, 8, 200},    {8, 70, 5},     {33, 65, 1},
                              {16, 16, 16},  {100, 70, 300}, {67, 1030, 260}, {129, 17, 513}, {150, 16, 600},
-                             {70, 5, 1030}, {16, 70, 300},  {5, 100, 600},   {13, 17, 520},  {40, 33, 1300}};
+                             {70, 5, 1030}, {16, 70, 300},  {5, 100, 600},   {13, 17, 520},  {40, 33, 1300},
+                             {200, 300, 700}, {130, 1100, 700}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (int ta = 0; ta < 2; ta++)
             for (int tb = 0; tb < 2; tb++)
@@ -627,7 +630,7 @@ static void check_backend_bf16(const peft_backend *be, int threads, int round_a)
     /* plain loops below 16; the packed kernel's MC, KC/KP, NC and tile edges; odd K (a pair
        half padded) */
     const int shapes[][3] = {{1, 1, 1}, {5, 40, 9}, {16, 16, 16}, {17, 33, 31}, {100, 70, 300},
-                             {67, 1030, 260}, {40, 48, 1027}, {130, 20, 513}};
+                             {67, 1030, 260}, {40, 48, 1027}, {130, 20, 513}, {200, 300, 700}, {130, 1100, 700}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (int tb = 0; tb < 2; tb++)
             for (int bi = 0; bi < 3; bi++) {
