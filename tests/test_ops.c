@@ -575,8 +575,8 @@ static void check_backend(const peft_backend *be, int threads)
        of a tile included, K in blocks of 256); M <= 16 the narrow kernel on the transposed
        product with C stored transposed; the rest the packed kernel, crossing its MC (64),
        KC (640: K in equal blocks, three for K = 1300), NC (1024), MR (8) and NR (16) block edges;
-       row tasks whose groups of 8 B panels outnumber them (200 x 300) and column tasks (N >=
-       1024) over two k blocks and partial row blocks (130 x 1100 x 700) */
+       row tasks over three packing tasks' groups of B panels (200 x 300 x 700) and column tasks
+       (N >= 1024) over two k blocks and a partial row block (130 x 1100 x 700) */
     const int shapes[][3] = {{1, 1, 1},     {17, 13, 29},   {64, 8, 200},    {8, 70, 5},     {33, 65, 1},
                              {16, 16, 16},  {100, 70, 300}, {67, 1030, 260}, {129, 17, 513}, {150, 16, 600},
                              {70, 5, 1030}, {16, 70, 300},  {5, 100, 600},   {13, 17, 520},  {40, 33, 1300},
