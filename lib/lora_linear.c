@@ -205,8 +205,8 @@ void linear_forward(peft_model *m, float *y, const float *x, const peft_w *W, co
         add_bias(y, bias, N, out);
         return;
     }
-    peft__gemm_xwt(m, N, x, in, W, 0.0f, y, out);
     if (!lv) {
+        peft__gemm_xwt(m, N, x, in, W, 0.0f, y, out);
         add_bias(y, bias, N, out);
         return;
     }
@@ -216,7 +216,9 @@ void linear_forward(peft_model *m, float *y, const float *x, const peft_w *W, co
         xd = tmp;
     }
     peft__gemm(m, 0, 1, N, lv->r, in, 1.0f, xd, in, lv->A, lv->lda ? lv->lda : in, 0.0f, xa, lv->r);
-    peft__gemm(m, 0, 1, N, out, lv->r, lv->scale, xa, lv->r, lv->B, lv->r, 1.0f, y, out);
+    /* y = x W^T + s xa B^T */
+    peft_gemm_term lora = {0, 1, lv->r, lv->scale, xa, lv->r, lv->B, lv->r};
+    peft__gemm_xwt_sum(m, N, x, in, W, &lora, 0.0f, y, out);
     if (lv->mag) {
         dora_norms(m, lv, W, in, out, tmp);
         if (lv->z)
@@ -290,10 +292,11 @@ void linear_backward(peft_model *m, float *dx, float beta_dx, const float *dy, c
                 lv->dz[t * out + o] = dy[t * out + o] * (lv->mag[o] / lv->norm[o]);
         dy = lv->dz;
     }
-    if (dx)
-        peft__gemm_dyw(m, N, dy, out, W, beta_dx, dx, in);
-    if (!lv)
+    if (!lv) {
+        if (dx)
+            peft__gemm_dyw(m, N, dy, out, W, beta_dx, dx, in);
         return;
+    }
     int r = lv->r, lda = lv->lda ? lv->lda : in;
     if (lv->lam_b) {
         /* VeRA: M = dy^T xa is the gradient of B_eff = lam_b * B * lam_d; chain it into the vectors */
@@ -326,9 +329,11 @@ void linear_backward(peft_model *m, float *dx, float beta_dx, const float *dy, c
     if (!dx)
         return;
     if (lv->dropout > 0.0f) {
+        peft__gemm_dyw(m, N, dy, out, W, beta_dx, dx, in);
         peft__gemm(m, 0, 0, N, in, r, lv->scale, dxa, r, lv->A, lda, 0.0f, tmp, in);
         apply_dropout(m, dx, tmp, N * in, lv->dropout_seed, lv->dropout, 1);
-    } else {
-        peft__gemm(m, 0, 0, N, in, r, lv->scale, dxa, r, lv->A, lda, 1.0f, dx, in);
+    } else { /* dx = dy W + s dxa A */
+        peft_gemm_term lora = {0, 0, r, lv->scale, dxa, r, lv->A, lda};
+        peft__gemm_dyw_sum(m, N, dy, out, W, &lora, beta_dx, dx, in);
     }
 }

@@ -372,6 +372,11 @@ static int be_bf16(const peft_model *m)
     return m->be->struct_size >= offsetof(peft_backend, gemm_bf16) + sizeof m->be->gemm_bf16 && m->be->gemm_bf16;
 }
 
+static int be_sum(const peft_model *m)
+{
+    return m->be->struct_size >= offsetof(peft_backend, gemm_sum) + sizeof m->be->gemm_sum && m->be->gemm_sum;
+}
+
 /* a BF16 copy as a quantized matrix of type BF16 (widened panel by panel) */
 static peft_w bf16_as_q(const peft_w *w)
 {
@@ -399,6 +404,30 @@ void peft__gemm_xwt(peft_model *m, int64_t N, const float *x, int64_t ldx, const
         peft__w_rows(m, w, r0, n, m->qpanel);
         peft__gemm(m, 0, 1, N, n, w->cols, 1.0f, x, ldx, m->qpanel, w->cols, beta, y + r0, ldy);
     }
+}
+
+void peft__gemm_xwt_sum(peft_model *m, int64_t N, const float *x, int64_t ldx, const peft_w *w,
+                        const peft_gemm_term *t, float beta, float *y, int64_t ldy)
+{
+    if (w->f && !w->bf16 && be_sum(m)) {
+        peft_gemm_term terms[2] = {{0, 1, w->cols, 1.0f, x, ldx, w->f, w->cols}, *t};
+        m->be->gemm_sum(m->be_ctx, N, w->rows, 2, terms, beta, y, ldy);
+        return;
+    }
+    peft__gemm_xwt(m, N, x, ldx, w, beta, y, ldy);
+    peft__gemm(m, t->trans_a, t->trans_b, N, w->rows, t->k, t->alpha, t->a, t->lda, t->b, t->ldb, 1.0f, y, ldy);
+}
+
+void peft__gemm_dyw_sum(peft_model *m, int64_t N, const float *dy, int64_t lddy, const peft_w *w,
+                        const peft_gemm_term *t, float beta, float *dx, int64_t lddx)
+{
+    if (w->f && !w->bf16 && be_sum(m)) {
+        peft_gemm_term terms[2] = {{0, 0, w->rows, 1.0f, dy, lddy, w->f, w->cols}, *t};
+        m->be->gemm_sum(m->be_ctx, N, w->cols, 2, terms, beta, dx, lddx);
+        return;
+    }
+    peft__gemm_dyw(m, N, dy, lddy, w, beta, dx, lddx);
+    peft__gemm(m, t->trans_a, t->trans_b, N, w->cols, t->k, t->alpha, t->a, t->lda, t->b, t->ldb, 1.0f, dx, lddx);
 }
 
 void peft__gemm_dyw(peft_model *m, int64_t N, const float *dy, int64_t lddy, const peft_w *w, float beta, float *dx,

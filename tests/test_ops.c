@@ -668,6 +668,68 @@ static void check_backend_bf16(const peft_backend *be, int threads, int round_a)
     peft__pool_destroy(pool);
 }
 
+/* gemm_sum: two products into one C (the LoRA modules' x W^T + s x_a B^T and dy W + s dx_a A)
+   against the naive sums, and bit-identical to gemm for the first (with beta) then gemm for the
+   second (beta 1), which the quantized and BF16 weights (one call per term) rely on to train as
+   the float32 file does; first products of one and three k blocks, row and column tasks (N >=
+   1024), second products of depth 1 to 40 */
+static void check_gemm_sum(const peft_backend *be, int threads)
+{
+    peft_pool *pool;
+    CHECK_OK(peft__pool_create(&pool, threads));
+    peft_backend_host host = {sizeof host, threads, pool, peft__pool_for};
+    void *ctx;
+    CHECK_OK(be->init(&ctx, &host));
+    CHECK(be->struct_size >= offsetof(peft_backend, gemm_sum) + sizeof(void *) && be->gemm_sum);
+    const int shapes[][4] = {{100, 70, 300, 8}, {130, 1100, 700, 16}, {64, 48, 1300, 1}, {70, 300, 64, 40},
+                             {20, 17, 30, 4},   {8, 40, 50, 8}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int tb = 0; tb < 2; tb++)
+            for (int bi = 0; bi < 3; bi++) {
+                int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], R = shapes[s][3];
+                float beta = bi == 0 ? 0.0f : bi == 1 ? 1.0f : -0.5f;
+                /* term 1: A (M x K), B (N x K) or (K x N); term 2: A2 (M x R), B2 (N x R) or (R x N) */
+                int lda = K + 3, ldb = (tb ? K : N) + 1, lda2 = R + 2, ldb2 = (tb ? R : N) + 5, ldc = N + 2;
+                size_t na = (size_t)M * lda, nb = (size_t)(tb ? N : K) * ldb, na2 = (size_t)M * lda2,
+                       nb2 = (size_t)(tb ? N : R) * ldb2, nc = (size_t)M * ldc;
+                float *a = malloc(na * 4), *b = malloc(nb * 4), *a2 = malloc(na2 * 4), *b2 = malloc(nb2 * 4),
+                      *c1 = malloc(nc * 4), *c2 = malloc(nc * 4), *c3 = malloc(nc * 4);
+                fill(a, na, 1.0f);
+                fill(b, nb, 1.0f);
+                fill(a2, na2, 1.0f);
+                fill(b2, nb2, 1.0f);
+                fill(c1, nc, 1.0f);
+                if (beta == 0.0f)
+                    for (size_t i = 0; i < nc; i++)
+                        c1[i] = NAN; /* beta == 0 must not read C */
+                memcpy(c2, c1, nc * 4);
+                memcpy(c3, c1, nc * 4);
+                peft_gemm_term t[2] = {{0, tb, K, 1.0f, a, lda, b, ldb}, {0, tb, R, 0.75f, a2, lda2, b2, ldb2}};
+                be->gemm_sum(ctx, M, N, 2, t, beta, c1, ldc);
+                be->gemm(ctx, 0, tb, M, N, K, 1.0f, a, lda, b, ldb, beta, c2, ldc);
+                be->gemm(ctx, 0, tb, M, N, R, 0.75f, a2, lda2, b2, ldb2, 1.0f, c2, ldc);
+                naive(0, tb, M, N, K, 1.0f, a, lda, b, ldb, beta, c3, ldc);
+                naive(0, tb, M, N, R, 0.75f, a2, lda2, b2, ldb2, 1.0f, c3, ldc);
+                int bad = 0, differ = 0;
+                for (int i = 0; i < M; i++)
+                    for (int j = 0; j < N; j++) {
+                        bad += !(fabsf(c1[i * ldc + j] - c3[i * ldc + j]) <= 1e-4f * (1.0f + sqrtf((float)K)));
+                        differ += memcmp(&c1[i * ldc + j], &c2[i * ldc + j], 4) != 0;
+                    }
+                CHECK_MSG(bad == 0 && differ == 0, "%s gemm_sum tb=%d M=%d N=%d K=%d R=%d beta=%g: %d wrong, %d not as gemms",
+                          be->name, tb, M, N, K, R, beta, bad, differ);
+                free(a), free(b), free(a2), free(b2), free(c1), free(c2), free(c3);
+            }
+    be->free(ctx);
+    peft__pool_destroy(pool);
+}
+
+TEST(backend_cpu_gemm_sum)
+{
+    check_gemm_sum(peft__backend_cpu(), 1);
+    check_gemm_sum(peft__backend_cpu(), 3);
+}
+
 TEST(backend_cpu_gemm_bf16)
 {
     /* default: activations unrounded, the weights widened into the float32 kernel (and the
@@ -1027,7 +1089,7 @@ static const struct h_case cases[] = {
     CASE(rmsnorm),     CASE(rope),         CASE(attention_gqa),   CASE(attention_packed_documents),
     CASE(attention_sliding_window), CASE(attention_shared_prefix), CASE(attention_softcap), CASE(swiglu), CASE(geglu),
     CASE(cross_entropy), CASE(cross_entropy_softcap), CASE(lora_linear), CASE(lora_linear_dropout), CASE(ia3_linear_bias), CASE(ia3_linear_bias_feedforward), CASE(dropout_mask), CASE(thread_pool),
-    CASE(backend_cpu_gemm), CASE(backend_cpu_gemm_bf16), CASE(fast_expf_accuracy), CASE(lane_reductions), CASE(backend_blis_gemm), CASE(quantized_weights), CASE(quantizers_round_trip),
+    CASE(backend_cpu_gemm), CASE(backend_cpu_gemm_sum), CASE(backend_cpu_gemm_bf16), CASE(fast_expf_accuracy), CASE(lane_reductions), CASE(backend_blis_gemm), CASE(quantized_weights), CASE(quantizers_round_trip),
     CASE(gguf_embeddings_stay_quantized), CASE(k_quantizers_round_trip),
 };
 TEST_MAIN(cases)

@@ -119,12 +119,33 @@ static void cpu_gemm(void *ctx, int ta, int tb, int64_t m, int64_t n, int64_t k,
     if (!cc->reference && n >= 16 && m <= 16 && k >= 16 &&
         gemm_narrow(&gt, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
         return;
-    if (!cc->reference && m >= 16 && n >= 16 && k >= 16 && !(n < 32 && !ta && tb) &&
+    if (!cc->reference && m >= 16 && n >= 16 && !(n < 32 && !ta && tb) &&
         gemm_fast(&gc, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
         return;
     struct gemm_args g = {ta, tb, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c};
     int32_t tasks = (int32_t)((m + ROWS - 1) / ROWS);
     cc->host.parallel_for(cc->host.pool, tasks, gemm_task, &g);
+}
+
+/* A sum of products. Two (LoRA's frozen product and its rank-r term) run as one packed product
+   with the second summed into each tile of C after the first (the same sums as two calls);
+   anything else, or what the packed kernel does not take, as one call per term. */
+static void cpu_gemm_sum(void *ctx, int64_t m, int64_t n, int32_t n_terms, const peft_gemm_term *t, float beta,
+                         float *c, int64_t ldc)
+{
+    cpu_ctx *cc = ctx;
+    if (n_terms == 2 && !cc->reference && m >= 16 && n > 16 && t[0].k >= 16 &&
+        !(n < 32 && !t[0].trans_a && t[0].trans_b)) {
+        gemm_call g = {t[0].trans_a, t[0].trans_b, m, n, t[0].k, t[0].lda, t[0].ldb, ldc, t[0].alpha, beta,
+                       t[0].a, t[0].b, c, NULL, 0};
+        gemm_call g2 = {t[1].trans_a, t[1].trans_b, m, n, t[1].k, t[1].lda, t[1].ldb, ldc, t[1].alpha, 1.0f,
+                        t[1].a, t[1].b, c, NULL, 0};
+        if (gemm_fast2(&g, &g2, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
+            return;
+    }
+    for (int32_t i = 0; i < n_terms; i++)
+        cpu_gemm(ctx, t[i].trans_a, t[i].trans_b, m, n, t[i].k, t[i].alpha, t[i].a, t[i].lda, t[i].b, t[i].ldb,
+                 i == 0 ? beta : 1.0f, c, ldc);
 }
 
 /* reference: the weights widened to float32 (exact), products summed in k order */
@@ -170,6 +191,7 @@ static const peft_backend cpu_backend = {
     .free = cpu_free,
     .gemm = cpu_gemm,
     .gemm_bf16 = cpu_gemm_bf16,
+    .gemm_sum = cpu_gemm_sum,
 };
 
 const peft_backend *peft__backend_cpu(void) { return &cpu_backend; }

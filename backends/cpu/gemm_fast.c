@@ -219,13 +219,17 @@ struct fast_args {
     int64_t k0, kc, n0, nc;
     const float *bp;
     float *ap_all, *bp_out;
+    const struct fast_args *tail; /* a second product, packed and summed into each tile with this one */
 };
 
-/* pack op(A)[i0:i0+mc, k0:k0+kc] of row task `task` into MR-row panels, k-major, zero-padded */
+/* pack op(A)[i0:i0+mc, k0:k0+kc] of row task `task` into MR-row panels, k-major, zero-padded
+   (the tail product's rows too) */
 static void pack_a_task(void *vp, int32_t task)
 {
     const struct fast_args *a = vp;
     const gemm_call *g = a->g;
+    if (a->tail)
+        pack_a_task((void *)a->tail, task);
     int64_t i0 = (int64_t)task * MC, mc = g->m - i0 < MC ? g->m - i0 : MC;
     float *ap = a->ap_all + (int64_t)task * MC * KC;
     int R = panel_rows();
@@ -291,11 +295,13 @@ static void pack_b_bf16(const struct fast_args *a, int64_t jr, float *dst)
 }
 
 /* pack op(B)[k0:k0+kc, n0:n0+nc] into NR-column panels, k-major, zero-padded; a task packs
-   B_PANELS_PER_TASK panels */
+   B_PANELS_PER_TASK panels (and the tail product's same panels) */
 static void pack_b_task(void *vp, int32_t task)
 {
     const struct fast_args *a = vp;
     const gemm_call *g = a->g;
+    if (a->tail)
+        pack_b_task((void *)a->tail, task);
     int64_t j_end = ((int64_t)task + 1) * B_PANELS_PER_TASK * NR;
     if (j_end > a->nc)
         j_end = a->nc;
@@ -339,12 +345,26 @@ static void pack_b_task(void *vp, int32_t task)
     }
 }
 
+static void kernel(int kc, const float *a, const float *b, float *c, int64_t ldc, float alpha, int mr, int nr,
+                   int store)
+{
+#ifdef KERNEL_WIDE
+    if (panel_rows() == MR_WIDE) {
+        micro_kernel_wide(kc, a, b, c, ldc, alpha, mr, nr, store);
+        return;
+    }
+#endif
+    micro_kernel(kc, a, b, c, ldc, alpha, mr, nr, store);
+}
+
 /* the tiles of C in rows [i0, i0 + mc) and panel columns [j_begin, j_end) of the n block, from
-   the packed rows of op(A) at ap and the packed panels of op(B) */
-static void run_tiles(const struct fast_args *a, int64_t i0, int64_t mc, const float *ap, int64_t j_begin,
-                      int64_t j_end)
+   the packed rows of op(A) at ap and the packed panels of op(B); with a tail product, its
+   rows packed at ap2, each tile gets the tail's sum added right after, while it is in cache */
+static void run_tiles(const struct fast_args *a, int64_t i0, int64_t mc, const float *ap, const float *ap2,
+                      int64_t j_begin, int64_t j_end)
 {
     const gemm_call *g = a->g;
+    const struct fast_args *t = a->tail;
     int R = panel_rows();
     int store = a->k0 == 0 && g->beta == 0.0f; /* the first k block writes C instead of adding */
     for (int64_t jr = j_begin; jr < j_end; jr += NR) {
@@ -353,13 +373,9 @@ static void run_tiles(const struct fast_args *a, int64_t i0, int64_t mc, const f
         for (int64_t ir = 0; ir < mc; ir += R) {
             int mr = (int)(mc - ir < R ? mc - ir : R);
             float *ct = g->c + (i0 + ir) * g->ldc + a->n0 + jr;
-#ifdef KERNEL_WIDE
-            if (R == MR_WIDE) {
-                micro_kernel_wide((int)a->kc, ap + ir * a->kc, bpanel, ct, g->ldc, g->alpha, mr, nr, store);
-                continue;
-            }
-#endif
-            micro_kernel((int)a->kc, ap + ir * a->kc, bpanel, ct, g->ldc, g->alpha, mr, nr, store);
+            kernel((int)a->kc, ap + ir * a->kc, bpanel, ct, g->ldc, g->alpha, mr, nr, store);
+            if (t)
+                kernel((int)t->kc, ap2 + ir * t->kc, t->bp + jr * t->kc, ct, g->ldc, t->g->alpha, mr, nr, 0);
         }
     }
 }
@@ -369,7 +385,8 @@ static void row_task(void *vp, int32_t task)
 {
     const struct fast_args *a = vp;
     int64_t i0 = (int64_t)task * MC, mc = a->g->m - i0 < MC ? a->g->m - i0 : MC;
-    run_tiles(a, i0, mc, a->ap_all + (int64_t)task * MC * KC, 0, a->nc);
+    const float *ap2 = a->tail ? a->tail->ap_all + (int64_t)task * MC * KC : NULL;
+    run_tiles(a, i0, mc, a->ap_all + (int64_t)task * MC * KC, ap2, 0, a->nc);
 }
 
 /* Column tasks, for wide products (WIDE_N: the lm_head's, gate's and up's): the task packs
@@ -383,7 +400,8 @@ static void col_task(void *vp, int32_t q)
     pack_b_task(vp, q);
     int64_t j0 = (int64_t)q * B_PANELS_PER_TASK * NR, j1 = j0 + B_PANELS_PER_TASK * NR;
     for (int64_t i0 = 0; i0 < a->g->m; i0 += MC)
-        run_tiles(a, i0, a->g->m - i0 < MC ? a->g->m - i0 : MC, a->ap_all + i0 * KC, j0, j1 < a->nc ? j1 : a->nc);
+        run_tiles(a, i0, a->g->m - i0 < MC ? a->g->m - i0 : MC, a->ap_all + i0 * KC,
+                  a->tail ? a->tail->ap_all + i0 * KC : NULL, j0, j1 < a->nc ? j1 : a->nc);
 }
 
 struct scale_args {
@@ -425,10 +443,26 @@ int gemm_fast_reserve(gemm_fast_buffers *buf, int64_t m)
     return buf->a && buf->b ? 0 : -1;
 }
 
+/* the tail product's buffers (gemm_fast2), as large as the first's */
+static int reserve_tail(gemm_fast_buffers *buf, int64_t m)
+{
+    size_t need_a = (size_t)((m + MC - 1) / MC) * MC * KC;
+    if (need_a > buf->cap_a2) {
+        peft__free(buf->a2);
+        buf->a2 = peft__alloc_floats(need_a);
+        buf->cap_a2 = buf->a2 ? need_a : 0;
+    }
+    if (!buf->b2)
+        buf->b2 = peft__alloc_floats((size_t)KC * NC);
+    return buf->a2 && buf->b2 ? 0 : -1;
+}
+
 void gemm_fast_free(gemm_fast_buffers *buf)
 {
     peft__free(buf->a);
     peft__free(buf->b);
+    peft__free(buf->a2);
+    peft__free(buf->b2);
     memset(buf, 0, sizeof *buf);
 }
 
@@ -447,20 +481,29 @@ static int64_t k_block(int64_t k)
 int gemm_fast(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
               void (*parallel_for)(void *, int32_t, void (*)(void *, int32_t), void *))
 {
-    if (gemm_fast_reserve(buf, g->m))
+    return gemm_fast2(g, NULL, buf, pool, parallel_for);
+}
+
+int gemm_fast2(const gemm_call *g, const gemm_call *g2, gemm_fast_buffers *buf, void *pool,
+               void (*parallel_for)(void *, int32_t, void (*)(void *, int32_t), void *))
+{
+    if (gemm_fast_reserve(buf, g->m) || (g2 && (g2->m != g->m || g2->n != g->n || g2->k > KC || g2->k < 1 ||
+                                                reserve_tail(buf, g->m))))
         return -1;
     int32_t tasks = (int32_t)((g->m + MC - 1) / MC);
     gemm_scale_c(g->c, g->m, g->n, g->ldc, g->beta, pool, parallel_for);
     /* k blocks outermost: op(A) is packed once per k block (not once per n block), and every
-       element of C still accumulates its k blocks in increasing order */
+       element of C still accumulates its k blocks in increasing order; the tail product after
+       the last */
     int64_t kb = k_block(g->k);
     for (int64_t k0 = 0; k0 < g->k; k0 += kb) {
         int64_t kc = g->k - k0 < kb ? g->k - k0 : kb;
-        struct fast_args fa = {g, k0, kc, 0, 0, buf->b, buf->a, buf->b};
+        struct fast_args ft = {g2, 0, g2 ? g2->k : 0, 0, 0, buf->b2, buf->a2, buf->b2, NULL};
+        struct fast_args fa = {g, k0, kc, 0, 0, buf->b, buf->a, buf->b, g2 && k0 + kc >= g->k ? &ft : NULL};
         parallel_for(pool, tasks, pack_a_task, &fa);
         for (int64_t n0 = 0; n0 < g->n; n0 += NC) {
-            fa.n0 = n0;
-            fa.nc = g->n - n0 < NC ? g->n - n0 : NC;
+            fa.n0 = ft.n0 = n0;
+            fa.nc = ft.nc = g->n - n0 < NC ? g->n - n0 : NC;
             int64_t panels = (fa.nc + NR - 1) / NR;
             int32_t groups = (int32_t)((panels + B_PANELS_PER_TASK - 1) / B_PANELS_PER_TASK);
             if (g->n >= WIDE_N) {
@@ -578,7 +621,7 @@ int gemm_narrow(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
         gemm_scale_c(g->c, g->n, g->m, g->ldc, g->beta, pool, parallel_for);
     else
         gemm_scale_c(g->c, g->m, g->n, g->ldc, g->beta, pool, parallel_for);
-    struct fast_args fa = {g, 0, g->k, 0, g->n, buf->b, buf->a, buf->b};
+    struct fast_args fa = {g, 0, g->k, 0, g->n, buf->b, buf->a, buf->b, NULL};
     pack_b_task(&fa, 0); /* one NR-column panel of the whole K */
     if (g->ta)
         parallel_for(pool, (int32_t)((g->m + NT_ROWS - 1) / NT_ROWS), narrow_t_task, &fa);

@@ -18,10 +18,18 @@ typedef struct gemm_call {
 typedef struct gemm_fast_buffers {
     float *a, *b;
     size_t cap_a;
+    float *a2, *b2; /* gemm_fast2's second product */
+    size_t cap_a2;
 } gemm_fast_buffers;
 
 int gemm_fast(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
               void (*parallel_for)(void *, int32_t, void (*)(void *, int32_t), void *));
+/* C = g's product + g2's (same M, N and C; g2's beta and c unused, its K at most 640, one
+   block): g2's sum over its K is added to each tile of C after g's last k block, as a gemm
+   of g2 with beta 1 would add it, while the tile is in cache. -1: shapes or buffers (the
+   caller falls back) */
+int gemm_fast2(const gemm_call *g, const gemm_call *g2, gemm_fast_buffers *buf, void *pool,
+               void (*parallel_for)(void *, int32_t, void (*)(void *, int32_t), void *));
 /* N <= 16 (LoRA's rank-r products): op(A) read in place, op(B) packed once, K in blocks of
    256; with tc set, C^T = op(B)^T op(A)^T is what is computed (M <= 16 products); -1 when the
    shape does not fit (the caller falls back) */

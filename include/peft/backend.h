@@ -30,6 +30,18 @@ typedef struct peft_backend_host {
     void (*parallel_for)(void *pool, int32_t n, void (*fn)(void *arg, int32_t i), void *arg);
 } peft_backend_host;
 
+/* One product of a sum (gemm_sum): alpha op(A) op(B), op(A) M x k, op(B) k x N, the
+   transposes and strides as in gemm. */
+typedef struct peft_gemm_term {
+    int32_t trans_a, trans_b;
+    int64_t k;
+    float alpha;
+    const float *a;
+    int64_t lda;
+    const float *b;
+    int64_t ldb;
+} peft_gemm_term;
+
 typedef struct peft_backend {
     uint32_t abi_version; /* PEFT_BACKEND_ABI_VERSION */
     uint32_t struct_size; /* sizeof(peft_backend) of the implementer */
@@ -62,6 +74,18 @@ typedef struct peft_backend {
      */
     void (*gemm_bf16)(void *ctx, int trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float *a,
                       int64_t lda, const uint16_t *b, int64_t ldb, float beta, float *c, int64_t ldc);
+
+    /*
+     * Optional (appended in 0.1.0; check struct_size). A sum of products into one C:
+     * C = sum over the n_terms terms of alpha op(A) op(B), + beta * C. Each term is a product as
+     * gemm takes it, with its own k; M, N and C are shared. The result must be what gemm gives
+     * for the first term (with beta) followed by gemm for each further term (beta 1), to
+     * float tolerance. NULL: the core makes those calls. The LoRA modules use it for
+     * x W^T + s x_a B^T and dy W + s dx_a A (the CPU backend adds the rank-r term to each tile
+     * of C while it is in cache, instead of in a second pass over C).
+     */
+    void (*gemm_sum)(void *ctx, int64_t m, int64_t n, int32_t n_terms, const peft_gemm_term *terms, float beta,
+                     float *c, int64_t ldc);
 } peft_backend;
 
 #ifdef __cplusplus
