@@ -218,7 +218,7 @@ void linear_forward(peft_model *m, float *y, const float *x, const peft_w *W, co
     peft__gemm(m, 0, 1, N, lv->r, in, 1.0f, xd, in, lv->A, lv->lda ? lv->lda : in, 0.0f, xa, lv->r);
     /* y = x W^T + s xa B^T */
     peft_gemm_term lora = {0, 1, lv->r, lv->scale, xa, lv->r, lv->B, lv->r};
-    peft__gemm_xwt_sum(m, N, x, in, W, &lora, 0.0f, y, out);
+    peft__gemm_w_sum(m, 1, N, x, in, W, &lora, 0.0f, y, out);
     if (lv->mag) {
         dora_norms(m, lv, W, in, out, tmp);
         if (lv->z)
@@ -334,6 +334,6 @@ void linear_backward(peft_model *m, float *dx, float beta_dx, const float *dy, c
         apply_dropout(m, dx, tmp, N * in, lv->dropout_seed, lv->dropout, 1);
     } else { /* dx = dy W + s dxa A */
         peft_gemm_term lora = {0, 0, r, lv->scale, dxa, r, lv->A, lda};
-        peft__gemm_dyw_sum(m, N, dy, out, W, &lora, beta_dx, dx, in);
+        peft__gemm_w_sum(m, 0, N, dy, out, W, &lora, beta_dx, dx, in);
     }
 }

@@ -449,12 +449,11 @@ void peft__gemm_xwt(peft_model *m, int64_t N, const float *x, int64_t ldx, const
 /* dx (N, cols) = dy (N, rows) w + beta dx */
 void peft__gemm_dyw(peft_model *m, int64_t N, const float *dy, int64_t lddy, const peft_w *w, float beta, float *dx,
                     int64_t lddx);
-/* the same plus a further product t (N x rows, resp. N x cols: LoRA's s x_a B^T, s dx_a A), in
-   one pass of the backend's gemm_sum where it has one and w is float32, else a gemm after */
-void peft__gemm_xwt_sum(peft_model *m, int64_t N, const float *x, int64_t ldx, const peft_w *w,
-                        const peft_gemm_term *t, float beta, float *y, int64_t ldy);
-void peft__gemm_dyw_sum(peft_model *m, int64_t N, const float *dy, int64_t lddy, const peft_w *w,
-                        const peft_gemm_term *t, float beta, float *dx, int64_t lddx);
+/* y = x w^T (wt: y is N x rows) or x w (N x cols), + a further product t (LoRA's s x_a B^T,
+   s dx_a A) + beta y: one pass of the backend's gemm_sum where it has one and w is float32,
+   else the product with w and a gemm for t */
+void peft__gemm_w_sum(peft_model *m, int wt, int64_t N, const float *x, int64_t ldx, const peft_w *w,
+                      const peft_gemm_term *t, float beta, float *y, int64_t ldy);
 /* 1 when a row of w differs from the same row of x (rows x cols); row: cols floats of scratch */
 int peft__w_differs(const peft_w *w, const float *x, float *row);
 /* w as float32: w->f, or all of it dequantized into scratch (rows x cols) */

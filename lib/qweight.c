@@ -406,28 +406,20 @@ void peft__gemm_xwt(peft_model *m, int64_t N, const float *x, int64_t ldx, const
     }
 }
 
-void peft__gemm_xwt_sum(peft_model *m, int64_t N, const float *x, int64_t ldx, const peft_w *w,
-                        const peft_gemm_term *t, float beta, float *y, int64_t ldy)
+void peft__gemm_w_sum(peft_model *m, int wt, int64_t N, const float *x, int64_t ldx, const peft_w *w,
+                      const peft_gemm_term *t, float beta, float *y, int64_t ldy)
 {
+    int64_t n = wt ? w->rows : w->cols;
     if (w->f && !w->bf16 && be_sum(m)) {
-        peft_gemm_term terms[2] = {{0, 1, w->cols, 1.0f, x, ldx, w->f, w->cols}, *t};
-        m->be->gemm_sum(m->be_ctx, N, w->rows, 2, terms, beta, y, ldy);
+        peft_gemm_term terms[2] = {{0, wt, wt ? w->cols : w->rows, 1.0f, x, ldx, w->f, w->cols}, *t};
+        m->be->gemm_sum(m->be_ctx, N, n, 2, terms, beta, y, ldy);
         return;
     }
-    peft__gemm_xwt(m, N, x, ldx, w, beta, y, ldy);
-    peft__gemm(m, t->trans_a, t->trans_b, N, w->rows, t->k, t->alpha, t->a, t->lda, t->b, t->ldb, 1.0f, y, ldy);
-}
-
-void peft__gemm_dyw_sum(peft_model *m, int64_t N, const float *dy, int64_t lddy, const peft_w *w,
-                        const peft_gemm_term *t, float beta, float *dx, int64_t lddx)
-{
-    if (w->f && !w->bf16 && be_sum(m)) {
-        peft_gemm_term terms[2] = {{0, 0, w->rows, 1.0f, dy, lddy, w->f, w->cols}, *t};
-        m->be->gemm_sum(m->be_ctx, N, w->cols, 2, terms, beta, dx, lddx);
-        return;
-    }
-    peft__gemm_dyw(m, N, dy, lddy, w, beta, dx, lddx);
-    peft__gemm(m, t->trans_a, t->trans_b, N, w->cols, t->k, t->alpha, t->a, t->lda, t->b, t->ldb, 1.0f, dx, lddx);
+    if (wt)
+        peft__gemm_xwt(m, N, x, ldx, w, beta, y, ldy);
+    else
+        peft__gemm_dyw(m, N, x, ldx, w, beta, y, ldy);
+    peft__gemm(m, t->trans_a, t->trans_b, N, n, t->k, t->alpha, t->a, t->lda, t->b, t->ldb, 1.0f, y, ldy);
 }
 
 void peft__gemm_dyw(peft_model *m, int64_t N, const float *dy, int64_t lddy, const peft_w *w, float beta, float *dx,
