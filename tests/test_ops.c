@@ -563,13 +563,28 @@ static void naive(int ta, int tb, int M, int N, int K, float alpha, const float 
         }
 }
 
+/* C before a product: random, or NaN where beta == 0 (C must not be read then) */
+static void fill_c(float *c, size_t n, float beta)
+{
+    fill(c, n, 1.0f);
+    for (size_t i = 0; beta == 0.0f && i < n; i++)
+        c[i] = NAN;
+}
+
+/* be's context over a pool of `threads` threads */
+static void *open_backend(const peft_backend *be, int threads, peft_pool **pool)
+{
+    void *ctx = NULL;
+    CHECK_OK(peft__pool_create(pool, threads));
+    peft_backend_host host = {sizeof host, threads, *pool, peft__pool_for};
+    CHECK_OK(be->init(&ctx, &host));
+    return ctx;
+}
+
 static void check_backend(const peft_backend *be, int threads)
 {
     peft_pool *pool;
-    CHECK_OK(peft__pool_create(&pool, threads));
-    peft_backend_host host = {sizeof host, threads, pool, peft__pool_for};
-    void *ctx;
-    CHECK_OK(be->init(&ctx, &host));
+    void *ctx = open_backend(be, threads, &pool);
     CHECK(be->abi_version == PEFT_BACKEND_ABI_VERSION && be->struct_size <= sizeof(peft_backend));
     /* small shapes take the plain loops; N <= 16 the narrow kernel (A read in place, edge rows
        of a tile included, K in blocks of 256); M <= 16 the narrow kernel on the transposed
@@ -592,10 +607,7 @@ static void check_backend(const peft_backend *be, int threads)
                     float *a = malloc(na * 4), *b = malloc(nb * 4), *c1 = malloc(nc * 4), *c2 = malloc(nc * 4);
                     fill(a, na, 1.0f);
                     fill(b, nb, 1.0f);
-                    fill(c1, nc, 1.0f);
-                    if (beta == 0.0f)
-                        for (size_t i = 0; i < nc; i++)
-                            c1[i] = NAN; /* beta == 0 must not read C */
+                    fill_c(c1, nc, beta);
                     memcpy(c2, c1, nc * 4);
                     be->gemm(ctx, ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c1, ldc);
                     naive(ta, tb, M, N, K, alpha, a, lda, b, ldb, beta, c2, ldc);
@@ -622,10 +634,7 @@ TEST(backend_cpu_gemm)
 static void check_backend_bf16(const peft_backend *be, int threads, int round_a)
 {
     peft_pool *pool;
-    CHECK_OK(peft__pool_create(&pool, threads));
-    peft_backend_host host = {sizeof host, threads, pool, peft__pool_for};
-    void *ctx;
-    CHECK_OK(be->init(&ctx, &host));
+    void *ctx = open_backend(be, threads, &pool);
     CHECK(be->struct_size >= offsetof(peft_backend, gemm_bf16) + sizeof(void *) && be->gemm_bf16);
     /* plain loops below 16; the packed kernel's MC, KC/KP, NC and tile edges; odd K (a pair
        half padded) */
@@ -676,10 +685,7 @@ static void check_backend_bf16(const peft_backend *be, int threads, int round_a)
 static void check_gemm_sum(const peft_backend *be, int threads)
 {
     peft_pool *pool;
-    CHECK_OK(peft__pool_create(&pool, threads));
-    peft_backend_host host = {sizeof host, threads, pool, peft__pool_for};
-    void *ctx;
-    CHECK_OK(be->init(&ctx, &host));
+    void *ctx = open_backend(be, threads, &pool);
     CHECK(be->struct_size >= offsetof(peft_backend, gemm_sum) + sizeof(void *) && be->gemm_sum);
     const int shapes[][4] = {{100, 70, 300, 8}, {130, 1100, 700, 16}, {64, 48, 1300, 1}, {70, 300, 64, 40},
                              {20, 17, 30, 4},   {8, 40, 50, 8}};
@@ -698,10 +704,7 @@ static void check_gemm_sum(const peft_backend *be, int threads)
                 fill(b, nb, 1.0f);
                 fill(a2, na2, 1.0f);
                 fill(b2, nb2, 1.0f);
-                fill(c1, nc, 1.0f);
-                if (beta == 0.0f)
-                    for (size_t i = 0; i < nc; i++)
-                        c1[i] = NAN; /* beta == 0 must not read C */
+                fill_c(c1, nc, beta);
                 memcpy(c2, c1, nc * 4);
                 memcpy(c3, c1, nc * 4);
                 peft_gemm_term t[2] = {{0, tb, K, 1.0f, a, lda, b, ldb}, {0, tb, R, 0.75f, a2, lda2, b2, ldb2}};
