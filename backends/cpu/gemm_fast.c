@@ -197,7 +197,7 @@ static int64_t transpose_rows16(const float *src, int64_t ld, int64_t kc, float 
         for (; p + 16 <= kc; p += 16)
             transpose16(src + p, ld, dst + p * 16);
 #endif
-    (void)src, (void)ld, (void)dst;
+    (void)src, (void)ld, (void)kc, (void)dst;
     return p;
 }
 
