@@ -681,14 +681,15 @@ static void check_backend_bf16(const peft_backend *be, int threads, int round_a)
    against the naive sums, and bit-identical to gemm for the first (with beta) then gemm for the
    second (beta 1), which the quantized and BF16 weights (one call per term) rely on to train as
    the float32 file does; first products of one and three k blocks, row and column tasks (N >=
-   1024), second products of depth 1 to 40 */
+   1024), second products of depth 1 to 40, and shapes that gemm gives the narrow kernels or the
+   plain loops (M = 16, M = 8, N = 17 with B transposed), which must then go as two calls */
 static void check_gemm_sum(const peft_backend *be, int threads)
 {
     peft_pool *pool;
     void *ctx = open_backend(be, threads, &pool);
     CHECK(be->struct_size >= offsetof(peft_backend, gemm_sum) + sizeof(void *) && be->gemm_sum);
     const int shapes[][4] = {{100, 70, 300, 8}, {130, 1100, 700, 16}, {64, 48, 1300, 1}, {70, 300, 64, 40},
-                             {20, 17, 30, 4},   {8, 40, 50, 8}};
+                             {20, 17, 30, 4},   {8, 40, 50, 8},     {16, 70, 300, 16}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (int tb = 0; tb < 2; tb++)
             for (int bi = 0; bi < 3; bi++) {

@@ -101,25 +101,29 @@ static void gemm_task(void *vp, int32_t task)
     }
 }
 
+/* The kernel for a product of this shape. Narrow products (n <= 16: LoRA's x A^T, dy B,
+   dy^T xa at rank <= 16) read op(A) in place against one packed panel of op(B); m <= 16 ones
+   (LoRA's dxa^T x) run as C^T = op(B)^T op(A)^T, a narrow product stored transposed, instead
+   of packing all of op(B) for 16 rows of C; the packed kernel pays off once there is enough
+   work per packed panel; anything smaller runs as row-by-row dot products. */
+static int narrow_shape(int64_t m, int64_t n, int64_t k) { return m >= 16 && n <= 16 && k >= 16; }
+static int narrow_t_shape(int64_t m, int64_t n, int64_t k) { return n >= 16 && m <= 16 && k >= 16; }
+static int packed_shape(int ta, int tb, int64_t m, int64_t n) { return m >= 16 && n >= 16 && !(n < 32 && !ta && tb); }
+
 static void cpu_gemm(void *ctx, int ta, int tb, int64_t m, int64_t n, int64_t k, float alpha,
                      const float *a, int64_t lda, const float *b, int64_t ldb, float beta, float *c,
                      int64_t ldc)
 {
     cpu_ctx *cc = ctx;
-    /* narrow products (n <= 16: LoRA's x A^T, dy B, dy^T xa at rank <= 16) read op(A) in place
-       against one packed panel of op(B); the packed kernel pays off once there is enough work
-       per packed panel; anything smaller runs as row-by-row dot products */
     gemm_call gc = {ta, tb, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c, NULL, 0};
-    if (!cc->reference && m >= 16 && n <= 16 && k >= 16 &&
+    if (!cc->reference && narrow_shape(m, n, k) &&
         gemm_narrow(&gc, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
         return;
-    /* m <= 16 (LoRA's dxa^T x): C^T = op(B)^T op(A)^T as a narrow product, stored transposed,
-       instead of packing all of op(B) for 16 rows of C */
     gemm_call gt = {!tb, !ta, n, m, k, ldb, lda, ldc, alpha, beta, b, a, c, NULL, 1};
-    if (!cc->reference && n >= 16 && m <= 16 && k >= 16 &&
+    if (!cc->reference && narrow_t_shape(m, n, k) &&
         gemm_narrow(&gt, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
         return;
-    if (!cc->reference && m >= 16 && n >= 16 && !(n < 32 && !ta && tb) &&
+    if (!cc->reference && packed_shape(ta, tb, m, n) &&
         gemm_fast(&gc, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
         return;
     struct gemm_args g = {ta, tb, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c};
@@ -127,15 +131,21 @@ static void cpu_gemm(void *ctx, int ta, int tb, int64_t m, int64_t n, int64_t k,
     cc->host.parallel_for(cc->host.pool, tasks, gemm_task, &g);
 }
 
-/* A sum of products. Two (LoRA's frozen product and its rank-r term) run as one packed product
-   with the second summed into each tile of C after the first (the same sums as two calls);
-   anything else, or what the packed kernel does not take, as one call per term. */
+/* whether cpu_gemm runs the term on the packed kernel */
+static int term_packed(const peft_gemm_term *t, int64_t m, int64_t n)
+{
+    return !narrow_shape(m, n, t->k) && !narrow_t_shape(m, n, t->k) && packed_shape(t->trans_a, t->trans_b, m, n);
+}
+
+/* A sum of products. Two (LoRA's frozen product and its rank-r term) that cpu_gemm would both
+   run on the packed kernel run as one packed product with the second summed into each tile of
+   C after the first: the same sums as the two calls, bit for bit. Anything else as one call
+   per term. */
 static void cpu_gemm_sum(void *ctx, int64_t m, int64_t n, int32_t n_terms, const peft_gemm_term *t, float beta,
                          float *c, int64_t ldc)
 {
     cpu_ctx *cc = ctx;
-    if (n_terms == 2 && !cc->reference && m >= 16 && n > 16 && t[0].k >= 16 &&
-        !(n < 32 && !t[0].trans_a && t[0].trans_b)) {
+    if (n_terms == 2 && !cc->reference && term_packed(&t[0], m, n) && term_packed(&t[1], m, n)) {
         gemm_call g = {t[0].trans_a, t[0].trans_b, m, n, t[0].k, t[0].lda, t[0].ldb, ldc, t[0].alpha, beta,
                        t[0].a, t[0].b, c, NULL, 0};
         gemm_call g2 = {t[1].trans_a, t[1].trans_b, m, n, t[1].k, t[1].lda, t[1].ldb, ldc, t[1].alpha, 1.0f,
