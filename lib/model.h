@@ -241,6 +241,9 @@ const char *peft__mapping_file(const peft_model *m, const void *p, uint64_t *off
 int peft__weights_to_bf16(peft_model *m);
 /* qweight.c: whether the kernel gives anonymous memory transparent huge pages on request */
 int peft__huge_pages_offered(void);
+/* qweight.c: what the products read of w in place, its float32 matrix or its quantized blocks,
+   and its size (NULL where a BF16 copy does the products, or w has neither) */
+const void *peft__w_storage(const peft_w *w, size_t *bytes);
 /* qweight.c: the float32 matrices and quantized blocks used in place from a file mapping
    copied onto 2 MiB pages */
 int peft__weights_to_memory(peft_model *m);

@@ -592,12 +592,16 @@ static int read_from_file(const peft_model *m, const void *p, void *dst, size_t 
     return done == bytes ? 0 : -1;
 }
 
-/* the bytes of w that the products read in place from a file mapping (its float32 matrix or its
-   quantized blocks), or NULL */
+const void *peft__w_storage(const peft_w *w, size_t *bytes)
+{
+    *bytes = w->f ? (size_t)w->rows * (size_t)w->cols * sizeof(float) : (size_t)w->rows * w->row_bytes;
+    return w->bf16 ? NULL : w->f ? (const void *)w->f : (const void *)w->q;
+}
+
+/* the bytes of w that the products read in place from a file mapping, or NULL */
 static const void *mapped_bytes(const peft_model *m, const peft_w *w, size_t *bytes)
 {
-    const void *p = w->bf16 ? NULL : w->f ? (const void *)w->f : (const void *)w->q;
-    *bytes = w->f ? (size_t)w->rows * (size_t)w->cols * sizeof(float) : (size_t)w->rows * w->row_bytes;
+    const void *p = peft__w_storage(w, bytes);
     return p && peft__in_mapping(m, p, *bytes) ? p : NULL;
 }
 

@@ -785,10 +785,11 @@ static int mapped_weights(const peft_model *m, int *n)
     for (int l = 0; l < m->cfg.n_layers; l++)
         for (int k = 0; k < PEFT_MOD_COUNT; k++) {
             const peft_w *w = &m->layers[l].w[k];
-            const void *p = w->f ? (const void *)w->f : (const void *)w->q;
+            size_t bytes;
+            const void *p = peft__w_storage(w, &bytes);
             if (!p)
                 continue;
-            int mapped = peft__in_mapping(m, p, w->f ? (size_t)(w->rows * w->cols) * 4 : (size_t)w->rows * w->row_bytes);
+            int mapped = peft__in_mapping(m, p, bytes);
             CHECK(mapped || (uintptr_t)p % 64 == 0);
             in += mapped;
             (*n)++;
@@ -840,8 +841,9 @@ TEST(weights_on_huge_pages)
                matrices, not quantized there and converted at open) */
             CHECK_MSG(n == 35 && (mm || !thp ? in == (f ? 20 : 25) : in == 0), "%s: %d of %d mapped", ggufs[f], in, n);
             /* its tied lm_head is the embedding matrix, copied once */
-            const void *e = m->embed.f ? (const void *)m->embed.f : (const void *)m->embed.q;
-            CHECK(m->head.f == m->embed.f && m->head.q == m->embed.q && peft__in_mapping(m, e, 4) == (mm || !thp));
+            size_t eb;
+            const void *e = peft__w_storage(&m->embed, &eb);
+            CHECK(m->head.f == m->embed.f && m->head.q == m->embed.q && peft__in_mapping(m, e, eb) == (mm || !thp));
             uint64_t c;
             l[mm] = eval_file(m, sp("data/kjv_genesis.stories260K.u32.bin"), 128, &c);
             peft_model_close(&m);
