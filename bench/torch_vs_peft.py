@@ -4,14 +4,18 @@ Gemma-3-shaped) model.
 Usage (from the repository root, after building; Debian's python3-torch):
     /usr/bin/python3 bench/torch_vs_peft.py [--shape smollm|tinyllama|small|gemma270m] [--batch 4] [--seq 256]
         [--threads 2] [--steps 4] [--rank 16] [--layers all|last:4] [--backend cpu|blis]
-        [--frozen-dtype f32|bf16] [--activation-checkpointing] [--repeat 3]
+        [--frozen-dtype f32|bf16] [--activation-checkpointing] [--repeat 3] [--matrix]
 
 The model is created once with `peft init-model` (random weights, Hugging Face format) under
 out/bench/. Each measurement runs in a fresh process, alternately libpeft (`peft train`) and
 the PyTorch reference (`--torch-worker`: the same model read from the same safetensors, the
 same LoRA configuration (A kaiming-uniform, B zero, alpha = 2r), AdamW, the same token
 windows), and reports steady-state tokens/s (the first step is a warm-up and is not timed),
-peak RSS, and the ratio. Medians over --repeat alternations are printed as a Markdown table.
+peak RSS, and the ratio. Medians over --repeat alternations are printed as a Markdown table,
+with the step's model FLOPs (step_gflop below), each side's GFLOP/s and their fraction of the
+machine's float32 FMA peak, measured at the same thread count by build/bench/bench-peak.
+--matrix runs the rows B x T = 4 x 256 and 1 x 2048, threads 1 and 2, backends cpu and blis
+in one go (the other options apply to every row).
 PyTorch is "tuned" as far as this machine allows: OPENBLAS_CORETYPE=SkylakeX on AVX-512
 processors (OpenBLAS 0.3.21 does not know Zen 5 and would run a generic kernel), OMP_WAIT_POLICY
 passive, jemalloc preloaded and the OpenMP OpenBLAS when those Debian packages are installed
@@ -173,9 +177,108 @@ def measured(cmd, env):
             "sys.exit(p.returncode)\n")
     p = subprocess.run([sys.executable, "-c", code] + cmd, capture_output=True, text=True, env=env)
     if p.returncode:
-        sys.exit(f"failed: {' '.join(cmd)}\n{p.stderr}")
+        raise RuntimeError(f"failed: {' '.join(cmd)}\n{p.stderr}")
     out, rss = p.stdout.strip().splitlines()[-2:]
     return json.loads(out), int(rss) / 1024.0
+
+
+def step_gflop(cfg, B, T, rank, layers):
+    """The model FLOPs of one LoRA training step (forward, backward), counted the usual way:
+    2 per multiply-add of every product; the frozen linear products and the lm_head forward and
+    backward (dx only: frozen weights get no gradient), the dx products only from the lowest
+    adapted layer up, causal attention (the scores and weighted sums of the positions attended:
+    within the sliding window on Gemma's sliding layers) forward and backward (twice the
+    forward), the rank-r LoRA products (forward 2 N r (in + out), backward twice that). Activation
+    checkpointing's recomputation is not counted: a step costs the same however it is run."""
+    D, L, H, Hkv = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"], cfg["num_key_value_heads"]
+    hd, F, V = cfg.get("head_dim", D // H), cfg["intermediate_size"], cfg["vocab_size"]
+    N = B * T
+    first = L - int(layers.split(":")[1]) if layers.startswith("last:") else 0
+    dims = [(D, H * hd), (D, Hkv * hd), (D, Hkv * hd), (H * hd, D), (D, F), (D, F), (F, D)]  # (in, out)
+    lin = sum(i * o for i, o in dims)
+    lora = sum(i + o for i, o in dims)
+    pattern, win = cfg.get("sliding_window_pattern", 6), cfg.get("sliding_window")
+    flops = 2.0 * N * lin * L + 2.0 * N * lin * (L - first) + 4.0 * N * D * V
+    flops += 6.0 * N * rank * lora * (L - first)
+    for l in range(L):
+        sliding = cfg["model_type"] == "gemma3_text" and (l + 1) % pattern != 0
+        pairs = sum(min(t + 1, win) if sliding else t + 1 for t in range(T))
+        fwd = 4.0 * B * H * hd * pairs  # scores and weighted sums
+        flops += fwd + (2 * fwd if l >= first else 0)
+    return flops / 1e9
+
+
+def machine_peak(threads, cache={}):
+    """GFLOP/s of build/bench/bench-peak on `threads` threads (None if it is not built)."""
+    if threads not in cache:
+        exe = os.path.join(ROOT, "build", "bench", "bench-peak")
+        cache[threads] = None
+        if os.path.exists(exe):
+            p = subprocess.run([exe, str(threads)], capture_output=True, text=True)
+            if p.returncode == 0:
+                cache[threads] = json.loads(p.stdout)["gflops"]
+    return cache[threads]
+
+
+def tuned_env(threads):
+    """(libpeft's environment, PyTorch's tuned environment, the tuning's description)."""
+    env = dict(os.environ)
+    env.pop("OPENBLAS_CORETYPE", None)
+    tuned = []
+    tenv = dict(env)
+    # OpenBLAS 0.3.21 does not recognise Zen 5: left to itself it falls back to a generic
+    # kernel (about 35 GFLOP/s here, against 155-190 with its AVX-512 kernel), so the tuned
+    # reference names the AVX-512 core type when the processor has AVX-512
+    if "avx512f" in open("/proc/cpuinfo").read():
+        tenv["OPENBLAS_CORETYPE"] = "SkylakeX"
+        tuned.append("OPENBLAS_CORETYPE=SkylakeX")
+    for e in (env, tenv):
+        e["OMP_WAIT_POLICY"] = "PASSIVE"
+        e["OMP_NUM_THREADS"] = str(threads)
+    if os.path.exists(JEMALLOC):
+        tenv["LD_PRELOAD"] = JEMALLOC
+        tenv["MALLOC_CONF"] = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+        tuned.append("jemalloc")
+    if os.path.isdir(OPENBLAS_OMP):
+        tenv["LD_LIBRARY_PATH"] = OPENBLAS_OMP
+        tuned.append("OpenMP OpenBLAS")
+    return env, tenv, tuned
+
+
+def run_row(args, mdir, data, cfg, batch, seq, threads, backend):
+    """One row of the table: --repeat alternations of libpeft and PyTorch at one configuration."""
+    env, tenv, tuned = tuned_env(threads)
+    peft_cmd = [PEFT, "train", "--model", mdir, "--data", data, "--out", os.path.join(ROOT, "out", "bench", "adapter"),
+                "--steps", str(args.steps), "--batch", str(batch), "--seq", str(seq), "--rank",
+                str(args.rank), "--alpha", str(2 * args.rank), "--targets", "all-linear", "--layers", args.layers,
+                "--threads", str(threads), "--backend", backend, "--frozen-dtype", args.frozen_dtype, "--lr", "1e-4",
+                "--json", "--quiet", "--log-every", "1"] + (["--activation-checkpointing"] if args.activation_checkpointing else [])
+    torch_cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", "--model", mdir, "--data", data,
+                 "--batch", str(batch), "--seq", str(seq), "--threads", str(threads), "--steps",
+                 str(args.steps), "--rank", str(args.rank), "--layers", args.layers]
+    res = {"peft": [], "torch": []}
+    for _ in range(args.repeat):
+        j, rss = measured(peft_cmd, env)
+        # steady state: the first step (workspace first touch) is excluded as for PyTorch
+        steps = j.get("step_seconds") or []
+        tps = (batch * seq / statistics.median(steps[1:])) if len(steps) > 1 else j["tokens_per_s"]
+        res["peft"].append((tps, rss))
+        j, rss = measured(torch_cmd, tenv)
+        res["torch"].append((j["tokens_per_s"], rss))
+    p_tps = statistics.median(t for t, _ in res["peft"])
+    t_tps = statistics.median(t for t, _ in res["torch"])
+    p_rss = max(r for _, r in res["peft"])
+    t_rss = max(r for _, r in res["torch"])
+    gflop = step_gflop(cfg, batch, seq, args.rank, args.layers)
+    p_gfs, t_gfs = gflop * p_tps / (batch * seq), gflop * t_tps / (batch * seq)
+    peak = machine_peak(threads)
+    frac = (lambda g: f"{100 * g / peak:.0f}%") if peak else (lambda g: "-")
+    print(f"| {args.shape} | {batch}x{seq} | {threads} | {args.layers} | r={args.rank} | "
+          f"{backend}{', bf16 W' if args.frozen_dtype == 'bf16' else ''}"
+          f"{', ckpt' if args.activation_checkpointing else ''} | {p_tps:.1f} | {t_tps:.1f} | {p_tps / t_tps:.2f}x | "
+          f"{p_rss:.0f} | {t_rss:.0f} | {gflop:.0f} | {p_gfs:.0f} ({frac(p_gfs)}) | {t_gfs:.0f} ({frac(t_gfs)}) | "
+          f"{peak or '-'} | {', '.join(tuned) or 'untuned'} |", flush=True)
+    print(json.dumps({"peft": res["peft"], "torch": res["torch"]}), file=sys.stderr)
 
 
 def main():
@@ -191,6 +294,8 @@ def main():
     ap.add_argument("--frozen-dtype", default="f32", choices=["f32", "bf16"])
     ap.add_argument("--activation-checkpointing", action="store_true")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--matrix", action="store_true",
+                    help="every row of B x T 4x256 and 1x2048, threads 1 and 2, backends cpu and blis")
     ap.add_argument("--torch-worker", action="store_true")
     ap.add_argument("--model")
     ap.add_argument("--data")
@@ -206,59 +311,30 @@ def main():
         subprocess.run([PEFT, "init-model", "--out", mdir, "--hidden", str(D), "--layers", str(L), "--heads", str(H),
                         "--kv-heads", str(Hkv), "--ffn", str(F), "--vocab", str(V), "--seed", "1"] + extra, check=True,
                        stdout=subprocess.DEVNULL)
+    cfg = json.load(open(os.path.join(mdir, "config.json")))
+    rows = [(args.batch, args.seq, args.threads, args.backend)]
+    if args.matrix:
+        rows = [(b, t, n, be) for b, t in ((4, 256), (1, 2048)) for n in (1, 2) for be in ("cpu", "blis")]
     data = os.path.join(ROOT, "out", "bench", f"tokens-{V}.bin")
-    n_tok = args.batch * args.seq * (args.steps + 1)
+    n_tok = max(b * t for b, t, _, _ in rows) * (args.steps + 1)
     if not os.path.exists(data) or os.path.getsize(data) < 4 * n_tok:
         subprocess.run([PEFT, "synth", "--out", data, "--vocab", str(V), "--tokens", str(max(n_tok, 1 << 16)),
                         "--seed", "2"], check=True, stdout=subprocess.DEVNULL)
-    env = dict(os.environ)
-    env.pop("OPENBLAS_CORETYPE", None)
-    tuned = []
-    tenv = dict(env)
-    # OpenBLAS 0.3.21 does not recognise Zen 5: left to itself it falls back to a generic
-    # kernel (about 35 GFLOP/s here, against 155-190 with its AVX-512 kernel), so the tuned
-    # reference names the AVX-512 core type when the processor has AVX-512
-    if "avx512f" in open("/proc/cpuinfo").read():
-        tenv["OPENBLAS_CORETYPE"] = "SkylakeX"
-        tuned.append("OPENBLAS_CORETYPE=SkylakeX")
-    env["OMP_WAIT_POLICY"] = "PASSIVE"
-    env["OMP_NUM_THREADS"] = str(args.threads)
-    tenv["OMP_WAIT_POLICY"] = "PASSIVE"
-    tenv["OMP_NUM_THREADS"] = str(args.threads)
-    if os.path.exists(JEMALLOC):
-        tenv["LD_PRELOAD"] = JEMALLOC
-        tenv["MALLOC_CONF"] = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
-        tuned.append("jemalloc")
-    if os.path.isdir(OPENBLAS_OMP):
-        tenv["LD_LIBRARY_PATH"] = OPENBLAS_OMP
-        tuned.append("OpenMP OpenBLAS")
-    peft_cmd = [PEFT, "train", "--model", mdir, "--data", data, "--out", os.path.join(ROOT, "out", "bench", "adapter"),
-                "--steps", str(args.steps), "--batch", str(args.batch), "--seq", str(args.seq), "--rank",
-                str(args.rank), "--alpha", str(2 * args.rank), "--targets", "all-linear", "--layers", args.layers,
-                "--threads", str(args.threads), "--backend", args.backend, "--frozen-dtype", args.frozen_dtype, "--lr", "1e-4", "--json", "--quiet",
-                "--log-every", "1"] + (["--activation-checkpointing"] if args.activation_checkpointing else [])
-    torch_cmd = [sys.executable, os.path.abspath(__file__), "--torch-worker", "--model", mdir, "--data", data,
-                 "--batch", str(args.batch), "--seq", str(args.seq), "--threads", str(args.threads), "--steps",
-                 str(args.steps), "--rank", str(args.rank), "--layers", args.layers]
-    res = {"peft": [], "torch": []}
-    for _ in range(args.repeat):
-        j, rss = measured(peft_cmd, env)
-        # steady state: the first step (workspace first touch) is excluded as for PyTorch
-        steps = j.get("step_seconds") or []
-        tps = (args.batch * args.seq / statistics.median(steps[1:])) if len(steps) > 1 else j["tokens_per_s"]
-        res["peft"].append((tps, rss))
-        j, rss = measured(torch_cmd, tenv)
-        res["torch"].append((j["tokens_per_s"], rss))
-    p_tps = statistics.median(t for t, _ in res["peft"])
-    t_tps = statistics.median(t for t, _ in res["torch"])
-    p_rss = max(r for _, r in res["peft"])
-    t_rss = max(r for _, r in res["torch"])
-    print(f"| {args.shape} | {args.batch}x{args.seq} | {args.threads} | {args.layers} | r={args.rank} | "
-          f"{args.backend}{', bf16 W' if args.frozen_dtype == 'bf16' else ''}"
-          f"{', ckpt' if args.activation_checkpointing else ''} | {p_tps:.1f} | {t_tps:.1f} | {p_tps / t_tps:.2f}x | {p_rss:.0f} | {t_rss:.0f} | "
-          f"{', '.join(tuned) or 'untuned'} |")
-    print(json.dumps({"peft": res["peft"], "torch": res["torch"]}), file=sys.stderr)
+    print("| shape | B x T | threads | LoRA layers | rank | backend | libpeft tok/s | PyTorch tok/s | ratio | "
+          "libpeft peak MiB | PyTorch peak MiB | GFLOP a step | libpeft GFLOP/s (of peak) | PyTorch GFLOP/s (of peak) | "
+          "measured peak GFLOP/s | PyTorch tuning |")
+    print("|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|", flush=True)
+    failed = 0
+    for batch, seq, threads, backend in rows:
+        try:
+            run_row(args, mdir, data, cfg, batch, seq, threads, backend)
+        except RuntimeError as e:  # e.g. a build without the BLIS backend: the other rows still run
+            print(f"| {args.shape} | {batch}x{seq} | {threads} | {args.layers} | r={args.rank} | {backend} | "
+                  f"did not run: {str(e).splitlines()[-1][:80]} |", flush=True)
+            print(e, file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
