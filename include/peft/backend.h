@@ -26,7 +26,8 @@ typedef struct peft_backend_host {
     int32_t n_threads;
     void *pool;
     /* Run fn(arg, i) for i in [0, n) on the core's thread pool; returns when all are done.
-       Task i always runs on the same worker for the same n (deterministic partition). */
+       The tasks run in any order, on any of its n_threads threads (the caller's included): each
+       must write only its own outputs, so that results do not depend on the scheduling. */
     void (*parallel_for)(void *pool, int32_t n, void (*fn)(void *arg, int32_t i), void *arg);
 } peft_backend_host;
 
