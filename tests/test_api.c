@@ -122,7 +122,10 @@ TEST(info_and_exact_counts)
 }
 
 /* Train n steps from a fresh attachment; return the parameters (malloc'ed). */
-static float *train_run(int threads, int steps, int accum, int batch_split, float dropout, size_t *n_out)
+/* parameters after `steps` steps of 4 sequences of seq_len tokens (batch_split: as two halves
+   accumulated) */
+static float *train_run_len(int threads, int steps, int accum, int batch_split, float dropout, int seq_len,
+                            size_t *n_out)
 {
     peft_model *m = open_tiny(threads);
     if (!m)
@@ -136,21 +139,22 @@ static float *train_run(int threads, int steps, int accum, int batch_split, floa
     CHECK_OK(peft_attach_lora(m, &o, NULL));
     CHECK_OK(peft_opt_set(m, PEFT_OPT_LR, 1e-2));
     CHECK_OK(peft_opt_set(m, PEFT_OPT_ACCUM_STEPS, accum));
-    int32_t tok[4 * 16];
-    for (int s = 0; s < steps; s++) {
-        make_batch(tok, 4 * 16, (uint32_t)s);
+    int32_t *tok = malloc(sizeof *tok * 4 * (size_t)seq_len);
+    for (int s = 0; tok && s < steps; s++) {
+        make_batch(tok, 4 * seq_len, (uint32_t)s);
         if (batch_split) {
             for (int h = 0; h < 2; h++) {
-                peft_batch b = {PEFT_BATCH_VERSION, tok + h * 32, NULL, 2, 16, NULL};
+                peft_batch b = {PEFT_BATCH_VERSION, tok + h * 2 * seq_len, NULL, 2, seq_len, NULL};
                 peft_step_result r = PEFT_STEP_RESULT_INIT;
                 CHECK_OK(peft_step(m, &b, &r));
                 CHECK(r.updated == (h == 1));
             }
         } else {
-            peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 4, 16, NULL};
+            peft_batch b = {PEFT_BATCH_VERSION, tok, NULL, 4, seq_len, NULL};
             CHECK_OK(peft_step(m, &b, NULL));
         }
     }
+    free(tok);
     float *p;
     size_t n;
     CHECK_OK(peft_param_buffer(&p, &n, m));
@@ -161,6 +165,11 @@ static float *train_run(int threads, int steps, int accum, int batch_split, floa
     return copy;
 }
 
+static float *train_run(int threads, int steps, int accum, int batch_split, float dropout, size_t *n_out)
+{
+    return train_run_len(threads, steps, accum, batch_split, dropout, 16, n_out);
+}
+
 TEST(determinism_and_thread_invariance)
 {
     size_t n1, n2, n3;
@@ -169,6 +178,13 @@ TEST(determinism_and_thread_invariance)
     CHECK(a && b && c && n1 == n2 && n1 == n3);
     CHECK(memcmp(a, b, n1 * sizeof *a) == 0); /* same seed, same data: bit-identical */
     CHECK(memcmp(a, c, n1 * sizeof *a) == 0); /* and independent of the thread count */
+    free(a), free(b), free(c);
+    /* 800 rows a product: on 2 and 3 threads the CPU backend's products run as slabs of rows
+       (one a thread, each packing its own op(B)); the same parameters, bit for bit */
+    a = train_run_len(1, 2, 1, 0, 0.1f, 200, &n1), b = train_run_len(2, 2, 1, 0, 0.1f, 200, &n2);
+    c = train_run_len(3, 2, 1, 0, 0.1f, 200, &n3);
+    CHECK(a && b && c && n1 == n2 && n1 == n3);
+    CHECK(memcmp(a, b, n1 * sizeof *a) == 0 && memcmp(a, c, n1 * sizeof *a) == 0);
     free(a), free(b), free(c);
 }
 

@@ -734,6 +734,71 @@ TEST(backend_cpu_gemm_sum)
     check_gemm_sum(peft__backend_cpu(), 3);
 }
 
+/* With several threads, products narrower than 1024 columns and at least 256 rows a thread run
+   as one slab of rows per thread, each packing its own op(B): the results must be those of one
+   thread, bit for bit (gemm, the gemm_sum of two terms and BF16 weights, A plain and transposed,
+   every beta; slabs of unequal height, 800 rows over 3 threads), and of the naive sums */
+TEST(backend_cpu_gemm_slabs)
+{
+    const peft_backend *be = peft__backend_cpu();
+    peft_pool *pool1, *pool3;
+    void *one = open_backend(be, 1, &pool1), *three = open_backend(be, 3, &pool3);
+    const int shapes[][3] = {{800, 100, 700}, {1024, 576, 1536}, {770, 40, 50}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int ta = 0; ta < 2; ta++)
+            for (int bi = 0; bi < 3; bi++) {
+                int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2], R = 16, tb = !ta;
+                float beta = bi == 0 ? 0.0f : bi == 1 ? 1.0f : -0.5f;
+                int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, lda2 = R + 2, ldc = N + 2;
+                size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb, na2 = (size_t)M * lda2,
+                       nb2 = (size_t)N * R, nc = (size_t)M * ldc;
+                float *a = malloc(na * 4), *b = malloc(nb * 4), *a2 = malloc(na2 * 4), *b2 = malloc(nb2 * 4);
+                float *c[3], *want = malloc(nc * 4);
+                uint16_t *bh = malloc(nb * 2);
+                fill(a, na, 1.0f);
+                fill(b, nb, 1.0f);
+                fill(a2, na2, 1.0f);
+                fill(b2, nb2, 1.0f);
+                for (size_t i = 0; i < nb; i++) /* B exact in BF16, so that the BF16 products can be checked too */
+                    b[i] = peft__bf16_to_f32(bh[i] = peft__f32_to_bf16(b[i]));
+                fill_c(want, nc, beta);
+                for (int i = 0; i < 3; i++)
+                    memcpy(c[i] = malloc(nc * 4), want, nc * 4);
+                naive(ta, tb, M, N, K, 0.7f, a, lda, b, ldb, beta, want, ldc);
+                int bad = 0, differ = 0;
+                for (int run = 0; run < 3; run++) { /* gemm, gemm_sum, gemm_bf16 */
+                    if (run == 2 && ta)
+                        break;
+                    for (int th = 0; th < 2; th++) {
+                        void *ctx = th ? three : one;
+                        float *out = th ? c[1] : c[0];
+                        memcpy(out, c[2], nc * 4);
+                        peft_gemm_term t[2] = {{ta, tb, K, 0.7f, a, lda, b, ldb}, {0, 1, R, 0.5f, a2, lda2, b2, R}};
+                        if (run == 0)
+                            be->gemm(ctx, ta, tb, M, N, K, 0.7f, a, lda, b, ldb, beta, out, ldc);
+                        else if (run == 1)
+                            be->gemm_sum(ctx, M, N, 2, t, beta, out, ldc);
+                        else
+                            be->gemm_bf16(ctx, tb, M, N, K, 0.7f, a, lda, bh, ldb, beta, out, ldc);
+                    }
+                    for (size_t i = 0; i < nc; i++)
+                        differ += memcmp(&c[0][i], &c[1][i], 4) != 0;
+                    for (int i = 0; run != 1 && i < M; i++)
+                        for (int j = 0; j < N; j++)
+                            bad += !(fabsf(c[1][i * ldc + j] - want[i * ldc + j]) <= 1e-4f * (1.0f + sqrtf((float)K)));
+                }
+                CHECK_MSG(bad == 0 && differ == 0, "ta=%d M=%d N=%d K=%d beta=%g: %d wrong, %d not as one thread", ta, M,
+                          N, K, beta, bad, differ);
+                free(a), free(b), free(a2), free(b2), free(bh), free(want);
+                for (int i = 0; i < 3; i++)
+                    free(c[i]);
+            }
+    be->free(one);
+    be->free(three);
+    peft__pool_destroy(pool1);
+    peft__pool_destroy(pool3);
+}
+
 TEST(backend_cpu_gemm_bf16)
 {
     /* default: activations unrounded, the weights widened into the float32 kernel (and the
@@ -1093,7 +1158,7 @@ static const struct h_case cases[] = {
     CASE(rmsnorm),     CASE(rope),         CASE(attention_gqa),   CASE(attention_packed_documents),
     CASE(attention_sliding_window), CASE(attention_shared_prefix), CASE(attention_softcap), CASE(swiglu), CASE(geglu),
     CASE(cross_entropy), CASE(cross_entropy_softcap), CASE(lora_linear), CASE(lora_linear_dropout), CASE(ia3_linear_bias), CASE(ia3_linear_bias_feedforward), CASE(dropout_mask), CASE(thread_pool),
-    CASE(backend_cpu_gemm), CASE(backend_cpu_gemm_sum), CASE(backend_cpu_gemm_bf16), CASE(fast_expf_accuracy), CASE(lane_reductions), CASE(backend_blis_gemm), CASE(quantized_weights), CASE(quantizers_round_trip),
+    CASE(backend_cpu_gemm), CASE(backend_cpu_gemm_sum), CASE(backend_cpu_gemm_slabs), CASE(backend_cpu_gemm_bf16), CASE(fast_expf_accuracy), CASE(lane_reductions), CASE(backend_blis_gemm), CASE(quantized_weights), CASE(quantizers_round_trip),
     CASE(gguf_embeddings_stay_quantized), CASE(k_quantizers_round_trip),
 };
 TEST_MAIN(cases)

@@ -14,6 +14,7 @@
 typedef struct cpu_ctx {
     peft_backend_host host;
     gemm_fast_buffers fast;
+    gemm_fast_buffers *slab; /* n_threads buffers of the slab split (packed_run) */
     int reference; /* PEFT_CPU_REFERENCE=1: plain loops only */
     int bf16_dot;  /* PEFT_CPU_BF16_DOT=1 and AVX512-BF16: BF16 dot products for BF16 weights */
 } cpu_ctx;
@@ -24,6 +25,10 @@ static int cpu_init(void **ctx, const peft_backend_host *host)
     if (!c)
         return peft__fail(PEFT_ENOMEM, "cpu backend: out of memory");
     c->host = *host;
+    if (host->n_threads > 1 && !(c->slab = calloc((size_t)host->n_threads, sizeof *c->slab))) {
+        free(c);
+        return peft__fail(PEFT_ENOMEM, "cpu backend: out of memory");
+    }
     const char *ref = getenv("PEFT_CPU_REFERENCE");
     c->reference = ref && *ref && strcmp(ref, "0") != 0;
     const char *dot = getenv("PEFT_CPU_BF16_DOT");
@@ -36,6 +41,9 @@ static void cpu_free(void *ctx)
 {
     cpu_ctx *c = ctx;
     gemm_fast_free(&c->fast);
+    for (int32_t i = 0; c->slab && i < c->host.n_threads; i++)
+        gemm_fast_free(&c->slab[i]);
+    free(c->slab);
     free(c);
 }
 
@@ -101,6 +109,62 @@ static void gemm_task(void *vp, int32_t task)
     }
 }
 
+static void serial_for(void *pool, int32_t n, void (*fn)(void *, int32_t), void *arg)
+{
+    (void)pool;
+    for (int32_t i = 0; i < n; i++)
+        fn(arg, i);
+}
+
+/* g's rows [i0, i0 + rows) as a product of their own */
+static gemm_call rows_of(const gemm_call *g, int64_t i0, int64_t rows)
+{
+    gemm_call r = *g;
+    r.m = rows;
+    r.a = g->ta ? g->a + i0 : g->a + i0 * g->lda;
+    r.c = g->c + i0 * g->ldc;
+    return r;
+}
+
+struct slab_args {
+    cpu_ctx *cc;
+    const gemm_call *g, *g2;
+    int64_t rows; /* per slab, a multiple of the packed kernel's row block */
+};
+
+static void slab_task(void *vp, int32_t t)
+{
+    struct slab_args *s = vp;
+    int64_t i0 = t * s->rows, rows = s->g->m - i0 < s->rows ? s->g->m - i0 : s->rows;
+    if (rows <= 0)
+        return;
+    gemm_call g = rows_of(s->g, i0, rows), g2 = s->g2 ? rows_of(s->g2, i0, rows) : g;
+    (void)gemm_fast2(&g, s->g2 ? &g2 : NULL, &s->cc->slab[t], NULL, serial_for); /* prepared: cannot fail */
+}
+
+/* The packed kernel (g, and g2 summed into it when not NULL). With several threads, a product
+   narrower than the column tasks' WIDE_N and tall enough runs as one slab of rows of C per
+   thread, each a one-thread product that packs its own op(B): no synchronisation between its
+   k blocks and each thread reads only panels it packed, at the cost of packing op(B) once per
+   thread (see bench/RESULTS.md, session 20). The sums are the same, bit for bit. 0, or -1 as
+   gemm_fast2. */
+static int packed_run(cpu_ctx *cc, const gemm_call *g, const gemm_call *g2)
+{
+    int32_t th = cc->host.n_threads;
+    if (th > 1 && cc->slab && g->n < 1024 && g->m >= (int64_t)th * 256) {
+        int64_t rows = ((g->m + th - 1) / th + 63) / 64 * 64;
+        int ready = 1;
+        for (int32_t t = 0; t < th && ready; t++) /* every slab's buffers first: C is not touched unless all run */
+            ready = gemm_fast2_prepare(g, g2, &cc->slab[t], rows) == 0;
+        if (ready) {
+            struct slab_args s = {cc, g, g2, rows};
+            cc->host.parallel_for(cc->host.pool, th, slab_task, &s);
+            return 0;
+        }
+    }
+    return gemm_fast2(g, g2, &cc->fast, cc->host.pool, cc->host.parallel_for);
+}
+
 /* The kernel for a product of this shape. Narrow products (n <= 16: LoRA's x A^T, dy B,
    dy^T xa at rank <= 16) read op(A) in place against one packed panel of op(B); m <= 16 ones
    (LoRA's dxa^T x) run as C^T = op(B)^T op(A)^T, a narrow product stored transposed, instead
@@ -123,8 +187,7 @@ static void cpu_gemm(void *ctx, int ta, int tb, int64_t m, int64_t n, int64_t k,
     if (!cc->reference && narrow_t_shape(m, n, k) &&
         gemm_narrow(&gt, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
         return;
-    if (!cc->reference && packed_shape(ta, tb, m, n) &&
-        gemm_fast(&gc, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
+    if (!cc->reference && packed_shape(ta, tb, m, n) && packed_run(cc, &gc, NULL) == 0)
         return;
     struct gemm_args g = {ta, tb, m, n, k, lda, ldb, ldc, alpha, beta, a, b, c};
     int32_t tasks = (int32_t)((m + ROWS - 1) / ROWS);
@@ -150,7 +213,7 @@ static void cpu_gemm_sum(void *ctx, int64_t m, int64_t n, int32_t n_terms, const
                        t[0].a, t[0].b, c, NULL, 0};
         gemm_call g2 = {t[1].trans_a, t[1].trans_b, m, n, t[1].k, t[1].lda, t[1].ldb, ldc, t[1].alpha, 1.0f,
                         t[1].a, t[1].b, c, NULL, 0};
-        if (gemm_fast2(&g, &g2, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
+        if (packed_run(cc, &g, &g2) == 0)
             return;
     }
     for (int32_t i = 0; i < n_terms; i++)
@@ -186,8 +249,7 @@ static void cpu_gemm_bf16(void *ctx, int tb, int64_t m, int64_t n, int64_t k, fl
     if (!cc->reference && cc->bf16_dot && gemm_bf16(&g, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
         return;
     gemm_call gc = {0, tb, m, n, k, lda, ldb, ldc, alpha, beta, a, NULL, c, b, 0};
-    if (!cc->reference && m >= 16 && n >= 16 && k >= 16 &&
-        gemm_fast(&gc, &cc->fast, cc->host.pool, cc->host.parallel_for) == 0)
+    if (!cc->reference && m >= 16 && n >= 16 && k >= 16 && packed_run(cc, &gc, NULL) == 0)
         return;
     int32_t tasks = (int32_t)((m + ROWS - 1) / ROWS);
     cc->host.parallel_for(cc->host.pool, tasks, bf16_task, &g);

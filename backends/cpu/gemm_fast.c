@@ -484,11 +484,17 @@ int gemm_fast(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
     return gemm_fast2(g, NULL, buf, pool, parallel_for);
 }
 
+int gemm_fast2_prepare(const gemm_call *g, const gemm_call *g2, gemm_fast_buffers *buf, int64_t m)
+{
+    if (g2 && (g2->m != g->m || g2->n != g->n || g2->k > KC || g2->k < 1))
+        return -1;
+    return gemm_fast_reserve(buf, m) || (g2 && reserve_tail(buf, m)) ? -1 : 0;
+}
+
 int gemm_fast2(const gemm_call *g, const gemm_call *g2, gemm_fast_buffers *buf, void *pool,
                void (*parallel_for)(void *, int32_t, void (*)(void *, int32_t), void *))
 {
-    if (gemm_fast_reserve(buf, g->m) || (g2 && (g2->m != g->m || g2->n != g->n || g2->k > KC || g2->k < 1 ||
-                                                reserve_tail(buf, g->m))))
+    if (gemm_fast2_prepare(g, g2, buf, g->m))
         return -1;
     int32_t tasks = (int32_t)((g->m + MC - 1) / MC);
     gemm_scale_c(g->c, g->m, g->n, g->ldc, g->beta, pool, parallel_for);

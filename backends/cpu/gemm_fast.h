@@ -36,6 +36,9 @@ int gemm_fast2(const gemm_call *g, const gemm_call *g2, gemm_fast_buffers *buf, 
 int gemm_narrow(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
                 void (*parallel_for)(void *, int32_t, void (*)(void *, int32_t), void *));
 int gemm_fast_reserve(gemm_fast_buffers *buf, int64_t m);
+/* gemm_fast2's checks of the shapes, and its buffers reserved for products of up to m rows:
+   0, or -1 (gemm_fast2 would fail without touching C) */
+int gemm_fast2_prepare(const gemm_call *g, const gemm_call *g2, gemm_fast_buffers *buf, int64_t m);
 /* C (m x n, row stride ldc) *= beta, unless beta is 0 or 1 (the kernels store or add) */
 void gemm_scale_c(float *c, int64_t m, int64_t n, int64_t ldc, float beta, void *pool,
                   void (*parallel_for)(void *, int32_t, void (*)(void *, int32_t), void *));
