@@ -661,10 +661,14 @@ int peft__weights_to_memory(peft_model *m)
     for (int i = 0; i < total; i++) {
         peft_w *w = nth_weight(m, i);
         for (int j = 0; j < count; j++) {
-            if (w->f && (const void *)w->f == from[j])
+            if (w->f && (const void *)w->f == from[j]) {
                 w->f = (const float *)(const void *)to[j];
-            else if (w->q && (const void *)w->q == from[j])
+                break;
+            }
+            if (w->q && (const void *)w->q == from[j]) {
                 w->q = to[j];
+                break;
+            }
         }
     }
     free(from);
