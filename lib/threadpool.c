@@ -42,7 +42,7 @@ struct peft_pool {
     int32_t n, grab; /* tasks, and tasks taken at a time */
     atomic_int active; /* workers still running the current job */
     /* the counter the threads take tasks from, alone on its cache line: every take writes it,
-       and the job's fields above are read by every thread at every take */
+       and the fields above, which every thread reads as it joins a job, are kept off that line */
     char pad0[64];
     atomic_int next;
     char pad1[64];

@@ -143,7 +143,7 @@ static void slab_task(void *vp, int32_t t)
 }
 
 /* The packed kernel (g, and g2 summed into it when not NULL). With several threads, a product
-   narrower than the column tasks' WIDE_N and tall enough runs as one slab of rows of C per
+   narrower than the column tasks' GEMM_WIDE_N and tall enough runs as one slab of rows of C per
    thread, each a one-thread product that packs its own op(B): no synchronisation between its
    k blocks and each thread reads only panels it packed, at the cost of packing op(B) once per
    thread (see bench/RESULTS.md, session 20). The sums are the same, bit for bit. 0, or -1 as
@@ -151,7 +151,7 @@ static void slab_task(void *vp, int32_t t)
 static int packed_run(cpu_ctx *cc, const gemm_call *g, const gemm_call *g2)
 {
     int32_t th = cc->host.n_threads;
-    if (th > 1 && cc->slab && g->n < 1024 && g->m >= (int64_t)th * 256) {
+    if (th > 1 && cc->slab && g->n < GEMM_WIDE_N && g->m >= (int64_t)th * 256) {
         int64_t rows = ((g->m + th - 1) / th + 63) / 64 * 64;
         int ready = 1;
         for (int32_t t = 0; t < th && ready; t++) /* every slab's buffers first: C is not touched unless all run */

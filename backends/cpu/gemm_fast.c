@@ -25,7 +25,6 @@
 #define KC 640 /* the deepest k block (k_block: equal blocks up to this) */
 #define MC 64
 #define NC 1024
-#define WIDE_N 1024 /* products at least this wide run as column tasks */
 
 typedef float v16 __attribute__((vector_size(64), aligned(4)));
 
@@ -389,7 +388,7 @@ static void row_task(void *vp, int32_t task)
     run_tiles(a, i0, mc, a->ap_all + (int64_t)task * MC * KC, ap2, 0, a->nc);
 }
 
-/* Column tasks, for wide products (WIDE_N: the lm_head's, gate's and up's): the task packs
+/* Column tasks, for wide products (GEMM_WIDE_N: the lm_head's, gate's and up's): the task packs
    one group of B_PANELS_PER_TASK op(B) panels and runs it against every row of C (op(A)
    packed beforehand), so each thread reads panels it packed itself, from its own cache, instead
    of panels the other thread packed. About 5-10% faster than row tasks at those shapes
@@ -512,7 +511,7 @@ int gemm_fast2(const gemm_call *g, const gemm_call *g2, gemm_fast_buffers *buf, 
             fa.nc = ft.nc = g->n - n0 < NC ? g->n - n0 : NC;
             int64_t panels = (fa.nc + NR - 1) / NR;
             int32_t groups = (int32_t)((panels + B_PANELS_PER_TASK - 1) / B_PANELS_PER_TASK);
-            if (g->n >= WIDE_N) {
+            if (g->n >= GEMM_WIDE_N) {
                 parallel_for(pool, groups, col_task, &fa);
                 continue;
             }

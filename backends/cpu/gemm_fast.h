@@ -22,6 +22,8 @@ typedef struct gemm_fast_buffers {
     size_t cap_a2;
 } gemm_fast_buffers;
 
+#define GEMM_WIDE_N 1024 /* gemm_fast runs products at least this wide as column tasks */
+
 int gemm_fast(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
               void (*parallel_for)(void *, int32_t, void (*)(void *, int32_t), void *));
 /* C = g's product + g2's (same M, N and C; g2's beta and c unused, its K at most 640, one
