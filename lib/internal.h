@@ -41,6 +41,7 @@ int peft__pool_create(peft_pool **out, int n_threads);
 void peft__pool_destroy(peft_pool *pool);
 int peft__pool_threads(const peft_pool *pool);
 int peft__cpu_count(void); /* processors this process may run on (its affinity mask) */
+/* fn(arg, i) for i in [0, n) over the pool; a NULL pool runs them in order on the caller */
 void peft__pool_for(void *pool, int32_t n, void (*fn)(void *arg, int32_t i), void *arg);
 
 /* rng.c: splitmix64-seeded xoshiro256** */

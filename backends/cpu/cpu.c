@@ -109,13 +109,6 @@ static void gemm_task(void *vp, int32_t task)
     }
 }
 
-static void serial_for(void *pool, int32_t n, void (*fn)(void *, int32_t), void *arg)
-{
-    (void)pool;
-    for (int32_t i = 0; i < n; i++)
-        fn(arg, i);
-}
-
 /* g's rows [i0, i0 + rows) as a product of their own */
 static gemm_call rows_of(const gemm_call *g, int64_t i0, int64_t rows)
 {
@@ -129,7 +122,7 @@ static gemm_call rows_of(const gemm_call *g, int64_t i0, int64_t rows)
 struct slab_args {
     cpu_ctx *cc;
     const gemm_call *g, *g2;
-    int64_t rows; /* per slab, a multiple of the packed kernel's row block */
+    int64_t rows; /* per slab, a multiple of the packed kernel's row block GEMM_MC */
 };
 
 static void slab_task(void *vp, int32_t t)
@@ -139,7 +132,8 @@ static void slab_task(void *vp, int32_t t)
     if (rows <= 0)
         return;
     gemm_call g = rows_of(s->g, i0, rows), g2 = s->g2 ? rows_of(s->g2, i0, rows) : g;
-    (void)gemm_fast2(&g, s->g2 ? &g2 : NULL, &s->cc->slab[t], NULL, serial_for); /* prepared: cannot fail */
+    /* one thread (the pool's for with no pool runs the tasks in order); prepared: cannot fail */
+    (void)gemm_fast2(&g, s->g2 ? &g2 : NULL, &s->cc->slab[t], NULL, peft__pool_for);
 }
 
 /* The packed kernel (g, and g2 summed into it when not NULL). With several threads, a product
@@ -151,8 +145,8 @@ static void slab_task(void *vp, int32_t t)
 static int packed_run(cpu_ctx *cc, const gemm_call *g, const gemm_call *g2)
 {
     int32_t th = cc->host.n_threads;
-    if (th > 1 && cc->slab && g->n < GEMM_WIDE_N && g->m >= (int64_t)th * 256) {
-        int64_t rows = ((g->m + th - 1) / th + 63) / 64 * 64;
+    if (cc->slab && g->n < GEMM_WIDE_N && g->m >= (int64_t)th * 256) { /* slab: only with n_threads > 1 */
+        int64_t rows = ((g->m + th - 1) / th + GEMM_MC - 1) / GEMM_MC * GEMM_MC;
         int ready = 1;
         for (int32_t t = 0; t < th && ready; t++) /* every slab's buffers first: C is not touched unless all run */
             ready = gemm_fast2_prepare(g, g2, &cc->slab[t], rows) == 0;

@@ -31,7 +31,7 @@
 #define R 16        /* rows per A panel */
 #define NR 16       /* columns per B panel */
 #define KP 256      /* pairs of k per block (the gemm_fast buffers hold MC x KP and KP x NC words) */
-#define MC 64
+#define MC GEMM_MC  /* within the gemm_fast buffers it borrows */
 #define NC 1024
 
 typedef float v16 __attribute__((vector_size(64), aligned(4)));

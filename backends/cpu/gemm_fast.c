@@ -23,7 +23,7 @@
 #define MR_WIDE 16
 #define NR 16
 #define KC 640 /* the deepest k block (k_block: equal blocks up to this) */
-#define MC 64
+#define MC GEMM_MC
 #define NC 1024
 
 typedef float v16 __attribute__((vector_size(64), aligned(4)));

@@ -22,6 +22,7 @@ typedef struct gemm_fast_buffers {
     size_t cap_a2;
 } gemm_fast_buffers;
 
+#define GEMM_MC 64        /* rows of C a row task of gemm_fast computes */
 #define GEMM_WIDE_N 1024 /* gemm_fast runs products at least this wide as column tasks */
 
 int gemm_fast(const gemm_call *g, gemm_fast_buffers *buf, void *pool,
