@@ -22,6 +22,7 @@ passive, jemalloc preloaded and the OpenMP OpenBLAS when those Debian packages a
 (libjemalloc2, libopenblas0-openmp); the table says which.
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -208,16 +209,15 @@ def step_gflop(cfg, B, T, rank, layers):
     return flops / 1e9
 
 
-def machine_peak(threads, cache={}):
-    """GFLOP/s of build/bench/bench-peak on `threads` threads (None if it is not built)."""
-    if threads not in cache:
-        exe = os.path.join(ROOT, "build", "bench", "bench-peak")
-        cache[threads] = None
-        if os.path.exists(exe):
-            p = subprocess.run([exe, str(threads)], capture_output=True, text=True)
-            if p.returncode == 0:
-                cache[threads] = json.loads(p.stdout)["gflops"]
-    return cache[threads]
+@functools.lru_cache(maxsize=None)
+def machine_peak(threads):
+    """GFLOP/s of build/bench/bench-peak on `threads` threads, measured once a run (None if it
+    is not built)."""
+    exe = os.path.join(ROOT, "build", "bench", "bench-peak")
+    if not os.path.exists(exe):
+        return None
+    p = subprocess.run([exe, str(threads)], capture_output=True, text=True)
+    return json.loads(p.stdout)["gflops"] if p.returncode == 0 else None
 
 
 def tuned_env(threads):
